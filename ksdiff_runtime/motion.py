@@ -1,0 +1,161 @@
+"""The motion representation: the one source of truth for what a frame of animation is.
+
+A frame is:
+- 52 ARKit blendshape weights in [0, 1], in ARKit's canonical order (``BLENDSHAPES``);
+- head rotation (pitch, yaw, roll) in radians (``HEAD_ROTATION``), convention below;
+- eye gaze (yaw, pitch) in radians per eye, derived from the eyeLook* blendshapes
+  (``gaze_from_blendshapes``), so gaze never disagrees with the eye curves.
+
+Head-rotation convention (ARKit's face frame, right-handed): +X points to the face's
+own left, +Y up, +Z out of the face toward the viewer. Rotations are applied as
+R = Ry(yaw) @ Rx(pitch) @ Rz(roll).
+- pitch: about +X; positive = chin down (nodding down);
+- yaw:   about +Y; positive = the face turns toward its own left;
+- roll:  about +Z; positive = the head tilts toward its own right shoulder.
+Zero is the neutral pose looking straight ahead.
+
+Time: motion runs at ``FPS`` frames per second on the audio clock; frame ``i`` animates
+the audio instant ``i / FPS`` seconds from the first sample of its stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FPS = 30
+SAMPLE_RATE = 16_000
+
+BLENDSHAPES: tuple[str, ...] = (
+    "eyeBlinkLeft",
+    "eyeLookDownLeft",
+    "eyeLookInLeft",
+    "eyeLookOutLeft",
+    "eyeLookUpLeft",
+    "eyeSquintLeft",
+    "eyeWideLeft",
+    "eyeBlinkRight",
+    "eyeLookDownRight",
+    "eyeLookInRight",
+    "eyeLookOutRight",
+    "eyeLookUpRight",
+    "eyeSquintRight",
+    "eyeWideRight",
+    "jawForward",
+    "jawLeft",
+    "jawRight",
+    "jawOpen",
+    "mouthClose",
+    "mouthFunnel",
+    "mouthPucker",
+    "mouthLeft",
+    "mouthRight",
+    "mouthSmileLeft",
+    "mouthSmileRight",
+    "mouthFrownLeft",
+    "mouthFrownRight",
+    "mouthDimpleLeft",
+    "mouthDimpleRight",
+    "mouthStretchLeft",
+    "mouthStretchRight",
+    "mouthRollLower",
+    "mouthRollUpper",
+    "mouthShrugLower",
+    "mouthShrugUpper",
+    "mouthPressLeft",
+    "mouthPressRight",
+    "mouthLowerDownLeft",
+    "mouthLowerDownRight",
+    "mouthUpperUpLeft",
+    "mouthUpperUpRight",
+    "browDownLeft",
+    "browDownRight",
+    "browInnerUp",
+    "browOuterUpLeft",
+    "browOuterUpRight",
+    "cheekPuff",
+    "cheekSquintLeft",
+    "cheekSquintRight",
+    "noseSneerLeft",
+    "noseSneerRight",
+    "tongueOut",
+)
+NUM_BLENDSHAPES = len(BLENDSHAPES)
+BLENDSHAPE_INDEX: dict[str, int] = {name: i for i, name in enumerate(BLENDSHAPES)}
+
+HEAD_ROTATION: tuple[str, ...] = ("headPitch", "headYaw", "headRoll")
+NUM_HEAD = len(HEAD_ROTATION)
+
+GAZE: tuple[str, ...] = ("leftEyeYaw", "leftEyePitch", "rightEyeYaw", "rightEyePitch")
+
+# Blendshapes of the mouth region: the ones lip-sync error is measured on.
+MOUTH_BLENDSHAPES: tuple[str, ...] = tuple(
+    n for n in BLENDSHAPES if n.startswith(("jaw", "mouth", "cheekPuff", "tongue"))
+)
+MOUTH_INDICES: tuple[int, ...] = tuple(BLENDSHAPE_INDEX[n] for n in MOUTH_BLENDSHAPES)
+
+# How far the eyeLook* blendshapes rotate the eye at weight 1 (ARKit's ranges, approximately).
+EYE_YAW_RANGE = np.deg2rad(30.0)
+EYE_PITCH_UP_RANGE = np.deg2rad(25.0)
+EYE_PITCH_DOWN_RANGE = np.deg2rad(30.0)
+
+
+def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> int:
+    """Frames a clip of ``num_samples`` audio samples animates (frame i at i / fps s)."""
+    return int(num_samples) * fps // sample_rate
+
+
+def index(name: str) -> int:
+    """Index of a blendshape by name; a clear error for an unknown name."""
+    try:
+        return BLENDSHAPE_INDEX[name]
+    except KeyError:
+        raise KeyError(f"unknown ARKit blendshape {name!r}; known: {', '.join(BLENDSHAPES)}") from None
+
+
+def gaze_from_blendshapes(blendshapes: np.ndarray) -> np.ndarray:
+    """Eye gaze [..., 4] (left yaw, left pitch, right yaw, right pitch; radians) from [..., 52] weights.
+
+    Yaw follows the head convention (positive = toward the face's own left); pitch positive = down.
+    For the left eye, looking out is toward the face's left; for the right eye, looking in is.
+    """
+    b = np.asarray(blendshapes, dtype=np.float32)
+
+    def w(name: str) -> np.ndarray:
+        return b[..., BLENDSHAPE_INDEX[name]]
+
+    left_yaw = (w("eyeLookOutLeft") - w("eyeLookInLeft")) * EYE_YAW_RANGE
+    right_yaw = (w("eyeLookInRight") - w("eyeLookOutRight")) * EYE_YAW_RANGE
+    left_pitch = w("eyeLookDownLeft") * EYE_PITCH_DOWN_RANGE - w("eyeLookUpLeft") * EYE_PITCH_UP_RANGE
+    right_pitch = w("eyeLookDownRight") * EYE_PITCH_DOWN_RANGE - w("eyeLookUpRight") * EYE_PITCH_UP_RANGE
+    return np.stack([left_yaw, left_pitch, right_yaw, right_pitch], axis=-1).astype(np.float32)
+
+
+# --- Lip geometry in blendshape space ------------------------------------------------------
+# ARKit's mouthClose closes the lips *against* jawOpen (lips together with the jaw open), so
+# the visible gap between the lips grows with jawOpen, shrinks with mouthClose and with the
+# lips pressed/rolled in, and grows with the lips pulled down/up. One definition, used by the
+# teacher (to make closures), by evaluation (to score them) and by tests.
+LIP_CLOSED_THRESHOLD = 0.06  # aperture below this counts as lips closed (bilabial closure)
+REST_APERTURE_THRESHOLD = 0.10  # "mouth at rest": aperture and jawOpen both below this
+
+
+def lip_aperture(blendshapes: np.ndarray) -> np.ndarray:
+    """Approximate lip opening [...] (0 = lips sealed, ~1 = wide open) from [..., 52] weights."""
+    b = np.asarray(blendshapes, dtype=np.float32)
+
+    def w(name: str) -> np.ndarray:
+        return b[..., BLENDSHAPE_INDEX[name]]
+
+    lower = 0.5 * (w("mouthLowerDownLeft") + w("mouthLowerDownRight"))
+    upper = 0.5 * (w("mouthUpperUpLeft") + w("mouthUpperUpRight"))
+    press = 0.5 * (w("mouthPressLeft") + w("mouthPressRight"))
+    roll = 0.5 * (w("mouthRollLower") + w("mouthRollUpper"))
+    gap = w("jawOpen") - w("mouthClose") + 0.4 * lower + 0.4 * upper + 0.2 * w("mouthFunnel")
+    return np.clip(gap - 0.3 * press - 0.3 * roll, 0.0, None)
+
+
+def mouth_at_rest(blendshapes: np.ndarray) -> np.ndarray:
+    """Boolean [...]: lips nearly closed and jaw nearly shut (a silent, resting mouth)."""
+    b = np.asarray(blendshapes, dtype=np.float32)
+    jaw = b[..., BLENDSHAPE_INDEX["jawOpen"]]
+    return (lip_aperture(b) < REST_APERTURE_THRESHOLD) & (jaw < REST_APERTURE_THRESHOLD)
