@@ -1,0 +1,108 @@
+"""Frame-level prosody (F0 and energy) on the motion clock: the expression path's 2-channel input.
+
+Frame ``i`` is centred on the audio instant ``i / fps`` (the motion.py convention), so a prosody
+row lines up with the animation frame it conditions. F0 comes from YIN (fast, deterministic),
+gated by energy and by the normalised autocorrelation at the YIN period, because YIN alone
+returns a pitch for every frame, noise and silence included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ksdiff_runtime.motion import FPS, SAMPLE_RATE, num_frames
+
+FMIN_HZ = 60.0
+FMAX_HZ = 500.0
+ENERGY_FLOOR_DB = -100.0
+# Voicing gate: frames quieter than this (absolute, or relative to the clip's loudest frame)
+# are unvoiced, and a voiced frame must repeat itself at the YIN period this well.
+VOICED_MIN_DB = -50.0
+VOICED_REL_DB = -35.0
+VOICED_MIN_PERIODICITY = 0.5
+
+_YIN_FRAME = 1024  # 64 ms at 16 kHz: two periods of FMIN_HZ fit, as YIN needs
+_YIN_HOP = 160  # 10 ms analysis step, sampled at the motion frame times afterwards
+_RMS_WINDOW = 512  # 32 ms energy window centred on each motion frame
+
+
+def _frame_rms_db(audio: np.ndarray, centres: np.ndarray, window: int) -> np.ndarray:
+    """RMS level in dB of a ``window``-sample window centred on each sample index in ``centres``."""
+    half = window // 2
+    padded = np.pad(audio, (half, half))
+    idx = centres[:, None] + np.arange(window)[None, :]
+    idx = np.clip(idx, 0, len(padded) - 1)
+    rms = np.sqrt(np.mean(padded[idx].astype(np.float64) ** 2, axis=1))
+    db = 20.0 * np.log10(np.maximum(rms, 1e-5))
+    return np.maximum(db, ENERGY_FLOOR_DB)
+
+
+def _periodicity(audio: np.ndarray, centres: np.ndarray, f0: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Normalised autocorrelation at lag 1/f0 of a YIN-sized window around each centre."""
+    half = _YIN_FRAME // 2
+    padded = np.pad(audio.astype(np.float64), (half, half))
+    out = np.zeros(len(centres))
+    for k, (c, f) in enumerate(zip(centres, f0, strict=True)):
+        if not np.isfinite(f) or f <= 0:
+            continue
+        lag = round(sample_rate / f)
+        x = padded[c : c + _YIN_FRAME]
+        if lag <= 0 or lag >= len(x):
+            continue
+        a, b = x[:-lag], x[lag:]
+        denom = np.sqrt(np.dot(a, a) * np.dot(b, b))
+        if denom > 1e-12:
+            out[k] = np.dot(a, b) / denom
+    return out
+
+
+def prosody(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> np.ndarray:
+    """[num_frames(len(audio)), 2] float32: F0 in Hz (0 = unvoiced) and RMS energy in dB (floor -100)."""
+    import librosa  # heavy import, only when prosody is actually computed
+
+    y = np.nan_to_num(np.asarray(audio, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
+    n = num_frames(len(y), sample_rate, fps)
+    out = np.zeros((n, 2), dtype=np.float32)
+    if n == 0:
+        return out
+    centres = np.round(np.arange(n) * sample_rate / fps).astype(np.int64)
+    energy = _frame_rms_db(y, centres, _RMS_WINDOW * sample_rate // SAMPLE_RATE)
+    out[:, 1] = energy
+    if energy.max() <= VOICED_MIN_DB:
+        return out  # silence (or near): no pitch, and YIN on zeros would only produce noise
+
+    frame = _YIN_FRAME * sample_rate // SAMPLE_RATE
+    hop = _YIN_HOP * sample_rate // SAMPLE_RATE
+    if len(y) < frame + 1:
+        y = np.pad(y, (0, frame + 1 - len(y)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f0_grid = librosa.yin(
+            y, fmin=FMIN_HZ, fmax=FMAX_HZ, sr=sample_rate, frame_length=frame, hop_length=hop, center=True
+        )
+    # YIN frame j is centred on sample j * hop; take the analysis frame nearest each motion frame.
+    j = np.clip(np.round(centres / hop).astype(np.int64), 0, len(f0_grid) - 1)
+    f0 = f0_grid[j].astype(np.float64)
+    periodic = _periodicity(y, centres, f0, sample_rate)
+    voiced = (
+        (energy > VOICED_MIN_DB)
+        & (energy > energy.max() + VOICED_REL_DB)
+        & (periodic > VOICED_MIN_PERIODICITY)
+        & np.isfinite(f0)
+    )
+    out[:, 0] = np.where(voiced, f0, 0.0)
+    return out
+
+
+def normalized_prosody(p: np.ndarray) -> np.ndarray:
+    """Model-ready [T, 2]: F0 as semitones re 100 Hz / 12 (0 when unvoiced); energy (dB + 50) / 30.
+
+    Semitones make F0 speaker-independent up to an offset; /12 keeps typical speech (-10..+20
+    st) near unit range. Unvoiced frames get 0, which the energy channel disambiguates.
+    """
+    p = np.asarray(p, dtype=np.float32)
+    f0 = p[:, 0]
+    voiced = f0 > 0
+    st = np.zeros_like(f0)
+    st[voiced] = np.log2(f0[voiced] / 100.0)  # = semitones / 12
+    energy = np.clip((p[:, 1] + 50.0) / 30.0, -1.7, 1.7)
+    return np.stack([st, energy], axis=1).astype(np.float32)
