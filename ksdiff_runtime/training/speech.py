@@ -74,7 +74,9 @@ class _Voice(ctypes.Structure):
     )
 
 
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
 
 
 @dataclass
@@ -126,7 +128,9 @@ class _Espeak:
         self.lib.espeak_SetSynthCallback(self._callback)
         self.data_path = data
 
-    def _on_synth(self, wav: ctypes.POINTER(ctypes.c_short), num_samples: int, events: ctypes.POINTER(_Event)) -> int:
+    def _on_synth(
+        self, wav: ctypes.POINTER(ctypes.c_short), num_samples: int, events: ctypes.POINTER(_Event)
+    ) -> int:
         if num_samples > 0 and wav:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
         k = 0
@@ -188,7 +192,9 @@ def _espeak() -> _Espeak:
     return _INSTANCE
 
 
-def synthesize(text: str, voice: str = "en-us", rate: int = 170, pitch: int = 50, pitch_range: int = 50) -> Utterance:
+def synthesize(
+    text: str, voice: str = "en-us", rate: int = 170, pitch: int = 50, pitch_range: int = 50
+) -> Utterance:
     """Speak ``text`` with ``voice`` ("en-us+f3" = language + variant), rate in words/min, pitch 0-100."""
     return _espeak().synth(text, voice, rate, pitch, pitch_range)
 
