@@ -1,0 +1,225 @@
+"""KSDiff: the whole model, wired from its parts, with the training loss and window sampling.
+
+    features, prosody, transcript ──DPSE──> f_e, f_h
+    f_e ──KEL──> expression keyframes ──┐            f_h ──KEL──> pose keyframes ──┐
+    previous C frames, style, step ─────┴─> expression denoiser      pose denoiser ┘
+                                              (x0 prediction, DDIM sampling, CFG)
+
+Motion inside the model is normalised per channel with statistics of the training corpus
+(buffers saved with the weights): x_norm = (x - mean) / std.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ksdiff_runtime import motion
+
+from .config import ModelConfig
+from .denoiser import Denoiser
+from .encoder import DualPathSpeechEncoder
+from .kel import KeyframePredictor
+from .scheduler import NoiseScheduler
+from .style import StyleEncoder, info_nce
+
+MOUTH = list(motion.MOUTH_INDICES)
+
+
+@dataclass
+class Guidance:
+    """Classifier-free guidance scales; 1.0 means 'conditional only' and costs no extra pass."""
+
+    audio: float = 1.0
+    style: float = 1.0
+    text: float = 1.0
+
+
+class KSDiff(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        motion_dim = cfg.expr_dim + cfg.pose_dim
+        self.encoder = DualPathSpeechEncoder(cfg)
+        self.kel_expr = KeyframePredictor(d, cfg.expr_dim, cfg.kel_hidden)
+        self.kel_pose = KeyframePredictor(d, cfg.pose_dim, cfg.kel_hidden)
+        self.den_expr = Denoiser(cfg.expr_dim, d, cfg.style_dim, cfg.n_heads, cfg.denoiser_layers, cfg.dropout)
+        self.den_pose = Denoiser(cfg.pose_dim, d, cfg.style_dim, cfg.n_heads, cfg.denoiser_layers, cfg.dropout)
+        self.style_encoder = StyleEncoder(motion_dim, d, cfg.style_dim, cfg.n_heads)
+        self.style_null = nn.Parameter(torch.zeros(cfg.style_dim))
+        self.scheduler = NoiseScheduler(cfg.diffusion_steps, cfg.schedule)
+        self.register_buffer("expr_mean", torch.zeros(cfg.expr_dim))
+        self.register_buffer("expr_std", torch.ones(cfg.expr_dim))
+        self.register_buffer("pose_mean", torch.zeros(cfg.pose_dim))
+        self.register_buffer("pose_std", torch.ones(cfg.pose_dim))
+
+    # --- normalisation -------------------------------------------------------------------
+    def set_motion_stats(self, expr: torch.Tensor, pose: torch.Tensor) -> None:
+        """Per-channel statistics from training motion [N, 52] and [N, 3]."""
+        self.expr_mean.copy_(expr.mean(0))
+        self.expr_std.copy_(expr.std(0).clamp(min=0.02))
+        self.pose_mean.copy_(pose.mean(0))
+        self.pose_std.copy_(pose.std(0).clamp(min=0.01))
+
+    def norm_expr(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.expr_mean) / self.expr_std
+
+    def norm_pose(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.pose_mean) / self.pose_std
+
+    def denorm_expr(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.expr_std + self.expr_mean).clamp(0.0, 1.0)
+
+    def denorm_pose(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.pose_std + self.pose_mean
+
+    def style_of(self, clip_expr: torch.Tensor, clip_pose: torch.Tensor) -> torch.Tensor:
+        """Style vector [B, style_dim] of a reference clip given in natural units."""
+        return self.style_encoder(torch.cat([self.norm_expr(clip_expr), self.norm_pose(clip_pose)], dim=-1))
+
+    # --- training --------------------------------------------------------------------------
+    def training_loss(self, batch: dict[str, torch.Tensor], p_true_keys: float = 0.3) -> dict[str, torch.Tensor]:
+        """Losses for a batch of windows (see ksdiff_runtime/training/dataset.py for the keys)."""
+        cfg = self.cfg
+        B = batch["feats"].shape[0]
+        dev = batch["feats"].device
+        C = cfg.motion_context_frames
+
+        def keep(p: float) -> torch.Tensor:
+            return (torch.rand(B, device=dev) >= p).float()
+
+        audio_keep, text_keep, style_keep = keep(cfg.p_drop_audio), keep(cfg.p_drop_text), keep(cfg.p_drop_style)
+        f_e, f_h = self.encoder(batch["feats"], batch["prosody"], batch["text"], audio_keep, text_keep)
+        span = batch["expr"].shape[1]  # C + N frames, the last of the encoder's outputs
+        f_e, f_h = f_e[:, -span:], f_h[:, -span:]
+
+        style_a = self.style_of(batch["ref_a_expr"], batch["ref_a_pose"])
+        style_b = self.style_of(batch["ref_b_expr"], batch["ref_b_pose"])
+        same = (batch["persona"][:, None] == batch["persona"][None, :]).float()
+        loss_style = info_nce(style_a, style_b, same)
+        style = style_keep[:, None] * style_a + (1 - style_keep[:, None]) * self.style_null
+
+        losses = {"style": loss_style}
+        t = torch.randint(0, cfg.diffusion_steps, (B,), device=dev)
+        for name, x, keys, kel, den, feats in (
+            ("expr", self.norm_expr(batch["expr"]), batch["key_expr"], self.kel_expr, self.den_expr, f_e),
+            ("pose", self.norm_pose(batch["pose"]), batch["key_pose"], self.kel_pose, self.den_pose, f_h),
+        ):
+            known = batch["known"]  # [B, C+N]; 0 for window frames and for context before a clip starts
+            last = x[:, C - 1] + 0.05 * torch.randn_like(x[:, C - 1])
+            last = last * known[:, C - 1 : C]
+            logits, values = kel(feats[:, C:], last)
+            key_w = keys[:, C:].float()
+            pos_weight = torch.tensor(4.0, device=dev)
+            losses[f"kel_{name}"] = F.binary_cross_entropy_with_logits(logits, key_w, pos_weight=pos_weight)
+            value_err = ((values - x[:, C:]) ** 2).mean(-1)
+            losses[f"kel_{name}_value"] = (value_err * key_w).sum() / key_w.sum().clamp(min=1.0)
+
+            use_true = (torch.rand(B, 1, device=dev) < p_true_keys).float()
+            prob = use_true * key_w + (1 - use_true) * torch.sigmoid(logits).detach()
+            val = use_true[..., None] * x[:, C:] + (1 - use_true[..., None]) * values.detach()
+            zeros = torch.zeros_like(known[:, :C])
+            key_prob = torch.cat([zeros, prob], dim=1)
+            key_value = torch.cat([torch.zeros_like(x[:, :C]), val], dim=1)
+
+            noisy = self.scheduler.add_noise(x, torch.randn_like(x), t)
+            ctx = known[..., None]
+            window = torch.zeros_like(ctx)
+            window[:, C:] = 1.0
+            # known context: clean (lightly jittered); unknown context: zeros; window: noisy
+            x_in = ctx * (x + 0.02 * torch.randn_like(x)) + window * noisy
+            x0 = den(x_in, known, key_prob, key_value, feats, t, style)
+            err = (x0[:, C:] - x[:, C:]) ** 2
+            if name == "expr":
+                weights = torch.ones(cfg.expr_dim, device=dev)
+                weights[MOUTH] = 2.0
+                err = err * weights
+            losses[f"x0_{name}"] = err.mean()
+            vel = lambda y: y[:, 1:] - y[:, :-1]  # noqa: E731
+            losses[f"vel_{name}"] = ((vel(x0[:, C - 1 :]) - vel(x[:, C - 1 :])) ** 2).mean() * 4.0
+        losses["total"] = (
+            losses["x0_expr"]
+            + losses["x0_pose"]
+            + losses["vel_expr"]
+            + losses["vel_pose"]
+            + 0.5 * (losses["kel_expr"] + losses["kel_pose"])
+            + 0.5 * (losses["kel_expr_value"] + losses["kel_pose_value"])
+            + 0.1 * losses["style"]
+        )
+        return losses
+
+    # --- sampling -------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_window(
+        self,
+        feats: torch.Tensor,  # [B, S, F] with S = context + new frames + lookahead
+        prosody: torch.Tensor,  # [B, S, 2]
+        text: torch.Tensor,  # [B, P]
+        text_keep: torch.Tensor,  # [B]
+        prev_expr: torch.Tensor,  # [B, C, 52] natural units (zeros where unknown)
+        prev_pose: torch.Tensor,  # [B, C, 3]
+        known: torch.Tensor,  # [B, C] 1 where the previous frame exists
+        style: torch.Tensor | None,  # [B, style_dim] or None for the null style
+        noise_expr: torch.Tensor,  # [B, N, 52]
+        noise_pose: torch.Tensor,  # [B, N, 3]
+        steps: int,
+        guidance: Guidance | None = None,
+        use_kel: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Generate N new frames after C known ones. Returns natural-unit expr, pose and keyframes."""
+        g = guidance or Guidance()
+        B, C, N = feats.shape[0], prev_expr.shape[1], noise_expr.shape[1]
+        style = self.style_null.expand(B, -1) if style is None else style
+        # condition variants for classifier-free guidance: (audio_keep, text_keep, style), scale
+        ones, zeros = torch.ones(B, device=feats.device), torch.zeros(B, device=feats.device)
+        variants = [(ones, text_keep, style, 1.0)]
+        if g.audio != 1.0:
+            variants.append((zeros, text_keep, style, g.audio))
+        if g.style != 1.0:
+            variants.append((ones, text_keep, self.style_null.expand(B, -1), g.style))
+        if g.text != 1.0:
+            variants.append((ones, zeros, style, g.text))
+        V = len(variants)
+        rep = lambda x: x.repeat(V, *([1] * (x.dim() - 1)))  # noqa: E731
+        f_e, f_h = self.encoder(
+            rep(feats), rep(prosody), rep(text), torch.cat([v[0] for v in variants]), torch.cat([v[1] for v in variants])
+        )
+        style_all = torch.cat([v[2] for v in variants])
+        f_e, f_h = f_e[:, -(C + N) :], f_h[:, -(C + N) :]
+        known_all = torch.cat([rep(known), torch.zeros(B * V, N, device=feats.device)], dim=1)
+        out: dict[str, torch.Tensor] = {}
+        for name, prev, noise, kel, den, feats_path in (
+            ("expr", self.norm_expr(prev_expr), noise_expr, self.kel_expr, self.den_expr, f_e),
+            ("pose", self.norm_pose(prev_pose), noise_pose, self.kel_pose, self.den_pose, f_h),
+        ):
+            prev = rep(prev * known[..., None])
+            last = prev[:, C - 1] if C > 0 else torch.zeros_like(prev[:, 0, :]).expand(B * V, -1)
+            logits, values = kel(feats_path[:, C:], last)
+            prob = torch.sigmoid(logits) if use_kel else torch.zeros_like(logits)
+            key_prob = torch.cat([torch.zeros_like(known_all[:, :C]), prob], dim=1)
+            key_value = torch.cat([torch.zeros_like(prev), values], dim=1)
+
+            def predict_x0(x_t: torch.Tensor, t: torch.Tensor, prev=prev, den=den, kp=key_prob, kv=key_value,
+                           fp=feats_path) -> torch.Tensor:
+                x_in = torch.cat([prev, x_t.repeat(V, 1, 1)], dim=1)
+                x0 = den(x_in, known_all, kp, kv, fp, t.repeat(V), style_all)[:, C:]
+                x0 = x0.view(V, B, N, -1)
+                guided = x0[0]
+                for i, variant in enumerate(variants[1:], start=1):
+                    guided = guided + (variant[3] - 1.0) * (x0[0] - x0[i])
+                return guided
+
+            x0 = self.scheduler.ddim_sample(predict_x0, noise, steps)
+            out[name] = x0
+            out[f"key_{name}"] = prob[:B]
+        out["expr"] = self.denorm_expr(out["expr"])
+        out["pose"] = self.denorm_pose(out["pose"])
+        return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
