@@ -1,0 +1,318 @@
+"""Acoustic front-ends: 16 kHz mono audio -> per-motion-frame features [T, dim] at ``motion.FPS``.
+
+Features are computed in numpy outside the neural network, so the exported graph takes feature
+tensors and any backend (torch, ONNX Runtime, TensorRT) sees the same numbers.
+
+Every front-end here is *blockwise*: the stream is cut into blocks of ``block_ms`` aligned to the
+stream start, and the features of a block's motion frames are computed from the audio
+[block_start - left_context_ms, block_end + lookahead_ms] (clamped to what exists). The
+whole-clip call is literally the concatenation of those blocks, so features seen in training
+are bit-for-bit the features the streaming engine computes, provided the engine calls
+``block_features(audio_so_far, k)`` only once ``len(audio_so_far) >= samples_needed(k)`` or
+the stream has ended (then ``audio_so_far`` is the whole stream).
+
+Native frames are interpolated to motion frame times i / FPS (linear; a time before the first
+or after the last native frame of the block takes the edge value).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ksdiff_runtime.motion import FPS, SAMPLE_RATE, num_frames
+
+# hama's recogniser: STFT hop 160 subsampled by 2 -> one output frame per 320 samples (20 ms),
+# frame q centred on sample 320 q (centred STFT).
+HAMA_HOP = 320
+HAMA_CLASSES = 191
+# Log-probabilities below this carry no information but would dominate the feature's range.
+PPG_LOG_FLOOR = -10.0
+
+MEL_N_FFT = 512
+MEL_WIN = 400
+MEL_HOP = 160
+# log10 mel power floor (-80 dB): digital silence maps to a finite value.
+MEL_LOG_FLOOR = -8.0
+# Fixed affine map of log10 mel power to ~[-1, 1]: speech at normal level spans about
+# -8 .. +1 (measured on espeak-ng and noise), so (x + 4) / 4 puts silence at -1 and loud
+# speech near +1. Fixed, not per-clip, so streaming and whole-clip features agree.
+MEL_LOG_CENTER = -4.0
+MEL_LOG_SCALE = 4.0
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    """Front-end choice and its blockwise schedule (all times in ms)."""
+
+    name: str = "ppg"
+    block_ms: int = 100
+    left_context_ms: int = 500
+    lookahead_ms: int = 60
+    n_mels: int = 40
+    # Wav2Vec2FrontEnd only: local model directory and which hidden state to take.
+    model_dir: str | None = None
+    layer: int = -1
+
+
+def _ms_to_samples(ms: float) -> int:
+    return round(ms * SAMPLE_RATE / 1000)
+
+
+class BlockwiseFrontEnd:
+    """Shared blockwise schedule; subclasses provide ``_native(segment) -> (frames, hop, offset)``.
+
+    ``_native`` returns native frames [N, dim] for a segment of audio, with native frame q of
+    the segment centred on segment sample ``offset + q * hop``.
+    """
+
+    name: ClassVar[str] = ""
+    dim: int
+    # Segment starts must sit on this many samples so native frames land on the same absolute
+    # times whatever the segment start (otherwise the blockwise grid would jitter).
+    segment_align: int = 1
+
+    def __init__(self, config: FrontEndConfig) -> None:
+        if config.block_ms <= 0 or config.block_ms % 100:
+            # 100 ms is the smallest span holding a whole number of 30 fps frames (3) and of
+            # 20 ms recogniser frames (5).
+            raise ValueError(f"block_ms must be a positive multiple of 100, got {config.block_ms}")
+        if config.left_context_ms < 0 or config.lookahead_ms < 0:
+            raise ValueError("left_context_ms and lookahead_ms must be >= 0")
+        self.config = config
+        self.block_samples = _ms_to_samples(config.block_ms)
+        self.frames_per_block = config.block_ms * FPS // 1000
+        left = _ms_to_samples(config.left_context_ms)
+        # Round the left context up to the alignment so the segment start stays on the grid.
+        self.left_samples = -(-left // self.segment_align) * self.segment_align
+        self.lookahead_samples = _ms_to_samples(config.lookahead_ms)
+
+    # --- the streaming interface -------------------------------------------------------------
+    def num_blocks(self, num_samples: int) -> int:
+        """Blocks covering the motion frames of a clip of ``num_samples``."""
+        return -(-num_frames(num_samples) // self.frames_per_block)
+
+    def samples_needed(self, block_index: int) -> int:
+        """Audio samples that must exist (unless the stream ended) before computing a block."""
+        return (block_index + 1) * self.block_samples + self.lookahead_samples
+
+    def block_features(self, audio: np.ndarray, block_index: int) -> np.ndarray:
+        """Features [n, dim] of the motion frames in block ``block_index``.
+
+        ``audio`` is the stream so far (16 kHz mono float32, sample 0 = stream start); ``n`` is
+        ``frames_per_block`` except for the last block of a finished stream.
+        """
+        audio = np.asarray(audio, dtype=np.float32)
+        total = num_frames(audio.size)
+        f0 = block_index * self.frames_per_block
+        f1 = min(f0 + self.frames_per_block, total)
+        if f1 <= f0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        block_start = block_index * self.block_samples
+        block_end = block_start + self.block_samples
+        s0 = max(0, block_start - self.left_samples)
+        s1 = min(audio.size, block_end + self.lookahead_samples)
+        native, hop, offset = self._native(audio[s0:s1])
+
+        # Keep the native frames that bracket the block's motion frame times.
+        centers = s0 + offset + hop * np.arange(native.shape[0])
+        t = np.arange(f0, f1) * (SAMPLE_RATE / FPS)  # motion frame times in samples
+        q0 = min(max(0, math.floor((t[0] - s0 - offset) / hop)), native.shape[0] - 1)
+        q1 = min(native.shape[0], math.floor((t[-1] - s0 - offset) / hop) + 2)
+        return _interp(native[q0:q1], centers[q0:q1], t)
+
+    def __call__(self, audio16k: np.ndarray) -> np.ndarray:
+        """Whole-clip features [num_frames(len(audio)), dim]: exactly the blockwise procedure."""
+        audio = np.asarray(audio16k, dtype=np.float32)
+        blocks = [self.block_features(audio, k) for k in range(self.num_blocks(audio.size))]
+        if not blocks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(blocks, axis=0)
+
+    def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
+        raise NotImplementedError
+
+
+def _interp(native: np.ndarray, centers: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Linear interpolation of native frames [N, D] at times ``centers`` to times ``t``; edges held."""
+    if native.shape[0] == 1:
+        return np.repeat(native, t.size, axis=0).astype(np.float32)
+    pos = np.interp(t, centers, np.arange(centers.size, dtype=np.float64))
+    i0 = np.minimum(np.floor(pos).astype(np.int64), centers.size - 2)
+    w = (pos - i0)[:, None]
+    return ((1.0 - w) * native[i0] + w * native[i0 + 1]).astype(np.float32)
+
+
+# --- log-mel --------------------------------------------------------------------------------
+class LogMelFrontEnd(BlockwiseFrontEnd):
+    """40 log-mel bands (25 ms window, 10 ms hop), fixed affine normalisation.
+
+    Framing is done here rather than by ``librosa.feature.melspectrogram`` so that a frame is a
+    pure function of its absolute window (zeros outside the audio), which is what makes the
+    blockwise and whole-clip results identical; the numbers match librosa's ``center=True,
+    pad_mode="constant"`` output.
+    """
+
+    name = "logmel"
+    segment_align = MEL_HOP
+
+    def __init__(self, config: FrontEndConfig | None = None) -> None:
+        import librosa  # local: only this front-end needs it
+
+        config = config or FrontEndConfig(name="logmel", left_context_ms=0, lookahead_ms=0)
+        super().__init__(config)
+        self.dim = config.n_mels
+        self._fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=MEL_N_FFT, n_mels=config.n_mels).astype(
+            np.float32
+        )
+        window = librosa.filters.get_window("hann", MEL_WIN, fftbins=True)
+        self._window = librosa.util.pad_center(window, size=MEL_N_FFT).astype(np.float32)
+
+    def frames(self, audio: np.ndarray, n: int, hop: int = MEL_HOP) -> np.ndarray:
+        """``n`` normalised log-mel frames, frame j centred on sample j * hop (0 outside the audio)."""
+        half = MEL_N_FFT // 2
+        lo = -half
+        hi = (n - 1) * hop + half
+        # Zero-pad so every window is complete: the result depends only on the window's samples.
+        padded = np.zeros(max(0, hi - lo), dtype=np.float32)
+        a0, a1 = max(lo, 0), min(hi, audio.size)
+        if a1 > a0:
+            padded[a0 - lo : a1 - lo] = audio[a0:a1]
+        idx = np.arange(MEL_N_FFT)[None, :] + hop * np.arange(n)[:, None]
+        spec = np.fft.rfft(padded[idx] * self._window, axis=1)
+        power = (spec.real**2 + spec.imag**2).astype(np.float32)
+        mel = power @ self._fb.T
+        log = np.log10(np.maximum(mel, 10.0**MEL_LOG_FLOOR))
+        return ((log - MEL_LOG_CENTER) / MEL_LOG_SCALE).astype(np.float32)
+
+    def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
+        n = segment.size // MEL_HOP + 1  # as librosa with center=True
+        return self.frames(segment, n), MEL_HOP, 0.0
+
+
+# --- phonetic posteriorgram -----------------------------------------------------------------
+class PosteriorgramFrontEnd(BlockwiseFrontEnd):
+    """hama phoneme-recogniser posteriorgram (191) + log-mel (n_mels).
+
+    The PPG is the recogniser's log-probabilities, floored at -10 and mapped to [-1, 1]
+    ((lp + 5) / 5), not probabilities: CTC output is peaky (blank ~1 between one-frame phoneme
+    spikes), so probabilities are near one-hot and say nothing between spikes, while the
+    log-probabilities keep the runner-up phonemes (which mouth shape is coming or fading),
+    and the floor removes the unbounded tail that carries no information.
+    The log-mel part adds what phoneme classes lose: loudness and spectral shape.
+    """
+
+    name = "ppg"
+    segment_align = HAMA_HOP
+
+    def __init__(self, config: FrontEndConfig | None = None) -> None:
+        import hama  # local: only this front-end needs it
+
+        config = config or FrontEndConfig()
+        super().__init__(config)
+        self._mel = LogMelFrontEnd(config)
+        self.dim = HAMA_CLASSES + self._mel.dim
+        self._asr = hama.ASRModel()
+
+    def log_probs(self, segment: np.ndarray) -> np.ndarray:
+        """Raw recogniser log-probabilities [segment.size // 320 + 1, 191] of one utterance."""
+        wav = np.ascontiguousarray(segment, dtype=np.float32).reshape(1, -1)
+        if wav.size == 0:
+            # hama still emits one frame for empty input; give it one hop of silence instead
+            # of relying on that edge case.
+            wav = np.zeros((1, HAMA_HOP), dtype=np.float32)
+        lengths = np.array([wav.shape[1]], dtype=np.int64)
+        log_probs, out_lengths = self._asr.session.run(
+            ["log_probs", "out_lengths"], {"waveform": wav, "waveform_lengths": lengths}
+        )
+        n = int(np.asarray(out_lengths).reshape(-1)[0])
+        return np.asarray(log_probs[0, :n], dtype=np.float32)
+
+    def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
+        ppg = (np.maximum(self.log_probs(segment), PPG_LOG_FLOOR) + 5.0) / 5.0
+        # Log-mel on hama's 20 ms grid (every other mel frame): one grid, one interpolation.
+        mel = self._mel.frames(segment, ppg.shape[0], hop=HAMA_HOP)
+        return np.concatenate([ppg, mel], axis=1), HAMA_HOP, 0.0
+
+
+# --- wav2vec2 / HuBERT ----------------------------------------------------------------------
+class Wav2Vec2FrontEnd(BlockwiseFrontEnd):
+    """Frozen wav2vec2/HuBERT hidden states from a local model directory (never downloaded)."""
+
+    name = "wav2vec2"
+    segment_align = 320
+
+    def __init__(self, model_dir: str | Path | None = None, config: FrontEndConfig | None = None) -> None:
+        config = config or FrontEndConfig(
+            name="wav2vec2", model_dir=None if model_dir is None else str(model_dir)
+        )
+        model_dir = model_dir if model_dir is not None else config.model_dir
+        if model_dir is None:
+            raise ValueError("Wav2Vec2FrontEnd needs model_dir: a local directory with a saved model")
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a saved transformers model directory (no config.json)")
+        try:
+            import torch
+            from transformers import AutoConfig, AutoModel
+        except ImportError as exc:
+            raise ImportError(
+                "Wav2Vec2FrontEnd needs transformers: pip install 'ksdiff-runtime[ssl]'"
+            ) from exc
+        model_config = AutoConfig.from_pretrained(path, local_files_only=True)
+        strides = list(getattr(model_config, "conv_stride", []))
+        kernels = list(getattr(model_config, "conv_kernel", []))
+        if not strides or not kernels:
+            raise ValueError(f"{path}: not a wav2vec2-style model (no conv_stride/conv_kernel in its config)")
+        # The conv feature encoder's hop and receptive field give each output frame's centre.
+        hop = int(np.prod(strides))
+        receptive, jump = 1, 1
+        for k, s in zip(kernels, strides, strict=True):
+            receptive += (k - 1) * jump
+            jump *= s
+        self.segment_align = hop
+        super().__init__(config)
+        self._torch = torch
+        self._hop = hop
+        self._receptive = receptive
+        self._model: Any = AutoModel.from_pretrained(path, local_files_only=True).eval()
+        self.layer = config.layer
+        self.dim = int(model_config.hidden_size)
+        self._normalize = False
+        preprocessor = path / "preprocessor_config.json"
+        if preprocessor.is_file():
+            import json
+
+            self._normalize = bool(json.loads(preprocessor.read_text()).get("do_normalize", False))
+
+    def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
+        x = segment.astype(np.float32)
+        if x.size < self._receptive:
+            # Shorter than one conv window: pad with silence so the model emits one frame.
+            x = np.pad(x, (0, self._receptive - x.size))
+        if self._normalize:
+            x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+        with self._torch.no_grad():
+            out = self._model(self._torch.from_numpy(x)[None], output_hidden_states=True)
+        hidden = out.hidden_states[self.layer][0].numpy().astype(np.float32)
+        return hidden, self._hop, (self._receptive - 1) / 2.0
+
+
+FRONT_ENDS: dict[str, type[BlockwiseFrontEnd]] = {
+    LogMelFrontEnd.name: LogMelFrontEnd,
+    PosteriorgramFrontEnd.name: PosteriorgramFrontEnd,
+    Wav2Vec2FrontEnd.name: Wav2Vec2FrontEnd,
+}
+
+
+def make_front_end(config: FrontEndConfig) -> BlockwiseFrontEnd:
+    """The front-end named by ``config.name`` (one of ``FRONT_ENDS``)."""
+    if config.name not in FRONT_ENDS:
+        raise ValueError(f"unknown front-end {config.name!r}; known: {', '.join(FRONT_ENDS)}")
+    if config.name == Wav2Vec2FrontEnd.name:
+        return Wav2Vec2FrontEnd(config.model_dir, config)
+    return FRONT_ENDS[config.name](config)

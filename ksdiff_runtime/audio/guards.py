@@ -1,0 +1,155 @@
+"""Audio input guards: whatever arrives (file, mic, SDK push) leaves here as finite float32 mono.
+
+Bad input must never take down a stream, so the guards repair what they can (NaN/Inf -> 0,
+clipping to [-1, 1], downmix, resampling) and *report* what they repaired (``AudioReport``);
+they raise ``AudioInputError`` only for input that cannot be audio at all (a missing or corrupt
+file, a non-numeric array), with a message naming the file or the problem.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from ksdiff_runtime.motion import SAMPLE_RATE
+
+# Below this RMS (-60 dBFS) or this peak (-50 dBFS) a clip carries no usable speech.
+SILENCE_RMS = 1e-3
+SILENCE_PEAK = 3e-3
+# More channels than this in a [S, C] array almost certainly means a channels-first [C, S] array.
+MAX_CHANNELS = 32
+
+
+class AudioInputError(ValueError):
+    """Input that cannot be turned into audio: missing/corrupt/unsupported file, bad array."""
+
+
+@dataclass(frozen=True)
+class AudioReport:
+    """What ``sanitize`` found and repaired.
+
+    Counts refer to the array handed in: ``n_nonfinite`` counts NaN/Inf values before the
+    downmix (one per channel value), ``n_clipped`` counts mono samples outside [-1, 1].
+    """
+
+    n_samples: int
+    n_nonfinite: int
+    n_clipped: int
+    peak: float
+    rms: float
+    is_silent: bool
+    sample_rate: int = SAMPLE_RATE
+
+
+def _to_float(audio: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float in [-1, 1]; float stays as is (as float64 so counting is exact)."""
+    if audio.dtype == np.bool_ or not np.issubdtype(audio.dtype, np.number):
+        raise AudioInputError(f"audio must be a numeric array, got dtype {audio.dtype}")
+    if np.issubdtype(audio.dtype, np.complexfloating):
+        raise AudioInputError("audio must be real-valued, got a complex array")
+    if np.issubdtype(audio.dtype, np.unsignedinteger):
+        # Unsigned PCM (8-bit WAV) is offset binary: the midpoint is silence.
+        info = np.iinfo(audio.dtype)
+        mid = (int(info.max) + 1) / 2.0
+        return (audio.astype(np.float64) - mid) / mid
+    if np.issubdtype(audio.dtype, np.integer):
+        # Divide by 2^(bits-1) so int16 -32768 maps to exactly -1.
+        return audio.astype(np.float64) / float(-int(np.iinfo(audio.dtype).min))
+    return audio.astype(np.float64)
+
+
+def sanitize(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, AudioReport]:
+    """Finite float32 mono in [-1, 1] from int16/int32/float audio shaped [S] or [S, C].
+
+    ``sample_rate`` is not used for the samples; it is recorded in the report so the counts
+    can be read against the right clock. Empty audio gives an empty array and a silent report.
+    """
+    arr = np.asarray(audio)
+    if arr.ndim == 0:
+        raise AudioInputError("audio must be an array of samples, got a scalar")
+    if arr.ndim > 2:
+        raise AudioInputError(f"audio must be [samples] or [samples, channels], got shape {arr.shape}")
+    if arr.ndim == 2 and arr.shape[1] > MAX_CHANNELS:
+        raise AudioInputError(
+            f"audio of shape {arr.shape} has {arr.shape[1]} channels; expected [samples, channels] "
+            "(is it channels-first? transpose it)"
+        )
+    x = _to_float(arr)
+
+    # Zero the non-finite values *before* the downmix so one bad channel value does not
+    # poison the other channels of that sample.
+    finite = np.isfinite(x)
+    n_nonfinite = int(x.size - np.count_nonzero(finite))
+    if n_nonfinite:
+        x = np.where(finite, x, 0.0)
+    if x.ndim == 2:
+        x = x.mean(axis=1) if x.shape[1] > 0 else np.zeros(x.shape[0])
+
+    over = np.abs(x) > 1.0
+    n_clipped = int(np.count_nonzero(over))
+    if n_clipped:
+        x = np.clip(x, -1.0, 1.0)
+
+    out = x.astype(np.float32)
+    peak = float(np.max(np.abs(out))) if out.size else 0.0
+    rms = float(np.sqrt(np.mean(np.square(x)))) if out.size else 0.0
+    report = AudioReport(
+        n_samples=int(out.size),
+        n_nonfinite=n_nonfinite,
+        n_clipped=n_clipped,
+        peak=peak,
+        rms=rms,
+        is_silent=bool(rms < SILENCE_RMS or peak < SILENCE_PEAK),
+        sample_rate=int(sample_rate),
+    )
+    return out, report
+
+
+def to_model_rate(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mono audio at ``sample_rate`` -> float32 at ``motion.SAMPLE_RATE`` (polyphase resampling).
+
+    The output has ceil(len * SAMPLE_RATE / sample_rate) samples. The anti-aliasing filter can
+    overshoot slightly, so the result is clipped back to [-1, 1].
+    """
+    rate = int(sample_rate)
+    if rate <= 0 or rate != sample_rate:
+        raise AudioInputError(f"sample rate must be a positive integer, got {sample_rate!r}")
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim != 1:
+        raise AudioInputError(f"to_model_rate expects mono [samples] audio, got shape {x.shape}")
+    if rate == SAMPLE_RATE or x.size == 0:
+        return x.copy()
+    g = math.gcd(SAMPLE_RATE, rate)
+    y = resample_poly(x, SAMPLE_RATE // g, rate // g)
+    return np.clip(y, -1.0, 1.0).astype(np.float32)
+
+
+def load_audio(path: str | Path) -> tuple[np.ndarray, AudioReport]:
+    """Read an audio file -> (float32 mono at ``motion.SAMPLE_RATE``, report of the file's samples).
+
+    Raises ``AudioInputError`` naming the file when it is missing, not a file, in a format
+    libsndfile does not read, or corrupt.
+    """
+    import soundfile as sf  # local: the engine and SDK import guards without needing libsndfile
+
+    p = Path(path)
+    if not p.exists():
+        raise AudioInputError(f"audio file not found: {p}")
+    if not p.is_file():
+        raise AudioInputError(f"audio path is not a file: {p}")
+    try:
+        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        known = {ext.lower() for ext in sf.available_formats()}
+        ext = p.suffix.lstrip(".").lower()
+        if ext and ext not in known and ext not in ("oga", "opus"):
+            raise AudioInputError(
+                f"unsupported audio format {p.suffix!r} for {p} (readable: {', '.join(sorted(known))})"
+            ) from exc
+        raise AudioInputError(f"cannot read audio file {p} (corrupt or unsupported content): {exc}") from exc
+    mono, report = sanitize(data, sample_rate=int(rate))
+    return to_model_rate(mono, int(rate)), report

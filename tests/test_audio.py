@@ -1,0 +1,197 @@
+"""Audio guards and front-ends: repaired input is reported, shapes follow motion.num_frames,
+and blockwise (streaming) features equal whole-clip features exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ksdiff_runtime.audio.features import (
+    FRONT_ENDS,
+    FrontEndConfig,
+    LogMelFrontEnd,
+    PosteriorgramFrontEnd,
+    Wav2Vec2FrontEnd,
+    make_front_end,
+)
+from ksdiff_runtime.audio.guards import AudioInputError, load_audio, sanitize, to_model_rate
+from ksdiff_runtime.motion import SAMPLE_RATE, num_frames
+
+
+def _speechlike(seconds: float, seed: int = 0) -> np.ndarray:
+    """Voiced-ish test signal: a gliding harmonic tone with noise bursts and pauses."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = (np.sin(2 * np.pi * 2.5 * t) > -0.3).astype(np.float64)
+    noise = rng.normal(0, 0.05, t.size) * (np.sin(2 * np.pi * 1.3 * t) > 0.6)
+    return (0.2 * voiced * envelope + noise).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ppg() -> PosteriorgramFrontEnd:
+    return PosteriorgramFrontEnd(FrontEndConfig(left_context_ms=300, lookahead_ms=60))
+
+
+# --- guards ------------------------------------------------------------------------------------
+def test_sanitize_counts_nonfinite_and_clipping() -> None:
+    x = np.array([0.1, np.nan, np.inf, -np.inf, 1.5, -2.0, 0.5], dtype=np.float64)
+    out, report = sanitize(x)
+    assert out.dtype == np.float32
+    assert report.n_samples == 7
+    assert report.n_nonfinite == 3
+    assert report.n_clipped == 2
+    np.testing.assert_allclose(out, [0.1, 0, 0, 0, 1.0, -1.0, 0.5], atol=1e-7)
+    assert report.peak == pytest.approx(1.0)
+    assert not report.is_silent
+
+
+def test_sanitize_int_stereo_and_silence() -> None:
+    pcm = np.array([[32767, -32768], [-32768, -32768], [0, 0]], dtype=np.int16)
+    out, report = sanitize(pcm)
+    np.testing.assert_allclose(out, [(32767 - 32768) / 65536, -1.0, 0.0], atol=1e-6)
+    assert report.n_clipped == 0 and report.n_nonfinite == 0
+    # A NaN in one channel must not wipe out the other channel's value.
+    out, report = sanitize(np.array([[np.nan, 0.5]], dtype=np.float32))
+    assert report.n_nonfinite == 1 and out[0] == pytest.approx(0.25)
+    assert sanitize(np.zeros(1000, np.int32))[1].is_silent
+    assert sanitize(np.array([], np.float32))[1].is_silent
+
+
+def test_sanitize_rejects_non_audio() -> None:
+    with pytest.raises(AudioInputError):
+        sanitize(np.array(["a", "b"]))
+    with pytest.raises(AudioInputError, match="channels-first"):
+        sanitize(np.zeros((2, 48_000), np.float32))
+
+
+@pytest.mark.parametrize("rate", [44_100, 48_000, 8_000, 22_050])
+def test_resampling_stereo_to_16k_mono(tmp_path: Path, rate: int) -> None:
+    seconds = 1.25
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1) * 0.5
+    mono, _ = sanitize(stereo)
+    out = to_model_rate(mono, rate)
+    assert out.dtype == np.float32 and out.ndim == 1
+    assert out.size == int(np.ceil(n * SAMPLE_RATE / rate))
+    path = tmp_path / f"tone_{rate}.wav"
+    sf.write(path, stereo.astype(np.float32), rate, subtype="PCM_16")
+    loaded, report = load_audio(path)
+    assert loaded.size == out.size and report.sample_rate == rate and report.n_samples == n
+    # The tone survives at the right level (RMS of a 0.5 sine ~ 0.354) away from the edges.
+    assert np.sqrt(np.mean(loaded[2000:-2000] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.03)
+
+
+def test_load_audio_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.wav"
+    with pytest.raises(AudioInputError, match=r"nope\.wav"):
+        load_audio(missing)
+    corrupt = tmp_path / "broken.wav"
+    corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
+    with pytest.raises(AudioInputError, match=r"broken\.wav"):
+        load_audio(corrupt)
+    unsupported = tmp_path / "notes.xyz"
+    unsupported.write_text("not audio")
+    with pytest.raises(AudioInputError, match=r"notes\.xyz") as err:
+        load_audio(unsupported)
+    assert "unsupported" in str(err.value)
+    with pytest.raises(AudioInputError, match="not a file"):
+        load_audio(tmp_path)
+
+
+# --- front-ends --------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [0, 1, 300, 533, 534])
+def test_empty_and_subframe_audio_give_zero_frames(ppg: PosteriorgramFrontEnd, n: int) -> None:
+    audio = np.zeros(n, np.float32)
+    for fe in (LogMelFrontEnd(), ppg):
+        feats = fe(audio)
+        assert feats.shape == (num_frames(n), fe.dim)
+        assert feats.dtype == np.float32
+    assert num_frames(533) == 0 and num_frames(534) == 1
+
+
+def test_silence_and_noise_give_finite_features(ppg: PosteriorgramFrontEnd) -> None:
+    silence = np.zeros(SAMPLE_RATE, np.float32)
+    noise = np.random.default_rng(1).normal(0, 0.3, SAMPLE_RATE).clip(-1, 1).astype(np.float32)
+    for fe in (LogMelFrontEnd(), ppg):
+        for audio in (silence, noise):
+            feats = fe(audio)
+            assert feats.shape == (30, fe.dim)
+            assert np.isfinite(feats).all()
+    mel = LogMelFrontEnd()(silence)
+    assert np.allclose(mel, -1.0)  # the floor maps to -1 by design
+
+
+def test_logmel_matches_librosa() -> None:
+    import librosa
+
+    audio = _speechlike(0.7)
+    fe = LogMelFrontEnd()
+    ref = librosa.feature.melspectrogram(
+        y=audio, sr=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=160, n_mels=40, pad_mode="constant"
+    )
+    ref = (np.log10(np.maximum(ref.T, 1e-8)) + 4.0) / 4.0
+    np.testing.assert_allclose(fe.frames(audio, ref.shape[0]), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [SAMPLE_RATE * 2 + 777, 4800, 3200])
+def test_blockwise_stream_equals_whole_clip(ppg: PosteriorgramFrontEnd, n: int) -> None:
+    audio = _speechlike(n / SAMPLE_RATE, seed=n)[:n]
+    whole = ppg(audio)
+    assert whole.shape == (num_frames(n), ppg.dim)
+    # Stream: each block computed as soon as the audio it needs exists, from that prefix only.
+    streamed = [
+        ppg.block_features(audio[: min(n, ppg.samples_needed(k))], k) for k in range(ppg.num_blocks(n))
+    ]
+    np.testing.assert_array_equal(np.concatenate(streamed), whole)
+    # More audio than needed must not change a block (nothing past the lookahead is read).
+    k = 2
+    assert np.array_equal(ppg.block_features(audio, k), ppg.block_features(audio[: ppg.samples_needed(k)], k))
+
+
+def test_blockwise_context_matters(ppg: PosteriorgramFrontEnd) -> None:
+    """The schedule is real: a different left context gives different PPG values mid-clip."""
+    audio = _speechlike(2.0)
+    wide = PosteriorgramFrontEnd(FrontEndConfig(left_context_ms=1000, lookahead_ms=60))
+    assert not np.array_equal(ppg(audio)[-10:], wide(audio)[-10:])
+
+
+def test_registry_and_config_checks() -> None:
+    assert set(FRONT_ENDS) == {"logmel", "ppg", "wav2vec2"}
+    assert make_front_end(FrontEndConfig(name="logmel")).dim == 40
+    with pytest.raises(ValueError, match="unknown front-end"):
+        make_front_end(FrontEndConfig(name="mfcc"))
+    with pytest.raises(ValueError, match="multiple of 100"):
+        make_front_end(FrontEndConfig(name="logmel", block_ms=150))
+
+
+def test_wav2vec2_front_end_from_tiny_local_model(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16, 16, 16, 16, 16),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+    transformers.Wav2Vec2Model(config).save_pretrained(tmp_path)
+    fe = make_front_end(FrontEndConfig(name="wav2vec2", model_dir=str(tmp_path), layer=1))
+    audio = _speechlike(1.0)
+    feats = fe(audio)
+    assert feats.shape == (30, 32) and np.isfinite(feats).all()
+    streamed = [fe.block_features(audio[: fe.samples_needed(k)], k) for k in range(fe.num_blocks(audio.size))]
+    np.testing.assert_allclose(np.concatenate(streamed), feats, atol=1e-6)
+    assert fe(np.zeros(100, np.float32)).shape == (0, 32)
+
+
+def test_wav2vec2_front_end_rejects_bad_dir(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"no config\.json"):
+        Wav2Vec2FrontEnd(tmp_path)
