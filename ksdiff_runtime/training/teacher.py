@@ -449,7 +449,8 @@ def plot_curves(path: str, text: str = "Bob bought a blue map, who knew?", voice
         return blend[:, BLENDSHAPE_INDEX[name]]
 
     rows = [
-        ("jaw / lips", [("jawOpen", b("jawOpen")), ("mouthClose", b("mouthClose")), ("lip aperture", lip_aperture(blend))]),
+        ("jaw / lips", [("jawOpen", b("jawOpen")), ("mouthClose", b("mouthClose")),
+                        ("lip aperture", lip_aperture(blend))]),
         ("rounding", [("mouthPucker", b("mouthPucker")), ("mouthFunnel", b("mouthFunnel"))]),
         ("head (rad)", [("pitch", head[:, 0]), ("yaw", head[:, 1]), ("roll", head[:, 2])]),
         ("eyes / brows", [("eyeBlinkLeft", b("eyeBlinkLeft")), ("browInnerUp", b("browInnerUp"))]),
@@ -473,8 +474,15 @@ def plot_curves(path: str, text: str = "Bob bought a blue map, who knew?", voice
                 ax.axvline(s, color="0.85", lw=0.5)
     for p, s, d in zip(utt.phonemes, utt.start, utt.duration, strict=True):
         if not is_pause(p):
-            axes[-1].text(s + d / 2, -0.02, p, transform=axes[-1].get_xaxis_transform(), ha="center", va="top",
-                          fontsize=8)  # fmt: skip
+            axes[-1].text(
+                s + d / 2,
+                -0.02,
+                p,
+                transform=axes[-1].get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=8,
+            )
     axes[-1].set_xlabel("time (s); red = bilabial /p b m/ (lips must close)", labelpad=18)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
