@@ -11,17 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ksdiff_runtime import motion
-
-
-@dataclass
-class FrontEndSpec:
-    """Which acoustic front-end produced the features and how (see ksdiff_runtime/audio/features.py)."""
-
-    name: str = "posteriorgram"  # posteriorgram (hama PPG + log-mel) | logmel | wav2vec2
-    dim: int = 231  # feature size per motion frame
-    block_ms: int = 100  # front-end block; features of a block are computed once
-    left_context_ms: int = 500
-    lookahead_ms: int = 100  # future audio the recogniser sees past its block
+from ksdiff_runtime.audio.features import FrontEndConfig
 
 
 @dataclass
@@ -32,7 +22,8 @@ class ModelConfig:
     expr_dim: int = motion.NUM_BLENDSHAPES
     pose_dim: int = motion.NUM_HEAD
     # --- inputs ---
-    front_end: FrontEndSpec = field(default_factory=FrontEndSpec)
+    front_end: FrontEndConfig = field(default_factory=FrontEndConfig)
+    feature_dim: int = 231  # front-end features per frame (hama PPG 191 + log-mel 40)
     prosody_dim: int = 2  # F0 and energy per frame (ksdiff_runtime/audio/prosody.py)
     text_vocab: int = 194  # phoneme tokens of the optional transcript path; 0 is padding
     max_text_tokens: int = 96
@@ -54,7 +45,7 @@ class ModelConfig:
     n_msdc_blocks: int = 2
     denoiser_layers: int = 4
     kel_hidden: int = 128
-    dropout: float = 0.1
+    dropout: float = 0.0  # dropout cost ~20 % of a CPU step and windows are random anyway
     # --- diffusion ---
     diffusion_steps: int = 1000
     schedule: str = "cosine"
@@ -68,6 +59,9 @@ class ModelConfig:
         """Feature frames one training window consumes: past context + window + lookahead."""
         return self.encoder_context_frames + self.train_window_frames + self.lookahead_frames
 
+    def front_end_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.front_end)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -79,22 +73,8 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config fields: {', '.join(unknown)}")
         if isinstance(data.get("front_end"), dict):
-            data["front_end"] = FrontEndSpec(**data["front_end"])
+            data["front_end"] = FrontEndConfig(**data["front_end"])
         if "msdc_dilations" in data:
             data["msdc_dilations"] = tuple(data["msdc_dilations"])
         return cls(**data)
 
-
-def config_mismatches(saved: dict[str, Any], current: ModelConfig) -> list[str]:
-    """Fields whose saved value differs from what this code builds: 'name: saved -> current'."""
-    now = current.to_dict()
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key, "<missing>"), now.get(key, "<missing>")
-        if isinstance(a, list):
-            a = tuple(a)
-        if isinstance(b, list):
-            b = tuple(b)
-        if a != b:
-            out.append(f"{key}: checkpoint has {a!r}, code expects {b!r}")
-    return out

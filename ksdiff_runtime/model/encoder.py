@@ -119,7 +119,7 @@ class DualPathSpeechEncoder(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.lookahead = cfg.lookahead_frames
-        self.adapter = nn.Sequential(nn.Linear(cfg.front_end.dim, d), nn.GELU(), nn.Linear(d, d))
+        self.adapter = nn.Sequential(nn.Linear(cfg.feature_dim, d), nn.GELU(), nn.Linear(d, d))
         self.audio_null = nn.Parameter(torch.zeros(d))
         self.text = TextPath(cfg)
         self.msdc = nn.Sequential(

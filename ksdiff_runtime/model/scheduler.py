@@ -33,7 +33,7 @@ class NoiseScheduler:
         """Evenly spaced steps from the noisiest down to 0, e.g. 4 -> [999, 749, 499, 249]."""
         if not 1 <= num_steps <= self.steps:
             raise ValueError(f"DDIM steps must be in 1..{self.steps}, got {num_steps}")
-        return [int(round(self.steps - 1 - i * self.steps / num_steps)) for i in range(num_steps)]
+        return [round(self.steps - 1 - i * self.steps / num_steps) for i in range(num_steps)]
 
     def ddim_sample(
         self,

@@ -1,0 +1,121 @@
+"""Whole-clip animation: audio in, frames out, with the same sliding windows a stream uses.
+
+The clip is cut into windows of N new frames; each window sees the C frames generated
+before it (so consecutive windows join smoothly), the encoder's past context and the
+model's lookahead, exactly as in training. Several clips are animated in one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ksdiff_runtime import motion
+from ksdiff_runtime.audio.features import make_front_end
+from ksdiff_runtime.audio.guards import sanitize
+from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
+from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
+
+
+@dataclass
+class ClipInputs:
+    feats: np.ndarray  # [T, F]
+    prosody: np.ndarray  # [T, 2]
+    tokens: np.ndarray  # [P] transcript phoneme ids (empty: no transcript)
+
+
+@dataclass
+class Animation:
+    blendshapes: np.ndarray  # [T, 52] weights 0..1
+    head: np.ndarray  # [T, 3] pitch, yaw, roll (radians)
+    key_expr: np.ndarray  # [T] KEL keyframe probability
+    key_pose: np.ndarray  # [T]
+    fps: int = motion.FPS
+
+    @property
+    def gaze(self) -> np.ndarray:
+        return motion.gaze_from_blendshapes(self.blendshapes)
+
+
+_FRONT_ENDS: dict[str, object] = {}
+
+
+def clip_inputs(model: KSDiff, audio16k: np.ndarray, text: str | None = None) -> ClipInputs:
+    """Model inputs for a whole clip of 16 kHz audio (sanitised here: NaN/Inf zeroed, clipped)."""
+    audio, _ = sanitize(audio16k)
+    key = repr(model.cfg.front_end)
+    if key not in _FRONT_ENDS:
+        _FRONT_ENDS[key] = make_front_end(model.cfg.front_end)
+    feats = _FRONT_ENDS[key](audio)
+    pros = normalized_prosody(prosody(audio))
+    tokens = np.zeros(0, dtype=np.int64)
+    if text:
+        from ksdiff_runtime.transcript import phoneme_tokens
+
+        tokens = phoneme_tokens(text, model.cfg.max_text_tokens)
+    return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens)
+
+
+def _take(x: np.ndarray, start: int, length: int) -> np.ndarray:
+    idx = np.clip(np.arange(start, start + length), 0, len(x) - 1)
+    return x[idx]
+
+
+@torch.no_grad()
+def animate(
+    model: KSDiff,
+    clips: list[ClipInputs],
+    steps: int = 4,
+    seeds: list[int] | None = None,
+    style: torch.Tensor | None = None,  # [B, style_dim] or None (the null style)
+    guidance: Guidance | None = None,
+    use_kel: bool = True,
+    window: int | None = None,
+) -> list[Animation]:
+    """Animate clips in one batch; each clip's noise comes from its own seed (default 0)."""
+    cfg = model.cfg
+    dev = next(model.parameters()).device
+    B = len(clips)
+    seeds = seeds or [0] * B
+    N = window or cfg.train_window_frames
+    C, E, L = cfg.motion_context_frames, cfg.encoder_context_frames, cfg.lookahead_frames
+    lengths = [len(c.feats) for c in clips]
+    T = max(lengths) if lengths else 0
+    expr = np.zeros((B, T, cfg.expr_dim), dtype=np.float32)
+    pose = np.zeros((B, T, cfg.pose_dim), dtype=np.float32)
+    keys = np.zeros((B, T, 2), dtype=np.float32)
+    if T == 0:
+        return [Animation(expr[i, :0], pose[i, :0], keys[i, :0, 0], keys[i, :0, 1]) for i in range(B)]
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    P = max(1, max(len(c.tokens) for c in clips))
+    text = torch.zeros(B, P, dtype=torch.long)
+    for i, c in enumerate(clips):
+        text[i, : len(c.tokens)] = torch.from_numpy(c.tokens)
+    text_keep = torch.tensor([float(len(c.tokens) > 0) for c in clips])
+    # clips shorter than the batch's longest repeat their last feature frame (trimmed after)
+    for w0 in range(0, T, N):
+        feats = np.stack([_take(c.feats, w0 - E, E + N + L) for c in clips])
+        pros = np.stack([_take(c.prosody, w0 - E, E + N + L) for c in clips])
+        frames = np.arange(w0 - C, w0)
+        known = np.repeat((frames >= 0)[None].astype(np.float32), B, axis=0)
+        prev_e = np.stack([_take(expr[i], w0 - C, C) if w0 > 0 else np.zeros((C, cfg.expr_dim)) for i in range(B)])
+        prev_p = np.stack([_take(pose[i], w0 - C, C) if w0 > 0 else np.zeros((C, cfg.pose_dim)) for i in range(B)])
+        noise_e = torch.stack([torch.randn(N, cfg.expr_dim, generator=g) for g in gens])
+        noise_p = torch.stack([torch.randn(N, cfg.pose_dim, generator=g) for g in gens])
+        out = model.sample_window(
+            torch.from_numpy(feats).to(dev), torch.from_numpy(pros).to(dev), text.to(dev), text_keep.to(dev),
+            torch.from_numpy(prev_e).float().to(dev), torch.from_numpy(prev_p).float().to(dev),
+            torch.from_numpy(known).to(dev), None if style is None else style.to(dev),
+            noise_e.to(dev), noise_p.to(dev), steps, guidance, use_kel,
+        )
+        n = min(N, T - w0)
+        expr[:, w0 : w0 + n] = out["expr"][:, :n].cpu().numpy()
+        pose[:, w0 : w0 + n] = out["pose"][:, :n].cpu().numpy()
+        keys[:, w0 : w0 + n, 0] = out["key_expr"][:, :n].cpu().numpy()
+        keys[:, w0 : w0 + n, 1] = out["key_pose"][:, :n].cpu().numpy()
+    return [
+        Animation(expr[i, : lengths[i]], pose[i, : lengths[i]], keys[i, : lengths[i], 0], keys[i, : lengths[i], 1])
+        for i in range(B)
+    ]

@@ -1,0 +1,100 @@
+"""Saving and loading model checkpoints, with clear errors for missing, corrupt or mismatched files.
+
+A checkpoint is a torch file holding: ``format`` (this module's version), ``config`` (the
+ModelConfig as a dict), ``blendshapes`` (the names the weights were trained on, in order),
+``model`` (the state dict; the shipped file stores it in float16 to halve its size) and
+optional training extras (optimiser, EMA, step) that inference ignores.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ksdiff_runtime import motion
+
+from .config import ModelConfig
+from .ksdiff import KSDiff
+
+FORMAT = 1
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "ksdiff.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def save_checkpoint(path: str | Path, model: KSDiff, half: bool = False, **extras: Any) -> None:
+    """Write atomically (a crash mid-write never leaves a truncated checkpoint behind)."""
+    state = model.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    payload = {
+        "format": FORMAT,
+        "config": model.cfg.to_dict(),
+        "blendshapes": list(motion.BLENDSHAPES),
+        "model": state,
+        **extras,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a ksdiff checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise CheckpointError(f"checkpoint {path} is not a ksdiff checkpoint (no 'model'/'config' entries)")
+    if payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {payload.get('format')!r}; this code reads {FORMAT}")
+    return payload
+
+
+def load_model(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu") -> KSDiff:
+    """The model in eval mode, float32, on ``device``."""
+    path = Path(path)
+    payload = read_checkpoint(path)
+    names = payload.get("blendshapes")
+    if names != list(motion.BLENDSHAPES):
+        raise CheckpointError(
+            f"checkpoint {path} was trained on a different blendshape set/order than motion.BLENDSHAPES"
+        )
+    try:
+        cfg = ModelConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its config does not match this code: {exc}") from exc
+    for field, expected in (("fps", motion.FPS), ("sample_rate", motion.SAMPLE_RATE)):
+        if getattr(cfg, field) != expected:
+            raise CheckpointError(
+                f"checkpoint {path}: config {field}={getattr(cfg, field)} but the runtime uses {expected}"
+            )
+    model = KSDiff(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing weights: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            details.append(f"unexpected weights: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        for k in wrong[:5]:
+            details.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        raise CheckpointError(f"checkpoint {path} does not match the model code: " + "; ".join(details))
+    model.load_state_dict(state)
+    return model.to(device).eval()

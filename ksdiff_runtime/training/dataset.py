@@ -1,0 +1,236 @@
+"""Training data: the generated corpus, its cached features, and random windows for the trainer.
+
+Feature cache: the front-end (hama posteriorgram + log-mel by default) is the slow part of
+reading a clip, so it runs once per clip and front-end and is stored under
+``<cache>/<front-end key>/<clip id>.npz`` (feats float16 [T, F], prosody float32 [T, 2],
+text int64 [P]). The key includes the front-end settings, so changing them never reuses
+stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ksdiff_runtime.model.config import ModelConfig
+
+from .keyframes import expression_keyframes, pose_keyframes
+
+
+@dataclass
+class Clip:
+    id: str
+    split: str
+    persona: int
+    style: np.ndarray  # [6]
+    text: str
+    feats: np.ndarray  # [T, F] float16
+    prosody: np.ndarray  # [T, 2]
+    tokens: np.ndarray  # [P]
+    expr: np.ndarray  # [T, 52]
+    pose: np.ndarray  # [T, 3]
+    key_expr: np.ndarray  # [T] bool
+    key_pose: np.ndarray  # [T] bool
+    silent: np.ndarray  # [T] bool
+    phonemes: np.ndarray  # [P] str
+    phoneme_start: np.ndarray  # [P] s
+    phoneme_dur: np.ndarray  # [P] s
+    viseme: np.ndarray  # [P] str
+    audio: np.ndarray | None = None  # 16 kHz, kept only when asked (evaluation)
+
+
+def read_manifest(corpus: Path) -> dict:
+    path = Path(corpus) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no corpus at {corpus} (missing {path}); run `ksdiff-runtime corpus` first")
+    return json.loads(path.read_text())
+
+
+def front_end_key(cfg: ModelConfig) -> str:
+    spec = json.dumps(cfg.front_end_dict(), sort_keys=True)
+    return f"{cfg.front_end.name}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
+
+
+def _compute_features(job: tuple[str, str, str, dict]) -> str:
+    """Worker: features for one clip into its cache file (skipped if present)."""
+    clip_path, text, out_path, front_end_dict = job
+    out = Path(out_path)
+    if out.is_file():
+        return out_path
+    from ksdiff_runtime.audio.features import FrontEndConfig, make_front_end
+    from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
+    from ksdiff_runtime.transcript import phoneme_tokens
+
+    front_end = _compute_features.cache.get(json.dumps(front_end_dict, sort_keys=True))  # type: ignore[attr-defined]
+    if front_end is None:
+        front_end = make_front_end(FrontEndConfig(**front_end_dict))
+        _compute_features.cache[json.dumps(front_end_dict, sort_keys=True)] = front_end  # type: ignore[attr-defined]
+    data = np.load(clip_path)
+    audio = data["audio"].astype(np.float32)
+    feats = front_end(audio).astype(np.float16)
+    pros = normalized_prosody(prosody(audio)).astype(np.float32)
+    tokens = phoneme_tokens(text) if text else np.zeros(0, dtype=np.int64)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp.npz")
+    np.savez(tmp, feats=feats, prosody=pros, text=tokens)
+    tmp.replace(out)
+    return out_path
+
+
+_compute_features.cache = {}  # type: ignore[attr-defined]
+
+
+def build_feature_cache(corpus: Path, cache: Path, cfg: ModelConfig, workers: int = 2) -> Path:
+    """Compute missing features for every clip of the corpus; returns the cache folder."""
+    manifest = read_manifest(corpus)
+    folder = Path(cache) / front_end_key(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "front_end.json").write_text(json.dumps(cfg.front_end_dict(), indent=2))
+    jobs = []
+    for c in manifest["clips"]:
+        out = folder / f"{c['id']}.npz"
+        if not out.is_file():
+            jobs.append((str(Path(corpus) / c["file"]), c["text"], str(out), cfg.front_end_dict()))
+    if not jobs:
+        return folder
+    with mp.get_context("fork").Pool(workers) as pool:
+        for _ in tqdm(
+            pool.imap_unordered(_compute_features, jobs, chunksize=4),
+            total=len(jobs),
+            desc=f"features ({cfg.front_end.name})",
+            unit="clip",
+        ):
+            pass
+    return folder
+
+
+def load_clips(
+    corpus: Path, cache: Path, cfg: ModelConfig, split: str, keep_audio: bool = False
+) -> list[Clip]:
+    manifest = read_manifest(corpus)
+    folder = Path(cache) / front_end_key(cfg)
+    personas: dict[str, int] = {}
+    clips = []
+    entries = [c for c in manifest["clips"] if c["split"] == split]
+    for c in tqdm(entries, desc=f"loading {split}", unit="clip", leave=False):
+        data = np.load(Path(corpus) / c["file"])
+        cached = np.load(folder / f"{c['id']}.npz")
+        expr, pose = data["blendshapes"].astype(np.float32), data["head"].astype(np.float32)
+        T = len(expr)
+        feats = cached["feats"]
+        if len(feats) != T:
+            raise ValueError(f"clip {c['id']}: {len(feats)} feature frames but {T} motion frames")
+        clips.append(
+            Clip(
+                id=c["id"],
+                split=c["split"],
+                persona=personas.setdefault(c["persona"], len(personas)),
+                style=np.asarray(c["style"], dtype=np.float32),
+                text=c["text"],
+                feats=feats,
+                prosody=cached["prosody"],
+                tokens=cached["text"],
+                expr=expr,
+                pose=pose,
+                key_expr=expression_keyframes(expr),
+                key_pose=pose_keyframes(pose),
+                silent=data["silent"].astype(bool),
+                phonemes=data["phonemes"],
+                phoneme_start=data["phoneme_start"],
+                phoneme_dur=data["phoneme_dur"],
+                viseme=data["viseme"],
+                audio=data["audio"] if keep_audio else None,
+            )
+        )
+    return clips
+
+
+def _take(x: np.ndarray, start: int, length: int) -> np.ndarray:
+    """x[start : start + length] with edge replication outside the array."""
+    idx = np.clip(np.arange(start, start + length), 0, len(x) - 1)
+    return x[idx]
+
+
+class WindowSampler:
+    """Random training windows in the layout KSDiff.training_loss expects."""
+
+    def __init__(self, clips: list[Clip], cfg: ModelConfig, seed: int = 0) -> None:
+        self.clips = clips
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+        lengths = np.array([len(c.expr) for c in clips], dtype=np.float64)
+        self.weights = lengths / lengths.sum()
+        self.by_persona: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            self.by_persona.setdefault(c.persona, []).append(i)
+
+    def _reference(self, persona: int, avoid: int) -> tuple[np.ndarray, np.ndarray]:
+        options = [i for i in self.by_persona[persona] if i != avoid] or [avoid]
+        clip = self.clips[options[self.rng.integers(len(options))]]
+        L = self.cfg.style_clip_frames
+        start = int(self.rng.integers(0, max(1, len(clip.expr) - L + 1)))
+        return _take(clip.expr, start, L), _take(clip.pose, start, L)
+
+    def batch(self, size: int) -> dict[str, np.ndarray]:
+        cfg = self.cfg
+        C, N, E, L = (
+            cfg.motion_context_frames,
+            cfg.train_window_frames,
+            cfg.encoder_context_frames,
+            cfg.lookahead_frames,
+        )
+        out: dict[str, list] = {
+            k: []
+            for k in (
+                "feats",
+                "prosody",
+                "text",
+                "expr",
+                "pose",
+                "key_expr",
+                "key_pose",
+                "known",
+                "ref_a_expr",
+                "ref_a_pose",
+                "ref_b_expr",
+                "ref_b_pose",
+                "persona",
+            )
+        }
+        for ci in self.rng.choice(len(self.clips), size=size, p=self.weights):
+            clip = self.clips[ci]
+            T = len(clip.expr)
+            # windows start anywhere, including the clip start (no previous frames known)
+            w0 = int(self.rng.integers(0, max(1, T - N + 1)))
+            out["feats"].append(_take(clip.feats, w0 - E, E + N + L).astype(np.float32))
+            out["prosody"].append(_take(clip.prosody, w0 - E, E + N + L))
+            out["text"].append(clip.tokens)
+            out["expr"].append(_take(clip.expr, w0 - C, C + N))
+            out["pose"].append(_take(clip.pose, w0 - C, C + N))
+            frames = np.arange(w0 - C, w0 + N)
+            inside = (frames >= 0) & (frames < T)
+            out["key_expr"].append(_take(clip.key_expr, w0 - C, C + N) & inside)
+            out["key_pose"].append(_take(clip.key_pose, w0 - C, C + N) & inside)
+            known = np.zeros(C + N, dtype=np.float32)
+            known[:C] = frames[:C] >= 0
+            out["known"].append(known)
+            a = self._reference(clip.persona, avoid=int(ci))
+            b = self._reference(clip.persona, avoid=int(ci))
+            out["ref_a_expr"].append(a[0])
+            out["ref_a_pose"].append(a[1])
+            out["ref_b_expr"].append(b[0])
+            out["ref_b_pose"].append(b[1])
+            out["persona"].append(clip.persona)
+        P = max(1, max(len(t) for t in out["text"]))
+        text = np.zeros((size, P), dtype=np.int64)
+        for i, t in enumerate(out["text"]):
+            text[i, : len(t)] = t
+        batch = {k: np.stack(v) for k, v in out.items() if k != "text"}
+        batch["text"] = text
+        return batch

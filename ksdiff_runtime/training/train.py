@@ -1,0 +1,259 @@
+"""`ksdiff-runtime train`: train KSDiff on the generated corpus, resumably.
+
+A run lives in one folder: ``config.toml`` (what was asked), ``last.pt`` (model, EMA,
+optimiser, step and sampler state; rewritten atomically every ``checkpoint_every`` steps),
+``losses.jsonl`` and ``losses.png``. Run the same command again and it resumes. The weights
+that ship are the EMA weights in float16 (``--ship PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ksdiff_runtime.audio.features import FrontEndConfig
+from ksdiff_runtime.model.checkpoint import save_checkpoint
+from ksdiff_runtime.model.config import ModelConfig
+from ksdiff_runtime.model.ksdiff import KSDiff, count_parameters
+
+from .dataset import WindowSampler, build_feature_cache, load_clips
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    corpus: str = "data/corpus"
+    cache: str = "cache/features"
+    out: str = "runs/ksdiff"
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 300
+    max_steps: int = 20_000
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
+    ema_decay: float = 0.999
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def load_config(path: str | Path | None) -> tuple[ModelConfig, TrainConfig]:
+    """Model and training settings from a TOML file with [model], [model.front_end] and [train] tables."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {path} does not exist")
+        data = tomllib.loads(path.read_text())
+    model_data = dict(data.get("model", {}))
+    if "front_end" in model_data:
+        model_data["front_end"] = FrontEndConfig(**model_data["front_end"])
+    model_cfg = ModelConfig(**model_data)
+    train_cfg = TrainConfig(**data.get("train", {}))
+    return model_cfg, train_cfg
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def plot_losses(log_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k not in ("step", "lr", "elapsed_s")]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    steps = [r["step"] for r in rows]
+    for k in keys:
+        ax.plot(steps, [r[k] for r in rows], label=k, lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("KSDiff training losses")
+    ax.legend(fontsize=7, ncol=3)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    log.info("device %s; building the feature cache", device)
+    build_feature_cache(Path(cfg.corpus), Path(cfg.cache), model_cfg, workers=cfg.workers)
+    clips = load_clips(Path(cfg.corpus), Path(cfg.cache), model_cfg, "train")
+    if not clips:
+        raise RuntimeError(f"corpus {cfg.corpus} has no training clips")
+    sampler = WindowSampler(clips, model_cfg, seed=cfg.seed)
+
+    model = KSDiff(model_cfg)
+    model.set_motion_stats(
+        torch.from_numpy(np.concatenate([c.expr for c in clips])),
+        torch.from_numpy(np.concatenate([c.pose for c in clips])),
+    )
+    model.to(device)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    last = out / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state["config"] != model_cfg.to_dict():
+            raise RuntimeError(f"{last} was trained with a different model config; use another --out")
+        model.load_state_dict(state["train_model"])
+        ema.load_state_dict(state["model"])  # the checkpoint's main weights are the EMA ones
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        sampler.rng.bit_generator.state = state["sampler_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed %s at step %d", last, step)
+    (out / "config.toml").write_text(_to_toml(model_cfg, cfg))
+    log.info("model: %.2fM parameters; %d training clips", count_parameters(model) / 1e6, len(clips))
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            last,
+            ema,
+            train_model=model.state_dict(),
+            optimizer=opt.state_dict(),
+            step=step,
+            sampler_rng=sampler.rng.bit_generator.state,
+            torch_rng=torch.get_rng_state(),
+        )
+
+    log_file = (out / "losses.jsonl").open("a")
+    started = time.monotonic()
+    running: dict[str, float] = {}
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    model.train()
+    while step < cfg.max_steps:
+        batch = {k: torch.from_numpy(v).to(device) for k, v in sampler.batch(cfg.batch_size).items()}
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        losses = model.training_loss(batch)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # a short EMA early on
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+            for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+                be.copy_(bm)
+        step += 1
+        for k, v in losses.items():
+            running[k] = running.get(k, 0.0) + float(v)
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            row = {k: v / cfg.log_every for k, v in running.items()}
+            running = {}
+            bar.set_postfix(
+                total=f"{row['total']:.3f}", x0e=f"{row['x0_expr']:.3f}", x0p=f"{row['x0_pose']:.3f}"
+            )
+            row.update(step=step, lr=lr_at(step, cfg), elapsed_s=round(time.monotonic() - started, 1))
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
+        out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > cfg.max_minutes * 60
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
+            checkpoint()
+            plot_losses(out / "losses.jsonl", out / "losses.png")
+        if out_of_time:
+            log.info(
+                "stopping after %.1f minutes at step %d (resume by running again)", cfg.max_minutes, step
+            )
+            break
+    bar.close()
+    log_file.close()
+    if ship is not None:
+        save_checkpoint(ship, ema, half=True, step=step)
+        log.info("shipped EMA weights (float16) to %s (%.1f MB)", ship, ship.stat().st_size / 1e6)
+    return last
+
+
+def _to_toml(model_cfg: ModelConfig, cfg: TrainConfig) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return repr(v)
+
+    model = model_cfg.to_dict()
+    front_end = model.pop("front_end")
+    lines = ["[model]"] + [f"{k} = {fmt(v)}" for k, v in model.items()]
+    lines += ["", "[model.front_end]"] + [f"{k} = {fmt(v)}" for k, v in front_end.items() if v is not None]
+    lines += ["", "[train]"] + [f"{k} = {fmt(v)}" for k, v in dataclasses.asdict(cfg).items()]
+    return "\n".join(lines) + "\n"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train KSDiff on the generated corpus (resumable)",
+        description="Train KSDiff on the corpus made by `ksdiff-runtime corpus`. Run again to resume from "
+        "<out>/last.pt. Uses CUDA when present, the CPU otherwise.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="TOML file with [model] and [train] tables")
+    p.add_argument("--corpus", help="corpus folder (overrides the config)")
+    p.add_argument("--out", help="run folder (overrides the config)")
+    p.add_argument("--max-steps", type=int, help="total optimisation steps (overrides the config)")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes, checkpointed")
+    p.add_argument("--batch-size", type=int, help="windows per step (overrides the config)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
+    p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model_cfg, cfg = load_config(args.config)
+    for name in ("corpus", "out", "max_steps", "max_minutes", "batch_size", "device"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    train(model_cfg, cfg, ship=args.ship)
+    return 0
