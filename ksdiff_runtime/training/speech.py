@@ -150,9 +150,11 @@ class _Espeak:
         while voices[k]:
             v = voices[k].contents
             langs = ctypes.string_at(v.languages + 1).decode()  # skip the priority byte
+            # SetVoiceByName wants the voice file's name ("en" for en-gb), not the language tag;
             # en-shaw reads the Shavian alphabet, not Latin text.
+            file_name = v.identifier.decode().rsplit("/", 1)[-1].lower()
             if langs.startswith("en") and langs != "en-shaw":
-                out.append(langs)
+                out.append(file_name)
             k += 1
         return sorted(set(out))
 
@@ -200,7 +202,7 @@ def synthesize(
 
 
 def english_languages() -> list[str]:
-    """English language names espeak-ng knows (en, en-us, en-gb-scotland, ...)."""
+    """English voice names espeak-ng accepts (en = British, en-us, en-gb-scotland, ...)."""
     return _espeak().english_voices()
 
 
@@ -208,10 +210,14 @@ def variants() -> list[str]:
     """Human-sounding voice variants shipped in espeak-ng-data/voices/!v, sorted."""
     folder = os.path.join(_espeak().data_path, "voices", "!v")
     names = sorted(os.listdir(folder))
+    lib = _espeak().lib
     return [
         n
         for n in names
-        if n not in _EXCLUDED_VARIANTS and not n.startswith(_EXCLUDED_VARIANT_PREFIXES) and " " not in n
+        if n not in _EXCLUDED_VARIANTS
+        and not n.startswith(_EXCLUDED_VARIANT_PREFIXES)
+        and " " not in n
+        and lib.espeak_SetVoiceByName(f"en-us+{n}".encode()) == 0  # only variants espeak accepts
     ]
 
 
