@@ -153,14 +153,57 @@ class KSDiff(nn.Module):
         return losses
 
     # --- sampling -------------------------------------------------------------------------
+    # condition() runs once per window and denoise() once per DDIM step; they are exactly what
+    # the exported graphs compute (ksdiff_runtime/model/graphs.py), so every backend agrees.
+    def condition(
+        self,
+        feats: torch.Tensor,  # [B, S, F] with S = encoder context + new frames + lookahead
+        prosody: torch.Tensor,  # [B, S, 2]
+        text: torch.Tensor,  # [B, P]
+        audio_keep: torch.Tensor,  # [B]
+        text_keep: torch.Tensor,  # [B]
+        prev_expr: torch.Tensor,  # [B, C, 52] normalised
+        prev_pose: torch.Tensor,  # [B, C, 3] normalised
+        known: torch.Tensor,  # [B, C]
+        n_new: int,
+    ) -> tuple[torch.Tensor, ...]:
+        """Path features for the C+N frames and KEL keyframes (probability, value) for the N new ones."""
+        C = prev_expr.shape[1]
+        f_e, f_h = self.encoder(feats, prosody, text, audio_keep, text_keep)
+        f_e, f_h = f_e[:, -(C + n_new) :], f_h[:, -(C + n_new) :]
+        last_e = (prev_expr * known[..., None])[:, -1]
+        last_p = (prev_pose * known[..., None])[:, -1]
+        logit_e, value_e = self.kel_expr(f_e[:, C:], last_e)
+        logit_p, value_p = self.kel_pose(f_h[:, C:], last_p)
+        return f_e, f_h, torch.sigmoid(logit_e), value_e, torch.sigmoid(logit_p), value_p
+
+    def denoise(
+        self,
+        x_expr: torch.Tensor,  # [B, C+N, 52] normalised: known context then the noisy window
+        x_pose: torch.Tensor,  # [B, C+N, 3]
+        known: torch.Tensor,  # [B, C+N]
+        key_prob_e: torch.Tensor,  # [B, C+N]
+        key_value_e: torch.Tensor,  # [B, C+N, 52]
+        key_prob_p: torch.Tensor,  # [B, C+N]
+        key_value_p: torch.Tensor,  # [B, C+N, 3]
+        f_e: torch.Tensor,  # [B, C+N, d]
+        f_h: torch.Tensor,  # [B, C+N, d]
+        t: torch.Tensor,  # [B]
+        style: torch.Tensor,  # [B, style_dim]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 predictions of both paths for every frame of the window."""
+        x0_e = self.den_expr(x_expr, known, key_prob_e, key_value_e, f_e, t, style)
+        x0_p = self.den_pose(x_pose, known, key_prob_p, key_value_p, f_h, t, style)
+        return x0_e, x0_p
+
     @torch.no_grad()
     def sample_window(
         self,
-        feats: torch.Tensor,  # [B, S, F] with S = context + new frames + lookahead
+        feats: torch.Tensor,  # [B, S, F] with S = encoder context + new frames + lookahead
         prosody: torch.Tensor,  # [B, S, 2]
         text: torch.Tensor,  # [B, P]
         text_keep: torch.Tensor,  # [B]
-        prev_expr: torch.Tensor,  # [B, C, 52] natural units (zeros where unknown)
+        prev_expr: torch.Tensor,  # [B, C, 52] natural units (anything where unknown)
         prev_pose: torch.Tensor,  # [B, C, 3]
         known: torch.Tensor,  # [B, C] 1 where the previous frame exists
         style: torch.Tensor | None,  # [B, style_dim] or None for the null style
@@ -170,12 +213,13 @@ class KSDiff(nn.Module):
         guidance: Guidance | None = None,
         use_kel: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Generate N new frames after C known ones. Returns natural-unit expr, pose and keyframes."""
+        """Generate N new frames after C known ones: natural-unit expr and pose, KEL probabilities."""
         g = guidance or Guidance()
         B, C, N = feats.shape[0], prev_expr.shape[1], noise_expr.shape[1]
+        dev = feats.device
         style = self.style_null.expand(B, -1) if style is None else style
-        # condition variants for classifier-free guidance: (audio_keep, text_keep, style), scale
-        ones, zeros = torch.ones(B, device=feats.device), torch.zeros(B, device=feats.device)
+        # classifier-free guidance variants, batched: (audio_keep, text_keep, style, scale)
+        ones, zeros = torch.ones(B, device=dev), torch.zeros(B, device=dev)
         variants = [(ones, text_keep, style, 1.0)]
         if g.audio != 1.0:
             variants.append((zeros, text_keep, style, g.audio))
@@ -184,41 +228,47 @@ class KSDiff(nn.Module):
         if g.text != 1.0:
             variants.append((ones, zeros, style, g.text))
         V = len(variants)
-        rep = lambda x: x.repeat(V, *([1] * (x.dim() - 1)))  # noqa: E731
-        f_e, f_h = self.encoder(
-            rep(feats), rep(prosody), rep(text), torch.cat([v[0] for v in variants]), torch.cat([v[1] for v in variants])
+
+        def rep(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat(V, *([1] * (x.dim() - 1)))
+
+        prev_e = rep(self.norm_expr(prev_expr) * known[..., None])
+        prev_p = rep(self.norm_pose(prev_pose) * known[..., None])
+        known_v = rep(known)
+        f_e, f_h, prob_e, value_e, prob_p, value_p = self.condition(
+            rep(feats), rep(prosody), rep(text), torch.cat([v[0] for v in variants]),
+            torch.cat([v[1] for v in variants]), prev_e, prev_p, known_v, N,
         )
+        if not use_kel:
+            prob_e, prob_p = torch.zeros_like(prob_e), torch.zeros_like(prob_p)
+        ctx = torch.zeros(B * V, C, device=dev)
+        known_all = torch.cat([known_v, torch.zeros(B * V, N, device=dev)], dim=1)
+        key_prob_e, key_prob_p = torch.cat([ctx, prob_e], 1), torch.cat([ctx, prob_p], 1)
+        key_value_e = torch.cat([torch.zeros_like(prev_e), value_e], 1)
+        key_value_p = torch.cat([torch.zeros_like(prev_p), value_p], 1)
         style_all = torch.cat([v[2] for v in variants])
-        f_e, f_h = f_e[:, -(C + N) :], f_h[:, -(C + N) :]
-        known_all = torch.cat([rep(known), torch.zeros(B * V, N, device=feats.device)], dim=1)
-        out: dict[str, torch.Tensor] = {}
-        for name, prev, noise, kel, den, feats_path in (
-            ("expr", self.norm_expr(prev_expr), noise_expr, self.kel_expr, self.den_expr, f_e),
-            ("pose", self.norm_pose(prev_pose), noise_pose, self.kel_pose, self.den_pose, f_h),
-        ):
-            prev = rep(prev * known[..., None])
-            last = prev[:, C - 1] if C > 0 else torch.zeros_like(prev[:, 0, :]).expand(B * V, -1)
-            logits, values = kel(feats_path[:, C:], last)
-            prob = torch.sigmoid(logits) if use_kel else torch.zeros_like(logits)
-            key_prob = torch.cat([torch.zeros_like(known_all[:, :C]), prob], dim=1)
-            key_value = torch.cat([torch.zeros_like(prev), values], dim=1)
+        D = self.cfg.expr_dim
 
-            def predict_x0(x_t: torch.Tensor, t: torch.Tensor, prev=prev, den=den, kp=key_prob, kv=key_value,
-                           fp=feats_path) -> torch.Tensor:
-                x_in = torch.cat([prev, x_t.repeat(V, 1, 1)], dim=1)
-                x0 = den(x_in, known_all, kp, kv, fp, t.repeat(V), style_all)[:, C:]
-                x0 = x0.view(V, B, N, -1)
-                guided = x0[0]
-                for i, variant in enumerate(variants[1:], start=1):
-                    guided = guided + (variant[3] - 1.0) * (x0[0] - x0[i])
-                return guided
+        def predict_x0(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            # both paths share the DDIM loop: expression and pose concatenated on the last axis
+            x_t = x_t.repeat(V, 1, 1)
+            x0_e, x0_p = self.denoise(
+                torch.cat([prev_e, x_t[..., :D]], 1), torch.cat([prev_p, x_t[..., D:]], 1), known_all,
+                key_prob_e, key_value_e, key_prob_p, key_value_p, f_e, f_h, t.repeat(V), style_all,
+            )
+            x0 = torch.cat([x0_e, x0_p], dim=-1)[:, C:].view(V, B, N, -1)
+            guided = x0[0]
+            for i, variant in enumerate(variants[1:], start=1):
+                guided = guided + (variant[3] - 1.0) * (x0[0] - x0[i])
+            return guided
 
-            x0 = self.scheduler.ddim_sample(predict_x0, noise, steps)
-            out[name] = x0
-            out[f"key_{name}"] = prob[:B]
-        out["expr"] = self.denorm_expr(out["expr"])
-        out["pose"] = self.denorm_pose(out["pose"])
-        return out
+        x0 = self.scheduler.ddim_sample(predict_x0, torch.cat([noise_expr, noise_pose], dim=-1), steps)
+        return {
+            "expr": self.denorm_expr(x0[..., :D]),
+            "pose": self.denorm_pose(x0[..., D:]),
+            "key_expr": prob_e[:B],
+            "key_pose": prob_p[:B],
+        }
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first on its own: the pinned version resolves to the CPU wheel,
+# so nothing later pulls a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# Bake the bundled sample speech with the bundled checkpoint: an animation file plus a plot.
+demo: setup
+	mkdir -p out
+	$(BIN)/ksdiff-runtime bake -o out/sample_speech.csv --plot out/sample_speech.png
+	$(BIN)/ksdiff-runtime bake -o out/sample_speech.json
+	@echo "demo: out/sample_speech.csv (Live Link Face layout), out/sample_speech.json, out/sample_speech.png"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

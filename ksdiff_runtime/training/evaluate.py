@@ -1,0 +1,307 @@
+"""`ksdiff-runtime eval`: the model against the teacher on the held-out split (voices and sentences
+never seen in training), as a table (text + JSON) and a plot.
+
+Rows: the model at 50, 4 and 2 DDIM steps; a mean-pose baseline; ablations; the teacher itself
+(the ceiling for the scores that do not compare against it). Inputs are audio only (no
+transcript); each clip's style comes from a different clip of the same persona, as a user
+would hand a reference clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ksdiff_runtime import motion
+from ksdiff_runtime.engine.offline import Animation, ClipInputs, animate
+from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+from ksdiff_runtime.model.ksdiff import KSDiff
+
+from . import metrics as M
+from .dataset import Clip, build_feature_cache, load_clips
+from .teacher import STYLE_NAMES
+
+log = logging.getLogger(__name__)
+
+TARGETS = {
+    "bilabial_closure": (">=", 0.90),
+    "rest_share": (">=", 0.95),
+    "jaw_corr": (">=", 0.80),
+    "mae_vs_baseline": ("<=", 0.40),
+    "beat_align_vs_teacher": (">=", 0.80),
+    "style_rank_corr": (">=", 0.80),
+    "kel_f1_expr": (">=", 0.70),
+    "kel_f1_pose": (">=", 0.70),
+}
+
+
+@dataclass
+class Row:
+    name: str
+    values: dict[str, float | None] = field(default_factory=dict)
+
+
+def score(clips: list[Clip], anims: list[Animation], beats_audio: list[np.ndarray]) -> dict[str, float | None]:
+    closed = total = 0
+    rest_hits = rest_total = 0
+    jaw_p, jaw_t, maes, aligns, f1e, f1p = [], [], [], [], [], []
+    jaw = motion.index("jawOpen")
+    for clip, anim, ab in zip(clips, anims, beats_audio, strict=True):
+        c, t = M.bilabial_closures(anim.blendshapes, clip.phonemes, clip.phoneme_start, clip.phoneme_dur)
+        closed, total = closed + c, total + t
+        rest = M.rest_frames(clip.silent)
+        rest_hits += int(motion.mouth_at_rest(anim.blendshapes[rest]).sum())
+        rest_total += int(rest.sum())
+        jaw_p.append(anim.blendshapes[:, jaw])
+        jaw_t.append(clip.expr[:, jaw])
+        maes.append(M.mouth_mae(anim.blendshapes, clip.expr))
+        ba = M.beat_align(ab, M.motion_beats(anim.head))
+        if ba is not None:
+            aligns.append(ba)
+        if anim.key_expr.any() or clip.key_expr.any():
+            f1e.append(M.kel_f1(anim.key_expr, clip.key_expr))
+            f1p.append(M.kel_f1(anim.key_pose, clip.key_pose))
+    return {
+        "mouth_mae": float(np.mean(maes)),
+        "bilabial_closure": closed / total if total else None,
+        "rest_share": rest_hits / rest_total if rest_total else None,
+        "jaw_corr": M.correlation(np.concatenate(jaw_p), np.concatenate(jaw_t)),
+        "beat_align": float(np.mean(aligns)) if aligns else None,
+        "kel_f1_expr": float(np.mean(f1e)) if f1e else None,
+        "kel_f1_pose": float(np.mean(f1p)) if f1p else None,
+    }
+
+
+def reference_styles(model: KSDiff, clips: list[Clip], all_clips: list[Clip]) -> torch.Tensor:
+    """Style vector per clip from another clip of the same persona (first window of it)."""
+    L = model.cfg.style_clip_frames
+    refs_e, refs_p = [], []
+    for clip in clips:
+        others = [c for c in all_clips if c.persona == clip.persona and c.id != clip.id] or [clip]
+        ref = others[0]
+        idx = np.clip(np.arange(L), 0, len(ref.expr) - 1)
+        refs_e.append(ref.expr[idx])
+        refs_p.append(ref.pose[idx])
+    with torch.no_grad():
+        return model.style_of(torch.from_numpy(np.stack(refs_e)), torch.from_numpy(np.stack(refs_p)))
+
+
+def style_study(model: KSDiff, clips: list[Clip], steps: int, k_styles: int = 5, n_audio: int = 12) -> dict:
+    """Does motion follow the reference? K personas spread over head-motion amplitude hand their
+    reference clips; the same audio clips (of other personas) are animated with each; the rank
+    correlation between the personas' head amplitude and the generated head-motion std is reported.
+    Also: style-encoder retrieval accuracy (leave-one-out nearest neighbour finds the same persona)."""
+    amp_i = STYLE_NAMES.index("head_amplitude")
+    personas: dict[int, Clip] = {}
+    for c in clips:
+        personas.setdefault(c.persona, c)
+    ranked = sorted(personas.values(), key=lambda c: c.style[amp_i])
+    picks = [ranked[round(i)] for i in np.linspace(0, len(ranked) - 1, min(k_styles, len(ranked)))]
+    pick_personas = {c.persona for c in picks}
+    audio_clips = [c for c in clips if c.persona not in pick_personas][:n_audio]
+    L = model.cfg.style_clip_frames
+    generated_amp, teacher_amp = [], []
+    for ref in picks:
+        idx = np.clip(np.arange(L), 0, len(ref.expr) - 1)
+        with torch.no_grad():
+            s = model.style_of(torch.from_numpy(ref.expr[idx][None]), torch.from_numpy(ref.pose[idx][None]))
+        inputs = [ClipInputs(c.feats.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in audio_clips]
+        anims = animate(model, inputs, steps=steps, style=s.expand(len(inputs), -1))
+        generated_amp.append(float(np.mean([a.head.std(axis=0).mean() for a in anims])))
+        teacher_amp.append(float(ref.style[amp_i]))
+    # retrieval
+    windows_e, windows_p, who = [], [], []
+    for c in clips:
+        idx = np.clip(np.arange(L), 0, len(c.expr) - 1)
+        windows_e.append(c.expr[idx])
+        windows_p.append(c.pose[idx])
+        who.append(c.persona)
+    with torch.no_grad():
+        emb = model.style_of(torch.from_numpy(np.stack(windows_e)), torch.from_numpy(np.stack(windows_p))).numpy()
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    who_arr = np.asarray(who)
+    nearest = sim.argmax(axis=1)
+    has_pair = np.array([(who_arr == p).sum() > 1 for p in who_arr])
+    retrieval = float((who_arr[nearest] == who_arr)[has_pair].mean()) if has_pair.any() else None
+    chance = float(np.mean([((who_arr == p).sum() - 1) / (len(who_arr) - 1) for p in who_arr[has_pair]]))
+    return {
+        "style_rank_corr": M.rank_correlation(np.asarray(teacher_amp), np.asarray(generated_amp)),
+        "style_reference_amplitude": teacher_amp,
+        "style_generated_head_std": generated_amp,
+        "style_retrieval_acc": retrieval,
+        "style_retrieval_chance": chance,
+    }
+
+
+def evaluate(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, seeds: int = 3) -> dict:
+    model = load_model(checkpoint)
+    torch.manual_seed(0)
+    build_feature_cache(corpus, cache, model.cfg)
+    all_test = load_clips(corpus, cache, model.cfg, "test", keep_audio=True)
+    if not all_test:
+        raise RuntimeError(f"corpus {corpus} has no held-out (test) clips")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(all_test))[: max_clips or len(all_test)]
+    clips = [all_test[i] for i in sorted(order)]
+    log.info("evaluating %s on %d held-out clips", checkpoint, len(clips))
+    beats_audio = [M.audio_beats(c.audio) for c in clips]
+    inputs = [ClipInputs(c.feats.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in clips]
+    style = reference_styles(model, clips, all_test)
+
+    rows: list[Row] = []
+    runs: dict[str, list[Animation]] = {}
+    for steps in (50, 4, 2):
+        runs[f"KSDiff {steps} steps"] = animate(model, inputs, steps=steps, style=style)
+    runs["no KEL (4 steps)"] = animate(model, inputs, steps=4, style=style, use_kel=False)
+    runs["no style (4 steps)"] = animate(model, inputs, steps=4, style=None)
+    mean_e, mean_p = model.expr_mean.numpy(), model.pose_mean.numpy()
+    runs["mean-pose baseline"] = [
+        Animation(np.tile(mean_e, (len(c.expr), 1)), np.tile(mean_p, (len(c.expr), 1)),
+                  np.zeros(len(c.expr)), np.zeros(len(c.expr)))
+        for c in clips
+    ]
+    runs["teacher"] = [
+        Animation(c.expr, c.pose, c.key_expr.astype(np.float32), c.key_pose.astype(np.float32)) for c in clips
+    ]
+    for name, anims in runs.items():
+        rows.append(Row(name, score(clips, anims, beats_audio)))
+    by_name = {r.name: r.values for r in rows}
+    base_mae = by_name["mean-pose baseline"]["mouth_mae"]
+    teacher_ba = by_name["teacher"]["beat_align"]
+    for r in rows:
+        r.values["mae_vs_baseline"] = r.values["mouth_mae"] / base_mae if base_mae else None
+        ba = r.values["beat_align"]
+        r.values["beat_align_vs_teacher"] = ba / teacher_ba if ba is not None and teacher_ba else None
+    # diversity of head pose across seeds, same audio
+    samples = [animate(model, inputs, steps=4, style=style, seeds=[s] * len(inputs)) for s in range(seeds)]
+    head_div = float(np.mean([M.diversity([samples[s][i].head for s in range(seeds)]) for i in range(len(clips))]))
+    expr_div = float(
+        np.mean([M.diversity([samples[s][i].blendshapes for s in range(seeds)]) for i in range(len(clips))])
+    )
+    style = style_study(model, all_test, steps=4)
+    result = {
+        "checkpoint": str(checkpoint),
+        "held_out_clips": len(clips),
+        "rows": {r.name: r.values for r in rows},
+        "head_pose_diversity_rad": head_div,
+        "expression_diversity": expr_div,
+        **style,
+        "targets": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2))
+    table = format_table(result)
+    (out / "eval.md").write_text(table)
+    print(table)
+    plot(result, clips[0], runs, out / "eval.png")
+    return result
+
+
+COLUMNS = (
+    ("mouth_mae", "mouth MAE"),
+    ("mae_vs_baseline", "MAE/base"),
+    ("bilabial_closure", "p/b/m closed"),
+    ("rest_share", "rest in silence"),
+    ("jaw_corr", "jawOpen r"),
+    ("beat_align", "BeatAlign"),
+    ("beat_align_vs_teacher", "BA/teacher"),
+    ("kel_f1_expr", "KEL F1 expr"),
+    ("kel_f1_pose", "KEL F1 pose"),
+)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"Held-out split: {result['held_out_clips']} clips (voices and sentences unseen in training); "
+        "audio only, no transcript.",
+        "",
+        "| run | " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
+    for name, values in result["rows"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(values.get(k)) for k, _ in COLUMNS) + " |")
+    lines += [
+        "",
+        f"- head-pose diversity across 3 seeds (4 steps): {result['head_pose_diversity_rad']:.4f} rad "
+        f"(expression: {result['expression_diversity']:.4f})",
+        f"- style: head-amplitude rank correlation over {len(result['style_reference_amplitude'])} reference "
+        f"styles: {_fmt(result['style_rank_corr'])} (generated head std per style: "
+        + ", ".join(f"{v:.4f}" for v in result["style_generated_head_std"]) + ")",
+        f"- style encoder retrieval accuracy: {_fmt(result['style_retrieval_acc'])} "
+        f"(chance {_fmt(result['style_retrieval_chance'])})",
+        "- targets (4 steps): " + ", ".join(f"{k} {v}" for k, v in result["targets"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, clip: Clip, runs: dict[str, list[Animation]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(11, 10))
+    names = [n for n in result["rows"] if n != "teacher"]
+    keys = ["bilabial_closure", "rest_share", "jaw_corr", "beat_align_vs_teacher", "kel_f1_expr", "kel_f1_pose"]
+    x = np.arange(len(keys))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        vals = [result["rows"][n].get(k) or 0.0 for k in keys]
+        axes[0].bar(x + i * width, vals, width, label=n)
+    for j, k in enumerate(keys):
+        if k in TARGETS:
+            axes[0].hlines(TARGETS[k][1], j - 0.1, j + 0.9, colors="k", linestyles="dashed", lw=1)
+    axes[0].set_xticks(x + 0.4 - width / 2, keys, fontsize=8)
+    axes[0].set_ylim(0, 1.05)
+    axes[0].legend(fontsize=7, ncol=3)
+    axes[0].set_title("held-out scores (dashed: targets)")
+    t = np.arange(len(clip.expr)) / 30
+    jaw = motion.index("jawOpen")
+    axes[1].plot(t, clip.expr[:, jaw], "k", lw=2, label="teacher")
+    for n in ("KSDiff 50 steps", "KSDiff 4 steps", "KSDiff 2 steps"):
+        axes[1].plot(t, runs[n][0].blendshapes[:, jaw], lw=1, label=n)
+    axes[1].set_ylabel("jawOpen")
+    axes[1].set_title(f"clip {clip.id}: {clip.text[:80]}")
+    axes[1].legend(fontsize=7)
+    axes[2].plot(t, clip.pose[:, 0], "k", lw=2, label="teacher pitch")
+    axes[2].plot(t, runs["KSDiff 4 steps"][0].head[:, 0], lw=1, label="4 steps pitch")
+    axes[2].plot(t, clip.pose[:, 1], "k--", lw=1.5, label="teacher yaw")
+    axes[2].plot(t, runs["KSDiff 4 steps"][0].head[:, 1], lw=1, label="4 steps yaw")
+    axes[2].set_ylabel("head (rad)")
+    axes[2].set_xlabel("time (s)")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on the held-out split (table, JSON, plot)",
+        description="Score a KSDiff checkpoint against the teacher on held-out voices and sentences: "
+        "mouth error, bilabial closure, rest in silence, jawOpen correlation, BeatAlign, diversity, "
+        "style following, KEL keyframe F1; at 50, 4 and 2 DDIM steps, with baselines and ablations.",
+    )
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint")
+    p.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder")
+    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
+    p.add_argument("--max-clips", type=int, default=0, help="evaluate on at most this many clips (0 = all)")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="where eval.json/.md/.png go")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    evaluate(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out)
+    return 0

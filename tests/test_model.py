@@ -1,0 +1,187 @@
+"""The model's contract: shapes, bounded lookahead, sampling, checkpoints and ONNX export."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from ksdiff_runtime.model.checkpoint import CheckpointError, load_model, save_checkpoint
+from ksdiff_runtime.model.config import ModelConfig
+from ksdiff_runtime.model.graphs import (
+    CONDITIONER_INPUTS,
+    CONDITIONER_OUTPUTS,
+    DENOISER_INPUTS,
+    DENOISER_OUTPUTS,
+    WindowConditioner,
+    WindowDenoiser,
+)
+from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
+from ksdiff_runtime.model.scheduler import NoiseScheduler
+
+SMALL = dict(d_model=32, n_heads=2, denoiser_layers=1, kel_hidden=16, style_dim=8, n_msdc_blocks=1)
+
+
+def small_model(**overrides) -> KSDiff:
+    torch.manual_seed(0)
+    return KSDiff(ModelConfig(**{**SMALL, **overrides})).eval()
+
+
+def window_batch(cfg: ModelConfig, B: int = 2, N: int = 6, P: int = 5) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    S = cfg.encoder_context_frames + N + cfg.lookahead_frames
+    C = cfg.motion_context_frames
+    return dict(
+        feats=torch.randn(B, S, cfg.feature_dim, generator=g),
+        prosody=torch.randn(B, S, 2, generator=g),
+        text=torch.randint(1, 100, (B, P), generator=g),
+        audio_keep=torch.ones(B),
+        text_keep=torch.ones(B),
+        prev_expr=torch.randn(B, C, cfg.expr_dim, generator=g),
+        prev_pose=torch.randn(B, C, cfg.pose_dim, generator=g),
+        known=torch.ones(B, C),
+        n_new=torch.zeros(N),
+    )
+
+
+def test_encoder_sees_no_further_than_its_lookahead():
+    model = small_model()
+    cfg = model.cfg
+    S = 40
+    feats, pros = torch.randn(1, S, cfg.feature_dim), torch.randn(1, S, 2)
+    text, one = torch.zeros(1, 1, dtype=torch.long), torch.ones(1)
+    f_e, f_h = model.encoder(feats, pros, text, one, one)
+    assert f_e.shape == (1, S - cfg.lookahead_frames, cfg.d_model)
+    # change the features from position p on: outputs before p - lookahead must not move
+    p = 25
+    feats2, pros2 = feats.clone(), pros.clone()
+    feats2[:, p:] += 5.0
+    pros2[:, p:] -= 3.0
+    g_e, g_h = model.encoder(feats2, pros2, text, one, one)
+    limit = p - cfg.lookahead_frames
+    assert torch.allclose(f_e[:, :limit], g_e[:, :limit], atol=1e-5)
+    assert torch.allclose(f_h[:, :limit], g_h[:, :limit], atol=1e-5)
+    assert not torch.allclose(f_e[:, limit], g_e[:, limit], atol=1e-3)
+
+
+def test_training_loss_is_finite_and_backpropagates():
+    model = small_model().train()
+    cfg = model.cfg
+    B, C, N = 4, cfg.motion_context_frames, 6
+    S = cfg.encoder_context_frames + N + cfg.lookahead_frames
+    batch = dict(
+        feats=torch.randn(B, S, cfg.feature_dim), prosody=torch.randn(B, S, 2), text=torch.randint(0, 50, (B, 7)),
+        expr=torch.rand(B, C + N, 52), pose=0.1 * torch.randn(B, C + N, 3),
+        key_expr=torch.rand(B, C + N) > 0.7, key_pose=torch.rand(B, C + N) > 0.8,
+        known=torch.cat([torch.ones(B, C), torch.zeros(B, N)], 1),
+        ref_a_expr=torch.rand(B, 16, 52), ref_a_pose=torch.randn(B, 16, 3), ref_b_expr=torch.rand(B, 16, 52),
+        ref_b_pose=torch.randn(B, 16, 3), persona=torch.tensor([0, 0, 1, 1]),
+    )
+    losses = model.training_loss(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) > 0.9 * len(list(model.parameters()))
+
+
+def test_sampling_is_deterministic_for_a_seed_and_in_range():
+    model = small_model()
+    cfg = model.cfg
+    b = window_batch(cfg, B=1, N=6)
+
+    def run(seed: int, guidance: Guidance | None = None):
+        g = torch.Generator().manual_seed(seed)
+        return model.sample_window(
+            b["feats"], b["prosody"], b["text"], b["text_keep"], b["prev_expr"].sigmoid(),
+            torch.zeros(1, cfg.motion_context_frames, 3), b["known"], None,
+            torch.randn(1, 6, 52, generator=g), torch.randn(1, 6, 3, generator=g), steps=4, guidance=guidance,
+        )
+
+    a, a2, c = run(0), run(0), run(1)
+    assert torch.equal(a["expr"], a2["expr"])
+    assert not torch.equal(a["expr"], c["expr"])
+    assert a["expr"].min() >= 0 and a["expr"].max() <= 1
+    guided = run(0, Guidance(audio=2.0, style=1.5, text=1.2))
+    assert guided["expr"].shape == (1, 6, 52) and torch.isfinite(guided["pose"]).all()
+
+
+def test_ddim_timesteps_and_bad_step_count():
+    s = NoiseScheduler(1000)
+    assert s.ddim_timesteps(4) == [999, 749, 499, 249]
+    assert s.ddim_timesteps(1) == [999]
+    with pytest.raises(ValueError, match="DDIM steps"):
+        s.ddim_timesteps(0)
+
+
+def test_checkpoint_roundtrip_and_clear_errors(tmp_path):
+    model = small_model()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, half=True)
+    loaded = load_model(path)
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b, atol=2e-3, rtol=2e-3), k
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"corrupt\.pt.*corrupt"):
+        load_model(corrupt)
+    # a config field this code does not know
+    payload = torch.load(path, weights_only=False)
+    payload["config"]["brand_new_field"] = 3
+    torch.save(payload, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match=r"newer\.pt.*brand_new_field"):
+        load_model(tmp_path / "newer.pt")
+    # weights shaped for another width
+    payload = torch.load(path, weights_only=False)
+    payload["config"]["d_model"] = 64
+    torch.save(payload, tmp_path / "wide.pt")
+    with pytest.raises(CheckpointError, match=r"wide\.pt does not match the model code.*vs model"):
+        load_model(tmp_path / "wide.pt")
+
+
+def _export(module, args, path, input_names, output_names, dynamic):
+    torch.onnx.export(module, args, str(path), input_names=list(input_names), output_names=list(output_names),
+                      dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_onnx_export_has_dynamic_batch_and_time(tmp_path):
+    model = small_model()
+    cfg = model.cfg
+    cond = WindowConditioner(model).eval()
+    b = window_batch(cfg, B=2, N=6)
+    dyn = {"feats": {0: "B", 1: "S"}, "prosody": {0: "B", 1: "S"}, "text": {0: "B", 1: "P"}, "audio_keep": {0: "B"},
+           "text_keep": {0: "B"}, "prev_expr": {0: "B"}, "prev_pose": {0: "B"}, "known": {0: "B"}, "n_new": {0: "N"}}
+    sess = _export(cond, tuple(b.values()), tmp_path / "cond.onnx", CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, dyn)
+    # run with another batch size and window length than the export used
+    b3 = window_batch(cfg, B=3, N=9, P=4)
+    with torch.no_grad():
+        ref = cond(*b3.values())
+    got = sess.run(None, {k: v.numpy() for k, v in b3.items()})
+    for r, o in zip(ref, got, strict=True):
+        assert r.shape == o.shape
+        assert np.abs(r.numpy() - o).max() < 1e-4
+
+    den = WindowDenoiser(model).eval()
+    B, T = 2, cfg.motion_context_frames + 6
+    d = cfg.d_model
+
+    def den_inputs(B: int, T: int):
+        g = torch.Generator().manual_seed(B * 100 + T)
+        return (torch.randn(B, T, 52, generator=g), torch.randn(B, T, 3, generator=g), torch.ones(B, T),
+                torch.rand(B, T, generator=g), torch.randn(B, T, 52, generator=g), torch.rand(B, T, generator=g),
+                torch.randn(B, T, 3, generator=g), torch.randn(B, T, d, generator=g), torch.randn(B, T, d, generator=g),
+                torch.randint(0, 1000, (B,), generator=g), torch.randn(B, cfg.style_dim, generator=g))
+
+    dyn = {n: {0: "B", 1: "T"} for n in DENOISER_INPUTS[:9]} | {"t": {0: "B"}, "style": {0: "B"}}
+    sess = _export(den, den_inputs(B, T), tmp_path / "den.onnx", DENOISER_INPUTS, DENOISER_OUTPUTS, dyn)
+    args = den_inputs(5, T + 7)
+    with torch.no_grad():
+        ref = den(*args)
+    got = sess.run(None, {n: a.numpy() for n, a in zip(DENOISER_INPUTS, args, strict=True)})
+    for r, o in zip(ref, got, strict=True):
+        assert r.shape == o.shape
+        assert np.abs(r.numpy() - o).max() < 1e-4
