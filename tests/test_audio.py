@@ -146,9 +146,7 @@ def test_blockwise_stream_equals_whole_clip(ppg: PosteriorgramFrontEnd, n: int) 
     whole = ppg(audio)
     assert whole.shape == (num_frames(n), ppg.dim)
     # Stream: each block computed as soon as the audio it needs exists, from that prefix only.
-    streamed = [
-        ppg.block_features(audio[: min(n, ppg.samples_needed(k))], k) for k in range(ppg.num_blocks(n))
-    ]
+    streamed = [ppg.block_features(audio[: min(n, ppg.samples_needed(k))], k) for k in range(ppg.num_blocks(n))]
     np.testing.assert_array_equal(np.concatenate(streamed), whole)
     # More audio than needed must not change a block (nothing past the lookahead is read).
     k = 2

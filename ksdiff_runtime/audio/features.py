@@ -47,7 +47,13 @@ MEL_LOG_SCALE = 4.0
 
 @dataclass(frozen=True)
 class FrontEndConfig:
-    """Front-end choice and its blockwise schedule (all times in ms)."""
+    """Front-end choice and its blockwise schedule (all times in ms).
+
+    Defaults from ``ksdiff-runtime frontend-study`` (benchmarks/frontend_stability.json): 60 ms
+    lookahead is the knee (0 -> 60 ms buys most of the agreement with the whole-utterance PPG;
+    more costs latency for little), and 500 ms of left context keeps the recogniser at ~0.3 of
+    one core per stream (1000 ms agrees a little better at ~1.7x the CPU).
+    """
 
     name: str = "ppg"
     block_ms: int = 100
@@ -166,9 +172,7 @@ class LogMelFrontEnd(BlockwiseFrontEnd):
         config = config or FrontEndConfig(name="logmel", left_context_ms=0, lookahead_ms=0)
         super().__init__(config)
         self.dim = config.n_mels
-        self._fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=MEL_N_FFT, n_mels=config.n_mels).astype(
-            np.float32
-        )
+        self._fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=MEL_N_FFT, n_mels=config.n_mels).astype(np.float32)
         window = librosa.filters.get_window("hann", MEL_WIN, fftbins=True)
         self._window = librosa.util.pad_center(window, size=MEL_N_FFT).astype(np.float32)
 
@@ -247,9 +251,7 @@ class Wav2Vec2FrontEnd(BlockwiseFrontEnd):
     segment_align = 320
 
     def __init__(self, model_dir: str | Path | None = None, config: FrontEndConfig | None = None) -> None:
-        config = config or FrontEndConfig(
-            name="wav2vec2", model_dir=None if model_dir is None else str(model_dir)
-        )
+        config = config or FrontEndConfig(name="wav2vec2", model_dir=None if model_dir is None else str(model_dir))
         model_dir = model_dir if model_dir is not None else config.model_dir
         if model_dir is None:
             raise ValueError("Wav2Vec2FrontEnd needs model_dir: a local directory with a saved model")
@@ -260,9 +262,7 @@ class Wav2Vec2FrontEnd(BlockwiseFrontEnd):
             import torch
             from transformers import AutoConfig, AutoModel
         except ImportError as exc:
-            raise ImportError(
-                "Wav2Vec2FrontEnd needs transformers: pip install 'ksdiff-runtime[ssl]'"
-            ) from exc
+            raise ImportError("Wav2Vec2FrontEnd needs transformers: pip install 'ksdiff-runtime[ssl]'") from exc
         model_config = AutoConfig.from_pretrained(path, local_files_only=True)
         strides = list(getattr(model_config, "conv_stride", []))
         kernels = list(getattr(model_config, "conv_kernel", []))

@@ -54,9 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--corpus", type=Path, default=Path("data/corpus/clips"), help="folder of *.npz clips"
-    )
+    parser.add_argument("--corpus", type=Path, default=Path("data/corpus/clips"), help="folder of *.npz clips")
     parser.add_argument("--max-seconds", type=float, default=12.0, help="total speech to evaluate")
     parser.add_argument("--block-ms", type=int, default=100)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/frontend_stability.json"))
@@ -79,9 +77,7 @@ def speech_clips(corpus: Path, max_seconds: float) -> tuple[list[np.ndarray], st
         return clips, f"corpus {corpus}"
     espeak = shutil.which("espeak-ng")
     if espeak is None:
-        raise RuntimeError(
-            f"no clips in {corpus} and no espeak-ng to synthesise speech (apt-get install espeak-ng)"
-        )
+        raise RuntimeError(f"no clips in {corpus} and no espeak-ng to synthesise speech (apt-get install espeak-ng)")
     with tempfile.TemporaryDirectory() as tmp:
         for i, (voice, speed, text) in enumerate(SENTENCES):
             wav = Path(tmp) / f"s{i}.wav"
@@ -136,9 +132,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for left in LEFT_CONTEXTS_MS:
         for ahead in LOOKAHEADS_MS:
-            fe = PosteriorgramFrontEnd(
-                FrontEndConfig(block_ms=args.block_ms, left_context_ms=left, lookahead_ms=ahead)
-            )
+            fe = PosteriorgramFrontEnd(FrontEndConfig(block_ms=args.block_ms, left_context_ms=left, lookahead_ms=ahead))
             totals: dict[str, float] = {}
             t0 = time.process_time()
             blocks = [blockwise_log_probs(fe, c) for c in clips]
