@@ -42,7 +42,7 @@ def assemble(
     offset = 0  # samples so far
     for k, part in enumerate(parts):
         # Leading silence is usually short (a clip starts near its speech); gaps can be long.
-        hi = 0.6 if k == 0 else max_gap_s
+        hi = max(min_gap_s, min(0.6, max_gap_s)) if k == 0 else max_gap_s
         gap = int(rng.uniform(min_gap_s, hi) * sample_rate)
         chunks.append(np.zeros(gap, dtype=np.float32))
         offset += gap
