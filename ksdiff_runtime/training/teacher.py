@@ -303,8 +303,9 @@ def teach(
         for name, v in _TARGETS[vis].items():
             targets[k, BLENDSHAPE_INDEX[name]] = v if vis == "PP" else min(1.0, v * strength)
         alpha, spread = _DOMINANCE[vis]
-        # Distance from the segment's central 60 %, so long segments hold their target.
-        c, half = 0.5 * (s + e), 0.3 * (e - s)
+        # Distance from the segment's held core (its central 60 %, or all but the last 40 ms at
+        # each end for long segments), so long segments and pauses hold their target to the edge.
+        c, half = 0.5 * (s + e), max(0.3 * (e - s), 0.5 * (e - s) - 0.04)
         tau = np.maximum(np.abs(ti - c) - half, 0.0)
         dom[:, k] = alpha * np.exp(-tau / spread)
         # Rounding: only rounded segments, labials and pauses constrain the lips' rounding; rounded
