@@ -29,7 +29,7 @@ def resample_frames(x: np.ndarray, fps_in: int, fps_out: int) -> np.ndarray:
     if fps_in == fps_out or len(x) == 0:
         return x
     duration = len(x) / fps_in
-    t_out = np.arange(int(round(duration * fps_out))) / fps_out
+    t_out = np.arange(round(duration * fps_out)) / fps_out
     t_in = np.arange(len(x)) / fps_in
     return np.stack([np.interp(t_out, t_in, x[:, d]) for d in range(x.shape[1])], axis=1).astype(np.float32)
 

@@ -139,6 +139,20 @@ class BlockwiseFrontEnd:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(blocks, axis=0)
 
+    def offline(self, audio16k: np.ndarray) -> np.ndarray:
+        """Whole-clip features from one pass over the whole clip (the offline schedule).
+
+        Several times cheaper than the blockwise schedule (no overlapping segments) and with
+        full context, so offline bakes use it; the model is trained on both schedules.
+        """
+        audio = np.asarray(audio16k, dtype=np.float32)
+        total = num_frames(audio.size)
+        if total == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        native, hop, offset = self._native(audio)
+        centers = offset + hop * np.arange(native.shape[0])
+        return _interp(native, centers, np.arange(total) * (SAMPLE_RATE / FPS))
+
     def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
         raise NotImplementedError
 

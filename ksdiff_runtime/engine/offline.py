@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.audio.features import make_front_end
+from ksdiff_runtime.audio.features import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.audio.guards import sanitize
 from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
 from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
@@ -39,16 +39,23 @@ class Animation:
         return motion.gaze_from_blendshapes(self.blendshapes)
 
 
-_FRONT_ENDS: dict[str, object] = {}
+_FRONT_ENDS: dict[str, BlockwiseFrontEnd] = {}
 
 
-def clip_inputs(model: KSDiff, audio16k: np.ndarray, text: str | None = None) -> ClipInputs:
-    """Model inputs for a whole clip of 16 kHz audio (sanitised here: NaN/Inf zeroed, clipped)."""
+def clip_inputs(model: KSDiff, audio16k: np.ndarray, text: str | None = None, schedule: str = "offline") -> ClipInputs:
+    """Model inputs for a whole clip of 16 kHz audio (sanitised here: NaN/Inf zeroed, clipped).
+
+    schedule "offline" runs the front-end once over the clip (fast, full context); "stream"
+    computes it block by block exactly as a live stream does.
+    """
+    if schedule not in ("offline", "stream"):
+        raise ValueError(f"schedule must be 'offline' or 'stream', not {schedule!r}")
     audio, _ = sanitize(audio16k)
     key = repr(model.cfg.front_end)
     if key not in _FRONT_ENDS:
         _FRONT_ENDS[key] = make_front_end(model.cfg.front_end)
-    feats = _FRONT_ENDS[key](audio)
+    front_end = _FRONT_ENDS[key]
+    feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
     pros = normalized_prosody(prosody(audio))
     tokens = np.zeros(0, dtype=np.int64)
     if text:

@@ -53,6 +53,8 @@ class ModelConfig:
     p_drop_audio: float = 0.1
     p_drop_style: float = 0.3
     p_drop_text: float = 0.5
+    # share of training windows whose last 1..lookahead feature frames are hidden (see KSDiff.hide_lookahead)
+    p_hide_lookahead: float = 0.3
 
     @property
     def encoder_span(self) -> int:

@@ -81,6 +81,21 @@ class KSDiff(nn.Module):
         """Style vector [B, style_dim] of a reference clip given in natural units."""
         return self.style_encoder(torch.cat([self.norm_expr(clip_expr), self.norm_pose(clip_pose)], dim=-1))
 
+    def hide_lookahead(self, feats: torch.Tensor, prosody: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training augmentation: in some windows the last 1..lookahead feature frames are not yet
+        known and repeat the last known one, as a low-latency stream does when it does not wait
+        for its full lookahead. The same weights then serve both latency presets."""
+        L = self.cfg.lookahead_frames
+        if L == 0 or self.cfg.p_hide_lookahead <= 0:
+            return feats, prosody
+        B, S = feats.shape[:2]
+        hidden = torch.randint(1, L + 1, (B,), device=feats.device)
+        hidden = hidden * (torch.rand(B, device=feats.device) < self.cfg.p_hide_lookahead)
+        last_known = (S - 1 - hidden)[:, None]  # [B, 1]
+        idx = torch.minimum(torch.arange(S, device=feats.device)[None, :], last_known)  # [B, S]
+        take = lambda x: torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
+        return take(feats), take(prosody)
+
     # --- training --------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, torch.Tensor], p_true_keys: float = 0.3) -> dict[str, torch.Tensor]:
         """Losses for a batch of windows (see ksdiff_runtime/training/dataset.py for the keys)."""
@@ -93,7 +108,8 @@ class KSDiff(nn.Module):
             return (torch.rand(B, device=dev) >= p).float()
 
         audio_keep, text_keep, style_keep = keep(cfg.p_drop_audio), keep(cfg.p_drop_text), keep(cfg.p_drop_style)
-        f_e, f_h = self.encoder(batch["feats"], batch["prosody"], batch["text"], audio_keep, text_keep)
+        feats, prosody = self.hide_lookahead(batch["feats"], batch["prosody"])
+        f_e, f_h = self.encoder(feats, prosody, batch["text"], audio_keep, text_keep)
         span = batch["expr"].shape[1]  # C + N frames, the last of the encoder's outputs
         f_e, f_h = f_e[:, -span:], f_h[:, -span:]
 

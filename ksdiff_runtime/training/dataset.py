@@ -2,9 +2,11 @@
 
 Feature cache: the front-end (hama posteriorgram + log-mel by default) is the slow part of
 reading a clip, so it runs once per clip and front-end and is stored under
-``<cache>/<front-end key>/<clip id>.npz`` (feats float16 [T, F], prosody float32 [T, 2],
-text int64 [P]). The key includes the front-end settings, so changing them never reuses
-stale features.
+``<cache>/<front-end key>/<clip id>.npz``: ``stream`` float16 [T, F] (the blockwise schedule a
+live stream computes), ``offline`` float16 [T, F] (one pass over the whole clip, what a bake
+computes), prosody float32 [T, 2], text int64 [P]. The model is trained on both schedules so
+the same weights serve live streams and offline bakes. The key includes the front-end
+settings, so changing them never reuses stale features.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class Clip:
     persona: int
     style: np.ndarray  # [6]
     text: str
-    feats: np.ndarray  # [T, F] float16
+    feats: np.ndarray  # [T, F] float16, streaming (blockwise) schedule
+    feats_offline: np.ndarray  # [T, F] float16, offline (whole-clip) schedule
     prosody: np.ndarray  # [T, 2]
     tokens: np.ndarray  # [P]
     expr: np.ndarray  # [T, 52]
@@ -73,12 +76,13 @@ def _compute_features(job: tuple[str, str, str, dict]) -> str:
         _compute_features.cache[json.dumps(front_end_dict, sort_keys=True)] = front_end  # type: ignore[attr-defined]
     data = np.load(clip_path)
     audio = data["audio"].astype(np.float32)
-    feats = front_end(audio).astype(np.float16)
+    stream = front_end(audio).astype(np.float16)
+    offline = front_end.offline(audio).astype(np.float16)
     pros = normalized_prosody(prosody(audio)).astype(np.float32)
     tokens = phoneme_tokens(text) if text else np.zeros(0, dtype=np.int64)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp.npz")
-    np.savez(tmp, feats=feats, prosody=pros, text=tokens)
+    np.savez(tmp, stream=stream, offline=offline, prosody=pros, text=tokens)
     tmp.replace(out)
     return out_path
 
@@ -123,7 +127,7 @@ def load_clips(
         cached = np.load(folder / f"{c['id']}.npz")
         expr, pose = data["blendshapes"].astype(np.float32), data["head"].astype(np.float32)
         T = len(expr)
-        feats = cached["feats"]
+        feats = cached["stream"]
         if len(feats) != T:
             raise ValueError(f"clip {c['id']}: {len(feats)} feature frames but {T} motion frames")
         clips.append(
@@ -134,6 +138,7 @@ def load_clips(
                 style=np.asarray(c["style"], dtype=np.float32),
                 text=c["text"],
                 feats=feats,
+                feats_offline=cached["offline"],
                 prosody=cached["prosody"],
                 tokens=cached["text"],
                 expr=expr,
@@ -160,7 +165,8 @@ def _take(x: np.ndarray, start: int, length: int) -> np.ndarray:
 class WindowSampler:
     """Random training windows in the layout KSDiff.training_loss expects."""
 
-    def __init__(self, clips: list[Clip], cfg: ModelConfig, seed: int = 0) -> None:
+    def __init__(self, clips: list[Clip], cfg: ModelConfig, seed: int = 0, p_offline: float = 0.5) -> None:
+        self.p_offline = p_offline
         self.clips = clips
         self.cfg = cfg
         self.rng = np.random.default_rng(seed)
@@ -208,7 +214,8 @@ class WindowSampler:
             T = len(clip.expr)
             # windows start anywhere, including the clip start (no previous frames known)
             w0 = int(self.rng.integers(0, max(1, T - N + 1)))
-            out["feats"].append(_take(clip.feats, w0 - E, E + N + L).astype(np.float32))
+            feats = clip.feats_offline if self.rng.random() < self.p_offline else clip.feats
+            out["feats"].append(_take(feats, w0 - E, E + N + L).astype(np.float32))
             out["prosody"].append(_take(clip.prosody, w0 - E, E + N + L))
             out["text"].append(clip.tokens)
             out["expr"].append(_take(clip.expr, w0 - C, C + N))

@@ -111,7 +111,7 @@ def style_study(model: KSDiff, clips: list[Clip], steps: int, k_styles: int = 5,
         idx = np.clip(np.arange(L), 0, len(ref.expr) - 1)
         with torch.no_grad():
             s = model.style_of(torch.from_numpy(ref.expr[idx][None]), torch.from_numpy(ref.pose[idx][None]))
-        inputs = [ClipInputs(c.feats.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in audio_clips]
+        inputs = [ClipInputs(c.feats_offline.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in audio_clips]
         anims = animate(model, inputs, steps=steps, style=s.expand(len(inputs), -1))
         generated_amp.append(float(np.mean([a.head.std(axis=0).mean() for a in anims])))
         teacher_amp.append(float(ref.style[amp_i]))
@@ -152,13 +152,18 @@ def evaluate(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: P
     clips = [all_test[i] for i in sorted(order)]
     log.info("evaluating %s on %d held-out clips", checkpoint, len(clips))
     beats_audio = [M.audio_beats(c.audio) for c in clips]
-    inputs = [ClipInputs(c.feats.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in clips]
+    # whole-clip evaluation uses the offline front-end schedule, as a bake does
+    inputs = [ClipInputs(c.feats_offline.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in clips]
+    stream_inputs = [ClipInputs(c.feats.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in clips]
     style = reference_styles(model, clips, all_test)
 
     rows: list[Row] = []
     runs: dict[str, list[Animation]] = {}
     for steps in (50, 4, 2):
         runs[f"KSDiff {steps} steps"] = animate(model, inputs, steps=steps, style=style)
+    runs["4 steps, streaming features"] = animate(model, stream_inputs, steps=4, style=style)
+    with_text = [ClipInputs(i.feats, i.prosody, c.tokens) for i, c in zip(inputs, clips, strict=True)]
+    runs["4 steps, with transcript"] = animate(model, with_text, steps=4, style=style)
     runs["no KEL (4 steps)"] = animate(model, inputs, steps=4, style=style, use_kel=False)
     runs["no style (4 steps)"] = animate(model, inputs, steps=4, style=None)
     mean_e, mean_p = model.expr_mean.numpy(), model.pose_mean.numpy()
