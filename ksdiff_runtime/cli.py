@@ -48,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from ksdiff_runtime.audio.guards import AudioInputError
+    from ksdiff_runtime.model.checkpoint import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (AudioInputError, CheckpointError) as exc:
+        # user errors (a bad input file or checkpoint): the message names the file; no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random KSDiff checkpoint and a short speech wav."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ksdiff_runtime.model.checkpoint import save_checkpoint
+from ksdiff_runtime.model.config import ModelConfig
+from ksdiff_runtime.model.ksdiff import KSDiff
+from ksdiff_runtime.motion import SAMPLE_RATE
+
+SAMPLE_SPEECH = Path(__file__).resolve().parent.parent / "ksdiff_runtime" / "assets" / "sample_speech.wav"
+TINY_MODEL = dict(d_model=32, n_heads=2, denoiser_layers=1, kel_hidden=16, style_dim=8, n_msdc_blocks=1)
+SPEECH_SECONDS = 1.5
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny, randomly initialised KSDiff saved like the shipped checkpoint (float16)."""
+    torch.manual_seed(0)
+    model = KSDiff(ModelConfig(**TINY_MODEL)).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, half=True)
+    return path
+
+
+def _speech_16k(seconds: float) -> np.ndarray:
+    n = int(seconds * SAMPLE_RATE)
+    if SAMPLE_SPEECH.is_file():
+        audio, rate = sf.read(str(SAMPLE_SPEECH), dtype="float32", always_2d=True)
+        assert rate == SAMPLE_RATE, f"{SAMPLE_SPEECH} is {rate} Hz"
+        # skip the leading pause so the cut holds speech
+        voiced = np.flatnonzero(np.abs(audio[:, 0]) > 0.05)
+        start = int(max(0, voiced[0] - SAMPLE_RATE // 20)) if voiced.size else 0
+        cut = audio[start : start + n, 0]
+        if len(cut) == n:
+            return cut
+    from ksdiff_runtime.training.speech import synthesize
+
+    audio = synthesize("Maybe the robot paints a big blue map.", "en-us", 160, 50, 60).audio
+    return np.pad(audio, (0, max(0, n - len(audio))))[:n].astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def speech_16k() -> np.ndarray:
+    """~1.5 s of 16 kHz mono speech, float32."""
+    return _speech_16k(SPEECH_SECONDS)
+
+
+@pytest.fixture
+def speech_wav(tmp_path: Path, speech_16k: np.ndarray) -> Path:
+    """~1.5 s of 16 kHz mono speech as a PCM_16 wav file."""
+    path = tmp_path / "speech.wav"
+    sf.write(str(path), speech_16k, SAMPLE_RATE, subtype="PCM_16")
+    return path

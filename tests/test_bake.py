@@ -1,0 +1,257 @@
+"""`ksdiff-runtime bake` end to end through the real CLI entry point, with a tiny random model:
+file layouts (Live Link Face CSV, JSON), frame counts on the audio clock, determinism, and
+clear errors (no tracebacks) for bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from ksdiff_runtime import motion
+from ksdiff_runtime.cli import main
+
+LIVE_LINK_TAIL = [
+    "HeadYaw", "HeadPitch", "HeadRoll",
+    "LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
+    "RightEyeYaw", "RightEyePitch", "RightEyeRoll",
+]
+
+
+def bake(inp: Path, out: Path, checkpoint: Path, *extra: str) -> int:
+    return main(["bake", str(inp), "-o", str(out), "--checkpoint", str(checkpoint), *extra])
+
+
+def read_csv(path: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """(header, values [T, cols - 2] float, timecodes)."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    for r in body:
+        assert len(r) == len(header)
+        assert int(r[1]) == len(header) - 2
+    values = np.array([[float(v) for v in r[2:]] for r in body], dtype=np.float64).reshape(len(body), len(header) - 2)
+    return header, values, [r[0] for r in body]
+
+
+def write_float_wav(path: Path, audio: np.ndarray, rate: int = motion.SAMPLE_RATE) -> Path:
+    sf.write(str(path), audio.astype(np.float32), rate, subtype="FLOAT")
+    return path
+
+
+def assert_valid_csv(path: Path, frames: int) -> np.ndarray:
+    header, values, _ = read_csv(path)
+    assert len(header) == 2 + motion.NUM_BLENDSHAPES + len(LIVE_LINK_TAIL)
+    assert values.shape == (frames, motion.NUM_BLENDSHAPES + len(LIVE_LINK_TAIL))
+    assert np.all(np.isfinite(values))
+    blend = values[:, : motion.NUM_BLENDSHAPES]
+    assert np.all((blend >= 0.0) & (blend <= 1.0))
+    return values
+
+
+@pytest.fixture(scope="module")
+def baked_csv(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, speech_16k: np.ndarray) -> Path:
+    folder = tmp_path_factory.mktemp("bake_csv")
+    wav = folder / "speech.wav"
+    sf.write(str(wav), speech_16k, motion.SAMPLE_RATE, subtype="PCM_16")
+    out = folder / "out.csv"
+    assert bake(wav, out, tiny_checkpoint) == 0
+    return out
+
+
+# --- layouts -------------------------------------------------------------------------------------
+def test_csv_header_is_live_link_face(baked_csv: Path) -> None:
+    header, _, _ = read_csv(baked_csv)
+    assert header[:2] == ["Timecode", "BlendShapeCount"]
+    expected = [n[0].upper() + n[1:] for n in motion.BLENDSHAPES]
+    assert header[2 : 2 + motion.NUM_BLENDSHAPES] == expected
+    for name in ("EyeBlinkLeft", "JawOpen", "MouthClose", "MouthPressRight", "CheekPuff", "TongueOut"):
+        assert name in header
+    assert header[2 + motion.NUM_BLENDSHAPES :] == LIVE_LINK_TAIL
+
+
+def test_csv_rows_follow_the_audio_clock(baked_csv: Path, speech_16k: np.ndarray) -> None:
+    frames = motion.num_frames(len(speech_16k))
+    assert frames == 45
+    assert_valid_csv(baked_csv, frames)
+    _, _, timecodes = read_csv(baked_csv)
+    assert timecodes[0] == "00:00:00:00.000"
+    assert timecodes[30] == "00:00:01:00.000"
+    assert timecodes[44] == "00:00:01:14.000"
+
+
+def test_csv_at_60_fps_has_twice_the_rows(tmp_path: Path, speech_wav: Path, speech_16k: np.ndarray,
+                                         tiny_checkpoint: Path) -> None:
+    out = tmp_path / "out60.csv"
+    assert bake(speech_wav, out, tiny_checkpoint, "--fps", "60") == 0
+    frames30 = motion.num_frames(len(speech_16k))
+    values = assert_valid_csv(out, 2 * frames30)
+    assert values.shape[0] == 2 * frames30
+    _, _, timecodes = read_csv(out)
+    assert timecodes[59] == "00:00:00:59.000" and timecodes[60] == "00:00:01:00.000"
+
+
+def test_json_names_and_audio_times(tmp_path: Path, speech_wav: Path, speech_16k: np.ndarray,
+                                    tiny_checkpoint: Path) -> None:
+    out = tmp_path / "out.json"
+    assert bake(speech_wav, out, tiny_checkpoint, "--fps", "25") == 0
+    doc = json.loads(out.read_text())
+    assert doc["blendshape_names"] == list(motion.BLENDSHAPES)
+    assert doc["head_rotation_names"] == list(motion.HEAD_ROTATION)
+    assert doc["gaze_names"] == list(motion.GAZE)
+    assert doc["fps"] == 25
+    frames = doc["frames"]
+    assert len(frames) == round(len(speech_16k) / motion.SAMPLE_RATE * 25)
+    t = np.array([f["t_audio"] for f in frames])
+    assert t[0] == 0.0
+    np.testing.assert_allclose(np.diff(t), 1 / 25, atol=2e-6)
+    blend = np.array([f["blendshapes"] for f in frames])
+    assert blend.shape == (len(frames), motion.NUM_BLENDSHAPES)
+    assert np.all((blend >= 0) & (blend <= 1))
+    assert np.all(np.isfinite([f["head"] for f in frames]))
+    assert all(len(f["head"]) == 3 and len(f["gaze"]) == 4 for f in frames)
+
+
+def test_same_seed_same_bytes_other_seed_other_animation(tmp_path: Path, speech_wav: Path,
+                                                         tiny_checkpoint: Path) -> None:
+    a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
+    assert bake(speech_wav, a, tiny_checkpoint, "--seed", "3") == 0
+    assert bake(speech_wav, b, tiny_checkpoint, "--seed", "3") == 0
+    assert bake(speech_wav, c, tiny_checkpoint, "--seed", "4") == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+# --- bad input: clear errors ---------------------------------------------------------------------
+def test_missing_input_is_a_clear_error(tmp_path: Path, tiny_checkpoint: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere.wav"
+    out = tmp_path / "out.csv"
+    assert bake(missing, out, tiny_checkpoint) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(missing) in err and "not found" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_corrupt_wav_is_a_clear_error(tmp_path: Path, tiny_checkpoint: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "corrupt.wav"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    out = tmp_path / "out.csv"
+    assert bake(bad, out, tiny_checkpoint) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(bad) in err and "cannot read" in err
+    assert not out.exists()
+
+
+def test_unsupported_input_extension_is_a_clear_error(tmp_path: Path, tiny_checkpoint: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "speech.xyz"
+    bad.write_text("this is not audio\n")
+    assert bake(bad, tmp_path / "out.csv", tiny_checkpoint) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(bad) in err and "unsupported audio format '.xyz'" in err
+
+
+def test_unsupported_output_extension_is_a_clear_error(tmp_path: Path, speech_wav: Path,
+                                                       tiny_checkpoint: Path) -> None:
+    out = tmp_path / "out.txt"
+    with pytest.raises(SystemExit) as exc:
+        bake(speech_wav, out, tiny_checkpoint)
+    assert str(out) in str(exc.value.code) and ".csv or .json" in str(exc.value.code)
+    assert not out.exists()
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path: Path, speech_wav: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "broken.pt"
+    ckpt.write_bytes(b"not a torch file")
+    assert bake(speech_wav, tmp_path / "out.csv", ckpt) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(ckpt) in err and "corrupt" in err
+    assert bake(speech_wav, tmp_path / "out.csv", tmp_path / "missing.pt") == 1
+    assert str(tmp_path / "missing.pt") in capsys.readouterr().err
+
+
+# --- awkward but valid audio: repaired, never fatal ------------------------------------------------
+def test_nan_and_inf_audio_bakes_to_finite_output(tmp_path: Path, speech_16k: np.ndarray, tiny_checkpoint: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    audio = speech_16k.copy()
+    audio[100:400] = np.nan
+    audio[5000:5100] = np.inf
+    audio[9000:9010] = -np.inf
+    wav = write_float_wav(tmp_path / "nan.wav", audio)
+    assert np.isnan(sf.read(str(wav))[0]).sum() == 300  # the file really holds NaN
+    out = tmp_path / "out.csv"
+    with caplog.at_level(logging.WARNING):
+        assert bake(wav, out, tiny_checkpoint) == 0
+    assert "410 non-finite" in caplog.text
+    assert_valid_csv(out, motion.num_frames(len(audio)))
+
+
+def test_fully_clipped_audio_bakes(tmp_path: Path, speech_16k: np.ndarray, tiny_checkpoint: Path,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    audio = np.where(speech_16k >= 0, 3.0, -3.0).astype(np.float32)  # every sample far past full scale
+    wav = write_float_wav(tmp_path / "clipped.wav", audio)
+    out = tmp_path / "out.json"
+    with caplog.at_level(logging.WARNING):
+        assert bake(wav, out, tiny_checkpoint) == 0
+    assert f"{len(audio)} clipped" in caplog.text
+    frames = json.loads(out.read_text())["frames"]
+    assert len(frames) == motion.num_frames(len(audio))
+    assert np.all(np.isfinite([f["blendshapes"] + f["head"] + f["gaze"] for f in frames]))
+
+
+def test_silence_bakes(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    wav = tmp_path / "silence.wav"
+    sf.write(str(wav), np.zeros(motion.SAMPLE_RATE, dtype=np.int16), motion.SAMPLE_RATE, subtype="PCM_16")
+    out = tmp_path / "out.csv"
+    assert bake(wav, out, tiny_checkpoint) == 0
+    assert_valid_csv(out, motion.FPS)
+
+
+@pytest.mark.parametrize("n_samples", [0, 100, motion.SAMPLE_RATE // motion.FPS - 1])
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_audio_shorter_than_a_frame_gives_an_empty_animation(tmp_path: Path, tiny_checkpoint: Path,
+                                                             n_samples: int, suffix: str) -> None:
+    wav = tmp_path / "short.wav"
+    sf.write(str(wav), np.full(n_samples, 1000, dtype=np.int16), motion.SAMPLE_RATE, subtype="PCM_16")
+    assert motion.num_frames(n_samples) == 0
+    out = tmp_path / f"out{suffix}"
+    assert bake(wav, out, tiny_checkpoint) == 0
+    if suffix == ".csv":
+        header, values, _ = read_csv(out)
+        assert header[:3] == ["Timecode", "BlendShapeCount", "EyeBlinkLeft"] and len(values) == 0
+    else:
+        doc = json.loads(out.read_text())
+        assert doc["frames"] == [] and doc["blendshape_names"] == list(motion.BLENDSHAPES)
+
+
+def test_one_frame_of_audio_gives_one_row(tmp_path: Path, tiny_checkpoint: Path, speech_16k: np.ndarray) -> None:
+    n = motion.SAMPLE_RATE // motion.FPS + 1
+    wav = tmp_path / "one.wav"
+    sf.write(str(wav), speech_16k[:n], motion.SAMPLE_RATE, subtype="PCM_16")
+    out = tmp_path / "out.csv"
+    assert bake(wav, out, tiny_checkpoint) == 0
+    assert_valid_csv(out, 1)
+
+
+def test_stereo_44k1_gives_the_frame_count_of_its_duration(tmp_path: Path, speech_16k: np.ndarray,
+                                                           tiny_checkpoint: Path) -> None:
+    mono = resample_poly(speech_16k.astype(np.float64), 441, 160)
+    stereo = np.stack([0.8 * mono, 0.5 * mono[::-1]], axis=1)
+    wav = tmp_path / "stereo.wav"
+    sf.write(str(wav), stereo, 44_100, subtype="PCM_16")
+    assert sf.info(str(wav)).channels == 2
+    out = tmp_path / "out.csv"
+    assert bake(wav, out, tiny_checkpoint) == 0
+    expected = motion.num_frames(len(mono), sample_rate=44_100)
+    assert expected == motion.num_frames(len(speech_16k)) == 45
+    assert_valid_csv(out, expected)
