@@ -52,7 +52,7 @@ def test_min_travel_suppresses_jitter() -> None:
 def test_min_travel_is_measured_from_the_previous_keyframe() -> None:
     # wiggles of 0.2 peak to trough starting at a trough (frame 0): min_travel 0.3 keeps none,
     # 0.15 keeps every later turning point (each 0.2 from the one before)
-    x = sine(amplitude=0.1, shift=10) + 0.5
+    x = sine(70, amplitude=0.1, shift=10) + 0.5  # ends mid-swing (frame 70: fastest)
     assert not keyframes(x, min_travel=0.3).any()
     assert np.flatnonzero(keyframes(x, min_travel=0.15)).tolist() == [20, 40, 60]
     # starting mid-swing, the first turning point is only 0.1 from frame 0 and is skipped, and
