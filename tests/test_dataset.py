@@ -1,0 +1,238 @@
+"""Training data end to end on a tiny generated corpus: the feature cache, clip loading, the
+window sampler's layout, and the `train` (resumable) and `eval` commands on top of them."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ksdiff_runtime import motion
+from ksdiff_runtime.audio.features import make_front_end
+from ksdiff_runtime.cli import main
+from ksdiff_runtime.model.checkpoint import load_model, read_checkpoint
+from ksdiff_runtime.model.config import ModelConfig
+from ksdiff_runtime.training.corpus import generate
+from ksdiff_runtime.training.dataset import (
+    Clip,
+    WindowSampler,
+    build_feature_cache,
+    front_end_key,
+    load_clips,
+)
+
+pytestmark = pytest.mark.slow  # every test here needs the generated corpus and its feature cache
+
+
+TINY_MODEL = dict(d_model=32, n_heads=2, denoiser_layers=1, kel_hidden=16, style_dim=8, n_msdc_blocks=1)
+
+
+@dataclass
+class Data:
+    corpus: Path
+    cache: Path
+    cfg: ModelConfig
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
+    root = tmp_path_factory.mktemp("data")
+    corpus, cache = root / "corpus", root / "cache"
+    generate(str(corpus), seed=3, n_train=2, n_test=1, clips_train=2, clips_test=2, workers=1, progress=False)
+    cfg = ModelConfig(**TINY_MODEL)
+    assert cfg.front_end.name == "ppg"
+    build_feature_cache(corpus, cache, cfg, workers=1)
+    return Data(corpus, cache, cfg)
+
+
+@pytest.fixture(scope="module")
+def train_clips(data: Data) -> list[Clip]:
+    return load_clips(data.corpus, data.cache, data.cfg, "train")
+
+
+@pytest.fixture
+def keep_torch_threads() -> Iterator[None]:
+    n = torch.get_num_threads()  # `train` sets torch's thread count for the whole process
+    yield
+    torch.set_num_threads(n)
+
+
+def take(x: np.ndarray, start: int, length: int) -> np.ndarray:
+    return x[np.clip(np.arange(start, start + length), 0, len(x) - 1)]
+
+
+# --- cache and clips -----------------------------------------------------------------------------
+def test_clips_load_with_consistent_lengths(data: Data, train_clips: list[Clip]) -> None:
+    manifest = json.loads((data.corpus / "manifest.json").read_text())
+    assert len(train_clips) == 4
+    assert len(load_clips(data.corpus, data.cache, data.cfg, "test")) == 2
+    assert sorted({c.persona for c in train_clips}) == [0, 1]
+    for clip in train_clips:
+        entry = next(e for e in manifest["clips"] if e["id"] == clip.id)
+        T = motion.num_frames(round(entry["duration_s"] * motion.SAMPLE_RATE))
+        assert abs(len(clip.expr) - T) <= 1
+        assert clip.feats.shape == clip.feats_offline.shape == (len(clip.expr), data.cfg.feature_dim)
+        assert clip.prosody.shape == (len(clip.expr), data.cfg.prosody_dim)
+        assert clip.key_expr.shape == clip.key_pose.shape == clip.silent.shape == (len(clip.expr),)
+        assert clip.key_expr.any() and clip.tokens.size > 0 and clip.audio is None
+
+
+def test_cached_stream_features_equal_a_fresh_blockwise_computation(data: Data, train_clips: list[Clip]) -> None:
+    clip = train_clips[0]
+    manifest = json.loads((data.corpus / "manifest.json").read_text())
+    entry = next(e for e in manifest["clips"] if e["id"] == clip.id)
+    audio = np.load(data.corpus / entry["file"])["audio"]
+    front_end = make_front_end(data.cfg.front_end)
+    fresh = front_end(audio).astype(np.float16)
+    np.testing.assert_array_equal(clip.feats, fresh)
+    np.testing.assert_array_equal(clip.feats_offline, front_end.offline(audio).astype(np.float16))
+    assert not np.array_equal(clip.feats, clip.feats_offline)  # two schedules, two feature sets
+
+
+def test_second_cache_build_recomputes_nothing(data: Data) -> None:
+    folder = data.cache / front_end_key(data.cfg)
+    files = sorted(folder.glob("*.npz"))
+    assert len(files) == 6
+    before = {f.name: f.stat().st_mtime_ns for f in files}
+    assert build_feature_cache(data.corpus, data.cache, data.cfg, workers=1) == folder
+    assert {f.name: f.stat().st_mtime_ns for f in sorted(folder.glob("*.npz"))} == before
+    # another front-end setting gets its own folder: never stale features
+    other = ModelConfig(**TINY_MODEL, front_end=type(data.cfg.front_end)(lookahead_ms=0))
+    assert front_end_key(other) != front_end_key(data.cfg)
+
+
+# --- the window sampler --------------------------------------------------------------------------
+def test_window_sampler_layout(data: Data, train_clips: list[Clip]) -> None:
+    cfg = data.cfg
+    C, N, E, L = cfg.motion_context_frames, cfg.train_window_frames, cfg.encoder_context_frames, cfg.lookahead_frames
+    B = 48
+    batch = WindowSampler(train_clips, cfg, seed=1).batch(B)
+    assert batch["feats"].shape == (B, E + N + L, cfg.feature_dim) and batch["feats"].dtype == np.float32
+    assert batch["prosody"].shape == (B, E + N + L, cfg.prosody_dim)
+    assert batch["expr"].shape == (B, C + N, motion.NUM_BLENDSHAPES)
+    assert batch["pose"].shape == (B, C + N, motion.NUM_HEAD)
+    assert batch["key_expr"].shape == batch["key_pose"].shape == (B, C + N) and batch["key_expr"].dtype == bool
+    assert batch["known"].shape == (B, C + N)
+    assert batch["ref_a_expr"].shape == batch["ref_b_expr"].shape == (B, cfg.style_clip_frames, 52)
+    assert batch["ref_a_pose"].shape == batch["ref_b_pose"].shape == (B, cfg.style_clip_frames, 3)
+    assert batch["persona"].shape == (B,)
+    assert batch["text"].shape[0] == B and batch["text"].dtype == np.int64
+
+    at_start = 0
+    for i in range(B):
+        # find the clip and start frame this window was cut from
+        found = [
+            (k, w0)
+            for k, c in enumerate(train_clips)
+            for w0 in range(max(1, len(c.expr) - N + 1))
+            if np.array_equal(batch["expr"][i], take(c.expr, w0 - C, C + N))
+            and np.array_equal(batch["pose"][i], take(c.pose, w0 - C, C + N))
+        ]
+        assert found, f"window {i} is not a window of any clip"
+        k, w0 = found[0]
+        clip = train_clips[k]
+        known = np.zeros(C + N, dtype=np.float32)
+        known[:C] = np.arange(w0 - C, w0) >= 0  # context before the clip start is unknown
+        np.testing.assert_array_equal(batch["known"][i], known)
+        at_start += w0 < C
+        feats = batch["feats"][i]
+        assert np.array_equal(feats, take(clip.feats, w0 - E, E + N + L).astype(np.float32)) or np.array_equal(
+            feats, take(clip.feats_offline, w0 - E, E + N + L).astype(np.float32)
+        )
+        np.testing.assert_array_equal(batch["prosody"][i], take(clip.prosody, w0 - E, E + N + L))
+        assert batch["persona"][i] == clip.persona
+        np.testing.assert_array_equal(batch["text"][i, : len(clip.tokens)], clip.tokens)
+        assert not batch["text"][i, len(clip.tokens) :].any()
+        # style references: windows of *another* clip of the same persona
+        for ref_e, ref_p in ((batch["ref_a_expr"][i], batch["ref_a_pose"][i]),
+                             (batch["ref_b_expr"][i], batch["ref_b_pose"][i])):
+            sources = [
+                j
+                for j, other in enumerate(train_clips)
+                for s in range(max(1, len(other.expr) - cfg.style_clip_frames + 1))
+                if np.array_equal(ref_e, take(other.expr, s, cfg.style_clip_frames))
+                and np.array_equal(ref_p, take(other.pose, s, cfg.style_clip_frames))
+            ]
+            assert sources and all(j != k and train_clips[j].persona == clip.persona for j in sources)
+    assert at_start > 0, "no window started within C frames of a clip start"
+
+
+def test_window_sampler_is_seeded(data: Data, train_clips: list[Clip]) -> None:
+    a = WindowSampler(train_clips, data.cfg, seed=5).batch(4)
+    b = WindowSampler(train_clips, data.cfg, seed=5).batch(4)
+    c = WindowSampler(train_clips, data.cfg, seed=6).batch(4)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["expr"], c["expr"])
+
+
+# --- train and eval commands ---------------------------------------------------------------------
+def write_config(data: Data, out: Path, path: Path) -> Path:
+    model = "\n".join(f"{k} = {v}" for k, v in TINY_MODEL.items())
+    path.write_text(
+        f"[model]\n{model}\n\n[model.front_end]\nname = \"ppg\"\n\n"
+        f"[train]\ncorpus = \"{data.corpus}\"\ncache = \"{data.cache}\"\nout = \"{out}\"\n"
+        "batch_size = 4\nmax_steps = 3\ncheckpoint_every = 1\nlog_every = 1\nwarmup_steps = 2\n"
+        "workers = 1\ndevice = \"cpu\"\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(data: Data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    threads = torch.get_num_threads()
+    folder = tmp_path_factory.mktemp("run")
+    out = folder / "run"
+    config = write_config(data, out, folder / "tiny.toml")
+    try:
+        assert main(["train", "--config", str(config)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def losses(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_train_writes_a_loadable_checkpoint_and_resumes(run_dir: Path, keep_torch_threads: None) -> None:
+    last = run_dir / "last.pt"
+    model = load_model(last)
+    assert model.cfg.d_model == TINY_MODEL["d_model"] and not model.training
+    assert read_checkpoint(last)["step"] == 3
+    rows = losses(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r["total"]) for r in rows)
+    saved = tomllib.loads((run_dir / "config.toml").read_text())
+    assert saved["model"]["d_model"] == TINY_MODEL["d_model"] and saved["train"]["max_steps"] == 3
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    config = run_dir.parent / "tiny.toml"
+    assert main(["train", "--config", str(config), "--max-steps", "5"]) == 0
+    assert read_checkpoint(last)["step"] == 5
+    assert [r["step"] for r in losses(run_dir)] == [1, 2, 3, 4, 5]  # resumed at 3, not restarted
+    after = load_model(last).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.timeout(900)  # about 1-2 min on a busy 2-core machine
+def test_eval_reports_every_row(run_dir: Path, data: Data, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    argv = ["eval", "--checkpoint", str(run_dir / "last.pt"), "--corpus", str(data.corpus), "--cache",
+            str(data.cache), "--max-clips", "2", "--out", str(out)]
+    with np.errstate(all="ignore"):
+        assert main(argv) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["held_out_clips"] == 2
+    rows = result["rows"]
+    for name in ("KSDiff 50 steps", "KSDiff 4 steps", "KSDiff 2 steps", "mean-pose baseline", "teacher"):
+        assert name in rows, name
+    assert rows["teacher"]["bilabial_closure"] >= 0.9
+    assert rows["teacher"]["mouth_mae"] == 0.0 and rows["teacher"]["jaw_corr"] == pytest.approx(1.0)
+    assert rows["mean-pose baseline"]["mae_vs_baseline"] == pytest.approx(1.0)
+    assert (out / "eval.md").is_file() and (out / "eval.png").is_file()
