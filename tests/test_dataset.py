@@ -235,4 +235,5 @@ def test_eval_reports_every_row(run_dir: Path, data: Data, tmp_path: Path) -> No
     assert rows["teacher"]["bilabial_closure"] >= 0.9
     assert rows["teacher"]["mouth_mae"] == 0.0 and rows["teacher"]["jaw_corr"] == pytest.approx(1.0)
     assert rows["mean-pose baseline"]["mae_vs_baseline"] == pytest.approx(1.0)
+    assert rows["mean-pose baseline"]["jaw_corr"] == 0.0  # a constant track: 0, never NaN
     assert (out / "eval.md").is_file() and (out / "eval.png").is_file()

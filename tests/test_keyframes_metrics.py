@@ -184,6 +184,18 @@ def test_mouth_mae_only_looks_at_the_mouth() -> None:
     assert M.mouth_mae(a, b) == pytest.approx(0.5 / len(motion.MOUTH_INDICES))
 
 
+@pytest.mark.parametrize("value", [0.1, 0.2, 0.7])
+def test_correlation_with_a_constant_float32_track_is_zero_not_nan(value: float) -> None:
+    # e.g. the mean-pose baseline's jawOpen: np.std of this array is ~1e-8..1e-7, not 0
+    constant = np.full(1000, value, dtype=np.float32)
+    other = np.random.default_rng(0).random(1000).astype(np.float32)
+    assert M.correlation(constant, other) == 0.0
+    assert M.correlation(other, constant) == 0.0
+    assert M.rank_correlation(constant, other) == 0.0
+    assert M.correlation(other, 2 * other + 1) == pytest.approx(1.0)
+    assert M.rank_correlation(other, other**3) == pytest.approx(1.0)
+
+
 def test_kel_f1_from_probabilities() -> None:
     prob = np.zeros(40)
     prob[[9, 10, 11]] = [0.6, 0.9, 0.6]  # one peak at 10

@@ -79,14 +79,19 @@ def beat_align(audio_beat_times: np.ndarray, motion_beat_times: np.ndarray) -> f
     return float(np.exp(-(dt**2) / (2 * BEAT_SIGMA_S**2)).mean())
 
 
+def _constant(x: np.ndarray) -> bool:
+    # np.std of a constant float32 array is not exactly 0 (e.g. 1.5e-8 for 0.1), so check the range too
+    return bool(np.ptp(x) == 0 or np.std(x) < 1e-8)
+
+
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    if np.std(a) < 1e-8 or np.std(b) < 1e-8:
+    if _constant(a) or _constant(b):
         return 0.0
     return float(pearsonr(a, b)[0])
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    if np.std(a) < 1e-8 or np.std(b) < 1e-8:
+    if _constant(a) or _constant(b):
         return 0.0
     return float(spearmanr(a, b)[0])
 
