@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("ksdiff_runtime.training.corpus", "corpus"),
     ("ksdiff_runtime.training.frontend_study", "frontend-study"),
+    ("ksdiff_runtime.training.frontend_probe", "frontend-probe"),
     ("ksdiff_runtime.training.train", "train"),
     ("ksdiff_runtime.training.evaluate", "eval"),
     ("ksdiff_runtime.bake", "bake"),
