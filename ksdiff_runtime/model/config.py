@@ -45,6 +45,8 @@ class ModelConfig:
     n_msdc_blocks: int = 2
     denoiser_layers: int = 4
     kel_hidden: int = 128
+    # ablation: one speech path feeds both denoisers (no separate pose path)
+    single_path: bool = False
     dropout: float = 0.0  # dropout cost ~20 % of a CPU step and windows are random anyway
     # --- diffusion ---
     diffusion_steps: int = 1000

@@ -125,13 +125,19 @@ class DualPathSpeechEncoder(nn.Module):
         self.msdc = nn.Sequential(
             *[MSDC(d, cfg.msdc_kernel, cfg.msdc_dilations) for _ in range(cfg.n_msdc_blocks)]
         )
-        # pose path
-        self.pose_long = PoolingCrossAttention(d, cfg.n_heads, cfg.long_window, cfg.dropout)
-        self.pose_mid = PoolingCrossAttention(d, cfg.n_heads, cfg.mid_window, cfg.dropout)
-        self.pose_out = nn.Linear(2 * d, d)
+        # pose path (absent in the single-path ablation, where the expression path feeds both)
+        self.single_path = cfg.single_path
+        if not self.single_path:
+            self.build_pose_path(cfg)
         # expression path
         self.prosody = nn.Sequential(CausalConv(cfg.prosody_dim, d, 3), nn.GELU(), CausalConv(d, 2 * d, 3))
         self.expr_short = PoolingCrossAttention(d, cfg.n_heads, cfg.short_window, cfg.dropout)
+
+    def build_pose_path(self, cfg: ModelConfig) -> None:
+        d = cfg.d_model
+        self.pose_long = PoolingCrossAttention(d, cfg.n_heads, cfg.long_window, cfg.dropout)
+        self.pose_mid = PoolingCrossAttention(d, cfg.n_heads, cfg.mid_window, cfg.dropout)
+        self.pose_out = nn.Linear(2 * d, d)
 
     def forward(
         self,
@@ -149,7 +155,9 @@ class DualPathSpeechEncoder(nn.Module):
         # the lookahead: output frame i reads encoder position i + lookahead
         L = self.lookahead
         h_s, pros = h[:, L:], pros[:, L:]
-        f_h = self.pose_out(torch.cat([self.pose_long(h_s), self.pose_mid(h_s)], dim=-1))
         gamma, beta = pros.chunk(2, dim=-1)
         f_e = self.expr_short(h_s * (1 + gamma) + beta)
+        if self.single_path:
+            return f_e, f_e
+        f_h = self.pose_out(torch.cat([self.pose_long(h_s), self.pose_mid(h_s)], dim=-1))
         return f_e, f_h

@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     checkpoint_every: int = 250
+    keep_every: int = 0  # also keep the EMA weights of every Nth step as step_N.pt (0 = never)
     log_every: int = 25
     seed: int = 0
     workers: int = 2
@@ -140,7 +141,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     last = out / "last.pt"
     if last.is_file():
         state = torch.load(last, map_location=device, weights_only=False)
-        if state["config"] != model_cfg.to_dict():
+        if ModelConfig.from_dict(state["config"]) != model_cfg:
             raise RuntimeError(f"{last} was trained with a different model config; use another --out")
         model.load_state_dict(state["train_model"])
         ema.load_state_dict(state["model"])  # the checkpoint's main weights are the EMA ones
@@ -185,7 +186,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
                 be.copy_(bm)
         step += 1
         for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + float(v)
+            running[k] = running.get(k, 0.0) + float(v.detach())
         bar.update(1)
         if step % cfg.log_every == 0:
             row = {k: v / cfg.log_every for k, v in running.items()}
@@ -200,6 +201,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
             checkpoint()
             plot_losses(out / "losses.jsonl", out / "losses.png")
+        if cfg.keep_every and step % cfg.keep_every == 0:
+            save_checkpoint(out / f"step_{step:06d}.pt", ema, half=True, step=step)
         if out_of_time:
             log.info(
                 "stopping after %.1f minutes at step %d (resume by running again)", cfg.max_minutes, step
