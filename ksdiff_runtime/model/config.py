@@ -47,6 +47,8 @@ class ModelConfig:
     kel_hidden: int = 128
     # ablation: one speech path feeds both denoisers (no separate pose path)
     single_path: bool = False
+    # ablation: the denoisers are not conditioned on KEL keyframes
+    use_kel: bool = True
     dropout: float = 0.0  # dropout cost ~20 % of a CPU step and windows are random anyway
     # --- diffusion ---
     diffusion_steps: int = 1000

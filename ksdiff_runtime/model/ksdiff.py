@@ -138,6 +138,8 @@ class KSDiff(nn.Module):
             use_true = (torch.rand(B, 1, device=dev) < p_true_keys).float()
             prob = use_true * key_w + (1 - use_true) * torch.sigmoid(logits).detach()
             val = use_true[..., None] * x[:, C:] + (1 - use_true[..., None]) * values.detach()
+            if not cfg.use_kel:  # ablation: the denoisers never see keyframes
+                prob, val = torch.zeros_like(prob), torch.zeros_like(val)
             zeros = torch.zeros_like(known[:, :C])
             key_prob = torch.cat([zeros, prob], dim=1)
             key_value = torch.cat([torch.zeros_like(x[:, :C]), val], dim=1)
@@ -191,7 +193,10 @@ class KSDiff(nn.Module):
         last_p = (prev_pose * known[..., None])[:, -1]
         logit_e, value_e = self.kel_expr(f_e[:, C:], last_e)
         logit_p, value_p = self.kel_pose(f_h[:, C:], last_p)
-        return f_e, f_h, torch.sigmoid(logit_e), value_e, torch.sigmoid(logit_p), value_p
+        prob_e, prob_p = torch.sigmoid(logit_e), torch.sigmoid(logit_p)
+        if not self.cfg.use_kel:  # ablation: keyframes are predicted (and scored) but not used
+            prob_e, prob_p = torch.zeros_like(prob_e), torch.zeros_like(prob_p)
+        return f_e, f_h, prob_e, value_e, prob_p, value_p
 
     def denoise(
         self,

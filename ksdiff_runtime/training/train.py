@@ -45,6 +45,7 @@ class TrainConfig:
     warmup_steps: int = 300
     max_steps: int = 20_000
     max_minutes: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
+    stop_after: int = 0  # stop at this step although the schedule runs to max_steps (ablations at equal budget)
     ema_decay: float = 0.999
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -54,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads for torch (0 = all cores)
 
 
 def load_config(path: str | Path | None) -> tuple[ModelConfig, TrainConfig]:
@@ -119,7 +121,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     log.info("device %s; building the feature cache", device)
     build_feature_cache(Path(cfg.corpus), Path(cfg.cache), model_cfg, workers=cfg.workers)
     clips = load_clips(Path(cfg.corpus), Path(cfg.cache), model_cfg, "train")
@@ -198,6 +200,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
             log_file.write(json.dumps(row) + "\n")
             log_file.flush()
         out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > cfg.max_minutes * 60
+        out_of_time = out_of_time or (cfg.stop_after > 0 and step >= cfg.stop_after)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
             checkpoint()
             plot_losses(out / "losses.jsonl", out / "losses.png")
