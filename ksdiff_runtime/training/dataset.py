@@ -115,13 +115,15 @@ def build_feature_cache(corpus: Path, cache: Path, cfg: ModelConfig, workers: in
 
 
 def load_clips(
-    corpus: Path, cache: Path, cfg: ModelConfig, split: str, keep_audio: bool = False
+    corpus: Path, cache: Path, cfg: ModelConfig, split: str, keep_audio: bool = False, limit: int = 0
 ) -> list[Clip]:
+    """The split's clips in manifest order (the first ``limit`` of them when limit > 0)."""
     manifest = read_manifest(corpus)
     folder = Path(cache) / front_end_key(cfg)
     personas: dict[str, int] = {}
     clips = []
     entries = [c for c in manifest["clips"] if c["split"] == split]
+    entries = entries[:limit] if limit > 0 else entries
     for c in tqdm(entries, desc=f"loading {split}", unit="clip", leave=False):
         data = np.load(Path(corpus) / c["file"])
         cached = np.load(folder / f"{c['id']}.npz")

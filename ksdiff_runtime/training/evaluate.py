@@ -21,13 +21,15 @@ import torch
 from ksdiff_runtime import motion
 from ksdiff_runtime.engine.offline import Animation, ClipInputs, animate
 from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
-from ksdiff_runtime.model.ksdiff import KSDiff
+from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
 
 from . import metrics as M
 from .dataset import Clip, build_feature_cache, load_clips
 from .teacher import STYLE_NAMES
 
 log = logging.getLogger(__name__)
+
+STYLE_GUIDANCE = 2.0  # classifier-free guidance scale on style, also reported
 
 TARGETS = {
     "bilabial_closure": (">=", 0.90),
@@ -47,10 +49,29 @@ class Row:
     values: dict[str, float | None] = field(default_factory=dict)
 
 
-def score(clips: list[Clip], anims: list[Animation], beats_audio: list[np.ndarray]) -> dict[str, float | None]:
+KEY_THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
+
+
+def calibrate_key_thresholds(clips: list[Clip], anims: list[Animation]) -> tuple[float, float]:
+    """KEL decision thresholds (expression, pose) that maximise keyframe F1 on *training* clips.
+
+    KEL is trained with a positive-class weight, so its probabilities are not calibrated and
+    0.5 is an arbitrary cut; the threshold is chosen on training data, never on the held-out split.
+    """
+    best = []
+    for attr, key in (("key_expr", "key_expr"), ("key_pose", "key_pose")):
+        f1 = [np.mean([M.kel_f1(getattr(a, attr), getattr(c, key), th) for c, a in zip(clips, anims, strict=True)])
+              for th in KEY_THRESHOLDS]
+        best.append(float(KEY_THRESHOLDS[int(np.argmax(f1))]))
+    return best[0], best[1]
+
+
+def score(
+    clips: list[Clip], anims: list[Animation], beats_audio: list[np.ndarray], thresholds: tuple[float, float]
+) -> dict[str, float | None]:
     closed = total = 0
     rest_hits = rest_total = 0
-    jaw_p, jaw_t, maes, aligns, f1e, f1p = [], [], [], [], [], []
+    jaw_p, jaw_t, maes, aligns, f1e, f1p, beat_rates = [], [], [], [], [], [], []
     jaw = motion.index("jawOpen")
     for clip, anim, ab in zip(clips, anims, beats_audio, strict=True):
         c, t = M.bilabial_closures(anim.blendshapes, clip.phonemes, clip.phoneme_start, clip.phoneme_dur)
@@ -61,18 +82,21 @@ def score(clips: list[Clip], anims: list[Animation], beats_audio: list[np.ndarra
         jaw_p.append(anim.blendshapes[:, jaw])
         jaw_t.append(clip.expr[:, jaw])
         maes.append(M.mouth_mae(anim.blendshapes, clip.expr))
-        ba = M.beat_align(ab, M.motion_beats(anim.head))
+        beats = M.motion_beats(anim.head)
+        beat_rates.append(len(beats) / max(len(anim.head) / motion.FPS, 1e-6))
+        ba = M.beat_align(ab, beats)
         if ba is not None:
             aligns.append(ba)
         if anim.key_expr.any() or clip.key_expr.any():
-            f1e.append(M.kel_f1(anim.key_expr, clip.key_expr))
-            f1p.append(M.kel_f1(anim.key_pose, clip.key_pose))
+            f1e.append(M.kel_f1(anim.key_expr, clip.key_expr, thresholds[0]))
+            f1p.append(M.kel_f1(anim.key_pose, clip.key_pose, thresholds[1]))
     return {
         "mouth_mae": float(np.mean(maes)),
         "bilabial_closure": closed / total if total else None,
         "rest_share": rest_hits / rest_total if rest_total else None,
         "jaw_corr": M.correlation(np.concatenate(jaw_p), np.concatenate(jaw_t)),
         "beat_align": float(np.mean(aligns)) if aligns else None,
+        "motion_beats_per_s": float(np.mean(beat_rates)),
         "kel_f1_expr": float(np.mean(f1e)) if f1e else None,
         "kel_f1_pose": float(np.mean(f1p)) if f1p else None,
     }
@@ -92,7 +116,9 @@ def reference_styles(model: KSDiff, clips: list[Clip], all_clips: list[Clip]) ->
         return model.style_of(torch.from_numpy(np.stack(refs_e)), torch.from_numpy(np.stack(refs_p)))
 
 
-def style_study(model: KSDiff, clips: list[Clip], steps: int, k_styles: int = 5, n_audio: int = 12) -> dict:
+def style_study(
+    model: KSDiff, clips: list[Clip], steps: int, style_scale: float = 1.0, k_styles: int = 5, n_audio: int = 12
+) -> dict:
     """Does motion follow the reference? K personas spread over head-motion amplitude hand their
     reference clips; the same audio clips (of other personas) are animated with each; the rank
     correlation between the personas' head amplitude and the generated head-motion std is reported.
@@ -112,7 +138,8 @@ def style_study(model: KSDiff, clips: list[Clip], steps: int, k_styles: int = 5,
         with torch.no_grad():
             s = model.style_of(torch.from_numpy(ref.expr[idx][None]), torch.from_numpy(ref.pose[idx][None]))
         inputs = [ClipInputs(c.feats_offline.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in audio_clips]
-        anims = animate(model, inputs, steps=steps, style=s.expand(len(inputs), -1))
+        anims = animate(model, inputs, steps=steps, style=s.expand(len(inputs), -1),
+                        guidance=Guidance(style=style_scale))
         generated_amp.append(float(np.mean([a.head.std(axis=0).mean() for a in anims])))
         teacher_amp.append(float(ref.style[amp_i]))
     # retrieval
@@ -175,8 +202,16 @@ def evaluate(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: P
     runs["teacher"] = [
         Animation(c.expr, c.pose, c.key_expr.astype(np.float32), c.key_pose.astype(np.float32)) for c in clips
     ]
+    train_clips = load_clips(corpus, cache, model.cfg, "train", limit=48)
+    train_inputs = [ClipInputs(c.feats_offline.astype(np.float32), c.prosody, np.zeros(0, np.int64))
+                    for c in train_clips]
+    thresholds = calibrate_key_thresholds(
+        train_clips, animate(model, train_inputs, steps=4, style=reference_styles(model, train_clips, train_clips))
+    )
+    log.info("KEL thresholds calibrated on %d training clips: expression %.2f, pose %.2f",
+             len(train_clips), *thresholds)
     for name, anims in runs.items():
-        rows.append(Row(name, score(clips, anims, beats_audio)))
+        rows.append(Row(name, score(clips, anims, beats_audio, thresholds)))
     by_name = {r.name: r.values for r in rows}
     base_mae = by_name["mean-pose baseline"]["mouth_mae"]
     teacher_ba = by_name["teacher"]["beat_align"]
@@ -191,10 +226,14 @@ def evaluate(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: P
         np.mean([M.diversity([samples[s][i].blendshapes for s in range(seeds)]) for i in range(len(clips))])
     )
     style = style_study(model, all_test, steps=4)
+    guided = style_study(model, all_test, steps=4, style_scale=STYLE_GUIDANCE)
+    style["style_rank_corr_guided"] = guided["style_rank_corr"]
+    style["style_generated_head_std_guided"] = guided["style_generated_head_std"]
     result = {
         "checkpoint": str(checkpoint),
         "held_out_clips": len(clips),
         "rows": {r.name: r.values for r in rows},
+        "kel_thresholds": {"expression": thresholds[0], "pose": thresholds[1]},
         "head_pose_diversity_rad": head_div,
         "expression_diversity": expr_div,
         **style,
@@ -217,6 +256,7 @@ COLUMNS = (
     ("jaw_corr", "jawOpen r"),
     ("beat_align", "BeatAlign"),
     ("beat_align_vs_teacher", "BA/teacher"),
+    ("motion_beats_per_s", "head beats/s"),
     ("kel_f1_expr", "KEL F1 expr"),
     ("kel_f1_pose", "KEL F1 pose"),
 )
@@ -243,8 +283,13 @@ def format_table(result: dict) -> str:
         f"- style: head-amplitude rank correlation over {len(result['style_reference_amplitude'])} reference "
         f"styles: {_fmt(result['style_rank_corr'])} (generated head std per style: "
         + ", ".join(f"{v:.4f}" for v in result["style_generated_head_std"]) + ")",
+        f"- with style guidance {STYLE_GUIDANCE}: rank correlation {_fmt(result['style_rank_corr_guided'])} "
+        "(generated head std per style: "
+        + ", ".join(f"{v:.4f}" for v in result["style_generated_head_std_guided"]) + ")",
         f"- style encoder retrieval accuracy: {_fmt(result['style_retrieval_acc'])} "
         f"(chance {_fmt(result['style_retrieval_chance'])})",
+        f"- KEL thresholds (chosen on training clips): expression {result['kel_thresholds']['expression']}, "
+        f"pose {result['kel_thresholds']['pose']}",
         "- targets (4 steps): " + ", ".join(f"{k} {v}" for k, v in result["targets"].items()),
     ]
     return "\n".join(lines) + "\n"

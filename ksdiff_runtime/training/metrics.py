@@ -103,8 +103,8 @@ def pick_keyframes(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return (prob >= threshold) & (prob >= padded[:-2]) & (prob > padded[2:])
 
 
-def kel_f1(prob: np.ndarray, true_keys: np.ndarray) -> float:
-    return keyframe_f1(pick_keyframes(prob), true_keys, tolerance=1)
+def kel_f1(prob: np.ndarray, true_keys: np.ndarray, threshold: float = 0.5) -> float:
+    return keyframe_f1(pick_keyframes(prob, threshold), true_keys, tolerance=1)
 
 
 def diversity(samples: list[np.ndarray]) -> float:
