@@ -15,12 +15,16 @@ import hashlib
 import json
 import multiprocessing as mp
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from ksdiff_runtime.audio.features import BlockwiseFrontEnd, FrontEndConfig, make_front_end
+from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
 from ksdiff_runtime.model.config import ModelConfig
+from ksdiff_runtime.transcript import phoneme_tokens
 
 from .keyframes import expression_keyframes, pose_keyframes
 
@@ -60,20 +64,19 @@ def front_end_key(cfg: ModelConfig) -> str:
     return f"{cfg.front_end.name}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
 
 
-def _compute_features(job: tuple[str, str, str, dict]) -> str:
+@lru_cache(maxsize=2)
+def _front_end(config_json: str) -> BlockwiseFrontEnd:
+    """One front-end per worker process (loading the recogniser once, not once per clip)."""
+    return make_front_end(FrontEndConfig(**json.loads(config_json)))
+
+
+def _compute_features(job: tuple[str, str, str, str]) -> str:
     """Worker: features for one clip into its cache file (skipped if present)."""
-    clip_path, text, out_path, front_end_dict = job
+    clip_path, text, out_path, front_end_json = job
     out = Path(out_path)
     if out.is_file():
         return out_path
-    from ksdiff_runtime.audio.features import FrontEndConfig, make_front_end
-    from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
-    from ksdiff_runtime.transcript import phoneme_tokens
-
-    front_end = _compute_features.cache.get(json.dumps(front_end_dict, sort_keys=True))  # type: ignore[attr-defined]
-    if front_end is None:
-        front_end = make_front_end(FrontEndConfig(**front_end_dict))
-        _compute_features.cache[json.dumps(front_end_dict, sort_keys=True)] = front_end  # type: ignore[attr-defined]
+    front_end = _front_end(front_end_json)
     data = np.load(clip_path)
     audio = data["audio"].astype(np.float32)
     stream = front_end(audio).astype(np.float16)
@@ -87,9 +90,6 @@ def _compute_features(job: tuple[str, str, str, dict]) -> str:
     return out_path
 
 
-_compute_features.cache = {}  # type: ignore[attr-defined]
-
-
 def build_feature_cache(corpus: Path, cache: Path, cfg: ModelConfig, workers: int = 2) -> Path:
     """Compute missing features for every clip of the corpus; returns the cache folder."""
     manifest = read_manifest(corpus)
@@ -100,7 +100,7 @@ def build_feature_cache(corpus: Path, cache: Path, cfg: ModelConfig, workers: in
     for c in manifest["clips"]:
         out = folder / f"{c['id']}.npz"
         if not out.is_file():
-            jobs.append((str(Path(corpus) / c["file"]), c["text"], str(out), cfg.front_end_dict()))
+            jobs.append((str(Path(corpus) / c["file"]), c["text"], str(out), json.dumps(cfg.front_end_dict())))
     if not jobs:
         return folder
     with mp.get_context("fork").Pool(workers) as pool:
