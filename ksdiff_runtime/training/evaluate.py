@@ -167,7 +167,22 @@ def style_study(
     }
 
 
-def evaluate(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, seeds: int = 3) -> dict:
+def thresholds_for(model: KSDiff, train_clips: list[Clip]) -> tuple[float, float]:
+    inputs = [ClipInputs(c.feats_offline.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in train_clips]
+    anims = animate(model, inputs, steps=4, style=reference_styles(model, train_clips, train_clips))
+    return calibrate_key_thresholds(train_clips, anims)
+
+
+def evaluate(
+    checkpoint: Path,
+    corpus: Path,
+    cache: Path,
+    max_clips: int,
+    out: Path,
+    seeds: int = 3,
+    ablations: dict[str, Path] | None = None,
+) -> dict:
+    """The table; ``ablations`` maps a row name to another checkpoint (same front-end) scored at 4 steps."""
     model = load_model(checkpoint)
     torch.manual_seed(0)
     build_feature_cache(corpus, cache, model.cfg)
@@ -203,15 +218,17 @@ def evaluate(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: P
         Animation(c.expr, c.pose, c.key_expr.astype(np.float32), c.key_pose.astype(np.float32)) for c in clips
     ]
     train_clips = load_clips(corpus, cache, model.cfg, "train", limit=48)
-    train_inputs = [ClipInputs(c.feats_offline.astype(np.float32), c.prosody, np.zeros(0, np.int64))
-                    for c in train_clips]
-    thresholds = calibrate_key_thresholds(
-        train_clips, animate(model, train_inputs, steps=4, style=reference_styles(model, train_clips, train_clips))
-    )
+    thresholds = thresholds_for(model, train_clips)
     log.info("KEL thresholds calibrated on %d training clips: expression %.2f, pose %.2f",
              len(train_clips), *thresholds)
     for name, anims in runs.items():
         rows.append(Row(name, score(clips, anims, beats_audio, thresholds)))
+    for name, path in (ablations or {}).items():
+        other = load_model(path)
+        if other.cfg.front_end != model.cfg.front_end:
+            raise ValueError(f"ablation {path} uses another front-end than {checkpoint}")
+        anims = animate(other, inputs, steps=4, style=reference_styles(other, clips, all_test))
+        rows.append(Row(name, score(clips, anims, beats_audio, thresholds_for(other, train_clips))))
     by_name = {r.name: r.values for r in rows}
     base_mae = by_name["mean-pose baseline"]["mouth_mae"]
     teacher_ba = by_name["teacher"]["beat_align"]
@@ -349,9 +366,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
     p.add_argument("--max-clips", type=int, default=0, help="evaluate on at most this many clips (0 = all)")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="where eval.json/.md/.png go")
+    p.add_argument("--ablation", action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help="also score another checkpoint at 4 steps as a row NAME (repeatable)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    evaluate(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out)
+    ablations = {}
+    for item in args.ablation:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"error: --ablation takes NAME=CHECKPOINT, got {item!r}")
+        ablations[name] = Path(path)
+    evaluate(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, ablations=ablations)
     return 0
