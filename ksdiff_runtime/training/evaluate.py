@@ -318,7 +318,7 @@ def plot(result: dict, clip: Clip, runs: dict[str, list[Animation]], path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 1, figsize=(11, 10))
+    fig, axes = plt.subplots(3, 1, figsize=(11, 11), gridspec_kw={"height_ratios": [1.4, 1, 1]})
     names = [n for n in result["rows"] if n != "teacher"]
     keys = ["bilabial_closure", "rest_share", "jaw_corr", "beat_align_vs_teacher", "kel_f1_expr", "kel_f1_pose"]
     x = np.arange(len(keys))
@@ -330,8 +330,8 @@ def plot(result: dict, clip: Clip, runs: dict[str, list[Animation]], path: Path)
         if k in TARGETS:
             axes[0].hlines(TARGETS[k][1], j - 0.1, j + 0.9, colors="k", linestyles="dashed", lw=1)
     axes[0].set_xticks(x + 0.4 - width / 2, keys, fontsize=8)
-    axes[0].set_ylim(0, 1.05)
-    axes[0].legend(fontsize=7, ncol=3)
+    axes[0].set_ylim(0, 1.8)  # BeatAlign relative to the teacher can exceed 1
+    axes[0].legend(fontsize=6, ncol=4, loc="upper left")
     axes[0].set_title("held-out scores (dashed: targets)")
     t = np.arange(len(clip.expr)) / 30
     jaw = motion.index("jawOpen")
