@@ -49,6 +49,16 @@ class Row:
     values: dict[str, float | None] = field(default_factory=dict)
 
 
+def model_inputs(clips: list[Clip], schedule: str = "offline", transcript: bool = False) -> list[ClipInputs]:
+    """Cached features of clips as model inputs: offline (whole-clip) or stream (blockwise) schedule."""
+    no_text = np.zeros(0, np.int64)
+    return [
+        ClipInputs((c.feats_offline if schedule == "offline" else c.feats).astype(np.float32), c.prosody,
+                   c.tokens if transcript else no_text)
+        for c in clips
+    ]
+
+
 KEY_THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
 
 
@@ -137,7 +147,7 @@ def style_study(
         idx = np.clip(np.arange(L), 0, len(ref.expr) - 1)
         with torch.no_grad():
             s = model.style_of(torch.from_numpy(ref.expr[idx][None]), torch.from_numpy(ref.pose[idx][None]))
-        inputs = [ClipInputs(c.feats_offline.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in audio_clips]
+        inputs = model_inputs(audio_clips)
         anims = animate(model, inputs, steps=steps, style=s.expand(len(inputs), -1),
                         guidance=Guidance(style=style_scale))
         generated_amp.append(float(np.mean([a.head.std(axis=0).mean() for a in anims])))
@@ -168,7 +178,7 @@ def style_study(
 
 
 def thresholds_for(model: KSDiff, train_clips: list[Clip]) -> tuple[float, float]:
-    inputs = [ClipInputs(c.feats_offline.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in train_clips]
+    inputs = model_inputs(train_clips)
     anims = animate(model, inputs, steps=4, style=reference_styles(model, train_clips, train_clips))
     return calibrate_key_thresholds(train_clips, anims)
 
@@ -195,8 +205,8 @@ def evaluate(
     log.info("evaluating %s on %d held-out clips", checkpoint, len(clips))
     beats_audio = [M.audio_beats(c.audio) for c in clips]
     # whole-clip evaluation uses the offline front-end schedule, as a bake does
-    inputs = [ClipInputs(c.feats_offline.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in clips]
-    stream_inputs = [ClipInputs(c.feats.astype(np.float32), c.prosody, np.zeros(0, np.int64)) for c in clips]
+    inputs = model_inputs(clips)
+    stream_inputs = model_inputs(clips, schedule="stream")
     style = reference_styles(model, clips, all_test)
 
     rows: list[Row] = []
@@ -204,7 +214,7 @@ def evaluate(
     for steps in (50, 4, 2):
         runs[f"KSDiff {steps} steps"] = animate(model, inputs, steps=steps, style=style)
     runs["4 steps, streaming features"] = animate(model, stream_inputs, steps=4, style=style)
-    with_text = [ClipInputs(i.feats, i.prosody, c.tokens) for i, c in zip(inputs, clips, strict=True)]
+    with_text = model_inputs(clips, transcript=True)
     runs["4 steps, with transcript"] = animate(model, with_text, steps=4, style=style)
     runs["no KEL (4 steps)"] = animate(model, inputs, steps=4, style=style, use_kel=False)
     runs["no style (4 steps)"] = animate(model, inputs, steps=4, style=None)
