@@ -104,6 +104,16 @@ def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS)
     return int(num_samples) * fps // sample_rate
 
 
+def take_frames(x: np.ndarray, start: int, length: int) -> np.ndarray:
+    """Frames x[start : start + length] with edge replication outside the clip.
+
+    The one windowing rule shared by training windows and inference windows, so a window
+    reaching before a clip's start or past its end looks the same to the model in both.
+    """
+    idx = np.clip(np.arange(start, start + length), 0, len(x) - 1)
+    return x[idx]
+
+
 def index(name: str) -> int:
     """Index of a blendshape by name; a clear error for an unknown name."""
     try:

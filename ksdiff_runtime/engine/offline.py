@@ -17,6 +17,7 @@ from ksdiff_runtime.audio.features import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.audio.guards import sanitize
 from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
 from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
+from ksdiff_runtime.motion import take_frames
 
 
 @dataclass
@@ -65,11 +66,6 @@ def clip_inputs(model: KSDiff, audio16k: np.ndarray, text: str | None = None, sc
     return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens)
 
 
-def _take(x: np.ndarray, start: int, length: int) -> np.ndarray:
-    idx = np.clip(np.arange(start, start + length), 0, len(x) - 1)
-    return x[idx]
-
-
 @torch.no_grad()
 def animate(
     model: KSDiff,
@@ -103,12 +99,13 @@ def animate(
     text_keep = torch.tensor([float(len(c.tokens) > 0) for c in clips])
     # clips shorter than the batch's longest repeat their last feature frame (trimmed after)
     for w0 in range(0, T, N):
-        feats = np.stack([_take(c.feats, w0 - E, E + N + L) for c in clips])
-        pros = np.stack([_take(c.prosody, w0 - E, E + N + L) for c in clips])
+        feats = np.stack([take_frames(c.feats, w0 - E, E + N + L) for c in clips])
+        pros = np.stack([take_frames(c.prosody, w0 - E, E + N + L) for c in clips])
         frames = np.arange(w0 - C, w0)
         known = np.repeat((frames >= 0)[None].astype(np.float32), B, axis=0)
-        prev_e = np.stack([_take(expr[i], w0 - C, C) if w0 > 0 else np.zeros((C, cfg.expr_dim)) for i in range(B)])
-        prev_p = np.stack([_take(pose[i], w0 - C, C) if w0 > 0 else np.zeros((C, cfg.pose_dim)) for i in range(B)])
+        # the C frames generated before this window (zeros, flagged unknown, before the clip starts)
+        prev_e = np.stack([take_frames(expr[i], w0 - C, C) for i in range(B)]) * known[..., None]
+        prev_p = np.stack([take_frames(pose[i], w0 - C, C) for i in range(B)]) * known[..., None]
         noise_e = torch.stack([torch.randn(N, cfg.expr_dim, generator=g) for g in gens])
         noise_p = torch.stack([torch.randn(N, cfg.pose_dim, generator=g) for g in gens])
         out = model.sample_window(

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ksdiff_runtime.audio.features import BlockwiseFrontEnd, FrontEndConfig, make_front_end
 from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
 from ksdiff_runtime.model.config import ModelConfig
+from ksdiff_runtime.motion import take_frames
 from ksdiff_runtime.transcript import phoneme_tokens
 
 from .keyframes import expression_keyframes, pose_keyframes
@@ -158,12 +159,6 @@ def load_clips(
     return clips
 
 
-def _take(x: np.ndarray, start: int, length: int) -> np.ndarray:
-    """x[start : start + length] with edge replication outside the array."""
-    idx = np.clip(np.arange(start, start + length), 0, len(x) - 1)
-    return x[idx]
-
-
 class WindowSampler:
     """Random training windows in the layout KSDiff.training_loss expects."""
 
@@ -183,7 +178,7 @@ class WindowSampler:
         clip = self.clips[options[self.rng.integers(len(options))]]
         L = self.cfg.style_clip_frames
         start = int(self.rng.integers(0, max(1, len(clip.expr) - L + 1)))
-        return _take(clip.expr, start, L), _take(clip.pose, start, L)
+        return take_frames(clip.expr, start, L), take_frames(clip.pose, start, L)
 
     def batch(self, size: int) -> dict[str, np.ndarray]:
         cfg = self.cfg
@@ -217,15 +212,15 @@ class WindowSampler:
             # windows start anywhere, including the clip start (no previous frames known)
             w0 = int(self.rng.integers(0, max(1, T - N + 1)))
             feats = clip.feats_offline if self.rng.random() < self.p_offline else clip.feats
-            out["feats"].append(_take(feats, w0 - E, E + N + L).astype(np.float32))
-            out["prosody"].append(_take(clip.prosody, w0 - E, E + N + L))
+            out["feats"].append(take_frames(feats, w0 - E, E + N + L).astype(np.float32))
+            out["prosody"].append(take_frames(clip.prosody, w0 - E, E + N + L))
             out["text"].append(clip.tokens)
-            out["expr"].append(_take(clip.expr, w0 - C, C + N))
-            out["pose"].append(_take(clip.pose, w0 - C, C + N))
+            out["expr"].append(take_frames(clip.expr, w0 - C, C + N))
+            out["pose"].append(take_frames(clip.pose, w0 - C, C + N))
             frames = np.arange(w0 - C, w0 + N)
             inside = (frames >= 0) & (frames < T)
-            out["key_expr"].append(_take(clip.key_expr, w0 - C, C + N) & inside)
-            out["key_pose"].append(_take(clip.key_pose, w0 - C, C + N) & inside)
+            out["key_expr"].append(take_frames(clip.key_expr, w0 - C, C + N) & inside)
+            out["key_pose"].append(take_frames(clip.key_pose, w0 - C, C + N) & inside)
             known = np.zeros(C + N, dtype=np.float32)
             known[:C] = frames[:C] >= 0
             out["known"].append(known)

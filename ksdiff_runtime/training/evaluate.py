@@ -119,9 +119,8 @@ def reference_styles(model: KSDiff, clips: list[Clip], all_clips: list[Clip]) ->
     for clip in clips:
         others = [c for c in all_clips if c.persona == clip.persona and c.id != clip.id] or [clip]
         ref = others[0]
-        idx = np.clip(np.arange(L), 0, len(ref.expr) - 1)
-        refs_e.append(ref.expr[idx])
-        refs_p.append(ref.pose[idx])
+        refs_e.append(motion.take_frames(ref.expr, 0, L))
+        refs_p.append(motion.take_frames(ref.pose, 0, L))
     with torch.no_grad():
         return model.style_of(torch.from_numpy(np.stack(refs_e)), torch.from_numpy(np.stack(refs_p)))
 
@@ -144,9 +143,9 @@ def style_study(
     L = model.cfg.style_clip_frames
     generated_amp, teacher_amp = [], []
     for ref in picks:
-        idx = np.clip(np.arange(L), 0, len(ref.expr) - 1)
+        clip_e, clip_p = motion.take_frames(ref.expr, 0, L), motion.take_frames(ref.pose, 0, L)
         with torch.no_grad():
-            s = model.style_of(torch.from_numpy(ref.expr[idx][None]), torch.from_numpy(ref.pose[idx][None]))
+            s = model.style_of(torch.from_numpy(clip_e[None]), torch.from_numpy(clip_p[None]))
         inputs = model_inputs(audio_clips)
         anims = animate(model, inputs, steps=steps, style=s.expand(len(inputs), -1),
                         guidance=Guidance(style=style_scale))
@@ -155,9 +154,8 @@ def style_study(
     # retrieval
     windows_e, windows_p, who = [], [], []
     for c in clips:
-        idx = np.clip(np.arange(L), 0, len(c.expr) - 1)
-        windows_e.append(c.expr[idx])
-        windows_p.append(c.pose[idx])
+        windows_e.append(motion.take_frames(c.expr, 0, L))
+        windows_p.append(motion.take_frames(c.pose, 0, L))
         who.append(c.persona)
     with torch.no_grad():
         emb = model.style_of(torch.from_numpy(np.stack(windows_e)), torch.from_numpy(np.stack(windows_p))).numpy()
