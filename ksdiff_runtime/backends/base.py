@@ -1,0 +1,75 @@
+"""What every inference backend provides: the model's two graphs, run on numpy arrays.
+
+A backend runs ``condition`` once per hop and ``denoise`` once per DDIM step (the graphs of
+ksdiff_runtime/model/graphs.py; input and output names are the tuples defined there). The
+DDIM loop and classifier-free guidance are not part of any backend: they live once, in
+ksdiff_runtime/engine/sampling.py, so torch, ONNX Runtime and TensorRT run the same sampler.
+
+``ModelConstants`` are the few numbers outside the graphs that the sampler needs (motion
+normalisation, the null style, the noise schedule). A torch backend reads them from the
+model; an exported model stores them in ``constants.npz`` next to its ONNX files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ksdiff_runtime.model.config import ModelConfig
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be used here; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelConstants:
+    cfg: ModelConfig
+    expr_mean: np.ndarray  # [52]
+    expr_std: np.ndarray  # [52]
+    pose_mean: np.ndarray  # [3]
+    pose_std: np.ndarray  # [3]
+    style_null: np.ndarray  # [style_dim]
+    alpha_bar: np.ndarray  # [diffusion_steps]
+
+    @classmethod
+    def from_model(cls, model) -> ModelConstants:  # model: KSDiff (not imported: keeps torch optional here)
+        def np32(t) -> np.ndarray:
+            return t.detach().float().cpu().numpy().astype(np.float32)
+
+        return cls(
+            cfg=model.cfg,
+            expr_mean=np32(model.expr_mean),
+            expr_std=np32(model.expr_std),
+            pose_mean=np32(model.pose_mean),
+            pose_std=np32(model.pose_std),
+            style_null=np32(model.style_null),
+            alpha_bar=np32(model.scheduler.alpha_bar),
+        )
+
+    def save(self, path: Path) -> None:
+        np.savez(path, expr_mean=self.expr_mean, expr_std=self.expr_std, pose_mean=self.pose_mean,
+                 pose_std=self.pose_std, style_null=self.style_null, alpha_bar=self.alpha_bar)
+
+    @classmethod
+    def load(cls, path: Path, cfg: ModelConfig) -> ModelConstants:
+        with np.load(path) as z:
+            return cls(cfg=cfg, **{k: z[k].astype(np.float32) for k in z.files})
+
+
+class Backend(Protocol):
+    """One loaded model on one device. Arrays in and out are numpy (float32, int64 for ``text``)."""
+
+    name: str  # "torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"
+    constants: ModelConstants
+
+    def condition(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """CONDITIONER_INPUTS -> CONDITIONER_OUTPUTS (``n_new`` is a float32 [N] placeholder)."""
+        ...
+
+    def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """DENOISER_INPUTS -> DENOISER_OUTPUTS (``t`` is int64 [B])."""
+        ...

@@ -1,0 +1,128 @@
+"""The window sampler every backend shares: classifier-free guidance and DDIM, in numpy.
+
+It mirrors KSDiff.sample_window step for step (tests/test_engine.py checks they agree), but
+calls a Backend's two graphs, so torch, ONNX Runtime and TensorRT produce the same frames.
+
+    condition(window)                  once per hop: path features, KEL keyframes
+    x = noise
+    for t in ddim_timesteps(steps):    a short loop:
+        x0 = denoise(context + x, t)   one batched call per step (all streams, all CFG variants)
+        x  = ddim_step(x, x0, t)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ksdiff_runtime.backends.base import Backend, ModelConstants
+from ksdiff_runtime.model.ksdiff import Guidance
+
+
+@dataclass
+class WindowBatch:
+    """B windows (one per stream) of the same shape, in natural units."""
+
+    feats: np.ndarray  # [B, S, F], S = encoder context + N + lookahead
+    prosody: np.ndarray  # [B, S, 2]
+    prev_expr: np.ndarray  # [B, C, 52] the C frames generated before the window
+    prev_pose: np.ndarray  # [B, C, 3]
+    known: np.ndarray  # [B, C] 1 where that previous frame exists
+    noise: np.ndarray  # [B, N, 55] expression then pose, standard normal
+    style: np.ndarray | None = None  # [B, style_dim]; None: the null style for all
+    text: np.ndarray | None = None  # [B, P] transcript phoneme ids; None: no transcript
+    text_keep: np.ndarray | None = None  # [B] 1 where the stream has a transcript
+
+
+@dataclass
+class WindowResult:
+    expr: np.ndarray  # [B, N, 52] blendshape weights 0..1
+    pose: np.ndarray  # [B, N, 3] radians
+    key_expr: np.ndarray  # [B, N] KEL keyframe probability
+    key_pose: np.ndarray  # [B, N]
+
+
+def ddim_timesteps(diffusion_steps: int, num_steps: int) -> list[int]:
+    """The same spacing as NoiseScheduler.ddim_timesteps (e.g. 4 of 1000 -> 999, 749, 499, 249)."""
+    if not 1 <= num_steps <= diffusion_steps:
+        raise ValueError(f"DDIM steps must be in 1..{diffusion_steps}, got {num_steps}")
+    return [round(diffusion_steps - 1 - i * diffusion_steps / num_steps) for i in range(num_steps)]
+
+
+def sample_windows(
+    backend: Backend, batch: WindowBatch, steps: int, guidance: Guidance | None = None, use_kel: bool = True
+) -> WindowResult:
+    k: ModelConstants = backend.constants
+    cfg = k.cfg
+    g = guidance or Guidance()
+    B, C = batch.prev_expr.shape[:2]
+    N = batch.noise.shape[1]
+    D = cfg.expr_dim
+    f32 = np.float32
+    style = np.broadcast_to(k.style_null, (B, cfg.style_dim)) if batch.style is None else batch.style
+    text = np.zeros((B, 1), np.int64) if batch.text is None else batch.text.astype(np.int64)
+    text_keep = np.zeros(B, f32) if batch.text_keep is None else batch.text_keep.astype(f32)
+    ones, zeros = np.ones(B, f32), np.zeros(B, f32)
+    null_style = np.broadcast_to(k.style_null, (B, cfg.style_dim))
+    # classifier-free guidance variants, batched: (audio_keep, text_keep, style, scale)
+    variants = [(ones, text_keep, style, 1.0)]
+    if g.audio != 1.0:
+        variants.append((zeros, text_keep, style, g.audio))
+    if g.style != 1.0:
+        variants.append((ones, text_keep, null_style, g.style))
+    if g.text != 1.0:
+        variants.append((ones, zeros, style, g.text))
+    V = len(variants)
+
+    def rep(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x] * V, axis=0) if V > 1 else x
+
+    known = batch.known.astype(f32)
+    prev_e = rep(((batch.prev_expr - k.expr_mean) / k.expr_std * known[..., None]).astype(f32))
+    prev_p = rep(((batch.prev_pose - k.pose_mean) / k.pose_std * known[..., None]).astype(f32))
+    known_v = rep(known)
+    cond = backend.condition({
+        "feats": rep(batch.feats.astype(f32)), "prosody": rep(batch.prosody.astype(f32)), "text": rep(text),
+        "audio_keep": np.concatenate([v[0] for v in variants]), "text_keep": np.concatenate([v[1] for v in variants]),
+        "prev_expr": prev_e, "prev_pose": prev_p, "known": known_v, "n_new": np.zeros(N, f32),
+    })
+    prob_e, prob_p = cond["key_prob_e"], cond["key_prob_p"]
+    if not use_kel:
+        prob_e, prob_p = np.zeros_like(prob_e), np.zeros_like(prob_p)
+    ctx = np.zeros((B * V, C), f32)
+    den_feeds = {
+        "known": np.concatenate([known_v, np.zeros((B * V, N), f32)], axis=1),
+        "key_prob_e": np.concatenate([ctx, prob_e], 1), "key_prob_p": np.concatenate([ctx, prob_p], 1),
+        "key_value_e": np.concatenate([np.zeros_like(prev_e), cond["key_value_e"]], 1),
+        "key_value_p": np.concatenate([np.zeros_like(prev_p), cond["key_value_p"]], 1),
+        "f_e": cond["f_e"], "f_h": cond["f_h"],
+        "style": np.ascontiguousarray(np.concatenate([v[2] for v in variants]), dtype=f32),
+    }
+
+    def predict_x0(x: np.ndarray, t: int) -> np.ndarray:
+        xv = rep(x)
+        out = backend.denoise(den_feeds | {
+            "x_expr": np.concatenate([prev_e, xv[..., :D]], 1), "x_pose": np.concatenate([prev_p, xv[..., D:]], 1),
+            "t": np.full(B * V, t, np.int64),
+        })
+        x0 = np.concatenate([out["x0_expr"], out["x0_pose"]], axis=-1)[:, C:].reshape(V, B, N, -1)
+        guided = x0[0]
+        for i, variant in enumerate(variants[1:], start=1):
+            guided = guided + (variant[3] - 1.0) * (x0[0] - x0[i])
+        return guided
+
+    x = batch.noise.astype(f32)
+    schedule = ddim_timesteps(cfg.diffusion_steps, steps)
+    ab = k.alpha_bar
+    for i, t in enumerate(schedule):
+        x0 = predict_x0(x, t)
+        if i + 1 == len(schedule):
+            x = x0
+            break
+        ab_t, ab_next = ab[t], ab[schedule[i + 1]]
+        eps = (x - np.sqrt(ab_t) * x0) / np.sqrt(1 - ab_t)
+        x = (np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next) * eps).astype(f32)
+    expr = np.clip(x[..., :D] * k.expr_std + k.expr_mean, 0.0, 1.0)
+    pose = x[..., D:] * k.pose_std + k.pose_mean
+    return WindowResult(expr.astype(f32), pose.astype(f32), prob_e[:B], prob_p[:B])
