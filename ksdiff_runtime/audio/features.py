@@ -112,23 +112,39 @@ class BlockwiseFrontEnd:
         ``audio`` is the stream so far (16 kHz mono float32, sample 0 = stream start); ``n`` is
         ``frames_per_block`` except for the last block of a finished stream.
         """
-        audio = np.asarray(audio, dtype=np.float32)
-        total = num_frames(audio.size)
         f0 = block_index * self.frames_per_block
-        f1 = min(f0 + self.frames_per_block, total)
+        return self.range_features(audio, f0, f0 + self.frames_per_block)
+
+    # A block is one case of a frame range: block k is frames [k * fpb, (k + 1) * fpb). The
+    # streaming engine may use shorter ranges (fewer frames per front-end call = lower latency,
+    # at the cost of more calls); with whole blocks the result is bit for bit the block's.
+    def range_samples(self, f0: int, f1: int) -> tuple[int, int]:
+        """Audio span [s0, s1) (absolute samples, s0 >= 0) the features of frames [f0, f1) come from."""
+        start = round(f0 * SAMPLE_RATE / FPS)
+        s0 = max(0, (start - self.left_samples) // self.segment_align * self.segment_align)
+        return s0, round(f1 * SAMPLE_RATE / FPS) + self.lookahead_samples
+
+    def range_features(self, audio: np.ndarray, f0: int, f1: int, offset: int = 0) -> np.ndarray:
+        """Features [n, dim] of motion frames [f0, f1) (fewer at the end of a finished stream).
+
+        ``audio`` holds the stream from absolute sample ``offset`` on (a streaming engine keeps
+        only recent audio); it must reach ``range_samples(f0, f1)[1]`` unless the stream ended.
+        """
+        audio = np.asarray(audio, dtype=np.float32)
+        s0, s1 = self.range_samples(f0, f1)  # from the nominal range, as the stream's audio allows
+        f1 = min(f1, num_frames(offset + audio.size))
         if f1 <= f0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        block_start = block_index * self.block_samples
-        block_end = block_start + self.block_samples
-        s0 = max(0, block_start - self.left_samples)
-        s1 = min(audio.size, block_end + self.lookahead_samples)
-        native, hop, offset = self._native(audio[s0:s1])
+        if s0 < offset:
+            raise ValueError(f"audio from sample {offset} on cannot give frames from {f0} (needs sample {s0})")
+        s1 = min(offset + audio.size, s1)
+        native, hop, native_offset = self._native(audio[s0 - offset : s1 - offset])
 
-        # Keep the native frames that bracket the block's motion frame times.
-        centers = s0 + offset + hop * np.arange(native.shape[0])
+        # Keep the native frames that bracket the range's motion frame times.
+        centers = s0 + native_offset + hop * np.arange(native.shape[0])
         t = np.arange(f0, f1) * (SAMPLE_RATE / FPS)  # motion frame times in samples
-        q0 = min(max(0, math.floor((t[0] - s0 - offset) / hop)), native.shape[0] - 1)
-        q1 = min(native.shape[0], math.floor((t[-1] - s0 - offset) / hop) + 2)
+        q0 = min(max(0, math.floor((t[0] - s0 - native_offset) / hop)), native.shape[0] - 1)
+        q1 = min(native.shape[0], math.floor((t[-1] - s0 - native_offset) / hop) + 2)
         return _interp(native[q0:q1], centers[q0:q1], t)
 
     def __call__(self, audio16k: np.ndarray) -> np.ndarray:

@@ -1,0 +1,60 @@
+"""Latency presets: how much audio a hop waits for and how much compute it spends.
+
+A hop emits ``hop_frames`` new frames. It can run once the front-end features exist for
+those frames plus ``model_lookahead_frames`` more; the front-end itself needs
+``feature_lookahead_ms`` of audio past its last frame. The window the model denoises is
+``window_frames`` long: the hop's frames, then provisional frames past the audio (their
+features repeat the last known frame) that the next hop crossfades into (the model was
+trained on 32-frame windows and gets much worse below ~6, so a short hop still denoises a
+longer window). Latency budget for the first frame of a hop (the worst one):
+
+    hop (hop_frames / fps) + feature lookahead + audio capture block + compute + transport
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ksdiff_runtime import motion
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    hop_frames: int  # H: frames emitted per hop
+    window_frames: int  # frames denoised per hop (H + provisional)
+    model_lookahead_frames: int  # feature frames past the hop the model waits for (0..cfg.lookahead_frames)
+    steps: int  # DDIM steps
+    crossfade_frames: int  # frames blended with the previous hop's provisional frames
+    feature_block_frames: int  # frames per front-end call (3 = the 100 ms blocks the model was trained on)
+    feature_lookahead_ms: int  # audio the front-end waits for past its last frame
+
+    def __post_init__(self) -> None:
+        if self.hop_frames < 1 or self.window_frames < self.hop_frames:
+            raise ValueError(f"preset {self.name}: need 1 <= hop_frames <= window_frames")
+        if not 0 <= self.crossfade_frames <= self.window_frames - self.hop_frames:
+            raise ValueError(f"preset {self.name}: crossfade_frames must be in 0..window_frames - hop_frames")
+        if self.feature_block_frames < 1 or self.steps < 1 or self.model_lookahead_frames < 0:
+            raise ValueError(f"preset {self.name}: feature_block_frames and steps must be >= 1")
+
+    def latency_budget_ms(self) -> float:
+        """Worst-case wait for audio before a hop can run (compute and transport come on top)."""
+        waited = max(self.hop_frames, self.feature_block_frames) + self.model_lookahead_frames
+        return 1000.0 * waited / motion.FPS + self.feature_lookahead_ms
+
+
+PRESETS: dict[str, Preset] = {
+    # A VTuber's mic: 67 ms hops, no model lookahead, 2 DDIM steps.
+    "low-latency": Preset("low-latency", hop_frames=2, window_frames=8, model_lookahead_frames=0, steps=2,
+                          crossfade_frames=2, feature_block_frames=2, feature_lookahead_ms=40),
+    # NPC dialogue and anything that can wait half a second: the model's full lookahead and the
+    # front-end schedule it was trained on.
+    "quality": Preset("quality", hop_frames=15, window_frames=19, model_lookahead_frames=2, steps=4,
+                      crossfade_frames=4, feature_block_frames=3, feature_lookahead_ms=60),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
