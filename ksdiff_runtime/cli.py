@@ -16,6 +16,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("ksdiff_runtime.training.frontend_probe", "frontend-probe"),
     ("ksdiff_runtime.training.train", "train"),
     ("ksdiff_runtime.training.evaluate", "eval"),
+    ("ksdiff_runtime.training.stream_eval", "eval-stream"),
     ("ksdiff_runtime.bake", "bake"),
 )
 

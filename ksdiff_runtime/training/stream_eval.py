@@ -1,0 +1,155 @@
+"""Quality at speed: the held-out metrics through the streaming engine, against whole-clip animation.
+
+Every held-out clip becomes a live stream of the engine; all streams are fed at once, round
+robin, in chunks of random size (1 sample to 1 s), so hops are batched across streams as
+in a server. The whole-clip row is what ``eval`` and ``bake`` compute: the offline
+front-end schedule and 32-frame windows at 4 DDIM steps. The same per-clip style vectors
+and seeds are used everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.engine.engine import StreamingEngine
+from ksdiff_runtime.engine.offline import Animation, animate
+from ksdiff_runtime.engine.presets import PRESETS
+from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+from ksdiff_runtime.training import metrics as M
+from ksdiff_runtime.training.dataset import Clip, build_feature_cache, load_clips
+from ksdiff_runtime.training.evaluate import model_inputs, reference_styles, score
+
+log = logging.getLogger("ksdiff_runtime.stream_eval")
+
+METRICS = (
+    ("mouth_mae", "mouth MAE", "lower"),
+    ("bilabial_closure", "p/b/m closed", "higher"),
+    ("rest_share", "rest in silence", "higher"),
+    ("jaw_corr", "jawOpen r", "higher"),
+    ("beat_align", "BeatAlign", "higher"),
+    ("motion_beats_per_s", "head beats/s", "info"),
+)
+TOLERANCE = 0.05  # the issue's bar: within 5 % of whole-clip evaluation
+
+
+def stream_animations(
+    engine: StreamingEngine, clips: list[Clip], styles: np.ndarray, rng: np.random.Generator, max_chunk: int = 16000
+) -> list[Animation]:
+    """Animate clips as concurrent engine streams fed in random-sized chunks."""
+    ids = [engine.open_stream(f"clip{i}", seed=0, style=styles[i]) for i in range(len(clips))]
+    pos = [0] * len(clips)
+    frames: dict[str, list] = {sid: [] for sid in ids}
+    total = sum(c.audio.size for c in clips)
+    with tqdm(total=total, unit="sample", unit_scale=True, desc=f"streams ({engine.preset.name})") as bar:
+        while any(p < c.audio.size for p, c in zip(pos, clips, strict=True)):
+            for i, (sid, clip) in enumerate(zip(ids, clips, strict=True)):
+                if pos[i] >= clip.audio.size:
+                    continue
+                n = int(rng.integers(1, max_chunk + 1))
+                engine.push(sid, clip.audio[pos[i] : pos[i] + n])
+                bar.update(min(n, clip.audio.size - pos[i]))
+                pos[i] += n
+                if pos[i] >= clip.audio.size:
+                    engine.end_stream(sid)
+            for f in engine.step().frames:
+                frames[f.stream_id].append(f)
+        result = engine.step()
+        for f in result.frames:
+            frames[f.stream_id].append(f)
+    anims = []
+    for sid, clip in zip(ids, clips, strict=True):
+        fs = frames[sid]
+        if len(fs) != len(clip.expr):
+            raise RuntimeError(f"stream {sid}: {len(fs)} frames for a clip of {len(clip.expr)}")
+        zeros = np.zeros(len(fs), np.float32)
+        anims.append(Animation(np.stack([f.blendshapes for f in fs]), np.stack([f.head for f in fs]), zeros, zeros))
+    return anims
+
+
+def stream_eval(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path) -> dict:
+    model = load_model(checkpoint)
+    torch.manual_seed(0)
+    build_feature_cache(corpus, cache, model.cfg)
+    all_test = load_clips(corpus, cache, model.cfg, "test", keep_audio=True)
+    order = np.random.default_rng(0).permutation(len(all_test))[: max_clips or len(all_test)]
+    clips = [all_test[i] for i in sorted(order)]
+    beats_audio = [M.audio_beats(c.audio) for c in clips]
+    style = reference_styles(model, clips, all_test)
+    rows = {"whole clip (offline features, 4 steps)": score(
+        clips, animate(model, model_inputs(clips), steps=4, style=style), beats_audio, (0.5, 0.5))}
+    backend = TorchBackend(model)
+    presets = {}
+    for name, preset in PRESETS.items():
+        engine = StreamingEngine(backend, preset)
+        anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1))
+        label = f"stream {name} ({preset.steps} steps, hop {preset.hop_frames})"
+        rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
+        presets[label] = name
+    whole = rows["whole clip (offline features, 4 steps)"]
+    deltas: dict[str, dict[str, float | None]] = {}
+    for label in presets:
+        deltas[label] = {}
+        for key, _, better in METRICS:
+            a, b = whole.get(key), rows[label].get(key)
+            if a is None or b is None or better == "info":
+                continue
+            rel = (b - a) / abs(a) if a else None
+            deltas[label][key] = rel
+    result = {"checkpoint": str(checkpoint), "clips": len(clips), "rows": rows, "relative_to_whole_clip": deltas,
+              "presets": {label: vars(PRESETS[n]) for label, n in presets.items()}, "tolerance": TOLERANCE}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stream_quality.json").write_text(json.dumps(result, indent=2))
+    table = format_table(result)
+    (out / "stream_quality.md").write_text(table)
+    print(table)
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"Held-out clips: {result['clips']}, streamed concurrently in random chunks (1 sample to 1 s). "
+        f"Brackets: change against whole-clip; ! marks a worsening beyond {result['tolerance']:.0%}.",
+        "",
+        "| run | " + " | ".join(t for _, t, _ in METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for label, values in result["rows"].items():
+        cells = []
+        for key, _, better in METRICS:
+            v = values.get(key)
+            cell = "n/a" if v is None else f"{v:.3f}"
+            rel = result["relative_to_whole_clip"].get(label, {}).get(key)
+            if rel is not None:
+                worse = rel > result["tolerance"] if better == "lower" else rel < -result["tolerance"]
+                cell += f" ({rel:+.1%}{' !' if worse else ''})"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval-stream",
+        help="held-out metrics through the streaming engine (both presets) against whole-clip animation",
+        description="Stream every held-out clip through the engine at once, in random-sized chunks, for each "
+        "latency preset, and compare mouth, rest, jaw and head metrics with whole-clip animation.",
+    )
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint")
+    p.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder")
+    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
+    p.add_argument("--max-clips", type=int, default=80, help="evaluate on at most this many clips (0 = all)")
+    p.add_argument("--out", type=Path, default=Path("runs/eval-stream"), help="where stream_quality.json/.md go")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out)
+    return 0
