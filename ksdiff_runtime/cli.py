@@ -18,6 +18,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("ksdiff_runtime.training.evaluate", "eval"),
     ("ksdiff_runtime.training.stream_eval", "eval-stream"),
     ("ksdiff_runtime.bake", "bake"),
+    ("ksdiff_runtime.backends.export", "export"),
 )
 
 
@@ -51,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from ksdiff_runtime.audio.guards import AudioInputError
+    from ksdiff_runtime.backends.base import BackendError
     from ksdiff_runtime.model.checkpoint import CheckpointError
 
     try:
         return int(args.func(args) or 0)
-    except (AudioInputError, CheckpointError) as exc:
+    except (AudioInputError, BackendError, CheckpointError) as exc:
         # user errors (a bad input file or checkpoint): the message names the file; no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
