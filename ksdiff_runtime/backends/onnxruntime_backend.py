@@ -1,0 +1,75 @@
+"""The ONNX Runtime backend: an export's two graphs (ksdiff_runtime/backends/export.py) on CPU or CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ksdiff_runtime.model.graphs import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+
+from .base import BackendError
+from .export import CONDITIONER_FILE, DENOISER_FILE, INT64_INPUTS, load_export
+
+
+def as_feeds(feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The graph's inputs as C-contiguous float32 (int64 for token ids and steps): the sampler hands in
+    broadcast views and concatenations, and ONNX Runtime rejects a wrong dtype instead of casting."""
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise KeyError(f"missing graph inputs: {', '.join(missing)}")
+    return {n: np.ascontiguousarray(feeds[n], dtype=np.int64 if n in INT64_INPUTS else np.float32) for n in names}
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, export_dir: str | Path, device: str = "cpu", threads: int | None = None,
+                 device_index: int = 0) -> None:
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
+        self.name = f"onnxruntime-{device}"
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendError(f"{self.name}: the onnxruntime Python package is not installed ({exc})") from exc
+        self.export_dir = Path(export_dir)
+        self.cfg, self.constants, self.manifest = load_export(self.export_dir)
+        if device == "cuda":
+            available = ort.get_available_providers()
+            if "CUDAExecutionProvider" not in available:
+                raise BackendError(f"{self.name}: this onnxruntime build has no CUDAExecutionProvider (available: "
+                                   f"{', '.join(available)}); install onnxruntime-gpu instead of onnxruntime")
+            providers: list = [("CUDAExecutionProvider", {"device_id": device_index}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            opts.intra_op_num_threads = threads
+        self._conditioner = self._session(ort, CONDITIONER_FILE, opts, providers, CONDITIONER_INPUTS)
+        self._denoiser = self._session(ort, DENOISER_FILE, opts, providers, DENOISER_INPUTS)
+
+    def _session(self, ort, file: str, opts, providers: list, inputs: tuple[str, ...]):
+        path = self.export_dir / file
+        try:
+            sess = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as exc:  # ONNX Runtime raises its own exception types (Fail, InvalidGraph, ...)
+            raise BackendError(f"{self.name}: ONNX Runtime cannot load {path}: {exc}") from exc
+        # ONNX Runtime silently falls back to the CPU when the CUDA provider fails to load (missing
+        # CUDA/cuDNN libraries): a "cuda" backend running on the CPU would be a lie, so refuse it
+        if providers[0] != "CPUExecutionProvider" and sess.get_providers()[0] != "CUDAExecutionProvider":
+            raise BackendError(f"{self.name}: the CUDA execution provider did not load for {path} (ONNX Runtime "
+                               f"runs it on {sess.get_providers()}); check the CUDA and cuDNN libraries")
+        names = tuple(i.name for i in sess.get_inputs())
+        if sorted(names) != sorted(inputs):
+            raise BackendError(f"{self.name}: {path} has inputs {names}, expected {inputs}")
+        return sess
+
+    def condition(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self._conditioner.run(list(CONDITIONER_OUTPUTS), as_feeds(feeds, CONDITIONER_INPUTS))
+        return dict(zip(CONDITIONER_OUTPUTS, out, strict=True))
+
+    def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self._denoiser.run(list(DENOISER_OUTPUTS), as_feeds(feeds, DENOISER_INPUTS))
+        return dict(zip(DENOISER_OUTPUTS, out, strict=True))
