@@ -1,0 +1,151 @@
+"""Choosing and loading a backend by name: ``load_backend("auto")`` and friends.
+
+    auto              tensorrt > torch-cuda > onnxruntime-cpu: the first that loads here
+    torch             torch-cuda if torch sees a GPU, else torch-cpu
+    onnxruntime       onnxruntime-cuda if this onnxruntime build has the CUDA provider, else onnxruntime-cpu
+    torch-cpu, torch-cuda, onnxruntime-cpu, onnxruntime-cuda, tensorrt: exactly that one
+
+The ONNX-based backends need an export of the checkpoint; it is made on first use in a cache
+directory named by the checkpoint's sha256 and reused afterwards (re-made if the directory holds
+an export of another checkpoint or a broken one).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT
+
+from .base import Backend, BackendError
+from .export import default_cache_dir, ensure_export, sha256_file
+
+log = logging.getLogger("ksdiff_runtime.backends")
+
+BACKEND_NAMES = ("auto", "torch", "torch-cpu", "torch-cuda", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda",
+                 "tensorrt")
+AUTO_ORDER = ("tensorrt", "torch-cuda", "onnxruntime-cpu")
+# fastest first; with fallback=True a failed backend falls back to the auto-order ones after it here
+PREFERENCE = ("tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime-cpu", "torch-cpu")
+
+
+class BackendUnavailableError(BackendError):
+    """The backend's packages or device are not present here (as opposed to present but failing)."""
+
+
+def default_export_dir(checkpoint: str | Path) -> Path:
+    return default_cache_dir() / "exports" / sha256_file(Path(checkpoint))[:16]
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why ``name`` cannot run here, found cheaply (no export, no engine build); None: worth trying."""
+    if name == "torch-cuda":
+        import torch
+
+        return None if torch.cuda.is_available() else "torch sees no CUDA GPU"
+    if name == "onnxruntime-cuda":
+        import onnxruntime as ort
+
+        ok = "CUDAExecutionProvider" in ort.get_available_providers()
+        return None if ok else "this onnxruntime build has no CUDAExecutionProvider"
+    if name == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return "the tensorrt Python package is not installed"
+        try:
+            from cuda.bindings import runtime  # noqa: F401
+        except ImportError:
+            try:
+                from cuda import cudart  # noqa: F401
+            except ImportError:
+                return "the cuda-python package is not installed"
+    return None
+
+
+def resolve(name: str) -> str:
+    """A concrete backend name for ``name`` (the aliases pick their GPU variant when it is available)."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(BACKEND_NAMES)}")
+    if name == "torch":
+        return "torch-cuda" if unavailable_reason("torch-cuda") is None else "torch-cpu"
+    if name == "onnxruntime":
+        return "onnxruntime-cuda" if unavailable_reason("onnxruntime-cuda") is None else "onnxruntime-cpu"
+    return name
+
+
+def _load(name: str, checkpoint: Path, export_dir: Path | None, device_index: int, threads: int | None,
+          cuda_graphs: bool, engine_cache: Path | None) -> Backend:
+    reason = unavailable_reason(name)
+    if reason is not None:
+        raise BackendUnavailableError(f"{name}: {reason}")
+    if name in ("torch-cpu", "torch-cuda"):
+        from ksdiff_runtime.model.checkpoint import load_model
+
+        from .torch_backend import TorchBackend
+
+        device = f"cuda:{device_index}" if name == "torch-cuda" else "cpu"
+        return TorchBackend(load_model(checkpoint), device=device, cuda_graphs=cuda_graphs)
+    export_dir = ensure_export(checkpoint, export_dir or default_export_dir(checkpoint))
+    if name in ("onnxruntime-cpu", "onnxruntime-cuda"):
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(export_dir, device=name.split("-")[1], threads=threads, device_index=device_index)
+    from .tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(export_dir, device_index=device_index, cache_dir=engine_cache)
+
+
+def load_backend(
+    name: str = "auto",
+    checkpoint: str | Path = DEFAULT_CHECKPOINT,
+    export_dir: str | Path | None = None,
+    device_index: int = 0,
+    *,
+    fallback: bool = False,
+    threads: int | None = None,
+    cuda_graphs: bool = False,
+    engine_cache: str | Path | None = None,
+) -> Backend:
+    """The named backend (see BACKEND_NAMES), loaded with ``checkpoint``.
+
+    export_dir: where the ONNX export lives or is made (default: a per-checkpoint cache directory).
+    device_index: the CUDA device for GPU backends. threads: ONNX Runtime intra-op threads.
+    cuda_graphs: torch-cuda replays the denoiser from CUDA graphs. engine_cache: TensorRT engine
+    directory (default ~/.cache/ksdiff-runtime/tensorrt).
+    A named backend that cannot load raises BackendError; with fallback=True it logs a warning and
+    tries the faster-to-slower auto order after it instead. A bad checkpoint raises CheckpointError
+    whatever the backend (every backend would fail on it).
+    """
+    concrete = resolve(name)
+    checkpoint = Path(checkpoint)
+    options = dict(checkpoint=checkpoint, export_dir=Path(export_dir) if export_dir else None,
+                   device_index=device_index, threads=threads, cuda_graphs=cuda_graphs,
+                   engine_cache=Path(engine_cache) if engine_cache else None)
+    if concrete == "auto":
+        candidates = list(AUTO_ORDER)
+    elif fallback:
+        rank = PREFERENCE.index(concrete)
+        candidates = [concrete] + [n for n in AUTO_ORDER if PREFERENCE.index(n) > rank]
+    else:
+        candidates = [concrete]
+    failures = []
+    for i, candidate in enumerate(candidates):
+        try:
+            backend = _load(candidate, **options)
+        except BackendError as exc:
+            failures.append(str(exc))
+            if len(candidates) == 1:
+                raise
+            rest = candidates[i + 1 :]
+            if concrete != "auto":
+                log.warning("backend failed: %s; falling back to %s", exc,
+                            rest[0] if rest else "nothing")
+            elif isinstance(exc, BackendUnavailableError):
+                log.info("backend skipped: %s", exc)
+            else:  # present here but broken: worth a warning even when auto moves on
+                log.warning("backend skipped, it failed to load: %s", exc)
+            continue
+        log.info("backend: %s%s", backend.name, " (auto)" if concrete == "auto" else "")
+        return backend
+    raise BackendError(f"no backend could be loaded for {name!r}: " + "; ".join(failures))
