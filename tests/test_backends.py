@@ -1,0 +1,454 @@
+"""Backends: ONNX export, ONNX Runtime parity with torch, backend selection, the TensorRT engine cache.
+
+The GPU tests (torch-cuda, ONNX Runtime's CUDA provider, CUDA graphs, TensorRT) are marked ``gpu``
+and skip themselves where there is no CUDA GPU or no TensorRT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ksdiff_runtime import cli
+from ksdiff_runtime.backends import BACKEND_NAMES, BackendError, load_backend
+from ksdiff_runtime.backends import export as export_mod
+from ksdiff_runtime.backends.export import (
+    EXPORT_FORMAT,
+    ExportError,
+    ensure_export,
+    export_model,
+    load_export,
+)
+from ksdiff_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+from ksdiff_runtime.backends.tensorrt_backend import (
+    BuildSettings,
+    GpuInfo,
+    TensorRTBackend,
+    engine_key,
+    engine_paths,
+    key_fields,
+    plan_engine,
+    profile_shapes,
+    timing_cache_path,
+    write_sidecar,
+)
+from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.engine.sampling import WindowBatch, sample_windows
+from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model, save_checkpoint
+from ksdiff_runtime.model.config import ModelConfig
+from ksdiff_runtime.model.graphs import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
+
+TINY_MODEL = dict(d_model=32, n_heads=2, denoiser_layers=1, kel_hidden=16, style_dim=8, n_msdc_blocks=1)
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+# a stated bound, float32 both sides: measured ~1e-6 on the shipped checkpoint after 4 DDIM steps
+PARITY_TOL = 1e-3
+GRAPH_TOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # default export/engine caches go to a temp dir, never the user's ~/.cache
+    monkeypatch.setenv("KSDIFF_RUNTIME_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="module")
+def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped checkpoint exported once for the module (about 2 s)."""
+    return export_model(DEFAULT_CHECKPOINT, tmp_path_factory.mktemp("export") / "ksdiff", progress=False).path
+
+
+@pytest.fixture(scope="module")
+def shipped_torch() -> TorchBackend:
+    return TorchBackend(load_model(DEFAULT_CHECKPOINT))
+
+
+def window_batch(cfg: ModelConfig, B: int, N: int, seed: int = 0, with_text: bool = False,
+                 with_style: bool = False) -> WindowBatch:
+    rng = np.random.default_rng(seed)
+    S = cfg.encoder_context_frames + N + cfg.lookahead_frames
+    C = cfg.motion_context_frames
+    known = np.ones((B, C), np.float32)
+    known[0, : C // 2] = 0.0  # the first stream has just started: half its context is before the clip
+    return WindowBatch(
+        feats=rng.standard_normal((B, S, cfg.feature_dim)).astype(np.float32),
+        prosody=rng.standard_normal((B, S, 2)).astype(np.float32),
+        prev_expr=rng.random((B, C, cfg.expr_dim)).astype(np.float32),
+        prev_pose=(0.1 * rng.standard_normal((B, C, cfg.pose_dim))).astype(np.float32),
+        known=known,
+        noise=rng.standard_normal((B, N, cfg.expr_dim + cfg.pose_dim)).astype(np.float32),
+        style=rng.standard_normal((B, cfg.style_dim)).astype(np.float32) if with_style else None,
+        text=rng.integers(1, cfg.text_vocab, (B, 7)) if with_text else None,
+        text_keep=(np.arange(B) % 2 == 0).astype(np.float32) if with_text else None,
+    )
+
+
+def max_err(a, b) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def save_tiny(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    save_checkpoint(path, KSDiff(ModelConfig(**TINY_MODEL)).eval(), half=True)
+    return path
+
+
+# --- export ------------------------------------------------------------------------------------
+def test_manifest_describes_the_export(shipped_export: Path):
+    cfg, constants, manifest = load_export(shipped_export)
+    model = load_model(DEFAULT_CHECKPOINT)
+    assert manifest["format"] == EXPORT_FORMAT and manifest["opset"] == 17 and manifest["dtype"] == "float32"
+    assert cfg == model.cfg
+    assert ModelConfig.from_dict(manifest["config"]) == model.cfg
+    assert manifest["graphs"]["conditioner"]["inputs"] == list(CONDITIONER_INPUTS)
+    assert manifest["graphs"]["conditioner"]["outputs"] == list(CONDITIONER_OUTPUTS)
+    assert manifest["graphs"]["denoiser"]["inputs"] == list(DENOISER_INPUTS)
+    assert manifest["graphs"]["denoiser"]["outputs"] == list(DENOISER_OUTPUTS)
+    assert manifest["checkpoint"]["sha256"] == hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()
+    both = (shipped_export / "conditioner.onnx").read_bytes() + (shipped_export / "denoiser.onnx").read_bytes()
+    assert manifest["model_hash"] == hashlib.sha256(both).hexdigest()
+    assert manifest["versions"]["torch"] == torch.__version__ and manifest["versions"]["onnx"]
+    for graph in ("conditioner", "denoiser"):
+        assert manifest["verify"]["max_abs_error"][graph] < GRAPH_TOL
+    # constants round-trip (float32 from the float16 checkpoint)
+    ref = TorchBackend(model).constants
+    for name in ("expr_mean", "expr_std", "pose_mean", "pose_std", "style_null", "alpha_bar"):
+        np.testing.assert_array_equal(getattr(constants, name), getattr(ref, name))
+
+
+def test_export_is_idempotent_and_atomic(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    out = tmp_path / "exp"
+    first = export_model(tiny_checkpoint, out, progress=False)
+    second = export_model(tiny_checkpoint, out, progress=False)  # over an existing export
+    assert first.manifest == second.manifest  # byte-identical graphs: same model_hash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # no temp or old dirs left behind
+
+    # a crash in the middle of an export leaves the previous export untouched and no debris
+    def crash(checkpoint, tmp, progress):
+        (tmp / "conditioner.onnx").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_mod, "_write_export", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(tiny_checkpoint, out, progress=False)
+    assert load_export(out)[2] == first.manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+
+def test_load_export_errors_name_the_problem(shipped_export: Path, tmp_path: Path):
+    with pytest.raises(ExportError, match="does not exist"):
+        load_export(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ExportError, match=r"no manifest\.json"):
+        load_export(empty)
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(shipped_export, tmp_path / name))
+
+    bad = copy("corrupt-manifest")
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(ExportError, match=r"manifest\.json is corrupt"):
+        load_export(bad)
+    other = copy("other-format")
+    (other / "manifest.json").write_text(json.dumps({"format": "someone-elses-export", "version": 1}))
+    with pytest.raises(ExportError, match="someone-elses-export"):
+        load_export(other)
+    newer = copy("newer")
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps(manifest | {"version": 99}))
+    with pytest.raises(ExportError, match="version 99"):
+        load_export(newer)
+    missing = copy("missing")
+    (missing / "denoiser.onnx").unlink()
+    with pytest.raises(ExportError, match=r"incomplete: missing denoiser\.onnx"):
+        load_export(missing)
+    truncated = copy("truncated")
+    data = (truncated / "conditioner.onnx").read_bytes()
+    (truncated / "conditioner.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ExportError, match="model_hash"):
+        load_export(truncated)
+    with pytest.raises(BackendError, match="model_hash"):  # ExportError is a BackendError
+        OnnxRuntimeBackend(truncated)
+
+
+def test_export_cli_prints_the_parity_errors(tiny_checkpoint: Path, tmp_path: Path, capsys):
+    out = tmp_path / "cli-export"
+    assert cli.main(["export", "--checkpoint", str(tiny_checkpoint), "-o", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "conditioner: ONNX Runtime vs torch max abs error" in printed and "denoiser:" in printed
+    assert load_export(out)[2]["checkpoint"]["name"] == tiny_checkpoint.name
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "-o", str(out)]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+# --- ONNX Runtime vs torch -------------------------------------------------------------------------
+@pytest.mark.parametrize(("B", "guidance", "extras"), [
+    (1, None, {}),
+    (5, Guidance(audio=2.0, style=1.5, text=1.2), {"with_text": True, "with_style": True}),
+])
+def test_onnxruntime_matches_torch_through_the_sampler(shipped_export, shipped_torch, B, guidance, extras):
+    ort_backend = OnnxRuntimeBackend(shipped_export, threads=2)
+    assert ort_backend.name == "onnxruntime-cpu"
+    assert ort_backend.constants.cfg == shipped_torch.constants.cfg
+    N = 13  # the export traced 32 new frames, the verification 11
+    batch = window_batch(shipped_torch.constants.cfg, B, N, seed=B, **extras)
+    ref = sample_windows(shipped_torch, batch, steps=4, guidance=guidance)
+    got = sample_windows(ort_backend, batch, steps=4, guidance=guidance)
+    assert got.expr.shape == (B, N, 52) and got.pose.shape == (B, N, 3)
+    errors = {name: max_err(getattr(ref, name), getattr(got, name)) for name in ("expr", "pose", "key_expr")}
+    print(f"B={B}: ONNX Runtime vs torch max abs error after 4 DDIM steps: {errors}")
+    assert errors["expr"] < PARITY_TOL, errors
+    assert errors["pose"] < PARITY_TOL, errors
+    assert errors["key_expr"] < PARITY_TOL, errors
+
+
+def test_onnxruntime_accepts_any_dtype_and_layout(shipped_export, shipped_torch):
+    backend = OnnxRuntimeBackend(shipped_export)
+    cfg = backend.cfg
+    feeds = export_mod.denoiser_inputs(cfg, 2, 5, seed=3)
+    ref = shipped_torch.denoise(feeds)
+    # float64, int32 and non-contiguous views: the backend converts instead of failing
+    messy = {k: (v.astype(np.int32) if v.dtype == np.int64 else np.asfortranarray(v.astype(np.float64)))
+             for k, v in feeds.items()}
+    got = backend.denoise(messy)
+    for name in DENOISER_OUTPUTS:
+        assert got[name].dtype == np.float32
+        assert max_err(ref[name], got[name]) < GRAPH_TOL
+
+
+# --- load_backend ----------------------------------------------------------------------------------
+def test_unknown_backend_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown backend 'tensorflow'.*onnxruntime-cpu.*tensorrt"):
+        load_backend("tensorflow")
+    assert set(BACKEND_NAMES) >= {"auto", "torch", "onnxruntime", "tensorrt"}
+
+
+@pytest.mark.skipif(HAS_CUDA or HAS_TRT, reason="checks the choice on a machine without CUDA and TensorRT")
+def test_auto_picks_onnxruntime_cpu_here_and_says_why(tiny_checkpoint, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ksdiff_runtime.backends")
+    backend = load_backend("auto", tiny_checkpoint, export_dir=tmp_path / "exp")
+    assert backend.name == "onnxruntime-cpu"
+    messages = [r.getMessage() for r in caplog.records if r.name == "ksdiff_runtime.backends"]
+    assert any("tensorrt" in m and "skipped" in m and "not installed" in m for m in messages), messages
+    assert any("torch-cuda" in m and "skipped" in m and "no CUDA GPU" in m for m in messages), messages
+    assert any(m == "backend: onnxruntime-cpu (auto)" for m in messages), messages
+    # the aliases resolve to the CPU variants here
+    assert load_backend("torch", tiny_checkpoint).name == "torch-cpu"
+    assert load_backend("onnxruntime", tiny_checkpoint, export_dir=tmp_path / "exp").name == "onnxruntime-cpu"
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+def test_tensorrt_without_tensorrt_is_a_clear_error(tiny_checkpoint, tmp_path, caplog):
+    with pytest.raises(BackendError, match="tensorrt: the tensorrt Python package is not installed"):
+        load_backend("tensorrt", tiny_checkpoint, export_dir=tmp_path / "exp")
+    with pytest.raises(BackendError, match="tensorrt Python package is not installed"):
+        TensorRTBackend(tmp_path / "exp")  # the class itself, too (the module imports fine)
+    caplog.set_level(logging.INFO, logger="ksdiff_runtime.backends")
+    backend = load_backend("tensorrt", tiny_checkpoint, export_dir=tmp_path / "exp", fallback=True)
+    assert backend.name == ("torch-cuda" if HAS_CUDA else "onnxruntime-cpu")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("tensorrt" in w and "falling back to torch-cuda" in w for w in warnings), warnings
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the errors on a machine without CUDA")
+def test_gpu_backends_without_a_gpu_are_clear_errors(tiny_checkpoint, tmp_path):
+    with pytest.raises(BackendError, match="torch-cuda: torch sees no CUDA GPU"):
+        load_backend("torch-cuda", tiny_checkpoint)
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(BackendError, match="no CUDAExecutionProvider"):
+            load_backend("onnxruntime-cuda", tiny_checkpoint, export_dir=tmp_path / "exp")
+
+
+def test_export_is_reused_and_redone_when_the_checkpoint_changes(tmp_path, monkeypatch):
+    ckpt = save_tiny(tmp_path / "model.pt", seed=1)
+    exp = tmp_path / "exp"
+    backend = load_backend("onnxruntime-cpu", ckpt, export_dir=exp)
+    first = load_export(exp)[2]
+
+    calls = []
+    real_export = export_mod.export_model
+    monkeypatch.setattr(export_mod, "export_model", lambda *a, **k: calls.append(a) or real_export(*a, **k))
+    load_backend("onnxruntime-cpu", ckpt, export_dir=exp)
+    assert calls == []  # same checkpoint: reused
+
+    save_tiny(ckpt, seed=2)  # new weights under the same path
+    retrained = load_backend("onnxruntime-cpu", ckpt, export_dir=exp)
+    assert len(calls) == 1
+    second = load_export(exp)[2]
+    assert second["checkpoint"]["sha256"] != first["checkpoint"]["sha256"]
+    assert second["model_hash"] != first["model_hash"]
+    feeds = export_mod.denoiser_inputs(backend.cfg, 1, 4)
+    assert max_err(backend.denoise(feeds)["x0_expr"], retrained.denoise(feeds)["x0_expr"]) > 1e-3
+
+    (exp / "manifest.json").write_text("garbage")  # a broken export is replaced, not fatal
+    ensure_export(ckpt, exp)
+    assert len(calls) == 2 and load_export(exp)[2]["model_hash"] == second["model_hash"]
+
+
+def test_default_export_dir_is_per_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("KSDIFF_RUNTIME_CACHE", str(tmp_path / "c"))
+    a, b = save_tiny(tmp_path / "a.pt", seed=1), save_tiny(tmp_path / "b.pt", seed=2)
+    backend = load_backend("onnxruntime-cpu", a)
+    exports = list((tmp_path / "c" / "exports").iterdir())
+    assert [p.name for p in exports] == [hashlib.sha256(a.read_bytes()).hexdigest()[:16]]
+    assert backend.export_dir == exports[0]
+    load_backend("onnxruntime-cpu", b)
+    assert len(list((tmp_path / "c" / "exports").iterdir())) == 2
+
+
+# --- TensorRT: the plain-Python parts ---------------------------------------------------------------
+GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
+
+
+def test_profile_shapes_cover_every_input_and_the_windows_used():
+    cfg = ModelConfig()
+    s = BuildSettings.for_config(cfg)
+    assert s.max_batch == 256 and s.new_frames == (1, cfg.train_window_frames, 4 * cfg.train_window_frames)
+    for graph, names in (("conditioner", CONDITIONER_INPUTS), ("denoiser", DENOISER_INPUTS)):
+        shapes = profile_shapes(cfg, graph, s)
+        assert set(shapes) == set(names)
+        for name, (lo, opt, hi) in shapes.items():
+            assert len(lo) == len(opt) == len(hi), name
+            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)), (name, lo, opt, hi)
+    cond, den = profile_shapes(cfg, "conditioner", s), profile_shapes(cfg, "denoiser", s)
+    E, L, C, N = cfg.encoder_context_frames, cfg.lookahead_frames, cfg.motion_context_frames, cfg.train_window_frames
+    assert cond["feats"][1] == (4, E + N + L, cfg.feature_dim)  # opt: an offline window, a few CFG variants
+    assert cond["feats"][2] == (256, E + 4 * N + L, cfg.feature_dim)
+    assert cond["text"][2] == (256, cfg.max_text_tokens) and cond["n_new"][0] == (1,)
+    assert cond["prev_expr"][0] == (1, C, 52) and cond["prev_expr"][2] == (256, C, 52)
+    assert den["x_expr"][0] == (1, C + 1, 52) and den["f_e"][2] == (256, C + 4 * N, cfg.d_model)
+    assert den["t"] == ((1,), (4,), (256,)) and den["style"][2] == (256, cfg.style_dim)
+    with pytest.raises(ValueError, match="unknown graph"):
+        profile_shapes(cfg, "vocoder", s)
+    with pytest.raises(ValueError, match="new_frames"):
+        BuildSettings(new_frames=(8, 4, 16))
+    with pytest.raises(ValueError, match="opt_batch"):
+        BuildSettings(max_batch=2, opt_batch=4)
+
+
+def test_engine_key_changes_with_everything_an_engine_depends_on():
+    s = BuildSettings()
+    base = key_fields("denoiser", GPU, "10.3.0", "ab" * 32, s)
+    key = engine_key(base)
+    assert key == engine_key(key_fields("denoiser", GPU, "10.3.0", "ab" * 32, BuildSettings()))  # deterministic
+    variants = [
+        key_fields("conditioner", GPU, "10.3.0", "ab" * 32, s),
+        key_fields("denoiser", GpuInfo("NVIDIA GeForce RTX 4090", "8.9"), "10.3.0", "ab" * 32, s),
+        key_fields("denoiser", GpuInfo(GPU.name, "8.0"), "10.3.0", "ab" * 32, s),
+        key_fields("denoiser", GPU, "10.4.0", "ab" * 32, s),
+        key_fields("denoiser", GPU, "10.3.0", "cd" * 32, s),
+        key_fields("denoiser", GPU, "10.3.0", "ab" * 32, BuildSettings(fp16=False)),
+        key_fields("denoiser", GPU, "10.3.0", "ab" * 32, BuildSettings(max_batch=64)),
+        key_fields("denoiser", GPU, "10.3.0", "ab" * 32, BuildSettings(new_frames=(1, 8, 64))),
+    ]
+    keys = {engine_key(f) for f in variants}
+    assert len(keys) == len(variants) and key not in keys
+    engine, sidecar = engine_paths(Path("/cache"), base)
+    assert engine == Path(f"/cache/denoiser-{key[:16]}.engine") and sidecar.suffix == ".json"
+    # timings are shared across graphs and models, not across GPUs or TensorRT versions
+    t = timing_cache_path(Path("/cache"), GPU, "10.3.0")
+    assert t == timing_cache_path(Path("/cache"), GpuInfo(GPU.name, GPU.compute_capability), "10.3.0")
+    assert t != timing_cache_path(Path("/cache"), GPU, "10.4.0")
+    assert t != timing_cache_path(Path("/cache"), GpuInfo("NVIDIA L4", "8.9"), "10.3.0")
+
+
+def test_engine_cache_rebuilds_missing_corrupt_foreign_and_stale_engines(tmp_path):
+    fields = key_fields("conditioner", GPU, "10.3.0", "ab" * 32, BuildSettings())
+    plan = plan_engine(tmp_path, fields)
+    assert plan.build and "no cached engine" in plan.reason
+
+    plan.engine.write_bytes(b"\x00serialized engine bytes")
+    assert "no sidecar" in plan_engine(tmp_path, fields).reason
+    write_sidecar(plan)
+    cached = plan_engine(tmp_path, fields)
+    assert not cached.build and cached.reason == "cached"
+    assert plan_engine(tmp_path, fields, rebuild=True).build
+
+    plan.engine.write_bytes(b"\x00serialized engine")  # truncated / overwritten
+    assert "sha256" in plan_engine(tmp_path, fields).reason
+    plan.engine.write_bytes(b"\x00serialized engine bytes")
+    assert not plan_engine(tmp_path, fields).build
+
+    # a sidecar recorded for another TensorRT version and GPU (an engine copied from elsewhere)
+    meta = json.loads(plan.sidecar.read_text())
+    meta["fields"] = meta["fields"] | {"tensorrt": "10.1.0", "gpu": "NVIDIA A10"}
+    plan.sidecar.write_text(json.dumps(meta))
+    stale = plan_engine(tmp_path, fields)
+    assert stale.build and "gpu, tensorrt" in stale.reason and "stale or foreign" in stale.reason
+
+    plan.sidecar.write_text("{truncated")
+    assert "unreadable" in plan_engine(tmp_path, fields).reason
+    plan.sidecar.write_text(json.dumps({"format": "other"}))
+    assert "not a ksdiff-tensorrt-engine" in plan_engine(tmp_path, fields).reason
+
+
+# --- GPU (skipped here) --------------------------------------------------------------------------
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_torch_cuda_matches_torch_cpu(shipped_torch):
+    gpu = load_backend("torch-cuda")
+    batch = window_batch(shipped_torch.constants.cfg, 5, 13, with_text=True)
+    g = Guidance(audio=2.0)
+    ref, got = sample_windows(shipped_torch, batch, 4, g), sample_windows(gpu, batch, 4, g)
+    assert max_err(ref.expr, got.expr) < 1e-3 and max_err(ref.pose, got.pose) < 1e-3
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_graph_replay_matches_eager():
+    eager = TorchBackend(load_model(DEFAULT_CHECKPOINT), "cuda")
+    graphed = TorchBackend(load_model(DEFAULT_CHECKPOINT), "cuda", cuda_graphs=True)
+    cfg = eager.constants.cfg
+    for B, N, seed in ((2, 32, 0), (2, 32, 1), (3, 7, 2), (2, 32, 3)):  # replays, a new shape, back again
+        feeds = export_mod.denoiser_inputs(cfg, B, N, seed=seed)
+        ref, got = eager.denoise(feeds), graphed.denoise(feeds)
+        for name in DENOISER_OUTPUTS:
+            assert max_err(ref[name], got[name]) < 1e-5
+    assert len(graphed._graphs) == 2
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_onnxruntime_cuda_matches_torch(shipped_export, shipped_torch):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)")
+    backend = OnnxRuntimeBackend(shipped_export, device="cuda")
+    batch = window_batch(backend.cfg, 5, 13)
+    ref, got = sample_windows(shipped_torch, batch, 4), sample_windows(backend, batch, 4)
+    assert max_err(ref.expr, got.expr) < 1e-3
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.skipif(not HAS_TRT, reason="tensorrt is not installed (pip install 'ksdiff-runtime[gpu]')")
+def test_tensorrt_matches_torch_and_caches_its_engines(shipped_export, shipped_torch, tmp_path):
+    backend = TensorRTBackend(shipped_export, cache_dir=tmp_path / "trt")
+    assert len(list((tmp_path / "trt").glob("*.engine"))) == 2
+    assert len(list((tmp_path / "trt").glob("timing-*.cache"))) == 1
+    for B in (1, 5):
+        batch = window_batch(backend.cfg, B, 13, seed=B)
+        ref, got = sample_windows(shipped_torch, batch, 4), sample_windows(backend, batch, 4)
+        # FP16 engines: a looser bound than float32 ONNX Runtime
+        assert max_err(ref.expr, got.expr) < 5e-2 and max_err(ref.pose, got.pose) < 5e-2
+    # a corrupt cached engine is rebuilt, not fatal
+    for engine in (tmp_path / "trt").glob("*.engine"):
+        engine.write_bytes(b"garbage")
+    again = TensorRTBackend(shipped_export, cache_dir=tmp_path / "trt")
+    assert again.denoise(export_mod.denoiser_inputs(backend.cfg, 2, 8))["x0_expr"].shape == (2, 16, 52)
