@@ -122,7 +122,8 @@ class BlockwiseFrontEnd:
         """Audio span [s0, s1) (absolute samples, s0 >= 0) the features of frames [f0, f1) come from."""
         start = round(f0 * SAMPLE_RATE / FPS)
         s0 = max(0, (start - self.left_samples) // self.segment_align * self.segment_align)
-        return s0, round(f1 * SAMPLE_RATE / FPS) + self.lookahead_samples
+        # ceil: the first sample count at which frame f1 - 1 exists (num_frames); exact for whole blocks
+        return s0, -(-f1 * SAMPLE_RATE // FPS) + self.lookahead_samples
 
     def range_features(self, audio: np.ndarray, f0: int, f1: int, offset: int = 0) -> np.ndarray:
         """Features [n, dim] of motion frames [f0, f1) (fewer at the end of a finished stream).

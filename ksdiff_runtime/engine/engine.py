@@ -74,7 +74,11 @@ class StreamingEngine:
         self.fps = fps
         self.stream_timeout_ns = int(stream_timeout_s * 1e9)
         self.guidance = guidance
-        self.max_batch = max_batch
+        # A tick sends streams x guidance variants rows through the graphs; a backend with a
+        # fixed limit (TensorRT's optimisation profile) bounds how many streams share a tick.
+        g = guidance or Guidance()
+        variants = 1 + sum(scale != 1.0 for scale in (g.audio, g.style, g.text))
+        self.max_batch = max(1, min(max_batch, getattr(backend, "max_batch", max_batch) // variants))
         # The preset sets the front-end's lookahead; its recogniser is shared by every stream.
         fe_cfg = dataclasses.replace(self.cfg.front_end, lookahead_ms=self.preset.feature_lookahead_ms)
         self.front_end = front_end or make_front_end(fe_cfg)

@@ -157,6 +157,8 @@ class StreamState:
                 return runs
             feats = self.front_end.range_features(self._audio, f0, f1, offset=self.audio_offset)
             n = feats.shape[0]
+            if n == 0:  # cannot happen with the sample counts above; never loop on it
+                raise RuntimeError(f"stream {self.id}: front-end gave no frames for [{f0}, {f1})")
             self._feats = np.concatenate([self._feats, feats])
             self._pros = np.concatenate([self._pros, self._prosody(f0, f0 + n, f1)])
             self.n_feats += n
@@ -168,6 +170,11 @@ class StreamState:
         s0 = frame_sample(k0)
         s1 = min(self.samples, self.front_end.range_samples(f0, f1_nominal)[1])
         seg = self._audio[s0 - self.audio_offset : s1 - self.audio_offset]
+        # at the very end of a stream the segment may stop inside frame f1 - 1: pad with silence
+        # so every frame gets its own row
+        need = -(-(f1 - k0) * SAMPLE_RATE // FPS) + 1
+        if seg.size < need:
+            seg = np.pad(seg, (0, need - seg.size))
         rows = normalized_prosody(prosody(seg))
         return take_frames(rows, f0 - k0, f1 - f0).astype(np.float32)
 
