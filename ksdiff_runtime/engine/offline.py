@@ -2,7 +2,8 @@
 
 The clip is cut into windows of N new frames; each window sees the C frames generated
 before it (so consecutive windows join smoothly), the encoder's past context and the
-model's lookahead, exactly as in training. Several clips are animated in one batch.
+model's lookahead, exactly as in training. Several clips are animated in one batch, on any
+backend (a KSDiff module runs on the torch backend), through the engine's one sampler.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from ksdiff_runtime import motion
 from ksdiff_runtime.audio.features import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.audio.guards import sanitize
 from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
+from ksdiff_runtime.backends.base import Backend
+from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
 from ksdiff_runtime.motion import take_frames
+
+from .sampling import WindowBatch, sample_windows
 
 
 @dataclass
@@ -43,7 +49,13 @@ class Animation:
 _FRONT_ENDS: dict[str, BlockwiseFrontEnd] = {}
 
 
-def clip_inputs(model: KSDiff, audio16k: np.ndarray, text: str | None = None, schedule: str = "offline") -> ClipInputs:
+def _config(model: KSDiff | Backend) -> ModelConfig:
+    return model.cfg if isinstance(model, KSDiff) else model.constants.cfg
+
+
+def clip_inputs(
+    model: KSDiff | Backend, audio16k: np.ndarray, text: str | None = None, schedule: str = "offline"
+) -> ClipInputs:
     """Model inputs for a whole clip of 16 kHz audio (sanitised here: NaN/Inf zeroed, clipped).
 
     schedule "offline" runs the front-end once over the clip (fast, full context); "stream"
@@ -52,9 +64,10 @@ def clip_inputs(model: KSDiff, audio16k: np.ndarray, text: str | None = None, sc
     if schedule not in ("offline", "stream"):
         raise ValueError(f"schedule must be 'offline' or 'stream', not {schedule!r}")
     audio, _ = sanitize(audio16k)
-    key = repr(model.cfg.front_end)
+    cfg = _config(model)
+    key = repr(cfg.front_end)
     if key not in _FRONT_ENDS:
-        _FRONT_ENDS[key] = make_front_end(model.cfg.front_end)
+        _FRONT_ENDS[key] = make_front_end(cfg.front_end)
     front_end = _FRONT_ENDS[key]
     feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
     pros = normalized_prosody(prosody(audio))
@@ -62,24 +75,23 @@ def clip_inputs(model: KSDiff, audio16k: np.ndarray, text: str | None = None, sc
     if text:
         from ksdiff_runtime.transcript import phoneme_tokens
 
-        tokens = phoneme_tokens(text, model.cfg.max_text_tokens)
+        tokens = phoneme_tokens(text, cfg.max_text_tokens)
     return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens)
 
 
-@torch.no_grad()
 def animate(
-    model: KSDiff,
+    model: KSDiff | Backend,
     clips: list[ClipInputs],
     steps: int = 4,
     seeds: list[int] | None = None,
-    style: torch.Tensor | None = None,  # [B, style_dim] or None (the null style)
+    style: torch.Tensor | np.ndarray | None = None,  # [B, style_dim] or None (the null style)
     guidance: Guidance | None = None,
     use_kel: bool = True,
     window: int | None = None,
 ) -> list[Animation]:
     """Animate clips in one batch; each clip's noise comes from its own seed (default 0)."""
-    cfg = model.cfg
-    dev = next(model.parameters()).device
+    backend = TorchBackend(model) if isinstance(model, KSDiff) else model
+    cfg = backend.constants.cfg
     B = len(clips)
     seeds = seeds or [0] * B
     N = window or cfg.train_window_frames
@@ -93,32 +105,32 @@ def animate(
         return [Animation(expr[i, :0], pose[i, :0], keys[i, :0, 0], keys[i, :0, 1]) for i in range(B)]
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     P = max(1, max(len(c.tokens) for c in clips))
-    text = torch.zeros(B, P, dtype=torch.long)
+    text = np.zeros((B, P), dtype=np.int64)
     for i, c in enumerate(clips):
-        text[i, : len(c.tokens)] = torch.from_numpy(c.tokens)
-    text_keep = torch.tensor([float(len(c.tokens) > 0) for c in clips])
+        text[i, : len(c.tokens)] = c.tokens
+    text_keep = np.array([float(len(c.tokens) > 0) for c in clips], dtype=np.float32)
+    if isinstance(style, torch.Tensor):
+        style = style.detach().float().cpu().numpy()
     # clips shorter than the batch's longest repeat their last feature frame (trimmed after)
     for w0 in range(0, T, N):
-        feats = np.stack([take_frames(c.feats, w0 - E, E + N + L) for c in clips])
-        pros = np.stack([take_frames(c.prosody, w0 - E, E + N + L) for c in clips])
         frames = np.arange(w0 - C, w0)
         known = np.repeat((frames >= 0)[None].astype(np.float32), B, axis=0)
         # the C frames generated before this window (zeros, flagged unknown, before the clip starts)
-        prev_e = np.stack([take_frames(expr[i], w0 - C, C) for i in range(B)]) * known[..., None]
-        prev_p = np.stack([take_frames(pose[i], w0 - C, C) for i in range(B)]) * known[..., None]
-        noise_e = torch.stack([torch.randn(N, cfg.expr_dim, generator=g) for g in gens])
-        noise_p = torch.stack([torch.randn(N, cfg.pose_dim, generator=g) for g in gens])
-        out = model.sample_window(
-            torch.from_numpy(feats).to(dev), torch.from_numpy(pros).to(dev), text.to(dev), text_keep.to(dev),
-            torch.from_numpy(prev_e).float().to(dev), torch.from_numpy(prev_p).float().to(dev),
-            torch.from_numpy(known).to(dev), None if style is None else style.to(dev),
-            noise_e.to(dev), noise_p.to(dev), steps, guidance, use_kel,
+        noise = torch.stack([torch.cat([torch.randn(N, cfg.expr_dim, generator=g),
+                                        torch.randn(N, cfg.pose_dim, generator=g)], dim=-1) for g in gens])
+        batch = WindowBatch(
+            feats=np.stack([take_frames(c.feats, w0 - E, E + N + L) for c in clips]),
+            prosody=np.stack([take_frames(c.prosody, w0 - E, E + N + L) for c in clips]),
+            prev_expr=np.stack([take_frames(expr[i], w0 - C, C) for i in range(B)]) * known[..., None],
+            prev_pose=np.stack([take_frames(pose[i], w0 - C, C) for i in range(B)]) * known[..., None],
+            known=known, noise=noise.numpy(), style=style, text=text, text_keep=text_keep,
         )
+        out = sample_windows(backend, batch, steps, guidance, use_kel)
         n = min(N, T - w0)
-        expr[:, w0 : w0 + n] = out["expr"][:, :n].cpu().numpy()
-        pose[:, w0 : w0 + n] = out["pose"][:, :n].cpu().numpy()
-        keys[:, w0 : w0 + n, 0] = out["key_expr"][:, :n].cpu().numpy()
-        keys[:, w0 : w0 + n, 1] = out["key_pose"][:, :n].cpu().numpy()
+        expr[:, w0 : w0 + n] = out.expr[:, :n]
+        pose[:, w0 : w0 + n] = out.pose[:, :n]
+        keys[:, w0 : w0 + n, 0] = out.key_expr[:, :n]
+        keys[:, w0 : w0 + n, 1] = out.key_pose[:, :n]
     return [
         Animation(expr[i, : lengths[i]], pose[i, : lengths[i]], keys[i, : lengths[i], 0], keys[i, : lengths[i], 1])
         for i in range(B)
