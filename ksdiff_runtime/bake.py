@@ -131,13 +131,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=4, help="DDIM denoising steps (default 4)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same animation)")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
+    p.add_argument("--backend", default="auto", help="inference backend: auto (tensorrt > torch-cuda > "
+                   "onnxruntime-cpu), torch, torch-cpu, torch-cuda, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, "
+                   "tensorrt")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ksdiff_runtime.audio.guards import load_audio
+    from ksdiff_runtime.backends import load_backend
     from ksdiff_runtime.engine.offline import animate, clip_inputs
-    from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+    from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT
 
     suffix = args.output.suffix.lower()
     if suffix not in (".csv", ".json"):
@@ -151,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
     text = args.text
     if text is None and args.input == DEFAULT_SAMPLE:
         text = DEFAULT_SAMPLE.with_suffix(".txt").read_text().strip()
-    model = load_model(args.checkpoint or DEFAULT_CHECKPOINT)
+    backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True)
     started = time.perf_counter()
-    anim = animate(model, [clip_inputs(model, audio, text)], steps=args.steps, seeds=[args.seed])[0]
+    anim = animate(backend, [clip_inputs(backend, audio, text)], steps=args.steps, seeds=[args.seed])[0]
     elapsed = time.perf_counter() - started
     blendshapes = resample_frames(anim.blendshapes, motion.FPS, args.fps).clip(0.0, 1.0)
     head = resample_frames(anim.head, motion.FPS, args.fps)
