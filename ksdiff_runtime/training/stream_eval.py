@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.backends import BACKEND_NAMES, load_backend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.offline import Animation, animate
 from ksdiff_runtime.engine.presets import PRESETS
@@ -74,7 +74,9 @@ def stream_animations(
     return anims
 
 
-def stream_eval(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path) -> dict:
+def stream_eval(
+    checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu"
+) -> dict:
     model = load_model(checkpoint)
     torch.manual_seed(0)
     build_feature_cache(corpus, cache, model.cfg)
@@ -85,7 +87,7 @@ def stream_eval(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out
     style = reference_styles(model, clips, all_test)
     rows = {"whole clip (offline features, 4 steps)": score(
         clips, animate(model, model_inputs(clips), steps=4, style=style), beats_audio, (0.5, 0.5))}
-    backend = TorchBackend(model)
+    backend = load_backend(backend_name, checkpoint)
     presets = {}
     for name, preset in PRESETS.items():
         engine = StreamingEngine(backend, preset)
@@ -103,7 +105,8 @@ def stream_eval(checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out
                 continue
             rel = (b - a) / abs(a) if a else None
             deltas[label][key] = rel
-    result = {"checkpoint": str(checkpoint), "clips": len(clips), "rows": rows, "relative_to_whole_clip": deltas,
+    result = {"checkpoint": str(checkpoint), "backend": backend.name, "clips": len(clips), "rows": rows,
+              "relative_to_whole_clip": deltas,
               "presets": {label: vars(PRESETS[n]) for label, n in presets.items()}, "tolerance": TOLERANCE}
     out.mkdir(parents=True, exist_ok=True)
     (out / "stream_quality.json").write_text(json.dumps(result, indent=2))
@@ -147,9 +150,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
     p.add_argument("--max-clips", type=int, default=80, help="evaluate on at most this many clips (0 = all)")
     p.add_argument("--out", type=Path, default=Path("runs/eval-stream"), help="where stream_quality.json/.md go")
+    p.add_argument("--backend", default="torch-cpu", choices=BACKEND_NAMES, help="backend the streams run on")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out)
+    stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend)
     return 0
