@@ -153,6 +153,42 @@ def test_blockwise_stream_equals_whole_clip(ppg: PosteriorgramFrontEnd, n: int) 
     assert np.array_equal(ppg.block_features(audio, k), ppg.block_features(audio[: ppg.samples_needed(k)], k))
 
 
+def test_frame_ranges_and_offsets(ppg: PosteriorgramFrontEnd) -> None:
+    """A block is a frame range; ranges of any length read only their own span of audio, and the
+    stream may keep only recent audio (offset) without changing the result."""
+    n = SAMPLE_RATE * 2
+    audio = _speechlike(2.0, seed=5)[:n]
+    for k in range(3):
+        f0 = k * ppg.frames_per_block
+        assert np.array_equal(ppg.range_features(audio, f0, f0 + ppg.frames_per_block), ppg.block_features(audio, k))
+    for f0, f1 in ((7, 8), (20, 22), (31, 36)):
+        s0, s1 = ppg.range_samples(f0, f1)
+        assert num_frames(s1) >= f1  # the audio a range waits for holds its last frame
+        ref = ppg.range_features(audio, f0, f1)
+        assert ref.shape == (f1 - f0, ppg.dim)
+        assert np.array_equal(ppg.range_features(audio[:s1], f0, f1), ref)
+        assert np.array_equal(ppg.range_features(audio[s0:s1], f0, f1, offset=s0), ref)
+        with pytest.raises(ValueError, match="cannot give frames"):
+            ppg.range_features(audio[s0 + 320 :], f0, f1, offset=s0 + 320)
+
+
+def test_offline_recognition_in_pieces_matches_one_pass(ppg: PosteriorgramFrontEnd) -> None:
+    """Bakes run the recogniser in pieces on all cores; with 1 s of context the features agree."""
+    audio = _speechlike(6.0, seed=11)
+    default = ppg.offline_workers
+    try:
+        ppg.offline_workers = 1
+        one = ppg.offline(audio)
+        ppg.offline_workers = 3
+        pieces = ppg.offline(audio)
+    finally:
+        ppg.offline_workers = default
+    assert pieces.shape == one.shape
+    assert (pieces[:, :191].argmax(1) == one[:, :191].argmax(1)).mean() > 0.85
+    np.testing.assert_array_equal(pieces[:, 191:], one[:, 191:])  # the log-mel part is one pass anyway
+    assert np.abs(pieces - one).mean() < 0.03
+
+
 def test_blockwise_context_matters(ppg: PosteriorgramFrontEnd) -> None:
     """The schedule is real: a different left context gives different PPG values mid-clip."""
     audio = _speechlike(2.0)

@@ -18,6 +18,8 @@ or after the last native frame of the block takes the edge value).
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +34,10 @@ HAMA_HOP = 320
 HAMA_CLASSES = 191
 # Log-probabilities below this carry no information but would dominate the feature's range.
 PPG_LOG_FLOOR = -10.0
+# Offline (bake) recognition of clips longer than 2 pieces of OFFLINE_MIN_PIECE_S runs in pieces
+# on all cores, each with this much audio context on both sides.
+OFFLINE_MIN_PIECE_S = 2
+OFFLINE_PIECE_CONTEXT_MS = 1000
 
 MEL_N_FFT = 512
 MEL_WIN = 400
@@ -166,12 +172,16 @@ class BlockwiseFrontEnd:
         total = num_frames(audio.size)
         if total == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        native, hop, offset = self._native(audio)
+        native, hop, offset = self._native_offline(audio)
         centers = offset + hop * np.arange(native.shape[0])
         return _interp(native, centers, np.arange(total) * (SAMPLE_RATE / FPS))
 
     def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
         raise NotImplementedError
+
+    def _native_offline(self, audio: np.ndarray) -> tuple[np.ndarray, int, float]:
+        """Native frames of a whole clip for ``offline``; a front-end may parallelise this."""
+        return self._native(audio)
 
 
 def _interp(native: np.ndarray, centers: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -252,8 +262,10 @@ class PosteriorgramFrontEnd(BlockwiseFrontEnd):
         self._mel = LogMelFrontEnd(config)
         self.dim = HAMA_CLASSES + self._mel.dim
         self._asr = hama.ASRModel()
+        self._asr_pool: list[Any] = [self._asr]
+        self.offline_workers = os.cpu_count() or 1
 
-    def log_probs(self, segment: np.ndarray) -> np.ndarray:
+    def log_probs(self, segment: np.ndarray, asr: Any = None) -> np.ndarray:
         """Raw recogniser log-probabilities [segment.size // 320 + 1, 191] of one utterance."""
         wav = np.ascontiguousarray(segment, dtype=np.float32).reshape(1, -1)
         if wav.size == 0:
@@ -261,17 +273,47 @@ class PosteriorgramFrontEnd(BlockwiseFrontEnd):
             # of relying on that edge case.
             wav = np.zeros((1, HAMA_HOP), dtype=np.float32)
         lengths = np.array([wav.shape[1]], dtype=np.int64)
-        log_probs, out_lengths = self._asr.session.run(
+        log_probs, out_lengths = (asr or self._asr).session.run(
             ["log_probs", "out_lengths"], {"waveform": wav, "waveform_lengths": lengths}
         )
         n = int(np.asarray(out_lengths).reshape(-1)[0])
         return np.asarray(log_probs[0, :n], dtype=np.float32)
 
     def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
-        ppg = (np.maximum(self.log_probs(segment), PPG_LOG_FLOOR) + 5.0) / 5.0
+        return self._with_mel(segment, self.log_probs(segment))
+
+    def _with_mel(self, segment: np.ndarray, log_probs: np.ndarray) -> tuple[np.ndarray, int, float]:
+        ppg = (np.maximum(log_probs, PPG_LOG_FLOOR) + 5.0) / 5.0
         # Log-mel on hama's 20 ms grid (every other mel frame): one grid, one interpolation.
         mel = self._mel.frames(segment, ppg.shape[0], hop=HAMA_HOP)
         return np.concatenate([ppg, mel], axis=1), HAMA_HOP, 0.0
+
+    def _native_offline(self, audio: np.ndarray) -> tuple[np.ndarray, int, float]:
+        """The recogniser over a long clip in pieces on every core (it is single-threaded): each
+        piece is recognised with OFFLINE_PIECE_CONTEXT_MS of audio on both sides and keeps only
+        its own frames, so a bake runs ~cores times faster at the cost of context beyond 1 s."""
+        n_native = audio.size // HAMA_HOP + 1
+        pieces = min(self.offline_workers, audio.size // (OFFLINE_MIN_PIECE_S * SAMPLE_RATE))
+        if pieces <= 1:
+            return self._native(audio)
+        while len(self._asr_pool) < pieces:  # one recogniser per thread: hama's handle is not shared
+            import hama
+
+            self._asr_pool.append(hama.ASRModel())
+        bounds = np.linspace(0, n_native, pieces + 1).round().astype(int)
+        ctx = _ms_to_samples(OFFLINE_PIECE_CONTEXT_MS) // HAMA_HOP
+
+        def piece(i: int) -> np.ndarray:
+            q0, q1 = int(bounds[i]), int(bounds[i + 1])
+            c0, c1 = max(0, q0 - ctx), min(n_native, q1 + ctx)
+            # native frame q is centred on sample q * HAMA_HOP, so a segment from sample c0 * HAMA_HOP
+            # puts whole-clip frame c0 + j at its frame j
+            lp = self.log_probs(audio[c0 * HAMA_HOP : c1 * HAMA_HOP], self._asr_pool[i])
+            return lp[q0 - c0 : q1 - c0]
+
+        with ThreadPoolExecutor(pieces) as pool:
+            log_probs = np.concatenate(list(pool.map(piece, range(pieces))))
+        return self._with_mel(audio, log_probs)
 
 
 # --- wav2vec2 / HuBERT ----------------------------------------------------------------------
