@@ -28,6 +28,9 @@ class Preset:
     crossfade_frames: int  # frames blended with the previous hop's provisional frames
     feature_block_frames: int  # frames per front-end call (3 = the 100 ms blocks the model was trained on)
     feature_lookahead_ms: int  # audio the front-end waits for past its last frame
+    # time constant of a causal low-pass on head rotation (0: off). Each hop's head motion is
+    # sampled afresh, so hop boundaries add jitter at the hop rate that real heads do not have.
+    head_smoothing_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.hop_frames < 1 or self.window_frames < self.hop_frames:
@@ -36,6 +39,8 @@ class Preset:
             raise ValueError(f"preset {self.name}: crossfade_frames must be in 0..window_frames - hop_frames")
         if self.feature_block_frames < 1 or self.steps < 1 or self.model_lookahead_frames < 0:
             raise ValueError(f"preset {self.name}: feature_block_frames and steps must be >= 1")
+        if self.head_smoothing_ms < 0:
+            raise ValueError(f"preset {self.name}: head_smoothing_ms must be >= 0")
 
     def latency_budget_ms(self) -> float:
         """Worst-case wait for audio before a hop can run (compute and transport come on top)."""
@@ -46,12 +51,13 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # A VTuber's mic: 67 ms hops and 2 DDIM steps. The model's full 2-frame lookahead is kept and
-    # the recogniser's dropped: measured on held-out clips (docs/ENGINE.md), the model lookahead
-    # is what keeps bilabial closures (without it they fall from 69 % to 42 %, with the
-    # recogniser's 40 ms instead), and a hop of 1 frame is worse than 2 (54 % closed).
-    "low-latency": Preset("low-latency", hop_frames=2, window_frames=8, model_lookahead_frames=2, steps=2,
-                          crossfade_frames=0, feature_block_frames=2, feature_lookahead_ms=0),
+    # A VTuber's mic: 67 ms hops. The model's full 2-frame lookahead is kept and the recogniser's
+    # dropped: measured on held-out clips (docs/ENGINE.md), the model lookahead is what keeps
+    # bilabial closures, and hops of 1 frame are worse than 2. One DDIM step (x0 straight from
+    # noise) scored better than 2-4 on every mouth metric at this hop, at half the compute.
+    "low-latency": Preset("low-latency", hop_frames=2, window_frames=8, model_lookahead_frames=2, steps=1,
+                          crossfade_frames=0, feature_block_frames=2, feature_lookahead_ms=0,
+                          head_smoothing_ms=100.0),
     # NPC dialogue and anything that can wait half a second: the model's full lookahead and the
     # front-end schedule it was trained on.
     "quality": Preset("quality", hop_frames=15, window_frames=19, model_lookahead_frames=2, steps=4,

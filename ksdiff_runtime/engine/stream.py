@@ -238,8 +238,10 @@ class StreamState:
             window[:X] = (1.0 - w) * self._provisional[:X] + w * window[:X]
         end = self.total_frames
         n = p.hop_frames if end is None else min(p.hop_frames, end - self.emitted)
-        new = window[:n]
+        new = window[:n].copy()
         self._provisional = window[p.hop_frames :].copy()
+        if p.head_smoothing_ms > 0 and n:
+            new[:, self.cfg.expr_dim :] = self._smooth_head(new[:, self.cfg.expr_dim :])
         C = self.cfg.motion_context_frames
         self._ctx = np.concatenate([self._ctx, new])[-C:]
         first = self.emitted
@@ -248,6 +250,16 @@ class StreamState:
         frames = self._resample(new, first, now_ns)
         self._trim()
         return frames
+
+    def _smooth_head(self, head: np.ndarray) -> np.ndarray:
+        """One-pole low-pass from the last emitted head pose (exact per frame, so chunk-invariant)."""
+        a = 1.0 - np.exp(-1000.0 / (FPS * self.preset.head_smoothing_ms))
+        prev = self._ctx[-1, self.cfg.expr_dim :] if self.emitted else head[0]
+        out = np.empty_like(head)
+        for j in range(len(head)):
+            prev = prev + a * (head[j] - prev)
+            out[j] = prev
+        return out
 
     def _resample(self, new: np.ndarray, first: int, now_ns: int) -> list[Frame]:
         """Output frames at ``out_fps`` whose times fall within the native frames emitted so far
