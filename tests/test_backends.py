@@ -247,6 +247,20 @@ def test_auto_picks_onnxruntime_cpu_here_and_says_why(tiny_checkpoint, tmp_path,
     assert load_backend("onnxruntime", tiny_checkpoint, export_dir=tmp_path / "exp").name == "onnxruntime-cpu"
 
 
+def test_auto_falls_back_to_torch_cpu_when_onnxruntime_fails(tiny_checkpoint, tmp_path, caplog, monkeypatch):
+    from ksdiff_runtime.backends import onnxruntime_backend
+
+    def broken(*args, **kwargs):
+        raise BackendError("onnxruntime-cpu: ONNX Runtime cannot load the graphs (simulated)")
+
+    monkeypatch.setattr(onnxruntime_backend, "OnnxRuntimeBackend", broken)
+    caplog.set_level(logging.INFO, logger="ksdiff_runtime.backends")
+    backend = load_backend("auto", tiny_checkpoint, export_dir=tmp_path / "exp")
+    assert backend.name == ("torch-cuda" if HAS_CUDA else "torch-cpu")
+    if not HAS_CUDA:
+        assert any(r.levelno == logging.WARNING and "simulated" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
 def test_tensorrt_without_tensorrt_is_a_clear_error(tiny_checkpoint, tmp_path, caplog):
     with pytest.raises(BackendError, match="tensorrt: the tensorrt Python package is not installed"):

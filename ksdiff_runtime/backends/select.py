@@ -1,6 +1,6 @@
 """Choosing and loading a backend by name: ``load_backend("auto")`` and friends.
 
-    auto              tensorrt > torch-cuda > onnxruntime-cpu: the first that loads here
+    auto              tensorrt > torch-cuda > onnxruntime-cpu > torch-cpu: the first that loads here
     torch             torch-cuda if torch sees a GPU, else torch-cpu
     onnxruntime       onnxruntime-cuda if this onnxruntime build has the CUDA provider, else onnxruntime-cpu
     torch-cpu, torch-cuda, onnxruntime-cpu, onnxruntime-cuda, tensorrt: exactly that one
@@ -24,7 +24,9 @@ log = logging.getLogger("ksdiff_runtime.backends")
 
 BACKEND_NAMES = ("auto", "torch", "torch-cpu", "torch-cuda", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda",
                  "tensorrt")
-AUTO_ORDER = ("tensorrt", "torch-cuda", "onnxruntime-cpu")
+# torch-cpu last: slower than ONNX Runtime on a CPU, but it needs no export, so it still runs
+# when ONNX Runtime or the export cannot
+AUTO_ORDER = ("tensorrt", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
 # fastest first; with fallback=True a failed backend falls back to the auto-order ones after it here
 PREFERENCE = ("tensorrt", "torch-cuda", "onnxruntime-cuda", "onnxruntime-cpu", "torch-cpu")
 
