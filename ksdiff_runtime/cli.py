@@ -19,6 +19,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("ksdiff_runtime.training.stream_eval", "eval-stream"),
     ("ksdiff_runtime.bake", "bake"),
     ("ksdiff_runtime.backends.export", "export"),
+    ("ksdiff_runtime.bench", "bench"),
 )
 
 
