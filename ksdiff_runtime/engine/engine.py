@@ -79,8 +79,10 @@ class StreamingEngine:
         g = guidance or Guidance()
         variants = 1 + sum(scale != 1.0 for scale in (g.audio, g.style, g.text))
         self.max_batch = max(1, min(max_batch, getattr(backend, "max_batch", max_batch) // variants))
-        # The preset sets the front-end's lookahead; its recogniser is shared by every stream.
+        # The preset sets the front-end's lookahead (and context); its recogniser is shared by every stream.
         fe_cfg = dataclasses.replace(self.cfg.front_end, lookahead_ms=self.preset.feature_lookahead_ms)
+        if self.preset.feature_left_context_ms is not None:
+            fe_cfg = dataclasses.replace(fe_cfg, left_context_ms=self.preset.feature_left_context_ms)
         self.front_end = front_end or make_front_end(fe_cfg)
         self._streams: dict[str, StreamState] = {}
         self._pending: dict[str, _Pending] = {}
