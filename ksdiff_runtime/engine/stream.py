@@ -240,8 +240,10 @@ class StreamState:
         n = p.hop_frames if end is None else min(p.hop_frames, end - self.emitted)
         new = window[:n].copy()
         self._provisional = window[p.hop_frames :].copy()
+        D = self.cfg.expr_dim
+        # (a low-pass on blendshapes was tried too: it only blurred closures, docs/ENGINE.md)
         if p.head_smoothing_ms > 0 and n:
-            new[:, self.cfg.expr_dim :] = self._smooth_head(new[:, self.cfg.expr_dim :])
+            new[:, D:] = self._low_pass(new[:, D:], self._ctx[-1, D:], p.head_smoothing_ms)
         C = self.cfg.motion_context_frames
         self._ctx = np.concatenate([self._ctx, new])[-C:]
         first = self.emitted
@@ -251,13 +253,13 @@ class StreamState:
         self._trim()
         return frames
 
-    def _smooth_head(self, head: np.ndarray) -> np.ndarray:
-        """One-pole low-pass from the last emitted head pose (exact per frame, so chunk-invariant)."""
-        a = 1.0 - np.exp(-1000.0 / (FPS * self.preset.head_smoothing_ms))
-        prev = self._ctx[-1, self.cfg.expr_dim :] if self.emitted else head[0]
-        out = np.empty_like(head)
-        for j in range(len(head)):
-            prev = prev + a * (head[j] - prev)
+    def _low_pass(self, x: np.ndarray, last: np.ndarray, time_constant_ms: float) -> np.ndarray:
+        """One-pole low-pass continuing from the last emitted frame (per frame, so chunk-invariant)."""
+        a = 1.0 - np.exp(-1000.0 / (FPS * time_constant_ms))
+        prev = last if self.emitted else x[0]
+        out = np.empty_like(x)
+        for j in range(len(x)):
+            prev = prev + a * (x[j] - prev)
             out[j] = prev
         return out
 
