@@ -242,7 +242,7 @@ def bench_front_end(cfg, preset, speech: Speech, s: Settings) -> dict[str, Any]:
     from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
     from ksdiff_runtime.engine.stream import PROSODY_CONTEXT_FRAMES, frame_sample
 
-    fe = make_front_end(dataclasses.replace(cfg.front_end, lookahead_ms=preset.feature_lookahead_ms))
+    fe = make_front_end(preset.front_end_config(cfg.front_end))
     H, G = preset.hop_frames, preset.feature_block_frames
     audio = speech.audio
     total_frames = motion.num_frames(audio.size)
@@ -490,8 +490,7 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
 
     preset = get_preset(preset_name)
     cfg = backend.constants.cfg
-    timed_fe = TimedFrontEnd(make_front_end(dataclasses.replace(cfg.front_end,
-                                                                lookahead_ms=preset.feature_lookahead_ms)))
+    timed_fe = TimedFrontEnd(make_front_end(preset.front_end_config(cfg.front_end)))
     timed_be = TimedBackend(backend)
     engine = StreamingEngine(timed_be, preset, front_end=timed_fe, stream_timeout_s=max(60.0, 2 * seconds))  # type: ignore[arg-type]
     loop = looped_speech(audio)

@@ -13,7 +13,6 @@ whose input or computation fails is ended with an error; the others keep running
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -80,10 +79,7 @@ class StreamingEngine:
         variants = 1 + sum(scale != 1.0 for scale in (g.audio, g.style, g.text))
         self.max_batch = max(1, min(max_batch, getattr(backend, "max_batch", max_batch) // variants))
         # The preset sets the front-end's lookahead (and context); its recogniser is shared by every stream.
-        fe_cfg = dataclasses.replace(self.cfg.front_end, lookahead_ms=self.preset.feature_lookahead_ms)
-        if self.preset.feature_left_context_ms is not None:
-            fe_cfg = dataclasses.replace(fe_cfg, left_context_ms=self.preset.feature_left_context_ms)
-        self.front_end = front_end or make_front_end(fe_cfg)
+        self.front_end = front_end or make_front_end(self.preset.front_end_config(self.cfg.front_end))
         self._streams: dict[str, StreamState] = {}
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()

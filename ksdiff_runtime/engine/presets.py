@@ -13,9 +13,11 @@ longer window). Latency budget for the first frame of a hop (the worst one):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ksdiff_runtime import motion
+from ksdiff_runtime.audio.features import FrontEndConfig
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,13 @@ class Preset:
             raise ValueError(f"preset {self.name}: feature_block_frames and steps must be >= 1")
         if self.head_smoothing_ms < 0:
             raise ValueError(f"preset {self.name}: head_smoothing_ms must be >= 0")
+
+    def front_end_config(self, trained: FrontEndConfig) -> FrontEndConfig:
+        """The model's front-end with this preset's lookahead (and context, when it sets one)."""
+        fe = dataclasses.replace(trained, lookahead_ms=self.feature_lookahead_ms)
+        if self.feature_left_context_ms is not None:
+            fe = dataclasses.replace(fe, left_context_ms=self.feature_left_context_ms)
+        return fe
 
     def latency_budget_ms(self) -> float:
         """Worst-case wait for audio before a hop can run (compute and transport come on top)."""
