@@ -139,6 +139,25 @@ def test_batched_streams_get_the_frames_they_would_get_alone(tiny_backend, speec
     assert ticks < hops
 
 
+def test_front_ends_of_many_streams_run_on_threads_with_the_same_features(shipped_backend, speech_16k):
+    """Three streams' recognisers run on the engine's thread pool (each thread its own hama
+    session); every stream gets what it gets alone."""
+    engine = StreamingEngine(shipped_backend, "quality", front_end_threads=3)
+    assert engine._pool is not None
+    gains = (1.0, 0.6, 0.3)
+    alone = [as_arrays(run_stream(engine, [speech_16k * g], seed=i))[0] for i, g in enumerate(gains)]
+    ids = [engine.open_stream(seed=i) for i in range(len(gains))]
+    for sid, g in zip(ids, gains, strict=True):
+        engine.push(sid, speech_16k * g)
+        engine.end_stream(sid)
+    result = engine.step()
+    engine.close()
+    assert sorted(result.finished) == sorted(ids)
+    for sid, ref in zip(ids, alone, strict=True):
+        got = as_arrays([f for f in result.frames if f.stream_id == sid])[0]
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
 def test_streams_join_and_leave_at_any_time(tiny_backend, speech_16k):
     engine = StreamingEngine(tiny_backend, "low-latency")
     a = engine.open_stream("a")

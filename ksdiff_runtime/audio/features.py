@@ -36,8 +36,8 @@ HAMA_CLASSES = 191
 PPG_LOG_FLOOR = -10.0
 # Offline (bake) recognition of clips longer than 2 pieces of OFFLINE_MIN_PIECE_S runs in pieces
 # on all cores, each with this much audio context on both sides.
-OFFLINE_MIN_PIECE_S = 2
-OFFLINE_PIECE_CONTEXT_MS = 1000
+OFFLINE_MIN_PIECE_S = 1
+OFFLINE_PIECE_CONTEXT_MS = 500
 
 MEL_N_FFT = 512
 MEL_WIN = 400

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT
+from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
 
 from .base import Backend, BackendError
 from .export import default_cache_dir, ensure_export, sha256_file
@@ -121,6 +121,8 @@ def load_backend(
     """
     concrete = resolve(name)
     checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():  # before any backend tries (and fails less clearly) to hash or export it
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist")
     options = dict(checkpoint=checkpoint, export_dir=Path(export_dir) if export_dir else None,
                    device_index=device_index, threads=threads, cuda_graphs=cuda_graphs,
                    engine_cache=Path(engine_cache) if engine_cache else None)

@@ -14,9 +14,11 @@ whose input or computation fails is ended with an error; the others keep running
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +63,7 @@ class StreamingEngine:
         guidance: Guidance | None = None,
         max_batch: int = 256,
         front_end: BlockwiseFrontEnd | None = None,
+        front_end_threads: int | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -80,6 +83,10 @@ class StreamingEngine:
         self.max_batch = max(1, min(max_batch, getattr(backend, "max_batch", max_batch) // variants))
         # The preset sets the front-end's lookahead (and context); its recogniser is shared by every stream.
         self.front_end = front_end or make_front_end(self.preset.front_end_config(self.cfg.front_end))
+        # a given front-end (e.g. an instrumented one) runs on the step thread only
+        threads = (os.cpu_count() or 1) if front_end_threads is None and front_end is None else (front_end_threads or 1)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
+        self._local = threading.local()
         self._streams: dict[str, StreamState] = {}
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
@@ -155,6 +162,7 @@ class StreamingEngine:
             taken = {sid: (p.chunks, p.end, p.last_push_ns) for sid, p in self._pending.items()}
             for p in self._pending.values():
                 p.chunks = []
+        fed: list[StreamState] = []
         for sid, (chunks, end, last_push) in taken.items():
             state = self._streams[sid]
             try:
@@ -162,14 +170,24 @@ class StreamingEngine:
                     state.append_audio(audio, at_sample, captured)
                 if end and not state.ended:
                     state.end()
-                if not state.ended and now_ns - last_push > self.stream_timeout_ns:
-                    log.warning("stream %s: no audio for %.1f s; freed", sid, (now_ns - last_push) / 1e9)
-                    result.timed_out.append(sid)
-                    self._drop(sid)
-                    continue
-                state.update_features()
             except Exception as exc:  # one bad stream must not stop the others
                 self._fail(sid, exc, result)
+                continue
+            if not state.ended and now_ns - last_push > self.stream_timeout_ns:
+                log.warning("stream %s: no audio for %.1f s; freed", sid, (now_ns - last_push) / 1e9)
+                result.timed_out.append(sid)
+                self._drop(sid)
+            elif chunks or end:
+                fed.append(state)
+        # The recogniser is per stream and single-threaded, and it releases the GIL: streams'
+        # front-ends run on a thread pool, each thread with its own recogniser.
+        if len(fed) > 1 and self._pool is not None:
+            errors = list(self._pool.map(self._update_features, fed))
+        else:
+            errors = [self._update_features(state, self.front_end) for state in fed]
+        for state, exc in zip(fed, errors, strict=True):
+            if exc is not None:
+                self._fail(state.id, exc, result)
         while True:
             ready = [s for s in self._streams.values() if s.hop_ready()]
             if not ready:
@@ -181,6 +199,24 @@ class StreamingEngine:
                 result.finished.append(sid)
                 self._drop(sid)
         return result
+
+    def _update_features(self, state: StreamState, front_end: BlockwiseFrontEnd | None = None) -> Exception | None:
+        """Run a stream's front-end (on a pool thread: with that thread's own recogniser)."""
+        if front_end is None:
+            if not hasattr(self._local, "front_end"):
+                self._local.front_end = make_front_end(self.front_end.config)
+            front_end = self._local.front_end
+        try:
+            state.update_features(front_end)
+        except Exception as exc:
+            return exc
+        return None
+
+    def close(self) -> None:
+        """Stop the front-end threads (streams are not flushed)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _tick(self, streams: list[StreamState], result: StepResult) -> None:
         windows = [s.hop_window() for s in streams]

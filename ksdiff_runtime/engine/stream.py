@@ -142,8 +142,12 @@ class StreamState:
         return motion.num_frames(self.samples) if self.ended else None
 
     # --- features ----------------------------------------------------------------------------
-    def update_features(self) -> int:
-        """Run the front-end on every frame group whose audio is complete; returns groups run."""
+    def update_features(self, front_end: BlockwiseFrontEnd | None = None) -> int:
+        """Run the front-end on every frame group whose audio is complete; returns groups run.
+
+        ``front_end``: the instance to compute with (an engine gives each of its threads its own
+        recogniser); the same configuration as the stream's, so the same features."""
+        compute = front_end or self.front_end
         G = self.preset.feature_block_frames
         runs = 0
         while True:
@@ -155,7 +159,7 @@ class StreamState:
                     return runs
             elif self.samples < self.front_end.range_samples(f0, f1)[1]:
                 return runs
-            feats = self.front_end.range_features(self._audio, f0, f1, offset=self.audio_offset)
+            feats = compute.range_features(self._audio, f0, f1, offset=self.audio_offset)
             n = feats.shape[0]
             if n == 0:  # cannot happen with the sample counts above; never loop on it
                 raise RuntimeError(f"stream {self.id}: front-end gave no frames for [{f0}, {f1})")
