@@ -76,22 +76,19 @@ def default_cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ksdiff-runtime"
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(*paths: Path) -> str:
+    """sha256 over the bytes of the files, in order (read in 1 MiB blocks: engines can be large)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 
 def model_hash(export_dir: Path) -> str:
     """sha256 over both ONNX files' bytes (conditioner then denoiser): names the exported graphs + weights."""
-    h = hashlib.sha256()
-    for name in (CONDITIONER_FILE, DENOISER_FILE):
-        with open(Path(export_dir) / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    return sha256_file(Path(export_dir) / CONDITIONER_FILE, Path(export_dir) / DENOISER_FILE)
 
 
 # --- random graph inputs (export tracing and verification) --------------------------------------

@@ -35,7 +35,7 @@ from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.graphs import CONDITIONER_OUTPUTS, DENOISER_OUTPUTS
 
 from .base import BackendError
-from .export import CONDITIONER_FILE, DENOISER_FILE, default_cache_dir, load_export
+from .export import CONDITIONER_FILE, DENOISER_FILE, default_cache_dir, load_export, sha256_file
 
 log = logging.getLogger("ksdiff_runtime.backends")
 
@@ -172,7 +172,7 @@ def sidecar_problem(engine: Path, sidecar: Path, fields: dict) -> str | None:
     differ = sorted(k for k in set(fields) | set(recorded) if fields.get(k) != recorded.get(k))
     if differ:
         return f"{engine.name} was built for another {', '.join(differ)} (stale or foreign)"
-    if meta.get("engine_sha256") != _sha256(engine):
+    if meta.get("engine_sha256") != sha256_file(engine):
         return f"{engine.name} does not match its sidecar's sha256 (corrupt or truncated)"
     return None
 
@@ -186,16 +186,9 @@ def plan_engine(cache_dir: Path, fields: dict, rebuild: bool = False) -> EngineP
 
 def write_sidecar(plan: EnginePlan) -> None:
     meta = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "fields": plan.fields,
-            "engine_sha256": _sha256(plan.engine), "key": engine_key(plan.fields)}
+            "engine_sha256": sha256_file(plan.engine), "key": engine_key(plan.fields)}
     _atomic_write(plan.sidecar, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes | memoryview) -> None:
