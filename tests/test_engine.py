@@ -235,6 +235,16 @@ def test_gaps_are_filled_with_silence_and_repeats_dropped(tiny_backend, speech_1
     engine.end_stream(sid)
     got = as_arrays(engine.step().frames)[0]
     np.testing.assert_array_equal(got, ref)
+    # a gap of minutes is not filled with silence: that stream fails clearly, another goes on
+    engine.open_stream("paused")
+    engine.open_stream("other")
+    engine.push("paused", speech_16k[:1000], at_sample=0)
+    engine.push("paused", speech_16k[:1000], at_sample=SAMPLE_RATE * 600)
+    engine.push("other", speech_16k)
+    engine.end_stream("other")
+    result = engine.step()
+    assert "paused" in result.failed and "599.9 s of audio missing" in result.failed["paused"]
+    assert "other" in result.finished and len(result.frames) == motion.num_frames(speech_16k.size)
 
 
 def test_output_at_60_fps_interpolates_the_30_fps_frames(tiny_backend, speech_16k):

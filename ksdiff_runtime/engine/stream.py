@@ -32,6 +32,8 @@ log = logging.getLogger("ksdiff_runtime.engine")
 # Prosody of a frame range is computed over this many frames before it (YIN needs 64 ms of
 # audio around a frame; the rest keeps the relative voicing gate from seeing too little).
 PROSODY_CONTEXT_FRAMES = 6
+# Longest gap on a stream's clock that is filled with silence; a longer one fails the stream.
+MAX_GAP_S = 10
 
 
 def frame_sample(frame: int) -> int:
@@ -116,6 +118,11 @@ class StreamState:
         if at_sample is not None:
             if at_sample > self.samples:
                 gap = at_sample - self.samples
+                if gap > MAX_GAP_S * SAMPLE_RATE:
+                    # silence this long would cost recogniser time and memory for nothing
+                    raise ValueError(f"stream {self.id}: {gap / SAMPLE_RATE:.1f} s of audio missing before sample "
+                                     f"{at_sample} (at most {MAX_GAP_S} s is filled with silence); end the stream "
+                                     "and open a new one after a long pause")
                 self.gap_samples += gap
                 log.warning("stream %s: %d samples (%.0f ms) missing before sample %d; filled with silence",
                             self.id, gap, 1000 * gap / SAMPLE_RATE, at_sample)
