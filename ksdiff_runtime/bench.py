@@ -7,7 +7,8 @@ Sections (``--only`` picks some):
               stream-hop (the phoneme recogniser runs per stream, on the CPU); from both, how many
               streams one device serves in real time
     latency   a real-time run per preset: a paced feeder (a simulated sound card, 10 ms blocks),
-              the engine on its own thread, every frame published as msgpack on a ZeroMQ socket
+              the engine on its own thread, every frame published in the wire protocol (msgpack,
+              ksdiff_runtime/protocol.py) on a ZeroMQ socket
               and received by a subscriber thread; latency = receive time - capture time
     bake      offline real-time factor of the bake path, one clip and a batch of 16 clips
     memory    peak RSS, RSS per phase, the engine's per-stream state, GPU memory on GPU runs
@@ -56,7 +57,7 @@ BATCH_CLIPS = 16
 
 CAPTURE_BLOCK_SAMPLES = 160  # 10 ms at 16 kHz: what a sound card hands over at a time
 LOOP_SILENCE_S = 0.5  # between loops of the sample, so the engine also sees pauses
-END_MESSAGE = b"END"  # the publisher's last message: the subscriber stops on it, no timing guesswork
+END_TOPIC = b"bench/end"  # the publisher's last message: the subscriber stops on it, no timing guesswork
 
 DEFAULT_SAMPLE = Path(__file__).resolve().parent / "assets" / "sample_speech.wav"
 
@@ -459,15 +460,14 @@ class TimedBackend:
             self.ns += time.perf_counter_ns() - t0
 
 
-def pack_frame(frame) -> bytes:
-    """A frame as one msgpack message (arrays as little-endian float32 bytes)."""
-    import msgpack
+def encode_frame(frame, seq: int, fps: int, lookahead_ms: float, compute_ms: float) -> tuple[bytes, bytes]:
+    """(topic, payload) of a frame in the wire protocol, as the runtime publishes it."""
+    from ksdiff_runtime import protocol
 
-    return msgpack.packb({
-        "stream": frame.stream_id, "index": frame.index, "t_audio": frame.t_audio,
-        "blendshapes": frame.blendshapes.astype("<f4").tobytes(), "head": frame.head.astype("<f4").tobytes(),
-        "captured_ns": frame.captured_ns, "emitted_ns": frame.emitted_ns, "last": frame.last,
-    }, use_bin_type=True)
+    gaze = motion.gaze_from_blendshapes(frame.blendshapes)
+    return protocol.encode_frame(frame.stream_id, seq, frame.index, fps, frame.t_audio, frame.blendshapes,
+                                 frame.head, gaze, frame.captured_ns, time.monotonic_ns(), lookahead_ms, compute_ms,
+                                 frame.last)
 
 
 def looped_speech(audio: np.ndarray) -> np.ndarray:
@@ -481,9 +481,9 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
     Latency per frame = receive time - capture time of the audio instant the frame animates. With
     ``streams`` > 1 every stream gets the speech from another place, in the same 10 ms blocks.
     """
-    import msgpack
     import zmq
 
+    from ksdiff_runtime import protocol
     from ksdiff_runtime.audio.features import make_front_end
     from ksdiff_runtime.engine.engine import StreamingEngine
     from ksdiff_runtime.engine.presets import get_preset
@@ -516,10 +516,14 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
     pub.recv()  # the subscription message
 
     sids = [engine.open_stream(f"bench-{i}") for i in range(streams)]
+    wait_ms = preset.latency_budget_ms()  # the frame message's lookahead_ms
     feeder_done = threading.Event()
     abort = threading.Event()
     errors: list[BaseException] = []
-    received: list[tuple[int, int, int, float]] = []  # (recv_ns, captured_ns, emitted_ns, t_audio)
+    # (recv_ns, captured_ns, engine's emitted_ns, published_ns, t_audio) per received frame
+    received: list[tuple[int, int, int, int, float]] = []
+    # the engine's emitted_ns is not on the wire: the subscriber looks it up by (stream, seq)
+    emitted: dict[tuple[str, int], int] = {}
     # (start ns, step ms, front-end ms, model ms, ticks) of the steps that computed hops
     steps: list[tuple[int, float, float, float, int]] = []
     counts = {"chunks": 0, "frames_sent": 0, "no_capture_time": 0}
@@ -570,13 +574,15 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
                     if frame.captured_ns is None:
                         counts["no_capture_time"] += 1
                         continue
-                    pub.send(pack_frame(frame))
+                    seq = counts["frames_sent"]
+                    emitted[(frame.stream_id, seq)] = frame.emitted_ns
+                    pub.send_multipart(encode_frame(frame, seq, engine.fps, wait_ms, (s1 - s0) / 1e6))
                     counts["frames_sent"] += 1
         except BaseException as exc:
             errors.append(exc)
             abort.set()
         finally:
-            pub.send(END_MESSAGE)
+            pub.send_multipart([END_TOPIC, b""])
 
     def subscriber() -> None:
         try:
@@ -585,12 +591,13 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
                     if abort.is_set():
                         break
                     continue
-                msg = sub.recv()
+                topic, payload = sub.recv_multipart()
                 now = time.monotonic_ns()  # first thing after the message arrives
-                if msg == END_MESSAGE:
+                if topic == END_TOPIC:
                     break
-                d = msgpack.unpackb(msg)
-                received.append((now, d["captured_ns"], d["emitted_ns"], d["t_audio"]))
+                d = protocol.decode(payload)  # validated, as a client would
+                received.append((now, d["captured_ns"], emitted[(d["stream"], d["seq"])], d["published_ns"],
+                                 d["t_audio"]))
         except BaseException as exc:
             errors.append(exc)
             abort.set()
@@ -622,12 +629,13 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
     kept = [r for r in received if r[1] >= start_ns]
     latency = [(r[0] - r[1]) / 1e6 for r in kept]
     transport = [(r[0] - r[2]) / 1e6 for r in kept]
+    wire = [(r[0] - r[3]) / 1e6 for r in kept]
     kept_steps = [st for st in steps if st[0] >= start_ns]
     step_ms = [st[1] for st in kept_steps]
     step_fe = [st[2] for st in kept_steps]
     step_model = [st[3] for st in kept_steps]
     hop_ms = preset_hop_ms(preset)
-    last_t = max((r[3] for r in received), default=0.0)
+    last_t = max((r[4] for r in received), default=0.0)
     lag_ms = 1000 * (audio_s - last_t)
     # kept up: the newest frame trails the newest audio by no more than what the preset waits for,
     # one hop and 100 ms of compute; falling behind shows as a lag that grows with the run's length
@@ -638,7 +646,8 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
         "streams": streams,
         "seconds": seconds,
         "discarded_s": discard_s,
-        "transport": f"msgpack over ZeroMQ XPUB/SUB, tcp://127.0.0.1 (ephemeral port {port})",
+        "transport": f"wire protocol v{protocol.PROTOCOL_MAJOR}.{protocol.PROTOCOL_MINOR} frames (msgpack) over "
+                     f"ZeroMQ XPUB/SUB, tcp://127.0.0.1 (ephemeral port {port})",
         "latency_ms": pcts(latency, (50, 95, 99)) | {"max": round(max(latency), 3) if latency else None},
         "latency_samples_ms": [round(x, 2) for x in latency],  # for the histogram
         "budget": {
@@ -651,7 +660,8 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
             "compute_per_step_ms": pcts(step_ms, (50, 95)),
             "front_end_per_step_ms": pcts(step_fe, (50, 95)),
             "model_per_step_ms": pcts(step_model, (50, 95)),
-            "transport_ms": pcts(transport, (50, 95)),
+            "transport_ms": pcts(transport, (50, 95)),  # engine emitted -> received
+            "wire_ms": pcts(wire, (50, 95)),  # published (after encoding) -> received and decoded
         },
         "ticks_per_step": pcts([st[4] for st in kept_steps], (50, 99)),
         "audio_seconds": round(audio_s, 3),

@@ -78,7 +78,8 @@ def test_latency_harness_frames_arrive_over_zeromq(speech_16k: np.ndarray) -> No
     for q in ("p50", "p95", "p99", "max"):
         assert positive_finite(r["latency_ms"][q])
     assert all(x > 0 for x in r["latency_samples_ms"])
-    assert positive_finite(r["budget"]["transport_ms"]["p50"])
+    assert positive_finite(r["budget"]["transport_ms"]["p50"]) and positive_finite(r["budget"]["wire_ms"]["p50"])
+    assert r["transport"].startswith("wire protocol v1")
     assert positive_finite(r["budget"]["compute_per_step_ms"]["p50"])
     assert r["audio_seconds"] == pytest.approx(2.0, abs=0.02)
     assert isinstance(r["kept_up"], bool)
