@@ -356,9 +356,10 @@ def capacity(compute: dict[str, Any], presets: list[str]) -> dict[str, Any]:
                              "B = the model-bound batch (1 when no batch is real time); front-end = range_features "
                              "+ prosody of the hop's feature groups; all wall-clock times on this machine",
         "formula_engine_thread_bound": "floor(hop_ms / (front_end_per_stream_hop_p50_ms + model_p50_ms(B) / B)): "
-                                       "StreamingEngine.step runs every stream's front-end and then the batched "
-                                       "model one after the other on its one thread, so the whole tick must fit "
-                                       "in a hop on that thread (what the engine as written can serve)",
+                                       "the bound if every stream's front-end ran on the step thread (an engine "
+                                       "built with front_end_threads=1, as the latency section's instrumented "
+                                       "front-end is); by default the engine runs front-ends on one thread per "
+                                       "core, so cpu_bound is the figure that applies",
         "cpu_cores": cores,
     }
     for label, entry in compute["backends"].items():
