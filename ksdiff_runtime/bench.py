@@ -241,7 +241,7 @@ def bench_front_end(cfg, preset, speech: Speech, s: Settings) -> dict[str, Any]:
     engine runs them (range_features at the preset's lookahead), plus the prosody the engine adds per group."""
     from ksdiff_runtime.audio.features import make_front_end
     from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
-    from ksdiff_runtime.engine.stream import PROSODY_CONTEXT_FRAMES, frame_sample
+    from ksdiff_runtime.engine.stream import prosody_span
 
     fe = make_front_end(preset.front_end_config(cfg.front_end))
     H, G = preset.hop_frames, preset.feature_block_frames
@@ -261,7 +261,8 @@ def bench_front_end(cfg, preset, speech: Speech, s: Settings) -> dict[str, Any]:
             t0 = time.perf_counter_ns()
             fe.range_features(audio, f0, f0 + G)
             t1 = time.perf_counter_ns()
-            seg = audio[frame_sample(max(0, f0 - PROSODY_CONTEXT_FRAMES)) : fe.range_samples(f0, f0 + G)[1]]
+            s0, s1 = prosody_span(fe, f0, f0 + G)
+            seg = audio[s0:s1]
             normalized_prosody(prosody(seg))
             f_fe += t1 - t0
             f_pr += time.perf_counter_ns() - t1

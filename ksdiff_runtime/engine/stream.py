@@ -41,6 +41,12 @@ def frame_sample(frame: int) -> int:
     return round(frame * SAMPLE_RATE / FPS)
 
 
+def prosody_span(front_end: BlockwiseFrontEnd, f0: int, f1: int) -> tuple[int, int]:
+    """Audio span [s0, s1) the prosody of frame group [f0, f1) is computed from: the group's own
+    audio (as the front-end reads it) plus PROSODY_CONTEXT_FRAMES before it."""
+    return frame_sample(max(0, f0 - PROSODY_CONTEXT_FRAMES)), front_end.range_samples(f0, f1)[1]
+
+
 @dataclass
 class Frame:
     """One output frame of one stream."""
@@ -178,8 +184,8 @@ class StreamState:
 
     def _prosody(self, f0: int, f1: int, f1_nominal: int) -> np.ndarray:
         k0 = max(0, f0 - PROSODY_CONTEXT_FRAMES)
-        s0 = frame_sample(k0)
-        s1 = min(self.samples, self.front_end.range_samples(f0, f1_nominal)[1])
+        s0, s1 = prosody_span(self.front_end, f0, f1_nominal)
+        s1 = min(self.samples, s1)
         seg = self._audio[s0 - self.audio_offset : s1 - self.audio_offset]
         # at the very end of a stream the segment may stop inside frame f1 - 1: pad with silence
         # so every frame gets its own row
