@@ -294,3 +294,15 @@ def test_presets_are_validated():
         Preset("x", hop_frames=4, window_frames=4, model_lookahead_frames=0, steps=2, crossfade_frames=2,
                feature_block_frames=1, feature_lookahead_ms=0)
     assert PRESETS["low-latency"].latency_budget_ms() < PRESETS["quality"].latency_budget_ms()
+
+
+def test_eval_stream_variants_name_preset_fields():
+    from ksdiff_runtime.training.stream_eval import parse_variant
+
+    v = parse_variant("low-latency:hop_frames=2,feature_block_frames=2,feature_left_context_ms=none")
+    assert (v.hop_frames, v.feature_block_frames, v.feature_left_context_ms) == (2, 2, None)
+    assert v.steps == PRESETS["low-latency"].steps and v.name.startswith("low-latency[")
+    with pytest.raises(SystemExit, match="not FIELD=VALUE"):
+        parse_variant("low-latency:hops=2")
+    with pytest.raises(ValueError, match="unknown preset"):
+        parse_variant("fast")

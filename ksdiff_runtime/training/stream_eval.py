@@ -10,6 +10,7 @@ and seeds are used everywhere.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from ksdiff_runtime.backends import BACKEND_NAMES, load_backend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.offline import Animation, animate
-from ksdiff_runtime.engine.presets import PRESETS
+from ksdiff_runtime.engine.presets import PRESETS, Preset, get_preset
 from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
 from ksdiff_runtime.training import metrics as M
 from ksdiff_runtime.training.dataset import Clip, build_feature_cache, load_clips
@@ -75,8 +76,10 @@ def stream_animations(
 
 
 def stream_eval(
-    checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu"
+    checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu",
+    variants: list[Preset] | None = None,
 ) -> dict:
+    """Both presets (or, given ``variants``, those presets instead) against whole-clip animation."""
     model = load_model(checkpoint)
     torch.manual_seed(0)
     build_feature_cache(corpus, cache, model.cfg)
@@ -88,13 +91,13 @@ def stream_eval(
     rows = {"whole clip (offline features, 4 steps)": score(
         clips, animate(model, model_inputs(clips), steps=4, style=style), beats_audio, (0.5, 0.5))}
     backend = load_backend(backend_name, checkpoint)
-    presets = {}
-    for name, preset in PRESETS.items():
+    presets: dict[str, Preset] = {}
+    for preset in variants or list(PRESETS.values()):
         engine = StreamingEngine(backend, preset)
         anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1))
-        label = f"stream {name} ({preset.steps} steps, hop {preset.hop_frames})"
+        label = f"stream {preset.name} ({preset.steps} steps, hop {preset.hop_frames})"
         rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
-        presets[label] = name
+        presets[label] = preset
     whole = rows["whole clip (offline features, 4 steps)"]
     deltas: dict[str, dict[str, float | None]] = {}
     for label in presets:
@@ -107,7 +110,7 @@ def stream_eval(
             deltas[label][key] = rel
     result = {"checkpoint": str(checkpoint), "backend": backend.name, "clips": len(clips), "rows": rows,
               "relative_to_whole_clip": deltas,
-              "presets": {label: vars(PRESETS[n]) for label, n in presets.items()}, "tolerance": TOLERANCE}
+              "presets": {label: vars(p) for label, p in presets.items()}, "tolerance": TOLERANCE}
     out.mkdir(parents=True, exist_ok=True)
     (out / "stream_quality.json").write_text(json.dumps(result, indent=2))
     table = format_table(result)
@@ -151,9 +154,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clips", type=int, default=80, help="evaluate on at most this many clips (0 = all)")
     p.add_argument("--out", type=Path, default=Path("runs/eval-stream"), help="where stream_quality.json/.md go")
     p.add_argument("--backend", default="torch-cpu", choices=BACKEND_NAMES, help="backend the streams run on")
+    p.add_argument("--variant", action="append", default=[], metavar="PRESET:FIELD=VALUE,...",
+                   help="score a preset with fields changed instead of the two presets (repeatable), e.g. "
+                   "'low-latency:hop_frames=2,feature_block_frames=2' (how the sweeps in docs/ENGINE.md were run)")
     p.set_defaults(func=run)
 
 
+def parse_variant(text: str) -> Preset:
+    """'low-latency:hop_frames=2,steps=1' -> that preset with those fields (numbers, or 'none')."""
+    name, _, changes = text.partition(":")
+    preset = get_preset(name)
+    fields: dict[str, object] = {}
+    for item in filter(None, changes.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in {f.name for f in dataclasses.fields(Preset)} or key == "name":
+            raise SystemExit(f"error: --variant {text!r}: {item!r} is not FIELD=VALUE for a preset field")
+        fields[key] = None if value.lower() == "none" else (float(value) if "." in value else int(value))
+    return dataclasses.replace(preset, name=f"{name}[{changes}]" if changes else name, **fields)
+
+
 def run(args: argparse.Namespace) -> int:
-    stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend)
+    variants = [parse_variant(v) for v in args.variant] or None
+    stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend, variants)
     return 0
