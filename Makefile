@@ -10,11 +10,11 @@ setup: $(STAMP)
 
 # torch is pinned and installed first on its own: the pinned version resolves to the CPU wheel,
 # so nothing later pulls a CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk_python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ./sdk_python -e ".[dev]"
 	touch $(STAMP)
 
 # Bake the bundled sample speech with the bundled checkpoint: an animation file plus a plot.

@@ -8,7 +8,7 @@ Sections (``--only`` picks some):
               streams one device serves in real time
     latency   a real-time run per preset: a paced feeder (a simulated sound card, 10 ms blocks),
               the engine on its own thread, every frame published in the wire protocol (msgpack,
-              ksdiff_runtime/protocol.py) on a ZeroMQ socket
+              ksdiff_sdk/protocol.py) on a ZeroMQ socket
               and received by a subscriber thread; latency = receive time - capture time
     bake      offline real-time factor of the bake path, one clip and a batch of 16 clips
     memory    peak RSS, RSS per phase, the engine's per-stream state, GPU memory on GPU runs
@@ -464,7 +464,7 @@ class TimedBackend:
 
 def encode_frame(frame, seq: int, fps: int, lookahead_ms: float, compute_ms: float) -> tuple[bytes, bytes]:
     """(topic, payload) of a frame in the wire protocol, as the runtime publishes it."""
-    from ksdiff_runtime import protocol
+    from ksdiff_sdk import protocol
 
     gaze = motion.gaze_from_blendshapes(frame.blendshapes)
     return protocol.encode_frame(frame.stream_id, seq, frame.index, fps, frame.t_audio, frame.blendshapes,
@@ -484,8 +484,8 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
     ``streams`` > 1 every stream gets the speech from another place, in the same 10 ms blocks.
     """
     import zmq
+    from ksdiff_sdk import protocol
 
-    from ksdiff_runtime import protocol
     from ksdiff_runtime.audio.features import make_front_end
     from ksdiff_runtime.engine.engine import StreamingEngine
     from ksdiff_runtime.engine.presets import get_preset

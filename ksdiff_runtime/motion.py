@@ -21,71 +21,20 @@ the audio instant ``i / FPS`` seconds from the first sample of its stream.
 from __future__ import annotations
 
 import numpy as np
-
-FPS = 30
-SAMPLE_RATE = 16_000
-
-BLENDSHAPES: tuple[str, ...] = (
-    "eyeBlinkLeft",
-    "eyeLookDownLeft",
-    "eyeLookInLeft",
-    "eyeLookOutLeft",
-    "eyeLookUpLeft",
-    "eyeSquintLeft",
-    "eyeWideLeft",
-    "eyeBlinkRight",
-    "eyeLookDownRight",
-    "eyeLookInRight",
-    "eyeLookOutRight",
-    "eyeLookUpRight",
-    "eyeSquintRight",
-    "eyeWideRight",
-    "jawForward",
-    "jawLeft",
-    "jawRight",
-    "jawOpen",
-    "mouthClose",
-    "mouthFunnel",
-    "mouthPucker",
-    "mouthLeft",
-    "mouthRight",
-    "mouthSmileLeft",
-    "mouthSmileRight",
-    "mouthFrownLeft",
-    "mouthFrownRight",
-    "mouthDimpleLeft",
-    "mouthDimpleRight",
-    "mouthStretchLeft",
-    "mouthStretchRight",
-    "mouthRollLower",
-    "mouthRollUpper",
-    "mouthShrugLower",
-    "mouthShrugUpper",
-    "mouthPressLeft",
-    "mouthPressRight",
-    "mouthLowerDownLeft",
-    "mouthLowerDownRight",
-    "mouthUpperUpLeft",
-    "mouthUpperUpRight",
-    "browDownLeft",
-    "browDownRight",
-    "browInnerUp",
-    "browOuterUpLeft",
-    "browOuterUpRight",
-    "cheekPuff",
-    "cheekSquintLeft",
-    "cheekSquintRight",
-    "noseSneerLeft",
-    "noseSneerRight",
-    "tongueOut",
+from ksdiff_sdk.schema import (  # the wire-level facts live in the SDK, the runtime's base package
+    BLENDSHAPE_INDEX,
+    BLENDSHAPES,
+    FPS,
+    GAZE,
+    HEAD_ROTATION,
+    NUM_BLENDSHAPES,
+    NUM_HEAD,
+    SAMPLE_RATE,
 )
-NUM_BLENDSHAPES = len(BLENDSHAPES)
-BLENDSHAPE_INDEX: dict[str, int] = {name: i for i, name in enumerate(BLENDSHAPES)}
 
-HEAD_ROTATION: tuple[str, ...] = ("headPitch", "headYaw", "headRoll")
-NUM_HEAD = len(HEAD_ROTATION)
+__all__ = ["BLENDSHAPES", "BLENDSHAPE_INDEX", "FPS", "GAZE", "HEAD_ROTATION", "NUM_BLENDSHAPES", "NUM_HEAD",
+           "SAMPLE_RATE"]
 
-GAZE: tuple[str, ...] = ("leftEyeYaw", "leftEyePitch", "rightEyeYaw", "rightEyePitch")
 
 # Blendshapes of the mouth region: the ones lip-sync error is measured on.
 MOUTH_BLENDSHAPES: tuple[str, ...] = tuple(

@@ -11,9 +11,9 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from ksdiff_sdk import protocol as P
 
 from ksdiff_runtime import motion
-from ksdiff_runtime import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "protocol" / "golden"
@@ -240,5 +240,5 @@ def test_stream_id_validation():
 
 
 def test_protocol_module_imports_neither_torch_nor_zmq():
-    code = "import sys, ksdiff_runtime.protocol; assert 'torch' not in sys.modules and 'zmq' not in sys.modules"
+    code = "import sys, ksdiff_sdk.protocol; assert 'torch' not in sys.modules and 'zmq' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

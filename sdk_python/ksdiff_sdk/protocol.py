@@ -1,8 +1,8 @@
 """Wire protocol v1: the one Python implementation of ``protocol/SPEC.md``.
 
-numpy + msgpack only (no torch, no zmq): this module is vendored into the SDK as is. The
+numpy + msgpack only (no torch, no zmq): the runtime and the SDK both use this module. The
 facts a frame carries (blendshape names and order, head and gaze names, fps, sample rate)
-come from ``ksdiff_runtime.motion``; everything wire-specific (version, endpoints, topics,
+come from ``ksdiff_sdk.schema``; everything wire-specific (version, endpoints, topics,
 message types, field types, size limits, error codes) lives here and in SPEC.md, which
 must agree with each other (``tests/test_protocol.py`` checks them against the golden
 vectors in ``protocol/golden/``).
@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ksdiff_runtime import motion
+from ksdiff_sdk import schema
 
 PROTOCOL_MAJOR = 1
 PROTOCOL_MINOR = 0
@@ -78,7 +78,7 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
 MAX_CHANNELS = 8
 MAX_TRANSCRIPT_CHARS = 2000
 MAX_ERROR_MESSAGE_CHARS = 1000
-BLENDSHAPE_BYTES = 4 * motion.NUM_BLENDSHAPES  # 208
+BLENDSHAPE_BYTES = 4 * schema.NUM_BLENDSHAPES  # 208
 
 REQUEST_TYPES = ("hello", "open_stream", "audio", "end_stream")
 REPLY_TYPES = ("hello", "stream_opened", "stream_ended", "error")
@@ -262,11 +262,11 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "runtime": (_str(200), False),
         "fps": (_uint(32, 1), False),
         "sample_rate": (_uint(32, 1), False),
-        "blendshapes": (_str_array(motion.NUM_BLENDSHAPES), False),
-        "head": (_str_array(motion.NUM_HEAD), False),
+        "blendshapes": (_str_array(schema.NUM_BLENDSHAPES), False),
+        "head": (_str_array(schema.NUM_HEAD), False),
         "head_units": (_str(20), False),
         "head_convention": (_str(1000), False),
-        "gaze": (_str_array(len(motion.GAZE)), False),
+        "gaze": (_str_array(len(schema.GAZE)), False),
         "gaze_units": (_str(20), False),
         "gaze_convention": (_str(1000), False),
         "max_message_bytes": (_uint(), False),
@@ -279,8 +279,8 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "fps": (_uint(32, 1), True),
         "t_audio": (_num, True),
         "blendshapes": (_blendshapes, True),
-        "head": (_num_array(motion.NUM_HEAD), True),
-        "gaze": (_num_array(len(motion.GAZE)), True),
+        "head": (_num_array(schema.NUM_HEAD), True),
+        "gaze": (_num_array(len(schema.GAZE)), True),
         "captured_ns": (_int64_or_nil, True),
         "published_ns": (_int64, True),
         "lookahead_ms": (_num, True),
@@ -464,24 +464,24 @@ def encode_error(
                           request_type=request_type, **extra)
 
 
-def hello_fields(runtime_version: str, fps: int = motion.FPS) -> dict[str, Any]:
+def hello_fields(runtime_version: str, fps: int = schema.FPS) -> dict[str, Any]:
     """The fields of the runtime's hello (schema of everything it publishes)."""
     return {
         "runtime": runtime_version,
         "fps": fps,
-        "sample_rate": motion.SAMPLE_RATE,
-        "blendshapes": list(motion.BLENDSHAPES),
-        "head": list(motion.HEAD_ROTATION),
+        "sample_rate": schema.SAMPLE_RATE,
+        "blendshapes": list(schema.BLENDSHAPES),
+        "head": list(schema.HEAD_ROTATION),
         "head_units": HEAD_UNITS,
         "head_convention": HEAD_CONVENTION,
-        "gaze": list(motion.GAZE),
+        "gaze": list(schema.GAZE),
         "gaze_units": GAZE_UNITS,
         "gaze_convention": GAZE_CONVENTION,
         "max_message_bytes": MAX_MESSAGE_BYTES,
     }
 
 
-def encode_hello(runtime_version: str, fps: int = motion.FPS, req: int | None = None) -> tuple[bytes, bytes]:
+def encode_hello(runtime_version: str, fps: int = schema.FPS, req: int | None = None) -> tuple[bytes, bytes]:
     """(HELLO_TOPIC, payload) of the runtime's hello; the payload is also the reply to a hello request."""
     fields = hello_fields(runtime_version, fps)
     if req is not None:
@@ -504,13 +504,13 @@ def encode_frame(
     compute_ms: float,
     last: bool = False,
 ) -> tuple[bytes, bytes]:
-    """(frame topic, payload) of one frame. ``blendshapes`` [52] in motion.BLENDSHAPES order."""
+    """(frame topic, payload) of one frame. ``blendshapes`` [52] in schema.BLENDSHAPES order."""
     bs = np.asarray(blendshapes, dtype="<f4")
-    if bs.shape != (motion.NUM_BLENDSHAPES,):
-        raise ValueError(f"blendshapes must have shape ({motion.NUM_BLENDSHAPES},), got {bs.shape}")
+    if bs.shape != (schema.NUM_BLENDSHAPES,):
+        raise ValueError(f"blendshapes must have shape ({schema.NUM_BLENDSHAPES},), got {bs.shape}")
     h = np.asarray(head, dtype=np.float32)
     g = np.asarray(gaze, dtype=np.float32)
-    if h.shape != (motion.NUM_HEAD,) or g.shape != (len(motion.GAZE),):
+    if h.shape != (schema.NUM_HEAD,) or g.shape != (len(schema.GAZE),):
         raise ValueError(f"head must be [3] and gaze [4], got {h.shape} and {g.shape}")
     payload = encode_message(
         "frame",
