@@ -484,11 +484,11 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
     ``streams`` > 1 every stream gets the speech from another place, in the same 10 ms blocks.
     """
     import zmq
-    from ksdiff_sdk import protocol
 
     from ksdiff_runtime.audio.features import make_front_end
     from ksdiff_runtime.engine.engine import StreamingEngine
     from ksdiff_runtime.engine.presets import get_preset
+    from ksdiff_sdk import protocol
 
     preset = get_preset(preset_name)
     cfg = backend.constants.cfg

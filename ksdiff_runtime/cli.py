@@ -20,6 +20,8 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("ksdiff_runtime.bake", "bake"),
     ("ksdiff_runtime.backends.export", "export"),
     ("ksdiff_runtime.bench", "bench"),
+    ("ksdiff_runtime.serve.command", "serve"),
+    ("ksdiff_runtime.serve.sources", "devices"),
 )
 
 

@@ -21,6 +21,7 @@ the audio instant ``i / FPS`` seconds from the first sample of its stream.
 from __future__ import annotations
 
 import numpy as np
+
 from ksdiff_sdk.schema import (  # the wire-level facts live in the SDK, the runtime's base package
     BLENDSHAPE_INDEX,
     BLENDSHAPES,

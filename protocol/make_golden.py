@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "sdk_python"))
 
-from ksdiff_sdk import protocol as P  # noqa: E402
-
 from ksdiff_runtime import motion  # noqa: E402
+from ksdiff_sdk import protocol as P  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 RUNTIME_VERSION = "0.1.0"

@@ -11,9 +11,9 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-from ksdiff_sdk import protocol as P
 
 from ksdiff_runtime import motion
+from ksdiff_sdk import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "protocol" / "golden"
@@ -239,6 +239,7 @@ def test_stream_id_validation():
         assert e.value.code == "malformed"
 
 
-def test_protocol_module_imports_neither_torch_nor_zmq():
-    code = "import sys, ksdiff_sdk.protocol; assert 'torch' not in sys.modules and 'zmq' not in sys.modules"
+def test_sdk_imports_neither_torch_nor_the_runtime():
+    code = ("import sys, ksdiff_sdk, ksdiff_sdk.protocol; "
+            "assert 'torch' not in sys.modules and 'ksdiff_runtime' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

@@ -93,14 +93,21 @@ class StreamingEngine:
         self._wake = threading.Condition(self._lock)
 
     # --- any thread ----------------------------------------------------------------------------
-    def open_stream(self, stream_id: str | None = None, seed: int = 0, style: np.ndarray | None = None) -> str:
-        """Start a stream (one voice). ``style``: a style vector from the model's style encoder."""
+    def open_stream(
+        self, stream_id: str | None = None, seed: int = 0, style: np.ndarray | None = None, text: str | None = None
+    ) -> str:
+        """Start a stream (one voice). ``style``: a style vector from the model's style encoder;
+        ``text``: the transcript of what the stream will say, when known (conditions every hop)."""
         stream_id = stream_id or uuid.uuid4().hex[:12]
         if style is not None:
             style = np.asarray(style, np.float32).reshape(-1)
             if style.size != self.cfg.style_dim or not np.isfinite(style).all():
                 raise ValueError(f"style must be {self.cfg.style_dim} finite numbers")
         state = StreamState(stream_id, self.cfg, self.preset, self.front_end, seed, style, self.fps)
+        if text and text.strip():
+            from ksdiff_runtime.transcript import phoneme_tokens
+
+            state.tokens = phoneme_tokens(text, self.cfg.max_text_tokens)
         with self._lock:
             if stream_id in self._streams:
                 raise ValueError(f"stream {stream_id!r} is already open")
@@ -142,6 +149,10 @@ class StreamingEngine:
                 raise KeyError(f"no open stream {stream_id!r}")
             pending.end = True
             self._wake.notify_all()
+
+    def abort_stream(self, stream_id: str) -> None:
+        """Forget a stream now, without emitting its remaining frames (e.g. at shutdown)."""
+        self._drop(stream_id)
 
     def wait_for_audio(self, timeout: float | None = None) -> bool:
         """Block until some stream has queued audio or an end (True) or the timeout passes."""
@@ -224,10 +235,17 @@ class StreamingEngine:
         if any(s.style is not None for s in streams):
             null = self.backend.constants.style_null
             styles = np.stack([null if s.style is None else s.style for s in streams]).astype(np.float32)
+        text = text_keep = None
+        if any(s.tokens.size for s in streams):
+            text = np.zeros((len(streams), max(s.tokens.size for s in streams)), np.int64)
+            for i, s in enumerate(streams):
+                text[i, : s.tokens.size] = s.tokens
+            text_keep = np.array([float(s.tokens.size > 0) for s in streams], np.float32)
         batch = WindowBatch(
             feats=np.stack([w.feats for w in windows]), prosody=np.stack([w.prosody for w in windows]),
             prev_expr=np.stack([w.prev_expr for w in windows]), prev_pose=np.stack([w.prev_pose for w in windows]),
             known=np.stack([w.known for w in windows]), noise=np.stack([w.noise for w in windows]), style=styles,
+            text=text, text_keep=text_keep,
         )
         out = sample_windows(self.backend, batch, self.preset.steps, self.guidance)
         now = time.monotonic_ns()

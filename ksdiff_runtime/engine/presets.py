@@ -54,6 +54,11 @@ class Preset:
             fe = dataclasses.replace(fe, left_context_ms=self.feature_left_context_ms)
         return fe
 
+    def lookahead_ms(self) -> float:
+        """Audio after a frame's instant that the model had always heard when it made the frame
+        (the last frame of a hop; earlier frames of a hop heard more)."""
+        return 1000.0 * self.model_lookahead_frames / motion.FPS + self.feature_lookahead_ms
+
     def latency_budget_ms(self) -> float:
         """Worst-case wait for audio before a hop can run (compute and transport come on top)."""
         H, G, L = self.hop_frames, self.feature_block_frames, self.model_lookahead_frames

@@ -90,6 +90,7 @@ class StreamState:
         self.front_end = front_end
         self.seed = int(seed)
         self.style = style
+        self.tokens = np.zeros(0, np.int64)  # transcript phoneme ids (empty: no transcript)
         self.out_fps = out_fps
         self.ended = False
         # audio: samples [audio_offset, samples) are kept

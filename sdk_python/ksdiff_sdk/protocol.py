@@ -270,6 +270,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "gaze_units": (_str(20), False),
         "gaze_convention": (_str(1000), False),
         "max_message_bytes": (_uint(), False),
+        "instance": (_str(64), False),
         **_REQ,
     },
     "frame": {
@@ -377,7 +378,7 @@ def validate(msg: dict) -> dict:
 
 
 # a hello either has none of these (the client's request) or all of them (the runtime's)
-_HELLO_RUNTIME_FIELDS = tuple(k for k in SCHEMA["hello"] if k != "req")
+_HELLO_RUNTIME_FIELDS = tuple(k for k in SCHEMA["hello"] if k not in ("req", "instance"))
 
 
 def decode(payload: bytes) -> dict:
@@ -481,9 +482,14 @@ def hello_fields(runtime_version: str, fps: int = schema.FPS) -> dict[str, Any]:
     }
 
 
-def encode_hello(runtime_version: str, fps: int = schema.FPS, req: int | None = None) -> tuple[bytes, bytes]:
-    """(HELLO_TOPIC, payload) of the runtime's hello; the payload is also the reply to a hello request."""
+def encode_hello(
+    runtime_version: str, fps: int = schema.FPS, req: int | None = None, instance: str | None = None
+) -> tuple[bytes, bytes]:
+    """(HELLO_TOPIC, payload) of the runtime's hello; the payload is also the reply to a hello request.
+    ``instance``: the runtime process's random id (a client sees a restart when it changes)."""
     fields = hello_fields(runtime_version, fps)
+    if instance is not None:
+        fields["instance"] = instance
     if req is not None:
         fields["req"] = req
     return HELLO_TOPIC, encode_message("hello", **fields)

@@ -1,0 +1,1 @@
+"""`ksdiff-runtime serve`: the runtime server, its audio inputs and sources."""

@@ -1,0 +1,171 @@
+"""`ksdiff-runtime serve`: run the runtime until SIGINT/SIGTERM (or until its files have played)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, ServeConfig, load_config
+
+log = logging.getLogger("ksdiff_runtime.serve")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: for log collectors (``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    defaults = ServeConfig()
+    p = sub.add_parser(
+        "serve",
+        help="run the runtime: mic, files and SDK pushes in, ARKit frames out over ZeroMQ",
+        description="Animate live speech and publish ARKit blendshape and head-pose frames over ZeroMQ "
+        "(wire protocol v1, protocol/SPEC.md). Streams come from the microphone (--mic), from files "
+        "(--file) and from SDK clients pushing audio to the request socket. Settings come from "
+        "--config (TOML; see configs/serve.toml), then flags. Stops cleanly on Ctrl-C / SIGTERM.",
+    )
+    # every flag defaults to None so that only the flags given override the config file
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
+    p.add_argument("--pub", help=f"PUB endpoint for frames (default {defaults.pub})")
+    p.add_argument("--router", help=f"ROUTER endpoint for requests and pushed audio (default {defaults.router})")
+    p.add_argument("--backend", help="auto (default), torch, torch-cpu, torch-cuda, onnxruntime, "
+                   "onnxruntime-cpu, onnxruntime-cuda, tensorrt")
+    p.add_argument("--preset", help="low-latency (default; ~125 ms) or quality (~0.5 s, NPC lines)")
+    p.add_argument("--checkpoint", help="model checkpoint (default: the bundled one)")
+    p.add_argument("--fps", type=int, help=f"output frame rate (default {defaults.fps})")
+    p.add_argument("--max-streams", type=int, help=f"streams served at once (default {defaults.max_streams})")
+    p.add_argument("--idle-timeout-s", type=float,
+                   help=f"end a stream after this long without audio (default {defaults.idle_timeout_s})")
+    p.add_argument("--mic", action="store_const", const=True, help="animate the microphone as stream 'mic'")
+    p.add_argument("--device", help="input device: index or part of its name (see `ksdiff-runtime devices`)")
+    p.add_argument("--mic-rate", type=int, help="capture rate in Hz (default: 16000 if the device takes it, "
+                   "else its own rate)")
+    p.add_argument("--mic-channels", type=int, help="channels to capture (mixed down to mono; default 1)")
+    p.add_argument("--mic-block-ms", type=float, help="capture block in ms (default 10)")
+    p.add_argument("--file", dest="files", action="append", metavar="PATH",
+                   help="play an audio file as a stream (repeatable: one stream per file)")
+    p.add_argument("--fast", action="store_const", const=True, help="play files as fast as possible")
+    p.add_argument("--loop", action="store_const", const=True, help="repeat files forever")
+    p.add_argument("--exit-when-done", action="store_const", const=True,
+                   help="stop once every file has played and no stream is open")
+    p.add_argument("--stats", type=float, metavar="SECONDS",
+                   help="print a stats line (fps, latency, drops per stream) every SECONDS")
+    p.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
+    p.set_defaults(func=run)
+
+
+def stream_id_for(path: Path, taken: set[str]) -> str:
+    """A valid, unused stream id from a file name (``line 1.wav`` -> ``line_1``)."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:60] or "file"
+    sid, n = base, 2
+    while sid in taken:
+        sid, n = f"{base}-{n}", n + 1
+    return sid
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    parts = [f"stats {stats['uptime_s']:.0f}s drops={stats['drops']}"]
+    for sid, s in stats["streams"].items():
+        parts.append(f"{sid}: {s['fps']:.1f} fps, latency p50 {s['latency_p50_ms']:.0f} ms "
+                     f"p95 {s['latency_p95_ms']:.0f} ms, frames {s['frames']}, drops {s['drops']}, "
+                     f"sanitized {s['sanitized']}")
+    return " | ".join(parts)
+
+
+def _configure_logging(fmt: str) -> None:
+    if fmt == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonLogFormatter())
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "verbose")}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _configure_logging(config.log_format)
+    return serve(config)
+
+
+def serve(config: ServeConfig, ready: threading.Event | None = None) -> int:
+    """Run until SIGINT/SIGTERM (or, with exit_when_done, until the files have played)."""
+    from .runtime import Runtime, RuntimeStartError, build_engine
+    from .sources import FileSource, MicSource, SourceError
+
+    sources = []
+    try:
+        # Open every source before loading the model, so a bad file or device fails fast.
+        taken: set[str] = set()
+        for name in config.files:
+            src = FileSource(name, realtime=not config.fast, stream_id=stream_id_for(Path(name), taken),
+                             loop=config.loop)
+            taken.add(src.stream_id)
+            sources.append(src)
+        if config.mic:
+            sources.append(_open_mic(config, MicSource))
+    except SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
+                          config.idle_timeout_s)
+    last_line = [0.0]
+
+    def on_stats(stats: dict[str, Any]) -> None:
+        if config.stats and time.monotonic() - last_line[0] >= config.stats - 0.05:
+            last_line[0] = time.monotonic()
+            log.info("%s", format_stats(stats))
+
+    runtime = Runtime(engine, pub=config.pub, router=config.router, max_streams=config.max_streams,
+                      on_stats=on_stats)
+    try:
+        runtime.start()
+    except RuntimeStartError as e:
+        engine.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for src in sources:
+            runtime.add_source(src)
+        if ready is not None:
+            ready.set()
+        while not stop.wait(0.1):
+            if config.exit_when_done and config.files and runtime.wait_until_idle(timeout=0):
+                log.info("every file has played; stopping")
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        runtime.stop()
+        engine.close()
+    return 0
+
+
+def _open_mic(config: ServeConfig, mic_source: Any) -> Any:
+    device: int | str | None = config.device or None
+    if isinstance(device, str) and device.isdigit():
+        device = int(device)
+    kwargs = dict(device=device, channels=config.mic_channels, block_ms=config.mic_block_ms, stream_id="mic")
+    if config.mic_rate:
+        return mic_source(sample_rate=config.mic_rate, **kwargs)
+    return mic_source(sample_rate=None, **kwargs)

@@ -1,0 +1,88 @@
+"""`serve`'s settings: one dataclass, read from a TOML file and overridden by command-line flags.
+
+Every key of the TOML file is the long flag's name with underscores (``--idle-timeout-s`` is
+``idle_timeout_s``). configs/serve.toml lists them all with their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ksdiff_runtime import motion
+from ksdiff_sdk import protocol
+
+
+class ConfigError(ValueError):
+    """A config file or flag value the runtime cannot use; the message names it."""
+
+
+@dataclass
+class ServeConfig:
+    pub: str = protocol.DEFAULT_PUB_ENDPOINT  # frames, stream events, stats, hello (PUB)
+    router: str = protocol.DEFAULT_ROUTER_ENDPOINT  # requests and pushed audio (ROUTER)
+    backend: str = "auto"
+    preset: str = "low-latency"
+    checkpoint: str = ""  # empty: the bundled checkpoint
+    fps: int = motion.FPS
+    max_streams: int = 64
+    idle_timeout_s: float = 10.0  # a stream that gets no audio this long is ended (reason timeout)
+    mic: bool = False  # capture the default (or --device) microphone as stream "mic"
+    device: str = ""  # input device: index or part of its name (`ksdiff-runtime devices`)
+    mic_rate: int = 0  # 0: 16 kHz when the device takes it, else the device's default rate
+    mic_channels: int = 1
+    mic_block_ms: float = 10.0
+    files: list[str] = field(default_factory=list)  # each file is played as one stream
+    fast: bool = False  # play files as fast as possible instead of in real time
+    loop: bool = False  # repeat files forever
+    exit_when_done: bool = False  # stop once every file has played (and no other stream is open)
+    stats: float = 0.0  # print a stats line every this many seconds (0: off)
+    log_format: str = "text"  # text or json (one JSON object per line)
+
+    def check(self) -> None:
+        if self.fps <= 0:
+            raise ConfigError(f"fps must be positive, got {self.fps}")
+        if self.max_streams < 1:
+            raise ConfigError(f"max_streams must be at least 1, got {self.max_streams}")
+        if self.idle_timeout_s <= 0:
+            raise ConfigError(f"idle_timeout_s must be positive, got {self.idle_timeout_s}")
+        if self.stats < 0:
+            raise ConfigError(f"stats must be >= 0 seconds, got {self.stats}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.mic_rate and not protocol.MIN_SAMPLE_RATE <= self.mic_rate <= protocol.MAX_SAMPLE_RATE:
+            raise ConfigError(f"mic_rate must be 0 or in {protocol.MIN_SAMPLE_RATE}..{protocol.MAX_SAMPLE_RATE}")
+        for endpoint in (self.pub, self.router):
+            if "://" not in endpoint:
+                raise ConfigError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:5555")
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> ServeConfig:
+    """Defaults, then the TOML file, then the flags that were given (``None`` = not given)."""
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in dataclasses.fields(ServeConfig)}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None and k in known})
+    defaults = ServeConfig()
+    for name, value in values.items():
+        want = type(getattr(defaults, name))
+        ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if want is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if not ok or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"{name} must be a {want.__name__}, got {value!r}")
+    config = ServeConfig(**values)
+    config.check()
+    return config
