@@ -243,3 +243,12 @@ def test_sdk_imports_neither_torch_nor_the_runtime():
     code = ("import sys, ksdiff_sdk, ksdiff_sdk.protocol; "
             "assert 'torch' not in sys.modules and 'ksdiff_runtime' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_an_error_code_from_a_newer_runtime_still_decodes():
+    """SPEC 4.7: a client treats an unknown code as internal, so decoding must not refuse it."""
+    payload = msgpack.packb({"v": [1, 3], "type": "error", "code": "overheated", "message": "later",
+                             "request_type": None})
+    assert P.decode(payload)["code"] == "overheated"
+    with pytest.raises(ValueError, match="unknown error code"):
+        P.encode_error("overheated", "x", None)

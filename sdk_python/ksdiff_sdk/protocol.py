@@ -329,7 +329,8 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
     },
     "stream_ended": {"stream": (_stream, True), "frames": (_uint(), True), **_REQ},
     "error": {
-        "code": (_one_of(ERROR_CODES), True),
+        # any code decodes: a newer runtime may add codes, which a client treats as internal (SPEC 4.7)
+        "code": (_str(64), True),
         "message": (_str(MAX_ERROR_MESSAGE_CHARS), True),
         "request_type": (_str_or_nil, True),
         "stream": (_stream, False),
@@ -456,6 +457,8 @@ def encode_error(
     code: str, message: str, request_type: str | None, *, stream: str | None = None, req: int | None = None
 ) -> bytes:
     """An ``error`` reply; ``message`` is cut to MAX_ERROR_MESSAGE_CHARS."""
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}; known: {', '.join(ERROR_CODES)}")
     extra: dict[str, Any] = {}
     if stream is not None and STREAM_ID_RE.fullmatch(stream):
         extra["stream"] = stream

@@ -1,0 +1,919 @@
+"""The client: receive frames from the runtime's PUB, open streams and push audio over its ROUTER.
+
+Threading: ZeroMQ sockets are not thread-safe, so one background I/O thread owns the SUB and
+DEALER sockets (and the SUB's monitor). User threads never touch them: they put commands on a
+thread-safe queue and wake the I/O thread through an inproc PAIR socket (guarded by a lock);
+the I/O thread hands results back through state guarded by one condition variable, which every
+waiting call waits on with a timeout.
+
+Slow joiner: a SUB that connected a moment ago misses what is published before its subscription
+reaches the PUB. The runtime publishes ``hello`` and ``stats`` every second, so the first message
+the SUB receives after (re)connecting proves the subscription is live; ``open_stream``,
+``animate`` and ``wait_for_runtime`` wait for that once (up to ~1 s) before a stream starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from ksdiff_sdk import protocol, schema
+from ksdiff_sdk.animation import Animation
+from ksdiff_sdk.audio import audio_messages, chunk_frames, frame_bytes, to_pcm
+from ksdiff_sdk.errors import ClientClosedError, KsdiffError, StreamLost, UnknownStreamError
+from ksdiff_sdk.frame import Frame
+from ksdiff_sdk.protocol import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT, ProtocolError
+
+log = logging.getLogger("ksdiff_sdk")
+
+DEFAULT_MAX_QUEUE = 10_000  # frames kept for recv() in every-frame mode (~5.5 min of one 30 fps stream)
+LATEST_STREAMS_KEPT = 1024  # streams whose latest frame is remembered (least recently updated evicted)
+SUB_RCVHWM = 20_000  # SPEC 1: >= 1000; the I/O thread drains it into the Python queues at once
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 1000
+HEARTBEAT_IVL_MS = 1000  # ZMTP pings notice a vanished remote host (loopback notices by itself)
+HEARTBEAT_TIMEOUT_MS = 3000
+JOIN_TIMEOUT_S = 2.0  # close() never waits longer than this for the I/O thread
+_POLL_MS = 1000  # the I/O thread is woken explicitly; this only bounds a lost wakeup
+_MAX_BATCH = 1000  # messages read from one socket per pass, so a busy SUB cannot starve the DEALER
+
+StreamFilter = str | Iterable[str] | None
+
+
+class _Request:
+    """A request waiting for its reply (matched by ``req``); ``reply`` is set by the I/O thread."""
+
+    __slots__ = ("reply", "req")
+
+    def __init__(self, req: int) -> None:
+        self.req = req
+        self.reply: dict[str, Any] | None = None
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+class StreamHandle:
+    """A stream this client opened (``Client.open_stream``): push audio, end it, read its frames.
+
+    Use it from one thread at a time. Errors the runtime reports for ``audio`` messages arrive
+    asynchronously: they are kept in ``errors`` and raised by the next ``push``/``end``. If the
+    runtime restarts or shuts down, every later call raises ``StreamLost``."""
+
+    def __init__(
+        self,
+        client: Client,
+        stream: str,
+        fps: int,
+        sample_rate: int,
+        channels: int,
+        format: str,
+        instance: str | None,
+        max_frames: int | None,
+    ) -> None:
+        self.stream = stream
+        self.fps = fps
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.format = format
+        self.instance = instance  # the runtime instance that holds the stream (None: it sent none)
+        self.errors: list[KsdiffError] = []  # every error reported for this stream, raised or not
+        self.dropped = 0  # frames discarded because frames() was not read (bounded queue)
+        self.total_frames: int | None = None  # the runtime's count, once the stream ended
+        self.end_reason: str | None = None  # the stream_end reason, once published
+        self._client = client
+        self._topic = protocol.frame_topic(stream)
+        # guarded by client._cv (the I/O thread writes them)
+        self._frames: deque[Frame] = deque(maxlen=max_frames)
+        self._finished = False  # stream_end seen on the SUB: no more frames will come
+        self._lost: StreamLost | None = None
+        self._raised = 0  # errors[:_raised] were already raised
+        self._ending = False  # end_stream sent: a stream_end "ended" is expected
+        self._ended = False
+        self._released = False
+        # only the user's thread touches these
+        self._seq = 0
+        self._next_sample = 0
+
+    # --- called by the I/O thread, under client._cv ---
+    def _on_frame(self, frame: Frame) -> None:
+        if self._frames.maxlen is not None and len(self._frames) == self._frames.maxlen:
+            self.dropped += 1
+        self._frames.append(frame)
+
+    def _on_stream_end(self, msg: dict[str, Any]) -> None:
+        self._finished = True
+        self.end_reason = msg["reason"]
+        if self.total_frames is None:
+            self.total_frames = msg["frames"]
+        if (msg["reason"] != "ended" or not self._ending) and self._lost is None:
+            self._lost = StreamLost(self.stream, msg["reason"], f"the runtime ended stream {self.stream!r} "
+                                    f"(reason {msg['reason']!r}); open a new stream to go on")
+
+    def _on_restart(self, instance: str) -> None:
+        if self.instance is not None and self.instance != instance and not (self._finished or self._ended):
+            self._lost = StreamLost(self.stream, "restart", f"the runtime restarted (instance {self.instance!r} -> "
+                                    f"{instance!r}) and lost stream {self.stream!r}; open a new stream to go on")
+
+    def _on_error(self, err: KsdiffError) -> None:
+        self.errors.append(err)
+
+    # --- user API ---
+    @property
+    def lost(self) -> StreamLost | None:
+        """The StreamLost error if the runtime lost this stream, else None."""
+        with self._client._cv:
+            return self._lost
+
+    @property
+    def ended(self) -> bool:
+        with self._client._cv:
+            return self._ended
+
+    def _check(self) -> None:
+        """Raise what the runtime reported since the last call: lost stream, or an async error."""
+        with self._client._cv:
+            if self._lost is not None:
+                raise self._lost
+            if len(self.errors) > self._raised:
+                err = self.errors[self._raised]
+                self._raised = len(self.errors)
+                raise err
+
+    def push(self, pcm: np.ndarray | bytes | bytearray | memoryview, at_sample: int | None = None) -> None:
+        """Send audio: numpy float (-1..1) or int16 shaped [n] or [n, channels], or bytes already in
+        the stream's format. Converted to the stream's format and sent in <= 100 ms messages.
+
+        ``at_sample``: where the first sample frame goes on the stream's clock (default: right after
+        the previous push); a gap is filled with silence by the runtime. Never blocks on the runtime."""
+        self._check()
+        if self.ended:
+            raise UnknownStreamError("unknown_stream", "the stream was ended; open a new one", stream=self.stream)
+        data = to_pcm(pcm, self.channels, self.format)
+        n = len(data) // frame_bytes(self.channels, self.format)
+        if n == 0:
+            return
+        start = self._next_sample if at_sample is None else int(at_sample)
+        messages = audio_messages(self.stream, data, self.sample_rate, self.channels, self.format, self._seq, start)
+        self._seq += len(messages)
+        self._next_sample = max(self._next_sample, start + n)
+        self._client._send(messages)
+
+    def end(self, timeout: float | None = None) -> int:
+        """Send end_stream and wait for ``stream_ended``; returns the stream's total frames.
+
+        The runtime publishes the remaining frames (the final one with ``last``) before it replies.
+        Audio errors not raised yet are raised after the stream ended (so it never stays open)."""
+        with self._client._cv:
+            if self._ended:
+                return int(self.total_frames or 0)
+            if self._lost is not None:
+                raise self._lost
+            self._ending = True
+        timeout = self._client.timeout if timeout is None else timeout
+        reply = self._client._call("end_stream", timeout, {"stream": self.stream}, stop=lambda: self._lost is not None)
+        with self._client._cv:
+            if reply is None:  # lost while waiting
+                assert self._lost is not None
+                raise self._lost
+            self._ended = True
+            self.total_frames = int(reply["frames"])
+        self._check()
+        return self.total_frames
+
+    def frames(self, timeout: float | None = None) -> Iterator[Frame]:
+        """This stream's frames in arrival order, until the ``last`` one (or its ``stream_end``).
+
+        ``timeout``: the longest wait for the next frame (default: the client's timeout); then
+        TimeoutError. Raises StreamLost after the frames that did arrive if the runtime lost it."""
+        timeout = self._client.timeout if timeout is None else timeout
+        cv = self._client._cv
+        while True:
+            with cv:
+                cv.wait_for(
+                    lambda: self._frames or self._finished or self._lost or self._released or self._client._closed,
+                    timeout,
+                )
+                if self._frames:
+                    frame = self._frames.popleft()
+                elif self._lost is not None:
+                    raise self._lost
+                elif self._finished or self._released:
+                    return
+                elif self._client._closed:
+                    raise ClientClosedError("the client was closed")
+                else:
+                    raise TimeoutError(f"no frame of stream {self.stream!r} within {timeout} s")
+            yield frame
+            if frame.last:
+                return
+
+    def close(self) -> None:
+        """End the stream (if it was not ended or lost) and stop receiving its frames.
+
+        Waits (up to the client's timeout) for the stream's ``stream_end`` so the final frames,
+        published before it, are in ``frames()`` afterwards."""
+        if self._released:
+            return
+        try:
+            if not self.ended and self.lost is None:
+                self.end()
+            with self._client._cv:
+                self._client._cv.wait_for(
+                    lambda: self._finished or self._lost is not None or self._client._closed, self._client.timeout
+                )
+        finally:
+            self._client._release(self)
+
+    def __enter__(self) -> StreamHandle:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(KsdiffError, TimeoutError, ClientClosedError):
+            self.close()  # the body's exception matters more than a failure to end the stream
+
+    def __repr__(self) -> str:
+        audio = f"{self.sample_rate} Hz x{self.channels} {self.format}"
+        return f"StreamHandle(stream={self.stream!r}, fps={self.fps}, {audio})"
+
+
+class Client:
+    """Connects to a ksdiff-runtime: frames from its PUB, requests and audio to its ROUTER.
+
+    ``streams``: None = every stream's frames; a stream id or a list of ids = only those (streams
+    opened through ``open_stream`` always reach their handle). ``latest_only``: keep just the
+    newest frame of each stream (for a renderer that samples at its own rate); otherwise every
+    frame is queued for ``recv`` (bounded by ``max_queue``: the oldest are dropped and counted
+    in ``dropped``). ``timeout``: the default for calls that wait on the runtime.
+
+    Counters: ``received`` (frames), ``dropped`` (queue overflow), ``invalid`` (messages that
+    broke the protocol, dropped), ``ignored`` (unknown message types of a newer runtime),
+    ``missed`` (frames lost on the way, from ``seq`` gaps; ``missed_per_stream``), ``restarts``
+    (runtime instance changes seen). ``errors``: runtime errors no call was waiting for.
+    """
+
+    def __init__(
+        self,
+        pub: str = DEFAULT_PUB_ENDPOINT,
+        router: str = DEFAULT_ROUTER_ENDPOINT,
+        streams: StreamFilter = None,
+        latest_only: bool = False,
+        timeout: float = 5.0,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        if isinstance(streams, str):
+            streams = [streams]
+        try:
+            self.streams: frozenset[str] | None = (
+                None if streams is None else frozenset(protocol.validate_stream_id(s) for s in streams)
+            )
+        except ProtocolError as e:
+            raise ValueError(e.message) from None
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.pub_endpoint = pub
+        self.router_endpoint = router
+        self.latest_only = latest_only
+        self.timeout = timeout
+        self.max_queue = max_queue
+
+        self._cv = threading.Condition()
+        # --- guarded by _cv ---
+        self._queue: deque[Frame] = deque(maxlen=max_queue)
+        self._latest: OrderedDict[str, Frame] = OrderedDict()  # stream -> newest frame, least recent first
+        self._fresh: OrderedDict[str, None] = OrderedDict()  # latest-only: streams with an unread frame
+        self._last_seq: dict[str, int] = {}
+        self._missed: dict[str, int] = {}
+        self._handles: dict[str, StreamHandle] = {}
+        self._pending: dict[int, _Request] = {}
+        self._hello: dict[str, Any] | None = None
+        self._stats: dict[str, Any] | None = None
+        self._instance: str | None = None
+        self._seen_instances: set[str] = set()
+        self._sub_live = False  # a message arrived on the SUB since it last (re)connected
+        self._closing = False  # close() was called
+        self._closed = False  # the I/O thread has stopped
+        self.received = 0
+        self.dropped = 0
+        self.invalid = 0
+        self.ignored = 0
+        self.restarts = 0
+        self.errors: deque[KsdiffError] = deque(maxlen=100)
+        self._warned: set[str] = set()
+        self._req_ids = itertools.count(1)
+
+        # --- I/O thread plumbing ---
+        self._commands: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self._ctx = zmq.Context()
+        self._wake_rx = self._ctx.socket(zmq.PAIR)  # the I/O thread's end
+        self._wake_rx.bind("inproc://ksdiff-sdk-wake")  # the context is this client's own
+        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        self._wake_tx.setsockopt(zmq.LINGER, 0)
+        self._wake_tx.connect("inproc://ksdiff-sdk-wake")
+        self._wake_lock = threading.Lock()  # user threads share _wake_tx
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ksdiff-sdk-io", daemon=True)
+        self._thread.start()
+        # Socket setup only, no network wait (connect() is asynchronous); bounded all the same.
+        if not self._started.wait(JOIN_TIMEOUT_S * 5):
+            self._start_error = RuntimeError("the ksdiff-sdk I/O thread did not start")
+        if self._start_error is not None:
+            self.close()
+            raise self._start_error
+
+    # --- properties -------------------------------------------------------------------------
+    @property
+    def hello(self) -> dict[str, Any] | None:
+        """The runtime's last hello (published or replied), or None before the first."""
+        with self._cv:
+            return self._hello
+
+    @property
+    def stats(self) -> dict[str, Any] | None:
+        """The last ``stats`` message (SPEC 4.5), or None before the first."""
+        with self._cv:
+            return self._stats
+
+    @property
+    def instance(self) -> str | None:
+        """The runtime's current instance id (from its hello), None if it sends none."""
+        with self._cv:
+            return self._instance
+
+    @property
+    def missed(self) -> int:
+        """Frames lost between the runtime and this client, from ``seq`` gaps, all streams."""
+        with self._cv:
+            return sum(self._missed.values())
+
+    @property
+    def missed_per_stream(self) -> dict[str, int]:
+        with self._cv:
+            return dict(self._missed)
+
+    @property
+    def closed(self) -> bool:
+        with self._cv:
+            return self._closing or self._closed
+
+    # --- receiving ----------------------------------------------------------------------------
+    def _has_frame(self) -> bool:
+        return bool(self._fresh) if self.latest_only else bool(self._queue)
+
+    def recv(self, timeout: float | None = None) -> Frame:
+        """The next frame (latest-only mode: the newest frame of the stream updated longest ago).
+
+        ``timeout``: seconds to wait (None: until a frame comes or the client closes); then
+        TimeoutError. Raises ClientClosedError once the client is closed."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._has_frame() or self._closed or self._closing, timeout)
+            if self._has_frame():
+                if self.latest_only:
+                    stream, _ = self._fresh.popitem(last=False)
+                    return self._latest[stream]
+                return self._queue.popleft()
+            if self._closed or self._closing:
+                raise ClientClosedError("the client was closed")
+            raise TimeoutError(f"no frame within {timeout} s")
+
+    def frames(self, timeout: float | None = None) -> Iterator[Frame]:
+        """Frames as they come. Ends when none came for ``timeout`` seconds (None: never) or the
+        client closes."""
+        while True:
+            try:
+                yield self.recv(timeout)
+            except (TimeoutError, ClientClosedError):
+                return
+
+    def latest(self, stream: str | None = None) -> Frame | None:
+        """The newest frame received of ``stream`` (None: of any stream), or None. Does not consume."""
+        with self._cv:
+            if stream is None:
+                return next(reversed(self._latest.values()), None)
+            return self._latest.get(stream)
+
+    # --- requests -----------------------------------------------------------------------------
+    def _send(self, payloads: list[bytes]) -> None:
+        self._command(*(("send", p) for p in payloads))
+
+    def _command(self, *commands: tuple[str, bytes]) -> None:
+        with self._cv:
+            if self._closing or self._closed:
+                raise ClientClosedError("the client is closed")
+        for c in commands:
+            self._commands.put(c)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_tx.closed:
+                return
+            # Again: wakeups are already queued, and the I/O thread drains every command when it wakes
+            with contextlib.suppress(zmq.Again):
+                self._wake_tx.send(b"", zmq.NOBLOCK)
+
+    def _start_request(self, mtype: str, fields: dict[str, Any]) -> _Request:
+        r = _Request(next(self._req_ids))
+        payload = protocol.encode_request(mtype, req=r.req, **fields)
+        with self._cv:
+            self._pending[r.req] = r
+        try:
+            self._send([payload])
+        except ClientClosedError:
+            self._forget(r)
+            raise
+        return r
+
+    def _forget(self, r: _Request) -> None:
+        with self._cv:
+            self._pending.pop(r.req, None)
+
+    def _await(
+        self, r: _Request, timeout: float | None, what: str, stop: Callable[[], bool] | None = None
+    ) -> dict | None:
+        """The reply to ``r`` (an ``error`` reply raised as KsdiffError); None if ``stop()`` became true."""
+        try:
+            with self._cv:
+                self._cv.wait_for(
+                    lambda: r.reply is not None or self._closed or self._closing or (stop is not None and stop()),
+                    timeout,
+                )
+                reply = r.reply
+                if reply is None:
+                    if stop is not None and stop():
+                        return None
+                    if self._closed or self._closing:
+                        raise ClientClosedError("the client was closed")
+                    raise TimeoutError(
+                        f"{what}: no reply from the runtime at {self.router_endpoint} within {timeout} s"
+                    )
+        finally:
+            self._forget(r)
+        if reply["type"] == "error":
+            raise KsdiffError.from_reply(reply)
+        return reply
+
+    def _call(
+        self, mtype: str, timeout: float | None, fields: dict[str, Any], stop: Callable[[], bool] | None = None
+    ) -> dict | None:
+        return self._await(self._start_request(mtype, fields), timeout, mtype, stop)
+
+    def _wait_sub_live(self, timeout: float) -> None:
+        with self._cv:
+            ok = self._cv.wait_for(lambda: self._sub_live or self._closed or self._closing, timeout)
+            if self._closed or self._closing:
+                raise ClientClosedError("the client was closed")
+            if not ok:
+                raise TimeoutError(
+                    f"nothing arrived from the runtime's PUB at {self.pub_endpoint} within {timeout} s "
+                    f"(is the runtime running? it publishes hello every {protocol.HELLO_PERIOD_S:g} s)"
+                )
+
+    def wait_for_runtime(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the runtime answered a hello and its PUB reaches this client; returns the hello.
+
+        Sends a ``hello`` request on the ROUTER, then waits for a hello (replied or published) and
+        for the first published message (hello/stats, every second) so no frame is missed after
+        this returns. TimeoutError if the runtime is not there."""
+        timeout = self.timeout if timeout is None else timeout
+        r = self._start_request("hello", {})
+        try:
+            with self._cv:
+                ok = self._cv.wait_for(
+                    lambda: (self._hello is not None and self._sub_live) or self._closed or self._closing, timeout
+                )
+                if self._closed or self._closing:
+                    raise ClientClosedError("the client was closed")
+                if not ok:
+                    got = "the ROUTER answered but nothing arrived on the PUB" if self._hello else "no hello"
+                    raise TimeoutError(
+                        f"runtime not ready within {timeout} s ({got}; PUB {self.pub_endpoint}, "
+                        f"ROUTER {self.router_endpoint})"
+                    )
+                assert self._hello is not None
+                return self._hello
+        finally:
+            self._forget(r)
+
+    def open_stream(
+        self,
+        stream: str | None = None,
+        sample_rate: int = schema.SAMPLE_RATE,
+        channels: int = 1,
+        format: str = "f32le",
+        transcript: str | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+        *,
+        max_frames: int | None = DEFAULT_MAX_QUEUE,
+    ) -> StreamHandle:
+        """Open a stream fed by this client's audio; returns its handle once ``stream_opened`` came.
+
+        ``stream``: the id you want (None: the runtime picks one). ``format``: "f32le" or "s16le",
+        the format sent on the wire (push() converts). ``max_frames``: frames the handle keeps
+        unread (None: unbounded). Raises the runtime's error (``BusyError``, ``BadAudioError``, ...),
+        ValueError for arguments the protocol refuses, TimeoutError."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        fields: dict[str, Any] = {"sample_rate": int(sample_rate), "channels": int(channels), "format": format}
+        for key, value in (("stream", stream), ("transcript", transcript), ("seed", seed)):
+            if value is not None:
+                fields[key] = value
+        try:
+            protocol.encode_request("open_stream", **fields)  # refuse bad arguments here, not as a reply
+        except ProtocolError as e:
+            raise ValueError(e.message) from None
+        # The handle's frames must not fall into the slow-joiner gap (see the module docstring).
+        self._wait_sub_live(_remaining(deadline))
+        if stream is not None:
+            # Subscribed before the stream exists, so its first frame cannot be missed.
+            self._command(("sub", protocol.frame_topic(stream)))
+        try:
+            # A hello sent just before: its reply (replies come in order) names the runtime
+            # instance that opens the stream, which is how a later restart is recognised.
+            hello = self._start_request("hello", {})
+            try:
+                reply = self._call("open_stream", _remaining(deadline), fields)
+            finally:
+                self._forget(hello)
+            assert reply is not None
+        except BaseException:
+            if stream is not None:
+                with contextlib.suppress(ClientClosedError):
+                    self._command(("unsub", protocol.frame_topic(stream)))
+            raise
+        sid = reply["stream"]
+        if sid != stream:
+            self._command(("sub", protocol.frame_topic(sid)))
+            if stream is not None:
+                self._command(("unsub", protocol.frame_topic(stream)))
+        with self._cv:
+            instance = hello.reply.get("instance") if hello.reply is not None else self._instance
+        handle = StreamHandle(
+            self, sid, int(reply["fps"]), int(sample_rate), int(channels), format,
+            instance if isinstance(instance, str) else None, max_frames,
+        )
+        with self._cv:
+            self._handles[sid] = handle
+        return handle
+
+    def _release(self, handle: StreamHandle) -> None:
+        with self._cv:
+            if handle._released:
+                return
+            handle._released = True
+            if self._handles.get(handle.stream) is handle:
+                del self._handles[handle.stream]
+            self._cv.notify_all()
+        with contextlib.suppress(ClientClosedError):  # closed: the sockets are gone with their subscriptions
+            self._command(("unsub", handle._topic))
+
+    def animate(
+        self,
+        audio: np.ndarray,
+        sample_rate: int = schema.SAMPLE_RATE,
+        transcript: str | None = None,
+        seed: int | None = None,
+        realtime: bool = False,
+        timeout: float | None = None,
+    ) -> Animation:
+        """Animate a whole clip: open a stream, push the clip, end it, return every frame by index.
+
+        ``audio``: float (-1..1) or int16, shaped [n] or [n, channels]; sent as f32le or s16le.
+        ``realtime``: push at the clip's own pace (like a live source) instead of all at once.
+        ``timeout``: for the whole call (default: client timeout + 2x the clip's duration,
+        + the duration when realtime)."""
+        a = np.asarray(audio)
+        if a.ndim not in (1, 2):
+            raise ValueError(f"audio must be [n] or [n, channels], got shape {a.shape}")
+        if a.dtype == np.int16:
+            fmt = "s16le"
+        elif np.issubdtype(a.dtype, np.floating):
+            fmt = "f32le"
+        else:
+            raise TypeError(f"audio dtype {a.dtype} not supported: pass float32/float64 (-1..1) or int16")
+        channels = 1 if a.ndim == 1 else int(a.shape[1])
+        duration = a.shape[0] / sample_rate
+        if timeout is None:
+            timeout = self.timeout + 2 * duration + (duration if realtime else 0.0)
+        deadline = time.monotonic() + timeout
+        # Our own unique id: the frames' topic is subscribed before the stream exists.
+        stream = f"anim-{secrets.token_hex(6)}"
+        handle = self.open_stream(stream, sample_rate, channels, fmt, transcript, seed, _remaining(deadline),
+                                  max_frames=None)
+        with handle:
+            if realtime:
+                step = chunk_frames(sample_rate, channels, fmt)
+                t0 = time.monotonic()
+                for start in range(0, a.shape[0], step):
+                    lag = t0 + start / sample_rate - time.monotonic()
+                    if lag > 0:
+                        time.sleep(lag)  # pacing the audio like a live source, not synchronisation
+                    handle.push(a[start : start + step])
+            else:
+                handle.push(a)
+            total = handle.end(_remaining(deadline))
+            frames = list(handle.frames(_remaining(deadline)))
+        anim = Animation.from_frames(handle.stream, handle.fps, frames, total)
+        if anim.missing:
+            log.warning("stream %s: %d of %d frames did not arrive", stream, anim.missing, total)
+        return anim
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the I/O thread and close the sockets (LINGER 0: unsent messages are dropped).
+
+        Never hangs: the I/O thread is joined with a timeout. Waiting calls raise ClientClosedError."""
+        with self._cv:
+            if self._closing:
+                return
+            self._closing = True
+            self._cv.notify_all()
+        self._commands.put(("stop", b""))
+        self._wake()
+        self._thread.join(JOIN_TIMEOUT_S)
+        with self._wake_lock:
+            self._wake_tx.close(linger=0)
+        if self._thread.is_alive():
+            # term() would block on the I/O thread's sockets; leave the context to the process exit
+            log.warning("ksdiff-sdk I/O thread did not stop within %.1f s", JOIN_TIMEOUT_S)
+        else:
+            self._ctx.term()
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client(pub={self.pub_endpoint!r}, router={self.router_endpoint!r}, streams={self.streams})"
+
+    # --- the I/O thread -----------------------------------------------------------------------
+    def _initial_topics(self) -> list[bytes]:
+        topics = [protocol.HELLO_TOPIC, protocol.STATS_TOPIC, protocol.STREAM_TOPIC_PREFIX]
+        if self.streams is None:
+            topics.append(protocol.FRAME_TOPIC_PREFIX)
+        else:
+            topics += [protocol.frame_topic(s) for s in sorted(self.streams)]
+        return topics
+
+    def _run(self) -> None:
+        sockets: list[zmq.Socket] = [self._wake_rx]
+        sub = dealer = monitor = None
+        try:
+            sub = self._ctx.socket(zmq.SUB)
+            sockets.append(sub)
+            dealer = self._ctx.socket(zmq.DEALER)
+            sockets.append(dealer)
+            for s in (sub, dealer):
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+                s.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+                s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+                s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
+            for topic in self._initial_topics():  # SPEC 1: subscribe before connecting
+                sub.setsockopt(zmq.SUBSCRIBE, topic)
+            # A disconnect means the subscription must be proven live again (slow joiner).
+            monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            sockets.append(monitor)
+            sub.connect(self.pub_endpoint)
+            dealer.connect(self.router_endpoint)
+        except BaseException as e:
+            self._start_error = e
+            for s in reversed(sockets):
+                s.close(linger=0)
+            with self._cv:
+                self._closed = True
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            self._loop(sub, dealer, monitor)
+        except zmq.ContextTerminated:
+            pass
+        except Exception:
+            log.exception("ksdiff-sdk I/O thread failed")
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                sub.disable_monitor()
+            for s in reversed(sockets):
+                s.close(linger=0)
+            with self._cv:
+                self._closed = True
+                self._cv.notify_all()
+
+    def _loop(self, sub: zmq.Socket, dealer: zmq.Socket, monitor: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_rx, zmq.POLLIN)
+        poller.register(sub, zmq.POLLIN)
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        outbox: deque[bytes] = deque()  # DEALER messages waiting for room in its send queue
+        while True:
+            poller.modify(dealer, zmq.POLLIN | (zmq.POLLOUT if outbox else 0))
+            events = dict(poller.poll(_POLL_MS))
+            if self._wake_rx in events:
+                while True:
+                    try:
+                        self._wake_rx.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+            while True:
+                try:
+                    cmd, arg = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if cmd == "stop":
+                    return
+                if cmd == "send":
+                    outbox.append(arg)
+                elif cmd == "sub":
+                    sub.setsockopt(zmq.SUBSCRIBE, arg)
+                elif cmd == "unsub":
+                    sub.setsockopt(zmq.UNSUBSCRIBE, arg)
+            while outbox:
+                try:
+                    dealer.send(outbox[0], zmq.NOBLOCK)
+                except zmq.Again:
+                    break  # the send queue is full (runtime away or slow): retried on POLLOUT
+                outbox.popleft()
+            if sub in events:
+                for _ in range(_MAX_BATCH):
+                    try:
+                        parts = sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._guarded(self._on_published, parts)
+            if dealer in events:
+                for _ in range(_MAX_BATCH):
+                    try:
+                        parts = dealer.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._guarded(self._on_reply, parts)
+            if monitor in events:
+                while True:
+                    try:
+                        event = recv_monitor_message(monitor, zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if event["event"] == zmq.EVENT_DISCONNECTED:
+                        with self._cv:
+                            self._sub_live = False
+
+    def _guarded(self, handler: Callable[[list[bytes]], None], parts: list[bytes]) -> None:
+        """Run a message handler; a message that breaks it is counted and dropped, never fatal."""
+        try:
+            handler(parts)
+        except ProtocolError as e:
+            self._count_bad(e)
+        except Exception:
+            log.exception("ksdiff-sdk: dropped a message that could not be handled")
+            with self._cv:
+                self.invalid += 1
+
+    def _count_bad(self, e: ProtocolError) -> None:
+        with self._cv:
+            if e.code == "unknown_type":
+                self.ignored += 1  # a newer runtime's message type: ignored by design (SPEC 3.2)
+                return
+            self.invalid += 1
+        if e.code == "unsupported_version":
+            self._warn_once("version", "the runtime speaks another protocol major version: upgrade ksdiff-sdk (%s)", e)
+        else:
+            log.debug("ksdiff-sdk: dropped an invalid message: %s", e)
+
+    def _warn_once(self, key: str, fmt: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(fmt, *args)
+
+    def _on_published(self, parts: list[bytes]) -> None:
+        with self._cv:
+            # Any message at all proves the subscription reached the PUB.
+            if not self._sub_live:
+                self._sub_live = True
+                self._cv.notify_all()
+        if len(parts) != 2:
+            raise ProtocolError("malformed", f"a PUB message has 2 frames [topic, payload], got {len(parts)}")
+        kind, topic_stream = protocol.parse_topic(parts[0])
+        msg = protocol.decode(parts[1])
+        mtype = msg["type"]
+        expected = {"frame": ("frame",), "stream": ("stream_start", "stream_end"), "hello": ("hello",),
+                    "stats": ("stats",)}[kind]
+        if mtype not in expected:
+            raise ProtocolError("malformed", f"a {mtype} message on topic {parts[0]!r}")
+        if topic_stream is not None and msg["stream"] != topic_stream:
+            raise ProtocolError("malformed", f"stream {msg['stream']!r} on topic {parts[0]!r}")
+        if mtype == "frame":
+            self._on_frame(Frame.from_message(msg))
+        elif mtype == "hello":
+            self._on_hello(msg)
+        elif mtype == "stats":
+            with self._cv:
+                self._stats = msg
+                self._cv.notify_all()
+        else:
+            self._on_stream_event(msg)
+
+    def _on_frame(self, frame: Frame) -> None:
+        s = frame.stream
+        with self._cv:
+            self.received += 1
+            last = self._last_seq.get(s)
+            if last is not None and frame.seq > last + 1:
+                self._missed[s] = self._missed.get(s, 0) + frame.seq - last - 1
+            # seq <= last: a new stream that reuses the id (or a new runtime); counting restarts
+            self._last_seq[s] = frame.seq
+            self._latest[s] = frame
+            self._latest.move_to_end(s)
+            while len(self._latest) > LATEST_STREAMS_KEPT:
+                old, _ = self._latest.popitem(last=False)
+                self._fresh.pop(old, None)
+                self._last_seq.pop(old, None)
+            if self.streams is None or s in self.streams:
+                if self.latest_only:
+                    self._fresh.setdefault(s, None)  # keeps its place in line until read
+                else:
+                    if len(self._queue) == self.max_queue:
+                        self.dropped += 1
+                    self._queue.append(frame)
+            handle = self._handles.get(s)
+            if handle is not None:
+                handle._on_frame(frame)
+            self._cv.notify_all()
+
+    def _on_stream_event(self, msg: dict[str, Any]) -> None:
+        with self._cv:
+            self._last_seq.pop(msg["stream"], None)  # the next stream with this id counts seq from 0
+            if msg["type"] == "stream_end":
+                handle = self._handles.get(msg["stream"])
+                if handle is not None:
+                    handle._on_stream_end(msg)
+            self._cv.notify_all()
+
+    def _on_hello(self, msg: dict[str, Any]) -> None:
+        if "blendshapes" in msg and tuple(msg["blendshapes"]) != schema.BLENDSHAPES:
+            self._warn_once("schema", "the runtime's blendshape order differs from ksdiff_sdk.schema: "
+                            "frame['name'] would read the wrong weights; upgrade ksdiff-sdk")
+        instance = msg.get("instance")
+        with self._cv:
+            self._hello = {k: v for k, v in msg.items() if k != "req"}
+            # A never-seen instance id means a new runtime process: its streams are not ours. An
+            # id seen before is a late message of an older one and changes nothing.
+            if isinstance(instance, str) and instance not in self._seen_instances:
+                if self._instance is not None:
+                    self.restarts += 1
+                    self._last_seq.clear()
+                    for handle in self._handles.values():
+                        handle._on_restart(instance)
+                    log.info("ksdiff-sdk: the runtime restarted (instance %s -> %s)", self._instance, instance)
+                self._seen_instances.add(instance)
+                self._instance = instance
+            self._cv.notify_all()
+
+    def _on_reply(self, parts: list[bytes]) -> None:
+        if len(parts) != 1:
+            raise ProtocolError("malformed", f"a DEALER message has 1 frame, got {len(parts)}")
+        msg = protocol.decode(parts[0])
+        mtype = msg["type"]
+        if mtype not in protocol.REPLY_TYPES:
+            raise ProtocolError("malformed", f"{mtype} is not a reply")
+        if mtype == "hello":
+            self._on_hello(msg)
+        with self._cv:
+            r = self._pending.get(msg.get("req", -1))
+            if r is not None:
+                r.reply = msg
+            elif mtype == "error":
+                err = KsdiffError.from_reply(msg)
+                handle = self._handles.get(msg.get("stream", ""))
+                if handle is not None:
+                    handle._on_error(err)
+                else:
+                    self.errors.append(err)
+                    log.warning("ksdiff-sdk: runtime error: %s", err)
+            self._cv.notify_all()

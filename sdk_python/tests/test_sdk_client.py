@@ -1,0 +1,424 @@
+"""Client against real ZeroMQ sockets on loopback: a scripted runtime (fake_runtime.py) on ephemeral ports.
+
+No test sleeps to synchronise: each waits on a condition (client counters, replies) with a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from fake_runtime import FakeRuntime, frame_message, wait_until
+
+from ksdiff_sdk import (
+    BadAudioError,
+    BusyError,
+    Client,
+    ClientClosedError,
+    Frame,
+    InternalError,
+    KsdiffError,
+    StreamLost,
+    protocol,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+GOLDEN = Path(__file__).resolve().parents[2] / "protocol" / "golden"
+NO_RUNTIME = "tcp://127.0.0.1:1"  # nothing listens on port 1: ZeroMQ keeps retrying in the background
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRuntime]:
+    with FakeRuntime() as rt:
+        yield rt
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., Client]]:
+    """``make_client(fake, **kwargs)`` or ``make_client(pub=..., router=...)``: a Client closed at teardown."""
+    clients: list[Client] = []
+
+    def make(rt: FakeRuntime | None = None, pub: str | None = None, router: str | None = None, **kw: Any) -> Client:
+        c = Client(pub or rt.pub_endpoint, router or rt.router_endpoint, **kw)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def ready(make_client, rt: FakeRuntime, **kw) -> Client:
+    client = make_client(rt, **kw)
+    client.wait_for_runtime(5)
+    return client
+
+
+# --- receiving ----------------------------------------------------------------------------------
+def test_wait_for_runtime_returns_the_hello(fake, make_client):
+    client = make_client(fake)
+    hello = client.wait_for_runtime(5)
+    assert hello["blendshapes"] == list(protocol.schema.BLENDSHAPES) and hello["fps"] == 30
+    assert client.hello == hello and "req" not in hello
+    assert client.instance == "instance-A"
+
+
+def test_recv_frames_in_order(fake, make_client):
+    client = ready(make_client, fake)
+    for seq in range(5):
+        fake.publish(*frame_message("npc1", seq))
+    got = [client.recv(timeout=5) for _ in range(5)]
+    assert all(isinstance(f, Frame) for f in got)
+    assert [f.seq for f in got] == list(range(5)) and got[3]["jawOpen"] == pytest.approx(0.3)
+    assert client.latest("npc1") is got[-1] and client.latest() is got[-1]
+    assert client.received == 5 and client.missed == 0 and client.invalid == 0
+    with pytest.raises(TimeoutError):
+        client.recv(timeout=0.05)
+
+
+def test_frames_iterator_stops_after_an_idle_timeout(fake, make_client):
+    client = ready(make_client, fake)
+    for seq in range(3):
+        fake.publish(*frame_message("a", seq))
+    wait_until(lambda: client.received == 3)
+    assert [f.seq for f in client.frames(timeout=0.05)] == [0, 1, 2]
+
+
+def test_filter_by_one_stream_and_by_a_list(fake, make_client):
+    only_a = ready(make_client, fake, streams="a")
+    a_and_c = ready(make_client, fake, streams=["a", "c"])
+    everything = ready(make_client, fake)
+    for stream in ("b", "a", "c", "a10", "b", "a"):  # a10: the topic's trailing '/' keeps it out of 'a'
+        fake.publish(*frame_message(stream, 0))
+    wait_until(lambda: everything.received == 6)
+    wait_until(lambda: a_and_c.received == 3)
+    wait_until(lambda: only_a.received == 2)
+    assert [f.stream for f in only_a.frames(timeout=0.05)] == ["a", "a"]
+    assert [f.stream for f in a_and_c.frames(timeout=0.05)] == ["a", "c", "a"]
+    with pytest.raises(ValueError, match="stream id"):
+        Client(streams="bad id")
+
+
+def test_latest_only_keeps_one_frame_per_stream(fake, make_client):
+    client = ready(make_client, fake, latest_only=True)
+    for seq in range(30):
+        fake.publish(*frame_message("a", seq))
+        if seq < 5:
+            fake.publish(*frame_message("b", seq))
+    wait_until(lambda: client.received == 35)
+    assert client.latest("a").seq == 29 and client.latest("b").seq == 4 and client.latest("zz") is None
+    first, second = client.recv(timeout=1), client.recv(timeout=1)
+    assert (first.stream, first.seq) == ("a", 29) and (second.stream, second.seq) == ("b", 4)
+    with pytest.raises(TimeoutError):
+        client.recv(timeout=0.05)  # nothing new since
+    assert len(client._queue) == 0 and client.dropped == 0
+    fake.publish(*frame_message("a", 30))
+    assert client.recv(timeout=5).seq == 30
+
+
+def test_every_frame_queue_is_bounded_and_drops_oldest(fake, make_client):
+    client = ready(make_client, fake, max_queue=5)
+    for seq in range(20):
+        fake.publish(*frame_message("a", seq))
+    wait_until(lambda: client.received == 20)
+    assert client.dropped == 15
+    assert [f.seq for f in client.frames(timeout=0.05)] == [15, 16, 17, 18, 19]
+
+
+def test_seq_gaps_are_counted_per_stream(fake, make_client):
+    client = ready(make_client, fake)
+    for stream, seq in [("a", 0), ("a", 1), ("a", 2), ("a", 5), ("a", 6), ("b", 0), ("b", 3), ("b", 4)]:
+        fake.publish(*frame_message(stream, seq))
+    wait_until(lambda: client.received == 8)
+    assert client.missed == 4 and client.missed_per_stream == {"a": 2, "b": 2}
+    # a new stream that reuses the id starts at seq 0 again: not a gap
+    fake.publish(*protocol.encode_stream_start("a", "sdk", 1))
+    fake.publish(*frame_message("a", 0))
+    fake.publish(*frame_message("a", 1))
+    wait_until(lambda: client.received == 10)
+    assert client.missed == 4
+
+
+def test_invalid_messages_are_counted_and_dropped(fake, make_client):
+    client = ready(make_client, fake)
+    topic, good = frame_message("a", 0)
+    bad = [
+        [topic, b"\xc1 not msgpack"],
+        [topic, (GOLDEN / "invalid_blendshapes_length.msgpack").read_bytes()],
+        [topic, (GOLDEN / "invalid_truncated.msgpack").read_bytes()],
+        [topic, (GOLDEN / "invalid_unknown_major.msgpack").read_bytes()],
+        [topic, (GOLDEN / "invalid_oversized.msgpack").read_bytes()],
+        [b"ksd1/frame/a/", frame_message("b", 0)[1]],  # payload's stream is not the topic's
+        [protocol.HELLO_TOPIC, good],  # a frame on the hello topic
+        [b"ksd1/frame/bad id/", good],  # not a valid topic
+        [topic, good, b"extra"],  # 3 ZeroMQ frames
+        [topic],  # 1 ZeroMQ frame
+    ]
+    for parts in bad:
+        fake.publish(*parts)
+    fake.publish(protocol.STATS_TOPIC, (GOLDEN / "invalid_unknown_type.msgpack").read_bytes())  # a newer type
+    fake.publish(topic, good)
+    wait_until(lambda: client.received == 1)
+    wait_until(lambda: client.invalid == len(bad))
+    assert client.ignored == 1
+    assert client.recv(timeout=1).seq == 0
+    with pytest.raises(TimeoutError):
+        client.recv(timeout=0.05)
+    fake.publish(*frame_message("a", 1))  # the I/O thread is still alive
+    assert client.recv(timeout=5).seq == 1
+
+
+def test_invalid_replies_are_counted_and_dropped(fake, make_client):
+    client = ready(make_client, fake)
+    stats = protocol.encode_message("stats", uptime_s=1.0, streams={}, drops=0, published_ns=1)
+    fake.on_request = lambda m: [b"\xc1", stats] if m["type"] == "open_stream" else None
+    with pytest.raises(TimeoutError):
+        client.open_stream("npc1", timeout=0.3)
+    wait_until(lambda: client.invalid == 2)  # not msgpack; a stats message is not a reply
+    fake.on_request = None
+    assert client.open_stream("npc2").stream == "npc2"  # the I/O thread goes on
+
+
+def test_stats_are_kept(fake, make_client):
+    client = ready(make_client, fake)
+    fake.publish(*protocol.encode_stats(1.5, {}, 0, 123))
+    wait_until(lambda: client.stats is not None)
+    assert client.stats["uptime_s"] == 1.5
+
+
+# --- streams ------------------------------------------------------------------------------------
+def test_open_push_end_and_frames(fake, make_client):
+    client = ready(make_client, fake, streams="other")  # the handle still gets its own stream's frames
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32)
+    with client.open_stream("npc1", transcript="hi", seed=3) as handle:
+        assert handle.stream == "npc1" and handle.fps == 30 and handle.instance == "instance-A"
+        handle.push(audio[:8000])
+        handle.push(audio[8000:])
+        assert handle.end(5) == 30
+    frames = list(handle.frames(timeout=5))
+    assert [f.index for f in frames] == list(range(30)) and frames[-1].last
+    with pytest.raises(TimeoutError):
+        client.recv(timeout=0.05)  # npc1 is not in the client's filter
+    opened = fake.requests_of("open_stream")[0]
+    assert opened["transcript"] == "hi" and opened["seed"] == 3 and opened["format"] == "f32le"
+    sent = fake.audio["npc1"]
+    assert [m["seq"] for m in sent] == list(range(len(sent)))
+    assert b"".join(m["pcm"] for m in sent) == audio.astype("<f4").tobytes()
+    assert sent[0]["at_sample"] == 0 and sent[-1]["at_sample"] + len(sent[-1]["pcm"]) // 4 == 16000
+
+
+def test_runtime_picks_the_stream_id(fake, make_client):
+    client = ready(make_client, fake)
+    handle = client.open_stream(sample_rate=8000, format="s16le")
+    assert handle.stream == "sdk-1"
+    handle.push(np.zeros(8000, np.int16))
+    assert handle.end() == 30
+    assert len(list(handle.frames())) == 30
+
+
+def test_animate_returns_every_frame_by_index(fake, make_client):
+    client = ready(make_client, fake)
+    audio = (np.random.default_rng(1).uniform(-0.5, 0.5, (48000, 2)) * 32767).astype(np.int16)
+    anim = client.animate(audio, sample_rate=48000)
+    assert len(anim) == 30 and anim.missing == 0 and anim.fps == 30
+    assert anim.blendshapes.shape == (30, 52) and anim.head.shape == (30, 3) and anim.gaze.shape == (30, 4)
+    assert [f.index for f in anim.frames] == list(range(30)) and anim.frames[-1].last
+    np.testing.assert_allclose(anim.t_audio, np.arange(30) / 30)
+    sent = fake.audio[anim.stream]
+    assert b"".join(m["pcm"] for m in sent) == audio.tobytes()
+    assert all(len(m["pcm"]) <= 4800 * 4 for m in sent)  # <= 100 ms of 48 kHz stereo s16le
+    assert fake.requests_of("open_stream")[0]["channels"] == 2
+
+
+def test_error_reply_raises_a_typed_error(fake, make_client):
+    client = ready(make_client, fake)
+    fake.on_request = lambda m: (
+        [protocol.encode_error("busy", "at capacity", "open_stream", req=m.get("req"))]
+        if m["type"] == "open_stream" else None
+    )
+    with pytest.raises(BusyError) as e:
+        client.open_stream("npc1")
+    assert isinstance(e.value, KsdiffError) and e.value.code == "busy" and "capacity" in e.value.message
+
+
+def test_unknown_error_code_counts_as_internal(fake, make_client):
+    client = ready(make_client, fake)
+
+    def reply(m):
+        if m["type"] != "open_stream":
+            return None
+        return [msgpack.packb({"v": [1, 0], "type": "error", "code": "overloaded", "message": "later",
+                               "request_type": "open_stream", "req": m["req"]})]
+
+    fake.on_request = reply
+    with pytest.raises(InternalError):
+        client.open_stream("npc1")
+
+
+def test_bad_open_arguments_are_refused_locally(make_client):
+    client = make_client(pub=NO_RUNTIME, router=NO_RUNTIME)
+    with pytest.raises(ValueError, match="sample_rate"):
+        client.open_stream(sample_rate=4000)
+    with pytest.raises(ValueError, match="format"):
+        client.open_stream(format="u8")
+
+
+def test_audio_errors_surface_on_the_next_push_and_end(fake, make_client):
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+    refused = protocol.encode_error("bad_audio", "odd length", "audio", stream="npc1")
+    fake.on_request = lambda m: [refused] if m["type"] == "audio" else None
+    handle.push(np.zeros(160, np.float32))
+    wait_until(lambda: len(handle.errors) == 1)
+    with pytest.raises(BadAudioError):
+        handle.push(np.zeros(160, np.float32))  # raised before anything is sent
+    handle.push(np.zeros(160, np.float32))  # raised once: this one is sent (and fails too)
+    wait_until(lambda: len(handle.errors) == 2)
+    fake.on_request = None
+    with pytest.raises(BadAudioError):
+        handle.end()  # ends the stream, then raises what was not raised yet
+    assert handle.ended and handle.end() == 0  # the refused audio never counted
+    assert len(fake.requests_of("end_stream")) == 1
+    assert [e.code for e in handle.errors] == ["bad_audio", "bad_audio"]
+    assert len(fake.requests_of("audio")) == 2
+
+
+def test_error_for_no_waiting_call_is_kept(fake, make_client):
+    client = ready(make_client, fake)
+    client._send([protocol.encode_request("audio", stream="nobody", seq=0, pcm=b"")])
+    wait_until(lambda: len(client.errors) == 1)
+    assert client.errors[0].code == "unknown_stream"
+
+
+# --- timeouts and closing -----------------------------------------------------------------------
+def test_timeouts(fake, make_client):
+    client = ready(make_client, fake)
+    fake.on_request = lambda m: [] if m["type"] == "open_stream" else None  # never answers
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="open_stream"):
+        client.open_stream("npc1", timeout=0.3)
+    assert time.monotonic() - t0 < 2
+    nothing = make_client(pub=NO_RUNTIME, router=NO_RUNTIME)
+    with pytest.raises(TimeoutError, match="runtime not ready"):
+        nothing.wait_for_runtime(0.2)
+    with pytest.raises(TimeoutError, match="PUB"):
+        nothing.open_stream("npc1", timeout=0.2)
+
+
+def test_close_never_hangs_and_wakes_waiters():
+    client = Client(NO_RUNTIME, NO_RUNTIME)
+    for _ in range(50):  # requests queued on a DEALER that never connects
+        with pytest.raises(TimeoutError):
+            client.wait_for_runtime(0.001)
+    errors: list[BaseException] = []
+
+    def blocked_recv() -> None:
+        try:
+            client.recv()  # no timeout: until the client closes
+        except BaseException as e:
+            errors.append(e)
+
+    waiter = threading.Thread(target=blocked_recv)
+    waiter.start()
+    t0 = time.monotonic()
+    client.close()
+    waiter.join(5)
+    assert time.monotonic() - t0 < 2
+    assert not waiter.is_alive() and isinstance(errors[0], ClientClosedError)
+    client.close()  # twice is fine
+    with pytest.raises(ClientClosedError):
+        client.recv(timeout=1)
+    with pytest.raises(ClientClosedError):
+        client.wait_for_runtime(1)
+    assert list(client.frames()) == []
+
+
+def test_a_bad_endpoint_fails_in_the_constructor():
+    with pytest.raises(zmq.ZMQError):
+        Client("not-an-endpoint", NO_RUNTIME)
+    with pytest.raises(ValueError, match="max_queue"):
+        Client(NO_RUNTIME, NO_RUNTIME, max_queue=0)
+
+
+def test_context_manager_closes(fake):
+    with Client(fake.pub_endpoint, fake.router_endpoint) as client:
+        client.wait_for_runtime(5)
+    assert client.closed and not client._thread.is_alive()
+
+
+# --- restarts -----------------------------------------------------------------------------------
+def test_restart_with_a_new_instance_loses_streams_and_frames_keep_flowing(make_client):
+    first = FakeRuntime(instance="A").start()
+    client = ready(make_client, first)
+    handle = client.open_stream("npc1")
+    handle.push(np.zeros(1600, np.float32))
+    pub, router = first.pub_endpoint, first.router_endpoint
+    first.stop()
+    with FakeRuntime(pub=pub, router=router, instance="B") as second:
+        wait_until(lambda: client.instance == "B", what="the new runtime's hello")
+        assert client.restarts == 1
+        with pytest.raises(StreamLost) as e:
+            handle.push(np.zeros(1600, np.float32))
+        assert e.value.reason == "restart" and "npc1" in str(e.value)
+        with pytest.raises(StreamLost):
+            handle.end()  # every later call says so
+        handle.close()  # a lost handle closes quietly
+        # frames of the new runtime reach recv() with nothing done by the user
+        seq = 0
+        deadline = time.monotonic() + 5
+        while True:
+            second.publish(*frame_message("x", seq))
+            seq += 1
+            try:
+                frame = client.recv(timeout=0.05)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, "no frame from the new runtime"
+        assert frame.stream == "x"
+        # and a new stream opens on the new runtime
+        again = client.open_stream("npc1")
+        assert again.instance == "B"
+        again.push(np.zeros(16000, np.float32))
+        assert again.end() == 30
+
+
+def test_a_stale_hello_of_the_old_instance_changes_nothing(fake, make_client):
+    client = ready(make_client, fake)
+    fake.instance = "instance-B"
+    wait_until(lambda: client.instance == "instance-B")
+    handle = client.open_stream("npc1")
+    fake.publish(protocol.HELLO_TOPIC, protocol.encode_message("hello", **protocol.hello_fields("x"),
+                                                               instance="instance-A"))
+    fake.publish(*frame_message("mark", 0))
+    wait_until(lambda: client.latest("mark") is not None)
+    assert client.instance == "instance-B" and client.restarts == 1 and handle.lost is None
+
+
+def test_shutdown_stream_end_loses_the_stream(fake, make_client):
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+    fake.shutdown()
+    wait_until(lambda: handle.lost is not None)
+    assert handle.lost.reason == "shutdown"
+    with pytest.raises(StreamLost):
+        handle.push(np.zeros(160, np.float32))
+    with pytest.raises(StreamLost):
+        list(handle.frames(timeout=1))
+
+
+def test_runtime_without_instance_keeps_streams(make_client):
+    with FakeRuntime(instance=None) as rt:
+        client = ready(make_client, rt)
+        assert client.instance is None
+        handle = client.open_stream("npc1")
+        assert handle.instance is None
+        handle.push(np.zeros(16000, np.float32))
+        assert handle.end() == 30
