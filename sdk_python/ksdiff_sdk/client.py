@@ -25,7 +25,6 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import msgpack
 import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
