@@ -498,10 +498,7 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
     loop = looped_speech(audio)
 
     # Warm-up outside the clock: the recogniser's and the backend's first calls allocate and plan.
-    warm = engine.open_stream("warm-up")
-    engine.push(warm, loop[: motion.SAMPLE_RATE])
-    engine.end_stream(warm)
-    engine.step()
+    engine.warm_up()
 
     ctx = zmq.Context()
     # XPUB is a PUB socket that also hands us subscriptions: receiving the subscriber's tells us it is

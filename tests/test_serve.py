@@ -7,6 +7,10 @@ SPEC says.
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -307,3 +311,83 @@ def test_shutdown_ends_open_streams_and_stops_promptly(engine):
         assert "live" not in engine.stream_ids
     finally:
         peer.close()
+
+
+# --- sources and the command line --------------------------------------------------------------
+def test_file_source_stream_in_its_own_rate(runtime, tmp_path, speech_16k):
+    """A 44.1 kHz stereo file played as fast as possible: every frame, then stream_end."""
+    import soundfile as sf
+
+    from ksdiff_runtime.serve.sources import FileSource
+
+    x = resample_poly(speech(1.2, speech_16k), 441, 160)
+    path = tmp_path / "line 1.wav"
+    sf.write(path, np.stack([x, 0.5 * x], axis=1), 44100, subtype="PCM_16")
+    peer = Peer(runtime)
+    try:
+        sid = runtime.add_source(FileSource(path, realtime=False, stream_id="line_1"))
+        msgs = peer.wait_pub(is_end(sid))
+        frames = frames_of(msgs, sid)
+        assert [f["index"] for f in frames] == list(range(36)) and frames[-1]["last"]
+        assert all(f["captured_ns"] is None for f in frames)  # played faster than real time: no capture clock
+        assert msgs[-1]["source"] == "file" and msgs[-1]["reason"] == "ended"
+    finally:
+        peer.close()
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ksdiff_runtime.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_serve_refuses_bad_files_and_configs_before_loading_the_model(tmp_path):
+    missing = cli("serve", "--file", str(tmp_path / "nope.wav"))
+    assert missing.returncode == 1 and "not found" in missing.stderr and "nope.wav" in missing.stderr
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    bad = cli("serve", "--file", str(corrupt))
+    assert bad.returncode == 1 and "corrupt.wav" in bad.stderr
+    config = tmp_path / "serve.toml"
+    config.write_text('pub = "tcp://127.0.0.1:5555"\nmicrophone = true\n')
+    unknown = cli("serve", "--config", str(config))
+    assert unknown.returncode == 2 and "unknown key(s) microphone" in unknown.stderr
+    config.write_text("fps = 'fast'\n")
+    typed = cli("serve", "--config", str(config))
+    assert typed.returncode == 2 and "fps must be of type int" in typed.stderr
+
+
+def test_serve_port_in_use_exits_with_a_clear_message(runtime):
+    taken = cli("serve", "--pub", runtime.pub_endpoint, "--router", "tcp://127.0.0.1:0", "--backend", "onnxruntime")
+    assert taken.returncode == 1
+    assert f"cannot listen on {runtime.pub_endpoint}" in taken.stderr and "--pub" in taken.stderr
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    """The real command: a client opens a stream, SIGTERM, the stream ends with reason shutdown."""
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    pub, router = (f"tcp://127.0.0.1:{p}" for p in ports)
+    server = subprocess.Popen([sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--pub", pub, "--router", router,
+                               "--backend", "onnxruntime", "--log-format", "json"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        rt = type("Endpoints", (), {"pub_endpoint": pub, "router_endpoint": router})()
+        peer = Peer(rt)  # waits for the server's first hello (it loads the model first)
+        try:
+            peer.request("open_stream", stream="npc", sample_rate=16000, channels=1, format="f32le")
+            server.send_signal(signal.SIGTERM)
+            assert peer.wait_pub(is_end("npc"))[-1]["reason"] == "shutdown"
+        finally:
+            peer.close()
+        assert server.wait(timeout=30) == 0
+        logs = [json.loads(line) for line in server.stderr.read().splitlines() if line.startswith("{")]
+        assert any("stream npc ended (shutdown)" in entry["msg"] for entry in logs)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

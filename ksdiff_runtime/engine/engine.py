@@ -150,6 +150,17 @@ class StreamingEngine:
             pending.end = True
             self._wake.notify_all()
 
+    def warm_up(self, seconds: float = 1.0) -> None:
+        """Run a throwaway stream of low noise through the front-end and the backend, so their first
+        calls (session set-up, memory planning: tens to hundreds of ms) happen before a real stream
+        waits on them. Call it before serving, from the thread that will call ``step``."""
+        sid = self.open_stream(f"warm-up-{uuid.uuid4().hex[:8]}")
+        noise = np.random.default_rng(0).standard_normal(int(seconds * motion.SAMPLE_RATE)).astype(np.float32)
+        self.push(sid, 1e-3 * noise)
+        self.end_stream(sid)
+        while sid in self.stream_ids:
+            self.step()
+
     def abort_stream(self, stream_id: str) -> None:
         """Forget a stream now, without emitting its remaining frames (e.g. at shutdown)."""
         self._drop(stream_id)

@@ -82,7 +82,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ServeConfig:
         if want is list:
             ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         if not ok or (want is int and isinstance(value, bool)):
-            raise ConfigError(f"{name} must be a {want.__name__}, got {value!r}")
+            raise ConfigError(f"{name} must be of type {want.__name__}, got {value!r}")
     config = ServeConfig(**values)
     config.check()
     return config
