@@ -20,7 +20,9 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("ksdiff_runtime.bake", "bake"),
     ("ksdiff_runtime.backends.export", "export"),
     ("ksdiff_runtime.bench", "bench"),
+    ("ksdiff_runtime.serve.publish_bench", "bench-publish"),
     ("ksdiff_runtime.serve.command", "serve"),
+    ("ksdiff_runtime.demo", "demo"),
     ("ksdiff_runtime.serve.sources", "devices"),
 )
 

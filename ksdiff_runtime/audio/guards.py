@@ -128,11 +128,13 @@ def to_model_rate(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.clip(y, -1.0, 1.0).astype(np.float32)
 
 
-def load_audio(path: str | Path) -> tuple[np.ndarray, AudioReport]:
-    """Read an audio file -> (float32 mono at ``motion.SAMPLE_RATE``, report of the file's samples).
+def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read an audio file as it is stored -> (float32 [samples, channels], sample rate).
 
-    Raises ``AudioInputError`` naming the file when it is missing, not a file, in a format
-    libsndfile does not read, or corrupt.
+    No repair, downmix or resampling: ``load_audio`` (whole clips for the model) and the
+    runtime's file source (blocks at the file's own rate) both start here, so they accept and
+    refuse the same files with the same messages. Raises ``AudioInputError`` naming the file when
+    it is missing, not a file, in a format libsndfile does not read, or corrupt.
     """
     import soundfile as sf  # local: the engine and SDK import guards without needing libsndfile
 
@@ -151,5 +153,15 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, AudioReport]:
                 f"unsupported audio format {p.suffix!r} for {p} (readable: {', '.join(sorted(known))})"
             ) from exc
         raise AudioInputError(f"cannot read audio file {p} (corrupt or unsupported content): {exc}") from exc
-    mono, report = sanitize(data, sample_rate=int(rate))
-    return to_model_rate(mono, int(rate)), report
+    return data, int(rate)
+
+
+def load_audio(path: str | Path) -> tuple[np.ndarray, AudioReport]:
+    """Read an audio file -> (float32 mono at ``motion.SAMPLE_RATE``, report of the file's samples).
+
+    Raises ``AudioInputError`` naming the file when it is missing, not a file, in a format
+    libsndfile does not read, or corrupt (see ``read_audio_file``).
+    """
+    data, rate = read_audio_file(path)
+    mono, report = sanitize(data, sample_rate=rate)
+    return to_model_rate(mono, rate), report

@@ -1,0 +1,603 @@
+"""Audio sources for `serve`: the file source's pacing and contract, and a real microphone path
+(PortAudio -> ALSA -> the ALSA `pulse` plugin -> a private PulseAudio daemon with a virtual mic).
+
+The daemon (``pulse`` fixture) is started in a temp dir and holds:
+    ksdiff_vmic           module-pipe-source: the virtual microphone (the default source); what the
+                          test writes into its FIFO is what the microphone records, sample for sample
+    ksdiff_vspk           module-null-sink: a virtual speaker; ``ksdiff_vspk.monitor`` records what
+                          is played into it (clocked like real hardware, silence when idle)
+Without pulseaudio/PortAudio the microphone tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ksdiff_runtime.audio.guards import AudioInputError, load_audio, to_model_rate
+from ksdiff_runtime.serve.sources import (
+    STOP_WAIT_S,
+    FileSource,
+    MicSource,
+    SourceError,
+    format_devices,
+    list_input_devices,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+MIC_RATE = 48_000  # the virtual mic's own rate: recording at it involves no resampling
+WAIT_S = 10.0  # upper bound for anything the tests wait for
+
+
+# --- helpers -----------------------------------------------------------------------------------
+@dataclass
+class Recorder:
+    """Collects what a source delivers; events fire when enough has arrived or the source ended."""
+
+    want_samples: int = 0
+    want_blocks: int = 0
+    blocks: list[np.ndarray] = field(default_factory=list)
+    captured: list[int | None] = field(default_factory=list)
+    arrived: list[int] = field(default_factory=list)
+    ends: list[str | None] = field(default_factory=list)
+    enough: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    count: int = 0
+    after_block: object = None  # optional callable(n_blocks) run inside on_audio
+
+    def on_audio(self, pcm: np.ndarray, captured_ns: int | None) -> None:
+        self.arrived.append(time.monotonic_ns())
+        self.blocks.append(pcm)
+        self.captured.append(captured_ns)
+        self.count += len(pcm)
+        if (self.want_samples and self.count >= self.want_samples) or (
+            self.want_blocks and len(self.blocks) >= self.want_blocks
+        ):
+            self.enough.set()
+        if callable(self.after_block):
+            self.after_block(len(self.blocks))
+
+    def on_end(self, error: str | None) -> None:
+        self.ends.append(error)
+        self.ended.set()
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.blocks) if self.blocks else np.zeros((0, 1), np.float32)
+
+
+def _tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    x = 0.5 * np.sin(2 * np.pi * freq * t)
+    return np.stack([x * (0.5 + 0.5 * c) for c in range(channels)], axis=1).astype(np.float32)
+
+
+def _peak_hz(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.fft.rfftfreq(x.size, 1 / rate)[spectrum.argmax()])
+
+
+def _best_correlation(recorded: np.ndarray, reference: np.ndarray) -> float:
+    """Peak normalised cross-correlation of the reference against the recording (any delay)."""
+    from scipy.signal import correlate
+
+    corr = correlate(recorded, reference, mode="valid")
+    energy = np.sqrt(np.convolve(recorded**2, np.ones(reference.size), mode="valid"))
+    return float(np.max(corr / (np.linalg.norm(reference) * np.maximum(energy, 1e-12))))
+
+
+def _write_wav(path: Path, audio: np.ndarray, rate: int, subtype: str = "FLOAT") -> Path:
+    sf.write(str(path), audio, rate, subtype=subtype)
+    return path
+
+
+# --- file source ---------------------------------------------------------------------------------
+def test_file_source_realtime_pacing(tmp_path: Path) -> None:
+    audio = _tone(0.3, 16_000)
+    src = FileSource(_write_wav(tmp_path / "short.wav", audio, 16_000), realtime=True, block_ms=10)
+    assert (src.kind, src.sample_rate, src.channels, src.blocksize) == ("file", 16_000, 1, 160)
+    rec = Recorder()
+    t0 = time.monotonic_ns()
+    src.start(rec.on_audio, rec.on_end)
+    assert rec.ended.wait(WAIT_S)
+    elapsed = (time.monotonic_ns() - t0) / 1e9
+    src.stop()
+    assert 0.25 <= elapsed <= 1.0, elapsed
+    assert rec.ends == [None]
+    assert [len(b) for b in rec.blocks] == [160] * 30
+    captured = np.array(rec.captured, dtype=np.int64)
+    # The schedule: block k's last sample is captured (k+1) * 10 ms after the start, exactly
+    # (integer ns from sample counts: no drift), and no block arrives before its time.
+    np.testing.assert_allclose(np.diff(captured), 10_000_000, atol=1)
+    assert captured[0] - t0 == pytest.approx(10_000_000, abs=5_000_000)
+    assert all(a >= c for a, c in zip(rec.arrived, rec.captured, strict=True))
+    np.testing.assert_array_equal(rec.audio(), audio)
+
+
+def test_file_source_fast_mode_delivers_the_file_exactly(tmp_path: Path) -> None:
+    audio = _tone(5.0, 16_000) + np.linspace(-0.1, 0.1, 80_000, dtype=np.float32)[:, None]
+    path = _write_wav(tmp_path / "long.wav", audio, 16_000)
+    src = FileSource(path, realtime=False, block_ms=25)
+    rec = Recorder()
+    t0 = time.monotonic()
+    src.start(rec.on_audio, rec.on_end)
+    assert rec.ended.wait(WAIT_S)
+    assert time.monotonic() - t0 < 2.0  # 5 s of audio, not paced
+    assert rec.ends == [None]
+    assert set(rec.captured) == {None}
+    assert all(b.dtype == np.float32 and b.shape == (400, 1) for b in rec.blocks)
+    np.testing.assert_array_equal(rec.audio(), sf.read(str(path), dtype="float32", always_2d=True)[0])
+
+
+def test_file_source_48k_stereo_as_is(tmp_path: Path) -> None:
+    audio = _tone(0.5, 48_000, channels=2)
+    path = _write_wav(tmp_path / "stereo.wav", audio, 48_000, subtype="PCM_24")
+    src = FileSource(path, realtime=False)
+    assert (src.sample_rate, src.channels, src.blocksize) == (48_000, 2, 480)
+    rec = Recorder()
+    src.start(rec.on_audio, rec.on_end)
+    assert rec.ended.wait(WAIT_S)
+    got = rec.audio()
+    assert got.shape == (24_000, 2) and rec.blocks[0].shape == (480, 2)
+    np.testing.assert_array_equal(got, sf.read(str(path), dtype="float32", always_2d=True)[0])
+    np.testing.assert_allclose(got, audio, atol=1e-6)
+
+
+def test_file_source_last_block_is_short(tmp_path: Path) -> None:
+    audio = _tone(0.105, 16_000)  # 1680 samples: ten blocks of 160 and one of 80
+    src = FileSource(_write_wav(tmp_path / "odd.wav", audio, 16_000), realtime=False)
+    rec = Recorder()
+    src.start(rec.on_audio, rec.on_end)
+    assert rec.ended.wait(WAIT_S)
+    assert [len(b) for b in rec.blocks] == [160] * 10 + [80]
+    np.testing.assert_array_equal(rec.audio(), audio)
+
+
+def test_file_source_stop_mid_file(tmp_path: Path) -> None:
+    src = FileSource(_write_wav(tmp_path / "two.wav", _tone(2.0, 16_000), 16_000), realtime=True)
+    rec = Recorder(want_blocks=5)
+    t0 = time.monotonic()
+    src.start(rec.on_audio, rec.on_end)
+    assert rec.enough.wait(WAIT_S)
+    src.stop()
+    assert time.monotonic() - t0 < 1.0  # prompt: not the file's 2 s
+    n = len(rec.blocks)
+    assert src._thread is not None and not src._thread.is_alive()  # joined: nothing can run now
+    src.stop()  # idempotent
+    assert len(rec.blocks) == n and 5 <= n < 200
+    assert rec.ends == []  # stopped, not ended
+
+
+def test_file_source_stop_from_its_own_callback(tmp_path: Path) -> None:
+    src = FileSource(_write_wav(tmp_path / "cb.wav", _tone(1.0, 16_000), 16_000), realtime=False)
+    rec = Recorder()
+    rec.after_block = lambda n: src.stop() if n == 3 else None
+    src.start(rec.on_audio, rec.on_end)
+    assert src._thread is not None
+    src._thread.join(WAIT_S)
+    assert not src._thread.is_alive()
+    assert len(rec.blocks) == 3 and rec.ends == []
+
+
+def test_file_source_loop(tmp_path: Path) -> None:
+    audio = _tone(0.1, 16_000)
+    src = FileSource(_write_wav(tmp_path / "loop.wav", audio, 16_000), realtime=False, loop=True)
+    rec = Recorder(want_samples=3 * audio.shape[0] + 1)
+    src.start(rec.on_audio, rec.on_end)
+    assert rec.enough.wait(WAIT_S)
+    src.stop()
+    got = rec.audio()
+    reps = got.shape[0] // audio.shape[0] + 1
+    np.testing.assert_array_equal(got, np.tile(audio, (reps, 1))[: got.shape[0]])
+    assert rec.ends == []
+
+
+def test_file_source_consumer_error_ends_the_stream(tmp_path: Path) -> None:
+    src = FileSource(_write_wav(tmp_path / "err.wav", _tone(0.2, 16_000), 16_000), realtime=False)
+    rec = Recorder()
+
+    def failing(pcm: np.ndarray, captured_ns: int | None) -> None:
+        raise RuntimeError("consumer broke")
+
+    src.start(failing, rec.on_end)
+    assert rec.ended.wait(WAIT_S)
+    src.stop()
+    assert len(rec.ends) == 1 and "consumer broke" in str(rec.ends[0]) and "err.wav" in str(rec.ends[0])
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+def test_file_source_empty_file(tmp_path: Path, realtime: bool) -> None:
+    path = _write_wav(tmp_path / "empty.wav", np.zeros((0, 2), np.float32), 44_100, subtype="PCM_16")
+    src = FileSource(path, realtime=realtime, loop=True)  # loop over nothing must still end
+    assert (src.sample_rate, src.channels, src.num_samples) == (44_100, 2, 0)
+    rec = Recorder()
+    src.start(rec.on_audio, rec.on_end)
+    assert rec.ended.wait(WAIT_S)
+    src.stop()
+    assert rec.blocks == [] and rec.ends == [None]
+
+
+def test_file_source_errors_match_load_audio(tmp_path: Path) -> None:
+    corrupt = tmp_path / "broken.wav"
+    corrupt.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk")
+    unsupported = tmp_path / "notes.xyz"
+    unsupported.write_text("not audio")
+    cases = [(tmp_path / "nope.wav", "not found"), (corrupt, "cannot read"), (unsupported, "unsupported"),
+             (tmp_path, "not a file")]
+    for path, words in cases:
+        with pytest.raises(AudioInputError, match=words) as from_source:
+            FileSource(path)
+        assert path.name in str(from_source.value)
+        with pytest.raises(AudioInputError) as from_loader:
+            load_audio(path)
+        assert str(from_source.value) == str(from_loader.value)  # one reader, one set of messages
+
+
+# --- PortAudio missing (no daemon needed) ------------------------------------------------------------
+class _NoPortAudio:
+    """An import hook that fails like sounddevice does when libportaudio is not installed."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return None
+
+
+def test_missing_portaudio_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delitem(sys.modules, "sounddevice", raising=False)  # restored after the test
+    monkeypatch.setattr(sys, "meta_path", [_NoPortAudio(), *sys.meta_path])
+    with pytest.raises(SourceError, match="libportaudio2"):
+        list_input_devices()
+    with pytest.raises(SourceError, match="PortAudio library is missing"):
+        MicSource()
+    from ksdiff_runtime.cli import main
+
+    assert main(["devices"]) == 1
+    assert "libportaudio2" in capsys.readouterr().err
+
+
+def test_no_input_device_at_all(tmp_path: Path) -> None:
+    """PortAudio with nothing to record from: ALSA's pulse plugin pointed at a socket with no daemon."""
+    env = {**os.environ, "PULSE_SERVER": f"unix:{tmp_path}/no-daemon-here", "HOME": str(tmp_path),
+           "XDG_RUNTIME_DIR": str(tmp_path), "PULSE_RUNTIME_PATH": str(tmp_path)}
+    env.pop("PULSE_SOURCE", None)
+    script = (
+        "import sys\n"
+        "from ksdiff_runtime.serve.sources import MicSource, SourceError\n"
+        "try:\n    MicSource()\nexcept SourceError as e:\n    print('SourceError:', e)\n"
+        "else:\n    print('opened a microphone')\n"
+        "from ksdiff_runtime.cli import main\n"
+        "print('devices exit', main(['devices']))\n"
+    )
+    try:
+        probe = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                               timeout=60, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        pytest.fail("probing for devices hung")
+    if "PortAudio library is missing" in probe.stdout:
+        pytest.skip("PortAudio is not installed (apt-get install libportaudio2)")
+    if "opened a microphone" in probe.stdout:
+        pytest.skip("this machine has capture hardware of its own; cannot test 'no input device' here")
+    assert probe.returncode == 0, probe.stderr
+    assert "SourceError: no input device" in probe.stdout, probe.stdout + probe.stderr
+    # the message says what PortAudio did find (here: nothing at all)
+    assert "no audio devices at all" in probe.stdout or "only devices that cannot record" in probe.stdout
+    assert "devices exit 1" in probe.stdout
+    assert "error: no input device" in probe.stderr
+
+
+# --- a private PulseAudio daemon with a virtual microphone -----------------------------------------
+@dataclass
+class PulseDaemon:
+    root: Path
+    server: str  # PULSE_SERVER value
+    mic_fifo: Path  # what is written here is what ksdiff_vmic records
+    pid: int
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the daemon and wait (on a pidfd, no polling) until it has exited."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return
+        try:
+            os.kill(self.pid, sig)
+            if not select.select([pidfd], [], [], 5.0)[0] and sig != signal.SIGKILL:
+                os.kill(self.pid, signal.SIGKILL)
+                select.select([pidfd], [], [], 5.0)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
+
+
+def start_pulse(root: Path) -> PulseDaemon:
+    """Start a user-mode PulseAudio daemon private to ``root``; skips the test when it cannot."""
+    exe = shutil.which("pulseaudio")
+    if exe is None:
+        pytest.skip("pulseaudio is not installed (apt-get install pulseaudio pulseaudio-utils libasound2-plugins)")
+    socket_path = root / "native"
+    if len(str(socket_path)) > 100:
+        pytest.skip(f"temp dir too long for a unix socket: {socket_path}")
+    mic_fifo = root / "mic.fifo"  # module-pipe-source creates it
+    script = root / "init.pa"
+    script.write_text(
+        f"load-module module-native-protocol-unix socket={socket_path} auth-anonymous=1\n"
+        "load-module module-null-sink sink_name=ksdiff_vspk format=float32le rate=48000 channels=1 "
+        "sink_properties=device.description=ksdiff-virtual-speaker\n"
+        f"load-module module-pipe-source source_name=ksdiff_vmic file={mic_fifo} format=float32le "
+        f"rate={MIC_RATE} channels=1 source_properties=device.description=ksdiff-virtual-mic\n"
+        "set-default-sink ksdiff_vspk\n"
+        "set-default-source ksdiff_vmic\n"
+    )
+    for sub in ("runtime", "state", "config"):
+        (root / sub).mkdir(exist_ok=True)
+    # Everything the daemon and its clients look up lives under root: no clash with a desktop's
+    # own PulseAudio/PipeWire, nothing left in the user's home.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root), "XDG_RUNTIME_DIR": str(root),
+           "PULSE_RUNTIME_PATH": str(root / "runtime"), "PULSE_STATE_PATH": str(root / "state"),
+           "PULSE_CONFIG_PATH": str(root / "config")}
+    # -n: no default.pa (no hardware detection, no D-Bus); --daemonize=yes returns only once the
+    # script has run, so the sockets and devices exist when this returns; --system=false and
+    # --exit-idle-time=-1 keep a root-run daemon in user mode and alive between tests.
+    cmd = [exe, "-n", "-F", str(script), "--daemonize=yes", "--system=false", "--exit-idle-time=-1",
+           "--use-pid-file=yes", "--disable-shm=yes", f"--log-target=file:{root / 'pulse.log'}"]
+    try:
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.skip("pulseaudio did not start within 30 s")
+    pid_file = root / "runtime" / "pid"
+    if started.returncode != 0 or not pid_file.is_file() or not socket_path.exists():
+        log = (root / "pulse.log").read_text() if (root / "pulse.log").exists() else ""
+        pytest.skip(f"pulseaudio could not start (exit {started.returncode}): {started.stderr.strip()} {log[-800:]}")
+    return PulseDaemon(root, f"unix:{socket_path}", mic_fifo, int(pid_file.read_text().split()[0]))
+
+
+def _reload_portaudio() -> None:
+    """PortAudio lists devices once, at initialisation: if sounddevice was imported before the
+    daemon ran, it saw no pulse device. Re-initialise (test-only: no stream is open here)."""
+    if "sounddevice" in sys.modules:
+        sd = sys.modules["sounddevice"]
+        sd._terminate()
+        sd._initialize()
+
+
+@pytest.fixture(scope="session")
+def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseDaemon]:
+    """A private PulseAudio daemon whose default source is the virtual mic; PortAudio reaches it
+    through ALSA's pulse plugin (libasound2-plugins) because PULSE_SERVER points at it."""
+    daemon = start_pulse(tmp_path_factory.mktemp("pulse"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PULSE_SERVER", daemon.server)
+        mp.delenv("PULSE_SOURCE", raising=False)
+        mp.delenv("PULSE_SINK", raising=False)
+        try:
+            _reload_portaudio()
+            names = [d["name"] for d in list_input_devices()]
+        except SourceError as exc:  # PortAudio missing
+            daemon.kill()
+            pytest.skip(str(exc))
+        if "pulse" not in names:
+            daemon.kill()
+            pytest.skip(f"PortAudio sees no ALSA 'pulse' device (apt-get install libasound2-plugins); it sees {names}")
+        try:
+            yield daemon
+        finally:
+            daemon.kill()
+    _reload_portaudio()
+
+
+def _feed_mic(daemon: PulseDaemon, audio: np.ndarray) -> threading.Thread:
+    """Write float32 mono into the virtual mic's FIFO from a thread (open blocks until the daemon reads)."""
+
+    def write() -> None:
+        try:
+            with open(daemon.mic_fifo, "wb") as fifo:
+                fifo.write(np.ascontiguousarray(audio, dtype="<f4").tobytes())
+        except BrokenPipeError:
+            pass  # the daemon went away (the device-lost test kills it)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_devices_lists_the_pulse_device(pulse: PulseDaemon, capsys: pytest.CaptureFixture) -> None:
+    devices = list_input_devices()
+    names = [d["name"] for d in devices]
+    assert "pulse" in names, names
+    assert {"index", "name", "hostapi", "max_input_channels", "default_samplerate", "is_default"} <= set(devices[0])
+    assert any(d["is_default"] for d in devices)
+    table = format_devices(devices)
+    assert "pulse" in table and "ALSA" in table and "*" in table
+    from ksdiff_runtime.cli import main
+
+    assert main(["devices"]) == 0
+    assert "pulse" in capsys.readouterr().out
+
+
+def test_mic_records_the_virtual_mic(pulse: PulseDaemon) -> None:
+    tone = _tone(1.0, MIC_RATE)[:, 0]
+    mic = MicSource(device="pulse", sample_rate=MIC_RATE, block_ms=10)
+    assert (mic.kind, mic.stream_id, mic.sample_rate, mic.channels, mic.blocksize) == ("mic", "mic", MIC_RATE, 1, 480)
+    rec = Recorder(want_samples=tone.size)
+    t_start = time.monotonic_ns()
+    mic.start(rec.on_audio, rec.on_end)
+    try:
+        # trailing silence pushes the tone's last block through (PulseAudio hands on whole fragments)
+        writer = _feed_mic(pulse, np.concatenate([tone, np.zeros(MIC_RATE // 5, np.float32)]))
+        assert rec.enough.wait(WAIT_S), f"recorded {rec.count} of {tone.size} samples"
+    finally:
+        mic.stop()
+    t_stop = time.monotonic_ns()
+    writer.join(WAIT_S)
+    n = len(rec.blocks)
+    mic.stop()  # idempotent
+    assert len(rec.blocks) == n and rec.ends == []
+    assert all(b.dtype == np.float32 and b.ndim == 2 and b.shape[1] == 1 for b in rec.blocks)
+    captured = np.array(rec.captured, dtype=np.int64)
+    assert (np.diff(captured) > 0).all() and t_start < captured[0] and captured[-1] <= t_stop
+    got = rec.audio()[:, 0]
+    voiced = got[np.abs(got) > 1e-4]
+    assert abs(_peak_hz(voiced, MIC_RATE) - 440.0) < 2.0
+    # the pipe source has no clock of its own: what was written is what was recorded, from the first sample
+    np.testing.assert_allclose(got[: tone.size], tone, atol=1e-4)
+    assert _best_correlation(got, tone[2400:-2400]) > 0.99
+    assert mic.overflows == 0
+
+
+def test_mic_records_speech_played_into_the_virtual_speaker(pulse: PulseDaemon, speech_16k: np.ndarray,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a real mic: the null sink's monitor runs on its own clock; the speech is played with pacat."""
+    pacat = shutil.which("pacat")
+    if pacat is None:
+        pytest.skip("pacat is not installed (apt-get install pulseaudio-utils)")
+    monkeypatch.setenv("PULSE_SOURCE", "ksdiff_vspk.monitor")  # what ALSA's pulse plugin records from
+    mic = MicSource(device="pulse", sample_rate=None)  # the device's default rate: resampled by pulse
+    assert mic.sample_rate == next(d for d in list_input_devices() if d["name"] == "pulse")["default_samplerate"]
+    rec = Recorder(want_blocks=1)
+    mic.start(rec.on_audio, rec.on_end)
+    try:
+        assert rec.enough.wait(WAIT_S), "the monitor delivered nothing"
+        played = subprocess.run([pacat, "--playback", "--raw", "--format=float32le", "--rate=16000",
+                                 "--channels=1", "--device=ksdiff_vspk", f"--server={pulse.server}"],
+                                input=speech_16k.astype("<f4").tobytes(), capture_output=True, timeout=30)
+        assert played.returncode == 0, played.stderr
+        # pacat drains before it exits; wait for audio captured 300 ms past that, on the source's clock
+        until = time.monotonic_ns() + 300_000_000
+        tail = threading.Event()
+        rec.after_block = lambda n: tail.set() if (rec.captured[-1] or 0) >= until else None
+        assert tail.wait(WAIT_S)
+    finally:
+        mic.stop()
+    assert rec.ends == []
+    # A block per block period, not bursts after a long buffer (PortAudio's default latency)
+    gaps_ms = np.diff(np.array(rec.arrived, dtype=np.int64)) / 1e6
+    assert 5.0 < float(np.median(gaps_ms)) < 20.0, np.median(gaps_ms)
+    got = to_model_rate(rec.audio()[:, 0], mic.sample_rate)
+    assert _best_correlation(got, speech_16k) > 0.9
+
+
+def test_mic_unknown_device_lists_devices(pulse: PulseDaemon) -> None:
+    with pytest.raises(SourceError, match="no-such-microphone") as err:
+        MicSource(device="no-such-microphone")
+    assert "pulse" in str(err.value) and "input devices" in str(err.value)
+    with pytest.raises(SourceError, match="index 99") as err:
+        MicSource(device=99)
+    assert "pulse" in str(err.value)
+    with pytest.raises(SourceError, match="index 99"):
+        MicSource(device="99")  # a number on a command line is an index
+    with pytest.raises(SourceError, match="input channels"):
+        MicSource(device="pulse", channels=1000)
+
+
+def test_mic_device_lost_ends_the_stream(tmp_path_factory: pytest.TempPathFactory, pulse: PulseDaemon,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sound server dies mid-stream: on_end gets an error message, and stop() still works."""
+    doomed = start_pulse(tmp_path_factory.mktemp("pulse-doomed"))
+    try:
+        monkeypatch.setenv("PULSE_SERVER", doomed.server)
+        mic = MicSource(device="pulse", sample_rate=MIC_RATE)
+        rec = Recorder(want_blocks=3)
+        mic.start(rec.on_audio, rec.on_end)
+        try:
+            _feed_mic(doomed, np.zeros(MIC_RATE, np.float32))  # the writer sees a broken pipe later
+            assert rec.enough.wait(WAIT_S)
+            doomed.kill(signal.SIGKILL)
+            assert rec.ended.wait(WAIT_S), "losing the device went unnoticed"
+        finally:
+            mic.stop()
+        assert len(rec.ends) == 1 and isinstance(rec.ends[0], str) and "stopped delivering" in rec.ends[0]
+    finally:
+        doomed.kill(signal.SIGKILL)
+
+
+def test_mic_stop_from_its_callback_and_consumer_errors(pulse: PulseDaemon) -> None:
+    """The runtime may stop a source from on_audio; a failing on_audio ends the stream with its error."""
+    mic = MicSource(sample_rate=MIC_RATE)
+    rec = Recorder()
+    rec.after_block = lambda n: mic.stop() if n == 3 else None
+    mic.start(rec.on_audio, rec.on_end)
+    writer = _feed_mic(pulse, np.full(MIC_RATE // 10, 0.25, np.float32))
+    assert mic._closed.wait(WAIT_S), "stop() from the callback did not close the stream"
+    writer.join(WAIT_S)
+    assert len(rec.blocks) == 3 and rec.ends == []
+
+    mic = MicSource(sample_rate=MIC_RATE)
+    rec = Recorder()
+
+    def failing(pcm: np.ndarray, captured_ns: int | None) -> None:
+        raise RuntimeError("consumer broke")
+
+    mic.start(failing, rec.on_end)
+    try:
+        writer = _feed_mic(pulse, np.full(MIC_RATE // 10, 0.25, np.float32))
+        assert rec.ended.wait(WAIT_S)
+    finally:
+        mic.stop()
+    writer.join(WAIT_S)
+    assert len(rec.ends) == 1 and "consumer broke" in str(rec.ends[0])
+
+
+def test_mic_stop_is_prompt_without_audio(pulse: PulseDaemon) -> None:
+    """Nothing written to the virtual mic: no callback comes to end PortAudio's thread, and stop()
+    still returns, cancelling the thread once it has waited STOP_WAIT_S."""
+    mic = MicSource(sample_rate=MIC_RATE)  # the default device: PulseAudio's default source, the virtual mic
+    rec = Recorder()
+    mic.start(rec.on_audio, rec.on_end)
+    t0 = time.monotonic()
+    mic.stop()
+    assert time.monotonic() - t0 < STOP_WAIT_S + 2.0
+    assert rec.ends == []
+    with pytest.raises(RuntimeError):
+        mic.start(rec.on_audio, rec.on_end)
+
+
+def test_serve_animates_the_virtual_mic(pulse: PulseDaemon, speech_16k: np.ndarray) -> None:
+    """The VTuber path end to end: speech into the virtual mic, captured at 48 kHz, resampled,
+    animated, and published as stream "mic" with its capture times."""
+    import zmq
+    from scipy.signal import resample_poly
+
+    from ksdiff_runtime.serve.runtime import Runtime, build_engine
+    from ksdiff_sdk import protocol as P
+
+    speech = resample_poly(np.resize(speech_16k, 24_000), 3, 1).astype(np.float32)  # 1.5 s at 48 kHz
+    engine = build_engine("onnxruntime", "low-latency")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_ROOT)
+    sub.setsockopt(zmq.LINGER, 0)
+    frames: list[dict] = []
+    try:
+        with Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
+            sub.connect(rt.pub_endpoint)
+            assert sub.poll(int(WAIT_S * 1000)), "no hello"  # the subscription is live
+            rt.add_source(MicSource(device="pulse", sample_rate=MIC_RATE, block_ms=10))
+            writer = _feed_mic(pulse, np.concatenate([speech, np.zeros(MIC_RATE // 2, np.float32)]))
+            deadline = time.monotonic() + 3 * WAIT_S
+            while len(frames) < 40 and time.monotonic() < deadline:
+                if sub.poll(100):
+                    msg = P.decode(sub.recv_multipart()[1])
+                    if msg["type"] == "frame" and msg["stream"] == "mic":
+                        frames.append(msg)
+            writer.join(WAIT_S)
+    finally:
+        sub.close()
+        engine.close()
+    assert len(frames) >= 40, f"{len(frames)} mic frames"
+    assert [f["index"] for f in frames] == list(range(len(frames)))
+    assert all(f["captured_ns"] is not None and f["published_ns"] > f["captured_ns"] for f in frames)
+    jaw = [P.frame_arrays(f)[0][17] for f in frames]
+    assert np.std(jaw) > 0.01  # the mouth follows the speech
