@@ -1,0 +1,130 @@
+"""`ksdiff-runtime demo`: the runtime as a user meets it, in one command.
+
+Starts `ksdiff-runtime serve` in its own process, playing the bundled sample speech in real time
+(looped, as a stand-in for a microphone), connects an SDK client, prints the frames/s and
+latency it receives each second, writes a plot of what it received, and stops the server with
+SIGINT (the client sees the stream end with reason "shutdown").
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ksdiff_runtime.bake import DEFAULT_SAMPLE
+
+STREAM = "sample_speech"  # serve names a file's stream after the file
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run serve on the bundled sample speech with an SDK client; print fps and latency, write a plot",
+        description="Start `ksdiff-runtime serve` on the bundled sample speech (played in real time, looped), "
+        "receive its frames with the Python SDK, print frames/s and latency every second, write a plot, "
+        "then stop the server cleanly.",
+    )
+    p.add_argument("--seconds", type=float, default=8.0, help="how long to receive frames (default 8)")
+    p.add_argument("--out", type=Path, default=Path("out/demo.png"), help="plot to write (default out/demo.png)")
+    p.add_argument("--backend", default="auto", help="inference backend for serve (default auto)")
+    p.add_argument("--preset", default="low-latency", help="serve preset (default low-latency)")
+    p.set_defaults(func=run)
+
+
+def free_endpoint(preferred: int) -> str:
+    """tcp://127.0.0.1:<preferred> when that port is free, else a free ephemeral port."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    raise RuntimeError("no free TCP port on 127.0.0.1")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ksdiff_sdk import Client
+
+    pub, router = free_endpoint(5555), free_endpoint(5556)
+    cmd = [sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--file", str(DEFAULT_SAMPLE), "--loop",
+           "--pub", pub, "--router", router, "--backend", args.backend, "--preset", args.preset]
+    print("$", " ".join(cmd[2:]), flush=True)
+    server = subprocess.Popen(cmd)
+    frames = []
+    try:
+        with Client(pub, router, streams=STREAM) as client:
+            hello = client.wait_for_runtime(timeout=120)  # the server loads the model first
+            print(f"connected: runtime {hello['runtime']}, {len(hello['blendshapes'])} blendshapes at "
+                  f"{hello['fps']} fps; receiving stream {STREAM!r} for {args.seconds:.0f} s")
+            start = time.monotonic()
+            window: list = []
+            next_line = start + 1.0
+            while time.monotonic() - start < args.seconds:
+                try:
+                    frame = client.recv(timeout=max(0.01, next_line - time.monotonic()))
+                    frames.append(frame)
+                    window.append(frame)
+                except TimeoutError:
+                    pass
+                if time.monotonic() >= next_line:
+                    lat = [f.latency_ms for f in window if f.latency_ms is not None]
+                    p50, p95 = (np.percentile(lat, 50), np.percentile(lat, 95)) if lat else (float("nan"),) * 2
+                    print(f"t={next_line - start:4.1f}s  {len(window):3d} frames/s  latency p50 {p50:5.1f} ms  "
+                          f"p95 {p95:5.1f} ms  jawOpen {window[-1]['jawOpen'] if window else 0:.2f}  "
+                          f"missed {client.missed}", flush=True)
+                    window = []
+                    next_line += 1.0
+            server.send_signal(signal.SIGINT)
+            # the runtime ends its streams with reason "shutdown" before it exits
+            code = server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    if not frames:
+        print("error: no frames received", file=sys.stderr)
+        return 1
+    lat = np.array([f.latency_ms for f in frames if f.latency_ms is not None])
+    seconds = (frames[-1].published_ns - frames[0].published_ns) / 1e9
+    print(f"received {len(frames)} frames in {seconds:.1f} s ({(len(frames) - 1) / max(seconds, 1e-9):.1f} frames/s); "
+          f"latency p50 {np.percentile(lat, 50):.1f} / p95 {np.percentile(lat, 95):.1f} / "
+          f"max {lat.max():.1f} ms (capture to publish); server exited with {code}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(args.out, frames)
+    print(f"plot -> {args.out}")
+    return 0 if code == 0 else 1
+
+
+def plot(path: Path, frames: list) -> None:
+    """Mouth and eye curves, head angles and latency of the received frames, on the audio clock."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.array([f.t_audio for f in frames])
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
+    for name in ("jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "eyeBlinkLeft"):
+        axes[0].plot(t, [f[name] for f in frames], label=name, lw=1.2)
+    axes[0].set_ylabel("weight")
+    axes[0].legend(loc="upper right", fontsize=8, ncol=5)
+    axes[0].set_title(f"stream {STREAM!r} as received by the SDK client")
+    head = np.degrees(np.array([f.head for f in frames]))
+    for i, name in enumerate(("pitch", "yaw", "roll")):
+        axes[1].plot(t, head[:, i], label=name, lw=1.2)
+    axes[1].set_ylabel("head (deg)")
+    axes[1].legend(loc="upper right", fontsize=8, ncol=3)
+    axes[2].plot(t, [f.latency_ms if f.latency_ms is not None else np.nan for f in frames], ".", ms=3)
+    axes[2].set_ylabel("latency (ms)\ncapture to publish")
+    axes[2].set_xlabel("audio time of the frame (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
