@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ksdiff_runtime.motion import SAMPLE_RATE
+
 from .config import ConfigError, ServeConfig, load_config
 
 log = logging.getLogger("ksdiff_runtime.serve")
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 def serve(config: ServeConfig, ready: threading.Event | None = None) -> int:
     """Run until SIGINT/SIGTERM (or, with exit_when_done, until the files have played)."""
     from .runtime import Runtime, RuntimeStartError, build_engine
-    from .sources import FileSource, MicSource, SourceError
+    from .sources import FileSource, SourceError
 
     sources = []
     try:
@@ -121,7 +123,7 @@ def serve(config: ServeConfig, ready: threading.Event | None = None) -> int:
             taken.add(src.stream_id)
             sources.append(src)
         if config.mic:
-            sources.append(_open_mic(config, MicSource))
+            sources.append(_open_mic(config))
     except SourceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -161,11 +163,18 @@ def serve(config: ServeConfig, ready: threading.Event | None = None) -> int:
     return 0
 
 
-def _open_mic(config: ServeConfig, mic_source: Any) -> Any:
+def _open_mic(config: ServeConfig) -> Any:
+    from .sources import MicSource, SourceError
+
     device: int | str | None = config.device or None
     if isinstance(device, str) and device.isdigit():
         device = int(device)
     kwargs = dict(device=device, channels=config.mic_channels, block_ms=config.mic_block_ms, stream_id="mic")
     if config.mic_rate:
-        return mic_source(sample_rate=config.mic_rate, **kwargs)
-    return mic_source(sample_rate=None, **kwargs)
+        return MicSource(sample_rate=config.mic_rate, **kwargs)
+    # 16 kHz from the device (PortAudio or the sound server resamples) saves our resampler's delay
+    try:
+        return MicSource(sample_rate=SAMPLE_RATE, **kwargs)
+    except SourceError as e:
+        log.info("microphone at %d Hz refused (%s); using the device's own rate", SAMPLE_RATE, e)
+        return MicSource(sample_rate=None, **kwargs)
