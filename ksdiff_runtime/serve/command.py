@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     return serve(config)
 
 
-def serve(config: ServeConfig, ready: threading.Event | None = None) -> int:
+def serve(config: ServeConfig) -> int:
     """Run until SIGINT/SIGTERM (or, with exit_when_done, until the files have played)."""
     from .runtime import Runtime, RuntimeStartError, build_engine
     from .sources import FileSource, SourceError
@@ -149,8 +149,6 @@ def serve(config: ServeConfig, ready: threading.Event | None = None) -> int:
     try:
         for src in sources:
             runtime.add_source(src)
-        if ready is not None:
-            ready.set()
         while not stop.wait(0.1):
             if config.exit_when_done and config.files and runtime.wait_until_idle(timeout=0):
                 log.info("every file has played; stopping")

@@ -26,10 +26,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 import numpy as np
@@ -38,12 +38,27 @@ import zmq
 from ksdiff_runtime import __version__, motion
 from ksdiff_runtime.engine.engine import StepResult, StreamingEngine
 from ksdiff_runtime.engine.stream import Frame
+from ksdiff_sdk import Frame as SdkFrame
 from ksdiff_sdk import protocol
 
 from .inputs import AudioFormat, BadAudioError, InputStream
 
 if TYPE_CHECKING:
     from .sources import Source
+
+
+class FrameOutput(Protocol):
+    """Another destination for every published frame (Live Link Face UDP, VMC/OSC, ...).
+
+    ``send`` is called on the io thread right after the frame is published, so it must not
+    block: send without waiting (UDP) or hand the frame to a thread of its own. An exception
+    is logged and counted; the runtime goes on."""
+
+    name: str
+
+    def send(self, frame: SdkFrame) -> None: ...
+
+    def close(self) -> None: ...
 
 log = logging.getLogger("ksdiff_runtime.serve")
 
@@ -116,8 +131,11 @@ class Runtime:
         stats_period_s: float = protocol.STATS_PERIOD_S,
         hello_period_s: float = protocol.HELLO_PERIOD_S,
         on_stats: Callable[[dict[str, Any]], None] | None = None,
+        outputs: Sequence[FrameOutput] = (),
     ) -> None:
         self.engine = engine
+        self.outputs = list(outputs)
+        self.output_errors = {out.name: 0 for out in self.outputs}
         self.fps = engine.fps
         self.pub_requested, self.router_requested = _tcp_port_zero_to_star(pub), _tcp_port_zero_to_star(router)
         self.max_streams = max_streams
@@ -188,6 +206,8 @@ class Runtime:
         self._wake_w.close()
         self._pub.close(linger=SHUTDOWN_LINGER_MS)
         self._router.close(linger=0)
+        for out in self.outputs:
+            out.close()
         assert self._ctx is not None
         self._ctx.term()
         log.info("stopped")
@@ -335,6 +355,8 @@ class Runtime:
         while True:
             now = time.monotonic()
             timeout_ms = max(0.0, 1000.0 * (min(next_hello, next_stats) - now))
+            if self._stopping.is_set():
+                timeout_ms = min(timeout_ms, 20.0)  # check soon whether the engine thread has stopped
             events = dict(poller.poll(timeout_ms))
             if self._wake_r.fileno() in events or self._wake_r in events:
                 try:
@@ -387,12 +409,24 @@ class Runtime:
                 self._end(info, item[2], now)
 
     def _publish_frame(self, info: StreamInfo, frame: Frame, seq: int, compute_ms: float, now: int) -> None:
-        bs = np.clip(frame.blendshapes, 0.0, 1.0)
+        bs = np.clip(frame.blendshapes, 0.0, 1.0).astype(np.float32)
+        gaze = motion.gaze_from_blendshapes(bs)
         message = protocol.encode_frame(
-            info.id, seq, frame.index, self.fps, frame.t_audio, bs, frame.head, motion.gaze_from_blendshapes(bs),
+            info.id, seq, frame.index, self.fps, frame.t_audio, bs, frame.head, gaze,
             frame.captured_ns, now, self.lookahead_ms, compute_ms, frame.last,
         )
         self._send_pub(message)
+        if self.outputs:
+            out_frame = SdkFrame(info.id, seq, frame.index, self.fps, frame.t_audio, bs,
+                                 np.asarray(frame.head, np.float32), gaze, frame.captured_ns, now,
+                                 self.lookahead_ms, compute_ms, frame.last)
+            for out in self.outputs:
+                try:
+                    out.send(out_frame)
+                except Exception as e:  # an output must never cost the runtime or the other outputs
+                    self.output_errors[out.name] += 1
+                    if self.output_errors[out.name] == 1:
+                        log.error("output %s failed (counted; logged once): %s", out.name, e)
         with self._lock:
             info.frames += 1
             info.publish_times.append(now)
