@@ -70,6 +70,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats", type=float, metavar="SECONDS",
                    help="print a stats line (fps, latency, drops per stream) every SECONDS")
     p.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
+    # frame outputs besides ZeroMQ, several at once (docs/OUTPUTS.md)
+    from ksdiff_runtime.outputs import livelink, vmc
+
+    p.add_argument("--livelink", nargs="?", const=livelink.DEFAULT_DESTINATION, metavar="HOST:PORT",
+                   help="also send Live Link Face UDP packets (Unreal's Live Link Face source) to HOST:PORT "
+                   f"(without a value: {livelink.DEFAULT_DESTINATION})")
+    p.add_argument("--livelink-subject", metavar="NAME",
+                   help="Live Link subject name for one face (default: each stream's id, every stream its own "
+                   "subject); with a name, one stream is sent (--livelink-stream, else the first that publishes)")
+    p.add_argument("--livelink-stream", metavar="ID", help="send only this stream over Live Link (e.g. mic)")
+    p.add_argument("--vmc", nargs="?", const=vmc.DEFAULT_DESTINATION, metavar="HOST:PORT",
+                   help="also send VMC protocol (OSC) bundles to HOST:PORT for VSeeFace, Warudo, VNyan "
+                   f"(without a value: {vmc.DEFAULT_DESTINATION})")
+    p.add_argument("--vmc-stream", metavar="ID",
+                   help="the stream sent over VMC (default: the first stream that publishes, e.g. mic)")
     p.set_defaults(func=run)
 
 
@@ -110,9 +125,17 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(config: ServeConfig) -> int:
     """Run until SIGINT/SIGTERM (or, with exit_when_done, until the files have played)."""
+    from ksdiff_runtime.outputs.udp import OutputConfigError
+
     from .runtime import Runtime, RuntimeStartError, build_engine
     from .sources import FileSource, SourceError
 
+    try:
+        # Before the model loads, so that a bad destination fails fast (an unknown host included).
+        outputs = build_outputs(config)
+    except OutputConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     sources = []
     try:
         # Open every source before loading the model, so a bad file or device fails fast.
@@ -125,6 +148,7 @@ def serve(config: ServeConfig) -> int:
         if config.mic:
             sources.append(_open_mic(config))
     except SourceError as e:
+        _close_outputs(outputs)
         print(f"error: {e}", file=sys.stderr)
         return 1
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
@@ -137,10 +161,11 @@ def serve(config: ServeConfig) -> int:
             log.info("%s", format_stats(stats))
 
     runtime = Runtime(engine, pub=config.pub, router=config.router, max_streams=config.max_streams,
-                      on_stats=on_stats)
+                      on_stats=on_stats, outputs=outputs)
     try:
         runtime.start()
     except RuntimeStartError as e:
+        _close_outputs(outputs)  # stop() closes them once the runtime has started
         engine.close()
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -159,6 +184,34 @@ def serve(config: ServeConfig) -> int:
         runtime.stop()
         engine.close()
     return 0
+
+
+def build_outputs(config: ServeConfig) -> list[Any]:
+    """The frame outputs the config asks for (Live Link Face, VMC), each with its socket open.
+
+    Raises OutputConfigError (a bad HOST:PORT, an unknown host) with a message for the user."""
+    from ksdiff_runtime.outputs.livelink import LiveLinkOutput
+    from ksdiff_runtime.outputs.udp import OutputConfigError
+    from ksdiff_runtime.outputs.vmc import VmcOutput
+
+    outputs: list[Any] = []
+    try:
+        if config.livelink:
+            outputs.append(LiveLinkOutput(config.livelink, subject=config.livelink_subject or None,
+                                          stream=config.livelink_stream or None))
+        if config.vmc:
+            outputs.append(VmcOutput(config.vmc, stream=config.vmc_stream or None))
+    except OutputConfigError:
+        _close_outputs(outputs)
+        raise
+    for out in outputs:
+        log.info("output %s: frames to %s", out.name, out.destination)
+    return outputs
+
+
+def _close_outputs(outputs: list[Any]) -> None:
+    for out in outputs:
+        out.close()
 
 
 def _open_mic(config: ServeConfig) -> Any:

@@ -41,6 +41,12 @@ class ServeConfig:
     exit_when_done: bool = False  # stop once every file has played (and no other stream is open)
     stats: float = 0.0  # print a stats line every this many seconds (0: off)
     log_format: str = "text"  # text or json (one JSON object per line)
+    # frame outputs besides ZeroMQ (docs/OUTPUTS.md); an empty string is off / the default
+    livelink: str = ""  # Live Link Face UDP to HOST:PORT (Unreal); flag without a value: 127.0.0.1:11111
+    livelink_subject: str = ""  # one Live Link subject name for a single face (VTuber); empty: each stream's id
+    livelink_stream: str = ""  # only this stream to Live Link; empty: every stream (with a subject: the first)
+    vmc: str = ""  # VMC (OSC) UDP to HOST:PORT (VSeeFace, Warudo, VNyan); flag without a value: 127.0.0.1:39539
+    vmc_stream: str = ""  # the stream sent over VMC; empty: the first stream that publishes
 
     def check(self) -> None:
         if self.fps <= 0:
@@ -58,6 +64,20 @@ class ServeConfig:
         for endpoint in (self.pub, self.router):
             if "://" not in endpoint:
                 raise ConfigError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:5555")
+        self._check_outputs()
+
+    def _check_outputs(self) -> None:
+        """Output destinations' syntax and stream ids; host names are looked up when serve builds them."""
+        from ksdiff_runtime.outputs.udp import OutputConfigError, check_stream_id, parse_host_port
+
+        try:
+            for flag, destination in (("--livelink", self.livelink), ("--vmc", self.vmc)):
+                if destination:
+                    parse_host_port(destination, flag)
+            check_stream_id(self.livelink_stream, "--livelink-stream")
+            check_stream_id(self.vmc_stream, "--vmc-stream")
+        except OutputConfigError as e:
+            raise ConfigError(str(e)) from None
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> ServeConfig:

@@ -1,0 +1,142 @@
+"""What the UDP outputs share: HOST:PORT parsing, a sender that never blocks, and stream choice.
+
+Outputs run on the runtime's io thread (``Runtime(outputs=[...])`` calls ``send(frame)`` right
+after publishing each frame), so nothing here may wait: the socket is non-blocking and every
+error (nothing listening, no route, a full send buffer) is counted and logged once, never raised.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import socket
+import time
+
+from ksdiff_sdk import Frame, protocol
+
+log = logging.getLogger("ksdiff_runtime.outputs")
+
+# "host:port" or "[ipv6]:port"; the host may be a name, an IPv4 or (in brackets) an IPv6 address
+_HOST_PORT_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[^:]*)$")
+# when the followed stream has sent nothing this long, the next stream to publish takes over
+# (a stream that timed out or failed sends no `last` frame)
+SILENT_STREAM_S = 1.0
+
+
+class OutputConfigError(ValueError):
+    """An output destination or option the runtime cannot use; the message says which and why."""
+
+
+def parse_host_port(text: str, flag: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[::1]:port"``) -> (host, port). Syntax only: no name lookup.
+
+    ``flag`` names the setting in the message (``--livelink``), so the user knows what to fix."""
+    match = _HOST_PORT_RE.match(text.strip())
+    if match is None:
+        raise OutputConfigError(f"{flag} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:11111 "
+                                "(an IPv6 address in brackets: [::1]:11111)")
+    host = match["v6"] or match["host"]
+    port_text = match["port"]
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise OutputConfigError(f"{flag} {text!r}: the port must be a number from 1 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def resolve(host: str, port: int, flag: str) -> tuple[int, tuple]:
+    """(address family, socket address) for a UDP destination; an unknown host is an error now,
+    at start, rather than a silent stream of failed sends later."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise OutputConfigError(f"{flag} {host}:{port}: cannot resolve {host!r} ({e})") from None
+    # prefer IPv4 when a name has both: receivers (Unreal, VSeeFace) usually listen on IPv4 only
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+class UdpSender:
+    """Datagrams to one destination, never waiting and never raising on network errors.
+
+    The socket is connected (a UDP connect only sets the default destination), so the kernel
+    reports an ICMP "port unreachable" as ECONNREFUSED on a later send: that tells a user that
+    nothing listens there (Unreal or VSeeFace not started, wrong port). If connecting fails (no
+    route yet), it is retried on the next send."""
+
+    def __init__(self, destination: str, flag: str, name: str) -> None:
+        self.name = name
+        self.host, self.port = parse_host_port(destination, flag)
+        self.family, self.address = resolve(self.host, self.port, flag)
+        self.sent = 0  # datagrams handed to the kernel
+        self.errors = 0  # datagrams lost to an error (refused, unreachable, buffer full)
+        try:
+            self._sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        except OSError as e:  # e.g. an IPv6 destination on a host without IPv6
+            raise OutputConfigError(f"{flag} {destination}: cannot open a UDP socket: {e}") from None
+        self._sock.setblocking(False)
+        self._connected = False
+        self._closed = False
+
+    @property
+    def destination(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def send(self, payload: bytes) -> bool:
+        """Send one datagram now or drop it; True if the kernel took it."""
+        if self._closed:
+            return False
+        try:
+            if not self._connected:
+                self._sock.connect(self.address)
+                self._connected = True
+            self._sock.send(payload)
+        except OSError as e:  # ECONNREFUSED, EAGAIN, ENETUNREACH, EHOSTUNREACH, EPERM (firewall), ...
+            self._count_error(e)
+            return False
+        self.sent += 1
+        return True
+
+    def _count_error(self, e: OSError) -> None:
+        self.errors += 1
+        if self.errors == 1:  # once: at 30-60 frames a second a log line per error would flood the log
+            hint = " (is the receiver running and listening on that port?)" if e.errno == errno.ECONNREFUSED else ""
+            log.warning("%s: sending to %s failed: %s%s; frames are dropped while this lasts (errors counted, "
+                        "logged once)", self.name, self.destination, e.strerror or e, hint)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close()
+        log.info("%s: %d packets sent to %s, %d lost to errors", self.name, self.sent, self.destination, self.errors)
+
+
+def check_stream_id(stream: str | None, flag: str) -> None:
+    if stream and protocol.STREAM_ID_RE.fullmatch(stream) is None:
+        raise OutputConfigError(f"{flag} {stream!r} is not a stream id (1-64 of A-Z a-z 0-9 _ . -)")
+
+
+class StreamChoice:
+    """The one stream an output follows when it can show only one face (VMC, a fixed Live Link subject).
+
+    A named stream: only that one. No name: the first stream that publishes, until it sends its
+    last frame or stays silent for SILENT_STREAM_S; then the next stream to publish takes over."""
+
+    def __init__(self, stream: str | None = None) -> None:
+        self.fixed = stream or None
+        self.current: str | None = self.fixed
+        self._last_seen = 0.0
+
+    def accepts(self, frame: Frame) -> bool:
+        if self.fixed is not None:
+            return frame.stream == self.fixed
+        now = time.monotonic()
+        if self.current is None or (frame.stream != self.current and now - self._last_seen > SILENT_STREAM_S):
+            self.current = frame.stream
+        if frame.stream != self.current:
+            return False
+        self._last_seen = now
+        if frame.last:
+            self.current = None  # its stream ends: the next stream to publish is followed
+        return True
