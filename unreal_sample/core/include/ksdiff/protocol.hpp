@@ -1,0 +1,215 @@
+// Wire protocol v1 of ksdiff-runtime (protocol/SPEC.md): message types, decoding and the
+// client's request encoders.
+//
+// This header is free of ZeroMQ and msgpack includes on purpose: the Unreal module (and any
+// other host) includes it without seeing either library; only protocol.cpp uses msgpack-c.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace ksdiff {
+
+inline constexpr std::uint32_t kProtocolMajor = 1;
+inline constexpr std::uint32_t kProtocolMinor = 0;
+inline constexpr std::size_t kNumBlendshapes = 52;
+inline constexpr std::size_t kBlendshapeBytes = 4 * kNumBlendshapes;  // 208: 52 float32 LE
+inline constexpr std::size_t kMaxMessageBytes = std::size_t{1} << 20;  // SPEC 3.4
+inline constexpr std::size_t kMaxStreamIdChars = 64;
+
+// The 52 ARKit blendshapes in the protocol's canonical order (SPEC 5.1).
+extern const std::array<std::string_view, kNumBlendshapes> kBlendshapeNames;
+// Names of frame.head and frame.gaze, in wire order (SPEC 4.1).
+extern const std::array<std::string_view, 3> kHeadNames;  // headPitch, headYaw, headRoll
+extern const std::array<std::string_view, 4> kGazeNames;  // leftEyeYaw, leftEyePitch, right...
+
+// --- topics (SPEC 2) ------------------------------------------------------------------------
+inline constexpr std::string_view kTopicRoot = "ksd1/";
+inline constexpr std::string_view kFrameTopicPrefix = "ksd1/frame/";
+inline constexpr std::string_view kStreamTopicPrefix = "ksd1/stream/";
+inline constexpr std::string_view kStatsTopic = "ksd1/stats/";
+inline constexpr std::string_view kHelloTopic = "ksd1/hello/";
+
+// 1..64 characters of [A-Za-z0-9_.-].
+bool is_valid_stream_id(std::string_view stream_id) noexcept;
+// "ksd1/frame/<id>/" and "ksd1/stream/<id>/"; throw ProtocolError(malformed) on a bad id.
+std::string frame_topic(std::string_view stream_id);
+std::string stream_topic(std::string_view stream_id);
+
+// --- errors (SPEC 4.7) ----------------------------------------------------------------------
+enum class ErrorCode {
+  malformed,
+  too_large,
+  unsupported_version,
+  unknown_type,
+  unknown_stream,
+  bad_audio,
+  busy,
+  internal,
+};
+std::string_view to_string(ErrorCode code) noexcept;
+// A code string from the wire; codes this client does not know map to `internal` (SPEC 4.7).
+ErrorCode error_code_from_string(std::string_view code) noexcept;
+
+// A message that breaks the protocol, with the code the runtime would answer it with.
+class ProtocolError : public std::runtime_error {
+ public:
+  ProtocolError(ErrorCode code, const std::string& message);
+  ErrorCode code() const noexcept { return code_; }
+
+ private:
+  ErrorCode code_;
+};
+
+// --- messages (SPEC 4) ----------------------------------------------------------------------
+// Optional keys are std::optional; everything else was present and well-typed when decoded.
+// Integers are held at full width (uint64/int64); floats the wire carries as float32 are held
+// as float, other floats as double.
+
+struct Hello {
+  // A runtime hello carries every field below except `req` (and `instance` is optional);
+  // a client's hello *request* carries none of them. `from_runtime` tells which one this is.
+  bool from_runtime = false;
+  std::string runtime;
+  std::uint32_t fps = 0;
+  std::uint32_t sample_rate = 0;
+  std::vector<std::string> blendshapes;
+  std::array<std::string, 3> head;
+  std::string head_units;
+  std::string head_convention;
+  std::array<std::string, 4> gaze;
+  std::string gaze_units;
+  std::string gaze_convention;
+  std::uint64_t max_message_bytes = 0;
+  std::optional<std::string> instance;
+  std::optional<std::uint64_t> req;
+};
+
+struct Frame {
+  std::string stream;
+  std::uint64_t seq = 0;
+  std::uint64_t index = 0;
+  std::uint32_t fps = 0;
+  double t_audio = 0.0;  // seconds of the stream's audio this frame animates (= index / fps)
+  std::array<float, kNumBlendshapes> blendshapes{};  // canonical order, 0..1
+  std::array<float, 3> head{};                       // [pitch, yaw, roll], radians (SPEC 5.2)
+  std::array<float, 4> gaze{};  // [leftYaw, leftPitch, rightYaw, rightPitch], radians (5.3)
+  std::optional<std::int64_t> captured_ns;  // nil on the wire: unknown (offline files)
+  std::int64_t published_ns = 0;
+  float lookahead_ms = 0.0f;
+  float compute_ms = 0.0f;
+  bool last = false;
+};
+
+struct StreamStart {
+  std::string stream;
+  std::string source;  // "mic", "file" or "sdk"
+  std::int64_t published_ns = 0;
+};
+
+struct StreamEnd {
+  std::string stream;
+  std::string source;
+  std::string reason;  // "ended", "timeout", "error" or "shutdown"
+  std::uint64_t frames = 0;
+  std::int64_t published_ns = 0;
+};
+
+struct StreamStats {
+  double fps = 0.0;
+  double latency_p50_ms = 0.0;
+  double latency_p95_ms = 0.0;
+  std::uint64_t frames = 0;
+  std::uint64_t drops = 0;
+  std::optional<std::string> source;       // optional in the SPEC: kept when well-typed
+  std::optional<std::uint64_t> sanitized;  // idem
+};
+
+struct Stats {
+  double uptime_s = 0.0;
+  std::map<std::string, StreamStats> streams;
+  std::uint64_t drops = 0;
+  std::int64_t published_ns = 0;
+};
+
+struct OpenStream {
+  std::optional<std::string> stream;
+  std::uint32_t sample_rate = 16000;
+  std::uint32_t channels = 1;
+  std::string format = "f32le";  // "f32le" or "s16le"
+  std::optional<std::string> transcript;
+  std::optional<std::int64_t> seed;
+  std::optional<std::uint64_t> req;
+};
+
+struct Audio {
+  std::string stream;
+  std::uint64_t seq = 0;
+  std::optional<std::uint64_t> at_sample;
+  std::string pcm;  // raw interleaved samples in the stream's format
+};
+
+struct EndStream {
+  std::string stream;
+  std::optional<std::uint64_t> req;
+};
+
+struct StreamOpened {
+  std::string stream;
+  std::uint32_t fps = 0;
+  std::optional<std::uint64_t> req;
+};
+
+struct StreamEnded {
+  std::string stream;
+  std::uint64_t frames = 0;
+  std::optional<std::uint64_t> req;
+};
+
+struct Error {
+  std::string code;  // as sent; use error_code() to act on it
+  std::string message;
+  std::optional<std::string> request_type;  // nil on the wire: the request could not be read
+  std::optional<std::string> stream;
+  std::optional<std::uint64_t> req;
+
+  ErrorCode error_code() const noexcept { return error_code_from_string(code); }
+};
+
+using Body = std::variant<Hello, Frame, StreamStart, StreamEnd, Stats, OpenStream, Audio, EndStream,
+                          StreamOpened, StreamEnded, Error>;
+
+struct Message {
+  std::uint32_t major = kProtocolMajor;
+  std::uint32_t minor = kProtocolMinor;  // a newer minor only adds keys (ignored) and types
+  std::string type;
+  Body body;
+};
+
+// One payload -> its validated message. Throws ProtocolError with the code the SPEC gives:
+// too_large (over 1 MiB), malformed (not exactly one msgpack map, bad or missing v/type, a
+// known field missing or ill-typed), unsupported_version (major != 1), unknown_type (a client
+// ignores those: a newer runtime's messages), bad_audio (open_stream parameters out of range).
+Message decode(const void* data, std::size_t size);
+inline Message decode(std::string_view payload) { return decode(payload.data(), payload.size()); }
+
+// Client requests (DEALER -> runtime ROUTER), encoded like the reference encoder (smallest
+// integer forms, keys in SPEC order) so they match the golden vectors byte for byte. Each
+// validates what it encodes and throws ProtocolError for what the runtime would refuse.
+std::string encode_hello_request(std::optional<std::uint64_t> req = std::nullopt);
+std::string encode_open_stream(const OpenStream& request);
+std::string encode_audio(const Audio& request);
+std::string encode_end_stream(const EndStream& request);
+
+// 208 bytes of little-endian float32 -> 52 floats, on any host byte order.
+std::array<float, kNumBlendshapes> decode_blendshapes(const unsigned char* bytes) noexcept;
+
+}  // namespace ksdiff

@@ -1,0 +1,131 @@
+#include "ksdiff/live_link_feed.hpp"
+
+#include <cctype>
+#include <utility>
+#include <numeric>
+
+namespace ksdiff {
+
+LiveLinkSink::~LiveLinkSink() = default;
+
+const std::array<std::string, kLiveLinkCurveCount>& live_link_curve_names() {
+  static const std::array<std::string, kLiveLinkCurveCount> names = [] {
+    std::array<std::string, kLiveLinkCurveCount> out;
+    for (std::size_t i = 0; i < kNumBlendshapes; ++i) {
+      std::string name(kBlendshapeNames[i]);
+      name[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(name[0])));
+      out[i] = name;
+    }
+    const char* angles[] = {"HeadYaw",    "HeadPitch",    "HeadRoll",     "LeftEyeYaw", "LeftEyePitch",
+                            "LeftEyeRoll", "RightEyeYaw", "RightEyePitch", "RightEyeRoll"};
+    for (std::size_t i = 0; i < 9; ++i) out[kNumBlendshapes + i] = angles[i];
+    return out;
+  }();
+  return names;
+}
+
+LiveLinkFeed::LiveLinkFeed(LiveLinkSink& sink, FeedConfig initial) : sink_(sink), config_(std::move(initial)) {
+  std::iota(source_index_.begin(), source_index_.end(), std::size_t{0});
+}
+
+void LiveLinkFeed::set_config(const FeedConfig& new_config) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  config_ = new_config;
+  for (auto& entry : clocks_) entry.second.set_margin(new_config.margin_s);
+}
+
+FeedConfig LiveLinkFeed::config() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return config_;
+}
+
+FeedStatus LiveLinkFeed::status() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  FeedStatus out = status_;
+  out.subjects = declared_.size();
+  return out;
+}
+
+void LiveLinkFeed::on_hello(const Hello& hello) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  // Build the name -> index map from the runtime's own list (SPEC 9.4). If it is not a
+  // permutation of the 52 ARKit names, keep the canonical order and say so in the status.
+  std::array<std::size_t, kNumBlendshapes> order{};
+  bool ok = hello.blendshapes.size() == kNumBlendshapes;
+  for (std::size_t k = 0; ok && k < kNumBlendshapes; ++k) {
+    ok = false;
+    for (std::size_t j = 0; j < hello.blendshapes.size(); ++j) {
+      if (hello.blendshapes[j] == kBlendshapeNames[k]) {
+        order[k] = j;
+        ok = true;
+        break;
+      }
+    }
+  }
+  status_.schema_ok = ok;
+  if (ok) {
+    source_index_ = order;
+    status_.schema_error.clear();
+  } else {
+    status_.schema_error = "the runtime's hello does not list the 52 ARKit blendshapes";
+  }
+}
+
+void LiveLinkFeed::on_frame(const Frame& frame, double arrival_s) {
+  SubjectFrame out;
+  bool declare = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    out.subject = config_.subject_prefix + frame.stream;
+    declare = declared_.insert(out.subject).second;
+
+    auto timeline = clocks_.try_emplace(frame.stream, config_.margin_s).first;
+    const std::uint64_t reanchors_before = timeline->second.reanchors();
+    out.world_time_s = timeline->second.schedule(frame.t_audio, arrival_s);
+    status_.reanchors += timeline->second.reanchors() - reanchors_before;
+    if (frame.last) clocks_.erase(timeline);  // the next stream with this id has its own clock
+
+    for (std::size_t k = 0; k < kNumBlendshapes; ++k) out.values[k] = frame.blendshapes[source_index_[k]];
+    const float s = config_.angle_scale;
+    const std::size_t a = kNumBlendshapes;
+    // Wire order: head [pitch, yaw, roll], gaze [leftYaw, leftPitch, rightYaw, rightPitch].
+    out.values[a + 0] = frame.head[1] * s;  // HeadYaw
+    out.values[a + 1] = frame.head[0] * s;  // HeadPitch
+    out.values[a + 2] = frame.head[2] * s;  // HeadRoll
+    out.values[a + 3] = frame.gaze[0] * s;  // LeftEyeYaw
+    out.values[a + 4] = frame.gaze[1] * s;  // LeftEyePitch
+    out.values[a + 5] = 0.0f;               // LeftEyeRoll
+    out.values[a + 6] = frame.gaze[2] * s;  // RightEyeYaw
+    out.values[a + 7] = frame.gaze[3] * s;  // RightEyePitch
+    out.values[a + 8] = 0.0f;               // RightEyeRoll
+    ++status_.frames_pushed;
+  }
+  out.frame_index = frame.index;
+  out.fps = frame.fps;
+  out.t_audio = frame.t_audio;
+  out.last = frame.last;
+
+  // Outside the lock: the sink may take its time (Live Link copies the data).
+  if (declare) {
+    const auto& names = live_link_curve_names();
+    sink_.declare_subject(out.subject, std::vector<std::string>(names.begin(), names.end()));
+  }
+  sink_.push_frame(out);
+}
+
+void LiveLinkFeed::on_stream_start(const StreamStart& start) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  clocks_.erase(start.stream);  // a new audio clock starting at t_audio 0
+}
+
+void LiveLinkFeed::on_stream_end(const StreamEnd& end) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  clocks_.erase(end.stream);
+}
+
+void LiveLinkFeed::on_runtime_restart(const std::string&, const std::string&) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  clocks_.clear();  // every stream of the old process is gone; subjects stay declared
+}
+
+}  // namespace ksdiff

@@ -1,0 +1,180 @@
+// StreamClock and JitterBuffer: frames shown on their audio clock (SPEC 6), not on arrival.
+#include "harness.hpp"
+
+#include "ksdiff/jitter_buffer.hpp"
+
+using namespace ksdiff;
+
+namespace {
+
+constexpr std::size_t kJawOpen = 17;
+constexpr double kMargin = 0.05;
+
+// Frame `index` of `stream` at 30 fps: jawOpen = jaw, head yaw = yaw, left eye yaw = yaw / 2.
+Frame make_frame(const std::string& stream, std::uint64_t index, float jaw, float yaw = 0.0f,
+                 bool last = false) {
+  Frame f;
+  f.stream = stream;
+  f.seq = index;
+  f.index = index;
+  f.fps = 30;
+  f.t_audio = static_cast<double>(index) / 30.0;
+  f.blendshapes[kJawOpen] = jaw;
+  f.head[1] = yaw;
+  f.gaze[0] = yaw / 2;
+  f.last = last;
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("clock: anchored by the first frame's arrival plus the margin") {
+  StreamClock clock(kMargin);
+  EXPECT(!clock.anchored());
+  // First frame t_audio 0.5 arrives at local 100: shown at 100.05; offset = 99.55.
+  EXPECT_NEAR(clock.schedule(0.5, 100.0), 100.05, 1e-12);
+  EXPECT_NEAR(clock.offset(), 99.55, 1e-12);
+  // Later frames keep their audio spacing whatever their arrival jitter (within the margin).
+  EXPECT_NEAR(clock.schedule(0.6, 100.13), 100.15, 1e-12);  // 20 ms late on its spacing: fine
+  EXPECT_NEAR(clock.schedule(0.7, 100.16), 100.25, 1e-12);  // early: fine
+  EXPECT_EQ(clock.reanchors(), 0u);
+}
+
+TEST_CASE("clock: a frame arriving after its show time re-anchors") {
+  StreamClock clock(kMargin);
+  (void)clock.schedule(0.0, 10.0);  // offset 10.05
+  // t_audio 0.1 should show at 10.15 but arrives at 10.4 (a 250 ms stall).
+  EXPECT_NEAR(clock.schedule(0.1, 10.4), 10.45, 1e-12);
+  EXPECT_EQ(clock.reanchors(), 1u);
+  EXPECT_NEAR(clock.offset(), 10.35, 1e-12);
+  // Exactly on time is not late.
+  EXPECT_NEAR(clock.schedule(0.2, 10.55), 10.55, 1e-12);
+  EXPECT_EQ(clock.reanchors(), 1u);
+  // Show times keep increasing with t_audio across the re-anchoring.
+  EXPECT(clock.schedule(0.3, 10.56) > 10.55);
+  // An older frame arriving out of order, past its time, does not move the timeline.
+  EXPECT_NEAR(clock.schedule(0.25, 11.0), 10.60, 1e-12);
+  EXPECT_EQ(clock.reanchors(), 1u);
+}
+
+TEST_CASE("buffer: frames are ordered by audio time, not arrival") {
+  JitterBuffer jb(kMargin);
+  // Arrive out of order: 2, 0, 1 (all at local time 0).
+  const double show2 = jb.push(make_frame("npc1", 2, 1.0f), 0.0);
+  (void)jb.push(make_frame("npc1", 0, 0.0f), 0.0);
+  (void)jb.push(make_frame("npc1", 1, 0.5f), 0.0);
+  // Anchored on the first frame pushed (t_audio 2/30 at 0.0): offset = -2/30 + margin.
+  EXPECT_NEAR(show2, kMargin, 1e-12);
+  const double offset = *jb.offset("npc1");
+  EXPECT_NEAR(offset, kMargin - 2.0 / 30.0, 1e-12);
+  EXPECT_EQ(jb.buffered("npc1"), 3u);
+  const Sample s = jb.sample("npc1", offset + 0.5 / 30.0);  // between frames 0 and 1
+  EXPECT(s.state == PlayState::playing);
+  EXPECT_NEAR(s.pose.blendshapes[kJawOpen], 0.25, 1e-6);
+}
+
+TEST_CASE("buffer: linear interpolation of weights and angles") {
+  JitterBuffer jb(kMargin);
+  (void)jb.push(make_frame("a", 0, 0.0f, 0.0f), 5.0);
+  (void)jb.push(make_frame("a", 1, 1.0f, 0.3f), 5.01);
+  const double offset = *jb.offset("a");
+  EXPECT_NEAR(offset, 5.05, 1e-12);
+  for (double w : {0.0, 0.25, 0.5, 0.75}) {
+    const Sample s = jb.sample("a", offset + w / 30.0);
+    EXPECT(s.state == PlayState::playing);
+    EXPECT_NEAR(s.t_audio, w / 30.0, 1e-9);
+    EXPECT_NEAR(s.pose.blendshapes[kJawOpen], w, 1e-6);
+    EXPECT_NEAR(s.pose.head[1], 0.3 * w, 1e-6);
+    EXPECT_NEAR(s.pose.gaze[0], 0.15 * w, 1e-6);
+  }
+}
+
+TEST_CASE("buffer: waiting before the first frame, holding when starved, then playing again") {
+  JitterBuffer jb(kMargin);
+  EXPECT(jb.sample("x", 0.0).state == PlayState::unknown);
+  (void)jb.push(make_frame("x", 0, 0.2f), 1.0);  // shown at 1.05
+  Sample s = jb.sample("x", 1.0);
+  EXPECT(s.state == PlayState::waiting);
+  EXPECT_NEAR(s.pose.blendshapes[kJawOpen], 0.2, 1e-6);
+  (void)jb.push(make_frame("x", 1, 0.4f), 1.02);
+  s = jb.sample("x", 1.05 + 2.0 / 30.0);  // after frame 1; the stream goes on
+  EXPECT(s.state == PlayState::holding);
+  EXPECT_NEAR(s.pose.blendshapes[kJawOpen], 0.4, 1e-6);
+  EXPECT_EQ(jb.buffered("x"), 1u);
+  (void)jb.push(make_frame("x", 3, 0.8f), 1.1);  // frame 2 was dropped: interpolate over the gap
+  s = jb.sample("x", 1.05 + 2.0 / 30.0);
+  EXPECT(s.state == PlayState::playing);
+  EXPECT_NEAR(s.pose.blendshapes[kJawOpen], 0.6, 1e-6);
+}
+
+TEST_CASE("buffer: a late frame moves the timeline, it is not skipped") {
+  JitterBuffer jb(kMargin);
+  (void)jb.push(make_frame("late", 0, 0.0f), 0.0);   // offset 0.05
+  (void)jb.push(make_frame("late", 1, 0.5f), 0.01);  // shown at 0.05 + 1/30
+  const double show = jb.push(make_frame("late", 2, 1.0f), 0.5);  // due at 0.117: 383 ms late
+  EXPECT_NEAR(show, 0.55, 1e-12);
+  EXPECT_EQ(jb.reanchors("late"), 1u);
+  // The late frame itself is shown, at its new show time, and the frames before it too.
+  EXPECT_NEAR(jb.sample("late", 0.55).pose.blendshapes[kJawOpen], 1.0, 1e-6);
+}
+
+TEST_CASE("buffer: a stream's end plays out what is buffered, then forgets the stream") {
+  JitterBuffer jb(kMargin);
+  for (std::uint64_t i = 0; i < 3; ++i) (void)jb.push(make_frame("npc", i, 0.1f * i), 2.0);
+  jb.end_stream("npc");  // stream_end arrives before its frames have been shown
+  const double offset = *jb.offset("npc");
+  EXPECT(jb.sample("npc", offset + 1.5 / 30.0).state == PlayState::playing);
+  const Sample end = jb.sample("npc", offset + 3.0 / 30.0);
+  EXPECT(end.state == PlayState::ended);
+  EXPECT_NEAR(end.pose.blendshapes[kJawOpen], 0.2, 1e-6);
+  EXPECT(jb.sample("npc", offset + 4.0 / 30.0).state == PlayState::unknown);
+  EXPECT(jb.streams().empty());
+  // The id is free: a new stream anchors afresh.
+  (void)jb.push(make_frame("npc", 0, 0.9f), 50.0);
+  EXPECT_NEAR(*jb.offset("npc"), 50.05, 1e-12);
+}
+
+TEST_CASE("buffer: a frame marked last ends the stream; frames after it start a new one") {
+  JitterBuffer jb(kMargin);
+  (void)jb.push(make_frame("s", 0, 0.0f), 0.0);
+  (void)jb.push(make_frame("s", 1, 1.0f, 0.0f, true), 0.0);
+  EXPECT(jb.sample("s", 0.05 + 2.0 / 30.0).state == PlayState::ended);
+  (void)jb.push(make_frame("s", 0, 0.3f), 9.0);
+  EXPECT_NEAR(*jb.offset("s"), 9.05, 1e-12);
+  // Even without sampling in between: frames after `last` are a new timeline.
+  (void)jb.push(make_frame("t", 5, 0.0f, 0.0f, true), 0.0);
+  (void)jb.push(make_frame("t", 0, 0.0f), 20.0);
+  EXPECT_NEAR(*jb.offset("t"), 20.05, 1e-12);
+  EXPECT_EQ(jb.buffered("t"), 1u);
+}
+
+TEST_CASE("buffer: an end without frames, resets, repeated times and the size bound") {
+  JitterBuffer jb(kMargin, 4);
+  jb.end_stream("nobody");  // harmless
+  (void)jb.push(make_frame("e", 0, 0.0f), 0.0);
+  (void)jb.push(make_frame("e", 0, 0.7f), 0.0);  // same t_audio: replaces
+  EXPECT_EQ(jb.buffered("e"), 1u);
+  EXPECT_NEAR(jb.sample("e", 0.0).pose.blendshapes[kJawOpen], 0.7, 1e-6);
+  for (std::uint64_t i = 1; i < 10; ++i) (void)jb.push(make_frame("e", i, 0.0f), 0.0);
+  EXPECT_EQ(jb.buffered("e"), 4u);  // the oldest went
+  jb.reset_stream("e");
+  EXPECT(jb.sample("e", 0.0).state == PlayState::unknown);
+  (void)jb.push(make_frame("f", 0, 0.0f), 0.0);
+  (void)jb.push(make_frame("g", 0, 0.0f), 0.0);
+  EXPECT_EQ(jb.streams().size(), 2u);
+  jb.clear();
+  EXPECT(jb.streams().empty());
+}
+
+TEST_CASE("lerp: endpoints are exact") {
+  Pose a, b;
+  a.blendshapes[3] = 0.25f;
+  b.blendshapes[3] = 0.75f;
+  a.head[2] = -0.5f;
+  b.head[2] = 0.5f;
+  EXPECT_EQ(lerp(a, b, 0.0).blendshapes[3], 0.25f);
+  EXPECT_EQ(lerp(a, b, 1.0).blendshapes[3], 0.75f);
+  EXPECT_EQ(lerp(a, b, 0.5).head[2], 0.0f);
+}
+
+HARNESS_MAIN()

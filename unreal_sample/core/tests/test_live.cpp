@@ -1,0 +1,415 @@
+// Against a real `ksdiff-runtime serve` on loopback (POSIX: it spawns the server).
+//
+//   test_live <path to ksdiff-runtime>     (an empty path: skipped, exit code 77)
+//
+// 1. DEALER-driven stream (deterministic): the test opens stream "cpp_live" on the runtime's
+//    ROUTER, pushes 1.5 s of audio, ends it, and checks that the C++ subscriber received the
+//    stream_start, every frame 0..N-1 in order with its audio time, and the stream_end, and
+//    that the Live Link feed and the jitter buffer handle them.
+// 2. File stream with --loop, and a runtime restart: the subscriber sees the hello with the 52
+//    names and 30 consecutive frames; the runtime is stopped with SIGINT and started again on
+//    the same ports; the same subscriber reconnects by itself, reports the restart (a new
+//    hello instance) and receives 30 consecutive frames again.
+// Every wait has a timeout; ports are free ephemeral ones; nothing sleeps to synchronise.
+#include "harness.hpp"
+
+#include "ksdiff/jitter_buffer.hpp"
+#include "ksdiff/live_link_feed.hpp"
+#include "ksdiff/subscriber.hpp"
+
+#include <zmq.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <iterator>
+#include <thread>
+
+extern char** environ;
+
+using namespace ksdiff;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string g_runtime;  // path of ksdiff-runtime
+const std::string kSampleWav = KSDIFF_SAMPLE_WAV;
+constexpr auto kStartTimeout = 120s;  // model load on a busy 2-core machine
+constexpr auto kTimeout = 60s;
+
+// A TCP port nothing listens on right now (the kernel picks it; we release it for the runtime).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    throw std::runtime_error("cannot find a free port");
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string endpoint(int port) { return "tcp://127.0.0.1:" + std::to_string(port); }
+
+// `ksdiff-runtime serve ...` as a child process, its output in a log file. The destructor
+// stops it (SIGINT, then SIGKILL) so a failing test never leaves it running.
+class Runtime {
+ public:
+  explicit Runtime(const std::vector<std::string>& args) {
+    char log_template[] = "/tmp/ksdiff_live_XXXXXX";
+    const int log_fd = ::mkstemp(log_template);
+    if (log_fd < 0) throw std::runtime_error("mkstemp failed");
+    log_path_ = log_template;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, log_fd, 1);
+    posix_spawn_file_actions_adddup2(&actions, log_fd, 2);
+    std::vector<std::string> argv_strings = {g_runtime, "serve"};
+    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_strings) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const int rc = posix_spawn(&pid_, g_runtime.c_str(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    ::close(log_fd);
+    if (rc != 0) throw std::runtime_error("cannot start " + g_runtime + ": " + std::strerror(rc));
+  }
+
+  ~Runtime() {
+    if (pid_ > 0 && !stop(20s)) {
+      ::kill(pid_, SIGKILL);
+      (void)wait_exit(10s);
+    }
+    if (!log_path_.empty()) ::unlink(log_path_.c_str());
+  }
+
+  // SIGINT (the runtime's clean shutdown) and wait; true with exit status 0.
+  bool stop(std::chrono::seconds timeout) {
+    if (pid_ <= 0) return exit_status_ == 0;
+    ::kill(pid_, SIGINT);
+    const auto status = wait_exit(timeout);
+    return status && *status == 0;
+  }
+
+  bool alive() {
+    if (pid_ <= 0) return false;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      record(status);
+      return false;
+    }
+    return true;
+  }
+
+  std::string log() const {
+    std::ifstream in(log_path_);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+
+ private:
+  // The exit status once the child has exited, polling until `timeout`.
+  std::optional<int> wait_exit(std::chrono::seconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (pid_ > 0 && Clock::now() < deadline) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        record(status);
+        break;
+      }
+      std::this_thread::sleep_for(20ms);  // polling a child's exit: there is no fd to wait on
+    }
+    if (pid_ > 0) return std::nullopt;
+    return exit_status_;
+  }
+
+  void record(int status) {
+    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    pid_ = -1;
+  }
+
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+  std::string log_path_;
+};
+
+// Pops subscriber events until `done` returns true, the timeout passes, or the runtime dies.
+template <typename Done>
+bool wait_events(EventQueue& queue, Runtime& runtime, std::chrono::seconds timeout, Done done) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    if (std::optional<Event> event = queue.pop(200ms)) {
+      if (done(*event)) return true;
+    } else if (!runtime.alive()) {
+      return false;
+    }
+  }
+  return false;
+}
+
+// The runtime's reply to our DEALER, within the timeout.
+std::optional<Message> reply(zmq::socket_t& dealer, std::chrono::seconds timeout) {
+  zmq_pollitem_t item{dealer.handle(), 0, ZMQ_POLLIN, 0};
+  if (zmq_poll(&item, 1, static_cast<long>(std::chrono::milliseconds(timeout).count())) <= 0) return std::nullopt;
+  zmq::message_t msg;
+  if (!dealer.recv(msg, zmq::recv_flags::dontwait)) return std::nullopt;
+  return decode(msg.data(), msg.size());
+}
+
+// `seconds` of a speech-like signal (a voiced buzz with syllable-rate loudness) as s16le mono.
+std::string synthetic_speech_s16le(double seconds, int rate) {
+  const auto n = static_cast<std::size_t>(seconds * rate);
+  std::string pcm(2 * n, '\0');
+  const double pi = 3.14159265358979323846;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double t = static_cast<double>(i) / rate;
+    const double f0 = 120.0 + 20.0 * std::sin(2 * pi * 0.7 * t);
+    double x = 0.0;
+    for (int h = 1; h <= 8; ++h) x += std::sin(2 * pi * f0 * h * t) / h;
+    const double syllables = 0.5 * (1.0 - std::cos(2 * pi * 4.0 * t));
+    const auto s = static_cast<std::int16_t>(std::lround(0.25 * syllables * x * 32767.0 / 2.0));
+    pcm[2 * i] = static_cast<char>(s & 0xFF);
+    pcm[2 * i + 1] = static_cast<char>((s >> 8) & 0xFF);
+  }
+  return pcm;
+}
+
+bool hello_has_canonical_names(const Hello& h) {
+  if (!h.from_runtime || h.blendshapes.size() != kNumBlendshapes) return false;
+  for (std::size_t i = 0; i < kNumBlendshapes; ++i) {
+    if (h.blendshapes[i] != kBlendshapeNames[i]) return false;
+  }
+  return true;
+}
+
+class RecordingSink final : public LiveLinkSink {
+ public:
+  void declare_subject(const std::string& subject, const std::vector<std::string>&) override {
+    declared.push_back(subject);
+  }
+  void push_frame(const SubjectFrame& frame) override { frames.push_back(frame); }
+  std::vector<std::string> declared;
+  std::vector<SubjectFrame> frames;
+};
+
+}  // namespace
+
+TEST_CASE("a stream driven through the DEALER arrives whole: start, frames 0..N-1, end") {
+  const std::string pub = endpoint(free_port());
+  const std::string router = endpoint(free_port());
+  const std::string stream = "cpp_live";
+
+  EventQueue queue;
+  SubscriberConfig config;
+  config.endpoint = pub;
+  config.stream_filter = stream;
+  Subscriber sub(config, queue);
+  sub.start();  // before the runtime exists: ZeroMQ connects once it binds
+  Runtime runtime({"--pub", pub, "--router", router, "--backend", "onnxruntime"});
+
+  // The hello proves the subscription is live (the runtime repeats it every second).
+  std::optional<Hello> hello;
+  const bool got_hello = wait_events(queue, runtime, kStartTimeout, [&](const Event& e) {
+    if (const auto* h = std::get_if<Hello>(&e)) hello = *h;
+    return hello.has_value();
+  });
+  REQUIRE_MSG(got_hello, "no hello from the runtime; its log:\n" + runtime.log());
+  EXPECT(hello_has_canonical_names(*hello));
+  EXPECT_EQ(hello->fps, 30u);
+  EXPECT_EQ(hello->sample_rate, 16000u);
+  EXPECT(hello->instance && !hello->instance->empty());
+
+  zmq::context_t context;
+  zmq::socket_t dealer(context, zmq::socket_type::dealer);
+  dealer.set(zmq::sockopt::linger, 0);
+  dealer.connect(router);
+
+  dealer.send(zmq::buffer(encode_hello_request(1)), zmq::send_flags::none);
+  std::optional<Message> r = reply(dealer, kTimeout);
+  REQUIRE_MSG(r && std::holds_alternative<Hello>(r->body), "no hello reply");
+  EXPECT(std::get<Hello>(r->body).req == std::optional<std::uint64_t>(1));
+
+  OpenStream open;
+  open.stream = stream;
+  open.sample_rate = 16000;
+  open.channels = 1;
+  open.format = "s16le";
+  open.req = 2;
+  dealer.send(zmq::buffer(encode_open_stream(open)), zmq::send_flags::none);
+  r = reply(dealer, kTimeout);
+  REQUIRE_MSG(r && std::holds_alternative<StreamOpened>(r->body),
+              r && std::holds_alternative<Error>(r->body) ? std::get<Error>(r->body).message : "no reply");
+  EXPECT_EQ(std::get<StreamOpened>(r->body).stream, stream);
+  EXPECT_EQ(std::get<StreamOpened>(r->body).fps, 30u);
+
+  // 1.5 s of audio in 100 ms chunks, each placed explicitly on the stream's clock.
+  const std::string pcm = synthetic_speech_s16le(1.5, 16000);
+  const std::size_t chunk_bytes = 2 * 1600;
+  std::uint64_t seq = 0;
+  for (std::size_t off = 0; off < pcm.size(); off += chunk_bytes, ++seq) {
+    Audio audio;
+    audio.stream = stream;
+    audio.seq = seq;
+    audio.at_sample = off / 2;
+    audio.pcm = pcm.substr(off, chunk_bytes);
+    dealer.send(zmq::buffer(encode_audio(audio)), zmq::send_flags::none);
+  }
+  dealer.send(zmq::buffer(encode_end_stream(EndStream{stream, 3})), zmq::send_flags::none);
+  r = reply(dealer, kTimeout);
+  REQUIRE_MSG(r && std::holds_alternative<StreamEnded>(r->body),
+              r && std::holds_alternative<Error>(r->body) ? std::get<Error>(r->body).message : "no reply");
+  const StreamEnded ended = std::get<StreamEnded>(r->body);
+  EXPECT(ended.req == std::optional<std::uint64_t>(3));
+
+  // Everything the subscriber got for the stream, up to its stream_end.
+  std::vector<FrameEvent> frames;
+  std::optional<StreamStart> start;
+  std::optional<StreamEnd> end;
+  const bool got_end = wait_events(queue, runtime, kTimeout, [&](const Event& e) {
+    if (const auto* f = std::get_if<FrameEvent>(&e)) frames.push_back(*f);
+    if (const auto* s = std::get_if<StreamStart>(&e)) start = *s;
+    if (const auto* s = std::get_if<StreamEnd>(&e)) end = *s;
+    return end.has_value();
+  });
+  REQUIRE_MSG(got_end, "no stream_end; runtime log:\n" + runtime.log());
+  REQUIRE(start.has_value());
+  EXPECT_EQ(start->source, std::string("sdk"));
+  EXPECT_EQ(end->reason, std::string("ended"));
+  EXPECT_EQ(end->frames, ended.frames);
+  const std::size_t n = frames.size();
+  std::fprintf(stderr, "  stream %s: %zu frames received, stream_ended.frames = %llu\n", stream.c_str(), n,
+               static_cast<unsigned long long>(ended.frames));
+  EXPECT_EQ(n, ended.frames);
+  EXPECT(n >= 40);  // 1.5 s at 30 fps, whatever the runtime's flush rounding
+  for (std::size_t i = 0; i < n; ++i) {
+    const Frame& f = frames[i].frame;
+    EXPECT_EQ(f.stream, stream);
+    EXPECT_EQ(f.seq, i);
+    EXPECT_EQ(f.index, i);
+    EXPECT_EQ(f.t_audio, static_cast<double>(i) / 30.0);
+    EXPECT_EQ(f.last, i + 1 == n);
+    for (float w : f.blendshapes) EXPECT(std::isfinite(w) && w >= 0.0f && w <= 1.0f);
+    for (float a : f.head) EXPECT(std::isfinite(a) && std::fabs(a) < 1.6f);
+    for (float a : f.gaze) EXPECT(std::isfinite(a) && std::fabs(a) < 1.6f);
+    EXPECT(f.captured_ns.has_value());  // sdk streams: when the audio arrived
+  }
+  const SubscriberStatus st = sub.status();
+  EXPECT_EQ(st.dropped_frames, 0u);
+  EXPECT_EQ(st.bad_messages, 0u);
+  EXPECT(st.state == ConnectionState::live);
+
+  // The same frames through the Live Link feed and the jitter buffer.
+  RecordingSink sink;
+  LiveLinkFeed feed(sink);
+  JitterBuffer buffer;
+  std::vector<double> show;
+  for (const FrameEvent& fe : frames) {
+    feed.on_frame(fe.frame, fe.arrival_s);
+    show.push_back(buffer.push(fe.frame, fe.arrival_s));
+  }
+  EXPECT_EQ(sink.declared.size(), 1u);
+  EXPECT_EQ(sink.frames.size(), n);
+  for (std::size_t i = 1; i < n; ++i) {
+    EXPECT(sink.frames[i].world_time_s > sink.frames[i - 1].world_time_s);
+    EXPECT(show[i] > show[i - 1]);
+  }
+  if (n > 2) {
+    const std::size_t k = n / 2;
+    // Sampled at frame k's own show time, the buffer gives frame k (within the interpolation
+    // rounding); the frames before it have been played.
+    (void)buffer.sample(stream, show[0]);
+    const Sample s = buffer.sample(stream, show[k]);
+    EXPECT(s.state == PlayState::playing);
+    EXPECT_NEAR(s.pose.blendshapes[17], frames[k].frame.blendshapes[17], 1e-5);
+    EXPECT(buffer.sample(stream, show[n - 1] + 1.0).state == PlayState::ended);
+  }
+  EXPECT_MSG(runtime.stop(30s), "serve did not stop cleanly; its log:\n" + runtime.log());
+}
+
+TEST_CASE("a looping file stream; the runtime restarts and the subscriber follows") {
+  if (::access(kSampleWav.c_str(), R_OK) != 0) {
+    std::fprintf(stderr, "  skipped: no sample wav at %s\n", kSampleWav.c_str());
+    return;
+  }
+  const std::string pub = endpoint(free_port());
+  const std::string router = endpoint(free_port());
+  const std::string stream = "sample_speech";  // serve names a file's stream after the file
+  const std::vector<std::string> args = {"--file", kSampleWav, "--loop", "--pub", pub,
+                                         "--router", router, "--backend", "onnxruntime"};
+  EventQueue queue;
+  SubscriberConfig config;
+  config.endpoint = pub;
+  config.stream_filter = stream;
+  Subscriber sub(config, queue);
+  sub.start();
+
+  // The file starts playing as soon as serve starts, so the subscriber may join mid-stream:
+  // what is checked is a hello with the 52 names and then 30 consecutive frames.
+  const auto hello_then_30_frames = [&](Runtime& runtime, std::optional<RestartEvent>* restart) {
+    bool hello_ok = false;
+    std::optional<std::uint64_t> next;
+    int run = 0;
+    return wait_events(queue, runtime, kStartTimeout, [&](const Event& e) {
+      if (const auto* r = std::get_if<RestartEvent>(&e); r && restart) *restart = *r;
+      if (const auto* h = std::get_if<Hello>(&e)) hello_ok = hello_ok || hello_has_canonical_names(*h);
+      if (const auto* f = std::get_if<FrameEvent>(&e); f && hello_ok) {
+        run = (next && f->frame.seq == *next) ? run + 1 : 1;
+        next = f->frame.seq + 1;
+        EXPECT_EQ(f->frame.t_audio, static_cast<double>(f->frame.index) / f->frame.fps);
+      }
+      return run >= 30;
+    });
+  };
+
+  std::string first_instance;
+  {
+    Runtime runtime(args);
+    REQUIRE_MSG(hello_then_30_frames(runtime, nullptr), "no hello + 30 frames; log:\n" + runtime.log());
+    first_instance = sub.status().instance;
+    EXPECT(!first_instance.empty());
+    EXPECT_MSG(runtime.stop(30s), "serve did not stop cleanly on SIGINT; log:\n" + runtime.log());
+  }
+  {
+    Runtime runtime(args);  // same ports: the subscriber reconnects on its own
+    std::optional<RestartEvent> restart;
+    REQUIRE_MSG(hello_then_30_frames(runtime, &restart), "no frames after the restart; log:\n" + runtime.log());
+    REQUIRE(restart.has_value());
+    EXPECT_EQ(restart->old_instance, first_instance);
+    EXPECT(restart->new_instance != first_instance);
+    EXPECT_EQ(sub.status().restarts, 1u);
+    EXPECT_EQ(sub.status().bad_messages, 0u);
+    EXPECT_MSG(runtime.stop(30s), "serve did not stop cleanly on SIGINT; log:\n" + runtime.log());
+  }
+}
+
+int main(int argc, char** argv) {
+  g_runtime = argc > 1 ? argv[1] : "";
+  if (g_runtime.empty()) {
+    std::fprintf(stderr, "SKIPPED: no ksdiff-runtime given (configure with -DKSDIFF_RUNTIME=/path/to/ksdiff-runtime "
+                         "or set KSDIFF_RUNTIME before cmake)\n");
+    return 77;  // ctest SKIP_RETURN_CODE
+  }
+  if (::access(g_runtime.c_str(), X_OK) != 0) {
+    std::fprintf(stderr, "FAILED: KSDIFF_RUNTIME=%s is not an executable\n", g_runtime.c_str());
+    return 1;
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  return harness::run_all(argc - 1, argv + 1);
+}

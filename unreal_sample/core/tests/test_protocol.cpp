@@ -1,0 +1,560 @@
+// The protocol's golden vectors (protocol/golden, SPEC 8) and the decoding rules of SPEC 3.
+//
+// Every valid vector must decode to its JSON (key order aside, unknown keys of a newer minor
+// ignored); every invalid vector must be refused with its error code; the request encoders must
+// reproduce the reference encoder's bytes.
+#include "harness.hpp"
+
+#include "ksdiff/protocol.hpp"
+
+#include <msgpack.hpp>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <set>
+#include <utility>
+
+using json = nlohmann::json;
+using namespace ksdiff;
+
+namespace {
+
+const std::string kGolden = KSDIFF_GOLDEN_DIR;
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+json read_json(const std::string& path) { return json::parse(read_bytes(path)); }
+
+json index_json() { return read_json(kGolden + "/index.json"); }
+
+std::string base64(std::string_view bytes) {
+  static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  std::size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    const unsigned v = (unsigned char)bytes[i] << 16 | (unsigned char)bytes[i + 1] << 8 | (unsigned char)bytes[i + 2];
+    out += alphabet[v >> 18 & 63];
+    out += alphabet[v >> 12 & 63];
+    out += alphabet[v >> 6 & 63];
+    out += alphabet[v & 63];
+  }
+  if (i + 1 == bytes.size()) {
+    const unsigned v = (unsigned char)bytes[i] << 16;
+    out += alphabet[v >> 18 & 63];
+    out += alphabet[v >> 12 & 63];
+    out += "==";
+  } else if (i + 2 == bytes.size()) {
+    const unsigned v = (unsigned char)bytes[i] << 16 | (unsigned char)bytes[i + 1] << 8;
+    out += alphabet[v >> 18 & 63];
+    out += alphabet[v >> 12 & 63];
+    out += alphabet[v >> 6 & 63];
+    out += '=';
+  }
+  return out;
+}
+
+json bin_json(std::string_view bytes) { return json{{"$bin", base64(bytes)}}; }
+
+// 52 floats back to the wire's little-endian bytes, independent of host order.
+std::string blendshape_bytes(const std::array<float, kNumBlendshapes>& values) {
+  std::string out;
+  for (float v : values) {
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, &v, 4);
+    for (int k = 0; k < 4; ++k) out += static_cast<char>((bits >> (8 * k)) & 0xFF);
+  }
+  return out;
+}
+
+template <typename T>
+void put(json& j, const char* key, const std::optional<T>& value) {
+  if (value) j[key] = *value;
+}
+
+template <typename Array>
+json floats(const Array& values) {
+  json out = json::array();
+  for (float v : values) out.push_back(static_cast<double>(v));  // float -> double is exact
+  return out;
+}
+
+template <class... Ts>
+struct overloaded : Ts... {
+  using Ts::operator()...;
+};
+template <class... Ts>
+overloaded(Ts...) -> overloaded<Ts...>;
+
+// A decoded message in the golden vectors' JSON form.
+json to_json(const Message& m) {
+  json j = {{"v", {m.major, m.minor}}, {"type", m.type}};
+  std::visit(
+      overloaded{
+          [&](const Hello& h) {
+            if (h.from_runtime) {
+              j["runtime"] = h.runtime;
+              j["fps"] = h.fps;
+              j["sample_rate"] = h.sample_rate;
+              j["blendshapes"] = h.blendshapes;
+              j["head"] = h.head;
+              j["head_units"] = h.head_units;
+              j["head_convention"] = h.head_convention;
+              j["gaze"] = h.gaze;
+              j["gaze_units"] = h.gaze_units;
+              j["gaze_convention"] = h.gaze_convention;
+              j["max_message_bytes"] = h.max_message_bytes;
+            }
+            put(j, "instance", h.instance);
+            put(j, "req", h.req);
+          },
+          [&](const Frame& f) {
+            j["stream"] = f.stream;
+            j["seq"] = f.seq;
+            j["index"] = f.index;
+            j["fps"] = f.fps;
+            j["t_audio"] = f.t_audio;
+            j["blendshapes"] = bin_json(blendshape_bytes(f.blendshapes));
+            j["head"] = floats(f.head);
+            j["gaze"] = floats(f.gaze);
+            j["captured_ns"] = f.captured_ns ? json(*f.captured_ns) : json(nullptr);
+            j["published_ns"] = f.published_ns;
+            j["lookahead_ms"] = static_cast<double>(f.lookahead_ms);
+            j["compute_ms"] = static_cast<double>(f.compute_ms);
+            j["last"] = f.last;
+          },
+          [&](const StreamStart& s) {
+            j["stream"] = s.stream;
+            j["source"] = s.source;
+            j["published_ns"] = s.published_ns;
+          },
+          [&](const StreamEnd& s) {
+            j["stream"] = s.stream;
+            j["source"] = s.source;
+            j["reason"] = s.reason;
+            j["frames"] = s.frames;
+            j["published_ns"] = s.published_ns;
+          },
+          [&](const Stats& s) {
+            j["uptime_s"] = s.uptime_s;
+            json streams = json::object();
+            for (const auto& [sid, st] : s.streams) {
+              json e = {{"fps", st.fps},
+                        {"latency_p50_ms", st.latency_p50_ms},
+                        {"latency_p95_ms", st.latency_p95_ms},
+                        {"frames", st.frames},
+                        {"drops", st.drops}};
+              put(e, "source", st.source);
+              put(e, "sanitized", st.sanitized);
+              streams[sid] = e;
+            }
+            j["streams"] = streams;
+            j["drops"] = s.drops;
+            j["published_ns"] = s.published_ns;
+          },
+          [&](const OpenStream& o) {
+            put(j, "stream", o.stream);
+            j["sample_rate"] = o.sample_rate;
+            j["channels"] = o.channels;
+            j["format"] = o.format;
+            put(j, "transcript", o.transcript);
+            put(j, "seed", o.seed);
+            put(j, "req", o.req);
+          },
+          [&](const Audio& a) {
+            j["stream"] = a.stream;
+            j["seq"] = a.seq;
+            put(j, "at_sample", a.at_sample);
+            j["pcm"] = bin_json(a.pcm);
+          },
+          [&](const EndStream& e) {
+            j["stream"] = e.stream;
+            put(j, "req", e.req);
+          },
+          [&](const StreamOpened& s) {
+            j["stream"] = s.stream;
+            j["fps"] = s.fps;
+            put(j, "req", s.req);
+          },
+          [&](const StreamEnded& s) {
+            j["stream"] = s.stream;
+            j["frames"] = s.frames;
+            put(j, "req", s.req);
+          },
+          [&](const Error& e) {
+            j["code"] = e.code;
+            j["message"] = e.message;
+            j["request_type"] = e.request_type ? json(*e.request_type) : json(nullptr);
+            put(j, "stream", e.stream);
+            put(j, "req", e.req);
+          },
+      },
+      m.body);
+  return j;
+}
+
+// Keys protocol v1.0 defines per type (SPEC 4). A golden vector's other keys belong to a newer
+// minor version and must be ignored by the decoder.
+const std::map<std::string, std::set<std::string>> kKnownKeys = {
+    {"hello", {"v", "type", "runtime", "fps", "sample_rate", "blendshapes", "head", "head_units",
+               "head_convention", "gaze", "gaze_units", "gaze_convention", "max_message_bytes",
+               "instance", "req"}},
+    {"frame", {"v", "type", "stream", "seq", "index", "fps", "t_audio", "blendshapes", "head", "gaze",
+               "captured_ns", "published_ns", "lookahead_ms", "compute_ms", "last"}},
+    {"stream_start", {"v", "type", "stream", "source", "published_ns"}},
+    {"stream_end", {"v", "type", "stream", "source", "reason", "frames", "published_ns"}},
+    {"stats", {"v", "type", "uptime_s", "streams", "drops", "published_ns"}},
+    {"open_stream", {"v", "type", "stream", "sample_rate", "channels", "format", "transcript", "seed", "req"}},
+    {"audio", {"v", "type", "stream", "seq", "at_sample", "pcm"}},
+    {"end_stream", {"v", "type", "stream", "req"}},
+    {"stream_opened", {"v", "type", "stream", "fps", "req"}},
+    {"stream_ended", {"v", "type", "stream", "frames", "req"}},
+    {"error", {"v", "type", "code", "message", "request_type", "stream", "req"}},
+};
+
+ErrorCode decode_error_code(const std::string& bytes) {
+  try {
+    (void)decode(bytes);
+  } catch (const ProtocolError& e) {
+    return e.code();
+  }
+  throw std::runtime_error("decoded without error");
+}
+
+// --- hand-built payloads ------------------------------------------------------------------------
+using Packer = msgpack::packer<msgpack::sbuffer>;
+using Entry = std::pair<std::string, std::function<void(Packer&)>>;
+
+std::string pack_map(const std::vector<Entry>& entries) {
+  msgpack::sbuffer buffer;
+  Packer p(&buffer);
+  p.pack_map(static_cast<std::uint32_t>(entries.size()));
+  for (const auto& [key, value] : entries) {
+    p.pack(key);
+    value(p);
+  }
+  return std::string(buffer.data(), buffer.size());
+}
+
+std::function<void(Packer&)> v10() {
+  return [](Packer& p) {
+    p.pack_array(2);
+    p.pack_uint8(1);
+    p.pack_uint8(0);
+  };
+}
+std::function<void(Packer&)> str(std::string s) {
+  return [s](Packer& p) { p.pack(s); };
+}
+
+std::string neutral_blendshapes() { return std::string(kBlendshapeBytes, '\0'); }
+
+// A valid frame; `replace` swaps in other encodings of some fields.
+std::string frame_payload(const std::map<std::string, std::function<void(Packer&)>>& replace = {},
+                          const std::vector<Entry>& extra = {}) {
+  std::vector<Entry> e = {
+      {"v", v10()},
+      {"type", str("frame")},
+      {"stream", str("npc1")},
+      {"seq", [](Packer& p) { p.pack_uint8(3); }},
+      {"index", [](Packer& p) { p.pack_uint8(3); }},
+      {"fps", [](Packer& p) { p.pack_uint8(30); }},
+      {"t_audio", [](Packer& p) { p.pack_double(0.1); }},
+      {"blendshapes",
+       [](Packer& p) {
+         const std::string b = neutral_blendshapes();
+         p.pack_bin(static_cast<std::uint32_t>(b.size()));
+         p.pack_bin_body(b.data(), static_cast<std::uint32_t>(b.size()));
+       }},
+      {"head", [](Packer& p) { p.pack_array(3), p.pack_float(0.f), p.pack_float(0.f), p.pack_float(0.f); }},
+      {"gaze",
+       [](Packer& p) { p.pack_array(4), p.pack_float(0.f), p.pack_float(0.f), p.pack_float(0.f), p.pack_float(0.f); }},
+      {"captured_ns", [](Packer& p) { p.pack_nil(); }},
+      {"published_ns", [](Packer& p) { p.pack_uint32(1000); }},
+      {"lookahead_ms", [](Packer& p) { p.pack_float(100.f); }},
+      {"compute_ms", [](Packer& p) { p.pack_float(1.5f); }},
+      {"last", [](Packer& p) { p.pack_false(); }},
+  };
+  std::vector<Entry> out;
+  for (auto& [key, value] : e) {
+    auto it = replace.find(key);
+    if (it == replace.end()) {
+      out.emplace_back(key, value);
+    } else if (it->second) {
+      out.emplace_back(key, it->second);
+    }  // a replacement that is empty removes the key
+  }
+  out.insert(out.end(), extra.begin(), extra.end());
+  return pack_map(out);
+}
+
+}  // namespace
+
+TEST_CASE("every valid golden vector decodes to its JSON") {
+  const json index = index_json();
+  REQUIRE(index["protocol"] == json({1, 0}));
+  int checked = 0;
+  for (const json& entry : index["valid"]) {
+    const std::string name = entry["name"];
+    const std::string bytes = read_bytes(kGolden + "/" + name + ".msgpack");
+    json expected = read_json(kGolden + "/" + name + ".json");
+    EXPECT_EQ(bytes.size(), entry["bytes"].get<std::size_t>());
+    Message msg;
+    try {
+      msg = decode(bytes);
+    } catch (const std::exception& e) {
+      harness::report(__FILE__, __LINE__, name + ": " + e.what());
+      continue;
+    }
+    EXPECT_EQ(msg.type, entry["type"].get<std::string>());
+    // Drop the keys v1.0 does not define: only a newer minor may carry them.
+    const auto& known = kKnownKeys.at(msg.type);
+    std::vector<std::string> unknown;
+    for (auto it = expected.begin(); it != expected.end(); ++it) {
+      if (!known.count(it.key())) unknown.push_back(it.key());
+    }
+    for (const auto& key : unknown) expected.erase(key);
+    EXPECT_MSG(unknown.empty() || msg.minor > 0, name + " has unknown keys at minor 0");
+    const json actual = to_json(msg);
+    EXPECT_MSG(actual == expected, name + "\n    decoded:  " + actual.dump() + "\n    expected: " + expected.dump());
+    ++checked;
+  }
+  EXPECT_EQ(checked, 18);
+}
+
+TEST_CASE("published vectors belong on their topic") {
+  const json index = index_json();
+  for (const json& entry : index["valid"]) {
+    if (entry["topic"].is_null()) continue;
+    const std::string name = entry["name"];
+    const Message msg = decode(read_bytes(kGolden + "/" + name + ".msgpack"));
+    std::string topic;
+    if (auto* f = std::get_if<Frame>(&msg.body)) topic = frame_topic(f->stream);
+    if (auto* s = std::get_if<StreamStart>(&msg.body)) topic = stream_topic(s->stream);
+    if (auto* s = std::get_if<StreamEnd>(&msg.body)) topic = stream_topic(s->stream);
+    if (std::holds_alternative<Hello>(msg.body)) topic = std::string(kHelloTopic);
+    if (std::holds_alternative<Stats>(msg.body)) topic = std::string(kStatsTopic);
+    EXPECT_EQ(topic, entry["topic"].get<std::string>());
+  }
+}
+
+TEST_CASE("every invalid golden vector is refused with its code") {
+  const json index = index_json();  // kept alive: the loop iterates into it
+  int checked = 0;
+  for (const json& entry : index["invalid"]) {
+    const std::string name = entry["name"];
+    const std::string bytes = read_bytes(kGolden + "/" + name + ".msgpack");
+    EXPECT_EQ(bytes.size(), entry["bytes"].get<std::size_t>());
+    try {
+      (void)decode(bytes);
+      harness::report(__FILE__, __LINE__, name + " decoded; expected error " + entry["error"].get<std::string>());
+    } catch (const ProtocolError& e) {
+      EXPECT_MSG(to_string(e.code()) == entry["error"].get<std::string>(),
+                 name + ": got " + std::string(to_string(e.code())) + " (" + e.what() + ")");
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 12);
+}
+
+TEST_CASE("request encoders reproduce the reference encoder's bytes") {
+  const auto golden = [](const char* name) { return read_bytes(kGolden + "/" + std::string(name) + ".msgpack"); };
+  EXPECT(encode_hello_request() == golden("hello_request"));
+  for (const char* name : {"open_stream", "open_stream_minimal"}) {
+    const std::string bytes = golden(name);
+    EXPECT_MSG(encode_open_stream(std::get<OpenStream>(decode(bytes).body)) == bytes, name);
+  }
+  for (const char* name : {"audio", "audio_f32"}) {
+    const std::string bytes = golden(name);
+    EXPECT_MSG(encode_audio(std::get<Audio>(decode(bytes).body)) == bytes, name);
+  }
+  const std::string end = golden("end_stream");
+  EXPECT(encode_end_stream(std::get<EndStream>(decode(end).body)) == end);
+  // A hello request with a req round-trips too.
+  const Message hello = decode(encode_hello_request(7));
+  EXPECT(!std::get<Hello>(hello.body).from_runtime);
+  EXPECT(std::get<Hello>(hello.body).req == std::optional<std::uint64_t>(7));
+}
+
+TEST_CASE("encoders refuse what the runtime would refuse") {
+  OpenStream bad_rate;
+  bad_rate.sample_rate = 4000;
+  EXPECT(decode_error_code(pack_map({})) == ErrorCode::malformed);  // sanity of the helper
+  try {
+    (void)encode_open_stream(bad_rate);
+    harness::report(__FILE__, __LINE__, "sample_rate 4000 encoded");
+  } catch (const ProtocolError& e) {
+    EXPECT(e.code() == ErrorCode::bad_audio);
+  }
+  try {
+    (void)encode_end_stream(EndStream{"has space", std::nullopt});
+    harness::report(__FILE__, __LINE__, "bad stream id encoded");
+  } catch (const ProtocolError& e) {
+    EXPECT(e.code() == ErrorCode::malformed);
+  }
+  Audio big;
+  big.stream = "npc1";
+  big.pcm.assign(kMaxMessageBytes, '\0');
+  try {
+    (void)encode_audio(big);
+    harness::report(__FILE__, __LINE__, "1 MiB of pcm encoded");
+  } catch (const ProtocolError& e) {
+    EXPECT(e.code() == ErrorCode::too_large);
+  }
+}
+
+TEST_CASE("the runtime's hello lists the canonical names") {
+  const Hello h = std::get<Hello>(decode(read_bytes(kGolden + "/hello.msgpack")).body);
+  REQUIRE(h.from_runtime);
+  REQUIRE(h.blendshapes.size() == kNumBlendshapes);
+  for (std::size_t i = 0; i < kNumBlendshapes; ++i) EXPECT_EQ(h.blendshapes[i], std::string(kBlendshapeNames[i]));
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(h.head[i], std::string(kHeadNames[i]));
+  for (std::size_t i = 0; i < 4; ++i) EXPECT_EQ(h.gaze[i], std::string(kGazeNames[i]));
+  EXPECT_EQ(h.max_message_bytes, kMaxMessageBytes);
+}
+
+TEST_CASE("the golden frame's values") {
+  const Frame f = std::get<Frame>(decode(read_bytes(kGolden + "/frame.msgpack")).body);
+  EXPECT_EQ(f.stream, std::string("npc1"));
+  EXPECT_EQ(f.seq, 42u);
+  EXPECT_EQ(f.index, 45u);
+  EXPECT_EQ(f.t_audio, 1.5);
+  EXPECT_EQ(f.blendshapes[17], 0.5f);  // jawOpen
+  EXPECT_EQ(f.blendshapes[0], 0.25f);  // eyeBlinkLeft
+  EXPECT_EQ(f.blendshapes[51], 1.0f);  // tongueOut
+  EXPECT_EQ(f.head[0], 0.125f);
+  EXPECT_EQ(f.head[1], -0.25f);
+  EXPECT_EQ(f.head[2], 0.0625f);
+  EXPECT(f.captured_ns == std::optional<std::int64_t>(1000000000000));
+  EXPECT_EQ(f.published_ns - *f.captured_ns, 150000000);
+  const Frame last = std::get<Frame>(decode(read_bytes(kGolden + "/frame_last.msgpack")).body);
+  EXPECT(last.last);
+  EXPECT(!last.captured_ns);
+  EXPECT_EQ(last.fps, 60u);
+}
+
+TEST_CASE("blendshape bytes are little-endian whatever the host") {
+  unsigned char bytes[kBlendshapeBytes] = {};
+  // 1.0f = 0x3F800000, -2.5f = 0xC0200000, written least significant byte first.
+  bytes[2] = 0x80, bytes[3] = 0x3F;
+  bytes[4 * 51 + 2] = 0x20, bytes[4 * 51 + 3] = 0xC0;
+  const auto values = decode_blendshapes(bytes);
+  EXPECT_EQ(values[0], 1.0f);
+  EXPECT_EQ(values[1], 0.0f);
+  EXPECT_EQ(values[51], -2.5f);
+}
+
+TEST_CASE("integers of any width and floats of either width decode") {
+  const std::string payload = frame_payload(
+      {
+          {"seq", [](Packer& p) { p.pack_fix_uint64(7); }},        // uint64 form of a small value
+          {"index", [](Packer& p) { p.pack_fix_int16(7); }},       // a signed form, non-negative
+          {"fps", [](Packer& p) { p.pack_fix_uint32(60); }},
+          {"t_audio", [](Packer& p) { p.pack_fix_uint8(2); }},     // an int where a float goes
+          {"head", [](Packer& p) { p.pack_array(3), p.pack_double(0.5), p.pack_int8(-1), p.pack_float(0.25f); }},
+          {"captured_ns", [](Packer& p) { p.pack_fix_uint64(5); }},
+          {"published_ns", [](Packer& p) { p.pack_fix_int64(-9000000000LL); }},
+          {"lookahead_ms", [](Packer& p) { p.pack_fix_uint16(125); }},
+          {"compute_ms", [](Packer& p) { p.pack_double(2.5); }},
+      },
+      {
+          // Unknown keys, of any type, are ignored (a newer minor adds keys).
+          {"mood", str("cheerful")},
+          {"extra", [](Packer& p) { p.pack_map(1), p.pack(std::string("x")), p.pack_array(0); }},
+          {"ext", [](Packer& p) { p.pack_ext(1, 5), p.pack_ext_body("\x01", 1); }},
+      });
+  const Frame f = std::get<Frame>(decode(payload).body);
+  EXPECT_EQ(f.seq, 7u);
+  EXPECT_EQ(f.index, 7u);
+  EXPECT_EQ(f.fps, 60u);
+  EXPECT_EQ(f.t_audio, 2.0);
+  EXPECT_EQ(f.head[0], 0.5f);
+  EXPECT_EQ(f.head[1], -1.0f);
+  EXPECT_EQ(f.head[2], 0.25f);
+  EXPECT(f.captured_ns == std::optional<std::int64_t>(5));
+  EXPECT_EQ(f.published_ns, -9000000000LL);
+  EXPECT_EQ(f.lookahead_ms, 125.0f);
+  EXPECT_EQ(f.compute_ms, 2.5f);
+}
+
+TEST_CASE("a float64 beyond float32's range saturates in float fields") {
+  const Frame f = std::get<Frame>(decode(frame_payload({{"compute_ms", [](Packer& p) { p.pack_double(1e300); }}})).body);
+  EXPECT_EQ(f.compute_ms, std::numeric_limits<float>::max());
+}
+
+TEST_CASE("ill-typed or missing fields are malformed") {
+  const auto code = [](const std::string& payload) { return decode_error_code(payload); };
+  using P = Packer;
+  // (msgpack-c packs an integral double as an integer, hence 1.5 for "a float where an int goes")
+  EXPECT(code(frame_payload({{"seq", [](P& p) { p.pack_double(1.5); }}})) == ErrorCode::malformed);
+  EXPECT(code(frame_payload({{"seq", [](P& p) { p.pack_int8(-1); }}})) == ErrorCode::malformed);     // negative uint
+  EXPECT(code(frame_payload({{"seq", [](P& p) { p.pack_true(); }}})) == ErrorCode::malformed);       // bool as int
+  EXPECT(code(frame_payload({{"fps", [](P& p) { p.pack_uint8(0); }}})) == ErrorCode::malformed);     // fps >= 1
+  EXPECT(code(frame_payload({{"t_audio", [](P& p) { p.pack_double(std::nan("")); }}})) == ErrorCode::malformed);
+  EXPECT(code(frame_payload({{"head", [](P& p) { p.pack_array(2), p.pack_float(0), p.pack_float(0); }}})) ==
+         ErrorCode::malformed);
+  EXPECT(code(frame_payload({{"last", {}}})) == ErrorCode::malformed);  // missing
+  EXPECT(code(frame_payload({{"captured_ns", [](P& p) { p.pack_fix_uint64(1ULL << 63); }}})) ==
+         ErrorCode::malformed);  // above int64
+  EXPECT(code(frame_payload({{"blendshapes", str(std::string(kBlendshapeBytes, 'a'))}})) ==
+         ErrorCode::malformed);  // str where bin is specified
+  EXPECT(code(frame_payload({{"stream", str("npc/1")}})) == ErrorCode::malformed);
+  EXPECT(code(frame_payload({{"stream", str(std::string(65, 'a'))}})) == ErrorCode::malformed);
+  EXPECT(code(frame_payload({{"v", [](P& p) { p.pack_array(3), p.pack(1), p.pack(0), p.pack(0); }}})) ==
+         ErrorCode::malformed);
+  EXPECT(code(frame_payload({{"v", [](P& p) { p.pack_array(2), p.pack(2), p.pack(0); }}})) ==
+         ErrorCode::unsupported_version);
+  EXPECT(code(frame_payload({{"type", [](P& p) { p.pack(3); }}})) == ErrorCode::malformed);
+  EXPECT(code(frame_payload({{"type", str("fram\xff")}})) == ErrorCode::malformed);  // not UTF-8
+  // An unknown key is never read, so even a broken string there does not matter.
+  EXPECT(std::get<Frame>(decode(frame_payload({}, {{"mood", str("\xc0\xaf")}})).body).seq == 3u);
+  EXPECT(code(std::string()) == ErrorCode::malformed);                                   // empty
+  EXPECT(code(std::string(kMaxMessageBytes + 1, '\x80')) == ErrorCode::too_large);       // checked first
+  // A map key that is not a string.
+  msgpack::sbuffer buffer;
+  Packer p(&buffer);
+  p.pack_map(1);
+  p.pack(1);
+  p.pack(2);
+  EXPECT(code(std::string(buffer.data(), buffer.size())) == ErrorCode::malformed);
+  // A container header that claims more elements than the payload holds.
+  EXPECT(code(std::string("\xdd\xff\xff\xff\xff", 5)) == ErrorCode::malformed);
+}
+
+TEST_CASE("hello: the runtime form has every field, the request form none") {
+  const std::string partial = pack_map({{"v", v10()}, {"type", str("hello")}, {"runtime", str("0.1.0")}});
+  EXPECT(decode_error_code(partial) == ErrorCode::malformed);
+  const Hello request = std::get<Hello>(decode(pack_map({{"v", v10()}, {"type", str("hello")}})).body);
+  EXPECT(!request.from_runtime);
+}
+
+TEST_CASE("error codes: unknown codes act as internal") {
+  EXPECT(error_code_from_string("busy") == ErrorCode::busy);
+  EXPECT(error_code_from_string("a_code_from_the_future") == ErrorCode::internal);
+  const Error e = std::get<Error>(decode(read_bytes(kGolden + "/error.msgpack")).body);
+  EXPECT(e.error_code() == ErrorCode::unknown_stream);
+  const std::string future = pack_map({{"v", v10()},
+                                       {"type", str("error")},
+                                       {"code", str("overheated")},
+                                       {"message", str("hot")},
+                                       {"request_type", [](Packer& p) { p.pack_nil(); }}});
+  EXPECT(std::get<Error>(decode(future).body).error_code() == ErrorCode::internal);
+}
+
+TEST_CASE("topics end in a slash and validate the stream id") {
+  EXPECT_EQ(frame_topic("npc1"), std::string("ksd1/frame/npc1/"));
+  EXPECT_EQ(stream_topic("mic"), std::string("ksd1/stream/mic/"));
+  EXPECT(is_valid_stream_id("sdk-1.a_B"));
+  EXPECT(!is_valid_stream_id(""));
+  EXPECT(!is_valid_stream_id("a b"));
+  EXPECT(!is_valid_stream_id(std::string(65, 'x')));
+}
+
+HARNESS_MAIN()
