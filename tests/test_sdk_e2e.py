@@ -85,6 +85,20 @@ def test_animate_48k_stereo_s16(runtime):
     assert all(f.captured_ns is not None and f.latency_ms >= 0 for f in anim.frames)
 
 
+def test_transcript_and_seed_reach_the_model(runtime):
+    """Same audio and seed -> the same frames; a transcript or another seed -> other frames."""
+    x = speech(1.0)
+    text = SAMPLE_SPEECH.with_suffix(".txt").read_text().strip()
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        plain = client.animate(x, seed=3)
+        again = client.animate(x, seed=3)
+        spoken = client.animate(x, seed=3, transcript=text)
+        other_seed = client.animate(x, seed=4)
+    np.testing.assert_array_equal(plain.blendshapes, again.blendshapes)
+    assert np.abs(spoken.blendshapes - plain.blendshapes).max() > 1e-3
+    assert np.abs(other_seed.head - plain.head).max() > 1e-4
+
+
 def test_two_concurrent_streams_get_only_their_frames(runtime):
     x = speech(1.5)
     with (
