@@ -58,3 +58,14 @@ def speech_wav(tmp_path: Path, speech_16k: np.ndarray) -> Path:
     path = tmp_path / "speech.wav"
     sf.write(str(path), speech_16k, SAMPLE_RATE, subtype="PCM_16")
     return path
+
+
+@pytest.fixture(scope="session")
+def serve_engine():
+    """The bundled model on ONNX Runtime with the low-latency preset, warmed up, for runtime tests.
+    Shared: a Runtime that stops aborts its streams, so the next one finds the engine empty."""
+    from ksdiff_runtime.serve.runtime import build_engine
+
+    engine = build_engine("onnxruntime", "low-latency")
+    yield engine
+    engine.close()

@@ -413,13 +413,9 @@ def test_serve_with_a_bad_destination_exits_2_before_loading_the_model():
 
 
 # --- both outputs on a real runtime -------------------------------------------------------------
-@pytest.fixture(scope="module")
-def engine():
-    from ksdiff_runtime.serve.runtime import build_engine
-
-    eng = build_engine("onnxruntime", "low-latency")
-    yield eng
-    eng.close()
+@pytest.fixture
+def engine(serve_engine):
+    return serve_engine
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from ksdiff_runtime.serve.runtime import Runtime, RuntimeStartError, build_engine
+from ksdiff_runtime.serve.runtime import Runtime, RuntimeStartError
 from ksdiff_sdk import Animation, Client, StreamLost, schema
 
 pytestmark = pytest.mark.timeout(180)
@@ -48,11 +48,9 @@ def s16_stereo(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(st, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = build_engine(backend="onnxruntime", preset="low-latency", checkpoint=None)
-    yield eng
-    eng.close()
+@pytest.fixture
+def engine(serve_engine):
+    return serve_engine
 
 
 @pytest.fixture

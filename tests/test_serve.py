@@ -28,11 +28,9 @@ from ksdiff_sdk import protocol as P
 TIMEOUT_S = 30.0
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = build_engine("onnxruntime", "low-latency")
-    yield eng
-    eng.close()
+@pytest.fixture
+def engine(serve_engine):
+    return serve_engine
 
 
 @pytest.fixture

@@ -565,17 +565,17 @@ def test_mic_stop_is_prompt_without_audio(pulse: PulseDaemon) -> None:
         mic.start(rec.on_audio, rec.on_end)
 
 
-def test_serve_animates_the_virtual_mic(pulse: PulseDaemon, speech_16k: np.ndarray) -> None:
+def test_serve_animates_the_virtual_mic(pulse: PulseDaemon, speech_16k: np.ndarray, serve_engine) -> None:
     """The VTuber path end to end: speech into the virtual mic, captured at 48 kHz, resampled,
     animated, and published as stream "mic" with its capture times."""
     import zmq
     from scipy.signal import resample_poly
 
-    from ksdiff_runtime.serve.runtime import Runtime, build_engine
+    from ksdiff_runtime.serve.runtime import Runtime
     from ksdiff_sdk import protocol as P
 
     speech = resample_poly(np.resize(speech_16k, 24_000), 3, 1).astype(np.float32)  # 1.5 s at 48 kHz
-    engine = build_engine("onnxruntime", "low-latency")
+    engine = serve_engine
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_ROOT)
     sub.setsockopt(zmq.LINGER, 0)
@@ -595,7 +595,6 @@ def test_serve_animates_the_virtual_mic(pulse: PulseDaemon, speech_16k: np.ndarr
             writer.join(WAIT_S)
     finally:
         sub.close()
-        engine.close()
     assert len(frames) >= 40, f"{len(frames)} mic frames"
     assert [f["index"] for f in frames] == list(range(len(frames)))
     assert all(f["captured_ns"] is not None and f["published_ns"] > f["captured_ns"] for f in frames)

@@ -22,7 +22,7 @@ import struct
 
 from ksdiff_sdk import Frame, schema
 
-from .udp import StreamChoice, UdpSender, check_stream_id
+from .udp import StreamChoice, UdpOutput, check_stream_id
 
 PACKET_VERSION = 6
 DEFAULT_PORT = 11111
@@ -83,7 +83,7 @@ def encode_packet(subject: str, frame_number: int, subframe: float, fps: int, va
     ))
 
 
-class LiveLinkOutput:
+class LiveLinkOutput(UdpOutput):
     """Every frame (or one stream's) as a Live Link Face packet to HOST:PORT.
 
     Subjects: each stream is its own subject named after the stream id; with ``subject`` every
@@ -91,6 +91,7 @@ class LiveLinkOutput:
     ``stream`` given, else the first that publishes) so two faces never fight over one subject."""
 
     name = "livelink"
+    flag = "--livelink"
 
     def __init__(self, destination: str = DEFAULT_DESTINATION, subject: str | None = None,
                  stream: str | None = None) -> None:
@@ -99,30 +100,9 @@ class LiveLinkOutput:
             subject = None
         self.subject = subject
         self.stream = stream or None
-        self._choice = StreamChoice(self.stream) if (self.stream or self.subject) else None
-        self._sender = UdpSender(destination, "--livelink", self.name)
+        super().__init__(destination, StreamChoice(self.stream) if (self.stream or self.subject) else None)
 
-    @property
-    def destination(self) -> str:
-        return self._sender.destination
-
-    @property
-    def sent(self) -> int:
-        return self._sender.sent
-
-    @property
-    def errors(self) -> int:
-        return self._sender.errors
-
-    def packet(self, frame: Frame) -> bytes:
+    def encode(self, frame: Frame) -> bytes:
         number, subframe = frame_time(frame.t_audio, frame.fps)
         weights = [float(w) for w in frame.blendshapes]
         return encode_packet(self.subject or frame.stream, number, subframe, frame.fps, weights + list(angles(frame)))
-
-    def send(self, frame: Frame) -> None:
-        if self._choice is not None and not self._choice.accepts(frame):
-            return
-        self._sender.send(self.packet(frame))
-
-    def close(self) -> None:
-        self._sender.close()

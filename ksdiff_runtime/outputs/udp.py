@@ -140,3 +140,38 @@ class StreamChoice:
         if frame.last:
             self.current = None  # its stream ends: the next stream to publish is followed
         return True
+
+
+class UdpOutput:
+    """A frame output that sends one datagram per frame it accepts. A subclass sets ``name`` and
+    ``flag`` and says how a frame is encoded (``encode``); ``choice`` limits it to one stream."""
+
+    name = "udp"
+    flag = "--udp"
+
+    def __init__(self, destination: str, choice: StreamChoice | None) -> None:
+        self._choice = choice
+        self._sender = UdpSender(destination, self.flag, self.name)
+
+    @property
+    def destination(self) -> str:
+        return self._sender.destination
+
+    @property
+    def sent(self) -> int:
+        return self._sender.sent
+
+    @property
+    def errors(self) -> int:
+        return self._sender.errors
+
+    def encode(self, frame: Frame) -> bytes:
+        raise NotImplementedError
+
+    def send(self, frame: Frame) -> None:
+        if self._choice is not None and not self._choice.accepts(frame):
+            return
+        self._sender.send(self.encode(frame))
+
+    def close(self) -> None:
+        self._sender.close()

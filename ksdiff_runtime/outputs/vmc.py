@@ -21,7 +21,7 @@ from pythonosc.parsing import osc_types
 
 from ksdiff_sdk import Frame, schema
 
-from .udp import StreamChoice, UdpSender, check_stream_id
+from .udp import StreamChoice, UdpOutput, check_stream_id
 
 DEFAULT_PORT = 39539  # what VSeeFace, Warudo, VNyan and EVMC4U listen on by default
 DEFAULT_DESTINATION = f"127.0.0.1:{DEFAULT_PORT}"
@@ -133,33 +133,16 @@ def encode_bundle(frame: Frame) -> bytes:
     return _BUNDLE_HEADER + b"".join(osc_types.write_int(len(m)) + m for m in messages)
 
 
-class VmcOutput:
+class VmcOutput(UdpOutput):
     """One stream's frames as VMC bundles to HOST:PORT (``stream``, else the first that publishes)."""
 
     name = "vmc"
+    flag = "--vmc"
 
     def __init__(self, destination: str = DEFAULT_DESTINATION, stream: str | None = None) -> None:
         check_stream_id(stream, "--vmc-stream")
         self.stream = stream or None
-        self._choice = StreamChoice(self.stream)
-        self._sender = UdpSender(destination, "--vmc", self.name)
+        super().__init__(destination, StreamChoice(self.stream))
 
-    @property
-    def destination(self) -> str:
-        return self._sender.destination
-
-    @property
-    def sent(self) -> int:
-        return self._sender.sent
-
-    @property
-    def errors(self) -> int:
-        return self._sender.errors
-
-    def send(self, frame: Frame) -> None:
-        if not self._choice.accepts(frame):
-            return
-        self._sender.send(encode_bundle(frame))
-
-    def close(self) -> None:
-        self._sender.close()
+    def encode(self, frame: Frame) -> bytes:
+        return encode_bundle(frame)
