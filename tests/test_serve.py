@@ -389,3 +389,22 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_a_frame_that_cannot_be_encoded_is_dropped_and_the_runtime_goes_on(runtime, speech_16k):
+    """A non-finite head angle (a broken model) must cost that frame, not the io thread."""
+    from ksdiff_runtime.engine.stream import Frame
+
+    peer = Peer(runtime)
+    try:
+        peer.request("open_stream", stream="odd", sample_rate=16000, channels=1, format="f32le")
+        info = runtime._streams["odd"]
+        bad = Frame("odd", 0, 0.0, np.zeros(52, np.float32), np.array([np.nan, 0, 0], np.float32), None, 0)
+        runtime._post(("frame", info, bad, 0, 1.0))
+        stats = peer.wait_pub(lambda m: m["type"] == "stats" and m["streams"].get("odd", {}).get("drops") == 1)
+        assert stats[-1]["drops"] >= 1
+        # and the runtime still serves the stream
+        push_clip(peer, "odd", speech(0.5, speech_16k).astype("<f4").tobytes(), 4, 1600)
+        assert peer.request("end_stream", stream="odd")["frames"] == 15
+    finally:
+        peer.close()

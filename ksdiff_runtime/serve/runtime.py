@@ -402,7 +402,13 @@ class Runtime:
             kind, info = item[0], item[1]
             now = time.monotonic_ns()
             if kind == "frame":
-                self._publish_frame(info, item[2], item[3], item[4], now)
+                try:
+                    self._publish_frame(info, item[2], item[3], item[4], now)
+                except (ValueError, protocol.ProtocolError) as e:  # e.g. a non-finite value from a broken model
+                    with self._lock:
+                        info.drops += 1
+                        self.drops += 1
+                    log.error("stream %s: frame %d not published (dropped, counted): %s", info.id, item[2].index, e)
             elif kind == "start":
                 self._send_pub(protocol.encode_stream_start(info.id, info.source, now))
             elif kind == "end":
