@@ -485,7 +485,10 @@ class Runtime:
         self._send_pub(protocol.encode_stats(uptime, streams, drops, now))
         self._last_stats = {"uptime_s": uptime, "drops": drops, "streams": streams}
         if self.on_stats is not None:
-            self.on_stats(self._last_stats)
+            try:
+                self.on_stats(self._last_stats)
+            except Exception:  # a caller's callback must not stop the io thread
+                log.exception("on_stats callback failed")
 
     # --- requests --------------------------------------------------------------------------------
     def _handle(self, parts: list[bytes]) -> None:
