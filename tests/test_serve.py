@@ -408,3 +408,24 @@ def test_a_frame_that_cannot_be_encoded_is_dropped_and_the_runtime_goes_on(runti
         assert peer.request("end_stream", stream="odd")["frames"] == 15
     finally:
         peer.close()
+
+
+def test_a_source_that_fails_to_start_ends_its_stream_with_error(runtime):
+    class DeadSource:
+        kind, stream_id, sample_rate, channels = "mic", "mic", 48000, 1
+
+        def start(self, on_audio, on_end) -> None:
+            raise RuntimeError("device vanished")
+
+        def stop(self) -> None:
+            pass
+
+    peer = Peer(runtime)
+    try:
+        with pytest.raises(RuntimeError, match="vanished"):
+            runtime.add_source(DeadSource())
+        end = peer.wait_pub(is_end("mic"))[-1]
+        assert end["reason"] == "error" and end["source"] == "mic"
+        assert runtime.wait_until_idle(timeout=TIMEOUT_S) and "mic" not in runtime.engine.stream_ids
+    finally:
+        peer.close()

@@ -173,7 +173,11 @@ def serve(config: ServeConfig) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for src in sources:
-            runtime.add_source(src)
+            try:
+                runtime.add_source(src)
+            except SourceError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
         while not stop.wait(0.1):
             if config.exit_when_done and config.files and runtime.wait_until_idle(timeout=0):
                 log.info("every file has played; stopping")

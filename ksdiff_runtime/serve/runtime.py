@@ -162,6 +162,7 @@ class Runtime:
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> Runtime:
+        self._stopping.clear()  # a stopped Runtime can start again
         self._ctx = zmq.Context()
         self._pub = self._ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
@@ -237,7 +238,13 @@ class Runtime:
                 info.end_reason = "error"
             self._finish_input(info)
 
-        source.start(on_audio, on_end)
+        try:
+            source.start(on_audio, on_end)
+        except Exception:  # e.g. the device refused to open: end the stream (reason error), say so
+            info.end_reason = "error"
+            self.engine.abort_stream(info.id)
+            self._post(("end", info, None))
+            raise
         return info.id
 
     @property
