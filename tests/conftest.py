@@ -69,3 +69,12 @@ def serve_engine():
     engine = build_engine("onnxruntime", "low-latency")
     yield engine
     engine.close()
+
+
+@pytest.fixture
+def runtime(serve_engine):
+    """A Runtime on ephemeral loopback ports over the shared engine, stopped after the test."""
+    from ksdiff_runtime.serve.runtime import Runtime
+
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
+        yield rt

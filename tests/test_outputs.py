@@ -413,9 +413,6 @@ def test_serve_with_a_bad_destination_exits_2_before_loading_the_model():
 
 
 # --- both outputs on a real runtime -------------------------------------------------------------
-@pytest.fixture
-def engine(serve_engine):
-    return serve_engine
 
 
 @pytest.fixture
@@ -454,12 +451,12 @@ class Subscriber:
 
 
 @pytest.mark.timeout(180)
-def test_serve_sends_every_frame_to_live_link_and_vmc_at_once(engine, speech_1s_wav, receiver, vmc_receiver):
+def test_serve_sends_every_frame_to_live_link_and_vmc_at_once(serve_engine, speech_1s_wav, receiver, vmc_receiver):
     from ksdiff_runtime.serve.runtime import Runtime
     from ksdiff_runtime.serve.sources import FileSource
 
     outputs = build_outputs(ServeConfig(livelink=receiver.address, vmc=vmc_receiver.address))
-    with Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", outputs=outputs) as rt:
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", outputs=outputs) as rt:
         sub = Subscriber(rt.pub_endpoint)
         try:
             sid = rt.add_source(FileSource(speech_1s_wav, realtime=False, stream_id="line"))
@@ -501,13 +498,14 @@ class ExplodingOutput:
 
 
 @pytest.mark.timeout(180)
-def test_a_failing_output_costs_neither_subscribers_nor_the_other_output(engine, speech_1s_wav, receiver):
+def test_a_failing_output_costs_neither_subscribers_nor_the_other_output(serve_engine, speech_1s_wav, receiver):
     from ksdiff_runtime.serve.runtime import Runtime
     from ksdiff_runtime.serve.sources import FileSource
 
     exploding = ExplodingOutput()
     livelink = LiveLinkOutput(receiver.address)
-    with Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", outputs=[exploding, livelink]) as rt:
+    outputs = [exploding, livelink]
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", outputs=outputs) as rt:
         sub = Subscriber(rt.pub_endpoint)
         try:
             sid = rt.add_source(FileSource(speech_1s_wav, realtime=False, stream_id="line"))

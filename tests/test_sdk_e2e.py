@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +47,6 @@ def s16_stereo(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(st, -1.0, 1.0) * 32767.0).astype(np.int16)
 
 
-@pytest.fixture
-def engine(serve_engine):
-    return serve_engine
-
-
-@pytest.fixture
-def runtime(engine) -> Iterator[Runtime]:
-    with Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
-        yield rt
 
 
 def check_complete(anim: Animation, expected: int) -> None:
@@ -149,20 +139,20 @@ def test_concurrent_animate_from_two_clients(runtime):
         check_complete(anim, 30)
 
 
-def _start_on(engine, pub: str, router: str) -> Runtime:
+def _start_on(serve_engine, pub: str, router: str) -> Runtime:
     """A new Runtime on the endpoints a stopped one used (the ports can take a moment to be free)."""
     deadline = time.monotonic() + 10
     while True:
         try:
-            return Runtime(engine, pub=pub, router=router).start()
+            return Runtime(serve_engine, pub=pub, router=router).start()
         except RuntimeStartError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)  # retrying a bind, not synchronising
 
 
-def test_runtime_restart_under_a_connected_client(engine):
-    first = Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0").start()
+def test_runtime_restart_under_a_connected_client(serve_engine):
+    first = Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0").start()
     pub, router = first.pub_endpoint, first.router_endpoint
     second = None
     with Client(pub, router, timeout=TIMEOUT_S) as client:
@@ -172,7 +162,7 @@ def test_runtime_restart_under_a_connected_client(engine):
             old = client.open_stream("npc1")
             old.push(speech(0.5))
             first.stop()
-            second = _start_on(engine, pub, router)
+            second = _start_on(serve_engine, pub, router)
             deadline = time.monotonic() + TIMEOUT_S
             while client.instance != second.instance:  # the new runtime's hello (every second)
                 assert time.monotonic() < deadline, "the client never saw the new runtime"

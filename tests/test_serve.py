@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import msgpack
 import numpy as np
@@ -28,15 +28,6 @@ from ksdiff_sdk import protocol as P
 TIMEOUT_S = 30.0
 
 
-@pytest.fixture
-def engine(serve_engine):
-    return serve_engine
-
-
-@pytest.fixture
-def runtime(engine) -> Iterator[Runtime]:
-    with Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
-        yield rt
 
 
 class Peer:
@@ -260,8 +251,8 @@ def test_bad_requests_get_errors_and_another_stream_keeps_its_frames(runtime, sp
         bad.close()
 
 
-def test_capacity_is_refused_with_busy(engine):
-    with Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_streams=1) as rt:
+def test_capacity_is_refused_with_busy(serve_engine):
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_streams=1) as rt:
         peer = Peer(rt)
         try:
             assert peer.request("open_stream", sample_rate=16000, channels=1, format="f32le")["type"] == "stream_opened"
@@ -271,11 +262,11 @@ def test_capacity_is_refused_with_busy(engine):
             peer.close()
 
 
-def test_port_in_use_is_a_clear_error(engine, runtime):
+def test_port_in_use_is_a_clear_error(serve_engine, runtime):
     with pytest.raises(RuntimeStartError, match=r"already in use.*--pub"):
-        Runtime(engine, pub=runtime.pub_endpoint, router="tcp://127.0.0.1:0").start()
+        Runtime(serve_engine, pub=runtime.pub_endpoint, router="tcp://127.0.0.1:0").start()
     with pytest.raises(RuntimeStartError, match=r"already in use.*--router"):
-        Runtime(engine, pub="tcp://127.0.0.1:0", router=runtime.router_endpoint).start()
+        Runtime(serve_engine, pub="tcp://127.0.0.1:0", router=runtime.router_endpoint).start()
 
 
 # --- ends: timeout and shutdown ----------------------------------------------------------------
@@ -294,8 +285,8 @@ def test_idle_stream_times_out():
         eng.close()
 
 
-def test_shutdown_ends_open_streams_and_stops_promptly(engine):
-    rt = Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0").start()
+def test_shutdown_ends_open_streams_and_stops_promptly(serve_engine):
+    rt = Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0").start()
     peer = Peer(rt)
     try:
         peer.request("open_stream", stream="live", sample_rate=16000, channels=1, format="f32le")
@@ -306,7 +297,7 @@ def test_shutdown_ends_open_streams_and_stops_promptly(engine):
         stopper.join(timeout=10)
         assert not stopper.is_alive() and time.monotonic() - started < 5
         assert end["reason"] == "shutdown"
-        assert "live" not in engine.stream_ids
+        assert "live" not in serve_engine.stream_ids
     finally:
         peer.close()
 
