@@ -514,18 +514,17 @@ class Runtime:
                                              f"{', '.join(protocol.REQUEST_TYPES)}", mtype)
             getattr(self, f"_on_{mtype}")(identity, msg)
         except protocol.ProtocolError as e:
-            req = _peek_req(payload) if e.code != "too_large" else None
-            stream = _peek_stream(payload) if e.code != "too_large" else None
+            _, stream, req = _echo_fields(payload)
             log.warning("request refused (%s): %s", e.code, e.message)
             self._reply(identity, protocol.encode_error(e.code, e.message, e.message_type, stream=stream, req=req))
         except _RefusedError as e:
+            mtype, _, req = _echo_fields(payload)
             log.warning("request refused (%s): %s", e.code, e.message)
-            self._reply(identity, protocol.encode_error(e.code, e.message, _peek_type(payload), stream=e.stream,
-                                                        req=_peek_req(payload)))
+            self._reply(identity, protocol.encode_error(e.code, e.message, mtype, stream=e.stream, req=req))
         except Exception as e:  # a bug must cost one request, not the runtime
             log.exception("request failed")
-            self._reply(identity, protocol.encode_error("internal", f"{type(e).__name__}: {e}", _peek_type(payload),
-                                                        req=_peek_req(payload)))
+            mtype, _, req = _echo_fields(payload)
+            self._reply(identity, protocol.encode_error("internal", f"{type(e).__name__}: {e}", mtype, req=req))
 
     def _on_hello(self, identity: bytes, msg: dict) -> None:
         _, payload = protocol.encode_hello(__version__, self.fps, req=msg.get("req"), instance=self.instance)
@@ -589,28 +588,20 @@ def _req(req: int | None) -> dict[str, int]:
     return {} if req is None else {"req": req}
 
 
-def _peek(payload: bytes) -> dict:
-    """Whatever map a refused payload holds (to echo its req/type/stream), or {}."""
+def _echo_fields(payload: bytes) -> tuple[str | None, str | None, int | None]:
+    """(type, stream, req) of a refused request, where they can be read, to echo in the error."""
+    if len(payload) > protocol.MAX_MESSAGE_BYTES:
+        return None, None, None  # not worth unpacking
     try:
         msg = msgpack.unpackb(payload, raw=False)
     except Exception:
-        return {}
-    return msg if isinstance(msg, dict) else {}
-
-
-def _peek_req(payload: bytes) -> int | None:
-    req = _peek(payload).get("req")
-    return req if isinstance(req, int) and not isinstance(req, bool) and 0 <= req < 1 << 64 else None
-
-
-def _peek_type(payload: bytes) -> str | None:
-    mtype = _peek(payload).get("type")
-    return mtype if isinstance(mtype, str) else None
-
-
-def _peek_stream(payload: bytes) -> str | None:
-    stream = _peek(payload).get("stream")
-    return stream if isinstance(stream, str) and protocol.STREAM_ID_RE.fullmatch(stream) else None
+        return None, None, None
+    if not isinstance(msg, dict):
+        return None, None, None
+    mtype, stream, req = msg.get("type"), msg.get("stream"), msg.get("req")
+    return (mtype if isinstance(mtype, str) else None,
+            stream if isinstance(stream, str) and protocol.STREAM_ID_RE.fullmatch(stream) else None,
+            req if isinstance(req, int) and not isinstance(req, bool) and 0 <= req < 1 << 64 else None)
 
 
 def _tcp_port_zero_to_star(endpoint: str) -> str:
