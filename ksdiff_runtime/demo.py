@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("out/demo.png"), help="plot to write (default out/demo.png)")
     p.add_argument("--backend", default="auto", help="inference backend for serve (default auto)")
     p.add_argument("--preset", default="low-latency", help="serve preset (default low-latency)")
+    p.add_argument("--threads", type=int, default=1, help="serve's ONNX Runtime threads on the CPU (default 1)")
     p.set_defaults(func=run)
 
 
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     pub, router = free_endpoint(5555), free_endpoint(5556)
     cmd = [sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--file", str(DEFAULT_SAMPLE), "--loop",
-           "--pub", pub, "--router", router, "--backend", args.backend, "--preset", args.preset]
+           "--pub", pub, "--router", router, "--backend", args.backend, "--preset", args.preset,
+           "--threads", str(args.threads)]
     print("$", " ".join(cmd[2:]), flush=True)
     server = subprocess.Popen(cmd)
     frames = []

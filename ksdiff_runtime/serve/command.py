@@ -55,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-streams", type=int, help=f"streams served at once (default {defaults.max_streams})")
     p.add_argument("--idle-timeout-s", type=float,
                    help=f"end a stream after this long without audio (default {defaults.idle_timeout_s})")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads on the CPU (default 1: a second thread's "
+                   "spinning slows the front-end; see docs/SERVE.md)")
     p.add_argument("--mic", action="store_const", const=True, help="animate the microphone as stream 'mic'")
     p.add_argument("--device", help="input device: index or part of its name (see `ksdiff-runtime devices`)")
     p.add_argument("--mic-rate", type=int, help="capture rate in Hz (default: 16000 if the device takes it, "
@@ -152,7 +154,7 @@ def serve(config: ServeConfig) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
-                          config.idle_timeout_s)
+                          config.idle_timeout_s, threads=config.threads)
     last_line = [0.0]
 
     def on_stats(stats: dict[str, Any]) -> None:

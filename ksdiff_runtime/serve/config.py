@@ -30,6 +30,7 @@ class ServeConfig:
     fps: int = motion.FPS
     max_streams: int = 64
     idle_timeout_s: float = 10.0  # a stream that gets no audio this long is ended (reason timeout)
+    threads: int = 1  # ONNX Runtime intra-op threads on the CPU (more spin against the front-end and io)
     mic: bool = False  # capture the default (or --device) microphone as stream "mic"
     device: str = ""  # input device: index or part of its name (`ksdiff-runtime devices`)
     mic_rate: int = 0  # 0: 16 kHz when the device takes it, else the device's default rate
@@ -53,6 +54,8 @@ class ServeConfig:
             raise ConfigError(f"fps must be positive, got {self.fps}")
         if self.max_streams < 1:
             raise ConfigError(f"max_streams must be at least 1, got {self.max_streams}")
+        if self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if self.idle_timeout_s <= 0:
             raise ConfigError(f"idle_timeout_s must be positive, got {self.idle_timeout_s}")
         if self.stats < 0:

@@ -86,7 +86,7 @@ def build_engine(
 
     ``threads``: ONNX Runtime's intra-op threads on the CPU. One by default: a hop's batch is
     small, and a second spinning worker fights the front-end and io threads for the cores
-    (measured on 2 cores with one busy: 1 thread p50 122 ms capture-to-publish, 2 threads 449 ms)."""
+    (docs/SERVE.md: with one of 2 cores busy, p95 126 ms capture-to-publish with 1 thread, 287 ms with 2)."""
     from ksdiff_runtime.backends import load_backend
     from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT
 
