@@ -64,7 +64,7 @@ def speech_wav(tmp_path: Path, speech_16k: np.ndarray) -> Path:
 def serve_engine():
     """The bundled model on ONNX Runtime with the low-latency preset, warmed up, for runtime tests.
     Shared: a Runtime that stops aborts its streams, so the next one finds the engine empty."""
-    from ksdiff_runtime.serve.runtime import build_engine
+    from ksdiff_runtime.server.runtime import build_engine
 
     engine = build_engine("onnxruntime", "low-latency")
     yield engine
@@ -74,7 +74,7 @@ def serve_engine():
 @pytest.fixture
 def runtime(serve_engine):
     """A Runtime on ephemeral loopback ports over the shared engine, stopped after the test."""
-    from ksdiff_runtime.serve.runtime import Runtime
+    from ksdiff_runtime.server.runtime import Runtime
 
     with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
         yield rt

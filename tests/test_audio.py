@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ksdiff_runtime.audio.features import (
+from ksdiff_runtime.features.frontend import (
     FRONT_ENDS,
     FrontEndConfig,
     LogMelFrontEnd,
@@ -17,7 +17,7 @@ from ksdiff_runtime.audio.features import (
     Wav2Vec2FrontEnd,
     make_front_end,
 )
-from ksdiff_runtime.audio.guards import AudioInputError, load_audio, sanitize, to_model_rate
+from ksdiff_runtime.inputs.guards import AudioInputError, load_audio, sanitize, to_model_rate
 from ksdiff_runtime.motion import SAMPLE_RATE, num_frames
 
 

@@ -1,4 +1,4 @@
-"""`ksdiff-runtime bench`: the sections run and report positive, finite figures (no speed assertions)."""
+"""`python -m benchmarks.bench`: the sections run and report positive, finite figures (no speed assertions)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from ksdiff_runtime.audio.features import FrontEndConfig
+from benchmarks.bench import main, run_latency
 from ksdiff_runtime.backends.torch_backend import TorchBackend
-from ksdiff_runtime.bench import run_latency
-from ksdiff_runtime.cli import main
+from ksdiff_runtime.features.frontend import FrontEndConfig
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import KSDiff
 
@@ -28,7 +27,7 @@ def test_bench_quick_compute_and_bake(tiny_checkpoint: Path, tmp_path: Path, mon
     # the ONNX export of the tiny checkpoint goes to a throwaway cache, not the user's
     monkeypatch.setenv("KSDIFF_RUNTIME_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
-    rc = main(["bench", "--quick", "--only", "compute,bake", "--batches", "1,2", "--checkpoint", str(tiny_checkpoint),
+    rc = main(["--quick", "--only", "compute,bake", "--batches", "1,2", "--checkpoint", str(tiny_checkpoint),
                "--out", str(out)])
     assert rc == 0
     doc = json.loads((out / "bench.json").read_text())

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.audio.features import make_front_end
 from ksdiff_runtime.cli import main
+from ksdiff_runtime.features.frontend import make_front_end
 from ksdiff_runtime.model.checkpoint import load_model, read_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.training.corpus import generate

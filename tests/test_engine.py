@@ -12,12 +12,12 @@ import torch
 from conftest import TINY_MODEL
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.audio.features import FrontEndConfig
-from ksdiff_runtime.audio.guards import AudioInputError
 from ksdiff_runtime.backends.torch_backend import TorchBackend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.presets import PRESETS, Preset
 from ksdiff_runtime.engine.sampling import WindowBatch, sample_windows
+from ksdiff_runtime.features.frontend import FrontEndConfig
+from ksdiff_runtime.inputs.guards import AudioInputError
 from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
@@ -297,7 +297,7 @@ def test_presets_are_validated():
 
 
 def test_eval_stream_variants_name_preset_fields():
-    from ksdiff_runtime.training.stream_eval import parse_variant
+    from ksdiff_runtime.cli.training import parse_variant
 
     v = parse_variant("low-latency:hop_frames=2,feature_block_frames=2,feature_left_context_ms=none")
     assert (v.hop_frames, v.feature_block_frames, v.feature_left_context_ms) == (2, 2, None)

@@ -25,11 +25,11 @@ import zmq
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import BlockingOSCUDPServer
 
+from ksdiff_runtime.cli.serve import build_outputs
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput, frame_time
 from ksdiff_runtime.outputs.udp import OutputConfigError, UdpSender, parse_host_port
 from ksdiff_runtime.outputs.vmc import VmcOutput, unity_rotation, vrm_presets
-from ksdiff_runtime.serve.command import build_outputs
-from ksdiff_runtime.serve.config import ConfigError, ServeConfig, load_config
+from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
 from ksdiff_sdk import Frame, schema
 from ksdiff_sdk import protocol as P
 
@@ -386,7 +386,8 @@ def test_serve_config_keys_and_flags(tmp_path):
     assert (shipped.livelink, shipped.vmc) == ("", "")  # off unless asked for
     from ksdiff_runtime.cli import build_parser
 
-    args = build_parser().parse_args(["serve", "--livelink", "--vmc"])  # no value: the apps' default ports
+    argv = ["serve", "--livelink", "--vmc"]
+    args = build_parser(argv).parse_args(argv)  # no value: the apps' default ports
     assert (args.livelink, args.vmc) == ("127.0.0.1:11111", "127.0.0.1:39539")
     outputs = build_outputs(ServeConfig(livelink=args.livelink, vmc=args.vmc, livelink_subject="Avatar"))
     try:
@@ -452,8 +453,8 @@ class Subscriber:
 
 @pytest.mark.timeout(180)
 def test_serve_sends_every_frame_to_live_link_and_vmc_at_once(serve_engine, speech_1s_wav, receiver, vmc_receiver):
-    from ksdiff_runtime.serve.runtime import Runtime
-    from ksdiff_runtime.serve.sources import FileSource
+    from ksdiff_runtime.server.runtime import Runtime
+    from ksdiff_runtime.sources import FileSource
 
     outputs = build_outputs(ServeConfig(livelink=receiver.address, vmc=vmc_receiver.address))
     with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", outputs=outputs) as rt:
@@ -499,8 +500,8 @@ class ExplodingOutput:
 
 @pytest.mark.timeout(180)
 def test_a_failing_output_costs_neither_subscribers_nor_the_other_output(serve_engine, speech_1s_wav, receiver):
-    from ksdiff_runtime.serve.runtime import Runtime
-    from ksdiff_runtime.serve.sources import FileSource
+    from ksdiff_runtime.server.runtime import Runtime
+    from ksdiff_runtime.sources import FileSource
 
     exploding = ExplodingOutput()
     livelink = LiveLinkOutput(receiver.address)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ksdiff_runtime.serve.publish_bench import SyntheticEngine, plot, run_publish_bench, summary
+from benchmarks.publish import SyntheticEngine, plot, run_publish_bench, summary
 
 STREAMS = 2
 FPS = 60

@@ -1,4 +1,4 @@
-"""ksdiff_sdk.Client end to end against the real runtime (ksdiff_runtime.serve.runtime) on loopback.
+"""ksdiff_sdk.Client end to end against the real runtime (ksdiff_runtime.server.runtime) on loopback.
 
 The bundled checkpoint on the onnxruntime backend, ephemeral ports, real ZeroMQ sockets. Each
 client waits once for the runtime's published hello (SDK: slow joiner), up to ~1 s.
@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from ksdiff_runtime.serve.runtime import Runtime, RuntimeStartError
+from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
 from ksdiff_sdk import Animation, Client, StreamLost, schema
 
 pytestmark = pytest.mark.timeout(180)

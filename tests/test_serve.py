@@ -21,8 +21,8 @@ import pytest
 import zmq
 from scipy.signal import resample_poly
 
-from ksdiff_runtime.serve.inputs import AudioFormat, BadAudioError, InputStream
-from ksdiff_runtime.serve.runtime import Runtime, RuntimeStartError, build_engine
+from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError, InputStream
+from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, build_engine
 from ksdiff_sdk import protocol as P
 
 TIMEOUT_S = 30.0
@@ -307,7 +307,7 @@ def test_file_source_stream_in_its_own_rate(runtime, tmp_path, speech_16k):
     """A 44.1 kHz stereo file played as fast as possible: every frame, then stream_end."""
     import soundfile as sf
 
-    from ksdiff_runtime.serve.sources import FileSource
+    from ksdiff_runtime.sources import FileSource
 
     x = resample_poly(speech(1.2, speech_16k), 441, 160)
     path = tmp_path / "line 1.wav"

@@ -27,15 +27,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ksdiff_runtime.audio.guards import AudioInputError, load_audio, to_model_rate
-from ksdiff_runtime.serve.sources import (
-    STOP_WAIT_S,
-    FileSource,
-    MicSource,
-    SourceError,
-    format_devices,
-    list_input_devices,
-)
+from ksdiff_runtime.inputs.guards import AudioInputError, load_audio, to_model_rate
+from ksdiff_runtime.sources import FileSource, MicSource, SourceError, format_devices, list_input_devices
+from ksdiff_runtime.sources.mic import STOP_WAIT_S
 
 REPO = Path(__file__).resolve().parent.parent
 MIC_RATE = 48_000  # the virtual mic's own rate: recording at it involves no resampling
@@ -275,7 +269,7 @@ def test_no_input_device_at_all(tmp_path: Path) -> None:
     env.pop("PULSE_SOURCE", None)
     script = (
         "import sys\n"
-        "from ksdiff_runtime.serve.sources import MicSource, SourceError\n"
+        "from ksdiff_runtime.sources import MicSource, SourceError\n"
         "try:\n    MicSource()\nexcept SourceError as e:\n    print('SourceError:', e)\n"
         "else:\n    print('opened a microphone')\n"
         "from ksdiff_runtime.cli import main\n"
@@ -571,7 +565,7 @@ def test_serve_animates_the_virtual_mic(pulse: PulseDaemon, speech_16k: np.ndarr
     import zmq
     from scipy.signal import resample_poly
 
-    from ksdiff_runtime.serve.runtime import Runtime
+    from ksdiff_runtime.server.runtime import Runtime
     from ksdiff_sdk import protocol as P
 
     speech = resample_poly(np.resize(speech_16k, 24_000), 3, 1).astype(np.float32)  # 1.5 s at 48 kHz

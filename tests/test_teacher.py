@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
+from ksdiff_runtime.features.prosody import normalized_prosody, prosody
 from ksdiff_runtime.motion import FPS, LIP_CLOSED_THRESHOLD, lip_aperture, mouth_at_rest, num_frames
 from ksdiff_runtime.training.augment import assemble
 from ksdiff_runtime.training.speech import synthesize

@@ -16,7 +16,6 @@ only then renamed into place: a crash never leaves a half-written export where a
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -366,30 +365,3 @@ def ensure_export(checkpoint: str | Path, export_dir: str | Path, progress: bool
         log.info("exporting %s to %s (once; later runs reuse it)", checkpoint, export_dir)
     export_model(checkpoint, export_dir, progress=progress)
     return export_dir
-
-
-# --- CLI ----------------------------------------------------------------------------------------
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export the model to ONNX (for the onnxruntime and tensorrt backends)",
-        description="Export a checkpoint's two graphs (conditioner, denoiser) to float32 ONNX with dynamic batch "
-        "and time axes, plus constants.npz and manifest.json, then check ONNX Runtime against torch.",
-    )
-    p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
-    p.add_argument("-o", "--output", type=Path, default=DEFAULT_EXPORT_DIR,
-                   help=f"export directory, replaced atomically if it exists (default {DEFAULT_EXPORT_DIR})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT
-
-    result = export_model(args.checkpoint or DEFAULT_CHECKPOINT, args.output, progress=not args.no_progress)
-    m = result.manifest
-    print(f"exported {m['checkpoint']['name']} -> {result.path} (opset {m['opset']}, model_hash "
-          f"{m['model_hash'][:16]})")
-    for graph, err in result.errors.items():
-        print(f"  {graph}: ONNX Runtime vs torch max abs error {err:.2e}")
-    return 0

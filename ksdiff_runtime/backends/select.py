@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
+from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT, CheckpointError
 
 from .base import Backend, BackendError
 from .export import default_cache_dir, ensure_export, sha256_file

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.audio.features import BlockwiseFrontEnd, make_front_end
-from ksdiff_runtime.audio.guards import AudioInputError, AudioReport, sanitize
 from ksdiff_runtime.backends.base import Backend
+from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
+from ksdiff_runtime.inputs.guards import AudioInputError, AudioReport, sanitize
 from ksdiff_runtime.model.ksdiff import Guidance
 
 from .presets import Preset, get_preset
@@ -105,7 +105,7 @@ class StreamingEngine:
                 raise ValueError(f"style must be {self.cfg.style_dim} finite numbers")
         state = StreamState(stream_id, self.cfg, self.preset, self.front_end, seed, style, self.fps)
         if text and text.strip():
-            from ksdiff_runtime.transcript import phoneme_tokens
+            from ksdiff_runtime.features.transcript import phoneme_tokens
 
             state.tokens = phoneme_tokens(text, self.cfg.max_text_tokens)
         with self._lock:

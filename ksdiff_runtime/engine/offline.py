@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.audio.features import BlockwiseFrontEnd, make_front_end
-from ksdiff_runtime.audio.guards import sanitize
-from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
 from ksdiff_runtime.backends.base import Backend
 from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
+from ksdiff_runtime.features.prosody import normalized_prosody, prosody
+from ksdiff_runtime.inputs.guards import sanitize
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
 from ksdiff_runtime.motion import take_frames
@@ -73,7 +73,7 @@ def clip_inputs(
     pros = normalized_prosody(prosody(audio))
     tokens = np.zeros(0, dtype=np.int64)
     if text:
-        from ksdiff_runtime.transcript import phoneme_tokens
+        from ksdiff_runtime.features.transcript import phoneme_tokens
 
         tokens = phoneme_tokens(text, cfg.max_text_tokens)
     return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens)

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.audio.features import FrontEndConfig
+from ksdiff_runtime.features.frontend import FrontEndConfig
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.audio.features import BlockwiseFrontEnd
-from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
+from ksdiff_runtime.features.frontend import BlockwiseFrontEnd
+from ksdiff_runtime.features.prosody import normalized_prosody, prosody
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.motion import FPS, SAMPLE_RATE, take_frames
 

@@ -18,15 +18,10 @@ import torch
 
 from ksdiff_runtime import motion
 
-from .config import ModelConfig
+from .config import DEFAULT_CHECKPOINT, CheckpointError, ModelConfig
 from .ksdiff import KSDiff
 
 FORMAT = 1
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "ksdiff.pt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
 def save_checkpoint(path: str | Path, model: KSDiff, half: bool = False, **extras: Any) -> None:

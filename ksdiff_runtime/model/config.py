@@ -10,8 +10,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ksdiff_runtime import motion
-from ksdiff_runtime.audio.features import FrontEndConfig
+from ksdiff_runtime import assets, motion
+from ksdiff_runtime.features.frontend import FrontEndConfig
+
+DEFAULT_CHECKPOINT = assets.CHECKPOINT
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
 @dataclass
@@ -24,7 +30,7 @@ class ModelConfig:
     # --- inputs ---
     front_end: FrontEndConfig = field(default_factory=FrontEndConfig)
     feature_dim: int = 231  # front-end features per frame (hama PPG 191 + log-mel 40)
-    prosody_dim: int = 2  # F0 and energy per frame (ksdiff_runtime/audio/prosody.py)
+    prosody_dim: int = 2  # F0 and energy per frame (ksdiff_runtime/features/prosody.py)
     text_vocab: int = 194  # phoneme tokens of the optional transcript path; 0 is padding
     max_text_tokens: int = 96
     style_dim: int = 64

@@ -12,13 +12,15 @@ One packet per frame and stream, network byte order (docs/OUTPUTS.md has the fie
 
 The 52 weights go in Live Link Face's order, which is our canonical order (protocol/SPEC.md 5.1)
 with capitalised names. The 9 angles are radians in Live Link Face's own frame, which mirrors
-ours left for right (see ``angles``).
+ours left for right (see ``values``: the one place that convention is written).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+
+import numpy as np
 
 from ksdiff_sdk import Frame, schema
 
@@ -53,25 +55,29 @@ def frame_time(t_audio: float, fps: int) -> tuple[int, float]:
     return int(number), float(position - number)
 
 
-def angles(frame: Frame) -> tuple[float, ...]:
-    """The 9 angles in Live Link Face's convention, in radians, from our head and gaze.
+def values(blendshapes: np.ndarray, head: np.ndarray, gaze: np.ndarray) -> np.ndarray:
+    """The 61 Live Link Face values [..., 61] (``VALUE_NAMES`` order) of frames [..., 52], [..., 3], [..., 4].
 
+    The one place the Live Link Face convention is written: the UDP packets and the CSV bake
+    (``outputs/files.py``) both call it, so a baked file and a live stream give the same numbers.
+    The 52 weights are ours in our order. The 9 angles are radians in Live Link Face's own frame:
     Live Link Face (as recorded by the app and as Unreal's ARKit conversion writes them) measures
     yaw and roll in the opposite direction to ours relative to the weights' Left/Right names, and
     its LeftEye* values belong to the eye whose weights are named Right. So yaw and roll change
     sign, pitch (positive = down, for head and eyes) does not, and the eyes swap. Eye roll: 0."""
-    pitch, yaw, roll = (float(v) for v in frame.head)
-    left_yaw, left_pitch, right_yaw, right_pitch = (float(v) for v in frame.gaze)
-    return (-yaw, pitch, -roll,
-            -right_yaw, right_pitch, 0.0,
-            -left_yaw, left_pitch, 0.0)
+    bs = np.asarray(blendshapes, np.float32)
+    pitch, yaw, roll = np.moveaxis(np.asarray(head, np.float32), -1, 0)
+    left_yaw, left_pitch, right_yaw, right_pitch = np.moveaxis(np.asarray(gaze, np.float32), -1, 0)
+    zero = np.zeros_like(pitch)
+    angle_values = np.stack([-yaw, pitch, -roll, -right_yaw, right_pitch, zero, -left_yaw, left_pitch, zero], axis=-1)
+    return np.concatenate([bs, angle_values], axis=-1)
 
 
-def encode_packet(subject: str, frame_number: int, subframe: float, fps: int, values: tuple[float, ...] | list[float],
-                  device_id: str = DEVICE_ID) -> bytes:
+def encode_packet(subject: str, frame_number: int, subframe: float, fps: int,
+                  packet_values: tuple[float, ...] | list[float], device_id: str = DEVICE_ID) -> bytes:
     """One Live Link Face packet (version 6)."""
-    if len(values) != NUM_VALUES:
-        raise ValueError(f"a Live Link Face packet holds {NUM_VALUES} values, got {len(values)}")
+    if len(packet_values) != NUM_VALUES:
+        raise ValueError(f"a Live Link Face packet holds {NUM_VALUES} values, got {len(packet_values)}")
     device = device_id.encode("utf-8")
     name = subject.encode("utf-8")
     return b"".join((
@@ -79,7 +85,7 @@ def encode_packet(subject: str, frame_number: int, subframe: float, fps: int, va
         struct.pack("!i", len(name)), name,
         # the frame rate is fps/1: a denominator of fps/60 (seen in public senders) is 0 below 60 fps
         _FRAME_TIME_AND_RATE.pack(frame_number, subframe, fps, 1),
-        _VALUES.pack(NUM_VALUES, *values),
+        _VALUES.pack(NUM_VALUES, *packet_values),
     ))
 
 
@@ -104,5 +110,5 @@ class LiveLinkOutput(UdpOutput):
 
     def encode(self, frame: Frame) -> bytes:
         number, subframe = frame_time(frame.t_audio, frame.fps)
-        weights = [float(w) for w in frame.blendshapes]
-        return encode_packet(self.subject or frame.stream, number, subframe, frame.fps, weights + list(angles(frame)))
+        packet_values = values(frame.blendshapes, frame.head, frame.gaze).tolist()
+        return encode_packet(self.subject or frame.stream, number, subframe, frame.fps, packet_values)

@@ -15,13 +15,11 @@ Layout (read by training and evaluation):
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
 import multiprocessing as mp
 import os
-import time
 import zipfile
 from dataclasses import dataclass
 
@@ -149,7 +147,7 @@ def _babble_pool(task_rng: np.random.Generator, sentences: tuple[str, ...], voic
 
 def make_clip(task: ClipTask) -> dict:
     """Synthesise, animate and augment one clip; write its npz; return its manifest entry."""
-    from ksdiff_runtime.audio.prosody import prosody
+    from ksdiff_runtime.features.prosody import prosody
     from ksdiff_runtime.training.augment import mic_augment
     from ksdiff_runtime.training.teacher import silent_frames, teach, viseme_of
 
@@ -268,48 +266,3 @@ def write_sample(path: str, seed: int = 0) -> str:
     with open(os.path.splitext(path)[0] + ".txt", "w") as f:
         f.write(f"{text}\n")
     return text
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "corpus",
-        help="generate the synthetic training corpus (espeak-ng speech + procedural teacher animation)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--out", default="data/corpus", help="output folder (default: data/corpus)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-personas", type=int, default=240)
-    p.add_argument("--test-personas", type=int, default=40)
-    p.add_argument(
-        "--clips-per-persona", type=int, default=8, help="train clips per persona (test: 3/4 of it)"
-    )
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--sample-out", default=None, help="also write a bundled sample wav (+ .txt) here")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    t0 = time.monotonic()
-    if args.sample_out:
-        text = write_sample(args.sample_out, args.seed)
-        log.info("wrote %s: %s", args.sample_out, text)
-    clips_test = max(1, round(args.clips_per_persona * 3 / 4))
-    manifest = generate(
-        args.out,
-        args.seed,
-        args.train_personas,
-        args.test_personas,
-        args.clips_per_persona,
-        clips_test,
-        args.workers,
-    )
-    dur = sum(c["duration_s"] for c in manifest["clips"])
-    log.info(
-        "wrote %d clips (%.1f min of audio) to %s in %.0f s",
-        len(manifest["clips"]),
-        dur / 60,
-        args.out,
-        time.monotonic() - t0,
-    )
-    return 0

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ksdiff_runtime.audio.features import BlockwiseFrontEnd, FrontEndConfig, make_front_end
-from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
+from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, FrontEndConfig, make_front_end
+from ksdiff_runtime.features.prosody import normalized_prosody, prosody
+from ksdiff_runtime.features.transcript import phoneme_tokens
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.motion import take_frames
-from ksdiff_runtime.transcript import phoneme_tokens
 
 from .keyframes import expression_keyframes, pose_keyframes
 

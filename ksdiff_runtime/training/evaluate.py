@@ -9,7 +9,6 @@ would hand a reference clip.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import torch
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.engine.offline import Animation, ClipInputs, animate
-from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
 
 from . import metrics as M
@@ -359,32 +358,3 @@ def plot(result: dict, clip: Clip, runs: dict[str, list[Animation]], path: Path)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="evaluate a checkpoint on the held-out split (table, JSON, plot)",
-        description="Score a KSDiff checkpoint against the teacher on held-out voices and sentences: "
-        "mouth error, bilabial closure, rest in silence, jawOpen correlation, BeatAlign, diversity, "
-        "style following, KEL keyframe F1; at 50, 4 and 2 DDIM steps, with baselines and ablations.",
-    )
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint")
-    p.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder")
-    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
-    p.add_argument("--max-clips", type=int, default=0, help="evaluate on at most this many clips (0 = all)")
-    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="where eval.json/.md/.png go")
-    p.add_argument("--ablation", action="append", default=[], metavar="NAME=CHECKPOINT",
-                   help="also score another checkpoint at 4 steps as a row NAME (repeatable)")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    ablations = {}
-    for item in args.ablation:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"error: --ablation takes NAME=CHECKPOINT, got {item!r}")
-        ablations[name] = Path(path)
-    evaluate(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, ablations=ablations)
-    return 0

@@ -1,4 +1,4 @@
-"""How the acoustic front-ends compare on the held-out split: the `frontend-probe` subcommand.
+"""How the acoustic front-ends compare on the held-out split: `ksdiff-runtime frontend-probe`.
 
 Training a KSDiff per front-end does not fit a 2-core machine, so front-ends are compared with
 a linear probe, the standard way to ask "how much of the target can be read off these
@@ -13,7 +13,6 @@ posteriorgram alone, log-mel alone, and (with ``--wav2vec2-dir``) a local wav2ve
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import replace
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.audio.features import HAMA_CLASSES, FrontEndConfig, make_front_end
+from ksdiff_runtime.features.frontend import HAMA_CLASSES, FrontEndConfig, make_front_end
 from ksdiff_runtime.model.config import ModelConfig
 
 from . import metrics as M
@@ -75,28 +74,13 @@ def probe(train: list[tuple[np.ndarray, Clip]], test: list[tuple[np.ndarray, Cli
     }
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "frontend-probe",
-        help="compare acoustic front-ends on the held-out split with a linear probe",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder")
-    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
-    p.add_argument("--left-context-ms", type=int, default=250, help="front-end left context of the cached features")
-    p.add_argument("--lookahead-ms", type=int, default=60, help="front-end lookahead of the cached features")
-    p.add_argument("--max-frames", type=int, default=60_000, help="training frames for the probe")
-    p.add_argument("--wav2vec2-dir", type=Path, help="also probe a local wav2vec2/HuBERT model directory")
-    p.add_argument("--json", type=Path, default=Path("benchmarks/frontend_probe.json"), help="results file")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = ModelConfig(front_end=FrontEndConfig(left_context_ms=args.left_context_ms, lookahead_ms=args.lookahead_ms))
-    build_feature_cache(args.corpus, args.cache, cfg)
-    train = load_clips(args.corpus, args.cache, cfg, "train")
-    test = load_clips(args.corpus, args.cache, cfg, "test", keep_audio=args.wav2vec2_dir is not None)
+def probe_front_ends(corpus: Path, cache: Path, left_context_ms: int, lookahead_ms: int, max_frames: int,
+                     wav2vec2_dir: Path | None, json_path: Path) -> dict[str, dict[str, float]]:
+    """Probe each front-end variant (train voices -> held-out voices); prints a table, writes the JSON."""
+    cfg = ModelConfig(front_end=FrontEndConfig(left_context_ms=left_context_ms, lookahead_ms=lookahead_ms))
+    build_feature_cache(corpus, cache, cfg)
+    train = load_clips(corpus, cache, cfg, "train")
+    test = load_clips(corpus, cache, cfg, "test", keep_audio=wav2vec2_dir is not None)
     variants = {
         "ppg + log-mel (stream)": lambda c: c.feats.astype(np.float32),
         "ppg + log-mel (offline)": lambda c: c.feats_offline.astype(np.float32),
@@ -105,23 +89,23 @@ def run(args: argparse.Namespace) -> int:
     }
     results: dict[str, dict[str, float]] = {}
     for name, get in variants.items():
-        results[name] = probe([(get(c), c) for c in train], [(get(c), c) for c in test], 0, args.max_frames)
+        results[name] = probe([(get(c), c) for c in train], [(get(c), c) for c in test], 0, max_frames)
         log.info("%s: %s", name, results[name])
-    if args.wav2vec2_dir:
+    if wav2vec2_dir:
         from ksdiff_runtime.training.dataset import read_manifest
 
-        fe = make_front_end(replace(cfg.front_end, name="wav2vec2", model_dir=str(args.wav2vec2_dir)))
-        manifest = {c["id"]: c for c in read_manifest(args.corpus)["clips"]}
-        train_w = [(fe.offline(np.load(args.corpus / manifest[c.id]["file"])["audio"]), c) for c in train]
+        fe = make_front_end(replace(cfg.front_end, name="wav2vec2", model_dir=str(wav2vec2_dir)))
+        manifest = {c["id"]: c for c in read_manifest(corpus)["clips"]}
+        train_w = [(fe.offline(np.load(corpus / manifest[c.id]["file"])["audio"]), c) for c in train]
         test_w = [(fe.offline(c.audio), c) for c in test]
-        results["wav2vec2 (local)"] = probe(train_w, test_w, 0, args.max_frames)
+        results["wav2vec2 (local)"] = probe(train_w, test_w, 0, max_frames)
     lines = ["| front-end | mouth MAE | jawOpen r | p/b/m closed |", "|---|---|---|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['mouth_mae']:.4f} | {r['jaw_corr']:.3f} | {r['bilabial_closure']:.3f} |")
     table = "\n".join(lines)
     print(f"Linear probe, train voices -> held-out voices ({len(train)} / {len(test)} clips):\n{table}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"probe": "ridge regression, frames t-4..t+2 -> teacher mouth blendshapes",
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"probe": "ridge regression, frames t-4..t+2 -> teacher mouth blendshapes",
                                      "train_clips": len(train), "test_clips": len(test), "results": results},
                                     indent=2))
-    return 0
+    return results

@@ -1,8 +1,8 @@
-"""How much audio context the hama phoneme recogniser needs: the `frontend-study` subcommand.
+"""How much audio context the hama phoneme recogniser needs (`ksdiff-runtime frontend-study`).
 
 A streaming engine cannot run the recogniser on the whole utterance; it runs it on a sliding
 window [block_start - left_context, block_end + lookahead] per block (see
-``ksdiff_runtime.audio.features``). This study compares that blockwise posteriorgram with the
+``ksdiff_runtime.features.frontend``). This study compares that blockwise posteriorgram with the
 whole-utterance one on speech clips, for a grid of lookaheads and left contexts, and measures
 what each setting costs, so the defaults are chosen from numbers, not guesses.
 
@@ -17,7 +17,6 @@ Metrics per (left context, lookahead), over all recogniser frames of all clips:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -28,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ksdiff_runtime.audio.features import HAMA_HOP, FrontEndConfig, PosteriorgramFrontEnd
-from ksdiff_runtime.audio.guards import load_audio, sanitize
+from ksdiff_runtime.features.frontend import HAMA_HOP, FrontEndConfig, PosteriorgramFrontEnd
+from ksdiff_runtime.inputs.guards import load_audio, sanitize
 from ksdiff_runtime.motion import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -45,21 +44,6 @@ SENTENCES = (
     ("en-us+m3", 185, "She sells sea shells by the sea shore, and nobody buys them at all."),
     ("en-gb+f2", 165, "Who would have thought that a tiny mouse could move such a heavy box?"),
 )
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "frontend-study",
-        help="measure how much lookahead / left context the phoneme recogniser needs when streamed",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--corpus", type=Path, default=Path("data/corpus/clips"), help="folder of *.npz clips")
-    parser.add_argument("--max-seconds", type=float, default=12.0, help="total speech to evaluate")
-    parser.add_argument("--block-ms", type=int, default=100)
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/frontend_stability.json"))
-    parser.add_argument("--plot", type=Path, default=Path("benchmarks/frontend_stability.png"))
-    parser.set_defaults(func=run)
 
 
 def speech_clips(corpus: Path, max_seconds: float) -> tuple[list[np.ndarray], str]:
@@ -118,11 +102,12 @@ def compare(block_lp: np.ndarray, whole_lp: np.ndarray, blank_id: int) -> dict[s
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    clips, source = speech_clips(args.corpus, args.max_seconds)
+def study(corpus: Path, max_seconds: float, block_ms: int, json_path: Path, plot_path: Path) -> None:
+    """Blockwise vs whole-utterance posteriorgram over the grid; writes the JSON and the plot."""
+    clips, source = speech_clips(corpus, max_seconds)
     seconds = sum(c.size for c in clips) / SAMPLE_RATE
     log.info("frontend study on %.1f s of speech from %s", seconds, source)
-    probe = PosteriorgramFrontEnd(FrontEndConfig(block_ms=args.block_ms))
+    probe = PosteriorgramFrontEnd(FrontEndConfig(block_ms=block_ms))
     blank_id = probe._asr.blank_id
 
     t0 = time.process_time()
@@ -132,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for left in LEFT_CONTEXTS_MS:
         for ahead in LOOKAHEADS_MS:
-            fe = PosteriorgramFrontEnd(FrontEndConfig(block_ms=args.block_ms, left_context_ms=left, lookahead_ms=ahead))
+            fe = PosteriorgramFrontEnd(FrontEndConfig(block_ms=block_ms, left_context_ms=left, lookahead_ms=ahead))
             totals: dict[str, float] = {}
             t0 = time.process_time()
             blocks = [blockwise_log_probs(fe, c) for c in clips]
@@ -160,16 +145,15 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "source": source,
         "seconds": seconds,
-        "block_ms": args.block_ms,
+        "block_ms": block_ms,
         "whole_utterance_cpu_ms_per_s": whole_cost,
         "rows": rows,
     }
     print(f"\nwhole-utterance recogniser: {whole_cost:.1f} ms CPU per s of audio ({seconds:.1f} s, {source})")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, args.plot, f"{seconds:.0f} s of speech ({source}); block {args.block_ms} ms")
-    print(f"wrote {args.json} and {args.plot}")
-    return 0
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, plot_path, f"{seconds:.0f} s of speech ({source}); block {block_ms} ms")
+    print(f"wrote {json_path} and {plot_path}")
 
 
 def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:

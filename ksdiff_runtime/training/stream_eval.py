@@ -9,8 +9,6 @@ and seeds are used everywhere.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -19,11 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ksdiff_runtime.backends import BACKEND_NAMES, load_backend
+from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.offline import Animation, animate
-from ksdiff_runtime.engine.presets import PRESETS, Preset, get_preset
-from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+from ksdiff_runtime.engine.presets import PRESETS, Preset
+from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.training import metrics as M
 from ksdiff_runtime.training.dataset import Clip, build_feature_cache, load_clips
 from ksdiff_runtime.training.evaluate import model_inputs, reference_styles, score
@@ -139,41 +137,3 @@ def format_table(result: dict) -> str:
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval-stream",
-        help="held-out metrics through the streaming engine (both presets) against whole-clip animation",
-        description="Stream every held-out clip through the engine at once, in random-sized chunks, for each "
-        "latency preset, and compare mouth, rest, jaw and head metrics with whole-clip animation.",
-    )
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint")
-    p.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder")
-    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
-    p.add_argument("--max-clips", type=int, default=80, help="evaluate on at most this many clips (0 = all)")
-    p.add_argument("--out", type=Path, default=Path("runs/eval-stream"), help="where stream_quality.json/.md go")
-    p.add_argument("--backend", default="torch-cpu", choices=BACKEND_NAMES, help="backend the streams run on")
-    p.add_argument("--variant", action="append", default=[], metavar="PRESET:FIELD=VALUE,...",
-                   help="score a preset with fields changed instead of the two presets (repeatable), e.g. "
-                   "'low-latency:hop_frames=2,feature_block_frames=2' (how the sweeps in docs/ENGINE.md were run)")
-    p.set_defaults(func=run)
-
-
-def parse_variant(text: str) -> Preset:
-    """'low-latency:hop_frames=2,steps=1' -> that preset with those fields (numbers, or 'none')."""
-    name, _, changes = text.partition(":")
-    preset = get_preset(name)
-    fields: dict[str, object] = {}
-    for item in filter(None, changes.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in {f.name for f in dataclasses.fields(Preset)} or key == "name":
-            raise SystemExit(f"error: --variant {text!r}: {item!r} is not FIELD=VALUE for a preset field")
-        fields[key] = None if value.lower() == "none" else (float(value) if "." in value else int(value))
-    return dataclasses.replace(preset, name=f"{name}[{changes}]" if changes else name, **fields)
-
-
-def run(args: argparse.Namespace) -> int:
-    variants = [parse_variant(v) for v in args.variant] or None
-    stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend, variants)
-    return 0

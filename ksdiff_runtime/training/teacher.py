@@ -25,7 +25,6 @@ Run ``python -m ksdiff_runtime.training.teacher --plot docs/teacher_curves.png``
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import numpy as np
@@ -433,7 +432,7 @@ def plot_curves(path: str, text: str = "Bob bought a blue map, who knew?", voice
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ksdiff_runtime.audio.prosody import prosody as compute_prosody
+    from ksdiff_runtime.features.prosody import prosody as compute_prosody
     from ksdiff_runtime.motion import lip_aperture
     from ksdiff_runtime.training.speech import synthesize
 
@@ -488,16 +487,3 @@ def plot_curves(path: str, text: str = "Bob bought a blue map, who knew?", voice
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Plot the procedural teacher's curves for one sentence.")
-    parser.add_argument("--plot", required=True, help="output PNG path")
-    parser.add_argument("--text", default="Bob bought a blue map, who knew?")
-    args = parser.parse_args(argv)
-    plot_curves(args.plot, args.text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,7 +8,6 @@ that ship are the EMA weights in float16 (``--ship PATH``).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ksdiff_runtime.audio.features import FrontEndConfig
+from ksdiff_runtime.features.frontend import FrontEndConfig
 from ksdiff_runtime.model.checkpoint import save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import KSDiff, count_parameters
@@ -235,31 +234,3 @@ def _to_toml(model_cfg: ModelConfig, cfg: TrainConfig) -> str:
     lines += ["", "[model.front_end]"] + [f"{k} = {fmt(v)}" for k, v in front_end.items() if v is not None]
     lines += ["", "[train]"] + [f"{k} = {fmt(v)}" for k, v in dataclasses.asdict(cfg).items()]
     return "\n".join(lines) + "\n"
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train KSDiff on the generated corpus (resumable)",
-        description="Train KSDiff on the corpus made by `ksdiff-runtime corpus`. Run again to resume from "
-        "<out>/last.pt. Uses CUDA when present, the CPU otherwise.",
-    )
-    p.add_argument("--config", type=Path, default=None, help="TOML file with [model] and [train] tables")
-    p.add_argument("--corpus", help="corpus folder (overrides the config)")
-    p.add_argument("--out", help="run folder (overrides the config)")
-    p.add_argument("--max-steps", type=int, help="total optimisation steps (overrides the config)")
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes, checkpointed")
-    p.add_argument("--batch-size", type=int, help="windows per step (overrides the config)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
-    p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    model_cfg, cfg = load_config(args.config)
-    for name in ("corpus", "out", "max_steps", "max_minutes", "batch_size", "device"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(cfg, name, value)
-    train(model_cfg, cfg, ship=args.ship)
-    return 0

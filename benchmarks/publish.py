@@ -1,4 +1,4 @@
-"""`ksdiff-runtime bench-publish`: publish -> receive latency of the runtime's PUB socket.
+"""`python -m benchmarks.publish`: publish -> receive latency of the runtime's PUB socket.
 
 What is measured is the real publish path of `ksdiff-runtime serve`: a real ``Runtime`` (its
 engine thread, bounded outbox, io thread, ``protocol.encode_frame`` and the ZeroMQ PUB socket,
@@ -8,7 +8,7 @@ decode every frame with ``protocol.decode`` as a client would.
 Only the model is replaced: ``SyntheticEngine`` has the StreamingEngine interface the Runtime
 uses and emits one frame per stream every 1/fps s on a monotonic schedule (random blendshapes),
 so the figures are the cost of publishing alone. Model compute and end-to-end (capture ->
-frame) latency are measured by ``ksdiff-runtime bench``.
+frame) latency are measured by ``python -m benchmarks.bench``.
 
 Streams are opened with ``open_stream`` requests on the ROUTER, like an SDK client; the
 synthetic engine ends each stream after ``seconds * fps`` frames, so the runtime publishes its
@@ -57,7 +57,7 @@ from ksdiff_sdk import protocol, schema
 
 if TYPE_CHECKING:
     from ksdiff_runtime.engine.engine import StepResult
-    from ksdiff_runtime.serve.runtime import Runtime
+    from ksdiff_runtime.server.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -460,7 +460,7 @@ def _joined(thread: threading.Thread) -> Any:
 def _measure_runtime(n_subscribers: int, streams: int, fps: int, frames_per_stream: int, sockets_per_process: int,
                      show_progress: bool) -> dict[str, Any]:
     """The runtime's publish path: a Runtime fed by a SyntheticEngine, streams opened over the ROUTER."""
-    from ksdiff_runtime.serve.runtime import Runtime
+    from ksdiff_runtime.server.runtime import Runtime
 
     stream_ids = [f"bench-{i}" for i in range(streams)]
     engine = SyntheticEngine(frames_per_stream, fps)
@@ -536,7 +536,7 @@ def _measure_floor(n_subscribers: int, streams: int, fps: int, frames_per_stream
                    show_progress: bool) -> dict[str, Any]:
     """The floor: the same frames and subscribers with a bare PUB socket in one thread instead of the
     Runtime. What ZeroMQ and the subscriber processes alone cost on this machine."""
-    from ksdiff_runtime.serve.runtime import PUB_SNDHWM
+    from ksdiff_runtime.server.runtime import PUB_SNDHWM
 
     stream_ids = [f"bench-{i}" for i in range(streams)]
     ctx = zmq.Context()
@@ -650,7 +650,7 @@ def run_publish_bench(subscribers: tuple[int, ...] = DEFAULT_SUBSCRIBERS, *, str
     doc: dict[str, Any] = {
         "what": "publish -> receive latency of the runtime's PUB socket: a real Runtime (outbox, io thread, "
                 "encode_frame, ZeroMQ PUB on 127.0.0.1) fed by a synthetic engine (no model), real SUB sockets "
-                "in other processes decoding every frame. Model and end-to-end latency: `ksdiff-runtime bench`.",
+                "in other processes decoding every frame. Model and end-to-end latency: `python -m benchmarks.bench`.",
         "latency_definition": "monotonic ns after protocol.decode in the subscriber - the frame's published_ns",
         "floor_definition": "the same frames, schedule and subscriber processes with a bare ZeroMQ PUB socket "
                             "in one thread instead of the Runtime: what ZeroMQ and the subscribers cost here",
@@ -740,7 +740,7 @@ def summary(doc: dict[str, Any]) -> str:
         f"{m['load_average_at_end'][0]:.2f} at end"
         + ("" if other is None else f", other processes <= {other:.2f} cores during the runs"),
         "the model is replaced by a synthetic engine: only publishing is measured (model and end-to-end latency: "
-        "`ksdiff-runtime bench`)",
+        "`python -m benchmarks.bench`)",
         HEADER,
         *(_row(r) for r in doc["runs"]),
         "latency = decoded in the subscriber - published_ns (ms); fastest p99 = p99 over frames of the first "
@@ -804,7 +804,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     bx.legend(fontsize=8)
     s, m = doc["settings"], doc["machine"]
     other = _max_other(doc)
-    fig.suptitle(f"ksdiff-runtime bench-publish: {s['streams']} streams x {s['fps']} fps, synthetic engine (no "
+    fig.suptitle(f"python -m benchmarks.publish: {s['streams']} streams x {s['fps']} fps, synthetic engine (no "
                  f"model); {m['cpu_cores']} cores"
                  + ("" if other is None else f", other processes <= {other:.2f} cores during the runs"), fontsize=10)
     fig.tight_layout()
@@ -813,16 +813,15 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 
 # --- command -------------------------------------------------------------------------------------------
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench-publish",
-        help="measure publish -> receive latency of the PUB socket with 1, 8 and 32 subscribers",
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.publish",
         description="Benchmark the runtime's publishing alone: a real Runtime (outbox, io thread, wire protocol "
         "encoding, ZeroMQ PUB on 127.0.0.1) driven by a synthetic engine instead of the model (one frame per "
         "stream every 1/fps s), and real SUB sockets in subscriber processes that decode every frame. Then, for "
         "comparison, the same frames from a bare PUB socket without the Runtime (the floor). Reports "
         "latency p50/p90/p99/max, drops and the runtime's drop counter per subscriber count, and writes "
-        "publish.json and publish.png. Model and end-to-end latency are measured by `ksdiff-runtime bench`.",
+        "publish.json and publish.png. Model and end-to-end latency are measured by `python -m benchmarks.bench`.",
     )
     p.add_argument("--out", type=Path, default=Path("benchmarks"),
                    help="directory for publish.json and publish.png (default: benchmarks/)")
@@ -839,7 +838,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-floor", action="store_true",
                    help="skip the floor runs (the same frames and subscribers from a bare PUB socket, without the "
                         "Runtime: what ZeroMQ and the subscribers alone cost on this machine)")
-    p.set_defaults(func=run)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
@@ -866,3 +865,12 @@ def run(args: argparse.Namespace) -> int:
     print(summary(doc))
     print(f"-> {json_path}, {png_path} ({doc['elapsed_s']:.0f} s)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,39 +1,22 @@
-"""Audio sources for `ksdiff-runtime serve`: a microphone (PortAudio via python-sounddevice) or a file.
-
-A source delivers float32 PCM ``[n, channels]`` at its own rate on its own thread (the file
-source) or PortAudio's callback thread (the microphone); the runtime resamples to 16 kHz and
-downmixes. Each chunk comes with ``captured_ns``: the ``time.monotonic_ns()`` instant its last
-sample was captured, the start of the motion-to-photon latency the runtime reports.
+"""A microphone (or any PortAudio input device) as a source, and the list of input devices.
 
 sounddevice is imported inside functions only: importing it loads PortAudio (a C library that
 may be missing) and scans the audio devices, neither of which the runtime needs unless a
 microphone is asked for.
-
-Also the ``devices`` subcommand: ``ksdiff-runtime devices`` lists the input devices.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from ksdiff_runtime.audio.guards import read_audio_file
+from .base import OnAudio, OnEnd, SourceError
 
 log = logging.getLogger(__name__)
-
-# pcm float32 [n, channels] at source.sample_rate; captured_ns: time.monotonic_ns() when the
-# chunk's last sample was captured (None: unknown, e.g. a file read faster than real time)
-OnAudio = Callable[[np.ndarray, int | None], None]
-# None: ended normally (end of file); str: what went wrong (device lost, a callback failed)
-OnEnd = Callable[[str | None], None]
 
 # PortAudio's "low" input latency. Its default ("high") lets ALSA buffer so much that, through
 # PulseAudio, the first block arrived after ~2 s and then blocks came in bursts, which would
@@ -46,25 +29,6 @@ PORTAUDIO_HINT = (
     "install it: apt-get install libportaudio2 (Debian/Ubuntu), dnf install portaudio (Fedora), "
     "pacman -S portaudio (Arch); the sounddevice wheels for Windows and macOS include it"
 )
-
-
-class SourceError(Exception):
-    """A source cannot be opened (no device, unknown device, unsupported settings); for the user."""
-
-
-class Source(Protocol):
-    """What the runtime needs from an audio source."""
-
-    kind: str  # "mic" or "file" (the protocol's `source` field)
-    stream_id: str
-    sample_rate: int  # rate of the pcm it delivers
-    channels: int
-
-    def start(self, on_audio: OnAudio, on_end: OnEnd) -> None:
-        """Begin delivering on the source's own thread or callback."""
-
-    def stop(self) -> None:
-        """Idempotent and prompt; after it returns no callback runs."""
 
 
 # --- devices ---------------------------------------------------------------------------------------
@@ -100,9 +64,13 @@ def _all_devices(sd: Any) -> list[dict[str, Any]]:
 def list_input_devices() -> list[dict[str, Any]]:
     """The devices a microphone can be opened on: index, name, hostapi, max_input_channels,
     default_samplerate, is_default (PortAudio's default input). Raises ``SourceError`` without
-    PortAudio. PortAudio scans once, when sounddevice is first imported: a device plugged in
-    later shows up after a restart."""
-    return [d for d in _all_devices(_sounddevice()) if d["max_input_channels"] > 0]
+    PortAudio or without any input device (the message says what PortAudio found). PortAudio scans
+    once, when sounddevice is first imported: a device plugged in later shows up after a restart."""
+    sd = _sounddevice()
+    devices = [d for d in _all_devices(sd) if d["max_input_channels"] > 0]
+    if not devices:
+        raise SourceError(_no_input_message(sd))
+    return devices
 
 
 def format_devices(devices: list[dict[str, Any]] | None = None) -> str:
@@ -309,102 +277,3 @@ class MicSource:
         log.error("microphone: %s", error)
         assert self._on_end is not None
         self._on_end(error)
-
-
-# --- file --------------------------------------------------------------------------------------------
-class FileSource:
-    """An audio file delivered in blocks at its own rate and channels, paced like a microphone or
-    as fast as the consumer takes it.
-
-    Real time: block k (samples [k*B, end_k)) is delivered at ``t0 + end_k / rate`` on the
-    monotonic clock, t0 being ``start()``: the instant a microphone would have captured its last
-    sample, which is also its ``captured_ns``. The schedule is computed from sample counts, never
-    from the previous wake-up, so it does not drift. Fast mode: no waiting, ``captured_ns`` None.
-    Unreadable files raise ``AudioInputError`` here, with ``load_audio``'s messages.
-    """
-
-    kind = "file"
-
-    def __init__(self, path: str | Path, realtime: bool = True, block_ms: float = 10.0, stream_id: str = "file",
-                 loop: bool = False) -> None:
-        if not block_ms > 0:
-            raise ValueError(f"block_ms must be positive, got {block_ms}")
-        self.path = Path(path)
-        self._data, self.sample_rate = read_audio_file(self.path)
-        self.channels = int(self._data.shape[1])
-        self.realtime = realtime
-        self.block_ms = float(block_ms)
-        self.stream_id = stream_id
-        self.loop = loop
-        self.blocksize = max(1, round(self.sample_rate * self.block_ms / 1000))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def num_samples(self) -> int:
-        return int(self._data.shape[0])
-
-    def start(self, on_audio: OnAudio, on_end: OnEnd) -> None:
-        if self._thread is not None or self._stop.is_set():
-            raise RuntimeError("a FileSource starts once")
-        self._thread = threading.Thread(target=self._run, args=(on_audio, on_end),
-                                        name=f"file-source-{self.stream_id}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()  # also wakes the pacing wait
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()  # a callback in flight finishes before stop() returns
-
-    def _run(self, on_audio: OnAudio, on_end: OnEnd) -> None:
-        data, rate, size = self._data, self.sample_rate, self.blocksize
-        t0 = time.monotonic_ns()
-        clock = 0  # samples delivered since start, across loops: the schedule's position
-        try:
-            while True:
-                for begin in range(0, len(data), size):
-                    block = data[begin : begin + size]
-                    due_ns = t0 + (clock + len(block)) * 1_000_000_000 // rate
-                    if self.realtime:
-                        wait_s = (due_ns - time.monotonic_ns()) / 1e9
-                        if wait_s > 0 and self._stop.wait(wait_s):
-                            return
-                    if self._stop.is_set():
-                        return
-                    on_audio(block.copy(), due_ns if self.realtime else None)  # copy: the consumer may keep it
-                    clock += len(block)
-                if not self.loop or len(data) == 0:
-                    break
-        except Exception as exc:  # the consumer failed: end the stream and say why
-            log.exception("file source %s: on_audio failed", self.path)
-            if not self._stop.is_set():
-                on_end(f"processing audio from {self.path} failed: {exc!r}")
-            return
-        if not self._stop.is_set():
-            on_end(None)
-
-
-# --- `ksdiff-runtime devices` -------------------------------------------------------------------------
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "devices",
-        help="list the audio input devices (microphones) the runtime can record from",
-        description="List the audio input devices PortAudio sees: index, name, host API, input channels and "
-        "default sample rate; * marks the default. Choose a microphone by its index or by part of its name. "
-        "Exits with status 1 when PortAudio is missing or there is no input device.",
-    )
-    p.set_defaults(func=run_devices)
-
-
-def run_devices(args: argparse.Namespace) -> int:
-    try:
-        sd = _sounddevice()
-        devices = [d for d in _all_devices(sd) if d["max_input_channels"] > 0]
-        if not devices:
-            raise SourceError(_no_input_message(sd))
-    except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(format_devices(devices))
-    return 0

@@ -18,25 +18,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ksdiff_runtime.bake import DEFAULT_SAMPLE
+from ksdiff_runtime.assets import SAMPLE_SPEECH
 
 STREAM = "sample_speech"  # serve names a file's stream after the file
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run serve on the bundled sample speech with an SDK client; print fps and latency, write a plot",
-        description="Start `ksdiff-runtime serve` on the bundled sample speech (played in real time, looped), "
+def configure_demo(p: argparse.ArgumentParser) -> None:
+    p.description = ("Start `ksdiff-runtime serve` on the bundled sample speech (played in real time, looped), "
         "receive its frames with the Python SDK, print frames/s and latency every second, write a plot, "
-        "then stop the server cleanly.",
-    )
+        "then stop the server cleanly.")
     p.add_argument("--seconds", type=float, default=8.0, help="how long to receive frames (default 8)")
     p.add_argument("--out", type=Path, default=Path("out/demo.png"), help="plot to write (default out/demo.png)")
     p.add_argument("--backend", default="auto", help="inference backend for serve (default auto)")
     p.add_argument("--preset", default="low-latency", help="serve preset (default low-latency)")
     p.add_argument("--threads", type=int, default=1, help="serve's ONNX Runtime threads on the CPU (default 1)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_demo)
 
 
 def free_endpoint(preferred: int) -> str:
@@ -51,11 +47,11 @@ def free_endpoint(preferred: int) -> str:
     raise RuntimeError("no free TCP port on 127.0.0.1")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     from ksdiff_sdk import Client
 
     pub, router = free_endpoint(5555), free_endpoint(5556)
-    cmd = [sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--file", str(DEFAULT_SAMPLE), "--loop",
+    cmd = [sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--file", str(SAMPLE_SPEECH), "--loop",
            "--pub", pub, "--router", router, "--backend", args.backend, "--preset", args.preset,
            "--threads", str(args.threads)]
     print("$", " ".join(cmd[2:]), flush=True)

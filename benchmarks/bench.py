@@ -1,4 +1,4 @@
-"""`ksdiff-runtime bench`: what the runtime costs here, measured, written to bench.json + bench.png.
+"""`python -m benchmarks.bench`: what the runtime costs here, measured, written to bench.json + bench.png.
 
 Sections (``--only`` picks some):
 
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ksdiff_runtime import motion
+from ksdiff_runtime.assets import SAMPLE_SPEECH
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ CAPTURE_BLOCK_SAMPLES = 160  # 10 ms at 16 kHz: what a sound card hands over at 
 LOOP_SILENCE_S = 0.5  # between loops of the sample, so the engine also sees pauses
 END_TOPIC = b"bench/end"  # the publisher's last message: the subscriber stops on it, no timing guesswork
 
-DEFAULT_SAMPLE = Path(__file__).resolve().parent / "assets" / "sample_speech.wav"
 
 
 @dataclass(frozen=True)
@@ -191,11 +191,11 @@ class Speech:
 
 
 def load_speech(cfg, front_end=None) -> Speech:
-    from ksdiff_runtime.audio.features import make_front_end
-    from ksdiff_runtime.audio.guards import load_audio
-    from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
+    from ksdiff_runtime.features.frontend import make_front_end
+    from ksdiff_runtime.features.prosody import normalized_prosody, prosody
+    from ksdiff_runtime.inputs.guards import load_audio
 
-    audio, _ = load_audio(DEFAULT_SAMPLE)
+    audio, _ = load_audio(SAMPLE_SPEECH)
     front_end = front_end or make_front_end(cfg.front_end)
     feats = front_end.offline(audio).astype(np.float32)
     return Speech(audio, feats, normalized_prosody(prosody(audio)).astype(np.float32))
@@ -239,9 +239,9 @@ def preset_hop_ms(preset) -> float:
 def bench_front_end(cfg, preset, speech: Speech, s: Settings) -> dict[str, Any]:
     """Front-end CPU cost of one stream-hop: every feature group whose frames fall in the hop, run as the
     engine runs them (range_features at the preset's lookahead), plus the prosody the engine adds per group."""
-    from ksdiff_runtime.audio.features import make_front_end
-    from ksdiff_runtime.audio.prosody import normalized_prosody, prosody
     from ksdiff_runtime.engine.stream import prosody_span
+    from ksdiff_runtime.features.frontend import make_front_end
+    from ksdiff_runtime.features.prosody import normalized_prosody, prosody
 
     fe = make_front_end(preset.front_end_config(cfg.front_end))
     H, G = preset.hop_frames, preset.feature_block_frames
@@ -485,9 +485,9 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
     """
     import zmq
 
-    from ksdiff_runtime.audio.features import make_front_end
     from ksdiff_runtime.engine.engine import StreamingEngine
     from ksdiff_runtime.engine.presets import get_preset
+    from ksdiff_runtime.features.frontend import make_front_end
     from ksdiff_sdk import protocol
 
     preset = get_preset(preset_name)
@@ -681,11 +681,11 @@ def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, di
 
 def bench_latency(backend_name: str, checkpoint: Path, presets: list[str], s: Settings, streams: int = 1,
                   ) -> dict[str, Any]:
-    from ksdiff_runtime.audio.guards import load_audio
     from ksdiff_runtime.backends import load_backend
+    from ksdiff_runtime.inputs.guards import load_audio
 
     backend = load_backend(backend_name, checkpoint)
-    audio, _ = load_audio(DEFAULT_SAMPLE)
+    audio, _ = load_audio(SAMPLE_SPEECH)
     out: dict[str, Any] = {"backend": backend.name, "target": {
         "preset": LATENCY_TARGET_PRESET, "p95_ms_max": LATENCY_TARGET_P95_MS, "on": "a 2-core CPU"}}
     for name in presets:
@@ -712,13 +712,13 @@ def bake_pieces(audio: np.ndarray, n: int = BATCH_CLIPS) -> list[np.ndarray]:
 
 
 def bench_bake(backend_name: str, checkpoint: Path, s: Settings) -> dict[str, Any]:
-    from ksdiff_runtime.audio.guards import load_audio
     from ksdiff_runtime.backends import load_backend
     from ksdiff_runtime.engine.offline import animate, clip_inputs
+    from ksdiff_runtime.inputs.guards import load_audio
 
     # as `ksdiff-runtime bake` loads it (with fallback), so the figure is what a user's bake gets
     model = load_backend(backend_name, checkpoint, fallback=True)
-    audio, _ = load_audio(DEFAULT_SAMPLE)
+    audio, _ = load_audio(SAMPLE_SPEECH)
     sr = motion.SAMPLE_RATE
     pieces = bake_pieces(audio)
     bar = progress(1 + s.bake_runs + 1 + s.batch_bake_runs, "bake", "run")
@@ -909,7 +909,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     ax.set_title("offline bake")
     ax.grid(alpha=0.3, axis="y")
     dev = doc["device"]
-    fig.suptitle(f"ksdiff-runtime bench: {dev['cpu_model']}, {dev['cpu_cores']} cores"
+    fig.suptitle(f"python -m benchmarks.bench: {dev['cpu_model']}, {dev['cpu_cores']} cores"
                  + (f", {dev['gpu']['name']}" if dev.get("gpu") else ", no GPU")
                  + (" (quick)" if doc["settings"]["quick"] else ""), fontsize=10)
     fig.tight_layout()
@@ -998,7 +998,7 @@ def parse_list(text: str, kind: type = str) -> list:
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from ksdiff_runtime.engine.presets import PRESETS
-    from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT
+    from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
     only = parse_list(args.only) if args.only else list(SECTIONS)
     unknown = sorted(set(only) - set(SECTIONS))
@@ -1054,10 +1054,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="measure compute per hop, streams per device, end-to-end latency, bake speed and memory",
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench",
         description="Benchmark the runtime on this machine and write bench.json and bench.png. Sections: "
         "compute (sample_windows per backend and batch, front-end per stream-hop, streams served in real time), "
         "latency (a paced real-time stream through the engine and ZeroMQ), bake (offline real-time factor), "
@@ -1081,7 +1080,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-streams", type=int, default=1,
                    help="live streams in each real-time latency run (default 1; the target is for one stream)")
     p.add_argument("--checkpoint", type=Path, help="model checkpoint (default: the bundled one)")
-    p.set_defaults(func=run)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1093,3 +1092,12 @@ def run(args: argparse.Namespace) -> int:
     print(summary(doc))
     print(f"-> {json_path}, {png_path} ({doc['elapsed_s']:.0f} s)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

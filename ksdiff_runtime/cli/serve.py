@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from ksdiff_runtime.motion import SAMPLE_RATE
+from ksdiff_runtime.outputs import livelink, vmc
+from ksdiff_runtime.outputs.livelink import LiveLinkOutput
+from ksdiff_runtime.outputs.udp import OutputConfigError
+from ksdiff_runtime.outputs.vmc import VmcOutput
+from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
+from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, build_engine
+from ksdiff_runtime.sources import FileSource, MicSource, SourceError
 
-from .config import ConfigError, ServeConfig, load_config
-
-log = logging.getLogger("ksdiff_runtime.serve")
+log = logging.getLogger("ksdiff_runtime.server")
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -33,16 +38,12 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def configure_serve(p: argparse.ArgumentParser) -> None:
     defaults = ServeConfig()
-    p = sub.add_parser(
-        "serve",
-        help="run the runtime: mic, files and SDK pushes in, ARKit frames out over ZeroMQ",
-        description="Animate live speech and publish ARKit blendshape and head-pose frames over ZeroMQ "
+    p.description = ("Animate live speech and publish ARKit blendshape and head-pose frames over ZeroMQ "
         "(wire protocol v1, protocol/SPEC.md). Streams come from the microphone (--mic), from files "
         "(--file) and from SDK clients pushing audio to the request socket. Settings come from "
-        "--config (TOML; see configs/serve.toml), then flags. Stops cleanly on Ctrl-C / SIGTERM.",
-    )
+        "--config (TOML; see configs/serve.toml), then flags. Stops cleanly on Ctrl-C / SIGTERM.")
     # every flag defaults to None so that only the flags given override the config file
     p.add_argument("--config", type=Path, help="TOML file with any of the settings below (flags win)")
     p.add_argument("--pub", help=f"PUB endpoint for frames (default {defaults.pub})")
@@ -73,8 +74,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="print a stats line (fps, latency, drops per stream) every SECONDS")
     p.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
     # frame outputs besides ZeroMQ, several at once (docs/OUTPUTS.md)
-    from ksdiff_runtime.outputs import livelink, vmc
-
     p.add_argument("--livelink", nargs="?", const=livelink.DEFAULT_DESTINATION, metavar="HOST:PORT",
                    help="also send Live Link Face UDP packets (Unreal's Live Link Face source) to HOST:PORT "
                    f"(without a value: {livelink.DEFAULT_DESTINATION})")
@@ -87,7 +86,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    f"(without a value: {vmc.DEFAULT_DESTINATION})")
     p.add_argument("--vmc-stream", metavar="ID",
                    help="the stream sent over VMC (default: the first stream that publishes, e.g. mic)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_serve)
 
 
 def stream_id_for(path: Path, taken: set[str]) -> str:
@@ -114,7 +113,7 @@ def _configure_logging(fmt: str) -> None:
             handler.setFormatter(JsonLogFormatter())
 
 
-def run(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "verbose")}
     try:
         config = load_config(args.config, overrides)
@@ -127,11 +126,6 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(config: ServeConfig) -> int:
     """Run until SIGINT/SIGTERM (or, with exit_when_done, until the files have played)."""
-    from ksdiff_runtime.outputs.udp import OutputConfigError
-
-    from .runtime import Runtime, RuntimeStartError, build_engine
-    from .sources import FileSource, SourceError
-
     try:
         # Before the model loads, so that a bad destination fails fast (an unknown host included).
         outputs = build_outputs(config)
@@ -196,10 +190,6 @@ def build_outputs(config: ServeConfig) -> list[Any]:
     """The frame outputs the config asks for (Live Link Face, VMC), each with its socket open.
 
     Raises OutputConfigError (a bad HOST:PORT, an unknown host) with a message for the user."""
-    from ksdiff_runtime.outputs.livelink import LiveLinkOutput
-    from ksdiff_runtime.outputs.udp import OutputConfigError
-    from ksdiff_runtime.outputs.vmc import VmcOutput
-
     outputs: list[Any] = []
     try:
         if config.livelink:
@@ -221,8 +211,6 @@ def _close_outputs(outputs: list[Any]) -> None:
 
 
 def _open_mic(config: ServeConfig) -> Any:
-    from .sources import MicSource, SourceError
-
     device: int | str | None = config.device or None
     if isinstance(device, str) and device.isdigit():
         device = int(device)

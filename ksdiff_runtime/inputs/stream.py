@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
-from ksdiff_runtime.audio.guards import sanitize
 from ksdiff_runtime.engine.stream import MAX_GAP_S
+from ksdiff_runtime.inputs.guards import sanitize
 from ksdiff_runtime.motion import SAMPLE_RATE
 from ksdiff_sdk import protocol
 

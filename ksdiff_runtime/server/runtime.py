@@ -38,13 +38,12 @@ import zmq
 from ksdiff_runtime import __version__, motion
 from ksdiff_runtime.engine.engine import StepResult, StreamingEngine
 from ksdiff_runtime.engine.stream import Frame
+from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError, InputStream
 from ksdiff_sdk import Frame as SdkFrame
 from ksdiff_sdk import protocol
 
-from .inputs import AudioFormat, BadAudioError, InputStream
-
 if TYPE_CHECKING:
-    from .sources import Source
+    from ksdiff_runtime.sources import Source
 
 
 class FrameOutput(Protocol):
@@ -60,7 +59,7 @@ class FrameOutput(Protocol):
 
     def close(self) -> None: ...
 
-log = logging.getLogger("ksdiff_runtime.serve")
+log = logging.getLogger("ksdiff_runtime.server")
 
 PUBLISH_QUEUE_FRAMES = 4096  # frames waiting for the io thread before new ones are dropped
 PUB_SNDHWM = 10_000  # per subscriber: ~20 s of 8 streams at 60 fps before ZeroMQ drops for it
@@ -88,7 +87,7 @@ def build_engine(
     small, and a second spinning worker fights the front-end and io threads for the cores
     (docs/SERVE.md: with one of 2 cores busy, p95 126 ms capture-to-publish with 1 thread, 287 ms with 2)."""
     from ksdiff_runtime.backends import load_backend
-    from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT
+    from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
     loaded = load_backend(backend, checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=threads)
     engine = StreamingEngine(loaded, preset, fps=fps, stream_timeout_s=idle_timeout_s)

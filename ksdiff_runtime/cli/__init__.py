@@ -1,0 +1,93 @@
+"""The `ksdiff-runtime` command line: the one place the runtime's jobs are exposed as commands.
+
+The library (sources, inputs, engine, backends, outputs, server) knows nothing of argparse; each
+command here reads its flags and calls it. ``COMMANDS`` lists every command with its one-line
+help, so ``ksdiff-runtime --help`` needs no heavy import; only the chosen command's module is
+imported (``configure_<command>`` adds its flags and sets ``func``), so ``serve`` does not pay
+for torch and a light install (no torch) still runs every command that does not train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ksdiff_runtime.backends.base import BackendError
+from ksdiff_runtime.inputs.guards import AudioInputError
+from ksdiff_runtime.model.config import CheckpointError
+
+# (command, module under ksdiff_runtime.cli, one-line help)
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("serve", "serve", "run the runtime: mic, files and SDK pushes in, ARKit frames out over ZeroMQ"),
+    ("devices", "devices", "list the audio input devices (microphones) the runtime can record from"),
+    ("keys", "keys", "make CurveZMQ key pairs for serving beyond this machine (server and clients)"),
+    ("bake", "bake", "animate a speech file offline to CSV (Live Link Face layout) or JSON"),
+    ("demo", "demo", "run serve on the bundled sample speech with an SDK client; print fps and latency, plot"),
+    ("export", "export", "export the model to ONNX (for the onnxruntime and tensorrt backends)"),
+    ("corpus", "training", "generate the synthetic training corpus (espeak-ng speech + procedural teacher)"),
+    ("train", "training", "train KSDiff on the generated corpus (resumable)"),
+    ("eval", "training", "evaluate a checkpoint on the held-out split (table, JSON, plot)"),
+    ("eval-stream", "training", "held-out metrics through the streaming engine against whole-clip animation"),
+    ("frontend-study", "training", "measure how much lookahead / left context the phoneme recogniser needs"),
+    ("frontend-probe", "training", "compare acoustic front-ends on the held-out split with a linear probe"),
+    ("teacher-plot", "training", "plot the procedural teacher's curves for one sentence"),
+)
+# what a command's module needs that a light install (no torch) lacks
+NEEDS_TRAINING_EXTRAS = "this command needs the training extras: pip install 'ksdiff-runtime[train]'"
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ksdiff-runtime",
+        description="Speech-driven facial animation (KSDiff) for game engines and VTubing apps.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for command, module_name, help_text in COMMANDS:
+        p = sub.add_parser(command, help=help_text, description=help_text)
+        if command == chosen:
+            _configure(p, command, module_name)
+    return parser
+
+
+def _configure(p: argparse.ArgumentParser, command: str, module_name: str) -> None:
+    try:
+        module = importlib.import_module(f"ksdiff_runtime.cli.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("torch", "onnx", "onnxscript", "matplotlib", "tqdm"):
+            raise
+        missing = exc.name
+
+        def unavailable(args: argparse.Namespace) -> int:
+            print(f"error: {command}: {missing} is not installed; {NEEDS_TRAINING_EXTRAS}", file=sys.stderr)
+            return 2
+
+        p.set_defaults(func=unavailable)
+        return
+    getattr(module, "configure_" + command.replace("-", "_"))(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (AudioInputError, BackendError, CheckpointError) as exc:
+        # user errors (a bad input file or checkpoint): the message names the file; no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""`ksdiff-runtime bake`: a speech file -> an animation file (CSV or JSON), plus an optional plot.
+
+The CSV is laid out like a Live Link Face recording and the JSON carries the same frames with
+their audio time and canonical names (``ksdiff_runtime.outputs.files``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ksdiff_runtime import motion
+from ksdiff_runtime.assets import SAMPLE_SPEECH
+from ksdiff_runtime.backends import load_backend
+from ksdiff_runtime.engine.offline import animate, clip_inputs
+from ksdiff_runtime.inputs.guards import load_audio
+from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
+from ksdiff_runtime.outputs import files
+
+log = logging.getLogger(__name__)
+
+def configure_bake(p: argparse.ArgumentParser) -> None:
+    p.description = ("Bake a speech file to facial animation: 52 ARKit blendshapes, head rotation and gaze "
+        "per frame, timed on the audio clock. The output format follows the extension (.csv or .json).")
+    p.add_argument("input", type=Path, nargs="?", default=SAMPLE_SPEECH,
+                   help="speech file (wav/flac/ogg; any rate, any channels); default: the bundled sample")
+    p.add_argument("-o", "--output", type=Path, required=True, help="out.csv or out.json")
+    p.add_argument("--text", help="transcript of the line (optional; improves articulation when known)")
+    p.add_argument("--plot", type=Path, help="also write a PNG plot of the main curves")
+    p.add_argument("--fps", type=int, default=motion.FPS, help=f"output frame rate (default {motion.FPS})")
+    p.add_argument("--steps", type=int, default=4, help="DDIM denoising steps (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same animation)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
+    p.add_argument("--backend", default="auto", help="inference backend: auto (tensorrt > torch-cuda > "
+                   "onnxruntime-cpu), torch, torch-cpu, torch-cuda, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, "
+                   "tensorrt")
+    p.set_defaults(func=run_bake)
+
+
+def run_bake(args: argparse.Namespace) -> int:
+    suffix = args.output.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise SystemExit(f"error: output {args.output} must end in .csv or .json")
+    if args.fps <= 0:
+        raise SystemExit("error: --fps must be positive")
+    audio, report = load_audio(args.input)
+    if report.n_nonfinite or report.n_clipped:
+        log.warning("%s: %d non-finite and %d clipped samples were sanitised", args.input, report.n_nonfinite,
+                    report.n_clipped)
+    text = args.text
+    if text is None and args.input == SAMPLE_SPEECH:
+        text = SAMPLE_SPEECH.with_suffix(".txt").read_text().strip()
+    backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True)
+    started = time.perf_counter()
+    anim = animate(backend, [clip_inputs(backend, audio, text)], steps=args.steps, seeds=[args.seed])[0]
+    elapsed = time.perf_counter() - started
+    blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps).clip(0.0, 1.0)
+    head = files.resample_frames(anim.head, motion.FPS, args.fps)
+    gaze = motion.gaze_from_blendshapes(blendshapes)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        files.write_csv(args.output, blendshapes, head, gaze, args.fps)
+    else:
+        files.write_json(args.output, blendshapes, head, gaze, args.fps, str(args.input))
+    duration = len(audio) / motion.SAMPLE_RATE
+    print(f"baked {args.input} ({duration:.2f} s) -> {args.output}: {len(blendshapes)} frames at {args.fps} fps "
+          f"in {elapsed:.2f} s ({duration / max(elapsed, 1e-9):.1f}x real time)")
+    if args.plot:
+        plot_curves(args.plot, audio, blendshapes, head, args.fps, f"{args.input.name} ({args.steps} DDIM steps)")
+        print(f"plot -> {args.plot}")
+    return 0
+
+
+def plot_curves(path: Path, audio: np.ndarray, blendshapes: np.ndarray, head: np.ndarray, fps: int,
+                title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(len(blendshapes)) / fps
+    fig, axes = plt.subplots(4, 1, figsize=(11, 9), sharex=True)
+    axes[0].plot(np.arange(len(audio)) / motion.SAMPLE_RATE, audio, color="0.4", lw=0.5)
+    axes[0].set_ylabel("audio")
+    axes[0].set_title(title)
+    for name in ("jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthSmileLeft"):
+        axes[1].plot(t, blendshapes[:, motion.index(name)], label=name, lw=1.2)
+    axes[1].plot(t, motion.lip_aperture(blendshapes), "k:", label="lip aperture", lw=1)
+    axes[1].set_ylabel("mouth")
+    axes[1].legend(fontsize=7, ncol=3)
+    for name in ("eyeBlinkLeft", "browInnerUp", "browOuterUpLeft", "cheekSquintLeft"):
+        axes[2].plot(t, blendshapes[:, motion.index(name)], label=name, lw=1.2)
+    axes[2].set_ylabel("eyes / brows")
+    axes[2].legend(fontsize=7, ncol=2)
+    for k, name in enumerate(motion.HEAD_ROTATION):
+        axes[3].plot(t, np.rad2deg(head[:, k]), label=name, lw=1.2)
+    axes[3].set_ylabel("head (deg)")
+    axes[3].set_xlabel("audio time (s)")
+    axes[3].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,176 @@
+"""Commands that make and judge the model: corpus, train, eval, eval-stream, the front-end studies.
+
+They need the training extras (torch and friends); without them ``ksdiff-runtime`` says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from ksdiff_runtime.backends.select import BACKEND_NAMES
+from ksdiff_runtime.engine.presets import Preset, get_preset
+from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
+from ksdiff_runtime.training import corpus, evaluate, frontend_probe, frontend_study, stream_eval, teacher, train
+
+log = logging.getLogger(__name__)
+
+
+def configure_corpus(p: argparse.ArgumentParser) -> None:
+    p.description = corpus.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--out", default="data/corpus", help="output folder (default: data/corpus)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--train-personas", type=int, default=240, help="training voices (default 240)")
+    p.add_argument("--test-personas", type=int, default=40, help="held-out voices (default 40)")
+    p.add_argument("--clips-per-persona", type=int, default=8, help="train clips per persona (test: 3/4 of it)")
+    p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    p.add_argument("--sample-out", default=None, help="also write a bundled sample wav (+ .txt) here")
+    p.set_defaults(func=run_corpus)
+
+
+def run_corpus(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    if args.sample_out:
+        text = corpus.write_sample(args.sample_out, args.seed)
+        log.info("wrote %s: %s", args.sample_out, text)
+    clips_test = max(1, round(args.clips_per_persona * 3 / 4))
+    manifest = corpus.generate(args.out, args.seed, args.train_personas, args.test_personas, args.clips_per_persona,
+                               clips_test, args.workers)
+    dur = sum(c["duration_s"] for c in manifest["clips"])
+    log.info("wrote %d clips (%.1f min of audio) to %s in %.0f s", len(manifest["clips"]), dur / 60, args.out,
+             time.monotonic() - t0)
+    return 0
+
+
+def configure_train(p: argparse.ArgumentParser) -> None:
+    p.description = ("Train KSDiff on the corpus made by `ksdiff-runtime corpus`. Run again to resume from "
+                     "<out>/last.pt. Uses CUDA when present, the CPU otherwise.")
+    p.add_argument("--config", type=Path, default=None, help="TOML file with [model] and [train] tables")
+    p.add_argument("--corpus", help="corpus folder (overrides the config)")
+    p.add_argument("--out", help="run folder (overrides the config)")
+    p.add_argument("--max-steps", type=int, help="total optimisation steps (overrides the config)")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes, checkpointed")
+    p.add_argument("--batch-size", type=int, help="windows per step (overrides the config)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
+    p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    model_cfg, cfg = train.load_config(args.config)
+    for name in ("corpus", "out", "max_steps", "max_minutes", "batch_size", "device"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(cfg, name, value)
+    train.train(model_cfg, cfg, ship=args.ship)
+    return 0
+
+
+def configure_eval(p: argparse.ArgumentParser) -> None:
+    p.description = ("Score a KSDiff checkpoint against the teacher on held-out voices and sentences: mouth error, "
+                     "bilabial closure, rest in silence, jawOpen correlation, BeatAlign, diversity, style "
+                     "following, KEL keyframe F1; at 50, 4 and 2 DDIM steps, with baselines and ablations.")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint")
+    p.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder")
+    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
+    p.add_argument("--max-clips", type=int, default=0, help="evaluate on at most this many clips (0 = all)")
+    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="where eval.json/.md/.png go")
+    p.add_argument("--ablation", action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help="also score another checkpoint at 4 steps as a row NAME (repeatable)")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    ablations = {}
+    for item in args.ablation:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"error: --ablation takes NAME=CHECKPOINT, got {item!r}")
+        ablations[name] = Path(path)
+    evaluate.evaluate(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, ablations=ablations)
+    return 0
+
+
+def configure_eval_stream(p: argparse.ArgumentParser) -> None:
+    p.description = ("Stream every held-out clip through the engine at once, in random-sized chunks, for each "
+                     "latency preset, and compare mouth, rest, jaw and head metrics with whole-clip animation.")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="model checkpoint")
+    p.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder")
+    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
+    p.add_argument("--max-clips", type=int, default=80, help="evaluate on at most this many clips (0 = all)")
+    p.add_argument("--out", type=Path, default=Path("runs/eval-stream"), help="where stream_quality.json/.md go")
+    p.add_argument("--backend", default="torch-cpu", choices=BACKEND_NAMES, help="backend the streams run on")
+    p.add_argument("--variant", action="append", default=[], metavar="PRESET:FIELD=VALUE,...",
+                   help="score a preset with fields changed instead of the two presets (repeatable), e.g. "
+                   "'low-latency:hop_frames=2,feature_block_frames=2' (how the sweeps in docs/ENGINE.md were run)")
+    p.set_defaults(func=run_eval_stream)
+
+
+def parse_variant(text: str) -> Preset:
+    """'low-latency:hop_frames=2,steps=1' -> that preset with those fields (numbers, or 'none')."""
+    name, _, changes = text.partition(":")
+    preset = get_preset(name)
+    fields: dict[str, object] = {}
+    for item in filter(None, changes.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in {f.name for f in dataclasses.fields(Preset)} or key == "name":
+            raise SystemExit(f"error: --variant {text!r}: {item!r} is not FIELD=VALUE for a preset field")
+        fields[key] = None if value.lower() == "none" else (float(value) if "." in value else int(value))
+    return dataclasses.replace(preset, name=f"{name}[{changes}]" if changes else name, **fields)
+
+
+def run_eval_stream(args: argparse.Namespace) -> int:
+    variants = [parse_variant(v) for v in args.variant] or None
+    stream_eval.stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend,
+                            variants)
+    return 0
+
+
+def configure_frontend_study(p: argparse.ArgumentParser) -> None:
+    p.description = frontend_study.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--corpus", type=Path, default=Path("data/corpus/clips"), help="folder of *.npz clips")
+    p.add_argument("--max-seconds", type=float, default=12.0, help="total speech to evaluate")
+    p.add_argument("--block-ms", type=int, default=100, help="front-end block (default 100 ms)")
+    p.add_argument("--json", type=Path, default=Path("benchmarks/frontend_stability.json"), help="results file")
+    p.add_argument("--plot", type=Path, default=Path("benchmarks/frontend_stability.png"), help="plot file")
+    p.set_defaults(func=run_frontend_study)
+
+
+def run_frontend_study(args: argparse.Namespace) -> int:
+    frontend_study.study(args.corpus, args.max_seconds, args.block_ms, args.json, args.plot)
+    return 0
+
+
+def configure_frontend_probe(p: argparse.ArgumentParser) -> None:
+    p.description = frontend_probe.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder")
+    p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
+    p.add_argument("--left-context-ms", type=int, default=250, help="front-end left context of the cached features")
+    p.add_argument("--lookahead-ms", type=int, default=60, help="front-end lookahead of the cached features")
+    p.add_argument("--max-frames", type=int, default=60_000, help="training frames for the probe")
+    p.add_argument("--wav2vec2-dir", type=Path, help="also probe a local wav2vec2/HuBERT model directory")
+    p.add_argument("--json", type=Path, default=Path("benchmarks/frontend_probe.json"), help="results file")
+    p.set_defaults(func=run_frontend_probe)
+
+
+def run_frontend_probe(args: argparse.Namespace) -> int:
+    frontend_probe.probe_front_ends(args.corpus, args.cache, args.left_context_ms, args.lookahead_ms,
+                                    args.max_frames, args.wav2vec2_dir, args.json)
+    return 0
+
+
+def configure_teacher_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plot", required=True, help="output PNG path")
+    p.add_argument("--text", default="Bob bought a blue map, who knew?", help="the sentence")
+    p.set_defaults(func=run_teacher_plot)
+
+
+def run_teacher_plot(args: argparse.Namespace) -> int:
+    teacher.plot_curves(args.plot, args.text)
+    return 0

@@ -1,0 +1,70 @@
+"""Animation files: a baked line as a CSV laid out like a Live Link Face recording, or as JSON.
+
+The CSV has Timecode, BlendShapeCount, then one column per curve by name, then head and eye
+rotations, with the values of ``livelink.values`` (the same numbers a live Live Link stream
+carries), so tools that import Live Link Face recordings read it. Import by column name, never
+by position. The JSON carries the same frames with their audio time and the canonical names.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ksdiff_runtime import motion
+
+from . import livelink
+
+
+def resample_frames(x: np.ndarray, fps_in: int, fps_out: int) -> np.ndarray:
+    """Frames [T, D] at fps_in -> fps_out by linear interpolation on the audio clock."""
+    if fps_in == fps_out or len(x) == 0:
+        return x
+    duration = len(x) / fps_in
+    t_out = np.arange(round(duration * fps_out)) / fps_out
+    t_in = np.arange(len(x)) / fps_in
+    return np.stack([np.interp(t_out, t_in, x[:, d]) for d in range(x.shape[1])], axis=1).astype(np.float32)
+
+
+def timecode(frame: int, fps: int) -> str:
+    seconds, ff = divmod(frame, fps)
+    minutes, ss = divmod(seconds, 60)
+    hh, mm = divmod(minutes, 60)
+    return f"{hh:02d}:{mm:02d}:{ss:02d}:{ff:02d}.000"
+
+
+def write_csv(path: Path, blendshapes: np.ndarray, head: np.ndarray, gaze: np.ndarray, fps: int) -> None:
+    """Frames [T, 52], [T, 3], [T, 4] as a Live Link Face CSV (the values ``livelink.values`` gives)."""
+    header = ["Timecode", "BlendShapeCount", *livelink.VALUE_NAMES]
+    rows = livelink.values(blendshapes, head, gaze)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i, row in enumerate(rows):
+            w.writerow([timecode(i, fps), len(header) - 2, *(f"{v:.5f}" for v in row)])
+
+
+def write_json(path: Path, blendshapes: np.ndarray, head: np.ndarray, gaze: np.ndarray, fps: int,
+               source: str) -> None:
+    doc = {
+        "source": source,
+        "fps": fps,
+        "blendshape_names": list(motion.BLENDSHAPES),
+        "head_rotation_names": list(motion.HEAD_ROTATION),
+        "head_rotation_units": "radians; pitch + = chin down, yaw + = toward the face's left, roll + = toward "
+        "the right shoulder (see ksdiff_runtime/motion.py)",
+        "gaze_names": list(motion.GAZE),
+        "frames": [
+            {
+                "t_audio": round(i / fps, 6),
+                "blendshapes": [round(float(v), 5) for v in blendshapes[i]],
+                "head": [round(float(v), 5) for v in head[i]],
+                "gaze": [round(float(v), 5) for v in gaze[i]],
+            }
+            for i in range(len(blendshapes))
+        ],
+    }
+    path.write_text(json.dumps(doc))

@@ -1,1 +1,0 @@
-"""`ksdiff-runtime serve`: the runtime server, its audio inputs and sources."""
