@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import resource
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
@@ -56,9 +56,7 @@ BAKE_TARGET_RTF = 20.0  # on a 2-core CPU
 BAKE_STEPS = 4
 BATCH_CLIPS = 16
 
-CAPTURE_BLOCK_SAMPLES = 160  # 10 ms at 16 kHz: what a sound card hands over at a time
 LOOP_SILENCE_S = 0.5  # between loops of the sample, so the engine also sees pauses
-END_TOPIC = b"bench/end"  # the publisher's last message: the subscriber stops on it, no timing guesswork
 
 
 
@@ -414,287 +412,106 @@ def gpu_memory_report(label: str, used_before: float | None) -> dict[str, float]
 
 
 # --- end-to-end latency ------------------------------------------------------------------------------
-class TimedFrontEnd:
-    """The engine's front-end, counting the time spent in it (to split a tick's compute)."""
+def run_latency(backend_name: str, checkpoint: Path, preset_name: str, seconds: float, discard_s: float = 1.0,
+                show_progress: bool = True, streams: int = 1, out_dir: Path = Path("runs/bench")) -> dict[str, Any]:
+    """Live streams through the real runtime: ``ksdiff-runtime serve`` in its own process plays the bundled
+    speech in real time from files (10 ms blocks, as a sound card delivers them; each stream from another
+    place in the speech), and a subscriber in this process receives every frame over ZeroMQ.
 
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.ns = 0
+    Latency per frame = the runtime's capture-to-publish time (published_ns - captured_ns) and the
+    capture-to-receive time (with the transport to another process)."""
+    from ksdiff_runtime.engine.presets import get_preset
+    from ksdiff_runtime.inputs.guards import load_audio
 
-    def __getattr__(self, name: str) -> Any:  # everything else (dim, config, ...) is the inner front-end's
-        return getattr(self.inner, name)
+    from .live import ServeProcess, Subscriber, pcts, stream_figures
 
-    def range_samples(self, f0: int, f1: int) -> tuple[int, int]:
-        return self.inner.range_samples(f0, f1)
-
-    def range_features(self, audio: np.ndarray, f0: int, f1: int, offset: int = 0) -> np.ndarray:
-        t0 = time.perf_counter_ns()
-        try:
-            return self.inner.range_features(audio, f0, f1, offset=offset)
-        finally:
-            self.ns += time.perf_counter_ns() - t0
-
-
-class TimedBackend:
-    """A backend, counting the time spent in its graphs."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.constants = inner.constants
-        self.ns = 0
-
-    def __getattr__(self, name: str) -> Any:  # e.g. TensorRT's max_batch, which the engine reads
-        return getattr(self.inner, name)
-
-    def condition(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        t0 = time.perf_counter_ns()
-        try:
-            return self.inner.condition(feeds)
-        finally:
-            self.ns += time.perf_counter_ns() - t0
-
-    def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        t0 = time.perf_counter_ns()
-        try:
-            return self.inner.denoise(feeds)
-        finally:
-            self.ns += time.perf_counter_ns() - t0
-
-
-def encode_frame(frame, seq: int, fps: int, lookahead_ms: float, compute_ms: float) -> tuple[bytes, bytes]:
-    """(topic, payload) of a frame in the wire protocol, as the runtime publishes it."""
-    from ksdiff_sdk import protocol
-
-    gaze = motion.gaze_from_blendshapes(frame.blendshapes)
-    return protocol.encode_frame(frame.stream_id, seq, frame.index, fps, frame.t_audio, frame.blendshapes,
-                                 frame.head, gaze, frame.captured_ns, time.monotonic_ns(), lookahead_ms, compute_ms,
-                                 frame.last)
+    preset = get_preset(preset_name)
+    audio, _ = load_audio(SAMPLE_SPEECH)
+    loop = looped_speech(audio)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(streams):
+        path = out_dir / f"live-{i}.wav"
+        sf.write(str(path), np.roll(loop, -i * 4000), motion.SAMPLE_RATE, subtype="FLOAT")
+        files.append(path)
+    args = ["--backend", backend_name, "--preset", preset_name, "--checkpoint", str(checkpoint), "--loop",
+            "--no-admission", *(a for f in files for a in ("--file", str(f)))]
+    sub = Subscriber()
+    serve = ServeProcess(args, out_dir / f"serve-{preset_name}.log").start(sub)
+    try:
+        t0 = time.monotonic_ns()
+        bar = progress(round(seconds + discard_s), f"latency {preset_name}", "s") if show_progress else None
+        for _ in range(round(seconds + discard_s)):
+            time.sleep(1.0)  # the run's length: real time passing, not synchronisation
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        t1 = time.monotonic_ns()
+    finally:
+        serve.stop()
+        sub.close()
+    per_stream = {sid: stream_figures(r, t0 + int(discard_s * 1e9), t1) for sid, r in sorted(sub.streams.items())}
+    if not per_stream:
+        raise RuntimeError(f"no frames received; see {serve.log_path}")
+    start = t0 + int(discard_s * 1e9)
+    lat, wire, compute = [], [], []
+    for r in sub.streams.values():
+        recv, captured = np.frombuffer(r.recv_ns, np.int64), np.frombuffer(r.captured_ns, np.int64)
+        published = np.frombuffer(r.published_ns, np.int64)
+        keep = (recv >= start) & (recv < t1) & (captured >= 0)
+        lat.append((published[keep] - captured[keep]) / 1e6)
+        wire.append((recv[keep] - published[keep]) / 1e6)
+        compute.append(np.frombuffer(r.compute_ms, np.float32)[keep])
+    kept, wire, compute = np.concatenate(lat), np.concatenate(wire), np.concatenate(compute)
+    received = sum(f["frames"] for f in per_stream.values())
+    return {
+        "backend": backend_name,
+        "preset": preset_name,
+        "streams": streams,
+        "seconds": seconds,
+        "discarded_s": discard_s,
+        "how": "ksdiff-runtime serve in its own process playing the sample in real time from files (10 ms blocks); "
+               f"a SUB in another process over tcp://127.0.0.1; wire protocol v{protocol_version()}",
+        "ready_s": round(serve.ready_s, 2),
+        "latency_ms": pcts(kept, (50, 95, 99)),
+        "latency_samples_ms": [round(float(x), 2) for x in kept],  # for the histogram
+        "budget": {
+            "hop_ms": round(preset_hop_ms(preset), 3),
+            "preset_wait_ms": round(preset.latency_budget_ms(), 3),
+            "deadline_ms": round(preset.deadline_ms(), 3),
+            "compute_per_round_ms": pcts(compute, (50, 95)),
+            "wire_ms": pcts(wire, (50, 95)),  # published -> received and decoded in another process
+        },
+        "per_stream": {sid: {k: v for k, v in f.items() if k != "latency_by_window"} for sid, f in per_stream.items()},
+        "frames_received": int(received),
+        "seq_gaps": sum(f["seq_gaps"] for f in per_stream.values()),
+        "kept_up": all(f["seq_gaps"] == 0 for f in per_stream.values()),
+        "kept_up_rule": "every frame of every stream published (no seq gap: nothing shed to meet a deadline)",
+    }
 
 
 def looped_speech(audio: np.ndarray) -> np.ndarray:
     return np.concatenate([audio, np.zeros(round(LOOP_SILENCE_S * motion.SAMPLE_RATE), np.float32)])
 
 
-def run_latency(backend, preset_name: str, audio: np.ndarray, seconds: float, discard_s: float = 1.0,
-                show_progress: bool = True, streams: int = 1) -> dict[str, Any]:
-    """Live streams in real time: feeder thread -> engine thread -> ZeroMQ (loopback TCP) -> subscriber thread.
-
-    Latency per frame = receive time - capture time of the audio instant the frame animates. With
-    ``streams`` > 1 every stream gets the speech from another place, in the same 10 ms blocks.
-    """
-    import zmq
-
-    from ksdiff_runtime.engine.engine import StreamingEngine
-    from ksdiff_runtime.engine.presets import get_preset
-    from ksdiff_runtime.features.frontend import make_front_end
+def protocol_version() -> str:
     from ksdiff_sdk import protocol
 
-    preset = get_preset(preset_name)
-    cfg = backend.constants.cfg
-    timed_fe = TimedFrontEnd(make_front_end(preset.front_end_config(cfg.front_end)))
-    timed_be = TimedBackend(backend)
-    engine = StreamingEngine(timed_be, preset, front_end=timed_fe, stream_timeout_s=max(60.0, 2 * seconds))  # type: ignore[arg-type]
-    loop = looped_speech(audio)
-
-    # Warm-up outside the clock: the recogniser's and the backend's first calls allocate and plan.
-    engine.warm_up()
-
-    ctx = zmq.Context()
-    # XPUB is a PUB socket that also hands us subscriptions: receiving the subscriber's tells us it is
-    # connected, so no frame is lost to the slow-joiner race and nothing sleeps to wait for it.
-    pub = ctx.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # never drop frames on a full queue: a drop would hide latency
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, 0)
-    sub.connect(f"tcp://127.0.0.1:{port}")
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    if not pub.poll(10_000):
-        raise RuntimeError("the ZeroMQ subscriber did not connect within 10 s")
-    pub.recv()  # the subscription message
-
-    sids = [engine.open_stream(f"bench-{i}") for i in range(streams)]
-    wait_ms = preset.latency_budget_ms()  # the frame message's lookahead_ms
-    feeder_done = threading.Event()
-    abort = threading.Event()
-    errors: list[BaseException] = []
-    # (recv_ns, captured_ns, engine's emitted_ns, published_ns, t_audio) per received frame
-    received: list[tuple[int, int, int, int, float]] = []
-    # the engine's emitted_ns is not on the wire: the subscriber looks it up by (stream, seq)
-    emitted: dict[tuple[str, int], int] = {}
-    # (start ns, step ms, front-end ms, model ms, ticks) of the steps that computed hops
-    steps: list[tuple[int, float, float, float, int]] = []
-    counts = {"chunks": 0, "frames_sent": 0, "no_capture_time": 0}
-    t0 = time.monotonic_ns() + 20_000_000  # the simulated capture starts 20 ms from now
-    t_end = t0 + int(seconds * 1e9)
-
-    def feeder() -> None:
-        # A sound card: chunk k's last sample is captured at t0 + (k + 1) * 10 ms and delivered then.
-        try:
-            k = 0
-            while not abort.is_set():
-                due = t0 + (k + 1) * CAPTURE_BLOCK_SAMPLES * 1_000_000_000 // motion.SAMPLE_RATE
-                if due > t_end:
-                    break
-                wait = due - time.monotonic_ns()
-                if wait > 0:
-                    time.sleep(wait / 1e9)  # the pacing being simulated, not synchronisation
-                for i, sid in enumerate(sids):
-                    idx = (k * CAPTURE_BLOCK_SAMPLES + i * 4000 + np.arange(CAPTURE_BLOCK_SAMPLES)) % loop.size
-                    engine.push(sid, loop[idx], at_sample=k * CAPTURE_BLOCK_SAMPLES, captured_ns=due)
-                k += 1
-            counts["chunks"] = k
-        except BaseException as exc:
-            errors.append(exc)
-            abort.set()
-        finally:
-            feeder_done.set()
-
-    def engine_loop() -> None:
-        # The stream is never ended: ending would flush the last frames without waiting for lookahead,
-        # which is not what a live stream sees. It stops once the fed audio has been consumed.
-        try:
-            while not abort.is_set():
-                if not engine.wait_for_audio(0.05):
-                    if feeder_done.is_set():
-                        break
-                    continue
-                fe0, be0 = timed_fe.ns, timed_be.ns
-                s0 = time.perf_counter_ns()
-                result = engine.step()
-                s1 = time.perf_counter_ns()
-                if result.failed:
-                    raise RuntimeError(f"stream failed: {result.failed}")
-                if result.hops:
-                    steps.append((time.monotonic_ns(), (s1 - s0) / 1e6, (timed_fe.ns - fe0) / 1e6,
-                                  (timed_be.ns - be0) / 1e6, result.ticks))
-                for frame in result.frames:
-                    if frame.captured_ns is None:
-                        counts["no_capture_time"] += 1
-                        continue
-                    seq = counts["frames_sent"]
-                    emitted[(frame.stream_id, seq)] = frame.emitted_ns
-                    pub.send_multipart(encode_frame(frame, seq, engine.fps, wait_ms, (s1 - s0) / 1e6))
-                    counts["frames_sent"] += 1
-        except BaseException as exc:
-            errors.append(exc)
-            abort.set()
-        finally:
-            pub.send_multipart([END_TOPIC, b""])
-
-    def subscriber() -> None:
-        try:
-            while True:
-                if not sub.poll(200):
-                    if abort.is_set():
-                        break
-                    continue
-                topic, payload = sub.recv_multipart()
-                now = time.monotonic_ns()  # first thing after the message arrives
-                if topic == END_TOPIC:
-                    break
-                d = protocol.decode(payload)  # validated, as a client would
-                received.append((now, d["captured_ns"], emitted[(d["stream"], d["seq"])], d["published_ns"],
-                                 d["t_audio"]))
-        except BaseException as exc:
-            errors.append(exc)
-            abort.set()
-
-    threads = [threading.Thread(target=f, name=f"bench-{f.__name__}", daemon=True)
-               for f in (subscriber, engine_loop, feeder)]
-    for t in threads:
-        t.start()
-    bar = progress(round(seconds), f"latency {preset_name}", "s") if show_progress else None
-    shown = 0
-    while threads[2].is_alive():
-        threads[2].join(0.5)
-        if bar is not None:
-            done = min(round(seconds), int((time.monotonic_ns() - t0) / 1e9))
-            bar.update(done - shown)
-            shown = done
-    for t in threads[:2]:
-        t.join(60)
-    if bar is not None:
-        bar.close()
-    pub.close(linger=0)
-    sub.close(linger=0)
-    ctx.term()
-    if errors:
-        raise RuntimeError(f"latency run failed: {errors[0]!r}") from errors[0]
-
-    audio_s = counts["chunks"] * CAPTURE_BLOCK_SAMPLES / motion.SAMPLE_RATE
-    start_ns = t0 + int(discard_s * 1e9)
-    kept = [r for r in received if r[1] >= start_ns]
-    latency = [(r[0] - r[1]) / 1e6 for r in kept]
-    transport = [(r[0] - r[2]) / 1e6 for r in kept]
-    wire = [(r[0] - r[3]) / 1e6 for r in kept]
-    kept_steps = [st for st in steps if st[0] >= start_ns]
-    step_ms = [st[1] for st in kept_steps]
-    step_fe = [st[2] for st in kept_steps]
-    step_model = [st[3] for st in kept_steps]
-    hop_ms = preset_hop_ms(preset)
-    # how far the frames trailed the audio when the feeder stopped (after that the engine drains the
-    # backlog, so the last frame overall says nothing about keeping up)
-    last_t = max((r[4] for r in received if r[0] <= t_end), default=0.0)
-    lag_ms = 1000 * (audio_s - last_t)
-    quarters = [float(np.median(q)) for q in np.array_split(np.asarray(latency), 4)] if len(latency) >= 4 else []
-    # kept up: the newest frame trails the newest audio by no more than what the preset waits for,
-    # one hop and 100 ms of compute; falling behind shows as a lag that grows with the run's length
-    kept_up = lag_ms <= preset.latency_budget_ms() + hop_ms + 100.0
-    return {
-        "backend": backend.name,
-        "preset": preset_name,
-        "streams": streams,
-        "seconds": seconds,
-        "discarded_s": discard_s,
-        "transport": f"wire protocol v{protocol.PROTOCOL_MAJOR}.{protocol.PROTOCOL_MINOR} frames (msgpack) over "
-                     f"ZeroMQ XPUB/SUB, tcp://127.0.0.1 (ephemeral port {port})",
-        "latency_ms": pcts(latency, (50, 95, 99)) | {"max": round(max(latency), 3) if latency else None},
-        "latency_samples_ms": [round(x, 2) for x in latency],  # for the histogram
-        "budget": {
-            "hop_ms": round(hop_ms, 3),
-            "model_lookahead_ms": round(1000 * preset.model_lookahead_frames / motion.FPS, 3),
-            "feature_lookahead_ms": preset.feature_lookahead_ms,
-            "feature_group_ms": round(1000 * preset.feature_block_frames / motion.FPS, 3),
-            "capture_block_ms": 1000 * CAPTURE_BLOCK_SAMPLES / motion.SAMPLE_RATE,
-            "preset_wait_ms": round(preset.latency_budget_ms(), 3),
-            "compute_per_step_ms": pcts(step_ms, (50, 95)),
-            "front_end_per_step_ms": pcts(step_fe, (50, 95)),
-            "model_per_step_ms": pcts(step_model, (50, 95)),
-            "transport_ms": pcts(transport, (50, 95)),  # engine emitted -> received
-            "wire_ms": pcts(wire, (50, 95)),  # published (after encoding) -> received and decoded
-        },
-        "ticks_per_step": pcts([st[4] for st in kept_steps], (50, 99)),
-        "audio_seconds": round(audio_s, 3),
-        "frames_sent": counts["frames_sent"],
-        "frames_received": len(received),
-        "frames_without_capture_time": counts["no_capture_time"],
-        "frames_per_audio_second": round(len(received) / streams / audio_s, 3) if audio_s else None,
-        "lag_at_end_ms": round(lag_ms, 1),
-        "latency_p50_by_quarter_ms": [round(q, 1) for q in quarters],  # rising: the engine falls behind
-        "kept_up": bool(kept_up),
-        "kept_up_rule": "lag_at_end_ms (audio fed - newest frame received when the feeder stopped) <= "
-                        "preset_wait_ms + hop_ms + 100",
-    }
+    return f"{protocol.PROTOCOL_MAJOR}.{protocol.PROTOCOL_MINOR}"
 
 
 def bench_latency(backend_name: str, checkpoint: Path, presets: list[str], s: Settings, streams: int = 1,
                   ) -> dict[str, Any]:
-    from ksdiff_runtime.backends import load_backend
-    from ksdiff_runtime.inputs.guards import load_audio
-
-    backend = load_backend(backend_name, checkpoint)
-    audio, _ = load_audio(SAMPLE_SPEECH)
-    out: dict[str, Any] = {"backend": backend.name, "target": {
+    out: dict[str, Any] = {"backend": backend_name, "target": {
         "preset": LATENCY_TARGET_PRESET, "p95_ms_max": LATENCY_TARGET_P95_MS, "on": "a 2-core CPU"}}
     for name in presets:
-        out[name] = run_latency(backend, name, audio, s.seconds, s.discard_s, streams=streams)
+        out[name] = run_latency(backend_name, checkpoint, name, s.seconds, s.discard_s, streams=streams)
     if LATENCY_TARGET_PRESET in out:
         p95 = out[LATENCY_TARGET_PRESET]["latency_ms"]["p95"]
         out["target"]["p95_ms"] = p95
         out["target"]["pass"] = bool(p95 is not None and p95 <= LATENCY_TARGET_P95_MS)
-        out["target"]["comparable_device"] = cpu_cores() == 2 and not backend.name.endswith(("cuda", "tensorrt"))
+        out["target"]["comparable_device"] = cpu_cores() == 2 and not backend_name.endswith(("cuda", "tensorrt"))
     return out
 
 
@@ -786,7 +603,7 @@ def state_bytes(state) -> int:
     for value in vars(state).values():
         if isinstance(value, np.ndarray):
             total += value.nbytes
-    total += 16 * len(getattr(state, "_captures", ()))  # two ints per recent chunk
+    total += 16 * len(getattr(state, "_arrivals", ()))  # two ints per recent chunk
     return total
 
 
@@ -802,14 +619,11 @@ def bench_stream_memory(backend_name: str, checkpoint: Path, s: Settings, preset
     backend = load_backend(backend_name, checkpoint)
     preset = get_preset(preset_name)
     n, seconds = s.memory_streams, s.memory_seconds
-    engine = StreamingEngine(backend, preset, stream_timeout_s=3600)
+    engine = StreamingEngine(backend, preset, idle_timeout_s=3600)
     speech = load_speech(backend.constants.cfg, engine.front_end)
     audio = speech.audio
     sample_windows(backend, window_batch(backend.constants, preset, speech, n, np.random.default_rng(0)), preset.steps)
-    warm = engine.open_stream("warm-up")
-    engine.push(warm, audio[: motion.SAMPLE_RATE])
-    engine.end_stream(warm)
-    engine.step()
+    engine.warm_up(audio)
     gc.collect()
     before = rss_mib()
     loop = looped_speech(audio)
@@ -821,12 +635,13 @@ def bench_stream_memory(backend_name: str, checkpoint: Path, s: Settings, preset
         for i, sid in enumerate(sids):
             start = (k * chunk + i * 4000) % loop.size  # streams at different places in the speech
             engine.push(sid, loop[(start + np.arange(chunk)) % loop.size])
-        engine.step()
+        while engine.has_work():
+            engine.step()
         bar.update(1)
     bar.close()
     gc.collect()
     after = rss_mib()
-    arrays = [state_bytes(engine._streams[sid]) for sid in sids]  # reading, not changing, engine state
+    arrays = [state_bytes(engine.sessions.get(sid).state) for sid in sids]  # reading, not changing, engine state
     return {
         "backend": backend.name, "preset": preset_name, "streams": n, "seconds_per_stream": seconds,
         "rss_before_mib": round(before, 1), "rss_after_mib": round(after, 1),

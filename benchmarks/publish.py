@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zmq
 
-from ksdiff_sdk import protocol, schema
+from ksdiff_sdk import Frame, protocol, schema
 
 if TYPE_CHECKING:
     from ksdiff_runtime.engine.engine import StepResult
@@ -82,118 +82,89 @@ CDF_QUANTILES = (*range(0, 100), 99.5, 99.9, 100)  # the latency CDF kept in the
 
 # --- the synthetic engine --------------------------------------------------------------------------
 class _NoLookahead:
-    """The preset stand-in: the Runtime reads ``preset.lookahead_ms()`` into every frame."""
+    """The preset stand-in: frames carry ``preset.lookahead_ms()``."""
 
     def lookahead_ms(self) -> float:
         return 0.0
 
 
-@dataclass
-class _SyntheticStream:
-    index: int = 0  # the next frame's index
-    ending: bool = False  # end_stream was called: the next frame is the last
-
-
 class SyntheticEngine:
-    """The StreamingEngine interface the Runtime uses, without a model: one frame per open
-    stream every 1/fps s on a monotonic grid, each stream ending after ``frames_per_stream``.
+    """The StreamingEngine interface the Runtime uses, without a model: one frame per open stream
+    every 1/fps s on a monotonic grid, each stream ending after ``frames_per_stream``.
 
-    ``captured_ns`` and ``emitted_ns`` of a frame are the instant ``step()`` made it, so the
-    published frame's ``published_ns - captured_ns`` is the runtime's own hand-over hop."""
+    Streams live in the same registry a real engine uses (``ksdiff_runtime.sessions``), opened and
+    ended by the Runtime. A frame's ``captured_ns`` is the instant ``step()`` made it, so the published
+    frame's ``published_ns - captured_ns`` is the runtime's own hand-over hop."""
 
     def __init__(self, frames_per_stream: int, fps: int = DEFAULT_FPS, seed: int = 0) -> None:
+        from ksdiff_runtime.engine.capacity import Capacity
+        from ksdiff_runtime.sessions import Sessions
+
         if frames_per_stream < 1 or fps < 1:
             raise ValueError("frames_per_stream and fps must be positive")
         self.fps = fps
         self.preset = _NoLookahead()
+        self.sessions = Sessions()
+        self.capacity = Capacity()
+        self.keep_ended = False
         self.frames_per_stream = frames_per_stream
         self.period_ns = round(1e9 / fps)
         self.frames_emitted = 0
         self.tick_late_ns: list[int] = []  # per tick: how long after its scheduled instant it ran
-        self._streams: dict[str, _SyntheticStream] = {}
         self._next_tick_ns: int | None = None  # None: no stream open, no schedule
+        self._index: dict[str, int] = {}  # stream -> its next frame's index
         self._rng = np.random.default_rng(seed)
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
 
-    # --- any thread (the Runtime's io thread opens and ends streams) -----------------------------
-    def open_stream(self, stream_id: str | None = None, seed: int = 0, style: np.ndarray | None = None,
-                    text: str | None = None) -> str:
-        if stream_id is None:
-            raise ValueError("the synthetic engine needs stream ids")  # the Runtime always passes one
-        with self._lock:
-            if stream_id in self._streams:
-                raise ValueError(f"stream {stream_id!r} is already open")
-            self._streams[stream_id] = _SyntheticStream()
-            if self._next_tick_ns is None:  # the first stream starts the clock: its first frame is due now
-                self._next_tick_ns = time.monotonic_ns()
-            self._wake.notify_all()
-        return stream_id
-
-    def push(self, stream_id: str, audio: np.ndarray, at_sample: int | None = None,
-             captured_ns: int | None = None) -> None:
-        """Audio is accepted and ignored: frames come from the schedule, not from audio."""
-        with self._lock:
-            if stream_id not in self._streams:
-                raise KeyError(f"no open stream {stream_id!r}")
-
-    def end_stream(self, stream_id: str) -> None:
-        with self._lock:
-            if stream_id not in self._streams:
-                raise KeyError(f"no open stream {stream_id!r}")
-            self._streams[stream_id].ending = True
-
-    def abort_stream(self, stream_id: str) -> None:
-        with self._lock:
-            self._streams.pop(stream_id, None)
-
-    def wait_for_audio(self, timeout: float | None = None) -> bool:
-        """Block until the next tick is due (True) or the timeout passes (False)."""
-        with self._wake:
-            if self._next_tick_ns is None:
-                self._wake.wait(timeout)  # woken by open_stream
-            if self._next_tick_ns is None:
+    def has_work(self) -> bool:
+        """True once the next tick is due. Until then it waits (at most a tick): this engine's "compute"
+        is the schedule, and the Runtime's engine thread asks this before it waits for audio."""
+        if self._next_tick_ns is None:
+            if not any(not s.finished for s in self.sessions):
                 return False
-            delay_s = (self._next_tick_ns - time.monotonic_ns()) / 1e9
-            if delay_s > 0:
-                self._wake.wait(delay_s if timeout is None else min(timeout, delay_s))
-            return self._next_tick_ns is not None and time.monotonic_ns() >= self._next_tick_ns
+            self._next_tick_ns = time.monotonic_ns()  # the first stream starts the clock
+        delay_ns = self._next_tick_ns - time.monotonic_ns()
+        if delay_ns > 0:
+            time.sleep(min(delay_ns, self.period_ns) / 1e9)  # the engine's own cadence, not synchronisation
+        return time.monotonic_ns() >= self._next_tick_ns
 
-    @property
-    def stream_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._streams)
-
-    def close(self) -> None:
-        pass
-
-    # --- the Runtime's engine thread ---------------------------------------------------------------
     def step(self, now_ns: int | None = None) -> StepResult:
         """Every frame whose tick is due. A late tick is caught up (frames are late, never skipped)."""
         # imported here, not at the top: subscriber processes import this module and must not load torch
-        from ksdiff_runtime.engine.engine import StepResult
-        from ksdiff_runtime.engine.stream import Frame
+        from ksdiff_runtime.engine.engine import Ended, StepResult
 
         result = StepResult()
         now = time.monotonic_ns() if now_ns is None else now_ns
-        with self._lock:
-            while self._next_tick_ns is not None and self._next_tick_ns <= now:
-                self.tick_late_ns.append(now - self._next_tick_ns)
-                for sid, st in list(self._streams.items()):
-                    last = st.ending or st.index + 1 >= self.frames_per_stream
-                    result.frames.append(Frame(
-                        stream_id=sid, index=st.index, t_audio=st.index / self.fps,
-                        blendshapes=self._rng.random(schema.NUM_BLENDSHAPES, dtype=np.float32),
-                        head=self._rng.uniform(-0.2, 0.2, schema.NUM_HEAD).astype(np.float32),
-                        captured_ns=now, emitted_ns=now, last=last,
-                    ))
-                    st.index += 1
-                    if last:
-                        del self._streams[sid]
-                        result.finished.append(sid)
-                self._next_tick_ns = self._next_tick_ns + self.period_ns if self._streams else None
+        live = [s for s, _, _ in self.sessions.take()]
+        if self._next_tick_ns is None and live:
+            self._next_tick_ns = now  # the first stream's first frame is due now
+        while self._next_tick_ns is not None and self._next_tick_ns <= now and live:
+            self.tick_late_ns.append(now - self._next_tick_ns)
+            for session in list(live):
+                index = self._index.get(session.id, 0)
+                last = session.ending or index + 1 >= self.frames_per_stream
+                bs = self._rng.random(schema.NUM_BLENDSHAPES, dtype=np.float32)
+                result.frames.append(Frame(session.id, index, index, self.fps, index / self.fps, bs,
+                                           self._rng.uniform(-0.2, 0.2, schema.NUM_HEAD).astype(np.float32),
+                                           np.zeros(len(schema.GAZE), np.float32), now, 0, 0.0, 0.0, last))
+                self._index[session.id] = index + 1
+                if last:
+                    live.remove(session)
+                    self.sessions.finish(session)
+                    result.ended.append(Ended(session, "ended"))
+            self._next_tick_ns += self.period_ns
+        if not live:
+            self._next_tick_ns = None
+        if not self.keep_ended:
+            for ended in result.ended:
+                self.sessions.remove(ended.session)
         self.frames_emitted += len(result.frames)
         return result
+
+    def final_frame(self, session: object) -> None:
+        return None  # streams of this engine always end with their own last frame
+
+    def close(self) -> None:
+        pass
 
 
 # --- subscribers (worker processes) ------------------------------------------------------------------
@@ -465,7 +436,8 @@ def _measure_runtime(n_subscribers: int, streams: int, fps: int, frames_per_stre
     stream_ids = [f"bench-{i}" for i in range(streams)]
     engine = SyntheticEngine(frames_per_stream, fps)
     tasks_before = _task_cpu()
-    rt = Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0").start()
+    # admission off: the synthetic engine costs nothing, and every stream asked for is what is measured
+    rt = Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", admission=False).start()
     # the runtime's threads: its io and engine threads, and its ZeroMQ context's I/O thread
     runtime_tids = set(_task_cpu()) - set(tasks_before)
     python_names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
@@ -536,7 +508,7 @@ def _measure_floor(n_subscribers: int, streams: int, fps: int, frames_per_stream
                    show_progress: bool) -> dict[str, Any]:
     """The floor: the same frames and subscribers with a bare PUB socket in one thread instead of the
     Runtime. What ZeroMQ and the subscriber processes alone cost on this machine."""
-    from ksdiff_runtime.server.runtime import PUB_SNDHWM
+    from ksdiff_runtime.outputs.zmq import PUB_SNDHWM
 
     stream_ids = [f"bench-{i}" for i in range(streams)]
     ctx = zmq.Context()

@@ -73,8 +73,10 @@ def serve_engine():
 
 @pytest.fixture
 def runtime(serve_engine):
-    """A Runtime on ephemeral loopback ports over the shared engine, stopped after the test."""
+    """A Runtime on ephemeral loopback ports over the shared engine, stopped after the test. Admission is
+    off: these tests are about other behaviour and must not depend on how busy the machine is (admission
+    has tests of its own, tests/test_serve.py)."""
     from ksdiff_runtime.server.runtime import Runtime
 
-    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", admission=False) as rt:
         yield rt

@@ -41,11 +41,11 @@ from ksdiff_runtime.backends.tensorrt_backend import (
     write_sidecar,
 )
 from ksdiff_runtime.backends.torch_backend import TorchBackend
-from ksdiff_runtime.engine.sampling import WindowBatch, sample_windows
+from ksdiff_runtime.engine.sampling import Guidance, WindowBatch, sample_windows
 from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.graphs import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
-from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
+from ksdiff_runtime.model.ksdiff import KSDiff
 
 TINY_MODEL = dict(d_model=32, n_heads=2, denoiser_layers=1, kel_hidden=16, style_dim=8, n_msdc_blocks=1)
 HAS_CUDA = torch.cuda.is_available()

@@ -1,4 +1,5 @@
-"""The streaming engine: chunking never changes frames, streams come and go, bad input is contained."""
+"""The streaming engine: chunking never changes frames, streams come and go, bad input is contained,
+and a stream that falls behind real time sheds frames and catches up instead of drifting."""
 
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ from conftest import TINY_MODEL
 from ksdiff_runtime import motion
 from ksdiff_runtime.backends.torch_backend import TorchBackend
 from ksdiff_runtime.engine.engine import StreamingEngine
-from ksdiff_runtime.engine.presets import PRESETS, Preset
-from ksdiff_runtime.engine.sampling import WindowBatch, sample_windows
+from ksdiff_runtime.engine.presets import MAX_LAG_HOPS, MIN_LAG_MS, PRESETS, Preset
+from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.features.frontend import FrontEndConfig
 from ksdiff_runtime.inputs.guards import AudioInputError
-from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
-from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
+from ksdiff_runtime.inputs.stream import BadAudioError
+from ksdiff_runtime.model.checkpoint import load_model
+from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT, ModelConfig
+from ksdiff_runtime.model.ksdiff import KSDiff
 from ksdiff_runtime.motion import SAMPLE_RATE
+from ksdiff_runtime.sessions import RefusedError
+
+MS = 1_000_000
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +43,18 @@ def shipped_backend() -> TorchBackend:
     return TorchBackend(load_model(DEFAULT_CHECKPOINT))
 
 
+def finish(engine: StreamingEngine, *sids: str, now_ns: int | None = None) -> tuple[list, dict]:
+    """Step until every stream in ``sids`` has ended: (their frames, stream id -> Ended)."""
+    frames, ended = [], {}
+    for _ in range(100_000):
+        if all(s in ended for s in sids):
+            return frames, ended
+        result = engine.step(now_ns)
+        frames += result.frames
+        ended.update({e.session.id: e for e in result.ended})
+    raise AssertionError(f"streams {sids} did not end")
+
+
 def run_stream(engine: StreamingEngine, chunks: list[np.ndarray], seed: int = 0, **open_kw) -> list:
     sid = engine.open_stream(seed=seed, **open_kw)
     frames = []
@@ -45,9 +62,9 @@ def run_stream(engine: StreamingEngine, chunks: list[np.ndarray], seed: int = 0,
         engine.push(sid, c)
         frames += engine.step().frames
     engine.end_stream(sid)
-    result = engine.step()
-    assert sid in result.finished
-    return frames + result.frames
+    rest, ended = finish(engine, sid)
+    assert ended[sid].reason == "ended"
+    return frames + rest
 
 
 def random_chunks(audio: np.ndarray, rng: np.random.Generator, max_size: int) -> list[np.ndarray]:
@@ -61,26 +78,6 @@ def as_arrays(frames: list) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([f.blendshapes for f in frames]), np.stack([f.head for f in frames])
 
 
-def test_sampler_matches_the_models_own_sampling(shipped_backend):
-    model = shipped_backend.model
-    rng = np.random.default_rng(0)
-    B, N, C = 3, 6, model.cfg.motion_context_frames
-    S = model.cfg.encoder_context_frames + N + model.cfg.lookahead_frames
-    batch = WindowBatch(
-        rng.normal(size=(B, S, 231)).astype(np.float32), rng.normal(size=(B, S, 2)).astype(np.float32),
-        rng.uniform(size=(B, C, 52)).astype(np.float32), (rng.normal(size=(B, C, 3)) * 0.1).astype(np.float32),
-        np.array([[1] * C, [0] * C, [0] * 4 + [1] * 4], np.float32), rng.normal(size=(B, N, 55)).astype(np.float32),
-    )
-    t = torch.from_numpy
-    for guidance in (None, Guidance(audio=2.0, style=1.5)):
-        got = sample_windows(shipped_backend, batch, 4, guidance)
-        ref = model.sample_window(t(batch.feats), t(batch.prosody), torch.zeros(B, 1, dtype=torch.long),
-                                  torch.zeros(B), t(batch.prev_expr), t(batch.prev_pose), t(batch.known), None,
-                                  t(batch.noise[..., :52]), t(batch.noise[..., 52:]), 4, guidance)
-        assert np.abs(got.expr - ref["expr"].numpy()).max() < 1e-5
-        assert np.abs(got.pose - ref["pose"].numpy()).max() < 1e-5
-
-
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_same_frames_whether_audio_arrives_whole_or_in_random_chunks(shipped_backend, speech_16k, preset):
     engine = StreamingEngine(shipped_backend, preset)
@@ -89,15 +86,30 @@ def test_same_frames_whether_audio_arrives_whole_or_in_random_chunks(shipped_bac
     # single samples first (the smallest chunk there is), then anything up to 0.3 s
     tiny = [speech_16k[i : i + 1] for i in range(600)]
     chunked = run_stream(engine, tiny + random_chunks(speech_16k[600:], rng, 5000), seed=7)
-    assert len(whole) == len(chunked) == motion.num_frames(speech_16k.size)
+    assert len(whole) == len(chunked) == output_frames(speech_16k.size, motion.FPS)
     (b1, h1), (b2, h2) = as_arrays(whole), as_arrays(chunked)
     assert np.array_equal(b1, b2) and np.array_equal(h1, h2)
     assert [f.index for f in whole] == list(range(len(whole)))
+    assert [f.seq for f in whole] == [f.index for f in whole]
     assert whole[-1].last and not any(f.last for f in whole[:-1])
     # the seed matters: another seed gives other (but still valid) motion
     other, _ = as_arrays(run_stream(engine, [speech_16k], seed=8))
     assert not np.array_equal(b1, other)
     assert b1.min() >= 0.0 and b1.max() <= 1.0 and np.isfinite(h1).all()
+    # gaze is built with the frame, from its own eye weights
+    np.testing.assert_allclose(whole[5].gaze, motion.gaze_from_blendshapes(whole[5].blendshapes))
+
+
+@pytest.mark.parametrize(("samples", "fps"), [(16000, 30), (16500, 30), (16001, 30), (16500, 60), (100, 30), (0, 30)])
+def test_the_tail_of_the_audio_gets_a_frame(tiny_backend, samples, fps):
+    """A stream yields one frame per started frame period: the last partial period is animated too."""
+    engine = StreamingEngine(tiny_backend, "low-latency", fps=fps)
+    audio = (0.1 * np.random.default_rng(0).standard_normal(samples)).astype(np.float32)
+    frames = run_stream(engine, [audio])
+    assert len(frames) == -(-samples * fps // SAMPLE_RATE) == output_frames(samples, fps)
+    if frames:
+        assert frames[-1].t_audio < samples / SAMPLE_RATE and frames[-1].last
+        assert [f.index for f in frames] == list(range(len(frames)))
 
 
 def test_the_mouth_follows_the_voice(shipped_backend, speech_16k):
@@ -119,23 +131,24 @@ def test_batched_streams_get_the_frames_they_would_get_alone(tiny_backend, speec
     frames: dict[str, list] = {i: [] for i in ids}
     rng = np.random.default_rng(0)
     chunks = [random_chunks(speech_16k * g, rng, 3000) for g in (1.0, 0.5)]
-    ticks = 0
+    ticks = hops = 0
     for k in range(max(map(len, chunks))):
         for sid, cs in zip(ids, chunks, strict=True):
             if k < len(cs):
                 engine.push(sid, cs[k])
         result = engine.step()
         ticks += result.ticks
+        hops += result.hops
         for f in result.frames:
-            frames[f.stream_id].append(f)
+            frames[f.stream].append(f)
     for sid in ids:
         engine.end_stream(sid)
-    for f in engine.step().frames:
-        frames[f.stream_id].append(f)
+    rest, _ = finish(engine, *ids)
+    for f in rest:
+        frames[f.stream].append(f)
     for sid, ref in zip(ids, alone, strict=True):
         np.testing.assert_allclose(as_arrays(frames[sid])[0], ref, atol=1e-4)
     # both streams' hops shared inference calls
-    hops = 2 * -(-motion.num_frames(speech_16k.size) // engine.preset.hop_frames)
     assert ticks < hops
 
 
@@ -150,45 +163,61 @@ def test_front_ends_of_many_streams_run_on_threads_with_the_same_features(shippe
     for sid, g in zip(ids, gains, strict=True):
         engine.push(sid, speech_16k * g)
         engine.end_stream(sid)
-    result = engine.step()
+    frames, ended = finish(engine, *ids)
     engine.close()
-    assert sorted(result.finished) == sorted(ids)
+    assert sorted(ended) == sorted(ids)
     for sid, ref in zip(ids, alone, strict=True):
-        got = as_arrays([f for f in result.frames if f.stream_id == sid])[0]
+        got = as_arrays([f for f in frames if f.stream == sid])[0]
         np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_a_round_does_at_most_one_hop_per_stream(tiny_backend, speech_16k):
+    """A stream with seconds of audio queued gets one hop per round, so it never holds up the
+    others (or a stop) for the time its whole backlog takes."""
+    engine = StreamingEngine(tiny_backend, "low-latency")
+    engine.open_stream("ahead")
+    engine.push("ahead", np.tile(speech_16k, 4))  # 6 s at once, not real time
+    engine.open_stream("live")
+    engine.push("live", speech_16k[:3200])
+    result = engine.step()
+    per_stream = {s: sum(f.stream == s for f in result.frames) for s in ("ahead", "live")}
+    assert per_stream == {"ahead": engine.preset.hop_frames, "live": engine.preset.hop_frames}
+    assert result.ticks == 1 and result.hops == 2
 
 
 def test_streams_join_and_leave_at_any_time(tiny_backend, speech_16k):
     engine = StreamingEngine(tiny_backend, "low-latency")
-    a = engine.open_stream("a")
+    engine.open_stream("a")
     engine.push("a", speech_16k[:8000])
     first = engine.step()
-    assert {f.stream_id for f in first.frames} == {"a"}
+    assert {f.stream for f in first.frames} == {"a"}
     b = engine.open_stream("b")
     engine.push(b, speech_16k)
-    engine.push(a, speech_16k[8000:12000])
-    engine.end_stream(a)  # a leaves while b is mid-stream
-    second = engine.step()
-    assert "a" in second.finished and "b" not in second.finished
-    n_a = len([f for f in first.frames + second.frames if f.stream_id == "a"])
-    assert n_a == motion.num_frames(12000)
+    engine.push("a", speech_16k[8000:12000])
+    engine.end_stream("a")  # a leaves while b is mid-stream
+    rest, ended = finish(engine, "a")
+    assert "b" not in ended
+    n_a = len([f for f in first.frames + rest if f.stream == "a"])
+    assert n_a == output_frames(12000, motion.FPS)
     assert engine.stream_ids == ["b"]
     with pytest.raises(KeyError, match="no open stream 'a'"):
         engine.push("a", speech_16k[:100])
-    with pytest.raises(ValueError, match="already open"):
+    with pytest.raises(RefusedError, match="already open"):
         engine.open_stream("b")
+    with pytest.raises(RefusedError, match="bad stream id"):
+        engine.open_stream("..")
 
 
-def test_a_stream_that_stops_without_ending_times_out_and_is_freed(tiny_backend, speech_16k, caplog):
-    engine = StreamingEngine(tiny_backend, "low-latency", stream_timeout_s=5.0)
+def test_a_stream_that_stops_without_ending_times_out_and_ends_with_its_frames(tiny_backend, speech_16k, caplog):
+    engine = StreamingEngine(tiny_backend, "low-latency", idle_timeout_s=5.0)
     engine.open_stream("quiet")
     engine.push("quiet", speech_16k[:4000])
-    engine.open_stream("done")
-    engine.push("done", speech_16k[:4000])
-    engine.end_stream("done")
+    later = time.monotonic_ns() + 6_000_000_000  # 6 s later, without waiting
     with caplog.at_level(logging.WARNING, logger="ksdiff_runtime.engine"):
-        result = engine.step(now_ns=time.monotonic_ns() + 6_000_000_000)  # 6 s later, without waiting
-    assert result.timed_out == ["quiet"] and "done" in result.finished
+        frames, ended = finish(engine, "quiet", now_ns=later)
+    assert ended["quiet"].reason == "timeout"
+    # the audio it had is animated, and its last frame says so
+    assert len(frames) == output_frames(4000, motion.FPS) and frames[-1].last
     assert engine.stream_ids == []
     assert "no audio for" in caplog.text
 
@@ -213,12 +242,10 @@ def test_unusable_input_is_refused_without_touching_other_streams(tiny_backend, 
     engine.open_stream("bad")
     with pytest.raises(AudioInputError, match="numeric"):
         engine.push("bad", np.array(["not", "audio"]))
-    with pytest.raises(AudioInputError):
-        engine.push("bad", np.zeros((2, 2, 2), np.float32))
     engine.push("good", speech_16k)
     engine.end_stream("good")
-    result = engine.step()
-    assert len([f for f in result.frames if f.stream_id == "good"]) == motion.num_frames(speech_16k.size)
+    frames, _ = finish(engine, "good")
+    assert len([f for f in frames if f.stream == "good"]) == output_frames(speech_16k.size, motion.FPS)
     assert engine.stream_ids == ["bad"]  # still open and usable
     with pytest.raises(ValueError, match="style"):
         engine.open_stream("styled", style=np.full(3, np.nan))
@@ -233,18 +260,16 @@ def test_gaps_are_filled_with_silence_and_repeats_dropped(tiny_backend, speech_1
     engine.push(sid, speech_16k[4000:8000], at_sample=6000)  # 2000 samples lost in transit
     engine.push(sid, speech_16k[7000:8000], at_sample=9000)  # a resend of the last 1000
     engine.end_stream(sid)
-    got = as_arrays(engine.step().frames)[0]
+    got = as_arrays(finish(engine, sid)[0])[0]
     np.testing.assert_array_equal(got, ref)
-    # a gap of minutes is not filled with silence: that stream fails clearly, another goes on
+    # a gap of minutes is not filled with silence: the chunk is refused, the stream goes on
     engine.open_stream("paused")
-    engine.open_stream("other")
     engine.push("paused", speech_16k[:1000], at_sample=0)
-    engine.push("paused", speech_16k[:1000], at_sample=SAMPLE_RATE * 600)
-    engine.push("other", speech_16k)
-    engine.end_stream("other")
-    result = engine.step()
-    assert "paused" in result.failed and "599.9 s of audio missing" in result.failed["paused"]
-    assert "other" in result.finished and len(result.frames) == motion.num_frames(speech_16k.size)
+    with pytest.raises(BadAudioError, match=r"599\.9 s of audio missing"):
+        engine.push("paused", speech_16k[:1000], at_sample=SAMPLE_RATE * 600)
+    engine.push("paused", speech_16k[1000:2000])
+    engine.end_stream("paused")
+    assert len(finish(engine, "paused")[0]) == output_frames(2000, motion.FPS)
 
 
 def test_output_at_60_fps_interpolates_the_30_fps_frames(tiny_backend, speech_16k):
@@ -252,26 +277,85 @@ def test_output_at_60_fps_interpolates_the_30_fps_frames(tiny_backend, speech_16
     f60 = run_stream(StreamingEngine(tiny_backend, "low-latency", fps=60), random_chunks(
         speech_16k, np.random.default_rng(0), 2000))
     b60 = as_arrays(f60)[0]
-    assert len(f60) == 2 * len(b30) - 1  # the last 30 fps frame has no successor to interpolate towards
-    np.testing.assert_allclose(b60[::2], b30, atol=1e-6)
-    np.testing.assert_allclose(b60[1::2], (b30[:-1] + b30[1:]) / 2, atol=1e-6)
+    assert len(f60) == output_frames(speech_16k.size, 60)
     assert np.allclose([f.t_audio for f in f60], np.arange(len(f60)) / 60)
+    # the same native frames, but for the last few: a 60 fps stream ends half a frame later, so its
+    # final hops see one more (silent) lookahead frame
+    n = len(b30) - 3
+    np.testing.assert_allclose(b60[: 2 * n : 2], b30[:n], atol=1e-6)
+    np.testing.assert_allclose(b60[1 : 2 * n - 1 : 2], (b30[: n - 1] + b30[1:n]) / 2, atol=1e-6)
 
 
-def test_frames_carry_their_audio_capture_time(tiny_backend, speech_16k):
+def test_frames_carry_when_their_audio_arrived_and_it_never_goes_back(tiny_backend, speech_16k):
+    """captured_ns is the arrival of the chunk that held the frame's audio instant (protocol/SPEC.md 4.2):
+    never earlier than that (no back-dating), never decreasing from frame to frame."""
     engine = StreamingEngine(tiny_backend, "low-latency")
     sid = engine.open_stream()
     t0 = time.monotonic_ns()
+    arrivals = []
     frames = []
-    for start in range(0, speech_16k.size, 160):  # 10 ms chunks, as a sound card delivers them
-        end = min(start + 160, speech_16k.size)
-        engine.push(sid, speech_16k[start:end], captured_ns=t0 + round(end * 1e9 / SAMPLE_RATE))
-        frames += engine.step().frames
-    assert frames
+    for start in range(0, speech_16k.size, 1600):  # 100 ms chunks
+        end = min(start + 1600, speech_16k.size)
+        at = t0 + round(end * 1e9 / SAMPLE_RATE)
+        arrivals.append((end, at))
+        engine.push(sid, speech_16k[start:end], captured_ns=at)
+        frames += engine.step(now_ns=at).frames
+    engine.end_stream(sid)
+    frames += finish(engine, sid, now_ns=arrivals[-1][1])[0]
     for f in frames:
-        expected = t0 + round(f.t_audio * 1e9)  # when the sample at t_audio was captured
-        assert abs(f.captured_ns - expected) < 1_000_000
-        assert f.emitted_ns >= f.captured_ns - 20_000_000_000  # same clock
+        sample = round(f.t_audio * SAMPLE_RATE)
+        expected = next((ns for end, ns in arrivals if end >= sample), arrivals[-1][1])
+        assert f.captured_ns == expected
+    captured = [f.captured_ns for f in frames]
+    assert captured == sorted(captured)
+
+
+def test_a_stream_behind_real_time_sheds_stale_frames_and_catches_up(tiny_backend, speech_16k):
+    """Audio that arrived long ago is not animated late: the frames past their deadline are skipped
+    (a gap in seq, counted as shed) and the stream continues from the current audio, several hops at
+    once while it is late, then one hop at a time again."""
+    engine = StreamingEngine(tiny_backend, "low-latency")
+    preset = engine.preset
+    sid = engine.open_stream()
+    t0 = time.monotonic_ns()
+    audio = np.tile(speech_16k, 2)[: 3 * SAMPLE_RATE]
+    for start in range(0, audio.size, 160):  # 3 s of a 10 ms sound card, arriving in real time ...
+        end = start + 160
+        engine.push(sid, audio[start:end], captured_ns=t0 + round(end * 1e9 / SAMPLE_RATE))
+    now = t0 + 3 * 1_000_000_000  # ... while the engine was stalled the whole time
+    result = engine.step(now_ns=now)
+    deadline_frames = preset.deadline_ms() / 1000 * motion.FPS
+    assert result.shed[sid] > 3 * motion.FPS - deadline_frames - 10
+    emitted = [f.index for f in result.frames]
+    assert emitted and 1 < len(emitted) <= preset.window_frames  # one catch-up hop of what is still current
+    for f in result.frames:  # nothing published past its deadline
+        assert now - f.captured_ns <= preset.deadline_ms() * MS
+    # caught up: live again, one hop per round, as the audio keeps coming in real time
+    frames = []
+    for k in range(30):
+        at = now + (k + 1) * 10 * MS
+        engine.push(sid, speech_16k[k * 160 : (k + 1) * 160], captured_ns=at)
+        r = engine.step(now_ns=at)
+        assert not r.shed and len(r.frames) <= preset.hop_frames
+        frames += r.frames
+    assert len(frames) >= 8
+    assert [f.index for f in frames] == list(range(emitted[-1] + 1, emitted[-1] + 1 + len(frames)))
+    hop_ms = 1000 * preset.hop_frames / motion.FPS
+    assert preset.max_lag_ms() == max(MAX_LAG_HOPS * hop_ms, MIN_LAG_MS)
+    assert preset.deadline_ms() == pytest.approx(preset.latency_budget_ms() + hop_ms + preset.max_lag_ms())
+
+
+def test_audio_pushed_ahead_of_real_time_is_not_shed(tiny_backend, speech_16k):
+    """An NPC line pushed whole (ahead of real time) is due at its own instants: every frame comes, none
+    is shed, even when the engine is slow to get to it."""
+    engine = StreamingEngine(tiny_backend, "low-latency")
+    sid = engine.open_stream()
+    t0 = time.monotonic_ns()
+    engine.push(sid, speech_16k, captured_ns=t0)
+    engine.end_stream(sid)
+    frames, _ = finish(engine, sid, now_ns=t0 + 50 * MS)
+    assert len(frames) == output_frames(speech_16k.size, motion.FPS)
+    assert [f.index for f in frames] == list(range(len(frames)))
 
 
 def test_long_streams_keep_bounded_state(tiny_backend):
@@ -280,10 +364,12 @@ def test_long_streams_keep_bounded_state(tiny_backend):
     rng = np.random.default_rng(0)
     for _ in range(30):  # 30 s of noise in 1 s chunks
         engine.push(sid, (rng.normal(size=SAMPLE_RATE) * 0.05).astype(np.float32))
-        engine.step()
-    state = engine._streams[sid]
+        while engine.has_work():
+            engine.step()
+    state = engine.sessions.get(sid).state
     assert state._audio.size < 3 * SAMPLE_RATE
     assert len(state._feats) < 3 * motion.FPS + tiny_backend.constants.cfg.encoder_context_frames + 30
+    assert len(state._arrivals) <= 1
 
 
 def test_presets_are_validated():

@@ -7,6 +7,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.engine.sampling import Guidance, WindowBatch, sample_windows
+from ksdiff_runtime.engine.scheduler import DDIMScheduler
 from ksdiff_runtime.model.checkpoint import CheckpointError, load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.graphs import (
@@ -17,7 +20,7 @@ from ksdiff_runtime.model.graphs import (
     WindowConditioner,
     WindowDenoiser,
 )
-from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
+from ksdiff_runtime.model.ksdiff import KSDiff
 from ksdiff_runtime.model.scheduler import NoiseScheduler
 
 SMALL = dict(d_model=32, n_heads=2, denoiser_layers=1, kel_hidden=16, style_dim=8, n_msdc_blocks=1)
@@ -89,29 +92,48 @@ def test_sampling_is_deterministic_for_a_seed_and_in_range():
     model = small_model()
     cfg = model.cfg
     b = window_batch(cfg, B=1, N=6)
+    backend = TorchBackend(model)
 
     def run(seed: int, guidance: Guidance | None = None):
-        g = torch.Generator().manual_seed(seed)
-        return model.sample_window(
-            b["feats"], b["prosody"], b["text"], b["text_keep"], b["prev_expr"].sigmoid(),
-            torch.zeros(1, cfg.motion_context_frames, 3), b["known"], None,
-            torch.randn(1, 6, 52, generator=g), torch.randn(1, 6, 3, generator=g), steps=4, guidance=guidance,
-        )
+        noise = np.random.default_rng(seed).standard_normal((1, 6, 55)).astype(np.float32)
+        batch = WindowBatch(b["feats"].numpy(), b["prosody"].numpy(), b["prev_expr"].sigmoid().numpy(),
+                            np.zeros((1, cfg.motion_context_frames, 3), np.float32), b["known"].numpy(), noise,
+                            text=b["text"].numpy(), text_keep=b["text_keep"].numpy())
+        return sample_windows(backend, batch, 4, guidance)
 
     a, a2, c = run(0), run(0), run(1)
-    assert torch.equal(a["expr"], a2["expr"])
-    assert not torch.equal(a["expr"], c["expr"])
-    assert a["expr"].min() >= 0 and a["expr"].max() <= 1
+    assert np.array_equal(a.expr, a2.expr)
+    assert not np.array_equal(a.expr, c.expr)
+    assert a.expr.min() >= 0 and a.expr.max() <= 1
     guided = run(0, Guidance(audio=2.0, style=1.5, text=1.2))
-    assert guided["expr"].shape == (1, 6, 52) and torch.isfinite(guided["pose"]).all()
+    assert guided.expr.shape == (1, 6, 52) and np.isfinite(guided.pose).all()
 
 
 def test_ddim_timesteps_and_bad_step_count():
-    s = NoiseScheduler(1000)
-    assert s.ddim_timesteps(4) == [999, 749, 499, 249]
-    assert s.ddim_timesteps(1) == [999]
+    alpha_bar = NoiseScheduler(1000).alpha_bar.numpy()
+    assert DDIMScheduler(alpha_bar, 4).timesteps == [999, 749, 499, 249]
+    assert DDIMScheduler(alpha_bar, 1).timesteps == [999]
     with pytest.raises(ValueError, match="DDIM steps"):
-        s.ddim_timesteps(0)
+        DDIMScheduler(alpha_bar, 0)
+
+
+def test_ddim_with_a_perfect_x0_model_lands_on_x0_and_interpolates_on_the_way():
+    """The scheduler's algebra: whatever the noise and step count, feeding the true x0 returns it,
+    and each intermediate x is sqrt(ab) x0 + sqrt(1 - ab) eps with the starting eps."""
+    alpha_bar = NoiseScheduler(1000).alpha_bar.numpy()
+    rng = np.random.default_rng(0)
+    x0 = rng.normal(size=(3, 5, 55)).astype(np.float32)
+    for steps in (1, 2, 4, 10):
+        s = DDIMScheduler(alpha_bar, steps)
+        ab0 = alpha_bar[s.timesteps[0]]
+        eps = rng.normal(size=x0.shape).astype(np.float32)
+        x = np.sqrt(ab0) * x0 + np.sqrt(1 - ab0) * eps
+        for i in range(len(s.timesteps)):
+            x = s.step(x, x0, i)
+            if i + 1 < len(s.timesteps):
+                ab = alpha_bar[s.timesteps[i + 1]]
+                assert np.allclose(x, np.sqrt(ab) * x0 + np.sqrt(1 - ab) * eps, atol=1e-4)
+        assert np.array_equal(x, x0)
 
 
 def test_checkpoint_roundtrip_and_clear_errors(tmp_path):

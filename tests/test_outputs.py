@@ -8,6 +8,7 @@ HOST:PORT strings on the command line.
 
 from __future__ import annotations
 
+import csv
 import math
 import socket
 import struct
@@ -26,6 +27,7 @@ from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import BlockingOSCUDPServer
 
 from ksdiff_runtime.cli.serve import build_outputs
+from ksdiff_runtime.outputs import files
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput, frame_time
 from ksdiff_runtime.outputs.udp import OutputConfigError, UdpSender, parse_host_port
 from ksdiff_runtime.outputs.vmc import VmcOutput, unity_rotation, vrm_presets
@@ -175,6 +177,33 @@ def test_live_link_packet_every_field_by_name(receiver):
     assert (v["LeftEyeYaw"], v["LeftEyePitch"], v["LeftEyeRoll"]) == (f32(-0.07), f32(0.12), 0.0)
     assert (v["RightEyeYaw"], v["RightEyePitch"], v["RightEyeRoll"]) == (f32(-0.05), f32(0.1), 0.0)
     assert out.sent == 1 and out.errors == 0
+
+
+def test_a_baked_csv_and_a_live_stream_give_the_same_live_link_values(receiver, tmp_path):
+    """The Live Link Face convention is written once (livelink.values): the CSV bake and the UDP packets
+    carry the same numbers, angles mirrored and eyes swapped alike, for the same frames."""
+    rng = np.random.default_rng(0)
+    frames = [make_frame("npc", index=i, weights={"jawOpen": float(rng.uniform()), "eyeLookInLeft": 0.3},
+                         head=tuple(rng.normal(0, 0.2, 3)), gaze=tuple(rng.normal(0, 0.2, 4))) for i in range(5)]
+    csv_path = tmp_path / "line.csv"
+    files.write_csv(csv_path, np.stack([f.blendshapes for f in frames]), np.stack([f.head for f in frames]),
+                    np.stack([f.gaze for f in frames]), 30)
+    with csv_path.open() as fh:
+        rows = list(csv.reader(fh))
+    out = LiveLinkOutput(receiver.address)
+    try:
+        for f in frames:
+            out.send(f)
+        packets = [decode_live_link(receiver.recv()) for _ in frames]
+    finally:
+        out.close()
+    header = rows[0]
+    assert header[2:] == list(LIVE_LINK_FACE_NAMES)
+    for row, packet in zip(rows[1:], packets, strict=True):
+        baked = dict(zip(header[2:], (float(v) for v in row[2:]), strict=True))
+        for name in LIVE_LINK_FACE_NAMES:
+            assert baked[name] == pytest.approx(packet["values"][name], abs=1e-5), name
+    assert packets[0]["values"]["HeadYaw"] == pytest.approx(-frames[0].head[1])
 
 
 def test_live_link_frame_rate_and_frame_time(receiver):
@@ -464,7 +493,7 @@ def test_serve_sends_every_frame_to_live_link_and_vmc_at_once(serve_engine, spee
             frames = sub.frames_until_end(sid)
         finally:
             sub.close()
-        assert rt.output_errors == {"livelink": 0, "vmc": 0}
+        assert rt.output_errors == {"zmq": 0, "livelink": 0, "vmc": 0}
     assert len(frames) == 30 and [f.index for f in frames] == list(range(30)) and frames[-1].last
     packets = [decode_live_link(receiver.recv()) for _ in frames]
     assert [p["subject"] for p in packets] == ["line"] * 30
@@ -490,9 +519,10 @@ class ExplodingOutput:
         self.calls = 0
         self.closed = False
 
-    def send(self, frame: Frame) -> None:
-        self.calls += 1
-        raise RuntimeError("receiver gone")
+    def send(self, event: object) -> None:
+        if isinstance(event, Frame):  # every event comes; this receiver chokes on frames
+            self.calls += 1
+            raise RuntimeError("receiver gone")
 
     def close(self) -> None:
         self.closed = True
@@ -515,6 +545,6 @@ def test_a_failing_output_costs_neither_subscribers_nor_the_other_output(serve_e
             sub.close()
         errors = dict(rt.output_errors)
     assert len(frames) == 30 and frames[-1].last
-    assert errors == {"exploding": 30, "livelink": 0} and exploding.calls == 30 and exploding.closed
+    assert errors == {"zmq": 0, "exploding": 30, "livelink": 0} and exploding.calls == 30 and exploding.closed
     packets = [decode_live_link(receiver.recv()) for _ in frames]
     assert [p["frame_number"] for p in packets] == list(range(30))

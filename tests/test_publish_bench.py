@@ -17,23 +17,24 @@ SECONDS = 1.0
 
 
 def test_synthetic_engine_emits_each_stream_on_schedule_and_ends_it():
+    from ksdiff_runtime.inputs.stream import AudioFormat
+
     engine = SyntheticEngine(frames_per_stream=3, fps=FPS)
-    engine.open_stream("a")
-    engine.open_stream("b")
-    # drive the clock by hand: the first tick was due at the first open_stream, so three ticks are
-    # due here and all three are emitted (late, never skipped)
-    now = time.monotonic_ns() + 2 * engine.period_ns
-    result = engine.step(now_ns=now)
-    assert [(f.stream_id, f.index) for f in result.frames] == [
-        ("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
-    assert [f.last for f in result.frames] == [False] * 4 + [True] * 2
-    assert sorted(result.finished) == ["a", "b"]
-    assert all(f.captured_ns == f.emitted_ns == now for f in result.frames)
+    for sid in ("a", "b"):
+        engine.sessions.open(sid, "sdk", AudioFormat())
+    first = engine.step()  # the first stream starts the clock: its first tick is due at once
+    assert [(f.stream, f.index) for f in first.frames] == [("a", 0), ("b", 0)]
+    # drive the clock by hand: two more ticks are due here, and both are emitted (late, never skipped)
+    result = engine.step(now_ns=time.monotonic_ns() + 2 * engine.period_ns)
+    assert [(f.stream, f.index) for f in result.frames] == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    assert [f.last for f in result.frames] == [False] * 2 + [True] * 2
+    assert sorted(e.session.id for e in result.ended) == ["a", "b"]
+    assert all(f.seq == f.index and f.captured_ns is not None for f in result.frames)
     assert all(f.blendshapes.shape == (52,) and 0 <= f.blendshapes.min() <= f.blendshapes.max() <= 1
                for f in result.frames)
-    assert engine.stream_ids == []
+    assert len(engine.sessions) == 0
     assert not engine.step().frames
-    assert not engine.wait_for_audio(timeout=0.01)  # nothing open: no tick is due
+    assert not engine.has_work()  # nothing open: no tick is due
 
 
 @pytest.mark.timeout(180)

@@ -13,127 +13,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 import msgpack
 import numpy as np
 import pytest
-import zmq
+from peers import TIMEOUT_S, Peer, frames_of, is_end, push_clip, speech
 from scipy.signal import resample_poly
 
-from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError, InputStream
-from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, build_engine
+from ksdiff_runtime.engine.engine import StepResult
+from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, _Round, build_engine
+from ksdiff_runtime.sources import SourceError
+from ksdiff_sdk import Frame
 from ksdiff_sdk import protocol as P
-
-TIMEOUT_S = 30.0
-
-
-
-
-class Peer:
-    """A client: a DEALER for requests and a SUB that has received at least one message."""
-
-    def __init__(self, rt: Runtime, *subscribe: bytes) -> None:
-        self.ctx = zmq.Context.instance()
-        self.sub = self.ctx.socket(zmq.SUB)
-        for topic in subscribe or (P.TOPIC_ROOT,):
-            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
-        self.sub.setsockopt(zmq.SUBSCRIBE, P.HELLO_TOPIC)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.connect(rt.pub_endpoint)
-        self.dealer = self.ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.connect(rt.router_endpoint)
-        self.seen: list[dict] = []
-        # the runtime publishes hello every second: the first one proves the subscription is live
-        self.wait_pub(lambda m: m["type"] == "hello")
-
-    def close(self) -> None:
-        self.sub.close()
-        self.dealer.close()
-
-    def send(self, payload: bytes | list[bytes]) -> None:
-        if isinstance(payload, list):
-            self.dealer.send_multipart(payload)
-        else:
-            self.dealer.send(payload)
-
-    def reply(self, timeout: float = TIMEOUT_S) -> dict:
-        assert self.dealer.poll(int(timeout * 1000)), "no reply"
-        return P.decode(self.dealer.recv())
-
-    def request(self, mtype: str, **fields) -> dict:
-        self.send(P.encode_request(mtype, **fields))
-        return self.reply()
-
-    def wait_pub(self, done: Callable[[dict], bool], timeout: float = TIMEOUT_S) -> list[dict]:
-        """Collect published messages until ``done(message)``; returns those collected."""
-        deadline = time.monotonic() + timeout
-        got: list[dict] = []
-        while time.monotonic() < deadline:
-            if not self.sub.poll(100):
-                continue
-            _, payload = self.sub.recv_multipart()
-            msg = P.decode(payload)
-            got.append(msg)
-            self.seen.append(msg)
-            if done(msg):
-                return got
-        raise AssertionError(f"timed out; last messages: {[m['type'] for m in got[-5:]]}")
-
-
-def speech(seconds: float, speech_16k: np.ndarray) -> np.ndarray:
-    return np.resize(speech_16k, int(seconds * 16000)).astype(np.float32)
-
-
-def push_clip(peer: Peer, stream: str, pcm: bytes, frame_bytes: int, chunk_frames: int, first_seq: int = 0) -> int:
-    """Push pcm in chunks; returns the next audio seq."""
-    step = chunk_frames * frame_bytes
-    seq = first_seq
-    for start in range(0, len(pcm), step):
-        peer.send(P.encode_request("audio", stream=stream, seq=seq, pcm=pcm[start : start + step]))
-        seq += 1
-    return seq
-
-
-def frames_of(messages: list[dict], stream: str) -> list[dict]:
-    return [m for m in messages if m["type"] == "frame" and m["stream"] == stream]
-
-
-def is_end(stream: str) -> Callable[[dict], bool]:
-    return lambda m: m["type"] == "stream_end" and m["stream"] == stream
-
-
-# --- the audio path ----------------------------------------------------------------------------
-def test_input_stream_resamples_chunks_seamlessly_and_keeps_its_clock():
-    rng = np.random.default_rng(0)
-    x = (0.3 * rng.standard_normal((48000, 2))).astype(np.float32)
-    whole = InputStream(AudioFormat(48000, 2))
-    a = np.concatenate([whole.feed(x), whole.flush()])
-    chunked = InputStream(AudioFormat(48000, 2))
-    parts = [chunked.feed(x[i : i + 480]) for i in range(0, len(x), 480)]
-    b = np.concatenate([*parts, chunked.flush()])
-    assert abs(len(a) - 16000) <= 1 and len(a) == len(b)
-    np.testing.assert_allclose(a, b, atol=1e-5)
-    # the same signal at 16 kHz, by another resampler, agrees in band
-    ref = resample_poly(x.mean(axis=1), 1, 3)
-    assert np.corrcoef(a[200:-200], ref[200 : len(a) - 200])[0, 1] > 0.95
-    # at_sample: a gap becomes silence, a repeat is dropped
-    s = InputStream(AudioFormat(16000, 1))
-    assert len(s.feed(np.ones(100, np.float32))) == 100
-    assert len(s.feed(np.ones(100, np.float32), at_sample=150)) == 150 and s.gap_samples == 50
-    assert len(s.feed(np.ones(100, np.float32), at_sample=200)) == 50 and s.overlap_samples == 50
-    with pytest.raises(BadAudioError, match="missing"):
-        s.feed(np.ones(10, np.float32), at_sample=16000 * 11)
-    assert s.received == 300  # the refused chunk left the clock alone
-    with pytest.raises(BadAudioError, match="whole number"):
-        InputStream(AudioFormat(16000, 2, "s16le")).feed(b"\0\0\0")
-    nan = InputStream(AudioFormat(16000, 1))
-    out = nan.feed(np.array([np.nan, 2.0, -np.inf, 0.5], np.float32))
-    assert np.isfinite(out).all() and nan.sanitized == 3
-    for bad in (dict(sample_rate=4000), dict(channels=9), dict(encoding="u8")):
-        with pytest.raises(BadAudioError):
-            AudioFormat(**bad)
 
 
 # --- streams ------------------------------------------------------------------------------------
@@ -147,7 +38,8 @@ def test_sdk_stream_in_another_rate_and_channel_count(runtime, speech_16k):
         pcm = (np.stack([x, x], axis=1).clip(-1, 1) * 32767).astype("<i2").tobytes()
         opened = peer.request("open_stream", stream="npc1", sample_rate=48000, channels=2, format="s16le",
                               seed=-5, req=7)
-        assert opened == {"v": [1, 0], "type": "stream_opened", "stream": "npc1", "fps": 30, "req": 7}
+        assert opened == {"v": [1, 1], "type": "stream_opened", "stream": "npc1", "fps": 30, "max_ahead_s": 20.0,
+                          "req": 7}
         push_clip(peer, "npc1", pcm, 4, 960)
         peer.send(P.encode_request("end_stream", stream="npc1", req=8))
         msgs = peer.wait_pub(is_end("npc1"))
@@ -156,13 +48,15 @@ def test_sdk_stream_in_another_rate_and_channel_count(runtime, speech_16k):
         assert [f["index"] for f in frames] == list(range(30))
         assert [f["seq"] for f in frames] == list(range(30))
         assert frames[-1]["last"] and not any(f["last"] for f in frames[:-1])
-        assert ended == {"v": [1, 0], "type": "stream_ended", "stream": "npc1", "frames": 30, "req": 8}
+        assert ended == {"v": [1, 1], "type": "stream_ended", "stream": "npc1", "frames": 30, "req": 8}
         assert msgs[-1]["reason"] == "ended" and msgs[-1]["frames"] == 30 and msgs[-1]["source"] == "sdk"
         assert any(m["type"] == "stream_start" and m["stream"] == "npc1" for m in peer.seen)
         jaw = [P.frame_arrays(f)[0][17] for f in frames]
         assert np.std(jaw) > 0.01  # the mouth moves with the speech
         for f in frames:
             assert f["published_ns"] >= f["captured_ns"] and f["lookahead_ms"] > 0 and f["compute_ms"] > 0
+        captured = [f["captured_ns"] for f in frames]
+        assert captured == sorted(captured)  # when the audio reached the runtime: never back in time
     finally:
         peer.close()
 
@@ -216,6 +110,16 @@ BAD_REQUESTS: list[tuple[str, bytes | list[bytes], str]] = [
                                 "format": "f32le"}), "bad_audio"),
     ("bad format", msgpack.packb({"v": [1, 0], "type": "open_stream", "sample_rate": 16000, "channels": 1,
                                   "format": "mp3"}), "bad_audio"),
+    # a field of the wrong type is malformed (SPEC 3.2), whichever field it is
+    ("rate as text", msgpack.packb({"v": [1, 1], "type": "open_stream", "sample_rate": "16000", "channels": 1,
+                                    "format": "f32le"}), "malformed"),
+    ("channels as float", msgpack.packb({"v": [1, 1], "type": "open_stream", "sample_rate": 16000,
+                                         "channels": 1.0, "format": "f32le"}), "malformed"),
+    ("format as bytes", msgpack.packb({"v": [1, 1], "type": "open_stream", "sample_rate": 16000, "channels": 1,
+                                       "format": b"f32le"}, use_bin_type=True), "malformed"),
+    ("stream id '.'", msgpack.packb({"v": [1, 1], "type": "open_stream", "stream": ".", "sample_rate": 16000,
+                                     "channels": 1, "format": "f32le"}), "malformed"),
+    ("stream id '..'", msgpack.packb({"v": [1, 1], "type": "end_stream", "stream": ".."}), "malformed"),
 ]
 
 
@@ -251,13 +155,35 @@ def test_bad_requests_get_errors_and_another_stream_keeps_its_frames(runtime, sp
         bad.close()
 
 
-def test_capacity_is_refused_with_busy(serve_engine):
+def test_the_stream_ceiling_is_refused_with_busy(serve_engine):
     with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_streams=1) as rt:
         peer = Peer(rt)
         try:
             assert peer.request("open_stream", sample_rate=16000, channels=1, format="f32le")["type"] == "stream_opened"
             refused = peer.request("open_stream", sample_rate=16000, channels=1, format="f32le")
             assert refused["code"] == "busy" and "at most 1" in refused["message"]
+        finally:
+            peer.close()
+
+
+def test_streams_beyond_the_measured_capacity_are_refused_with_the_reason(serve_engine):
+    """Capacity comes from what a stream measurably costs here (the warm-up's calibration, then live
+    figures), not from a constant: on this machine a few low-latency streams fit, the next is refused."""
+    reading = serve_engine.capacity.reading()
+    fits = reading.streams_that_fit()
+    assert 1 <= fits < 64 and reading.stream_cores > 0.05
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
+        peer = Peer(rt)
+        try:
+            opened = 0
+            for _ in range(fits + 1):
+                reply = peer.request("open_stream", sample_rate=16000, channels=1, format="f32le")
+                if reply["type"] == "error":
+                    break
+                opened += 1
+            assert 1 <= opened <= fits
+            assert reply["code"] == "busy" and "measured capacity" in reply["message"]
+            assert "of a core" in reply["message"]
         finally:
             peer.close()
 
@@ -270,14 +196,18 @@ def test_port_in_use_is_a_clear_error(serve_engine, runtime):
 
 
 # --- ends: timeout and shutdown ----------------------------------------------------------------
-def test_idle_stream_times_out():
-    eng = build_engine("onnxruntime", "low-latency", idle_timeout_s=0.3)
+def test_idle_stream_times_out_with_its_frames_and_a_last_one(speech_16k):
+    eng = build_engine("onnxruntime", "low-latency", idle_timeout_s=0.5)
     try:
         with Runtime(eng, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
             peer = Peer(rt)
             try:
                 peer.request("open_stream", stream="quiet", sample_rate=16000, channels=1, format="f32le")
-                assert peer.wait_pub(is_end("quiet"))[-1]["reason"] == "timeout"
+                push_clip(peer, "quiet", speech(0.4, speech_16k).astype("<f4").tobytes(), 4, 1600)
+                msgs = peer.wait_pub(is_end("quiet"))
+                assert msgs[-1]["reason"] == "timeout"
+                frames = frames_of(msgs, "quiet")
+                assert [f["index"] for f in frames] == list(range(12)) and frames[-1]["last"]
                 assert peer.request("audio", stream="quiet", seq=0, pcm=b"")["code"] == "unknown_stream"
             finally:
                 peer.close()
@@ -285,19 +215,102 @@ def test_idle_stream_times_out():
         eng.close()
 
 
-def test_shutdown_ends_open_streams_and_stops_promptly(serve_engine):
-    rt = Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0").start()
+def test_shutdown_while_busy_ends_every_stream_within_2_s(serve_engine, speech_16k):
+    """The engine in the middle of seconds of queued audio on two streams (8 kHz s16le, pushed ahead of
+    real time as far as allowed): stop() publishes a closing frame (last, neutral) and stream_end reason
+    shutdown for each, and returns within 2 s; the io thread stops cleanly."""
+    rt = Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_ahead_s=6).start()
     peer = Peer(rt)
     try:
-        peer.request("open_stream", stream="live", sample_rate=16000, channels=1, format="f32le")
-        stopper = threading.Thread(target=rt.stop)
+        x = (resample_poly(speech(5.0, speech_16k), 1, 2).clip(-1, 1) * 32767).astype("<i2").tobytes()
+        for sid in ("a", "b"):
+            peer.request("open_stream", stream=sid, sample_rate=8000, channels=1, format="s16le")
+            peer.send(P.encode_request("audio", stream=sid, seq=0, pcm=x))
+        peer.wait_pub(lambda m: m["type"] == "frame" and m["stream"] == "b" and m["index"] >= 5)
         started = time.monotonic()
+        stopper = threading.Thread(target=rt.stop)
         stopper.start()
-        end = peer.wait_pub(is_end("live"))[-1]
+        msgs = peer.wait_pub(lambda m: m["type"] == "stream_end" and {"a", "b"} <= {
+            e["stream"] for e in peer.seen if e["type"] == "stream_end"})
         stopper.join(timeout=10)
-        assert not stopper.is_alive() and time.monotonic() - started < 5
-        assert end["reason"] == "shutdown"
-        assert "live" not in serve_engine.stream_ids
+        assert not stopper.is_alive() and time.monotonic() - started < 2.0
+        for sid in ("a", "b"):
+            end = next(m for m in peer.seen if m["type"] == "stream_end" and m["stream"] == sid)
+            assert end["reason"] == "shutdown"
+            frames = frames_of(peer.seen, sid)
+            assert frames[-1]["last"] and not any(f["last"] for f in frames[:-1])
+            assert P.frame_arrays(frames[-1])[0].max() == 0.0  # it returns to rest
+            assert [f["seq"] for f in frames] == [f["index"] for f in frames]
+        assert msgs and serve_engine.stream_ids == []
+    finally:
+        peer.close()
+
+
+def test_a_stream_belongs_to_the_client_that_opened_it(runtime, speech_16k):
+    """Another client can neither push audio into a stream nor end it: forbidden, and the owner's
+    stream goes on untouched."""
+    owner, intruder = Peer(runtime, P.frame_topic("mine"), P.stream_topic("mine")), Peer(runtime)
+    try:
+        owner.request("open_stream", stream="mine", sample_rate=16000, channels=1, format="f32le")
+        x = speech(1.0, speech_16k).astype("<f4").tobytes()
+        seq = push_clip(owner, "mine", x[: len(x) // 2], 4, 1600)
+        for mtype, fields in (("audio", dict(seq=0, pcm=b"\0" * 4000)), ("end_stream", {})):
+            refused = intruder.request(mtype, stream="mine", **fields)
+            assert refused["code"] == "forbidden" and refused["stream"] == "mine", refused
+            assert "belongs to the client that opened it" in refused["message"]
+        push_clip(owner, "mine", x[len(x) // 2 :], 4, 1600, seq)
+        assert owner.request("end_stream", stream="mine")["frames"] == 30
+        frames = frames_of(owner.wait_pub(is_end("mine")), "mine")
+        assert [f["index"] for f in frames] == list(range(30))
+    finally:
+        owner.close()
+        intruder.close()
+
+
+def test_audio_far_ahead_of_real_time_is_refused_busy_and_taken_when_time_has_caught_up(serve_engine, speech_16k):
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_ahead_s=1.0) as rt:
+        peer = Peer(rt, P.frame_topic("fast"), P.stream_topic("fast"))
+        try:
+            opened = peer.request("open_stream", stream="fast", sample_rate=16000, channels=1, format="f32le")
+            assert opened["max_ahead_s"] == 1.0
+            half = speech(0.8, speech_16k).astype("<f4").tobytes()
+            assert peer.request("audio", stream="fast", seq=0, pcm=half + half)["code"] == "busy"  # 1.6 s
+            peer.send(P.encode_request("audio", stream="fast", seq=1, pcm=half))  # 0.8 s: taken
+            refused = peer.request("audio", stream="fast", seq=2, pcm=half)  # 1.6 s ahead now
+            assert refused["code"] == "busy" and "ahead of real time" in refused["message"]
+            # real time moves on (two hellos: more than a second), and the same chunk is taken
+            hellos = 0
+
+            def second_hello(m: dict) -> bool:
+                nonlocal hellos
+                hellos += m["type"] == "hello"
+                return hellos == 2
+
+            peer.wait_pub(second_hello)
+            peer.send(P.encode_request("audio", stream="fast", seq=3, pcm=half))
+            peer.send(P.encode_request("end_stream", stream="fast"))
+            frames = frames_of(peer.seen + peer.wait_pub(is_end("fast")), "fast")
+            # every frame of the 1.6 s, but for the few at the 0.8 s seam whose lookahead audio came a second
+            # late: those were due in real time long before and are shed, not published late
+            index = [f["index"] for f in frames]
+            assert index[:20] == list(range(20)) and index[-1] == 47 and frames[-1]["last"]
+            assert len(index) >= 44 and set(range(48)) - set(index) <= set(range(20, 26))
+        finally:
+            peer.close()
+
+
+def test_refusals_are_counted_in_stats_and_logged_without_flooding(runtime, caplog):
+    peer = Peer(runtime)
+    try:
+        with caplog.at_level("WARNING", logger="ksdiff_runtime.server"):
+            for _ in range(500):
+                peer.send(b"\xc1")
+            for _ in range(500):
+                assert peer.reply()["code"] == "malformed"
+            stats = peer.wait_pub(lambda m: m["type"] == "stats" and m.get("refused", {}).get("malformed", 0) >= 500)
+        assert stats[-1]["refused"]["malformed"] >= 500
+        lines = [r for r in caplog.records if "request refused (malformed)" in r.getMessage()]
+        assert 1 <= len(lines) <= 3, [r.getMessage() for r in lines]
     finally:
         peer.close()
 
@@ -384,14 +397,12 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
 
 def test_a_frame_that_cannot_be_encoded_is_dropped_and_the_runtime_goes_on(runtime, speech_16k):
     """A non-finite head angle (a broken model) must cost that frame, not the io thread."""
-    from ksdiff_runtime.engine.stream import Frame
-
     peer = Peer(runtime)
     try:
         peer.request("open_stream", stream="odd", sample_rate=16000, channels=1, format="f32le")
-        info = runtime._streams["odd"]
-        bad = Frame("odd", 0, 0.0, np.zeros(52, np.float32), np.array([np.nan, 0, 0], np.float32), None, 0)
-        runtime._post(("frame", info, bad, 0, 1.0))
+        bad = Frame("odd", 999, 999, 30, 33.3, np.zeros(52, np.float32), np.array([np.nan, 0, 0], np.float32),
+                    np.zeros(4, np.float32), None, 0, 0.0, 1.0, False)
+        runtime._post(_Round(StepResult(frames=[bad])))
         stats = peer.wait_pub(lambda m: m["type"] == "stats" and m["streams"].get("odd", {}).get("drops") == 1)
         assert stats[-1]["drops"] >= 1
         # and the runtime still serves the stream
@@ -413,7 +424,7 @@ def test_a_source_that_fails_to_start_ends_its_stream_with_error(runtime):
 
     peer = Peer(runtime)
     try:
-        with pytest.raises(RuntimeError, match="vanished"):
+        with pytest.raises(SourceError, match="vanished"):
             runtime.add_source(DeadSource())
         end = peer.wait_pub(is_end("mic"))[-1]
         assert end["reason"] == "error" and end["source"] == "mic"

@@ -20,6 +20,8 @@ from ksdiff_runtime.outputs.udp import OutputConfigError
 from ksdiff_runtime.outputs.vmc import VmcOutput
 from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, build_engine
+from ksdiff_runtime.server.security import CurveKeys, SecurityError
+from ksdiff_runtime.sessions import RefusedError
 from ksdiff_runtime.sources import FileSource, MicSource, SourceError
 
 log = logging.getLogger("ksdiff_runtime.server")
@@ -53,7 +55,19 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="low-latency (default; ~125 ms) or quality (~0.5 s, NPC lines)")
     p.add_argument("--checkpoint", help="model checkpoint (default: the bundled one)")
     p.add_argument("--fps", type=int, help=f"output frame rate (default {defaults.fps})")
-    p.add_argument("--max-streams", type=int, help=f"streams served at once (default {defaults.max_streams})")
+    p.add_argument("--max-streams", type=int, help=f"a ceiling on streams served at once (default "
+                   f"{defaults.max_streams}); below it the measured capacity decides")
+    p.add_argument("--no-admission", dest="admission", action="store_const", const=False,
+                   help="take every stream up to --max-streams instead of refusing those beyond the measured "
+                   "capacity (under load the engine then sheds frames of every stream)")
+    p.add_argument("--max-ahead-s", type=float, help="how far beyond real time a client may push audio (default "
+                   f"{defaults.max_ahead_s:g} s; more is refused with busy)")
+    p.add_argument("--curve-secret-key", metavar="FILE", help="serve with CurveZMQ: the server's .key_secret file "
+                   "(make keys with `ksdiff-runtime keys server CLIENT`); required beyond loopback")
+    p.add_argument("--curve-clients", metavar="DIR", help="folder of the authorised clients' public .key files")
+    p.add_argument("--insecure-lan", action="store_const", const=True,
+                   help="allow --pub/--router beyond loopback without keys (plain text: anyone on the network can "
+                   "read frames and push audio; logs a warning)")
     p.add_argument("--idle-timeout-s", type=float,
                    help=f"end a stream after this long without audio (default {defaults.idle_timeout_s})")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads on the CPU (default 1: a second thread's "
@@ -102,8 +116,10 @@ def format_stats(stats: dict[str, Any]) -> str:
     parts = [f"stats {stats['uptime_s']:.0f}s drops={stats['drops']}"]
     for sid, s in stats["streams"].items():
         parts.append(f"{sid}: {s['fps']:.1f} fps, latency p50 {s['latency_p50_ms']:.0f} ms "
-                     f"p95 {s['latency_p95_ms']:.0f} ms, frames {s['frames']}, drops {s['drops']}, "
-                     f"sanitized {s['sanitized']}")
+                     f"p95 {s['latency_p95_ms']:.0f} ms, frames {s['frames']}, drops {s['drops']} "
+                     f"(shed {s['shed']}), sanitized {s['sanitized']}")
+    if stats.get("refused"):
+        parts.append("refused " + ", ".join(f"{code} {n}" for code, n in sorted(stats["refused"].items())))
     return " | ".join(parts)
 
 
@@ -147,6 +163,13 @@ def serve(config: ServeConfig) -> int:
         _close_outputs(outputs)
         print(f"error: {e}", file=sys.stderr)
         return 1
+    try:
+        curve = CurveKeys.load(config.curve_secret_key, config.curve_clients) if config.curve_secret_key else None
+    except SecurityError as e:
+        _close_outputs(outputs)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
                           config.idle_timeout_s, threads=config.threads)
     last_line = [0.0]
@@ -157,7 +180,8 @@ def serve(config: ServeConfig) -> int:
             log.info("%s", format_stats(stats))
 
     runtime = Runtime(engine, pub=config.pub, router=config.router, max_streams=config.max_streams,
-                      on_stats=on_stats, outputs=outputs)
+                      max_ahead_s=config.max_ahead_s, on_stats=on_stats, outputs=outputs, curve=curve,
+                      insecure_lan=config.insecure_lan, admission=config.admission)
     try:
         runtime.start()
     except RuntimeStartError as e:
@@ -174,6 +198,9 @@ def serve(config: ServeConfig) -> int:
             except SourceError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 1
+            except RefusedError as e:  # the machine has no room for it: serve the others
+                log.error("%s %s not served: %s", src.kind, src.stream_id, e.message)
+        log.info("ready in %.1f s", time.perf_counter() - started)
         while not stop.wait(0.1):
             if config.exit_when_done and config.files and runtime.wait_until_idle(timeout=0):
                 log.info("every file has played; stopping")

@@ -1,14 +1,19 @@
-"""The streaming engine: many live streams, one batched inference call per tick.
+"""The streaming engine: many live streams, one batched inference call per round.
 
-    push(stream, audio)   any thread, any chunk size: audio is queued, nothing is computed
-    step()                the engine's thread: take queued audio, run the front-end where a
-                          feature group is complete, then tick until no stream has a hop
-                          ready; a tick runs the next hop of every ready stream as ONE
-                          batched call to the backend, and returns their frames
+    sessions           the registry (ksdiff_runtime.sessions): audio waits there per stream
+    step()             one round, on the engine's thread: take the waiting audio; plan each
+                       stream's next hop (skipping frames that could not be published in time,
+                       taking several hops at once when a stream is late); run the front-end for
+                       the planned hops (one recogniser per thread); then ONE batched call to the
+                       backend for every planned hop; build the round's wire frames
 
-Streams join (``open_stream``) and leave (``end_stream``: its remaining frames are flushed)
-at any time; a stream that stops pushing without ending times out and is freed. A stream
-whose input or computation fails is ended with an error; the others keep running.
+A round does a bounded amount of work (at most one hop per stream), so a stream pushed far ahead
+of real time never holds up the others and the engine's thread answers a stop within a round.
+Streams join and leave at any time; one whose input or computation fails is ended with an error
+(a final neutral frame, then its end), and the others keep running.
+
+For embedding and tests the engine has its own registry and a small API on it:
+``open_stream`` / ``push`` / ``end_stream``, then ``step()`` until the frames are out.
 """
 
 from __future__ import annotations
@@ -24,33 +29,44 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ksdiff_runtime import motion
+from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends.base import Backend
 from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
-from ksdiff_runtime.inputs.guards import AudioInputError, AudioReport, sanitize
-from ksdiff_runtime.model.ksdiff import Guidance
+from ksdiff_runtime.features.transcript import phoneme_tokens_later
+from ksdiff_runtime.inputs.guards import load_audio
+from ksdiff_runtime.inputs.stream import AudioFormat
+from ksdiff_runtime.sessions import Session, Sessions
+from ksdiff_sdk import Frame
 
+from .capacity import Capacity
 from .presets import Preset, get_preset
-from .sampling import WindowBatch, sample_windows
-from .stream import Frame, StreamState
+from .sampling import Guidance, WindowBatch, sample_windows
+from .stream import Emitted, Hop, StreamState
 
 log = logging.getLogger("ksdiff_runtime.engine")
+
+DEFAULT_IDLE_TIMEOUT_S = 10.0
+WARM_UP_S = 1.0  # seconds of the bundled speech per warm-up pass
+
+
+@dataclass
+class Ended:
+    """A stream the engine has finished with."""
+
+    session: Session
+    reason: str  # protocol END_REASONS: ended, timeout, error
+    error: str | None = None  # what failed (reason error)
+    final: Frame | None = None  # a neutral closing frame (last) when it ended abruptly after publishing
 
 
 @dataclass
 class StepResult:
-    frames: list[Frame] = field(default_factory=list)
-    finished: list[str] = field(default_factory=list)  # ended and flushed
-    timed_out: list[str] = field(default_factory=list)  # stopped pushing; state freed
-    failed: dict[str, str] = field(default_factory=dict)  # stream id -> error message
+    frames: list[Frame] = field(default_factory=list)  # wire frames, seq = index; published_ns set on publishing
+    ended: list[Ended] = field(default_factory=list)
+    shed: dict[str, int] = field(default_factory=dict)  # stream id -> frames skipped this round to stay current
     hops: int = 0  # stream-hops computed
     ticks: int = 0  # batched inference calls
-
-
-@dataclass
-class _Pending:
-    chunks: list[tuple[np.ndarray, int | None, int | None]] = field(default_factory=list)
-    end: bool = False
-    last_push_ns: int = 0
+    compute_ms: float = 0.0
 
 
 class StreamingEngine:
@@ -59,11 +75,13 @@ class StreamingEngine:
         backend: Backend,
         preset: str | Preset = "low-latency",
         fps: int = motion.FPS,
-        stream_timeout_s: float = 10.0,
         guidance: Guidance | None = None,
         max_batch: int = 256,
         front_end: BlockwiseFrontEnd | None = None,
         front_end_threads: int | None = None,
+        sessions: Sessions | None = None,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        capacity: Capacity | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -74,8 +92,10 @@ class StreamingEngine:
             raise ValueError(f"preset {self.preset.name}: the model sees at most {self.cfg.lookahead_frames} "
                              "lookahead frames")
         self.fps = fps
-        self.stream_timeout_ns = int(stream_timeout_s * 1e9)
+        self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.guidance = guidance
+        self.capacity = capacity or Capacity()
+        self.sessions = sessions if sessions is not None else Sessions(admission=None)
         # A tick sends streams x guidance variants rows through the graphs; a backend with a
         # fixed limit (TensorRT's optimisation profile) bounds how many streams share a tick.
         g = guidance or Guidance()
@@ -87,161 +107,157 @@ class StreamingEngine:
         threads = (os.cpu_count() or 1) if front_end_threads is None and front_end is None else (front_end_threads or 1)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
         self._local = threading.local()
-        self._streams: dict[str, StreamState] = {}
-        self._pending: dict[str, _Pending] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        self._round_ns = 0.0  # how long a round takes (EMA): a frame due sooner than that is stale
+        # A runtime keeps a finished session in the registry until it has published its end (then removes
+        # it); on its own the engine forgets it as soon as it reports it.
+        self.keep_ended = False
 
-    # --- any thread ----------------------------------------------------------------------------
-    def open_stream(
-        self, stream_id: str | None = None, seed: int = 0, style: np.ndarray | None = None, text: str | None = None
-    ) -> str:
-        """Start a stream (one voice). ``style``: a style vector from the model's style encoder;
-        ``text``: the transcript of what the stream will say, when known (conditions every hop)."""
-        stream_id = stream_id or uuid.uuid4().hex[:12]
+    # --- the small API over the engine's registry (embedding, tests, benchmarks) ----------------
+    def open_stream(self, stream_id: str | None = None, seed: int = 0, style: np.ndarray | None = None,
+                    text: str | None = None) -> str:
+        """Start a stream of 16 kHz audio (one voice). ``style``: a style vector from the model's style
+        encoder; ``text``: the transcript of what it will say, when known (conditions every hop)."""
         if style is not None:
             style = np.asarray(style, np.float32).reshape(-1)
             if style.size != self.cfg.style_dim or not np.isfinite(style).all():
                 raise ValueError(f"style must be {self.cfg.style_dim} finite numbers")
-        state = StreamState(stream_id, self.cfg, self.preset, self.front_end, seed, style, self.fps)
-        if text and text.strip():
-            from ksdiff_runtime.features.transcript import phoneme_tokens
+        stream_id = stream_id or uuid.uuid4().hex[:12]
+        session = self.sessions.open(stream_id, "sdk", AudioFormat(), seed=seed, text=text, style=style,
+                                     admit=False)
+        return session.id
 
-            state.tokens = phoneme_tokens(text, self.cfg.max_text_tokens)
-        with self._lock:
-            if stream_id in self._streams:
-                raise ValueError(f"stream {stream_id!r} is already open")
-            self._streams[stream_id] = state
-            self._pending[stream_id] = _Pending(last_push_ns=time.monotonic_ns())
-        return stream_id
-
-    def push(
-        self,
-        stream_id: str,
-        audio: np.ndarray,
-        at_sample: int | None = None,
-        captured_ns: int | None = None,
-    ) -> AudioReport:
-        """Queue 16 kHz audio for a stream. NaN/Inf are zeroed and loud samples clipped (see the
-        report); ``at_sample`` is where the chunk starts on the stream's clock (gaps become
-        silence); ``captured_ns`` is when its last sample was captured (monotonic), for latency."""
-        clean, report = sanitize(audio)
-        if report.n_nonfinite:
-            log.warning("stream %s: %d NaN/Inf samples replaced by silence", stream_id, report.n_nonfinite)
-        if at_sample is not None and at_sample < 0:
-            raise AudioInputError(f"at_sample must be >= 0, got {at_sample}")
-        with self._lock:
-            pending = self._pending.get(stream_id)
-            if pending is None:
-                raise KeyError(f"no open stream {stream_id!r}")
-            if pending.end:
-                raise ValueError(f"stream {stream_id!r} has ended; open a new stream")
-            pending.chunks.append((clean, at_sample, captured_ns))
-            pending.last_push_ns = time.monotonic_ns()
-            self._wake.notify_all()
-        return report
+    def push(self, stream_id: str, audio: np.ndarray, at_sample: int | None = None,
+             captured_ns: int | None = None) -> None:
+        """Queue 16 kHz mono audio. ``at_sample`` places it on the stream's clock (gaps become silence);
+        ``captured_ns``: when it was captured (monotonic; None: not real time, never shed)."""
+        session = self._session(stream_id)
+        self.sessions.feed(session, np.asarray(audio).reshape(-1), at_sample, arrival_ns=captured_ns)
 
     def end_stream(self, stream_id: str) -> None:
         """No more audio: the stream's remaining frames are emitted, then it is freed."""
-        with self._lock:
-            pending = self._pending.get(stream_id)
-            if pending is None:
-                raise KeyError(f"no open stream {stream_id!r}")
-            pending.end = True
-            self._wake.notify_all()
+        self.sessions.end(self._session(stream_id))
 
-    def warm_up(self, seconds: float = 1.0) -> None:
-        """Run a throwaway stream of low noise through the front-end and the backend, so their first
-        calls (session set-up, memory planning: tens to hundreds of ms) happen before a real stream
-        waits on them. Call it before serving, from the thread that will call ``step``."""
-        sid = self.open_stream(f"warm-up-{uuid.uuid4().hex[:8]}")
-        noise = np.random.default_rng(0).standard_normal(int(seconds * motion.SAMPLE_RATE)).astype(np.float32)
-        self.push(sid, 1e-3 * noise)
-        self.end_stream(sid)
-        while sid in self.stream_ids:
-            self.step()
-
-    def abort_stream(self, stream_id: str) -> None:
-        """Forget a stream now, without emitting its remaining frames (e.g. at shutdown)."""
-        self._drop(stream_id)
-
-    def wait_for_audio(self, timeout: float | None = None) -> bool:
-        """Block until some stream has queued audio or an end (True) or the timeout passes."""
-        with self._wake:
-            return self._wake.wait_for(lambda: any(p.chunks or p.end for p in self._pending.values()), timeout)
+    def _session(self, stream_id: str) -> Session:
+        session = self.sessions.get(stream_id)
+        if session is None or session.finished:
+            raise KeyError(f"no open stream {stream_id!r}")
+        return session
 
     @property
     def stream_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._streams)
+        return [s.id for s in self.sessions if not s.finished]
 
     # --- the engine's thread -------------------------------------------------------------------
+    def has_work(self) -> bool:
+        """Whether ``step`` would do something now: audio or an end waiting, a hop ready, an end to finish."""
+        return any(not s.finished and (s.pending or (s.ending and not s.end_taken) or
+                                       (s.state is not None and s.state.work_ready())) for s in self.sessions)
+
     def step(self, now_ns: int | None = None) -> StepResult:
-        """Take queued audio and compute every hop that is ready, batched across streams."""
+        """One round: take queued audio and compute at most one hop per stream, batched across streams."""
+        started = time.perf_counter_ns()
+        now = time.monotonic_ns() if now_ns is None else now_ns
         result = StepResult()
-        now_ns = time.monotonic_ns() if now_ns is None else now_ns
-        with self._lock:
-            taken = {sid: (p.chunks, p.end, p.last_push_ns) for sid, p in self._pending.items()}
-            for p in self._pending.values():
-                p.chunks = []
-        fed: list[StreamState] = []
-        for sid, (chunks, end, last_push) in taken.items():
-            state = self._streams[sid]
+        states: list[tuple[Session, StreamState]] = []
+        for session, chunks, end_now in self.sessions.take():
             try:
-                for audio, at_sample, captured in chunks:
-                    state.append_audio(audio, at_sample, captured)
-                if end and not state.ended:
+                state = session.state
+                if state is None:
+                    state = session.state = self._new_state(session)
+                for c in chunks:
+                    state.append(c.audio, c.clock_end, c.arrival_ns)
+                if end_now and not state.ended:
                     state.end()
             except Exception as exc:  # one bad stream must not stop the others
-                self._fail(sid, exc, result)
+                self._fail(session, exc, result)
                 continue
-            if not state.ended and now_ns - last_push > self.stream_timeout_ns:
-                log.warning("stream %s: no audio for %.1f s; freed", sid, (now_ns - last_push) / 1e9)
-                result.timed_out.append(sid)
-                self._drop(sid)
-            elif chunks or end:
-                fed.append(state)
-        # The recogniser is per stream and single-threaded, and it releases the GIL: streams'
-        # front-ends run on a thread pool, each thread with its own recogniser.
-        if len(fed) > 1 and self._pool is not None:
-            errors = list(self._pool.map(self._update_features, fed))
-        else:
-            errors = [self._update_features(state, self.front_end) for state in fed]
-        for state, exc in zip(fed, errors, strict=True):
-            if exc is not None:
-                self._fail(state.id, exc, result)
-        while True:
-            ready = [s for s in self._streams.values() if s.hop_ready()]
-            if not ready:
-                break
+            if not session.ending and now - session.last_audio_ns > self.idle_timeout_ns:
+                log.warning("stream %s: no audio for %.1f s; ending it", session.id,
+                            (now - session.last_audio_ns) / 1e9)
+                self.sessions.end(session, "timeout", flush=False)
+                continue  # its end is taken next round
+            states.append((session, state))
+        planned = self._plan(states, now, result)
+        if planned:
+            self._features(planned, result)
+            ready = [(s, st, h) for s, st, h in planned if st.hop_ready(h) and s.state is not None]
+            emitted: list[tuple[StreamState, Emitted]] = []
             for i in range(0, len(ready), self.max_batch):
-                self._tick(ready[i : i + self.max_batch], result)
-        for sid, state in list(self._streams.items()):
-            if state.finished():
-                result.finished.append(sid)
-                self._drop(sid)
+                emitted += self._tick(ready[i : i + self.max_batch], result)
+            result.compute_ms = (time.perf_counter_ns() - started) / 1e6
+            result.frames = self._frames(emitted, result.compute_ms)
+        for session, state in states:
+            if not session.finished and state.finished():
+                self.sessions.finish(session)
+                result.ended.append(Ended(session, session.end_reason))
+        if not self.keep_ended:
+            for ended in result.ended:
+                self.sessions.remove(ended.session)
+        elapsed = time.perf_counter_ns() - started
+        if planned:
+            self._round_ns = 0.8 * self._round_ns + 0.2 * elapsed
+        audio_s = len(result.frames) / self.fps
+        self.capacity.observe(elapsed if planned else 0, audio_s, bool(result.shed))
         return result
 
-    def _update_features(self, state: StreamState, front_end: BlockwiseFrontEnd | None = None) -> Exception | None:
+    def _new_state(self, session: Session) -> StreamState:
+        tokens = None
+        if session.text and session.text.strip():
+            tokens = phoneme_tokens_later(session.text, self.cfg.max_text_tokens)
+            tokens.add_done_callback(lambda _: self.sessions.notify())  # wake the engine when they are ready
+        # the engine takes a uint64 seed; the protocol's is int64
+        return StreamState(session.id, self.cfg, self.preset, self.front_end, session.seed & 0xFFFF_FFFF_FFFF_FFFF,
+                           session.style, tokens, self.fps)
+
+    def _plan(self, states: list[tuple[Session, StreamState]], now: int,
+              result: StepResult) -> list[tuple[Session, StreamState, Hop]]:
+        planned = []
+        for session, state in states:
+            try:
+                hop = state.plan(now, round(self._round_ns))
+                if hop is None:
+                    continue
+                if hop.skip:
+                    skipped = state.skip_to(state.emitted + hop.skip)
+                    if skipped:
+                        result.shed[session.id] = skipped
+                if hop.frames:
+                    planned.append((session, state, hop))
+            except Exception as exc:
+                self._fail(session, exc, result)
+        if result.shed:
+            log.debug("shed frames to stay current: %s", result.shed)
+        return planned
+
+    def _features(self, planned: list[tuple[Session, StreamState, Hop]], result: StepResult) -> None:
+        # The recogniser is per stream and single-threaded, and it releases the GIL: streams'
+        # front-ends run on a thread pool, each thread with its own recogniser.
+        jobs = [(st, st.features_needed(h), h.catch_up) for _, st, h in planned]
+        if len(jobs) > 1 and self._pool is not None:
+            errors = list(self._pool.map(lambda job: self._update_features(*job), jobs))
+        else:
+            errors = [self._update_features(*job, front_end=self.front_end) for job in jobs]
+        for (session, _, _), exc in zip(planned, errors, strict=True):
+            if exc is not None:
+                self._fail(session, exc, result)
+
+    def _update_features(self, state: StreamState, upto: int, one_call: bool,
+                         front_end: BlockwiseFrontEnd | None = None) -> Exception | None:
         """Run a stream's front-end (on a pool thread: with that thread's own recogniser)."""
         if front_end is None:
             if not hasattr(self._local, "front_end"):
                 self._local.front_end = make_front_end(self.front_end.config)
             front_end = self._local.front_end
         try:
-            state.update_features(front_end)
+            state.update_features(upto, one_call, front_end)
         except Exception as exc:
             return exc
         return None
 
-    def close(self) -> None:
-        """Stop the front-end threads (streams are not flushed)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def _tick(self, streams: list[StreamState], result: StepResult) -> None:
-        windows = [s.hop_window() for s in streams]
+    def _tick(self, hops: list[tuple[Session, StreamState, Hop]],
+              result: StepResult) -> list[tuple[StreamState, Emitted]]:
+        streams = [st for _, st, _ in hops]
+        windows = [st.hop_window(h) for _, st, h in hops]
         styles = None
         if any(s.style is not None for s in streams):
             null = self.backend.constants.style_null
@@ -259,18 +275,80 @@ class StreamingEngine:
             text=text, text_keep=text_keep,
         )
         out = sample_windows(self.backend, batch, self.preset.steps, self.guidance)
-        now = time.monotonic_ns()
-        for i, s in enumerate(streams):
-            result.frames.extend(s.apply_hop(out, i, now))
-        result.hops += len(streams)
+        emitted = []
+        for i, (session, state, hop) in enumerate(hops):
+            try:
+                emitted.append((state, state.apply_hop(hop, out, i)))
+            except Exception as exc:
+                self._fail(session, exc, result)
+        result.hops += len(hops)
         result.ticks += 1
+        return emitted
 
-    def _fail(self, sid: str, exc: Exception, result: StepResult) -> None:
-        log.error("stream %s failed and was closed: %s", sid, exc)
-        result.failed[sid] = f"{type(exc).__name__}: {exc}"
-        self._drop(sid)
+    def _frames(self, emitted: list[tuple[StreamState, Emitted]], compute_ms: float) -> list[Frame]:
+        """The round's wire frames, built once: gaze for all of them in one call, seq = index."""
+        emitted = [(st, em) for st, em in emitted if em.index]
+        if not emitted:
+            return []
+        values = np.concatenate([em.values for _, em in emitted])
+        D = self.cfg.expr_dim
+        blendshapes = np.ascontiguousarray(values[:, :D], np.float32)
+        head = np.ascontiguousarray(values[:, D:], np.float32)
+        gaze = motion.gaze_from_blendshapes(blendshapes)
+        lookahead_ms = self.preset.lookahead_ms()
+        frames, row = [], 0
+        for state, em in emitted:
+            for index, captured, last in zip(em.index, em.captured_ns, em.last, strict=True):
+                frames.append(Frame(state.id, index, index, self.fps, index / self.fps, blendshapes[row], head[row],
+                                    gaze[row], captured, 0, lookahead_ms, compute_ms, last))
+                row += 1
+        return frames
 
-    def _drop(self, sid: str) -> None:
-        with self._lock:
-            self._streams.pop(sid, None)
-            self._pending.pop(sid, None)
+    def final_frame(self, session: Session) -> Frame | None:
+        """A neutral frame with ``last`` after a stream's published frames, for a stream that ends
+        without its audio's frames (an error, a shutdown): receivers return to rest instead of holding
+        a pose mid-word. None when it published nothing."""
+        state = session.state
+        if state is None or state.out_index == 0:
+            return None
+        index = state.out_index
+        state.out_index += 1
+        zeros = np.zeros(motion.NUM_BLENDSHAPES, np.float32)
+        return Frame(session.id, index, index, self.fps, index / self.fps, zeros, np.zeros(motion.NUM_HEAD, np.float32),
+                     np.zeros(len(motion.GAZE), np.float32), None, 0, self.preset.lookahead_ms(), 0.0, True)
+
+    def _fail(self, session: Session, exc: Exception, result: StepResult) -> None:
+        log.error("stream %s failed and was closed: %s", session.id, exc)
+        self.sessions.finish(session)
+        result.ended.append(Ended(session, "error", f"{type(exc).__name__}: {exc}", self.final_frame(session)))
+
+    # --- before serving ------------------------------------------------------------------------
+    def warm_up(self, audio: np.ndarray | None = None) -> float:
+        """Run everything a first stream touches before a real one waits on it (session set-up and memory
+        planning in the backend, the recogniser, the prosody path's lazy import and compile on voiced
+        audio, the transcript's G2P, a resampler), then measure what a stream costs (``capacity``).
+        ``audio``: 16 kHz speech (default: the bundled sample). Returns the seconds it took."""
+        t0 = time.perf_counter()
+        if audio is None:
+            audio, _ = load_audio(SAMPLE_SPEECH)
+        clip = np.asarray(audio, np.float32)[: int(WARM_UP_S * motion.SAMPLE_RATE)]
+        stereo_48k = np.repeat(np.repeat(clip, 3)[:, None], 2, axis=1)  # a 48 kHz stereo device, crudely
+        for measure in (False, True):
+            session = self.sessions.open(f"warm-up-{uuid.uuid4().hex[:8]}", "sdk", AudioFormat(48_000, 2),
+                                         text=None if measure else "hello there", admit=False)
+            cpu0 = time.process_time()
+            for i in range(0, len(stereo_48k), 480):
+                self.sessions.feed(session, stereo_48k[i : i + 480])
+            self.sessions.end(session)
+            while not session.finished:
+                self.step()
+            if measure:
+                self.capacity.calibrate((time.process_time() - cpu0) / WARM_UP_S)
+            self.sessions.remove(session)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Stop the front-end threads (streams are not flushed)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

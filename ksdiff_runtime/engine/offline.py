@@ -16,11 +16,12 @@ import torch
 from ksdiff_runtime import motion
 from ksdiff_runtime.backends.base import Backend
 from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.engine.sampling import Guidance
 from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.features.prosody import normalized_prosody, prosody
 from ksdiff_runtime.inputs.guards import sanitize
 from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
+from ksdiff_runtime.model.ksdiff import KSDiff
 from ksdiff_runtime.motion import take_frames
 
 from .sampling import WindowBatch, sample_windows

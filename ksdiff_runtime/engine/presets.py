@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from ksdiff_runtime import motion
 from ksdiff_runtime.features.frontend import FrontEndConfig
 
+# The real-time bound: how far behind its audio (beyond the audio wait and one hop of compute) a
+# live stream may fall before the engine sheds frames to stay current: 2 hops, and never less than
+# MIN_LAG_MS (a 1-frame hop's 67 ms would shed on every scheduling hiccup of a busy machine).
+MAX_LAG_HOPS = 2
+MIN_LAG_MS = 100.0
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -58,6 +64,16 @@ class Preset:
         """Audio after a frame's instant that the model had always heard when it made the frame
         (the last frame of a hop; earlier frames of a hop heard more)."""
         return 1000.0 * self.model_lookahead_frames / motion.FPS + self.feature_lookahead_ms
+
+    def max_lag_ms(self) -> float:
+        """The stated bound: how far behind a live stream may fall (MAX_LAG_HOPS hops, at least MIN_LAG_MS)."""
+        return max(MAX_LAG_HOPS * 1000.0 * self.hop_frames / motion.FPS, MIN_LAG_MS)
+
+    def deadline_ms(self) -> float:
+        """How long after its audio reached the runtime a frame may still be published: the audio wait,
+        one hop of compute, and the bound ``max_lag_ms``. A frame that would be later is not computed at
+        all (a gap in its stream's seq), so a stream under load stays current."""
+        return self.latency_budget_ms() + 1000.0 * self.hop_frames / motion.FPS + self.max_lag_ms()
 
     def latency_budget_ms(self) -> float:
         """Worst-case wait for audio before a hop can run (compute and transport come on top)."""

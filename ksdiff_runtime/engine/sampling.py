@@ -1,13 +1,13 @@
-"""The window sampler every backend shares: classifier-free guidance and DDIM, in numpy.
+"""The one window sampler: classifier-free guidance and DDIM in numpy over a Backend's two graphs.
 
-It mirrors KSDiff.sample_window step for step (tests/test_engine.py checks they agree), but
-calls a Backend's two graphs, so torch, ONNX Runtime and TensorRT produce the same frames.
+Every path that animates (the streaming engine, offline bakes, evaluation) samples here, so
+torch, ONNX Runtime and TensorRT produce the same frames (tests compare the backends through it):
 
-    condition(window)                  once per hop: path features, KEL keyframes
+    condition(window)                      once per hop: path features, KEL keyframes
     x = noise
-    for t in ddim_timesteps(steps):    a short loop:
-        x0 = denoise(context + x, t)   one batched call per step (all streams, all CFG variants)
-        x  = ddim_step(x, x0, t)
+    for i, t in enumerate(timesteps):      a short loop (the scheduler in scheduler.py):
+        x0 = denoise(context + x, t)       one batched call per step (all streams, all CFG variants)
+        x  = scheduler.step(x, x0, i)
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ksdiff_runtime.backends.base import Backend, ModelConstants
-from ksdiff_runtime.model.ksdiff import Guidance
+
+from .scheduler import DDIMScheduler
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance scales; 1.0 means 'conditional only' and costs no extra pass."""
+
+    audio: float = 1.0
+    style: float = 1.0
+    text: float = 1.0
 
 
 @dataclass
@@ -41,13 +51,6 @@ class WindowResult:
     pose: np.ndarray  # [B, N, 3] radians
     key_expr: np.ndarray  # [B, N] KEL keyframe probability
     key_pose: np.ndarray  # [B, N]
-
-
-def ddim_timesteps(diffusion_steps: int, num_steps: int) -> list[int]:
-    """The same spacing as NoiseScheduler.ddim_timesteps (e.g. 4 of 1000 -> 999, 749, 499, 249)."""
-    if not 1 <= num_steps <= diffusion_steps:
-        raise ValueError(f"DDIM steps must be in 1..{diffusion_steps}, got {num_steps}")
-    return [round(diffusion_steps - 1 - i * diffusion_steps / num_steps) for i in range(num_steps)]
 
 
 def sample_windows(
@@ -112,17 +115,10 @@ def sample_windows(
             guided = guided + (variant[3] - 1.0) * (x0[0] - x0[i])
         return guided
 
+    scheduler = DDIMScheduler(k.alpha_bar, steps)
     x = batch.noise.astype(f32)
-    schedule = ddim_timesteps(cfg.diffusion_steps, steps)
-    ab = k.alpha_bar
-    for i, t in enumerate(schedule):
-        x0 = predict_x0(x, t)
-        if i + 1 == len(schedule):
-            x = x0
-            break
-        ab_t, ab_next = ab[t], ab[schedule[i + 1]]
-        eps = (x - np.sqrt(ab_t) * x0) / np.sqrt(1 - ab_t)
-        x = (np.sqrt(ab_next) * x0 + np.sqrt(1 - ab_next) * eps).astype(f32)
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(x, predict_x0(x, t), i)
     expr = np.clip(x[..., :D] * k.expr_std + k.expr_mean, 0.0, 1.0)
     pose = x[..., D:] * k.pose_std + k.pose_mean
     return WindowResult(expr.astype(f32), pose.astype(f32), prob_e[:B], prob_p[:B])

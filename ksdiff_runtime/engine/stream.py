@@ -4,21 +4,26 @@ Everything a stream computes is scheduled by *sample counts*, never by how the a
 chunked or when it arrived: front-end group g runs once the audio reaches the sample it
 needs, and hop k runs once the features of its frames (plus the preset's lookahead) exist.
 So the same audio gives the same frames for a fixed seed whether it arrives whole or in
-random-sized chunks.
+random-sized chunks, as long as the engine keeps up.
 
-Only recent audio and features are kept (what the next front-end call and the next
-window's encoder context need), so a stream can run for hours in constant memory.
+When it does not (the machine is busy, or more work arrived than fits), real time wins over
+determinism (``plan``): a frame that could no longer be published within its deadline is not
+computed at all (shed: a gap in ``seq``), and a stream more than a hop late takes every frame
+whose audio is there in one hop (one front-end call, one model window) to catch up.
+
+Only recent audio and features are kept (what the next front-end call and the next window's
+encoder context need), so a stream can run for hours in constant memory.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
+import math
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
 
-from ksdiff_runtime import motion
 from ksdiff_runtime.features.frontend import BlockwiseFrontEnd
 from ksdiff_runtime.features.prosody import normalized_prosody, prosody
 from ksdiff_runtime.model.config import ModelConfig
@@ -27,13 +32,9 @@ from ksdiff_runtime.motion import FPS, SAMPLE_RATE, take_frames
 from .presets import Preset
 from .sampling import WindowResult
 
-log = logging.getLogger("ksdiff_runtime.engine")
-
 # Prosody of a frame range is computed over this many frames before it (YIN needs 64 ms of
 # audio around a frame; the rest keeps the relative voicing gate from seeing too little).
 PROSODY_CONTEXT_FRAMES = 6
-# Longest gap on a stream's clock that is filled with silence; a longer one fails the stream.
-MAX_GAP_S = 10
 
 
 def frame_sample(frame: int) -> int:
@@ -47,18 +48,19 @@ def prosody_span(front_end: BlockwiseFrontEnd, f0: int, f1: int) -> tuple[int, i
     return frame_sample(max(0, f0 - PROSODY_CONTEXT_FRAMES)), front_end.range_samples(f0, f1)[1]
 
 
-@dataclass
-class Frame:
-    """One output frame of one stream."""
+def output_frames(samples: int, fps: int) -> int:
+    """Frames a stream of ``samples`` yields at ``fps``: one per started frame period, so the tail of
+    the audio (the last partial period) is animated too (protocol/SPEC.md 4.2)."""
+    return -(-samples * fps // SAMPLE_RATE)
 
-    stream_id: str
-    index: int  # frame number at the engine's output fps
-    t_audio: float  # seconds into the stream's audio that this frame animates
-    blendshapes: np.ndarray  # [52] ARKit weights 0..1, motion.BLENDSHAPES order
-    head: np.ndarray  # [3] pitch, yaw, roll in radians (motion.HEAD_ROTATION)
-    captured_ns: int | None  # monotonic ns when the audio at t_audio was captured (None: unknown)
-    emitted_ns: int  # monotonic ns when the engine produced the frame
-    last: bool = False  # the stream's final frame
+
+@dataclass(frozen=True)
+class Hop:
+    """What a stream does this round: skip ``skip`` stale frames, then emit ``frames`` in one window."""
+
+    skip: int
+    frames: int
+    catch_up: bool  # more than the preset's hop (the stream was late): features in one call, no crossfade
 
 
 @dataclass
@@ -73,36 +75,49 @@ class HopWindow:
     noise: np.ndarray  # [N, 55]
 
 
+@dataclass
+class Emitted:
+    """Output frames of one hop, as arrays (the engine builds the wire frames of a whole round at once)."""
+
+    index: list[int]
+    values: np.ndarray  # [n, 55]: 52 blendshapes then head pitch, yaw, roll
+    captured_ns: list[int | None]
+    last: list[bool]
+    shed: int = 0  # output frames skipped before these
+
+
 class StreamState:
-    def __init__(
-        self,
-        stream_id: str,
-        cfg: ModelConfig,
-        preset: Preset,
-        front_end: BlockwiseFrontEnd,
-        seed: int = 0,
-        style: np.ndarray | None = None,
-        out_fps: int = FPS,
-    ) -> None:
+    def __init__(self, stream_id: str, cfg: ModelConfig, preset: Preset, front_end: BlockwiseFrontEnd,
+                 seed: int = 0, style: np.ndarray | None = None, tokens: np.ndarray | Future | None = None,
+                 out_fps: int = FPS) -> None:
         self.id = stream_id
         self.cfg = cfg
         self.preset = preset
         self.front_end = front_end
         self.seed = int(seed)
         self.style = style
-        self.tokens = np.zeros(0, np.int64)  # transcript phoneme ids (empty: no transcript)
+        # transcript phoneme ids; a Future while the G2P thread works on them (no hop runs until then)
+        self.tokens: np.ndarray = np.zeros(0, np.int64)
+        self._tokens_later = tokens if isinstance(tokens, Future) else None
+        if isinstance(tokens, np.ndarray):
+            self.tokens = tokens
+        self.ready_ns: int | None = None  # when the transcript was ready: no frame is due before
         self.out_fps = out_fps
         self.ended = False
+        self.n_out: int | None = None  # output frames of the whole stream, once it has ended
         # audio: samples [audio_offset, samples) are kept
         self.samples = 0
         self.audio_offset = 0
         self._audio = np.zeros(0, np.float32)
+        # when audio arrived: (end of a chunk's input on the 16 kHz clock, arrival ns), oldest first
+        self._arrivals: collections.deque[tuple[int, int]] = collections.deque()
+        self.anchor_ns: int | None = None  # real time of sample 0 (the first arrival)
         # features: frames [feat_offset, feat_offset + len(feats)) are kept; n_feats computed so far
         self.n_feats = 0
         self.feat_offset = 0
         self._feats = np.zeros((0, cfg.feature_dim), np.float32)
         self._pros = np.zeros((0, cfg.prosody_dim), np.float32)
-        # motion: frames [0, emitted) emitted; the last C kept as context for the next hop
+        # motion: frames [0, emitted) emitted or skipped; the last C kept as context for the next hop
         self.emitted = 0
         self.hops = 0
         C = cfg.motion_context_frames
@@ -111,68 +126,156 @@ class StreamState:
         # output-fps resampling: the last emitted native frame, and the next output index
         self._last_native: np.ndarray | None = None
         self.out_index = 0
-        # (absolute end sample, monotonic capture ns) of recent chunks, for latency accounting
-        self._captures: collections.deque[tuple[int, int]] = collections.deque()
-        self.gap_samples = 0
-        self.overlap_samples = 0
+        # the real-time budget: a frame not published this long after its audio was due is stale
+        self.deadline_ns = round(preset.deadline_ms() * 1e6)
+        self.hop_period_ns = round(preset.hop_frames * 1e9 / FPS)
 
     # --- audio -------------------------------------------------------------------------------
-    def append_audio(self, audio: np.ndarray, at_sample: int | None, captured_ns: int | None) -> None:
-        """Add sanitised 16 kHz samples. ``at_sample`` places them on the stream's clock: a gap
-        is filled with silence (the clock never slips), a repeat of audio already held is dropped."""
+    def append(self, audio: np.ndarray, clock_end: int, arrival_ns: int | None) -> None:
+        """Add 16 kHz samples (already sanitised by the input stage); ``clock_end``: where the input
+        received so far ends on the 16 kHz clock; ``arrival_ns``: when it reached the runtime."""
         if self.ended:
             raise ValueError(f"stream {self.id} has ended; open a new stream")
-        if at_sample is not None:
-            if at_sample > self.samples:
-                gap = at_sample - self.samples
-                if gap > MAX_GAP_S * SAMPLE_RATE:
-                    # silence this long would cost recogniser time and memory for nothing
-                    raise ValueError(f"stream {self.id}: {gap / SAMPLE_RATE:.1f} s of audio missing before sample "
-                                     f"{at_sample} (at most {MAX_GAP_S} s is filled with silence); end the stream "
-                                     "and open a new one after a long pause")
-                self.gap_samples += gap
-                log.warning("stream %s: %d samples (%.0f ms) missing before sample %d; filled with silence",
-                            self.id, gap, 1000 * gap / SAMPLE_RATE, at_sample)
-                audio = np.concatenate([np.zeros(gap, np.float32), audio])
-            elif at_sample < self.samples:
-                dup = min(self.samples - at_sample, audio.size)
-                self.overlap_samples += dup
-                log.warning("stream %s: dropped %d samples already received (chunk starts at %d, stream at %d)",
-                            self.id, dup, at_sample, self.samples)
-                audio = audio[dup:]
-        if audio.size == 0:
-            return
-        self._audio = np.concatenate([self._audio, audio])
-        self.samples += audio.size
-        if captured_ns is not None:
-            self._captures.append((self.samples, captured_ns))
+        if arrival_ns is not None:
+            if self.anchor_ns is None:
+                self.anchor_ns = arrival_ns
+            self._arrivals.append((clock_end, arrival_ns))
+        if audio.size:
+            self._audio = np.concatenate([self._audio, audio])
+            self.samples += audio.size
 
     def end(self) -> None:
+        """No more audio. The stream yields ``output_frames(samples)`` frames: the audio is padded with
+        silence so that the native 30 fps frames cover the last output frame."""
+        if self.ended:
+            return
         self.ended = True
+        self.n_out = output_frames(self.samples, self.out_fps)
+        if self.n_out == 0:
+            return
+        last_pos = (self.n_out - 1) * FPS / self.out_fps  # in native frames
+        native = math.floor(last_pos + 1e-9) + (2 if last_pos % 1 > 1e-9 else 1)
+        need = -(-native * SAMPLE_RATE // FPS)
+        if need > self.samples:
+            self._audio = np.concatenate([self._audio, np.zeros(need - self.samples, np.float32)])
+            self.samples = need
 
     @property
     def total_frames(self) -> int | None:
-        """Frames of the whole stream once it has ended (None while it is live)."""
-        return motion.num_frames(self.samples) if self.ended else None
+        """Native (30 fps) frames of the whole stream once it has ended (None while it is live)."""
+        return self.samples * FPS // SAMPLE_RATE if self.ended else None
+
+    def audio_frames(self) -> int:
+        """Frames whose features the audio here can give (all of them once the stream has ended)."""
+        if self.ended:
+            return self.total_frames or 0
+        look = self.front_end.lookahead_samples
+        return max(0, (self.samples - look) * FPS // SAMPLE_RATE)
+
+    # --- real time -----------------------------------------------------------------------------
+    def due_ns(self, sample: int) -> int | None:
+        """When audio sample ``sample`` was due in real time: when it arrived, or, for audio pushed
+        ahead of real time, when its instant comes (None: not real-time audio)."""
+        if self.anchor_ns is None or not self._arrivals:
+            return None
+        arrival = self._arrivals[-1][1]
+        for end, ns in self._arrivals:
+            if end >= sample:
+                arrival = ns
+                break
+        due = max(arrival, self.anchor_ns + sample * 1_000_000_000 // SAMPLE_RATE)
+        return due if self.ready_ns is None else max(due, self.ready_ns)
+
+    def captured_ns(self, frame_pos: float) -> int | None:
+        """When the audio at (native) frame position ``frame_pos`` reached the runtime: the arrival
+        of the chunk that held it; never earlier than an earlier instant's (protocol/SPEC.md 4.2)."""
+        if not self._arrivals:
+            return None
+        sample = round(frame_pos * SAMPLE_RATE / FPS)
+        for end, ns in self._arrivals:
+            if end >= sample:
+                return ns
+        return self._arrivals[-1][1]
+
+    def plan(self, now_ns: int, lead_ns: int) -> Hop | None:
+        """This round's hop, or None when nothing is ready. ``lead_ns``: how long a round takes (a
+        frame whose deadline passes before then is stale)."""
+        if self._tokens_later is not None:
+            if not self._tokens_later.done():
+                return None  # the transcript's phonemes are on their way; the stream starts with them
+            self.tokens = self._tokens_later.result()  # raises what G2P raised: the stream fails with it
+            self._tokens_later = None
+            self.ready_ns = now_ns
+        p, L = self.preset, self.preset.model_lookahead_frames
+        end = self.total_frames
+        available = self.audio_frames()
+        e = self.emitted
+        skip = 0
+        if not self.ended or e < (end or 0):
+            while e + skip < available - L and self._stale(e + skip, now_ns + lead_ns):
+                skip += 1
+        e += skip
+        if end is not None:
+            left = end - e
+            if left <= 0:
+                return Hop(skip, 0, False) if skip else None
+            k = min(left, p.window_frames if skip or self._late(min(e + p.hop_frames, end) - 1, now_ns)
+                    else p.hop_frames)
+            return Hop(skip, k, k > p.hop_frames)
+        if available < e + p.hop_frames + L:
+            return Hop(skip, 0, True) if skip else None
+        if skip or self._late(e + p.hop_frames + L - 1, now_ns):
+            return Hop(skip, min(available - L - e, p.window_frames), True)
+        return Hop(skip, p.hop_frames, False)
+
+    def _stale(self, frame: int, at_ns: int) -> bool:
+        """The frame could not be published by its deadline (its audio's arrival + the preset's deadline)."""
+        due = self.due_ns(frame_sample(frame))
+        return due is not None and due + self.deadline_ns < at_ns
+
+    def _late(self, frame: int, now_ns: int) -> bool:
+        """More than one hop behind the audio that frame ``frame``'s features need (the last frame a
+        hop needs): the audio arrived over a hop ago and the hop has not run."""
+        due = self.due_ns(self.front_end.range_samples(frame, frame + 1)[1])
+        return due is not None and now_ns - due > self.hop_period_ns
 
     # --- features ----------------------------------------------------------------------------
-    def update_features(self, front_end: BlockwiseFrontEnd | None = None) -> int:
-        """Run the front-end on every frame group whose audio is complete; returns groups run.
+    def skip_to(self, frame: int) -> int:
+        """Leave frames [emitted, frame) out (stale); returns the output frames skipped. Their features,
+        when not computed yet, repeat the last ones (the encoder context of later hops sees them)."""
+        if frame <= self.emitted:
+            return 0
+        if self.n_feats < frame:
+            n = frame - self.n_feats
+            last_f = self._feats[-1:] if len(self._feats) else np.zeros((1, self.cfg.feature_dim), np.float32)
+            last_p = self._pros[-1:] if len(self._pros) else np.zeros((1, self.cfg.prosody_dim), np.float32)
+            self._feats = np.concatenate([self._feats, np.repeat(last_f, n, 0)])
+            self._pros = np.concatenate([self._pros, np.repeat(last_p, n, 0)])
+            self.n_feats = frame
+        self.emitted = frame
+        self._provisional = self._provisional[:0]
+        self._last_native = None
+        first_out = math.ceil(frame * self.out_fps / FPS - 1e-9)
+        skipped, self.out_index = max(0, first_out - self.out_index), max(self.out_index, first_out)
+        self._trim()
+        return skipped
 
-        ``front_end``: the instance to compute with (an engine gives each of its threads its own
-        recogniser); the same configuration as the stream's, so the same features."""
+    def update_features(self, upto: int, one_call: bool, front_end: BlockwiseFrontEnd | None = None) -> None:
+        """Features for frames up to ``upto`` (exclusive), as far as the audio allows. Normally in the
+        preset's groups (the schedule training used); ``one_call``: everything in one front-end call
+        (a stream catching up). ``front_end``: the instance to compute with (an engine gives each of
+        its threads its own recogniser); the same configuration, so the same features."""
         compute = front_end or self.front_end
+        available = self.audio_frames()
         G = self.preset.feature_block_frames
-        runs = 0
-        while True:
+        while self.n_feats < min(upto, available):
             f0 = self.n_feats
-            f1 = f0 + G
-            end = self.total_frames
-            if end is not None:
-                if f0 >= end:
-                    return runs
-            elif self.samples < self.front_end.range_samples(f0, f1)[1]:
-                return runs
+            if one_call:
+                f1 = min(upto, available)
+            else:
+                f1 = f0 + G
+                if f1 > available and not self.ended:
+                    return
             feats = compute.range_features(self._audio, f0, f1, offset=self.audio_offset)
             n = feats.shape[0]
             if n == 0:  # cannot happen with the sample counts above; never loop on it
@@ -180,7 +283,6 @@ class StreamState:
             self._feats = np.concatenate([self._feats, feats])
             self._pros = np.concatenate([self._pros, self._prosody(f0, f0 + n, f1)])
             self.n_feats += n
-            runs += 1
             self._trim()
 
     def _prosody(self, f0: int, f1: int, f1_nominal: int) -> np.ndarray:
@@ -197,7 +299,7 @@ class StreamState:
         return take_frames(rows, f0 - k0, f1 - f0).astype(np.float32)
 
     def _trim(self) -> None:
-        """Forget audio and features no future computation can need."""
+        """Forget audio, features and arrival times no future computation can need."""
         next_f0 = self.n_feats
         keep_from = min(self.front_end.range_samples(next_f0, next_f0 + 1)[0],
                         frame_sample(max(0, next_f0 - PROSODY_CONTEXT_FRAMES)))
@@ -209,30 +311,41 @@ class StreamState:
             cut = keep_frame - self.feat_offset
             self._feats, self._pros = self._feats[cut:].copy(), self._pros[cut:].copy()
             self.feat_offset = keep_frame
-        # keep the capture times of frames an output-fps resampler may still interpolate
-        while self._captures and self._captures[0][0] < frame_sample(self.emitted - 2):
-            self._captures.popleft()
+        # keep the arrival of every frame an output-fps resampler or a deadline may still ask about
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < frame_sample(self.emitted - 2):
+            self._arrivals.popleft()
 
     # --- hops ---------------------------------------------------------------------------------
-    def hop_ready(self) -> bool:
-        """True when the next hop's features exist (or the stream ended with frames left)."""
+    def features_needed(self, hop: Hop) -> int:
+        """Frames whose features the hop reads: its own and the model's lookahead (within the stream)."""
+        need = self.emitted + hop.frames + self.preset.model_lookahead_frames
         end = self.total_frames
-        if end is not None:
-            return self.emitted < end and self.n_feats >= end
-        return self.n_feats >= self.emitted + self.preset.hop_frames + self.preset.model_lookahead_frames
+        return need if end is None else min(need, end)
+
+    def hop_ready(self, hop: Hop) -> bool:
+        """The features the hop needs exist."""
+        return hop.frames > 0 and self.n_feats >= self.features_needed(hop)
+
+    def work_ready(self) -> bool:
+        """A hop could run now without more audio (the preset's hop, or the rest of an ended stream)."""
+        if self._tokens_later is not None and not self._tokens_later.done():
+            return False
+        if self.ended:
+            return not self.finished()
+        return self.audio_frames() >= self.emitted + self.preset.hop_frames + self.preset.model_lookahead_frames
 
     def finished(self) -> bool:
-        """Ended, and every frame emitted."""
-        return self.ended and self.emitted >= motion.num_frames(self.samples)
+        """Ended, and every output frame emitted (or skipped)."""
+        return self.ended and self.out_index >= (self.n_out or 0)
 
-    def hop_window(self) -> HopWindow:
+    def hop_window(self, hop: Hop) -> HopWindow:
         cfg, p = self.cfg, self.preset
         E, L, C, N = cfg.encoder_context_frames, cfg.lookahead_frames, cfg.motion_context_frames, p.window_frames
         e = self.emitted
         # Features the hop may use: exactly up to its lookahead (never more, even if more audio
         # has arrived, so the frames do not depend on arrival timing); later frames repeat the
         # last of them, as in training's hide-lookahead augmentation.
-        usable = e + p.hop_frames + p.model_lookahead_frames
+        usable = e + hop.frames + p.model_lookahead_frames
         if self.ended:
             usable = min(usable, self.n_feats)
         avail = usable - self.feat_offset
@@ -245,19 +358,18 @@ class StreamState:
         D = cfg.expr_dim
         return HopWindow(feats, pros, self._ctx[:, :D].copy(), self._ctx[:, D:].copy(), known, noise)
 
-    def apply_hop(self, result: WindowResult, i: int, now_ns: int) -> list[Frame]:
+    def apply_hop(self, hop: Hop, result: WindowResult, i: int) -> Emitted:
         """Take row ``i`` of a batched hop result: crossfade, emit, keep context and provisional frames."""
         p = self.preset
         window = np.concatenate([result.expr[i], result.pose[i]], axis=-1)
-        X = min(p.crossfade_frames, len(self._provisional))
+        X = 0 if hop.catch_up else min(p.crossfade_frames, len(self._provisional))
         if X:
             # ramp from the previous hop's guess (made with less audio) to this hop's frames
             w = (np.arange(1, X + 1, dtype=np.float32) / (X + 1))[:, None]
             window[:X] = (1.0 - w) * self._provisional[:X] + w * window[:X]
-        end = self.total_frames
-        n = p.hop_frames if end is None else min(p.hop_frames, end - self.emitted)
+        n = hop.frames
         new = window[:n].copy()
-        self._provisional = window[p.hop_frames :].copy()
+        self._provisional = window[n:].copy()
         D = self.cfg.expr_dim
         # (a low-pass on blendshapes was tried too: it only blurred closures, docs/ENGINE.md)
         if p.head_smoothing_ms > 0 and n:
@@ -267,9 +379,9 @@ class StreamState:
         first = self.emitted
         self.emitted += n
         self.hops += 1
-        frames = self._resample(new, first, now_ns)
+        emitted = self._resample(new, first)
         self._trim()
-        return frames
+        return emitted
 
     def _low_pass(self, x: np.ndarray, last: np.ndarray, time_constant_ms: float) -> np.ndarray:
         """One-pole low-pass continuing from the last emitted frame (per frame, so chunk-invariant)."""
@@ -281,17 +393,16 @@ class StreamState:
             out[j] = prev
         return out
 
-    def _resample(self, new: np.ndarray, first: int, now_ns: int) -> list[Frame]:
+    def _resample(self, new: np.ndarray, first: int) -> Emitted:
         """Output frames at ``out_fps`` whose times fall within the native frames emitted so far
         (linear interpolation between neighbouring 30 fps frames)."""
         native = new if self._last_native is None else np.concatenate([self._last_native[None], new])
         base = first if self._last_native is None else first - 1
         self._last_native = new[-1].copy() if len(new) else self._last_native
         last_native = self.emitted - 1
-        end = self.total_frames
-        frames: list[Frame] = []
-        D = self.cfg.expr_dim
-        while True:
+        out = Emitted([], np.zeros((0, new.shape[1]), np.float32), [], [])
+        rows = []
+        while self.n_out is None or self.out_index < self.n_out:
             pos = self.out_index * FPS / self.out_fps  # position in native frames
             if pos > last_native + 1e-9:
                 break
@@ -299,18 +410,11 @@ class StreamState:
             w = pos - i0
             a = native[i0 - base]
             b = native[min(i0 + 1, last_native) - base]
-            v = (1.0 - w) * a + w * b
-            t = self.out_index / self.out_fps
-            next_pos = (self.out_index + 1) * FPS / self.out_fps
-            frames.append(Frame(self.id, self.out_index, t, v[:D].astype(np.float32), v[D:].astype(np.float32),
-                                self.captured_ns_at(round(t * SAMPLE_RATE)), now_ns,
-                                last=end is not None and next_pos > end - 1 + 1e-9))
+            rows.append((1.0 - w) * a + w * b)
+            out.index.append(self.out_index)
+            out.captured_ns.append(self.captured_ns(pos))
+            out.last.append(self.n_out is not None and self.out_index == self.n_out - 1)
             self.out_index += 1
-        return frames
-
-    def captured_ns_at(self, sample: int) -> int | None:
-        """When the audio sample ``sample`` was captured, from the capture time of its chunk."""
-        for end, ns in self._captures:
-            if end >= sample:
-                return ns - round((end - sample) * 1e9 / SAMPLE_RATE)
-        return None
+        if rows:
+            out.values = np.stack(rows).astype(np.float32)
+        return out

@@ -8,6 +8,7 @@ uses). Token 0 is padding; symbols outside the inventory become <unk>.
 from __future__ import annotations
 
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -38,10 +39,20 @@ def phoneme_tokens(text: str, max_tokens: int = MAX_TOKENS) -> np.ndarray:
     punctuation, and single words are cached across lines.
     """
     _, vocab = _models()
-    words = re.findall(r"[A-Za-z']+|\d+", text)
     out: list[int] = []
-    for word in words:
+    for match in re.finditer(r"[A-Za-z']+|\d+", text):
+        if len(out) >= max_tokens:  # the model reads no more: G2P stops (a long transcript costs no more)
+            break
         if out:
             out.append(vocab["<wb>"])
-        out.extend(_word_tokens(word.lower()))
+        out.extend(_word_tokens(match.group().lower()))
     return np.asarray(out[:max_tokens], dtype=np.int64)
+
+
+# G2P costs ~25 ms per new word: it runs here, on one thread of its own, never on the engine's.
+_G2P = ThreadPoolExecutor(1, thread_name_prefix="ksdiff-g2p")
+
+
+def phoneme_tokens_later(text: str, max_tokens: int = MAX_TOKENS) -> Future[np.ndarray]:
+    """``phoneme_tokens`` on the G2P thread; the future holds the tokens (or the exception)."""
+    return _G2P.submit(phoneme_tokens, text, max_tokens)

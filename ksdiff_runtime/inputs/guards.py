@@ -32,8 +32,8 @@ class AudioInputError(ValueError):
 class AudioReport:
     """What ``sanitize`` found and repaired.
 
-    Counts refer to the array handed in: ``n_nonfinite`` counts NaN/Inf values before the
-    downmix (one per channel value), ``n_clipped`` counts mono samples outside [-1, 1].
+    Counts refer to the array handed in, one per channel value, before the downmix:
+    ``n_nonfinite`` counts NaN/Inf values, ``n_clipped`` values outside [-1, 1].
     """
 
     n_samples: int
@@ -86,13 +86,13 @@ def sanitize(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndar
     n_nonfinite = int(x.size - np.count_nonzero(finite))
     if n_nonfinite:
         x = np.where(finite, x, 0.0)
-    if x.ndim == 2:
-        x = x.mean(axis=1) if x.shape[1] > 0 else np.zeros(x.shape[0])
-
-    over = np.abs(x) > 1.0
-    n_clipped = int(np.count_nonzero(over))
+    # Clip (and count) every channel value before the downmix too: a 3.0 in one of 8 channels is
+    # an overload that a mean would hide.
+    n_clipped = int(np.count_nonzero(np.abs(x) > 1.0))
     if n_clipped:
         x = np.clip(x, -1.0, 1.0)
+    if x.ndim == 2:
+        x = x.mean(axis=1) if x.shape[1] > 0 else np.zeros(x.shape[0])
 
     out = x.astype(np.float32)
     peak = float(np.max(np.abs(out))) if out.size else 0.0

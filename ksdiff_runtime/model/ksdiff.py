@@ -11,8 +11,6 @@ Motion inside the model is normalised per channel with statistics of the trainin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,15 +25,6 @@ from .scheduler import NoiseScheduler
 from .style import StyleEncoder, info_nce
 
 MOUTH = list(motion.MOUTH_INDICES)
-
-
-@dataclass
-class Guidance:
-    """Classifier-free guidance scales; 1.0 means 'conditional only' and costs no extra pass."""
-
-    audio: float = 1.0
-    style: float = 1.0
-    text: float = 1.0
 
 
 class KSDiff(nn.Module):
@@ -216,80 +205,6 @@ class KSDiff(nn.Module):
         x0_e = self.den_expr(x_expr, known, key_prob_e, key_value_e, f_e, t, style)
         x0_p = self.den_pose(x_pose, known, key_prob_p, key_value_p, f_h, t, style)
         return x0_e, x0_p
-
-    @torch.no_grad()
-    def sample_window(
-        self,
-        feats: torch.Tensor,  # [B, S, F] with S = encoder context + new frames + lookahead
-        prosody: torch.Tensor,  # [B, S, 2]
-        text: torch.Tensor,  # [B, P]
-        text_keep: torch.Tensor,  # [B]
-        prev_expr: torch.Tensor,  # [B, C, 52] natural units (anything where unknown)
-        prev_pose: torch.Tensor,  # [B, C, 3]
-        known: torch.Tensor,  # [B, C] 1 where the previous frame exists
-        style: torch.Tensor | None,  # [B, style_dim] or None for the null style
-        noise_expr: torch.Tensor,  # [B, N, 52]
-        noise_pose: torch.Tensor,  # [B, N, 3]
-        steps: int,
-        guidance: Guidance | None = None,
-        use_kel: bool = True,
-    ) -> dict[str, torch.Tensor]:
-        """Generate N new frames after C known ones: natural-unit expr and pose, KEL probabilities."""
-        g = guidance or Guidance()
-        B, C, N = feats.shape[0], prev_expr.shape[1], noise_expr.shape[1]
-        dev = feats.device
-        style = self.style_null.expand(B, -1) if style is None else style
-        # classifier-free guidance variants, batched: (audio_keep, text_keep, style, scale)
-        ones, zeros = torch.ones(B, device=dev), torch.zeros(B, device=dev)
-        variants = [(ones, text_keep, style, 1.0)]
-        if g.audio != 1.0:
-            variants.append((zeros, text_keep, style, g.audio))
-        if g.style != 1.0:
-            variants.append((ones, text_keep, self.style_null.expand(B, -1), g.style))
-        if g.text != 1.0:
-            variants.append((ones, zeros, style, g.text))
-        V = len(variants)
-
-        def rep(x: torch.Tensor) -> torch.Tensor:
-            return x.repeat(V, *([1] * (x.dim() - 1)))
-
-        prev_e = rep(self.norm_expr(prev_expr) * known[..., None])
-        prev_p = rep(self.norm_pose(prev_pose) * known[..., None])
-        known_v = rep(known)
-        f_e, f_h, prob_e, value_e, prob_p, value_p = self.condition(
-            rep(feats), rep(prosody), rep(text), torch.cat([v[0] for v in variants]),
-            torch.cat([v[1] for v in variants]), prev_e, prev_p, known_v, N,
-        )
-        if not use_kel:
-            prob_e, prob_p = torch.zeros_like(prob_e), torch.zeros_like(prob_p)
-        ctx = torch.zeros(B * V, C, device=dev)
-        known_all = torch.cat([known_v, torch.zeros(B * V, N, device=dev)], dim=1)
-        key_prob_e, key_prob_p = torch.cat([ctx, prob_e], 1), torch.cat([ctx, prob_p], 1)
-        key_value_e = torch.cat([torch.zeros_like(prev_e), value_e], 1)
-        key_value_p = torch.cat([torch.zeros_like(prev_p), value_p], 1)
-        style_all = torch.cat([v[2] for v in variants])
-        D = self.cfg.expr_dim
-
-        def predict_x0(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            # both paths share the DDIM loop: expression and pose concatenated on the last axis
-            x_t = x_t.repeat(V, 1, 1)
-            x0_e, x0_p = self.denoise(
-                torch.cat([prev_e, x_t[..., :D]], 1), torch.cat([prev_p, x_t[..., D:]], 1), known_all,
-                key_prob_e, key_value_e, key_prob_p, key_value_p, f_e, f_h, t.repeat(V), style_all,
-            )
-            x0 = torch.cat([x0_e, x0_p], dim=-1)[:, C:].view(V, B, N, -1)
-            guided = x0[0]
-            for i, variant in enumerate(variants[1:], start=1):
-                guided = guided + (variant[3] - 1.0) * (x0[0] - x0[i])
-            return guided
-
-        x0 = self.scheduler.ddim_sample(predict_x0, torch.cat([noise_expr, noise_pose], dim=-1), steps)
-        return {
-            "expr": self.denorm_expr(x0[..., :D]),
-            "pose": self.denorm_pose(x0[..., D:]),
-            "key_expr": prob_e[:B],
-            "key_pose": prob_p[:B],
-        }
 
 
 def count_parameters(model: nn.Module) -> int:

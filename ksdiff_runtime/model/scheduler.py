@@ -1,9 +1,8 @@
-"""The noise schedule and the DDIM sampler, kept apart from the denoisers (as in diffusers)."""
+"""The noise schedule of training (the forward process); sampling runs in numpy (engine/scheduler.py)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -28,29 +27,3 @@ class NoiseScheduler:
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ab = self.alpha_bar.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-
-    def ddim_timesteps(self, num_steps: int) -> list[int]:
-        """Evenly spaced steps from the noisiest down to 0, e.g. 4 -> [999, 749, 499, 249]."""
-        if not 1 <= num_steps <= self.steps:
-            raise ValueError(f"DDIM steps must be in 1..{self.steps}, got {num_steps}")
-        return [round(self.steps - 1 - i * self.steps / num_steps) for i in range(num_steps)]
-
-    def ddim_sample(
-        self,
-        predict_x0: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        noise: torch.Tensor,
-        num_steps: int,
-    ) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) with an x0-predicting model: x_T = noise -> x_0."""
-        x = noise
-        steps = self.ddim_timesteps(num_steps)
-        ab = self.alpha_bar.to(noise.device)
-        for i, t in enumerate(steps):
-            t_batch = torch.full((noise.shape[0],), t, device=noise.device, dtype=torch.long)
-            x0 = predict_x0(x, t_batch)
-            if i + 1 == len(steps):
-                return x0
-            ab_t, ab_next = ab[t], ab[steps[i + 1]]
-            eps = (x - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
-            x = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
-        return x

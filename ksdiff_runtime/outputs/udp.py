@@ -13,6 +13,7 @@ import re
 import socket
 import time
 
+from ksdiff_runtime.events import Event
 from ksdiff_sdk import Frame, protocol
 
 log = logging.getLogger("ksdiff_runtime.outputs")
@@ -113,7 +114,7 @@ class UdpSender:
 
 
 def check_stream_id(stream: str | None, flag: str) -> None:
-    if stream and protocol.STREAM_ID_RE.fullmatch(stream) is None:
+    if stream and not protocol.is_stream_id(stream):
         raise OutputConfigError(f"{flag} {stream!r} is not a stream id (1-64 of A-Z a-z 0-9 _ . -)")
 
 
@@ -143,8 +144,9 @@ class StreamChoice:
 
 
 class UdpOutput:
-    """A frame output that sends one datagram per frame it accepts. A subclass sets ``name`` and
-    ``flag`` and says how a frame is encoded (``encode``); ``choice`` limits it to one stream."""
+    """An output that sends one datagram per frame it accepts (other events are not its business). A
+    subclass sets ``name`` and ``flag`` and says how a frame is encoded (``encode``); ``choice`` limits
+    it to one stream."""
 
     name = "udp"
     flag = "--udp"
@@ -168,10 +170,10 @@ class UdpOutput:
     def encode(self, frame: Frame) -> bytes:
         raise NotImplementedError
 
-    def send(self, frame: Frame) -> None:
-        if self._choice is not None and not self._choice.accepts(frame):
+    def send(self, event: Event) -> None:
+        if not isinstance(event, Frame) or (self._choice is not None and not self._choice.accepts(event)):
             return
-        self._sender.send(self.encode(frame))
+        self._sender.send(self.encode(event))
 
     def close(self) -> None:
         self._sender.close()

@@ -15,6 +15,8 @@ from typing import Any
 from ksdiff_runtime import motion
 from ksdiff_sdk import protocol
 
+from .security import SecurityError, check_endpoints
+
 
 class ConfigError(ValueError):
     """A config file or flag value the runtime cannot use; the message names it."""
@@ -28,8 +30,14 @@ class ServeConfig:
     preset: str = "low-latency"
     checkpoint: str = ""  # empty: the bundled checkpoint
     fps: int = motion.FPS
-    max_streams: int = 64
+    max_streams: int = 64  # a ceiling; below it the measured capacity decides (engine/capacity.py)
     idle_timeout_s: float = 10.0  # a stream that gets no audio this long is ended (reason timeout)
+    max_ahead_s: float = 20.0  # a client may push this much audio beyond real time (more: busy)
+    admission: bool = True  # refuse streams beyond the measured capacity (false: take every stream, shed under load)
+    # serving beyond this machine (server/security.py): CurveZMQ keys, or plain text on purpose
+    curve_secret_key: str = ""  # the server's .key_secret file (`ksdiff-runtime keys server`)
+    curve_clients: str = ""  # folder of the authorised clients' public .key files
+    insecure_lan: bool = False  # allow a bind beyond loopback without keys (logs a warning)
     threads: int = 1  # ONNX Runtime intra-op threads on the CPU (more spin against the front-end and io)
     mic: bool = False  # capture the default (or --device) microphone as stream "mic"
     device: str = ""  # input device: index or part of its name (`ksdiff-runtime devices`)
@@ -58,6 +66,11 @@ class ServeConfig:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if self.idle_timeout_s <= 0:
             raise ConfigError(f"idle_timeout_s must be positive, got {self.idle_timeout_s}")
+        if self.max_ahead_s <= 0:
+            raise ConfigError(f"max_ahead_s must be positive, got {self.max_ahead_s}")
+        if bool(self.curve_secret_key) != bool(self.curve_clients):
+            raise ConfigError("curve_secret_key and curve_clients go together: the server's key pair and the "
+                              "folder of authorised client keys")
         if self.stats < 0:
             raise ConfigError(f"stats must be >= 0 seconds, got {self.stats}")
         if self.log_format not in ("text", "json"):
@@ -67,6 +80,11 @@ class ServeConfig:
         for endpoint in (self.pub, self.router):
             if "://" not in endpoint:
                 raise ConfigError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:5555")
+        if not self.curve_secret_key:
+            try:
+                check_endpoints([self.pub, self.router], None, self.insecure_lan)
+            except SecurityError as e:
+                raise ConfigError(str(e)) from None
         self._check_outputs()
 
     def _check_outputs(self) -> None:

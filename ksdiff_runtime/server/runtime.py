@@ -1,76 +1,63 @@
-"""The runtime server: audio in (microphone, file, SDK pushes), frames out over ZeroMQ, wire protocol v1.
+"""The runtime server: audio in (microphone, file, SDK pushes), events out to every output, wire protocol v1.
 
-Three kinds of thread, so that no socket is shared and nothing waits on a client:
+Two threads of its own, so that no socket is shared and nothing waits on a client:
 
-    io        owns both sockets. Answers requests on the ROUTER and publishes frames, stream
-              events, hello and stats on the PUB. A PUB drops messages for a subscriber that
-              does not keep up (per-subscriber high-water mark), so a slow client never
-              blocks the runtime or the other clients.
-    engine    runs StreamingEngine.step() and hands its frames to io through a bounded outbox.
-              When io falls that far behind, new frames are dropped and counted (stats), and
-              subscribers see the gap in the frames' ``seq``.
-    sources   a microphone or file source delivers audio on its own thread or callback,
-              converted (InputStream) and pushed straight into the engine.
+    io        owns the ROUTER (requests and pushed audio) and, through the ZeroMQ output, the PUB.
+              Answers requests, feeds pushed audio into the sessions, and hands every event
+              (frames, stream starts and ends, stats, hello) to the outputs in order.
+    engine    runs StreamingEngine.step() round after round and hands its results to io through
+              a bounded outbox (frames over its bound are dropped and counted: a gap in seq).
 
-Every request is answered or refused with an ``error`` reply to the client that sent it; a
-bad request never affects another client or stream (protocol/SPEC.md section 4).
+Sources (a microphone, files) feed their sessions from their own threads. The one registry of
+streams is the engine's ``Sessions``. Every request is answered or refused with an ``error`` reply
+to the client that sent it; a bad request never affects another client or stream
+(protocol/SPEC.md section 4). ``stop()`` ends every stream (a closing frame with ``last``, then
+``stream_end`` reason ``shutdown``) and returns within about a second from any state.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import logging
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import msgpack
 import numpy as np
 import zmq
 
 from ksdiff_runtime import __version__, motion
-from ksdiff_runtime.engine.engine import StepResult, StreamingEngine
-from ksdiff_runtime.engine.stream import Frame
-from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError, InputStream
-from ksdiff_sdk import Frame as SdkFrame
+from ksdiff_runtime.engine.engine import DEFAULT_IDLE_TIMEOUT_S, Ended, StepResult, StreamingEngine
+from ksdiff_runtime.events import Event, Frame, Hello, Stats, StreamEnded, StreamStarted
+from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
+from ksdiff_runtime.outputs.base import FrameOutput
+from ksdiff_runtime.outputs.zmq import PUB_SNDHWM, ZmqPublisher
+from ksdiff_runtime.sessions import DEFAULT_MAX_AHEAD_S, RefusedError, Session
+from ksdiff_runtime.sources import Source, SourceError
 from ksdiff_sdk import protocol
 
-if TYPE_CHECKING:
-    from ksdiff_runtime.sources import Source
-
-
-class FrameOutput(Protocol):
-    """Another destination for every published frame (Live Link Face UDP, VMC/OSC, ...).
-
-    ``send`` is called on the io thread right after the frame is published, so it must not
-    block: send without waiting (UDP) or hand the frame to a thread of its own. An exception
-    is logged and counted; the runtime goes on."""
-
-    name: str
-
-    def send(self, frame: SdkFrame) -> None: ...
-
-    def close(self) -> None: ...
+from .ratelimit import RateLimitedLog
+from .security import Authenticator, CurveKeys, SecurityError, check_endpoints
 
 log = logging.getLogger("ksdiff_runtime.server")
 
 PUBLISH_QUEUE_FRAMES = 4096  # frames waiting for the io thread before new ones are dropped
-PUB_SNDHWM = 10_000  # per subscriber: ~20 s of 8 streams at 60 fps before ZeroMQ drops for it
 ENGINE_POLL_S = 0.05  # the engine thread wakes this often without audio (stream timeouts)
 LATENCY_WINDOW_S = 5.0  # stats latency percentiles over this much recent publishing
 MAX_REQUESTS_PER_WAKE = 256  # then publish what is ready before reading more requests
-SHUTDOWN_LINGER_MS = 500  # how long closing sockets may take to deliver the last messages
+STOP_ENGINE_WAIT_S = 1.0  # stop(): how long the engine thread may take to finish its round
+SHUTDOWN_LINGER_MS = 300  # how long closing the PUB may take to deliver the last messages
 
 
 class RuntimeStartError(RuntimeError):
-    """The runtime cannot start (an endpoint cannot be bound); the message says why."""
+    """The runtime cannot start (an endpoint cannot be bound, keys missing); the message says why."""
 
 
 def build_engine(
@@ -78,7 +65,7 @@ def build_engine(
     preset: str = "low-latency",
     checkpoint: str | Path | None = None,
     fps: int = motion.FPS,
-    idle_timeout_s: float = 10.0,
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     threads: int = 1,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
@@ -89,30 +76,29 @@ def build_engine(
     from ksdiff_runtime.backends import load_backend
     from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
+    t0 = time.perf_counter()
     loaded = load_backend(backend, checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=threads)
-    engine = StreamingEngine(loaded, preset, fps=fps, stream_timeout_s=idle_timeout_s)
-    engine.warm_up()
+    engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s)
+    loaded_s = time.perf_counter() - t0
+    warm_s = engine.warm_up()
+    r = engine.capacity.reading()
+    log.info("model on %s in %.1f s, warmed up in %.1f s; a %s stream costs %.2f of a core here (room for %d)",
+             loaded.name, loaded_s, warm_s, engine.preset.name, r.stream_cores, r.streams_that_fit())
     return engine
 
 
+# --- what the engine thread hands the io thread ----------------------------------------------------
 @dataclass
-class StreamInfo:
-    """The runtime's bookkeeping for one stream (the engine holds its audio and motion)."""
+class _Started:
+    session: Session
 
-    id: str
-    source: str  # protocol.SOURCES: mic, file, sdk
-    input: InputStream
-    source_obj: Source | None = None
-    seq: int = 0  # seq of the stream's next frame, assigned as frames leave the engine
-    frames: int = 0  # frames published
-    drops: int = 0  # frames dropped before publishing
-    audio_seq: int = -1  # the last `audio` message's seq
-    ending: bool = False  # no more audio: the engine is finishing its frames
-    end_reason: str = "ended"
-    end_waiters: list[tuple[bytes, int | None]] = field(default_factory=list)  # end_stream requests to answer
-    owner: bytes | None = None  # the SDK client that opened it
-    latencies: collections.deque[tuple[int, float]] = field(default_factory=collections.deque)
-    publish_times: collections.deque[int] = field(default_factory=collections.deque)
+
+@dataclass
+class _Round:
+    result: StepResult
+
+
+Outbox = _Started | _Round
 
 
 class Runtime:
@@ -126,91 +112,128 @@ class Runtime:
         pub: str = protocol.DEFAULT_PUB_ENDPOINT,
         router: str = protocol.DEFAULT_ROUTER_ENDPOINT,
         max_streams: int = 64,
+        max_ahead_s: float = DEFAULT_MAX_AHEAD_S,
         publish_queue: int = PUBLISH_QUEUE_FRAMES,
         stats_period_s: float = protocol.STATS_PERIOD_S,
         hello_period_s: float = protocol.HELLO_PERIOD_S,
         on_stats: Callable[[dict[str, Any]], None] | None = None,
         outputs: Sequence[FrameOutput] = (),
+        curve: CurveKeys | None = None,
+        insecure_lan: bool = False,
+        admission: bool = True,
     ) -> None:
         self.engine = engine
-        self.outputs = list(outputs)
-        self.output_errors = {out.name: 0 for out in self.outputs}
+        self.sessions = engine.sessions
+        self.extra_outputs = list(outputs)
         self.fps = engine.fps
         self.pub_requested, self.router_requested = _tcp_port_zero_to_star(pub), _tcp_port_zero_to_star(router)
         self.max_streams = max_streams
+        self.max_ahead_s = max_ahead_s
         self.publish_queue = publish_queue
         self.stats_period_s = stats_period_s
         self.hello_period_s = hello_period_s
         self.on_stats = on_stats
+        self.curve = curve
+        self.insecure_lan = insecure_lan
+        self.admission = admission  # refuse streams beyond the measured capacity (engine/capacity.py)
         self.instance = uuid.uuid4().hex[:16]
-        self.lookahead_ms = engine.preset.lookahead_ms()
         self.pub_endpoint = ""
         self.router_endpoint = ""
         self.drops = 0
-        self._streams: dict[str, StreamInfo] = {}
-        self._lock = threading.Lock()  # guards _streams, the StreamInfo counters and the outbox
-        self._stream_ended = threading.Condition(self._lock)
-        self._outbox: collections.deque[tuple] = collections.deque()
+        self.output_errors: dict[str, int] = {}
+        self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
+        self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
+        self._outbox: collections.deque[Outbox] = collections.deque()
         self._outbox_frames = 0
-        self._sdk_ids = itertools.count(1)
+        self._outbox_lock = threading.Lock()
+        self._idle = threading.Condition()  # notified when a stream's end has been published
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._io: threading.Thread | None = None
+        self._engine_thread: threading.Thread | None = None
         self._ctx: zmq.Context | None = None
+        self._auth: Authenticator | None = None
         self._started_ns = time.monotonic_ns()
         self._last_stats: dict[str, Any] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> Runtime:
-        self._stopping.clear()  # a stopped Runtime can start again
-        self._ctx = zmq.Context()
-        self._pub = self._ctx.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
-        self._pub.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
-        self._router = self._ctx.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.MAXMSGSIZE, protocol.ZMQ_MAXMSGSIZE)
-        self._router.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         try:
-            self.pub_endpoint = _bind(self._pub, self.pub_requested, "--pub")
-            self.router_endpoint = _bind(self._router, self.router_requested, "--router")
+            check_endpoints([self.pub_requested, self.router_requested], self.curve, self.insecure_lan)
+        except SecurityError as e:
+            raise RuntimeStartError(str(e)) from None
+        self._stopping.clear()  # a stopped Runtime can start again
+        self.sessions.max_streams = self.max_streams
+        self.sessions.admission = self.engine.capacity.admit if self.admission else None
+        self.engine.keep_ended = True  # a session leaves the registry once its end is published (_end)
+        self._ctx = zmq.Context()
+        if self.curve is not None:
+            self._auth = Authenticator(self._ctx, self.curve)
+        pub = self._ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+        pub.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.MAXMSGSIZE, protocol.ZMQ_MAXMSGSIZE)
+        router.setsockopt(zmq.LINGER, 0)
+        for sock in (pub, router):
+            if self.curve is not None:
+                self.curve.serve_on(sock)
+        try:
+            self.pub_endpoint = _bind(pub, self.pub_requested, "--pub")
+            self.router_endpoint = _bind(router, self.router_requested, "--router")
         except RuntimeStartError:
-            self._ctx.destroy(linger=0)
+            pub.close(linger=0)
+            router.close(linger=0)
+            self._close_context()
             raise
+        # From here the io thread owns both sockets (handed over at its start) and closes them.
+        self._router = router
+        self._outputs: list[FrameOutput] = [ZmqPublisher(pub, self.fps), *self.extra_outputs]
+        self.output_errors = {out.name: 0 for out in self._outputs}
         # Other threads wake the io thread through a local socket pair: ZeroMQ's poller watches
         # it next to the ROUTER, and writing to it is safe from any thread.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._started_ns = time.monotonic_ns()
-        self._threads = [threading.Thread(target=self._io_loop, name="ksdiff-io", daemon=True),
-                         threading.Thread(target=self._engine_loop, name="ksdiff-engine", daemon=True)]
-        for t in self._threads:
-            t.start()
-        log.info("serving: frames on %s, requests on %s (instance %s)", self.pub_endpoint, self.router_endpoint,
-                 self.instance)
+        self._engine_thread = threading.Thread(target=self._engine_loop, name="ksdiff-engine", daemon=True)
+        self._io = threading.Thread(target=self._io_loop, name="ksdiff-io", daemon=True)
+        self._engine_thread.start()
+        self._io.start()
+        log.info("serving: frames on %s, requests on %s%s (instance %s)", self.pub_endpoint, self.router_endpoint,
+                 " with CurveZMQ" if self.curve else "", self.instance)
         return self
 
     def stop(self) -> None:
-        """Stop sources, publish ``stream_end`` (shutdown) for every open stream, close the sockets."""
-        if not self._threads:
+        """Stop sources, end every open stream (a closing frame with ``last``, ``stream_end`` reason
+        ``shutdown``), close the sockets. Safe from any state; takes about a second at most."""
+        if self._io is None:
             return
-        with self._lock:
-            sources = [s.source_obj for s in self._streams.values() if s.source_obj is not None]
-        for src in sources:
-            src.stop()
+        for session in list(self.sessions):
+            if session.source_obj is not None:
+                session.source_obj.stop()
         self._stopping.set()
+        self.sessions.notify()
         self._wake()
-        for t in self._threads:
-            t.join(timeout=10)
-        self._threads = []
+        assert self._engine_thread is not None
+        self._engine_thread.join(timeout=STOP_ENGINE_WAIT_S + 1)
+        self._io.join(timeout=STOP_ENGINE_WAIT_S + 2)
+        if self._io.is_alive():
+            log.error("the io thread did not stop in time")
+        self._io = self._engine_thread = None
         self._wake_r.close()
         self._wake_w.close()
-        self._pub.close(linger=SHUTDOWN_LINGER_MS)
-        self._router.close(linger=0)
-        for out in self.outputs:
+        for out in self.extra_outputs:
             out.close()
-        assert self._ctx is not None
-        self._ctx.term()
+        self._close_context()
         log.info("stopped")
+
+    def _close_context(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
 
     def __enter__(self) -> Runtime:
         return self.start()
@@ -220,136 +243,79 @@ class Runtime:
 
     # --- sources (mic, file) ---------------------------------------------------------------------
     def add_source(self, source: Source, seed: int = 0) -> str:
-        """Open a stream fed by ``source`` and start it; returns the stream id."""
-        fmt = AudioFormat(source.sample_rate, source.channels, "f32le")
-        info = self._open(source.stream_id, source.kind, fmt, seed=seed, text=None, owner=None)
-        info.source_obj = source
+        """Open a stream fed by ``source`` and start it; returns the stream id. Raises RefusedError (busy: the
+        machine has no room for it) or SourceError (it failed to start; its stream ends with reason error)."""
+        session = self.sessions.open(source.stream_id, source.kind, AudioFormat(source.sample_rate, source.channels),
+                                     seed=seed)
+        session.source_obj = source
+        self._post(_Started(session))
 
         def on_audio(pcm: np.ndarray, captured_ns: int | None) -> None:
             try:
-                self.engine.push(info.id, info.input.feed(pcm), captured_ns=captured_ns)
-            except (KeyError, ValueError) as exc:  # the stream ended or failed meanwhile
-                log.debug("stream %s: audio not taken: %s", info.id, exc)
+                self.sessions.feed_from_source(session, pcm, captured_ns, self._stopping)
+            except RefusedError as exc:  # the stream ended or failed meanwhile
+                log.debug("stream %s: audio not taken: %s", session.id, exc.message)
 
         def on_end(error: str | None) -> None:
             if error:
-                log.error("stream %s: source failed: %s", info.id, error)
-                info.end_reason = "error"
-            self._finish_input(info)
+                log.error("stream %s: source failed: %s", session.id, error)
+            self.sessions.end(session, "error" if error else "ended")
 
+        log.info("stream %s opened (%s, %d Hz, %d ch)", session.id, source.kind, source.sample_rate, source.channels)
         try:
             source.start(on_audio, on_end)
-        except Exception:  # e.g. the device refused to open: end the stream (reason error), say so
-            info.end_reason = "error"
-            self.engine.abort_stream(info.id)
-            self._post(("end", info, None))
-            raise
-        return info.id
+        except Exception as exc:  # e.g. the device refused to open: end the stream (reason error), say so
+            self.sessions.end(session, "error")
+            raise SourceError(f"{source.kind} {source.stream_id}: {exc}") from exc
+        return session.id
 
     @property
     def stream_ids(self) -> list[str]:
-        with self._lock:
-            return list(self._streams)
+        return [s.id for s in self.sessions]
 
     def wait_until_idle(self, timeout: float | None = None) -> bool:
         """Block until no stream is open (True) or the timeout passes (False)."""
-        with self._stream_ended:
-            return self._stream_ended.wait_for(lambda: not self._streams, timeout)
+        with self._idle:
+            return self._idle.wait_for(lambda: len(self.sessions) == 0, timeout)
 
-    # --- stats -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """The figures of the last ``stats`` message (uptime_s, drops, streams)."""
+        """The figures of the last ``stats`` message (uptime_s, drops, streams, refused, capacity)."""
         return self._last_stats
 
-    # --- shared by all threads ---------------------------------------------------------------
-    def _open(self, stream_id: str | None, source: str, fmt: AudioFormat, seed: int, text: str | None,
-              owner: bytes | None) -> StreamInfo:
-        with self._lock:
-            if stream_id is None:
-                stream_id = next(f"sdk-{n}" for n in self._sdk_ids if f"sdk-{n}" not in self._streams)
-            if stream_id in self._streams:
-                raise _RefusedError("busy", f"stream {stream_id!r} is already open", stream_id)
-            if len(self._streams) >= self.max_streams:
-                raise _RefusedError("busy", f"the runtime serves at most {self.max_streams} streams; retry later",
-                               stream_id)
-            info = StreamInfo(stream_id, source, InputStream(fmt), owner=owner)
-            self._streams[stream_id] = info
-        try:
-            # the engine takes a uint64 seed; the protocol's is int64
-            self.engine.open_stream(stream_id, seed=seed & 0xFFFF_FFFF_FFFF_FFFF, text=text)
-        except Exception:
-            with self._lock:
-                self._streams.pop(stream_id, None)
-            raise
-        self._post(("start", info))
-        log.info("stream %s opened (%s, %d Hz, %d ch, %s)", stream_id, source, fmt.sample_rate, fmt.channels,
-                 fmt.encoding)
-        return info
+    # --- the engine thread -------------------------------------------------------------------
+    def _engine_loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self.engine.has_work():
+                self.sessions.wait_for_work(ENGINE_POLL_S)
+            if self._stopping.is_set():
+                break
+            try:
+                result = self.engine.step()
+            except Exception:  # a backend failure: log it and keep serving (streams fail one by one)
+                log.exception("engine step failed")
+                self._stopping.wait(ENGINE_POLL_S)  # do not spin on a failure that repeats
+                continue
+            if result.frames or result.ended or result.shed:
+                self._post(_Round(result))
 
-    def _finish_input(self, info: StreamInfo) -> None:
-        """No more audio for a stream: push the resampler's tail and let the engine finish it."""
-        if info.ending:
-            return
-        info.ending = True
-        try:
-            tail = info.input.flush()
-            if tail.size:
-                self.engine.push(info.id, tail)
-            self.engine.end_stream(info.id)
-        except (KeyError, ValueError):  # already gone from the engine (timed out, failed)
-            pass
-
-    def _post(self, item: tuple) -> None:
-        with self._lock:
+    def _post(self, item: Outbox) -> None:
+        with self._outbox_lock:
+            if isinstance(item, _Round) and item.result.frames:
+                room = self.publish_queue - self._outbox_frames
+                if room < len(item.result.frames):  # the io thread is that far behind: drop (seq gaps)
+                    dropped = item.result.frames[max(0, room) :]
+                    item.result.frames = item.result.frames[: max(0, room)]
+                    for f in dropped:
+                        item.result.shed[f.stream] = item.result.shed.get(f.stream, 0) + 1
+                    self.drops += len(dropped)
+                self._outbox_frames += len(item.result.frames)
             self._outbox.append(item)
         self._wake()
 
     def _wake(self) -> None:
         # a full buffer means the io thread has wake-ups pending anyway
-        with contextlib.suppress(BlockingIOError, OSError):
+        with contextlib.suppress(BlockingIOError, OSError, AttributeError):
             self._wake_w.send(b"\0")
-
-    # --- the engine thread -------------------------------------------------------------------
-    def _engine_loop(self) -> None:
-        while not self._stopping.is_set():
-            self.engine.wait_for_audio(timeout=ENGINE_POLL_S)
-            if self._stopping.is_set():
-                break
-            started = time.perf_counter()
-            try:
-                result = self.engine.step()
-            except Exception:  # a backend failure: log it and keep serving (streams fail one by one)
-                log.exception("engine step failed")
-                continue
-            self._hand_over(result, 1000.0 * (time.perf_counter() - started))
-
-    def _hand_over(self, result: StepResult, compute_ms: float) -> None:
-        with self._lock:
-            for frame in result.frames:
-                info = self._streams.get(frame.stream_id)
-                if info is None:
-                    continue  # shut down meanwhile
-                seq, info.seq = info.seq, info.seq + 1
-                if self._outbox_frames >= self.publish_queue:
-                    info.drops += 1
-                    self.drops += 1
-                    continue
-                self._outbox.append(("frame", info, frame, seq, compute_ms))
-                self._outbox_frames += 1
-            ends = [(sid, None) for sid in result.finished] + [(sid, "timeout") for sid in result.timed_out]
-            ends += [(sid, msg) for sid, msg in result.failed.items()]
-            for sid, why in ends:
-                info = self._streams.get(sid)
-                if info is None:
-                    continue
-                if sid in result.failed:
-                    info.end_reason = "error"
-                    self._outbox.append(("end", info, f"stream {sid} failed: {why}"))
-                else:
-                    info.end_reason = why or info.end_reason
-                    self._outbox.append(("end", info, None))
-        if result.frames or result.finished or result.timed_out or result.failed:
-            self._wake()
 
     # --- the io thread -------------------------------------------------------------------------
     def _io_loop(self) -> None:
@@ -358,138 +324,150 @@ class Runtime:
         poller.register(self._wake_r, zmq.POLLIN)
         next_hello = time.monotonic()
         next_stats = time.monotonic() + self.stats_period_s
-        while True:
-            now = time.monotonic()
-            timeout_ms = max(0.0, 1000.0 * (min(next_hello, next_stats) - now))
-            if self._stopping.is_set():
-                timeout_ms = min(timeout_ms, 20.0)  # check soon whether the engine thread has stopped
-            events = dict(poller.poll(timeout_ms))
-            if self._wake_r.fileno() in events or self._wake_r in events:
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except (BlockingIOError, OSError):
-                    pass
-            if self._router in events:
-                for _ in range(MAX_REQUESTS_PER_WAKE):
-                    try:
-                        parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
-                    except zmq.Again:
-                        break
-                    self._handle(parts)
-            self._publish_outbox()
-            now = time.monotonic()
-            if now >= next_hello:
-                self._send_pub(protocol.encode_hello(__version__, self.fps, instance=self.instance))
-                next_hello = now + self.hello_period_s
-            if now >= next_stats:
-                self._publish_stats()
-                next_stats = now + self.stats_period_s
-            if self._stopping.is_set() and not self._threads[1].is_alive():
-                self._shutdown_streams()
-                return
+        try:
+            while True:
+                now = time.monotonic()
+                timeout_ms = max(0.0, 1000.0 * (min(next_hello, next_stats) - now))
+                if self._stopping.is_set():
+                    timeout_ms = min(timeout_ms, 20.0)  # check soon whether the engine thread has stopped
+                events = dict(poller.poll(timeout_ms))
+                if self._wake_r.fileno() in events or self._wake_r in events:
+                    with contextlib.suppress(BlockingIOError, OSError):
+                        while self._wake_r.recv(4096):
+                            pass
+                if self._router in events:
+                    for _ in range(MAX_REQUESTS_PER_WAKE):
+                        try:
+                            parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
+                        except zmq.Again:
+                            break
+                        self._handle(parts)
+                self._publish_outbox()
+                now = time.monotonic()
+                if now >= next_hello:
+                    self._emit(Hello(self.instance))
+                    next_hello = now + self.hello_period_s
+                if now >= next_stats:
+                    self._publish_stats()
+                    self.refusals.flush()
+                    self.warnings.flush()
+                    next_stats = now + self.stats_period_s
+                if self._stopping.is_set():
+                    assert self._engine_thread is not None
+                    self._engine_thread.join(timeout=STOP_ENGINE_WAIT_S)
+                    self._shutdown_streams()
+                    return
+        finally:
+            self._router.close(linger=0)
+            for out in self._outputs[:1]:  # the PUB, which this thread owns
+                out.close()
 
-    def _send_pub(self, message: tuple[bytes, bytes]) -> None:
-        # A PUB never blocks: at a subscriber's high-water mark ZeroMQ drops for that subscriber.
-        self._pub.send_multipart(message, flags=zmq.NOBLOCK)
+    def _emit(self, event: Event) -> None:
+        """Hand an event to every output; one that fails is counted and logged once, never fatal."""
+        for out in self._outputs:
+            try:
+                out.send(event)
+            except Exception as e:
+                if isinstance(event, Frame) and out is self._outputs[0]:
+                    raise  # the frame cannot be encoded: the caller drops and counts it
+                self.output_errors[out.name] += 1
+                if self.output_errors[out.name] == 1:
+                    log.error("output %s failed (counted; logged once): %s", out.name, e)
 
     def _reply(self, identity: bytes, payload: bytes) -> None:
         try:
             self._router.send_multipart([identity, payload], flags=zmq.NOBLOCK)
         except zmq.Again:  # that client stopped reading; it must not hold up the others
-            log.warning("reply to a client that does not read was dropped")
+            self.warnings("unread_reply", "a reply to a client that does not read was dropped")
 
     def _publish_outbox(self) -> None:
-        with self._lock:
+        with self._outbox_lock:
             items = list(self._outbox)
             self._outbox.clear()
             self._outbox_frames = 0
         for item in items:
-            kind, info = item[0], item[1]
-            now = time.monotonic_ns()
-            if kind == "frame":
-                try:
-                    self._publish_frame(info, item[2], item[3], item[4], now)
-                except (ValueError, protocol.ProtocolError) as e:  # e.g. a non-finite value from a broken model
-                    with self._lock:
-                        info.drops += 1
-                        self.drops += 1
-                    log.error("stream %s: frame %d not published (dropped, counted): %s", info.id, item[2].index, e)
-            elif kind == "start":
-                self._send_pub(protocol.encode_stream_start(info.id, info.source, now))
-            elif kind == "end":
-                self._end(info, item[2], now)
+            if isinstance(item, _Started):
+                self._emit(StreamStarted(item.session.id, item.session.source))
+                continue
+            result = item.result
+            for sid, n in result.shed.items():
+                session = self.sessions.get(sid)
+                if session is not None:
+                    session.drops += n
+                    session.shed += n
+            for frame in result.frames:
+                self._publish_frame(frame)
+            for ended in result.ended:
+                self._end(ended)
 
-    def _publish_frame(self, info: StreamInfo, frame: Frame, seq: int, compute_ms: float, now: int) -> None:
-        bs = np.clip(frame.blendshapes, 0.0, 1.0).astype(np.float32)
-        gaze = motion.gaze_from_blendshapes(bs)
-        message = protocol.encode_frame(
-            info.id, seq, frame.index, self.fps, frame.t_audio, bs, frame.head, gaze,
-            frame.captured_ns, now, self.lookahead_ms, compute_ms, frame.last,
-        )
-        self._send_pub(message)
-        if self.outputs:
-            out_frame = SdkFrame(info.id, seq, frame.index, self.fps, frame.t_audio, bs,
-                                 np.asarray(frame.head, np.float32), gaze, frame.captured_ns, now,
-                                 self.lookahead_ms, compute_ms, frame.last)
-            for out in self.outputs:
-                try:
-                    out.send(out_frame)
-                except Exception as e:  # an output must never cost the runtime or the other outputs
-                    self.output_errors[out.name] += 1
-                    if self.output_errors[out.name] == 1:
-                        log.error("output %s failed (counted; logged once): %s", out.name, e)
-        with self._lock:
-            info.frames += 1
-            info.publish_times.append(now)
-            if frame.captured_ns is not None:
-                info.latencies.append((now, (now - frame.captured_ns) / 1e6))
+    def _publish_frame(self, frame: Frame, session: Session | None = None) -> None:
+        session = session or self.sessions.get(frame.stream)
+        if session is None:
+            return  # ended meanwhile
+        try:
+            self._emit(frame)
+        except (ValueError, protocol.ProtocolError) as e:  # e.g. a non-finite value from a broken model
+            session.drops += 1
+            self.drops += 1
+            log.error("stream %s: frame %d not published (dropped, counted): %s", session.id, frame.index, e)
+            return
+        session.frames += 1
+        session.publish_times.append(frame.published_ns)
+        if frame.captured_ns is not None:
+            session.latencies.append((frame.published_ns, (frame.published_ns - frame.captured_ns) / 1e6))
 
-    def _end(self, info: StreamInfo, error: str | None, now: int) -> None:
-        """Publish a stream's end, answer its end_stream requests, forget it."""
-        with self._lock:
-            if self._streams.get(info.id) is not info:
-                return
-            del self._streams[info.id]
-            self._stream_ended.notify_all()
-        self._send_pub(protocol.encode_stream_end(info.id, info.source, info.end_reason, info.frames, now))
-        for identity, req in info.end_waiters:
-            self._reply(identity, protocol.encode_reply("stream_ended", stream=info.id, frames=info.frames,
+    def _end(self, ended: Ended, reason: str | None = None) -> None:
+        """Publish a stream's closing frame (if any) and end, answer its end_stream requests, forget it."""
+        session = ended.session
+        if self.sessions.get(session.id) is not session:
+            return
+        if ended.final is not None:
+            self._publish_frame(ended.final, session)
+        reason = reason or ended.reason
+        self._emit(StreamEnded(session.id, session.source, reason, session.frames))
+        for identity, req in session.end_waiters:
+            self._reply(identity, protocol.encode_reply("stream_ended", stream=session.id, frames=session.frames,
                                                         **_req(req)))
-        if error and info.owner is not None:
-            self._reply(info.owner, protocol.encode_error("internal", error, None, stream=info.id))
-        log.info("stream %s ended (%s): %d frames, %d dropped", info.id, info.end_reason, info.frames, info.drops)
+        if ended.error and session.owner is not None:
+            self._reply(session.owner, protocol.encode_error("internal", f"stream {session.id} failed: {ended.error}",
+                                                             None, stream=session.id))
+        self.sessions.remove(session)
+        with self._idle:
+            self._idle.notify_all()
+        log.info("stream %s ended (%s): %d frames, %d dropped (%d shed)", session.id, reason, session.frames,
+                 session.drops, session.shed)
 
     def _shutdown_streams(self) -> None:
         self._publish_outbox()
-        with self._lock:
-            infos = list(self._streams.values())
-        for info in infos:
-            self.engine.abort_stream(info.id)
-            info.end_reason = "shutdown"
-            self._end(info, None, time.monotonic_ns())
+        engine_stopped = self._engine_thread is None or not self._engine_thread.is_alive()
+        for session in list(self.sessions):
+            self.sessions.finish(session)
+            # the engine's state is the engine thread's: touch it only once that thread has stopped
+            final = self.engine.final_frame(session) if engine_stopped else None
+            self._end(Ended(session, "shutdown", None, final), reason="shutdown")
 
     def _publish_stats(self) -> None:
         now = time.monotonic_ns()
         streams: dict[str, dict[str, Any]] = {}
-        with self._lock:
-            for info in self._streams.values():
-                while info.publish_times and now - info.publish_times[0] > 1e9:
-                    info.publish_times.popleft()
-                while info.latencies and now - info.latencies[0][0] > LATENCY_WINDOW_S * 1e9:
-                    info.latencies.popleft()
-                lat = np.array([ms for _, ms in info.latencies]) if info.latencies else np.zeros(1)
-                streams[info.id] = {
-                    "fps": float(len(info.publish_times)),
-                    "latency_p50_ms": float(np.percentile(lat, 50)),
-                    "latency_p95_ms": float(np.percentile(lat, 95)),
-                    "frames": info.frames, "drops": info.drops,
-                    "source": info.source, "sanitized": info.input.sanitized,
-                }
-            drops = self.drops
+        for s in self.sessions:
+            while s.publish_times and now - s.publish_times[0] > 1e9:
+                s.publish_times.popleft()
+            while s.latencies and now - s.latencies[0][0] > LATENCY_WINDOW_S * 1e9:
+                s.latencies.popleft()
+            lat = np.array([ms for _, ms in s.latencies]) if s.latencies else np.zeros(1)
+            streams[s.id] = {
+                "fps": float(len(s.publish_times)),
+                "latency_p50_ms": float(np.percentile(lat, 50)),
+                "latency_p95_ms": float(np.percentile(lat, 95)),
+                "frames": s.frames, "drops": s.drops,
+                "source": s.source, "sanitized": s.input.sanitized, "shed": s.shed,
+            }
         uptime = (now - self._started_ns) / 1e9
-        self._send_pub(protocol.encode_stats(uptime, streams, drops, now))
-        self._last_stats = {"uptime_s": uptime, "drops": drops, "streams": streams}
+        capacity = self.engine.capacity.reading().streams_that_fit()
+        refused = dict(self.refusals.counts)
+        self._emit(Stats(uptime, streams, self.drops, refused, capacity))
+        self._last_stats = {"uptime_s": uptime, "drops": self.drops, "streams": streams, "refused": refused,
+                            "capacity": capacity}
         if self.on_stats is not None:
             try:
                 self.on_stats(self._last_stats)
@@ -501,8 +479,8 @@ class Runtime:
         identity, frames = parts[0], parts[1:]
         if len(frames) != 1:
             hint = " (an empty delimiter frame: use a DEALER socket, not REQ)" if frames[:1] == [b""] else ""
-            self._reply(identity, protocol.encode_error(
-                "malformed", f"a request is exactly one ZeroMQ frame, got {len(frames)}{hint}", None))
+            self._refuse(identity, "malformed", f"a request is exactly one ZeroMQ frame, got {len(frames)}{hint}",
+                         None, None, None)
             return
         payload = frames[0]
         try:
@@ -514,16 +492,19 @@ class Runtime:
             getattr(self, f"_on_{mtype}")(identity, msg)
         except protocol.ProtocolError as e:
             _, stream, req = _echo_fields(payload)
-            log.warning("request refused (%s): %s", e.code, e.message)
-            self._reply(identity, protocol.encode_error(e.code, e.message, e.message_type, stream=stream, req=req))
-        except _RefusedError as e:
+            self._refuse(identity, e.code, e.message, e.message_type, stream, req)
+        except RefusedError as e:
             mtype, _, req = _echo_fields(payload)
-            log.warning("request refused (%s): %s", e.code, e.message)
-            self._reply(identity, protocol.encode_error(e.code, e.message, mtype, stream=e.stream, req=req))
+            self._refuse(identity, e.code, e.message, mtype, e.stream, req)
         except Exception as e:  # a bug must cost one request, not the runtime
             log.exception("request failed")
             mtype, _, req = _echo_fields(payload)
-            self._reply(identity, protocol.encode_error("internal", f"{type(e).__name__}: {e}", mtype, req=req))
+            self._refuse(identity, "internal", f"{type(e).__name__}: {e}", mtype, None, req)
+
+    def _refuse(self, identity: bytes, code: str, message: str, request_type: str | None, stream: str | None,
+                req: int | None) -> None:
+        self.refusals(code, message)
+        self._reply(identity, protocol.encode_error(code, message, request_type, stream=stream, req=req))
 
     def _on_hello(self, identity: bytes, msg: dict) -> None:
         _, payload = protocol.encode_hello(__version__, self.fps, req=msg.get("req"), instance=self.instance)
@@ -533,54 +514,29 @@ class Runtime:
         try:
             fmt = AudioFormat(msg["sample_rate"], msg["channels"], msg["format"])
         except BadAudioError as e:
-            raise _RefusedError("bad_audio", str(e), msg.get("stream")) from None
-        info = self._open(msg.get("stream"), "sdk", fmt, seed=int(msg.get("seed", 0)), text=msg.get("transcript"),
-                          owner=identity)
-        self._reply(identity, protocol.encode_reply("stream_opened", stream=info.id, fps=self.fps,
-                                                    **_req(msg.get("req"))))
-
-    def _sdk_stream(self, sid: str) -> StreamInfo:
-        with self._lock:
-            info = self._streams.get(sid)
-        if info is None or info.ending:
-            raise _RefusedError("unknown_stream", f"no open stream {sid!r}", sid)
-        if info.source != "sdk":
-            raise _RefusedError("unknown_stream", f"stream {sid!r} is fed by the runtime's {info.source}, not by "
-                           "clients", sid)
-        return info
+            raise RefusedError("bad_audio", str(e), msg.get("stream")) from None
+        session = self.sessions.open(msg.get("stream"), "sdk", fmt, owner=identity, seed=int(msg.get("seed", 0)),
+                                     text=msg.get("transcript"), max_ahead_s=self.max_ahead_s)
+        self._reply(identity, protocol.encode_reply("stream_opened", stream=session.id, fps=self.fps,
+                                                    max_ahead_s=float(self.max_ahead_s), **_req(msg.get("req"))))
+        self._emit(StreamStarted(session.id, session.source))
+        log.info("stream %s opened (sdk, %d Hz, %d ch, %s)", session.id, fmt.sample_rate, fmt.channels, fmt.encoding)
 
     def _on_audio(self, identity: bytes, msg: dict) -> None:
-        info = self._sdk_stream(msg["stream"])
-        if msg["seq"] != info.audio_seq + 1:
-            log.warning("stream %s: audio seq %d after %d (lost or reordered messages)", info.id, msg["seq"],
-                        info.audio_seq)
-        info.audio_seq = msg["seq"]
+        session = self.sessions.owned(msg["stream"], identity)
+        if msg["seq"] != session.audio_seq + 1:
+            self.warnings("audio_seq", f"stream {session.id}: audio seq {msg['seq']} after {session.audio_seq} "
+                          "(lost or reordered messages)")
+        session.audio_seq = msg["seq"]
         try:
-            chunk = info.input.feed(msg["pcm"], msg.get("at_sample"))
+            self.sessions.feed(session, msg["pcm"], msg.get("at_sample"), arrival_ns=time.monotonic_ns())
         except BadAudioError as e:
-            raise _RefusedError("bad_audio", str(e), info.id) from None
-        try:
-            self.engine.push(info.id, chunk, captured_ns=time.monotonic_ns())
-        except (KeyError, ValueError):  # timed out or failed in the engine a moment ago
-            raise _RefusedError("unknown_stream", f"stream {info.id!r} has ended", info.id) from None
+            raise RefusedError("bad_audio", str(e), session.id) from None
 
     def _on_end_stream(self, identity: bytes, msg: dict) -> None:
-        sid = msg["stream"]
-        with self._lock:
-            info = self._streams.get(sid)
-            if info is not None and info.source == "sdk":
-                info.end_waiters.append((identity, msg.get("req")))
-        if info is None or info.source != "sdk":
-            raise _RefusedError("unknown_stream", f"no open stream {sid!r} fed by clients", sid)
-        self._finish_input(info)
-
-
-class _RefusedError(Exception):
-    """A request the runtime refuses with an error code (not a protocol violation)."""
-
-    def __init__(self, code: str, message: str, stream: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.stream = code, message, stream
+        session = self.sessions.owned(msg["stream"], identity)
+        session.end_waiters.append((identity, msg.get("req")))
+        self.sessions.end(session)
 
 
 def _req(req: int | None) -> dict[str, int]:
@@ -599,7 +555,7 @@ def _echo_fields(payload: bytes) -> tuple[str | None, str | None, int | None]:
         return None, None, None
     mtype, stream, req = msg.get("type"), msg.get("stream"), msg.get("req")
     return (mtype if isinstance(mtype, str) else None,
-            stream if isinstance(stream, str) and protocol.STREAM_ID_RE.fullmatch(stream) else None,
+            stream if protocol.is_stream_id(stream) else None,
             req if isinstance(req, int) and not isinstance(req, bool) and 0 <= req < 1 << 64 else None)
 
 

@@ -19,8 +19,9 @@ import torch
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.engine.offline import Animation, ClipInputs, animate
+from ksdiff_runtime.engine.sampling import Guidance
 from ksdiff_runtime.model.checkpoint import load_model
-from ksdiff_runtime.model.ksdiff import Guidance, KSDiff
+from ksdiff_runtime.model.ksdiff import KSDiff
 
 from . import metrics as M
 from .dataset import Clip, build_feature_cache, load_clips

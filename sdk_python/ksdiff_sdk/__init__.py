@@ -13,6 +13,7 @@ from ksdiff_sdk.errors import (
     BadAudioError,
     BusyError,
     ClientClosedError,
+    ForbiddenError,
     InternalError,
     KsdiffError,
     MalformedError,
@@ -33,6 +34,7 @@ __all__ = [
     "BusyError",
     "Client",
     "ClientClosedError",
+    "ForbiddenError",
     "Frame",
     "InternalError",
     "KsdiffError",
@@ -48,4 +50,4 @@ __all__ = [
     "schema",
     "unity_weights",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from ksdiff_sdk import protocol, schema
@@ -46,6 +48,7 @@ RECONNECT_IVL_MAX_MS = 1000
 HEARTBEAT_IVL_MS = 1000  # ZMTP pings notice a vanished remote host (loopback notices by itself)
 HEARTBEAT_TIMEOUT_MS = 3000
 JOIN_TIMEOUT_S = 2.0  # close() never waits longer than this for the I/O thread
+AHEAD_MARGIN_S = 0.5  # push() stays this far inside the runtime's max_ahead_s (its clock starts a little later)
 _POLL_MS = 1000  # the I/O thread is woken explicitly; this only bounds a lost wakeup
 _MAX_BATCH = 1000  # messages read from one socket per pass, so a busy SUB cannot starve the DEALER
 
@@ -60,6 +63,36 @@ class _Request:
     def __init__(self, req: int) -> None:
         self.req = req
         self.reply: dict[str, Any] | None = None
+
+
+def curve_keys(server_key: str | bytes | os.PathLike | None,
+               client_key: str | os.PathLike | tuple[bytes, bytes] | None) -> tuple[bytes, bytes, bytes] | None:
+    """(server public, client public, client secret) Z85 keys from keys or ZeroMQ certificate files."""
+    if server_key is None and client_key is None:
+        return None
+    if server_key is None or client_key is None:
+        raise ValueError("CurveZMQ needs both the runtime's public key (server_key) and this client's key pair "
+                         "(client_key)")
+    if isinstance(server_key, str | bytes) and len(server_key) == 40 and not os.path.exists(server_key):
+        server_public = server_key.encode("ascii") if isinstance(server_key, str) else server_key
+    else:
+        server_public, _ = _certificate(server_key)
+    if isinstance(client_key, tuple):
+        public, secret = client_key
+    else:
+        public, secret = _certificate(client_key)
+        if secret is None:
+            raise ValueError(f"{client_key} holds no secret key: give this client's .key_secret file")
+    if not zmq.has("curve"):
+        raise ValueError("this libzmq was built without CURVE support")
+    return server_public, public, secret
+
+
+def _certificate(path: str | bytes | os.PathLike) -> tuple[bytes, bytes | None]:
+    try:
+        return zmq.auth.load_certificate(os.fsdecode(path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the ZeroMQ certificate {os.fsdecode(path)}: {e}") from None
 
 
 def _remaining(deadline: float) -> float:
@@ -83,6 +116,7 @@ class StreamHandle:
         format: str,
         instance: str | None,
         max_frames: int | None,
+        max_ahead_s: float | None = None,
     ) -> None:
         self.stream = stream
         self.fps = fps
@@ -90,6 +124,8 @@ class StreamHandle:
         self.channels = channels
         self.format = format
         self.instance = instance  # the runtime instance that holds the stream (None: it sent none)
+        # how far beyond real time the runtime buffers this stream's audio (None: a 1.0 runtime, no limit)
+        self.max_ahead_s = max_ahead_s
         self.errors: list[KsdiffError] = []  # every error reported for this stream, raised or not
         self.dropped = 0  # frames discarded because frames() was not read (bounded queue)
         self.total_frames: int | None = None  # the runtime's count, once the stream ended
@@ -107,6 +143,7 @@ class StreamHandle:
         # only the user's thread touches these
         self._seq = 0
         self._next_sample = 0
+        self._t0: float | None = None  # when the first audio was sent: the stream's real-time clock
 
     # --- called by the I/O thread, under client._cv ---
     def _on_frame(self, frame: Frame) -> None:
@@ -158,7 +195,10 @@ class StreamHandle:
         the stream's format. Converted to the stream's format and sent in <= 100 ms messages.
 
         ``at_sample``: where the first sample frame goes on the stream's clock (default: right after
-        the previous push); a gap is filled with silence by the runtime. Never blocks on the runtime."""
+        the previous push); a gap is filled with silence by the runtime. Never blocks on the runtime,
+        but keeps within ``max_ahead_s`` of real time (the runtime refuses audio further ahead): a
+        long clip pushed at once is sent as fast as that allows, so this call returns once the clip's
+        end is at most ``max_ahead_s`` ahead of when its first audio was sent."""
         self._check()
         if self.ended:
             raise UnknownStreamError("unknown_stream", "the stream was ended; open a new one", stream=self.stream)
@@ -170,7 +210,25 @@ class StreamHandle:
         messages = audio_messages(self.stream, data, self.sample_rate, self.channels, self.format, self._seq, start)
         self._seq += len(messages)
         self._next_sample = max(self._next_sample, start + n)
-        self._client._send(messages)
+        if self.max_ahead_s is None:
+            self._client._send(messages)
+            return
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        step = chunk_frames(self.sample_rate, self.channels, self.format)
+        room = max(0.1, self.max_ahead_s - AHEAD_MARGIN_S)
+        batch: list[bytes] = []
+        for k, message in enumerate(messages):
+            end_s = min(start + (k + 1) * step, start + n) / self.sample_rate
+            wait = end_s - room - (time.monotonic() - self._t0)
+            if wait > 0:  # this chunk would be too far ahead: send what is allowed, let real time pass
+                if batch:
+                    self._client._send(batch)
+                    batch = []
+                time.sleep(wait)  # pacing audio to real time, as a live source would
+                self._check()
+            batch.append(message)
+        self._client._send(batch)
 
     def end(self, timeout: float | None = None) -> int:
         """Send end_stream and wait for ``stream_ended``; returns the stream's total frames.
@@ -262,6 +320,12 @@ class Client:
     frame is queued for ``recv`` (bounded by ``max_queue``: the oldest are dropped and counted
     in ``dropped``). ``timeout``: the default for calls that wait on the runtime.
 
+    ``server_key`` and ``client_key``: for a runtime that listens beyond loopback with CurveZMQ
+    (protocol/SPEC.md 1.1): the runtime's public key (Z85 text, or its ``.key`` certificate file)
+    and this client's key pair (its ``.key_secret`` certificate file, or a (public, secret) pair of
+    Z85 keys), made with ``ksdiff-runtime keys``. A runtime that does not know the key answers
+    nothing at all: ``wait_for_runtime`` then times out.
+
     Counters: ``received`` (frames), ``dropped`` (queue overflow), ``invalid`` (messages that
     broke the protocol, dropped), ``ignored`` (unknown message types of a newer runtime),
     ``missed`` (frames lost on the way, from ``seq`` gaps; ``missed_per_stream``), ``restarts``
@@ -276,7 +340,10 @@ class Client:
         latest_only: bool = False,
         timeout: float = 5.0,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        server_key: str | bytes | os.PathLike | None = None,
+        client_key: str | os.PathLike | tuple[bytes, bytes] | None = None,
     ) -> None:
+        self._curve = curve_keys(server_key, client_key)
         if isinstance(streams, str):
             streams = [streams]
         try:
@@ -566,9 +633,11 @@ class Client:
                 self._command(("unsub", protocol.frame_topic(stream)))
         with self._cv:
             instance = hello.reply.get("instance") if hello.reply is not None else self._instance
+        max_ahead = reply.get("max_ahead_s")
         handle = StreamHandle(
             self, sid, int(reply["fps"]), int(sample_rate), int(channels), format,
             instance if isinstance(instance, str) else None, max_frames,
+            float(max_ahead) if isinstance(max_ahead, int | float) else None,
         )
         with self._cv:
             self._handles[sid] = handle
@@ -687,6 +756,8 @@ class Client:
             dealer = self._ctx.socket(zmq.DEALER)
             sockets.append(dealer)
             for s in (sub, dealer):
+                if self._curve is not None:  # before connecting: the handshake uses them
+                    s.curve_serverkey, s.curve_publickey, s.curve_secretkey = self._curve
                 s.setsockopt(zmq.LINGER, 0)
                 s.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
                 s.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)

@@ -63,9 +63,16 @@ class BadAudioError(KsdiffError):
 
 
 class BusyError(KsdiffError):
-    """The stream id is taken or the runtime is at capacity: retry later."""
+    """Retry later: the stream id is taken, the runtime is at its measured capacity, or audio was pushed
+    further ahead of real time than the runtime buffers (the message says which)."""
 
     code = "busy"
+
+
+class ForbiddenError(KsdiffError):
+    """The stream belongs to another client (protocol 1.1): only the client that opened it may feed or end it."""
+
+    code = "forbidden"
 
 
 class InternalError(KsdiffError):
@@ -82,6 +89,7 @@ ERROR_CLASSES: dict[str, type[KsdiffError]] = {
         UnknownStreamError,
         BadAudioError,
         BusyError,
+        ForbiddenError,
         InternalError,
     )
 }

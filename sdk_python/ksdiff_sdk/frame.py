@@ -74,6 +74,12 @@ class Frame:
             last=bool(msg["last"]),
         )
 
+    def encode(self) -> tuple[bytes, bytes]:
+        """(topic, payload) of this frame on the wire (``protocol.encode_frame``)."""
+        return protocol.encode_frame(self.stream, self.seq, self.index, self.fps, self.t_audio, self.blendshapes,
+                                     self.head, self.gaze, self.captured_ns, self.published_ns, self.lookahead_ms,
+                                     self.compute_ms, self.last)
+
     def __getitem__(self, name: str) -> float:
         """A weight by ARKit name (``frame["jawOpen"]``); head and gaze angles by their names too."""
         if name in schema.BLENDSHAPE_INDEX:

@@ -26,7 +26,7 @@ import numpy as np
 from ksdiff_sdk import schema
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1
 VERSION = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
 
 DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -47,6 +47,7 @@ STATS_TOPIC = TOPIC_ROOT + b"stats/"
 HELLO_TOPIC = TOPIC_ROOT + b"hello/"
 
 STREAM_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+RESERVED_STREAM_IDS = frozenset({".", ".."})  # valid characters, but a path's "here" and "parent": refused (1.1)
 
 # --- vocabulary ------------------------------------------------------------------------------
 HEAD_UNITS = "rad"
@@ -72,6 +73,7 @@ ERROR_CODES = (
     "unknown_stream",
     "bad_audio",
     "busy",
+    "forbidden",
     "internal",
 )
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
@@ -103,10 +105,17 @@ class ProtocolError(Exception):
 
 
 # --- topics ----------------------------------------------------------------------------------
+def is_stream_id(stream_id: object) -> bool:
+    """1..64 chars of [A-Za-z0-9_.-], and not "." or ".."."""
+    return (isinstance(stream_id, str) and STREAM_ID_RE.fullmatch(stream_id) is not None
+            and stream_id not in RESERVED_STREAM_IDS)
+
+
 def validate_stream_id(stream_id: object) -> str:
-    """The stream id itself if valid (1..64 chars of [A-Za-z0-9_.-]); ProtocolError(malformed) if not."""
-    if not isinstance(stream_id, str) or STREAM_ID_RE.fullmatch(stream_id) is None:
-        raise ProtocolError("malformed", f"bad stream id {stream_id!r}: need 1..64 chars of [A-Za-z0-9_.-]")
+    """The stream id itself if valid (``is_stream_id``); ProtocolError(malformed) if not."""
+    if not is_stream_id(stream_id):
+        raise ProtocolError("malformed", f"bad stream id {str(stream_id)[:80]!r}: need 1..64 chars of "
+                            "[A-Za-z0-9_.-], not '.' or '..'")
     return stream_id
 
 
@@ -150,10 +159,13 @@ Check = Callable[[str, Any], None]
 
 
 def _uint(bits: int = 64, lo: int = 0, hi: int | None = None, code: str = "malformed") -> Check:
+    """An integer in [lo, hi]: not an integer at all is ``malformed``; out of range is ``code``."""
     top = (1 << bits) - 1 if hi is None else hi
 
     def check(name: str, x: Any) -> None:
-        if not _is_int(x) or not lo <= x <= top:
+        if not _is_int(x):
+            raise _bad(name, f"an integer in [{lo}, {top}]", x)
+        if not lo <= x <= top:
             raise _bad(name, f"an integer in [{lo}, {top}]", x, code)
 
     return check
@@ -193,8 +205,12 @@ def _str_or_nil(name: str, x: Any) -> None:
 
 
 def _one_of(options: tuple[str, ...], code: str = "malformed") -> Check:
+    """One of ``options``: not a string is ``malformed``; another string is ``code``."""
+
     def check(name: str, x: Any) -> None:
-        if x not in options or not isinstance(x, str):
+        if not isinstance(x, str):
+            raise _bad(name, f"one of {', '.join(options)}", x)
+        if x not in options:
             raise _bad(name, f"one of {', '.join(options)}", x, code)
 
     return check
@@ -230,6 +246,11 @@ def _blendshapes(name: str, x: Any) -> None:
 def _bin(name: str, x: Any) -> None:
     if not isinstance(x, bytes):
         raise _bad(name, "bin", x)
+
+
+def _count_map(name: str, x: Any) -> None:
+    if not isinstance(x, dict) or not all(isinstance(k, str) and _is_int(v) and v >= 0 for k, v in x.items()):
+        raise _bad(name, "a map of str -> uint", x)
 
 
 def _stats_streams(name: str, x: Any) -> None:
@@ -305,6 +326,8 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "streams": (_stats_streams, True),
         "drops": (_uint(), True),
         "published_ns": (_int64, True),
+        "refused": (_count_map, False),  # 1.1
+        "capacity": (_uint(), False),  # 1.1
     },
     "open_stream": {
         "stream": (_stream, False),
@@ -325,6 +348,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
     "stream_opened": {
         "stream": (_stream, True),
         "fps": (_uint(32, 1), True),
+        "max_ahead_s": (_num, False),  # 1.1
         **_REQ,
     },
     "stream_ended": {"stream": (_stream, True), "frames": (_uint(), True), **_REQ},
@@ -460,7 +484,7 @@ def encode_error(
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}; known: {', '.join(ERROR_CODES)}")
     extra: dict[str, Any] = {}
-    if stream is not None and STREAM_ID_RE.fullmatch(stream):
+    if stream is not None and is_stream_id(stream):
         extra["stream"] = stream
     if req is not None:
         extra["req"] = req
@@ -556,11 +580,18 @@ def encode_stream_end(stream: str, source: str, reason: str, frames: int, publis
                                                 frames=int(frames), published_ns=int(published_ns))
 
 
-def encode_stats(uptime_s: float, streams: dict[str, dict], drops: int, published_ns: int) -> tuple[bytes, bytes]:
-    """``streams``: stream id -> {fps, latency_p50_ms, latency_p95_ms, frames, drops}."""
+def encode_stats(uptime_s: float, streams: dict[str, dict], drops: int, published_ns: int, *,
+                 refused: dict[str, int] | None = None, capacity: int | None = None) -> tuple[bytes, bytes]:
+    """``streams``: stream id -> {fps, latency_p50_ms, latency_p95_ms, frames, drops, ...}; ``refused``:
+    error code -> requests refused with it; ``capacity``: live streams the runtime has room for."""
     plain = {sid: {k: _plain(v) for k, v in entry.items()} for sid, entry in streams.items()}
+    extra: dict[str, Any] = {}
+    if refused is not None:
+        extra["refused"] = {k: int(v) for k, v in refused.items()}
+    if capacity is not None:
+        extra["capacity"] = int(capacity)
     return STATS_TOPIC, encode_message("stats", uptime_s=float(uptime_s), streams=plain, drops=int(drops),
-                                       published_ns=int(published_ns))
+                                       published_ns=int(published_ns), **extra)
 
 
 # --- JSON form (golden vectors) ---------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""How many live streams this machine can serve right now, from measured compute, not a constant.
+
+Two measurements, refreshed every ``window_s``:
+
+- the CPU one live stream costs: this process's CPU time per second of audio animated, which is
+  the share of a core a stream needs in real time (before any stream: the warm-up's figure,
+  ``calibrate``). Per second of audio, not per stream, so a line pushed faster than real time
+  (which the engine animates as fast as it can) does not look like several streams;
+- the cores other programs keep busy (a VTuber's OBS and game), from the kernel's counters
+  (/proc/stat) minus this process's share.
+
+``admit(n)`` says whether one more stream fits beside ``n``: the streams' cost must fit in the
+cores left (times ``target``, headroom for bursts), and no stream may have been shed recently
+(then the machine is already short). One stream is always admitted: a runtime that refused its
+only stream would serve nobody, and the engine sheds to keep it current.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+TARGET = 0.85  # use at most this share of the cores (and of the engine thread's time)
+WINDOW_S = 2.0
+SHED_MEMORY_S = 5.0  # after frames were shed, refuse new streams this long
+
+
+@dataclass(frozen=True)
+class Reading:
+    cores: int  # cores this process may run on
+    stream_cores: float  # CPU one live stream costs, in cores (1.0 = one core busy)
+    other_cores: float  # cores busy with other programs
+    engine_busy: float  # share of the time the engine thread computes (for the record)
+
+    def streams_that_fit(self, target: float = TARGET) -> int:
+        """Live streams the machine has room for now (at least 1)."""
+        by_cores = (self.cores * target - self.other_cores) / max(self.stream_cores, 1e-3)
+        return max(1, math.floor(by_cores))
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _machine_busy_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot (Linux); None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+class Capacity:
+    def __init__(self, cores: int | None = None, target: float = TARGET, window_s: float = WINDOW_S) -> None:
+        self.cores = cores or _cpu_count()
+        self.target = target
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._stream_cores: float | None = None
+        self._other = 0.0
+        self._busy = 0.0
+        self._last_shed_ns = -1 << 62
+        self._start()
+
+    def _start(self) -> None:
+        self._t0 = time.monotonic_ns()
+        self._cpu0 = time.process_time_ns()
+        self._machine0 = _machine_busy_jiffies()
+        self._round_ns = 0
+        self._audio_s = 0.0
+
+    def calibrate(self, cpu_s_per_audio_s: float) -> None:
+        """One stream's cost before any is measured: CPU seconds the warm-up spent per second of audio."""
+        with self._lock:
+            self._stream_cores = max(cpu_s_per_audio_s, 0.01)
+
+    def observe(self, round_ns: int, audio_s: float, shed: bool) -> None:
+        """Called by the engine thread after each round: its wall time and the seconds of audio it animated."""
+        now = time.monotonic_ns()
+        with self._lock:
+            self._round_ns += round_ns
+            self._audio_s += audio_s
+            if shed:
+                self._last_shed_ns = now
+            elapsed = now - self._t0
+            if elapsed < self.window_s * 1e9:
+                return
+            cpu = time.process_time_ns() - self._cpu0
+            ours = cpu / elapsed  # cores this process used
+            self._busy = self._round_ns / elapsed
+            if self._audio_s >= 0.5 * self.window_s:  # enough audio animated for a figure
+                measured = cpu / 1e9 / self._audio_s
+                # blend, so one noisy window does not swing admission
+                old = self._stream_cores
+                self._stream_cores = measured if old is None else 0.5 * old + 0.5 * measured
+            machine = _machine_busy_jiffies()
+            if machine is not None and self._machine0 is not None:
+                busy, total = machine[0] - self._machine0[0], machine[1] - self._machine0[1]
+                if total > 0:
+                    self._other = max(0.0, busy / total * _cpu_count_all() - ours)
+            self._start()
+
+    def reading(self) -> Reading:
+        with self._lock:
+            return Reading(self.cores, self._stream_cores if self._stream_cores is not None else 0.5,
+                           self._other, self._busy)
+
+    def admit(self, open_streams: int) -> str | None:
+        """None if one more live stream fits beside ``open_streams``; otherwise why not, for the client."""
+        if open_streams == 0:
+            return None
+        r = self.reading()
+        with self._lock:
+            shed_recently = time.monotonic_ns() - self._last_shed_ns < SHED_MEMORY_S * 1e9
+        if shed_recently:
+            return "the runtime is already shedding frames to keep its streams current (the machine is too busy)"
+        fits = r.streams_that_fit(self.target)
+        if open_streams + 1 > fits:
+            return (f"the measured capacity is {fits} live stream(s) here: each costs {r.stream_cores:.2f} of a core "
+                    f"and {r.other_cores:.1f} of {r.cores} cores are busy with other programs")
+        return None
+
+
+def _cpu_count_all() -> int:
+    """Every CPU the kernel counts in /proc/stat (other programs may run on cores we may not)."""
+    return os.cpu_count() or 1

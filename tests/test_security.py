@@ -1,0 +1,167 @@
+"""Who may talk to the runtime: loopback by default, CurveZMQ keys beyond it, nothing for a wrong key.
+
+Every socket here is on 127.0.0.1: CurveZMQ works the same on loopback, and the checks that refuse
+a bind beyond loopback run before anything binds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+import zmq.auth
+from peers import Peer, is_end
+
+from ksdiff_runtime.cli import main
+from ksdiff_runtime.server.config import ConfigError, load_config
+from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
+from ksdiff_runtime.server.security import CurveKeys, SecurityError, check_endpoints, is_local
+from ksdiff_sdk import Client
+from ksdiff_sdk import protocol as P
+
+NO_ANSWER_S = 2.0  # how long a refused client waits to see that nothing comes
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """server + two authorised clients (alice, bob) + one stranger, made by the real command."""
+    folder = tmp_path_factory.mktemp("keys")
+    assert main(["keys", "server", "alice", "bob", "stranger", "-o", str(folder)]) == 0
+    clients = folder / "clients"
+    clients.mkdir()
+    for name in ("alice", "bob"):
+        (clients / f"{name}.key").write_bytes((folder / f"{name}.key").read_bytes())
+    return folder
+
+
+def curve(keys: Path, client: str, server: str = "server") -> tuple[bytes, bytes, bytes]:
+    server_public, _ = zmq.auth.load_certificate(str(keys / f"{server}.key"))
+    public, secret = zmq.auth.load_certificate(str(keys / f"{client}.key_secret"))
+    return server_public, public, secret
+
+
+@pytest.fixture
+def secured(serve_engine, keys):
+    loaded = CurveKeys.load(keys / "server.key_secret", keys / "clients")
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", curve=loaded,
+                 admission=False) as rt:
+        yield rt
+
+
+def test_keys_command_writes_certificates_and_never_overwrites(keys, tmp_path):
+    public, secret = zmq.auth.load_certificate(str(keys / "server.key_secret"))
+    assert len(public) == 40 and len(secret) == 40
+    assert zmq.auth.load_certificate(str(keys / "server.key"))[1] is None  # the public file holds no secret
+    assert stat.S_IMODE((keys / "alice.key_secret").stat().st_mode) == 0o600
+    assert main(["keys", "server", "-o", str(keys)]) == 1  # exists already
+    assert main(["keys", "../evil", "-o", str(tmp_path)]) == 2
+
+
+def test_an_authorised_client_is_served_with_curve(secured, keys, speech_16k):
+    with Client(secured.pub_endpoint, secured.router_endpoint, timeout=30, server_key=keys / "server.key",
+                client_key=keys / "alice.key_secret") as client:
+        hello = client.wait_for_runtime(timeout=30)
+        assert hello["instance"] == secured.instance
+        anim = client.animate(speech_16k[:16000], seed=1)
+    assert len(anim) == 30 and anim.missing == 0
+
+
+@pytest.mark.parametrize("who", ["stranger", "no keys", "wrong server key"])
+def test_a_client_without_an_authorised_key_gets_nothing_at_all(secured, keys, speech_16k, who):
+    """A stranger's key, no keys, or the right client key against the wrong server key: the handshake
+    fails, so the client sees no hello, no frame and no reply to any request, while an authorised
+    client on the same runtime is served."""
+    key = {"stranger": curve(keys, "stranger"), "no keys": None,
+           "wrong server key": curve(keys, "alice", server="bob")}[who]
+    outsider = Peer(secured, curve=key, wait_hello=False)
+    insider = Peer(secured, curve=curve(keys, "bob"))
+    try:
+        for request in (P.encode_request("hello", req=1), P.encode_request("open_stream", stream="sneak",
+                                                                          sample_rate=16000, channels=1,
+                                                                          format="f32le")):
+            # without a completed handshake there is no connection to queue on: the send may not even go
+            with contextlib.suppress(zmq.Again):
+                outsider.dealer.send(request, zmq.NOBLOCK)
+        insider.request("open_stream", stream="bob", sample_rate=16000, channels=1, format="f32le")
+        insider.send(P.encode_request("audio", stream="bob", seq=0, pcm=speech_16k[:8000].astype("<f4").tobytes()))
+        insider.send(P.encode_request("end_stream", stream="bob"))
+        msgs = insider.wait_pub(is_end("bob"))
+        assert sum(m["type"] == "frame" for m in msgs) == 15
+        assert not outsider.dealer.poll(int(NO_ANSWER_S * 1000))
+        assert not outsider.sub.poll(0)
+        assert "sneak" not in secured.stream_ids
+    finally:
+        outsider.close()
+        insider.close()
+
+
+def test_binds_beyond_loopback_need_keys_or_an_explicit_insecure_lan(caplog, keys):
+    assert all(is_local(e) for e in ("tcp://127.0.0.1:5555", "tcp://127.9.9.9:1", "tcp://localhost:5",
+                                     "tcp://[::1]:5555", "ipc:///tmp/ksd", "inproc://x"))
+    assert not any(is_local(e) for e in ("tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://192.168.1.20:5555",
+                                         "tcp://eth0:5555", "tcp://[::]:5555", "udp://127.0.0.1:5"))
+    with pytest.raises(SecurityError, match=r"0\.0\.0\.0:5555 can be reached from the network.*--insecure-lan"):
+        check_endpoints(["tcp://127.0.0.1:5556", "tcp://0.0.0.0:5555"], None, insecure_lan=False)
+    with caplog.at_level(logging.WARNING, logger="ksdiff_runtime.server"):
+        check_endpoints(["tcp://0.0.0.0:5555"], None, insecure_lan=True)
+    assert "WITHOUT authentication or encryption" in caplog.text
+    check_endpoints(["tcp://0.0.0.0:5555"], CurveKeys.load(keys / "server.key_secret", keys / "clients"), False)
+    with pytest.raises(ConfigError, match="reached from the network"):
+        load_config(None, {"pub": "tcp://0.0.0.0:5555"})
+    assert load_config(None, {"pub": "tcp://0.0.0.0:5555", "insecure_lan": True}).insecure_lan
+    with pytest.raises(ConfigError, match="go together"):
+        load_config(None, {"curve_secret_key": str(keys / "server.key_secret")})
+
+
+def test_the_runtime_refuses_to_start_exposed_without_keys(serve_engine):
+    with pytest.raises(RuntimeStartError, match="reached from the network"):
+        Runtime(serve_engine, pub="tcp://0.0.0.0:0", router="tcp://127.0.0.1:0").start()
+
+
+def test_bad_key_files_are_clear_errors(keys, tmp_path):
+    with pytest.raises(SecurityError, match="not found"):
+        CurveKeys.load(tmp_path / "nope.key_secret", keys / "clients")
+    with pytest.raises(SecurityError, match="no secret key"):
+        CurveKeys.load(keys / "server.key", keys / "clients")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SecurityError, match="no client public keys"):
+        CurveKeys.load(keys / "server.key_secret", empty)
+    garbage = tmp_path / "garbage.key_secret"
+    garbage.write_text("not a certificate")
+    with pytest.raises(SecurityError, match="not a ZeroMQ certificate"):
+        CurveKeys.load(garbage, keys / "clients")
+    with pytest.raises(ValueError, match="both"):
+        Client(server_key=keys / "server.key")
+
+
+def test_serve_exposed_without_keys_exits_before_loading_the_model():
+    run = subprocess.run([sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--pub", "tcp://0.0.0.0:5555"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "can be reached from the network" in run.stderr
+    assert "--insecure-lan" in run.stderr and "model on" not in run.stderr
+
+
+def test_frames_are_encrypted_on_the_wire(secured, keys, speech_16k):
+    """What a CURVE-less eavesdropper connecting to the PUB would read: nothing; and the authorised
+    client decodes the very frames the runtime published (a sanity check that keys are used on both
+    sockets, not only the ROUTER)."""
+    eavesdropper = zmq.Context.instance().socket(zmq.SUB)
+    eavesdropper.setsockopt(zmq.SUBSCRIBE, b"")
+    eavesdropper.setsockopt(zmq.LINGER, 0)
+    eavesdropper.connect(secured.pub_endpoint)
+    try:
+        with Client(secured.pub_endpoint, secured.router_endpoint, timeout=30, server_key=keys / "server.key",
+                    client_key=keys / "bob.key_secret") as client:
+            anim = client.animate(np.asarray(speech_16k[:8000]), seed=2)
+        assert len(anim) == 15
+        assert not eavesdropper.poll(0)
+    finally:
+        eavesdropper.close()
