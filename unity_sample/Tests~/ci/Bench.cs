@@ -1,0 +1,1 @@
+namespace Ksdiff.Ci { static class Bench { static int Main() { return 0; } } }
