@@ -206,6 +206,18 @@ namespace Ksdiff
             }
         }
 
+        // A stream with this id starts (its stream_start): frames of an older stream with the id
+        // are forgotten, unless the buffer was told to await this one's anchor (AwaitAnchor
+        // comes before the stream opens, its stream_start after).
+        public void BeginStream(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                if (_streams.TryGetValue(stream, out s) && !(s.AwaitAnchor && !s.Ended)) Forget(stream, s);
+            }
+        }
+
         // No more frames for `stream` (its stream_end): what is buffered still plays, then the
         // stream reports Ended once and is forgotten, so a new stream with that id starts afresh.
         public void EndStream(string stream)
