@@ -224,24 +224,24 @@ namespace Ksdiff
             ShouldStartPlayback = false;
         }
 
-        // The runtime's latency for a pushed stream, in ms: the largest p95 among the sdk streams
-        // it reported lately (its `stats`) and the ones measured on their frames (published -
-        // captured); any other stream's when no sdk stream is known (the runtime's model and load
-        // are the same for every stream); null when nothing is known.
-        public static double? EstimateLatencyMs(ClientStatus status, string exclude = null, double withinS = 60.0)
+        // The runtime's latency for a pushed stream, in ms: of the sdk stream that had frames
+        // most recently, the larger p95 of what the runtime reported (`stats`) and what its frames
+        // showed (published - captured). The newest stream, because the latency follows the
+        // runtime's load; a stream of another source when no sdk stream is known (the model and
+        // the load are the same for every stream); null when nothing is known.
+        public static double? EstimateLatencyMs(ClientStatus status, string exclude = null)
         {
-            double? sdk = null, any = null;
-            double newest = double.MinValue;
-            foreach (StreamStatus s in status.Streams.Values) newest = Math.Max(newest, s.LastFrameS);
+            StreamStatus sdk = null, any = null;
             foreach (StreamStatus s in status.Streams.Values)
             {
-                if (s.Stream == exclude || s.LastFrameS < 0 || newest - s.LastFrameS > withinS) continue;
+                if (s.Stream == exclude || s.LastFrameS < 0) continue;
                 double? v = Max(s.LatencyP95Ms, s.StatsLatencyP95Ms);
                 if (!v.HasValue || v.Value <= 0) continue;
-                if (s.Source == "sdk") sdk = Max(sdk, v);
-                any = Max(any, v);
+                if (s.Source == "sdk" && (sdk == null || s.LastFrameS > sdk.LastFrameS)) sdk = s;
+                if (any == null || s.LastFrameS > any.LastFrameS) any = s;
             }
-            return sdk ?? any;
+            StreamStatus chosen = sdk ?? any;
+            return chosen == null ? (double?)null : Max(chosen.LatencyP95Ms, chosen.StatsLatencyP95Ms);
         }
 
         static double? Max(double? a, double? b)

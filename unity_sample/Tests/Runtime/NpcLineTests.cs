@@ -150,6 +150,12 @@ namespace Ksdiff.Tests
             Assert.AreEqual(130.0, NpcLine.EstimateLatencyMs(status).Value);
             status.Streams["npc"] = new StreamStatus { Stream = "npc", Source = "sdk", LatencyP95Ms = 110, LastFrameS = 1 };
             Assert.AreEqual(110.0, NpcLine.EstimateLatencyMs(status).Value, "sdk streams first");
+            // The newest sdk stream speaks for the runtime's current load.
+            status.Streams["npc0"] = new StreamStatus { Stream = "npc0", Source = "sdk", LatencyP95Ms = 900, StatsLatencyP95Ms = 950, LastFrameS = 0.5 };
+            Assert.AreEqual(110.0, NpcLine.EstimateLatencyMs(status).Value);
+            status.Streams["npc2"] = new StreamStatus { Stream = "npc2", Source = "sdk", LatencyP95Ms = 150, StatsLatencyP95Ms = 170, LastFrameS = 2 };
+            Assert.AreEqual(170.0, NpcLine.EstimateLatencyMs(status).Value);
+            Assert.AreEqual(110.0, NpcLine.EstimateLatencyMs(status, "npc2").Value, "the line's own stream is not evidence");
             Assert.IsNull(NpcLine.EstimateLatencyMs(new ClientStatus()));
         }
 
