@@ -51,6 +51,129 @@ namespace Ksdiff
         }
     }
 
+    public enum OfflineLineState { Idle, Opening, Collecting, Done, Failed }
+
+    // A line animated offline (the editor's bake): open a stream, push the whole clip at once
+    // (the runtime buffers audio that comes faster than real time), end it, and wait until every
+    // frame is in. No playback, so no pacing. Driven by Update(now) like NpcLine.
+    public sealed class OfflineLine
+    {
+        readonly KsdiffClient _client;
+        readonly float[] _samples;
+        readonly int _rate, _channels;
+        readonly NpcLineOptions _o;
+        readonly ClipRecorder _recorder;
+        PendingRequest _open, _end;
+        double _startS;
+
+        public OfflineLineState State { get; private set; }
+        public string Failure { get; private set; }
+        public ulong? Total { get; private set; }
+        public ClipRecorder Recorder { get { return _recorder; } }
+        public double TimeoutS = 60; // for the whole line, past its own duration
+
+        public OfflineLine(KsdiffClient client, float[] interleaved, int sampleRate, int channels, NpcLineOptions options)
+        {
+            Protocol.RequireStreamId(options.Stream);
+            if (interleaved.Length == 0 || interleaved.Length % channels != 0) throw new ArgumentException("samples must be one or more whole sample frames");
+            _client = client;
+            _samples = interleaved;
+            _rate = sampleRate;
+            _channels = channels;
+            _o = options;
+            _recorder = new ClipRecorder(options.Stream);
+        }
+
+        public void Start(double now)
+        {
+            if (State != OfflineLineState.Idle) return;
+            _startS = now;
+            _client.AddFrameSink(_recorder);
+            try
+            {
+                _open = _client.OpenStream(new OpenStream
+                {
+                    Stream = _o.Stream, SampleRate = (uint)_rate, Channels = (uint)_channels, Format = "f32le",
+                    Transcript = _o.Transcript, Seed = _o.Seed,
+                });
+            }
+            catch (ProtocolException e)
+            {
+                Fail("the line cannot be sent: " + e.Message);
+                return;
+            }
+            State = OfflineLineState.Opening;
+        }
+
+        public OfflineLineState Update(double now)
+        {
+            if (State == OfflineLineState.Opening)
+            {
+                if (!_open.IsDone)
+                {
+                    if (now - _startS > _o.OpenTimeoutS) Fail("no reply to open_stream within " + _o.OpenTimeoutS + " s: is the runtime running?");
+                    return State;
+                }
+                if (_open.Failure != null) { Fail(_open.Failure); return State; }
+                if (_open.Reply is ErrorReply) { Fail("the runtime refused the line: " + _open.Reply); return State; }
+                PushAll();
+                _end = _client.EndStream(_o.Stream);
+                State = OfflineLineState.Collecting;
+            }
+            if (State == OfflineLineState.Collecting)
+            {
+                StreamStatus s = _client.Stream(_o.Stream);
+                if (s != null && s.Errors.Count > 0) { Fail("the runtime refused the line's audio: " + s.Errors[0]); return State; }
+                if (s != null && s.EndReason != null && s.EndReason != "ended") { Fail("the line was lost (" + s.EndReason + ")"); return State; }
+                if (_end.IsDone)
+                {
+                    if (_end.Failure != null) { Fail(_end.Failure); return State; }
+                    if (_end.Reply is ErrorReply) { Fail("end_stream refused: " + _end.Reply); return State; }
+                    Total = ((StreamEnded)_end.Reply).Frames;
+                    if (_recorder.SawLast && _recorder.Missing(Total.Value).Count == 0) Done();
+                    else if (s != null && s.Ended && now - _end.SentS > 2.0) Done(); // what came is all that will come
+                }
+                if (State == OfflineLineState.Collecting && now - _startS > TimeoutS + (double)_samples.Length / _channels / _rate)
+                    Fail("the frames did not all come within " + TimeoutS + " s");
+            }
+            return State;
+        }
+
+        void PushAll()
+        {
+            int framesPerChunk = Math.Max(1, _rate / 10); // 100 ms messages
+            var chunk = new byte[framesPerChunk * _channels * 4];
+            long total = _samples.Length / _channels;
+            ulong seq = 0;
+            for (long start = 0; start < total; start += framesPerChunk)
+            {
+                int n = (int)Math.Min(framesPerChunk, total - start);
+                for (int i = 0; i < n * _channels; i++)
+                {
+                    uint bits = FloatBits.ToBits(_samples[start * _channels + i]);
+                    chunk[4 * i] = (byte)bits;
+                    chunk[4 * i + 1] = (byte)(bits >> 8);
+                    chunk[4 * i + 2] = (byte)(bits >> 16);
+                    chunk[4 * i + 3] = (byte)(bits >> 24);
+                }
+                _client.SendAudio(_o.Stream, seq++, (ulong)start, chunk, 0, n * _channels * 4);
+            }
+        }
+
+        void Done()
+        {
+            State = OfflineLineState.Done;
+            _client.RemoveFrameSink(_recorder);
+        }
+
+        void Fail(string why)
+        {
+            State = OfflineLineState.Failed;
+            Failure = why;
+            _client.RemoveFrameSink(_recorder);
+        }
+    }
+
     public sealed class BakedCurve
     {
         public string Path;      // the animated object, relative to the clip's root ("" = the root)

@@ -150,10 +150,18 @@ namespace Ksdiff
             };
         }
 
-        // The local rotation that turns the bone by `q` about the character's axes.
+        // The local rotation that turns the bone by `q` about the character's axes, from its rest pose.
         public Quat Local(Quat q)
         {
-            return (RestLocal * (RestInCharacter.Inverse() * q * RestInCharacter)).Normalized();
+            return (RestLocal * Delta(q)).Normalized();
+        }
+
+        // The same turn in the bone's own axes, to apply after whatever local rotation the bone has
+        // now (an Animator's idle): local = animatedLocal * Delta(q). Only for bones something else
+        // rewrites every frame, or the turns would pile up.
+        public Quat Delta(Quat q)
+        {
+            return (RestInCharacter.Inverse() * q * RestInCharacter).Normalized();
         }
     }
 }

@@ -221,5 +221,35 @@ namespace Ksdiff.Tests
             Assert.Throws<ArgumentException>(() => new NpcLine(_client, new float[0], 16000, 1, new NpcLineOptions { Stream = "x" }));
             Assert.Throws<ProtocolException>(() => new NpcLine(_client, new float[1], 16000, 1, new NpcLineOptions { Stream = ".." }));
         }
+
+        [Test]
+        public void AnOfflineLinePushesEverythingAtOnceAndCollectsEveryFrame()
+        {
+            const int rate = 16000;
+            float[] clip = Tone(0.4, rate, 1);
+            var line = new OfflineLine(_client, clip, rate, 1, new NpcLineOptions { Stream = "bake-1", Transcript = "Hi." });
+            line.Start(_client.Now());
+            var audio = new List<Audio>();
+            var watch = Stopwatch.StartNew();
+            while (line.Update(_client.Now()) != OfflineLineState.Done)
+            {
+                Assert.AreNotEqual(OfflineLineState.Failed, line.State, line.Failure);
+                Assert.Less(watch.Elapsed.TotalSeconds, 10, "stuck in " + line.State);
+                KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
+                if (!r.HasValue) continue;
+                Message m = new Decoder().Decode(r.Value.Value);
+                if (m is OpenStream) _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("bake-1", ((OpenStream)m).Req.Value));
+                if (m is Audio) audio.Add((Audio)m);
+                if (m is EndStream)
+                {
+                    for (ulong i = 0; i < 12; i++) _rt.Publish(Protocol.FrameTopic("bake-1"), FakeRuntime.Frame("bake-1", i, 0.1f, i == 11));
+                    _rt.Reply(r.Value.Key, FakeRuntime.StreamEnded("bake-1", 12, ((EndStream)m).Req.Value));
+                }
+            }
+            Assert.AreEqual(4, audio.Count, "0.4 s in 100 ms messages, sent at once");
+            Assert.AreEqual(12UL, line.Total.Value);
+            Assert.AreEqual(12, line.Recorder.Count);
+            Assert.Less(watch.Elapsed.TotalSeconds, 0.4, "no pacing: faster than the clip");
+        }
     }
 }
