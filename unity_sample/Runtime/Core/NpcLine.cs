@@ -217,6 +217,23 @@ namespace Ksdiff
             }
         }
 
+        // A stream id for a line: `hint` (a character's name) reduced to the allowed characters,
+        // then the line's number and a random part, so two game instances never collide.
+        public static string StreamIdFor(string hint, ulong number, Random random)
+        {
+            var sb = new System.Text.StringBuilder();
+            foreach (char c in hint ?? "")
+            {
+                if (sb.Length == 32) break;
+                bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+                if (ok) sb.Append(c);
+                else if (sb.Length > 0 && sb[sb.Length - 1] != '-') sb.Append('-');
+            }
+            if (sb.Length == 0) sb.Append("npc");
+            sb.Append('-').Append(number).Append('-').Append(random.Next(0x10000000).ToString("x7"));
+            return sb.ToString();
+        }
+
         void Fail(string why)
         {
             State = NpcLineState.Failed;

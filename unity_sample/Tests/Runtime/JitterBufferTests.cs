@@ -225,5 +225,17 @@ namespace Ksdiff.Tests
             c.Lerp(a, b, 0.5);
             Assert.AreEqual(0.0f, c.Head[2]);
         }
+
+        [Test]
+        public void TheAudioClockIsInterpolatedBetweenItsSteps()
+        {
+            var clock = new AudioClock();
+            const double step = 1024.0 / 48000; // 21.3 ms
+            Assert.AreEqual(10.0, clock.Sample(10.0, 500.000, step), 1e-12);
+            Assert.AreEqual(10.005, clock.Sample(10.0, 500.005, step), 1e-9);  // between steps: extrapolated
+            Assert.AreEqual(10.0 + step, clock.Sample(10.0, 500.100, step), 1e-9); // never more than one step
+            Assert.AreEqual(10.0 + step, clock.Sample(10.0 + step / 2, 500.101, step), 1e-9); // never backwards
+            Assert.AreEqual(10.0 + 2 * step, clock.Sample(10.0 + 2 * step, 500.120, step), 1e-9);
+        }
     }
 }

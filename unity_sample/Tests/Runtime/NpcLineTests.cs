@@ -251,5 +251,18 @@ namespace Ksdiff.Tests
             Assert.AreEqual(12, line.Recorder.Count);
             Assert.Less(watch.Elapsed.TotalSeconds, 0.4, "no pacing: faster than the clip");
         }
+
+        [Test]
+        public void StreamIdsForLinesAreValidAndDistinct()
+        {
+            var random = new Random(1);
+            string a = NpcLine.StreamIdFor("Guard (Captain) #2 / éclair", 1, random);
+            string b = NpcLine.StreamIdFor("Guard (Captain) #2 / éclair", 1, random);
+            Assert.IsTrue(Protocol.IsValidStreamId(a), a);
+            Assert.IsTrue(a.StartsWith("Guard-Captain-2-clair-1-"), a);
+            Assert.AreNotEqual(a, b);
+            Assert.IsTrue(Protocol.IsValidStreamId(NpcLine.StreamIdFor(new string('x', 500), ulong.MaxValue, random)));
+            Assert.IsTrue(NpcLine.StreamIdFor("..", 3, random).StartsWith("npc-3-"));
+        }
     }
 }
