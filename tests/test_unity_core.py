@@ -128,6 +128,15 @@ def test_core_is_free_of_unity(built_core: Path):
     assert offenders == []
 
 
+def test_package_assets_have_meta_files():
+    """A git-URL package is immutable: Unity ignores any asset without its .meta there."""
+    r = _run([sys.executable, str(PACKAGE / "Tests~" / "ci" / "make_meta.py"), "--check"], 60)
+    assert r.returncode == 0, f"run unity_sample/Tests~/ci/make_meta.py:\n{r.stdout}{r.stderr}"
+    guids = [line.split()[1] for meta in PACKAGE.rglob("*.meta") for line in meta.read_text().splitlines()
+             if line.startswith("guid:")]
+    assert len(guids) == len(set(guids)), "duplicate GUIDs"
+
+
 def test_fixture_list(built_core: Path):
     r = _run(["mono", str(built_core / "KsdiffTests.exe"), "--list"], 60)
     assert r.returncode == 0, r.stdout + r.stderr

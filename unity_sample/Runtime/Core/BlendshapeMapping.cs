@@ -18,7 +18,7 @@ namespace Ksdiff
     {
         public string Arkit;     // an ARKit name (any case), e.g. "mouthSmileLeft"
         public string Shape;     // the mesh's shape name; empty: this ARKit name drives nothing
-        public float Scale = 1f; // weight multiplier
+        public float Scale = 1f; // weight multiplier (0 reads as 1, see Build)
 
         public RemapEntry() { }
 
@@ -116,7 +116,9 @@ namespace Ksdiff
                         unused.Add(e.Arkit + " -> " + e.Shape + (wire < 0 ? " (no such ARKit name)" : " (no such shape on this mesh)"));
                         continue;
                     }
-                    add(wire, shape, e.Scale);
+                    // Unity zero-fills list elements added in the inspector: a scale of 0 (which would pin
+                    // the shape at 0) reads as 1. To leave an ARKit name undriven, leave Shape empty.
+                    add(wire, shape, e.Scale == 0f ? 1f : e.Scale);
                     overridden.Add(arkit);
                 }
             }

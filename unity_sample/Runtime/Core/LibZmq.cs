@@ -7,6 +7,10 @@
 //
 // Library name: "libzmq". Mono maps it to libzmq.so.5 through Ksdiff.Core.dll.config (Debian has
 // no unversioned libzmq.so without the -dev package); Windows looks for libzmq.dll.
+//
+// In Unity it is compiled for the editor and desktop players only: mobile and console players
+// cannot load a native libzmq this way (use NetMQ there). Outside Unity (CI) it is always compiled.
+#if !UNITY_5_3_OR_NEWER || UNITY_EDITOR || UNITY_STANDALONE
 using System;
 using System.Runtime.InteropServices;
 using System.Text;
@@ -371,3 +375,4 @@ namespace Ksdiff
         }
     }
 }
+#endif

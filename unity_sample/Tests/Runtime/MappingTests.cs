@@ -95,6 +95,7 @@ namespace Ksdiff.Tests
                 new RemapEntry("eyeBlinkLeft", "", 1f),                  // deliberately not driven
                 new RemapEntry("cheekPuff", "Cheek_Puff"),               // no such shape
                 new RemapEntry("noSuchArkitName", "jawOpen"),
+                new RemapEntry("tongueOut", "Eye_Blink_L", 0f),          // zero-filled by Unity's inspector: scale 1
             };
             var face = new FaceMapping(new List<IList<string>> { mesh }, remap, null);
             BlendshapeMap map = face.Meshes[0];
@@ -103,7 +104,8 @@ namespace Ksdiff.Tests
             Assert.AreEqual(100f, ValueOf(map, 1), 1e-4, "0.7 x 2 clamps at 100");
             Assert.IsFalse(map.Targets.Contains(2), "the exact-named jawOpen yields to the remap");
             Assert.IsFalse(map.Targets.Contains(3), "eyeBlinkLeft is silenced");
-            Assert.IsFalse(map.Targets.Contains(4));
+            map.Apply(Weights(W("tongueOut", 0.5f)));
+            Assert.AreEqual(50f, ValueOf(map, 4), 1e-4);
             Assert.IsFalse(face.Missing.Contains("eyeBlinkLeft"), "a silenced name is not missing");
             Assert.IsTrue(face.Missing.Contains("cheekPuff"));
             Assert.AreEqual(2, face.Problems.Count, string.Join("; ", face.Problems.ToArray()));
