@@ -10,6 +10,8 @@ using System.Collections.Generic;
 using Ksdiff.Unity;
 using UnityEditor;
 using UnityEngine;
+// Ksdiff.MessageType (the protocol's) would hide UnityEditor.MessageType inside namespace Ksdiff.
+using HelpType = UnityEditor.MessageType;
 
 namespace Ksdiff.Editor
 {
@@ -28,7 +30,7 @@ namespace Ksdiff.Editor
         OfflineLine _line;
         double _connectStart;
         string _message = "";
-        MessageType _messageType = MessageType.None;
+        HelpType _messageType = HelpType.None;
 
         [MenuItem("Window/ksdiff/Bake Line")]
         static void Open() { GetWindow<KsdiffBakeWindow>("ksdiff bake"); }
@@ -47,12 +49,12 @@ namespace Ksdiff.Editor
             if (_useSeed) _seed = EditorGUILayout.IntField("Seed", _seed);
             _face = (KsdiffFaceDriver)EditorGUILayout.ObjectField("Character (face driver)", _face, typeof(KsdiffFaceDriver), true);
             EditorGUILayout.HelpBox("The clip animates the face driver's meshes and bones, with paths relative to its character root. " +
-                                    "Bake with the character in its rest pose.", MessageType.None);
+                                    "Bake with the character in its rest pose.", HelpType.None);
             using (new EditorGUI.DisabledScope(_client != null || _clip == null || _face == null))
             {
                 if (GUILayout.Button(_client != null ? "Baking..." : "Bake")) StartBake();
             }
-            if (_client != null && GUILayout.Button("Cancel")) Finish("cancelled", MessageType.Warning);
+            if (_client != null && GUILayout.Button("Cancel")) Finish("cancelled", HelpType.Warning);
             if (!string.IsNullOrEmpty(_message)) EditorGUILayout.HelpBox(_message, _messageType);
         }
 
@@ -63,7 +65,7 @@ namespace Ksdiff.Editor
             System.Func<ITransport> factory = samples == null ? null : KsdiffTransports.Factory(_transport, out problem);
             if (problem != null)
             {
-                Show(problem, MessageType.Error);
+                Show(problem, HelpType.Error);
                 return;
             }
             _client = new KsdiffClient(new ClientOptions { PubEndpoint = _pub, RouterEndpoint = _router, Transport = factory });
@@ -74,7 +76,7 @@ namespace Ksdiff.Editor
             var options = new NpcLineOptions { Stream = stream, Transcript = string.IsNullOrEmpty(_transcript) ? null : _transcript };
             if (_useSeed) options.Seed = _seed;
             _line = new OfflineLine(_client, samples, _clip.frequency, _clip.channels, options);
-            Show("connecting to " + _pub + " ...", MessageType.Info);
+            Show("connecting to " + _pub + " ...", HelpType.Info);
             EditorApplication.update += Tick;
         }
 
@@ -87,13 +89,13 @@ namespace Ksdiff.Editor
                 // Start once the SUB is live (a hello came), so the line's first frames are not missed.
                 ClientStatus s = _client.Status();
                 if (s.State == ClientState.Live) _line.Start(now);
-                else if (s.State == ClientState.Failed) Finish(s.LastError, MessageType.Error);
-                else if (now - _connectStart > 10) Finish("the runtime is not reachable at " + _pub + " (" + s.State + "): is `ksdiff-runtime serve` running?", MessageType.Error);
+                else if (s.State == ClientState.Failed) Finish(s.LastError, HelpType.Error);
+                else if (now - _connectStart > 10) Finish("the runtime is not reachable at " + _pub + " (" + s.State + "): is `ksdiff-runtime serve` running?", HelpType.Error);
                 return;
             }
             OfflineLineState state = _line.Update(now);
-            if (state == OfflineLineState.Collecting) Show("animating: " + _line.Recorder.Count + " frames", MessageType.Info);
-            else if (state == OfflineLineState.Failed) Finish(_line.Failure, MessageType.Error);
+            if (state == OfflineLineState.Collecting) Show("animating: " + _line.Recorder.Count + " frames", HelpType.Info);
+            else if (state == OfflineLineState.Failed) Finish(_line.Failure, HelpType.Error);
             else if (state == OfflineLineState.Done) Save();
             Repaint();
         }
@@ -117,7 +119,7 @@ namespace Ksdiff.Editor
             string path = EditorUtility.SaveFilePanelInProject("Save the baked line", _clip.name + "_face", "anim", "Where to save the AnimationClip");
             if (string.IsNullOrEmpty(path))
             {
-                Finish("not saved", MessageType.Warning);
+                Finish("not saved", HelpType.Warning);
                 return;
             }
             AssetDatabase.CreateAsset(clip, path);
@@ -126,7 +128,7 @@ namespace Ksdiff.Editor
             if (missing.Count > 0) note += "; " + missing.Count + " frames never arrived (their curves interpolate over them)";
             string report = mapping.TakeReport();
             if (report != null) note += "\n" + report;
-            Finish(note, missing.Count > 0 || report != null ? MessageType.Warning : MessageType.Info);
+            Finish(note, missing.Count > 0 || report != null ? HelpType.Warning : HelpType.Info);
         }
 
         // The face driver's meshes and bones, with paths under its character root.
@@ -175,7 +177,7 @@ namespace Ksdiff.Editor
             return new AnimationCurve(keys);
         }
 
-        void Finish(string message, MessageType type)
+        void Finish(string message, HelpType type)
         {
             EditorApplication.update -= Tick;
             if (_client != null)
@@ -188,7 +190,7 @@ namespace Ksdiff.Editor
             Show(message, type);
         }
 
-        void Show(string message, MessageType type)
+        void Show(string message, HelpType type)
         {
             _message = message;
             _messageType = type;
@@ -197,7 +199,7 @@ namespace Ksdiff.Editor
 
         void OnDisable()
         {
-            if (_client != null) Finish("closed", MessageType.Warning);
+            if (_client != null) Finish("closed", HelpType.Warning);
         }
     }
 }

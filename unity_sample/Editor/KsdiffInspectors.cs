@@ -4,6 +4,8 @@ using System.Linq;
 using Ksdiff.Unity;
 using UnityEditor;
 using UnityEngine;
+// Ksdiff.MessageType (the protocol's) would hide UnityEditor.MessageType inside namespace Ksdiff.
+using HelpType = UnityEditor.MessageType;
 
 namespace Ksdiff.Editor
 {
@@ -20,18 +22,18 @@ namespace Ksdiff.Editor
             EditorGUILayout.LabelField("Runtime", EditorStyles.boldLabel);
             if (!KsdiffTransports.NetMQAvailable)
                 EditorGUILayout.HelpBox("NetMQ transport not compiled: install NetMQ with NuGetForUnity and add KSDIFF_NETMQ to the " +
-                                        "Scripting Define Symbols. Until then Auto uses native libzmq (editor and desktop only).", MessageType.Info);
+                                        "Scripting Define Symbols. Until then Auto uses native libzmq (editor and desktop only).", HelpType.Info);
             if (!Application.isPlaying)
             {
-                EditorGUILayout.HelpBox("Connects in Play Mode.", MessageType.None);
+                EditorGUILayout.HelpBox("Connects in Play Mode.", HelpType.None);
                 return;
             }
-            if (connection.Error != null) EditorGUILayout.HelpBox(connection.Error, MessageType.Error);
+            if (connection.Error != null) EditorGUILayout.HelpBox(connection.Error, HelpType.Error);
             ClientStatus s = connection.Status;
             if (s == null) return;
             EditorGUILayout.LabelField("State", s.State.ToString());
             string hint = Hint(s, connection);
-            if (hint != null) EditorGUILayout.HelpBox(hint, MessageType.Warning);
+            if (hint != null) EditorGUILayout.HelpBox(hint, HelpType.Warning);
             EditorGUILayout.LabelField("Runtime", (s.RuntimeVersion ?? "-") + "   instance " + (s.Instance ?? "-"));
             EditorGUILayout.LabelField("Frames received", s.Frames.ToString());
             EditorGUILayout.LabelField("Seq gaps (frames lost)", s.Dropped.ToString());
@@ -91,7 +93,7 @@ namespace Ksdiff.Editor
                     _showMissing = EditorGUILayout.Foldout(_showMissing, "Not driven (" + m.Missing.Count + ")");
                     if (_showMissing) EditorGUILayout.LabelField(string.Join(", ", m.Missing.ToArray()), EditorStyles.wordWrappedMiniLabel);
                 }
-                foreach (string p in m.Problems) EditorGUILayout.HelpBox("Remap entry matches no mesh: " + p, MessageType.Warning);
+                foreach (string p in m.Problems) EditorGUILayout.HelpBox("Remap entry matches no mesh: " + p, HelpType.Warning);
             }
             if (Application.isPlaying)
                 EditorGUILayout.LabelField("Showing", (driver.ShownStream ?? "-") + "  " + driver.State + "  t_audio " + driver.ShownAudioTime.ToString("F2") + " s");
