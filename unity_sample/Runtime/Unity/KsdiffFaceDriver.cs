@@ -24,6 +24,8 @@ namespace Ksdiff.Unity
         [Range(0, 2)] public float weightScale = 1f;
 
         [Header("Bones (optional)")]
+        [Tooltip("Fill the empty bone fields below from a humanoid Animator on this character (Ready Player Me, VRM, Mixamo rigs).")]
+        public bool findHumanoidBones = true;
         [Tooltip("The character's root, facing +Z. Empty: this object.")]
         public Transform characterRoot;
         public Transform head;
@@ -53,8 +55,21 @@ namespace Ksdiff.Unity
 
         void OnEnable()
         {
+            if (findHumanoidBones) FindHumanoidBones();
             CaptureRestPose();
             BuildMapping(null);
+        }
+
+        // Head, neck and eyes from the character's humanoid avatar, where not set by hand.
+        public void FindHumanoidBones()
+        {
+            Animator animator = GetComponentInParent<Animator>();
+            if (animator == null || !animator.isHuman) return;
+            if (head == null) head = animator.GetBoneTransform(HumanBodyBones.Head);
+            if (neck == null) neck = animator.GetBoneTransform(HumanBodyBones.Neck);
+            if (leftEye == null) leftEye = animator.GetBoneTransform(HumanBodyBones.LeftEye);
+            if (rightEye == null) rightEye = animator.GetBoneTransform(HumanBodyBones.RightEye);
+            if (characterRoot == null) characterRoot = animator.transform;
         }
 
         // Call after changing renderers, remap or bones at run time (bones in their rest pose).
