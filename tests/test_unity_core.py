@@ -1,6 +1,6 @@
 """The Unity package's C# core (unity_sample/Runtime/Core), built with Mono's mcs and tested.
 
-Unity itself is not available here: the core and its NUnit-style tests (unity_sample/Tests/Runtime)
+Unity itself is not available here: the core and its NUnit-style tests (unity_sample/Tests/Editor)
 use no UnityEngine, so they compile with Debian's Mono (`mono-mcs`) against a small NUnit shim
 (unity_sample/Tests~/ci), and run with `mono`. One pytest test per C# test fixture; the fixtures
 that open sockets use the libzmq P/Invoke transport (Debian's `libzmq5`); the live test runs a real
@@ -31,7 +31,7 @@ SAMPLE_WAV = ROOT / "ksdiff_runtime" / "assets" / "sample_speech.wav"
 RUNTIME = Path(sys.executable).with_name("ksdiff-runtime")  # the venv's console script
 BUILD_TIMEOUT_S = 300
 
-# Every [TestFixture] of unity_sample/Tests/Runtime but the live one; test_fixture_list checks that
+# Every [TestFixture] of unity_sample/Tests/Editor but the live one; test_fixture_list checks that
 # this list and the test runner's agree, so a new fixture cannot go unrun.
 UNIT_FIXTURES = [
     "AllocationTests",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the package's C# core, its tests and the decode benchmark with Mono's C# compiler
-# (Debian: mono-mcs). Unity is not needed: Runtime/Core and Tests/Runtime use no UnityEngine.
+# (Debian: mono-mcs). Unity is not needed: Runtime/Core and Tests/Editor use no UnityEngine.
 #
 #   unity_sample/Tests~/ci/build.sh OUTDIR      then   mono OUTDIR/KsdiffTests.exe
 set -euo pipefail
@@ -13,7 +13,7 @@ mkdir -p "$out"
 flags=(-nologo -langversion:7.2 -debug -warn:4 -warnaserror+)
 
 mapfile -t core < <(find "$pkg/Runtime/Core" -name '*.cs' | sort)
-mapfile -t tests < <(find "$pkg/Tests/Runtime" -name '*.cs' | sort)
+mapfile -t tests < <(find "$pkg/Tests/Editor" -name '*.cs' | sort)
 
 "$mcs" "${flags[@]}" -optimize+ -target:library -out:"$out/Ksdiff.Core.dll" "${core[@]}"
 # Mono resolves DllImport("libzmq") through this map (Debian's libzmq5 ships libzmq.so.5 only).

@@ -13,7 +13,7 @@ namespace Ksdiff.Tests
     public static class Golden
     {
         // protocol/golden of this repository: KSDIFF_GOLDEN_DIR, else found from this source
-        // file's own path (unity_sample/Tests/Runtime -> ../../../protocol/golden), which also
+        // file's own path (unity_sample/Tests/Editor -> ../../../protocol/golden), which also
         // works in a Unity project that uses the package from a clone of the repository.
         public static string Dir
         {
