@@ -238,6 +238,24 @@ namespace Ksdiff
 
         // --- what other threads read ------------------------------------------------------------
 
+        // The connection state alone (no snapshot, nothing allocated).
+        public ClientState State
+        {
+            get
+            {
+                double now = _clock();
+                lock (_lock) return StateAt(now);
+            }
+        }
+
+        ClientState StateAt(double now)
+        {
+            if (_failed) return ClientState.Failed;
+            if (!_running) return ClientState.Stopped;
+            if (_status.LastHelloS < 0) return ClientState.Connecting;
+            return now - _status.LastHelloS <= _o.HelloTimeoutS ? ClientState.Live : ClientState.Stale;
+        }
+
         public ClientStatus Status()
         {
             double now = _clock();
@@ -252,11 +270,7 @@ namespace Ksdiff
                     EventsDropped = _status.EventsDropped, LastHelloS = _status.LastHelloS, LastError = _status.LastError,
                     LastStats = _status.LastStats, LastStatsS = _status.LastStatsS,
                 };
-                if (_failed) s.State = ClientState.Failed;
-                else if (!_running) s.State = ClientState.Stopped;
-                else if (s.LastHelloS < 0) s.State = ClientState.Connecting;
-                else if (now - s.LastHelloS <= _o.HelloTimeoutS) s.State = ClientState.Live;
-                else s.State = ClientState.Stale;
+                s.State = StateAt(now);
                 foreach (var kv in _streams) s.Streams[kv.Key] = Snapshot(kv.Value, now);
                 return s;
             }

@@ -31,17 +31,23 @@ namespace Ksdiff.Unity
         [Tooltip("Added to the runtime's latency: room for network and scheduling jitter.")]
         [Range(0, 500)] public float marginMs = 60;
         public bool playWhenAnimationFails = true;
+        [Tooltip("How long a line waits for the runtime to be reachable (e.g. right after the scene starts).")]
+        [Range(0, 10)] public float connectWaitS = 3f;
 
         public UnityEvent lineFinished = new UnityEvent();
         public LineFailedEvent lineFailed = new LineFailedEvent();
 
         public NpcLine Line { get; private set; }
-        public bool Speaking { get { return Line != null; } }
+        public bool Speaking { get { return Line != null || _waiting; } }
 
         static readonly System.Random s_random = new System.Random();
         static ulong s_lines;
         AudioSource _source;
         AudioClip _playing;
+        string _text;
+        float[] _samples;
+        bool _waiting;
+        float _waitingSince;
         bool _audioStarted;
 
         void Awake() { _source = GetComponent<AudioSource>(); }
@@ -51,45 +57,68 @@ namespace Ksdiff.Unity
             if (speakOnStart && clip != null) Speak(clip, transcript);
         }
 
-        // Starts a line; false (with the reason logged) when it cannot be animated.
+        // Starts a line (animated once the runtime is reachable, waiting up to `connectWaitS` for
+        // it, e.g. right after the scene starts); false when it cannot even be tried.
         public bool Speak(AudioClip line, string text = null)
         {
             Stop();
             _playing = line;
+            _text = text;
             _audioStarted = false;
-            KsdiffClient client = connection != null ? connection.Client : null;
-            string problem = null;
-            if (client == null) problem = "no connection (assign a KsdiffConnection)";
-            else if (connection.Status == null || connection.Status.State != ClientState.Live)
-                problem = "the runtime is not reachable (" + (connection.Status != null ? connection.Status.State.ToString() : "no status") +
-                          " at " + connection.routerEndpoint + ")";
-            float[] samples = problem == null ? KsdiffAudio.Samples(line, out problem) : null;
+            if (connection == null || connection.Client == null)
+            {
+                Failed("no connection (assign an enabled KsdiffConnection)");
+                return false;
+            }
+            string problem;
+            _samples = KsdiffAudio.Samples(line, out problem);
             if (problem != null)
             {
                 Failed(problem);
                 return false;
             }
+            _waitingSince = Time.unscaledTime;
+            _waiting = true;
+            TryBegin();
+            return true;
+        }
+
+        // Opens the line once the runtime is live; gives up after connectWaitS.
+        void TryBegin()
+        {
+            KsdiffClient client = connection != null ? connection.Client : null;
+            ClientState state = client != null ? client.State : ClientState.Stopped;
+            if (state != ClientState.Live)
+            {
+                if (state == ClientState.Failed || state == ClientState.Stopped || Time.unscaledTime - _waitingSince > connectWaitS)
+                {
+                    _waiting = false;
+                    Failed("the runtime is not reachable (" + state + " at " + (connection != null ? connection.routerEndpoint : "-") + ")");
+                }
+                return;
+            }
+            _waiting = false;
             string id = NpcLine.StreamIdFor(name, ++s_lines, s_random);
             try
             {
-                Line = new NpcLine(client, samples, line.frequency, line.channels, new NpcLineOptions
+                Line = new NpcLine(client, _samples, _playing.frequency, _playing.channels, new NpcLineOptions
                 {
-                    Stream = id, Transcript = string.IsNullOrEmpty(text) ? null : text,
+                    Stream = id, Transcript = string.IsNullOrEmpty(_text) ? null : _text,
                     DefaultLatencyS = defaultLatencyMs / 1000.0, MarginS = marginMs / 1000.0,
                 });
             }
             catch (ArgumentException e) // a sample rate or channel count the protocol refuses
             {
                 Failed(e.Message);
-                return false;
+                return;
             }
             Line.Start(client.Now());
             if (face != null) face.ShowLine(id);
-            return true;
         }
 
         public void Stop()
         {
+            _waiting = false;
             if (Line != null)
             {
                 Line.Cancel();
@@ -101,6 +130,7 @@ namespace Ksdiff.Unity
 
         void Update()
         {
+            if (_waiting) TryBegin();
             if (Line == null || connection == null || connection.Client == null) return;
             NpcLineState state = Line.Update(connection.Client.Now());
             if (Line.ShouldStartPlayback)

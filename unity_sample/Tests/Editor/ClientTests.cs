@@ -66,6 +66,7 @@ namespace Ksdiff.Tests
             Assert.AreEqual(ClientState.Connecting, c.Status().State);
             Handshake(rt, c, "A");
             Assert.AreEqual(ClientState.Live, c.Status().State);
+            Assert.AreEqual(ClientState.Live, c.State);
             rt.WaitSubscribed(Protocol.FrameTopic("npc1"));
             rt.Publish(Protocol.StreamTopic("npc1"), FakeRuntime.StreamStart("npc1"));
             foreach (ulong seq in new ulong[] { 0, 1, 2, 5, 6 }) rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", seq, 0.1f * seq));
@@ -209,7 +210,7 @@ namespace Ksdiff.Tests
             KsdiffClient c = Client(first);
             Handshake(first, c, "A");
             first.Dispose(); // the runtime goes away ...
-            Assert.IsTrue(Wait.Until(() => c.Status().State == ClientState.Stale, 10), "no Stale state without hellos");
+            Assert.IsTrue(Wait.Until(() => c.State == ClientState.Stale, 10), "no Stale state without hellos");
             var second = Keep(new FakeRuntime(pub, router)); // ... and a new process binds the same ports
             Handshake(second, c, "B");
             Assert.AreEqual(ClientState.Live, c.Status().State);
