@@ -47,7 +47,12 @@ namespace Ksdiff.Ci
 
         static void Report(string what, int batches, int perBatch, Action step)
         {
-            for (int i = 0; i < perBatch; i++) step(); // JIT and warm caches
+            Measure(1, perBatch, step); // JIT (of the timing code too) and warm caches
+            Measure(batches, perBatch, step, what);
+        }
+
+        static void Measure(int batches, int perBatch, Action step, string what = null)
+        {
             // Everything the timing needs exists before the allocation counter is read.
             var perFrame = new List<double>(batches);
             var total = new Stopwatch();
@@ -63,6 +68,7 @@ namespace Ksdiff.Ci
             total.Stop();
             long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
             double mean = total.Elapsed.TotalMilliseconds * 1000.0 / (batches * perBatch);
+            if (what == null) return;
             perFrame.Sort();
             Console.WriteLine(string.Format(System.Globalization.CultureInfo.InvariantCulture,
                 "{0}: {1:F2} us/frame (median of {2} batches of {3}; min {4:F2}, mean {5:F2}); {6} bytes allocated in {7} frames",
