@@ -88,12 +88,12 @@ namespace Ksdiff.Editor
             {
                 // Start once the SUB is live (a hello came), so the line's first frames are not missed.
                 ClientStatus s = _client.Status();
-                if (s.State == ClientState.Live) _line.Start(now);
+                if (s.State == ClientState.Live) _line.Start();
                 else if (s.State == ClientState.Failed) Finish(s.LastError, HelpType.Error);
                 else if (now - _connectStart > 10) Finish("the runtime is not reachable at " + _pub + " (" + s.State + "): is `ksdiff-runtime serve` running?", HelpType.Error);
                 return;
             }
-            OfflineLineState state = _line.Update(now);
+            OfflineLineState state = _line.Update();
             if (state == OfflineLineState.Collecting) Show("animating: " + _line.Recorder.Count + " frames", HelpType.Info);
             else if (state == OfflineLineState.Failed) Finish(_line.Failure, HelpType.Error);
             else if (state == OfflineLineState.Done) Save();

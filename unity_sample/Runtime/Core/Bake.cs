@@ -55,7 +55,7 @@ namespace Ksdiff
 
     // A line animated offline (the editor's bake): open a stream, push the whole clip at once
     // (the runtime buffers audio that comes faster than real time), end it, and wait until every
-    // frame is in. No playback, so no pacing. Driven by Update(now) like NpcLine.
+    // frame is in. No playback, so no pacing. Driven by Update() like NpcLine.
     public sealed class OfflineLine
     {
         readonly KsdiffClient _client;
@@ -84,8 +84,9 @@ namespace Ksdiff
             _recorder = new ClipRecorder(options.Stream);
         }
 
-        public void Start(double now)
+        public void Start()
         {
+            double now = _client.Now();
             if (State != OfflineLineState.Idle) return;
             _startS = now;
             _client.AddFrameSink(_recorder);
@@ -105,8 +106,9 @@ namespace Ksdiff
             State = OfflineLineState.Opening;
         }
 
-        public OfflineLineState Update(double now)
+        public OfflineLineState Update()
         {
+            double now = _client.Now();
             if (State == OfflineLineState.Opening)
             {
                 if (!_open.IsDone)

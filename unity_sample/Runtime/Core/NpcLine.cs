@@ -10,9 +10,10 @@
 // T0 + t_audio(i) on the audio clock (T0: when sample 0 leaves the speakers), whatever the
 // frames' arrival times; a frame later than its instant is skipped, the audio never waits.
 //
-// Unity-free and thread-free: the owner (KsdiffNpcVoice, a test) calls Update() every tick with
-// its clock, starts the audio when ShouldStartPlayback turns true, and reports when it did
-// with PlaybackStarted(T0).
+// Unity-free and thread-free: the owner (KsdiffNpcVoice, a test) calls Update() every tick (the
+// line keeps time with the client's clock, the one its requests and frames are stamped with),
+// starts the audio when ShouldStartPlayback turns true, and reports when it did with
+// PlaybackStarted(T0).
 using System;
 using System.Collections.Generic;
 
@@ -84,8 +85,9 @@ namespace Ksdiff
         }
 
         // Opens the stream. The jitter buffer holds its frames until PlaybackStarted.
-        public void Start(double now)
+        public void Start()
         {
+            double now = _client.Now();
             if (State != NpcLineState.Idle) return;
             _startS = now;
             _client.Buffer.AwaitAnchor(_o.Stream);
@@ -106,9 +108,10 @@ namespace Ksdiff
             State = NpcLineState.Opening;
         }
 
-        // Advances the line; call every tick with the same clock as Start.
-        public NpcLineState Update(double now)
+        // Advances the line; call every tick.
+        public NpcLineState Update()
         {
+            double now = _client.Now();
             switch (State)
             {
                 case NpcLineState.Opening: Opening(now); break;

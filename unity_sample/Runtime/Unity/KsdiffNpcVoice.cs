@@ -112,7 +112,7 @@ namespace Ksdiff.Unity
                 Failed(e.Message);
                 return;
             }
-            Line.Start(client.Now());
+            Line.Start();
             if (face != null) face.ShowLine(id);
         }
 
@@ -132,7 +132,7 @@ namespace Ksdiff.Unity
         {
             if (_waiting) TryBegin();
             if (Line == null || connection == null || connection.Client == null) return;
-            NpcLineState state = Line.Update(connection.Client.Now());
+            NpcLineState state = Line.Update();
             if (Line.ShouldStartPlayback)
             {
                 // Scheduled a little ahead so the first buffer is not missed; the face is anchored

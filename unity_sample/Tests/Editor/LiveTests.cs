@@ -186,9 +186,9 @@ namespace Ksdiff.Tests
         {
             var line = new NpcLine(client, clip, rate, channels, new NpcLineOptions { Stream = stream, Transcript = Transcript, Seed = 7 });
             t0 = double.NaN;
-            line.Start(client.Now());
+            line.Start();
             var deadline = Stopwatch.StartNew();
-            while (line.Update(client.Now()) != NpcLineState.Done)
+            while (line.Update() != NpcLineState.Done)
             {
                 Assert.AreNotEqual(NpcLineState.Failed, line.State, line.Failure + "\nruntime log:\n" + rt.Log());
                 Assert.Less(deadline.Elapsed.TotalSeconds, 60, "line stuck in " + line.State + "\nruntime log:\n" + rt.Log());

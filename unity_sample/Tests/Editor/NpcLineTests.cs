@@ -53,7 +53,7 @@ namespace Ksdiff.Tests
             while (!until())
             {
                 Assert.Less(watch.Elapsed.TotalSeconds, timeoutS, "line stuck in " + line.State + " " + line.Failure);
-                line.Update(_client.Now());
+                line.Update();
                 if (line.ShouldStartPlayback) line.PlaybackStarted(_client.Now());
                 KeyValuePair<byte[], byte[]>? request = _rt == null ? null : _rt.TryReceive(0.005);
                 if (request.HasValue) serve(request.Value, new Decoder().Decode(request.Value.Value));
@@ -66,7 +66,7 @@ namespace Ksdiff.Tests
             const int rate = 48000, channels = 2;
             float[] clip = Tone(0.5, rate, channels);
             var line = new NpcLine(_client, clip, rate, channels, new NpcLineOptions { Stream = "npc-guard-1", Transcript = "Halt!", Seed = 3 });
-            line.Start(_client.Now());
+            line.Start();
             OpenStream open = null;
             var audio = new List<Audio>();
             var audioTimes = new List<double>();
@@ -137,7 +137,7 @@ namespace Ksdiff.Tests
             Assert.IsTrue(Wait.Until(() => _client.Status().LastStats != null && _client.Stream("old") != null && _client.Stream("old").StatsLatencyP95Ms.HasValue, 10));
             Assert.AreEqual(240.0, NpcLine.EstimateLatencyMs(_client.Status()).Value, 1e-9);
             var line = new NpcLine(_client, Tone(0.1, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-2", MarginS = 0.05 });
-            line.Start(_client.Now());
+            line.Start();
             Drive(line, () => line.State != NpcLineState.Opening, (r, m) =>
             {
                 if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-2", ((OpenStream)m).Req.Value));
@@ -164,7 +164,7 @@ namespace Ksdiff.Tests
         {
             var line = new NpcLine(_client, Tone(1.0, 16000, 1), 16000, 1,
                                    new NpcLineOptions { Stream = "npc-slow", DefaultLatencyS = 0.05, MarginS = 0, FrameTimeoutS = 10 });
-            line.Start(_client.Now());
+            line.Start();
             double opened = 0;
             int audioMessages = 0;
             Drive(line, () => audioMessages >= 20, (r, m) =>
@@ -187,8 +187,8 @@ namespace Ksdiff.Tests
             _rt.Dispose(); // the runtime goes away after the client connected
             _rt = null;
             var line = new NpcLine(_client, Tone(0.2, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-3", OpenTimeoutS = 0.3 });
-            line.Start(_client.Now());
-            Assert.IsTrue(Wait.Until(() => line.Update(_client.Now()) == NpcLineState.Failed, 5));
+            line.Start();
+            Assert.IsTrue(Wait.Until(() => line.Update() == NpcLineState.Failed, 5));
             Assert.IsTrue(line.Failure.Contains("no reply to open_stream"), line.Failure);
             Assert.IsFalse(line.ShouldStartPlayback);
         }
@@ -197,7 +197,7 @@ namespace Ksdiff.Tests
         public void ARefusedOrLostLineFailsWithTheReason()
         {
             var busy = new NpcLine(_client, Tone(0.2, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-4" });
-            busy.Start(_client.Now());
+            busy.Start();
             Drive(busy, () => busy.State == NpcLineState.Failed, (r, m) =>
             {
                 if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.Error("busy", "open_stream", "npc-4", ((OpenStream)m).Req));
@@ -205,7 +205,7 @@ namespace Ksdiff.Tests
             Assert.IsTrue(busy.Failure.Contains("busy"), busy.Failure);
 
             var lost = new NpcLine(_client, Tone(2.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-5" });
-            lost.Start(_client.Now());
+            lost.Start();
             bool restarted = false;
             Drive(lost, () => lost.State == NpcLineState.Failed, (r, m) =>
             {
@@ -228,10 +228,10 @@ namespace Ksdiff.Tests
             const int rate = 16000;
             float[] clip = Tone(0.4, rate, 1);
             var line = new OfflineLine(_client, clip, rate, 1, new NpcLineOptions { Stream = "bake-1", Transcript = "Hi." });
-            line.Start(_client.Now());
+            line.Start();
             var audio = new List<Audio>();
             var watch = Stopwatch.StartNew();
-            while (line.Update(_client.Now()) != OfflineLineState.Done)
+            while (line.Update() != OfflineLineState.Done)
             {
                 Assert.AreNotEqual(OfflineLineState.Failed, line.State, line.Failure);
                 Assert.Less(watch.Elapsed.TotalSeconds, 10, "stuck in " + line.State);
