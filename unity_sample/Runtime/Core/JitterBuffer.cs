@@ -1,0 +1,405 @@
+// Frames shown on the audio clock (SPEC 6), not when they happen to arrive.
+//
+// A frame animates instant `t_audio` of its stream's audio and is shown at local time
+// `offset + t_audio`. Two ways to fix a stream's offset:
+//
+//   * Live input (SPEC 6.2, a VTuber's microphone): the first frame anchors it,
+//         offset = arrival(first frame) - t_audio(first frame) + margin,
+//     so network and compute jitter smaller than `margin` never reaches the face. A newest
+//     frame that arrives after its own show time means the runtime stalled for longer than the
+//     margin: the stream re-anchors on it (the motion pauses briefly instead of skipping).
+//   * Audio you play yourself (SPEC 6.1, an NPC line): you know when sample 0 comes out of the
+//     speakers (T0 on the audio clock, e.g. Unity's AudioSettings.dspTime) and call
+//     Anchor(stream, T0). The timeline is then the audio's and never moves; a frame that
+//     arrives after its instant was already shown is late: it is counted and the face skips to
+//     the frames after it (the audio is never slowed).
+//
+// Sample(stream, now) interpolates linearly between the two frames around `now`. The buffer is
+// thread-safe (frames pushed from the network thread, sampled on the main thread) and allocates
+// nothing per frame once a stream has started: poses are pooled.
+using System;
+using System.Collections.Generic;
+
+namespace Ksdiff
+{
+    // The part of a frame that moves the face, interpolated between frames.
+    public sealed class Pose
+    {
+        public readonly float[] Blendshapes = new float[Protocol.BlendshapeCount]; // canonical order
+        public readonly float[] Head = new float[3]; // [pitch, yaw, roll], radians
+        public readonly float[] Gaze = new float[4]; // [leftYaw, leftPitch, rightYaw, rightPitch], radians
+
+        public void CopyFrom(Frame f)
+        {
+            Array.Copy(f.Blendshapes, Blendshapes, Blendshapes.Length);
+            Array.Copy(f.Head, Head, Head.Length);
+            Array.Copy(f.Gaze, Gaze, Gaze.Length);
+        }
+
+        public void CopyFrom(Pose p)
+        {
+            Array.Copy(p.Blendshapes, Blendshapes, Blendshapes.Length);
+            Array.Copy(p.Head, Head, Head.Length);
+            Array.Copy(p.Gaze, Gaze, Gaze.Length);
+        }
+
+        public void Clear()
+        {
+            Array.Clear(Blendshapes, 0, Blendshapes.Length);
+            Array.Clear(Head, 0, Head.Length);
+            Array.Clear(Gaze, 0, Gaze.Length);
+        }
+
+        // this = a + (b - a) * w; w = 0 gives a, w = 1 gives b.
+        public void Lerp(Pose a, Pose b, double w)
+        {
+            Mix(a.Blendshapes, b.Blendshapes, Blendshapes, w);
+            Mix(a.Head, b.Head, Head, w);
+            Mix(a.Gaze, b.Gaze, Gaze, w);
+        }
+
+        static void Mix(float[] a, float[] b, float[] into, double w)
+        {
+            for (int i = 0; i < into.Length; i++) into[i] = (float)(a[i] + (b[i] - (double)a[i]) * w);
+        }
+    }
+
+    public enum PlayState
+    {
+        Unknown, // no frame of this stream (or it ended and was played out)
+        Waiting, // before the first frame's show time, or waiting for Anchor: the first frame's pose
+        Playing, // between two frames: interpolated
+        Holding, // after the newest frame while the stream goes on: starved, the newest pose held
+        Ended,   // past the final frame of an ended stream: its pose; the stream is then forgotten
+    }
+
+    // The mapping from a stream's audio time to local time.
+    public sealed class StreamClock
+    {
+        double _margin;
+        double? _offset;
+        double? _newest;
+        bool _fixed;
+
+        public StreamClock(double marginS) { _margin = marginS; }
+
+        public bool Anchored { get { return _offset.HasValue; } }
+        public bool OnAudioClock { get { return _fixed; } } // anchored by Anchor(): never moves
+        public double Offset { get { return _offset ?? 0.0; } }
+        public ulong Reanchors { get; private set; }
+
+        // Local time at which to show the frame of audio time `tAudio` that arrived at local time
+        // `arrivalS`: anchors on the first call, re-anchors when the newest frame so far arrives
+        // after its show time. An older frame arriving out of order never moves the timeline.
+        // On the audio clock (Fix) nothing moves.
+        public double Schedule(double tAudio, double arrivalS)
+        {
+            bool newest = !_newest.HasValue || tAudio >= _newest.Value;
+            if (!_offset.HasValue)
+            {
+                _offset = arrivalS - tAudio + _margin;
+            }
+            else if (!_fixed && newest && arrivalS > _offset.Value + tAudio)
+            {
+                // The offset only grows, so show times keep increasing with t_audio.
+                _offset = arrivalS - tAudio + _margin;
+                Reanchors++;
+            }
+            if (newest) _newest = tAudio;
+            return _offset.Value + tAudio;
+        }
+
+        // Audio time 0 is shown at `offset` on the caller's clock, for good.
+        public void Fix(double offset)
+        {
+            _offset = offset;
+            _fixed = true;
+        }
+    }
+
+    public sealed class JitterBuffer
+    {
+        sealed class Slot
+        {
+            public double T;
+            public readonly Pose Pose = new Pose();
+        }
+
+        sealed class StreamState
+        {
+            public readonly StreamClock Clock;
+            public readonly List<Slot> Frames; // sorted by T
+            public bool Ended;
+            public bool AwaitAnchor;      // frames wait for Anchor() instead of anchoring themselves
+            public double LastSampledT = double.NegativeInfinity;
+            public ulong Late;            // frames that came after their instant was shown
+
+            public StreamState(double margin, int capacity)
+            {
+                Clock = new StreamClock(margin);
+                Frames = new List<Slot>(capacity + 1);
+            }
+        }
+
+        readonly object _lock = new object();
+        readonly double _margin;
+        readonly int _maxFrames;
+        readonly Dictionary<string, StreamState> _streams = new Dictionary<string, StreamState>();
+        readonly Stack<Slot> _pool = new Stack<Slot>();
+
+        public JitterBuffer(double marginS = 0.05, int maxFramesPerStream = 512)
+        {
+            _margin = marginS;
+            _maxFrames = Math.Max(2, maxFramesPerStream);
+        }
+
+        public double Margin { get { return _margin; } }
+
+        // Adds a frame that arrived at local time `arrivalS`; returns its show time (NaN while the
+        // stream waits for Anchor). Frames may come in any order; a repeated t_audio replaces the
+        // frame. A frame with `last` ends its stream.
+        public double Push(Frame frame, double arrivalS)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                if (_streams.TryGetValue(frame.Stream, out s) && s.Ended && !s.AwaitAnchor)
+                {
+                    // Frames after the end belong to a new stream that reused the id (its
+                    // stream_start was missed): a new timeline, not more of the old one.
+                    Forget(frame.Stream, s);
+                    s = null;
+                }
+                if (s == null) s = Add(frame.Stream);
+
+                double show = double.NaN;
+                if (!s.AwaitAnchor || s.Clock.OnAudioClock) show = s.Clock.Schedule(frame.TAudio, arrivalS);
+                if (frame.TAudio < s.LastSampledT) s.Late++;
+                Insert(s, frame);
+                if (frame.Last) s.Ended = true;
+                return show;
+            }
+        }
+
+        // The stream's audio starts playing at local time `offset` on the clock Sample() is
+        // given (SPEC 6.1). Its timeline is then fixed; call before or after its frames arrive.
+        public void Anchor(string stream, double offset)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                if (!_streams.TryGetValue(stream, out s)) s = Add(stream);
+                s.AwaitAnchor = true;
+                s.Clock.Fix(offset);
+            }
+        }
+
+        // The stream's frames will wait for Anchor() rather than anchor on their arrival: call it
+        // before they come (when opening the stream whose audio you will play).
+        public void AwaitAnchor(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                if (_streams.TryGetValue(stream, out s)) Forget(stream, s);
+                Add(stream).AwaitAnchor = true;
+            }
+        }
+
+        // A stream with this id starts (its stream_start): frames of an older stream with the id
+        // are forgotten, unless the buffer was told to await this one's anchor (AwaitAnchor
+        // comes before the stream opens, its stream_start after).
+        public void BeginStream(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                if (_streams.TryGetValue(stream, out s) && !(s.AwaitAnchor && !s.Ended)) Forget(stream, s);
+            }
+        }
+
+        // No more frames for `stream` (its stream_end): what is buffered still plays, then the
+        // stream reports Ended once and is forgotten, so a new stream with that id starts afresh.
+        public void EndStream(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                if (!_streams.TryGetValue(stream, out s)) return;
+                if (s.Frames.Count == 0 && !s.AwaitAnchor) Forget(stream, s);
+                else s.Ended = true;
+            }
+        }
+
+        // Forgets a stream at once (a runtime restart, a stream_start for a reused id).
+        public void ResetStream(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                if (_streams.TryGetValue(stream, out s)) Forget(stream, s);
+            }
+        }
+
+        public void Clear()
+        {
+            lock (_lock)
+            {
+                foreach (var kv in new List<KeyValuePair<string, StreamState>>(_streams)) Forget(kv.Key, kv.Value);
+            }
+        }
+
+        // The pose of `stream` at local time `nowS`, written into `into` (untouched when
+        // Unknown). `tAudio`: the audio instant shown. Frames before the one preceding `nowS`
+        // are dropped, so sample with a non-decreasing clock.
+        public PlayState Sample(string stream, double nowS, Pose into, out double tAudio)
+        {
+            tAudio = 0;
+            lock (_lock)
+            {
+                StreamState s;
+                if (stream == null || !_streams.TryGetValue(stream, out s) || s.Frames.Count == 0) return PlayState.Unknown;
+                List<Slot> frames = s.Frames;
+                if (!s.Clock.Anchored || (s.AwaitAnchor && !s.Clock.OnAudioClock))
+                {
+                    into.CopyFrom(frames[0].Pose);
+                    tAudio = frames[0].T;
+                    return PlayState.Waiting;
+                }
+                double t = nowS - s.Clock.Offset; // the audio instant to show now
+                if (t < frames[0].T)
+                {
+                    into.CopyFrom(frames[0].Pose);
+                    tAudio = frames[0].T;
+                    return PlayState.Waiting;
+                }
+                if (t > s.LastSampledT) s.LastSampledT = t;
+                int after = UpperBound(frames, t); // first frame strictly after t
+                if (after == frames.Count)
+                {
+                    Slot newest = frames[frames.Count - 1];
+                    into.CopyFrom(newest.Pose);
+                    tAudio = newest.T;
+                    if (s.Ended)
+                    {
+                        Forget(stream, s); // played out: a later stream with this id starts afresh
+                        return PlayState.Ended;
+                    }
+                    Release(frames, frames.Count - 1); // keep only the newest: the rest is past
+                    return PlayState.Holding;
+                }
+                Slot before = frames[after - 1];
+                Slot next = frames[after];
+                into.Lerp(before.Pose, next.Pose, (t - before.T) / (next.T - before.T));
+                tAudio = t;
+                Release(frames, after - 1); // `before` is still needed by the next sample
+                return PlayState.Playing;
+            }
+        }
+
+        public int Buffered(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                return _streams.TryGetValue(stream, out s) ? s.Frames.Count : 0;
+            }
+        }
+
+        public double? Offset(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                return _streams.TryGetValue(stream, out s) && s.Clock.Anchored ? s.Clock.Offset : (double?)null;
+            }
+        }
+
+        public ulong Reanchors(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                return _streams.TryGetValue(stream, out s) ? s.Clock.Reanchors : 0;
+            }
+        }
+
+        // Frames that arrived after their instant had been shown (the face skipped them).
+        public ulong LateFrames(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                return _streams.TryGetValue(stream, out s) ? s.Late : 0;
+            }
+        }
+
+        public bool Contains(string stream)
+        {
+            lock (_lock) return _streams.ContainsKey(stream);
+        }
+
+        public string[] Streams()
+        {
+            lock (_lock)
+            {
+                var ids = new string[_streams.Count];
+                _streams.Keys.CopyTo(ids, 0);
+                return ids;
+            }
+        }
+
+        // --- internals (under _lock) ------------------------------------------------------------
+
+        StreamState Add(string stream)
+        {
+            var s = new StreamState(_margin, _maxFrames);
+            _streams[stream] = s;
+            return s;
+        }
+
+        void Forget(string stream, StreamState s)
+        {
+            Release(s.Frames, s.Frames.Count);
+            _streams.Remove(stream);
+        }
+
+        void Insert(StreamState s, Frame frame)
+        {
+            List<Slot> frames = s.Frames;
+            // Frames mostly come in order: search from the end.
+            int i = frames.Count;
+            while (i > 0 && frames[i - 1].T > frame.TAudio) i--;
+            if (i > 0 && frames[i - 1].T == frame.TAudio)
+            {
+                frames[i - 1].Pose.CopyFrom(frame); // a repeated t_audio replaces the frame
+                return;
+            }
+            Slot slot = _pool.Count > 0 ? _pool.Pop() : new Slot();
+            slot.T = frame.TAudio;
+            slot.Pose.CopyFrom(frame);
+            frames.Insert(i, slot);
+            if (frames.Count > _maxFrames) Release(frames, frames.Count - _maxFrames); // the oldest go
+        }
+
+        // Returns the first `count` frames to the pool.
+        void Release(List<Slot> frames, int count)
+        {
+            if (count <= 0) return;
+            for (int i = 0; i < count; i++) _pool.Push(frames[i]);
+            frames.RemoveRange(0, count);
+        }
+
+        static int UpperBound(List<Slot> frames, double t)
+        {
+            int lo = 0, hi = frames.Count;
+            while (lo < hi)
+            {
+                int mid = (lo + hi) / 2;
+                if (frames[mid].T <= t) lo = mid + 1;
+                else hi = mid;
+            }
+            return lo;
+        }
+    }
+}

@@ -1,0 +1,831 @@
+// The client of one runtime: frames and events from its PUB, requests and pushed audio to its
+// ROUTER, all on one worker thread that owns the transport (ZeroMQ sockets are not
+// thread-safe). Other threads (Unity's main thread) never touch the sockets: they queue what to
+// send, read status snapshots, drain events, and sample the jitter buffer the worker fills.
+//
+//   * Reconnects by itself (ZeroMQ retries every 100 ms, up to 1 s) when the runtime is absent or
+//     restarts; the state says whether hellos arrive (Connecting / Live / Stale).
+//   * A restart is recognised by a never-seen hello `instance`: the old process's streams are
+//     gone, so pending requests fail, streams this client opened are marked lost, seq tracking
+//     and the jitter buffer start afresh.
+//   * Replies are matched by `req`, not by order (protocol 1.1 answers end_stream only once the
+//     stream has finished, after later requests' replies).
+//   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
+//     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Threading;
+
+namespace Ksdiff
+{
+    public sealed class ClientOptions
+    {
+        public string PubEndpoint = Protocol.DefaultPubEndpoint;
+        public string RouterEndpoint = Protocol.DefaultRouterEndpoint;
+        // null: every stream's frames. Otherwise only these streams (and the ones this client opens).
+        public string[] Streams;
+        public bool SubscribeStats = true;
+        public CurveKeys Curve;              // when the runtime requires CURVE (beyond loopback)
+        public Func<ITransport> Transport;   // e.g. () => new LibZmqTransport(); called on the worker
+        public int PollIntervalMs = 5;       // the longest a queued send or a stop waits
+        public double HelloTimeoutS = 2.5;   // hello comes every second: without one this long, Stale
+        public int ReceiveHighWatermark = 10000;
+        public int MaxEvents = 1000;         // events kept for DrainEvents (the oldest are dropped)
+        public double JitterMarginS = 0.05;  // the jitter buffer's margin for live streams
+        public Func<double> Clock;           // local monotonic seconds; default: Stopwatch
+    }
+
+    public enum ClientState
+    {
+        Stopped,    // not started, or stopped
+        Connecting, // started, no hello yet (runtime absent, wrong endpoint, or still joining)
+        Live,       // a hello arrived within HelloTimeoutS
+        Stale,      // had hellos, none recently: the runtime stopped or the network is down
+        Failed,     // the transport could not be set up (bad endpoint, missing library): see LastError
+    }
+
+    // What the client knows about one stream.
+    public sealed class StreamStatus
+    {
+        public string Stream;
+        public string Source;           // from stream_start or stats; null when unknown
+        public bool OpenedHere;         // this client opened it
+        public bool Ended;              // its last frame or stream_end came
+        public string EndReason;        // stream_end's reason, "restart" when the runtime lost it
+        public ulong Frames;            // frames received
+        public ulong Dropped;           // seq gaps: frames lost on the way (HWM, runtime overload)
+        public ulong LastIndex;
+        public double ReceiveFps;       // frames received over the last second
+        public double? LatencyP95Ms;    // published - captured of the frames received (last 150)
+        public double? StatsLatencyP95Ms; // the runtime's own figure from `stats`
+        public double LastFrameS = -1;  // local clock
+        public readonly List<ErrorReply> Errors = new List<ErrorReply>(); // errors about it (audio)
+    }
+
+    public sealed class ClientStatus
+    {
+        public ClientState State;
+        public string PubEndpoint, RouterEndpoint;
+        public string Instance;         // the runtime process's id (its hello's `instance`)
+        public string RuntimeVersion;
+        public string[] Blendshapes;    // the runtime hello's names, in wire order
+        public ulong Messages, Frames, Dropped, BadMessages, Ignored, Restarts, EventsDropped;
+        public double LastHelloS = -1;
+        public string LastError;
+        public Stats LastStats;
+        public double LastStatsS = -1;
+        public readonly Dictionary<string, StreamStatus> Streams = new Dictionary<string, StreamStatus>();
+    }
+
+    public enum ClientEventKind { Hello, RuntimeRestart, StreamStart, StreamEnd, Stats, BadMessage, Error, StreamLost }
+
+    public sealed class ClientEvent
+    {
+        public ClientEventKind Kind;
+        public double TimeS;
+        public Message Message; // Hello, StreamStart, StreamEnd, Stats or ErrorReply
+        public string Stream;
+        public string Text;     // what happened, for a log
+
+        public override string ToString() { return Kind + (Stream != null ? " " + Stream : "") + (Text != null ? ": " + Text : ""); }
+    }
+
+    // Called on the worker thread for every accepted frame; `frame` is reused after the call.
+    public interface IFrameSink
+    {
+        void OnFrame(Frame frame, double arrivalS);
+    }
+
+    // A request waiting for its reply, matched by `req`.
+    public sealed class PendingRequest
+    {
+        readonly object _lock = new object();
+        public readonly ulong Req;
+        public readonly string Type;
+        public readonly double SentS;
+        Message _reply;
+        string _failure;
+
+        internal PendingRequest(ulong req, string type, double sentS)
+        {
+            Req = req;
+            Type = type;
+            SentS = sentS;
+        }
+
+        public bool IsDone { get { lock (_lock) return _reply != null || _failure != null; } }
+        // The reply (an ErrorReply when the runtime refused), or null while waiting.
+        public Message Reply { get { lock (_lock) return _reply; } }
+        // Why no reply will come (the runtime restarted, the client stopped), or null.
+        public string Failure { get { lock (_lock) return _failure; } }
+
+        // Blocks up to `timeout` (not on Unity's main thread: poll IsDone there).
+        public bool Wait(TimeSpan timeout)
+        {
+            lock (_lock)
+            {
+                var watch = Stopwatch.StartNew();
+                while (_reply == null && _failure == null)
+                {
+                    TimeSpan left = timeout - watch.Elapsed;
+                    if (left <= TimeSpan.Zero) return false;
+                    Monitor.Wait(_lock, left);
+                }
+                return true;
+            }
+        }
+
+        internal void Complete(Message reply, string failure)
+        {
+            lock (_lock)
+            {
+                if (_reply != null || _failure != null) return;
+                _reply = reply;
+                _failure = failure;
+                Monitor.PulseAll(_lock);
+            }
+        }
+    }
+
+    public sealed class KsdiffClient : IDisposable
+    {
+        const int LatencyWindow = 150;   // frames: 5 s at 30 fps
+        const int ArrivalWindow = 256;   // arrival times kept for the receive rate
+        const int MaxStreamsKept = 256;  // per-stream records (oldest ended ones go first)
+
+        readonly ClientOptions _o;
+        readonly Func<double> _clock;
+        readonly object _lock = new object(); // guards everything below marked (L)
+        public readonly JitterBuffer Buffer;
+
+        Thread _worker;
+        volatile bool _stop;
+        bool _running, _failed;                                       // (L)
+        readonly ClientStatus _status = new ClientStatus();           // (L), minus Streams
+        readonly Dictionary<string, Tracker> _streams = new Dictionary<string, Tracker>(); // (L)
+        readonly Queue<ClientEvent> _events = new Queue<ClientEvent>();                     // (L)
+        readonly Queue<byte[]> _outbox = new Queue<byte[]>();                              // (L)
+        readonly Queue<KeyValuePair<bool, string>> _subscriptions = new Queue<KeyValuePair<bool, string>>(); // (L)
+        readonly Dictionary<ulong, PendingRequest> _pending = new Dictionary<ulong, PendingRequest>();     // (L)
+        readonly HashSet<string> _seenInstances = new HashSet<string>();                   // (L)
+        readonly List<IFrameSink> _sinks = new List<IFrameSink>();                         // (L)
+        IFrameSink[] _sinkSnapshot = new IFrameSink[0];                                    // (L)
+        long _nextReq;
+
+        // Worker-thread only.
+        readonly Decoder _decoder = new Decoder();
+        readonly MessageBuffer _topic = new MessageBuffer(), _payload = new MessageBuffer();
+
+        sealed class Tracker
+        {
+            public readonly StreamStatus Status = new StreamStatus();
+            public ulong? NextSeq;
+            public readonly double[] Latencies = new double[LatencyWindow];
+            public int LatencyCount, LatencyNext;
+            public readonly double[] Arrivals = new double[ArrivalWindow];
+            public int ArrivalCount, ArrivalNext;
+        }
+
+        public KsdiffClient(ClientOptions options)
+        {
+            if (options.Transport == null) throw new ArgumentException("ClientOptions.Transport is required");
+            if (options.Streams != null) foreach (string s in options.Streams) Protocol.RequireStreamId(s);
+            _o = options;
+            if (_o.Clock != null) _clock = _o.Clock;
+            else
+            {
+                Stopwatch watch = Stopwatch.StartNew();
+                _clock = () => watch.Elapsed.TotalSeconds;
+            }
+            Buffer = new JitterBuffer(options.JitterMarginS);
+            _status.PubEndpoint = options.PubEndpoint;
+            _status.RouterEndpoint = options.RouterEndpoint;
+        }
+
+        public double Now() { return _clock(); }
+
+        // --- lifecycle ------------------------------------------------------------------------
+
+        // Starts the worker; returns at once (connecting is asynchronous).
+        public void Start()
+        {
+            lock (_lock)
+            {
+                if (_running) return;
+                _running = true;
+                _failed = false;
+                _status.LastError = null;
+            }
+            _stop = false;
+            _worker = new Thread(Run) { IsBackground = true, Name = "ksdiff-client" };
+            _worker.Start();
+        }
+
+        // Stops and joins the worker (within about one poll interval); idempotent. Pending
+        // requests fail. Call it before NetMQConfig.Cleanup() / domain reload.
+        public void Stop()
+        {
+            _stop = true;
+            Thread worker = _worker;
+            if (worker != null && worker != Thread.CurrentThread) worker.Join();
+            _worker = null;
+            FailPending("the client stopped");
+            lock (_lock) _running = false;
+        }
+
+        public void Dispose() { Stop(); }
+
+        // --- what other threads read ------------------------------------------------------------
+
+        // The connection state alone (no snapshot, nothing allocated).
+        public ClientState State
+        {
+            get
+            {
+                double now = _clock();
+                lock (_lock) return StateAt(now);
+            }
+        }
+
+        ClientState StateAt(double now)
+        {
+            if (_failed) return ClientState.Failed;
+            if (!_running) return ClientState.Stopped;
+            if (_status.LastHelloS < 0) return ClientState.Connecting;
+            return now - _status.LastHelloS <= _o.HelloTimeoutS ? ClientState.Live : ClientState.Stale;
+        }
+
+        public ClientStatus Status()
+        {
+            double now = _clock();
+            lock (_lock)
+            {
+                var s = new ClientStatus
+                {
+                    PubEndpoint = _status.PubEndpoint, RouterEndpoint = _status.RouterEndpoint,
+                    Instance = _status.Instance, RuntimeVersion = _status.RuntimeVersion, Blendshapes = _status.Blendshapes,
+                    Messages = _status.Messages, Frames = _status.Frames, Dropped = _status.Dropped,
+                    BadMessages = _status.BadMessages, Ignored = _status.Ignored, Restarts = _status.Restarts,
+                    EventsDropped = _status.EventsDropped, LastHelloS = _status.LastHelloS, LastError = _status.LastError,
+                    LastStats = _status.LastStats, LastStatsS = _status.LastStatsS,
+                };
+                s.State = StateAt(now);
+                foreach (var kv in _streams) s.Streams[kv.Key] = Snapshot(kv.Value, now);
+                return s;
+            }
+        }
+
+        public StreamStatus Stream(string stream)
+        {
+            double now = _clock();
+            lock (_lock)
+            {
+                Tracker t;
+                return _streams.TryGetValue(stream, out t) ? Snapshot(t, now) : null;
+            }
+        }
+
+        // Moves the queued events into `into`; returns how many.
+        public int DrainEvents(List<ClientEvent> into)
+        {
+            lock (_lock)
+            {
+                int n = _events.Count;
+                while (_events.Count > 0) into.Add(_events.Dequeue());
+                return n;
+            }
+        }
+
+        public void AddFrameSink(IFrameSink sink)
+        {
+            lock (_lock)
+            {
+                _sinks.Add(sink);
+                _sinkSnapshot = _sinks.ToArray();
+            }
+        }
+
+        public void RemoveFrameSink(IFrameSink sink)
+        {
+            lock (_lock)
+            {
+                _sinks.Remove(sink);
+                _sinkSnapshot = _sinks.ToArray();
+            }
+        }
+
+        // --- requests (any thread) ------------------------------------------------------------
+
+        public PendingRequest RequestHello()
+        {
+            ulong req = NextReq();
+            return Queue(req, "hello", Requests.Hello(req));
+        }
+
+        // Opens a stream fed by this client's audio. With an explicit id (recommended) its frames
+        // are subscribed before the request goes out, so the first frame cannot be missed.
+        public PendingRequest OpenStream(OpenStream request)
+        {
+            ulong req = NextReq();
+            request.Req = req;
+            byte[] payload = Requests.OpenStream(request); // throws for what the runtime would refuse
+            lock (_lock)
+            {
+                if (request.Stream != null)
+                {
+                    Tracker t = TrackerFor(request.Stream);
+                    ResetTracker(t);
+                    t.Status.OpenedHere = true;
+                    if (_o.Streams != null) _subscriptions.Enqueue(new KeyValuePair<bool, string>(true, Protocol.FrameTopic(request.Stream)));
+                }
+            }
+            return Queue(req, "open_stream", payload);
+        }
+
+        // Audio gets no reply unless it fails: errors arrive as events and in StreamStatus.Errors.
+        public void SendAudio(string stream, ulong seq, ulong? atSample, byte[] pcm, int offset, int count)
+        {
+            byte[] payload = Requests.Audio(stream, seq, atSample, pcm, offset, count);
+            lock (_lock) _outbox.Enqueue(payload);
+        }
+
+        public PendingRequest EndStream(string stream)
+        {
+            ulong req = NextReq();
+            return Queue(req, "end_stream", Requests.EndStream(stream, req));
+        }
+
+        ulong NextReq() { return (ulong)Interlocked.Increment(ref _nextReq); }
+
+        PendingRequest Queue(ulong req, string type, byte[] payload)
+        {
+            var p = new PendingRequest(req, type, _clock());
+            lock (_lock)
+            {
+                if (!_running) p.Complete(null, "the client is not running");
+                else
+                {
+                    _pending[req] = p;
+                    _outbox.Enqueue(payload);
+                }
+            }
+            return p;
+        }
+
+        // --- the worker ---------------------------------------------------------------------------
+
+        void Run()
+        {
+            ITransport transport = null;
+            try
+            {
+                var topts = new TransportOptions
+                {
+                    PubEndpoint = _o.PubEndpoint, RouterEndpoint = _o.RouterEndpoint, Curve = _o.Curve,
+                    ReceiveHighWatermark = _o.ReceiveHighWatermark,
+                };
+                topts.Topics.Add(Protocol.HelloTopic);
+                topts.Topics.Add(Protocol.StreamTopicPrefix);
+                if (_o.SubscribeStats) topts.Topics.Add(Protocol.StatsTopic);
+                if (_o.Streams == null) topts.Topics.Add(Protocol.FrameTopicPrefix);
+                else foreach (string s in _o.Streams) topts.Topics.Add(Protocol.FrameTopic(s));
+                transport = _o.Transport();
+                transport.Open(topts);
+                Loop(transport);
+            }
+            catch (Exception e)
+            {
+                lock (_lock)
+                {
+                    _failed = true;
+                    _status.LastError = e.GetType().Name + ": " + e.Message;
+                }
+            }
+            finally
+            {
+                if (transport != null)
+                {
+                    try { transport.Dispose(); }
+                    catch (Exception e) { lock (_lock) _status.LastError = "closing the transport: " + e.Message; }
+                }
+            }
+        }
+
+        void Loop(ITransport transport)
+        {
+            while (!_stop)
+            {
+                Flush(transport);
+                Readiness ready = transport.Wait(_o.PollIntervalMs);
+                // Drain what is queued, a bounded batch per socket so neither starves the other.
+                for (int i = 0; i < 1000 && !_stop && (ready & Readiness.Published) != 0; i++)
+                {
+                    int parts;
+                    if (!transport.TryReceivePublished(_topic, _payload, out parts)) break;
+                    OnPublished(parts);
+                }
+                for (int i = 0; i < 1000 && !_stop && (ready & Readiness.Reply) != 0; i++)
+                {
+                    int parts;
+                    if (!transport.TryReceiveReply(_payload, out parts)) break;
+                    OnReply(parts);
+                }
+            }
+        }
+
+        // Subscriptions and queued sends, in order; a full send queue keeps the rest for later.
+        void Flush(ITransport transport)
+        {
+            while (true)
+            {
+                KeyValuePair<bool, string> sub;
+                lock (_lock)
+                {
+                    if (_subscriptions.Count == 0) break;
+                    sub = _subscriptions.Dequeue();
+                }
+                if (sub.Key) transport.Subscribe(sub.Value);
+                else transport.Unsubscribe(sub.Value);
+            }
+            while (true)
+            {
+                byte[] next;
+                lock (_lock)
+                {
+                    if (_outbox.Count == 0) return;
+                    next = _outbox.Peek();
+                }
+                if (!transport.TrySend(next)) return; // ZeroMQ's queue is full: the runtime is away or slow
+                lock (_lock) _outbox.Dequeue();
+            }
+        }
+
+        void OnPublished(int parts)
+        {
+            double arrival = _clock();
+            lock (_lock) _status.Messages++;
+            if (parts != 2)
+            {
+                Bad("a PUB message has 2 frames [topic, payload], got " + parts);
+                return;
+            }
+            TopicKind kind;
+            int streamOffset, streamLength;
+            if (!Protocol.TryParseTopic(_topic.Data, 0, _topic.Length, out kind, out streamOffset, out streamLength))
+            {
+                Bad("unknown topic '" + System.Text.Encoding.ASCII.GetString(_topic.Data, 0, Math.Min(_topic.Length, 80)) + "'");
+                return;
+            }
+            Message msg;
+            try
+            {
+                msg = _decoder.Decode(_payload.Data, 0, _payload.Length);
+            }
+            catch (ProtocolException e)
+            {
+                if (e.Code == ErrorCode.UnknownType)
+                {
+                    lock (_lock) _status.Ignored++; // a newer runtime's message type (SPEC 3.2)
+                    return;
+                }
+                Bad(e.Message);
+                return;
+            }
+            // The payload must agree with its topic (SPEC 2).
+            switch (msg.Type)
+            {
+                case MessageType.Frame:
+                    if (kind == TopicKind.Frame && SameStream(((Frame)msg).Stream, streamOffset, streamLength)) { OnFrame((Frame)msg, arrival); return; }
+                    break;
+                case MessageType.StreamStart:
+                case MessageType.StreamEnd:
+                    string sid = msg.Type == MessageType.StreamStart ? ((StreamStart)msg).Stream : ((StreamEnd)msg).Stream;
+                    if (kind == TopicKind.Stream && SameStream(sid, streamOffset, streamLength)) { OnStreamEvent(msg, arrival); return; }
+                    break;
+                case MessageType.Hello:
+                    if (kind == TopicKind.Hello && ((Hello)msg).FromRuntime) { OnHello((Hello)msg, arrival); return; }
+                    break;
+                case MessageType.Stats:
+                    if (kind == TopicKind.Stats) { OnStats((Stats)msg, arrival); return; }
+                    break;
+            }
+            Bad("a '" + msg.Type + "' message does not belong on topic '" +
+                System.Text.Encoding.ASCII.GetString(_topic.Data, 0, Math.Min(_topic.Length, 80)) + "'");
+        }
+
+        bool SameStream(string stream, int offset, int length)
+        {
+            if (stream.Length != length) return false;
+            for (int i = 0; i < length; i++)
+            {
+                if (stream[i] != (char)_topic.Data[offset + i]) return false;
+            }
+            return true;
+        }
+
+        void OnFrame(Frame f, double arrival)
+        {
+            IFrameSink[] sinks;
+            lock (_lock)
+            {
+                Tracker t = TrackerFor(f.Stream);
+                StreamStatus s = t.Status;
+                if (s.Ended)
+                {
+                    // A frame after the stream's end: a new stream reusing the id (its start missed).
+                    ResetTracker(t);
+                }
+                ulong gap = t.NextSeq.HasValue && f.Seq > t.NextSeq.Value ? f.Seq - t.NextSeq.Value : 0;
+                // seq below the expected one: the stream restarted under the same id; a stream
+                // first seen mid-way (joined late) is not a loss either.
+                t.NextSeq = f.Seq + 1;
+                s.Frames++;
+                s.Dropped += gap;
+                s.LastIndex = f.Index;
+                s.LastFrameS = arrival;
+                _status.Frames++;
+                _status.Dropped += gap;
+                if (f.CapturedNs.HasValue)
+                {
+                    t.Latencies[t.LatencyNext] = (f.PublishedNs - f.CapturedNs.Value) / 1e6;
+                    t.LatencyNext = (t.LatencyNext + 1) % LatencyWindow;
+                    if (t.LatencyCount < LatencyWindow) t.LatencyCount++;
+                }
+                t.Arrivals[t.ArrivalNext] = arrival;
+                t.ArrivalNext = (t.ArrivalNext + 1) % ArrivalWindow;
+                if (t.ArrivalCount < ArrivalWindow) t.ArrivalCount++;
+                if (f.Last)
+                {
+                    s.Ended = true; // protocol 1.1: every stream's final frame carries last
+                    t.NextSeq = null;
+                }
+                sinks = _sinkSnapshot;
+            }
+            Buffer.Push(f, arrival);
+            for (int i = 0; i < sinks.Length; i++)
+            {
+                try { sinks[i].OnFrame(f, arrival); }
+                catch (Exception e) { lock (_lock) _status.LastError = "frame sink: " + e.Message; }
+            }
+        }
+
+        void OnStreamEvent(Message msg, double arrival)
+        {
+            lock (_lock)
+            {
+                if (msg is StreamStart)
+                {
+                    var start = (StreamStart)msg;
+                    Tracker t = TrackerFor(start.Stream);
+                    bool opened = t.Status.OpenedHere && !t.Status.Ended;
+                    ResetTracker(t); // a fresh stream: its frames start at seq 0
+                    t.Status.OpenedHere = opened;
+                    t.Status.Source = start.Source;
+                    Emit(ClientEventKind.StreamStart, msg, start.Stream, null, arrival);
+                }
+                else
+                {
+                    var end = (StreamEnd)msg;
+                    Tracker t = TrackerFor(end.Stream);
+                    t.Status.Ended = true;
+                    t.Status.EndReason = end.Reason;
+                    t.Status.Source = end.Source;
+                    t.NextSeq = null;
+                    Emit(ClientEventKind.StreamEnd, msg, end.Stream, end.Reason, arrival);
+                }
+            }
+            if (msg is StreamStart) Buffer.BeginStream(((StreamStart)msg).Stream);
+            else Buffer.EndStream(((StreamEnd)msg).Stream);
+        }
+
+        void OnStats(Stats stats, double arrival)
+        {
+            lock (_lock)
+            {
+                _status.LastStats = stats;
+                _status.LastStatsS = arrival;
+                foreach (var kv in stats.Streams)
+                {
+                    Tracker t;
+                    if (!_streams.TryGetValue(kv.Key, out t)) continue;
+                    t.Status.StatsLatencyP95Ms = kv.Value.LatencyP95Ms;
+                    if (kv.Value.Source != null) t.Status.Source = kv.Value.Source;
+                }
+                Emit(ClientEventKind.Stats, stats, null, null, arrival);
+            }
+        }
+
+        void OnHello(Hello hello, double arrival)
+        {
+            bool restarted = false;
+            string old = null;
+            lock (_lock)
+            {
+                _status.LastHelloS = arrival;
+                _status.RuntimeVersion = hello.Runtime;
+                _status.Blendshapes = hello.Blendshapes;
+                // A never-seen instance is a new runtime process; one seen before is a late
+                // message of an older one and changes nothing.
+                if (hello.Instance != null && !_seenInstances.Contains(hello.Instance))
+                {
+                    _seenInstances.Add(hello.Instance);
+                    if (_status.Instance != null)
+                    {
+                        restarted = true;
+                        old = _status.Instance;
+                        _status.Restarts++;
+                    }
+                    _status.Instance = hello.Instance;
+                }
+                Emit(ClientEventKind.Hello, hello, null, null, arrival);
+                if (restarted)
+                {
+                    Emit(ClientEventKind.RuntimeRestart, hello, null, "instance " + old + " -> " + hello.Instance, arrival);
+                    foreach (Tracker t in _streams.Values)
+                    {
+                        t.NextSeq = null;
+                        if (t.Status.OpenedHere && !t.Status.Ended)
+                        {
+                            t.Status.Ended = true;
+                            t.Status.EndReason = "restart";
+                            Emit(ClientEventKind.StreamLost, null, t.Status.Stream, "the runtime restarted and lost the stream", arrival);
+                        }
+                    }
+                }
+            }
+            if (restarted)
+            {
+                FailPending("the runtime restarted (instance " + old + " -> " + hello.Instance + ")");
+                Buffer.Clear();
+            }
+        }
+
+        void OnReply(int parts)
+        {
+            double arrival = _clock();
+            if (parts != 1)
+            {
+                Bad("a DEALER message has 1 frame, got " + parts);
+                return;
+            }
+            Message msg;
+            try
+            {
+                msg = _decoder.Decode(_payload.Data, 0, _payload.Length);
+            }
+            catch (ProtocolException e)
+            {
+                Bad(e.Message);
+                return;
+            }
+            ulong? req = null;
+            switch (msg.Type)
+            {
+                case MessageType.Hello:
+                    var hello = (Hello)msg;
+                    if (!hello.FromRuntime) { Bad("a hello reply without the runtime's fields"); return; }
+                    OnHello(hello, arrival);
+                    req = hello.Req;
+                    break;
+                case MessageType.StreamOpened:
+                    var opened = (StreamOpened)msg;
+                    req = opened.Req;
+                    lock (_lock)
+                    {
+                        Tracker t = TrackerFor(opened.Stream);
+                        t.Status.OpenedHere = true;
+                        // An id the runtime picked: subscribe its frames now (when filtering).
+                        if (_o.Streams != null) _subscriptions.Enqueue(new KeyValuePair<bool, string>(true, Protocol.FrameTopic(opened.Stream)));
+                    }
+                    break;
+                case MessageType.StreamEnded:
+                    req = ((StreamEnded)msg).Req;
+                    break;
+                case MessageType.Error:
+                    var error = (ErrorReply)msg;
+                    req = error.Req;
+                    lock (_lock)
+                    {
+                        // An error no request waits for (audio has no req) belongs to its stream.
+                        Tracker t;
+                        bool awaited = req.HasValue && _pending.ContainsKey(req.Value);
+                        if (!awaited && error.Stream != null && _streams.TryGetValue(error.Stream, out t)) t.Status.Errors.Add(error);
+                        Emit(ClientEventKind.Error, error, error.Stream, error.ToString(), arrival);
+                    }
+                    break;
+                default:
+                    Bad("a '" + msg.Type + "' message is not a reply");
+                    return;
+            }
+            PendingRequest p = null;
+            lock (_lock)
+            {
+                if (req.HasValue && _pending.TryGetValue(req.Value, out p)) _pending.Remove(req.Value);
+            }
+            if (p != null) p.Complete(msg, null);
+        }
+
+        void Bad(string message)
+        {
+            lock (_lock)
+            {
+                _status.BadMessages++;
+                _status.LastError = message;
+                Emit(ClientEventKind.BadMessage, null, null, message, _clock());
+            }
+        }
+
+        void FailPending(string why)
+        {
+            List<PendingRequest> failed;
+            lock (_lock)
+            {
+                failed = new List<PendingRequest>(_pending.Values);
+                _pending.Clear();
+            }
+            foreach (PendingRequest p in failed) p.Complete(null, why);
+        }
+
+        // --- helpers (under _lock) --------------------------------------------------------------
+
+        void Emit(ClientEventKind kind, Message msg, string stream, string text, double time)
+        {
+            if (_events.Count >= _o.MaxEvents)
+            {
+                _events.Dequeue();
+                _status.EventsDropped++;
+            }
+            _events.Enqueue(new ClientEvent { Kind = kind, Message = msg, Stream = stream, Text = text, TimeS = time });
+        }
+
+        Tracker TrackerFor(string stream)
+        {
+            Tracker t;
+            if (_streams.TryGetValue(stream, out t)) return t;
+            if (_streams.Count >= MaxStreamsKept) Evict();
+            t = new Tracker();
+            t.Status.Stream = stream;
+            _streams[stream] = t;
+            return t;
+        }
+
+        // Forgets the stream record seen longest ago, ended ones first.
+        void Evict()
+        {
+            string victim = null;
+            double oldest = double.MaxValue;
+            bool victimEnded = false;
+            foreach (var kv in _streams)
+            {
+                bool ended = kv.Value.Status.Ended;
+                if ((ended && !victimEnded) || (ended == victimEnded && kv.Value.Status.LastFrameS < oldest))
+                {
+                    victim = kv.Key;
+                    oldest = kv.Value.Status.LastFrameS;
+                    victimEnded = ended;
+                }
+            }
+            if (victim != null) _streams.Remove(victim);
+        }
+
+        static void ResetTracker(Tracker t)
+        {
+            StreamStatus s = t.Status;
+            s.Ended = false;
+            s.EndReason = null;
+            s.Frames = 0;
+            s.Dropped = 0;
+            s.Errors.Clear();
+            t.NextSeq = null;
+            t.LatencyCount = t.LatencyNext = 0;
+            t.ArrivalCount = t.ArrivalNext = 0;
+        }
+
+        static StreamStatus Snapshot(Tracker t, double now)
+        {
+            StreamStatus s = t.Status;
+            var copy = new StreamStatus
+            {
+                Stream = s.Stream, Source = s.Source, OpenedHere = s.OpenedHere, Ended = s.Ended, EndReason = s.EndReason,
+                Frames = s.Frames, Dropped = s.Dropped, LastIndex = s.LastIndex, LastFrameS = s.LastFrameS,
+                StatsLatencyP95Ms = s.StatsLatencyP95Ms,
+            };
+            copy.Errors.AddRange(s.Errors);
+            int recent = 0;
+            for (int i = 0; i < t.ArrivalCount; i++)
+            {
+                if (now - t.Arrivals[i] <= 1.0) recent++;
+            }
+            copy.ReceiveFps = recent;
+            if (t.LatencyCount > 0)
+            {
+                var sorted = new double[t.LatencyCount];
+                Array.Copy(t.Latencies, sorted, t.LatencyCount);
+                Array.Sort(sorted);
+                copy.LatencyP95Ms = sorted[(int)Math.Ceiling(0.95 * sorted.Length) - 1];
+            }
+            return copy;
+        }
+    }
+}

@@ -1,0 +1,196 @@
+// The protocol's messages (SPEC 4) as plain classes with public fields.
+//
+// Optional keys are nullable (null = absent); every other field was present and well-typed when
+// decoded. Integers keep their full width; floats the wire carries as float32 are float, the
+// others double.
+using System;
+using System.Collections.Generic;
+
+namespace Ksdiff
+{
+    public enum MessageType
+    {
+        Hello, Frame, StreamStart, StreamEnd, Stats, OpenStream, Audio, EndStream, StreamOpened, StreamEnded, Error,
+    }
+
+    public abstract class Message
+    {
+        public int Major = Protocol.Major;
+        public int Minor = Protocol.Minor; // a newer minor only adds keys (ignored) and types
+        public abstract MessageType Type { get; }
+    }
+
+    // SPEC 4.1. A runtime hello carries every schema field; a client's hello request none of them
+    // (FromRuntime tells which one this is).
+    public sealed class Hello : Message
+    {
+        public override MessageType Type { get { return MessageType.Hello; } }
+        public bool FromRuntime;
+        public string Runtime;
+        public uint Fps;
+        public uint SampleRate;
+        public string[] Blendshapes;
+        public string[] Head;
+        public string HeadUnits;
+        public string HeadConvention;
+        public string[] Gaze;
+        public string GazeUnits;
+        public string GazeConvention;
+        public ulong MaxMessageBytes;
+        public string Instance; // random per runtime process start; null when absent
+        public ulong? Req;
+    }
+
+    // SPEC 4.2. The decoder fills one Frame over and over (no allocation per frame): CopyTo or
+    // Clone it to keep it past the next decode.
+    public sealed class Frame : Message
+    {
+        public override MessageType Type { get { return MessageType.Frame; } }
+        public string Stream;
+        public ulong Seq;
+        public ulong Index;
+        public uint Fps;
+        public double TAudio; // seconds of the stream's audio this frame animates (= Index / Fps)
+        public readonly float[] Blendshapes = new float[Protocol.BlendshapeCount]; // canonical order, 0..1
+        public readonly float[] Head = new float[3]; // [pitch, yaw, roll], radians (SPEC 5.2)
+        public readonly float[] Gaze = new float[4]; // [leftYaw, leftPitch, rightYaw, rightPitch] (5.3)
+        public long? CapturedNs; // null: unknown (offline file streams)
+        public long PublishedNs;
+        public float LookaheadMs;
+        public float ComputeMs;
+        public bool Last;
+
+        // The runtime's own latency for this frame (published - captured), when known.
+        public double? LatencyMs
+        {
+            get { return CapturedNs.HasValue ? (PublishedNs - CapturedNs.Value) / 1e6 : (double?)null; }
+        }
+
+        public void CopyTo(Frame other)
+        {
+            other.Major = Major;
+            other.Minor = Minor;
+            other.Stream = Stream;
+            other.Seq = Seq;
+            other.Index = Index;
+            other.Fps = Fps;
+            other.TAudio = TAudio;
+            Array.Copy(Blendshapes, other.Blendshapes, Blendshapes.Length);
+            Array.Copy(Head, other.Head, Head.Length);
+            Array.Copy(Gaze, other.Gaze, Gaze.Length);
+            other.CapturedNs = CapturedNs;
+            other.PublishedNs = PublishedNs;
+            other.LookaheadMs = LookaheadMs;
+            other.ComputeMs = ComputeMs;
+            other.Last = Last;
+        }
+
+        public Frame Clone()
+        {
+            var f = new Frame();
+            CopyTo(f);
+            return f;
+        }
+    }
+
+    public sealed class StreamStart : Message
+    {
+        public override MessageType Type { get { return MessageType.StreamStart; } }
+        public string Stream;
+        public string Source; // "mic", "file" or "sdk"
+        public long PublishedNs;
+    }
+
+    public sealed class StreamEnd : Message
+    {
+        public override MessageType Type { get { return MessageType.StreamEnd; } }
+        public string Stream;
+        public string Source;
+        public string Reason; // "ended", "timeout", "error" or "shutdown"
+        public ulong Frames;
+        public long PublishedNs;
+    }
+
+    public sealed class StreamStats
+    {
+        public double Fps;
+        public double LatencyP50Ms;
+        public double LatencyP95Ms;
+        public ulong Frames;
+        public ulong Drops;
+        public string Source;  // optional in the SPEC: kept when well-typed, else null
+        public ulong? Sanitized; // idem
+    }
+
+    // SPEC 4.5. Keys this client does not know (protocol 1.1's `refused`, per-stream `shed`, ...)
+    // are ignored.
+    public sealed class Stats : Message
+    {
+        public override MessageType Type { get { return MessageType.Stats; } }
+        public double UptimeS;
+        public readonly Dictionary<string, StreamStats> Streams = new Dictionary<string, StreamStats>();
+        public ulong Drops;
+        public long PublishedNs;
+    }
+
+    public sealed class OpenStream : Message
+    {
+        public override MessageType Type { get { return MessageType.OpenStream; } }
+        public string Stream; // null: the runtime picks one
+        public uint SampleRate = 16000;
+        public uint Channels = 1;
+        public string Format = "f32le"; // "f32le" or "s16le"
+        public string Transcript;
+        public long? Seed;
+        public ulong? Req;
+    }
+
+    public sealed class Audio : Message
+    {
+        public override MessageType Type { get { return MessageType.Audio; } }
+        public string Stream;
+        public ulong Seq;
+        public ulong? AtSample;
+        public byte[] Pcm; // raw interleaved samples in the stream's format
+    }
+
+    public sealed class EndStream : Message
+    {
+        public override MessageType Type { get { return MessageType.EndStream; } }
+        public string Stream;
+        public ulong? Req;
+    }
+
+    public sealed class StreamOpened : Message
+    {
+        public override MessageType Type { get { return MessageType.StreamOpened; } }
+        public string Stream;
+        public uint Fps;
+        public ulong? Req;
+    }
+
+    public sealed class StreamEnded : Message
+    {
+        public override MessageType Type { get { return MessageType.StreamEnded; } }
+        public string Stream;
+        public ulong Frames;
+        public ulong? Req;
+    }
+
+    public sealed class ErrorReply : Message
+    {
+        public override MessageType Type { get { return MessageType.Error; } }
+        public string Code; // as sent; act on ErrorCode
+        public string Message;
+        public string RequestType; // null: the request could not be read
+        public string Stream;
+        public ulong? Req;
+
+        public ErrorCode ErrorCode { get { return ErrorCodes.FromWire(Code); } }
+
+        public override string ToString()
+        {
+            return Code + ": " + Message + (Stream != null ? " (stream '" + Stream + "')" : "");
+        }
+    }
+}

@@ -1,0 +1,345 @@
+// The client over the libzmq transport against a stand-in runtime on loopback: subscriptions,
+// decoding, drops, bad input, replies matched by req, restart detection, reconnection, an absent
+// runtime, a bad endpoint, CURVE. The same client logic runs over NetMQ in Unity.
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.IO;
+using System.Linq;
+using NUnit.Framework;
+
+namespace Ksdiff.Tests
+{
+    [TestFixture]
+    [Category("LibZmq")]
+    public class ClientTests
+    {
+        readonly List<IDisposable> _cleanup = new List<IDisposable>();
+
+        [SetUp]
+        public void SetUp() { FakeRuntime.RequireLibZmq(); }
+
+        [TearDown]
+        public void TearDown()
+        {
+            for (int i = _cleanup.Count - 1; i >= 0; i--) _cleanup[i].Dispose();
+            _cleanup.Clear();
+        }
+
+        T Keep<T>(T d) where T : IDisposable
+        {
+            _cleanup.Add(d);
+            return d;
+        }
+
+        KsdiffClient Client(FakeRuntime rt, string[] streams = null, CurveKeys curve = null, string pub = null, string router = null)
+        {
+            var c = Keep(new KsdiffClient(new ClientOptions
+            {
+                PubEndpoint = pub ?? rt.PubEndpoint, RouterEndpoint = router ?? rt.RouterEndpoint, Streams = streams,
+                Curve = curve, Transport = () => new LibZmqTransport(), HelloTimeoutS = 2.5,
+            }));
+            c.Start();
+            return c;
+        }
+
+        static List<ClientEvent> Events(KsdiffClient c)
+        {
+            var events = new List<ClientEvent>();
+            c.DrainEvents(events);
+            return events;
+        }
+
+        // Publishes hellos until the client has one (the first may precede the subscription).
+        static void Handshake(FakeRuntime rt, KsdiffClient c, string instance)
+        {
+            rt.WaitSubscribed(Protocol.HelloTopic);
+            rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello(instance));
+            Assert.IsTrue(Wait.Until(() => c.Status().Instance == instance, 10), "no hello reached the client");
+        }
+
+        [Test]
+        public void FramesArriveDecodedWithDropsCountedAndBadInputRefused()
+        {
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Assert.AreEqual(ClientState.Connecting, c.Status().State);
+            Handshake(rt, c, "A");
+            Assert.AreEqual(ClientState.Live, c.Status().State);
+            Assert.AreEqual(ClientState.Live, c.State);
+            rt.WaitSubscribed(Protocol.FrameTopic("npc1"));
+            rt.Publish(Protocol.StreamTopic("npc1"), FakeRuntime.StreamStart("npc1"));
+            foreach (ulong seq in new ulong[] { 0, 1, 2, 5, 6 }) rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", seq, 0.1f * seq));
+            // Refused: a frame on another stream's topic, a malformed payload, a 3-part message,
+            // an unknown topic; ignored: a newer runtime's message type.
+            rt.Publish(Protocol.FrameTopic("npc2"), FakeRuntime.Frame("npc1", 7));
+            rt.Publish(Protocol.FrameTopic("npc1"), new byte[] { 0xc1 });
+            rt.PublishRaw(System.Text.Encoding.ASCII.GetBytes(Protocol.FrameTopic("npc1")), new byte[] { 0x80 }, new byte[] { 0x80 });
+            rt.Publish("ksd1/frame/", FakeRuntime.Frame("npc1", 8));
+            rt.Publish(Protocol.StatsTopic, Payload.Of("mood").Build());
+            rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", 9, 0.9f, true));
+            rt.Publish(Protocol.StreamTopic("npc1"), FakeRuntime.StreamEnd("npc1", "ended", 10));
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc1") != null && c.Stream("npc1").EndReason == "ended", 10), "no stream_end");
+            ClientStatus st = c.Status();
+            StreamStatus s = st.Streams["npc1"];
+            Assert.AreEqual(6UL, s.Frames);
+            Assert.AreEqual(2UL + 2UL, s.Dropped, "seq 3, 4 and 7, 8 never came");
+            Assert.AreEqual(9UL, s.LastIndex);
+            Assert.AreEqual("sdk", s.Source);
+            Assert.AreEqual(100.0, s.LatencyP95Ms.Value, 1e-6);
+            Assert.AreEqual(4UL, st.BadMessages, st.LastError);
+            Assert.AreEqual(1UL, st.Ignored);
+            var kinds = Events(c).Select(e => e.Kind).ToList();
+            Assert.IsTrue(kinds.Contains(ClientEventKind.StreamStart) && kinds.Contains(ClientEventKind.StreamEnd));
+            Assert.AreEqual(4, kinds.Count(k => k == ClientEventKind.BadMessage));
+            // The frames went into the jitter buffer, and play out to the last one.
+            var pose = new Pose();
+            double t;
+            double offset = c.Buffer.Offset("npc1").Value;
+            Assert.AreEqual(PlayState.Playing, c.Buffer.Sample("npc1", offset + 5.5 / 30.0, pose, out t));
+            Assert.AreEqual(0.55f, pose.Blendshapes[17], 1e-5);
+            Assert.AreEqual(PlayState.Ended, c.Buffer.Sample("npc1", offset + 10 / 30.0, pose, out t));
+        }
+
+        [Test]
+        public void AStreamFilterSubscribesOnlyItsTopicsNotAPrefixOfOthers()
+        {
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt, new[] { "npc1" });
+            Handshake(rt, c, "A");
+            rt.WaitSubscribed(Protocol.FrameTopic("npc1"));
+            rt.Publish(Protocol.FrameTopic("npc10"), FakeRuntime.Frame("npc10", 0));
+            rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", 0));
+            Assert.IsTrue(Wait.Until(() => c.Status().Frames == 1, 10));
+            rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", 1));
+            Assert.IsTrue(Wait.Until(() => c.Status().Frames == 2, 10));
+            Assert.IsNull(c.Stream("npc10"), "npc10's frames are not subscribed");
+        }
+
+        [Test]
+        public void RepliesAreMatchedByReqNotByOrder()
+        {
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            PendingRequest open = c.OpenStream(new OpenStream { Stream = "line1", SampleRate = 48000, Channels = 1, Format = "f32le" });
+            var r1 = rt.Receive();
+            var o = (OpenStream)new Decoder().Decode(r1.Value);
+            Assert.AreEqual(open.Req, o.Req.Value);
+            PendingRequest end = c.EndStream("line1");
+            PendingRequest hello = c.RequestHello();
+            var r2 = rt.Receive();
+            var r3 = rt.Receive();
+            ulong endReq = ((EndStream)new Decoder().Decode(r2.Value)).Req.Value;
+            ulong helloReq = ((Hello)new Decoder().Decode(r3.Value)).Req.Value;
+            // Protocol 1.1 answers end_stream when the stream has finished: after later requests.
+            rt.Reply(r1.Key, FakeRuntime.StreamOpened("line1", o.Req.Value));
+            rt.Reply(r3.Key, FakeRuntime.Hello("A", helloReq));
+            Assert.IsTrue(hello.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsFalse(end.IsDone);
+            rt.Reply(r2.Key, FakeRuntime.StreamEnded("line1", 42, endReq));
+            Assert.IsTrue(end.Wait(TimeSpan.FromSeconds(10)));
+            Assert.AreEqual("line1", ((StreamOpened)open.Reply).Stream);
+            Assert.AreEqual(42UL, ((StreamEnded)end.Reply).Frames);
+            Assert.AreEqual(helloReq, ((Hello)hello.Reply).Req.Value);
+        }
+
+        [Test]
+        public void ErrorRepliesReachTheirRequestOrTheirStream()
+        {
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            PendingRequest open = c.OpenStream(new OpenStream { Stream = "busy1" });
+            var r = rt.Receive();
+            rt.Reply(r.Key, FakeRuntime.Error("busy", "open_stream", "busy1", ((OpenStream)new Decoder().Decode(r.Value)).Req));
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)));
+            Assert.AreEqual(ErrorCode.Busy, ((ErrorReply)open.Reply).ErrorCode);
+            // Audio has no req: its errors land on the stream. Protocol 1.1's forbidden is known;
+            // a code from the future acts as internal.
+            c.SendAudio("busy1", 0, 0, new byte[8], 0, 8);
+            var a = rt.Receive();
+            Assert.AreEqual(MessageType.Audio, new Decoder().Decode(a.Value).Type);
+            rt.Reply(a.Key, FakeRuntime.Error("forbidden", "audio", "busy1", null));
+            rt.Reply(a.Key, FakeRuntime.Error("overheated", "audio", "busy1", null));
+            Assert.IsTrue(Wait.Until(() => c.Stream("busy1").Errors.Count == 2, 10));
+            List<ErrorReply> errors = c.Stream("busy1").Errors;
+            Assert.AreEqual(ErrorCode.Forbidden, errors[0].ErrorCode);
+            Assert.AreEqual(ErrorCode.Internal, errors[1].ErrorCode);
+        }
+
+        [Test]
+        public void ARestartIsSeenByItsInstanceAndFailsWhatTheOldRuntimeHeld()
+        {
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            PendingRequest open = c.OpenStream(new OpenStream { Stream = "mine" });
+            var r = rt.Receive();
+            rt.Reply(r.Key, FakeRuntime.StreamOpened("mine", ((OpenStream)new Decoder().Decode(r.Value)).Req.Value));
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)));
+            rt.Publish(Protocol.FrameTopic("mine"), FakeRuntime.Frame("mine", 0));
+            PendingRequest end = c.EndStream("mine"); // never answered by the old runtime
+            rt.Receive();
+            Assert.IsTrue(Wait.Until(() => c.Status().Frames == 1, 10));
+            Events(c);
+            rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("B"));
+            Assert.IsTrue(Wait.Until(() => c.Status().Instance == "B", 10));
+            Assert.IsTrue(end.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsNull(end.Reply);
+            Assert.IsTrue(end.Failure.Contains("restarted"), end.Failure);
+            Assert.AreEqual("restart", c.Stream("mine").EndReason);
+            Assert.IsFalse(c.Buffer.Contains("mine"), "the jitter buffer forgot the old runtime's streams");
+            var kinds = Events(c).Select(e => e.Kind).ToList();
+            Assert.IsTrue(kinds.Contains(ClientEventKind.RuntimeRestart));
+            Assert.IsTrue(kinds.Contains(ClientEventKind.StreamLost));
+            // A late hello of the old process is not another restart.
+            rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("A"));
+            rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("B"));
+            Assert.IsTrue(Wait.Until(() => Events(c).Any(e => e.Kind == ClientEventKind.Hello && ((Hello)e.Message).Instance == "B"), 10));
+            Assert.AreEqual(1UL, c.Status().Restarts);
+            Assert.AreEqual("B", c.Status().Instance);
+        }
+
+        [Test]
+        public void TheClientReconnectsToARuntimeThatComesBackOnTheSamePorts()
+        {
+            var first = new FakeRuntime();
+            string pub = first.PubEndpoint, router = first.RouterEndpoint;
+            KsdiffClient c = Client(first);
+            Handshake(first, c, "A");
+            first.Dispose(); // the runtime goes away ...
+            Assert.IsTrue(Wait.Until(() => c.State == ClientState.Stale, 10), "no Stale state without hellos");
+            var second = Keep(new FakeRuntime(pub, router)); // ... and a new process binds the same ports
+            Handshake(second, c, "B");
+            Assert.AreEqual(ClientState.Live, c.Status().State);
+            Assert.AreEqual(1UL, c.Status().Restarts);
+            // Requests reach the new process too.
+            PendingRequest hello = c.RequestHello();
+            var r = second.Receive();
+            second.Reply(r.Key, FakeRuntime.Hello("B", ((Hello)new Decoder().Decode(r.Value)).Req));
+            Assert.IsTrue(hello.Wait(TimeSpan.FromSeconds(10)));
+        }
+
+        [Test]
+        public void AnAbsentRuntimeLeavesTheClientConnectingAndStopIsPrompt()
+        {
+            // Free ports, nothing bound to them.
+            string pub, router;
+            using (var probe = new FakeRuntime())
+            {
+                pub = probe.PubEndpoint;
+                router = probe.RouterEndpoint;
+            }
+            KsdiffClient c = Client(null, null, null, pub, router);
+            PendingRequest hello = c.RequestHello();
+            Assert.IsFalse(hello.Wait(TimeSpan.FromMilliseconds(300)));
+            Assert.AreEqual(ClientState.Connecting, c.Status().State);
+            var watch = Stopwatch.StartNew();
+            c.Stop();
+            Assert.Less(watch.Elapsed.TotalSeconds, 1.0, "stop must not hang on an absent runtime");
+            Assert.AreEqual(ClientState.Stopped, c.Status().State);
+            Assert.IsTrue(hello.IsDone);
+            Assert.IsNotNull(hello.Failure);
+        }
+
+        [Test]
+        public void ABadEndpointFailsWithTheReason()
+        {
+            var c = Keep(new KsdiffClient(new ClientOptions { PubEndpoint = "tcp://nowhere:notaport", Transport = () => new LibZmqTransport() }));
+            c.Start();
+            Assert.IsTrue(Wait.Until(() => c.Status().State == ClientState.Failed, 10));
+            Assert.IsTrue(c.Status().LastError.Contains("nowhere"), c.Status().LastError);
+        }
+
+        [Test]
+        public void CurveKeysFromCertificateFilesOpenACurveRuntimeAndOnlyWithTheRightServerKey()
+        {
+            if (!LibZmq.HasCurve()) Assert.Ignore("this libzmq has no CURVE support");
+            string serverPublic, serverSecret, clientPublic, clientSecret, otherPublic, otherSecret;
+            LibZmq.CurveKeypair(out serverPublic, out serverSecret);
+            LibZmq.CurveKeypair(out clientPublic, out clientSecret);
+            LibZmq.CurveKeypair(out otherPublic, out otherSecret);
+            string dir = Path.Combine(Path.GetTempPath(), "ksdiff-curve-" + Guid.NewGuid().ToString("N"));
+            Directory.CreateDirectory(dir);
+            try
+            {
+                // Certificate files as pyzmq's zmq.auth.create_certificates writes them.
+                WriteCertificate(Path.Combine(dir, "server.key"), serverPublic, null);
+                WriteCertificate(Path.Combine(dir, "client.key_secret"), clientPublic, clientSecret);
+                CurveKeys keys = CurveKeys.FromCertificateFiles(Path.Combine(dir, "server.key"), Path.Combine(dir, "client.key_secret"));
+                Assert.AreEqual(serverPublic, keys.ServerPublicKey);
+                Assert.AreEqual(clientSecret, keys.ClientSecretKey);
+
+                var rt = Keep(new FakeRuntime(curve: new CurveKeysForServer { PublicKey = serverPublic, SecretKey = serverSecret }));
+                KsdiffClient plain = Client(rt);                                                   // no CURVE at all
+                KsdiffClient wrong = Client(rt, null, new CurveKeys(otherPublic, clientPublic, clientSecret)); // wrong server key
+                KsdiffClient good = Client(rt, null, keys);
+                Handshake(rt, good, "A"); // the server sees only the good client's subscription
+                for (int i = 0; i < 3; i++) rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("A"));
+                PendingRequest hello = good.RequestHello();
+                var r = rt.Receive();
+                rt.Reply(r.Key, FakeRuntime.Hello("A", ((Hello)new Decoder().Decode(r.Value)).Req));
+                Assert.IsTrue(hello.Wait(TimeSpan.FromSeconds(10)), "the DEALER speaks CURVE too");
+                Assert.AreEqual(ClientState.Live, good.Status().State);
+                Assert.AreEqual(0UL, plain.Status().Messages, "a client without CURVE gets nothing");
+                Assert.AreEqual(0UL, wrong.Status().Messages, "a client with the wrong server key gets nothing");
+            }
+            finally
+            {
+                Directory.Delete(dir, true);
+            }
+        }
+
+        [Test]
+        public void CertificateFilesWrittenByPyzmqLoad()
+        {
+            // tests/test_unity_core.py writes them with zmq.auth.create_certificates.
+            string dir = Environment.GetEnvironmentVariable("KSDIFF_PYZMQ_CERTS");
+            if (string.IsNullOrEmpty(dir)) Assert.Ignore("KSDIFF_PYZMQ_CERTS not set (pyzmq-written certificates)");
+            CurveKeys keys = CurveKeys.FromCertificateFiles(Path.Combine(dir, "server.key"), Path.Combine(dir, "client.key_secret"));
+            Assert.AreEqual(32, keys.ServerPublicKeyBytes.Length);
+            Assert.AreEqual(File.ReadAllText(Path.Combine(dir, "expected_server_public.txt")).Trim(), keys.ServerPublicKey);
+            Assert.AreEqual(File.ReadAllText(Path.Combine(dir, "expected_client_secret.txt")).Trim(), keys.ClientSecretKey);
+            Assert.Throws<FormatException>(() => CurveKeys.FromCertificateFiles(Path.Combine(dir, "server.key"), Path.Combine(dir, "client.key")));
+        }
+
+        static void WriteCertificate(string path, string publicKey, string secretKey)
+        {
+            var lines = new List<string>
+            {
+                "#   ****  Generated by a test  ****", "#   ZeroMQ CURVE Certificate", "", "metadata", "curve",
+                "    public-key = \"" + publicKey + "\"",
+            };
+            if (secretKey != null) lines.Add("    secret-key = \"" + secretKey + "\"");
+            File.WriteAllLines(path, lines.ToArray());
+        }
+    }
+
+    [TestFixture]
+    public class CurveKeyTests
+    {
+        [Test]
+        public void Z85RoundTripsAndMatchesTheSpecsExample()
+        {
+            // rfc.zeromq.org/spec:32's test vector.
+            byte[] hello = { 0x86, 0x4F, 0xD2, 0x6F, 0xB5, 0x59, 0xF7, 0x5B };
+            Assert.AreEqual("HelloWorld", Z85.Encode(hello));
+            Assert.AreEqual(hello, Z85.Decode("HelloWorld"));
+            var key = new byte[32];
+            new Random(1).NextBytes(key);
+            Assert.AreEqual(key, Z85.Decode(Z85.Encode(key)));
+        }
+
+        [Test]
+        public void BadKeysAreRefused()
+        {
+            string good = Z85.Encode(new byte[32]);
+            Assert.Throws<FormatException>(() => new CurveKeys(good.Substring(1), good, good));      // 39 chars
+            Assert.Throws<FormatException>(() => new CurveKeys(good, good.Replace('0', '"'), good)); // not Z85
+            Assert.Throws<FormatException>(() => new CurveKeys("%%%%%" + good.Substring(5), good, good)); // above 2^32
+            Assert.IsNotNull(new CurveKeys(good, good, good));
+        }
+    }
+}

@@ -1,0 +1,380 @@
+// The protocol's golden vectors (protocol/golden, SPEC 8): every valid vector decodes to its
+// JSON (key order aside, unknown keys of a newer minor ignored), every invalid one is refused
+// with its code, published ones belong on their topic, and the request encoders reproduce the
+// reference encoder's bytes.
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using NUnit.Framework;
+
+namespace Ksdiff.Tests
+{
+    [TestFixture]
+    public class GoldenVectorTests
+    {
+        // Keys protocol v1.0 defines per type (SPEC 4). A vector's other keys belong to a newer
+        // minor and must be ignored by the decoder.
+        static readonly Dictionary<string, string[]> KnownKeys = new Dictionary<string, string[]>
+        {
+            { "hello", new[] { "v", "type", "runtime", "fps", "sample_rate", "blendshapes", "head", "head_units", "head_convention", "gaze", "gaze_units", "gaze_convention", "max_message_bytes", "instance", "req" } },
+            { "frame", new[] { "v", "type", "stream", "seq", "index", "fps", "t_audio", "blendshapes", "head", "gaze", "captured_ns", "published_ns", "lookahead_ms", "compute_ms", "last" } },
+            { "stream_start", new[] { "v", "type", "stream", "source", "published_ns" } },
+            { "stream_end", new[] { "v", "type", "stream", "source", "reason", "frames", "published_ns" } },
+            { "stats", new[] { "v", "type", "uptime_s", "streams", "drops", "published_ns" } },
+            { "open_stream", new[] { "v", "type", "stream", "sample_rate", "channels", "format", "transcript", "seed", "req" } },
+            { "audio", new[] { "v", "type", "stream", "seq", "at_sample", "pcm" } },
+            { "end_stream", new[] { "v", "type", "stream", "req" } },
+            { "stream_opened", new[] { "v", "type", "stream", "fps", "req" } },
+            { "stream_ended", new[] { "v", "type", "stream", "frames", "req" } },
+            { "error", new[] { "v", "type", "code", "message", "request_type", "stream", "req" } },
+        };
+
+        static IEnumerable<Dictionary<string, object>> Entries(string which)
+        {
+            return ((List<object>)Golden.Index()[which]).Cast<Dictionary<string, object>>();
+        }
+
+        [Test]
+        public void EveryValidVectorDecodesToItsJson()
+        {
+            var index = Golden.Index();
+            Assert.AreEqual(new object[] { 1L, 0L }, index["protocol"]);
+            int checkedCount = 0;
+            var failures = new List<string>();
+            foreach (var entry in Entries("valid"))
+            {
+                string name = (string)entry["name"];
+                byte[] bytes = Golden.Bytes(name);
+                Assert.AreEqual(entry["bytes"], bytes.Length, name + " size");
+                var expected = (Dictionary<string, object>)Golden.Json(name);
+                Message msg;
+                try
+                {
+                    msg = new Decoder().Decode(bytes);
+                }
+                catch (ProtocolException e)
+                {
+                    failures.Add(name + ": " + e.Message);
+                    continue;
+                }
+                string type = (string)entry["type"];
+                Assert.AreEqual(type, WireType(msg.Type), name);
+                var unknown = expected.Keys.Where(k => !KnownKeys[type].Contains(k)).ToList();
+                Assert.IsTrue(unknown.Count == 0 || msg.Minor > 0, name + " has unknown keys at minor 0");
+                foreach (string k in unknown) expected.Remove(k);
+                var actual = ToJson(msg);
+                string diff = Diff(expected, actual, name);
+                if (diff != null) failures.Add(diff);
+                checkedCount++;
+            }
+            Assert.AreEqual(0, failures.Count, string.Join("\n", failures.ToArray()));
+            Assert.AreEqual(18, checkedCount);
+        }
+
+        [Test]
+        public void EveryInvalidVectorIsRefusedWithItsCode()
+        {
+            int checkedCount = 0;
+            foreach (var entry in Entries("invalid"))
+            {
+                string name = (string)entry["name"];
+                byte[] bytes = Golden.Bytes(name);
+                Assert.AreEqual(entry["bytes"], bytes.Length, name + " size");
+                try
+                {
+                    new Decoder().Decode(bytes);
+                    Assert.Fail(name + " decoded; expected error " + entry["error"]);
+                }
+                catch (ProtocolException e)
+                {
+                    Assert.AreEqual((string)entry["error"], ErrorCodes.ToWire(e.Code), name + " (" + e.Message + ")");
+                }
+                checkedCount++;
+            }
+            Assert.AreEqual(12, checkedCount);
+        }
+
+        [Test]
+        public void PublishedVectorsBelongOnTheirTopic()
+        {
+            int checkedCount = 0;
+            foreach (var entry in Entries("valid"))
+            {
+                if (entry["topic"] == null) continue;
+                string name = (string)entry["name"];
+                Message msg = new Decoder().Decode(Golden.Bytes(name));
+                string topic = null;
+                if (msg is Frame) topic = Protocol.FrameTopic(((Frame)msg).Stream);
+                if (msg is StreamStart) topic = Protocol.StreamTopic(((StreamStart)msg).Stream);
+                if (msg is StreamEnd) topic = Protocol.StreamTopic(((StreamEnd)msg).Stream);
+                if (msg is Hello) topic = Protocol.HelloTopic;
+                if (msg is Stats) topic = Protocol.StatsTopic;
+                Assert.AreEqual(entry["topic"], topic, name);
+                TopicKind kind;
+                string stream;
+                Assert.IsTrue(Protocol.TryParseTopic(topic, out kind, out stream), name);
+                checkedCount++;
+            }
+            Assert.AreEqual(7, checkedCount);
+        }
+
+        [Test]
+        public void RequestEncodersReproduceTheReferenceBytes()
+        {
+            Assert.AreEqual(Golden.Bytes("hello_request"), Requests.Hello(null));
+            foreach (string name in new[] { "open_stream", "open_stream_minimal" })
+            {
+                byte[] bytes = Golden.Bytes(name);
+                Assert.AreEqual(bytes, Requests.OpenStream((OpenStream)new Decoder().Decode(bytes)), name);
+            }
+            foreach (string name in new[] { "audio", "audio_f32" })
+            {
+                byte[] bytes = Golden.Bytes(name);
+                Assert.AreEqual(bytes, Requests.Audio((Audio)new Decoder().Decode(bytes)), name);
+            }
+            byte[] end = Golden.Bytes("end_stream");
+            var e = (EndStream)new Decoder().Decode(end);
+            Assert.AreEqual(end, Requests.EndStream(e.Stream, e.Req));
+            var hello = (Hello)new Decoder().Decode(Requests.Hello(7));
+            Assert.IsFalse(hello.FromRuntime);
+            Assert.AreEqual(7UL, hello.Req.Value);
+        }
+
+        [Test]
+        public void TheGoldenFramesValues()
+        {
+            var f = (Frame)new Decoder().Decode(Golden.Bytes("frame"));
+            Assert.AreEqual("npc1", f.Stream);
+            Assert.AreEqual(42UL, f.Seq);
+            Assert.AreEqual(45UL, f.Index);
+            Assert.AreEqual(1.5, f.TAudio);
+            Assert.AreEqual(0.5f, f.Blendshapes[17]); // jawOpen
+            Assert.AreEqual(0.25f, f.Blendshapes[0]); // eyeBlinkLeft
+            Assert.AreEqual(1.0f, f.Blendshapes[51]); // tongueOut
+            Assert.AreEqual(new[] { 0.125f, -0.25f, 0.0625f }, f.Head);
+            Assert.AreEqual(150.0, f.LatencyMs.Value);
+            var last = (Frame)new Decoder().Decode(Golden.Bytes("frame_last"));
+            Assert.IsTrue(last.Last);
+            Assert.IsFalse(last.CapturedNs.HasValue);
+            Assert.AreEqual(60u, last.Fps);
+            var future = (Frame)new Decoder().Decode(Golden.Bytes("frame_future_minor"));
+            Assert.AreEqual(7, future.Minor);
+            var hello = (Hello)new Decoder().Decode(Golden.Bytes("hello"));
+            Assert.IsTrue(hello.FromRuntime);
+            Assert.AreEqual(Protocol.BlendshapeNames, hello.Blendshapes);
+            Assert.AreEqual(Protocol.HeadNames, hello.Head);
+            Assert.AreEqual(Protocol.GazeNames, hello.Gaze);
+        }
+
+        // --- a decoded message in the golden vectors' JSON form -------------------------------
+
+        static string WireType(MessageType t)
+        {
+            switch (t)
+            {
+                case MessageType.Hello: return "hello";
+                case MessageType.Frame: return "frame";
+                case MessageType.StreamStart: return "stream_start";
+                case MessageType.StreamEnd: return "stream_end";
+                case MessageType.Stats: return "stats";
+                case MessageType.OpenStream: return "open_stream";
+                case MessageType.Audio: return "audio";
+                case MessageType.EndStream: return "end_stream";
+                case MessageType.StreamOpened: return "stream_opened";
+                case MessageType.StreamEnded: return "stream_ended";
+                default: return "error";
+            }
+        }
+
+        static Dictionary<string, object> ToJson(Message m)
+        {
+            var j = new Dictionary<string, object>();
+            j["v"] = new List<object> { (long)m.Major, (long)m.Minor };
+            j["type"] = WireType(m.Type);
+            if (m is Hello)
+            {
+                var h = (Hello)m;
+                if (h.FromRuntime)
+                {
+                    j["runtime"] = h.Runtime;
+                    j["fps"] = (long)h.Fps;
+                    j["sample_rate"] = (long)h.SampleRate;
+                    j["blendshapes"] = h.Blendshapes.Cast<object>().ToList();
+                    j["head"] = h.Head.Cast<object>().ToList();
+                    j["head_units"] = h.HeadUnits;
+                    j["head_convention"] = h.HeadConvention;
+                    j["gaze"] = h.Gaze.Cast<object>().ToList();
+                    j["gaze_units"] = h.GazeUnits;
+                    j["gaze_convention"] = h.GazeConvention;
+                    j["max_message_bytes"] = (long)h.MaxMessageBytes;
+                }
+                if (h.Instance != null) j["instance"] = h.Instance;
+                if (h.Req.HasValue) j["req"] = (long)h.Req.Value;
+            }
+            else if (m is Frame)
+            {
+                var f = (Frame)m;
+                j["stream"] = f.Stream;
+                j["seq"] = (long)f.Seq;
+                j["index"] = (long)f.Index;
+                j["fps"] = (long)f.Fps;
+                j["t_audio"] = f.TAudio;
+                j["blendshapes"] = BinJson(BlendshapeBytes(f.Blendshapes));
+                j["head"] = f.Head.Select(x => (object)(double)x).ToList();
+                j["gaze"] = f.Gaze.Select(x => (object)(double)x).ToList();
+                j["captured_ns"] = f.CapturedNs.HasValue ? (object)f.CapturedNs.Value : null;
+                j["published_ns"] = f.PublishedNs;
+                j["lookahead_ms"] = (double)f.LookaheadMs;
+                j["compute_ms"] = (double)f.ComputeMs;
+                j["last"] = f.Last;
+            }
+            else if (m is StreamStart)
+            {
+                var s = (StreamStart)m;
+                j["stream"] = s.Stream;
+                j["source"] = s.Source;
+                j["published_ns"] = s.PublishedNs;
+            }
+            else if (m is StreamEnd)
+            {
+                var s = (StreamEnd)m;
+                j["stream"] = s.Stream;
+                j["source"] = s.Source;
+                j["reason"] = s.Reason;
+                j["frames"] = (long)s.Frames;
+                j["published_ns"] = s.PublishedNs;
+            }
+            else if (m is Stats)
+            {
+                var s = (Stats)m;
+                j["uptime_s"] = s.UptimeS;
+                var streams = new Dictionary<string, object>();
+                foreach (var kv in s.Streams)
+                {
+                    var e = new Dictionary<string, object>
+                    {
+                        { "fps", kv.Value.Fps }, { "latency_p50_ms", kv.Value.LatencyP50Ms },
+                        { "latency_p95_ms", kv.Value.LatencyP95Ms }, { "frames", (long)kv.Value.Frames },
+                        { "drops", (long)kv.Value.Drops },
+                    };
+                    if (kv.Value.Source != null) e["source"] = kv.Value.Source;
+                    if (kv.Value.Sanitized.HasValue) e["sanitized"] = (long)kv.Value.Sanitized.Value;
+                    streams[kv.Key] = e;
+                }
+                j["streams"] = streams;
+                j["drops"] = (long)s.Drops;
+                j["published_ns"] = s.PublishedNs;
+            }
+            else if (m is OpenStream)
+            {
+                var o = (OpenStream)m;
+                if (o.Stream != null) j["stream"] = o.Stream;
+                j["sample_rate"] = (long)o.SampleRate;
+                j["channels"] = (long)o.Channels;
+                j["format"] = o.Format;
+                if (o.Transcript != null) j["transcript"] = o.Transcript;
+                if (o.Seed.HasValue) j["seed"] = o.Seed.Value;
+                if (o.Req.HasValue) j["req"] = (long)o.Req.Value;
+            }
+            else if (m is Audio)
+            {
+                var a = (Audio)m;
+                j["stream"] = a.Stream;
+                j["seq"] = (long)a.Seq;
+                if (a.AtSample.HasValue) j["at_sample"] = (long)a.AtSample.Value;
+                j["pcm"] = BinJson(a.Pcm);
+            }
+            else if (m is EndStream)
+            {
+                var e = (EndStream)m;
+                j["stream"] = e.Stream;
+                if (e.Req.HasValue) j["req"] = (long)e.Req.Value;
+            }
+            else if (m is StreamOpened)
+            {
+                var s = (StreamOpened)m;
+                j["stream"] = s.Stream;
+                j["fps"] = (long)s.Fps;
+                if (s.Req.HasValue) j["req"] = (long)s.Req.Value;
+            }
+            else if (m is StreamEnded)
+            {
+                var s = (StreamEnded)m;
+                j["stream"] = s.Stream;
+                j["frames"] = (long)s.Frames;
+                if (s.Req.HasValue) j["req"] = (long)s.Req.Value;
+            }
+            else
+            {
+                var e = (ErrorReply)m;
+                j["code"] = e.Code;
+                j["message"] = e.Message;
+                j["request_type"] = e.RequestType;
+                if (e.Stream != null) j["stream"] = e.Stream;
+                if (e.Req.HasValue) j["req"] = (long)e.Req.Value;
+            }
+            return j;
+        }
+
+        static Dictionary<string, object> BinJson(byte[] bytes)
+        {
+            return new Dictionary<string, object> { { "$bin", Convert.ToBase64String(bytes) } };
+        }
+
+        static byte[] BlendshapeBytes(float[] values)
+        {
+            var bytes = new byte[4 * values.Length];
+            for (int i = 0; i < values.Length; i++)
+            {
+                uint bits = FloatBits.ToBits(values[i]);
+                for (int k = 0; k < 4; k++) bytes[4 * i + k] = (byte)(bits >> (8 * k));
+            }
+            return bytes;
+        }
+
+        // null when equal (numbers by value: JSON integers against integers, JSON floats against
+        // the decoded float64 exactly), else where they differ.
+        static string Diff(object expected, object actual, string path)
+        {
+            if (expected is Dictionary<string, object> && actual is Dictionary<string, object>)
+            {
+                var e = (Dictionary<string, object>)expected;
+                var a = (Dictionary<string, object>)actual;
+                foreach (string k in e.Keys.Union(a.Keys))
+                {
+                    if (!e.ContainsKey(k)) return path + "." + k + ": decoded but not in the JSON";
+                    if (!a.ContainsKey(k)) return path + "." + k + ": in the JSON but not decoded";
+                    string d = Diff(e[k], a[k], path + "." + k);
+                    if (d != null) return d;
+                }
+                return null;
+            }
+            if (expected is List<object> && actual is List<object>)
+            {
+                var e = (List<object>)expected;
+                var a = (List<object>)actual;
+                if (e.Count != a.Count) return path + ": " + e.Count + " items expected, " + a.Count + " decoded";
+                for (int i = 0; i < e.Count; i++)
+                {
+                    string d = Diff(e[i], a[i], path + "[" + i + "]");
+                    if (d != null) return d;
+                }
+                return null;
+            }
+            if (expected == null || actual == null)
+                return expected == null && actual == null ? null : path + ": " + Show(expected) + " expected, " + Show(actual) + " decoded";
+            bool same;
+            if (expected is double || actual is double) same = Convert.ToDouble(expected) == Convert.ToDouble(actual);
+            else if (expected is long && actual is long) same = (long)expected == (long)actual;
+            else same = expected.Equals(actual);
+            return same ? null : path + ": " + Show(expected) + " expected, " + Show(actual) + " decoded";
+        }
+
+        static string Show(object o)
+        {
+            if (o == null) return "null";
+            if (o is double) return ((double)o).ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+            return o.ToString();
+        }
+    }
+}

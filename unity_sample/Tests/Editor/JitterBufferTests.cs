@@ -1,0 +1,241 @@
+// StreamClock and JitterBuffer: frames shown on their audio clock (SPEC 6), not on arrival.
+using NUnit.Framework;
+
+namespace Ksdiff.Tests
+{
+    [TestFixture]
+    public class JitterBufferTests
+    {
+        const int JawOpen = 17;
+        const double Margin = 0.05;
+
+        // Frame `index` of `stream` at 30 fps: jawOpen = jaw, head yaw = yaw, left eye yaw = yaw / 2.
+        static Frame MakeFrame(string stream, ulong index, float jaw, float yaw = 0f, bool last = false)
+        {
+            var f = new Frame { Stream = stream, Seq = index, Index = index, Fps = 30, TAudio = index / 30.0, Last = last };
+            f.Blendshapes[JawOpen] = jaw;
+            f.Head[1] = yaw;
+            f.Gaze[0] = yaw / 2;
+            return f;
+        }
+
+        static PlayState Sample(JitterBuffer jb, string stream, double now, out Pose pose)
+        {
+            pose = new Pose();
+            double t;
+            return jb.Sample(stream, now, pose, out t);
+        }
+
+        [Test]
+        public void ClockAnchorsOnTheFirstFrameArrivalPlusTheMargin()
+        {
+            var clock = new StreamClock(Margin);
+            Assert.IsFalse(clock.Anchored);
+            // First frame t_audio 0.5 arrives at local 100: shown at 100.05; offset 99.55.
+            Assert.AreEqual(100.05, clock.Schedule(0.5, 100.0), 1e-12);
+            Assert.AreEqual(99.55, clock.Offset, 1e-12);
+            // Later frames keep their audio spacing whatever their arrival jitter (within the margin).
+            Assert.AreEqual(100.15, clock.Schedule(0.6, 100.13), 1e-12);
+            Assert.AreEqual(100.25, clock.Schedule(0.7, 100.16), 1e-12);
+            Assert.AreEqual(0UL, clock.Reanchors);
+        }
+
+        [Test]
+        public void ClockReanchorsOnALateNewestFrameOnly()
+        {
+            var clock = new StreamClock(Margin);
+            clock.Schedule(0.0, 10.0); // offset 10.05
+            // t_audio 0.1 is due at 10.15 but arrives at 10.4 (a 250 ms stall).
+            Assert.AreEqual(10.45, clock.Schedule(0.1, 10.4), 1e-12);
+            Assert.AreEqual(1UL, clock.Reanchors);
+            Assert.AreEqual(10.55, clock.Schedule(0.2, 10.55), 1e-12); // exactly on time is not late
+            Assert.AreEqual(1UL, clock.Reanchors);
+            Assert.Greater(clock.Schedule(0.3, 10.56), 10.55); // show times keep increasing
+            // An older frame arriving out of order, past its time, does not move the timeline.
+            Assert.AreEqual(10.60, clock.Schedule(0.25, 11.0), 1e-12);
+            Assert.AreEqual(1UL, clock.Reanchors);
+            // A fixed (audio) clock never moves.
+            var audio = new StreamClock(Margin);
+            audio.Fix(3.0);
+            Assert.AreEqual(3.5, audio.Schedule(0.5, 99.0), 1e-12);
+            Assert.AreEqual(0UL, audio.Reanchors);
+        }
+
+        [Test]
+        public void FramesAreOrderedByAudioTimeNotArrival()
+        {
+            var jb = new JitterBuffer(Margin);
+            double show2 = jb.Push(MakeFrame("npc1", 2, 1.0f), 0.0);
+            jb.Push(MakeFrame("npc1", 0, 0.0f), 0.0);
+            jb.Push(MakeFrame("npc1", 1, 0.5f), 0.0);
+            Assert.AreEqual(Margin, show2, 1e-12);
+            double offset = jb.Offset("npc1").Value;
+            Assert.AreEqual(Margin - 2.0 / 30.0, offset, 1e-12);
+            Assert.AreEqual(3, jb.Buffered("npc1"));
+            Pose p;
+            Assert.AreEqual(PlayState.Playing, Sample(jb, "npc1", offset + 0.5 / 30.0, out p)); // between frames 0 and 1
+            Assert.AreEqual(0.25f, p.Blendshapes[JawOpen], 1e-6);
+        }
+
+        [Test]
+        public void InterpolatesWeightsAndAnglesLinearly()
+        {
+            var jb = new JitterBuffer(Margin);
+            jb.Push(MakeFrame("a", 0, 0.0f, 0.0f), 5.0);
+            jb.Push(MakeFrame("a", 1, 1.0f, 0.3f), 5.01);
+            double offset = jb.Offset("a").Value;
+            Assert.AreEqual(5.05, offset, 1e-12);
+            foreach (double w in new[] { 0.0, 0.25, 0.5, 0.75 })
+            {
+                var pose = new Pose();
+                double t;
+                Assert.AreEqual(PlayState.Playing, jb.Sample("a", offset + w / 30.0, pose, out t));
+                Assert.AreEqual(w / 30.0, t, 1e-9);
+                Assert.AreEqual(w, pose.Blendshapes[JawOpen], 1e-6);
+                Assert.AreEqual(0.3 * w, pose.Head[1], 1e-6);
+                Assert.AreEqual(0.15 * w, pose.Gaze[0], 1e-6);
+            }
+        }
+
+        [Test]
+        public void WaitingThenHoldingWhenStarvedThenPlayingAgain()
+        {
+            var jb = new JitterBuffer(Margin);
+            Pose p;
+            Assert.AreEqual(PlayState.Unknown, Sample(jb, "x", 0.0, out p));
+            jb.Push(MakeFrame("x", 0, 0.2f), 1.0); // shown at 1.05
+            Assert.AreEqual(PlayState.Waiting, Sample(jb, "x", 1.0, out p));
+            Assert.AreEqual(0.2f, p.Blendshapes[JawOpen], 1e-6);
+            jb.Push(MakeFrame("x", 1, 0.4f), 1.02);
+            Assert.AreEqual(PlayState.Holding, Sample(jb, "x", 1.05 + 2.0 / 30.0, out p));
+            Assert.AreEqual(0.4f, p.Blendshapes[JawOpen], 1e-6);
+            Assert.AreEqual(1, jb.Buffered("x"));
+            jb.Push(MakeFrame("x", 3, 0.8f), 1.1); // frame 2 was dropped: interpolate over the gap
+            Assert.AreEqual(PlayState.Playing, Sample(jb, "x", 1.05 + 2.0 / 30.0, out p));
+            Assert.AreEqual(0.6f, p.Blendshapes[JawOpen], 1e-6);
+        }
+
+        [Test]
+        public void ALateFrameMovesALiveTimelineItIsNotSkipped()
+        {
+            var jb = new JitterBuffer(Margin);
+            jb.Push(MakeFrame("late", 0, 0.0f), 0.0);
+            jb.Push(MakeFrame("late", 1, 0.5f), 0.01);
+            double show = jb.Push(MakeFrame("late", 2, 1.0f), 0.5); // due at 0.117: 383 ms late
+            Assert.AreEqual(0.55, show, 1e-12);
+            Assert.AreEqual(1UL, jb.Reanchors("late"));
+            Pose p;
+            Sample(jb, "late", 0.55, out p);
+            Assert.AreEqual(1.0f, p.Blendshapes[JawOpen], 1e-6);
+        }
+
+        [Test]
+        public void OnTheAudioClockFramesWaitForTheAnchorAndLateOnesAreSkipped()
+        {
+            var jb = new JitterBuffer(Margin);
+            jb.AwaitAnchor("line");
+            for (ulong i = 0; i < 3; i++) Assert.IsTrue(double.IsNaN(jb.Push(MakeFrame("line", i, 0.1f * (i + 1)), 50.0 + i)));
+            Pose p;
+            // Not anchored yet: the first pose, waiting, whatever the time.
+            Assert.AreEqual(PlayState.Waiting, Sample(jb, "line", 1000.0, out p));
+            Assert.AreEqual(0.1f, p.Blendshapes[JawOpen], 1e-6);
+            jb.Anchor("line", 7.0); // the audio starts at 7.0 on the audio clock
+            Assert.AreEqual(PlayState.Waiting, Sample(jb, "line", 6.99, out p));
+            Assert.AreEqual(PlayState.Playing, Sample(jb, "line", 7.0 + 1.5 / 30.0, out p));
+            Assert.AreEqual(0.25f, p.Blendshapes[JawOpen], 1e-6);
+            // Starved at frame 3's time: the newest pose is held ...
+            Assert.AreEqual(PlayState.Holding, Sample(jb, "line", 7.0 + 3.5 / 30.0, out p));
+            // ... frame 3 comes late (its instant was shown): counted, the timeline stays.
+            jb.Push(MakeFrame("line", 3, 0.4f), 90.0);
+            jb.Push(MakeFrame("line", 4, 0.5f), 90.0);
+            Assert.AreEqual(1UL, jb.LateFrames("line"));
+            Assert.AreEqual(7.0, jb.Offset("line").Value, 1e-12);
+            Assert.AreEqual(0UL, jb.Reanchors("line"));
+            Assert.AreEqual(PlayState.Playing, Sample(jb, "line", 7.0 + 3.75 / 30.0, out p));
+            Assert.AreEqual(0.475f, p.Blendshapes[JawOpen], 1e-6);
+        }
+
+        [Test]
+        public void AnEndPlaysOutWhatIsBufferedThenForgetsTheStream()
+        {
+            var jb = new JitterBuffer(Margin);
+            for (ulong i = 0; i < 3; i++) jb.Push(MakeFrame("npc", i, 0.1f * i), 2.0);
+            jb.EndStream("npc"); // stream_end before its frames have been shown
+            double offset = jb.Offset("npc").Value;
+            Pose p;
+            Assert.AreEqual(PlayState.Playing, Sample(jb, "npc", offset + 1.5 / 30.0, out p));
+            Assert.AreEqual(PlayState.Ended, Sample(jb, "npc", offset + 3.0 / 30.0, out p));
+            Assert.AreEqual(0.2f, p.Blendshapes[JawOpen], 1e-6);
+            Assert.AreEqual(PlayState.Unknown, Sample(jb, "npc", offset + 4.0 / 30.0, out p));
+            Assert.AreEqual(0, jb.Streams().Length);
+            jb.Push(MakeFrame("npc", 0, 0.9f), 50.0); // the id is free: anchored afresh
+            Assert.AreEqual(50.05, jb.Offset("npc").Value, 1e-12);
+        }
+
+        [Test]
+        public void AFrameMarkedLastEndsTheStreamFramesAfterItStartANewOne()
+        {
+            var jb = new JitterBuffer(Margin);
+            jb.Push(MakeFrame("s", 0, 0.0f), 0.0);
+            jb.Push(MakeFrame("s", 1, 1.0f, 0f, true), 0.0);
+            Pose p;
+            Assert.AreEqual(PlayState.Ended, Sample(jb, "s", 0.05 + 2.0 / 30.0, out p));
+            jb.Push(MakeFrame("s", 0, 0.3f), 9.0);
+            Assert.AreEqual(9.05, jb.Offset("s").Value, 1e-12);
+            jb.Push(MakeFrame("t", 5, 0.0f, 0f, true), 0.0); // even without sampling in between
+            jb.Push(MakeFrame("t", 0, 0.0f), 20.0);
+            Assert.AreEqual(20.05, jb.Offset("t").Value, 1e-12);
+            Assert.AreEqual(1, jb.Buffered("t"));
+        }
+
+        [Test]
+        public void EndsWithoutFramesResetsRepeatedTimesAndTheSizeBound()
+        {
+            var jb = new JitterBuffer(Margin, 4);
+            jb.EndStream("nobody"); // harmless
+            jb.Push(MakeFrame("e", 0, 0.0f), 0.0);
+            jb.Push(MakeFrame("e", 0, 0.7f), 0.0); // same t_audio: replaces
+            Assert.AreEqual(1, jb.Buffered("e"));
+            Pose p;
+            Sample(jb, "e", 0.0, out p);
+            Assert.AreEqual(0.7f, p.Blendshapes[JawOpen], 1e-6);
+            for (ulong i = 1; i < 10; i++) jb.Push(MakeFrame("e", i, 0.0f), 0.0);
+            Assert.AreEqual(4, jb.Buffered("e")); // the oldest went
+            jb.ResetStream("e");
+            Assert.AreEqual(PlayState.Unknown, Sample(jb, "e", 0.0, out p));
+            jb.Push(MakeFrame("f", 0, 0.0f), 0.0);
+            jb.Push(MakeFrame("g", 0, 0.0f), 0.0);
+            Assert.AreEqual(2, jb.Streams().Length);
+            jb.Clear();
+            Assert.AreEqual(0, jb.Streams().Length);
+        }
+
+        [Test]
+        public void LerpEndpointsAreExact()
+        {
+            Pose a = new Pose(), b = new Pose(), c = new Pose();
+            a.Blendshapes[3] = 0.25f;
+            b.Blendshapes[3] = 0.75f;
+            a.Head[2] = -0.5f;
+            b.Head[2] = 0.5f;
+            c.Lerp(a, b, 0.0);
+            Assert.AreEqual(0.25f, c.Blendshapes[3]);
+            c.Lerp(a, b, 1.0);
+            Assert.AreEqual(0.75f, c.Blendshapes[3]);
+            c.Lerp(a, b, 0.5);
+            Assert.AreEqual(0.0f, c.Head[2]);
+        }
+
+        [Test]
+        public void TheAudioClockIsInterpolatedBetweenItsSteps()
+        {
+            var clock = new AudioClock();
+            const double step = 1024.0 / 48000; // 21.3 ms
+            Assert.AreEqual(10.0, clock.Sample(10.0, 500.000, step), 1e-12);
+            Assert.AreEqual(10.005, clock.Sample(10.0, 500.005, step), 1e-9);  // between steps: extrapolated
+            Assert.AreEqual(10.0 + step, clock.Sample(10.0, 500.100, step), 1e-9); // never more than one step
+            Assert.AreEqual(10.0 + step, clock.Sample(10.0 + step / 2, 500.101, step), 1e-9); // never backwards
+            Assert.AreEqual(10.0 + 2 * step, clock.Sample(10.0 + 2 * step, 500.120, step), 1e-9);
+        }
+    }
+}

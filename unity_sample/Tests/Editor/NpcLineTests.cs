@@ -1,0 +1,268 @@
+// NpcLine against the stand-in runtime: what goes on the wire (open_stream with the transcript,
+// f32le audio at the clip's pace with at_sample, end_stream), when playback starts (latency from
+// stats or frames, plus the margin, and never before the first frame), and the failures: an
+// absent runtime, a refusal, a restart mid-line.
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using NUnit.Framework;
+
+namespace Ksdiff.Tests
+{
+    [TestFixture]
+    [Category("LibZmq")]
+    public class NpcLineTests
+    {
+        FakeRuntime _rt;
+        KsdiffClient _client;
+
+        [SetUp]
+        public void SetUp()
+        {
+            FakeRuntime.RequireLibZmq();
+            _rt = new FakeRuntime();
+            _client = new KsdiffClient(new ClientOptions
+            {
+                PubEndpoint = _rt.PubEndpoint, RouterEndpoint = _rt.RouterEndpoint, Transport = () => new LibZmqTransport(),
+            });
+            _client.Start();
+            _rt.WaitSubscribed(Protocol.HelloTopic);
+            _rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("A"));
+            Assert.IsTrue(Wait.Until(() => _client.Status().State == ClientState.Live, 10));
+        }
+
+        [TearDown]
+        public void TearDown()
+        {
+            if (_client != null) _client.Dispose();
+            if (_rt != null) _rt.Dispose();
+        }
+
+        static float[] Tone(double seconds, int rate, int channels)
+        {
+            var s = new float[(int)(seconds * rate) * channels];
+            for (int i = 0; i < s.Length; i++) s[i] = (float)(0.5 * Math.Sin(i * 0.05));
+            return s;
+        }
+
+        // Runs `line` with the client's clock until `until` holds, answering the runtime's side
+        // with `serve` for each request; the audio "starts" the moment the line asks.
+        void Drive(NpcLine line, Func<bool> until, Action<KeyValuePair<byte[], byte[]>, Message> serve, double timeoutS = 10)
+        {
+            var watch = Stopwatch.StartNew();
+            while (!until())
+            {
+                Assert.Less(watch.Elapsed.TotalSeconds, timeoutS, "line stuck in " + line.State + " " + line.Failure);
+                line.Update();
+                if (line.ShouldStartPlayback) line.PlaybackStarted(_client.Now());
+                KeyValuePair<byte[], byte[]>? request = _rt == null ? null : _rt.TryReceive(0.005);
+                if (request.HasValue) serve(request.Value, new Decoder().Decode(request.Value.Value));
+            }
+        }
+
+        [Test]
+        public void ALineGoesOutAtItsOwnPaceAndEndsWithEveryFrame()
+        {
+            const int rate = 48000, channels = 2;
+            float[] clip = Tone(0.5, rate, channels);
+            var line = new NpcLine(_client, clip, rate, channels, new NpcLineOptions { Stream = "npc-guard-1", Transcript = "Halt!", Seed = 3 });
+            line.Start();
+            OpenStream open = null;
+            var audio = new List<Audio>();
+            var audioTimes = new List<double>();
+            double? playbackAt = null;
+            double startedAt = _client.Now();
+            ulong published = 0;
+            Drive(line, () => line.State == NpcLineState.Done, (r, m) =>
+            {
+                if (m is OpenStream)
+                {
+                    open = (OpenStream)m;
+                    _rt.Reply(r.Key, FakeRuntime.StreamOpened(open.Stream, open.Req.Value));
+                }
+                else if (m is Audio)
+                {
+                    audio.Add((Audio)m);
+                    audioTimes.Add(_client.Now());
+                    // The runtime's part: a frame per 1/30 s of audio received.
+                    ulong samples = 0;
+                    foreach (Audio a in audio) samples += (ulong)a.Pcm.Length / (4 * channels);
+                    while ((published + 1) * rate / 30 <= samples)
+                    {
+                        _rt.Publish(Protocol.FrameTopic(open.Stream), FakeRuntime.Frame(open.Stream, published));
+                        published++;
+                    }
+                }
+                else if (m is EndStream)
+                {
+                    _rt.Publish(Protocol.FrameTopic(open.Stream), FakeRuntime.Frame(open.Stream, published, 0f, true));
+                    _rt.Reply(r.Key, FakeRuntime.StreamEnded(open.Stream, published + 1, ((EndStream)m).Req.Value));
+                }
+                if (line.State == NpcLineState.Playing && !playbackAt.HasValue) playbackAt = _client.Now();
+            });
+            Assert.IsNull(line.Failure);
+            Assert.AreEqual("npc-guard-1", open.Stream);
+            Assert.AreEqual("Halt!", open.Transcript);
+            Assert.AreEqual(3L, open.Seed.Value);
+            Assert.AreEqual("f32le", open.Format);
+            Assert.AreEqual(48000u, open.SampleRate);
+            Assert.AreEqual(2u, open.Channels);
+            // Every sample, in order, placed with at_sample, seq 0, 1, 2, ...
+            var received = new List<float>();
+            for (int i = 0; i < audio.Count; i++)
+            {
+                Assert.AreEqual((ulong)i, audio[i].Seq);
+                Assert.AreEqual((ulong)(received.Count / channels), audio[i].AtSample.Value);
+                for (int k = 0; k < audio[i].Pcm.Length; k += 4) received.Add(BitConverter.ToSingle(audio[i].Pcm, k));
+                if (i + 1 < audio.Count) Assert.AreEqual(960 * channels * 4, audio[i].Pcm.Length, "20 ms messages");
+            }
+            Assert.AreEqual(clip, received.ToArray());
+            // At the clip's pace: the last message goes out about 0.5 s after the first, not at once.
+            Assert.Greater(audioTimes[audioTimes.Count - 1] - audioTimes[0], 0.4);
+            // Nothing known about the latency yet: the default, plus the margin.
+            Assert.IsFalse(line.LatencyWasKnown);
+            Assert.AreEqual(0.3 + 0.06, line.PlaybackDelayS, 1e-9);
+            Assert.GreaterOrEqual(playbackAt.Value - startedAt, 0.3, "playback waits for the latency");
+            Assert.AreEqual(published + 1, line.Total.Value);
+        }
+
+        [Test]
+        public void TheLatencyComesFromStatsAndFramesOfPushedStreams()
+        {
+            // A previous sdk stream whose frames showed 180 ms and whose stats said 240 ms.
+            _rt.WaitSubscribed(Protocol.FrameTopicPrefix);
+            _rt.Publish(Protocol.StreamTopic("old"), FakeRuntime.StreamStart("old", "sdk"));
+            _rt.Publish(Protocol.FrameTopic("old"), FakeRuntime.Frame("old", 0, 0f, false, 180));
+            _rt.Publish(Protocol.StatsTopic, FakeRuntime.Stats("old", 240));
+            Assert.IsTrue(Wait.Until(() => _client.Status().LastStats != null && _client.Stream("old") != null && _client.Stream("old").StatsLatencyP95Ms.HasValue, 10));
+            Assert.AreEqual(240.0, NpcLine.EstimateLatencyMs(_client.Status()).Value, 1e-9);
+            var line = new NpcLine(_client, Tone(0.1, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-2", MarginS = 0.05 });
+            line.Start();
+            Drive(line, () => line.State != NpcLineState.Opening, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-2", ((OpenStream)m).Req.Value));
+            });
+            Assert.IsTrue(line.LatencyWasKnown);
+            Assert.AreEqual(0.24 + 0.05, line.PlaybackDelayS, 1e-9);
+            // A mic stream only: its latency stands in (same model, same load).
+            var status = new ClientStatus();
+            status.Streams["mic"] = new StreamStatus { Stream = "mic", Source = "mic", LatencyP95Ms = 130, LastFrameS = 1 };
+            Assert.AreEqual(130.0, NpcLine.EstimateLatencyMs(status).Value);
+            status.Streams["npc"] = new StreamStatus { Stream = "npc", Source = "sdk", LatencyP95Ms = 110, LastFrameS = 1 };
+            Assert.AreEqual(110.0, NpcLine.EstimateLatencyMs(status).Value, "sdk streams first");
+            // The newest sdk stream speaks for the runtime's current load.
+            status.Streams["npc0"] = new StreamStatus { Stream = "npc0", Source = "sdk", LatencyP95Ms = 900, StatsLatencyP95Ms = 950, LastFrameS = 0.5 };
+            Assert.AreEqual(110.0, NpcLine.EstimateLatencyMs(status).Value);
+            status.Streams["npc2"] = new StreamStatus { Stream = "npc2", Source = "sdk", LatencyP95Ms = 150, StatsLatencyP95Ms = 170, LastFrameS = 2 };
+            Assert.AreEqual(170.0, NpcLine.EstimateLatencyMs(status).Value);
+            Assert.AreEqual(110.0, NpcLine.EstimateLatencyMs(status, "npc2").Value, "the line's own stream is not evidence");
+            Assert.IsNull(NpcLine.EstimateLatencyMs(new ClientStatus()));
+        }
+
+        [Test]
+        public void PlaybackNeverStartsBeforeTheFirstFrame()
+        {
+            var line = new NpcLine(_client, Tone(1.0, 16000, 1), 16000, 1,
+                                   new NpcLineOptions { Stream = "npc-slow", DefaultLatencyS = 0.05, MarginS = 0, FrameTimeoutS = 10 });
+            line.Start();
+            double opened = 0;
+            int audioMessages = 0;
+            Drive(line, () => audioMessages >= 20, (r, m) =>
+            {
+                if (m is OpenStream) { _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-slow", ((OpenStream)m).Req.Value)); opened = _client.Now(); }
+                if (m is Audio) audioMessages++;
+            });
+            // 0.4 s of audio pushed (at its pace), the 50 ms delay long past, no frame: still buffering.
+            Assert.Greater(_client.Now() - opened, 0.3);
+            Assert.AreEqual(NpcLineState.Buffering, line.State);
+            Assert.IsFalse(line.ShouldStartPlayback);
+            _rt.Publish(Protocol.FrameTopic("npc-slow"), FakeRuntime.Frame("npc-slow", 0));
+            Drive(line, () => line.State == NpcLineState.Playing, (r, m) => { });
+            Assert.Greater(opened, 0);
+        }
+
+        [Test]
+        public void AnAbsentRuntimeFailsTheLineWithinTheOpenTimeout()
+        {
+            _rt.Dispose(); // the runtime goes away after the client connected
+            _rt = null;
+            var line = new NpcLine(_client, Tone(0.2, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-3", OpenTimeoutS = 0.3 });
+            line.Start();
+            Assert.IsTrue(Wait.Until(() => line.Update() == NpcLineState.Failed, 5));
+            Assert.IsTrue(line.Failure.Contains("no reply to open_stream"), line.Failure);
+            Assert.IsFalse(line.ShouldStartPlayback);
+        }
+
+        [Test]
+        public void ARefusedOrLostLineFailsWithTheReason()
+        {
+            var busy = new NpcLine(_client, Tone(0.2, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-4" });
+            busy.Start();
+            Drive(busy, () => busy.State == NpcLineState.Failed, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.Error("busy", "open_stream", "npc-4", ((OpenStream)m).Req));
+            });
+            Assert.IsTrue(busy.Failure.Contains("busy"), busy.Failure);
+
+            var lost = new NpcLine(_client, Tone(2.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-5" });
+            lost.Start();
+            bool restarted = false;
+            Drive(lost, () => lost.State == NpcLineState.Failed, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-5", ((OpenStream)m).Req.Value));
+                if (m is Audio && !restarted)
+                {
+                    restarted = true;
+                    _rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("B")); // a new runtime process
+                }
+            });
+            Assert.IsTrue(lost.Failure.Contains("restarted"), lost.Failure);
+
+            Assert.Throws<ArgumentException>(() => new NpcLine(_client, new float[0], 16000, 1, new NpcLineOptions { Stream = "x" }));
+            Assert.Throws<ProtocolException>(() => new NpcLine(_client, new float[1], 16000, 1, new NpcLineOptions { Stream = ".." }));
+        }
+
+        [Test]
+        public void AnOfflineLinePushesEverythingAtOnceAndCollectsEveryFrame()
+        {
+            const int rate = 16000;
+            float[] clip = Tone(0.4, rate, 1);
+            var line = new OfflineLine(_client, clip, rate, 1, new NpcLineOptions { Stream = "bake-1", Transcript = "Hi." });
+            line.Start();
+            var audio = new List<Audio>();
+            var watch = Stopwatch.StartNew();
+            while (line.Update() != OfflineLineState.Done)
+            {
+                Assert.AreNotEqual(OfflineLineState.Failed, line.State, line.Failure);
+                Assert.Less(watch.Elapsed.TotalSeconds, 10, "stuck in " + line.State);
+                KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
+                if (!r.HasValue) continue;
+                Message m = new Decoder().Decode(r.Value.Value);
+                if (m is OpenStream) _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("bake-1", ((OpenStream)m).Req.Value));
+                if (m is Audio) audio.Add((Audio)m);
+                if (m is EndStream)
+                {
+                    for (ulong i = 0; i < 12; i++) _rt.Publish(Protocol.FrameTopic("bake-1"), FakeRuntime.Frame("bake-1", i, 0.1f, i == 11));
+                    _rt.Reply(r.Value.Key, FakeRuntime.StreamEnded("bake-1", 12, ((EndStream)m).Req.Value));
+                }
+            }
+            Assert.AreEqual(4, audio.Count, "0.4 s in 100 ms messages, sent at once");
+            Assert.AreEqual(12UL, line.Total.Value);
+            Assert.AreEqual(12, line.Recorder.Count);
+            Assert.Less(watch.Elapsed.TotalSeconds, 0.4, "no pacing: faster than the clip");
+        }
+
+        [Test]
+        public void StreamIdsForLinesAreValidAndDistinct()
+        {
+            var random = new Random(1);
+            string a = NpcLine.StreamIdFor("Guard (Captain) #2 / éclair", 1, random);
+            string b = NpcLine.StreamIdFor("Guard (Captain) #2 / éclair", 1, random);
+            Assert.IsTrue(Protocol.IsValidStreamId(a), a);
+            Assert.IsTrue(a.StartsWith("Guard-Captain-2-clair-1-"), a);
+            Assert.AreNotEqual(a, b);
+            Assert.IsTrue(Protocol.IsValidStreamId(NpcLine.StreamIdFor(new string('x', 500), ulong.MaxValue, random)));
+            Assert.IsTrue(NpcLine.StreamIdFor("..", 3, random).StartsWith("npc-3-"));
+        }
+    }
+}
