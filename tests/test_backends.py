@@ -14,19 +14,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
 from ksdiff_runtime import cli
 from ksdiff_runtime.backends import BACKEND_NAMES, BackendError, load_backend
 from ksdiff_runtime.backends import export as export_mod
-from ksdiff_runtime.backends.export import (
-    EXPORT_FORMAT,
-    ExportError,
-    ensure_export,
-    export_model,
-    load_export,
-)
+from ksdiff_runtime.backends.artifact import EXPORT_FORMAT, ExportError, load_export
+from ksdiff_runtime.backends.export import denoiser_inputs, ensure_export, export_model
 from ksdiff_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from ksdiff_runtime.backends.tensorrt_backend import (
     BuildSettings,
@@ -44,7 +40,7 @@ from ksdiff_runtime.backends.torch_backend import TorchBackend
 from ksdiff_runtime.engine.sampling import Guidance, WindowBatch, sample_windows
 from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.graphs import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.io import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
 from ksdiff_runtime.model.ksdiff import KSDiff
 
 TINY_MODEL = dict(d_model=32, n_heads=2, denoiser_layers=1, kel_hidden=16, style_dim=8, n_msdc_blocks=1)
@@ -106,7 +102,7 @@ def save_tiny(path: Path, seed: int) -> Path:
 def test_manifest_describes_the_export(shipped_export: Path):
     cfg, constants, manifest = load_export(shipped_export)
     model = load_model(DEFAULT_CHECKPOINT)
-    assert manifest["format"] == EXPORT_FORMAT and manifest["opset"] == 17 and manifest["dtype"] == "float32"
+    assert manifest["format"] == EXPORT_FORMAT and manifest["opset"] == 17 and manifest["dtype"].startswith("float32")
     assert cfg == model.cfg
     assert ModelConfig.from_dict(manifest["config"]) == model.cfg
     assert manifest["graphs"]["conditioner"]["inputs"] == list(CONDITIONER_INPUTS)
@@ -123,6 +119,34 @@ def test_manifest_describes_the_export(shipped_export: Path):
     ref = TorchBackend(model).constants
     for name in ("expr_mean", "expr_std", "pose_mean", "pose_std", "style_null", "alpha_bar"):
         np.testing.assert_array_equal(getattr(constants, name), getattr(ref, name))
+
+
+def test_float16_weights_are_stored_as_float16_and_give_the_same_numbers(tiny_checkpoint: Path, tmp_path: Path):
+    """compact_weights halves the files and changes nothing ONNX Runtime computes: the same float32
+    numbers reach the graph (the weights of a float16 checkpoint are exact in float16)."""
+    import onnx
+
+    out = export_model(tiny_checkpoint, tmp_path / "exp", progress=False).path
+    plain = tmp_path / "plain.onnx"
+    compact = out / "denoiser.onnx"
+    model = onnx.load(str(compact))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    # undo the compaction by hand: the float16 initializers back to float32, the casts dropped
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT16:
+            value = onnx.numpy_helper.to_array(init).astype(np.float32)
+            init.CopyFrom(onnx.numpy_helper.from_array(value, init.name.removesuffix("__fp16")))
+    kept = [n for n in model.graph.node if not n.name.endswith("__cast")]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    onnx.save(model, str(plain))
+    assert compact.stat().st_size < 0.7 * plain.stat().st_size  # (a tiny model: the graph itself weighs in)
+    cfg, _, _ = load_export(out)
+    feeds = denoiser_inputs(cfg, 2, 9)
+    a = ort.InferenceSession(str(compact), providers=["CPUExecutionProvider"]).run(None, feeds)
+    b = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_export_is_idempotent_and_atomic(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -278,7 +302,6 @@ def test_tensorrt_without_tensorrt_is_a_clear_error(tiny_checkpoint, tmp_path, c
 def test_gpu_backends_without_a_gpu_are_clear_errors(tiny_checkpoint, tmp_path):
     with pytest.raises(BackendError, match="torch-cuda: torch sees no CUDA GPU"):
         load_backend("torch-cuda", tiny_checkpoint)
-    import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(BackendError, match="no CUDAExecutionProvider"):
@@ -439,7 +462,6 @@ def test_cuda_graph_replay_matches_eager():
 @pytest.mark.gpu
 @needs_cuda
 def test_onnxruntime_cuda_matches_torch(shipped_export, shipped_torch):
-    import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -217,30 +218,32 @@ def test_silence_bakes(tmp_path: Path, tiny_checkpoint: Path) -> None:
     assert_valid_csv(out, motion.FPS)
 
 
-@pytest.mark.parametrize("n_samples", [0, 100, motion.SAMPLE_RATE // motion.FPS - 1])
+@pytest.mark.parametrize(("n_samples", "rows"), [(0, 0), (100, 1), (motion.SAMPLE_RATE // motion.FPS - 1, 1)])
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
-def test_audio_shorter_than_a_frame_gives_an_empty_animation(tmp_path: Path, tiny_checkpoint: Path,
-                                                             n_samples: int, suffix: str) -> None:
+def test_audio_shorter_than_a_frame_gives_the_frame_of_its_partial_period(tmp_path: Path, tiny_checkpoint: Path,
+                                                                          n_samples: int, rows: int,
+                                                                          suffix: str) -> None:
+    """One frame per started frame period (as a stream yields, protocol/SPEC.md 4.2); no audio, no frame."""
     wav = tmp_path / "short.wav"
     sf.write(str(wav), np.full(n_samples, 1000, dtype=np.int16), motion.SAMPLE_RATE, subtype="PCM_16")
-    assert motion.num_frames(n_samples) == 0
     out = tmp_path / f"out{suffix}"
     assert bake(wav, out, tiny_checkpoint) == 0
     if suffix == ".csv":
         header, values, _ = read_csv(out)
-        assert header[:3] == ["Timecode", "BlendShapeCount", "EyeBlinkLeft"] and len(values) == 0
+        assert header[:3] == ["Timecode", "BlendShapeCount", "EyeBlinkLeft"] and len(values) == rows
     else:
         doc = json.loads(out.read_text())
-        assert doc["frames"] == [] and doc["blendshape_names"] == list(motion.BLENDSHAPES)
+        assert len(doc["frames"]) == rows and doc["blendshape_names"] == list(motion.BLENDSHAPES)
 
 
-def test_one_frame_of_audio_gives_one_row(tmp_path: Path, tiny_checkpoint: Path, speech_16k: np.ndarray) -> None:
+def test_one_frame_and_a_sample_of_audio_gives_two_rows(tmp_path: Path, tiny_checkpoint: Path,
+                                                        speech_16k: np.ndarray) -> None:
     n = motion.SAMPLE_RATE // motion.FPS + 1
     wav = tmp_path / "one.wav"
     sf.write(str(wav), speech_16k[:n], motion.SAMPLE_RATE, subtype="PCM_16")
     out = tmp_path / "out.csv"
     assert bake(wav, out, tiny_checkpoint) == 0
-    assert_valid_csv(out, 1)
+    assert_valid_csv(out, 2)
 
 
 def test_stereo_44k1_gives_the_frame_count_of_its_duration(tmp_path: Path, speech_16k: np.ndarray,
@@ -252,6 +255,6 @@ def test_stereo_44k1_gives_the_frame_count_of_its_duration(tmp_path: Path, speec
     assert sf.info(str(wav)).channels == 2
     out = tmp_path / "out.csv"
     assert bake(wav, out, tiny_checkpoint) == 0
-    expected = motion.num_frames(len(mono), sample_rate=44_100)
-    assert expected == motion.num_frames(len(speech_16k)) == 45
+    expected = math.ceil(len(mono) * motion.FPS / 44_100)
+    assert expected == 45
     assert_valid_csv(out, expected)

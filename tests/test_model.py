@@ -12,14 +12,8 @@ from ksdiff_runtime.engine.sampling import Guidance, WindowBatch, sample_windows
 from ksdiff_runtime.engine.scheduler import DDIMScheduler
 from ksdiff_runtime.model.checkpoint import CheckpointError, load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.graphs import (
-    CONDITIONER_INPUTS,
-    CONDITIONER_OUTPUTS,
-    DENOISER_INPUTS,
-    DENOISER_OUTPUTS,
-    WindowConditioner,
-    WindowDenoiser,
-)
+from ksdiff_runtime.model.graphs import WindowConditioner, WindowDenoiser
+from ksdiff_runtime.model.io import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
 from ksdiff_runtime.model.ksdiff import KSDiff
 from ksdiff_runtime.model.scheduler import NoiseScheduler
 

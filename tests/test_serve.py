@@ -219,7 +219,8 @@ def test_shutdown_while_busy_ends_every_stream_within_2_s(serve_engine, speech_1
     """The engine in the middle of seconds of queued audio on two streams (8 kHz s16le, pushed ahead of
     real time as far as allowed): stop() publishes a closing frame (last, neutral) and stream_end reason
     shutdown for each, and returns within 2 s; the io thread stops cleanly."""
-    rt = Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_ahead_s=6).start()
+    rt = Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_ahead_s=6,
+                 admission=False).start()
     peer = Peer(rt)
     try:
         x = (resample_poly(speech(5.0, speech_16k), 1, 2).clip(-1, 1) * 32767).astype("<i2").tobytes()

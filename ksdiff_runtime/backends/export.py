@@ -1,22 +1,15 @@
-"""Export a checkpoint to ONNX for the ONNX Runtime and TensorRT backends, and read exports back.
+"""Export a checkpoint to ONNX for the ONNX Runtime and TensorRT backends (needs torch; reading an
+export back does not: backends/artifact.py describes the directory).
 
-An export is a directory:
-
-    conditioner.onnx   WindowConditioner (KSDiff.condition), float32
-    denoiser.onnx      WindowDenoiser (KSDiff.denoise), float32
-    constants.npz      ModelConstants (motion normalisation, null style, noise schedule)
-    manifest.json      format, model config, graph input/output names and dynamic axes, opset,
-                       checkpoint sha256, model_hash (sha256 over both ONNX files), versions,
-                       and the ONNX Runtime vs torch errors measured right after the export
-
-Batch and time are dynamic axes, so one export serves any number of streams, CFG variants and
-window lengths. The export is written into a temporary sibling directory, verified there, and
-only then renamed into place: a crash never leaves a half-written export where a backend looks.
+The graphs are float32 with dynamic batch and time axes; weights that a float16 checkpoint holds
+exactly are stored as float16 initializers cast to float32 inside the graph (ONNX Runtime folds
+the casts when it loads: the same numbers, half the file). The export is written into a temporary
+sibling directory, verified there, and only then renamed into place: a crash never leaves a
+half-written export where a backend looks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,67 +21,47 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from tqdm import tqdm
 
-from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.graphs import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.checkpoint import load_model
+from ksdiff_runtime.model.config import CheckpointError, ModelConfig
+from ksdiff_runtime.model.graphs import WindowConditioner, WindowDenoiser
+from ksdiff_runtime.model.io import (
+    CONDITIONER_INPUTS,
+    CONDITIONER_OUTPUTS,
+    DENOISER_INPUTS,
+    DENOISER_OUTPUTS,
+    INT64_INPUTS,
+)
 
-from .base import BackendError, ModelConstants
+from .artifact import (
+    CONDITIONER_AXES,
+    CONDITIONER_FILE,
+    CONSTANTS_FILE,
+    DENOISER_AXES,
+    DENOISER_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    MANIFEST_FILE,
+    OPSET,
+    ExportError,
+    export_of,
+    load_export,
+    model_hash,
+    sha256_file,
+)
+from .base import ModelConstants
 
 log = logging.getLogger("ksdiff_runtime.backends")
 
-EXPORT_FORMAT = "ksdiff-onnx-export"
-EXPORT_VERSION = 1
-OPSET = 17
-CONDITIONER_FILE = "conditioner.onnx"
-DENOISER_FILE = "denoiser.onnx"
-CONSTANTS_FILE = "constants.npz"
-MANIFEST_FILE = "manifest.json"
 DEFAULT_EXPORT_DIR = Path("exports/ksdiff")
 # ONNX Runtime vs torch on random inputs, float32: a correct export lands around 1e-6..1e-5;
 # anything above this is a broken graph, not rounding.
 VERIFY_TOLERANCE = 1e-3
-
-# symbolic axes: B batch (streams x CFG variants), S feature frames, P transcript tokens,
-# N new frames, T = C + N motion frames
-CONDITIONER_AXES: dict[str, dict[int, str]] = {
-    "feats": {0: "B", 1: "S"}, "prosody": {0: "B", 1: "S"}, "text": {0: "B", 1: "P"}, "audio_keep": {0: "B"},
-    "text_keep": {0: "B"}, "prev_expr": {0: "B"}, "prev_pose": {0: "B"}, "known": {0: "B"}, "n_new": {0: "N"},
-    "f_e": {0: "B", 1: "T"}, "f_h": {0: "B", 1: "T"}, "key_prob_e": {0: "B", 1: "N"}, "key_value_e": {0: "B", 1: "N"},
-    "key_prob_p": {0: "B", 1: "N"}, "key_value_p": {0: "B", 1: "N"},
-}
-DENOISER_AXES: dict[str, dict[int, str]] = (
-    {n: {0: "B", 1: "T"} for n in DENOISER_INPUTS[:9]} | {"t": {0: "B"}, "style": {0: "B"}}
-    | {n: {0: "B", 1: "T"} for n in DENOISER_OUTPUTS}
-)
-INT64_INPUTS = frozenset({"text", "t"})
-
-
-class ExportError(BackendError):
-    """An export directory that cannot be used (missing, corrupt, another format); says which and why."""
-
-
-def default_cache_dir() -> Path:
-    """Root of ksdiff-runtime's caches: $KSDIFF_RUNTIME_CACHE, else $XDG_CACHE_HOME/ksdiff-runtime, else ~/.cache/."""
-    if os.environ.get("KSDIFF_RUNTIME_CACHE"):
-        return Path(os.environ["KSDIFF_RUNTIME_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ksdiff-runtime"
-
-
-def sha256_file(*paths: Path) -> str:
-    """sha256 over the bytes of the files, in order (read in 1 MiB blocks: engines can be large)."""
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def model_hash(export_dir: Path) -> str:
-    """sha256 over both ONNX files' bytes (conditioner then denoiser): names the exported graphs + weights."""
-    return sha256_file(Path(export_dir) / CONDITIONER_FILE, Path(export_dir) / DENOISER_FILE)
-
 
 # --- random graph inputs (export tracing and verification) --------------------------------------
 def conditioner_inputs(cfg: ModelConfig, B: int, N: int, P: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -138,8 +111,6 @@ class ExportResult:
 
 def _export_graph(module, inputs: dict[str, np.ndarray], path: Path, input_names: tuple[str, ...],
                   output_names: tuple[str, ...], axes: dict[str, dict[int, str]]) -> None:
-    import torch
-
     args = tuple(torch.from_numpy(inputs[n]) for n in input_names)
     with warnings.catch_warnings():
         # the tracer warns about shape-dependent Python values (the n_new placeholder, slicing by
@@ -155,11 +126,6 @@ def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
                   threads: int | None = None) -> dict[str, float]:
     """Max abs error, ONNX Runtime vs torch, per graph, on random inputs of a batch size and window
     length other than the export's (so the dynamic axes are exercised, not just replayed)."""
-    import onnxruntime as ort
-    import torch
-
-    from ksdiff_runtime.model.graphs import WindowConditioner, WindowDenoiser
-
     cfg = model.cfg
     opts = ort.SessionOptions()
     if threads:
@@ -186,14 +152,6 @@ def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
 
 def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, float]:
     """All files of an export into ``out`` (an empty directory); returns the verification errors."""
-    import onnx
-    import onnxruntime as ort
-    import torch
-    from tqdm import tqdm
-
-    from ksdiff_runtime.model.checkpoint import load_model
-    from ksdiff_runtime.model.graphs import WindowConditioner, WindowDenoiser
-
     stages = ["load checkpoint", "export conditioner", "export denoiser", "verify with ONNX Runtime", "manifest"]
     bar = tqdm(stages, desc="export", unit="stage", disable=not progress, leave=False)
     bar.set_postfix_str(stages[0])
@@ -212,6 +170,7 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
     _export_graph(WindowDenoiser(model).eval(), denoiser_inputs(cfg, 2, N), out / DENOISER_FILE, DENOISER_INPUTS,
                   DENOISER_OUTPUTS, DENOISER_AXES)
     for file in (CONDITIONER_FILE, DENOISER_FILE):
+        compact_weights(out / file)
         onnx.checker.check_model(str(out / file))
     bar.update()
     bar.set_postfix_str(stages[3])
@@ -228,7 +187,7 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
         "version": EXPORT_VERSION,
         "config": cfg.to_dict(),
         "opset": OPSET,
-        "dtype": "float32",
+        "dtype": "float32 (weights exact in float16 stored as float16 + Cast)",
         "graphs": {
             "conditioner": {"file": CONDITIONER_FILE, "inputs": list(CONDITIONER_INPUTS),
                             "outputs": list(CONDITIONER_OUTPUTS), "dynamic_axes": CONDITIONER_AXES},
@@ -273,8 +232,6 @@ def export_model(checkpoint: str | Path, out_dir: str | Path = DEFAULT_EXPORT_DI
     Idempotent: the same checkpoint and versions give the same files. Atomic: everything is written
     and checked in a temporary sibling directory first; only a complete export is renamed into place.
     """
-    from ksdiff_runtime.model.checkpoint import CheckpointError
-
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint {checkpoint} does not exist")
@@ -295,73 +252,40 @@ def export_model(checkpoint: str | Path, out_dir: str | Path = DEFAULT_EXPORT_DI
     return ExportResult(out_dir, manifest, errors)
 
 
-# --- reading an export back ---------------------------------------------------------------------
-def read_manifest(export_dir: str | Path) -> dict[str, Any]:
-    export_dir = Path(export_dir)
-    path = export_dir / MANIFEST_FILE
-    if not export_dir.is_dir():
-        raise ExportError(f"export {export_dir} does not exist (run `ksdiff-runtime export -o {export_dir}`)")
-    if not path.is_file():
-        raise ExportError(f"export {export_dir} has no {MANIFEST_FILE}: not an export, or an interrupted one")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExportError(f"export {export_dir}: {MANIFEST_FILE} is corrupt: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ExportError(f"export {export_dir}: {MANIFEST_FILE} has format {found!r}, not {EXPORT_FORMAT!r}")
-    if manifest.get("version") != EXPORT_VERSION:
-        raise ExportError(f"export {export_dir} has {EXPORT_FORMAT} version {manifest.get('version')!r}; this code "
-                          f"reads version {EXPORT_VERSION} (re-export it)")
-    return manifest
-
-
-def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, dict[str, Any]]:
-    """(config, constants, manifest) of an export; ExportError naming the directory and the problem."""
-    export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)
-    missing = [f for f in (CONDITIONER_FILE, DENOISER_FILE, CONSTANTS_FILE) if not (export_dir / f).is_file()]
-    if missing:
-        raise ExportError(f"export {export_dir} is incomplete: missing {', '.join(missing)}")
-    expected = {"conditioner": (CONDITIONER_INPUTS, CONDITIONER_OUTPUTS),
-                "denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS)}
-    for graph, (inputs, outputs) in expected.items():
-        entry = manifest.get("graphs", {}).get(graph, {})
-        if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:
-            raise ExportError(f"export {export_dir}: the {graph} graph's inputs/outputs differ from this code's "
-                              f"(re-export it)")
-    # the hash is cheap (tens of MB) and catches truncated or swapped ONNX files; TensorRT engines
-    # are cached under this hash, so it must describe the files actually there
-    actual = model_hash(export_dir)
-    if actual != manifest.get("model_hash"):
-        raise ExportError(f"export {export_dir}: the ONNX files do not match the manifest's model_hash "
-                          f"(corrupt or modified; re-export it)")
-    try:
-        cfg = ModelConfig.from_dict(manifest["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"export {export_dir}: its model config does not match this code: {exc}") from exc
-    try:
-        constants = ModelConstants.load(export_dir / CONSTANTS_FILE, cfg)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise ExportError(f"export {export_dir}: {CONSTANTS_FILE} is corrupt: {exc}") from exc
-    return cfg, constants, manifest
-
-
 def ensure_export(checkpoint: str | Path, export_dir: str | Path, progress: bool = False) -> Path:
     """An export of ``checkpoint`` in ``export_dir``: reused when valid and made from the same checkpoint
     (sha256), otherwise (re-)exported."""
     checkpoint, export_dir = Path(checkpoint), Path(export_dir)
-    if export_dir.exists():
-        try:
-            _, _, manifest = load_export(export_dir)
-        except ExportError as exc:
-            log.warning("re-exporting: %s", exc)
-        else:
-            if manifest["checkpoint"]["sha256"] == sha256_file(checkpoint):
-                log.debug("reusing export %s", export_dir)
-                return export_dir
-            log.info("re-exporting %s: it was made from another checkpoint than %s", export_dir, checkpoint)
-    else:
-        log.info("exporting %s to %s (once; later runs reuse it)", checkpoint, export_dir)
+    if export_of(checkpoint, export_dir):
+        log.debug("reusing export %s", export_dir)
+        return export_dir
+    log.info("exporting %s to %s (once; later runs reuse it)", checkpoint, export_dir)
     export_model(checkpoint, export_dir, progress=progress)
     return export_dir
+
+
+def compact_weights(path: Path) -> int:
+    """Store the graph's float32 weights that are exactly float16 (all of a float16 checkpoint's) as float16
+    initializers followed by a Cast to float32; returns the bytes saved. ONNX Runtime folds the casts at
+    load, so inference sees the very same float32 numbers."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts, kept, saved = [], [], 0
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            value = numpy_helper.to_array(init)
+            half = value.astype(np.float16)
+            if value.size >= 16 and np.array_equal(half.astype(np.float32), value):
+                kept.append(numpy_helper.from_array(half, f"{init.name}__fp16"))
+                casts.append(helper.make_node("Cast", [f"{init.name}__fp16"], [init.name], to=TensorProto.FLOAT,
+                                              name=f"{init.name}__cast"))
+                saved += value.nbytes - half.nbytes
+                continue
+        kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    onnx.save(model, str(path))
+    return saved

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ksdiff_runtime.model.graphs import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.io import (
+    CONDITIONER_INPUTS,
+    CONDITIONER_OUTPUTS,
+    DENOISER_INPUTS,
+    DENOISER_OUTPUTS,
+    INT64_INPUTS,
+)
 
+from .artifact import CONDITIONER_FILE, DENOISER_FILE, load_export
 from .base import BackendError
-from .export import CONDITIONER_FILE, DENOISER_FILE, INT64_INPUTS, load_export
 
 
 def as_feeds(feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:

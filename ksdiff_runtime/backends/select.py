@@ -5,9 +5,10 @@
     onnxruntime       onnxruntime-cuda if this onnxruntime build has the CUDA provider, else onnxruntime-cpu
     torch-cpu, torch-cuda, onnxruntime-cpu, onnxruntime-cuda, tensorrt: exactly that one
 
-The ONNX-based backends need an export of the checkpoint; it is made on first use in a cache
-directory named by the checkpoint's sha256 and reused afterwards (re-made if the directory holds
-an export of another checkpoint or a broken one).
+The ONNX-based backends need an export of the checkpoint: the bundled checkpoint's ships beside it
+(no torch needed); another checkpoint's is made on first use (with torch) in a cache directory named
+by its sha256 and reused afterwards (re-made if the directory holds an export of another checkpoint
+or a broken one).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT, CheckpointError
 
+from .artifact import SHIPPED_EXPORT, default_cache_dir, export_of, sha256_file
 from .base import Backend, BackendError
-from .export import default_cache_dir, ensure_export, sha256_file
 
 log = logging.getLogger("ksdiff_runtime.backends")
 
@@ -41,10 +42,14 @@ def default_export_dir(checkpoint: str | Path) -> Path:
 
 def unavailable_reason(name: str) -> str | None:
     """Why ``name`` cannot run here, found cheaply (no export, no engine build); None: worth trying."""
-    if name == "torch-cuda":
-        import torch
-
-        return None if torch.cuda.is_available() else "torch sees no CUDA GPU"
+    if name in ("torch-cpu", "torch-cuda"):
+        try:
+            import torch
+        except ImportError:
+            return "torch is not installed (a light install: pip install 'ksdiff-runtime[train]' for it)"
+        if name == "torch-cuda" and not torch.cuda.is_available():
+            return "torch sees no CUDA GPU"
+        return None
     if name == "onnxruntime-cuda":
         import onnxruntime as ort
 
@@ -88,7 +93,7 @@ def _load(name: str, checkpoint: Path, export_dir: Path | None, device_index: in
 
         device = f"cuda:{device_index}" if name == "torch-cuda" else "cpu"
         return TorchBackend(load_model(checkpoint), device=device, cuda_graphs=cuda_graphs)
-    export_dir = ensure_export(checkpoint, export_dir or default_export_dir(checkpoint))
+    export_dir = _export(checkpoint, export_dir)
     if name in ("onnxruntime-cpu", "onnxruntime-cuda"):
         from .onnxruntime_backend import OnnxRuntimeBackend
 
@@ -96,6 +101,24 @@ def _load(name: str, checkpoint: Path, export_dir: Path | None, device_index: in
     from .tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(export_dir, device_index=device_index, cache_dir=engine_cache)
+
+
+def _export(checkpoint: Path, export_dir: Path | None) -> Path:
+    """The export to run ``checkpoint`` from: the shipped one for the bundled checkpoint, else one in
+    ``export_dir`` (default: the cache), made now if it is not there (which needs torch)."""
+    if export_dir is None and export_of(checkpoint, SHIPPED_EXPORT):
+        return SHIPPED_EXPORT
+    target = export_dir or default_export_dir(checkpoint)
+    if export_of(checkpoint, target):
+        return target
+    try:
+        from .export import ensure_export  # the one place torch is needed on this path: making an export
+    except ImportError as exc:
+        raise BackendUnavailableError(f"{checkpoint} has no ONNX export in {target}, and making one needs "
+                                      f"torch ({exc.name} is not installed): pip install 'ksdiff-runtime[train]', or "
+                                      f"run `ksdiff-runtime export --checkpoint {checkpoint} -o {target}` where "
+                                      "torch is installed") from exc
+    return ensure_export(checkpoint, target)
 
 
 def load_backend(

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.graphs import CONDITIONER_OUTPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.io import CONDITIONER_OUTPUTS, DENOISER_OUTPUTS
 
+from .artifact import CONDITIONER_FILE, DENOISER_FILE, default_cache_dir, load_export, sha256_file
 from .base import BackendError
-from .export import CONDITIONER_FILE, DENOISER_FILE, default_cache_dir, load_export, sha256_file
 
 log = logging.getLogger("ksdiff_runtime.backends")
 

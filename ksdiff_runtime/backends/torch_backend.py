@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from ksdiff_runtime.model.graphs import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.io import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
 from ksdiff_runtime.model.ksdiff import KSDiff
 
 from .base import BackendError, ModelConstants

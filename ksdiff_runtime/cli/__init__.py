@@ -65,7 +65,8 @@ def _configure(p: argparse.ArgumentParser, command: str, module_name: str) -> No
             print(f"error: {command}: {missing} is not installed; {NEEDS_TRAINING_EXTRAS}", file=sys.stderr)
             return 2
 
-        p.set_defaults(func=unavailable)
+        p.description = f"{p.description} (not available here: {missing} is not installed; {NEEDS_TRAINING_EXTRAS})"
+        p.set_defaults(func=unavailable, unavailable=True)  # its own flags are not known here: accepted, unread
         return
     getattr(module, "configure_" + command.replace("-", "_"))(p)
 
@@ -73,7 +74,9 @@ def _configure(p: argparse.ArgumentParser, command: str, module_name: str) -> No
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

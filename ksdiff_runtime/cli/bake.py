@@ -16,7 +16,9 @@ import numpy as np
 from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends import load_backend
+from ksdiff_runtime.cli.plots import pyplot
 from ksdiff_runtime.engine.offline import animate, clip_inputs
+from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 from ksdiff_runtime.outputs import files
@@ -56,10 +58,11 @@ def run_bake(args: argparse.Namespace) -> int:
         text = SAMPLE_SPEECH.with_suffix(".txt").read_text().strip()
     backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True)
     started = time.perf_counter()
-    anim = animate(backend, [clip_inputs(backend, audio, text)], steps=args.steps, seeds=[args.seed])[0]
+    anim = animate(backend, [clip_inputs(backend, audio, text, fps=args.fps)], steps=args.steps, seeds=[args.seed])[0]
     elapsed = time.perf_counter() - started
-    blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps).clip(0.0, 1.0)
-    head = files.resample_frames(anim.head, motion.FPS, args.fps)
+    n_out = output_frames(audio.size, args.fps)  # one frame per started frame period, as a stream yields
+    blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps, n_out).clip(0.0, 1.0)
+    head = files.resample_frames(anim.head, motion.FPS, args.fps, n_out)
     gaze = motion.gaze_from_blendshapes(blendshapes)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
@@ -77,11 +80,7 @@ def run_bake(args: argparse.Namespace) -> int:
 
 def plot_curves(path: Path, audio: np.ndarray, blendshapes: np.ndarray, head: np.ndarray, fps: int,
                 title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     t = np.arange(len(blendshapes)) / fps
     fig, axes = plt.subplots(4, 1, figsize=(11, 9), sharex=True)
     axes[0].plot(np.arange(len(audio)) / motion.SAMPLE_RATE, audio, color="0.4", lw=0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT
 from ksdiff_runtime.backends.export import DEFAULT_EXPORT_DIR, export_model
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
@@ -15,12 +16,17 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_EXPORT_DIR,
                    help=f"export directory, replaced atomically if it exists (default {DEFAULT_EXPORT_DIR})")
+    p.add_argument("--ship", action="store_true", help=f"export the bundled checkpoint to {SHIPPED_EXPORT}, the export "
+                   "a runtime without torch uses (after retraining and shipping a new checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    result = export_model(args.checkpoint or DEFAULT_CHECKPOINT, args.output, progress=not args.no_progress)
+    if args.ship and args.checkpoint not in (None, DEFAULT_CHECKPOINT):
+        raise SystemExit("error: --ship exports the bundled checkpoint; leave --checkpoint out")
+    out = SHIPPED_EXPORT if args.ship else args.output
+    result = export_model(args.checkpoint or DEFAULT_CHECKPOINT, out, progress=not args.no_progress)
     m = result.manifest
     print(f"exported {m['checkpoint']['name']} -> {result.path} (opset {m['opset']}, model_hash "
           f"{m['model_hash'][:16]})")

@@ -244,10 +244,7 @@ class StreamingEngine:
     def _update_features(self, state: StreamState, upto: int, one_call: bool,
                          front_end: BlockwiseFrontEnd | None = None) -> Exception | None:
         """Run a stream's front-end (on a pool thread: with that thread's own recogniser)."""
-        if front_end is None:
-            if not hasattr(self._local, "front_end"):
-                self._local.front_end = make_front_end(self.front_end.config)
-            front_end = self._local.front_end
+        front_end = front_end or self._thread_front_end()
         try:
             state.update_features(upto, one_call, front_end)
         except Exception as exc:
@@ -329,6 +326,7 @@ class StreamingEngine:
         audio, the transcript's G2P, a resampler), then measure what a stream costs (``capacity``).
         ``audio``: 16 kHz speech (default: the bundled sample). Returns the seconds it took."""
         t0 = time.perf_counter()
+        self._warm_pool()
         if audio is None:
             audio, _ = load_audio(SAMPLE_SPEECH)
         clip = np.asarray(audio, np.float32)[: int(WARM_UP_S * motion.SAMPLE_RATE)]
@@ -346,6 +344,27 @@ class StreamingEngine:
                 self.capacity.calibrate((time.process_time() - cpu0) / WARM_UP_S)
             self.sessions.remove(session)
         return time.perf_counter() - t0
+
+    def _warm_pool(self) -> None:
+        """Give every front-end thread its recogniser now: each loads its own model on first use (~0.5 s),
+        which would otherwise stall the first round that has two streams."""
+        if self._pool is None:
+            return
+        workers = self._pool._max_workers
+        everyone = threading.Barrier(workers)  # holds each task until all threads have one: one per thread
+
+        def load() -> None:
+            everyone.wait(timeout=60)
+            self._thread_front_end()
+
+        for future in [self._pool.submit(load) for _ in range(workers)]:
+            future.result()
+
+    def _thread_front_end(self) -> BlockwiseFrontEnd:
+        """This pool thread's front-end (its own recogniser), made on first use."""
+        if not hasattr(self._local, "front_end"):
+            self._local.front_end = make_front_end(self.front_end.config)
+        return self._local.front_end
 
     def close(self) -> None:
         """Stop the front-end threads (streams are not flushed)."""

@@ -3,7 +3,7 @@
 The clip is cut into windows of N new frames; each window sees the C frames generated
 before it (so consecutive windows join smoothly), the encoder's past context and the
 model's lookahead, exactly as in training. Several clips are animated in one batch, on any
-backend (a KSDiff module runs on the torch backend), through the engine's one sampler.
+backend (a torch model through ``TorchBackend``), through the engine's one sampler.
 """
 
 from __future__ import annotations
@@ -11,20 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.backends.base import Backend
-from ksdiff_runtime.backends.torch_backend import TorchBackend
-from ksdiff_runtime.engine.sampling import Guidance
 from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.features.prosody import normalized_prosody, prosody
+from ksdiff_runtime.features.transcript import phoneme_tokens
 from ksdiff_runtime.inputs.guards import sanitize
-from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.ksdiff import KSDiff
 from ksdiff_runtime.motion import take_frames
 
-from .sampling import WindowBatch, sample_windows
+from .sampling import Guidance, WindowBatch, sample_windows
+from .stream import padded_samples
 
 
 @dataclass
@@ -50,48 +47,41 @@ class Animation:
 _FRONT_ENDS: dict[str, BlockwiseFrontEnd] = {}
 
 
-def _config(model: KSDiff | Backend) -> ModelConfig:
-    return model.cfg if isinstance(model, KSDiff) else model.constants.cfg
-
-
 def clip_inputs(
-    model: KSDiff | Backend, audio16k: np.ndarray, text: str | None = None, schedule: str = "offline"
+    backend: Backend, audio16k: np.ndarray, text: str | None = None, schedule: str = "offline", fps: int = motion.FPS
 ) -> ClipInputs:
     """Model inputs for a whole clip of 16 kHz audio (sanitised here: NaN/Inf zeroed, clipped).
 
     schedule "offline" runs the front-end once over the clip (fast, full context); "stream"
-    computes it block by block exactly as a live stream does.
+    computes it block by block exactly as a live stream does. The clip is padded with silence, as a
+    stream is at its end, so the frames reach its last partial frame period at output rate ``fps``.
     """
     if schedule not in ("offline", "stream"):
         raise ValueError(f"schedule must be 'offline' or 'stream', not {schedule!r}")
     audio, _ = sanitize(audio16k)
-    cfg = _config(model)
+    audio = np.pad(audio, (0, padded_samples(audio.size, fps) - audio.size))
+    cfg = backend.constants.cfg
     key = repr(cfg.front_end)
     if key not in _FRONT_ENDS:
         _FRONT_ENDS[key] = make_front_end(cfg.front_end)
     front_end = _FRONT_ENDS[key]
     feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
     pros = normalized_prosody(prosody(audio))
-    tokens = np.zeros(0, dtype=np.int64)
-    if text:
-        from ksdiff_runtime.features.transcript import phoneme_tokens
-
-        tokens = phoneme_tokens(text, cfg.max_text_tokens)
+    tokens = phoneme_tokens(text, cfg.max_text_tokens) if text else np.zeros(0, dtype=np.int64)
     return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens)
 
 
 def animate(
-    model: KSDiff | Backend,
+    backend: Backend,
     clips: list[ClipInputs],
     steps: int = 4,
     seeds: list[int] | None = None,
-    style: torch.Tensor | np.ndarray | None = None,  # [B, style_dim] or None (the null style)
+    style: np.ndarray | None = None,  # [B, style_dim] or None (the null style)
     guidance: Guidance | None = None,
     use_kel: bool = True,
     window: int | None = None,
 ) -> list[Animation]:
     """Animate clips in one batch; each clip's noise comes from its own seed (default 0)."""
-    backend = TorchBackend(model) if isinstance(model, KSDiff) else model
     cfg = backend.constants.cfg
     B = len(clips)
     seeds = seeds or [0] * B
@@ -104,27 +94,24 @@ def animate(
     keys = np.zeros((B, T, 2), dtype=np.float32)
     if T == 0:
         return [Animation(expr[i, :0], pose[i, :0], keys[i, :0, 0], keys[i, :0, 1]) for i in range(B)]
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    rngs = [np.random.default_rng(int(s)) for s in seeds]
     P = max(1, max(len(c.tokens) for c in clips))
     text = np.zeros((B, P), dtype=np.int64)
     for i, c in enumerate(clips):
         text[i, : len(c.tokens)] = c.tokens
     text_keep = np.array([float(len(c.tokens) > 0) for c in clips], dtype=np.float32)
-    if isinstance(style, torch.Tensor):
-        style = style.detach().float().cpu().numpy()
     # clips shorter than the batch's longest repeat their last feature frame (trimmed after)
     for w0 in range(0, T, N):
         frames = np.arange(w0 - C, w0)
         known = np.repeat((frames >= 0)[None].astype(np.float32), B, axis=0)
         # the C frames generated before this window (zeros, flagged unknown, before the clip starts)
-        noise = torch.stack([torch.cat([torch.randn(N, cfg.expr_dim, generator=g),
-                                        torch.randn(N, cfg.pose_dim, generator=g)], dim=-1) for g in gens])
+        noise = np.stack([rng.standard_normal((N, cfg.expr_dim + cfg.pose_dim), np.float32) for rng in rngs])
         batch = WindowBatch(
             feats=np.stack([take_frames(c.feats, w0 - E, E + N + L) for c in clips]),
             prosody=np.stack([take_frames(c.prosody, w0 - E, E + N + L) for c in clips]),
             prev_expr=np.stack([take_frames(expr[i], w0 - C, C) for i in range(B)]) * known[..., None],
             prev_pose=np.stack([take_frames(pose[i], w0 - C, C) for i in range(B)]) * known[..., None],
-            known=known, noise=noise.numpy(), style=style, text=text, text_keep=text_keep,
+            known=known, noise=noise, style=style, text=text, text_keep=text_keep,
         )
         out = sample_windows(backend, batch, steps, guidance, use_kel)
         n = min(N, T - w0)

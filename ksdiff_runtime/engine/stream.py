@@ -54,6 +54,17 @@ def output_frames(samples: int, fps: int) -> int:
     return -(-samples * fps // SAMPLE_RATE)
 
 
+def padded_samples(samples: int, fps: int) -> int:
+    """Audio length (silence added after ``samples``) whose native 30 fps frames reach the last output
+    frame at ``fps``: what a stream, or a whole clip, is animated over."""
+    n_out = output_frames(samples, fps)
+    if n_out == 0:
+        return samples
+    last_pos = (n_out - 1) * FPS / fps  # in native frames
+    native = math.floor(last_pos + 1e-9) + (2 if last_pos % 1 > 1e-9 else 1)
+    return max(samples, -(-native * SAMPLE_RATE // FPS))
+
+
 @dataclass(frozen=True)
 class Hop:
     """What a stream does this round: skip ``skip`` stale frames, then emit ``frames`` in one window."""
@@ -151,11 +162,7 @@ class StreamState:
             return
         self.ended = True
         self.n_out = output_frames(self.samples, self.out_fps)
-        if self.n_out == 0:
-            return
-        last_pos = (self.n_out - 1) * FPS / self.out_fps  # in native frames
-        native = math.floor(last_pos + 1e-9) + (2 if last_pos % 1 > 1e-9 else 1)
-        need = -(-native * SAMPLE_RATE // FPS)
+        need = padded_samples(self.samples, self.out_fps)
         if need > self.samples:
             self._audio = np.concatenate([self._audio, np.zeros(need - self.samples, np.float32)])
             self.samples = need

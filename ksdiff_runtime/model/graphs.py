@@ -14,12 +14,6 @@ from torch import nn
 
 from .ksdiff import KSDiff
 
-CONDITIONER_INPUTS = ("feats", "prosody", "text", "audio_keep", "text_keep", "prev_expr", "prev_pose", "known", "n_new")
-CONDITIONER_OUTPUTS = ("f_e", "f_h", "key_prob_e", "key_value_e", "key_prob_p", "key_value_p")
-DENOISER_INPUTS = ("x_expr", "x_pose", "known", "key_prob_e", "key_value_e", "key_prob_p", "key_value_p",
-                   "f_e", "f_h", "t", "style")
-DENOISER_OUTPUTS = ("x0_expr", "x0_pose")
-
 
 class WindowConditioner(nn.Module):
     def __init__(self, model: KSDiff) -> None:

@@ -19,12 +19,11 @@ from ksdiff_runtime import motion
 from . import livelink
 
 
-def resample_frames(x: np.ndarray, fps_in: int, fps_out: int) -> np.ndarray:
-    """Frames [T, D] at fps_in -> fps_out by linear interpolation on the audio clock."""
-    if fps_in == fps_out or len(x) == 0:
-        return x
-    duration = len(x) / fps_in
-    t_out = np.arange(round(duration * fps_out)) / fps_out
+def resample_frames(x: np.ndarray, fps_in: int, fps_out: int, n_out: int) -> np.ndarray:
+    """Frames [T, D] at fps_in -> ``n_out`` frames at fps_out by linear interpolation on the audio clock."""
+    if len(x) == 0:
+        return x[:n_out]
+    t_out = np.arange(n_out) / fps_out
     t_in = np.arange(len(x)) / fps_in
     return np.stack([np.interp(t_out, t_in, x[:, d]) for d in range(x.shape[1])], axis=1).astype(np.float32)
 

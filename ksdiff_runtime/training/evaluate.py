@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ksdiff_runtime import motion
+from ksdiff_runtime.backends.torch_backend import TorchBackend
 from ksdiff_runtime.engine.offline import Animation, ClipInputs, animate
 from ksdiff_runtime.engine.sampling import Guidance
 from ksdiff_runtime.model.checkpoint import load_model
@@ -112,6 +113,13 @@ def score(
     }
 
 
+
+def animate_model(model: KSDiff, clips: list[ClipInputs], style: torch.Tensor | None = None, **kw) -> list[Animation]:
+    """A torch model through the one sampler (``TorchBackend``), styles given as a tensor."""
+    styles = None if style is None else style.detach().float().cpu().numpy()
+    return animate(TorchBackend(model), clips, style=styles, **kw)
+
+
 def reference_styles(model: KSDiff, clips: list[Clip], all_clips: list[Clip]) -> torch.Tensor:
     """Style vector per clip from another clip of the same persona (first window of it)."""
     L = model.cfg.style_clip_frames
@@ -147,7 +155,7 @@ def style_study(
         with torch.no_grad():
             s = model.style_of(torch.from_numpy(clip_e[None]), torch.from_numpy(clip_p[None]))
         inputs = model_inputs(audio_clips)
-        anims = animate(model, inputs, steps=steps, style=s.expand(len(inputs), -1),
+        anims = animate_model(model, inputs, steps=steps, style=s.expand(len(inputs), -1),
                         guidance=Guidance(style=style_scale))
         generated_amp.append(float(np.mean([a.head.std(axis=0).mean() for a in anims])))
         teacher_amp.append(float(ref.style[amp_i]))
@@ -177,7 +185,7 @@ def style_study(
 
 def thresholds_for(model: KSDiff, train_clips: list[Clip]) -> tuple[float, float]:
     inputs = model_inputs(train_clips)
-    anims = animate(model, inputs, steps=4, style=reference_styles(model, train_clips, train_clips))
+    anims = animate_model(model, inputs, steps=4, style=reference_styles(model, train_clips, train_clips))
     return calibrate_key_thresholds(train_clips, anims)
 
 
@@ -210,12 +218,12 @@ def evaluate(
     rows: list[Row] = []
     runs: dict[str, list[Animation]] = {}
     for steps in (50, 4, 2):
-        runs[f"KSDiff {steps} steps"] = animate(model, inputs, steps=steps, style=style)
-    runs["4 steps, streaming features"] = animate(model, stream_inputs, steps=4, style=style)
+        runs[f"KSDiff {steps} steps"] = animate_model(model, inputs, steps=steps, style=style)
+    runs["4 steps, streaming features"] = animate_model(model, stream_inputs, steps=4, style=style)
     with_text = model_inputs(clips, transcript=True)
-    runs["4 steps, with transcript"] = animate(model, with_text, steps=4, style=style)
-    runs["no KEL (4 steps)"] = animate(model, inputs, steps=4, style=style, use_kel=False)
-    runs["no style (4 steps)"] = animate(model, inputs, steps=4, style=None)
+    runs["4 steps, with transcript"] = animate_model(model, with_text, steps=4, style=style)
+    runs["no KEL (4 steps)"] = animate_model(model, inputs, steps=4, style=style, use_kel=False)
+    runs["no style (4 steps)"] = animate_model(model, inputs, steps=4, style=None)
     mean_e, mean_p = model.expr_mean.numpy(), model.pose_mean.numpy()
     runs["mean-pose baseline"] = [
         Animation(np.tile(mean_e, (len(c.expr), 1)), np.tile(mean_p, (len(c.expr), 1)),
@@ -235,7 +243,7 @@ def evaluate(
         other = load_model(path)
         if other.cfg.front_end != model.cfg.front_end:
             raise ValueError(f"ablation {path} uses another front-end than {checkpoint}")
-        anims = animate(other, inputs, steps=4, style=reference_styles(other, clips, all_test))
+        anims = animate_model(other, inputs, steps=4, style=reference_styles(other, clips, all_test))
         rows.append(Row(name, score(clips, anims, beats_audio, thresholds_for(other, train_clips))))
     by_name = {r.name: r.values for r in rows}
     base_mae = by_name["mean-pose baseline"]["mouth_mae"]
@@ -245,7 +253,7 @@ def evaluate(
         ba = r.values["beat_align"]
         r.values["beat_align_vs_teacher"] = ba / teacher_ba if ba is not None and teacher_ba else None
     # diversity of head pose across seeds, same audio
-    samples = [animate(model, inputs, steps=4, style=style, seeds=[s] * len(inputs)) for s in range(seeds)]
+    samples = [animate_model(model, inputs, steps=4, style=style, seeds=[s] * len(inputs)) for s in range(seeds)]
     head_div = float(np.mean([M.diversity([samples[s][i].head for s in range(seeds)]) for i in range(len(clips))]))
     expr_div = float(
         np.mean([M.diversity([samples[s][i].blendshapes for s in range(seeds)]) for i in range(len(clips))])

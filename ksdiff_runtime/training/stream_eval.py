@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.engine.engine import StreamingEngine
-from ksdiff_runtime.engine.offline import Animation, animate
+from ksdiff_runtime.engine.offline import Animation
 from ksdiff_runtime.engine.presets import PRESETS, Preset
 from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.training import metrics as M
 from ksdiff_runtime.training.dataset import Clip, build_feature_cache, load_clips
-from ksdiff_runtime.training.evaluate import model_inputs, reference_styles, score
+from ksdiff_runtime.training.evaluate import animate_model, model_inputs, reference_styles, score
 
 log = logging.getLogger("ksdiff_runtime.stream_eval")
 
@@ -59,13 +59,14 @@ def stream_animations(
                 if pos[i] >= clip.audio.size:
                     engine.end_stream(sid)
             for f in engine.step().frames:
-                frames[f.stream_id].append(f)
-        result = engine.step()
-        for f in result.frames:
-            frames[f.stream_id].append(f)
+                frames[f.stream].append(f)
+        while engine.stream_ids:  # the ended streams' last hops
+            for f in engine.step().frames:
+                frames[f.stream].append(f)
     anims = []
     for sid, clip in zip(ids, clips, strict=True):
-        fs = frames[sid]
+        # a stream also animates its audio's last partial frame period; the teacher stops before it
+        fs = frames[sid][: len(clip.expr)]
         if len(fs) != len(clip.expr):
             raise RuntimeError(f"stream {sid}: {len(fs)} frames for a clip of {len(clip.expr)}")
         zeros = np.zeros(len(fs), np.float32)
@@ -87,7 +88,7 @@ def stream_eval(
     beats_audio = [M.audio_beats(c.audio) for c in clips]
     style = reference_styles(model, clips, all_test)
     rows = {"whole clip (offline features, 4 steps)": score(
-        clips, animate(model, model_inputs(clips), steps=4, style=style), beats_audio, (0.5, 0.5))}
+        clips, animate_model(model, model_inputs(clips), steps=4, style=style), beats_audio, (0.5, 0.5))}
     backend = load_backend(backend_name, checkpoint)
     presets: dict[str, Preset] = {}
     for preset in variants or list(PRESETS.values()):

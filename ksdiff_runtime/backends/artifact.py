@@ -1,0 +1,139 @@
+"""Reading an ONNX export of the model, and the one that ships with the runtime (no torch needed).
+
+An export is a directory:
+
+    conditioner.onnx   WindowConditioner (KSDiff.condition)
+    denoiser.onnx      WindowDenoiser (KSDiff.denoise)
+    constants.npz      ModelConstants (motion normalisation, null style, noise schedule)
+    manifest.json      format, model config, graph input/output names and dynamic axes, opset,
+                       checkpoint sha256, model_hash (sha256 over both ONNX files), versions,
+                       and the ONNX Runtime vs torch errors measured right after the export
+
+Batch and time are dynamic axes, so one export serves any number of streams, CFG variants and
+window lengths. ``SHIPPED_EXPORT`` is the bundled checkpoint's export, committed beside it, so a
+runtime without torch (serve, bake) runs the bundled model; another checkpoint is exported on
+first use (backends/export.py, which needs torch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ksdiff_runtime import assets
+from ksdiff_runtime.model.config import ModelConfig
+from ksdiff_runtime.model.io import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+
+from .base import BackendError, ModelConstants
+
+EXPORT_FORMAT = "ksdiff-onnx-export"
+EXPORT_VERSION = 1
+OPSET = 17
+CONDITIONER_FILE = "conditioner.onnx"
+DENOISER_FILE = "denoiser.onnx"
+CONSTANTS_FILE = "constants.npz"
+MANIFEST_FILE = "manifest.json"
+SHIPPED_EXPORT = assets.ASSETS / "export"  # the bundled checkpoint's export (`ksdiff-runtime export --ship`)
+
+# symbolic axes: B batch (streams x CFG variants), S feature frames, P transcript tokens,
+# N new frames, T = C + N motion frames
+CONDITIONER_AXES: dict[str, dict[int, str]] = {
+    "feats": {0: "B", 1: "S"}, "prosody": {0: "B", 1: "S"}, "text": {0: "B", 1: "P"}, "audio_keep": {0: "B"},
+    "text_keep": {0: "B"}, "prev_expr": {0: "B"}, "prev_pose": {0: "B"}, "known": {0: "B"}, "n_new": {0: "N"},
+    "f_e": {0: "B", 1: "T"}, "f_h": {0: "B", 1: "T"}, "key_prob_e": {0: "B", 1: "N"}, "key_value_e": {0: "B", 1: "N"},
+    "key_prob_p": {0: "B", 1: "N"}, "key_value_p": {0: "B", 1: "N"},
+}
+DENOISER_AXES: dict[str, dict[int, str]] = (
+    {n: {0: "B", 1: "T"} for n in DENOISER_INPUTS[:9]} | {"t": {0: "B"}, "style": {0: "B"}}
+    | {n: {0: "B", 1: "T"} for n in DENOISER_OUTPUTS}
+)
+
+
+class ExportError(BackendError):
+    """An export directory that cannot be used (missing, corrupt, another format); says which and why."""
+
+
+def default_cache_dir() -> Path:
+    """Root of ksdiff-runtime's caches: $KSDIFF_RUNTIME_CACHE, else $XDG_CACHE_HOME/ksdiff-runtime, else ~/.cache/."""
+    if os.environ.get("KSDIFF_RUNTIME_CACHE"):
+        return Path(os.environ["KSDIFF_RUNTIME_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ksdiff-runtime"
+
+
+def sha256_file(*paths: Path) -> str:
+    """sha256 over the bytes of the files, in order (read in 1 MiB blocks: engines can be large)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def model_hash(export_dir: Path) -> str:
+    """sha256 over both ONNX files' bytes (conditioner then denoiser): names the exported graphs + weights."""
+    return sha256_file(Path(export_dir) / CONDITIONER_FILE, Path(export_dir) / DENOISER_FILE)
+
+
+def read_manifest(export_dir: str | Path) -> dict[str, Any]:
+    export_dir = Path(export_dir)
+    path = export_dir / MANIFEST_FILE
+    if not export_dir.is_dir():
+        raise ExportError(f"export {export_dir} does not exist (run `ksdiff-runtime export -o {export_dir}`)")
+    if not path.is_file():
+        raise ExportError(f"export {export_dir} has no {MANIFEST_FILE}: not an export, or an interrupted one")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExportError(f"export {export_dir}: {MANIFEST_FILE} is corrupt: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ExportError(f"export {export_dir}: {MANIFEST_FILE} has format {found!r}, not {EXPORT_FORMAT!r}")
+    if manifest.get("version") != EXPORT_VERSION:
+        raise ExportError(f"export {export_dir} has {EXPORT_FORMAT} version {manifest.get('version')!r}; this code "
+                          f"reads version {EXPORT_VERSION} (re-export it)")
+    return manifest
+
+
+def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, dict[str, Any]]:
+    """(config, constants, manifest) of an export; ExportError naming the directory and the problem."""
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    missing = [f for f in (CONDITIONER_FILE, DENOISER_FILE, CONSTANTS_FILE) if not (export_dir / f).is_file()]
+    if missing:
+        raise ExportError(f"export {export_dir} is incomplete: missing {', '.join(missing)}")
+    expected = {"conditioner": (CONDITIONER_INPUTS, CONDITIONER_OUTPUTS),
+                "denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS)}
+    for graph, (inputs, outputs) in expected.items():
+        entry = manifest.get("graphs", {}).get(graph, {})
+        if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:
+            raise ExportError(f"export {export_dir}: the {graph} graph's inputs/outputs differ from this code's "
+                              f"(re-export it)")
+    # the hash is cheap (tens of MB) and catches truncated or swapped ONNX files; TensorRT engines
+    # are cached under this hash, so it must describe the files actually there
+    actual = model_hash(export_dir)
+    if actual != manifest.get("model_hash"):
+        raise ExportError(f"export {export_dir}: the ONNX files do not match the manifest's model_hash "
+                          f"(corrupt or modified; re-export it)")
+    try:
+        cfg = ModelConfig.from_dict(manifest["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"export {export_dir}: its model config does not match this code: {exc}") from exc
+    try:
+        constants = ModelConstants.load(export_dir / CONSTANTS_FILE, cfg)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ExportError(f"export {export_dir}: {CONSTANTS_FILE} is corrupt: {exc}") from exc
+    return cfg, constants, manifest
+
+
+def export_of(checkpoint: Path, export_dir: Path) -> bool:
+    """Whether ``export_dir`` holds a valid export made from ``checkpoint`` (same sha256)."""
+    try:
+        _, _, manifest = load_export(export_dir)
+    except ExportError:
+        return False
+    return manifest["checkpoint"]["sha256"] == sha256_file(checkpoint)

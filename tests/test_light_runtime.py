@@ -1,0 +1,73 @@
+"""The runtime without torch: `serve` and `bake` run the bundled model from its shipped ONNX export.
+
+A light install (pip install ksdiff-runtime, no [train] extras) has no torch, onnx, tqdm or
+matplotlib. These tests make those packages unimportable in a fresh interpreter (an import hook,
+so whatever would import them fails loudly) and run the real commands there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ksdiff_runtime.assets import SAMPLE_SPEECH
+from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT, export_of, load_export
+from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
+
+TRAINING_ONLY = ("torch", "onnx", "onnxscript", "tqdm", "matplotlib", "transformers", "espeakng_loader")
+
+BLOCK = f"""
+import importlib.abc, sys
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {TRAINING_ONLY!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: a light install)", name=name)
+sys.meta_path.insert(0, NotInstalled())
+from ksdiff_runtime.cli import main
+code = main(sys.argv[1:])
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in {TRAINING_ONLY!r})
+print("LEAKED", leaked, flush=True)
+sys.exit(code)
+"""
+
+
+def light(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", BLOCK, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_shipped_export_is_the_bundled_checkpoints():
+    assert export_of(DEFAULT_CHECKPOINT, SHIPPED_EXPORT)
+    _, _, manifest = load_export(SHIPPED_EXPORT)
+    size = sum(f.stat().st_size for f in SHIPPED_EXPORT.iterdir())
+    assert size < 8_000_000  # float16 weights: about the checkpoint's own size
+    assert manifest["verify"]["max_abs_error"]["conditioner"] < 1e-4
+
+
+@pytest.mark.slow
+def test_bake_runs_without_torch(tmp_path: Path):
+    out = tmp_path / "line.json"
+    run = light("bake", str(SAMPLE_SPEECH), "-o", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "LEAKED []" in run.stdout
+    doc = json.loads(out.read_text())
+    assert len(doc["frames"]) == 206 and max(f["blendshapes"][17] for f in doc["frames"]) > 0.1
+
+
+@pytest.mark.slow
+def test_serve_runs_without_torch():
+    run = light("serve", "--pub", "tcp://127.0.0.1:0", "--router", "tcp://127.0.0.1:0", "--file", str(SAMPLE_SPEECH),
+                "--fast", "--exit-when-done")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "LEAKED []" in run.stdout
+    assert "backend: onnxruntime-cpu" in run.stderr and "stream sample_speech ended (ended): 206 frames" in run.stderr
+
+
+def test_training_commands_say_what_a_light_install_lacks():
+    run = light("train", "--help")
+    assert run.returncode == 0  # --help works; running it says what to install
+    run = light("corpus", "--out", "nowhere")
+    assert run.returncode == 2 and "pip install 'ksdiff-runtime[train]'" in run.stderr
