@@ -33,6 +33,10 @@ class RateLimitedLog:
         self._unlogged[kind] += 1
         self.flush(now)
 
+    def count(self, kind: str) -> None:
+        """Count without a log line (what the summary covers anyway)."""
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
     def flush(self, now: float | None = None) -> None:
         """Log the summary of every kind whose period has passed (also called now and then by the io thread)."""
         now = time.monotonic() if now is None else now

@@ -43,6 +43,7 @@ from ksdiff_runtime.sessions import DEFAULT_MAX_AHEAD_S, RefusedError, Session
 from ksdiff_runtime.sources import Source, SourceError
 from ksdiff_sdk import protocol
 
+from .floods import CLIENT_SHARE, IO_SHARE, SLICE_S, FloodGuard
 from .ratelimit import RateLimitedLog
 from .security import Authenticator, CurveKeys, SecurityError, check_endpoints
 
@@ -141,6 +142,7 @@ class Runtime:
         self.router_endpoint = ""
         self.drops = 0
         self.output_errors: dict[str, int] = {}
+        self.floods = FloodGuard()
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
         self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
         self._outbox: collections.deque[Outbox] = collections.deque()
@@ -322,26 +324,37 @@ class Runtime:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        wake_only = zmq.Poller()  # while request reading rests (floods.py), frames still go out
+        wake_only.register(self._wake_r, zmq.POLLIN)
         next_hello = time.monotonic()
         next_stats = time.monotonic() + self.stats_period_s
+        rest_until = 0.0  # requests are not read before this (the io thread's share for them is used up)
         try:
             while True:
                 now = time.monotonic()
                 timeout_ms = max(0.0, 1000.0 * (min(next_hello, next_stats) - now))
                 if self._stopping.is_set():
                     timeout_ms = min(timeout_ms, 20.0)  # check soon whether the engine thread has stopped
-                events = dict(poller.poll(timeout_ms))
+                resting = now < rest_until
+                if resting:
+                    timeout_ms = min(timeout_ms, 1000.0 * (rest_until - now))
+                events = dict((wake_only if resting else poller).poll(timeout_ms))
                 if self._wake_r.fileno() in events or self._wake_r in events:
                     with contextlib.suppress(BlockingIOError, OSError):
                         while self._wake_r.recv(4096):
                             pass
                 if self._router in events:
+                    started = time.monotonic()
+                    budget = IO_SHARE * SLICE_S
                     for _ in range(MAX_REQUESTS_PER_WAKE):
                         try:
                             parts = self._router.recv_multipart(zmq.NOBLOCK, copy=True)
                         except zmq.Again:
                             break
-                        self._handle(parts)
+                        self._handle_fairly(parts)
+                        if time.monotonic() - started > budget:  # more may wait: publish, let others run
+                            rest_until = time.monotonic() + (1.0 - IO_SHARE) * SLICE_S
+                            break
                 self._publish_outbox()
                 now = time.monotonic()
                 if now >= next_hello:
@@ -475,6 +488,22 @@ class Runtime:
                 log.exception("on_stats callback failed")
 
     # --- requests --------------------------------------------------------------------------------
+    def _handle_fairly(self, parts: list[bytes]) -> None:
+        """Handle a request within its client's share of the io thread (floods.py), charged what it took."""
+        identity = parts[0]
+        now = time.monotonic()
+        verdict = self.floods.admit(identity, now)
+        if verdict is None:
+            self.refusals.count("busy")  # dropped unread: this client was told once this second
+            return
+        if verdict is False:
+            self._refuse(identity, "busy", f"this client sent more requests than the runtime handles for one client "
+                         f"({100 * CLIENT_SHARE:.0f} % of its time); the excess is dropped unread, slow down", None,
+                         None, None)
+            return
+        self._handle(parts)
+        self.floods.charge(identity, time.monotonic() - now)
+
     def _handle(self, parts: list[bytes]) -> None:
         identity, frames = parts[0], parts[1:]
         if len(frames) != 1:

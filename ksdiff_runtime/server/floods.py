@@ -1,0 +1,70 @@
+"""How much of the io thread one client may take, so a flood cannot starve the streams of others.
+
+Every request costs the io thread time (decoding, resampling pushed audio, answering). A client's
+requests are charged the time they took, over a sliding second; a client past ``CLIENT_SHARE`` of
+that second has its further requests dropped unread until it is back under (one ``busy`` reply a
+second tells it why). The io thread as a whole spends at most ``IO_SHARE`` of its time on requests:
+past that it stops reading requests for a moment and publishes frames, so ZeroMQ's queues push back
+on the senders instead of the engine losing the CPU. A well-behaved client (an SDK pushing 10-100 ms
+chunks for a few streams) uses a few percent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CLIENT_SHARE = 0.25  # of each second of the io thread, for one client's requests
+IO_SHARE = 0.5  # of each slice of the io thread, for requests (the rest: publishing)
+SLICE_S = 0.010  # the io thread reads requests for at most IO_SHARE of this, then publishes
+WINDOW_S = 1.0
+MAX_CLIENTS = 4096  # clients remembered; the least recently seen are forgotten beyond this
+FORGET_S = 10.0
+
+
+@dataclass
+class _Client:
+    window_start: float
+    spent: float = 0.0  # seconds of io time in the current window
+    dropped: int = 0  # requests dropped in the current window
+    last_seen: float = 0.0
+    warned: bool = False  # a busy reply went out in this window
+
+
+class FloodGuard:
+    def __init__(self, client_share: float = CLIENT_SHARE) -> None:
+        self.client_budget_s = client_share * WINDOW_S
+        self.dropped = 0  # requests dropped unread since start
+        self._clients: dict[bytes, _Client] = {}
+
+    def admit(self, identity: bytes, now: float) -> bool | None:
+        """True: handle the request. None: drop it unread. False: drop it, but tell the client (busy)."""
+        c = self._clients.get(identity)
+        if c is None:
+            if len(self._clients) >= MAX_CLIENTS:
+                self._forget(now)
+            c = self._clients[identity] = _Client(window_start=now)
+        c.last_seen = now
+        if now - c.window_start >= WINDOW_S:
+            c.window_start, c.spent, c.dropped, c.warned = now, 0.0, 0, False
+        if c.spent < self.client_budget_s:
+            return True
+        c.dropped += 1
+        self.dropped += 1
+        if c.warned:
+            return None
+        c.warned = True
+        return False
+
+    def charge(self, identity: bytes, seconds: float) -> None:
+        c = self._clients.get(identity)
+        if c is not None:
+            c.spent += seconds
+
+    def _forget(self, now: float) -> None:
+        """Forget clients not seen for FORGET_S (or, if none, the least recently seen half)."""
+        stale = [k for k, c in self._clients.items() if now - c.last_seen > FORGET_S]
+        if not stale:
+            by_age = sorted(self._clients, key=lambda k: self._clients[k].last_seen)
+            stale = by_age[: len(by_age) // 2]
+        for k in stale:
+            del self._clients[k]
