@@ -398,11 +398,11 @@ namespace Ksdiff
         ulong UInt(Key k, ulong lo, ulong hi, ErrorCode code)
         {
             int pos = Required(k);
-            string want = "an integer in [" + lo + ", " + hi + "]";
-            if (!IsKind(pos, MsgPackKind.Int)) throw Bad(k, want, ErrorCode.Malformed);
+            // (the messages are built only on failure: frames decode without allocating)
+            if (!IsKind(pos, MsgPackKind.Int)) throw Bad(k, "an integer in [" + lo + ", " + hi + "]", ErrorCode.Malformed);
             bool negative;
             ulong value = _r.ReadInteger(out negative);
-            if (negative || value < lo || value > hi) throw Bad(k, want, code);
+            if (negative || value < lo || value > hi) throw Bad(k, "an integer in [" + lo + ", " + hi + "]", code);
             return value;
         }
 

@@ -160,12 +160,14 @@ std::uint64_t read_uint(const object& o, std::string_view name,
                         std::uint64_t lo = 0,
                         std::uint64_t hi = std::numeric_limits<std::uint64_t>::max(),
                         ErrorCode code = ErrorCode::malformed) {
-  const std::string want = "field " + quoted(name) + " must be an integer in [" + std::to_string(lo) +
-                           ", " + std::to_string(hi) + "]";
+  // The message is built only on failure (this runs for every integer of every frame).
+  const auto want = [&] {
+    return "field " + quoted(name) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  };
   // msgpack-c reports every non-negative integer, whatever its wire width, as POSITIVE_INTEGER,
   // and every negative one as NEGATIVE_INTEGER: a negative integer is a value out of range.
-  if (o.type != mt::POSITIVE_INTEGER && o.type != mt::NEGATIVE_INTEGER) fail(ErrorCode::malformed, want);
-  if (o.type == mt::NEGATIVE_INTEGER || o.via.u64 < lo || o.via.u64 > hi) fail(code, want);
+  if (o.type != mt::POSITIVE_INTEGER && o.type != mt::NEGATIVE_INTEGER) fail(ErrorCode::malformed, want());
+  if (o.type == mt::NEGATIVE_INTEGER || o.via.u64 < lo || o.via.u64 > hi) fail(code, want());
   return o.via.u64;
 }
 
@@ -240,13 +242,14 @@ std::optional<std::string> read_string_or_nil(const object& o, std::string_view 
 std::string read_one_of(const object& o, std::string_view name,
                         std::initializer_list<std::string_view> options,
                         ErrorCode code = ErrorCode::malformed) {
+  if (o.type == mt::STR) {
+    for (std::string_view option : options) {
+      if (str_view(o) == option) return std::string(option);
+    }
+  }
   std::string all;
   for (std::string_view option : options) all += (all.empty() ? "" : ", ") + std::string(option);
-  if (o.type != mt::STR) fail(ErrorCode::malformed, "field " + quoted(name) + " must be one of " + all);
-  for (std::string_view option : options) {
-    if (str_view(o) == option) return std::string(option);
-  }
-  fail(code, "field " + quoted(name) + " must be one of " + all);
+  fail(o.type == mt::STR ? code : ErrorCode::malformed, "field " + quoted(name) + " must be one of " + all);
 }
 
 std::string read_stream_id(const object& o, std::string_view name) {
