@@ -1,8 +1,9 @@
 """The Unreal plugin's C++ protocol core (unreal_sample/core), built with CMake and run with ctest.
 
 One pytest test per ctest test: the one-unit (Unreal-style) build check, the golden vectors, the
-jitter buffer, the SUB client against a local publisher, the Live Link feed, and the live test
-against a real `ksdiff-runtime serve` (this venv's, passed as KSDIFF_RUNTIME). The build goes to
+jitter buffer, the SUB client against a local publisher, CurveZMQ keys against a local CURVE
+publisher, the Live Link feed, and the live test against a real `ksdiff-runtime serve` (this venv's,
+passed as KSDIFF_RUNTIME), with and without keys. The build goes to
 build/ksdiff_core (ignored by git) so reruns are incremental. Skipped, with the reason, on a
 machine without cmake, a C++ compiler or the libraries (Debian: cmake g++ pkg-config libzmq3-dev
 cppzmq-dev libmsgpack-cxx-dev nlohmann-json3-dev, which CI installs).
@@ -98,15 +99,18 @@ def _ctest(build: Path, name: str, timeout: float) -> None:
     assert "100% tests passed" in out, out[-4000:]
 
 
-@pytest.mark.parametrize("name", ["unity_build", "golden_vectors", "jitter_buffer", "subscriber", "live_link_feed"])
+@pytest.mark.parametrize("name", ["unity_build", "golden_vectors", "jitter_buffer", "subscriber", "curve",
+                                  "live_link_feed"])
 def test_cpp_core_unit(built_core: Path, name: str):
     _ctest(built_core, name, timeout=120)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)  # four `serve` starts and a key run; ctest's own bound is 300 s
 def test_cpp_core_against_live_runtime(built_core: Path):
     """The C++ subscriber against `ksdiff-runtime serve`: a DEALER-driven stream arrives whole
-    (stream_start, frames 0..N-1, stream_end), and a looping file stream survives a restart."""
+    (stream_start, frames 0..N-1, stream_end), a looping file stream survives a restart, and with
+    keys from `ksdiff-runtime keys` only the authorised client gets anything (CurveZMQ)."""
     if not RUNTIME.is_file():
         pytest.skip(f"no ksdiff-runtime next to {sys.executable}")
-    _ctest(built_core, "live_runtime", timeout=280)
+    _ctest(built_core, "live_runtime", timeout=340)

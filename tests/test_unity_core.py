@@ -161,7 +161,8 @@ def test_unity_decode_benchmark(built_core: Path):
 def test_unity_core_against_live_runtime(built_core: Path):
     """The C# client against `ksdiff-runtime serve --backend onnxruntime` on free loopback ports: a
     3 s NPC line (after a 1 s one that lets the runtime's latency be known) arrives whole and in
-    order and plays on the audio clock; then a looping file stream survives a runtime restart."""
+    order and plays on the audio clock; a looping file stream survives a runtime restart; and with
+    keys from `ksdiff-runtime keys` only the authorised client gets anything (CurveZMQ)."""
     if not RUNTIME.is_file():
         pytest.skip(f"no ksdiff-runtime next to {sys.executable}")
     out = _fixture(built_core, LIVE_FIXTURE, timeout=800,

@@ -3,7 +3,7 @@
 // rotation curves on its head/neck/eye bones. Put the clip on an Animation Track in Timeline with
 // the AudioClip on an Audio Track at the same start, and the lips match without a runtime.
 //
-// The work is the core's: OfflineLine (push the whole clip, collect every frame) and
+// The work is the core's: OfflineLine (push the clip within max_ahead_s, collect every frame) and
 // AnimationBake.Curves (what goes in each curve). This window only runs it from
 // EditorApplication.update (never blocking the editor) and writes the asset.
 using System.Collections.Generic;

@@ -53,18 +53,29 @@ namespace Ksdiff
 
     public enum OfflineLineState { Idle, Opening, Collecting, Done, Failed }
 
-    // A line animated offline (the editor's bake): open a stream, push the whole clip at once
-    // (the runtime buffers audio that comes faster than real time), end it, and wait until every
-    // frame is in. No playback, so no pacing. Driven by Update() like NpcLine.
+    // A line animated offline (the editor's bake): open a stream, push the clip as fast as the
+    // runtime takes it, end it, and wait until every frame is in. A 1.1 runtime buffers at most
+    // stream_opened.max_ahead_s of audio beyond real time (counted from the stream's first audio)
+    // and refuses audio further ahead with `busy`, nothing of it taken: so the line pushes up to
+    // that much at once and the rest as real time passes (a 1.0 runtime, with no max_ahead_s,
+    // gets the whole clip at once). No playback otherwise. Driven by Update() like NpcLine.
     public sealed class OfflineLine
     {
+        // Stay this far inside max_ahead_s: the runtime's clock starts when our first audio
+        // reaches it, a little after we sent it.
+        public const double AheadMarginS = 0.5;
+
         readonly KsdiffClient _client;
         readonly float[] _samples;
         readonly int _rate, _channels;
         readonly NpcLineOptions _o;
         readonly ClipRecorder _recorder;
+        readonly byte[] _chunk;
         PendingRequest _open, _end;
-        double _startS;
+        double _startS, _firstPushS;
+        double? _maxAheadS;
+        long _pushedFrames; // sample frames sent
+        ulong _seq;
 
         public OfflineLineState State { get; private set; }
         public string Failure { get; private set; }
@@ -82,6 +93,7 @@ namespace Ksdiff
             _channels = channels;
             _o = options;
             _recorder = new ClipRecorder(options.Stream);
+            _chunk = new byte[Math.Max(1, sampleRate / 10) * channels * 4]; // 100 ms messages
         }
 
         public void Start()
@@ -118,8 +130,8 @@ namespace Ksdiff
                 }
                 if (_open.Failure != null) { Fail(_open.Failure); return State; }
                 if (_open.Reply is ErrorReply) { Fail("the runtime refused the line: " + _open.Reply); return State; }
-                PushAll();
-                _end = _client.EndStream(_o.Stream);
+                _maxAheadS = ((StreamOpened)_open.Reply).MaxAheadS;
+                _firstPushS = now;
                 State = OfflineLineState.Collecting;
             }
             if (State == OfflineLineState.Collecting)
@@ -127,7 +139,8 @@ namespace Ksdiff
                 StreamStatus s = _client.Stream(_o.Stream);
                 if (s != null && s.Errors.Count > 0) { Fail("the runtime refused the line's audio: " + s.Errors[0]); return State; }
                 if (s != null && s.EndReason != null && s.EndReason != "ended") { Fail("the line was lost (" + s.EndReason + ")"); return State; }
-                if (_end.IsDone)
+                PushDue(now);
+                if (_end != null && _end.IsDone)
                 {
                     if (_end.Failure != null) { Fail(_end.Failure); return State; }
                     if (_end.Reply is ErrorReply) { Fail("end_stream refused: " + _end.Reply); return State; }
@@ -141,25 +154,31 @@ namespace Ksdiff
             return State;
         }
 
-        void PushAll()
+        // Sends every whole 100 ms message whose end lies within max_ahead_s (less the margin) of
+        // the time since the first push; end_stream once all is sent.
+        void PushDue(double now)
         {
-            int framesPerChunk = Math.Max(1, _rate / 10); // 100 ms messages
-            var chunk = new byte[framesPerChunk * _channels * 4];
             long total = _samples.Length / _channels;
-            ulong seq = 0;
-            for (long start = 0; start < total; start += framesPerChunk)
+            int framesPerChunk = _chunk.Length / (4 * _channels);
+            double room = _maxAheadS.HasValue ? Math.Max(0.1, _maxAheadS.Value - AheadMarginS) : double.PositiveInfinity;
+            double allowedEndS = now - _firstPushS + room;
+            while (_pushedFrames < total)
             {
-                int n = (int)Math.Min(framesPerChunk, total - start);
+                int n = (int)Math.Min(framesPerChunk, total - _pushedFrames);
+                if ((double)(_pushedFrames + n) / _rate > allowedEndS) break;
+                int offset = (int)(_pushedFrames * _channels);
                 for (int i = 0; i < n * _channels; i++)
                 {
-                    uint bits = FloatBits.ToBits(_samples[start * _channels + i]);
-                    chunk[4 * i] = (byte)bits;
-                    chunk[4 * i + 1] = (byte)(bits >> 8);
-                    chunk[4 * i + 2] = (byte)(bits >> 16);
-                    chunk[4 * i + 3] = (byte)(bits >> 24);
+                    uint bits = FloatBits.ToBits(_samples[offset + i]);
+                    _chunk[4 * i] = (byte)bits;
+                    _chunk[4 * i + 1] = (byte)(bits >> 8);
+                    _chunk[4 * i + 2] = (byte)(bits >> 16);
+                    _chunk[4 * i + 3] = (byte)(bits >> 24);
                 }
-                _client.SendAudio(_o.Stream, seq++, (ulong)start, chunk, 0, n * _channels * 4);
+                _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
+                _pushedFrames += n;
             }
+            if (_pushedFrames == total && _end == null) _end = _client.EndStream(_o.Stream);
         }
 
         void Done()

@@ -5,10 +5,11 @@
 //   too_large            the payload is over 1 MiB (checked first);
 //   malformed            not exactly one valid msgpack value (truncated, trailing bytes, a str that
 //                        is not UTF-8, a map key that is not a string), not a map, bad or missing
-//                        v/type, a known field missing or ill-typed, a bad stream id;
+//                        v/type, a known field missing or of the wrong type (always, since 1.1),
+//                        a bad stream id (".." and "." included, since 1.1);
 //   unsupported_version  major != 1 (any minor is read: a newer minor only adds keys and types);
 //   unknown_type         a type protocol 1 does not define (a client ignores those);
-//   bad_audio            open_stream's sample_rate/channels/format out of range.
+//   bad_audio            open_stream's sample_rate/channels/format of the right type, out of range.
 //
 // Frames, the hot path, decode without allocating: the decoder fills one Frame it owns, and
 // stream ids are interned (a stream id seen before costs no new string).
@@ -227,7 +228,30 @@ namespace Ksdiff
             }
             s.Drops = UInt(Keys.Drops);
             s.PublishedNs = Int64(Keys.PublishedNs);
+            // 1.1's optional top-level keys are checked when present, as the reference decoder does.
+            if (Has(Keys.Refused)) s.Refused = CountMap(Keys.Refused);
+            s.Capacity = OptionalUInt(Keys.Capacity);
             return s;
+        }
+
+        // stats.refused: a map of str -> uint (error code -> count). Codes this client does not
+        // know are kept as they are: they are counts, not something to act on.
+        Dictionary<string, ulong> CountMap(Key k)
+        {
+            int pos = Required(k);
+            if (!IsKind(pos, MsgPackKind.Map)) throw Bad(k, "a map of str -> uint", ErrorCode.Malformed);
+            int n = _r.ReadMapHeader();
+            var counts = new Dictionary<string, ulong>();
+            for (int i = 0; i < n; i++)
+            {
+                if (_r.PeekKind() != MsgPackKind.Str) throw Bad(k, "a map of str -> uint", ErrorCode.Malformed);
+                string code = ReadString(_r.Position);
+                bool negative = true;
+                ulong count = _r.PeekKind() == MsgPackKind.Int ? _r.ReadInteger(out negative) : 0;
+                if (negative) throw Bad(k, "a map of str -> uint", ErrorCode.Malformed);
+                counts[code] = count;
+            }
+            return counts;
         }
 
         StreamStats DecodeStreamStats(string sid)
@@ -248,6 +272,8 @@ namespace Ksdiff
                 if (src >= 0 && IsStr(src)) st.Source = ReadString(src);
                 int san = _nested.Find(Keys.Sanitized);
                 if (san >= 0 && IsUInt(san)) { _r.Position = san; bool neg; st.Sanitized = _r.ReadInteger(out neg); }
+                int shed = _nested.Find(Keys.Shed);
+                if (shed >= 0 && IsUInt(shed)) { _r.Position = shed; bool neg; st.Shed = _r.ReadInteger(out neg); }
             }
             finally
             {
@@ -262,7 +288,7 @@ namespace Ksdiff
             _context = "open_stream";
             var o = new OpenStream();
             o.Stream = Has(Keys.Stream) ? StreamId(Keys.Stream) : null;
-            // Out-of-range (or ill-typed) audio parameters are bad_audio, not malformed (SPEC 4.6).
+            // Out-of-range audio parameters are bad_audio; ill-typed ones malformed (SPEC 3.2, 4.6).
             o.SampleRate = (uint)UInt(Keys.SampleRate, Protocol.MinSampleRate, Protocol.MaxSampleRate, ErrorCode.BadAudio);
             o.Channels = (uint)UInt(Keys.Channels, 1, Protocol.MaxChannels, ErrorCode.BadAudio);
             o.Format = OneOf(Keys.Format, Keys.Formats, ErrorCode.BadAudio);
@@ -304,6 +330,7 @@ namespace Ksdiff
             var s = new StreamOpened();
             s.Stream = StreamId(Keys.Stream);
             s.Fps = (uint)UInt(Keys.Fps, 1, uint.MaxValue, ErrorCode.Malformed);
+            s.MaxAheadS = Has(Keys.MaxAheadS) ? Number(Keys.MaxAheadS) : (double?)null; // 1.1
             s.Req = OptionalUInt(Keys.Req);
             return s;
         }
@@ -366,12 +393,15 @@ namespace Ksdiff
             return UInt(k, 0, ulong.MaxValue, ErrorCode.Malformed);
         }
 
+        // `code` is for an integer out of [lo, hi] (a negative one included); anything that is not
+        // an integer at all is malformed (SPEC 3.2, since 1.1: a wrong type is always malformed).
         ulong UInt(Key k, ulong lo, ulong hi, ErrorCode code)
         {
             int pos = Required(k);
-            ulong value = 0;
-            bool negative = true;
-            if (IsKind(pos, MsgPackKind.Int)) value = _r.ReadInteger(out negative);
+            // (the messages are built only on failure: frames decode without allocating)
+            if (!IsKind(pos, MsgPackKind.Int)) throw Bad(k, "an integer in [" + lo + ", " + hi + "]", ErrorCode.Malformed);
+            bool negative;
+            ulong value = _r.ReadInteger(out negative);
             if (negative || value < lo || value > hi) throw Bad(k, "an integer in [" + lo + ", " + hi + "]", code);
             return value;
         }
@@ -488,11 +518,13 @@ namespace Ksdiff
             return items;
         }
 
-        // One of `options` (returning the option's own string: nothing allocated).
+        // One of `options` (returning the option's own string: nothing allocated). `code` is for a
+        // string that is none of them; a value that is not a string is malformed.
         string OneOf(Key k, Key[] options, ErrorCode code)
         {
             int pos = Required(k);
-            if (IsStr(pos))
+            bool isStr = IsStr(pos);
+            if (isStr)
             {
                 _r.Position = pos;
                 int offset, length;
@@ -504,7 +536,7 @@ namespace Ksdiff
             }
             var names = new string[options.Length];
             for (int i = 0; i < options.Length; i++) names[i] = options[i].Name;
-            throw Bad(k, "one of " + string.Join(", ", names), code);
+            throw Bad(k, "one of " + string.Join(", ", names), isStr ? code : ErrorCode.Malformed);
         }
 
         string StreamId(Key k)
@@ -604,7 +636,8 @@ namespace Ksdiff
             Instance = new Key("instance"), Req = new Key("req"), Source = new Key("source"),
             Reason = new Key("reason"), Frames = new Key("frames"), UptimeS = new Key("uptime_s"),
             Streams = new Key("streams"), Drops = new Key("drops"), LatencyP50Ms = new Key("latency_p50_ms"),
-            LatencyP95Ms = new Key("latency_p95_ms"), Sanitized = new Key("sanitized"),
+            LatencyP95Ms = new Key("latency_p95_ms"), Sanitized = new Key("sanitized"), Shed = new Key("shed"),
+            Refused = new Key("refused"), Capacity = new Key("capacity"), MaxAheadS = new Key("max_ahead_s"),
             Channels = new Key("channels"), Format = new Key("format"), Transcript = new Key("transcript"),
             Seed = new Key("seed"), AtSample = new Key("at_sample"), Pcm = new Key("pcm"), Code = new Key("code"),
             MessageKey = new Key("message"), RequestType = new Key("request_type");

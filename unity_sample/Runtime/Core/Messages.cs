@@ -120,10 +120,10 @@ namespace Ksdiff
         public ulong Drops;
         public string Source;  // optional in the SPEC: kept when well-typed, else null
         public ulong? Sanitized; // idem
+        public ulong? Shed;      // idem (1.1): of the drops, frames skipped to meet the deadline
     }
 
-    // SPEC 4.5. Keys this client does not know (protocol 1.1's `refused`, per-stream `shed`, ...)
-    // are ignored.
+    // SPEC 4.5. Keys this client does not know (a newer minor's) are ignored.
     public sealed class Stats : Message
     {
         public override MessageType Type { get { return MessageType.Stats; } }
@@ -131,6 +131,10 @@ namespace Ksdiff
         public readonly Dictionary<string, StreamStats> Streams = new Dictionary<string, StreamStats>();
         public ulong Drops;
         public long PublishedNs;
+        // 1.1, optional (null when absent): error code -> requests refused with it since start,
+        // and how many more live streams the runtime has room for now (measured compute).
+        public Dictionary<string, ulong> Refused;
+        public ulong? Capacity;
     }
 
     public sealed class OpenStream : Message
@@ -166,6 +170,9 @@ namespace Ksdiff
         public override MessageType Type { get { return MessageType.StreamOpened; } }
         public string Stream;
         public uint Fps;
+        // 1.1, optional: seconds of audio beyond real time the stream buffers; audio pushed further
+        // ahead is refused with `busy` (nothing of it taken). Null from a 1.0 runtime: no limit.
+        public double? MaxAheadS;
         public ulong? Req;
     }
 

@@ -1,4 +1,4 @@
-// Wire protocol v1 of ksdiff-runtime (protocol/SPEC.md): constants, names, topics, stream ids,
+// Wire protocol v1.1 of ksdiff-runtime (protocol/SPEC.md): constants, names, topics, stream ids,
 // error codes.
 //
 // Everything under Runtime/Core is plain C# with no UnityEngine reference and no third-party
@@ -11,9 +11,10 @@ namespace Ksdiff
     public static class Protocol
     {
         public const int Major = 1;
-        // The minor this client writes in its requests. It reads any minor of major 1 (SPEC 3.2:
-        // a higher minor only adds optional keys and new message types).
-        public const int Minor = 0;
+        // The minor this client writes in its requests (the golden request vectors carry [1, 1]).
+        // It reads any minor of major 1 (SPEC 3.2: a higher minor only adds optional keys and new
+        // message types).
+        public const int Minor = 1;
 
         public const int BlendshapeCount = 52;
         public const int BlendshapeBytes = 4 * BlendshapeCount; // 208: 52 little-endian float32

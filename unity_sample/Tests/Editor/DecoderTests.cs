@@ -1,6 +1,6 @@
 // The decoding rules of SPEC 3 and 4 on hand-built payloads: any integer width, either float
 // width, unknown keys ignored, every kind of bad input refused with its code, and the changes
-// protocol 1.1 brings (forbidden, "." / ".." stream ids, extra stats keys).
+// protocol 1.1 brings (forbidden, "." / ".." stream ids, type vs range codes, the new optional keys).
 using System.Collections.Generic;
 using NUnit.Framework;
 
@@ -143,7 +143,7 @@ namespace Ksdiff.Tests
             Assert.AreEqual(ErrorCode.UnsupportedVersion, Codes.Of(Payload.Frame().Set("v", Payload.Version(0, 9)).Build()));
             // The major is looked at before the type: a v2 message of any shape is unsupported.
             Assert.AreEqual(ErrorCode.UnsupportedVersion, Codes.Of(Payload.Of("frame").Set("v", Payload.Version(2, 0)).Remove("type").Build()));
-            // Any minor of major 1 is read (1.1 is on its way; 1.250 too).
+            // Any minor of major 1 is read (1.0, this client's 1.1, a future 1.250).
             Assert.AreEqual(1, DecodeFrame(Payload.Frame().Set("v", Payload.Version(1, 1))).Minor);
             Assert.AreEqual(250, DecodeFrame(Payload.Frame().Set("v", Payload.Version(1, 250))).Minor);
             Assert.AreEqual(ErrorCode.UnknownType, Codes.Of(Payload.Of("mood_swing").Build()));
@@ -161,19 +161,53 @@ namespace Ksdiff.Tests
         }
 
         [Test]
-        public void OpenStreamAudioParametersAreBadAudio()
+        public void OpenStreamValuesOutOfRangeAreBadAudioWrongTypesMalformed()
         {
             Payload ok = Payload.Of("open_stream").Set("sample_rate", Payload.UInt(48000)).Set("channels", Payload.UInt(2)).Set("format", Payload.Str("s16le"));
             Assert.AreEqual(48000u, ((OpenStream)new Decoder().Decode(ok.Build())).SampleRate);
+            // Right type, out of range: bad_audio (a negative integer is an integer out of range).
             Assert.AreEqual(ErrorCode.BadAudio, Codes.Of(ok.Set("sample_rate", Payload.UInt(192001)).Build()));
+            Assert.AreEqual(ErrorCode.BadAudio, Codes.Of(ok.Set("sample_rate", Payload.Int(-16000)).Build()));
             ok.Set("sample_rate", Payload.UInt(48000));
             Assert.AreEqual(ErrorCode.BadAudio, Codes.Of(ok.Set("channels", Payload.UInt(9)).Build()));
+            Assert.AreEqual(ErrorCode.BadAudio, Codes.Of(ok.Set("channels", Payload.UInt(0)).Build()));
             ok.Set("channels", Payload.UInt(2));
             Assert.AreEqual(ErrorCode.BadAudio, Codes.Of(ok.Set("format", Payload.Str("mp3")).Build()));
-            Assert.AreEqual(ErrorCode.BadAudio, Codes.Of(ok.Set("format", Payload.UInt(1)).Build()));
+            // Wrong type: malformed, whatever the value (1.1; golden invalid_sample_rate_type).
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(ok.Set("format", Payload.UInt(1)).Build()));
+            ok.Set("format", Payload.Str("s16le"));
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(ok.Set("sample_rate", Payload.Str("48000")).Build()));
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(ok.Set("sample_rate", Payload.F64(48000.5)).Build()));
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(ok.Set("sample_rate", Payload.Bool(true)).Build()));
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(ok.Set("sample_rate", Payload.Nil()).Build()));
+            ok.Set("sample_rate", Payload.UInt(48000));
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(ok.Set("channels", Payload.Str("2")).Build()));
+            ok.Set("channels", Payload.UInt(2));
             // Fields are checked in the SPEC's order: a bad rate wins over a missing format.
             Assert.AreEqual(ErrorCode.BadAudio, Codes.Of(ok.Remove("format").Set("sample_rate", Payload.UInt(1)).Build()));
             Assert.AreEqual(ErrorCode.Malformed, Codes.Of(ok.Set("sample_rate", Payload.UInt(8000)).Build())); // format missing
+            // Other uint fields have one code for both: a negative seq is malformed.
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(Payload.Frame().Set("seq", Payload.Int(-1)).Build()));
+        }
+
+        [Test]
+        public void StreamIdsDotAndDotDotAreRefusedWhereverAStreamIdIsRead()
+        {
+            foreach (string id in new[] { ".", ".." })
+            {
+                Assert.AreEqual(ErrorCode.Malformed, Codes.Of(Payload.Frame().Set("stream", Payload.Str(id)).Build()), id);
+                Assert.AreEqual(ErrorCode.Malformed, Codes.Of(Payload.Of("end_stream").Set("stream", Payload.Str(id)).Build()), id);
+                Assert.AreEqual(ErrorCode.Malformed, Codes.Of(Payload.Of("open_stream").Set("stream", Payload.Str(id))
+                    .Set("sample_rate", Payload.UInt(16000)).Set("channels", Payload.UInt(1)).Set("format", Payload.Str("f32le")).Build()), id);
+                Assert.AreEqual(ErrorCode.Malformed, Codes.Of(Payload.Of("stream_start").Set("stream", Payload.Str(id))
+                    .Set("source", Payload.Str("sdk")).Set("published_ns", Payload.UInt(1)).Build()), id);
+                Assert.AreEqual(ErrorCode.Malformed, Codes.Of(Payload.Of("stats").Set("uptime_s", Payload.F64(1)).Set("drops", Payload.UInt(0))
+                    .Set("published_ns", Payload.UInt(1)).Set("streams", w => { w.MapHeader(1); w.Str(id); w.MapHeader(0); }).Build()), id);
+                Assert.AreEqual(ErrorCode.Malformed, Codes.Of(Payload.Of("error").Set("code", Payload.Str("busy")).Set("message", Payload.Str("x"))
+                    .Set("request_type", Payload.Nil()).Set("stream", Payload.Str(id)).Build()), id);
+                Assert.AreEqual(ErrorCode.Malformed, Assert.Throws<ProtocolException>(() => Requests.EndStream(id, null)).Code, id);
+            }
+            Assert.AreEqual("...", ((EndStream)new Decoder().Decode(Payload.Of("end_stream").Set("stream", Payload.Str("...")).Build())).Stream);
         }
 
         [Test]
@@ -199,11 +233,13 @@ namespace Ksdiff.Tests
         }
 
         [Test]
-        public void StatsIgnoreKeysTheyDoNotKnow()
+        public void StatsReadThe11KeysAndIgnoreKeysTheyDoNotKnow()
         {
-            // Protocol 1.1 adds `refused` and per-stream `shed`; any other key may come too.
+            // Protocol 1.1 adds `refused`, `capacity` and per-stream `shed`; any other key may come too.
             byte[] payload = Payload.Of("stats").Set("uptime_s", Payload.F64(3.5)).Set("drops", Payload.UInt(1))
-                .Set("published_ns", Payload.UInt(5)).Set("refused", Payload.UInt(4))
+                .Set("published_ns", Payload.UInt(5)).Set("mood", Payload.UInt(4))
+                .Set("refused", w => { w.MapHeader(2); w.Str("busy"); w.UInt(4); w.Str("overheated"); w.UInt(1); })
+                .Set("capacity", Payload.UInt(0))
                 .Set("streams", w =>
                 {
                     w.MapHeader(1);
@@ -223,7 +259,30 @@ namespace Ksdiff.Tests
             Assert.AreEqual(150.0, st.LatencyP95Ms);
             Assert.IsNull(st.Source);
             Assert.AreEqual(3UL, st.Sanitized.Value);
+            Assert.AreEqual(2UL, st.Shed.Value);
             Assert.AreEqual(1UL, s.Drops);
+            Assert.AreEqual(4UL, s.Refused["busy"]);
+            Assert.AreEqual(1UL, s.Refused["overheated"]); // a newer runtime's code: counted all the same
+            Assert.AreEqual(0UL, s.Capacity.Value);
+            // The golden stats (1.1) carry all three.
+            var golden = (Stats)new Decoder().Decode(Golden.Bytes("stats"));
+            Assert.AreEqual(3UL, golden.Refused["malformed"]);
+            Assert.AreEqual(1UL, golden.Refused["forbidden"]);
+            Assert.AreEqual(2UL, golden.Capacity.Value);
+            Assert.AreEqual(2UL, golden.Streams["npc1"].Shed.Value);
+            // Optional: a 1.0 runtime's stats have none of them.
+            Payload plain = Payload.Of("stats").Set("uptime_s", Payload.F64(1)).Set("drops", Payload.UInt(0)).Set("published_ns", Payload.UInt(1))
+                .Set("streams", w => w.MapHeader(0));
+            var old = (Stats)new Decoder().Decode(plain.Build());
+            Assert.IsNull(old.Refused);
+            Assert.IsFalse(old.Capacity.HasValue);
+            // Present but of the wrong type: malformed, as in the reference decoder.
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(plain.Set("refused", Payload.UInt(4)).Build()));
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(plain.Set("refused", w => { w.MapHeader(1); w.Str("busy"); w.Int(-1); }).Build()));
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(plain.Set("refused", w => { w.MapHeader(1); w.UInt(1); w.UInt(1); }).Build()));
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(plain.Set("refused", w => { w.MapHeader(1); w.Str("busy"); w.Str("1"); }).Build()));
+            plain.Remove("refused");
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(plain.Set("capacity", Payload.Str("2")).Build()));
             // A stream entry without a required key is malformed, as is a bad stream id key.
             byte[] missing = Payload.Of("stats").Set("uptime_s", Payload.F64(1)).Set("drops", Payload.UInt(0)).Set("published_ns", Payload.UInt(1))
                 .Set("streams", w => { w.MapHeader(1); w.Str("npc1"); w.MapHeader(1); w.Str("fps"); w.Float64(30); }).Build();
@@ -231,6 +290,24 @@ namespace Ksdiff.Tests
             byte[] badId = Payload.Of("stats").Set("uptime_s", Payload.F64(1)).Set("drops", Payload.UInt(0)).Set("published_ns", Payload.UInt(1))
                 .Set("streams", w => { w.MapHeader(1); w.Str("a b"); w.MapHeader(0); }).Build();
             Assert.AreEqual(ErrorCode.Malformed, Codes.Of(badId));
+        }
+
+        [Test]
+        public void StreamOpenedCarriesMaxAheadS()
+        {
+            Assert.AreEqual(20.0, ((StreamOpened)new Decoder().Decode(Golden.Bytes("stream_opened"))).MaxAheadS.Value);
+            Payload p = Payload.Of("stream_opened").Set("stream", Payload.Str("npc1")).Set("fps", Payload.UInt(30));
+            Assert.IsFalse(((StreamOpened)new Decoder().Decode(p.Build())).MaxAheadS.HasValue); // a 1.0 runtime
+            Assert.AreEqual(5.0, ((StreamOpened)new Decoder().Decode(p.Set("max_ahead_s", Payload.UInt(5)).Build())).MaxAheadS.Value);
+            Assert.AreEqual(ErrorCode.Malformed, Codes.Of(p.Set("max_ahead_s", Payload.Str("5")).Build()));
+        }
+
+        [Test]
+        public void RequestsAreWrittenAsVersion11()
+        {
+            Message m = new Decoder().Decode(Requests.EndStream("npc1", 2));
+            Assert.AreEqual(1, m.Major);
+            Assert.AreEqual(1, m.Minor);
         }
 
         [Test]

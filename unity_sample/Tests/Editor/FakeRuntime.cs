@@ -189,9 +189,12 @@ namespace Ksdiff.Tests
                 }).Build();
         }
 
-        public static byte[] StreamOpened(string stream, ulong req)
+        // maxAheadS: protocol 1.1's limit on audio pushed ahead of real time (null: a 1.0 runtime).
+        public static byte[] StreamOpened(string stream, ulong req, double? maxAheadS = null)
         {
-            return Payload.Of("stream_opened").Set("stream", Payload.Str(stream)).Set("fps", Payload.UInt(30)).Set("req", Payload.UInt(req)).Build();
+            Payload p = Payload.Of("stream_opened").Set("stream", Payload.Str(stream)).Set("fps", Payload.UInt(30)).Set("req", Payload.UInt(req));
+            if (maxAheadS.HasValue) p.Set("max_ahead_s", Payload.F64(maxAheadS.Value));
+            return p.Build();
         }
 
         public static byte[] StreamEnded(string stream, ulong frames, ulong req)

@@ -12,7 +12,7 @@ namespace Ksdiff.Tests
     [TestFixture]
     public class GoldenVectorTests
     {
-        // Keys protocol v1.0 defines per type (SPEC 4). A vector's other keys belong to a newer
+        // Keys protocol v1.1 defines per type (SPEC 4). A vector's other keys belong to a newer
         // minor and must be ignored by the decoder.
         static readonly Dictionary<string, string[]> KnownKeys = new Dictionary<string, string[]>
         {
@@ -20,11 +20,11 @@ namespace Ksdiff.Tests
             { "frame", new[] { "v", "type", "stream", "seq", "index", "fps", "t_audio", "blendshapes", "head", "gaze", "captured_ns", "published_ns", "lookahead_ms", "compute_ms", "last" } },
             { "stream_start", new[] { "v", "type", "stream", "source", "published_ns" } },
             { "stream_end", new[] { "v", "type", "stream", "source", "reason", "frames", "published_ns" } },
-            { "stats", new[] { "v", "type", "uptime_s", "streams", "drops", "published_ns" } },
+            { "stats", new[] { "v", "type", "uptime_s", "streams", "drops", "published_ns", "refused", "capacity" } },
             { "open_stream", new[] { "v", "type", "stream", "sample_rate", "channels", "format", "transcript", "seed", "req" } },
             { "audio", new[] { "v", "type", "stream", "seq", "at_sample", "pcm" } },
             { "end_stream", new[] { "v", "type", "stream", "req" } },
-            { "stream_opened", new[] { "v", "type", "stream", "fps", "req" } },
+            { "stream_opened", new[] { "v", "type", "stream", "fps", "max_ahead_s", "req" } },
             { "stream_ended", new[] { "v", "type", "stream", "frames", "req" } },
             { "error", new[] { "v", "type", "code", "message", "request_type", "stream", "req" } },
         };
@@ -38,7 +38,7 @@ namespace Ksdiff.Tests
         public void EveryValidVectorDecodesToItsJson()
         {
             var index = Golden.Index();
-            Assert.AreEqual(new object[] { 1L, 0L }, index["protocol"]);
+            Assert.AreEqual(new object[] { 1L, 1L }, index["protocol"]);
             int checkedCount = 0;
             var failures = new List<string>();
             foreach (var entry in Entries("valid"))
@@ -60,7 +60,7 @@ namespace Ksdiff.Tests
                 string type = (string)entry["type"];
                 Assert.AreEqual(type, WireType(msg.Type), name);
                 var unknown = expected.Keys.Where(k => !KnownKeys[type].Contains(k)).ToList();
-                Assert.IsTrue(unknown.Count == 0 || msg.Minor > 0, name + " has unknown keys at minor 0");
+                Assert.IsTrue(unknown.Count == 0 || msg.Minor > Protocol.Minor, name + " has unknown keys at minor 1");
                 foreach (string k in unknown) expected.Remove(k);
                 var actual = ToJson(msg);
                 string diff = Diff(expected, actual, name);
@@ -68,7 +68,7 @@ namespace Ksdiff.Tests
                 checkedCount++;
             }
             Assert.AreEqual(0, failures.Count, string.Join("\n", failures.ToArray()));
-            Assert.AreEqual(18, checkedCount);
+            Assert.AreEqual(19, checkedCount);
         }
 
         [Test]
@@ -91,7 +91,7 @@ namespace Ksdiff.Tests
                 }
                 checkedCount++;
             }
-            Assert.AreEqual(12, checkedCount);
+            Assert.AreEqual(14, checkedCount);
         }
 
         [Test]
@@ -259,11 +259,14 @@ namespace Ksdiff.Tests
                     };
                     if (kv.Value.Source != null) e["source"] = kv.Value.Source;
                     if (kv.Value.Sanitized.HasValue) e["sanitized"] = (long)kv.Value.Sanitized.Value;
+                    if (kv.Value.Shed.HasValue) e["shed"] = (long)kv.Value.Shed.Value;
                     streams[kv.Key] = e;
                 }
                 j["streams"] = streams;
                 j["drops"] = (long)s.Drops;
                 j["published_ns"] = s.PublishedNs;
+                if (s.Refused != null) j["refused"] = s.Refused.ToDictionary(kv => kv.Key, kv => (object)(long)kv.Value);
+                if (s.Capacity.HasValue) j["capacity"] = (long)s.Capacity.Value;
             }
             else if (m is OpenStream)
             {
@@ -295,6 +298,7 @@ namespace Ksdiff.Tests
                 var s = (StreamOpened)m;
                 j["stream"] = s.Stream;
                 j["fps"] = (long)s.Fps;
+                if (s.MaxAheadS.HasValue) j["max_ahead_s"] = s.MaxAheadS.Value;
                 if (s.Req.HasValue) j["req"] = (long)s.Req.Value;
             }
             else if (m is StreamEnded)

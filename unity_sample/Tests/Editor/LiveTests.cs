@@ -10,6 +10,10 @@
 //    audio clock, and the buffer sampled at those instants gives exactly those frames.
 // 2. The runtime restarting: a looping file stream; SIGINT; the runtime started again on the same
 //    ports; the same client reconnects by itself, reports the restart and receives frames again.
+// 3. CurveZMQ (protocol 1.1): keys made by `ksdiff-runtime keys`; `serve --curve-secret-key
+//    --curve-clients` with one client's key authorised. That client (CurveKeys from the certificate
+//    files, on both sockets) plays a line and receives all of it; a client with a key the runtime
+//    does not know, and one without keys, receive nothing and get no reply to a hello request.
 // Every wait has a deadline; ports are free ephemeral ones; nothing sleeps to synchronise.
 using System;
 using System.Collections.Generic;
@@ -178,6 +182,68 @@ namespace Ksdiff.Tests
             }
         }
 
+        [Test]
+        public void ACurveRuntimeServesTheAuthorisedKeyAndNobodyElse()
+        {
+            if (!LibZmq.HasCurve()) Assert.Ignore("this libzmq has no CURVE support");
+            string dir = Path.Combine(Path.GetTempPath(), "ksdiff-live-keys-" + Guid.NewGuid().ToString("N"));
+            Directory.CreateDirectory(dir);
+            try
+            {
+                // Keys as an operator makes them; only "client" goes into the authorised folder.
+                string keys = Path.Combine(dir, "keys"), clients = Path.Combine(keys, "clients");
+                using (RuntimeProcess make = RuntimeProcess.Command(_runtime, "keys", "server", "client", "stranger", "-o", keys))
+                    Assert.AreEqual(0, make.WaitForExit(60), "ksdiff-runtime keys failed; its output:\n" + make.Log());
+                Directory.CreateDirectory(clients);
+                File.Copy(Path.Combine(keys, "client.key"), Path.Combine(clients, "client.key"));
+                CurveKeys good = CurveKeys.FromCertificateFiles(Path.Combine(keys, "server.key"), Path.Combine(keys, "client.key_secret"));
+                CurveKeys stranger = CurveKeys.FromCertificateFiles(Path.Combine(keys, "server.key"), Path.Combine(keys, "stranger.key_secret"));
+
+                string pub = Endpoint(FreePort()), router = Endpoint(FreePort());
+                Func<CurveKeys, KsdiffClient> client = curve => Keep(new KsdiffClient(new ClientOptions
+                {
+                    PubEndpoint = pub, RouterEndpoint = router, Curve = curve, Transport = () => new LibZmqTransport(),
+                }));
+                KsdiffClient authorised = client(good), unknown = client(stranger), plain = client(null);
+                authorised.Start();
+                unknown.Start();
+                plain.Start();
+                RuntimeProcess rt = Keep(new RuntimeProcess(_runtime, "--pub", pub, "--router", router, "--backend", "onnxruntime",
+                                                            "--curve-secret-key", Path.Combine(keys, "server.key_secret"), "--curve-clients", clients));
+                WaitForHello(authorised, rt, null);
+                PendingRequest unknownHello = unknown.RequestHello();
+                PendingRequest plainHello = plain.RequestHello();
+
+                int rate, channels;
+                float[] clip = LoadLine(1.0, out rate, out channels);
+                string stream = "unity-curve-" + Guid.NewGuid().ToString("N").Substring(0, 8);
+                var recorder = new ClipRecorder(stream);
+                authorised.AddFrameSink(recorder);
+                double t0;
+                NpcLine line = RunLine(authorised, rt, clip, rate, channels, stream, out t0);
+                Assert.GreaterOrEqual(line.Total.Value, 30UL, "1 s at 30 fps");
+                Assert.AreEqual(0, recorder.Missing(line.Total.Value).Count, "every frame of the line");
+
+                // By now the runtime has published hellos every second and a whole line: the other
+                // two got none of it, and their requests no reply (bounded: the authorised
+                // client's were answered long since).
+                Assert.IsFalse(unknownHello.Wait(TimeSpan.FromSeconds(2)), "the unknown key got a reply");
+                Assert.IsFalse(plainHello.Wait(TimeSpan.FromSeconds(0.5)), "the client without keys got a reply");
+                foreach (KsdiffClient outsider in new[] { unknown, plain })
+                {
+                    ClientStatus st = outsider.Status();
+                    Assert.AreEqual(0UL, st.Messages, "an outsider received messages");
+                    Assert.AreEqual(0UL, st.Frames);
+                    Assert.AreNotEqual(ClientState.Live, st.State);
+                }
+                Assert.IsTrue(rt.Stop(30), "serve did not stop cleanly on SIGINT; log:\n" + rt.Log());
+            }
+            finally
+            {
+                Directory.Delete(dir, true);
+            }
+        }
+
         // --- helpers -------------------------------------------------------------------------------
 
         // Pushes one line and "plays" it: the audio clock is the client's clock, and the audio
@@ -306,8 +372,8 @@ namespace Ksdiff.Tests
         }
     }
 
-    // `ksdiff-runtime serve ...` as a child process, its output kept for failure messages. Dispose
-    // stops it (SIGINT, then kill) so a failing test never leaves it running.
+    // `ksdiff-runtime serve ...` (or another command) as a child process, its output kept for
+    // failure messages. Dispose stops it (SIGINT, then kill) so a failing test never leaves it running.
     public sealed class RuntimeProcess : IDisposable
     {
         [DllImport("libc", SetLastError = true)]
@@ -317,9 +383,18 @@ namespace Ksdiff.Tests
         readonly Process _p;
         readonly StringBuilder _log = new StringBuilder();
 
-        public RuntimeProcess(string runtime, params string[] args)
+        public RuntimeProcess(string runtime, params string[] serveArgs) : this(runtime, "serve", serveArgs) { }
+
+        // Another command than serve (a factory, not a constructor: a second params overload would
+        // take serve's first argument for the command).
+        public static RuntimeProcess Command(string runtime, string command, params string[] args)
         {
-            var info = new ProcessStartInfo(runtime, "serve " + string.Join(" ", args.Select(Quote).ToArray()))
+            return new RuntimeProcess(runtime, command, args);
+        }
+
+        RuntimeProcess(string runtime, string command, string[] args)
+        {
+            var info = new ProcessStartInfo(runtime, command + " " + string.Join(" ", args.Select(Quote).ToArray()))
             {
                 UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, CreateNoWindow = true,
             };
@@ -342,6 +417,15 @@ namespace Ksdiff.Tests
                 string s = _log.ToString();
                 return s.Length > 6000 ? s.Substring(s.Length - 6000) : s;
             }
+        }
+
+        // For a command that ends by itself: its exit status, or -1 when it is still running after
+        // `timeoutS`.
+        public int WaitForExit(double timeoutS)
+        {
+            if (!_p.WaitForExit((int)(timeoutS * 1000))) return -1;
+            _p.WaitForExit(); // and its output read to the end
+            return _p.ExitCode;
         }
 
         // SIGINT (the runtime's clean shutdown), then wait; true when it exited with status 0.

@@ -223,7 +223,7 @@ namespace Ksdiff.Tests
         }
 
         [Test]
-        public void AnOfflineLinePushesEverythingAtOnceAndCollectsEveryFrame()
+        public void AnOfflineLineForA10RuntimePushesEverythingAtOnceAndCollectsEveryFrame()
         {
             const int rate = 16000;
             float[] clip = Tone(0.4, rate, 1);
@@ -250,6 +250,48 @@ namespace Ksdiff.Tests
             Assert.AreEqual(12UL, line.Total.Value);
             Assert.AreEqual(12, line.Recorder.Count);
             Assert.Less(watch.Elapsed.TotalSeconds, 0.4, "no pacing: faster than the clip");
+        }
+
+        [Test]
+        public void AnOfflineLineKeepsItsAudioWithinMaxAheadSOfRealTime()
+        {
+            // A 1.1 runtime refuses audio more than max_ahead_s ahead of real time (busy, nothing
+            // taken). With max_ahead_s 1 s the line may be 0.5 s ahead (AheadMarginS kept back):
+            // 5 of the 16 messages at once, the rest as time passes.
+            const int rate = 16000;
+            float[] clip = Tone(1.6, rate, 1);
+            var line = new OfflineLine(_client, clip, rate, 1, new NpcLineOptions { Stream = "bake-2" });
+            line.Start();
+            var aheadS = new List<double>(); // per message: its audio end minus the time since the first
+            Stopwatch sinceFirst = null;
+            var watch = Stopwatch.StartNew();
+            while (line.Update() != OfflineLineState.Done)
+            {
+                Assert.AreNotEqual(OfflineLineState.Failed, line.State, line.Failure);
+                Assert.Less(watch.Elapsed.TotalSeconds, 10, "stuck in " + line.State);
+                KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
+                if (!r.HasValue) continue;
+                Message m = new Decoder().Decode(r.Value.Value);
+                if (m is OpenStream) _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("bake-2", ((OpenStream)m).Req.Value, 1.0));
+                if (m is Audio)
+                {
+                    var a = (Audio)m;
+                    if (sinceFirst == null) sinceFirst = Stopwatch.StartNew();
+                    aheadS.Add((double)(a.AtSample.Value + (ulong)a.Pcm.Length / 4) / rate - sinceFirst.Elapsed.TotalSeconds);
+                }
+                if (m is EndStream)
+                {
+                    for (ulong i = 0; i < 48; i++) _rt.Publish(Protocol.FrameTopic("bake-2"), FakeRuntime.Frame("bake-2", i, 0.1f, i == 47));
+                    _rt.Reply(r.Value.Key, FakeRuntime.StreamEnded("bake-2", 48, ((EndStream)m).Req.Value));
+                }
+            }
+            Assert.AreEqual(16, aheadS.Count);
+            double room = 1.0 - OfflineLine.AheadMarginS;
+            for (int i = 0; i < aheadS.Count; i++)
+                Assert.LessOrEqual(aheadS[i], room + 0.05, "message " + i + " too far ahead of real time");
+            Assert.GreaterOrEqual(aheadS[4], room - 0.1, "the first 0.5 s went at once");
+            Assert.GreaterOrEqual(watch.Elapsed.TotalSeconds, 1.6 - room - 0.1, "paced: the clip's end waited for real time");
+            Assert.AreEqual(48, line.Recorder.Count);
         }
 
         [Test]

@@ -23,6 +23,7 @@
 #endif
 
 #include "protocol.cpp"
+#include "curve.cpp"
 #include "jitter_buffer.cpp"
 #include "subscriber.cpp"
 #include "live_link_feed.cpp"

@@ -1,4 +1,4 @@
-// Wire protocol v1: decoding with msgpack-c, validation per protocol/SPEC.md, request encoders.
+// Wire protocol v1.1: decoding with msgpack-c, validation per protocol/SPEC.md, request encoders.
 //
 // The checks mirror the reference implementation (sdk_python/ksdiff_sdk/protocol.py) field by
 // field, in the same order, so a message gets the same error code from both.
@@ -47,6 +47,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::unknown_stream: return "unknown_stream";
     case ErrorCode::bad_audio: return "bad_audio";
     case ErrorCode::busy: return "busy";
+    case ErrorCode::forbidden: return "forbidden";
     case ErrorCode::internal: return "internal";
   }
   return "internal";
@@ -55,7 +56,7 @@ std::string_view to_string(ErrorCode code) noexcept {
 ErrorCode error_code_from_string(std::string_view code) noexcept {
   for (ErrorCode c : {ErrorCode::malformed, ErrorCode::too_large, ErrorCode::unsupported_version,
                       ErrorCode::unknown_type, ErrorCode::unknown_stream, ErrorCode::bad_audio,
-                      ErrorCode::busy, ErrorCode::internal}) {
+                      ErrorCode::busy, ErrorCode::forbidden, ErrorCode::internal}) {
     if (to_string(c) == code) return c;
   }
   return ErrorCode::internal;  // SPEC 4.7: an unknown code is treated like `internal`
@@ -63,6 +64,7 @@ ErrorCode error_code_from_string(std::string_view code) noexcept {
 
 bool is_valid_stream_id(std::string_view stream_id) noexcept {
   if (stream_id.empty() || stream_id.size() > kMaxStreamIdChars) return false;
+  if (stream_id == "." || stream_id == "..") return false;  // path components, refused since 1.1
   for (char c : stream_id) {
     const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
                     c == '_' || c == '.' || c == '-';
@@ -152,15 +154,20 @@ std::string_view str_view(const object& o) { return {o.via.str.ptr, o.via.str.si
 
 // --- typed readers: each names the field in its error, with the SPEC's error code ----------
 
+// `code` is for an integer out of [lo, hi]; anything that is not an integer at all is malformed
+// (SPEC 3.2, since 1.1: a wrong type is always malformed, whatever code a wrong value gets).
 std::uint64_t read_uint(const object& o, std::string_view name,
                         std::uint64_t lo = 0,
                         std::uint64_t hi = std::numeric_limits<std::uint64_t>::max(),
                         ErrorCode code = ErrorCode::malformed) {
-  // msgpack-c reports every non-negative integer, whatever its wire width, as POSITIVE_INTEGER.
-  if (o.type != mt::POSITIVE_INTEGER || o.via.u64 < lo || o.via.u64 > hi) {
-    fail(code, "field " + quoted(name) + " must be an integer in [" + std::to_string(lo) + ", " +
-                   std::to_string(hi) + "]");
-  }
+  // The message is built only on failure (this runs for every integer of every frame).
+  const auto want = [&] {
+    return "field " + quoted(name) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  };
+  // msgpack-c reports every non-negative integer, whatever its wire width, as POSITIVE_INTEGER,
+  // and every negative one as NEGATIVE_INTEGER: a negative integer is a value out of range.
+  if (o.type != mt::POSITIVE_INTEGER && o.type != mt::NEGATIVE_INTEGER) fail(ErrorCode::malformed, want());
+  if (o.type == mt::NEGATIVE_INTEGER || o.via.u64 < lo || o.via.u64 > hi) fail(code, want());
   return o.via.u64;
 }
 
@@ -215,7 +222,7 @@ bool read_bool(const object& o, std::string_view name) {
 std::string read_string(const object& o, std::string_view name,
                         long max_chars = std::numeric_limits<long>::max(),
                         ErrorCode code = ErrorCode::malformed) {
-  if (o.type != mt::STR) fail(code, "field " + quoted(name) + " must be a string");
+  if (o.type != mt::STR) fail(ErrorCode::malformed, "field " + quoted(name) + " must be a string");
   const std::string_view s = str_view(o);
   const long chars = utf8_length(s);
   if (chars < 0) fail(ErrorCode::malformed, "field " + quoted(name) + " is not valid UTF-8");
@@ -231,6 +238,7 @@ std::optional<std::string> read_string_or_nil(const object& o, std::string_view 
   return read_string(o, name);
 }
 
+// `code` is for a string that is none of `options`; a value that is not a string is malformed.
 std::string read_one_of(const object& o, std::string_view name,
                         std::initializer_list<std::string_view> options,
                         ErrorCode code = ErrorCode::malformed) {
@@ -241,13 +249,13 @@ std::string read_one_of(const object& o, std::string_view name,
   }
   std::string all;
   for (std::string_view option : options) all += (all.empty() ? "" : ", ") + std::string(option);
-  fail(code, "field " + quoted(name) + " must be one of " + all);
+  fail(o.type == mt::STR ? code : ErrorCode::malformed, "field " + quoted(name) + " must be one of " + all);
 }
 
 std::string read_stream_id(const object& o, std::string_view name) {
   if (o.type != mt::STR || !is_valid_stream_id(str_view(o))) {
     fail(ErrorCode::malformed,
-         "field " + quoted(name) + " must be a stream id (1..64 chars of [A-Za-z0-9_.-])");
+         "field " + quoted(name) + " must be a stream id (1..64 chars of [A-Za-z0-9_.-], not '.' or '..')");
   }
   return std::string(str_view(o));
 }
@@ -293,6 +301,21 @@ std::array<float, kNumBlendshapes> read_blendshapes(const object& o, std::string
     if (!std::isfinite(v)) fail(ErrorCode::malformed, "field " + quoted(name) + " has non-finite values");
   }
   return values;
+}
+
+// stats.refused (1.1): a map of str -> uint (error code -> count). Codes this client does not
+// know are kept as they are: they are counts, not something to act on.
+std::map<std::string, std::uint64_t> read_count_map(const object& o, std::string_view name) {
+  if (o.type != mt::MAP) fail(ErrorCode::malformed, "field " + quoted(name) + " must be a map of str -> uint");
+  std::map<std::string, std::uint64_t> out;
+  for (std::uint32_t i = 0; i < o.via.map.size; ++i) {
+    const msgpack::object_kv& kv = o.via.map.ptr[i];
+    if (kv.key.type != mt::STR || kv.val.type != mt::POSITIVE_INTEGER) {
+      fail(ErrorCode::malformed, "field " + quoted(name) + " must be a map of str -> uint");
+    }
+    out[read_string(kv.key, name)] = kv.val.via.u64;
+  }
+  return out;
 }
 
 // The keys of one msgpack map. Lookup is by exact key; keys this client does not know are
@@ -484,17 +507,23 @@ Stats decode_stats(const Fields& f) {
     if (const object* san = entry.find("sanitized"); san && san->type == mt::POSITIVE_INTEGER) {
       st.sanitized = san->via.u64;
     }
+    if (const object* shed = entry.find("shed"); shed && shed->type == mt::POSITIVE_INTEGER) {
+      st.shed = shed->via.u64;  // 1.1
+    }
     s.streams[sid] = std::move(st);
   }
   s.drops = f.get("drops", uint_any);
   s.published_ns = f.get("published_ns", int64_any);
+  // 1.1's optional top-level keys are checked when present, as the reference decoder does.
+  f.optional("refused", s.refused, read_count_map);
+  f.optional("capacity", s.capacity, uint_any);
   return s;
 }
 
 OpenStream decode_open_stream(const Fields& f) {
   OpenStream o;
   f.optional("stream", o.stream, stream_id);
-  // Out-of-range audio parameters are `bad_audio`, not `malformed` (SPEC 4.6).
+  // Out-of-range audio parameters are `bad_audio`; of the wrong type, `malformed` (SPEC 3.2, 4.6).
   o.sample_rate = f.get("sample_rate", [](const object& v, std::string_view n) {
     return read_uint32(v, n, 8000, 192000, ErrorCode::bad_audio);
   });
@@ -530,6 +559,7 @@ StreamOpened decode_stream_opened(const Fields& f) {
   StreamOpened s;
   s.stream = f.get("stream", stream_id);
   s.fps = f.get("fps", uint32_pos);
+  f.optional("max_ahead_s", s.max_ahead_s, number);  // 1.1
   f.optional("req", s.req, uint_any);
   return s;
 }
@@ -659,7 +689,8 @@ class Writer {
 
 void require_stream_id(std::string_view id) {
   if (!is_valid_stream_id(id)) {
-    fail(ErrorCode::malformed, "bad stream id '" + std::string(id) + "': need 1..64 chars of [A-Za-z0-9_.-]");
+    fail(ErrorCode::malformed,
+         "bad stream id '" + std::string(id) + "': need 1..64 chars of [A-Za-z0-9_.-], not '.' or '..'");
   }
 }
 

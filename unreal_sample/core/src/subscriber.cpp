@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <map>
 #include <thread>
 #include <utility>
@@ -113,27 +114,85 @@ struct Subscriber::Impl {
       // on any message is 1 MiB, and the runtime's ROUTER uses this same 4 MiB).
       socket.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(4 * kMaxMessageBytes));
       for (const std::string& topic : topics()) socket.set(zmq::sockopt::subscribe, topic);
+      // The handshake's outcome, from libzmq's socket monitor: a runtime that refuses this
+      // client's key (or that it cannot authenticate) sends nothing, and this is how we know.
+      // The inproc name only has to be unique within this worker's own context.
+      const char* monitor_endpoint = "inproc://ksdiff-subscriber-monitor";
+      if (zmq_socket_monitor(socket.handle(), monitor_endpoint,
+                             ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                 ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
+        throw zmq::error_t();
+      }
+      zmq::socket_t monitor(context, zmq::socket_type::pair);
+      monitor.set(zmq::sockopt::linger, 0);
+      monitor.connect(monitor_endpoint);
+      // CURVE keys go on before connecting: the handshake happens on connecting (SPEC 1.1).
+      if (config.curve) apply_curve_client(socket.handle(), *config.curve);
       // Subscribe before connecting (SPEC 9.2); connect is asynchronous and retried by ZeroMQ.
       socket.connect(config.endpoint);
 
       while (!stop_requested.load()) {
-        zmq_pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
-        const int ready = zmq_poll(&item, 1, static_cast<long>(config.poll_interval.count()));
+        zmq_pollitem_t items[] = {{socket.handle(), 0, ZMQ_POLLIN, 0}, {monitor.handle(), 0, ZMQ_POLLIN, 0}};
+        const int ready = zmq_poll(items, 2, static_cast<long>(config.poll_interval.count()));
         if (ready < 0) {
           if (zmq_errno() == EINTR) continue;  // a signal, not an error
           throw zmq::error_t();
         }
+        if ((items[1].revents & ZMQ_POLLIN) != 0) receive_monitor_events(monitor);
         // Drain what is queued, looking at the stop flag between messages.
-        for (int i = 0; ready > 0 && i < 10000 && !stop_requested.load(); ++i) {
+        for (int i = 0; (items[0].revents & ZMQ_POLLIN) != 0 && i < 10000 && !stop_requested.load(); ++i) {
           if (!receive_one(socket)) break;
         }
       }
+      // The monitor's PAIR and the inproc endpoint go before the context does.
+      (void)zmq_socket_monitor(socket.handle(), nullptr, 0);
     } catch (const zmq::error_t& e) {
       fail_with(std::string("ZeroMQ: ") + e.what() + " (endpoint " + config.endpoint + ")");
     } catch (const std::exception& e) {
       fail_with(e.what());
     }
     is_running.store(false);
+  }
+
+  // Every monitor event waiting: [6 bytes: uint16 event, uint32 value (host order)], [endpoint].
+  void receive_monitor_events(zmq::socket_t& monitor) {
+    for (;;) {
+      zmq::message_t head;
+      if (!monitor.recv(head, zmq::recv_flags::dontwait)) return;
+      zmq::message_t endpoint;
+      if (head.more()) (void)monitor.recv(endpoint, zmq::recv_flags::none);
+      if (head.size() < 6) continue;
+      std::uint16_t event = 0;
+      std::uint32_t value = 0;
+      std::memcpy(&event, head.data<char>(), sizeof(event));
+      std::memcpy(&value, head.data<char>() + 2, sizeof(value));
+      on_handshake(event, value);
+    }
+  }
+
+  void on_handshake(std::uint16_t event, std::uint32_t value) {
+    if (event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+      std::lock_guard<std::mutex> lock(status_mutex);
+      status.handshake_error.clear();
+      return;
+    }
+    std::string reason;
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+      // `value` is the ZAP status code (400: the runtime's authenticator refused the key).
+      reason = "the runtime refused this client's CURVE key (ZAP status " + std::to_string(value) +
+               "): its public key (.key) must be in the runtime's --curve-clients folder";
+    } else if (config.curve) {
+      reason = "CURVE handshake failed: check that the server key is the runtime's own (its server.key) and "
+               "that the runtime serves with keys";
+    } else {
+      reason = "handshake failed: the runtime may require CURVE keys (it does when it listens beyond loopback)";
+    }
+    {
+      std::lock_guard<std::mutex> lock(status_mutex);
+      ++status.handshake_failures;
+      status.handshake_error = reason;
+    }
+    call([&] { handler.on_handshake_failed(reason); });
   }
 
   // One multipart message, if any is waiting. Returns false when none was.
@@ -275,11 +334,19 @@ Subscriber::~Subscriber() { stop(); }
 
 void Subscriber::start() {
   if (impl_->worker.joinable()) return;
-  // Validate the filter here so a bad one is reported as the subscriber's error.
+  // Validate the filter and keys here so a bad one is reported as the subscriber's error.
   if (!impl_->config.stream_filter.empty() && !is_valid_stream_id(impl_->config.stream_filter)) {
     impl_->fail_with("bad stream filter '" + impl_->config.stream_filter +
-                     "': need 1..64 chars of [A-Za-z0-9_.-]");
+                     "': need 1..64 chars of [A-Za-z0-9_.-], not '.' or '..'");
     return;
+  }
+  if (impl_->config.curve) {
+    try {
+      validate(*impl_->config.curve);
+    } catch (const CurveError& e) {
+      impl_->fail_with(e.what());
+      return;
+    }
   }
   {
     std::lock_guard<std::mutex> lock(impl_->status_mutex);

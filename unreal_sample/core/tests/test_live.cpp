@@ -10,9 +10,15 @@
 //    names and 30 consecutive frames; the runtime is stopped with SIGINT and started again on
 //    the same ports; the same subscriber reconnects by itself, reports the restart (a new
 //    hello instance) and receives 30 consecutive frames again.
+// 3. CurveZMQ (SPEC 1.1): keys made by `ksdiff-runtime keys`, `serve` with --curve-secret-key
+//    and --curve-clients holding one client's key. That client (SUB and DEALER, keys from the
+//    certificate files) drives a stream and receives all of it; a client with a key the runtime
+//    does not know, and one without keys, receive nothing (their DEALER gets no reply) and
+//    report the failed handshake.
 // Every wait has a timeout; ports are free ephemeral ones; nothing sleeps to synchronise.
 #include "harness.hpp"
 
+#include "ksdiff/curve.hpp"
 #include "ksdiff/jitter_buffer.hpp"
 #include "ksdiff/live_link_feed.hpp"
 #include "ksdiff/subscriber.hpp"
@@ -34,6 +40,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <thread>
@@ -69,11 +76,11 @@ int free_port() {
 
 std::string endpoint(int port) { return "tcp://127.0.0.1:" + std::to_string(port); }
 
-// `ksdiff-runtime serve ...` as a child process, its output in a log file. The destructor
-// stops it (SIGINT, then SIGKILL) so a failing test never leaves it running.
+// `ksdiff-runtime serve ...` (or another command) as a child process, its output in a log file.
+// The destructor stops it (SIGINT, then SIGKILL) so a failing test never leaves it running.
 class Runtime {
  public:
-  explicit Runtime(const std::vector<std::string>& args) {
+  explicit Runtime(const std::vector<std::string>& args, const std::string& command = "serve") {
     char log_template[] = "/tmp/ksdiff_live_XXXXXX";
     const int log_fd = ::mkstemp(log_template);
     if (log_fd < 0) throw std::runtime_error("mkstemp failed");
@@ -82,7 +89,7 @@ class Runtime {
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, log_fd, 1);
     posix_spawn_file_actions_adddup2(&actions, log_fd, 2);
-    std::vector<std::string> argv_strings = {g_runtime, "serve"};
+    std::vector<std::string> argv_strings = {g_runtime, command};
     argv_strings.insert(argv_strings.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (auto& a : argv_strings) argv.push_back(a.data());
@@ -108,6 +115,9 @@ class Runtime {
     const auto status = wait_exit(timeout);
     return status && *status == 0;
   }
+
+  // For a command that ends by itself: its exit status, once it has exited within `timeout`.
+  std::optional<int> wait(std::chrono::seconds timeout) { return wait_exit(timeout); }
 
   bool alive() {
     if (pid_ <= 0) return false;
@@ -164,13 +174,49 @@ bool wait_events(EventQueue& queue, Runtime& runtime, std::chrono::seconds timeo
   return false;
 }
 
-// The runtime's reply to our DEALER, within the timeout.
-std::optional<Message> reply(zmq::socket_t& dealer, std::chrono::seconds timeout) {
+// The runtime's next message to our DEALER, within the timeout.
+std::optional<Message> reply(zmq::socket_t& dealer, std::chrono::milliseconds timeout) {
   zmq_pollitem_t item{dealer.handle(), 0, ZMQ_POLLIN, 0};
-  if (zmq_poll(&item, 1, static_cast<long>(std::chrono::milliseconds(timeout).count())) <= 0) return std::nullopt;
+  if (zmq_poll(&item, 1, static_cast<long>(timeout.count())) <= 0) return std::nullopt;
   zmq::message_t msg;
   if (!dealer.recv(msg, zmq::recv_flags::dontwait)) return std::nullopt;
   return decode(msg.data(), msg.size());
+}
+
+std::optional<std::uint64_t> req_of(const Message& m) {
+  if (const auto* h = std::get_if<Hello>(&m.body)) return h->req;
+  if (const auto* o = std::get_if<StreamOpened>(&m.body)) return o->req;
+  if (const auto* e = std::get_if<StreamEnded>(&m.body)) return e->req;
+  if (const auto* e = std::get_if<Error>(&m.body)) return e->req;
+  return std::nullopt;
+}
+
+// The reply to request `req`, within the timeout. Replies are matched by req, not by order
+// (SPEC 1, since 1.1): anything else that comes first (an error for an audio message, which has
+// no req) is kept in `others` for the failure message.
+std::optional<Message> reply_to(zmq::socket_t& dealer, std::uint64_t req, std::chrono::seconds timeout,
+                                std::string* others) {
+  const auto deadline = Clock::now() + timeout;
+  while (Clock::now() < deadline) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    std::optional<Message> m = reply(dealer, left);
+    if (!m) break;
+    if (req_of(*m) == std::optional<std::uint64_t>(req)) return m;
+    if (others) {
+      *others += " [" + m->type;
+      if (const auto* e = std::get_if<Error>(&m->body)) *others += " " + e->code + ": " + e->message;
+      *others += "]";
+    }
+  }
+  return std::nullopt;
+}
+
+std::string what_came(const std::optional<Message>& r, const std::string& others) {
+  std::string out = r ? r->type : std::string("no reply");
+  if (r) {
+    if (const auto* e = std::get_if<Error>(&r->body)) out += " " + e->code + ": " + e->message;
+  }
+  return out + (others.empty() ? "" : "; before it:" + others);
 }
 
 // `seconds` of a speech-like signal (a voiced buzz with syllable-rate loudness) as s16le mono.
@@ -241,10 +287,10 @@ TEST_CASE("a stream driven through the DEALER arrives whole: start, frames 0..N-
   dealer.set(zmq::sockopt::linger, 0);
   dealer.connect(router);
 
+  std::string others;
   dealer.send(zmq::buffer(encode_hello_request(1)), zmq::send_flags::none);
-  std::optional<Message> r = reply(dealer, kTimeout);
-  REQUIRE_MSG(r && std::holds_alternative<Hello>(r->body), "no hello reply");
-  EXPECT(std::get<Hello>(r->body).req == std::optional<std::uint64_t>(1));
+  std::optional<Message> r = reply_to(dealer, 1, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<Hello>(r->body), what_came(r, others));
 
   OpenStream open;
   open.stream = stream;
@@ -253,11 +299,14 @@ TEST_CASE("a stream driven through the DEALER arrives whole: start, frames 0..N-
   open.format = "s16le";
   open.req = 2;
   dealer.send(zmq::buffer(encode_open_stream(open)), zmq::send_flags::none);
-  r = reply(dealer, kTimeout);
-  REQUIRE_MSG(r && std::holds_alternative<StreamOpened>(r->body),
-              r && std::holds_alternative<Error>(r->body) ? std::get<Error>(r->body).message : "no reply");
+  r = reply_to(dealer, 2, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<StreamOpened>(r->body), what_came(r, others));
   EXPECT_EQ(std::get<StreamOpened>(r->body).stream, stream);
   EXPECT_EQ(std::get<StreamOpened>(r->body).fps, 30u);
+  // 1.1: how far ahead of real time audio may be pushed; 1.5 s at once must fit in it.
+  const std::optional<double> max_ahead = std::get<StreamOpened>(r->body).max_ahead_s;
+  REQUIRE_MSG(max_ahead.has_value(), "a 1.1 runtime's stream_opened carries max_ahead_s");
+  EXPECT(*max_ahead >= 1.5);
 
   // 1.5 s of audio in 100 ms chunks, each placed explicitly on the stream's clock.
   const std::string pcm = synthetic_speech_s16le(1.5, 16000);
@@ -272,11 +321,10 @@ TEST_CASE("a stream driven through the DEALER arrives whole: start, frames 0..N-
     dealer.send(zmq::buffer(encode_audio(audio)), zmq::send_flags::none);
   }
   dealer.send(zmq::buffer(encode_end_stream(EndStream{stream, 3})), zmq::send_flags::none);
-  r = reply(dealer, kTimeout);
-  REQUIRE_MSG(r && std::holds_alternative<StreamEnded>(r->body),
-              r && std::holds_alternative<Error>(r->body) ? std::get<Error>(r->body).message : "no reply");
+  r = reply_to(dealer, 3, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<StreamEnded>(r->body), what_came(r, others));
+  EXPECT_MSG(others.empty(), "unexpected replies:" + others);  // no audio chunk was refused
   const StreamEnded ended = std::get<StreamEnded>(r->body);
-  EXPECT(ended.req == std::optional<std::uint64_t>(3));
 
   // Everything the subscriber got for the stream, up to its stream_end.
   std::vector<FrameEvent> frames;
@@ -297,7 +345,8 @@ TEST_CASE("a stream driven through the DEALER arrives whole: start, frames 0..N-
   std::fprintf(stderr, "  stream %s: %zu frames received, stream_ended.frames = %llu\n", stream.c_str(), n,
                static_cast<unsigned long long>(ended.frames));
   EXPECT_EQ(n, ended.frames);
-  EXPECT(n >= 40);  // 1.5 s at 30 fps, whatever the runtime's flush rounding
+  // 1.1: one frame per started frame period, so 24000 samples at 16 kHz give ceil(45.0) frames.
+  EXPECT_EQ(n, 45u);
   for (std::size_t i = 0; i < n; ++i) {
     const Frame& f = frames[i].frame;
     EXPECT_EQ(f.stream, stream);
@@ -397,6 +446,159 @@ TEST_CASE("a looping file stream; the runtime restarts and the subscriber follow
     EXPECT_EQ(sub.status().bad_messages, 0u);
     EXPECT_MSG(runtime.stop(30s), "serve did not stop cleanly on SIGINT; log:\n" + runtime.log());
   }
+}
+
+namespace {
+
+// A fresh folder under /tmp, removed with its files.
+class TempDir {
+ public:
+  TempDir() {
+    char path[] = "/tmp/ksdiff_keys_XXXXXX";
+    if (::mkdtemp(path) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = path;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace
+
+TEST_CASE("serve with CURVE keys: the authorised client gets its stream, an unknown key nothing") {
+  // Keys as an operator makes them: the runtime's pair and two clients'; only "client" is let in.
+  TempDir dir;
+  {
+    Runtime keys({"server", "client", "stranger", "-o", dir / "keys"}, "keys");
+    const std::optional<int> status = keys.wait(60s);
+    REQUIRE_MSG(status == std::optional<int>(0), "ksdiff-runtime keys failed; its output:\n" + keys.log());
+  }
+  std::filesystem::create_directories(dir / "keys/clients");
+  std::filesystem::copy_file(dir / "keys/client.key", dir / "keys/clients/client.key");
+  const CurveKeys client = curve_keys_from_files(dir / "keys/server.key", dir / "keys/client.key_secret");
+  const CurveKeys stranger = curve_keys_from_files(dir / "keys/server.key", dir / "keys/stranger.key_secret");
+
+  const std::string pub = endpoint(free_port());
+  const std::string router = endpoint(free_port());
+  const std::string stream = "cpp_curve";
+
+  // Subscribers first: ZeroMQ connects them once the runtime binds.
+  EventQueue good_events, stranger_events, plain_events;
+  SubscriberConfig good_config;
+  good_config.endpoint = pub;
+  good_config.stream_filter = stream;
+  good_config.curve = client;
+  Subscriber good(good_config, good_events);
+  SubscriberConfig stranger_config;
+  stranger_config.endpoint = pub;  // no filter: it would get everything, if anything
+  stranger_config.curve = stranger;
+  Subscriber strange(stranger_config, stranger_events);
+  SubscriberConfig plain_config;
+  plain_config.endpoint = pub;
+  Subscriber plain(plain_config, plain_events);
+  good.start();
+  strange.start();
+  plain.start();
+
+  Runtime runtime({"--pub", pub, "--router", router, "--backend", "onnxruntime", "--curve-secret-key",
+                   dir / "keys/server.key_secret", "--curve-clients", dir / "keys/clients"});
+  std::optional<Hello> hello;
+  const bool got_hello = wait_events(good_events, runtime, kStartTimeout, [&](const Event& e) {
+    if (const auto* h = std::get_if<Hello>(&e)) hello = *h;
+    return hello.has_value();
+  });
+  REQUIRE_MSG(got_hello, "no hello for the authorised client; runtime log:\n" + runtime.log());
+  EXPECT(hello_has_canonical_names(*hello));
+
+  // The stranger's DEALER asks first; the authorised DEALER then drives a whole stream.
+  zmq::context_t context;
+  zmq::socket_t stranger_dealer(context, zmq::socket_type::dealer);
+  stranger_dealer.set(zmq::sockopt::linger, 0);
+  apply_curve_client(stranger_dealer.handle(), stranger);
+  stranger_dealer.connect(router);
+  stranger_dealer.send(zmq::buffer(encode_hello_request(1)), zmq::send_flags::none);
+
+  zmq::socket_t dealer(context, zmq::socket_type::dealer);
+  dealer.set(zmq::sockopt::linger, 0);
+  apply_curve_client(dealer.handle(), client);  // before connect: the handshake uses the keys
+  dealer.connect(router);
+  std::string others;
+  dealer.send(zmq::buffer(encode_hello_request(1)), zmq::send_flags::none);
+  std::optional<Message> r = reply_to(dealer, 1, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<Hello>(r->body), what_came(r, others));
+  EXPECT(std::get<Hello>(r->body).instance == hello->instance);
+
+  OpenStream open;
+  open.stream = stream;
+  open.sample_rate = 16000;
+  open.format = "s16le";
+  open.req = 2;
+  dealer.send(zmq::buffer(encode_open_stream(open)), zmq::send_flags::none);
+  r = reply_to(dealer, 2, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<StreamOpened>(r->body), what_came(r, others));
+  const std::string pcm = synthetic_speech_s16le(1.0, 16000);
+  Audio audio;
+  audio.stream = stream;
+  audio.at_sample = 0;
+  audio.pcm = pcm;
+  dealer.send(zmq::buffer(encode_audio(audio)), zmq::send_flags::none);
+  dealer.send(zmq::buffer(encode_end_stream(EndStream{stream, 3})), zmq::send_flags::none);
+  r = reply_to(dealer, 3, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<StreamEnded>(r->body), what_came(r, others));
+  const std::uint64_t total = std::get<StreamEnded>(r->body).frames;
+
+  std::vector<Frame> frames;
+  std::optional<StreamEnd> end;
+  const bool got_end = wait_events(good_events, runtime, kTimeout, [&](const Event& e) {
+    if (const auto* f = std::get_if<FrameEvent>(&e)) frames.push_back(f->frame);
+    if (const auto* s = std::get_if<StreamEnd>(&e)) end = *s;
+    return end.has_value();
+  });
+  REQUIRE_MSG(got_end, "no stream_end for the authorised client; runtime log:\n" + runtime.log());
+  EXPECT_EQ(end->reason, std::string("ended"));
+  EXPECT_EQ(frames.size(), total);
+  EXPECT_EQ(total, 30u);  // 1 s at 30 fps
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    EXPECT_EQ(frames[i].seq, i);
+    EXPECT_EQ(frames[i].last, i + 1 == frames.size());
+  }
+  EXPECT_EQ(good.status().handshake_failures, 0u);
+
+  // By now the runtime has published hellos every second and a whole stream for seconds: the
+  // stranger and the plain client got none of it, and were told why. The stranger's hello
+  // request was never answered (bounded wait: the authorised one was answered long since).
+  const auto failed = [](const Event& e) { return std::holds_alternative<HandshakeFailedEvent>(e); };
+  struct Outsider {
+    const char* what;
+    Subscriber* sub;
+    EventQueue* events;
+  };
+  for (const Outsider& o : {Outsider{"unknown key", &strange, &stranger_events}, Outsider{"no keys", &plain, &plain_events}}) {
+    const std::string what = o.what;
+    Subscriber* sub = o.sub;
+    EventQueue* events = o.events;
+    std::size_t received = 0;
+    const bool told = wait_events(*events, runtime, kTimeout, [&](const Event& e) {
+      received += failed(e) ? 0 : 1;
+      return failed(e);
+    });
+    for (const Event& e : events->drain()) received += failed(e) ? 0 : 1;
+    EXPECT_MSG(told, what + ": no handshake failure reported");
+    EXPECT_MSG(received == 0, what + ": received messages");
+    const SubscriberStatus st = sub->status();
+    EXPECT_MSG(st.messages == 0 && st.frames == 0, what + ": received messages");
+    EXPECT(st.state == ConnectionState::connecting);
+    EXPECT_MSG(!st.handshake_error.empty(), what + ": no handshake error in the status");
+  }
+  EXPECT(strange.status().handshake_error.find("refused") != std::string::npos);
+  const std::optional<Message> stranger_reply = reply(stranger_dealer, 2000ms);
+  EXPECT_MSG(!stranger_reply.has_value(), "the unknown key got a reply: " + what_came(stranger_reply, ""));
+  EXPECT_MSG(runtime.stop(30s), "serve did not stop cleanly; its log:\n" + runtime.log());
 }
 
 int main(int argc, char** argv) {

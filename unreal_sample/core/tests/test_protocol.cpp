@@ -153,11 +153,14 @@ json to_json(const Message& m) {
                         {"drops", st.drops}};
               put(e, "source", st.source);
               put(e, "sanitized", st.sanitized);
+              put(e, "shed", st.shed);
               streams[sid] = e;
             }
             j["streams"] = streams;
             j["drops"] = s.drops;
             j["published_ns"] = s.published_ns;
+            put(j, "refused", s.refused);
+            put(j, "capacity", s.capacity);
           },
           [&](const OpenStream& o) {
             put(j, "stream", o.stream);
@@ -181,6 +184,7 @@ json to_json(const Message& m) {
           [&](const StreamOpened& s) {
             j["stream"] = s.stream;
             j["fps"] = s.fps;
+            put(j, "max_ahead_s", s.max_ahead_s);
             put(j, "req", s.req);
           },
           [&](const StreamEnded& s) {
@@ -200,7 +204,7 @@ json to_json(const Message& m) {
   return j;
 }
 
-// Keys protocol v1.0 defines per type (SPEC 4). A golden vector's other keys belong to a newer
+// Keys protocol v1.1 defines per type (SPEC 4). A golden vector's other keys belong to a newer
 // minor version and must be ignored by the decoder.
 const std::map<std::string, std::set<std::string>> kKnownKeys = {
     {"hello", {"v", "type", "runtime", "fps", "sample_rate", "blendshapes", "head", "head_units",
@@ -210,11 +214,11 @@ const std::map<std::string, std::set<std::string>> kKnownKeys = {
                "captured_ns", "published_ns", "lookahead_ms", "compute_ms", "last"}},
     {"stream_start", {"v", "type", "stream", "source", "published_ns"}},
     {"stream_end", {"v", "type", "stream", "source", "reason", "frames", "published_ns"}},
-    {"stats", {"v", "type", "uptime_s", "streams", "drops", "published_ns"}},
+    {"stats", {"v", "type", "uptime_s", "streams", "drops", "published_ns", "refused", "capacity"}},
     {"open_stream", {"v", "type", "stream", "sample_rate", "channels", "format", "transcript", "seed", "req"}},
     {"audio", {"v", "type", "stream", "seq", "at_sample", "pcm"}},
     {"end_stream", {"v", "type", "stream", "req"}},
-    {"stream_opened", {"v", "type", "stream", "fps", "req"}},
+    {"stream_opened", {"v", "type", "stream", "fps", "max_ahead_s", "req"}},
     {"stream_ended", {"v", "type", "stream", "frames", "req"}},
     {"error", {"v", "type", "code", "message", "request_type", "stream", "req"}},
 };
@@ -299,7 +303,7 @@ std::string frame_payload(const std::map<std::string, std::function<void(Packer&
 
 TEST_CASE("every valid golden vector decodes to its JSON") {
   const json index = index_json();
-  REQUIRE(index["protocol"] == json({1, 0}));
+  REQUIRE(index["protocol"] == json({1, 1}));
   int checked = 0;
   for (const json& entry : index["valid"]) {
     const std::string name = entry["name"];
@@ -314,23 +318,24 @@ TEST_CASE("every valid golden vector decodes to its JSON") {
       continue;
     }
     EXPECT_EQ(msg.type, entry["type"].get<std::string>());
-    // Drop the keys v1.0 does not define: only a newer minor may carry them.
+    // Drop the keys v1.1 does not define: only a newer minor may carry them.
     const auto& known = kKnownKeys.at(msg.type);
     std::vector<std::string> unknown;
     for (auto it = expected.begin(); it != expected.end(); ++it) {
       if (!known.count(it.key())) unknown.push_back(it.key());
     }
     for (const auto& key : unknown) expected.erase(key);
-    EXPECT_MSG(unknown.empty() || msg.minor > 0, name + " has unknown keys at minor 0");
+    EXPECT_MSG(unknown.empty() || msg.minor > kProtocolMinor, name + " has unknown keys at minor 1");
     const json actual = to_json(msg);
     EXPECT_MSG(actual == expected, name + "\n    decoded:  " + actual.dump() + "\n    expected: " + expected.dump());
     ++checked;
   }
-  EXPECT_EQ(checked, 18);
+  EXPECT_EQ(checked, 19);
 }
 
 TEST_CASE("published vectors belong on their topic") {
   const json index = index_json();
+  int published = 0;
   for (const json& entry : index["valid"]) {
     if (entry["topic"].is_null()) continue;
     const std::string name = entry["name"];
@@ -342,7 +347,9 @@ TEST_CASE("published vectors belong on their topic") {
     if (std::holds_alternative<Hello>(msg.body)) topic = std::string(kHelloTopic);
     if (std::holds_alternative<Stats>(msg.body)) topic = std::string(kStatsTopic);
     EXPECT_EQ(topic, entry["topic"].get<std::string>());
+    ++published;
   }
+  EXPECT_EQ(published, 7);  // hello, 3 frames, stream_start, stream_end, stats
 }
 
 TEST_CASE("every invalid golden vector is refused with its code") {
@@ -361,7 +368,7 @@ TEST_CASE("every invalid golden vector is refused with its code") {
     }
     ++checked;
   }
-  EXPECT_EQ(checked, 12);
+  EXPECT_EQ(checked, 14);
 }
 
 TEST_CASE("request encoders reproduce the reference encoder's bytes") {
@@ -555,6 +562,157 @@ TEST_CASE("topics end in a slash and validate the stream id") {
   EXPECT(!is_valid_stream_id(""));
   EXPECT(!is_valid_stream_id("a b"));
   EXPECT(!is_valid_stream_id(std::string(65, 'x')));
+}
+
+// --- protocol 1.1 --------------------------------------------------------------------------------
+
+std::function<void(Packer&)> u(std::uint64_t x) {
+  return [x](Packer& p) { p.pack_uint64(x); };
+}
+std::function<void(Packer&)> i64(std::int64_t x) {
+  return [x](Packer& p) { p.pack_int64(x); };
+}
+
+// open_stream with one field replaced (an empty function removes it).
+std::string open_stream_payload(const std::string& key, const std::function<void(Packer&)>& value) {
+  std::vector<Entry> e = {{"v", v10()}, {"type", str("open_stream")}, {"sample_rate", u(16000)},
+                          {"channels", u(1)}, {"format", str("f32le")}};
+  std::vector<Entry> out;
+  for (auto& entry : e) {
+    if (entry.first != key) out.push_back(entry);
+    else if (value) out.emplace_back(key, value);
+  }
+  return pack_map(out);
+}
+
+TEST_CASE("1.1: a wrongly typed open_stream field is malformed, a value out of range bad_audio") {
+  const auto code = [](const std::string& key, const std::function<void(Packer&)>& value) {
+    return decode_error_code(open_stream_payload(key, value));
+  };
+  EXPECT(code("sample_rate", str("16000")) == ErrorCode::malformed);  // the golden invalid_sample_rate_type
+  EXPECT(code("sample_rate", [](Packer& p) { p.pack_double(16000.5); }) == ErrorCode::malformed);
+  EXPECT(code("sample_rate", [](Packer& p) { p.pack_true(); }) == ErrorCode::malformed);
+  EXPECT(code("sample_rate", [](Packer& p) { p.pack_nil(); }) == ErrorCode::malformed);
+  EXPECT(code("sample_rate", u(4000)) == ErrorCode::bad_audio);
+  EXPECT(code("sample_rate", u(192001)) == ErrorCode::bad_audio);
+  EXPECT(code("sample_rate", i64(-16000)) == ErrorCode::bad_audio);  // an integer, out of range
+  EXPECT(code("sample_rate", u(std::uint64_t{1} << 40)) == ErrorCode::bad_audio);
+  EXPECT(code("channels", str("1")) == ErrorCode::malformed);
+  EXPECT(code("channels", u(0)) == ErrorCode::bad_audio);
+  EXPECT(code("channels", u(9)) == ErrorCode::bad_audio);
+  EXPECT(code("format", u(1)) == ErrorCode::malformed);
+  EXPECT(code("format", [](Packer& p) { p.pack_bin(5), p.pack_bin_body("f32le", 5); }) == ErrorCode::malformed);
+  EXPECT(code("format", str("mp3")) == ErrorCode::bad_audio);
+  EXPECT(code("sample_rate", {}) == ErrorCode::malformed);  // missing
+  // In range and well typed: decodes (a 1.0 message still does: 1.1 only adds).
+  const OpenStream o = std::get<OpenStream>(decode(open_stream_payload("sample_rate", u(192000))).body);
+  EXPECT_EQ(o.sample_rate, 192000u);
+  // Other fields keep their single code: a negative seq is a wrong value of a uint, malformed.
+  EXPECT(decode_error_code(frame_payload({{"seq", i64(-1)}})) == ErrorCode::malformed);
+}
+
+TEST_CASE("1.1: stream ids '.' and '..' are refused everywhere a stream id is checked") {
+  EXPECT(!is_valid_stream_id("."));
+  EXPECT(!is_valid_stream_id(".."));
+  EXPECT(is_valid_stream_id("..."));  // only the two path components are reserved
+  EXPECT(is_valid_stream_id(".a"));
+  EXPECT(is_valid_stream_id("a.."));
+  for (const char* id : {".", ".."}) {
+    EXPECT(decode_error_code(frame_payload({{"stream", str(id)}})) == ErrorCode::malformed);
+    EXPECT(decode_error_code(pack_map({{"v", v10()}, {"type", str("end_stream")}, {"stream", str(id)}})) ==
+           ErrorCode::malformed);
+    std::vector<Entry> open = {{"v", v10()}, {"type", str("open_stream")}, {"stream", str(id)},
+                               {"sample_rate", u(16000)}, {"channels", u(1)}, {"format", str("f32le")}};
+    EXPECT(decode_error_code(pack_map(open)) == ErrorCode::malformed);
+    const std::string stats = pack_map(
+        {{"v", v10()}, {"type", str("stats")}, {"uptime_s", u(1)},
+         {"streams",
+          [id](Packer& p) {
+            p.pack_map(1), p.pack(std::string(id)), p.pack_map(5);
+            p.pack(std::string("fps")), p.pack(30), p.pack(std::string("latency_p50_ms")), p.pack(0);
+            p.pack(std::string("latency_p95_ms")), p.pack(0), p.pack(std::string("frames")), p.pack(0);
+            p.pack(std::string("drops")), p.pack(0);
+          }},
+         {"drops", u(0)}, {"published_ns", u(0)}});
+    EXPECT(decode_error_code(stats) == ErrorCode::malformed);
+    bool threw = false;
+    try {
+      (void)frame_topic(id);
+    } catch (const ProtocolError& e) {
+      threw = e.code() == ErrorCode::malformed;
+    }
+    EXPECT_MSG(threw, std::string("frame_topic accepted ") + id);
+    threw = false;
+    try {
+      (void)encode_end_stream(EndStream{id, std::nullopt});
+    } catch (const ProtocolError& e) {
+      threw = e.code() == ErrorCode::malformed;
+    }
+    EXPECT_MSG(threw, std::string("encode_end_stream accepted ") + id);
+  }
+}
+
+TEST_CASE("1.1: forbidden is a known code") {
+  EXPECT(error_code_from_string("forbidden") == ErrorCode::forbidden);
+  EXPECT_EQ(to_string(ErrorCode::forbidden), std::string_view("forbidden"));
+  const Error e = std::get<Error>(decode(read_bytes(kGolden + "/error_forbidden.msgpack")).body);
+  EXPECT(e.error_code() == ErrorCode::forbidden);
+  EXPECT(e.request_type == std::optional<std::string>("end_stream"));
+  EXPECT(e.stream == std::optional<std::string>("npc1"));
+  EXPECT(e.req == std::optional<std::uint64_t>(4));
+}
+
+TEST_CASE("1.1: stats' refused, capacity and shed; stream_opened's max_ahead_s") {
+  const Stats s = std::get<Stats>(decode(read_bytes(kGolden + "/stats.msgpack")).body);
+  REQUIRE(s.refused.has_value());
+  EXPECT_EQ(s.refused->size(), 2u);
+  EXPECT_EQ(s.refused->at("malformed"), 3u);
+  EXPECT_EQ(s.refused->at("forbidden"), 1u);
+  EXPECT(s.capacity == std::optional<std::uint64_t>(2));
+  EXPECT(s.streams.at("npc1").shed == std::optional<std::uint64_t>(2));
+  EXPECT(s.streams.at("mic").shed == std::optional<std::uint64_t>(0));
+  const StreamOpened o = std::get<StreamOpened>(decode(read_bytes(kGolden + "/stream_opened.msgpack")).body);
+  EXPECT(o.max_ahead_s == std::optional<double>(20.0));
+
+  // Optional: a 1.0 runtime's messages have none of them.
+  const auto stats = [](const std::vector<Entry>& extra) {
+    std::vector<Entry> e = {{"v", v10()}, {"type", str("stats")}, {"uptime_s", u(1)},
+                            {"streams", [](Packer& p) { p.pack_map(0); }}, {"drops", u(0)}, {"published_ns", u(0)}};
+    e.insert(e.end(), extra.begin(), extra.end());
+    return pack_map(e);
+  };
+  const Stats plain = std::get<Stats>(decode(stats({})).body);
+  EXPECT(!plain.refused && !plain.capacity);
+  const auto opened = [](const std::vector<Entry>& extra) {
+    std::vector<Entry> e = {{"v", v10()}, {"type", str("stream_opened")}, {"stream", str("npc1")}, {"fps", u(30)}};
+    e.insert(e.end(), extra.begin(), extra.end());
+    return pack_map(e);
+  };
+  EXPECT(!std::get<StreamOpened>(decode(opened({})).body).max_ahead_s);
+  EXPECT(std::get<StreamOpened>(decode(opened({{"max_ahead_s", u(5)}})).body).max_ahead_s ==
+         std::optional<double>(5.0));  // an integer where a float goes
+
+  // Present but of the wrong type: malformed, as the reference decoder has it.
+  EXPECT(decode_error_code(stats({{"capacity", str("2")}})) == ErrorCode::malformed);
+  EXPECT(decode_error_code(stats({{"capacity", i64(-1)}})) == ErrorCode::malformed);
+  EXPECT(decode_error_code(stats({{"refused", u(3)}})) == ErrorCode::malformed);
+  EXPECT(decode_error_code(stats({{"refused", [](Packer& p) {
+                                      p.pack_map(1), p.pack(std::string("busy")), p.pack(-1);
+                                    }}})) == ErrorCode::malformed);
+  EXPECT(decode_error_code(stats({{"refused", [](Packer& p) { p.pack_map(1), p.pack(1), p.pack(1); }}})) ==
+         ErrorCode::malformed);
+  EXPECT(decode_error_code(opened({{"max_ahead_s", str("20")}})) == ErrorCode::malformed);
+  // Codes a newer runtime adds are counted all the same.
+  const Stats future = std::get<Stats>(decode(stats({{"refused", [](Packer& p) {
+                                                        p.pack_map(1), p.pack(std::string("overheated")), p.pack(7);
+                                                      }}})).body);
+  EXPECT_EQ(future.refused->at("overheated"), 7u);
+}
+
+TEST_CASE("1.1: requests are written as [1, 1]") {
+  const Message m = decode(encode_end_stream(EndStream{"npc1", 2}));
+  EXPECT_EQ(m.major, 1u);
+  EXPECT_EQ(m.minor, 1u);
 }
 
 HARNESS_MAIN()

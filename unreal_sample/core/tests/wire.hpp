@@ -19,7 +19,7 @@ class Map {
     key("v");
     p_.pack_array(2);
     p_.pack_uint32(major);
-    p_.pack_uint32(0);
+    p_.pack_uint32(ksdiff::kProtocolMinor);  // as the runtime writes it
     key("type");
     str(type);
   }

@@ -1,5 +1,5 @@
-// Wire protocol v1 of ksdiff-runtime (protocol/SPEC.md): message types, decoding and the
-// client's request encoders.
+// Wire protocol v1.1 of ksdiff-runtime (protocol/SPEC.md): message types, decoding and the
+// client's request encoders. It reads any minor of major 1 and writes minor 1.
 //
 // This header is free of ZeroMQ and msgpack includes on purpose: the Unreal module (and any
 // other host) includes it without seeing either library; only protocol.cpp uses msgpack-c.
@@ -19,7 +19,9 @@
 namespace ksdiff {
 
 inline constexpr std::uint32_t kProtocolMajor = 1;
-inline constexpr std::uint32_t kProtocolMinor = 0;
+// The minor this client writes in its requests (the golden request vectors carry [1, 1]). It
+// reads any minor of major 1: a higher minor only adds optional keys and message types.
+inline constexpr std::uint32_t kProtocolMinor = 1;
 inline constexpr std::size_t kNumBlendshapes = 52;
 inline constexpr std::size_t kBlendshapeBytes = 4 * kNumBlendshapes;  // 208: 52 float32 LE
 inline constexpr std::size_t kMaxMessageBytes = std::size_t{1} << 20;  // SPEC 3.4
@@ -38,7 +40,8 @@ inline constexpr std::string_view kStreamTopicPrefix = "ksd1/stream/";
 inline constexpr std::string_view kStatsTopic = "ksd1/stats/";
 inline constexpr std::string_view kHelloTopic = "ksd1/hello/";
 
-// 1..64 characters of [A-Za-z0-9_.-].
+// 1..64 characters of [A-Za-z0-9_.-], and not "." or ".." (refused since 1.1: tools and receivers
+// use a stream id as a file or URL path segment).
 bool is_valid_stream_id(std::string_view stream_id) noexcept;
 // "ksd1/frame/<id>/" and "ksd1/stream/<id>/"; throw ProtocolError(malformed) on a bad id.
 std::string frame_topic(std::string_view stream_id);
@@ -53,6 +56,7 @@ enum class ErrorCode {
   unknown_stream,
   bad_audio,
   busy,
+  forbidden,  // 1.1: the stream belongs to another client connection (or to the runtime itself)
   internal,
 };
 std::string_view to_string(ErrorCode code) noexcept;
@@ -131,6 +135,7 @@ struct StreamStats {
   std::uint64_t drops = 0;
   std::optional<std::string> source;       // optional in the SPEC: kept when well-typed
   std::optional<std::uint64_t> sanitized;  // idem
+  std::optional<std::uint64_t> shed;       // idem (1.1): of the drops, frames skipped for deadlines
 };
 
 struct Stats {
@@ -138,6 +143,10 @@ struct Stats {
   std::map<std::string, StreamStats> streams;
   std::uint64_t drops = 0;
   std::int64_t published_ns = 0;
+  // 1.1, optional: error code -> requests refused with it since start; and how many more live
+  // streams the runtime has room for now (from measured compute).
+  std::optional<std::map<std::string, std::uint64_t>> refused;
+  std::optional<std::uint64_t> capacity;
 };
 
 struct OpenStream {
@@ -165,6 +174,9 @@ struct EndStream {
 struct StreamOpened {
   std::string stream;
   std::uint32_t fps = 0;
+  // 1.1, optional: seconds of audio beyond real time the stream buffers; audio pushed further
+  // ahead is refused with `busy` (nothing of it taken). Absent from a 1.0 runtime: no limit.
+  std::optional<double> max_ahead_s;
   std::optional<std::uint64_t> req;
 };
 
@@ -196,8 +208,9 @@ struct Message {
 
 // One payload -> its validated message. Throws ProtocolError with the code the SPEC gives:
 // too_large (over 1 MiB), malformed (not exactly one msgpack map, bad or missing v/type, a
-// known field missing or ill-typed), unsupported_version (major != 1), unknown_type (a client
-// ignores those: a newer runtime's messages), bad_audio (open_stream parameters out of range).
+// known field missing or of the wrong type, a bad stream id), unsupported_version (major != 1),
+// unknown_type (a client ignores those: a newer runtime's messages), bad_audio (open_stream's
+// sample_rate/channels/format of the right type but out of range; a wrong type is malformed).
 Message decode(const void* data, std::size_t size);
 inline Message decode(std::string_view payload) { return decode(payload.data(), payload.size()); }
 

@@ -5,11 +5,15 @@
 // thread*. Nothing here blocks the caller: start() returns at once, and ZeroMQ connects (and
 // reconnects every ~100 ms after the runtime goes away) in the background. A runtime restart
 // is recognised by the `instance` of its hello. stop() returns within one poll interval.
+// With CurveKeys it is a CURVE client, as a runtime beyond loopback requires (SPEC 1.1); a failed
+// handshake (a key the runtime does not know, the wrong server key) is reported in the status,
+// since such a client otherwise just receives nothing.
 //
 // ZeroMQ and cppzmq stay out of this header (pimpl) so the Unreal module includes it without
 // them.
 #pragma once
 
+#include "ksdiff/curve.hpp"
 #include "ksdiff/protocol.hpp"
 
 #include <chrono>
@@ -46,6 +50,10 @@ class SubscriberHandler {
   // A message that was refused (malformed, wrong topic, or a major version this client does
   // not speak). Unknown message types are not reported: they are a newer runtime's, ignored.
   virtual void on_bad_message(ErrorCode code, const std::string& message) { (void)code, (void)message; }
+  // The connection's handshake failed: with CURVE, the runtime refused this client's key or the
+  // server key is not the runtime's; without, the runtime may require CURVE. Nothing arrives
+  // until that is fixed (SubscriberStatus::handshake_error says the same).
+  virtual void on_handshake_failed(const std::string& reason) { (void)reason; }
 };
 
 struct SubscriberConfig {
@@ -53,6 +61,10 @@ struct SubscriberConfig {
   // Empty: every stream. Otherwise only this stream id's frames and start/end events.
   std::string stream_filter;
   bool subscribe_stats = true;
+  // The runtime's public key and this client's key pair, for a runtime that requires CURVE (one
+  // listening beyond loopback; SPEC 1.1). Empty: plain TCP, as a loopback runtime serves.
+  // curve_keys_from_files() reads them from the certificate files `ksdiff-runtime keys` writes.
+  std::optional<CurveKeys> curve;
   int reconnect_interval_ms = 100;      // ZMQ_RECONNECT_IVL: retry soon after a runtime restart
   int reconnect_interval_max_ms = 1000;  // ZMQ_RECONNECT_IVL_MAX: back off to at most this
   int receive_hwm = 10000;               // ZMQ_RCVHWM (SPEC 1: at least 1000)
@@ -66,7 +78,7 @@ struct SubscriberConfig {
 
 enum class ConnectionState {
   stopped,     // not started, or stopped
-  connecting,  // started, no hello yet (runtime not up, wrong endpoint, or still joining)
+  connecting,  // started, no hello yet (runtime not up, wrong endpoint or keys, or still joining)
   live,        // a hello arrived within hello_timeout_s
   stale,       // had hellos, none recently: the runtime stopped or the network is down
   failed,      // the socket could not be set up (bad endpoint): see last_error
@@ -84,6 +96,10 @@ struct SubscriberStatus {
   std::uint64_t bad_messages = 0;    // refused: malformed, wrong topic, unsupported version
   std::uint64_t ignored_messages = 0;  // unknown types (a newer runtime's)
   std::uint64_t restarts = 0;          // runtime restarts seen (instance changes)
+  // CURVE or other ZMTP handshakes that failed, and why the last one did ("" once one succeeds).
+  // A runtime that refuses this client's key sends nothing at all: this is the only sign of it.
+  std::uint64_t handshake_failures = 0;
+  std::string handshake_error;
   double last_message_s = -1.0;        // subscriber clock; -1: never
   double last_hello_s = -1.0;
   std::string last_error;
@@ -124,7 +140,11 @@ struct BadMessageEvent {
   ErrorCode code = ErrorCode::malformed;
   std::string message;
 };
-using Event = std::variant<Hello, FrameEvent, StreamStart, StreamEnd, Stats, RestartEvent, BadMessageEvent>;
+struct HandshakeFailedEvent {
+  std::string reason;
+};
+using Event = std::variant<Hello, FrameEvent, StreamStart, StreamEnd, Stats, RestartEvent, BadMessageEvent,
+                           HandshakeFailedEvent>;
 
 // A SubscriberHandler that queues every event for another thread (a game tick, a test).
 // Bounded: past `capacity` the oldest event is dropped and counted.
@@ -149,6 +169,7 @@ class EventQueue final : public SubscriberHandler {
   void on_bad_message(ErrorCode code, const std::string& message) override {
     push(BadMessageEvent{code, message});
   }
+  void on_handshake_failed(const std::string& reason) override { push(HandshakeFailedEvent{reason}); }
 
  private:
   void push(Event event);

@@ -4,9 +4,11 @@
 #include "ILiveLinkClient.h"
 #include "LiveLinkTypes.h"
 #include "Misc/FrameRate.h"
+#include "Misc/Paths.h"
 #include "Misc/QualifiedFrameTime.h"
 #include "Roles/LiveLinkBasicRole.h"
 
+#include "ksdiff/curve.hpp"
 #include "ksdiff/live_link_feed.hpp"
 #include "ksdiff/subscriber.hpp"
 
@@ -85,6 +87,35 @@ void FKsdiffLiveLinkSource::ReceiveClient(ILiveLinkClient* InClient, FGuid InSou
 	ksdiff::SubscriberConfig Config;
 	Config.endpoint = std::string(TCHAR_TO_UTF8(*Connection.Endpoint.TrimStartAndEnd()));
 	Config.stream_filter = std::string(TCHAR_TO_UTF8(*Connection.StreamFilter.TrimStartAndEnd()));
+	// CURVE keys from the certificate files, read here once (the core parses them and checks
+	// the keys); the subscriber sets them on its socket before connecting. A relative path is
+	// taken from the project folder (the editor's working directory is the engine's).
+	SetupError.Reset();
+	const auto KeyPath = [](const FString& Path)
+	{
+		const FString Trimmed = Path.TrimStartAndEnd();
+		return Trimmed.IsEmpty() ? Trimmed : FPaths::ConvertRelativePathToFull(FPaths::ProjectDir(), Trimmed);
+	};
+	const FString ServerKeyFile = KeyPath(Connection.ServerKeyFile);
+	const FString ClientSecretKeyFile = KeyPath(Connection.ClientSecretKeyFile);
+	if (!ServerKeyFile.IsEmpty() || !ClientSecretKeyFile.IsEmpty())
+	{
+		if (ServerKeyFile.IsEmpty() || ClientSecretKeyFile.IsEmpty())
+		{
+			SetupError = TEXT("CURVE needs both key files: the runtime's server.key and this client's .key_secret");
+			return;
+		}
+		try
+		{
+			Config.curve = ksdiff::curve_keys_from_files(std::string(TCHAR_TO_UTF8(*ServerKeyFile)),
+				std::string(TCHAR_TO_UTF8(*ClientSecretKeyFile)));
+		}
+		catch (const ksdiff::CurveError& Error)
+		{
+			SetupError = UTF8_TO_TCHAR(Error.what());
+			return;
+		}
+	}
 	// Arrival times on the engine's clock, so the stamps compare with FApp::GetCurrentTime().
 	Config.clock = [] { return FPlatformTime::Seconds(); };
 	Subscriber = std::make_unique<ksdiff::Subscriber>(std::move(Config), *Feed);
@@ -124,7 +155,7 @@ bool FKsdiffLiveLinkSource::IsSourceStillValid() const
 	// text tells the rest.
 	if (!Subscriber)
 	{
-		return false;
+		return false;  // stopped, or could not start (SetupError)
 	}
 	const ksdiff::ConnectionState State = Subscriber->status().state;
 	return State != ksdiff::ConnectionState::failed && State != ksdiff::ConnectionState::stopped;
@@ -164,6 +195,10 @@ FText FKsdiffLiveLinkSource::GetSourceMachineName() const
 
 FText FKsdiffLiveLinkSource::GetSourceStatus() const
 {
+	if (!SetupError.IsEmpty())
+	{
+		return FText::Format(LOCTEXT("SetupFailed", "Error: {0}"), FText::FromString(SetupError));
+	}
 	if (!Subscriber)
 	{
 		return LOCTEXT("Stopped", "Stopped");
@@ -185,6 +220,12 @@ FText FKsdiffLiveLinkSource::GetSourceStatus() const
 		return LOCTEXT("Active", "Active");
 	}
 	case ksdiff::ConnectionState::connecting:
+		if (!Status.handshake_error.empty())
+		{
+			// A runtime that refuses our keys (or needs some) sends nothing: say why.
+			return FText::Format(LOCTEXT("HandshakeFailed", "Waiting for ksdiff-runtime: {0}"),
+				FText::FromString(UTF8_TO_TCHAR(Status.handshake_error.c_str())));
+		}
 		return LOCTEXT("Connecting", "Waiting for ksdiff-runtime");
 	case ksdiff::ConnectionState::stale:
 		return LOCTEXT("Stale", "Not responding");

@@ -40,6 +40,8 @@ private:
 	void Stop();
 
 	FKsdiffLiveLinkConnectionSettings Connection;
+	// Why the source could not start (unreadable CURVE key files); empty when it did.
+	FString SetupError;
 	// Destroyed in reverse order: the subscriber (and its thread) first, then what it calls.
 	std::unique_ptr<FKsdiffLiveLinkClientSink> Sink;
 	std::unique_ptr<ksdiff::LiveLinkFeed> Feed;

@@ -1,4 +1,5 @@
-// The creation panel of the Live Link "+ Source" menu: endpoint and stream filter, then Add.
+// The creation panel of the Live Link "+ Source" menu: endpoint, stream filter and, for a runtime
+// beyond loopback, the two CURVE key files; then Add.
 #pragma once
 
 #include "CoreMinimal.h"
@@ -27,5 +28,7 @@ private:
 
 	TSharedPtr<SEditableTextBox> EndpointBox;
 	TSharedPtr<SEditableTextBox> FilterBox;
+	TSharedPtr<SEditableTextBox> ServerKeyBox;
+	TSharedPtr<SEditableTextBox> ClientKeyBox;
 	FOnKsdiffConnectionAccepted OnConnectionAccepted;
 };

@@ -1,5 +1,6 @@
 // Makes ksdiff-runtime sources: from the Live Link panel's "+ Source" menu (a small panel asking
-// for the endpoint and the stream filter) or from a preset's connection string.
+// for the endpoint, the stream filter and, for a runtime beyond loopback, the CURVE key files) or
+// from a preset's connection string.
 #pragma once
 
 #include "CoreMinimal.h"

@@ -20,6 +20,23 @@ struct KSDIFFLIVELINK_API FKsdiffLiveLinkConnectionSettings
 	/** Only this stream ("mic", "npc1", ...). Empty: every stream, one subject per stream. */
 	UPROPERTY(EditAnywhere, Category = "Connection")
 	FString StreamFilter;
+
+	/**
+	 * CurveZMQ, for a runtime listening beyond loopback (it requires keys there): the runtime's
+	 * public certificate, `server.key` as `ksdiff-runtime keys` wrote it. A path on this machine
+	 * (relative: from the project folder). Empty, with ClientSecretKeyFile: plain TCP, as a
+	 * runtime on this machine serves.
+	 */
+	UPROPERTY(EditAnywhere, Category = "Connection|CURVE")
+	FString ServerKeyFile;
+
+	/**
+	 * This client's own certificate with its secret key (`NAME.key_secret`); the runtime's
+	 * --curve-clients folder must hold its `NAME.key`. A path on this machine (relative: from the
+	 * project folder).
+	 */
+	UPROPERTY(EditAnywhere, Category = "Connection|CURVE")
+	FString ClientSecretKeyFile;
 };
 
 /**
