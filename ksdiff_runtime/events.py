@@ -6,9 +6,10 @@
     StreamEnded     a stream ended (after its last frame, which carries ``last``)
     Stats           the runtime's figures, once a second
     Hello           the runtime's schema announcement, once a second (for late joiners)
+    AudioLevel      how loud a stream's audio was over the frames of one engine round (for meters)
 
-Every output (outputs/: the ZeroMQ PUB, Live Link Face, VMC) receives every event and takes what it
-needs; Live Link and VMC only draw frames, the PUB publishes all of them.
+Every output (outputs/: the ZeroMQ PUB, Live Link Face, VMC, ...) receives every event and takes
+what it needs; Live Link and VMC only draw frames, the PUB publishes all but ``AudioLevel``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ class Hello:
     instance: str  # random per runtime start
 
 
-Event = Frame | StreamStarted | StreamEnded | Stats | Hello
+@dataclass(frozen=True)
+class AudioLevel:
+    stream: str
+    t_audio: float  # the end of the audio measured, on the stream's audio clock (s)
+    rms_dbfs: float  # its RMS level in dB relative to full scale (-120 for silence)
 
-__all__ = ["Event", "Frame", "Hello", "Stats", "StreamEnded", "StreamStarted"]
+
+Event = Frame | StreamStarted | StreamEnded | Stats | Hello | AudioLevel
+
+__all__ = ["AudioLevel", "Event", "Frame", "Hello", "Stats", "StreamEnded", "StreamStarted"]

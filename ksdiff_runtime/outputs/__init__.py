@@ -1,5 +1,6 @@
-"""Frame outputs besides the ZeroMQ PUB: Live Link Face (Unreal) and VMC (VTubing apps), over UDP.
+"""Where frames go: the ZeroMQ PUB, Live Link Face (Unreal) and VMC (VTubing apps), and animation files.
 
-Each adapter has the runtime's ``FrameOutput`` shape (``name``, ``send(frame)``, ``close()``)
-and is passed as ``Runtime(outputs=[...])``; docs/OUTPUTS.md describes them.
+The live ones are ``FrameOutput``s (base.py: ``name``, ``send(event)``, ``close()``): the ZeroMQ
+PUB (zmq.py, every event), Live Link Face and VMC over UDP (frames). files.py writes a bake's
+frames (CSV in the Live Link Face convention of livelink.py, JSON). docs/OUTPUTS.md describes them.
 """

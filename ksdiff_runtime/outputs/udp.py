@@ -1,7 +1,7 @@
 """What the UDP outputs share: HOST:PORT parsing, a sender that never blocks, and stream choice.
 
-Outputs run on the runtime's io thread (``Runtime(outputs=[...])`` calls ``send(frame)`` right
-after publishing each frame), so nothing here may wait: the socket is non-blocking and every
+Outputs run on the runtime's io thread (``Runtime(outputs=[...])`` calls ``send(event)`` for each
+event, after the ZeroMQ PUB), so nothing here may wait: the socket is non-blocking and every
 error (nothing listening, no route, a full send buffer) is counted and logged once, never raised.
 """
 

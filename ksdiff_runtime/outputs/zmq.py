@@ -12,7 +12,7 @@ import time
 import zmq
 
 from ksdiff_runtime import __version__
-from ksdiff_runtime.events import Event, Frame, Hello, Stats, StreamEnded, StreamStarted
+from ksdiff_runtime.events import AudioLevel, Event, Frame, Hello, Stats, StreamEnded, StreamStarted
 from ksdiff_sdk import protocol
 
 PUB_SNDHWM = 10_000  # per subscriber: ~20 s of 8 streams at 60 fps before ZeroMQ drops for it
@@ -42,6 +42,8 @@ class ZmqPublisher:
                                             capacity=event.capacity)
         elif isinstance(event, Hello):
             message = protocol.encode_hello(__version__, self.fps, instance=event.instance)
+        elif isinstance(event, AudioLevel):
+            return  # for local meters (the preview page); not part of the protocol
         else:
             raise TypeError(f"not an event: {type(event).__name__}")
         self.socket.send_multipart(message, flags=zmq.NOBLOCK)
