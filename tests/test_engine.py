@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 
 import numpy as np
@@ -16,15 +17,15 @@ from ksdiff_runtime import motion
 from ksdiff_runtime.backends.torch_backend import TorchBackend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.presets import MAX_LAG_HOPS, MIN_LAG_MS, PRESETS, Preset
-from ksdiff_runtime.engine.stream import output_frames
+from ksdiff_runtime.engine.stream import frame_sample, output_frames
 from ksdiff_runtime.features.frontend import FrontEndConfig
 from ksdiff_runtime.inputs.guards import AudioInputError
-from ksdiff_runtime.inputs.stream import BadAudioError
+from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
 from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT, ModelConfig
 from ksdiff_runtime.model.ksdiff import KSDiff
 from ksdiff_runtime.motion import SAMPLE_RATE
-from ksdiff_runtime.sessions import RefusedError
+from ksdiff_runtime.sessions import SOURCE_QUEUE_S, RefusedError
 
 MS = 1_000_000
 
@@ -183,6 +184,25 @@ def test_a_round_does_at_most_one_hop_per_stream(tiny_backend, speech_16k):
     per_stream = {s: sum(f.stream == s for f in result.frames) for s in ("ahead", "live")}
     assert per_stream == {"ahead": engine.preset.hop_frames, "live": engine.preset.hop_frames}
     assert result.ticks == 1 and result.hops == 2
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_has_work_never_asks_for_a_round_that_does_nothing(tiny_backend, speech_16k, preset):
+    """The server's engine thread steps while ``has_work()`` and sleeps otherwise: a yes that leads to
+    an empty round (a hop that waits for a whole front-end group) would spin it at 100 % CPU."""
+    engine = StreamingEngine(tiny_backend, preset)
+    sid = engine.open_stream()
+    rng = np.random.default_rng(1)
+    for chunk in random_chunks(speech_16k, rng, 700):
+        engine.push(sid, chunk)
+        empty = 0
+        while engine.has_work():
+            result = engine.step()
+            empty = 0 if result.frames or result.ended else empty + 1
+            assert empty <= 1  # the round that takes the new audio may emit nothing; the next must
+    engine.end_stream(sid)
+    frames, _ = finish(engine, sid)
+    assert frames[-1].last
 
 
 def test_streams_join_and_leave_at_any_time(tiny_backend, speech_16k):
@@ -372,6 +392,35 @@ def test_long_streams_keep_bounded_state(tiny_backend):
     assert len(state._arrivals) <= 1
 
 
+def test_a_source_faster_than_real_time_waits_for_the_engine(tiny_backend):
+    """A file played as fast as possible is read only as fast as the engine animates it: the audio
+    waiting for the engine (queued, or held unanimated) stays near SOURCE_QUEUE_S, not the file's length."""
+    engine = StreamingEngine(tiny_backend, "low-latency")
+    session = engine.sessions.open("file", "file", AudioFormat(), admit=False)
+    audio = (0.05 * np.random.default_rng(0).standard_normal(20 * SAMPLE_RATE)).astype(np.float32)
+    stop = threading.Event()
+
+    def feeder() -> None:
+        for i in range(0, audio.size, 1600):
+            engine.sessions.feed_from_source(session, audio[i : i + 1600], None, stop)
+        engine.sessions.end(session)
+
+    thread = threading.Thread(target=feeder, daemon=True)
+    thread.start()
+    waiting = kept = frames = 0
+    while not session.finished:
+        frames += len(engine.step().frames)
+        state = session.state
+        unanimated = state.samples - frame_sample(state.emitted) if state else 0
+        waiting = max(waiting, session.pending_samples + unanimated)
+        kept = max(kept, state._audio.size if state else 0)  # plus the context the front-end still reads
+    thread.join(5)
+    assert frames == output_frames(audio.size, motion.FPS)
+    print(f"waiting {waiting / SAMPLE_RATE:.2f} s, kept {kept / SAMPLE_RATE:.2f} s")
+    assert waiting < (SOURCE_QUEUE_S + 0.5) * SAMPLE_RATE, waiting / SAMPLE_RATE
+    assert kept < (SOURCE_QUEUE_S + 3.0) * SAMPLE_RATE, kept / SAMPLE_RATE
+
+
 def test_presets_are_validated():
     with pytest.raises(ValueError, match="hop_frames"):
         Preset("x", hop_frames=0, window_frames=4, model_lookahead_frames=0, steps=2, crossfade_frames=0,
@@ -392,3 +441,22 @@ def test_eval_stream_variants_name_preset_fields():
         parse_variant("low-latency:hops=2")
     with pytest.raises(ValueError, match="unknown preset"):
         parse_variant("fast")
+
+
+def test_each_round_reports_the_audio_level_of_its_frames(tiny_backend):
+    """Meters (the preview page) read the level of the audio each hop animated: silence, then a tone."""
+    engine = StreamingEngine(tiny_backend, "low-latency")
+    sid = engine.open_stream()
+    tone = (0.5 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
+    engine.push(sid, np.concatenate([np.zeros(SAMPLE_RATE, np.float32), tone]))
+    engine.end_stream(sid)
+    levels = []
+    while engine.has_work():
+        levels += engine.step().levels
+    assert levels and all(lv.stream == sid for lv in levels)
+    ends = [lv.t_audio for lv in levels]
+    assert ends == sorted(ends) and ends[-1] == pytest.approx(2.0, abs=0.05)
+    silent = [lv.rms_dbfs for lv in levels if lv.t_audio <= 0.9]
+    loud = [lv.rms_dbfs for lv in levels if lv.t_audio > 1.2]
+    assert max(silent) == -120.0
+    assert min(loud) == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.5)  # -9.0 dBFS

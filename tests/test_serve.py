@@ -365,8 +365,10 @@ def test_serve_port_in_use_exits_with_a_clear_message(runtime):
     assert f"cannot listen on {runtime.pub_endpoint}" in taken.stderr and "--pub" in taken.stderr
 
 
-def test_serve_stops_cleanly_on_sigterm(tmp_path):
-    """The real command: a client opens a stream, SIGTERM, the stream ends with reason shutdown."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_within_2_s_while_busy(speech_wav, signum):
+    """The real command, busy: a file played as fast as possible (looped) and a client's stream. A
+    signal ends both streams (a closing frame, reason shutdown) and the process exits 0 within 2 s."""
     import socket
 
     ports = []
@@ -376,20 +378,32 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
             ports.append(s.getsockname()[1])
     pub, router = (f"tcp://127.0.0.1:{p}" for p in ports)
     server = subprocess.Popen([sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--pub", pub, "--router", router,
-                               "--backend", "onnxruntime", "--log-format", "json"],
-                              stderr=subprocess.PIPE, text=True)
+                               "--backend", "onnxruntime", "--log-format", "json", "--file", str(speech_wav), "--fast",
+                               "--loop", "--no-admission"], stderr=subprocess.PIPE, text=True)
     try:
         rt = type("Endpoints", (), {"pub_endpoint": pub, "router_endpoint": router})()
         peer = Peer(rt)  # waits for the server's first hello (it loads the model first)
         try:
             peer.request("open_stream", stream="npc", sample_rate=16000, channels=1, format="f32le")
-            server.send_signal(signal.SIGTERM)
-            assert peer.wait_pub(is_end("npc"))[-1]["reason"] == "shutdown"
+            peer.send(P.encode_request("audio", stream="npc", seq=0, pcm=b"\0" * 4 * 16000 * 5))
+            peer.wait_pub(lambda m: m["type"] == "frame" and m["stream"] == "npc" and m["index"] > 10)
+            started = time.monotonic()
+            server.send_signal(signum)
+            code = server.wait(timeout=30)
+            took = time.monotonic() - started
+            ends = peer.wait_pub(lambda m: {"npc", "speech"} <= {e["stream"] for e in peer.seen
+                                                                 if e["type"] == "stream_end"})
         finally:
             peer.close()
-        assert server.wait(timeout=30) == 0
+        assert code == 0 and took < 2.0, took
+        for sid in ("npc", "speech"):
+            end = next(m for m in peer.seen if m["type"] == "stream_end" and m["stream"] == sid)
+            assert end["reason"] == "shutdown"
+            assert frames_of(peer.seen, sid)[-1]["last"]
+        assert ends
         logs = [json.loads(line) for line in server.stderr.read().splitlines() if line.startswith("{")]
         assert any("stream npc ended (shutdown)" in entry["msg"] for entry in logs)
+        assert not any(entry["level"] == "ERROR" for entry in logs), [e["msg"] for e in logs if e["level"] == "ERROR"]
     finally:
         if server.poll() is None:
             server.kill()

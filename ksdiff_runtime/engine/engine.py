@@ -31,6 +31,7 @@ import numpy as np
 from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends.base import Backend
+from ksdiff_runtime.events import AudioLevel
 from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.features.transcript import phoneme_tokens_later
 from ksdiff_runtime.inputs.guards import load_audio
@@ -41,7 +42,7 @@ from ksdiff_sdk import Frame
 from .capacity import Capacity
 from .presets import Preset, get_preset
 from .sampling import Guidance, WindowBatch, sample_windows
-from .stream import Emitted, Hop, StreamState
+from .stream import Emitted, Hop, StreamState, frame_sample
 
 log = logging.getLogger("ksdiff_runtime.engine")
 
@@ -62,6 +63,7 @@ class Ended:
 @dataclass
 class StepResult:
     frames: list[Frame] = field(default_factory=list)  # wire frames, seq = index; published_ns set on publishing
+    levels: list[AudioLevel] = field(default_factory=list)  # each hop's audio level, for meters
     ended: list[Ended] = field(default_factory=list)
     shed: dict[str, int] = field(default_factory=dict)  # stream id -> frames skipped this round to stay current
     hops: int = 0  # stream-hops computed
@@ -180,13 +182,15 @@ class StreamingEngine:
         planned = self._plan(states, now, result)
         if planned:
             self._features(planned, result)
-            ready = [(s, st, h) for s, st, h in planned if st.hop_ready(h) and s.state is not None]
+            ready = [(s, st, h) for s, st, h in planned if not s.finished and st.hop_ready(h)]
             emitted: list[tuple[StreamState, Emitted]] = []
             for i in range(0, len(ready), self.max_batch):
                 emitted += self._tick(ready[i : i + self.max_batch], result)
             result.compute_ms = (time.perf_counter_ns() - started) / 1e6
             result.frames = self._frames(emitted, result.compute_ms)
+            result.levels = [AudioLevel(st.id, *em.level) for st, em in emitted if em.level is not None]
         for session, state in states:
+            session.backlog_samples = max(0, state.samples - frame_sample(state.emitted))
             if not session.finished and state.finished():
                 self.sessions.finish(session)
                 result.ended.append(Ended(session, session.end_reason))

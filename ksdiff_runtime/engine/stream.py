@@ -95,6 +95,7 @@ class Emitted:
     captured_ns: list[int | None]
     last: list[bool]
     shed: int = 0  # output frames skipped before these
+    level: tuple[float, float] | None = None  # (end of the hop's audio in s, its RMS in dBFS), for meters
 
 
 class StreamState:
@@ -229,11 +230,18 @@ class StreamState:
             k = min(left, p.window_frames if skip or self._late(min(e + p.hop_frames, end) - 1, now_ns)
                     else p.hop_frames)
             return Hop(skip, k, k > p.hop_frames)
-        if available < e + p.hop_frames + L:
+        if available < self._grouped(e + p.hop_frames + L):
             return Hop(skip, 0, True) if skip else None
         if skip or self._late(e + p.hop_frames + L - 1, now_ns):
             return Hop(skip, min(available - L - e, p.window_frames), True)
         return Hop(skip, p.hop_frames, False)
+
+    def _grouped(self, upto: int) -> int:
+        """Frames the audio must cover for features up to ``upto`` in the preset's groups (from ``n_feats``)."""
+        if upto <= self.n_feats:
+            return upto
+        G = self.preset.feature_block_frames
+        return self.n_feats + -(-(upto - self.n_feats) // G) * G
 
     def _stale(self, frame: int, at_ns: int) -> bool:
         """The frame could not be published by its deadline (its audio's arrival + the preset's deadline)."""
@@ -339,7 +347,8 @@ class StreamState:
             return False
         if self.ended:
             return not self.finished()
-        return self.audio_frames() >= self.emitted + self.preset.hop_frames + self.preset.model_lookahead_frames
+        p = self.preset
+        return self.audio_frames() >= self._grouped(self.emitted + p.hop_frames + p.model_lookahead_frames)
 
     def finished(self) -> bool:
         """Ended, and every output frame emitted (or skipped)."""
@@ -387,8 +396,16 @@ class StreamState:
         self.emitted += n
         self.hops += 1
         emitted = self._resample(new, first)
+        emitted.level = (frame_sample(self.emitted) / SAMPLE_RATE, self._level_dbfs(first, self.emitted))
         self._trim()
         return emitted
+
+    def _level_dbfs(self, f0: int, f1: int) -> float:
+        """RMS level of the audio of native frames f0..f1 in dB relative to full scale (-120 for silence)."""
+        lo = max(0, frame_sample(f0) - self.audio_offset)
+        seg = self._audio[lo : max(lo, frame_sample(f1) - self.audio_offset)]
+        power = float(np.mean(np.square(seg, dtype=np.float64))) if seg.size else 0.0
+        return max(-120.0, 10.0 * math.log10(power)) if power > 0 else -120.0
 
     def _low_pass(self, x: np.ndarray, last: np.ndarray, time_constant_ms: float) -> np.ndarray:
         """One-pole low-pass continuing from the last emitted frame (per frame, so chunk-invariant)."""

@@ -210,12 +210,12 @@ class Runtime:
         ``shutdown``), close the sockets. Safe from any state; takes about a second at most."""
         if self._io is None:
             return
+        self._stopping.set()  # first: a source waiting for the engine to take its audio gives up at once
+        self.sessions.notify()
+        self._wake()
         for session in list(self.sessions):
             if session.source_obj is not None:
                 session.source_obj.stop()
-        self._stopping.set()
-        self.sessions.notify()
-        self._wake()
         assert self._engine_thread is not None
         self._engine_thread.join(timeout=STOP_ENGINE_WAIT_S + 1)
         self._io.join(timeout=STOP_ENGINE_WAIT_S + 2)
@@ -410,6 +410,9 @@ class Runtime:
                     session.shed += n
             for frame in result.frames:
                 self._publish_frame(frame)
+            for level in result.levels:
+                if self.sessions.get(level.stream) is not None:
+                    self._emit(level)
             for ended in result.ended:
                 self._end(ended)
 

@@ -77,6 +77,7 @@ class Session:
     finished: bool = False  # the engine is done with it; its end is being published
     # --- the engine thread's ----------------------------------------------------------------
     state: Any = None  # the engine's per-stream state (engine/stream.py)
+    backlog_samples: int = 0  # audio the engine holds but has not animated yet (written each round)
     # --- the io thread's ----------------------------------------------------------------------
     frames: int = 0  # frames published
     drops: int = 0  # frames dropped before publishing (shed by the engine or cut by a full outbox)
@@ -194,11 +195,11 @@ class Sessions:
     def feed_from_source(self, session: Session, pcm: np.ndarray, captured_ns: int | None,
                          stopping: threading.Event) -> None:
         """A source's chunk (its own thread, so it may wait): a source faster than real time waits while
-        SOURCE_QUEUE_S of audio is queued, so a long file is never decoded into memory at once."""
+        SOURCE_QUEUE_S of audio waits for the engine, so a long file is never decoded into memory at once."""
         limit = int(SOURCE_QUEUE_S * 16_000)
         with self._work:
-            while (captured_ns is None and session.pending_samples > limit and not session.finished
-                   and not stopping.is_set()):
+            while (captured_ns is None and session.pending_samples + session.backlog_samples > limit
+                   and not session.finished and not stopping.is_set()):
                 self._work.wait(SOURCE_WAIT_S)
         self.feed(session, pcm, arrival_ns=captured_ns)
 
@@ -242,6 +243,8 @@ class Sessions:
                 end_now = s.ending and not s.end_taken
                 s.end_taken = s.end_taken or end_now
                 out.append((s, s.pending, end_now))
+                # the audio moves to the engine: still waiting for it until the round says otherwise
+                s.backlog_samples += s.pending_samples
                 s.pending, s.pending_samples = [], 0
             self._work.notify_all()  # sources waiting for room
             return out
