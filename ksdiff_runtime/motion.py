@@ -43,6 +43,17 @@ MOUTH_BLENDSHAPES: tuple[str, ...] = tuple(
 )
 MOUTH_INDICES: tuple[int, ...] = tuple(BLENDSHAPE_INDEX[n] for n in MOUTH_BLENDSHAPES)
 
+# Face regions, for artists' controls (engine/controls.py): every blendshape is in exactly one; the
+# head rotation is a region of its own ("head"). The cheek and nose shapes move with the mouth.
+REGIONS: dict[str, tuple[str, ...]] = {
+    "jaw": tuple(n for n in BLENDSHAPES if n.startswith("jaw")),
+    "mouth": tuple(n for n in BLENDSHAPES if n.startswith(("mouth", "tongue", "cheek", "nose"))),
+    "brows": tuple(n for n in BLENDSHAPES if n.startswith("brow")),
+    "eyes": tuple(n for n in BLENDSHAPES if n.startswith("eye")),
+}
+HEAD_REGION = "head"
+assert sorted(n for names in REGIONS.values() for n in names) == sorted(BLENDSHAPES)
+
 # How far the eyeLook* blendshapes rotate the eye at weight 1 (ARKit's ranges, approximately).
 EYE_YAW_RANGE = np.deg2rad(30.0)
 EYE_PITCH_UP_RANGE = np.deg2rad(25.0)
