@@ -160,8 +160,8 @@ class SyntheticEngine:
         self.frames_emitted += len(result.frames)
         return result
 
-    def final_frame(self, session: object) -> None:
-        return None  # streams of this engine always end with their own last frame
+    def closing_frames(self, session: object) -> list[Frame]:
+        return []  # streams of this engine always end with their own last frame
 
     def close(self) -> None:
         pass

@@ -29,6 +29,18 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_backend():
+    """A tiny random model on the log-mel front-end: fast, and every engine path is the same."""
+    from ksdiff_runtime.backends.torch_backend import TorchBackend
+    from ksdiff_runtime.features.frontend import FrontEndConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**TINY_MODEL, feature_dim=40,
+                      front_end=FrontEndConfig(name="logmel", left_context_ms=250, lookahead_ms=60))
+    return TorchBackend(KSDiff(cfg).eval())
+
+
 def _speech_16k(seconds: float) -> np.ndarray:
     n = int(seconds * SAMPLE_RATE)
     if SAMPLE_SPEECH.is_file():

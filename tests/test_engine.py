@@ -10,33 +10,21 @@ import time
 
 import numpy as np
 import pytest
-import torch
-from conftest import TINY_MODEL
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.engine.controls import ease_frames, stream_frames
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.presets import MAX_LAG_HOPS, MIN_LAG_MS, PRESETS, Preset
 from ksdiff_runtime.engine.stream import frame_sample, output_frames
-from ksdiff_runtime.features.frontend import FrontEndConfig
 from ksdiff_runtime.inputs.guards import AudioInputError
 from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
 from ksdiff_runtime.model.checkpoint import load_model
-from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT, ModelConfig
-from ksdiff_runtime.model.ksdiff import KSDiff
+from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 from ksdiff_runtime.motion import SAMPLE_RATE
 from ksdiff_runtime.sessions import SOURCE_QUEUE_S, RefusedError
 
 MS = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def tiny_backend() -> TorchBackend:
-    """A tiny random model on the log-mel front-end: fast, and every engine path is the same."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(**TINY_MODEL, feature_dim=40,
-                      front_end=FrontEndConfig(name="logmel", left_context_ms=250, lookahead_ms=60))
-    return TorchBackend(KSDiff(cfg).eval())
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +75,7 @@ def test_same_frames_whether_audio_arrives_whole_or_in_random_chunks(shipped_bac
     # single samples first (the smallest chunk there is), then anything up to 0.3 s
     tiny = [speech_16k[i : i + 1] for i in range(600)]
     chunked = run_stream(engine, tiny + random_chunks(speech_16k[600:], rng, 5000), seed=7)
-    assert len(whole) == len(chunked) == output_frames(speech_16k.size, motion.FPS)
+    assert len(whole) == len(chunked) == stream_frames(speech_16k.size, motion.FPS)
     (b1, h1), (b2, h2) = as_arrays(whole), as_arrays(chunked)
     assert np.array_equal(b1, b2) and np.array_equal(h1, h2)
     assert [f.index for f in whole] == list(range(len(whole)))
@@ -107,9 +95,10 @@ def test_the_tail_of_the_audio_gets_a_frame(tiny_backend, samples, fps):
     engine = StreamingEngine(tiny_backend, "low-latency", fps=fps)
     audio = (0.1 * np.random.default_rng(0).standard_normal(samples)).astype(np.float32)
     frames = run_stream(engine, [audio])
-    assert len(frames) == -(-samples * fps // SAMPLE_RATE) == output_frames(samples, fps)
-    if frames:
-        assert frames[-1].t_audio < samples / SAMPLE_RATE and frames[-1].last
+    audio_frames = -(-samples * fps // SAMPLE_RATE)
+    assert len(frames) == stream_frames(samples, fps) == (audio_frames + ease_frames(fps) if samples else 0)
+    if frames:  # the audio's frames, then the ease to rest
+        assert frames[audio_frames - 1].t_audio < samples / SAMPLE_RATE and frames[-1].last
         assert [f.index for f in frames] == list(range(len(frames)))
 
 
@@ -218,7 +207,7 @@ def test_streams_join_and_leave_at_any_time(tiny_backend, speech_16k):
     rest, ended = finish(engine, "a")
     assert "b" not in ended
     n_a = len([f for f in first.frames + rest if f.stream == "a"])
-    assert n_a == output_frames(12000, motion.FPS)
+    assert n_a == stream_frames(12000, motion.FPS)
     assert engine.stream_ids == ["b"]
     with pytest.raises(KeyError, match="no open stream 'a'"):
         engine.push("a", speech_16k[:100])
@@ -237,7 +226,7 @@ def test_a_stream_that_stops_without_ending_times_out_and_ends_with_its_frames(t
         frames, ended = finish(engine, "quiet", now_ns=later)
     assert ended["quiet"].reason == "timeout"
     # the audio it had is animated, and its last frame says so
-    assert len(frames) == output_frames(4000, motion.FPS) and frames[-1].last
+    assert len(frames) == stream_frames(4000, motion.FPS) and frames[-1].last
     assert engine.stream_ids == []
     assert "no audio for" in caplog.text
 
@@ -265,7 +254,7 @@ def test_unusable_input_is_refused_without_touching_other_streams(tiny_backend, 
     engine.push("good", speech_16k)
     engine.end_stream("good")
     frames, _ = finish(engine, "good")
-    assert len([f for f in frames if f.stream == "good"]) == output_frames(speech_16k.size, motion.FPS)
+    assert len([f for f in frames if f.stream == "good"]) == stream_frames(speech_16k.size, motion.FPS)
     assert engine.stream_ids == ["bad"]  # still open and usable
     with pytest.raises(ValueError, match="style"):
         engine.open_stream("styled", style=np.full(3, np.nan))
@@ -289,7 +278,7 @@ def test_gaps_are_filled_with_silence_and_repeats_dropped(tiny_backend, speech_1
         engine.push("paused", speech_16k[:1000], at_sample=SAMPLE_RATE * 600)
     engine.push("paused", speech_16k[1000:2000])
     engine.end_stream("paused")
-    assert len(finish(engine, "paused")[0]) == output_frames(2000, motion.FPS)
+    assert len(finish(engine, "paused")[0]) == stream_frames(2000, motion.FPS)
 
 
 def test_output_at_60_fps_interpolates_the_30_fps_frames(tiny_backend, speech_16k):
@@ -297,11 +286,11 @@ def test_output_at_60_fps_interpolates_the_30_fps_frames(tiny_backend, speech_16
     f60 = run_stream(StreamingEngine(tiny_backend, "low-latency", fps=60), random_chunks(
         speech_16k, np.random.default_rng(0), 2000))
     b60 = as_arrays(f60)[0]
-    assert len(f60) == output_frames(speech_16k.size, 60)
+    assert len(f60) == stream_frames(speech_16k.size, 60)
     assert np.allclose([f.t_audio for f in f60], np.arange(len(f60)) / 60)
     # the same native frames, but for the last few: a 60 fps stream ends half a frame later, so its
     # final hops see one more (silent) lookahead frame
-    n = len(b30) - 3
+    n = output_frames(speech_16k.size, 30) - 3
     np.testing.assert_allclose(b60[: 2 * n : 2], b30[:n], atol=1e-6)
     np.testing.assert_allclose(b60[1 : 2 * n - 1 : 2], (b30[: n - 1] + b30[1:n]) / 2, atol=1e-6)
 
@@ -322,12 +311,14 @@ def test_frames_carry_when_their_audio_arrived_and_it_never_goes_back(tiny_backe
         frames += engine.step(now_ns=at).frames
     engine.end_stream(sid)
     frames += finish(engine, sid, now_ns=arrivals[-1][1])[0]
+    frames, ease = frames[: -ease_frames(motion.FPS)], frames[-ease_frames(motion.FPS) :]
     for f in frames:
         sample = round(f.t_audio * SAMPLE_RATE)
         expected = next((ns for end, ns in arrivals if end >= sample), arrivals[-1][1])
         assert f.captured_ns == expected
     captured = [f.captured_ns for f in frames]
     assert captured == sorted(captured)
+    assert [f.captured_ns for f in ease] == [None] * len(ease)  # no audio behind the ease to rest
 
 
 def test_a_stream_behind_real_time_sheds_stale_frames_and_catches_up(tiny_backend, speech_16k):
@@ -374,7 +365,7 @@ def test_audio_pushed_ahead_of_real_time_is_not_shed(tiny_backend, speech_16k):
     engine.push(sid, speech_16k, captured_ns=t0)
     engine.end_stream(sid)
     frames, _ = finish(engine, sid, now_ns=t0 + 50 * MS)
-    assert len(frames) == output_frames(speech_16k.size, motion.FPS)
+    assert len(frames) == stream_frames(speech_16k.size, motion.FPS)
     assert [f.index for f in frames] == list(range(len(frames)))
 
 
@@ -415,7 +406,7 @@ def test_a_source_faster_than_real_time_waits_for_the_engine(tiny_backend):
         waiting = max(waiting, session.pending_samples + unanimated)
         kept = max(kept, state._audio.size if state else 0)  # plus the context the front-end still reads
     thread.join(5)
-    assert frames == output_frames(audio.size, motion.FPS)
+    assert frames == stream_frames(audio.size, motion.FPS)
     print(f"waiting {waiting / SAMPLE_RATE:.2f} s, kept {kept / SAMPLE_RATE:.2f} s")
     assert waiting < (SOURCE_QUEUE_S + 0.5) * SAMPLE_RATE, waiting / SAMPLE_RATE
     assert kept < (SOURCE_QUEUE_S + 3.0) * SAMPLE_RATE, kept / SAMPLE_RATE

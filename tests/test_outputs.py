@@ -27,6 +27,7 @@ from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import BlockingOSCUDPServer
 
 from ksdiff_runtime.cli.serve import build_outputs
+from ksdiff_runtime.engine.controls import stream_frames
 from ksdiff_runtime.outputs import files
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput, frame_time
 from ksdiff_runtime.outputs.udp import OutputConfigError, UdpSender, parse_host_port
@@ -34,6 +35,8 @@ from ksdiff_runtime.outputs.vmc import VmcOutput, unity_rotation, vrm_presets
 from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
 from ksdiff_sdk import Frame, schema
 from ksdiff_sdk import protocol as P
+
+ONE_SECOND = stream_frames(16_000, 30)  # frames of 1 s of audio at 30 fps, the ease to rest included
 
 TIMEOUT_S = 30.0
 
@@ -494,22 +497,22 @@ def test_serve_sends_every_frame_to_live_link_and_vmc_at_once(serve_engine, spee
         finally:
             sub.close()
         assert rt.output_errors == {"zmq": 0, "livelink": 0, "vmc": 0}
-    assert len(frames) == 30 and [f.index for f in frames] == list(range(30)) and frames[-1].last
+    assert len(frames) == ONE_SECOND and [f.index for f in frames] == list(range(ONE_SECOND)) and frames[-1].last
     packets = [decode_live_link(receiver.recv()) for _ in frames]
-    assert [p["subject"] for p in packets] == ["line"] * 30
+    assert [p["subject"] for p in packets] == ["line"] * ONE_SECOND
     assert [p["frame_number"] for p in packets] == [f.index for f in frames]
     assert all(p["rate"] == (30, 1) and p["subframe"] == 0.0 for p in packets)
     jaw = schema.BLENDSHAPE_INDEX["jawOpen"]
     assert [p["values"]["JawOpen"] for p in packets] == [float(f.blendshapes[jaw]) for f in frames]
     assert [p["values"]["HeadYaw"] for p in packets] == [-float(f.head[1]) for f in frames]
     assert max(p["values"]["JawOpen"] for p in packets) > 0.1  # speech moved the jaw
-    bundles = vmc_receiver.bundles(30)
-    assert len(bundles) == 30
+    bundles = vmc_receiver.bundles(ONE_SECOND)
+    assert len(bundles) == ONE_SECOND
     assert [dict(b)["/VMC/Ext/T"][0] for b in bundles] == pytest.approx([f.t_audio for f in frames])
     values = [{args[0]: args[1] for a, args in b if a == "/VMC/Ext/Blend/Val"} for b in bundles]
     assert [v["JawOpen"] for v in values] == [float(f.blendshapes[jaw]) for f in frames]
     assert all(len(v) == 60 for v in values)
-    assert outputs[0].sent == outputs[1].sent == 30
+    assert outputs[0].sent == outputs[1].sent == ONE_SECOND
 
 
 class ExplodingOutput:
@@ -544,7 +547,8 @@ def test_a_failing_output_costs_neither_subscribers_nor_the_other_output(serve_e
         finally:
             sub.close()
         errors = dict(rt.output_errors)
-    assert len(frames) == 30 and frames[-1].last
-    assert errors == {"zmq": 0, "exploding": 30, "livelink": 0} and exploding.calls == 30 and exploding.closed
+    assert len(frames) == ONE_SECOND and frames[-1].last
+    assert errors == {"zmq": 0, "exploding": ONE_SECOND, "livelink": 0} and exploding.calls == ONE_SECOND
+    assert exploding.closed
     packets = [decode_live_link(receiver.recv()) for _ in frames]
-    assert [p["frame_number"] for p in packets] == list(range(30))
+    assert [p["frame_number"] for p in packets] == list(range(ONE_SECOND))

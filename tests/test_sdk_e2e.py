@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from ksdiff_runtime.engine.controls import ease_frames, stream_frames
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
 from ksdiff_sdk import Animation, Client, StreamLost, schema
 
@@ -63,14 +64,17 @@ def test_animate_48k_stereo_s16(runtime):
     with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
         anim = client.animate(audio, sample_rate=48_000, transcript=None, seed=1)
         assert client.invalid == 0 and client.missed == 0
-    expected = math.ceil(duration * anim.fps)  # one frame per started frame period: the tail is animated too
-    assert anim.fps == 30 and expected == 62
+    # one frame per started frame period (the tail is animated too), then the ease to rest
+    expected = math.ceil(duration * anim.fps) + ease_frames(anim.fps)
+    assert anim.fps == 30 and expected == 62 + 4
     check_complete(anim, expected)
     assert anim.blendshapes.shape == (expected, 52) and anim.head.shape == (expected, 3)
     assert np.isfinite(anim.blendshapes).all() and anim.blendshapes.min() >= 0 and anim.blendshapes.max() <= 1
     jaw = anim["jawOpen"]
     assert jaw.max() - jaw.min() > 0.05 and jaw.std() > 0.01  # the mouth moves with the speech
-    assert all(f.captured_ns is not None and f.latency_ms >= 0 for f in anim.frames)
+    audio_frames, ease = anim.frames[: -ease_frames(30)], anim.frames[-ease_frames(30) :]
+    assert all(f.captured_ns is not None and f.latency_ms >= 0 for f in audio_frames)
+    assert all(f.captured_ns is None for f in ease)  # the ease to rest after the audio
 
 
 def test_transcript_and_seed_reach_the_model(runtime):
@@ -101,16 +105,17 @@ def test_two_concurrent_streams_get_only_their_frames(runtime):
         for k in range(15):
             a.push(a_audio[k * 4800 : (k + 1) * 4800])
             b.push(b_audio[k * 1600 : (k + 1) * 1600])
-        assert a.end() == 45 and b.end() == 45
+        assert a.end() == b.end() == stream_frames(24_000, 30)
         frames_a, frames_b = list(a.frames()), list(b.frames())
         a.close()
         b.close()
         for frames, sid in ((frames_a, "npc-a"), (frames_b, "npc-b")):
             assert {f.stream for f in frames} == {sid}
-            assert [f.index for f in frames] == list(range(45)) and frames[-1].last
+            assert [f.index for f in frames] == list(range(stream_frames(24_000, 30))) and frames[-1].last
         # a client that filters on npc-b receives exactly npc-b's frames and nothing of npc-a
-        got_b = [only_b.recv(TIMEOUT_S) for _ in range(45)]
-        assert [f.index for f in got_b] == list(range(45)) and {f.stream for f in got_b} == {"npc-b"}
+        n = stream_frames(24_000, 30)
+        got_b = [only_b.recv(TIMEOUT_S) for _ in range(n)]
+        assert [f.index for f in got_b] == list(range(n)) and {f.stream for f in got_b} == {"npc-b"}
         with pytest.raises(TimeoutError):
             only_b.recv(timeout=0.2)
         assert not np.allclose(frames_a[20].blendshapes, frames_b[20].blendshapes)  # different audio, motion
@@ -136,7 +141,7 @@ def test_concurrent_animate_from_two_clients(runtime):
     assert not errors, errors
     assert results["fwd"].stream != results["rev"].stream
     for anim in results.values():
-        check_complete(anim, 30)
+        check_complete(anim, stream_frames(16_000, 30))
 
 
 def _start_on(serve_engine, pub: str, router: str) -> Runtime:
@@ -174,7 +179,7 @@ def test_runtime_restart_under_a_connected_client(serve_engine):
             old.close()
             # the same client animates a new stream on the new runtime, nothing recreated
             anim = client.animate(speech(1.0))
-            check_complete(anim, 30)
+            check_complete(anim, stream_frames(16_000, 30))
             assert client.latest(anim.stream) is not None  # and its frames reached recv() too
             assert client.restarts == 1
         finally:

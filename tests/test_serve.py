@@ -20,11 +20,15 @@ import pytest
 from peers import TIMEOUT_S, Peer, frames_of, is_end, push_clip, speech
 from scipy.signal import resample_poly
 
+from ksdiff_runtime.engine.controls import stream_frames
 from ksdiff_runtime.engine.engine import StepResult
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, _Round, build_engine
 from ksdiff_runtime.sources import SourceError
 from ksdiff_sdk import Frame
 from ksdiff_sdk import protocol as P
+
+ONE_SECOND = stream_frames(16_000, 30)  # frames of 1 s of audio at 30 fps: 30, then the ease to rest
+HALF_SECOND = stream_frames(8_000, 30)
 
 
 # --- streams ------------------------------------------------------------------------------------
@@ -45,17 +49,19 @@ def test_sdk_stream_in_another_rate_and_channel_count(runtime, speech_16k):
         msgs = peer.wait_pub(is_end("npc1"))
         ended = peer.reply()
         frames = frames_of(msgs, "npc1")
-        assert [f["index"] for f in frames] == list(range(30))
-        assert [f["seq"] for f in frames] == list(range(30))
+        assert [f["index"] for f in frames] == list(range(ONE_SECOND))
+        assert [f["seq"] for f in frames] == list(range(ONE_SECOND))
         assert frames[-1]["last"] and not any(f["last"] for f in frames[:-1])
-        assert ended == {"v": [1, 1], "type": "stream_ended", "stream": "npc1", "frames": 30, "req": 8}
-        assert msgs[-1]["reason"] == "ended" and msgs[-1]["frames"] == 30 and msgs[-1]["source"] == "sdk"
+        assert ended == {"v": [1, 1], "type": "stream_ended", "stream": "npc1", "frames": ONE_SECOND, "req": 8}
+        assert msgs[-1]["reason"] == "ended" and msgs[-1]["frames"] == ONE_SECOND and msgs[-1]["source"] == "sdk"
         assert any(m["type"] == "stream_start" and m["stream"] == "npc1" for m in peer.seen)
         jaw = [P.frame_arrays(f)[0][17] for f in frames]
         assert np.std(jaw) > 0.01  # the mouth moves with the speech
-        for f in frames:
+        audio_frames = [f for f in frames if f["t_audio"] < 1.0]  # then the ease to rest, with no audio behind it
+        assert all(f["captured_ns"] is None for f in frames[len(audio_frames) :])
+        for f in audio_frames:
             assert f["published_ns"] >= f["captured_ns"] and f["lookahead_ms"] > 0 and f["compute_ms"] > 0
-        captured = [f["captured_ns"] for f in frames]
+        captured = [f["captured_ns"] for f in audio_frames]
         assert captured == sorted(captured)  # when the audio reached the runtime: never back in time
     finally:
         peer.close()
@@ -85,7 +91,7 @@ def test_nan_and_clipped_samples_are_sanitised_and_counted(runtime, speech_16k):
         push_clip(peer, "noisy", x.astype("<f4").tobytes(), 4, 1600)
         stats = peer.wait_pub(lambda m: m["type"] == "stats" and m["streams"].get("noisy", {}).get("sanitized"))
         assert stats[-1]["streams"]["noisy"]["sanitized"] >= 101
-        assert peer.request("end_stream", stream="noisy")["frames"] == 15
+        assert peer.request("end_stream", stream="noisy")["frames"] == HALF_SECOND
     finally:
         peer.close()
 
@@ -149,7 +155,7 @@ def test_bad_requests_get_errors_and_another_stream_keeps_its_frames(runtime, sp
         push_clip(good, "good", x[half:], 4, 320, seq)
         good.send(P.encode_request("end_stream", stream="good"))
         frames = frames_of(good.wait_pub(is_end("good")), "good")
-        assert [f["index"] for f in frames] == list(range(30))
+        assert [f["index"] for f in frames] == list(range(ONE_SECOND))
     finally:
         good.close()
         bad.close()
@@ -207,7 +213,7 @@ def test_idle_stream_times_out_with_its_frames_and_a_last_one(speech_16k):
                 msgs = peer.wait_pub(is_end("quiet"))
                 assert msgs[-1]["reason"] == "timeout"
                 frames = frames_of(msgs, "quiet")
-                assert [f["index"] for f in frames] == list(range(12)) and frames[-1]["last"]
+                assert [f["index"] for f in frames] == list(range(stream_frames(6400, 30))) and frames[-1]["last"]
                 assert peer.request("audio", stream="quiet", seq=0, pcm=b"")["code"] == "unknown_stream"
             finally:
                 peer.close()
@@ -260,9 +266,9 @@ def test_a_stream_belongs_to_the_client_that_opened_it(runtime, speech_16k):
             assert refused["code"] == "forbidden" and refused["stream"] == "mine", refused
             assert "belongs to the client that opened it" in refused["message"]
         push_clip(owner, "mine", x[len(x) // 2 :], 4, 1600, seq)
-        assert owner.request("end_stream", stream="mine")["frames"] == 30
+        assert owner.request("end_stream", stream="mine")["frames"] == ONE_SECOND
         frames = frames_of(owner.wait_pub(is_end("mine")), "mine")
-        assert [f["index"] for f in frames] == list(range(30))
+        assert [f["index"] for f in frames] == list(range(ONE_SECOND))
     finally:
         owner.close()
         intruder.close()
@@ -294,8 +300,9 @@ def test_audio_far_ahead_of_real_time_is_refused_busy_and_taken_when_time_has_ca
             # every frame of the 1.6 s, but for the few at the 0.8 s seam whose lookahead audio came a second
             # late: those were due in real time long before and are shed, not published late
             index = [f["index"] for f in frames]
-            assert index[:20] == list(range(20)) and index[-1] == 47 and frames[-1]["last"]
-            assert len(index) >= 44 and set(range(48)) - set(index) <= set(range(20, 26))
+            n = stream_frames(25600, 30)
+            assert index[:20] == list(range(20)) and index[-1] == n - 1 and frames[-1]["last"]
+            assert len(index) >= n - 4 and set(range(n)) - set(index) <= set(range(20, 26))
         finally:
             peer.close()
 
@@ -331,7 +338,7 @@ def test_file_source_stream_in_its_own_rate(runtime, tmp_path, speech_16k):
         sid = runtime.add_source(FileSource(path, realtime=False, stream_id="line_1"))
         msgs = peer.wait_pub(is_end(sid))
         frames = frames_of(msgs, sid)
-        assert [f["index"] for f in frames] == list(range(36)) and frames[-1]["last"]
+        assert [f["index"] for f in frames] == list(range(stream_frames(19200, 30))) and frames[-1]["last"]
         assert all(f["captured_ns"] is None for f in frames)  # played faster than real time: no capture clock
         assert msgs[-1]["source"] == "file" and msgs[-1]["reason"] == "ended"
     finally:
@@ -422,7 +429,7 @@ def test_a_frame_that_cannot_be_encoded_is_dropped_and_the_runtime_goes_on(runti
         assert stats[-1]["drops"] >= 1
         # and the runtime still serves the stream
         push_clip(peer, "odd", speech(0.5, speech_16k).astype("<f4").tobytes(), 4, 1600)
-        assert peer.request("end_stream", stream="odd")["frames"] == 15
+        assert peer.request("end_stream", stream="odd")["frames"] == HALF_SECOND
     finally:
         peer.close()
 

@@ -1,16 +1,27 @@
-"""Artists' controls: how strongly each part of the face moves, per-shape gain and clamp, smoothing, timing.
+"""What happens to a stream's motion between the model and every output: artists' controls, and the
+ease to rest when the stream ends.
 
-    strength        per region (mouth, jaw, brows, eyes, head): a multiplier on its motion
-    shapes          per ARKit blendshape: weight * gain + offset, clamped to [min, max]
-    smoothing_ms    per region: a one-pole low-pass with this time constant (0: off)
-    timing_offset_ms   the animation later (> 0) or earlier (< 0, anticipation: costs that much latency)
+Controls:
 
-The defaults change nothing. The engine applies a stream's controls in one place, as it builds the
-stream's wire frames (so every output, the ZeroMQ PUB, Live Link, VMC, shows the same numbers), in
-this order: timing (when the frame is sampled from the motion), strength, shape gain and offset,
-clamp, smoothing. Controls come from the server's config (``[controls]``, every stream) and can be
-changed live per stream (protocol request ``set_controls``). Like a preset, a ``Controls`` is frozen
-and checked when made; a bad value is an error naming it and the allowed range.
+    strength          per region (mouth, jaw, brows, eyes, head): a multiplier on its motion
+    shapes            per ARKit blendshape: weight * gain + offset, clamped to [min, max]
+    smoothing_ms      per region: a one-pole low-pass with this time constant (0: off)
+    timing_offset_ms  the animation later (> 0) or earlier (< 0: anticipation, which costs that much
+                      latency, since a frame waits for the motion it shows)
+
+The defaults change nothing. Controls come from the server's config (``[controls]``, every stream)
+and can be changed live per stream (protocol request ``set_controls``). Like a preset, a
+``Controls`` is frozen and checked when made; a bad value is an error naming it and what is allowed.
+
+``ControlStage`` is the one place they are applied: the engine passes each hop's output frames
+through its stream's stage before building the wire frames, so the ZeroMQ PUB, Live Link, VMC and
+every other output show the same numbers. Order: timing (where on the motion a frame is sampled),
+strength, shape gain and offset, clamp, smoothing.
+
+The ease to rest: however a stream ends (its audio ended, an idle timeout, an error, a shutdown),
+``ease_frames(fps)`` more frames follow its last one on the audio clock, easing to the neutral
+pose (the controls applied to a zero motion) over at most ``EASE_S``; the final one is exactly
+neutral and carries ``last``. A receiver that holds the last frame it saw never freezes mid-word.
 """
 
 from __future__ import annotations
@@ -23,12 +34,15 @@ import numpy as np
 
 from ksdiff_runtime import motion
 
+from .stream import Emitted, output_frames
+
 REGION_NAMES: tuple[str, ...] = (*motion.REGIONS, motion.HEAD_REGION)
 STRENGTH_RANGE = (0.0, 3.0)
 GAIN_RANGE = (0.0, 10.0)
 OFFSET_RANGE = (-1.0, 1.0)
 SMOOTHING_RANGE_MS = (0.0, 1000.0)
 TIMING_RANGE_MS = (-500.0, 500.0)
+EASE_S = 0.15  # a stream's last frame is at most this long after its last motion frame
 
 
 class ControlsError(ValueError):
@@ -129,46 +143,143 @@ def _regions(what: str, d: Any, bounds: tuple[float, float]) -> dict[str, float]
 
 
 # per-column region of the 55 motion values (52 blendshapes, then head pitch, yaw, roll)
-_COLUMN_REGION = np.array([next(r for r, names in motion.REGIONS.items() if n in names) for n in motion.BLENDSHAPES]
-                          + [motion.HEAD_REGION] * motion.NUM_HEAD)
+_COLUMN_REGION = [next(r for r, names in motion.REGIONS.items() if n in names) for n in motion.BLENDSHAPES] + \
+    [motion.HEAD_REGION] * motion.NUM_HEAD
+_VALUES = motion.NUM_BLENDSHAPES + motion.NUM_HEAD
 
 
-class ControlState:
-    """One stream's controls and their memory (the smoothing's last output)."""
+def ease_frames(fps: int) -> int:
+    """Frames a stream's ease to rest takes at ``fps``: the most that fit in EASE_S (at least 1)."""
+    return max(1, math.floor(EASE_S * fps + 1e-9))
+
+
+def stream_frames(samples: int, fps: int) -> int:
+    """Frames a stream of ``samples`` (16 kHz) that ends with its audio yields at ``fps``: one per started
+    frame period, then its ease to rest (protocol/SPEC.md 4.2). None for no audio."""
+    n = output_frames(samples, fps)
+    return n + ease_frames(fps) if n else 0
+
+
+class ControlStage:
+    """One stream's controls applied to its output frames, in order, and its ease to rest.
+
+    ``apply`` takes each hop's frames (``Emitted``, at the output rate) and returns the frames ready to
+    publish: with a negative timing offset a frame waits until the motion it shows exists. The hop that
+    holds the stream's final motion frame releases everything and appends the ease; ``closing`` gives
+    the ease after the frames published so far, for a stream cut short."""
 
     def __init__(self, controls: Controls, fps: int) -> None:
-        self.fps = fps
         self.controls = controls
-        self._last: np.ndarray | None = None  # the last frame's values after smoothing
+        self.fps = fps
+        self._alpha: np.ndarray | None = None  # per-column smoothing coefficient (None: no smoothing)
+        self._scale = self._lo = self._hi = self._gain = self._offset = np.zeros(0, np.float32)
+        self._compile()
+        # timing: recent motion rows by output index, and frames waiting for the motion they show
+        self._hist_index = np.zeros(0, np.int64)
+        self._hist = np.zeros((0, _VALUES), np.float32)
+        self._waiting: list[tuple[int, int | None]] = []  # (index, captured_ns)
+        self._keep = math.ceil(-TIMING_RANGE_MS[0] / 1000 * fps) + 2  # rows of history kept
+        # the last frame put out (after the controls): smoothing continues from it, the ease starts at it
+        self._last: np.ndarray | None = None
+        self.next_index = 0  # the index after the last frame put out
 
     def set(self, controls: Controls) -> None:
-        self.controls = controls
+        if controls is not self.controls:
+            self.controls = controls
+            self._compile()
 
-    def apply(self, values: np.ndarray) -> np.ndarray:
-        """Frames [n, 55] (52 weights, then head) -> the same with the controls applied."""
+    def _compile(self) -> None:
         c = self.controls
-        if not c.changes_values:
-            self._last = values[-1].copy() if len(values) else self._last
-            return values
+        self._scale = np.array([c.strength.get(r, 1.0) for r in _COLUMN_REGION], np.float32)
         D = motion.NUM_BLENDSHAPES
-        out = values.astype(np.float32).copy()
-        scale = np.array([c.strength.get(r, 1.0) for r in _COLUMN_REGION], np.float32)
-        out *= scale
+        self._gain, self._offset = np.ones(D, np.float32), np.zeros(D, np.float32)
+        self._lo, self._hi = np.zeros(D, np.float32), np.ones(D, np.float32)
         for name, s in c.shapes.items():
             i = motion.BLENDSHAPE_INDEX[name]
-            out[:, i] = out[:, i] * s.gain + s.offset
-        lo = np.zeros(D, np.float32)
-        hi = np.ones(D, np.float32)
-        for name, s in c.shapes.items():
-            lo[motion.BLENDSHAPE_INDEX[name]], hi[motion.BLENDSHAPE_INDEX[name]] = s.min, s.max
-        out[:, :D] = np.clip(out[:, :D], lo, hi)
-        if any(v > 0 for v in c.smoothing_ms.values()):
-            tau = np.array([c.smoothing_ms.get(r, 0.0) for r in _COLUMN_REGION], np.float32)
-            a = np.where(tau > 0, 1.0 - np.exp(-1000.0 / (self.fps * np.maximum(tau, 1e-6))), 1.0).astype(np.float32)
+            self._gain[i], self._offset[i], self._lo[i], self._hi[i] = s.gain, s.offset, s.min, s.max
+        tau = np.array([c.smoothing_ms.get(r, 0.0) for r in _COLUMN_REGION], np.float64)
+        self._alpha = None
+        if (tau > 0).any():
+            self._alpha = np.where(tau > 0, 1.0 - np.exp(-1000.0 / (self.fps * np.maximum(tau, 1e-9))),
+                                   1.0).astype(np.float32)
+
+    # --- frames --------------------------------------------------------------------------------
+    def apply(self, em: Emitted, controls: Controls | None = None) -> Emitted:
+        """A hop's frames -> the frames to publish now (``controls``: the stream's current controls)."""
+        if controls is not None:
+            self.set(controls)
+        final = any(em.last)
+        if self.controls.timing_offset_ms == 0.0 and not self._waiting:
+            index, captured, values = list(em.index), list(em.captured_ns), em.values
+            self._remember(em.index, em.values)
+        else:
+            index, captured, values = self._retimed(em, final)
+        out = Emitted(index, self._values(values), captured, [False] * len(index), em.shed, em.level)
+        if index:
+            self._last = out.values[-1].copy()
+            self.next_index = index[-1] + 1
+        if final:
+            out = _concat(out, self.closing())
+        return out
+
+    def _remember(self, index: list[int], values: np.ndarray) -> None:
+        if index:
+            self._hist_index = np.concatenate([self._hist_index, np.asarray(index, np.int64)])[-self._keep :]
+            self._hist = np.concatenate([self._hist, values.astype(np.float32)])[-self._keep :]
+
+    def _retimed(self, em: Emitted, final: bool) -> tuple[list[int], list[int | None], np.ndarray]:
+        """The waiting frames whose motion exists, each sampled ``timing_offset_ms`` earlier on the motion
+        (linear between neighbouring frames; clamped to the first and last frame of the stream)."""
+        self._remember(em.index, em.values)
+        self._waiting += list(zip(em.index, em.captured_ns, strict=True))
+        shift = self.controls.timing_offset_ms * self.fps / 1000.0
+        newest = int(self._hist_index[-1]) if self._hist_index.size else -1
+        ready = self._waiting if final else [w for w in self._waiting if w[0] - shift <= newest + 1e-9]
+        self._waiting = self._waiting[len(ready):]
+        if not ready:
+            return [], [], np.zeros((0, _VALUES), np.float32)
+        pos = np.array([i for i, _ in ready], np.float64) - shift
+        values = np.stack([np.interp(pos, self._hist_index, self._hist[:, k]) for k in range(_VALUES)], axis=1)
+        return [i for i, _ in ready], [c for _, c in ready], values.astype(np.float32)
+
+    def _values(self, values: np.ndarray, smooth: bool = True) -> np.ndarray:
+        """Strength, shape gain and offset, clamp, then smoothing, on rows of 55 values."""
+        c = self.controls
+        if not c.changes_values or not len(values):
+            return np.asarray(values, np.float32)
+        D = motion.NUM_BLENDSHAPES
+        out = values.astype(np.float32) * self._scale
+        out[:, :D] = np.clip(out[:, :D] * self._gain + self._offset, self._lo, self._hi)
+        if smooth and self._alpha is not None:
             prev = out[0] if self._last is None else self._last
             for j in range(len(out)):
-                prev = prev + a * (out[j] - prev)
+                prev = prev + self._alpha * (out[j] - prev)
                 out[j] = prev
-        if len(out):
-            self._last = out[-1].copy()
         return out
+
+    # --- the ease to rest -------------------------------------------------------------------------
+    def neutral(self) -> np.ndarray:
+        """The rest pose with these controls: a zero motion through them (an offset stays), unsmoothed."""
+        return self._values(np.zeros((1, _VALUES), np.float32), smooth=False)[0]
+
+    def closing(self) -> Emitted:
+        """The ease from the last frame put out to the neutral pose: ``ease_frames`` frames on the audio
+        clock right after it (smoothstep), the final one exactly neutral with ``last``. Frames still
+        waiting for their motion are left out. Empty when no frame was put out."""
+        self._waiting = []
+        if self._last is None:
+            return Emitted([], np.zeros((0, _VALUES), np.float32), [], [])
+        k = ease_frames(self.fps)
+        x = np.arange(1, k + 1, dtype=np.float32) / k
+        keep = (1.0 - x * x * (3.0 - 2.0 * x))[:, None]  # 1 -> 0, flat at both ends
+        rest = self.neutral()
+        values = (rest + keep * (self._last - rest)).astype(np.float32)
+        values[-1] = rest
+        index = list(range(self.next_index, self.next_index + k))
+        self._last, self.next_index = None, self.next_index + k  # nothing follows the ease
+        return Emitted(index, values, [None] * k, [False] * (k - 1) + [True])
+
+
+def _concat(a: Emitted, b: Emitted) -> Emitted:
+    return Emitted(a.index + b.index, np.concatenate([a.values, b.values]), a.captured_ns + b.captured_ns,
+                   a.last + b.last, a.shed, a.level)

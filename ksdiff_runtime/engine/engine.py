@@ -40,6 +40,7 @@ from ksdiff_runtime.sessions import Session, Sessions
 from ksdiff_sdk import Frame
 
 from .capacity import Capacity
+from .controls import Controls, ControlStage
 from .presets import Preset, get_preset
 from .sampling import Guidance, WindowBatch, sample_windows
 from .stream import Emitted, Hop, StreamState, frame_sample
@@ -57,7 +58,7 @@ class Ended:
     session: Session
     reason: str  # protocol END_REASONS: ended, timeout, error
     error: str | None = None  # what failed (reason error)
-    final: Frame | None = None  # a neutral closing frame (last) when it ended abruptly after publishing
+    final: list[Frame] = field(default_factory=list)  # the ease to rest of a stream cut short (controls.py)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class StreamingEngine:
         sessions: Sessions | None = None,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         capacity: Capacity | None = None,
+        controls: Controls | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -97,6 +99,7 @@ class StreamingEngine:
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.guidance = guidance
         self.capacity = capacity or Capacity()
+        self.controls = controls or Controls()  # for streams opened without their own
         self.sessions = sessions if sessions is not None else Sessions(admission=None)
         # A tick sends streams x guidance variants rows through the graphs; a backend with a
         # fixed limit (TensorRT's optimisation profile) bounds how many streams share a tick.
@@ -116,17 +119,22 @@ class StreamingEngine:
 
     # --- the small API over the engine's registry (embedding, tests, benchmarks) ----------------
     def open_stream(self, stream_id: str | None = None, seed: int = 0, style: np.ndarray | None = None,
-                    text: str | None = None) -> str:
+                    text: str | None = None, controls: Controls | None = None, mode: str = "live") -> str:
         """Start a stream of 16 kHz audio (one voice). ``style``: a style vector from the model's style
-        encoder; ``text``: the transcript of what it will say, when known (conditions every hop)."""
+        encoder; ``text``: the transcript of what it will say, when known (conditions every hop);
+        ``controls``: its artists' controls (default: the engine's); ``mode``: live or line."""
         if style is not None:
             style = np.asarray(style, np.float32).reshape(-1)
             if style.size != self.cfg.style_dim or not np.isfinite(style).all():
                 raise ValueError(f"style must be {self.cfg.style_dim} finite numbers")
         stream_id = stream_id or uuid.uuid4().hex[:12]
         session = self.sessions.open(stream_id, "sdk", AudioFormat(), seed=seed, text=text, style=style,
-                                     admit=False)
+                                     admit=False, mode=mode, controls=controls)
         return session.id
+
+    def set_controls(self, stream_id: str, controls: Controls) -> None:
+        """Change a stream's controls from its next hop on (any thread: the stream's controls are replaced whole)."""
+        self._session(stream_id).controls = controls
 
     def push(self, stream_id: str, audio: np.ndarray, at_sample: int | None = None,
              captured_ns: int | None = None) -> None:
@@ -205,6 +213,9 @@ class StreamingEngine:
         return result
 
     def _new_state(self, session: Session) -> StreamState:
+        if session.controls is None:
+            session.controls = self.controls
+        session.stage = ControlStage(session.controls, self.fps)
         tokens = None
         if session.text and session.text.strip():
             tokens = phoneme_tokens_later(session.text, self.cfg.max_text_tokens)
@@ -279,7 +290,8 @@ class StreamingEngine:
         emitted = []
         for i, (session, state, hop) in enumerate(hops):
             try:
-                emitted.append((state, state.apply_hop(hop, out, i)))
+                # the stream's controls, and its ease to rest after its final frame: every output's numbers
+                emitted.append((state, session.stage.apply(state.apply_hop(hop, out, i), session.controls)))
             except Exception as exc:
                 self._fail(session, exc, result)
         result.hops += len(hops)
@@ -288,7 +300,10 @@ class StreamingEngine:
 
     def _frames(self, emitted: list[tuple[StreamState, Emitted]], compute_ms: float) -> list[Frame]:
         """The round's wire frames, built once: gaze for all of them in one call, seq = index."""
-        emitted = [(st, em) for st, em in emitted if em.index]
+        return self._wire([(st.id, em) for st, em in emitted], compute_ms)
+
+    def _wire(self, emitted: list[tuple[str, Emitted]], compute_ms: float) -> list[Frame]:
+        emitted = [(sid, em) for sid, em in emitted if em.index]
         if not emitted:
             return []
         values = np.concatenate([em.values for _, em in emitted])
@@ -298,30 +313,26 @@ class StreamingEngine:
         gaze = motion.gaze_from_blendshapes(blendshapes)
         lookahead_ms = self.preset.lookahead_ms()
         frames, row = [], 0
-        for state, em in emitted:
+        for sid, em in emitted:
             for index, captured, last in zip(em.index, em.captured_ns, em.last, strict=True):
-                frames.append(Frame(state.id, index, index, self.fps, index / self.fps, blendshapes[row], head[row],
+                frames.append(Frame(sid, index, index, self.fps, index / self.fps, blendshapes[row], head[row],
                                     gaze[row], captured, 0, lookahead_ms, compute_ms, last))
                 row += 1
         return frames
 
-    def final_frame(self, session: Session) -> Frame | None:
-        """A neutral frame with ``last`` after a stream's published frames, for a stream that ends
-        without its audio's frames (an error, a shutdown): receivers return to rest instead of holding
-        a pose mid-word. None when it published nothing."""
-        state = session.state
-        if state is None or state.out_index == 0:
-            return None
-        index = state.out_index
-        state.out_index += 1
-        zeros = np.zeros(motion.NUM_BLENDSHAPES, np.float32)
-        return Frame(session.id, index, index, self.fps, index / self.fps, zeros, np.zeros(motion.NUM_HEAD, np.float32),
-                     np.zeros(len(motion.GAZE), np.float32), None, 0, self.preset.lookahead_ms(), 0.0, True)
+    def closing_frames(self, session: Session) -> list[Frame]:
+        """The ease to rest after a stream's published frames (``last`` on the final one), for a stream that
+        ends without its audio's frames (an error, a shutdown): receivers return to rest instead of
+        holding a pose mid-word. Empty when it published nothing. Only on the engine's thread, or once it
+        has stopped."""
+        if session.stage is None:
+            return []
+        return self._wire([(session.id, session.stage.closing())], 0.0)
 
     def _fail(self, session: Session, exc: Exception, result: StepResult) -> None:
         log.error("stream %s failed and was closed: %s", session.id, exc)
         self.sessions.finish(session)
-        result.ended.append(Ended(session, "error", f"{type(exc).__name__}: {exc}", self.final_frame(session)))
+        result.ended.append(Ended(session, "error", f"{type(exc).__name__}: {exc}", self.closing_frames(session)))
 
     # --- before serving ------------------------------------------------------------------------
     def warm_up(self, audio: np.ndarray | None = None) -> float:

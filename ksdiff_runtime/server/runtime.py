@@ -437,8 +437,8 @@ class Runtime:
         session = ended.session
         if self.sessions.get(session.id) is not session:
             return
-        if ended.final is not None:
-            self._publish_frame(ended.final, session)
+        for frame in ended.final:
+            self._publish_frame(frame, session)
         reason = reason or ended.reason
         self._emit(StreamEnded(session.id, session.source, reason, session.frames))
         for identity, req in session.end_waiters:
@@ -459,7 +459,7 @@ class Runtime:
         for session in list(self.sessions):
             self.sessions.finish(session)
             # the engine's state is the engine thread's: touch it only once that thread has stopped
-            final = self.engine.final_frame(session) if engine_stopped else None
+            final = self.engine.closing_frames(session) if engine_stopped else []
             self._end(Ended(session, "shutdown", None, final), reason="shutdown")
 
     def _publish_stats(self) -> None:

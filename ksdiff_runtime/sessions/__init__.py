@@ -65,7 +65,11 @@ class Session:
     text: str | None = None  # transcript, when known
     style: np.ndarray | None = None
     max_ahead_s: float = DEFAULT_MAX_AHEAD_S
+    mode: str = "live"  # protocol.MODES: live (paced by real time) or line (audio already there, at speed)
     opened_ns: int = field(default_factory=time.monotonic_ns)
+    # the stream's artists' controls (engine/controls.py ``Controls``; None: the engine's default). Replaced
+    # whole (never mutated) by set_controls on the io thread; the engine reads it each hop.
+    controls: Any = None
     # --- guarded by Sessions.lock -------------------------------------------------------------
     pending: list[PendingAudio] = field(default_factory=list)
     pending_samples: int = 0
@@ -77,6 +81,7 @@ class Session:
     finished: bool = False  # the engine is done with it; its end is being published
     # --- the engine thread's ----------------------------------------------------------------
     state: Any = None  # the engine's per-stream state (engine/stream.py)
+    stage: Any = None  # its controls and ease to rest (engine/controls.py ControlStage)
     backlog_samples: int = 0  # audio the engine holds but has not animated yet (written each round)
     # --- the io thread's ----------------------------------------------------------------------
     frames: int = 0  # frames published
@@ -117,7 +122,8 @@ class Sessions:
     # --- open / find / remove ----------------------------------------------------------------
     def open(self, stream_id: str | None, source: str, fmt: AudioFormat, *, owner: bytes | None = None,
              seed: int = 0, text: str | None = None, style: np.ndarray | None = None,
-             max_ahead_s: float = DEFAULT_MAX_AHEAD_S, admit: bool = True) -> Session:
+             max_ahead_s: float = DEFAULT_MAX_AHEAD_S, admit: bool = True, mode: str = "live",
+             controls: Any = None) -> Session:
         """Register a new stream. Raises RefusedError: ``malformed`` (a reserved id), ``busy`` (the id is
         taken, the stream ceiling or the measured capacity is reached; the message says which)."""
         if stream_id is not None and not protocol.is_stream_id(stream_id):
@@ -136,7 +142,7 @@ class Sessions:
                 if reason is not None:
                     raise RefusedError("busy", f"stream {stream_id!r} refused: {reason}; retry later", stream_id)
             session = Session(stream_id, source, InputStream(fmt), owner=owner, seed=seed, text=text, style=style,
-                              max_ahead_s=max_ahead_s)
+                              max_ahead_s=max_ahead_s, mode=mode, controls=controls)
             self._by_id[stream_id] = session
         return session
 

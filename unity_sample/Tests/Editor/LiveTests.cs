@@ -35,6 +35,7 @@ namespace Ksdiff.Tests
     {
         const double StartTimeoutS = 180; // model load on a busy 2-core machine
         const string Transcript = "A few people threw the big brass bell to the museum.";
+        const int EaseFrames30 = 4; // a stream's ease to rest at 30 fps (SPEC 4.2, 1.2)
 
         string _runtime;
         readonly List<IDisposable> _cleanup = new List<IDisposable>();
@@ -110,7 +111,9 @@ namespace Ksdiff.Tests
                 Assert.AreEqual((ulong)i, f.Seq);
                 Assert.AreEqual(i / 30.0, f.TAudio, 1e-9);
                 Assert.AreEqual(i + 1 == frames.Count, f.Last, "last only on the final frame");
-                Assert.IsTrue(f.CapturedNs.HasValue, "a pushed stream's frames know when their audio arrived");
+                // SPEC 4.2 (1.2): the audio's frames, then the ease to rest (4 frames at 30 fps) with no audio behind it
+                Assert.AreEqual(i < frames.Count - EaseFrames30, f.CapturedNs.HasValue,
+                                "a pushed stream's frames know when their audio arrived; the ease's frames have no audio");
                 foreach (float w in f.Blendshapes) Assert.IsTrue(w >= 0 && w <= 1, "weight " + w);
                 foreach (float a in f.Head) Assert.Less(Math.Abs(a), 1.6);
             }
@@ -121,7 +124,8 @@ namespace Ksdiff.Tests
             // On the audio clock: frame i is shown at T0 + t_audio(i). How early the frames were:
             var slack = order.Select(kv => t0 + kv.Key / 30.0 - kv.Value).OrderBy(x => x).ToList();
             int late = slack.Count(x => x < 0);
-            var latencies = frames.Select(f => (f.PublishedNs - f.CapturedNs.Value) / 1e6).OrderBy(x => x).ToList();
+            var latencies = frames.Where(f => f.CapturedNs.HasValue).Select(f => (f.PublishedNs - f.CapturedNs.Value) / 1e6)
+                                  .OrderBy(x => x).ToList();
             double p95 = latencies[(int)Math.Ceiling(0.95 * latencies.Count) - 1];
             Console.WriteLine("  frames ahead of their show time: min " + (slack[0] * 1000).ToString("F0") + " ms, median " +
                               (slack[slack.Count / 2] * 1000).ToString("F0") + " ms; late: " + late + " of " + slack.Count +

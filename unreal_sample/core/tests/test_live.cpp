@@ -345,8 +345,10 @@ TEST_CASE("a stream driven through the DEALER arrives whole: start, frames 0..N-
   std::fprintf(stderr, "  stream %s: %zu frames received, stream_ended.frames = %llu\n", stream.c_str(), n,
                static_cast<unsigned long long>(ended.frames));
   EXPECT_EQ(n, ended.frames);
-  // 1.1: one frame per started frame period, so 24000 samples at 16 kHz give ceil(45.0) frames.
-  EXPECT_EQ(n, 45u);
+  // 1.1: one frame per started frame period, so 24000 samples at 16 kHz give ceil(45.0) frames; 1.2: then
+  // the ease to rest, 4 frames at 30 fps (at most 150 ms), with no audio behind them (captured_ns nil).
+  const std::size_t audio_frames = 45;
+  EXPECT_EQ(n, audio_frames + 4u);
   for (std::size_t i = 0; i < n; ++i) {
     const Frame& f = frames[i].frame;
     EXPECT_EQ(f.stream, stream);
@@ -357,7 +359,7 @@ TEST_CASE("a stream driven through the DEALER arrives whole: start, frames 0..N-
     for (float w : f.blendshapes) EXPECT(std::isfinite(w) && w >= 0.0f && w <= 1.0f);
     for (float a : f.head) EXPECT(std::isfinite(a) && std::fabs(a) < 1.6f);
     for (float a : f.gaze) EXPECT(std::isfinite(a) && std::fabs(a) < 1.6f);
-    EXPECT(f.captured_ns.has_value());  // sdk streams: when the audio arrived
+    EXPECT_EQ(f.captured_ns.has_value(), i < audio_frames);  // sdk streams: when the audio arrived
   }
   const SubscriberStatus st = sub.status();
   EXPECT_EQ(st.dropped_frames, 0u);
@@ -562,7 +564,7 @@ TEST_CASE("serve with CURVE keys: the authorised client gets its stream, an unkn
   REQUIRE_MSG(got_end, "no stream_end for the authorised client; runtime log:\n" + runtime.log());
   EXPECT_EQ(end->reason, std::string("ended"));
   EXPECT_EQ(frames.size(), total);
-  EXPECT_EQ(total, 30u);  // 1 s at 30 fps
+  EXPECT_EQ(total, 34u);  // 1 s at 30 fps, then the 4 frames of the ease to rest (SPEC 4.2)
   for (std::size_t i = 0; i < frames.size(); ++i) {
     EXPECT_EQ(frames[i].seq, i);
     EXPECT_EQ(frames[i].last, i + 1 == frames.size());
