@@ -134,7 +134,9 @@ def vts_parameters(frame: Frame) -> dict[str, float]:
     brows_up = (bs("browInnerUp") + (bs("browOuterUpLeft") + bs("browOuterUpRight")) / 2) / 2
     brows_down = (bs("browDownLeft") + bs("browDownRight")) / 2
     values = {
-        "MouthOpen": bs("jawOpen") - bs("mouthClose"),  # the lips' opening: mouthClose closes them over an open jaw
+        # the jaw alone: subtracting mouthClose (lips closed over an open jaw) would close the lips on m/b/p but
+        # followed jawOpen with correlation 0.947 on the bundled sample; it is a custom parameter (KSDiffMouthClose)
+        "MouthOpen": bs("jawOpen"),
         "MouthSmile": 0.5 + 0.5 * (smile - frown),
         "FaceAngleX": math.degrees(yaw),
         "FaceAngleY": -math.degrees(pitch),
@@ -222,6 +224,7 @@ class VtsOutput:
         self.token_path = Path(token_path) if token_path is not None else default_token_path()
         self.sent = 0  # InjectParameterDataRequests sent
         self.errors = 0  # API errors VTube Studio answered them with
+        self.attempts = 0  # connections tried so far
         self.sessions = 0  # authenticated connections so far
         self._choice = StreamChoice(self.stream)
         self._lock = threading.Lock()
@@ -300,6 +303,7 @@ class VtsOutput:
         while True:
             sessions = self.sessions
             delay = RETRY_S
+            self.attempts += 1
             try:
                 async with connect(self.url, open_timeout=OPEN_TIMEOUT_S, close_timeout=CLOSE_WAIT_S,
                                    ping_interval=None, compression=None, proxy=None) as ws:
@@ -400,11 +404,12 @@ class VtsOutput:
             self._token = None
             self._forget_token()
         token = await self._request_token(ws)
+        self._save_token(token)  # the user has allowed the plugin: never ask again
         if not await self._authenticate_with(ws, token):
+            self._forget_token()
             raise _GiveUpError("VTube Studio refused the token it has just issued; not asking again. Restart "
                                "serve to try once more")
         self._token = token
-        self._save_token(token)
 
     async def _authenticate_with(self, ws: ClientConnection, token: str) -> bool:
         try:
