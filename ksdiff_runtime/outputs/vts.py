@@ -300,7 +300,7 @@ class VtsOutput:
             return
         self._main_task = asyncio.current_task()
         self._wake = asyncio.Event()
-        while True:
+        while not self._stopping:
             sessions = self.sessions
             delay = RETRY_S
             self.attempts += 1
