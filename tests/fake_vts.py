@@ -24,7 +24,9 @@ its tracking produces (``DEFAULT_PARAMETERS``) is refused with 451 too, and reco
 
 The test controls: ``approve`` (True: allow; False: deny; None: the popup stays open), ``api_active``,
 ``start``/``stop`` (VTube Studio started and quit: tokens and custom parameters survive, as in its
-config), ``drop_connections`` (sockets cut without a closing handshake), and ``wait_for``.
+config), ``drop_connections`` (sockets cut without a closing handshake), ``revoke`` (the user revokes
+a plugin's access: its tokens and custom parameters go, and its sessions' requests get error 50),
+``mute_injections`` (a VTube Studio that stops answering), and ``wait_for``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Injection:
 class _Session:
     connection: int
     plugin: tuple[str, str] | None = None  # (pluginName, pluginDeveloper) once authenticated
+    revoked: bool = False
 
 
 @dataclass
@@ -99,6 +102,7 @@ class FakeVTubeStudio:
         self.port = port
         self.approve = approve
         self.api_active = api_active
+        self.mute_injections = False
         self.tokens: dict[str, tuple[str, str]] = {}  # token -> (plugin, developer), kept across restarts
         self.custom: dict[str, tuple[str, str]] = {}  # custom parameter -> the plugin that made it
         self.state = _State()
@@ -106,6 +110,7 @@ class FakeVTubeStudio:
         self._popup_open = False
         self._server: Server | None = None
         self._connections: set[ServerConnection] = set()
+        self._sessions: list[_Session] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-vts", daemon=True)
         self._thread.start()
@@ -130,6 +135,18 @@ class FakeVTubeStudio:
         """Cut every connection without a closing handshake (the server keeps listening)."""
         asyncio.run_coroutine_threadsafe(self._drop(), self._loop).result(10)
         return time.monotonic()
+
+    def revoke(self, plugin: tuple[str, str]) -> None:
+        """The user revokes the plugin's access in VTube Studio."""
+
+        def revoke() -> None:
+            self.tokens = {t: p for t, p in self.tokens.items() if p != plugin}
+            self.custom = {n: p for n, p in self.custom.items() if p != plugin}
+            for session in self._sessions:
+                if session.plugin == plugin:
+                    session.revoked = True
+
+        self._loop.call_soon_threadsafe(revoke)
 
     def close(self) -> None:
         self.stop()
@@ -173,6 +190,7 @@ class FakeVTubeStudio:
             self.state.connections += 1
             session = _Session(self.state.connections)
             self._changed.notify_all()
+        self._sessions.append(session)
         self._connections.add(ws)
         try:
             async for raw in ws:
@@ -216,11 +234,14 @@ class FakeVTubeStudio:
                 return self._response(request_id, "APIStateResponse", handler(session, data))
             if not self.api_active:
                 raise _Error(1, "API access deactivated")
-            if kind not in ("AuthenticationTokenRequest", "AuthenticationRequest") and session.plugin is None:
-                raise _Error(8, "request requires authentication")
+            if kind not in ("AuthenticationTokenRequest", "AuthenticationRequest"):
+                if session.revoked:
+                    raise _Error(50, "User has denied API access for your plugin.")
+                if session.plugin is None:
+                    raise _Error(8, "request requires authentication")
             body = handler(session, data)
-            if body is None:  # the popup stays open: no answer
-                return None
+            if body is None or (kind == "InjectParameterDataRequest" and self.mute_injections):
+                return None  # the popup stays open, or VTube Studio hangs: no answer
             return self._response(request_id, kind.replace("Request", "Response"), body)
         except _Error as e:
             with self._changed:

@@ -348,6 +348,48 @@ def test_close_is_bounded_while_the_popup_waits_for_the_user(vts, token_path):
     assert took < 2.0 and not out._thread.is_alive(), took
 
 
+def test_access_revoked_mid_stream_asks_for_a_new_token_once(vts, token_path, outputs, logs):
+    from ksdiff_runtime.outputs.vts import PLUGIN_DEVELOPER, PLUGIN_NAME
+
+    out = VtsOutput(vts.url, token_path=token_path)
+    outputs.append(out)
+    assert vts.wait_for(authenticated(), TIMEOUT_S)
+    first = token_path.read_text().strip()
+    stop = threading.Event()
+    feeder = threading.Thread(target=play, args=(out, speech_frames(30 * 60)), kwargs={"stop": stop}, daemon=True)
+    feeder.start()
+    try:
+        assert vts.wait_for(lambda s: len(s.injections) >= 5, TIMEOUT_S)
+        vts.revoke((PLUGIN_NAME, PLUGIN_DEVELOPER))
+        # error 50 -> reconnect -> the stored token is refused -> one new popup, allowed -> values again
+        assert vts.wait_for(lambda s: s.injections[-1].connection == 2, TIMEOUT_S)
+    finally:
+        stop.set()
+        feeder.join(timeout=5)
+    assert ("InjectParameterDataRequest", 50) in vts.state.errors
+    assert vts.count("AuthenticationTokenRequest") == 2
+    assert vts.state.authentications == [(1, True), (2, False), (2, True)]
+    second = token_path.read_text().strip()
+    assert second != first and second in vts.tokens and first not in vts.tokens
+    assert logs.count("no longer accepts this plugin") == 1 and logs.count("refused the stored token") == 1
+
+
+def test_a_vts_that_stops_answering_is_reconnected(vts, token_path, outputs, logs, monkeypatch):
+    from ksdiff_runtime.outputs import vts as vts_module
+
+    monkeypatch.setattr(vts_module, "REPLY_TIMEOUT_S", 0.5)
+    out = VtsOutput(vts.url, token_path=token_path)
+    outputs.append(out)
+    assert vts.wait_for(authenticated(), TIMEOUT_S)
+    vts.mute_injections = True  # values arrive, answers never come
+    longest = play(out, speech_frames(60))  # 2 s of frames: send() never waits for VTube Studio
+    assert logs.wait("has not answered")
+    assert vts.wait_for(lambda s: s.connections >= 2, TIMEOUT_S)
+    assert longest < 0.05
+    vts.mute_injections = False
+    assert vts.wait_for(lambda s: authenticated(2)(s) and s.injections[-1].connection >= 2, TIMEOUT_S)
+
+
 # --- custom parameters ------------------------------------------------------------------------------
 def test_custom_parameters_are_created_once_per_session_and_sent(vts, token_path, outputs):
     out = VtsOutput(vts.url, token_path=token_path, custom=True)
