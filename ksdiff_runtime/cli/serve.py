@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ksdiff_runtime.motion import SAMPLE_RATE
-from ksdiff_runtime.outputs import livelink, vmc
+from ksdiff_runtime.outputs import livelink, vmc, vts
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput
 from ksdiff_runtime.outputs.udp import OutputConfigError
 from ksdiff_runtime.outputs.vmc import VmcOutput
+from ksdiff_runtime.outputs.vts import VtsOutput
 from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, build_engine
 from ksdiff_runtime.server.security import CurveKeys, SecurityError
@@ -100,6 +101,13 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    f"(without a value: {vmc.DEFAULT_DESTINATION})")
     p.add_argument("--vmc-stream", metavar="ID",
                    help="the stream sent over VMC (default: the first stream that publishes, e.g. mic)")
+    p.add_argument("--vts", nargs="?", const=vts.DEFAULT_URL, metavar="URL",
+                   help="also drive VTube Studio through its plugin API at URL (without a value: "
+                   f"{vts.DEFAULT_URL}); approve the plugin once in VTube Studio's popup")
+    p.add_argument("--vts-stream", metavar="ID",
+                   help="the stream sent to VTube Studio (default: the first stream that publishes, e.g. mic)")
+    p.add_argument("--vts-custom", action="store_const", const=True,
+                   help="also create and send one VTube Studio custom parameter per ARKit weight (KSDiffJawOpen, ...)")
     p.set_defaults(func=run_serve)
 
 
@@ -214,7 +222,7 @@ def serve(config: ServeConfig) -> int:
 
 
 def build_outputs(config: ServeConfig) -> list[Any]:
-    """The frame outputs the config asks for (Live Link Face, VMC), each with its socket open.
+    """The frame outputs the config asks for (Live Link Face, VMC, VTube Studio), each with its socket open.
 
     Raises OutputConfigError (a bad HOST:PORT, an unknown host) with a message for the user."""
     outputs: list[Any] = []
@@ -224,6 +232,8 @@ def build_outputs(config: ServeConfig) -> list[Any]:
                                           stream=config.livelink_stream or None))
         if config.vmc:
             outputs.append(VmcOutput(config.vmc, stream=config.vmc_stream or None))
+        if config.vts:
+            outputs.append(VtsOutput(config.vts, stream=config.vts_stream or None, custom=config.vts_custom))
     except OutputConfigError:
         _close_outputs(outputs)
         raise

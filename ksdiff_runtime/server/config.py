@@ -56,6 +56,9 @@ class ServeConfig:
     livelink_stream: str = ""  # only this stream to Live Link; empty: every stream (with a subject: the first)
     vmc: str = ""  # VMC (OSC) UDP to HOST:PORT (VSeeFace, Warudo, VNyan); flag without a value: 127.0.0.1:39539
     vmc_stream: str = ""  # the stream sent over VMC; empty: the first stream that publishes
+    vts: str = ""  # VTube Studio's plugin API, ws://HOST:PORT; flag without a value: ws://127.0.0.1:8001
+    vts_stream: str = ""  # the stream sent to VTube Studio; empty: the first stream that publishes
+    vts_custom: bool = False  # also one custom parameter per ARKit weight (KSDiffJawOpen, ...)
 
     def check(self) -> None:
         if self.fps <= 0:
@@ -90,6 +93,7 @@ class ServeConfig:
     def _check_outputs(self) -> None:
         """Output destinations' syntax and stream ids; host names are looked up when serve builds them."""
         from ksdiff_runtime.outputs.udp import OutputConfigError, check_stream_id, parse_host_port
+        from ksdiff_runtime.outputs.vts import parse_url
 
         try:
             for flag, destination in (("--livelink", self.livelink), ("--vmc", self.vmc)):
@@ -97,6 +101,9 @@ class ServeConfig:
                     parse_host_port(destination, flag)
             check_stream_id(self.livelink_stream, "--livelink-stream")
             check_stream_id(self.vmc_stream, "--vmc-stream")
+            if self.vts:
+                parse_url(self.vts, "--vts")
+            check_stream_id(self.vts_stream, "--vts-stream")
         except OutputConfigError as e:
             raise ConfigError(str(e)) from None
 
