@@ -20,6 +20,7 @@ import zmq.auth
 from peers import Peer, is_end
 
 from ksdiff_runtime.cli import main
+from ksdiff_runtime.engine.controls import stream_frames
 from ksdiff_runtime.server.config import ConfigError, load_config
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
 from ksdiff_runtime.server.security import CurveKeys, SecurityError, check_endpoints, is_local
@@ -70,7 +71,7 @@ def test_an_authorised_client_is_served_with_curve(secured, keys, speech_16k):
         hello = client.wait_for_runtime(timeout=30)
         assert hello["instance"] == secured.instance
         anim = client.animate(speech_16k[:16000], seed=1)
-    assert len(anim) == 30 and anim.missing == 0
+    assert len(anim) == stream_frames(16000, 30) and anim.missing == 0
 
 
 @pytest.mark.parametrize("who", ["stranger", "no keys", "wrong server key"])
@@ -93,7 +94,7 @@ def test_a_client_without_an_authorised_key_gets_nothing_at_all(secured, keys, s
         insider.send(P.encode_request("audio", stream="bob", seq=0, pcm=speech_16k[:8000].astype("<f4").tobytes()))
         insider.send(P.encode_request("end_stream", stream="bob"))
         msgs = insider.wait_pub(is_end("bob"))
-        assert sum(m["type"] == "frame" for m in msgs) == 15
+        assert sum(m["type"] == "frame" for m in msgs) == stream_frames(8000, 30)
         assert not outsider.dealer.poll(int(NO_ANSWER_S * 1000))
         assert not outsider.sub.poll(0)
         assert "sneak" not in secured.stream_ids
@@ -161,7 +162,7 @@ def test_frames_are_encrypted_on_the_wire(secured, keys, speech_16k):
         with Client(secured.pub_endpoint, secured.router_endpoint, timeout=30, server_key=keys / "server.key",
                     client_key=keys / "bob.key_secret") as client:
             anim = client.animate(np.asarray(speech_16k[:8000]), seed=2)
-        assert len(anim) == 15
+        assert len(anim) == stream_frames(8000, 30)
         assert not eavesdropper.poll(0)
     finally:
         eavesdropper.close()

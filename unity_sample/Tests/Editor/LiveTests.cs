@@ -142,9 +142,12 @@ namespace Ksdiff.Tests
             // Sampled at each frame's own instant, the buffer gives that frame.
             var pose = new Pose();
             double shown;
+            // (the last frame a millisecond after its instant: t0 + i/30 - offset can round to
+            // just below the frame's t_audio, which is still the lerp towards it)
             for (int i = 0; i < frames.Count; i++)
             {
-                PlayState state = client.Buffer.Sample(stream, t0 + i / 30.0, pose, out shown);
+                double at = t0 + i / 30.0 + (i + 1 == frames.Count ? 1e-3 : 0);
+                PlayState state = client.Buffer.Sample(stream, at, pose, out shown);
                 Assert.AreEqual(i + 1 == frames.Count ? PlayState.Ended : PlayState.Playing, state, "frame " + i);
                 Assert.AreEqual(i / 30.0, shown, 1e-9);
                 for (int k = 0; k < Protocol.BlendshapeCount; k++) Assert.AreEqual(frames[i].Blendshapes[k], pose.Blendshapes[k], 1e-5);
