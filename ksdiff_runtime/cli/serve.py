@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ksdiff_runtime.motion import SAMPLE_RATE
-from ksdiff_runtime.outputs import livelink, vmc
+from ksdiff_runtime.outputs import livelink, preview, vmc
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput
+from ksdiff_runtime.outputs.preview import PreviewOutput
 from ksdiff_runtime.outputs.udp import OutputConfigError
 from ksdiff_runtime.outputs.vmc import VmcOutput
 from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
@@ -100,6 +101,9 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    f"(without a value: {vmc.DEFAULT_DESTINATION})")
     p.add_argument("--vmc-stream", metavar="ID",
                    help="the stream sent over VMC (default: the first stream that publishes, e.g. mic)")
+    p.add_argument("--preview", nargs="?", type=int, const=preview.DEFAULT_PORT, metavar="PORT",
+                   help="also serve a live preview page (a face drawn from the frames) on http://127.0.0.1:PORT/ "
+                   f"(without a value: {preview.DEFAULT_PORT}; 0: any free port; the URL is logged)")
     p.set_defaults(func=run_serve)
 
 
@@ -214,7 +218,7 @@ def serve(config: ServeConfig) -> int:
 
 
 def build_outputs(config: ServeConfig) -> list[Any]:
-    """The frame outputs the config asks for (Live Link Face, VMC), each with its socket open.
+    """The frame outputs the config asks for (Live Link Face, VMC, the preview page), each with its socket open.
 
     Raises OutputConfigError (a bad HOST:PORT, an unknown host) with a message for the user."""
     outputs: list[Any] = []
@@ -224,6 +228,8 @@ def build_outputs(config: ServeConfig) -> list[Any]:
                                           stream=config.livelink_stream or None))
         if config.vmc:
             outputs.append(VmcOutput(config.vmc, stream=config.vmc_stream or None))
+        if config.preview >= 0:
+            outputs.append(PreviewOutput(config.preview))
     except OutputConfigError:
         _close_outputs(outputs)
         raise

@@ -56,6 +56,7 @@ class ServeConfig:
     livelink_stream: str = ""  # only this stream to Live Link; empty: every stream (with a subject: the first)
     vmc: str = ""  # VMC (OSC) UDP to HOST:PORT (VSeeFace, Warudo, VNyan); flag without a value: 127.0.0.1:39539
     vmc_stream: str = ""  # the stream sent over VMC; empty: the first stream that publishes
+    preview: int = -1  # the live preview page on 127.0.0.1:PORT (0: any free port); -1: off; flag without a value: 5557
 
     def check(self) -> None:
         if self.fps <= 0:
@@ -97,6 +98,9 @@ class ServeConfig:
                     parse_host_port(destination, flag)
             check_stream_id(self.livelink_stream, "--livelink-stream")
             check_stream_id(self.vmc_stream, "--vmc-stream")
+            if not -1 <= self.preview <= 65535:
+                raise OutputConfigError(f"preview must be a port from 0 (any free port) to 65535, or -1 (off); "
+                                        f"got {self.preview}")
         except OutputConfigError as e:
             raise ConfigError(str(e)) from None
 
