@@ -317,10 +317,10 @@ class PreviewOutput:
         page.mail.set()
 
     # --- lifecycle -------------------------------------------------------------------------------
-    def page_stats(self) -> list[dict[str, int]]:
-        """Per open page: batches and frames sent, items waiting (for tests and benchmarks; any thread)."""
-        return [{"batches": p.batches, "frames_sent": p.frames_sent, "waiting": len(p.mailbox)}
-                for p in list(self._pages)]
+    def page_stats(self) -> dict[int, dict[str, int]]:
+        """Per open page, by its TCP port: batches and frames sent, items waiting (for tests and benchmarks)."""
+        return {p.ws.remote_address[1]: {"batches": p.batches, "frames_sent": p.frames_sent, "waiting": len(p.mailbox)}
+                for p in list(self._pages)}
 
     def close(self) -> None:
         """Stop serving: pages are told the server is going away (they reconnect to the next serve)."""

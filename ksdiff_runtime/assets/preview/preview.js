@@ -44,7 +44,7 @@ const hooks = window.ksdiffPreview = {
   pageLatencyMs: [],    // per drawn frame: drawn (this clock) - sent (the server's clock), ms
   runtimeLatencyMs: [], // per drawn frame: published_ns - captured_ns, ms
   chosen: null, streams: [],
-  geometry: {width: W, height: H, mouth: {x: CX - 80, y: CY + MOUTH_Y - 22, w: 160, h: 112}},
+  geometry: {width: W, height: H, mouth: {x: CX - 70, y: CY + MOUTH_Y - 27, w: 140, h: 110}},  // the mouth's region
 };
 
 const canvas = document.getElementById("face");
