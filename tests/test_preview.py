@@ -471,3 +471,27 @@ def test_the_stream_chooser_follows_streams_and_the_page_reconnects_when_serve_r
         assert page.text_content("#status") == "live"
     finally:
         out.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_demo_prints_the_preview_url_and_serves_the_page_while_it_runs(tmp_path):
+    demo = subprocess.Popen([sys.executable, "-m", "ksdiff_runtime.cli", "demo", "--seconds", "3", "--backend",
+                             "onnxruntime", "--out", str(tmp_path / "demo.png")], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    assert demo.stdout is not None
+    try:
+        lines = iter(demo.stdout)
+        url = next(m[1] for line in lines if (m := re.match(r"live preview: (http://127\.0\.0\.1:\d+/) ", line)))
+        next(line for line in lines if line.startswith("connected:"))  # serve is up: its SDK client has the hello
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as r:
+            assert '<canvas id="face"' in r.read().decode()
+        with connect(url.replace("http://", "ws://") + "ws", open_timeout=TIMEOUT_S) as ws:
+            frame = items_until(ws, lambda item: item["type"] == "frame")[-1]
+        assert frame["stream"] == "sample_speech"
+        rest = "".join(lines)
+        assert demo.wait(timeout=120) == 0, rest
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
