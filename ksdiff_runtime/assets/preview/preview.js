@@ -42,7 +42,7 @@ const hooks = window.ksdiffPreview = {
   firstMotionMs: null,  // ... when a drawn frame first differed from the first one drawn
   lastDrawn: null,      // {stream, index, t_audio, jawOpen, runtimeMs, pageMs}
   pageLatencyMs: [],    // per drawn frame: drawn (this clock) - sent (the server's clock), ms
-  runtimeLatencyMs: [], // per drawn frame: published_ns - captured_ns, ms
+  runtimeLatencyMs: [], // per drawn frame: published_ns - captured_ns, ms (null: unknown)
   chosen: null, streams: [],
   geometry: {width: W, height: H, mouth: {x: CX - 70, y: CY + MOUTH_Y - 27, w: 140, h: 110}},  // the mouth's region
 };
@@ -391,7 +391,7 @@ function readout(now) {
   const recent = (list) => list.slice(-120);
   const f = state.drawn;
   if (f && f.runtime_ms !== null) {
-    const r = recent(hooks.runtimeLatencyMs);
+    const r = recent(hooks.runtimeLatencyMs).filter((ms) => ms !== null);
     ui.runtimeMs.textContent = `${f.runtime_ms.toFixed(0)} ms (p50 ${percentile(r, 0.5).toFixed(0)}, ` +
                                `p95 ${percentile(r, 0.95).toFixed(0)})`;
   }
@@ -411,7 +411,7 @@ function tick(now) {
     const drawnAt = performance.timeOrigin + performance.now();
     const pageMs = drawnAt - frame.sent * 1000;
     keep(hooks.pageLatencyMs, pageMs);
-    if (frame.runtime_ms !== null) keep(hooks.runtimeLatencyMs, frame.runtime_ms);
+    keep(hooks.runtimeLatencyMs, frame.runtime_ms);   // null when unknown: the two lists stay aligned
     hooks.framesDrawn += 1;
     if (state.firstDrawn === null) {
       state.firstDrawn = frame;
