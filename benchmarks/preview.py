@@ -101,9 +101,19 @@ def _machine(chromium: str, browser_version: str) -> dict[str, Any]:
 
 
 def run_preview_bench(seconds: float, backend: str = "onnxruntime", chromium: str = "/usr/bin/chromium",
-                      screenshot: Path | None = None, show_progress: bool = True) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
+                      screenshot: Path | None = None, show_progress: bool = True,
+                      browser: Any = None) -> dict[str, Any]:
+    """One run; ``browser``: a Playwright browser already launched (else one is launched from ``chromium``)."""
+    if browser is None:
+        from playwright.sync_api import sync_playwright
 
+        # the browser first: its start takes both cores for a moment, which must not land on the stream
+        with sync_playwright() as pw:
+            own = pw.chromium.launch(executable_path=chromium)
+            try:
+                return run_preview_bench(seconds, backend, chromium, screenshot, show_progress, own)
+            finally:
+                own.close()
     from ksdiff_runtime.outputs.preview import PreviewOutput
     from ksdiff_runtime.server.runtime import Runtime, build_engine
     from ksdiff_runtime.sources import FileSource
@@ -116,9 +126,7 @@ def run_preview_bench(seconds: float, backend: str = "onnxruntime", chromium: st
     runtime_ms: list[float] = []
     try:
         with Runtime(engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", outputs=[preview, count],
-                     admission=False) as rt, sync_playwright() as pw:
-            # the browser first: its start takes both cores for a moment, which must not land on the stream
-            browser = pw.chromium.launch(executable_path=chromium)
+                     admission=False) as rt:
             machine = _machine(chromium, browser.version)
             page = browser.new_page(viewport={"width": 760, "height": 520}, device_scale_factor=1)
             rt.add_source(FileSource(SAMPLE_SPEECH, stream_id="speech", loop=True))
@@ -157,12 +165,9 @@ def run_preview_bench(seconds: float, backend: str = "onnxruntime", chromium: st
             if screenshot is not None:
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 # a moment of speech, for the docs: a frame drawn with the jaw open
-                for _ in range(5):
-                    print(page.evaluate("window.ksdiffPreview.lastDrawn"), count.frames, flush=True)
-                    page.wait_for_timeout(500)
                 page.wait_for_function("window.ksdiffPreview.lastDrawn.jawOpen > 0.2", timeout=MOTION_TIMEOUT_S * 1000)
                 page.screenshot(path=str(screenshot))
-            browser.close()
+            page.close()
     finally:
         preview.close()
         engine.close()

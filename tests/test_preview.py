@@ -495,3 +495,17 @@ def test_demo_prints_the_preview_url_and_serves_the_page_while_it_runs(tmp_path)
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_preview_benchmark_measures_the_page(browser, tmp_path):
+    """`python -m benchmarks.preview`, briefly."""
+    from benchmarks.preview import run_preview_bench, summary
+
+    doc = run_preview_bench(3.0, chromium=str(CHROMIUM), screenshot=tmp_path / "page.png", show_progress=False,
+                            browser=browser)
+    print("\n" + summary(doc))
+    assert doc["frames_measured"] > 30 and doc["frames_drawn"] <= doc["frames_published"]
+    assert doc["page_latency_ms"]["p95"] < PAGE_LATENCY_BOUND_MS and doc["first_motion_ms"] < 2000
+    assert (tmp_path / "page.png").stat().st_size > 10_000
