@@ -187,6 +187,8 @@ class PreviewOutput:
                     self._streams[event.stream] = "unknown"
                     self._streams_changed = True
             elif isinstance(event, AudioLevel):
+                if event.stream not in self._streams:
+                    return  # kept only for open streams: what is kept stays bounded by them
                 self._new_levels[event.stream] = event
             elif isinstance(event, StreamStarted):
                 self._streams[event.stream] = event.source
