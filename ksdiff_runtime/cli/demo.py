@@ -3,7 +3,8 @@
 Starts `ksdiff-runtime serve` in its own process, playing the bundled sample speech in real time
 (looped, as a stand-in for a microphone), connects an SDK client, prints the frames/s and
 latency it receives each second, writes a plot of what it received, and stops the server with
-SIGINT (the client sees the stream end with reason "shutdown").
+SIGINT (the client sees the stream end with reason "shutdown"). Meanwhile serve's live preview
+page is on: its URL is printed first, to watch the face in a browser.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.cli.plots import pyplot
+from ksdiff_runtime.outputs.preview import DEFAULT_PORT as PREVIEW_PORT
 
 STREAM = "sample_speech"  # serve names a file's stream after the file
 
@@ -27,7 +29,7 @@ STREAM = "sample_speech"  # serve names a file's stream after the file
 def configure_demo(p: argparse.ArgumentParser) -> None:
     p.description = ("Start `ksdiff-runtime serve` on the bundled sample speech (played in real time, looped), "
         "receive its frames with the Python SDK, print frames/s and latency every second, write a plot, "
-        "then stop the server cleanly.")
+        "then stop the server cleanly. The live preview page is on meanwhile: its URL is printed first.")
     p.add_argument("--seconds", type=float, default=8.0, help="how long to receive frames (default 8)")
     p.add_argument("--out", type=Path, default=Path("out/demo.png"), help="plot to write (default out/demo.png)")
     p.add_argument("--backend", default="auto", help="inference backend for serve (default auto)")
@@ -36,26 +38,34 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_demo)
 
 
-def free_endpoint(preferred: int) -> str:
-    """tcp://127.0.0.1:<preferred> when that port is free, else a free ephemeral port."""
+def free_port(preferred: int) -> int:
+    """<preferred> when that port of 127.0.0.1 is free, else a free ephemeral port."""
     for port in (preferred, 0):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+            return s.getsockname()[1]
     raise RuntimeError("no free TCP port on 127.0.0.1")
+
+
+def free_endpoint(preferred: int) -> str:
+    """tcp://127.0.0.1:<preferred> when that port is free, else a free ephemeral port."""
+    return f"tcp://127.0.0.1:{free_port(preferred)}"
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from ksdiff_sdk import Client
 
     pub, router = free_endpoint(5555), free_endpoint(5556)
+    preview_port = free_port(PREVIEW_PORT)
     cmd = [sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--file", str(SAMPLE_SPEECH), "--loop",
            "--pub", pub, "--router", router, "--backend", args.backend, "--preset", args.preset,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--preview", str(preview_port)]
     print("$", " ".join(cmd[2:]), flush=True)
+    print(f"live preview: http://127.0.0.1:{preview_port}/ (open it in a browser while the demo runs; "
+          "--seconds N runs longer)", flush=True)
     server = subprocess.Popen(cmd)
     frames = []
     try:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ksdiff_runtime.motion import SAMPLE_RATE
-from ksdiff_runtime.outputs import livelink, vmc, vts
+from ksdiff_runtime.outputs import livelink, preview, vmc, vts
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput
+from ksdiff_runtime.outputs.preview import PreviewOutput
 from ksdiff_runtime.outputs.udp import OutputConfigError
 from ksdiff_runtime.outputs.vmc import VmcOutput
 from ksdiff_runtime.outputs.vts import VtsOutput
@@ -108,6 +109,9 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    help="the stream sent to VTube Studio (default: the first stream that publishes, e.g. mic)")
     p.add_argument("--vts-custom", action="store_const", const=True,
                    help="also create and send one VTube Studio custom parameter per ARKit weight (KSDiffJawOpen, ...)")
+    p.add_argument("--preview", nargs="?", type=int, const=preview.DEFAULT_PORT, metavar="PORT",
+                   help="also serve a live preview page (a face drawn from the frames) on http://127.0.0.1:PORT/ "
+                   f"(without a value: {preview.DEFAULT_PORT}; 0: any free port; the URL is logged)")
     p.set_defaults(func=run_serve)
 
 
@@ -222,7 +226,8 @@ def serve(config: ServeConfig) -> int:
 
 
 def build_outputs(config: ServeConfig) -> list[Any]:
-    """The frame outputs the config asks for (Live Link Face, VMC, VTube Studio), each with its socket open.
+    """The frame outputs the config asks for (Live Link Face, VMC, VTube Studio, the preview page), each
+    with its socket open.
 
     Raises OutputConfigError (a bad HOST:PORT, an unknown host) with a message for the user."""
     outputs: list[Any] = []
@@ -234,6 +239,8 @@ def build_outputs(config: ServeConfig) -> list[Any]:
             outputs.append(VmcOutput(config.vmc, stream=config.vmc_stream or None))
         if config.vts:
             outputs.append(VtsOutput(config.vts, stream=config.vts_stream or None, custom=config.vts_custom))
+        if config.preview >= 0:
+            outputs.append(PreviewOutput(config.preview))
     except OutputConfigError:
         _close_outputs(outputs)
         raise

@@ -59,6 +59,7 @@ class ServeConfig:
     vts: str = ""  # VTube Studio's plugin API, ws://HOST:PORT; flag without a value: ws://127.0.0.1:8001
     vts_stream: str = ""  # the stream sent to VTube Studio; empty: the first stream that publishes
     vts_custom: bool = False  # also one custom parameter per ARKit weight (KSDiffJawOpen, ...)
+    preview: int = -1  # the live preview page on 127.0.0.1:PORT (0: any free port); -1: off; flag without a value: 5557
 
     def check(self) -> None:
         if self.fps <= 0:
@@ -104,6 +105,9 @@ class ServeConfig:
             if self.vts:
                 parse_url(self.vts, "--vts")
             check_stream_id(self.vts_stream, "--vts-stream")
+            if not -1 <= self.preview <= 65535:
+                raise OutputConfigError(f"preview must be a port from 0 (any free port) to 65535, or -1 (off); "
+                                        f"got {self.preview}")
         except OutputConfigError as e:
             raise ConfigError(str(e)) from None
 
