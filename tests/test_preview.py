@@ -318,7 +318,12 @@ def page(browser: Any) -> Iterator[Any]:
 
 def wait_for(page: Any, condition: str, timeout: float = TIMEOUT_S) -> None:
     """Wait until a JavaScript expression over ``p`` (window.ksdiffPreview) holds; checked every animation frame."""
-    page.wait_for_function(f"(p => Boolean({condition}))(window.ksdiffPreview)", timeout=timeout * 1000)
+    try:
+        page.wait_for_function(f"(p => Boolean({condition}))(window.ksdiffPreview)", timeout=timeout * 1000)
+    except Exception:
+        state = page.evaluate("({drawn: window.ksdiffPreview.lastDrawn, streams: window.ksdiffPreview.streams, "
+                              "chosen: window.ksdiffPreview.chosen})")
+        raise AssertionError(f"the page never satisfied {condition!r}; its state: {state}") from None
 
 
 def mouth_dark_px(png: Path, geometry: dict) -> int:
