@@ -132,6 +132,7 @@ class StreamHandle:
         # the latency the runtime states for this stream (1.2; None: an older runtime): start playing its
         # audio this long after you start pushing it and the frames are there in time (ksdiff_sdk.sync)
         self.latency_ms = latency_ms
+        self._end_request: _Request | None = None  # the end_stream sent, once it was
         self.errors: list[KsdiffError] = []  # every error reported for this stream, raised or not
         self.dropped = 0  # frames discarded because frames() was not read (bounded queue)
         self.total_frames: int | None = None  # the runtime's count, once the stream ended
@@ -236,19 +237,26 @@ class StreamHandle:
             batch.append(message)
         self._client._send(batch)
 
-    def end(self, timeout: float | None = None) -> int:
+    def end(self, timeout: float | None = None, *, wait: bool = True) -> int | None:
         """Send end_stream and wait for ``stream_ended``; returns the stream's total frames.
 
         The runtime publishes the remaining frames (the final one with ``last``) before it replies.
-        Audio errors not raised yet are raised after the stream ended (so it never stays open)."""
+        Audio errors not raised yet are raised after the stream ended (so it never stays open).
+        ``wait=False``: send it and return None at once (a game that pushed a whole line ends it at once,
+        so its tail is animated too, and goes on rendering); a later ``end()`` waits for the reply."""
         with self._client._cv:
             if self._ended:
                 return int(self.total_frames or 0)
             if self._lost is not None:
                 raise self._lost
             self._ending = True
+            request = self._end_request
+        if request is None:
+            request = self._end_request = self._client._start_request("end_stream", {"stream": self.stream})
+        if not wait:
+            return None
         timeout = self._client.timeout if timeout is None else timeout
-        reply = self._client._call("end_stream", timeout, {"stream": self.stream}, stop=lambda: self._lost is not None)
+        reply = self._client._await(request, timeout, "end_stream", stop=lambda: self._lost is not None)
         with self._client._cv:
             if reply is None:  # lost while waiting
                 assert self._lost is not None
@@ -713,7 +721,7 @@ class Client:
 
         ``audio``: float (-1..1) or int16, shaped [n] or [n, channels]; sent as f32le or s16le.
         ``realtime``: push at the clip's own pace (like a live source, mode "live") instead of all at once
-        (mode "line": the runtime animates it as fast as it can, ~10x real time on a 2-core CPU).
+        (mode "line": the runtime animates it as fast as the machine allows, in whole model windows).
         ``timeout``: for the whole call (default: client timeout + 2x the clip's duration,
         + the duration when realtime)."""
         a = np.asarray(audio)

@@ -123,8 +123,13 @@ class LineSync:
         return Pose(t, a.blendshapes + w * (b.blendshapes - a.blendshapes), a.head + w * (b.head - a.head),
                     a.gaze + w * (b.gaze - a.gaze), False)
 
+    @property
+    def frames(self) -> list[Frame]:
+        """The frames received so far, by index."""
+        return [self._frames[i] for i in self._indices]
+
     def arrival_slack_s(self) -> list[float]:
-        """For each frame received: how long before its instant played it arrived (negative: late)."""
+        """For each frame received, by index: how long before its instant played it arrived (negative: late)."""
         at = self.play_at
         if at is None:
             return []
