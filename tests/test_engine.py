@@ -478,6 +478,25 @@ def test_a_line_is_animated_in_whole_windows_and_never_shed(tiny_backend, speech
     assert len(live) == len(frames)
 
 
+def test_the_stated_latency_of_a_line_covers_how_long_the_last_lines_first_frames_took(tiny_backend, speech_16k):
+    """A live stream states the preset's deadline; a line states (at least) how long a line's first frames
+    took to come after its audio, as just measured: a game that starts the audio that much later has them."""
+    engine = StreamingEngine(tiny_backend, "low-latency")
+    deadline = engine.preset.deadline_ms()
+    assert engine.latency_ms("live") == engine.latency_ms("line") == deadline  # nothing measured yet
+    sid = engine.open_stream(mode="line")
+    pushed = time.monotonic_ns() - 1_000_000_000  # as if its audio had waited a second: a slow machine
+    engine.push(sid, speech_16k, captured_ns=pushed)
+    engine.end_stream(sid)
+    first_ms = None
+    while engine.has_work():
+        if engine.step().frames and first_ms is None:
+            first_ms = (time.monotonic_ns() - pushed) / 1e6
+    assert first_ms is not None and first_ms > deadline
+    assert engine.latency_ms("line") >= first_ms
+    assert engine.latency_ms("live") == deadline
+
+
 def test_a_line_whose_audio_trickles_in_waits_for_whole_windows(tiny_backend, speech_16k):
     engine = StreamingEngine(tiny_backend, "low-latency")
     sid = engine.open_stream(mode="line")

@@ -116,6 +116,7 @@ class StreamingEngine:
         self._local = threading.local()
         self._round_ns = 0.0  # how long a round takes (EMA): a frame due sooner than that is stale
         self._line_round_ns = 0.0  # how long a round with a line's window takes (EMA)
+        self._line_first_ns = 0.0  # from a line's first audio reaching the runtime to its first frames (EMA)
         # A runtime keeps a finished session in the registry until it has published its end (then removes
         # it); on its own the engine forgets it as soon as it reports it.
         self.keep_ended = False
@@ -195,6 +196,7 @@ class StreamingEngine:
             self._features(planned, result)
             ready = [(s, st, h) for s, st, h in planned if not s.finished and st.hop_ready(h)]
             emitted: list[tuple[StreamState, Emitted]] = []
+            starting = [st for _, st, _ in ready if st.line and st.emitted == 0 and st.anchor_ns is not None]
             # one batch per window shape: live streams' windows, lines' windows
             for preset in (self.preset, self.line_preset):
                 group = [r for r in ready if r[1].preset is preset]
@@ -203,6 +205,11 @@ class StreamingEngine:
             result.compute_ms = (time.perf_counter_ns() - started) / 1e6
             result.frames = self._frames(emitted, result.compute_ms)
             result.levels = [AudioLevel(st.id, *em.level) for st, em in emitted if em.level is not None]
+            done_ns = time.monotonic_ns()
+            for st in starting:
+                if st.emitted > 0:
+                    assert st.anchor_ns is not None
+                    self._line_first_ns = _ema(self._line_first_ns, done_ns - st.anchor_ns, 0.3)
         for session, state in states:
             session.backlog_samples = max(0, state.samples - frame_sample(state.emitted))
             if not session.finished and state.finished():
@@ -215,7 +222,7 @@ class StreamingEngine:
         if planned:
             self._round_ns = 0.8 * self._round_ns + 0.2 * elapsed
             if any(st.line for _, st, _ in planned):
-                self._line_round_ns = 0.8 * self._line_round_ns + 0.2 * elapsed
+                self._line_round_ns = _ema(self._line_round_ns, elapsed, 0.2)
         audio_s = len(result.frames) / self.fps
         self.capacity.observe(elapsed if planned else 0, audio_s, bool(result.shed))
         return result
@@ -223,10 +230,13 @@ class StreamingEngine:
     def latency_ms(self, mode: str = "live") -> float:
         """The latency the runtime states for a stream (protocol ``stream_opened.latency_ms``): a frame is
         published at most this long after its audio was due. Live: the preset's deadline, a bound (a frame
-        that would be later is shed). A line is never shed: its frames come a round after its audio
-        arrived, so it states the deadline or 1.5 recent line rounds, whichever is longer (an estimate)."""
+        that would be later is shed). A line is never shed and, once started, runs ahead of real time: what
+        matters is how long its first frames take, so it states 1.25 times the recent lines' first-frame
+        delay (or line round, before any line was measured), and at least the live deadline (an estimate)."""
         deadline = self.preset.deadline_ms()
-        return deadline if mode == "live" else max(deadline, 1.5 * self._line_round_ns / 1e6)
+        if mode == "live":
+            return deadline
+        return max(deadline, 1.25 * max(self._line_first_ns, self._line_round_ns) / 1e6)
 
     def _new_state(self, session: Session) -> StreamState:
         if session.controls is None:
@@ -410,3 +420,8 @@ class StreamingEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _ema(average: float, value: float, weight: float) -> float:
+    """An exponential moving average that starts at its first value (0: none yet)."""
+    return float(value) if average == 0 else (1 - weight) * average + weight * value
