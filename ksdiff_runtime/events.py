@@ -24,6 +24,8 @@ from ksdiff_sdk import Frame
 class StreamStarted:
     stream: str
     source: str  # protocol.SOURCES
+    mode: str = "live"  # protocol.MODES
+    latency_ms: float | None = None  # the latency the runtime states for it (engine.latency_ms)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,9 @@ def valid_vectors() -> list[dict]:
 
     topic, payload = P.encode_stream_start("npc1", "sdk", published_ns=999_000_000_000)
     add("stream_start", topic, payload, "stream npc1 opened by an SDK client")
+    topic, payload = P.encode_stream_start("npc2", "sdk", published_ns=999_500_000_000, mode="line",
+                                           latency_ms=233.33333333333334)
+    add("stream_start_line", topic, payload, "stream npc2 opened as a line; the runtime states 233.3 ms latency (1.2)")
     topic, payload = P.encode_stream_end("npc1", "sdk", "ended", frames=46, published_ns=1_000_200_000_000)
     add("stream_end", topic, payload, "stream npc1 ended by end_stream after 46 frames")
     topic, payload = P.encode_stats(
@@ -97,6 +100,15 @@ def valid_vectors() -> list[dict]:
         P.encode_request("open_stream", stream="npc1", sample_rate=48_000, channels=2, format="s16le",
                          transcript="Hello there.", seed=3, req=1),
         "open npc1 for 48 kHz stereo s16le audio, with a transcript and a seed")
+    add("open_stream_line", None,
+        P.encode_request("open_stream", stream="npc2", sample_rate=24_000, channels=1, format="f32le", mode="line",
+                         controls={"strength": {"mouth": 1.25, "head": 0.5},
+                                   "shapes": {"jawOpen": {"gain": 1.1, "max": 0.8}}, "timing_offset_ms": -20.0},
+                         req=3),
+        "open npc2 as a line (audio already there, e.g. TTS) with artists' controls (1.2)")
+    add("set_controls", None,
+        P.encode_request("set_controls", stream="mic", controls={"smoothing_ms": {"head": 80.0}}, req=9),
+        "smooth the head of the runtime's own mic stream (1.2)")
     add("open_stream_minimal", None,
         P.encode_request("open_stream", sample_rate=16_000, channels=1, format="f32le"),
         "let the runtime name the stream; 16 kHz mono float32")
@@ -109,7 +121,21 @@ def valid_vectors() -> list[dict]:
     add("end_stream", None, P.encode_request("end_stream", stream="npc1", req=2), "end npc1")
     add("stream_opened", None, P.encode_reply("stream_opened", stream="npc1", fps=30, max_ahead_s=20.0, req=1),
         "reply to open_stream: push at most 20 s beyond real time")
+    add("stream_opened_line", None,
+        P.encode_reply("stream_opened", stream="npc2", fps=30, max_ahead_s=20.0, mode="line",
+                       latency_ms=233.33333333333334, req=3),
+        "reply to open_stream_line: start playing npc2's audio 233.3 ms after pushing it (1.2)")
     add("stream_ended", None, P.encode_reply("stream_ended", stream="npc1", frames=46, req=2), "reply to end_stream")
+    add("controls_set", None,
+        P.encode_reply("controls_set", stream="mic", req=9, controls={
+            "strength": {"jaw": 1.0, "mouth": 1.0, "brows": 1.0, "eyes": 1.0, "head": 1.0},
+            "shapes": {},
+            "smoothing_ms": {"jaw": 0.0, "mouth": 0.0, "brows": 0.0, "eyes": 0.0, "head": 80.0},
+            "timing_offset_ms": 0.0}),
+        "reply to set_controls: the stream's controls now, in full (1.2)")
+    add("error_bad_controls", None,
+        P.encode_error("bad_controls", "shapes: unknown blendshape 'jawOpn'", "set_controls", stream="mic", req=10),
+        "set_controls naming a blendshape that does not exist (1.2)")
     add("error", None, P.encode_error("unknown_stream", "no open stream 'npc9'", "audio", stream="npc9"),
         "audio pushed to a stream that is not open")
     add("error_nil_request_type", None, P.encode_error("malformed", "not one valid msgpack value", None),
@@ -163,6 +189,12 @@ def invalid_vectors(valid: dict[str, bytes]) -> list[dict]:
                                                               "sample_rate": "16000", "channels": 1,
                                                               "format": "f32le"}),
          "error": "malformed", "note": "sample_rate as a string: a wrong type is malformed, not bad_audio (1.1)"},
+        {"name": "invalid_mode", "payload": pack({"v": [1, 2], "type": "open_stream", "sample_rate": 16000,
+                                                  "channels": 1, "format": "f32le", "mode": "fast"}),
+         "error": "malformed", "note": "a mode 1.2 does not define"},
+        {"name": "invalid_controls_type", "payload": pack({"v": [1, 2], "type": "set_controls", "stream": "mic",
+                                                           "controls": [1.0]}),
+         "error": "malformed", "note": "controls as an array, not a map (1.2)"},
         {"name": "invalid_stream_id_dots", "payload": pack({"v": [1, 1], "type": "end_stream", "stream": ".."}),
          "error": "malformed", "note": "stream id '..' (reserved, as '.', since 1.1)"},
     ]

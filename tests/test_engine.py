@@ -451,3 +451,63 @@ def test_each_round_reports_the_audio_level_of_its_frames(tiny_backend):
     loud = [lv.rms_dbfs for lv in levels if lv.t_audio > 1.2]
     assert max(silent) == -120.0
     assert min(loud) == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.5)  # -9.0 dBFS
+
+
+def test_a_line_is_animated_in_whole_windows_and_never_shed(tiny_backend, speech_16k):
+    """Mode line: the audio is already there, so the engine takes whole training windows per round (not the
+    live hop), never sheds (real time does not apply), and the frames mean the same: same count, indices,
+    clock, last, ease to rest."""
+    engine = StreamingEngine(tiny_backend, "low-latency")
+    long_ago = time.monotonic_ns() - 60_000_000_000  # its audio "arrived" a minute ago: a live stream would shed
+    sid = engine.open_stream(mode="line")
+    engine.push(sid, speech_16k, captured_ns=long_ago)
+    engine.end_stream(sid)
+    frames, rounds, shed = [], 0, 0
+    while engine.has_work():
+        result = engine.step()
+        frames += result.frames
+        shed += sum(result.shed.values())
+        rounds += 1
+    window = tiny_backend.constants.cfg.train_window_frames
+    assert shed == 0 and rounds <= -(-output_frames(speech_16k.size, motion.FPS) // window) + 1
+    assert [f.index for f in frames] == list(range(stream_frames(speech_16k.size, motion.FPS)))
+    assert [f.last for f in frames] == [False] * (len(frames) - 1) + [True]
+    assert all(f.captured_ns == long_ago for f in frames[: -ease_frames(motion.FPS)])
+    # the same audio as a live stream: the same number of frames, similar motion
+    live = run_stream(engine, [speech_16k])
+    assert len(live) == len(frames)
+
+
+def test_the_stated_latency_of_a_line_covers_how_long_the_last_lines_first_frames_took(tiny_backend, speech_16k):
+    """A live stream states the preset's deadline; a line states (at least) how long a line's first frames
+    took to come after its audio, as just measured: a game that starts the audio that much later has them."""
+    engine = StreamingEngine(tiny_backend, "low-latency")
+    deadline = engine.preset.deadline_ms()
+    assert engine.latency_ms("live") == engine.latency_ms("line") == deadline  # nothing measured yet
+    sid = engine.open_stream(mode="line")
+    pushed = time.monotonic_ns() - 1_000_000_000  # as if its audio had waited a second: a slow machine
+    engine.push(sid, speech_16k, captured_ns=pushed)
+    engine.end_stream(sid)
+    first_ms = None
+    while engine.has_work():
+        if engine.step().frames and first_ms is None:
+            first_ms = (time.monotonic_ns() - pushed) / 1e6
+    assert first_ms is not None and first_ms > deadline
+    assert engine.latency_ms("line") >= first_ms
+    assert engine.latency_ms("live") == deadline
+
+
+def test_a_line_whose_audio_trickles_in_waits_for_whole_windows(tiny_backend, speech_16k):
+    engine = StreamingEngine(tiny_backend, "low-latency")
+    sid = engine.open_stream(mode="line")
+    window = tiny_backend.constants.cfg.train_window_frames
+    engine.push(sid, speech_16k[: 16000 // 2])  # 15 frames: less than a window
+    assert not engine.has_work() or not engine.step().frames
+    engine.push(sid, speech_16k[8000:])  # 45 frames: one window's worth (and its lookahead)
+    frames = []
+    while engine.has_work():
+        frames += engine.step().frames
+    assert len(frames) == window
+    engine.end_stream(sid)
+    frames += finish(engine, sid)[0]
+    assert [f.index for f in frames] == list(range(stream_frames(speech_16k.size, motion.FPS)))

@@ -515,6 +515,79 @@ def test_serve_sends_every_frame_to_live_link_and_vmc_at_once(serve_engine, spee
     assert outputs[0].sent == outputs[1].sent == ONE_SECOND
 
 
+@pytest.mark.timeout(180)
+def test_a_region_at_strength_0_is_zero_in_every_output(serve_engine, speech_16k, receiver, vmc_receiver, tmp_path):
+    """Artists' controls are applied at one place before every output: a stream opened with the jaw and
+    mouth at strength 0 shows them at 0 in the ZeroMQ frames, Live Link Face, VMC, VTube Studio and the
+    preview feed, while a stream beside it without controls (same audio) moves its jaw."""
+    import json
+
+    from fake_vts import FakeVTubeStudio
+    from peers import Peer, is_end, push_clip
+    from websockets.sync.client import connect
+
+    from ksdiff_runtime import motion
+    from ksdiff_runtime.outputs.preview import PreviewOutput
+    from ksdiff_runtime.outputs.vts import VtsOutput
+    from ksdiff_runtime.server.runtime import Runtime
+
+    zeroed = {n for r in ("jaw", "mouth") for n in motion.REGIONS[r]}
+    arkit_names = {n[0].upper() + n[1:]: n for n in zeroed}  # Live Link Face and VMC capitalise ARKit's names
+    vts = FakeVTubeStudio()
+    outputs = [LiveLinkOutput(receiver.address, stream="quiet"), VmcOutput(vmc_receiver.address, stream="quiet"),
+               VtsOutput(vts.url, stream="quiet", token_path=tmp_path / "vts_token"), PreviewOutput(0)]
+    try:
+        assert vts.wait_for(lambda st: any(ok for _, ok in st.authentications), TIMEOUT_S)
+        with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", outputs=outputs,
+                     admission=False) as rt, connect(f"ws://127.0.0.1:{outputs[3].port}/ws") as page:
+            peer = Peer(rt)
+            try:
+                pcm = speech_16k[:16000].astype("<f4").tobytes()
+                # quiet in live mode: its frames come over a second, so the preview page (latest frame wins)
+                # sees several; plain as a line, at the machine's speed
+                for stream, extra in (("quiet", {"controls": {"strength": {"jaw": 0, "mouth": 0}}}),
+                                      ("plain", {"mode": "line"})):
+                    opened = peer.request("open_stream", stream=stream, sample_rate=16000, channels=1,
+                                          format="f32le", **extra)
+                    assert opened["type"] == "stream_opened", opened
+                    push_clip(peer, stream, pcm, 4, 1600)
+                    peer.send(P.encode_request("end_stream", stream=stream))
+                msgs = peer.wait_pub(is_end("quiet"))
+                msgs += peer.wait_pub(is_end("plain")) if not any(is_end("plain")(m) for m in msgs) else []
+            finally:
+                peer.close()
+            shown: list[dict] = []  # the frames of the quiet stream the preview sent, until it left the list
+            while True:
+                items = json.loads(page.recv(timeout=TIMEOUT_S))["items"]
+                shown += [i for i in items if i["type"] == "frame" and i["stream"] == "quiet"]
+                if shown and any(i["type"] == "streams" and "quiet" not in [s["stream"] for s in i["streams"]]
+                                 for i in items):
+                    break
+        frames = {sid: [Frame.from_message(m) for m in msgs if m["type"] == "frame" and m["stream"] == sid]
+                  for sid in ("quiet", "plain")}
+        assert len(frames["quiet"]) == len(frames["plain"]) == ONE_SECOND
+        idx = [schema.BLENDSHAPE_INDEX[n] for n in sorted(zeroed)]
+        jaw = schema.BLENDSHAPE_INDEX["jawOpen"]
+        assert max(f.blendshapes[jaw] for f in frames["plain"]) > 0.1  # the same audio without controls talks
+        assert all(not f.blendshapes[idx].any() for f in frames["quiet"])  # ZeroMQ
+        assert any(f.blendshapes.any() for f in frames["quiet"])  # eyes and brows still move
+        packets = [decode_live_link(receiver.recv()) for _ in range(ONE_SECOND)]  # Live Link Face
+        assert all(p["values"][name] == 0 for p in packets for name in arkit_names)
+        bundles = vmc_receiver.bundles(ONE_SECOND)  # VMC
+        for bundle in bundles:
+            values = {args[0]: args[1] for a, args in bundle if a == "/VMC/Ext/Blend/Val"}
+            assert all(values[name] == 0 for name in arkit_names if name in values)
+            assert values["JawOpen"] == 0
+        assert vts.wait_for(lambda st: len(st.injections) >= 1, TIMEOUT_S)  # VTube Studio
+        assert all(i.values["MouthOpen"] == 0 and i.values["CheekPuff"] == 0 and i.values["TongueOut"] == 0
+                   and i.values["MouthSmile"] == 0.5 for i in vts.injections())
+        assert len(shown) >= 5 and all(item["bs"][k] == 0 for item in shown for k in idx)  # the preview's feed
+    finally:
+        for out in outputs:
+            out.close()
+        vts.close()
+
+
 class ExplodingOutput:
     name = "exploding"
 

@@ -18,7 +18,16 @@ from scipy.signal import resample_poly
 
 from ksdiff_runtime.engine.controls import ease_frames, stream_frames
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
-from ksdiff_sdk import Animation, Client, StreamLost, schema
+from ksdiff_sdk import (
+    Animation,
+    BadControlsError,
+    Client,
+    ForbiddenError,
+    LineSync,
+    StreamLost,
+    UnknownStreamError,
+    schema,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -186,3 +195,84 @@ def test_runtime_restart_under_a_connected_client(serve_engine):
             first.stop()
             if second is not None:
                 second.stop()
+
+
+# --- lines in sync (SPEC 6, "You play the audio yourself") ---------------------------------------------
+def test_a_line_played_locally_gets_its_frames_in_time(runtime):
+    """The game's way: open a line, push it whole, start local playback the stated latency later with
+    LineSync, and sample a pose per render tick: the frames are there before their instant (unless the
+    runtime itself ran later than it stated, which an overloaded machine can make it do), and the pose at
+    each frame's instant is that frame."""
+    x = speech(3.0)
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        handle = client.open_stream("npc-line", 16_000, mode="line", max_frames=None)
+        with handle:
+            assert handle.mode == "line" and handle.latency_ms >= runtime.engine.preset.deadline_ms()
+            sync = LineSync(handle, output_latency_s=0.0)
+            assert sync.play_at is None  # the clock starts with the first push
+            handle.push(x)
+            handle.end(wait=False)  # the tail of the line is animated too; the game goes on at once
+            played = sync.start_playback(lambda: None, timeout=TIMEOUT_S)  # a speaker that starts at once
+            assert abs(played - sync.play_at) < 0.05
+            deadline = time.monotonic() + TIMEOUT_S
+            while (pose := sync.pose()) is None or not pose.ended:  # the game loop, until the rest pose
+                assert time.monotonic() < deadline, "the line never ended"
+                time.sleep(1 / 120)  # a 120 Hz render tick
+            n = stream_frames(48_000, 30)
+            assert handle.end() == n
+            slack = sync.arrival_slack_s()
+            frames = sync.frames
+    assert [f.index for f in frames] == list(range(n))
+    first_ms = (sync.delay_s - slack[0]) * 1e3  # from the first push to the first frame
+    ahead = sorted(slack)
+    print(f"\nline: stated latency {handle.latency_ms:.0f} ms, first frame {first_ms:.0f} ms after the first push; "
+          f"frames ahead of their instant: min {ahead[0] * 1e3:.0f} ms, median {ahead[n // 2] * 1e3:.0f} ms; "
+          f"late {sync.late} of {n}")
+    # the runtime kept its statement for the line's start (an overloaded machine may not): then the rest of
+    # the line, animated faster than real time, keeps ahead of the audio
+    if first_ms <= handle.latency_ms:
+        assert sync.late <= n // 10
+    for i in (0, 17, n - 1):  # sampled at its instant, a pose is that frame
+        pose = sync.pose(sync.play_at + i / 30)
+        np.testing.assert_allclose(pose.blendshapes, frames[i].blendshapes, atol=1e-6)
+    halfway = sync.pose(sync.play_at + 10.5 / 30)
+    np.testing.assert_allclose(halfway.blendshapes, (frames[10].blendshapes + frames[11].blendshapes) / 2, atol=1e-5)
+    assert not sync.pose(sync.play_at + (n - 2) / 30).ended and sync.pose(sync.play_at + 99).ended
+
+
+def test_animate_runs_a_whole_clip_as_a_line(runtime):
+    """animate pushes the clip at once in line mode: every frame, faster than real time (printed)."""
+    x = speech(3.0)
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        client.animate(x[:8000])  # the first line of a session also pays for its threads' start
+        t0 = time.monotonic()
+        anim = client.animate(x, seed=3)
+        took = time.monotonic() - t0
+    check_complete(anim, stream_frames(48_000, 30))
+    print(f"\nanimate of a 3 s line: {took:.2f} s ({3.0 / took:.1f}x real time)")
+
+
+# --- artists' controls ------------------------------------------------------------------------------
+def test_controls_through_the_sdk(runtime):
+    x = speech(1.0)
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client, \
+            Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as other:
+        with pytest.raises(BadControlsError, match="unknown blendshape 'jaw'"):
+            client.open_stream("tuned", 16_000, controls={"shapes": {"jaw": {"gain": 0}}})
+        handle = client.open_stream("tuned", 16_000, controls={"strength": {"head": 0}}, max_frames=None)
+        with handle:
+            now = handle.set_controls({"shapes": {"jawOpen": {"gain": 0}}})
+            assert now["strength"]["head"] == 0.0 and now["shapes"]["jawOpen"]["gain"] == 0.0
+            with pytest.raises(BadControlsError, match=r"strength.jaw must be in \[0, 3\]"):
+                handle.set_controls({"strength": {"jaw": 4}})
+            with pytest.raises(ForbiddenError):
+                other.set_controls("tuned", {"strength": {"jaw": 1}})
+            with pytest.raises(ValueError, match="controls"):
+                handle.set_controls(["jaw"])  # type: ignore[arg-type]
+            handle.push(x)
+            handle.end()
+            frames = list(handle.frames(TIMEOUT_S))
+        with pytest.raises(UnknownStreamError):
+            client.set_controls("tuned", {})  # ended
+    assert len(frames) == stream_frames(16_000, 30)
+    assert all(f.blendshapes[JAW] == 0 and not f.head.any() for f in frames)

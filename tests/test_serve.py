@@ -24,7 +24,7 @@ from ksdiff_runtime.engine.controls import stream_frames
 from ksdiff_runtime.engine.engine import StepResult
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, _Round, build_engine
 from ksdiff_runtime.sources import SourceError
-from ksdiff_sdk import Frame
+from ksdiff_sdk import Frame, schema
 from ksdiff_sdk import protocol as P
 
 ONE_SECOND = stream_frames(16_000, 30)  # frames of 1 s of audio at 30 fps: 30, then the ease to rest
@@ -453,3 +453,148 @@ def test_a_source_that_fails_to_start_ends_its_stream_with_error(runtime):
         assert runtime.wait_until_idle(timeout=TIMEOUT_S) and "mic" not in runtime.engine.stream_ids
     finally:
         peer.close()
+
+
+# --- lines (SPEC 4.6 "Modes") -------------------------------------------------------------------------
+def test_a_line_states_its_mode_and_latency_and_every_frame_comes(runtime, speech_16k):
+    """A line opened with mode "line" says so (and its stated latency) in stream_opened and stream_start,
+    and yields every frame of its audio and its ease, on the audio clock, none shed; a live stream states
+    the preset's deadline."""
+    peer = Peer(runtime, P.frame_topic("npc"), P.stream_topic("npc"), P.stream_topic("mic1"))
+    try:
+        deadline = runtime.engine.preset.deadline_ms()
+        live = peer.request("open_stream", stream="mic1", sample_rate=16000, channels=1, format="f32le", req=7)
+        assert (live["mode"], live["latency_ms"], live["req"]) == ("live", deadline, 7)
+        opened = peer.request("open_stream", stream="npc", sample_rate=16000, channels=1, format="f32le", mode="line")
+        assert opened["type"] == "stream_opened" and opened["mode"] == "line" and opened["latency_ms"] >= deadline
+        x = speech(3.0, speech_16k).astype("<f4").tobytes()
+        push_clip(peer, "npc", x, 4, 16000)  # 1 s chunks, all at once
+        t0 = time.monotonic()
+        peer.send(P.encode_request("end_stream", stream="npc"))
+        msgs = peer.wait_pub(is_end("npc"))
+        took = time.monotonic() - t0
+        peer.request("end_stream", stream="mic1")
+    finally:
+        peer.close()
+    starts = [m for m in msgs if m["type"] == "stream_start"]
+    assert [(m["stream"], m["mode"]) for m in starts] == [("mic1", "live"), ("npc", "line")]
+    assert starts[1]["latency_ms"] == opened["latency_ms"] and starts[0]["latency_ms"] == deadline
+    frames = frames_of(msgs, "npc")
+    n = stream_frames(48_000, 30)
+    assert [f["index"] for f in frames] == list(range(n)) and frames[-1]["last"]
+    assert [f["t_audio"] for f in frames] == [i / 30 for i in range(n)]
+    print(f"\na 3 s line over ZeroMQ: every frame {took:.2f} s after its end_stream; stated latency "
+          f"{opened['latency_ms']:.0f} ms")
+
+
+def test_a_line_is_admitted_beyond_the_measured_capacity(serve_engine):
+    """Capacity refuses live streams; a line is not real time and is still opened (it counts against
+    live streams while it runs)."""
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
+        peer = Peer(rt)
+        try:
+            for _ in range(serve_engine.capacity.reading().streams_that_fit() + 1):
+                reply = peer.request("open_stream", sample_rate=16000, channels=1, format="f32le")
+                if reply["type"] == "error":
+                    break
+            assert reply["code"] == "busy" and "measured capacity" in reply["message"]
+            line = peer.request("open_stream", sample_rate=16000, channels=1, format="f32le", mode="line")
+            assert line["type"] == "stream_opened" and line["mode"] == "line"
+            assert peer.request("open_stream", sample_rate=16000, channels=1, format="f32le")["code"] == "busy"
+        finally:
+            peer.close()
+
+
+# --- artists' controls (SPEC 4.6 "Controls", set_controls) ---------------------------------------------
+JAW = schema.BLENDSHAPE_INDEX["jawOpen"]
+
+
+def test_set_controls_changes_a_stream_and_replies_with_the_controls_in_force(runtime, speech_16k):
+    peer = Peer(runtime, P.frame_topic("tuned"), P.stream_topic("tuned"))
+    try:
+        peer.request("open_stream", stream="tuned", sample_rate=16000, channels=1, format="f32le",
+                     controls={"strength": {"brows": 0.5}})
+        reply = peer.request("set_controls", stream="tuned", controls={"shapes": {"jawOpen": {"gain": 0}}}, req=3)
+        assert reply["type"] == "controls_set" and reply["stream"] == "tuned" and reply["req"] == 3
+        c = reply["controls"]  # the open_stream's controls kept, the change added, every region listed
+        assert c["strength"] == {"mouth": 1.0, "jaw": 1.0, "brows": 0.5, "eyes": 1.0, "head": 1.0}
+        assert c["shapes"] == {"jawOpen": {"gain": 0.0, "offset": 0.0, "min": 0.0, "max": 1.0}}
+        assert c["timing_offset_ms"] == 0.0 and set(c["smoothing_ms"]) == set(c["strength"])
+        push_clip(peer, "tuned", speech(1.0, speech_16k).astype("<f4").tobytes(), 4, 1600)
+        peer.send(P.encode_request("end_stream", stream="tuned"))
+        frames = [Frame.from_message(m) for m in frames_of(peer.wait_pub(is_end("tuned")), "tuned")]
+    finally:
+        peer.close()
+    assert len(frames) == ONE_SECOND and all(f.blendshapes[JAW] == 0 for f in frames)
+    assert max(float(f.blendshapes[schema.BLENDSHAPE_INDEX["mouthClose"]]) for f in frames) > 0  # the rest moves
+
+
+@pytest.mark.parametrize("controls, says", [
+    ({"strength": {"nose": 1.0}}, "unknown region 'nose'"),
+    ({"shapes": {"jawOpenn": {"gain": 1.0}}}, "unknown blendshape 'jawOpenn'"),
+    ({"shapes": {"jawOpen": {"gain": -1}}}, "shapes.jawOpen.gain must be in [0, 10]"),
+    ({"shapes": {"jawOpen": {"min": 0.8, "max": 0.2}}}, "min 0.8 is above max 0.2"),
+    ({"timing_offset_ms": 900}, "timing_offset_ms must be in [-500, 500]"),
+    ({"smoothing_ms": {"head": "slow"}}, "smoothing_ms.head must be a number"),
+    ({"loudness": 2}, "unknown control(s) loudness"),
+])
+def test_bad_controls_are_refused_naming_the_setting_and_change_nothing(runtime, controls, says):
+    peer = Peer(runtime)
+    try:
+        refused = peer.request("open_stream", stream="c1", sample_rate=16000, channels=1, format="f32le",
+                               controls=controls)
+        assert refused["code"] == "bad_controls" and says in refused["message"], refused
+        assert peer.request("open_stream", stream="c1", sample_rate=16000, channels=1,
+                            format="f32le")["type"] == "stream_opened"  # nothing was opened the first time
+        refused = peer.request("set_controls", stream="c1", controls=controls)
+        assert refused["code"] == "bad_controls" and refused["stream"] == "c1" and says in refused["message"]
+        kept = peer.request("set_controls", stream="c1", controls={})
+        assert kept["type"] == "controls_set" and kept["controls"]["shapes"] == {}
+    finally:
+        peer.close()
+
+
+def test_set_controls_on_another_clients_stream_is_forbidden_and_on_no_stream_unknown(runtime):
+    owner, other = Peer(runtime), Peer(runtime)
+    try:
+        owner.request("open_stream", stream="owned", sample_rate=16000, channels=1, format="f32le")
+        refused = other.request("set_controls", stream="owned", controls={"strength": {"jaw": 0}})
+        assert refused["code"] == "forbidden" and refused["request_type"] == "set_controls"
+        assert owner.request("set_controls", stream="owned", controls={})["controls"]["strength"]["jaw"] == 1.0
+        assert other.request("set_controls", stream="nope", controls={})["code"] == "unknown_stream"
+        other.send(msgpack.packb({"v": [1, 2], "type": "set_controls", "stream": "owned", "controls": 5}))
+        assert other.reply()["code"] == "malformed"
+    finally:
+        owner.close()
+        other.close()
+
+
+def test_any_client_tunes_the_runtimes_own_stream(runtime, speech_wav):
+    """The runtime's own streams (mic, file) belong to no client: a control panel sets their controls."""
+    from ksdiff_runtime.sources import FileSource
+
+    peer = Peer(runtime, P.frame_topic("desk"))
+    try:
+        runtime.add_source(FileSource(speech_wav, stream_id="desk", loop=True))
+        peer.wait_pub(lambda m: m["type"] == "frame" and m["stream"] == "desk")
+        reply = peer.request("set_controls", stream="desk", controls={"strength": {"jaw": 0}})
+        assert reply["type"] == "controls_set" and reply["controls"]["strength"]["jaw"] == 0.0
+        # from the next hop on: a second of frames with the jaw at rest, while the speech plays on
+        quiet = 0
+
+        def jaw_still(m: dict) -> bool:
+            nonlocal quiet
+            if m["type"] == "frame" and m["stream"] == "desk":
+                quiet = quiet + 1 if Frame.from_message(m).blendshapes[JAW] == 0 else 0
+            return quiet >= 30
+
+        peer.wait_pub(jaw_still)
+    finally:
+        peer.close()
+
+
+def test_serve_config_controls_are_checked_before_the_model_loads(tmp_path):
+    config = tmp_path / "serve.toml"
+    config.write_text("[controls.strength]\njaw = 7\n")
+    bad = cli("serve", "--config", str(config))
+    assert bad.returncode == 2 and "[controls] strength.jaw must be in [0, 3], got 7" in bad.stderr

@@ -183,7 +183,7 @@ def serve(config: ServeConfig) -> int:
         return 2
     started = time.perf_counter()
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
-                          config.idle_timeout_s, threads=config.threads)
+                          config.idle_timeout_s, threads=config.threads, controls=config.artist_controls())
     last_line = [0.0]
 
     def on_stats(stats: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ from .capacity import Capacity
 from .controls import Controls, ControlStage
 from .presets import Preset, get_preset
 from .sampling import Guidance, WindowBatch, sample_windows
-from .stream import Emitted, Hop, StreamState, frame_sample
+from .stream import Emitted, Hop, Split, StreamState, frame_sample
 
 log = logging.getLogger("ksdiff_runtime.engine")
 
@@ -96,6 +97,7 @@ class StreamingEngine:
             raise ValueError(f"preset {self.preset.name}: the model sees at most {self.cfg.lookahead_frames} "
                              "lookahead frames")
         self.fps = fps
+        self.line_preset = self.preset.for_lines(self.cfg.train_window_frames)  # streams in mode "line"
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.guidance = guidance
         self.capacity = capacity or Capacity()
@@ -113,6 +115,8 @@ class StreamingEngine:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
         self._local = threading.local()
         self._round_ns = 0.0  # how long a round takes (EMA): a frame due sooner than that is stale
+        self._line_round_ns = 0.0  # how long a round with a line's window takes (EMA)
+        self._line_first_ns = 0.0  # from a line's first audio reaching the runtime to its first frames (EMA)
         # A runtime keeps a finished session in the registry until it has published its end (then removes
         # it); on its own the engine forgets it as soon as it reports it.
         self.keep_ended = False
@@ -192,11 +196,20 @@ class StreamingEngine:
             self._features(planned, result)
             ready = [(s, st, h) for s, st, h in planned if not s.finished and st.hop_ready(h)]
             emitted: list[tuple[StreamState, Emitted]] = []
-            for i in range(0, len(ready), self.max_batch):
-                emitted += self._tick(ready[i : i + self.max_batch], result)
+            starting = [st for _, st, _ in ready if st.line and st.emitted == 0 and st.anchor_ns is not None]
+            # one batch per window shape: live streams' windows, lines' windows
+            for preset in (self.preset, self.line_preset):
+                group = [r for r in ready if r[1].preset is preset]
+                for i in range(0, len(group), self.max_batch):
+                    emitted += self._tick(group[i : i + self.max_batch], result, preset)
             result.compute_ms = (time.perf_counter_ns() - started) / 1e6
             result.frames = self._frames(emitted, result.compute_ms)
             result.levels = [AudioLevel(st.id, *em.level) for st, em in emitted if em.level is not None]
+            done_ns = time.monotonic_ns()
+            for st in starting:
+                if st.emitted > 0:
+                    assert st.anchor_ns is not None
+                    self._line_first_ns = _ema(self._line_first_ns, done_ns - st.anchor_ns, 0.3)
         for session, state in states:
             session.backlog_samples = max(0, state.samples - frame_sample(state.emitted))
             if not session.finished and state.finished():
@@ -208,9 +221,22 @@ class StreamingEngine:
         elapsed = time.perf_counter_ns() - started
         if planned:
             self._round_ns = 0.8 * self._round_ns + 0.2 * elapsed
+            if any(st.line for _, st, _ in planned):
+                self._line_round_ns = _ema(self._line_round_ns, elapsed, 0.2)
         audio_s = len(result.frames) / self.fps
         self.capacity.observe(elapsed if planned else 0, audio_s, bool(result.shed))
         return result
+
+    def latency_ms(self, mode: str = "live") -> float:
+        """The latency the runtime states for a stream (protocol ``stream_opened.latency_ms``): a frame is
+        published at most this long after its audio was due. Live: the preset's deadline, a bound (a frame
+        that would be later is shed). A line is never shed and, once started, runs ahead of real time: what
+        matters is how long its first frames take, so it states 1.25 times the recent lines' first-frame
+        delay (or line round, before any line was measured), and at least the live deadline (an estimate)."""
+        deadline = self.preset.deadline_ms()
+        if mode == "live":
+            return deadline
+        return max(deadline, 1.25 * max(self._line_first_ns, self._line_round_ns) / 1e6)
 
     def _new_state(self, session: Session) -> StreamState:
         if session.controls is None:
@@ -221,8 +247,9 @@ class StreamingEngine:
             tokens = phoneme_tokens_later(session.text, self.cfg.max_text_tokens)
             tokens.add_done_callback(lambda _: self.sessions.notify())  # wake the engine when they are ready
         # the engine takes a uint64 seed; the protocol's is int64
-        return StreamState(session.id, self.cfg, self.preset, self.front_end, session.seed & 0xFFFF_FFFF_FFFF_FFFF,
-                           session.style, tokens, self.fps)
+        line = session.mode == "line"
+        return StreamState(session.id, self.cfg, self.line_preset if line else self.preset, self.front_end,
+                           session.seed & 0xFFFF_FFFF_FFFF_FFFF, session.style, tokens, self.fps, line=line)
 
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:
@@ -250,24 +277,31 @@ class StreamingEngine:
         jobs = [(st, st.features_needed(h), h.catch_up) for _, st, h in planned]
         if len(jobs) > 1 and self._pool is not None:
             errors = list(self._pool.map(lambda job: self._update_features(*job), jobs))
-        else:
-            errors = [self._update_features(*job, front_end=self.front_end) for job in jobs]
+        else:  # one stream: a line's long range is cut into pieces for every thread
+            split = self._split if self._pool is not None else None
+            errors = [self._update_features(*job, front_end=self.front_end, split=split) for job in jobs]
         for (session, _, _), exc in zip(planned, errors, strict=True):
             if exc is not None:
                 self._fail(session, exc, result)
 
     def _update_features(self, state: StreamState, upto: int, one_call: bool,
-                         front_end: BlockwiseFrontEnd | None = None) -> Exception | None:
+                         front_end: BlockwiseFrontEnd | None = None, split: Split | None = None) -> Exception | None:
         """Run a stream's front-end (on a pool thread: with that thread's own recogniser)."""
         front_end = front_end or self._thread_front_end()
         try:
-            state.update_features(upto, one_call, front_end)
+            state.update_features(upto, one_call, front_end, split)
         except Exception as exc:
             return exc
         return None
 
-    def _tick(self, hops: list[tuple[Session, StreamState, Hop]],
-              result: StepResult) -> list[tuple[StreamState, Emitted]]:
+    def _split(self, fn: Callable[[BlockwiseFrontEnd, int, int], np.ndarray],
+               ranges: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Front-end ranges of one stream computed on the pool's threads, each with its own recogniser."""
+        assert self._pool is not None
+        return list(self._pool.map(lambda r: fn(self._thread_front_end(), *r), ranges))
+
+    def _tick(self, hops: list[tuple[Session, StreamState, Hop]], result: StepResult,
+              preset: Preset) -> list[tuple[StreamState, Emitted]]:
         streams = [st for _, st, _ in hops]
         windows = [st.hop_window(h) for _, st, h in hops]
         styles = None
@@ -286,7 +320,7 @@ class StreamingEngine:
             known=np.stack([w.known for w in windows]), noise=np.stack([w.noise for w in windows]), style=styles,
             text=text, text_keep=text_keep,
         )
-        out = sample_windows(self.backend, batch, self.preset.steps, self.guidance)
+        out = sample_windows(self.backend, batch, preset.steps, self.guidance)
         emitted = []
         for i, (session, state, hop) in enumerate(hops):
             try:
@@ -346,9 +380,9 @@ class StreamingEngine:
             audio, _ = load_audio(SAMPLE_SPEECH)
         clip = np.asarray(audio, np.float32)[: int(WARM_UP_S * motion.SAMPLE_RATE)]
         stereo_48k = np.repeat(np.repeat(clip, 3)[:, None], 2, axis=1)  # a 48 kHz stereo device, crudely
-        for measure in (False, True):
+        for measure, mode in ((False, "live"), (False, "line"), (True, "live")):
             session = self.sessions.open(f"warm-up-{uuid.uuid4().hex[:8]}", "sdk", AudioFormat(48_000, 2),
-                                         text=None if measure else "hello there", admit=False)
+                                         text=None if measure else "hello there", admit=False, mode=mode)
             cpu0 = time.process_time()
             for i in range(0, len(stereo_48k), 480):
                 self.sessions.feed(session, stereo_48k[i : i + 480])
@@ -386,3 +420,8 @@ class StreamingEngine:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _ema(average: float, value: float, weight: float) -> float:
+    """An exponential moving average that starts at its first value (0: none yet)."""
+    return float(value) if average == 0 else (1 - weight) * average + weight * value

@@ -25,6 +25,11 @@ from ksdiff_runtime.features.frontend import FrontEndConfig
 MAX_LAG_HOPS = 2
 MIN_LAG_MS = 100.0
 
+# Lines (a stream in mode "line": its audio is already there, e.g. a TTS line pushed whole) are
+# animated as a bake is: windows of the length the model was trained on, all of them hop frames, and
+# LINE_STEPS DDIM steps; the front-end runs over all the audio there is in one call.
+LINE_STEPS = 2
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -52,6 +57,13 @@ class Preset:
             raise ValueError(f"preset {self.name}: feature_block_frames and steps must be >= 1")
         if self.head_smoothing_ms < 0:
             raise ValueError(f"preset {self.name}: head_smoothing_ms must be >= 0")
+
+    def for_lines(self, window_frames: int) -> Preset:
+        """This preset as lines use it: hops of whole ``window_frames`` windows (the model's training
+        window) with the model's lookahead, LINE_STEPS steps, no crossfade. The front-end (its
+        lookahead and context) stays this preset's: one recogniser configuration per engine."""
+        return dataclasses.replace(self, name=f"{self.name}/line", hop_frames=window_frames,
+                                   window_frames=window_frames, crossfade_frames=0, steps=LINE_STEPS)
 
     def front_end_config(self, trained: FrontEndConfig) -> FrontEndConfig:
         """The model's front-end with this preset's lookahead (and context, when it sets one)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -35,6 +36,12 @@ from .sampling import WindowResult
 # Prosody of a frame range is computed over this many frames before it (YIN needs 64 ms of
 # audio around a frame; the rest keeps the relative voicing gate from seeing too little).
 PROSODY_CONTEXT_FRAMES = 6
+# A long front-end call of a stream alone in its round (a line's window) is cut into pieces of at least
+# this many frames, computed on the engine's front-end threads at once.
+LINE_PIECE_MIN_FRAMES = 15
+
+# Runs ``fn(front_end, f0, f1)`` for each range on the engine's front-end threads, results in order.
+Split = Callable[[Callable[[BlockwiseFrontEnd, int, int], np.ndarray], list[tuple[int, int]]], list[np.ndarray]]
 
 
 def frame_sample(frame: int) -> int:
@@ -101,10 +108,13 @@ class Emitted:
 class StreamState:
     def __init__(self, stream_id: str, cfg: ModelConfig, preset: Preset, front_end: BlockwiseFrontEnd,
                  seed: int = 0, style: np.ndarray | None = None, tokens: np.ndarray | Future | None = None,
-                 out_fps: int = FPS) -> None:
+                 out_fps: int = FPS, line: bool = False) -> None:
         self.id = stream_id
         self.cfg = cfg
-        self.preset = preset
+        self.preset = preset  # for a line, the engine's preset as lines use it (Preset.for_lines)
+        # a line (protocol mode "line"): its audio is already there; whole windows as soon as the audio
+        # covers them, as fast as the machine can, never shed (real time does not apply)
+        self.line = line
         self.front_end = front_end
         self.seed = int(seed)
         self.style = style
@@ -218,6 +228,11 @@ class StreamState:
         end = self.total_frames
         available = self.audio_frames()
         e = self.emitted
+        if self.line:  # a whole window, or the rest of an ended line
+            left = end - e if end is not None else available - L - e
+            if left <= 0 or (end is None and left < p.hop_frames):
+                return None
+            return Hop(0, min(left, p.hop_frames), True)
         skip = 0
         if not self.ended or e < (end or 0):
             while e + skip < available - L and self._stale(e + skip, now_ns + lead_ns):
@@ -275,11 +290,13 @@ class StreamState:
         self._trim()
         return skipped
 
-    def update_features(self, upto: int, one_call: bool, front_end: BlockwiseFrontEnd | None = None) -> None:
+    def update_features(self, upto: int, one_call: bool, front_end: BlockwiseFrontEnd | None = None,
+                        split: Split | None = None) -> None:
         """Features for frames up to ``upto`` (exclusive), as far as the audio allows. Normally in the
         preset's groups (the schedule training used); ``one_call``: everything in one front-end call
-        (a stream catching up). ``front_end``: the instance to compute with (an engine gives each of
-        its threads its own recogniser); the same configuration, so the same features."""
+        (a stream catching up, a line). ``front_end``: the instance to compute with (an engine gives
+        each of its threads its own recogniser); the same configuration, so the same features.
+        ``split``: cut a long one-call range into pieces computed on several threads at once."""
         compute = front_end or self.front_end
         available = self.audio_frames()
         G = self.preset.feature_block_frames
@@ -291,7 +308,14 @@ class StreamState:
                 f1 = f0 + G
                 if f1 > available and not self.ended:
                     return
-            feats = compute.range_features(self._audio, f0, f1, offset=self.audio_offset)
+            pieces = max(1, (f1 - f0) // LINE_PIECE_MIN_FRAMES)
+            if split is not None and one_call and pieces > 1:
+                cuts = np.linspace(f0, f1, pieces + 1).round().astype(int)
+                feats = np.concatenate(split(lambda fe, a, b: fe.range_features(self._audio, a, b,
+                                                                                offset=self.audio_offset),
+                                             list(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True))))
+            else:
+                feats = compute.range_features(self._audio, f0, f1, offset=self.audio_offset)
             n = feats.shape[0]
             if n == 0:  # cannot happen with the sample counts above; never loop on it
                 raise RuntimeError(f"stream {self.id}: front-end gave no frames for [{f0}, {f1})")
@@ -348,6 +372,8 @@ class StreamState:
         if self.ended:
             return not self.finished()
         p = self.preset
+        if self.line:
+            return self.audio_frames() >= self.emitted + p.hop_frames + p.model_lookahead_frames
         return self.audio_frames() >= self._grouped(self.emitted + p.hop_frames + p.model_lookahead_frames)
 
     def finished(self) -> bool:

@@ -34,7 +34,8 @@ class ZmqPublisher:
             event.published_ns = now
             message = event.encode()
         elif isinstance(event, StreamStarted):
-            message = protocol.encode_stream_start(event.stream, event.source, now)
+            message = protocol.encode_stream_start(event.stream, event.source, now, mode=event.mode,
+                                                   latency_ms=event.latency_ms)
         elif isinstance(event, StreamEnded):
             message = protocol.encode_stream_end(event.stream, event.source, event.reason, event.frames, now)
         elif isinstance(event, Stats):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ksdiff_runtime import motion
+from ksdiff_runtime.engine.controls import Controls, ControlsError
 from ksdiff_sdk import protocol
 
 from .security import SecurityError, check_endpoints
@@ -60,6 +61,9 @@ class ServeConfig:
     vts_stream: str = ""  # the stream sent to VTube Studio; empty: the first stream that publishes
     vts_custom: bool = False  # also one custom parameter per ARKit weight (KSDiffJawOpen, ...)
     preview: int = -1  # the live preview page on 127.0.0.1:PORT (0: any free port); -1: off; flag without a value: 5557
+    # artists' controls for every stream (engine/controls.py; a [controls] table): region strength, per-shape
+    # gain/offset/clamp, smoothing, timing offset. Empty: change nothing. Per stream: set_controls
+    controls: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.fps <= 0:
@@ -90,6 +94,14 @@ class ServeConfig:
             except SecurityError as e:
                 raise ConfigError(str(e)) from None
         self._check_outputs()
+        self.artist_controls()
+
+    def artist_controls(self) -> Controls:
+        """The ``[controls]`` table, checked (ConfigError naming the bad setting)."""
+        try:
+            return Controls.from_dict(self.controls)
+        except ControlsError as e:
+            raise ConfigError(f"[controls] {e}") from None
 
     def _check_outputs(self) -> None:
         """Output destinations' syntax and stream ids; host names are looked up when serve builds them."""

@@ -34,6 +34,7 @@ import numpy as np
 import zmq
 
 from ksdiff_runtime import __version__, motion
+from ksdiff_runtime.engine.controls import Controls, ControlsError
 from ksdiff_runtime.engine.engine import DEFAULT_IDLE_TIMEOUT_S, Ended, StepResult, StreamingEngine
 from ksdiff_runtime.events import Event, Frame, Hello, Stats, StreamEnded, StreamStarted
 from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
@@ -68,6 +69,7 @@ def build_engine(
     fps: int = motion.FPS,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     threads: int = 1,
+    controls: Controls | None = None,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
 
@@ -79,7 +81,7 @@ def build_engine(
 
     t0 = time.perf_counter()
     loaded = load_backend(backend, checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=threads)
-    engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s)
+    engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s, controls=controls)
     loaded_s = time.perf_counter() - t0
     warm_s = engine.warm_up()
     r = engine.capacity.reading()
@@ -248,7 +250,7 @@ class Runtime:
         """Open a stream fed by ``source`` and start it; returns the stream id. Raises RefusedError (busy: the
         machine has no room for it) or SourceError (it failed to start; its stream ends with reason error)."""
         session = self.sessions.open(source.stream_id, source.kind, AudioFormat(source.sample_rate, source.channels),
-                                     seed=seed)
+                                     seed=seed, mode=source.mode)
         session.source_obj = source
         self._post(_Started(session))
 
@@ -400,7 +402,7 @@ class Runtime:
             self._outbox_frames = 0
         for item in items:
             if isinstance(item, _Started):
-                self._emit(StreamStarted(item.session.id, item.session.source))
+                self._emit(self._started(item.session))
                 continue
             result = item.result
             for sid, n in result.shed.items():
@@ -542,17 +544,48 @@ class Runtime:
         _, payload = protocol.encode_hello(__version__, self.fps, req=msg.get("req"), instance=self.instance)
         self._reply(identity, payload)
 
+    def _started(self, session: Session) -> StreamStarted:
+        return StreamStarted(session.id, session.source, session.mode, self.engine.latency_ms(session.mode))
+
     def _on_open_stream(self, identity: bytes, msg: dict) -> None:
         try:
             fmt = AudioFormat(msg["sample_rate"], msg["channels"], msg["format"])
         except BadAudioError as e:
             raise RefusedError("bad_audio", str(e), msg.get("stream")) from None
+        controls = self._controls(self.engine.controls, msg["controls"], msg.get("stream")) if "controls" in msg \
+            else None
+        mode = msg.get("mode", "live")
         session = self.sessions.open(msg.get("stream"), "sdk", fmt, owner=identity, seed=int(msg.get("seed", 0)),
-                                     text=msg.get("transcript"), max_ahead_s=self.max_ahead_s)
+                                     text=msg.get("transcript"), max_ahead_s=self.max_ahead_s, mode=mode,
+                                     controls=controls)
+        started = self._started(session)
         self._reply(identity, protocol.encode_reply("stream_opened", stream=session.id, fps=self.fps,
-                                                    max_ahead_s=float(self.max_ahead_s), **_req(msg.get("req"))))
-        self._emit(StreamStarted(session.id, session.source))
-        log.info("stream %s opened (sdk, %d Hz, %d ch, %s)", session.id, fmt.sample_rate, fmt.channels, fmt.encoding)
+                                                    max_ahead_s=float(self.max_ahead_s), mode=mode,
+                                                    latency_ms=started.latency_ms, **_req(msg.get("req"))))
+        self._emit(started)
+        log.info("stream %s opened (sdk, %s, %d Hz, %d ch, %s)", session.id, mode, fmt.sample_rate, fmt.channels,
+                 fmt.encoding)
+
+    def _on_set_controls(self, identity: bytes, msg: dict) -> None:
+        """Change a stream's controls live: its owner may, and anyone may for the runtime's own streams (the mic
+        a VTuber tunes from a control panel); another client's stream is ``forbidden``."""
+        session = self.sessions.get(msg["stream"])
+        if session is None or session.finished:
+            raise RefusedError("unknown_stream", f"no open stream {msg['stream']!r}", msg["stream"])
+        if session.owner is not None and session.owner != identity:
+            raise RefusedError("forbidden", f"stream {session.id!r} belongs to the client that opened it", session.id)
+        controls = self._controls(session.controls or self.engine.controls, msg["controls"], session.id)
+        session.controls = controls  # replaced whole: the engine takes it from the stream's next hop
+        self._reply(identity, protocol.encode_reply("controls_set", stream=session.id, controls=controls.to_dict(),
+                                                    **_req(msg.get("req"))))
+        log.info("stream %s: controls set: %s", session.id, msg["controls"])
+
+    @staticmethod
+    def _controls(base: Controls, changes: dict, stream: str | None) -> Controls:
+        try:
+            return base.merged(changes)
+        except ControlsError as e:
+            raise RefusedError("bad_controls", str(e), stream) from None
 
     def _on_audio(self, identity: bytes, msg: dict) -> None:
         session = self.sessions.owned(msg["stream"], identity)

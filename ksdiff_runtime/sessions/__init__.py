@@ -125,7 +125,8 @@ class Sessions:
              max_ahead_s: float = DEFAULT_MAX_AHEAD_S, admit: bool = True, mode: str = "live",
              controls: Any = None) -> Session:
         """Register a new stream. Raises RefusedError: ``malformed`` (a reserved id), ``busy`` (the id is
-        taken, the stream ceiling or the measured capacity is reached; the message says which)."""
+        taken, the stream ceiling is reached, or, for a live stream, the measured capacity; the message says
+        which)."""
         if stream_id is not None and not protocol.is_stream_id(stream_id):
             raise RefusedError("malformed", f"bad stream id {stream_id[:80]!r}: need 1..64 chars of [A-Za-z0-9_.-], "
                           "not '.' or '..'", None)
@@ -137,7 +138,9 @@ class Sessions:
             if len(self._by_id) >= self.max_streams:
                 raise RefusedError("busy", f"the runtime serves at most {self.max_streams} streams (max_streams); "
                               "retry later", stream_id)
-            if admit and self.admission is not None:
+            # a line is not real time: it runs in the machine's spare rounds for the short time its animation
+            # takes, so measured capacity does not refuse it; while it runs it counts against live streams
+            if admit and self.admission is not None and mode == "live":
                 reason = self.admission(sum(not s.finished for s in self._by_id.values()))
                 if reason is not None:
                     raise RefusedError("busy", f"stream {stream_id!r} refused: {reason}; retry later", stream_id)

@@ -29,6 +29,7 @@ class Source(Protocol):
     """What the runtime needs from an audio source."""
 
     kind: str  # "mic" or "file" (the protocol's `source` field)
+    mode: str  # "live" (real time: a mic, a file played in real time) or "line" (a file read as fast as possible)
     stream_id: str
     sample_rate: int  # rate of the pcm it delivers
     channels: int

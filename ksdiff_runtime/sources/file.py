@@ -35,6 +35,7 @@ class FileSource:
         self._data, self.sample_rate = read_audio_file(self.path)
         self.channels = int(self._data.shape[1])
         self.realtime = realtime
+        self.mode = "live" if realtime else "line"
         self.block_ms = float(block_ms)
         self.stream_id = stream_id
         self.loop = loop

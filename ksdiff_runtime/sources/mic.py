@@ -137,6 +137,7 @@ class MicSource:
     """
 
     kind = "mic"
+    mode = "live"
 
     def __init__(self, device: int | str | None = None, sample_rate: int | None = None, channels: int = 1,
                  block_ms: float = 10.0, stream_id: str = "mic") -> None:

@@ -11,6 +11,7 @@ from ksdiff_sdk.animation import Animation
 from ksdiff_sdk.client import Client, StreamHandle
 from ksdiff_sdk.errors import (
     BadAudioError,
+    BadControlsError,
     BusyError,
     ClientClosedError,
     ForbiddenError,
@@ -25,12 +26,14 @@ from ksdiff_sdk.errors import (
 )
 from ksdiff_sdk.frame import Frame, remap, unity_weights
 from ksdiff_sdk.protocol import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT
+from ksdiff_sdk.sync import LineSync, Pose
 
 __all__ = [
     "DEFAULT_PUB_ENDPOINT",
     "DEFAULT_ROUTER_ENDPOINT",
     "Animation",
     "BadAudioError",
+    "BadControlsError",
     "BusyError",
     "Client",
     "ClientClosedError",
@@ -38,7 +41,9 @@ __all__ = [
     "Frame",
     "InternalError",
     "KsdiffError",
+    "LineSync",
     "MalformedError",
+    "Pose",
     "StreamHandle",
     "StreamLost",
     "TooLargeError",

@@ -117,6 +117,8 @@ class StreamHandle:
         instance: str | None,
         max_frames: int | None,
         max_ahead_s: float | None = None,
+        mode: str = "live",
+        latency_ms: float | None = None,
     ) -> None:
         self.stream = stream
         self.fps = fps
@@ -126,6 +128,11 @@ class StreamHandle:
         self.instance = instance  # the runtime instance that holds the stream (None: it sent none)
         # how far beyond real time the runtime buffers this stream's audio (None: a 1.0 runtime, no limit)
         self.max_ahead_s = max_ahead_s
+        self.mode = mode  # "live" or "line" (protocol 1.2)
+        # the latency the runtime states for this stream (1.2; None: an older runtime): start playing its
+        # audio this long after you start pushing it and the frames are there in time (ksdiff_sdk.sync)
+        self.latency_ms = latency_ms
+        self._end_request: _Request | None = None  # the end_stream sent, once it was
         self.errors: list[KsdiffError] = []  # every error reported for this stream, raised or not
         self.dropped = 0  # frames discarded because frames() was not read (bounded queue)
         self.total_frames: int | None = None  # the runtime's count, once the stream ended
@@ -207,14 +214,14 @@ class StreamHandle:
         if n == 0:
             return
         start = self._next_sample if at_sample is None else int(at_sample)
+        if self._t0 is None:
+            self._t0 = time.monotonic()
         messages = audio_messages(self.stream, data, self.sample_rate, self.channels, self.format, self._seq, start)
         self._seq += len(messages)
         self._next_sample = max(self._next_sample, start + n)
         if self.max_ahead_s is None:
             self._client._send(messages)
             return
-        if self._t0 is None:
-            self._t0 = time.monotonic()
         step = chunk_frames(self.sample_rate, self.channels, self.format)
         room = max(0.1, self.max_ahead_s - AHEAD_MARGIN_S)
         batch: list[bytes] = []
@@ -230,19 +237,26 @@ class StreamHandle:
             batch.append(message)
         self._client._send(batch)
 
-    def end(self, timeout: float | None = None) -> int:
+    def end(self, timeout: float | None = None, *, wait: bool = True) -> int | None:
         """Send end_stream and wait for ``stream_ended``; returns the stream's total frames.
 
         The runtime publishes the remaining frames (the final one with ``last``) before it replies.
-        Audio errors not raised yet are raised after the stream ended (so it never stays open)."""
+        Audio errors not raised yet are raised after the stream ended (so it never stays open).
+        ``wait=False``: send it and return None at once (a game that pushed a whole line ends it at once,
+        so its tail is animated too, and goes on rendering); a later ``end()`` waits for the reply."""
         with self._client._cv:
             if self._ended:
                 return int(self.total_frames or 0)
             if self._lost is not None:
                 raise self._lost
             self._ending = True
+            request = self._end_request
+        if request is None:
+            request = self._end_request = self._client._start_request("end_stream", {"stream": self.stream})
+        if not wait:
+            return None
         timeout = self._client.timeout if timeout is None else timeout
-        reply = self._client._call("end_stream", timeout, {"stream": self.stream}, stop=lambda: self._lost is not None)
+        reply = self._client._await(request, timeout, "end_stream", stop=lambda: self._lost is not None)
         with self._client._cv:
             if reply is None:  # lost while waiting
                 assert self._lost is not None
@@ -251,6 +265,26 @@ class StreamHandle:
             self.total_frames = int(reply["frames"])
         self._check()
         return self.total_frames
+
+    @property
+    def started_at(self) -> float | None:
+        """When this stream's first audio was pushed (``time.monotonic()``): the start of its real-time clock."""
+        return self._t0
+
+    def take_frames(self) -> list[Frame]:
+        """The frames that arrived and were not read yet, without waiting (a game loop's per-tick read)."""
+        with self._client._cv:
+            frames = list(self._frames)
+            self._frames.clear()
+        return frames
+
+    def set_controls(self, controls: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Change this stream's artists' controls from its next hop on (protocol 1.2 ``set_controls``): e.g.
+        ``{"strength": {"mouth": 1.2}, "shapes": {"jawOpen": {"gain": 1.1}}, "timing_offset_ms": -30}``;
+        the settings given replace those, the rest stay. Returns the stream's controls now, in full.
+        Raises BadControlsError (the message names the bad setting), TimeoutError."""
+        self._check()
+        return self._client.set_controls(self.stream, controls, timeout)
 
     def frames(self, timeout: float | None = None) -> Iterator[Frame]:
         """This stream's frames in arrival order, until the ``last`` one (or its ``stream_end``).
@@ -590,17 +624,23 @@ class Client:
         timeout: float | None = None,
         *,
         max_frames: int | None = DEFAULT_MAX_QUEUE,
+        mode: str | None = None,
+        controls: dict[str, Any] | None = None,
     ) -> StreamHandle:
         """Open a stream fed by this client's audio; returns its handle once ``stream_opened`` came.
 
         ``stream``: the id you want (None: the runtime picks one). ``format``: "f32le" or "s16le",
         the format sent on the wire (push() converts). ``max_frames``: frames the handle keeps
-        unread (None: unbounded). Raises the runtime's error (``BusyError``, ``BadAudioError``, ...),
-        ValueError for arguments the protocol refuses, TimeoutError."""
+        unread (None: unbounded). ``mode`` (protocol 1.2): "live" (default: audio at the pace it is
+        spoken, frames within the runtime's deadline) or "line" (audio already there, e.g. a TTS line:
+        animated as fast as the runtime can). ``controls``: the stream's artists' controls (as
+        ``StreamHandle.set_controls``). Raises the runtime's error (``BusyError``, ``BadAudioError``,
+        ``BadControlsError``, ...), ValueError for arguments the protocol refuses, TimeoutError."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         fields: dict[str, Any] = {"sample_rate": int(sample_rate), "channels": int(channels), "format": format}
-        for key, value in (("stream", stream), ("transcript", transcript), ("seed", seed)):
+        for key, value in (("stream", stream), ("transcript", transcript), ("seed", seed), ("mode", mode),
+                           ("controls", controls)):
             if value is not None:
                 fields[key] = value
         try:
@@ -633,15 +673,29 @@ class Client:
                 self._command(("unsub", protocol.frame_topic(stream)))
         with self._cv:
             instance = hello.reply.get("instance") if hello.reply is not None else self._instance
-        max_ahead = reply.get("max_ahead_s")
+        max_ahead, latency = reply.get("max_ahead_s"), reply.get("latency_ms")
         handle = StreamHandle(
             self, sid, int(reply["fps"]), int(sample_rate), int(channels), format,
             instance if isinstance(instance, str) else None, max_frames,
             float(max_ahead) if isinstance(max_ahead, int | float) else None,
+            reply.get("mode", mode or "live"), float(latency) if isinstance(latency, int | float) else None,
         )
         with self._cv:
             self._handles[sid] = handle
         return handle
+
+    def set_controls(self, stream: str, controls: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Change a stream's artists' controls (protocol 1.2): a stream this client opened, or one the runtime
+        plays itself (its ``mic``: a VTuber's control panel). Returns the stream's controls now, in full.
+        Raises BadControlsError, ForbiddenError (another client's stream), UnknownStreamError, TimeoutError."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            protocol.encode_request("set_controls", stream=stream, controls=controls)
+        except ProtocolError as e:
+            raise ValueError(e.message) from None
+        reply = self._call("set_controls", timeout, {"stream": stream, "controls": controls})
+        assert reply is not None
+        return dict(reply["controls"])
 
     def _release(self, handle: StreamHandle) -> None:
         with self._cv:
@@ -666,7 +720,8 @@ class Client:
         """Animate a whole clip: open a stream, push the clip, end it, return every frame by index.
 
         ``audio``: float (-1..1) or int16, shaped [n] or [n, channels]; sent as f32le or s16le.
-        ``realtime``: push at the clip's own pace (like a live source) instead of all at once.
+        ``realtime``: push at the clip's own pace (like a live source, mode "live") instead of all at once
+        (mode "line": the runtime animates it as fast as the machine allows, in whole model windows).
         ``timeout``: for the whole call (default: client timeout + 2x the clip's duration,
         + the duration when realtime)."""
         a = np.asarray(audio)
@@ -686,7 +741,7 @@ class Client:
         # Our own unique id: the frames' topic is subscribed before the stream exists.
         stream = f"anim-{secrets.token_hex(6)}"
         handle = self.open_stream(stream, sample_rate, channels, fmt, transcript, seed, _remaining(deadline),
-                                  max_frames=None)
+                                  max_frames=None, mode="live" if realtime else "line")
         with handle:
             if realtime:
                 step = chunk_frames(sample_rate, channels, fmt)

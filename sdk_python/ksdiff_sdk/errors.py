@@ -75,6 +75,13 @@ class ForbiddenError(KsdiffError):
     code = "forbidden"
 
 
+class BadControlsError(KsdiffError):
+    """Controls the runtime cannot apply (protocol 1.2): a value out of range, an unknown region or blendshape;
+    the message names it."""
+
+    code = "bad_controls"
+
+
 class InternalError(KsdiffError):
     code = "internal"
 
@@ -90,6 +97,7 @@ ERROR_CLASSES: dict[str, type[KsdiffError]] = {
         BadAudioError,
         BusyError,
         ForbiddenError,
+        BadControlsError,
         InternalError,
     )
 }

@@ -26,7 +26,7 @@ import numpy as np
 from ksdiff_sdk import schema
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1
+PROTOCOL_MINOR = 2
 VERSION = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
 
 DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -65,6 +65,9 @@ GAZE_CONVENTION = (
 AUDIO_FORMATS = {"f32le": 4, "s16le": 2}  # format -> bytes per sample
 SOURCES = ("mic", "file", "sdk")
 END_REASONS = ("ended", "timeout", "error", "shutdown")
+# how a stream is animated (1.2): live (paced by real time, frames within a deadline, shed when late) or
+# line (audio already there: animated as fast as the machine can, in large batched hops, never shed)
+MODES = ("live", "line")
 ERROR_CODES = (
     "malformed",
     "too_large",
@@ -74,6 +77,7 @@ ERROR_CODES = (
     "bad_audio",
     "busy",
     "forbidden",
+    "bad_controls",
     "internal",
 )
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
@@ -82,8 +86,8 @@ MAX_TRANSCRIPT_CHARS = 2000
 MAX_ERROR_MESSAGE_CHARS = 1000
 BLENDSHAPE_BYTES = 4 * schema.NUM_BLENDSHAPES  # 208
 
-REQUEST_TYPES = ("hello", "open_stream", "audio", "end_stream")
-REPLY_TYPES = ("hello", "stream_opened", "stream_ended", "error")
+REQUEST_TYPES = ("hello", "open_stream", "audio", "end_stream", "set_controls")
+REPLY_TYPES = ("hello", "stream_opened", "stream_ended", "controls_set", "error")
 PUBLISHED_TYPES = ("hello", "frame", "stream_start", "stream_end", "stats")
 # fields packed as float32 (scalars or arrays of floats)
 _FLOAT32_FIELDS = frozenset({"head", "gaze", "lookahead_ms", "compute_ms"})
@@ -253,6 +257,11 @@ def _count_map(name: str, x: Any) -> None:
         raise _bad(name, "a map of str -> uint", x)
 
 
+def _map(name: str, x: Any) -> None:
+    if not isinstance(x, dict) or not all(isinstance(k, str) for k in x):
+        raise _bad(name, "a map with str keys", x)
+
+
 def _stats_streams(name: str, x: Any) -> None:
     if not isinstance(x, dict):
         raise _bad(name, "a map of stream id -> map", x)
@@ -313,6 +322,8 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "stream": (_stream, True),
         "source": (_one_of(SOURCES), True),
         "published_ns": (_int64, True),
+        "mode": (_one_of(MODES), False),  # 1.2
+        "latency_ms": (_num, False),  # 1.2
     },
     "stream_end": {
         "stream": (_stream, True),
@@ -336,6 +347,8 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "format": (_one_of(tuple(AUDIO_FORMATS), code="bad_audio"), True),
         "transcript": (_str(MAX_TRANSCRIPT_CHARS), False),
         "seed": (_int64, False),
+        "mode": (_one_of(MODES), False),  # 1.2
+        "controls": (_map, False),  # 1.2; its content is checked by the runtime (bad_controls)
         **_REQ,
     },
     "audio": {
@@ -345,13 +358,17 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "pcm": (_bin, True),
     },
     "end_stream": {"stream": (_stream, True), **_REQ},
+    "set_controls": {"stream": (_stream, True), "controls": (_map, True), **_REQ},  # 1.2
     "stream_opened": {
         "stream": (_stream, True),
         "fps": (_uint(32, 1), True),
         "max_ahead_s": (_num, False),  # 1.1
+        "mode": (_one_of(MODES), False),  # 1.2
+        "latency_ms": (_num, False),  # 1.2
         **_REQ,
     },
     "stream_ended": {"stream": (_stream, True), "frames": (_uint(), True), **_REQ},
+    "controls_set": {"stream": (_stream, True), "controls": (_map, True), **_REQ},  # 1.2
     "error": {
         # any code decodes: a newer runtime may add codes, which a client treats as internal (SPEC 4.7)
         "code": (_str(64), True),
@@ -464,14 +481,14 @@ def encode_message(mtype: str, **fields: Any) -> bytes:
 
 
 def encode_request(mtype: str, **fields: Any) -> bytes:
-    """A client request (hello, open_stream, audio, end_stream) for the runtime's ROUTER."""
+    """A client request (hello, open_stream, audio, end_stream, set_controls) for the runtime's ROUTER."""
     if mtype not in REQUEST_TYPES:
         raise ValueError(f"{mtype!r} is not a request; requests: {', '.join(REQUEST_TYPES)}")
     return encode_message(mtype, **fields)
 
 
 def encode_reply(mtype: str, **fields: Any) -> bytes:
-    """A runtime reply (hello, stream_opened, stream_ended, error) for a client's DEALER."""
+    """A runtime reply (hello, stream_opened, stream_ended, controls_set, error) for a client's DEALER."""
     if mtype not in REPLY_TYPES:
         raise ValueError(f"{mtype!r} is not a reply; replies: {', '.join(REPLY_TYPES)}")
     return encode_message(mtype, **fields)
@@ -570,9 +587,15 @@ def frame_arrays(msg: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return bs, np.asarray(msg["head"], np.float32), np.asarray(msg["gaze"], np.float32)
 
 
-def encode_stream_start(stream: str, source: str, published_ns: int) -> tuple[bytes, bytes]:
+def encode_stream_start(stream: str, source: str, published_ns: int, *, mode: str | None = None,
+                        latency_ms: float | None = None) -> tuple[bytes, bytes]:
+    extra: dict[str, Any] = {}
+    if mode is not None:
+        extra["mode"] = mode
+    if latency_ms is not None:
+        extra["latency_ms"] = float(latency_ms)
     return stream_topic(stream), encode_message("stream_start", stream=stream, source=source,
-                                                published_ns=int(published_ns))
+                                                published_ns=int(published_ns), **extra)
 
 
 def encode_stream_end(stream: str, source: str, reason: str, frames: int, published_ns: int) -> tuple[bytes, bytes]:

@@ -10,6 +10,8 @@
 //   unsupported_version  major != 1 (any minor is read: a newer minor only adds keys and types);
 //   unknown_type         a type protocol 1 does not define (a client ignores those);
 //   bad_audio            open_stream's sample_rate/channels/format of the right type, out of range.
+// (1.2: a mode other than live/line, or controls that are not a map with string keys, are
+// malformed; what the controls say is the runtime's to judge.)
 //
 // Frames, the hot path, decode without allocating: the decoder fills one Frame it owns, and
 // stream ids are interned (a stream id seen before costs no new string).
@@ -85,6 +87,8 @@ namespace Ksdiff
             if (Keys.OpenStream.Is(data, typeOffset, typeLength)) return DecodeOpenStream();
             if (Keys.Audio.Is(data, typeOffset, typeLength)) return DecodeAudio();
             if (Keys.EndStream.Is(data, typeOffset, typeLength)) return DecodeEndStream();
+            if (Keys.SetControls.Is(data, typeOffset, typeLength)) return DecodeSetControls();
+            if (Keys.ControlsSet.Is(data, typeOffset, typeLength)) return DecodeControlsSet();
             if (Keys.StreamOpened.Is(data, typeOffset, typeLength)) return DecodeStreamOpened();
             if (Keys.StreamEnded.Is(data, typeOffset, typeLength)) return DecodeStreamEnded();
             if (Keys.Error.Is(data, typeOffset, typeLength)) return DecodeError();
@@ -188,6 +192,8 @@ namespace Ksdiff
             s.Stream = StreamId(Keys.Stream);
             s.Source = OneOf(Keys.Source, Keys.Sources, ErrorCode.Malformed);
             s.PublishedNs = Int64(Keys.PublishedNs);
+            s.Mode = Has(Keys.Mode) ? OneOf(Keys.Mode, Keys.Modes, ErrorCode.Malformed) : null; // 1.2
+            s.LatencyMs = Has(Keys.LatencyMs) ? Number(Keys.LatencyMs) : (double?)null;       // 1.2
             return s;
         }
 
@@ -294,6 +300,8 @@ namespace Ksdiff
             o.Format = OneOf(Keys.Format, Keys.Formats, ErrorCode.BadAudio);
             o.Transcript = Has(Keys.Transcript) ? Str(Keys.Transcript, Protocol.MaxTranscriptChars) : null;
             o.Seed = Has(Keys.Seed) ? Int64(Keys.Seed) : (long?)null;
+            o.Mode = Has(Keys.Mode) ? OneOf(Keys.Mode, Keys.Modes, ErrorCode.Malformed) : null; // 1.2
+            o.Controls = Has(Keys.Controls) ? ControlsField(Keys.Controls) : null;              // 1.2
             o.Req = OptionalUInt(Keys.Req);
             return o;
         }
@@ -331,6 +339,8 @@ namespace Ksdiff
             s.Stream = StreamId(Keys.Stream);
             s.Fps = (uint)UInt(Keys.Fps, 1, uint.MaxValue, ErrorCode.Malformed);
             s.MaxAheadS = Has(Keys.MaxAheadS) ? Number(Keys.MaxAheadS) : (double?)null; // 1.1
+            s.Mode = Has(Keys.Mode) ? OneOf(Keys.Mode, Keys.Modes, ErrorCode.Malformed) : null; // 1.2
+            s.LatencyMs = Has(Keys.LatencyMs) ? Number(Keys.LatencyMs) : (double?)null;       // 1.2
             s.Req = OptionalUInt(Keys.Req);
             return s;
         }
@@ -359,6 +369,109 @@ namespace Ksdiff
             e.Stream = Has(Keys.Stream) ? StreamId(Keys.Stream) : null;
             e.Req = OptionalUInt(Keys.Req);
             return e;
+        }
+
+        SetControls DecodeSetControls()
+        {
+            _context = "set_controls";
+            var s = new SetControls();
+            s.Stream = StreamId(Keys.Stream);
+            s.Controls = ControlsField(Keys.Controls);
+            s.Req = OptionalUInt(Keys.Req);
+            return s;
+        }
+
+        ControlsSet DecodeControlsSet()
+        {
+            _context = "controls_set";
+            var s = new ControlsSet();
+            s.Stream = StreamId(Keys.Stream);
+            s.Controls = ControlsField(Keys.Controls);
+            s.Req = OptionalUInt(Keys.Req);
+            return s;
+        }
+
+        // --- artists' controls (1.2): a map with string keys; its well-typed entries are kept -
+
+        Controls ControlsField(Key k)
+        {
+            int pos = Required(k);
+            _r.Position = pos;
+            if (_r.PeekKind() != MsgPackKind.Map) throw Bad(k, "a map with str keys", ErrorCode.Malformed);
+            int n = _r.ReadMapHeader();
+            var c = new Controls();
+            for (int i = 0; i < n; i++)
+            {
+                if (_r.PeekKind() != MsgPackKind.Str) throw Bad(k, "a map with str keys", ErrorCode.Malformed);
+                string key = ReadString(_r.Position);
+                int value = _r.Position;
+                _r.Skip();
+                int next = _r.Position;
+                double number;
+                if (key == "strength") c.Strength = NamedNumbers(value);
+                else if (key == "shapes") c.Shapes = NamedShapes(value);
+                else if (key == "smoothing_ms") c.SmoothingMs = NamedNumbers(value);
+                else if (key == "timing_offset_ms") c.TimingOffsetMs = TryNumberAt(value, out number) ? number : (double?)null;
+                _r.Position = next;
+            }
+            return c;
+        }
+
+        // The entries of the map at `pos` whose key is a string: (key, value position); null if
+        // it is not a map. Leaves the reader anywhere.
+        List<KeyValuePair<string, int>> Entries(int pos)
+        {
+            if (!IsKind(pos, MsgPackKind.Map)) return null;
+            int n = _r.ReadMapHeader();
+            var entries = new List<KeyValuePair<string, int>>(n);
+            for (int i = 0; i < n; i++)
+            {
+                string key = _r.PeekKind() == MsgPackKind.Str ? ReadString(_r.Position) : null;
+                if (key == null) _r.Skip();
+                int value = _r.Position;
+                _r.Skip();
+                if (key == null) continue;
+                entries.RemoveAll(e => e.Key == key); // a repeated key: the last one wins
+                entries.Add(new KeyValuePair<string, int>(key, value));
+            }
+            return entries;
+        }
+
+        List<KeyValuePair<string, double>> NamedNumbers(int pos)
+        {
+            var entries = Entries(pos);
+            if (entries == null) return null;
+            var out_ = new List<KeyValuePair<string, double>>(entries.Count);
+            foreach (var e in entries)
+            {
+                double v;
+                if (TryNumberAt(e.Value, out v)) out_.Add(new KeyValuePair<string, double>(e.Key, v));
+            }
+            return out_;
+        }
+
+        List<KeyValuePair<string, ShapeControl>> NamedShapes(int pos)
+        {
+            var entries = Entries(pos);
+            if (entries == null) return null;
+            var out_ = new List<KeyValuePair<string, ShapeControl>>(entries.Count);
+            foreach (var e in entries)
+            {
+                var fields = Entries(e.Value);
+                if (fields == null) continue;
+                var s = new ShapeControl();
+                foreach (var f in fields)
+                {
+                    double v;
+                    if (!TryNumberAt(f.Value, out v)) continue;
+                    if (f.Key == "gain") s.Gain = v;
+                    else if (f.Key == "offset") s.Offset = v;
+                    else if (f.Key == "min") s.Min = v;
+                    else if (f.Key == "max") s.Max = v;
+                }
+                out_.Add(new KeyValuePair<string, ShapeControl>(e.Key, s));
+            }
+            return out_;
         }
 
         // --- typed field readers: each names the field in its error, with the SPEC's code ------
@@ -623,7 +736,8 @@ namespace Ksdiff
         public static readonly Key Hello = new Key("hello"), Frame = new Key("frame"),
             StreamStart = new Key("stream_start"), StreamEnd = new Key("stream_end"), Stats = new Key("stats"),
             OpenStream = new Key("open_stream"), Audio = new Key("audio"), EndStream = new Key("end_stream"),
-            StreamOpened = new Key("stream_opened"), StreamEnded = new Key("stream_ended"), Error = new Key("error");
+            StreamOpened = new Key("stream_opened"), StreamEnded = new Key("stream_ended"), Error = new Key("error"),
+            SetControls = new Key("set_controls"), ControlsSet = new Key("controls_set");
         // fields
         public static readonly Key Stream = new Key("stream"), Seq = new Key("seq"), Index = new Key("index"),
             Fps = new Key("fps"), TAudio = new Key("t_audio"), Blendshapes = new Key("blendshapes"),
@@ -640,11 +754,13 @@ namespace Ksdiff
             Refused = new Key("refused"), Capacity = new Key("capacity"), MaxAheadS = new Key("max_ahead_s"),
             Channels = new Key("channels"), Format = new Key("format"), Transcript = new Key("transcript"),
             Seed = new Key("seed"), AtSample = new Key("at_sample"), Pcm = new Key("pcm"), Code = new Key("code"),
-            MessageKey = new Key("message"), RequestType = new Key("request_type");
+            MessageKey = new Key("message"), RequestType = new Key("request_type"), Mode = new Key("mode"),
+            LatencyMs = new Key("latency_ms"), Controls = new Key("controls");
 
         public static readonly Key[] Sources = { new Key("mic"), new Key("file"), new Key("sdk") };
         public static readonly Key[] EndReasons = { new Key("ended"), new Key("timeout"), new Key("error"), new Key("shutdown") };
         public static readonly Key[] Formats = { new Key("f32le"), new Key("s16le") };
+        public static readonly Key[] Modes = { new Key(Protocol.ModeLive), new Key(Protocol.ModeLine) };
 
         // A runtime hello has all of these; a client's hello request none (instance and req aside).
         public static readonly Key[] HelloRuntimeFields =

@@ -3,6 +3,7 @@
 // byte for byte. Each encoder validates what it encodes and throws ProtocolException for what the
 // runtime would refuse, so a bad argument fails here rather than as an error reply.
 using System;
+using System.Collections.Generic;
 using System.Text;
 
 namespace Ksdiff
@@ -33,8 +34,10 @@ namespace Ksdiff
                 if (chars < 0 || chars > Protocol.MaxTranscriptChars)
                     throw new ProtocolException(ErrorCode.Malformed, "transcript: at most 2000 characters of valid text");
             }
+            if (r.Mode != null && !Protocol.IsValidMode(r.Mode))
+                throw new ProtocolException(ErrorCode.Malformed, "mode must be live or line, got " + r.Mode);
             int n = 3 + (r.Stream != null ? 1 : 0) + (r.Transcript != null ? 1 : 0) + (r.Seed.HasValue ? 1 : 0) +
-                    (r.Req.HasValue ? 1 : 0);
+                    (r.Mode != null ? 1 : 0) + (r.Controls != null ? 1 : 0) + (r.Req.HasValue ? 1 : 0);
             var w = new MsgPackWriter();
             Header(w, "open_stream", n);
             if (r.Stream != null) { w.Str("stream"); w.Str(r.Stream); }
@@ -43,8 +46,75 @@ namespace Ksdiff
             w.Str("format"); w.Str(r.Format);
             if (r.Transcript != null) { w.Str("transcript"); w.Str(r.Transcript); }
             if (r.Seed.HasValue) { w.Str("seed"); w.Int(r.Seed.Value); }
+            if (r.Mode != null) { w.Str("mode"); w.Str(r.Mode); }
+            if (r.Controls != null) { w.Str("controls"); WriteControls(w, r.Controls); }
             if (r.Req.HasValue) { w.Str("req"); w.UInt(r.Req.Value); }
             return Done(w);
+        }
+
+        // 1.2. Throws ProtocolException(BadControls) for a non-finite number (ranges and names are
+        // the runtime's to check: it answers bad_controls, naming the setting).
+        public static byte[] SetControls(string stream, Controls controls, ulong? req)
+        {
+            Protocol.RequireStreamId(stream);
+            if (controls == null) throw new ArgumentNullException("controls");
+            var w = new MsgPackWriter();
+            Header(w, "set_controls", 2 + (req.HasValue ? 1 : 0));
+            w.Str("stream"); w.Str(stream);
+            w.Str("controls"); WriteControls(w, controls);
+            if (req.HasValue) { w.Str("req"); w.UInt(req.Value); }
+            return Done(w);
+        }
+
+        // Keys in the order of the runtime's Controls.to_dict (strength, shapes, smoothing_ms,
+        // timing_offset_ms), entries in the caller's order, every number as float64 (as
+        // msgpack-python packs a Python float).
+        static void WriteControls(MsgPackWriter w, Controls c)
+        {
+            w.MapHeader((c.Strength != null ? 1 : 0) + (c.Shapes != null ? 1 : 0) + (c.SmoothingMs != null ? 1 : 0) +
+                        (c.TimingOffsetMs.HasValue ? 1 : 0));
+            if (c.Strength != null) WriteRegions(w, "strength", c.Strength);
+            if (c.Shapes != null)
+            {
+                w.Str("shapes");
+                w.MapHeader(c.Shapes.Count);
+                foreach (var kv in c.Shapes)
+                {
+                    w.Str(kv.Key);
+                    ShapeControl s = kv.Value ?? new ShapeControl();
+                    w.MapHeader((s.Gain.HasValue ? 1 : 0) + (s.Offset.HasValue ? 1 : 0) + (s.Min.HasValue ? 1 : 0) +
+                                (s.Max.HasValue ? 1 : 0));
+                    string at = "shapes." + kv.Key + ".";
+                    if (s.Gain.HasValue) { w.Str("gain"); w.Float64(Finite(s.Gain.Value, at + "gain")); }
+                    if (s.Offset.HasValue) { w.Str("offset"); w.Float64(Finite(s.Offset.Value, at + "offset")); }
+                    if (s.Min.HasValue) { w.Str("min"); w.Float64(Finite(s.Min.Value, at + "min")); }
+                    if (s.Max.HasValue) { w.Str("max"); w.Float64(Finite(s.Max.Value, at + "max")); }
+                }
+            }
+            if (c.SmoothingMs != null) WriteRegions(w, "smoothing_ms", c.SmoothingMs);
+            if (c.TimingOffsetMs.HasValue)
+            {
+                w.Str("timing_offset_ms");
+                w.Float64(Finite(c.TimingOffsetMs.Value, "timing_offset_ms"));
+            }
+        }
+
+        static void WriteRegions(MsgPackWriter w, string key, List<KeyValuePair<string, double>> values)
+        {
+            w.Str(key);
+            w.MapHeader(values.Count);
+            foreach (var kv in values)
+            {
+                w.Str(kv.Key);
+                w.Float64(Finite(kv.Value, key + "." + kv.Key));
+            }
+        }
+
+        static double Finite(double x, string name)
+        {
+            if (double.IsNaN(x) || double.IsInfinity(x))
+                throw new ProtocolException(ErrorCode.BadControls, name + " must be a finite number");
+            return x;
         }
 
         // `pcm[offset .. offset+count)`: interleaved samples in the stream's format.

@@ -59,6 +59,11 @@ namespace Ksdiff
         public double ReceiveFps;       // frames received over the last second
         public double? LatencyP95Ms;    // published - captured of the frames received (last 150)
         public double? StatsLatencyP95Ms; // the runtime's own figure from `stats`
+        // 1.2, from stream_opened or stream_start (null from a 1.1 runtime): the stream's mode, and
+        // the latency the runtime states for it: start playing its audio LatencyMs after its first
+        // push and the frames are there in time.
+        public string Mode;
+        public double? LatencyMs;
         public double LastFrameS = -1;  // local clock
         public readonly List<ErrorReply> Errors = new List<ErrorReply>(); // errors about it (audio)
     }
@@ -325,6 +330,9 @@ namespace Ksdiff
 
         // Opens a stream fed by this client's audio. With an explicit id (recommended) its frames
         // are subscribed before the request goes out, so the first frame cannot be missed.
+        // Protocol 1.2: request.Mode (Protocol.ModeLine for a line whose audio is all there) and
+        // request.Controls; the reply (StreamOpened) states the stream's LatencyMs, which
+        // Stream(id).LatencyMs keeps too.
         public PendingRequest OpenStream(OpenStream request)
         {
             ulong req = NextReq();
@@ -348,6 +356,16 @@ namespace Ksdiff
         {
             byte[] payload = Requests.Audio(stream, seq, atSample, pcm, offset, count);
             lock (_lock) _outbox.Enqueue(payload);
+        }
+
+        // Protocol 1.2: changes a stream's artists' controls (one this client opened, or one the
+        // runtime plays itself, e.g. its "mic") from its next frames on. The reply is ControlsSet
+        // with the controls now in force, in full, or an error: bad_controls, forbidden (another
+        // client's stream), unknown_stream.
+        public PendingRequest SetControls(string stream, Controls controls)
+        {
+            ulong req = NextReq();
+            return Queue(req, "set_controls", Requests.SetControls(stream, controls, req));
         }
 
         public PendingRequest EndStream(string stream)
@@ -582,6 +600,8 @@ namespace Ksdiff
                     ResetTracker(t); // a fresh stream: its frames start at seq 0
                     t.Status.OpenedHere = opened;
                     t.Status.Source = start.Source;
+                    t.Status.Mode = start.Mode;
+                    t.Status.LatencyMs = start.LatencyMs;
                     Emit(ClientEventKind.StreamStart, msg, start.Stream, null, arrival);
                 }
                 else
@@ -695,12 +715,17 @@ namespace Ksdiff
                     {
                         Tracker t = TrackerFor(opened.Stream);
                         t.Status.OpenedHere = true;
+                        if (opened.Mode != null) t.Status.Mode = opened.Mode;                 // 1.2
+                        if (opened.LatencyMs.HasValue) t.Status.LatencyMs = opened.LatencyMs; // 1.2
                         // An id the runtime picked: subscribe its frames now (when filtering).
                         if (_o.Streams != null) _subscriptions.Enqueue(new KeyValuePair<bool, string>(true, Protocol.FrameTopic(opened.Stream)));
                     }
                     break;
                 case MessageType.StreamEnded:
                     req = ((StreamEnded)msg).Req;
+                    break;
+                case MessageType.ControlsSet:
+                    req = ((ControlsSet)msg).Req;
                     break;
                 case MessageType.Error:
                     var error = (ErrorReply)msg;
@@ -797,6 +822,8 @@ namespace Ksdiff
             s.Frames = 0;
             s.Dropped = 0;
             s.Errors.Clear();
+            s.Mode = null;
+            s.LatencyMs = null;
             t.NextSeq = null;
             t.LatencyCount = t.LatencyNext = 0;
             t.ArrivalCount = t.ArrivalNext = 0;
@@ -809,7 +836,7 @@ namespace Ksdiff
             {
                 Stream = s.Stream, Source = s.Source, OpenedHere = s.OpenedHere, Ended = s.Ended, EndReason = s.EndReason,
                 Frames = s.Frames, Dropped = s.Dropped, LastIndex = s.LastIndex, LastFrameS = s.LastFrameS,
-                StatsLatencyP95Ms = s.StatsLatencyP95Ms,
+                StatsLatencyP95Ms = s.StatsLatencyP95Ms, Mode = s.Mode, LatencyMs = s.LatencyMs,
             };
             copy.Errors.AddRange(s.Errors);
             int recent = 0;

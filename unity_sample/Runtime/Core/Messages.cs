@@ -10,7 +10,8 @@ namespace Ksdiff
 {
     public enum MessageType
     {
-        Hello, Frame, StreamStart, StreamEnd, Stats, OpenStream, Audio, EndStream, StreamOpened, StreamEnded, Error,
+        Hello, Frame, StreamStart, StreamEnd, Stats, OpenStream, Audio, EndStream, SetControls, StreamOpened,
+        StreamEnded, ControlsSet, Error,
     }
 
     public abstract class Message
@@ -99,6 +100,10 @@ namespace Ksdiff
         public string Stream;
         public string Source; // "mic", "file" or "sdk"
         public long PublishedNs;
+        // 1.2, optional (null from a 1.1 runtime): the stream's mode, and the latency the runtime
+        // adds for it: start playing its audio LatencyMs after its first push and lips match.
+        public string Mode;
+        public double? LatencyMs;
     }
 
     public sealed class StreamEnd : Message
@@ -146,6 +151,8 @@ namespace Ksdiff
         public string Format = "f32le"; // "f32le" or "s16le"
         public string Transcript;
         public long? Seed;
+        public string Mode;         // 1.2: Protocol.ModeLive (the runtime's default) or ModeLine; null: absent
+        public Controls Controls;   // 1.2: the stream's artists' controls from its first frame; null: absent
         public ulong? Req;
     }
 
@@ -173,7 +180,69 @@ namespace Ksdiff
         // 1.1, optional: seconds of audio beyond real time the stream buffers; audio pushed further
         // ahead is refused with `busy` (nothing of it taken). Null from a 1.0 runtime: no limit.
         public double? MaxAheadS;
+        public string Mode;       // 1.2, optional: as StreamStart's
+        public double? LatencyMs; // 1.2, optional: as StreamStart's
         public ulong? Req;
+    }
+
+    // 1.2: change a stream's controls (one this client opened, or the runtime's own, e.g. "mic").
+    public sealed class SetControls : Message
+    {
+        public override MessageType Type { get { return MessageType.SetControls; } }
+        public string Stream;
+        public Controls Controls = new Controls();
+        public ulong? Req;
+    }
+
+    // 1.2: the reply to set_controls: the stream's controls now in force, in full.
+    public sealed class ControlsSet : Message
+    {
+        public override MessageType Type { get { return MessageType.ControlsSet; } }
+        public string Stream;
+        public Controls Controls = new Controls();
+        public ulong? Req;
+    }
+
+    // One blendshape's control: value = clamp(raw * Gain + Offset, Min, Max). Null: unchanged
+    // (set_controls) or the runtime's default (gain 1, offset 0, min 0, max 1).
+    public sealed class ShapeControl
+    {
+        public double? Gain, Offset, Min, Max;
+    }
+
+    // A stream's artists' controls (1.2), as open_stream and set_controls carry them and
+    // controls_set returns them (ksdiff_runtime/engine/controls.py). Regions: jaw, mouth, brows,
+    // eyes, head. Every part is optional (null: absent): set_controls changes the settings given
+    // and keeps the rest. Ranges and names are the runtime's to check (error bad_controls): this
+    // client only carries the map, entries in the order added. Decoding keeps the entries that are
+    // well typed and ignores the others (the protocol asks only for a map with string keys).
+    public sealed class Controls
+    {
+        public List<KeyValuePair<string, double>> Strength;        // region -> multiplier (1: as is)
+        public List<KeyValuePair<string, ShapeControl>> Shapes;    // ARKit blendshape -> its control
+        public List<KeyValuePair<string, double>> SmoothingMs;     // region -> time constant (0: none)
+        public double? TimingOffsetMs;                              // + later, - earlier than the audio
+
+        public Controls SetStrength(string region, double multiplier)
+        {
+            if (Strength == null) Strength = new List<KeyValuePair<string, double>>();
+            Strength.Add(new KeyValuePair<string, double>(region, multiplier));
+            return this;
+        }
+
+        public Controls SetShape(string blendshape, ShapeControl control)
+        {
+            if (Shapes == null) Shapes = new List<KeyValuePair<string, ShapeControl>>();
+            Shapes.Add(new KeyValuePair<string, ShapeControl>(blendshape, control));
+            return this;
+        }
+
+        public Controls SetSmoothingMs(string region, double ms)
+        {
+            if (SmoothingMs == null) SmoothingMs = new List<KeyValuePair<string, double>>();
+            SmoothingMs.Add(new KeyValuePair<string, double>(region, ms));
+            return this;
+        }
     }
 
     public sealed class StreamEnded : Message

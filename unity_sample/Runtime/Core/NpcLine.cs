@@ -2,8 +2,9 @@
 // lips and audio match (SPEC 6.1).
 //
 // The runtime turns audio into frames about `latency` after it receives the audio (hop +
-// lookahead + compute; `stats` reports it per stream as latency_p95_ms, and every frame carries
-// published_ns - captured_ns). So the line pushes its audio at the clip's own pace (in 20 ms
+// lookahead + compute). A 1.2 runtime states it for the stream (latency_ms in stream_opened and
+// stream_start); for a 1.1 runtime it is estimated (`stats` reports it per stream as
+// latency_p95_ms, and every frame carries published_ns - captured_ns). So the line pushes its audio at the clip's own pace (in 20 ms
 // messages, like a live source: that is what keeps the runtime's latency low; a whole clip sent
 // at once is processed in one long burst) and starts playing the clip `latency + margin` after
 // the first push, once the first frame is there. The face then shows frame i at
@@ -25,8 +26,8 @@ namespace Ksdiff
         public string Transcript;            // what is said, if known (helps articulation)
         public long? Seed;                   // same audio + seed -> same motion
         public double ChunkS = 0.02;         // audio per message (SPEC: 10-100 ms)
-        public double DefaultLatencyS = 0.3; // until the runtime's latency is known (stats / frames)
-        public double MarginS = 0.06;        // on top of the latency estimate
+        public double DefaultLatencyS = 0.3; // a 1.1 runtime, until its latency is known (stats / frames)
+        public double MarginS = 0.06;        // on top of the stated or estimated latency
         public double OpenTimeoutS = 5.0;    // no stream_opened by then: the runtime is absent
         public double FrameTimeoutS = 5.0;   // no frame this long after it was due: give up
     }
@@ -61,8 +62,9 @@ namespace Ksdiff
         public string Stream { get { return _o.Stream; } }
         public uint Fps { get; private set; }
         public ulong? Total { get; private set; }           // frames, from stream_ended
-        public double PlaybackDelayS { get; private set; }  // chosen: latency estimate + margin
+        public double PlaybackDelayS { get; private set; }  // chosen: latency (stated or estimated) + margin
         public bool LatencyWasKnown { get; private set; }   // false: DefaultLatencyS was used
+        public bool LatencyWasStated { get; private set; }  // the runtime stated it (protocol 1.2)
         public double DurationS { get { return (double)_samples.Length / _channels / _rate; } }
         // True from the moment the audio should start until PlaybackStarted is called.
         public bool ShouldStartPlayback { get; private set; }
@@ -152,8 +154,14 @@ namespace Ksdiff
             if (_open.Failure != null) { Fail(_open.Failure); return; }
             var error = _open.Reply as ErrorReply;
             if (error != null) { Fail("the runtime refused the line: " + error); return; }
-            Fps = ((StreamOpened)_open.Reply).Fps;
-            double? latencyMs = EstimateLatencyMs(_client.Status(), _o.Stream);
+            var opened = (StreamOpened)_open.Reply;
+            Fps = opened.Fps;
+            // 1.2: the latency the runtime states for this stream (stream_opened, or its
+            // stream_start); a 1.1 runtime states none: estimate it from other streams.
+            StreamStatus status = _client.Stream(_o.Stream);
+            double? latencyMs = opened.LatencyMs ?? (status != null ? status.LatencyMs : null);
+            LatencyWasStated = latencyMs.HasValue;
+            if (!latencyMs.HasValue) latencyMs = EstimateLatencyMs(_client.Status(), _o.Stream);
             LatencyWasKnown = latencyMs.HasValue;
             PlaybackDelayS = (latencyMs.HasValue ? latencyMs.Value / 1000.0 : _o.DefaultLatencyS) + _o.MarginS;
             _firstPushS = now;

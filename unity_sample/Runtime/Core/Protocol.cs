@@ -1,4 +1,4 @@
-// Wire protocol v1.1 of ksdiff-runtime (protocol/SPEC.md): constants, names, topics, stream ids,
+// Wire protocol v1.2 of ksdiff-runtime (protocol/SPEC.md): constants, names, topics, stream ids,
 // error codes.
 //
 // Everything under Runtime/Core is plain C# with no UnityEngine reference and no third-party
@@ -11,10 +11,17 @@ namespace Ksdiff
     public static class Protocol
     {
         public const int Major = 1;
-        // The minor this client writes in its requests (the golden request vectors carry [1, 1]).
+        // The minor this client writes in its requests (the golden request vectors carry [1, 2]).
         // It reads any minor of major 1 (SPEC 3.2: a higher minor only adds optional keys and new
-        // message types).
-        public const int Minor = 1;
+        // message types), so it still reads a 1.1 runtime, whose messages lack the 1.2 keys.
+        public const int Minor = 2;
+
+        // How the runtime animates a stream (1.2): live (audio at the pace it is spoken) or line
+        // (the audio of a whole line is there or comes faster than real time: animated in whole
+        // windows at throughput speed).
+        public const string ModeLive = "live", ModeLine = "line";
+
+        public static bool IsValidMode(string mode) { return mode == ModeLive || mode == ModeLine; }
 
         public const int BlendshapeCount = 52;
         public const int BlendshapeBytes = 4 * BlendshapeCount; // 208: 52 little-endian float32
@@ -180,6 +187,7 @@ namespace Ksdiff
         BadAudio,
         Busy,
         Forbidden,
+        BadControls, // 1.2: controls out of range, or naming an unknown region or blendshape
         Internal,
     }
 
@@ -188,7 +196,7 @@ namespace Ksdiff
         static readonly string[] Wire =
         {
             "malformed", "too_large", "unsupported_version", "unknown_type", "unknown_stream",
-            "bad_audio", "busy", "forbidden", "internal",
+            "bad_audio", "busy", "forbidden", "bad_controls", "internal",
         };
 
         public static string ToWire(ErrorCode code)

@@ -189,11 +189,13 @@ namespace Ksdiff.Tests
                 }).Build();
         }
 
-        // maxAheadS: protocol 1.1's limit on audio pushed ahead of real time (null: a 1.0 runtime).
-        public static byte[] StreamOpened(string stream, ulong req, double? maxAheadS = null)
+        // maxAheadS: protocol 1.1's limit on audio pushed ahead of real time (null: a 1.0 runtime);
+        // latencyMs: protocol 1.2's stated latency (null: a 1.1 runtime).
+        public static byte[] StreamOpened(string stream, ulong req, double? maxAheadS = null, double? latencyMs = null)
         {
             Payload p = Payload.Of("stream_opened").Set("stream", Payload.Str(stream)).Set("fps", Payload.UInt(30)).Set("req", Payload.UInt(req));
             if (maxAheadS.HasValue) p.Set("max_ahead_s", Payload.F64(maxAheadS.Value));
+            if (latencyMs.HasValue) p.Set("latency_ms", Payload.F64(latencyMs.Value));
             return p.Build();
         }
 

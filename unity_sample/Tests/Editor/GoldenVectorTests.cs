@@ -12,20 +12,22 @@ namespace Ksdiff.Tests
     [TestFixture]
     public class GoldenVectorTests
     {
-        // Keys protocol v1.1 defines per type (SPEC 4). A vector's other keys belong to a newer
+        // Keys protocol v1.2 defines per type (SPEC 4). A vector's other keys belong to a newer
         // minor and must be ignored by the decoder.
         static readonly Dictionary<string, string[]> KnownKeys = new Dictionary<string, string[]>
         {
             { "hello", new[] { "v", "type", "runtime", "fps", "sample_rate", "blendshapes", "head", "head_units", "head_convention", "gaze", "gaze_units", "gaze_convention", "max_message_bytes", "instance", "req" } },
             { "frame", new[] { "v", "type", "stream", "seq", "index", "fps", "t_audio", "blendshapes", "head", "gaze", "captured_ns", "published_ns", "lookahead_ms", "compute_ms", "last" } },
-            { "stream_start", new[] { "v", "type", "stream", "source", "published_ns" } },
+            { "stream_start", new[] { "v", "type", "stream", "source", "published_ns", "mode", "latency_ms" } },
             { "stream_end", new[] { "v", "type", "stream", "source", "reason", "frames", "published_ns" } },
             { "stats", new[] { "v", "type", "uptime_s", "streams", "drops", "published_ns", "refused", "capacity" } },
-            { "open_stream", new[] { "v", "type", "stream", "sample_rate", "channels", "format", "transcript", "seed", "req" } },
+            { "open_stream", new[] { "v", "type", "stream", "sample_rate", "channels", "format", "transcript", "seed", "mode", "controls", "req" } },
             { "audio", new[] { "v", "type", "stream", "seq", "at_sample", "pcm" } },
             { "end_stream", new[] { "v", "type", "stream", "req" } },
-            { "stream_opened", new[] { "v", "type", "stream", "fps", "max_ahead_s", "req" } },
+            { "set_controls", new[] { "v", "type", "stream", "controls", "req" } },
+            { "stream_opened", new[] { "v", "type", "stream", "fps", "max_ahead_s", "mode", "latency_ms", "req" } },
             { "stream_ended", new[] { "v", "type", "stream", "frames", "req" } },
+            { "controls_set", new[] { "v", "type", "stream", "controls", "req" } },
             { "error", new[] { "v", "type", "code", "message", "request_type", "stream", "req" } },
         };
 
@@ -38,7 +40,7 @@ namespace Ksdiff.Tests
         public void EveryValidVectorDecodesToItsJson()
         {
             var index = Golden.Index();
-            Assert.AreEqual(new object[] { 1L, 1L }, index["protocol"]);
+            Assert.AreEqual(new object[] { (long)Protocol.Major, (long)Protocol.Minor }, index["protocol"]);
             int checkedCount = 0;
             var failures = new List<string>();
             foreach (var entry in Entries("valid"))
@@ -60,7 +62,7 @@ namespace Ksdiff.Tests
                 string type = (string)entry["type"];
                 Assert.AreEqual(type, WireType(msg.Type), name);
                 var unknown = expected.Keys.Where(k => !KnownKeys[type].Contains(k)).ToList();
-                Assert.IsTrue(unknown.Count == 0 || msg.Minor > Protocol.Minor, name + " has unknown keys at minor 1");
+                Assert.IsTrue(unknown.Count == 0 || msg.Minor > Protocol.Minor, name + " has unknown keys at minor 2");
                 foreach (string k in unknown) expected.Remove(k);
                 var actual = ToJson(msg);
                 string diff = Diff(expected, actual, name);
@@ -68,7 +70,7 @@ namespace Ksdiff.Tests
                 checkedCount++;
             }
             Assert.AreEqual(0, failures.Count, string.Join("\n", failures.ToArray()));
-            Assert.AreEqual(19, checkedCount);
+            Assert.AreEqual(25, checkedCount);
         }
 
         [Test]
@@ -91,7 +93,7 @@ namespace Ksdiff.Tests
                 }
                 checkedCount++;
             }
-            Assert.AreEqual(14, checkedCount);
+            Assert.AreEqual(16, checkedCount);
         }
 
         [Test]
@@ -115,14 +117,14 @@ namespace Ksdiff.Tests
                 Assert.IsTrue(Protocol.TryParseTopic(topic, out kind, out stream), name);
                 checkedCount++;
             }
-            Assert.AreEqual(7, checkedCount);
+            Assert.AreEqual(8, checkedCount);
         }
 
         [Test]
         public void RequestEncodersReproduceTheReferenceBytes()
         {
             Assert.AreEqual(Golden.Bytes("hello_request"), Requests.Hello(null));
-            foreach (string name in new[] { "open_stream", "open_stream_minimal" })
+            foreach (string name in new[] { "open_stream", "open_stream_minimal", "open_stream_line" })
             {
                 byte[] bytes = Golden.Bytes(name);
                 Assert.AreEqual(bytes, Requests.OpenStream((OpenStream)new Decoder().Decode(bytes)), name);
@@ -135,9 +137,67 @@ namespace Ksdiff.Tests
             byte[] end = Golden.Bytes("end_stream");
             var e = (EndStream)new Decoder().Decode(end);
             Assert.AreEqual(end, Requests.EndStream(e.Stream, e.Req));
+            byte[] set = Golden.Bytes("set_controls");
+            var sc = (SetControls)new Decoder().Decode(set);
+            Assert.AreEqual(set, Requests.SetControls(sc.Stream, sc.Controls, sc.Req));
+            // Built by hand, as a game would: 80.0 goes out as float64, as msgpack-python packs it.
+            Assert.AreEqual(set, Requests.SetControls("mic", new Controls().SetSmoothingMs("head", 80.0), 9));
             var hello = (Hello)new Decoder().Decode(Requests.Hello(7));
             Assert.IsFalse(hello.FromRuntime);
             Assert.AreEqual(7UL, hello.Req.Value);
+        }
+
+        [Test]
+        public void Protocol12ModeLatencyControls()
+        {
+            var start = (StreamStart)new Decoder().Decode(Golden.Bytes("stream_start_line"));
+            Assert.AreEqual("line", start.Mode);
+            Assert.AreEqual(233.33333333333334, start.LatencyMs.Value);
+            var opened = (StreamOpened)new Decoder().Decode(Golden.Bytes("stream_opened_line"));
+            Assert.AreEqual("line", opened.Mode);
+            Assert.AreEqual(233.33333333333334, opened.LatencyMs.Value);
+            // A 1.1 runtime's messages have neither.
+            var old = (StreamStart)new Decoder().Decode(Golden.Bytes("stream_start"));
+            Assert.IsNull(old.Mode);
+            Assert.IsFalse(old.LatencyMs.HasValue);
+            Assert.IsFalse(((StreamOpened)new Decoder().Decode(Golden.Bytes("stream_opened"))).LatencyMs.HasValue);
+
+            var set = (ControlsSet)new Decoder().Decode(Golden.Bytes("controls_set"));
+            Assert.AreEqual(5, set.Controls.Strength.Count);
+            Assert.AreEqual("head", set.Controls.SmoothingMs[4].Key);
+            Assert.AreEqual(80.0, set.Controls.SmoothingMs[4].Value);
+            Assert.AreEqual(0, set.Controls.Shapes.Count);
+            Assert.AreEqual(0.0, set.Controls.TimingOffsetMs.Value);
+            var error = (ErrorReply)new Decoder().Decode(Golden.Bytes("error_bad_controls"));
+            Assert.AreEqual(ErrorCode.BadControls, error.ErrorCode);
+            Assert.AreEqual("bad_controls", ErrorCodes.ToWire(ErrorCode.BadControls));
+
+            // Encoders refuse what the runtime would: an unknown mode, a non-finite control.
+            try
+            {
+                Requests.OpenStream(new OpenStream { Mode = "fast" });
+                Assert.Fail("mode 'fast' encoded");
+            }
+            catch (ProtocolException e) { Assert.AreEqual(ErrorCode.Malformed, e.Code); }
+            try
+            {
+                Requests.SetControls("mic", new Controls { TimingOffsetMs = double.NaN }, null);
+                Assert.Fail("NaN encoded");
+            }
+            catch (ProtocolException e) { Assert.AreEqual(ErrorCode.BadControls, e.Code); }
+            // Ill-typed content decodes (the runtime judges it); the ill-typed entries are left out.
+            var w = new MsgPackWriter();
+            w.MapHeader(4);
+            w.Str("v"); w.ArrayHeader(2); w.UInt(1); w.UInt(2);
+            w.Str("type"); w.Str("set_controls");
+            w.Str("stream"); w.Str("mic");
+            w.Str("controls"); w.MapHeader(2);
+            w.Str("strength"); w.MapHeader(2); w.Str("mouth"); w.Str("loud"); w.Str("jaw"); w.UInt(2);
+            w.Str("mood"); w.Str("calm");
+            var odd = (SetControls)new Decoder().Decode(w.ToArray());
+            Assert.AreEqual(1, odd.Controls.Strength.Count);
+            Assert.AreEqual("jaw", odd.Controls.Strength[0].Key);
+            Assert.AreEqual(2.0, odd.Controls.Strength[0].Value);
         }
 
         [Test]
@@ -182,6 +242,8 @@ namespace Ksdiff.Tests
                 case MessageType.EndStream: return "end_stream";
                 case MessageType.StreamOpened: return "stream_opened";
                 case MessageType.StreamEnded: return "stream_ended";
+                case MessageType.SetControls: return "set_controls";
+                case MessageType.ControlsSet: return "controls_set";
                 default: return "error";
             }
         }
@@ -234,6 +296,8 @@ namespace Ksdiff.Tests
                 j["stream"] = s.Stream;
                 j["source"] = s.Source;
                 j["published_ns"] = s.PublishedNs;
+                if (s.Mode != null) j["mode"] = s.Mode;
+                if (s.LatencyMs.HasValue) j["latency_ms"] = s.LatencyMs.Value;
             }
             else if (m is StreamEnd)
             {
@@ -277,6 +341,8 @@ namespace Ksdiff.Tests
                 j["format"] = o.Format;
                 if (o.Transcript != null) j["transcript"] = o.Transcript;
                 if (o.Seed.HasValue) j["seed"] = o.Seed.Value;
+                if (o.Mode != null) j["mode"] = o.Mode;
+                if (o.Controls != null) j["controls"] = ControlsJson(o.Controls);
                 if (o.Req.HasValue) j["req"] = (long)o.Req.Value;
             }
             else if (m is Audio)
@@ -299,6 +365,22 @@ namespace Ksdiff.Tests
                 j["stream"] = s.Stream;
                 j["fps"] = (long)s.Fps;
                 if (s.MaxAheadS.HasValue) j["max_ahead_s"] = s.MaxAheadS.Value;
+                if (s.Mode != null) j["mode"] = s.Mode;
+                if (s.LatencyMs.HasValue) j["latency_ms"] = s.LatencyMs.Value;
+                if (s.Req.HasValue) j["req"] = (long)s.Req.Value;
+            }
+            else if (m is SetControls)
+            {
+                var s = (SetControls)m;
+                j["stream"] = s.Stream;
+                j["controls"] = ControlsJson(s.Controls);
+                if (s.Req.HasValue) j["req"] = (long)s.Req.Value;
+            }
+            else if (m is ControlsSet)
+            {
+                var s = (ControlsSet)m;
+                j["stream"] = s.Stream;
+                j["controls"] = ControlsJson(s.Controls);
                 if (s.Req.HasValue) j["req"] = (long)s.Req.Value;
             }
             else if (m is StreamEnded)
@@ -317,6 +399,29 @@ namespace Ksdiff.Tests
                 if (e.Stream != null) j["stream"] = e.Stream;
                 if (e.Req.HasValue) j["req"] = (long)e.Req.Value;
             }
+            return j;
+        }
+
+        static Dictionary<string, object> ControlsJson(Controls c)
+        {
+            var j = new Dictionary<string, object>();
+            if (c.Strength != null) j["strength"] = c.Strength.ToDictionary(kv => kv.Key, kv => (object)kv.Value);
+            if (c.Shapes != null)
+            {
+                var shapes = new Dictionary<string, object>();
+                foreach (var kv in c.Shapes)
+                {
+                    var e = new Dictionary<string, object>();
+                    if (kv.Value.Gain.HasValue) e["gain"] = kv.Value.Gain.Value;
+                    if (kv.Value.Offset.HasValue) e["offset"] = kv.Value.Offset.Value;
+                    if (kv.Value.Min.HasValue) e["min"] = kv.Value.Min.Value;
+                    if (kv.Value.Max.HasValue) e["max"] = kv.Value.Max.Value;
+                    shapes[kv.Key] = e;
+                }
+                j["shapes"] = shapes;
+            }
+            if (c.SmoothingMs != null) j["smoothing_ms"] = c.SmoothingMs.ToDictionary(kv => kv.Key, kv => (object)kv.Value);
+            if (c.TimingOffsetMs.HasValue) j["timing_offset_ms"] = c.TimingOffsetMs.Value;
             return j;
         }
 

@@ -94,12 +94,15 @@ namespace Ksdiff.Tests
             Assert.IsTrue(line.LatencyWasKnown, "the second line knows the runtime's latency");
 
             ulong n = line.Total.Value;
+            // The line is Done once the client saw its end; the sinks get the last frames just after.
+            var settle = Stopwatch.StartNew();
+            while ((!recorder.SawLast || recorder.Count < (int)n) && settle.Elapsed.TotalSeconds < 10) Thread.Sleep(10);
             List<Frame> frames = recorder.Frames();
             List<KeyValuePair<ulong, double>> order = arrivals.Of(stream);
             Console.WriteLine("  line " + stream + ": " + line.DurationS.ToString("F2") + " s of " + rate + " Hz x" + channels +
                               ", " + frames.Count + " frames received, stream_ended.frames = " + n +
                               ", playback " + (line.PlaybackDelayS * 1000).ToString("F0") + " ms after the first push (latency " +
-                              (line.LatencyWasKnown ? "from stats/frames" : "default") + ")");
+                              (line.LatencyWasStated ? "stated by the runtime" : line.LatencyWasKnown ? "from stats/frames" : "default") + ")");
             Assert.GreaterOrEqual(n, 85UL, "3 s at 30 fps");
             Assert.AreEqual((int)n, frames.Count, "every frame of the line");
             Assert.AreEqual(0, recorder.Missing(n).Count);
@@ -152,7 +155,64 @@ namespace Ksdiff.Tests
                 Assert.AreEqual(i / 30.0, shown, 1e-9);
                 for (int k = 0; k < Protocol.BlendshapeCount; k++) Assert.AreEqual(frames[i].Blendshapes[k], pose.Blendshapes[k], 1e-5);
             }
+
+            CheckLineModeAndControls(client, rt, warmup, rate, channels);
             Assert.IsTrue(rt.Stop(30), "serve did not stop cleanly on SIGINT; log:\n" + rt.Log());
+        }
+
+        // Protocol 1.2 on the same runtime: a line opened in mode "line" is told its latency;
+        // set_controls with jawOpen's gain at 0 is answered by controls_set and the line's frames
+        // then have jawOpen 0; set_controls on a stream that does not exist is unknown_stream.
+        static void CheckLineModeAndControls(KsdiffClient client, RuntimeProcess rt, float[] clip, int rate, int channels)
+        {
+            var timeout = TimeSpan.FromSeconds(StartTimeoutS);
+            PendingRequest nobody = client.SetControls("unity-nobody", new Controls().SetShape("jawOpen", new ShapeControl { Gain = 0 }));
+            Assert.IsTrue(nobody.Wait(timeout), "no reply to set_controls; log:\n" + rt.Log());
+            var refused = nobody.Reply as ErrorReply;
+            Assert.IsNotNull(refused, "set_controls on an unknown stream: " + nobody.Reply);
+            Assert.AreEqual(ErrorCode.UnknownStream, refused.ErrorCode);
+
+            string stream = "unity-line-" + Guid.NewGuid().ToString("N").Substring(0, 8);
+            var recorder = new ClipRecorder(stream);
+            client.AddFrameSink(recorder);
+            PendingRequest open = client.OpenStream(new OpenStream
+            {
+                Stream = stream, SampleRate = (uint)rate, Channels = (uint)channels, Format = "f32le", Mode = Protocol.ModeLine,
+            });
+            Assert.IsTrue(open.Wait(timeout), "no reply to open_stream; log:\n" + rt.Log());
+            var opened = open.Reply as StreamOpened;
+            Assert.IsNotNull(opened, "open_stream in mode line: " + open.Reply);
+            Assert.AreEqual(Protocol.ModeLine, opened.Mode);
+            Assert.Greater(opened.LatencyMs.Value, 0.0, "the runtime states the line's latency");
+
+            PendingRequest set = client.SetControls(stream, new Controls().SetShape("jawOpen", new ShapeControl { Gain = 0 }));
+            Assert.IsTrue(set.Wait(timeout), "no reply to set_controls; log:\n" + rt.Log());
+            var applied = set.Reply as ControlsSet;
+            Assert.IsNotNull(applied, "set_controls: " + set.Reply);
+            Assert.AreEqual(0.0, applied.Controls.Shapes.Single(kv => kv.Key == "jawOpen").Value.Gain.Value);
+
+            // The whole line at once (its audio is all there), in 100 ms messages.
+            var pcm = new byte[4 * clip.Length];
+            Buffer.BlockCopy(clip, 0, pcm, 0, pcm.Length); // f32le on a little-endian host
+            int chunk = 4 * channels * (rate / 10);
+            ulong seq = 0;
+            for (int offset = 0; offset < pcm.Length; offset += chunk)
+                client.SendAudio(stream, seq++, null, pcm, offset, Math.Min(chunk, pcm.Length - offset));
+            PendingRequest end = client.EndStream(stream);
+            Assert.IsTrue(end.Wait(timeout), "no reply to end_stream; log:\n" + rt.Log());
+            var ended = end.Reply as StreamEnded;
+            Assert.IsNotNull(ended, "end_stream: " + end.Reply);
+            var watch = Stopwatch.StartNew();
+            while (!recorder.SawLast || recorder.Count < (int)ended.Frames)
+            {
+                Assert.Less(watch.Elapsed.TotalSeconds, StartTimeoutS, "the line's frames did not all come; log:\n" + rt.Log());
+                Thread.Sleep(20);
+            }
+            List<Frame> frames = recorder.Frames();
+            Assert.GreaterOrEqual(frames.Count, 25, "a 1 s line at 30 fps");
+            foreach (Frame f in frames) Assert.AreEqual(0f, f.Blendshapes[Protocol.BlendshapeIndex("jawOpen")], "frame " + f.Index);
+            Console.WriteLine("  line mode: latency stated " + opened.LatencyMs.Value.ToString("F0") + " ms, " + frames.Count +
+                              " frames with jawOpen silenced by set_controls");
         }
 
         [Test]

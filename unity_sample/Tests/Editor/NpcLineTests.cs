@@ -143,6 +143,7 @@ namespace Ksdiff.Tests
                 if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-2", ((OpenStream)m).Req.Value));
             });
             Assert.IsTrue(line.LatencyWasKnown);
+            Assert.IsFalse(line.LatencyWasStated, "a 1.1 runtime states none");
             Assert.AreEqual(0.24 + 0.05, line.PlaybackDelayS, 1e-9);
             // A mic stream only: its latency stands in (same model, same load).
             var status = new ClientStatus();
@@ -157,6 +158,27 @@ namespace Ksdiff.Tests
             Assert.AreEqual(170.0, NpcLine.EstimateLatencyMs(status).Value);
             Assert.AreEqual(110.0, NpcLine.EstimateLatencyMs(status, "npc2").Value, "the line's own stream is not evidence");
             Assert.IsNull(NpcLine.EstimateLatencyMs(new ClientStatus()));
+        }
+
+        [Test]
+        public void TheLatencyAOneTwoRuntimeStatesWinsOverTheEstimate()
+        {
+            // Evidence of 240 ms from another stream; the runtime states 90 ms for this line.
+            _rt.WaitSubscribed(Protocol.FrameTopicPrefix);
+            _rt.Publish(Protocol.StreamTopic("old"), FakeRuntime.StreamStart("old", "sdk"));
+            _rt.Publish(Protocol.StatsTopic, FakeRuntime.Stats("old", 240));
+            _rt.Publish(Protocol.FrameTopic("old"), FakeRuntime.Frame("old", 0, 0f, false, 180));
+            Assert.IsTrue(Wait.Until(() => _client.Stream("old") != null && _client.Stream("old").StatsLatencyP95Ms.HasValue, 10));
+            var line = new NpcLine(_client, Tone(0.1, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-s", MarginS = 0.05 });
+            line.Start();
+            Drive(line, () => line.State != NpcLineState.Opening, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-s", ((OpenStream)m).Req.Value, 20.0, 90.0));
+            });
+            Assert.IsTrue(line.LatencyWasStated);
+            Assert.IsTrue(line.LatencyWasKnown);
+            Assert.AreEqual(0.09 + 0.05, line.PlaybackDelayS, 1e-9);
+            Assert.AreEqual(90.0, _client.Stream("npc-s").LatencyMs.Value, "the client keeps the stated latency");
         }
 
         [Test]

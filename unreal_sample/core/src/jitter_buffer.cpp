@@ -1,6 +1,7 @@
 #include "ksdiff/jitter_buffer.hpp"
 
 #include <iterator>
+#include <limits>
 
 namespace ksdiff {
 
@@ -8,7 +9,7 @@ double StreamClock::schedule(double t_audio, double arrival_s) {
   const bool newest = !newest_t_audio_ || t_audio >= *newest_t_audio_;
   if (!offset_) {
     offset_ = arrival_s - t_audio + margin_s_;
-  } else if (newest && arrival_s > *offset_ + t_audio) {
+  } else if (!fixed_ && newest && arrival_s > *offset_ + t_audio) {
     // The stream's newest frame is late: its show time has passed. Re-anchor so it is again
     // `margin` ahead; the offset only ever grows, so show times stay increasing with t_audio.
     offset_ = arrival_s - t_audio + margin_s_;
@@ -35,7 +36,7 @@ JitterBuffer::JitterBuffer(double margin_s, std::size_t max_frames_per_stream)
 double JitterBuffer::push(const Frame& frame, double arrival_s) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = streams_.find(frame.stream);
-  if (it != streams_.end() && it->second.ended) {
+  if (it != streams_.end() && it->second.ended && !it->second.await_anchor) {
     // Frames after the end belong to a new stream that reused the id (its stream_start was
     // missed): start it afresh rather than appending to the old timeline.
     streams_.erase(it);
@@ -44,18 +45,32 @@ double JitterBuffer::push(const Frame& frame, double arrival_s) {
   if (it == streams_.end()) it = streams_.emplace(frame.stream, StreamState(margin_s_)).first;
   StreamState& s = it->second;
 
-  const double show_s = s.timeline.schedule(frame.t_audio, arrival_s);
+  double show_s = std::numeric_limits<double>::quiet_NaN();
+  if (!s.await_anchor || s.timeline.on_audio_clock()) show_s = s.timeline.schedule(frame.t_audio, arrival_s);
   s.frames[frame.t_audio] = Pose{frame.blendshapes, frame.head, frame.gaze};
   while (s.frames.size() > max_frames_) s.frames.erase(s.frames.begin());
   if (frame.last) s.ended = true;
   return show_s;
 }
 
+void JitterBuffer::anchor(const std::string& stream, double audio_start_s) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  StreamState& s = streams_.try_emplace(stream, margin_s_).first->second;
+  s.await_anchor = true;
+  s.timeline.fix(audio_start_s);
+}
+
+void JitterBuffer::await_anchor(const std::string& stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  streams_.erase(stream);
+  streams_.emplace(stream, StreamState(margin_s_)).first->second.await_anchor = true;
+}
+
 void JitterBuffer::end_stream(const std::string& stream) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = streams_.find(stream);
   if (it == streams_.end()) return;
-  if (it->second.frames.empty()) {
+  if (it->second.frames.empty() && !it->second.await_anchor) {
     streams_.erase(it);  // nothing left to play
   } else {
     it->second.ended = true;
@@ -78,10 +93,11 @@ Sample JitterBuffer::sample(const std::string& stream, double local_s) {
   auto it = streams_.find(stream);
   if (it == streams_.end() || it->second.frames.empty()) return out;  // unknown
   StreamState& s = it->second;
-  const double t = local_s - s.timeline.offset();  // the audio instant to show now
   auto& frames = s.frames;
+  const bool unanchored = !s.timeline.anchored() || (s.await_anchor && !s.timeline.on_audio_clock());
+  const double t = local_s - s.timeline.offset();  // the audio instant to show now
 
-  if (t < frames.begin()->first) {
+  if (unanchored || t < frames.begin()->first) {
     out.state = PlayState::waiting;
     out.t_audio = frames.begin()->first;
     out.pose = frames.begin()->second;

@@ -71,11 +71,36 @@ void LiveLinkFeed::on_hello(const Hello& hello) {
   }
 }
 
+void LiveLinkFeed::anchor(const std::string& stream, double audio_start_s) {
+  std::vector<std::pair<Frame, double>> held;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto clock = clocks_.try_emplace(stream, config_.margin_s).first;
+    clock->second.reset();
+    clock->second.fix(audio_start_s);
+    if (auto it = held_.find(stream); it != held_.end()) {
+      held = std::move(it->second);
+      held_.erase(it);
+    }
+  }
+  for (const auto& [frame, arrival_s] : held) on_frame(frame, arrival_s);
+}
+
+void LiveLinkFeed::await_anchor(const std::string& stream) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  clocks_.erase(stream);
+  held_[stream].clear();
+}
+
 void LiveLinkFeed::on_frame(const Frame& frame, double arrival_s) {
   SubjectFrame out;
   bool declare = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (auto held = held_.find(frame.stream); held != held_.end()) {
+      held->second.emplace_back(frame, arrival_s);  // shown once anchor() says when its audio plays
+      return;
+    }
     out.subject = config_.subject_prefix + frame.stream;
     declare = declared_.insert(out.subject).second;
 
@@ -115,17 +140,21 @@ void LiveLinkFeed::on_frame(const Frame& frame, double arrival_s) {
 
 void LiveLinkFeed::on_stream_start(const StreamStart& start) {
   std::lock_guard<std::mutex> lock(mutex_);
-  clocks_.erase(start.stream);  // a new audio clock starting at t_audio 0
+  // A new audio clock starting at t_audio 0 -- unless the game already said when this line's
+  // audio plays (anchor) or will say it (await_anchor): the stream_start can come after that.
+  auto clock = clocks_.find(start.stream);
+  if (clock != clocks_.end() && !clock->second.on_audio_clock()) clocks_.erase(clock);
 }
 
 void LiveLinkFeed::on_stream_end(const StreamEnd& end) {
   std::lock_guard<std::mutex> lock(mutex_);
-  clocks_.erase(end.stream);
+  clocks_.erase(end.stream);  // held frames, if any, still wait for their anchor
 }
 
 void LiveLinkFeed::on_runtime_restart(const std::string&, const std::string&) {
   std::lock_guard<std::mutex> lock(mutex_);
   clocks_.clear();  // every stream of the old process is gone; subjects stay declared
+  held_.clear();
 }
 
 }  // namespace ksdiff

@@ -1,4 +1,4 @@
-// Wire protocol v1.1: decoding with msgpack-c, validation per protocol/SPEC.md, request encoders.
+// Wire protocol v1.2: decoding with msgpack-c, validation per protocol/SPEC.md, request encoders.
 //
 // The checks mirror the reference implementation (sdk_python/ksdiff_sdk/protocol.py) field by
 // field, in the same order, so a message gets the same error code from both.
@@ -48,6 +48,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::bad_audio: return "bad_audio";
     case ErrorCode::busy: return "busy";
     case ErrorCode::forbidden: return "forbidden";
+    case ErrorCode::bad_controls: return "bad_controls";
     case ErrorCode::internal: return "internal";
   }
   return "internal";
@@ -56,7 +57,8 @@ std::string_view to_string(ErrorCode code) noexcept {
 ErrorCode error_code_from_string(std::string_view code) noexcept {
   for (ErrorCode c : {ErrorCode::malformed, ErrorCode::too_large, ErrorCode::unsupported_version,
                       ErrorCode::unknown_type, ErrorCode::unknown_stream, ErrorCode::bad_audio,
-                      ErrorCode::busy, ErrorCode::forbidden, ErrorCode::internal}) {
+                      ErrorCode::busy, ErrorCode::forbidden, ErrorCode::bad_controls,
+                      ErrorCode::internal}) {
     if (to_string(c) == code) return c;
   }
   return ErrorCode::internal;  // SPEC 4.7: an unknown code is treated like `internal`
@@ -72,6 +74,8 @@ bool is_valid_stream_id(std::string_view stream_id) noexcept {
   }
   return true;
 }
+
+bool is_valid_mode(std::string_view mode) noexcept { return mode == kModeLive || mode == kModeLine; }
 
 namespace {
 
@@ -318,6 +322,75 @@ std::map<std::string, std::uint64_t> read_count_map(const object& o, std::string
   return out;
 }
 
+// A finite number, or nothing (for controls' entries, kept only when well typed).
+std::optional<double> number_if_any(const object& o) {
+  double value = 0.0;
+  switch (o.type) {
+    case mt::FLOAT32:
+    case mt::FLOAT64: value = o.via.f64; break;
+    case mt::POSITIVE_INTEGER: value = static_cast<double>(o.via.u64); break;
+    case mt::NEGATIVE_INTEGER: value = static_cast<double>(o.via.i64); break;
+    default: return std::nullopt;
+  }
+  if (!std::isfinite(value)) return std::nullopt;
+  return value;
+}
+
+// The value of `key` in map `o` (last one wins, as in Python), or nullptr.
+const object* map_value(const object& o, std::string_view key) {
+  const object* found = nullptr;
+  for (std::uint32_t i = 0; i < o.via.map.size; ++i) {
+    const msgpack::object_kv& kv = o.via.map.ptr[i];
+    if (kv.key.type == mt::STR && str_view(kv.key) == key) found = &kv.val;
+  }
+  return found;
+}
+
+// name -> T for the entries of map `o` that `read` accepts (it returns nullopt to skip one).
+template <typename T, typename Read>
+std::optional<NamedValues<T>> read_named(const object* o, Read read) {
+  if (o == nullptr || o->type != mt::MAP) return std::nullopt;
+  NamedValues<T> out;
+  for (std::uint32_t i = 0; i < o->via.map.size; ++i) {
+    const msgpack::object_kv& kv = o->via.map.ptr[i];
+    if (kv.key.type != mt::STR || utf8_length(str_view(kv.key)) < 0) continue;
+    std::optional<T> value = read(kv.val);
+    if (!value) continue;
+    const std::string name(str_view(kv.key));
+    auto same = std::find_if(out.begin(), out.end(), [&](const auto& e) { return e.first == name; });
+    if (same != out.end()) same->second = *value;  // a repeated key: the last one wins
+    else out.emplace_back(name, *value);
+  }
+  return out;
+}
+
+// open_stream.controls, set_controls.controls, controls_set.controls (1.2): the protocol asks
+// for a map with string keys (else malformed); its content is the runtime's to judge
+// (bad_controls), so a reader keeps the well-typed entries and ignores the rest.
+Controls read_controls(const object& o, std::string_view name) {
+  bool ok = o.type == mt::MAP;
+  for (std::uint32_t i = 0; ok && i < o.via.map.size; ++i) ok = o.via.map.ptr[i].key.type == mt::STR;
+  if (!ok) fail(ErrorCode::malformed, "field " + quoted(name) + " must be a map with str keys");
+  Controls c;
+  c.strength = read_named<double>(map_value(o, "strength"), number_if_any);
+  c.shapes = read_named<ShapeControl>(map_value(o, "shapes"), [](const object& v) -> std::optional<ShapeControl> {
+    if (v.type != mt::MAP) return std::nullopt;
+    ShapeControl s;
+    const auto field = [&v](std::string_view key) {
+      const object* x = map_value(v, key);
+      return x == nullptr ? std::nullopt : number_if_any(*x);
+    };
+    s.gain = field("gain");
+    s.offset = field("offset");
+    s.min = field("min");
+    s.max = field("max");
+    return s;
+  });
+  c.smoothing_ms = read_named<double>(map_value(o, "smoothing_ms"), number_if_any);
+  if (const object* t = map_value(o, "timing_offset_ms")) c.timing_offset_ms = number_if_any(*t);
+  return c;
+}
+
 // The keys of one msgpack map. Lookup is by exact key; keys this client does not know are
 // simply never looked up, which is how unknown keys are ignored (SPEC 3.1).
 class Fields {
@@ -386,6 +459,9 @@ auto number = [](const object& o, std::string_view n) { return read_number(o, n)
 auto stream_id = [](const object& o, std::string_view n) { return read_stream_id(o, n); };
 auto source_kind = [](const object& o, std::string_view n) {
   return read_one_of(o, n, {"mic", "file", "sdk"});
+};
+auto mode_kind = [](const object& o, std::string_view n) {
+  return read_one_of(o, n, {kModeLive, kModeLine});
 };
 auto string_max = [](long max_chars) {
   return [max_chars](const object& o, std::string_view n) { return read_string(o, n, max_chars); };
@@ -466,6 +542,8 @@ StreamStart decode_stream_start(const Fields& f) {
   s.stream = f.get("stream", stream_id);
   s.source = f.get("source", source_kind);
   s.published_ns = f.get("published_ns", int64_any);
+  f.optional("mode", s.mode, mode_kind);              // 1.2
+  f.optional("latency_ms", s.latency_ms, number);     // 1.2
   return s;
 }
 
@@ -535,6 +613,8 @@ OpenStream decode_open_stream(const Fields& f) {
   });
   f.optional("transcript", o.transcript, string_max(2000));
   f.optional("seed", o.seed, int64_any);
+  f.optional("mode", o.mode, mode_kind);             // 1.2
+  f.optional("controls", o.controls, read_controls);  // 1.2
   f.optional("req", o.req, uint_any);
   return o;
 }
@@ -560,6 +640,24 @@ StreamOpened decode_stream_opened(const Fields& f) {
   s.stream = f.get("stream", stream_id);
   s.fps = f.get("fps", uint32_pos);
   f.optional("max_ahead_s", s.max_ahead_s, number);  // 1.1
+  f.optional("mode", s.mode, mode_kind);              // 1.2
+  f.optional("latency_ms", s.latency_ms, number);     // 1.2
+  f.optional("req", s.req, uint_any);
+  return s;
+}
+
+SetControls decode_set_controls(const Fields& f) {
+  SetControls s;
+  s.stream = f.get("stream", stream_id);
+  s.controls = f.get("controls", read_controls);
+  f.optional("req", s.req, uint_any);
+  return s;
+}
+
+ControlsSet decode_controls_set(const Fields& f) {
+  ControlsSet s;
+  s.stream = f.get("stream", stream_id);
+  s.controls = f.get("controls", read_controls);
   f.optional("req", s.req, uint_any);
   return s;
 }
@@ -638,8 +736,10 @@ Message decode(const void* data, std::size_t size) {
   else if (t == "open_stream") msg.body = decode_open_stream(f);
   else if (t == "audio") msg.body = decode_audio(f);
   else if (t == "end_stream") msg.body = decode_end_stream(f);
+  else if (t == "set_controls") msg.body = decode_set_controls(f);
   else if (t == "stream_opened") msg.body = decode_stream_opened(f);
   else if (t == "stream_ended") msg.body = decode_stream_ended(f);
+  else if (t == "controls_set") msg.body = decode_controls_set(f);
   else if (t == "error") msg.body = decode_error(f);
   else fail(ErrorCode::unknown_type, "unknown message type '" + t + "'");
   return msg;
@@ -673,6 +773,16 @@ class Writer {
   // msgpack-c picks the smallest integer form, like the reference encoder.
   void uint(std::uint64_t x) { packer_.pack_uint64(x); }
   void sint(std::int64_t x) { packer_.pack_int64(x); }
+  // Always the float64 form, as msgpack-python packs a Python float (msgpack-c's pack_double
+  // would write an integral value such as 80.0 as an integer).
+  void float64(double x) {
+    std::uint64_t bits = 0;
+    std::memcpy(&bits, &x, sizeof bits);
+    char bytes[9] = {static_cast<char>(0xcb)};
+    for (int k = 0; k < 8; ++k) bytes[1 + k] = static_cast<char>((bits >> (8 * (7 - k))) & 0xFF);
+    buffer_.write(bytes, sizeof bytes);
+  }
+  void map(std::uint32_t n) { packer_.pack_map(n); }
 
   std::string done() {
     if (buffer_.size() > kMaxMessageBytes) {
@@ -691,6 +801,52 @@ void require_stream_id(std::string_view id) {
   if (!is_valid_stream_id(id)) {
     fail(ErrorCode::malformed,
          "bad stream id '" + std::string(id) + "': need 1..64 chars of [A-Za-z0-9_.-], not '.' or '..'");
+  }
+}
+
+void require_mode(std::string_view mode) {
+  if (!is_valid_mode(mode)) fail(ErrorCode::malformed, "mode must be live or line, got '" + std::string(mode) + "'");
+}
+
+double finite_control(double x, const std::string& name) {
+  if (!std::isfinite(x)) fail(ErrorCode::bad_controls, name + " must be a finite number");
+  return x;
+}
+
+// Keys in the order of the runtime's Controls.to_dict (strength, shapes, smoothing_ms,
+// timing_offset_ms), entries in the caller's order; every number as float64.
+void write_controls(Writer& w, const Controls& c) {
+  const auto write_regions = [&w](const char* key, const NamedValues<double>& values) {
+    w.key(key);
+    w.map(static_cast<std::uint32_t>(values.size()));
+    for (const auto& [name, value] : values) {
+      w.str(name);
+      w.float64(finite_control(value, std::string(key) + "." + name));
+    }
+  };
+  w.map((c.strength ? 1 : 0) + (c.shapes ? 1 : 0) + (c.smoothing_ms ? 1 : 0) + (c.timing_offset_ms ? 1 : 0));
+  if (c.strength) write_regions("strength", *c.strength);
+  if (c.shapes) {
+    w.key("shapes");
+    w.map(static_cast<std::uint32_t>(c.shapes->size()));
+    for (const auto& [name, shape] : *c.shapes) {
+      w.str(name);
+      const std::pair<const char*, const std::optional<double>*> fields[] = {
+          {"gain", &shape.gain}, {"offset", &shape.offset}, {"min", &shape.min}, {"max", &shape.max}};
+      std::uint32_t n = 0;
+      for (const auto& field : fields) n += field.second->has_value() ? 1 : 0;
+      w.map(n);
+      for (const auto& [key, value] : fields) {
+        if (!*value) continue;
+        w.key(key);
+        w.float64(finite_control(**value, "shapes." + name + "." + key));
+      }
+    }
+  }
+  if (c.smoothing_ms) write_regions("smoothing_ms", *c.smoothing_ms);
+  if (c.timing_offset_ms) {
+    w.key("timing_offset_ms");
+    w.float64(finite_control(*c.timing_offset_ms, "timing_offset_ms"));
   }
 }
 
@@ -716,8 +872,9 @@ std::string encode_open_stream(const OpenStream& r) {
     const long chars = utf8_length(*r.transcript);
     if (chars < 0 || chars > 2000) fail(ErrorCode::malformed, "transcript: at most 2000 UTF-8 characters");
   }
+  if (r.mode) require_mode(*r.mode);
   const std::uint32_t n = 3 + (r.stream ? 1 : 0) + (r.transcript ? 1 : 0) + (r.seed ? 1 : 0) +
-                          (r.req ? 1 : 0);
+                          (r.mode ? 1 : 0) + (r.controls ? 1 : 0) + (r.req ? 1 : 0);
   Writer w("open_stream", n);
   if (r.stream) {
     w.key("stream");
@@ -736,6 +893,14 @@ std::string encode_open_stream(const OpenStream& r) {
   if (r.seed) {
     w.key("seed");
     w.sint(*r.seed);
+  }
+  if (r.mode) {
+    w.key("mode");
+    w.str(*r.mode);
+  }
+  if (r.controls) {
+    w.key("controls");
+    write_controls(w, *r.controls);
   }
   if (r.req) {
     w.key("req");
@@ -765,6 +930,20 @@ std::string encode_end_stream(const EndStream& r) {
   Writer w("end_stream", 1 + (r.req ? 1 : 0));
   w.key("stream");
   w.str(r.stream);
+  if (r.req) {
+    w.key("req");
+    w.uint(*r.req);
+  }
+  return w.done();
+}
+
+std::string encode_set_controls(const SetControls& r) {
+  require_stream_id(r.stream);
+  Writer w("set_controls", 2 + (r.req ? 1 : 0));
+  w.key("stream");
+  w.str(r.stream);
+  w.key("controls");
+  write_controls(w, r.controls);
   if (r.req) {
     w.key("req");
     w.uint(*r.req);

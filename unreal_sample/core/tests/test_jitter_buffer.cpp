@@ -3,6 +3,8 @@
 
 #include "ksdiff/jitter_buffer.hpp"
 
+#include <cmath>
+
 using namespace ksdiff;
 
 namespace {
@@ -175,6 +177,70 @@ TEST_CASE("lerp: endpoints are exact") {
   EXPECT_EQ(lerp(a, b, 0.0).blendshapes[3], 0.25f);
   EXPECT_EQ(lerp(a, b, 1.0).blendshapes[3], 0.75f);
   EXPECT_EQ(lerp(a, b, 0.5).head[2], 0.0f);
+}
+
+// --- anchoring on the audio the game plays (SPEC 6.1, lines in sync) -----------------------------
+
+TEST_CASE("clock: fixed on the audio clock, a late frame never re-anchors") {
+  StreamClock clock(kMargin);
+  clock.fix(20.0);
+  EXPECT(clock.anchored() && clock.on_audio_clock());
+  EXPECT_NEAR(clock.schedule(0.1, 25.0), 20.1, 1e-12);  // 4.9 s late: still shown at 20 + t_audio
+  EXPECT_EQ(clock.reanchors(), 0u);
+  EXPECT_NEAR(clock.offset(), 20.0, 1e-12);
+  clock.reset();
+  EXPECT(!clock.anchored() && !clock.on_audio_clock());
+}
+
+TEST_CASE("buffer: anchor() shows frames at the audio's start + t_audio, whenever they arrived") {
+  JitterBuffer jb(kMargin);
+  jb.await_anchor("npc");
+  // Frames of a line arrive well ahead of the audio (line mode): they wait, unscheduled.
+  EXPECT(std::isnan(jb.push(make_frame("npc", 0, 0.0f), 1.0)));
+  EXPECT(std::isnan(jb.push(make_frame("npc", 3, 0.3f), 1.01)));
+  Sample waiting = jb.sample("npc", 1.5);
+  EXPECT(waiting.state == PlayState::waiting);
+  EXPECT_EQ(waiting.pose.blendshapes[kJawOpen], 0.0f);
+  EXPECT(!jb.offset("npc"));
+
+  jb.anchor("npc", 2.0);  // the game's audio starts playing at local 2.0
+  EXPECT(jb.offset("npc") == std::optional<double>(2.0));
+  EXPECT(jb.sample("npc", 1.99).state == PlayState::waiting);
+  const Sample mid = jb.sample("npc", 2.05);  // audio instant 0.05: half way from frame 0 to 3
+  EXPECT(mid.state == PlayState::playing);
+  EXPECT_NEAR(mid.t_audio, 0.05, 1e-9);
+  EXPECT_NEAR(mid.pose.blendshapes[kJawOpen], 0.15f, 1e-6);
+  // A frame arriving after the anchor is scheduled on it, however late it is: no re-anchoring.
+  EXPECT_NEAR(jb.push(make_frame("npc", 6, 0.6f), 9.0), 2.2, 1e-12);
+  EXPECT_EQ(jb.reanchors("npc"), 0u);
+  EXPECT(jb.offset("npc") == std::optional<double>(2.0));
+}
+
+TEST_CASE("buffer: anchor() before any frame; the line ends and is forgotten once played") {
+  JitterBuffer jb(kMargin);
+  jb.anchor("npc", 5.0);
+  EXPECT(jb.sample("npc", 5.0).state == PlayState::unknown);  // no frame yet
+  EXPECT_NEAR(jb.push(make_frame("npc", 0, 0.2f), 4.0), 5.0, 1e-12);
+  EXPECT_NEAR(jb.push(make_frame("npc", 1, 0.4f, 0.0f, true), 4.1), 5.0 + 1.0 / 30, 1e-12);
+  jb.end_stream("npc");
+  EXPECT(jb.sample("npc", 5.0).state == PlayState::playing);
+  EXPECT(jb.sample("npc", 6.0).state == PlayState::ended);
+  // A new stream with the id anchors on its own arrival again (live).
+  EXPECT_NEAR(jb.push(make_frame("npc", 0, 0.0f), 7.0), 7.0 + kMargin, 1e-12);
+}
+
+TEST_CASE("buffer: a line that ends before its audio starts waits for its anchor") {
+  JitterBuffer jb(kMargin);
+  jb.await_anchor("npc");
+  (void)jb.push(make_frame("npc", 0, 0.1f), 1.0);
+  (void)jb.push(make_frame("npc", 1, 0.2f, 0.0f, true), 1.0);
+  jb.end_stream("npc");  // all of it came faster than real time
+  EXPECT_EQ(jb.buffered("npc"), 2u);
+  EXPECT(jb.sample("npc", 3.0).state == PlayState::waiting);
+  jb.anchor("npc", 3.0);
+  EXPECT(jb.sample("npc", 3.0).state == PlayState::playing);
+  EXPECT(jb.sample("npc", 3.5).state == PlayState::ended);
+  EXPECT(jb.sample("npc", 3.6).state == PlayState::unknown);
 }
 
 HARNESS_MAIN()

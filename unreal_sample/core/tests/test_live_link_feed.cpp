@@ -167,4 +167,43 @@ TEST_CASE("each stream has its own clock; starts, ends and restarts reset it, no
   EXPECT_EQ(sink.declared.size(), 2u);  // subjects are declared once, whatever happens
 }
 
+TEST_CASE("a line awaiting its anchor is held, then stamped on the audio's start") {
+  RecordingSink sink;
+  LiveLinkFeed feed(sink);
+  feed.await_anchor("npc");
+  StreamStart start;
+  start.stream = "npc";
+  start.mode = "line";
+  feed.on_stream_start(start);
+  feed.on_frame(make_frame("npc", 0), 1.0);  // a line's frames come before its audio plays
+  feed.on_frame(make_frame("npc", 3), 1.01);
+  EXPECT(sink.frames.empty());
+  feed.anchor("npc", 2.5);  // the game's "line playback started" at 2.5
+  REQUIRE(sink.frames.size() == 2u);
+  EXPECT_NEAR(sink.frames[0].world_time_s, 2.5, 1e-12);
+  EXPECT_NEAR(sink.frames[1].world_time_s, 2.6, 1e-12);
+  feed.on_frame(make_frame("npc", 30), 9.0);  // late by far: still on the audio's clock
+  EXPECT_NEAR(sink.frames.back().world_time_s, 3.5, 1e-12);
+  EXPECT_EQ(feed.status().reanchors, 0u);
+}
+
+TEST_CASE("an anchor given before the stream_start survives it") {
+  RecordingSink sink;
+  LiveLinkFeed feed(sink);
+  feed.anchor("npc", 10.0);
+  StreamStart start;
+  start.stream = "npc";
+  feed.on_stream_start(start);
+  feed.on_frame(make_frame("npc", 6), 4.0);
+  REQUIRE(sink.frames.size() == 1u);
+  EXPECT_NEAR(sink.frames[0].world_time_s, 10.2, 1e-12);
+  // Its end forgets the anchor: the next stream of the id is live again.
+  StreamEnd end;
+  end.stream = "npc";
+  feed.on_stream_end(end);
+  feed.on_stream_start(start);
+  feed.on_frame(make_frame("npc", 0), 20.0);
+  EXPECT_NEAR(sink.frames.back().world_time_s, 20.0 + FeedConfig{}.margin_s, 1e-12);
+}
+
 HARNESS_MAIN()

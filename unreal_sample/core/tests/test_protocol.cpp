@@ -93,6 +93,32 @@ struct overloaded : Ts... {
 template <class... Ts>
 overloaded(Ts...) -> overloaded<Ts...>;
 
+json named_json(const NamedValues<double>& values) {
+  json out = json::object();
+  for (const auto& [name, value] : values) out[name] = value;
+  return out;
+}
+
+json controls_json(const Controls& c) {
+  json j = json::object();
+  if (c.strength) j["strength"] = named_json(*c.strength);
+  if (c.shapes) {
+    json shapes = json::object();
+    for (const auto& [name, s] : *c.shapes) {
+      json e = json::object();
+      put(e, "gain", s.gain);
+      put(e, "offset", s.offset);
+      put(e, "min", s.min);
+      put(e, "max", s.max);
+      shapes[name] = e;
+    }
+    j["shapes"] = shapes;
+  }
+  if (c.smoothing_ms) j["smoothing_ms"] = named_json(*c.smoothing_ms);
+  put(j, "timing_offset_ms", c.timing_offset_ms);
+  return j;
+}
+
 // A decoded message in the golden vectors' JSON form.
 json to_json(const Message& m) {
   json j = {{"v", {m.major, m.minor}}, {"type", m.type}};
@@ -134,6 +160,8 @@ json to_json(const Message& m) {
             j["stream"] = s.stream;
             j["source"] = s.source;
             j["published_ns"] = s.published_ns;
+            put(j, "mode", s.mode);
+            put(j, "latency_ms", s.latency_ms);
           },
           [&](const StreamEnd& s) {
             j["stream"] = s.stream;
@@ -169,6 +197,8 @@ json to_json(const Message& m) {
             j["format"] = o.format;
             put(j, "transcript", o.transcript);
             put(j, "seed", o.seed);
+            put(j, "mode", o.mode);
+            if (o.controls) j["controls"] = controls_json(*o.controls);
             put(j, "req", o.req);
           },
           [&](const Audio& a) {
@@ -185,6 +215,18 @@ json to_json(const Message& m) {
             j["stream"] = s.stream;
             j["fps"] = s.fps;
             put(j, "max_ahead_s", s.max_ahead_s);
+            put(j, "mode", s.mode);
+            put(j, "latency_ms", s.latency_ms);
+            put(j, "req", s.req);
+          },
+          [&](const SetControls& s) {
+            j["stream"] = s.stream;
+            j["controls"] = controls_json(s.controls);
+            put(j, "req", s.req);
+          },
+          [&](const ControlsSet& s) {
+            j["stream"] = s.stream;
+            j["controls"] = controls_json(s.controls);
             put(j, "req", s.req);
           },
           [&](const StreamEnded& s) {
@@ -204,7 +246,7 @@ json to_json(const Message& m) {
   return j;
 }
 
-// Keys protocol v1.1 defines per type (SPEC 4). A golden vector's other keys belong to a newer
+// Keys protocol v1.2 defines per type (SPEC 4). A golden vector's other keys belong to a newer
 // minor version and must be ignored by the decoder.
 const std::map<std::string, std::set<std::string>> kKnownKeys = {
     {"hello", {"v", "type", "runtime", "fps", "sample_rate", "blendshapes", "head", "head_units",
@@ -212,14 +254,17 @@ const std::map<std::string, std::set<std::string>> kKnownKeys = {
                "instance", "req"}},
     {"frame", {"v", "type", "stream", "seq", "index", "fps", "t_audio", "blendshapes", "head", "gaze",
                "captured_ns", "published_ns", "lookahead_ms", "compute_ms", "last"}},
-    {"stream_start", {"v", "type", "stream", "source", "published_ns"}},
+    {"stream_start", {"v", "type", "stream", "source", "published_ns", "mode", "latency_ms"}},
     {"stream_end", {"v", "type", "stream", "source", "reason", "frames", "published_ns"}},
     {"stats", {"v", "type", "uptime_s", "streams", "drops", "published_ns", "refused", "capacity"}},
-    {"open_stream", {"v", "type", "stream", "sample_rate", "channels", "format", "transcript", "seed", "req"}},
+    {"open_stream", {"v", "type", "stream", "sample_rate", "channels", "format", "transcript", "seed", "mode",
+                     "controls", "req"}},
     {"audio", {"v", "type", "stream", "seq", "at_sample", "pcm"}},
     {"end_stream", {"v", "type", "stream", "req"}},
-    {"stream_opened", {"v", "type", "stream", "fps", "max_ahead_s", "req"}},
+    {"set_controls", {"v", "type", "stream", "controls", "req"}},
+    {"stream_opened", {"v", "type", "stream", "fps", "max_ahead_s", "mode", "latency_ms", "req"}},
     {"stream_ended", {"v", "type", "stream", "frames", "req"}},
+    {"controls_set", {"v", "type", "stream", "controls", "req"}},
     {"error", {"v", "type", "code", "message", "request_type", "stream", "req"}},
 };
 
@@ -303,7 +348,7 @@ std::string frame_payload(const std::map<std::string, std::function<void(Packer&
 
 TEST_CASE("every valid golden vector decodes to its JSON") {
   const json index = index_json();
-  REQUIRE(index["protocol"] == json({1, 1}));
+  REQUIRE(index["protocol"] == json({kProtocolMajor, kProtocolMinor}));
   int checked = 0;
   for (const json& entry : index["valid"]) {
     const std::string name = entry["name"];
@@ -318,19 +363,19 @@ TEST_CASE("every valid golden vector decodes to its JSON") {
       continue;
     }
     EXPECT_EQ(msg.type, entry["type"].get<std::string>());
-    // Drop the keys v1.1 does not define: only a newer minor may carry them.
+    // Drop the keys v1.2 does not define: only a newer minor may carry them.
     const auto& known = kKnownKeys.at(msg.type);
     std::vector<std::string> unknown;
     for (auto it = expected.begin(); it != expected.end(); ++it) {
       if (!known.count(it.key())) unknown.push_back(it.key());
     }
     for (const auto& key : unknown) expected.erase(key);
-    EXPECT_MSG(unknown.empty() || msg.minor > kProtocolMinor, name + " has unknown keys at minor 1");
+    EXPECT_MSG(unknown.empty() || msg.minor > kProtocolMinor, name + " has unknown keys at minor 2");
     const json actual = to_json(msg);
     EXPECT_MSG(actual == expected, name + "\n    decoded:  " + actual.dump() + "\n    expected: " + expected.dump());
     ++checked;
   }
-  EXPECT_EQ(checked, 19);
+  EXPECT_EQ(checked, 25);
 }
 
 TEST_CASE("published vectors belong on their topic") {
@@ -349,7 +394,7 @@ TEST_CASE("published vectors belong on their topic") {
     EXPECT_EQ(topic, entry["topic"].get<std::string>());
     ++published;
   }
-  EXPECT_EQ(published, 7);  // hello, 3 frames, stream_start, stream_end, stats
+  EXPECT_EQ(published, 8);  // hello, 3 frames, 2 stream_start, stream_end, stats
 }
 
 TEST_CASE("every invalid golden vector is refused with its code") {
@@ -368,13 +413,13 @@ TEST_CASE("every invalid golden vector is refused with its code") {
     }
     ++checked;
   }
-  EXPECT_EQ(checked, 14);
+  EXPECT_EQ(checked, 16);
 }
 
 TEST_CASE("request encoders reproduce the reference encoder's bytes") {
   const auto golden = [](const char* name) { return read_bytes(kGolden + "/" + std::string(name) + ".msgpack"); };
   EXPECT(encode_hello_request() == golden("hello_request"));
-  for (const char* name : {"open_stream", "open_stream_minimal"}) {
+  for (const char* name : {"open_stream", "open_stream_minimal", "open_stream_line"}) {
     const std::string bytes = golden(name);
     EXPECT_MSG(encode_open_stream(std::get<OpenStream>(decode(bytes).body)) == bytes, name);
   }
@@ -384,6 +429,8 @@ TEST_CASE("request encoders reproduce the reference encoder's bytes") {
   }
   const std::string end = golden("end_stream");
   EXPECT(encode_end_stream(std::get<EndStream>(decode(end).body)) == end);
+  const std::string set = golden("set_controls");
+  EXPECT(encode_set_controls(std::get<SetControls>(decode(set).body)) == set);
   // A hello request with a req round-trips too.
   const Message hello = decode(encode_hello_request(7));
   EXPECT(!std::get<Hello>(hello.body).from_runtime);
@@ -709,10 +756,136 @@ TEST_CASE("1.1: stats' refused, capacity and shed; stream_opened's max_ahead_s")
   EXPECT_EQ(future.refused->at("overheated"), 7u);
 }
 
-TEST_CASE("1.1: requests are written as [1, 1]") {
+TEST_CASE("1.2: requests are written as [1, 2]") {
   const Message m = decode(encode_end_stream(EndStream{"npc1", 2}));
   EXPECT_EQ(m.major, 1u);
-  EXPECT_EQ(m.minor, 1u);
+  EXPECT_EQ(m.minor, 2u);
+}
+
+// --- protocol 1.2 --------------------------------------------------------------------------------
+
+TEST_CASE("1.2: stream_start and stream_opened state the mode and latency; a 1.1 runtime's lack them") {
+  const StreamStart start = std::get<StreamStart>(decode(read_bytes(kGolden + "/stream_start_line.msgpack")).body);
+  EXPECT(start.mode == std::optional<std::string>("line"));
+  EXPECT(start.latency_ms == std::optional<double>(233.33333333333334));
+  const StreamOpened opened = std::get<StreamOpened>(decode(read_bytes(kGolden + "/stream_opened_line.msgpack")).body);
+  EXPECT(opened.mode == std::optional<std::string>("line"));
+  EXPECT(opened.latency_ms == std::optional<double>(233.33333333333334));
+  EXPECT(opened.req == std::optional<std::uint64_t>(3));
+
+  const std::vector<Entry> start11 = {{"v", v10()}, {"type", str("stream_start")}, {"stream", str("npc1")},
+                                      {"source", str("sdk")}, {"published_ns", u(5)}};
+  const StreamStart old = std::get<StreamStart>(decode(pack_map(start11)).body);
+  EXPECT(!old.mode && !old.latency_ms);
+  const StreamOpened old_opened = std::get<StreamOpened>(
+      decode(pack_map({{"v", v10()}, {"type", str("stream_opened")}, {"stream", str("npc1")}, {"fps", u(30)}})).body);
+  EXPECT(!old_opened.mode && !old_opened.latency_ms);
+
+  // Present but wrong: malformed, as the reference decoder has it.
+  auto with = [&](const Entry& extra) {
+    std::vector<Entry> e = start11;
+    e.push_back(extra);
+    return decode_error_code(pack_map(e));
+  };
+  EXPECT(with({"mode", str("fast")}) == ErrorCode::malformed);
+  EXPECT(with({"mode", u(1)}) == ErrorCode::malformed);
+  EXPECT(with({"latency_ms", str("233")}) == ErrorCode::malformed);
+  EXPECT(with({"latency_ms", [](Packer& p) { p.pack_double(std::nan("")); }}) == ErrorCode::malformed);
+}
+
+TEST_CASE("1.2: controls_set, bad_controls, and the controls of open_stream_line") {
+  const ControlsSet set = std::get<ControlsSet>(decode(read_bytes(kGolden + "/controls_set.msgpack")).body);
+  EXPECT_EQ(set.stream, std::string("mic"));
+  REQUIRE(set.controls.strength.has_value() && set.controls.smoothing_ms.has_value());
+  EXPECT_EQ(set.controls.strength->size(), 5u);
+  EXPECT_EQ(set.controls.smoothing_ms->back().first, std::string("head"));
+  EXPECT_EQ(set.controls.smoothing_ms->back().second, 80.0);
+  EXPECT(set.controls.shapes.has_value() && set.controls.shapes->empty());
+  EXPECT(set.controls.timing_offset_ms == std::optional<double>(0.0));
+
+  const Error e = std::get<Error>(decode(read_bytes(kGolden + "/error_bad_controls.msgpack")).body);
+  EXPECT(e.error_code() == ErrorCode::bad_controls);
+  EXPECT(error_code_from_string("bad_controls") == ErrorCode::bad_controls);
+  EXPECT_EQ(to_string(ErrorCode::bad_controls), std::string_view("bad_controls"));
+
+  const OpenStream o = std::get<OpenStream>(decode(read_bytes(kGolden + "/open_stream_line.msgpack")).body);
+  EXPECT(o.mode == std::optional<std::string>("line"));
+  REQUIRE(o.controls.has_value() && o.controls->shapes.has_value());
+  EXPECT_EQ(o.controls->shapes->at(0).first, std::string("jawOpen"));
+  EXPECT(o.controls->shapes->at(0).second.gain == std::optional<double>(1.1));
+  EXPECT(o.controls->shapes->at(0).second.max == std::optional<double>(0.8));
+  EXPECT(!o.controls->shapes->at(0).second.offset);
+  EXPECT(!o.controls->smoothing_ms);
+  EXPECT(o.controls->timing_offset_ms == std::optional<double>(-20.0));
+}
+
+TEST_CASE("1.2: controls must be a map with string keys; their content is the runtime's to judge") {
+  const auto set_controls = [](const std::function<void(Packer&)>& controls) {
+    return pack_map({{"v", v10()}, {"type", str("set_controls")}, {"stream", str("mic")}, {"controls", controls}});
+  };
+  EXPECT(decode_error_code(set_controls([](Packer& p) { p.pack_array(1), p.pack_double(1.5); })) ==
+         ErrorCode::malformed);  // the golden invalid_controls_type
+  EXPECT(decode_error_code(set_controls([](Packer& p) { p.pack_map(1), p.pack(1), p.pack(1); })) ==
+         ErrorCode::malformed);
+  EXPECT(decode_error_code(pack_map({{"v", v10()}, {"type", str("set_controls")}, {"stream", str("mic")}})) ==
+         ErrorCode::malformed);  // missing
+  // Content of any shape decodes (as in the reference decoder); the ill-typed entries are left out.
+  const SetControls odd = std::get<SetControls>(decode(set_controls([](Packer& p) {
+                                                  p.pack_map(3);
+                                                  p.pack(std::string("strength")), p.pack_map(2);
+                                                  p.pack(std::string("mouth")), p.pack(std::string("loud"));
+                                                  p.pack(std::string("jaw")), p.pack(2);
+                                                  p.pack(std::string("shapes")), p.pack(7);
+                                                  p.pack(std::string("mood")), p.pack(std::string("calm"));
+                                                })).body);
+  REQUIRE(odd.controls.strength.has_value());
+  EXPECT_EQ(odd.controls.strength->size(), 1u);
+  EXPECT_EQ(odd.controls.strength->at(0).first, std::string("jaw"));
+  EXPECT_EQ(odd.controls.strength->at(0).second, 2.0);
+  EXPECT(!odd.controls.shapes);
+}
+
+TEST_CASE("1.2: the encoders write mode and controls, and refuse what the runtime would") {
+  OpenStream line;
+  line.stream = "npc3";
+  line.mode = std::string(kModeLine);
+  line.controls = Controls{};
+  line.controls->shapes = NamedValues<ShapeControl>{{"jawOpen", ShapeControl{0.0, std::nullopt, std::nullopt, 1.0}}};
+  line.controls->smoothing_ms = NamedValues<double>{{"head", 80.0}};
+  const OpenStream back = std::get<OpenStream>(decode(encode_open_stream(line)).body);
+  EXPECT(back.mode == std::optional<std::string>("line"));
+  REQUIRE(back.controls && back.controls->shapes && back.controls->smoothing_ms);
+  EXPECT(back.controls->shapes->at(0).second.gain == std::optional<double>(0.0));
+  EXPECT(back.controls->shapes->at(0).second.max == std::optional<double>(1.0));
+  EXPECT(back.controls->smoothing_ms->at(0).second == 80.0);
+  EXPECT(!back.controls->strength && !back.controls->timing_offset_ms);
+
+  // Integral values are float64 on the wire, as msgpack-python packs a float: 80.0 is cb 40 54 00..
+  const std::string bytes = encode_set_controls(SetControls{"mic", Controls{std::nullopt, std::nullopt,
+                                                                            NamedValues<double>{{"head", 80.0}},
+                                                                            std::nullopt},
+                                                            9});
+  EXPECT(bytes == read_bytes(kGolden + "/set_controls.msgpack"));
+
+  const auto code_of = [](const std::function<void()>& encode) {
+    try {
+      encode();
+    } catch (const ProtocolError& e) {
+      return std::optional<ErrorCode>(e.code());
+    }
+    return std::optional<ErrorCode>();
+  };
+  OpenStream bad_mode;
+  bad_mode.mode = "fast";
+  EXPECT(code_of([&] { (void)encode_open_stream(bad_mode); }) == std::optional<ErrorCode>(ErrorCode::malformed));
+  SetControls nan;
+  nan.stream = "mic";
+  nan.controls.timing_offset_ms = std::nan("");
+  EXPECT(code_of([&] { (void)encode_set_controls(nan); }) == std::optional<ErrorCode>(ErrorCode::bad_controls));
+  SetControls bad_id;
+  bad_id.stream = "a b";
+  EXPECT(code_of([&] { (void)encode_set_controls(bad_id); }) == std::optional<ErrorCode>(ErrorCode::malformed));
+  EXPECT(is_valid_mode("live") && is_valid_mode("line") && !is_valid_mode("Line") && !is_valid_mode(""));
 }
 
 HARNESS_MAIN()

@@ -1,12 +1,19 @@
 // Scheduling frames on the audio clock (SPEC 6), not by their arrival time.
 //
 // A frame animates instant `t_audio` of its stream's audio. A receiver shows it at local time
-// `offset + t_audio`, where the stream's offset is fixed by its first frame:
-//     offset = arrival(first frame) - t_audio(first frame) + margin
-// so network and compute jitter smaller than `margin` never reaches the screen. A frame that
-// arrives after its own show time means the runtime stalled for longer than the margin: the
-// stream re-anchors on that frame (the offset grows, the motion pauses briefly instead of
-// skipping), as SPEC 6.2 recommends.
+// `offset + t_audio`. Two ways to fix a stream's offset:
+//
+//   * Live input (SPEC 6.2, a microphone): the first frame anchors it,
+//         offset = arrival(first frame) - t_audio(first frame) + margin
+//     so network and compute jitter smaller than `margin` never reaches the screen. A frame that
+//     arrives after its own show time means the runtime stalled for longer than the margin: the
+//     stream re-anchors on that frame (the offset grows, the motion pauses briefly instead of
+//     skipping).
+//   * Audio the game plays itself (SPEC 6.1, an NPC line): the game knows the local time T at
+//     which the line's audio starts playing (e.g. latency_ms after its first push, the latency
+//     the runtime states in stream_opened/stream_start since 1.2) and anchors the stream there:
+//     offset = T, for good. A frame that comes after its instant was shown is simply late (the
+//     audio is never slowed down for it).
 //
 // StreamClock is that mapping alone (the Live Link source uses it: Live Link interpolates
 // itself). JitterBuffer adds the frames and samples them at any local time, interpolating
@@ -43,13 +50,21 @@ class StreamClock {
   // A new margin applies from the next anchoring (a jump now would be visible).
   void set_margin(double margin_s) noexcept { margin_s_ = margin_s; }
   std::uint64_t reanchors() const noexcept { return reanchors_; }
+  // Audio time 0 plays at local time `offset`, for good: schedule() never re-anchors after this.
+  void fix(double offset) noexcept {
+    offset_ = offset;
+    fixed_ = true;
+  }
+  bool on_audio_clock() const noexcept { return fixed_; }  // fixed by fix(): never moves
   void reset() noexcept {
     offset_.reset();
     newest_t_audio_.reset();
+    fixed_ = false;
   }
 
  private:
   double margin_s_;
+  bool fixed_ = false;
   std::optional<double> offset_;
   std::optional<double> newest_t_audio_;
   std::uint64_t reanchors_ = 0;
@@ -64,7 +79,7 @@ struct Pose {
 
 enum class PlayState {
   unknown,  // no frame of this stream yet
-  waiting,  // before the first frame's show time: the first frame's pose, held
+  waiting,  // before the first frame's show time, or awaiting anchor(): the first frame's pose
   playing,  // between two frames: interpolated
   holding,  // after the newest frame and the stream goes on: starved, newest pose held
   ended,    // past the final frame of an ended stream: its pose; the stream is then forgotten
@@ -80,11 +95,20 @@ class JitterBuffer {
  public:
   explicit JitterBuffer(double margin_s = 0.05, std::size_t max_frames_per_stream = 512);
 
-  // Adds a frame that arrived at local time `arrival_s`; returns its show time. Frames may
-  // come in any order (they are kept sorted by t_audio); a repeated t_audio replaces the frame.
-  // A frame with `last` ends its stream. Thread-safe (push from a network thread, sample from
-  // a render thread).
+  // Adds a frame that arrived at local time `arrival_s`; returns its show time (NaN while the
+  // stream awaits anchor()). Frames may come in any order (they are kept sorted by t_audio); a
+  // repeated t_audio replaces the frame. A frame with `last` ends its stream. Thread-safe (push
+  // from a network thread, sample from a render thread).
   double push(const Frame& frame, double arrival_s);
+
+  // The stream's audio starts playing at local time `audio_start_s` on the clock sample() is
+  // given (SPEC 6.1): its frames are shown at audio_start_s + t_audio, and its timeline never
+  // moves again. Call it before or after the stream's frames arrive.
+  void anchor(const std::string& stream, double audio_start_s);
+  // The stream's frames wait for anchor() (sample() says `waiting`) instead of anchoring on
+  // their arrival: call it before they come (when opening the line whose audio you will play).
+  // Forgets an older stream of that id.
+  void await_anchor(const std::string& stream);
 
   // No more frames for `stream` (its stream_end): what is buffered still plays, then the
   // stream reports `ended` and is forgotten, so a new stream with that id anchors afresh.
@@ -108,6 +132,7 @@ class JitterBuffer {
     StreamClock timeline;
     std::map<double, Pose> frames;  // by t_audio
     bool ended = false;
+    bool await_anchor = false;  // frames wait for anchor() instead of anchoring themselves
   };
 
   mutable std::mutex mutex_;

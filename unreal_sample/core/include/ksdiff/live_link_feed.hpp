@@ -74,6 +74,15 @@ class LiveLinkFeed final : public SubscriberHandler {
   FeedConfig config() const;
   FeedStatus status() const;
 
+  // Lines in sync (SPEC 6.1): the game plays a line's audio itself and says when it starts.
+  // anchor(): the stream's audio starts playing at `audio_start_s` on the subscriber's clock;
+  // its frames are stamped audio_start_s + t_audio from now on (never re-anchored), and the
+  // frames held for it (await_anchor) are pushed at once. await_anchor(): hold this stream's
+  // frames until anchor() instead of stamping them on arrival -- call it before opening the
+  // line, since a line's frames can come before its audio plays. Both thread-safe.
+  void anchor(const std::string& stream, double audio_start_s);
+  void await_anchor(const std::string& stream);
+
   void on_hello(const Hello& hello) override;
   void on_frame(const Frame& frame, double arrival_s) override;
   void on_stream_start(const StreamStart& start) override;
@@ -89,6 +98,8 @@ class LiveLinkFeed final : public SubscriberHandler {
   std::array<std::size_t, kNumBlendshapes> source_index_{};
   std::set<std::string> declared_;              // subjects whose curve names were pushed
   std::map<std::string, StreamClock> clocks_;   // by stream id: each stream has its audio clock
+  // Streams awaiting anchor(), with the frames (and arrival times) held for them, oldest first.
+  std::map<std::string, std::vector<std::pair<Frame, double>>> held_;
   FeedStatus status_;
 };
 

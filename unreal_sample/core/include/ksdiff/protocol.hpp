@@ -1,5 +1,5 @@
-// Wire protocol v1.1 of ksdiff-runtime (protocol/SPEC.md): message types, decoding and the
-// client's request encoders. It reads any minor of major 1 and writes minor 1.
+// Wire protocol v1.2 of ksdiff-runtime (protocol/SPEC.md): message types, decoding and the
+// client's request encoders. It reads any minor of major 1 and writes minor 2.
 //
 // This header is free of ZeroMQ and msgpack includes on purpose: the Unreal module (and any
 // other host) includes it without seeing either library; only protocol.cpp uses msgpack-c.
@@ -13,15 +13,17 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
 namespace ksdiff {
 
 inline constexpr std::uint32_t kProtocolMajor = 1;
-// The minor this client writes in its requests (the golden request vectors carry [1, 1]). It
-// reads any minor of major 1: a higher minor only adds optional keys and message types.
-inline constexpr std::uint32_t kProtocolMinor = 1;
+// The minor this client writes in its requests (the golden request vectors carry [1, 2]). It
+// reads any minor of major 1: a higher minor only adds optional keys and message types, so a
+// 1.2 client still reads a 1.1 runtime (whose messages lack the 1.2 keys).
+inline constexpr std::uint32_t kProtocolMinor = 2;
 inline constexpr std::size_t kNumBlendshapes = 52;
 inline constexpr std::size_t kBlendshapeBytes = 4 * kNumBlendshapes;  // 208: 52 float32 LE
 inline constexpr std::size_t kMaxMessageBytes = std::size_t{1} << 20;  // SPEC 3.4
@@ -57,6 +59,7 @@ enum class ErrorCode {
   bad_audio,
   busy,
   forbidden,  // 1.1: the stream belongs to another client connection (or to the runtime itself)
+  bad_controls,  // 1.2: controls out of range, or naming an unknown region or blendshape
   internal,
 };
 std::string_view to_string(ErrorCode code) noexcept;
@@ -71,6 +74,40 @@ class ProtocolError : public std::runtime_error {
 
  private:
   ErrorCode code_;
+};
+
+// --- stream modes and artists' controls (1.2) -----------------------------------------------
+// How the runtime animates a stream: "live" (audio at the pace it is spoken; frames within the
+// runtime's deadline) or "line" (the audio of a whole line is there, or comes faster than real
+// time: animated in whole windows at throughput speed).
+inline constexpr std::string_view kModeLive = "live";
+inline constexpr std::string_view kModeLine = "line";
+bool is_valid_mode(std::string_view mode) noexcept;
+
+// One blendshape's control: value = clamp(raw * gain + offset, min, max). Absent: unchanged
+// (set_controls) or the runtime's default (gain 1, offset 0, min 0, max 1).
+struct ShapeControl {
+  std::optional<double> gain;
+  std::optional<double> offset;
+  std::optional<double> min;
+  std::optional<double> max;
+};
+
+// name -> value, in wire order (the encoder writes them in this order).
+template <typename T>
+using NamedValues = std::vector<std::pair<std::string, T>>;
+
+// A stream's artists' controls, as open_stream and set_controls carry them and controls_set
+// returns them (ksdiff_runtime/engine/controls.py). Regions: jaw, mouth, brows, eyes, head.
+// Every part is optional: set_controls changes the settings given and keeps the rest. What is
+// in range, and which names exist, the runtime checks (error bad_controls): this client only
+// carries the map. Decoding keeps the entries that are well typed and ignores the others, as
+// the reference decoder checks no more than "a map with string keys".
+struct Controls {
+  std::optional<NamedValues<double>> strength;        // region -> multiplier (0..3; 1: as is)
+  std::optional<NamedValues<ShapeControl>> shapes;    // ARKit blendshape name -> its control
+  std::optional<NamedValues<double>> smoothing_ms;    // region -> time constant (0: none)
+  std::optional<double> timing_offset_ms;             // + later, - earlier than the audio
 };
 
 // --- messages (SPEC 4) ----------------------------------------------------------------------
@@ -117,6 +154,10 @@ struct StreamStart {
   std::string stream;
   std::string source;  // "mic", "file" or "sdk"
   std::int64_t published_ns = 0;
+  // 1.2, optional (absent from a 1.1 runtime): the stream's mode, and the latency the runtime
+  // adds for it: start playing its audio latency_ms after its first push and lips match audio.
+  std::optional<std::string> mode;
+  std::optional<double> latency_ms;
 };
 
 struct StreamEnd {
@@ -156,6 +197,8 @@ struct OpenStream {
   std::string format = "f32le";  // "f32le" or "s16le"
   std::optional<std::string> transcript;
   std::optional<std::int64_t> seed;
+  std::optional<std::string> mode;    // 1.2: kModeLive (the runtime's default) or kModeLine
+  std::optional<Controls> controls;   // 1.2: the stream's controls from its first frame
   std::optional<std::uint64_t> req;
 };
 
@@ -177,12 +220,29 @@ struct StreamOpened {
   // 1.1, optional: seconds of audio beyond real time the stream buffers; audio pushed further
   // ahead is refused with `busy` (nothing of it taken). Absent from a 1.0 runtime: no limit.
   std::optional<double> max_ahead_s;
+  // 1.2, optional (absent from a 1.1 runtime): as StreamStart's.
+  std::optional<std::string> mode;
+  std::optional<double> latency_ms;
   std::optional<std::uint64_t> req;
 };
 
 struct StreamEnded {
   std::string stream;
   std::uint64_t frames = 0;
+  std::optional<std::uint64_t> req;
+};
+
+// 1.2: change a stream's controls (one this client opened, or the runtime's own, e.g. "mic").
+struct SetControls {
+  std::string stream;
+  Controls controls;
+  std::optional<std::uint64_t> req;
+};
+
+// 1.2: the reply to set_controls: the stream's controls now in force, in full.
+struct ControlsSet {
+  std::string stream;
+  Controls controls;
   std::optional<std::uint64_t> req;
 };
 
@@ -197,7 +257,7 @@ struct Error {
 };
 
 using Body = std::variant<Hello, Frame, StreamStart, StreamEnd, Stats, OpenStream, Audio, EndStream,
-                          StreamOpened, StreamEnded, Error>;
+                          SetControls, StreamOpened, StreamEnded, ControlsSet, Error>;
 
 struct Message {
   std::uint32_t major = kProtocolMajor;
@@ -211,6 +271,7 @@ struct Message {
 // known field missing or of the wrong type, a bad stream id), unsupported_version (major != 1),
 // unknown_type (a client ignores those: a newer runtime's messages), bad_audio (open_stream's
 // sample_rate/channels/format of the right type but out of range; a wrong type is malformed).
+// A mode other than "live"/"line", or controls that are not a map, are malformed (1.2).
 Message decode(const void* data, std::size_t size);
 inline Message decode(std::string_view payload) { return decode(payload.data(), payload.size()); }
 
@@ -221,6 +282,9 @@ std::string encode_hello_request(std::optional<std::uint64_t> req = std::nullopt
 std::string encode_open_stream(const OpenStream& request);
 std::string encode_audio(const Audio& request);
 std::string encode_end_stream(const EndStream& request);
+// 1.2. Throws ProtocolError(bad_controls) for a non-finite number (ranges and names are the
+// runtime's to check: it answers bad_controls, naming the setting).
+std::string encode_set_controls(const SetControls& request);
 
 // 208 bytes of little-endian float32 -> 52 floats, on any host byte order.
 std::array<float, kNumBlendshapes> decode_blendshapes(const unsigned char* bytes) noexcept;

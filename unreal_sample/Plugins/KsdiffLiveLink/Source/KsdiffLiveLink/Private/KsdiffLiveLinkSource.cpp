@@ -1,6 +1,7 @@
 #include "KsdiffLiveLinkSource.h"
 
 #include "HAL/PlatformTime.h"
+#include "Misc/ScopeLock.h"
 #include "ILiveLinkClient.h"
 #include "LiveLinkTypes.h"
 #include "Misc/FrameRate.h"
@@ -68,6 +69,27 @@ private:
 	FGuid SourceGuid;
 };
 
+FCriticalSection FKsdiffLiveLinkSource::RunningLock;
+TSet<FKsdiffLiveLinkSource*> FKsdiffLiveLinkSource::Running;
+
+void FKsdiffLiveLinkSource::AnchorLine(const std::string& Stream, double AudioStartSeconds)
+{
+	FScopeLock Lock(&RunningLock);
+	for (FKsdiffLiveLinkSource* Source : Running)
+	{
+		Source->Feed->anchor(Stream, AudioStartSeconds);
+	}
+}
+
+void FKsdiffLiveLinkSource::AwaitLine(const std::string& Stream)
+{
+	FScopeLock Lock(&RunningLock);
+	for (FKsdiffLiveLinkSource* Source : Running)
+	{
+		Source->Feed->await_anchor(Stream);
+	}
+}
+
 FKsdiffLiveLinkSource::FKsdiffLiveLinkSource(const FKsdiffLiveLinkConnectionSettings& InConnection)
 	: Connection(InConnection)
 {
@@ -83,6 +105,10 @@ void FKsdiffLiveLinkSource::ReceiveClient(ILiveLinkClient* InClient, FGuid InSou
 	Stop();
 	Sink = std::make_unique<FKsdiffLiveLinkClientSink>(InClient, InSourceGuid);
 	Feed = std::make_unique<ksdiff::LiveLinkFeed>(*Sink);
+	{
+		FScopeLock Lock(&RunningLock);
+		Running.Add(this);
+	}
 
 	ksdiff::SubscriberConfig Config;
 	Config.endpoint = std::string(TCHAR_TO_UTF8(*Connection.Endpoint.TrimStartAndEnd()));
@@ -169,6 +195,10 @@ bool FKsdiffLiveLinkSource::RequestSourceShutdown()
 
 void FKsdiffLiveLinkSource::Stop()
 {
+	{
+		FScopeLock Lock(&RunningLock);
+		Running.Remove(this);  // no hook reaches the Feed after this
+	}
 	if (Subscriber)
 	{
 		Subscriber->stop();  // after this, nothing calls the client any more

@@ -4,10 +4,12 @@
 #pragma once
 
 #include "CoreMinimal.h"
+#include "HAL/CriticalSection.h"
 #include "ILiveLinkSource.h"
 #include "KsdiffLiveLinkSourceSettings.h"
 
 #include <memory>
+#include <string>
 
 class ILiveLinkClient;
 class FKsdiffLiveLinkClientSink;
@@ -35,7 +37,17 @@ public:
 	virtual void OnSettingsChanged(ULiveLinkSourceSettings* Settings, const FPropertyChangedEvent& PropertyChangedEvent) override;
 	//~ End ILiveLinkSource
 
+	// Lines in sync (UKsdiffLineSync, the Blueprint hooks): on every running ksdiff source, the
+	// stream's audio starts playing at AudioStartSeconds on FPlatformTime::Seconds (the clock the
+	// frames' arrival times are on), or its frames wait for that (ksdiff::LiveLinkFeed).
+	static void AnchorLine(const std::string& Stream, double AudioStartSeconds);
+	static void AwaitLine(const std::string& Stream);
+
 private:
+	// The sources whose Feed exists, for the static hooks; Stop() leaves it before the Feed goes.
+	static FCriticalSection RunningLock;
+	static TSet<FKsdiffLiveLinkSource*> Running;
+
 	void ApplySettings(const ULiveLinkSourceSettings* Settings);
 	void Stop();
 

@@ -1,0 +1,136 @@
+"""Lips in sync with audio you play yourself (an NPC line): frames on the audio clock, playback delayed
+by the latency the runtime states for the stream (protocol/SPEC.md 6, "You play the audio yourself").
+
+    handle = client.open_stream("guard", 48_000, mode="line")
+    sync = LineSync(handle, output_latency_s=0.03)  # your audio device's own delay
+    handle.push(line_audio)                         # the clock starts with the first push
+    sync.start_playback(lambda: speaker.play(line_audio))   # waits for the moment, then plays
+    while game_running:
+        pose = sync.pose()                          # the frame for what the speaker plays now
+        if pose is not None:
+            rig.apply(pose.blendshapes, pose.head, pose.gaze)
+
+The runtime states, in its ``stream_opened`` reply, the latency it adds to the stream
+(``StreamHandle.latency_ms``): frame ``i`` is published at most that long after the audio at its
+instant reached it. So if the audio's sample 0 comes out of the speaker that long after it was pushed,
+every frame is there before its instant. ``LineSync`` keeps that time (``play_at``), starts your
+playback then (early by your device's output latency), and gives the pose for any moment by
+interpolating between the two frames around it. A frame that still arrives late is shown as soon as it
+comes (the audio never waits), and ``late`` counts them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ksdiff_sdk.client import StreamHandle
+from ksdiff_sdk.frame import Frame
+
+DEFAULT_MARGIN_MS = 20.0  # on top of the stated latency: transport to this process and scheduling
+FALLBACK_LATENCY_MS = 250.0  # a runtime that states none (protocol < 1.2)
+
+
+@dataclass(frozen=True)
+class Pose:
+    """The face at one instant of the line: weights [52], head [3], gaze [4] (as ``Frame``), its time on the
+    audio clock, and whether the line is over (the rest pose after its ``last`` frame)."""
+
+    t_audio: float
+    blendshapes: np.ndarray
+    head: np.ndarray
+    gaze: np.ndarray
+    ended: bool
+
+
+class LineSync:
+    """Schedules one stream's frames against local playback of its audio (see the module docstring).
+
+    ``output_latency_s``: how long your audio device takes from starting playback to sound (e.g. the
+    latency your audio API reports); playback is started that much earlier. ``margin_ms``: added to the
+    stated latency. Use from one thread (the game loop)."""
+
+    def __init__(self, handle: StreamHandle, output_latency_s: float = 0.0,
+                 margin_ms: float = DEFAULT_MARGIN_MS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.handle = handle
+        self.output_latency_s = float(output_latency_s)
+        stated = handle.latency_ms if handle.latency_ms is not None else FALLBACK_LATENCY_MS
+        self.delay_s = (stated + margin_ms) / 1000.0  # from the first push to sample 0 at the speaker
+        self._clock = clock
+        self._indices: list[int] = []  # received frames by index, sorted
+        self._frames: dict[int, Frame] = {}
+        self._arrived: dict[int, float] = {}
+        self._last_index: int | None = None
+        self.late = 0  # frames that arrived after their instant had played
+
+    @property
+    def play_at(self) -> float | None:
+        """When sample 0 must come out of the speaker (this clock), once the first audio was pushed."""
+        t0 = self.handle.started_at
+        return None if t0 is None else t0 + self.delay_s
+
+    def start_playback(self, play: Callable[[], object], timeout: float | None = None) -> float:
+        """Wait until ``play_at`` minus the output latency, then call ``play()`` (which starts your audio);
+        returns the time it was called. Push the first audio before (the clock starts with it)."""
+        at = self.play_at
+        if at is None:
+            raise RuntimeError("push the line's first audio before starting playback: the clock starts with it")
+        wait = at - self.output_latency_s - self._clock()
+        if timeout is not None and wait > timeout:
+            raise TimeoutError(f"playback is due in {wait:.2f} s, beyond the timeout")
+        if wait > 0:
+            time.sleep(wait)  # waiting for a moment on the clock, not for another thread
+        play()
+        return self._clock()
+
+    def _take(self) -> None:
+        now = self._clock()
+        at = self.play_at
+        for frame in self.handle.take_frames():
+            if frame.index in self._frames:
+                continue
+            bisect.insort(self._indices, frame.index)
+            self._frames[frame.index] = frame
+            self._arrived[frame.index] = now
+            if at is not None and now > at + frame.t_audio:
+                self.late += 1
+            if frame.last:
+                self._last_index = frame.index
+
+    def pose(self, now: float | None = None) -> Pose | None:
+        """The pose for what the speaker plays at ``now`` (default: this instant): linear between the two
+        received frames around it, the nearest one at the edges; None before any frame came."""
+        self._take()
+        at = self.play_at
+        if not self._indices or at is None:
+            return None
+        t = (self._clock() if now is None else now) - at
+        fps = self._frames[self._indices[0]].fps
+        pos = t * fps
+        k = bisect.bisect_right(self._indices, pos)
+        if k == 0:
+            f = self._frames[self._indices[0]]
+            return Pose(t, f.blendshapes, f.head, f.gaze, False)
+        a = self._frames[self._indices[k - 1]]
+        if k == len(self._indices):
+            return Pose(t, a.blendshapes, a.head, a.gaze, self._last_index is not None and a.index == self._last_index)
+        b = self._frames[self._indices[k]]
+        w = np.float32((pos - a.index) / (b.index - a.index))
+        return Pose(t, a.blendshapes + w * (b.blendshapes - a.blendshapes), a.head + w * (b.head - a.head),
+                    a.gaze + w * (b.gaze - a.gaze), False)
+
+    @property
+    def frames(self) -> list[Frame]:
+        """The frames received so far, by index."""
+        return [self._frames[i] for i in self._indices]
+
+    def arrival_slack_s(self) -> list[float]:
+        """For each frame received, by index: how long before its instant played it arrived (negative: late)."""
+        at = self.play_at
+        if at is None:
+            return []
+        return [at + self._frames[i].t_audio - self._arrived[i] for i in self._indices]
