@@ -115,6 +115,10 @@ class SyntheticEngine:
         self._index: dict[str, int] = {}  # stream -> its next frame's index
         self._rng = np.random.default_rng(seed)
 
+    def latency_ms(self, mode: str = "live") -> float:
+        """The latency stated for a stream: one frame period (the synthetic "compute" is the schedule)."""
+        return 1000.0 / self.fps
+
     def has_work(self) -> bool:
         """True once the next tick is due. Until then it waits (at most a tick): this engine's "compute"
         is the schedule, and the Runtime's engine thread asks this before it waits for audio."""

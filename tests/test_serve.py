@@ -42,8 +42,8 @@ def test_sdk_stream_in_another_rate_and_channel_count(runtime, speech_16k):
         pcm = (np.stack([x, x], axis=1).clip(-1, 1) * 32767).astype("<i2").tobytes()
         opened = peer.request("open_stream", stream="npc1", sample_rate=48000, channels=2, format="s16le",
                               seed=-5, req=7)
-        assert opened == {"v": [1, 1], "type": "stream_opened", "stream": "npc1", "fps": 30, "max_ahead_s": 20.0,
-                          "req": 7}
+        assert opened == {"v": [1, 2], "type": "stream_opened", "stream": "npc1", "fps": 30, "max_ahead_s": 20.0,
+                          "mode": "live", "latency_ms": runtime.engine.preset.deadline_ms(), "req": 7}
         push_clip(peer, "npc1", pcm, 4, 960)
         peer.send(P.encode_request("end_stream", stream="npc1", req=8))
         msgs = peer.wait_pub(is_end("npc1"))
@@ -52,7 +52,7 @@ def test_sdk_stream_in_another_rate_and_channel_count(runtime, speech_16k):
         assert [f["index"] for f in frames] == list(range(ONE_SECOND))
         assert [f["seq"] for f in frames] == list(range(ONE_SECOND))
         assert frames[-1]["last"] and not any(f["last"] for f in frames[:-1])
-        assert ended == {"v": [1, 1], "type": "stream_ended", "stream": "npc1", "frames": ONE_SECOND, "req": 8}
+        assert ended == {"v": [1, 2], "type": "stream_ended", "stream": "npc1", "frames": ONE_SECOND, "req": 8}
         assert msgs[-1]["reason"] == "ended" and msgs[-1]["frames"] == ONE_SECOND and msgs[-1]["source"] == "sdk"
         assert any(m["type"] == "stream_start" and m["stream"] == "npc1" for m in peer.seen)
         jaw = [P.frame_arrays(f)[0][17] for f in frames]
@@ -436,7 +436,7 @@ def test_a_frame_that_cannot_be_encoded_is_dropped_and_the_runtime_goes_on(runti
 
 def test_a_source_that_fails_to_start_ends_its_stream_with_error(runtime):
     class DeadSource:
-        kind, stream_id, sample_rate, channels = "mic", "mic", 48000, 1
+        kind, mode, stream_id, sample_rate, channels = "mic", "live", "mic", 48000, 1
 
         def start(self, on_audio, on_end) -> None:
             raise RuntimeError("device vanished")
