@@ -160,8 +160,8 @@ def test_unity_decode_benchmark(built_core: Path):
 @pytest.mark.timeout(900)
 def test_unity_core_against_live_runtime(built_core: Path):
     """The C# client against `ksdiff-runtime serve --backend onnxruntime` on free loopback ports: a
-    3 s NPC line (after a 1 s one that lets the runtime's latency be known) arrives whole and in
-    order and plays on the audio clock; a looping file stream survives a runtime restart; and with
+    3 s NPC line in mode line (after a 1 s one that warms the model up) arrives whole, in order and
+    faster than real time, and plays on the audio clock; a looping file stream survives a runtime restart; and with
     keys from `ksdiff-runtime keys` only the authorised client gets anything (CurveZMQ)."""
     if not RUNTIME.is_file():
         pytest.skip(f"no ksdiff-runtime next to {sys.executable}")

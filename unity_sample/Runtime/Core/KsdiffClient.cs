@@ -12,6 +12,9 @@
 //     stream has finished, after later requests' replies).
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
+//   * A stream's events reach the game in the order the runtime published them: a frame is in the
+//     jitter buffer and every sink before the status counts it (Frames, Ended on `last`), and a
+//     stream_end is told to the buffer before the status and the StreamEnd event show it.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -542,9 +545,20 @@ namespace Ksdiff
             return true;
         }
 
+        // The frame goes to the jitter buffer and the sinks first, and only then into the status
+        // other threads read: whoever sees a stream Ended (or its Frames count) knows the buffer and
+        // every sink already have those frames, so a line is never Done, nor a face reset on its
+        // end, with its last frame still on the way (events of a stream in the runtime's order).
         void OnFrame(Frame f, double arrival)
         {
             IFrameSink[] sinks;
+            lock (_lock) sinks = _sinkSnapshot;
+            Buffer.Push(f, arrival);
+            for (int i = 0; i < sinks.Length; i++)
+            {
+                try { sinks[i].OnFrame(f, arrival); }
+                catch (Exception e) { lock (_lock) _status.LastError = "frame sink: " + e.Message; }
+            }
             lock (_lock)
             {
                 Tracker t = TrackerFor(f.Stream);
@@ -578,18 +592,15 @@ namespace Ksdiff
                     s.Ended = true; // protocol 1.1: every stream's final frame carries last
                     t.NextSeq = null;
                 }
-                sinks = _sinkSnapshot;
-            }
-            Buffer.Push(f, arrival);
-            for (int i = 0; i < sinks.Length; i++)
-            {
-                try { sinks[i].OnFrame(f, arrival); }
-                catch (Exception e) { lock (_lock) _status.LastError = "frame sink: " + e.Message; }
             }
         }
 
+        // The jitter buffer learns of the start or end before the status and the events do (as
+        // for frames): a game that drains StreamEnd finds the buffer already told.
         void OnStreamEvent(Message msg, double arrival)
         {
+            if (msg is StreamStart) Buffer.BeginStream(((StreamStart)msg).Stream);
+            else Buffer.EndStream(((StreamEnd)msg).Stream);
             lock (_lock)
             {
                 if (msg is StreamStart)
@@ -615,8 +626,6 @@ namespace Ksdiff
                     Emit(ClientEventKind.StreamEnd, msg, end.Stream, end.Reason, arrival);
                 }
             }
-            if (msg is StreamStart) Buffer.BeginStream(((StreamStart)msg).Stream);
-            else Buffer.EndStream(((StreamEnd)msg).Stream);
         }
 
         void OnStats(Stats stats, double arrival)

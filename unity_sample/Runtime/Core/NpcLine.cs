@@ -1,15 +1,23 @@
 // An NPC line: a clip of audio pushed to the runtime as its own stream, then played so that
 // lips and audio match (SPEC 6.1).
 //
-// The runtime turns audio into frames about `latency` after it receives the audio (hop +
-// lookahead + compute). A 1.2 runtime states it for the stream (latency_ms in stream_opened and
-// stream_start); for a 1.1 runtime it is estimated (`stats` reports it per stream as
-// latency_p95_ms, and every frame carries published_ns - captured_ns). So the line pushes its audio at the clip's own pace (in 20 ms
-// messages, like a live source: that is what keeps the runtime's latency low; a whole clip sent
-// at once is processed in one long burst) and starts playing the clip `latency + margin` after
-// the first push, once the first frame is there. The face then shows frame i at
-// T0 + t_audio(i) on the audio clock (T0: when sample 0 leaves the speakers), whatever the
-// frames' arrival times; a frame later than its instant is skipped, the audio never waits.
+// Protocol 1.2 (the runtime answers open_stream with mode "line"): the line is opened in mode
+// "line", its audio pushed whole at once (in 100 ms messages, at most max_ahead_s ahead of real
+// time, less a margin, like the Python SDK's StreamHandle.push; audio refused with `busy` as too
+// far ahead is sent again later) and end_stream sent at once, so the runtime animates it, tail
+// included, as fast as the machine allows. The runtime states the latency it adds for the stream
+// (latency_ms in stream_opened): playback starts that long, plus the margin, after the first
+// push (as the Python SDK's LineSync), and every frame is there before its instant.
+//
+// A 1.1 runtime (no mode, no latency_ms in its reply) animates the stream live: the line then
+// pushes its audio at the clip's own pace (20 ms messages, like a live source) and the latency
+// is estimated (`stats` reports it per stream as latency_p95_ms, and every frame carries
+// published_ns - captured_ns).
+//
+// Either way the clip starts playing `latency + margin` after the first push, once the first
+// frame is there. The face then shows frame i at T0 + t_audio(i) on the audio clock (T0: when
+// sample 0 leaves the speakers), whatever the frames' arrival times; a frame later than its
+// instant is skipped, the audio never waits.
 //
 // Unity-free and thread-free: the owner (KsdiffNpcVoice, a test) calls Update() every tick (the
 // line keeps time with the client's clock, the one its requests and frames are stamped with),
@@ -25,7 +33,9 @@ namespace Ksdiff
         public string Stream;                // the stream id: unique per line (frames are subscribed by it)
         public string Transcript;            // what is said, if known (helps articulation)
         public long? Seed;                   // same audio + seed -> same motion
-        public double ChunkS = 0.02;         // audio per message (SPEC: 10-100 ms)
+        public double ChunkS = 0.02;         // audio per message at the clip's pace (a 1.1 runtime; SPEC: 10-100 ms)
+        public double LineChunkS = 0.1;      // audio per message when the line goes whole (mode "line")
+        public double BusyBackoffS = 0.25;   // after a `busy` for audio too far ahead: wait this long, and stay this much further inside max_ahead_s
         public double DefaultLatencyS = 0.3; // a 1.1 runtime, until its latency is known (stats / frames)
         public double MarginS = 0.06;        // on top of the stated or estimated latency
         public double OpenTimeoutS = 5.0;    // no stream_opened by then: the runtime is absent
@@ -36,7 +46,7 @@ namespace Ksdiff
     {
         Idle,      // not started
         Opening,   // open_stream sent, waiting for stream_opened
-        Buffering, // pushing audio, waiting for the latency to pass and the first frame
+        Buffering, // audio pushed (or being pushed), waiting for the latency to pass and the first frame
         Playing,   // the owner plays the audio; frames show on the audio clock
         Finishing, // every sample pushed, end_stream sent: waiting for stream_ended and the last frame
         Done,      // every frame arrived (Total is the runtime's count)
@@ -51,9 +61,14 @@ namespace Ksdiff
         readonly int _rate, _channels;
         readonly byte[] _chunk;
 
-        PendingRequest _open, _end;
+        PendingRequest _open, _end, _barrier;
         double _startS, _firstPushS = -1, _dueS;
-        long _pushedFrames; // sample frames sent
+        double? _maxAheadS;  // from stream_opened (null: a 1.0 runtime, no limit)
+        double _backoffS;    // grows with each `busy` for audio too far ahead
+        double _holdUntilS;  // after a `busy`: nothing is sent before this (client clock)
+        bool _whole;         // mode "line": pushed whole, not at the clip's pace
+        int _errorsSeen;     // of the stream's errors (StreamStatus.Errors), those acted on
+        long _pushedFrames;  // sample frames sent
         ulong _seq;
         bool _playbackStarted;
 
@@ -65,6 +80,9 @@ namespace Ksdiff
         public double PlaybackDelayS { get; private set; }  // chosen: latency (stated or estimated) + margin
         public bool LatencyWasKnown { get; private set; }   // false: DefaultLatencyS was used
         public bool LatencyWasStated { get; private set; }  // the runtime stated it (protocol 1.2)
+        public string Mode { get; private set; }            // the stream's mode from stream_opened ("line"); null: a 1.1 runtime
+        public double FirstPushS { get { return _firstPushS; } } // client clock; playback is due PlaybackDelayS later
+        public int BusyRefusals { get; private set; }       // audio refused as too far ahead of real time, and sent again
         public double DurationS { get { return (double)_samples.Length / _channels / _rate; } }
         // True from the moment the audio should start until PlaybackStarted is called.
         public bool ShouldStartPlayback { get; private set; }
@@ -81,7 +99,7 @@ namespace Ksdiff
             _samples = interleaved;
             _rate = sampleRate;
             _channels = channels;
-            int framesPerChunk = Math.Max(1, (int)Math.Round(options.ChunkS * sampleRate));
+            int framesPerChunk = Math.Max(ChunkFrames(options.ChunkS), ChunkFrames(options.LineChunkS));
             _chunk = new byte[framesPerChunk * channels * 4];
             State = NpcLineState.Idle;
         }
@@ -96,7 +114,7 @@ namespace Ksdiff
             var request = new OpenStream
             {
                 Stream = _o.Stream, SampleRate = (uint)_rate, Channels = (uint)_channels, Format = "f32le",
-                Transcript = _o.Transcript, Seed = _o.Seed,
+                Transcript = _o.Transcript, Seed = _o.Seed, Mode = Protocol.ModeLine, // a 1.1 runtime ignores the mode
             };
             try
             {
@@ -156,6 +174,9 @@ namespace Ksdiff
             if (error != null) { Fail("the runtime refused the line: " + error); return; }
             var opened = (StreamOpened)_open.Reply;
             Fps = opened.Fps;
+            Mode = opened.Mode;
+            _whole = opened.Mode == Protocol.ModeLine;
+            _maxAheadS = opened.MaxAheadS;
             // 1.2: the latency the runtime states for this stream (stream_opened, or its
             // stream_start); a 1.1 runtime states none: estimate it from other streams.
             StreamStatus status = _client.Stream(_o.Stream);
@@ -172,6 +193,9 @@ namespace Ksdiff
 
         void Streaming(double now)
         {
+            // Before the snapshot: once the barrier's reply is in, the snapshot holds every error
+            // for the audio sent before it (replies come in order, and the client records them so).
+            bool barrierDone = _barrier != null && _barrier.IsDone;
             StreamStatus s = _client.Stream(_o.Stream);
             if (s != null && s.EndReason != null && s.EndReason != "ended")
             {
@@ -179,9 +203,15 @@ namespace Ksdiff
                                               : "the runtime ended the line (reason " + s.EndReason + ")");
                 return;
             }
-            if (s != null && s.Errors.Count > 0) { Fail("the runtime refused the line's audio: " + s.Errors[0]); return; }
+            for (; s != null && _errorsSeen < s.Errors.Count; _errorsSeen++)
+            {
+                ErrorReply e = s.Errors[_errorsSeen];
+                if (_whole && _maxAheadS.HasValue && _end == null && e.ErrorCode == ErrorCode.Busy && e.RequestType == "audio") Refused(now);
+                else { Fail("the runtime refused the line's audio: " + e); return; }
+            }
 
-            PushDue(now);
+            if (_whole) PushWhole(now, barrierDone);
+            else PushDue(now);
 
             if (State == NpcLineState.Buffering && !ShouldStartPlayback)
             {
@@ -190,7 +220,7 @@ namespace Ksdiff
                 else if (now >= _dueS + _o.FrameTimeoutS) { Fail("no frame within " + _o.FrameTimeoutS + " s of its time"); return; }
             }
 
-            if (_pushedFrames * _channels == _samples.Length && _end == null) _end = _client.EndStream(_o.Stream);
+            if (!_whole && _pushedFrames * _channels == _samples.Length && _end == null) _end = _client.EndStream(_o.Stream);
             if (_end != null && State == NpcLineState.Playing) State = NpcLineState.Finishing;
             if (_end != null && _end.IsDone)
             {
@@ -200,33 +230,84 @@ namespace Ksdiff
                 Total = ((StreamEnded)_end.Reply).Frames;
                 // Done when every frame is in (the last one carries `last`, then stream_end).
                 if (_playbackStarted && s != null && s.Ended) State = NpcLineState.Done;
-                else if (now - _end.SentS > Math.Max(_o.FrameTimeoutS, DurationS)) Fail("the last frames did not come");
+                else if (now - _end.SentS > DurationS + PlaybackDelayS + _o.FrameTimeoutS) Fail("the last frames did not come");
             }
         }
 
-        // Sends the audio that is due at the clip's own pace, one chunk ahead, in whole chunks
-        // (the last one may be shorter), as f32le messages placed with at_sample.
+        // A 1.1 runtime: sends the audio that is due at the clip's own pace, one chunk ahead, in
+        // whole chunks (the last one may be shorter).
         void PushDue(double now)
         {
             long total = _samples.Length / _channels;
-            int framesPerChunk = _chunk.Length / (4 * _channels);
+            int framesPerChunk = ChunkFrames(_o.ChunkS);
             long due = Math.Min(total, (long)Math.Ceiling((now - _firstPushS) * _rate) + framesPerChunk);
             while (_pushedFrames + framesPerChunk <= due || (due == total && _pushedFrames < total))
+                Send((int)Math.Min(framesPerChunk, total - _pushedFrames));
+        }
+
+        // Mode "line": sends every chunk whose end lies within max_ahead_s (less the margin and any
+        // backoff) of the time since the first push: the whole line at once unless it is longer.
+        // Then end_stream, at once when no chunk can have been refused (the whole line within
+        // max_ahead_s); otherwise after a hello whose reply proves no `busy` came for the audio
+        // before it.
+        void PushWhole(double now, bool barrierDone)
+        {
+            if (now < _holdUntilS) return;
+            long total = _samples.Length / _channels;
+            int framesPerChunk = ChunkFrames(_o.LineChunkS);
+            double room = _maxAheadS.HasValue
+                ? Math.Max(0.1, _maxAheadS.Value - OfflineLine.AheadMarginS - _backoffS) : double.PositiveInfinity;
+            double allowedEndS = now - _firstPushS + room;
+            while (_pushedFrames < total)
             {
                 int n = (int)Math.Min(framesPerChunk, total - _pushedFrames);
-                int offset = (int)(_pushedFrames * _channels);
-                for (int i = 0; i < n * _channels; i++)
-                {
-                    uint bits = FloatBits.ToBits(_samples[offset + i]);
-                    _chunk[4 * i] = (byte)bits;
-                    _chunk[4 * i + 1] = (byte)(bits >> 8);
-                    _chunk[4 * i + 2] = (byte)(bits >> 16);
-                    _chunk[4 * i + 3] = (byte)(bits >> 24);
-                }
-                _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
-                _pushedFrames += n;
+                if ((double)(_pushedFrames + n) / _rate > allowedEndS) break;
+                Send(n);
+            }
+            if (_pushedFrames < total || _end != null) return;
+            if (!_maxAheadS.HasValue || DurationS <= _maxAheadS.Value) _end = _client.EndStream(_o.Stream);
+            else if (_barrier == null) _barrier = _client.RequestHello();
+            else if (barrierDone)
+            {
+                if (_barrier.Failure != null) { Fail(_barrier.Failure); return; }
+                _end = _client.EndStream(_o.Stream); // no busy before the barrier's reply (a busy rewinds and drops it)
             }
         }
+
+        // Audio refused with `busy`: it would have been more than max_ahead_s ahead of real time;
+        // nothing of it was taken. Only audio ending beyond max_ahead_s from the stream's start
+        // can be refused (the runtime's clock starts with the first audio), so the line goes back
+        // to the last whole chunk before that point and sends the rest again BusyBackoffS later,
+        // and from then on that much further inside max_ahead_s: at_sample puts each chunk in its
+        // place, and audio the runtime already has is dropped. SPEC 4.6 "audio", 6.
+        void Refused(double now)
+        {
+            BusyRefusals++;
+            _backoffS += _o.BusyBackoffS;
+            _holdUntilS = now + _o.BusyBackoffS;
+            int framesPerChunk = ChunkFrames(_o.LineChunkS);
+            long safe = (long)Math.Floor(_maxAheadS.Value * _rate) / framesPerChunk * framesPerChunk;
+            _pushedFrames = Math.Min(_pushedFrames, safe);
+            _barrier = null; // a new barrier once the rest is sent again
+        }
+
+        // Sends the next `n` sample frames as one f32le message placed with at_sample.
+        void Send(int n)
+        {
+            int offset = (int)(_pushedFrames * _channels);
+            for (int i = 0; i < n * _channels; i++)
+            {
+                uint bits = FloatBits.ToBits(_samples[offset + i]);
+                _chunk[4 * i] = (byte)bits;
+                _chunk[4 * i + 1] = (byte)(bits >> 8);
+                _chunk[4 * i + 2] = (byte)(bits >> 16);
+                _chunk[4 * i + 3] = (byte)(bits >> 24);
+            }
+            _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
+            _pushedFrames += n;
+        }
+
+        int ChunkFrames(double seconds) { return Math.Max(1, (int)Math.Round(seconds * _rate)); }
 
         // A stream id for a line: `hint` (a character's name) reduced to the allowed characters,
         // then the line's number and a random part, so two game instances never collide.

@@ -1,8 +1,10 @@
 // Speaks an NPC line: pushes an AudioClip to the runtime as its own stream (with its transcript,
 // if you have it), then plays it on this AudioSource so that lips and audio match. The timing is
-// the core's NpcLine (SPEC 6.1): the clip is pushed at its own pace, and playback starts once the
-// runtime's latency (from `stats` latency_p95_ms and the frames' published - captured) has
-// passed and the first frame is in; the face then shows frame i when sample t_audio(i) is heard.
+// the core's NpcLine (SPEC 6.1): the line is opened in mode "line" and pushed whole (a 1.1
+// runtime: at the clip's own pace), and playback starts once the latency the runtime states for
+// it (a 1.1 runtime: from `stats` latency_p95_ms and the frames' published - captured) has passed
+// since the first push and the first frame is in; the face then shows frame i when sample
+// t_audio(i) is heard.
 //
 // The audio clip must be readable: Load Type "Decompress On Load" in its import settings.
 // When the runtime is absent or refuses the line, the clip still plays (without lip motion)
@@ -26,7 +28,7 @@ namespace Ksdiff.Unity
         public bool speakOnStart = false;
 
         [Header("Timing")]
-        [Tooltip("Playback delay before the runtime's latency is known (the first line after it starts).")]
+        [Tooltip("Playback delay when the runtime states no latency (protocol 1.1) and none is known yet (the first line after it starts).")]
         [Range(50, 2000)] public float defaultLatencyMs = 300;
         [Tooltip("Added to the runtime's latency: room for network and scheduling jitter.")]
         [Range(0, 500)] public float marginMs = 60;

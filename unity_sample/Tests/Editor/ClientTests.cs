@@ -117,6 +117,58 @@ namespace Ksdiff.Tests
         }
 
         [Test]
+        public void AStreamIsNeverEndedBeforeItsLastFrameReachedTheSinksAndTheBuffer()
+        {
+            // The runtime publishes a stream's last frame, then its stream_end. A game that acts on
+            // the end (a line Done, a face reset) must not get that frame afterwards: while a sink
+            // is still handed the last frame, the stream is not Ended, no StreamEnd event is out,
+            // and the jitter buffer already has the frame. (The sink blocks on the last frame until
+            // the test has looked; every wait is bounded.)
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            var sink = new GateSink();
+            c.AddFrameSink(sink);
+            rt.WaitSubscribed(Protocol.FrameTopic("line9"));
+            rt.Publish(Protocol.StreamTopic("line9"), FakeRuntime.StreamStart("line9"));
+            for (ulong seq = 0; seq < 3; seq++) rt.Publish(Protocol.FrameTopic("line9"), FakeRuntime.Frame("line9", seq, 0.1f, seq == 2));
+            rt.Publish(Protocol.StreamTopic("line9"), FakeRuntime.StreamEnd("line9", "ended", 3));
+            try
+            {
+                Assert.IsTrue(sink.InLast.Wait(TimeSpan.FromSeconds(10)), "the last frame never reached the sink");
+                StreamStatus s = c.Stream("line9");
+                Assert.IsFalse(s.Ended, "Ended while a sink is still being handed the last frame");
+                Assert.AreEqual(2UL, s.Frames, "the status counts a frame once the sinks have it");
+                Assert.IsFalse(Events(c).Any(e => e.Kind == ClientEventKind.StreamEnd), "StreamEnd before the last frame was delivered");
+                var pose = new Pose();
+                double shown;
+                c.Buffer.Sample("line9", 1e6, pose, out shown);
+                Assert.AreEqual(2 / 30.0, shown, 1e-9, "the buffer has the last frame before the sinks");
+            }
+            finally
+            {
+                sink.Release.Set();
+            }
+            Assert.IsTrue(Wait.Until(() => c.Stream("line9").Ended, 10));
+            Assert.AreEqual(3UL, c.Stream("line9").Frames);
+            Assert.IsTrue(Wait.Until(() => Events(c).Any(e => e.Kind == ClientEventKind.StreamEnd), 10));
+        }
+
+        // Holds the worker thread inside OnFrame for a stream's last frame until Release is set.
+        sealed class GateSink : IFrameSink
+        {
+            public readonly System.Threading.ManualResetEventSlim InLast = new System.Threading.ManualResetEventSlim();
+            public readonly System.Threading.ManualResetEventSlim Release = new System.Threading.ManualResetEventSlim();
+
+            public void OnFrame(Frame frame, double arrivalS)
+            {
+                if (!frame.Last) return;
+                InLast.Set();
+                Release.Wait(TimeSpan.FromSeconds(10));
+            }
+        }
+
+        [Test]
         public void RepliesAreMatchedByReqNotByOrder()
         {
             var rt = Keep(new FakeRuntime());

@@ -190,11 +190,12 @@ namespace Ksdiff.Tests
         }
 
         // maxAheadS: protocol 1.1's limit on audio pushed ahead of real time (null: a 1.0 runtime);
-        // latencyMs: protocol 1.2's stated latency (null: a 1.1 runtime).
-        public static byte[] StreamOpened(string stream, ulong req, double? maxAheadS = null, double? latencyMs = null)
+        // latencyMs, mode: protocol 1.2's stated latency and the stream's mode (null: a 1.1 runtime).
+        public static byte[] StreamOpened(string stream, ulong req, double? maxAheadS = null, double? latencyMs = null, string mode = null)
         {
             Payload p = Payload.Of("stream_opened").Set("stream", Payload.Str(stream)).Set("fps", Payload.UInt(30)).Set("req", Payload.UInt(req));
             if (maxAheadS.HasValue) p.Set("max_ahead_s", Payload.F64(maxAheadS.Value));
+            if (mode != null) p.Set("mode", Payload.Str(mode));
             if (latencyMs.HasValue) p.Set("latency_ms", Payload.F64(latencyMs.Value));
             return p.Build();
         }

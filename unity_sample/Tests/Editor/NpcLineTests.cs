@@ -1,7 +1,9 @@
-// NpcLine against the stand-in runtime: what goes on the wire (open_stream with the transcript,
-// f32le audio at the clip's pace with at_sample, end_stream), when playback starts (latency from
-// stats or frames, plus the margin, and never before the first frame), and the failures: an
-// absent runtime, a refusal, a restart mid-line.
+// NpcLine against the stand-in runtime: what goes on the wire (open_stream in mode "line" with the
+// transcript; for a 1.2 runtime the whole line at once within max_ahead_s, audio refused with busy
+// sent again later, end_stream at once; for a 1.1 runtime f32le audio at the clip's pace with
+// at_sample, then end_stream), when playback starts (the stated latency, or one from stats or
+// frames, plus the margin, and never before the first frame), and the failures: an absent
+// runtime, a refusal, a restart mid-line.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -102,6 +104,8 @@ namespace Ksdiff.Tests
             });
             Assert.IsNull(line.Failure);
             Assert.AreEqual("npc-guard-1", open.Stream);
+            Assert.AreEqual(Protocol.ModeLine, open.Mode, "asked for; a 1.1 runtime ignores it and says no mode");
+            Assert.IsNull(line.Mode);
             Assert.AreEqual("Halt!", open.Transcript);
             Assert.AreEqual(3L, open.Seed.Value);
             Assert.AreEqual("f32le", open.Format);
@@ -124,6 +128,122 @@ namespace Ksdiff.Tests
             Assert.AreEqual(0.3 + 0.06, line.PlaybackDelayS, 1e-9);
             Assert.GreaterOrEqual(playbackAt.Value - startedAt, 0.3, "playback waits for the latency");
             Assert.AreEqual(published + 1, line.Total.Value);
+        }
+
+        [Test]
+        public void ALineForA12RuntimeGoesWholeAtOnceAndEndsAtOnce()
+        {
+            const int rate = 48000, channels = 2;
+            float[] clip = Tone(1.0, rate, channels);
+            var line = new NpcLine(_client, clip, rate, channels, new NpcLineOptions { Stream = "npc-line-1", MarginS = 0.02 });
+            var recorder = new ClipRecorder("npc-line-1");
+            _client.AddFrameSink(recorder);
+            line.Start();
+            OpenStream open = null;
+            var audio = new List<Audio>();
+            double endAt = -1;
+            ulong published = 0;
+            Drive(line, () => line.State == NpcLineState.Done, (r, m) =>
+            {
+                if (m is OpenStream)
+                {
+                    open = (OpenStream)m;
+                    _rt.Reply(r.Key, FakeRuntime.StreamOpened(open.Stream, open.Req.Value, 20.0, 250.0, Protocol.ModeLine));
+                }
+                else if (m is Audio) audio.Add((Audio)m);
+                else if (m is EndStream)
+                {
+                    endAt = _client.Now();
+                    // A line: its frames as fast as the machine goes, long before their instants.
+                    for (; published < 34; published++)
+                        _rt.Publish(Protocol.FrameTopic(open.Stream), FakeRuntime.Frame(open.Stream, published, 0.1f, published == 33));
+                    _rt.Reply(r.Key, FakeRuntime.StreamEnded(open.Stream, published, ((EndStream)m).Req.Value));
+                }
+            });
+            Assert.IsNull(line.Failure);
+            Assert.AreEqual(Protocol.ModeLine, open.Mode);
+            Assert.AreEqual(Protocol.ModeLine, line.Mode);
+            // The whole line in 100 ms messages, every sample in place, then end_stream: all of it
+            // before playback was even due.
+            Assert.AreEqual(10, audio.Count);
+            var received = new List<float>();
+            for (int i = 0; i < audio.Count; i++)
+            {
+                Assert.AreEqual((ulong)i, audio[i].Seq);
+                Assert.AreEqual((ulong)(received.Count / channels), audio[i].AtSample.Value);
+                for (int k = 0; k < audio[i].Pcm.Length; k += 4) received.Add(BitConverter.ToSingle(audio[i].Pcm, k));
+            }
+            Assert.AreEqual(clip, received.ToArray());
+            Assert.Greater(endAt, 0);
+            Assert.Less(endAt - line.FirstPushS, line.PlaybackDelayS, "end_stream went at once, not after the clip's duration");
+            // Playback: the stated latency plus the margin after the first push.
+            Assert.IsTrue(line.LatencyWasStated);
+            Assert.AreEqual(0.25 + 0.02, line.PlaybackDelayS, 1e-9);
+            double t0 = _client.Buffer.Offset("npc-line-1").Value; // Drive starts the audio the moment the line asks
+            Assert.GreaterOrEqual(t0 - line.FirstPushS, line.PlaybackDelayS - 1e-9);
+            Assert.AreEqual(34UL, line.Total.Value);
+            Assert.AreEqual(34, recorder.Count, "Done: every frame has reached the sinks");
+            Assert.AreEqual(0, line.BusyRefusals);
+        }
+
+        [Test]
+        public void AudioRefusedAsTooFarAheadIsSentAgainLaterAndTheLineEndsOnlyOnceAllIsTaken()
+        {
+            // A runtime whose real-time clock for the stream starts 1 s after our first push (a slow
+            // hop): with max_ahead_s 1 s it refuses (busy, nothing taken) audio ending more than 1 s
+            // ahead of that clock. The line must resend what was refused, leave no gap, and send
+            // end_stream only after all of its audio was taken.
+            const int rate = 16000;
+            const double maxAheadS = 1.0, lagS = 1.0;
+            float[] clip = Tone(1.6, rate, 1);
+            var line = new NpcLine(_client, clip, rate, 1, new NpcLineOptions { Stream = "npc-busy" });
+            line.Start();
+            var taken = new List<float>();
+            int refused = 0, gaps = 0, hellos = 0;
+            bool endedWithAllTaken = false;
+            Stopwatch sinceFirst = null;
+            Drive(line, () => line.State == NpcLineState.Done, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-busy", ((OpenStream)m).Req.Value, maxAheadS, 250.0, Protocol.ModeLine));
+                else if (m is Hello)
+                {
+                    hellos++;
+                    _rt.Reply(r.Key, FakeRuntime.Hello("A", ((Hello)m).Req.Value));
+                }
+                else if (m is Audio)
+                {
+                    var a = (Audio)m;
+                    if (sinceFirst == null) sinceFirst = Stopwatch.StartNew();
+                    double clock = Math.Max(0, sinceFirst.Elapsed.TotalSeconds - lagS);
+                    double endS = (double)(a.AtSample.Value + (ulong)a.Pcm.Length / 4) / rate;
+                    if (endS - clock > maxAheadS)
+                    {
+                        refused++;
+                        _rt.Reply(r.Key, FakeRuntime.Error("busy", "audio", "npc-busy", null));
+                        return;
+                    }
+                    int at = (int)a.AtSample.Value;
+                    if (at > taken.Count) gaps++;
+                    while (taken.Count < at) taken.Add(0f); // a gap is silence
+                    for (int k = 0; k < a.Pcm.Length / 4; k++)
+                    {
+                        if (at + k >= taken.Count) taken.Add(BitConverter.ToSingle(a.Pcm, 4 * k)); // what it has is dropped
+                    }
+                }
+                else if (m is EndStream)
+                {
+                    endedWithAllTaken = taken.Count == clip.Length;
+                    for (ulong i = 0; i < 52; i++) _rt.Publish(Protocol.FrameTopic("npc-busy"), FakeRuntime.Frame("npc-busy", i, 0.1f, i == 51));
+                    _rt.Reply(r.Key, FakeRuntime.StreamEnded("npc-busy", 52, ((EndStream)m).Req.Value));
+                }
+            });
+            Assert.IsNull(line.Failure);
+            Assert.Greater(refused, 0, "the stand-in refused some audio");
+            Assert.AreEqual(refused, line.BusyRefusals);
+            Assert.AreEqual(0, gaps, "no audio was skipped");
+            Assert.AreEqual(clip, taken.ToArray(), "every sample taken, in place");
+            Assert.IsTrue(endedWithAllTaken, "end_stream only after all of the line was taken");
+            Assert.GreaterOrEqual(hellos, 1, "a line longer than max_ahead_s checks that nothing was refused before ending");
         }
 
         [Test]

@@ -5,7 +5,11 @@
 // 1. DEALER-driven stream (deterministic): the test opens stream "cpp_live" on the runtime's
 //    ROUTER, pushes 1.5 s of audio, ends it, and checks that the C++ subscriber received the
 //    stream_start, every frame 0..N-1 in order with its audio time, and the stream_end, and
-//    that the Live Link feed and the jitter buffer handle them.
+//    that the Live Link feed and the jitter buffer handle them. Then protocol 1.2 on the same
+//    runtime: set_controls on a stream that does not exist is unknown_stream; a line opened in
+//    mode "line" is told its mode and latency (stream_opened and stream_start, latency_ms > 0);
+//    set_controls with jawOpen's gain at 0 is answered by controls_set, and the line's frames,
+//    pushed whole with end_stream at once, then all have jawOpen 0 and come faster than real time.
 // 2. File stream with --loop, and a runtime restart: the subscriber sees the hello with the 52
 //    names and 30 consecutive frames; the runtime is stopped with SIGINT and started again on
 //    the same ports; the same subscriber reconnects by itself, reports the restart (a new
@@ -187,6 +191,7 @@ std::optional<std::uint64_t> req_of(const Message& m) {
   if (const auto* h = std::get_if<Hello>(&m.body)) return h->req;
   if (const auto* o = std::get_if<StreamOpened>(&m.body)) return o->req;
   if (const auto* e = std::get_if<StreamEnded>(&m.body)) return e->req;
+  if (const auto* c = std::get_if<ControlsSet>(&m.body)) return c->req;
   if (const auto* e = std::get_if<Error>(&m.body)) return e->req;
   return std::nullopt;
 }
@@ -243,6 +248,113 @@ bool hello_has_canonical_names(const Hello& h) {
     if (h.blendshapes[i] != kBlendshapeNames[i]) return false;
   }
   return true;
+}
+
+constexpr std::size_t kJawOpen = 17;  // SPEC 5.1
+
+// Protocol 1.2 on a running runtime, through `dealer` (its next request ids from 10): see 1. above.
+void check_line_mode_and_controls(Runtime& runtime, zmq::socket_t& dealer, const std::string& pub) {
+  const std::string stream = "cpp_line";
+  std::string others;
+  SetControls unknown;
+  unknown.stream = "cpp_nobody";
+  unknown.controls.shapes = NamedValues<ShapeControl>{{"jawOpen", ShapeControl{0.0, {}, {}, {}}}};
+  unknown.req = 10;
+  dealer.send(zmq::buffer(encode_set_controls(unknown)), zmq::send_flags::none);
+  std::optional<Message> r = reply_to(dealer, 10, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<Error>(r->body), what_came(r, others));
+  EXPECT_EQ(std::get<Error>(r->body).code, std::string("unknown_stream"));
+
+  // A subscriber for the line; its first hello proves its subscriptions are live.
+  EventQueue queue;
+  SubscriberConfig config;
+  config.endpoint = pub;
+  config.stream_filter = stream;
+  Subscriber sub(config, queue);
+  sub.start();
+  const bool got_hello =
+      wait_events(queue, runtime, kTimeout, [](const Event& e) { return std::holds_alternative<Hello>(e); });
+  REQUIRE_MSG(got_hello, "no hello for the line's subscriber; runtime log:\n" + runtime.log());
+
+  OpenStream open;
+  open.stream = stream;
+  open.sample_rate = 16000;
+  open.format = "s16le";
+  open.mode = std::string(kModeLine);
+  open.req = 11;
+  dealer.send(zmq::buffer(encode_open_stream(open)), zmq::send_flags::none);
+  r = reply_to(dealer, 11, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<StreamOpened>(r->body), what_came(r, others));
+  const StreamOpened opened = std::get<StreamOpened>(r->body);
+  EXPECT(opened.mode == std::optional<std::string>(std::string(kModeLine)));
+  REQUIRE_MSG(opened.latency_ms.has_value(), "a 1.2 runtime states the line's latency");
+  EXPECT(*opened.latency_ms > 0.0);
+
+  SetControls silence;
+  silence.stream = stream;
+  silence.controls.shapes = NamedValues<ShapeControl>{{"jawOpen", ShapeControl{0.0, {}, {}, {}}}};
+  silence.req = 12;
+  dealer.send(zmq::buffer(encode_set_controls(silence)), zmq::send_flags::none);
+  r = reply_to(dealer, 12, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<ControlsSet>(r->body), what_came(r, others));
+  const ControlsSet applied = std::get<ControlsSet>(r->body);
+  EXPECT_EQ(applied.stream, stream);
+  std::optional<double> gain;
+  for (const auto& [name, control] : applied.controls.shapes.value_or(NamedValues<ShapeControl>{})) {
+    if (name == "jawOpen") gain = control.gain;
+  }
+  EXPECT(gain == std::optional<double>(0.0));
+
+  // The whole line at once (its audio is all there), in 100 ms messages, then end_stream at once.
+  const double seconds = 1.0;
+  const std::string pcm = synthetic_speech_s16le(seconds, 16000);
+  const std::size_t chunk_bytes = 2 * 1600;
+  std::uint64_t seq = 0;
+  const auto first_push = Clock::now();
+  for (std::size_t off = 0; off < pcm.size(); off += chunk_bytes, ++seq) {
+    Audio audio;
+    audio.stream = stream;
+    audio.seq = seq;
+    audio.at_sample = off / 2;
+    audio.pcm = pcm.substr(off, chunk_bytes);
+    dealer.send(zmq::buffer(encode_audio(audio)), zmq::send_flags::none);
+  }
+  dealer.send(zmq::buffer(encode_end_stream(EndStream{stream, 13})), zmq::send_flags::none);
+
+  std::vector<Frame> frames;
+  std::optional<StreamStart> start;
+  std::optional<StreamEnd> end;
+  Clock::time_point last_frame_at{};
+  const bool got_end = wait_events(queue, runtime, kTimeout, [&](const Event& e) {
+    if (const auto* f = std::get_if<FrameEvent>(&e)) {
+      frames.push_back(f->frame);
+      if (f->frame.last) last_frame_at = Clock::now();  // when the test has it: an upper bound
+    }
+    if (const auto* s = std::get_if<StreamStart>(&e)) start = *s;
+    if (const auto* s = std::get_if<StreamEnd>(&e)) end = *s;
+    return end.has_value();
+  });
+  REQUIRE_MSG(got_end, "no stream_end for the line; runtime log:\n" + runtime.log());
+  r = reply_to(dealer, 13, kTimeout, &others);
+  REQUIRE_MSG(r && std::holds_alternative<StreamEnded>(r->body), what_came(r, others));
+  EXPECT_MSG(others.empty(), "unexpected replies:" + others);  // no audio chunk was refused
+  REQUIRE(start.has_value());
+  EXPECT(start->mode == std::optional<std::string>(std::string(kModeLine)));
+  EXPECT(start->latency_ms.has_value() && *start->latency_ms > 0.0);
+  EXPECT_EQ(end->reason, std::string("ended"));
+  EXPECT_EQ(frames.size(), std::get<StreamEnded>(r->body).frames);
+  EXPECT_EQ(frames.size(), 34u);  // 1 s at 30 fps, then the ease to rest
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    EXPECT_EQ(frames[i].index, i);
+    EXPECT_EQ(frames[i].blendshapes[kJawOpen], 0.0f);
+  }
+  const double last_s = std::chrono::duration<double>(last_frame_at - first_push).count();
+  std::fprintf(stderr, "  line %s in mode line: latency stated %.0f ms, %zu frames with jawOpen silenced by "
+               "set_controls, the last %.0f ms after the first push (%.1f s of audio)\n",
+               stream.c_str(), *opened.latency_ms, frames.size(), 1000.0 * last_s, seconds);
+  EXPECT_MSG(!frames.empty() && frames.back().last && last_s < seconds,
+             "a line in mode line arrives faster than real time: the last frame came " + std::to_string(last_s) +
+                 " s after the first push");
 }
 
 class RecordingSink final : public LiveLinkSink {
@@ -391,6 +503,7 @@ TEST_CASE("a stream driven through the DEALER arrives whole: start, frames 0..N-
     EXPECT_NEAR(s.pose.blendshapes[17], frames[k].frame.blendshapes[17], 1e-5);
     EXPECT(buffer.sample(stream, show[n - 1] + 1.0).state == PlayState::ended);
   }
+  check_line_mode_and_controls(runtime, dealer, pub);
   EXPECT_MSG(runtime.stop(30s), "serve did not stop cleanly; its log:\n" + runtime.log());
 }
 
