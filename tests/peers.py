@@ -3,6 +3,8 @@ written against protocol/SPEC.md with the reference codec, on real sockets."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -93,3 +95,9 @@ def frames_of(messages: list[dict], stream: str) -> list[dict]:
 
 def is_end(stream: str) -> Callable[[dict], bool]:
     return lambda m: m["type"] == "stream_end" and m["stream"] == stream
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``ksdiff-runtime ARGS`` as a user runs it, in its own process; its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "ksdiff_runtime.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)

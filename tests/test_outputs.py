@@ -12,8 +12,6 @@ import csv
 import math
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import zmq
+from peers import cli
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import BlockingOSCUDPServer
 
@@ -429,11 +428,6 @@ def test_serve_config_keys_and_flags(tmp_path):
     finally:
         for out in outputs:
             out.close()
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ksdiff_runtime.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def test_serve_with_a_bad_destination_exits_2_before_loading_the_model():

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from peers import cli
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -265,11 +266,6 @@ def test_config_key_and_flag(tmp_path):
     finally:
         for out in outputs:
             out.close()
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ksdiff_runtime.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def test_serve_with_the_preview_port_in_use_exits_2_before_loading_the_model():

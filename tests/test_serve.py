@@ -17,7 +17,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
-from peers import TIMEOUT_S, Peer, frames_of, is_end, push_clip, speech
+from peers import TIMEOUT_S, Peer, cli, frames_of, is_end, push_clip, speech
 from scipy.signal import resample_poly
 
 from ksdiff_runtime.engine.controls import stream_frames
@@ -343,11 +343,6 @@ def test_file_source_stream_in_its_own_rate(runtime, tmp_path, speech_16k):
         assert msgs[-1]["source"] == "file" and msgs[-1]["reason"] == "ended"
     finally:
         peer.close()
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ksdiff_runtime.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def test_serve_refuses_bad_files_and_configs_before_loading_the_model(tmp_path):

@@ -30,6 +30,7 @@ import pytest
 import soundfile as sf
 from fake_vts import DEFAULT_PARAMETERS as VTS_DEFAULTS
 from fake_vts import FakeVTubeStudio, Injection
+from peers import cli
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.engine.controls import stream_frames
@@ -531,11 +532,6 @@ def test_flags_and_config_keys(tmp_path):
     finally:
         for out in outputs:
             out.close()
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ksdiff_runtime.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def test_serve_with_a_bad_vts_url_exits_2_before_loading_the_model():
