@@ -1,9 +1,10 @@
 """hama's phoneme recogniser as a PyTorch module: 16 kHz waveform -> CTC log-probabilities.
 
-The network and its weights are hama's (https://github.com/hamanlp/hama, Copyright Seongmin
-Park, Apache License 2.0). The weights are not copied into this repository: they are read at
-load time from the installed ``hama`` package's ``assets/asr_waveform.hama``, a named-tensor file
-that hama's native engine (libhama) runs. This module is a plain reading of that file, checked
+The network and its weights are hama's (https://github.com/hamanlp/hama, by Seongmin Park and
+the hama contributors), licensed under the Apache License 2.0 as the hama 1.7.0 wheel declares
+(the repository's LICENSE file reads MIT). The weights are not copied into this repository: they
+are read at load time from the installed ``hama`` package's ``assets/asr_waveform.hama``, a
+named-tensor file that hama's native engine (libhama) runs. This module is a plain reading of that file, checked
 against libhama in tests/test_recogniser.py:
 
 - reflect-padded STFT as a strided convolution with the file's packed kernels (n_fft 400,
@@ -37,7 +38,7 @@ log-probabilities do not depend on what it is batched with. ``out_lengths[b] = l
 Length: libhama reads at most 3000 STFT frames (30 s: at most 1500 output frames) and silently
 drops the rest of a longer clip. This module has no cap, so the two agree on clips up to 30 s;
 on longer ones libhama returns only the first 1500 frames, computed without the later audio.
-Clips need more than 200 samples (the reflect padding; libhama reads past the clip below that).
+Clips need more than 200 samples (the reflect padding; below that libhama matches no padding rule).
 """
 
 from __future__ import annotations
