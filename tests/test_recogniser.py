@@ -165,6 +165,15 @@ def test_missing_weights_file_is_a_clear_error(tmp_path) -> None:
     assert f"supported: hama {rec.SUPPORTED_HAMA}" in message
 
 
+def test_hama_not_installed_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setattr(rec.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(rec.HamaFormatError) as error:
+        rec.Recogniser.from_hama()
+    message = str(error.value)
+    assert "hama package is not installed" in message and rec.WEIGHTS_FILE in message
+    assert f"supported: hama {rec.SUPPORTED_HAMA}" in message
+
+
 def test_other_format_version_is_a_clear_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(rec, "hama_version", lambda: "9.1.0")  # as if a newer hama were installed
     path = _copy_with(tmp_path, {6: bytes([2])})  # the header's format version byte
