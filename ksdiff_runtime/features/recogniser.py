@@ -19,15 +19,10 @@ against libhama in tests/test_recogniser.py:
 - a 1x1 convolution to 191 classes (hama's phoneme inventory, ``<wb>`` and ``<blank>`` last) and
   log-softmax.
 
-File format (hama 1.7.0, format version 1): ``HAMAPK``, u8 format version, u8 model kind (2 for
-this recogniser), u32 tensor count, then per tensor u16 name length, the UTF-8 name, u8 dtype
-(0 float32, 1 float16, 2 int64, 3 int32, 4 uint8), u8 rank, u32 per dimension, u64 offset and u64
-byte size; the data block starts at the next multiple of 16 bytes, offsets are relative to it.
-Weights are float16 except the STFT kernels and the mel filterbank (float32); the module
-computes in float32. ONNX export left some tensors unnamed: the ``onnx::MatMul_*`` tensors are
-each block's linear weights stored transposed (in, out), in the order ffn1 fc1, ffn1 fc2,
-attention in-projection, attention out-projection, ffn2 fc1, ffn2 fc2; the ``onnx::Conv_*``
-tensors are the input convolution, then each block's depthwise convolution (weight, bias).
+The weights file, its format and the layout of its tensors: ``ksdiff_runtime.features.hama_weights``
+(numpy only). The runtime runs this module as a parameter-free ONNX graph
+(``ksdiff_runtime/assets/recogniser.onnx``, written by ``export_onnx``) whose weights are inputs,
+fed from the same file: ``ksdiff_runtime.features.recogniser_onnx``.
 
 Batches: ``forward(waveform [B, N], lengths [B])`` takes clips zero-padded at the end to a common
 length N, with their true lengths in samples. Each clip is reflect-padded at its own ends, and
@@ -43,15 +38,13 @@ Clips need more than 200 samples (the reflect padding; below that libhama matche
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
-import struct
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ksdiff_runtime.features.hama_weights import N_BLOCKS, format_error, hama_weights_path, recogniser_weights
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -62,92 +55,8 @@ WIDTH = 144
 FFN = 576
 HEADS = 4
 CONV_KERNEL = 31
-N_BLOCKS = 4
 CLASSES = 191
 MEL_FLOOR = 1e-10
-
-WEIGHTS_FILE = "asr_waveform.hama"
-SUPPORTED_HAMA = "1.7.0"  # the hama release whose file this module reads (pyproject pins it)
-MAGIC = b"HAMAPK"
-SUPPORTED_FORMAT = 1
-ASR_KIND = 2
-_DTYPES = {0: np.float32, 1: np.float16, 2: np.int64, 3: np.int32, 4: np.uint8}
-
-
-class HamaFormatError(RuntimeError):
-    """The recogniser's weights file is missing or is not the format this module reads."""
-
-
-def hama_version() -> str | None:
-    """The installed hama package's version, or None when it is not installed."""
-    try:
-        return importlib.metadata.version("hama")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def hama_weights_path() -> Path:
-    """Path of the recogniser's weights inside the installed hama package (hama is not imported,
-    so its native library is not loaded)."""
-    spec = importlib.util.find_spec("hama")
-    if spec is None or not spec.submodule_search_locations:
-        raise HamaFormatError(
-            f"the hama package is not installed: its {WEIGHTS_FILE} holds the phoneme recogniser's "
-            f"weights (supported: hama {SUPPORTED_HAMA}; pip install hama=={SUPPORTED_HAMA})"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "assets" / WEIGHTS_FILE
-
-
-def _format_error(path: Path, problem: str) -> HamaFormatError:
-    return HamaFormatError(
-        f"{path}: {problem}; installed hama version {hama_version()}; supported: hama {SUPPORTED_HAMA}, "
-        f"format version {SUPPORTED_FORMAT} (HAMAPK, kind {ASR_KIND})"
-    )
-
-
-def read_hama(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a ``.hama`` named-tensor file, by name, in its stored dtype."""
-    path = Path(path)
-    if not path.is_file():
-        raise HamaFormatError(
-            f"{path}: the phoneme recogniser's weights file is missing; installed hama version "
-            f"{hama_version()}; supported: hama {SUPPORTED_HAMA}"
-        )
-    data = path.read_bytes()
-    if len(data) < 12 or data[:6] != MAGIC:
-        raise _format_error(path, f"not a hama tensor file (starts {data[:6]!r}, expected {MAGIC!r})")
-    version, kind, count = struct.unpack_from("<BBI", data, 6)
-    if version != SUPPORTED_FORMAT or kind != ASR_KIND:
-        raise _format_error(path, f"found format version {version}, kind {kind}")
-    tensors: dict[str, np.ndarray] = {}
-    try:
-        pos = 12
-        table = []
-        for _ in range(count):
-            (name_len,) = struct.unpack_from("<H", data, pos)
-            name = data[pos + 2 : pos + 2 + name_len].decode("utf-8")
-            pos += 2 + name_len
-            dtype, rank = struct.unpack_from("<BB", data, pos)
-            shape = struct.unpack_from(f"<{rank}I", data, pos + 2)
-            offset, size = struct.unpack_from("<QQ", data, pos + 2 + 4 * rank)
-            pos += 2 + 4 * rank + 16
-            table.append((name, dtype, shape, offset, size))
-        start = (pos + 15) // 16 * 16
-        for name, dtype, shape, offset, size in table:
-            array = np.frombuffer(data, dtype=_DTYPES[dtype], count=int(np.prod(shape)), offset=start + offset)
-            if array.nbytes != size:
-                raise ValueError(f"{name}: {size} bytes for shape {shape}")
-            tensors[name] = array.reshape(shape)
-    except (struct.error, KeyError, ValueError, UnicodeDecodeError) as e:
-        raise _format_error(path, f"damaged tensor table ({type(e).__name__}: {e})") from e
-    return tensors
-
-
-def _numbered(tensors: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
-    """The unnamed ONNX tensors ``prefix<N>`` in export order (by N)."""
-    names = sorted((n for n in tensors if n.startswith(prefix)), key=lambda n: int(n[len(prefix) :]))
-    return [tensors[n] for n in names]
-
 
 # --- the network --------------------------------------------------------------------------------
 class FeedForward(nn.Module):
@@ -229,13 +138,12 @@ class Recogniser(nn.Module):
     def from_hama(cls, path: Path | None = None) -> Recogniser:
         """The recogniser with the weights of the installed hama package (or of ``path``)."""
         path = hama_weights_path() if path is None else Path(path)
-        tensors = read_hama(path)
+        state = {name: torch.from_numpy(a) for name, a in recogniser_weights(path).items()}
         model = cls()
         try:
-            state = _state_dict(tensors)
             model.load_state_dict(state)
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise _format_error(path, f"tensors do not match the recogniser ({type(e).__name__}: {e})") from e
+        except RuntimeError as e:  # shapes or names that are not this network
+            raise format_error(path, f"tensors do not match the recogniser ({type(e).__name__}: {e})") from e
         return model.eval()
 
     def log_mel(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -259,7 +167,7 @@ class Recogniser(nn.Module):
         B, N = waveform.shape
         if lengths is None:
             lengths = torch.full((B,), N, dtype=torch.long, device=waveform.device)
-        if int(lengths.min()) <= N_FFT // 2:
+        if not torch.jit.is_tracing() and int(lengths.min()) <= N_FFT // 2:
             raise ValueError(f"clips need more than {N_FFT // 2} samples for the STFT's reflect padding")
         mel = self.log_mel(waveform, lengths)
         mel_valid = torch.arange(mel.shape[2], device=mel.device)[None, :] < (lengths // STFT_HOP + 1)[:, None]
@@ -273,32 +181,35 @@ class Recogniser(nn.Module):
         return log_probs.masked_fill(~valid[:, :, None], 0.0), out_lengths
 
 
-def _state_dict(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """The module's state dict from the file's tensors (float16 widened to float32)."""
-    prefix = "acoustic_model.model."
-    state = {
-        "stft_real": tensors["stft_real_kernel"],
-        "stft_imag": tensors["stft_imag_kernel"],
-        "mel_fb": tensors["mel_fb"],
-        "proj.weight": tensors[prefix + "proj.weight"],
-        "proj.bias": tensors[prefix + "proj.bias"],
-    }
-    convs = _numbered(tensors, "onnx::Conv_")
-    matmuls = _numbered(tensors, "onnx::MatMul_")
-    if len(convs) != 2 + 2 * N_BLOCKS or len(matmuls) != 6 * N_BLOCKS:
-        raise ValueError(f"{len(convs)} onnx::Conv_* and {len(matmuls)} onnx::MatMul_* tensors")
-    state["input_conv.weight"], state["input_conv.bias"] = convs[0], convs[1]
-    linears = ["ffn1.fc1", "ffn1.fc2", "attn.in_proj", "attn.out_proj", "ffn2.fc1", "ffn2.fc2"]
-    for b in range(N_BLOCKS):
-        named = f"{prefix}blocks.{b}."
-        for part in ["ffn1.norm", "attn_norm", "conv.norm", "conv.pointwise1", "conv.pointwise2", "ffn2.norm", "norm"]:
-            state[f"blocks.{b}.{part}.weight"] = tensors[f"{named}{part}.weight"]
-            state[f"blocks.{b}.{part}.bias"] = tensors[f"{named}{part}.bias"]
-        for j, linear in enumerate(linears):
-            state[f"blocks.{b}.{linear}.weight"] = matmuls[6 * b + j].T  # stored (in, out)
-        for linear in ["ffn1.fc1", "ffn1.fc2", "ffn2.fc1", "ffn2.fc2", "attn.out_proj"]:
-            state[f"blocks.{b}.{linear}.bias"] = tensors[f"{named}{linear}.bias"]
-        state[f"blocks.{b}.attn.in_proj.bias"] = tensors[f"{named}attn.in_proj_bias"]
-        state[f"blocks.{b}.conv.depthwise.weight"] = convs[2 + 2 * b]
-        state[f"blocks.{b}.conv.depthwise.bias"] = convs[3 + 2 * b]
-    return {name: torch.from_numpy(np.array(a, dtype=np.float32)) for name, a in state.items()}
+# --- the parameter-free ONNX graph the runtime runs ---------------------------------------------
+GRAPH_INPUTS = ("waveform", "lengths")  # then every weight, named as the state dict
+GRAPH_OUTPUTS = ("log_probs", "out_lengths")
+GRAPH_OPSET = 17
+
+
+def export_onnx(path: Path) -> None:
+    """Write the recogniser as an ONNX graph without its weights: every weight is a graph input
+    named as the state dict, which the runtime feeds from hama's file at load time
+    (``ksdiff_runtime.features.recogniser_onnx``). Inputs ``waveform`` [B, N] float32 and
+    ``lengths`` [B] int64, outputs ``log_probs`` [B, T, 191] and ``out_lengths`` [B], with dynamic B,
+    N and T. The same torch version writes the same bytes (tests/test_recogniser.py checks the
+    shipped graph against a fresh export)."""
+    import warnings
+
+    model = Recogniser().eval()
+    # weights are not exported, but equal ones would be merged into one input: make each distinct
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    waveform = torch.zeros(2, 16000)
+    lengths = torch.tensor([16000, 12000])
+    axes = {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
+            "log_probs": {0: "batch", 1: "frames"}, "out_lengths": {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        torch.onnx.export(model, (waveform, lengths), str(path), input_names=list(GRAPH_INPUTS),
+                          output_names=list(GRAPH_OUTPUTS), dynamic_axes=axes, opset_version=GRAPH_OPSET,
+                          dynamo=False, export_params=False, do_constant_folding=False)
