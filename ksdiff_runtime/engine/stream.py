@@ -279,7 +279,7 @@ class StreamState:
         """Features for frames up to ``upto`` (exclusive), as far as the audio allows. Normally in the
         preset's groups (the schedule training used); ``one_call``: everything in one front-end call
         (a stream catching up). ``front_end``: the instance to compute with (an engine gives each of
-        its threads its own recogniser); the same configuration, so the same features."""
+        its threads its own front-end); the same configuration, so the same features."""
         compute = front_end or self.front_end
         available = self.audio_frames()
         G = self.preset.feature_block_frames
