@@ -49,24 +49,9 @@ def onnx_model() -> OnnxRecogniser:
     return OnnxRecogniser()
 
 
-class LibHama:
-    """libhama through hama's Python API, as the front-end called it before the port: the reference."""
-
-    def __init__(self) -> None:
-        import hama
-
-        self.asr = hama.ASRModel()
-
-    def log_probs(self, wav: np.ndarray) -> np.ndarray:
-        log_probs, out_lengths = self.asr.session.run(
-            ["log_probs", "out_lengths"], {"waveform": wav[None], "waveform_lengths": np.array([wav.size])}
-        )
-        return np.asarray(log_probs[0, : int(np.asarray(out_lengths).reshape(-1)[0])], dtype=np.float32)
-
-
 @pytest.fixture(scope="module")
-def libhama() -> LibHama:
-    return LibHama()
+def libhama() -> rec.LibHamaReference:
+    return rec.LibHamaReference()
 
 
 def _ported(model: rec.Recogniser | OnnxRecogniser, wav: np.ndarray) -> np.ndarray:
@@ -77,7 +62,9 @@ def _ported(model: rec.Recogniser | OnnxRecogniser, wav: np.ndarray) -> np.ndarr
     return log_probs[0, : int(lengths[0])].numpy()
 
 
-def _compare(model: rec.Recogniser | OnnxRecogniser, libhama: LibHama, clips: list[np.ndarray]) -> tuple[float, float]:
+def _compare(
+    model: rec.Recogniser | OnnxRecogniser, libhama: rec.LibHamaReference, clips: list[np.ndarray]
+) -> tuple[float, float]:
     """Argmax agreement over all frames of ``clips`` and the max abs log-probability difference."""
     same, frames, max_diff = 0, 0, 0.0
     for wav in clips:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -213,3 +214,28 @@ def export_onnx(path: Path) -> None:
         torch.onnx.export(model, (waveform, lengths), str(path), input_names=list(GRAPH_INPUTS),
                           output_names=list(GRAPH_OUTPUTS), dynamic_axes=axes, opset_version=GRAPH_OPSET,
                           dynamo=False, export_params=False, do_constant_folding=False)
+
+
+# --- libhama, the reference -------------------------------------------------------------------------
+class LibHamaReference:
+    """hama's own engine (libhama, through ``hama.ASRModel``) behind the runtime recogniser's
+    ``log_probs``: the reference the port is checked and benchmarked against (tests/test_recogniser.py,
+    benchmarks/recogniser.py); never on the serving or bake path. One hama handle per thread (it
+    is not shared). libhama reads at most 30 s of a clip (1500 frames)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import hama
+
+        self._hama = hama
+        self._local = threading.local()
+
+    def log_probs(self, segment: np.ndarray) -> np.ndarray:
+        if not hasattr(self._local, "asr"):
+            self._local.asr = self._hama.ASRModel()
+        wav = np.ascontiguousarray(segment, dtype=np.float32).reshape(1, -1)
+        log_probs, out_lengths = self._local.asr.session.run(
+            ["log_probs", "out_lengths"], {"waveform": wav, "waveform_lengths": np.array([wav.shape[1]])}
+        )
+        return np.asarray(log_probs[0, : int(np.asarray(out_lengths).reshape(-1)[0])], dtype=np.float32)
