@@ -258,3 +258,75 @@ def test_stereo_44k1_gives_the_frame_count_of_its_duration(tmp_path: Path, speec
     expected = math.ceil(len(mono) * motion.FPS / 44_100)
     assert expected == 45
     assert_valid_csv(out, expected)
+
+
+# --- clips over 30 s ------------------------------------------------------------------------
+LONG_S = 70
+SPEECH_AT_S = 63  # the bundled line (6.8 s), placed here in quiet noise
+
+
+def _long_clip() -> tuple[np.ndarray, np.ndarray]:
+    """70 s of quiet noise with the bundled sample line at 63 s; and the line alone."""
+    from ksdiff_runtime.assets import SAMPLE_SPEECH
+
+    line, rate = sf.read(str(SAMPLE_SPEECH), dtype="float32")
+    assert rate == motion.SAMPLE_RATE
+    clip = 0.001 * np.random.default_rng(0).standard_normal(LONG_S * rate).astype(np.float32)
+    start = SPEECH_AT_S * rate
+    clip[start : start + line.size] += line
+    return clip, line
+
+
+def test_long_clip_features_stay_aligned_in_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bake recognises a clip in pieces; libhama cut each piece at 30 s (1500 frames), so a 70 s
+    clip on 2 workers lost the end of its second piece (its frames edge-held). Now every piece is
+    read whole: the line at 63 s gets the features a one-pass recognition of its region gives."""
+    from ksdiff_runtime.features.frontend import HAMA_BLANK, HAMA_CLASSES, PosteriorgramFrontEnd
+
+    clip, line = _long_clip()
+    fe = PosteriorgramFrontEnd()
+    f0, n = SPEECH_AT_S * motion.FPS, motion.num_frames(line.size)
+    fe.offline_workers = 1
+    lead = 3 * motion.FPS  # the region from 3 s before the line, in one pass
+    ref = fe.offline(clip[(SPEECH_AT_S - 3) * motion.SAMPLE_RATE :])[lead : lead + n, :HAMA_CLASSES]
+
+    def line_features() -> np.ndarray:
+        fe.offline_workers = 2  # pieces of 35 s: each over libhama's 30 s
+        feats = fe.offline(clip)
+        assert feats.shape == (LONG_S * motion.FPS, fe.dim)
+        return feats[f0 : f0 + n, :HAMA_CLASSES]
+
+    got = line_features()
+    assert (got.argmax(1) == ref.argmax(1)).mean() > 0.85  # measured 0.90
+    assert np.abs(got - ref).mean() < 0.03  # measured 0.018
+    # the same check catches libhama's cut (at most 1500 frames per piece)
+    whole = fe.log_probs
+    monkeypatch.setattr(fe, "log_probs", lambda segment: whole(segment)[:1500])
+    cut = line_features()
+    assert np.abs(cut - ref).mean() > 2 * np.abs(got - ref).mean()  # measured 0.057
+    # the line's phoneme (non-blank) frames, 0.21 of them: the pieces keep about half (measured 0.55; the 35 s of
+    # noise the piece attends to moves some to blank), the cut none (its frames are the held last one: blank)
+    spoken = ref.argmax(1) != HAMA_BLANK
+    assert (got.argmax(1) != HAMA_BLANK)[spoken].mean() > 0.4 and (cut.argmax(1) != HAMA_BLANK)[spoken].mean() < 0.1
+
+
+@pytest.mark.slow
+def test_a_70_s_clip_bakes_every_frame_with_the_mouth_on_the_speech(tmp_path: Path) -> None:
+    clip, line = _long_clip()
+    wav = write_float_wav(tmp_path / "long.wav", clip)
+    out = tmp_path / "long.json"
+    assert main(["bake", str(wav), "-o", str(out)]) == 0  # the bundled model
+    frames = json.loads(out.read_text())["frames"]
+    assert len(frames) == LONG_S * motion.FPS
+    jaw = np.array([f["blendshapes"][motion.BLENDSHAPES.index("jawOpen")] for f in frames])
+    f0, f1 = SPEECH_AT_S * motion.FPS, SPEECH_AT_S * motion.FPS + motion.num_frames(line.size)
+    assert jaw[f0:f1].max() > 0.1 and jaw[f0:f1].mean() > 3 * jaw[: f0 - motion.FPS].mean()
+    # the mouth opens with the line: its jaw curve lines up with the line baked alone (lag 0 +- 1 frame)
+    alone_wav = write_float_wav(tmp_path / "line.wav", line)
+    assert main(["bake", str(alone_wav), "-o", str(tmp_path / "line.json")]) == 0
+    alone = np.array([f["blendshapes"][motion.BLENDSHAPES.index("jawOpen")]
+                      for f in json.loads((tmp_path / "line.json").read_text())["frames"]])
+    seg = jaw[f0 : f0 + alone.size]
+    lags = range(-10, 11)
+    corr = [np.corrcoef(np.roll(seg, lag)[15:-15], alone[15:-15])[0, 1] for lag in lags]
+    assert abs(list(lags)[int(np.argmax(corr))]) <= 1 and max(corr) > 0.8, corr

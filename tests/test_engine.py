@@ -143,8 +143,8 @@ def test_batched_streams_get_the_frames_they_would_get_alone(tiny_backend, speec
 
 
 def test_front_ends_of_many_streams_run_on_threads_with_the_same_features(shipped_backend, speech_16k):
-    """Three streams' recognisers run on the engine's thread pool (each thread its own hama
-    session); every stream gets what it gets alone."""
+    """Three streams' front-ends run on the engine's thread pool (each thread its own front-end,
+    one shared ONNX Runtime recogniser); every stream gets what it gets alone."""
     engine = StreamingEngine(shipped_backend, "quality", front_end_threads=3)
     assert engine._pool is not None
     gains = (1.0, 0.6, 0.3)

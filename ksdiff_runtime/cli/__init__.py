@@ -15,6 +15,7 @@ import logging
 import sys
 
 from ksdiff_runtime.backends.base import BackendError
+from ksdiff_runtime.features.hama_weights import HamaFormatError
 from ksdiff_runtime.inputs.guards import AudioInputError
 from ksdiff_runtime.model.config import CheckpointError
 
@@ -86,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (AudioInputError, BackendError, CheckpointError) as exc:
-        # user errors (a bad input file or checkpoint): the message names the file; no traceback
+    except (AudioInputError, BackendError, CheckpointError, HamaFormatError) as exc:
+        # user errors (a bad input file, checkpoint or hama install): the message names the file; no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT
 from ksdiff_runtime.backends.export import DEFAULT_EXPORT_DIR, export_model
+from ksdiff_runtime.features.recogniser import export_onnx
+from ksdiff_runtime.features.recogniser_onnx import GRAPH
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
 
@@ -18,11 +20,17 @@ def configure_export(p: argparse.ArgumentParser) -> None:
                    help=f"export directory, replaced atomically if it exists (default {DEFAULT_EXPORT_DIR})")
     p.add_argument("--ship", action="store_true", help=f"export the bundled checkpoint to {SHIPPED_EXPORT}, the export "
                    "a runtime without torch uses (after retraining and shipping a new checkpoint)")
+    p.add_argument("--recogniser", action="store_true", help="instead, write the phoneme recogniser's parameter-free "
+                   f"graph to {GRAPH} (its weights are read from the installed hama at load time)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    if args.recogniser:
+        export_onnx(GRAPH)
+        print(f"exported the recogniser's graph (no weights) -> {GRAPH} ({GRAPH.stat().st_size} bytes)")
+        return 0
     if args.ship and args.checkpoint not in (None, DEFAULT_CHECKPOINT):
         raise SystemExit("error: --ship exports the bundled checkpoint; leave --checkpoint out")
     out = SHIPPED_EXPORT if args.ship else args.output

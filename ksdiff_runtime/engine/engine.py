@@ -4,7 +4,7 @@
     step()             one round, on the engine's thread: take the waiting audio; plan each
                        stream's next hop (skipping frames that could not be published in time,
                        taking several hops at once when a stream is late); run the front-end for
-                       the planned hops (one recogniser per thread); then ONE batched call to the
+                       the planned hops (on a thread pool); then ONE batched call to the
                        backend for every planned hop; build the round's wire frames
 
 A round does a bounded amount of work (at most one hop per stream), so a stream pushed far ahead
@@ -272,8 +272,8 @@ class StreamingEngine:
         return planned
 
     def _features(self, planned: list[tuple[Session, StreamState, Hop]], result: StepResult) -> None:
-        # The recogniser is per stream and single-threaded, and it releases the GIL: streams'
-        # front-ends run on a thread pool, each thread with its own recogniser.
+        # The recogniser (ONNX Runtime, one intra-op thread per call) releases the GIL: streams'
+        # front-ends run on a thread pool, each thread with its own front-end, all sharing one recogniser.
         jobs = [(st, st.features_needed(h), h.catch_up) for _, st, h in planned]
         if len(jobs) > 1 and self._pool is not None:
             errors = list(self._pool.map(lambda job: self._update_features(*job), jobs))
@@ -286,7 +286,7 @@ class StreamingEngine:
 
     def _update_features(self, state: StreamState, upto: int, one_call: bool,
                          front_end: BlockwiseFrontEnd | None = None, split: Split | None = None) -> Exception | None:
-        """Run a stream's front-end (on a pool thread: with that thread's own recogniser)."""
+        """Run a stream's front-end (on a pool thread: with that thread's own front-end)."""
         front_end = front_end or self._thread_front_end()
         try:
             state.update_features(upto, one_call, front_end, split)
@@ -395,8 +395,8 @@ class StreamingEngine:
         return time.perf_counter() - t0
 
     def _warm_pool(self) -> None:
-        """Give every front-end thread its recogniser now: each loads its own model on first use (~0.5 s),
-        which would otherwise stall the first round that has two streams."""
+        """Give every front-end thread its front-end now (made on first use; the recogniser they share
+        loads once, ~0.15 s), which would otherwise stall the first round that has two streams."""
         if self._pool is None:
             return
         workers = self._pool._max_workers
@@ -410,7 +410,7 @@ class StreamingEngine:
             future.result()
 
     def _thread_front_end(self) -> BlockwiseFrontEnd:
-        """This pool thread's front-end (its own recogniser), made on first use."""
+        """This pool thread's front-end (its own log-mel buffers; the recogniser is shared), made on first use."""
         if not hasattr(self._local, "front_end"):
             self._local.front_end = make_front_end(self.front_end.config)
         return self._local.front_end

@@ -295,7 +295,7 @@ class StreamState:
         """Features for frames up to ``upto`` (exclusive), as far as the audio allows. Normally in the
         preset's groups (the schedule training used); ``one_call``: everything in one front-end call
         (a stream catching up, a line). ``front_end``: the instance to compute with (an engine gives
-        each of its threads its own recogniser); the same configuration, so the same features.
+        each of its threads its own front-end); the same configuration, so the same features.
         ``split``: cut a long one-call range into pieces computed on several threads at once."""
         compute = front_end or self.front_end
         available = self.audio_frames()

@@ -32,6 +32,7 @@ from ksdiff_runtime.motion import FPS, SAMPLE_RATE, num_frames
 # frame q centred on sample 320 q (centred STFT).
 HAMA_HOP = 320
 HAMA_CLASSES = 191
+HAMA_BLANK = HAMA_CLASSES - 1  # the CTC blank: the last class (<wb> and <blank> close hama's inventory)
 # Log-probabilities below this carry no information but would dominate the feature's range.
 PPG_LOG_FLOOR = -10.0
 # Offline (bake) recognition of clips longer than 2 pieces of OFFLINE_MIN_PIECE_S runs in pieces
@@ -243,6 +244,9 @@ class LogMelFrontEnd(BlockwiseFrontEnd):
 class PosteriorgramFrontEnd(BlockwiseFrontEnd):
     """hama phoneme-recogniser posteriorgram (191) + log-mel (n_mels).
 
+    The recogniser is the ONNX Runtime port (``features/recogniser_onnx.py``, docs/RECOGNISER.md)
+    with hama's weights; libhama is not used.
+
     The PPG is the recogniser's log-probabilities, floored at -10 and mapped to [-1, 1]
     ((lp + 5) / 5), not probabilities: CTC output is peaky (blank ~1 between one-frame phoneme
     spikes), so probabilities are near one-hot and say nothing between spikes, while the
@@ -255,29 +259,18 @@ class PosteriorgramFrontEnd(BlockwiseFrontEnd):
     segment_align = HAMA_HOP
 
     def __init__(self, config: FrontEndConfig | None = None) -> None:
-        import hama  # local: only this front-end needs it
+        from ksdiff_runtime.features.recogniser_onnx import shared_recogniser  # local: only this front-end needs it
 
         config = config or FrontEndConfig()
         super().__init__(config)
         self._mel = LogMelFrontEnd(config)
         self.dim = HAMA_CLASSES + self._mel.dim
-        self._asr = hama.ASRModel()
-        self._asr_pool: list[Any] = [self._asr]
+        self._asr = shared_recogniser()  # ONNX Runtime, weights from the installed hama; shared by all threads
         self.offline_workers = os.cpu_count() or 1
 
-    def log_probs(self, segment: np.ndarray, asr: Any = None) -> np.ndarray:
+    def log_probs(self, segment: np.ndarray) -> np.ndarray:
         """Raw recogniser log-probabilities [segment.size // 320 + 1, 191] of one utterance."""
-        wav = np.ascontiguousarray(segment, dtype=np.float32).reshape(1, -1)
-        if wav.size == 0:
-            # hama still emits one frame for empty input; give it one hop of silence instead
-            # of relying on that edge case.
-            wav = np.zeros((1, HAMA_HOP), dtype=np.float32)
-        lengths = np.array([wav.shape[1]], dtype=np.int64)
-        log_probs, out_lengths = (asr or self._asr).session.run(
-            ["log_probs", "out_lengths"], {"waveform": wav, "waveform_lengths": lengths}
-        )
-        n = int(np.asarray(out_lengths).reshape(-1)[0])
-        return np.asarray(log_probs[0, :n], dtype=np.float32)
+        return self._asr.log_probs(segment)
 
     def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
         return self._with_mel(segment, self.log_probs(segment))
@@ -289,17 +282,14 @@ class PosteriorgramFrontEnd(BlockwiseFrontEnd):
         return np.concatenate([ppg, mel], axis=1), HAMA_HOP, 0.0
 
     def _native_offline(self, audio: np.ndarray) -> tuple[np.ndarray, int, float]:
-        """The recogniser over a long clip in pieces on every core (it is single-threaded): each
-        piece is recognised with OFFLINE_PIECE_CONTEXT_MS of audio on both sides and keeps only
-        its own frames, so a bake runs ~cores times faster at the cost of context beyond 1 s."""
+        """The recogniser over a long clip in pieces on every core (one intra-op thread per call):
+        each piece is recognised with OFFLINE_PIECE_CONTEXT_MS of audio on both sides and keeps
+        only its own frames, so a bake runs ~cores times faster at the cost of context beyond 1 s.
+        Pieces have no length cap (libhama read at most 30 s of a piece)."""
         n_native = audio.size // HAMA_HOP + 1
         pieces = min(self.offline_workers, audio.size // (OFFLINE_MIN_PIECE_S * SAMPLE_RATE))
         if pieces <= 1:
             return self._native(audio)
-        while len(self._asr_pool) < pieces:  # one recogniser per thread: hama's handle is not shared
-            import hama
-
-            self._asr_pool.append(hama.ASRModel())
         bounds = np.linspace(0, n_native, pieces + 1).round().astype(int)
         ctx = _ms_to_samples(OFFLINE_PIECE_CONTEXT_MS) // HAMA_HOP
 
@@ -308,7 +298,7 @@ class PosteriorgramFrontEnd(BlockwiseFrontEnd):
             c0, c1 = max(0, q0 - ctx), min(n_native, q1 + ctx)
             # native frame q is centred on sample q * HAMA_HOP, so a segment from sample c0 * HAMA_HOP
             # puts whole-clip frame c0 + j at its frame j
-            lp = self.log_probs(audio[c0 * HAMA_HOP : c1 * HAMA_HOP], self._asr_pool[i])
+            lp = self.log_probs(audio[c0 * HAMA_HOP : c1 * HAMA_HOP])
             return lp[q0 - c0 : q1 - c0]
 
         with ThreadPoolExecutor(pieces) as pool:

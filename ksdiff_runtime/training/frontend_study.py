@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ksdiff_runtime.features.frontend import HAMA_HOP, FrontEndConfig, PosteriorgramFrontEnd
+from ksdiff_runtime.features.frontend import HAMA_BLANK, HAMA_HOP, FrontEndConfig, PosteriorgramFrontEnd
 from ksdiff_runtime.inputs.guards import load_audio, sanitize
 from ksdiff_runtime.motion import SAMPLE_RATE
 
@@ -108,7 +108,7 @@ def study(corpus: Path, max_seconds: float, block_ms: int, json_path: Path, plot
     seconds = sum(c.size for c in clips) / SAMPLE_RATE
     log.info("frontend study on %.1f s of speech from %s", seconds, source)
     probe = PosteriorgramFrontEnd(FrontEndConfig(block_ms=block_ms))
-    blank_id = probe._asr.blank_id
+    blank_id = HAMA_BLANK
 
     t0 = time.process_time()
     whole = [probe.log_probs(c) for c in clips]

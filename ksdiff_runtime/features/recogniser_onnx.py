@@ -1,0 +1,94 @@
+"""hama's phoneme recogniser in ONNX Runtime: the recogniser the runtime runs (no torch, no libhama).
+
+The graph ``ksdiff_runtime/assets/recogniser.onnx`` is the PyTorch port
+(``ksdiff_runtime.features.recogniser``) exported without its weights (``export_onnx``;
+``ksdiff-runtime export --recogniser`` rewrites it): every weight is a graph input named as the
+module's state dict. At load time the weights are read from the installed hama's
+``asr_waveform.hama`` with numpy (``hama_weights``), widened to float32 and wrapped once as
+ONNX Runtime values, so a call passes them without copying; the weights never enter this
+repository. hama is not imported and its native library is not loaded.
+
+One ``OnnxRecogniser`` serves every thread: ONNX Runtime sessions may run concurrently, and each
+call computes on its calling thread (one intra-op thread by default, as libhama did), so a
+front-end's pool of threads runs that many clips at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ksdiff_runtime.features.hama_weights import (
+    HamaFormatError,
+    format_error,
+    hama_weights_path,
+    recogniser_weights,
+)
+
+GRAPH = Path(__file__).resolve().parent.parent / "assets" / "recogniser.onnx"
+HOP = 320  # samples per output frame (20 ms): out_lengths = lengths // HOP + 1
+CLASSES = 191
+MIN_SAMPLES = 201  # the STFT's reflect padding needs more than n_fft / 2 samples
+
+
+class OnnxRecogniser:
+    """waveform [B, N] (16 kHz, zero-padded) + lengths [B] -> log-probabilities [B, N // 320 + 1, 191]
+    and out_lengths [B]; frames at or past a clip's out_length are 0."""
+
+    def __init__(self, weights: Path | None = None, graph: Path = GRAPH, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        path = hama_weights_path() if weights is None else Path(weights)
+        arrays = recogniser_weights(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        wanted = {i.name: i.shape for i in self.session.get_inputs()[2:]}
+        found = {name: list(a.shape) for name, a in arrays.items()}
+        if wanted != found:
+            diff = sorted(n for n in set(wanted) | set(found) if wanted.get(n) != found.get(n))
+            raise format_error(path, f"tensors do not match the recogniser (differ: {', '.join(diff[:5])})")
+        # OrtValues made once: each call passes them by reference
+        self._weights = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in arrays.items()}
+        self._arrays = arrays  # the OrtValues point into these
+        self._ort = ort
+        self.path = path
+
+    def __call__(self, waveform: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        waveform = np.ascontiguousarray(waveform, dtype=np.float32)
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        if lengths.size and int(lengths.min()) < MIN_SAMPLES:
+            raise ValueError(f"clips need at least {MIN_SAMPLES} samples for the STFT's reflect padding")
+        feeds = dict(self._weights)
+        feeds["waveform"] = self._ort.OrtValue.ortvalue_from_numpy(waveform)
+        feeds["lengths"] = self._ort.OrtValue.ortvalue_from_numpy(lengths)
+        log_probs, out_lengths = self.session.run_with_ort_values(["log_probs", "out_lengths"], feeds)
+        return log_probs.numpy(), out_lengths.numpy()
+
+    def log_probs(self, segment: np.ndarray) -> np.ndarray:
+        """Log-probabilities [segment.size // 320 + 1, 191] of one clip. A clip shorter than the
+        STFT's padding (under 201 samples: one frame) is zero-padded to 201 samples first."""
+        wav = np.asarray(segment, dtype=np.float32).reshape(-1)
+        if wav.size < MIN_SAMPLES:
+            wav = np.pad(wav, (0, MIN_SAMPLES - wav.size))
+        log_probs, out_lengths = self(wav[None, :], np.array([wav.size], dtype=np.int64))
+        return log_probs[0, : int(out_lengths[0])]
+
+
+_SHARED: dict[Path, OnnxRecogniser] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_recogniser() -> OnnxRecogniser:
+    """The process's recogniser with the installed hama's weights, loaded on first use."""
+    path = hama_weights_path()
+    with _SHARED_LOCK:
+        if path not in _SHARED:
+            _SHARED[path] = OnnxRecogniser(path)
+        return _SHARED[path]
+
+
+__all__ = ["CLASSES", "GRAPH", "HOP", "HamaFormatError", "OnnxRecogniser", "shared_recogniser"]
