@@ -766,12 +766,9 @@ def summary(doc: dict[str, Any]) -> str:
             m, b = r["latency_ms"], r["budget"]
             lines.append(
                 f"  {name:<12} p50 {m['p50']:.0f}  p95 {m['p95']:.0f}  p99 {m['p99']:.0f}  max {m['max']:.0f}  | hop "
-                f"{b['hop_ms']:.0f} + model lookahead {b['model_lookahead_ms']:.0f} + feature lookahead "
-                f"{b['feature_lookahead_ms']} + capture {b['capture_block_ms']:.0f} + compute/step "
-                f"{b['compute_per_step_ms']['p50']:.0f}/{b['compute_per_step_ms']['p95']:.0f} (front-end "
-                f"{b['front_end_per_step_ms']['p50']:.0f}, model {b['model_per_step_ms']['p50']:.0f}) + transport "
-                f"{b['transport_ms']['p50']:.2f}/{b['transport_ms']['p95']:.2f} | kept up: {r['kept_up']} "
-                f"(lag {r['lag_at_end_ms']:.0f} ms)")
+                f"{b['hop_ms']:.0f}, preset wait {b['preset_wait_ms']:.0f}, deadline {b['deadline_ms']:.0f}, "
+                f"compute/round {b['compute_per_round_ms']['p50']:.0f}/{b['compute_per_round_ms']['p95']:.0f}, wire "
+                f"{b['wire_ms']['p50']:.2f}/{b['wire_ms']['p95']:.2f} | kept up: {r['kept_up']} ({r['seq_gaps']} gaps)")
         t = lat["target"]
         if "pass" in t:
             lines.append(f"  target: {t['preset']} p95 <= {t['p95_ms_max']:.0f} ms on {t['on']}: "
