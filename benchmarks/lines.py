@@ -5,7 +5,8 @@
 1. one 3 s line at a time, `Client.animate` (mode "line": pushed whole, animated in whole windows), and
    the same line opened in mode "live" and pushed whole (how every line ran before modes existed):
    seconds from the call to the last frame, and x real time;
-2. 8 such lines at once, from 8 clients started together: each line's time and x real time;
+2. 8 such lines at once: from one client (a game opening its NPCs' lines on its one connection: opened,
+   then pushed and ended together) and from 8 clients started together: each line's time and x real time;
 3. a line played locally with `LineSync`: the first frame after the first push, and how many frames
    came after their instant.
 
@@ -99,6 +100,21 @@ def main(argv: list[str] | None = None) -> int:
                                    "late_frames": sync.late, "frames": len(slack)}
             print(f"LineSync: {result['line_sync']}", flush=True)
 
+            handles = [client.open_stream(sample_rate=motion.SAMPLE_RATE, mode="line", max_frames=None)
+                       for _ in range(args.lines)]
+            t0 = time.monotonic()
+            for h in handles:
+                h.push(audio)
+                h.end(wait=False)
+            done = []
+            for h in handles:
+                h.end(TIMEOUT_S)
+                done.append(time.monotonic() - t0)
+                h.close()
+            result["lines_at_once_one_client"] = {"lines": args.lines, **figures(done, args.seconds)}
+            print(f"{args.lines} lines at once from one client: done after {min(done):.2f}-{max(done):.2f} s "
+                  f"({args.seconds / max(done):.1f}-{args.seconds / min(done):.1f}x real time)", flush=True)
+
         clients = [Client(serve.pub, serve.router, timeout=TIMEOUT_S) for _ in range(args.lines)]
         try:
             for c in clients:
@@ -123,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for c in clients:
                 c.close()
-        result["lines_at_once"] = {"lines": args.lines, "wall_s": round(wall, 3), **figures(times, args.seconds)}
-        print(f"{args.lines} lines at once: each {min(times):.2f}-{max(times):.2f} s "
+        result["lines_at_once_clients"] = {"lines": args.lines, "wall_s": round(wall, 3),
+                                           **figures(times, args.seconds)}
+        print(f"{args.lines} lines at once from {args.lines} clients: each {min(times):.2f}-{max(times):.2f} s "
               f"({args.seconds / max(times):.1f}-{args.seconds / min(times):.1f}x real time), all in {wall:.2f} s")
     finally:
         serve.stop()

@@ -497,6 +497,27 @@ def test_the_stated_latency_of_a_line_covers_how_long_the_last_lines_first_frame
     assert engine.latency_ms("live") == deadline
 
 
+def test_lines_at_once_share_the_cores_and_get_the_frames_one_thread_gives(tiny_backend, speech_16k):
+    """A round of several lines runs its model batch in parts on the pool's threads: the frames are those
+    of one call on one thread (to float precision), each line its own."""
+    def lines(threads: int) -> list[np.ndarray]:
+        engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=threads)
+        try:
+            sids = [engine.open_stream(seed=k, mode="line") for k in range(3)]
+            for k, sid in enumerate(sids):
+                engine.push(sid, np.roll(speech_16k, 4000 * k))
+                engine.end_stream(sid)
+            frames, _ = finish(engine, *sids)
+        finally:
+            engine.close()
+        return [np.stack([f.blendshapes for f in frames if f.stream == sid]) for sid in sids]
+
+    one, two = lines(1), lines(2)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+    assert not np.allclose(one[0], one[1])  # the lines differ: no mix-up can hide
+
+
 def test_a_line_whose_audio_trickles_in_waits_for_whole_windows(tiny_backend, speech_16k):
     engine = StreamingEngine(tiny_backend, "low-latency")
     sid = engine.open_stream(mode="line")

@@ -18,6 +18,8 @@ For embedding and tests the engine has its own registry and a small API on it:
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import os
 import threading
@@ -43,7 +45,7 @@ from ksdiff_sdk import Frame
 from .capacity import Capacity
 from .controls import Controls, ControlStage
 from .presets import Preset, get_preset
-from .sampling import Guidance, WindowBatch, sample_windows
+from .sampling import Guidance, WindowBatch, WindowResult, sample_windows
 from .stream import Emitted, Hop, Split, StreamState, frame_sample
 
 log = logging.getLogger("ksdiff_runtime.engine")
@@ -112,6 +114,7 @@ class StreamingEngine:
         self.front_end = front_end or make_front_end(self.preset.front_end_config(self.cfg.front_end))
         # a given front-end (e.g. an instrumented one) runs on the step thread only
         threads = (os.cpu_count() or 1) if front_end_threads is None and front_end is None else (front_end_threads or 1)
+        self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
         self._local = threading.local()
         self._round_ns = 0.0  # how long a round takes (EMA): a frame due sooner than that is stale
@@ -320,7 +323,7 @@ class StreamingEngine:
             known=np.stack([w.known for w in windows]), noise=np.stack([w.noise for w in windows]), style=styles,
             text=text, text_keep=text_keep,
         )
-        out = sample_windows(self.backend, batch, preset.steps, self.guidance)
+        out = self._sample(batch, preset.steps, parallel=preset is self.line_preset)
         emitted = []
         for i, (session, state, hop) in enumerate(hops):
             try:
@@ -331,6 +334,21 @@ class StreamingEngine:
         result.hops += len(hops)
         result.ticks += 1
         return emitted
+
+    def _sample(self, batch: WindowBatch, steps: int, parallel: bool) -> WindowResult:
+        """The model on a batch of windows. ``parallel`` (lines' rounds, large windows): the batch is cut into
+        one part per pool thread, run at once (ONNX Runtime and torch sessions take concurrent calls), so a
+        round of several lines uses every core; a live round stays one call on one thread."""
+        B = batch.noise.shape[0]
+        parts = min(B, self._threads) if parallel and self._pool is not None else 1
+        if parts < 2:
+            return sample_windows(self.backend, batch, steps, self.guidance)
+        bounds = np.linspace(0, B, parts + 1).astype(int)
+        pieces = [WindowBatch(**{f.name: None if (v := getattr(batch, f.name)) is None else v[a:b]
+                                 for f in dataclasses.fields(batch)}) for a, b in itertools.pairwise(bounds)]
+        outs = list(self._pool.map(lambda piece: sample_windows(self.backend, piece, steps, self.guidance), pieces))
+        return WindowResult(**{f.name: np.concatenate([getattr(o, f.name) for o in outs])
+                               for f in dataclasses.fields(WindowResult)})
 
     def _frames(self, emitted: list[tuple[StreamState, Emitted]], compute_ms: float) -> list[Frame]:
         """The round's wire frames, built once: gaze for all of them in one call, seq = index."""
