@@ -140,6 +140,33 @@ def test_logmel_matches_librosa() -> None:
     np.testing.assert_allclose(fe.frames(audio, ref.shape[0]), ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("sr, n_fft, n_mels", [(16_000, 512, 40), (16_000, 512, 80), (22_050, 1024, 64)])
+def test_the_mel_filterbank_is_librosas(sr: int, n_fft: int, n_mels: int) -> None:
+    """Computed without librosa (whose filters module compiles numba code when first imported)."""
+    import librosa
+
+    from ksdiff_runtime.features.frontend import mel_filterbank
+
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)
+    np.testing.assert_allclose(mel_filterbank(sr, n_fft, n_mels), ref, rtol=1e-5, atol=1e-8)
+
+
+def test_serving_features_import_nothing_that_compiles_numba_code() -> None:
+    """A new install's first stream or bake must not wait for numba (librosa's filters and util modules
+    compile theirs when imported): the features and prosody are computed without them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from ksdiff_runtime.features.frontend import LogMelFrontEnd\n"
+            "from ksdiff_runtime.features.prosody import prosody\n"
+            "x = np.sin(np.arange(16000) * 0.1).astype(np.float32)\n"
+            "LogMelFrontEnd()(x); prosody(x)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('numba', 'librosa.util', 'librosa.filters'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("n", [SAMPLE_RATE * 2 + 777, 4800, 3200])
 def test_blockwise_stream_equals_whole_clip(ppg: PosteriorgramFrontEnd, n: int) -> None:
     audio = _speechlike(n / SAMPLE_RATE, seed=n)[:n]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ksdiff_runtime.features.prosody import normalized_prosody, prosody
+from ksdiff_runtime.features.prosody import normalized_prosody, prosody, yin
 from ksdiff_runtime.motion import FPS, LIP_CLOSED_THRESHOLD, lip_aperture, mouth_at_rest, num_frames
 from ksdiff_runtime.training.augment import assemble
 from ksdiff_runtime.training.speech import synthesize
@@ -86,6 +86,23 @@ def test_prosody_edge_cases() -> None:
     assert np.all(np.abs(tone[3:-3, 0] - 150) < 5)
     n = normalized_prosody(tone)
     assert n.shape == tone.shape and np.all(np.isfinite(n)) and np.abs(n).max() < 2
+
+
+@pytest.mark.parametrize("what", ["speech", "noise", "tone", "shorter than a frame", "float64"])
+def test_yin_is_librosas(what: str, speech_16k: np.ndarray) -> None:
+    """prosody's YIN (numpy alone, no numba compile on first use) gives librosa.yin's F0 to float32 precision."""
+    import librosa
+
+    rng = np.random.default_rng(0)
+    y = {"speech": speech_16k, "noise": rng.normal(0, 0.1, 20_000).astype(np.float32),
+         "tone": (0.3 * np.sin(2 * np.pi * 180 * np.arange(16_000) / 16_000)).astype(np.float32),
+         "shorter than a frame": speech_16k[:600], "float64": speech_16k.astype(np.float64)}[what]
+    kw = dict(fmin=60.0, fmax=500.0, sr=16_000, frame_length=1024, hop_length=160)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref = librosa.yin(y, center=True, **kw)
+    got = yin(y, **kw)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
 
 
 def test_prosody_on_speech_is_voiced_in_speech_only() -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.signal
 
 from ksdiff_runtime.motion import FPS, SAMPLE_RATE, num_frames
 
@@ -196,6 +197,34 @@ def _interp(native: np.ndarray, centers: np.ndarray, t: np.ndarray) -> np.ndarra
 
 
 # --- log-mel --------------------------------------------------------------------------------
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / (200.0 / 3)
+    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), linear)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), (200.0 / 3) * mel)
+
+
+def mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """[n_mels, n_fft // 2 + 1] float32 triangular filters from 0 Hz to sr / 2 on Slaney's mel scale, each of
+    unit area (Slaney norm): ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)``, computed here
+    because importing librosa's filters module compiles numba code on a new install (~20 s on 2 cores).
+    tests/test_audio.py checks it against librosa."""
+    fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(0.0), _hz_to_mel(sr / 2.0), n_mels + 2))
+    widths = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - fft_hz[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
 class LogMelFrontEnd(BlockwiseFrontEnd):
     """40 log-mel bands (25 ms window, 10 ms hop), fixed affine normalisation.
 
@@ -209,14 +238,13 @@ class LogMelFrontEnd(BlockwiseFrontEnd):
     segment_align = MEL_HOP
 
     def __init__(self, config: FrontEndConfig | None = None) -> None:
-        import librosa  # local: only this front-end needs it
-
         config = config or FrontEndConfig(name="logmel", left_context_ms=0, lookahead_ms=0)
         super().__init__(config)
         self.dim = config.n_mels
-        self._fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=MEL_N_FFT, n_mels=config.n_mels).astype(np.float32)
-        window = librosa.filters.get_window("hann", MEL_WIN, fftbins=True)
-        self._window = librosa.util.pad_center(window, size=MEL_N_FFT).astype(np.float32)
+        self._fb = mel_filterbank(SAMPLE_RATE, MEL_N_FFT, config.n_mels)
+        window = scipy.signal.get_window("hann", MEL_WIN, fftbins=True)  # periodic, as librosa's
+        left = (MEL_N_FFT - MEL_WIN) // 2
+        self._window = np.pad(window, (left, MEL_N_FFT - MEL_WIN - left)).astype(np.float32)  # centred
 
     def frames(self, audio: np.ndarray, n: int, hop: int = MEL_HOP) -> np.ndarray:
         """``n`` normalised log-mel frames, frame j centred on sample j * hop (0 outside the audio)."""

@@ -9,6 +9,7 @@ returns a pitch for every frame, noise and silence included.
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 
 from ksdiff_runtime.motion import FPS, SAMPLE_RATE, num_frames
 
@@ -56,10 +57,49 @@ def _periodicity(audio: np.ndarray, centres: np.ndarray, f0: np.ndarray, sample_
     return out
 
 
+def yin(y: np.ndarray, *, fmin: float, fmax: float, sr: int, frame_length: int, hop_length: int,
+        trough_threshold: float = 0.1) -> np.ndarray:
+    """F0 (Hz) of each frame by YIN (de Cheveigne and Kawahara 2002), computed exactly as ``librosa.yin``
+    (0.11, ``center=True``, ``pad_mode="constant"``) computes it, in numpy and scipy.fft alone.
+
+    librosa's own routes its local-minimum and parabolic-interpolation steps through numba, which
+    compiles them on first use: 15-25 s on a 2-core CPU, paid by every new install on its first stream
+    or bake. tests/test_prosody.py checks this function against ``librosa.yin``."""
+    y = np.pad(np.asarray(y), frame_length // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(y, frame_length)[::hop_length]  # [F, frame_length]
+    min_period = int(np.floor(sr / fmax))
+    max_period = min(int(np.ceil(sr / fmin)), frame_length - 1)
+    # the difference function from the autocorrelation and the running energy (librosa's arrangement,
+    # including its zero in place of the first energy term)
+    n_fft = scipy.fft.next_fast_len(2 * frame_length - 1, real=True)
+    spectrum = scipy.fft.rfft(frames, n=n_fft, axis=-1)
+    acf = scipy.fft.irfft(spectrum.real**2 + spectrum.imag**2, n=n_fft, axis=-1)[:, : max_period + 1]
+    energy = np.cumsum(np.square(frames), axis=-1)
+    energy[:, 0] = 0
+    diff = 2 * (acf[:, :1] - acf[:, 1:]) - energy[:, :max_period]  # lags 1..max_period
+    cumulative_mean = np.cumsum(diff, axis=-1) / np.arange(1, max_period + 1, dtype=diff.dtype)
+    denominator = cumulative_mean[:, min_period - 1 : max_period]
+    cmnd = diff[:, min_period - 1 :] / (denominator + np.finfo(denominator.dtype).tiny)  # lags min..max
+    # parabolic interpolation around each lag (0 at both ends, and where the parabola is too flat)
+    left, mid, right = cmnd[:, :-2], cmnd[:, 1:-1], cmnd[:, 2:]
+    a = right + left - 2 * mid
+    b = (right - left) / 2
+    shifts = np.zeros_like(cmnd)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shifts[:, 1:-1] = np.where(np.abs(b) >= np.abs(a), 0, -b / a)
+    # the first trough under the threshold, else the global minimum
+    trough = np.zeros(cmnd.shape, bool)
+    trough[:, 1:-1] = (mid < left) & (mid <= right)
+    trough[:, 0] = cmnd[:, 0] < cmnd[:, 1]
+    trough[:, -1] = cmnd[:, -1] < cmnd[:, -2]
+    below = trough & (cmnd < trough_threshold)
+    period = np.where(below.any(axis=-1), np.argmax(below, axis=-1), np.argmin(cmnd, axis=-1))
+    rows = np.arange(len(cmnd))
+    return sr / (min_period + period + shifts[rows, period])
+
+
 def prosody(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> np.ndarray:
     """[num_frames(len(audio)), 2] float32: F0 in Hz (0 = unvoiced) and RMS energy in dB (floor -100)."""
-    import librosa  # heavy import, only when prosody is actually computed
-
     y = np.nan_to_num(np.asarray(audio, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
     n = num_frames(len(y), sample_rate, fps)
     out = np.zeros((n, 2), dtype=np.float32)
@@ -76,9 +116,7 @@ def prosody(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -
     if len(y) < frame + 1:
         y = np.pad(y, (0, frame + 1 - len(y)))
     with np.errstate(divide="ignore", invalid="ignore"):
-        f0_grid = librosa.yin(
-            y, fmin=FMIN_HZ, fmax=FMAX_HZ, sr=sample_rate, frame_length=frame, hop_length=hop, center=True
-        )
+        f0_grid = yin(y, fmin=FMIN_HZ, fmax=FMAX_HZ, sr=sample_rate, frame_length=frame, hop_length=hop)
     # YIN frame j is centred on sample j * hop; take the analysis frame nearest each motion frame.
     j = np.clip(np.round(centres / hop).astype(np.int64), 0, len(f0_grid) - 1)
     f0 = f0_grid[j].astype(np.float64)
