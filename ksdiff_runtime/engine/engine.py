@@ -299,7 +299,7 @@ class StreamingEngine:
 
     def _split(self, fn: Callable[[BlockwiseFrontEnd, int, int], np.ndarray],
                ranges: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Front-end ranges of one stream computed on the pool's threads, each with its own recogniser."""
+        """Front-end ranges of one stream computed on the pool's threads, each with its own front-end."""
         assert self._pool is not None
         return list(self._pool.map(lambda r: fn(self._thread_front_end(), *r), ranges))
 
@@ -417,7 +417,7 @@ class StreamingEngine:
         loads once, ~0.15 s), which would otherwise stall the first round that has two streams."""
         if self._pool is None:
             return
-        workers = self._pool._max_workers
+        workers = self._threads
         everyone = threading.Barrier(workers)  # holds each task until all threads have one: one per thread
 
         def load() -> None:
