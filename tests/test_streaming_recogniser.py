@@ -141,3 +141,31 @@ def test_refusals(model, speech) -> None:
     model.finish(state)
     with pytest.raises(ValueError, match="finished"):
         model.stream(state, speech[:10])
+
+
+def test_distillation_loss_and_checkpoint(model, speech, tmp_path) -> None:
+    from ksdiff_runtime.training import streaming_distil as sd
+
+    wav, lengths = sd.pad_batch([speech, speech[:20000]])
+    with torch.no_grad():
+        teacher, out_lengths = model(wav, lengths)
+        student, _ = model.forward_chunked(wav, lengths, lookahead=0)
+    assert float(sd.distil_loss(teacher, teacher, out_lengths)) == pytest.approx(0.0, abs=1e-6)
+    assert float(sd.distil_loss(student, teacher, out_lengths)) > 0.1
+    # a run of no steps writes a checkpoint that loads as the untrained chunked recogniser
+    sd.train(tmp_path, minutes=0.0, batch_synthetic=1, batch_real=0, lr=1e-4, left_frames=20, checkpoint_s=60)
+    loaded = sd.load_distilled(tmp_path / "last.pt")
+    assert loaded.left_frames == 20
+    pairs = zip(loaded.state_dict().values(), model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_held_out_data_is_never_trained_on() -> None:
+    from ksdiff_runtime.training import streaming_distil as sd
+
+    train, test = set(sd.real_prompts("train")), set(sd.real_prompts("test"))
+    assert not train & test
+    assert all(sd.prompt_language(p) == "en" for p in test)
+    # the same clip again (espeak-ng's output varies by a few samples between calls), and train differs
+    a, b, c = sd.synthetic_clip("test", 3), sd.synthetic_clip("test", 3), sd.synthetic_clip("train", 3)
+    assert abs(a.size - b.size) < 0.01 * a.size and abs(a.size - c.size) > 0.01 * a.size
