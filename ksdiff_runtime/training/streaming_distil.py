@@ -178,8 +178,13 @@ def train(out: Path, minutes: float, batch_synthetic: int, batch_real: int, lr: 
         while time.monotonic() - start < 60.0 * minutes:
             rng = np.random.default_rng(np.random.SeedSequence([SEED, 92, step]))
             lookahead = step % (MAX_LOOKAHEAD + 1)
-            clips = [synthetic_clip("train", synthetic_next + i) for i in range(batch_synthetic)]
-            synthetic_next += batch_synthetic
+            clips = []
+            while len(clips) < batch_synthetic:
+                try:
+                    clips.append(synthetic_clip("train", synthetic_next))
+                except Exception:  # a voice espeak-ng cannot speak must not end a long run
+                    log.exception("synthetic clip %d failed; skipped", synthetic_next)
+                synthetic_next += 1
             clips += [real_segment(real, rng) for _ in range(batch_real if real else 0)]
             wav, lengths = pad_batch(clips)
             with torch.no_grad():
