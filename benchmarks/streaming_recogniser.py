@@ -139,20 +139,32 @@ def windowed_cost(model: Recogniser, audio: np.ndarray, left: int = WINDOW_LEFT)
     return 1000.0 * (time.process_time() - t0) / (audio.size / SAMPLE_RATE)
 
 
-def compare(candidate: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+def compare(candidate: np.ndarray, reference: np.ndarray, chunk: int) -> dict[str, float]:
+    """Sums over one clip's frames; ``by_ahead_k``: speech frames with k frames left in their chunk."""
     speech = reference.argmax(1) != HAMA_BLANK
     agree = candidate.argmax(1) == reference.argmax(1)
     kl = (np.exp(reference) * (reference - candidate)).sum(1)
-    return {"frames": int(agree.size), "speech_frames": int(speech.sum()), "agree_sum": float(agree.sum()),
+    sums = {"frames": int(agree.size), "speech_frames": int(speech.sum()), "agree_sum": float(agree.sum()),
             "agree_speech_sum": float(agree[speech].sum()), "kl_sum": float(kl.sum()),
             "kl_speech_sum": float(kl[speech].sum())}
+    ahead = (chunk - 1) - np.arange(agree.size) % chunk
+    for k in range(chunk):
+        sums[f"by_ahead_{k}_speech_frames"] = int((speech & (ahead == k)).sum())
+        sums[f"by_ahead_{k}_agree_sum"] = float(agree[speech & (ahead == k)].sum())
+    return sums
 
 
-def summarise(totals: dict[str, float]) -> dict[str, float]:
+def summarise(totals: dict[str, float], chunk: int, chunked: bool) -> dict[str, Any]:
     f, s = totals["frames"], max(1.0, totals["speech_frames"])
-    return {"agree_speech": round(totals["agree_speech_sum"] / s, 4), "agree": round(totals["agree_sum"] / f, 4),
-            "kl_speech": round(totals["kl_speech_sum"] / s, 4), "kl": round(totals["kl_sum"] / f, 4),
-            "frames": int(f), "speech_frames": int(totals["speech_frames"])}
+    out: dict[str, Any] = {
+        "agree_speech": round(totals["agree_speech_sum"] / s, 4), "agree": round(totals["agree_sum"] / f, 4),
+        "kl_speech": round(totals["kl_speech_sum"] / s, 4), "kl": round(totals["kl_sum"] / f, 4),
+        "frames": int(f), "speech_frames": int(totals["speech_frames"])}
+    if chunked:  # agreement on speech frames by their own lookahead (their place in the chunk)
+        out["agree_speech_by_frame_lookahead"] = {
+            str(k): round(totals[f"by_ahead_{k}_agree_sum"] / max(1.0, totals[f"by_ahead_{k}_speech_frames"]), 4)
+            for k in range(chunk)}
+    return out
 
 
 def stream_cost(model: StreamingRecogniser, audio: np.ndarray, piece_ms: int, lookahead: int) -> tuple[float, float]:
@@ -206,9 +218,9 @@ def main() -> None:
             for key, outs in candidates.items():
                 totals: dict[str, float] = {}
                 for out, ref in zip(outs, refs, strict=True):
-                    for k, v in compare(out, ref).items():
+                    for k, v in compare(out, ref, L + 1).items():
                         totals[k] = totals.get(k, 0.0) + v
-                row[key] = summarise(totals)
+                row[key] = summarise(totals, L + 1, chunked=key.startswith("chunked"))
             rows.append(row)
             print(name, L, {k: (v["agree_speech"], v["kl_speech"]) for k, v in row.items() if isinstance(v, dict)},
                   flush=True)
