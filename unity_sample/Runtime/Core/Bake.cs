@@ -166,15 +166,7 @@ namespace Ksdiff
             {
                 int n = (int)Math.Min(framesPerChunk, total - _pushedFrames);
                 if ((double)(_pushedFrames + n) / _rate > allowedEndS) break;
-                int offset = (int)(_pushedFrames * _channels);
-                for (int i = 0; i < n * _channels; i++)
-                {
-                    uint bits = FloatBits.ToBits(_samples[offset + i]);
-                    _chunk[4 * i] = (byte)bits;
-                    _chunk[4 * i + 1] = (byte)(bits >> 8);
-                    _chunk[4 * i + 2] = (byte)(bits >> 16);
-                    _chunk[4 * i + 3] = (byte)(bits >> 24);
-                }
+                FloatBits.PutLittleEndian(_samples, (int)(_pushedFrames * _channels), n * _channels, _chunk);
                 _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
                 _pushedFrames += n;
             }

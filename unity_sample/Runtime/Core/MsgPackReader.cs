@@ -286,6 +286,20 @@ namespace Ksdiff
             u.Value = value;
             return u.Bits;
         }
+
+        // `count` floats from src[srcOffset..] as little-endian float32 (the protocol's f32le audio)
+        // into dst[0..4 * count).
+        public static void PutLittleEndian(float[] src, int srcOffset, int count, byte[] dst)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                uint bits = ToBits(src[srcOffset + i]);
+                dst[4 * i] = (byte)bits;
+                dst[4 * i + 1] = (byte)(bits >> 8);
+                dst[4 * i + 2] = (byte)(bits >> 16);
+                dst[4 * i + 3] = (byte)(bits >> 24);
+            }
+        }
     }
 
     // Strict UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF), as Python's

@@ -294,15 +294,7 @@ namespace Ksdiff
         // Sends the next `n` sample frames as one f32le message placed with at_sample.
         void Send(int n)
         {
-            int offset = (int)(_pushedFrames * _channels);
-            for (int i = 0; i < n * _channels; i++)
-            {
-                uint bits = FloatBits.ToBits(_samples[offset + i]);
-                _chunk[4 * i] = (byte)bits;
-                _chunk[4 * i + 1] = (byte)(bits >> 8);
-                _chunk[4 * i + 2] = (byte)(bits >> 16);
-                _chunk[4 * i + 3] = (byte)(bits >> 24);
-            }
+            FloatBits.PutLittleEndian(_samples, (int)(_pushedFrames * _channels), n * _channels, _chunk);
             _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
             _pushedFrames += n;
         }
