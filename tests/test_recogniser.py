@@ -31,12 +31,7 @@ MIN_AGREEMENT = 0.999
 MAX_ABS_DIFF = 0.1  # measured 0.005 on each set (torch and ONNX Runtime alike)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
