@@ -159,10 +159,14 @@ def test_shipped_graph_is_what_the_exporter_writes_now(tmp_path) -> None:
     fresh = tmp_path / "recogniser.onnx"
     rec.export_onnx(fresh)
     assert fresh.read_bytes() == GRAPH.read_bytes(), "stale graph: run ksdiff-runtime export --recogniser"
-    graph = onnx.load(str(GRAPH)).graph
-    assert not graph.initializer and GRAPH.stat().st_size < 150_000  # parameter-free: ~75 KB of ops
-    weights = {i.name for i in graph.input} - set(rec.GRAPH_INPUTS)
-    assert weights == set(rec.Recogniser().state_dict())  # every weight is an input: none merged, none baked
+    graph = onnx.load(str(GRAPH), load_external_data=False).graph
+    assert [i.name for i in graph.input] == list(rec.GRAPH_INPUTS)
+    assert GRAPH.stat().st_size < 150_000  # parameter-free: ~80 KB of ops
+    # every weight is an initializer with no data, to be supplied at load: none merged, none baked
+    assert {w.name for w in graph.initializer} == set(rec.Recogniser().state_dict())
+    for w in graph.initializer:
+        assert w.data_location == onnx.TensorProto.EXTERNAL and not w.raw_data and not w.float_data
+        assert {e.key: e.value for e in w.external_data} == {"location": rec.WEIGHTS_LOCATION}
 
 
 def test_onnx_matches_the_torch_module_on_a_ragged_batch(model, onnx_model) -> None:

@@ -103,6 +103,8 @@ def test_yin_is_librosas(what: str, speech_16k: np.ndarray) -> None:
     got = yin(y, **kw)
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-6)
+    at = np.unique(np.linspace(0, len(ref) - 1, 7).round().astype(int))  # only some frames, as prosody asks
+    np.testing.assert_array_equal(yin(y, **kw, at=at), got[at])
 
 
 def test_prosody_on_speech_is_voiced_in_speech_only() -> None:

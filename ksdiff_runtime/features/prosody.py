@@ -58,15 +58,18 @@ def _periodicity(audio: np.ndarray, centres: np.ndarray, f0: np.ndarray, sample_
 
 
 def yin(y: np.ndarray, *, fmin: float, fmax: float, sr: int, frame_length: int, hop_length: int,
-        trough_threshold: float = 0.1) -> np.ndarray:
+        trough_threshold: float = 0.1, at: np.ndarray | None = None) -> np.ndarray:
     """F0 (Hz) of each frame by YIN (de Cheveigne and Kawahara 2002), computed exactly as ``librosa.yin``
     (0.11, ``center=True``, ``pad_mode="constant"``) computes it, in numpy and scipy.fft alone.
+    ``at``: indices of the analysis frames wanted (default: all of them); the others are not computed.
 
     librosa's own routes its local-minimum and parabolic-interpolation steps through numba, which
     compiles them on first use: 15-25 s on a 2-core CPU, paid by every new install on its first stream
-    or bake. tests/test_prosody.py checks this function against ``librosa.yin``."""
+    or bake. tests/test_teacher.py checks this function against ``librosa.yin``."""
     y = np.pad(np.asarray(y), frame_length // 2)
     frames = np.lib.stride_tricks.sliding_window_view(y, frame_length)[::hop_length]  # [F, frame_length]
+    if at is not None:
+        frames = frames[at]
     min_period = int(np.floor(sr / fmax))
     max_period = min(int(np.ceil(sr / fmin)), frame_length - 1)
     # the difference function from the autocorrelation and the running energy (librosa's arrangement,
@@ -115,11 +118,12 @@ def prosody(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -
     hop = _YIN_HOP * sample_rate // SAMPLE_RATE
     if len(y) < frame + 1:
         y = np.pad(y, (0, frame + 1 - len(y)))
+    # YIN frame j is centred on sample j * hop; only the analysis frame nearest each motion frame is
+    # computed (a third of the 10 ms grid at 30 fps)
+    j = np.clip(np.round(centres / hop).astype(np.int64), 0, len(y) // hop)
     with np.errstate(divide="ignore", invalid="ignore"):
-        f0_grid = yin(y, fmin=FMIN_HZ, fmax=FMAX_HZ, sr=sample_rate, frame_length=frame, hop_length=hop)
-    # YIN frame j is centred on sample j * hop; take the analysis frame nearest each motion frame.
-    j = np.clip(np.round(centres / hop).astype(np.int64), 0, len(f0_grid) - 1)
-    f0 = f0_grid[j].astype(np.float64)
+        f0 = yin(y, fmin=FMIN_HZ, fmax=FMAX_HZ, sr=sample_rate, frame_length=frame, hop_length=hop,
+                 at=j).astype(np.float64)
     periodic = _periodicity(y, centres, f0, sample_rate)
     voiced = (
         (energy > VOICED_MIN_DB)

@@ -21,8 +21,9 @@ against libhama in tests/test_recogniser.py:
 
 The weights file, its format and the layout of its tensors: ``ksdiff_runtime.features.hama_weights``
 (numpy only). The runtime runs this module as a parameter-free ONNX graph
-(``ksdiff_runtime/assets/recogniser.onnx``, written by ``export_onnx``) whose weights are inputs,
-fed from the same file: ``ksdiff_runtime.features.recogniser_onnx``.
+(``ksdiff_runtime/assets/recogniser.onnx``, written by ``export_onnx``) whose weights are external
+initializers with no data, supplied from the same file at load time:
+``ksdiff_runtime.features.recogniser_onnx``.
 
 Batches: ``forward(waveform [B, N], lengths [B])`` takes clips zero-padded at the end to a common
 length N, with their true lengths in samples. Each clip is reflect-padded at its own ends, and
@@ -183,19 +184,25 @@ class Recogniser(nn.Module):
 
 
 # --- the parameter-free ONNX graph the runtime runs ---------------------------------------------
-GRAPH_INPUTS = ("waveform", "lengths")  # then every weight, named as the state dict
+GRAPH_INPUTS = ("waveform", "lengths")
 GRAPH_OUTPUTS = ("log_probs", "out_lengths")
 GRAPH_OPSET = 17
+# Where the graph says its weights live: nowhere a file could be. The runtime supplies every one from
+# hama's file (ONNX Runtime's add_external_initializers); a weight it does not supply fails the load.
+WEIGHTS_LOCATION = "supplied-at-load:hama/assets/asr_waveform.hama"
 
 
 def export_onnx(path: Path) -> None:
-    """Write the recogniser as an ONNX graph without its weights: every weight is a graph input
-    named as the state dict, which the runtime feeds from hama's file at load time
-    (``ksdiff_runtime.features.recogniser_onnx``). Inputs ``waveform`` [B, N] float32 and
-    ``lengths`` [B] int64, outputs ``log_probs`` [B, T, 191] and ``out_lengths`` [B], with dynamic B,
-    N and T. The same torch version writes the same bytes (tests/test_recogniser.py checks the
-    shipped graph against a fresh export)."""
+    """Write the recogniser as an ONNX graph without its weights: every weight is an initializer
+    named as the state dict, marked as external data with no data anywhere, which the runtime
+    supplies from hama's file at load time (``ksdiff_runtime.features.recogniser_onnx``). Constant
+    weights (not graph inputs) let ONNX Runtime fold and pre-pack them once per session. Inputs
+    ``waveform`` [B, N] float32 and ``lengths`` [B] int64, outputs ``log_probs`` [B, T, 191] and
+    ``out_lengths`` [B], with dynamic B, N and T. The same torch and onnx versions write the same
+    bytes (tests/test_recogniser.py checks the shipped graph against a fresh export)."""
     import warnings
+
+    import onnx
 
     model = Recogniser().eval()
     # weights are not exported, but equal ones would be merged into one input: make each distinct
@@ -214,6 +221,21 @@ def export_onnx(path: Path) -> None:
         torch.onnx.export(model, (waveform, lengths), str(path), input_names=list(GRAPH_INPUTS),
                           output_names=list(GRAPH_OUTPUTS), dynamic_axes=axes, opset_version=GRAPH_OPSET,
                           dynamo=False, export_params=False, do_constant_folding=False)
+    # torch writes the weights as graph inputs; make each an external initializer without data
+    proto = onnx.load(str(path), load_external_data=False)
+    inputs = list(proto.graph.input)
+    del proto.graph.input[:]
+    for value in inputs:
+        if value.name in GRAPH_INPUTS:
+            proto.graph.input.append(value)
+            continue
+        tensor_type = value.type.tensor_type
+        weight = onnx.TensorProto(name=value.name, data_type=tensor_type.elem_type,
+                                  dims=[d.dim_value for d in tensor_type.shape.dim])
+        weight.data_location = onnx.TensorProto.EXTERNAL
+        weight.external_data.add(key="location", value=WEIGHTS_LOCATION)
+        proto.graph.initializer.append(weight)
+    onnx.save(proto, str(path))
 
 
 # --- libhama, the reference -------------------------------------------------------------------------
