@@ -6,7 +6,8 @@
    the same line opened in mode "live" and pushed whole (how every line ran before modes existed):
    seconds from the call to the last frame, and x real time;
 2. 8 such lines at once: from one client (a game opening its NPCs' lines on its one connection: opened,
-   then pushed and ended together) and from 8 clients started together: each line's time and x real time;
+   then pushed and ended together) and from 8 clients started together (8 games, each subscribed to its
+   own streams only, ``streams=()``): each line's time and x real time;
 3. a line played locally with `LineSync`: the first frame after the first push, and how many frames
    came after their instant.
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.lines} lines at once from one client: done after {min(done):.2f}-{max(done):.2f} s "
                   f"({args.seconds / max(done):.1f}-{args.seconds / min(done):.1f}x real time)", flush=True)
 
-        clients = [Client(serve.pub, serve.router, timeout=TIMEOUT_S) for _ in range(args.lines)]
+        clients = [Client(serve.pub, serve.router, streams=(), timeout=TIMEOUT_S) for _ in range(args.lines)]
         try:
             for c in clients:
                 c.wait_for_runtime(TIMEOUT_S)
