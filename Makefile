@@ -9,12 +9,14 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch is pinned and installed first on its own: the pinned version resolves to the CPU wheel,
-# so nothing later pulls a CUDA build.
-$(STAMP): pyproject.toml sdk_python/pyproject.toml
+# so nothing later pulls a CUDA build. silero-vad ships the voice gate's model (engine/gate.py); its
+# Python code (which would pull an unpinned torch) is not used, so it comes without dependencies.
+$(STAMP): pyproject.toml sdk_python/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ./sdk_python -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps silero-vad==6.2.3
 	touch $(STAMP)
 
 # The runtime as a user meets it: `serve` plays the bundled sample speech in real time, an SDK

@@ -17,7 +17,8 @@ from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.cli.plots import pyplot
-from ksdiff_runtime.engine.offline import animate, clip_inputs
+from ksdiff_runtime.engine.gate import gate_if_available
+from ksdiff_runtime.engine.offline import animate, clip_inputs, gate_animation
 from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
@@ -36,6 +37,9 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=int, default=motion.FPS, help=f"output frame rate (default {motion.FPS})")
     p.add_argument("--steps", type=int, default=4, help="DDIM denoising steps (default 4)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same animation)")
+    p.add_argument("--no-voice-gate", dest="voice_gate", action="store_false",
+                   help="let the mouth follow every sound, not only voices (by default it rests where Silero VAD "
+                   "hears no voice, as in serve)")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
     p.add_argument("--backend", default="auto", help="inference backend: auto (tensorrt > torch-cuda > "
                    "onnxruntime-cpu), torch, torch-cpu, torch-cuda, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, "
@@ -58,7 +62,11 @@ def run_bake(args: argparse.Namespace) -> int:
         text = SAMPLE_SPEECH.with_suffix(".txt").read_text().strip()
     backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True)
     started = time.perf_counter()
-    anim = animate(backend, [clip_inputs(backend, audio, text, fps=args.fps)], steps=args.steps, seeds=[args.seed])[0]
+    inputs = clip_inputs(backend, audio, text, fps=args.fps)
+    anim = animate(backend, [inputs], steps=args.steps, seeds=[args.seed])[0]
+    gate = gate_if_available(args.voice_gate)
+    if gate is not None:
+        anim = gate_animation(anim, inputs.audio, gate)
     elapsed = time.perf_counter() - started
     n_out = output_frames(audio.size, args.fps)  # one frame per started frame period, as a stream yields
     blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps, n_out).clip(0.0, 1.0)

@@ -62,6 +62,9 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-admission", dest="admission", action="store_const", const=False,
                    help="take every stream up to --max-streams instead of refusing those beyond the measured "
                    "capacity (under load the engine then sheds frames of every stream)")
+    p.add_argument("--no-voice-gate", dest="voice_gate", action="store_const", const=False,
+                   help="let the mouth follow every sound, not only voices (by default it rests where Silero VAD "
+                   "hears no voice: music, fans, keys, noise; docs/ENGINE.md)")
     p.add_argument("--max-ahead-s", type=float, help="how far beyond real time a client may push audio (default "
                    f"{defaults.max_ahead_s:g} s; more is refused with busy)")
     p.add_argument("--curve-secret-key", metavar="FILE", help="serve with CurveZMQ: the server's .key_secret file "
@@ -183,7 +186,8 @@ def serve(config: ServeConfig) -> int:
         return 2
     started = time.perf_counter()
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
-                          config.idle_timeout_s, threads=config.threads, controls=config.artist_controls())
+                          config.idle_timeout_s, threads=config.threads, controls=config.artist_controls(),
+                          voice_gate=config.voice_gate)
     last_line = [0.0]
 
     def on_stats(stats: dict[str, Any]) -> None:

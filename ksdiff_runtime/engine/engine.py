@@ -44,6 +44,7 @@ from ksdiff_sdk import Frame
 
 from .capacity import Capacity
 from .controls import Controls, ControlStage
+from .gate import GateConfig, VoiceGate
 from .presets import Preset, get_preset
 from .sampling import Guidance, WindowBatch, WindowResult, sample_windows
 from .stream import Emitted, Hop, Split, StreamState, frame_sample
@@ -89,6 +90,7 @@ class StreamingEngine:
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         capacity: Capacity | None = None,
         controls: Controls | None = None,
+        voice_gate: GateConfig | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -104,6 +106,15 @@ class StreamingEngine:
         self.guidance = guidance
         self.capacity = capacity or Capacity()
         self.controls = controls or Controls()  # for streams opened without their own
+        # The voice gate (engine/gate.py; None: off) looks ahead exactly as far as the model does, so
+        # the audio it reads is there when a hop runs. Its VAD model loads now: a missing one is an error
+        # before serving, not a failed first stream.
+        self.voice_gate = None
+        if voice_gate is not None:
+            from ksdiff_runtime.features.vad import shared_vad
+
+            self._vad = shared_vad()
+            self.voice_gate = dataclasses.replace(voice_gate, lookahead_frames=self.preset.model_lookahead_frames)
         self.sessions = sessions if sessions is not None else Sessions(admission=None)
         # A tick sends streams x guidance variants rows through the graphs; a backend with a
         # fixed limit (TensorRT's optimisation profile) bounds how many streams share a tick.
@@ -251,8 +262,10 @@ class StreamingEngine:
             tokens.add_done_callback(lambda _: self.sessions.notify())  # wake the engine when they are ready
         # the engine takes a uint64 seed; the protocol's is int64
         line = session.mode == "line"
+        gate = None if self.voice_gate is None else VoiceGate(self.voice_gate, self._vad)
         return StreamState(session.id, self.cfg, self.line_preset if line else self.preset, self.front_end,
-                           session.seed & 0xFFFF_FFFF_FFFF_FFFF, session.style, tokens, self.fps, line=line)
+                           session.seed & 0xFFFF_FFFF_FFFF_FFFF, session.style, tokens, self.fps, line=line,
+                           gate=gate)
 
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:

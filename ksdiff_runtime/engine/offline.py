@@ -20,6 +20,7 @@ from ksdiff_runtime.features.transcript import phoneme_tokens
 from ksdiff_runtime.inputs.guards import sanitize
 from ksdiff_runtime.motion import take_frames
 
+from .gate import GateConfig, gate_clip
 from .sampling import Guidance, WindowBatch, sample_windows
 from .stream import padded_samples
 
@@ -29,6 +30,7 @@ class ClipInputs:
     feats: np.ndarray  # [T, F]
     prosody: np.ndarray  # [T, 2]
     tokens: np.ndarray  # [P] transcript phoneme ids (empty: no transcript)
+    audio: np.ndarray | None = None  # the 16 kHz audio they come from, sanitised and padded (for the voice gate)
 
 
 @dataclass
@@ -68,7 +70,18 @@ def clip_inputs(
     feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
     pros = normalized_prosody(prosody(audio))
     tokens = phoneme_tokens(text, cfg.max_text_tokens) if text else np.zeros(0, dtype=np.int64)
-    return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens)
+    return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens, audio)
+
+
+def gate_animation(anim: Animation, audio16k: np.ndarray, config: GateConfig) -> Animation:
+    """The animation with its mouth resting where Silero VAD hears no voice (engine/gate.py): exactly
+    what a stream of the same audio gets from the gate."""
+    from ksdiff_runtime.features.vad import shared_vad
+
+    values = np.concatenate([anim.blendshapes, anim.head], axis=1)
+    gated = gate_clip(values, audio16k, config, shared_vad())
+    D = anim.blendshapes.shape[1]
+    return Animation(gated[:, :D], anim.head, anim.key_expr, anim.key_pose, anim.fps)
 
 
 def animate(

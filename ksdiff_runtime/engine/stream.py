@@ -30,6 +30,7 @@ from ksdiff_runtime.features.prosody import normalized_prosody, prosody
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.motion import FPS, SAMPLE_RATE, take_frames
 
+from .gate import VoiceGate
 from .presets import Preset
 from .sampling import WindowResult
 
@@ -108,7 +109,7 @@ class Emitted:
 class StreamState:
     def __init__(self, stream_id: str, cfg: ModelConfig, preset: Preset, front_end: BlockwiseFrontEnd,
                  seed: int = 0, style: np.ndarray | None = None, tokens: np.ndarray | Future | None = None,
-                 out_fps: int = FPS, line: bool = False) -> None:
+                 out_fps: int = FPS, line: bool = False, gate: VoiceGate | None = None) -> None:
         self.id = stream_id
         self.cfg = cfg
         self.preset = preset  # for a line, the engine's preset as lines use it (Preset.for_lines)
@@ -125,6 +126,7 @@ class StreamState:
             self.tokens = tokens
         self.ready_ns: int | None = None  # when the transcript was ready: no frame is due before
         self.out_fps = out_fps
+        self.gate = gate  # the voice gate (engine/gate.py): the mouth rests where no voice is heard
         self.ended = False
         self.n_out: int | None = None  # output frames of the whole stream, once it has ended
         # audio: samples [audio_offset, samples) are kept
@@ -337,8 +339,14 @@ class StreamState:
         rows = normalized_prosody(prosody(seg))
         return take_frames(rows, f0 - k0, f1 - f0).astype(np.float32)
 
+    def _listen(self) -> None:
+        """The voice gate's VAD over the audio there is (before any of it is forgotten)."""
+        if self.gate is not None:
+            self.gate.listen(self._audio, self.audio_offset, self.samples, self.ended)
+
     def _trim(self) -> None:
         """Forget audio, features and arrival times no future computation can need."""
+        self._listen()
         next_f0 = self.n_feats
         keep_from = min(self.front_end.range_samples(next_f0, next_f0 + 1)[0],
                         frame_sample(max(0, next_f0 - PROSODY_CONTEXT_FRAMES)))
@@ -421,6 +429,9 @@ class StreamState:
         first = self.emitted
         self.emitted += n
         self.hops += 1
+        if self.gate is not None:  # on what goes out; the model's own context stays ungated
+            self._listen()
+            new = self.gate.apply(new, first)
         emitted = self._resample(new, first)
         emitted.level = (frame_sample(self.emitted) / SAMPLE_RATE, self._level_dbfs(first, self.emitted))
         self._trim()

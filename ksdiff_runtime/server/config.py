@@ -35,6 +35,7 @@ class ServeConfig:
     idle_timeout_s: float = 10.0  # a stream that gets no audio this long is ended (reason timeout)
     max_ahead_s: float = 20.0  # a client may push this much audio beyond real time (more: busy)
     admission: bool = True  # refuse streams beyond the measured capacity (false: take every stream, shed under load)
+    voice_gate: bool = True  # the mouth rests where Silero VAD hears no voice (music, fans, noise; engine/gate.py)
     # serving beyond this machine (server/security.py): CurveZMQ keys, or plain text on purpose
     curve_secret_key: str = ""  # the server's .key_secret file (`ksdiff-runtime keys server`)
     curve_clients: str = ""  # folder of the authorised clients' public .key files

@@ -36,6 +36,7 @@ import zmq
 from ksdiff_runtime import __version__, motion
 from ksdiff_runtime.engine.controls import Controls, ControlsError
 from ksdiff_runtime.engine.engine import DEFAULT_IDLE_TIMEOUT_S, Ended, StepResult, StreamingEngine
+from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.events import Event, Frame, Hello, Stats, StreamEnded, StreamStarted
 from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
 from ksdiff_runtime.outputs.base import FrameOutput
@@ -70,8 +71,11 @@ def build_engine(
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     threads: int = 1,
     controls: Controls | None = None,
+    voice_gate: bool = True,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
+    ``voice_gate``: rest the mouth where no voice is heard (engine/gate.py; off with a warning when
+    Silero VAD is not installed).
 
     ``threads``: ONNX Runtime's intra-op threads on the CPU. One by default: a hop's batch is
     small, and a second spinning worker fights the front-end and io threads for the cores
@@ -81,7 +85,8 @@ def build_engine(
 
     t0 = time.perf_counter()
     loaded = load_backend(backend, checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=threads)
-    engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s, controls=controls)
+    engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s, controls=controls,
+                             voice_gate=gate_if_available(voice_gate))
     loaded_s = time.perf_counter() - t0
     warm_s = engine.warm_up()
     r = engine.capacity.reading()

@@ -59,7 +59,7 @@ def assemble(
     return Utterance(audio, phonemes, start.astype(np.float32), dur.astype(np.float32))
 
 
-def _colored_noise(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
+def colored_noise(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
     """Unit-RMS white, pink (1/f power) or brown (1/f^2 power) noise, shaped in the frequency domain."""
     white = rng.standard_normal(n)
     if kind == "white" or n < 4:
@@ -143,7 +143,7 @@ def mic_augment(
         kind = rng.choice(
             ["white", "pink", "brown", "babble"] if len(speech_pool) else ["white", "pink", "brown"]
         )
-        noise = _babble(rng, n, speech_pool) if kind == "babble" else _colored_noise(rng, n, str(kind))
+        noise = _babble(rng, n, speech_pool) if kind == "babble" else colored_noise(rng, n, str(kind))
         snr_db = rng.uniform(40 - 35 * strength, 40)
         x = x + noise * speech_rms * 10 ** (-snr_db / 20)
 
