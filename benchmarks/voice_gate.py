@@ -155,7 +155,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel(f"frames with the mouth open (jawOpen > {OPEN}), %")
     ax.set_title("Sounds that are not a voice, streamed live (low-latency preset)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -18,7 +18,8 @@ from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.cli.plots import pyplot
 from ksdiff_runtime.engine.gate import gate_if_available
-from ksdiff_runtime.engine.offline import animate, clip_inputs, gate_animation
+from ksdiff_runtime.engine.liveliness import LivelinessConfig
+from ksdiff_runtime.engine.offline import animate, clip_inputs, gate_animation, liven_animation
 from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
@@ -40,6 +41,9 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-voice-gate", dest="voice_gate", action="store_false",
                    help="let the mouth follow every sound, not only voices (by default it rests where Silero VAD "
                    "hears no voice, as in serve)")
+    p.add_argument("--no-liveliness", dest="liveliness", action="store_false",
+                   help="the model's eyes and head alone: no added blinks, gaze micro-saccades or head centring "
+                   "(as in serve)")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
     p.add_argument("--backend", default="auto", help="inference backend: auto (tensorrt > torch-cuda > "
                    "onnxruntime-cpu), torch, torch-cpu, torch-cuda, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, "
@@ -67,6 +71,8 @@ def run_bake(args: argparse.Namespace) -> int:
     gate = gate_if_available(args.voice_gate)
     if gate is not None:
         anim = gate_animation(anim, inputs.audio, gate)
+    if args.liveliness:
+        anim = liven_animation(anim, args.seed, LivelinessConfig())
     elapsed = time.perf_counter() - started
     n_out = output_frames(audio.size, args.fps)  # one frame per started frame period, as a stream yields
     blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps, n_out).clip(0.0, 1.0)

@@ -65,6 +65,8 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-voice-gate", dest="voice_gate", action="store_const", const=False,
                    help="let the mouth follow every sound, not only voices (by default it rests where Silero VAD "
                    "hears no voice: music, fans, keys, noise; docs/ENGINE.md)")
+    p.add_argument("--no-liveliness", dest="liveliness", action="store_const", const=False,
+                   help="the model's eyes and head alone: no added blinks, gaze micro-saccades or head centring")
     p.add_argument("--max-ahead-s", type=float, help="how far beyond real time a client may push audio (default "
                    f"{defaults.max_ahead_s:g} s; more is refused with busy)")
     p.add_argument("--curve-secret-key", metavar="FILE", help="serve with CurveZMQ: the server's .key_secret file "
@@ -187,7 +189,7 @@ def serve(config: ServeConfig) -> int:
     started = time.perf_counter()
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
                           config.idle_timeout_s, threads=config.threads, controls=config.artist_controls(),
-                          voice_gate=config.voice_gate)
+                          voice_gate=config.voice_gate, liveliness=config.liveliness)
     last_line = [0.0]
 
     def on_stats(stats: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ from ksdiff_sdk import Frame
 from .capacity import Capacity
 from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
+from .liveliness import Liveliness, LivelinessConfig
 from .presets import Preset, get_preset
 from .sampling import Guidance, WindowBatch, WindowResult, sample_windows
 from .stream import Emitted, Hop, Split, StreamState, frame_sample
@@ -91,6 +92,7 @@ class StreamingEngine:
         capacity: Capacity | None = None,
         controls: Controls | None = None,
         voice_gate: GateConfig | None = None,
+        liveliness: LivelinessConfig | None = None,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -115,6 +117,7 @@ class StreamingEngine:
 
             self._vad = shared_vad()
             self.voice_gate = dataclasses.replace(voice_gate, lookahead_frames=self.preset.model_lookahead_frames)
+        self.liveliness = liveliness  # blinks, gaze, a centred head on every stream (engine/liveliness.py; None: off)
         self.sessions = sessions if sessions is not None else Sessions(admission=None)
         # A tick sends streams x guidance variants rows through the graphs; a backend with a
         # fixed limit (TensorRT's optimisation profile) bounds how many streams share a tick.
@@ -262,10 +265,11 @@ class StreamingEngine:
             tokens.add_done_callback(lambda _: self.sessions.notify())  # wake the engine when they are ready
         # the engine takes a uint64 seed; the protocol's is int64
         line = session.mode == "line"
+        seed = session.seed & 0xFFFF_FFFF_FFFF_FFFF
         gate = None if self.voice_gate is None else VoiceGate(self.voice_gate, self._vad)
+        alive = None if self.liveliness is None else Liveliness(self.liveliness, seed)
         return StreamState(session.id, self.cfg, self.line_preset if line else self.preset, self.front_end,
-                           session.seed & 0xFFFF_FFFF_FFFF_FFFF, session.style, tokens, self.fps, line=line,
-                           gate=gate)
+                           seed, session.style, tokens, self.fps, line=line, gate=gate, liveliness=alive)
 
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:

@@ -21,6 +21,7 @@ from ksdiff_runtime.inputs.guards import sanitize
 from ksdiff_runtime.motion import take_frames
 
 from .gate import GateConfig, gate_clip
+from .liveliness import Liveliness, LivelinessConfig
 from .sampling import Guidance, WindowBatch, sample_windows
 from .stream import padded_samples
 
@@ -82,6 +83,14 @@ def gate_animation(anim: Animation, audio16k: np.ndarray, config: GateConfig) ->
     gated = gate_clip(values, audio16k, config, shared_vad())
     D = anim.blendshapes.shape[1]
     return Animation(gated[:, :D], anim.head, anim.key_expr, anim.key_pose, anim.fps)
+
+
+def liven_animation(anim: Animation, seed: int, config: LivelinessConfig) -> Animation:
+    """The animation with blinks, gaze micro-saccades and a centred head (engine/liveliness.py): what a
+    stream with the same seed gets (after the voice gate, which goes first)."""
+    values = Liveliness(config, seed).apply(np.concatenate([anim.blendshapes, anim.head], axis=1))
+    D = anim.blendshapes.shape[1]
+    return Animation(values[:, :D], values[:, D:], anim.key_expr, anim.key_pose, anim.fps)
 
 
 def animate(

@@ -31,6 +31,7 @@ from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.motion import FPS, SAMPLE_RATE, take_frames
 
 from .gate import VoiceGate
+from .liveliness import Liveliness
 from .presets import Preset
 from .sampling import WindowResult
 
@@ -109,7 +110,8 @@ class Emitted:
 class StreamState:
     def __init__(self, stream_id: str, cfg: ModelConfig, preset: Preset, front_end: BlockwiseFrontEnd,
                  seed: int = 0, style: np.ndarray | None = None, tokens: np.ndarray | Future | None = None,
-                 out_fps: int = FPS, line: bool = False, gate: VoiceGate | None = None) -> None:
+                 out_fps: int = FPS, line: bool = False, gate: VoiceGate | None = None,
+                 liveliness: Liveliness | None = None) -> None:
         self.id = stream_id
         self.cfg = cfg
         self.preset = preset  # for a line, the engine's preset as lines use it (Preset.for_lines)
@@ -127,6 +129,7 @@ class StreamState:
         self.ready_ns: int | None = None  # when the transcript was ready: no frame is due before
         self.out_fps = out_fps
         self.gate = gate  # the voice gate (engine/gate.py): the mouth rests where no voice is heard
+        self.liveliness = liveliness  # blinks, gaze, a centred head (engine/liveliness.py)
         self.ended = False
         self.n_out: int | None = None  # output frames of the whole stream, once it has ended
         # audio: samples [audio_offset, samples) are kept
@@ -429,9 +432,12 @@ class StreamState:
         first = self.emitted
         self.emitted += n
         self.hops += 1
-        if self.gate is not None:  # on what goes out; the model's own context stays ungated
+        # on what goes out; the model's own context stays as it made it
+        if self.gate is not None:
             self._listen()
             new = self.gate.apply(new, first)
+        if self.liveliness is not None:
+            new = self.liveliness.apply(new)
         emitted = self._resample(new, first)
         emitted.level = (frame_sample(self.emitted) / SAMPLE_RATE, self._level_dbfs(first, self.emitted))
         self._trim()

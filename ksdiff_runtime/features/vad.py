@@ -7,10 +7,12 @@ for telling voices from music, noise and clicks, which is what the runtime's voi
 
 The package's Python code imports torch, which the runtime does not need, so it is not imported:
 its ONNX model is read from the installed distribution's data folder (install it with
-``pip install --no-deps silero-vad==6.2.3``; ``make`` does). The model is stateful: each call
-takes 64 samples of the previous chunk before the chunk's 512, and the recurrent state [2, B, 128]
-the previous call returned. ``VadTrack`` keeps that state for one stream and runs every whole
-chunk as its audio comes; a batch row per stream lets many streams share one call.
+``pip install --no-deps silero-vad==6.2.3``; ``make`` does). Of the package's graphs the runtime
+uses the sequence one (``silero_vad_16k_sequence.onnx``): the same network as its default graph
+(identical probabilities on the bundled speech), taking any number of a stream's chunks in one call,
+so a line or a stream catching up costs one call, not one per 32 ms. Each row is 64 samples of the
+previous chunk then the chunk's 512; the LSTM state (h, c) goes from call to call. ``VadTrack``
+keeps it for one stream and runs every whole chunk as its audio comes.
 """
 
 from __future__ import annotations
@@ -21,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ksdiff_runtime.motion import SAMPLE_RATE
-
 SUPPORTED_SILERO = "6.2.3"
-MODEL_FILE = "silero_vad/data/silero_vad.onnx"
-CHUNK = 512  # samples per probability (32 ms at 16 kHz)
+MODEL_FILE = "silero_vad/data/silero_vad_16k_sequence.onnx"
+CHUNK = 512  # samples per probability (32 ms of the runtime's 16 kHz audio; the graph is for 16 kHz only)
 CONTEXT = 64  # samples of the previous chunk each call sees first
-STATE_SHAPE = (2, 128)  # recurrent state per stream: [2, B, 128]
+STATE_SHAPE = (1, 1, 128)  # each of the LSTM's h and c, per stream
 
 
 class VadUnavailableError(RuntimeError):
@@ -52,8 +52,8 @@ def vad_model_path() -> Path:
 
 
 class SileroVad:
-    """chunks [B, 576] (the previous 64 samples, then 512 new ones) and state [2, B, 128] ->
-    speech probabilities [B] and the next state. One session serves every thread."""
+    """rows [n, 576] (each the previous chunk's last 64 samples, then a chunk's 512) and the LSTM state
+    (h, c) -> speech probabilities [n] and the next state. One session serves every thread."""
 
     def __init__(self, path: Path | None = None) -> None:
         import onnxruntime as ort
@@ -62,22 +62,21 @@ class SileroVad:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # the graph carries a few unused initializers ONNX Runtime warns about
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise VadUnavailableError(f"{path}: not a model ONNX Runtime can load ({e})") from None
         names = {i.name for i in self.session.get_inputs()}
-        if names != {"input", "state", "sr"}:
-            raise VadUnavailableError(f"{path}: inputs {sorted(names)}, expected input, state and sr "
-                                 f"(supported: silero-vad {SUPPORTED_SILERO})")
+        if names != {"input", "h", "c"}:
+            raise VadUnavailableError(f"{path}: inputs {sorted(names)}, expected input, h and c "
+                                      f"(supported: silero-vad {SUPPORTED_SILERO})")
         self.path = path
-        self._sr = np.array(SAMPLE_RATE, np.int64)
 
-    def __call__(self, chunks: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out, state = self.session.run(["output", "stateN"], {
-            "input": np.ascontiguousarray(chunks, np.float32), "state": np.ascontiguousarray(state, np.float32),
-            "sr": self._sr})
-        return out[:, 0], state
+    def __call__(self, rows: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        probs, h, c = self.session.run(["speech_probs", "hn", "cn"], {
+            "input": np.ascontiguousarray(rows, np.float32), "h": h, "c": c})
+        return probs, h, c
 
 
 _SHARED: list[SileroVad] = []
@@ -102,32 +101,32 @@ class VadTrack:
         self.chunks = 0  # chunks computed: the next starts at sample CHUNK * chunks
         self.first = 0  # probabilities of chunks [first, chunks) are kept
         self._probs = np.zeros(0, np.float32)
-        self._state = np.zeros((STATE_SHAPE[0], 1, STATE_SHAPE[1]), np.float32)
+        self._h = np.zeros(STATE_SHAPE, np.float32)
+        self._c = np.zeros(STATE_SHAPE, np.float32)
         self._context = np.zeros(CONTEXT, np.float32)
 
     def advance(self, audio: np.ndarray, offset: int, samples: int, ended: bool = False) -> None:
-        """Compute every whole chunk in audio samples [.., samples); ``audio`` holds the stream from
-        absolute sample ``offset`` on. ``ended``: the last partial chunk too, padded with silence.
+        """Compute every whole chunk in audio samples [.., samples), in one call; ``audio`` holds the stream
+        from absolute sample ``offset`` on. ``ended``: the last partial chunk too, padded with silence.
         Chunks whose audio is no longer held (a stream that shed frames) count as silence."""
         end_chunk = -(-samples // CHUNK) if ended else samples // CHUNK
         if end_chunk <= self.chunks:
             return
-        lost = max(0, offset // CHUNK + (offset % CHUNK > 0) - self.chunks)
+        lost = max(0, -(-offset // CHUNK) - self.chunks)
         if lost:  # their audio was dropped: no speech there, and the state starts again after them
             self._append(np.zeros(min(lost, end_chunk - self.chunks), np.float32))
-            self._state[:] = 0.0
+            self._h[:] = 0.0
+            self._c[:] = 0.0
             self._context[:] = 0.0
-        rows = []
-        for k in range(self.chunks, end_chunk):
-            s0 = k * CHUNK - offset
-            chunk = audio[s0 : s0 + CHUNK]
-            if chunk.size < CHUNK:
-                chunk = np.pad(chunk, (0, CHUNK - chunk.size))
-            x = np.concatenate([self._context, chunk])
-            prob, self._state = self.model(x[None], self._state)
-            self._context = chunk[-CONTEXT:].astype(np.float32)
-            rows.append(float(prob[0]))
-        self._append(np.asarray(rows, np.float32))
+            if end_chunk <= self.chunks:
+                return
+        s0, s1 = self.chunks * CHUNK - offset, end_chunk * CHUNK - offset
+        new = np.asarray(audio[s0:s1], np.float32)
+        new = np.concatenate([self._context, new, np.zeros(s1 - s0 - new.size, np.float32)])
+        rows = np.lib.stride_tricks.sliding_window_view(new, CONTEXT + CHUNK)[::CHUNK]
+        probs, self._h, self._c = self.model(rows, self._h, self._c)
+        self._context = new[-CONTEXT:].copy()
+        self._append(np.asarray(probs, np.float32).reshape(-1))
 
     def _append(self, probs: np.ndarray) -> None:
         self._probs = np.concatenate([self._probs, probs])

@@ -37,6 +37,7 @@ from ksdiff_runtime import __version__, motion
 from ksdiff_runtime.engine.controls import Controls, ControlsError
 from ksdiff_runtime.engine.engine import DEFAULT_IDLE_TIMEOUT_S, Ended, StepResult, StreamingEngine
 from ksdiff_runtime.engine.gate import gate_if_available
+from ksdiff_runtime.engine.liveliness import LivelinessConfig
 from ksdiff_runtime.events import Event, Frame, Hello, Stats, StreamEnded, StreamStarted
 from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
 from ksdiff_runtime.outputs.base import FrameOutput
@@ -72,10 +73,12 @@ def build_engine(
     threads: int = 1,
     controls: Controls | None = None,
     voice_gate: bool = True,
+    liveliness: bool = True,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
     ``voice_gate``: rest the mouth where no voice is heard (engine/gate.py; off with a warning when
-    Silero VAD is not installed).
+    Silero VAD is not installed). ``liveliness``: blinks, gaze micro-saccades and a centred head on top of
+    the model (engine/liveliness.py).
 
     ``threads``: ONNX Runtime's intra-op threads on the CPU. One by default: a hop's batch is
     small, and a second spinning worker fights the front-end and io threads for the cores
@@ -86,7 +89,8 @@ def build_engine(
     t0 = time.perf_counter()
     loaded = load_backend(backend, checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=threads)
     engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s, controls=controls,
-                             voice_gate=gate_if_available(voice_gate))
+                             voice_gate=gate_if_available(voice_gate),
+                             liveliness=LivelinessConfig() if liveliness else None)
     loaded_s = time.perf_counter() - t0
     warm_s = engine.warm_up()
     r = engine.capacity.reading()

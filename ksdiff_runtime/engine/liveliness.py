@@ -1,0 +1,130 @@
+"""Eyes and head that look alive: blinks, gaze micro-saccades and a head that stays centred.
+
+The shipped model learned its eyes and head from a teacher that rarely blinks and never looks
+around, and each hop samples head motion afresh (issue 11's measurements): a looping live stream
+showed 0 blinks in 8 minutes, and the head settled at +3.3 degrees pitch and +3.6 roll. People
+blink 15-20 times a minute, more in the pauses between phrases, and their eyes never hold still.
+Until a retrained model does this itself, this stage adds it to the model's output frames:
+
+- **blinks** at ``blinks_per_minute`` on average (a random process with a refractory time, so
+  they never come in bursts), ``pause_factor`` times likelier in the first second of a pause (the
+  mouth at rest after speech: people blink at phrase boundaries); each blink is a 270 ms
+  close-and-open curve, taken as max(model, blink) on both eyeBlink weights;
+- **gaze micro-saccades**: every so often (``saccades_per_second``) the eyes jump to a new small
+  offset (``saccade_deg``, both eyes together) and hold it, added to the eyeLook weights;
+- **head centring**: the head's slow average (time constant ``head_centring_s``) is taken out of
+  its rotation, so no offset settles over minutes while every nod and turn stays.
+
+Like the voice gate it works on what goes out (the model's own context is untouched), on the
+native 30 fps frames in order, from the stream's seed: a stream and a bake of the same audio
+with the same seed get the same blinks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ksdiff_runtime import motion
+
+# One blink at 30 fps: ~80 ms to close, then ~190 ms to open again
+BLINK_CURVE = np.array([0.45, 0.9, 1.0, 0.8, 0.5, 0.25, 0.1, 0.03], np.float32)
+BLINKS = [motion.index("eyeBlinkLeft"), motion.index("eyeBlinkRight")]
+LOOK = {name: motion.index(name) for name in ("eyeLookOutLeft", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutRight",
+                                              "eyeLookUpLeft", "eyeLookUpRight", "eyeLookDownLeft", "eyeLookDownRight")}
+JAW = motion.index("jawOpen")
+REST_JAW = 0.05  # the mouth rests below this jawOpen
+PAUSE_FRAMES = (6, 36)  # a pause's first second: the mouth at rest for 200 ms, up to 1.2 s
+SACCADE_FRAMES = 3  # a saccade reaches its new offset in about this many frames
+
+
+@dataclass(frozen=True)
+class LivelinessConfig:
+    blinks_per_minute: float = 15.0  # people blink 15-20 times a minute
+    pause_factor: float = 3.0  # blinks are this much likelier in the first second of a pause
+    refractory_s: float = 1.0  # no blink sooner than this after the last one
+    saccades_per_second: float = 0.7
+    saccade_deg: float = 2.0  # standard deviation of each fixation's offset (yaw and pitch)
+    head_centring_s: float = 6.0  # a head offset held longer than this goes back to centre (0: off)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.blinks_per_minute <= 60:
+            raise ValueError(f"blinks_per_minute must be in 0..60, got {self.blinks_per_minute}")
+        if self.pause_factor < 1 or self.refractory_s < 0:
+            raise ValueError("pause_factor must be >= 1 and refractory_s >= 0")
+        if not 0 <= self.saccades_per_second <= 5 or not 0 <= self.saccade_deg <= 10:
+            raise ValueError("saccades_per_second must be in 0..5 and saccade_deg in 0..10")
+        if self.head_centring_s < 0:
+            raise ValueError(f"head_centring_s must be >= 0, got {self.head_centring_s}")
+
+
+class Liveliness:
+    """One stream's blinks, gaze and head centring, frame after frame from its seed."""
+
+    def __init__(self, config: LivelinessConfig, seed: int) -> None:
+        self.config = config
+        self._rng = np.random.default_rng([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, 0xB1])
+        fps = motion.FPS
+        # the blink hazard per frame: after the refractory time, intervals are exponential with the mean
+        # that makes blinks_per_minute on average (without the pauses' extra blinks)
+        rate = config.blinks_per_minute
+        self._hazard = 1.0 / (fps * max(0.1, 60.0 / rate - config.refractory_s)) if rate else 0.0
+        self._refractory = round(config.refractory_s * fps)
+        self._blink = -1  # position in BLINK_CURVE (-1: eyes open)
+        self._since_blink = self._refractory
+        self._rest = 0  # frames the mouth has rested
+        self._gaze = np.zeros(2)  # current (yaw, pitch) offset in radians
+        self._target = np.zeros(2)
+        self._next_saccade = 0
+        self._head_mean = np.zeros(motion.NUM_HEAD)
+        self._head_a = 1.0 - np.exp(-1.0 / (fps * config.head_centring_s)) if config.head_centring_s else 0.0
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """The next native frames [n, 55] (in order) with blinks, gaze offsets and the head centred."""
+        out = np.array(values, np.float32, copy=True)
+        D = motion.NUM_BLENDSHAPES
+        for row in out:
+            blink = self._next_blink(row[JAW] < REST_JAW)
+            if blink:
+                row[BLINKS] = np.maximum(row[BLINKS], blink)
+            self._look(row)
+            if self._head_a:
+                self._head_mean += self._head_a * (row[D:] - self._head_mean)
+                row[D:] -= self._head_mean
+        return out
+
+    def _next_blink(self, resting: bool) -> float:
+        self._rest = self._rest + 1 if resting else 0
+        self._since_blink += 1
+        pause = PAUSE_FRAMES[0] <= self._rest < PAUSE_FRAMES[1]
+        hazard = self._hazard * (self.config.pause_factor if pause else 1.0)
+        draw = self._rng.random()
+        if self._blink < 0 and self._since_blink >= self._refractory and draw < hazard:
+            self._blink, self._since_blink = 0, 0
+        if self._blink < 0:
+            return 0.0
+        value = float(BLINK_CURVE[self._blink])
+        self._blink = self._blink + 1 if self._blink + 1 < len(BLINK_CURVE) else -1
+        return value
+
+    def _look(self, row: np.ndarray) -> None:
+        fps = motion.FPS
+        if self.config.saccades_per_second and self._next_saccade <= 0:
+            self._target = np.deg2rad(self.config.saccade_deg) * self._rng.standard_normal(2)
+            wait = self._rng.exponential(fps / self.config.saccades_per_second)
+            self._next_saccade = max(SACCADE_FRAMES * 2, round(wait))
+        self._next_saccade -= 1
+        self._gaze += (self._target - self._gaze) / SACCADE_FRAMES
+        yaw, pitch = self._gaze  # yaw > 0: toward the face's own left (motion.gaze_from_blendshapes)
+        side = ("eyeLookOutLeft", "eyeLookInRight") if yaw > 0 else ("eyeLookInLeft", "eyeLookOutRight")
+        for name in side:
+            row[LOOK[name]] += abs(yaw) / motion.EYE_YAW_RANGE
+        if pitch > 0:
+            for name in ("eyeLookDownLeft", "eyeLookDownRight"):
+                row[LOOK[name]] += pitch / motion.EYE_PITCH_DOWN_RANGE
+        else:
+            for name in ("eyeLookUpLeft", "eyeLookUpRight"):
+                row[LOOK[name]] += -pitch / motion.EYE_PITCH_UP_RANGE
+        idx = list(LOOK.values())
+        row[idx] = np.clip(row[idx], 0.0, 1.0)

@@ -1,0 +1,133 @@
+"""Blinks, gaze micro-saccades and head centring (engine/liveliness.py): natural rates, more blinks at
+pauses, no settled head offset, nods kept, the same from the same seed, and applied to what goes out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ksdiff_runtime import motion
+from ksdiff_runtime.engine.liveliness import BLINKS, JAW, Liveliness, LivelinessConfig
+
+FPS = motion.FPS
+D = motion.NUM_BLENDSHAPES
+
+
+def talk(seconds: float, rng: np.random.Generator, speaking: bool = True) -> np.ndarray:
+    """Model-like frames [n, 55]: phrases of 1.5-4 s (jaw moving) and pauses of 0.4-1.5 s (jaw at rest)."""
+    n = int(seconds * FPS)
+    values = np.zeros((n, D + motion.NUM_HEAD), np.float32)
+    i = 0
+    while speaking and i < n:
+        phrase = int(rng.uniform(1.5, 4.0) * FPS)
+        t = np.arange(min(phrase, n - i))
+        values[i : i + t.size, JAW] = 0.25 + 0.15 * np.sin(2 * np.pi * 4 * t / FPS)
+        i += phrase + int(rng.uniform(0.4, 1.5) * FPS)
+    return values
+
+
+def blink_starts(values: np.ndarray) -> np.ndarray:
+    b = values[:, BLINKS[0]]
+    return np.flatnonzero((b[1:] >= 0.5) & (b[:-1] < 0.5)) + 1
+
+
+def test_config_is_checked() -> None:
+    for bad in (dict(blinks_per_minute=-1), dict(blinks_per_minute=100), dict(pause_factor=0.5),
+                dict(refractory_s=-1), dict(saccade_deg=20), dict(head_centring_s=-2)):
+        with pytest.raises(ValueError):
+            LivelinessConfig(**bad)
+
+
+@pytest.mark.parametrize("speaking", [True, False])
+def test_blinks_at_natural_rates_never_in_bursts(speaking: bool) -> None:
+    values = talk(600, np.random.default_rng(0), speaking)
+    out = Liveliness(LivelinessConfig(), seed=1).apply(values)
+    starts = blink_starts(out)
+    per_minute = len(starts) / 10
+    assert 10 <= per_minute <= 25, per_minute
+    assert np.diff(starts).min() >= LivelinessConfig().refractory_s * FPS
+    assert np.all(out[:, BLINKS[0]] == out[:, BLINKS[1]])  # both eyes
+    assert out[:, BLINKS].max() == 1.0 and out[:, BLINKS].min() == 0.0
+
+
+def test_more_blinks_at_pauses() -> None:
+    values = talk(900, np.random.default_rng(2))
+    out = Liveliness(LivelinessConfig(), seed=3).apply(values)
+    resting = values[:, JAW] < 0.05
+    # the first second of each pause (after 200 ms at rest), where the stage blinks more
+    run = np.zeros(len(values), int)
+    for i in range(1, len(values)):
+        run[i] = run[i - 1] + 1 if resting[i] else 0
+    early_pause = (run >= 6) & (run < 36)
+    starts = blink_starts(out)
+    rate_in = np.isin(starts, np.flatnonzero(early_pause)).sum() / early_pause.sum()
+    rate_out = (~np.isin(starts, np.flatnonzero(early_pause))).sum() / (~early_pause).sum()
+    assert rate_in > 1.8 * rate_out, (rate_in, rate_out)
+
+
+def test_the_head_comes_back_to_centre_and_keeps_its_nods() -> None:
+    n = 15 * 60 * FPS
+    t = np.arange(n) / FPS
+    values = np.zeros((n, D + 3), np.float32)
+    offset = np.deg2rad([3.3, -1.0, 3.6])  # the settled offset measured on the shipped model
+    nod = np.deg2rad(4.0) * np.sin(2 * np.pi * 0.8 * t)
+    values[:, D:] = offset
+    values[:, D] += nod
+    out = Liveliness(LivelinessConfig(), seed=0).apply(values)
+    late = slice(n - 60 * FPS, n)  # the last minute
+    assert np.abs(np.rad2deg(out[late, D:].mean(axis=0))).max() < 0.2
+    kept = out[late, D].std() / nod[late].std()
+    assert 0.95 < kept < 1.05
+
+
+def test_gaze_moves_a_little_and_both_eyes_together() -> None:
+    out = Liveliness(LivelinessConfig(), seed=4).apply(talk(120, np.random.default_rng(4)))
+    gaze = np.rad2deg(motion.gaze_from_blendshapes(out[:, :D]))  # left yaw, left pitch, right yaw, right pitch
+    np.testing.assert_allclose(gaze[:, 0], gaze[:, 2], atol=1e-4)
+    np.testing.assert_allclose(gaze[:, 1], gaze[:, 3], atol=1e-4)
+    assert 0.5 < gaze[:, 0].std() < 4 and np.abs(gaze).max() < 10
+    moves = np.sum(np.abs(np.diff(gaze[:, 0])) > 0.2)  # frames where the eyes are in a saccade
+    assert 20 < moves < 0.3 * len(gaze)
+
+
+def test_same_seed_same_frames_other_seed_other_blinks() -> None:
+    values = talk(120, np.random.default_rng(5))
+    a = Liveliness(LivelinessConfig(), seed=9).apply(values)
+    np.testing.assert_array_equal(a, Liveliness(LivelinessConfig(), seed=9).apply(values))
+    pieces = Liveliness(LivelinessConfig(), seed=9)  # any cut into hops: the same frames
+    hops = [pieces.apply(values[i : i + 7]) for i in range(0, len(values), 7)]
+    np.testing.assert_array_equal(a, np.concatenate(hops))
+    assert not np.array_equal(blink_starts(a), blink_starts(Liveliness(LivelinessConfig(), seed=10).apply(values)))
+    off = LivelinessConfig(blinks_per_minute=0, saccades_per_second=0, head_centring_s=0)
+    np.testing.assert_array_equal(Liveliness(off, seed=9).apply(values), values)
+
+
+def test_a_stream_gets_it_on_what_goes_out(speech_16k) -> None:
+    """Through the engine: the frames with liveliness are the frames without it, passed through the stage
+    with the stream's seed (the model's own context is untouched)."""
+    from ksdiff_runtime.backends.select import load_backend
+    from ksdiff_runtime.engine.engine import StreamingEngine
+
+    backend = load_backend("onnxruntime", threads=1)
+    audio = np.tile(speech_16k, 4)
+
+    def stream(engine: StreamingEngine) -> np.ndarray:
+        sid = engine.open_stream(seed=21)
+        frames = []
+        for i in range(0, audio.size, 533):
+            engine.push(sid, audio[i : i + 533])
+            while engine.has_work():
+                frames += engine.step().frames
+        engine.end_stream(sid)
+        while engine.has_work():
+            frames += engine.step().frames
+        frames.sort(key=lambda f: f.index)
+        return np.array([np.concatenate([f.blendshapes, f.head]) for f in frames])
+
+    plain = StreamingEngine(backend, "low-latency", front_end_threads=1)
+    alive = StreamingEngine(backend, "low-latency", front_end_threads=1, liveliness=LivelinessConfig())
+    without, with_ = stream(plain), stream(alive)
+    expected = Liveliness(LivelinessConfig(), seed=21).apply(without)
+    n = len(without) - 4  # the ease to rest after the last frame starts from the (changed) last frame
+    np.testing.assert_allclose(with_[:n], expected[:n], atol=1e-6)
+    assert len(blink_starts(with_)) >= 1
