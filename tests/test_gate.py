@@ -91,6 +91,18 @@ def test_vad_track_in_pieces_is_the_whole_clip(speech) -> None:
     np.testing.assert_allclose(track.probs(0, track.chunks), whole, atol=1e-6)
 
 
+def test_vad_track_counts_audio_it_never_heard_as_silence(speech) -> None:
+    """A stream that shed frames may have dropped audio the VAD had not run over: those chunks are silence,
+    and the track goes on from the audio it has."""
+    track = vad.VadTrack(vad.shared_vad())
+    track.advance(speech, 0, 10 * vad.CHUNK)
+    offset = 40 * vad.CHUNK + 100  # audio before this sample is gone
+    track.advance(speech[offset:], offset, speech.size, ended=True)
+    assert track.chunks == -(-speech.size // vad.CHUNK)
+    assert np.all(track.probs(10, 41) == 0.0)
+    assert track.probs(41, track.chunks).max() > 0.5  # speech after the gap is heard again
+
+
 def test_missing_silero_vad_is_a_clear_message(monkeypatch, caplog) -> None:
     def not_installed(name: str):
         raise importlib.metadata.PackageNotFoundError(name)

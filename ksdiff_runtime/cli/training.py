@@ -107,6 +107,9 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", action="append", default=[], metavar="PRESET:FIELD=VALUE,...",
                    help="score a preset with fields changed instead of the two presets (repeatable), e.g. "
                    "'low-latency:hop_frames=2,feature_block_frames=2' (how the sweeps in docs/ENGINE.md were run)")
+    p.add_argument("--lines", action="append", type=int, default=[], metavar="STEPS",
+                   help="also animate every clip as a line (mode line: pushed whole, whole windows) at STEPS DDIM "
+                   "steps (repeatable)")
     p.set_defaults(func=run_eval_stream)
 
 
@@ -126,7 +129,7 @@ def parse_variant(text: str) -> Preset:
 def run_eval_stream(args: argparse.Namespace) -> int:
     variants = [parse_variant(v) for v in args.variant] or None
     stream_eval.stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend,
-                            variants)
+                            variants, args.lines)
     return 0
 
 

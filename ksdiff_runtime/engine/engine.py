@@ -46,7 +46,7 @@ from .capacity import Capacity
 from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
-from .presets import Preset, get_preset
+from .presets import LINE_STEPS, Preset, get_preset
 from .sampling import Guidance, WindowBatch, WindowResult, sample_windows
 from .stream import Emitted, Hop, Split, StreamState, frame_sample
 
@@ -93,6 +93,7 @@ class StreamingEngine:
         controls: Controls | None = None,
         voice_gate: GateConfig | None = None,
         liveliness: LivelinessConfig | None = None,
+        line_steps: int = LINE_STEPS,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -103,7 +104,7 @@ class StreamingEngine:
             raise ValueError(f"preset {self.preset.name}: the model sees at most {self.cfg.lookahead_frames} "
                              "lookahead frames")
         self.fps = fps
-        self.line_preset = self.preset.for_lines(self.cfg.train_window_frames)  # streams in mode "line"
+        self.line_preset = self.preset.for_lines(self.cfg.train_window_frames, line_steps)  # streams in mode "line"
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.guidance = guidance
         self.capacity = capacity or Capacity()

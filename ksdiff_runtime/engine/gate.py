@@ -78,17 +78,26 @@ class VoiceGate:
 
     def gains(self, first: int, n: int) -> np.ndarray:
         """Gains [n] of native frames [first, first + n), in order (each continues from the last)."""
-        out = np.empty(n, np.float32)
-        m = self.config.min_chunks
-        for j in range(n):
-            k0, k1 = self.config.chunk_span(first + j)
-            above = self.track.probs(k0, k1) >= self.config.threshold
-            # m voiced chunks in a row: the windows of m consecutive chunks that are all above
-            voiced = above.size >= m and bool(np.any(np.lib.stride_tricks.sliding_window_view(above, m).all(axis=1)))
-            self._gain = 1.0 if voiced else max(0.0, self._gain - self._step)
-            out[j] = self._gain
-        if n:
-            self.track.forget_before(self.config.chunk_span(first + n)[0])
+        if n == 0:
+            return np.zeros(0, np.float32)
+        cfg, m = self.config, self.config.min_chunks
+        spans = np.array([cfg.chunk_span(f) for f in range(first, first + n)])  # [n, 2]: chunks [k0, k1)
+        lo = max(int(spans[:, 0].min()), self.track.first)
+        above = self.track.probs(lo, int(spans[:, 1].max())) >= cfg.threshold
+        # ends[i]: chunk lo + i closes a run of m chunks above the threshold; a frame is voiced when such a
+        # run lies within its span, i.e. one ends in [k0 + m - 1, k1)
+        ends = np.convolve(above.astype(np.int32), np.ones(m, np.int32))[: above.size] >= m
+        count = np.concatenate([[0], np.cumsum(ends)])
+        a = np.clip(spans[:, 0] + m - 1 - lo, 0, above.size)
+        b = np.clip(spans[:, 1] - lo, 0, above.size)
+        voiced = count[np.maximum(a, b)] - count[a] > 0
+        # 1 on a voiced frame, then down by one release step a frame (from the last frame's gain before any)
+        j = np.arange(n)
+        last = np.maximum.accumulate(np.where(voiced, j, -1))
+        out = np.where(last >= 0, 1.0 - self._step * (j - last), self._gain - self._step * (j + 1))
+        out = np.clip(out, 0.0, 1.0).astype(np.float32)
+        self._gain = float(out[-1])
+        self.track.forget_before(cfg.chunk_span(first + n)[0])
         return out
 
     def apply(self, values: np.ndarray, first: int) -> np.ndarray:

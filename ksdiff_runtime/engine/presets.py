@@ -27,8 +27,10 @@ MIN_LAG_MS = 100.0
 
 # Lines (a stream in mode "line": its audio is already there, e.g. a TTS line pushed whole) are
 # animated as a bake is: windows of the length the model was trained on, all of them hop frames, and
-# LINE_STEPS DDIM steps; the front-end runs over all the audio there is in one call.
-LINE_STEPS = 2
+# LINE_STEPS DDIM steps; a line whose audio is all there gets the bake's features (one pass over the
+# whole line). On 40 held-out clips (`ksdiff-runtime eval-stream --lines 1 --lines 2`, docs/ENGINE.md)
+# one step was within 5 % of the 4-step bake on every metric and two steps were not (BeatAlign -9.7 %).
+LINE_STEPS = 1
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,12 @@ class Preset:
         if self.head_smoothing_ms < 0:
             raise ValueError(f"preset {self.name}: head_smoothing_ms must be >= 0")
 
-    def for_lines(self, window_frames: int) -> Preset:
+    def for_lines(self, window_frames: int, steps: int = LINE_STEPS) -> Preset:
         """This preset as lines use it: hops of whole ``window_frames`` windows (the model's training
-        window) with the model's lookahead, LINE_STEPS steps, no crossfade. The front-end (its
+        window) with the model's lookahead, ``steps`` DDIM steps, no crossfade. The front-end (its
         lookahead and context) stays this preset's: one recogniser configuration per engine."""
         return dataclasses.replace(self, name=f"{self.name}/line", hop_frames=window_frames,
-                                   window_frames=window_frames, crossfade_frames=0, steps=LINE_STEPS)
+                                   window_frames=window_frames, crossfade_frames=0, steps=steps)
 
     def front_end_config(self, trained: FrontEndConfig) -> FrontEndConfig:
         """The model's front-end with this preset's lookahead (and context, when it sets one)."""

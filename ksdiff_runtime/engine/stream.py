@@ -304,6 +304,15 @@ class StreamState:
         ``split``: cut a long one-call range into pieces computed on several threads at once."""
         compute = front_end or self.front_end
         available = self.audio_frames()
+        if self.line and self.n_feats == 0 and self.audio_offset == 0 and available:
+            # A line's first features: every frame its audio already gives, as a bake computes them (one
+            # pass over all of it with full context, front_end.offline, and prosody over all of it), not
+            # one call per window. A clip through `animate` is all here by then: its frames are the bake's.
+            self._feats = compute.offline(self._audio)[:available]
+            self._pros = take_frames(normalized_prosody(prosody(self._audio)), 0, available).astype(np.float32)
+            self.n_feats = available
+            self._trim()
+            return
         G = self.preset.feature_block_frames
         while self.n_feats < min(upto, available):
             f0 = self.n_feats

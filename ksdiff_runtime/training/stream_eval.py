@@ -40,14 +40,18 @@ TOLERANCE = 0.05  # the issue's bar: within 5 % of whole-clip evaluation
 
 
 def stream_animations(
-    engine: StreamingEngine, clips: list[Clip], styles: np.ndarray, rng: np.random.Generator, max_chunk: int = 16000
+    engine: StreamingEngine, clips: list[Clip], styles: np.ndarray, rng: np.random.Generator, max_chunk: int = 16000,
+    mode: str = "live",
 ) -> list[Animation]:
-    """Animate clips as concurrent engine streams fed in random-sized chunks."""
-    ids = [engine.open_stream(f"clip{i}", seed=0, style=styles[i]) for i in range(len(clips))]
+    """Animate clips as concurrent engine streams fed in random-sized chunks (mode "live"), or as lines
+    pushed whole and ended at once (mode "line", as the SDK's ``animate`` sends a clip)."""
+    ids = [engine.open_stream(f"clip{i}", seed=0, style=styles[i], mode=mode) for i in range(len(clips))]
+    if mode == "line":
+        max_chunk = max(c.audio.size for c in clips)
     pos = [0] * len(clips)
     frames: dict[str, list] = {sid: [] for sid in ids}
     total = sum(c.audio.size for c in clips)
-    with tqdm(total=total, unit="sample", unit_scale=True, desc=f"streams ({engine.preset.name})") as bar:
+    with tqdm(total=total, unit="sample", unit_scale=True, desc=f"streams ({engine.preset.name}, {mode})") as bar:
         while any(p < c.audio.size for p, c in zip(pos, clips, strict=True)):
             for i, (sid, clip) in enumerate(zip(ids, clips, strict=True)):
                 if pos[i] >= clip.audio.size:
@@ -76,9 +80,10 @@ def stream_animations(
 
 def stream_eval(
     checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu",
-    variants: list[Preset] | None = None,
+    variants: list[Preset] | None = None, line_steps: list[int] | None = None,
 ) -> dict:
-    """Both presets (or, given ``variants``, those presets instead) against whole-clip animation."""
+    """Both presets (or, given ``variants``, those presets instead) against whole-clip animation; with
+    ``line_steps``, also every clip as a line (mode "line") at each of those step counts."""
     model = load_model(checkpoint)
     torch.manual_seed(0)
     build_feature_cache(corpus, cache, model.cfg)
@@ -97,6 +102,12 @@ def stream_eval(
         label = f"stream {preset.name} ({preset.steps} steps, hop {preset.hop_frames})"
         rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
         presets[label] = preset
+    for steps in line_steps or []:
+        engine = StreamingEngine(backend, "low-latency", line_steps=steps)
+        anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1), mode="line")
+        label = f"lines ({steps} steps, whole windows)"
+        rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
+        presets[label] = engine.line_preset
     whole = rows["whole clip (offline features, 4 steps)"]
     deltas: dict[str, dict[str, float | None]] = {}
     for label in presets:

@@ -33,7 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ksdiff_sdk import protocol, schema
 from ksdiff_sdk.animation import Animation
-from ksdiff_sdk.audio import audio_messages, chunk_frames, frame_bytes, to_pcm
+from ksdiff_sdk.audio import LINE_CHUNK_MS, MAX_CHUNK_MS, audio_messages, chunk_frames, frame_bytes, to_pcm
 from ksdiff_sdk.errors import ClientClosedError, KsdiffError, StreamLost, UnknownStreamError
 from ksdiff_sdk.frame import Frame
 from ksdiff_sdk.protocol import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT, ProtocolError
@@ -199,7 +199,8 @@ class StreamHandle:
 
     def push(self, pcm: np.ndarray | bytes | bytearray | memoryview, at_sample: int | None = None) -> None:
         """Send audio: numpy float (-1..1) or int16 shaped [n] or [n, channels], or bytes already in
-        the stream's format. Converted to the stream's format and sent in <= 100 ms messages.
+        the stream's format. Converted to the stream's format and sent in <= 100 ms messages (a line's:
+        up to 10 s, under the message size limit).
 
         ``at_sample``: where the first sample frame goes on the stream's clock (default: right after
         the previous push); a gap is filled with silence by the runtime. Never blocks on the runtime,
@@ -216,13 +217,15 @@ class StreamHandle:
         start = self._next_sample if at_sample is None else int(at_sample)
         if self._t0 is None:
             self._t0 = time.monotonic()
-        messages = audio_messages(self.stream, data, self.sample_rate, self.channels, self.format, self._seq, start)
+        max_ms = LINE_CHUNK_MS if self.mode == "line" else MAX_CHUNK_MS
+        messages = audio_messages(self.stream, data, self.sample_rate, self.channels, self.format, self._seq, start,
+                                  max_ms)
         self._seq += len(messages)
         self._next_sample = max(self._next_sample, start + n)
         if self.max_ahead_s is None:
             self._client._send(messages)
             return
-        step = chunk_frames(self.sample_rate, self.channels, self.format)
+        step = chunk_frames(self.sample_rate, self.channels, self.format, max_ms)
         room = max(0.1, self.max_ahead_s - AHEAD_MARGIN_S)
         batch: list[bytes] = []
         for k, message in enumerate(messages):
