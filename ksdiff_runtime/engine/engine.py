@@ -25,7 +25,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -48,7 +47,7 @@ from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
 from .presets import LINE_STEPS, Preset, get_preset
 from .sampling import Guidance, WindowBatch, WindowResult, sample_windows
-from .stream import Emitted, Hop, Split, StreamState, frame_sample
+from .stream import Emitted, Hop, StreamState, frame_sample
 
 log = logging.getLogger("ksdiff_runtime.engine")
 
@@ -298,28 +297,21 @@ class StreamingEngine:
         jobs = [(st, st.features_needed(h), h.catch_up) for _, st, h in planned]
         if len(jobs) > 1 and self._pool is not None:
             errors = list(self._pool.map(lambda job: self._update_features(*job), jobs))
-        else:  # one stream: a line's long range is cut into pieces for every thread
-            split = self._split if self._pool is not None else None
-            errors = [self._update_features(*job, front_end=self.front_end, split=split) for job in jobs]
+        else:  # one stream (a line's first features parallelise inside front_end.offline)
+            errors = [self._update_features(*job, front_end=self.front_end) for job in jobs]
         for (session, _, _), exc in zip(planned, errors, strict=True):
             if exc is not None:
                 self._fail(session, exc, result)
 
     def _update_features(self, state: StreamState, upto: int, one_call: bool,
-                         front_end: BlockwiseFrontEnd | None = None, split: Split | None = None) -> Exception | None:
+                         front_end: BlockwiseFrontEnd | None = None) -> Exception | None:
         """Run a stream's front-end (on a pool thread: with that thread's own front-end)."""
         front_end = front_end or self._thread_front_end()
         try:
-            state.update_features(upto, one_call, front_end, split)
+            state.update_features(upto, one_call, front_end)
         except Exception as exc:
             return exc
         return None
-
-    def _split(self, fn: Callable[[BlockwiseFrontEnd, int, int], np.ndarray],
-               ranges: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Front-end ranges of one stream computed on the pool's threads, each with its own front-end."""
-        assert self._pool is not None
-        return list(self._pool.map(lambda r: fn(self._thread_front_end(), *r), ranges))
 
     def _tick(self, hops: list[tuple[Session, StreamState, Hop]], result: StepResult,
               preset: Preset) -> list[tuple[StreamState, Emitted]]:

@@ -69,8 +69,10 @@ class VoiceGate:
     def __init__(self, config: GateConfig, model: SileroVad) -> None:
         self.config = config
         self.track = VadTrack(model)
-        self._gain = 0.0  # before the first frame: closed
-        self._step = 1.0 / max(1.0, config.release_ms * motion.FPS / 1000.0)
+        # frames since the last voiced one (an integer, so gains are the same whatever the hops): before
+        # the first frame, long ago (closed)
+        self._since = 1 << 30
+        self._release = max(1.0, config.release_ms * motion.FPS / 1000.0)  # frames the mouth takes to close
 
     def listen(self, audio: np.ndarray, offset: int, samples: int, ended: bool) -> None:
         """Run the VAD over the audio there is (``audio`` holds the stream from sample ``offset`` on)."""
@@ -91,12 +93,12 @@ class VoiceGate:
         a = np.clip(spans[:, 0] + m - 1 - lo, 0, above.size)
         b = np.clip(spans[:, 1] - lo, 0, above.size)
         voiced = count[np.maximum(a, b)] - count[a] > 0
-        # 1 on a voiced frame, then down by one release step a frame (from the last frame's gain before any)
+        # 1 on a voiced frame, then down linearly to 0 over the release
         j = np.arange(n)
         last = np.maximum.accumulate(np.where(voiced, j, -1))
-        out = np.where(last >= 0, 1.0 - self._step * (j - last), self._gain - self._step * (j + 1))
-        out = np.clip(out, 0.0, 1.0).astype(np.float32)
-        self._gain = float(out[-1])
+        since = np.where(last >= 0, j - last, self._since + j + 1)
+        self._since = int(since[-1])
+        out = np.clip((self._release - since) / self._release, 0.0, 1.0).astype(np.float32)
         self.track.forget_before(cfg.chunk_span(first + n)[0])
         return out
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -38,12 +37,6 @@ from .sampling import WindowResult
 # Prosody of a frame range is computed over this many frames before it (YIN needs 64 ms of
 # audio around a frame; the rest keeps the relative voicing gate from seeing too little).
 PROSODY_CONTEXT_FRAMES = 6
-# A long front-end call of a stream alone in its round (a line's window) is cut into pieces of at least
-# this many frames, computed on the engine's front-end threads at once.
-LINE_PIECE_MIN_FRAMES = 15
-
-# Runs ``fn(front_end, f0, f1)`` for each range on the engine's front-end threads, results in order.
-Split = Callable[[Callable[[BlockwiseFrontEnd, int, int], np.ndarray], list[tuple[int, int]]], list[np.ndarray]]
 
 
 def frame_sample(frame: int) -> int:
@@ -295,13 +288,11 @@ class StreamState:
         self._trim()
         return skipped
 
-    def update_features(self, upto: int, one_call: bool, front_end: BlockwiseFrontEnd | None = None,
-                        split: Split | None = None) -> None:
+    def update_features(self, upto: int, one_call: bool, front_end: BlockwiseFrontEnd | None = None) -> None:
         """Features for frames up to ``upto`` (exclusive), as far as the audio allows. Normally in the
         preset's groups (the schedule training used); ``one_call``: everything in one front-end call
         (a stream catching up, a line). ``front_end``: the instance to compute with (an engine gives
-        each of its threads its own front-end); the same configuration, so the same features.
-        ``split``: cut a long one-call range into pieces computed on several threads at once."""
+        each of its threads its own front-end); the same configuration, so the same features."""
         compute = front_end or self.front_end
         available = self.audio_frames()
         if self.line and self.n_feats == 0 and self.audio_offset == 0 and available:
@@ -322,14 +313,7 @@ class StreamState:
                 f1 = f0 + G
                 if f1 > available and not self.ended:
                     return
-            pieces = max(1, (f1 - f0) // LINE_PIECE_MIN_FRAMES)
-            if split is not None and one_call and pieces > 1:
-                cuts = np.linspace(f0, f1, pieces + 1).round().astype(int)
-                feats = np.concatenate(split(lambda fe, a, b: fe.range_features(self._audio, a, b,
-                                                                                offset=self.audio_offset),
-                                             list(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True))))
-            else:
-                feats = compute.range_features(self._audio, f0, f1, offset=self.audio_offset)
+            feats = compute.range_features(self._audio, f0, f1, offset=self.audio_offset)
             n = feats.shape[0]
             if n == 0:  # cannot happen with the sample counts above; never loop on it
                 raise RuntimeError(f"stream {self.id}: front-end gave no frames for [{f0}, {f1})")
@@ -376,8 +360,11 @@ class StreamState:
 
     # --- hops ---------------------------------------------------------------------------------
     def features_needed(self, hop: Hop) -> int:
-        """Frames whose features the hop reads: its own and the model's lookahead (within the stream)."""
+        """Frames whose features the hop reads: its own and the model's lookahead (within the stream). A
+        line computes every frame its audio gives at once (one front-end call, full context across it)."""
         need = self.emitted + hop.frames + self.preset.model_lookahead_frames
+        if self.line:
+            need = max(need, self.audio_frames())
         end = self.total_frames
         return need if end is None else min(need, end)
 
