@@ -234,8 +234,20 @@ def test_animate_returns_every_frame_by_index(fake, make_client):
     np.testing.assert_allclose(anim.t_audio, np.arange(30) / 30)
     sent = fake.audio[anim.stream]
     assert b"".join(m["pcm"] for m in sent) == audio.tobytes()
-    assert all(len(m["pcm"]) <= 4800 * 4 for m in sent)  # <= 100 ms of 48 kHz stereo s16le
+    # a line (animate's mode): its audio in messages of up to 10 s, so this second goes in one
+    assert len(sent) == 1 and fake.requests_of("open_stream")[0]["mode"] == "line"
     assert fake.requests_of("open_stream")[0]["channels"] == 2
+
+
+def test_a_lines_messages_stay_under_the_size_limit_and_a_live_streams_at_100_ms() -> None:
+    from ksdiff_sdk import protocol
+    from ksdiff_sdk.audio import LINE_CHUNK_MS, MAX_CHUNK_MS, audio_messages
+
+    pcm = np.zeros((20 * 48000, 2), np.float32).tobytes()  # 20 s of 48 kHz stereo f32le: 7.7 MB
+    line = audio_messages("npc", pcm, 48000, 2, "f32le", 0, 0, LINE_CHUNK_MS)
+    assert all(len(m) <= protocol.MAX_MESSAGE_BYTES for m in line) and len(line) == 8
+    live = audio_messages("mic", pcm[: 48000 * 8], 48000, 2, "f32le", 0, 0, MAX_CHUNK_MS)
+    assert len(live) == 10 and all(len(protocol.decode(m)["pcm"]) == 4800 * 8 for m in live)
 
 
 def test_error_reply_raises_a_typed_error(fake, make_client):
