@@ -46,7 +46,9 @@ class LivelinessConfig:
     # speech measured 18.5 a minute at 15 and 3.0, one minute in eight at 27 (benchmarks/liveliness.py)
     blinks_per_minute: float = 14.0
     pause_factor: float = 2.5  # blinks are this much likelier in the first second of a pause
-    refractory_s: float = 1.0  # no blink sooner than this after the last one
+    # no blink sooner than this after the last one; a longer refractory time makes the intervals more
+    # regular (1.0 s: one minute in eight of a looping stream had 27 blinks, another 11)
+    refractory_s: float = 1.5
     saccades_per_second: float = 0.7
     saccade_deg: float = 2.0  # standard deviation of each fixation's offset (yaw and pitch)
     head_centring_s: float = 6.0  # a head offset held longer than this goes back to centre (0: off)
