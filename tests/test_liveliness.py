@@ -33,7 +33,7 @@ def blink_starts(values: np.ndarray) -> np.ndarray:
 
 def test_config_is_checked() -> None:
     for bad in (dict(blinks_per_minute=-1), dict(blinks_per_minute=100), dict(pause_factor=0.5),
-                dict(refractory_s=-1), dict(saccade_deg=20), dict(head_centring_s=-2)):
+                dict(refractory_s=-1), dict(saccade_deg=20), dict(head_centring_s=-2), dict(head_smoothing_hz=15)):
         with pytest.raises(ValueError):
             LivelinessConfig(**bad)
 
@@ -80,6 +80,30 @@ def test_the_head_comes_back_to_centre_and_keeps_its_nods() -> None:
     assert 0.95 < kept < 1.05
 
 
+def test_the_heads_hop_rate_wobble_is_damped_and_its_nods_pass() -> None:
+    """Each hop samples head motion afresh: a fast wobble rides on the slow motion. The low-pass keeps a
+    0.8 Hz nod and damps a 7 Hz wobble, and the head changes direction far less often."""
+    from ksdiff_runtime.training.metrics import motion_beats
+
+    n = 60 * FPS
+    t = np.arange(n) / FPS
+    nod = np.deg2rad(4.0) * np.sin(2 * np.pi * 0.8 * t)
+    wobble = np.deg2rad(1.0) * np.sin(2 * np.pi * 7.0 * t)
+    values = np.zeros((n, D + 3), np.float32)
+    values[:, D] = nod + wobble
+    config = LivelinessConfig(head_centring_s=0)
+    settled = slice(5 * FPS, 55 * FPS)  # after the filter settles; whole periods of both for the spectrum
+    out = Liveliness(config, seed=0).apply(values)[settled, D]
+    spectrum = np.abs(np.fft.rfft(out)) / len(out) * 2
+    freqs = np.fft.rfftfreq(len(out), 1 / FPS)
+    at = lambda f: spectrum[np.argmin(np.abs(freqs - f))]  # noqa: E731
+    assert 0.95 < at(0.8) / np.deg2rad(4.0) < 1.02
+    assert at(7.0) / np.deg2rad(1.0) < 0.15
+    before = len(motion_beats(values[settled, D:]))
+    after = len(motion_beats(Liveliness(config, seed=0).apply(values)[settled, D:]))
+    assert after < 0.5 * before, (before, after)
+
+
 def test_gaze_moves_a_little_and_both_eyes_together() -> None:
     out = Liveliness(LivelinessConfig(), seed=4).apply(talk(120, np.random.default_rng(4)))
     gaze = np.rad2deg(motion.gaze_from_blendshapes(out[:, :D]))  # left yaw, left pitch, right yaw, right pitch
@@ -98,7 +122,7 @@ def test_same_seed_same_frames_other_seed_other_blinks() -> None:
     hops = [pieces.apply(values[i : i + 7]) for i in range(0, len(values), 7)]
     np.testing.assert_array_equal(a, np.concatenate(hops))
     assert not np.array_equal(blink_starts(a), blink_starts(Liveliness(LivelinessConfig(), seed=10).apply(values)))
-    off = LivelinessConfig(blinks_per_minute=0, saccades_per_second=0, head_centring_s=0)
+    off = LivelinessConfig(blinks_per_minute=0, saccades_per_second=0, head_centring_s=0, head_smoothing_hz=0)
     np.testing.assert_array_equal(Liveliness(off, seed=9).apply(values), values)
 
 

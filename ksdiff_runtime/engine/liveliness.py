@@ -13,7 +13,10 @@ Until a retrained model does this itself, this stage adds it to the model's outp
 - **gaze micro-saccades**: every so often (``saccades_per_second``) the eyes jump to a new small
   offset (``saccade_deg``, both eyes together) and hold it, added to the eyeLook weights;
 - **head centring**: the head's slow average (time constant ``head_centring_s``) is taken out of
-  its rotation, so no offset settles over minutes while every nod and turn stays.
+  its rotation, so no offset settles over minutes while every nod and turn stays;
+- **head steadiness**: a 2nd-order low-pass at ``head_smoothing_hz`` on the head's rotation. Each
+  hop samples head motion afresh, so the model's head wobbles at the hop rate (9.9 direction
+  changes a second in a looping stream, where the teacher makes 2.5); nods (below ~1 Hz) pass.
 
 Like the voice gate it works on what goes out (the model's own context is untouched), on the
 native 30 fps frames in order, from the stream's seed: a stream and a bake of the same audio
@@ -52,6 +55,7 @@ class LivelinessConfig:
     saccades_per_second: float = 0.7
     saccade_deg: float = 2.0  # standard deviation of each fixation's offset (yaw and pitch)
     head_centring_s: float = 6.0  # a head offset held longer than this goes back to centre (0: off)
+    head_smoothing_hz: float = 2.0  # head motion faster than this is damped (0: off)
 
     def __post_init__(self) -> None:
         if not 0 <= self.blinks_per_minute <= 60:
@@ -62,6 +66,8 @@ class LivelinessConfig:
             raise ValueError("saccades_per_second must be in 0..5 and saccade_deg in 0..10")
         if self.head_centring_s < 0:
             raise ValueError(f"head_centring_s must be >= 0, got {self.head_centring_s}")
+        if not 0 <= self.head_smoothing_hz < motion.FPS / 2:
+            raise ValueError(f"head_smoothing_hz must be in [0, {motion.FPS / 2}), got {self.head_smoothing_hz}")
 
 
 class Liveliness:
@@ -84,6 +90,10 @@ class Liveliness:
         self._next_saccade = 0
         self._head_mean = np.zeros(motion.NUM_HEAD)
         self._head_a = 1.0 - np.exp(-1.0 / (fps * config.head_centring_s)) if config.head_centring_s else 0.0
+        self._head_sos = None  # the head's low-pass and its state (one per rotation axis), from rest
+        if config.head_smoothing_hz:
+            self._head_sos = scipy.signal.butter(2, config.head_smoothing_hz, fs=fps, output="sos")
+            self._head_zi = np.zeros((self._head_sos.shape[0], 2, motion.NUM_HEAD))
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """The next native frames [n, 55] (in order) with blinks, gaze offsets and the head centred."""
@@ -107,12 +117,16 @@ class Liveliness:
             out[:, LOOK[name]] += np.maximum(-pitch, 0.0) / motion.EYE_PITCH_UP_RANGE
         looks = list(LOOK.values())
         out[:, looks] = np.clip(out[:, looks], 0.0, 1.0)
+        D = motion.NUM_BLENDSHAPES
+        head = out[:, D:].astype(np.float64)
         if self._head_a:  # the head's running mean (a one-pole low-pass continuing from the last frame), taken out
-            a, D = self._head_a, motion.NUM_BLENDSHAPES
-            head = out[:, D:].astype(np.float64)
+            a = self._head_a
             mean, _ = scipy.signal.lfilter([a], [1.0, a - 1.0], head, axis=0, zi=((1.0 - a) * self._head_mean)[None])
             self._head_mean = mean[-1]
-            out[:, D:] = head - mean
+            head = head - mean
+        if self._head_sos is not None:
+            head, self._head_zi = scipy.signal.sosfilt(self._head_sos, head, axis=0, zi=self._head_zi)
+        out[:, D:] = head
         return out
 
     def _next_blink(self, resting: bool) -> float:
