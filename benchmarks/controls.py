@@ -31,15 +31,7 @@ SHOWN = ("jawOpen", "browInnerUp", "mouthSmileLeft")
 
 def animate(engine: StreamingEngine, audio: np.ndarray, controls: Controls) -> tuple[np.ndarray, np.ndarray]:
     """Weights [T, 52] and head [T, 3] of one stream fed in 100 ms chunks, as a microphone would."""
-    sid = engine.open_stream(seed=0, controls=controls)
-    frames = []
-    for start in range(0, audio.size, 1600):
-        engine.push(sid, audio[start : start + 1600])
-        while engine.has_work():
-            frames += engine.step().frames
-    engine.end_stream(sid)
-    while engine.has_work():
-        frames += engine.step().frames
+    frames = engine.stream_clip(audio, chunks=[1600] * -(-audio.size // 1600), controls=controls)
     return np.stack([f.blendshapes for f in frames]), np.stack([f.head for f in frames])
 
 

@@ -40,16 +40,8 @@ def stream(engine: StreamingEngine, audio: np.ndarray, label: str) -> np.ndarray
     """Every frame [n, 55] of one live stream of ``audio`` (33 ms pushes, never shed), with progress."""
     from tqdm import tqdm
 
-    sid = engine.open_stream(seed=5)
-    frames = []
-    for i in tqdm(range(0, audio.size, 533), desc=label, unit="hop", mininterval=2.0):
-        engine.push(sid, audio[i : i + 533])
-        while engine.has_work():
-            frames += engine.step().frames
-    engine.end_stream(sid)
-    while engine.has_work():
-        frames += engine.step().frames
-    frames.sort(key=lambda f: f.index)
+    with tqdm(total=audio.size, desc=label, unit="sample", unit_scale=True, mininterval=2.0) as bar:
+        frames = engine.stream_clip(audio, seed=5, progress=bar.update)
     return np.array([np.concatenate([f.blendshapes, f.head]) for f in frames], np.float32)
 
 

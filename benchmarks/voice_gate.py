@@ -48,17 +48,7 @@ VOICED = 0.15  # jawOpen the model gives a syllable
 
 def stream(engine: StreamingEngine, audio: np.ndarray) -> np.ndarray:
     """jawOpen of every frame of one live stream of ``audio`` (33 ms pushes, never shed)."""
-    sid = engine.open_stream(seed=11)
-    frames = []
-    for i in range(0, audio.size, 533):
-        engine.push(sid, audio[i : i + 533])
-        while engine.has_work():
-            frames += engine.step().frames
-    engine.end_stream(sid)
-    while engine.has_work():
-        frames += engine.step().frames
-    frames.sort(key=lambda f: f.index)
-    return np.array([f.blendshapes[JAW] for f in frames], np.float32)
+    return np.array([f.blendshapes[JAW] for f in engine.stream_clip(audio, seed=11)], np.float32)
 
 
 def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:

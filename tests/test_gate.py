@@ -50,20 +50,7 @@ def engines():
 
 def stream(engine, audio: np.ndarray, chunks: list[int] | None = None, mode: str = "live") -> np.ndarray:
     """Every frame's values [n, 55] of one stream of ``audio`` pushed in ``chunks`` (default 533 samples)."""
-    sid = engine.open_stream(seed=3, mode=mode)
-    sizes = iter(chunks or [])
-    frames = []
-    i = 0
-    while i < audio.size:
-        k = next(sizes, 533)
-        engine.push(sid, audio[i : i + k])
-        i += k
-        while engine.has_work():
-            frames += engine.step().frames
-    engine.end_stream(sid)
-    while engine.has_work():
-        frames += engine.step().frames
-    frames.sort(key=lambda f: f.index)
+    frames = engine.stream_clip(audio, chunks or (), seed=3, mode=mode)
     assert [f.index for f in frames] == list(range(len(frames)))
     return np.array([np.concatenate([f.blendshapes, f.head]) for f in frames])
 

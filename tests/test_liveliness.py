@@ -136,17 +136,7 @@ def test_a_stream_gets_it_on_what_goes_out(speech_16k) -> None:
     audio = np.tile(speech_16k, 4)
 
     def stream(engine: StreamingEngine) -> np.ndarray:
-        sid = engine.open_stream(seed=21)
-        frames = []
-        for i in range(0, audio.size, 533):
-            engine.push(sid, audio[i : i + 533])
-            while engine.has_work():
-                frames += engine.step().frames
-        engine.end_stream(sid)
-        while engine.has_work():
-            frames += engine.step().frames
-        frames.sort(key=lambda f: f.index)
-        return np.array([np.concatenate([f.blendshapes, f.head]) for f in frames])
+        return np.array([np.concatenate([f.blendshapes, f.head]) for f in engine.stream_clip(audio, seed=21)])
 
     plain = StreamingEngine(backend, "low-latency", front_end_threads=1)
     alive = StreamingEngine(backend, "low-latency", front_end_threads=1, liveliness=LivelinessConfig())

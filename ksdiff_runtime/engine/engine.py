@@ -13,7 +13,8 @@ Streams join and leave at any time; one whose input or computation fails is ende
 (a final neutral frame, then its end), and the others keep running.
 
 For embedding and tests the engine has its own registry and a small API on it:
-``open_stream`` / ``push`` / ``end_stream``, then ``step()`` until the frames are out.
+``open_stream`` / ``push`` / ``end_stream``, then ``step()`` until the frames are out (``stream_clip``
+does all of it for one clip).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -167,6 +169,28 @@ class StreamingEngine:
     def end_stream(self, stream_id: str) -> None:
         """No more audio: the stream's remaining frames are emitted, then it is freed."""
         self.sessions.end(self._session(stream_id))
+
+    def stream_clip(self, audio: np.ndarray, chunks: Iterable[int] = (), seed: int = 0, mode: str = "live",
+                    controls: Controls | None = None, progress: Callable[[int], None] | None = None) -> list[Frame]:
+        """Every frame of one stream of 16 kHz ``audio``, by index: opened, pushed in ``chunks`` (sample
+        counts; then 533, a frame's worth), ended and stepped until done, on this thread (tests,
+        benchmarks, embedding). Not real time: nothing is shed. ``progress``: called with each push's size."""
+        sid = self.open_stream(seed=seed, controls=controls, mode=mode)
+        sizes = iter(chunks)
+        frames: list[Frame] = []
+        i = 0
+        while i < audio.size:
+            n = next(sizes, 533)
+            self.push(sid, audio[i : i + n])
+            i += n
+            if progress is not None:
+                progress(n)
+            while self.has_work():
+                frames += self.step().frames
+        self.end_stream(sid)
+        while self.has_work():
+            frames += self.step().frames
+        return sorted((f for f in frames if f.stream == sid), key=lambda f: f.index)
 
     def _session(self, stream_id: str) -> Session:
         session = self.sessions.get(stream_id)
