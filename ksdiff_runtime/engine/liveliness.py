@@ -19,8 +19,9 @@ Until a retrained model does this itself, this stage adds it to the model's outp
   changes a second in a looping stream, where the teacher makes 2.5); nods (below ~1 Hz) pass.
 
 Like the voice gate it works on what goes out (the model's own context is untouched), on the
-native 30 fps frames in order, from the stream's seed: a stream and a bake of the same audio
-with the same seed get the same blinks.
+native 30 fps frames in order, from the stream's seed and those frames alone: the same frames and
+seed give the same blinks however they are cut into hops (a bake applies it to its whole clip; its
+frames, and so its pauses, differ a little from a live stream's).
 """
 
 from __future__ import annotations
