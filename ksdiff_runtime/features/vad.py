@@ -47,7 +47,7 @@ def vad_model_path() -> Path:
     path = Path(str(dist.locate_file(MODEL_FILE)))
     if not path.is_file():
         raise VadUnavailableError(f"silero-vad {dist.version} is installed but has no {MODEL_FILE} "
-                             f"(supported: silero-vad {SUPPORTED_SILERO})")
+                                  f"(supported: silero-vad {SUPPORTED_SILERO})")
     return path
 
 
