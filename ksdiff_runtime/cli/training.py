@@ -11,10 +11,19 @@ import logging
 import time
 from pathlib import Path
 
-from ksdiff_runtime.backends.select import BACKEND_NAMES
+from ksdiff_runtime.backends.select import BACKEND_NAMES, load_backend
 from ksdiff_runtime.engine.presets import Preset, get_preset
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
-from ksdiff_runtime.training import corpus, evaluate, frontend_probe, frontend_study, stream_eval, teacher, train
+from ksdiff_runtime.training import (
+    corpus,
+    evaluate,
+    frontend_probe,
+    frontend_study,
+    real_eval,
+    stream_eval,
+    teacher,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,20 +87,36 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", type=Path, default=Path("data/corpus"), help="corpus folder")
     p.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
     p.add_argument("--max-clips", type=int, default=0, help="evaluate on at most this many clips (0 = all)")
-    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="where eval.json/.md/.png go")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where eval.json/.md/.png go (default runs/eval; with --real runs/eval-real)")
+    p.add_argument("--real", action="store_true",
+                   help="instead: score the model on real recorded voices (lip closure on bilabials aligned by "
+                   "PocketSphinx, against a loudness follower; rest in silence), on non-speech sounds and on speech "
+                   "under noise, as bake and live stream, with and without the voice gate (training/real_eval.py)")
+    p.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES,
+                   help="with --real: the backend that runs the checkpoint")
+    p.add_argument("--mode", action="append", choices=real_eval.MODES, default=[],
+                   help="with --real: bake and/or live (repeatable; default both)")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME=CHECKPOINT",
                    help="also score another checkpoint at 4 steps as a row NAME (repeatable)")
     p.set_defaults(func=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.real:
+        backend = load_backend(args.backend, args.checkpoint)
+        result = real_eval.evaluate_real(backend, args.out or Path("runs/eval-real"), args.max_clips,
+                                         tuple(args.mode) or real_eval.MODES)
+        print(real_eval.format_report(result))
+        return 0
     ablations = {}
     for item in args.ablation:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise SystemExit(f"error: --ablation takes NAME=CHECKPOINT, got {item!r}")
         ablations[name] = Path(path)
-    evaluate.evaluate(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, ablations=ablations)
+    evaluate.evaluate(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out or Path("runs/eval"),
+                      ablations=ablations)
     return 0
 
 

@@ -20,24 +20,29 @@ def mouth_mae(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.abs(pred[:, MOUTH] - true[:, MOUTH]).mean())
 
 
+def closure_flags(
+    blendshapes: np.ndarray, starts: np.ndarray, durs: np.ndarray, fps: int = motion.FPS
+) -> tuple[np.ndarray, np.ndarray]:
+    """(closed, counted), [n] bool each, for phones given by start and duration in seconds: closed when the
+    lip aperture drops below motion.LIP_CLOSED_THRESHOLD on some frame of the phone, widened by one frame
+    each side (a 30 fps frame grid can straddle a short closure); counted when the phone has frames."""
+    aperture = motion.lip_aperture(blendshapes)
+    closed, counted = np.zeros(len(starts), bool), np.zeros(len(starts), bool)
+    for i, (s, d) in enumerate(zip(starts, durs, strict=True)):
+        a = max(0, int(np.floor(s * fps)) - 1)
+        b = min(len(aperture), int(np.ceil((s + d) * fps)) + 2)
+        counted[i] = b > a
+        closed[i] = b > a and aperture[a:b].min() < motion.LIP_CLOSED_THRESHOLD
+    return closed, counted
+
+
 def bilabial_closures(
     blendshapes: np.ndarray, phonemes: np.ndarray, starts: np.ndarray, durs: np.ndarray, fps: int = motion.FPS
 ) -> tuple[int, int]:
-    """(closed, total) over /p b m/ phonemes: closed when the lip aperture drops below
-    motion.LIP_CLOSED_THRESHOLD on some frame of the phoneme (widened by one frame each side,
-    since a 30 fps frame grid can straddle a short closure)."""
-    aperture = motion.lip_aperture(blendshapes)
-    closed = total = 0
-    for p, s, d in zip(phonemes, starts, durs, strict=True):
-        if strip_stress(str(p)) not in BILABIAL_PHONEMES:
-            continue
-        a = max(0, int(np.floor(s * fps)) - 1)
-        b = min(len(aperture), int(np.ceil((s + d) * fps)) + 2)
-        if b <= a:
-            continue
-        total += 1
-        closed += int(aperture[a:b].min() < motion.LIP_CLOSED_THRESHOLD)
-    return closed, total
+    """(closed, total) over the teacher's /p b m/ phonemes (closure_flags)."""
+    keep = np.array([strip_stress(str(p)) in BILABIAL_PHONEMES for p in phonemes], bool)
+    closed, counted = closure_flags(blendshapes, np.asarray(starts)[keep], np.asarray(durs)[keep], fps)
+    return int(closed[counted].sum()), int(counted.sum())
 
 
 def rest_frames(silent: np.ndarray) -> np.ndarray:
