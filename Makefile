@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean gpu-check gpu-wheels
 
 setup: $(STAMP)
 
@@ -35,3 +35,22 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# On a CUDA machine (issue 14): the GPU tests, then benchmarks/gpu_check.py (recogniser and model batched
+# up to 512 live streams, one stream end to end), written to GPU_OUT: bench-gpu.json, bench-gpu.png,
+# gpu-tests.log. It runs on that machine's own python3 with CUDA torch; the runtime's other dependencies
+# come from .whl/, which `make gpu-wheels` fills beforehand wherever PyPI is reachable (for GPU_PY).
+GPU_OUT ?= benchmarks
+gpu-check:
+	benchmarks/gpu_check.sh $(GPU_OUT)
+
+GPU_PY ?= 3.12
+GPU_WHEELS := pyzmq==27.3.0 soxr==1.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 librosa==0.11.0 \
+	audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 hama==1.7.0 python-osc==1.10.2 \
+	websockets==17.4 sounddevice==0.5.6 silero-vad==6.2.3
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_26_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+		--platform manylinux_2_5_x86_64 --platform any -d .whl $(GPU_WHEELS)
