@@ -20,10 +20,12 @@ from ksdiff_runtime.training import (
     frontend_probe,
     frontend_study,
     real_eval,
+    realworld,
     stream_eval,
     teacher,
     train,
 )
+from ksdiff_runtime.training.dataset import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,13 @@ def configure_corpus(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips-per-persona", type=int, default=8, help="train clips per persona (test: 3/4 of it)")
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
     p.add_argument("--sample-out", default=None, help="also write a bundled sample wav (+ .txt) here")
+    p.add_argument("--real-world", action="store_true",
+                   help="append the real-world training clips (non-speech at rest, speech under noise and music, "
+                   "recorded prompts aligned by PocketSphinx; training/realworld.py) to the corpus at --out, "
+                   "generating the synthetic corpus first only where --out has none")
+    p.add_argument("--nonspeech-clips", type=int, default=300, help="with --real-world: non-speech clips")
+    p.add_argument("--mixed-clips", type=int, default=400, help="with --real-world: speech-under-sound clips")
+    p.add_argument("--max-real", type=int, default=0, help="with --real-world: at most this many prompts (0 = all)")
     p.set_defaults(func=run_corpus)
 
 
@@ -46,9 +55,13 @@ def run_corpus(args: argparse.Namespace) -> int:
     if args.sample_out:
         text = corpus.write_sample(args.sample_out, args.seed)
         log.info("wrote %s: %s", args.sample_out, text)
-    clips_test = max(1, round(args.clips_per_persona * 3 / 4))
-    manifest = corpus.generate(args.out, args.seed, args.train_personas, args.test_personas, args.clips_per_persona,
-                               clips_test, args.workers)
+    if not (args.real_world and (Path(args.out) / "manifest.json").is_file()):
+        clips_test = max(1, round(args.clips_per_persona * 3 / 4))
+        corpus.generate(args.out, args.seed, args.train_personas, args.test_personas, args.clips_per_persona,
+                        clips_test, args.workers)
+    if args.real_world:
+        realworld.add_real_world(Path(args.out), args.nonspeech_clips, args.mixed_clips, args.max_real, args.seed)
+    manifest = read_manifest(Path(args.out))
     dur = sum(c["duration_s"] for c in manifest["clips"])
     log.info("wrote %d clips (%.1f min of audio) to %s in %.0f s", len(manifest["clips"]), dur / 60, args.out,
              time.monotonic() - t0)
@@ -66,15 +79,18 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="windows per step (overrides the config)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
+    p.add_argument("--init-from", type=Path,
+                   help="fine-tune: start from this checkpoint's weights and motion statistics (a fresh optimiser; "
+                   "ignored when resuming)")
     p.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
-    for name in ("corpus", "out", "max_steps", "max_minutes", "batch_size", "device"):
+    for name in ("corpus", "out", "max_steps", "max_minutes", "batch_size", "device", "init_from"):
         value = getattr(args, name)
         if value is not None:
-            setattr(cfg, name, value)
+            setattr(cfg, name, str(value) if name == "init_from" else value)
     train.train(model_cfg, cfg, ship=args.ship)
     return 0
 

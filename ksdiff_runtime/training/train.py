@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ksdiff_runtime.features.frontend import FrontEndConfig
-from ksdiff_runtime.model.checkpoint import save_checkpoint
+from ksdiff_runtime.model.checkpoint import load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import KSDiff, count_parameters
 
@@ -55,6 +55,7 @@ class TrainConfig:
     workers: int = 2
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch (0 = all cores)
+    init_from: str = ""  # fine-tune: start from this checkpoint's weights and motion statistics
 
 
 def load_config(path: str | Path | None) -> tuple[ModelConfig, TrainConfig]:
@@ -129,17 +130,26 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     sampler = WindowSampler(clips, model_cfg, seed=cfg.seed)
 
     model = KSDiff(model_cfg)
-    model.set_motion_stats(
-        torch.from_numpy(np.concatenate([c.expr for c in clips])),
-        torch.from_numpy(np.concatenate([c.pose for c in clips])),
-    )
+    last = out / "last.pt"
+    if cfg.init_from and not last.is_file():
+        # a fine-tune keeps the checkpoint's motion statistics: the exported graphs and every consumer of the
+        # model's normalised space stay as they were
+        start = load_model(cfg.init_from)
+        if start.cfg != model_cfg:
+            raise RuntimeError(f"{cfg.init_from} has another model config than this run's; fine-tune with its own")
+        model.load_state_dict(start.float().state_dict())
+        log.info("fine-tuning from %s", cfg.init_from)
+    else:
+        model.set_motion_stats(
+            torch.from_numpy(np.concatenate([c.expr for c in clips])),
+            torch.from_numpy(np.concatenate([c.pose for c in clips])),
+        )
     model.to(device)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
-    last = out / "last.pt"
     if last.is_file():
         state = torch.load(last, map_location=device, weights_only=False)
         if ModelConfig.from_dict(state["config"]) != model_cfg:
