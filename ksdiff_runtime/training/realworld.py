@@ -55,15 +55,14 @@ def espeak_phoneme(cmu: str) -> str:
     return ARPABET.get(cmu.lower(), "_")
 
 
-def _sound(rng: np.random.Generator, seconds: float, music: dict[str, np.ndarray]) -> np.ndarray:
-    """A random non-speech sound ``seconds`` long at its own level (-20 dBFS for procedural ones)."""
-    n = int(seconds * SAMPLE_RATE)
+def _sound(rng: np.random.Generator, n: int, music: dict[str, np.ndarray]) -> np.ndarray:
+    """A random non-speech sound of ``n`` samples at its own level (-20 dBFS for procedural ones)."""
     if music and rng.random() < 0.3:
         track = list(music.values())[int(rng.integers(len(music)))]
         start = int(rng.integers(0, max(1, track.size - n)))
         return np.resize(track[start : start + n], n).astype(np.float32)
     kind = nonspeech.PROCEDURAL[int(rng.integers(len(nonspeech.PROCEDURAL)))]
-    return nonspeech.procedural(kind, seconds, rng)
+    return np.resize(nonspeech.procedural(kind, n / SAMPLE_RATE + 0.01, rng), n)
 
 
 def _rms_db(x: np.ndarray) -> float:
@@ -114,7 +113,8 @@ def add_real_world(corpus: Path, n_nonspeech: int = 300, n_mixed: int = 400, max
     for i in tqdm(range(n_nonspeech), desc="real world: non-speech", unit="clip"):
         src = train[int(rng.integers(len(train)))]
         style = np.asarray(src["style"], np.float32)
-        audio = nonspeech.at_dbfs(_sound(rng, float(rng.uniform(2.0, 7.0)), music), float(rng.uniform(-50, -15)))
+        sound = _sound(rng, int(rng.uniform(2.0, 7.0) * SAMPLE_RATE), music)
+        audio = nonspeech.at_dbfs(sound, float(rng.uniform(-50.0, -15.0)))
         blend, head = teach([], np.zeros(0), np.zeros(0), audio.size, prosody(np.zeros_like(audio)), style, rng)
         entry = _entry(f"n{i:05d}", "nonspeech", src["persona"], "", audio, style)
         added.append(_write(corpus, entry, audio, blend, head, [], np.zeros(0), np.zeros(0), style))
@@ -123,7 +123,7 @@ def add_real_world(corpus: Path, n_nonspeech: int = 300, n_mixed: int = 400, max
         src = train[int(rng.integers(len(train)))]
         data = dict(np.load(corpus / src["file"]))
         speech = data["audio"].astype(np.float32)
-        sound = _sound(rng, speech.size / SAMPLE_RATE, music)
+        sound = _sound(rng, speech.size, music)
         noise = nonspeech.at_dbfs(sound, _rms_db(speech) - float(rng.uniform(0.0, 20.0)))
         audio = nonspeech.at_dbfs(speech + noise, float(rng.uniform(-45.0, -6.0)))
         entry = _entry(f"x{i:05d}", "mixed", src["persona"], src["text"], audio, np.asarray(src["style"], np.float32))
@@ -159,7 +159,7 @@ def add_real_world(corpus: Path, n_nonspeech: int = 300, n_mixed: int = 400, max
         blend, head = teach(names, start, dur, room.size, prosody(room), style, rng)
         audio = room
         if rng.random() < 0.3:  # sometimes with a sound in the room
-            sound = _sound(rng, audio.size / SAMPLE_RATE, music)
+            sound = _sound(rng, audio.size, music)
             audio = audio + nonspeech.at_dbfs(sound, _rms_db(voice) - float(rng.uniform(5.0, 25.0)))
         audio = audio * 10 ** ((float(rng.uniform(-40.0, -10.0)) - _rms_db(voice)) / 20)
         entry = _entry(f"r{i:05d}", "real", REAL_PERSONA, text, audio, style)
