@@ -115,6 +115,12 @@ def transcripts(path: Path = TRANSCRIPTS) -> dict[str, str]:
     return out
 
 
+def prompt_name(path: Path) -> str:
+    """A prompt's name in the transcripts: its path under the language folder, without ".wav"."""
+    root = next(q for q in path.parents if q.parent.name == "sounds")
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
 def words_of(text: str, known: Any) -> list[str] | None:
     """The transcript as CMUdict words (digits and keypad symbols spelt out); None when it is not speech
     ("[beep]") or has a word CMUdict lacks. ``known(word)`` says whether CMUdict has it."""
@@ -176,8 +182,7 @@ def held_out_prompts(max_prompts: int = 0, seed: int = 0) -> tuple[list[Prompt],
     rng = np.random.default_rng(seed)
     prompts, skipped = [], {}
     for path in paths:
-        root = next(q for q in path.parents if q.parent.name == "sounds")
-        name = path.relative_to(root).with_suffix("").as_posix()
+        name = prompt_name(path)
         text = texts.get(name)
         words = words_of(text, aligner.known) if text else None
         audio = load_prompt(path)

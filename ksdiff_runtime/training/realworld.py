@@ -97,7 +97,7 @@ def add_real_world(corpus: Path, n_nonspeech: int = 300, n_mixed: int = 400, max
                    seed: int = 0) -> dict:
     """Append the three kinds of clip to ``corpus`` (its manifest rewritten); clips already added are
     replaced. Returns the manifest."""
-    from .real_eval import PAD_S, Aligner, transcripts, words_of
+    from .real_eval import PAD_S, Aligner, prompt_name, transcripts, words_of
     from .streaming_distil import load_prompt, prompt_language, real_prompts
 
     corpus = Path(corpus)
@@ -139,8 +139,7 @@ def add_real_world(corpus: Path, n_nonspeech: int = 300, n_mixed: int = 400, max
     style = NEUTRAL_STYLE.astype(np.float32)
     skipped = 0
     for i, path in enumerate(tqdm(paths, desc="real world: recorded prompts", unit="clip")):
-        root = next(q for q in path.parents if q.parent.name == "sounds")
-        text = texts.get(path.relative_to(root).with_suffix("").as_posix())
+        text = texts.get(prompt_name(path))
         words = words_of(text, aligner.known) if text else None
         voice = load_prompt(path)
         if words is None or voice.size == 0:
