@@ -53,8 +53,9 @@ namespace Ksdiff
 
     public enum OfflineLineState { Idle, Opening, Collecting, Done, Failed }
 
-    // A line animated offline (the editor's bake): open a stream, push the clip as fast as the
-    // runtime takes it, end it, and wait until every frame is in. A 1.1 runtime buffers at most
+    // A line animated offline (the editor's bake): open a stream in mode "line" (a 1.2 runtime
+    // animates it in whole windows, as its own bake does; an older one animates it live), push the
+    // clip as fast as the runtime takes it, end it, and wait until every frame is in. A 1.1 runtime buffers at most
     // stream_opened.max_ahead_s of audio beyond real time (counted from the stream's first audio)
     // and refuses audio further ahead with `busy`, nothing of it taken: so the line pushes up to
     // that much at once and the rest as real time passes (a 1.0 runtime, with no max_ahead_s,
@@ -107,7 +108,7 @@ namespace Ksdiff
                 _open = _client.OpenStream(new OpenStream
                 {
                     Stream = _o.Stream, SampleRate = (uint)_rate, Channels = (uint)_channels, Format = "f32le",
-                    Transcript = _o.Transcript, Seed = _o.Seed,
+                    Transcript = _o.Transcript, Seed = _o.Seed, Mode = Protocol.ModeLine, // a 1.1 runtime ignores the mode
                 });
             }
             catch (ProtocolException e)

@@ -380,7 +380,11 @@ namespace Ksdiff.Tests
                 KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
                 if (!r.HasValue) continue;
                 Message m = new Decoder().Decode(r.Value.Value);
-                if (m is OpenStream) _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("bake-1", ((OpenStream)m).Req.Value));
+                if (m is OpenStream)
+                {
+                    Assert.AreEqual(Protocol.ModeLine, ((OpenStream)m).Mode, "animated as a line: whole windows, not a live stream");
+                    _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("bake-1", ((OpenStream)m).Req.Value));
+                }
                 if (m is Audio) audio.Add((Audio)m);
                 if (m is EndStream)
                 {
