@@ -94,7 +94,7 @@ namespace Ksdiff
             _channels = channels;
             _o = options;
             _recorder = new ClipRecorder(options.Stream);
-            _chunk = new byte[Math.Max(1, sampleRate / 10) * channels * 4]; // 100 ms messages
+            _chunk = new byte[NpcLine.LineChunkFrames(options.LineChunkS, sampleRate, channels, null) * channels * 4];
         }
 
         public void Start()
@@ -155,12 +155,12 @@ namespace Ksdiff
             return State;
         }
 
-        // Sends every whole 100 ms message whose end lies within max_ahead_s (less the margin) of
-        // the time since the first push; end_stream once all is sent.
+        // Sends every message (up to LineChunkS, NpcLine.LineChunkFrames) whose end lies within
+        // max_ahead_s (less the margin) of the time since the first push; end_stream once all is sent.
         void PushDue(double now)
         {
             long total = _samples.Length / _channels;
-            int framesPerChunk = _chunk.Length / (4 * _channels);
+            int framesPerChunk = NpcLine.LineChunkFrames(_o.LineChunkS, _rate, _channels, _maxAheadS);
             double room = _maxAheadS.HasValue ? Math.Max(0.1, _maxAheadS.Value - AheadMarginS) : double.PositiveInfinity;
             double allowedEndS = now - _firstPushS + room;
             while (_pushedFrames < total)

@@ -2,8 +2,9 @@
 // lips and audio match (SPEC 6.1).
 //
 // Protocol 1.2 (the runtime answers open_stream with mode "line"): the line is opened in mode
-// "line", its audio pushed whole at once (in 100 ms messages, at most max_ahead_s ahead of real
-// time, less a margin, like the Python SDK's StreamHandle.push; audio refused with `busy` as too
+// "line", its audio pushed whole at once (in messages of up to 10 s under the protocol's 1 MiB
+// message limit, at most max_ahead_s ahead of real time, less a margin, like the Python SDK's
+// StreamHandle.push, so the runtime animates it from one pass over all of it; audio refused with `busy` as too
 // far ahead is sent again later) and end_stream sent at once, so the runtime animates it, tail
 // included, as fast as the machine allows. The runtime states the latency it adds for the stream
 // (latency_ms in stream_opened): playback starts that long, plus the margin, after the first
@@ -34,7 +35,7 @@ namespace Ksdiff
         public string Transcript;            // what is said, if known (helps articulation)
         public long? Seed;                   // same audio + seed -> same motion
         public double ChunkS = 0.02;         // audio per message at the clip's pace (a 1.1 runtime; SPEC: 10-100 ms)
-        public double LineChunkS = 0.1;      // audio per message when the line goes whole (mode "line")
+        public double LineChunkS = 10.0;     // audio per message when the line goes whole (mode "line"): at most this, under the message size limit and max_ahead_s
         public double BusyBackoffS = 0.25;   // after a `busy` for audio too far ahead: wait this long, and stay this much further inside max_ahead_s
         public double DefaultLatencyS = 0.3; // a 1.1 runtime, until its latency is known (stats / frames)
         public double MarginS = 0.06;        // on top of the stated or estimated latency
@@ -64,6 +65,7 @@ namespace Ksdiff
         PendingRequest _open, _end, _barrier;
         double _startS, _firstPushS = -1, _dueS;
         double? _maxAheadS;  // from stream_opened (null: a 1.0 runtime, no limit)
+        int _lineChunkFrames; // sample frames per message in mode "line" (LineChunkFrames)
         double _backoffS;    // grows with each `busy` for audio too far ahead
         double _holdUntilS;  // after a `busy`: nothing is sent before this (client clock)
         bool _whole;         // mode "line": pushed whole, not at the clip's pace
@@ -99,7 +101,7 @@ namespace Ksdiff
             _samples = interleaved;
             _rate = sampleRate;
             _channels = channels;
-            int framesPerChunk = Math.Max(ChunkFrames(options.ChunkS), ChunkFrames(options.LineChunkS));
+            int framesPerChunk = Math.Max(ChunkFrames(options.ChunkS), LineChunkFrames(options.LineChunkS, sampleRate, channels, null));
             _chunk = new byte[framesPerChunk * channels * 4];
             State = NpcLineState.Idle;
         }
@@ -177,6 +179,7 @@ namespace Ksdiff
             Mode = opened.Mode;
             _whole = opened.Mode == Protocol.ModeLine;
             _maxAheadS = opened.MaxAheadS;
+            _lineChunkFrames = LineChunkFrames(_o.LineChunkS, _rate, _channels, _maxAheadS);
             // 1.2: the latency the runtime states for this stream (stream_opened, or its
             // stream_start); a 1.1 runtime states none: estimate it from other streams.
             StreamStatus status = _client.Stream(_o.Stream);
@@ -254,7 +257,7 @@ namespace Ksdiff
         {
             if (now < _holdUntilS) return;
             long total = _samples.Length / _channels;
-            int framesPerChunk = ChunkFrames(_o.LineChunkS);
+            int framesPerChunk = _lineChunkFrames;
             double room = _maxAheadS.HasValue
                 ? Math.Max(0.1, _maxAheadS.Value - OfflineLine.AheadMarginS - _backoffS) : double.PositiveInfinity;
             double allowedEndS = now - _firstPushS + room;
@@ -285,7 +288,7 @@ namespace Ksdiff
             BusyRefusals++;
             _backoffS += _o.BusyBackoffS;
             _holdUntilS = now + _o.BusyBackoffS;
-            int framesPerChunk = ChunkFrames(_o.LineChunkS);
+            int framesPerChunk = _lineChunkFrames;
             long safe = (long)Math.Floor(_maxAheadS.Value * _rate) / framesPerChunk * framesPerChunk;
             _pushedFrames = Math.Min(_pushedFrames, safe);
             _barrier = null; // a new barrier once the rest is sent again
@@ -300,6 +303,19 @@ namespace Ksdiff
         }
 
         int ChunkFrames(double seconds) { return Math.Max(1, (int)Math.Round(seconds * _rate)); }
+
+        // Sample frames per message of a line pushed whole: `seconds` of audio, but no more than fits
+        // in one message under the protocol's size limit (room kept for the message's other fields),
+        // nor more than max_ahead_s less the margin (a message further ahead is refused whole).
+        public static int LineChunkFrames(double seconds, int rate, int channels, double? maxAheadS)
+        {
+            if (maxAheadS.HasValue) seconds = Math.Min(seconds, Math.Max(0.1, maxAheadS.Value - OfflineLine.AheadMarginS));
+            long frames = (long)Math.Round(seconds * rate);
+            long fit = (Protocol.MaxMessageBytes - MessageHeaderRoomBytes) / (4L * channels); // f32le
+            return (int)Math.Max(1, Math.Min(frames, fit));
+        }
+
+        public const int MessageHeaderRoomBytes = 1024; // an audio message's fields besides its pcm: well under this
 
         // A stream id for a line: `hint` (a character's name) reduced to the allowed characters,
         // then the line's number and a random part, so two game instances never collide.

@@ -163,9 +163,9 @@ namespace Ksdiff.Tests
             Assert.IsNull(line.Failure);
             Assert.AreEqual(Protocol.ModeLine, open.Mode);
             Assert.AreEqual(Protocol.ModeLine, line.Mode);
-            // The whole line in 100 ms messages, every sample in place, then end_stream: all of it
-            // before playback was even due.
-            Assert.AreEqual(10, audio.Count);
+            // The whole line in one message (1 s of 48 kHz stereo is 384 KB, under the 1 MiB limit),
+            // every sample in place, then end_stream: all of it before playback was even due.
+            Assert.AreEqual(1, audio.Count);
             var received = new List<float>();
             for (int i = 0; i < audio.Count; i++)
             {
@@ -184,6 +184,19 @@ namespace Ksdiff.Tests
             Assert.AreEqual(34UL, line.Total.Value);
             Assert.AreEqual(34, recorder.Count, "Done: every frame has reached the sinks");
             Assert.AreEqual(0, line.BusyRefusals);
+        }
+
+        [Test]
+        public void LineMessagesStayUnderTheSizeLimitAndWithinMaxAheadS()
+        {
+            int fit = (Protocol.MaxMessageBytes - NpcLine.MessageHeaderRoomBytes) / 8; // 48 kHz stereo f32le
+            Assert.AreEqual(fit, NpcLine.LineChunkFrames(10.0, 48000, 2, null), "10 s do not fit: as much as does");
+            Assert.Less(fit, 3 * 48000);
+            Assert.AreEqual(160000, NpcLine.LineChunkFrames(10.0, 16000, 1, null), "10 s of 16 kHz mono fit");
+            Assert.AreEqual(160000, NpcLine.LineChunkFrames(10.0, 16000, 1, 20.0));
+            Assert.AreEqual(8000, NpcLine.LineChunkFrames(10.0, 16000, 1, 1.0), "max_ahead_s less the margin");
+            Assert.AreEqual(1600, NpcLine.LineChunkFrames(10.0, 16000, 1, 0.2), "never under 0.1 s");
+            Assert.AreEqual(1600, NpcLine.LineChunkFrames(0.1, 16000, 1, null));
         }
 
         [Test]
@@ -392,7 +405,7 @@ namespace Ksdiff.Tests
                     _rt.Reply(r.Value.Key, FakeRuntime.StreamEnded("bake-1", 12, ((EndStream)m).Req.Value));
                 }
             }
-            Assert.AreEqual(4, audio.Count, "0.4 s in 100 ms messages, sent at once");
+            Assert.AreEqual(1, audio.Count, "0.4 s in one message, sent at once");
             Assert.AreEqual(12UL, line.Total.Value);
             Assert.AreEqual(12, line.Recorder.Count);
             Assert.Less(watch.Elapsed.TotalSeconds, 0.4, "no pacing: faster than the clip");
@@ -402,8 +415,8 @@ namespace Ksdiff.Tests
         public void AnOfflineLineKeepsItsAudioWithinMaxAheadSOfRealTime()
         {
             // A 1.1 runtime refuses audio more than max_ahead_s ahead of real time (busy, nothing
-            // taken). With max_ahead_s 1 s the line may be 0.5 s ahead (AheadMarginS kept back):
-            // 5 of the 16 messages at once, the rest as time passes.
+            // taken). With max_ahead_s 1 s the line may be 0.5 s ahead (AheadMarginS kept back): it
+            // goes in 0.5 s messages, the first at once, the rest as time passes.
             const int rate = 16000;
             float[] clip = Tone(1.6, rate, 1);
             var line = new OfflineLine(_client, clip, rate, 1, new NpcLineOptions { Stream = "bake-2" });
@@ -431,11 +444,11 @@ namespace Ksdiff.Tests
                     _rt.Reply(r.Value.Key, FakeRuntime.StreamEnded("bake-2", 48, ((EndStream)m).Req.Value));
                 }
             }
-            Assert.AreEqual(16, aheadS.Count);
+            Assert.AreEqual(4, aheadS.Count, "0.5 + 0.5 + 0.5 + 0.1 s");
             double room = 1.0 - OfflineLine.AheadMarginS;
             for (int i = 0; i < aheadS.Count; i++)
                 Assert.LessOrEqual(aheadS[i], room + 0.05, "message " + i + " too far ahead of real time");
-            Assert.GreaterOrEqual(aheadS[4], room - 0.1, "the first 0.5 s went at once");
+            Assert.GreaterOrEqual(aheadS[0], room - 0.1, "the first 0.5 s went at once");
             Assert.GreaterOrEqual(watch.Elapsed.TotalSeconds, 1.6 - room - 0.1, "paced: the clip's end waited for real time");
             Assert.AreEqual(48, line.Recorder.Count);
         }
