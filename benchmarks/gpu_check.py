@@ -160,9 +160,10 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     ticks: dict[str, Any] = {}
     for b in doc["batches"]:
         key = str(b)
-        best = min((m[key]["p99"], name) for name, m in models.items() if key in m) if models else None
-        if best is None or key not in doc["recogniser"]:
+        measured = [(m[key]["p99"], name) for name, m in models.items() if key in m]
+        if not measured or key not in doc["recogniser"]:
             continue
+        best = min(measured)
         ticks[key] = {"model_backend": best[1], "p50": round(doc["recogniser"][key]["p50"]
                                                               + models[best[1]][key]["p50"], 3),
                       "p99": round(doc["recogniser"][key]["p99"] + best[0], 3)}
