@@ -237,3 +237,25 @@ def test_eval_reports_every_row(run_dir: Path, data: Data, tmp_path: Path) -> No
     assert rows["mean-pose baseline"]["mae_vs_baseline"] == pytest.approx(1.0)
     assert rows["mean-pose baseline"]["jaw_corr"] == 0.0  # a constant track: 0, never NaN
     assert (out / "eval.md").is_file() and (out / "eval.png").is_file()
+
+
+def test_eval_quick_gives_the_full_tables_4_step_row_side_by_side(run_dir: Path, data: Data, tmp_path: Path) -> None:
+    common = ["--checkpoint", str(run_dir / "last.pt"), "--corpus", str(data.corpus), "--cache", str(data.cache),
+              "--max-clips", "2"]
+    with np.errstate(all="ignore"):
+        assert main(["eval", *common, "--out", str(tmp_path / "full")]) == 0
+        assert main(["eval", *common, "--quick", "--ablation", f"again={run_dir / 'last.pt'}",
+                     "--out", str(tmp_path / "quick")]) == 0
+    full = json.loads((tmp_path / "full" / "eval.json").read_text())["rows"]
+    quick = json.loads((tmp_path / "quick" / "quick.json").read_text())
+    assert set(quick) == {"checkpoint", "again"}
+    for name in quick:
+        rows = quick[name]["rows"]
+        assert set(rows) == {"4 steps", "4 steps, streaming features"}
+        for key, value in full["KSDiff 4 steps"].items():
+            if key in rows["4 steps"] and value is not None:
+                assert rows["4 steps"][key] == pytest.approx(value), key
+        for key, value in full["4 steps, streaming features"].items():
+            if key in rows["4 steps, streaming features"] and value is not None:
+                assert rows["4 steps, streaming features"][key] == pytest.approx(value), key
+    assert "| again | 4 steps |" in (tmp_path / "quick" / "quick.md").read_text()

@@ -111,6 +111,9 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
                    "under noise, as bake and live stream, with and without the voice gate (training/real_eval.py)")
     p.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES,
                    help="with --real: the backend that runs the checkpoint")
+    p.add_argument("--quick", action="store_true",
+                   help="instead: only the 4-step rows (offline and streaming features) of --checkpoint and every "
+                   "--ablation, side by side on the same clips (minutes, not the full table's many)")
     p.add_argument("--mode", action="append", choices=real_eval.MODES, default=[],
                    help="with --real: bake and/or live (repeatable; default both)")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME=CHECKPOINT",
@@ -131,6 +134,10 @@ def run_eval(args: argparse.Namespace) -> int:
         if not sep or not name or not path:
             raise SystemExit(f"error: --ablation takes NAME=CHECKPOINT, got {item!r}")
         ablations[name] = Path(path)
+    if args.quick:
+        evaluate.quick_compare({"checkpoint": args.checkpoint, **ablations}, args.corpus, args.cache, args.max_clips,
+                               args.out or Path("runs/eval-quick"))
+        return 0
     evaluate.evaluate(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out or Path("runs/eval"),
                       ablations=ablations)
     return 0

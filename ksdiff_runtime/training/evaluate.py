@@ -281,6 +281,42 @@ def evaluate(
     return result
 
 
+def quick_compare(checkpoints: dict[str, Path], corpus: Path, cache: Path, max_clips: int, out: Path) -> dict:
+    """The table's two 4-step rows (offline and streaming features) for several checkpoints, side by side on
+    the same held-out clips and seeds (a few minutes, where ``evaluate`` takes many): for comparing a
+    fine-tune with the model it started from. Writes quick.json and quick.md."""
+    result: dict[str, dict] = {}
+    for name, checkpoint in checkpoints.items():
+        model = load_model(checkpoint)
+        torch.manual_seed(0)
+        build_feature_cache(corpus, cache, model.cfg)
+        all_test = load_clips(corpus, cache, model.cfg, "test", keep_audio=True)
+        order = np.random.default_rng(0).permutation(len(all_test))[: max_clips or len(all_test)]
+        clips = [all_test[i] for i in sorted(order)]
+        beats_audio = [M.audio_beats(c.audio) for c in clips]
+        style = reference_styles(model, clips, all_test)
+        thresholds = thresholds_for(model, load_clips(corpus, cache, model.cfg, "train", limit=48))
+        base = float(np.mean([M.mouth_mae(np.tile(model.expr_mean.numpy(), (len(c.expr), 1)), c.expr) for c in clips]))
+        rows = {}
+        for label, schedule in (("4 steps", "offline"), ("4 steps, streaming features", "stream")):
+            anims = animate_model(model, model_inputs(clips, schedule=schedule), steps=4, style=style)
+            rows[label] = score(clips, anims, beats_audio, thresholds)
+            rows[label]["mae_vs_baseline"] = rows[label]["mouth_mae"] / base if base else None
+        result[name] = {"checkpoint": str(checkpoint), "held_out_clips": len(clips), "rows": rows}
+    keys = [k for k, _ in COLUMNS if k not in ("beat_align_vs_teacher",)]
+    lines = ["| model | row | " + " | ".join(t for k, t in COLUMNS if k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for name, r in result.items():
+        for label, values in r["rows"].items():
+            lines.append(f"| {name} | {label} | " + " | ".join(_fmt(values.get(k)) for k in keys) + " |")
+    table = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quick.json").write_text(json.dumps(result, indent=2))
+    (out / "quick.md").write_text(table)
+    print(table)
+    return result
+
+
 COLUMNS = (
     ("mouth_mae", "mouth MAE"),
     ("mae_vs_baseline", "MAE/base"),
