@@ -40,7 +40,14 @@ from ksdiff_runtime.backends.torch_backend import TorchBackend
 from ksdiff_runtime.engine.sampling import Guidance, WindowBatch, sample_windows
 from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.io import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.io import (
+    CONDITIONER_INPUTS,
+    CONDITIONER_OUTPUTS,
+    DENOISER_INPUTS,
+    DENOISER_OUTPUTS,
+    STREAM_CONDITIONER_INPUTS,
+    STREAM_CONDITIONER_OUTPUTS,
+)
 from ksdiff_runtime.model.ksdiff import KSDiff
 
 TINY_MODEL = dict(d_model=32, n_heads=2, denoiser_layers=1, kel_hidden=16, style_dim=8, n_msdc_blocks=1)
@@ -109,11 +116,16 @@ def test_manifest_describes_the_export(shipped_export: Path):
     assert manifest["graphs"]["conditioner"]["outputs"] == list(CONDITIONER_OUTPUTS)
     assert manifest["graphs"]["denoiser"]["inputs"] == list(DENOISER_INPUTS)
     assert manifest["graphs"]["denoiser"]["outputs"] == list(DENOISER_OUTPUTS)
+    assert manifest["graphs"]["stream_conditioner"]["inputs"] == list(STREAM_CONDITIONER_INPUTS)
+    assert manifest["graphs"]["stream_conditioner"]["outputs"] == list(STREAM_CONDITIONER_OUTPUTS)
+    state_shapes = {k: list(v) for k, v in cfg.stream_state_shapes().items()}
+    assert manifest["graphs"]["stream_conditioner"]["state"] == state_shapes
     assert manifest["checkpoint"]["sha256"] == hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()
-    both = (shipped_export / "conditioner.onnx").read_bytes() + (shipped_export / "denoiser.onnx").read_bytes()
-    assert manifest["model_hash"] == hashlib.sha256(both).hexdigest()
+    files = ("conditioner.onnx", "denoiser.onnx", "conditioner_stream.onnx")
+    graphs = b"".join((shipped_export / f).read_bytes() for f in files)
+    assert manifest["model_hash"] == hashlib.sha256(graphs).hexdigest()
     assert manifest["versions"]["torch"] == torch.__version__ and manifest["versions"]["onnx"]
-    for graph in ("conditioner", "denoiser"):
+    for graph in ("conditioner", "denoiser", "stream_conditioner"):
         assert manifest["verify"]["max_abs_error"][graph] < GRAPH_TOL
     # constants round-trip (float32 from the float16 checkpoint)
     ref = TorchBackend(model).constants
@@ -196,6 +208,10 @@ def test_load_export_errors_name_the_problem(shipped_export: Path, tmp_path: Pat
     (missing / "denoiser.onnx").unlink()
     with pytest.raises(ExportError, match=r"incomplete: missing denoiser\.onnx"):
         load_export(missing)
+    no_stream = copy("no_stream")  # an export of version 1 had no stream conditioner
+    (no_stream / "conditioner_stream.onnx").unlink()
+    with pytest.raises(ExportError, match=r"incomplete: missing conditioner_stream\.onnx"):
+        load_export(no_stream)
     truncated = copy("truncated")
     data = (truncated / "conditioner.onnx").read_bytes()
     (truncated / "conditioner.onnx").write_bytes(data[: len(data) // 2])

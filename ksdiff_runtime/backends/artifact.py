@@ -4,9 +4,11 @@ An export is a directory:
 
     conditioner.onnx   WindowConditioner (KSDiff.condition)
     denoiser.onnx      WindowDenoiser (KSDiff.denoise)
+    conditioner_stream.onnx  StreamingConditioner (model/streaming.py: a live stream's hop, encoder state
+                       as inputs and outputs)
     constants.npz      ModelConstants (motion normalisation, null style, noise schedule)
     manifest.json      format, model config, graph input/output names and dynamic axes, opset,
-                       checkpoint sha256, model_hash (sha256 over both ONNX files), versions,
+                       checkpoint sha256, model_hash (sha256 over the ONNX files), versions,
                        and the ONNX Runtime vs torch errors measured right after the export
 
 Batch and time are dynamic axes, so one export serves any number of streams, CFG variants and
@@ -25,15 +27,26 @@ from typing import Any
 
 from ksdiff_runtime import assets
 from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.io import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.io import (
+    CONDITIONER_INPUTS,
+    CONDITIONER_OUTPUTS,
+    DENOISER_INPUTS,
+    DENOISER_OUTPUTS,
+    STREAM_CONDITIONER_INPUTS,
+    STREAM_CONDITIONER_OUTPUTS,
+    STREAM_STATE,
+    STREAM_STATE_OUT,
+)
 
 from .base import BackendError, ModelConstants
 
 EXPORT_FORMAT = "ksdiff-onnx-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the stream conditioner
 OPSET = 17
 CONDITIONER_FILE = "conditioner.onnx"
 DENOISER_FILE = "denoiser.onnx"
+STREAM_CONDITIONER_FILE = "conditioner_stream.onnx"
+GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE)
 CONSTANTS_FILE = "constants.npz"
 MANIFEST_FILE = "manifest.json"
 SHIPPED_EXPORT = assets.ASSETS / "export"  # the bundled checkpoint's export (`ksdiff-runtime export --ship`)
@@ -46,6 +59,12 @@ CONDITIONER_AXES: dict[str, dict[int, str]] = {
     "f_e": {0: "B", 1: "T"}, "f_h": {0: "B", 1: "T"}, "key_prob_e": {0: "B", 1: "N"}, "key_value_e": {0: "B", 1: "N"},
     "key_prob_p": {0: "B", 1: "N"}, "key_value_p": {0: "B", 1: "N"},
 }
+# the stream conditioner: W feature frames of the hop (K committed + provisional), K committed
+STREAM_CONDITIONER_AXES: dict[str, dict[int, str]] = (
+    {n: dict(a) for n, a in CONDITIONER_AXES.items()} | {"feats": {0: "B", 1: "W"}, "prosody": {0: "B", 1: "W"},
+                                                         "n_commit": {0: "K"}}
+    | {n: {0: "B"} for n in STREAM_STATE + STREAM_STATE_OUT}
+)
 DENOISER_AXES: dict[str, dict[int, str]] = (
     {n: {0: "B", 1: "T"} for n in DENOISER_INPUTS[:9]} | {"t": {0: "B"}, "style": {0: "B"}}
     | {n: {0: "B", 1: "T"} for n in DENOISER_OUTPUTS}
@@ -75,8 +94,8 @@ def sha256_file(*paths: Path) -> str:
 
 
 def model_hash(export_dir: Path) -> str:
-    """sha256 over both ONNX files' bytes (conditioner then denoiser): names the exported graphs + weights."""
-    return sha256_file(Path(export_dir) / CONDITIONER_FILE, Path(export_dir) / DENOISER_FILE)
+    """sha256 over the ONNX files' bytes (GRAPH_FILES, in order): names the exported graphs + weights."""
+    return sha256_file(*(Path(export_dir) / f for f in GRAPH_FILES))
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
@@ -103,11 +122,12 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
     """(config, constants, manifest) of an export; ExportError naming the directory and the problem."""
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
-    missing = [f for f in (CONDITIONER_FILE, DENOISER_FILE, CONSTANTS_FILE) if not (export_dir / f).is_file()]
+    missing = [f for f in (*GRAPH_FILES, CONSTANTS_FILE) if not (export_dir / f).is_file()]
     if missing:
         raise ExportError(f"export {export_dir} is incomplete: missing {', '.join(missing)}")
     expected = {"conditioner": (CONDITIONER_INPUTS, CONDITIONER_OUTPUTS),
-                "denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS)}
+                "denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS),
+                "stream_conditioner": (STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS)}
     for graph, (inputs, outputs) in expected.items():
         entry = manifest.get("graphs", {}).get(graph, {})
         if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:

@@ -73,3 +73,7 @@ class Backend(Protocol):
     def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """DENOISER_INPUTS -> DENOISER_OUTPUTS (``t`` is int64 [B])."""
         ...
+
+    # Optional: ``condition_stream(feeds)``, STREAM_CONDITIONER_INPUTS -> STREAM_CONDITIONER_OUTPUTS (a live
+    # stream's hop with its cached encoder state, model/streaming.py). A backend without it (TensorRT, whose
+    # engines are built for the two window graphs) conditions live streams window by window with ``condition``.

@@ -36,7 +36,11 @@ from ksdiff_runtime.model.io import (
     DENOISER_INPUTS,
     DENOISER_OUTPUTS,
     INT64_INPUTS,
+    STREAM_CONDITIONER_INPUTS,
+    STREAM_CONDITIONER_OUTPUTS,
+    STREAM_STATE,
 )
+from ksdiff_runtime.model.streaming import StreamingConditioner
 
 from .artifact import (
     CONDITIONER_AXES,
@@ -46,8 +50,11 @@ from .artifact import (
     DENOISER_FILE,
     EXPORT_FORMAT,
     EXPORT_VERSION,
+    GRAPH_FILES,
     MANIFEST_FILE,
     OPSET,
+    STREAM_CONDITIONER_AXES,
+    STREAM_CONDITIONER_FILE,
     ExportError,
     export_of,
     load_export,
@@ -80,6 +87,18 @@ def conditioner_inputs(cfg: ModelConfig, B: int, N: int, P: int, seed: int = 0) 
         "known": (rng.random((B, C)) > 0.2).astype(f32),
         "n_new": np.zeros(N, f32),
     }
+
+
+def stream_conditioner_inputs(cfg: ModelConfig, B: int, N: int, K: int, P: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A hop of the stream conditioner: K committed frames then N - 1 provisional ones, random state."""
+    rng = np.random.default_rng(seed)
+    inputs = conditioner_inputs(cfg, B, N, P, seed)
+    W = K + N - 1
+    inputs["feats"], inputs["prosody"] = inputs["feats"][:, :W].copy(), inputs["prosody"][:, :W].copy()
+    inputs["n_commit"] = np.zeros(K, np.float32)
+    for name, shape in cfg.stream_state_shapes().items():
+        inputs[name] = rng.standard_normal((B, *shape), np.float32)
+    return inputs
 
 
 def denoiser_inputs(cfg: ModelConfig, B: int, N: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -136,6 +155,8 @@ def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
          CONDITIONER_INPUTS, CONDITIONER_OUTPUTS),
         ("denoiser", WindowDenoiser(model), DENOISER_FILE, denoiser_inputs(cfg, B, N, seed=7), DENOISER_INPUTS,
          DENOISER_OUTPUTS),
+        ("stream_conditioner", StreamingConditioner(model), STREAM_CONDITIONER_FILE,
+         stream_conditioner_inputs(cfg, B, N, 3, P, seed=7), STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS),
     ):
         sess = ort.InferenceSession(str(Path(export_dir) / file), opts, providers=["CPUExecutionProvider"])
         got = sess.run(list(outputs), inputs)
@@ -152,7 +173,8 @@ def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
 
 def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, float]:
     """All files of an export into ``out`` (an empty directory); returns the verification errors."""
-    stages = ["load checkpoint", "export conditioner", "export denoiser", "verify with ONNX Runtime", "manifest"]
+    stages = ["load checkpoint", "export conditioner", "export denoiser", "export stream conditioner",
+              "verify with ONNX Runtime", "manifest"]
     bar = tqdm(stages, desc="export", unit="stage", disable=not progress, leave=False)
     bar.set_postfix_str(stages[0])
     # the shipped checkpoint stores float16 weights; export float32 graphs (fp16 is a
@@ -169,18 +191,24 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
     bar.set_postfix_str(stages[2])
     _export_graph(WindowDenoiser(model).eval(), denoiser_inputs(cfg, 2, N), out / DENOISER_FILE, DENOISER_INPUTS,
                   DENOISER_OUTPUTS, DENOISER_AXES)
-    for file in (CONDITIONER_FILE, DENOISER_FILE):
+    bar.update()
+    bar.set_postfix_str(stages[3])
+    # traced with a 1-frame commit and a low-latency window; verified with 3 and 11
+    _export_graph(StreamingConditioner(model).eval(), stream_conditioner_inputs(cfg, 2, 8, 1, 8),
+                  out / STREAM_CONDITIONER_FILE, STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS,
+                  STREAM_CONDITIONER_AXES)
+    for file in GRAPH_FILES:
         compact_weights(out / file)
         onnx.checker.check_model(str(out / file))
     bar.update()
-    bar.set_postfix_str(stages[3])
+    bar.set_postfix_str(stages[4])
     errors = verify_export(model, out)
     for graph, err in errors.items():
         if not err < VERIFY_TOLERANCE:  # also catches NaN
             raise ExportError(f"export of {checkpoint}: ONNX Runtime differs from torch on the {graph} by {err:.3g} "
                               f"(max abs; a correct export is below {VERIFY_TOLERANCE:g})")
     bar.update()
-    bar.set_postfix_str(stages[4])
+    bar.set_postfix_str(stages[5])
     ModelConstants.from_model(model).save(out / CONSTANTS_FILE)
     manifest = {
         "format": EXPORT_FORMAT,
@@ -193,6 +221,10 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
                             "outputs": list(CONDITIONER_OUTPUTS), "dynamic_axes": CONDITIONER_AXES},
             "denoiser": {"file": DENOISER_FILE, "inputs": list(DENOISER_INPUTS), "outputs": list(DENOISER_OUTPUTS),
                          "dynamic_axes": DENOISER_AXES},
+            "stream_conditioner": {"file": STREAM_CONDITIONER_FILE, "inputs": list(STREAM_CONDITIONER_INPUTS),
+                                   "outputs": list(STREAM_CONDITIONER_OUTPUTS),
+                                   "dynamic_axes": STREAM_CONDITIONER_AXES,
+                                   "state": {n: list(cfg.stream_state_shapes()[n]) for n in STREAM_STATE}},
         },
         "int64_inputs": sorted(INT64_INPUTS),
         "checkpoint": {"name": checkpoint.name, "sha256": sha256_file(checkpoint)},

@@ -12,9 +12,11 @@ from ksdiff_runtime.model.io import (
     DENOISER_INPUTS,
     DENOISER_OUTPUTS,
     INT64_INPUTS,
+    STREAM_CONDITIONER_INPUTS,
+    STREAM_CONDITIONER_OUTPUTS,
 )
 
-from .artifact import CONDITIONER_FILE, DENOISER_FILE, load_export
+from .artifact import CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, load_export
 from .base import BackendError
 
 
@@ -55,6 +57,8 @@ class OnnxRuntimeBackend:
             opts.intra_op_num_threads = threads
         self._conditioner = self._session(ort, CONDITIONER_FILE, opts, providers, CONDITIONER_INPUTS)
         self._denoiser = self._session(ort, DENOISER_FILE, opts, providers, DENOISER_INPUTS)
+        self._stream_conditioner = self._session(ort, STREAM_CONDITIONER_FILE, opts, providers,
+                                                 STREAM_CONDITIONER_INPUTS)
 
     def _session(self, ort, file: str, opts, providers: list, inputs: tuple[str, ...]):
         path = self.export_dir / file
@@ -79,3 +83,9 @@ class OnnxRuntimeBackend:
     def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self._denoiser.run(list(DENOISER_OUTPUTS), as_feeds(feeds, DENOISER_INPUTS))
         return dict(zip(DENOISER_OUTPUTS, out, strict=True))
+
+    def condition_stream(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """STREAM_CONDITIONER_INPUTS -> STREAM_CONDITIONER_OUTPUTS: a live stream's hop with its encoder state."""
+        out = self._stream_conditioner.run(list(STREAM_CONDITIONER_OUTPUTS),
+                                           as_feeds(feeds, STREAM_CONDITIONER_INPUTS))
+        return dict(zip(STREAM_CONDITIONER_OUTPUTS, out, strict=True))

@@ -13,8 +13,16 @@ import logging
 import numpy as np
 import torch
 
-from ksdiff_runtime.model.io import CONDITIONER_INPUTS, CONDITIONER_OUTPUTS, DENOISER_INPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.io import (
+    CONDITIONER_INPUTS,
+    CONDITIONER_OUTPUTS,
+    DENOISER_INPUTS,
+    DENOISER_OUTPUTS,
+    STREAM_CONDITIONER_INPUTS,
+    STREAM_CONDITIONER_OUTPUTS,
+)
 from ksdiff_runtime.model.ksdiff import KSDiff
+from ksdiff_runtime.model.streaming import StreamingConditioner
 
 from .base import BackendError, ModelConstants
 
@@ -58,6 +66,7 @@ class TorchBackend:
         # graphs only exist on CUDA; on the CPU the flag is a no-op so callers can always pass it
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple, _CapturedDenoiser] = {}
+        self._stream_conditioner = StreamingConditioner(self.model)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
@@ -67,6 +76,12 @@ class TorchBackend:
         args = [self._tensor(feeds[n]) for n in CONDITIONER_INPUTS[:-1]]
         out = self.model.condition(*args, n_new=int(feeds["n_new"].shape[0]))
         return {n: o.float().cpu().numpy() for n, o in zip(CONDITIONER_OUTPUTS, out, strict=True)}
+
+    @torch.no_grad()
+    def condition_stream(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [self._tensor(feeds[n]) for n in STREAM_CONDITIONER_INPUTS]
+        out = self._stream_conditioner(*args)
+        return {n: o.float().cpu().numpy() for n, o in zip(STREAM_CONDITIONER_OUTPUTS, out, strict=True)}
 
     @torch.no_grad()
     def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

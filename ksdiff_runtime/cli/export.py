@@ -13,8 +13,9 @@ from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
 
 def configure_export(p: argparse.ArgumentParser) -> None:
-    p.description = ("Export a checkpoint's two graphs (conditioner, denoiser) to float32 ONNX with dynamic batch "
-                     "and time axes, plus constants.npz and manifest.json, then check ONNX Runtime against torch.")
+    p.description = ("Export a checkpoint's graphs (conditioner, denoiser, stream conditioner) to float32 ONNX "
+                     "with dynamic batch and time axes, plus constants.npz and manifest.json, then check ONNX Runtime "
+                     "against torch.")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_EXPORT_DIR,
                    help=f"export directory, replaced atomically if it exists (default {DEFAULT_EXPORT_DIR})")

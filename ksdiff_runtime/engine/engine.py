@@ -48,8 +48,8 @@ from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
 from .presets import LINE_STEPS, Preset, get_preset
-from .sampling import Guidance, WindowBatch, WindowResult, sample_windows
-from .stream import Emitted, Hop, StreamState, frame_sample
+from .sampling import Guidance, WindowBatch, WindowResult, guidance_variants, sample_windows
+from .stream import Emitted, Hop, HopWindow, StreamState, frame_sample
 
 log = logging.getLogger("ksdiff_runtime.engine")
 
@@ -95,6 +95,7 @@ class StreamingEngine:
         voice_gate: GateConfig | None = None,
         liveliness: LivelinessConfig | None = None,
         line_steps: int = LINE_STEPS,
+        stream_conditioner: bool = True,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -119,12 +120,15 @@ class StreamingEngine:
 
             self._vad = shared_vad()
             self.voice_gate = dataclasses.replace(voice_gate, lookahead_frames=self.preset.model_lookahead_frames)
+        # Live streams' hops condition with the stream conditioner (model/streaming.py: the encoder's past
+        # cached, only new frames encoded) when the backend has it; False: window by window, as lines do.
+        has_it = stream_conditioner and hasattr(backend, "condition_stream")
+        self.stream_variants = guidance_variants(guidance) if has_it else 0
         self.liveliness = liveliness  # blinks, gaze, a centred head on every stream (engine/liveliness.py; None: off)
         self.sessions = sessions if sessions is not None else Sessions(admission=None)
         # A tick sends streams x guidance variants rows through the graphs; a backend with a
         # fixed limit (TensorRT's optimisation profile) bounds how many streams share a tick.
-        g = guidance or Guidance()
-        variants = 1 + sum(scale != 1.0 for scale in (g.audio, g.style, g.text))
+        variants = guidance_variants(guidance)
         self.max_batch = max(1, min(max_batch, getattr(backend, "max_batch", max_batch) // variants))
         # The preset sets the front-end's lookahead (and context); its recogniser is shared by every stream.
         self.front_end = front_end or make_front_end(self.preset.front_end_config(self.cfg.front_end))
@@ -293,7 +297,8 @@ class StreamingEngine:
         gate = None if self.voice_gate is None else VoiceGate(self.voice_gate, self._vad)
         alive = None if self.liveliness is None else Liveliness(self.liveliness, seed)
         return StreamState(session.id, self.cfg, self.line_preset if line else self.preset, self.front_end,
-                           seed, session.style, tokens, self.fps, line=line, gate=gate, liveliness=alive)
+                           seed, session.style, tokens, self.fps, line=line, gate=gate, liveliness=alive,
+                           stream_variants=self.stream_variants)
 
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:
@@ -339,8 +344,29 @@ class StreamingEngine:
 
     def _tick(self, hops: list[tuple[Session, StreamState, Hop]], result: StepResult,
               preset: Preset) -> list[tuple[StreamState, Emitted]]:
-        streams = [st for _, st, _ in hops]
         windows = [st.hop_window(h) for _, st, h in hops]
+        # one backend call per window shape: streamed hops by how many frames they commit (all alike in a
+        # round of streams keeping up), windowed hops (lines; a backend without the stream conditioner) apart
+        parts: dict[tuple[bool, int, int], list[int]] = {}
+        for i, w in enumerate(windows):
+            parts.setdefault((w.state is not None, w.commit, w.feats.shape[0]), []).append(i)
+        emitted = []
+        for rows in parts.values():
+            out = self._sample(self._batch([hops[i][1] for i in rows], [windows[i] for i in rows]), preset.steps,
+                               parallel=preset is self.line_preset)
+            for j, i in enumerate(rows):
+                session, state, hop = hops[i]
+                try:
+                    # the stream's controls, and its ease to rest after its final frame: every output's numbers
+                    emitted.append((state, session.stage.apply(state.apply_hop(hop, out, j), session.controls)))
+                except Exception as exc:
+                    self._fail(session, exc, result)
+            result.ticks += 1
+        result.hops += len(hops)
+        return emitted
+
+    def _batch(self, streams: list[StreamState], windows: list[HopWindow]) -> WindowBatch:
+        """The streams' hop windows as one batch (their styles, transcripts and encoder states stacked)."""
         styles = None
         if any(s.style is not None for s in streams):
             null = self.backend.constants.style_null
@@ -351,23 +377,15 @@ class StreamingEngine:
             for i, s in enumerate(streams):
                 text[i, : s.tokens.size] = s.tokens
             text_keep = np.array([float(s.tokens.size > 0) for s in streams], np.float32)
-        batch = WindowBatch(
+        state = None
+        if windows[0].state is not None:
+            state = {name: np.stack([w.state[name] for w in windows]) for name in windows[0].state}
+        return WindowBatch(
             feats=np.stack([w.feats for w in windows]), prosody=np.stack([w.prosody for w in windows]),
             prev_expr=np.stack([w.prev_expr for w in windows]), prev_pose=np.stack([w.prev_pose for w in windows]),
             known=np.stack([w.known for w in windows]), noise=np.stack([w.noise for w in windows]), style=styles,
-            text=text, text_keep=text_keep,
+            text=text, text_keep=text_keep, state=state, commit=windows[0].commit,
         )
-        out = self._sample(batch, preset.steps, parallel=preset is self.line_preset)
-        emitted = []
-        for i, (session, state, hop) in enumerate(hops):
-            try:
-                # the stream's controls, and its ease to rest after its final frame: every output's numbers
-                emitted.append((state, session.stage.apply(state.apply_hop(hop, out, i), session.controls)))
-            except Exception as exc:
-                self._fail(session, exc, result)
-        result.hops += len(hops)
-        result.ticks += 1
-        return emitted
 
     def _sample(self, batch: WindowBatch, steps: int, parallel: bool) -> WindowResult:
         """The model on a batch of windows. ``parallel`` (lines' rounds, large windows): the batch is cut into
@@ -378,11 +396,9 @@ class StreamingEngine:
         if parts < 2:
             return sample_windows(self.backend, batch, steps, self.guidance)
         bounds = np.linspace(0, B, parts + 1).astype(int)
-        pieces = [WindowBatch(**{f.name: None if (v := getattr(batch, f.name)) is None else v[a:b]
-                                 for f in dataclasses.fields(batch)}) for a, b in itertools.pairwise(bounds)]
+        pieces = [batch.rows(a, b) for a, b in itertools.pairwise(bounds)]
         outs = list(self._pool.map(lambda piece: sample_windows(self.backend, piece, steps, self.guidance), pieces))
-        return WindowResult(**{f.name: np.concatenate([getattr(o, f.name) for o in outs])
-                               for f in dataclasses.fields(WindowResult)})
+        return WindowResult.concat(outs)
 
     def _frames(self, emitted: list[tuple[StreamState, Emitted]], compute_ms: float) -> list[Frame]:
         """The round's wire frames, built once: gaze for all of them in one call, seq = index."""

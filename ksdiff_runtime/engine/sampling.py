@@ -3,7 +3,8 @@
 Every path that animates (the streaming engine, offline bakes, evaluation) samples here, so
 torch, ONNX Runtime and TensorRT produce the same frames (tests compare the backends through it):
 
-    condition(window)                      once per hop: path features, KEL keyframes
+    condition(window)                      once per hop: path features, KEL keyframes (a live stream's
+                                           hop: condition_stream, its new frames and its encoder state)
     x = noise
     for i, t in enumerate(timesteps):      a short loop (the scheduler in scheduler.py):
         x0 = denoise(context + x, t)       one batched call per step (all streams, all CFG variants)
@@ -12,11 +13,13 @@ torch, ONNX Runtime and TensorRT produce the same frames (tests compare the back
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from ksdiff_runtime.backends.base import Backend, ModelConstants
+from ksdiff_runtime.model.io import STREAM_STATE
 
 from .scheduler import DDIMScheduler
 
@@ -32,9 +35,13 @@ class Guidance:
 
 @dataclass
 class WindowBatch:
-    """B windows (one per stream) of the same shape, in natural units."""
+    """B windows (one per stream) of the same shape, in natural units.
 
-    feats: np.ndarray  # [B, S, F], S = encoder context + N + lookahead
+    Windowed (``state`` None): ``feats`` span the encoder context, the window and the lookahead. Streamed
+    (``state`` given, the backend's ``condition_stream``): ``feats`` are the hop's new frames, ``commit`` of
+    them final and the rest provisional, and ``state`` each stream's encoder state per guidance variant."""
+
+    feats: np.ndarray  # [B, S, F], S = encoder context + N + lookahead (streamed: commit + provisional)
     prosody: np.ndarray  # [B, S, 2]
     prev_expr: np.ndarray  # [B, C, 52] the C frames generated before the window
     prev_pose: np.ndarray  # [B, C, 3]
@@ -43,6 +50,13 @@ class WindowBatch:
     style: np.ndarray | None = None  # [B, style_dim]; None: the null style for all
     text: np.ndarray | None = None  # [B, P] transcript phoneme ids; None: no transcript
     text_keep: np.ndarray | None = None  # [B] 1 where the stream has a transcript
+    state: dict[str, np.ndarray] | None = None  # STREAM_STATE name -> [B, V, ...] (V guidance variants)
+    commit: int = 0  # streamed: how many of ``feats`` are final (the state moves past them)
+
+    def rows(self, a: int, b: int) -> WindowBatch:
+        """Streams [a, b) of the batch."""
+        return dataclasses.replace(self, **{f.name: _rows(getattr(self, f.name), a, b)
+                                            for f in dataclasses.fields(self) if f.name != "commit"})
 
 
 @dataclass
@@ -51,6 +65,34 @@ class WindowResult:
     pose: np.ndarray  # [B, N, 3] radians
     key_expr: np.ndarray  # [B, N] KEL keyframe probability
     key_pose: np.ndarray  # [B, N]
+    state: dict[str, np.ndarray] | None = None  # streamed: each stream's state after its committed frames
+
+    @staticmethod
+    def concat(parts: list[WindowResult]) -> WindowResult:
+        """The results of consecutive parts of a batch, as one."""
+        def join(values: list) -> np.ndarray | dict | None:
+            if values[0] is None:
+                return None
+            if isinstance(values[0], dict):
+                return {k: np.concatenate([v[k] for v in values]) for k in values[0]}
+            return np.concatenate(values)
+
+        return WindowResult(**{f.name: join([getattr(p, f.name) for p in parts])
+                               for f in dataclasses.fields(WindowResult)})
+
+
+def _rows(value: np.ndarray | dict | None, a: int, b: int) -> np.ndarray | dict | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {k: v[a:b] for k, v in value.items()}
+    return value[a:b]
+
+
+def guidance_variants(guidance: Guidance | None) -> int:
+    """Rows per stream the graphs run with this guidance (the conditional one, plus one per scale != 1)."""
+    g = guidance or Guidance()
+    return 1 + sum(scale != 1.0 for scale in (g.audio, g.style, g.text))
 
 
 def sample_windows(
@@ -85,11 +127,23 @@ def sample_windows(
     prev_e = rep(((batch.prev_expr - k.expr_mean) / k.expr_std * known[..., None]).astype(f32))
     prev_p = rep(((batch.prev_pose - k.pose_mean) / k.pose_std * known[..., None]).astype(f32))
     known_v = rep(known)
-    cond = backend.condition({
+    feeds = {
         "feats": rep(batch.feats.astype(f32)), "prosody": rep(batch.prosody.astype(f32)), "text": rep(text),
         "audio_keep": np.concatenate([v[0] for v in variants]), "text_keep": np.concatenate([v[1] for v in variants]),
         "prev_expr": prev_e, "prev_pose": prev_p, "known": known_v, "n_new": np.zeros(N, f32),
-    })
+    }
+    new_state = None
+    if batch.state is None:
+        cond = backend.condition(feeds)
+    else:  # rows variant-major, as rep() lays them out: [B, V, ...] -> [V * B, ...] and back
+        for name in STREAM_STATE:
+            rows = batch.state[name]
+            if rows.shape[:2] != (B, V):
+                raise ValueError(f"stream state {name}: {rows.shape[:2]} rows, expected (streams, variants) = {(B, V)}")
+            feeds[name] = np.ascontiguousarray(rows.swapaxes(0, 1).reshape(V * B, *rows.shape[2:]), dtype=f32)
+        cond = backend.condition_stream(feeds | {"n_commit": np.zeros(batch.commit, f32)})
+        new_state = {name: cond[f"{name}_out"].reshape(V, B, *batch.state[name].shape[2:]).swapaxes(0, 1)
+                     for name in STREAM_STATE}
     prob_e, prob_p = cond["key_prob_e"], cond["key_prob_p"]
     if not use_kel:
         prob_e, prob_p = np.zeros_like(prob_e), np.zeros_like(prob_p)
@@ -121,4 +175,4 @@ def sample_windows(
         x = scheduler.step(x, predict_x0(x, t), i)
     expr = np.clip(x[..., :D] * k.expr_std + k.expr_mean, 0.0, 1.0)
     pose = x[..., D:] * k.pose_std + k.pose_mean
-    return WindowResult(expr.astype(f32), pose.astype(f32), prob_e[:B], prob_p[:B])
+    return WindowResult(expr.astype(f32), pose.astype(f32), prob_e[:B], prob_p[:B], new_state)

@@ -86,6 +86,10 @@ class HopWindow:
     prev_pose: np.ndarray  # [C, 3]
     known: np.ndarray  # [C]
     noise: np.ndarray  # [N, 55]
+    # streamed (the stream conditioner): feats/prosody are the hop's new frames, ``commit`` of them final,
+    # and ``state`` the stream's encoder state before them (name -> [V, ...])
+    state: dict[str, np.ndarray] | None = None
+    commit: int = 0
 
 
 @dataclass
@@ -104,7 +108,7 @@ class StreamState:
     def __init__(self, stream_id: str, cfg: ModelConfig, preset: Preset, front_end: BlockwiseFrontEnd,
                  seed: int = 0, style: np.ndarray | None = None, tokens: np.ndarray | Future | None = None,
                  out_fps: int = FPS, line: bool = False, gate: VoiceGate | None = None,
-                 liveliness: Liveliness | None = None) -> None:
+                 liveliness: Liveliness | None = None, stream_variants: int = 0) -> None:
         self.id = stream_id
         self.cfg = cfg
         self.preset = preset  # for a line, the engine's preset as lines use it (Preset.for_lines)
@@ -143,6 +147,11 @@ class StreamState:
         C = cfg.motion_context_frames
         self._ctx = np.zeros((C, cfg.expr_dim + cfg.pose_dim), np.float32)
         self._provisional = np.zeros((0, cfg.expr_dim + cfg.pose_dim), np.float32)
+        # The stream conditioner's state (model/streaming.py), one row per guidance variant; 0 variants:
+        # this stream's hops are conditioned window by window. Feature frames [0, enc_pos) are in it.
+        self.stream_variants = stream_variants
+        self.enc_state: dict[str, np.ndarray] | None = None
+        self.enc_pos = 0
         # output-fps resampling: the last emitted native frame, and the next output index
         self._last_native: np.ndarray | None = None
         self.out_index = 0
@@ -405,11 +414,34 @@ class StreamState:
         rng = np.random.default_rng([self.seed, self.hops])
         noise = rng.standard_normal((N, cfg.expr_dim + cfg.pose_dim)).astype(np.float32)
         D = cfg.expr_dim
-        return HopWindow(feats, pros, self._ctx[:, :D].copy(), self._ctx[:, D:].copy(), known, noise)
+        window = HopWindow(feats, pros, self._ctx[:, :D].copy(), self._ctx[:, D:].copy(), known, noise)
+        if self.streamed(hop):
+            # Frames [enc_pos, e + H + L) are final (committed: the state moves past them), the rest of
+            # the window's frames provisional, with the very features the windowed hop above would read.
+            # A stream that is new, or whose state fell further behind than the encoder context (frames
+            # shed), starts again from zeros at the windowed span's start.
+            if self.enc_state is None or self.enc_pos < e - E:
+                self.enc_state = {name: np.zeros((self.stream_variants, *shape), np.float32)
+                                  for name, shape in cfg.stream_state_shapes().items()}
+                self.enc_pos = e - E
+            first = self.enc_pos - (e - E)  # where the hop's new frames start in the windowed span
+            window.feats, window.prosody = feats[first:], pros[first:]
+            window.commit = e + hop.frames + L - self.enc_pos
+            window.state = self.enc_state
+        return window
+
+    def streamed(self, hop: Hop) -> bool:
+        """Whether this hop is conditioned by the stream conditioner: a live stream (lines run whole windows,
+        the bake's way) on a backend that has it, with the model's whole lookahead."""
+        return (self.stream_variants > 0 and not self.line
+                and self.preset.model_lookahead_frames == self.cfg.lookahead_frames)
 
     def apply_hop(self, hop: Hop, result: WindowResult, i: int) -> Emitted:
         """Take row ``i`` of a batched hop result: crossfade, emit, keep context and provisional frames."""
         p = self.preset
+        if result.state is not None:
+            self.enc_state = {name: rows[i] for name, rows in result.state.items()}
+            self.enc_pos = self.emitted + hop.frames + self.cfg.lookahead_frames
         window = np.concatenate([result.expr[i], result.pose[i]], axis=-1)
         X = 0 if hop.catch_up else min(p.crossfade_frames, len(self._provisional))
         if X:

@@ -71,6 +71,20 @@ class ModelConfig:
         """Feature frames one training window consumes: past context + window + lookahead."""
         return self.encoder_context_frames + self.train_window_frames + self.lookahead_frames
 
+    def stream_state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The stream conditioner's state (model/streaming.py) per row, by name (model.io.STREAM_STATE order):
+        each causal layer's last inputs, as far back as it reaches, and the last C frames' path features."""
+        d, C = self.d_model, self.motion_context_frames
+        return {
+            "s_msdc": (self.n_msdc_blocks, (self.msdc_kernel - 1) * max(self.msdc_dilations), d),  # MSDC inputs
+            "s_pros": (2, self.prosody_dim),  # the prosody convs' inputs (kernel 3)
+            "s_pmid": (2, d),
+            "s_h": (self.long_window - 1, d),  # encoder output: the pose path's keys
+            "s_m": (self.short_window - 1, d),  # prosody-modulated output: the expression path's keys
+            "s_fe": (C, d),  # the last C committed frames' path features
+            "s_fh": (C, d),
+        }
+
     def front_end_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.front_end)
 

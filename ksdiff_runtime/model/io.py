@@ -7,3 +7,10 @@ DENOISER_INPUTS = ("x_expr", "x_pose", "known", "key_prob_e", "key_value_e", "ke
                    "f_e", "f_h", "t", "style")
 DENOISER_OUTPUTS = ("x0_expr", "x0_pose")
 INT64_INPUTS = frozenset({"text", "t"})  # token ids and diffusion steps; everything else is float32
+
+# The stream conditioner (model/streaming.py): the conditioner's inputs, the committed-frame count, and the
+# encoder state a live stream carries from hop to hop; its outputs are the conditioner's and the state after.
+STREAM_STATE = ("s_msdc", "s_pros", "s_pmid", "s_h", "s_m", "s_fe", "s_fh")
+STREAM_STATE_OUT = tuple(f"{name}_out" for name in STREAM_STATE)
+STREAM_CONDITIONER_INPUTS = (*CONDITIONER_INPUTS, "n_commit", *STREAM_STATE)
+STREAM_CONDITIONER_OUTPUTS = CONDITIONER_OUTPUTS + STREAM_STATE_OUT
