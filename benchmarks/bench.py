@@ -199,9 +199,11 @@ def load_speech(cfg, front_end=None) -> Speech:
     return Speech(audio, feats, normalized_prosody(prosody(audio)).astype(np.float32))
 
 
-def window_batch(constants, preset, speech: Speech, batch: int, rng: np.random.Generator):
+def window_batch(constants, preset, speech: Speech, batch: int, rng: np.random.Generator, streamed: bool = False):
     """B windows shaped like the engine's hop windows for ``preset``: real speech features at random
-    places, previous motion near the model's mean pose (a stream mid-sentence), fresh noise."""
+    places, previous motion near the model's mean pose (a stream mid-sentence), fresh noise. ``streamed``:
+    as the stream conditioner takes them (a live stream's hop on a backend that has it): the hop's new
+    frames and an encoder state (random: its values do not change the cost)."""
     from ksdiff_runtime.engine.sampling import WindowBatch
     from ksdiff_runtime.motion import take_frames
 
@@ -214,10 +216,16 @@ def window_batch(constants, preset, speech: Speech, batch: int, rng: np.random.G
     prev_expr = np.clip(constants.expr_mean + 0.5 * constants.expr_std * rng.standard_normal((batch, C, cfg.expr_dim)),
                         0.0, 1.0)
     prev_pose = constants.pose_mean + 0.5 * constants.pose_std * rng.standard_normal((batch, C, cfg.pose_dim))
+    state, commit = None, 0
+    if streamed:
+        feats, pros, commit = feats[:, E + L :], pros[:, E + L :], preset.hop_frames
+        state = {name: rng.standard_normal((batch, 1, *shape)).astype(np.float32)
+                 for name, shape in cfg.stream_state_shapes().items()}
     return WindowBatch(
         feats=feats, prosody=pros, prev_expr=prev_expr.astype(np.float32), prev_pose=prev_pose.astype(np.float32),
         known=np.ones((batch, C), np.float32),
         noise=rng.standard_normal((batch, N, cfg.expr_dim + cfg.pose_dim)).astype(np.float32),
+        state=state, commit=commit,
     )
 
 
@@ -316,22 +324,29 @@ def bench_compute(checkpoint: Path, presets: list[str], labels: list[str], batch
             bar.update(len(presets) * len(batches))
             continue
         rng = np.random.default_rng(0)
+        # live streams' hops as the engine conditions them (the stream conditioner where the backend has
+        # it), and, beside them, window by window (every hop re-encoding the encoder context)
+        streams = hasattr(backend, "condition_stream")
         per_preset: dict[str, Any] = {}
+        windowed: dict[str, Any] = {}
         try:
             for name in presets:
                 p = get_preset(name)
-                points = {}
-                for b in batches:
-                    wb = window_batch(backend.constants, p, speech, b, rng)
-                    ms, cores = time_calls(functools.partial(sample_windows, backend, wb, p.steps), s)
-                    points[str(b)] = pcts(ms) | {"per_stream_p50": round(float(np.percentile(ms, 50)) / b, 4),
-                                                 "cores_used": cores}
-                    bar.update(1)
-                per_preset[name] = points
+                for streamed, into in ((streams, per_preset), (False, windowed)) if streams else ((False, per_preset),):
+                    points = {}
+                    for b in batches:
+                        wb = window_batch(backend.constants, p, speech, b, rng, streamed)
+                        ms, cores = time_calls(functools.partial(sample_windows, backend, wb, p.steps), s)
+                        points[str(b)] = pcts(ms) | {"per_stream_p50": round(float(np.percentile(ms, 50)) / b, 4),
+                                                     "cores_used": cores}
+                        bar.update(1 if streamed or not streams else 0)
+                    into[name] = points
         except Exception as exc:  # e.g. a batch past a TensorRT profile: keep what was measured
             out["skipped"][label] = f"failed while measuring: {type(exc).__name__}: {exc}"
             log.warning("bench: %s failed: %s", label, exc)
-        entry: dict[str, Any] = {"presets": per_preset}
+        entry: dict[str, Any] = {"presets": per_preset, "conditioner": "stream" if streams else "window"}
+        if windowed:
+            entry["windowed_conditioner"] = windowed
         gpu = gpu_memory_report(label, gpu_before)
         if gpu:
             entry["gpu_memory"] = gpu
@@ -737,7 +752,8 @@ def summary(doc: dict[str, Any]) -> str:
     compute = doc.get("compute")
     if compute:
         batches = compute["batches"]
-        lines.append("model compute per hop, ms p50/p99 (sample_windows)")
+        lines.append("model compute per hop, ms p50/p99 (sample_windows; live hops with the stream conditioner where "
+                     "the backend has it, and window by window below)")
         head = f"  {'backend':<20}{'preset':<13}" + "".join(f"{'B=' + str(b):>15}" for b in batches)
         lines.append(head + f"{'RT streams':>12}{'CPU-bound':>11}{'1 thread':>10}")
         for label, entry in compute["backends"].items():
@@ -748,6 +764,11 @@ def summary(doc: dict[str, Any]) -> str:
                 rt = f"{cap.get('model_bound_streams', '-')}{'+' if cap.get('at_largest_measured_batch') else ''}"
                 lines.append(f"  {label:<20}{name:<13}{cells}{rt:>12}{cap.get('cpu_bound_streams', '-'):>11}"
                              f"{cap.get('engine_thread_bound_streams', '-'):>10}")
+                window = entry.get("windowed_conditioner", {}).get(name)
+                if window:  # the same hops conditioned window by window, for comparison
+                    cells = "".join(f"{window[str(b)]['p50']:>7.1f}/{window[str(b)]['p99']:<7.1f}"
+                                    if str(b) in window else f"{'-':>15}" for b in batches)
+                    lines.append(f"  {'  windowed':<20}{name:<13}{cells}")
         for label, reason in compute["skipped"].items():
             lines.append(f"  {label:<20}skipped: {reason[:100]}")
         for name, fe in compute["front_end"].items():

@@ -158,6 +158,9 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lines", action="append", type=int, default=[], metavar="STEPS",
                    help="also animate every clip as a line (mode line: pushed whole, whole windows) at STEPS DDIM "
                    "steps (repeatable)")
+    p.add_argument("--windowed", action="store_true",
+                   help="also score each preset's live streams conditioned window by window, re-encoding the "
+                   "encoder context every hop (as before the stream conditioner), for comparison")
     p.set_defaults(func=run_eval_stream)
 
 
@@ -177,7 +180,7 @@ def parse_variant(text: str) -> Preset:
 def run_eval_stream(args: argparse.Namespace) -> int:
     variants = [parse_variant(v) for v in args.variant] or None
     stream_eval.stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend,
-                            variants, args.lines)
+                            variants, args.lines, args.windowed)
     return 0
 
 

@@ -80,10 +80,11 @@ def stream_animations(
 
 def stream_eval(
     checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu",
-    variants: list[Preset] | None = None, line_steps: list[int] | None = None,
+    variants: list[Preset] | None = None, line_steps: list[int] | None = None, windowed: bool = False,
 ) -> dict:
     """Both presets (or, given ``variants``, those presets instead) against whole-clip animation; with
-    ``line_steps``, also every clip as a line (mode "line") at each of those step counts."""
+    ``line_steps``, also every clip as a line (mode "line") at each of those step counts; ``windowed``:
+    each preset's live streams also conditioned window by window (no stream conditioner)."""
     model = load_model(checkpoint)
     torch.manual_seed(0)
     build_feature_cache(corpus, cache, model.cfg)
@@ -97,11 +98,13 @@ def stream_eval(
     backend = load_backend(backend_name, checkpoint)
     presets: dict[str, Preset] = {}
     for preset in variants or list(PRESETS.values()):
-        engine = StreamingEngine(backend, preset)
-        anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1))
-        label = f"stream {preset.name} ({preset.steps} steps, hop {preset.hop_frames})"
-        rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
-        presets[label] = preset
+        for streamed in (True, False) if windowed else (True,):
+            engine = StreamingEngine(backend, preset, stream_conditioner=streamed)
+            anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1))
+            label = f"stream {preset.name} ({preset.steps} steps, hop {preset.hop_frames})"
+            label += "" if streamed else ", windowed conditioner"
+            rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
+            presets[label] = preset
     for steps in line_steps or []:
         engine = StreamingEngine(backend, "low-latency", line_steps=steps)
         anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1), mode="line")
