@@ -266,6 +266,14 @@ def test_onnxruntime_accepts_any_dtype_and_layout(shipped_export, shipped_torch)
         assert max_err(ref[name], got[name]) < GRAPH_TOL
 
 
+def test_onnxruntime_cpu_threads_do_not_spin_between_calls(shipped_export):
+    """Spinning intra-op threads burnt a third of the CPU for no speed (docs/BACKENDS.md): CPU a VTuber's
+    OBS and game, and the runtime's front-ends, need. Every CPU session turns it off."""
+    backend = OnnxRuntimeBackend(shipped_export)
+    for session in (backend._conditioner, backend._denoiser, backend._stream_conditioner):
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 # --- load_backend ----------------------------------------------------------------------------------
 def test_unknown_backend_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown backend 'tensorflow'.*onnxruntime-cpu.*tensorrt"):

@@ -51,6 +51,11 @@ class OnnxRuntimeBackend:
             providers = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if device == "cpu":
+            # ONNX Runtime's intra-op threads spin between calls by default: at this model's call sizes that
+            # burnt a third of the CPU for no speed (B=8 streams: 37 -> 23 ms of CPU a call, wall 19 -> 16 ms),
+            # CPU the front-ends, and a VTuber's OBS and game, need (docs/BACKENDS.md)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
