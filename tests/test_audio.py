@@ -199,6 +199,22 @@ def test_frame_ranges_and_offsets(ppg: PosteriorgramFrontEnd) -> None:
             ppg.range_features(audio[s0 + 320 :], f0, f1, offset=s0 + 320)
 
 
+def test_many_streams_ranges_in_one_recogniser_call_are_each_ones_own(ppg: PosteriorgramFrontEnd) -> None:
+    """An engine round's requests (streams at other levels, places and offsets; a range cut by an ended
+    stream's end; an empty range) in one batched recogniser call give each request's own features."""
+    audio = _speechlike(2.0, seed=6)
+    quiet = 0.05 * _speechlike(1.0, seed=7)
+    s0 = ppg.range_samples(30, 33)[0]
+    requests = [(audio, 7, 8, 0), (audio * 0.3, 40, 43, 0), (audio[s0:], 30, 33, s0), (quiet, 28, 31, 0),
+                (quiet, 35, 38, 0), (audio, 5, 5, 0)]
+    batched = ppg.many_range_features(requests)
+    for request, got in zip(requests, batched, strict=True):
+        alone = ppg.range_features(*request)
+        assert got.shape == alone.shape
+        np.testing.assert_allclose(got, alone, atol=1e-4)
+    assert batched[3].shape[0] == 2 and batched[4].shape[0] == 0 and batched[5].shape[0] == 0
+
+
 def test_offline_recognition_in_pieces_matches_one_pass(ppg: PosteriorgramFrontEnd) -> None:
     """Bakes run the recogniser in pieces on all cores; with 1 s of context the features agree."""
     audio = _speechlike(6.0, seed=11)

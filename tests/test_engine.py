@@ -142,20 +142,25 @@ def test_batched_streams_get_the_frames_they_would_get_alone(tiny_backend, speec
     assert ticks < hops
 
 
-def test_front_ends_of_many_streams_run_on_threads_with_the_same_features(shipped_backend, speech_16k):
-    """Three streams' front-ends run on the engine's thread pool (each thread its own front-end,
-    one shared ONNX Runtime recogniser); every stream gets what it gets alone."""
-    engine = StreamingEngine(shipped_backend, "quality", front_end_threads=3)
-    assert engine._pool is not None
+@pytest.mark.parametrize("preset", ["quality", "low-latency"])
+def test_many_streams_recognised_in_one_call_get_the_features_they_get_alone(shipped_backend, speech_16k, preset):
+    """Streams' front-end groups go through the recogniser in one batched call per round (ragged:
+    different gains and cut points); every stream gets the frames it gets alone."""
+    engine = StreamingEngine(shipped_backend, preset)
+    calls = []
+    many = engine.front_end.many_range_features
+    engine.front_end.many_range_features = lambda requests: calls.append(len(requests)) or many(requests)
     gains = (1.0, 0.6, 0.3)
     alone = [as_arrays(run_stream(engine, [speech_16k * g], seed=i))[0] for i, g in enumerate(gains)]
     ids = [engine.open_stream(seed=i) for i in range(len(gains))]
     for sid, g in zip(ids, gains, strict=True):
         engine.push(sid, speech_16k * g)
         engine.end_stream(sid)
+    calls.clear()
     frames, ended = finish(engine, *ids)
     engine.close()
     assert sorted(ended) == sorted(ids)
+    assert max(calls) >= len(gains)  # the three streams' groups in one call
     for sid, ref in zip(ids, alone, strict=True):
         got = as_arrays([f for f in frames if f.stream == sid])[0]
         np.testing.assert_allclose(got, ref, atol=1e-4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ksdiff_runtime.features.prosody import normalized_prosody, prosody, yin
+from ksdiff_runtime.features.prosody import normalized_prosody, prosody, prosody_many, yin
 from ksdiff_runtime.motion import FPS, LIP_CLOSED_THRESHOLD, lip_aperture, mouth_at_rest, num_frames
 from ksdiff_runtime.training.augment import assemble
 from ksdiff_runtime.training.speech import synthesize
@@ -86,6 +86,32 @@ def test_prosody_edge_cases() -> None:
     assert np.all(np.abs(tone[3:-3, 0] - 150) < 5)
     n = normalized_prosody(tone)
     assert n.shape == tone.shape and np.all(np.isfinite(n)) and np.abs(n).max() < 2
+
+
+def test_prosody_from_a_row_on_is_the_whole_calls(speech_16k: np.ndarray) -> None:
+    """A stream's hop asks for its new frames' prosody only, with earlier frames as the voicing gate's
+    context: the rows it gets are exactly the whole call's, at any level and cut, also when a round's
+    streams share one call."""
+    rng = np.random.default_rng(0)
+    segments, rows, wholes = [], [], []
+    for _ in range(60):
+        s0 = int(rng.integers(0, speech_16k.size - 4000))
+        seg = speech_16k[s0 : s0 + int(rng.integers(600, 4000))] * rng.uniform(0.01, 2.0)
+        whole = prosody(seg)
+        k = int(rng.integers(0, len(whole)))
+        part = prosody(seg, from_row=k)
+        assert part.shape == whole.shape
+        np.testing.assert_array_equal(part[k:], whole[k:])
+        segments.append(seg)
+        rows.append(k)
+        wholes.append(whole)
+    # an engine round's streams in one call (silence and a clip shorter than a frame among them)
+    segments += [np.zeros(4000, np.float32), np.zeros(100, np.float32)]
+    rows += [2, 0]
+    wholes += [prosody(segments[-2]), prosody(segments[-1])]
+    for got, whole, k in zip(prosody_many(segments, rows), wholes, rows, strict=True):
+        assert got.shape == whole.shape
+        np.testing.assert_array_equal(got[k:], whole[k:])
 
 
 @pytest.mark.parametrize("what", ["speech", "noise", "tone", "shorter than a frame", "float64"])

@@ -4,8 +4,9 @@
     step()             one round, on the engine's thread: take the waiting audio; plan each
                        stream's next hop (skipping frames that could not be published in time,
                        taking several hops at once when a stream is late); run the front-end for
-                       the planned hops (on a thread pool); then ONE batched call to the
-                       backend for every planned hop; build the round's wire frames
+                       the planned hops (the recogniser in ONE batched call over every stream's
+                       new audio); then ONE batched call to the backend for every planned hop
+                       (the stream conditioner and the denoiser); build the round's wire frames
 
 A round does a bounded amount of work (at most one hop per stream), so a stream pushed far ahead
 of real time never holds up the others and the engine's thread answers a stop within a round.
@@ -37,6 +38,7 @@ from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends.base import Backend
 from ksdiff_runtime.events import AudioLevel
 from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
+from ksdiff_runtime.features.prosody import prosody_many
 from ksdiff_runtime.features.transcript import phoneme_tokens_later
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.inputs.stream import AudioFormat
@@ -49,7 +51,7 @@ from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
 from .presets import LINE_STEPS, Preset, get_preset
 from .sampling import Guidance, WindowBatch, WindowResult, guidance_variants, sample_windows
-from .stream import Emitted, Hop, HopWindow, StreamState, frame_sample
+from .stream import Emitted, Hop, HopWindow, StreamState, frame_sample, prosody_rows
 
 log = logging.getLogger("ksdiff_runtime.engine")
 
@@ -132,7 +134,9 @@ class StreamingEngine:
         self.max_batch = max(1, min(max_batch, getattr(backend, "max_batch", max_batch) // variants))
         # The preset sets the front-end's lookahead (and context); its recogniser is shared by every stream.
         self.front_end = front_end or make_front_end(self.preset.front_end_config(self.cfg.front_end))
-        # a given front-end (e.g. an instrumented one) runs on the step thread only
+        # The pool: lines' first features (one pass over a whole line, a line per thread) and lines' model
+        # batches in parts; live streams' front-ends run on the step thread, batched. A given front-end
+        # (e.g. an instrumented one) runs on the step thread only.
         threads = (os.cpu_count() or 1) if front_end_threads is None and front_end is None else (front_end_threads or 1)
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
@@ -321,15 +325,46 @@ class StreamingEngine:
         return planned
 
     def _features(self, planned: list[tuple[Session, StreamState, Hop]], result: StepResult) -> None:
-        # The recogniser (ONNX Runtime, one intra-op thread per call) releases the GIL: streams'
-        # front-ends run on a thread pool, each thread with its own front-end, all sharing one recogniser.
-        jobs = [(st, st.features_needed(h), h.catch_up) for _, st, h in planned]
-        if len(jobs) > 1 and self._pool is not None:
-            errors = list(self._pool.map(lambda job: self._update_features(*job), jobs))
-        else:  # one stream (a line's first features parallelise inside front_end.offline)
-            errors = [self._update_features(*job, front_end=self.front_end) for job in jobs]
-        for (session, _, _), exc in zip(planned, errors, strict=True):
+        """Every planned hop's features. Live streams' front-end groups go through the recogniser in one
+        batched call (``many_range_features``); a line's first features (one pass over all of its audio,
+        the recogniser in pieces) run on the pool's threads, one line per thread."""
+        jobs = [(session, st, st.features_needed(h), h.catch_up) for session, st, h in planned]
+        first_of_line = [j for j in jobs if j[1].line and j[1].n_feats == 0]
+        rest = [j for j in jobs if not (j[1].line and j[1].n_feats == 0)]
+        if len(first_of_line) > 1 and self._pool is not None:
+            errors = list(self._pool.map(lambda job: self._update_features(*job[1:]), first_of_line))
+        else:
+            errors = [self._update_features(*job[1:], front_end=self.front_end) for job in first_of_line]
+        for job, exc in zip(first_of_line, errors, strict=True):
             if exc is not None:
+                self._fail(job[0], exc, result)
+        groups = []
+        for session, st, upto, one_call in rest:
+            try:
+                groups += [(session, st, f0, f1) for f0, f1 in st.feature_groups(upto, one_call)]
+            except Exception as exc:
+                self._fail(session, exc, result)
+        try:
+            feats = self.front_end.many_range_features([st.front_end_request(f0, f1) for _, st, f0, f1 in groups])
+        except Exception:  # one stream's bad request must not fail the others: each on its own
+            for session, st, upto, one_call in rest:
+                if not session.finished and (exc := self._update_features(st, upto, one_call, self.front_end)):
+                    self._fail(session, exc, result)
+            return
+        # every group's prosody in one call too (YIN over all their frames), then each stream's features in order
+        try:
+            asks = [st.prosody_request(f0, f0 + f.shape[0], f1)
+                    for (_, st, f0, f1), f in zip(groups, feats, strict=True)]
+            pros = [prosody_rows(p, row, f.shape[0]) for p, (_, row), f in
+                    zip(prosody_many([seg for seg, _ in asks], [row for _, row in asks]), asks, feats, strict=True)]
+        except Exception:  # then each stream computes its own (and a failure is its own)
+            pros = [None] * len(groups)
+        for (session, st, f0, f1), f, p in zip(groups, feats, pros, strict=True):
+            if session.finished:
+                continue
+            try:
+                st.add_features(f0, f1, f, p)
+            except Exception as exc:
                 self._fail(session, exc, result)
 
     def _update_features(self, state: StreamState, upto: int, one_call: bool,

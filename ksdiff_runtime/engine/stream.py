@@ -50,6 +50,11 @@ def prosody_span(front_end: BlockwiseFrontEnd, f0: int, f1: int) -> tuple[int, i
     return frame_sample(max(0, f0 - PROSODY_CONTEXT_FRAMES)), front_end.range_samples(f0, f1)[1]
 
 
+def prosody_rows(p: np.ndarray, row: int, n: int) -> np.ndarray:
+    """The model's prosody rows [n, 2] of ``n`` frames from ``row`` of a ``prosody_request``'s prosody."""
+    return take_frames(normalized_prosody(p), row, n).astype(np.float32)
+
+
 def output_frames(samples: int, fps: int) -> int:
     """Frames a stream of ``samples`` yields at ``fps``: one per started frame period, so the tail of
     the audio (the last partial period) is animated too (protocol/SPEC.md 4.2)."""
@@ -313,25 +318,48 @@ class StreamState:
             self.n_feats = available
             self._trim()
             return
-        G = self.preset.feature_block_frames
-        while self.n_feats < min(upto, available):
-            f0 = self.n_feats
-            if one_call:
-                f1 = min(upto, available)
-            else:
-                f1 = f0 + G
-                if f1 > available and not self.ended:
-                    return
-            feats = compute.range_features(self._audio, f0, f1, offset=self.audio_offset)
-            n = feats.shape[0]
-            if n == 0:  # cannot happen with the sample counts above; never loop on it
-                raise RuntimeError(f"stream {self.id}: front-end gave no frames for [{f0}, {f1})")
-            self._feats = np.concatenate([self._feats, feats])
-            self._pros = np.concatenate([self._pros, self._prosody(f0, f0 + n, f1)])
-            self.n_feats += n
-            self._trim()
+        groups = self.feature_groups(upto, one_call)
+        for (f0, f1), feats in zip(groups, compute.many_range_features([self.front_end_request(*g) for g in groups]),
+                                   strict=True):
+            self.add_features(f0, f1, feats)
 
-    def _prosody(self, f0: int, f1: int, f1_nominal: int) -> np.ndarray:
+    def front_end_request(self, f0: int, f1: int) -> tuple[np.ndarray, int, int, int]:
+        """The front-end's request for group [f0, f1): (the audio kept, f0, f1, its first sample's index)."""
+        return self._audio, f0, f1, self.audio_offset
+
+    def feature_groups(self, upto: int, one_call: bool) -> list[tuple[int, int]]:
+        """The front-end calls (frame ranges) that bring the features up to ``upto``, as far as the audio
+        allows: the preset's groups (the schedule training used), or ``one_call`` (a stream catching up).
+        The last range of an ended stream may reach past its audio (the front-end gives what there is)."""
+        available = self.audio_frames()
+        G = self.preset.feature_block_frames
+        groups: list[tuple[int, int]] = []
+        f0 = self.n_feats
+        while f0 < min(upto, available):
+            f1 = min(upto, available) if one_call else f0 + G
+            if f1 > available and not self.ended:
+                break
+            groups.append((f0, f1))
+            f0 = f1
+        return groups
+
+    def add_features(self, f0: int, f1: int, feats: np.ndarray, pros: np.ndarray | None = None) -> None:
+        """The front-end's features of group [f0, f1) (fewer frames at an ended stream's end), with their
+        prosody: ``pros`` from ``prosody_rows`` (an engine round computes every stream's at once), or here."""
+        n = feats.shape[0]
+        if f0 != self.n_feats or n == 0:  # cannot happen with the sample counts above; never loop on it
+            raise RuntimeError(f"stream {self.id}: front-end gave {n} frames for [{f0}, {f1}) after {self.n_feats}")
+        if pros is None:
+            segment, row = self.prosody_request(f0, f0 + n, f1)
+            pros = prosody_rows(prosody(segment, from_row=row), row, n)
+        self._feats = np.concatenate([self._feats, feats])
+        self._pros = np.concatenate([self._pros, pros])
+        self.n_feats += n
+        self._trim()
+
+    def prosody_request(self, f0: int, f1: int, f1_nominal: int) -> tuple[np.ndarray, int]:
+        """The audio frames [f0, f1)'s prosody is computed from (PROSODY_CONTEXT_FRAMES before them, for
+        the voicing gate), and the row of frame f0 in it."""
         k0 = max(0, f0 - PROSODY_CONTEXT_FRAMES)
         s0, s1 = prosody_span(self.front_end, f0, f1_nominal)
         s1 = min(self.samples, s1)
@@ -341,8 +369,7 @@ class StreamState:
         need = -(-(f1 - k0) * SAMPLE_RATE // FPS) + 1
         if seg.size < need:
             seg = np.pad(seg, (0, need - seg.size))
-        rows = normalized_prosody(prosody(seg))
-        return take_frames(rows, f0 - k0, f1 - f0).astype(np.float32)
+        return seg, f0 - k0
 
     def _listen(self) -> None:
         """The voice gate's VAD over the audio there is (before any of it is forgotten)."""

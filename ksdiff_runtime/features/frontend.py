@@ -40,6 +40,8 @@ PPG_LOG_FLOOR = -10.0
 # on all cores, each with this much audio context on both sides.
 OFFLINE_MIN_PIECE_S = 1
 OFFLINE_PIECE_CONTEXT_MS = 500
+# Streams' segments recognised in one call (an engine round): at most this many at once
+RECOGNISER_BATCH = 32
 
 MEL_N_FFT = 512
 MEL_WIN = 400
@@ -139,22 +141,34 @@ class BlockwiseFrontEnd:
         ``audio`` holds the stream from absolute sample ``offset`` on (a streaming engine keeps
         only recent audio); it must reach ``range_samples(f0, f1)[1]`` unless the stream ended.
         """
-        audio = np.asarray(audio, dtype=np.float32)
-        s0, s1 = self.range_samples(f0, f1)  # from the nominal range, as the stream's audio allows
-        f1 = min(f1, num_frames(offset + audio.size))
-        if f1 <= f0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        if s0 < offset:
-            raise ValueError(f"audio from sample {offset} on cannot give frames from {f0} (needs sample {s0})")
-        s1 = min(offset + audio.size, s1)
-        native, hop, native_offset = self._native(audio[s0 - offset : s1 - offset])
+        return self.many_range_features([(audio, f0, f1, offset)])[0]
 
-        # Keep the native frames that bracket the range's motion frame times.
-        centers = s0 + native_offset + hop * np.arange(native.shape[0])
-        t = np.arange(f0, f1) * (SAMPLE_RATE / FPS)  # motion frame times in samples
-        q0 = min(max(0, math.floor((t[0] - s0 - native_offset) / hop)), native.shape[0] - 1)
-        q1 = min(native.shape[0], math.floor((t[-1] - s0 - native_offset) / hop) + 2)
-        return _interp(native[q0:q1], centers[q0:q1], t)
+    def many_range_features(self, requests: list[tuple[np.ndarray, int, int, int]]) -> list[np.ndarray]:
+        """``range_features`` of several (audio, f0, f1, offset) requests, e.g. one per stream of an engine
+        round: a front-end with a network runs it once over all their segments (``_natives``)."""
+        spans = []
+        for audio, f0, f1, offset in requests:
+            audio = np.asarray(audio, dtype=np.float32)
+            s0, s1 = self.range_samples(f0, f1)  # from the nominal range, as the stream's audio allows
+            f1 = min(f1, num_frames(offset + audio.size))
+            if f1 > f0 and s0 < offset:
+                raise ValueError(f"audio from sample {offset} on cannot give frames from {f0} (needs sample {s0})")
+            s1 = min(offset + audio.size, s1)
+            spans.append((f0, f1, s0, audio[s0 - offset : s1 - offset] if f1 > f0 else None))
+        natives = iter(self._natives([seg for _, _, _, seg in spans if seg is not None]))
+        out = []
+        for f0, f1, s0, seg in spans:
+            if seg is None:
+                out.append(np.zeros((0, self.dim), dtype=np.float32))
+                continue
+            native, hop, native_offset = next(natives)
+            # Keep the native frames that bracket the range's motion frame times.
+            centers = s0 + native_offset + hop * np.arange(native.shape[0])
+            t = np.arange(f0, f1) * (SAMPLE_RATE / FPS)  # motion frame times in samples
+            q0 = min(max(0, math.floor((t[0] - s0 - native_offset) / hop)), native.shape[0] - 1)
+            q1 = min(native.shape[0], math.floor((t[-1] - s0 - native_offset) / hop) + 2)
+            out.append(_interp(native[q0:q1], centers[q0:q1], t))
+        return out
 
     def __call__(self, audio16k: np.ndarray) -> np.ndarray:
         """Whole-clip features [num_frames(len(audio)), dim]: exactly the blockwise procedure."""
@@ -180,6 +194,10 @@ class BlockwiseFrontEnd:
 
     def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
         raise NotImplementedError
+
+    def _natives(self, segments: list[np.ndarray]) -> list[tuple[np.ndarray, int, float]]:
+        """``_native`` of several segments; a front-end may batch them."""
+        return [self._native(segment) for segment in segments]
 
     def _native_offline(self, audio: np.ndarray) -> tuple[np.ndarray, int, float]:
         """Native frames of a whole clip for ``offline``; a front-end may parallelise this."""
@@ -302,6 +320,21 @@ class PosteriorgramFrontEnd(BlockwiseFrontEnd):
 
     def _native(self, segment: np.ndarray) -> tuple[np.ndarray, int, float]:
         return self._with_mel(segment, self.log_probs(segment))
+
+    def _natives(self, segments: list[np.ndarray]) -> list[tuple[np.ndarray, int, float]]:
+        """The recogniser once over several segments (an engine round's streams), zero-padded to the longest
+        of a batch with their lengths (a clip's output does not depend on its batch: docs/RECOGNISER.md);
+        batches of similar lengths, at most RECOGNISER_BATCH clips each."""
+        if len(segments) < 2:
+            return [self._native(segment) for segment in segments]
+        order = sorted(range(len(segments)), key=lambda i: segments[i].size)
+        out: list = [None] * len(segments)
+        for k in range(0, len(order), RECOGNISER_BATCH):
+            part = order[k : k + RECOGNISER_BATCH]
+            log_probs = self._asr.many_log_probs([segments[i] for i in part])
+            for i, lp in zip(part, log_probs, strict=True):
+                out[i] = self._with_mel(segments[i], lp)
+        return out
 
     def _with_mel(self, segment: np.ndarray, log_probs: np.ndarray) -> tuple[np.ndarray, int, float]:
         ppg = (np.maximum(log_probs, PPG_LOG_FLOOR) + 5.0) / 5.0

@@ -66,10 +66,21 @@ def yin(y: np.ndarray, *, fmin: float, fmax: float, sr: int, frame_length: int, 
     librosa's own routes its local-minimum and parabolic-interpolation steps through numba, which
     compiles them on first use: 15-25 s on a 2-core CPU, paid by every new install on its first stream
     or bake. tests/test_teacher.py checks this function against ``librosa.yin``."""
+    return yin_frames(_analysis_frames(y, frame_length, hop_length, at), fmin=fmin, fmax=fmax, sr=sr,
+                      trough_threshold=trough_threshold)
+
+
+def _analysis_frames(y: np.ndarray, frame_length: int, hop_length: int, at: np.ndarray | None) -> np.ndarray:
+    """YIN's analysis frames [F, frame_length] of y (centred, zero-padded), or only those at ``at``."""
     y = np.pad(np.asarray(y), frame_length // 2)
     frames = np.lib.stride_tricks.sliding_window_view(y, frame_length)[::hop_length]  # [F, frame_length]
-    if at is not None:
-        frames = frames[at]
+    return frames if at is None else frames[at]
+
+
+def yin_frames(frames: np.ndarray, *, fmin: float, fmax: float, sr: int, trough_threshold: float = 0.1) -> np.ndarray:
+    """``yin`` on analysis frames [F, frame_length] (each row on its own: rows of several clips may share
+    a call)."""
+    frame_length = frames.shape[-1]
     min_period = int(np.floor(sr / fmax))
     max_period = min(int(np.ceil(sr / fmin)), frame_length - 1)
     # the difference function from the autocorrelation and the running energy (librosa's arrangement,
@@ -101,38 +112,59 @@ def yin(y: np.ndarray, *, fmin: float, fmax: float, sr: int, frame_length: int, 
     return sr / (min_period + period + shifts[rows, period])
 
 
-def prosody(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> np.ndarray:
-    """[num_frames(len(audio)), 2] float32: F0 in Hz (0 = unvoiced) and RMS energy in dB (floor -100)."""
-    y = np.nan_to_num(np.asarray(audio, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
-    n = num_frames(len(y), sample_rate, fps)
-    out = np.zeros((n, 2), dtype=np.float32)
-    if n == 0:
-        return out
-    centres = np.round(np.arange(n) * sample_rate / fps).astype(np.int64)
-    energy = _frame_rms_db(y, centres, _RMS_WINDOW * sample_rate // SAMPLE_RATE)
-    out[:, 1] = energy
-    if energy.max() <= VOICED_MIN_DB:
-        return out  # silence (or near): no pitch, and YIN on zeros would only produce noise
+def prosody(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, fps: int = FPS, from_row: int = 0) -> np.ndarray:
+    """[num_frames(len(audio)), 2] float32: F0 in Hz (0 = unvoiced) and RMS energy in dB (floor -100).
 
+    ``from_row``: F0 is computed from that row on; earlier rows are context (a stream's previous frames)
+    whose energy the voicing gate reads, and their F0 is left 0. Rows from it on are exactly the
+    whole call's."""
+    return prosody_many([audio], [from_row], sample_rate, fps)[0]
+
+
+def prosody_many(segments: list[np.ndarray], from_rows: list[int], sample_rate: int = SAMPLE_RATE,
+                 fps: int = FPS) -> list[np.ndarray]:
+    """``prosody(segment, from_row=r)`` of several segments (an engine round's streams), with one YIN call
+    over all their analysis frames; each result is exactly its own call's."""
     frame = _YIN_FRAME * sample_rate // SAMPLE_RATE
     hop = _YIN_HOP * sample_rate // SAMPLE_RATE
-    if len(y) < frame + 1:
-        y = np.pad(y, (0, frame + 1 - len(y)))
-    # YIN frame j is centred on sample j * hop; only the analysis frame nearest each motion frame is
-    # computed (a third of the 10 ms grid at 30 fps)
-    j = np.clip(np.round(centres / hop).astype(np.int64), 0, len(y) // hop)
+    outs, jobs = [], []
+    for audio, from_row in zip(segments, from_rows, strict=True):
+        y = np.nan_to_num(np.asarray(audio, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
+        n = num_frames(len(y), sample_rate, fps)
+        out = np.zeros((n, 2), dtype=np.float32)
+        outs.append(out)
+        if n == 0:
+            continue
+        centres = np.round(np.arange(n) * sample_rate / fps).astype(np.int64)
+        energy = _frame_rms_db(y, centres, _RMS_WINDOW * sample_rate // SAMPLE_RATE)
+        out[:, 1] = energy
+        rows = slice(max(0, from_row), n)
+        if energy.max() <= VOICED_MIN_DB or rows.start >= n:
+            continue  # silence (or near): no pitch, and YIN on zeros would only produce noise
+        if len(y) < frame + 1:
+            y = np.pad(y, (0, frame + 1 - len(y)))
+        # YIN frame j is centred on sample j * hop; only the analysis frame nearest each motion frame is
+        # computed (a third of the 10 ms grid at 30 fps)
+        j = np.clip(np.round(centres[rows] / hop).astype(np.int64), 0, len(y) // hop)
+        jobs.append((out, y, centres[rows], energy, rows, _analysis_frames(y, frame, hop, j)))
+    if not jobs:
+        return outs
     with np.errstate(divide="ignore", invalid="ignore"):
-        f0 = yin(y, fmin=FMIN_HZ, fmax=FMAX_HZ, sr=sample_rate, frame_length=frame, hop_length=hop,
-                 at=j).astype(np.float64)
-    periodic = _periodicity(y, centres, f0, sample_rate)
-    voiced = (
-        (energy > VOICED_MIN_DB)
-        & (energy > energy.max() + VOICED_REL_DB)
-        & (periodic > VOICED_MIN_PERIODICITY)
-        & np.isfinite(f0)
-    )
-    out[:, 0] = np.where(voiced, f0, 0.0)
-    return out
+        f0_all = yin_frames(np.concatenate([job[-1] for job in jobs]), fmin=FMIN_HZ, fmax=FMAX_HZ,
+                            sr=sample_rate).astype(np.float64)
+    start = 0
+    for out, y, centres, energy, rows, frames in jobs:
+        f0 = f0_all[start : start + len(frames)]
+        start += len(frames)
+        periodic = _periodicity(y, centres, f0, sample_rate)
+        voiced = (
+            (energy[rows] > VOICED_MIN_DB)
+            & (energy[rows] > energy.max() + VOICED_REL_DB)
+            & (periodic > VOICED_MIN_PERIODICITY)
+            & np.isfinite(f0)
+        )
+        out[rows, 0] = np.where(voiced, f0, 0.0)
+    return outs
 
 
 def normalized_prosody(p: np.ndarray) -> np.ndarray:

@@ -71,11 +71,20 @@ class OnnxRecogniser:
     def log_probs(self, segment: np.ndarray) -> np.ndarray:
         """Log-probabilities [segment.size // 320 + 1, 191] of one clip. A clip shorter than the
         STFT's padding (under 201 samples: one frame) is zero-padded to 201 samples first."""
-        wav = np.asarray(segment, dtype=np.float32).reshape(-1)
-        if wav.size < MIN_SAMPLES:
-            wav = np.pad(wav, (0, MIN_SAMPLES - wav.size))
-        log_probs, out_lengths = self(wav[None, :], np.array([wav.size], dtype=np.int64))
-        return log_probs[0, : int(out_lengths[0])]
+        return self.many_log_probs([segment])[0]
+
+    def many_log_probs(self, segments: list[np.ndarray]) -> list[np.ndarray]:
+        """``log_probs`` of several clips in one call (zero-padded to the longest, with their lengths)."""
+        clips = []
+        for segment in segments:
+            wav = np.asarray(segment, dtype=np.float32).reshape(-1)
+            clips.append(np.pad(wav, (0, MIN_SAMPLES - wav.size)) if wav.size < MIN_SAMPLES else wav)
+        lengths = np.array([c.size for c in clips], dtype=np.int64)
+        batch = np.zeros((len(clips), int(lengths.max())), np.float32)
+        for i, c in enumerate(clips):
+            batch[i, : c.size] = c
+        log_probs, out_lengths = self(batch, lengths)
+        return [log_probs[i, : int(n)] for i, n in enumerate(out_lengths)]
 
 
 _SHARED: dict[Path, OnnxRecogniser] = {}

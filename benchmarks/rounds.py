@@ -1,0 +1,93 @@
+"""`python -m benchmarks.rounds`: what one engine round costs with B live streams, in this process.
+
+B low-latency streams (the bundled speech, each from another place), the voice gate and liveliness on
+as `serve` runs them, fed one frame of audio (533 samples) per stream per round and stepped until the
+round's work is done: the round's wall time (it must stay under the 33 ms hop for the streams to be
+held in real time on the engine's one thread) and the process's CPU time per stream-hop (what the
+admission measures: cores x 0.7 / (CPU per stream-hop x 30 hops/s) streams fit). No pacing and no
+ZeroMQ: benchmarks/load.py measures the real `serve`. Each count runs twice: with the stream
+conditioner (as the engine runs) and window by window (every hop re-encoding its context), for
+comparison. Writes benchmarks/rounds.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ksdiff_runtime import motion
+from ksdiff_runtime.assets import SAMPLE_SPEECH
+from ksdiff_runtime.backends import load_backend
+from ksdiff_runtime.engine.capacity import TARGET
+from ksdiff_runtime.engine.engine import StreamingEngine
+from ksdiff_runtime.engine.gate import GateConfig
+from ksdiff_runtime.engine.liveliness import LivelinessConfig
+from ksdiff_runtime.inputs.guards import load_audio
+
+HOP_SAMPLES = motion.SAMPLE_RATE // motion.FPS + 1  # 533: a frame of audio per round (a little over)
+
+
+def measure(backend, streams: int, rounds: int, warm: int, stream_conditioner: bool) -> dict:
+    audio, _ = load_audio(SAMPLE_SPEECH)
+    audio = np.tile(audio, -(-(rounds + warm) * HOP_SAMPLES // audio.size) + 2)
+    engine = StreamingEngine(backend, "low-latency", voice_gate=GateConfig(), liveliness=LivelinessConfig(),
+                             stream_conditioner=stream_conditioner)
+    engine.warm_up()
+    ids = [engine.open_stream(seed=i) for i in range(streams)]
+    starts = [(i * 7919) % (audio.size // 3) for i in range(streams)]
+    walls, cpus = [], []
+    for r in range(warm + rounds):
+        for sid, s0 in zip(ids, starts, strict=True):
+            engine.push(sid, audio[s0 + r * HOP_SAMPLES : s0 + (r + 1) * HOP_SAMPLES])
+        c0, w0 = time.process_time(), time.perf_counter()
+        while engine.has_work():
+            engine.step()
+        if r >= warm:
+            walls.append(1e3 * (time.perf_counter() - w0))
+            cpus.append(1e3 * (time.process_time() - c0))
+    engine.close()
+    hop_ms = 1000 / motion.FPS
+    cpu_per_hop = float(np.sum(cpus)) / (len(cpus) * streams)
+    return {
+        "streams": streams,
+        "round_wall_ms": {q: round(float(np.percentile(walls, int(q[1:]))), 2) for q in ("p50", "p95")},
+        "cpu_ms_per_stream_hop": round(cpu_per_hop, 3),
+        "round_p95_fits_hop": bool(np.percentile(walls, 95) < hop_ms),
+        "admission_streams": int((os.cpu_count() or 1) * TARGET / (cpu_per_hop * motion.FPS / 1000)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rounds", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--streams", default="1,2,4,8,12,16", help="comma-separated stream counts (default 1,2,4,8,12,16)")
+    p.add_argument("--rounds", type=int, default=200, help="rounds measured per count (default 200, after 40)")
+    p.add_argument("--backend", default="onnxruntime-cpu", help="backend (default onnxruntime-cpu)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "rounds.json", help="results file")
+    args = p.parse_args(argv)
+    backend = load_backend(args.backend)
+    counts = [int(x) for x in args.streams.split(",") if x.strip()]
+    rows: dict[str, list] = {"stream": [], "window": []}
+    for n, conditioner in tqdm([(n, c) for n in counts for c in rows], desc="rounds", unit="run"):
+        r = measure(backend, n, args.rounds, 40, conditioner == "stream")
+        rows[conditioner].append(r)
+        wall = r["round_wall_ms"]
+        fits = "fits" if r["round_p95_fits_hop"] else "over"
+        tqdm.write(f"{n:>3} streams, {conditioner} conditioner: round p50 {wall['p50']:.1f} ms, p95 {wall['p95']:.1f} "
+                   f"ms ({fits} the 33 ms hop); CPU per stream-hop {r['cpu_ms_per_stream_hop']:.2f} ms -> admission "
+                   f"{r['admission_streams']} streams")
+    doc = {"backend": backend.name, "cores": os.cpu_count(), "preset": "low-latency", "rounds": args.rounds,
+           "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "rows": rows}
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
