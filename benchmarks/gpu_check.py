@@ -4,7 +4,8 @@ Per batch of B live streams (1 to 512), one engine tick of the low-latency prese
 
     recogniser  hama's recogniser (our PyTorch port, features/recogniser.py) over B streams' hop
                 segments in one batched call: each the audio a live hop's feature group reads
-    model       ``sample_windows`` on B hop windows, per backend: torch-cuda, torch-cuda with CUDA
+    model       ``sample_windows`` on B hop windows as the engine runs live hops (the stream
+                conditioner where the backend has it), per backend: torch-cuda, torch-cuda with CUDA
                 graphs, onnxruntime-cuda (recorded as skipped where it cannot load)
     tick        recogniser + model (the fastest model backend): one tick's device work
 
@@ -113,7 +114,8 @@ def sweep_model(label: str, batches: list[int], s: bench.Settings, speech: bench
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {}
     for b in batches:
-        wb = bench.window_batch(backend.constants, preset, speech, b, rng)
+        # live hops as the engine runs them: the stream conditioner where the backend has it
+        wb = bench.window_batch(backend.constants, preset, speech, b, rng, hasattr(backend, "condition_stream"))
         ms, _ = time_device(functools.partial(sample_windows, backend, wb, preset.steps), s, device)
         out[str(b)] = bench.pcts(ms)
         print(f"{label} B={b}: p50 {out[str(b)]['p50']:.3f} ms", flush=True)

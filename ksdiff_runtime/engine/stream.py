@@ -442,7 +442,7 @@ class StreamState:
         noise = rng.standard_normal((N, cfg.expr_dim + cfg.pose_dim)).astype(np.float32)
         D = cfg.expr_dim
         window = HopWindow(feats, pros, self._ctx[:, :D].copy(), self._ctx[:, D:].copy(), known, noise)
-        if self.streamed(hop):
+        if self.streamed:
             # Frames [enc_pos, e + H + L) are final (committed: the state moves past them), the rest of
             # the window's frames provisional, with the very features the windowed hop above would read.
             # A stream that is new, or whose state fell further behind than the encoder context (frames
@@ -457,9 +457,10 @@ class StreamState:
             window.state = self.enc_state
         return window
 
-    def streamed(self, hop: Hop) -> bool:
-        """Whether this hop is conditioned by the stream conditioner: a live stream (lines run whole windows,
-        the bake's way) on a backend that has it, with the model's whole lookahead."""
+    @property
+    def streamed(self) -> bool:
+        """Whether the stream's hops are conditioned by the stream conditioner: a live stream (lines run whole
+        windows, the bake's way) on a backend that has it, with the model's whole lookahead."""
         return (self.stream_variants > 0 and not self.line
                 and self.preset.model_lookahead_frames == self.cfg.lookahead_frames)
 
