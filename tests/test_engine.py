@@ -250,6 +250,36 @@ def test_nan_and_inf_become_silence_and_the_stream_goes_on(tiny_backend, speech_
     np.testing.assert_array_equal(b_bad, b_clean)
 
 
+def test_a_stream_whose_model_call_fails_is_closed_and_the_others_in_its_batch_go_on(tiny_backend, speech_16k):
+    """One stream's broken state fails the batched backend call of its round: the streams then run one by
+    one, the broken one is closed with its error (and its ease to rest), the other keeps every frame."""
+    engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1)
+    alone = as_arrays(run_stream(engine, [speech_16k], seed=2))[0]
+    engine.open_stream("a", seed=1)
+    engine.open_stream("b", seed=2)
+    frames: list = []
+    ended = {}
+    step = 1600
+    for k in range(0, speech_16k.size, step):
+        if "a" in engine.stream_ids:
+            engine.push("a", speech_16k[k : k + step])
+        engine.push("b", speech_16k[k : k + step])
+        if k == 4 * step:  # a's encoder state is damaged mid-stream
+            state = engine.sessions.get("a").state
+            state.enc_state = dict(state.enc_state, s_h=np.zeros((1, 3, 3), np.float32))
+        while engine.has_work():
+            r = engine.step()
+            frames += r.frames
+            ended.update({e.session.id: e for e in r.ended})
+    engine.end_stream("b")
+    rest, more = finish(engine, "b")
+    ended.update(more)
+    assert ended["a"].reason == "error" and ended["a"].error and ended["a"].final
+    assert ended["b"].reason == "ended"
+    got = as_arrays(sorted((f for f in frames + rest if f.stream == "b"), key=lambda f: f.index))[0]
+    np.testing.assert_allclose(got, alone, atol=1e-5)
+
+
 def test_unusable_input_is_refused_without_touching_other_streams(tiny_backend, speech_16k):
     engine = StreamingEngine(tiny_backend, "low-latency")
     engine.open_stream("good")

@@ -379,25 +379,46 @@ class StreamingEngine:
 
     def _tick(self, hops: list[tuple[Session, StreamState, Hop]], result: StepResult,
               preset: Preset) -> list[tuple[StreamState, Emitted]]:
-        windows = [st.hop_window(h) for _, st, h in hops]
+        ready = []
+        for session, st, hop in hops:
+            try:
+                ready.append((session, st, hop, st.hop_window(hop)))
+            except Exception as exc:
+                self._fail(session, exc, result)
         # one backend call per window shape: streamed hops by how many frames they commit (all alike in a
         # round of streams keeping up), windowed hops (lines; a backend without the stream conditioner) apart
-        parts: dict[tuple[bool, int, int], list[int]] = {}
-        for i, w in enumerate(windows):
-            parts.setdefault((w.state is not None, w.commit, w.feats.shape[0]), []).append(i)
+        parts: dict[tuple[bool, int, int], list] = {}
+        for item in ready:
+            w = item[3]
+            parts.setdefault((w.state is not None, w.commit, w.feats.shape[0]), []).append(item)
         emitted = []
-        for rows in parts.values():
-            out = self._sample(self._batch([hops[i][1] for i in rows], [windows[i] for i in rows]), preset.steps,
-                               parallel=preset is self.line_preset)
-            for j, i in enumerate(rows):
-                session, state, hop = hops[i]
-                try:
-                    # the stream's controls, and its ease to rest after its final frame: every output's numbers
-                    emitted.append((state, session.stage.apply(state.apply_hop(hop, out, j), session.controls)))
-                except Exception as exc:
-                    self._fail(session, exc, result)
-            result.ticks += 1
+        for part in parts.values():
+            emitted += self._run_part(part, result, preset)
         result.hops += len(hops)
+        return emitted
+
+    def _run_part(self, part: list[tuple[Session, StreamState, Hop, HopWindow]], result: StepResult,
+                  preset: Preset) -> list[tuple[StreamState, Emitted]]:
+        """One backend call for streams whose windows have one shape, then each stream's frames. If the call
+        fails (a backend error, one stream's bad state), each stream runs alone: the one that fails is closed
+        with its error and the others go on."""
+        try:
+            out = self._sample(self._batch([st for _, st, _, _ in part], [w for _, _, _, w in part]), preset.steps,
+                               parallel=preset is self.line_preset)
+        except Exception as exc:
+            if len(part) == 1:
+                self._fail(part[0][0], exc, result)
+                return []
+            log.warning("a batch of %d streams failed (%s); running them one by one", len(part), exc)
+            return [e for item in part for e in self._run_part([item], result, preset)]
+        result.ticks += 1
+        emitted = []
+        for j, (session, state, hop, _) in enumerate(part):
+            try:
+                # the stream's controls, and its ease to rest after its final frame: every output's numbers
+                emitted.append((state, session.stage.apply(state.apply_hop(hop, out, j), session.controls)))
+            except Exception as exc:
+                self._fail(session, exc, result)
         return emitted
 
     def _batch(self, streams: list[StreamState], windows: list[HopWindow]) -> WindowBatch:
