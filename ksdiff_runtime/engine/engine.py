@@ -338,8 +338,13 @@ class StreamingEngine:
         for job, exc in zip(first_of_line, errors, strict=True):
             if exc is not None:
                 self._fail(job[0], exc, result)
+        self._batched_features(rest, result)
+
+    def _batched_features(self, jobs: list[tuple[Session, StreamState, int, bool]], result: StepResult) -> None:
+        """Streams' front-end groups: the recogniser once over all of them, prosody once, then each stream's
+        features in order. A failure of a batched call falls back to each stream on its own (its own failure)."""
         groups = []
-        for session, st, upto, one_call in rest:
+        for session, st, upto, one_call in jobs:
             try:
                 groups += [(session, st, f0, f1) for f0, f1 in st.feature_groups(upto, one_call)]
             except Exception as exc:
@@ -347,7 +352,7 @@ class StreamingEngine:
         try:
             feats = self.front_end.many_range_features([st.front_end_request(f0, f1) for _, st, f0, f1 in groups])
         except Exception:  # one stream's bad request must not fail the others: each on its own
-            for session, st, upto, one_call in rest:
+            for session, st, upto, one_call in jobs:
                 if not session.finished and (exc := self._update_features(st, upto, one_call, self.front_end)):
                     self._fail(session, exc, result)
             return
