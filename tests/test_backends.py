@@ -37,6 +37,7 @@ from ksdiff_runtime.backends.tensorrt_backend import (
     write_sidecar,
 )
 from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.engine.presets import PRESETS
 from ksdiff_runtime.engine.sampling import Guidance, WindowBatch, sample_windows
 from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
@@ -377,7 +378,8 @@ def test_profile_shapes_cover_every_input_and_the_windows_used():
     cfg = ModelConfig()
     s = BuildSettings.for_config(cfg)
     assert s.max_batch == 256 and s.new_frames == (1, cfg.train_window_frames, 4 * cfg.train_window_frames)
-    for graph, names in (("conditioner", CONDITIONER_INPUTS), ("denoiser", DENOISER_INPUTS)):
+    for graph, names in (("conditioner", CONDITIONER_INPUTS), ("denoiser", DENOISER_INPUTS),
+                         ("stream_conditioner", STREAM_CONDITIONER_INPUTS)):
         shapes = profile_shapes(cfg, graph, s)
         assert set(shapes) == set(names)
         for name, (lo, opt, hi) in shapes.items():
@@ -391,6 +393,16 @@ def test_profile_shapes_cover_every_input_and_the_windows_used():
     assert cond["prev_expr"][0] == (1, C, 52) and cond["prev_expr"][2] == (256, C, 52)
     assert den["x_expr"][0] == (1, C + 1, 52) and den["f_e"][2] == (256, C + 4 * N, cfg.d_model)
     assert den["t"] == ((1,), (4,), (256,)) and den["style"][2] == (256, cfg.style_dim)
+    # the stream conditioner: every live hop the engine makes falls inside its profile (a hop of each
+    # preset, and its first hop, which commits the windowed span before the stream's first frame)
+    stream = profile_shapes(cfg, "stream_conditioner", s)
+    assert stream["n_commit"][1] == (1,) and stream["s_h"][2] == (256, *cfg.stream_state_shapes()["s_h"])
+    for preset in PRESETS.values():
+        H, W = preset.hop_frames, preset.window_frames
+        for K in (H, E + H + L):
+            for name, shape in (("n_commit", (K,)), ("n_new", (W,)), ("feats", (1, K + W - H, cfg.feature_dim))):
+                lo, _, hi = stream[name]
+                assert all(a <= x <= b for a, x, b in zip(lo, shape, hi, strict=True)), (preset.name, name, shape)
     with pytest.raises(ValueError, match="unknown graph"):
         profile_shapes(cfg, "vocoder", s)
     with pytest.raises(ValueError, match="new_frames"):

@@ -75,5 +75,5 @@ class Backend(Protocol):
         ...
 
     # Optional: ``condition_stream(feeds)``, STREAM_CONDITIONER_INPUTS -> STREAM_CONDITIONER_OUTPUTS (a live
-    # stream's hop with its cached encoder state, model/streaming.py). A backend without it (TensorRT, whose
-    # engines are built for the two window graphs) conditions live streams window by window with ``condition``.
+    # stream's hop with its cached encoder state, model/streaming.py). The engine conditions a backend's live
+    # streams window by window with ``condition`` when it has none (all three backends here have it).

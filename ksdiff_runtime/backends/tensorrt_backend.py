@@ -32,14 +32,23 @@ from typing import Any
 import numpy as np
 
 from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.io import CONDITIONER_OUTPUTS, DENOISER_OUTPUTS
+from ksdiff_runtime.model.io import CONDITIONER_OUTPUTS, DENOISER_OUTPUTS, STREAM_CONDITIONER_OUTPUTS
 
-from .artifact import CONDITIONER_FILE, DENOISER_FILE, default_cache_dir, load_export, sha256_file
+from .artifact import (
+    CONDITIONER_FILE,
+    DENOISER_FILE,
+    STREAM_CONDITIONER_FILE,
+    default_cache_dir,
+    load_export,
+    sha256_file,
+)
 from .base import BackendError
 
 log = logging.getLogger("ksdiff_runtime.backends")
 
-GRAPHS = {"conditioner": CONDITIONER_FILE, "denoiser": DENOISER_FILE}
+GRAPHS = {"conditioner": CONDITIONER_FILE, "denoiser": DENOISER_FILE, "stream_conditioner": STREAM_CONDITIONER_FILE}
+OUTPUTS = {"conditioner": CONDITIONER_OUTPUTS, "denoiser": DENOISER_OUTPUTS,
+           "stream_conditioner": STREAM_CONDITIONER_OUTPUTS}
 SIDECAR_FORMAT = "ksdiff-tensorrt-engine"
 SIDECAR_VERSION = 1
 DEFAULT_MAX_BATCH = 256  # streams x CFG variants (up to 4) in one call
@@ -90,7 +99,9 @@ def profile_shapes(cfg: ModelConfig, graph: str, s: BuildSettings) -> dict[str, 
     """(min, opt, max) shape of every input of ``graph`` for one TensorRT optimisation profile.
 
     The time axes follow the window: the conditioner sees S = encoder context + N + lookahead feature
-    frames, the denoiser T = C + N motion frames (C = motion context)."""
+    frames, the denoiser T = C + N motion frames (C = motion context). The stream conditioner sees a
+    live hop's new frames: K committed (1 a hop; up to a window's S at a stream's first hop or a restart)
+    then the provisional tail, W = K + N - H of them; its state inputs have fixed shapes."""
     b = (1, s.opt_batch, s.max_batch)
     n = s.new_frames
     C = cfg.motion_context_frames
@@ -109,6 +120,16 @@ def profile_shapes(cfg: ModelConfig, graph: str, s: BuildSettings) -> dict[str, 
             "prev_expr": shapes(b, C, cfg.expr_dim), "prev_pose": shapes(b, C, cfg.pose_dim), "known": shapes(b, C),
             "n_new": shapes(n),
         }
+    if graph == "stream_conditioner":
+        K = (1, 1, S[2])  # a hop commits one frame (opt); a first hop the whole windowed span
+        W = (1, n[1], S[2])
+        state = {name: shapes(b, *shape) for name, shape in cfg.stream_state_shapes().items()}
+        return {
+            "feats": shapes(b, W, cfg.feature_dim), "prosody": shapes(b, W, cfg.prosody_dim),
+            "text": shapes(b, s.text_tokens), "audio_keep": shapes(b), "text_keep": shapes(b),
+            "prev_expr": shapes(b, C, cfg.expr_dim), "prev_pose": shapes(b, C, cfg.pose_dim), "known": shapes(b, C),
+            "n_new": shapes(n), "n_commit": shapes(K),
+        } | state
     if graph == "denoiser":
         return {
             "x_expr": shapes(b, T, cfg.expr_dim), "x_pose": shapes(b, T, cfg.pose_dim), "known": shapes(b, T),
@@ -303,7 +324,7 @@ class _Engine:
 
 
 class TensorRTBackend:
-    """TensorRT engines for an export's two graphs, built once per GPU / TensorRT version / model / settings."""
+    """TensorRT engines for an export's three graphs, built once per GPU / TensorRT version / model / settings."""
 
     name = "tensorrt"
 
@@ -334,11 +355,10 @@ class TensorRTBackend:
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self._stream = self.cuda.call("cudaStreamCreate", cudart.cudaStreamCreate())
-        outputs = {"conditioner": CONDITIONER_OUTPUTS, "denoiser": DENOISER_OUTPUTS}
         for graph in GRAPHS:
             fields = key_fields(graph, self.gpu, trt.__version__, self.manifest["model_hash"], self.settings)
             engine = self._load_or_build(plan_engine(self.cache_dir, fields, rebuild=rebuild))
-            self._engines[graph] = _Engine(trt, self.cuda, engine, graph, outputs[graph])
+            self._engines[graph] = _Engine(trt, self.cuda, engine, graph, OUTPUTS[graph])
 
     # --- engines ---
     def _load_or_build(self, plan: EnginePlan):
@@ -411,6 +431,10 @@ class TensorRTBackend:
     def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.cuda.call("cudaSetDevice", self.cuda.rt.cudaSetDevice(self.device_index))
         return self._engines["denoiser"].run(feeds, self._stream)
+
+    def condition_stream(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.cuda.call("cudaSetDevice", self.cuda.rt.cudaSetDevice(self.device_index))
+        return self._engines["stream_conditioner"].run(feeds, self._stream)
 
     def close(self) -> None:
         for engine in self._engines.values():
