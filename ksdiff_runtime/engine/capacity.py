@@ -9,10 +9,16 @@ Two measurements, refreshed every ``window_s``:
 - the cores other programs keep busy (a VTuber's OBS and game), from the kernel's counters
   (/proc/stat) minus this process's share.
 
+- the engine thread's round: one thread runs every live stream's round (its batched model and
+  recogniser calls, and each stream's own numpy work), so the round's time grows with the streams and
+  must stay within the hop, whatever the cores. The warm-up measures it with 1 and ROUND_PROBE streams
+  (``calibrate_rounds``: a fixed part and a part per stream; benchmarks/rounds.json has the curve).
+
 ``admit(n)`` says whether one more stream fits beside ``n``: the streams' cost must fit in the
-cores left (times ``target``, headroom for bursts), and no stream may have been shed recently
-(then the machine is already short). One stream is always admitted: a runtime that refused its
-only stream would serve nobody, and the engine sheds to keep it current.
+cores left (times ``target``, headroom for bursts), their round in ROUND_TARGET of the hop, and no
+stream may have been shed recently (then the machine is already short). One stream is always
+admitted: a runtime that refused its only stream would serve nobody, and the engine sheds to keep
+it current.
 """
 
 from __future__ import annotations
@@ -29,6 +35,31 @@ from dataclasses import dataclass
 TARGET = 0.7
 WINDOW_S = 2.0
 SHED_MEMORY_S = 5.0  # after frames were shed, refuse new streams this long
+# a live round may take at most this share of the hop on the engine's thread: at 6 streams (rounds of
+# ~29 ms in a 33 ms hop) the admitted streams' p95 was 1.47x a single stream's (benchmarks/load.py)
+ROUND_TARGET = 0.85
+ROUND_PROBE = 4  # streams in the warm-up's second round measurement
+
+
+@dataclass(frozen=True)
+class RoundCost:
+    """How long the engine thread's round takes with n live streams: fixed_ms + per_stream_ms x n."""
+
+    fixed_ms: float
+    per_stream_ms: float
+    hop_ms: float  # the live preset's hop: the round's budget
+
+    @classmethod
+    def fit(cls, one_ms: float, probe_ms: float, probe: int, hop_ms: float) -> RoundCost:
+        """From the round time with 1 stream and with ``probe`` streams."""
+        per_stream = max((probe_ms - one_ms) / (probe - 1), 0.05 * one_ms, 1e-3)
+        return cls(max(0.0, one_ms - per_stream), per_stream, hop_ms)
+
+    def round_ms(self, streams: int) -> float:
+        return self.fixed_ms + self.per_stream_ms * streams
+
+    def streams_that_fit(self, target: float = ROUND_TARGET) -> int:
+        return max(1, math.floor((target * self.hop_ms - self.fixed_ms) / self.per_stream_ms))
 
 
 @dataclass(frozen=True)
@@ -37,11 +68,12 @@ class Reading:
     stream_cores: float  # CPU one live stream costs, in cores (1.0 = one core busy)
     other_cores: float  # cores busy with other programs
     engine_busy: float  # share of the time the engine thread computes (for the record)
+    rounds: RoundCost | None = None  # the engine thread's round time (None: not measured)
 
     def streams_that_fit(self, target: float = TARGET) -> int:
-        """Live streams the machine has room for now (at least 1)."""
-        by_cores = (self.cores * target - self.other_cores) / max(self.stream_cores, 1e-3)
-        return max(1, math.floor(by_cores))
+        """Live streams the machine has room for now (at least 1): the cores' and the engine thread's bound."""
+        by_cores = max(1, math.floor((self.cores * target - self.other_cores) / max(self.stream_cores, 1e-3)))
+        return by_cores if self.rounds is None else min(by_cores, self.rounds.streams_that_fit())
 
 
 def _cpu_count() -> int:
@@ -69,6 +101,7 @@ class Capacity:
         self.window_s = window_s
         self._lock = threading.Lock()
         self._stream_cores: float | None = None
+        self._rounds: RoundCost | None = None
         self._other = 0.0
         self._busy = 0.0
         self._last_shed_ns = -1 << 62
@@ -85,6 +118,11 @@ class Capacity:
         """One stream's cost before any is measured: CPU seconds the warm-up spent per second of audio."""
         with self._lock:
             self._stream_cores = max(cpu_s_per_audio_s, 0.01)
+
+    def calibrate_rounds(self, rounds: RoundCost) -> None:
+        """The engine thread's round time per live stream, measured at warm-up."""
+        with self._lock:
+            self._rounds = rounds
 
     def observe(self, round_ns: int, audio_s: float, shed: bool) -> None:
         """Called by the engine thread after each round: its wall time and the seconds of audio it animated."""
@@ -115,7 +153,7 @@ class Capacity:
     def reading(self) -> Reading:
         with self._lock:
             return Reading(self.cores, self._stream_cores if self._stream_cores is not None else 0.5,
-                           self._other, self._busy)
+                           self._other, self._busy, self._rounds)
 
     def admit(self, open_streams: int) -> str | None:
         """None if one more live stream fits beside ``open_streams``; otherwise why not, for the client."""
@@ -128,8 +166,12 @@ class Capacity:
             return "the runtime is already shedding frames to keep its streams current (the machine is too busy)"
         fits = r.streams_that_fit(self.target)
         if open_streams + 1 > fits:
-            return (f"the measured capacity is {fits} live stream(s) here: each costs {r.stream_cores:.2f} of a core "
-                    f"and {r.other_cores:.1f} of {r.cores} cores are busy with other programs")
+            why = (f"the measured capacity is {fits} live stream(s) here: each costs {r.stream_cores:.2f} of a core "
+                   f"and {r.other_cores:.1f} of {r.cores} cores are busy with other programs")
+            if r.rounds is not None and r.rounds.streams_that_fit() < open_streams + 1:
+                why += (f"; a round of {open_streams + 1} streams would take ~{r.rounds.round_ms(open_streams + 1):.0f}"
+                        f" ms of the {r.rounds.hop_ms:.0f} ms hop on the engine's thread")
+            return why
         return None
 
 

@@ -45,7 +45,7 @@ from ksdiff_runtime.inputs.stream import AudioFormat
 from ksdiff_runtime.sessions import Session, Sessions
 from ksdiff_sdk import Frame
 
-from .capacity import Capacity
+from .capacity import ROUND_PROBE, Capacity, RoundCost
 from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
@@ -509,19 +509,35 @@ class StreamingEngine:
             audio, _ = load_audio(SAMPLE_SPEECH)
         clip = np.asarray(audio, np.float32)[: int(WARM_UP_S * motion.SAMPLE_RATE)]
         stereo_48k = np.repeat(np.repeat(clip, 3)[:, None], 2, axis=1)  # a 48 kHz stereo device, crudely
-        for measure, mode in ((False, "live"), (False, "line"), (True, "live")):
-            session = self.sessions.open(f"warm-up-{uuid.uuid4().hex[:8]}", "sdk", AudioFormat(48_000, 2),
-                                         text=None if measure else "hello there", admit=False, mode=mode)
-            cpu0 = time.process_time()
+        for mode in ("live", "line"):  # a first stream's paths, a transcript's too
+            self._warm_streams(1, stereo_48k, mode, text="hello there")
+        # what a live stream costs: the CPU of one, and the engine thread's round with 1 and ROUND_PROBE
+        cpu0 = time.process_time()
+        one_ms = self._warm_streams(1, stereo_48k, "live")
+        self.capacity.calibrate((time.process_time() - cpu0) / WARM_UP_S)
+        probe_ms = self._warm_streams(ROUND_PROBE, stereo_48k, "live")
+        hop_ms = 1000.0 * self.preset.hop_frames / motion.FPS
+        self.capacity.calibrate_rounds(RoundCost.fit(one_ms, probe_ms, ROUND_PROBE, hop_ms))
+        return time.perf_counter() - t0
+
+    def _warm_streams(self, n: int, stereo_48k: np.ndarray, mode: str, text: str | None = None) -> float:
+        """``n`` warm-up streams of the audio, pushed whole and stepped to their end; returns the median time
+        (ms) of the rounds that hopped all of them."""
+        sessions = [self.sessions.open(f"warm-up-{uuid.uuid4().hex[:8]}", "sdk", AudioFormat(48_000, 2), text=text,
+                                       admit=False, mode=mode) for _ in range(n)]
+        for session in sessions:
             for i in range(0, len(stereo_48k), 480):
                 self.sessions.feed(session, stereo_48k[i : i + 480])
             self.sessions.end(session)
-            while not session.finished:
-                self.step()
-            if measure:
-                self.capacity.calibrate((time.process_time() - cpu0) / WARM_UP_S)
+        rounds = []
+        while not all(session.finished for session in sessions):
+            t = time.perf_counter()
+            hops = self.step().hops
+            if hops == n:
+                rounds.append(time.perf_counter() - t)
+        for session in sessions:
             self.sessions.remove(session)
-        return time.perf_counter() - t0
+        return 1000.0 * float(np.median(rounds)) if rounds else 0.0
 
     def _warm_pool(self) -> None:
         """Give every front-end thread its front-end now (made on first use; the recogniser they share

@@ -94,8 +94,9 @@ def build_engine(
     loaded_s = time.perf_counter() - t0
     warm_s = engine.warm_up()
     r = engine.capacity.reading()
-    log.info("model on %s in %.1f s, warmed up in %.1f s; a %s stream costs %.2f of a core here (room for %d)",
-             loaded.name, loaded_s, warm_s, engine.preset.name, r.stream_cores, r.streams_that_fit())
+    rounds = f"; its round ~{r.rounds.per_stream_ms:.1f} ms a stream + {r.rounds.fixed_ms:.1f}" if r.rounds else ""
+    log.info("model on %s in %.1f s, warmed up in %.1f s; a %s stream costs %.2f of a core here%s (room for %d)",
+             loaded.name, loaded_s, warm_s, engine.preset.name, r.stream_cores, rounds, r.streams_that_fit())
     return engine
 
 

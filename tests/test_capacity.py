@@ -1,0 +1,49 @@
+"""Admission's two bounds: the cores a live stream costs, and the engine thread's round within the hop."""
+
+from __future__ import annotations
+
+import pytest
+
+from ksdiff_runtime.engine.capacity import ROUND_TARGET, Capacity, Reading, RoundCost
+from ksdiff_runtime.engine.engine import StreamingEngine
+
+HOP_MS = 1000 / 30
+
+
+def test_a_round_cost_is_fitted_from_two_measurements_and_bounds_the_streams():
+    cost = RoundCost.fit(one_ms=11.7, probe_ms=21.7, probe=4, hop_ms=HOP_MS)
+    assert cost.per_stream_ms == pytest.approx(10 / 3) and cost.fixed_ms == pytest.approx(11.7 - 10 / 3)
+    assert cost.round_ms(8) == pytest.approx(cost.fixed_ms + 8 * 10 / 3)
+    fits = cost.streams_that_fit()
+    assert cost.round_ms(fits) <= ROUND_TARGET * HOP_MS < cost.round_ms(fits + 1)
+    # a round that does not grow with streams (noise) still counts each stream a little
+    flat = RoundCost.fit(one_ms=10.0, probe_ms=9.0, probe=4, hop_ms=HOP_MS)
+    assert flat.per_stream_ms > 0 and flat.streams_that_fit() < 100
+    # one stream is always admitted, even when one round overruns the hop
+    assert RoundCost.fit(40.0, 80.0, 4, HOP_MS).streams_that_fit() == 1
+
+
+def test_admission_takes_the_tighter_of_the_cores_and_the_engine_thread():
+    rounds = RoundCost(fixed_ms=5.0, per_stream_ms=4.0, hop_ms=HOP_MS)  # 5 streams fit the round
+    many_cores = Reading(cores=16, stream_cores=0.25, other_cores=0.0, engine_busy=0.0, rounds=rounds)
+    assert many_cores.streams_that_fit() == rounds.streams_that_fit() == 5  # the cores would take 44
+    few_cores = Reading(cores=2, stream_cores=0.5, other_cores=0.0, engine_busy=0.0, rounds=rounds)
+    assert few_cores.streams_that_fit() == 2
+    assert Reading(cores=16, stream_cores=0.25, other_cores=0.0, engine_busy=0.0).streams_that_fit() == 44
+
+    capacity = Capacity(cores=16)
+    capacity.calibrate(0.2)
+    capacity.calibrate_rounds(rounds)
+    assert capacity.admit(4) is None
+    refused = capacity.admit(5)
+    assert refused and "measured capacity is 5" in refused and "of a core" in refused
+    assert "a round of 6 streams would take ~29 ms of the 33 ms hop" in refused
+
+
+def test_the_warm_up_measures_the_round_a_live_stream_adds(tiny_backend):
+    engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1)
+    engine.warm_up()
+    rounds = engine.capacity.reading().rounds
+    assert rounds is not None and rounds.hop_ms == pytest.approx(HOP_MS)
+    assert rounds.per_stream_ms > 0 and rounds.fixed_ms >= 0 and rounds.streams_that_fit() >= 1
+    assert not engine.stream_ids  # the warm-up's streams are gone
