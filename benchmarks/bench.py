@@ -613,11 +613,13 @@ def bench_bake(backend_name: str, checkpoint: Path, s: Settings) -> dict[str, An
 
 # --- memory ------------------------------------------------------------------------------------------
 def state_bytes(state) -> int:
-    """Bytes of the numpy arrays a StreamState holds (its audio, features, motion context)."""
+    """Bytes of the numpy arrays a StreamState holds (its audio, features, motion context, encoder state)."""
     total = 0
     for value in vars(state).values():
         if isinstance(value, np.ndarray):
             total += value.nbytes
+        elif isinstance(value, dict):  # the stream conditioner's state
+            total += sum(v.nbytes for v in value.values() if isinstance(v, np.ndarray))
     total += 16 * len(getattr(state, "_arrivals", ()))  # two ints per recent chunk
     return total
 
