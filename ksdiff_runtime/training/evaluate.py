@@ -120,6 +120,29 @@ def animate_model(model: KSDiff, clips: list[ClipInputs], style: torch.Tensor | 
     return animate(TorchBackend(model), clips, style=styles, **kw)
 
 
+@dataclass
+class HeldOut:
+    """An evaluation's held-out clips, with what every scoring of them needs."""
+
+    clips: list[Clip]  # the ones scored
+    all_test: list[Clip]  # the whole test split (reference styles come from it)
+    beats_audio: list  # each scored clip's audio beats
+    style: torch.Tensor  # each scored clip's reference style
+
+
+def held_out(model: KSDiff, corpus: Path, cache: Path, max_clips: int) -> HeldOut:
+    """The corpus's test split (features cached first), ``max_clips`` of it by a fixed draw (0: all), with
+    their audio beats and reference styles; torch seeded, so every evaluation starts alike."""
+    torch.manual_seed(0)
+    build_feature_cache(corpus, cache, model.cfg)
+    all_test = load_clips(corpus, cache, model.cfg, "test", keep_audio=True)
+    if not all_test:
+        raise RuntimeError(f"corpus {corpus} has no held-out (test) clips")
+    order = np.random.default_rng(0).permutation(len(all_test))[: max_clips or len(all_test)]
+    clips = [all_test[i] for i in sorted(order)]
+    return HeldOut(clips, all_test, [M.audio_beats(c.audio) for c in clips], reference_styles(model, clips, all_test))
+
+
 def reference_styles(model: KSDiff, clips: list[Clip], all_clips: list[Clip]) -> torch.Tensor:
     """Style vector per clip from another clip of the same persona (first window of it)."""
     L = model.cfg.style_clip_frames
@@ -200,20 +223,12 @@ def evaluate(
 ) -> dict:
     """The table; ``ablations`` maps a row name to another checkpoint (same front-end) scored at 4 steps."""
     model = load_model(checkpoint)
-    torch.manual_seed(0)
-    build_feature_cache(corpus, cache, model.cfg)
-    all_test = load_clips(corpus, cache, model.cfg, "test", keep_audio=True)
-    if not all_test:
-        raise RuntimeError(f"corpus {corpus} has no held-out (test) clips")
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(all_test))[: max_clips or len(all_test)]
-    clips = [all_test[i] for i in sorted(order)]
+    held = held_out(model, corpus, cache, max_clips)
+    clips, all_test, beats_audio, style = held.clips, held.all_test, held.beats_audio, held.style
     log.info("evaluating %s on %d held-out clips", checkpoint, len(clips))
-    beats_audio = [M.audio_beats(c.audio) for c in clips]
     # whole-clip evaluation uses the offline front-end schedule, as a bake does
     inputs = model_inputs(clips)
     stream_inputs = model_inputs(clips, schedule="stream")
-    style = reference_styles(model, clips, all_test)
 
     rows: list[Row] = []
     runs: dict[str, list[Animation]] = {}
@@ -288,13 +303,8 @@ def quick_compare(checkpoints: dict[str, Path], corpus: Path, cache: Path, max_c
     result: dict[str, dict] = {}
     for name, checkpoint in checkpoints.items():
         model = load_model(checkpoint)
-        torch.manual_seed(0)
-        build_feature_cache(corpus, cache, model.cfg)
-        all_test = load_clips(corpus, cache, model.cfg, "test", keep_audio=True)
-        order = np.random.default_rng(0).permutation(len(all_test))[: max_clips or len(all_test)]
-        clips = [all_test[i] for i in sorted(order)]
-        beats_audio = [M.audio_beats(c.audio) for c in clips]
-        style = reference_styles(model, clips, all_test)
+        held = held_out(model, corpus, cache, max_clips)
+        clips, beats_audio, style = held.clips, held.beats_audio, held.style
         thresholds = thresholds_for(model, load_clips(corpus, cache, model.cfg, "train", limit=48))
         base = float(np.mean([M.mouth_mae(np.tile(model.expr_mean.numpy(), (len(c.expr), 1)), c.expr) for c in clips]))
         rows = {}

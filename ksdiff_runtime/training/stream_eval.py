@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ksdiff_runtime.backends import load_backend
@@ -22,9 +21,8 @@ from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.offline import Animation
 from ksdiff_runtime.engine.presets import PRESETS, Preset
 from ksdiff_runtime.model.checkpoint import load_model
-from ksdiff_runtime.training import metrics as M
-from ksdiff_runtime.training.dataset import Clip, build_feature_cache, load_clips
-from ksdiff_runtime.training.evaluate import animate_model, model_inputs, reference_styles, score
+from ksdiff_runtime.training.dataset import Clip
+from ksdiff_runtime.training.evaluate import animate_model, held_out, model_inputs, score
 
 log = logging.getLogger("ksdiff_runtime.stream_eval")
 
@@ -86,13 +84,8 @@ def stream_eval(
     ``line_steps``, also every clip as a line (mode "line") at each of those step counts; ``windowed``:
     each preset's live streams also conditioned window by window (no stream conditioner)."""
     model = load_model(checkpoint)
-    torch.manual_seed(0)
-    build_feature_cache(corpus, cache, model.cfg)
-    all_test = load_clips(corpus, cache, model.cfg, "test", keep_audio=True)
-    order = np.random.default_rng(0).permutation(len(all_test))[: max_clips or len(all_test)]
-    clips = [all_test[i] for i in sorted(order)]
-    beats_audio = [M.audio_beats(c.audio) for c in clips]
-    style = reference_styles(model, clips, all_test)
+    held = held_out(model, corpus, cache, max_clips)
+    clips, beats_audio, style = held.clips, held.beats_audio, held.style
     rows = {"whole clip (offline features, 4 steps)": score(
         clips, animate_model(model, model_inputs(clips), steps=4, style=style), beats_audio, (0.5, 0.5))}
     backend = load_backend(backend_name, checkpoint)
