@@ -1,7 +1,8 @@
 """What every inference backend provides: the model's two graphs, run on numpy arrays.
 
 A backend runs ``condition`` once per hop and ``denoise`` once per DDIM step (the graphs of
-ksdiff_runtime/model/graphs.py; input and output names are the tuples defined there). The
+ksdiff_runtime/model/graphs.py; input and output names are the tuples of model/io.py), and may run
+``condition_stream`` instead of ``condition`` for a live stream's hop (model/streaming.py). The
 DDIM loop and classifier-free guidance are not part of any backend: they live once, in
 ksdiff_runtime/engine/sampling.py, so torch, ONNX Runtime and TensorRT run the same sampler.
 

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend: an export's two graphs (ksdiff_runtime/backends/export.py) on CPU or CUDA."""
+"""The ONNX Runtime backend: an export's graphs (ksdiff_runtime/backends/export.py) on CPU or CUDA."""
 
 from __future__ import annotations
 
