@@ -9,6 +9,8 @@ from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT
 from ksdiff_runtime.backends.export import DEFAULT_EXPORT_DIR, export_model
 from ksdiff_runtime.features.recogniser import export_onnx
 from ksdiff_runtime.features.recogniser_onnx import GRAPH
+from ksdiff_runtime.features.streaming_recogniser import export_stream_step
+from ksdiff_runtime.features.streaming_recogniser_onnx import STEP_GRAPH
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
 
@@ -22,7 +24,8 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ship", action="store_true", help=f"export the bundled checkpoint to {SHIPPED_EXPORT}, the export "
                    "a runtime without torch uses (after retraining and shipping a new checkpoint)")
     p.add_argument("--recogniser", action="store_true", help="instead, write the phoneme recogniser's parameter-free "
-                   f"graph to {GRAPH} (its weights are read from the installed hama at load time)")
+                   f"graphs, {GRAPH.name} and {STEP_GRAPH.name} (the streaming step), to {GRAPH.parent} (the weights "
+                   "are supplied at load time)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_export)
 
@@ -30,7 +33,9 @@ def configure_export(p: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     if args.recogniser:
         export_onnx(GRAPH)
-        print(f"exported the recogniser's graph (no weights) -> {GRAPH} ({GRAPH.stat().st_size} bytes)")
+        export_stream_step(STEP_GRAPH)
+        for graph in (GRAPH, STEP_GRAPH):
+            print(f"exported a recogniser graph (no weights) -> {graph} ({graph.stat().st_size} bytes)")
         return 0
     if args.ship and args.checkpoint not in (None, DEFAULT_CHECKPOINT):
         raise SystemExit("error: --ship exports the bundled checkpoint; leave --checkpoint out")

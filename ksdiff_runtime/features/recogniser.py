@@ -200,41 +200,56 @@ def export_onnx(path: Path) -> None:
     ``waveform`` [B, N] float32 and ``lengths`` [B] int64, outputs ``log_probs`` [B, T, 191] and
     ``out_lengths`` [B], with dynamic B, N and T. The same torch and onnx versions write the same
     bytes (tests/test_recogniser.py checks the shipped graph against a fresh export)."""
-    import warnings
-
-    import onnx
-
     model = Recogniser().eval()
-    # weights are not exported, but equal ones would be merged into one input: make each distinct
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for tensor in model.state_dict().values():
-            tensor.copy_(torch.randn(tensor.shape, generator=generator))
     waveform = torch.zeros(2, 16000)
     lengths = torch.tensor([16000, 12000])
     axes = {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
             "log_probs": {0: "batch", 1: "frames"}, "out_lengths": {0: "batch"}}
+    export_without_weights(model, (waveform, lengths), path, GRAPH_INPUTS, GRAPH_OUTPUTS, axes)
+
+
+def export_without_weights(module: nn.Module, args: tuple, path: Path, input_names: tuple[str, ...],
+                           output_names: tuple[str, ...], axes: dict, weights_prefix: str = "") -> None:
+    """Export ``module`` to ONNX with every weight an empty external initializer named as its state dict
+    entry (less ``weights_prefix``), for the runtime to supply at load time. Legacy exporter, opset 17."""
+    import warnings
+
+    import onnx
+
+    # weights are not exported, but equal ones would be merged into one input: make each distinct
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-        torch.onnx.export(model, (waveform, lengths), str(path), input_names=list(GRAPH_INPUTS),
-                          output_names=list(GRAPH_OUTPUTS), dynamic_axes=axes, opset_version=GRAPH_OPSET,
+        torch.onnx.export(module, args, str(path), input_names=list(input_names),
+                          output_names=list(output_names), dynamic_axes=axes, opset_version=GRAPH_OPSET,
                           dynamo=False, export_params=False, do_constant_folding=False)
     # torch writes the weights as graph inputs; make each an external initializer without data
     proto = onnx.load(str(path), load_external_data=False)
     inputs = list(proto.graph.input)
     del proto.graph.input[:]
+    renamed = {}
     for value in inputs:
-        if value.name in GRAPH_INPUTS:
+        if value.name in input_names:
             proto.graph.input.append(value)
             continue
+        if not value.name.startswith(weights_prefix):
+            raise ValueError(f"graph input {value.name!r} is neither an input nor a weight under {weights_prefix!r}")
+        name = value.name[len(weights_prefix):]
+        renamed[value.name] = name
         tensor_type = value.type.tensor_type
-        weight = onnx.TensorProto(name=value.name, data_type=tensor_type.elem_type,
+        weight = onnx.TensorProto(name=name, data_type=tensor_type.elem_type,
                                   dims=[d.dim_value for d in tensor_type.shape.dim])
         weight.data_location = onnx.TensorProto.EXTERNAL
         weight.external_data.add(key="location", value=WEIGHTS_LOCATION)
         proto.graph.initializer.append(weight)
+    if weights_prefix:
+        for node in proto.graph.node:
+            node.input[:] = [renamed.get(name, name) for name in node.input]
     onnx.save(proto, str(path))
 
 

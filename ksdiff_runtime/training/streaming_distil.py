@@ -227,6 +227,16 @@ def load_distilled(path: Path) -> StreamingRecogniser:
     return model.eval()
 
 
+def export_weights(checkpoint: Path, out: Path) -> None:
+    """The student's trained tensors as float16 (as hama stores its own), for ``OnnxStreamingRecogniser``:
+    its parameters only; the STFT kernels and mel filterbank are hama's, read from the installed hama."""
+    model = load_distilled(checkpoint)
+    arrays = {name: p.detach().numpy().astype(np.float16) for name, p in model.named_parameters()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **arrays)
+    log.info("%d tensors (%.1f MB) -> %s", len(arrays), out.stat().st_size / 1e6, out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/streaming_asr"))
@@ -236,8 +246,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--left-frames", type=int, default=DEFAULT_LEFT_FRAMES)
     p.add_argument("--checkpoint-s", type=float, default=180.0)
+    p.add_argument("--export-weights", type=Path, default=None, metavar="NPZ",
+                   help="instead of training, write the run's student weights (--out's last.pt) to NPZ for the runtime")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.export_weights:
+        export_weights(args.out / "last.pt", args.export_weights)
+        return
     train(args.out, args.minutes, args.batch_synthetic, args.batch_real, args.lr, args.left_frames,
           args.checkpoint_s)
 

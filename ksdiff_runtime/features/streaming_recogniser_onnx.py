@@ -1,0 +1,197 @@
+"""The streaming recogniser in ONNX Runtime: a chunk of every ready stream in one call, state explicit.
+
+The graph ``ksdiff_runtime/assets/streaming_recogniser.onnx`` is ``StreamStep``
+(``features/streaming_recogniser.py``; ``ksdiff-runtime export --recogniser`` rewrites it) exported
+without weights, as ``recogniser.onnx``: every weight an external initializer with no data, supplied
+here at load time. Its inputs are one chunk of output frames (``lookahead + 1`` frames of 20 ms) of B
+streams and each stream's state after its previous chunk; its outputs the chunk's log-probabilities
+and the state after it. All of a stream's state lives in its ``RecogniserStream`` (numpy arrays on the
+host), so a batch row is a stream only for the length of one call: nothing of one stream can reach
+another, whatever rows they are given.
+
+A stream's frames equal the chunked recogniser's over the whole clip (``StreamingRecogniser
+.forward_chunked``, tests/test_streaming_recogniser_onnx.py): frame q is final once the stream holds
+``320 (e + 1) + 40`` samples, e the last frame of q's chunk, or once it has ended.
+
+Weights: hama's (``hama_weights``; chunked, undistilled: a different function from the full model) or
+a distilled student's (``training.streaming_distil --export-weights``): an ``.npz`` of the trained
+tensors, hama's STFT kernels and mel filterbank read from the installed hama as always.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ksdiff_runtime.features.hama_weights import format_error, hama_weights_path, recogniser_weights
+
+STEP_GRAPH = Path(__file__).resolve().parent.parent / "assets" / "streaming_recogniser.onnx"
+HOP = 320  # samples per output frame (20 ms)
+N_FFT = 400
+REACH = 40  # samples past a chunk's last frame's end the STFT reads (360 past its centre)
+MAX_LOOKAHEAD = 3
+MIN_SAMPLES = 201  # the STFT's reflect padding needs more than n_fft / 2 samples
+STEP_BATCH = 64  # streams in one call at most
+
+
+@dataclass
+class RecogniserStream:
+    """One stream's audio and recogniser state (``OnnxStreamingRecogniser.new_stream``)."""
+
+    chunk: int
+    keys: np.ndarray  # [blocks, heads, left_frames, 36]
+    values: np.ndarray
+    conv: np.ndarray  # [blocks, 144, 15]
+    cache_valid: np.ndarray  # [left_frames]
+    audio: np.ndarray  # samples [audio_start, samples)
+    audio_start: int = 0
+    samples: int = 0
+    ended: bool = False
+    frames_out: int = 0  # frames computed (the next chunk's first frame)
+
+    def push(self, samples: np.ndarray) -> None:
+        """The stream's next samples (16 kHz mono)."""
+        if self.ended:
+            raise ValueError("the stream has ended")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self.audio = np.concatenate([self.audio, samples])
+        self.samples += samples.size
+
+    def end(self) -> None:
+        """No more audio: the last chunk is computed as the whole clip's (reflect padding at the end)."""
+        if self.samples < MIN_SAMPLES:
+            raise ValueError(f"a stream needs at least {MIN_SAMPLES} samples for the STFT's reflect padding")
+        self.ended = True
+
+    @property
+    def total_frames(self) -> int | None:
+        """The stream's frames once it has ended (as the whole clip's), else None."""
+        return self.samples // HOP + 1 if self.ended else None
+
+    def ready(self) -> bool:
+        """Its next chunk can be computed."""
+        if self.ended:
+            return self.frames_out < self.samples // HOP + 1
+        return self.samples >= HOP * (self.frames_out + self.chunk) + REACH
+
+    def final_samples(self, frame: int) -> int:
+        """Samples the stream must hold (unless it ended) before frame ``frame`` is final."""
+        return HOP * ((frame // self.chunk + 1) * self.chunk) + REACH
+
+    def window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next chunk's inputs: audio [320 K + 400], mel_mask [2 K + 1], frame_mask [K]."""
+        K, q0, n = self.chunk, self.frames_out, self.samples
+        idx = np.abs(np.arange(HOP * q0 - HOP - REACH, HOP * (q0 + K) + REACH))  # reflect at the start
+        mel = np.arange(2 * q0 - 1, 2 * (q0 + K))
+        mel_mask = mel >= 0
+        frame_mask = np.ones(K, bool)
+        if self.ended:
+            idx = np.abs(np.where(idx >= n, 2 * (n - 1) - idx, idx))  # reflect at the end
+            mel_mask &= mel <= n // (HOP // 2)
+            frame_mask = np.arange(q0, q0 + K) < n // HOP + 1
+        audio = self.audio[np.clip(idx, 0, n - 1) - self.audio_start]
+        return audio, mel_mask.astype(np.float32), frame_mask.astype(np.float32)
+
+    def advance(self, keys: np.ndarray, values: np.ndarray, conv: np.ndarray, cache_valid: np.ndarray) -> None:
+        """Take the state after the chunk just computed; forget audio no later chunk reads."""
+        self.keys, self.values, self.conv, self.cache_valid = keys, values, conv, cache_valid
+        self.frames_out += self.chunk
+        # the next window starts 360 samples before its frame; an end's reflection reads back 320 K + 400
+        keep = max(0, min(HOP * self.frames_out - HOP - REACH, self.samples - HOP * (MAX_LOOKAHEAD + 1) - N_FFT))
+        if keep - self.audio_start > 16000:
+            self.audio = self.audio[keep - self.audio_start :].copy()
+            self.audio_start = keep
+
+
+class OnnxStreamingRecogniser:
+    """The chunked recogniser over many streams: ``new_stream``, ``push`` audio into streams, then ``step``
+    computes every final chunk of them, the ready streams batched in one call per chunk."""
+
+    def __init__(self, weights: Path | None = None, lookahead: int = 2, graph: Path = STEP_GRAPH,
+                 threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        if not 0 <= lookahead <= MAX_LOOKAHEAD:
+            raise ValueError(f"lookahead must be 0..{MAX_LOOKAHEAD} output frames, got {lookahead}")
+        hama = hama_weights_path()
+        arrays = recogniser_weights(hama)
+        if weights is not None:
+            arrays.update(distilled_weights(Path(weights), arrays))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        names = sorted(arrays)
+        self._weights = [ort.OrtValue.ortvalue_from_numpy(arrays[n]) for n in names]
+        opts.add_external_initializers(names, self._weights)
+        try:
+            self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # a tensor missing, unknown to the graph, of another shape or type
+            if not any(word in str(e) for word in ("nitializ", "Replacement tensor", "xternal data")):
+                raise
+            raise format_error(hama, f"tensors do not match the streaming recogniser (ONNX Runtime: {e})") from None
+        self._arrays = arrays  # the session's weights point into these
+        self.chunk = lookahead + 1
+        shapes = {i.name: i.shape for i in self.session.get_inputs()}
+        self._keys_shape = tuple(shapes["keys"][1:])
+        self._conv_shape = tuple(shapes["conv"][1:])
+        self.left_frames = int(shapes["cache_valid"][1])
+
+    def new_stream(self) -> RecogniserStream:
+        """A fresh stream (its state zeros: no cached frame is real)."""
+        return RecogniserStream(self.chunk, np.zeros(self._keys_shape, np.float32),
+                                np.zeros(self._keys_shape, np.float32), np.zeros(self._conv_shape, np.float32),
+                                np.zeros(self.left_frames, np.float32), np.zeros(0, np.float32))
+
+    def step(self, streams: list[RecogniserStream]) -> list[np.ndarray]:
+        """Every chunk the streams can compute now; returns each stream's new frames' log-probabilities [n, 191]."""
+        out: list[list[np.ndarray]] = [[] for _ in streams]
+        while True:
+            ready = [i for i, s in enumerate(streams) if s.ready()]
+            if not ready:
+                break
+            for k in range(0, len(ready), STEP_BATCH):
+                rows = ready[k : k + STEP_BATCH]
+                for i, lp in zip(rows, self._run([streams[i] for i in rows]), strict=True):
+                    out[i].append(lp)
+        return [np.concatenate(o) if o else np.zeros((0, 191), np.float32) for o in out]
+
+    def _run(self, streams: list[RecogniserStream]) -> list[np.ndarray]:
+        windows = [s.window() for s in streams]
+        feeds = {
+            "audio": np.stack([w[0] for w in windows]),
+            "mel_mask": np.stack([w[1] for w in windows]),
+            "frame_mask": np.stack([w[2] for w in windows]),
+            "keys": np.stack([s.keys for s in streams]),
+            "values": np.stack([s.values for s in streams]),
+            "conv": np.stack([s.conv for s in streams]),
+            "cache_valid": np.stack([s.cache_valid for s in streams]),
+        }
+        log_probs, keys, values, conv, valid = self.session.run(
+            ["log_probs", "keys_out", "values_out", "conv_out", "cache_valid_out"], feeds)
+        out = []
+        for i, s in enumerate(streams):
+            n = int(windows[i][2].sum())
+            out.append(log_probs[i, :n])
+            s.advance(keys[i], values[i], conv[i], valid[i])
+        return out
+
+
+def distilled_weights(path: Path, hama: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A distilled student's trained tensors (an ``.npz`` written by ``streaming_distil --export-weights``),
+    as float32, checked against hama's names and shapes."""
+    try:
+        with np.load(path) as f:
+            arrays = {name: f[name].astype(np.float32) for name in f.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a streaming recogniser weights file ({e})") from None
+    unknown = sorted(set(arrays) - set(hama))
+    wrong = sorted(n for n in set(arrays) & set(hama) if arrays[n].shape != hama[n].shape)
+    if unknown or wrong or not arrays:
+        raise ValueError(f"{path}: not the recogniser's tensors (unknown {unknown[:3]}, other shapes {wrong[:3]})")
+    return arrays
+
+
+__all__ = ["STEP_GRAPH", "OnnxStreamingRecogniser", "RecogniserStream", "distilled_weights"]

@@ -1,0 +1,163 @@
+"""The streaming recogniser's ONNX step: many streams batched, state explicit and per stream, the chunked
+recogniser's output frame for frame, the shipped graph a fresh export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ksdiff_runtime.assets import SAMPLE_SPEECH
+from ksdiff_runtime.features.streaming_recogniser import StreamingRecogniser, export_stream_step
+from ksdiff_runtime.features.streaming_recogniser_onnx import (
+    STEP_GRAPH,
+    OnnxStreamingRecogniser,
+    RecogniserStream,
+)
+from ksdiff_runtime.motion import SAMPLE_RATE
+
+# ONNX Runtime's float32 STFT against the torch stream's float64 one (a float16 rounding step on a few
+# mel bands) and other matrix-product shapes: measured <= 0.0025 over the 6.8 s sample at every lookahead
+# (0.0096 on a 2.3 s cut), every argmax equal.
+TOLERANCE = 0.03
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    audio, rate = sf.read(str(SAMPLE_SPEECH), dtype="float32")
+    assert rate == SAMPLE_RATE
+    return audio
+
+
+@pytest.fixture(scope="module")
+def torch_model() -> StreamingRecogniser:
+    return StreamingRecogniser.from_hama_streaming()
+
+
+@pytest.fixture(scope="module")
+def recognisers() -> dict[int, OnnxStreamingRecogniser]:
+    return {}
+
+
+def _onnx(recognisers: dict, lookahead: int) -> OnnxStreamingRecogniser:
+    if lookahead not in recognisers:
+        recognisers[lookahead] = OnnxStreamingRecogniser(lookahead=lookahead)
+    return recognisers[lookahead]
+
+
+def _whole(model: StreamingRecogniser, audio: np.ndarray, lookahead: int) -> np.ndarray:
+    with torch.no_grad():
+        lp, lengths = model.forward_chunked(torch.from_numpy(audio)[None], lookahead=lookahead)
+    return lp[0, : int(lengths[0])].numpy()
+
+
+def _feed(rec: OnnxStreamingRecogniser, clips: list[np.ndarray], piece: int) -> list[np.ndarray]:
+    """Every clip as a stream fed ``piece`` samples a round, all streams stepped together each round."""
+    streams = [rec.new_stream() for _ in clips]
+    out: list[list[np.ndarray]] = [[] for _ in clips]
+    for start in range(0, max(c.size for c in clips), piece):
+        for s, c in zip(streams, clips, strict=True):
+            if start < c.size:
+                s.push(c[start : start + piece])
+                if start + piece >= c.size:
+                    s.end()
+        for o, lp in zip(out, rec.step(streams), strict=True):
+            o.append(lp)
+    return [np.concatenate(o) for o in out]
+
+
+@pytest.mark.parametrize("lookahead", [0, 2, 3])
+def test_streams_equal_the_chunked_recogniser_over_the_whole_clip(torch_model, recognisers, speech, lookahead):
+    clip = speech[: int(3.1 * SAMPLE_RATE) + 55]
+    got = _feed(_onnx(recognisers, lookahead), [clip], 533)[0]  # a 30 fps hop of audio a round
+    whole = _whole(torch_model, clip, lookahead)
+    assert got.shape == whole.shape
+    assert np.abs(got - whole).max() < TOLERANCE
+    assert (got.argmax(1) == whole.argmax(1)).mean() >= 0.99
+
+
+def test_a_batch_of_streams_gives_each_its_own_frames(recognisers, speech):
+    """Streams of other lengths, levels and starts in one call each round: every stream's frames are the
+    ones it gets alone, the ones that end early included."""
+    rec = _onnx(recognisers, 2)
+    clips = [speech[: 2 * SAMPLE_RATE], 0.3 * speech[8000 : 8000 + 3 * SAMPLE_RATE] + 0.0,
+             np.ascontiguousarray(speech[::-1][: int(1.3 * SAMPLE_RATE)]), speech[40000 : 40000 + SAMPLE_RATE]]
+    together = _feed(rec, clips, 533)
+    for clip, got in zip(clips, together, strict=True):
+        alone = _feed(rec, [clip], 1777)[0]  # and fed in other pieces
+        assert got.shape == alone.shape == (clip.size // 320 + 1, 191)
+        assert np.abs(got - alone).max() < 1e-4
+
+
+def test_an_ended_streams_state_never_reaches_the_next_stream_in_its_row(recognisers, speech):
+    rec = _onnx(recognisers, 1)
+    a, b = rec.new_stream(), rec.new_stream()
+    a.push(speech[: SAMPLE_RATE])
+    b.push(speech[SAMPLE_RATE : 2 * SAMPLE_RATE])
+    a.end()
+    rec.step([a, b])  # a in row 0, done
+    c = rec.new_stream()  # now in row 0
+    clip = speech[3 * SAMPLE_RATE : 4 * SAMPLE_RATE]
+    c.push(clip)
+    got = rec.step([c, b])[0]
+    fresh = rec.new_stream()
+    fresh.push(clip)
+    assert np.array_equal(got, rec.step([fresh])[0])
+
+
+def test_frames_become_final_when_their_chunk_has_its_audio(recognisers, speech):
+    rec = _onnx(recognisers, 2)
+    s = rec.new_stream()
+    assert s.final_samples(0) == s.final_samples(2) == 3 * 320 + 40
+    s.push(speech[: 999])
+    assert rec.step([s])[0].shape[0] == 0
+    s.push(speech[999:1000])
+    assert rec.step([s])[0].shape[0] == 3
+
+
+def test_audio_is_forgotten_as_the_stream_goes(recognisers, speech):
+    rec = _onnx(recognisers, 2)
+    s = rec.new_stream()
+    for k in range(0, 6 * SAMPLE_RATE, 800):
+        s.push(speech[k % speech.size : k % speech.size + 800])
+        rec.step([s])
+    assert s.audio.size < 2 * SAMPLE_RATE
+    assert s.frames_out == (s.samples - 40) // 960 * 3
+
+
+def test_bad_input_gets_a_clear_error(recognisers, tmp_path):
+    rec = _onnx(recognisers, 2)
+    s = rec.new_stream()
+    s.push(np.zeros(100, np.float32))
+    with pytest.raises(ValueError, match="at least 201 samples"):
+        s.end()
+    s.push(np.zeros(400, np.float32))
+    s.end()
+    with pytest.raises(ValueError, match="has ended"):
+        s.push(np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match=r"lookahead must be 0\.\.3"):
+        OnnxStreamingRecogniser(lookahead=4)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{"blocks.0.ffn1.fc1.weight": np.zeros((3, 3), np.float16)})
+    with pytest.raises(ValueError, match="not the recogniser's tensors"):
+        OnnxStreamingRecogniser(weights=bad)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a streaming recogniser weights file"):
+        OnnxStreamingRecogniser(weights=tmp_path / "junk.npz")
+
+
+def test_the_shipped_step_graph_is_a_fresh_export(tmp_path):
+    """Rewrite it with `ksdiff-runtime export --recogniser` after changing StreamStep."""
+    path = tmp_path / "step.onnx"
+    export_stream_step(path)
+    assert path.read_bytes() == STEP_GRAPH.read_bytes()
+
+
+def test_a_stream_holds_only_its_own_arrays(recognisers):
+    rec = _onnx(recognisers, 2)
+    a, b = rec.new_stream(), rec.new_stream()
+    assert isinstance(a, RecogniserStream)
+    assert a.keys is not b.keys and not np.shares_memory(a.keys, b.keys)
