@@ -161,3 +161,27 @@ def test_a_stream_holds_only_its_own_arrays(recognisers):
     a, b = rec.new_stream(), rec.new_stream()
     assert isinstance(a, RecogniserStream)
     assert a.keys is not b.keys and not np.shares_memory(a.keys, b.keys)
+
+
+@pytest.mark.gpu
+def test_the_step_on_cuda_matches_the_cpu(recognisers, speech):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs ONNX Runtime with CUDA")
+    gpu = OnnxStreamingRecogniser(lookahead=0, providers=("CUDAExecutionProvider",))
+    clips = [speech[k * SAMPLE_RATE : (k + 2) * SAMPLE_RATE] for k in range(3)]
+    for got, want in zip(_feed(gpu, clips, 533), _feed(_onnx(recognisers, 0), clips, 533), strict=True):
+        assert np.abs(got - want).max() < 1e-3
+
+
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_a_whole_clip_in_one_call_is_the_stream(torch_model, recognisers, speech, lookahead):
+    """``whole``: every chunk of a clip in one call (a bake's or a line's features), the chunked recogniser's
+    frames as a stream fed the clip gets them."""
+    rec = _onnx(recognisers, lookahead)
+    clip = speech[: int(4.3 * SAMPLE_RATE) + 99]
+    got = rec.whole(clip)
+    assert got.shape == (clip.size // 320 + 1, 191)
+    assert np.abs(got - _feed(rec, [clip], 533)[0]).max() < 0.01  # float32 sums over other shapes: measured 0.0014
+    assert np.abs(got - _whole(torch_model, clip, lookahead)).max() < TOLERANCE

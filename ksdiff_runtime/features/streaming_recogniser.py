@@ -326,37 +326,41 @@ def stream_latency_ms(lookahead: int) -> float:
 # The stream step's inputs and outputs (one row per stream). State: per block the attention keys and
 # values of the last ``left_frames`` frames and the depthwise convolution's last 15 inputs, and which
 # of the cached frames are real (a new stream's cache is zeros, none real).
-STEP_INPUTS = ("audio", "mel_mask", "frame_mask", "keys", "values", "conv", "cache_valid")
+STEP_INPUTS = ("audio", "mel_mask", "frame_mask", "chunk", "keys", "values", "conv", "cache_valid")
 STEP_OUTPUTS = ("log_probs", "keys_out", "values_out", "conv_out", "cache_valid_out")
 
 
-def step_audio_samples(chunk: int) -> int:
-    """Samples of audio a chunk of ``chunk`` frames reads: its 2 chunk + 1 STFT frames."""
-    return HOP * chunk + N_FFT
+def step_audio_samples(frames: int) -> int:
+    """Samples of audio a call over ``frames`` output frames reads: its 2 frames + 1 STFT frames."""
+    return HOP * frames + N_FFT
 
 
 class StreamStep(torch.nn.Module):
-    """One chunk of output frames of B streams, the chunked recogniser's state explicit.
+    """K output frames of B streams, in chunks of ``chunk`` frames, the chunked recogniser's state explicit.
 
-    Inputs (B streams, chunk K = lookahead + 1 frames q0 .. q0 + K - 1 of each, q0 a chunk start):
+    Inputs (B streams, frames q0 .. q0 + K - 1 of each, q0 a chunk start; K a whole number of chunks but
+    at a stream's end; a live round: one chunk; a whole clip: all its frames):
     - ``audio`` [B, 320 K + 400]: samples 320 q0 - 360 .. 320 (q0 + K) + 40 of each stream, the reflect
       padding at the stream's ends already applied (the host's job: it knows where a stream starts and ends);
     - ``mel_mask`` [B, 2 K + 1]: 1 for the STFT frames 2 q0 - 1 .. 2 q0 + 2 K - 1 that exist, 0 for those
       before the start or past the end (the input convolution's zero padding);
     - ``frame_mask`` [B, K]: 1 for the output frames that exist (all but past a finished stream's end);
+    - ``chunk`` []: int64, frames per chunk (lookahead + 1);
     - ``keys``, ``values`` [B, blocks, heads, left_frames, 36], ``conv`` [B, blocks, 144, 15],
-      ``cache_valid`` [B, left_frames]: the state after the previous chunk (zeros for a new stream).
+      ``cache_valid`` [B, left_frames]: the state after the previous frames (zeros for a new stream).
 
-    Outputs: ``log_probs`` [B, K, 191] and the state after this chunk (``*_out``).
-    The same arithmetic as ``block_chunked``, written for one whole chunk so that every shape but B and K
-    is fixed: a graph with no data-dependent shapes, for ONNX Runtime, TensorRT or a sequence batcher."""
+    Outputs: ``log_probs`` [B, K, 191] and the state after these frames (``*_out``).
+    The arithmetic of ``block_chunked`` (a frame sees its chunk and ``left_frames`` before the chunk; the
+    depthwise taps after it stop at its chunk's end) with every shape but B and K fixed: a graph with no
+    data-dependent shapes, for ONNX Runtime, TensorRT or a sequence batcher."""
 
     def __init__(self, model: StreamingRecogniser) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, audio: torch.Tensor, mel_mask: torch.Tensor, frame_mask: torch.Tensor, keys: torch.Tensor,
-                values: torch.Tensor, conv: torch.Tensor, cache_valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, audio: torch.Tensor, mel_mask: torch.Tensor, frame_mask: torch.Tensor, chunk: torch.Tensor,
+                keys: torch.Tensor, values: torch.Tensor, conv: torch.Tensor,
+                cache_valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.model
         real = F.conv1d(audio[:, None, :], m.stft_real, stride=STFT_HOP)
         imag = F.conv1d(audio[:, None, :], m.stft_imag, stride=STFT_HOP)
@@ -365,25 +369,29 @@ class StreamStep(torch.nn.Module):
         x = F.gelu(F.conv1d(mel, m.input_conv.weight, m.input_conv.bias, stride=2)).transpose(1, 2)  # [B, K, 144]
         B, K, C = x.shape
         d = C // HEADS
-        valid = frame_mask > 0.5
-        key_valid = torch.cat([cache_valid > 0.5, valid], dim=1)  # [B, W + K]
         W = cache_valid.shape[1]
-        # every frame of the chunk sees the whole chunk and the cached frames; a frame that does not
-        # exist still sees itself (no empty attention row)
-        itself = torch.arange(W + K)[None, :] == torch.arange(K)[:, None] + W  # [K, W + K]
-        mask = (key_valid[:, None, :] | itself[None])[:, None]  # [B, 1, K, W + K]
-        ahead = torch.arange(K)[:, None] + torch.arange(1, MAX_LOOKAHEAD + 1)[None, :] < K  # [K, 3]: tap +t in chunk
+        valid = frame_mask > 0.5
+        # frame i (of this call) is in chunk [start_i, start_i + chunk); the cached frames sit at -W .. -1
+        i = torch.arange(K)
+        start = torch.div(i, chunk, rounding_mode="floor") * chunk
+        pos = torch.arange(W + K) - W
+        sees = (pos[None, :] >= start[:, None] - W) & (pos[None, :] < start[:, None] + chunk)  # [K, W + K]
+        key_valid = torch.cat([cache_valid > 0.5, valid], dim=1)  # [B, W + K]
+        itself = pos[None, :] == i[:, None]  # a frame that does not exist still sees itself (no empty row)
+        mask = ((sees[None] & key_valid[:, None, :]) | itself[None])[:, None]  # [B, 1, K, W + K]
+        ahead = i[:, None] + torch.arange(1, MAX_LOOKAHEAD + 1)[None, :] < start[:, None] + chunk  # [K, 3]
+        ahead = ahead & (i[:, None] + torch.arange(1, MAX_LOOKAHEAD + 1)[None, :] < K)  # tap +t inside its chunk
         keys_out, values_out, conv_out = [], [], []
-        for i, block in enumerate(m.blocks):
+        for b, block in enumerate(m.blocks):
             x = x + 0.5 * block.ffn1(x)
             q, k, v = block.attn.in_proj(block.attn_norm(x)).view(B, K, 3, HEADS, d).permute(2, 0, 3, 1, 4)
-            k_all = torch.cat([keys[:, i], k], dim=2)
-            v_all = torch.cat([values[:, i], v], dim=2)
+            k_all = torch.cat([keys[:, b], k], dim=2)
+            v_all = torch.cat([values[:, b], v], dim=2)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
             x = x + block.attn.out_proj(y.transpose(1, 2).reshape(B, K, C))
             cm = block.conv
             g = F.glu(cm.pointwise1(cm.norm(x).transpose(1, 2)), dim=1) * valid[:, None, :].to(x.dtype)
-            g = torch.cat([conv[:, i], g], dim=2)  # [B, 144, 15 + K]
+            g = torch.cat([conv[:, b], g], dim=2)  # [B, 144, 15 + K]
             w = cm.depthwise.weight
             h = F.conv1d(g, w[:, :, : CONV_LEFT + 1], cm.depthwise.bias, groups=C)  # taps -15 .. 0
             g_ahead = F.pad(g[:, :, CONV_LEFT + 1 :], (0, MAX_LOOKAHEAD))  # frames 1 .. K - 1, then zeros
@@ -403,17 +411,18 @@ class StreamStep(torch.nn.Module):
 
 def export_stream_step(path: Path, left_frames: int = DEFAULT_LEFT_FRAMES) -> None:
     """Write ``StreamStep`` as an ONNX graph without weights (as ``recogniser.export_onnx``: every weight an
-    empty external initializer named as the recogniser's state dict), with dynamic batch and chunk."""
+    empty external initializer named as the recogniser's state dict), with dynamic batch and frames."""
     step = StreamStep(StreamingRecogniser(lookahead=MAX_LOOKAHEAD, left_frames=left_frames)).eval()
     B, K = 2, 3
     d = WIDTH // HEADS
     n_blocks = len(step.model.blocks)
+    state = torch.zeros(B, n_blocks, HEADS, left_frames, d)
     args = (torch.zeros(B, step_audio_samples(K)), torch.ones(B, 2 * K + 1), torch.ones(B, K),
-            torch.zeros(B, n_blocks, HEADS, left_frames, d), torch.zeros(B, n_blocks, HEADS, left_frames, d),
+            torch.tensor(K, dtype=torch.long), state, state.clone(),
             torch.zeros(B, n_blocks, WIDTH, CONV_LEFT), torch.zeros(B, left_frames))
-    axes = {name: {0: "batch"} for name in STEP_INPUTS + STEP_OUTPUTS}
+    axes = {name: {0: "batch"} for name in STEP_INPUTS + STEP_OUTPUTS if name != "chunk"}
     axes["audio"][1] = "samples"
     axes["mel_mask"][1] = "mel_frames"
-    axes["frame_mask"][1] = "chunk"
-    axes["log_probs"][1] = "chunk"
+    axes["frame_mask"][1] = "frames"
+    axes["log_probs"][1] = "frames"
     export_without_weights(step, args, path, STEP_INPUTS, STEP_OUTPUTS, axes, weights_prefix="model.")

@@ -91,8 +91,10 @@ class RecogniserStream:
             idx = np.abs(np.where(idx >= n, 2 * (n - 1) - idx, idx))  # reflect at the end
             mel_mask &= mel <= n // (HOP // 2)
             frame_mask = np.arange(q0, q0 + K) < n // HOP + 1
-        audio = self.audio[np.clip(idx, 0, n - 1) - self.audio_start]
-        return audio, mel_mask.astype(np.float32), frame_mask.astype(np.float32)
+        rel = np.clip(idx, 0, n - 1) - self.audio_start
+        if rel.size and rel.min() < 0:  # cannot happen with the trimming in ``advance``; never read wrapped audio
+            raise RuntimeError(f"stream audio from sample {self.audio_start} on cannot give frame {q0}")
+        return self.audio[rel], mel_mask.astype(np.float32), frame_mask.astype(np.float32)
 
     def advance(self, keys: np.ndarray, values: np.ndarray, conv: np.ndarray, cache_valid: np.ndarray) -> None:
         """Take the state after the chunk just computed; forget audio no later chunk reads."""
@@ -110,7 +112,9 @@ class OnnxStreamingRecogniser:
     computes every final chunk of them, the ready streams batched in one call per chunk."""
 
     def __init__(self, weights: Path | None = None, lookahead: int = 2, graph: Path = STEP_GRAPH,
-                 threads: int = 1) -> None:
+                 threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+        """``weights``: a distilled student's ``.npz`` (None: hama's own weights, chunked but undistilled);
+        ``providers``: ONNX Runtime's execution providers (the CPU's by default; CUDA's on a GPU)."""
         import onnxruntime as ort
 
         if not 0 <= lookahead <= MAX_LOOKAHEAD:
@@ -127,7 +131,7 @@ class OnnxStreamingRecogniser:
         self._weights = [ort.OrtValue.ortvalue_from_numpy(arrays[n]) for n in names]
         opts.add_external_initializers(names, self._weights)
         try:
-            self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(graph), opts, providers=list(providers))
         except Exception as e:  # a tensor missing, unknown to the graph, of another shape or type
             if not any(word in str(e) for word in ("nitializ", "Replacement tensor", "xternal data")):
                 raise
@@ -158,12 +162,35 @@ class OnnxStreamingRecogniser:
                     out[i].append(lp)
         return [np.concatenate(o) if o else np.zeros((0, 191), np.float32) for o in out]
 
+    def whole(self, audio: np.ndarray) -> np.ndarray:
+        """A whole clip's log-probabilities [n // 320 + 1, 191] in one call (all its chunks at once): what a
+        stream fed the clip gives, for a bake or a line. Needs at least 201 samples."""
+        stream = self.new_stream()
+        stream.push(audio)
+        stream.end()
+        total = stream.samples // HOP + 1
+        frames = -(-total // self.chunk) * self.chunk  # whole chunks; those past the end are masked
+        K, n = frames, stream.samples
+        idx = np.abs(np.arange(-HOP - REACH, HOP * K + REACH))
+        idx = np.clip(np.abs(np.where(idx >= n, 2 * (n - 1) - idx, idx)), 0, n - 1)
+        mel = np.arange(-1, 2 * K)
+        feeds = {
+            "audio": stream.audio[idx][None],
+            "mel_mask": ((mel >= 0) & (mel <= n // (HOP // 2))).astype(np.float32)[None],
+            "frame_mask": (np.arange(K) < total).astype(np.float32)[None],
+            "chunk": np.array(self.chunk, np.int64),
+            "keys": stream.keys[None], "values": stream.values[None], "conv": stream.conv[None],
+            "cache_valid": stream.cache_valid[None],
+        }
+        return self.session.run(["log_probs"], feeds)[0][0, :total]
+
     def _run(self, streams: list[RecogniserStream]) -> list[np.ndarray]:
         windows = [s.window() for s in streams]
         feeds = {
             "audio": np.stack([w[0] for w in windows]),
             "mel_mask": np.stack([w[1] for w in windows]),
             "frame_mask": np.stack([w[2] for w in windows]),
+            "chunk": np.array(self.chunk, np.int64),
             "keys": np.stack([s.keys for s in streams]),
             "values": np.stack([s.values for s in streams]),
             "conv": np.stack([s.conv for s in streams]),
