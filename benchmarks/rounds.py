@@ -5,9 +5,10 @@ as `serve` runs them, fed one frame of audio (533 samples) per stream per round 
 round's work is done: the round's wall time (it must stay under the 33 ms hop for the streams to be
 held in real time on the engine's one thread) and the process's CPU time per stream-hop (what the
 admission measures: cores x 0.7 / (CPU per stream-hop x 30 hops/s) streams fit). No pacing and no
-ZeroMQ: benchmarks/load.py measures the real `serve`. Each count runs twice: with the stream
-conditioner (as the engine runs) and window by window (every hop re-encoding its context), for
-comparison. Writes benchmarks/rounds.json.
+ZeroMQ: benchmarks/load.py measures the real `serve`. Each count runs three ways: with the stream
+conditioner and the streaming recogniser (as the engine runs), with the windowed recogniser (every hop
+re-recognising 150 ms of context, as before the streaming recogniser), and window by window as well
+(every hop re-encoding its context too, as before the stream conditioner). Writes benchmarks/rounds.json.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ from ksdiff_runtime.inputs.guards import load_audio
 HOP_SAMPLES = motion.SAMPLE_RATE // motion.FPS + 1  # 533: a frame of audio per round (a little over)
 
 
-def measure(backend, streams: int, rounds: int, warm: int, stream_conditioner: bool) -> dict:
+# (stream conditioner, streaming recogniser) of each way a round is measured
+WAYS = {"stream": (True, True), "windowed recogniser": (True, False), "window": (False, False)}
+
+
+def measure(backend, streams: int, rounds: int, warm: int, way: str) -> dict:
     audio, _ = load_audio(SAMPLE_SPEECH)
     audio = np.tile(audio, -(-(rounds + warm) * HOP_SAMPLES // audio.size) + 2)
+    stream_conditioner, streaming_recogniser = WAYS[way]
     engine = StreamingEngine(backend, "low-latency", voice_gate=GateConfig(), liveliness=LivelinessConfig(),
-                             stream_conditioner=stream_conditioner)
+                             stream_conditioner=stream_conditioner, streaming_recogniser=streaming_recogniser)
     engine.warm_up()
     ids = [engine.open_stream(seed=i) for i in range(streams)]
     starts = [(i * 7919) % (audio.size // 3) for i in range(streams)]
@@ -73,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     backend = load_backend(args.backend)
     counts = [int(x) for x in args.streams.split(",") if x.strip()]
-    rows: dict[str, list] = {"stream": [], "window": []}
-    for n, conditioner in tqdm([(n, c) for n in counts for c in rows], desc="rounds", unit="run"):
-        r = measure(backend, n, args.rounds, 40, conditioner == "stream")
-        rows[conditioner].append(r)
+    rows: dict[str, list] = {way: [] for way in WAYS}
+    for n, way in tqdm([(n, w) for n in counts for w in rows], desc="rounds", unit="run"):
+        r = measure(backend, n, args.rounds, 40, way)
+        rows[way].append(r)
         wall = r["round_wall_ms"]
         fits = "fits" if r["round_p95_fits_hop"] else "over"
-        tqdm.write(f"{n:>3} streams, {conditioner} conditioner: round p50 {wall['p50']:.1f} ms, p95 {wall['p95']:.1f} "
+        tqdm.write(f"{n:>3} streams, {way}: round p50 {wall['p50']:.1f} ms, p95 {wall['p95']:.1f} "
                    f"ms ({fits} the 33 ms hop); CPU per stream-hop {r['cpu_ms_per_stream_hop']:.2f} ms -> admission "
                    f"{r['admission_streams']} streams")
     doc = {"backend": backend.name, "cores": os.cpu_count(), "preset": "low-latency", "rounds": args.rounds,

@@ -22,8 +22,10 @@ def test_the_sweep_runs_on_the_cpu_and_writes_its_report(tmp_path: Path) -> None
     doc = json.loads(out.read_text())
     assert doc["batches"] == [1, 2] and doc["device"] == "cpu"
     for b in ("1", "2"):
-        rec = doc["recogniser"][b]
-        assert 0 < rec["p50"] <= rec["p99"] and rec["samples_per_stream"] == gpu_check.segment_samples()
+        windowed = doc["recogniser"][b]
+        assert 0 < windowed["p50"] <= windowed["p99"] and windowed["samples_per_stream"] == gpu_check.segment_samples()
+        rec = doc["stream_recogniser"][b]
+        assert 0 < rec["p50"] <= rec["p99"]
         assert doc["model"]["torch-cpu"][b]["p50"] > 0
         tick = doc["summary"]["ticks"][b]
         assert tick["p50"] == pytest.approx(rec["p50"] + doc["model"]["torch-cpu"][b]["p50"], abs=2e-3)

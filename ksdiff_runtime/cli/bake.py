@@ -44,6 +44,9 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-liveliness", dest="liveliness", action="store_false",
                    help="the model's eyes and head alone: no added blinks, gaze micro-saccades or head centring "
                    "(as in serve)")
+    p.add_argument("--full-context-recogniser", dest="streaming_recogniser", action="store_false",
+                   help="read the posteriorgram from hama's full-context recogniser instead of the streaming "
+                   "recogniser live streams run (docs/STREAMING_RECOGNISER.md)")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
     p.add_argument("--backend", default="auto", help="inference backend: auto (tensorrt > torch-cuda > "
                    "onnxruntime-cpu), torch, torch-cpu, torch-cuda, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, "
@@ -66,7 +69,7 @@ def run_bake(args: argparse.Namespace) -> int:
         text = SAMPLE_SPEECH.with_suffix(".txt").read_text().strip()
     backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True)
     started = time.perf_counter()
-    inputs = clip_inputs(backend, audio, text, fps=args.fps)
+    inputs = clip_inputs(backend, audio, text, fps=args.fps, streaming_recogniser=args.streaming_recogniser)
     anim = animate(backend, [inputs], steps=args.steps, seeds=[args.seed])[0]
     gate = gate_if_available(args.voice_gate)
     if gate is not None:

@@ -67,6 +67,9 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    "hears no voice: music, fans, keys, noise; docs/ENGINE.md)")
     p.add_argument("--no-liveliness", dest="liveliness", action="store_const", const=False,
                    help="the model's eyes and head alone: no added blinks, gaze micro-saccades or head centring")
+    p.add_argument("--windowed-recogniser", dest="streaming_recogniser", action="store_const", const=False,
+                   help="re-recognise each hop's window of audio instead of keeping a streaming recogniser per live "
+                   "stream (the streaming one is closer to a bake: docs/STREAMING_RECOGNISER.md)")
     p.add_argument("--max-ahead-s", type=float, help="how far beyond real time a client may push audio (default "
                    f"{defaults.max_ahead_s:g} s; more is refused with busy)")
     p.add_argument("--curve-secret-key", metavar="FILE", help="serve with CurveZMQ: the server's .key_secret file "
@@ -189,7 +192,8 @@ def serve(config: ServeConfig) -> int:
     started = time.perf_counter()
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
                           config.idle_timeout_s, threads=config.threads, controls=config.artist_controls(),
-                          voice_gate=config.voice_gate, liveliness=config.liveliness)
+                          voice_gate=config.voice_gate, liveliness=config.liveliness,
+                          streaming_recogniser=config.streaming_recogniser)
     last_line = [0.0]
 
     def on_stats(stats: dict[str, Any]) -> None:

@@ -161,6 +161,14 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windowed", action="store_true",
                    help="also score each preset's live streams conditioned window by window, re-encoding the "
                    "encoder context every hop (as before the stream conditioner), for comparison")
+    p.add_argument("--windowed-recogniser", action="store_true",
+                   help="also score each preset's live streams with every hop re-recognising its window of audio "
+                   "(as before the streaming recogniser), for comparison")
+    p.add_argument("--recogniser-weights", type=Path, default=None, metavar="NPZ",
+                   help="the streaming recogniser's weights (training.streaming_distil --export-weights; default: the "
+                   "shipped ones), docs/STREAMING_RECOGNISER.md")
+    p.add_argument("--recogniser-lookahead", type=int, default=None, choices=range(4),
+                   help="the streaming recogniser's lookahead in 20 ms frames (default: the runtime's, 0)")
     p.set_defaults(func=run_eval_stream)
 
 
@@ -180,7 +188,8 @@ def parse_variant(text: str) -> Preset:
 def run_eval_stream(args: argparse.Namespace) -> int:
     variants = [parse_variant(v) for v in args.variant] or None
     stream_eval.stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend,
-                            variants, args.lines, args.windowed)
+                            variants, args.lines, args.windowed, args.windowed_recogniser,
+                            args.recogniser_weights, args.recogniser_lookahead)
     return 0
 
 

@@ -39,6 +39,7 @@ from ksdiff_runtime.backends.base import Backend
 from ksdiff_runtime.events import AudioLevel
 from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.features.prosody import prosody_many
+from ksdiff_runtime.features.streaming_frontend import StreamingPosteriorgramFrontEnd
 from ksdiff_runtime.features.transcript import phoneme_tokens_later
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.inputs.stream import AudioFormat
@@ -98,6 +99,7 @@ class StreamingEngine:
         liveliness: LivelinessConfig | None = None,
         line_steps: int = LINE_STEPS,
         stream_conditioner: bool = True,
+        streaming_recogniser: bool = True,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -133,11 +135,18 @@ class StreamingEngine:
         variants = guidance_variants(guidance)
         self.max_batch = max(1, min(max_batch, getattr(backend, "max_batch", max_batch) // variants))
         # The preset sets the front-end's lookahead (and context); its recogniser is shared by every stream.
-        self.front_end = front_end or make_front_end(self.preset.front_end_config(self.cfg.front_end))
+        # Live streams of a posteriorgram model keep a streaming recogniser each (features/streaming_frontend.py:
+        # only new audio recognised, every stream's chunks batched); False: each hop re-recognises its window.
+        given = front_end is not None
+        if front_end is None:
+            config = self.preset.front_end_config(self.cfg.front_end)
+            front_end = (StreamingPosteriorgramFrontEnd(config) if streaming_recogniser and config.name == "ppg"
+                         else make_front_end(config))
+        self.front_end = front_end
         # The pool: lines' first features (one pass over a whole line, a line per thread) and lines' model
         # batches in parts; live streams' front-ends run on the step thread, batched. A given front-end
         # (e.g. an instrumented one) runs on the step thread only.
-        threads = (os.cpu_count() or 1) if front_end_threads is None and front_end is None else (front_end_threads or 1)
+        threads = (os.cpu_count() or 1) if front_end_threads is None and not given else (front_end_threads or 1)
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
         self._local = threading.local()
@@ -555,7 +564,10 @@ class StreamingEngine:
             future.result()
 
     def _thread_front_end(self) -> BlockwiseFrontEnd:
-        """This pool thread's front-end (its own log-mel buffers; the recogniser is shared), made on first use."""
+        """This pool thread's front-end (its own log-mel buffers; the recogniser is shared), made on first use. The
+        streaming-recogniser front-end is shared as it is (its state is per stream; its sessions take any thread)."""
+        if isinstance(self.front_end, StreamingPosteriorgramFrontEnd):
+            return self.front_end
         if not hasattr(self._local, "front_end"):
             self._local.front_end = make_front_end(self.front_end.config)
         return self._local.front_end

@@ -16,6 +16,7 @@ from ksdiff_runtime import motion
 from ksdiff_runtime.backends.base import Backend
 from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.features.prosody import normalized_prosody, prosody
+from ksdiff_runtime.features.streaming_frontend import StreamingPosteriorgramFrontEnd
 from ksdiff_runtime.features.transcript import phoneme_tokens
 from ksdiff_runtime.inputs.guards import sanitize
 from ksdiff_runtime.motion import take_frames
@@ -51,22 +52,27 @@ _FRONT_ENDS: dict[str, BlockwiseFrontEnd] = {}
 
 
 def clip_inputs(
-    backend: Backend, audio16k: np.ndarray, text: str | None = None, schedule: str = "offline", fps: int = motion.FPS
+    backend: Backend, audio16k: np.ndarray, text: str | None = None, schedule: str = "offline", fps: int = motion.FPS,
+    streaming_recogniser: bool = True,
 ) -> ClipInputs:
     """Model inputs for a whole clip of 16 kHz audio (sanitised here: NaN/Inf zeroed, clipped).
 
-    schedule "offline" runs the front-end once over the clip (fast, full context); "stream"
-    computes it block by block exactly as a live stream does. The clip is padded with silence, as a
-    stream is at its end, so the frames reach its last partial frame period at output rate ``fps``.
+    schedule "offline" runs the front-end once over the clip (fast); "stream" computes it block by
+    block with the windowed recogniser. The clip is padded with silence, as a stream is at its end, so
+    the frames reach its last partial frame period at output rate ``fps``. ``streaming_recogniser``:
+    a posteriorgram model's offline features come from the streaming recogniser over the whole clip (the
+    frames a live stream of it reads, features/streaming_frontend.py); False: from hama's full-context
+    recogniser.
     """
     if schedule not in ("offline", "stream"):
         raise ValueError(f"schedule must be 'offline' or 'stream', not {schedule!r}")
     audio, _ = sanitize(audio16k)
     audio = np.pad(audio, (0, padded_samples(audio.size, fps) - audio.size))
     cfg = backend.constants.cfg
-    key = repr(cfg.front_end)
+    streaming = streaming_recogniser and cfg.front_end.name == "ppg"
+    key = repr(cfg.front_end) + (" streaming" if streaming else "")
     if key not in _FRONT_ENDS:
-        _FRONT_ENDS[key] = make_front_end(cfg.front_end)
+        _FRONT_ENDS[key] = StreamingPosteriorgramFrontEnd(cfg.front_end) if streaming else make_front_end(cfg.front_end)
     front_end = _FRONT_ENDS[key]
     feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
     pros = normalized_prosody(prosody(audio))

@@ -121,6 +121,9 @@ class StreamState:
         # covers them, as fast as the machine can, never shed (real time does not apply)
         self.line = line
         self.front_end = front_end
+        # a live stream's own recogniser stream, when the front-end keeps one (features/streaming_frontend.py)
+        new_stream = getattr(front_end, "new_stream", None)
+        self.ppg = new_stream() if new_stream is not None and not line else None
         self.seed = int(seed)
         self.style = style
         # transcript phoneme ids; a Future while the G2P thread works on them (no hop runs until then)
@@ -323,9 +326,11 @@ class StreamState:
                                    strict=True):
             self.add_features(f0, f1, feats)
 
-    def front_end_request(self, f0: int, f1: int) -> tuple[np.ndarray, int, int, int]:
-        """The front-end's request for group [f0, f1): (the audio kept, f0, f1, its first sample's index)."""
-        return self._audio, f0, f1, self.audio_offset
+    def front_end_request(self, f0: int, f1: int) -> tuple:
+        """The front-end's request for group [f0, f1): (the audio kept, f0, f1, its first sample's index), and
+        the stream's recogniser stream when it keeps one."""
+        request = (self._audio, f0, f1, self.audio_offset)
+        return request if self.ppg is None else (*request, self.ppg)
 
     def feature_groups(self, upto: int, one_call: bool) -> list[tuple[int, int]]:
         """The front-end calls (frame ranges) that bring the features up to ``upto``, as far as the audio

@@ -37,6 +37,7 @@ class ServeConfig:
     admission: bool = True  # refuse streams beyond the measured capacity (false: take every stream, shed under load)
     voice_gate: bool = True  # the mouth rests where Silero VAD hears no voice (music, fans, noise; engine/gate.py)
     liveliness: bool = True  # blinks, gaze micro-saccades and a centred head on top of the model (engine/liveliness.py)
+    streaming_recogniser: bool = True  # live streams keep a streaming recogniser (features/streaming_frontend.py)
     # serving beyond this machine (server/security.py): CurveZMQ keys, or plain text on purpose
     curve_secret_key: str = ""  # the server's .key_secret file (`ksdiff-runtime keys server`)
     curve_clients: str = ""  # folder of the authorised clients' public .key files

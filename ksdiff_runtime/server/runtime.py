@@ -74,11 +74,13 @@ def build_engine(
     controls: Controls | None = None,
     voice_gate: bool = True,
     liveliness: bool = True,
+    streaming_recogniser: bool = True,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
     ``voice_gate``: rest the mouth where no voice is heard (engine/gate.py; off with a warning when
     Silero VAD is not installed). ``liveliness``: blinks, gaze micro-saccades and a centred head on top of
-    the model (engine/liveliness.py).
+    the model (engine/liveliness.py). ``streaming_recogniser``: live streams keep a streaming recogniser
+    (features/streaming_frontend.py); False: each hop re-recognises its window of audio.
 
     ``threads``: ONNX Runtime's intra-op threads on the CPU. One by default: a hop's batch is
     small, and a second spinning worker fights the front-end and io threads for the cores
@@ -90,7 +92,8 @@ def build_engine(
     loaded = load_backend(backend, checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=threads)
     engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s, controls=controls,
                              voice_gate=gate_if_available(voice_gate),
-                             liveliness=LivelinessConfig() if liveliness else None)
+                             liveliness=LivelinessConfig() if liveliness else None,
+                             streaming_recogniser=streaming_recogniser)
     loaded_s = time.perf_counter() - t0
     warm_s = engine.warm_up()
     r = engine.capacity.reading()

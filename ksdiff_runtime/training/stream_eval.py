@@ -20,6 +20,7 @@ from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.offline import Animation
 from ksdiff_runtime.engine.presets import PRESETS, Preset
+from ksdiff_runtime.features.streaming_frontend import LOOKAHEAD, WEIGHTS, StreamingPosteriorgramFrontEnd
 from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.training.dataset import Clip
 from ksdiff_runtime.training.evaluate import animate_model, held_out, model_inputs, score
@@ -79,10 +80,13 @@ def stream_animations(
 def stream_eval(
     checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu",
     variants: list[Preset] | None = None, line_steps: list[int] | None = None, windowed: bool = False,
+    windowed_recogniser: bool = False, recogniser_weights: Path | None = None, recogniser_lookahead: int | None = None,
 ) -> dict:
     """Both presets (or, given ``variants``, those presets instead) against whole-clip animation; with
     ``line_steps``, also every clip as a line (mode "line") at each of those step counts; ``windowed``:
-    each preset's live streams also conditioned window by window (no stream conditioner)."""
+    each preset's live streams also conditioned window by window (no stream conditioner);
+    ``windowed_recogniser``: also with each hop re-recognising its window (no streaming recogniser);
+    ``recogniser_weights`` / ``recogniser_lookahead``: the streaming recogniser's, instead of the shipped."""
     model = load_model(checkpoint)
     held = held_out(model, corpus, cache, max_clips)
     clips, beats_audio, style = held.clips, held.beats_audio, held.style
@@ -91,11 +95,21 @@ def stream_eval(
     backend = load_backend(backend_name, checkpoint)
     presets: dict[str, Preset] = {}
     for preset in variants or list(PRESETS.values()):
-        for streamed in (True, False) if windowed else (True,):
-            engine = StreamingEngine(backend, preset, stream_conditioner=streamed)
+        # (stream conditioner, streaming recogniser): as the engine runs, then the comparisons asked for
+        runs = ([(True, True)] + ([(False, True)] if windowed else [])
+                + ([(True, False)] if windowed_recogniser else []))
+        for streamed, recognised in runs:
+            front_end = None
+            if recognised and (recogniser_weights is not None or recogniser_lookahead is not None):
+                front_end = StreamingPosteriorgramFrontEnd(
+                    preset.front_end_config(backend.constants.cfg.front_end), recogniser_weights or WEIGHTS,
+                    LOOKAHEAD if recogniser_lookahead is None else recogniser_lookahead)
+            engine = StreamingEngine(backend, preset, stream_conditioner=streamed, front_end=front_end,
+                                     streaming_recogniser=recognised)
             anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1))
             label = f"stream {preset.name} ({preset.steps} steps, hop {preset.hop_frames})"
             label += "" if streamed else ", windowed conditioner"
+            label += "" if recognised else ", windowed recogniser"
             rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
             presets[label] = preset
     for steps in line_steps or []:
