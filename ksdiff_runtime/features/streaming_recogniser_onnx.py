@@ -3,9 +3,10 @@
 The graph ``ksdiff_runtime/assets/streaming_recogniser.onnx`` is ``StreamStep``
 (``features/streaming_recogniser.py``; ``ksdiff-runtime export --recogniser`` rewrites it) exported
 without weights, as ``recogniser.onnx``: every weight an external initializer with no data, supplied
-here at load time. Its inputs are one chunk of output frames (``lookahead + 1`` frames of 20 ms) of B
-streams and each stream's state after its previous chunk; its outputs the chunk's log-probabilities
-and the state after it. All of a stream's state lives in its ``RecogniserStream`` (numpy arrays on the
+here at load time. Its inputs are whole chunks of output frames (``lookahead + 1`` frames of 20 ms a
+chunk) of B streams and each stream's state after its previous frames; its outputs their
+log-probabilities and the state after them. ``step`` gives every ready stream one chunk a call;
+``whole`` gives a whole clip all of its chunks in one call. All of a stream's state lives in its ``RecogniserStream`` (numpy arrays on the
 host), so a batch row is a stream only for the length of one call: nothing of one stream can reach
 another, whatever rows they are given.
 
