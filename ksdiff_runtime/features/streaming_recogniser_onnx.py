@@ -6,9 +6,9 @@ without weights, as ``recogniser.onnx``: every weight an external initializer wi
 here at load time. Its inputs are whole chunks of output frames (``lookahead + 1`` frames of 20 ms a
 chunk) of B streams and each stream's state after its previous frames; its outputs their
 log-probabilities and the state after them. ``step`` gives every ready stream one chunk a call;
-``whole`` gives a whole clip all of its chunks in one call. All of a stream's state lives in its ``RecogniserStream`` (numpy arrays on the
-host), so a batch row is a stream only for the length of one call: nothing of one stream can reach
-another, whatever rows they are given.
+``whole`` gives a whole clip all of its chunks in one call. All of a stream's state lives in its
+``RecogniserStream`` (numpy arrays on the host), so a batch row is a stream only for the length of one
+call: nothing of one stream can reach another, whatever rows they are given.
 
 A stream's frames equal the chunked recogniser's over the whole clip (``StreamingRecogniser
 .forward_chunked``, tests/test_streaming_recogniser_onnx.py): frame q is final once the stream holds
@@ -81,9 +81,10 @@ class RecogniserStream:
         """Samples the stream must hold (unless it ended) before frame ``frame`` is final."""
         return HOP * ((frame // self.chunk + 1) * self.chunk) + REACH
 
-    def window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The next chunk's inputs: audio [320 K + 400], mel_mask [2 K + 1], frame_mask [K]."""
-        K, q0, n = self.chunk, self.frames_out, self.samples
+    def window(self, frames: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The inputs of the next ``frames`` frames (default: one chunk; a whole number of chunks): audio
+        [320 K + 400], mel_mask [2 K + 1], frame_mask [K]."""
+        K, q0, n = frames or self.chunk, self.frames_out, self.samples
         idx = np.abs(np.arange(HOP * q0 - HOP - REACH, HOP * (q0 + K) + REACH))  # reflect at the start
         mel = np.arange(2 * q0 - 1, 2 * (q0 + K))
         mel_mask = mel >= 0
@@ -171,23 +172,22 @@ class OnnxStreamingRecogniser:
         stream.end()
         total = stream.samples // HOP + 1
         frames = -(-total // self.chunk) * self.chunk  # whole chunks; those past the end are masked
-        K, n = frames, stream.samples
-        idx = np.abs(np.arange(-HOP - REACH, HOP * K + REACH))
-        idx = np.clip(np.abs(np.where(idx >= n, 2 * (n - 1) - idx, idx)), 0, n - 1)
-        mel = np.arange(-1, 2 * K)
-        feeds = {
-            "audio": stream.audio[idx][None],
-            "mel_mask": ((mel >= 0) & (mel <= n // (HOP // 2))).astype(np.float32)[None],
-            "frame_mask": (np.arange(K) < total).astype(np.float32)[None],
-            "chunk": np.array(self.chunk, np.int64),
-            "keys": stream.keys[None], "values": stream.values[None], "conv": stream.conv[None],
-            "cache_valid": stream.cache_valid[None],
-        }
-        return self.session.run(["log_probs"], feeds)[0][0, :total]
+        return self.session.run(["log_probs"], self._feeds([stream], [stream.window(frames)]))[0][0, :total]
 
     def _run(self, streams: list[RecogniserStream]) -> list[np.ndarray]:
         windows = [s.window() for s in streams]
-        feeds = {
+        log_probs, keys, values, conv, valid = self.session.run(
+            ["log_probs", "keys_out", "values_out", "conv_out", "cache_valid_out"], self._feeds(streams, windows))
+        out = []
+        for i, s in enumerate(streams):
+            n = int(windows[i][2].sum())
+            out.append(log_probs[i, :n])
+            s.advance(keys[i], values[i], conv[i], valid[i])
+        return out
+
+    def _feeds(self, streams: list[RecogniserStream], windows: list[tuple]) -> dict[str, np.ndarray]:
+        """The graph's inputs: each stream's window and state, one row per stream."""
+        return {
             "audio": np.stack([w[0] for w in windows]),
             "mel_mask": np.stack([w[1] for w in windows]),
             "frame_mask": np.stack([w[2] for w in windows]),
@@ -197,14 +197,6 @@ class OnnxStreamingRecogniser:
             "conv": np.stack([s.conv for s in streams]),
             "cache_valid": np.stack([s.cache_valid for s in streams]),
         }
-        log_probs, keys, values, conv, valid = self.session.run(
-            ["log_probs", "keys_out", "values_out", "conv_out", "cache_valid_out"], feeds)
-        out = []
-        for i, s in enumerate(streams):
-            n = int(windows[i][2].sum())
-            out.append(log_probs[i, :n])
-            s.advance(keys[i], values[i], conv[i], valid[i])
-        return out
 
 
 def distilled_weights(path: Path, hama: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
