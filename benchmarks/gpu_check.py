@@ -109,7 +109,7 @@ def sweep_stream_recogniser(audio: np.ndarray, batches: list[int], device: str, 
     frames, so two one-frame chunks (lookahead 0, as the runtime runs it), the second on the first's state."""
     import torch
 
-    from ksdiff_runtime.features.recogniser import Recogniser
+    from ksdiff_runtime.features.hama_weights import recogniser_weights
     from ksdiff_runtime.features.streaming_frontend import LOOKAHEAD, WEIGHTS
     from ksdiff_runtime.features.streaming_recogniser import (
         CONV_LEFT,
@@ -119,12 +119,11 @@ def sweep_stream_recogniser(audio: np.ndarray, batches: list[int], device: str, 
         StreamStep,
         step_audio_samples,
     )
+    from ksdiff_runtime.features.streaming_recogniser_onnx import distilled_weights
 
     model = StreamingRecogniser(lookahead=LOOKAHEAD)
-    state = Recogniser.from_hama().state_dict()
-    with np.load(WEIGHTS) as f:
-        state.update({name: torch.from_numpy(f[name].astype(np.float32)) for name in f.files})
-    model.load_state_dict(state)
+    hama = recogniser_weights()
+    model.load_state_dict({name: torch.from_numpy(a) for name, a in (hama | distilled_weights(WEIGHTS, hama)).items()})
     step = StreamStep(model).to(device).eval()
     K, n_blocks, W = LOOKAHEAD + 1, len(model.blocks), model.left_frames
     rng = np.random.default_rng(0)

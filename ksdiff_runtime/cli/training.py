@@ -162,8 +162,8 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
                    help="also score each preset's live streams conditioned window by window, re-encoding the "
                    "encoder context every hop (as before the stream conditioner), for comparison")
     p.add_argument("--windowed-recogniser", action="store_true",
-                   help="also score each preset's live streams with every hop re-recognising its window of audio "
-                   "(as before the streaming recogniser), for comparison")
+                   help="also score each preset's live streams with every hop re-recognising its window of audio, "
+                   "and --lines with hama's full-context recogniser (as before the streaming recogniser)")
     p.add_argument("--recogniser-weights", type=Path, default=None, metavar="NPZ",
                    help="the streaming recogniser's weights (training.streaming_distil --export-weights; default: the "
                    "shipped ones), docs/STREAMING_RECOGNISER.md")

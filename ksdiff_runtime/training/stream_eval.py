@@ -85,7 +85,8 @@ def stream_eval(
     """Both presets (or, given ``variants``, those presets instead) against whole-clip animation; with
     ``line_steps``, also every clip as a line (mode "line") at each of those step counts; ``windowed``:
     each preset's live streams also conditioned window by window (no stream conditioner);
-    ``windowed_recogniser``: also with each hop re-recognising its window (no streaming recogniser);
+    ``windowed_recogniser``: also with each hop re-recognising its window (no streaming recogniser), and
+    lines with the full-context recogniser;
     ``recogniser_weights`` / ``recogniser_lookahead``: the streaming recogniser's, instead of the shipped."""
     model = load_model(checkpoint)
     held = held_out(model, corpus, cache, max_clips)
@@ -113,11 +114,12 @@ def stream_eval(
             rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
             presets[label] = preset
     for steps in line_steps or []:
-        engine = StreamingEngine(backend, "low-latency", line_steps=steps)
-        anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1), mode="line")
-        label = f"lines ({steps} steps, whole windows)"
-        rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
-        presets[label] = engine.line_preset
+        for recognised in (True, False) if windowed_recogniser else (True,):
+            engine = StreamingEngine(backend, "low-latency", line_steps=steps, streaming_recogniser=recognised)
+            anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1), mode="line")
+            label = f"lines ({steps} steps, whole windows)" + ("" if recognised else ", full-context recogniser")
+            rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
+            presets[label] = engine.line_preset
     whole = rows["whole clip (offline features, 4 steps)"]
     deltas: dict[str, dict[str, float | None]] = {}
     for label in presets:
