@@ -3,6 +3,7 @@ window sampler's layout, and the `train` (resumable) and `eval` commands on top 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from collections.abc import Iterator
@@ -105,6 +106,18 @@ def test_second_cache_build_recomputes_nothing(data: Data) -> None:
     # another front-end setting gets its own folder: never stale features
     other = ModelConfig(**TINY_MODEL, front_end=type(data.cfg.front_end)(lookahead_ms=0))
     assert front_end_key(other) != front_end_key(data.cfg)
+    streaming = ModelConfig(**TINY_MODEL, front_end=dataclasses.replace(data.cfg.front_end, recogniser="streaming"))
+    assert front_end_key(streaming) != front_end_key(data.cfg)
+
+
+def test_caches_built_before_the_recogniser_setting_keep_their_key() -> None:
+    """The shipped config's features were cached as ppg-5823de06 before ``recogniser`` existed; its default
+    is left out of the key, so those caches (and every user's) stay valid."""
+    from ksdiff_runtime.training.train import load_config
+
+    model_cfg, _ = load_config(Path(__file__).resolve().parents[1] / "configs" / "ksdiff-small.toml")
+    assert model_cfg.front_end.recogniser == "full-context"
+    assert front_end_key(model_cfg) == "ppg-5823de06"
 
 
 # --- the window sampler --------------------------------------------------------------------------
@@ -259,3 +272,20 @@ def test_eval_quick_gives_the_full_tables_4_step_row_side_by_side(run_dir: Path,
             if key in rows["4 steps, streaming features"] and value is not None:
                 assert rows["4 steps, streaming features"][key] == pytest.approx(value), key
     assert "| again | 4 steps |" in (tmp_path / "quick" / "quick.md").read_text()
+
+
+def test_eval_scores_a_checkpoint_on_the_streaming_recognisers_features(run_dir: Path, data: Data,
+                                                                         tmp_path: Path) -> None:
+    """``--recogniser streaming``: the same checkpoint on the features the runtime serves, cached apart."""
+    common = ["--checkpoint", str(run_dir / "last.pt"), "--corpus", str(data.corpus), "--cache", str(data.cache),
+              "--max-clips", "2", "--quick"]
+    with np.errstate(all="ignore"):
+        assert main(["eval", *common, "--out", str(tmp_path / "own")]) == 0
+        assert main(["eval", *common, "--recogniser", "streaming", "--out", str(tmp_path / "streaming")]) == 0
+    streaming_cfg = ModelConfig(**TINY_MODEL, front_end=dataclasses.replace(data.cfg.front_end, recogniser="streaming"))
+    assert (data.cache / front_end_key(streaming_cfg) / "front_end.json").is_file()
+    own, streaming = (json.loads((tmp_path / d / "quick.json").read_text())["checkpoint"]["rows"]["4 steps"]
+                      for d in ("own", "streaming"))
+    assert own["mouth_mae"] != streaming["mouth_mae"]  # other features, another animation
+    with pytest.raises(SystemExit):
+        main(["eval", *common, "--recogniser", "hama"])

@@ -87,3 +87,28 @@ def test_fine_tune_starts_from_the_checkpoint(tiny_checkpoint: Path, tmp_path: P
         torch.testing.assert_close(tuned[name].float(), getattr(start, name).float())
     params = dict(start.named_parameters())
     assert any(not torch.equal(v.float(), tuned[k].float()) for k, v in params.items())  # and it trained
+
+
+def test_a_fine_tune_may_move_the_model_to_the_streaming_recognisers_features(tiny_checkpoint: Path,
+                                                                             tmp_path: Path) -> None:
+    """Issue 14 item 5: the same model, trained on (and recording) the other recogniser; any other change of
+    config is still refused."""
+    import dataclasses
+
+    import pytest
+
+    from ksdiff_runtime.model.checkpoint import load_model
+    from ksdiff_runtime.training import train
+
+    start = load_model(tiny_checkpoint)
+    corpus = tmp_path / "corpus"
+    generate(str(corpus), seed=5, n_train=2, n_test=1, clips_train=2, clips_test=1, workers=1, progress=False)
+    cfg = train.TrainConfig(corpus=str(corpus), cache=str(tmp_path / "cache"), out=str(tmp_path / "run"),
+                            batch_size=2, max_steps=1, warmup_steps=1, workers=1, init_from=str(tiny_checkpoint),
+                            threads=1)
+    streaming = dataclasses.replace(start.cfg, front_end=dataclasses.replace(start.cfg.front_end,
+                                                                            recogniser="streaming"))
+    assert load_model(train.train(streaming, cfg)).cfg.front_end.recogniser == "streaming"
+    wider = dataclasses.replace(streaming, front_end=dataclasses.replace(streaming.front_end, lookahead_ms=0))
+    with pytest.raises(RuntimeError, match="another model config"):
+        train.train(wider, dataclasses.replace(cfg, out=str(tmp_path / "run2")))

@@ -195,3 +195,30 @@ def test_bakes_read_the_streaming_recogniser_over_the_whole_clip_unless_asked(sh
     lp = OnnxStreamingRecogniser(WEIGHTS, lookahead=0).whole(clip)
     want = (np.maximum(lp[5], PPG_LOG_FLOOR) + 5) / 5
     assert np.abs(streamed[3, :HAMA_CLASSES] - want).max() < 1e-3
+
+
+def test_a_whole_clip_by_the_live_schedule_is_what_a_stream_reads(front_end, speech):
+    """``__call__`` (a model's training features of the live schedule) equals an engine's stream of the clip
+    in whole blocks; each block depends on the audio up to its end only."""
+    fpb = front_end.frames_per_block
+    blocks = [(k * fpb, (k + 1) * fpb) for k in range(front_end.num_blocks(speech.size))]
+    whole = front_end(speech)
+    assert whole.shape == (num_frames(speech.size), front_end.dim)
+    np.testing.assert_array_equal(whole, _stream_features(front_end, speech, blocks))
+    k = 6
+    early = front_end(speech[: front_end.samples_needed(k)])
+    np.testing.assert_array_equal(early[: (k + 1) * fpb], whole[: (k + 1) * fpb])
+    # with 60 ms of lookahead every frame of a block is final when it is read: the whole-clip call's frames
+    ahead = StreamingPosteriorgramFrontEnd(FrontEndConfig(left_context_ms=150, lookahead_ms=60), weights=None)
+    assert np.abs(ahead(speech) - ahead.offline(speech)).max() < 1e-3
+
+
+def test_a_model_config_names_its_recogniser():
+    from ksdiff_runtime.features.frontend import make_front_end
+
+    assert type(make_front_end(FrontEndConfig())) is PosteriorgramFrontEnd
+    assert type(make_front_end(FrontEndConfig(recogniser="streaming"))) is StreamingPosteriorgramFrontEnd
+    with pytest.raises(ValueError, match="unknown recogniser 'hama'; known: full-context, streaming"):
+        FrontEndConfig(recogniser="hama")
+    with pytest.raises(ValueError, match="is for the 'ppg' front-end"):
+        FrontEndConfig(name="logmel", recogniser="streaming")

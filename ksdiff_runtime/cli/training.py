@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ksdiff_runtime.backends.select import BACKEND_NAMES, load_backend
 from ksdiff_runtime.engine.presets import Preset, get_preset
+from ksdiff_runtime.features.frontend import RECOGNISERS
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 from ksdiff_runtime.training import (
     corpus,
@@ -118,6 +119,9 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
                    help="with --real: bake and/or live (repeatable; default both)")
     p.add_argument("--ablation", action="append", default=[], metavar="NAME=CHECKPOINT",
                    help="also score another checkpoint at 4 steps as a row NAME (repeatable)")
+    p.add_argument("--recogniser", choices=RECOGNISERS, default=None,
+                   help="score every checkpoint on this phoneme recogniser's features (default: each on the one it "
+                   "was trained on; the runtime serves 'streaming' unless told otherwise)")
     p.set_defaults(func=run_eval)
 
 
@@ -136,10 +140,10 @@ def run_eval(args: argparse.Namespace) -> int:
         ablations[name] = Path(path)
     if args.quick:
         evaluate.quick_compare({"checkpoint": args.checkpoint, **ablations}, args.corpus, args.cache, args.max_clips,
-                               args.out or Path("runs/eval-quick"))
+                               args.out or Path("runs/eval-quick"), recogniser=args.recogniser)
         return 0
     evaluate.evaluate(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out or Path("runs/eval"),
-                      ablations=ablations)
+                      ablations=ablations, recogniser=args.recogniser)
     return 0
 
 

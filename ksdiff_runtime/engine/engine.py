@@ -141,7 +141,7 @@ class StreamingEngine:
         if front_end is None:
             config = self.preset.front_end_config(self.cfg.front_end)
             front_end = (StreamingPosteriorgramFrontEnd(config) if streaming_recogniser and config.name == "ppg"
-                         else make_front_end(config))
+                         else make_front_end(dataclasses.replace(config, recogniser="full-context")))
         self.front_end = front_end
         # The pool: lines' first features (one pass over a whole line, a line per thread) and lines' model
         # batches in parts; live streams' front-ends run on the step thread, batched. A given front-end

@@ -8,6 +8,7 @@ backend (a torch model through ``TorchBackend``), through the engine's one sampl
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,7 +73,8 @@ def clip_inputs(
     streaming = streaming_recogniser and cfg.front_end.name == "ppg"
     key = repr(cfg.front_end) + (" streaming" if streaming else "")
     if key not in _FRONT_ENDS:
-        _FRONT_ENDS[key] = StreamingPosteriorgramFrontEnd(cfg.front_end) if streaming else make_front_end(cfg.front_end)
+        _FRONT_ENDS[key] = (StreamingPosteriorgramFrontEnd(cfg.front_end) if streaming
+                            else make_front_end(dataclasses.replace(cfg.front_end, recogniser="full-context")))
     front_end = _FRONT_ENDS[key]
     feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
     pros = normalized_prosody(prosody(audio))

@@ -53,6 +53,8 @@ MEL_LOG_FLOOR = -8.0
 # speech near +1. Fixed, not per-clip, so streaming and whole-clip features agree.
 MEL_LOG_CENTER = -4.0
 MEL_LOG_SCALE = 4.0
+# FrontEndConfig.recogniser's values
+RECOGNISERS = ("full-context", "streaming")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,16 @@ class FrontEndConfig:
     # Wav2Vec2FrontEnd only: local model directory and which hidden state to take.
     model_dir: str | None = None
     layer: int = -1
+    # PosteriorgramFrontEnd only: the recogniser a model's training features come from, one of RECOGNISERS:
+    # hama's full-context one over each window (and the whole clip), or the distilled streaming one
+    # (features/streaming_frontend.py). The runtime may serve either (engine's streaming_recogniser).
+    recogniser: str = "full-context"
+
+    def __post_init__(self) -> None:
+        if self.recogniser not in RECOGNISERS:
+            raise ValueError(f"unknown recogniser {self.recogniser!r}; known: {', '.join(RECOGNISERS)}")
+        if self.recogniser != "full-context" and self.name != "ppg":
+            raise ValueError(f"recogniser {self.recogniser!r} is for the 'ppg' front-end, not {self.name!r}")
 
 
 def _ms_to_samples(ms: float) -> int:
@@ -434,9 +446,13 @@ FRONT_ENDS: dict[str, type[BlockwiseFrontEnd]] = {
 
 
 def make_front_end(config: FrontEndConfig) -> BlockwiseFrontEnd:
-    """The front-end named by ``config.name`` (one of ``FRONT_ENDS``)."""
+    """The front-end named by ``config.name`` (one of ``FRONT_ENDS``), with the recogniser ``config.recogniser``."""
     if config.name not in FRONT_ENDS:
         raise ValueError(f"unknown front-end {config.name!r}; known: {', '.join(FRONT_ENDS)}")
     if config.name == Wav2Vec2FrontEnd.name:
         return Wav2Vec2FrontEnd(config.model_dir, config)
+    if config.recogniser == "streaming":
+        from ksdiff_runtime.features.streaming_frontend import StreamingPosteriorgramFrontEnd
+
+        return StreamingPosteriorgramFrontEnd(config)
     return FRONT_ENDS[config.name](config)

@@ -80,6 +80,16 @@ class StreamingPosteriorgramFrontEnd(PosteriorgramFrontEnd):
         return PpgStream(self._stream_asr.new_stream(), origin, np.zeros((0, HAMA_CLASSES), np.float32),
                          origin // HAMA_HOP)
 
+    def __call__(self, audio16k: np.ndarray) -> np.ndarray:
+        """Whole-clip features by a live stream's blockwise schedule: one recogniser stream, each block read
+        once the audio up to its end (block end plus the lookahead) has been fed, as the engine does."""
+        audio = np.asarray(audio16k, dtype=np.float32)
+        ppg = self.new_stream()
+        fpb = self.frames_per_block
+        blocks = [self.many_range_features([(audio[: self.samples_needed(k)], k * fpb, (k + 1) * fpb, 0, ppg)])[0]
+                  for k in range(self.num_blocks(audio.size))]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float32)
+
     def _native_offline(self, audio: np.ndarray) -> tuple[np.ndarray, int, float]:
         """A whole clip (a bake, a line's first features): the streaming recogniser over all of it in one
         call, the frames a live stream of the clip gets once they are final."""

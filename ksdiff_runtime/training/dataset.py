@@ -60,8 +60,13 @@ def read_manifest(corpus: Path) -> dict:
     return json.loads(path.read_text())
 
 
+# Front-end settings added after caches were built, left out of the key at these values: those caches stay valid
+_KEY_DEFAULTS = {"recogniser": "full-context"}
+
+
 def front_end_key(cfg: ModelConfig) -> str:
-    spec = json.dumps(cfg.front_end_dict(), sort_keys=True)
+    settings = {k: v for k, v in cfg.front_end_dict().items() if _KEY_DEFAULTS.get(k, ...) != v}
+    spec = json.dumps(settings, sort_keys=True)
     return f"{cfg.front_end.name}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
 
 

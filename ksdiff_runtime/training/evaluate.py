@@ -9,6 +9,7 @@ would hand a reference clip.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -212,6 +213,16 @@ def thresholds_for(model: KSDiff, train_clips: list[Clip]) -> tuple[float, float
     return calibrate_key_thresholds(train_clips, anims)
 
 
+def load_for_eval(checkpoint: Path, recogniser: str | None = None) -> KSDiff:
+    """A checkpoint to score on the features of ``recogniser`` (a FrontEndConfig.recogniser; None: the
+    recogniser it was trained on). The features are the model config's front-end's, cached by its key."""
+    model = load_model(checkpoint)
+    if recogniser is not None:
+        front_end = dataclasses.replace(model.cfg.front_end, recogniser=recogniser)
+        model.cfg = dataclasses.replace(model.cfg, front_end=front_end)
+    return model
+
+
 def evaluate(
     checkpoint: Path,
     corpus: Path,
@@ -220,9 +231,11 @@ def evaluate(
     out: Path,
     seeds: int = 3,
     ablations: dict[str, Path] | None = None,
+    recogniser: str | None = None,
 ) -> dict:
-    """The table; ``ablations`` maps a row name to another checkpoint (same front-end) scored at 4 steps."""
-    model = load_model(checkpoint)
+    """The table; ``ablations`` maps a row name to another checkpoint (same front-end) scored at 4 steps;
+    ``recogniser``: every checkpoint scored on that recogniser's features (``load_for_eval``)."""
+    model = load_for_eval(checkpoint, recogniser)
     held = held_out(model, corpus, cache, max_clips)
     clips, all_test, beats_audio, style = held.clips, held.all_test, held.beats_audio, held.style
     log.info("evaluating %s on %d held-out clips", checkpoint, len(clips))
@@ -255,7 +268,7 @@ def evaluate(
     for name, anims in runs.items():
         rows.append(Row(name, score(clips, anims, beats_audio, thresholds)))
     for name, path in (ablations or {}).items():
-        other = load_model(path)
+        other = load_for_eval(path, recogniser)
         if other.cfg.front_end != model.cfg.front_end:
             raise ValueError(f"ablation {path} uses another front-end than {checkpoint}")
         anims = animate_model(other, inputs, steps=4, style=reference_styles(other, clips, all_test))
@@ -296,13 +309,14 @@ def evaluate(
     return result
 
 
-def quick_compare(checkpoints: dict[str, Path], corpus: Path, cache: Path, max_clips: int, out: Path) -> dict:
+def quick_compare(checkpoints: dict[str, Path], corpus: Path, cache: Path, max_clips: int, out: Path,
+                  recogniser: str | None = None) -> dict:
     """The table's two 4-step rows (offline and streaming features) for several checkpoints, side by side on
     the same held-out clips and seeds (a few minutes, where ``evaluate`` takes many): for comparing a
     fine-tune with the model it started from. Writes quick.json and quick.md."""
     result: dict[str, dict] = {}
     for name, checkpoint in checkpoints.items():
-        model = load_model(checkpoint)
+        model = load_for_eval(checkpoint, recogniser)
         held = held_out(model, corpus, cache, max_clips)
         clips, beats_audio, style = held.clips, held.beats_audio, held.style
         thresholds = thresholds_for(model, load_clips(corpus, cache, model.cfg, "train", limit=48))

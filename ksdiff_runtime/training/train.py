@@ -135,7 +135,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         # a fine-tune keeps the checkpoint's motion statistics: the exported graphs and every consumer of the
         # model's normalised space stay as they were
         start = load_model(cfg.init_from)
-        if start.cfg != model_cfg:
+        # it may move the model to the other recogniser's features (the same classes; issue 14 item 5)
+        recogniser = dataclasses.replace(start.cfg.front_end, recogniser=model_cfg.front_end.recogniser)
+        if dataclasses.replace(start.cfg, front_end=recogniser) != model_cfg:
             raise RuntimeError(f"{cfg.init_from} has another model config than this run's; fine-tune with its own")
         model.load_state_dict(start.float().state_dict())
         log.info("fine-tuning from %s", cfg.init_from)
