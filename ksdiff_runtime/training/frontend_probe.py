@@ -94,7 +94,8 @@ def probe_front_ends(corpus: Path, cache: Path, left_context_ms: int, lookahead_
     if wav2vec2_dir:
         from ksdiff_runtime.training.dataset import read_manifest
 
-        fe = make_front_end(replace(cfg.front_end, name="wav2vec2", model_dir=str(wav2vec2_dir)))
+        fe = make_front_end(replace(cfg.front_end, name="wav2vec2", model_dir=str(wav2vec2_dir),
+                                    recogniser="full-context"))
         manifest = {c["id"]: c for c in read_manifest(corpus)["clips"]}
         train_w = [(fe.offline(np.load(corpus / manifest[c.id]["file"])["audio"]), c) for c in train]
         test_w = [(fe.offline(c.audio), c) for c in test]
