@@ -27,6 +27,7 @@ from ksdiff_runtime.training.dataset import (
     front_end_key,
     load_clips,
 )
+from ksdiff_runtime.training.train import TrainConfig, lr_at
 
 pytestmark = pytest.mark.slow  # every test here needs the generated corpus and its feature cache
 
@@ -226,9 +227,13 @@ def test_train_writes_a_loadable_checkpoint_and_resumes(run_dir: Path, keep_torc
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     config = run_dir.parent / "tiny.toml"
-    assert main(["train", "--config", str(config), "--max-steps", "5"]) == 0
+    assert main(["train", "--config", str(config), "--max-steps", "5", "--lr", "2e-4", "--warmup-steps", "0"]) == 0
     assert read_checkpoint(last)["step"] == 5
-    assert [r["step"] for r in losses(run_dir)] == [1, 2, 3, 4, 5]  # resumed at 3, not restarted
+    rows = losses(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]  # resumed at 3, not restarted
+    saved = tomllib.loads((run_dir / "config.toml").read_text())["train"]
+    assert (saved["lr"], saved["warmup_steps"]) == (2e-4, 0)  # the flags win over the config
+    assert rows[3]["lr"] == pytest.approx(lr_at(4, TrainConfig(lr=2e-4, warmup_steps=0, max_steps=5)))
     after = load_model(last).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
 

@@ -77,6 +77,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (overrides the config)")
     p.add_argument("--max-steps", type=int, help="total optimisation steps (overrides the config)")
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes, checkpointed")
+    p.add_argument("--lr", type=float, help="peak learning rate (overrides the config)")
+    p.add_argument("--warmup-steps", type=int, help="steps of linear learning-rate warm-up (overrides the config)")
     p.add_argument("--batch-size", type=int, help="windows per step (overrides the config)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
@@ -88,7 +90,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
-    for name in ("corpus", "out", "max_steps", "max_minutes", "batch_size", "device", "init_from"):
+    for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
+                 "init_from"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, str(value) if name == "init_from" else value)
