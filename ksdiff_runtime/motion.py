@@ -20,21 +20,25 @@ the audio instant ``i / FPS`` seconds from the first sample of its stream.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from ksdiff_sdk.schema import (  # the wire-level facts live in the SDK, the runtime's base package
     BLENDSHAPE_INDEX,
     BLENDSHAPES,
+    DEFAULT_MOOD,
     FPS,
     GAZE,
     HEAD_ROTATION,
+    MOODS,
     NUM_BLENDSHAPES,
     NUM_HEAD,
     SAMPLE_RATE,
 )
 
-__all__ = ["BLENDSHAPES", "BLENDSHAPE_INDEX", "FPS", "GAZE", "HEAD_ROTATION", "NUM_BLENDSHAPES", "NUM_HEAD",
-           "SAMPLE_RATE"]
+__all__ = ["BLENDSHAPES", "BLENDSHAPE_INDEX", "DEFAULT_MOOD", "FPS", "GAZE", "HEAD_ROTATION", "MOODS",
+           "NUM_BLENDSHAPES", "NUM_HEAD", "SAMPLE_RATE"]
 
 
 # Blendshapes of the mouth region: the ones lip-sync error is measured on.
@@ -53,6 +57,56 @@ REGIONS: dict[str, tuple[str, ...]] = {
 }
 HEAD_REGION = "head"
 assert sorted(n for names in REGIONS.values() for n in names) == sorted(BLENDSHAPES)
+
+
+@dataclass(frozen=True)
+class MoodExpression:
+    """What a mood does to a face at full intensity (the artists' controls apply it, scaled by the
+    stream's ``mood_intensity``): ``pose`` weights added to the blendshapes (held through speech and
+    silence alike), ``gain`` multipliers on a region's motion, ``shape_gain`` on single blendshapes
+    (a sad face does not keep the model's smile), ``head_pitch`` radians added (positive: chin down).
+    The pose leaves the lips' aperture (``lip_aperture``) as it is or smaller and the jaw alone, and
+    no gain opens them, so a mood never opens a closed mouth: articulation is the model's."""
+
+    pose: dict[str, float]
+    gain: dict[str, float]
+    head_pitch: float = 0.0
+    shape_gain: dict[str, float] = field(default_factory=dict)
+
+
+def _both(**weights: float) -> dict[str, float]:
+    """Weights of shapes that come in Left/Right pairs (names without the side) and single shapes."""
+    out: dict[str, float] = {}
+    for name, w in weights.items():
+        pair = name + "Left" in BLENDSHAPE_INDEX
+        out.update({name + "Left": w, name + "Right": w} if pair else {name: w})
+    return out
+
+
+# The moods' looks, in the terms of the procedural teacher's expression space (training/teacher.py:
+# smile lifts the mouth corners and cheeks; brows carry emphasis; the head's amplitude and its pitch).
+MOOD_EXPRESSIONS: dict[str, MoodExpression] = {
+    "neutral": MoodExpression(pose={}, gain={}),
+    "happy": MoodExpression(_both(mouthSmile=0.55, cheekSquint=0.35, eyeSquint=0.25, mouthDimple=0.1),
+                            {"brows": 1.2, "head": 1.2}, head_pitch=-0.035),
+    "sad": MoodExpression(_both(browInnerUp=0.55, mouthFrown=0.45, mouthShrugLower=0.2, mouthPress=0.1,
+                                eyeLookDown=0.15),
+                          {"head": 0.6, "brows": 0.8, "jaw": 0.85, "mouth": 0.85}, head_pitch=0.07,
+                          shape_gain=_both(mouthSmile=0.2, cheekSquint=0.3)),
+    "angry": MoodExpression(_both(browDown=0.6, noseSneer=0.35, eyeSquint=0.3, mouthFrown=0.2, mouthPress=0.15),
+                            {"brows": 1.2, "head": 1.25}, head_pitch=0.035,
+                            shape_gain=_both(mouthSmile=0.2, browOuterUp=0.5) | {"browInnerUp": 0.5}),
+    "surprised": MoodExpression(_both(browInnerUp=0.6, browOuterUp=0.65, eyeWide=0.5),
+                                {"brows": 1.3, "head": 1.1}, head_pitch=-0.05),
+}
+assert tuple(MOOD_EXPRESSIONS) == MOODS and DEFAULT_MOOD in MOODS
+assert all(n in BLENDSHAPE_INDEX for m in MOOD_EXPRESSIONS.values() for n in (*m.pose, *m.shape_gain))
+assert all(r in (*REGIONS, HEAD_REGION) for m in MOOD_EXPRESSIONS.values() for r in m.gain)
+# the lips' shapes (jaw and mouth regions) scale together and never up, so their aperture only shrinks
+assert all(m.gain.get("jaw", 1.0) == m.gain.get("mouth", 1.0) <= 1.0 for m in MOOD_EXPRESSIONS.values())
+_LIPS = {"jawOpen", "mouthClose", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+         "mouthFunnel", "mouthPressLeft", "mouthPressRight", "mouthRollLower", "mouthRollUpper"}
+assert not any(set(m.shape_gain) & _LIPS for m in MOOD_EXPRESSIONS.values())  # the lips' aperture is the model's
 
 # How far the eyeLook* blendshapes rotate the eye at weight 1 (ARKit's ranges, approximately).
 EYE_YAW_RANGE = np.deg2rad(30.0)

@@ -129,6 +129,35 @@ def test_same_seed_same_bytes_other_seed_other_animation(tmp_path: Path, speech_
     assert a.read_bytes() != c.read_bytes()
 
 
+def test_a_mood_is_baked_in_as_a_stream_holds_it(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path) -> None:
+    plain, sad = tmp_path / "plain.json", tmp_path / "sad.json"
+    assert bake(speech_wav, plain, tiny_checkpoint, "--seed", "3") == 0
+    assert bake(speech_wav, sad, tiny_checkpoint, "--seed", "3", "--mood", "sad", "--mood-intensity", "0.5") == 0
+
+    def curves(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        frames = json.loads(path.read_text())["frames"]
+        return tuple(np.array([f[k] for f in frames]) for k in ("blendshapes", "head", "gaze"))  # type: ignore
+
+    (b0, h0, g0), (b, h, g) = curves(plain), curves(sad)
+    mood = motion.MOOD_EXPRESSIONS["sad"]
+    brow = motion.BLENDSHAPE_INDEX["browInnerUp"]
+    expected = np.clip((1 + 0.5 * (mood.gain["brows"] - 1)) * b0[:, brow] + 0.5 * mood.pose["browInnerUp"], 0, 1)
+    np.testing.assert_allclose(b[:, brow], expected, atol=2e-6)
+    assert np.all(motion.lip_aperture(b) <= motion.lip_aperture(b0) + 1e-6)
+    assert np.all(h[:, 0] > h0[:, 0] * (1 + 0.5 * (mood.gain["head"] - 1)) + 0.5 * mood.head_pitch - 1e-5)
+    assert np.all(g[:, 1] >= g0[:, 1] - 1e-6) and g[:, 1].mean() > g0[:, 1].mean()  # the eyes look down (+)
+
+
+def test_a_bad_mood_is_a_clear_error(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bake(speech_wav, tmp_path / "x.csv", tiny_checkpoint, "--mood", "bored")
+    assert "invalid choice: 'bored'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"mood_intensity must be in \[0, 1\], got 1.5"):
+        bake(speech_wav, tmp_path / "x.csv", tiny_checkpoint, "--mood", "happy", "--mood-intensity", "1.5")
+    assert not (tmp_path / "x.csv").exists()
+
+
 # --- bad input: clear errors ---------------------------------------------------------------------
 def test_missing_input_is_a_clear_error(tmp_path: Path, tiny_checkpoint: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:

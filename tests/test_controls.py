@@ -172,6 +172,11 @@ def test_a_stream_cut_short_eases_from_its_last_frame(engine, speech_16k):
     {"timing_offset_ms": 900},
     {"timing_offset_ms": "soon"},
     {"speed": 2},
+    {"mood": "excited"},
+    {"mood": 3},
+    {"mood": "Happy"},
+    {"mood_intensity": 1.5},
+    {"mood_intensity": "lots"},
     [1, 2],
 ])
 def test_bad_controls_are_refused_with_a_message_naming_them(bad):
@@ -182,6 +187,8 @@ def test_bad_controls_are_refused_with_a_message_naming_them(bad):
     if isinstance(bad, dict):
         key = next(iter(bad))
         assert key in message or "unknown" in message
+        if key == "mood":  # the message names every mood allowed
+            assert all(m in message for m in motion.MOODS)
 
 
 def test_controls_round_trip_and_merge():
@@ -192,6 +199,12 @@ def test_controls_round_trip_and_merge():
     assert Controls.from_dict(merged.to_dict()).to_dict() == merged.to_dict()
     assert Controls.from_dict(Controls().to_dict()).to_dict() == Controls().to_dict()
     assert not Controls().changes_values
+    sad = merged.merged({"mood": "sad", "mood_intensity": 0.25})
+    assert (sad.mood, sad.mood_intensity, sad.strength["jaw"]) == ("sad", 0.25, 1.5) and sad.changes_values
+    assert sad.merged({"mood": "angry"}).mood_intensity == 0.25  # a new mood keeps the intensity
+    assert Controls.from_dict(sad.to_dict()).to_dict() == sad.to_dict()
+    assert (Controls().mood, Controls().mood_intensity) == ("neutral", 1.0)  # the default: neutral
+    assert not Controls.from_dict({"mood": "happy", "mood_intensity": 0}).changes_values
 
 
 def test_a_line_cut_mid_vowel_closes_its_mouth_within_the_ease_time(engine, speech_16k):
@@ -221,3 +234,61 @@ def test_the_ease_closes_a_wide_open_mouth_within_its_time(fps):
     t = (np.array(out.index) - 7) / fps
     assert t[-1] <= EASE_S and out.values[-1].tolist() == [0.0] * 55
     assert np.all(np.diff(out.values[:, JAW]) <= 0)
+
+
+# --- mood (SPEC 4.6 "Controls", 1.3) ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def neutral_run(engine, speech_16k):
+    return arrays(run(engine, speech_16k))
+
+
+@pytest.mark.parametrize("mood", [m for m in motion.MOODS if m != motion.DEFAULT_MOOD])
+def test_a_mood_shows_holds_through_silence_and_never_opens_the_lips(engine, speech_16k, neutral_run, mood):
+    """Through the real engine and model: the mood's pose is on the face while it speaks and after (the rest
+    pose and the end of the ease keep it), the lips are never further apart than without it, and the jaw
+    follows the speech as before."""
+    b0, h0 = neutral_run
+    b, h = arrays(run(engine, speech_16k, Controls.from_dict({"mood": mood})))
+    n = output_frames(speech_16k.size, motion.FPS)
+    expression = motion.MOOD_EXPRESSIONS[mood]
+    for name, weight in expression.pose.items():
+        i = motion.BLENDSHAPE_INDEX[name]
+        if not name.startswith("eye"):  # (eye poses give way to blinks)
+            assert b[-1, i] == pytest.approx(min(1.0, weight), abs=1e-6), name  # the ease ends at the mood's rest
+        assert b[:n, i].mean() >= b0[:n, i].mean() + 0.5 * weight, name
+    assert h[-1, 0] == pytest.approx(expression.head_pitch, abs=1e-6)
+    gain = expression.gain.get("head", 1.0)  # the head livelier or calmer, around the mood's pitch
+    np.testing.assert_allclose(h[:n], gain * h0[:n] + [expression.head_pitch, 0, 0], atol=1e-5)
+    assert np.all(motion.lip_aperture(b) <= motion.lip_aperture(b0) + 1e-6)
+    assert np.corrcoef(b[:n, JAW], b0[:n, JAW])[0, 1] > 0.999
+    closed0 = motion.lip_aperture(b0[:n]) < motion.LIP_CLOSED_THRESHOLD
+    assert np.all(motion.lip_aperture(b[:n])[closed0] < motion.LIP_CLOSED_THRESHOLD)  # every closure kept
+
+
+def test_mood_intensity_scales_it_and_zero_is_neutral(engine, speech_16k, neutral_run):
+    b0, h0 = neutral_run
+    b, h = arrays(run(engine, speech_16k, Controls.from_dict({"mood": "happy", "mood_intensity": 0.0})))
+    np.testing.assert_array_equal(b, b0)
+    np.testing.assert_array_equal(h, h0)
+    smile = motion.BLENDSHAPE_INDEX["mouthSmileLeft"]
+    half = arrays(run(engine, speech_16k, Controls.from_dict({"mood": "happy", "mood_intensity": 0.5})))[0]
+    assert half[-1, smile] == pytest.approx(0.5 * motion.MOOD_EXPRESSIONS["happy"].pose["mouthSmileLeft"])
+
+
+def test_a_mood_set_mid_stream_applies_from_the_next_hop(engine, speech_16k):
+    frames = run(engine, speech_16k, change=(10, Controls.from_dict({"mood": "angry"})))
+    brow = motion.BLENDSHAPE_INDEX["browDownLeft"]
+    b = arrays(frames)[0][:, brow]
+    assert b[:5].max() < 0.3 and b[-1] == pytest.approx(motion.MOOD_EXPRESSIONS["angry"].pose["browDownLeft"])
+
+
+def test_a_moods_eye_pose_gives_way_to_a_blink():
+    stage = ControlStage(Controls.from_dict({"mood": "surprised"}), motion.FPS)
+    rows = np.zeros((3, 55), np.float32)
+    blink, wide = motion.BLENDSHAPE_INDEX["eyeBlinkLeft"], motion.BLENDSHAPE_INDEX["eyeWideLeft"]
+    rows[:, blink] = [0.0, 0.5, 1.0]  # the left eye blinks, the right one does not
+    out = stage.shape(rows)
+    full = motion.MOOD_EXPRESSIONS["surprised"].pose["eyeWideLeft"]
+    np.testing.assert_allclose(out[:, wide], [full, 0.5 * full, 0.0], atol=1e-6)
+    np.testing.assert_allclose(out[:, motion.BLENDSHAPE_INDEX["eyeWideRight"]], full, atol=1e-6)
+    np.testing.assert_allclose(out[:, blink], rows[:, blink])  # the blink itself is the model's

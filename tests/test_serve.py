@@ -42,8 +42,9 @@ def test_sdk_stream_in_another_rate_and_channel_count(runtime, speech_16k):
         pcm = (np.stack([x, x], axis=1).clip(-1, 1) * 32767).astype("<i2").tobytes()
         opened = peer.request("open_stream", stream="npc1", sample_rate=48000, channels=2, format="s16le",
                               seed=-5, req=7)
-        assert opened == {"v": [1, 2], "type": "stream_opened", "stream": "npc1", "fps": 30, "max_ahead_s": 20.0,
-                          "mode": "live", "latency_ms": runtime.engine.preset.deadline_ms(), "req": 7}
+        assert opened == {"v": list(P.VERSION), "type": "stream_opened", "stream": "npc1", "fps": 30,
+                          "max_ahead_s": 20.0, "mode": "live", "latency_ms": runtime.engine.preset.deadline_ms(),
+                          "req": 7}
         push_clip(peer, "npc1", pcm, 4, 960)
         peer.send(P.encode_request("end_stream", stream="npc1", req=8))
         msgs = peer.wait_pub(is_end("npc1"))
@@ -52,7 +53,7 @@ def test_sdk_stream_in_another_rate_and_channel_count(runtime, speech_16k):
         assert [f["index"] for f in frames] == list(range(ONE_SECOND))
         assert [f["seq"] for f in frames] == list(range(ONE_SECOND))
         assert frames[-1]["last"] and not any(f["last"] for f in frames[:-1])
-        assert ended == {"v": [1, 2], "type": "stream_ended", "stream": "npc1", "frames": ONE_SECOND, "req": 8}
+        assert ended == {"v": list(P.VERSION), "type": "stream_ended", "stream": "npc1", "frames": ONE_SECOND, "req": 8}
         assert msgs[-1]["reason"] == "ended" and msgs[-1]["frames"] == ONE_SECOND and msgs[-1]["source"] == "sdk"
         assert any(m["type"] == "stream_start" and m["stream"] == "npc1" for m in peer.seen)
         jaw = [P.frame_arrays(f)[0][17] for f in frames]
@@ -515,6 +516,10 @@ def test_set_controls_changes_a_stream_and_replies_with_the_controls_in_force(ru
         assert c["strength"] == {"mouth": 1.0, "jaw": 1.0, "brows": 0.5, "eyes": 1.0, "head": 1.0}
         assert c["shapes"] == {"jawOpen": {"gain": 0.0, "offset": 0.0, "min": 0.0, "max": 1.0}}
         assert c["timing_offset_ms"] == 0.0 and set(c["smoothing_ms"]) == set(c["strength"])
+        assert (c["mood"], c["mood_intensity"]) == ("neutral", 1.0)  # 1.3: the default mood
+        sad = peer.request("set_controls", stream="tuned", controls={"mood": "sad", "mood_intensity": 0.5})
+        assert (sad["controls"]["mood"], sad["controls"]["mood_intensity"]) == ("sad", 0.5)
+        assert sad["controls"]["shapes"] == c["shapes"]  # the other controls kept
         push_clip(peer, "tuned", speech(1.0, speech_16k).astype("<f4").tobytes(), 4, 1600)
         peer.send(P.encode_request("end_stream", stream="tuned"))
         frames = [Frame.from_message(m) for m in frames_of(peer.wait_pub(is_end("tuned")), "tuned")]
@@ -532,6 +537,8 @@ def test_set_controls_changes_a_stream_and_replies_with_the_controls_in_force(ru
     ({"timing_offset_ms": 900}, "timing_offset_ms must be in [-500, 500]"),
     ({"smoothing_ms": {"head": "slow"}}, "smoothing_ms.head must be a number"),
     ({"loudness": 2}, "unknown control(s) loudness"),
+    ({"mood": "excited"}, "mood must be one of neutral, happy, sad, angry, surprised; got 'excited'"),
+    ({"mood_intensity": 2}, "mood_intensity must be in [0, 1], got 2"),
 ])
 def test_bad_controls_are_refused_naming_the_setting_and_change_nothing(runtime, controls, says):
     peer = Peer(runtime)
@@ -545,6 +552,7 @@ def test_bad_controls_are_refused_naming_the_setting_and_change_nothing(runtime,
         assert refused["code"] == "bad_controls" and refused["stream"] == "c1" and says in refused["message"]
         kept = peer.request("set_controls", stream="c1", controls={})
         assert kept["type"] == "controls_set" and kept["controls"]["shapes"] == {}
+        assert kept["controls"]["mood"] == "neutral" and kept["controls"]["mood_intensity"] == 1.0
     finally:
         peer.close()
 
@@ -593,3 +601,20 @@ def test_serve_config_controls_are_checked_before_the_model_loads(tmp_path):
     config.write_text("[controls.strength]\njaw = 7\n")
     bad = cli("serve", "--config", str(config))
     assert bad.returncode == 2 and "[controls] strength.jaw must be in [0, 3], got 7" in bad.stderr
+    config.write_text("[controls]\nmood = 'happy'\n")
+    bad = cli("serve", "--config", str(config), "--mood-intensity", "4")
+    assert bad.returncode == 2 and "[controls] mood_intensity must be in [0, 1], got 4" in bad.stderr
+    bad = cli("serve", "--mood", "excited")
+    assert bad.returncode == 2 and "invalid choice: 'excited'" in bad.stderr and "surprised" in bad.stderr
+
+
+def test_mood_flags_set_those_controls_and_keep_the_config_files_others(tmp_path):
+    from ksdiff_runtime.server.config import load_config
+
+    config = tmp_path / "serve.toml"
+    config.write_text("[controls]\nmood = 'sad'\ntiming_offset_ms = -20.0\n[controls.strength]\nhead = 0.5\n")
+    c = load_config(config, {"controls": {"mood": "happy"}}).artist_controls()
+    assert (c.mood, c.mood_intensity, c.timing_offset_ms, c.strength["head"]) == ("happy", 1.0, -20.0, 0.5)
+    c = load_config(config, {"controls": None}).artist_controls()
+    assert (c.mood, c.timing_offset_ms) == ("sad", -20.0)
+    assert load_config(None, {"controls": {"mood_intensity": 0.3}}).artist_controls().mood_intensity == 0.3

@@ -17,6 +17,7 @@ from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.cli.plots import pyplot
+from ksdiff_runtime.engine.controls import Controls, ControlsError, ControlStage
 from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
 from ksdiff_runtime.engine.offline import animate, clip_inputs, gate_animation, liven_animation
@@ -41,6 +42,10 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-voice-gate", dest="voice_gate", action="store_false",
                    help="let the mouth follow every sound, not only voices (by default it rests where Silero VAD "
                    "hears no voice, as in serve)")
+    p.add_argument("--mood", choices=motion.MOODS, default=motion.DEFAULT_MOOD,
+                   help="the face's mood, held through speech and silence (default neutral)")
+    p.add_argument("--mood-intensity", type=float, default=1.0, metavar="0..1",
+                   help="how much of the mood (default 1)")
     p.add_argument("--no-liveliness", dest="liveliness", action="store_false",
                    help="the model's eyes and head alone: no added blinks, gaze micro-saccades or head centring "
                    "(as in serve)")
@@ -60,6 +65,10 @@ def run_bake(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: output {args.output} must end in .csv or .json")
     if args.fps <= 0:
         raise SystemExit("error: --fps must be positive")
+    try:
+        controls = Controls.from_dict({"mood": args.mood, "mood_intensity": args.mood_intensity})
+    except ControlsError as e:
+        raise SystemExit(f"error: {e}") from None
     audio, report = load_audio(args.input)
     if report.n_nonfinite or report.n_clipped:
         log.warning("%s: %d non-finite and %d clipped samples were sanitised", args.input, report.n_nonfinite,
@@ -80,6 +89,9 @@ def run_bake(args: argparse.Namespace) -> int:
     n_out = output_frames(audio.size, args.fps)  # one frame per started frame period, as a stream yields
     blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps, n_out).clip(0.0, 1.0)
     head = files.resample_frames(anim.head, motion.FPS, args.fps, n_out)
+    if controls.changes_values:  # the mood, as a stream's controls apply it
+        shaped = ControlStage(controls, args.fps).shape(np.concatenate([blendshapes, head], axis=1))
+        blendshapes, head = shaped[:, : motion.NUM_BLENDSHAPES], shaped[:, motion.NUM_BLENDSHAPES :]
     gaze = motion.gaze_from_blendshapes(blendshapes)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":

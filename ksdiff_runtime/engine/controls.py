@@ -3,6 +3,9 @@ ease to rest when the stream ends.
 
 Controls:
 
+    mood              neutral, happy, sad, angry or surprised (motion.MOOD_EXPRESSIONS): a pose held
+                      through speech and silence, gains on the regions' motion, a head pitch
+    mood_intensity    0..1: how much of the mood (default 1)
     strength          per region (mouth, jaw, brows, eyes, head): a multiplier on its motion
     shapes            per ARKit blendshape: weight * gain + offset, clamped to [min, max]
     smoothing_ms      per region: a one-pole low-pass with this time constant (0: off)
@@ -16,7 +19,8 @@ and can be changed live per stream (protocol request ``set_controls``). Like a p
 ``ControlStage`` is the one place they are applied: the engine passes each hop's output frames
 through its stream's stage before building the wire frames, so the ZeroMQ PUB, Live Link, VMC and
 every other output show the same numbers. Order: timing (where on the motion a frame is sampled),
-strength, shape gain and offset, clamp, smoothing.
+mood, strength, shape gain and offset, clamp, smoothing. A mood's eye poses give way to a blink (an
+eye's pose is scaled by 1 - its eyeBlink), so a wide-eyed face still closes its eyes.
 
 The ease to rest: however a stream ends (its audio ended, an idle timeout, an error, a shutdown),
 ``ease_frames(fps)`` more frames follow its last one on the audio clock, easing to the neutral
@@ -27,7 +31,7 @@ neutral and carries ``last``. A receiver that holds the last frame it saw never 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +46,7 @@ GAIN_RANGE = (0.0, 10.0)
 OFFSET_RANGE = (-1.0, 1.0)
 SMOOTHING_RANGE_MS = (0.0, 1000.0)
 TIMING_RANGE_MS = (-500.0, 500.0)
+MOOD_INTENSITY_RANGE = (0.0, 1.0)
 EASE_S = 0.15  # a stream's last frame is at most this long after its last motion frame
 
 
@@ -87,6 +92,8 @@ class Controls:
     shapes: dict[str, ShapeControl] = field(default_factory=dict)  # ARKit name -> its control
     smoothing_ms: dict[str, float] = field(default_factory=dict)  # region -> time constant; absent: 0
     timing_offset_ms: float = 0.0
+    mood: str = motion.DEFAULT_MOOD
+    mood_intensity: float = 1.0
 
     @classmethod
     def from_dict(cls, d: Any) -> Controls:
@@ -98,10 +105,9 @@ class Controls:
         """These controls with the settings ``d`` gives changed (a live ``set_controls`` changes some)."""
         if not isinstance(d, dict):
             raise ControlsError(f"controls must be a table/map, got {type(d).__name__}")
-        unknown = sorted(set(d) - {"strength", "shapes", "smoothing_ms", "timing_offset_ms"})
+        unknown = sorted(set(d) - set(CONTROL_KEYS), key=str)
         if unknown:
-            raise ControlsError(f"unknown control(s) {', '.join(map(str, unknown))}; known: strength, shapes, "
-                                "smoothing_ms, timing_offset_ms")
+            raise ControlsError(f"unknown control(s) {', '.join(map(str, unknown))}; known: {', '.join(CONTROL_KEYS)}")
         strength = dict(self.strength) | _regions("strength", d.get("strength", {}), STRENGTH_RANGE)
         smoothing = dict(self.smoothing_ms) | _regions("smoothing_ms", d.get("smoothing_ms", {}), SMOOTHING_RANGE_MS)
         shapes = dict(self.shapes)
@@ -116,19 +122,35 @@ class Controls:
         timing = self.timing_offset_ms
         if "timing_offset_ms" in d:
             timing = _number("timing_offset_ms", d["timing_offset_ms"], *TIMING_RANGE_MS)
-        return replace(self, strength=strength, shapes=shapes, smoothing_ms=smoothing, timing_offset_ms=timing)
+        mood = self.mood
+        if "mood" in d:
+            mood = d["mood"]
+            if not isinstance(mood, str) or mood not in motion.MOODS:
+                raise ControlsError(f"mood must be one of {', '.join(motion.MOODS)}; got {mood!r}")
+        intensity = self.mood_intensity
+        if "mood_intensity" in d:
+            intensity = _number("mood_intensity", d["mood_intensity"], *MOOD_INTENSITY_RANGE)
+        return replace(self, strength=strength, shapes=shapes, smoothing_ms=smoothing, timing_offset_ms=timing,
+                       mood=mood, mood_intensity=intensity)
 
     def to_dict(self) -> dict[str, Any]:
         return {"strength": {r: self.strength.get(r, 1.0) for r in REGION_NAMES},
                 "shapes": {n: vars(s).copy() for n, s in self.shapes.items()},
                 "smoothing_ms": {r: self.smoothing_ms.get(r, 0.0) for r in REGION_NAMES},
-                "timing_offset_ms": self.timing_offset_ms}
+                "timing_offset_ms": self.timing_offset_ms, "mood": self.mood, "mood_intensity": self.mood_intensity}
 
     @property
     def changes_values(self) -> bool:
         """Whether anything but timing differs from the defaults (the values pass need not run otherwise)."""
         return (any(v != 1.0 for v in self.strength.values()) or any(v > 0 for v in self.smoothing_ms.values())
-                or any(s != ShapeControl() for s in self.shapes.values()))
+                or any(s != ShapeControl() for s in self.shapes.values()) or self.has_mood)
+
+    @property
+    def has_mood(self) -> bool:
+        return self.mood != motion.DEFAULT_MOOD and self.mood_intensity > 0
+
+
+CONTROL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Controls))
 
 
 def _regions(what: str, d: Any, bounds: tuple[float, float]) -> dict[str, float]:
@@ -146,6 +168,17 @@ def _regions(what: str, d: Any, bounds: tuple[float, float]) -> dict[str, float]
 _COLUMN_REGION = [next(r for r, names in motion.REGIONS.items() if n in names) for n in motion.BLENDSHAPES] + \
     [motion.HEAD_REGION] * motion.NUM_HEAD
 _VALUES = motion.NUM_BLENDSHAPES + motion.NUM_HEAD
+_PITCH = motion.NUM_BLENDSHAPES + motion.HEAD_ROTATION.index("headPitch")
+
+
+def _blink_column(name: str) -> int:
+    """The eyeBlink column of an eye shape's side (every eye shape is a Left or Right one); -1 otherwise."""
+    if not name.startswith("eye"):
+        return -1
+    return motion.BLENDSHAPE_INDEX["eyeBlinkLeft" if name.endswith("Left") else "eyeBlinkRight"]
+
+
+_BLINK_OF = np.array([_blink_column(n) for n in motion.BLENDSHAPES], np.int64)  # a mood's eye poses give way
 
 
 def ease_frames(fps: int) -> int:
@@ -173,6 +206,8 @@ class ControlStage:
         self.fps = fps
         self._alpha: np.ndarray | None = None  # per-column smoothing coefficient (None: no smoothing)
         self._scale = self._lo = self._hi = self._gain = self._offset = np.zeros(0, np.float32)
+        self._mood_gain = self._mood_pose = np.zeros(0, np.float32)
+        self._mood_eyes = np.zeros(0, np.int64)
         self._compile()
         # timing: recent motion rows by output index, and frames waiting for the motion they show
         self._hist_index = np.zeros(0, np.int64)
@@ -197,6 +232,15 @@ class ControlStage:
         for name, s in c.shapes.items():
             i = motion.BLENDSHAPE_INDEX[name]
             self._gain[i], self._offset[i], self._lo[i], self._hi[i] = s.gain, s.offset, s.min, s.max
+        mood, k = motion.MOOD_EXPRESSIONS[c.mood], c.mood_intensity
+        self._mood_gain = np.array([1.0 + k * (mood.gain.get(r, 1.0) - 1.0) for r in _COLUMN_REGION], np.float32)
+        for name, gain in mood.shape_gain.items():
+            self._mood_gain[motion.BLENDSHAPE_INDEX[name]] *= 1.0 + k * (gain - 1.0)
+        self._mood_pose = np.zeros(_VALUES, np.float32)
+        for name, weight in mood.pose.items():
+            self._mood_pose[motion.BLENDSHAPE_INDEX[name]] = k * weight
+        self._mood_pose[_PITCH] = k * mood.head_pitch
+        self._mood_eyes = np.flatnonzero((self._mood_pose[:D] != 0) & (_BLINK_OF >= 0))
         tau = np.array([c.smoothing_ms.get(r, 0.0) for r in _COLUMN_REGION], np.float64)
         self._alpha = None
         if (tau > 0).any():
@@ -242,13 +286,25 @@ class ControlStage:
         values = np.stack([np.interp(pos, self._hist_index, self._hist[:, k]) for k in range(_VALUES)], axis=1)
         return [i for i, _ in ready], [c for _, c in ready], values.astype(np.float32)
 
+    def shape(self, values: np.ndarray) -> np.ndarray:
+        """Rows of 55 values (consecutive frames, e.g. a whole bake) through every control but timing."""
+        out = self._values(values)
+        if len(out):
+            self._last = out[-1].copy()
+        return out
+
     def _values(self, values: np.ndarray, smooth: bool = True) -> np.ndarray:
-        """Strength, shape gain and offset, clamp, then smoothing, on rows of 55 values."""
+        """Mood, strength, shape gain and offset, clamp, then smoothing, on rows of 55 values."""
         c = self.controls
         if not c.changes_values or not len(values):
             return np.asarray(values, np.float32)
         D = motion.NUM_BLENDSHAPES
-        out = values.astype(np.float32) * self._scale
+        out = values.astype(np.float32)
+        if c.has_mood:
+            pose = np.repeat(self._mood_pose[None], len(out), axis=0)
+            pose[:, self._mood_eyes] *= 1.0 - np.clip(out[:, _BLINK_OF[self._mood_eyes]], 0.0, 1.0)
+            out = out * self._mood_gain + pose
+        out = out * self._scale
         out[:, :D] = np.clip(out[:, :D] * self._gain + self._offset, self._lo, self._hi)
         if smooth and self._alpha is not None:
             prev = out[0] if self._last is None else self._last

@@ -65,7 +65,7 @@ class ServeConfig:
     vts_custom: bool = False  # also one custom parameter per ARKit weight (KSDiffJawOpen, ...)
     preview: int = -1  # the live preview page on 127.0.0.1:PORT (0: any free port); -1: off; flag without a value: 5557
     # artists' controls for every stream (engine/controls.py; a [controls] table): region strength, per-shape
-    # gain/offset/clamp, smoothing, timing offset. Empty: change nothing. Per stream: set_controls
+    # gain/offset/clamp, smoothing, timing offset, mood. Empty: change nothing. Per stream: set_controls
     controls: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -141,7 +141,10 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ServeConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    values.update({k: v for k, v in overrides.items() if v is not None and k in known})
+    flags = {k: v for k, v in overrides.items() if v is not None and k in known}
+    if isinstance(flags.get("controls"), dict) and isinstance(values.get("controls", {}), dict):
+        flags["controls"] = {**values.get("controls", {}), **flags["controls"]}  # flags set some controls
+    values.update(flags)
     defaults = ServeConfig()
     for name, value in values.items():
         want = type(getattr(defaults, name))

@@ -1,0 +1,129 @@
+"""A stream's mood (engine/controls.py, motion.MOOD_EXPRESSIONS) on real voices: what each mood puts on
+the face, and that articulation stays the model's.
+
+    python -m benchmarks.moods [--prompts 80]
+
+Held-out recorded English prompts (the real-voice evaluation's, aligned by PocketSphinx:
+training/real_eval.py) are streamed live through the engine (ONNX Runtime, low-latency preset, voice
+gate and liveliness on, 33 ms pushes) once; each mood at intensity 1 is then applied to those frames by
+the controls stage, as the engine applies it to a stream (its output does not feed back into the
+model). Reported per mood: medial /p b m/ closure with its 95 % interval, rest in silence, jawOpen
+correlation with the neutral face, the lip aperture's largest increase over the neutral face, the mean
+weight of the mood's own shapes while speaking, the mean head pitch, and the stage's cost per frame.
+
+Writes benchmarks/moods.json and docs/moods.png; nothing is asserted, every figure is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ksdiff_runtime import motion
+from ksdiff_runtime.engine.controls import Controls, ControlStage
+from ksdiff_runtime.server.runtime import build_engine
+from ksdiff_runtime.training import real_eval
+
+from .live import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+D = motion.NUM_BLENDSHAPES
+# every mood's shapes, and the jaw: the plot shows each mood's face on all of them
+SHOWN = sorted({n for m in motion.MOOD_EXPRESSIONS.values() for n in m.pose} | {"jawOpen"})
+
+
+def with_mood(values: list[np.ndarray], mood: str) -> tuple[list[np.ndarray], float]:
+    """Each clip's [T, 55] frames through a stage with ``mood``; and the stage's seconds per frame."""
+    controls = Controls.from_dict({"mood": mood})
+    started = time.perf_counter()
+    out = [ControlStage(controls, motion.FPS).shape(v) for v in values]
+    return out, (time.perf_counter() - started) / sum(len(v) for v in values)
+
+
+def figures(neutral: list[np.ndarray], moody: list[np.ndarray], prompts: list[real_eval.Prompt],
+            mood: str) -> dict[str, Any]:
+    blend = [v[:, :D] for v in moody]
+    scores = real_eval.score_speech(blend, prompts)
+    speaking = [~real_eval.silent_frames(p.phones, len(v)) for v, p in zip(moody, prompts, strict=True)]
+    speaking_frames = np.concatenate([v[s][:, :D] for v, s in zip(moody, speaking, strict=True)])
+    rise = max(float(np.max(motion.lip_aperture(m[:, :D]) - motion.lip_aperture(n[:, :D])))
+               for m, n in zip(moody, neutral, strict=True))
+    return {
+        "closure_medial": scores["closure_medial"],
+        "closure_medial_by_phone": {b: scores[f"closure_medial_{b}"]["rate"] for b in real_eval.BILABIALS},
+        "rest_in_silence": scores["rest_in_silence"],
+        "jaw_r_with_neutral": real_eval.jaw_correlation(blend, [n[:, :D] for n in neutral]),
+        "lip_aperture_largest_rise": round(rise, 6),
+        "shapes_speaking": {n: round(float(speaking_frames[:, motion.BLENDSHAPE_INDEX[n]].mean()), 3) for n in SHOWN},
+        "head_pitch_deg": round(float(np.rad2deg(np.mean(np.concatenate([v[:, D] for v in moody])))), 2),
+    }
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    from ksdiff_runtime.cli.plots import pyplot
+
+    plt = pyplot()
+    moods = list(result["moods"])
+    grid = np.array([[result["moods"][m]["shapes_speaking"][n] for n in SHOWN] for m in moods])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [2.2, 1]})
+    im = a.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    a.set_xticks(range(len(SHOWN)), SHOWN, rotation=60, ha="right", fontsize=7)
+    a.set_yticks(range(len(moods)), moods)
+    a.set_title("mean weight while speaking, live (the moods' shapes and the jaw)", fontsize=9)
+    fig.colorbar(im, ax=a, fraction=0.03)
+    rates = [result["moods"][m]["closure_medial"] for m in moods]
+    y = [r["rate"] * 100 for r in rates]
+    err = np.array([[r["rate"] - r["ci95"][0], r["ci95"][1] - r["rate"]] for r in rates]).T * 100
+    b.barh(range(len(moods)), y, xerr=err, color="0.6", capsize=3)
+    b.set_yticks(range(len(moods)), moods)
+    b.set_xlim(50, 100)
+    b.set_xlabel("medial /p b m/ closed, live (%), 95 % interval")
+    b.set_title(f"{result['prompts']} held-out recorded prompts", fontsize=9)
+    b.invert_yaxis()
+    a.grid(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.moods", description=__doc__.splitlines()[0])
+    p.add_argument("--prompts", type=int, default=80, help="held-out recorded prompts (0: all 232)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "moods.json", help="the figures (JSON)")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "moods.png", help="the plot (PNG)")
+    args = p.parse_args(argv)
+    from tqdm import tqdm
+
+    prompts, _ = real_eval.held_out_prompts(args.prompts)
+    engine = build_engine("onnxruntime", "low-latency")
+    try:
+        neutral = [np.stack([np.concatenate([f.blendshapes, f.head]) for f in engine.stream_clip(pr.audio)])
+                   .astype(np.float32) for pr in tqdm(prompts, desc="live", unit="prompt")]
+    finally:
+        engine.close()
+    result: dict[str, Any] = {"machine": machine(), "prompts": len(prompts),
+                              "seconds": round(sum(pr.audio.size for pr in prompts) / motion.SAMPLE_RATE, 1),
+                              "moods": {}}
+    for mood in motion.MOODS:
+        moody, per_frame = with_mood(neutral, mood)
+        r = figures(neutral, moody, prompts, mood) | {"stage_us_per_frame": round(per_frame * 1e6, 2)}
+        result["moods"][mood] = r
+        c = r["closure_medial"]
+        print(f"{mood:>9}: medial closure {100 * c['rate']:.1f} % ({100 * c['ci95'][0]:.0f}-{100 * c['ci95'][1]:.0f}, "
+              f"n={c['n']}), rest {100 * r['rest_in_silence']:.1f} %, jaw r {r['jaw_r_with_neutral']:.3f}, "
+              f"aperture rise {r['lip_aperture_largest_rise']:.4f}, head pitch {r['head_pitch_deg']:+.1f} deg, "
+              f"stage {r['stage_us_per_frame']:.1f} us/frame; its shapes "
+              f"{ {n: r['shapes_speaking'][n] for n in sorted(motion.MOOD_EXPRESSIONS[mood].pose)} }")
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.plot)
+    print(f"wrote {args.out} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
