@@ -17,6 +17,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from ksdiff_runtime.engine.controls import ease_frames, stream_frames
+from ksdiff_runtime.motion import MOOD_EXPRESSIONS
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
 from ksdiff_sdk import (
     Animation,
@@ -276,3 +277,29 @@ def test_controls_through_the_sdk(runtime):
             client.set_controls("tuned", {})  # ended
     assert len(frames) == stream_frames(16_000, 30)
     assert all(f.blendshapes[JAW] == 0 and not f.head.any() for f in frames)
+
+
+def test_a_mood_through_the_sdk(runtime):
+    """1.3: open_stream(mood=...), StreamHandle.set_mood, animate(mood=...); a mood the protocol does not know
+    is refused before it is sent, naming the moods."""
+    smile, frown = schema.BLENDSHAPE_INDEX["mouthSmileLeft"], schema.BLENDSHAPE_INDEX["mouthFrownLeft"]
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        with pytest.raises(ValueError, match="mood must be one of neutral, happy, sad, angry, surprised; got 'glad'"):
+            client.open_stream("moody", 16_000, mood="glad")
+        with pytest.raises(BadControlsError, match=r"mood_intensity must be in \[0, 1\]"):
+            client.open_stream("moody", 16_000, mood="happy", mood_intensity=3)
+        handle = client.open_stream("moody", 16_000, mood="happy", mood_intensity=0.5, max_frames=None)
+        with handle:
+            handle.push(speech(0.5))
+            frames = [next(handle.frames(TIMEOUT_S))]  # a first frame, happy, before the mood changes
+            now = handle.set_mood("sad")
+            assert (now["mood"], now["mood_intensity"]) == ("sad", 0.5)  # the intensity kept
+            handle.push(speech(0.5))
+            handle.end()
+            frames += list(handle.frames(TIMEOUT_S))
+        happy, sad, angry = (MOOD_EXPRESSIONS[m].pose for m in ("happy", "sad", "angry"))
+        assert frames[0].blendshapes[smile] >= 0.5 * happy["mouthSmileLeft"] - 1e-6  # happy from the first frame
+        assert frames[-1].blendshapes[frown] == pytest.approx(0.5 * sad["mouthFrownLeft"])
+        assert frames[-1].blendshapes[smile] == 0
+        anim = client.animate(speech(0.5), mood="angry")
+        assert anim.blendshapes[:, schema.BLENDSHAPE_INDEX["browDownLeft"]].min() >= angry["browDownLeft"] - 1e-6

@@ -95,6 +95,22 @@ def _certificate(path: str | bytes | os.PathLike) -> tuple[bytes, bytes | None]:
         raise ValueError(f"cannot read the ZeroMQ certificate {os.fsdecode(path)}: {e}") from None
 
 
+def mood_controls(controls: dict[str, Any] | None, mood: str | None,
+                  intensity: float | None) -> dict[str, Any] | None:
+    """``controls`` with the mood settings given (protocol 1.3); ValueError naming the moods for one that is
+    not (the runtime checks the intensity's range: bad_controls)."""
+    if mood is None and intensity is None:
+        return controls
+    out = dict(controls or {})
+    if mood is not None:
+        if mood not in schema.MOODS:
+            raise ValueError(f"mood must be one of {', '.join(schema.MOODS)}; got {mood!r}")
+        out["mood"] = mood
+    if intensity is not None:
+        out["mood_intensity"] = float(intensity)
+    return out
+
+
 def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
@@ -288,6 +304,11 @@ class StreamHandle:
         Raises BadControlsError (the message names the bad setting), TimeoutError."""
         self._check()
         return self._client.set_controls(self.stream, controls, timeout)
+
+    def set_mood(self, mood: str, intensity: float | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Change this stream's mood (protocol 1.3): one of ``schema.MOODS`` (neutral, happy, sad, angry,
+        surprised), and how much of it (0..1; None: as it was). Returns the stream's controls now, in full."""
+        return self.set_controls(mood_controls(None, mood, intensity), timeout)
 
     def frames(self, timeout: float | None = None) -> Iterator[Frame]:
         """This stream's frames in arrival order, until the ``last`` one (or its ``stream_end``).
@@ -629,6 +650,8 @@ class Client:
         max_frames: int | None = DEFAULT_MAX_QUEUE,
         mode: str | None = None,
         controls: dict[str, Any] | None = None,
+        mood: str | None = None,
+        mood_intensity: float | None = None,
     ) -> StreamHandle:
         """Open a stream fed by this client's audio; returns its handle once ``stream_opened`` came.
 
@@ -637,9 +660,12 @@ class Client:
         unread (None: unbounded). ``mode`` (protocol 1.2): "live" (default: audio at the pace it is
         spoken, frames within the runtime's deadline) or "line" (audio already there, e.g. a TTS line:
         animated as fast as the runtime can). ``controls``: the stream's artists' controls (as
-        ``StreamHandle.set_controls``). Raises the runtime's error (``BusyError``, ``BadAudioError``,
-        ``BadControlsError``, ...), ValueError for arguments the protocol refuses, TimeoutError."""
+        ``StreamHandle.set_controls``). ``mood`` (protocol 1.3): one of ``schema.MOODS`` (None: the
+        runtime's configured mood, neutral by default), ``mood_intensity`` 0..1; both go in ``controls``.
+        Raises the runtime's error (``BusyError``, ``BadAudioError``, ``BadControlsError``, ...), ValueError
+        for arguments the protocol refuses, TimeoutError."""
         timeout = self.timeout if timeout is None else timeout
+        controls = mood_controls(controls, mood, mood_intensity)
         deadline = time.monotonic() + timeout
         fields: dict[str, Any] = {"sample_rate": int(sample_rate), "channels": int(channels), "format": format}
         for key, value in (("stream", stream), ("transcript", transcript), ("seed", seed), ("mode", mode),
@@ -719,6 +745,10 @@ class Client:
         seed: int | None = None,
         realtime: bool = False,
         timeout: float | None = None,
+        *,
+        controls: dict[str, Any] | None = None,
+        mood: str | None = None,
+        mood_intensity: float | None = None,
     ) -> Animation:
         """Animate a whole clip: open a stream, push the clip, end it, return every frame by index.
 
@@ -726,7 +756,7 @@ class Client:
         ``realtime``: push at the clip's own pace (like a live source, mode "live") instead of all at once
         (mode "line": the runtime animates it as fast as the machine allows, in whole model windows).
         ``timeout``: for the whole call (default: client timeout + 2x the clip's duration,
-        + the duration when realtime)."""
+        + the duration when realtime). ``controls``, ``mood``, ``mood_intensity``: as ``open_stream``."""
         a = np.asarray(audio)
         if a.ndim not in (1, 2):
             raise ValueError(f"audio must be [n] or [n, channels], got shape {a.shape}")
@@ -744,7 +774,8 @@ class Client:
         # Our own unique id: the frames' topic is subscribed before the stream exists.
         stream = f"anim-{secrets.token_hex(6)}"
         handle = self.open_stream(stream, sample_rate, channels, fmt, transcript, seed, _remaining(deadline),
-                                  max_frames=None, mode="live" if realtime else "line")
+                                  max_frames=None, mode="live" if realtime else "line", controls=controls,
+                                  mood=mood, mood_intensity=mood_intensity)
         with handle:
             if realtime:
                 step = chunk_frames(sample_rate, channels, fmt)

@@ -67,12 +67,13 @@ namespace Ksdiff
         }
 
         // Keys in the order of the runtime's Controls.to_dict (strength, shapes, smoothing_ms,
-        // timing_offset_ms), entries in the caller's order, every number as float64 (as
-        // msgpack-python packs a Python float).
+        // timing_offset_ms, mood, mood_intensity), entries in the caller's order, every number as
+        // float64 (as msgpack-python packs a Python float).
         static void WriteControls(MsgPackWriter w, Controls c)
         {
             w.MapHeader((c.Strength != null ? 1 : 0) + (c.Shapes != null ? 1 : 0) + (c.SmoothingMs != null ? 1 : 0) +
-                        (c.TimingOffsetMs.HasValue ? 1 : 0));
+                        (c.TimingOffsetMs.HasValue ? 1 : 0) + (c.Mood != null ? 1 : 0) +
+                        (c.MoodIntensity.HasValue ? 1 : 0));
             if (c.Strength != null) WriteRegions(w, "strength", c.Strength);
             if (c.Shapes != null)
             {
@@ -96,6 +97,12 @@ namespace Ksdiff
             {
                 w.Str("timing_offset_ms");
                 w.Float64(Finite(c.TimingOffsetMs.Value, "timing_offset_ms"));
+            }
+            if (c.Mood != null) { w.Str("mood"); w.Str(c.Mood); } // 1.3
+            if (c.MoodIntensity.HasValue)
+            {
+                w.Str("mood_intensity");
+                w.Float64(Finite(c.MoodIntensity.Value, "mood_intensity"));
             }
         }
 

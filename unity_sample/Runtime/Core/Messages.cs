@@ -210,18 +210,21 @@ namespace Ksdiff
         public double? Gain, Offset, Min, Max;
     }
 
-    // A stream's artists' controls (1.2), as open_stream and set_controls carry them and
-    // controls_set returns them (ksdiff_runtime/engine/controls.py). Regions: jaw, mouth, brows,
-    // eyes, head. Every part is optional (null: absent): set_controls changes the settings given
-    // and keeps the rest. Ranges and names are the runtime's to check (error bad_controls): this
-    // client only carries the map, entries in the order added. Decoding keeps the entries that are
-    // well typed and ignores the others (the protocol asks only for a map with string keys).
+    // A stream's artists' controls (1.2; the mood 1.3), as open_stream and set_controls carry them
+    // and controls_set returns them (ksdiff_runtime/engine/controls.py). Regions: jaw, mouth,
+    // brows, eyes, head; moods: Protocol.Moods. Every part is optional (null: absent): set_controls
+    // changes the settings given and keeps the rest. Ranges and names are the runtime's to check
+    // (error bad_controls): this client only carries the map, entries in the order added. Decoding
+    // keeps the entries that are well typed and ignores the others (the protocol asks only for a
+    // map with string keys).
     public sealed class Controls
     {
         public List<KeyValuePair<string, double>> Strength;        // region -> multiplier (1: as is)
         public List<KeyValuePair<string, ShapeControl>> Shapes;    // ARKit blendshape -> its control
         public List<KeyValuePair<string, double>> SmoothingMs;     // region -> time constant (0: none)
         public double? TimingOffsetMs;                              // + later, - earlier than the audio
+        public string Mood;                                         // 1.3: one of Protocol.Moods (runtime default neutral)
+        public double? MoodIntensity;                               // 1.3: how much of the mood, 0..1 (default 1)
 
         public Controls SetStrength(string region, double multiplier)
         {
@@ -241,6 +244,22 @@ namespace Ksdiff
         {
             if (SmoothingMs == null) SmoothingMs = new List<KeyValuePair<string, double>>();
             SmoothingMs.Add(new KeyValuePair<string, double>(region, ms));
+            return this;
+        }
+
+        // 1.3: the stream's mood (Protocol.Moods), and its intensity 0..1 when given (else unchanged:
+        // the stream's current intensity in set_controls, the runtime's default 1 in open_stream).
+        public Controls SetMood(string mood, double? intensity = null)
+        {
+            Mood = mood;
+            if (intensity.HasValue) MoodIntensity = intensity;
+            return this;
+        }
+
+        // 1.3: the intensity alone (0: none of the mood, 1: all of it), the mood kept.
+        public Controls SetMoodIntensity(double intensity)
+        {
+            MoodIntensity = intensity;
             return this;
         }
     }

@@ -1,4 +1,4 @@
-// Wire protocol v1.2 of ksdiff-runtime (protocol/SPEC.md): constants, names, topics, stream ids,
+// Wire protocol v1.3 of ksdiff-runtime (protocol/SPEC.md): constants, names, topics, stream ids,
 // error codes.
 //
 // Everything under Runtime/Core is plain C# with no UnityEngine reference and no third-party
@@ -11,10 +11,10 @@ namespace Ksdiff
     public static class Protocol
     {
         public const int Major = 1;
-        // The minor this client writes in its requests (the golden request vectors carry [1, 2]).
+        // The minor this client writes in its requests (the golden request vectors carry [1, 3]).
         // It reads any minor of major 1 (SPEC 3.2: a higher minor only adds optional keys and new
-        // message types), so it still reads a 1.1 runtime, whose messages lack the 1.2 keys.
-        public const int Minor = 2;
+        // message types), so it still reads a 1.2 or 1.1 runtime, whose messages lack the later keys.
+        public const int Minor = 3;
 
         // How the runtime animates a stream (1.2): live (audio at the pace it is spoken) or line
         // (the audio of a whole line is there or comes faster than real time: animated in whole
@@ -22,6 +22,14 @@ namespace Ksdiff
         public const string ModeLive = "live", ModeLine = "line";
 
         public static bool IsValidMode(string mode) { return mode == ModeLive || mode == ModeLine; }
+
+        // A stream's mood (1.3, the controls' "mood", with "mood_intensity" 0..1, default 1): an
+        // expression the face holds through speech and silence. The runtime's default is neutral.
+        // Which moods exist is the runtime's to check (it answers bad_controls, listing them): this
+        // list is for pickers in a UI, in the SPEC's order.
+        public const string MoodNeutral = "neutral", MoodHappy = "happy", MoodSad = "sad", MoodAngry = "angry",
+            MoodSurprised = "surprised";
+        public static readonly string[] Moods = { MoodNeutral, MoodHappy, MoodSad, MoodAngry, MoodSurprised };
 
         public const int BlendshapeCount = 52;
         public const int BlendshapeBytes = 4 * BlendshapeCount; // 208: 52 little-endian float32
@@ -187,7 +195,7 @@ namespace Ksdiff
         BadAudio,
         Busy,
         Forbidden,
-        BadControls, // 1.2: controls out of range, or naming an unknown region or blendshape
+        BadControls, // 1.2: controls out of range, or naming an unknown region or blendshape (1.3: or mood)
         Internal,
     }
 

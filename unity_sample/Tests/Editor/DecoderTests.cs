@@ -303,11 +303,11 @@ namespace Ksdiff.Tests
         }
 
         [Test]
-        public void RequestsAreWrittenAsVersion12()
+        public void RequestsAreWrittenAsVersion13()
         {
             Message m = new Decoder().Decode(Requests.EndStream("npc1", 2));
             Assert.AreEqual(1, m.Major);
-            Assert.AreEqual(2, m.Minor);
+            Assert.AreEqual(3, m.Minor);
         }
 
         [Test]

@@ -12,7 +12,7 @@ namespace Ksdiff.Tests
     [TestFixture]
     public class GoldenVectorTests
     {
-        // Keys protocol v1.2 defines per type (SPEC 4). A vector's other keys belong to a newer
+        // Keys protocol v1.3 defines per type (SPEC 4). A vector's other keys belong to a newer
         // minor and must be ignored by the decoder.
         static readonly Dictionary<string, string[]> KnownKeys = new Dictionary<string, string[]>
         {
@@ -29,6 +29,13 @@ namespace Ksdiff.Tests
             { "stream_ended", new[] { "v", "type", "stream", "frames", "req" } },
             { "controls_set", new[] { "v", "type", "stream", "controls", "req" } },
             { "error", new[] { "v", "type", "code", "message", "request_type", "stream", "req" } },
+        };
+
+        // Keys of the controls map (open_stream, set_controls, controls_set) protocol v1.3 defines
+        // (SPEC 4.6): 1.2's four, and 1.3's mood and mood_intensity.
+        static readonly string[] KnownControlsKeys =
+        {
+            "strength", "shapes", "smoothing_ms", "timing_offset_ms", "mood", "mood_intensity",
         };
 
         static IEnumerable<Dictionary<string, object>> Entries(string which)
@@ -62,15 +69,23 @@ namespace Ksdiff.Tests
                 string type = (string)entry["type"];
                 Assert.AreEqual(type, WireType(msg.Type), name);
                 var unknown = expected.Keys.Where(k => !KnownKeys[type].Contains(k)).ToList();
-                Assert.IsTrue(unknown.Count == 0 || msg.Minor > Protocol.Minor, name + " has unknown keys at minor 2");
                 foreach (string k in unknown) expected.Remove(k);
+                var controls = expected.ContainsKey("controls") ? expected["controls"] as Dictionary<string, object> : null;
+                if (controls != null)
+                {
+                    var unknownControls = controls.Keys.Where(k => !KnownControlsKeys.Contains(k)).ToList();
+                    foreach (string k in unknownControls) controls.Remove(k);
+                    unknown.AddRange(unknownControls.Select(k => "controls." + k));
+                }
+                Assert.IsTrue(unknown.Count == 0 || msg.Minor > Protocol.Minor,
+                    name + " has unknown keys at minor " + Protocol.Minor + ": " + string.Join(", ", unknown.ToArray()));
                 var actual = ToJson(msg);
                 string diff = Diff(expected, actual, name);
                 if (diff != null) failures.Add(diff);
                 checkedCount++;
             }
             Assert.AreEqual(0, failures.Count, string.Join("\n", failures.ToArray()));
-            Assert.AreEqual(25, checkedCount);
+            Assert.AreEqual(27, checkedCount);
         }
 
         [Test]
@@ -142,6 +157,11 @@ namespace Ksdiff.Tests
             Assert.AreEqual(set, Requests.SetControls(sc.Stream, sc.Controls, sc.Req));
             // Built by hand, as a game would: 80.0 goes out as float64, as msgpack-python packs it.
             Assert.AreEqual(set, Requests.SetControls("mic", new Controls().SetSmoothingMs("head", 80.0), 9));
+            // 1.3: the mood, after the other controls' keys, its intensity a float64.
+            byte[] mood = Golden.Bytes("set_controls_mood");
+            var sm = (SetControls)new Decoder().Decode(mood);
+            Assert.AreEqual(mood, Requests.SetControls(sm.Stream, sm.Controls, sm.Req));
+            Assert.AreEqual(mood, Requests.SetControls("npc1", new Controls().SetMood(Protocol.MoodHappy, 0.625), 4));
             var hello = (Hello)new Decoder().Decode(Requests.Hello(7));
             Assert.IsFalse(hello.FromRuntime);
             Assert.AreEqual(7UL, hello.Req.Value);
@@ -185,7 +205,8 @@ namespace Ksdiff.Tests
                 Assert.Fail("NaN encoded");
             }
             catch (ProtocolException e) { Assert.AreEqual(ErrorCode.BadControls, e.Code); }
-            // Ill-typed content decodes (the runtime judges it); the ill-typed entries are left out.
+            // Ill-typed content decodes (the runtime judges it); the ill-typed entries are left out,
+            // a well-typed one the runtime would refuse (a mood it does not have, 1.3) is kept.
             var w = new MsgPackWriter();
             w.MapHeader(4);
             w.Str("v"); w.ArrayHeader(2); w.UInt(1); w.UInt(2);
@@ -198,6 +219,110 @@ namespace Ksdiff.Tests
             Assert.AreEqual(1, odd.Controls.Strength.Count);
             Assert.AreEqual("jaw", odd.Controls.Strength[0].Key);
             Assert.AreEqual(2.0, odd.Controls.Strength[0].Value);
+            Assert.AreEqual("calm", odd.Controls.Mood);
+        }
+
+        [Test]
+        public void Protocol13Mood()
+        {
+            // controls_set lists the mood with the other controls (the runtime's defaults here).
+            var set = (ControlsSet)new Decoder().Decode(Golden.Bytes("controls_set"));
+            Assert.AreEqual(Protocol.MoodNeutral, set.Controls.Mood);
+            Assert.AreEqual(1.0, set.Controls.MoodIntensity.Value);
+            var mood = (SetControls)new Decoder().Decode(Golden.Bytes("set_controls_mood"));
+            Assert.AreEqual("npc1", mood.Stream);
+            Assert.AreEqual("happy", mood.Controls.Mood);
+            Assert.AreEqual(0.625, mood.Controls.MoodIntensity.Value);
+            Assert.IsNull(mood.Controls.Strength);
+            Assert.IsNull(mood.Controls.Shapes);
+            Assert.IsFalse(mood.Controls.TimingOffsetMs.HasValue);
+            Assert.AreEqual(4UL, mood.Req.Value);
+            // A 1.2 set_controls has neither.
+            var old = (SetControls)new Decoder().Decode(Golden.Bytes("set_controls"));
+            Assert.IsNull(old.Controls.Mood);
+            Assert.IsFalse(old.Controls.MoodIntensity.HasValue);
+            // An unknown mood is the runtime's to refuse: bad_controls, the message listing the moods.
+            var error = (ErrorReply)new Decoder().Decode(Golden.Bytes("error_bad_mood"));
+            Assert.AreEqual(ErrorCode.BadControls, error.ErrorCode);
+            Assert.AreEqual("set_controls", error.RequestType);
+            foreach (string m in Protocol.Moods) Assert.IsTrue(error.Message.Contains(m), m);
+            Assert.AreEqual(new[] { "neutral", "happy", "sad", "angry", "surprised" }, Protocol.Moods);
+
+            // A controls_set from the runtime with another mood.
+            byte[] sad = Payload.Of("controls_set").Set("v", Payload.Version(1, 3)).Set("stream", Payload.Str("npc1"))
+                .Set("controls", w =>
+                {
+                    w.MapHeader(3);
+                    w.Str("timing_offset_ms"); w.Float64(0.0);
+                    w.Str("mood"); w.Str("sad");
+                    w.Str("mood_intensity"); w.UInt(0); // an int where a float goes
+                })
+                .Set("req", Payload.UInt(5)).Build();
+            var reply = (ControlsSet)new Decoder().Decode(sad);
+            Assert.AreEqual(Protocol.MoodSad, reply.Controls.Mood);
+            Assert.AreEqual(0.0, reply.Controls.MoodIntensity.Value);
+            Assert.AreEqual(0.0, reply.Controls.TimingOffsetMs.Value);
+            Assert.AreEqual(5UL, reply.Req.Value);
+
+            // The encoder: the mood alone, the intensity alone, both in open_stream; a non-finite
+            // intensity refused like the other numbers; an unknown mood left to the runtime.
+            var only = (SetControls)new Decoder().Decode(Requests.SetControls("npc1", new Controls().SetMood("angry"), null));
+            Assert.AreEqual("angry", only.Controls.Mood);
+            Assert.IsFalse(only.Controls.MoodIntensity.HasValue);
+            var dim = (SetControls)new Decoder().Decode(Requests.SetControls("npc1", new Controls().SetMoodIntensity(0.25), null));
+            Assert.IsNull(dim.Controls.Mood);
+            Assert.AreEqual(0.25, dim.Controls.MoodIntensity.Value);
+            var open = (OpenStream)new Decoder().Decode(Requests.OpenStream(new OpenStream
+            {
+                Stream = "npc2", Mode = Protocol.ModeLine,
+                Controls = new Controls().SetStrength("head", 0.5).SetMood(Protocol.MoodSurprised, 1.0),
+            }));
+            Assert.AreEqual("surprised", open.Controls.Mood);
+            Assert.AreEqual(1.0, open.Controls.MoodIntensity.Value);
+            Assert.AreEqual(0.5, open.Controls.Strength[0].Value);
+            foreach (double bad in new[] { double.NaN, double.PositiveInfinity })
+            {
+                var e = Assert.Throws<ProtocolException>(() => Requests.SetControls("npc1", new Controls().SetMood("happy", bad), null));
+                Assert.AreEqual(ErrorCode.BadControls, e.Code);
+                Assert.IsTrue(e.Message.Contains("mood_intensity"), e.Message);
+            }
+            Assert.AreEqual("excited", ((SetControls)new Decoder().Decode(
+                Requests.SetControls("npc1", new Controls().SetMood("excited"), null))).Controls.Mood);
+        }
+
+        [Test]
+        public void Protocol13AWronglyTypedMoodIsIgnored()
+        {
+            // The protocol asks only for a map with string keys: a mood that is not a string, an
+            // intensity that is not a finite number, are left out (the runtime answers bad_controls
+            // for them); the message still decodes, with its other entries.
+            foreach (var mood in new Action<MsgPackWriter>[] { Payload.UInt(3), Payload.F64(0.5), Payload.Nil(), Payload.Bool(true),
+                                                               w => { w.ArrayHeader(1); w.Str("happy"); } })
+            {
+                byte[] bytes = Payload.Of("controls_set").Set("v", Payload.Version(1, 3)).Set("stream", Payload.Str("npc1"))
+                    .Set("controls", w =>
+                    {
+                        w.MapHeader(3);
+                        w.Str("strength"); w.MapHeader(1); w.Str("jaw"); w.Float64(0.5);
+                        w.Str("mood"); mood(w);
+                        w.Str("mood_intensity"); w.Str("high");
+                    }).Build();
+                var s = (ControlsSet)new Decoder().Decode(bytes);
+                Assert.IsNull(s.Controls.Mood);
+                Assert.IsFalse(s.Controls.MoodIntensity.HasValue);
+                Assert.AreEqual(0.5, s.Controls.Strength[0].Value);
+            }
+            // A non-finite intensity (float64 NaN) is left out too; a well-typed mood beside it kept.
+            byte[] nan = Payload.Of("set_controls").Set("v", Payload.Version(1, 3)).Set("stream", Payload.Str("mic"))
+                .Set("controls", w =>
+                {
+                    w.MapHeader(2);
+                    w.Str("mood"); w.Str("happy");
+                    w.Str("mood_intensity"); w.Float64(double.NaN);
+                }).Build();
+            var sc = (SetControls)new Decoder().Decode(nan);
+            Assert.AreEqual("happy", sc.Controls.Mood);
+            Assert.IsFalse(sc.Controls.MoodIntensity.HasValue);
         }
 
         [Test]
@@ -422,6 +547,8 @@ namespace Ksdiff.Tests
             }
             if (c.SmoothingMs != null) j["smoothing_ms"] = c.SmoothingMs.ToDictionary(kv => kv.Key, kv => (object)kv.Value);
             if (c.TimingOffsetMs.HasValue) j["timing_offset_ms"] = c.TimingOffsetMs.Value;
+            if (c.Mood != null) j["mood"] = c.Mood;
+            if (c.MoodIntensity.HasValue) j["mood_intensity"] = c.MoodIntensity.Value;
             return j;
         }
 

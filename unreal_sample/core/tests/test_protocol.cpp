@@ -116,6 +116,8 @@ json controls_json(const Controls& c) {
   }
   if (c.smoothing_ms) j["smoothing_ms"] = named_json(*c.smoothing_ms);
   put(j, "timing_offset_ms", c.timing_offset_ms);
+  put(j, "mood", c.mood);
+  put(j, "mood_intensity", c.mood_intensity);
   return j;
 }
 
@@ -246,7 +248,7 @@ json to_json(const Message& m) {
   return j;
 }
 
-// Keys protocol v1.2 defines per type (SPEC 4). A golden vector's other keys belong to a newer
+// Keys protocol v1.3 defines per type (SPEC 4). A golden vector's other keys belong to a newer
 // minor version and must be ignored by the decoder.
 const std::map<std::string, std::set<std::string>> kKnownKeys = {
     {"hello", {"v", "type", "runtime", "fps", "sample_rate", "blendshapes", "head", "head_units",
@@ -267,6 +269,11 @@ const std::map<std::string, std::set<std::string>> kKnownKeys = {
     {"controls_set", {"v", "type", "stream", "controls", "req"}},
     {"error", {"v", "type", "code", "message", "request_type", "stream", "req"}},
 };
+
+// Keys of the controls map (open_stream, set_controls, controls_set) protocol v1.3 defines
+// (SPEC 4.6): 1.2's four, and 1.3's mood and mood_intensity.
+const std::set<std::string> kKnownControlsKeys = {"strength",         "shapes", "smoothing_ms",
+                                                  "timing_offset_ms", "mood",   "mood_intensity"};
 
 ErrorCode decode_error_code(const std::string& bytes) {
   try {
@@ -363,19 +370,34 @@ TEST_CASE("every valid golden vector decodes to its JSON") {
       continue;
     }
     EXPECT_EQ(msg.type, entry["type"].get<std::string>());
-    // Drop the keys v1.2 does not define: only a newer minor may carry them.
+    // Drop the keys v1.3 does not define (the controls map's included): only a newer minor may
+    // carry them.
     const auto& known = kKnownKeys.at(msg.type);
     std::vector<std::string> unknown;
     for (auto it = expected.begin(); it != expected.end(); ++it) {
       if (!known.count(it.key())) unknown.push_back(it.key());
     }
     for (const auto& key : unknown) expected.erase(key);
-    EXPECT_MSG(unknown.empty() || msg.minor > kProtocolMinor, name + " has unknown keys at minor 2");
+    if (expected.contains("controls") && expected["controls"].is_object()) {
+      json& controls = expected["controls"];
+      std::vector<std::string> unknown_controls;
+      for (auto it = controls.begin(); it != controls.end(); ++it) {
+        if (!kKnownControlsKeys.count(it.key())) unknown_controls.push_back(it.key());
+      }
+      for (const auto& key : unknown_controls) {
+        controls.erase(key);
+        unknown.push_back("controls." + key);
+      }
+    }
+    std::string unknown_list;
+    for (const auto& key : unknown) unknown_list += " " + key;
+    EXPECT_MSG(unknown.empty() || msg.minor > kProtocolMinor,
+               name + " has unknown keys at minor " + std::to_string(kProtocolMinor) + ":" + unknown_list);
     const json actual = to_json(msg);
     EXPECT_MSG(actual == expected, name + "\n    decoded:  " + actual.dump() + "\n    expected: " + expected.dump());
     ++checked;
   }
-  EXPECT_EQ(checked, 25);
+  EXPECT_EQ(checked, 27);
 }
 
 TEST_CASE("published vectors belong on their topic") {
@@ -431,6 +453,15 @@ TEST_CASE("request encoders reproduce the reference encoder's bytes") {
   EXPECT(encode_end_stream(std::get<EndStream>(decode(end).body)) == end);
   const std::string set = golden("set_controls");
   EXPECT(encode_set_controls(std::get<SetControls>(decode(set).body)) == set);
+  // 1.3: the mood after the other controls' keys, its intensity a float64; also built by hand.
+  const std::string mood = golden("set_controls_mood");
+  EXPECT(encode_set_controls(std::get<SetControls>(decode(mood).body)) == mood);
+  SetControls happy;
+  happy.stream = "npc1";
+  happy.controls.mood = std::string(kMoodHappy);
+  happy.controls.mood_intensity = 0.625;
+  happy.req = 4;
+  EXPECT(encode_set_controls(happy) == mood);
   // A hello request with a req round-trips too.
   const Message hello = decode(encode_hello_request(7));
   EXPECT(!std::get<Hello>(hello.body).from_runtime);
@@ -756,10 +787,10 @@ TEST_CASE("1.1: stats' refused, capacity and shed; stream_opened's max_ahead_s")
   EXPECT_EQ(future.refused->at("overheated"), 7u);
 }
 
-TEST_CASE("1.2: requests are written as [1, 2]") {
+TEST_CASE("1.3: requests are written as [1, 3]") {
   const Message m = decode(encode_end_stream(EndStream{"npc1", 2}));
   EXPECT_EQ(m.major, 1u);
-  EXPECT_EQ(m.minor, 2u);
+  EXPECT_EQ(m.minor, 3u);
 }
 
 // --- protocol 1.2 --------------------------------------------------------------------------------
@@ -829,7 +860,8 @@ TEST_CASE("1.2: controls must be a map with string keys; their content is the ru
          ErrorCode::malformed);
   EXPECT(decode_error_code(pack_map({{"v", v10()}, {"type", str("set_controls")}, {"stream", str("mic")}})) ==
          ErrorCode::malformed);  // missing
-  // Content of any shape decodes (as in the reference decoder); the ill-typed entries are left out.
+  // Content of any shape decodes (as in the reference decoder); the ill-typed entries are left out,
+  // a well-typed one the runtime would refuse (a mood it does not have, 1.3) is kept.
   const SetControls odd = std::get<SetControls>(decode(set_controls([](Packer& p) {
                                                   p.pack_map(3);
                                                   p.pack(std::string("strength")), p.pack_map(2);
@@ -843,6 +875,7 @@ TEST_CASE("1.2: controls must be a map with string keys; their content is the ru
   EXPECT_EQ(odd.controls.strength->at(0).first, std::string("jaw"));
   EXPECT_EQ(odd.controls.strength->at(0).second, 2.0);
   EXPECT(!odd.controls.shapes);
+  EXPECT(odd.controls.mood == std::optional<std::string>("calm"));
 }
 
 TEST_CASE("1.2: the encoders write mode and controls, and refuse what the runtime would") {
@@ -886,6 +919,127 @@ TEST_CASE("1.2: the encoders write mode and controls, and refuse what the runtim
   bad_id.stream = "a b";
   EXPECT(code_of([&] { (void)encode_set_controls(bad_id); }) == std::optional<ErrorCode>(ErrorCode::malformed));
   EXPECT(is_valid_mode("live") && is_valid_mode("line") && !is_valid_mode("Line") && !is_valid_mode(""));
+}
+
+// --- protocol 1.3 --------------------------------------------------------------------------------
+
+TEST_CASE("1.3: controls_set and set_controls carry the mood; an unknown mood is bad_controls") {
+  const ControlsSet set = std::get<ControlsSet>(decode(read_bytes(kGolden + "/controls_set.msgpack")).body);
+  EXPECT(set.controls.mood == std::optional<std::string>("neutral"));
+  EXPECT(set.controls.mood_intensity == std::optional<double>(1.0));
+  const SetControls mood = std::get<SetControls>(decode(read_bytes(kGolden + "/set_controls_mood.msgpack")).body);
+  EXPECT_EQ(mood.stream, std::string("npc1"));
+  EXPECT(mood.controls.mood == std::optional<std::string>("happy"));
+  EXPECT(mood.controls.mood_intensity == std::optional<double>(0.625));
+  EXPECT(!mood.controls.strength && !mood.controls.shapes && !mood.controls.smoothing_ms);
+  EXPECT(!mood.controls.timing_offset_ms);
+  EXPECT(mood.req == std::optional<std::uint64_t>(4));
+  // A 1.2 set_controls has neither.
+  const SetControls old = std::get<SetControls>(decode(read_bytes(kGolden + "/set_controls.msgpack")).body);
+  EXPECT(!old.controls.mood && !old.controls.mood_intensity);
+
+  const Error e = std::get<Error>(decode(read_bytes(kGolden + "/error_bad_mood.msgpack")).body);
+  EXPECT(e.error_code() == ErrorCode::bad_controls);
+  EXPECT(e.request_type == std::optional<std::string>("set_controls"));
+  for (std::string_view m : kMoods) EXPECT_MSG(e.message.find(m) != std::string::npos, std::string(m));
+  const std::array<std::string_view, 5> moods = {"neutral", "happy", "sad", "angry", "surprised"};
+  EXPECT(kMoods == moods);
+
+  // A controls_set from the runtime with another mood (an int where a float goes).
+  const ControlsSet sad = std::get<ControlsSet>(decode(pack_map({{"v", v10()},
+                                                                 {"type", str("controls_set")},
+                                                                 {"stream", str("npc1")},
+                                                                 {"controls",
+                                                                  [](Packer& p) {
+                                                                    p.pack_map(3);
+                                                                    p.pack(std::string("timing_offset_ms"));
+                                                                    p.pack_double(0.0);
+                                                                    p.pack(std::string("mood"));
+                                                                    p.pack(std::string("sad"));
+                                                                    p.pack(std::string("mood_intensity"));
+                                                                    p.pack_uint8(0);
+                                                                  }},
+                                                                 {"req", u(5)}}))
+                                                    .body);
+  EXPECT(sad.controls.mood == std::optional<std::string>(kMoodSad));
+  EXPECT(sad.controls.mood_intensity == std::optional<double>(0.0));
+  EXPECT(sad.controls.timing_offset_ms == std::optional<double>(0.0));
+  EXPECT(sad.req == std::optional<std::uint64_t>(5));
+}
+
+TEST_CASE("1.3: a wrongly typed mood or intensity is ignored, not refused") {
+  const auto controls_set = [](const std::function<void(Packer&)>& mood,
+                               const std::function<void(Packer&)>& intensity) {
+    return pack_map({{"v", v10()},
+                     {"type", str("controls_set")},
+                     {"stream", str("npc1")},
+                     {"controls", [mood, intensity](Packer& p) {
+                        p.pack_map(3);
+                        p.pack(std::string("strength")), p.pack_map(1), p.pack(std::string("jaw")), p.pack_double(0.5);
+                        p.pack(std::string("mood")), mood(p);
+                        p.pack(std::string("mood_intensity")), intensity(p);
+                      }}});
+  };
+  const std::vector<std::function<void(Packer&)>> bad_moods = {
+      u(3), [](Packer& p) { p.pack_double(0.5); }, [](Packer& p) { p.pack_nil(); },
+      [](Packer& p) { p.pack_true(); }, [](Packer& p) { p.pack_array(1), p.pack(std::string("happy")); },
+      str("\xc0\xaf"),  // not UTF-8
+  };
+  for (const auto& mood : bad_moods) {
+    const ControlsSet s = std::get<ControlsSet>(decode(controls_set(mood, str("high"))).body);
+    EXPECT(!s.controls.mood);
+    EXPECT(!s.controls.mood_intensity);
+    REQUIRE(s.controls.strength.has_value());
+    EXPECT_EQ(s.controls.strength->at(0).second, 0.5);
+  }
+  // A non-finite intensity is left out too; a well-typed mood beside it kept.
+  const ControlsSet nan =
+      std::get<ControlsSet>(decode(controls_set(str("happy"), [](Packer& p) { p.pack_double(std::nan("")); })).body);
+  EXPECT(nan.controls.mood == std::optional<std::string>("happy"));
+  EXPECT(!nan.controls.mood_intensity);
+}
+
+TEST_CASE("1.3: the encoders write the mood, and refuse a non-finite intensity") {
+  SetControls only;
+  only.stream = "npc1";
+  only.controls.mood = std::string(kMoodAngry);
+  const SetControls back = std::get<SetControls>(decode(encode_set_controls(only)).body);
+  EXPECT(back.controls.mood == std::optional<std::string>("angry"));
+  EXPECT(!back.controls.mood_intensity);
+
+  OpenStream line;
+  line.stream = "npc2";
+  line.mode = std::string(kModeLine);
+  line.controls = Controls{};
+  line.controls->strength = NamedValues<double>{{"head", 0.5}};
+  line.controls->mood = std::string(kMoodSurprised);
+  line.controls->mood_intensity = 1.0;
+  const OpenStream opened = std::get<OpenStream>(decode(encode_open_stream(line)).body);
+  REQUIRE(opened.controls.has_value());
+  EXPECT(opened.controls->mood == std::optional<std::string>("surprised"));
+  EXPECT(opened.controls->mood_intensity == std::optional<double>(1.0));
+  EXPECT(opened.controls->strength->at(0).second == 0.5);
+
+  // An unknown mood is the runtime's to refuse (bad_controls, as error_bad_mood): it is sent.
+  SetControls excited;
+  excited.stream = "npc1";
+  excited.controls.mood = "excited";
+  EXPECT(std::get<SetControls>(decode(encode_set_controls(excited)).body).controls.mood ==
+         std::optional<std::string>("excited"));
+
+  for (double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+    SetControls s;
+    s.stream = "npc1";
+    s.controls.mood = std::string(kMoodHappy);
+    s.controls.mood_intensity = bad;
+    try {
+      (void)encode_set_controls(s);
+      harness::report(__FILE__, __LINE__, "a non-finite mood_intensity encoded");
+    } catch (const ProtocolError& e) {
+      EXPECT(e.code() == ErrorCode::bad_controls);
+      EXPECT_MSG(std::string(e.what()).find("mood_intensity") != std::string::npos, e.what());
+    }
+  }
 }
 
 HARNESS_MAIN()
