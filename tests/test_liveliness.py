@@ -70,7 +70,7 @@ def test_the_head_comes_back_to_centre_and_keeps_its_nods() -> None:
     t = np.arange(n) / FPS
     values = np.zeros((n, D + 3), np.float32)
     offset = np.deg2rad([3.3, -1.0, 3.6])  # the settled offset measured on the shipped model
-    nod = np.deg2rad(4.0) * np.sin(2 * np.pi * 0.8 * t)
+    nod = np.deg2rad(4.0) * np.sin(2 * np.pi * 0.5 * t)
     values[:, D:] = offset
     values[:, D] += nod
     out = Liveliness(LivelinessConfig(), seed=0).apply(values)
@@ -82,12 +82,13 @@ def test_the_head_comes_back_to_centre_and_keeps_its_nods() -> None:
 
 def test_the_heads_hop_rate_wobble_is_damped_and_its_nods_pass() -> None:
     """Each hop samples head motion afresh: a fast wobble rides on the slow motion. The low-pass keeps a
-    0.8 Hz nod and damps a 7 Hz wobble, and the head changes direction far less often."""
+    0.5 Hz nod (a 0.8 Hz one at 84 %: the price of a head as steady as the teacher's) and damps a 7 Hz
+    wobble, and the head changes direction far less often."""
     from ksdiff_runtime.training.metrics import motion_beats
 
     n = 60 * FPS
     t = np.arange(n) / FPS
-    nod = np.deg2rad(4.0) * np.sin(2 * np.pi * 0.8 * t)
+    nod = np.deg2rad(4.0) * np.sin(2 * np.pi * 0.5 * t)
     wobble = np.deg2rad(1.0) * np.sin(2 * np.pi * 7.0 * t)
     values = np.zeros((n, D + 3), np.float32)
     values[:, D] = nod + wobble
@@ -97,8 +98,8 @@ def test_the_heads_hop_rate_wobble_is_damped_and_its_nods_pass() -> None:
     spectrum = np.abs(np.fft.rfft(out)) / len(out) * 2
     freqs = np.fft.rfftfreq(len(out), 1 / FPS)
     at = lambda f: spectrum[np.argmin(np.abs(freqs - f))]  # noqa: E731
-    assert 0.95 < at(0.8) / np.deg2rad(4.0) < 1.02
-    assert at(7.0) / np.deg2rad(1.0) < 0.15
+    assert 0.95 < at(0.5) / np.deg2rad(4.0) < 1.02
+    assert at(7.0) / np.deg2rad(1.0) < 0.05
     before = len(motion_beats(values[settled, D:]))
     after = len(motion_beats(Liveliness(config, seed=0).apply(values)[settled, D:]))
     assert after < 0.5 * before, (before, after)
