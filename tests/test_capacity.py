@@ -40,10 +40,31 @@ def test_admission_takes_the_tighter_of_the_cores_and_the_engine_thread():
     assert "a round of 6 streams would take ~29 ms of the 33 ms hop" in refused
 
 
+def test_the_rounds_fixed_cost_is_not_charged_to_every_stream():
+    """The warm-up's one stream costs the rounds' fixed part as well as its own: with four streams at once
+    each costs less. Admission counts that part once, not once per stream."""
+    capacity = Capacity(cores=2)
+    capacity.calibrate(0.31, 0.18, probe=4)  # one stream: 0.31 of a core; four at once: 0.18 each
+    r = capacity.reading()
+    assert r.stream_cores == pytest.approx((4 * 0.18 - 0.31) / 3)
+    assert r.fixed_cores == pytest.approx(0.31 - r.stream_cores)
+    assert r.streams_that_fit() == 8  # (2 x 0.7 - 0.17) / 0.14
+    assert Reading(cores=2, stream_cores=0.31, other_cores=0.0, engine_busy=0.0).streams_that_fit() == 4
+    refused = capacity.admit(8)
+    assert refused and "measured capacity is 8" in refused and "their rounds 0.17" in refused
+    # a probe that measured no saving (noise) leaves the whole cost on each stream, never a free stream
+    capacity.calibrate(0.3, 0.35, probe=4)
+    assert capacity.reading().stream_cores == pytest.approx(0.3) and capacity.reading().fixed_cores == 0.0
+    capacity.calibrate(0.3, 0.01, probe=4)
+    assert capacity.reading().stream_cores == pytest.approx(0.03)
+
+
 def test_the_warm_up_measures_the_round_a_live_stream_adds(tiny_backend):
     engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1)
     engine.warm_up()
     rounds = engine.capacity.reading().rounds
     assert rounds is not None and rounds.hop_ms == pytest.approx(HOP_MS)
     assert rounds.per_stream_ms > 0 and rounds.fixed_ms >= 0 and rounds.streams_that_fit() >= 1
+    reading = engine.capacity.reading()
+    assert reading.stream_cores > 0 and reading.fixed_cores >= 0
     assert not engine.stream_ids  # the warm-up's streams are gone

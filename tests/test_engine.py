@@ -166,6 +166,46 @@ def test_many_streams_recognised_in_one_call_get_the_features_they_get_alone(shi
         np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+def test_a_round_of_many_streams_runs_in_parts_at_once_and_each_gets_its_own_frames(shipped_backend, speech_16k):
+    """A live round with a few streams per thread cuts the model's batch into parts run at once on the pool
+    (ksdiff_runtime.parallel); every stream gets the frames it gets alone. One stream's broken state fails
+    the round's batch: its streams then run one by one, and only the broken one is closed."""
+    engine = StreamingEngine(shipped_backend, "low-latency", front_end_threads=2)
+    clip = speech_16k[: 2 * SAMPLE_RATE]
+    gains = (1.0, 0.7, 0.5, 0.3, 0.8)
+    alone = [as_arrays(run_stream(engine, [clip * g], seed=i))[0] for i, g in enumerate(gains[:4])]
+    rows: list[int] = []
+    condition = shipped_backend.condition_stream
+    shipped_backend.condition_stream = lambda feeds: rows.append(len(feeds["feats"])) or condition(feeds)
+    try:
+        ids = [engine.open_stream(str(i), seed=i) for i in range(len(gains))]
+        frames, ended = [], {}
+        for r, k in enumerate(range(0, clip.size, 533)):
+            for sid, g in zip(ids, gains, strict=True):
+                if sid in engine.stream_ids:
+                    engine.push(sid, clip[k : k + 533] * g)
+            if r == 20:  # stream 4's encoder state is damaged mid-stream
+                state = engine.sessions.get("4").state
+                state.enc_state = dict(state.enc_state, s_h=np.zeros((1, 3, 3), np.float32))
+            while engine.has_work():
+                result = engine.step()
+                frames += result.frames
+                ended.update({e.session.id: e for e in result.ended})
+        for sid in ids[:4]:
+            engine.end_stream(sid)
+        rest, more = finish(engine, *ids[:4])
+    finally:
+        shipped_backend.condition_stream = condition
+        engine.close()
+    ended.update(more)
+    assert ended["4"].reason == "error" and ended["4"].error
+    assert all(ended[sid].reason == "ended" for sid in ids[:4])
+    assert 2 in rows and 3 in rows and max(rows) <= 3  # five streams' rounds in parts of 2 and 3
+    for sid, ref in zip(ids[:4], alone, strict=True):
+        got = as_arrays(sorted((f for f in frames + rest if f.stream == sid), key=lambda f: f.index))[0]
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
 def test_a_round_does_at_most_one_hop_per_stream(tiny_backend, speech_16k):
     """A stream with seconds of audio queued gets one hop per round, so it never holds up the
     others (or a stop) for the time its whole backlog takes."""

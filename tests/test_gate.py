@@ -90,6 +90,35 @@ def test_vad_track_counts_audio_it_never_heard_as_silence(speech) -> None:
     assert track.probs(41, track.chunks).max() > 0.5  # speech after the gap is heard again
 
 
+
+def test_many_tracks_advanced_at_once_are_each_track_alone(speech) -> None:
+    """A round's tracks in one batched call (streams with one new chunk share a call, a stream catching up
+    runs its own, a stream that dropped audio counts it as silence) give each track's own probabilities."""
+    gone = 40 * vad.CHUNK + 7  # the last stream's audio before this sample is gone before it first listens
+    clips = [speech, 0.2 * speech[::-1].copy(), np.zeros(SR, np.float32), speech]
+    offsets = [0, 0, 0, gone]
+    tracks = [vad.VadTrack(vad.shared_vad()) for _ in clips]
+    rng = np.random.default_rng(2)
+    fed = [0, 0, 0, gone]
+    model = vad.shared_vad()
+    batched, calls = model.batched.run, []
+    model.batched.run = lambda *args, **kwargs: calls.append(1) or batched(*args, **kwargs)
+    try:
+        for _ in range(60):
+            for i, clip in enumerate(clips):  # about one chunk a round; now and then several, or none
+                fed[i] = min(clip.size, fed[i] + int(rng.choice([533, 533, 533, 0, 2100])))
+            vad.advance_many(tracks, [(c[o:], o, n, n == c.size) for c, o, n in zip(clips, offsets, fed, strict=True)])
+    finally:
+        model.batched.run = batched
+    assert calls
+    for clip, offset, n, track in zip(clips, offsets, fed, tracks, strict=True):
+        alone = vad.VadTrack(vad.shared_vad())
+        alone.advance(clip[offset:], offset, n, n == clip.size)
+        assert track.chunks == alone.chunks
+        np.testing.assert_allclose(track.probs(0, track.chunks), alone.probs(0, alone.chunks), atol=1e-6)
+    assert np.all(tracks[3].probs(0, 41) == 0.0) and tracks[3].probs(41, tracks[3].chunks).max() > 0.5
+
+
 def test_missing_silero_vad_is_a_clear_message(monkeypatch, caplog) -> None:
     def not_installed(name: str):
         raise importlib.metadata.PackageNotFoundError(name)

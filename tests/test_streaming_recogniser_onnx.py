@@ -108,6 +108,29 @@ def test_an_ended_streams_state_never_reaches_the_next_stream_in_its_row(recogni
     assert np.array_equal(got, rec.step([fresh])[0])
 
 
+def test_a_round_makes_one_call_per_count_of_ready_chunks_and_parts_change_nothing(recognisers, speech):
+    """Streams with one and with two new frames (1-frame chunks, a 30 fps hop of audio a round) make one call
+    for each count, every stream's state crossing into the graph once; cut into parts run at once
+    (``parallel``), each stream gets the same frames."""
+    serial = _onnx(recognisers, 0)
+    parallel = OnnxStreamingRecogniser(lookahead=0, parallel=2)
+    clips = [speech[3000 * i : 3000 * i + 2 * SAMPLE_RATE] for i in range(6)]
+    outs, counts = [], []
+    for rec in (serial, parallel):
+        run, rows = rec.session.run, []
+        rec.session.run = lambda names, feeds, run=run, rows=rows: rows.append(len(feeds["audio"])) or run(names, feeds)
+        try:
+            outs.append(_feed(rec, clips, 533))
+        finally:
+            rec.session.run = run
+        counts.append(rows)
+    rounds = -(-2 * SAMPLE_RATE // 533)
+    assert len(counts[0]) <= 2 * rounds and sum(counts[0]) == rounds * len(clips)  # a row per stream a round
+    assert max(counts[1]) <= 3 and len(counts[1]) == 2 * len(counts[0])  # the same calls, in two parts each
+    for a, b in zip(*outs, strict=True):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+
+
 def test_frames_become_final_when_their_chunk_has_its_audio(recognisers, speech):
     rec = _onnx(recognisers, 2)
     s = rec.new_stream()

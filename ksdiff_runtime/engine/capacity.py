@@ -2,10 +2,13 @@
 
 Two measurements, refreshed every ``window_s``:
 
-- the CPU one live stream costs: this process's CPU time per second of audio animated, which is
-  the share of a core a stream needs in real time (before any stream: the warm-up's figure,
-  ``calibrate``). Per second of audio, not per stream, so a line pushed faster than real time
-  (which the engine animates as fast as it can) does not look like several streams;
+- the CPU live streams cost: this process's CPU time per second of audio animated, which is the
+  share of a core a stream needs in real time. Part of it is paid once a round whatever its streams
+  (each batched call's fixed cost, the round's own work): the warm-up measures one stream and
+  ROUND_PROBE at once (``calibrate``) and splits the cost into that part (``fixed_cores``) and what
+  each stream adds; then the streams served refresh what a stream adds. Per second of audio, not per
+  stream, so a line pushed faster than real time (which the engine animates as fast as it can) does
+  not look like several streams;
 - the cores other programs keep busy (a VTuber's OBS and game), from the kernel's counters
   (/proc/stat) minus this process's share.
 
@@ -65,14 +68,16 @@ class RoundCost:
 @dataclass(frozen=True)
 class Reading:
     cores: int  # cores this process may run on
-    stream_cores: float  # CPU one live stream costs, in cores (1.0 = one core busy)
+    stream_cores: float  # CPU one more live stream costs, in cores (1.0 = one core busy)
     other_cores: float  # cores busy with other programs
     engine_busy: float  # share of the time the engine thread computes (for the record)
     rounds: RoundCost | None = None  # the engine thread's round time (None: not measured)
+    fixed_cores: float = 0.0  # CPU the rounds cost whatever their streams, in cores, while any stream is live
 
     def streams_that_fit(self, target: float = TARGET) -> int:
         """Live streams the machine has room for now (at least 1): the cores' and the engine thread's bound."""
-        by_cores = max(1, math.floor((self.cores * target - self.other_cores) / max(self.stream_cores, 1e-3)))
+        room = self.cores * target - self.other_cores - self.fixed_cores
+        by_cores = max(1, math.floor(room / max(self.stream_cores, 1e-3)))
         return by_cores if self.rounds is None else min(by_cores, self.rounds.streams_that_fit())
 
 
@@ -101,6 +106,7 @@ class Capacity:
         self.window_s = window_s
         self._lock = threading.Lock()
         self._stream_cores: float | None = None
+        self._fixed_cores = 0.0
         self._rounds: RoundCost | None = None
         self._other = 0.0
         self._busy = 0.0
@@ -114,10 +120,20 @@ class Capacity:
         self._round_ns = 0
         self._audio_s = 0.0
 
-    def calibrate(self, cpu_s_per_audio_s: float) -> None:
-        """One stream's cost before any is measured: CPU seconds the warm-up spent per second of audio."""
+    def calibrate(self, cpu_s_per_audio_s: float, probe_cpu_s_per_audio_s: float | None = None,
+                  probe: int = ROUND_PROBE) -> None:
+        """Streams' cost before any is measured: the CPU seconds the warm-up spent per second of audio with one
+        stream, and per second of each stream's audio with ``probe`` streams at once (None: not measured, all
+        of one stream's cost counted as the stream's). What one stream costs beyond a stream's share with
+        ``probe`` is the rounds' fixed part."""
+        one = max(cpu_s_per_audio_s, 0.01)
+        per_stream = one
+        if probe_cpu_s_per_audio_s is not None and probe > 1:
+            per_stream = (probe * probe_cpu_s_per_audio_s - one) / (probe - 1)
+            per_stream = min(one, max(per_stream, 0.1 * one))  # noise must not make a stream (nearly) free
         with self._lock:
-            self._stream_cores = max(cpu_s_per_audio_s, 0.01)
+            self._stream_cores = per_stream
+            self._fixed_cores = one - per_stream
 
     def calibrate_rounds(self, rounds: RoundCost) -> None:
         """The engine thread's round time per live stream, measured at warm-up."""
@@ -139,7 +155,8 @@ class Capacity:
             ours = cpu / elapsed  # cores this process used
             self._busy = self._round_ns / elapsed
             if self._audio_s >= 0.5 * self.window_s:  # enough audio animated for a figure
-                measured = cpu / 1e9 / self._audio_s
+                # what a stream adds: the CPU beyond the rounds' fixed part, per second of audio
+                measured = max(cpu / 1e9 - self._fixed_cores * elapsed / 1e9, 0.01 * self._audio_s) / self._audio_s
                 # blend, so one noisy window does not swing admission
                 old = self._stream_cores
                 self._stream_cores = measured if old is None else 0.5 * old + 0.5 * measured
@@ -153,7 +170,7 @@ class Capacity:
     def reading(self) -> Reading:
         with self._lock:
             return Reading(self.cores, self._stream_cores if self._stream_cores is not None else 0.5,
-                           self._other, self._busy, self._rounds)
+                           self._other, self._busy, self._rounds, self._fixed_cores)
 
     def admit(self, open_streams: int) -> str | None:
         """None if one more live stream fits beside ``open_streams``; otherwise why not, for the client."""
@@ -167,7 +184,8 @@ class Capacity:
         fits = r.streams_that_fit(self.target)
         if open_streams + 1 > fits:
             why = (f"the measured capacity is {fits} live stream(s) here: each costs {r.stream_cores:.2f} of a core "
-                   f"and {r.other_cores:.1f} of {r.cores} cores are busy with other programs")
+                   f"(and their rounds {r.fixed_cores:.2f}), and {r.other_cores:.1f} of {r.cores} cores are busy "
+                   "with other programs")
             if r.rounds is not None and r.rounds.streams_that_fit() < open_streams + 1:
                 why += (f"; a round of {open_streams + 1} streams would take ~{r.rounds.round_ms(open_streams + 1):.0f}"
                         f" ms of the {r.rounds.hop_ms:.0f} ms hop on the engine's thread")

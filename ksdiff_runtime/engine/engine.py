@@ -21,7 +21,6 @@ does all of it for one clip).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 import threading
@@ -41,8 +40,10 @@ from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.features.prosody import prosody_many
 from ksdiff_runtime.features.streaming_frontend import StreamingPosteriorgramFrontEnd
 from ksdiff_runtime.features.transcript import phoneme_tokens_later
+from ksdiff_runtime.features.vad import advance_many
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.inputs.stream import AudioFormat
+from ksdiff_runtime.parallel import MIN_PART_ROWS, row_parts
 from ksdiff_runtime.sessions import Session, Sessions
 from ksdiff_sdk import Frame
 
@@ -137,18 +138,23 @@ class StreamingEngine:
         # The preset sets the front-end's lookahead (and context); its recogniser is shared by every stream.
         # Live streams of a posteriorgram model keep a streaming recogniser each (features/streaming_frontend.py:
         # only new audio recognised, every stream's chunks batched); False: each hop re-recognises its window.
+        # The pool: lines' first features (one pass over a whole line, a line per thread), and the model's
+        # batches cut into parts run at once (ksdiff_runtime.parallel: lines' always, a live round's when it
+        # has a few streams per thread), on the CPU only (a GPU runs one call at a time anyway, and the
+        # TensorRT backend's buffers are not for concurrent calls). Live streams' front-ends run on the step
+        # thread, batched; the streaming recogniser cuts its calls into as many parts. A given front-end
+        # (e.g. an instrumented one) runs on the step thread only.
         given = front_end is not None
+        threads = (os.cpu_count() or 1) if front_end_threads is None and not given else (front_end_threads or 1)
         if front_end is None:
             config = self.preset.front_end_config(self.cfg.front_end)
-            front_end = (StreamingPosteriorgramFrontEnd(config) if streaming_recogniser and config.name == "ppg"
+            front_end = (StreamingPosteriorgramFrontEnd(config, parallel=threads)
+                         if streaming_recogniser and config.name == "ppg"
                          else make_front_end(dataclasses.replace(config, recogniser="full-context")))
         self.front_end = front_end
-        # The pool: lines' first features (one pass over a whole line, a line per thread) and lines' model
-        # batches in parts; live streams' front-ends run on the step thread, batched. A given front-end
-        # (e.g. an instrumented one) runs on the step thread only.
-        threads = (os.cpu_count() or 1) if front_end_threads is None and not given else (front_end_threads or 1)
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
+        self._model_parts = self._pool is not None and backend.name.endswith("-cpu")
         self._local = threading.local()
         self._round_ns = 0.0  # how long a round takes (EMA): a frame due sooner than that is stale
         self._line_round_ns = 0.0  # how long a round with a line's window takes (EMA)
@@ -249,6 +255,7 @@ class StreamingEngine:
                 self.sessions.end(session, "timeout", flush=False)
                 continue  # its end is taken next round
             states.append((session, state))
+        self._listen([st for _, st in states])
         planned = self._plan(states, now, result)
         if planned:
             self._features(planned, result)
@@ -312,6 +319,18 @@ class StreamingEngine:
         return StreamState(session.id, self.cfg, self.line_preset if line else self.preset, self.front_end,
                            seed, session.style, tokens, self.fps, line=line, gate=gate, liveliness=alive,
                            stream_variants=self.stream_variants)
+
+    def _listen(self, states: list[StreamState]) -> None:
+        """The voice gate's VAD over every stream's new audio, batched (``vad.advance_many``: one call for
+        the round's streams). If it fails, each stream's own VAD runs it when the stream needs it (and a
+        failure there is that stream's)."""
+        gated = [st for st in states if st.gate is not None]
+        if not gated:
+            return
+        try:
+            advance_many([st.gate.track for st in gated], [st.listen_args() for st in gated])
+        except Exception as exc:
+            log.warning("the batched VAD failed (%s); each stream runs its own", exc)
 
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:
@@ -418,7 +437,7 @@ class StreamingEngine:
         with its error and the others go on."""
         try:
             out = self._sample(self._batch([st for _, st, _, _ in part], [w for _, _, _, w in part]), preset.steps,
-                               parallel=preset is self.line_preset)
+                               lines=preset is self.line_preset)
         except Exception as exc:
             if len(part) == 1:
                 self._fail(part[0][0], exc, result)
@@ -457,16 +476,17 @@ class StreamingEngine:
             text=text, text_keep=text_keep, state=state, commit=windows[0].commit,
         )
 
-    def _sample(self, batch: WindowBatch, steps: int, parallel: bool) -> WindowResult:
-        """The model on a batch of windows. ``parallel`` (lines' rounds, large windows): the batch is cut into
-        one part per pool thread, run at once (ONNX Runtime and torch sessions take concurrent calls), so a
-        round of several lines uses every core; a live round stays one call on one thread."""
+    def _sample(self, batch: WindowBatch, steps: int, lines: bool) -> WindowResult:
+        """The model on a batch of windows, cut into one part per pool thread run at once (ONNX Runtime and
+        torch sessions take concurrent calls; ksdiff_runtime.parallel): ``lines``' rounds (large windows) into
+        as many parts as it has rows, a live round's only when it has a few streams per thread. This thread
+        waits meanwhile: numpy work here would hold the GIL the parts need between their calls (a live round
+        pipelined that way, one part's features computed during another part's model, measured slower)."""
         B = batch.noise.shape[0]
-        parts = min(B, self._threads) if parallel and self._pool is not None else 1
-        if parts < 2:
+        parts = row_parts(B, self._threads, 1 if lines else MIN_PART_ROWS) if self._model_parts else [(0, B)]
+        if len(parts) < 2:
             return sample_windows(self.backend, batch, steps, self.guidance)
-        bounds = np.linspace(0, B, parts + 1).astype(int)
-        pieces = [batch.rows(a, b) for a, b in itertools.pairwise(bounds)]
+        pieces = [batch.rows(a, b) for a, b in parts]
         outs = list(self._pool.map(lambda piece: sample_windows(self.backend, piece, steps, self.guidance), pieces))
         return WindowResult.concat(outs)
 
@@ -520,11 +540,12 @@ class StreamingEngine:
         stereo_48k = np.repeat(np.repeat(clip, 3)[:, None], 2, axis=1)  # a 48 kHz stereo device, crudely
         for mode in ("live", "line"):  # a first stream's paths, a transcript's too
             self._warm_streams(1, stereo_48k, mode, text="hello there")
-        # what a live stream costs: the CPU of one, and the engine thread's round with 1 and ROUND_PROBE
+        # what live streams cost: the CPU and the engine thread's round with 1 and with ROUND_PROBE streams
         cpu0 = time.process_time()
         one_ms = self._warm_streams(1, stereo_48k, "live")
-        self.capacity.calibrate((time.process_time() - cpu0) / WARM_UP_S)
+        cpu1 = time.process_time()
         probe_ms = self._warm_streams(ROUND_PROBE, stereo_48k, "live")
+        self.capacity.calibrate((cpu1 - cpu0) / WARM_UP_S, (time.process_time() - cpu1) / (WARM_UP_S * ROUND_PROBE))
         hop_ms = 1000.0 * self.preset.hop_frames / motion.FPS
         self.capacity.calibrate_rounds(RoundCost.fit(one_ms, probe_ms, ROUND_PROBE, hop_ms))
         return time.perf_counter() - t0

@@ -376,10 +376,15 @@ class StreamState:
             seg = np.pad(seg, (0, need - seg.size))
         return seg, f0 - k0
 
+    def listen_args(self) -> tuple[np.ndarray, int, int, bool]:
+        """The audio the voice gate's VAD reads: (the audio kept, its first sample's index, samples, ended)."""
+        return self._audio, self.audio_offset, self.samples, self.ended
+
     def _listen(self) -> None:
-        """The voice gate's VAD over the audio there is (before any of it is forgotten)."""
+        """The voice gate's VAD over the audio there is (before any of it is forgotten). An engine round runs
+        every stream's at once first (``vad.advance_many``); this catches what that did not."""
         if self.gate is not None:
-            self.gate.listen(self._audio, self.audio_offset, self.samples, self.ended)
+            self.gate.listen(*self.listen_args())
 
     def _trim(self) -> None:
         """Forget audio, features and arrival times no future computation can need."""

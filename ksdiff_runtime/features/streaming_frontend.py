@@ -66,12 +66,13 @@ class StreamingPosteriorgramFrontEnd(PosteriorgramFrontEnd):
     """``PosteriorgramFrontEnd`` whose live streams keep a streaming recogniser (see the module docstring)."""
 
     def __init__(self, config: FrontEndConfig | None = None, weights: Path | None = WEIGHTS,
-                 recogniser_lookahead: int = LOOKAHEAD) -> None:
-        """``weights``: a distilled student's (default: the shipped ones); None: hama's own, undistilled."""
+                 recogniser_lookahead: int = LOOKAHEAD, parallel: int = 1) -> None:
+        """``weights``: a distilled student's (default: the shipped ones); None: hama's own, undistilled.
+        ``parallel``: a round of many streams runs the recogniser in up to this many parts at once."""
         super().__init__(config)
         self.weights = weights
         self.recogniser_lookahead = recogniser_lookahead
-        self._stream_asr = OnnxStreamingRecogniser(weights, lookahead=recogniser_lookahead)
+        self._stream_asr = OnnxStreamingRecogniser(weights, lookahead=recogniser_lookahead, parallel=parallel)
 
     def new_stream(self, origin: int = 0) -> PpgStream:
         """A live stream's recogniser state, starting at sample ``origin`` (a multiple of 320)."""

@@ -5,9 +5,10 @@ The graph ``ksdiff_runtime/assets/streaming_recogniser.onnx`` is ``StreamStep``
 without weights, as ``recogniser.onnx``: every weight an external initializer with no data, supplied
 here at load time. Its inputs are whole chunks of output frames (``lookahead + 1`` frames of 20 ms a
 chunk) of B streams and each stream's state after its previous frames; its outputs their
-log-probabilities and the state after them. ``step`` gives every ready stream one chunk a call;
-``whole`` gives a whole clip all of its chunks in one call. All of a stream's state lives in its
-``RecogniserStream`` (numpy arrays on the host), so a batch row is a stream only for the length of one
+log-probabilities and the state after them. ``step`` gives every ready stream all of its ready
+chunks in a call (streams with as many chunks ready share it); ``whole`` gives a whole clip all of its
+chunks in one call. All of a stream's state lives in its ``RecogniserStream`` (numpy arrays on the
+host), so a batch row is a stream only for the length of one
 call: nothing of one stream can reach another, whatever rows they are given.
 
 A stream's frames equal the chunked recogniser's over the whole clip (``StreamingRecogniser
@@ -21,12 +22,14 @@ tensors, hama's STFT kernels and mel filterbank read from the installed hama as 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ksdiff_runtime.features.hama_weights import format_error, hama_weights_path, recogniser_weights
+from ksdiff_runtime.parallel import row_parts
 
 STEP_GRAPH = Path(__file__).resolve().parent.parent / "assets" / "streaming_recogniser.onnx"
 HOP = 320  # samples per output frame (20 ms)
@@ -35,6 +38,7 @@ REACH = 40  # samples past a chunk's last frame's end the STFT reads (360 past i
 MAX_LOOKAHEAD = 3
 MIN_SAMPLES = 201  # the STFT's reflect padding needs more than n_fft / 2 samples
 STEP_BATCH = 64  # streams in one call at most
+MAX_CHUNKS = 25  # chunks of one stream in one call at most (a stream catching up takes several calls)
 
 
 @dataclass
@@ -73,9 +77,13 @@ class RecogniserStream:
 
     def ready(self) -> bool:
         """Its next chunk can be computed."""
+        return self.ready_chunks() > 0
+
+    def ready_chunks(self) -> int:
+        """How many of its next chunks can be computed now (all of its remaining ones once it has ended)."""
         if self.ended:
-            return self.frames_out < self.samples // HOP + 1
-        return self.samples >= HOP * (self.frames_out + self.chunk) + REACH
+            return -(-max(0, self.samples // HOP + 1 - self.frames_out) // self.chunk)
+        return max(0, ((self.samples - REACH) // HOP - self.frames_out) // self.chunk)
 
     def final_samples(self, frame: int) -> int:
         """Samples the stream must hold (unless it ended) before frame ``frame`` is final."""
@@ -98,10 +106,12 @@ class RecogniserStream:
             raise RuntimeError(f"stream audio from sample {self.audio_start} on cannot give frame {q0}")
         return self.audio[rel], mel_mask.astype(np.float32), frame_mask.astype(np.float32)
 
-    def advance(self, keys: np.ndarray, values: np.ndarray, conv: np.ndarray, cache_valid: np.ndarray) -> None:
-        """Take the state after the chunk just computed; forget audio no later chunk reads."""
+    def advance(self, keys: np.ndarray, values: np.ndarray, conv: np.ndarray, cache_valid: np.ndarray,
+                frames: int | None = None) -> None:
+        """Take the state after the ``frames`` frames just computed (default: one chunk); forget audio no later
+        chunk reads."""
         self.keys, self.values, self.conv, self.cache_valid = keys, values, conv, cache_valid
-        self.frames_out += self.chunk
+        self.frames_out += frames or self.chunk
         # the next window starts 360 samples before its frame; an end's reflection reads back 320 K + 400
         keep = max(0, min(HOP * self.frames_out - HOP - REACH, self.samples - HOP * (MAX_LOOKAHEAD + 1) - N_FFT))
         if keep - self.audio_start > 16000:
@@ -111,12 +121,14 @@ class RecogniserStream:
 
 class OnnxStreamingRecogniser:
     """The chunked recogniser over many streams: ``new_stream``, ``push`` audio into streams, then ``step``
-    computes every final chunk of them, the ready streams batched in one call per chunk."""
+    computes every final chunk of them, the streams with as many chunks ready batched in one call."""
 
     def __init__(self, weights: Path | None = None, lookahead: int = 2, graph: Path = STEP_GRAPH,
-                 threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+                 threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",), parallel: int = 1) -> None:
         """``weights``: a distilled student's ``.npz`` (None: hama's own weights, chunked but undistilled);
-        ``providers``: ONNX Runtime's execution providers (the CPU's by default; CUDA's on a GPU)."""
+        ``providers``: ONNX Runtime's execution providers (the CPU's by default; CUDA's on a GPU);
+        ``parallel``: a call of many streams is cut into up to this many parts run at once (ksdiff_runtime
+        .parallel: on the CPU, one part per core)."""
         import onnxruntime as ort
 
         if not 0 <= lookahead <= MAX_LOOKAHEAD:
@@ -144,6 +156,10 @@ class OnnxStreamingRecogniser:
         self._keys_shape = tuple(shapes["keys"][1:])
         self._conv_shape = tuple(shapes["conv"][1:])
         self.left_frames = int(shapes["cache_valid"][1])
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
+        self.parallel = parallel
+        self._pool = ThreadPoolExecutor(parallel - 1, thread_name_prefix="ksdiff-recogniser") if parallel > 1 else None
 
     def new_stream(self) -> RecogniserStream:
         """A fresh stream (its state zeros: no cached frame is real)."""
@@ -152,16 +168,24 @@ class OnnxStreamingRecogniser:
                                 np.zeros(self.left_frames, np.float32), np.zeros(0, np.float32))
 
     def step(self, streams: list[RecogniserStream]) -> list[np.ndarray]:
-        """Every chunk the streams can compute now; returns each stream's new frames' log-probabilities [n, 191]."""
+        """Every chunk the streams can compute now; returns each stream's new frames' log-probabilities [n, 191].
+        Streams with the same number of chunks ready share a call that computes all of them (a stream's
+        chunks in one call are exactly its chunks one by one: each frame sees the same frames): a round
+        whose streams have 1 or 2 new frames makes a call for each count, not a second call for every
+        stream with two, and each stream's cached state crosses into the graph and back once."""
         out: list[list[np.ndarray]] = [[] for _ in streams]
         while True:
-            ready = [i for i, s in enumerate(streams) if s.ready()]
-            if not ready:
+            by_chunks: dict[int, list[int]] = {}
+            for i, s in enumerate(streams):
+                if (n := min(s.ready_chunks(), MAX_CHUNKS)) > 0:
+                    by_chunks.setdefault(n, []).append(i)
+            if not by_chunks:
                 break
-            for k in range(0, len(ready), STEP_BATCH):
-                rows = ready[k : k + STEP_BATCH]
-                for i, lp in zip(rows, self._run([streams[i] for i in rows]), strict=True):
-                    out[i].append(lp)
+            for n, ready in sorted(by_chunks.items()):
+                for k in range(0, len(ready), STEP_BATCH):
+                    rows = ready[k : k + STEP_BATCH]
+                    for i, lp in zip(rows, self._run([streams[i] for i in rows], n * self.chunk), strict=True):
+                        out[i].append(lp)
         return [np.concatenate(o) if o else np.zeros((0, 191), np.float32) for o in out]
 
     def whole(self, audio: np.ndarray) -> np.ndarray:
@@ -174,15 +198,20 @@ class OnnxStreamingRecogniser:
         frames = -(-total // self.chunk) * self.chunk  # whole chunks; those past the end are masked
         return self.session.run(["log_probs"], self._feeds([stream], [stream.window(frames)]))[0][0, :total]
 
-    def _run(self, streams: list[RecogniserStream]) -> list[np.ndarray]:
-        windows = [s.window() for s in streams]
-        log_probs, keys, values, conv, valid = self.session.run(
-            ["log_probs", "keys_out", "values_out", "conv_out", "cache_valid_out"], self._feeds(streams, windows))
+    def _run(self, streams: list[RecogniserStream], frames: int) -> list[np.ndarray]:
+        """``frames`` (whole chunks) of each stream in one call (or in parts run at once, ``parallel``)."""
+        windows = [s.window(frames) for s in streams]
+        parts = row_parts(len(streams), self.parallel)
+        calls = [self._feeds(streams[a:b], windows[a:b]) for a, b in parts]
+        names = ["log_probs", "keys_out", "values_out", "conv_out", "cache_valid_out"]
+        later = [self._pool.submit(self.session.run, names, feeds) for feeds in calls[1:]] if self._pool else []
+        results = [self.session.run(names, calls[0])] + [f.result() for f in later]
         out = []
-        for i, s in enumerate(streams):
-            n = int(windows[i][2].sum())
-            out.append(log_probs[i, :n])
-            s.advance(keys[i], values[i], conv[i], valid[i])
+        for (a, _), (log_probs, keys, values, conv, valid) in zip(parts, results, strict=True):
+            for j in range(len(log_probs)):
+                s, n = streams[a + j], int(windows[a + j][2].sum())
+                out.append(log_probs[j, :n])
+                s.advance(keys[j], values[j], conv[j], valid[j], frames)
         return out
 
     def _feeds(self, streams: list[RecogniserStream], windows: list[tuple]) -> dict[str, np.ndarray]:

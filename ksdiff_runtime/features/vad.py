@@ -8,11 +8,13 @@ for telling voices from music, noise and clicks, which is what the runtime's voi
 The package's Python code imports torch, which the runtime does not need, so it is not imported:
 its ONNX model is read from the installed distribution's data folder (install it with
 ``pip install --no-deps silero-vad==6.2.3``; ``make`` does). Of the package's graphs the runtime
-uses the sequence one (``silero_vad_16k_sequence.onnx``): the same network as its default graph
-(identical probabilities on the bundled speech), taking any number of a stream's chunks in one call,
-so a line or a stream catching up costs one call, not one per 32 ms. Each row is 64 samples of the
-previous chunk then the chunk's 512; the LSTM state (h, c) goes from call to call. ``VadTrack``
-keeps it for one stream and runs every whole chunk as its audio comes.
+two, the same network with the same LSTM state (identical probabilities on the bundled speech):
+the sequence one (``silero_vad_16k_sequence.onnx``) takes any number of one stream's chunks in one
+call, so a line or a stream catching up costs one call, not one per 32 ms; the batched one
+(``silero_vad_16k_op15.onnx``) takes one chunk of each of many streams, so a round of live streams,
+each with a chunk of new audio, costs one call (``advance_many``), not one per stream. Each row is
+64 samples of the previous chunk then the chunk's 512; the LSTM state (h, c) goes from call to
+call. ``VadTrack`` keeps it for one stream and runs every whole chunk as its audio comes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 SUPPORTED_SILERO = "6.2.3"
 MODEL_FILE = "silero_vad/data/silero_vad_16k_sequence.onnx"
+BATCH_MODEL_FILE = "silero_vad/data/silero_vad_16k_op15.onnx"
 CHUNK = 512  # samples per probability (32 ms of the runtime's 16 kHz audio; the graph is for 16 kHz only)
 CONTEXT = 64  # samples of the previous chunk each call sees first
 STATE_SHAPE = (1, 1, 128)  # each of the LSTM's h and c, per stream
@@ -44,11 +47,11 @@ def vad_model_path() -> Path:
             f"pip install --no-deps silero-vad=={SUPPORTED_SILERO} (--no-deps: its Python code, which needs "
             "torch, is not used)"
         ) from None
-    path = Path(str(dist.locate_file(MODEL_FILE)))
-    if not path.is_file():
-        raise VadUnavailableError(f"silero-vad {dist.version} is installed but has no {MODEL_FILE} "
-                                  f"(supported: silero-vad {SUPPORTED_SILERO})")
-    return path
+    for file in (MODEL_FILE, BATCH_MODEL_FILE):
+        if not Path(str(dist.locate_file(file))).is_file():
+            raise VadUnavailableError(f"silero-vad {dist.version} is installed but has no {file} "
+                                      f"(supported: silero-vad {SUPPORTED_SILERO})")
+    return Path(str(dist.locate_file(MODEL_FILE)))
 
 
 class SileroVad:
@@ -56,27 +59,43 @@ class SileroVad:
     (h, c) -> speech probabilities [n] and the next state. One session serves every thread."""
 
     def __init__(self, path: Path | None = None) -> None:
-        import onnxruntime as ort
-
+        """``path``: the sequence graph (default: the installed package's); the batched graph beside it."""
         path = vad_model_path() if path is None else Path(path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # the graph carries a few unused initializers ONNX Runtime warns about
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise VadUnavailableError(f"{path}: not a model ONNX Runtime can load ({e})") from None
-        names = {i.name for i in self.session.get_inputs()}
-        if names != {"input", "h", "c"}:
-            raise VadUnavailableError(f"{path}: inputs {sorted(names)}, expected input, h and c "
-                                      f"(supported: silero-vad {SUPPORTED_SILERO})")
+        self.session = _load(path, {"input", "h", "c"})
+        self.batched = _load(path.parent / Path(BATCH_MODEL_FILE).name, {"input", "state", "sr"})
         self.path = path
 
     def __call__(self, rows: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One stream's consecutive chunks."""
         probs, h, c = self.session.run(["speech_probs", "hn", "cn"], {
             "input": np.ascontiguousarray(rows, np.float32), "h": h, "c": c})
         return probs, h, c
+
+    def many(self, rows: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One chunk of each of B streams: rows [B, 576] and their states [2, B, 128] (h then c) -> speech
+        probabilities [B] and the next states."""
+        probs, state = self.batched.run(None, {"input": np.ascontiguousarray(rows, np.float32),
+                                               "state": np.ascontiguousarray(state, np.float32),
+                                               "sr": np.array(16000, np.int64)})
+        return probs.reshape(-1), state
+
+
+def _load(path: Path, inputs: set[str]):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # the graphs carry a few unused initializers ONNX Runtime warns about
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise VadUnavailableError(f"{path}: not a model ONNX Runtime can load ({e})") from None
+    names = {i.name for i in session.get_inputs()}
+    if names != inputs:
+        raise VadUnavailableError(f"{path}: inputs {sorted(names)}, expected {', '.join(sorted(inputs))} "
+                                  f"(supported: silero-vad {SUPPORTED_SILERO})")
+    return session
 
 
 _SHARED: list[SileroVad] = []
@@ -109,9 +128,22 @@ class VadTrack:
         """Compute every whole chunk in audio samples [.., samples), in one call; ``audio`` holds the stream
         from absolute sample ``offset`` on. ``ended``: the last partial chunk too, padded with silence.
         Chunks whose audio is no longer held (a stream that shed frames) count as silence."""
+        rows = self.new_rows(audio, offset, samples, ended)
+        if len(rows):
+            self.compute(rows)
+
+    def compute(self, rows: np.ndarray) -> None:
+        """The probabilities of ``new_rows``' chunks, in one call of the sequence graph."""
+        probs, self._h, self._c = self.model(rows, self._h, self._c)
+        self.take(np.asarray(probs, np.float32).reshape(-1), rows)
+
+    def new_rows(self, audio: np.ndarray, offset: int, samples: int, ended: bool = False) -> np.ndarray:
+        """The model's rows [k, 576] of the chunks ``advance`` would compute now (``compute`` them, or ``take``
+        their probabilities from a batched call). Chunks whose audio is gone are counted as silence here, and
+        the state starts again after them."""
         end_chunk = -(-samples // CHUNK) if ended else samples // CHUNK
         if end_chunk <= self.chunks:
-            return
+            return np.zeros((0, CONTEXT + CHUNK), np.float32)
         lost = max(0, -(-offset // CHUNK) - self.chunks)
         if lost:  # their audio was dropped: no speech there, and the state starts again after them
             self._append(np.zeros(min(lost, end_chunk - self.chunks), np.float32))
@@ -119,14 +151,25 @@ class VadTrack:
             self._c[:] = 0.0
             self._context[:] = 0.0
             if end_chunk <= self.chunks:
-                return
+                return np.zeros((0, CONTEXT + CHUNK), np.float32)
         s0, s1 = self.chunks * CHUNK - offset, end_chunk * CHUNK - offset
         new = np.asarray(audio[s0:s1], np.float32)
         new = np.concatenate([self._context, new, np.zeros(s1 - s0 - new.size, np.float32)])
-        rows = np.lib.stride_tricks.sliding_window_view(new, CONTEXT + CHUNK)[::CHUNK]
-        probs, self._h, self._c = self.model(rows, self._h, self._c)
-        self._context = new[-CONTEXT:].copy()
-        self._append(np.asarray(probs, np.float32).reshape(-1))
+        return np.lib.stride_tricks.sliding_window_view(new, CONTEXT + CHUNK)[::CHUNK]
+
+    def take(self, probs: np.ndarray, rows: np.ndarray) -> None:
+        """The probabilities of ``new_rows``' chunks (the model's state already moved past them)."""
+        self._context = rows[-1, -CONTEXT:].copy()
+        self._append(probs)
+
+    @property
+    def state(self) -> np.ndarray:
+        """The LSTM state as the batched graph takes it: [2, 1, 128] (h then c)."""
+        return np.concatenate([self._h, self._c])
+
+    @state.setter
+    def state(self, value: np.ndarray) -> None:
+        self._h, self._c = value[:1].copy(), value[1:].copy()
 
     def _append(self, probs: np.ndarray) -> None:
         self._probs = np.concatenate([self._probs, probs])
@@ -143,6 +186,24 @@ class VadTrack:
             cut = min(chunk, self.chunks) - self.first
             self._probs = self._probs[cut:].copy()
             self.first += cut
+
+
+def advance_many(tracks: list[VadTrack], audio: list[tuple[np.ndarray, int, int, bool]]) -> None:
+    """``track.advance(*args)`` for each track and its audio args (the tracks share one model): the tracks
+    with one new chunk (a round of live streams) in one batched call, the others (a stream catching up, a
+    line) each in its own call, as ``advance`` computes them."""
+    rows = [(track, track.new_rows(*args)) for track, args in zip(tracks, audio, strict=True)]
+    single = [(track, r) for track, r in rows if len(r) == 1]
+    if single:
+        model = single[0][0].model
+        probs, state = model.many(np.concatenate([r for _, r in single]),
+                                  np.concatenate([track.state for track, _ in single], axis=1))
+        for i, (track, r) in enumerate(single):
+            track.state = state[:, i : i + 1]
+            track.take(probs[i : i + 1].astype(np.float32), r)
+    for track, r in rows:
+        if len(r) > 1:
+            track.compute(r)
 
 
 def speech_probabilities(audio: np.ndarray, model: SileroVad | None = None) -> np.ndarray:

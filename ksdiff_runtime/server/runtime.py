@@ -98,8 +98,9 @@ def build_engine(
     warm_s = engine.warm_up()
     r = engine.capacity.reading()
     rounds = f"; its round ~{r.rounds.per_stream_ms:.1f} ms a stream + {r.rounds.fixed_ms:.1f}" if r.rounds else ""
-    log.info("model on %s in %.1f s, warmed up in %.1f s; a %s stream costs %.2f of a core here%s (room for %d)",
-             loaded.name, loaded_s, warm_s, engine.preset.name, r.stream_cores, rounds, r.streams_that_fit())
+    log.info("model on %s in %.1f s, warmed up in %.1f s; a %s stream costs %.2f of a core here (and the rounds "
+             "%.2f)%s (room for %d)", loaded.name, loaded_s, warm_s, engine.preset.name, r.stream_cores, r.fixed_cores,
+             rounds, r.streams_that_fit())
     return engine
 
 
