@@ -40,6 +40,18 @@ BLINK_CURVE = np.array([0.45, 0.9, 1.0, 0.8, 0.5, 0.25, 0.1, 0.03], np.float32)
 BLINKS = [motion.index("eyeBlinkLeft"), motion.index("eyeBlinkRight")]
 LOOK = {name: motion.index(name) for name in ("eyeLookOutLeft", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutRight",
                                               "eyeLookUpLeft", "eyeLookUpRight", "eyeLookDownLeft", "eyeLookDownRight")}
+# each eyeLook weight moves with one gaze axis (0 yaw, 1 pitch) in one direction, over that direction's range
+# (yaw > 0: toward the face's own left, motion.gaze_from_blendshapes; pitch > 0: down)
+LOOK_MOVES = {"eyeLookOutLeft": (0, 1.0, motion.EYE_YAW_RANGE), "eyeLookInRight": (0, 1.0, motion.EYE_YAW_RANGE),
+              "eyeLookInLeft": (0, -1.0, motion.EYE_YAW_RANGE), "eyeLookOutRight": (0, -1.0, motion.EYE_YAW_RANGE),
+              "eyeLookDownLeft": (1, 1.0, motion.EYE_PITCH_DOWN_RANGE),
+              "eyeLookDownRight": (1, 1.0, motion.EYE_PITCH_DOWN_RANGE),
+              "eyeLookUpLeft": (1, -1.0, motion.EYE_PITCH_UP_RANGE),
+              "eyeLookUpRight": (1, -1.0, motion.EYE_PITCH_UP_RANGE)}
+LOOK_COLUMNS = np.array([LOOK[name] for name in LOOK_MOVES])
+LOOK_AXIS = np.array([axis for axis, _, _ in LOOK_MOVES.values()])
+LOOK_SIGN = np.array([sign for _, sign, _ in LOOK_MOVES.values()])
+LOOK_RANGE = np.array([span for _, _, span in LOOK_MOVES.values()])
 JAW = motion.index("jawOpen")
 REST_JAW = 0.05  # the mouth rests below this jawOpen
 PAUSE_FRAMES = (6, 36)  # a pause's first second: the mouth at rest for 200 ms, up to 1.2 s
@@ -91,12 +103,14 @@ class Liveliness:
         self._gaze = [0.0, 0.0]  # current (yaw, pitch) offset in radians
         self._target = [0.0, 0.0]
         self._next_saccade = 0
-        self._head_mean = np.zeros(motion.NUM_HEAD)
-        self._head_a = 1.0 - np.exp(-1.0 / (fps * config.head_centring_s)) if config.head_centring_s else 0.0
-        self._head_sos = None  # the head's low-pass and its state (one per rotation axis), from rest
+        # the head's filters, on each rotation axis frame after frame (Python floats: a hop has one or a few
+        # frames, where scipy.signal's per-call cost was most of the stage's)
+        self._head_a = float(1.0 - np.exp(-1.0 / (fps * config.head_centring_s))) if config.head_centring_s else 0.0
+        self._head_mean_z = [0.0] * motion.NUM_HEAD  # the running mean's one-pole state, (1 - a) x the mean
+        self._head_sos: list[list[float]] = []  # the low-pass's second-order sections, and their state, from rest
         if config.head_smoothing_hz:
-            self._head_sos = scipy.signal.butter(2, config.head_smoothing_hz, fs=fps, output="sos")
-            self._head_zi = np.zeros((self._head_sos.shape[0], 2, motion.NUM_HEAD))
+            self._head_sos = scipy.signal.butter(2, config.head_smoothing_hz, fs=fps, output="sos").tolist()
+        self._head_zi = [[[0.0, 0.0] for _ in range(motion.NUM_HEAD)] for _ in self._head_sos]
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """The next native frames [n, 55] (in order) with blinks, gaze offsets and the head centred."""
@@ -110,27 +124,31 @@ class Liveliness:
             blink[j] = self._next_blink(resting)
             yaw[j], pitch[j] = self._next_gaze()
         out[:, BLINKS] = np.maximum(out[:, BLINKS], blink[:, None])
-        # yaw > 0: toward the face's own left (motion.gaze_from_blendshapes); pitch > 0: down
-        for name, amount in (("eyeLookOutLeft", yaw), ("eyeLookInRight", yaw), ("eyeLookInLeft", -yaw),
-                             ("eyeLookOutRight", -yaw)):
-            out[:, LOOK[name]] += np.maximum(amount, 0.0) / motion.EYE_YAW_RANGE
-        for name in ("eyeLookDownLeft", "eyeLookDownRight"):
-            out[:, LOOK[name]] += np.maximum(pitch, 0.0) / motion.EYE_PITCH_DOWN_RANGE
-        for name in ("eyeLookUpLeft", "eyeLookUpRight"):
-            out[:, LOOK[name]] += np.maximum(-pitch, 0.0) / motion.EYE_PITCH_UP_RANGE
-        looks = list(LOOK.values())
-        out[:, looks] = np.clip(out[:, looks], 0.0, 1.0)
-        D = motion.NUM_BLENDSHAPES
-        head = out[:, D:].astype(np.float64)
-        if self._head_a:  # the head's running mean (a one-pole low-pass continuing from the last frame), taken out
-            a = self._head_a
-            mean, _ = scipy.signal.lfilter([a], [1.0, a - 1.0], head, axis=0, zi=((1.0 - a) * self._head_mean)[None])
-            self._head_mean = mean[-1]
-            head = head - mean
-        if self._head_sos is not None:
-            head, self._head_zi = scipy.signal.sosfilt(self._head_sos, head, axis=0, zi=self._head_zi)
-        out[:, D:] = head
+        shift = np.maximum(np.stack([yaw, pitch], axis=1)[:, LOOK_AXIS] * LOOK_SIGN, 0.0) / LOOK_RANGE  # [n, 8]
+        out[:, LOOK_COLUMNS] = np.clip(out[:, LOOK_COLUMNS] + shift, 0.0, 1.0)
+        if self._head_a or self._head_sos:
+            D = motion.NUM_BLENDSHAPES
+            out[:, D:] = self._head(out[:, D:].astype(np.float64).tolist())
         return out
+
+    def _head(self, frames: list[list[float]]) -> list[list[float]]:
+        """Head rotations (in order) with their slow mean taken out (a one-pole low-pass continuing from the last
+        frame) and then low-passed (the Butterworth sections in direct form II transposed, as scipy's sosfilt)."""
+        a, z, sections, zi = self._head_a, self._head_mean_z, self._head_sos, self._head_zi
+        for frame in frames:
+            for k, x in enumerate(frame):
+                if a:
+                    mean = a * x + z[k]
+                    z[k] = (1.0 - a) * mean
+                    x = x - mean
+                for (b0, b1, b2, _, a1, a2), state in zip(sections, zi, strict=True):
+                    s = state[k]
+                    y = b0 * x + s[0]
+                    s[0] = b1 * x - a1 * y + s[1]
+                    s[1] = b2 * x - a2 * y
+                    x = y
+                frame[k] = x
+        return frames
 
     def _next_blink(self, resting: bool) -> float:
         self._rest = self._rest + 1 if resting else 0

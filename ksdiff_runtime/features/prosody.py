@@ -27,10 +27,18 @@ _YIN_HOP = 160  # 10 ms analysis step, sampled at the motion frame times afterwa
 _RMS_WINDOW = 512  # 32 ms energy window centred on each motion frame
 
 
+def _zero_pad(x: np.ndarray, before: int, after: int, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """``np.pad(x, (before, after))`` of a 1-D array (zeros; as ``dtype``), without np.pad's per-call cost (a
+    live round pads a short segment of every stream three times)."""
+    out = np.zeros(before + x.size + after, dtype or x.dtype)
+    out[before : before + x.size] = x
+    return out
+
+
 def _frame_rms_db(audio: np.ndarray, centres: np.ndarray, window: int) -> np.ndarray:
     """RMS level in dB of a ``window``-sample window centred on each sample index in ``centres``."""
     half = window // 2
-    padded = np.pad(audio, (half, half))
+    padded = _zero_pad(audio, half, half)
     idx = centres[:, None] + np.arange(window)[None, :]
     idx = np.clip(idx, 0, len(padded) - 1)
     rms = np.sqrt(np.mean(padded[idx].astype(np.float64) ** 2, axis=1))
@@ -41,7 +49,7 @@ def _frame_rms_db(audio: np.ndarray, centres: np.ndarray, window: int) -> np.nda
 def _periodicity(audio: np.ndarray, centres: np.ndarray, f0: np.ndarray, sample_rate: int) -> np.ndarray:
     """Normalised autocorrelation at lag 1/f0 of a YIN-sized window around each centre."""
     half = _YIN_FRAME // 2
-    padded = np.pad(audio.astype(np.float64), (half, half))
+    padded = _zero_pad(audio, half, half, np.float64)
     out = np.zeros(len(centres))
     for k, (c, f) in enumerate(zip(centres, f0, strict=True)):
         if not np.isfinite(f) or f <= 0:
@@ -72,7 +80,7 @@ def yin(y: np.ndarray, *, fmin: float, fmax: float, sr: int, frame_length: int, 
 
 def _analysis_frames(y: np.ndarray, frame_length: int, hop_length: int, at: np.ndarray | None) -> np.ndarray:
     """YIN's analysis frames [F, frame_length] of y (centred, zero-padded), or only those at ``at``."""
-    y = np.pad(np.asarray(y), frame_length // 2)
+    y = _zero_pad(np.asarray(y), frame_length // 2, frame_length // 2)
     frames = np.lib.stride_tricks.sliding_window_view(y, frame_length)[::hop_length]  # [F, frame_length]
     return frames if at is None else frames[at]
 
@@ -142,7 +150,7 @@ def prosody_many(segments: list[np.ndarray], from_rows: list[int], sample_rate: 
         if energy.max() <= VOICED_MIN_DB or rows.start >= n:
             continue  # silence (or near): no pitch, and YIN on zeros would only produce noise
         if len(y) < frame + 1:
-            y = np.pad(y, (0, frame + 1 - len(y)))
+            y = _zero_pad(y, 0, frame + 1 - len(y))
         # YIN frame j is centred on sample j * hop; only the analysis frame nearest each motion frame is
         # computed (a third of the 10 ms grid at 30 fps)
         j = np.clip(np.round(centres[rows] / hop).astype(np.int64), 0, len(y) // hop)
