@@ -3,8 +3,9 @@
 B low-latency streams (the bundled speech, each from another place), the voice gate and liveliness on
 as `serve` runs them, fed one frame of audio (533 samples) per stream per round and stepped until the
 round's work is done: the round's wall time (it must stay under the 33 ms hop for the streams to be
-held in real time on the engine's one thread) and the process's CPU time per stream-hop (what the
-admission measures: cores x 0.7 / (CPU per stream-hop x 30 hops/s) streams fit). No pacing and no
+held in real time on the engine's thread) and the process's CPU time per stream-hop (by CPU alone,
+cores x 0.7 / (CPU per stream-hop x 30 hops/s) streams fit; admission in `serve` counts the rounds'
+fixed part once, engine/capacity.py). No pacing and no
 ZeroMQ: benchmarks/load.py measures the real `serve`. Each count runs four ways: with the stream
 conditioner and the streaming recogniser (as the engine runs: a round of a few streams per core cut
 into parts run at once, ksdiff_runtime.parallel), the same on one thread (as before that), with the

@@ -21,7 +21,8 @@ MIN_PART_ROWS = 2
 
 def row_parts(rows: int, threads: int, min_rows: int = MIN_PART_ROWS) -> list[tuple[int, int]]:
     """Consecutive row ranges [a, b) that cut ``rows`` into at most ``threads`` parts of at least
-    ``min_rows`` rows each, as even as they can be (one range when the batch is too small to cut)."""
+    ``min_rows`` rows each, as even as they can be (one range when the batch is too small to cut; none
+    for no rows)."""
     k = max(1, min(threads, rows // max(1, min_rows)))
     bounds = np.linspace(0, rows, k + 1).astype(int)
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a] if rows else []

@@ -55,8 +55,42 @@ def test_the_rounds_fixed_cost_is_not_charged_to_every_stream():
     # a probe that measured no saving (noise) leaves the whole cost on each stream, never a free stream
     capacity.calibrate(0.3, 0.35, probe=4)
     assert capacity.reading().stream_cores == pytest.approx(0.3) and capacity.reading().fixed_cores == 0.0
-    capacity.calibrate(0.3, 0.01, probe=4)
+    capacity.calibrate(0.3, 0.01, probe=4)  # nor under a tenth of one stream's cost
     assert capacity.reading().stream_cores == pytest.approx(0.03)
+
+
+def test_streams_served_refresh_what_a_stream_adds_beyond_the_rounds_that_ran(monkeypatch):
+    """Live figures: the CPU of a window less the fixed part of the rounds that ran in it (not of the whole
+    window: a stream live for half of it pays the rounds' part for that half only), per second of audio."""
+    clock = {"ns": 0, "cpu": 0}
+
+    class Clock:
+        @staticmethod
+        def monotonic_ns() -> int:
+            return clock["ns"]
+
+        @staticmethod
+        def process_time_ns() -> int:
+            return clock["cpu"]
+
+    from ksdiff_runtime.engine import capacity as capacity_module
+
+    monkeypatch.setattr(capacity_module, "time", Clock)
+    monkeypatch.setattr(capacity_module, "_machine_busy_jiffies", lambda: None)
+    capacity = Capacity(cores=2, window_s=2.0)
+    capacity.calibrate(0.31, 0.18, probe=4)
+    fixed, per_stream = capacity.reading().fixed_cores, capacity.reading().stream_cores
+    hop = 1 / 30
+    before = capacity.reading()
+    for i in range(61):  # one stream live for the window's first 1.33 s only, costing what calibrate says
+        live = i < 40
+        clock["ns"] += int(hop * 1e9)
+        clock["cpu"] += int((fixed + per_stream) * hop * 1e9) if live else 0
+        capacity.observe(int(5e6) if live else 0, hop if live else 0.0, False, hop if live else 0.0)
+    after = capacity.reading()
+    assert after.engine_busy != before.engine_busy  # the window closed and was measured
+    assert after.stream_cores == pytest.approx(per_stream, rel=0.02)
+    assert after.streams_that_fit() == 8
 
 
 def test_the_warm_up_measures_the_round_a_live_stream_adds(tiny_backend):

@@ -166,6 +166,7 @@ def test_many_streams_recognised_in_one_call_get_the_features_they_get_alone(shi
         np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+@pytest.mark.usefixtures("torch_one_thread")  # parts only for a backend whose calls use one thread, as serve's
 def test_a_round_of_many_streams_runs_in_parts_at_once_and_each_gets_its_own_frames(shipped_backend, speech_16k):
     """A live round with a few streams per thread cuts the model's batch into parts run at once on the pool
     (ksdiff_runtime.parallel); every stream gets the frames it gets alone. One stream's broken state fails
@@ -204,6 +205,55 @@ def test_a_round_of_many_streams_runs_in_parts_at_once_and_each_gets_its_own_fra
     for sid, ref in zip(ids[:4], alone, strict=True):
         got = as_arrays(sorted((f for f in frames + rest if f.stream == sid), key=lambda f: f.index))[0]
         np.testing.assert_allclose(got, ref, atol=1e-4)
+    # closed (its threads and the recogniser's stopped), the engine still animates, on this thread
+    assert engine.front_end._stream_asr.parallel == 1
+    ids = [engine.open_stream(f"after-{i}", seed=i) for i in range(5)]
+    for sid, g in zip(ids, gains, strict=True):
+        engine.push(sid, clip[: SAMPLE_RATE // 2] * g)
+        engine.end_stream(sid)
+    after, ended = finish(engine, *ids)
+    assert all(e.reason == "ended" for e in ended.values()) and after
+
+
+def test_a_failing_batched_vad_falls_back_to_each_streams_own(tiny_backend, speech_16k, monkeypatch, caplog):
+    """The voice gate's VAD runs every stream's new audio in one batched call a round; if that call fails,
+    each stream's own VAD runs instead (said once, not every round), and the gated frames are the same."""
+    from ksdiff_runtime.engine.gate import GATED_COLUMNS, GateConfig
+    from ksdiff_runtime.features import vad
+
+    speech = np.tile(speech_16k, 3)
+    clips = [speech[4000 * i : 4000 * i + 2 * SAMPLE_RATE].copy() for i in range(3)]
+    for clip in clips:
+        clip[SAMPLE_RATE // 2 : 3 * SAMPLE_RATE // 2] = 0.0  # a second of silence: the gate closes the mouth there
+
+    def run() -> list[np.ndarray]:
+        engine = StreamingEngine(tiny_backend, "low-latency", voice_gate=GateConfig(), front_end_threads=1)
+        ids = [engine.open_stream(str(i), seed=i) for i in range(3)]
+        frames = []
+        for k in range(0, 2 * SAMPLE_RATE, 533):
+            for sid, clip in zip(ids, clips, strict=True):
+                engine.push(sid, clip[k : k + 533])
+            while engine.has_work():
+                frames += engine.step().frames
+        for sid in ids:
+            engine.end_stream(sid)
+        rest, _ = finish(engine, *ids)
+        return [as_arrays(sorted((f for f in frames + rest if f.stream == sid), key=lambda f: f.index))[0]
+                for sid in ids]
+
+    batched = run()
+    mouth = GATED_COLUMNS
+    assert all(b[30:40, mouth].max() == 0.0 < b[:, mouth].max() for b in batched)  # gated in the silence
+
+    def broken(self, rows, state):
+        raise RuntimeError("batched graph broken")
+
+    monkeypatch.setattr(vad.SileroVad, "many", broken)
+    with caplog.at_level(logging.WARNING, logger="ksdiff_runtime.engine"):
+        alone = run()
+    assert caplog.text.count("the batched VAD failed") == 1
+    for a, b in zip(batched, alone, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_a_round_does_at_most_one_hop_per_stream(tiny_backend, speech_16k):

@@ -11,6 +11,7 @@ import torch
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.features.streaming_recogniser import StreamingRecogniser, export_stream_step
 from ksdiff_runtime.features.streaming_recogniser_onnx import (
+    MAX_CHUNKS,
     STEP_GRAPH,
     OnnxStreamingRecogniser,
     RecogniserStream,
@@ -108,27 +109,84 @@ def test_an_ended_streams_state_never_reaches_the_next_stream_in_its_row(recogni
     assert np.array_equal(got, rec.step([fresh])[0])
 
 
+def _feed_ragged(rec: OnnxStreamingRecogniser, clips: list[np.ndarray], pieces: list[int]) -> list[np.ndarray]:
+    """Every clip as a stream fed its own ``pieces[i]`` samples a round (so a round's streams have different
+    numbers of chunks ready), all streams stepped together each round."""
+    streams = [rec.new_stream() for _ in clips]
+    out: list[list[np.ndarray]] = [[] for _ in clips]
+    fed = [0] * len(clips)
+    while any(not s.ended for s in streams):
+        for i, (s, c) in enumerate(zip(streams, clips, strict=True)):
+            if not s.ended:
+                s.push(c[fed[i] : fed[i] + pieces[i]])
+                fed[i] += pieces[i]
+                if fed[i] >= c.size:
+                    s.end()
+        for o, lp in zip(out, rec.step(streams), strict=True):
+            o.append(lp)
+    return [np.concatenate(o) for o in out]
+
+
 def test_a_round_makes_one_call_per_count_of_ready_chunks_and_parts_change_nothing(recognisers, speech):
-    """Streams with one and with two new frames (1-frame chunks, a 30 fps hop of audio a round) make one call
-    for each count, every stream's state crossing into the graph once; cut into parts run at once
-    (``parallel``), each stream gets the same frames."""
+    """Streams with different numbers of new frames in a round (1-frame chunks) make one call per count, a
+    stream far behind (more than MAX_CHUNKS chunks ready) catches up over several calls, and each stream gets
+    the frames it gets alone; cut into parts run at once (``parallel``), the same frames again."""
     serial = _onnx(recognisers, 0)
     parallel = OnnxStreamingRecogniser(lookahead=0, parallel=2)
     clips = [speech[3000 * i : 3000 * i + 2 * SAMPLE_RATE] for i in range(6)]
-    outs, counts = [], []
+    pieces = [533, 533, 700, 320, 1777, 12000]  # the last is 37 chunks a round: over MAX_CHUNKS
+    outs, calls = [], []
     for rec in (serial, parallel):
-        run, rows = rec.session.run, []
-        rec.session.run = lambda names, feeds, run=run, rows=rows: rows.append(len(feeds["audio"])) or run(names, feeds)
+        run, made = rec.session.run, []
+        rec.session.run = lambda names, feeds, run=run, made=made: (made.append(feeds["frame_mask"].shape)
+                                                                   or run(names, feeds))
         try:
-            outs.append(_feed(rec, clips, 533))
+            outs.append(_feed_ragged(rec, clips, pieces))
         finally:
             rec.session.run = run
-        counts.append(rows)
-    rounds = -(-2 * SAMPLE_RATE // 533)
-    assert len(counts[0]) <= 2 * rounds and sum(counts[0]) == rounds * len(clips)  # a row per stream a round
-    assert max(counts[1]) <= 3 and len(counts[1]) == 2 * len(counts[0])  # the same calls, in two parts each
-    for a, b in zip(*outs, strict=True):
-        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+        calls.append(made)
+    frames_per_call = {k for _, k in calls[0]}
+    assert {1, 2, 5, MAX_CHUNKS} <= frames_per_call and max(frames_per_call) == MAX_CHUNKS
+    rounds = len(outs[0]) and -(-2 * SAMPLE_RATE // min(pieces))
+    assert len(calls[0]) < 3 * rounds  # a call per count a round, not per stream
+    assert max(rows for rows, _ in calls[1]) < max(rows for rows, _ in calls[0])  # parts of the same calls
+    for clip, piece, got_serial, got_parallel in zip(clips, pieces, *outs, strict=True):
+        alone = _feed(serial, [clip], piece)[0]
+        assert got_serial.shape == alone.shape == (clip.size // 320 + 1, 191)
+        assert np.abs(got_serial - alone).max() < 1e-4 and np.abs(got_parallel - alone).max() < 1e-4
+    parallel.close()
+
+
+def test_a_step_that_fails_part_way_loses_no_frames(recognisers, speech):
+    """A step whose second call fails raises; the frames the first call computed stay with their streams and
+    come out of the next step, so every stream still gets all of its frames in order."""
+    rec = _onnx(recognisers, 0)
+    clips = [speech[: SAMPLE_RATE], speech[SAMPLE_RATE : 2 * SAMPLE_RATE]]
+    streams = [rec.new_stream() for _ in clips]
+    streams[0].push(clips[0][:533])  # one frame ready
+    streams[1].push(clips[1][:1000])  # two frames ready: another call
+    run, calls = rec.session.run, []
+
+    def second_fails(names, feeds):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the device went away")
+        return run(names, feeds)
+
+    rec.session.run = second_fails
+    try:
+        with pytest.raises(RuntimeError, match="went away"):
+            rec.step(streams)
+    finally:
+        rec.session.run = run
+    got = [[lp] for lp in rec.step(streams)]
+    for s, c in zip(streams, clips, strict=True):
+        s.push(c[s.samples :])
+        s.end()
+    for g, lp in zip(got, rec.step(streams), strict=True):
+        g.append(lp)
+    for clip, g in zip(clips, got, strict=True):
+        np.testing.assert_allclose(np.concatenate(g), _feed(rec, [clip], 533)[0], atol=1e-3)
 
 
 def test_frames_become_final_when_their_chunk_has_its_audio(recognisers, speech):

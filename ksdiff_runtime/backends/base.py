@@ -65,6 +65,9 @@ class Backend(Protocol):
     """One loaded model on one device. Arrays in and out are numpy (float32, int64 for ``text``)."""
 
     name: str  # "torch-cpu", "torch-cuda", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"
+    # Optional: the CPU threads one call uses (0 on a GPU). The engine runs a live round's calls in parts at
+    # once only on a backend whose calls use one thread (more would oversubscribe the cores).
+    # intra_op_threads: int
     constants: ModelConstants
 
     def condition(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

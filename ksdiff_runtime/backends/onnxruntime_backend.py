@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,8 @@ class OnnxRuntimeBackend:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             opts.intra_op_num_threads = threads
+        # the CPU threads a call uses (ONNX Runtime's default: one per core); none on the GPU
+        self.intra_op_threads = 0 if device == "cuda" else (threads or os.cpu_count() or 1)
         self._conditioner = self._session(ort, CONDITIONER_FILE, opts, providers, CONDITIONER_INPUTS)
         self._denoiser = self._session(ort, DENOISER_FILE, opts, providers, DENOISER_INPUTS)
         self._stream_conditioner = self._session(ort, STREAM_CONDITIONER_FILE, opts, providers,

@@ -68,6 +68,11 @@ class TorchBackend:
         self._graphs: dict[tuple, _CapturedDenoiser] = {}
         self._stream_conditioner = StreamingConditioner(self.model)
 
+    @property
+    def intra_op_threads(self) -> int:
+        """The CPU threads a call uses: torch's (process-wide) on the CPU, none on the GPU."""
+        return torch.get_num_threads() if self.device.type == "cpu" else 0
+
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 

@@ -119,6 +119,7 @@ class Capacity:
         self._machine0 = _machine_busy_jiffies()
         self._round_ns = 0
         self._audio_s = 0.0
+        self._live_s = 0.0
 
     def calibrate(self, cpu_s_per_audio_s: float, probe_cpu_s_per_audio_s: float | None = None,
                   probe: int = ROUND_PROBE) -> None:
@@ -130,7 +131,7 @@ class Capacity:
         per_stream = one
         if probe_cpu_s_per_audio_s is not None and probe > 1:
             per_stream = (probe * probe_cpu_s_per_audio_s - one) / (probe - 1)
-            per_stream = min(one, max(per_stream, 0.1 * one))  # noise must not make a stream (nearly) free
+            per_stream = min(one, max(per_stream, 0.1 * one))  # noise must not make a stream nearly free
         with self._lock:
             self._stream_cores = per_stream
             self._fixed_cores = one - per_stream
@@ -140,12 +141,15 @@ class Capacity:
         with self._lock:
             self._rounds = rounds
 
-    def observe(self, round_ns: int, audio_s: float, shed: bool) -> None:
-        """Called by the engine thread after each round: its wall time and the seconds of audio it animated."""
+    def observe(self, round_ns: int, audio_s: float, shed: bool, live_s: float = 0.0) -> None:
+        """Called by the engine thread after each round: its wall time, the seconds of audio it animated, and
+        the time its hops stand for (the live preset's hop when it hopped; the rounds' fixed part is paid
+        once for that)."""
         now = time.monotonic_ns()
         with self._lock:
             self._round_ns += round_ns
             self._audio_s += audio_s
+            self._live_s += live_s
             if shed:
                 self._last_shed_ns = now
             elapsed = now - self._t0
@@ -155,8 +159,10 @@ class Capacity:
             ours = cpu / elapsed  # cores this process used
             self._busy = self._round_ns / elapsed
             if self._audio_s >= 0.5 * self.window_s:  # enough audio animated for a figure
-                # what a stream adds: the CPU beyond the rounds' fixed part, per second of audio
-                measured = max(cpu / 1e9 - self._fixed_cores * elapsed / 1e9, 0.01 * self._audio_s) / self._audio_s
+                # what a stream adds: the CPU beyond the fixed part of the rounds that ran, per second of audio
+                # (never under a tenth of it all, as in ``calibrate``)
+                cpu_s = cpu / 1e9
+                measured = max(cpu_s - self._fixed_cores * self._live_s, 0.1 * cpu_s) / self._audio_s
                 # blend, so one noisy window does not swing admission
                 old = self._stream_cores
                 self._stream_cores = measured if old is None else 0.5 * old + 0.5 * measured

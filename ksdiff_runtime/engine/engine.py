@@ -139,9 +139,10 @@ class StreamingEngine:
         # Live streams of a posteriorgram model keep a streaming recogniser each (features/streaming_frontend.py:
         # only new audio recognised, every stream's chunks batched); False: each hop re-recognises its window.
         # The pool: lines' first features (one pass over a whole line, a line per thread), and the model's
-        # batches cut into parts run at once (ksdiff_runtime.parallel: lines' always, a live round's when it
-        # has a few streams per thread), on the CPU only (a GPU runs one call at a time anyway, and the
-        # TensorRT backend's buffers are not for concurrent calls). Live streams' front-ends run on the step
+        # batches cut into parts run at once (ksdiff_runtime.parallel) on the CPU only (a GPU runs one call
+        # at a time anyway, and the TensorRT backend's buffers are not for concurrent calls): lines' always,
+        # a live round's when it has a few streams per thread and the backend's calls use one thread each
+        # (as `serve` loads it; more would oversubscribe the cores). Live streams' front-ends run on the step
         # thread, batched; the streaming recogniser cuts its calls into as many parts. A given front-end
         # (e.g. an instrumented one) runs on the step thread only.
         given = front_end is not None
@@ -152,9 +153,12 @@ class StreamingEngine:
                          if streaming_recogniser and config.name == "ppg"
                          else make_front_end(dataclasses.replace(config, recogniser="full-context")))
         self.front_end = front_end
+        self._own_front_end = not given  # closed with the engine
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
-        self._model_parts = self._pool is not None and backend.name.endswith("-cpu")
+        self._cpu_parts = backend.name.endswith("-cpu")
+        self._live_parts = self._cpu_parts and getattr(backend, "intra_op_threads", None) == 1
+        self._vad_failed = False  # the batched VAD failed once (said once; each stream's own runs meanwhile)
         self._local = threading.local()
         self._round_ns = 0.0  # how long a round takes (EMA): a frame due sooner than that is stale
         self._line_round_ns = 0.0  # how long a round with a line's window takes (EMA)
@@ -289,7 +293,8 @@ class StreamingEngine:
             if any(st.line for _, st, _ in planned):
                 self._line_round_ns = _ema(self._line_round_ns, elapsed, 0.2)
         audio_s = len(result.frames) / self.fps
-        self.capacity.observe(elapsed if planned else 0, audio_s, bool(result.shed))
+        live_s = self.preset.hop_frames / motion.FPS if planned else 0.0
+        self.capacity.observe(elapsed if planned else 0, audio_s, bool(result.shed), live_s)
         return result
 
     def latency_ms(self, mode: str = "live") -> float:
@@ -330,7 +335,9 @@ class StreamingEngine:
         try:
             advance_many([st.gate.track for st in gated], [st.listen_args() for st in gated])
         except Exception as exc:
-            log.warning("the batched VAD failed (%s); each stream runs its own", exc)
+            if not self._vad_failed:
+                log.warning("the batched VAD failed (%s); each stream runs its own", exc)
+            self._vad_failed = True
 
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:
@@ -483,7 +490,8 @@ class StreamingEngine:
         waits meanwhile: numpy work here would hold the GIL the parts need between their calls (a live round
         pipelined that way, one part's features computed during another part's model, measured slower)."""
         B = batch.noise.shape[0]
-        parts = row_parts(B, self._threads, 1 if lines else MIN_PART_ROWS) if self._model_parts else [(0, B)]
+        cut = self._pool is not None and (self._cpu_parts if lines else self._live_parts)
+        parts = row_parts(B, self._threads, 1 if lines else MIN_PART_ROWS) if cut else [(0, B)]
         if len(parts) < 2:
             return sample_windows(self.backend, batch, steps, self.guidance)
         pieces = [batch.rows(a, b) for a, b in parts]
@@ -594,10 +602,12 @@ class StreamingEngine:
         return self._local.front_end
 
     def close(self) -> None:
-        """Stop the front-end threads (streams are not flushed)."""
+        """Stop the front-end threads, and the front-end's own when the engine made it (streams are not flushed)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self._own_front_end and hasattr(self.front_end, "close"):
+            self.front_end.close()
 
 
 def _ema(average: float, value: float, weight: float) -> float:

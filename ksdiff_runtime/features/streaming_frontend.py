@@ -74,6 +74,10 @@ class StreamingPosteriorgramFrontEnd(PosteriorgramFrontEnd):
         self.recogniser_lookahead = recogniser_lookahead
         self._stream_asr = OnnxStreamingRecogniser(weights, lookahead=recogniser_lookahead, parallel=parallel)
 
+    def close(self) -> None:
+        """Stop the recogniser's threads (``parallel``); it still runs, on the calling thread."""
+        self._stream_asr.close()
+
     def new_stream(self, origin: int = 0) -> PpgStream:
         """A live stream's recogniser state, starting at sample ``origin`` (a multiple of 320)."""
         if origin % HAMA_HOP:

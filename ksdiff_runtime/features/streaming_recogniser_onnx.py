@@ -22,8 +22,8 @@ tensors, hama's STFT kernels and mel filterbank read from the installed hama as 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,9 @@ class RecogniserStream:
     samples: int = 0
     ended: bool = False
     frames_out: int = 0  # frames computed (the next chunk's first frame)
+    # log-probabilities computed and not yet handed out by ``step`` (kept with the state they came with, so
+    # a step that fails part-way loses nothing: the next one hands them out)
+    computed: list[np.ndarray] = field(default_factory=list)
 
     def push(self, samples: np.ndarray) -> None:
         """The stream's next samples (16 kHz mono)."""
@@ -172,21 +175,23 @@ class OnnxStreamingRecogniser:
         Streams with the same number of chunks ready share a call that computes all of them (a stream's
         chunks in one call are exactly its chunks one by one: each frame sees the same frames): a round
         whose streams have 1 or 2 new frames makes a call for each count, not a second call for every
-        stream with two, and each stream's cached state crosses into the graph and back once."""
-        out: list[list[np.ndarray]] = [[] for _ in streams]
+        stream with two, and each stream's cached state crosses into the graph and back once. If a call
+        fails, the frames of the calls before it stay with their streams for the next step."""
         while True:
-            by_chunks: dict[int, list[int]] = {}
-            for i, s in enumerate(streams):
+            by_chunks: dict[int, list[RecogniserStream]] = {}
+            for s in streams:
                 if (n := min(s.ready_chunks(), MAX_CHUNKS)) > 0:
-                    by_chunks.setdefault(n, []).append(i)
+                    by_chunks.setdefault(n, []).append(s)
             if not by_chunks:
                 break
             for n, ready in sorted(by_chunks.items()):
                 for k in range(0, len(ready), STEP_BATCH):
-                    rows = ready[k : k + STEP_BATCH]
-                    for i, lp in zip(rows, self._run([streams[i] for i in rows], n * self.chunk), strict=True):
-                        out[i].append(lp)
-        return [np.concatenate(o) if o else np.zeros((0, 191), np.float32) for o in out]
+                    self._run(ready[k : k + STEP_BATCH], n * self.chunk)
+        out = []
+        for s in streams:
+            out.append(np.concatenate(s.computed) if s.computed else np.zeros((0, 191), np.float32))
+            s.computed = []
+        return out
 
     def whole(self, audio: np.ndarray) -> np.ndarray:
         """A whole clip's log-probabilities [n // 320 + 1, 191] in one call (all its chunks at once): what a
@@ -198,21 +203,30 @@ class OnnxStreamingRecogniser:
         frames = -(-total // self.chunk) * self.chunk  # whole chunks; those past the end are masked
         return self.session.run(["log_probs"], self._feeds([stream], [stream.window(frames)]))[0][0, :total]
 
-    def _run(self, streams: list[RecogniserStream], frames: int) -> list[np.ndarray]:
-        """``frames`` (whole chunks) of each stream in one call (or in parts run at once, ``parallel``)."""
+    def _run(self, streams: list[RecogniserStream], frames: int) -> None:
+        """``frames`` (whole chunks) of each stream in one call (or in parts run at once, ``parallel``); each
+        stream's state and new log-probabilities are taken only once every part is done."""
         windows = [s.window(frames) for s in streams]
         parts = row_parts(len(streams), self.parallel)
         calls = [self._feeds(streams[a:b], windows[a:b]) for a, b in parts]
         names = ["log_probs", "keys_out", "values_out", "conv_out", "cache_valid_out"]
         later = [self._pool.submit(self.session.run, names, feeds) for feeds in calls[1:]] if self._pool else []
-        results = [self.session.run(names, calls[0])] + [f.result() for f in later]
-        out = []
+        try:
+            results = [self.session.run(names, calls[0])] + [f.result() for f in later]
+        finally:
+            wait(later)  # no part still running once this returns or raises
         for (a, _), (log_probs, keys, values, conv, valid) in zip(parts, results, strict=True):
             for j in range(len(log_probs)):
                 s, n = streams[a + j], int(windows[a + j][2].sum())
-                out.append(log_probs[j, :n])
+                s.computed.append(log_probs[j, :n])
                 s.advance(keys[j], values[j], conv[j], valid[j], frames)
-        return out
+
+    def close(self) -> None:
+        """Stop the threads of ``parallel`` calls (the recogniser still runs, on the calling thread)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.parallel = 1
 
     def _feeds(self, streams: list[RecogniserStream], windows: list[tuple]) -> dict[str, np.ndarray]:
         """The graph's inputs: each stream's window and state, one row per stream."""

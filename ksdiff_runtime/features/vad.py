@@ -55,11 +55,14 @@ def vad_model_path() -> Path:
 
 
 class SileroVad:
-    """rows [n, 576] (each the previous chunk's last 64 samples, then a chunk's 512) and the LSTM state
-    (h, c) -> speech probabilities [n] and the next state. One session serves every thread."""
+    """Silero VAD's two graphs, each one session serving every thread. Called: one stream's rows [n, 576]
+    (each the previous chunk's last 64 samples, then a chunk's 512) and its LSTM state (h, c) -> speech
+    probabilities [n] and the next state (the sequence graph). ``many``: one row of each of B streams
+    and their states (the batched graph)."""
 
     def __init__(self, path: Path | None = None) -> None:
-        """``path``: the sequence graph (default: the installed package's); the batched graph beside it."""
+        """``path``: the sequence graph (default: the installed package's); the batched graph must be beside it
+        (``BATCH_MODEL_FILE``'s name), or VadUnavailableError says it is missing."""
         path = vad_model_path() if path is None else Path(path)
         self.session = _load(path, {"input", "h", "c"})
         self.batched = _load(path.parent / Path(BATCH_MODEL_FILE).name, {"input", "state", "sr"})
@@ -87,6 +90,8 @@ def _load(path: Path, inputs: set[str]):
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # the graphs carry a few unused initializers ONNX Runtime warns about
+    if not path.is_file():
+        raise VadUnavailableError(f"{path}: no such file (silero-vad {SUPPORTED_SILERO} ships it)")
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:
