@@ -51,8 +51,9 @@ GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 QUICK_BATCHES = (1, 4)
 
 LATENCY_TARGET_PRESET = "low-latency"
-LATENCY_TARGET_P95_MS = 150.0  # on a 2-core CPU
-BAKE_TARGET_RTF = 20.0  # on a 2-core CPU
+# issue 14's targets on a 2-core CPU (the runtime core's were 150 ms and 20x)
+LATENCY_TARGET_P95_MS = 100.0
+BAKE_TARGET_RTF = 50.0
 BAKE_STEPS = 4
 BATCH_CLIPS = 16
 
