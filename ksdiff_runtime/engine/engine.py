@@ -1,12 +1,15 @@
 """The streaming engine: many live streams, one batched inference call per round.
 
     sessions           the registry (ksdiff_runtime.sessions): audio waits there per stream
-    step()             one round, on the engine's thread: take the waiting audio; plan each
+    step()             one round, on the engine's thread: take the waiting audio (the voice
+                       gate's VAD in ONE batched call over every stream's new audio); plan each
                        stream's next hop (skipping frames that could not be published in time,
                        taking several hops at once when a stream is late); run the front-end for
                        the planned hops (the recogniser in ONE batched call over every stream's
                        new audio); then ONE batched call to the backend for every planned hop
-                       (the stream conditioner and the denoiser); build the round's wire frames
+                       (the stream conditioner and the denoiser); build the round's wire frames.
+                       On the CPU, a batched call of a round with a few streams per core is cut
+                       into one part per core, run at once (ksdiff_runtime.parallel)
 
 A round does a bounded amount of work (at most one hop per stream), so a stream pushed far ahead
 of real time never holds up the others and the engine's thread answers a stop within a round.
