@@ -549,8 +549,8 @@ def bench_bake(backend_name: str, checkpoint: Path, s: Settings) -> dict[str, An
     from ksdiff_runtime.engine.offline import animate, clip_inputs
     from ksdiff_runtime.inputs.guards import load_audio
 
-    # as `ksdiff-runtime bake` loads it (with fallback), so the figure is what a user's bake gets
-    model = load_backend(backend_name, checkpoint, fallback=True)
+    # as `ksdiff-runtime bake` loads it (with fallback, one intra-op thread), so the figure is what a user's bake gets
+    model = load_backend(backend_name, checkpoint, fallback=True, threads=1)
     audio, _ = load_audio(SAMPLE_SPEECH)
     sr = motion.SAMPLE_RATE
     pieces = bake_pieces(audio)

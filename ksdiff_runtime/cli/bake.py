@@ -76,7 +76,9 @@ def run_bake(args: argparse.Namespace) -> int:
     text = args.text
     if text is None and args.input == SAMPLE_SPEECH:
         text = SAMPLE_SPEECH.with_suffix(".txt").read_text().strip()
-    backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True)
+    # one intra-op thread on the CPU, as `serve` runs it: a clip's windows go one after another (each continues
+    # the last), and at batch 1 a second thread slowed these graphs (the 6.8 s sample's model 75 -> 92-99 ms)
+    backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=1)
     started = time.perf_counter()
     inputs = clip_inputs(backend, audio, text, fps=args.fps, streaming_recogniser=args.streaming_recogniser)
     anim = animate(backend, [inputs], steps=args.steps, seeds=[args.seed])[0]
