@@ -56,6 +56,12 @@ def run_stream(engine: StreamingEngine, chunks: list[np.ndarray], seed: int = 0,
     return frames + rest
 
 
+def damage_encoder_state(engine: StreamingEngine, sid: str) -> None:
+    """Break a stream's stream-conditioner state (a wrong shape): its next batched model call fails."""
+    state = engine.sessions.get(sid).state
+    state.enc_state = dict(state.enc_state, s_h=np.zeros((1, 3, 3), np.float32))
+
+
 def random_chunks(audio: np.ndarray, rng: np.random.Generator, max_size: int) -> list[np.ndarray]:
     cuts = [0]
     while cuts[-1] < audio.size:
@@ -186,8 +192,7 @@ def test_a_round_of_many_streams_runs_in_parts_at_once_and_each_gets_its_own_fra
                 if sid in engine.stream_ids:
                     engine.push(sid, clip[k : k + 533] * g)
             if r == 20:  # stream 4's encoder state is damaged mid-stream
-                state = engine.sessions.get("4").state
-                state.enc_state = dict(state.enc_state, s_h=np.zeros((1, 3, 3), np.float32))
+                damage_encoder_state(engine, "4")
             while engine.has_work():
                 result = engine.step()
                 frames += result.frames
@@ -355,8 +360,7 @@ def test_a_stream_whose_model_call_fails_is_closed_and_the_others_in_its_batch_g
             engine.push("a", speech_16k[k : k + step])
         engine.push("b", speech_16k[k : k + step])
         if k == 4 * step:  # a's encoder state is damaged mid-stream
-            state = engine.sessions.get("a").state
-            state.enc_state = dict(state.enc_state, s_h=np.zeros((1, 3, 3), np.float32))
+            damage_encoder_state(engine, "a")
         while engine.has_work():
             r = engine.step()
             frames += r.frames
