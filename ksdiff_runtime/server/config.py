@@ -14,6 +14,7 @@ from typing import Any
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.engine.controls import Controls, ControlsError
+from ksdiff_runtime.sessions import DEFAULT_MAX_STREAMS
 from ksdiff_sdk import protocol
 
 from .security import SecurityError, check_endpoints
@@ -31,7 +32,7 @@ class ServeConfig:
     preset: str = "low-latency"
     checkpoint: str = ""  # empty: the bundled checkpoint
     fps: int = motion.FPS
-    max_streams: int = 64  # a ceiling; below it the measured capacity decides (engine/capacity.py)
+    max_streams: int = DEFAULT_MAX_STREAMS  # a ceiling; below it the measured capacity decides (engine/capacity.py)
     idle_timeout_s: float = 10.0  # a stream that gets no audio this long is ended (reason timeout)
     max_ahead_s: float = 20.0  # a client may push this much audio beyond real time (more: busy)
     admission: bool = True  # refuse streams beyond the measured capacity (false: take every stream, shed under load)

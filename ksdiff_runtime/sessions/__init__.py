@@ -106,12 +106,14 @@ class Session:
 
 # admission: (sessions open now) -> None to admit, or the reason to refuse
 Admission = Callable[[int], str | None]
+# streams a registry holds at most unless told otherwise (serve's max_streams default)
+DEFAULT_MAX_STREAMS = 64
 
 
 class Sessions:
     """The registry. ``lock`` guards the id map and every session's fields marked above."""
 
-    def __init__(self, max_streams: int = 64, admission: Admission | None = None) -> None:
+    def __init__(self, max_streams: int = DEFAULT_MAX_STREAMS, admission: Admission | None = None) -> None:
         self.max_streams = max_streams
         self.admission = admission
         self.lock = threading.Lock()

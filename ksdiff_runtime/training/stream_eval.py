@@ -22,6 +22,7 @@ from ksdiff_runtime.engine.offline import Animation
 from ksdiff_runtime.engine.presets import PRESETS, Preset
 from ksdiff_runtime.features.streaming_frontend import LOOKAHEAD, WEIGHTS, StreamingPosteriorgramFrontEnd
 from ksdiff_runtime.model.checkpoint import load_model
+from ksdiff_runtime.sessions import DEFAULT_MAX_STREAMS, Sessions
 from ksdiff_runtime.training.dataset import Clip
 from ksdiff_runtime.training.evaluate import animate_model, held_out, model_inputs, score
 
@@ -77,6 +78,11 @@ def stream_animations(
     return anims
 
 
+def all_at_once(clips: list[Clip]) -> Sessions:
+    """A registry that takes every clip as a stream at once (the runtime's default stops at 64)."""
+    return Sessions(max_streams=max(DEFAULT_MAX_STREAMS, len(clips)), admission=None)
+
+
 def stream_eval(
     checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu",
     variants: list[Preset] | None = None, line_steps: list[int] | None = None, windowed: bool = False,
@@ -106,7 +112,7 @@ def stream_eval(
                     preset.front_end_config(backend.constants.cfg.front_end), recogniser_weights or WEIGHTS,
                     LOOKAHEAD if recogniser_lookahead is None else recogniser_lookahead)
             engine = StreamingEngine(backend, preset, stream_conditioner=streamed, front_end=front_end,
-                                     streaming_recogniser=recognised)
+                                     streaming_recogniser=recognised, sessions=all_at_once(clips))
             anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1))
             label = f"stream {preset.name} ({preset.steps} steps, hop {preset.hop_frames})"
             label += "" if streamed else ", windowed conditioner"
@@ -115,7 +121,8 @@ def stream_eval(
             presets[label] = preset
     for steps in line_steps or []:
         for recognised in (True, False) if windowed_recogniser else (True,):
-            engine = StreamingEngine(backend, "low-latency", line_steps=steps, streaming_recogniser=recognised)
+            engine = StreamingEngine(backend, "low-latency", line_steps=steps, streaming_recogniser=recognised,
+                                     sessions=all_at_once(clips))
             anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1), mode="line")
             label = f"lines ({steps} steps, whole windows)" + ("" if recognised else ", full-context recogniser")
             rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
