@@ -3,6 +3,7 @@ and a stream that falls behind real time sheds frames and catches up instead of 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -548,7 +549,34 @@ def test_presets_are_validated():
     with pytest.raises(ValueError, match="crossfade"):
         Preset("x", hop_frames=4, window_frames=4, model_lookahead_frames=0, steps=2, crossfade_frames=2,
                feature_block_frames=1, feature_lookahead_ms=0)
+    with pytest.raises(ValueError, match=r"feature_lookahead_ms must be > -33\.3"):
+        Preset("x", hop_frames=1, window_frames=4, model_lookahead_frames=0, steps=1, crossfade_frames=0,
+               feature_block_frames=1, feature_lookahead_ms=-34)
     assert PRESETS["low-latency"].latency_budget_ms() < PRESETS["quality"].latency_budget_ms()
+
+
+@pytest.mark.parametrize("feature_lookahead_ms", [0, -13, 20])
+def test_a_hop_runs_as_soon_as_the_audio_it_waits_for_is_there(tiny_backend, speech_16k, feature_lookahead_ms):
+    """A one-frame hop with model lookahead L makes frame k once the audio to (k + L + 1) / FPS s plus the
+    feature lookahead is there, and not a sample before: a negative feature lookahead reads a frame before
+    its whole period has been heard, and the preset's stated audio wait is what the engine waits."""
+    preset = dataclasses.replace(PRESETS["low-latency"], feature_lookahead_ms=feature_lookahead_ms)
+    engine = StreamingEngine(tiny_backend, preset)
+    sid = engine.open_stream()
+    L = preset.model_lookahead_frames
+    fed = 0
+    for k in range(12):
+        need = -(-(k + L + 1) * SAMPLE_RATE // motion.FPS) + round(feature_lookahead_ms * SAMPLE_RATE / 1000)
+        engine.push(sid, speech_16k[fed : need - 1])
+        fed = need - 1
+        assert [f.index for f in engine.step().frames] == [], k  # one sample short: frame k waits
+        engine.push(sid, speech_16k[fed:need])
+        fed = need
+        frames = engine.step().frames
+        assert [f.index for f in frames] == [k]
+        waited_ms = 1000 * (need - k * SAMPLE_RATE / motion.FPS) / SAMPLE_RATE  # after frame k's instant
+        assert waited_ms == pytest.approx(preset.latency_budget_ms(), abs=0.07)
+        assert frames[0].lookahead_ms == pytest.approx(waited_ms, abs=0.07)  # what the frame says it heard
 
 
 def test_eval_stream_variants_name_preset_fields():

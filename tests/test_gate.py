@@ -135,16 +135,20 @@ def test_missing_silero_vad_is_a_clear_message(monkeypatch, caplog) -> None:
 # --- the gate ------------------------------------------------------------------------------------------
 def test_gate_config_is_checked() -> None:
     for bad in (dict(threshold=0.0), dict(threshold=1.0), dict(hangover_ms=-1), dict(release_ms=-5),
-                dict(min_chunks=0)):
+                dict(min_chunks=0), dict(early_ms=-1)):
         with pytest.raises(ValueError, match="voice gate"):
             GateConfig(**bad)
 
 
-def test_a_frame_reads_whole_chunks_up_to_its_lookahead_only() -> None:
-    cfg = GateConfig(hangover_ms=250, lookahead_frames=2)
+@pytest.mark.parametrize("early_ms", [0.0, 13.0])
+def test_a_frame_reads_whole_chunks_up_to_its_lookahead_only(early_ms) -> None:
+    """Up to the frame's lookahead, less what a preset that reads frames early (``early_ms``) has not heard
+    when the frame's hop runs."""
+    cfg = GateConfig(hangover_ms=250, lookahead_frames=2, early_ms=early_ms)
     for frame in (0, 1, 7, 100, 1001):
         k0, k1 = cfg.chunk_span(frame)
-        assert k1 * vad.CHUNK <= (frame + 3) * SR // motion.FPS < (k1 + 1) * vad.CHUNK
+        heard = (frame + 3) * SR // motion.FPS - round(early_ms * SR / 1000)
+        assert k1 * vad.CHUNK <= heard < (k1 + 1) * vad.CHUNK
         assert (k0 + 1) * vad.CHUNK > frame * SR / motion.FPS - 0.25 * SR or k0 == 0
 
 
@@ -241,6 +245,8 @@ def test_gate_is_the_same_whatever_the_chunking_and_for_lines_and_bakes(engines,
     line = stream(on, audio, mode="line")
     closed = lambda v: np.all(v[:, GATED_COLUMNS] == 0, axis=1)  # noqa: E731
     np.testing.assert_array_equal(closed(a), closed(line))
+    # a bake gated as the engine gates its streams (the engine's preset reads frames early: its gate too)
+    assert on.voice_gate == GateConfig().for_preset(on.preset) and on.voice_gate.early_ms == 13.0
     baked = gate_clip(np.ones((len(a), motion.NUM_BLENDSHAPES + motion.NUM_HEAD), np.float32),
-                      np.pad(audio, (0, len(a) * SR // motion.FPS + SR)), GateConfig(), vad.shared_vad())
+                      np.pad(audio, (0, len(a) * SR // motion.FPS + SR)), on.voice_gate, vad.shared_vad())
     np.testing.assert_array_equal(closed(a), baked[:, JAW] == 0)

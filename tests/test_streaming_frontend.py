@@ -4,6 +4,8 @@ streams without a recogniser stream keep the windowed features; gaps restart the
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -11,7 +13,7 @@ import torch
 
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.features.frontend import HAMA_CLASSES, PPG_LOG_FLOOR, FrontEndConfig, PosteriorgramFrontEnd
-from ksdiff_runtime.features.streaming_frontend import WEIGHTS, StreamingPosteriorgramFrontEnd
+from ksdiff_runtime.features.streaming_frontend import BLANK_LOG_PROBS, WEIGHTS, StreamingPosteriorgramFrontEnd
 from ksdiff_runtime.features.streaming_recogniser import StreamingRecogniser
 from ksdiff_runtime.motion import SAMPLE_RATE, num_frames
 
@@ -41,9 +43,14 @@ def _stream_features(fe, audio: np.ndarray, groups: list[tuple[int, int]], keep_
     return np.concatenate(out)
 
 
-def test_features_are_the_final_recogniser_frames_by_the_groups_end(front_end, speech):
+@pytest.mark.parametrize("lookahead_ms", [0, -13])
+def test_features_are_the_final_recogniser_frames_by_the_groups_end(front_end, speech, lookahead_ms):
     """The posteriorgram part, checked against the torch stream fed the same audio: each motion frame
-    interpolates the 20 ms frames around it, a frame not final yet holding the last final one."""
+    interpolates the 20 ms frames around it, a frame not final yet holding the last final one. Also for a
+    group read before its last frame's period is all there (a negative lookahead)."""
+    config = dataclasses.replace(CONFIG, lookahead_ms=lookahead_ms)
+    if config != CONFIG:
+        front_end = StreamingPosteriorgramFrontEnd(config, weights=None)
     n = num_frames(speech.size) - 1
     got = _stream_features(front_end, speech, [(f, f + 1) for f in range(n)])
     torch.set_num_threads(1)
@@ -54,12 +61,13 @@ def test_features_are_the_final_recogniser_frames_by_the_groups_end(front_end, s
         final = ref.stream(state, speech[:s1]).numpy()
         t = f * SAMPLE_RATE / 30
         q = int(t // 320)
-        lo, hi = (final[min(k, final.shape[0] - 1)] for k in (q, q + 1))
+        # before the first recogniser frame is final: blank
+        lo, hi = (final[min(k, final.shape[0] - 1)] if final.shape[0] else BLANK_LOG_PROBS for k in (q, q + 1))
         w = (t - 320 * q) / 320
         want = (1 - w) * (np.maximum(lo, PPG_LOG_FLOOR) + 5) / 5 + w * (np.maximum(hi, PPG_LOG_FLOOR) + 5) / 5
         assert np.abs(got[f, :HAMA_CLASSES] - want).max() < 0.03, f
     # the log-mel part is the windowed front-end's: the same segment, the same grid
-    windowed = np.concatenate([PosteriorgramFrontEnd(CONFIG).many_range_features(
+    windowed = np.concatenate([PosteriorgramFrontEnd(config).many_range_features(
         [(speech[: front_end.range_samples(f, f + 1)[1]], f, f + 1, 0)])[0] for f in range(n)])
     assert np.abs(got[:, HAMA_CLASSES:] - windowed[:, HAMA_CLASSES:]).max() < 1e-5
 
@@ -222,3 +230,10 @@ def test_a_model_config_names_its_recogniser():
         FrontEndConfig(recogniser="hama")
     with pytest.raises(ValueError, match="is for the 'ppg' front-end"):
         FrontEndConfig(name="logmel", recogniser="streaming")
+
+
+def test_a_group_is_never_read_before_its_last_frames_instant():
+    with pytest.raises(ValueError, match=r"lookahead_ms must be > -33.3 \(a frame's period\), got -34"):
+        PosteriorgramFrontEnd(FrontEndConfig(left_context_ms=150, lookahead_ms=-34))
+    early = PosteriorgramFrontEnd(FrontEndConfig(left_context_ms=150, lookahead_ms=-33))
+    assert early.range_samples(3, 4)[1] == -(-4 * SAMPLE_RATE // 30) - 528 > 3 * SAMPLE_RATE // 30

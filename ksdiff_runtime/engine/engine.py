@@ -119,15 +119,14 @@ class StreamingEngine:
         self.guidance = guidance
         self.capacity = capacity or Capacity()
         self.controls = controls or Controls()  # for streams opened without their own
-        # The voice gate (engine/gate.py; None: off) looks ahead exactly as far as the model does, so
-        # the audio it reads is there when a hop runs. Its VAD model loads now: a missing one is an error
-        # before serving, not a failed first stream.
+        # The voice gate (engine/gate.py; None: off), as this preset's streams read it. Its VAD model loads
+        # now: a missing one is an error before serving, not a failed first stream.
         self.voice_gate = None
         if voice_gate is not None:
             from ksdiff_runtime.features.vad import shared_vad
 
             self._vad = shared_vad()
-            self.voice_gate = dataclasses.replace(voice_gate, lookahead_frames=self.preset.model_lookahead_frames)
+            self.voice_gate = voice_gate.for_preset(self.preset)
         # Live streams' hops condition with the stream conditioner (model/streaming.py: the encoder's past
         # cached, only new frames encoded) when the backend has it; False: window by window, as lines do.
         has_it = stream_conditioner and hasattr(backend, "condition_stream")

@@ -17,12 +17,14 @@ Frames are gated from the audio alone, so a stream and a bake of the same audio 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from ksdiff_runtime import motion
+from ksdiff_runtime.engine.presets import Preset
 from ksdiff_runtime.features.vad import CHUNK, SileroVad, VadTrack, VadUnavailableError, vad_model_path
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ class GateConfig:
     hangover_ms: float = 250.0  # voice this recent keeps the mouth free
     release_ms: float = 100.0  # then the mouth closes over this long
     lookahead_frames: int = 2  # voice this many frames ahead opens it (the model's lookahead)
+    # a preset that reads a frame before its period is all heard (a negative feature lookahead) makes its
+    # hops this much sooner, and the gate reads no further than they do
+    early_ms: float = 0.0
     # consecutive voiced VAD chunks (32 ms each) that count as voice; 3 closed the first opening of an
     # utterance (the third chunk comes after the model's lookahead)
     min_chunks: int = 2
@@ -46,14 +51,21 @@ class GateConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"voice gate threshold must be in (0, 1), got {self.threshold}")
-        if self.hangover_ms < 0 or self.release_ms < 0 or self.lookahead_frames < 0:
-            raise ValueError("voice gate hangover_ms, release_ms and lookahead_frames must be >= 0")
+        if self.hangover_ms < 0 or self.release_ms < 0 or self.lookahead_frames < 0 or self.early_ms < 0:
+            raise ValueError("voice gate hangover_ms, release_ms, lookahead_frames and early_ms must be >= 0")
         if self.min_chunks < 1:
             raise ValueError(f"voice gate min_chunks must be >= 1, got {self.min_chunks}")
 
+    def for_preset(self, preset: Preset) -> GateConfig:
+        """This gate as a stream of ``preset`` reads it: as far ahead as the model looks, and as early as the
+        preset reads frames, so the audio it reads is there when a hop runs."""
+        return dataclasses.replace(self, lookahead_frames=preset.model_lookahead_frames,
+                                   early_ms=max(0.0, -preset.feature_lookahead_ms))
+
     def audio_needed(self, frame: int) -> int:
-        """Samples the gain of native frame ``frame`` reads: up to its lookahead."""
-        return (frame + self.lookahead_frames + 1) * motion.SAMPLE_RATE // motion.FPS
+        """Samples the gain of native frame ``frame`` reads: up to its lookahead (less ``early_ms``)."""
+        early = round(self.early_ms * motion.SAMPLE_RATE / 1000)
+        return (frame + self.lookahead_frames + 1) * motion.SAMPLE_RATE // motion.FPS - early
 
     def chunk_span(self, frame: int) -> tuple[int, int]:
         """VAD chunks [k0, k1) the frame's gain reads: those ending after (instant - hangover) and no later

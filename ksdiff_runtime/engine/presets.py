@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.features.frontend import FrontEndConfig
+from ksdiff_runtime.features.frontend import FRAME_PERIOD_MS, FrontEndConfig
 
 # The real-time bound: how far behind its audio (beyond the audio wait and one hop of compute) a
 # live stream may fall before the engine sheds frames to stay current: 2 hops, and never less than
@@ -42,7 +42,7 @@ class Preset:
     steps: int  # DDIM steps
     crossfade_frames: int  # frames blended with the previous hop's provisional frames
     feature_block_frames: int  # frames per front-end call (3 = the 100 ms blocks the model was trained on)
-    feature_lookahead_ms: int  # audio the front-end waits for past its last frame
+    feature_lookahead_ms: int  # audio the front-end waits for past its last frame's period (may be < 0)
     # audio before a front-end group the recogniser hears (None: the model's training value);
     # the recogniser's cost grows with it, and it runs on every hop
     feature_left_context_ms: int | None = None
@@ -57,6 +57,9 @@ class Preset:
             raise ValueError(f"preset {self.name}: crossfade_frames must be in 0..window_frames - hop_frames")
         if self.feature_block_frames < 1 or self.steps < 1 or self.model_lookahead_frames < 0:
             raise ValueError(f"preset {self.name}: feature_block_frames and steps must be >= 1")
+        if self.feature_lookahead_ms <= -FRAME_PERIOD_MS:
+            raise ValueError(f"preset {self.name}: feature_lookahead_ms must be > -{FRAME_PERIOD_MS:.1f} "
+                             f"(a frame's period: the audio at a frame's instant must be there)")
         if self.head_smoothing_ms < 0:
             raise ValueError(f"preset {self.name}: head_smoothing_ms must be >= 0")
 
@@ -75,9 +78,10 @@ class Preset:
         return fe
 
     def lookahead_ms(self) -> float:
-        """Audio after a frame's instant that the model had always heard when it made the frame
-        (the last frame of a hop; earlier frames of a hop heard more)."""
-        return 1000.0 * self.model_lookahead_frames / motion.FPS + self.feature_lookahead_ms
+        """Audio after a frame's instant (``t_audio``) that the model had always heard when it made the frame
+        (the last frame of a hop; earlier frames of a hop heard more): the L frames it looks ahead, the frame's
+        own period, and the feature lookahead."""
+        return 1000.0 * (self.model_lookahead_frames + 1) / motion.FPS + self.feature_lookahead_ms
 
     def max_lag_ms(self) -> float:
         """The stated bound: how far behind a live stream may fall (MAX_LAG_HOPS hops, at least MIN_LAG_MS)."""
@@ -98,13 +102,15 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # A VTuber's mic: a hop per frame, so every frame waits the same 100 ms for audio. The
+    # A VTuber's mic: a hop per frame, so every frame waits the same 87 ms for audio. The
     # model's full 2-frame lookahead is kept and the recogniser's dropped, and one DDIM step
     # (x0 straight from noise) is used: on held-out clips (docs/ENGINE.md) the model lookahead is
     # what keeps bilabial closures, and at short hops 1 step beat 2-4 on every mouth metric.
     # 150 ms of recogniser context (not 250) scored the same and costs a third less per hop.
+    # A frame is read 13 ms before its period is all heard (20 ms after its instant): 13 ms less
+    # wait for +1.7 % mouth error (docs/ENGINE.md, "Reading a frame early").
     "low-latency": Preset("low-latency", hop_frames=1, window_frames=8, model_lookahead_frames=2, steps=1,
-                          crossfade_frames=0, feature_block_frames=1, feature_lookahead_ms=0,
+                          crossfade_frames=0, feature_block_frames=1, feature_lookahead_ms=-13,
                           feature_left_context_ms=150, head_smoothing_ms=100.0),
     # NPC dialogue and anything that can wait half a second: the model's full lookahead and the
     # front-end schedule it was trained on.

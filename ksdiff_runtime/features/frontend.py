@@ -55,6 +55,11 @@ MEL_LOG_CENTER = -4.0
 MEL_LOG_SCALE = 4.0
 # FrontEndConfig.recogniser's values
 RECOGNISERS = ("full-context", "streaming")
+# A group's lookahead is counted from the end of its last frame's period (frame f at f / FPS s holds until
+# (f + 1) / FPS s). It may be negative, down to (not including) minus one period: the group is then read
+# before its last frame's period has all been heard, but never before its instant (docs/ENGINE.md,
+# "Reading a frame early").
+FRAME_PERIOD_MS = 1000.0 / FPS
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,12 @@ class BlockwiseFrontEnd:
             # 100 ms is the smallest span holding a whole number of 30 fps frames (3) and of
             # 20 ms recogniser frames (5).
             raise ValueError(f"block_ms must be a positive multiple of 100, got {config.block_ms}")
-        if config.left_context_ms < 0 or config.lookahead_ms < 0:
-            raise ValueError("left_context_ms and lookahead_ms must be >= 0")
+        if config.left_context_ms < 0:
+            raise ValueError("left_context_ms must be >= 0")
+        if config.lookahead_ms <= -FRAME_PERIOD_MS:
+            # a group is read at the earliest once the audio at its last frame's instant is there
+            raise ValueError(f"lookahead_ms must be > -{FRAME_PERIOD_MS:.1f} (a frame's period), "
+                             f"got {config.lookahead_ms}")
         self.config = config
         self.block_samples = _ms_to_samples(config.block_ms)
         self.frames_per_block = config.block_ms * FPS // 1000
@@ -162,7 +171,8 @@ class BlockwiseFrontEnd:
         for audio, f0, f1, offset in requests:
             audio = np.asarray(audio, dtype=np.float32)
             s0, s1 = self.range_samples(f0, f1)  # from the nominal range, as the stream's audio allows
-            f1 = min(f1, num_frames(offset + audio.size))
+            if offset + audio.size < s1:  # a finished stream's last range: the frames its audio holds
+                f1 = min(f1, num_frames(offset + audio.size))
             if f1 > f0 and s0 < offset:
                 raise ValueError(f"audio from sample {offset} on cannot give frames from {f0} (needs sample {s0})")
             s1 = min(offset + audio.size, s1)

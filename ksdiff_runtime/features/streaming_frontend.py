@@ -136,7 +136,8 @@ class StreamingPosteriorgramFrontEnd(PosteriorgramFrontEnd):
         s0, s1_nominal = self.range_samples(f0, f1)
         end = offset + audio.size
         s1 = min(end, s1_nominal)
-        f1 = min(f1, num_frames(end))
+        if end < s1_nominal:  # a finished stream's last group: the frames its audio holds
+            f1 = min(f1, num_frames(end))
         if s0 < offset:
             raise ValueError(f"audio from sample {offset} on cannot give frames from {f0} (needs sample {s0})")
         if ppg.fed < offset:  # audio the recogniser never heard is gone (a gap the stream skipped): start afresh

@@ -347,8 +347,7 @@ def evaluate_real(backend: Backend, out: Path, max_prompts: int = 0, modes: tupl
     }
     engine = StreamingEngine(backend, LIVE_PRESET, front_end_threads=1)
     for mode in modes:
-        gate = GateConfig() if mode == "bake" else \
-            GateConfig(lookahead_frames=get_preset(LIVE_PRESET).model_lookahead_frames)
+        gate = GateConfig() if mode == "bake" else GateConfig().for_preset(get_preset(LIVE_PRESET))
 
         def run(clips: list[np.ndarray], what: str, mode: str = mode) -> list[np.ndarray]:
             frames: list[np.ndarray] = []
