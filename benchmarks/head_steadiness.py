@@ -1,10 +1,11 @@
-"""The head's low-pass in the liveliness stage (engine/liveliness.py) at several cutoffs, on held-out clips.
+"""The head's low-pass in the liveliness stage (engine/liveliness.py) at several orders and cutoffs, on
+held-out clips.
 
-    python -m benchmarks.head_steadiness [--corpus data/corpus] [--clips 40] [--cutoffs 2,1.5,1.2,1]
+    python -m benchmarks.head_steadiness [--corpus data/corpus] [--clips 40] [--filters 2:1,3:1.4]
 
 Held-out synthetic clips (the corpus's test split, synthetic voices) are streamed live through the
 engine (ONNX Runtime, low-latency preset, the voice gate on, liveliness off) once; the liveliness stage
-is then applied to those frames with each cutoff. Reported against the teacher's head on the same
+is then applied to those frames with each low-pass (order:cutoff in Hz). Reported against the teacher's head on the same
 clips: the head's standard deviation (degrees, pitch / yaw / roll), motion beats a second
 (metrics.motion_beats) and BeatAlign with the audio's onsets. Needs the corpus (`ksdiff-runtime
 corpus`). Writes benchmarks/head_steadiness.json; nothing is asserted, every figure is printed.
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.head_steadiness", description=__doc__.splitlines()[0])
     p.add_argument("--corpus", type=Path, default=ROOT / "data" / "corpus", help="corpus folder")
     p.add_argument("--clips", type=int, default=40, help="held-out synthetic clips (default 40)")
-    p.add_argument("--cutoffs", default="2,1.5,1.2,1", help="head low-pass cutoffs in Hz, comma-separated")
+    p.add_argument("--filters", default="2:2,2:1.5,2:1.2,2:1,3:1.2,3:1.3,3:1.4,4:1.4",
+                   help="head low-passes as ORDER:CUTOFF_HZ, comma-separated (default: %(default)s)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "head_steadiness.json", help="results (JSON)")
     args = p.parse_args(argv)
     manifest = json.loads((args.corpus / "manifest.json").read_text())
@@ -62,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         engine.close()
     rows = {"teacher": figures(teacher, audios), "model alone": figures([v[:, D:] for v in model], audios)}
-    for hz in (float(x) for x in args.cutoffs.split(",")):
-        config = dataclasses.replace(LivelinessConfig(), head_smoothing_hz=hz)
-        rows[f"liveliness at {hz:g} Hz"] = figures([Liveliness(config, 3).apply(v.copy())[:, D:] for v in model],
-                                                   audios)
+    for spec in args.filters.split(","):
+        order, hz = spec.split(":")
+        config = dataclasses.replace(LivelinessConfig(), head_smoothing_order=int(order), head_smoothing_hz=float(hz))
+        rows[f"liveliness, order {order} at {float(hz):g} Hz"] = figures(
+            [Liveliness(config, 3).apply(v.copy())[:, D:] for v in model], audios)
     for label, r in rows.items():
-        print(f"{label:>22}: head std {r['head_std_deg']} deg, beats {r['beats_per_s']}/s, "
+        print(f"{label:>32}: head std {r['head_std_deg']} deg, beats {r['beats_per_s']}/s, "
               f"BeatAlign {r['beat_align']}")
     args.out.write_text(json.dumps({"machine": machine(), "clips": len(clips), "rows": rows}, indent=1) + "\n")
     print(f"-> {args.out}")

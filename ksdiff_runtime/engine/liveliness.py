@@ -14,11 +14,12 @@ Until a retrained model does this itself, this stage adds it to the model's outp
   offset (``saccade_deg``, both eyes together) and hold it, added to the eyeLook weights;
 - **head centring**: the head's slow average (time constant ``head_centring_s``) is taken out of
   its rotation, so no offset settles over minutes while every nod and turn stays;
-- **head steadiness**: a 2nd-order low-pass at ``head_smoothing_hz`` on the head's rotation. Each
-  hop samples head motion afresh, so the model's head wobbles at the hop rate (9.9 direction
-  changes a second in a looping stream, where the teacher makes 2.5). At 1 Hz slow nods pass (0.5
-  Hz at 97 %, 0.8 Hz at 84 %) and the head lags the model's by ~230 ms; at 2 Hz it still made 4.5
-  direction changes a second (docs/ENGINE.md).
+- **head steadiness**: a Butterworth low-pass (``head_smoothing_order``, ``head_smoothing_hz``) on the
+  head's rotation. Each hop samples head motion afresh, so the model's head wobbles at the hop rate
+  (9.9 direction changes a second in a looping stream, where the teacher makes 2.5). 3rd order at
+  1.4 Hz keeps slow nods (0.5 Hz at 100 %, 0.8 Hz at 98 %), the head lags the model's by ~230 ms on
+  slow motion, and 3.1 direction changes a second are left; 2nd order at 1 Hz lagged ~240 ms, kept a
+  0.8 Hz nod at 84 % and left 3.3 (docs/ENGINE.md).
 
 Like the voice gate it works on what goes out (the model's own context is untouched), on the
 native 30 fps frames in order, from the stream's seed and those frames alone: the same frames and
@@ -70,7 +71,9 @@ class LivelinessConfig:
     saccades_per_second: float = 0.7
     saccade_deg: float = 2.0  # standard deviation of each fixation's offset (yaw and pitch)
     head_centring_s: float = 6.0  # a head offset held longer than this goes back to centre (0: off)
-    head_smoothing_hz: float = 1.0  # head motion faster than this is damped (0: off)
+    head_smoothing_hz: float = 1.4  # head motion faster than this is damped (0: off)
+    # the low-pass's order: a steeper roll-off damps the hop-rate wobble more for the same lag on nods
+    head_smoothing_order: int = 3
 
     def __post_init__(self) -> None:
         if not 0 <= self.blinks_per_minute <= 60:
@@ -83,6 +86,8 @@ class LivelinessConfig:
             raise ValueError(f"head_centring_s must be >= 0, got {self.head_centring_s}")
         if not 0 <= self.head_smoothing_hz < motion.FPS / 2:
             raise ValueError(f"head_smoothing_hz must be in [0, {motion.FPS / 2}), got {self.head_smoothing_hz}")
+        if not 1 <= self.head_smoothing_order <= 4:
+            raise ValueError(f"head_smoothing_order must be in 1..4, got {self.head_smoothing_order}")
 
 
 class Liveliness:
@@ -109,7 +114,8 @@ class Liveliness:
         self._head_mean_z = [0.0] * motion.NUM_HEAD  # the running mean's one-pole state, (1 - a) x the mean
         self._head_sos: list[list[float]] = []  # the low-pass's second-order sections, and their state, from rest
         if config.head_smoothing_hz:
-            self._head_sos = scipy.signal.butter(2, config.head_smoothing_hz, fs=fps, output="sos").tolist()
+            self._head_sos = scipy.signal.butter(config.head_smoothing_order, config.head_smoothing_hz, fs=fps,
+                                                 output="sos").tolist()
         self._head_zi = [[[0.0, 0.0] for _ in range(motion.NUM_HEAD)] for _ in self._head_sos]
 
     def apply(self, values: np.ndarray) -> np.ndarray:
