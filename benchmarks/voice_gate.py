@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = load_backend("onnxruntime", threads=1)
     engines = {"off": StreamingEngine(backend, "low-latency", front_end_threads=1),
                "on": StreamingEngine(backend, "low-latency", front_end_threads=1, voice_gate=GateConfig())}
-    result: dict[str, Any] = {"machine": machine(), "gate": GateConfig().__dict__, "preset": "low-latency",
+    result: dict[str, Any] = {"machine": machine(), "gate": engines["on"].voice_gate.__dict__, "preset": "low-latency",
                               "open_threshold": OPEN, "not_a_voice": {}, "speech": {}}
 
     rng = np.random.default_rng(0)

@@ -689,3 +689,43 @@ def test_a_line_whose_audio_trickles_in_waits_for_whole_windows(tiny_backend, sp
     engine.end_stream(sid)
     frames += finish(engine, sid)[0]
     assert [f.index for f in frames] == list(range(stream_frames(speech_16k.size, motion.FPS)))
+
+
+@pytest.mark.parametrize("feature_lookahead_ms", [0, -13])
+def test_a_line_pushed_in_pieces_gets_the_frames_it_gets_pushed_whole(tiny_backend, speech_16k, feature_lookahead_ms):
+    """A line's first features come from one pass over the audio there is; when a preset reads frames early,
+    the audio can give one frame more than its whole periods, which must come from its own group (not the
+    pass, which would shift every later frame by one)."""
+    preset = dataclasses.replace(PRESETS["low-latency"], feature_lookahead_ms=feature_lookahead_ms)
+    engine = StreamingEngine(tiny_backend, preset)
+    window = tiny_backend.constants.cfg.train_window_frames + preset.model_lookahead_frames
+    # the first piece: 33.98 periods, a window and its lookahead when the last frame is read early
+    first = window * SAMPLE_RATE // motion.FPS - 11
+    whole = run_stream(engine, [speech_16k], seed=3, mode="line")
+    pieces = run_stream(engine, [speech_16k[:first], speech_16k[first:]], seed=3, mode="line")
+    assert [f.index for f in pieces] == [f.index for f in whole]
+    (b1, h1), (b2, h2) = as_arrays(whole), as_arrays(pieces)
+    # frame 33 of the pieces was read early, from 13 ms less audio than the whole line had: the frames before
+    # those that look at it are the same (but for float rounding: the first pass is over less audio), the rest
+    # close (features shifted by a frame differed by 0.07 from frame 0)
+    same = 33 - preset.model_lookahead_frames if feature_lookahead_ms < 0 else len(b1)
+    np.testing.assert_allclose(b1[:same], b2[:same], atol=1e-5)
+    np.testing.assert_allclose(h1[:same], h2[:same], atol=1e-5)
+    np.testing.assert_allclose(b1, b2, atol=5e-3)
+
+
+@pytest.mark.parametrize("tail", [0, 100, 400, 532])
+def test_a_stream_ending_in_a_frames_last_moments_gets_the_same_frames_however_it_arrives(
+        tiny_backend, speech_16k, tail):
+    """Audio that ends inside a frame's period, in the 13 ms a preset reads early or before them, with
+    groups of one frame and of three: the same frames, whole or in pieces, and one per whole period."""
+    audio = speech_16k[: 40 * SAMPLE_RATE // motion.FPS + tail]
+    for block in (1, 3):
+        preset = dataclasses.replace(PRESETS["low-latency"], feature_block_frames=block)
+        engine = StreamingEngine(tiny_backend, preset)
+        rng = np.random.default_rng(tail + block)
+        whole = run_stream(engine, [audio], seed=7)
+        chunked = run_stream(engine, random_chunks(audio, rng, 700), seed=7)
+        assert len(whole) == len(chunked) == stream_frames(audio.size, motion.FPS)
+        (b1, h1), (b2, h2) = as_arrays(whole), as_arrays(chunked)
+        assert np.array_equal(b1, b2) and np.array_equal(h1, h2), block

@@ -16,7 +16,9 @@ from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.engine import gate as gate_mod
 from ksdiff_runtime.engine.gate import GATED_COLUMNS, GateConfig, VoiceGate, gate_clip
+from ksdiff_runtime.engine.presets import PRESETS
 from ksdiff_runtime.features import vad
+from ksdiff_runtime.features.frontend import FrontEndConfig
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.training import nonspeech
 
@@ -150,6 +152,23 @@ def test_a_frame_reads_whole_chunks_up_to_its_lookahead_only(early_ms) -> None:
         heard = (frame + 3) * SR // motion.FPS - round(early_ms * SR / 1000)
         assert k1 * vad.CHUNK <= heard < (k1 + 1) * vad.CHUNK
         assert (k0 + 1) * vad.CHUNK > frame * SR / motion.FPS - 0.25 * SR or k0 == 0
+
+
+@pytest.mark.parametrize("preset", list(PRESETS.values()), ids=list(PRESETS))
+def test_a_frames_gain_reads_no_audio_its_hop_does_not_have(preset) -> None:
+    """The gate as a preset's streams read it never reads a VAD chunk that ends after the audio the frame's
+    hop runs with (the front-end's reading point of the frame's last lookahead frame), and reads up to less
+    than a chunk before the end of that frame's period, or its early reading point."""
+    from ksdiff_runtime.features.frontend import PosteriorgramFrontEnd
+
+    gate = GateConfig().for_preset(preset)
+    fe = PosteriorgramFrontEnd(preset.front_end_config(FrontEndConfig()))
+    L = preset.model_lookahead_frames
+    past = max(0, fe.lookahead_samples)  # a positive feature lookahead is audio the gate does not read
+    for frame in range(3000):
+        heard = fe.range_samples(frame + L, frame + L + 1)[1]
+        read = gate.chunk_span(frame)[1] * vad.CHUNK
+        assert heard - past - vad.CHUNK < read <= heard, (frame, heard, read)
 
 
 def test_gains_open_on_voice_and_close_after_it(speech) -> None:

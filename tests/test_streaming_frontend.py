@@ -237,3 +237,8 @@ def test_a_group_is_never_read_before_its_last_frames_instant():
         PosteriorgramFrontEnd(FrontEndConfig(left_context_ms=150, lookahead_ms=-34))
     early = PosteriorgramFrontEnd(FrontEndConfig(left_context_ms=150, lookahead_ms=-33))
     assert early.range_samples(3, 4)[1] == -(-4 * SAMPLE_RATE // 30) - 528 > 3 * SAMPLE_RATE // 30
+    # a whole clip ending in its last frame's last 13 ms: that frame is read early, and the clip has no such frame
+    for fe in (PosteriorgramFrontEnd(FrontEndConfig(left_context_ms=150, lookahead_ms=-13)),
+               StreamingPosteriorgramFrontEnd(FrontEndConfig(left_context_ms=150, lookahead_ms=-13), weights=None)):
+        for n in (1500, 1599, 3150, 3199):
+            assert fe(np.zeros(n, np.float32)).shape[0] == num_frames(n), (type(fe).__name__, n)

@@ -8,11 +8,14 @@ the model made it. Eyes, brows and head keep moving: a silent person is not a st
 Frame ``i`` (30 fps, at sample ``i * 16000 / 30``) is voiced when ``min_chunks`` consecutive 32 ms
 VAD chunks ending in (instant - ``hangover_ms``, instant + lookahead] have a speech probability of at
 least ``threshold`` (one chunk alone is too easily a chord's attack or a click; a syllable lasts
-longer than two); the lookahead is the model's own (``lookahead_frames``: audio every hop already
-waits for), so the gate adds no latency and opens before the first syllable's frame, and the
-hangover keeps the mouth free through the short pauses inside speech. On a voiced frame the gain
-is 1; after the last one it falls to 0 linearly over ``release_ms`` (a closing mouth, not a snap).
-Frames are gated from the audio alone, so a stream and a bake of the same audio agree.
+longer than two); the lookahead is the audio a hop already waits for (``lookahead_frames``, the
+model's, and the frame's own period, less ``early_ms`` for a preset that reads frames early), so the
+gate adds no latency and opens before the first syllable's frame, and the hangover keeps the mouth
+free through the short pauses inside speech. On a voiced frame the gain is 1; after the last one it
+falls to 0 linearly over ``release_ms`` (a closing mouth, not a snap). Frames are gated from the audio
+alone, so a stream and a bake gated with the same config (``GateConfig.for_preset``) agree; a bake's
+own (``GateConfig()``) reads the whole period, 13 ms more than a ``low-latency`` stream, and may open
+a frame sooner at the start of speech.
 """
 
 from __future__ import annotations

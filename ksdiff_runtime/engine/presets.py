@@ -2,11 +2,11 @@
 
 A hop emits ``hop_frames`` new frames. It can run once the front-end features exist for
 those frames plus ``model_lookahead_frames`` more; the front-end itself needs
-``feature_lookahead_ms`` of audio past its last frame. The window the model denoises is
-``window_frames`` long: the hop's frames, then provisional frames past the audio (their
-features repeat the last known frame) that the next hop crossfades into (the model was
-trained on 32-frame windows and gets much worse below ~6, so a short hop still denoises a
-longer window). Latency budget for the first frame of a hop (the worst one):
+``feature_lookahead_ms`` of audio past its last frame's period (negative: before that period
+ends). The window the model denoises is ``window_frames`` long: the hop's frames, then
+provisional frames past the audio (their features repeat the last known frame) that the next
+hop crossfades into (the model was trained on 32-frame windows and gets much worse below ~6,
+so a short hop still denoises a longer window). Latency budget for the first frame of a hop (the worst one):
 
     hop (hop_frames / fps) + feature lookahead + audio capture block + compute + transport
 """

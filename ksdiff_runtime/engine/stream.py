@@ -316,11 +316,14 @@ class StreamState:
             # A line's first features: every frame its audio already gives, as a bake computes them (one
             # pass over all of it with full context, front_end.offline, and prosody over all of it), not
             # one call per window. A clip through `animate` is all here by then: its frames are the bake's.
-            self._feats = compute.offline(self._audio)[:available]
-            self._pros = take_frames(normalized_prosody(prosody(self._audio)), 0, available).astype(np.float32)
-            self.n_feats = available
+            # (A preset that reads frames early may have one frame more to read than the audio's whole
+            # periods, which the bake's pass gives: that one comes from its group below.)
+            feats = compute.offline(self._audio)[:available]
+            n = feats.shape[0]
+            self._feats = feats
+            self._pros = take_frames(normalized_prosody(prosody(self._audio)), 0, n).astype(np.float32)
+            self.n_feats = n
             self._trim()
-            return
         groups = self.feature_groups(upto, one_call)
         for (f0, f1), feats in zip(groups, compute.many_range_features([self.front_end_request(*g) for g in groups]),
                                    strict=True):
@@ -351,6 +354,9 @@ class StreamState:
     def add_features(self, f0: int, f1: int, feats: np.ndarray, pros: np.ndarray | None = None) -> None:
         """The front-end's features of group [f0, f1) (fewer frames at an ended stream's end), with their
         prosody: ``pros`` from ``prosody_rows`` (an engine round computes every stream's at once), or here."""
+        if self.ended:  # a preset reading frames early may be given one past the end: the stream has no such frame
+            feats = feats[: max(0, (self.total_frames or 0) - f0)]
+            pros = None if pros is None else pros[: feats.shape[0]]
         n = feats.shape[0]
         if f0 != self.n_feats or n == 0:  # cannot happen with the sample counts above; never loop on it
             raise RuntimeError(f"stream {self.id}: front-end gave {n} frames for [{f0}, {f1}) after {self.n_feats}")

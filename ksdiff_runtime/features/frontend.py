@@ -198,7 +198,9 @@ class BlockwiseFrontEnd:
         blocks = [self.block_features(audio, k) for k in range(self.num_blocks(audio.size))]
         if not blocks:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(blocks, axis=0)
+        # (a negative lookahead gives the last block a frame the clip does not have when it ends in that
+        # frame's last moments)
+        return np.concatenate(blocks, axis=0)[: num_frames(audio.size)]
 
     def offline(self, audio16k: np.ndarray) -> np.ndarray:
         """Whole-clip features from one pass over the whole clip (the offline schedule).

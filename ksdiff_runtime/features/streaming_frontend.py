@@ -35,7 +35,7 @@ from ksdiff_runtime.motion import FPS, SAMPLE_RATE, num_frames
 # The distilled streaming recogniser's weights (training.streaming_distil; derived from hama's, Apache-2.0)
 WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "streaming_recogniser.npz"
 # Chunks of one 20 ms frame: a frame is final 22.5 ms after its centre (the low-latency preset reads the
-# features of a frame as soon as its audio is there; longer chunks measured worse there, docs/STREAMING_RECOGNISER.md)
+# features of a motion frame 20 ms after its instant; longer chunks measured worse there, docs/STREAMING_RECOGNISER.md)
 LOOKAHEAD = 0
 # before a stream's first recogniser frame is final: a frame of pure blank (silence to a CTC recogniser)
 BLANK_LOG_PROBS = np.full(HAMA_CLASSES, PPG_LOG_FLOOR, np.float32)
@@ -93,7 +93,7 @@ class StreamingPosteriorgramFrontEnd(PosteriorgramFrontEnd):
         fpb = self.frames_per_block
         blocks = [self.many_range_features([(audio[: self.samples_needed(k)], k * fpb, (k + 1) * fpb, 0, ppg)])[0]
                   for k in range(self.num_blocks(audio.size))]
-        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float32)
+        return np.concatenate(blocks)[: num_frames(audio.size)] if blocks else np.zeros((0, self.dim), np.float32)
 
     def _native_offline(self, audio: np.ndarray) -> tuple[np.ndarray, int, float]:
         """A whole clip (a bake, a line's first features): the streaming recogniser over all of it in one
