@@ -5,12 +5,14 @@ as `serve` runs them, fed one frame of audio (533 samples) per stream per round 
 round's work is done: the round's wall time (it must stay under the 33 ms hop for the streams to be
 held in real time on the engine's thread) and the process's CPU time per stream-hop (by CPU alone,
 cores x 0.7 / (CPU per stream-hop x 30 hops/s) streams fit; admission in `serve` counts the rounds'
-fixed part once, engine/capacity.py). No pacing and no
-ZeroMQ: benchmarks/load.py measures the real `serve`. Each count runs four ways: with the stream
-conditioner and the streaming recogniser (as the engine runs: a round of a few streams per core cut
-into parts run at once, ksdiff_runtime.parallel), the same on one thread (as before that), with the
-windowed recogniser (every hop re-recognising 150 ms of context, as before the streaming recogniser),
-and window by window as well (every hop re-encoding its context too, as before the stream conditioner).
+fixed part once, engine/capacity.py). No ZeroMQ: benchmarks/load.py measures the real `serve`.
+Each count runs five ways: with the stream conditioner and the streaming recogniser (as the engine
+runs: a round of a few streams per core cut into parts run at once, ksdiff_runtime.parallel), rounds
+back to back; the same paced, a round starting every 33 ms as the audio would come (the cores idle
+between rounds, as in `serve`, and the next round starts with colder caches); on one thread (as before
+the parts); with the windowed recogniser (every hop re-recognising 150 ms of context, as before the
+streaming recogniser); and window by window as well (every hop re-encoding its context too, as before
+the stream conditioner).
 A count is held when the round's median is within the admission's share of the hop (ROUND_TARGET) and
 its CPU within the cores' (TARGET). Writes benchmarks/rounds.json.
 """
@@ -39,15 +41,16 @@ from ksdiff_runtime.inputs.guards import load_audio
 HOP_SAMPLES = motion.SAMPLE_RATE // motion.FPS + 1  # 533: a frame of audio per round (a little over)
 
 
-# (stream conditioner, streaming recogniser, threads: None = the engine's default, one per core) of each way
-WAYS = {"stream": (True, True, None), "stream, one thread": (True, True, 1), "windowed recogniser": (True, False, None),
-        "window": (False, False, None)}
+# (stream conditioner, streaming recogniser, threads: None = the engine's default, one per core, paced) of each way
+WAYS = {"stream": (True, True, None, False), "stream, paced": (True, True, None, True),
+        "stream, one thread": (True, True, 1, False), "windowed recogniser": (True, False, None, False),
+        "window": (False, False, None, False)}
 
 
 def measure(backend, streams: int, rounds: int, warm: int, way: str) -> dict:
     audio, _ = load_audio(SAMPLE_SPEECH)
     audio = np.tile(audio, -(-(rounds + warm) * HOP_SAMPLES // audio.size) + 2)
-    stream_conditioner, streaming_recogniser, threads = WAYS[way]
+    stream_conditioner, streaming_recogniser, threads, paced = WAYS[way]
     engine = StreamingEngine(backend, "low-latency", voice_gate=GateConfig(), liveliness=LivelinessConfig(),
                              stream_conditioner=stream_conditioner, streaming_recogniser=streaming_recogniser,
                              front_end_threads=threads)
@@ -55,7 +58,12 @@ def measure(backend, streams: int, rounds: int, warm: int, way: str) -> dict:
     ids = [engine.open_stream(seed=i) for i in range(streams)]
     starts = [(i * 7919) % (audio.size // 3) for i in range(streams)]
     walls, cpus = [], []
+    hop_s = 1.0 / motion.FPS
+    next_round = time.perf_counter()
     for r in range(warm + rounds):
+        if paced:  # a round starts when its audio would have come, as in `serve`, not right after the last
+            next_round += hop_s
+            time.sleep(max(0.0, next_round - time.perf_counter()))
         for sid, s0 in zip(ids, starts, strict=True):
             engine.push(sid, audio[s0 + r * HOP_SAMPLES : s0 + (r + 1) * HOP_SAMPLES])
         c0, w0 = time.process_time(), time.perf_counter()
