@@ -28,6 +28,7 @@ from ksdiff_sdk.schema import (  # the wire-level facts live in the SDK, the run
     BLENDSHAPE_INDEX,
     BLENDSHAPES,
     DEFAULT_MOOD,
+    DEFAULT_STYLE,
     FPS,
     GAZE,
     HEAD_ROTATION,
@@ -35,10 +36,11 @@ from ksdiff_sdk.schema import (  # the wire-level facts live in the SDK, the run
     NUM_BLENDSHAPES,
     NUM_HEAD,
     SAMPLE_RATE,
+    STYLES,
 )
 
-__all__ = ["BLENDSHAPES", "BLENDSHAPE_INDEX", "DEFAULT_MOOD", "FPS", "GAZE", "HEAD_ROTATION", "MOODS",
-           "NUM_BLENDSHAPES", "NUM_HEAD", "SAMPLE_RATE"]
+__all__ = ["BLENDSHAPES", "BLENDSHAPE_INDEX", "DEFAULT_MOOD", "DEFAULT_STYLE", "FPS", "GAZE", "HEAD_ROTATION", "MOODS",
+           "NUM_BLENDSHAPES", "NUM_HEAD", "SAMPLE_RATE", "STYLES"]
 
 
 # Blendshapes of the mouth region: the ones lip-sync error is measured on.

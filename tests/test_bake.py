@@ -148,6 +148,44 @@ def test_a_mood_is_baked_in_as_a_stream_holds_it(tmp_path: Path, speech_wav: Pat
     assert np.all(g[:, 1] >= g0[:, 1] - 1e-6) and g[:, 1].mean() > g0[:, 1].mean()  # the eyes look down (+)
 
 
+def test_a_style_is_baked_in_and_a_baked_file_is_a_style(tmp_path: Path, speech_16k: np.ndarray,
+                                                         tiny_checkpoint: Path) -> None:
+    """Styles scale the same baked motion by their gains; a bake's own output is a take to follow."""
+    from ksdiff_runtime.engine.style import style_for
+
+    speech_wav = tmp_path / "speech.wav"  # 3 s: long enough to be a take itself
+    sf.write(speech_wav, np.tile(speech_16k, 2), motion.SAMPLE_RATE, subtype="FLOAT")
+    out = {name: tmp_path / f"{name}.json" for name in ("still", "animated", "none")}
+    for name, path in out.items():
+        assert bake(speech_wav, path, tiny_checkpoint, "--seed", "3", "--style", name) == 0
+
+    def curves(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        frames = json.loads(path.read_text())["frames"]
+        return np.array([f["blendshapes"] for f in frames]), np.array([f["head"] for f in frames])
+
+    (b0, h0), (_, hs), (ba, ha) = curves(out["none"]), curves(out["still"]), curves(out["animated"])
+    g_still, g_anim = style_for("still").gains(), style_for("animated").gains()
+    # the files' 5 decimals, times the gain
+    np.testing.assert_allclose(hs, h0 * g_still["head"], atol=1e-5 * (1 + g_still["head"]))
+    np.testing.assert_allclose(ha, h0 * g_anim["head"], atol=1e-5 * (1 + g_anim["head"]))
+    brow = motion.BLENDSHAPE_INDEX["browInnerUp"]
+    np.testing.assert_allclose(ba[:, brow], np.clip(b0[:, brow] * g_anim["brows"], 0, 1),
+                               atol=1e-5 * (1 + g_anim["brows"]))
+    # the animated take's bake is itself a take: following it, another bake moves like it
+    again = tmp_path / "again.csv"
+    assert bake(speech_wav, again, tiny_checkpoint, "--seed", "3", "--style", str(out["animated"])) == 0
+    assert style_for(str(out["animated"]), allow_files=True).profile.head > style_for("still").profile.head
+
+
+def test_a_bad_style_is_a_clear_error(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown style 'bouncy'; built-in styles: none, still, calm, natural, "
+                                         "lively, animated, or a reference take"):
+        bake(speech_wav, tmp_path / "x.csv", tiny_checkpoint, "--style", "bouncy")
+    with pytest.raises(SystemExit, match=r"style reference .*missing\.csv does not exist"):
+        bake(speech_wav, tmp_path / "x.csv", tiny_checkpoint, "--style", str(tmp_path / "missing.csv"))
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_a_bad_mood_is_a_clear_error(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):

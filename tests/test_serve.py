@@ -520,6 +520,9 @@ def test_set_controls_changes_a_stream_and_replies_with_the_controls_in_force(ru
         sad = peer.request("set_controls", stream="tuned", controls={"mood": "sad", "mood_intensity": 0.5})
         assert (sad["controls"]["mood"], sad["controls"]["mood_intensity"]) == ("sad", 0.5)
         assert sad["controls"]["shapes"] == c["shapes"]  # the other controls kept
+        assert c["style"] == "none"  # 1.4: no style
+        lively = peer.request("set_controls", stream="tuned", controls={"style": "lively"})
+        assert lively["controls"]["style"] == "lively" and lively["controls"]["mood"] == "sad"
         push_clip(peer, "tuned", speech(1.0, speech_16k).astype("<f4").tobytes(), 4, 1600)
         peer.send(P.encode_request("end_stream", stream="tuned"))
         frames = [Frame.from_message(m) for m in frames_of(peer.wait_pub(is_end("tuned")), "tuned")]
@@ -539,6 +542,9 @@ def test_set_controls_changes_a_stream_and_replies_with_the_controls_in_force(ru
     ({"loudness": 2}, "unknown control(s) loudness"),
     ({"mood": "excited"}, "mood must be one of neutral, happy, sad, angry, surprised; got 'excited'"),
     ({"mood_intensity": 2}, "mood_intensity must be in [0, 1], got 2"),
+    ({"style": "bouncy"}, "unknown style 'bouncy'; built-in styles: none, still, calm, natural, lively, animated"),
+    ({"style": "/etc/hosts.csv"}, "unknown style '/etc/hosts.csv'"),  # no client reads the server's files
+    ({"style": 1}, "style must be one of none, still, calm"),
 ])
 def test_bad_controls_are_refused_naming_the_setting_and_change_nothing(runtime, controls, says):
     peer = Peer(runtime)
@@ -618,3 +624,26 @@ def test_mood_flags_set_those_controls_and_keep_the_config_files_others(tmp_path
     c = load_config(config, {"controls": None}).artist_controls()
     assert (c.mood, c.timing_offset_ms) == ("sad", -20.0)
     assert load_config(None, {"controls": {"mood_intensity": 0.3}}).artist_controls().mood_intensity == 0.3
+
+
+def test_a_style_take_in_the_config_or_a_flag_is_every_streams_style(tmp_path):
+    from ksdiff_runtime.engine.style import StyleProfile, read_reference
+    from ksdiff_runtime.outputs import files
+    from ksdiff_runtime.server.config import ConfigError, load_config
+
+    t = np.arange(90) / 30
+    blend = np.zeros((90, 52), np.float32)
+    blend[:, 17] = 0.2 + 0.2 * np.sin(2 * np.pi * 3 * t)
+    head = 0.03 * np.stack([np.sin(2 * np.pi * 0.5 * t)] * 3, axis=1)
+    take = tmp_path / "me.csv"
+    files.write_csv(take, blend, head, np.zeros((90, 4), np.float32), 30)
+    config = tmp_path / "serve.toml"
+    config.write_text(f"[controls]\nstyle = '{take}'\n")
+    c = load_config(config, {"controls": None}).artist_controls()
+    assert c.style.profile == StyleProfile.of(*read_reference(take)) and c.to_dict()["style"] == str(take)
+    assert load_config(config, {"controls": {"style": "calm"}}).artist_controls().style.name == "calm"
+    config.write_text(f"[controls]\nstyle = '{tmp_path / 'gone.csv'}'\n")
+    with pytest.raises(ConfigError, match=r"\[controls\] style reference .*gone.csv does not exist"):
+        load_config(config, {"controls": None})
+    bad = cli("serve", "--style", "bouncy")
+    assert bad.returncode == 2 and "unknown style 'bouncy'; built-in styles: none, still" in bad.stderr

@@ -46,6 +46,9 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
                    help="the face's mood, held through speech and silence (default neutral)")
     p.add_argument("--mood-intensity", type=float, default=1.0, metavar="0..1",
                    help="how much of the mood (default 1)")
+    p.add_argument("--style", default=motion.DEFAULT_STYLE, metavar="STYLE|TAKE",
+                   help=f"{', '.join(motion.STYLES)}, or a reference take of a face (a Live Link Face .csv, or a "
+                   "bake .json): the head, brows and mouth move as much as in it (default none; docs/STYLE.md)")
     p.add_argument("--no-liveliness", dest="liveliness", action="store_false",
                    help="the model's eyes and head alone: no added blinks, gaze micro-saccades or head centring "
                    "(as in serve)")
@@ -66,7 +69,8 @@ def run_bake(args: argparse.Namespace) -> int:
     if args.fps <= 0:
         raise SystemExit("error: --fps must be positive")
     try:
-        controls = Controls.from_dict({"mood": args.mood, "mood_intensity": args.mood_intensity})
+        controls = Controls.from_dict({"mood": args.mood, "mood_intensity": args.mood_intensity, "style": args.style},
+                                      allow_files=True)
     except ControlsError as e:
         raise SystemExit(f"error: {e}") from None
     audio, report = load_audio(args.input)
@@ -91,7 +95,7 @@ def run_bake(args: argparse.Namespace) -> int:
     n_out = output_frames(audio.size, args.fps)  # one frame per started frame period, as a stream yields
     blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps, n_out).clip(0.0, 1.0)
     head = files.resample_frames(anim.head, motion.FPS, args.fps, n_out)
-    if controls.changes_values:  # the mood, as a stream's controls apply it
+    if controls.changes_values:  # the mood and style, as a stream's controls apply them
         shaped = ControlStage(controls, args.fps).shape(np.concatenate([blendshapes, head], axis=1))
         blendshapes, head = shaped[:, : motion.NUM_BLENDSHAPES], shaped[:, motion.NUM_BLENDSHAPES :]
     gaze = motion.gaze_from_blendshapes(blendshapes)

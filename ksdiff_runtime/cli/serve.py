@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ksdiff_runtime.motion import MOODS, SAMPLE_RATE
+from ksdiff_runtime.motion import MOODS, SAMPLE_RATE, STYLES
 from ksdiff_runtime.outputs import livelink, preview, vmc, vts
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput
 from ksdiff_runtime.outputs.preview import PreviewOutput
@@ -71,6 +71,10 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    help="every stream's mood, unless a client sets its own (default neutral; [controls] mood)")
     p.add_argument("--mood-intensity", type=float, metavar="0..1",
                    help="how much of the mood (default 1; [controls] mood_intensity)")
+    p.add_argument("--style", metavar="STYLE|TAKE",
+                   help=f"every stream's style, unless a client sets its own: {', '.join(STYLES)}, or a reference take "
+                   "of a face (a Live Link Face .csv, or a bake .json) whose head, brow and mouth motion the face "
+                   "follows (default none; [controls] style; docs/STYLE.md)")
     p.add_argument("--windowed-recogniser", dest="streaming_recogniser", action="store_const", const=False,
                    help="re-recognise each hop's window of audio instead of keeping a streaming recogniser per live "
                    "stream (the streaming one is closer to a bake: docs/STREAMING_RECOGNISER.md)")
@@ -156,7 +160,7 @@ def _configure_logging(fmt: str) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "verbose")}
     # the control flags change those settings of the [controls] table and keep its others
-    controls = {k: overrides.pop(k) for k in ("mood", "mood_intensity") if overrides.get(k) is not None}
+    controls = {k: overrides.pop(k) for k in ("mood", "mood_intensity", "style") if overrides.get(k) is not None}
     overrides["controls"] = controls or None
     try:
         config = load_config(args.config, overrides)

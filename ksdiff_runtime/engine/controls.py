@@ -6,6 +6,9 @@ Controls:
     mood              neutral, happy, sad, angry or surprised (motion.MOOD_EXPRESSIONS): a pose held
                       through speech and silence, gains on the regions' motion, a head pitch
     mood_intensity    0..1: how much of the mood (default 1)
+    style             a reference take's style (engine/style.py): a built-in name, or a file where the
+                      caller is trusted with the server's files; it scales the head, the brows and the
+                      jaw and mouth by the take's motion over the model's own (default none)
     strength          per region (mouth, jaw, brows, eyes, head): a multiplier on its motion
     shapes            per ARKit blendshape: weight * gain + offset, clamped to [min, max]
     smoothing_ms      per region: a one-pole low-pass with this time constant (0: off)
@@ -19,7 +22,7 @@ and can be changed live per stream (protocol request ``set_controls``). Like a p
 ``ControlStage`` is the one place they are applied: the engine passes each hop's output frames
 through its stream's stage before building the wire frames, so the ZeroMQ PUB, Live Link, VMC and
 every other output show the same numbers. Order: timing (where on the motion a frame is sampled),
-mood, strength, shape gain and offset, clamp, smoothing. A mood's eye poses give way to a blink (an
+style, mood, strength, shape gain and offset, clamp, smoothing. A mood's eye poses give way to a blink (an
 eye's pose is scaled by 1 - its eyeBlink), so a wide-eyed face still closes its eyes.
 
 The ease to rest: however a stream ends (its audio ended, an idle timeout, an error, a shutdown),
@@ -39,6 +42,7 @@ import numpy as np
 from ksdiff_runtime import motion
 
 from .stream import Emitted, output_frames
+from .style import NO_STYLE, Style, StyleError, keep_closed, style_for
 
 REGION_NAMES: tuple[str, ...] = (*motion.REGIONS, motion.HEAD_REGION)
 STRENGTH_RANGE = (0.0, 3.0)
@@ -94,14 +98,17 @@ class Controls:
     timing_offset_ms: float = 0.0
     mood: str = motion.DEFAULT_MOOD
     mood_intensity: float = 1.0
+    style: Style | None = None  # None: no style reference
 
     @classmethod
-    def from_dict(cls, d: Any) -> Controls:
+    def from_dict(cls, d: Any, allow_files: bool = False) -> Controls:
         """From a TOML table or a protocol map: ``{strength: {mouth: 1.2}, shapes: {jawOpen: {gain: 1.1}},
-        smoothing_ms: {head: 80}, timing_offset_ms: -30}``, every key optional."""
-        return cls().merged(d)
+        smoothing_ms: {head: 80}, timing_offset_ms: -30, style: "lively"}``, every key optional.
+        ``allow_files``: ``style`` may name a reference file (the server's config, bake, the Python API;
+        never a client's request)."""
+        return cls().merged(d, allow_files)
 
-    def merged(self, d: Any) -> Controls:
+    def merged(self, d: Any, allow_files: bool = False) -> Controls:
         """These controls with the settings ``d`` gives changed (a live ``set_controls`` changes some)."""
         if not isinstance(d, dict):
             raise ControlsError(f"controls must be a table/map, got {type(d).__name__}")
@@ -130,20 +137,27 @@ class Controls:
         intensity = self.mood_intensity
         if "mood_intensity" in d:
             intensity = _number("mood_intensity", d["mood_intensity"], *MOOD_INTENSITY_RANGE)
+        style = self.style
+        if "style" in d and (style is None or d["style"] != style.name):
+            try:
+                style = style_for(d["style"], allow_files)
+            except StyleError as e:
+                raise ControlsError(str(e)) from None
         return replace(self, strength=strength, shapes=shapes, smoothing_ms=smoothing, timing_offset_ms=timing,
-                       mood=mood, mood_intensity=intensity)
+                       mood=mood, mood_intensity=intensity, style=style)
 
     def to_dict(self) -> dict[str, Any]:
         return {"strength": {r: self.strength.get(r, 1.0) for r in REGION_NAMES},
                 "shapes": {n: vars(s).copy() for n, s in self.shapes.items()},
                 "smoothing_ms": {r: self.smoothing_ms.get(r, 0.0) for r in REGION_NAMES},
-                "timing_offset_ms": self.timing_offset_ms, "mood": self.mood, "mood_intensity": self.mood_intensity}
+                "timing_offset_ms": self.timing_offset_ms, "mood": self.mood, "mood_intensity": self.mood_intensity,
+                "style": NO_STYLE if self.style is None else self.style.name}
 
     @property
     def changes_values(self) -> bool:
         """Whether anything but timing differs from the defaults (the values pass need not run otherwise)."""
         return (any(v != 1.0 for v in self.strength.values()) or any(v > 0 for v in self.smoothing_ms.values())
-                or any(s != ShapeControl() for s in self.shapes.values()) or self.has_mood)
+                or any(s != ShapeControl() for s in self.shapes.values()) or self.has_mood or self.style is not None)
 
     @property
     def has_mood(self) -> bool:
@@ -206,7 +220,7 @@ class ControlStage:
         self.fps = fps
         self._alpha: np.ndarray | None = None  # per-column smoothing coefficient (None: no smoothing)
         self._scale = self._lo = self._hi = self._gain = self._offset = np.zeros(0, np.float32)
-        self._mood_gain = self._mood_pose = np.zeros(0, np.float32)
+        self._mood_gain = self._mood_pose = self._style = np.zeros(0, np.float32)
         self._mood_eyes = np.zeros(0, np.int64)
         self._compile()
         # timing: recent motion rows by output index, and frames waiting for the motion they show
@@ -226,6 +240,9 @@ class ControlStage:
     def _compile(self) -> None:
         c = self.controls
         self._scale = np.array([c.strength.get(r, 1.0) for r in _COLUMN_REGION], np.float32)
+        style = {} if c.style is None else c.style.gains()
+        self._style = np.array([style.get(r, 1.0) for r in _COLUMN_REGION], np.float32)
+        self._style_opens = style.get("mouth", 1.0) > 1.0
         D = motion.NUM_BLENDSHAPES
         self._gain, self._offset = np.ones(D, np.float32), np.zeros(D, np.float32)
         self._lo, self._hi = np.zeros(D, np.float32), np.ones(D, np.float32)
@@ -294,12 +311,17 @@ class ControlStage:
         return out
 
     def _values(self, values: np.ndarray, smooth: bool = True) -> np.ndarray:
-        """Mood, strength, shape gain and offset, clamp, then smoothing, on rows of 55 values."""
+        """Style, mood, strength, shape gain and offset, clamp, then smoothing, on rows of 55 values."""
         c = self.controls
         if not c.changes_values or not len(values):
             return np.asarray(values, np.float32)
         D = motion.NUM_BLENDSHAPES
         out = values.astype(np.float32)
+        if c.style is not None:  # the model's motion, before a mood adds its pose
+            scaled = out * self._style
+            if self._style_opens:  # lips the model closes stay closed
+                scaled[:, :D] = keep_closed(out[:, :D], scaled[:, :D])
+            out = scaled
         if c.has_mood:
             pose = np.repeat(self._mood_pose[None], len(out), axis=0)
             pose[:, self._mood_eyes] *= 1.0 - np.clip(out[:, _BLINK_OF[self._mood_eyes]], 0.0, 1.0)

@@ -66,7 +66,7 @@ class ServeConfig:
     vts_custom: bool = False  # also one custom parameter per ARKit weight (KSDiffJawOpen, ...)
     preview: int = -1  # the live preview page on 127.0.0.1:PORT (0: any free port); -1: off; flag without a value: 5557
     # artists' controls for every stream (engine/controls.py; a [controls] table): region strength, per-shape
-    # gain/offset/clamp, smoothing, timing offset, mood. Empty: change nothing. Per stream: set_controls
+    # gain/offset/clamp, smoothing, timing offset, mood, style. Empty: change nothing. Per stream: set_controls
     controls: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -103,7 +103,7 @@ class ServeConfig:
     def artist_controls(self) -> Controls:
         """The ``[controls]`` table, checked (ConfigError naming the bad setting)."""
         try:
-            return Controls.from_dict(self.controls)
+            return Controls.from_dict(self.controls, allow_files=True)  # the server's own config: a take file
         except ControlsError as e:
             raise ConfigError(f"[controls] {e}") from None
 

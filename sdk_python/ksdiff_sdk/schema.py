@@ -77,3 +77,9 @@ GAZE: tuple[str, ...] = ("leftEyeYaw", "leftEyePitch", "rightEyeYaw", "rightEyeP
 # ksdiff_runtime/motion.py (MOOD_EXPRESSIONS).
 MOODS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "surprised")
 DEFAULT_MOOD = "neutral"
+
+# A stream's style (protocol 1.4: the controls' ``style``): a built-in reference take whose motion the face
+# follows, from least to most (how much the head moves, how lively the brows are, how far the mouth goes),
+# or none. The takes are ksdiff_runtime/assets/styles; what is done with them, ksdiff_runtime/engine/style.py.
+STYLES: tuple[str, ...] = ("none", "still", "calm", "natural", "lively", "animated")
+DEFAULT_STYLE = "none"
