@@ -112,6 +112,9 @@ def valid_vectors() -> list[dict]:
     add("set_controls_mood", None,
         P.encode_request("set_controls", stream="npc1", controls={"mood": "happy", "mood_intensity": 0.625}, req=4),
         "npc1 happy, at 0.625 of the mood's full expression (1.3)")
+    add("set_controls_style", None,
+        P.encode_request("set_controls", stream="npc1", controls={"style": "lively"}, req=6),
+        "npc1 moves like the built-in lively take: more head, brow and mouth motion than the model's own (1.4)")
     add("open_stream_minimal", None,
         P.encode_request("open_stream", sample_rate=16_000, channels=1, format="f32le"),
         "let the runtime name the stream; 16 kHz mono float32")
@@ -134,8 +137,8 @@ def valid_vectors() -> list[dict]:
             "strength": {"jaw": 1.0, "mouth": 1.0, "brows": 1.0, "eyes": 1.0, "head": 1.0},
             "shapes": {},
             "smoothing_ms": {"jaw": 0.0, "mouth": 0.0, "brows": 0.0, "eyes": 0.0, "head": 80.0},
-            "timing_offset_ms": 0.0, "mood": "neutral", "mood_intensity": 1.0}),
-        "reply to set_controls: the stream's controls now, in full (1.2; the mood keys 1.3)")
+            "timing_offset_ms": 0.0, "mood": "neutral", "mood_intensity": 1.0, "style": "none"}),
+        "reply to set_controls: the stream's controls now, in full (1.2; the mood keys 1.3; the style 1.4)")
     add("error_bad_controls", None,
         P.encode_error("bad_controls", "shapes: unknown blendshape 'jawOpn'", "set_controls", stream="mic", req=10),
         "set_controls naming a blendshape that does not exist (1.2)")
@@ -143,6 +146,10 @@ def valid_vectors() -> list[dict]:
         P.encode_error("bad_controls", "mood must be one of neutral, happy, sad, angry, surprised; got 'excited'",
                        "set_controls", stream="npc1", req=5),
         "set_controls naming a mood that does not exist: the message lists the moods (1.3)")
+    add("error_bad_style", None,
+        P.encode_error("bad_controls", "unknown style 'bouncy'; built-in styles: none, still, calm, natural, lively, "
+                       "animated", "set_controls", stream="npc1", req=7),
+        "set_controls naming a style that does not exist: the message lists the styles (1.4)")
     add("error", None, P.encode_error("unknown_stream", "no open stream 'npc9'", "audio", stream="npc9"),
         "audio pushed to a stream that is not open")
     add("error_nil_request_type", None, P.encode_error("malformed", "not one valid msgpack value", None),

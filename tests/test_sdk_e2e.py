@@ -303,3 +303,28 @@ def test_a_mood_through_the_sdk(runtime):
         assert frames[-1].blendshapes[smile] == 0
         anim = client.animate(speech(0.5), mood="angry")
         assert anim.blendshapes[:, schema.BLENDSHAPE_INDEX["browDownLeft"]].min() >= angry["browDownLeft"] - 1e-6
+
+
+def test_a_style_through_the_sdk(runtime):
+    """1.4: open_stream(style=...), StreamHandle.set_style, animate(style=...); a style the protocol does not
+    know is refused before it is sent, naming the styles. The same audio and seed: the styles' heads differ by
+    their gains' ratio."""
+    from ksdiff_runtime.engine.style import style_for
+
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        with pytest.raises(ValueError, match="style must be one of none, still, calm, natural, lively, animated; "
+                                             "got 'bouncy'"):
+            client.open_stream("styled", 16_000, style="bouncy")
+        handle = client.open_stream("styled", 16_000, style="calm", max_frames=None)
+        with handle:
+            now = handle.set_style("lively")
+            assert now["style"] == "lively" and now["mood"] == "neutral"
+            handle.end()
+        audio = speech(1.0)
+        still = client.animate(audio, seed=4, style="still")
+        animated = client.animate(audio, seed=4, style="animated")
+        plain = client.animate(audio, seed=4)
+        g_still, g_animated = style_for("still").gains()["head"], style_for("animated").gains()["head"]
+        np.testing.assert_allclose(still.head, plain.head * g_still, atol=1e-6)
+        np.testing.assert_allclose(animated.head, plain.head * g_animated, atol=1e-6)
+        assert np.abs(animated.head).max() > np.abs(still.head).max() > 0

@@ -95,11 +95,11 @@ def _certificate(path: str | bytes | os.PathLike) -> tuple[bytes, bytes | None]:
         raise ValueError(f"cannot read the ZeroMQ certificate {os.fsdecode(path)}: {e}") from None
 
 
-def mood_controls(controls: dict[str, Any] | None, mood: str | None,
-                  intensity: float | None) -> dict[str, Any] | None:
-    """``controls`` with the mood settings given (protocol 1.3); ValueError naming the moods for one that is
-    not (the runtime checks the intensity's range: bad_controls)."""
-    if mood is None and intensity is None:
+def face_controls(controls: dict[str, Any] | None, mood: str | None = None, intensity: float | None = None,
+                  style: str | None = None) -> dict[str, Any] | None:
+    """``controls`` with the mood (protocol 1.3) and style (1.4) settings given; ValueError naming the moods or
+    styles for one that is not (the runtime checks the intensity's range: bad_controls)."""
+    if mood is None and intensity is None and style is None:
         return controls
     out = dict(controls or {})
     if mood is not None:
@@ -108,6 +108,10 @@ def mood_controls(controls: dict[str, Any] | None, mood: str | None,
         out["mood"] = mood
     if intensity is not None:
         out["mood_intensity"] = float(intensity)
+    if style is not None:
+        if style not in schema.STYLES:
+            raise ValueError(f"style must be one of {', '.join(schema.STYLES)}; got {style!r}")
+        out["style"] = style
     return out
 
 
@@ -308,7 +312,13 @@ class StreamHandle:
     def set_mood(self, mood: str, intensity: float | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Change this stream's mood (protocol 1.3): one of ``schema.MOODS`` (neutral, happy, sad, angry,
         surprised), and how much of it (0..1; None: as it was). Returns the stream's controls now, in full."""
-        return self.set_controls(mood_controls(None, mood, intensity), timeout)
+        return self.set_controls(face_controls(None, mood, intensity), timeout)
+
+    def set_style(self, style: str, timeout: float | None = None) -> dict[str, Any]:
+        """Change this stream's style (protocol 1.4): one of ``schema.STYLES`` (none, still, calm, natural,
+        lively, animated: a built-in take whose head, brow and mouth motion the face follows). Returns the
+        stream's controls now, in full."""
+        return self.set_controls(face_controls(None, style=style), timeout)
 
     def frames(self, timeout: float | None = None) -> Iterator[Frame]:
         """This stream's frames in arrival order, until the ``last`` one (or its ``stream_end``).
@@ -652,6 +662,7 @@ class Client:
         controls: dict[str, Any] | None = None,
         mood: str | None = None,
         mood_intensity: float | None = None,
+        style: str | None = None,
     ) -> StreamHandle:
         """Open a stream fed by this client's audio; returns its handle once ``stream_opened`` came.
 
@@ -661,11 +672,12 @@ class Client:
         spoken, frames within the runtime's deadline) or "line" (audio already there, e.g. a TTS line:
         animated as fast as the runtime can). ``controls``: the stream's artists' controls (as
         ``StreamHandle.set_controls``). ``mood`` (protocol 1.3): one of ``schema.MOODS`` (None: the
-        runtime's configured mood, neutral by default), ``mood_intensity`` 0..1; both go in ``controls``.
-        Raises the runtime's error (``BusyError``, ``BadAudioError``, ``BadControlsError``, ...), ValueError
-        for arguments the protocol refuses, TimeoutError."""
+        runtime's configured mood, neutral by default), ``mood_intensity`` 0..1; ``style`` (protocol 1.4):
+        one of ``schema.STYLES`` (None: the runtime's configured style, none by default); they go in
+        ``controls``. Raises the runtime's error (``BusyError``, ``BadAudioError``, ``BadControlsError``,
+        ...), ValueError for arguments the protocol refuses, TimeoutError."""
         timeout = self.timeout if timeout is None else timeout
-        controls = mood_controls(controls, mood, mood_intensity)
+        controls = face_controls(controls, mood, mood_intensity, style)
         deadline = time.monotonic() + timeout
         fields: dict[str, Any] = {"sample_rate": int(sample_rate), "channels": int(channels), "format": format}
         for key, value in (("stream", stream), ("transcript", transcript), ("seed", seed), ("mode", mode),
@@ -749,6 +761,7 @@ class Client:
         controls: dict[str, Any] | None = None,
         mood: str | None = None,
         mood_intensity: float | None = None,
+        style: str | None = None,
     ) -> Animation:
         """Animate a whole clip: open a stream, push the clip, end it, return every frame by index.
 
@@ -756,7 +769,8 @@ class Client:
         ``realtime``: push at the clip's own pace (like a live source, mode "live") instead of all at once
         (mode "line": the runtime animates it as fast as the machine allows, in whole model windows).
         ``timeout``: for the whole call (default: client timeout + 2x the clip's duration,
-        + the duration when realtime). ``controls``, ``mood``, ``mood_intensity``: as ``open_stream``."""
+        + the duration when realtime). ``controls``, ``mood``, ``mood_intensity``, ``style``: as
+        ``open_stream``."""
         a = np.asarray(audio)
         if a.ndim not in (1, 2):
             raise ValueError(f"audio must be [n] or [n, channels], got shape {a.shape}")
@@ -775,7 +789,7 @@ class Client:
         stream = f"anim-{secrets.token_hex(6)}"
         handle = self.open_stream(stream, sample_rate, channels, fmt, transcript, seed, _remaining(deadline),
                                   max_frames=None, mode="live" if realtime else "line", controls=controls,
-                                  mood=mood, mood_intensity=mood_intensity)
+                                  mood=mood, mood_intensity=mood_intensity, style=style)
         with handle:
             if realtime:
                 step = chunk_frames(sample_rate, channels, fmt)

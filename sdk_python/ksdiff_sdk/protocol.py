@@ -26,7 +26,7 @@ import numpy as np
 from ksdiff_sdk import schema
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 3
+PROTOCOL_MINOR = 4
 VERSION = (PROTOCOL_MAJOR, PROTOCOL_MINOR)
 
 DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5555"

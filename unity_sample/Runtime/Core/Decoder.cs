@@ -11,7 +11,8 @@
 //   unknown_type         a type protocol 1 does not define (a client ignores those);
 //   bad_audio            open_stream's sample_rate/channels/format of the right type, out of range.
 // (1.2: a mode other than live/line, or controls that are not a map with string keys, are
-// malformed; what the controls say, the mood of 1.3 included, is the runtime's to judge.)
+// malformed; what the controls say, the mood of 1.3 and the style of 1.4 included, is the
+// runtime's to judge.)
 //
 // Frames, the hot path, decode without allocating: the decoder fills one Frame it owns, and
 // stream ids are interned (a stream id seen before costs no new string).
@@ -391,7 +392,7 @@ namespace Ksdiff
             return s;
         }
 
-        // --- artists' controls (1.2; mood 1.3): a map with string keys; well-typed entries kept -
+        // --- artists' controls (1.2; mood 1.3; style 1.4): a map with string keys; well-typed kept -
 
         Controls ControlsField(Key k)
         {
@@ -414,6 +415,7 @@ namespace Ksdiff
                 else if (key == "timing_offset_ms") c.TimingOffsetMs = TryNumberAt(value, out number) ? number : (double?)null;
                 else if (key == "mood") c.Mood = IsStr(value) ? ReadString(value) : null; // 1.3
                 else if (key == "mood_intensity") c.MoodIntensity = TryNumberAt(value, out number) ? number : (double?)null;
+                else if (key == "style") c.Style = IsStr(value) ? ReadString(value) : null; // 1.4
                 _r.Position = next;
             }
             return c;

@@ -67,13 +67,13 @@ namespace Ksdiff
         }
 
         // Keys in the order of the runtime's Controls.to_dict (strength, shapes, smoothing_ms,
-        // timing_offset_ms, mood, mood_intensity), entries in the caller's order, every number as
-        // float64 (as msgpack-python packs a Python float).
+        // timing_offset_ms, mood, mood_intensity, style), entries in the caller's order, every
+        // number as float64 (as msgpack-python packs a Python float).
         static void WriteControls(MsgPackWriter w, Controls c)
         {
             w.MapHeader((c.Strength != null ? 1 : 0) + (c.Shapes != null ? 1 : 0) + (c.SmoothingMs != null ? 1 : 0) +
                         (c.TimingOffsetMs.HasValue ? 1 : 0) + (c.Mood != null ? 1 : 0) +
-                        (c.MoodIntensity.HasValue ? 1 : 0));
+                        (c.MoodIntensity.HasValue ? 1 : 0) + (c.Style != null ? 1 : 0));
             if (c.Strength != null) WriteRegions(w, "strength", c.Strength);
             if (c.Shapes != null)
             {
@@ -104,6 +104,7 @@ namespace Ksdiff
                 w.Str("mood_intensity");
                 w.Float64(Finite(c.MoodIntensity.Value, "mood_intensity"));
             }
+            if (c.Style != null) { w.Str("style"); w.Str(c.Style); } // 1.4
         }
 
         static void WriteRegions(MsgPackWriter w, string key, List<KeyValuePair<string, double>> values)

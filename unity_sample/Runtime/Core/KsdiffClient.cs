@@ -361,10 +361,10 @@ namespace Ksdiff
             lock (_lock) _outbox.Enqueue(payload);
         }
 
-        // Protocol 1.2 (the mood 1.3): changes a stream's artists' controls (one this client
-        // opened, or one the runtime plays itself, e.g. its "mic") from its next frames on. The
-        // reply is ControlsSet with the controls now in force, in full, or an error: bad_controls,
-        // forbidden (another client's stream), unknown_stream.
+        // Protocol 1.2 (the mood 1.3, the style 1.4): changes a stream's artists' controls (one
+        // this client opened, or one the runtime plays itself, e.g. its "mic") from its next frames
+        // on. The reply is ControlsSet with the controls now in force, in full, or an error:
+        // bad_controls, forbidden (another client's stream), unknown_stream.
         public PendingRequest SetControls(string stream, Controls controls)
         {
             ulong req = NextReq();

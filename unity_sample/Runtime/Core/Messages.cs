@@ -210,13 +210,13 @@ namespace Ksdiff
         public double? Gain, Offset, Min, Max;
     }
 
-    // A stream's artists' controls (1.2; the mood 1.3), as open_stream and set_controls carry them
-    // and controls_set returns them (ksdiff_runtime/engine/controls.py). Regions: jaw, mouth,
-    // brows, eyes, head; moods: Protocol.Moods. Every part is optional (null: absent): set_controls
-    // changes the settings given and keeps the rest. Ranges and names are the runtime's to check
-    // (error bad_controls): this client only carries the map, entries in the order added. Decoding
-    // keeps the entries that are well typed and ignores the others (the protocol asks only for a
-    // map with string keys).
+    // A stream's artists' controls (1.2; the mood 1.3; the style 1.4), as open_stream and
+    // set_controls carry them and controls_set returns them (ksdiff_runtime/engine/controls.py).
+    // Regions: jaw, mouth, brows, eyes, head; moods: Protocol.Moods; styles: Protocol.Styles. Every
+    // part is optional (null: absent): set_controls changes the settings given and keeps the rest.
+    // Ranges and names are the runtime's to check (error bad_controls): this client only carries
+    // the map, entries in the order added. Decoding keeps the entries that are well typed and
+    // ignores the others (the protocol asks only for a map with string keys).
     public sealed class Controls
     {
         public List<KeyValuePair<string, double>> Strength;        // region -> multiplier (1: as is)
@@ -225,6 +225,7 @@ namespace Ksdiff
         public double? TimingOffsetMs;                              // + later, - earlier than the audio
         public string Mood;                                         // 1.3: one of Protocol.Moods (runtime default neutral)
         public double? MoodIntensity;                               // 1.3: how much of the mood, 0..1 (default 1)
+        public string Style;                                        // 1.4: one of Protocol.Styles (runtime default none) or the runtime's take file
 
         public Controls SetStrength(string region, double multiplier)
         {
@@ -260,6 +261,14 @@ namespace Ksdiff
         public Controls SetMoodIntensity(double intensity)
         {
             MoodIntensity = intensity;
+            return this;
+        }
+
+        // 1.4: the stream's style (Protocol.Styles; Protocol.StyleNone: the model's own motion), or
+        // the take file a controls_set showed, sent back unchanged.
+        public Controls SetStyle(string style)
+        {
+            Style = style;
             return this;
         }
     }

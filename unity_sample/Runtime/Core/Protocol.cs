@@ -1,4 +1,4 @@
-// Wire protocol v1.3 of ksdiff-runtime (protocol/SPEC.md): constants, names, topics, stream ids,
+// Wire protocol v1.4 of ksdiff-runtime (protocol/SPEC.md): constants, names, topics, stream ids,
 // error codes.
 //
 // Everything under Runtime/Core is plain C# with no UnityEngine reference and no third-party
@@ -11,10 +11,11 @@ namespace Ksdiff
     public static class Protocol
     {
         public const int Major = 1;
-        // The minor this client writes in its requests (the golden request vectors carry [1, 3]).
+        // The minor this client writes in its requests (the golden request vectors carry [1, 4]).
         // It reads any minor of major 1 (SPEC 3.2: a higher minor only adds optional keys and new
-        // message types), so it still reads a 1.2 or 1.1 runtime, whose messages lack the later keys.
-        public const int Minor = 3;
+        // message types), so it still reads a 1.3, 1.2 or 1.1 runtime, whose messages lack the
+        // later keys.
+        public const int Minor = 4;
 
         // How the runtime animates a stream (1.2): live (audio at the pace it is spoken) or line
         // (the audio of a whole line is there or comes faster than real time: animated in whole
@@ -30,6 +31,16 @@ namespace Ksdiff
         public const string MoodNeutral = "neutral", MoodHappy = "happy", MoodSad = "sad", MoodAngry = "angry",
             MoodSurprised = "surprised";
         public static readonly string[] Moods = { MoodNeutral, MoodHappy, MoodSad, MoodAngry, MoodSurprised };
+
+        // A stream's style (1.4, the controls' "style"): a built-in reference take whose head, brow
+        // and mouth motion the face follows, from least motion to most; none (the runtime's default)
+        // is the model's own motion. A runtime's own config may set a take file instead: its
+        // controls_set then shows that path, which a client may send back unchanged. Which styles
+        // exist is the runtime's to check (it answers bad_controls, listing them): this list is for
+        // pickers in a UI, in the SPEC's order.
+        public const string StyleNone = "none", StyleStill = "still", StyleCalm = "calm", StyleNatural = "natural",
+            StyleLively = "lively", StyleAnimated = "animated";
+        public static readonly string[] Styles = { StyleNone, StyleStill, StyleCalm, StyleNatural, StyleLively, StyleAnimated };
 
         public const int BlendshapeCount = 52;
         public const int BlendshapeBytes = 4 * BlendshapeCount; // 208: 52 little-endian float32
@@ -195,7 +206,7 @@ namespace Ksdiff
         BadAudio,
         Busy,
         Forbidden,
-        BadControls, // 1.2: controls out of range, or naming an unknown region or blendshape (1.3: or mood)
+        BadControls, // 1.2: controls out of range, or naming an unknown region or blendshape (1.3: or mood; 1.4: or style)
         Internal,
     }
 

@@ -303,11 +303,11 @@ namespace Ksdiff.Tests
         }
 
         [Test]
-        public void RequestsAreWrittenAsVersion13()
+        public void RequestsAreWrittenAsVersion14()
         {
             Message m = new Decoder().Decode(Requests.EndStream("npc1", 2));
             Assert.AreEqual(1, m.Major);
-            Assert.AreEqual(3, m.Minor);
+            Assert.AreEqual(4, m.Minor);
         }
 
         [Test]

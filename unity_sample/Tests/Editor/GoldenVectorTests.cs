@@ -12,7 +12,7 @@ namespace Ksdiff.Tests
     [TestFixture]
     public class GoldenVectorTests
     {
-        // Keys protocol v1.3 defines per type (SPEC 4). A vector's other keys belong to a newer
+        // Keys protocol v1.4 defines per type (SPEC 4). A vector's other keys belong to a newer
         // minor and must be ignored by the decoder.
         static readonly Dictionary<string, string[]> KnownKeys = new Dictionary<string, string[]>
         {
@@ -31,11 +31,11 @@ namespace Ksdiff.Tests
             { "error", new[] { "v", "type", "code", "message", "request_type", "stream", "req" } },
         };
 
-        // Keys of the controls map (open_stream, set_controls, controls_set) protocol v1.3 defines
-        // (SPEC 4.6): 1.2's four, and 1.3's mood and mood_intensity.
+        // Keys of the controls map (open_stream, set_controls, controls_set) protocol v1.4 defines
+        // (SPEC 4.6): 1.2's four, 1.3's mood and mood_intensity, and 1.4's style.
         static readonly string[] KnownControlsKeys =
         {
-            "strength", "shapes", "smoothing_ms", "timing_offset_ms", "mood", "mood_intensity",
+            "strength", "shapes", "smoothing_ms", "timing_offset_ms", "mood", "mood_intensity", "style",
         };
 
         static IEnumerable<Dictionary<string, object>> Entries(string which)
@@ -85,7 +85,7 @@ namespace Ksdiff.Tests
                 checkedCount++;
             }
             Assert.AreEqual(0, failures.Count, string.Join("\n", failures.ToArray()));
-            Assert.AreEqual(27, checkedCount);
+            Assert.AreEqual(29, checkedCount);
         }
 
         [Test]
@@ -162,6 +162,11 @@ namespace Ksdiff.Tests
             var sm = (SetControls)new Decoder().Decode(mood);
             Assert.AreEqual(mood, Requests.SetControls(sm.Stream, sm.Controls, sm.Req));
             Assert.AreEqual(mood, Requests.SetControls("npc1", new Controls().SetMood(Protocol.MoodHappy, 0.625), 4));
+            // 1.4: the style, a string after the other controls' keys.
+            byte[] style = Golden.Bytes("set_controls_style");
+            var ss = (SetControls)new Decoder().Decode(style);
+            Assert.AreEqual(style, Requests.SetControls(ss.Stream, ss.Controls, ss.Req));
+            Assert.AreEqual(style, Requests.SetControls("npc1", new Controls().SetStyle(Protocol.StyleLively), 6));
             var hello = (Hello)new Decoder().Decode(Requests.Hello(7));
             Assert.IsFalse(hello.FromRuntime);
             Assert.AreEqual(7UL, hello.Req.Value);
@@ -206,20 +211,22 @@ namespace Ksdiff.Tests
             }
             catch (ProtocolException e) { Assert.AreEqual(ErrorCode.BadControls, e.Code); }
             // Ill-typed content decodes (the runtime judges it); the ill-typed entries are left out,
-            // a well-typed one the runtime would refuse (a mood it does not have, 1.3) is kept.
+            // a well-typed one the runtime would refuse (a mood or style it does not have, 1.3, 1.4) is kept.
             var w = new MsgPackWriter();
             w.MapHeader(4);
             w.Str("v"); w.ArrayHeader(2); w.UInt(1); w.UInt(2);
             w.Str("type"); w.Str("set_controls");
             w.Str("stream"); w.Str("mic");
-            w.Str("controls"); w.MapHeader(2);
+            w.Str("controls"); w.MapHeader(3);
             w.Str("strength"); w.MapHeader(2); w.Str("mouth"); w.Str("loud"); w.Str("jaw"); w.UInt(2);
             w.Str("mood"); w.Str("calm");
+            w.Str("style"); w.Str("bouncy");
             var odd = (SetControls)new Decoder().Decode(w.ToArray());
             Assert.AreEqual(1, odd.Controls.Strength.Count);
             Assert.AreEqual("jaw", odd.Controls.Strength[0].Key);
             Assert.AreEqual(2.0, odd.Controls.Strength[0].Value);
             Assert.AreEqual("calm", odd.Controls.Mood);
+            Assert.AreEqual("bouncy", odd.Controls.Style);
         }
 
         [Test]
@@ -323,6 +330,96 @@ namespace Ksdiff.Tests
             var sc = (SetControls)new Decoder().Decode(nan);
             Assert.AreEqual("happy", sc.Controls.Mood);
             Assert.IsFalse(sc.Controls.MoodIntensity.HasValue);
+        }
+
+        [Test]
+        public void Protocol14Style()
+        {
+            // controls_set lists the style with the other controls (the runtime's default here).
+            var set = (ControlsSet)new Decoder().Decode(Golden.Bytes("controls_set"));
+            Assert.AreEqual(Protocol.StyleNone, set.Controls.Style);
+            Assert.AreEqual(Protocol.MoodNeutral, set.Controls.Mood);
+            var style = (SetControls)new Decoder().Decode(Golden.Bytes("set_controls_style"));
+            Assert.AreEqual("npc1", style.Stream);
+            Assert.AreEqual("lively", style.Controls.Style);
+            Assert.IsNull(style.Controls.Mood);
+            Assert.IsFalse(style.Controls.MoodIntensity.HasValue);
+            Assert.IsNull(style.Controls.Strength);
+            Assert.IsNull(style.Controls.Shapes);
+            Assert.IsNull(style.Controls.SmoothingMs);
+            Assert.IsFalse(style.Controls.TimingOffsetMs.HasValue);
+            Assert.AreEqual(6UL, style.Req.Value);
+            // A 1.3 (or 1.2) set_controls has none.
+            Assert.IsNull(((SetControls)new Decoder().Decode(Golden.Bytes("set_controls_mood"))).Controls.Style);
+            Assert.IsNull(((SetControls)new Decoder().Decode(Golden.Bytes("set_controls"))).Controls.Style);
+            // An unknown style is the runtime's to refuse: bad_controls, the message listing the styles.
+            var error = (ErrorReply)new Decoder().Decode(Golden.Bytes("error_bad_style"));
+            Assert.AreEqual(ErrorCode.BadControls, error.ErrorCode);
+            Assert.AreEqual("set_controls", error.RequestType);
+            Assert.AreEqual("npc1", error.Stream);
+            Assert.AreEqual(7UL, error.Req.Value);
+            Assert.IsTrue(error.Message.Contains("bouncy"), error.Message);
+            foreach (string s in Protocol.Styles) Assert.IsTrue(error.Message.Contains(s), s);
+            Assert.AreEqual(new[] { "none", "still", "calm", "natural", "lively", "animated" }, Protocol.Styles);
+
+            // A controls_set from a runtime whose config set a take file: its path, as it is.
+            const string take = "/srv/ksdiff/takes/anchor.csv";
+            byte[] file = Payload.Of("controls_set").Set("v", Payload.Version(1, 4)).Set("stream", Payload.Str("mic"))
+                .Set("controls", w =>
+                {
+                    w.MapHeader(3);
+                    w.Str("mood"); w.Str("happy");
+                    w.Str("mood_intensity"); w.Float64(0.5);
+                    w.Str("style"); w.Str(take);
+                })
+                .Set("req", Payload.UInt(8)).Build();
+            var reply = (ControlsSet)new Decoder().Decode(file);
+            Assert.AreEqual(take, reply.Controls.Style);
+            Assert.AreEqual(Protocol.MoodHappy, reply.Controls.Mood);
+            Assert.AreEqual(0.5, reply.Controls.MoodIntensity.Value);
+            Assert.AreEqual(8UL, reply.Req.Value);
+
+            // The encoder: the style alone, with a mood in open_stream, the take file sent back
+            // unchanged, an unknown style left to the runtime.
+            var only = (SetControls)new Decoder().Decode(Requests.SetControls("npc1", new Controls().SetStyle(Protocol.StyleStill), null));
+            Assert.AreEqual("still", only.Controls.Style);
+            Assert.IsNull(only.Controls.Mood);
+            var open = (OpenStream)new Decoder().Decode(Requests.OpenStream(new OpenStream
+            {
+                Stream = "npc2", Mode = Protocol.ModeLine,
+                Controls = new Controls().SetStrength("head", 0.5).SetMood(Protocol.MoodSad, 0.75).SetStyle(Protocol.StyleAnimated),
+            }));
+            Assert.AreEqual("animated", open.Controls.Style);
+            Assert.AreEqual("sad", open.Controls.Mood);
+            Assert.AreEqual(0.75, open.Controls.MoodIntensity.Value);
+            Assert.AreEqual(0.5, open.Controls.Strength[0].Value);
+            Assert.AreEqual(take, ((SetControls)new Decoder().Decode(
+                Requests.SetControls("mic", new Controls().SetStyle(reply.Controls.Style), null))).Controls.Style);
+            Assert.AreEqual("bouncy", ((SetControls)new Decoder().Decode(
+                Requests.SetControls("npc1", new Controls().SetStyle("bouncy"), null))).Controls.Style);
+        }
+
+        [Test]
+        public void Protocol14AWronglyTypedStyleIsIgnored()
+        {
+            // A style that is not a string is left out (the runtime answers bad_controls for it); the
+            // message still decodes, with its other entries.
+            foreach (var style in new Action<MsgPackWriter>[] { Payload.UInt(3), Payload.F64(0.5), Payload.Nil(), Payload.Bool(true),
+                                                                w => { w.ArrayHeader(1); w.Str("lively"); } })
+            {
+                byte[] bytes = Payload.Of("controls_set").Set("v", Payload.Version(1, 4)).Set("stream", Payload.Str("npc1"))
+                    .Set("controls", w =>
+                    {
+                        w.MapHeader(3);
+                        w.Str("strength"); w.MapHeader(1); w.Str("jaw"); w.Float64(0.5);
+                        w.Str("style"); style(w);
+                        w.Str("mood"); w.Str("calm");
+                    }).Build();
+                var s = (ControlsSet)new Decoder().Decode(bytes);
+                Assert.IsNull(s.Controls.Style);
+                Assert.AreEqual("calm", s.Controls.Mood);
+                Assert.AreEqual(0.5, s.Controls.Strength[0].Value);
+            }
         }
 
         [Test]
@@ -549,6 +646,7 @@ namespace Ksdiff.Tests
             if (c.TimingOffsetMs.HasValue) j["timing_offset_ms"] = c.TimingOffsetMs.Value;
             if (c.Mood != null) j["mood"] = c.Mood;
             if (c.MoodIntensity.HasValue) j["mood_intensity"] = c.MoodIntensity.Value;
+            if (c.Style != null) j["style"] = c.Style;
             return j;
         }
 

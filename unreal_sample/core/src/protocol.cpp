@@ -1,4 +1,4 @@
-// Wire protocol v1.3: decoding with msgpack-c, validation per protocol/SPEC.md, request encoders.
+// Wire protocol v1.4: decoding with msgpack-c, validation per protocol/SPEC.md, request encoders.
 //
 // The checks mirror the reference implementation (sdk_python/ksdiff_sdk/protocol.py) field by
 // field, in the same order, so a message gets the same error code from both.
@@ -364,10 +364,10 @@ std::optional<NamedValues<T>> read_named(const object* o, Read read) {
   return out;
 }
 
-// open_stream.controls, set_controls.controls, controls_set.controls (1.2; the mood 1.3): the
-// protocol asks for a map with string keys (else malformed); its content is the runtime's to
-// judge (bad_controls), so a reader keeps the well-typed entries and ignores the rest (a mood that
-// is not a string, an intensity that is not a finite number).
+// open_stream.controls, set_controls.controls, controls_set.controls (1.2; the mood 1.3; the style
+// 1.4): the protocol asks for a map with string keys (else malformed); its content is the
+// runtime's to judge (bad_controls), so a reader keeps the well-typed entries and ignores the rest
+// (a mood or style that is not a string, an intensity that is not a finite number).
 Controls read_controls(const object& o, std::string_view name) {
   bool ok = o.type == mt::MAP;
   for (std::uint32_t i = 0; ok && i < o.via.map.size; ++i) ok = o.via.map.ptr[i].key.type == mt::STR;
@@ -392,6 +392,10 @@ Controls read_controls(const object& o, std::string_view name) {
   const object* mood = map_value(o, "mood");
   if (mood != nullptr && mood->type == mt::STR && utf8_length(str_view(*mood)) >= 0) c.mood = std::string(str_view(*mood));
   if (const object* intensity = map_value(o, "mood_intensity")) c.mood_intensity = number_if_any(*intensity);
+  const object* style = map_value(o, "style");  // 1.4
+  if (style != nullptr && style->type == mt::STR && utf8_length(str_view(*style)) >= 0) {
+    c.style = std::string(str_view(*style));
+  }
   return c;
 }
 
@@ -818,7 +822,8 @@ double finite_control(double x, const std::string& name) {
 }
 
 // Keys in the order of the runtime's Controls.to_dict (strength, shapes, smoothing_ms,
-// timing_offset_ms, mood, mood_intensity), entries in the caller's order; every number as float64.
+// timing_offset_ms, mood, mood_intensity, style), entries in the caller's order; every number as
+// float64.
 void write_controls(Writer& w, const Controls& c) {
   const auto write_regions = [&w](const char* key, const NamedValues<double>& values) {
     w.key(key);
@@ -829,7 +834,7 @@ void write_controls(Writer& w, const Controls& c) {
     }
   };
   w.map((c.strength ? 1 : 0) + (c.shapes ? 1 : 0) + (c.smoothing_ms ? 1 : 0) + (c.timing_offset_ms ? 1 : 0) +
-        (c.mood ? 1 : 0) + (c.mood_intensity ? 1 : 0));
+        (c.mood ? 1 : 0) + (c.mood_intensity ? 1 : 0) + (c.style ? 1 : 0));
   if (c.strength) write_regions("strength", *c.strength);
   if (c.shapes) {
     w.key("shapes");
@@ -860,6 +865,10 @@ void write_controls(Writer& w, const Controls& c) {
   if (c.mood_intensity) {
     w.key("mood_intensity");
     w.float64(finite_control(*c.mood_intensity, "mood_intensity"));
+  }
+  if (c.style) {  // 1.4
+    w.key("style");
+    w.str(*c.style);
   }
 }
 

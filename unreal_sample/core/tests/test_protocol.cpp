@@ -118,6 +118,7 @@ json controls_json(const Controls& c) {
   put(j, "timing_offset_ms", c.timing_offset_ms);
   put(j, "mood", c.mood);
   put(j, "mood_intensity", c.mood_intensity);
+  put(j, "style", c.style);
   return j;
 }
 
@@ -248,7 +249,7 @@ json to_json(const Message& m) {
   return j;
 }
 
-// Keys protocol v1.3 defines per type (SPEC 4). A golden vector's other keys belong to a newer
+// Keys protocol v1.4 defines per type (SPEC 4). A golden vector's other keys belong to a newer
 // minor version and must be ignored by the decoder.
 const std::map<std::string, std::set<std::string>> kKnownKeys = {
     {"hello", {"v", "type", "runtime", "fps", "sample_rate", "blendshapes", "head", "head_units",
@@ -270,10 +271,10 @@ const std::map<std::string, std::set<std::string>> kKnownKeys = {
     {"error", {"v", "type", "code", "message", "request_type", "stream", "req"}},
 };
 
-// Keys of the controls map (open_stream, set_controls, controls_set) protocol v1.3 defines
-// (SPEC 4.6): 1.2's four, and 1.3's mood and mood_intensity.
-const std::set<std::string> kKnownControlsKeys = {"strength",         "shapes", "smoothing_ms",
-                                                  "timing_offset_ms", "mood",   "mood_intensity"};
+// Keys of the controls map (open_stream, set_controls, controls_set) protocol v1.4 defines
+// (SPEC 4.6): 1.2's four, 1.3's mood and mood_intensity, and 1.4's style.
+const std::set<std::string> kKnownControlsKeys = {"strength", "shapes",         "smoothing_ms", "timing_offset_ms",
+                                                  "mood",     "mood_intensity", "style"};
 
 ErrorCode decode_error_code(const std::string& bytes) {
   try {
@@ -370,7 +371,7 @@ TEST_CASE("every valid golden vector decodes to its JSON") {
       continue;
     }
     EXPECT_EQ(msg.type, entry["type"].get<std::string>());
-    // Drop the keys v1.3 does not define (the controls map's included): only a newer minor may
+    // Drop the keys v1.4 does not define (the controls map's included): only a newer minor may
     // carry them.
     const auto& known = kKnownKeys.at(msg.type);
     std::vector<std::string> unknown;
@@ -397,7 +398,7 @@ TEST_CASE("every valid golden vector decodes to its JSON") {
     EXPECT_MSG(actual == expected, name + "\n    decoded:  " + actual.dump() + "\n    expected: " + expected.dump());
     ++checked;
   }
-  EXPECT_EQ(checked, 27);
+  EXPECT_EQ(checked, 29);
 }
 
 TEST_CASE("published vectors belong on their topic") {
@@ -462,6 +463,14 @@ TEST_CASE("request encoders reproduce the reference encoder's bytes") {
   happy.controls.mood_intensity = 0.625;
   happy.req = 4;
   EXPECT(encode_set_controls(happy) == mood);
+  // 1.4: the style, a str after the other controls' keys; also built by hand.
+  const std::string style = golden("set_controls_style");
+  EXPECT(encode_set_controls(std::get<SetControls>(decode(style).body)) == style);
+  SetControls lively;
+  lively.stream = "npc1";
+  lively.controls.style = std::string(kStyleLively);
+  lively.req = 6;
+  EXPECT(encode_set_controls(lively) == style);
   // A hello request with a req round-trips too.
   const Message hello = decode(encode_hello_request(7));
   EXPECT(!std::get<Hello>(hello.body).from_runtime);
@@ -787,10 +796,10 @@ TEST_CASE("1.1: stats' refused, capacity and shed; stream_opened's max_ahead_s")
   EXPECT_EQ(future.refused->at("overheated"), 7u);
 }
 
-TEST_CASE("1.3: requests are written as [1, 3]") {
+TEST_CASE("1.4: requests are written as [1, 4]") {
   const Message m = decode(encode_end_stream(EndStream{"npc1", 2}));
   EXPECT_EQ(m.major, 1u);
-  EXPECT_EQ(m.minor, 3u);
+  EXPECT_EQ(m.minor, 4u);
 }
 
 // --- protocol 1.2 --------------------------------------------------------------------------------
@@ -861,14 +870,15 @@ TEST_CASE("1.2: controls must be a map with string keys; their content is the ru
   EXPECT(decode_error_code(pack_map({{"v", v10()}, {"type", str("set_controls")}, {"stream", str("mic")}})) ==
          ErrorCode::malformed);  // missing
   // Content of any shape decodes (as in the reference decoder); the ill-typed entries are left out,
-  // a well-typed one the runtime would refuse (a mood it does not have, 1.3) is kept.
+  // a well-typed one the runtime would refuse (a mood or style it does not have, 1.3, 1.4) is kept.
   const SetControls odd = std::get<SetControls>(decode(set_controls([](Packer& p) {
-                                                  p.pack_map(3);
+                                                  p.pack_map(4);
                                                   p.pack(std::string("strength")), p.pack_map(2);
                                                   p.pack(std::string("mouth")), p.pack(std::string("loud"));
                                                   p.pack(std::string("jaw")), p.pack(2);
                                                   p.pack(std::string("shapes")), p.pack(7);
                                                   p.pack(std::string("mood")), p.pack(std::string("calm"));
+                                                  p.pack(std::string("style")), p.pack(std::string("bouncy"));
                                                 })).body);
   REQUIRE(odd.controls.strength.has_value());
   EXPECT_EQ(odd.controls.strength->size(), 1u);
@@ -876,6 +886,7 @@ TEST_CASE("1.2: controls must be a map with string keys; their content is the ru
   EXPECT_EQ(odd.controls.strength->at(0).second, 2.0);
   EXPECT(!odd.controls.shapes);
   EXPECT(odd.controls.mood == std::optional<std::string>("calm"));
+  EXPECT(odd.controls.style == std::optional<std::string>("bouncy"));
 }
 
 TEST_CASE("1.2: the encoders write mode and controls, and refuse what the runtime would") {
@@ -1039,6 +1050,117 @@ TEST_CASE("1.3: the encoders write the mood, and refuse a non-finite intensity")
       EXPECT(e.code() == ErrorCode::bad_controls);
       EXPECT_MSG(std::string(e.what()).find("mood_intensity") != std::string::npos, e.what());
     }
+  }
+}
+
+// --- protocol 1.4 --------------------------------------------------------------------------------
+
+TEST_CASE("1.4: controls_set and set_controls carry the style; an unknown style is bad_controls") {
+  const ControlsSet set = std::get<ControlsSet>(decode(read_bytes(kGolden + "/controls_set.msgpack")).body);
+  EXPECT(set.controls.style == std::optional<std::string>(kStyleNone));
+  EXPECT(set.controls.mood == std::optional<std::string>("neutral"));
+  const SetControls style = std::get<SetControls>(decode(read_bytes(kGolden + "/set_controls_style.msgpack")).body);
+  EXPECT_EQ(style.stream, std::string("npc1"));
+  EXPECT(style.controls.style == std::optional<std::string>("lively"));
+  EXPECT(!style.controls.mood && !style.controls.mood_intensity);
+  EXPECT(!style.controls.strength && !style.controls.shapes && !style.controls.smoothing_ms);
+  EXPECT(!style.controls.timing_offset_ms);
+  EXPECT(style.req == std::optional<std::uint64_t>(6));
+  // A 1.3 (or 1.2) set_controls has none.
+  EXPECT(!std::get<SetControls>(decode(read_bytes(kGolden + "/set_controls_mood.msgpack")).body).controls.style);
+  EXPECT(!std::get<SetControls>(decode(read_bytes(kGolden + "/set_controls.msgpack")).body).controls.style);
+
+  const Error e = std::get<Error>(decode(read_bytes(kGolden + "/error_bad_style.msgpack")).body);
+  EXPECT(e.error_code() == ErrorCode::bad_controls);
+  EXPECT(e.request_type == std::optional<std::string>("set_controls"));
+  EXPECT(e.stream == std::optional<std::string>("npc1"));
+  EXPECT(e.req == std::optional<std::uint64_t>(7));
+  EXPECT_MSG(e.message.find("bouncy") != std::string::npos, e.message);
+  for (std::string_view s : kStyles) EXPECT_MSG(e.message.find(s) != std::string::npos, std::string(s));
+  const std::array<std::string_view, 6> styles = {"none", "still", "calm", "natural", "lively", "animated"};
+  EXPECT(kStyles == styles);
+
+  // A controls_set from a runtime whose config set a take file: its path, as it is.
+  const std::string take = "/srv/ksdiff/takes/anchor.csv";
+  const ControlsSet file = std::get<ControlsSet>(decode(pack_map({{"v", v10()},
+                                                                  {"type", str("controls_set")},
+                                                                  {"stream", str("mic")},
+                                                                  {"controls",
+                                                                   [take](Packer& p) {
+                                                                     p.pack_map(3);
+                                                                     p.pack(std::string("mood"));
+                                                                     p.pack(std::string("happy"));
+                                                                     p.pack(std::string("mood_intensity"));
+                                                                     p.pack_double(0.5);
+                                                                     p.pack(std::string("style"));
+                                                                     p.pack(take);
+                                                                   }},
+                                                                  {"req", u(8)}}))
+                                                     .body);
+  EXPECT(file.controls.style == std::optional<std::string>(take));
+  EXPECT(file.controls.mood == std::optional<std::string>(kMoodHappy));
+  EXPECT(file.controls.mood_intensity == std::optional<double>(0.5));
+  EXPECT(file.req == std::optional<std::uint64_t>(8));
+}
+
+TEST_CASE("1.4: a wrongly typed style is ignored, not refused") {
+  const auto controls_set = [](const std::function<void(Packer&)>& style) {
+    return pack_map({{"v", v10()},
+                     {"type", str("controls_set")},
+                     {"stream", str("npc1")},
+                     {"controls", [style](Packer& p) {
+                        p.pack_map(3);
+                        p.pack(std::string("strength")), p.pack_map(1), p.pack(std::string("jaw")), p.pack_double(0.5);
+                        p.pack(std::string("style")), style(p);
+                        p.pack(std::string("mood")), p.pack(std::string("calm"));
+                      }}});
+  };
+  const std::vector<std::function<void(Packer&)>> bad_styles = {
+      u(3), [](Packer& p) { p.pack_double(0.5); }, [](Packer& p) { p.pack_nil(); },
+      [](Packer& p) { p.pack_true(); }, [](Packer& p) { p.pack_array(1), p.pack(std::string("lively")); },
+      str("\xc0\xaf"),  // not UTF-8
+  };
+  for (const auto& style : bad_styles) {
+    const ControlsSet s = std::get<ControlsSet>(decode(controls_set(style)).body);
+    EXPECT(!s.controls.style);
+    EXPECT(s.controls.mood == std::optional<std::string>("calm"));
+    REQUIRE(s.controls.strength.has_value());
+    EXPECT_EQ(s.controls.strength->at(0).second, 0.5);
+  }
+}
+
+TEST_CASE("1.4: the encoders write the style") {
+  SetControls only;
+  only.stream = "npc1";
+  only.controls.style = std::string(kStyleStill);
+  const SetControls back = std::get<SetControls>(decode(encode_set_controls(only)).body);
+  EXPECT(back.controls.style == std::optional<std::string>("still"));
+  EXPECT(!back.controls.mood && !back.controls.mood_intensity);
+
+  OpenStream line;
+  line.stream = "npc2";
+  line.mode = std::string(kModeLine);
+  line.controls = Controls{};
+  line.controls->strength = NamedValues<double>{{"head", 0.5}};
+  line.controls->mood = std::string(kMoodSad);
+  line.controls->mood_intensity = 0.75;
+  line.controls->style = std::string(kStyleAnimated);
+  const OpenStream opened = std::get<OpenStream>(decode(encode_open_stream(line)).body);
+  REQUIRE(opened.controls.has_value());
+  EXPECT(opened.controls->style == std::optional<std::string>("animated"));
+  EXPECT(opened.controls->mood == std::optional<std::string>("sad"));
+  EXPECT(opened.controls->mood_intensity == std::optional<double>(0.75));
+  EXPECT(opened.controls->strength->at(0).second == 0.5);
+
+  // A take file a controls_set showed goes back unchanged; an unknown style is the runtime's to
+  // refuse (bad_controls, as error_bad_style): both are sent.
+  for (const char* name : {"/srv/ksdiff/takes/anchor.csv", "bouncy"}) {
+    SetControls s;
+    s.stream = "mic";
+    s.controls.style = name;
+    EXPECT_MSG(std::get<SetControls>(decode(encode_set_controls(s)).body).controls.style ==
+                   std::optional<std::string>(name),
+               name);
   }
 }
 

@@ -1,5 +1,5 @@
-// Wire protocol v1.3 of ksdiff-runtime (protocol/SPEC.md): message types, decoding and the
-// client's request encoders. It reads any minor of major 1 and writes minor 3.
+// Wire protocol v1.4 of ksdiff-runtime (protocol/SPEC.md): message types, decoding and the
+// client's request encoders. It reads any minor of major 1 and writes minor 4.
 //
 // This header is free of ZeroMQ and msgpack includes on purpose: the Unreal module (and any
 // other host) includes it without seeing either library; only protocol.cpp uses msgpack-c.
@@ -20,10 +20,10 @@
 namespace ksdiff {
 
 inline constexpr std::uint32_t kProtocolMajor = 1;
-// The minor this client writes in its requests (the golden request vectors carry [1, 3]). It
+// The minor this client writes in its requests (the golden request vectors carry [1, 4]). It
 // reads any minor of major 1: a higher minor only adds optional keys and message types, so a
-// 1.3 client still reads a 1.2 or 1.1 runtime (whose messages lack the later keys).
-inline constexpr std::uint32_t kProtocolMinor = 3;
+// 1.4 client still reads a 1.3, 1.2 or 1.1 runtime (whose messages lack the later keys).
+inline constexpr std::uint32_t kProtocolMinor = 4;
 inline constexpr std::size_t kNumBlendshapes = 52;
 inline constexpr std::size_t kBlendshapeBytes = 4 * kNumBlendshapes;  // 208: 52 float32 LE
 inline constexpr std::size_t kMaxMessageBytes = std::size_t{1} << 20;  // SPEC 3.4
@@ -59,7 +59,7 @@ enum class ErrorCode {
   bad_audio,
   busy,
   forbidden,  // 1.1: the stream belongs to another client connection (or to the runtime itself)
-  bad_controls,  // 1.2: controls out of range, or naming an unknown region or blendshape (1.3: or mood)
+  bad_controls,  // 1.2: controls out of range, or naming an unknown region or blendshape (1.3: mood; 1.4: style)
   internal,
 };
 std::string_view to_string(ErrorCode code) noexcept;
@@ -76,7 +76,7 @@ class ProtocolError : public std::runtime_error {
   ErrorCode code_;
 };
 
-// --- stream modes and artists' controls (1.2; the mood 1.3) ---------------------------------
+// --- stream modes and artists' controls (1.2; the mood 1.3; the style 1.4) -----------------
 // How the runtime animates a stream: "live" (audio at the pace it is spoken; frames within the
 // runtime's deadline) or "line" (the audio of a whole line is there, or comes faster than real
 // time: animated in whole windows at throughput speed).
@@ -96,6 +96,21 @@ inline constexpr std::string_view kMoodSurprised = "surprised";
 inline constexpr std::array<std::string_view, 5> kMoods = {kMoodNeutral, kMoodHappy, kMoodSad, kMoodAngry,
                                                             kMoodSurprised};
 
+// A stream's style (1.4, the controls' "style"): a built-in reference take whose head, brow and
+// mouth motion the face follows, from least motion to most; none (the runtime's default) is the
+// model's own motion. A runtime's own config may set a take file instead: its controls_set then
+// shows that path, which a client may send back unchanged. Which styles exist is the runtime's to
+// check (it answers bad_controls, listing them): this list, in the SPEC's order, is for pickers in
+// a UI.
+inline constexpr std::string_view kStyleNone = "none";
+inline constexpr std::string_view kStyleStill = "still";
+inline constexpr std::string_view kStyleCalm = "calm";
+inline constexpr std::string_view kStyleNatural = "natural";
+inline constexpr std::string_view kStyleLively = "lively";
+inline constexpr std::string_view kStyleAnimated = "animated";
+inline constexpr std::array<std::string_view, 6> kStyles = {kStyleNone,    kStyleStill,  kStyleCalm,
+                                                            kStyleNatural, kStyleLively, kStyleAnimated};
+
 // One blendshape's control: value = clamp(raw * gain + offset, min, max). Absent: unchanged
 // (set_controls) or the runtime's default (gain 1, offset 0, min 0, max 1).
 struct ShapeControl {
@@ -111,10 +126,11 @@ using NamedValues = std::vector<std::pair<std::string, T>>;
 
 // A stream's artists' controls, as open_stream and set_controls carry them and controls_set
 // returns them (ksdiff_runtime/engine/controls.py). Regions: jaw, mouth, brows, eyes, head; moods
-// (1.3): kMoods. Every part is optional: set_controls changes the settings given and keeps the
-// rest. What is in range, and which names (and moods) exist, the runtime checks (error
-// bad_controls): this client only carries the map. Decoding keeps the entries that are well typed
-// and ignores the others, as the reference decoder checks no more than "a map with string keys".
+// (1.3): kMoods; styles (1.4): kStyles. Every part is optional: set_controls changes the settings
+// given and keeps the rest. What is in range, and which names (moods and styles too) exist, the
+// runtime checks (error bad_controls): this client only carries the map. Decoding keeps the
+// entries that are well typed and ignores the others, as the reference decoder checks no more
+// than "a map with string keys".
 struct Controls {
   std::optional<NamedValues<double>> strength;        // region -> multiplier (0..3; 1: as is)
   std::optional<NamedValues<ShapeControl>> shapes;    // ARKit blendshape name -> its control
@@ -122,6 +138,7 @@ struct Controls {
   std::optional<double> timing_offset_ms;             // + later, - earlier than the audio
   std::optional<std::string> mood;                    // 1.3: one of kMoods (the runtime's default neutral)
   std::optional<double> mood_intensity;               // 1.3: how much of the mood, 0..1 (default 1)
+  std::optional<std::string> style;                   // 1.4: one of kStyles (default none), or the runtime's take file
 };
 
 // --- messages (SPEC 4) ----------------------------------------------------------------------
@@ -286,7 +303,8 @@ struct Message {
 // unknown_type (a client ignores those: a newer runtime's messages), bad_audio (open_stream's
 // sample_rate/channels/format of the right type but out of range; a wrong type is malformed).
 // A mode other than "live"/"line", or controls that are not a map, are malformed (1.2); what the
-// controls say (the mood of 1.3 included) is the runtime's to judge: ill-typed entries are left out.
+// controls say (the mood of 1.3 and the style of 1.4 included) is the runtime's to judge: ill-typed
+// entries are left out.
 Message decode(const void* data, std::size_t size);
 inline Message decode(std::string_view payload) { return decode(payload.data(), payload.size()); }
 
@@ -297,8 +315,9 @@ std::string encode_hello_request(std::optional<std::uint64_t> req = std::nullopt
 std::string encode_open_stream(const OpenStream& request);
 std::string encode_audio(const Audio& request);
 std::string encode_end_stream(const EndStream& request);
-// 1.2 (the mood 1.3). Throws ProtocolError(bad_controls) for a non-finite number (ranges and
-// names, moods included, are the runtime's to check: it answers bad_controls, naming the setting).
+// 1.2 (the mood 1.3, the style 1.4). Throws ProtocolError(bad_controls) for a non-finite number
+// (ranges and names, moods and styles included, are the runtime's to check: it answers
+// bad_controls, naming the setting).
 std::string encode_set_controls(const SetControls& request);
 
 // 208 bytes of little-endian float32 -> 52 floats, on any host byte order.
