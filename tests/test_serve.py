@@ -640,10 +640,39 @@ def test_a_style_take_in_the_config_or_a_flag_is_every_streams_style(tmp_path):
     config = tmp_path / "serve.toml"
     config.write_text(f"[controls]\nstyle = '{take}'\n")
     c = load_config(config, {"controls": None}).artist_controls()
-    assert c.style.profile == StyleProfile.of(*read_reference(take)) and c.to_dict()["style"] == str(take)
+    assert c.style.profile == StyleProfile.of(*read_reference(take)) and c.to_dict()["style"] == "me.csv"
     assert load_config(config, {"controls": {"style": "calm"}}).artist_controls().style.name == "calm"
     config.write_text(f"[controls]\nstyle = '{tmp_path / 'gone.csv'}'\n")
     with pytest.raises(ConfigError, match=r"\[controls\] style reference .*gone.csv does not exist"):
         load_config(config, {"controls": None})
     bad = cli("serve", "--style", "bouncy")
     assert bad.returncode == 2 and "unknown style 'bouncy'; built-in styles: none, still" in bad.stderr
+
+
+def test_a_configured_take_is_shown_by_name_and_a_client_may_return_to_it(runtime, tmp_path):
+    """The server's own take (its config): clients see its file name, not the server's path; they may switch to a
+    built-in style and back to the take by that name, and name no file of their own."""
+    from ksdiff_runtime.engine.controls import Controls
+    from ksdiff_runtime.outputs import files
+
+    t = np.arange(90) / 30
+    take = tmp_path / "streamer.csv"
+    files.write_csv(take, np.zeros((90, 52), np.float32), 0.03 * np.stack([np.sin(2 * np.pi * t)] * 3, axis=1),
+                    np.zeros((90, 4), np.float32), 30)
+    configured = Controls.from_dict({"style": str(take)}, allow_files=True)
+    before, runtime.engine.controls = runtime.engine.controls, configured
+    peer = Peer(runtime)
+    try:
+        peer.request("open_stream", stream="vt", sample_rate=16000, channels=1, format="f32le")
+        shown = peer.request("set_controls", stream="vt", controls={})["controls"]["style"]
+        assert shown == "streamer.csv" and str(tmp_path) not in shown
+        assert peer.request("set_controls", stream="vt", controls={"style": "calm"})["controls"]["style"] == "calm"
+        back = peer.request("set_controls", stream="vt", controls={"style": "streamer.csv"})
+        assert back["type"] == "controls_set" and back["controls"]["style"] == "streamer.csv"
+        refused = peer.request("set_controls", stream="vt", controls={"style": str(take)})  # a path: not a name
+        assert refused["code"] == "bad_controls" and "unknown style" in refused["message"]
+        assert peer.request("end_stream", stream="vt")["type"] == "stream_ended"
+    finally:
+        runtime.engine.controls = before
+        peer.close()
+

@@ -96,7 +96,7 @@ def run_bake(args: argparse.Namespace) -> int:
     blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps, n_out).clip(0.0, 1.0)
     head = files.resample_frames(anim.head, motion.FPS, args.fps, n_out)
     if controls.changes_values:  # the mood and style, as a stream's controls apply them
-        shaped = ControlStage(controls, args.fps).shape(np.concatenate([blendshapes, head], axis=1))
+        shaped = ControlStage(controls, args.fps, made="bake").shape(np.concatenate([blendshapes, head], axis=1))
         blendshapes, head = shaped[:, : motion.NUM_BLENDSHAPES], shaped[:, motion.NUM_BLENDSHAPES :]
     gaze = motion.gaze_from_blendshapes(blendshapes)
     args.output.parent.mkdir(parents=True, exist_ok=True)

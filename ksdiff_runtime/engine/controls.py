@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ import numpy as np
 from ksdiff_runtime import motion
 
 from .stream import Emitted, output_frames
-from .style import NO_STYLE, Style, StyleError, keep_closed, style_for
+from .style import MODEL_PROFILES, NO_STYLE, Level, Style, StyleError, keep_closed, style_for
 
 REGION_NAMES: tuple[str, ...] = (*motion.REGIONS, motion.HEAD_REGION)
 STRENGTH_RANGE = (0.0, 3.0)
@@ -108,8 +109,10 @@ class Controls:
         never a client's request)."""
         return cls().merged(d, allow_files)
 
-    def merged(self, d: Any, allow_files: bool = False) -> Controls:
-        """These controls with the settings ``d`` gives changed (a live ``set_controls`` changes some)."""
+    def merged(self, d: Any, allow_files: bool = False, known: tuple[Style, ...] = ()) -> Controls:
+        """These controls with the settings ``d`` gives changed (a live ``set_controls`` changes some). A style
+        named as ``to_dict`` shows this one or one of ``known`` (the server's configured style) is that style,
+        not read again."""
         if not isinstance(d, dict):
             raise ControlsError(f"controls must be a table/map, got {type(d).__name__}")
         unknown = sorted(set(d) - set(CONTROL_KEYS), key=str)
@@ -138,9 +141,10 @@ class Controls:
         if "mood_intensity" in d:
             intensity = _number("mood_intensity", d["mood_intensity"], *MOOD_INTENSITY_RANGE)
         style = self.style
-        if "style" in d and (style is None or d["style"] != style.name):
+        if "style" in d:
+            same = [s for s in (self.style, *known) if s is not None and d["style"] == _shown(s)]
             try:
-                style = style_for(d["style"], allow_files)
+                style = same[0] if same else style_for(d["style"], allow_files)
             except StyleError as e:
                 raise ControlsError(str(e)) from None
         return replace(self, strength=strength, shapes=shapes, smoothing_ms=smoothing, timing_offset_ms=timing,
@@ -151,7 +155,7 @@ class Controls:
                 "shapes": {n: vars(s).copy() for n, s in self.shapes.items()},
                 "smoothing_ms": {r: self.smoothing_ms.get(r, 0.0) for r in REGION_NAMES},
                 "timing_offset_ms": self.timing_offset_ms, "mood": self.mood, "mood_intensity": self.mood_intensity,
-                "style": NO_STYLE if self.style is None else self.style.name}
+                "style": NO_STYLE if self.style is None else _shown(self.style)}
 
     @property
     def changes_values(self) -> bool:
@@ -165,6 +169,11 @@ class Controls:
 
 
 CONTROL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Controls))
+
+
+def _shown(style: Style) -> str:
+    """A style as clients see it: a built-in one by name, a take file by its file name (not the server's path)."""
+    return Path(style.name).name
 
 
 def _regions(what: str, d: Any, bounds: tuple[float, float]) -> dict[str, float]:
@@ -183,6 +192,8 @@ _COLUMN_REGION = [next(r for r, names in motion.REGIONS.items() if n in names) f
     [motion.HEAD_REGION] * motion.NUM_HEAD
 _VALUES = motion.NUM_BLENDSHAPES + motion.NUM_HEAD
 _PITCH = motion.NUM_BLENDSHAPES + motion.HEAD_ROTATION.index("headPitch")
+_HEAD = np.flatnonzero(np.array(_COLUMN_REGION) == motion.HEAD_REGION)
+_BROWS = np.flatnonzero(np.array(_COLUMN_REGION) == "brows")
 
 
 def _blink_column(name: str) -> int:
@@ -215,9 +226,13 @@ class ControlStage:
     holds the stream's final motion frame releases everything and appends the ease; ``closing`` gives
     the ease after the frames published so far, for a stream cut short."""
 
-    def __init__(self, controls: Controls, fps: int) -> None:
+    def __init__(self, controls: Controls, fps: int, made: str = "live") -> None:
+        """``made``: how the model made the motion ("live" hop after hop, a "line" in whole windows, a "bake"),
+        which decides the model's own profile a style is measured against (style.MODEL_PROFILES)."""
         self.controls = controls
         self.fps = fps
+        self.model_profile = MODEL_PROFILES[made]
+        self._head_level, self._brow_floor = Level(fps), Level(fps, floor=True)  # what a style scales motion about
         self._alpha: np.ndarray | None = None  # per-column smoothing coefficient (None: no smoothing)
         self._scale = self._lo = self._hi = self._gain = self._offset = np.zeros(0, np.float32)
         self._mood_gain = self._mood_pose = self._style = np.zeros(0, np.float32)
@@ -234,13 +249,15 @@ class ControlStage:
 
     def set(self, controls: Controls) -> None:
         if controls is not self.controls:
+            if controls.style is None:  # a style set later starts from the frames it then sees
+                self._head_level, self._brow_floor = Level(self.fps), Level(self.fps, floor=True)
             self.controls = controls
             self._compile()
 
     def _compile(self) -> None:
         c = self.controls
         self._scale = np.array([c.strength.get(r, 1.0) for r in _COLUMN_REGION], np.float32)
-        style = {} if c.style is None else c.style.gains()
+        style = {} if c.style is None else c.style.gains(self.model_profile)
         self._style = np.array([style.get(r, 1.0) for r in _COLUMN_REGION], np.float32)
         self._style_opens = style.get("mouth", 1.0) > 1.0
         D = motion.NUM_BLENDSHAPES
@@ -310,35 +327,46 @@ class ControlStage:
             self._last = out[-1].copy()
         return out
 
-    def _values(self, values: np.ndarray, smooth: bool = True) -> np.ndarray:
-        """Style, mood, strength, shape gain and offset, clamp, then smoothing, on rows of 55 values."""
+    def _values(self, values: np.ndarray, rest: bool = False) -> np.ndarray:
+        """Style, mood, strength, shape gain and offset, clamp, then smoothing, on rows of 55 values (``rest``:
+        the rest pose, which no style or smoothing touches and which leaves no state behind)."""
         c = self.controls
         if not c.changes_values or not len(values):
             return np.asarray(values, np.float32)
         D = motion.NUM_BLENDSHAPES
         out = values.astype(np.float32)
-        if c.style is not None:  # the model's motion, before a mood adds its pose
-            scaled = out * self._style
-            if self._style_opens:  # lips the model closes stay closed
-                scaled[:, :D] = keep_closed(out[:, :D], scaled[:, :D])
-            out = scaled
+        if c.style is not None and not rest:  # the model's motion, before a mood adds its pose
+            out = self._styled(out)
         if c.has_mood:
             pose = np.repeat(self._mood_pose[None], len(out), axis=0)
             pose[:, self._mood_eyes] *= 1.0 - np.clip(out[:, _BLINK_OF[self._mood_eyes]], 0.0, 1.0)
             out = out * self._mood_gain + pose
         out = out * self._scale
         out[:, :D] = np.clip(out[:, :D] * self._gain + self._offset, self._lo, self._hi)
-        if smooth and self._alpha is not None:
+        if not rest and self._alpha is not None:
             prev = out[0] if self._last is None else self._last
             for j in range(len(out)):
                 prev = prev + self._alpha * (out[j] - prev)
                 out[j] = prev
         return out
 
+    def _styled(self, values: np.ndarray) -> np.ndarray:
+        """The style's gains on rows of 55 values: the jaw and mouth about the rest pose (lips the model closes
+        kept so), the head about its level and the brows above their floor (a held tilt or raise is not the
+        style's to scale)."""
+        out = values * self._style
+        for cols, level in ((_HEAD, self._head_level), (_BROWS, self._brow_floor)):
+            under = level.follow(values[:, cols])
+            out[:, cols] = under + self._style[cols] * (values[:, cols] - under)
+        if self._style_opens:
+            out[:, : motion.NUM_BLENDSHAPES] = keep_closed(values[:, : motion.NUM_BLENDSHAPES],
+                                                           out[:, : motion.NUM_BLENDSHAPES])
+        return out
+
     # --- the ease to rest -------------------------------------------------------------------------
     def neutral(self) -> np.ndarray:
         """The rest pose with these controls: a zero motion through them (an offset stays), unsmoothed."""
-        return self._values(np.zeros((1, _VALUES), np.float32), smooth=False)[0]
+        return self._values(np.zeros((1, _VALUES), np.float32), rest=True)[0]
 
     def closing(self) -> Emitted:
         """The ease from the last frame put out to the neutral pose: ``ease_frames`` frames on the audio

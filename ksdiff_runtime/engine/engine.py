@@ -313,7 +313,7 @@ class StreamingEngine:
     def _new_state(self, session: Session) -> StreamState:
         if session.controls is None:
             session.controls = self.controls
-        session.stage = ControlStage(session.controls, self.fps)
+        session.stage = ControlStage(session.controls, self.fps, made=session.mode)
         tokens = None
         if session.text and session.text.strip():
             tokens = phoneme_tokens_later(session.text, self.cfg.max_text_tokens)

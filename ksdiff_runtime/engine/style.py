@@ -6,33 +6,40 @@ writes; columns matched by name) or a ``bake`` JSON, at least ``MIN_REFERENCE_S`
 built-in references (``STYLES``, least motion to most, in ``assets/styles``). Its ``StyleProfile``
 is three numbers measured on it:
 
-    head          the head angles' spread: the std of pitch, yaw and roll, averaged (radians)
-    expression    the brows' activity: the std of the brow shapes, averaged
+    head          how much the head moves: the RMS of pitch, yaw and roll about their level (a one-pole
+                  average over ``LEVEL_S``: posture held or drifting over seconds does not count), averaged
+    expression    how much the brows raise: the RMS of browInnerUp and browOuterUp above their floor (it
+                  drops with them at once and rises over ``LEVEL_S``: a raise held for seconds does not
+                  count), averaged
     articulation  how far the jaw goes: the 95th percentile of jawOpen
 
 A stream's style scales its regions' motion by the reference's profile over the model's own
-(``MODEL_PROFILE``: what the bundled model puts out with no reference, measured on held-out speech
-by ``python -m benchmarks.style``), so a take that moves its head twice as much as the
-model does gets a head that moves twice as much: head -> the head region, expression -> the brows,
-articulation -> the jaw and mouth together (the lips' aperture scales as one, and ``keep_closed``
-leaves lips the model closes closed, as a mood never opens them). Gains are bounded (``GAIN_BOUNDS``): a frozen take does not freeze the face, and a take
-with the jaw opened wide does not make the mouth shout. The network's own style input is not used:
-it ignores the head's amplitude (docs/STYLE.md).
+(``MODEL_PROFILES``: what the bundled model puts out with no style, live, as a line and baked,
+measured on held-out speech by ``python -m benchmarks.style``), so a take that moves its head twice as
+much as the model does gets a head that moves twice as much: head -> the head region, about its level;
+expression -> the brows, above their floor (a held tilt or raise stays as it is); articulation -> the
+jaw and mouth together, about the rest pose, the lips' shapes kept as the model has them where it
+closes the lips (``keep_closed``: a style never opens them, as a mood never does). Gains are bounded (``GAIN_BOUNDS``):
+a frozen take does not freeze the face, and a take with the jaw opened wide does not make the mouth
+shout. The network's own style input is not used: it ignores the head's amplitude (docs/STYLE.md).
 
-No style means no change. The controls (engine/controls.py) hold a stream's style and apply the
-gains with the other region strengths; over the protocol a stream names a built-in style, while a
-file is for the server's own config, ``bake`` and the Python API.
+No style means no change, and a style never moves the rest pose. The controls (engine/controls.py) hold
+a stream's style and apply the gains first, before a mood; over the protocol a stream names a built-in
+style (or the server's configured take, by its file name), while a file is for the server's own config,
+``bake`` and the Python API.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.signal
 
 from ksdiff_runtime import motion
 
@@ -40,11 +47,15 @@ STYLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "styles"
 NO_STYLE = motion.DEFAULT_STYLE  # "none"
 STYLES: tuple[str, ...] = tuple(s for s in motion.STYLES if s != NO_STYLE)  # the built-in takes, least motion to most
 MIN_REFERENCE_S = 2.0
+LEVEL_S = 3.0  # time constant of the level head and brow motion is measured and scaled about
 # bounds of the gains: the head's, the brows' and the jaw and mouth's (articulation)
 GAIN_BOUNDS: dict[str, tuple[float, float]] = {"head": (0.25, 6.0), "brows": (0.25, 6.0), "articulation": (0.5, 2.0)}
-_BROWS = tuple(motion.BLENDSHAPE_INDEX[n] for n in motion.REGIONS["brows"])
+_BROW_RAISES = tuple(motion.BLENDSHAPE_INDEX[n] for n in ("browInnerUp", "browOuterUpLeft", "browOuterUpRight"))
 _JAW_OPEN = motion.BLENDSHAPE_INDEX["jawOpen"]
-_MOUTH_CLOSE = motion.BLENDSHAPE_INDEX["mouthClose"]
+# the shapes motion.lip_aperture reads: where the model closes the lips they keep the model's weights
+LIP_SHAPES = np.array([motion.BLENDSHAPE_INDEX[n] for n in (
+    "jawOpen", "mouthClose", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "mouthFunnel", "mouthPressLeft", "mouthPressRight", "mouthRollLower", "mouthRollUpper")])
 
 
 class StyleError(ValueError):
@@ -67,17 +78,56 @@ class StyleProfile:
     def of(cls, blendshapes: np.ndarray, head: np.ndarray) -> StyleProfile:
         """The profile of frames [T, 52] and [T, 3] (radians, ``motion``'s convention) at 30 fps."""
         b, h = np.asarray(blendshapes, np.float64), np.asarray(head, np.float64)
-        return cls(head=float(h.std(axis=0).mean()), expression=float(b[:, _BROWS].std(axis=0).mean()),
+
+        def motion_rms(x: np.ndarray, floor: bool) -> float:
+            return float(np.sqrt(np.mean((x - Level(motion.FPS, floor).follow(x)) ** 2, axis=0)).mean())
+
+        return cls(head=motion_rms(h, floor=False), expression=motion_rms(b[:, _BROW_RAISES], floor=True),
                    articulation=float(np.percentile(b[:, _JAW_OPEN], 95)))
 
     def to_dict(self) -> dict[str, float]:
         return {"head": self.head, "expression": self.expression, "articulation": self.articulation}
 
 
-# The bundled model's own profile with no style: live `low-latency` streams (voice gate and liveliness on) of
-# 40 held-out synthetic clips; the denominator of every gain. Measured by `python -m benchmarks.style`
-# (benchmarks/style.json, "model_profile_measured"), which also shows it baked.
-MODEL_PROFILE = StyleProfile(head=0.00905, expression=0.01472, articulation=0.2965)
+class Level:
+    """The level motion is measured and scaled about, frame after frame, continuing from call to call and
+    starting at the first frame: a one-pole low-pass (time constant ``LEVEL_S``) for motion both ways (the
+    head's angles), or with ``floor`` a floor under motion up from a rest (the brows' raises): it drops with
+    the motion at once and rises toward it like the low-pass."""
+
+    def __init__(self, fps: float, floor: bool = False) -> None:
+        self._a = 1.0 - math.exp(-1.0 / (LEVEL_S * fps))
+        self._floor = floor
+        self._z: np.ndarray | None = None  # the low-pass's state, or the floor
+
+    def follow(self, x: np.ndarray) -> np.ndarray:
+        """The level under frames ``x`` [n, k] (in order)."""
+        x = np.asarray(x, np.float64)
+        if not len(x):
+            return x
+        if self._floor:
+            z = x[0].copy() if self._z is None else self._z
+            level = np.empty_like(x)
+            for i, row in enumerate(x):
+                z = np.minimum(row, z + self._a * (row - z))
+                level[i] = z
+            self._z = z
+            return level
+        if self._z is None:
+            self._z = (1.0 - self._a) * x[:1]
+        level, self._z = scipy.signal.lfilter([self._a], [1.0, self._a - 1.0], x, axis=0, zi=self._z)
+        return level
+
+
+# The bundled model's own profile with no style, the denominator of every gain, by how the motion is made: a
+# live stream's hops ("live", the low-latency preset), a line's whole windows ("line"), a bake ("bake"). Voice
+# gate and liveliness on, 40 held-out synthetic clips; `python -m benchmarks.style` measures them
+# (benchmarks/style.json, "model_profiles").
+MODEL_PROFILES: dict[str, StyleProfile] = {
+    "live": StyleProfile(head=0.01022, expression=0.0260, articulation=0.296),
+    "line": StyleProfile(head=0.00361, expression=0.0455, articulation=0.283),
+    "bake": StyleProfile(head=0.01664, expression=0.0340, articulation=0.299),
+}
 
 
 @dataclass(frozen=True)
@@ -87,7 +137,7 @@ class Style:
     name: str
     profile: StyleProfile
 
-    def gains(self, model: StyleProfile = MODEL_PROFILE) -> dict[str, float]:
+    def gains(self, model: StyleProfile) -> dict[str, float]:
         """Region -> multiplier on its motion (regions of engine/controls.py)."""
 
         def ratio(ref: float, own: float, bounds: tuple[float, float]) -> float:
@@ -100,14 +150,14 @@ class Style:
 
 
 def keep_closed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """Weights ``after`` [n, 52] (the jaw and mouth scaled up from ``before``) with the lips kept as closed as
-    they were: where ``before``'s lip aperture is at most the closed threshold, mouthClose rises by what the
-    scaling opened them; above it, less and less, and not at all from twice the threshold."""
-    a0, a1 = motion.lip_aperture(before), motion.lip_aperture(after)
+    """Weights ``after`` [n, 52] (the jaw and mouth scaled up from ``before``) with the lips kept as the model
+    closes them: where ``before``'s lip aperture is at most the closed threshold, the lips' shapes
+    (``LIP_SHAPES``) keep ``before``'s weights; above it, less and less, and not at all from twice the
+    threshold, where the scaled weights stand."""
     T = motion.LIP_CLOSED_THRESHOLD
-    keep = np.clip((2 * T - a0) / T, 0.0, 1.0)
+    keep = np.clip((2 * T - motion.lip_aperture(before)) / T, 0.0, 1.0)[:, None]
     out = np.array(after, np.float32, copy=True)
-    out[:, _MOUTH_CLOSE] = np.clip(out[:, _MOUTH_CLOSE] + keep * np.maximum(a1 - a0, 0.0), 0.0, 1.0)
+    out[:, LIP_SHAPES] = keep * before[:, LIP_SHAPES] + (1.0 - keep) * after[:, LIP_SHAPES]
     return out
 
 
@@ -119,11 +169,16 @@ def style_for(spec: str, allow_files: bool = False) -> Style | None:
     if spec == NO_STYLE:
         return None
     if spec in STYLES:
-        return Style(spec, StyleProfile.of(*read_reference(STYLE_DIR / f"{spec}.csv")))
+        return _built_in(spec)
     if allow_files and Path(spec).suffix.lower() in (".csv", ".json"):
         return Style(spec, StyleProfile.of(*read_reference(Path(spec))))
     files = ", or a reference take (.csv as Live Link Face records it, or a bake .json)" if allow_files else ""
     raise StyleError(f"unknown style {spec!r}; built-in styles: {', '.join((NO_STYLE, *STYLES))}{files}")
+
+
+@functools.cache
+def _built_in(name: str) -> Style:
+    return Style(name, StyleProfile.of(*read_reference(STYLE_DIR / f"{name}.csv")))
 
 
 def read_reference(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +191,12 @@ def read_reference(path: Path) -> tuple[np.ndarray, np.ndarray]:
             blendshapes, head, fps = _read_json(path)
         else:
             blendshapes, head, fps = _read_csv(path)
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as e:
         if isinstance(e, StyleError):
             raise
         raise StyleError(f"style reference {path}: cannot read it ({e})") from None
+    if not (math.isfinite(fps) and fps > 0):
+        raise StyleError(f"style reference {path}: its frame rate must be a positive number, got {fps!r}")
     if not (np.isfinite(blendshapes).all() and np.isfinite(head).all()):
         raise StyleError(f"style reference {path} has non-finite values")
     if len(blendshapes) < MIN_REFERENCE_S * fps:
@@ -155,7 +212,7 @@ def read_reference(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_json(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
     doc = json.loads(path.read_text())
-    if list(doc.get("blendshape_names", [])) != list(motion.BLENDSHAPES):
+    if not isinstance(doc, dict) or list(doc.get("blendshape_names", [])) != list(motion.BLENDSHAPES):
         raise StyleError(f"style reference {path}: not a bake JSON (blendshape_names must list the 52 ARKit names "
                          "in ksdiff-runtime's order)")
     frames = doc["frames"]
@@ -167,7 +224,7 @@ def _read_json(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
     from ksdiff_runtime.outputs import livelink  # the Live Link Face convention, written once
 
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # a BOM, as a spreadsheet saves it
         rows = list(csv.reader(f))
     if not rows:
         raise StyleError(f"style reference {path} is empty")
@@ -187,13 +244,12 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def _csv_rate(timecodes: list[str]) -> float:
-    """Frames per second of a Live Link Face CSV: from its timecodes (HH:MM:SS:FF.mmm), the frames counted
-    in its longest whole second; 30 when the timecodes say nothing."""
-    seconds = [tc.rsplit(":", 1)[0] for tc in timecodes if tc.count(":") == 3]
-    if len(seconds) < 2:
-        return float(motion.FPS)
+    """Frames per second of a Live Link Face CSV: the most rows sharing one timecode second (HH:MM:SS:FF.mmm,
+    or HH:MM:SS;FF drop-frame; a partial second at either end only has fewer); 30 without timecodes."""
     counts: dict[str, int] = {}
-    for s in seconds:
-        counts[s] = counts.get(s, 0) + 1
-    inner = list(counts.values())[1:-1]  # the first and last second may be partial
-    return float(max(inner)) if inner else float(motion.FPS)
+    for tc in timecodes:
+        tc = tc.strip().replace(";", ":")
+        if tc.count(":") == 3:
+            second = tc.rsplit(":", 1)[0]
+            counts[second] = counts.get(second, 0) + 1
+    return float(max(counts.values(), default=motion.FPS))

@@ -594,10 +594,11 @@ class Runtime:
                                                     **_req(msg.get("req"))))
         log.info("stream %s: controls set: %s", session.id, msg["controls"])
 
-    @staticmethod
-    def _controls(base: Controls, changes: dict, stream: str | None) -> Controls:
+    def _controls(self, base: Controls, changes: dict, stream: str | None) -> Controls:
+        """``base`` with a client's changes: built-in styles only, or the server's configured one by its name."""
+        configured = () if self.engine.controls.style is None else (self.engine.controls.style,)
         try:
-            return base.merged(changes)
+            return base.merged(changes, known=configured)
         except ControlsError as e:
             raise RefusedError("bad_controls", str(e), stream) from None
 
