@@ -1,6 +1,6 @@
 """The streaming recogniser against the full-context recogniser's whole-utterance output.
 
-    python -m benchmarks.streaming_recogniser [--checkpoint runs/streaming_asr/last.pt]
+    python -m benchmarks.streaming_recogniser [--checkpoint runs/streaming_asr/last.pt | --weights NPZ]
     # one CPU thread, ~2-4 min; writes benchmarks/streaming_recogniser.json
 
 Reference: ``Recogniser.from_hama()`` (hama's weights, whole-utterance attention) over each whole
@@ -27,6 +27,8 @@ Metrics per set (sums over all clips' frames):
   reference argmax is not the CTC blank (as in benchmarks/frontend_stability.json's
   ``agree_speech``; ~20 % of frames: the phoneme spikes and word boundaries, not silence or the
   blank between spikes);
+- ``agree_speech_within_1_frame``: the same, counting a speech frame as agreeing when the candidate
+  gives the reference's label on it or on a neighbouring frame (a spike 20 ms early or late);
 - ``agree``: argmax agreement on all frames (inflated by the blank);
 - ``kl_speech`` / ``kl``: mean KL(reference || candidate) in nats on speech / all frames.
 
@@ -49,6 +51,7 @@ import torch
 
 from ksdiff_runtime.features.frontend import HAMA_BLANK
 from ksdiff_runtime.features.recogniser import HOP, Recogniser
+from ksdiff_runtime.features.streaming_frontend import WEIGHTS
 from ksdiff_runtime.features.streaming_recogniser import (
     DEFAULT_LEFT_FRAMES,
     MAX_LOOKAHEAD,
@@ -141,11 +144,17 @@ def windowed_cost(model: Recogniser, audio: np.ndarray, left: int = WINDOW_LEFT)
 
 def compare(candidate: np.ndarray, reference: np.ndarray, chunk: int) -> dict[str, float]:
     """Sums over one clip's frames; ``by_ahead_k``: speech frames with k frames left in their chunk."""
-    speech = reference.argmax(1) != HAMA_BLANK
-    agree = candidate.argmax(1) == reference.argmax(1)
+    ref_id, cand_id = reference.argmax(1), candidate.argmax(1)
+    speech = ref_id != HAMA_BLANK
+    agree = cand_id == ref_id
+    # the reference's label on the frame or a neighbour (a spike one frame early or late)
+    near = agree.copy()
+    near[1:] |= cand_id[:-1] == ref_id[1:]
+    near[:-1] |= cand_id[1:] == ref_id[:-1]
     kl = (np.exp(reference) * (reference - candidate)).sum(1)
     sums = {"frames": int(agree.size), "speech_frames": int(speech.sum()), "agree_sum": float(agree.sum()),
-            "agree_speech_sum": float(agree[speech].sum()), "kl_sum": float(kl.sum()),
+            "agree_speech_sum": float(agree[speech].sum()), "agree_speech_near_sum": float(near[speech].sum()),
+            "kl_sum": float(kl.sum()),
             "kl_speech_sum": float(kl[speech].sum())}
     ahead = (chunk - 1) - np.arange(agree.size) % chunk
     for k in range(chunk):
@@ -158,6 +167,7 @@ def summarise(totals: dict[str, float], chunk: int, chunked: bool) -> dict[str, 
     f, s = totals["frames"], max(1.0, totals["speech_frames"])
     out: dict[str, Any] = {
         "agree_speech": round(totals["agree_speech_sum"] / s, 4), "agree": round(totals["agree_sum"] / f, 4),
+        "agree_speech_within_1_frame": round(totals["agree_speech_near_sum"] / s, 4),
         "kl_speech": round(totals["kl_speech_sum"] / s, 4), "kl": round(totals["kl_sum"] / f, 4),
         "frames": int(f), "speech_frames": int(totals["speech_frames"])}
     if chunked:  # agreement on speech frames by their own lookahead (their place in the chunk)
@@ -181,9 +191,22 @@ def stream_cost(model: StreamingRecogniser, audio: np.ndarray, piece_ms: int, lo
     return ms, float(np.abs(torch.cat(outs).numpy() - whole(model, audio, lookahead)).max())
 
 
+def from_weights(path: Path) -> StreamingRecogniser:
+    """A student with a distilled ``.npz``'s tensors over hama's (as the runtime loads them)."""
+    model = StreamingRecogniser.from_hama_streaming(lookahead=MAX_LOOKAHEAD, left_frames=DEFAULT_LEFT_FRAMES)
+    with np.load(path) as f:
+        tensors = {name: torch.from_numpy(f[name].astype(np.float32)) for name in f.files}
+    unexpected = model.load_state_dict(tensors, strict=False).unexpected_keys
+    if unexpected:
+        raise SystemExit(f"{path}: not the recogniser's tensors ({unexpected[:3]})")
+    return model.eval()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="streaming recogniser vs whole-utterance output")
     p.add_argument("--checkpoint", type=Path, default=None, help="a distilled run's last.pt")
+    p.add_argument("--weights", type=Path, default=None,
+                   help=f"or a distilled student's weights (.npz; the runtime's: {WEIGHTS.relative_to(ROOT)})")
     p.add_argument("--synthetic-clips", type=int, default=24)
     p.add_argument("--real-seconds", type=float, default=120.0)
     p.add_argument("--windowed-left-ms", type=int, nargs="+", default=[150, 500],
@@ -202,6 +225,9 @@ def main() -> None:
         checkpoint_info = {"path": str(args.checkpoint), "step": ckpt["step"],
                            "trained_audio_h": round(ckpt["trained_s"] / 3600, 2),
                            "real_languages": ckpt.get("real_languages"), "lr": ckpt.get("lr")}
+    elif args.weights is not None:
+        models["chunked_distilled"] = from_weights(args.weights)
+        checkpoint_info = {"path": str(args.weights)}
     t0 = time.time()
     sets = eval_sets(args.synthetic_clips, args.real_seconds)
     results: dict[str, Any] = {}
