@@ -16,8 +16,8 @@ Per reference: its profile, the output's profile (mean over the clips), and p/b/
 synthetic clips' teacher phonemes and medial closure on the recorded prompts (PocketSphinx phones).
 Per set: the rank correlation between the references' and the outputs' head amplitude, expression
 and articulation, and for the personas also against the teacher's style parameters. And the model's
-own profile with no style on the same clips, live, as lines and baked (``style.MODEL_PROFILES``, the
-gains' denominators, are these figures on the first 40 clips).
+own profile with no style on the same clips, live, as lines and baked, averaged over ``--seeds`` seeds
+(``style.MODEL_PROFILES``, the gains' denominators, are these figures on the first 40 clips).
 
 Writes benchmarks/style.json and docs/style.png; nothing is asserted, every figure is printed.
 """
@@ -73,8 +73,9 @@ def styled(frames: list[np.ndarray], style: S.Style) -> list[np.ndarray]:
     return [ControlStage(controls, motion.FPS, made="live").shape(f) for f in frames]
 
 
-def baked(clips: list[dict[str, Any]]) -> list[np.ndarray]:
-    """Each clip's [T, 55] frames as ``bake`` makes them with no style (voice gate and liveliness on)."""
+def baked(clips: list[dict[str, Any]], seed: int) -> list[np.ndarray]:
+    """Each clip's [T, 55] frames as ``bake --seed SEED`` makes them with no style (voice gate and liveliness
+    on)."""
     from ksdiff_runtime.backends.select import load_backend
     from ksdiff_runtime.engine.gate import GateConfig
     from ksdiff_runtime.engine.liveliness import LivelinessConfig
@@ -85,8 +86,8 @@ def baked(clips: list[dict[str, Any]]) -> list[np.ndarray]:
     out = []
     for c in clips:
         inputs = clip_inputs(backend, c["audio"], None)
-        anim = animate(backend, [inputs], steps=4, seeds=[0])[0]
-        anim = liven_animation(gate_animation(anim, inputs.audio, GateConfig()), 0, LivelinessConfig())
+        anim = animate(backend, [inputs], steps=4, seeds=[seed])[0]
+        anim = liven_animation(gate_animation(anim, inputs.audio, GateConfig()), seed, LivelinessConfig())
         out.append(np.concatenate([anim.blendshapes, anim.head], axis=1))
     return out
 
@@ -153,7 +154,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             y = [r["output_profile"][q] * scale for r in rows]
             ax.plot(x, y, marker, ls="-", label=f"{label.replace('_', '-')} (rank r "
                     f"{result[label]['rank_corr_with_reference'][q]:.2f})")
-        own = result["model_profiles"]["live"][q] * scale
+        own = result["no_style"]["profile"][q] * scale
         ax.axhline(own, color="0.5", ls=":", lw=1, label="no style")
         lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
         hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", type=int, default=0,
                    help="leave out the first SKIP of them (MODEL_PROFILE was measured on the first 40: a run with "
                    "--skip 40 checks the gains on other clips)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds the model's own profiles are averaged over")
     p.add_argument("--prompts", type=int, default=80, help="held-out recorded prompts (0: all 232; -1: none)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "style.json", help="the figures (JSON)")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "style.png", help="the plot (PNG)")
@@ -189,23 +191,29 @@ def main(argv: list[str] | None = None) -> int:
     prompts = real_eval.held_out_prompts(args.prompts)[0] if args.prompts >= 0 else []
     engine = build_engine("onnxruntime", "low-latency")
     try:
-        def live(audio: np.ndarray) -> np.ndarray:
-            return np.stack([np.concatenate([f.blendshapes, f.head]) for f in engine.stream_clip(audio)]
-                            ).astype(np.float32)
+        def frames(audio: np.ndarray, mode: str = "live", seed: int = 0) -> np.ndarray:
+            return np.stack([np.concatenate([f.blendshapes, f.head])
+                             for f in engine.stream_clip(audio, mode=mode, seed=seed)]).astype(np.float32)
 
-        clip_frames = [live(c["audio"]) for c in tqdm(clips, desc="synthetic, live", unit="clip")]
-        line_frames = [np.stack([np.concatenate([f.blendshapes, f.head]) for f in engine.stream_clip(c["audio"],
-                                                                                                   mode="line")])
-                       for c in tqdm(clips, desc="synthetic, lines", unit="clip")]
-        prompt_frames = [live(pr.audio) for pr in tqdm(prompts, desc="recorded, live", unit="prompt")]
+        clip_frames = [frames(c["audio"]) for c in tqdm(clips, desc="synthetic, live", unit="clip")]
+        prompt_frames = [frames(pr.audio) for pr in tqdm(prompts, desc="recorded, live", unit="prompt")]
+        # the model's own profiles: a head's sampled motion differs much from seed to seed, so over several
+        per_seed: dict[str, list[dict[str, float]]] = {"live": [profile(clip_frames)], "line": [], "bake": []}
+        for seed in tqdm(range(args.seeds), desc="the model's own profile, by seed", unit="seed"):
+            if seed:
+                per_seed["live"].append(profile([frames(c["audio"], seed=seed) for c in clips]))
+            per_seed["line"].append(profile([frames(c["audio"], "line", seed) for c in clips]))
+            per_seed["bake"].append(profile(baked(clips, seed)))
     finally:
         engine.close()
     own = profile(clip_frames)
+    model_profiles = {kind: {q: float(np.mean([p[q] for p in ps])) for q in QUANTITIES}
+                      for kind, ps in per_seed.items()}
     result: dict[str, Any] = {
         "machine": machine(), "clips": len(clips), "skipped": args.skip, "prompts": len(prompts),
-        "model_profiles": {"live": own, "line": profile(line_frames), "bake": profile(baked(clips))},
+        "seeds": args.seeds, "model_profiles": model_profiles, "model_profiles_by_seed": per_seed,
         "model_profiles_used": {k: v.to_dict() for k, v in S.MODEL_PROFILES.items()},
-        "no_style": {"synthetic_closure": synthetic_closure(clip_frames, clips),
+        "no_style": {"profile": own, "synthetic_closure": synthetic_closure(clip_frames, clips),
                      "real_medial_closure": real_eval.score_speech([f[:, :D] for f in prompt_frames], prompts)
                      ["closure_medial"] if prompts else None},
         "built_in": study([S.style_for(n) for n in S.STYLES], clip_frames, clips, prompt_frames, prompts),
