@@ -21,7 +21,7 @@ expression -> the brows, above their floor (a held tilt or raise stays as it is)
 jaw and mouth together, about the rest pose, the lips' shapes kept as the model has them where it
 closes the lips (``keep_closed``: a style never opens them, as a mood never does). Gains are bounded (``GAIN_BOUNDS``):
 a frozen take does not freeze the face, and a take with the jaw opened wide does not make the mouth
-shout. The network's own style input is not used: it ignores the head's amplitude (docs/STYLE.md).
+shout. The network's own style input is not used (the null style; docs/STYLE.md says what it does).
 
 No style means no change, and a style never moves the rest pose. The controls (engine/controls.py) hold
 a stream's style and apply the gains first, before a mood; over the protocol a stream names a built-in
