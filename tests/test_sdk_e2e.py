@@ -87,6 +87,25 @@ def test_animate_48k_stereo_s16(runtime):
     assert all(f.captured_ns is None for f in ease)  # the ease to rest after the audio
 
 
+def test_lines_without_a_seed_take_their_ids_and_never_move_in_lockstep(runtime):
+    """1.4: a stream opened without a seed takes a hash of its id. Two NPCs speaking the same line at once get
+    different head motion (with one seed for all they nodded together); the same id and audio again repeat its
+    frames exactly."""
+    x = speech(1.5)
+
+    def line(stream: str) -> np.ndarray:
+        handle = client.open_stream(stream, 16_000, mode="line", max_frames=None)
+        with handle:
+            handle.push(x)
+            handle.end()
+            return np.stack([f.head for f in handle.frames(TIMEOUT_S)])
+
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        a, b, a_again = line("crowd-1"), line("crowd-2"), line("crowd-1")
+    np.testing.assert_array_equal(a, a_again)
+    assert np.abs(a - b).max() > 1e-3
+
+
 def test_transcript_and_seed_reach_the_model(runtime):
     """Same audio and seed -> the same frames; a transcript or another seed -> other frames."""
     x = speech(1.0)

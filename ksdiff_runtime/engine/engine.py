@@ -170,9 +170,11 @@ class StreamingEngine:
         self.keep_ended = False
 
     # --- the small API over the engine's registry (embedding, tests, benchmarks) ----------------
-    def open_stream(self, stream_id: str | None = None, seed: int = 0, style: np.ndarray | None = None,
+    def open_stream(self, stream_id: str | None = None, seed: int | None = 0, style: np.ndarray | None = None,
                     text: str | None = None, controls: Controls | None = None, mode: str = "live") -> str:
-        """Start a stream of 16 kHz audio (one voice). ``style``: a style vector from the model's style
+        """Start a stream of 16 kHz audio (one voice). ``seed``: its motion's noise (streams with one seed share
+        it: give NPCs speaking at once their own, or None for a hash of the id, as the protocol's streams without
+        one get); ``style``: a style vector from the model's style
         encoder; ``text``: the transcript of what it will say, when known (conditions every hop);
         ``controls``: its artists' controls (default: the engine's); ``mode``: live or line."""
         if style is not None:

@@ -569,7 +569,8 @@ class Runtime:
         controls = self._controls(self.engine.controls, msg["controls"], msg.get("stream")) if "controls" in msg \
             else None
         mode = msg.get("mode", "live")
-        session = self.sessions.open(msg.get("stream"), "sdk", fmt, owner=identity, seed=int(msg.get("seed", 0)),
+        session = self.sessions.open(msg.get("stream"), "sdk", fmt, owner=identity,
+                                     seed=int(msg["seed"]) if "seed" in msg else None,
                                      text=msg.get("transcript"), max_ahead_s=self.max_ahead_s, mode=mode,
                                      controls=controls)
         started = self._started(session)

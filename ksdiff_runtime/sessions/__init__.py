@@ -22,6 +22,7 @@ import collections
 import itertools
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +111,14 @@ Admission = Callable[[int], str | None]
 DEFAULT_MAX_STREAMS = 64
 
 
+def stream_seed(stream_id: str) -> int:
+    """The seed of a stream opened without one: a stable hash of its id (CRC-32, the same on every machine and
+    run). Streams share their motion's noise only when they share a seed; with one seed for every stream, NPC
+    lines spoken at once nodded their heads together (head-angle correlation 0.84 between different lines,
+    0.16 with seeds of their own)."""
+    return zlib.crc32(stream_id.encode("utf-8"))
+
+
 class Sessions:
     """The registry. ``lock`` guards the id map and every session's fields marked above."""
 
@@ -123,10 +132,11 @@ class Sessions:
 
     # --- open / find / remove ----------------------------------------------------------------
     def open(self, stream_id: str | None, source: str, fmt: AudioFormat, *, owner: bytes | None = None,
-             seed: int = 0, text: str | None = None, style: np.ndarray | None = None,
+             seed: int | None = None, text: str | None = None, style: np.ndarray | None = None,
              max_ahead_s: float = DEFAULT_MAX_AHEAD_S, admit: bool = True, mode: str = "live",
              controls: Any = None) -> Session:
-        """Register a new stream. Raises RefusedError: ``malformed`` (a reserved id), ``busy`` (the id is
+        """Register a new stream (``seed`` None: ``stream_seed`` of its id). Raises RefusedError: ``malformed`` (a
+        reserved id), ``busy`` (the id is
         taken, the stream ceiling is reached, or, for a live stream, the measured capacity; the message says
         which)."""
         if stream_id is not None and not protocol.is_stream_id(stream_id):
@@ -146,6 +156,7 @@ class Sessions:
                 reason = self.admission(sum(not s.finished for s in self._by_id.values()))
                 if reason is not None:
                     raise RefusedError("busy", f"stream {stream_id!r} refused: {reason}; retry later", stream_id)
+            seed = stream_seed(stream_id) if seed is None else seed
             session = Session(stream_id, source, InputStream(fmt), owner=owner, seed=seed, text=text, style=style,
                               max_ahead_s=max_ahead_s, mode=mode, controls=controls)
             self._by_id[stream_id] = session

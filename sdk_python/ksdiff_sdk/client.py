@@ -666,7 +666,8 @@ class Client:
     ) -> StreamHandle:
         """Open a stream fed by this client's audio; returns its handle once ``stream_opened`` came.
 
-        ``stream``: the id you want (None: the runtime picks one). ``format``: "f32le" or "s16le",
+        ``stream``: the id you want (None: the runtime picks one). ``seed``: the motion's noise (None: the
+        runtime hashes the stream's id, protocol 1.4). ``format``: "f32le" or "s16le",
         the format sent on the wire (push() converts). ``max_frames``: frames the handle keeps
         unread (None: unbounded). ``mode`` (protocol 1.2): "live" (default: audio at the pace it is
         spoken, frames within the runtime's deadline) or "line" (audio already there, e.g. a TTS line:
@@ -765,7 +766,8 @@ class Client:
     ) -> Animation:
         """Animate a whole clip: open a stream, push the clip, end it, return every frame by index.
 
-        ``audio``: float (-1..1) or int16, shaped [n] or [n, channels]; sent as f32le or s16le.
+        ``audio``: float (-1..1) or int16, shaped [n] or [n, channels]; sent as f32le or s16le. ``seed``: None
+        gives each call a fresh take (a new stream id, hashed by the runtime); the same seed, the same frames.
         ``realtime``: push at the clip's own pace (like a live source, mode "live") instead of all at once
         (mode "line": the runtime animates it as fast as the machine allows, in whole model windows).
         ``timeout``: for the whole call (default: client timeout + 2x the clip's duration,
