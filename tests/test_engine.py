@@ -729,3 +729,30 @@ def test_a_stream_ending_in_a_frames_last_moments_gets_the_same_frames_however_i
         assert len(whole) == len(chunked) == stream_frames(audio.size, motion.FPS)
         (b1, h1), (b2, h2) = as_arrays(whole), as_arrays(chunked)
         assert np.array_equal(b1, b2) and np.array_equal(h1, h2), block
+
+
+def test_a_resampled_streams_end_never_reaches_the_engine_before_its_tail():
+    """The end of a 44.1 kHz stream flushes its resampler's tail. The engine may take a round while the tail is
+    being made (another thread); it must not see the end until the tail is queued with it, or the tail would
+    reach an ended stream and fail it (seen in CI: a file source's last frames and ease lost)."""
+    from ksdiff_runtime.inputs.stream import AudioFormat
+    from ksdiff_runtime.sessions import Sessions
+
+    sessions = Sessions()
+    session = sessions.open("resampled", "file", AudioFormat(44_100, 1, "f32le"), seed=0)
+    sessions.feed(session, np.zeros(44_100 // 2, np.float32))
+    taken: list[tuple[int, bool]] = []  # (samples, end) of each round's take
+    real_flush = session.input.flush
+
+    def flush_while_the_engine_takes():
+        taken.extend((sum(p.audio.size for p in chunks), end) for _, chunks, end in sessions.take())
+        return real_flush()
+
+    session.input.flush = flush_while_the_engine_takes
+    assert sessions.end(session)
+    taken.extend((sum(p.audio.size for p in chunks), end) for _, chunks, end in sessions.take())
+    ends = [i for i, (_, end) in enumerate(taken) if end]
+    assert len(ends) == 1 and ends[0] == len(taken) - 1  # the end comes in the last take
+    assert taken[-1][0] > 0  # with the tail
+    assert not sessions.end(session)  # once
+

@@ -239,18 +239,21 @@ class Sessions:
 
     def end(self, session: Session, reason: str = "ended", flush: bool = True) -> bool:
         """No more audio: the resampler's tail (``flush``: only from the thread that feeds the session) goes
-        to the engine, which finishes the stream's frames. False when it was already ending."""
+        to the engine, which finishes the stream's frames. False when it was already ending.
+
+        The tail is queued in the same step that marks the end, so the engine never takes the end before the
+        tail (it did: a resampled stream's tail then reached a stream already ended, which failed it)."""
         with self.lock:
             if session.ending or session.finished:
                 return False
-            session.ending, session.end_reason = True, reason
-            if not flush:
-                self._work.notify_all()
-                return True
-        tail = session.input.flush()
+        tail = session.input.flush() if flush else None  # outside the lock: it resamples
         with self.lock:
-            session.pending.append(PendingAudio(tail.audio, tail.clock_end, None))
-            session.pending_samples += tail.audio.size
+            if session.ending or session.finished:  # ended meanwhile by another thread (a timeout, a shutdown)
+                return False
+            session.ending, session.end_reason = True, reason
+            if tail is not None:
+                session.pending.append(PendingAudio(tail.audio, tail.clock_end, None))
+                session.pending_samples += tail.audio.size
             self._work.notify_all()
         return True
 
