@@ -4,20 +4,23 @@
 
 Held-out synthetic clips (voices and lines never trained on) and held-out recorded English prompts are
 streamed live once through the engine (ONNX Runtime, low-latency preset, voice gate and liveliness on,
-33 ms pushes); each style is then applied to those frames by the controls stage, as the engine applies
-it to a stream. Two sets of five references:
+33 ms pushes), each clip as a stream of its own and the clips one after another as one long stream (a
+VTuber's); each style is then applied to those frames by the controls stage, as the engine applies it
+to a stream. Two sets of five references:
 
 - the built-in styles (still, calm, natural, lively, animated);
 - the issue's protocol: five held-out personas spread over the teacher's head amplitude, each handing
   the teacher's motion of one of its clips as a Live Link Face CSV (read back like a user's take),
   animating the clips of other personas.
 
-Per reference: its profile, the output's profile (mean over the clips), and p/b/m closure on the
-synthetic clips' teacher phonemes and medial closure on the recorded prompts (PocketSphinx phones).
-Per set: the rank correlation between the references' and the outputs' head amplitude, expression
-and articulation, and for the personas also against the teacher's style parameters. And the model's
-own profile with no style on the same clips, live, as lines and baked, averaged over ``--seeds`` seeds
-(``style.MODEL_PROFILES``, the gains' denominators, are these figures on the first 40 clips).
+Per reference: its profile, the output's profile on the long stream past its first ``STEADY_AFTER_S``
+(a live head settles over a stream's first seconds: on short clips that start-up is most of its
+motion), and p/b/m closure on the synthetic clips' teacher phonemes and medial closure on the recorded
+prompts (PocketSphinx phones). Per set: the rank correlation between the references' and the outputs'
+head amplitude, expression and articulation, and for the personas also against the teacher's style
+parameters. And the model's own profile with no style: live (the long stream past its start), as lines
+and baked (the clips), averaged over ``--seeds`` seeds (``style.MODEL_PROFILES``, the gains'
+denominators, are these figures on the first 40 clips).
 
 Writes benchmarks/style.json and docs/style.png; nothing is asserted, every figure is printed.
 """
@@ -47,6 +50,7 @@ from .live import machine
 ROOT = Path(__file__).resolve().parent.parent
 D = motion.NUM_BLENDSHAPES
 QUANTITIES = ("head", "expression", "articulation")
+STEADY_AFTER_S = 10  # a live stream's profile is measured past its first seconds, where it settles
 TEACHER_PARAM = {"head": "head_amplitude", "expression": "expressiveness", "articulation": "articulation"}
 
 
@@ -124,15 +128,21 @@ def stage_cost(frames: list[np.ndarray], style: S.Style) -> float:
     return round(best / sum(len(f) for f in frames) * 1e6, 2)
 
 
-def study(styles: list[S.Style], clip_frames: list[np.ndarray], clips: list[dict[str, Any]],
+def steady(frames: np.ndarray) -> np.ndarray:
+    """A long stream's frames past its start (the model's head settles over its first seconds)."""
+    return frames[STEADY_AFTER_S * motion.FPS :]
+
+
+def study(styles: list[S.Style], long_frames: np.ndarray, clip_frames: list[np.ndarray], clips: list[dict[str, Any]],
           prompt_frames: list[np.ndarray], prompts: list[real_eval.Prompt]) -> dict[str, Any]:
+    """Each style on the long stream (its profile, past the start) and on the clips and prompts (closures)."""
     rows = []
     for st in styles:
         out = styled(clip_frames, st)
         real = real_eval.score_speech([f[:, :D] for f in styled(prompt_frames, st)], prompts) if prompts else None
         rows.append({"reference": Path(st.name).stem, "reference_profile": st.profile.to_dict(),
                      "gains": {k: round(v, 3) for k, v in st.gains(S.MODEL_PROFILES["live"]).items()},
-                     "output_profile": profile(out),
+                     "output_profile": profile([steady(styled([long_frames], st)[0])]),
                      "synthetic_closure": synthetic_closure(out, clips),
                      "real_medial_closure": real["closure_medial"] if real else None})
     corr = {q: M.rank_correlation(np.array([r["reference_profile"][q] for r in rows]),
@@ -196,17 +206,21 @@ def main(argv: list[str] | None = None) -> int:
                              for f in engine.stream_clip(audio, mode=mode, seed=seed)]).astype(np.float32)
 
         clip_frames = [frames(c["audio"]) for c in tqdm(clips, desc="synthetic, live", unit="clip")]
+        # the clips one after another as one live stream, as a VTuber's is: the profile past its first seconds
+        long_audio = np.concatenate([c["audio"] for c in clips])
+        long_frames = frames(long_audio)
         prompt_frames = [frames(pr.audio) for pr in tqdm(prompts, desc="recorded, live", unit="prompt")]
         # the model's own profiles: a head's sampled motion differs much from seed to seed, so over several
-        per_seed: dict[str, list[dict[str, float]]] = {"live": [profile(clip_frames)], "line": [], "bake": []}
+        per_seed: dict[str, list[dict[str, float]]] = {"live": [profile([steady(long_frames)])], "line": [],
+                                                       "bake": []}
         for seed in tqdm(range(args.seeds), desc="the model's own profile, by seed", unit="seed"):
             if seed:
-                per_seed["live"].append(profile([frames(c["audio"], seed=seed) for c in clips]))
+                per_seed["live"].append(profile([steady(frames(long_audio, seed=seed))]))
             per_seed["line"].append(profile([frames(c["audio"], "line", seed) for c in clips]))
             per_seed["bake"].append(profile(baked(clips, seed)))
     finally:
         engine.close()
-    own = profile(clip_frames)
+    own = profile([steady(long_frames)])
     model_profiles = {kind: {q: float(np.mean([p[q] for p in ps])) for q in QUANTITIES}
                       for kind, ps in per_seed.items()}
     result: dict[str, Any] = {
@@ -216,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         "no_style": {"profile": own, "synthetic_closure": synthetic_closure(clip_frames, clips),
                      "real_medial_closure": real_eval.score_speech([f[:, :D] for f in prompt_frames], prompts)
                      ["closure_medial"] if prompts else None},
-        "built_in": study([S.style_for(n) for n in S.STYLES], clip_frames, clips, prompt_frames, prompts),
-        "personas": study(persona_styles, clip_frames, clips, prompt_frames, prompts),
+        "long_stream_s": round(long_audio.size / motion.SAMPLE_RATE, 1), "steady_after_s": STEADY_AFTER_S,
+        "short_clips_profile": profile(clip_frames),
+        "built_in": study([S.style_for(n) for n in S.STYLES], long_frames, clip_frames, clips, prompt_frames, prompts),
+        "personas": study(persona_styles, long_frames, clip_frames, clips, prompt_frames, prompts),
         "stage_us_per_frame": {n: stage_cost(clip_frames, S.style_for(n)) for n in ("still", "animated")},
     }
     params = {q: [float(c["style"][STYLE_NAMES.index(TEACHER_PARAM[q])]) for c in picks] for q in QUANTITIES}

@@ -49,7 +49,7 @@ def test_the_built_in_takes_go_from_least_motion_to_most() -> None:
         values = [getattr(p, q) for p in profiles]
         assert values == sorted(values) and len(set(values)) == len(values), (q, values)
     gains = [S.style_for(name).gains(S.MODEL_PROFILES["live"])["head"] for name in S.STYLES]
-    assert gains[0] < 1.0 < gains[-1]  # the model's own head lies between the stillest and liveliest take
+    assert gains == sorted(gains) and gains[-1] > 4.0  # the liveliest take moves the head far more than the model
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
@@ -129,7 +129,7 @@ def test_gains_are_the_takes_motion_over_the_models_own_within_bounds() -> None:
     frozen = S.Style("t", S.StyleProfile(head=0.0, expression=0.0, articulation=0.0)).gains(own)
     wild = S.Style("t", S.StyleProfile(head=1.0, expression=1.0, articulation=1.0)).gains(own)
     assert frozen == {"head": 0.25, "brows": 0.25, "jaw": 0.5, "mouth": 0.5}
-    assert wild == {"head": 6.0, "brows": 6.0, "jaw": 2.0, "mouth": 2.0}
+    assert wild == {"head": 12.0, "brows": 6.0, "jaw": 2.0, "mouth": 2.0}
 
 
 # --- bad input ---------------------------------------------------------------------------------------
