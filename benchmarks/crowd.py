@@ -7,8 +7,9 @@ whole) and as live streams, through the engine (ONNX Runtime, low-latency, voice
 each stream either with one seed shared by all (what a stream opened without a seed got before protocol
 1.4: 0) or with the seed a stream without one gets now (``sessions.stream_seed`` of its id). Reported:
 the mean and 90th percentile over every pair of clips and head axis of the Pearson correlation of their
-head angles over the frames both have. Motion that audio does not decide (the head's sampled drift)
-correlates when the noise is shared.
+head angles over the frames every clip has; the clips' mean head over those frames (motion every stream
+makes, whatever its audio) and the correlation left with it taken out. Motion that audio does not
+decide (the head's sampled drift) correlates when the noise is shared.
 
 Writes benchmarks/crowd.json; nothing is asserted, every figure is printed.
 """
@@ -32,15 +33,28 @@ from .style import held_out
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def head_correlation(heads: list[np.ndarray]) -> dict[str, float]:
+def mean_r(heads: list[np.ndarray], n: int) -> list[float]:
     rs = []
     for a, b in combinations(heads, 2):
-        n = min(len(a), len(b))
         for axis in range(a.shape[1]):
             x, y = a[:n, axis], b[:n, axis]
             if x.std() > 0 and y.std() > 0:
                 rs.append(float(np.corrcoef(x, y)[0, 1]))
-    return {"mean_r": round(float(np.mean(rs)), 3), "p90_r": round(float(np.percentile(rs, 90)), 3), "pairs": len(rs)}
+    return rs
+
+
+def head_correlation(heads: list[np.ndarray]) -> dict[str, Any]:
+    """Pairwise correlation over the frames every clip has; and what the clips' mean head (the motion they
+    share) does, and the correlation left with it taken out."""
+    n = min(len(h) for h in heads)
+    rs = mean_r(heads, n)
+    common = np.mean([h[:n] for h in heads], axis=0)
+    rest = mean_r([h[:n] - common for h in heads], n)
+    return {"mean_r": round(float(np.mean(rs)), 3), "p90_r": round(float(np.percentile(rs, 90)), 3), "pairs": len(rs),
+            "frames": n, "common_deg_at_1_2_s": {axis: [round(float(np.rad2deg(common[min(n - 1, t * 30), k])), 2)
+                                                       for t in (1, 2)]
+                                                 for k, axis in enumerate(("pitch", "yaw", "roll"))},
+            "mean_r_without_common": round(float(np.mean(rest)), 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 r = head_correlation(heads)
                 result[f"{mode}, {seeds} seed"] = r
                 print(f"{mode:>4}, {seeds:>6} seed: head correlation between NPCs, mean {r['mean_r']:.3f}, "
-                      f"90th percentile {r['p90_r']:.3f} ({r['pairs']} pairs and axes)", flush=True)
+                      f"90th percentile {r['p90_r']:.3f} ({r['pairs']} pairs and axes, first {r['frames']} frames); "
+                      f"their mean head at 1 and 2 s {r['common_deg_at_1_2_s']} deg; without it, mean r "
+                      f"{r['mean_r_without_common']:.3f}", flush=True)
     finally:
         engine.close()
     args.out.write_text(json.dumps(result, indent=1) + "\n")
