@@ -166,19 +166,34 @@ LIP_CLOSED_THRESHOLD = 0.06  # aperture below this counts as lips closed (bilabi
 REST_APERTURE_THRESHOLD = 0.10  # "mouth at rest": aperture and jawOpen both below this
 
 
+# The gap before clipping is linear in the weights (these coefficients), so a trainer can score it too.
+LIP_GAP_COEFFICIENTS: dict[str, float] = {
+    "jawOpen": 1.0,
+    "mouthClose": -1.0,
+    "mouthLowerDownLeft": 0.2,
+    "mouthLowerDownRight": 0.2,
+    "mouthUpperUpLeft": 0.2,
+    "mouthUpperUpRight": 0.2,
+    "mouthFunnel": 0.2,
+    "mouthPressLeft": -0.15,
+    "mouthPressRight": -0.15,
+    "mouthRollLower": -0.15,
+    "mouthRollUpper": -0.15,
+}
+
+
+def lip_gap_vector() -> np.ndarray:
+    """[52] float32: lip_aperture(b) == max(b @ lip_gap_vector(), 0)."""
+    v = np.zeros(NUM_BLENDSHAPES, dtype=np.float32)
+    for name, c in LIP_GAP_COEFFICIENTS.items():
+        v[BLENDSHAPE_INDEX[name]] = c
+    return v
+
+
 def lip_aperture(blendshapes: np.ndarray) -> np.ndarray:
     """Approximate lip opening [...] (0 = lips sealed, ~1 = wide open) from [..., 52] weights."""
     b = np.asarray(blendshapes, dtype=np.float32)
-
-    def w(name: str) -> np.ndarray:
-        return b[..., BLENDSHAPE_INDEX[name]]
-
-    lower = 0.5 * (w("mouthLowerDownLeft") + w("mouthLowerDownRight"))
-    upper = 0.5 * (w("mouthUpperUpLeft") + w("mouthUpperUpRight"))
-    press = 0.5 * (w("mouthPressLeft") + w("mouthPressRight"))
-    roll = 0.5 * (w("mouthRollLower") + w("mouthRollUpper"))
-    gap = w("jawOpen") - w("mouthClose") + 0.4 * lower + 0.4 * upper + 0.2 * w("mouthFunnel")
-    return np.clip(gap - 0.3 * press - 0.3 * roll, 0.0, None)
+    return np.clip(b @ lip_gap_vector(), 0.0, None)
 
 
 def mouth_at_rest(blendshapes: np.ndarray) -> np.ndarray:

@@ -82,6 +82,53 @@ def test_training_loss_is_finite_and_backpropagates():
     assert len(grads) > 0.9 * len(list(model.parameters()))
 
 
+def test_closure_loss_asks_only_for_the_targets_closures():
+    from ksdiff_runtime import motion
+
+    model = small_model()
+    jaw, close = motion.BLENDSHAPE_INDEX["jawOpen"], motion.BLENDSHAPE_INDEX["mouthClose"]
+    target = torch.zeros(1, 4, 52)
+    target[0, 1, jaw] = 0.5  # frame 1 open, the others shut
+    target[0, 3, [jaw, close]] = 0.3  # a jaw-dropped /m/: shut
+    norm = model.norm_expr
+    assert float(model.closure_loss(norm(target), norm(target))) == pytest.approx(0.0, abs=1e-9)
+    opened = target.clone()
+    opened[0, 1, jaw] = 0.9  # more open where the target is open: not this loss's business
+    opened[0, 2, close] = 0.2  # more shut where the target is shut: fine too
+    assert float(model.closure_loss(norm(opened), norm(target))) == pytest.approx(0.0, abs=1e-9)
+    gaping = target.clone()
+    gaping[0, 0, jaw] = 2 * motion.LIP_CLOSED_THRESHOLD  # open where the target is shut: two thresholds
+    assert float(model.closure_loss(norm(gaping), norm(target))) == pytest.approx(4.0 / 4, rel=1e-4)
+    # the aperture it scores is motion.lip_aperture's
+    b = torch.rand(10, 52) ** 3
+    gap = (b @ torch.from_numpy(motion.lip_gap_vector())).clamp(min=0).numpy()
+    np.testing.assert_allclose(gap, motion.lip_aperture(b.numpy()), atol=1e-6)
+
+
+def test_closure_weight_adds_the_closure_loss_to_the_total():
+    model = small_model().train()
+    cfg = model.cfg
+    B, C, N = 4, cfg.motion_context_frames, 6
+    S = cfg.encoder_context_frames + N + cfg.lookahead_frames
+    g = torch.Generator().manual_seed(3)
+    batch = dict(
+        feats=torch.randn(B, S, cfg.feature_dim, generator=g), prosody=torch.randn(B, S, 2, generator=g),
+        text=torch.randint(0, 50, (B, 7), generator=g), expr=0.05 * torch.rand(B, C + N, 52, generator=g),
+        pose=0.1 * torch.randn(B, C + N, 3, generator=g), key_expr=torch.zeros(B, C + N, dtype=torch.bool),
+        key_pose=torch.zeros(B, C + N, dtype=torch.bool), known=torch.cat([torch.ones(B, C), torch.zeros(B, N)], 1),
+        ref_a_expr=torch.rand(B, 16, 52, generator=g), ref_a_pose=torch.randn(B, 16, 3, generator=g),
+        ref_b_expr=torch.rand(B, 16, 52, generator=g), ref_b_pose=torch.randn(B, 16, 3, generator=g),
+        persona=torch.tensor([0, 0, 1, 1]),
+    )
+    totals = []
+    for w in (0.0, 2.0):
+        torch.manual_seed(5)
+        losses = model.training_loss(batch, closure_weight=w)
+        totals.append(losses["total"].item())
+    assert losses["closure"].item() > 0  # an untrained model leaves shut lips open
+    assert totals[1] - totals[0] == pytest.approx(2.0 * losses["closure"].item(), rel=1e-4)
+
+
 def test_sampling_is_deterministic_for_a_seed_and_in_range():
     model = small_model()
     cfg = model.cfg
