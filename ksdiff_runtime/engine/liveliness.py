@@ -13,7 +13,10 @@ Until a retrained model does this itself, this stage adds it to the model's outp
 - **gaze micro-saccades**: every so often (``saccades_per_second``) the eyes jump to a new small
   offset (``saccade_deg``, both eyes together) and hold it, added to the eyeLook weights;
 - **head centring**: the head's slow average (time constant ``head_centring_s``) is taken out of
-  its rotation, so no offset settles over minutes while every nod and turn stays;
+  its rotation, so no offset settles over minutes while every nod and turn stays. Until a stream is
+  that old, the average is of the frames it has (a one-pole average from rest, divided by the weight it
+  has gathered): the model's head drifts ~3 degrees in a stream's first seconds, the same way whatever
+  the audio, and a 6 s average started at zero left a shared +0.8 pitch, +1.1 roll at 2 s;
 - **head steadiness**: a Butterworth low-pass (``head_smoothing_order``, ``head_smoothing_hz``) on the
   head's rotation. Each hop samples head motion afresh, so the model's head wobbles at the hop rate
   (9.9 direction changes a second in a looping stream, where the teacher makes 2.5). 3rd order at
@@ -111,7 +114,8 @@ class Liveliness:
         # the head's filters, on each rotation axis frame after frame (Python floats: a hop has one or a few
         # frames, where scipy.signal's per-call cost was most of the stage's)
         self._head_a = float(1.0 - np.exp(-1.0 / (fps * config.head_centring_s))) if config.head_centring_s else 0.0
-        self._head_mean_z = [0.0] * motion.NUM_HEAD  # the running mean's one-pole state, (1 - a) x the mean
+        self._head_mean = [0.0] * motion.NUM_HEAD  # the one-pole average from rest of each axis
+        self._head_weight = 0.0  # the weight that average has gathered: 1 - (1 - a)^frames
         self._head_sos: list[list[float]] = []  # the low-pass's second-order sections, and their state, from rest
         if config.head_smoothing_hz:
             self._head_sos = scipy.signal.butter(config.head_smoothing_order, config.head_smoothing_hz, fs=fps,
@@ -139,14 +143,16 @@ class Liveliness:
 
     def _head(self, frames: list[list[float]]) -> list[list[float]]:
         """Head rotations (in order) with their slow mean taken out (a one-pole low-pass continuing from the last
-        frame) and then low-passed (the Butterworth sections in direct form II transposed, as scipy's sosfilt)."""
-        a, z, sections, zi = self._head_a, self._head_mean_z, self._head_sos, self._head_zi
+        frame, over the weight it has gathered) and then low-passed (the Butterworth sections in direct form II
+        transposed, as scipy's sosfilt)."""
+        a, m, sections, zi = self._head_a, self._head_mean, self._head_sos, self._head_zi
         for frame in frames:
+            if a:
+                self._head_weight += a * (1.0 - self._head_weight)
             for k, x in enumerate(frame):
                 if a:
-                    mean = a * x + z[k]
-                    z[k] = (1.0 - a) * mean
-                    x = x - mean
+                    m[k] += a * (x - m[k])
+                    x = x - m[k] / self._head_weight
                 for (b0, b1, b2, _, a1, a2), state in zip(sections, zi, strict=True):
                     s = state[k]
                     y = b0 * x + s[0]
