@@ -99,6 +99,10 @@ def test_closure_loss_asks_only_for_the_targets_closures():
     gaping = target.clone()
     gaping[0, 0, jaw] = 2 * motion.LIP_CLOSED_THRESHOLD  # open where the target is shut: two thresholds
     assert float(model.closure_loss(norm(gaping), norm(target))) == pytest.approx(4.0 / 4, rel=1e-4)
+    # a window's weight scales its share (the trainer's weight by noise step)
+    two = torch.cat([gaping, gaping])
+    assert float(model.closure_loss(norm(two), norm(torch.cat([target, target])), torch.tensor([1.0, 0.0]))) == \
+        pytest.approx(0.5, rel=1e-4)
     # the aperture it scores is motion.lip_aperture's
     b = torch.rand(10, 52) ** 3
     gap = (b @ torch.from_numpy(motion.lip_gap_vector())).clamp(min=0).numpy()
@@ -120,13 +124,16 @@ def test_closure_weight_adds_the_closure_loss_to_the_total():
         ref_b_expr=torch.rand(B, 16, 52, generator=g), ref_b_pose=torch.randn(B, 16, 3, generator=g),
         persona=torch.tensor([0, 0, 1, 1]),
     )
-    totals = []
-    for w in (0.0, 2.0):
+    totals, closure = [], []
+    for w, at_noise in ((0.0, 1.0), (2.0, 1.0), (2.0, 0.0)):
         torch.manual_seed(5)
-        losses = model.training_loss(batch, closure_weight=w)
+        losses = model.training_loss(batch, closure_weight=w, closure_at_noise=at_noise)
         totals.append(losses["total"].item())
-    assert losses["closure"].item() > 0  # an untrained model leaves shut lips open
-    assert totals[1] - totals[0] == pytest.approx(2.0 * losses["closure"].item(), rel=1e-4)
+        closure.append(losses["closure"].item())
+    assert closure[1] > 0  # an untrained model leaves shut lips open
+    assert totals[1] - totals[0] == pytest.approx(2.0 * closure[1], rel=1e-4)
+    assert 0 < closure[2] < closure[1]  # less of it at the noisier steps
+    assert totals[2] - totals[0] == pytest.approx(2.0 * closure[2], rel=1e-4)
 
 
 def test_sampling_is_deterministic_for_a_seed_and_in_range():
