@@ -16,7 +16,8 @@ Until a retrained model does this itself, this stage adds it to the model's outp
   its rotation, so no offset settles over minutes while every nod and turn stays. Until a stream is
   that old, the average is of the frames it has (a one-pole average from rest, divided by the weight it
   has gathered): the model's head drifts ~3 degrees in a stream's first seconds, the same way whatever
-  the audio, and a 6 s average started at zero left a shared +0.8 pitch, +1.1 roll at 2 s;
+  the audio, and a 6 s average started at zero left the same +0.8 pitch, +1.1 roll at 2 s in every live
+  stream; this leaves +0.4 and +0.6 (`python -m benchmarks.crowd`, the clips' mean head);
 - **head steadiness**: a Butterworth low-pass (``head_smoothing_order``, ``head_smoothing_hz``) on the
   head's rotation. Each hop samples head motion afresh, so the model's head wobbles at the hop rate
   (9.9 direction changes a second in a looping stream, where the teacher makes 2.5). 3rd order at
