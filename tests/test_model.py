@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -155,6 +157,31 @@ def test_sampling_is_deterministic_for_a_seed_and_in_range():
     assert a.expr.min() >= 0 and a.expr.max() <= 1
     guided = run(0, Guidance(audio=2.0, style=1.5, text=1.2))
     assert guided.expr.shape == (1, 6, 52) and np.isfinite(guided.pose).all()
+
+
+def test_the_face_may_stop_after_one_step_while_the_head_takes_all():
+    from ksdiff_runtime.engine.presets import LINE_EXPRESSION_STEPS, LINE_STEPS, get_preset
+
+    model = small_model()
+    cfg = model.cfg
+    b = window_batch(cfg, B=2, N=6)
+    backend = TorchBackend(model)
+    noise = np.random.default_rng(0).standard_normal((2, 6, 55)).astype(np.float32)
+    batch = WindowBatch(b["feats"].numpy(), b["prosody"].numpy(), b["prev_expr"].sigmoid().numpy(),
+                        np.zeros((2, cfg.motion_context_frames, 3), np.float32), b["known"].numpy(), noise)
+    one, four = sample_windows(backend, batch, 1), sample_windows(backend, batch, 4)
+    mixed = sample_windows(backend, batch, 4, expression_steps=1)
+    np.testing.assert_allclose(mixed.expr, one.expr, atol=1e-6)  # the 1-step sampler's face
+    np.testing.assert_allclose(mixed.pose, four.pose, atol=1e-6)  # the 4-step sampler's head
+    assert not np.allclose(one.pose, four.pose, atol=1e-4)
+    with pytest.raises(ValueError, match="expression_steps"):
+        sample_windows(backend, batch, 2, expression_steps=3)
+    # lines: the face at one step, the head at four; a preset checks its own
+    line = get_preset("low-latency").for_lines(32)
+    assert (line.steps, line.expression_steps) == (LINE_STEPS, LINE_EXPRESSION_STEPS) == (4, 1)
+    assert get_preset("low-latency").for_lines(32, steps=1).expression_steps == 1
+    with pytest.raises(ValueError, match="expression_steps"):
+        dataclasses.replace(line, expression_steps=5)
 
 
 def test_ddim_timesteps_and_bad_step_count():

@@ -54,7 +54,7 @@ from .capacity import ROUND_PROBE, Capacity, RoundCost
 from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
-from .presets import LINE_STEPS, Preset, get_preset
+from .presets import LINE_EXPRESSION_STEPS, LINE_STEPS, Preset, get_preset
 from .sampling import Guidance, WindowBatch, WindowResult, guidance_variants, sample_windows
 from .stream import Emitted, Hop, HopWindow, StreamState, frame_sample, prosody_rows
 
@@ -102,6 +102,7 @@ class StreamingEngine:
         voice_gate: GateConfig | None = None,
         liveliness: LivelinessConfig | None = None,
         line_steps: int = LINE_STEPS,
+        line_expression_steps: int | None = LINE_EXPRESSION_STEPS,
         stream_conditioner: bool = True,
         streaming_recogniser: bool = True,
     ) -> None:
@@ -114,7 +115,8 @@ class StreamingEngine:
             raise ValueError(f"preset {self.preset.name}: the model sees at most {self.cfg.lookahead_frames} "
                              "lookahead frames")
         self.fps = fps
-        self.line_preset = self.preset.for_lines(self.cfg.train_window_frames, line_steps)  # streams in mode "line"
+        # streams in mode "line"
+        self.line_preset = self.preset.for_lines(self.cfg.train_window_frames, line_steps, line_expression_steps)
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.guidance = guidance
         self.capacity = capacity or Capacity()
@@ -447,7 +449,7 @@ class StreamingEngine:
         fails (a backend error, one stream's bad state), each stream runs alone: the one that fails is closed
         with its error and the others go on."""
         try:
-            out = self._sample(self._batch([st for _, st, _, _ in part], [w for _, _, _, w in part]), preset.steps,
+            out = self._sample(self._batch([st for _, st, _, _ in part], [w for _, _, _, w in part]), preset,
                                lines=preset is self.line_preset)
         except Exception as exc:
             if len(part) == 1:
@@ -487,7 +489,7 @@ class StreamingEngine:
             text=text, text_keep=text_keep, state=state, commit=windows[0].commit,
         )
 
-    def _sample(self, batch: WindowBatch, steps: int, lines: bool) -> WindowResult:
+    def _sample(self, batch: WindowBatch, preset: Preset, lines: bool) -> WindowResult:
         """The model on a batch of windows, cut into one part per pool thread run at once (ONNX Runtime and
         torch sessions take concurrent calls; ksdiff_runtime.parallel): ``lines``' rounds (large windows) into
         as many parts as it has rows, a live round's only when it has a few streams per thread. This thread
@@ -496,10 +498,13 @@ class StreamingEngine:
         B = batch.noise.shape[0]
         cut = self._pool is not None and (self._cpu_parts if lines else self._live_parts)
         parts = row_parts(B, self._threads, 1 if lines else MIN_PART_ROWS) if cut else [(0, B)]
+        def sample(piece: WindowBatch) -> WindowResult:
+            return sample_windows(self.backend, piece, preset.steps, self.guidance,
+                                  expression_steps=preset.expression_steps)
+
         if len(parts) < 2:
-            return sample_windows(self.backend, batch, steps, self.guidance)
-        pieces = [batch.rows(a, b) for a, b in parts]
-        outs = list(self._pool.map(lambda piece: sample_windows(self.backend, piece, steps, self.guidance), pieces))
+            return sample(batch)
+        outs = list(self._pool.map(sample, [batch.rows(a, b) for a, b in parts]))
         return WindowResult.concat(outs)
 
     def _frames(self, emitted: list[tuple[StreamState, Emitted]], compute_ms: float) -> list[Frame]:

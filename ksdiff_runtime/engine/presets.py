@@ -28,9 +28,12 @@ MIN_LAG_MS = 100.0
 # Lines (a stream in mode "line": its audio is already there, e.g. a TTS line pushed whole) are
 # animated as a bake is: windows of the length the model was trained on, all of them hop frames, and
 # LINE_STEPS DDIM steps; a line whose audio is all there gets the bake's features (one pass over the
-# whole line). On 40 held-out clips (`ksdiff-runtime eval-stream --lines 1 --lines 2`, docs/ENGINE.md)
-# one step was within 5 % of the 4-step bake on every metric and two steps were not (BeatAlign -9.7 %).
-LINE_STEPS = 1
+# whole line). The face stops after LINE_EXPRESSION_STEPS: on 40 held-out clips (`ksdiff-runtime
+# eval-stream --lines 1 --lines 2`, docs/ENGINE.md) one step was within 5 % of the 4-step bake on every
+# mouth metric and two were not. The head takes all four: after one step (the x0 prediction from pure
+# noise, a mean) it moved 0.22 degrees RMS, a third of a live stream's head (docs/ENGINE.md, "Lines").
+LINE_STEPS = 4
+LINE_EXPRESSION_STEPS = 1
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Preset:
     # time constant of a causal low-pass on head rotation (0: off). Each hop's head motion is
     # sampled afresh, so hop boundaries add jitter at the hop rate that real heads do not have.
     head_smoothing_ms: float = 0.0
+    # the expression keeps its prediction after this many of the steps (None: all; sampling.sample_windows)
+    expression_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.hop_frames < 1 or self.window_frames < self.hop_frames:
@@ -62,13 +67,19 @@ class Preset:
                              f"(a frame's period: the audio at a frame's instant must be there)")
         if self.head_smoothing_ms < 0:
             raise ValueError(f"preset {self.name}: head_smoothing_ms must be >= 0")
+        if self.expression_steps is not None and not 1 <= self.expression_steps <= self.steps:
+            raise ValueError(f"preset {self.name}: expression_steps must be in 1..steps ({self.steps})")
 
-    def for_lines(self, window_frames: int, steps: int = LINE_STEPS) -> Preset:
+    def for_lines(self, window_frames: int, steps: int = LINE_STEPS,
+                  expression_steps: int | None = LINE_EXPRESSION_STEPS) -> Preset:
         """This preset as lines use it: hops of whole ``window_frames`` windows (the model's training
-        window) with the model's lookahead, ``steps`` DDIM steps, no crossfade. The front-end (its
-        lookahead and context) stays this preset's: one recogniser configuration per engine."""
+        window) with the model's lookahead, ``steps`` DDIM steps (the expression's first
+        ``expression_steps``, at most ``steps``), no crossfade. The front-end (its lookahead and context)
+        stays this preset's: one recogniser configuration per engine."""
+        expression_steps = None if expression_steps is None else min(expression_steps, steps)
         return dataclasses.replace(self, name=f"{self.name}/line", hop_frames=window_frames,
-                                   window_frames=window_frames, crossfade_frames=0, steps=steps)
+                                   window_frames=window_frames, crossfade_frames=0, steps=steps,
+                                   expression_steps=expression_steps)
 
     def front_end_config(self, trained: FrontEndConfig) -> FrontEndConfig:
         """The model's front-end with this preset's lookahead (and context, when it sets one)."""

@@ -8,7 +8,7 @@ torch, ONNX Runtime and TensorRT produce the same frames (tests compare the back
     x = noise
     for i, t in enumerate(timesteps):      a short loop (the scheduler in scheduler.py):
         x0 = denoise(context + x, t)       one batched call per step (all streams, all CFG variants)
-        x  = scheduler.step(x, x0, i)
+        x  = scheduler.step(x, x0, i)      (the expression may stop early: expression_steps)
 """
 
 from __future__ import annotations
@@ -96,8 +96,14 @@ def guidance_variants(guidance: Guidance | None) -> int:
 
 
 def sample_windows(
-    backend: Backend, batch: WindowBatch, steps: int, guidance: Guidance | None = None, use_kel: bool = True
+    backend: Backend, batch: WindowBatch, steps: int, guidance: Guidance | None = None, use_kel: bool = True,
+    expression_steps: int | None = None,
 ) -> WindowResult:
+    """The windows' frames after ``steps`` DDIM steps; the expression (the face's 52 weights) keeps its x0
+    prediction after ``expression_steps`` of them (None: all). The two denoisers read only their own motion,
+    so after one step the expression is exactly the 1-step sampler's while the head goes on for ``steps``."""
+    if expression_steps is not None and not 1 <= expression_steps <= steps:
+        raise ValueError(f"expression_steps must be in 1..{steps} (the steps), got {expression_steps}")
     k: ModelConstants = backend.constants
     cfg = k.cfg
     g = guidance or Guidance()
@@ -171,8 +177,14 @@ def sample_windows(
 
     scheduler = DDIMScheduler(k.alpha_bar, steps)
     x = batch.noise.astype(f32)
+    expr_x0 = None
     for i, t in enumerate(scheduler.timesteps):
-        x = scheduler.step(x, predict_x0(x, t), i)
+        x0 = predict_x0(x, t)
+        if i + 1 == expression_steps:
+            expr_x0 = x0[..., :D]
+        x = scheduler.step(x, x0, i)
+    if expr_x0 is not None:
+        x[..., :D] = expr_x0
     expr = np.clip(x[..., :D] * k.expr_std + k.expr_mean, 0.0, 1.0)
     pose = x[..., D:] * k.pose_std + k.pose_mean
     return WindowResult(expr.astype(f32), pose.astype(f32), prob_e[:B], prob_p[:B], new_state)

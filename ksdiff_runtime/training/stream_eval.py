@@ -124,7 +124,9 @@ def stream_eval(
             engine = StreamingEngine(backend, "low-latency", line_steps=steps, streaming_recogniser=recognised,
                                      sessions=all_at_once(clips))
             anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1), mode="line")
-            label = f"lines ({steps} steps, whole windows)" + ("" if recognised else ", full-context recogniser")
+            face = engine.line_preset.expression_steps
+            label = f"lines ({steps} steps{f', the face {face}' if face not in (None, steps) else ''}, whole windows)"
+            label += "" if recognised else ", full-context recogniser"
             rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
             presets[label] = engine.line_preset
     whole = rows["whole clip (offline features, 4 steps)"]
