@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ksdiff_runtime.backends.select import BACKEND_NAMES, load_backend
-from ksdiff_runtime.engine.presets import Preset, get_preset
+from ksdiff_runtime.engine.presets import LINE_EXPRESSION_STEPS, Preset, get_preset
 from ksdiff_runtime.features.frontend import RECOGNISERS
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 from ksdiff_runtime.training import (
@@ -82,8 +82,6 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="windows per step (overrides the config)")
     p.add_argument("--closure-weight", type=float,
                    help="weight of the closure loss: lips left open where the teacher's are shut (overrides config)")
-    p.add_argument("--closure-at-noise", type=float,
-                   help="the share of the closure loss's weight left at pure noise (default 1; linear in the step)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config; 0 = all cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
@@ -96,7 +94,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
     for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
-                 "init_from", "closure_weight", "closure_at_noise", "threads"):
+                 "init_from", "closure_weight", "threads"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, str(value) if name == "init_from" else value)
@@ -170,6 +168,9 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lines", action="append", type=int, default=[], metavar="STEPS",
                    help="also animate every clip as a line (mode line: pushed whole, whole windows) at STEPS DDIM "
                    "steps (repeatable)")
+    p.add_argument("--line-face-steps", type=int, default=LINE_EXPRESSION_STEPS, metavar="N",
+                   help=f"with --lines: the face keeps its prediction after N of the steps, the head takes them all "
+                   f"(default {LINE_EXPRESSION_STEPS}, what lines run; 0: the face takes every step too)")
     p.add_argument("--windowed", action="store_true",
                    help="also score each preset's live streams conditioned window by window, re-encoding the "
                    "encoder context every hop (as before the stream conditioner), for comparison")
@@ -201,7 +202,7 @@ def run_eval_stream(args: argparse.Namespace) -> int:
     variants = [parse_variant(v) for v in args.variant] or None
     stream_eval.stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend,
                             variants, args.lines, args.windowed, args.windowed_recogniser,
-                            args.recogniser_weights, args.recogniser_lookahead)
+                            args.recogniser_weights, args.recogniser_lookahead, args.line_face_steps or None)
     return 0
 
 

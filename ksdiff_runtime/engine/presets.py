@@ -31,7 +31,7 @@ MIN_LAG_MS = 100.0
 # whole line). The face stops after LINE_EXPRESSION_STEPS: on 40 held-out clips (`ksdiff-runtime
 # eval-stream --lines 1 --lines 2`, docs/ENGINE.md) one step was within 5 % of the 4-step bake on every
 # mouth metric and two were not. The head takes all four: after one step (the x0 prediction from pure
-# noise, a mean) it moved 0.22 degrees RMS, a third of a live stream's head (docs/ENGINE.md, "Lines").
+# noise, a mean) it moved 0.22 degrees RMS, under a third of a bake's (docs/ENGINE.md, "Lines"); with four, 0.45.
 LINE_STEPS = 4
 LINE_EXPRESSION_STEPS = 1
 

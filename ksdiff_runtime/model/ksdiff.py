@@ -86,30 +86,22 @@ class KSDiff(nn.Module):
         return take(feats), take(prosody)
 
     # --- training --------------------------------------------------------------------------
-    def closure_loss(self, x0: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    def closure_loss(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Lips left open where the target closes them: on the target's closed frames (lip aperture below
         motion.LIP_CLOSED_THRESHOLD), the predicted aperture's excess over the target's in units of that
-        threshold, squared; averaged over all frames, each window's by ``weight`` [B] if given.
-        x0, x: normalised expression [B, N, 52]."""
+        threshold, squared; averaged over all frames. x0, x: normalised expression [B, N, 52]."""
         gap = torch.from_numpy(motion.lip_gap_vector()).to(x.device)
         pred = (self.denorm_expr(x0) @ gap).clamp(min=0.0)
         true = (self.denorm_expr(x) @ gap).clamp(min=0.0)
         closed = (true < motion.LIP_CLOSED_THRESHOLD).float()
         excess = F.relu(pred - true) / motion.LIP_CLOSED_THRESHOLD
-        per_window = (closed * excess**2).mean(-1)
-        return (per_window if weight is None else per_window * weight[:, None]).mean()
+        return (closed * excess**2).mean()
 
     def training_loss(
-        self,
-        batch: dict[str, torch.Tensor],
-        p_true_keys: float = 0.3,
-        closure_weight: float = 0.0,
-        closure_at_noise: float = 1.0,
+        self, batch: dict[str, torch.Tensor], p_true_keys: float = 0.3, closure_weight: float = 0.0
     ) -> dict[str, torch.Tensor]:
         """Losses for a batch of windows (see ksdiff_runtime/training/dataset.py for the keys). ``closure_weight``
-        adds closure_loss, which asks the lips to shut where the target's do; its weight falls linearly with the
-        noise step to ``closure_at_noise`` of it at pure noise (the one step a 1-step sampler takes, where the
-        prediction is the mean over what the audio leaves open, and asking for closure shuts the mouth broadly)."""
+        adds closure_loss, which asks the lips to shut where the target's do (a fine-tune's option)."""
         cfg = self.cfg
         B = batch["feats"].shape[0]
         dev = batch["feats"].device
@@ -167,8 +159,7 @@ class KSDiff(nn.Module):
                 weights = torch.ones(cfg.expr_dim, device=dev)
                 weights[MOUTH] = 2.0
                 err = err * weights
-                noise_share = t.float() / (cfg.diffusion_steps - 1)
-                losses["closure"] = self.closure_loss(x0[:, C:], x[:, C:], 1.0 - (1.0 - closure_at_noise) * noise_share)
+                losses["closure"] = self.closure_loss(x0[:, C:], x[:, C:])
             losses[f"x0_{name}"] = err.mean()
             vel = lambda y: y[:, 1:] - y[:, :-1]  # noqa: E731
             losses[f"vel_{name}"] = ((vel(x0[:, C - 1 :]) - vel(x[:, C - 1 :])) ** 2).mean() * 4.0

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.offline import Animation
-from ksdiff_runtime.engine.presets import PRESETS, Preset
+from ksdiff_runtime.engine.presets import LINE_EXPRESSION_STEPS, PRESETS, Preset
 from ksdiff_runtime.features.streaming_frontend import LOOKAHEAD, WEIGHTS, StreamingPosteriorgramFrontEnd
 from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.sessions import DEFAULT_MAX_STREAMS, Sessions
@@ -87,13 +87,15 @@ def stream_eval(
     checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu",
     variants: list[Preset] | None = None, line_steps: list[int] | None = None, windowed: bool = False,
     windowed_recogniser: bool = False, recogniser_weights: Path | None = None, recogniser_lookahead: int | None = None,
+    line_face_steps: int | None = LINE_EXPRESSION_STEPS,
 ) -> dict:
     """Both presets (or, given ``variants``, those presets instead) against whole-clip animation; with
     ``line_steps``, also every clip as a line (mode "line") at each of those step counts; ``windowed``:
     each preset's live streams also conditioned window by window (no stream conditioner);
     ``windowed_recogniser``: also with each hop re-recognising its window (no streaming recogniser), and
     lines with the full-context recogniser;
-    ``recogniser_weights`` / ``recogniser_lookahead``: the streaming recogniser's, instead of the shipped."""
+    ``recogniser_weights`` / ``recogniser_lookahead``: the streaming recogniser's, instead of the shipped;
+    ``line_face_steps``: lines' face keeps its prediction after this many of their steps (None: all)."""
     model = load_model(checkpoint)
     held = held_out(model, corpus, cache, max_clips)
     clips, beats_audio, style = held.clips, held.beats_audio, held.style
@@ -121,8 +123,8 @@ def stream_eval(
             presets[label] = preset
     for steps in line_steps or []:
         for recognised in (True, False) if windowed_recogniser else (True,):
-            engine = StreamingEngine(backend, "low-latency", line_steps=steps, streaming_recogniser=recognised,
-                                     sessions=all_at_once(clips))
+            engine = StreamingEngine(backend, "low-latency", line_steps=steps, line_expression_steps=line_face_steps,
+                                     streaming_recogniser=recognised, sessions=all_at_once(clips))
             anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1), mode="line")
             face = engine.line_preset.expression_steps
             label = f"lines ({steps} steps{f', the face {face}' if face not in (None, steps) else ''}, whole windows)"

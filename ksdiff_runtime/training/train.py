@@ -57,7 +57,6 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0 = all cores)
     init_from: str = ""  # fine-tune: start from this checkpoint's weights and motion statistics
     closure_weight: float = 0.0  # weight of KSDiff.closure_loss (lips shut where the target's are)
-    closure_at_noise: float = 1.0  # the share of that weight left at pure noise (linear in the noise step)
 
 
 def load_config(path: str | Path | None) -> tuple[ModelConfig, TrainConfig]:
@@ -188,7 +187,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         batch = {k: torch.from_numpy(v).to(device) for k, v in sampler.batch(cfg.batch_size).items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        losses = model.training_loss(batch, closure_weight=cfg.closure_weight, closure_at_noise=cfg.closure_at_noise)
+        losses = model.training_loss(batch, closure_weight=cfg.closure_weight)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
