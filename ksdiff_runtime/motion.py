@@ -190,10 +190,13 @@ def lip_gap_vector() -> np.ndarray:
     return v
 
 
+_LIP_GAP = lip_gap_vector()  # built once: lip_aperture runs on every hop's frames
+
+
 def lip_aperture(blendshapes: np.ndarray) -> np.ndarray:
     """Approximate lip opening [...] (0 = lips sealed, ~1 = wide open) from [..., 52] weights."""
     b = np.asarray(blendshapes, dtype=np.float32)
-    return np.clip(b @ lip_gap_vector(), 0.0, None)
+    return np.clip(b @ _LIP_GAP, 0.0, None)
 
 
 def mouth_at_rest(blendshapes: np.ndarray) -> np.ndarray:

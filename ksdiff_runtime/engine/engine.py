@@ -498,6 +498,7 @@ class StreamingEngine:
         B = batch.noise.shape[0]
         cut = self._pool is not None and (self._cpu_parts if lines else self._live_parts)
         parts = row_parts(B, self._threads, 1 if lines else MIN_PART_ROWS) if cut else [(0, B)]
+
         def sample(piece: WindowBatch) -> WindowResult:
             return sample_windows(self.backend, piece, preset.steps, self.guidance,
                                   expression_steps=preset.expression_steps)
