@@ -25,6 +25,7 @@ from ksdiff_runtime.training.dataset import (
     WindowSampler,
     build_feature_cache,
     front_end_key,
+    live_windows,
     load_clips,
 )
 from ksdiff_runtime.training.train import TrainConfig, lr_at
@@ -185,6 +186,37 @@ def test_window_sampler_is_seeded(data: Data, train_clips: list[Clip]) -> None:
     assert not np.array_equal(a["expr"], c["expr"])
 
 
+def test_live_windows_have_a_low_latency_hops_shape(data: Data, train_clips: list[Clip]) -> None:
+    """A live hop: the hop's frames, then provisional ones whose features repeat the last one heard."""
+    cfg = data.cfg
+    C, E, L = cfg.motion_context_frames, cfg.encoder_context_frames, cfg.lookahead_frames
+    batch = WindowSampler(train_clips, cfg, seed=2).batch(6)
+    for hop, window, ahead in ((1, 8, 2), (1, 8, 0), (3, 10, 1)):
+        live = live_windows(batch, cfg, hop_frames=hop, window_frames=window, lookahead_frames=ahead)
+        last = E + hop - 1 + ahead  # the last feature position heard
+        for key in ("feats", "prosody"):
+            assert live[key].shape[1] == E + window + L
+            np.testing.assert_array_equal(live[key][:, : last + 1], batch[key][:, : last + 1])
+            np.testing.assert_array_equal(live[key][:, last + 1 :],
+                                          np.repeat(batch[key][:, last : last + 1], E + window + L - last - 1, 1))
+        for key in ("expr", "pose", "key_expr", "key_pose", "known"):
+            np.testing.assert_array_equal(live[key], batch[key][:, : C + window])
+        assert live["score"].shape == (6, window) and live["score"].sum() == 6 * hop
+        assert live["score"][:, :hop].all()
+        assert np.array_equal(live["ref_a_expr"], batch["ref_a_expr"]) and "score" not in batch
+    with pytest.raises(ValueError, match="lookahead"):
+        live_windows(batch, cfg, 1, 8, L + 1)
+    with pytest.raises(ValueError, match="training window"):
+        live_windows(batch, cfg, 1, cfg.train_window_frames + 1, 2)
+
+
+def test_train_config_rejects_a_bad_live_share_or_preset() -> None:
+    with pytest.raises(ValueError, match="share of steps"):
+        TrainConfig(live_windows=1.5)
+    with pytest.raises(ValueError, match="low-latency"):
+        TrainConfig(live_preset="fast")
+
+
 # --- train and eval commands ---------------------------------------------------------------------
 def write_config(data: Data, out: Path, path: Path) -> Path:
     model = "\n".join(f"{k} = {v}" for k, v in TINY_MODEL.items())
@@ -236,6 +268,18 @@ def test_train_writes_a_loadable_checkpoint_and_resumes(run_dir: Path, keep_torc
     assert rows[3]["lr"] == pytest.approx(lr_at(4, TrainConfig(lr=2e-4, warmup_steps=0, max_steps=5)))
     after = load_model(last).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_train_on_live_windows_only(data: Data, tmp_path: Path, keep_torch_threads: None) -> None:
+    out = tmp_path / "live"
+    config = write_config(data, out, tmp_path / "tiny.toml")
+    assert main(["train", "--config", str(config), "--max-steps", "2", "--live-windows", "1",
+                 "--closure-weight", "0.5"]) == 0
+    rows = losses(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["total"]) for r in rows)
+    assert tomllib.loads((out / "config.toml").read_text())["train"]["live_windows"] == 1.0
+    with pytest.raises(ValueError, match="share of steps"):
+        main(["train", "--config", str(config), "--live-windows", "2"])
 
 
 @pytest.mark.timeout(900)  # about 1-2 min on a busy 2-core machine

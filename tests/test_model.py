@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from ksdiff_runtime import motion
 from ksdiff_runtime.backends.torch_backend import TorchBackend
 from ksdiff_runtime.engine.sampling import Guidance, WindowBatch, sample_windows
 from ksdiff_runtime.engine.scheduler import DDIMScheduler
@@ -64,20 +65,26 @@ def test_encoder_sees_no_further_than_its_lookahead():
     assert not torch.allclose(f_e[:, limit], g_e[:, limit], atol=1e-3)
 
 
+def training_batch(cfg: ModelConfig, B: int = 4, N: int = 6, seed: int = 3, expr_scale: float = 1.0
+                   ) -> dict[str, torch.Tensor]:
+    """A random batch of training windows in the layout KSDiff.training_loss reads (dataset.WindowSampler's)."""
+    C = cfg.motion_context_frames
+    S = cfg.encoder_context_frames + N + cfg.lookahead_frames
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        feats=torch.randn(B, S, cfg.feature_dim, generator=g), prosody=torch.randn(B, S, 2, generator=g),
+        text=torch.randint(0, 50, (B, 7), generator=g), expr=expr_scale * torch.rand(B, C + N, 52, generator=g),
+        pose=0.1 * torch.randn(B, C + N, 3, generator=g), key_expr=torch.rand(B, C + N, generator=g) > 0.7,
+        key_pose=torch.rand(B, C + N, generator=g) > 0.8, known=torch.cat([torch.ones(B, C), torch.zeros(B, N)], 1),
+        ref_a_expr=torch.rand(B, 16, 52, generator=g), ref_a_pose=torch.randn(B, 16, 3, generator=g),
+        ref_b_expr=torch.rand(B, 16, 52, generator=g), ref_b_pose=torch.randn(B, 16, 3, generator=g),
+        persona=torch.tensor([0, 0, 1, 1][:B]),
+    )
+
+
 def test_training_loss_is_finite_and_backpropagates():
     model = small_model().train()
-    cfg = model.cfg
-    B, C, N = 4, cfg.motion_context_frames, 6
-    S = cfg.encoder_context_frames + N + cfg.lookahead_frames
-    batch = dict(
-        feats=torch.randn(B, S, cfg.feature_dim), prosody=torch.randn(B, S, 2), text=torch.randint(0, 50, (B, 7)),
-        expr=torch.rand(B, C + N, 52), pose=0.1 * torch.randn(B, C + N, 3),
-        key_expr=torch.rand(B, C + N) > 0.7, key_pose=torch.rand(B, C + N) > 0.8,
-        known=torch.cat([torch.ones(B, C), torch.zeros(B, N)], 1),
-        ref_a_expr=torch.rand(B, 16, 52), ref_a_pose=torch.randn(B, 16, 3), ref_b_expr=torch.rand(B, 16, 52),
-        ref_b_pose=torch.randn(B, 16, 3), persona=torch.tensor([0, 0, 1, 1]),
-    )
-    losses = model.training_loss(batch)
+    losses = model.training_loss(training_batch(model.cfg))
     assert all(torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -85,8 +92,6 @@ def test_training_loss_is_finite_and_backpropagates():
 
 
 def test_closure_loss_asks_only_for_the_targets_closures():
-    from ksdiff_runtime import motion
-
     model = small_model()
     jaw, close = motion.BLENDSHAPE_INDEX["jawOpen"], motion.BLENDSHAPE_INDEX["mouthClose"]
     target = torch.zeros(1, 4, 52)
@@ -121,19 +126,7 @@ def test_closure_loss_asks_only_for_the_targets_closures():
 
 def test_closure_weight_adds_the_closure_loss_to_the_total():
     model = small_model().train()
-    cfg = model.cfg
-    B, C, N = 4, cfg.motion_context_frames, 6
-    S = cfg.encoder_context_frames + N + cfg.lookahead_frames
-    g = torch.Generator().manual_seed(3)
-    batch = dict(
-        feats=torch.randn(B, S, cfg.feature_dim, generator=g), prosody=torch.randn(B, S, 2, generator=g),
-        text=torch.randint(0, 50, (B, 7), generator=g), expr=0.05 * torch.rand(B, C + N, 52, generator=g),
-        pose=0.1 * torch.randn(B, C + N, 3, generator=g), key_expr=torch.zeros(B, C + N, dtype=torch.bool),
-        key_pose=torch.zeros(B, C + N, dtype=torch.bool), known=torch.cat([torch.ones(B, C), torch.zeros(B, N)], 1),
-        ref_a_expr=torch.rand(B, 16, 52, generator=g), ref_a_pose=torch.randn(B, 16, 3, generator=g),
-        ref_b_expr=torch.rand(B, 16, 52, generator=g), ref_b_pose=torch.randn(B, 16, 3, generator=g),
-        persona=torch.tensor([0, 0, 1, 1]),
-    )
+    batch = training_batch(model.cfg, expr_scale=0.05)  # nearly shut lips everywhere
     totals = []
     for w in (0.0, 2.0):
         torch.manual_seed(5)
@@ -141,6 +134,39 @@ def test_closure_weight_adds_the_closure_loss_to_the_total():
         totals.append(losses["total"].item())
     assert losses["closure"].item() > 0  # an untrained model leaves shut lips open
     assert totals[1] - totals[0] == pytest.approx(2.0 * losses["closure"].item(), rel=1e-4)
+
+
+def test_scored_frames_and_given_noise_steps_are_what_the_losses_use():
+    """A live-shaped batch (dataset.live_windows) scores only its hop frames, at its sampler's noise steps."""
+    model = small_model().train()
+    cfg = model.cfg
+    C, B = cfg.motion_context_frames, 4
+    batch = training_batch(cfg, B=B, expr_scale=0.05)
+    torch.manual_seed(5)
+    plain = model.training_loss(batch, closure_weight=1.0)
+    torch.manual_seed(5)
+    scored = model.training_loss(dict(batch, score=torch.ones(B, 6)), closure_weight=1.0)
+    for k in plain:  # scoring every frame is the plain mean
+        assert scored[k].item() == pytest.approx(plain[k].item(), rel=1e-5), k
+
+    seen: dict[str, tuple] = {}
+    hook = model.den_expr.register_forward_hook(lambda m, args, out: seen.update(args=args, x0=out))
+    score = torch.zeros(B, 6)
+    score[:, 0] = 1.0  # the hop frame only
+    t = torch.full((B,), cfg.diffusion_steps - 1)
+    torch.manual_seed(5)
+    live = model.training_loss(dict(batch, score=score, t=t), closure_weight=1.0)
+    hook.remove()
+    assert torch.equal(seen["args"][5], t)
+    x0, x = seen["x0"].detach(), model.norm_expr(batch["expr"])
+    weights = torch.ones(cfg.expr_dim)
+    weights[list(motion.MOUTH_INDICES)] = 2.0
+    expected = (((x0[:, C] - x[:, C]) ** 2) * weights).mean()
+    assert live["x0_expr"].item() == pytest.approx(expected.item(), rel=1e-5)
+    closure = model.closure_loss(x0[:, C : C + 1], x[:, C : C + 1])
+    assert live["closure"].item() == pytest.approx(closure.item(), rel=1e-5)
+    vel = ((x0[:, C] - x0[:, C - 1]) - (x[:, C] - x[:, C - 1])) ** 2
+    assert live["vel_expr"].item() == pytest.approx(4.0 * vel.mean().item(), rel=1e-5)
 
 
 def test_sampling_is_deterministic_for_a_seed_and_in_range():

@@ -82,6 +82,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="windows per step (overrides the config)")
     p.add_argument("--closure-weight", type=float,
                    help="weight of the closure loss: lips left open where the teacher's are shut (overrides config)")
+    p.add_argument("--live-windows", type=float, metavar="SHARE",
+                   help="share of steps trained on live-shaped windows: the low-latency preset's short window, "
+                   "scored on its hop frame only, at its one noise step (overrides the config)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config; 0 = all cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
@@ -93,12 +96,13 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
+    overrides: dict[str, object] = {}
     for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
-                 "init_from", "closure_weight", "threads"):
+                 "init_from", "closure_weight", "live_windows", "threads"):
         value = getattr(args, name)
         if value is not None:
-            setattr(cfg, name, str(value) if name == "init_from" else value)
-    train.train(model_cfg, cfg, ship=args.ship)
+            overrides[name] = str(value) if name == "init_from" else value
+    train.train(model_cfg, dataclasses.replace(cfg, **overrides), ship=args.ship)  # validated again
     return 0
 
 

@@ -86,22 +86,26 @@ class KSDiff(nn.Module):
         return take(feats), take(prosody)
 
     # --- training --------------------------------------------------------------------------
-    def closure_loss(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def closure_loss(self, x0: torch.Tensor, x: torch.Tensor, score: torch.Tensor | None = None) -> torch.Tensor:
         """Lips left open where the target closes them: on the target's closed frames (lip aperture below
         motion.LIP_CLOSED_THRESHOLD), the predicted aperture's excess over the target's in units of that
-        threshold, squared; averaged over all frames. x0, x: normalised expression [B, N, 52]."""
+        threshold, squared; averaged over the scored frames (``score`` [B, N], default all).
+        x0, x: normalised expression [B, N, 52]."""
         gap = torch.from_numpy(motion.lip_gap_vector()).to(x.device)
         pred = (self.denorm_expr(x0) @ gap).clamp(min=0.0)
         true = (self.denorm_expr(x) @ gap).clamp(min=0.0)
         closed = (true < motion.LIP_CLOSED_THRESHOLD).float()
         excess = F.relu(pred - true) / motion.LIP_CLOSED_THRESHOLD
-        return (closed * excess**2).mean()
+        return _weighted_mean(closed * excess**2, score)
 
     def training_loss(
         self, batch: dict[str, torch.Tensor], p_true_keys: float = 0.3, closure_weight: float = 0.0
     ) -> dict[str, torch.Tensor]:
         """Losses for a batch of windows (see ksdiff_runtime/training/dataset.py for the keys). ``closure_weight``
-        adds closure_loss, which asks the lips to shut where the target's do (a fine-tune's option)."""
+        adds closure_loss, which asks the lips to shut where the target's do (a fine-tune's option).
+        Optional keys: ``score`` [B, N], the window frames the per-frame losses count (default all), and
+        ``t`` [B], the noise steps (default uniform): a live-shaped batch (dataset.live_windows) scores
+        only its hop's frames, at the steps its preset samples."""
         cfg = self.cfg
         B = batch["feats"].shape[0]
         dev = batch["feats"].device
@@ -123,7 +127,8 @@ class KSDiff(nn.Module):
         style = style_keep[:, None] * style_a + (1 - style_keep[:, None]) * self.style_null
 
         losses = {"style": loss_style}
-        t = torch.randint(0, cfg.diffusion_steps, (B,), device=dev)
+        t = batch["t"] if "t" in batch else torch.randint(0, cfg.diffusion_steps, (B,), device=dev)
+        score = batch.get("score")  # [B, N] or None: every window frame
         for name, x, keys, kel, den, feats in (
             ("expr", self.norm_expr(batch["expr"]), batch["key_expr"], self.kel_expr, self.den_expr, f_e),
             ("pose", self.norm_pose(batch["pose"]), batch["key_pose"], self.kel_pose, self.den_pose, f_h),
@@ -134,9 +139,11 @@ class KSDiff(nn.Module):
             logits, values = kel(feats[:, C:], last)
             key_w = keys[:, C:].float()
             pos_weight = torch.tensor(4.0, device=dev)
-            losses[f"kel_{name}"] = F.binary_cross_entropy_with_logits(logits, key_w, pos_weight=pos_weight)
+            bce = F.binary_cross_entropy_with_logits(logits, key_w, pos_weight=pos_weight, reduction="none")
+            losses[f"kel_{name}"] = _weighted_mean(bce, score)
             value_err = ((values - x[:, C:]) ** 2).mean(-1)
-            losses[f"kel_{name}_value"] = (value_err * key_w).sum() / key_w.sum().clamp(min=1.0)
+            value_w = key_w if score is None else key_w * score
+            losses[f"kel_{name}_value"] = (value_err * value_w).sum() / value_w.sum().clamp(min=1.0)
 
             use_true = (torch.rand(B, 1, device=dev) < p_true_keys).float()
             prob = use_true * key_w + (1 - use_true) * torch.sigmoid(logits).detach()
@@ -159,10 +166,11 @@ class KSDiff(nn.Module):
                 weights = torch.ones(cfg.expr_dim, device=dev)
                 weights[MOUTH] = 2.0
                 err = err * weights
-                losses["closure"] = self.closure_loss(x0[:, C:], x[:, C:])
-            losses[f"x0_{name}"] = err.mean()
-            vel = lambda y: y[:, 1:] - y[:, :-1]  # noqa: E731
-            losses[f"vel_{name}"] = ((vel(x0[:, C - 1 :]) - vel(x[:, C - 1 :])) ** 2).mean() * 4.0
+                losses["closure"] = self.closure_loss(x0[:, C:], x[:, C:], score)
+            losses[f"x0_{name}"] = _weighted_mean(err.mean(-1), score)
+            vel = lambda y: y[:, 1:] - y[:, :-1]  # noqa: E731  (step j: into window frame j)
+            vel_err = ((vel(x0[:, C - 1 :]) - vel(x[:, C - 1 :])) ** 2).mean(-1)
+            losses[f"vel_{name}"] = _weighted_mean(vel_err, score) * 4.0
         losses["total"] = (
             losses["x0_expr"]
             + losses["x0_pose"]
@@ -221,6 +229,13 @@ class KSDiff(nn.Module):
         x0_e = self.den_expr(x_expr, known, key_prob_e, key_value_e, f_e, t, style)
         x0_p = self.den_pose(x_pose, known, key_prob_p, key_value_p, f_h, t, style)
         return x0_e, x0_p
+
+
+def _weighted_mean(x: torch.Tensor, score: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-frame values x [B, N] over the frames ``score`` [B, N] counts (all when None)."""
+    if score is None:
+        return x.mean()
+    return (x * score).sum() / score.sum().clamp(min=1.0)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -243,3 +243,30 @@ class WindowSampler:
         batch = {k: np.stack(v) for k, v in out.items() if k != "text"}
         batch["text"] = text
         return batch
+
+
+def live_windows(batch: dict[str, np.ndarray], cfg: ModelConfig, hop_frames: int, window_frames: int,
+                 lookahead_frames: int) -> dict[str, np.ndarray]:
+    """Training windows (WindowSampler.batch) cut to the shape a live hop denoises: ``window_frames``
+    frames, the first ``hop_frames`` of them the hop's, whose features run ``lookahead_frames`` past the
+    hop's last frame; the frames after are provisional, their features the last known one repeated (as
+    the engine pads a hop). Only the hop's frames are scored (``score``): the engine publishes them and
+    discards the rest. A window frame j reads the features up to position E + j + cfg.lookahead_frames."""
+    C, E, L = cfg.motion_context_frames, cfg.encoder_context_frames, cfg.lookahead_frames
+    N = batch["expr"].shape[1] - C
+    if not 1 <= hop_frames <= window_frames <= N:
+        raise ValueError(f"live windows need 1 <= hop_frames <= window_frames <= {N} (the training window)")
+    if not 0 <= lookahead_frames <= L:
+        raise ValueError(f"live windows look 0..{L} frames ahead (the model's lookahead), not {lookahead_frames}")
+    S = E + window_frames + L
+    last_known = E + hop_frames - 1 + lookahead_frames
+    idx = np.minimum(np.arange(S), last_known)
+    out = dict(batch)
+    out["feats"] = batch["feats"][:, idx]
+    out["prosody"] = batch["prosody"][:, idx]
+    for key in ("expr", "pose", "key_expr", "key_pose", "known"):
+        out[key] = batch[key][:, : C + window_frames]
+    score = np.zeros((len(batch["expr"]), window_frames), np.float32)
+    score[:, :hop_frames] = 1.0
+    out["score"] = score
+    return out

@@ -24,12 +24,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ksdiff_runtime.engine.presets import get_preset
+from ksdiff_runtime.engine.scheduler import DDIMScheduler
 from ksdiff_runtime.features.frontend import FrontEndConfig
 from ksdiff_runtime.model.checkpoint import load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import KSDiff, count_parameters
 
-from .dataset import WindowSampler, build_feature_cache, load_clips
+from .dataset import WindowSampler, build_feature_cache, live_windows, load_clips
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,15 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0 = all cores)
     init_from: str = ""  # fine-tune: start from this checkpoint's weights and motion statistics
     closure_weight: float = 0.0  # weight of KSDiff.closure_loss (lips shut where the target's are)
+    # share of steps whose batch is live-shaped (dataset.live_windows): live_preset's window, hop and
+    # lookahead, scored on the hop's frames only, at the noise steps its sampler visits
+    live_windows: float = 0.0
+    live_preset: str = "low-latency"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.live_windows <= 1.0:
+            raise ValueError(f"live_windows is a share of steps in 0..1, not {self.live_windows}")
+        get_preset(self.live_preset)  # a clear error naming the known presets
 
 
 def load_config(path: str | Path | None) -> tuple[ModelConfig, TrainConfig]:
@@ -178,13 +189,24 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
             torch_rng=torch.get_rng_state(),
         )
 
+    live = get_preset(cfg.live_preset)
+    live_steps = np.array(DDIMScheduler(model.scheduler.alpha_bar.numpy(), live.steps).timesteps)
+
+    def next_batch() -> dict[str, np.ndarray]:
+        batch = sampler.batch(cfg.batch_size)
+        # drawn only when asked for, so runs without live windows keep their random streams
+        if cfg.live_windows > 0 and sampler.rng.random() < cfg.live_windows:
+            batch = live_windows(batch, model_cfg, live.hop_frames, live.window_frames, live.model_lookahead_frames)
+            batch["t"] = sampler.rng.choice(live_steps, size=cfg.batch_size)
+        return batch
+
     log_file = (out / "losses.jsonl").open("a")
     started = time.monotonic()
     running: dict[str, float] = {}
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     model.train()
     while step < cfg.max_steps:
-        batch = {k: torch.from_numpy(v).to(device) for k, v in sampler.batch(cfg.batch_size).items()}
+        batch = {k: torch.from_numpy(v).to(device) for k, v in next_batch().items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         losses = model.training_loss(batch, closure_weight=cfg.closure_weight)
