@@ -16,6 +16,8 @@ import torch
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.cli import main
+from ksdiff_runtime.engine.presets import get_preset
+from ksdiff_runtime.engine.stream import Hop, StreamState
 from ksdiff_runtime.features.frontend import make_front_end
 from ksdiff_runtime.model.checkpoint import load_model, read_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
@@ -186,28 +188,57 @@ def test_window_sampler_is_seeded(data: Data, train_clips: list[Clip]) -> None:
     assert not np.array_equal(a["expr"], c["expr"])
 
 
-def test_live_windows_have_a_low_latency_hops_shape(data: Data, train_clips: list[Clip]) -> None:
-    """A live hop: the hop's frames, then provisional ones whose features repeat the last one heard."""
+def test_live_windows_are_the_windows_a_live_hop_denoises(data: Data, train_clips: list[Clip]) -> None:
+    """Against the engine itself: a stream holding a clip's features up to a hop's lookahead, its hop
+    window (StreamState.hop_window) has the features and prosody live_windows cuts from that clip."""
     cfg = data.cfg
     C, E, L = cfg.motion_context_frames, cfg.encoder_context_frames, cfg.lookahead_frames
-    batch = WindowSampler(train_clips, cfg, seed=2).batch(6)
+    front_end = make_front_end(cfg.front_end)
+    batch = WindowSampler(train_clips, cfg, seed=2).batch(8, live=True)
     for hop, window, ahead in ((1, 8, 2), (1, 8, 0), (3, 10, 1)):
         live = live_windows(batch, cfg, hop_frames=hop, window_frames=window, lookahead_frames=ahead)
-        last = E + hop - 1 + ahead  # the last feature position heard
-        for key in ("feats", "prosody"):
-            assert live[key].shape[1] == E + window + L
-            np.testing.assert_array_equal(live[key][:, : last + 1], batch[key][:, : last + 1])
-            np.testing.assert_array_equal(live[key][:, last + 1 :],
-                                          np.repeat(batch[key][:, last : last + 1], E + window + L - last - 1, 1))
+        preset = dataclasses.replace(get_preset("low-latency"), hop_frames=hop, window_frames=window,
+                                     model_lookahead_frames=ahead, crossfade_frames=0)
+        for i in range(len(batch["feats"])):
+            # the clip and hop frame this window was cut from (the features past the hop differ from the clip's)
+            (clip, w0), = [(c, w0) for c in train_clips for w0 in range(len(c.expr))
+                           if np.array_equal(batch["expr"][i], take(c.expr, w0 - C, C + cfg.train_window_frames))
+                           and np.array_equal(batch["feats"][i], take(c.feats, w0 - E, E + cfg.train_window_frames
+                                                                      + L).astype(np.float32))][:1]
+            heard = min(w0 + hop + ahead, len(clip.feats))  # what the hop waits for (the clip's end: all of it)
+            state = StreamState("s", cfg, preset, front_end)
+            state.add_features(0, heard, clip.feats[:heard].astype(np.float32), clip.prosody[:heard])
+            if heard == len(clip.feats):
+                state.end()
+            state.skip_to(w0)
+            engine = state.hop_window(Hop(skip=0, frames=hop, catch_up=False))
+            np.testing.assert_array_equal(live["feats"][i], engine.feats)
+            np.testing.assert_array_equal(live["prosody"][i], engine.prosody)
+            np.testing.assert_array_equal(live["known"][i, :C], engine.known)
         for key in ("expr", "pose", "key_expr", "key_pose", "known"):
             np.testing.assert_array_equal(live[key], batch[key][:, : C + window])
-        assert live["score"].shape == (6, window) and live["score"].sum() == 6 * hop
+        assert live["score"].shape == (8, window) and live["score"].sum() == 8 * hop
         assert live["score"][:, :hop].all()
         assert np.array_equal(live["ref_a_expr"], batch["ref_a_expr"]) and "score" not in batch
     with pytest.raises(ValueError, match="lookahead"):
         live_windows(batch, cfg, 1, 8, L + 1)
     with pytest.raises(ValueError, match="training window"):
         live_windows(batch, cfg, 1, cfg.train_window_frames + 1, 2)
+
+
+def test_live_batches_reach_every_frame_of_a_clip_with_live_features(data: Data, train_clips: list[Clip]) -> None:
+    cfg = data.cfg
+    N, E, C = cfg.train_window_frames, cfg.encoder_context_frames, cfg.motion_context_frames
+    batch = WindowSampler(train_clips, cfg, seed=4).batch(200, live=True)
+    late = 0
+    for i in range(200):
+        hits = [(c, w0) for c in train_clips for w0 in range(len(c.expr))
+                if np.array_equal(batch["expr"][i], take(c.expr, w0 - C, C + N))]
+        clip, w0 = hits[0]
+        late += w0 > len(clip.expr) - N  # a hop frame a whole window could not start at
+        assert any(np.array_equal(batch["feats"][i], take(c.feats, w0 - E, E + N + cfg.lookahead_frames)
+                                  .astype(np.float32)) for c, w0 in hits)  # never the bake's features
+    assert late > 0
 
 
 def test_train_config_rejects_a_bad_live_share_or_preset() -> None:
@@ -277,6 +308,7 @@ def test_train_on_live_windows_only(data: Data, tmp_path: Path, keep_torch_threa
                  "--closure-weight", "0.5"]) == 0
     rows = losses(out)
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["total"]) for r in rows)
+    assert [r["live"] for r in rows] == [1.0, 1.0]  # every step was live-shaped
     assert tomllib.loads((out / "config.toml").read_text())["train"]["live_windows"] == 1.0
     with pytest.raises(ValueError, match="share of steps"):
         main(["train", "--config", str(config), "--live-windows", "2"])

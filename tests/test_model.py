@@ -149,24 +149,39 @@ def test_scored_frames_and_given_noise_steps_are_what_the_losses_use():
     for k in plain:  # scoring every frame is the plain mean
         assert scored[k].item() == pytest.approx(plain[k].item(), rel=1e-5), k
 
-    seen: dict[str, tuple] = {}
-    hook = model.den_expr.register_forward_hook(lambda m, args, out: seen.update(args=args, x0=out))
+    # the hop frame only, where some rows have keyframes; at the noise step given
     score = torch.zeros(B, 6)
-    score[:, 0] = 1.0  # the hop frame only
-    t = torch.full((B,), cfg.diffusion_steps - 1)
+    score[:, 0] = 1.0
+    batch["key_expr"][:2, C] = True
+    batch["key_pose"][1:3, C] = True
+    t = torch.tensor([cfg.diffusion_steps - 1, 500, 7, cfg.diffusion_steps - 1])
+    seen: dict[str, object] = {}
+    hooks = [getattr(model, name).register_forward_hook(lambda m, args, out, name=name: seen.update({name: out}))
+             for name in ("den_expr", "den_pose", "kel_expr", "kel_pose")]
+    add_noise = model.scheduler.add_noise
+    model.scheduler.add_noise = lambda x0, noise, steps: seen.update(t=steps) or add_noise(x0, noise, steps)
     torch.manual_seed(5)
     live = model.training_loss(dict(batch, score=score, t=t), closure_weight=1.0)
-    hook.remove()
-    assert torch.equal(seen["args"][5], t)
-    x0, x = seen["x0"].detach(), model.norm_expr(batch["expr"])
-    weights = torch.ones(cfg.expr_dim)
-    weights[list(motion.MOUTH_INDICES)] = 2.0
-    expected = (((x0[:, C] - x[:, C]) ** 2) * weights).mean()
-    assert live["x0_expr"].item() == pytest.approx(expected.item(), rel=1e-5)
-    closure = model.closure_loss(x0[:, C : C + 1], x[:, C : C + 1])
+    for hook in hooks:
+        hook.remove()
+    model.scheduler.add_noise = add_noise
+    assert torch.equal(seen["t"], t)
+    mouth = torch.ones(cfg.expr_dim)
+    mouth[list(motion.MOUTH_INDICES)] = 2.0
+    for name, x, keys, w in (("expr", model.norm_expr(batch["expr"]), batch["key_expr"], mouth),
+                             ("pose", model.norm_pose(batch["pose"]), batch["key_pose"], 1.0)):
+        x0 = seen[f"den_{name}"].detach()
+        logits, values = (v.detach() for v in seen[f"kel_{name}"])
+        assert live[f"x0_{name}"].item() == pytest.approx((((x0[:, C] - x[:, C]) ** 2) * w).mean().item(), rel=1e-5)
+        vel = ((x0[:, C] - x0[:, C - 1]) - (x[:, C] - x[:, C - 1])) ** 2
+        assert live[f"vel_{name}"].item() == pytest.approx(4.0 * vel.mean().item(), rel=1e-5)
+        key = keys[:, C].float()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], key, pos_weight=torch.tensor(4.0))
+        assert live[f"kel_{name}"].item() == pytest.approx(bce.item(), rel=1e-5)
+        value = (((values[:, 0] - x[:, C]) ** 2).mean(-1) * key).sum() / key.sum()
+        assert live[f"kel_{name}_value"].item() == pytest.approx(value.item(), rel=1e-5) and value > 0
+    closure = model.closure_loss(seen["den_expr"].detach()[:, C : C + 1], model.norm_expr(batch["expr"])[:, C : C + 1])
     assert live["closure"].item() == pytest.approx(closure.item(), rel=1e-5)
-    vel = ((x0[:, C] - x0[:, C - 1]) - (x[:, C] - x[:, C - 1])) ** 2
-    assert live["vel_expr"].item() == pytest.approx(4.0 * vel.mean().item(), rel=1e-5)
 
 
 def test_sampling_is_deterministic_for_a_seed_and_in_range():

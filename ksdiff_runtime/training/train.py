@@ -31,7 +31,7 @@ from ksdiff_runtime.model.checkpoint import load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import KSDiff, count_parameters
 
-from .dataset import WindowSampler, build_feature_cache, live_windows, load_clips
+from .dataset import WindowSampler, build_feature_cache, check_live_shape, live_windows, load_clips
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def plot_losses(log_path: Path, out_png: Path) -> None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     if not rows:
         return
-    keys = [k for k in rows[0] if k not in ("step", "lr", "elapsed_s")]
+    keys = [k for k in rows[0] if k not in ("step", "lr", "elapsed_s", "live")]
     fig, ax = plt.subplots(figsize=(9, 5))
     steps = [r["step"] for r in rows]
     for k in keys:
@@ -190,15 +190,19 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         )
 
     live = get_preset(cfg.live_preset)
-    live_steps = np.array(DDIMScheduler(model.scheduler.alpha_bar.numpy(), live.steps).timesteps)
+    live_shape = (live.hop_frames, live.window_frames, live.model_lookahead_frames)
+    if cfg.live_windows > 0:
+        check_live_shape(model_cfg, *live_shape)
+    live_steps = np.array(DDIMScheduler(model.scheduler.alpha_bar.cpu().numpy(), live.steps).timesteps)
 
-    def next_batch() -> dict[str, np.ndarray]:
-        batch = sampler.batch(cfg.batch_size)
+    def next_batch() -> tuple[dict[str, np.ndarray], bool]:
         # drawn only when asked for, so runs without live windows keep their random streams
-        if cfg.live_windows > 0 and sampler.rng.random() < cfg.live_windows:
-            batch = live_windows(batch, model_cfg, live.hop_frames, live.window_frames, live.model_lookahead_frames)
+        is_live = cfg.live_windows > 0 and sampler.rng.random() < cfg.live_windows
+        batch = sampler.batch(cfg.batch_size, live=is_live)
+        if is_live:
+            batch = live_windows(batch, model_cfg, *live_shape)
             batch["t"] = sampler.rng.choice(live_steps, size=cfg.batch_size)
-        return batch
+        return batch, is_live
 
     log_file = (out / "losses.jsonl").open("a")
     started = time.monotonic()
@@ -206,7 +210,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     model.train()
     while step < cfg.max_steps:
-        batch = {k: torch.from_numpy(v).to(device) for k, v in next_batch().items()}
+        arrays, is_live = next_batch()
+        batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         losses = model.training_loss(batch, closure_weight=cfg.closure_weight)
@@ -223,6 +228,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         step += 1
         for k, v in losses.items():
             running[k] = running.get(k, 0.0) + float(v.detach())
+        if cfg.live_windows > 0:
+            running["live"] = running.get("live", 0.0) + is_live  # the share of live-shaped steps, logged
         bar.update(1)
         if step % cfg.log_every == 0:
             row = {k: v / cfg.log_every for k, v in running.items()}
