@@ -184,6 +184,40 @@ def test_scored_frames_and_given_noise_steps_are_what_the_losses_use():
     assert live["closure"].item() == pytest.approx(closure.item(), rel=1e-5)
 
 
+def test_a_live_windows_own_context_is_what_the_runtimes_sampler_makes_hop_by_hop():
+    """train.own_context: each context frame is the 1-step sampler's (engine/sampling.py) for its live hop,
+    given the frames made before it; the scored hop is the teacher's frame after them."""
+    from ksdiff_runtime.training.dataset import live_windows
+    from ksdiff_runtime.training.train import own_context
+
+    model = small_model()
+    cfg = model.cfg
+    C, D, B, shape = cfg.motion_context_frames, cfg.expr_dim, 3, (1, 8, 2)
+    batch = {k: v.numpy() for k, v in training_batch(cfg, B=B, N=16, expr_scale=0.3).items()}
+    batch["known"][0, :3] = 0.0  # a window whose first context frames are before its clip's start
+    torch.manual_seed(11)
+    noises = [torch.randn(B, 8, D + cfg.pose_dim).numpy() for _ in range(C)]
+    torch.manual_seed(11)
+    live = own_context(model, batch, shape, t=cfg.diffusion_steps - 1)
+
+    backend = TorchBackend(model)
+    expr, pose, known = batch["expr"].copy(), batch["pose"].copy(), batch["known"].copy()
+    for k in range(C):
+        hop = live_windows(dict(batch, expr=expr, pose=pose, known=known), cfg, *shape, at=k)
+        made = sample_windows(backend, WindowBatch(
+            feats=hop["feats"], prosody=hop["prosody"], prev_expr=hop["expr"][:, :C], prev_pose=hop["pose"][:, :C],
+            known=hop["known"][:, :C], noise=noises[k], text=hop["text"]), steps=1)
+        expr[:, C + k], pose[:, C + k], known[:, C + k] = made.expr[:, 0], made.pose[:, 0], 1.0
+    np.testing.assert_allclose(live["expr"][:, :C], expr[:, C : 2 * C], atol=1e-5)
+    np.testing.assert_allclose(live["pose"][:, :C], pose[:, C : 2 * C], atol=1e-5)
+    assert not np.allclose(live["expr"][:, :C], batch["expr"][:, C : 2 * C], atol=1e-3)  # not the teacher's
+    np.testing.assert_array_equal(live["known"], np.concatenate([np.ones((B, C)), np.zeros((B, 8))], 1))
+    np.testing.assert_array_equal(live["expr"][:, C:], batch["expr"][:, 2 * C :])  # targets: the teacher's
+    teacher = live_windows(batch, cfg, *shape, at=C)
+    for key in ("feats", "prosody", "key_expr", "score"):
+        np.testing.assert_array_equal(live[key], teacher[key])
+
+
 def test_sampling_is_deterministic_for_a_seed_and_in_range():
     model = small_model()
     cfg = model.cfg

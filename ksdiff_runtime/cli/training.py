@@ -84,7 +84,10 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="weight of the closure loss: lips left open where the teacher's are shut (overrides config)")
     p.add_argument("--live-windows", type=float, metavar="SHARE",
                    help="share of steps trained on live-shaped windows: the low-latency preset's short window, "
-                   "scored on its hop frame only, at its one noise step (overrides the config)")
+                   "scored on its hop frame only, at its one noise step, its context made by the model itself "
+                   "hop by hop as a stream's is (overrides the config)")
+    p.add_argument("--live-context", choices=["self", "teacher"],
+                   help="a live window's context frames: made by the model (self, the default) or the teacher's")
     p.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config; 0 = all cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
@@ -98,7 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
     overrides: dict[str, object] = {}
     for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
-                 "init_from", "closure_weight", "live_windows", "threads"):
+                 "init_from", "closure_weight", "live_windows", "live_context", "threads"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = str(value) if name == "init_from" else value

@@ -185,9 +185,9 @@ class WindowSampler:
         start = int(self.rng.integers(0, max(1, len(clip.expr) - L + 1)))
         return take_frames(clip.expr, start, L), take_frames(clip.pose, start, L)
 
-    def batch(self, size: int, live: bool = False) -> dict[str, np.ndarray]:
-        """``size`` windows. ``live``: windows to cut with ``live_windows``: they may start at any frame of
-        a clip (a live hop's frame may be its last), with the features a live stream computes."""
+    def batch(self, size: int, live: bool = False, lead: int = 0) -> dict[str, np.ndarray]:
+        """``size`` windows. ``live``: windows to cut with ``live_windows``: with the features a live stream
+        computes, starting ``lead`` frames before a hop frame that may be any frame of a clip (its last too)."""
         cfg = self.cfg
         C, N, E, L = (
             cfg.motion_context_frames,
@@ -218,7 +218,7 @@ class WindowSampler:
             T = len(clip.expr)
             # windows start anywhere, including the clip start (no previous frames known)
             if live:
-                w0, feats = int(self.rng.integers(0, T)), clip.feats
+                w0, feats = int(self.rng.integers(0, max(1, T - lead))), clip.feats
             else:
                 w0 = int(self.rng.integers(0, max(1, T - N + 1)))
                 feats = clip.feats_offline if self.rng.random() < self.p_offline else clip.feats
@@ -250,34 +250,36 @@ class WindowSampler:
         return batch
 
 
-def check_live_shape(cfg: ModelConfig, hop_frames: int, window_frames: int, lookahead_frames: int) -> None:
+def check_live_shape(cfg: ModelConfig, hop_frames: int, window_frames: int, lookahead_frames: int,
+                     at: int = 0) -> None:
     """A clear error when a model cannot be trained on live windows of this shape (live_windows)."""
     N, L = cfg.train_window_frames, cfg.lookahead_frames
-    if not 1 <= hop_frames <= window_frames <= N:
-        raise ValueError(f"live windows need 1 <= hop_frames <= window_frames <= {N} (the training window), "
-                         f"got hop {hop_frames}, window {window_frames}")
+    if not (1 <= hop_frames <= window_frames and at >= 0 and at + window_frames <= N):
+        raise ValueError(f"live windows need 1 <= hop_frames <= window_frames <= {N} - at (the training window), "
+                         f"got hop {hop_frames}, window {window_frames} at frame {at}")
     if not 0 <= lookahead_frames <= L:
         raise ValueError(f"live windows look 0..{L} frames ahead (the model's lookahead), not {lookahead_frames}")
 
 
 def live_windows(batch: dict[str, np.ndarray], cfg: ModelConfig, hop_frames: int, window_frames: int,
-                 lookahead_frames: int) -> dict[str, np.ndarray]:
+                 lookahead_frames: int, at: int = 0) -> dict[str, np.ndarray]:
     """Training windows (WindowSampler.batch) cut to the shape a live hop denoises: ``window_frames``
     frames, the first ``hop_frames`` of them the hop's, whose features run ``lookahead_frames`` past the
     hop's last frame; the frames after are provisional, their features the last known one repeated (as
     the engine pads a hop). Only the hop's frames are scored (``score``): the engine publishes them and
     discards the rest. A window frame j reads the features up to position E + j + cfg.lookahead_frames.
+    The hop starts at window frame ``at`` of the batch's windows (its context: the C frames before it).
     Cut windows WindowSampler.batch(live=True) drew: live features, hops anywhere in a clip."""
-    check_live_shape(cfg, hop_frames, window_frames, lookahead_frames)
+    check_live_shape(cfg, hop_frames, window_frames, lookahead_frames, at)
     C, E, L = cfg.motion_context_frames, cfg.encoder_context_frames, cfg.lookahead_frames
     S = E + window_frames + L
     last_known = E + hop_frames - 1 + lookahead_frames
-    idx = np.minimum(np.arange(S), last_known)
+    idx = at + np.minimum(np.arange(S), last_known)
     out = dict(batch)
     out["feats"] = batch["feats"][:, idx]
     out["prosody"] = batch["prosody"][:, idx]
     for key in ("expr", "pose", "key_expr", "key_pose", "known"):
-        out[key] = batch[key][:, : C + window_frames]
+        out[key] = batch[key][:, at : at + C + window_frames]
     score = np.zeros((len(batch["expr"]), window_frames), np.float32)
     score[:, :hop_frames] = 1.0
     out["score"] = score

@@ -63,11 +63,19 @@ class TrainConfig:
     # lookahead, scored on the hop's frames only, at the noise steps its sampler visits
     live_windows: float = 0.0
     live_preset: str = "low-latency"
+    # a live window's C context frames: "self", made by the model one hop at a time as a stream makes them
+    # (own_context); "teacher", the teacher's frames (what the model leans on then, a stream does not have)
+    live_context: str = "self"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.live_windows <= 1.0:
             raise ValueError(f"live_windows is a share of steps in 0..1, not {self.live_windows}")
-        get_preset(self.live_preset)  # a clear error naming the known presets
+        preset = get_preset(self.live_preset)  # a clear error naming the known presets
+        if self.live_context not in ("self", "teacher"):
+            raise ValueError(f"live_context must be 'self' or 'teacher', not {self.live_context!r}")
+        if self.live_context == "self" and preset.steps != 1:
+            raise ValueError(f"live_context 'self' makes context with the 1-step sampler; preset {preset.name} "
+                             f"takes {preset.steps} steps")
 
 
 def load_config(path: str | Path | None) -> tuple[ModelConfig, TrainConfig]:
@@ -191,18 +199,23 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
 
     live = get_preset(cfg.live_preset)
     live_shape = (live.hop_frames, live.window_frames, live.model_lookahead_frames)
+    lead = model_cfg.motion_context_frames if cfg.live_context == "self" else 0  # hops made before the scored one
     if cfg.live_windows > 0:
-        check_live_shape(model_cfg, *live_shape)
+        check_live_shape(model_cfg, *live_shape, at=lead)
     live_steps = np.array(DDIMScheduler(model.scheduler.alpha_bar.cpu().numpy(), live.steps).timesteps)
 
     def next_batch() -> tuple[dict[str, np.ndarray], bool]:
         # drawn only when asked for, so runs without live windows keep their random streams
         is_live = cfg.live_windows > 0 and sampler.rng.random() < cfg.live_windows
-        batch = sampler.batch(cfg.batch_size, live=is_live)
-        if is_live:
+        if not is_live:
+            return sampler.batch(cfg.batch_size), False
+        batch = sampler.batch(cfg.batch_size, live=True, lead=lead)
+        if lead:
+            batch = own_context(model, batch, live_shape, int(live_steps[0]))
+        else:
             batch = live_windows(batch, model_cfg, *live_shape)
-            batch["t"] = sampler.rng.choice(live_steps, size=cfg.batch_size)
-        return batch, is_live
+        batch["t"] = sampler.rng.choice(live_steps, size=cfg.batch_size)
+        return batch, True
 
     log_file = (out / "losses.jsonl").open("a")
     started = time.monotonic()
@@ -258,6 +271,46 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         save_checkpoint(ship, ema, half=True, step=step)
         log.info("shipped EMA weights (float16) to %s (%.1f MB)", ship, ship.stat().st_size / 1e6)
     return last
+
+
+def own_context(model: KSDiff, batch: dict[str, np.ndarray], shape: tuple[int, int, int], t: int
+                ) -> dict[str, np.ndarray]:
+    """The live window at window frame C of ``batch`` (WindowSampler.batch(live=True, lead=C)) with its C
+    context frames made as a live stream makes its own: by the model, hop by hop (``shape``: hop, window and
+    lookahead frames), each hop a live window at noise step ``t`` (the 1-step sampler's: x0 from pure noise)
+    with the null style, no transcript and no gradient, starting from the teacher's frames before them."""
+    cfg = model.cfg
+    C, D = cfg.motion_context_frames, cfg.expr_dim
+    hop, window, ahead = shape
+    dev = next(model.parameters()).device
+    expr, pose, known = batch["expr"].copy(), batch["pose"].copy(), batch["known"].copy()
+    B = len(expr)
+    ones, zeros = torch.ones(B, device=dev), torch.zeros(B, device=dev)
+    k = 0
+    while k < C:  # hop k makes window frame k (array row C + k) from the C rows before it
+        cut = live_windows(dict(batch, expr=expr, pose=pose, known=known), cfg, hop, window, ahead, at=k)
+        w = {name: torch.from_numpy(np.ascontiguousarray(cut[name])).to(dev)
+             for name in ("feats", "prosody", "text", "expr", "pose", "known")}
+        with torch.no_grad():
+            ctx = w["known"][:, :C]
+            prev_e = model.norm_expr(w["expr"][:, :C]) * ctx[..., None]
+            prev_p = model.norm_pose(w["pose"][:, :C]) * ctx[..., None]
+            f_e, f_h, prob_e, value_e, prob_p, value_p = model.condition(
+                w["feats"], w["prosody"], w["text"], ones, zeros, prev_e, prev_p, ctx, window)
+            noise = torch.randn(B, window, D + cfg.pose_dim, device=dev)
+            pad = torch.zeros(B, C, device=dev)
+            x0_e, x0_p = model.denoise(
+                torch.cat([prev_e, noise[..., :D]], 1), torch.cat([prev_p, noise[..., D:]], 1),
+                torch.cat([ctx, torch.zeros(B, window, device=dev)], 1),
+                torch.cat([pad, prob_e], 1), torch.cat([torch.zeros_like(prev_e), value_e], 1),
+                torch.cat([pad, prob_p], 1), torch.cat([torch.zeros_like(prev_p), value_p], 1),
+                f_e, f_h, torch.full((B,), t, device=dev), model.style_null.expand(B, -1))
+        n = min(hop, C - k)
+        expr[:, C + k : C + k + n] = model.denorm_expr(x0_e[:, C : C + n]).cpu().numpy()
+        pose[:, C + k : C + k + n] = model.denorm_pose(x0_p[:, C : C + n]).cpu().numpy()
+        known[:, C + k : C + k + n] = 1.0
+        k += n
+    return live_windows(dict(batch, expr=expr, pose=pose, known=known), cfg, hop, window, ahead, at=C)
 
 
 def _to_toml(model_cfg: ModelConfig, cfg: TrainConfig) -> str:
