@@ -591,6 +591,17 @@ def test_eval_stream_variants_name_preset_fields():
         parse_variant("fast")
 
 
+def test_lines_keep_their_engine_presets_head_smoothing(tiny_backend):
+    """What `eval-stream --line-preset` changes: lines derive from the engine's preset (docs/ENGINE.md)."""
+    from ksdiff_runtime.cli.training import parse_variant
+
+    default = StreamingEngine(tiny_backend, "low-latency").line_preset
+    assert default.head_smoothing_ms == PRESETS["low-latency"].head_smoothing_ms == 100.0
+    assert (default.hop_frames, default.window_frames) == (tiny_backend.constants.cfg.train_window_frames,) * 2
+    unsmoothed = StreamingEngine(tiny_backend, parse_variant("low-latency:head_smoothing_ms=0.0")).line_preset
+    assert unsmoothed.head_smoothing_ms == 0.0 and unsmoothed.steps == default.steps
+
+
 def test_each_round_reports_the_audio_level_of_its_frames(tiny_backend):
     """Meters (the preview page) read the level of the audio each hop animated: silence, then a tone."""
     engine = StreamingEngine(tiny_backend, "low-latency")

@@ -178,6 +178,9 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
     p.add_argument("--line-face-steps", type=int, default=LINE_EXPRESSION_STEPS, metavar="N",
                    help=f"with --lines: the face keeps its prediction after N of the steps, the head takes them all "
                    f"(default {LINE_EXPRESSION_STEPS}, what lines run; 0: the face takes every step too)")
+    p.add_argument("--line-preset", metavar="PRESET:FIELD=VALUE,...", default=None,
+                   help="with --lines: the engine preset lines derive from, as --variant takes it (default "
+                   "low-latency), e.g. 'low-latency:head_smoothing_ms=0.0'")
     p.add_argument("--windowed", action="store_true",
                    help="also score each preset's live streams conditioned window by window, re-encoding the "
                    "encoder context every hop (as before the stream conditioner), for comparison")
@@ -209,7 +212,8 @@ def run_eval_stream(args: argparse.Namespace) -> int:
     variants = [parse_variant(v) for v in args.variant] or None
     stream_eval.stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend,
                             variants, args.lines, args.windowed, args.windowed_recogniser,
-                            args.recogniser_weights, args.recogniser_lookahead, args.line_face_steps or None)
+                            args.recogniser_weights, args.recogniser_lookahead, args.line_face_steps or None,
+                            parse_variant(args.line_preset) if args.line_preset else None)
     return 0
 
 

@@ -87,7 +87,7 @@ def stream_eval(
     checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu",
     variants: list[Preset] | None = None, line_steps: list[int] | None = None, windowed: bool = False,
     windowed_recogniser: bool = False, recogniser_weights: Path | None = None, recogniser_lookahead: int | None = None,
-    line_face_steps: int | None = LINE_EXPRESSION_STEPS,
+    line_face_steps: int | None = LINE_EXPRESSION_STEPS, line_base: Preset | None = None,
 ) -> dict:
     """Both presets (or, given ``variants``, those presets instead) against whole-clip animation; with
     ``line_steps``, also every clip as a line (mode "line") at each of those step counts; ``windowed``:
@@ -95,7 +95,8 @@ def stream_eval(
     ``windowed_recogniser``: also with each hop re-recognising its window (no streaming recogniser), and
     lines with the full-context recogniser;
     ``recogniser_weights`` / ``recogniser_lookahead``: the streaming recogniser's, instead of the shipped;
-    ``line_face_steps``: lines' face keeps its prediction after this many of their steps (None: all)."""
+    ``line_face_steps``: lines' face keeps its prediction after this many of their steps (None: all);
+    ``line_base``: the engine preset lines derive from (None: low-latency, the runtime's default)."""
     model = load_model(checkpoint)
     held = held_out(model, corpus, cache, max_clips)
     clips, beats_audio, style = held.clips, held.beats_audio, held.style
@@ -123,11 +124,13 @@ def stream_eval(
             presets[label] = preset
     for steps in line_steps or []:
         for recognised in (True, False) if windowed_recogniser else (True,):
-            engine = StreamingEngine(backend, "low-latency", line_steps=steps, line_expression_steps=line_face_steps,
-                                     streaming_recogniser=recognised, sessions=all_at_once(clips))
+            engine = StreamingEngine(backend, line_base or "low-latency", line_steps=steps,
+                                     line_expression_steps=line_face_steps, streaming_recogniser=recognised,
+                                     sessions=all_at_once(clips))
             anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1), mode="line")
             face = engine.line_preset.expression_steps
             label = f"lines ({steps} steps{f', the face {face}' if face not in (None, steps) else ''}, whole windows)"
+            label += f", from {line_base.name}" if line_base is not None else ""
             label += "" if recognised else ", full-context recogniser"
             rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
             presets[label] = engine.line_preset
