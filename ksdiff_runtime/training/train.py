@@ -273,44 +273,52 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     return last
 
 
+def live_hop(model: KSDiff, window: dict[str, np.ndarray], t: int) -> tuple[np.ndarray, np.ndarray]:
+    """A live window's frames as the 1-step sampler makes them (engine/sampling.py with one step at noise
+    step ``t``): expression [B, N, 52] and head [B, N, 3] in natural units, from its C context frames, with
+    the null style, no transcript and no gradient; the noise is drawn from torch's generator."""
+    cfg = model.cfg
+    C, D = cfg.motion_context_frames, cfg.expr_dim
+    dev = next(model.parameters()).device
+    w = {name: torch.from_numpy(np.ascontiguousarray(window[name])).to(dev)
+         for name in ("feats", "prosody", "text", "expr", "pose", "known")}
+    B, N = w["known"].shape[0], w["known"].shape[1] - C
+    ones, zeros = torch.ones(B, device=dev), torch.zeros(B, device=dev)
+    with torch.no_grad():
+        ctx = w["known"][:, :C]
+        prev_e = model.norm_expr(w["expr"][:, :C]) * ctx[..., None]
+        prev_p = model.norm_pose(w["pose"][:, :C]) * ctx[..., None]
+        f_e, f_h, prob_e, value_e, prob_p, value_p = model.condition(
+            w["feats"], w["prosody"], w["text"], ones, zeros, prev_e, prev_p, ctx, N)
+        noise = torch.randn(B, N, D + cfg.pose_dim, device=dev)
+        pad = torch.zeros(B, C, device=dev)
+        x0_e, x0_p = model.denoise(
+            torch.cat([prev_e, noise[..., :D]], 1), torch.cat([prev_p, noise[..., D:]], 1),
+            torch.cat([ctx, torch.zeros(B, N, device=dev)], 1),
+            torch.cat([pad, prob_e], 1), torch.cat([torch.zeros_like(prev_e), value_e], 1),
+            torch.cat([pad, prob_p], 1), torch.cat([torch.zeros_like(prev_p), value_p], 1),
+            f_e, f_h, torch.full((B,), t, device=dev), model.style_null.expand(B, -1))
+    return model.denorm_expr(x0_e[:, C:]).cpu().numpy(), model.denorm_pose(x0_p[:, C:]).cpu().numpy()
+
+
 def own_context(model: KSDiff, batch: dict[str, np.ndarray], shape: tuple[int, int, int], t: int
                 ) -> dict[str, np.ndarray]:
     """The live window at window frame C of ``batch`` (WindowSampler.batch(live=True, lead=C)) with its C
     context frames made as a live stream makes its own: by the model, hop by hop (``shape``: hop, window and
-    lookahead frames), each hop a live window at noise step ``t`` (the 1-step sampler's: x0 from pure noise)
-    with the null style, no transcript and no gradient, starting from the teacher's frames before them."""
-    cfg = model.cfg
-    C, D = cfg.motion_context_frames, cfg.expr_dim
+    lookahead frames), each hop a live window at noise step ``t`` (live_hop), starting from the teacher's
+    frames before them."""
+    C = model.cfg.motion_context_frames
     hop, window, ahead = shape
-    dev = next(model.parameters()).device
     expr, pose, known = batch["expr"].copy(), batch["pose"].copy(), batch["known"].copy()
-    B = len(expr)
-    ones, zeros = torch.ones(B, device=dev), torch.zeros(B, device=dev)
     k = 0
     while k < C:  # hop k makes window frame k (array row C + k) from the C rows before it
-        cut = live_windows(dict(batch, expr=expr, pose=pose, known=known), cfg, hop, window, ahead, at=k)
-        w = {name: torch.from_numpy(np.ascontiguousarray(cut[name])).to(dev)
-             for name in ("feats", "prosody", "text", "expr", "pose", "known")}
-        with torch.no_grad():
-            ctx = w["known"][:, :C]
-            prev_e = model.norm_expr(w["expr"][:, :C]) * ctx[..., None]
-            prev_p = model.norm_pose(w["pose"][:, :C]) * ctx[..., None]
-            f_e, f_h, prob_e, value_e, prob_p, value_p = model.condition(
-                w["feats"], w["prosody"], w["text"], ones, zeros, prev_e, prev_p, ctx, window)
-            noise = torch.randn(B, window, D + cfg.pose_dim, device=dev)
-            pad = torch.zeros(B, C, device=dev)
-            x0_e, x0_p = model.denoise(
-                torch.cat([prev_e, noise[..., :D]], 1), torch.cat([prev_p, noise[..., D:]], 1),
-                torch.cat([ctx, torch.zeros(B, window, device=dev)], 1),
-                torch.cat([pad, prob_e], 1), torch.cat([torch.zeros_like(prev_e), value_e], 1),
-                torch.cat([pad, prob_p], 1), torch.cat([torch.zeros_like(prev_p), value_p], 1),
-                f_e, f_h, torch.full((B,), t, device=dev), model.style_null.expand(B, -1))
+        cut = live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, hop, window, ahead, at=k)
+        made_e, made_p = live_hop(model, cut, t)
         n = min(hop, C - k)
-        expr[:, C + k : C + k + n] = model.denorm_expr(x0_e[:, C : C + n]).cpu().numpy()
-        pose[:, C + k : C + k + n] = model.denorm_pose(x0_p[:, C : C + n]).cpu().numpy()
+        expr[:, C + k : C + k + n], pose[:, C + k : C + k + n] = made_e[:, :n], made_p[:, :n]
         known[:, C + k : C + k + n] = 1.0
         k += n
-    return live_windows(dict(batch, expr=expr, pose=pose, known=known), cfg, hop, window, ahead, at=C)
+    return live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, hop, window, ahead, at=C)
 
 
 def _to_toml(model_cfg: ModelConfig, cfg: TrainConfig) -> str:
