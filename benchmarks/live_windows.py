@@ -7,10 +7,13 @@ by one DDIM step from pure noise (training.dataset.live_windows cuts the same wi
 against the engine's own hop window). Its C context frames are, in a stream, the model's own earlier
 frames. On windows of the held-out clips, each hop frame is made from two contexts: the teacher's frames
 ("teacher") and frames the model made hop by hop before it, as a stream does ("self",
-training.train.own_context); a whole 32-frame training window's first frame with every feature and the
-teacher's context ("whole window") is the reference, and the hop with no context known ("none", as at a
+training.train.own_context); the first frame of a training-shaped window (24 frames, every feature)
+with the teacher's context ("whole window") is the reference, and the hop with no context known ("none", as at a
 stream's start) the other bound. Reported: the mouth's mean absolute error against
-the teacher and the jawOpen correlation, over the same windows and noise for every checkpoint.
+the teacher and the jawOpen correlation, over the same windows and noise for every checkpoint, all on
+one recogniser's features (``--recogniser``, default the runtime's streaming one). The features are the
+model's live block schedule as cached for training (100 ms blocks), not a `low-latency` stream's 1-frame
+blocks read 13 ms early.
 
 The gap between "teacher" and "self" is what a model gains by leaning on a context a stream does not have
 (train --live-context, docs/STREAMING_RECOGNISER.md "Live windows"). Writes benchmarks/live_windows.json;
@@ -20,6 +23,7 @@ nothing is asserted, every figure is printed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,6 +33,7 @@ from tqdm import tqdm
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.engine.presets import get_preset
+from ksdiff_runtime.features.frontend import RECOGNISERS
 from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.training.dataset import WindowSampler, live_windows, load_clips
 from ksdiff_runtime.training.train import live_hop, own_context
@@ -46,6 +51,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("cache/features"), help="feature cache folder")
     ap.add_argument("--windows", type=int, default=512, help="held-out windows scored (default 512)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--recogniser", choices=RECOGNISERS, default="streaming",
+                    help="the phoneme recogniser whose features every checkpoint reads (default: the runtime's)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "live_windows.json")
     args = ap.parse_args()
 
@@ -53,7 +60,13 @@ def main() -> None:
     preset = get_preset("low-latency")
     shape = (preset.hop_frames, preset.window_frames, preset.model_lookahead_frames)
     models = {str(path): load_model(path).float().eval() for path in args.checkpoint}
-    cfg = next(iter(models.values())).cfg  # every checkpoint scored on the first one's features
+    # every checkpoint on the same features: the recogniser asked for (the runtime serves "streaming")
+    configs = {name: dataclasses.replace(m.cfg, front_end=dataclasses.replace(m.cfg.front_end,
+                                                                          recogniser=args.recogniser))
+               for name, m in models.items()}
+    cfg = next(iter(configs.values()))
+    if any(c != cfg for c in configs.values()):
+        raise SystemExit("error: the checkpoints have different model configs; score them apart")
     C, t = cfg.motion_context_frames, cfg.diffusion_steps - 1
     clips = load_clips(args.corpus, args.cache, cfg, "test")
     batch = WindowSampler(clips, cfg, seed=args.seed).batch(args.windows, live=True, lead=C)
@@ -69,7 +82,7 @@ def main() -> None:
     for name, model in tqdm(models.items(), desc="checkpoints"):
         rows = {}
         for context in CONTEXTS:
-            torch.manual_seed(args.seed)
+            torch.manual_seed(args.seed)  # the same rollout noise for every checkpoint
             if context == "whole window":
                 window = whole
             elif context == "teacher":  # the C frames before the hop, the teacher's, known
@@ -81,6 +94,7 @@ def main() -> None:
                 window["known"] = np.zeros_like(window["known"])
             else:
                 window = own_context(model, batch, shape, t)
+            torch.manual_seed(args.seed + 1)  # the hop's own noise: the same after any rollout
             made = live_hop(model, window, t)[0][:, 0]
             rows[context] = {
                 "mouth_mae": float(np.abs(made[:, MOUTH] - target[:, MOUTH]).mean()),
@@ -88,14 +102,15 @@ def main() -> None:
             }
         results[name] = rows
 
-    print(f"\n{args.windows} held-out hop frames ({args.corpus}), low-latency window, 1 step: mouth MAE / jawOpen r")
+    print(f"\n{args.windows} held-out hop frames ({args.corpus}, {args.recogniser} recogniser's features), "
+          "low-latency window, 1 step: mouth MAE / jawOpen r")
     print("| checkpoint | whole window | teacher context | own context (a stream's) | no context |")
     print("| --- | --- | --- | --- | --- |")
     for name, rows in results.items():
         cells = [f"{rows[c]['mouth_mae']:.4f} / {rows[c]['jaw_corr']:.3f}" for c in CONTEXTS]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    args.out.write_text(json.dumps({"windows": args.windows, "corpus": str(args.corpus), "results": results},
-                                   indent=2) + "\n")
+    args.out.write_text(json.dumps({"windows": args.windows, "corpus": str(args.corpus), "recogniser": args.recogniser,
+                                    "results": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

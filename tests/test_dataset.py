@@ -246,6 +246,12 @@ def test_train_config_rejects_a_bad_live_share_or_preset() -> None:
         TrainConfig(live_windows=1.5)
     with pytest.raises(ValueError, match="low-latency"):
         TrainConfig(live_preset="fast")
+    with pytest.raises(ValueError, match="'self' or 'teacher'"):
+        TrainConfig(live_context="own")
+    with pytest.raises(ValueError, match="1-step sampler"):
+        TrainConfig(live_windows=0.5, live_preset="quality")  # its 4 steps: no own context to make
+    assert TrainConfig(live_windows=0.5, live_preset="quality", live_context="teacher").live_preset == "quality"
+    assert TrainConfig(live_preset="quality").live_windows == 0.0  # not used: not checked
 
 
 # --- train and eval commands ---------------------------------------------------------------------
@@ -312,6 +318,17 @@ def test_train_on_live_windows_only(data: Data, tmp_path: Path, keep_torch_threa
     assert tomllib.loads((out / "config.toml").read_text())["train"]["live_windows"] == 1.0
     with pytest.raises(ValueError, match="share of steps"):
         main(["train", "--config", str(config), "--live-windows", "2"])
+
+
+def test_eval_stream_scores_lines_from_the_preset_asked_for(run_dir: Path, data: Data, tmp_path: Path) -> None:
+    argv = ["eval-stream", "--checkpoint", str(run_dir / "last.pt"), "--corpus", str(data.corpus), "--cache",
+            str(data.cache), "--max-clips", "1", "--variant", "quality", "--lines", "1", "--line-preset",
+            "low-latency:head_smoothing_ms=0.0", "--out", str(tmp_path)]
+    with np.errstate(all="ignore"):
+        assert main(argv) == 0
+    rows = json.loads((tmp_path / "stream_quality.json").read_text())["rows"]
+    assert any(label.startswith("lines (1 steps") and label.endswith("from low-latency[head_smoothing_ms=0.0]")
+               for label in rows), list(rows)
 
 
 @pytest.mark.timeout(900)  # about 1-2 min on a busy 2-core machine

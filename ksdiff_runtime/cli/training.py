@@ -85,7 +85,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live-windows", type=float, metavar="SHARE",
                    help="share of steps trained on live-shaped windows: the low-latency preset's short window, "
                    "scored on its hop frame only, at its one noise step, its context made by the model itself "
-                   "hop by hop as a stream's is (overrides the config)")
+                   "hop by hop (overrides the config)")
     p.add_argument("--live-context", choices=["self", "teacher"],
                    help="a live window's context frames: made by the model (self, the default) or the teacher's")
     p.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config; 0 = all cores)")

@@ -186,8 +186,9 @@ class WindowSampler:
         return take_frames(clip.expr, start, L), take_frames(clip.pose, start, L)
 
     def batch(self, size: int, live: bool = False, lead: int = 0) -> dict[str, np.ndarray]:
-        """``size`` windows. ``live``: windows to cut with ``live_windows``: with the features a live stream
-        computes, starting ``lead`` frames before a hop frame that may be any frame of a clip (its last too)."""
+        """``size`` windows. ``live``: windows to cut with ``live_windows``: with the live block schedule's
+        features (``feats``), starting ``lead`` frames before a hop frame that may be any frame of a clip from
+        the ``lead``-th on (its last too)."""
         cfg = self.cfg
         C, N, E, L = (
             cfg.motion_context_frames,
@@ -269,7 +270,8 @@ def live_windows(batch: dict[str, np.ndarray], cfg: ModelConfig, hop_frames: int
     the engine pads a hop). Only the hop's frames are scored (``score``): the engine publishes them and
     discards the rest. A window frame j reads the features up to position E + j + cfg.lookahead_frames.
     The hop starts at window frame ``at`` of the batch's windows (its context: the C frames before it).
-    Cut windows WindowSampler.batch(live=True) drew: live features, hops anywhere in a clip."""
+    Cut windows WindowSampler.batch(live=True) drew: the live schedule's features, hops anywhere in a clip.
+    (A `low-latency` stream's own features come from 1-frame blocks read early: close to these, not equal.)"""
     check_live_shape(cfg, hop_frames, window_frames, lookahead_frames, at)
     C, E, L = cfg.motion_context_frames, cfg.encoder_context_frames, cfg.lookahead_frames
     S = E + window_frames + L

@@ -63,8 +63,8 @@ class TrainConfig:
     # lookahead, scored on the hop's frames only, at the noise steps its sampler visits
     live_windows: float = 0.0
     live_preset: str = "low-latency"
-    # a live window's C context frames: "self", made by the model one hop at a time as a stream makes them
-    # (own_context); "teacher", the teacher's frames (what the model leans on then, a stream does not have)
+    # a live window's C context frames: "self", made by the model one hop at a time, as a stream's are (but
+    # with the null style and no head smoothing between hops: own_context); "teacher", the teacher's frames
     live_context: str = "self"
 
     def __post_init__(self) -> None:
@@ -73,7 +73,7 @@ class TrainConfig:
         preset = get_preset(self.live_preset)  # a clear error naming the known presets
         if self.live_context not in ("self", "teacher"):
             raise ValueError(f"live_context must be 'self' or 'teacher', not {self.live_context!r}")
-        if self.live_context == "self" and preset.steps != 1:
+        if self.live_windows > 0 and self.live_context == "self" and preset.steps != 1:
             raise ValueError(f"live_context 'self' makes context with the 1-step sampler; preset {preset.name} "
                              f"takes {preset.steps} steps")
 
@@ -304,9 +304,10 @@ def live_hop(model: KSDiff, window: dict[str, np.ndarray], t: int) -> tuple[np.n
 def own_context(model: KSDiff, batch: dict[str, np.ndarray], shape: tuple[int, int, int], t: int
                 ) -> dict[str, np.ndarray]:
     """The live window at window frame C of ``batch`` (WindowSampler.batch(live=True, lead=C)) with its C
-    context frames made as a live stream makes its own: by the model, hop by hop (``shape``: hop, window and
-    lookahead frames), each hop a live window at noise step ``t`` (live_hop), starting from the teacher's
-    frames before them."""
+    context frames made by the model, hop by hop (``shape``: hop, window and lookahead frames), each hop a
+    live window at noise step ``t`` (live_hop), starting from the teacher's frames before them. Unlike a
+    stream's, the hops are made with the null style, and the head is not low-passed between them
+    (Preset.head_smoothing_ms)."""
     C = model.cfg.motion_context_frames
     hop, window, ahead = shape
     expr, pose, known = batch["expr"].copy(), batch["pose"].copy(), batch["known"].copy()
