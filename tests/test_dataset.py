@@ -311,11 +311,13 @@ def test_train_on_live_windows_only(data: Data, tmp_path: Path, keep_torch_threa
     out = tmp_path / "live"
     config = write_config(data, out, tmp_path / "tiny.toml")
     assert main(["train", "--config", str(config), "--max-steps", "2", "--live-windows", "1",
-                 "--closure-weight", "0.5"]) == 0
+                 "--closure-weight", "0.5", "--live-face-only"]) == 0
     rows = losses(out)
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["total"]) for r in rows)
     assert [r["live"] for r in rows] == [1.0, 1.0]  # every step was live-shaped
-    assert tomllib.loads((out / "config.toml").read_text())["train"]["live_windows"] == 1.0
+    assert all(r["x0_pose"] == 0.0 and r["x0_expr"] > 0 for r in rows)  # the face only
+    saved = tomllib.loads((out / "config.toml").read_text())["train"]
+    assert saved["live_windows"] == 1.0 and saved["live_head"] is False
     with pytest.raises(ValueError, match="share of steps"):
         main(["train", "--config", str(config), "--live-windows", "2"])
 

@@ -183,6 +183,14 @@ def test_scored_frames_and_given_noise_steps_are_what_the_losses_use():
     closure = model.closure_loss(seen["den_expr"].detach()[:, C : C + 1], model.norm_expr(batch["expr"])[:, C : C + 1])
     assert live["closure"].item() == pytest.approx(closure.item(), rel=1e-5)
 
+    # one path left unscored (train --live-face-only): its losses vanish, the other's stay as they were
+    torch.manual_seed(5)
+    face = model.training_loss(dict(batch, score=score, t=t, score_pose=torch.zeros(B, 6)), closure_weight=1.0)
+    for k in ("x0_pose", "vel_pose", "kel_pose", "kel_pose_value"):
+        assert face[k].item() == 0.0, k
+    for k in ("x0_expr", "vel_expr", "kel_expr", "kel_expr_value", "closure"):
+        assert face[k].item() == pytest.approx(live[k].item(), rel=1e-6), k
+
 
 def test_a_live_windows_own_context_is_what_the_runtimes_sampler_makes_hop_by_hop():
     """train.own_context: each context frame is the 1-step sampler's (engine/sampling.py) for its live hop,

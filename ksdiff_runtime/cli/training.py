@@ -88,6 +88,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    "hop by hop (overrides the config)")
     p.add_argument("--live-context", choices=["self", "teacher"],
                    help="a live window's context frames: made by the model (self, the default) or the teacher's")
+    p.add_argument("--live-face-only", dest="live_head", action="store_false", default=None,
+                   help="score only the face on live windows, not the head (overrides the config)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config; 0 = all cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
@@ -101,7 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
     overrides: dict[str, object] = {}
     for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
-                 "init_from", "closure_weight", "live_windows", "live_context", "threads"):
+                 "init_from", "closure_weight", "live_windows", "live_context", "live_head", "threads"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = str(value) if name == "init_from" else value

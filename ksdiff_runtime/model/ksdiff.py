@@ -103,7 +103,8 @@ class KSDiff(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Losses for a batch of windows (see ksdiff_runtime/training/dataset.py for the keys). ``closure_weight``
         adds closure_loss, which asks the lips to shut where the target's do (a fine-tune's option).
-        Optional keys: ``score`` [B, N], the window frames the per-frame losses count (default all), and
+        Optional keys: ``score`` [B, N], the window frames the per-frame losses count (default all;
+        ``score_expr`` or ``score_pose`` for one path only, e.g. zeros to leave a path unscored), and
         ``t`` [B], the noise steps (default uniform): a live-shaped batch (dataset.live_windows) scores
         only its hop's frames, at the steps its preset samples."""
         cfg = self.cfg
@@ -128,11 +129,11 @@ class KSDiff(nn.Module):
 
         losses = {"style": loss_style}
         t = batch["t"] if "t" in batch else torch.randint(0, cfg.diffusion_steps, (B,), device=dev)
-        score = batch.get("score")  # [B, N] or None: every window frame
         for name, x, keys, kel, den, feats in (
             ("expr", self.norm_expr(batch["expr"]), batch["key_expr"], self.kel_expr, self.den_expr, f_e),
             ("pose", self.norm_pose(batch["pose"]), batch["key_pose"], self.kel_pose, self.den_pose, f_h),
         ):
+            score = batch.get(f"score_{name}", batch.get("score"))  # [B, N] or None: every window frame
             known = batch["known"]  # [B, C+N]; 0 for window frames and for context before a clip starts
             last = x[:, C - 1] + 0.05 * torch.randn_like(x[:, C - 1])
             last = last * known[:, C - 1 : C]

@@ -66,6 +66,9 @@ class TrainConfig:
     # a live window's C context frames: "self", made by the model one hop at a time, as a stream's are (but
     # with the null style and no head smoothing between hops: own_context); "teacher", the teacher's frames
     live_context: str = "self"
+    # score the head on live windows too (False: the face only; a live stream's head is low-passed and
+    # livened after the model, and the rolled-out head context is not: own_context)
+    live_head: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.live_windows <= 1.0:
@@ -215,6 +218,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         else:
             batch = live_windows(batch, model_cfg, *live_shape)
         batch["t"] = sampler.rng.choice(live_steps, size=cfg.batch_size)
+        if not cfg.live_head:
+            batch["score_pose"] = np.zeros_like(batch["score"])
         return batch, True
 
     log_file = (out / "losses.jsonl").open("a")
