@@ -67,7 +67,7 @@ def main() -> None:
     cfg = next(iter(configs.values()))
     if any(c != cfg for c in configs.values()):
         raise SystemExit("error: the checkpoints have different model configs; score them apart")
-    C, t = cfg.motion_context_frames, cfg.diffusion_steps - 1
+    C = cfg.motion_context_frames
     clips = load_clips(args.corpus, args.cache, cfg, "test")
     batch = WindowSampler(clips, cfg, seed=args.seed).batch(args.windows, live=True, lead=C)
     target = batch["expr"][:, 2 * C]  # the hop frame: window frame C
@@ -93,9 +93,9 @@ def main() -> None:
                 window = live_windows(batch, cfg, *shape, at=C)
                 window["known"] = np.zeros_like(window["known"])
             else:
-                window = own_context(model, batch, shape, t)
+                window = own_context(model, batch, shape)
             torch.manual_seed(args.seed + 1)  # the hop's own noise: the same after any rollout
-            made = live_hop(model, window, t)[0][:, 0]
+            made = live_hop(model, window)[0][:, 0]
             rows[context] = {
                 "mouth_mae": float(np.abs(made[:, MOUTH] - target[:, MOUTH]).mean()),
                 "jaw_corr": float(np.corrcoef(made[:, JAW], target[:, JAW])[0, 1]),

@@ -206,7 +206,7 @@ def test_a_live_windows_own_context_is_what_the_runtimes_sampler_makes_hop_by_ho
     torch.manual_seed(11)
     noises = [torch.randn(B, 8, D + cfg.pose_dim).numpy() for _ in range(C)]
     torch.manual_seed(11)
-    live = own_context(model, batch, shape, t=cfg.diffusion_steps - 1)
+    live = own_context(model, batch, shape)
 
     backend = TorchBackend(model)
     expr, pose, known = batch["expr"].copy(), batch["pose"].copy(), batch["known"].copy()

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ksdiff_runtime.backends.torch_backend import TorchBackend
 from ksdiff_runtime.engine.presets import get_preset
+from ksdiff_runtime.engine.sampling import WindowBatch, sample_windows
 from ksdiff_runtime.engine.scheduler import DDIMScheduler
 from ksdiff_runtime.features.frontend import FrontEndConfig
 from ksdiff_runtime.model.checkpoint import load_model, save_checkpoint
@@ -213,10 +215,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         if not is_live:
             return sampler.batch(cfg.batch_size), False
         batch = sampler.batch(cfg.batch_size, live=True, lead=lead)
-        if lead:
-            batch = own_context(model, batch, live_shape, int(live_steps[0]))
-        else:
-            batch = live_windows(batch, model_cfg, *live_shape)
+        batch = own_context(model, batch, live_shape) if lead else live_windows(batch, model_cfg, *live_shape)
         batch["t"] = sampler.rng.choice(live_steps, size=cfg.batch_size)
         if not cfg.live_head:
             batch["score_pose"] = np.zeros_like(batch["score"])
@@ -278,39 +277,27 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     return last
 
 
-def live_hop(model: KSDiff, window: dict[str, np.ndarray], t: int) -> tuple[np.ndarray, np.ndarray]:
-    """A live window's frames as the 1-step sampler makes them (engine/sampling.py with one step at noise
-    step ``t``): expression [B, N, 52] and head [B, N, 3] in natural units, from its C context frames, with
-    the null style, no transcript and no gradient; the noise is drawn from torch's generator."""
+def live_hop(model: KSDiff, window: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A live window's frames as the runtime's 1-step sampler makes them (engine/sampling.py through a torch
+    backend): expression [B, N, 52] and head [B, N, 3] in natural units, from its C context frames, with the
+    null style and no transcript; the noise is drawn from torch's generator (checkpointed with a run)."""
     cfg = model.cfg
-    C, D = cfg.motion_context_frames, cfg.expr_dim
-    dev = next(model.parameters()).device
-    w = {name: torch.from_numpy(np.ascontiguousarray(window[name])).to(dev)
-         for name in ("feats", "prosody", "text", "expr", "pose", "known")}
-    B, N = w["known"].shape[0], w["known"].shape[1] - C
-    ones, zeros = torch.ones(B, device=dev), torch.zeros(B, device=dev)
-    with torch.no_grad():
-        ctx = w["known"][:, :C]
-        prev_e = model.norm_expr(w["expr"][:, :C]) * ctx[..., None]
-        prev_p = model.norm_pose(w["pose"][:, :C]) * ctx[..., None]
-        f_e, f_h, prob_e, value_e, prob_p, value_p = model.condition(
-            w["feats"], w["prosody"], w["text"], ones, zeros, prev_e, prev_p, ctx, N)
-        noise = torch.randn(B, N, D + cfg.pose_dim, device=dev)
-        pad = torch.zeros(B, C, device=dev)
-        x0_e, x0_p = model.denoise(
-            torch.cat([prev_e, noise[..., :D]], 1), torch.cat([prev_p, noise[..., D:]], 1),
-            torch.cat([ctx, torch.zeros(B, N, device=dev)], 1),
-            torch.cat([pad, prob_e], 1), torch.cat([torch.zeros_like(prev_e), value_e], 1),
-            torch.cat([pad, prob_p], 1), torch.cat([torch.zeros_like(prev_p), value_p], 1),
-            f_e, f_h, torch.full((B,), t, device=dev), model.style_null.expand(B, -1))
-    return model.denorm_expr(x0_e[:, C:]).cpu().numpy(), model.denorm_pose(x0_p[:, C:]).cpu().numpy()
+    C = cfg.motion_context_frames
+    B, N = window["known"].shape[0], window["known"].shape[1] - C
+    noise = torch.randn(B, N, cfg.expr_dim + cfg.pose_dim).numpy()
+    training = model.training
+    backend = TorchBackend(model, device=str(next(model.parameters()).device))  # (sets eval mode)
+    made = sample_windows(backend, WindowBatch(
+        feats=window["feats"], prosody=window["prosody"], prev_expr=window["expr"][:, :C],
+        prev_pose=window["pose"][:, :C], known=window["known"][:, :C], noise=noise, text=window["text"]), steps=1)
+    model.train(training)
+    return made.expr, made.pose
 
 
-def own_context(model: KSDiff, batch: dict[str, np.ndarray], shape: tuple[int, int, int], t: int
-                ) -> dict[str, np.ndarray]:
+def own_context(model: KSDiff, batch: dict[str, np.ndarray], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
     """The live window at window frame C of ``batch`` (WindowSampler.batch(live=True, lead=C)) with its C
     context frames made by the model, hop by hop (``shape``: hop, window and lookahead frames), each hop a
-    live window at noise step ``t`` (live_hop), starting from the teacher's frames before them. Unlike a
+    live window made by the 1-step sampler (live_hop), starting from the teacher's frames before them. Unlike a
     stream's, the hops are made with the null style, and the head is not low-passed between them
     (Preset.head_smoothing_ms)."""
     C = model.cfg.motion_context_frames
@@ -319,7 +306,7 @@ def own_context(model: KSDiff, batch: dict[str, np.ndarray], shape: tuple[int, i
     k = 0
     while k < C:  # hop k makes window frame k (array row C + k) from the C rows before it
         cut = live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, hop, window, ahead, at=k)
-        made_e, made_p = live_hop(model, cut, t)
+        made_e, made_p = live_hop(model, cut)
         n = min(hop, C - k)
         expr[:, C + k : C + k + n], pose[:, C + k : C + k + n] = made_e[:, :n], made_p[:, :n]
         known[:, C + k : C + k + n] = 1.0
