@@ -6,13 +6,13 @@ round's work is done: the round's wall time (it must stay under the 33 ms hop fo
 held in real time on the engine's thread) and the process's CPU time per stream-hop (by CPU alone,
 cores x 0.7 / (CPU per stream-hop x 30 hops/s) streams fit; admission in `serve` counts the rounds'
 fixed part once, engine/capacity.py). No ZeroMQ: benchmarks/load.py measures the real `serve`.
-Each count runs six ways: with the stream conditioner and the streaming recogniser (as the engine
+Each count runs five ways: with the stream conditioner and the streaming recogniser (as the engine
 runs: a round of a few streams per core cut into parts run at once, ksdiff_runtime.parallel), rounds
 back to back; the same paced, a round starting every 33 ms as the audio would come (the cores idle
 between rounds, as in `serve`, and the next round starts with colder caches); on one thread (as before
 the parts); with the windowed recogniser (every hop re-recognising 150 ms of context, as before the
-streaming recogniser); window by window as well (every hop re-encoding its context too, as before
-the stream conditioner); and as the engine runs with Preset.refine_context (one more denoiser call a round).
+streaming recogniser); and window by window as well (every hop re-encoding its context too, as before
+the stream conditioner).
 A count is held when the round's median is within the admission's share of the hop (ROUND_TARGET) and
 its CPU within the cores' (TARGET). Writes benchmarks/rounds.json.
 """
@@ -20,7 +20,6 @@ its CPU within the cores' (TARGET). Writes benchmarks/rounds.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -37,25 +36,22 @@ from ksdiff_runtime.engine.capacity import ROUND_TARGET, TARGET
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.gate import GateConfig
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
-from ksdiff_runtime.engine.presets import get_preset
 from ksdiff_runtime.inputs.guards import load_audio
 
 HOP_SAMPLES = motion.SAMPLE_RATE // motion.FPS + 1  # 533: a frame of audio per round (a little over)
 
 
-# (stream conditioner, streaming recogniser, threads: None = the engine's default, one per core, paced, refine
-# context) of each way
-WAYS = {"stream": (True, True, None, False, False), "stream, paced": (True, True, None, True, False),
-        "stream, one thread": (True, True, 1, False, False), "windowed recogniser": (True, False, None, False, False),
-        "window": (False, False, None, False, False), "stream, refined context": (True, True, None, False, True)}
+# (stream conditioner, streaming recogniser, threads: None = the engine's default, one per core, paced) of each way
+WAYS = {"stream": (True, True, None, False), "stream, paced": (True, True, None, True),
+        "stream, one thread": (True, True, 1, False), "windowed recogniser": (True, False, None, False),
+        "window": (False, False, None, False)}
 
 
 def measure(backend, streams: int, rounds: int, warm: int, way: str) -> dict:
     audio, _ = load_audio(SAMPLE_SPEECH)
     audio = np.tile(audio, -(-(rounds + warm) * HOP_SAMPLES // audio.size) + 2)
-    stream_conditioner, streaming_recogniser, threads, paced, refine = WAYS[way]
-    preset = dataclasses.replace(get_preset("low-latency"), refine_context=refine)
-    engine = StreamingEngine(backend, preset, voice_gate=GateConfig(), liveliness=LivelinessConfig(),
+    stream_conditioner, streaming_recogniser, threads, paced = WAYS[way]
+    engine = StreamingEngine(backend, "low-latency", voice_gate=GateConfig(), liveliness=LivelinessConfig(),
                              stream_conditioner=stream_conditioner, streaming_recogniser=streaming_recogniser,
                              front_end_threads=threads)
     engine.warm_up()

@@ -198,7 +198,7 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
 
 
 def parse_variant(text: str) -> Preset:
-    """'low-latency:hop_frames=2,steps=1' -> that preset with those fields (numbers, true/false, or 'none')."""
+    """'low-latency:hop_frames=2,steps=1' -> that preset with those fields (numbers, or 'none')."""
     name, _, changes = text.partition(":")
     preset = get_preset(name)
     fields: dict[str, object] = {}
@@ -206,8 +206,7 @@ def parse_variant(text: str) -> Preset:
         key, sep, value = item.partition("=")
         if not sep or key not in {f.name for f in dataclasses.fields(Preset)} or key == "name":
             raise SystemExit(f"error: --variant {text!r}: {item!r} is not FIELD=VALUE for a preset field")
-        words: dict[str, object] = {"none": None, "true": True, "false": False}
-        fields[key] = words[value.lower()] if value.lower() in words else (float(value) if "." in value else int(value))
+        fields[key] = None if value.lower() == "none" else (float(value) if "." in value else int(value))
     return dataclasses.replace(preset, name=f"{name}[{changes}]" if changes else name, **fields)
 
 

@@ -55,7 +55,7 @@ from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
 from .presets import LINE_EXPRESSION_STEPS, LINE_STEPS, Preset, get_preset
-from .sampling import CARRY, Guidance, RefineBatch, WindowBatch, WindowResult, guidance_variants, sample_windows
+from .sampling import Guidance, WindowBatch, WindowResult, guidance_variants, sample_windows
 from .stream import Emitted, Hop, HopWindow, StreamState, frame_sample, prosody_rows
 
 log = logging.getLogger("ksdiff_runtime.engine")
@@ -433,12 +433,10 @@ class StreamingEngine:
                 self._fail(session, exc, result)
         # one backend call per window shape: streamed hops by how many frames they commit (all alike in a
         # round of streams keeping up), windowed hops (lines; a backend without the stream conditioner) apart
-        # (and streams refining their last frame apart from those that cannot yet: Preset.refine_context)
-        parts: dict[tuple[bool, int, int, bool, bool], list] = {}
+        parts: dict[tuple[bool, int, int], list] = {}
         for item in ready:
             w = item[3]
-            key = (w.state is not None, w.commit, w.feats.shape[0], w.refine is not None, w.carry_at is not None)
-            parts.setdefault(key, []).append(item)
+            parts.setdefault((w.state is not None, w.commit, w.feats.shape[0]), []).append(item)
         emitted = []
         for part in parts.values():
             emitted += self._run_part(part, result, preset)
@@ -484,19 +482,11 @@ class StreamingEngine:
         state = None
         if windows[0].state is not None:
             state = {name: np.stack([w.state[name] for w in windows]) for name in windows[0].state}
-        refine = carry_at = None
-        if windows[0].refine is not None:
-            rs = [w.refine for w in windows]
-            refine = RefineBatch(np.stack([r.prev_expr for r in rs]), np.stack([r.prev_pose for r in rs]),
-                                 np.stack([r.known for r in rs]), np.stack([r.noise for r in rs]),
-                                 {name: np.stack([r.carry[name] for r in rs]) for name in CARRY})
-        if windows[0].carry_at is not None:
-            carry_at = np.array([w.carry_at for w in windows], np.int64)
         return WindowBatch(
             feats=np.stack([w.feats for w in windows]), prosody=np.stack([w.prosody for w in windows]),
             prev_expr=np.stack([w.prev_expr for w in windows]), prev_pose=np.stack([w.prev_pose for w in windows]),
             known=np.stack([w.known for w in windows]), noise=np.stack([w.noise for w in windows]), style=styles,
-            text=text, text_keep=text_keep, state=state, commit=windows[0].commit, refine=refine, carry_at=carry_at,
+            text=text, text_keep=text_keep, state=state, commit=windows[0].commit,
         )
 
     def _sample(self, batch: WindowBatch, preset: Preset, lines: bool) -> WindowResult:

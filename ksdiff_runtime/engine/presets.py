@@ -54,10 +54,6 @@ class Preset:
     head_smoothing_ms: float = 0.0
     # the expression keeps its prediction after this many of the steps (None: all; sampling.sample_windows)
     expression_steps: int | None = None
-    # before each hop, denoise the stream's last frame again with the audio that came since, and give the hop
-    # that face as its last context frame (what went out is not changed): a frame made at the edge of the
-    # audio is the context the next hops lean on most (sampling.RefineBatch; docs/ENGINE.md, "Refined context")
-    refine_context: bool = False
 
     def __post_init__(self) -> None:
         if self.hop_frames < 1 or self.window_frames < self.hop_frames:
@@ -82,7 +78,7 @@ class Preset:
         stays this preset's: one recogniser configuration per engine."""
         expression_steps = None if expression_steps is None else min(expression_steps, steps)
         return dataclasses.replace(self, name=f"{self.name}/line", hop_frames=window_frames,
-                                   window_frames=window_frames, crossfade_frames=0, refine_context=False, steps=steps,
+                                   window_frames=window_frames, crossfade_frames=0, steps=steps,
                                    expression_steps=expression_steps)
 
     def front_end_config(self, trained: FrontEndConfig) -> FrontEndConfig:

@@ -9,11 +9,6 @@ torch, ONNX Runtime and TensorRT produce the same frames (tests compare the back
     for i, t in enumerate(timesteps):      a short loop (the scheduler in scheduler.py):
         x0 = denoise(context + x, t)       one batched call per step (all streams, all CFG variants)
         x  = scheduler.step(x, x0, i)      (the expression may stop early: expression_steps)
-
-A live hop may first denoise its last context frame again (``WindowBatch.refine``, Preset.refine_context):
-the same loop on the window one frame earlier, whose conditions are this hop's shifted by one frame (the
-frame before them carried from the hop before, ``WindowResult.carry``), so it costs one more denoiser call
-per step and no conditioner call.
 """
 
 from __future__ import annotations
@@ -38,23 +33,6 @@ class Guidance:
     text: float = 1.0
 
 
-# What a hop keeps for the next hop's refine: its conditioner's rows for the frame the next refine window's
-# context starts at (path features) and for the frame it refines (KEL keyframes), per guidance variant.
-CARRY = ("f_e", "f_h", "key_prob_e", "key_value_e", "key_prob_p", "key_value_p")
-
-
-@dataclass
-class RefineBatch:
-    """Each window's last context frame denoised again with the hop's audio (the frames before it, in natural
-    units, and its own noise), from the hop's conditions shifted by one frame and ``carry``."""
-
-    prev_expr: np.ndarray  # [B, C, 52] the C frames before the refined frame
-    prev_pose: np.ndarray  # [B, C, 3]
-    known: np.ndarray  # [B, C]
-    noise: np.ndarray  # [B, N, 55]
-    carry: dict[str, np.ndarray]  # CARRY name -> [B, V, ...]: the previous hop's WindowResult.carry
-
-
 @dataclass
 class WindowBatch:
     """B windows (one per stream) of the same shape, in natural units.
@@ -74,8 +52,6 @@ class WindowBatch:
     text_keep: np.ndarray | None = None  # [B] 1 where the stream has a transcript
     state: dict[str, np.ndarray] | None = None  # STREAM_STATE name -> [B, V, ...] (V guidance variants)
     commit: int = 0  # streamed: how many of ``feats`` are final (the state moves past them)
-    refine: RefineBatch | None = None  # every window's last context frame denoised again first
-    carry_at: np.ndarray | None = None  # [B] window frame whose carry the next hop's refine reads (None: none)
 
     def rows(self, a: int, b: int) -> WindowBatch:
         """Streams [a, b) of the batch."""
@@ -90,8 +66,6 @@ class WindowResult:
     key_expr: np.ndarray  # [B, N] KEL keyframe probability
     key_pose: np.ndarray  # [B, N]
     state: dict[str, np.ndarray] | None = None  # streamed: each stream's state after its committed frames
-    refined: np.ndarray | None = None  # [B, 52] the refined last context frame's blendshape weights
-    carry: dict[str, np.ndarray] | None = None  # CARRY name -> [B, V, ...] (batch.carry_at given)
 
     @staticmethod
     def concat(parts: list[WindowResult]) -> WindowResult:
@@ -107,11 +81,9 @@ class WindowResult:
                                for f in dataclasses.fields(WindowResult)})
 
 
-def _rows(value: np.ndarray | dict | RefineBatch | None, a: int, b: int) -> np.ndarray | dict | RefineBatch | None:
+def _rows(value: np.ndarray | dict | None, a: int, b: int) -> np.ndarray | dict | None:
     if value is None:
         return None
-    if isinstance(value, RefineBatch):
-        return RefineBatch(**{f.name: _rows(getattr(value, f.name), a, b) for f in dataclasses.fields(value)})
     if isinstance(value, dict):
         return {k: v[a:b] for k, v in value.items()}
     return value[a:b]
@@ -157,16 +129,10 @@ def sample_windows(
     def rep(x: np.ndarray) -> np.ndarray:
         return np.concatenate([x] * V, axis=0) if V > 1 else x
 
-    def context(prev_expr: np.ndarray, prev_pose: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, ...]:
-        known = known.astype(f32)
-        prev_e = rep(((prev_expr - k.expr_mean) / k.expr_std * known[..., None]).astype(f32))
-        prev_p = rep(((prev_pose - k.pose_mean) / k.pose_std * known[..., None]).astype(f32))
-        return prev_e, prev_p, rep(known)
-
-    def variant_major(rows: np.ndarray) -> np.ndarray:  # [B, V, ...] -> [V * B, ...], as rep() lays rows out
-        return np.ascontiguousarray(rows.swapaxes(0, 1).reshape(V * B, *rows.shape[2:]), dtype=f32)
-
-    prev_e, prev_p, known_v = context(batch.prev_expr, batch.prev_pose, batch.known)
+    known = batch.known.astype(f32)
+    prev_e = rep(((batch.prev_expr - k.expr_mean) / k.expr_std * known[..., None]).astype(f32))
+    prev_p = rep(((batch.prev_pose - k.pose_mean) / k.pose_std * known[..., None]).astype(f32))
+    known_v = rep(known)
     feeds = {
         "feats": rep(batch.feats.astype(f32)), "prosody": rep(batch.prosody.astype(f32)), "text": rep(text),
         "audio_keep": np.concatenate([v[0] for v in variants]), "text_keep": np.concatenate([v[1] for v in variants]),
@@ -180,7 +146,7 @@ def sample_windows(
             rows = batch.state[name]
             if rows.shape[:2] != (B, V):
                 raise ValueError(f"stream state {name}: {rows.shape[:2]} rows, expected (streams, variants) = {(B, V)}")
-            feeds[name] = variant_major(rows)
+            feeds[name] = np.ascontiguousarray(rows.swapaxes(0, 1).reshape(V * B, *rows.shape[2:]), dtype=f32)
         cond = backend.condition_stream(feeds | {"n_commit": np.zeros(batch.commit, f32)})
         new_state = {name: cond[f"{name}_out"].reshape(V, B, *batch.state[name].shape[2:]).swapaxes(0, 1)
                      for name in STREAM_STATE}
@@ -197,74 +163,28 @@ def sample_windows(
         "style": np.ascontiguousarray(np.concatenate([v[2] for v in variants]), dtype=f32),
     }
 
+    def predict_x0(x: np.ndarray, t: int) -> np.ndarray:
+        xv = rep(x)
+        out = backend.denoise(den_feeds | {
+            "x_expr": np.concatenate([prev_e, xv[..., :D]], 1), "x_pose": np.concatenate([prev_p, xv[..., D:]], 1),
+            "t": np.full(B * V, t, np.int64),
+        })
+        x0 = np.concatenate([out["x0_expr"], out["x0_pose"]], axis=-1)[:, C:].reshape(V, B, N, -1)
+        guided = x0[0]
+        for i, variant in enumerate(variants[1:], start=1):
+            guided = guided + (variant[3] - 1.0) * (x0[0] - x0[i])
+        return guided
+
     scheduler = DDIMScheduler(k.alpha_bar, steps)
-
-    def ddim(noise: np.ndarray, prev_e: np.ndarray, prev_p: np.ndarray, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The DDIM loop from ``noise`` [B, N, 55] after the context (normalised): x [B, N, 55], normalised."""
-        def predict_x0(x: np.ndarray, t: int) -> np.ndarray:
-            xv = rep(x)
-            out = backend.denoise(feeds | {
-                "x_expr": np.concatenate([prev_e, xv[..., :D]], 1),
-                "x_pose": np.concatenate([prev_p, xv[..., D:]], 1), "t": np.full(B * V, t, np.int64),
-            })
-            x0 = np.concatenate([out["x0_expr"], out["x0_pose"]], axis=-1)[:, C:].reshape(V, B, N, -1)
-            guided = x0[0]
-            for i, variant in enumerate(variants[1:], start=1):
-                guided = guided + (variant[3] - 1.0) * (x0[0] - x0[i])
-            return guided
-
-        x = noise.astype(f32)
-        expr_x0 = None
-        for i, t in enumerate(scheduler.timesteps):
-            x0 = predict_x0(x, t)
-            if i + 1 == expression_steps:
-                expr_x0 = x0[..., :D]
-            x = scheduler.step(x, x0, i)
-        if expr_x0 is not None:
-            x[..., :D] = expr_x0
-        return x
-
-    refined = None
-    if batch.refine is not None:
-        # the window one frame earlier: its conditions are this window's shifted by a frame, the carried rows
-        # first; its first frame, the window's last context frame, becomes that context frame
-        r = batch.refine
-        carry = {name: variant_major(r.carry[name]) for name in CARRY}
-        if not use_kel:
-            carry["key_prob_e"], carry["key_prob_p"] = np.zeros_like(prob_e[:, 0]), np.zeros_like(prob_p[:, 0])
-
-        def shifted(name: str, rows: np.ndarray) -> np.ndarray:
-            return np.concatenate([carry[name][:, None], rows[:, :-1]], axis=1)
-
-        ref_e, ref_p, ref_known = context(r.prev_expr, r.prev_pose, r.known)
-        # KEL's values are offsets from the last context frame (model/kel.py): this hop's are re-anchored on
-        # the refine window's last context frame
-        values_e = cond["key_value_e"] + (ref_e[:, -1] - prev_e[:, -1])[:, None]
-        ref_feeds = den_feeds | {
-            "known": np.concatenate([ref_known, np.zeros((B * V, N), f32)], axis=1),
-            "key_prob_e": np.concatenate([ctx, shifted("key_prob_e", prob_e)], 1),
-            "key_prob_p": np.concatenate([ctx, shifted("key_prob_p", prob_p)], 1),
-            "key_value_e": np.concatenate([np.zeros_like(prev_e), shifted("key_value_e", values_e)], 1),
-            "key_value_p": np.concatenate([np.zeros_like(prev_p), shifted("key_value_p", cond["key_value_p"])], 1),
-            "f_e": shifted("f_e", cond["f_e"]), "f_h": shifted("f_h", cond["f_h"]),
-        }
-        last = ddim(r.noise, ref_e, ref_p, ref_feeds)[:, 0, :D]  # the face only: the head keeps its smoothing
-        refined = np.clip(last * k.expr_std + k.expr_mean, 0.0, 1.0).astype(f32)  # as a stream keeps frames
-        new_last = rep(((refined - k.expr_mean) / k.expr_std).astype(f32)) * known_v[:, -1:]
-        moved = np.broadcast_to((new_last - prev_e[:, -1])[:, None], cond["key_value_e"].shape)
-        den_feeds = den_feeds | {"key_value_e": den_feeds["key_value_e"]  # and the hop's on the refined frame
-                                 + np.concatenate([np.zeros_like(prev_e), moved], 1)}
-        prev_e = prev_e.copy()
-        prev_e[:, -1] = new_last
-    x = ddim(batch.noise, prev_e, prev_p, den_feeds)
+    x = batch.noise.astype(f32)
+    expr_x0 = None
+    for i, t in enumerate(scheduler.timesteps):
+        x0 = predict_x0(x, t)
+        if i + 1 == expression_steps:
+            expr_x0 = x0[..., :D]
+        x = scheduler.step(x, x0, i)
+    if expr_x0 is not None:
+        x[..., :D] = expr_x0
     expr = np.clip(x[..., :D] * k.expr_std + k.expr_mean, 0.0, 1.0)
     pose = x[..., D:] * k.pose_std + k.pose_mean
-    carry_out = None
-    if batch.carry_at is not None:
-        rows = np.arange(B * V)
-        at = np.tile(np.asarray(batch.carry_at, np.int64), V)
-        path = {"f_e": cond["f_e"][rows, at], "f_h": cond["f_h"][rows, at]}  # the frame C before the last emitted
-        keys = {name: cond[name][rows, at] for name in CARRY if name.startswith("key_")}  # the last emitted frame
-        carry_out = {name: value.reshape(V, B, *value.shape[1:]).swapaxes(0, 1).copy()
-                     for name, value in (path | keys).items()}
-    return WindowResult(expr.astype(f32), pose.astype(f32), prob_e[:B], prob_p[:B], new_state, refined, carry_out)
+    return WindowResult(expr.astype(f32), pose.astype(f32), prob_e[:B], prob_p[:B], new_state)

@@ -32,7 +32,7 @@ from ksdiff_runtime.motion import FPS, SAMPLE_RATE, take_frames
 from .gate import VoiceGate
 from .liveliness import Liveliness
 from .presets import Preset
-from .sampling import RefineBatch, WindowResult
+from .sampling import WindowResult
 
 # Prosody of a frame range is computed over this many frames before it (YIN needs 64 ms of
 # audio around a frame; the rest keeps the relative voicing gate from seeing too little).
@@ -95,10 +95,6 @@ class HopWindow:
     # and ``state`` the stream's encoder state before them (name -> [V, ...])
     state: dict[str, np.ndarray] | None = None
     commit: int = 0
-    # Preset.refine_context: the last context frame denoised again first (None: not this hop), and the window
-    # frame (the hop's last) whose conditions the next hop's refine reads (None: the preset does not refine)
-    refine: RefineBatch | None = None
-    carry_at: int | None = None
 
 
 @dataclass
@@ -156,10 +152,8 @@ class StreamState:
         # motion: frames [0, emitted) emitted or skipped; the last C kept as context for the next hop
         self.emitted = 0
         self.hops = 0
-        # (one more with Preset.refine_context: the frames before the refined one are its context)
-        C = cfg.motion_context_frames + int(preset.refine_context)
+        C = cfg.motion_context_frames
         self._ctx = np.zeros((C, cfg.expr_dim + cfg.pose_dim), np.float32)
-        self._carry: dict[str, np.ndarray] | None = None  # the last hop's WindowResult.carry row, for a refine
         self._provisional = np.zeros((0, cfg.expr_dim + cfg.pose_dim), np.float32)
         # The stream conditioner's state (model/streaming.py), one row per guidance variant; 0 variants:
         # this stream's hops are conditioned window by window. Feature frames [0, enc_pos) are in it.
@@ -305,7 +299,6 @@ class StreamState:
             self.n_feats = frame
         self.emitted = frame
         self._provisional = self._provisional[:0]
-        self._carry = None  # frame - 1 was not made: nothing to refine
         self._last_native = None
         first_out = math.ceil(frame * self.out_fps / FPS - 1e-9)
         skipped, self.out_index = max(0, first_out - self.out_index), max(self.out_index, first_out)
@@ -464,16 +457,7 @@ class StreamState:
         rng = np.random.default_rng([self.seed, self.hops])
         noise = rng.standard_normal((N, cfg.expr_dim + cfg.pose_dim)).astype(np.float32)
         D = cfg.expr_dim
-        ctx = self._ctx[-C:]
-        window = HopWindow(feats, pros, ctx[:, :D].copy(), ctx[:, D:].copy(), known, noise)
-        if p.refine_context:
-            window.carry_at = hop.frames - 1
-            if self._carry is not None:
-                before = self._ctx[-C - 1 : -1]
-                noise = np.random.default_rng([self.seed, self.hops, 1]).standard_normal(noise.shape)
-                window.refine = RefineBatch(before[:, :D].copy(), before[:, D:].copy(),
-                                            (np.arange(e - 1 - C, e - 1) >= 0).astype(np.float32),
-                                            noise.astype(np.float32), self._carry)
+        window = HopWindow(feats, pros, self._ctx[:, :D].copy(), self._ctx[:, D:].copy(), known, noise)
         if self.streamed:
             # Frames [enc_pos, e + H + L) are final (committed: the state moves past them), the rest of
             # the window's frames provisional, with the very features the windowed hop above would read.
@@ -502,9 +486,6 @@ class StreamState:
         if result.state is not None:
             self.enc_state = {name: rows[i] for name, rows in result.state.items()}
             self.enc_pos = self.emitted + hop.frames + self.cfg.lookahead_frames
-        D = self.cfg.expr_dim
-        if result.refined is not None:  # the face of the last frame, made again with this hop's audio
-            self._ctx[-1, :D] = result.refined[i]
         window = np.concatenate([result.expr[i], result.pose[i]], axis=-1)
         X = 0 if hop.catch_up else min(p.crossfade_frames, len(self._provisional))
         if X:
@@ -514,12 +495,12 @@ class StreamState:
         n = hop.frames
         new = window[:n].copy()
         self._provisional = window[n:].copy()
+        D = self.cfg.expr_dim
         # (a low-pass on blendshapes was tried too: it only blurred closures, docs/ENGINE.md)
         if p.head_smoothing_ms > 0 and n:
             new[:, D:] = self._low_pass(new[:, D:], self._ctx[-1, D:], p.head_smoothing_ms)
-        self._ctx = np.concatenate([self._ctx, new])[len(new):]
-        if result.carry is not None:
-            self._carry = {name: rows[i] for name, rows in result.carry.items()}
+        C = self.cfg.motion_context_frames
+        self._ctx = np.concatenate([self._ctx, new])[-C:]
         first = self.emitted
         self.emitted += n
         self.hops += 1
