@@ -7,13 +7,14 @@ by one DDIM step from pure noise (training.dataset.live_windows cuts the same wi
 against the engine's own hop window). Its C context frames are, in a stream, the model's own earlier
 frames. On windows of the held-out clips, each hop frame is made from two contexts: the teacher's frames
 ("teacher") and frames the model made hop by hop before it, as a stream does ("self",
-training.train.own_context); the first frame of a training-shaped window (24 frames, every feature)
-with the teacher's context ("whole window") is the reference, and the hop with no context known ("none", as at a
-stream's start) the other bound. Reported: the mouth's mean absolute error against
-the teacher and the jawOpen correlation, over the same windows and noise for every checkpoint, all on
-one recogniser's features (``--recogniser``, default the runtime's streaming one). The features are the
-model's live block schedule as cached for training (100 ms blocks), not a `low-latency` stream's 1-frame
-blocks read 13 ms early.
+training.train.own_context: the preset's head smoothing; ``--rollout`` hops, default C, after the
+teacher's frames); the first frame of a training-shaped window (every feature) with the teacher's context
+("whole window") is the reference, and the hop with no context known ("none", as at a stream's start) the
+other bound. Reported: the mouth's mean absolute error against the teacher and the jawOpen correlation,
+every hop with the window's reference style (another clip of its persona, as eval-stream gives streams),
+over the same windows and noise for every checkpoint, all on one recogniser's features (``--recogniser``,
+default the runtime's streaming one). The features are the model's live block schedule as cached for
+training (100 ms blocks), not a `low-latency` stream's 1-frame blocks read 13 ms early.
 
 The gap between "teacher" and "self" is what a model gains by leaning on a context a stream does not have
 (train --live-context, docs/STREAMING_RECOGNISER.md "Live windows"). Writes benchmarks/live_windows.json;
@@ -36,7 +37,7 @@ from ksdiff_runtime.engine.presets import get_preset
 from ksdiff_runtime.features.frontend import RECOGNISERS
 from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.training.dataset import WindowSampler, live_windows, load_clips
-from ksdiff_runtime.training.train import live_hop, own_context
+from ksdiff_runtime.training.train import live_hop, own_context, reference_style
 
 ROOT = Path(__file__).resolve().parent.parent
 MOUTH = list(motion.MOUTH_INDICES)
@@ -53,12 +54,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--recogniser", choices=RECOGNISERS, default="streaming",
                     help="the phoneme recogniser whose features every checkpoint reads (default: the runtime's)")
+    ap.add_argument("--rollout", type=int, default=None,
+                    help="hops the model makes before the scored one in 'self' (default C, the context's length)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "live_windows.json")
     args = ap.parse_args()
 
     torch.set_num_threads(2)
     preset = get_preset("low-latency")
-    shape = (preset.hop_frames, preset.window_frames, preset.model_lookahead_frames)
+    shape = (preset.hop_frames, preset.window_frames, preset.model_lookahead_frames)  # (live_windows' cut)
     models = {str(path): load_model(path).float().eval() for path in args.checkpoint}
     # every checkpoint on the same features: the recogniser asked for (the runtime serves "streaming")
     configs = {name: dataclasses.replace(m.cfg, front_end=dataclasses.replace(m.cfg.front_end,
@@ -69,12 +72,13 @@ def main() -> None:
         raise SystemExit("error: the checkpoints have different model configs; score them apart")
     C = cfg.motion_context_frames
     clips = load_clips(args.corpus, args.cache, cfg, "test")
-    batch = WindowSampler(clips, cfg, seed=args.seed).batch(args.windows, live=True, lead=C)
-    target = batch["expr"][:, 2 * C]  # the hop frame: window frame C
+    R = C if args.rollout is None else args.rollout  # the hop frame is window frame R
+    batch = WindowSampler(clips, cfg, seed=args.seed).batch(args.windows, live=True, lead=R)
+    target = batch["expr"][:, C + R]
     # the hop frame as the first frame of a training window: every feature, the teacher's frames before it
-    rest = batch["known"].shape[1] - 2 * C
-    whole = {"feats": batch["feats"][:, C:], "prosody": batch["prosody"][:, C:], "text": batch["text"],
-             "expr": batch["expr"][:, C:], "pose": batch["pose"][:, C:],
+    rest = batch["known"].shape[1] - C - R
+    whole = {"feats": batch["feats"][:, R:], "prosody": batch["prosody"][:, R:], "text": batch["text"],
+             "expr": batch["expr"][:, R:], "pose": batch["pose"][:, R:],
              "known": np.concatenate([np.ones((args.windows, C)), np.zeros((args.windows, rest))], 1)
              .astype(np.float32)}
 
@@ -87,15 +91,15 @@ def main() -> None:
                 window = whole
             elif context == "teacher":  # the C frames before the hop, the teacher's, known
                 known = batch["known"].copy()
-                known[:, C : 2 * C] = 1.0
-                window = live_windows(dict(batch, known=known), cfg, *shape, at=C)
+                known[:, C : C + R] = 1.0
+                window = live_windows(dict(batch, known=known), cfg, *shape, at=R)
             elif context == "none":  # no frame before the hop known (as at a stream's start)
-                window = live_windows(batch, cfg, *shape, at=C)
+                window = live_windows(batch, cfg, *shape, at=R)
                 window["known"] = np.zeros_like(window["known"])
             else:
-                window = own_context(model, batch, shape)
+                window = own_context(model, batch, preset, hops=R)
             torch.manual_seed(args.seed + 1)  # the hop's own noise: the same after any rollout
-            made = live_hop(model, window)[0][:, 0]
+            made = live_hop(model, window, reference_style(model, batch))[0][:, 0]
             rows[context] = {
                 "mouth_mae": float(np.abs(made[:, MOUTH] - target[:, MOUTH]).mean()),
                 "jaw_corr": float(np.corrcoef(made[:, JAW], target[:, JAW])[0, 1]),

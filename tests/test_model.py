@@ -192,36 +192,50 @@ def test_scored_frames_and_given_noise_steps_are_what_the_losses_use():
         assert face[k].item() == pytest.approx(live[k].item(), rel=1e-6), k
 
 
-def test_a_live_windows_own_context_is_what_the_runtimes_sampler_makes_hop_by_hop():
+@pytest.mark.parametrize(("head_smoothing_ms", "hops"), [(100.0, None), (0.0, None), (100.0, 13)])
+def test_a_live_windows_own_context_is_what_a_stream_makes_hop_by_hop(head_smoothing_ms: float, hops: int | None):
     """train.own_context: each context frame is the 1-step sampler's (engine/sampling.py) for its live hop,
-    given the frames made before it; the scored hop is the teacher's frame after them."""
+    given the frames made before it, with the batch's reference style, the head low-passed as the engine's
+    stream does it; the scored hop is the teacher's frame after them."""
+    from ksdiff_runtime.engine.presets import get_preset
     from ksdiff_runtime.training.dataset import live_windows
     from ksdiff_runtime.training.train import own_context
 
     model = small_model()
     cfg = model.cfg
-    C, D, B, shape = cfg.motion_context_frames, cfg.expr_dim, 3, (1, 8, 2)
-    batch = {k: v.numpy() for k, v in training_batch(cfg, B=B, N=16, expr_scale=0.3).items()}
+    preset = dataclasses.replace(get_preset("low-latency"), head_smoothing_ms=head_smoothing_ms)
+    C, D, B = cfg.motion_context_frames, cfg.expr_dim, 3
+    shape = (preset.hop_frames, preset.window_frames, preset.model_lookahead_frames)
+    R = C if hops is None else hops  # the scored hop is window frame R
+    batch = {k: v.numpy() for k, v in training_batch(cfg, B=B, N=R + 8, expr_scale=0.3).items()}
     batch["known"][0, :3] = 0.0  # a window whose first context frames are before its clip's start
     torch.manual_seed(11)
-    noises = [torch.randn(B, 8, D + cfg.pose_dim).numpy() for _ in range(C)]
+    noises = [torch.randn(B, 8, D + cfg.pose_dim).numpy() for _ in range(R)]
     torch.manual_seed(11)
-    live = own_context(model, batch, shape)
+    live = own_context(model, batch, preset, hops)
 
     backend = TorchBackend(model)
+    with torch.no_grad():
+        style = model.style_of(torch.from_numpy(batch["ref_a_expr"]), torch.from_numpy(batch["ref_a_pose"])).numpy()
     expr, pose, known = batch["expr"].copy(), batch["pose"].copy(), batch["known"].copy()
-    for k in range(C):
+    a = 1.0 - np.exp(-1000.0 / (motion.FPS * head_smoothing_ms)) if head_smoothing_ms else 1.0
+    for k in range(R):
         hop = live_windows(dict(batch, expr=expr, pose=pose, known=known), cfg, *shape, at=k)
         made = sample_windows(backend, WindowBatch(
             feats=hop["feats"], prosody=hop["prosody"], prev_expr=hop["expr"][:, :C], prev_pose=hop["pose"][:, :C],
-            known=hop["known"][:, :C], noise=noises[k], text=hop["text"]), steps=1)
-        expr[:, C + k], pose[:, C + k], known[:, C + k] = made.expr[:, 0], made.pose[:, 0], 1.0
-    np.testing.assert_allclose(live["expr"][:, :C], expr[:, C : 2 * C], atol=1e-5)
-    np.testing.assert_allclose(live["pose"][:, :C], pose[:, C : 2 * C], atol=1e-5)
-    assert not np.allclose(live["expr"][:, :C], batch["expr"][:, C : 2 * C], atol=1e-3)  # not the teacher's
+            known=hop["known"][:, :C], noise=noises[k], style=style, text=hop["text"]), steps=1)
+        head = made.pose[:, 0]
+        for b in range(B):  # the engine's one-pole, from the frame before when there is one
+            if known[b, C + k - 1] > 0:
+                head[b] = pose[b, C + k - 1] + a * (head[b] - pose[b, C + k - 1])
+        expr[:, C + k], pose[:, C + k], known[:, C + k] = made.expr[:, 0], head, 1.0
+    # the hop's context: the last C frames made, at window frames R - C .. R - 1 (array rows R .. R + C - 1)
+    np.testing.assert_allclose(live["expr"][:, :C], expr[:, R : R + C], atol=1e-5)
+    np.testing.assert_allclose(live["pose"][:, :C], pose[:, R : R + C], atol=1e-5)
+    assert not np.allclose(live["expr"][:, :C], batch["expr"][:, R : R + C], atol=1e-3)  # not the teacher's
     np.testing.assert_array_equal(live["known"], np.concatenate([np.ones((B, C)), np.zeros((B, 8))], 1))
-    np.testing.assert_array_equal(live["expr"][:, C:], batch["expr"][:, 2 * C :])  # targets: the teacher's
-    teacher = live_windows(batch, cfg, *shape, at=C)
+    np.testing.assert_array_equal(live["expr"][:, C:], batch["expr"][:, R + C :])  # targets: the teacher's
+    teacher = live_windows(batch, cfg, *shape, at=R)
     for key in ("feats", "prosody", "key_expr", "score"):
         np.testing.assert_array_equal(live[key], teacher[key])
 

@@ -55,6 +55,18 @@ def prosody_rows(p: np.ndarray, row: int, n: int) -> np.ndarray:
     return take_frames(normalized_prosody(p), row, n).astype(np.float32)
 
 
+def low_pass(x: np.ndarray, prev: np.ndarray, time_constant_ms: float) -> np.ndarray:
+    """A one-pole low-pass over frames x [..., n, d] continuing from the frame before them, prev [..., d]
+    (per frame, so however the frames are cut into hops the result is the same): a live stream's head
+    smoothing (Preset.head_smoothing_ms)."""
+    a = 1.0 - np.exp(-1000.0 / (FPS * time_constant_ms))
+    out = np.empty_like(x)
+    for j in range(x.shape[-2]):
+        prev = prev + a * (x[..., j, :] - prev)
+        out[..., j, :] = prev
+    return out
+
+
 def output_frames(samples: int, fps: int) -> int:
     """Frames a stream of ``samples`` yields at ``fps``: one per started frame period, so the tail of
     the audio (the last partial period) is animated too (protocol/SPEC.md 4.2)."""
@@ -498,7 +510,7 @@ class StreamState:
         D = self.cfg.expr_dim
         # (a low-pass on blendshapes was tried too: it only blurred closures, docs/ENGINE.md)
         if p.head_smoothing_ms > 0 and n:
-            new[:, D:] = self._low_pass(new[:, D:], self._ctx[-1, D:], p.head_smoothing_ms)
+            new[:, D:] = low_pass(new[:, D:], self._ctx[-1, D:] if self.emitted else new[0, D:], p.head_smoothing_ms)
         C = self.cfg.motion_context_frames
         self._ctx = np.concatenate([self._ctx, new])[-C:]
         first = self.emitted
@@ -521,16 +533,6 @@ class StreamState:
         seg = self._audio[lo : max(lo, frame_sample(f1) - self.audio_offset)]
         power = float(np.mean(np.square(seg, dtype=np.float64))) if seg.size else 0.0
         return max(-120.0, 10.0 * math.log10(power)) if power > 0 else -120.0
-
-    def _low_pass(self, x: np.ndarray, last: np.ndarray, time_constant_ms: float) -> np.ndarray:
-        """One-pole low-pass continuing from the last emitted frame (per frame, so chunk-invariant)."""
-        a = 1.0 - np.exp(-1000.0 / (FPS * time_constant_ms))
-        prev = last if self.emitted else x[0]
-        out = np.empty_like(x)
-        for j in range(len(x)):
-            prev = prev + a * (x[j] - prev)
-            out[j] = prev
-        return out
 
     def _resample(self, new: np.ndarray, first: int) -> Emitted:
         """Output frames at ``out_fps`` whose times fall within the native frames emitted so far

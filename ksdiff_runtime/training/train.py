@@ -25,9 +25,10 @@ import torch
 from tqdm import tqdm
 
 from ksdiff_runtime.backends.torch_backend import TorchBackend
-from ksdiff_runtime.engine.presets import get_preset
+from ksdiff_runtime.engine.presets import Preset, get_preset
 from ksdiff_runtime.engine.sampling import WindowBatch, sample_windows
 from ksdiff_runtime.engine.scheduler import DDIMScheduler
+from ksdiff_runtime.engine.stream import low_pass
 from ksdiff_runtime.features.frontend import FrontEndConfig
 from ksdiff_runtime.model.checkpoint import load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
@@ -65,11 +66,11 @@ class TrainConfig:
     # lookahead, scored on the hop's frames only, at the noise steps its sampler visits
     live_windows: float = 0.0
     live_preset: str = "low-latency"
-    # a live window's C context frames: "self", made by the model one hop at a time, as a stream's are (but
-    # with the null style and no head smoothing between hops: own_context); "teacher", the teacher's frames
+    # a live window's C context frames: "self", made by the model one hop at a time, as a stream's are (its
+    # reference style, the preset's head smoothing: own_context); "teacher", the teacher's frames
     live_context: str = "self"
-    # score the head on live windows too (False: the face only; a live stream's head is low-passed and
-    # livened after the model, and the rolled-out head context is not: own_context)
+    # score the head on live windows too (False: the face only; a live stream's head is livened after the
+    # model, which the rollout does not do)
     live_head: bool = True
 
     def __post_init__(self) -> None:
@@ -215,7 +216,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         if not is_live:
             return sampler.batch(cfg.batch_size), False
         batch = sampler.batch(cfg.batch_size, live=True, lead=lead)
-        batch = own_context(model, batch, live_shape) if lead else live_windows(batch, model_cfg, *live_shape)
+        batch = own_context(model, batch, live) if lead else live_windows(batch, model_cfg, *live_shape)
         batch["t"] = sampler.rng.choice(live_steps, size=cfg.batch_size)
         if not cfg.live_head:
             batch["score_pose"] = np.zeros_like(batch["score"])
@@ -277,10 +278,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     return last
 
 
-def live_hop(model: KSDiff, window: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def live_hop(model: KSDiff, window: dict[str, np.ndarray], style: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """A live window's frames as the runtime's 1-step sampler makes them (engine/sampling.py through a torch
-    backend): expression [B, N, 52] and head [B, N, 3] in natural units, from its C context frames, with the
-    null style and no transcript; the noise is drawn from torch's generator (checkpointed with a run)."""
+    backend): expression [B, N, 52] and head [B, N, 3] in natural units, from its C context frames, with
+    ``style`` [B, style_dim] (None: the null style) and no transcript; the noise is drawn from torch's
+    generator (checkpointed with a run)."""
     cfg = model.cfg
     C = cfg.motion_context_frames
     B, N = window["known"].shape[0], window["known"].shape[1] - C
@@ -289,29 +292,49 @@ def live_hop(model: KSDiff, window: dict[str, np.ndarray]) -> tuple[np.ndarray, 
     backend = TorchBackend(model, device=str(next(model.parameters()).device))  # (sets eval mode)
     made = sample_windows(backend, WindowBatch(
         feats=window["feats"], prosody=window["prosody"], prev_expr=window["expr"][:, :C],
-        prev_pose=window["pose"][:, :C], known=window["known"][:, :C], noise=noise, text=window["text"]), steps=1)
+        prev_pose=window["pose"][:, :C], known=window["known"][:, :C], noise=noise, style=style,
+        text=window["text"]), steps=1)
     model.train(training)
     return made.expr, made.pose
 
 
-def own_context(model: KSDiff, batch: dict[str, np.ndarray], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
-    """The live window at window frame C of ``batch`` (WindowSampler.batch(live=True, lead=C)) with its C
-    context frames made by the model, hop by hop (``shape``: hop, window and lookahead frames), each hop a
-    live window made by the 1-step sampler (live_hop), starting from the teacher's frames before them. Unlike a
-    stream's, the hops are made with the null style, and the head is not low-passed between them
-    (Preset.head_smoothing_ms)."""
+def reference_style(model: KSDiff, batch: dict[str, np.ndarray]) -> np.ndarray:
+    """The style vectors [B, style_dim] of a batch's first reference clips (``ref_a``), as a stream given a
+    reference take has its style."""
+    training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        style = model.style_of(*(torch.from_numpy(batch[k]).to(dev) for k in ("ref_a_expr", "ref_a_pose")))
+    model.train(training)
+    return style.cpu().numpy()
+
+
+def own_context(model: KSDiff, batch: dict[str, np.ndarray], preset: Preset, hops: int | None = None
+                ) -> dict[str, np.ndarray]:
+    """The live window at window frame ``hops`` (default C) of ``batch`` (WindowSampler.batch(live=True,
+    lead=hops)) with the frames before it made by the model hop by hop, from window frame 0 on (the teacher's
+    frames before that), as a stream of ``preset`` makes them: each hop a live window
+    made by the 1-step sampler (live_hop) with the batch's reference style (reference_style), its head
+    low-passed from the frame before (Preset.head_smoothing_ms, engine/stream.low_pass). (A stream's
+    liveliness stage works on what goes out, not on its context.)"""
     C = model.cfg.motion_context_frames
-    hop, window, ahead = shape
+    hops = C if hops is None else hops
+    shape = (preset.hop_frames, preset.window_frames, preset.model_lookahead_frames)
+    style = reference_style(model, batch)
     expr, pose, known = batch["expr"].copy(), batch["pose"].copy(), batch["known"].copy()
     k = 0
-    while k < C:  # hop k makes window frame k (array row C + k) from the C rows before it
-        cut = live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, hop, window, ahead, at=k)
-        made_e, made_p = live_hop(model, cut)
-        n = min(hop, C - k)
+    while k < hops:  # hop k makes window frame k (array row C + k) from the C rows before it
+        cut = live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, *shape, at=k)
+        made_e, made_p = live_hop(model, cut, style)
+        n = min(preset.hop_frames, hops - k)
+        if preset.head_smoothing_ms > 0:  # from the frame before, or (none before it) from the hop's first
+            before = np.where(known[:, C + k - 1, None] > 0, pose[:, C + k - 1], made_p[:, 0])
+            made_p[:, :n] = low_pass(made_p[:, :n], before, preset.head_smoothing_ms)
         expr[:, C + k : C + k + n], pose[:, C + k : C + k + n] = made_e[:, :n], made_p[:, :n]
         known[:, C + k : C + k + n] = 1.0
         k += n
-    return live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, hop, window, ahead, at=C)
+    return live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, *shape, at=hops)
 
 
 def _to_toml(model_cfg: ModelConfig, cfg: TrainConfig) -> str:
