@@ -7,7 +7,7 @@ by one DDIM step from pure noise (training.dataset.live_windows cuts the same wi
 against the engine's own hop window). Its C context frames are, in a stream, the model's own earlier
 frames. On windows of the held-out clips, each hop frame is made from two contexts: the teacher's frames
 ("teacher") and frames the model made hop by hop before it, as a stream does ("self",
-training.train.own_context: the preset's head smoothing; ``--rollout`` hops, default C, after the
+training.train.own_context: the preset's head smoothing; ``--rollout`` frames, default C, after the
 teacher's frames); the first frame of a training-shaped window (every feature) with the teacher's context
 ("whole window") is the reference, and the hop with no context known ("none", as at a stream's start) the
 other bound. Reported: the mouth's mean absolute error against the teacher and the jawOpen correlation,
@@ -55,7 +55,8 @@ def main() -> None:
     ap.add_argument("--recogniser", choices=RECOGNISERS, default="streaming",
                     help="the phoneme recogniser whose features every checkpoint reads (default: the runtime's)")
     ap.add_argument("--rollout", type=int, default=None,
-                    help="hops the model makes before the scored one in 'self' (default C, the context's length)")
+                    help="frames the model makes before the scored one in 'self', hop by hop (default C, the "
+                         "context's length)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "live_windows.json")
     args = ap.parse_args()
 
@@ -77,10 +78,10 @@ def main() -> None:
     target = batch["expr"][:, C + R]
     # the hop frame as the first frame of a training window: every feature, the teacher's frames before it
     rest = batch["known"].shape[1] - C - R
+    # (the C frames before the hop known, but those before a clip's start: the sampler's known)
+    whole_known = np.concatenate([batch["known"][:, :C], np.ones((args.windows, R)), np.zeros((args.windows, rest))], 1)
     whole = {"feats": batch["feats"][:, R:], "prosody": batch["prosody"][:, R:], "text": batch["text"],
-             "expr": batch["expr"][:, R:], "pose": batch["pose"][:, R:],
-             "known": np.concatenate([np.ones((args.windows, C)), np.zeros((args.windows, rest))], 1)
-             .astype(np.float32)}
+             "expr": batch["expr"][:, R:], "pose": batch["pose"][:, R:], "known": whole_known[:, R:].astype(np.float32)}
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, model in tqdm(models.items(), desc="checkpoints"):
@@ -97,7 +98,7 @@ def main() -> None:
                 window = live_windows(batch, cfg, *shape, at=R)
                 window["known"] = np.zeros_like(window["known"])
             else:
-                window = own_context(model, batch, preset, hops=R)
+                window = own_context(model, batch, preset, frames=R)
             torch.manual_seed(args.seed + 1)  # the hop's own noise: the same after any rollout
             made = live_hop(model, window, reference_style(model, batch))[0][:, 0]
             rows[context] = {

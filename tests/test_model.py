@@ -209,6 +209,7 @@ def test_a_live_windows_own_context_is_what_a_stream_makes_hop_by_hop(head_smoot
     R = C if hops is None else hops  # the scored hop is window frame R
     batch = {k: v.numpy() for k, v in training_batch(cfg, B=B, N=R + 8, expr_scale=0.3).items()}
     batch["known"][0, :3] = 0.0  # a window whose first context frames are before its clip's start
+    batch["known"][1, :C] = 0.0  # and one at its clip's start (the first hop's head has no frame before it)
     torch.manual_seed(11)
     noises = [torch.randn(B, 8, D + cfg.pose_dim).numpy() for _ in range(R)]
     torch.manual_seed(11)

@@ -66,8 +66,9 @@ class TrainConfig:
     # lookahead, scored on the hop's frames only, at the noise steps its sampler visits
     live_windows: float = 0.0
     live_preset: str = "low-latency"
-    # a live window's C context frames: "self", made by the model one hop at a time, as a stream's are (its
-    # reference style, the preset's head smoothing: own_context); "teacher", the teacher's frames
+    # a live window's C context frames: "self", made by the model one hop at a time, as a stream's are (the
+    # preset's head smoothing; the window's reference style, as eval-stream gives streams: own_context);
+    # "teacher", the teacher's frames
     live_context: str = "self"
     # score the head on live windows too (False: the face only; a live stream's head is livened after the
     # model, which the rollout does not do)
@@ -299,8 +300,9 @@ def live_hop(model: KSDiff, window: dict[str, np.ndarray], style: np.ndarray | N
 
 
 def reference_style(model: KSDiff, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """The style vectors [B, style_dim] of a batch's first reference clips (``ref_a``), as a stream given a
-    reference take has its style."""
+    """The style vectors [B, style_dim] of a batch's first reference clips (``ref_a``): the network's style
+    input of a stream opened with a style vector (the SDK's, eval-stream's; `serve` gives the network the null
+    style and puts a style on its output, engine/style.py)."""
     training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -310,31 +312,31 @@ def reference_style(model: KSDiff, batch: dict[str, np.ndarray]) -> np.ndarray:
     return style.cpu().numpy()
 
 
-def own_context(model: KSDiff, batch: dict[str, np.ndarray], preset: Preset, hops: int | None = None
+def own_context(model: KSDiff, batch: dict[str, np.ndarray], preset: Preset, frames: int | None = None
                 ) -> dict[str, np.ndarray]:
-    """The live window at window frame ``hops`` (default C) of ``batch`` (WindowSampler.batch(live=True,
-    lead=hops)) with the frames before it made by the model hop by hop, from window frame 0 on (the teacher's
-    frames before that), as a stream of ``preset`` makes them: each hop a live window
+    """The live window at window frame ``frames`` (default C) of ``batch`` (WindowSampler.batch(live=True,
+    lead=frames)) with the frames before it made by the model hop by hop, from window frame 0 on (the
+    teacher's frames before that), as a stream of ``preset`` makes them: each hop a live window
     made by the 1-step sampler (live_hop) with the batch's reference style (reference_style), its head
     low-passed from the frame before (Preset.head_smoothing_ms, engine/stream.low_pass). (A stream's
     liveliness stage works on what goes out, not on its context.)"""
     C = model.cfg.motion_context_frames
-    hops = C if hops is None else hops
+    frames = C if frames is None else frames
     shape = (preset.hop_frames, preset.window_frames, preset.model_lookahead_frames)
     style = reference_style(model, batch)
     expr, pose, known = batch["expr"].copy(), batch["pose"].copy(), batch["known"].copy()
     k = 0
-    while k < hops:  # hop k makes window frame k (array row C + k) from the C rows before it
+    while k < frames:  # the hop at window frame k makes it and the hop's next ones (rows C + k ..)
         cut = live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, *shape, at=k)
         made_e, made_p = live_hop(model, cut, style)
-        n = min(preset.hop_frames, hops - k)
+        n = min(preset.hop_frames, frames - k)
         if preset.head_smoothing_ms > 0:  # from the frame before, or (none before it) from the hop's first
             before = np.where(known[:, C + k - 1, None] > 0, pose[:, C + k - 1], made_p[:, 0])
             made_p[:, :n] = low_pass(made_p[:, :n], before, preset.head_smoothing_ms)
         expr[:, C + k : C + k + n], pose[:, C + k : C + k + n] = made_e[:, :n], made_p[:, :n]
         known[:, C + k : C + k + n] = 1.0
         k += n
-    return live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, *shape, at=hops)
+    return live_windows(dict(batch, expr=expr, pose=pose, known=known), model.cfg, *shape, at=frames)
 
 
 def _to_toml(model_cfg: ModelConfig, cfg: TrainConfig) -> str:
