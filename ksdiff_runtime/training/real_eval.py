@@ -227,13 +227,17 @@ def gated(frames: list[np.ndarray], audios: list[np.ndarray], config: GateConfig
 # ---------------------------------------------------------------- scores
 
 
+def bilabial_phones(phones: list[Phone]) -> list[tuple[int, bool]]:
+    """(index, medial) of each aligned /p b m/: medial when the phone before it is not a pause."""
+    return [(i, i > 0 and phones[i - 1].name != "sil") for i, p in enumerate(phones) if p.name in BILABIALS]
+
+
 def bilabials(blendshapes: np.ndarray, phones: list[Phone]) -> list[tuple[str, bool, bool]]:
-    """(phone, medial, closed) for each aligned /p b m/: medial when the phone before it is not a pause."""
-    idx = [i for i, p in enumerate(phones) if p.name in BILABIALS]
-    closed, counted = metrics.closure_flags(blendshapes, np.array([phones[i].start for i in idx]),
-                                            np.array([phones[i].dur for i in idx]))
-    return [(phones[i].name, i > 0 and phones[i - 1].name != "sil", bool(c))
-            for i, c, k in zip(idx, closed, counted, strict=True) if k]
+    """(phone, medial, closed) for each aligned /p b m/ (bilabial_phones)."""
+    found = bilabial_phones(phones)
+    closed, counted = metrics.closure_flags(blendshapes, np.array([phones[i].start for i, _ in found]),
+                                            np.array([phones[i].dur for i, _ in found]))
+    return [(phones[i].name, medial, bool(c)) for (i, medial), c, k in zip(found, closed, counted, strict=True) if k]
 
 
 def silent_frames(phones: list[Phone], n: int) -> np.ndarray:
