@@ -385,3 +385,39 @@ def test_onnx_export_has_dynamic_batch_and_time(tmp_path):
     for r, o in zip(ref, got, strict=True):
         assert r.shape == o.shape
         assert np.abs(r.numpy() - o).max() < 1e-4
+
+
+def test_a_blend_interpolates_every_weight_between_base_and_fine_tune(tmp_path):
+    """training.blend: weight 0 is the base, 1 the fine-tune, 0.25 a quarter of the way, for every tensor; the
+    command writes a checkpoint that loads as that blend; other weights and other shapes are refused."""
+    from ksdiff_runtime.model.checkpoint import CheckpointError
+    from ksdiff_runtime.training.blend import blend
+    from ksdiff_runtime.training.blend import main as blend_main
+
+    base = small_model()
+    torch.manual_seed(5)
+    moved = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in base.state_dict().items()}
+
+    def tuned() -> KSDiff:
+        model = small_model()
+        model.load_state_dict(moved)
+        return model
+
+    a = base.state_dict()
+    for w in (0.0, 0.25, 1.0):
+        mixed = blend(base, tuned(), w).state_dict()
+        for k, v in mixed.items():
+            if v.is_floating_point():
+                torch.testing.assert_close(v, (1 - w) * a[k] + w * moved[k])
+    assert any(not torch.equal(a[k], moved[k]) for k in a)  # (the two differ)
+    paths = [tmp_path / n for n in ("base.pt", "tuned.pt", "blend.pt")]
+    save_checkpoint(paths[0], base)
+    save_checkpoint(paths[1], tuned())
+    assert blend_main([str(paths[0]), str(paths[1]), "--weight", "0.5", "--out", str(paths[2])]) == 0
+    expected, got = blend(base, tuned(), 0.5).state_dict(), load_model(paths[2]).state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v)
+    with pytest.raises(ValueError, match=r"0\.\.1"):
+        blend(base, tuned(), 1.5)
+    with pytest.raises(CheckpointError, match="not the same network"):
+        blend(base, small_model(d_model=16), 0.5)
