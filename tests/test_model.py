@@ -417,6 +417,10 @@ def test_a_blend_interpolates_every_weight_between_base_and_fine_tune(tmp_path):
     expected, got = blend(base, tuned(), 0.5).state_dict(), load_model(paths[2]).state_dict()
     for k, v in expected.items():
         torch.testing.assert_close(got[k], v)
+    assert blend_main([str(paths[0]), str(paths[1]), "--weight", "0.5", "--out", str(paths[2]), "--half"]) == 0
+    halved = load_model(paths[2]).state_dict()  # float16 on disk, float32 loaded
+    for k, v in expected.items():
+        torch.testing.assert_close(halved[k], v.half().float() if v.is_floating_point() else v)
     with pytest.raises(ValueError, match=r"0\.\.1"):
         blend(base, tuned(), 1.5)
     with pytest.raises(CheckpointError, match="not the same network"):

@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("tuned", type=Path, help="the fine-tuned checkpoint")
     p.add_argument("--weight", type=float, required=True, help="the fine-tune's share, 0..1")
     p.add_argument("--out", type=Path, required=True, help="where the blend is written")
+    p.add_argument("--half", action="store_true", help="write float16 weights, as `train --ship` ships them")
     args = p.parse_args(argv)
-    save_checkpoint(args.out, blend(load_model(args.base), load_model(args.tuned), args.weight))
+    save_checkpoint(args.out, blend(load_model(args.base), load_model(args.tuned), args.weight), half=args.half)
     print(f"{args.out}: {1.0 - args.weight:g} x {args.base} + {args.weight:g} x {args.tuned}")
     return 0
 
