@@ -3,7 +3,7 @@
 Every floating-point tensor of the two checkpoints is interpolated, (1 - W) * base + W * tuned (weight-space
 ensembling of a fine-tune with the model it started from; Wortsman et al. 2022, "WiSE-FT"). A fine-tune on
 the synthetic corpus gains there and loses some of what the base did on real voices; a blend keeps part of
-both (docs/STREAMING_RECOGNISER.md, "Blending a fine-tune with the shipped model"). The two must be the same
+both (docs/STREAMING_RECOGNISER.md, "Blending the fine-tune with the shipped model"). The two must be the same
 network: the tuned checkpoint's config is written, and a blend of models of other shapes is refused.
 """
 
