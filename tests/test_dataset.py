@@ -333,6 +333,22 @@ def test_eval_stream_scores_lines_from_the_preset_asked_for(run_dir: Path, data:
                for label in rows), list(rows)
 
 
+def test_eval_stream_gives_the_network_the_null_style_when_asked(run_dir: Path, data: Data, tmp_path: Path) -> None:
+    """--null-style: every row as `serve` runs the network (the null style), not with each clip's reference."""
+    results = {}
+    for name, extra in (("reference", []), ("null", ["--null-style"])):
+        out = tmp_path / name
+        argv = ["eval-stream", "--checkpoint", str(run_dir / "last.pt"), "--corpus", str(data.corpus), "--cache",
+                str(data.cache), "--max-clips", "1", "--variant", "low-latency", "--out", str(out), *extra]
+        with np.errstate(all="ignore"):
+            assert main(argv) == 0
+        results[name] = json.loads((out / "stream_quality.json").read_text())
+        assert results[name]["style"] == name
+    assert "null style" in (tmp_path / "null" / "stream_quality.md").read_text()
+    for label, row in results["null"]["rows"].items():  # every row moved: the style reached each of them
+        assert row["mouth_mae"] != results["reference"]["rows"][label]["mouth_mae"], label
+
+
 @pytest.mark.timeout(900)  # about 1-2 min on a busy 2-core machine
 def test_eval_reports_every_row(run_dir: Path, data: Data, tmp_path: Path) -> None:
     out = tmp_path / "eval"

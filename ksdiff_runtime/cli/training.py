@@ -183,6 +183,9 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
     p.add_argument("--line-preset", metavar="PRESET:FIELD=VALUE,...", default=None,
                    help="with --lines: the engine preset lines derive from, as --variant takes it (default "
                    "low-latency), e.g. 'low-latency:head_smoothing_ms=0.0'")
+    p.add_argument("--null-style", action="store_true",
+                   help="give the network the null style in every row, as `serve` does (default: each clip's "
+                   "reference style, another clip of its persona, as the SDK can give a stream)")
     p.add_argument("--windowed", action="store_true",
                    help="also score each preset's live streams conditioned window by window, re-encoding the "
                    "encoder context every hop (as before the stream conditioner), for comparison")
@@ -215,7 +218,7 @@ def run_eval_stream(args: argparse.Namespace) -> int:
     stream_eval.stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend,
                             variants, args.lines, args.windowed, args.windowed_recogniser,
                             args.recogniser_weights, args.recogniser_lookahead, args.line_face_steps or None,
-                            parse_variant(args.line_preset) if args.line_preset else None)
+                            parse_variant(args.line_preset) if args.line_preset else None, args.null_style)
     return 0
 
 

@@ -40,12 +40,14 @@ TOLERANCE = 0.05  # the issue's bar: within 5 % of whole-clip evaluation
 
 
 def stream_animations(
-    engine: StreamingEngine, clips: list[Clip], styles: np.ndarray, rng: np.random.Generator, max_chunk: int = 16000,
-    mode: str = "live",
+    engine: StreamingEngine, clips: list[Clip], styles: np.ndarray | None, rng: np.random.Generator,
+    max_chunk: int = 16000, mode: str = "live",
 ) -> list[Animation]:
     """Animate clips as concurrent engine streams fed in random-sized chunks (mode "live"), or as lines
-    pushed whole and ended at once (mode "line", as the SDK's ``animate`` sends a clip)."""
-    ids = [engine.open_stream(f"clip{i}", seed=0, style=styles[i], mode=mode) for i in range(len(clips))]
+    pushed whole and ended at once (mode "line", as the SDK's ``animate`` sends a clip); ``styles``: each
+    stream's style vector for the network (None: the null style, as `serve` gives it)."""
+    ids = [engine.open_stream(f"clip{i}", seed=0, style=None if styles is None else styles[i], mode=mode)
+           for i in range(len(clips))]
     if mode == "line":
         max_chunk = max(c.audio.size for c in clips)
     pos = [0] * len(clips)
@@ -87,7 +89,7 @@ def stream_eval(
     checkpoint: Path, corpus: Path, cache: Path, max_clips: int, out: Path, backend_name: str = "torch-cpu",
     variants: list[Preset] | None = None, line_steps: list[int] | None = None, windowed: bool = False,
     windowed_recogniser: bool = False, recogniser_weights: Path | None = None, recogniser_lookahead: int | None = None,
-    line_face_steps: int | None = LINE_EXPRESSION_STEPS, line_base: Preset | None = None,
+    line_face_steps: int | None = LINE_EXPRESSION_STEPS, line_base: Preset | None = None, null_style: bool = False,
 ) -> dict:
     """Both presets (or, given ``variants``, those presets instead) against whole-clip animation; with
     ``line_steps``, also every clip as a line (mode "line") at each of those step counts; ``windowed``:
@@ -96,10 +98,14 @@ def stream_eval(
     lines with the full-context recogniser;
     ``recogniser_weights`` / ``recogniser_lookahead``: the streaming recogniser's, instead of the shipped;
     ``line_face_steps``: lines' face keeps its prediction after this many of their steps (None: all);
-    ``line_base``: the engine preset lines derive from (None: low-latency, the runtime's default)."""
+    ``line_base``: the engine preset lines derive from (None: low-latency, the runtime's default);
+    ``null_style``: every row with the network's null style, as `serve` runs it (engine/style.py), not each clip's
+    reference style (another clip of its persona, as the SDK can give a stream)."""
     model = load_model(checkpoint)
     held = held_out(model, corpus, cache, max_clips)
-    clips, beats_audio, style = held.clips, held.beats_audio, held.style
+    clips, beats_audio = held.clips, held.beats_audio
+    style = None if null_style else held.style
+    styles = None if style is None else style.numpy()
     rows = {"whole clip (offline features, 4 steps)": score(
         clips, animate_model(model, model_inputs(clips), steps=4, style=style), beats_audio, (0.5, 0.5))}
     backend = load_backend(backend_name, checkpoint)
@@ -116,7 +122,7 @@ def stream_eval(
                     LOOKAHEAD if recogniser_lookahead is None else recogniser_lookahead)
             engine = StreamingEngine(backend, preset, stream_conditioner=streamed, front_end=front_end,
                                      streaming_recogniser=recognised, sessions=all_at_once(clips))
-            anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1))
+            anims = stream_animations(engine, clips, styles, np.random.default_rng(1))
             label = f"stream {preset.name} ({preset.steps} steps, hop {preset.hop_frames})"
             label += "" if streamed else ", windowed conditioner"
             label += "" if recognised else ", windowed recogniser"
@@ -127,7 +133,7 @@ def stream_eval(
             engine = StreamingEngine(backend, line_base or "low-latency", line_steps=steps,
                                      line_expression_steps=line_face_steps, streaming_recogniser=recognised,
                                      sessions=all_at_once(clips))
-            anims = stream_animations(engine, clips, style.numpy(), np.random.default_rng(1), mode="line")
+            anims = stream_animations(engine, clips, styles, np.random.default_rng(1), mode="line")
             face = engine.line_preset.expression_steps
             label = f"lines ({steps} steps{f', the face {face}' if face not in (None, steps) else ''}, whole windows)"
             label += f", from {line_base.name}" if line_base is not None else ""
@@ -144,7 +150,8 @@ def stream_eval(
                 continue
             rel = (b - a) / abs(a) if a else None
             deltas[label][key] = rel
-    result = {"checkpoint": str(checkpoint), "backend": backend.name, "clips": len(clips), "rows": rows,
+    result = {"checkpoint": str(checkpoint), "backend": backend.name, "clips": len(clips),
+              "style": "null" if null_style else "reference", "rows": rows,
               "relative_to_whole_clip": deltas,
               "presets": {label: vars(p) for label, p in presets.items()}, "tolerance": TOLERANCE}
     out.mkdir(parents=True, exist_ok=True)
@@ -156,8 +163,10 @@ def stream_eval(
 
 
 def format_table(result: dict) -> str:
+    style = "the null style (as `serve` gives it)" if result.get("style") == "null" else "each clip's reference style"
     lines = [
-        f"Held-out clips: {result['clips']}, streamed concurrently in random chunks (1 sample to 1 s). "
+        f"Held-out clips: {result['clips']}, streamed concurrently in random chunks (1 sample to 1 s), the network "
+        f"given {style}. "
         f"Brackets: change against whole-clip; ! marks a worsening beyond {result['tolerance']:.0%}.",
         "",
         "| run | " + " | ".join(t for _, t, _ in METRICS) + " |",
