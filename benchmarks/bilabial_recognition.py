@@ -25,6 +25,7 @@ from ksdiff_runtime import motion
 from ksdiff_runtime.features.recogniser_onnx import OnnxRecogniser
 from ksdiff_runtime.features.streaming_frontend import LOOKAHEAD, WEIGHTS
 from ksdiff_runtime.features.streaming_recogniser_onnx import OnnxStreamingRecogniser
+from ksdiff_runtime.training.metrics import closure_span
 from ksdiff_runtime.training.real_eval import BILABIALS, bilabial_phones, held_out_prompts
 
 FRAME_S = 0.02  # the recogniser's output frame
@@ -32,14 +33,13 @@ HEARD = 0.3  # a bilabial label this likely on some frame of the span: the recog
 
 
 def spans(phones: list, fps: int = motion.FPS) -> list[tuple[str, float, float]]:
-    """(phone, start, end) in seconds of each medial /p b m/, widened as metrics.closure_flags widens it."""
+    """(phone, start, end) in seconds of each medial /p b m/, over the frames the closure metric reads
+    (metrics.closure_span)."""
     out = []
     for i, medial in bilabial_phones(phones):
-        ph = phones[i]
         if medial:
-            a = (np.floor(ph.start * fps) - 1) / fps
-            b = (np.ceil((ph.start + ph.dur) * fps) + 2) / fps
-            out.append((ph.name, max(0.0, a), b))
+            a, b = closure_span(phones[i].start, phones[i].dur, fps)
+            out.append((phones[i].name, a / fps, b / fps))
     return out
 
 

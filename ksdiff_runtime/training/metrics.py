@@ -20,6 +20,12 @@ def mouth_mae(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.abs(pred[:, MOUTH] - true[:, MOUTH]).mean())
 
 
+def closure_span(start: float, dur: float, fps: int = motion.FPS) -> tuple[int, int]:
+    """Frames [a, b) a phone's closure is looked for in: the phone widened by one frame each side (a 30 fps
+    frame grid can straddle a short closure); b may pass the last frame."""
+    return max(0, int(np.floor(start * fps)) - 1), int(np.ceil((start + dur) * fps)) + 2
+
+
 def closure_flags(
     blendshapes: np.ndarray, starts: np.ndarray, durs: np.ndarray, fps: int = motion.FPS
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -29,8 +35,8 @@ def closure_flags(
     aperture = motion.lip_aperture(blendshapes)
     closed, counted = np.zeros(len(starts), bool), np.zeros(len(starts), bool)
     for i, (s, d) in enumerate(zip(starts, durs, strict=True)):
-        a = max(0, int(np.floor(s * fps)) - 1)
-        b = min(len(aperture), int(np.ceil((s + d) * fps)) + 2)
+        a, b = closure_span(s, d, fps)
+        b = min(len(aperture), b)
         counted[i] = b > a
         closed[i] = b > a and aperture[a:b].min() < motion.LIP_CLOSED_THRESHOLD
     return closed, counted
