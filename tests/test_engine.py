@@ -454,8 +454,9 @@ def test_frames_carry_when_their_audio_arrived_and_it_never_goes_back(tiny_backe
 def test_a_stream_behind_real_time_sheds_stale_frames_and_catches_up(tiny_backend, speech_16k):
     """Audio that arrived long ago is not animated late: the frames past their deadline are skipped
     (a gap in seq, counted as shed) and the stream continues from the current audio, several hops at
-    once while it is late, then one hop at a time again."""
-    engine = StreamingEngine(tiny_backend, "low-latency")
+    once while it is late, then one hop at a time again. The test drives the clock; rounds take no time on
+    it (a frozen round clock), so a busy test machine sheds nothing of its own."""
+    engine = StreamingEngine(tiny_backend, "low-latency", round_clock=lambda: 0)
     preset = engine.preset
     sid = engine.open_stream()
     t0 = time.monotonic_ns()
@@ -484,6 +485,33 @@ def test_a_stream_behind_real_time_sheds_stale_frames_and_catches_up(tiny_backen
     hop_ms = 1000 * preset.hop_frames / motion.FPS
     assert preset.max_lag_ms() == max(MAX_LAG_HOPS * hop_ms, MIN_LAG_MS)
     assert preset.deadline_ms() == pytest.approx(preset.latency_budget_ms() + hop_ms + preset.max_lag_ms())
+
+
+def test_rounds_too_slow_for_the_deadline_shed_frames_instead_of_publishing_them_late(tiny_backend, speech_16k):
+    """A round's time counts against the deadline: with rounds that take no time every frame of a real-time
+    stream comes; with rounds of 160 ms (the round clock advancing 80 ms a reading, two readings a round) a
+    frame planned now would be published past the preset's 220 ms deadline, so the engine sheds frames, and
+    keeps publishing the ones it can still make in time, in order."""
+    audio = np.tile(speech_16k, 2)[: 2 * SAMPLE_RATE]
+
+    def stream(round_clock) -> tuple[int, list[int]]:
+        engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1, round_clock=round_clock)
+        sid = engine.open_stream()
+        t0, shed, indices = time.monotonic_ns(), 0, []
+        for start in range(0, audio.size, 160):  # a 10 ms sound card in real time, a round per block
+            at = t0 + round((start + 160) * 1e9 / SAMPLE_RATE)
+            engine.push(sid, audio[start : start + 160], captured_ns=at)
+            result = engine.step(now_ns=at)
+            shed += sum(result.shed.values())
+            indices += [f.index for f in result.frames]
+        return shed, indices
+
+    shed, indices = stream(lambda: 0)
+    assert shed == 0 and indices == list(range(len(indices))) and len(indices) > 50
+    ticks = itertools.count(0, 80 * MS)
+    slow_shed, slow_indices = stream(lambda: next(ticks))
+    assert slow_shed > 0 and slow_indices and slow_indices == sorted(set(slow_indices))
+    assert len(slow_indices) + slow_shed <= len(indices) + 1
 
 
 def test_audio_pushed_ahead_of_real_time_is_not_shed(tiny_backend, speech_16k):

@@ -105,6 +105,7 @@ class StreamingEngine:
         line_expression_steps: int | None = LINE_EXPRESSION_STEPS,
         stream_conditioner: bool = True,
         streaming_recogniser: bool = True,
+        round_clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -164,6 +165,10 @@ class StreamingEngine:
         self._live_parts = self._cpu_parts and getattr(backend, "intra_op_threads", None) == 1
         self._vad_failed = False  # the batched VAD failed once (said once; each stream's own runs meanwhile)
         self._local = threading.local()
+        # Rounds are timed on this clock (ns): how long they take decides which frames are already stale. A
+        # caller that drives ``step``'s now_ns itself (a simulation, a test) may pass a frozen one: rounds then
+        # take no time, and how busy the machine is sheds no frame.
+        self._round_clock = round_clock
         self._round_ns = 0.0  # how long a round takes (EMA): a frame due sooner than that is stale
         self._line_round_ns = 0.0  # how long a round with a line's window takes (EMA)
         self._line_first_ns = 0.0  # from a line's first audio reaching the runtime to its first frames (EMA)
@@ -243,7 +248,7 @@ class StreamingEngine:
 
     def step(self, now_ns: int | None = None) -> StepResult:
         """One round: take queued audio and compute at most one hop per stream, batched across streams."""
-        started = time.perf_counter_ns()
+        started = self._round_clock()
         now = time.monotonic_ns() if now_ns is None else now_ns
         result = StepResult()
         states: list[tuple[Session, StreamState]] = []
@@ -277,7 +282,7 @@ class StreamingEngine:
                 group = [r for r in ready if r[1].preset is preset]
                 for i in range(0, len(group), self.max_batch):
                     emitted += self._tick(group[i : i + self.max_batch], result, preset)
-            result.compute_ms = (time.perf_counter_ns() - started) / 1e6
+            result.compute_ms = (self._round_clock() - started) / 1e6
             result.frames = self._frames(emitted, result.compute_ms)
             result.levels = [AudioLevel(st.id, *em.level) for st, em in emitted if em.level is not None]
             done_ns = time.monotonic_ns()
@@ -293,7 +298,7 @@ class StreamingEngine:
         if not self.keep_ended:
             for ended in result.ended:
                 self.sessions.remove(ended.session)
-        elapsed = time.perf_counter_ns() - started
+        elapsed = self._round_clock() - started
         if planned:
             self._round_ns = 0.8 * self._round_ns + 0.2 * elapsed
             if any(st.line for _, st, _ in planned):
