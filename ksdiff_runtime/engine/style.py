@@ -125,9 +125,9 @@ class Level:
 # and liveliness on, the mean over seeds 0-2 (a bake's head differs by +-25 % from seed to seed);
 # `python -m benchmarks.style` measures them (benchmarks/style.json, "model_profiles").
 MODEL_PROFILES: dict[str, StyleProfile] = {
-    "live": StyleProfile(head=0.00433, expression=0.0646, articulation=0.300),
-    "line": StyleProfile(head=0.00786, expression=0.0436, articulation=0.289),
-    "bake": StyleProfile(head=0.01245, expression=0.0384, articulation=0.301),
+    "live": StyleProfile(head=0.00450, expression=0.0626, articulation=0.292),
+    "line": StyleProfile(head=0.00751, expression=0.0432, articulation=0.286),
+    "bake": StyleProfile(head=0.01205, expression=0.0389, articulation=0.301),
 }
 
 
