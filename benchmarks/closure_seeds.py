@@ -44,6 +44,8 @@ def medial_flags(frames: list[np.ndarray], prompts: list) -> dict[str, np.ndarra
 
 def mcnemar(first: np.ndarray, other: np.ndarray) -> dict[str, float | int]:
     """Paired closures: closed by the first checkpoint only, by the other only, exact two-sided p."""
+    if first.size != other.size:  # the same audio and mode align the same bilabials in the same order
+        raise ValueError(f"the two checkpoints were scored on {first.size} and {other.size} bilabials")
     only_first, only_other = int((first & ~other).sum()), int((other & ~first).sum())
     n = only_first + only_other
     p = binomtest(only_other, n, 0.5).pvalue if n else 1.0
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.closure_seeds", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", type=Path, default=[],
-                   help="checkpoint to bake with (repeatable; the first is the one the others are compared with; "
+                   help="checkpoint to animate with (repeatable; the first is the one the others are compared with; "
                    "default: the shipped model)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (room noise and sampler)")
     p.add_argument("--mode", choices=MODES, default="bake", help="bake (whole clips) or live (streamed)")
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(__file__).resolve().parent / ("closure_seeds.json" if args.mode == "bake"
                                                          else "closure_seeds_live.json")
     backends = {str(c): load_backend(args.backend, c) for c in checkpoints}
+    engines = ({name: StreamingEngine(b, LIVE_PRESET, front_end_threads=1) for name, b in backends.items()}
+               if args.mode == "live" else {})
     runs = []
     for seed in args.seeds:
         prompts, _ = held_out_prompts(args.max_prompts, seed)
@@ -78,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         flags = {}
         for name, backend in backends.items():
             frames = []
-            step = BATCH if args.mode == "bake" else 1
-            engine = StreamingEngine(backend, LIVE_PRESET, front_end_threads=1) if args.mode == "live" else None
+            step = BATCH if args.mode == "bake" else 1  # (bake_frames batches by BATCH itself: for the bar)
+            engine = engines.get(name)
             for i in tqdm(range(0, len(audios), step), desc=f"seed {seed}: {Path(name).name}", unit="clips"):
                 part = audios[i : i + step]
                 frames += bake_frames(backend, part, seed) if engine is None else live_frames(engine, part, seed)
@@ -92,19 +96,22 @@ def main(argv: list[str] | None = None) -> int:
                        for name, f in flags.items()},
             "paired": {name: {k: mcnemar(first[k], f[k]) for k in KINDS} for name, f in list(flags.items())[1:]},
         })
+    for engine in engines.values():
+        engine.close()
     names = list(backends)
     print(f"\nMedial bilabial closure on real prompts, {args.mode}, by seed (n: {runs[0]['n']})")
     for r in runs:
         for name in names:
             row = "  ".join(f"{k} {rate(r['closed'][name][k])}" for k in KINDS)
-            print(f"seed {r['seed']}  {name:>48}  {row}")
+            print(f"seed {r['seed']}  {name:>40}  {row}")
         for name in names[1:]:
             row = "  ".join(f"{k} -{m['first_only']}/+{m['other_only']} (p {m['p']:.2f})"
                             for k, m in r["paired"][name].items())
-            print(f"seed {r['seed']}  {'vs first: ' + Path(name).name:>48}  {row}")
+            print(f"seed {r['seed']}  {'vs first: ' + Path(name).name:>40}  {row}")
     def over_seeds(name: str, k: str) -> list[float]:
         return [r["closed"][name][k] for r in runs if r["closed"][name][k] is not None]
 
+    # the mean of the seeds' rates (each seed's prompts may differ by a few: the aligner runs on each draw)
     mean = {name: {k: round(float(np.mean(v)), 4) if (v := over_seeds(name, k)) else None for k in KINDS}
             for name in names}
     spread = {name: {k: [min(v), max(v)] if (v := over_seeds(name, k)) else None for k in KINDS} for name in names}

@@ -489,10 +489,12 @@ def test_a_stream_behind_real_time_sheds_stale_frames_and_catches_up(tiny_backen
 
 def test_rounds_too_slow_for_the_deadline_shed_frames_instead_of_publishing_them_late(tiny_backend, speech_16k):
     """A round's time counts against the deadline: with rounds that take no time every frame of a real-time
-    stream comes; with rounds of 160 ms (the round clock advancing 80 ms a reading, two readings a round) a
-    frame planned now would be published past the preset's 220 ms deadline, so the engine sheds frames, and
-    keeps publishing the ones it can still make in time, in order."""
+    stream comes; with rounds of 136 ms (the round clock advancing 68 ms a reading; a computing round reads it
+    three times) some frames planned would be published past the preset's 220 ms deadline, so the engine
+    sheds those and keeps publishing the others, in order, to the stream's last frame. (136 ms is near the
+    edge for the low-latency preset: 132 ms sheds nothing, 144 ms sheds most.)"""
     audio = np.tile(speech_16k, 2)[: 2 * SAMPLE_RATE]
+    deadline_ns = PRESETS["low-latency"].deadline_ms() * MS
 
     def stream(round_clock) -> tuple[int, list[int]]:
         engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1, round_clock=round_clock)
@@ -504,14 +506,15 @@ def test_rounds_too_slow_for_the_deadline_shed_frames_instead_of_publishing_them
             result = engine.step(now_ns=at)
             shed += sum(result.shed.values())
             indices += [f.index for f in result.frames]
+            assert all(at - f.captured_ns <= deadline_ns for f in result.frames)
         return shed, indices
 
     shed, indices = stream(lambda: 0)
     assert shed == 0 and indices == list(range(len(indices))) and len(indices) > 50
-    ticks = itertools.count(0, 80 * MS)
-    slow_shed, slow_indices = stream(lambda: next(ticks))
-    assert slow_shed > 0 and slow_indices and slow_indices == sorted(set(slow_indices))
-    assert len(slow_indices) + slow_shed <= len(indices) + 1
+    ticks = itertools.count(0, 68 * MS)
+    slow_shed, slow = stream(lambda: next(ticks))
+    assert slow_shed > 0 and slow == sorted(set(slow)) and slow != list(range(len(slow)))
+    assert len(slow) + slow_shed == len(indices) and slow[-1] == indices[-1]
 
 
 def test_audio_pushed_ahead_of_real_time_is_not_shed(tiny_backend, speech_16k):

@@ -167,7 +167,8 @@ class StreamingEngine:
         self._local = threading.local()
         # Rounds are timed on this clock (ns): how long they take decides which frames are already stale. A
         # caller that drives ``step``'s now_ns itself (a simulation, a test) may pass a frozen one: rounds then
-        # take no time, and how busy the machine is sheds no frame.
+        # take no time, and how busy the machine is sheds no frame. Only rounds' durations come from it: a
+        # line's first-frame delay (stated latency) is measured on time.monotonic_ns, as frames' arrivals are.
         self._round_clock = round_clock
         self._round_ns = 0.0  # how long a round takes (EMA): a frame due sooner than that is stale
         self._line_round_ns = 0.0  # how long a round with a line's window takes (EMA)
