@@ -20,9 +20,9 @@ Until a retrained model does this itself, this stage adds it to the model's outp
   stream; this leaves +0.4 and +0.6 (`python -m benchmarks.crowd`, the clips' mean head);
 - **head steadiness**: a Butterworth low-pass (``head_smoothing_order``, ``head_smoothing_hz``) on the
   head's rotation. Each hop samples head motion afresh, so the model's head wobbles at the hop rate
-  (9.9 direction changes a second in a looping stream, where the teacher makes 2.5). 3rd order at
+  (9.3 direction changes a second in a looping stream, where the teacher makes 2.5). 3rd order at
   1.4 Hz keeps slow nods (0.5 Hz at 100 %, 0.8 Hz at 98 %), the head lags the model's by ~230 ms on
-  slow motion, and 3.1 direction changes a second are left; 2nd order at 1 Hz lagged ~240 ms, kept a
+  slow motion, and 2.8 direction changes a second are left; 2nd order at 1 Hz lagged ~240 ms, kept a
   0.8 Hz nod at 84 % and left 3.3 (docs/ENGINE.md).
 
 Like the voice gate it works on what goes out (the model's own context is untouched), on the
