@@ -1,7 +1,7 @@
 """The head's low-pass in the liveliness stage (engine/liveliness.py) at several orders and cutoffs, on
 held-out clips.
 
-    python -m benchmarks.head_steadiness [--corpus data/corpus] [--clips 40] [--filters 2:1,3:1.4]
+    python -m benchmarks.head_steadiness [--corpus data/corpus] [--clips 40] [--filters 2:1,3:1.4] [--checkpoint K]
 
 Held-out synthetic clips (the corpus's test split, synthetic voices) are streamed live through the
 engine (ONNX Runtime, low-latency preset, the voice gate on, liveliness off) once; the liveliness stage
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=40, help="held-out synthetic clips (default 40)")
     p.add_argument("--filters", default="2:2,2:1.5,2:1.2,2:1,3:1.2,3:1.3,3:1.4,4:1.4",
                    help="head low-passes as ORDER:CUTOFF_HZ, comma-separated (default: %(default)s)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "head_steadiness.json", help="results (JSON)")
     args = p.parse_args(argv)
     manifest = json.loads((args.corpus / "manifest.json").read_text())
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         z = np.load(args.corpus / c["file"])
         teacher.append(z["head"])
         audios.append(z["audio"].astype(np.float32))
-    engine = build_engine("onnxruntime", "low-latency", liveliness=False)
+    engine = build_engine("onnxruntime", "low-latency", checkpoint=args.checkpoint, liveliness=False)
     try:
         model = [np.stack([np.concatenate([f.blendshapes, f.head]) for f in engine.stream_clip(a, seed=3)])
                  .astype(np.float32) for a in tqdm(audios, desc="live", unit="clip")]
