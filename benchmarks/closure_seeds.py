@@ -18,19 +18,16 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import binomtest
-from tqdm import tqdm
 
 from ksdiff_runtime.backends.select import DEFAULT_CHECKPOINT, load_backend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.training.real_eval import (
-    BATCH,
     BILABIALS,
     LIVE_PRESET,
     MODES,
-    bake_frames,
     bilabials,
     held_out_prompts,
-    live_frames,
+    model_frames,
 )
 
 KINDS = ("medial", *BILABIALS)
@@ -81,12 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         audios = [q.audio for q in prompts]
         flags = {}
         for name, backend in backends.items():
-            frames = []
-            step = BATCH if args.mode == "bake" else 1  # (bake_frames batches by BATCH itself: for the bar)
-            engine = engines.get(name)
-            for i in tqdm(range(0, len(audios), step), desc=f"seed {seed}: {Path(name).name}", unit="clips"):
-                part = audios[i : i + step]
-                frames += bake_frames(backend, part, seed) if engine is None else live_frames(engine, part, seed)
+            frames = model_frames(args.mode, backend, engines.get(name), audios, seed,
+                                  f"seed {seed}: {Path(name).name}")
             flags[name] = medial_flags(frames, prompts)
         first = next(iter(flags.values()))
         runs.append({

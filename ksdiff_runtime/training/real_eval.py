@@ -220,6 +220,24 @@ def live_frames(engine: StreamingEngine, audios: list[np.ndarray], seed: int = 0
     return [np.stack([f.blendshapes for f in engine.stream_clip(a, seed=seed)]).astype(np.float32) for a in audios]
 
 
+def model_frames(mode: str, backend: Backend, engine: StreamingEngine | None, audios: list[np.ndarray], seed: int,
+                 desc: str) -> list[np.ndarray]:
+    """[T, 52] blendshapes of each clip as ``mode`` makes them: "bake" (bake_frames) or "live" (live_frames
+    through ``engine``, a ``LIVE_PRESET`` engine on ``backend``; None for bakes), with a progress bar."""
+    from tqdm import tqdm
+
+    step = BATCH if mode == "bake" else 1
+    frames: list[np.ndarray] = []
+    for i in tqdm(range(0, len(audios), step), desc=desc, unit="clip" if step == 1 else "batch"):
+        part = audios[i : i + step]
+        if mode == "bake":
+            frames += bake_frames(backend, part, seed)
+        else:
+            assert engine is not None, "live frames need an engine"
+            frames += live_frames(engine, part, seed)
+    return frames
+
+
 def gated(frames: list[np.ndarray], audios: list[np.ndarray], config: GateConfig) -> list[np.ndarray]:
     return [gate_clip(f, a, config, shared_vad()) for f, a in zip(frames, audios, strict=True)]
 
@@ -330,7 +348,6 @@ def jaw_correlation(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def evaluate_real(backend: Backend, out: Path, max_prompts: int = 0, modes: tuple[str, ...] = MODES,
                   nonspeech_seconds: float = 8.0, noisy_prompts: int = 40, seed: int = 0) -> dict[str, Any]:
     """Score ``backend``'s model on real voices and non-speech (module docstring); write the report to ``out``."""
-    from tqdm import tqdm
 
     for mode in modes:
         if mode not in MODES:
@@ -354,12 +371,7 @@ def evaluate_real(backend: Backend, out: Path, max_prompts: int = 0, modes: tupl
         gate = GateConfig() if mode == "bake" else GateConfig().for_preset(get_preset(LIVE_PRESET))
 
         def run(clips: list[np.ndarray], what: str, mode: str = mode) -> list[np.ndarray]:
-            frames: list[np.ndarray] = []
-            step = BATCH if mode == "bake" else 1
-            for i in tqdm(range(0, len(clips), step), desc=f"{mode}: {what}", unit="clip" if step == 1 else "batch"):
-                part = clips[i : i + step]
-                frames += bake_frames(backend, part, seed) if mode == "bake" else live_frames(engine, part, seed)
-            return frames
+            return model_frames(mode, backend, engine, clips, seed, f"{mode}: {what}")
 
         clean = run(audios, "real prompts")
         clean_gated = gated(clean, audios, gate)
