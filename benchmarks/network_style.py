@@ -51,13 +51,7 @@ def style_vector(model: Any, utt: Any, pros: np.ndarray, params: dict[str, float
     for name, value in params.items():
         style[STYLE_NAMES.index(name)] = value
     blend, head = teach(utt.phonemes, utt.start, utt.duration, len(utt.audio), pros, style, np.random.default_rng(0))
-    L = model.cfg.style_clip_frames
-    with torch.no_grad():
-        starts = range(0, len(blend) - L + 1, L // 2)
-        vs = torch.cat([model.style_of(torch.from_numpy(blend[None, s : s + L]),
-                                       torch.from_numpy(head[None, s : s + L])) for s in starts])
-    v = vs.mean(0)
-    return (v / v.norm()).numpy()
+    return model.style_of_take(torch.from_numpy(blend), torch.from_numpy(head)).numpy()
 
 
 def figures(anims: list[Any]) -> dict[str, float]:

@@ -148,6 +148,38 @@ def test_a_mood_is_baked_in_as_a_stream_holds_it(tmp_path: Path, speech_wav: Pat
     assert np.all(g[:, 1] >= g0[:, 1] - 1e-6) and g[:, 1].mean() > g0[:, 1].mean()  # the eyes look down (+)
 
 
+def test_a_mood_reaches_the_network_at_its_guidance(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path) -> None:
+    """With mood styles in the checkpoint a mood also changes how the network speaks (the mood guidance above
+    0); at guidance 0 the bake is the mood's expression on the model's neutral motion."""
+    import shutil
+
+    from ksdiff_runtime.model.checkpoint import read_checkpoint, write_mood_styles
+    from ksdiff_runtime.model.config import ModelConfig
+
+    moody = tmp_path / "moody.pt"
+    shutil.copy(tiny_checkpoint, moody)
+    dim = ModelConfig.from_dict(read_checkpoint(moody)["config"]).style_dim
+    rng = np.random.default_rng(1)
+    write_mood_styles(moody, {m: rng.standard_normal(dim).astype(np.float32) for m in motion.MOODS})
+    out = {g: tmp_path / f"sad-{g}.json" for g in ("0", "1", "2")}
+    for g, path in out.items():
+        assert bake(speech_wav, path, moody, "--seed", "3", "--mood", "sad", "--mood-guidance", g) == 0
+    assert bake(speech_wav, tmp_path / "plain.json", tiny_checkpoint, "--seed", "3", "--mood", "sad") == 0
+
+    def blendshapes(path: Path) -> np.ndarray:
+        return np.array([f["blendshapes"] for f in json.loads(path.read_text())["frames"]])
+
+    b0, b1, b2 = (blendshapes(out[g]) for g in ("0", "1", "2"))
+    np.testing.assert_array_equal(b0, blendshapes(tmp_path / "plain.json"))  # guidance 0: the network untouched
+    assert np.abs(b1 - b0).max() > 0.01 and np.abs(b2 - b1).max() > 0.01
+
+
+def test_a_bad_mood_guidance_is_a_clear_error(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path) -> None:
+    with pytest.raises(SystemExit, match=r"mood guidance must be a number from 0 to 4; got 9\.0"):
+        bake(speech_wav, tmp_path / "x.csv", tiny_checkpoint, "--mood", "sad", "--mood-guidance", "9")
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_a_style_is_baked_in_and_a_baked_file_is_a_style(tmp_path: Path, speech_16k: np.ndarray,
                                                          tiny_checkpoint: Path) -> None:
     """Styles scale the same baked motion by their gains; a bake's own output is a take to follow."""

@@ -46,8 +46,9 @@ def arrays(frames: list) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def engine(serve_engine):
-    """The bundled model (a random tiny one barely opens the jaw), its own engine."""
-    e = StreamingEngine(serve_engine.backend, "low-latency", front_end=serve_engine.front_end)
+    """The bundled model (a random tiny one barely opens the jaw), its own engine. The controls alone: a mood is
+    its expression here, the network not told of it (mood guidance 0; the network's mood: test_mood_guidance.py)."""
+    e = StreamingEngine(serve_engine.backend, "low-latency", front_end=serve_engine.front_end, mood_guidance=0.0)
     yield e
     e.close()
 

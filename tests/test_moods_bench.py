@@ -1,4 +1,5 @@
-"""`python -m benchmarks.moods` end to end on a few real prompts: every mood keeps every closure."""
+"""`python -m benchmarks.moods` end to end on a few real prompts: every mood's expression keeps every closure, and
+the network speaks in the mood at a guidance above 0."""
 
 from __future__ import annotations
 
@@ -18,12 +19,25 @@ pytestmark = pytest.mark.skipif(
 
 def test_the_moods_benchmark_scores_every_mood_on_real_prompts(tmp_path: Path) -> None:
     out, png = tmp_path / "moods.json", tmp_path / "moods.png"
-    assert moods.main(["--prompts", "4", "--out", str(out), "--plot", str(png)]) == 0
+    assert moods.main(["--prompts", "4", "--guidance", "0", "2", "--out", str(out), "--plot", str(png)]) == 0
     result = json.loads(out.read_text())
-    assert result["prompts"] == 4 and list(result["moods"]) == list(motion.MOODS) and png.stat().st_size > 0
-    neutral = result["moods"]["neutral"]["closure_medial"]["rate"]
-    for mood, r in result["moods"].items():
+    assert result["prompts"] == 4 and list(result["guidance"]) == ["0", "2"] and png.stat().st_size > 0
+    layer, guided = result["guidance"]["0"], result["guidance"]["2"]
+    assert list(layer) == list(guided) == list(motion.MOODS)
+    neutral = layer["neutral"]["closure_medial"]["rate"]
+    for mood, r in layer.items():  # the expression layer alone
         assert r["lip_aperture_largest_rise"] <= 1e-6 and r["jaw_r_with_neutral"] > 0.99
-        assert r["closure_medial"]["rate"] >= neutral  # a mood never opens a closed mouth
+        assert r["closure_medial"]["rate"] >= neutral  # a mood's expression never opens a closed mouth
+        for name, weight in motion.MOOD_EXPRESSIONS[mood].pose.items():
+            assert r["shapes_speaking"][name] >= 0.5 * weight, (mood, name)
+    # the network in the mood: a sad voice articulates less, an angry one more; the expression stays
+    def figures(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k != "stage_us_per_frame"}  # (a timing)
+
+    assert figures(guided["neutral"]) == figures(layer["neutral"])  # a neutral stream: the null style at any guidance
+    jaw = {g: {mood: r["profile"]["articulation"] for mood, r in by_mood.items()}
+           for g, by_mood in result["guidance"].items()}
+    assert jaw["2"]["sad"] < jaw["0"]["sad"] and jaw["2"]["angry"] > jaw["0"]["angry"]
+    for mood, r in guided.items():
         for name, weight in motion.MOOD_EXPRESSIONS[mood].pose.items():
             assert r["shapes_speaking"][name] >= 0.5 * weight, (mood, name)

@@ -612,6 +612,11 @@ def test_serve_config_controls_are_checked_before_the_model_loads(tmp_path):
     assert bad.returncode == 2 and "[controls] mood_intensity must be in [0, 1], got 4" in bad.stderr
     bad = cli("serve", "--mood", "excited")
     assert bad.returncode == 2 and "invalid choice: 'excited'" in bad.stderr and "surprised" in bad.stderr
+    bad = cli("serve", "--mood-guidance", "-1")
+    assert bad.returncode == 2 and "mood guidance must be a number from 0 to 4; got -1.0" in bad.stderr
+    config.write_text("mood_guidance = 7.5\n")
+    bad = cli("serve", "--config", str(config))
+    assert bad.returncode == 2 and "mood guidance must be a number from 0 to 4; got 7.5" in bad.stderr
 
 
 def test_mood_flags_set_those_controls_and_keep_the_config_files_others(tmp_path):

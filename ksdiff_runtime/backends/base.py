@@ -7,7 +7,7 @@ DDIM loop and classifier-free guidance are not part of any backend: they live on
 ksdiff_runtime/engine/sampling.py, so torch, ONNX Runtime and TensorRT run the same sampler.
 
 ``ModelConstants`` are the few numbers outside the graphs that the sampler needs (motion
-normalisation, the null style, the noise schedule). A torch backend reads them from the
+normalisation, the null style, the noise schedule, the moods' styles). A torch backend reads them from the
 model; an exported model stores them in ``constants.npz`` next to its ONNX files.
 """
 
@@ -35,6 +35,8 @@ class ModelConstants:
     pose_std: np.ndarray  # [3]
     style_null: np.ndarray  # [style_dim]
     alpha_bar: np.ndarray  # [diffusion_steps]
+    # each mood's style vector [len(motion.MOODS), style_dim] (training/mood_styles.py); None: the model has none
+    mood_style: np.ndarray | None = None
 
     @classmethod
     def from_model(cls, model) -> ModelConstants:  # model: KSDiff (not imported: keeps torch optional here)
@@ -49,11 +51,13 @@ class ModelConstants:
             pose_std=np32(model.pose_std),
             style_null=np32(model.style_null),
             alpha_bar=np32(model.scheduler.alpha_bar),
+            mood_style=None if getattr(model, "mood_style", None) is None else np32(model.mood_style),
         )
 
     def save(self, path: Path) -> None:
+        moods = {} if self.mood_style is None else {"mood_style": self.mood_style}
         np.savez(path, expr_mean=self.expr_mean, expr_std=self.expr_std, pose_mean=self.pose_mean,
-                 pose_std=self.pose_std, style_null=self.style_null, alpha_bar=self.alpha_bar)
+                 pose_std=self.pose_std, style_null=self.style_null, alpha_bar=self.alpha_bar, **moods)
 
     @classmethod
     def load(cls, path: Path, cfg: ModelConfig) -> ModelConstants:

@@ -21,6 +21,7 @@ from ksdiff_runtime.engine.controls import Controls, ControlsError, ControlStage
 from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
 from ksdiff_runtime.engine.offline import animate, clip_inputs, gate_animation, liven_animation
+from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
@@ -46,6 +47,9 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
                    help="the face's mood, held through speech and silence (default neutral)")
     p.add_argument("--mood-intensity", type=float, default=1.0, metavar="0..1",
                    help="how much of the mood (default 1)")
+    p.add_argument("--mood-guidance", type=float, default=DEFAULT_MOOD_GUIDANCE, metavar="0..4",
+                   help="how strongly the network speaks in the mood: 0 not at all (the mood is only its held "
+                   f"expression), 1 conditioned on it, above 1 more so (default {DEFAULT_MOOD_GUIDANCE:g}, as serve)")
     p.add_argument("--style", default=motion.DEFAULT_STYLE, metavar="STYLE|TAKE",
                    help=f"{', '.join(motion.STYLES)}, or a reference take of a face (a Live Link Face .csv, or a "
                    "bake .json): the head, brows and mouth move as much as in it (default none; docs/STYLE.md)")
@@ -71,7 +75,8 @@ def run_bake(args: argparse.Namespace) -> int:
     try:
         controls = Controls.from_dict({"mood": args.mood, "mood_intensity": args.mood_intensity, "style": args.style},
                                       allow_files=True)
-    except ControlsError as e:
+        guidance = with_mood_guidance(None, args.mood_guidance)
+    except (ControlsError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     audio, report = load_audio(args.input)
     if report.n_nonfinite or report.n_clipped:
@@ -85,7 +90,14 @@ def run_bake(args: argparse.Namespace) -> int:
     backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=1)
     started = time.perf_counter()
     inputs = clip_inputs(backend, audio, text, fps=args.fps, streaming_recogniser=args.streaming_recogniser)
-    anim = animate(backend, [inputs], steps=args.steps, seeds=[args.seed])[0]
+    style = None  # the network's style: the mood's (engine/sampling.py), as a stream in this mood gets
+    if args.mood_guidance > 0 and controls.has_mood:
+        if backend.constants.mood_style is None:
+            log.warning("this model has no mood styles, so the mood only changes the expression (run python -m "
+                        "ksdiff_runtime.training.mood_styles --checkpoint <it>)")
+        style = mood_style(backend.constants, None, controls.mood, controls.mood_intensity)
+    anim = animate(backend, [inputs], steps=args.steps, seeds=[args.seed], style=None if style is None else style[None],
+                   guidance=None if style is None else guidance)[0]
     gate = gate_if_available(args.voice_gate)
     if gate is not None:
         anim = gate_animation(anim, inputs.audio, gate)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE
 from ksdiff_runtime.motion import MOODS, SAMPLE_RATE, STYLES
 from ksdiff_runtime.outputs import livelink, preview, vmc, vts
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput
@@ -71,6 +72,10 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    help="every stream's mood, unless a client sets its own (default neutral; [controls] mood)")
     p.add_argument("--mood-intensity", type=float, metavar="0..1",
                    help="how much of the mood (default 1; [controls] mood_intensity)")
+    p.add_argument("--mood-guidance", type=float, metavar="0..4",
+                   help="how strongly the network speaks in a stream's mood: 0 not at all (the mood is only its held "
+                   "expression), 1 conditioned on it, above 1 more so, at one more denoiser row per stream "
+                   f"(default {DEFAULT_MOOD_GUIDANCE:g}; docs/ENGINE.md)")
     p.add_argument("--style", metavar="STYLE|TAKE",
                    help=f"every stream's style, unless a client sets its own: {', '.join(STYLES)}, or a reference take "
                    "of a face (a Live Link Face .csv, or a bake .json) whose head, brow and mouth motion the face "
@@ -204,7 +209,7 @@ def serve(config: ServeConfig) -> int:
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
                           config.idle_timeout_s, threads=config.threads, controls=config.artist_controls(),
                           voice_gate=config.voice_gate, liveliness=config.liveliness,
-                          streaming_recogniser=config.streaming_recogniser)
+                          streaming_recogniser=config.streaming_recogniser, mood_guidance=config.mood_guidance)
     last_line = [0.0]
 
     def on_stats(stats: dict[str, Any]) -> None:

@@ -55,7 +55,17 @@ from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
 from .presets import LINE_EXPRESSION_STEPS, LINE_STEPS, Preset, get_preset
-from .sampling import Guidance, WindowBatch, WindowResult, guidance_variants, sample_windows
+from .sampling import (
+    DEFAULT_MOOD_GUIDANCE,
+    Guidance,
+    WindowBatch,
+    WindowResult,
+    check_mood_guidance,
+    guidance_variants,
+    mood_style,
+    sample_windows,
+    with_mood_guidance,
+)
 from .stream import Emitted, Hop, HopWindow, StreamState, frame_sample, prosody_rows
 
 log = logging.getLogger("ksdiff_runtime.engine")
@@ -106,6 +116,7 @@ class StreamingEngine:
         stream_conditioner: bool = True,
         streaming_recogniser: bool = True,
         round_clock: Callable[[], int] = time.perf_counter_ns,
+        mood_guidance: float = DEFAULT_MOOD_GUIDANCE,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -119,7 +130,10 @@ class StreamingEngine:
         # streams in mode "line"
         self.line_preset = self.preset.for_lines(self.cfg.train_window_frames, line_steps, line_expression_steps)
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
-        self.guidance = guidance
+        # A stream's mood reaches the network as a style (sampling.mood_style) at this guidance (0: it does not)
+        self.mood_guidance = check_mood_guidance(mood_guidance)
+        guidance = self.guidance = with_mood_guidance(guidance, mood_guidance)
+        self._mood_warned = False
         self.capacity = capacity or Capacity()
         self.controls = controls or Controls()  # for streams opened without their own
         # The voice gate (engine/gate.py; None: off), as this preset's streams read it. Its VAD model loads
@@ -455,8 +469,8 @@ class StreamingEngine:
         fails (a backend error, one stream's bad state), each stream runs alone: the one that fails is closed
         with its error and the others go on."""
         try:
-            out = self._sample(self._batch([st for _, st, _, _ in part], [w for _, _, _, w in part]), preset,
-                               lines=preset is self.line_preset)
+            out = self._sample(self._batch([(se, st) for se, st, _, _ in part], [w for _, _, _, w in part]),
+                               preset, lines=preset is self.line_preset)
         except Exception as exc:
             if len(part) == 1:
                 self._fail(part[0][0], exc, result)
@@ -473,12 +487,29 @@ class StreamingEngine:
                 self._fail(session, exc, result)
         return emitted
 
-    def _batch(self, streams: list[StreamState], windows: list[HopWindow]) -> WindowBatch:
+    def _styles(self, streams: list[tuple[Session, StreamState]]) -> np.ndarray | None:
+        """The streams' network styles [B, style_dim]: each stream's style moved toward its mood's (now: a
+        mood set live changes the next hop); None when every stream has the null style."""
+        k = self.backend.constants
+        rows = []
+        for session, st in streams:
+            c = session.controls
+            style = st.style
+            if self.mood_guidance > 0 and c is not None and c.has_mood:
+                if k.mood_style is None and not self._mood_warned:
+                    self._mood_warned = True
+                    log.warning("this model has no mood styles, so moods only change the expression (run "
+                                "python -m ksdiff_runtime.training.mood_styles --checkpoint <it>)")
+                style = mood_style(k, style, c.mood, c.mood_intensity)
+            rows.append(style)
+        if all(r is None for r in rows):
+            return None
+        return np.stack([k.style_null if r is None else r for r in rows]).astype(np.float32)
+
+    def _batch(self, streams: list[tuple[Session, StreamState]], windows: list[HopWindow]) -> WindowBatch:
         """The streams' hop windows as one batch (their styles, transcripts and encoder states stacked)."""
-        styles = None
-        if any(s.style is not None for s in streams):
-            null = self.backend.constants.style_null
-            styles = np.stack([null if s.style is None else s.style for s in streams]).astype(np.float32)
+        styles = self._styles(streams)
+        streams = [st for _, st in streams]
         text = text_keep = None
         if any(s.tokens.size for s in streams):
             text = np.zeros((len(streams), max(s.tokens.size for s in streams)), np.int64)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ksdiff_runtime import motion
 from ksdiff_runtime.backends.base import Backend, ModelConstants
 from ksdiff_runtime.model.io import STREAM_STATE
 
@@ -31,6 +32,41 @@ class Guidance:
     audio: float = 1.0
     style: float = 1.0
     text: float = 1.0
+
+
+# The mood guidance scale: how strongly the network speaks in a stream's mood. 0: not at all (the mood is only
+# the controls' expression layer); 1: the network conditioned on the mood's style (no extra cost); above 1:
+# classifier-free guidance away from the null style (one more denoiser row per stream).
+MOOD_GUIDANCE_RANGE = (0.0, 4.0)
+DEFAULT_MOOD_GUIDANCE = 1.0
+
+
+def check_mood_guidance(scale: float) -> float:
+    lo, hi = MOOD_GUIDANCE_RANGE
+    if not isinstance(scale, int | float) or isinstance(scale, bool) or not lo <= scale <= hi:
+        raise ValueError(f"mood guidance must be a number from {lo:g} to {hi:g}; got {scale!r}")
+    return float(scale)
+
+
+def with_mood_guidance(guidance: Guidance | None, scale: float) -> Guidance | None:
+    """The guidance a sampler runs with for this mood guidance: it is the style guidance (a mood reaches the
+    network as a style), so a style guidance of its own as well is refused."""
+    if check_mood_guidance(scale) in (0.0, 1.0):
+        return guidance
+    if guidance is not None and guidance.style != 1.0:
+        raise ValueError("the mood guidance is the style guidance: give one of them, not both")
+    return dataclasses.replace(guidance or Guidance(), style=scale)
+
+
+def mood_style(constants: ModelConstants, base: np.ndarray | None, mood: str, intensity: float) -> np.ndarray | None:
+    """The network style of a stream in ``mood``: ``base`` (the stream's style vector; None: the null style)
+    moved by ``intensity`` x (the mood's style - the null style). ``base`` as it is for the neutral mood, at
+    intensity 0, or when the model has no mood styles."""
+    if constants.mood_style is None or mood == motion.DEFAULT_MOOD or intensity <= 0:
+        return base
+    start = constants.style_null if base is None else base
+    offset = constants.mood_style[motion.MOODS.index(mood)] - constants.style_null
+    return (start + intensity * offset).astype(np.float32)
 
 
 @dataclass

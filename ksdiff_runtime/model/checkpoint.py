@@ -2,8 +2,10 @@
 
 A checkpoint is a torch file holding: ``format`` (this module's version), ``config`` (the
 ModelConfig as a dict), ``blendshapes`` (the names the weights were trained on, in order),
-``model`` (the state dict; the shipped file stores it in float16 to halve its size) and
-optional training extras (optimiser, EMA, step) that inference ignores.
+``model`` (the state dict; the shipped file stores it in float16 to halve its size),
+optionally ``mood_styles`` (each mood's style vector, derived from the weights by
+training/mood_styles.py: ``{mood: [style_dim floats]}``), and optional training extras (optimiser, EMA,
+step) that inference ignores.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ksdiff_runtime import motion
@@ -36,11 +39,37 @@ def save_checkpoint(path: str | Path, model: KSDiff, half: bool = False, **extra
         "model": state,
         **extras,
     }
+    _write(path, payload)
+
+
+def _write(path: str | Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+def write_mood_styles(path: str | Path, vectors: dict[str, np.ndarray]) -> None:
+    """Keep each mood's style vector in the checkpoint at ``path`` (its weights untouched)."""
+    payload = read_checkpoint(path)
+    payload["mood_styles"] = {m: [float(x) for x in np.asarray(vectors[m]).reshape(-1)] for m in motion.MOODS}
+    _write(path, payload)
+
+
+def _mood_style(path: Path, payload: dict[str, Any], style_dim: int) -> torch.Tensor | None:
+    moods = payload.get("mood_styles")
+    if moods is None:
+        return None
+    if not isinstance(moods, dict) or set(moods) != set(motion.MOODS):
+        raise CheckpointError(f"checkpoint {path}: mood_styles must name the moods {', '.join(motion.MOODS)}")
+    try:
+        rows = torch.tensor([list(moods[m]) for m in motion.MOODS], dtype=torch.float32)
+    except (TypeError, ValueError):
+        rows = None
+    if rows is None or rows.shape != (len(motion.MOODS), style_dim) or not torch.isfinite(rows).all():
+        raise CheckpointError(f"checkpoint {path}: mood_styles must be {style_dim} finite numbers per mood")
+    return rows
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -92,4 +121,5 @@ def load_model(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device
             details.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(f"checkpoint {path} does not match the model code: " + "; ".join(details))
     model.load_state_dict(state)
+    model.mood_style = _mood_style(path, payload, cfg.style_dim)
     return model.to(device).eval()

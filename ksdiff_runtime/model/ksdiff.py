@@ -45,6 +45,9 @@ class KSDiff(nn.Module):
         self.register_buffer("expr_std", torch.ones(cfg.expr_dim))
         self.register_buffer("pose_mean", torch.zeros(cfg.pose_dim))
         self.register_buffer("pose_std", torch.ones(cfg.pose_dim))
+        # The moods' style vectors [len(motion.MOODS), style_dim]: derived from this model's style encoder by
+        # training/mood_styles.py and kept in the checkpoint beside the weights (checkpoint.py); None: none.
+        self.mood_style: torch.Tensor | None = None
 
     # --- normalisation -------------------------------------------------------------------
     def set_motion_stats(self, expr: torch.Tensor, pose: torch.Tensor) -> None:
@@ -69,6 +72,18 @@ class KSDiff(nn.Module):
     def style_of(self, clip_expr: torch.Tensor, clip_pose: torch.Tensor) -> torch.Tensor:
         """Style vector [B, style_dim] of a reference clip given in natural units."""
         return self.style_encoder(torch.cat([self.norm_expr(clip_expr), self.norm_pose(clip_pose)], dim=-1))
+
+    @torch.no_grad()
+    def style_of_take(self, expr: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """The style vector [style_dim] of a whole take ([T, 52], [T, 3], natural units, T >= the style clip):
+        the mean of its half-overlapping style clips' vectors, normalised as each clip's is."""
+        L = self.cfg.style_clip_frames
+        if expr.shape[0] < L:
+            raise ValueError(f"a take needs at least {L} frames for a style vector, got {expr.shape[0]}")
+        starts = range(0, expr.shape[0] - L + 1, L // 2)
+        v = self.style_of(torch.stack([expr[s : s + L] for s in starts]),
+                          torch.stack([pose[s : s + L] for s in starts])).mean(0)
+        return v / v.norm()
 
     def hide_lookahead(self, feats: torch.Tensor, prosody: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training augmentation: in some windows the last 1..lookahead feature frames are not yet

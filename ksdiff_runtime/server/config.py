@@ -14,6 +14,7 @@ from typing import Any
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.engine.controls import Controls, ControlsError
+from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, check_mood_guidance
 from ksdiff_runtime.sessions import DEFAULT_MAX_STREAMS
 from ksdiff_sdk import protocol
 
@@ -38,6 +39,9 @@ class ServeConfig:
     admission: bool = True  # refuse streams beyond the measured capacity (false: take every stream, shed under load)
     voice_gate: bool = True  # the mouth rests where Silero VAD hears no voice (music, fans, noise; engine/gate.py)
     liveliness: bool = True  # blinks, gaze micro-saccades and a centred head on top of the model (engine/liveliness.py)
+    # how strongly the network speaks in a stream's mood (0: the mood is the expression layer alone; 1: the network
+    # conditioned on it, no extra cost; above 1: guided, one more denoiser row per stream; engine/sampling.py)
+    mood_guidance: float = DEFAULT_MOOD_GUIDANCE
     streaming_recogniser: bool = True  # live streams keep a streaming recogniser (features/streaming_frontend.py)
     # serving beyond this machine (server/security.py): CurveZMQ keys, or plain text on purpose
     curve_secret_key: str = ""  # the server's .key_secret file (`ksdiff-runtime keys server`)
@@ -97,6 +101,10 @@ class ServeConfig:
                 check_endpoints([self.pub, self.router], None, self.insecure_lan)
             except SecurityError as e:
                 raise ConfigError(str(e)) from None
+        try:
+            check_mood_guidance(self.mood_guidance)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self._check_outputs()
         self.artist_controls()
 

@@ -38,6 +38,7 @@ from ksdiff_runtime.engine.controls import Controls, ControlsError
 from ksdiff_runtime.engine.engine import DEFAULT_IDLE_TIMEOUT_S, Ended, StepResult, StreamingEngine
 from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
+from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE
 from ksdiff_runtime.events import Event, Frame, Hello, Stats, StreamEnded, StreamStarted
 from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
 from ksdiff_runtime.outputs.base import FrameOutput
@@ -75,12 +76,14 @@ def build_engine(
     voice_gate: bool = True,
     liveliness: bool = True,
     streaming_recogniser: bool = True,
+    mood_guidance: float = DEFAULT_MOOD_GUIDANCE,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
     ``voice_gate``: rest the mouth where no voice is heard (engine/gate.py; off with a warning when
     Silero VAD is not installed). ``liveliness``: blinks, gaze micro-saccades and a centred head on top of
     the model (engine/liveliness.py). ``streaming_recogniser``: live streams keep a streaming recogniser
-    (features/streaming_frontend.py); False: each hop re-recognises its window of audio.
+    (features/streaming_frontend.py); False: each hop re-recognises its window of audio. ``mood_guidance``:
+    how strongly the network speaks in a stream's mood (engine/sampling.py).
 
     ``threads``: ONNX Runtime's intra-op threads on the CPU. One by default: a hop's batch is
     small, and a second spinning worker fights the front-end and io threads for the cores
@@ -93,7 +96,7 @@ def build_engine(
     engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s, controls=controls,
                              voice_gate=gate_if_available(voice_gate),
                              liveliness=LivelinessConfig() if liveliness else None,
-                             streaming_recogniser=streaming_recogniser)
+                             streaming_recogniser=streaming_recogniser, mood_guidance=mood_guidance)
     loaded_s = time.perf_counter() - t0
     warm_s = engine.warm_up()
     r = engine.capacity.reading()
