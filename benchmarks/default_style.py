@@ -1,11 +1,12 @@
 """`python -m benchmarks.default_style`: would one fixed network style serve better than the null style?
 
-`serve` gives the network the null style (engine/style.py); a stream given a reference style from another
-clip of its own persona (as `eval-stream` and the SDK can) has a clearly better mouth. This asks whether
-that gain needs the persona, or whether any ordinary style vector would do: the held-out clips streamed
-live (`low-latency`, ONNX Runtime, all at once as in `eval-stream`) with the null style, with the mean of
-the training clips' style vectors, with the training style nearest that mean (a real persona's), and
-with each clip's own reference. Writes benchmarks/default_style.json; nothing is asserted.
+`serve` gives the network the null style for a neutral stream (engine/style.py; a mood's style for one in a
+mood); a stream given a reference style from another clip of its own persona (as `eval-stream` and the SDK
+can) has a clearly better mouth. This asks whether that gain needs the persona, or whether any ordinary style
+vector would do: the held-out clips streamed live (`low-latency`, ONNX Runtime, all at once as in
+`eval-stream`) with the null style, with the mean of the training clips' style vectors, with the training
+style nearest that mean (a real persona's), and with each clip's own reference. Writes
+benchmarks/default_style.json; nothing is asserted.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ gate and liveliness on, 33 ms pushes). A mood is two things (docs/ENGINE.md): th
 layer (motion.MOOD_EXPRESSIONS) and, at a mood guidance above 0, the network given the mood's style
 (engine/sampling.py). At guidance 0 the prompts are streamed once, neutral, and each mood's layer is
 applied to those frames by the controls stage, as the engine applies it (its output does not feed back
-into the model); at each other guidance every mood's stream is run in that mood. Reported per mood and
-guidance: medial /p b m/ closure with its 95 % interval, rest in silence, jawOpen correlation with the
+into the model); at each other guidance every mood's stream (neutral too) is run in that mood. Reported
+per mood and guidance: medial /p b m/ closure with its 95 % interval, rest in silence, jawOpen correlation with the
 neutral face, the lip aperture's largest increase over the neutral face, the mean weight of the mood's
 own shapes while speaking, the mean head pitch, the motion profile (engine/style.py: head RMS, brow
-activity, jawOpen p95), and the stage's cost per frame.
+activity, jawOpen p95), and the stage's cost per frame; per guidance, what a live stream costs (the
+engine's capacity as it measures it warming up: a guidance above 1 adds a denoiser row per stream).
 
 Writes benchmarks/moods.json and docs/moods.png; nothing is asserted, every figure is printed.
 """
@@ -85,6 +86,21 @@ def stream(prompts: list[real_eval.Prompt], guidance: float, mood: str, desc: st
         engine.close()
 
 
+def live_stream_cost(guidances: list[float], repeats: int) -> dict[str, dict[str, Any]]:
+    """What a live stream costs at each mood guidance: the engine's capacity as it measures it warming up, an
+    engine per guidance in turn, ``repeats`` times (the medians, and every reading)."""
+    readings: dict[str, list[tuple[float, float, int]]] = {f"{g:g}": [] for g in guidances}
+    for _ in range(repeats):
+        for g in guidances:
+            engine = build_engine("onnxruntime", "low-latency", mood_guidance=g)
+            r = engine.capacity.reading()
+            readings[f"{g:g}"].append((round(r.stream_cores, 3), round(r.fixed_cores, 3), r.streams_that_fit()))
+            engine.close()
+    return {g: {"stream_cores": float(np.median([x[0] for x in rs])),
+                "round_cores": float(np.median([x[1] for x in rs])),
+                "streams_that_fit": int(np.median([x[2] for x in rs])), "readings": rs} for g, rs in readings.items()}
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     from ksdiff_runtime.cli.plots import pyplot
 
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=80, help="held-out recorded prompts (0: all 232)")
     p.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 2.0],
                    help="mood guidance scales (default 0 1 2; 0: the expression layer alone)")
+    p.add_argument("--cost-repeats", type=int, default=3,
+                   help="engines built per guidance to read a live stream's cost (default 3: the medians)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "moods.json", help="the figures (JSON)")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "moods.png", help="the plot (PNG)")
     args = p.parse_args(argv)
@@ -141,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         moods = result["guidance"][f"{g:g}"] = {}
         for mood in motion.MOODS:
             moody, per_frame = with_mood(neutral, mood)  # the layer's cost, on the neutral frames
-            if g > 0 and mood != motion.DEFAULT_MOOD:  # the network in the mood too (neutral: the null style)
+            if g > 0:  # the network in the mood too (a neutral stream: the null style, streamed again at g)
                 moody = stream(prompts, g, mood, f"{mood}, guidance {g:g}")
             r = figures(neutral, moody, prompts, mood) | {"stage_us_per_frame": round(per_frame * 1e6, 2)}
             moods[mood] = r
@@ -153,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{prof['expression']:.3f}, jaw p95 {prof['articulation']:.3f}, stage "
                   f"{r['stage_us_per_frame']:.1f} us/frame; its shapes "
                   f"{ {n: r['shapes_speaking'][n] for n in sorted(motion.MOOD_EXPRESSIONS[mood].pose)} }", flush=True)
+    result["live_stream_cost"] = live_stream_cost(args.guidance, args.cost_repeats)
+    for g, cost in result["live_stream_cost"].items():
+        print(f"guidance {g}: a live stream costs {cost['stream_cores']:.3f} of a core (rounds "
+              f"{cost['round_cores']:.3f}), room for {cost['streams_that_fit']} streams")
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     plot(result, args.plot)
     print(f"wrote {args.out} and {args.plot}")

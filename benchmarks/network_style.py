@@ -2,14 +2,14 @@
 
     python -m benchmarks.network_style [--corpus data/corpus] [--clips 16]
 
-The runtime runs the network with the null style and puts a stream's style on its output
-(engine/style.py, docs/STYLE.md). This asks what the network itself does with a style vector: the
-procedural teacher makes takes of one passage (``training.style_refs``) with one style parameter
-moved from its neutral 0.5 to 0 or 1; the style encoder reads each take in half-overlapping windows
-of its clip length and the mean (normalised) is the style vector; held-out clips are then animated
-at 4 steps (whole clips, torch) with that vector at style guidance 1, 2 and 3, and with the null
-style. Reported: the mean smile (mouthSmileLeft), cheek squint, inner-brow raise, jawOpen's 95th
-percentile and the head's std (degrees).
+The runtime runs the network with the null style (a mood's style for a stream in a mood:
+training/mood_styles.py) and puts a stream's style on its output (engine/style.py, docs/STYLE.md). This asks
+what the network itself does with a style vector: the procedural teacher makes takes of one passage
+(``training.style_refs``) with one style parameter moved from its neutral 0.5 to 0 or 1; the style encoder
+reads each take in half-overlapping windows of its clip length and the mean (normalised) is the style vector;
+held-out clips are then animated at 4 steps (whole clips, torch) with that vector at style guidance 1, 2 and
+3, and with the null style. Reported: the mean smile (mouthSmileLeft), cheek squint, inner-brow raise,
+jawOpen's 95th percentile and the head's std (degrees).
 
 Writes benchmarks/network_style.json; nothing is asserted, every figure is printed.
 """

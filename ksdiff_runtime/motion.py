@@ -68,7 +68,8 @@ class MoodExpression:
     silence alike), ``gain`` multipliers on a region's motion, ``shape_gain`` on single blendshapes
     (a sad face does not keep the model's smile), ``head_pitch`` radians added (positive: chin down).
     The pose leaves the lips' aperture (``lip_aperture``) as it is or smaller and the jaw alone, and
-    no gain opens them, so a mood never opens a closed mouth: articulation is the model's."""
+    no gain opens them, so this expression never opens a closed mouth: articulation is the model's (which
+    speaks in the mood itself at the mood guidance: engine/sampling.py)."""
 
     pose: dict[str, float]
     gain: dict[str, float]

@@ -418,9 +418,17 @@ def test_a_blend_interpolates_every_weight_between_base_and_fine_tune(tmp_path):
     for k, v in expected.items():
         torch.testing.assert_close(got[k], v)
     assert blend_main([str(paths[0]), str(paths[1]), "--weight", "0.5", "--out", str(paths[2]), "--half"]) == 0
-    halved = load_model(paths[2]).state_dict()  # float16 on disk, float32 loaded
+    halved_model = load_model(paths[2])
+    halved = halved_model.state_dict()  # float16 on disk, float32 loaded
     for k, v in expected.items():
         torch.testing.assert_close(halved[k], v.half().float() if v.is_floating_point() else v)
+    # the blend's own moods' styles, read with its weights as written (training/mood_styles.py)
+    from ksdiff_runtime.training.mood_styles import mood_vectors
+
+    assert halved_model.mood_styles is not None
+    own = mood_vectors(halved_model)
+    torch.testing.assert_close(halved_model.mood_styles, torch.tensor(np.stack([own[m] for m in motion.MOODS])),
+                               atol=2e-3, rtol=0)  # (espeak-ng varies a little from call to call)
     with pytest.raises(ValueError, match=r"0\.\.1"):
         blend(base, tuned(), 1.5)
     with pytest.raises(CheckpointError, match="not the same network"):

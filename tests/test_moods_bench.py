@@ -19,9 +19,12 @@ pytestmark = pytest.mark.skipif(
 
 def test_the_moods_benchmark_scores_every_mood_on_real_prompts(tmp_path: Path) -> None:
     out, png = tmp_path / "moods.json", tmp_path / "moods.png"
-    assert moods.main(["--prompts", "4", "--guidance", "0", "2", "--out", str(out), "--plot", str(png)]) == 0
+    assert moods.main(["--prompts", "4", "--guidance", "0", "2", "--cost-repeats", "1", "--out", str(out),
+                       "--plot", str(png)]) == 0
     result = json.loads(out.read_text())
     assert result["prompts"] == 4 and list(result["guidance"]) == ["0", "2"] and png.stat().st_size > 0
+    assert list(result["live_stream_cost"]) == ["0", "2"]
+    assert all(c["stream_cores"] > 0 and c["streams_that_fit"] >= 1 for c in result["live_stream_cost"].values())
     layer, guided = result["guidance"]["0"], result["guidance"]["2"]
     assert list(layer) == list(guided) == list(motion.MOODS)
     neutral = layer["neutral"]["closure_medial"]["rate"]

@@ -6,7 +6,7 @@ An export is a directory:
     denoiser.onnx      WindowDenoiser (KSDiff.denoise)
     conditioner_stream.onnx  StreamingConditioner (model/streaming.py: a live stream's hop, encoder state
                        as inputs and outputs)
-    constants.npz      ModelConstants (motion normalisation, null style, noise schedule)
+    constants.npz      ModelConstants (motion normalisation, null style, noise schedule, the moods' styles)
     manifest.json      format, model config, graph input/output names and dynamic axes, opset,
                        checkpoint sha256, model_hash (sha256 over the ONNX files), versions,
                        and the ONNX Runtime vs torch errors measured right after the export

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ksdiff_runtime import motion
 from ksdiff_runtime.model.config import ModelConfig
 
 
@@ -36,7 +37,7 @@ class ModelConstants:
     style_null: np.ndarray  # [style_dim]
     alpha_bar: np.ndarray  # [diffusion_steps]
     # each mood's style vector [len(motion.MOODS), style_dim] (training/mood_styles.py); None: the model has none
-    mood_style: np.ndarray | None = None
+    mood_styles: np.ndarray | None = None
 
     @classmethod
     def from_model(cls, model) -> ModelConstants:  # model: KSDiff (not imported: keeps torch optional here)
@@ -51,18 +52,23 @@ class ModelConstants:
             pose_std=np32(model.pose_std),
             style_null=np32(model.style_null),
             alpha_bar=np32(model.scheduler.alpha_bar),
-            mood_style=None if getattr(model, "mood_style", None) is None else np32(model.mood_style),
+            mood_styles=None if model.mood_styles is None else np32(model.mood_styles),
         )
 
     def save(self, path: Path) -> None:
-        moods = {} if self.mood_style is None else {"mood_style": self.mood_style}
+        moods = {} if self.mood_styles is None else {"mood_styles": self.mood_styles}
         np.savez(path, expr_mean=self.expr_mean, expr_std=self.expr_std, pose_mean=self.pose_mean,
                  pose_std=self.pose_std, style_null=self.style_null, alpha_bar=self.alpha_bar, **moods)
 
     @classmethod
     def load(cls, path: Path, cfg: ModelConfig) -> ModelConstants:
         with np.load(path) as z:
-            return cls(cfg=cfg, **{k: z[k].astype(np.float32) for k in z.files})
+            k = cls(cfg=cfg, **{k: z[k].astype(np.float32) for k in z.files})
+        moods = k.mood_styles
+        if moods is not None and (moods.shape != (len(motion.MOODS), cfg.style_dim) or not np.isfinite(moods).all()):
+            raise BackendError(f"{path}: mood_styles must be {len(motion.MOODS)} x {cfg.style_dim} finite numbers, "
+                               f"got shape {moods.shape}")
+        return k
 
 
 class Backend(Protocol):

@@ -21,7 +21,7 @@ from ksdiff_runtime.engine.controls import Controls, ControlsError, ControlStage
 from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
 from ksdiff_runtime.engine.offline import animate, clip_inputs, gate_animation, liven_animation
-from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, mood_style, with_mood_guidance
+from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
@@ -90,12 +90,10 @@ def run_bake(args: argparse.Namespace) -> int:
     backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=1)
     started = time.perf_counter()
     inputs = clip_inputs(backend, audio, text, fps=args.fps, streaming_recogniser=args.streaming_recogniser)
-    style = None  # the network's style: the mood's (engine/sampling.py), as a stream in this mood gets
-    if args.mood_guidance > 0 and controls.has_mood:
-        if backend.constants.mood_style is None:
-            log.warning("this model has no mood styles, so the mood only changes the expression (run python -m "
-                        "ksdiff_runtime.training.mood_styles --checkpoint <it>)")
-        style = mood_style(backend.constants, None, controls.mood, controls.mood_intensity)
+    # the network's style: the mood's, as a stream in this mood gets it (engine/sampling.py)
+    style, missing = mood_style(backend.constants, None, controls.mood, controls.mood_intensity, args.mood_guidance)
+    if missing:
+        log.warning(NO_MOOD_STYLES)
     anim = animate(backend, [inputs], steps=args.steps, seeds=[args.seed], style=None if style is None else style[None],
                    guidance=None if style is None else guidance)[0]
     gate = gate_if_available(args.voice_gate)

@@ -184,8 +184,8 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
                    help="with --lines: the engine preset lines derive from, as --variant takes it (default "
                    "low-latency), e.g. 'low-latency:head_smoothing_ms=0.0'")
     p.add_argument("--null-style", action="store_true",
-                   help="give the network the null style in every row, as `serve` does (default: each clip's "
-                   "reference style, another clip of its persona, as the SDK can give a stream)")
+                   help="give the network the null style in every row, as `serve` does for a neutral stream (default: "
+                   "each clip's reference style, another clip of its persona, as the SDK can give a stream)")
     p.add_argument("--windowed", action="store_true",
                    help="also score each preset's live streams conditioned window by window, re-encoding the "
                    "encoder context every hop (as before the stream conditioner), for comparison")

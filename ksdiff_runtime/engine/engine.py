@@ -57,6 +57,7 @@ from .liveliness import Liveliness, LivelinessConfig
 from .presets import LINE_EXPRESSION_STEPS, LINE_STEPS, Preset, get_preset
 from .sampling import (
     DEFAULT_MOOD_GUIDANCE,
+    NO_MOOD_STYLES,
     Guidance,
     WindowBatch,
     WindowResult,
@@ -130,7 +131,8 @@ class StreamingEngine:
         # streams in mode "line"
         self.line_preset = self.preset.for_lines(self.cfg.train_window_frames, line_steps, line_expression_steps)
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
-        # A stream's mood reaches the network as a style (sampling.mood_style) at this guidance (0: it does not)
+        # A stream's mood reaches the network as a style (sampling.mood_style) at this guidance (0: it does not);
+        # a style guidance of the caller's is refused with it
         self.mood_guidance = check_mood_guidance(mood_guidance)
         guidance = self.guidance = with_mood_guidance(guidance, mood_guidance)
         self._mood_warned = False
@@ -493,14 +495,11 @@ class StreamingEngine:
         k = self.backend.constants
         rows = []
         for session, st in streams:
-            c = session.controls
-            style = st.style
-            if self.mood_guidance > 0 and c is not None and c.has_mood:
-                if k.mood_style is None and not self._mood_warned:
-                    self._mood_warned = True
-                    log.warning("this model has no mood styles, so moods only change the expression (run "
-                                "python -m ksdiff_runtime.training.mood_styles --checkpoint <it>)")
-                style = mood_style(k, style, c.mood, c.mood_intensity)
+            c = session.controls or self.controls
+            style, missing = mood_style(k, st.style, c.mood, c.mood_intensity, self.mood_guidance)
+            if missing and not self._mood_warned:
+                self._mood_warned = True
+                log.warning(NO_MOOD_STYLES)
             rows.append(style)
         if all(r is None for r in rows):
             return None

@@ -36,12 +36,16 @@ class Guidance:
 
 # The mood guidance scale: how strongly the network speaks in a stream's mood. 0: not at all (the mood is only
 # the controls' expression layer); 1: the network conditioned on the mood's style (no extra cost); above 1:
-# classifier-free guidance away from the null style (one more denoiser row per stream).
+# classifier-free guidance away from the null style (one more denoiser row per stream and step); between 0
+# and 1: part of the way, at that extra row too.
 MOOD_GUIDANCE_RANGE = (0.0, 4.0)
 DEFAULT_MOOD_GUIDANCE = 1.0
+NO_MOOD_STYLES = ("this model has no mood styles, so moods only change the expression (run python -m "
+                  "ksdiff_runtime.training.mood_styles --checkpoint <it>)")
 
 
 def check_mood_guidance(scale: float) -> float:
+    """``scale`` as a float, or a ValueError naming the range."""
     lo, hi = MOOD_GUIDANCE_RANGE
     if not isinstance(scale, int | float) or isinstance(scale, bool) or not lo <= scale <= hi:
         raise ValueError(f"mood guidance must be a number from {lo:g} to {hi:g}; got {scale!r}")
@@ -51,22 +55,26 @@ def check_mood_guidance(scale: float) -> float:
 def with_mood_guidance(guidance: Guidance | None, scale: float) -> Guidance | None:
     """The guidance a sampler runs with for this mood guidance: it is the style guidance (a mood reaches the
     network as a style), so a style guidance of its own as well is refused."""
-    if check_mood_guidance(scale) in (0.0, 1.0):
+    if check_mood_guidance(scale) == 0.0:
         return guidance
     if guidance is not None and guidance.style != 1.0:
         raise ValueError("the mood guidance is the style guidance: give one of them, not both")
-    return dataclasses.replace(guidance or Guidance(), style=scale)
+    return guidance if scale == 1.0 else dataclasses.replace(guidance or Guidance(), style=scale)
 
 
-def mood_style(constants: ModelConstants, base: np.ndarray | None, mood: str, intensity: float) -> np.ndarray | None:
-    """The network style of a stream in ``mood``: ``base`` (the stream's style vector; None: the null style)
-    moved by ``intensity`` x (the mood's style - the null style). ``base`` as it is for the neutral mood, at
-    intensity 0, or when the model has no mood styles."""
-    if constants.mood_style is None or mood == motion.DEFAULT_MOOD or intensity <= 0:
-        return base
+def mood_style(constants: ModelConstants, base: np.ndarray | None, mood: str, intensity: float,
+               mood_guidance: float) -> tuple[np.ndarray | None, bool]:
+    """The style the denoisers get for a stream in ``mood``: ``base`` (the stream's style vector; None: the null
+    style) moved by ``intensity`` x (the mood's style - the null style); ``base`` as it is for the neutral mood,
+    at intensity or mood guidance 0. And whether the mood was left out because the model has no mood styles
+    (the caller says so, once)."""
+    if mood_guidance <= 0 or mood == motion.DEFAULT_MOOD or intensity <= 0:
+        return base, False
+    if constants.mood_styles is None:
+        return base, True
     start = constants.style_null if base is None else base
-    offset = constants.mood_style[motion.MOODS.index(mood)] - constants.style_null
-    return (start + intensity * offset).astype(np.float32)
+    offset = constants.mood_styles[motion.MOODS.index(mood)] - constants.style_null
+    return (start + intensity * offset).astype(np.float32), False
 
 
 @dataclass

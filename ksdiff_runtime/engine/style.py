@@ -19,9 +19,10 @@ measured on held-out speech by ``python -m benchmarks.style``), so a take that m
 much as the model does gets a head that moves twice as much: head -> the head region, about its level;
 expression -> the brows, above their floor (a held tilt or raise stays as it is); articulation -> the
 jaw and mouth together, about the rest pose, the lips' shapes kept as the model has them where it
-closes the lips (``keep_closed``: a style never opens them, as a mood never does). Gains are bounded (``GAIN_BOUNDS``):
-a frozen take does not freeze the face, and a take with the jaw opened wide does not make the mouth
-shout. The network's own style input is not used (the null style; docs/STYLE.md says what it does).
+closes the lips (``keep_closed``: a style never opens them, as a mood's expression never does). Gains are
+bounded (``GAIN_BOUNDS``): a frozen take does not freeze the face, and a take with the jaw opened wide does
+not make the mouth shout. A style does not reach the network's own style input (a mood does:
+engine/sampling.py; docs/STYLE.md says what that input does).
 
 No style means no change, and a style never moves the rest pose. The controls (engine/controls.py) hold
 a stream's style and apply the gains first, before a mood; over the protocol a stream names a built-in

@@ -28,7 +28,8 @@ FORMAT = 1
 
 
 def save_checkpoint(path: str | Path, model: KSDiff, half: bool = False, **extras: Any) -> None:
-    """Write atomically (a crash mid-write never leaves a truncated checkpoint behind)."""
+    """Write atomically (a crash mid-write never leaves a truncated checkpoint behind). The model's mood styles
+    are not written: they belong to the weights they were read with (training/mood_styles.py adds them)."""
     state = model.state_dict()
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -51,13 +52,15 @@ def _write(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def write_mood_styles(path: str | Path, vectors: dict[str, np.ndarray]) -> None:
-    """Keep each mood's style vector in the checkpoint at ``path`` (its weights untouched)."""
+    """Keep each mood's style vector in the checkpoint at ``path`` (its weights untouched); vectors that would
+    not load are refused before anything is written."""
     payload = read_checkpoint(path)
-    payload["mood_styles"] = {m: [float(x) for x in np.asarray(vectors[m]).reshape(-1)] for m in motion.MOODS}
+    payload["mood_styles"] = {m: np.asarray(v, np.float64).reshape(-1).tolist() for m, v in vectors.items()}
+    _mood_styles(Path(path), payload, ModelConfig.from_dict(payload["config"]).style_dim)
     _write(path, payload)
 
 
-def _mood_style(path: Path, payload: dict[str, Any], style_dim: int) -> torch.Tensor | None:
+def _mood_styles(path: Path, payload: dict[str, Any], style_dim: int) -> torch.Tensor | None:
     moods = payload.get("mood_styles")
     if moods is None:
         return None
@@ -121,5 +124,5 @@ def load_model(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device
             details.append(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(f"checkpoint {path} does not match the model code: " + "; ".join(details))
     model.load_state_dict(state)
-    model.mood_style = _mood_style(path, payload, cfg.style_dim)
+    model.mood_styles = _mood_styles(path, payload, cfg.style_dim)
     return model.to(device).eval()

@@ -47,7 +47,7 @@ class KSDiff(nn.Module):
         self.register_buffer("pose_std", torch.ones(cfg.pose_dim))
         # The moods' style vectors [len(motion.MOODS), style_dim]: derived from this model's style encoder by
         # training/mood_styles.py and kept in the checkpoint beside the weights (checkpoint.py); None: none.
-        self.mood_style: torch.Tensor | None = None
+        self.mood_styles: torch.Tensor | None = None
 
     # --- normalisation -------------------------------------------------------------------
     def set_motion_stats(self, expr: torch.Tensor, pose: torch.Tensor) -> None:

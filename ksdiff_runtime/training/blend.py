@@ -15,6 +15,8 @@ from pathlib import Path
 from ksdiff_runtime.model.checkpoint import CheckpointError, load_model, save_checkpoint
 from ksdiff_runtime.model.ksdiff import KSDiff
 
+from .mood_styles import add_mood_styles
+
 
 def blend(base: KSDiff, tuned: KSDiff, weight: float) -> KSDiff:
     """``tuned`` with every floating-point tensor set to (1 - weight) * base's + weight * its own."""
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--half", action="store_true", help="write float16 weights, as `train --ship` ships them")
     args = p.parse_args(argv)
     save_checkpoint(args.out, blend(load_model(args.base), load_model(args.tuned), args.weight), half=args.half)
-    print(f"{args.out}: {1.0 - args.weight:g} x {args.base} + {args.weight:g} x {args.tuned}")
+    add_mood_styles(args.out)  # the blend's own (the tuned checkpoint's would not match its weights)
+    print(f"{args.out}: {1.0 - args.weight:g} x {args.base} + {args.weight:g} x {args.tuned}, with its moods' styles")
     return 0
 
 

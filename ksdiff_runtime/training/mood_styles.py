@@ -6,8 +6,9 @@ The procedural teacher speaks one fixed passage (the built-in style takes', ``st
 style (``teacher.MOOD_STYLES``: a point of its style space), the checkpoint's own style encoder reads each
 take (``KSDiff.style_of_take``), and the vectors are kept in the checkpoint (``mood_styles``). The runtime
 feeds a stream's mood to the network as that style, scaled by the mood's intensity, with the mood guidance
-scale (docs/ENGINE.md). The vectors belong to the weights: a retrained or blended checkpoint needs this run
-again (then ``ksdiff-runtime export --ship`` for the bundled one, whose export carries them).
+scale (docs/ENGINE.md). The vectors belong to the weights: ``train --ship`` and ``training.blend`` add them to
+the checkpoints they write; any other needs this run (then ``ksdiff-runtime export --ship`` for the bundled
+one, whose export carries them).
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def mood_vectors(model: KSDiff, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def add_mood_styles(path: Path) -> dict[str, np.ndarray]:
+    """Compute the moods' styles with the checkpoint at ``path`` (its weights as stored) and keep them in it."""
+    vectors = mood_vectors(load_model(path))
+    write_mood_styles(path, vectors)
+    return vectors
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ksdiff_runtime.training.mood_styles",
                                 description="Compute each mood's style vector with a checkpoint's style encoder "
@@ -48,12 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help=f"the checkpoint, rewritten with its moods' styles (default {DEFAULT_CHECKPOINT})")
     args = p.parse_args(argv)
-    model = load_model(args.checkpoint)
-    vectors = mood_vectors(model)
-    null = model.style_null.detach().numpy()
+    vectors = add_mood_styles(args.checkpoint)
+    null = load_model(args.checkpoint).style_null.detach().numpy()
     for mood, v in vectors.items():
         print(f"{mood:9s} cosine with the null style {float(v @ null / np.linalg.norm(null)):+.3f}")
-    write_mood_styles(args.checkpoint, vectors)
     print(f"wrote the moods' styles into {args.checkpoint}")
     return 0
 

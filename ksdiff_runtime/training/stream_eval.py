@@ -45,7 +45,7 @@ def stream_animations(
 ) -> list[Animation]:
     """Animate clips as concurrent engine streams fed in random-sized chunks (mode "live"), or as lines
     pushed whole and ended at once (mode "line", as the SDK's ``animate`` sends a clip); ``styles``: each
-    stream's style vector for the network (None: the null style, as `serve` gives it)."""
+    stream's style vector for the network (None: the null style, as `serve` gives a neutral stream)."""
     ids = [engine.open_stream(f"clip{i}", seed=0, style=None if styles is None else styles[i], mode=mode)
            for i in range(len(clips))]
     if mode == "line":
@@ -99,8 +99,8 @@ def stream_eval(
     ``recogniser_weights`` / ``recogniser_lookahead``: the streaming recogniser's, instead of the shipped;
     ``line_face_steps``: lines' face keeps its prediction after this many of their steps (None: all);
     ``line_base``: the engine preset lines derive from (None: low-latency, the runtime's default);
-    ``null_style``: every row with the network's null style, as `serve` runs it (engine/style.py), not each clip's
-    reference style (another clip of its persona, as the SDK can give a stream)."""
+    ``null_style``: every row with the network's null style, as `serve` runs a neutral stream (engine/style.py),
+    not each clip's reference style (another clip of its persona, as the SDK can give a stream)."""
     model = load_model(checkpoint)
     held = held_out(model, corpus, cache, max_clips)
     clips, beats_audio = held.clips, held.beats_audio
@@ -163,7 +163,8 @@ def stream_eval(
 
 
 def format_table(result: dict) -> str:
-    style = "the null style (as `serve` gives it)" if result.get("style") == "null" else "each clip's reference style"
+    style = ("the null style (as `serve` gives a neutral stream)" if result.get("style") == "null"
+             else "each clip's reference style")
     lines = [
         f"Held-out clips: {result['clips']}, streamed concurrently in random chunks (1 sample to 1 s), the network "
         f"given {style}. "

@@ -56,21 +56,21 @@ NEUTRAL_STYLE = np.full(NUM_STYLE, 0.5, dtype=np.float32)
 # raises its brows and opens wide, a happy one smiles and moves more. The model's style encoder reads a
 # take in each (training/mood_styles.py) and the runtime feeds the network that style for a stream's mood;
 # the mood's held expression (motion.MOOD_EXPRESSIONS) is the controls' layer on top.
-MOOD_STYLES: dict[str, np.ndarray] = {
-    mood: np.array([values[name] for name in STYLE_NAMES], np.float32)
-    for mood, values in {
-        "neutral": dict.fromkeys(STYLE_NAMES, 0.5),
-        "happy": dict(expressiveness=0.8, head_amplitude=0.7, head_rate=0.6, smile_bias=1.0, blink_rate=0.5,
-                      articulation=0.6),
-        "sad": dict(expressiveness=0.1, head_amplitude=0.15, head_rate=0.2, smile_bias=0.0, blink_rate=0.3,
-                    articulation=0.15),
-        "angry": dict(expressiveness=0.9, head_amplitude=0.6, head_rate=0.8, smile_bias=0.0, blink_rate=0.4,
-                      articulation=0.95),
-        "surprised": dict(expressiveness=1.0, head_amplitude=0.8, head_rate=0.5, smile_bias=0.5, blink_rate=0.2,
-                          articulation=0.85),
-    }.items()
+_MOOD_PARAMETERS: dict[str, dict[str, float]] = {
+    "neutral": dict(zip(STYLE_NAMES, NEUTRAL_STYLE.tolist(), strict=True)),
+    "happy": dict(expressiveness=0.8, head_amplitude=0.7, head_rate=0.6, smile_bias=1.0, blink_rate=0.5,
+                  articulation=0.6),
+    "sad": dict(expressiveness=0.1, head_amplitude=0.15, head_rate=0.2, smile_bias=0.0, blink_rate=0.3,
+                articulation=0.15),
+    "angry": dict(expressiveness=0.9, head_amplitude=0.6, head_rate=0.8, smile_bias=0.0, blink_rate=0.4,
+                  articulation=0.95),
+    "surprised": dict(expressiveness=1.0, head_amplitude=0.8, head_rate=0.5, smile_bias=0.5, blink_rate=0.2,
+                      articulation=0.85),
 }
-assert tuple(MOOD_STYLES) == MOODS
+assert tuple(_MOOD_PARAMETERS) == MOODS and all(set(p) == set(STYLE_NAMES) for p in _MOOD_PARAMETERS.values())
+MOOD_STYLES: dict[str, np.ndarray] = {
+    mood: np.array([p[name] for name in STYLE_NAMES], np.float32) for mood, p in _MOOD_PARAMETERS.items()
+}
 
 VISEMES: tuple[str, ...] = (
     "sil",

@@ -35,6 +35,7 @@ from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import KSDiff, count_parameters
 
 from .dataset import WindowSampler, build_feature_cache, check_live_shape, live_windows, load_clips
+from .mood_styles import add_mood_styles
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     log_file.close()
     if ship is not None:
         save_checkpoint(ship, ema, half=True, step=step)
-        log.info("shipped EMA weights (float16) to %s (%.1f MB)", ship, ship.stat().st_size / 1e6)
+        add_mood_styles(ship)  # the moods' styles belong to these weights (training/mood_styles.py)
+        log.info("shipped EMA weights (float16) and their moods' styles to %s (%.1f MB)", ship,
+                 ship.stat().st_size / 1e6)
     return last
 
 

@@ -73,8 +73,8 @@ NUM_HEAD = len(HEAD_ROTATION)
 GAZE: tuple[str, ...] = ("leftEyeYaw", "leftEyePitch", "rightEyeYaw", "rightEyePitch")
 
 # A stream's mood (protocol 1.3: the controls' ``mood`` and ``mood_intensity``): how the face is held
-# while it speaks and between its words. The runtime's table of what each looks like is
-# ksdiff_runtime/motion.py (MOOD_EXPRESSIONS).
+# while it speaks and between its words, and (at the server's mood guidance) how it speaks. The runtime's
+# table of what each looks like is ksdiff_runtime/motion.py (MOOD_EXPRESSIONS).
 MOODS: tuple[str, ...] = ("neutral", "happy", "sad", "angry", "surprised")
 DEFAULT_MOOD = "neutral"
 

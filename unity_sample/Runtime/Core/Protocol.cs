@@ -25,7 +25,8 @@ namespace Ksdiff
         public static bool IsValidMode(string mode) { return mode == ModeLive || mode == ModeLine; }
 
         // A stream's mood (1.3, the controls' "mood", with "mood_intensity" 0..1, default 1): an
-        // expression the face holds through speech and silence. The runtime's default is neutral.
+        // expression the face holds through speech and silence, and (at the server's mood guidance) how
+        // the face speaks. The runtime's default is neutral.
         // Which moods exist is the runtime's to check (it answers bad_controls, listing them): this
         // list is for pickers in a UI, in the SPEC's order.
         public const string MoodNeutral = "neutral", MoodHappy = "happy", MoodSad = "sad", MoodAngry = "angry",

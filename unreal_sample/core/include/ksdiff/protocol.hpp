@@ -85,7 +85,8 @@ inline constexpr std::string_view kModeLine = "line";
 bool is_valid_mode(std::string_view mode) noexcept;
 
 // A stream's mood (1.3, the controls' "mood", with "mood_intensity" 0..1, default 1): an
-// expression the face holds through speech and silence; the runtime's default is neutral. Which
+// expression the face holds through speech and silence (and, at the server's mood guidance, how the
+// face speaks); the runtime's default is neutral. Which
 // moods exist is the runtime's to check (it answers bad_controls, listing them): this list, in
 // the SPEC's order, is for pickers in a UI.
 inline constexpr std::string_view kMoodNeutral = "neutral";
