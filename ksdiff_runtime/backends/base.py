@@ -63,12 +63,12 @@ class ModelConstants:
     @classmethod
     def load(cls, path: Path, cfg: ModelConfig) -> ModelConstants:
         with np.load(path) as z:
-            k = cls(cfg=cfg, **{k: z[k].astype(np.float32) for k in z.files})
-        moods = k.mood_styles
+            constants = cls(cfg=cfg, **{name: z[name].astype(np.float32) for name in z.files})
+        moods = constants.mood_styles
         if moods is not None and (moods.shape != (len(motion.MOODS), cfg.style_dim) or not np.isfinite(moods).all()):
             raise BackendError(f"{path}: mood_styles must be {len(motion.MOODS)} x {cfg.style_dim} finite numbers, "
-                               f"got shape {moods.shape}")
-        return k
+                               f"got shape {moods.shape}" + ("" if np.isfinite(moods).all() else ", not all finite"))
+        return constants
 
 
 class Backend(Protocol):
