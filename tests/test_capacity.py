@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ksdiff_runtime.engine.capacity import ROUND_TARGET, Capacity, Reading, RoundCost
+from ksdiff_runtime.engine.capacity import ROUND_PROBE, ROUND_TARGET, Capacity, Reading, RoundCost
 from ksdiff_runtime.engine.engine import StreamingEngine
 
 HOP_MS = 1000 / 30
@@ -102,3 +102,22 @@ def test_the_warm_up_measures_the_round_a_live_stream_adds(tiny_backend):
     reading = engine.capacity.reading()
     assert reading.stream_cores > 0 and reading.fixed_cores >= 0
     assert not engine.stream_ids  # the warm-up's streams are gone
+
+
+def test_the_warm_up_keeps_the_median_of_its_probes(tiny_backend, monkeypatch):
+    engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1)
+    real = engine._warm_streams
+    # the round times of (1 stream, ROUND_PROBE streams) x 3 probes: the second probe met a hiccup
+    measured = iter([10.0, 20.0, 400.0, 900.0, 12.0, 21.0])
+
+    def probe(n, stereo_48k, mode, text=None):
+        if text is not None:  # the passes before the probe, which warm a first stream's paths
+            return real(n, stereo_48k, mode, text)
+        return next(measured)
+
+    monkeypatch.setattr(engine, "_warm_streams", probe)
+    engine.warm_up(probe_repeats=3)
+    assert engine.capacity.reading().rounds == RoundCost.fit(12.0, 21.0, ROUND_PROBE, HOP_MS)
+    assert next(measured, None) is None  # three probes, no more
+    with pytest.raises(ValueError, match="probe_repeats"):
+        engine.warm_up(probe_repeats=0)

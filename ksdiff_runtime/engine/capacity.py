@@ -5,8 +5,9 @@ Two measurements, refreshed every ``window_s``:
 - the CPU live streams cost: this process's CPU time per second of audio animated, which is the
   share of a core a stream needs in real time. Part of it is paid once a round whatever its streams
   (each batched call's fixed cost, the round's own work): the warm-up measures one stream and
-  ROUND_PROBE at once (``calibrate``) and splits the cost into that part (``fixed_cores``) and what
-  each stream adds; then the streams served refresh what a stream adds. Per second of audio, not per
+  ROUND_PROBE at once (``calibrate``; the median of engine.PROBE_REPEATS probes) and splits the cost
+  into that part (``fixed_cores``) and what each stream adds; then the streams served refresh what a
+  stream adds. Per second of audio, not per
   stream, so a line pushed faster than real time (which the engine animates as fast as it can) does
   not look like several streams;
 - the cores other programs keep busy (a VTuber's OBS and game), from the kernel's counters

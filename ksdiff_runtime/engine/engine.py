@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import statistics
 import threading
 import time
 import uuid
@@ -73,6 +74,7 @@ log = logging.getLogger("ksdiff_runtime.engine")
 
 DEFAULT_IDLE_TIMEOUT_S = 10.0
 WARM_UP_S = 1.0  # seconds of the bundled speech per warm-up pass
+PROBE_REPEATS = 3  # the warm-up's cost probe (1 and ROUND_PROBE streams) runs this many times; medians are kept
 
 
 @dataclass
@@ -581,11 +583,14 @@ class StreamingEngine:
         result.ended.append(Ended(session, "error", f"{type(exc).__name__}: {exc}", self.closing_frames(session)))
 
     # --- before serving ------------------------------------------------------------------------
-    def warm_up(self, audio: np.ndarray | None = None) -> float:
+    def warm_up(self, audio: np.ndarray | None = None, probe_repeats: int = PROBE_REPEATS) -> float:
         """Run everything a first stream touches before a real one waits on it (session set-up and memory
         planning in the backend, the recogniser, the prosody path's lazy import and compile on voiced
-        audio, the transcript's G2P, a resampler), then measure what a stream costs (``capacity``).
-        ``audio``: 16 kHz speech (default: the bundled sample). Returns the seconds it took."""
+        audio, the transcript's G2P, a resampler), then measure what a stream costs (``capacity``), the
+        median of ``probe_repeats`` probes. ``audio``: 16 kHz speech (default: the bundled sample). Returns the
+        seconds it took."""
+        if probe_repeats < 1:
+            raise ValueError(f"probe_repeats must be >= 1, not {probe_repeats}")
         t0 = time.perf_counter()
         self._warm_pool()
         if audio is None:
@@ -594,14 +599,20 @@ class StreamingEngine:
         stereo_48k = np.repeat(np.repeat(clip, 3)[:, None], 2, axis=1)  # a 48 kHz stereo device, crudely
         for mode in ("live", "line"):  # a first stream's paths, a transcript's too
             self._warm_streams(1, stereo_48k, mode, text="hello there")
-        # what live streams cost: the CPU and the engine thread's round with 1 and with ROUND_PROBE streams
-        cpu0 = time.process_time()
-        one_ms = self._warm_streams(1, stereo_48k, "live")
-        cpu1 = time.process_time()
-        probe_ms = self._warm_streams(ROUND_PROBE, stereo_48k, "live")
-        self.capacity.calibrate((cpu1 - cpu0) / WARM_UP_S, (time.process_time() - cpu1) / (WARM_UP_S * ROUND_PROBE))
+        # what live streams cost: the CPU and the engine thread's round with 1 and with ROUND_PROBE streams, each
+        # the median of probe_repeats passes (one pass is a second of audio: a hiccup of a busy machine moves it)
+        one_cpu, probe_cpu, one_ms, probe_ms = [], [], [], []
+        for _ in range(probe_repeats):
+            cpu0 = time.process_time()
+            one_ms.append(self._warm_streams(1, stereo_48k, "live"))
+            cpu1 = time.process_time()
+            probe_ms.append(self._warm_streams(ROUND_PROBE, stereo_48k, "live"))
+            one_cpu.append(cpu1 - cpu0)
+            probe_cpu.append(time.process_time() - cpu1)
+        median = statistics.median
+        self.capacity.calibrate(median(one_cpu) / WARM_UP_S, median(probe_cpu) / (WARM_UP_S * ROUND_PROBE))
         hop_ms = 1000.0 * self.preset.hop_frames / motion.FPS
-        self.capacity.calibrate_rounds(RoundCost.fit(one_ms, probe_ms, ROUND_PROBE, hop_ms))
+        self.capacity.calibrate_rounds(RoundCost.fit(median(one_ms), median(probe_ms), ROUND_PROBE, hop_ms))
         return time.perf_counter() - t0
 
     def _warm_streams(self, n: int, stereo_48k: np.ndarray, mode: str, text: str | None = None) -> float:
