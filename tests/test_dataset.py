@@ -349,6 +349,20 @@ def test_eval_stream_gives_the_network_the_null_style_when_asked(run_dir: Path, 
         assert row["mouth_mae"] != results["reference"]["rows"][label]["mouth_mae"], label
 
 
+def test_eval_stream_scores_the_bilabial_closure_when_asked(run_dir: Path, data: Data, tmp_path: Path) -> None:
+    argv = ["eval-stream", "--checkpoint", str(run_dir / "last.pt"), "--corpus", str(data.corpus), "--cache",
+            str(data.cache), "--max-clips", "2", "--variant", "low-latency", "--closure", "--out", str(tmp_path)]
+    with np.errstate(all="ignore"):
+        assert main(argv) == 0
+    rows = json.loads((tmp_path / "stream_quality.json").read_text())["rows"]
+    closed = [label for label in rows if label.endswith(", bilabial closure")]
+    assert len(closed) == 1, list(rows)
+    plain = closed[0].removesuffix(", bilabial closure")
+    # the same streams, seeds and model frames: the closure only ever closes lips
+    assert rows[closed[0]]["bilabial_closure"] >= rows[plain]["bilabial_closure"]
+    assert rows[closed[0]]["motion_beats_per_s"] == rows[plain]["motion_beats_per_s"]  # the head untouched
+
+
 @pytest.mark.timeout(900)  # about 1-2 min on a busy 2-core machine
 def test_eval_reports_every_row(run_dir: Path, data: Data, tmp_path: Path) -> None:
     out = tmp_path / "eval"

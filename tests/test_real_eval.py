@@ -58,6 +58,21 @@ def test_bilabials_closed_open_and_medial() -> None:
     assert R.bilabials(b[:20], phones) == [("m", False, False)]  # phones past the frames are not counted
 
 
+def test_vowels_shut_count_lips_closed_in_a_vowels_middle() -> None:
+    b = _frames(90)
+    phones = [R.Phone("sil", 0.0, 0.5), R.Phone("m", 0.5, 0.1), R.Phone("aa", 0.6, 0.4), R.Phone("t", 1.0, 0.1),
+              R.Phone("iy", 1.1, 0.4), R.Phone("s", 1.5, 0.1), R.Phone("ow", 1.6, 0.6)]
+    prompt = R.Prompt("x", "", np.zeros(1, np.float32), phones, slice(0, 1))
+    shut = R.vowels_shut([b], [prompt])
+    assert shut == {"beside a bilabial": {"rate": 0.0, "shut": 0, "n": 1},
+                    "elsewhere": {"rate": 0.0, "shut": 0, "n": 2}}
+    b[38:40, JAW] = 0.0  # closed 1.27-1.33 s: inside /iy/'s middle half (1.2-1.4 s)
+    b[24, JAW] = 0.0  # closed at 0.8 s: /aa/'s middle (0.7-0.9 s), beside the /m/
+    b[63, JAW] = 0.0  # closed at 2.1 s: past /ow/'s middle half (1.75-2.05 s), not counted
+    shut = R.vowels_shut([b], [prompt])
+    assert shut["beside a bilabial"]["shut"] == 1 and shut["elsewhere"] == {"rate": 0.5, "shut": 1, "n": 2}
+
+
 def test_silent_frames_and_rest() -> None:
     phones = [R.Phone("sil", 0.0, 1.0), R.Phone("aa", 1.0, 1.0), R.Phone("sil", 2.0, 1.0)]
     silent = R.silent_frames(phones, 90)
@@ -128,17 +143,23 @@ def test_a_small_run_writes_its_report(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "real_eval.json").read_text())
     assert saved["prompts"] == result["prompts"] == 3
     speech = saved["speech"]["bake"]
-    assert set(speech) == {"model", "gated", "loudness follower"}
+    assert set(speech) == {"model", "gated", "closed + gated", "loudness follower"}
+    # the closure only ever closes lips, so on the same bilabials it closes at least as many
+    assert speech["closed + gated"]["closure"]["n"] == speech["gated"]["closure"]["n"]
+    assert speech["closed + gated"]["closure"]["rate"] >= speech["gated"]["closure"]["rate"]
+    for where, shut in speech["closed + gated"]["vowels_shut"].items():
+        assert shut["n"] == speech["gated"]["vowels_shut"][where]["n"] > 0
+        assert shut["shut"] >= speech["gated"]["vowels_shut"][where]["shut"]
     for run in speech.values():
         r = run["closure"]
         assert r["n"] > 0 and 0.0 <= r["rate"] <= 1.0 and r["ci95"][0] <= r["rate"] <= r["ci95"][1]
         assert run["rest_frames"] > 0 and 0.0 <= run["rest_in_silence"] <= 1.0
-    assert all(set(row) == {"bake", "bake + gate"} for row in saved["nonspeech"].values())
+    assert all(set(row) == {"bake", "bake + gate", "bake + closure + gate"} for row in saved["nonspeech"].values())
     assert len(saved["nonspeech"]) == 2 * (len(R.nonspeech.PROCEDURAL) + len(R.nonspeech.recorded_music(1.0)))
     assert all(-1.0 <= v <= 1.0 for row in saved["noisy_speech"].values() for v in row.values())
-    assert {t["run"] for t in saved["targets"]} == {"bake", "bake + gate"}
+    assert {t["run"] for t in saved["targets"]} == {"bake", "bake + gate", "bake + closure + gate"}
     report = (tmp_path / "real_eval.md").read_text()
-    assert "| bake: loudness follower |" in report and "Targets" in report
+    assert "| bake: loudness follower |" in report and "| bake + closure + gate |" in report and "Targets" in report
     assert (tmp_path / "real_eval.png").stat().st_size > 10_000
 
 

@@ -17,10 +17,11 @@ from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.cli.plots import pyplot
+from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, closure_for
 from ksdiff_runtime.engine.controls import Controls, ControlsError, ControlStage
 from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
-from ksdiff_runtime.engine.offline import animate, clip_inputs, gate_animation, liven_animation
+from ksdiff_runtime.engine.offline import animate, clip_inputs, close_animation, gate_animation, liven_animation
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.inputs.guards import load_audio
@@ -43,6 +44,9 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-voice-gate", dest="voice_gate", action="store_false",
                    help="let the mouth follow every sound, not only voices (by default it rests where Silero VAD "
                    "hears no voice, as in serve)")
+    p.add_argument("--no-closure", dest="closure", action="store_false",
+                   help="the model's lips alone: do not seal them where the recogniser hears /p b m/ (by default "
+                   "they are, as in serve)")
     p.add_argument("--mood", choices=motion.MOODS, default=motion.DEFAULT_MOOD,
                    help="the face's mood, held through speech and silence (default neutral)")
     p.add_argument("--mood-intensity", type=float, default=1.0, metavar="0..1",
@@ -96,6 +100,9 @@ def run_bake(args: argparse.Namespace) -> int:
         log.warning(NO_MOOD_STYLES)
     anim = animate(backend, [inputs], steps=args.steps, seeds=[args.seed], style=None if style is None else style[None],
                    guidance=None if style is None else guidance)[0]
+    closure = closure_for(backend.constants.cfg.front_end.name, DEFAULT_CLOSURE if args.closure else None)
+    if closure is not None:
+        anim = close_animation(anim, inputs, closure)
     gate = gate_if_available(args.voice_gate)
     if gate is not None:
         anim = gate_animation(anim, inputs.audio, gate)

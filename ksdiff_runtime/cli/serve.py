@@ -66,6 +66,9 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-voice-gate", dest="voice_gate", action="store_const", const=False,
                    help="let the mouth follow every sound, not only voices (by default it rests where Silero VAD "
                    "hears no voice: music, fans, keys, noise; docs/ENGINE.md)")
+    p.add_argument("--no-closure", dest="closure", action="store_const", const=False,
+                   help="the model's lips alone: do not seal them where the recogniser hears /p b m/ (by default "
+                   "they are; docs/ENGINE.md)")
     p.add_argument("--no-liveliness", dest="liveliness", action="store_const", const=False,
                    help="the model's eyes and head alone: no added blinks, gaze micro-saccades or head centring")
     p.add_argument("--mood", choices=MOODS,
@@ -208,7 +211,7 @@ def serve(config: ServeConfig) -> int:
     started = time.perf_counter()
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
                           config.idle_timeout_s, threads=config.threads, controls=config.artist_controls(),
-                          voice_gate=config.voice_gate, liveliness=config.liveliness,
+                          voice_gate=config.voice_gate, closure=config.closure, liveliness=config.liveliness,
                           streaming_recogniser=config.streaming_recogniser, mood_guidance=config.mood_guidance)
     last_line = [0.0]
 

@@ -186,6 +186,9 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
     p.add_argument("--null-style", action="store_true",
                    help="give the network the null style in every row, as `serve` does for a neutral stream (default: "
                    "each clip's reference style, another clip of its persona, as the SDK can give a stream)")
+    p.add_argument("--closure", action="store_true",
+                   help="also score each preset's live streams with the bilabial closure (the lips sealed where the "
+                   "recogniser hears /p b m/, engine/closure.py), as `serve` runs them")
     p.add_argument("--windowed", action="store_true",
                    help="also score each preset's live streams conditioned window by window, re-encoding the "
                    "encoder context every hop (as before the stream conditioner), for comparison")
@@ -218,7 +221,8 @@ def run_eval_stream(args: argparse.Namespace) -> int:
     stream_eval.stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend,
                             variants, args.lines, args.windowed, args.windowed_recogniser,
                             args.recogniser_weights, args.recogniser_lookahead, args.line_face_steps or None,
-                            parse_variant(args.line_preset) if args.line_preset else None, args.null_style)
+                            parse_variant(args.line_preset) if args.line_preset else None, args.null_style,
+                            args.closure)
     return 0
 
 

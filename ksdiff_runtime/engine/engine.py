@@ -52,6 +52,7 @@ from ksdiff_runtime.sessions import Session, Sessions
 from ksdiff_sdk import Frame
 
 from .capacity import ROUND_PROBE, Capacity, RoundCost
+from .closure import ClosureConfig, closure_for
 from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
@@ -113,6 +114,7 @@ class StreamingEngine:
         capacity: Capacity | None = None,
         controls: Controls | None = None,
         voice_gate: GateConfig | None = None,
+        closure: ClosureConfig | None = None,
         liveliness: LivelinessConfig | None = None,
         line_steps: int = LINE_STEPS,
         line_expression_steps: int | None = LINE_EXPRESSION_STEPS,
@@ -148,6 +150,8 @@ class StreamingEngine:
 
             self._vad = shared_vad()
             self.voice_gate = voice_gate.for_preset(self.preset)
+        # The lips seal where the recogniser hears /p b m/ (engine/closure.py; None: off): a posteriorgram model's
+        self.closure = closure_for(self.cfg.front_end.name, closure)
         # Live streams' hops condition with the stream conditioner (model/streaming.py: the encoder's past
         # cached, only new frames encoded) when the backend has it; False: window by window, as lines do.
         has_it = stream_conditioner and hasattr(backend, "condition_stream")
@@ -353,7 +357,7 @@ class StreamingEngine:
         alive = None if self.liveliness is None else Liveliness(self.liveliness, seed)
         return StreamState(session.id, self.cfg, self.line_preset if line else self.preset, self.front_end,
                            seed, session.style, tokens, self.fps, line=line, gate=gate, liveliness=alive,
-                           stream_variants=self.stream_variants)
+                           stream_variants=self.stream_variants, closure=self.closure)
 
     def _listen(self, states: list[StreamState]) -> None:
         """The voice gate's VAD over every stream's new audio, batched (``vad.advance_many``: one call for

@@ -22,6 +22,7 @@ from ksdiff_runtime.features.transcript import phoneme_tokens
 from ksdiff_runtime.inputs.guards import sanitize
 from ksdiff_runtime.motion import take_frames
 
+from .closure import ClosureConfig
 from .gate import GateConfig, gate_clip
 from .liveliness import Liveliness, LivelinessConfig
 from .sampling import Guidance, WindowBatch, sample_windows
@@ -91,6 +92,13 @@ def gate_animation(anim: Animation, audio16k: np.ndarray, config: GateConfig) ->
     gated = gate_clip(values, audio16k, config, shared_vad())
     D = anim.blendshapes.shape[1]
     return Animation(gated[:, :D], anim.head, anim.key_expr, anim.key_pose, anim.fps)
+
+
+def close_animation(anim: Animation, inputs: ClipInputs, config: ClosureConfig) -> Animation:
+    """The animation with the lips sealed where the recogniser hears /p b m/ in its features (engine/closure.py):
+    what a stream of the same audio gets (before the voice gate)."""
+    blendshapes = config.apply(anim.blendshapes, inputs.feats, 0)
+    return Animation(blendshapes, anim.head, anim.key_expr, anim.key_pose, anim.fps)
 
 
 def liven_animation(anim: Animation, seed: int, config: LivelinessConfig) -> Animation:

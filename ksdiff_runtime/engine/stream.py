@@ -29,6 +29,7 @@ from ksdiff_runtime.features.prosody import normalized_prosody, prosody
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.motion import FPS, SAMPLE_RATE, take_frames
 
+from .closure import ClosureConfig
 from .gate import VoiceGate
 from .liveliness import Liveliness
 from .presets import Preset
@@ -125,7 +126,8 @@ class StreamState:
     def __init__(self, stream_id: str, cfg: ModelConfig, preset: Preset, front_end: BlockwiseFrontEnd,
                  seed: int = 0, style: np.ndarray | None = None, tokens: np.ndarray | Future | None = None,
                  out_fps: int = FPS, line: bool = False, gate: VoiceGate | None = None,
-                 liveliness: Liveliness | None = None, stream_variants: int = 0) -> None:
+                 liveliness: Liveliness | None = None, stream_variants: int = 0,
+                 closure: ClosureConfig | None = None) -> None:
         self.id = stream_id
         self.cfg = cfg
         self.preset = preset  # for a line, the engine's preset as lines use it (Preset.for_lines)
@@ -146,6 +148,8 @@ class StreamState:
         self.ready_ns: int | None = None  # when the transcript was ready: no frame is due before
         self.out_fps = out_fps
         self.gate = gate  # the voice gate (engine/gate.py): the mouth rests where no voice is heard
+        # the lips seal where the recogniser hears /p b m/ (engine/closure.py), reading no further than the hops
+        self.closure = None if closure is None else closure.for_preset(preset.model_lookahead_frames)
         self.liveliness = liveliness  # blinks, gaze, a centred head (engine/liveliness.py)
         self.ended = False
         self.n_out: int | None = None  # output frames of the whole stream, once it has ended
@@ -517,6 +521,8 @@ class StreamState:
         self.emitted += n
         self.hops += 1
         # on what goes out; the model's own context stays as it made it
+        if self.closure is not None:
+            new[:, :D] = self.closure.apply(new[:, :D], self._feats, first - self.feat_offset)
         if self.gate is not None:
             self._listen()
             new = self.gate.apply(new, first)

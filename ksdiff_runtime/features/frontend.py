@@ -36,6 +36,9 @@ HAMA_CLASSES = 191
 HAMA_BLANK = HAMA_CLASSES - 1  # the CTC blank: the last class (<wb> and <blank> close hama's inventory)
 # Log-probabilities below this carry no information but would dominate the feature's range.
 PPG_LOG_FLOOR = -10.0
+# /p/, /b/ and /m/ in hama's inventory (hama.vocab.Vocabulary's decoder; tests check it against hama), for what
+# reads the recogniser's bilabials from the features without hama (engine/closure.py)
+HAMA_BILABIALS = {"p": 35, "b": 10, "m": 31}
 # Offline (bake) recognition of clips longer than 2 pieces of OFFLINE_MIN_PIECE_S runs in pieces
 # on all cores, each with this much audio context on both sides.
 OFFLINE_MIN_PIECE_S = 1
@@ -311,6 +314,16 @@ class LogMelFrontEnd(BlockwiseFrontEnd):
 
 
 # --- phonetic posteriorgram -----------------------------------------------------------------
+def ppg_features(log_probs: np.ndarray) -> np.ndarray:
+    """The posteriorgram features of recogniser log-probabilities: floored at PPG_LOG_FLOOR, mapped to [-1, 1]."""
+    return (np.maximum(log_probs, PPG_LOG_FLOOR) + 5.0) / 5.0
+
+
+def ppg_probabilities(ppg: np.ndarray) -> np.ndarray:
+    """The probabilities posteriorgram features stand for (``ppg_features`` undone; the floor stays)."""
+    return np.exp(5.0 * np.asarray(ppg, np.float32) - 5.0)
+
+
 class PosteriorgramFrontEnd(BlockwiseFrontEnd):
     """hama phoneme-recogniser posteriorgram (191) + log-mel (n_mels).
 
@@ -361,7 +374,7 @@ class PosteriorgramFrontEnd(BlockwiseFrontEnd):
         return out
 
     def _with_mel(self, segment: np.ndarray, log_probs: np.ndarray) -> tuple[np.ndarray, int, float]:
-        ppg = (np.maximum(log_probs, PPG_LOG_FLOOR) + 5.0) / 5.0
+        ppg = ppg_features(log_probs)
         # Log-mel on hama's 20 ms grid (every other mel frame): one grid, one interpolation.
         mel = self._mel.frames(segment, ppg.shape[0], hop=HAMA_HOP)
         return np.concatenate([ppg, mel], axis=1), HAMA_HOP, 0.0

@@ -28,6 +28,7 @@ from ksdiff_runtime.features.frontend import (
     FrontEndConfig,
     PosteriorgramFrontEnd,
     _interp,
+    ppg_features,
 )
 from ksdiff_runtime.features.streaming_recogniser_onnx import MIN_SAMPLES, OnnxStreamingRecogniser, RecogniserStream
 from ksdiff_runtime.motion import FPS, SAMPLE_RATE, num_frames
@@ -161,7 +162,7 @@ class StreamingPosteriorgramFrontEnd(PosteriorgramFrontEnd):
         for j, q in enumerate(range(q0, q1)):  # a frame not final yet (or before this recogniser stream) holds
             k = min(q, ppg.final - 1) - ppg.first
             lp[j] = ppg.log_probs[k] if 0 <= k < ppg.log_probs.shape[0] else BLANK_LOG_PROBS
-        ppg_feats = (np.maximum(lp, PPG_LOG_FLOOR) + 5.0) / 5.0
+        ppg_feats = ppg_features(lp)
         # log-mel of the segment [s0, s1) (zeros outside it, as the windowed front-end), only at frames q0..:
         # from one grid frame before q0 (its window reaches back 256 samples) or the segment's start
         a = max(s0, HAMA_HOP * (q0 - 1))

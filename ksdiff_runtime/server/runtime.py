@@ -34,6 +34,7 @@ import numpy as np
 import zmq
 
 from ksdiff_runtime import __version__, motion
+from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE
 from ksdiff_runtime.engine.controls import Controls, ControlsError
 from ksdiff_runtime.engine.engine import DEFAULT_IDLE_TIMEOUT_S, Ended, StepResult, StreamingEngine
 from ksdiff_runtime.engine.gate import gate_if_available
@@ -74,16 +75,19 @@ def build_engine(
     threads: int = 1,
     controls: Controls | None = None,
     voice_gate: bool = True,
+    closure: bool = True,
     liveliness: bool = True,
     streaming_recogniser: bool = True,
     mood_guidance: float = DEFAULT_MOOD_GUIDANCE,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
     ``voice_gate``: rest the mouth where no voice is heard (engine/gate.py; off with a warning when
-    Silero VAD is not installed). ``liveliness``: blinks, gaze micro-saccades and a centred head on top of
-    the model (engine/liveliness.py). ``streaming_recogniser``: live streams keep a streaming recogniser
-    (features/streaming_frontend.py); False: each hop re-recognises its window of audio. ``mood_guidance``:
-    how strongly the network speaks in a stream's mood (engine/sampling.py).
+    Silero VAD is not installed). ``closure``: seal the lips where the recogniser hears /p b m/
+    (engine/closure.py; a model without a posteriorgram has it off, with a warning). ``liveliness``: blinks,
+    gaze micro-saccades and a centred head on top of the model (engine/liveliness.py).
+    ``streaming_recogniser``: live streams keep a streaming recogniser (features/streaming_frontend.py);
+    False: each hop re-recognises its window of audio. ``mood_guidance``: how strongly the network speaks in
+    a stream's mood (engine/sampling.py).
 
     ``threads``: ONNX Runtime's intra-op threads on the CPU. One by default: a hop's batch is
     small, and a second spinning worker fights the front-end and io threads for the cores
@@ -94,7 +98,7 @@ def build_engine(
     t0 = time.perf_counter()
     loaded = load_backend(backend, checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=threads)
     engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s, controls=controls,
-                             voice_gate=gate_if_available(voice_gate),
+                             voice_gate=gate_if_available(voice_gate), closure=DEFAULT_CLOSURE if closure else None,
                              liveliness=LivelinessConfig() if liveliness else None,
                              streaming_recogniser=streaming_recogniser, mood_guidance=mood_guidance)
     loaded_s = time.perf_counter() - t0

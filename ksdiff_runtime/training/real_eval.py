@@ -17,7 +17,9 @@ independent phone aligner, not from the model's own recogniser:
 
 Scored, for the bake (whole clip, 4 DDIM steps) and a live stream (the low-latency preset), each
 without and with the voice gate (engine/gate.py; applied to the same frames, exactly as a stream
-or a bake with the gate gets it):
+or a bake with the gate gets it), and with the bilabial closure and the gate, as `serve` and `bake` run by
+default (engine/closure.py; a bake's closure applied to its frames from its features, as ``bake`` does; a
+live stream's from an engine that runs it):
 
 - **bilabial closure:** the lips close (``metrics.closure_flags``) on an aligned /p/, /b/ or /m/;
   "medial" closures, those not right after a pause (the aligner's silence, or the prompt's start),
@@ -27,6 +29,9 @@ or a bake with the gate gets it):
   with loudness (RMS over 50 ms) and nothing else: each frame gets the model's own lip aperture of
   the same loudness rank within the prompt, so it closes the lips exactly as often as the model
   does, and only the *timing* of closure separates them.
+- **vowels shut:** the lips closed where they should be open: aligned vowels with the lips closed on some
+  frame of their middle half, beside a /p b m/ (where the closure's timing, and the aligner's, decide) and
+  elsewhere.
 - **rest in silence:** frames at least ``metrics.REST_MARGIN_FRAMES`` from any aligned speech with
   the mouth at rest (``motion.mouth_at_rest``).
 - **non-speech:** frames with jawOpen > 0.1 on each sound of ``nonspeech`` (procedural noises and
@@ -50,6 +55,7 @@ import numpy as np
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.backends.base import Backend
+from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, ClosureConfig, closure_for
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.gate import GateConfig, gate_clip
 from ksdiff_runtime.engine.offline import animate, clip_inputs
@@ -57,7 +63,7 @@ from ksdiff_runtime.engine.presets import get_preset
 from ksdiff_runtime.features.vad import shared_vad
 
 from . import metrics, nonspeech
-from .streaming_distil import load_prompt, real_prompts
+from .streaming_distil import load_prompt, prompt_language, real_prompts
 
 TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 SR = motion.SAMPLE_RATE
@@ -66,6 +72,7 @@ JAW = motion.index("jawOpen")
 PAD_S = 1.0  # quiet room before and after each prompt
 ROOM_DBFS = -65.0  # its level: a quiet microphone
 BILABIALS = ("p", "b", "m")
+VOWELS = ("aa", "ae", "ah", "ao", "aw", "ay", "eh", "er", "ey", "ih", "iy", "ow", "oy", "uh", "uw")  # CMU's
 OPEN = 0.1  # jawOpen above this: a visibly open mouth (issue 11's non-speech measure)
 LEVELS_DBFS = (-30.0, -20.0)
 SNR_DB = 10.0
@@ -174,8 +181,14 @@ class Aligner:
 
 def held_out_prompts(max_prompts: int = 0, seed: int = 0) -> tuple[list[Prompt], dict[str, str]]:
     """The held-out English prompts, padded and aligned; and those left out, with why."""
-    texts = transcripts()
-    paths = real_prompts("test")  # English only
+    return aligned_prompts("test", max_prompts, seed)
+
+
+def aligned_prompts(split: str, max_prompts: int = 0, seed: int = 0) -> tuple[list[Prompt], dict[str, str]]:
+    """The English prompts of ``split`` (``streaming_distil.real_prompts``: "test" is the held-out fifth, "train"
+    the others), padded and aligned; and those left out, with why."""
+    texts = transcripts()  # English: the other languages' prompts are left out
+    paths = [p for p in real_prompts(split) if prompt_language(p) == "en"]
     if not paths:
         raise RealEvalError("no recorded English prompts: apt-get install asterisk-core-sounds-en-wav")
     aligner = Aligner()
@@ -238,6 +251,12 @@ def model_frames(mode: str, backend: Backend, engine: StreamingEngine | None, au
     return frames
 
 
+def closed_bakes(backend: Backend, frames: list[np.ndarray], audios: list[np.ndarray],
+                 closure: ClosureConfig) -> list[np.ndarray]:
+    """Baked frames [T, 52] with the bilabial closure, from each clip's features, as ``bake`` applies it."""
+    return [closure.apply(f, clip_inputs(backend, a).feats, 0) for f, a in zip(frames, audios, strict=True)]
+
+
 def gated(frames: list[np.ndarray], audios: list[np.ndarray], config: GateConfig) -> list[np.ndarray]:
     return [gate_clip(f, a, config, shared_vad()) for f, a in zip(frames, audios, strict=True)]
 
@@ -295,8 +314,28 @@ def rate_with_interval(per_prompt: list[tuple[int, int]], rng: np.random.Generat
             "ci95": [round(float(lo), 4), round(float(hi), 4)], "n": int(counts[:, 1].sum())}
 
 
+def vowels_shut(frames: list[np.ndarray], prompts: list[Prompt]) -> dict[str, Any]:
+    """The lips closed where they should be open: aligned vowels with the lips closed on some frame of their middle
+    half, those next to a /p b m/ (where a closure's timing decides) and the others, each as closed / counted."""
+    shut = {"beside a bilabial": [0, 0], "elsewhere": [0, 0]}
+    for f, p in zip(frames, prompts, strict=True):
+        gap = motion.lip_aperture(f)
+        for i, ph in enumerate(p.phones):
+            if ph.name not in VOWELS:
+                continue
+            a = int((ph.start + 0.25 * ph.dur) * FPS)
+            b = min(int(np.ceil((ph.start + 0.75 * ph.dur) * FPS)), len(gap))
+            if b <= a:
+                continue
+            beside = any(0 <= j < len(p.phones) and p.phones[j].name in BILABIALS for j in (i - 1, i + 1))
+            counts = shut["beside a bilabial" if beside else "elsewhere"]
+            counts[0] += int(gap[a:b].min() < motion.LIP_CLOSED_THRESHOLD)
+            counts[1] += 1
+    return {k: {"rate": round(c / n, 4) if n else None, "shut": c, "n": n} for k, (c, n) in shut.items()}
+
+
 def score_speech(frames: list[np.ndarray], prompts: list[Prompt], seed: int = 0) -> dict[str, Any]:
-    """Closure (all, medial, each of /p b m/ medial) with intervals, and rest in silence."""
+    """Closure (all, medial, each of /p b m/ medial) with intervals, rest in silence, and vowels shut."""
     flags = [bilabials(f, p.phones) for f, p in zip(frames, prompts, strict=True)]
 
     def rate(keep) -> dict[str, Any]:
@@ -312,6 +351,7 @@ def score_speech(frames: list[np.ndarray], prompts: list[Prompt], seed: int = 0)
     total = sum(int(r.sum()) for r in rest)
     out["rest_in_silence"] = round(at_rest / total, 4) if total else None
     out["rest_frames"] = total
+    out["vowels_shut"] = vowels_shut(frames, prompts)
     return out
 
 
@@ -346,12 +386,15 @@ def jaw_correlation(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def evaluate_real(backend: Backend, out: Path, max_prompts: int = 0, modes: tuple[str, ...] = MODES,
-                  nonspeech_seconds: float = 8.0, noisy_prompts: int = 40, seed: int = 0) -> dict[str, Any]:
-    """Score ``backend``'s model on real voices and non-speech (module docstring); write the report to ``out``."""
-
+                  nonspeech_seconds: float = 8.0, noisy_prompts: int = 40, seed: int = 0,
+                  closure: ClosureConfig | None = DEFAULT_CLOSURE) -> dict[str, Any]:
+    """Score ``backend``'s model on real voices and non-speech (module docstring); write the report to ``out``.
+    ``closure``: the bilabial closure the runs "+ closure + gate" get (None, or a model without a posteriorgram:
+    no such runs)."""
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    closure = closure_for(backend.constants.cfg.front_end.name, closure)
     prompts, skipped = held_out_prompts(max_prompts, seed)
     audios = [p.audio for p in prompts]
     sounds = nonspeech_inputs(nonspeech_seconds, seed)
@@ -367,32 +410,47 @@ def evaluate_real(backend: Backend, out: Path, max_prompts: int = 0, modes: tupl
         "speech": {}, "nonspeech": {name: {} for name in sounds}, "noisy_speech": {name: {} for name in noises},
     }
     engine = StreamingEngine(backend, LIVE_PRESET, front_end_threads=1)
+    closing = None if closure is None else StreamingEngine(backend, LIVE_PRESET, front_end_threads=1, closure=closure)
     for mode in modes:
         gate = GateConfig() if mode == "bake" else GateConfig().for_preset(get_preset(LIVE_PRESET))
 
-        def run(clips: list[np.ndarray], what: str, mode: str = mode) -> list[np.ndarray]:
-            return model_frames(mode, backend, engine, clips, seed, f"{mode}: {what}")
+        def run(clips: list[np.ndarray], what: str, mode: str = mode) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            """Each clip's frames from the model, and with the closure (empty without one)."""
+            frames = model_frames(mode, backend, engine, clips, seed, f"{mode}: {what}")
+            if closure is None:
+                return frames, []
+            if mode == "bake":
+                return frames, closed_bakes(backend, frames, clips, closure)
+            return frames, model_frames(mode, backend, closing, clips, seed, f"{mode} + closure: {what}")
 
-        clean = run(audios, "real prompts")
+        clean, clean_closed = run(audios, "real prompts")
         clean_gated = gated(clean, audios, gate)
+        closed_gated = gated(clean_closed, audios, gate) if clean_closed else []
         result["speech"][mode] = {
             "model": score_speech(clean, prompts, seed),
             "gated": score_speech(clean_gated, prompts, seed),
+            **({"closed + gated": score_speech(closed_gated, prompts, seed)} if closed_gated else {}),
             "loudness follower": score_speech([loudness_follower(f, a) for f, a in zip(clean, audios, strict=True)],
                                               prompts, seed),
         }
         names = list(sounds)
-        quiet = run([sounds[n] for n in names], "non-speech")
+        quiet, quiet_closed = run([sounds[n] for n in names], "non-speech")
         quiet_gated = gated(quiet, [sounds[n] for n in names], gate)
         for name, f, g in zip(names, quiet, quiet_gated, strict=True):
             result["nonspeech"][name] |= {mode: open_share(f), f"{mode} + gate": open_share(g)}
+        if quiet_closed:
+            for name, c in zip(names, gated(quiet_closed, [sounds[n] for n in names], gate), strict=True):
+                result["nonspeech"][name][f"{mode}{RUNS['closed + gated']}"] = open_share(c)
         for name, noise in noises.items():
             mixed = [mix(p, noise, SNR_DB) for p in noisy]
-            frames = run(mixed, f"prompts + {name}")
+            frames, frames_closed = run(mixed, f"prompts + {name}")
             result["noisy_speech"][name] |= {
                 mode: jaw_correlation(clean[: len(noisy)], frames),
                 f"{mode} + gate": jaw_correlation(clean_gated[: len(noisy)], gated(frames, mixed, gate)),
             }
+            if frames_closed:
+                result["noisy_speech"][name][f"{mode}{RUNS['closed + gated']}"] = jaw_correlation(
+                    closed_gated[: len(noisy)], gated(frames_closed, mixed, gate))
     result["targets"] = targets(result)
     out.mkdir(parents=True, exist_ok=True)
     (out / "real_eval.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -401,17 +459,20 @@ def evaluate_real(backend: Backend, out: Path, max_prompts: int = 0, modes: tupl
     return result
 
 
+# the runs scored on speech beside the loudness follower, and what their labels add to the mode's name
+RUNS = {"model": "", "gated": " + gate", "closed + gated": " + closure + gate"}
 TARGET_SOUNDS = ("white noise", "pink noise", "brown noise", "wind", "music: ")
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 11's targets on real voices and non-speech, for each mode, the model alone and with the gate."""
+    """Issue 11's targets on real voices and non-speech, for each mode: the model alone, with the gate, and with
+    the closure and the gate."""
     rows = []
     for mode, runs in result["speech"].items():
         follower = runs["loudness follower"]["closure_medial"]["rate"] or 0.0
-        for run in ("model", "gated"):
+        for run in (r for r in RUNS if r in runs):
             s = runs[run]
-            label = mode if run == "model" else f"{mode} + gate"
+            label = mode + RUNS[run]
             medial = s["closure_medial"]["rate"] or 0.0
             worst = [v for n, v in result["nonspeech"].items() if n.startswith(TARGET_SOUNDS)]
             worst_open = max(v[label] for v in worst) if worst else None
@@ -436,6 +497,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f} %"
 
 
+def _shut(r: dict[str, Any]) -> str:
+    return "-" if r["rate"] is None else f"{100 * r['rate']:.1f} % ({r['shut']} of {r['n']})"
+
+
 def _rate(r: dict[str, Any]) -> str:
     if r["rate"] is None:
         return "-"
@@ -451,16 +516,21 @@ def format_report(result: dict[str, Any]) -> str:
         f"noise at {result['room_dbfs']:g} dBFS. bake: whole clip, {result['bake_steps']} DDIM steps; live: the "
         f"`{result['live_preset']}` preset, 33 ms pushes. Closure rates with a 95 % bootstrap interval over "
         "prompts and the number of bilabials. The loudness follower opens the mouth with loudness alone, by as "
-        "much as the model does overall (ranked).", "",
-        "| run | closure, all | closure, medial | /p/ medial | /b/ medial | /m/ medial | rest in silence |",
-        "|---|---|---|---|---|---|---|",
+        "much as the model does overall (ranked). Vowels shut: aligned vowels with the lips closed on some frame "
+        "of their middle half (lips closed where they should be open), beside a /p b m/ (where a closure's "
+        "timing, and the aligner's, decide) and elsewhere. \"+ closure\": the lips sealed where the recogniser "
+        "hears /p b m/ (engine/closure.py), on by default in `serve` and `bake`, as the gate is.", "",
+        "| run | closure, all | closure, medial | /p/ medial | /b/ medial | /m/ medial | rest in silence "
+        "| vowels shut, beside /p b m/ | vowels shut, elsewhere |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, runs in result["speech"].items():
         for run, s in runs.items():
-            label = {"model": mode, "gated": f"{mode} + gate"}.get(run, f"{mode}: {run}")
+            label = mode + RUNS[run] if run in RUNS else f"{mode}: {run}"
             lines.append(f"| {label} | {_rate(s['closure'])} | {_rate(s['closure_medial'])} | "
                          + " | ".join(_rate(s[f'closure_medial_{b}']) for b in BILABIALS)
-                         + f" | {_pct(s['rest_in_silence'])} |")
+                         + f" | {_pct(s['rest_in_silence'])} | "
+                         + " | ".join(_shut(s["vowels_shut"][k]) for k in ("beside a bilabial", "elsewhere")) + " |")
     columns = [c for c in next(iter(result["nonspeech"].values()), {})]
     lines += ["", f"Non-speech: frames with jawOpen > {result['open_threshold']}.", "",
               "| sound | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]

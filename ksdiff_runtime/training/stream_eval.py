@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ksdiff_runtime.backends import load_backend
+from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.offline import Animation
 from ksdiff_runtime.engine.presets import LINE_EXPRESSION_STEPS, PRESETS, Preset
@@ -90,6 +91,7 @@ def stream_eval(
     variants: list[Preset] | None = None, line_steps: list[int] | None = None, windowed: bool = False,
     windowed_recogniser: bool = False, recogniser_weights: Path | None = None, recogniser_lookahead: int | None = None,
     line_face_steps: int | None = LINE_EXPRESSION_STEPS, line_base: Preset | None = None, null_style: bool = False,
+    closure: bool = False,
 ) -> dict:
     """Both presets (or, given ``variants``, those presets instead) against whole-clip animation; with
     ``line_steps``, also every clip as a line (mode "line") at each of those step counts; ``windowed``:
@@ -100,7 +102,9 @@ def stream_eval(
     ``line_face_steps``: lines' face keeps its prediction after this many of their steps (None: all);
     ``line_base``: the engine preset lines derive from (None: low-latency, the runtime's default);
     ``null_style``: every row with the network's null style, as `serve` runs a neutral stream (engine/style.py),
-    not each clip's reference style (another clip of its persona, as the SDK can give a stream)."""
+    not each clip's reference style (another clip of its persona, as the SDK can give a stream);
+    ``closure``: also each preset's live streams with the bilabial closure (engine/closure.py), as `serve` runs
+    them."""
     model = load_model(checkpoint)
     held = held_out(model, corpus, cache, max_clips)
     clips, beats_audio = held.clips, held.beats_audio
@@ -111,21 +115,23 @@ def stream_eval(
     backend = load_backend(backend_name, checkpoint)
     presets: dict[str, Preset] = {}
     for preset in variants or list(PRESETS.values()):
-        # (stream conditioner, streaming recogniser): as the engine runs, then the comparisons asked for
-        runs = ([(True, True)] + ([(False, True)] if windowed else [])
-                + ([(True, False)] if windowed_recogniser else []))
-        for streamed, recognised in runs:
+        # (stream conditioner, streaming recogniser, bilabial closure): as the engine runs, then those asked for
+        runs = [(True, True, False)] + ([(True, True, True)] if closure else [])
+        runs += ([(False, True, False)] if windowed else []) + ([(True, False, False)] if windowed_recogniser else [])
+        for streamed, recognised, closed in runs:
             front_end = None
             if recognised and (recogniser_weights is not None or recogniser_lookahead is not None):
                 front_end = StreamingPosteriorgramFrontEnd(
                     preset.front_end_config(backend.constants.cfg.front_end), recogniser_weights or WEIGHTS,
                     LOOKAHEAD if recogniser_lookahead is None else recogniser_lookahead)
             engine = StreamingEngine(backend, preset, stream_conditioner=streamed, front_end=front_end,
-                                     streaming_recogniser=recognised, sessions=all_at_once(clips))
+                                     streaming_recogniser=recognised, sessions=all_at_once(clips),
+                                     closure=DEFAULT_CLOSURE if closed else None)
             anims = stream_animations(engine, clips, styles, np.random.default_rng(1))
             label = f"stream {preset.name} ({preset.steps} steps, hop {preset.hop_frames})"
             label += "" if streamed else ", windowed conditioner"
             label += "" if recognised else ", windowed recogniser"
+            label += ", bilabial closure" if closed else ""
             rows[label] = score(clips, anims, beats_audio, (0.5, 0.5))
             presets[label] = preset
     for steps in line_steps or []:
