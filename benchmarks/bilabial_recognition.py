@@ -22,6 +22,7 @@ from hama.vocab import Vocabulary
 from tqdm import tqdm
 
 from ksdiff_runtime import motion
+from ksdiff_runtime.features.frontend import HAMA_BILABIALS
 from ksdiff_runtime.features.recogniser_onnx import OnnxRecogniser
 from ksdiff_runtime.features.streaming_frontend import LOOKAHEAD, WEIGHTS
 from ksdiff_runtime.features.streaming_recogniser_onnx import OnnxStreamingRecogniser
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="results file")
     args = p.parse_args(argv)
     labels = [*Vocabulary.load().decoder, "<wb>", "<blank>"]
-    bilabial = [labels.index(x) for x in BILABIALS]
+    bilabial = [HAMA_BILABIALS[x] for x in BILABIALS]
     prompts, _ = held_out_prompts(args.max_prompts)
     streaming, full = OnnxStreamingRecogniser(WEIGHTS, LOOKAHEAD), OnnxRecogniser()
     recognisers = {f"streaming (lookahead {LOOKAHEAD})": streaming.whole, "full-context (hama)": full.log_probs}

@@ -3,7 +3,8 @@
     python -m benchmarks.crowd [--corpus data/corpus] [--clips 12]
 
 Held-out clips of the corpus (different voices and lines) are animated as NPC lines (mode "line", pushed
-whole) and as live streams, through the engine (ONNX Runtime, low-latency, voice gate and liveliness on),
+whole) and as live streams, through the engine (ONNX Runtime, low-latency, bilabial closure, voice gate and
+liveliness on, as `serve`),
 each stream either with one seed shared by all (what a stream opened without a seed got before protocol
 1.4: 0) or with the seed a stream without one gets now (``sessions.stream_seed`` of its id). Reported:
 the mean and 90th percentile over every pair of clips and head axis of the Pearson correlation of their

@@ -4,8 +4,9 @@ guidance, and what that does to closures.
     python -m benchmarks.moods [--prompts 80] [--guidance 0 1 2]
 
 Held-out recorded English prompts (the real-voice evaluation's, aligned by PocketSphinx:
-training/real_eval.py) are streamed live through the engine (ONNX Runtime, low-latency preset, voice
-gate and liveliness on, 33 ms pushes). A mood is two things (docs/ENGINE.md): the controls' expression
+training/real_eval.py) are streamed live through the engine (ONNX Runtime, low-latency preset, bilabial
+closure, voice gate and liveliness on as `serve` runs them, 33 ms pushes; the committed figures were measured
+before the closure). A mood is two things (docs/ENGINE.md): the controls' expression
 layer (motion.MOOD_EXPRESSIONS) and, at a mood guidance above 0, the network given the mood's style
 (engine/sampling.py). At guidance 0 the prompts are streamed once, neutral, and each mood's layer is
 applied to those frames by the controls stage, as the engine applies it (its output does not feed back

@@ -1,11 +1,12 @@
 """`python -m benchmarks.rounds`: what one engine round costs with B live streams, in this process.
 
-B low-latency streams (the bundled speech, each from another place), the voice gate and liveliness on
-as `serve` runs them, fed one frame of audio (533 samples) per stream per round and stepped until the
-round's work is done: the round's wall time (it must stay under the 33 ms hop for the streams to be
-held in real time on the engine's thread) and the process's CPU time per stream-hop (by CPU alone,
-cores x 0.7 / (CPU per stream-hop x 30 hops/s) streams fit; admission in `serve` counts the rounds'
-fixed part once, engine/capacity.py). No ZeroMQ: benchmarks/load.py measures the real `serve`.
+B low-latency streams (the bundled speech, each from another place), the bilabial closure, voice gate and
+liveliness on as `serve` runs them (the committed curve was measured before the closure), fed one frame of
+audio (533 samples) per stream per round and stepped until the round's work is done: the round's wall time (it
+must stay under the 33 ms hop for the streams to be held in real time on the engine's thread) and the
+process's CPU time per stream-hop (by CPU alone, cores x 0.7 / (CPU per stream-hop x 30 hops/s) streams fit;
+admission in `serve` counts the rounds' fixed part once, engine/capacity.py). No ZeroMQ: benchmarks/load.py
+measures the real `serve`.
 Each count runs five ways: with the stream conditioner and the streaming recogniser (as the engine
 runs: a round of a few streams per core cut into parts run at once, ksdiff_runtime.parallel), rounds
 back to back; the same paced, a round starting every 33 ms as the audio would come (the cores idle
@@ -33,6 +34,7 @@ from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.engine.capacity import ROUND_TARGET, TARGET
+from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.gate import GateConfig
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
@@ -52,8 +54,8 @@ def measure(backend, streams: int, rounds: int, warm: int, way: str) -> dict:
     audio = np.tile(audio, -(-(rounds + warm) * HOP_SAMPLES // audio.size) + 2)
     stream_conditioner, streaming_recogniser, threads, paced = WAYS[way]
     engine = StreamingEngine(backend, "low-latency", voice_gate=GateConfig(), liveliness=LivelinessConfig(),
-                             stream_conditioner=stream_conditioner, streaming_recogniser=streaming_recogniser,
-                             front_end_threads=threads)
+                             closure=DEFAULT_CLOSURE, stream_conditioner=stream_conditioner,
+                             streaming_recogniser=streaming_recogniser, front_end_threads=threads)
     engine.warm_up()
     ids = [engine.open_stream(seed=i) for i in range(streams)]
     starts = [(i * 7919) % (audio.size // 3) for i in range(streams)]

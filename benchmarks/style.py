@@ -3,10 +3,11 @@
     python -m benchmarks.style [--corpus data/corpus] [--clips 40] [--prompts 80]
 
 Held-out synthetic clips (voices and lines never trained on) and held-out recorded English prompts are
-streamed live once through the engine (ONNX Runtime, low-latency preset, voice gate and liveliness on,
-33 ms pushes), each clip as a stream of its own and the clips one after another as one long stream (a
-VTuber's); each style is then applied to those frames by the controls stage, as the engine applies it
-to a stream. Two sets of five references:
+streamed live once through the engine (ONNX Runtime, low-latency preset, bilabial closure, voice gate and
+liveliness on as `serve` runs them, 33 ms pushes; the committed figures were measured before the closure),
+each clip as a stream of its own and the clips one after another as one long stream (a VTuber's); each style
+is then applied to those frames by the controls stage, as the engine applies it to a stream.
+Two sets of five references:
 
 - the built-in styles (still, calm, natural, lively, animated);
 - the issue's protocol: five held-out personas spread over the teacher's head amplitude, each handing
@@ -78,19 +79,20 @@ def styled(frames: list[np.ndarray], style: S.Style) -> list[np.ndarray]:
 
 
 def baked(clips: list[dict[str, Any]], seed: int) -> list[np.ndarray]:
-    """Each clip's [T, 55] frames as ``bake --seed SEED`` makes them with no style (voice gate and liveliness
-    on)."""
+    """Each clip's [T, 55] frames as ``bake --seed SEED`` makes them with no style (bilabial closure, voice gate
+    and liveliness on)."""
     from ksdiff_runtime.backends.select import load_backend
+    from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE
     from ksdiff_runtime.engine.gate import GateConfig
     from ksdiff_runtime.engine.liveliness import LivelinessConfig
-    from ksdiff_runtime.engine.offline import animate, clip_inputs, gate_animation, liven_animation
+    from ksdiff_runtime.engine.offline import animate, clip_inputs, close_animation, gate_animation, liven_animation
     from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
     backend = load_backend("onnxruntime-cpu", DEFAULT_CHECKPOINT, threads=1)
     out = []
     for c in clips:
         inputs = clip_inputs(backend, c["audio"], None)
-        anim = animate(backend, [inputs], steps=4, seeds=[seed])[0]
+        anim = close_animation(animate(backend, [inputs], steps=4, seeds=[seed])[0], inputs, DEFAULT_CLOSURE)
         anim = liven_animation(gate_animation(anim, inputs.audio, GateConfig()), seed, LivelinessConfig())
         out.append(np.concatenate([anim.blendshapes, anim.head], axis=1))
     return out

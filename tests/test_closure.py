@@ -47,12 +47,12 @@ def test_the_bilabial_classes_are_hamas() -> None:
 
 
 def test_closure_config_is_checked() -> None:
-    for bad in ({"start": 0.5, "full": 0.5}, {"start": -0.1}, {"full": 1.5}, {"ahead_frames": -1}, {"jaw_cap": 2.0}):
+    for bad in ({"start": 0.5, "full": 0.5}, {"start": -0.1}, {"full": 1.5}, {"ahead_frames": -1}, {"jaw_cap": 2.0},
+                {"hold_frames": 0}, {"ahead_frames": 1, "hold_frames": 3}):
         with pytest.raises(ValueError, match="closure"):
             ClosureConfig(**bad)
-    assert DEFAULT_CLOSURE.for_preset(1).ahead_frames == 1 and DEFAULT_CLOSURE.for_preset(5).ahead_frames == 2
-    for preset in PRESETS.values():  # the shipped presets read as far ahead as the closure wants
-        assert DEFAULT_CLOSURE.for_preset(preset.model_lookahead_frames) == DEFAULT_CLOSURE
+    for preset in PRESETS.values():  # the shipped presets wait for the features the closure reads
+        assert closure_for("ppg", DEFAULT_CLOSURE, preset.model_lookahead_frames) is DEFAULT_CLOSURE
 
 
 def test_the_lips_close_with_the_recognisers_bilabial_probability() -> None:
@@ -74,22 +74,48 @@ def test_the_lips_close_with_the_recognisers_bilabial_probability() -> None:
 
 
 def test_a_frame_reads_the_features_ahead_frames_later_and_nothing_past_them() -> None:
-    config = ClosureConfig(ahead_frames=2)
-    feats = features_with_bilabial([0.0, 0.0, 0.0, 0.0, 0.9, 0.0])  # a /b/ heard at frame 4
-    values = open_mouths(6)
-    closed = config.apply(values, feats, 0)
-    shut = motion.lip_aperture(closed) < motion.LIP_CLOSED_THRESHOLD
-    assert shut.tolist() == [False, False, True, False, False, False]
-    # frames 3..5 of the same stream, in a hop of their own: rows past the features there are read as no bilabial
-    np.testing.assert_array_equal(config.apply(values[3:], feats, 3), values[3:])
-    np.testing.assert_array_equal(config.apply(values[2:3], feats[:5], 2), closed[2:3])
+    feats = features_with_bilabial([0.0, 0.0, 0.0, 0.0, 0.9, 0.0, 0.0])  # a /b/ heard at frame 4
+    values = open_mouths(7)
+
+    def shut(config: ClosureConfig, first: int = 0, n: int = 7, rows: int = 7) -> list[bool]:
+        closed = config.apply(values[first : first + n], feats[:rows], first)
+        return (motion.lip_aperture(closed) < motion.LIP_CLOSED_THRESHOLD).tolist()
+
+    # frame i reads row i + 2, so frame 2 seals; held 2 frames, i reads rows i + 1 and i + 2: frames 2 and 3
+    assert shut(DEFAULT_CLOSURE) == [False, False, True, False, False, False, False]
+    held = ClosureConfig(hold_frames=2)
+    assert shut(held) == [False, False, True, True, False, False, False]
+    assert shut(ClosureConfig(ahead_frames=0)) == [False] * 4 + [True] + [False] * 2
+    # hop by hop (the rows the hop has: up to its last frame + 2) it is the same as the whole clip
+    for config in (DEFAULT_CLOSURE, held):
+        assert [shut(config, i, 1, i + 3)[0] for i in range(5)] == shut(config)[:5]
+    # rows past the features there are read as no bilabial (the end of a stream's audio)
+    assert shut(DEFAULT_CLOSURE, 0, 7, 4) == [False] * 7 and shut(held, 0, 7, 4) == [False] * 7
 
 
-def test_a_model_without_a_posteriorgram_gets_no_closure(caplog) -> None:
+def test_a_seal_held_two_frames_reaches_every_output_rate() -> None:
+    """One frame's seal reaches the outputs whose frames include the 30 fps ones; held two frames (hold_frames=2),
+    every rate's (a 24 or 25 fps frame falls between two 30 fps frames, and takes some of each)."""
+    from ksdiff_runtime.outputs.files import resample_frames
+
+    feats = features_with_bilabial([0.0] * 10 + [0.9] + [0.0] * 19)  # one frame of /b/
+    values = open_mouths(30)
+    for config, rates in ((DEFAULT_CLOSURE, (30, 60)), (ClosureConfig(hold_frames=2), (24, 25, 30, 50, 60))):
+        closed = config.apply(values, feats, 0)
+        for fps in rates:
+            out = resample_frames(closed, motion.FPS, fps, 30 * fps // motion.FPS)
+            assert (motion.lip_aperture(out) < motion.LIP_CLOSED_THRESHOLD).any(), (config, fps)
+
+
+def test_a_model_without_a_posteriorgram_or_a_preset_without_lookahead_gets_no_closure(caplog) -> None:
     assert closure_for("ppg", DEFAULT_CLOSURE) is DEFAULT_CLOSURE and closure_for("ppg", None) is None
     with caplog.at_level(logging.WARNING):
         assert closure_for("logmel", DEFAULT_CLOSURE) is None
     assert "bilabial closure off" in caplog.text and "logmel" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # nearer rows shut more vowels than they close bilabials
+        assert closure_for("ppg", DEFAULT_CLOSURE, lookahead_frames=1) is None
+    assert "wait for 1 frame(s)" in caplog.text
 
 
 @pytest.fixture(scope="module")
@@ -123,18 +149,38 @@ def only_closes(closed: np.ndarray, model: np.ndarray) -> int:
 
 
 @pytest.mark.parametrize("mode", ["live", "line"])
-def test_a_stream_closes_more_lips_and_changes_nothing_else(backend, speech, mode) -> None:
+def test_a_stream_closes_from_the_features_it_read(backend, speech, mode, monkeypatch) -> None:
+    """A stream's closure is the closure of its model frames from exactly the feature rows the stream computed
+    (each frame's rows at their absolute frame numbers, whatever the stream kept), and it only closes."""
     from ksdiff_runtime.engine.engine import StreamingEngine
+    from ksdiff_runtime.engine.stream import StreamState
+
+    rows: dict[int, np.ndarray] = {}
+    add, update = StreamState.add_features, StreamState.update_features
+
+    def recorded_add(self, f0, f1, feats, pros=None):
+        rows.update({f0 + k: row.copy() for k, row in enumerate(feats)})
+        return add(self, f0, f1, feats, pros)
+
+    def recorded_update(self, upto, one_call, front_end=None):  # a line's first features, all at once
+        update(self, upto, one_call, front_end)
+        rows.update({self.feat_offset + k: row.copy() for k, row in enumerate(self._feats)})
 
     on = StreamingEngine(backend, "low-latency", closure=DEFAULT_CLOSURE, front_end_threads=1)
     off = StreamingEngine(backend, "low-latency", front_end_threads=1)
     try:
-        assert on.closure == DEFAULT_CLOSURE and off.closure is None
-        closed, model = stream(on, speech, mode), stream(off, speech, mode)
-        assert 1 <= only_closes(closed, model) <= 0.1 * len(closed)  # a few bilabials more, not a shut mouth
+        assert on.closure is DEFAULT_CLOSURE and off.closure is None
+        model = stream(off, speech, mode)
+        monkeypatch.setattr(StreamState, "add_features", recorded_add)
+        monkeypatch.setattr(StreamState, "update_features", recorded_update)
+        closed = stream(on, speech, mode)
     finally:
         on.close()
         off.close()
+    assert 1 <= only_closes(closed, model) <= 0.1 * len(closed)  # a few bilabials more, not a shut mouth
+    feats = np.stack([rows[i] for i in range(max(rows) + 1)])
+    D = motion.NUM_BLENDSHAPES
+    np.testing.assert_allclose(closed[:, :D], DEFAULT_CLOSURE.apply(model[:, :D], feats, 0), atol=1e-6)
 
 
 def test_bake_closes_by_default_and_not_with_no_closure(tmp_path) -> None:

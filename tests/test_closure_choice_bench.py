@@ -20,14 +20,18 @@ def test_the_closure_choice_scores_every_setting_on_training_prompts(tmp_path: P
     out = tmp_path / "choice.json"
     result = closure_choice.main(["--prompts", "4", "--out", str(out)])
     assert json.loads(out.read_text()) == result
-    assert result["prompts"] == 4 and result["medial_bilabials"] >= result["model"]["medial_closed"]
+    assert result["prompts"] == 4 and result["medial_bilabials"] >= result["model"]["medial_closed@30"]
     settings = result["settings"]
-    assert len(settings) == len(closure_choice.AHEAD) * len(closure_choice.RAMPS)
+    holds = sum(1 for a in closure_choice.AHEAD for h in closure_choice.HOLD if h <= a + 1)
+    assert len(settings) == holds * len(closure_choice.RAMPS)
     for s in settings:  # the closure only ever closes lips: nothing is lost, and it never opens a shut vowel
-        assert s["medial_closed"] >= 0 and s["vowels_shut_beside"] >= 0 and s["vowels_shut_elsewhere"] >= 0
-        assert s["net"] == s["medial_closed"] - s["vowels_shut_beside"] - s["vowels_shut_elsewhere"]
+        for fps in closure_choice.RATES:
+            gained = [s[f"{k}@{fps}"] for k in closure_choice.KEYS]
+            assert min(gained) >= 0 and s[f"net@{fps}"] == gained[0] - gained[1] - gained[2]
+        assert s["net"] == sum(s[f"net@{fps}"] for fps in closure_choice.RATES)
     assert result["best"]["net"] == max(s["net"] for s in settings)
-    # a lower threshold closes at least as much, reading the same frame
+    # a lower threshold, or a longer hold, closes at least as much, reading the same frames
     for ahead in closure_choice.AHEAD:
-        gained = [s["medial_closed"] for s in settings if s["ahead_frames"] == ahead]
-        assert gained == sorted(gained, reverse=True)
+        for hold in closure_choice.HOLD:
+            gained = [s["medial_closed@30"] for s in settings if (s["ahead_frames"], s["hold_frames"]) == (ahead, hold)]
+            assert gained == sorted(gained, reverse=True)

@@ -361,6 +361,7 @@ def test_eval_stream_scores_the_bilabial_closure_when_asked(run_dir: Path, data:
     # the same streams, seeds and model frames: the closure only ever closes lips
     assert rows[closed[0]]["bilabial_closure"] >= rows[plain]["bilabial_closure"]
     assert rows[closed[0]]["motion_beats_per_s"] == rows[plain]["motion_beats_per_s"]  # the head untouched
+    assert rows[closed[0]]["mouth_mae"] != rows[plain]["mouth_mae"]  # the closure ran
 
 
 @pytest.mark.timeout(900)  # about 1-2 min on a busy 2-core machine

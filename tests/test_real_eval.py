@@ -163,6 +163,33 @@ def test_a_small_run_writes_its_report(tmp_path: Path) -> None:
     assert (tmp_path / "real_eval.png").stat().st_size > 10_000
 
 
+@needs_prompts
+@pytest.mark.slow
+def test_live_runs_take_the_closure_from_an_engine_that_runs_it(tmp_path: Path, monkeypatch) -> None:
+    """A live run's "+ closure" frames come from an engine built with the closure (a bake's are closed after), and
+    without a closure there are no such runs."""
+    from ksdiff_runtime.backends.select import load_backend
+
+    engines = []
+    real_frames = R.live_frames
+
+    def live_frames(engine, audios, seed=0):
+        engines.append(engine.closure)
+        return real_frames(engine, audios, seed)
+
+    monkeypatch.setattr(R, "live_frames", live_frames)
+    backend = load_backend("onnxruntime", threads=1)
+    result = R.evaluate_real(backend, tmp_path, max_prompts=1, modes=("live",), nonspeech_seconds=0.5,
+                             noisy_prompts=1)
+    assert set(engines) == {None, R.DEFAULT_CLOSURE}
+    assert set(result["speech"]["live"]) == {"model", "gated", "closed + gated", "loudness follower"}
+    assert all("live + closure + gate" in row for row in result["noisy_speech"].values())
+    plain = R.evaluate_real(backend, tmp_path / "off", max_prompts=1, modes=("bake",), nonspeech_seconds=0.5,
+                            noisy_prompts=1, closure=None)
+    assert "closed + gated" not in plain["speech"]["bake"]
+    assert {t["run"] for t in plain["targets"]} == {"bake", "bake + gate"}
+
+
 def test_unknown_mode_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bake"):
         R.evaluate_real(None, tmp_path, modes=("offline",))  # type: ignore[arg-type]

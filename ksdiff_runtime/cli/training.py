@@ -124,7 +124,8 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", action="store_true",
                    help="instead: score the model on real recorded voices (lip closure on bilabials aligned by "
                    "PocketSphinx, against a loudness follower; rest in silence), on non-speech sounds and on speech "
-                   "under noise, as bake and live stream, with and without the voice gate (training/real_eval.py)")
+                   "under noise, as bake and live stream, with and without the voice gate, and with the bilabial "
+                   "closure and the gate as serve and bake run by default (training/real_eval.py)")
     p.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES,
                    help="with --real: the backend that runs the checkpoint")
     p.add_argument("--quick", action="store_true",

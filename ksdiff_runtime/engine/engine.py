@@ -150,8 +150,10 @@ class StreamingEngine:
 
             self._vad = shared_vad()
             self.voice_gate = voice_gate.for_preset(self.preset)
-        # The lips seal where the recogniser hears /p b m/ (engine/closure.py; None: off): a posteriorgram model's
-        self.closure = closure_for(self.cfg.front_end.name, closure)
+        # The lips seal where the recogniser hears /p b m/ (engine/closure.py; None: off), for a model that reads the
+        # recogniser's posteriorgram and a preset whose hops wait for the features the closure reads (lines keep
+        # the preset's lookahead)
+        self.closure = closure_for(self.cfg.front_end.name, closure, self.preset.model_lookahead_frames)
         # Live streams' hops condition with the stream conditioner (model/streaming.py: the encoder's past
         # cached, only new frames encoded) when the backend has it; False: window by window, as lines do.
         has_it = stream_conditioner and hasattr(backend, "condition_stream")

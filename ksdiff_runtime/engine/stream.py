@@ -148,8 +148,9 @@ class StreamState:
         self.ready_ns: int | None = None  # when the transcript was ready: no frame is due before
         self.out_fps = out_fps
         self.gate = gate  # the voice gate (engine/gate.py): the mouth rests where no voice is heard
-        # the lips seal where the recogniser hears /p b m/ (engine/closure.py), reading no further than the hops
-        self.closure = None if closure is None else closure.for_preset(preset.model_lookahead_frames)
+        # the lips seal where the recogniser hears /p b m/ (engine/closure.py; the engine checks it reads no further
+        # ahead than the hops wait for)
+        self.closure = closure
         self.liveliness = liveliness  # blinks, gaze, a centred head (engine/liveliness.py)
         self.ended = False
         self.n_out: int | None = None  # output frames of the whole stream, once it has ended

@@ -269,11 +269,11 @@ def bilabial_phones(phones: list[Phone]) -> list[tuple[int, bool]]:
     return [(i, i > 0 and phones[i - 1].name != "sil") for i, p in enumerate(phones) if p.name in BILABIALS]
 
 
-def bilabials(blendshapes: np.ndarray, phones: list[Phone]) -> list[tuple[str, bool, bool]]:
-    """(phone, medial, closed) for each aligned /p b m/ (bilabial_phones)."""
+def bilabials(blendshapes: np.ndarray, phones: list[Phone], fps: int = FPS) -> list[tuple[str, bool, bool]]:
+    """(phone, medial, closed) for each aligned /p b m/ (bilabial_phones), on frames at ``fps``."""
     found = bilabial_phones(phones)
     closed, counted = metrics.closure_flags(blendshapes, np.array([phones[i].start for i, _ in found]),
-                                            np.array([phones[i].dur for i, _ in found]))
+                                            np.array([phones[i].dur for i, _ in found]), fps)
     return [(phones[i].name, medial, bool(c)) for (i, medial), c, k in zip(found, closed, counted, strict=True) if k]
 
 
@@ -314,17 +314,18 @@ def rate_with_interval(per_prompt: list[tuple[int, int]], rng: np.random.Generat
             "ci95": [round(float(lo), 4), round(float(hi), 4)], "n": int(counts[:, 1].sum())}
 
 
-def vowels_shut(frames: list[np.ndarray], prompts: list[Prompt]) -> dict[str, Any]:
-    """The lips closed where they should be open: aligned vowels with the lips closed on some frame of their middle
-    half, those next to a /p b m/ (where a closure's timing decides) and the others, each as closed / counted."""
+def vowels_shut(frames: list[np.ndarray], prompts: list[Prompt], fps: int = FPS) -> dict[str, Any]:
+    """The lips closed where they should be open: aligned vowels with the lips closed on some frame (at ``fps``) of
+    their middle half, those next to a /p b m/ (where a closure's timing decides) and the others, each as closed /
+    counted."""
     shut = {"beside a bilabial": [0, 0], "elsewhere": [0, 0]}
     for f, p in zip(frames, prompts, strict=True):
         gap = motion.lip_aperture(f)
         for i, ph in enumerate(p.phones):
             if ph.name not in VOWELS:
                 continue
-            a = int((ph.start + 0.25 * ph.dur) * FPS)
-            b = min(int(np.ceil((ph.start + 0.75 * ph.dur) * FPS)), len(gap))
+            a = int((ph.start + 0.25 * ph.dur) * fps)
+            b = min(int(np.ceil((ph.start + 0.75 * ph.dur) * fps)), len(gap))
             if b <= a:
                 continue
             beside = any(0 <= j < len(p.phones) and p.phones[j].name in BILABIALS for j in (i - 1, i + 1))
