@@ -314,14 +314,17 @@ class LogMelFrontEnd(BlockwiseFrontEnd):
 
 
 # --- phonetic posteriorgram -----------------------------------------------------------------
+PPG_SCALE = 5.0  # log-probabilities [PPG_LOG_FLOOR, 0] -> features [-1, 1]: (lp + PPG_SCALE) / PPG_SCALE
+
+
 def ppg_features(log_probs: np.ndarray) -> np.ndarray:
     """The posteriorgram features of recogniser log-probabilities: floored at PPG_LOG_FLOOR, mapped to [-1, 1]."""
-    return (np.maximum(log_probs, PPG_LOG_FLOOR) + 5.0) / 5.0
+    return (np.maximum(log_probs, PPG_LOG_FLOOR) + PPG_SCALE) / PPG_SCALE
 
 
 def ppg_probabilities(ppg: np.ndarray) -> np.ndarray:
     """The probabilities posteriorgram features stand for (``ppg_features`` undone; the floor stays)."""
-    return np.exp(5.0 * np.asarray(ppg, np.float32) - 5.0)
+    return np.exp(PPG_SCALE * np.asarray(ppg, np.float32) - PPG_SCALE)
 
 
 class PosteriorgramFrontEnd(BlockwiseFrontEnd):
