@@ -252,6 +252,8 @@ def test_train_config_rejects_a_bad_live_share_or_preset() -> None:
         TrainConfig(live_windows=0.5, live_preset="quality")  # its 4 steps: no own context to make
     assert TrainConfig(live_windows=0.5, live_preset="quality", live_context="teacher").live_preset == "quality"
     assert TrainConfig(live_preset="quality").live_windows == 0.0  # not used: not checked
+    with pytest.raises(ValueError, match="context_drop"):
+        TrainConfig(context_drop=-0.1)
 
 
 # --- train and eval commands ---------------------------------------------------------------------

@@ -136,6 +136,35 @@ def test_closure_weight_adds_the_closure_loss_to_the_total():
     assert totals[1] - totals[0] == pytest.approx(2.0 * losses["closure"].item(), rel=1e-4)
 
 
+def test_context_drop_hides_whole_windows_previous_frames_from_the_denoisers():
+    """train --context-drop: a dropped window is trained as a take's first (no previous frame known); the others
+    as they were; none drawn at all without it, so runs without it keep their random streams."""
+    model = small_model().train()
+    C, B = model.cfg.motion_context_frames, 32
+    batch = training_batch(model.cfg, B=B)
+    batch["persona"] = torch.arange(B) % 4
+    seen: list[torch.Tensor] = []
+    hook = model.den_expr.register_forward_hook(lambda m, args, out: seen.append(args[1].clone()))
+
+    def losses(**kw: float) -> dict[str, torch.Tensor]:
+        torch.manual_seed(5)
+        return model.training_loss(batch, **kw)
+
+    plain, none = losses(), losses(context_drop=0.0)
+    assert all(plain[k].item() == none[k].item() for k in plain)
+    assert torch.equal(seen[0], batch["known"]) and torch.equal(seen[1], batch["known"])
+    hidden = losses(context_drop=1.0)
+    assert not seen[2].any()
+    torch.manual_seed(5)  # the same batch with no previous frame known, the same draws
+    start = model.training_loss(dict(batch, known=torch.zeros_like(batch["known"])), context_drop=1.0)
+    assert all(hidden[k].item() == pytest.approx(start[k].item(), rel=1e-6) for k in hidden)
+    losses(context_drop=0.5)
+    dropped = ~seen[-1][:, :C].bool().any(1)
+    assert 4 <= int(dropped.sum()) <= B - 4  # some of each
+    assert torch.equal(seen[-1][~dropped], batch["known"][~dropped])
+    hook.remove()
+
+
 def test_scored_frames_and_given_noise_steps_are_what_the_losses_use():
     """A live-shaped batch (dataset.live_windows) scores only its hop frames, at its sampler's noise steps."""
     model = small_model().train()

@@ -114,10 +114,14 @@ class KSDiff(nn.Module):
         return _weighted_mean(closed * excess**2, score)
 
     def training_loss(
-        self, batch: dict[str, torch.Tensor], p_true_keys: float = 0.3, closure_weight: float = 0.0
+        self, batch: dict[str, torch.Tensor], p_true_keys: float = 0.3, closure_weight: float = 0.0,
+        context_drop: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Losses for a batch of windows (see ksdiff_runtime/training/dataset.py for the keys). ``closure_weight``
         adds closure_loss, which asks the lips to shut where the target's do (a fine-tune's option).
+        ``context_drop``: the share of windows whose previous frames are hidden, as at a take's start, so the
+        denoisers learn to set what the style decides (a persona's smile, its head's amplitude) from the style
+        and not only by copying the frames before (a fine-tune's option; training.train.TrainConfig).
         Optional keys: ``score`` [B, N], the window frames the per-frame losses count (default all;
         ``score_expr`` or ``score_pose`` for one path only, e.g. zeros to leave a path unscored), and
         ``t`` [B], the noise steps (default uniform): a live-shaped batch (dataset.live_windows) scores
@@ -142,6 +146,7 @@ class KSDiff(nn.Module):
         loss_style = info_nce(style_a, style_b, same)
         style = style_keep[:, None] * style_a + (1 - style_keep[:, None]) * self.style_null
 
+        known_all = batch["known"] * keep(context_drop)[:, None] if context_drop > 0 else batch["known"]
         losses = {"style": loss_style}
         t = batch["t"] if "t" in batch else torch.randint(0, cfg.diffusion_steps, (B,), device=dev)
         for name, x, keys, kel, den, feats in (
@@ -149,7 +154,7 @@ class KSDiff(nn.Module):
             ("pose", self.norm_pose(batch["pose"]), batch["key_pose"], self.kel_pose, self.den_pose, f_h),
         ):
             score = batch.get(f"score_{name}", batch.get("score"))  # [B, N] or None: every window frame
-            known = batch["known"]  # [B, C+N]; 0 for window frames and for context before a clip starts
+            known = known_all  # [B, C+N]; 0 for window frames and for context before a clip starts
             last = x[:, C - 1] + 0.05 * torch.randn_like(x[:, C - 1])
             last = last * known[:, C - 1 : C]
             logits, values = kel(feats[:, C:], last)

@@ -63,6 +63,10 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0 = all cores)
     init_from: str = ""  # fine-tune: start from this checkpoint's weights and motion statistics
     closure_weight: float = 0.0  # weight of KSDiff.closure_loss (lips shut where the target's are)
+    # share of windows trained with their previous frames hidden, as at a take's start (KSDiff.training_loss):
+    # otherwise almost every window can copy a persona's smile and head amplitude from the frames before it,
+    # and the network never learns to read them from the style
+    context_drop: float = 0.0
     # share of steps whose batch is live-shaped (dataset.live_windows): live_preset's window, hop and
     # lookahead, scored on the hop's frames only, at the noise steps its sampler visits
     live_windows: float = 0.0
@@ -78,6 +82,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.live_windows <= 1.0:
             raise ValueError(f"live_windows is a share of steps in 0..1, not {self.live_windows}")
+        if not 0.0 <= self.context_drop <= 1.0:
+            raise ValueError(f"context_drop is a share of windows in 0..1, not {self.context_drop}")
         preset = get_preset(self.live_preset)  # a clear error naming the known presets
         if self.live_context not in ("self", "teacher"):
             raise ValueError(f"live_context must be 'self' or 'teacher', not {self.live_context!r}")
@@ -234,7 +240,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        losses = model.training_loss(batch, closure_weight=cfg.closure_weight)
+        losses = model.training_loss(batch, closure_weight=cfg.closure_weight, context_drop=cfg.context_drop)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
