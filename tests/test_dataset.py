@@ -382,6 +382,12 @@ def test_eval_reports_every_row(run_dir: Path, data: Data, tmp_path: Path) -> No
     assert rows["teacher"]["mouth_mae"] == 0.0 and rows["teacher"]["jaw_corr"] == pytest.approx(1.0)
     assert rows["mean-pose baseline"]["mae_vs_baseline"] == pytest.approx(1.0)
     assert rows["mean-pose baseline"]["jaw_corr"] == 0.0  # a constant track: 0, never NaN
+    by_shape = rows["KSDiff 4 steps"]["mouth_mae_by_shape"]  # the mouth MAE, blendshape by blendshape
+    assert list(by_shape) == list(motion.MOUTH_BLENDSHAPES)
+    assert np.mean(list(by_shape.values())) == pytest.approx(rows["KSDiff 4 steps"]["mouth_mae"], abs=1e-5)
+    assert rows["teacher"]["smile_level_r"] == pytest.approx(1.0)
+    assert rows["mean-pose baseline"]["smile_level_r"] == 0.0
+    assert "where the mouth error is" in (out / "eval.md").read_text()
     assert (out / "eval.md").is_file() and (out / "eval.png").is_file()
 
 

@@ -84,7 +84,9 @@ def score(
     closed = total = 0
     rest_hits = rest_total = 0
     jaw_p, jaw_t, maes, aligns, f1e, f1p, beat_rates = [], [], [], [], [], [], []
+    shape_err, smile_p, smile_t = [], [], []
     jaw = motion.index("jawOpen")
+    smile = [motion.index("mouthSmileLeft"), motion.index("mouthSmileRight")]
     for clip, anim, ab in zip(clips, anims, beats_audio, strict=True):
         c, t = M.bilabial_closures(anim.blendshapes, clip.phonemes, clip.phoneme_start, clip.phoneme_dur)
         closed, total = closed + c, total + t
@@ -94,6 +96,9 @@ def score(
         jaw_p.append(anim.blendshapes[:, jaw])
         jaw_t.append(clip.expr[:, jaw])
         maes.append(M.mouth_mae(anim.blendshapes, clip.expr))
+        shape_err.append(np.abs(anim.blendshapes[:, M.MOUTH] - clip.expr[:, M.MOUTH]).mean(axis=0))
+        smile_p.append(anim.blendshapes[:, smile].mean())
+        smile_t.append(clip.expr[:, smile].mean())
         beats = M.motion_beats(anim.head)
         beat_rates.append(len(beats) / max(len(anim.head) / motion.FPS, 1e-6))
         ba = M.beat_align(ab, beats)
@@ -111,6 +116,11 @@ def score(
         "motion_beats_per_s": float(np.mean(beat_rates)),
         "kel_f1_expr": float(np.mean(f1e)) if f1e else None,
         "kel_f1_pose": float(np.mean(f1p)) if f1p else None,
+        # a take's smile is its persona's (the teacher's smile bias): set by the style, not the words
+        "smile_level_r": M.correlation(np.asarray(smile_p), np.asarray(smile_t)),
+        # where the mouth error is: each mouth blendshape's mean absolute error over the clips
+        "mouth_mae_by_shape": dict(zip(motion.MOUTH_BLENDSHAPES, np.mean(shape_err, axis=0).round(5).tolist(),
+                                       strict=True)),
     }
 
 
@@ -352,6 +362,7 @@ COLUMNS = (
     ("motion_beats_per_s", "head beats/s"),
     ("kel_f1_expr", "KEL F1 expr"),
     ("kel_f1_pose", "KEL F1 pose"),
+    ("smile_level_r", "smile level r"),
 )
 
 
@@ -360,6 +371,8 @@ def _fmt(v: float | None) -> str:
 
 
 def format_table(result: dict) -> str:
+    by_shape = result["rows"]["KSDiff 4 steps"]["mouth_mae_by_shape"]
+    base_by_shape = result["rows"]["mean-pose baseline"]["mouth_mae_by_shape"]
     lines = [
         f"Held-out split: {result['held_out_clips']} clips (voices and sentences unseen in training); "
         "audio only, no transcript.",
@@ -381,6 +394,10 @@ def format_table(result: dict) -> str:
         + ", ".join(f"{v:.4f}" for v in result["style_generated_head_std_guided"]) + ")",
         f"- style encoder retrieval accuracy: {_fmt(result['style_retrieval_acc'])} "
         f"(chance {_fmt(result['style_retrieval_chance'])})",
+        "- where the mouth error is, 4 steps (mean-pose baseline): " + ", ".join(
+            f"{name} {err:.3f} ({base_by_shape[name]:.3f})" for name, err in sorted(
+                by_shape.items(), key=lambda kv: -kv[1])[:8]) + " (smile level r: the clips' mean smile against "
+        "the teacher's, a persona's smile bias, which only the style tells)",
         f"- KEL thresholds (chosen on training clips): expression {result['kel_thresholds']['expression']}, "
         f"pose {result['kel_thresholds']['pose']}",
         "- targets (4 steps): " + ", ".join(f"{k} {v}" for k, v in result["targets"].items()),
