@@ -324,6 +324,24 @@ def test_train_on_live_windows_only(data: Data, tmp_path: Path, keep_torch_threa
         main(["train", "--config", str(config), "--live-windows", "2"])
 
 
+def test_a_fine_tune_of_one_module_leaves_every_other_weight_as_it_was(run_dir: Path, data: Data, tmp_path: Path,
+                                                                        keep_torch_threads: None) -> None:
+    """train --init-from X --train-only den_expr --context-drop: only the expression denoiser moves."""
+    out = tmp_path / "one"
+    config = write_config(data, out, tmp_path / "tiny.toml")
+    start = load_model(run_dir / "last.pt").state_dict()
+    assert main(["train", "--config", str(config), "--init-from", str(run_dir / "last.pt"), "--max-steps", "2",
+                 "--warmup-steps", "0", "--lr", "1e-2", "--train-only", "den_expr", "--context-drop", "0.5"]) == 0
+    after = load_model(out / "last.pt").state_dict()
+    moved = {k for k in start if not torch.equal(start[k], after[k])}
+    assert moved and all(k.startswith("den_expr.") for k in moved), sorted(moved)[:5]
+    saved = tomllib.loads((out / "config.toml").read_text())["train"]
+    assert saved["train_only"] == "den_expr" and saved["context_drop"] == 0.5
+    with pytest.raises(ValueError, match="no module den_face"):
+        main(["train", "--config", str(config), "--init-from", str(run_dir / "last.pt"), "--out", str(tmp_path / "x"),
+              "--train-only", "den_face"])
+
+
 def test_eval_stream_scores_lines_from_the_preset_asked_for(run_dir: Path, data: Data, tmp_path: Path) -> None:
     argv = ["eval-stream", "--checkpoint", str(run_dir / "last.pt"), "--corpus", str(data.corpus), "--cache",
             str(data.cache), "--max-clips", "1", "--variant", "quality", "--lines", "1", "--line-preset",

@@ -85,6 +85,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-drop", type=float, metavar="SHARE",
                    help="share of windows trained with their previous frames hidden, as at a take's start, so the "
                    "network learns a persona's smile and head amplitude from the style (overrides the config)")
+    p.add_argument("--train-only", metavar="MODULES",
+                   help="fine-tune only these of the model's modules, comma-separated (e.g. den_expr, the expression "
+                   "denoiser); the rest stays as the checkpoint has it (overrides the config)")
     p.add_argument("--live-windows", type=float, metavar="SHARE",
                    help="share of steps trained on live-shaped windows: the low-latency preset's short window, "
                    "scored on its hop frame only, at its one noise step, its context made by the model itself "
@@ -106,7 +109,8 @@ def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
     overrides: dict[str, object] = {}
     for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
-                 "init_from", "closure_weight", "context_drop", "live_windows", "live_context", "live_head", "threads"):
+                 "init_from", "closure_weight", "context_drop", "train_only", "live_windows", "live_context",
+                 "live_head", "threads"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = str(value) if name == "init_from" else value

@@ -67,6 +67,9 @@ class TrainConfig:
     # otherwise almost every window can copy a persona's smile and head amplitude from the frames before it,
     # and the network never learns to read them from the style
     context_drop: float = 0.0
+    # a fine-tune's trainable parts: the model's modules by name, comma-separated (e.g. "den_expr"); the rest
+    # stays as the checkpoint has it. Empty: every weight
+    train_only: str = ""
     # share of steps whose batch is live-shaped (dataset.live_windows): live_preset's window, hop and
     # lookahead, scored on the hop's frames only, at the noise steps its sampler visits
     live_windows: float = 0.0
@@ -184,7 +187,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable(model, cfg.train_only), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     if last.is_file():
         state = torch.load(last, map_location=device, weights_only=False)
@@ -243,7 +246,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         losses = model.training_loss(batch, closure_weight=cfg.closure_weight, context_drop=cfg.context_drop)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         opt.step()
         with torch.no_grad():
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # a short EMA early on
@@ -286,6 +289,21 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         log.info("shipped EMA weights (float16) and their moods' styles to %s (%.1f MB)", ship,
                  ship.stat().st_size / 1e6)
     return last
+
+
+def trainable(model: KSDiff, only: str) -> list[torch.nn.Parameter]:
+    """The parameters a run trains: all (``only`` empty) or those of the named modules, the others frozen."""
+    if not only:
+        return list(model.parameters())
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    modules = dict(model.named_children())
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ValueError(f"train_only: no module {', '.join(unknown)} in the model; it has {', '.join(modules)}")
+    keep = {id(p) for n in names for p in modules[n].parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def live_hop(model: KSDiff, window: dict[str, np.ndarray], style: np.ndarray | None = None
