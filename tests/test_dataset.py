@@ -252,8 +252,11 @@ def test_train_config_rejects_a_bad_live_share_or_preset() -> None:
         TrainConfig(live_windows=0.5, live_preset="quality")  # its 4 steps: no own context to make
     assert TrainConfig(live_windows=0.5, live_preset="quality", live_context="teacher").live_preset == "quality"
     assert TrainConfig(live_preset="quality").live_windows == 0.0  # not used: not checked
-    with pytest.raises(ValueError, match="context_drop"):
-        TrainConfig(context_drop=-0.1)
+    for share in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="context_drop"):
+            TrainConfig(context_drop=share)
+    with pytest.raises(ValueError, match="give init_from"):
+        TrainConfig(train_only="den_expr")
 
 
 # --- train and eval commands ---------------------------------------------------------------------
@@ -340,6 +343,8 @@ def test_a_fine_tune_of_one_module_leaves_every_other_weight_as_it_was(run_dir: 
     with pytest.raises(ValueError, match="no module den_face"):
         main(["train", "--config", str(config), "--init-from", str(run_dir / "last.pt"), "--out", str(tmp_path / "x"),
               "--train-only", "den_face"])
+    with pytest.raises(RuntimeError, match="same --train-only"):  # its optimiser state is den_expr's alone
+        main(["train", "--config", str(config), "--init-from", str(run_dir / "last.pt"), "--max-steps", "3"])
 
 
 def test_eval_stream_scores_lines_from_the_preset_asked_for(run_dir: Path, data: Data, tmp_path: Path) -> None:
@@ -429,6 +434,20 @@ def test_eval_quick_gives_the_full_tables_4_step_row_side_by_side(run_dir: Path,
             if key in rows["4 steps, streaming features"] and value is not None:
                 assert rows["4 steps, streaming features"][key] == pytest.approx(value), key
     assert "| again | 4 steps |" in (tmp_path / "quick" / "quick.md").read_text()
+
+
+def test_the_smile_probe_runs_on_a_trained_model(run_dir: Path, data: Data, tmp_path: Path) -> None:
+    from benchmarks import smile_probe
+
+    out = tmp_path / "smile.json"
+    with np.errstate(all="ignore"):
+        result = smile_probe.main(["--checkpoint", str(run_dir / "last.pt"), "--corpus", str(data.corpus), "--cache",
+                                   str(data.cache), "--clips", "2", "--seeds", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == result and result["clips"] == 2
+    assert set(result["mae_vs_baseline_by_shift"]) == {"-2", "-1", "0", "1", "2"}
+    assert set(result["mae_vs_baseline_by_steps"]) == {"1", "2", "4"}
+    assert result["smile"]["from_style_vector_r"] is None  # two clips: too few to leave one out
+    assert 0.0 < result["smile"]["share_of_mouth_error"] < 1.0
 
 
 def test_eval_scores_a_checkpoint_on_the_streaming_recognisers_features(run_dir: Path, data: Data,

@@ -150,7 +150,25 @@ def test_context_drop_hides_whole_windows_previous_frames_from_the_denoisers():
         torch.manual_seed(5)
         return model.training_loss(batch, **kw)
 
-    plain, none = losses(), losses(context_drop=0.0)
+    rand = torch.rand
+    draws: list[int] = []
+
+    def counted(*a: object, **kw: object) -> torch.Tensor:
+        draws.append(1)
+        return rand(*a, **kw)
+
+    torch.rand = counted
+    try:
+        plain = losses()
+        n_plain = len(draws)
+        none = losses(context_drop=0.0)
+        n_none = len(draws) - n_plain
+        losses(context_drop=0.5)
+        n_drop = len(draws) - n_plain - n_none
+    finally:
+        torch.rand = rand
+    assert n_none == n_plain and n_drop == n_plain + 1  # the drop's one draw, only when asked for
+    del seen[2:]
     assert all(plain[k].item() == none[k].item() for k in plain)
     assert torch.equal(seen[0], batch["known"]) and torch.equal(seen[1], batch["known"])
     hidden = losses(context_drop=1.0)

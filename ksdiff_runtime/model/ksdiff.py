@@ -120,8 +120,8 @@ class KSDiff(nn.Module):
         """Losses for a batch of windows (see ksdiff_runtime/training/dataset.py for the keys). ``closure_weight``
         adds closure_loss, which asks the lips to shut where the target's do (a fine-tune's option).
         ``context_drop``: the share of windows whose previous frames are hidden, as at a take's start, so the
-        denoisers learn to set what the style decides (a persona's smile, its head's amplitude) from the style
-        and not only by copying the frames before (a fine-tune's option; training.train.TrainConfig).
+        denoisers learn to set what the style decides (a persona's smile) from the style and not only by copying
+        the frames before (a fine-tune's option; training.train.TrainConfig).
         Optional keys: ``score`` [B, N], the window frames the per-frame losses count (default all;
         ``score_expr`` or ``score_pose`` for one path only, e.g. zeros to leave a path unscored), and
         ``t`` [B], the noise steps (default uniform): a live-shaped batch (dataset.live_windows) scores

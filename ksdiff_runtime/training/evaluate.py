@@ -396,8 +396,9 @@ def format_table(result: dict) -> str:
         f"(chance {_fmt(result['style_retrieval_chance'])})",
         "- where the mouth error is, 4 steps (mean-pose baseline): " + ", ".join(
             f"{name} {err:.3f} ({base_by_shape[name]:.3f})" for name, err in sorted(
-                by_shape.items(), key=lambda kv: -kv[1])[:8]) + " (smile level r: the clips' mean smile against "
-        "the teacher's, a persona's smile bias, which only the style tells)",
+                by_shape.items(), key=lambda kv: -kv[1])[:8]) + " (every one in eval.json)",
+        "- smile level r: the clips' mean smile against the teacher's, a persona's smile bias, which only the "
+        "style tells",
         f"- KEL thresholds (chosen on training clips): expression {result['kel_thresholds']['expression']}, "
         f"pose {result['kel_thresholds']['pose']}",
         "- targets (4 steps): " + ", ".join(f"{k} {v}" for k, v in result["targets"].items()),

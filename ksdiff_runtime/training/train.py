@@ -63,12 +63,12 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0 = all cores)
     init_from: str = ""  # fine-tune: start from this checkpoint's weights and motion statistics
     closure_weight: float = 0.0  # weight of KSDiff.closure_loss (lips shut where the target's are)
-    # share of windows trained with their previous frames hidden, as at a take's start (KSDiff.training_loss):
-    # otherwise almost every window can copy a persona's smile and head amplitude from the frames before it,
-    # and the network never learns to read them from the style
+    # share of windows (live-shaped ones included) trained with their previous frames hidden, as at a take's
+    # start (KSDiff.training_loss): otherwise almost every window can copy a persona's smile from the frames
+    # before it, and the network never learns to read it from the style (docs/STYLE.md)
     context_drop: float = 0.0
-    # a fine-tune's trainable parts: the model's modules by name, comma-separated (e.g. "den_expr"); the rest
-    # stays as the checkpoint has it. Empty: every weight
+    # a fine-tune's trainable parts: the model's child modules by name, comma-separated (e.g. "den_expr"); the
+    # rest (and the null style, a parameter of no module) stays as init_from has it. Empty: every weight
     train_only: str = ""
     # share of steps whose batch is live-shaped (dataset.live_windows): live_preset's window, hop and
     # lookahead, scored on the hop's frames only, at the noise steps its sampler visits
@@ -87,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"live_windows is a share of steps in 0..1, not {self.live_windows}")
         if not 0.0 <= self.context_drop <= 1.0:
             raise ValueError(f"context_drop is a share of windows in 0..1, not {self.context_drop}")
+        if self.train_only and not self.init_from:
+            raise ValueError("train_only fine-tunes part of a trained model: give init_from too")
         preset = get_preset(self.live_preset)  # a clear error naming the known presets
         if self.live_context not in ("self", "teacher"):
             raise ValueError(f"live_context must be 'self' or 'teacher', not {self.live_context!r}")
@@ -159,6 +161,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    model = KSDiff(model_cfg)
+    params = trainable(model, cfg.train_only)  # a bad module name is refused before the long cache build
     log.info("device %s; building the feature cache", device)
     build_feature_cache(Path(cfg.corpus), Path(cfg.cache), model_cfg, workers=cfg.workers)
     clips = load_clips(Path(cfg.corpus), Path(cfg.cache), model_cfg, "train")
@@ -166,7 +170,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         raise RuntimeError(f"corpus {cfg.corpus} has no training clips")
     sampler = WindowSampler(clips, model_cfg, seed=cfg.seed)
 
-    model = KSDiff(model_cfg)
     last = out / "last.pt"
     if cfg.init_from and not last.is_file():
         # a fine-tune keeps the checkpoint's motion statistics: the exported graphs and every consumer of the
@@ -187,12 +190,15 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt = torch.optim.AdamW(trainable(model, cfg.train_only), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     if last.is_file():
         state = torch.load(last, map_location=device, weights_only=False)
         if ModelConfig.from_dict(state["config"]) != model_cfg:
             raise RuntimeError(f"{last} was trained with a different model config; use another --out")
+        if state.get("train_only", "") != cfg.train_only:  # the optimiser's state is that of those weights
+            raise RuntimeError(f"{last} trained {state.get('train_only') or 'every weight'}, this run "
+                               f"{cfg.train_only or 'every weight'}; resume with the same --train-only")
         model.load_state_dict(state["train_model"])
         ema.load_state_dict(state["model"])  # the checkpoint's main weights are the EMA ones
         opt.load_state_dict(state["optimizer"])
@@ -201,7 +207,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed %s at step %d", last, step)
     (out / "config.toml").write_text(_to_toml(model_cfg, cfg))
-    log.info("model: %.2fM parameters; %d training clips", count_parameters(model) / 1e6, len(clips))
+    log.info("model: %.2fM parameters (%.2fM trained); %d training clips", count_parameters(model) / 1e6,
+             sum(p.numel() for p in params) / 1e6, len(clips))
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -212,6 +219,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
             step=step,
             sampler_rng=sampler.rng.bit_generator.state,
             torch_rng=torch.get_rng_state(),
+            train_only=cfg.train_only,
         )
 
     live = get_preset(cfg.live_preset)
