@@ -347,6 +347,26 @@ def test_a_fine_tune_of_one_module_leaves_every_other_weight_as_it_was(run_dir: 
         main(["train", "--config", str(config), "--init-from", str(run_dir / "last.pt"), "--max-steps", "3"])
 
 
+def test_the_context_drop_reaches_whole_clip_windows_only(data: Data, tmp_path: Path, keep_torch_threads: None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live-shaped window's context is the model's own rollout: it is never hidden."""
+    from ksdiff_runtime.model.ksdiff import KSDiff
+
+    calls: list[tuple[bool, float]] = []
+    loss = KSDiff.training_loss
+
+    def spy(self: KSDiff, batch: dict, **kw: float) -> dict:
+        calls.append(("t" in batch, kw.get("context_drop", 0.0)))  # live batches carry their noise steps
+        return loss(self, batch, **kw)
+
+    monkeypatch.setattr(KSDiff, "training_loss", spy)
+    config = write_config(data, tmp_path / "run", tmp_path / "tiny.toml")
+    assert main(["train", "--config", str(config), "--max-steps", "8", "--live-windows", "0.5",
+                 "--context-drop", "0.5"]) == 0
+    assert {live for live, _ in calls} == {True, False}
+    assert all(drop == (0.0 if live else 0.5) for live, drop in calls)
+
+
 def test_eval_stream_scores_lines_from_the_preset_asked_for(run_dir: Path, data: Data, tmp_path: Path) -> None:
     argv = ["eval-stream", "--checkpoint", str(run_dir / "last.pt"), "--corpus", str(data.corpus), "--cache",
             str(data.cache), "--max-clips", "1", "--variant", "quality", "--lines", "1", "--line-preset",

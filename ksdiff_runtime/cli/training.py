@@ -83,8 +83,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--closure-weight", type=float,
                    help="weight of the closure loss: lips left open where the teacher's are shut (overrides config)")
     p.add_argument("--context-drop", type=float, metavar="SHARE",
-                   help="share of windows (live-shaped ones too) trained with their previous frames hidden, as at a "
-                   "take's start, so the network learns a persona's smile from the style (overrides the config)")
+                   help="share of whole-clip windows (not live-shaped ones) trained with their previous frames "
+                   "hidden, as at a take's start, so the network learns a persona's smile from the style (overrides "
+                   "the config)")
     p.add_argument("--train-only", metavar="MODULES",
                    help="with --init-from: fine-tune only these of the model's modules, comma-separated (e.g. "
                    "den_expr, the expression denoiser); the rest stays as the checkpoint has it (overrides the config)")

@@ -63,9 +63,10 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0 = all cores)
     init_from: str = ""  # fine-tune: start from this checkpoint's weights and motion statistics
     closure_weight: float = 0.0  # weight of KSDiff.closure_loss (lips shut where the target's are)
-    # share of windows (live-shaped ones included) trained with their previous frames hidden, as at a take's
-    # start (KSDiff.training_loss): otherwise almost every window can copy a persona's smile from the frames
-    # before it, and the network never learns to read it from the style (docs/STYLE.md)
+    # share of whole-clip windows trained with their previous frames hidden, as at a take's start
+    # (KSDiff.training_loss): otherwise almost every window can copy a persona's smile from the frames before it,
+    # and the network never learns to read it from the style (docs/STYLE.md). Not the live-shaped windows: their
+    # context is what the model made hop by hop, and a stream's first hop is one of thousands
     context_drop: float = 0.0
     # a fine-tune's trainable parts: the model's child modules by name, comma-separated (e.g. "den_expr"); the
     # rest (and the null style, a parameter of no module) stays as init_from has it. Empty: every weight
@@ -251,7 +252,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        losses = model.training_loss(batch, closure_weight=cfg.closure_weight, context_drop=cfg.context_drop)
+        losses = model.training_loss(batch, closure_weight=cfg.closure_weight,
+                                     context_drop=0.0 if is_live else cfg.context_drop)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
