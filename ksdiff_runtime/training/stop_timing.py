@@ -30,10 +30,13 @@ HOP = 80  # 5 ms energy frames
 WINDOW = 320  # 20 ms
 # Where espeak-ng puts a /p b/ against its own audio: the quietest frame sits this far from the phone's
 # start (median over 4459 synthetic training stops: `python -m ksdiff_runtime.training.stop_timing
-# --max-clips 1000`). The teacher shuts the lips 10-18 ms after a stop's start on either kind of clip, so a
-# recorded stop whose start is snapped to this convention is taught as the synthetic ones are.
+# --max-clips 1000`). The teacher shuts the lips by a stop's start (+18 ms on synthetic stops, +13 ms on
+# recorded ones as aligned), so a recorded stop whose start is snapped to this convention is taught as the
+# synthetic ones are.
 SYNTHETIC_QUIET_FROM_START_S = -0.008
 MIN_PHONE_S = 0.01  # a phone that a snap shortens keeps at least this
+# A retiming of a recorded prompt's phones: (audio, phonemes, start, dur) -> (start, dur), in seconds.
+Retime = Callable[[np.ndarray, list[str], np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def energy_db(audio: np.ndarray) -> np.ndarray:
@@ -60,8 +63,8 @@ def quietest(db: np.ndarray, centre: float) -> float | None:
 
 
 def stop_offsets(clip: dict[str, np.ndarray]) -> list[tuple[float, float, float]]:
-    """(quietest audio frame, smallest teacher aperture) offsets from each /p b/'s centre, and the phone's
-    start's offset from its centre, in seconds."""
+    """(quietest audio frame, smallest teacher aperture) offsets from each /p b/'s centre, and its length, in
+    seconds."""
     db = energy_db(clip["audio"])
     aperture = motion.lip_aperture(clip["blendshapes"])
     out = []
@@ -75,7 +78,7 @@ def stop_offsets(clip: dict[str, np.ndarray]) -> list[tuple[float, float, float]
         if quiet is None or j1 <= j0:
             continue
         closed = (j0 + int(np.argmin(aperture[j0:j1]))) / motion.FPS - centre
-        out.append((quiet - centre, closed, float(-dur / 2)))
+        out.append((quiet - centre, closed, float(dur)))
     return out
 
 
@@ -83,8 +86,9 @@ def snap_stops(audio: np.ndarray, phonemes: list[str], start: np.ndarray,
                dur: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Each /p b/ moved so that its own closure's silence (the quietest frame near it) sits where espeak-ng
     puts it (SYNTHETIC_QUIET_FROM_START_S from the stop's start); the phones either side give or take the
-    time, each keeping MIN_PHONE_S. A stop beside a pause is left where it is: its closure's silence is the
-    pause's. Returns (start, dur, stops moved)."""
+    time, each keeping MIN_PHONE_S. A stop beside a pause or another stop is left where it is: its closure's
+    silence is the pause's, or shared. The search is ``quietest``'s, around the stop's aligned centre.
+    Returns (start, dur, stops moved)."""
     start = np.array(start, np.float64)
     dur = np.array(dur, np.float64)
     db = energy_db(audio)
@@ -92,14 +96,15 @@ def snap_stops(audio: np.ndarray, phonemes: list[str], start: np.ndarray,
     for k, phone in enumerate(phonemes):
         if strip_stress(phone) not in STOPS or k == 0 or k + 1 == len(phonemes):
             continue
-        if is_pause(phonemes[k - 1]) or is_pause(phonemes[k + 1]):
+        neighbours = (phonemes[k - 1], phonemes[k + 1])
+        if any(is_pause(p) or strip_stress(p) in STOPS for p in neighbours):
             continue
         centre = start[k] + dur[k] / 2
         quiet = quietest(db, centre)
         if quiet is None:
             continue
-        shift = quiet - SYNTHETIC_QUIET_FROM_START_S - start[k]
-        shift = float(np.clip(shift, MIN_PHONE_S - dur[k - 1], dur[k + 1] - MIN_PHONE_S))
+        earliest, latest = MIN_PHONE_S - dur[k - 1], dur[k + 1] - MIN_PHONE_S  # the neighbours keep their minimum
+        shift = float(np.clip(quiet - SYNTHETIC_QUIET_FROM_START_S - start[k], min(earliest, 0.0), max(latest, 0.0)))
         if abs(shift) < 1e-6:
             continue
         dur[k - 1] += shift
@@ -110,9 +115,9 @@ def snap_stops(audio: np.ndarray, phonemes: list[str], start: np.ndarray,
     return start, dur, moved
 
 
-def stop_timing(corpus: Path, max_clips: int = 400) -> dict[str, dict[str, float]]:
+def stop_timing(corpus: Path, max_clips: int = 400) -> dict[str, dict]:
     manifest = json.loads((corpus / "manifest.json").read_text())
-    found: dict[str, list[tuple[float, float]]] = {}
+    found: dict[str, list[tuple[float, float, float]]] = {}
     clips: dict[str, int] = {}
     for entry in manifest["clips"]:
         kind = entry.get("kind") or "synthetic"
@@ -128,13 +133,10 @@ def stop_timing(corpus: Path, max_clips: int = 400) -> dict[str, dict[str, float
                         "quiet_ms_iqr": [float(np.percentile(a[:, 0], q)) for q in (25, 75)],
                         "closed_ms_median": float(np.median(a[:, 1])),
                         "closed_minus_quiet_ms_median": float(np.median(a[:, 1] - a[:, 0])),
-                        "quiet_from_start_ms_median": float(np.median(a[:, 0] - a[:, 2])),
-                        "closed_from_start_ms_median": float(np.median(a[:, 1] - a[:, 2])),
-                        "dur_ms_median": float(np.median(-2 * a[:, 2]))}
+                        "quiet_from_start_ms_median": float(np.median(a[:, 0] + a[:, 2] / 2)),
+                        "closed_from_start_ms_median": float(np.median(a[:, 1] + a[:, 2] / 2)),
+                        "dur_ms_median": float(np.median(a[:, 2]))}
     return result
-
-
-Retime = Callable[[np.ndarray, list[str], np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def shifted(shift_ms: float) -> Retime:
