@@ -233,7 +233,7 @@ def test_a_line_played_locally_gets_its_frames_in_time(runtime):
             handle.push(x)
             handle.end(wait=False)  # the tail of the line is animated too; the game goes on at once
             played = sync.start_playback(lambda: None, timeout=TIMEOUT_S)  # a speaker that starts at once
-            assert abs(played - sync.play_at) < 0.05
+            assert 0 <= played - sync.play_at < 0.5  # never early; late only by a busy machine's sleep
             deadline = time.monotonic() + TIMEOUT_S
             while (pose := sync.pose()) is None or not pose.ended:  # the game loop, until the rest pose
                 assert time.monotonic() < deadline, "the line never ended"

@@ -108,14 +108,15 @@ def test_file_source_realtime_pacing(tmp_path: Path) -> None:
     assert rec.ended.wait(WAIT_S)
     elapsed = (time.monotonic_ns() - t0) / 1e9
     src.stop()
-    assert 0.25 <= elapsed <= 1.0, elapsed
+    assert 0.29 <= elapsed <= 5.0, elapsed  # paced (not fast mode); the upper bound only catches a hang
     assert rec.ends == [None]
     assert [len(b) for b in rec.blocks] == [160] * 30
     captured = np.array(rec.captured, dtype=np.int64)
     # The schedule: block k's last sample is captured (k+1) * 10 ms after the start, exactly
     # (integer ns from sample counts: no drift), and no block arrives before its time.
     np.testing.assert_allclose(np.diff(captured), 10_000_000, atol=1)
-    assert captured[0] - t0 == pytest.approx(10_000_000, abs=5_000_000)
+    # The schedule starts at start(), not when its thread first runs (late on a busy machine).
+    assert 10_000_000 <= captured[0] - t0 < 10_000_000 + 100_000_000
     assert all(a >= c for a, c in zip(rec.arrived, rec.captured, strict=True))
     np.testing.assert_array_equal(rec.audio(), audio)
 

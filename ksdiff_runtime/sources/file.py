@@ -50,7 +50,8 @@ class FileSource:
     def start(self, on_audio: OnAudio, on_end: OnEnd) -> None:
         if self._thread is not None or self._stop.is_set():
             raise RuntimeError("a FileSource starts once")
-        self._thread = threading.Thread(target=self._run, args=(on_audio, on_end),
+        t0 = time.monotonic_ns()  # the schedule's origin: a late-starting thread catches up, as a mic's queue would
+        self._thread = threading.Thread(target=self._run, args=(on_audio, on_end, t0),
                                         name=f"file-source-{self.stream_id}", daemon=True)
         self._thread.start()
 
@@ -60,9 +61,8 @@ class FileSource:
         if thread is not None and thread is not threading.current_thread():
             thread.join()  # a callback in flight finishes before stop() returns
 
-    def _run(self, on_audio: OnAudio, on_end: OnEnd) -> None:
+    def _run(self, on_audio: OnAudio, on_end: OnEnd, t0: int) -> None:
         data, rate, size = self._data, self.sample_rate, self.blocksize
-        t0 = time.monotonic_ns()
         clock = 0  # samples delivered since start, across loops: the schedule's position
         try:
             while True:
