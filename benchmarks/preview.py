@@ -18,7 +18,8 @@ page drew against the stream's frames from the first to the last of them, by ind
 the latest frame at each animation frame: frames that came between two are skipped, by design),
 and the CPU time of the preview's thread.
 
-Target (issue 13): page latency under 50 ms at p95. Reported, never asserted.
+Targets (issue 13): page latency under 50 ms at p95; the first motion within 2 s of opening the page.
+Reported, never asserted.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 
 TARGET_P95_MS = 50.0
+TARGET_FIRST_MOTION_MS = 2000.0
 DEFAULT_SECONDS = 30.0
 QUICK_SECONDS = 8.0
 MOTION_TIMEOUT_S = 30.0
@@ -163,7 +165,8 @@ def run_preview_bench(seconds: float, backend: str = "onnxruntime", chromium: st
                                    "clock)",
         "runtime_latency_definition": "published_ns - captured_ns of the frames drawn (the runtime's own clock)",
         "settings": {"seconds": seconds, "backend": backend, "preset": "low-latency", "stream": "sample speech, "
-                     "real time, looped", "target_page_p95_ms": TARGET_P95_MS},
+                     "real time, looped", "target_page_p95_ms": TARGET_P95_MS,
+                     "target_first_motion_ms": TARGET_FIRST_MOTION_MS},
         "machine": machine,
         "first_frame_ms": round(first[0], 1),
         "first_motion_ms": round(first[1], 1),
@@ -178,6 +181,7 @@ def run_preview_bench(seconds: float, backend: str = "onnxruntime", chromium: st
         "runtime_latency_ms": _percentiles(runtime_ms),
         "preview_thread_cpu_share": None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) / measured_s, 4),
         "target_met": page_p["p95"] is not None and page_p["p95"] < TARGET_P95_MS,
+        "first_motion_target_met": first[1] < TARGET_FIRST_MOTION_MS,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "elapsed_s": round(time.monotonic() - started, 1),
     }
@@ -196,7 +200,8 @@ def summary(doc: dict[str, Any]) -> str:
     cpu = doc["preview_thread_cpu_share"]
     return "\n".join([
         f"time to first motion: {doc['first_motion_ms']:.0f} ms after the page opened (first frame drawn at "
-        f"{doc['first_frame_ms']:.0f} ms; {doc['first_motion_seen_by_the_bench_s'] * 1e3:.0f} ms as seen from here)",
+        f"{doc['first_frame_ms']:.0f} ms; {doc['first_motion_seen_by_the_bench_s'] * 1e3:.0f} ms as seen from here); "
+        f"target < {TARGET_FIRST_MOTION_MS:.0f} ms: {'met' if doc['first_motion_target_met'] else 'MISSED'}",
         f"page latency (sent -> drawn) over {doc['frames_measured']} frames: p50 {page['p50']:.1f} "
         f"ms, p95 {page['p95']:.1f} ms, p99 {page['p99']:.1f} ms, max {page['max']:.1f} ms; target p95 < "
         f"{TARGET_P95_MS:.0f} ms: {'met' if doc['target_met'] else 'MISSED'}",

@@ -55,7 +55,7 @@ MOUTH_OPEN_PX = 400  # dark pixels: a mouth clearly open (jawOpen 0.2 draws abou
 MOUTH_CLOSED_PX = 150  # ... at most, a mouth at rest (closed lips draw none)
 # Bounds that catch a broken page even on a machine kept busy by other work; the targets (50 ms at p95,
 # first motion within 2 s) are measured and printed by python -m benchmarks.preview.
-PAGE_LATENCY_BOUND_MS = 1000.0
+PAGE_LATENCY_BOUND_MS = 500.0
 FIRST_MOTION_BOUND_MS = 5000.0
 
 
@@ -212,9 +212,9 @@ def test_a_stalled_page_never_holds_up_send_nor_another_page(preview):
           f"{n - stuck_at} frames; {n} frames handed over, sends p99 {np.percentile(sends, 99) * 1e3:.2f} ms, "
           f"slowest {max(sends) * 1e3:.2f} ms")
     assert stats[stalled_port]["waiting"] <= 2  # the latest frame and level of its one stream: no queue
-    # A lock and a dict entry, never a wait on a page: a wait would last as long as the page stalls (for
-    # good); a busy machine's preemption or GIL switch can still make one of thousands slow.
-    assert np.percentile(sends, 99) < 0.02 and max(sends) < 1.0
+    # A lock and a dict entry, never a wait on a page (a wait would last as long as the page stalls, or a
+    # send timeout); a busy machine's preemption or GIL switch can still make one of thousands slow.
+    assert np.percentile(sends, 99) < 0.02 and max(sends) < 0.3
 
 
 def test_closing_with_pages_open_is_quick_and_they_are_told(preview):

@@ -8,6 +8,7 @@ SPEC says.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -194,10 +195,11 @@ def test_streams_beyond_the_measured_capacity_are_refused_with_the_reason(serve_
         peer = Peer(rt)
         try:
             opened, reply = open_live_until_refused(peer)
-            # the machine's other load is read again as streams open, so what fits may move a little
-            fits_after = serve_engine.capacity.reading().streams_that_fit()
-            assert 1 <= opened <= max(fits, fits_after), (opened, fits, fits_after)
             assert reply["code"] == "busy" and "measured capacity" in reply["message"]
+            # the figure the refusal was decided on (the machine's other load is read again as streams
+            # open, so it may differ a little from the reading above): exactly that many were admitted
+            stated = int(re.search(r"the measured capacity is (\d+) live stream", reply["message"])[1])
+            assert opened == stated and 1 <= opened < 64, (opened, stated, fits)
             assert "of a core" in reply["message"]
         finally:
             peer.close()
@@ -335,7 +337,7 @@ def test_refusals_are_counted_in_stats_and_logged_without_flooding(runtime, capl
 def test_a_flooding_client_is_told_busy_and_another_clients_stream_keeps_its_frames(runtime, speech_16k):
     """A client sending requests as fast as it can goes past its share of the io thread (floods.py): it is
     told `busy` (why, and to slow down) and the excess is dropped unread; another client's stream, pushed
-    before and after, gets every frame. (A line: half a second of audio pushed at once and animated while
+    before and during the flood, gets every frame. (A line: half a second of audio pushed at once and animated while
     the flood holds the GIL is more than a live stream keeps up with, so it would shed frames to stay
     current; a live stream paced in real time beside a million hostile requests: benchmarks.fuzz.)"""
     good = Peer(runtime, P.frame_topic("good"), P.stream_topic("good"))
@@ -345,25 +347,27 @@ def test_a_flooding_client_is_told_busy_and_another_clients_stream_keeps_its_fra
         x = speech(1.0, speech_16k).astype("<f4").tobytes()
         half = len(x) // 2 // 4 * 4
         seq = push_clip(good, "good", x[:half], 4, 320)
+        chunks = [x[k : k + 4 * 320] for k in range(half, len(x), 4 * 320)]  # the rest, pushed during the flood
         replies: list[dict] = []
         sent = 0
         deadline = time.monotonic() + TIMEOUT_S
-        while not any(r["code"] == "busy" for r in replies):
+        while chunks or not any(r["code"] == "busy" for r in replies):
             assert time.monotonic() < deadline, f"{sent} requests, {len(replies)} replies, none busy"
             for _ in range(200):
                 flooder.send(b"\xc1")  # malformed: cheap to send, each answered while under the share
             sent += 200
+            if chunks:
+                good.send(P.encode_request("audio", stream="good", seq=seq, pcm=chunks.pop(0)))
+                seq += 1
             while flooder.dealer.poll(0):
                 replies.append(P.decode(flooder.dealer.recv()))
         busy = next(r for r in replies if r["code"] == "busy")
         assert "slow down" in busy["message"] and {r["code"] for r in replies} == {"malformed", "busy"}
         print(f"\nflood: busy after {replies.index(busy)} answered requests of {sent} sent")
-        push_clip(good, "good", x[half:], 4, 320, seq)
         good.send(P.encode_request("end_stream", stream="good"))
         frames = frames_of(good.wait_pub(is_end("good")), "good")
         assert [f["index"] for f in frames] == list(range(ONE_SECOND))
-        stats = flooder.wait_pub(lambda m: m["type"] == "stats" and m.get("refused", {}).get("busy", 0) >= 1)
-        assert stats[-1]["refused"]["busy"] >= 1
+        flooder.wait_pub(lambda m: m["type"] == "stats" and m.get("refused", {}).get("busy", 0) >= 1)  # counted
     finally:
         good.close()
         flooder.close()

@@ -38,6 +38,7 @@ from ksdiff_runtime.outputs.udp import OutputConfigError
 from ksdiff_runtime.outputs.vts import (
     CUSTOM_PARAMETERS,
     DEFAULT_URL,
+    KEEPALIVE_S,
     REST_VALUES,
     VtsOutput,
     default_token_path,
@@ -267,12 +268,13 @@ def test_values_reach_vts_at_the_frame_rate_and_never_a_second_apart(vts, token_
     # machine merges a few, never reorders them (all 31 go out on an idle machine).
     it = iter(sent)
     assert all(any(abs(m - v) < 1e-5 for v in it) for m in mouths), f"{mouths}\n{sent}"
-    assert len(during) >= 0.5 * len(frames)
-    assert len(after) >= 2 and all(is_rest[end:])  # then only the final (neutral) pose, kept alive
+    assert len(mouths) >= 0.5 * len(frames)  # new values at about the frame rate
+    assert len(after) >= 2 and all(is_rest[end:])  # then only the final (neutral) pose, kept alive ...
+    assert float(np.median(silent_gaps)) <= KEEPALIVE_S + 0.15  # ... every KEEPALIVE_S
     assert all(i.face_found and i.mode == "set" for i in injections)
     assert set(injections[0].values) == set(REST_VALUES)
     assert vts.state.errors == [] and vts.state.violations == []
-    assert longest_send < 0.5  # send() only hands the frame over (a blocking send takes seconds)
+    assert longest_send < 0.25  # send() only hands the frame over (a wait on VTube Studio: the muted test below)
 
 
 def test_one_stream_goes_out(vts, token_path, outputs):

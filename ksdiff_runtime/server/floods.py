@@ -1,9 +1,13 @@
 """How much of the io thread one client may take, so a flood cannot starve the streams of others.
 
 Every request costs the io thread time (decoding, resampling pushed audio, answering). A client's
-requests are charged the time they took, over a sliding second; a client past ``CLIENT_SHARE`` of
-that second has its further requests dropped unread until it is back under (one ``busy`` reply a
-second tells it why). The io thread as a whole spends at most ``IO_SHARE`` of its time on requests:
+requests are charged the time they took on the wall clock, waits for the GIL included: that is the io
+thread's time no other client gets (charged its CPU time alone, one client sending 779,400 malformed
+requests in 30 s never reached its share). Over a second that starts with the client's first request
+(and again with its first request after that second), a client past ``CLIENT_SHARE`` of it has its
+further requests dropped unread until the second ends (one ``busy`` reply tells it why).
+
+The io thread as a whole spends at most ``IO_SHARE`` of its time on requests:
 past that it stops reading requests for a moment and publishes frames, so ZeroMQ's queues push back
 on the senders instead of the engine losing the CPU. A well-behaved client (an SDK pushing 10-100 ms
 chunks for a few streams) uses a few percent.

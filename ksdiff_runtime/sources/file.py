@@ -50,7 +50,7 @@ class FileSource:
     def start(self, on_audio: OnAudio, on_end: OnEnd) -> None:
         if self._thread is not None or self._stop.is_set():
             raise RuntimeError("a FileSource starts once")
-        t0 = time.monotonic_ns()  # the schedule's origin: a late-starting thread catches up, as a mic's queue would
+        t0 = time.monotonic_ns()  # the schedule's origin, as a microphone started now (a late thread catches up)
         self._thread = threading.Thread(target=self._run, args=(on_audio, on_end, t0),
                                         name=f"file-source-{self.stream_id}", daemon=True)
         self._thread.start()
