@@ -124,6 +124,41 @@ def test_closure_loss_asks_only_for_the_targets_closures():
     np.testing.assert_allclose(motion.lip_aperture(b.numpy()), np.clip(explicit, 0, None), atol=1e-6)
 
 
+def test_opening_loss_asks_only_that_the_targets_open_lips_are_not_shut():
+    model = small_model()
+    jaw, close = motion.BLENDSHAPE_INDEX["jawOpen"], motion.BLENDSHAPE_INDEX["mouthClose"]
+    T = motion.LIP_CLOSED_THRESHOLD
+    target = torch.zeros(1, 4, 52)
+    target[0, 1, jaw] = 0.5  # frame 1 clearly open
+    target[0, 2, jaw] = 1.5 * T  # frame 2 a little open: under twice the threshold, not scored
+    target[0, 3, [jaw, close]] = 0.3  # a jaw-dropped /m/: shut
+    norm = model.norm_expr
+    assert float(model.opening_loss(norm(target), norm(target))) == pytest.approx(0.0, abs=1e-9)
+    loose = target.clone()
+    loose[0, 1, jaw] = 2 * T  # less open than the target, but open: not this loss's business
+    loose[0, 0, jaw] = 0.4  # open where the target is shut: the closure loss's
+    loose[0, 2, jaw] = 0.0  # shut where the target is barely open
+    assert float(model.opening_loss(norm(loose), norm(target))) == pytest.approx(0.0, abs=1e-9)
+    shut = target.clone()
+    shut[0, 1, jaw] = 0.0  # shut in a vowel: two thresholds short, squared, over 4 frames
+    assert float(model.opening_loss(norm(shut), norm(target))) == pytest.approx(4.0 / 4, rel=1e-4)
+    half = target.clone()
+    half[0, 1, jaw] = T  # half-shut: one threshold short
+    assert float(model.opening_loss(norm(half), norm(target))) == pytest.approx(1.0 / 4, rel=1e-4)
+
+
+def test_opening_weight_adds_the_opening_loss_to_the_total():
+    model = small_model().train()
+    batch = training_batch(model.cfg)  # targets open on most frames
+    totals = []
+    for w in (0.0, 3.0):
+        torch.manual_seed(5)
+        losses = model.training_loss(batch, closure_weight=0.5, opening_weight=w)
+        totals.append(losses["total"].item())
+    assert losses["opening"].item() > 0  # an untrained model shuts some of them
+    assert totals[1] - totals[0] == pytest.approx(3.0 * losses["opening"].item(), rel=1e-4)
+
+
 def test_closure_weight_adds_the_closure_loss_to_the_total():
     model = small_model().train()
     batch = training_batch(model.cfg, expr_scale=0.05)  # nearly shut lips everywhere

@@ -82,6 +82,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="windows per step (overrides the config)")
     p.add_argument("--closure-weight", type=float,
                    help="weight of the closure loss: lips left open where the teacher's are shut (overrides config)")
+    p.add_argument("--opening-weight", type=float,
+                   help="weight of the opening loss, the closure loss's other side: lips shut where the teacher's "
+                   "are clearly open (overrides config)")
     p.add_argument("--context-drop", type=float, metavar="SHARE",
                    help="share of whole-clip windows (not live-shaped ones) trained with their previous frames "
                    "hidden, as at a take's start, so the network learns a persona's smile from the style (overrides "
@@ -110,8 +113,8 @@ def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
     overrides: dict[str, object] = {}
     for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
-                 "init_from", "closure_weight", "context_drop", "train_only", "live_windows", "live_context",
-                 "live_head", "threads"):
+                 "init_from", "closure_weight", "opening_weight", "context_drop", "train_only", "live_windows",
+                 "live_context", "live_head", "threads"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = str(value) if name == "init_from" else value

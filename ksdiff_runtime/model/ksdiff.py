@@ -113,12 +113,27 @@ class KSDiff(nn.Module):
         excess = F.relu(pred - true) / motion.LIP_CLOSED_THRESHOLD
         return _weighted_mean(closed * excess**2, score)
 
+    def opening_loss(self, x0: torch.Tensor, x: torch.Tensor, score: torch.Tensor | None = None) -> torch.Tensor:
+        """The other side of closure_loss, lips shut where the target's are open: on the target's clearly open
+        frames (lip aperture at least twice motion.LIP_CLOSED_THRESHOLD), the predicted aperture's shortfall
+        under that level in units of the threshold, squared; averaged over the scored frames. Zero once the
+        lips are that open, so it asks for no particular aperture, only not a shut mouth in a vowel.
+        x0, x: normalised expression [B, N, 52]."""
+        gap = torch.from_numpy(motion.lip_gap_vector()).to(x.device)
+        level = 2.0 * motion.LIP_CLOSED_THRESHOLD
+        pred = (self.denorm_expr(x0) @ gap).clamp(min=0.0)
+        true = (self.denorm_expr(x) @ gap).clamp(min=0.0)
+        open_ = (true >= level).float()
+        shortfall = F.relu(level - pred) / motion.LIP_CLOSED_THRESHOLD
+        return _weighted_mean(open_ * shortfall**2, score)
+
     def training_loss(
         self, batch: dict[str, torch.Tensor], p_true_keys: float = 0.3, closure_weight: float = 0.0,
-        context_drop: float = 0.0,
+        context_drop: float = 0.0, opening_weight: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Losses for a batch of windows (see ksdiff_runtime/training/dataset.py for the keys). ``closure_weight``
-        adds closure_loss, which asks the lips to shut where the target's do (a fine-tune's option).
+        adds closure_loss, which asks the lips to shut where the target's do, ``opening_weight`` opening_loss,
+        which asks them not to shut where the target's are open (a fine-tune's options).
         ``context_drop``: the share of windows whose previous frames are hidden, as at a take's start, so the
         denoisers learn to set what the style decides (a persona's smile) from the style and not only by copying
         the frames before (a fine-tune's option; training.train.TrainConfig).
@@ -188,6 +203,7 @@ class KSDiff(nn.Module):
                 weights[MOUTH] = 2.0
                 err = err * weights
                 losses["closure"] = self.closure_loss(x0[:, C:], x[:, C:], score)
+                losses["opening"] = self.opening_loss(x0[:, C:], x[:, C:], score)
             losses[f"x0_{name}"] = _weighted_mean(err.mean(-1), score)
             vel = lambda y: y[:, 1:] - y[:, :-1]  # noqa: E731  (step j: into window frame j)
             vel_err = ((vel(x0[:, C - 1 :]) - vel(x[:, C - 1 :])) ** 2).mean(-1)
@@ -201,6 +217,7 @@ class KSDiff(nn.Module):
             + 0.5 * (losses["kel_expr_value"] + losses["kel_pose_value"])
             + 0.1 * losses["style"]
             + closure_weight * losses["closure"]
+            + opening_weight * losses["opening"]
         )
         return losses
 

@@ -63,6 +63,7 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0 = all cores)
     init_from: str = ""  # fine-tune: start from this checkpoint's weights and motion statistics
     closure_weight: float = 0.0  # weight of KSDiff.closure_loss (lips shut where the target's are)
+    opening_weight: float = 0.0  # weight of KSDiff.opening_loss (lips not shut where the target's are open)
     # share of whole-clip windows trained with their previous frames hidden, as at a take's start
     # (KSDiff.training_loss): otherwise almost every window can copy a persona's smile from the frames before it,
     # and the network never learns to read it from the style (docs/STYLE.md). Not the live-shaped windows: their
@@ -252,7 +253,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        losses = model.training_loss(batch, closure_weight=cfg.closure_weight,
+        losses = model.training_loss(batch, closure_weight=cfg.closure_weight, opening_weight=cfg.opening_weight,
                                      context_drop=0.0 if is_live else cfg.context_drop)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
