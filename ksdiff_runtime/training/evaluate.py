@@ -20,6 +20,7 @@ import torch
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.backends.torch_backend import TorchBackend
+from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, closure_for
 from ksdiff_runtime.engine.offline import Animation, ClipInputs, animate
 from ksdiff_runtime.engine.sampling import Guidance
 from ksdiff_runtime.model.checkpoint import load_model
@@ -33,15 +34,17 @@ log = logging.getLogger(__name__)
 
 STYLE_GUIDANCE = 2.0  # classifier-free guidance scale on style, also reported
 
+# issue 11's held-out targets (4 steps), where it raised the first model's: closure 0.90 -> 0.92, and set KEL pose
+# F1 at 0.5 (the first model's 0.7 is past the teacher's own ceiling of 0.41: MODEL_CARD.md)
 TARGETS = {
-    "bilabial_closure": (">=", 0.90),
+    "bilabial_closure": (">=", 0.92),
     "rest_share": (">=", 0.95),
     "jaw_corr": (">=", 0.80),
     "mae_vs_baseline": ("<=", 0.40),
     "beat_align_vs_teacher": (">=", 0.80),
     "style_rank_corr": (">=", 0.80),
     "kel_f1_expr": (">=", 0.70),
-    "kel_f1_pose": (">=", 0.70),
+    "kel_f1_pose": (">=", 0.50),
 }
 
 
@@ -262,6 +265,11 @@ def evaluate(
     runs["4 steps, with transcript"] = animate_model(model, with_text, steps=4, style=style)
     runs["no KEL (4 steps)"] = animate_model(model, inputs, steps=4, style=style, use_kel=False)
     runs["no style (4 steps)"] = animate_model(model, inputs, steps=4, style=None)
+    closure = closure_for(model.cfg.front_end.name, DEFAULT_CLOSURE)
+    if closure is not None:  # what `bake` writes by default: the lips sealed where the recogniser hears /p b m/
+        runs["4 steps + bilabial closure (bake's default)"] = [
+            dataclasses.replace(a, blendshapes=closure.apply(a.blendshapes, i.feats, 0))
+            for a, i in zip(runs["KSDiff 4 steps"], inputs, strict=True)]
     mean_e, mean_p = model.expr_mean.numpy(), model.pose_mean.numpy()
     runs["mean-pose baseline"] = [
         Animation(np.tile(mean_e, (len(c.expr), 1)), np.tile(mean_p, (len(c.expr), 1)),
