@@ -145,6 +145,16 @@ def test_opening_loss_asks_only_that_the_targets_open_lips_are_not_shut():
     half = target.clone()
     half[0, 1, jaw] = T  # half-shut: one threshold short
     assert float(model.opening_loss(norm(half), norm(target))) == pytest.approx(1.0 / 4, rel=1e-4)
+    # pressed shut (mouthClose above the jaw: a gap below 0, which the output clamps at 0): more than two
+    # thresholds short, and a gradient that opens the jaw
+    pressed = target.clone()
+    pressed[0, 1, [jaw, close]] = torch.tensor([0.1, 0.3])
+    x0 = norm(pressed).requires_grad_(True)
+    loss = model.opening_loss(x0, norm(target))
+    assert loss.item() > 4.0 / 4
+    loss.backward()
+    assert x0.grad[0, 1, jaw] < 0 and x0.grad[0, 1, close] > 0  # descent opens the jaw and eases mouthClose
+    assert float(x0.grad[0, [0, 2, 3]].abs().sum()) == 0.0  # only the open frame is scored
 
 
 def test_opening_weight_adds_the_opening_loss_to_the_total():
@@ -236,6 +246,9 @@ def test_scored_frames_and_given_noise_steps_are_what_the_losses_use():
     score[:, 0] = 1.0
     batch["key_expr"][:2, C] = True
     batch["key_pose"][1:3, C] = True
+    jaw = motion.BLENDSHAPE_INDEX["jawOpen"]
+    batch["expr"][:2, C, jaw] = 0.5  # open lips on two rows' hop frame, and on every row's next (unscored) frame
+    batch["expr"][:, C + 1, jaw] = 0.5
     t = torch.tensor([cfg.diffusion_steps - 1, 500, 7, cfg.diffusion_steps - 1])
     seen: dict[str, object] = {}
     hooks = [getattr(model, name).register_forward_hook(lambda m, args, out, name=name: seen.update({name: out}))
@@ -264,13 +277,15 @@ def test_scored_frames_and_given_noise_steps_are_what_the_losses_use():
         assert live[f"kel_{name}_value"].item() == pytest.approx(value.item(), rel=1e-5) and value > 0
     closure = model.closure_loss(seen["den_expr"].detach()[:, C : C + 1], model.norm_expr(batch["expr"])[:, C : C + 1])
     assert live["closure"].item() == pytest.approx(closure.item(), rel=1e-5)
+    opening = model.opening_loss(seen["den_expr"].detach()[:, C : C + 1], model.norm_expr(batch["expr"])[:, C : C + 1])
+    assert live["opening"].item() == pytest.approx(opening.item(), rel=1e-5)
 
     # one path left unscored (train --live-face-only): its losses vanish, the other's stay as they were
     torch.manual_seed(5)
     face = model.training_loss(dict(batch, score=score, t=t, score_pose=torch.zeros(B, 6)), closure_weight=1.0)
     for k in ("x0_pose", "vel_pose", "kel_pose", "kel_pose_value"):
         assert face[k].item() == 0.0, k
-    for k in ("x0_expr", "vel_expr", "kel_expr", "kel_expr_value", "closure"):
+    for k in ("x0_expr", "vel_expr", "kel_expr", "kel_expr_value", "closure", "opening"):
         assert face[k].item() == pytest.approx(live[k].item(), rel=1e-6), k
 
 

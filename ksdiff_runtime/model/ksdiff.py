@@ -118,10 +118,12 @@ class KSDiff(nn.Module):
         frames (lip aperture at least twice motion.LIP_CLOSED_THRESHOLD), the predicted aperture's shortfall
         under that level in units of the threshold, squared; averaged over the scored frames. Zero once the
         lips are that open, so it asks for no particular aperture, only not a shut mouth in a vowel.
+        The prediction's gap is taken before the clamps the output gets (weights to 0..1, the gap at 0): a mouth
+        predicted shut past them (mouthClose above jawOpen, a weight below 0) has a gradient towards open too.
         x0, x: normalised expression [B, N, 52]."""
         gap = torch.from_numpy(motion.lip_gap_vector()).to(x.device)
         level = 2.0 * motion.LIP_CLOSED_THRESHOLD
-        pred = (self.denorm_expr(x0) @ gap).clamp(min=0.0)
+        pred = (x0 * self.expr_std + self.expr_mean) @ gap
         true = (self.denorm_expr(x) @ gap).clamp(min=0.0)
         open_ = (true >= level).float()
         shortfall = F.relu(level - pred) / motion.LIP_CLOSED_THRESHOLD
