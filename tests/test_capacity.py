@@ -121,3 +121,18 @@ def test_the_warm_up_keeps_the_median_of_its_probes(tiny_backend, monkeypatch):
     assert next(measured, None) is None  # three probes, no more
     with pytest.raises(ValueError, match="probe_repeats"):
         engine.warm_up(probe_repeats=0)
+
+
+def test_a_round_that_shed_frames_refuses_new_live_streams_for_a_while(monkeypatch: pytest.MonkeyPatch):
+    from ksdiff_runtime.engine import capacity as module
+
+    capacity = Capacity(cores=16)
+    capacity.calibrate(0.01)
+    assert not capacity.shed_recently() and capacity.admit(1) is None
+    capacity.observe(round_ns=1_000_000, audio_s=0.033, shed=True)
+    assert capacity.shed_recently()
+    assert "already shedding" in (capacity.admit(1) or "")
+    assert capacity.admit(0) is None  # a runtime's only stream is always admitted
+    later = module.time.monotonic_ns() + int((module.SHED_MEMORY_S + 0.1) * 1e9)
+    monkeypatch.setattr(module.time, "monotonic_ns", lambda: later)
+    assert not capacity.shed_recently() and capacity.admit(1) is None

@@ -190,7 +190,7 @@ def past_recent_shedding(engine) -> None:
     """Wait until admission no longer refuses because an earlier test's stream shed frames (on a busy machine,
     in the last SHED_MEMORY_S), so that the tests after it see the measured capacity's refusal."""
     deadline = time.monotonic() + SHED_MEMORY_S + 1.0
-    while "already shedding" in (engine.capacity.admit(1) or ""):
+    while engine.capacity.shed_recently():
         assert time.monotonic() < deadline, "still refusing for shedding after its memory should have passed"
         time.sleep(0.05)
 

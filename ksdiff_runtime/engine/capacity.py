@@ -179,14 +179,17 @@ class Capacity:
             return Reading(self.cores, self._stream_cores if self._stream_cores is not None else 0.5,
                            self._other, self._busy, self._rounds, self._fixed_cores)
 
+    def shed_recently(self) -> bool:
+        """Whether a round shed frames in the last SHED_MEMORY_S (then a live stream beside others is refused)."""
+        with self._lock:
+            return time.monotonic_ns() - self._last_shed_ns < SHED_MEMORY_S * 1e9
+
     def admit(self, open_streams: int) -> str | None:
         """None if one more live stream fits beside ``open_streams``; otherwise why not, for the client."""
         if open_streams == 0:
             return None
         r = self.reading()
-        with self._lock:
-            shed_recently = time.monotonic_ns() - self._last_shed_ns < SHED_MEMORY_S * 1e9
-        if shed_recently:
+        if self.shed_recently():
             return "the runtime is already shedding frames to keep its streams current (the machine is too busy)"
         fits = r.streams_that_fit(self.target)
         if open_streams + 1 > fits:
