@@ -185,10 +185,11 @@ def test_a_stalled_page_never_holds_up_send_nor_another_page(preview):
             preview.send(StreamStarted("mic", "mic"))
             rng = np.random.default_rng(0)
             sends: list[float] = []
-            n, stuck_at, stalled_batches = 0, None, -1
+            n, stuck_at, stuck_since, stalled_batches = 0, None, 0.0, -1
             deadline = time.monotonic() + 60
-            # until the stalled page has sent nothing for 2000 frames in a row
-            while stuck_at is None or n - stuck_at < 2000:
+            # until the stalled page has sent nothing for 2000 frames in a row and half a second (on a fast
+            # machine 2000 frames take less than the preview thread may wait for the GIL: not yet a stall)
+            while stuck_at is None or n - stuck_at < 2000 or time.monotonic() - stuck_since < 0.5:
                 assert time.monotonic() < deadline, f"the page never stalled: {preview.page_stats()}"
                 frame = make_frame("mic", n, {"jawOpen": float(rng.random())})
                 start = time.perf_counter()
@@ -199,7 +200,7 @@ def test_a_stalled_page_never_holds_up_send_nor_another_page(preview):
                 if n % 100 == 0:
                     batches = preview.page_stats()[stalled_port]["batches"]
                     if batches != stalled_batches:
-                        stalled_batches, stuck_at = batches, n
+                        stalled_batches, stuck_at, stuck_since = batches, n, time.monotonic()
                 with pytest.raises(TimeoutError):  # the healthy page reads what there is, without waiting
                     while True:
                         healthy.recv(timeout=0)
@@ -211,7 +212,8 @@ def test_a_stalled_page_never_holds_up_send_nor_another_page(preview):
     print(f"\nstalled page: {stats[stalled_port]['batches']} batches sent, then stuck for "
           f"{n - stuck_at} frames; {n} frames handed over, sends p99 {np.percentile(sends, 99) * 1e3:.2f} ms, "
           f"slowest {max(sends) * 1e3:.2f} ms")
-    assert stats[stalled_port]["waiting"] <= 2  # the latest frame and level of its one stream: no queue
+    # one item per kind at most (hello, the open streams, its one stream's latest frame and level): never a queue
+    assert stats[stalled_port]["waiting"] <= 4
     # A lock and a dict entry, never a wait on a page (a wait would last as long as the page stalls, or a
     # send timeout); a busy machine's preemption or GIL switch can still make one of thousands slow.
     assert np.percentile(sends, 99) < 0.02 and max(sends) < 0.3
