@@ -85,15 +85,15 @@ def baked(clips: list[dict[str, Any]], seed: int) -> list[np.ndarray]:
     from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE
     from ksdiff_runtime.engine.gate import GateConfig
     from ksdiff_runtime.engine.liveliness import LivelinessConfig
-    from ksdiff_runtime.engine.offline import animate, clip_inputs, close_animation, gate_animation, liven_animation
+    from ksdiff_runtime.engine.offline import bake_animations, clip_inputs
     from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
     backend = load_backend("onnxruntime-cpu", DEFAULT_CHECKPOINT, threads=1)
     out = []
     for c in clips:
         inputs = clip_inputs(backend, c["audio"], None)
-        anim = close_animation(animate(backend, [inputs], steps=4, seeds=[seed])[0], inputs, DEFAULT_CLOSURE)
-        anim = liven_animation(gate_animation(anim, inputs.audio, GateConfig()), seed, LivelinessConfig())
+        anim = bake_animations(backend, [inputs], steps=4, seeds=[seed], closure=DEFAULT_CLOSURE, gate=GateConfig(),
+                               liveliness=LivelinessConfig())[0]
         out.append(np.concatenate([anim.blendshapes, anim.head], axis=1))
     return out
 

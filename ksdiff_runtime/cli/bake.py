@@ -21,7 +21,7 @@ from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, closure_for
 from ksdiff_runtime.engine.controls import Controls, ControlsError, ControlStage
 from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
-from ksdiff_runtime.engine.offline import animate, clip_inputs, close_animation, gate_animation, liven_animation
+from ksdiff_runtime.engine.offline import bake_animations, clip_inputs
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.inputs.guards import load_audio
@@ -98,16 +98,11 @@ def run_bake(args: argparse.Namespace) -> int:
     style, missing = mood_style(backend.constants, None, controls.mood, controls.mood_intensity, args.mood_guidance)
     if missing:
         log.warning(NO_MOOD_STYLES)
-    anim = animate(backend, [inputs], steps=args.steps, seeds=[args.seed], style=None if style is None else style[None],
-                   guidance=None if style is None else guidance)[0]
-    closure = closure_for(backend.constants.cfg.front_end.name, DEFAULT_CLOSURE if args.closure else None)
-    if closure is not None:
-        anim = close_animation(anim, inputs, closure)
-    gate = gate_if_available(args.voice_gate)
-    if gate is not None:
-        anim = gate_animation(anim, inputs.audio, gate)
-    if args.liveliness:
-        anim = liven_animation(anim, args.seed, LivelinessConfig())
+    anim = bake_animations(
+        backend, [inputs], steps=args.steps, seeds=[args.seed], style=None if style is None else style[None],
+        guidance=None if style is None else guidance,
+        closure=closure_for(backend.constants.cfg.front_end.name, DEFAULT_CLOSURE if args.closure else None),
+        gate=gate_if_available(args.voice_gate), liveliness=LivelinessConfig() if args.liveliness else None)[0]
     elapsed = time.perf_counter() - started
     n_out = output_frames(audio.size, args.fps)  # one frame per started frame period, as a stream yields
     blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps, n_out).clip(0.0, 1.0)

@@ -110,6 +110,31 @@ def liven_animation(anim: Animation, seed: int, config: LivelinessConfig) -> Ani
     return Animation(values[:, :D], values[:, D:], anim.key_expr, anim.key_pose, anim.fps)
 
 
+def bake_animations(
+    backend: Backend,
+    clips: list[ClipInputs],
+    steps: int = 4,
+    seeds: list[int] | None = None,
+    style: np.ndarray | None = None,
+    guidance: Guidance | None = None,
+    closure: ClosureConfig | None = None,
+    gate: GateConfig | None = None,
+    liveliness: LivelinessConfig | None = None,
+) -> list[Animation]:
+    """What ``bake`` makes of clips, in one batch: the network (``animate``), then the stages it applies after
+    it in a stream's order, each when given: the bilabial closure, the voice gate (on each clip's own
+    sanitised audio) and liveliness (with the clip's seed)."""
+    seeds = seeds or [0] * len(clips)
+    anims = animate(backend, clips, steps=steps, seeds=seeds, style=style, guidance=guidance)
+    if closure is not None:
+        anims = [close_animation(a, c, closure) for a, c in zip(anims, clips, strict=True)]
+    if gate is not None:
+        anims = [gate_animation(a, c.audio, gate) for a, c in zip(anims, clips, strict=True)]
+    if liveliness is not None:
+        anims = [liven_animation(a, s, liveliness) for a, s in zip(anims, seeds, strict=True)]
+    return anims
+
+
 def animate(
     backend: Backend,
     clips: list[ClipInputs],
