@@ -1,6 +1,7 @@
-"""Recorded prompts taught by a model's own bake (training/self_targets.py): the mouth region is exactly what
-``bake`` outputs for the prompt (network, bilabial closure, voice gate) and the rest the teacher's; synthetic clips
-stay by reference; held-out prompts and non-speech clips are left out; a corpus without prompts is a clear error."""
+"""Recorded prompts taught by a model's own bake (training/self_targets.py): the mouth region is what
+``ksdiff-runtime bake`` outputs for the prompt and its transcript (network, bilabial closure, voice gate; or
+the network alone) and the rest the teacher's, batch after batch of mixed lengths; synthetic clips stay by
+reference; held-out prompts and non-speech clips are left out; bad folders are clear errors."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
-from ksdiff_runtime.backends.torch_backend import TorchBackend
-from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, closure_for
-from ksdiff_runtime.engine.gate import GateConfig
+from ksdiff_runtime import motion
+from ksdiff_runtime.cli import main as cli
 from ksdiff_runtime.motion import MOUTH_INDICES, NUM_BLENDSHAPES
-from ksdiff_runtime.training import real_eval
 from ksdiff_runtime.training import self_targets as S
-from ksdiff_runtime.training.evaluate import load_for_eval
+
+MOUTH = list(MOUTH_INDICES)
+REST = [i for i in range(NUM_BLENDSHAPES) if i not in set(MOUTH)]
 
 
 def test_mouth_from_takes_only_the_mouth() -> None:
@@ -25,7 +27,7 @@ def test_mouth_from_takes_only_the_mouth() -> None:
     baked[-1] = 0.5
     out = S.mouth_from(teacher, baked)
     mouth = np.zeros(NUM_BLENDSHAPES, bool)
-    mouth[list(MOUTH_INDICES)] = True
+    mouth[MOUTH] = True
     assert out.shape == teacher.shape
     np.testing.assert_array_equal(out[:, ~mouth], 0.25)
     np.testing.assert_array_equal(out[:3, mouth], 0.75)
@@ -35,64 +37,97 @@ def test_mouth_from_takes_only_the_mouth() -> None:
 
 @pytest.fixture(scope="module")
 def corpus_with_prompts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """A tiny corpus with two synthetic clips standing in for recorded prompts, one training and one held out,
-    and a non-speech clip."""
-    from ksdiff_runtime.training.corpus import generate
+    """A tiny corpus whose synthetic clips stand in for recorded prompts: nine training prompts of two
+    lengths (two bake batches; the last without a transcript) with a quiet lead-in the voice gate rests, one
+    held out, and a non-speech clip."""
+    from ksdiff_runtime.training.corpus import _save_npz, generate
 
     src = tmp_path_factory.mktemp("corpus")
     generate(str(src), seed=3, n_train=1, n_test=1, clips_train=2, clips_test=1, workers=1, progress=False)
     manifest = json.loads((src / "manifest.json").read_text())
-    train = next(c for c in manifest["clips"] if c["split"] == "train")
+    train = [c for c in manifest["clips"] if c["split"] == "train"]
     test = next(c for c in manifest["clips"] if c["split"] == "test")
-    manifest["clips"] += [dict(train, id="r00000", kind="real", file=train["file"]),
-                          dict(test, id="r00001", kind="real", file=test["file"]),
-                          dict(train, id="n00000", kind="nonspeech", file=train["file"])]
+    lead = motion.SAMPLE_RATE // 2  # half a second of room tone, then the speech
+    real = []
+    for k in range(9):  # each in its own file, as in a real corpus
+        c = train[k % 2]
+        d = dict(np.load(src / c["file"]))
+        frames = lead * motion.FPS // motion.SAMPLE_RATE
+        d["audio"] = np.concatenate([np.random.default_rng(k).normal(0, 1e-4, lead), d["audio"]]).astype(np.float32)
+        for key in ("blendshapes", "head"):
+            d[key] = np.concatenate([np.repeat(d[key][:1], frames, axis=0), d[key]])
+        file = f"clips/r{k:05d}.npz"
+        _save_npz(str(src / file), d)
+        real.append(dict(c, id=f"r{k:05d}", kind="real", file=file, text=c["text"] if k < 8 else ""))
+    assert len({len(np.load(src / c["file"])["audio"]) for c in real}) == 2  # two lengths in a batch
+    manifest["clips"] += [*real, dict(test, id="r00009", kind="real"),
+                          dict(train[0], id="n00000", kind="nonspeech")]
+    manifest["real_world"] = {"nonspeech": 1}
     (src / "manifest.json").write_text(json.dumps(manifest))
     return src, manifest
 
 
-def test_a_prompt_is_taught_its_mouth_by_the_bake(tmp_path: Path, tiny_checkpoint: Path,
-                                                  corpus_with_prompts: tuple[Path, dict]) -> None:
+def baked_by_cli(tmp_path: Path, checkpoint: Path, audio: np.ndarray, text: str, seed: int, *flags: str) -> np.ndarray:
+    """[T, 52] blendshapes of ``ksdiff-runtime bake`` on the audio (a float WAV: the same samples)."""
+    wav, out = tmp_path / "prompt.wav", tmp_path / "baked.json"
+    sf.write(wav, audio, motion.SAMPLE_RATE, subtype="FLOAT")
+    args = ["bake", str(wav), "-o", str(out), "--checkpoint", str(checkpoint), "--backend", "torch-cpu",
+            "--seed", str(seed), "--no-liveliness", *flags]
+    assert cli([*args, "--text", text] if text else args) == 0
+    return np.array([f["blendshapes"] for f in json.loads(out.read_text())["frames"]], np.float32)
+
+
+@pytest.mark.parametrize("network_only", [False, True], ids=["bake", "network-only"])
+def test_prompts_are_taught_their_mouths_by_the_bake(tmp_path: Path, tiny_checkpoint: Path, network_only: bool,
+                                                     corpus_with_prompts: tuple[Path, dict]) -> None:
     src, manifest = corpus_with_prompts
     out = tmp_path / "self"
-    assert S.main(["--checkpoint", str(tiny_checkpoint), "--corpus", str(src), "--out", str(out), "--seed", "2"]) == 0
+    flags = ["--network-only"] if network_only else []
+    assert S.main(["--checkpoint", str(tiny_checkpoint), "--corpus", str(src), "--out", str(out), "--seed", "2",
+                   *flags]) == 0
     written = json.loads((out / "manifest.json").read_text())
     synthetic = [c["id"] for c in manifest["clips"] if c.get("kind") is None]
-    assert [c["id"] for c in written["clips"]] == [*synthetic, "r00000"]  # no held-out prompt, no non-speech
-    assert written["self_taught"] == {"checkpoint": str(tiny_checkpoint), "prompts": 1, "seed": 2}
+    assert [c["id"] for c in written["clips"]] == [*synthetic, *(f"r{k:05d}" for k in range(9))]
+    assert "real_world" not in written  # its non-speech clips are not in this corpus
+    info = written["self_taught"]
+    assert (info["checkpoint"], info["prompts"], info["seed"], len(info["sha256"])) == (str(tiny_checkpoint), 9, 2, 64)
     for c in written["clips"]:
         assert (out / c["file"]).is_file()
-    entry = written["clips"][-1]
-    assert (out / entry["file"]).resolve() != (src / entry["file"]).resolve()  # written anew, the source untouched
-    with np.load(src / entry["file"]) as z:
-        teacher = {k: z[k] for k in z.files}
-    with np.load(out / entry["file"]) as z:
-        taught = {k: z[k] for k in z.files}
-    assert set(taught) == set(teacher)
-    for k in teacher:
-        if k != "blendshapes":
-            np.testing.assert_array_equal(taught[k], teacher[k])
-
-    # what `bake` makes of the prompt with the same checkpoint and seed, step by step
-    model = load_for_eval(tiny_checkpoint)
-    backend = TorchBackend(model)
-    audio = teacher["audio"].astype(np.float32)
-    baked = real_eval.bake_frames(backend, [audio], seed=2)
-    closure = closure_for(model.cfg.front_end.name, DEFAULT_CLOSURE)
-    assert closure is not None
-    baked = real_eval.gated(real_eval.closed_bakes(backend, baked, [audio], closure), [audio], GateConfig())[0]
-    T = len(teacher["blendshapes"])
-    assert len(baked) >= T
-    mouth = list(MOUTH_INDICES)
-    rest = [i for i in range(NUM_BLENDSHAPES) if i not in set(mouth)]
-    np.testing.assert_allclose(taught["blendshapes"][:, mouth], baked[:T, mouth], atol=1e-6)
-    np.testing.assert_array_equal(taught["blendshapes"][:, rest], teacher["blendshapes"][:, rest])
-    assert not np.allclose(taught["blendshapes"][:, mouth], teacher["blendshapes"][:, mouth], atol=1e-3)
+        assert c.get("kind") != "real" or (out / c["file"]).resolve() != (src / c["file"]).resolve()
+    bake_flags = ["--no-closure", "--no-voice-gate"] if network_only else []
+    changed_by_stages = 0
+    for k in (0, 1, 8):  # each length, each batch, with and without a transcript
+        entry = written["clips"][len(synthetic) + k]
+        with np.load(src / entry["file"]) as z:
+            teacher = {key: z[key] for key in z.files}
+        with np.load(out / entry["file"]) as z:
+            taught = {key: z[key] for key in z.files}
+        assert set(taught) == set(teacher)
+        for key in teacher:
+            if key != "blendshapes":
+                np.testing.assert_array_equal(taught[key], teacher[key])
+        np.testing.assert_array_equal(taught["blendshapes"][:, REST], teacher["blendshapes"][:, REST])
+        T = len(teacher["blendshapes"])
+        baked = baked_by_cli(tmp_path, tiny_checkpoint, teacher["audio"], entry["text"], 2, *bake_flags)
+        assert len(baked) >= T
+        np.testing.assert_allclose(taught["blendshapes"][:, MOUTH], baked[:T, MOUTH], atol=2e-5)
+        assert not np.allclose(taught["blendshapes"][:, MOUTH], teacher["blendshapes"][:, MOUTH], atol=1e-3)
+        network = baked_by_cli(tmp_path, tiny_checkpoint, teacher["audio"], entry["text"], 2, "--no-closure",
+                               "--no-voice-gate")
+        changed_by_stages += int(not np.allclose(network[:T, MOUTH], baked[:T, MOUTH], atol=1e-3))
+    # the closure and gate change the mouth bake outputs (the quiet lead-in rests) unless left out
+    assert changed_by_stages == (0 if network_only else 3)
 
 
-def test_a_corpus_without_prompts_is_a_clear_error(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_bad_folders_are_clear_errors(tmp_path: Path, tiny_checkpoint: Path,
+                                      corpus_with_prompts: tuple[Path, dict]) -> None:
     src = tmp_path / "corpus"
     src.mkdir()
     (src / "manifest.json").write_text(json.dumps({"clips": [{"id": "c0", "split": "train", "file": "clips/c0.npz"}]}))
     with pytest.raises(ValueError, match=r"no recorded training prompts.*--real-world"):
         S.self_taught(src, tmp_path / "out", tiny_checkpoint)
+    prompts, _ = corpus_with_prompts
+    before = (prompts / "manifest.json").read_text()
+    with pytest.raises(SystemExit, match=r"is the source corpus"):
+        S.main(["--checkpoint", str(tiny_checkpoint), "--corpus", str(prompts), "--out", str(prompts / ".")])
+    assert (prompts / "manifest.json").read_text() == before
