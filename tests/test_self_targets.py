@@ -131,3 +131,13 @@ def test_bad_folders_are_clear_errors(tmp_path: Path, tiny_checkpoint: Path,
     with pytest.raises(SystemExit, match=r"is the source corpus"):
         S.main(["--checkpoint", str(tiny_checkpoint), "--corpus", str(prompts), "--out", str(prompts / ".")])
     assert (prompts / "manifest.json").read_text() == before
+
+
+def test_max_real_takes_the_first_prompts(tmp_path: Path, tiny_checkpoint: Path,
+                                          corpus_with_prompts: tuple[Path, dict]) -> None:
+    src, manifest = corpus_with_prompts
+    assert S.self_taught(src, tmp_path / "self", tiny_checkpoint, max_real=3, network_only=True) == 3
+    written = json.loads((tmp_path / "self" / "manifest.json").read_text())
+    synthetic = [c["id"] for c in manifest["clips"] if c.get("kind") is None]
+    assert [c["id"] for c in written["clips"]] == [*synthetic, "r00000", "r00001", "r00002"]
+    assert written["self_taught"]["prompts"] == 3
