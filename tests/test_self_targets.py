@@ -56,6 +56,8 @@ def corpus_with_prompts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
         d["audio"] = np.concatenate([np.random.default_rng(k).normal(0, 1e-4, lead), d["audio"]]).astype(np.float32)
         for key in ("blendshapes", "head"):
             d[key] = np.concatenate([np.repeat(d[key][:1], frames, axis=0), d[key]])
+        d["silent"] = np.concatenate([np.ones(frames, bool), d["silent"]])
+        d["phoneme_start"] = (d["phoneme_start"] + lead / motion.SAMPLE_RATE).astype(np.float32)
         file = f"clips/r{k:05d}.npz"
         _save_npz(str(src / file), d)
         real.append(dict(c, id=f"r{k:05d}", kind="real", file=file, text=c["text"] if k < 8 else ""))
@@ -141,3 +143,43 @@ def test_max_real_takes_the_first_prompts(tmp_path: Path, tiny_checkpoint: Path,
     synthetic = [c["id"] for c in manifest["clips"] if c.get("kind") is None]
     assert [c["id"] for c in written["clips"]] == [*synthetic, "r00000", "r00001", "r00002"]
     assert written["self_taught"]["prompts"] == 3
+
+
+def test_aligned_closures_take_the_teachers_shut_lips_inside_bilabials_only() -> None:
+    jaw = motion.BLENDSHAPE_INDEX["jawOpen"]
+    teacher = np.zeros((30, NUM_BLENDSHAPES), np.float32)
+    teacher[:, jaw] = 0.8
+    teacher[10:13, jaw] = 0.0  # shut inside the /m/
+    teacher[20:23, jaw] = 0.0  # and inside a vowel
+    assert motion.lip_aperture(teacher[0]) > motion.LIP_CLOSED_THRESHOLD > motion.lip_aperture(teacher[10])
+    taught = np.full_like(teacher, 0.5)
+    fps = motion.FPS
+    phonemes = np.array(["_", "a", "m", "a", "_"])
+    starts = np.array([0, 4, 10, 13, 25]) / fps
+    durs = np.array([4, 6, 3, 12, 5]) / fps
+    out = S.with_aligned_closures(taught, teacher, phonemes, starts, durs)
+    replaced = np.zeros(30, bool)
+    replaced[10:13] = True
+    np.testing.assert_array_equal(out[np.ix_(replaced, MOUTH)], teacher[np.ix_(replaced, MOUTH)])
+    np.testing.assert_array_equal(out[np.ix_(~replaced, MOUTH)], 0.5)  # the open frames beside it, the vowel's
+    np.testing.assert_array_equal(out[:, REST], 0.5)
+    assert np.all(taught == 0.5)
+
+
+def test_aligned_closures_reach_the_written_prompts(tmp_path: Path, tiny_checkpoint: Path,
+                                                    corpus_with_prompts: tuple[Path, dict]) -> None:
+    src, _ = corpus_with_prompts
+    S.self_taught(src, tmp_path / "net", tiny_checkpoint, max_real=2, network_only=True)
+    S.self_taught(src, tmp_path / "closed", tiny_checkpoint, max_real=2, network_only=True, aligned_closures=True)
+    written = json.loads((tmp_path / "closed" / "manifest.json").read_text())
+    assert written["self_taught"]["stages"] == "network, the teacher's aligned closures"
+    replaced = 0
+    for c in written["clips"][-2:]:
+        teacher = np.load(src / c["file"])
+        net = np.load(tmp_path / "net" / c["file"])["blendshapes"]
+        closed = np.load(tmp_path / "closed" / c["file"])["blendshapes"]
+        changed = np.any(closed != net, axis=1)
+        np.testing.assert_array_equal(closed[changed][:, MOUTH], teacher["blendshapes"][changed][:, MOUTH])
+        assert np.all(motion.lip_aperture(closed[changed]) < motion.LIP_CLOSED_THRESHOLD)
+        replaced += int(changed.sum())
+    assert replaced > 0

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ksdiff_runtime import motion
 from ksdiff_runtime.backends.torch_backend import TorchBackend
 from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, closure_for
 from ksdiff_runtime.engine.gate import GateConfig
@@ -33,7 +34,9 @@ from ksdiff_runtime.motion import MOUTH_INDICES, take_frames
 from .corpus import _save_npz
 from .dataset import read_manifest
 from .evaluate import load_for_eval
+from .metrics import closure_span
 from .real_eval import BAKE_STEPS
+from .teacher import BILABIAL_PHONEMES, strip_stress
 
 BATCH = 8  # prompts baked in one batch
 
@@ -47,12 +50,29 @@ def mouth_from(teacher: np.ndarray, baked: np.ndarray) -> np.ndarray:
     return out
 
 
+def with_aligned_closures(taught: np.ndarray, teacher: np.ndarray, phonemes: np.ndarray, starts: np.ndarray,
+                          durs: np.ndarray, fps: int = motion.FPS) -> np.ndarray:
+    """``taught`` [T, 52] with the teacher's mouth on the frames where the teacher's lips are shut within an
+    aligned /p b m/ (the frames the closure metric reads, ``metrics.closure_span``), and nowhere else."""
+    inside = np.zeros(len(taught), bool)
+    for p, s, d in zip(phonemes, starts, durs, strict=True):
+        if strip_stress(str(p)) in BILABIAL_PHONEMES:
+            a, b = closure_span(float(s), float(d), fps)
+            inside[a:b] = True
+    frames = inside & (motion.lip_aperture(teacher) < motion.LIP_CLOSED_THRESHOLD)
+    out = np.array(taught, dtype=np.float32, copy=True)
+    mouth = list(MOUTH_INDICES)
+    out[np.ix_(frames, mouth)] = np.asarray(teacher, np.float32)[np.ix_(frames, mouth)]
+    return out
+
+
 def self_taught(corpus: Path, out: Path, checkpoint: Path, max_real: int = 0, seed: int = 0,
-                network_only: bool = False) -> int:
+                network_only: bool = False, aligned_closures: bool = False) -> int:
     """Write ``out``: ``corpus``'s synthetic clips by reference (their cached features stay valid) and its
     recorded training prompts (the first ``max_real`` of them in manifest order when > 0) with their mouth
     targets as ``bake --text TRANSCRIPT --seed SEED --no-liveliness`` makes them with ``checkpoint`` (with
-    ``network_only``, also ``--no-closure --no-voice-gate``). Non-speech and mixed clips are left out.
+    ``network_only``, also ``--no-closure --no-voice-gate``); with ``aligned_closures``, the teacher's shut
+    lips inside each aligned /p b m/ (``with_aligned_closures``). Non-speech and mixed clips are left out.
     Returns the prompts written."""
     corpus, out = Path(corpus), Path(out)
     if out.resolve() == corpus.resolve():
@@ -79,7 +99,11 @@ def self_taught(corpus: Path, out: Path, checkpoint: Path, max_real: int = 0, se
         baked = bake_animations(backend, inputs, steps=BAKE_STEPS, seeds=[seed] * len(inputs), closure=closure,
                                 gate=gate)
         for e, d, b in zip(entries, data, baked, strict=True):
-            d["blendshapes"] = mouth_from(d["blendshapes"], b.blendshapes)
+            taught = mouth_from(d["blendshapes"], b.blendshapes)
+            if aligned_closures:
+                taught = with_aligned_closures(taught, d["blendshapes"], d["phonemes"], d["phoneme_start"],
+                                               d["phoneme_dur"])
+            d["blendshapes"] = taught
             _save_npz(str(out / e["file"]), d)
             clips.append(dict(e))
     header = {k: v for k, v in manifest.items() if k not in ("clips", "real_world")}  # its non-speech is left out
@@ -87,7 +111,8 @@ def self_taught(corpus: Path, out: Path, checkpoint: Path, max_real: int = 0, se
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(dict(header, clips=clips, self_taught={
         "checkpoint": str(checkpoint), "sha256": digest, "prompts": len(real), "seed": seed,
-        "stages": "network" if network_only else "network, closure, voice gate"})))
+        "stages": ("network" if network_only else "network, closure, voice gate")
+        + (", the teacher's aligned closures" if aligned_closures else "")})))
     os.replace(tmp, out / "manifest.json")
     return len(real)
 
@@ -103,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--network-only", action="store_true",
                    help="the network's mouth alone, without bake's bilabial closure and voice gate (which bake and "
                    "serve apply again after the fine-tuned model)")
+    p.add_argument("--aligned-closures", action="store_true",
+                   help="then the teacher's shut lips on the frames of each aligned /p b m/, and only there")
     args = p.parse_args(argv)
     try:
-        n = self_taught(args.corpus, args.out, args.checkpoint, args.max_real, args.seed, args.network_only)
+        n = self_taught(args.corpus, args.out, args.checkpoint, args.max_real, args.seed, args.network_only,
+                        args.aligned_closures)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"{args.out}: {n} recorded prompts with their mouths baked by {args.checkpoint}"
