@@ -530,3 +530,67 @@ def test_a_blend_interpolates_every_weight_between_base_and_fine_tune(tmp_path):
         blend(base, tuned(), 1.5)
     with pytest.raises(CheckpointError, match="not the same network"):
         blend(base, small_model(d_model=16), 0.5)
+
+
+def test_a_blend_can_give_the_head_branch_its_own_share(tmp_path):
+    """training.blend --pose-weight: the head's branch (POSE_BRANCH) at its own share, the rest at --weight.
+    POSE_BRANCH is exactly the tensors that the head's output reads and the face's does not, so a blend with the
+    fine-tune's everything but the base's head branch animates the fine-tune's face, to the bit."""
+    from ksdiff_runtime.training.blend import blend, is_pose_branch
+    from ksdiff_runtime.training.blend import main as blend_main
+
+    # which parameters each output reads, by autograd through condition() and denoise()
+    model = small_model()
+    cfg = model.cfg
+    b = window_batch(cfg, B=1, N=6)
+    C, N = cfg.motion_context_frames, 6
+    f_e, f_h, pe, ve, pp, vp = model.condition(b["feats"], b["prosody"], b["text"], b["audio_keep"],
+                                               b["text_keep"], b["prev_expr"], b["prev_pose"], b["known"], N)
+    known = torch.cat([b["known"], torch.zeros(1, N)], 1)
+    pad = torch.zeros(1, C)
+    x0_e, x0_p = model.denoise(torch.randn(1, C + N, cfg.expr_dim), torch.randn(1, C + N, cfg.pose_dim), known,
+                               torch.cat([pad, pe], 1), torch.cat([torch.zeros(1, C, cfg.expr_dim), ve], 1),
+                               torch.cat([pad, pp], 1), torch.cat([torch.zeros(1, C, cfg.pose_dim), vp], 1),
+                               f_e, f_h, torch.tensor([0.5]), torch.randn(1, cfg.style_dim))
+    params = dict(model.named_parameters())
+
+    def read_by(out: torch.Tensor) -> set[str]:
+        grads = torch.autograd.grad(out.square().sum(), list(params.values()), retain_graph=True, allow_unused=True)
+        return {k for k, g in zip(params, grads, strict=True) if g is not None and g.abs().sum() > 0}
+
+    face, head = read_by(x0_e), read_by(x0_p)
+    assert {k for k in params if is_pose_branch(k)} == head - face
+    assert all(is_pose_branch(k) for k in ("pose_mean", "pose_std")) and not is_pose_branch("expr_mean")
+
+    # a blend: the head branch at pose_weight, every other tensor at weight
+    base = small_model()
+    torch.manual_seed(5)
+    moved = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in base.state_dict().items()}
+
+    def tuned() -> KSDiff:
+        model = small_model()
+        model.load_state_dict(moved)
+        return model
+
+    a = base.state_dict()
+    mixed = blend(base, tuned(), 0.75, pose_weight=0.25).state_dict()
+    for k, v in mixed.items():
+        w = 0.25 if is_pose_branch(k) else 0.75
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (1 - w) * a[k] + w * moved[k])
+    with pytest.raises(ValueError, match=r"pose weight is in 0\.\.1"):
+        blend(base, tuned(), 0.5, pose_weight=-0.1)
+
+    # the fine-tune's face with the base's head branch, through the command, sampled as the engine samples
+    paths = [tmp_path / n for n in ("base.pt", "tuned.pt", "blend.pt")]
+    save_checkpoint(paths[0], base)
+    save_checkpoint(paths[1], tuned())
+    assert blend_main([str(paths[0]), str(paths[1]), "--weight", "1", "--pose-weight", "0", "--out",
+                       str(paths[2])]) == 0
+    noise = np.random.default_rng(0).standard_normal((1, 6, 55)).astype(np.float32)
+    batch = WindowBatch(b["feats"].numpy(), b["prosody"].numpy(), b["prev_expr"].sigmoid().numpy(),
+                        np.zeros((1, C, 3), np.float32), b["known"].numpy(), noise,
+                        text=b["text"].numpy(), text_keep=b["text_keep"].numpy())
+    got, fine = (sample_windows(TorchBackend(m.eval()), batch, 4) for m in (load_model(paths[2]), tuned()))
+    np.testing.assert_array_equal(got.expr, fine.expr)
+    assert not np.allclose(got.pose, fine.pose, atol=1e-4)

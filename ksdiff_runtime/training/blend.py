@@ -5,6 +5,10 @@ ensembling of a fine-tune with the model it started from; Wortsman et al. 2022, 
 the synthetic corpus gains there and loses some of what the base did on real voices; a blend keeps part of
 both (docs/STREAMING_RECOGNISER.md, "Blending the fine-tune with the shipped model"). The two must be the same
 network: the tuned checkpoint's config is written, and a blend of models of other shapes is refused.
+
+The head has its own branch (the encoder's pose path, the pose keyframe predictor and the pose denoiser, all
+reading the shared trunk's features), and ``--pose-weight`` gives it a share of its own: a fine-tune whose
+mouth gains come with a restless head can lend its mouth and keep the base's head.
 """
 
 from __future__ import annotations
@@ -17,15 +21,32 @@ from ksdiff_runtime.model.ksdiff import KSDiff
 
 from .mood_styles import add_mood_styles
 
+# The tensors only the head's branch reads (model/ksdiff.py, model/encoder.py): the pose path's pooling and
+# projection, the pose keyframe predictor, the pose denoiser and the pose statistics.
+POSE_BRANCH = ("encoder.pose_long.", "encoder.pose_mid.", "encoder.pose_out.", "kel_pose.", "den_pose.",
+               "pose_mean", "pose_std")
 
-def blend(base: KSDiff, tuned: KSDiff, weight: float) -> KSDiff:
-    """``tuned`` with every floating-point tensor set to (1 - weight) * base's + weight * its own."""
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"the blend weight is in 0..1 (0: the base, 1: the fine-tune), not {weight}")
+
+def is_pose_branch(name: str) -> bool:
+    return name.startswith(POSE_BRANCH)
+
+
+def blend(base: KSDiff, tuned: KSDiff, weight: float, pose_weight: float | None = None) -> KSDiff:
+    """``tuned`` with every floating-point tensor set to (1 - w) * base's + w * its own.
+
+    ``w`` is ``weight``, or ``pose_weight`` for the head's branch (``POSE_BRANCH``) when it is given."""
+    pose_weight = weight if pose_weight is None else pose_weight
+    for name, w in (("blend weight", weight), ("pose weight", pose_weight)):
+        if not 0.0 <= w <= 1.0:
+            raise ValueError(f"the {name} is in 0..1 (0: the base, 1: the fine-tune), not {w}")
     a, b = base.state_dict(), tuned.state_dict()
     if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in b):
         raise CheckpointError("the two checkpoints are not the same network (their tensors differ in names or shapes)")
-    tuned.load_state_dict({k: (1.0 - weight) * a[k] + weight * b[k] if b[k].is_floating_point() else b[k] for k in b})
+    mixed = {}
+    for k in b:
+        w = pose_weight if is_pose_branch(k) else weight
+        mixed[k] = (1.0 - w) * a[k] + w * b[k] if b[k].is_floating_point() else b[k]
+    tuned.load_state_dict(mixed)
     return tuned
 
 
@@ -35,12 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("base", type=Path, help="the checkpoint the fine-tune started from")
     p.add_argument("tuned", type=Path, help="the fine-tuned checkpoint")
     p.add_argument("--weight", type=float, required=True, help="the fine-tune's share, 0..1")
+    p.add_argument("--pose-weight", type=float, default=None,
+                   help="the fine-tune's share in the head's branch, 0..1 (default: --weight)")
     p.add_argument("--out", type=Path, required=True, help="where the blend is written")
     p.add_argument("--half", action="store_true", help="write float16 weights, as `train --ship` ships them")
     args = p.parse_args(argv)
-    save_checkpoint(args.out, blend(load_model(args.base), load_model(args.tuned), args.weight), half=args.half)
+    save_checkpoint(args.out, blend(load_model(args.base), load_model(args.tuned), args.weight, args.pose_weight),
+                    half=args.half)
     add_mood_styles(args.out)  # the blend's own (the tuned checkpoint's would not match its weights)
-    print(f"{args.out}: {1.0 - args.weight:g} x {args.base} + {args.weight:g} x {args.tuned}, with its moods' styles")
+    head = "" if args.pose_weight is None else f" ({args.pose_weight:g} of it in the head's branch)"
+    print(f"{args.out}: {1.0 - args.weight:g} x {args.base} + {args.weight:g} x {args.tuned}{head},"
+          " with its moods' styles")
     return 0
 
 
