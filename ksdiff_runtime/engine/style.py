@@ -126,9 +126,9 @@ class Level:
 # and liveliness on, the mean over seeds 0-2 (a bake's head differs by +-25 % from seed to seed);
 # `python -m benchmarks.style` measures them (benchmarks/style.json, "model_profiles").
 MODEL_PROFILES: dict[str, StyleProfile] = {
-    "live": StyleProfile(head=0.00450, expression=0.0626, articulation=0.292),
-    "line": StyleProfile(head=0.00751, expression=0.0432, articulation=0.286),
-    "bake": StyleProfile(head=0.01205, expression=0.0389, articulation=0.301),
+    "live": StyleProfile(head=0.00465, expression=0.0826, articulation=0.252),
+    "line": StyleProfile(head=0.00735, expression=0.0428, articulation=0.257),
+    "bake": StyleProfile(head=0.01181, expression=0.0422, articulation=0.298),
 }
 
 
