@@ -484,6 +484,18 @@ def test_onnx_export_has_dynamic_batch_and_time(tmp_path):
         assert np.abs(r.numpy() - o).max() < 1e-4
 
 
+def fine_tuned_weights(base: KSDiff) -> dict[str, torch.Tensor]:
+    """``base``'s weights, each floating-point tensor moved a little, as a fine-tune would (seeded)."""
+    torch.manual_seed(5)
+    return {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in base.state_dict().items()}
+
+
+def small_model_with(weights: dict[str, torch.Tensor]) -> KSDiff:
+    model = small_model()
+    model.load_state_dict(weights)
+    return model
+
+
 def test_a_blend_interpolates_every_weight_between_base_and_fine_tune(tmp_path):
     """training.blend: weight 0 is the base, 1 the fine-tune, 0.25 a quarter of the way, for every tensor; the
     command writes a checkpoint that loads as that blend; other weights and other shapes are refused."""
@@ -492,13 +504,10 @@ def test_a_blend_interpolates_every_weight_between_base_and_fine_tune(tmp_path):
     from ksdiff_runtime.training.blend import main as blend_main
 
     base = small_model()
-    torch.manual_seed(5)
-    moved = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in base.state_dict().items()}
+    moved = fine_tuned_weights(base)
 
     def tuned() -> KSDiff:
-        model = small_model()
-        model.load_state_dict(moved)
-        return model
+        return small_model_with(moved)
 
     a = base.state_dict()
     for w in (0.0, 0.25, 1.0):
@@ -564,13 +573,10 @@ def test_a_blend_can_give_the_head_branch_its_own_share(tmp_path):
 
     # a blend: the head branch at pose_weight, every other tensor at weight
     base = small_model()
-    torch.manual_seed(5)
-    moved = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in base.state_dict().items()}
+    moved = fine_tuned_weights(base)
 
     def tuned() -> KSDiff:
-        model = small_model()
-        model.load_state_dict(moved)
-        return model
+        return small_model_with(moved)
 
     a = base.state_dict()
     mixed = blend(base, tuned(), 0.75, pose_weight=0.25).state_dict()
