@@ -26,6 +26,12 @@ from .style import StyleEncoder, info_nce
 
 MOUTH = list(motion.MOUTH_INDICES)
 
+# The head's own branch: the modules only the head's output reads (the encoder's pose path, the pose keyframe
+# predictor and the pose denoiser, all on the shared trunk's features; with the pose statistics, the tensors
+# the face never reads). training.blend gives it its own share, `train --train-only head` trains it alone.
+HEAD_MODULES = ("encoder.pose_long", "encoder.pose_mid", "encoder.pose_out", "kel_pose", "den_pose")
+HEAD_BUFFERS = ("pose_mean", "pose_std")
+
 
 class KSDiff(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:

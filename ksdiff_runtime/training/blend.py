@@ -17,14 +17,12 @@ import argparse
 from pathlib import Path
 
 from ksdiff_runtime.model.checkpoint import CheckpointError, load_model, save_checkpoint
-from ksdiff_runtime.model.ksdiff import KSDiff
+from ksdiff_runtime.model.ksdiff import HEAD_BUFFERS, HEAD_MODULES, KSDiff
 
 from .mood_styles import add_mood_styles
 
-# The tensors only the head's branch reads (model/ksdiff.py, model/encoder.py): the pose path's pooling and
-# projection, the pose keyframe predictor, the pose denoiser and the pose statistics.
-POSE_BRANCH = ("encoder.pose_long.", "encoder.pose_mid.", "encoder.pose_out.", "kel_pose.", "den_pose.",
-               "pose_mean", "pose_std")
+# The tensors only the head's branch reads (model/ksdiff.py's HEAD_MODULES and HEAD_BUFFERS), as state-dict names.
+POSE_BRANCH = tuple(f"{m}." for m in HEAD_MODULES) + HEAD_BUFFERS
 
 
 def is_pose_branch(name: str) -> bool:
