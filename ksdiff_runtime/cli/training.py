@@ -101,10 +101,6 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="a live window's context frames: made by the model (self, the default) or the teacher's")
     p.add_argument("--live-face-only", dest="live_head", action="store_false", default=None,
                    help="score only the face on live windows, not the head (overrides the config)")
-    p.add_argument("--head-anchor-ms", type=float, metavar="MS",
-                   help="on live windows with the model's own context, score the head on the teacher's path plus "
-                   "the gap at the last context frame fading with this time constant, not on the teacher's path "
-                   "as it is (which teaches a hop to jump back to it); 0: off (overrides the config)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config; 0 = all cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (default: auto)")
     p.add_argument("--ship", type=Path, help="also write the EMA weights in float16 here when done")
@@ -119,7 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {}
     for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
                  "init_from", "closure_weight", "opening_weight", "context_drop", "train_only", "live_windows",
-                 "live_context", "live_head", "head_anchor_ms", "threads"):
+                 "live_context", "live_head", "threads"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = str(value) if name == "init_from" else value

@@ -83,17 +83,12 @@ class TrainConfig:
     # score the head on live windows too (False: the face only; a live stream's head is livened after the
     # model, which the rollout does not do)
     live_head: bool = True
-    # a live window's head targets re-anchored on the context the model made (anchor_head), the gap to the
-    # teacher's path fading with this time constant; 0: the teacher's path as it is (a hop jumps back to it)
-    head_anchor_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.live_windows <= 1.0:
             raise ValueError(f"live_windows is a share of steps in 0..1, not {self.live_windows}")
         if not 0.0 <= self.context_drop <= 1.0:
             raise ValueError(f"context_drop is a share of windows in 0..1, not {self.context_drop}")
-        if self.head_anchor_ms < 0:
-            raise ValueError(f"head_anchor_ms is a time constant, >= 0 (0: off), not {self.head_anchor_ms}")
         if self.train_only and not self.init_from:
             raise ValueError("train_only fine-tunes part of a trained model: give init_from too")
         preset = get_preset(self.live_preset)  # a clear error naming the known presets
@@ -242,14 +237,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         if not is_live:
             return sampler.batch(cfg.batch_size), False
         batch = sampler.batch(cfg.batch_size, live=True, lead=lead)
-        if not lead:
-            batch = live_windows(batch, model_cfg, *live_shape)
-        elif cfg.head_anchor_ms > 0:  # the teacher's head at the cut's last context frame, before it is made
-            teacher_last = batch["pose"][:, lead + model_cfg.motion_context_frames - 1].copy()
-            batch = anchor_head(own_context(model, batch, live), teacher_last,
-                                cfg.head_anchor_ms * model_cfg.fps / 1000.0)
-        else:
-            batch = own_context(model, batch, live)
+        batch = own_context(model, batch, live) if lead else live_windows(batch, model_cfg, *live_shape)
         batch["t"] = sampler.rng.choice(live_steps, size=cfg.batch_size)
         if not cfg.live_head:
             batch["score_pose"] = np.zeros_like(batch["score"])
@@ -332,20 +320,6 @@ def trainable(model: KSDiff, only: str) -> list[torch.nn.Parameter]:
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def anchor_head(window: dict[str, np.ndarray], teacher_last: np.ndarray, frames: float) -> dict[str, np.ndarray]:
-    """A live window whose context the model made (own_context) with its head targets re-anchored on that
-    context: the teacher's head path plus the gap at the last context frame (the model's head there minus the
-    teacher's, ``teacher_last`` [B, 3]) fading with time constant ``frames``. Scored on the teacher's own path,
-    the hop would have to jump the whole gap at once, and a stream's head would jitter hop by hop; so it
-    continues from where its head is and drifts back to the teacher's path over a few hundred milliseconds."""
-    C = window["known"].shape[1] - window["score"].shape[1]
-    pose = window["pose"].copy()
-    gap = (pose[:, C - 1] - teacher_last) * window["known"][:, C - 1, None]  # none before a clip starts
-    fade = np.exp(-np.arange(1, pose.shape[1] - C + 1, dtype=np.float32) / frames)
-    pose[:, C:] += gap[:, None, :] * fade[None, :, None]
-    return dict(window, pose=pose.astype(window["pose"].dtype))
 
 
 def live_hop(model: KSDiff, window: dict[str, np.ndarray], style: np.ndarray | None = None
