@@ -1,11 +1,12 @@
 """The head's low-pass in the liveliness stage (engine/liveliness.py) at several orders and cutoffs, on
-held-out clips.
+held-out clips, with the stage's sway (and once without it).
 
     python -m benchmarks.head_steadiness [--corpus data/corpus] [--clips 40] [--filters 2:1,3:1.4] [--checkpoint K]
 
 Held-out synthetic clips (the corpus's test split, synthetic voices) are streamed live through the
 engine (ONNX Runtime, low-latency preset, the voice gate on, liveliness off) once; the liveliness stage
-is then applied to those frames with each low-pass (order:cutoff in Hz). Reported against the teacher's head on the same
+is then applied to those frames as shipped but without the head sway, and with each low-pass (order:cutoff in
+Hz) and the sway. Reported against the teacher's head on the same
 clips: the head's standard deviation (degrees, pitch / yaw / roll), motion beats a second
 (metrics.motion_beats) and BeatAlign with the audio's onsets. Needs the corpus (`ksdiff-runtime
 corpus`). Writes benchmarks/head_steadiness.json; nothing is asserted, every figure is printed.
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         engine.close()
     rows = {"teacher": figures(teacher, audios), "model alone": figures([v[:, D:] for v in model], audios)}
+    rows["liveliness as shipped, without the sway"] = figures(
+        [Liveliness(LivelinessConfig(head_sway=0.0), 3).apply(v.copy())[:, D:] for v in model], audios)
     for spec in args.filters.split(","):
         order, hz = spec.split(":")
         config = dataclasses.replace(LivelinessConfig(), head_smoothing_order=int(order), head_smoothing_hz=float(hz))

@@ -1,13 +1,13 @@
 """Eyes and head in a long live stream, with and without the liveliness stage (engine/liveliness.py).
 
-    python -m benchmarks.liveliness [--minutes 8]
+    python -m benchmarks.liveliness [--minutes 8] [--checkpoint K]
 
 The bundled speech, looped for ``--minutes``, is streamed through the engine (ONNX Runtime,
 low-latency preset, the live schedule; as fast as it computes) once as the model alone and once with
 the stage, same seed. Reported per run: blinks per minute (eyeBlinkLeft rising through 0.5) over the
 whole stream and in each minute, how much likelier a blink is in the first second of a pause than
-elsewhere, gaze movement, the head's mean pitch, yaw and roll (degrees) in each minute, and head
-motion beats per second (metrics.motion_beats; the teacher makes 2.5).
+elsewhere, gaze movement, the head's standard deviation and its mean pitch, yaw and roll (degrees) in
+each minute, and head motion beats per second (metrics.motion_beats; the teacher makes 2.5).
 
 Writes benchmarks/liveliness.json and docs/liveliness.png; nothing is asserted, every figure is printed.
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
-from ksdiff_runtime.backends.select import load_backend
+from ksdiff_runtime.backends.select import DEFAULT_CHECKPOINT, load_backend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.liveliness import BLINKS, JAW, PAUSE_FRAMES, REST_JAW, LivelinessConfig
 from ksdiff_runtime.inputs.guards import load_audio
@@ -70,6 +70,7 @@ def figures(values: np.ndarray) -> dict[str, Any]:
         "gaze_yaw_std_deg": round(float(gaze[:, 0].std()), 2), "gaze_pitch_std_deg": round(float(gaze[:, 1].std()), 2),
         "head_mean_deg_each_minute": head_minutes,
         "head_mean_deg_last_half": np.round(head[len(head) // 2 :].mean(axis=0), 2).tolist(),
+        "head_std_deg": np.round(head.std(axis=0), 2).tolist(),
         "head_beats_per_s": round(len(motion_beats(values[:, D:])) / (len(values) / FPS), 2),
     }
 
@@ -79,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=8.0, help="length of the looping stream")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "liveliness.json", help="results (JSON)")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "liveliness.png", help="plot (PNG)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="model checkpoint (default: the bundled one)")
     args = p.parse_args(argv)
     speech, _ = load_audio(SAMPLE_SPEECH)
     audio = np.resize(speech.astype(np.float32), int(args.minutes * 60 * motion.SAMPLE_RATE))
-    backend = load_backend("onnxruntime", threads=1)
+    backend = load_backend("onnxruntime", args.checkpoint, threads=1)
     runs = {}
     for label, config in (("model alone", None), ("with liveliness", LivelinessConfig())):
         engine = StreamingEngine(backend, "low-latency", front_end_threads=1, liveliness=config)
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {r['blinks_per_minute']} blinks/min (each minute {r['blinks_each_minute']}), "
               f"pause/elsewhere {r['blink_rate_pause_vs_elsewhere']}, gaze std {r['gaze_yaw_std_deg']}/"
               f"{r['gaze_pitch_std_deg']} deg, head mean (last half) {r['head_mean_deg_last_half']} deg, "
-              f"head beats {r['head_beats_per_s']}/s")
+              f"head std {r['head_std_deg']} deg, head beats {r['head_beats_per_s']}/s")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     plot(runs, args.plot)
     print(f"-> {args.out}, {args.plot}")

@@ -1,5 +1,6 @@
-"""Blinks, gaze micro-saccades and head centring (engine/liveliness.py): natural rates, more blinks at
-pauses, no settled head offset, nods kept, the same from the same seed, and applied to what goes out."""
+"""Blinks, gaze micro-saccades, head centring and sway (engine/liveliness.py): natural rates, more blinks at
+pauses, no settled head offset, nods kept, the teacher's sway topping up a still head, the same from the same
+seed, and applied to what goes out."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.engine.liveliness import BLINKS, JAW, Liveliness, LivelinessConfig
+from ksdiff_runtime.engine.liveliness import BLINKS, JAW, SWAY_DEG, SWAY_SILENT, Liveliness, LivelinessConfig
+from ksdiff_runtime.training.metrics import motion_beats
 
 FPS = motion.FPS
 D = motion.NUM_BLENDSHAPES
@@ -34,7 +36,7 @@ def blink_starts(values: np.ndarray) -> np.ndarray:
 def test_config_is_checked() -> None:
     for bad in (dict(blinks_per_minute=-1), dict(blinks_per_minute=100), dict(pause_factor=0.5),
                 dict(refractory_s=-1), dict(saccade_deg=20), dict(head_centring_s=-2), dict(head_smoothing_hz=15),
-                dict(head_smoothing_order=0)):
+                dict(head_smoothing_order=0), dict(head_sway=-0.5), dict(head_sway=4)):
         with pytest.raises(ValueError):
             LivelinessConfig(**bad)
 
@@ -74,7 +76,7 @@ def test_the_head_comes_back_to_centre_and_keeps_its_nods() -> None:
     nod = np.deg2rad(4.0) * np.sin(2 * np.pi * 0.5 * t)
     values[:, D:] = offset
     values[:, D] += nod
-    out = Liveliness(LivelinessConfig(), seed=0).apply(values)
+    out = Liveliness(LivelinessConfig(head_sway=0), seed=0).apply(values)
     late = slice(n - 60 * FPS, n)  # the last minute
     assert np.abs(np.rad2deg(out[late, D:].mean(axis=0))).max() < 0.2
     kept = out[late, D].std() / nod[late].std()
@@ -88,7 +90,7 @@ def test_a_head_settling_off_centre_as_a_stream_starts_is_centred_from_the_start
     t = np.arange(n) / FPS
     values = np.zeros((n, D + 3), np.float32)
     values[:, D] = np.deg2rad(2.0 + 3.4 * (1 - np.exp(-t / 0.8)))  # starting off centre too
-    out = np.rad2deg(Liveliness(LivelinessConfig(head_smoothing_hz=0), seed=0).apply(values)[:, D])
+    out = np.rad2deg(Liveliness(LivelinessConfig(head_smoothing_hz=0, head_sway=0), seed=0).apply(values)[:, D])
     assert np.abs(out).max() < 1.2
     assert np.abs(out[5 * FPS :]).max() < 0.5
     assert abs(out[0]) < 1e-6  # a stream's first frame is its own average
@@ -98,15 +100,13 @@ def test_the_heads_hop_rate_wobble_is_damped_and_its_nods_pass() -> None:
     """Each hop samples head motion afresh: a fast wobble rides on the slow motion. The low-pass keeps a
     0.5 Hz nod and most of a 0.8 Hz one, damps a 7 Hz wobble, and the head changes direction far less
     often."""
-    from ksdiff_runtime.training.metrics import motion_beats
-
     n = 60 * FPS
     t = np.arange(n) / FPS
     nod = np.deg2rad(4.0) * np.sin(2 * np.pi * 0.5 * t)
     wobble = np.deg2rad(1.0) * np.sin(2 * np.pi * 7.0 * t)
     values = np.zeros((n, D + 3), np.float32)
     values[:, D] = nod + wobble
-    config = LivelinessConfig(head_centring_s=0)
+    config = LivelinessConfig(head_centring_s=0, head_sway=0)
     settled = slice(5 * FPS, 55 * FPS)  # after the filter settles; whole periods of both for the spectrum
     out = Liveliness(config, seed=0).apply(values)[settled, D]
     spectrum = np.abs(np.fft.rfft(out)) / len(out) * 2
@@ -120,6 +120,43 @@ def test_the_heads_hop_rate_wobble_is_damped_and_its_nods_pass() -> None:
     before = len(motion_beats(values[settled, D:]))
     after = len(motion_beats(Liveliness(config, seed=0).apply(values)[settled, D:]))
     assert after < 0.5 * before, (before, after)
+
+
+def test_a_still_head_sways_as_the_teachers_does_more_while_speaking_and_stays_centred() -> None:
+    """The model's live head is nearly still (its one-step mean): the stage gives it the teacher's random
+    drift, its amplitude while the mouth moves, 40 % of it in long pauses, its slow motion (head motion beats
+    a second within 30 % of the teacher's 2.45) and no settled offset over 15 minutes."""
+    values = talk(15 * 60, np.random.default_rng(6))
+    out = Liveliness(LivelinessConfig(), seed=6).apply(values)
+    head = np.rad2deg(out[:, D:])
+    moving = values[:, JAW] > 0
+    np.testing.assert_allclose(head[moving].std(axis=0), SWAY_DEG, rtol=0.15)
+    quiet = head[~moving].std(axis=0) / head[moving].std(axis=0)
+    assert np.all(quiet < 0.8) and np.all(quiet > SWAY_SILENT * 0.8), quiet
+    assert 1.7 < len(motion_beats(out[:, D:])) / (len(out) / FPS) < 3.2
+    minutes = head.reshape(15, 60 * FPS, 3).mean(axis=1)
+    assert np.abs(minutes).max() < 0.6, minutes
+    double = Liveliness(LivelinessConfig(head_sway=2.0), seed=6).apply(values)
+    np.testing.assert_allclose(double[:, D:].std(axis=0) / out[:, D:].std(axis=0), 2.0, rtol=0.01)
+
+
+def test_the_sway_tops_up_a_head_that_moves_and_leaves_one_that_moves_enough() -> None:
+    """Only what the model's own head lacks of the teacher's amplitude is added: a head already moving at 1.5
+    times it comes out as it went in; one moving at half of it comes out near the full amplitude."""
+    import scipy.signal
+
+    values = talk(300, np.random.default_rng(7))
+    rng = np.random.default_rng(8)
+    sos = scipy.signal.butter(2, (0.1, 0.5), btype="bandpass", fs=FPS, output="sos")
+    own = scipy.signal.sosfilt(sos, rng.standard_normal((len(values), 3)), axis=0)
+    own /= own.std(axis=0)
+    config = LivelinessConfig(head_centring_s=0, head_smoothing_hz=0)  # the sway alone on the model's head
+    late = slice(30 * FPS, None)  # after the running variance has gathered
+    for share, lo, hi in ((1.5, 1.0, 1.02), (0.5, 1.6, 2.1)):
+        values[:, D:] = own * np.deg2rad(SWAY_DEG) * share
+        out = Liveliness(config, seed=7).apply(values)
+        gain = out[late, D:].std(axis=0) / values[late, D:].std(axis=0)
+        assert np.all((lo <= gain) & (gain <= hi)), (share, gain)
 
 
 def test_gaze_moves_a_little_and_both_eyes_together() -> None:
@@ -140,7 +177,9 @@ def test_same_seed_same_frames_other_seed_other_blinks() -> None:
     hops = [pieces.apply(values[i : i + 7]) for i in range(0, len(values), 7)]
     np.testing.assert_array_equal(a, np.concatenate(hops))
     assert not np.array_equal(blink_starts(a), blink_starts(Liveliness(LivelinessConfig(), seed=10).apply(values)))
-    off = LivelinessConfig(blinks_per_minute=0, saccades_per_second=0, head_centring_s=0, head_smoothing_hz=0)
+    assert not np.array_equal(a[:, D:], Liveliness(LivelinessConfig(), seed=10).apply(values)[:, D:])  # the sway
+    off = LivelinessConfig(blinks_per_minute=0, saccades_per_second=0, head_centring_s=0, head_smoothing_hz=0,
+                           head_sway=0)
     np.testing.assert_array_equal(Liveliness(off, seed=9).apply(values), values)
 
 

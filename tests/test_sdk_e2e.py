@@ -326,9 +326,10 @@ def test_a_mood_through_the_sdk(runtime):
 
 def test_a_style_through_the_sdk(runtime):
     """1.4: open_stream(style=...), StreamHandle.set_style, animate(style=...); a style the protocol does not
-    know is refused before it is sent, naming the styles. The same audio and seed: the styles' heads differ by
-    their gains' ratio."""
-    from ksdiff_runtime.engine.style import MODEL_PROFILES, StyleProfile, style_for
+    know is refused before it is sent, naming the styles. The same audio and seed: each style's frames are the
+    plain line's through the controls stage with that style, as a line's (its gains against the model's lines)."""
+    from ksdiff_runtime.engine.controls import Controls, ControlStage
+    from ksdiff_runtime.engine.style import StyleProfile
 
     with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
         with pytest.raises(ValueError, match="style must be one of none, still, calm, natural, lively, animated; "
@@ -343,10 +344,13 @@ def test_a_style_through_the_sdk(runtime):
         still = client.animate(audio, seed=4, style="still")
         animated = client.animate(audio, seed=4, style="animated")
         plain = client.animate(audio, seed=4)
-        line = MODEL_PROFILES["line"]  # animate() sends a line: its gains are against the model's lines
 
         def head(anim) -> float:
             return StyleProfile.of(anim.blendshapes, anim.head).head
 
-        assert head(still) == pytest.approx(style_for("still").gains(line)["head"] * head(plain), rel=0.1)
-        assert head(animated) == pytest.approx(style_for("animated").gains(line)["head"] * head(plain), rel=0.1)
+        assert head(still) < 0.5 * head(plain) and head(animated) > 1.5 * head(plain)
+        n = len(audio) * 30 // 16_000  # the line's frames (the ease to rest after them starts from the styled last)
+        values = np.concatenate([plain.blendshapes, plain.head], axis=1)[:n]
+        for name, anim in (("still", still), ("animated", animated)):
+            expected = ControlStage(Controls.from_dict({"style": name}), 30, made="line").shape(values)
+            np.testing.assert_allclose(np.concatenate([anim.blendshapes, anim.head], axis=1)[:n], expected, atol=1e-5)

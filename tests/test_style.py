@@ -49,7 +49,8 @@ def test_the_built_in_takes_go_from_least_motion_to_most() -> None:
         values = [getattr(p, q) for p in profiles]
         assert values == sorted(values) and len(set(values)) == len(values), (q, values)
     gains = [S.style_for(name).gains(S.MODEL_PROFILES["live"])["head"] for name in S.STYLES]
-    assert gains == sorted(gains) and gains[-1] > 4.0  # the liveliest take moves the head far more than the model
+    # the model's live head, with the liveliness stage's sway, moves about as much as the natural take's
+    assert gains == sorted(gains) and gains[0] < 0.5 and gains[-1] > 2.0
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])

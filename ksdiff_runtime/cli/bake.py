@@ -58,8 +58,8 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
                    help=f"{', '.join(motion.STYLES)}, or a reference take of a face (a Live Link Face .csv, or a "
                    "bake .json): the head, brows and mouth move as much as in it (default none; docs/STYLE.md)")
     p.add_argument("--no-liveliness", dest="liveliness", action="store_false",
-                   help="the model's eyes and head alone: no added blinks, gaze micro-saccades or head centring "
-                   "(as in serve)")
+                   help="the model's eyes and head alone: no added blinks, gaze micro-saccades, head centring or "
+                   "sway (as in serve)")
     p.add_argument("--full-context-recogniser", dest="streaming_recogniser", action="store_false",
                    help="read the posteriorgram from hama's full-context recogniser instead of the streaming "
                    "recogniser live streams run (docs/STREAMING_RECOGNISER.md)")

@@ -70,7 +70,7 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    help="the model's lips alone: do not seal them where the recogniser hears /p b m/ (by default "
                    "they are; docs/ENGINE.md)")
     p.add_argument("--no-liveliness", dest="liveliness", action="store_const", const=False,
-                   help="the model's eyes and head alone: no added blinks, gaze micro-saccades or head centring")
+                   help="the model's eyes and head alone: no added blinks, gaze micro-saccades, head centring or sway")
     p.add_argument("--mood", choices=MOODS,
                    help="every stream's mood, unless a client sets its own (default neutral; [controls] mood)")
     p.add_argument("--mood-intensity", type=float, metavar="0..1",

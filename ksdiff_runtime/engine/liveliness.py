@@ -1,4 +1,4 @@
-"""Eyes and head that look alive: blinks, gaze micro-saccades and a head that stays centred.
+"""Eyes and head that look alive: blinks, gaze micro-saccades and a head that stays centred and sways.
 
 The shipped model learned its eyes and head from a teacher that rarely blinks and never looks
 around, and each hop samples head motion afresh (issue 11's measurements): a looping live stream
@@ -23,7 +23,15 @@ Until a retrained model does this itself, this stage adds it to the model's outp
   (9.3 direction changes a second in a looping stream, where the teacher makes 2.5). 3rd order at
   1.4 Hz keeps slow nods (0.5 Hz at 100 %, 0.8 Hz at 98 %), the head lags the model's by ~230 ms on
   slow motion, and 2.8 direction changes a second are left; 2nd order at 1 Hz lagged ~240 ms, kept a
-  0.8 Hz nod at 84 % and left 3.3 (docs/ENGINE.md).
+  0.8 Hz nod at 84 % and left 3.3 (docs/ENGINE.md);
+- **head sway**: the slow random drift of a speaking head (the teacher's: docs/TEACHER.md), which no model
+  can hear in the audio: a model that animates a frame at a time (the ``low-latency`` preset's one-step
+  sampler) puts out its mean, a head nearly still (0.1-0.2 degrees against the teacher's 0.9 pitch,
+  1.7 yaw, 0.8 roll; benchmarks/head_steadiness.json). The stage draws it as the teacher does, at the
+  teacher's band (``SWAY_BAND_HZ``) and amplitude (``SWAY_DEG``, times ``head_sway``), 40 % of it in
+  silence rising to all of it while the mouth moves, and tops the head's own motion up to that
+  amplitude: only what the model's head lacks of it, by its running variance, so a livelier head (a
+  bake's, sampled in 4 steps) gets less.
 
 Like the voice gate it works on what goes out (the model's own context is untouched), on the
 native 30 fps frames in order, from the stream's seed and those frames alone: the same frames and
@@ -61,6 +69,18 @@ JAW = motion.index("jawOpen")
 REST_JAW = 0.05  # the mouth rests below this jawOpen
 PAUSE_FRAMES = (6, 36)  # a pause's first second: the mouth at rest for 200 ms, up to 1.2 s
 SACCADE_FRAMES = 3  # a saccade reaches its new offset in about this many frames
+# The teacher's head drift (training/teacher.py) for the mean persona, while speaking: each axis a sum of random
+# sinusoids at 0.08-0.5 Hz times its rate scale (0.6-1.6, mean 1.1), of standard deviation 0.03, 0.07 and 0.03
+# rad times its amplitude (0.9 for the mean persona) times 0.58 (the sum's); 40 % of it in silence.
+SWAY_DEG = (0.89, 2.08, 0.89)  # pitch, yaw, roll
+SWAY_BAND_HZ = (0.08, 0.55)
+# the band-pass's order: band-passed noise of order 2 turns direction 5.2 times a second on its own, of order 3
+# 2.3, of order 4 1.6 (the teacher's sinusoids alone 1.3); with the model's head, live, order 3 leaves 2.67
+# (the teacher's head 2.45) and order 4 1.78 (`python -m benchmarks.head_steadiness --filters 3:1.4`)
+SWAY_ORDER = 3
+SWAY_SILENT = 0.4
+SWAY_ACTIVITY_S = 0.15  # how fast the sway follows the mouth starting and stopping
+SWAY_OWN_S = 10.0  # the time constant of the running variance of the model's own head motion
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,8 @@ class LivelinessConfig:
     head_smoothing_hz: float = 1.4  # head motion faster than this is damped (0: off)
     # the low-pass's order: a steeper roll-off damps the hop-rate wobble more for the same lag on nods
     head_smoothing_order: int = 3
+    # the head's slow random sway, topped up to this share of the teacher's amplitude (0: off)
+    head_sway: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.blinks_per_minute <= 60:
@@ -92,10 +114,12 @@ class LivelinessConfig:
             raise ValueError(f"head_smoothing_hz must be in [0, {motion.FPS / 2}), got {self.head_smoothing_hz}")
         if not 1 <= self.head_smoothing_order <= 4:
             raise ValueError(f"head_smoothing_order must be in 1..4, got {self.head_smoothing_order}")
+        if not 0 <= self.head_sway <= 3:
+            raise ValueError(f"head_sway must be in 0..3 (a share of the teacher's sway), got {self.head_sway}")
 
 
 class Liveliness:
-    """One stream's blinks, gaze and head centring, frame after frame from its seed."""
+    """One stream's blinks, gaze, head centring, steadiness and sway, frame after frame from its seed."""
 
     def __init__(self, config: LivelinessConfig, seed: int) -> None:
         self.config = config
@@ -122,44 +146,70 @@ class Liveliness:
             self._head_sos = scipy.signal.butter(config.head_smoothing_order, config.head_smoothing_hz, fs=fps,
                                                  output="sos").tolist()
         self._head_zi = [[[0.0, 0.0] for _ in range(motion.NUM_HEAD)] for _ in self._head_sos]
+        # the sway: white noise (its own generator: the blinks and gaze stay as they were) through a band-pass,
+        # scaled to unit variance and started in its steady state (run over a minute of noise first)
+        self._sway_rng = np.random.default_rng([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, 0x5A])
+        self._sway_sos: list[list[float]] = []
+        if config.head_sway:
+            sos = scipy.signal.butter(SWAY_ORDER, SWAY_BAND_HZ, btype="bandpass", fs=fps, output="sos")
+            impulse = np.zeros(120 * fps)
+            impulse[0] = 1.0
+            self._sway_unit = float(1.0 / np.sqrt(np.sum(scipy.signal.sosfilt(sos, impulse) ** 2)))
+            warm = self._sway_rng.standard_normal((60 * fps, motion.NUM_HEAD))
+            _, zi = scipy.signal.sosfilt(sos, warm, axis=0, zi=np.zeros((len(sos), 2, motion.NUM_HEAD)))
+            self._sway_sos = sos.tolist()
+            self._sway_zi = [[[float(z[0, k]), float(z[1, k])] for k in range(motion.NUM_HEAD)] for z in zi]
+        self._sway_rad = [np.deg2rad(d) * config.head_sway for d in SWAY_DEG]
+        self._activity = 0.0  # the mouth moving, smoothed (0 at rest .. 1)
+        self._activity_a = float(1.0 - np.exp(-1.0 / (fps * SWAY_ACTIVITY_S)))
+        self._own_a = float(1.0 - np.exp(-1.0 / (fps * SWAY_OWN_S)))
+        self._own_var = [0.0] * motion.NUM_HEAD  # the running mean square of the head as centred and low-passed
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """The next native frames [n, 55] (in order) with blinks, gaze offsets and the head centred."""
+        """The next native frames [n, 55] (in order) with blinks, gaze offsets and the head centred, steadied and
+        swaying."""
         out = np.array(values, np.float32, copy=True)
         n = len(out)
         if n == 0:
             return out
         # the per-frame decisions (sequential, scalars), then the weights changed for the whole block
         blink, yaw, pitch = np.zeros(n, np.float32), np.zeros(n), np.zeros(n)
+        moving = [True] * n  # the mouth has moved in the last 200 ms (not in a pause)
         for j, resting in enumerate((out[:, JAW] < REST_JAW).tolist()):
             blink[j] = self._next_blink(resting)
+            moving[j] = self._rest < PAUSE_FRAMES[0]
             yaw[j], pitch[j] = self._next_gaze()
         out[:, BLINKS] = np.maximum(out[:, BLINKS], blink[:, None])
         shift = np.maximum(np.stack([yaw, pitch], axis=1)[:, LOOK_AXIS] * LOOK_SIGN, 0.0) / LOOK_RANGE  # [n, 8]
         out[:, LOOK_COLUMNS] = np.clip(out[:, LOOK_COLUMNS] + shift, 0.0, 1.0)
-        if self._head_a or self._head_sos:
+        if self._head_a or self._head_sos or self._sway_sos:
             D = motion.NUM_BLENDSHAPES
-            out[:, D:] = self._head(out[:, D:].astype(np.float64).tolist())
+            noise = self._sway_rng.standard_normal((n, motion.NUM_HEAD)).tolist() if self._sway_sos else []
+            out[:, D:] = self._head(out[:, D:].astype(np.float64).tolist(), moving, noise)
         return out
 
-    def _head(self, frames: list[list[float]]) -> list[list[float]]:
+    def _head(self, frames: list[list[float]], moving: list[bool], noise: list[list[float]]
+              ) -> list[list[float]]:
         """Head rotations (in order) with their slow mean taken out (a one-pole low-pass continuing from the last
-        frame, over the weight it has gathered) and then low-passed (the Butterworth sections in direct form II
-        transposed, as scipy's sosfilt)."""
+        frame, over the weight it has gathered), then low-passed, then with the sway that tops their motion up
+        to the teacher's added (``noise``: a frame's white noise per axis; none: no sway)."""
         a, m, sections, zi = self._head_a, self._head_mean, self._head_sos, self._head_zi
-        for frame in frames:
+        for j, frame in enumerate(frames):
             if a:
                 self._head_weight += a * (1.0 - self._head_weight)
+            if noise:
+                self._activity += self._activity_a * (float(moving[j]) - self._activity)
+                gain = SWAY_SILENT + (1.0 - SWAY_SILENT) * self._activity
             for k, x in enumerate(frame):
                 if a:
                     m[k] += a * (x - m[k])
                     x = x - m[k] / self._head_weight
-                for (b0, b1, b2, _, a1, a2), state in zip(sections, zi, strict=True):
-                    s = state[k]
-                    y = b0 * x + s[0]
-                    s[0] = b1 * x - a1 * y + s[1]
-                    s[1] = b2 * x - a2 * y
-                    x = y
+                x = _sosfilt_step(sections, zi, k, x)
+                if noise:
+                    self._own_var[k] += self._own_a * (x * x - self._own_var[k])
+                    want = (gain * self._sway_rad[k]) ** 2
+                    sway = _sosfilt_step(self._sway_sos, self._sway_zi, k, noise[j][k]) * self._sway_unit
+                    x += sway * max(want - self._own_var[k], 0.0) ** 0.5
                 frame[k] = x
         return frames
 
@@ -187,3 +237,15 @@ class Liveliness:
         self._next_saccade -= 1
         self._gaze = [g + (t - g) / SACCADE_FRAMES for g, t in zip(self._gaze, self._target, strict=True)]
         return self._gaze[0], self._gaze[1]
+
+
+def _sosfilt_step(sections: list[list[float]], state: list[list[list[float]]], k: int, x: float) -> float:
+    """One sample of axis ``k`` through second-order sections (direct form II transposed, as scipy's sosfilt),
+    their state updated in place."""
+    for (b0, b1, b2, _, a1, a2), per_axis in zip(sections, state, strict=True):
+        s = per_axis[k]
+        y = b0 * x + s[0]
+        s[0] = b1 * x - a1 * y + s[1]
+        s[1] = b2 * x - a2 * y
+        x = y
+    return x

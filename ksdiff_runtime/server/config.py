@@ -39,7 +39,7 @@ class ServeConfig:
     admission: bool = True  # refuse streams beyond the measured capacity (false: take every stream, shed under load)
     voice_gate: bool = True  # the mouth rests where Silero VAD hears no voice (music, fans, noise; engine/gate.py)
     closure: bool = True  # the lips seal where the recogniser hears /p b m/ (engine/closure.py)
-    liveliness: bool = True  # blinks, gaze micro-saccades and a centred head on top of the model (engine/liveliness.py)
+    liveliness: bool = True  # blinks, gaze saccades, a centred, swaying head on top of the model (engine/liveliness.py)
     # how strongly the network speaks in a stream's mood (0: the mood is the expression layer alone; 1: the network
     # conditioned on it, no extra cost; above 1: guided, one more denoiser row per stream; engine/sampling.py)
     mood_guidance: float = DEFAULT_MOOD_GUIDANCE
