@@ -5,7 +5,8 @@ held-out clips, with the stage's sway (and once without it).
 
 Held-out synthetic clips (the corpus's test split, synthetic voices) are streamed live through the
 engine (ONNX Runtime, low-latency preset, the voice gate on, liveliness off) once; the liveliness stage
-is then applied to those frames as shipped but without the head sway, and with each low-pass (order:cutoff in
+is then applied to those frames (each clip with its own seed, its index, as streams each get their own) as
+shipped but without the head sway, and with each low-pass (order:cutoff in
 Hz) and the sway. Reported against the teacher's head on the same
 clips: the head's standard deviation (degrees, pitch / yaw / roll), motion beats a second
 (metrics.motion_beats) and BeatAlign with the audio's onsets. Needs the corpus (`ksdiff-runtime
@@ -67,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         engine.close()
     rows = {"teacher": figures(teacher, audios), "model alone": figures([v[:, D:] for v in model], audios)}
     rows["liveliness as shipped, without the sway"] = figures(
-        [Liveliness(LivelinessConfig(head_sway=0.0), 3).apply(v.copy())[:, D:] for v in model], audios)
+        [Liveliness(LivelinessConfig(head_sway=0.0), i).apply(v.copy())[:, D:] for i, v in enumerate(model)], audios)
     for spec in args.filters.split(","):
         order, hz = spec.split(":")
         config = dataclasses.replace(LivelinessConfig(), head_smoothing_order=int(order), head_smoothing_hz=float(hz))
         rows[f"liveliness, order {order} at {float(hz):g} Hz"] = figures(
-            [Liveliness(config, 3).apply(v.copy())[:, D:] for v in model], audios)
+            [Liveliness(config, i).apply(v.copy())[:, D:] for i, v in enumerate(model)], audios)
     for label, r in rows.items():
         print(f"{label:>32}: head std {r['head_std_deg']} deg, beats {r['beats_per_s']}/s, "
               f"BeatAlign {r['beat_align']}")

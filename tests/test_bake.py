@@ -129,6 +129,25 @@ def test_same_seed_same_bytes_other_seed_other_animation(tmp_path: Path, speech_
     assert a.read_bytes() != c.read_bytes()
 
 
+def test_without_a_seed_a_line_bakes_with_its_audios_own(tmp_path: Path, speech_wav: Path,
+                                                          tiny_checkpoint: Path) -> None:
+    """The same file bakes the same bytes, and each line gets its own seed: NPC lines baked without one do not
+    all sway and blink the same way (the seed 0 every line got before)."""
+    from ksdiff_runtime.engine.offline import audio_seed
+    from ksdiff_runtime.inputs.guards import load_audio
+
+    a, b, own, zero = (tmp_path / f"{n}.csv" for n in ("a", "b", "own", "zero"))
+    assert bake(speech_wav, a, tiny_checkpoint) == 0 and bake(speech_wav, b, tiny_checkpoint) == 0
+    seed = audio_seed(load_audio(speech_wav)[0])
+    assert bake(speech_wav, own, tiny_checkpoint, "--seed", str(seed)) == 0
+    assert bake(speech_wav, zero, tiny_checkpoint, "--seed", "0") == 0
+    assert a.read_bytes() == b.read_bytes() == own.read_bytes() != zero.read_bytes()
+    other = tmp_path / "other.wav"
+    audio, rate = sf.read(speech_wav)
+    sf.write(other, audio[: len(audio) - rate // 10], rate)  # another line: 100 ms shorter
+    assert audio_seed(load_audio(other)[0]) != seed
+
+
 def test_a_mood_is_baked_in_as_a_stream_holds_it(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path) -> None:
     plain, sad = tmp_path / "plain.json", tmp_path / "sad.json"
     assert bake(speech_wav, plain, tiny_checkpoint, "--seed", "3") == 0

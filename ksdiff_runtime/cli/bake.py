@@ -21,7 +21,7 @@ from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, closure_for
 from ksdiff_runtime.engine.controls import Controls, ControlsError, ControlStage
 from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
-from ksdiff_runtime.engine.offline import bake_animations, clip_inputs
+from ksdiff_runtime.engine.offline import audio_seed, bake_animations, clip_inputs
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.inputs.guards import load_audio
@@ -40,7 +40,9 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, help="also write a PNG plot of the main curves")
     p.add_argument("--fps", type=int, default=motion.FPS, help=f"output frame rate (default {motion.FPS})")
     p.add_argument("--steps", type=int, default=4, help="DDIM denoising steps (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (same seed, same animation)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="noise seed: the same seed, the same animation (default: one from the audio, so the same "
+                   "file bakes the same and different lines do not sway and blink alike)")
     p.add_argument("--no-voice-gate", dest="voice_gate", action="store_false",
                    help="let the mouth follow every sound, not only voices (by default it rests where Silero VAD "
                    "hears no voice, as in serve)")
@@ -99,7 +101,8 @@ def run_bake(args: argparse.Namespace) -> int:
     if missing:
         log.warning(NO_MOOD_STYLES)
     anim = bake_animations(
-        backend, [inputs], steps=args.steps, seeds=[args.seed], style=None if style is None else style[None],
+        backend, [inputs], steps=args.steps, seeds=[audio_seed(audio) if args.seed is None else args.seed],
+        style=None if style is None else style[None],
         guidance=None if style is None else guidance,
         closure=closure_for(backend.constants.cfg.front_end.name, DEFAULT_CLOSURE if args.closure else None),
         gate=gate_if_available(args.voice_gate), liveliness=LivelinessConfig() if args.liveliness else None)[0]

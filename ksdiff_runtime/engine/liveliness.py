@@ -30,8 +30,8 @@ Until a retrained model does this itself, this stage adds it to the model's outp
   1.7 yaw, 0.8 roll; benchmarks/head_steadiness.json). The stage draws it as the teacher does, at the
   teacher's band (``SWAY_BAND_HZ``) and amplitude (``SWAY_DEG``, times ``head_sway``), 40 % of it in
   silence rising to all of it while the mouth moves, and tops the head's own motion up to that
-  amplitude: only what the model's head lacks of it, by its running variance, so a livelier head (a
-  bake's, sampled in 4 steps) gets less.
+  amplitude: only what the model's head lacks of it, by its running variance (from the stream's or clip's
+  first frame), so a livelier head (a bake's, sampled in 4 steps) gets less.
 
 Like the voice gate it works on what goes out (the model's own context is untouched), on the
 native 30 fps frames in order, from the stream's seed and those frames alone: the same frames and
@@ -74,9 +74,9 @@ SACCADE_FRAMES = 3  # a saccade reaches its new offset in about this many frames
 # rad times its amplitude (0.9 for the mean persona) times 0.58 (the sum's); 40 % of it in silence.
 SWAY_DEG = (0.89, 2.08, 0.89)  # pitch, yaw, roll
 SWAY_BAND_HZ = (0.08, 0.55)
-# the band-pass's order: band-passed noise of order 2 turns direction 5.2 times a second on its own, of order 3
-# 2.3, of order 4 1.6 (the teacher's sinusoids alone 1.3); with the model's head, live, order 3 leaves 2.67
-# (the teacher's head 2.45) and order 4 1.78 (`python -m benchmarks.head_steadiness --filters 3:1.4`)
+# the band-pass's order: on 10 minutes of band-passed noise, order 2 turns direction 5.2 times a second, order 3
+# 2.3, order 4 1.6 (the teacher's sinusoids, clip by clip, 1.3); with the model's live head order 3 is nearest
+# the teacher's 2.45 (`python -m benchmarks.head_steadiness`, docs/ENGINE.md)
 SWAY_ORDER = 3
 SWAY_SILENT = 0.4
 SWAY_ACTIVITY_S = 0.15  # how fast the sway follows the mouth starting and stopping
@@ -162,8 +162,12 @@ class Liveliness:
         self._sway_rad = [np.deg2rad(d) * config.head_sway for d in SWAY_DEG]
         self._activity = 0.0  # the mouth moving, smoothed (0 at rest .. 1)
         self._activity_a = float(1.0 - np.exp(-1.0 / (fps * SWAY_ACTIVITY_S)))
+        # the running variance of the model's head as centred and low-passed: one-pole averages of it and of its
+        # square from rest, over the weight they have gathered (a clip of a few seconds is measured as it is)
         self._own_a = float(1.0 - np.exp(-1.0 / (fps * SWAY_OWN_S)))
-        self._own_var = [0.0] * motion.NUM_HEAD  # the running mean square of the head as centred and low-passed
+        self._own_weight = 0.0
+        self._own_mean = [0.0] * motion.NUM_HEAD
+        self._own_square = [0.0] * motion.NUM_HEAD
 
     def apply(self, values: np.ndarray) -> np.ndarray:
         """The next native frames [n, 55] (in order) with blinks, gaze offsets and the head centred, steadied and
@@ -200,16 +204,20 @@ class Liveliness:
             if noise:
                 self._activity += self._activity_a * (float(moving[j]) - self._activity)
                 gain = SWAY_SILENT + (1.0 - SWAY_SILENT) * self._activity
+                self._own_weight += self._own_a * (1.0 - self._own_weight)
             for k, x in enumerate(frame):
                 if a:
                     m[k] += a * (x - m[k])
                     x = x - m[k] / self._head_weight
                 x = _sosfilt_step(sections, zi, k, x)
                 if noise:
-                    self._own_var[k] += self._own_a * (x * x - self._own_var[k])
+                    self._own_mean[k] += self._own_a * (x - self._own_mean[k])
+                    self._own_square[k] += self._own_a * (x * x - self._own_square[k])
+                    mean = self._own_mean[k] / self._own_weight
+                    own = self._own_square[k] / self._own_weight - mean * mean
                     want = (gain * self._sway_rad[k]) ** 2
                     sway = _sosfilt_step(self._sway_sos, self._sway_zi, k, noise[j][k]) * self._sway_unit
-                    x += sway * max(want - self._own_var[k], 0.0) ** 0.5
+                    x += sway * max(want - own, 0.0) ** 0.5
                 frame[k] = x
         return frames
 

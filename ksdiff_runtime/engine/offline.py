@@ -9,6 +9,7 @@ backend (a torch model through ``TorchBackend``), through the engine's one sampl
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +111,12 @@ def liven_animation(anim: Animation, seed: int, config: LivelinessConfig) -> Ani
     return Animation(values[:, :D], values[:, D:], anim.key_expr, anim.key_pose, anim.fps)
 
 
+def audio_seed(audio: np.ndarray) -> int:
+    """A bake's seed when none is given: from its samples, so the same audio bakes the same and different
+    lines differ (with one seed for all, every line's head would sway the same way: engine/liveliness.py)."""
+    return zlib.crc32(np.ascontiguousarray(audio, np.float32).tobytes())
+
+
 def bake_animations(
     backend: Backend,
     clips: list[ClipInputs],
@@ -123,8 +130,8 @@ def bake_animations(
 ) -> list[Animation]:
     """What ``bake`` makes of clips, in one batch: the network (``animate``), then the stages it applies after
     it in a stream's order, each when given: the bilabial closure, the voice gate (on each clip's own
-    sanitised audio) and liveliness (with the clip's seed)."""
-    seeds = seeds or [0] * len(clips)
+    sanitised audio) and liveliness (with the clip's seed; ``seeds`` None: each clip's audio_seed)."""
+    seeds = seeds or [audio_seed(c.audio) for c in clips]
     anims = animate(backend, clips, steps=steps, seeds=seeds, style=style, guidance=guidance)
     if closure is not None:
         anims = [close_animation(a, c, closure) for a, c in zip(anims, clips, strict=True)]
