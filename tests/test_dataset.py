@@ -329,18 +329,22 @@ def test_train_on_live_windows_only(data: Data, tmp_path: Path, keep_torch_threa
         main(["train", "--config", str(config), "--live-windows", "2"])
 
 
+def fine_tune(run_dir: Path, data: Data, tmp_path: Path, *flags: str) -> tuple[Path, set[str]]:
+    """A 2-step fine-tune of the run's checkpoint with ``flags``: its config and the weights it moved."""
+    config = write_config(data, tmp_path / "tuned", tmp_path / "tiny.toml")
+    start = load_model(run_dir / "last.pt").state_dict()
+    assert main(["train", "--config", str(config), "--init-from", str(run_dir / "last.pt"), "--max-steps", "2",
+                 "--warmup-steps", "0", "--lr", "1e-2", *flags]) == 0
+    after = load_model(tmp_path / "tuned" / "last.pt").state_dict()
+    return config, {k for k in start if not torch.equal(start[k], after[k])}
+
+
 def test_a_fine_tune_of_one_module_leaves_every_other_weight_as_it_was(run_dir: Path, data: Data, tmp_path: Path,
                                                                         keep_torch_threads: None) -> None:
     """train --init-from X --train-only den_expr --context-drop: only the expression denoiser moves."""
-    out = tmp_path / "one"
-    config = write_config(data, out, tmp_path / "tiny.toml")
-    start = load_model(run_dir / "last.pt").state_dict()
-    assert main(["train", "--config", str(config), "--init-from", str(run_dir / "last.pt"), "--max-steps", "2",
-                 "--warmup-steps", "0", "--lr", "1e-2", "--train-only", "den_expr", "--context-drop", "0.5"]) == 0
-    after = load_model(out / "last.pt").state_dict()
-    moved = {k for k in start if not torch.equal(start[k], after[k])}
+    config, moved = fine_tune(run_dir, data, tmp_path, "--train-only", "den_expr", "--context-drop", "0.5")
     assert moved and all(k.startswith("den_expr.") for k in moved), sorted(moved)[:5]
-    saved = tomllib.loads((out / "config.toml").read_text())["train"]
+    saved = tomllib.loads((tmp_path / "tuned" / "config.toml").read_text())["train"]
     assert saved["train_only"] == "den_expr" and saved["context_drop"] == 0.5
     with pytest.raises(ValueError, match="no module den_face in the model; it has head, encoder"):
         main(["train", "--config", str(config), "--init-from", str(run_dir / "last.pt"), "--out", str(tmp_path / "x"),
@@ -352,16 +356,10 @@ def test_a_fine_tune_of_one_module_leaves_every_other_weight_as_it_was(run_dir: 
 def test_a_fine_tune_of_the_head_leaves_the_face_to_the_bit(run_dir: Path, data: Data, tmp_path: Path,
                                                            keep_torch_threads: None) -> None:
     """train --train-only head: only the head's own branch (model/ksdiff.py's HEAD_MODULES) moves."""
-    out = tmp_path / "head"
-    config = write_config(data, out, tmp_path / "tiny.toml")
-    start = load_model(run_dir / "last.pt").state_dict()
-    assert main(["train", "--config", str(config), "--init-from", str(run_dir / "last.pt"), "--max-steps", "2",
-                 "--warmup-steps", "0", "--lr", "1e-2", "--train-only", "head", "--live-windows", "0.5"]) == 0
-    after = load_model(out / "last.pt").state_dict()
-    moved = {k for k in start if not torch.equal(start[k], after[k])}
+    _, moved = fine_tune(run_dir, data, tmp_path, "--train-only", "head", "--live-windows", "0.5")
     assert moved and all(is_pose_branch(k) for k in moved), sorted(moved)[:5]
     assert any(k.startswith("encoder.pose_") for k in moved)  # the encoder's pose path too, not only top modules
-    assert tomllib.loads((out / "config.toml").read_text())["train"]["train_only"] == "head"
+    assert tomllib.loads((tmp_path / "tuned" / "config.toml").read_text())["train"]["train_only"] == "head"
 
 
 def test_the_context_drop_reaches_whole_clip_windows_only(data: Data, tmp_path: Path, keep_torch_threads: None,

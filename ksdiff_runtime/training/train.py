@@ -311,7 +311,7 @@ def trainable(model: KSDiff, only: str) -> list[torch.nn.Parameter]:
     names = [n.strip() for n in only.split(",") if n.strip()]
     names = [m for n in names for m in (HEAD_MODULES if n == "head" else (n,))]
     modules = dict(model.named_modules())
-    unknown = [n for n in names if not n or n not in modules]
+    unknown = [n for n in names if n not in modules]
     if unknown:
         children = ", ".join(n for n, _ in model.named_children())
         raise ValueError(f"train_only: no module {', '.join(unknown)} in the model; it has head, {children} "
