@@ -75,8 +75,8 @@ SACCADE_FRAMES = 3  # a saccade reaches its new offset in about this many frames
 SWAY_DEG = (0.89, 2.08, 0.89)  # pitch, yaw, roll
 SWAY_BAND_HZ = (0.08, 0.55)
 # the band-pass's order: on 10 minutes of band-passed noise, order 2 turns direction 5.2 times a second, order 3
-# 2.3, order 4 1.6 (the teacher's sinusoids, clip by clip, 1.3); with the model's live head order 3 is nearest
-# the teacher's 2.45 (`python -m benchmarks.head_steadiness`, docs/ENGINE.md)
+# 2.3, order 4 1.6 (the teacher's sinusoids, clip by clip, 1.3); with the model's live head, order 3 makes 2.54
+# against the teacher's 2.45 (`python -m benchmarks.head_steadiness`, docs/ENGINE.md)
 SWAY_ORDER = 3
 SWAY_SILENT = 0.4
 SWAY_ACTIVITY_S = 0.15  # how fast the sway follows the mouth starting and stopping
