@@ -136,6 +136,8 @@ def test_a_still_head_sways_as_the_teachers_does_more_while_speaking_and_stays_c
     assert 1.7 < len(motion_beats(out[:, D:])) / (len(out) / FPS) < 3.2
     minutes = head.reshape(15, 60 * FPS, 3).mean(axis=1)
     assert np.abs(minutes).max() < 0.6, minutes
+    # no jerk as a phrase starts or stops: the sway's gain turns smoothly (a one-pole's corner made 640 deg/s^2)
+    assert np.abs(np.diff(head, 2, axis=0)).max() * FPS**2 < 250
     double = Liveliness(LivelinessConfig(head_sway=2.0), seed=6).apply(values)
     np.testing.assert_allclose(double[:, D:].std(axis=0) / out[:, D:].std(axis=0), 2.0, rtol=0.01)
 

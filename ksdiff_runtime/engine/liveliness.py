@@ -79,7 +79,9 @@ SWAY_BAND_HZ = (0.08, 0.55)
 # against the teacher's 2.45 (`python -m benchmarks.head_steadiness`, docs/ENGINE.md)
 SWAY_ORDER = 3
 SWAY_SILENT = 0.4
-SWAY_ACTIVITY_S = 0.15  # how fast the sway follows the mouth starting and stopping
+# how fast the sway follows the mouth starting and stopping: two one-poles in a row (critically damped, as the
+# teacher's), so the sway's gain turns without a corner and the head does not jerk as a phrase starts
+SWAY_ACTIVITY_S = 0.15
 SWAY_OWN_S = 10.0  # the time constant of the running variance of the model's own head motion
 
 
@@ -160,7 +162,7 @@ class Liveliness:
             self._sway_sos = sos.tolist()
             self._sway_zi = [[[float(z[0, k]), float(z[1, k])] for k in range(motion.NUM_HEAD)] for z in zi]
         self._sway_rad = [np.deg2rad(d) * config.head_sway for d in SWAY_DEG]
-        self._activity = 0.0  # the mouth moving, smoothed (0 at rest .. 1)
+        self._activity = [0.0, 0.0]  # the mouth moving, smoothed twice (0 at rest .. 1)
         self._activity_a = float(1.0 - np.exp(-1.0 / (fps * SWAY_ACTIVITY_S)))
         # the running variance of the model's head as centred and low-passed: one-pole averages of it and of its
         # square from rest, over the weight they have gathered (a clip of a few seconds is measured as it is)
@@ -202,8 +204,10 @@ class Liveliness:
             if a:
                 self._head_weight += a * (1.0 - self._head_weight)
             if noise:
-                self._activity += self._activity_a * (float(moving[j]) - self._activity)
-                gain = SWAY_SILENT + (1.0 - SWAY_SILENT) * self._activity
+                act = self._activity
+                act[0] += self._activity_a * (float(moving[j]) - act[0])
+                act[1] += self._activity_a * (act[0] - act[1])
+                gain = SWAY_SILENT + (1.0 - SWAY_SILENT) * act[1]
                 self._own_weight += self._own_a * (1.0 - self._own_weight)
             for k, x in enumerate(frame):
                 if a:
