@@ -29,7 +29,7 @@ Until a retrained model does this itself, this stage adds it to the model's outp
   sampler) puts out its mean, a head nearly still (0.1-0.2 degrees against the teacher's 0.9 pitch,
   1.7 yaw, 0.8 roll; benchmarks/head_steadiness.json). The stage draws it as the teacher does, at the
   teacher's band (``SWAY_BAND_HZ``) and amplitude (``SWAY_DEG``, times ``head_sway``), 40 % of it in
-  silence rising to all of it while the mouth moves, and tops the head's own motion up to that
+  silence rising smoothly to all of it while the mouth moves, and tops the head's own motion up to that
   amplitude: only what the model's head lacks of it, by its running variance (from the stream's or clip's
   first frame), so a livelier head (a bake's, sampled in 4 steps) gets less.
 
@@ -75,7 +75,7 @@ SACCADE_FRAMES = 3  # a saccade reaches its new offset in about this many frames
 SWAY_DEG = (0.89, 2.08, 0.89)  # pitch, yaw, roll
 SWAY_BAND_HZ = (0.08, 0.55)
 # the band-pass's order: on 10 minutes of band-passed noise, order 2 turns direction 5.2 times a second, order 3
-# 2.3, order 4 1.6 (the teacher's sinusoids, clip by clip, 1.3); with the model's live head, order 3 makes 2.54
+# 2.3, order 4 1.6 (the teacher's sinusoids, clip by clip, 1.3); with the model's live head, order 3 makes 2.44
 # against the teacher's 2.45 (`python -m benchmarks.head_steadiness`, docs/ENGINE.md)
 SWAY_ORDER = 3
 SWAY_SILENT = 0.4
