@@ -5,12 +5,11 @@ held-out clips, with the stage's sway (and once without it).
 
 Held-out synthetic clips (the corpus's test split, synthetic voices) are streamed live through the
 engine (ONNX Runtime, low-latency preset, the voice gate on, liveliness off) once; the liveliness stage
-is then applied to those frames (each clip with its own seed, its index, as streams each get their own) as
-shipped but without the head sway, and with each low-pass (order:cutoff in
-Hz) and the sway. Reported against the teacher's head on the same
-clips: the head's standard deviation (degrees, pitch / yaw / roll), motion beats a second
-(metrics.motion_beats) and BeatAlign with the audio's onsets. Needs the corpus (`ksdiff-runtime
-corpus`). Writes benchmarks/head_steadiness.json; nothing is asserted, every figure is printed.
+is then applied to those frames (each clip with its own seed, its index, as streams each get their own),
+as shipped but without the head sway, and with each low-pass (order:cutoff in Hz) and the sway. Reported
+against the teacher's head on the same clips: the head's standard deviation (degrees, pitch / yaw / roll),
+motion beats a second (metrics.motion_beats) and BeatAlign with the audio's onsets. Needs the corpus
+(`ksdiff-runtime corpus`). Writes benchmarks/head_steadiness.json; nothing is asserted, every figure is printed.
 """
 
 from __future__ import annotations
