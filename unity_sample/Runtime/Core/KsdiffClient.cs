@@ -685,8 +685,10 @@ namespace Ksdiff
             }
             if (restarted)
             {
-                FailPending("the runtime restarted (instance " + old + " -> " + hello.Instance + ")");
+                // The buffer is cleared before the pending requests fail, so whoever a failed
+                // request wakes already sees the old runtime's frames gone.
                 Buffer.Clear();
+                FailPending("the runtime restarted (instance " + old + " -> " + hello.Instance + ")");
             }
         }
 
