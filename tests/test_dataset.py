@@ -362,9 +362,9 @@ def test_a_fine_tune_of_the_head_leaves_the_face_to_the_bit(run_dir: Path, data:
     assert tomllib.loads((tmp_path / "tuned" / "config.toml").read_text())["train"]["train_only"] == "head"
 
 
-def test_the_context_drop_reaches_whole_clip_windows_only(data: Data, tmp_path: Path, keep_torch_threads: None,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A live-shaped window's context is the model's own rollout: it is never hidden."""
+def test_the_context_drop_reaches_live_windows_only_when_asked(data: Data, tmp_path: Path, keep_torch_threads: None,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live-shaped window's context is the model's own rollout: it is hidden only with --context-drop-live."""
     from ksdiff_runtime.model.ksdiff import KSDiff
 
     calls: list[tuple[bool, float]] = []
@@ -380,6 +380,13 @@ def test_the_context_drop_reaches_whole_clip_windows_only(data: Data, tmp_path: 
                  "--context-drop", "0.5"]) == 0
     assert {live for live, _ in calls} == {True, False}
     assert all(drop == (0.0 if live else 0.5) for live, drop in calls)
+    # --context-drop-live: the live-shaped windows too
+    calls.clear()
+    config = write_config(data, tmp_path / "run-live", tmp_path / "tiny-live.toml")
+    assert main(["train", "--config", str(config), "--max-steps", "8", "--live-windows", "0.5",
+                 "--context-drop", "0.5", "--context-drop-live"]) == 0
+    assert {live for live, _ in calls} == {True, False}
+    assert all(drop == 0.5 for _, drop in calls)
 
 
 def test_eval_stream_scores_lines_from_the_preset_asked_for(run_dir: Path, data: Data, tmp_path: Path) -> None:

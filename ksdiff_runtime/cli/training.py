@@ -89,6 +89,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="share of whole-clip windows (not live-shaped ones) trained with their previous frames "
                    "hidden, as at a take's start, so the network learns a persona's smile from the style (overrides "
                    "the config)")
+    p.add_argument("--context-drop-live", action="store_true", default=None,
+                   help="hide the previous frames of that share of live-shaped windows too (overrides the config)")
     p.add_argument("--train-only", metavar="MODULES",
                    help="with --init-from: fine-tune only these of the model's modules, comma-separated (e.g. "
                    "den_expr, the expression denoiser, or head, the head's own branch); the rest stays as the "
@@ -114,8 +116,8 @@ def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
     overrides: dict[str, object] = {}
     for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
-                 "init_from", "closure_weight", "opening_weight", "context_drop", "train_only", "live_windows",
-                 "live_context", "live_head", "threads"):
+                 "init_from", "closure_weight", "opening_weight", "context_drop", "context_drop_live", "train_only",
+                 "live_windows", "live_context", "live_head", "threads"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = str(value) if name == "init_from" else value

@@ -66,9 +66,11 @@ class TrainConfig:
     opening_weight: float = 0.0  # weight of KSDiff.opening_loss (lips not shut where the target's are open)
     # share of whole-clip windows trained with their previous frames hidden, as at a take's start
     # (KSDiff.training_loss): otherwise almost every window can copy a persona's smile from the frames before it,
-    # and the network never learns to read it from the style (docs/STYLE.md). Not the live-shaped windows: their
-    # context is what the model made hop by hop, and a stream's first hop is one of thousands
+    # and the network never learns to read it from the style (docs/STYLE.md). Not the live-shaped windows unless
+    # context_drop_live: their context is what the model made hop by hop, and a stream's first hop is one of
+    # thousands
     context_drop: float = 0.0
+    context_drop_live: bool = False
     # a fine-tune's trainable parts: the model's child modules by name, comma-separated (e.g. "den_expr"); the
     # rest (and the null style, a parameter of no module) stays as init_from has it. Empty: every weight
     train_only: str = ""
@@ -254,7 +256,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         losses = model.training_loss(batch, closure_weight=cfg.closure_weight, opening_weight=cfg.opening_weight,
-                                     context_drop=0.0 if is_live else cfg.context_drop)
+                                     context_drop=cfg.context_drop if cfg.context_drop_live or not is_live else 0.0)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
