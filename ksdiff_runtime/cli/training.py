@@ -86,9 +86,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="weight of the opening loss, the closure loss's other side: lips shut where the teacher's "
                    "are clearly open (overrides config)")
     p.add_argument("--context-drop", type=float, metavar="SHARE",
-                   help="share of whole-clip windows (not live-shaped ones) trained with their previous frames "
-                   "hidden, as at a take's start, so the network learns a persona's smile from the style (overrides "
-                   "the config)")
+                   help="share of whole-clip windows (live-shaped ones only with --context-drop-live) trained with "
+                   "their previous frames hidden, as at a take's start, so the network learns a persona's smile from "
+                   "the style (overrides the config)")
     p.add_argument("--context-drop-live", action="store_true", default=None,
                    help="hide the previous frames of that share of live-shaped windows too (overrides the config)")
     p.add_argument("--train-only", metavar="MODULES",
