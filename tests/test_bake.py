@@ -148,6 +148,26 @@ def test_without_a_seed_a_line_bakes_with_its_audios_own(tmp_path: Path, speech_
     assert audio_seed(load_audio(other)[0]) != seed
 
 
+def test_the_python_api_bakes_a_line_with_the_seed_the_cli_gives_it(speech_wav: Path, tiny_checkpoint: Path) -> None:
+    """One default seed: ``bake_animations`` without seeds uses each clip's audio as given, as `bake` does, not
+    the padded audio it animates (which differs at every output rate)."""
+    from ksdiff_runtime.backends import load_backend
+    from ksdiff_runtime.engine.offline import audio_seed, bake_animations, clip_inputs
+    from ksdiff_runtime.inputs.guards import load_audio
+
+    audio = load_audio(speech_wav)[0][:-7]  # not a whole number of frames: padded to one
+    backend = load_backend("torch-cpu", tiny_checkpoint, threads=1)
+    for fps in (30, 60):
+        clip = clip_inputs(backend, audio, fps=fps)
+        assert clip.audio is not None and clip.audio.size > audio.size  # padded
+        assert clip.seed == audio_seed(audio)
+    default = bake_animations(backend, [clip], steps=1)[0]
+    own = bake_animations(backend, [clip], steps=1, seeds=[audio_seed(audio)])[0]
+    zero = bake_animations(backend, [clip], steps=1, seeds=[0])[0]
+    np.testing.assert_array_equal(default.blendshapes, own.blendshapes)
+    assert not np.array_equal(default.blendshapes, zero.blendshapes)
+
+
 def test_a_mood_is_baked_in_as_a_stream_holds_it(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path) -> None:
     plain, sad = tmp_path / "plain.json", tmp_path / "sad.json"
     assert bake(speech_wav, plain, tiny_checkpoint, "--seed", "3") == 0

@@ -21,7 +21,7 @@ from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, closure_for
 from ksdiff_runtime.engine.controls import Controls, ControlsError, ControlStage
 from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
-from ksdiff_runtime.engine.offline import audio_seed, bake_animations, clip_inputs
+from ksdiff_runtime.engine.offline import bake_animations, clip_inputs
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.inputs.guards import load_audio
@@ -101,7 +101,7 @@ def run_bake(args: argparse.Namespace) -> int:
     if missing:
         log.warning(NO_MOOD_STYLES)
     anim = bake_animations(
-        backend, [inputs], steps=args.steps, seeds=[audio_seed(audio) if args.seed is None else args.seed],
+        backend, [inputs], steps=args.steps, seeds=None if args.seed is None else [args.seed],
         style=None if style is None else style[None],
         guidance=None if style is None else guidance,
         closure=closure_for(backend.constants.cfg.front_end.name, DEFAULT_CLOSURE if args.closure else None),

@@ -36,6 +36,7 @@ class ClipInputs:
     prosody: np.ndarray  # [T, 2]
     tokens: np.ndarray  # [P] transcript phoneme ids (empty: no transcript)
     audio: np.ndarray | None = None  # the 16 kHz audio they come from, sanitised and padded (for the voice gate)
+    seed: int = 0  # the bake's seed when none is given: audio_seed of that audio before padding
 
 
 @dataclass
@@ -70,6 +71,7 @@ def clip_inputs(
     if schedule not in ("offline", "stream"):
         raise ValueError(f"schedule must be 'offline' or 'stream', not {schedule!r}")
     audio, _ = sanitize(audio16k)
+    seed = audio_seed(audio)  # the audio as given, whatever the output rate pads it to
     audio = np.pad(audio, (0, padded_samples(audio.size, fps) - audio.size))
     cfg = backend.constants.cfg
     streaming = streaming_recogniser and cfg.front_end.name == "ppg"
@@ -81,7 +83,7 @@ def clip_inputs(
     feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
     pros = normalized_prosody(prosody(audio))
     tokens = phoneme_tokens(text, cfg.max_text_tokens) if text else np.zeros(0, dtype=np.int64)
-    return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens, audio)
+    return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens, audio, seed)
 
 
 def gate_animation(anim: Animation, audio16k: np.ndarray, config: GateConfig) -> Animation:
@@ -130,8 +132,9 @@ def bake_animations(
 ) -> list[Animation]:
     """What ``bake`` makes of clips, in one batch: the network (``animate``), then the stages it applies after
     it in a stream's order, each when given: the bilabial closure, the voice gate (on each clip's own
-    sanitised audio) and liveliness (with the clip's seed; ``seeds`` None: each clip's audio_seed)."""
-    seeds = seeds or [audio_seed(c.audio) for c in clips]
+    sanitised audio) and liveliness (with the clip's seed; ``seeds`` None: each clip's own, ``ClipInputs.seed``,
+    as `bake` gives it)."""
+    seeds = seeds or [c.seed for c in clips]
     anims = animate(backend, clips, steps=steps, seeds=seeds, style=style, guidance=guidance)
     if closure is not None:
         anims = [close_animation(a, c, closure) for a, c in zip(anims, clips, strict=True)]
