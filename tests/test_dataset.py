@@ -27,6 +27,7 @@ from ksdiff_runtime.training.dataset import (
     Clip,
     WindowSampler,
     build_feature_cache,
+    build_live_cache,
     front_end_key,
     live_windows,
     load_clips,
@@ -243,6 +244,36 @@ def test_live_batches_reach_every_frame_of_a_clip_with_live_features(data: Data,
     assert late > 0
 
 
+def test_live_features_are_the_live_presets_own_schedule(data: Data, train_clips: list[Clip]) -> None:
+    """build_live_cache: each training clip's features as a low-latency stream computes them (its feature
+    lookahead, recogniser context and one-frame groups), kept once; live batches read them, others do not."""
+    preset = get_preset("low-latency")
+    live = preset.front_end_config(data.cfg.front_end)
+    folder = build_live_cache(data.corpus, data.cache, data.cfg, live, preset.feature_block_frames, workers=1)
+    stamps = {f.name: f.stat().st_mtime_ns for f in folder.glob("*.npz")}
+    assert len(stamps) == len(train_clips)
+    assert build_live_cache(data.corpus, data.cache, data.cfg, live, preset.feature_block_frames, workers=1) == folder
+    assert {f.name: f.stat().st_mtime_ns for f in folder.glob("*.npz")} == stamps  # nothing recomputed
+    other = build_live_cache(data.corpus, data.cache, data.cfg, live, 2, workers=1)
+    assert other != folder  # another schedule, another key
+    clips = load_clips(data.corpus, data.cache, data.cfg, "train", keep_audio=True, live_cache=folder)
+    front_end = make_front_end(live)
+    for clip in clips:
+        assert clip.feats_live is not None and clip.feats_live.shape == clip.feats.shape
+        np.testing.assert_array_equal(clip.feats_live, front_end.grouped(clip.audio, 1).astype(np.float16))
+        assert np.abs(clip.feats_live.astype(np.float32) - clip.feats).max() > 0.05  # not the block schedule's
+    cfg = data.cfg
+    N, E, C, L = cfg.train_window_frames, cfg.encoder_context_frames, cfg.motion_context_frames, cfg.lookahead_frames
+    for is_live in (True, False):
+        batch = WindowSampler(clips, cfg, seed=5).batch(40, live=is_live)
+        for i in range(40):
+            hits = [(c, w0) for c in clips for w0 in range(len(c.expr))
+                    if np.array_equal(batch["expr"][i], take(c.expr, w0 - C, C + N))]
+            from_live = any(np.array_equal(batch["feats"][i], take(c.feats_live, w0 - E, E + N + L).astype(np.float32))
+                            for c, w0 in hits)
+            assert from_live == is_live
+
+
 def test_train_config_rejects_a_bad_live_share_or_preset() -> None:
     with pytest.raises(ValueError, match="share of steps"):
         TrainConfig(live_windows=1.5)
@@ -250,6 +281,8 @@ def test_train_config_rejects_a_bad_live_share_or_preset() -> None:
         TrainConfig(live_preset="fast")
     with pytest.raises(ValueError, match="'self' or 'teacher'"):
         TrainConfig(live_context="own")
+    with pytest.raises(ValueError, match="'block' or 'preset'"):
+        TrainConfig(live_features="stream")
     with pytest.raises(ValueError, match="1-step sampler"):
         TrainConfig(live_windows=0.5, live_preset="quality")  # its 4 steps: no own context to make
     assert TrainConfig(live_windows=0.5, live_preset="quality", live_context="teacher").live_preset == "quality"
@@ -318,13 +351,14 @@ def test_train_on_live_windows_only(data: Data, tmp_path: Path, keep_torch_threa
     out = tmp_path / "live"
     config = write_config(data, out, tmp_path / "tiny.toml")
     assert main(["train", "--config", str(config), "--max-steps", "2", "--live-windows", "1",
-                 "--closure-weight", "0.5", "--live-face-only"]) == 0
+                 "--closure-weight", "0.5", "--live-face-only", "--live-features", "preset"]) == 0
     rows = losses(out)
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["total"]) for r in rows)
     assert [r["live"] for r in rows] == [1.0, 1.0]  # every step was live-shaped
     assert all(r["x0_pose"] == 0.0 and r["x0_expr"] > 0 for r in rows)  # the face only
     saved = tomllib.loads((out / "config.toml").read_text())["train"]
-    assert saved["live_windows"] == 1.0 and saved["live_head"] is False
+    assert saved["live_windows"] == 1.0 and saved["live_head"] is False and saved["live_features"] == "preset"
+    assert any(data.cache.glob("*-live-*/schedule.json"))  # the preset's features, computed for the run
     with pytest.raises(ValueError, match="share of steps"):
         main(["train", "--config", str(config), "--live-windows", "2"])
 

@@ -242,3 +242,37 @@ def test_a_group_is_never_read_before_its_last_frames_instant():
                StreamingPosteriorgramFrontEnd(FrontEndConfig(left_context_ms=150, lookahead_ms=-13), weights=None)):
         for n in (1500, 1599, 3150, 3199):
             assert fe(np.zeros(n, np.float32)).shape[0] == num_frames(n), (type(fe).__name__, n)
+
+
+@pytest.mark.parametrize("preset", ["low-latency", "quality"])
+def test_a_whole_clip_by_a_presets_schedule_is_what_its_engine_streams_read(shipped_backend, speech, preset,
+                                                                             monkeypatch):
+    """``grouped`` (a trainer's live-window features, dataset.build_live_cache) equals the features an engine
+    running the preset gives its live stream, group by group, however the audio arrives."""
+    from ksdiff_runtime.engine.engine import StreamingEngine
+    from ksdiff_runtime.engine.presets import get_preset
+    from ksdiff_runtime.engine.stream import StreamState
+
+    seen: list[tuple[int, np.ndarray]] = []
+    add = StreamState.add_features
+
+    def record(self, f0, f1, feats, pros=None):
+        seen.append((f0, np.array(feats)))
+        return add(self, f0, f1, feats, pros)
+
+    monkeypatch.setattr(StreamState, "add_features", record)
+    audio = speech[: int(1.5 * SAMPLE_RATE) + 77]  # ends inside a frame
+    engine = StreamingEngine(shipped_backend, preset, front_end_threads=1)
+    _run(engine, audio, [1, 4000, 77, 160, 2999])
+    engine.close()
+    streamed = np.concatenate([f for _, f in sorted(seen, key=lambda s: s[0])])
+    p = get_preset(preset)
+    whole = engine.front_end.grouped(audio, p.feature_block_frames)
+    assert [f0 for f0, _ in seen] == sorted({f0 for f0, _ in seen})  # each group once, in order
+    assert whole.shape == (num_frames(audio.size), engine.front_end.dim)
+    n = whole.shape[0]  # (a preset reading frames early is given one past an ended stream's end, then drops it)
+    assert streamed.shape[0] in (n, n + 1)
+    np.testing.assert_allclose(streamed[:n], whole, atol=1e-6)
+    # the live preset's own features are not its block schedule's (what live windows trained on before)
+    trained = StreamingPosteriorgramFrontEnd(shipped_backend.constants.cfg.front_end)(audio)
+    assert trained.shape == whole.shape and (preset == "quality" or np.abs(trained - whole).max() > 0.1)

@@ -101,6 +101,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    "hop by hop (overrides the config)")
     p.add_argument("--live-context", choices=["self", "teacher"],
                    help="a live window's context frames: made by the model (self, the default) or the teacher's")
+    p.add_argument("--live-features", choices=["block", "preset"],
+                   help="a live window's features: the front-end's block schedule (block, the default) or the live "
+                   "preset's own, what its streams compute (preset: computed once into the feature cache)")
     p.add_argument("--live-face-only", dest="live_head", action="store_false", default=None,
                    help="score only the face on live windows, not the head (overrides the config)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (overrides the config; 0 = all cores)")
@@ -117,7 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {}
     for name in ("corpus", "out", "max_steps", "max_minutes", "lr", "warmup_steps", "batch_size", "device",
                  "init_from", "closure_weight", "opening_weight", "context_drop", "context_drop_live", "train_only",
-                 "live_windows", "live_context", "live_head", "threads"):
+                 "live_windows", "live_context", "live_head", "live_features", "threads"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = str(value) if name == "init_from" else value

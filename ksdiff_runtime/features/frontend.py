@@ -197,13 +197,22 @@ class BlockwiseFrontEnd:
 
     def __call__(self, audio16k: np.ndarray) -> np.ndarray:
         """Whole-clip features [num_frames(len(audio)), dim]: exactly the blockwise procedure."""
+        return self.grouped(audio16k, self.frames_per_block)
+
+    def grouped(self, audio16k: np.ndarray, group_frames: int) -> np.ndarray:
+        """Whole-clip features [num_frames(len(audio)), dim] as a live stream computes them in groups of
+        ``group_frames`` motion frames (a preset's ``feature_block_frames``; whole blocks: ``__call__``), each
+        group from the audio up to its end (``range_samples``) and nothing after it."""
+        if group_frames < 1:
+            raise ValueError(f"group_frames must be >= 1, not {group_frames}")
         audio = np.asarray(audio16k, dtype=np.float32)
-        blocks = [self.block_features(audio, k) for k in range(self.num_blocks(audio.size))]
-        if not blocks:
+        total = num_frames(audio.size)
+        groups = [self.range_features(audio, f0, f0 + group_frames) for f0 in range(0, total, group_frames)]
+        if not groups:
             return np.zeros((0, self.dim), dtype=np.float32)
-        # (a negative lookahead gives the last block a frame the clip does not have when it ends in that
+        # (a negative lookahead gives the last group a frame the clip does not have when it ends in that
         # frame's last moments)
-        return np.concatenate(blocks, axis=0)[: num_frames(audio.size)]
+        return np.concatenate(groups, axis=0)[:total]
 
     def offline(self, audio16k: np.ndarray) -> np.ndarray:
         """Whole-clip features from one pass over the whole clip (the offline schedule).

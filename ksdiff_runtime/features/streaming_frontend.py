@@ -86,15 +86,17 @@ class StreamingPosteriorgramFrontEnd(PosteriorgramFrontEnd):
         return PpgStream(self._stream_asr.new_stream(), origin, np.zeros((0, HAMA_CLASSES), np.float32),
                          origin // HAMA_HOP)
 
-    def __call__(self, audio16k: np.ndarray) -> np.ndarray:
-        """Whole-clip features by a live stream's blockwise schedule: one recogniser stream, each block read
-        once the audio up to its end (block end plus the lookahead) has been fed, as the engine does."""
+    def grouped(self, audio16k: np.ndarray, group_frames: int) -> np.ndarray:
+        """Whole-clip features as a live stream computes them in groups of ``group_frames`` motion frames: one
+        recogniser stream, each group read once the audio up to its end (``range_samples``) has been fed, as
+        the engine does."""
+        if group_frames < 1:
+            raise ValueError(f"group_frames must be >= 1, not {group_frames}")
         audio = np.asarray(audio16k, dtype=np.float32)
-        ppg = self.new_stream()
-        fpb = self.frames_per_block
-        blocks = [self.many_range_features([(audio[: self.samples_needed(k)], k * fpb, (k + 1) * fpb, 0, ppg)])[0]
-                  for k in range(self.num_blocks(audio.size))]
-        return np.concatenate(blocks)[: num_frames(audio.size)] if blocks else np.zeros((0, self.dim), np.float32)
+        ppg, total = self.new_stream(), num_frames(audio.size)
+        groups = [self.many_range_features([(audio[: self.range_samples(f0, f0 + group_frames)[1]], f0,
+                                             f0 + group_frames, 0, ppg)])[0] for f0 in range(0, total, group_frames)]
+        return np.concatenate(groups)[:total] if groups else np.zeros((0, self.dim), np.float32)
 
     def _native_offline(self, audio: np.ndarray) -> tuple[np.ndarray, int, float]:
         """A whole clip (a bake, a line's first features): the streaming recogniser over all of it in one

@@ -7,10 +7,15 @@ live stream computes), ``offline`` float16 [T, F] (one pass over the whole clip,
 computes), prosody float32 [T, 2], text int64 [P]. The model is trained on both schedules so
 the same weights serve live streams and offline bakes. The key includes the front-end
 settings, so changing them never reuses stale features.
+
+Live features (``build_live_cache``): a preset's own schedule, the features a live stream of that preset
+computes (its feature lookahead, recogniser context and groups of ``feature_block_frames``), stored under
+``<cache>/<live key>/<clip id>.npz`` as ``live`` float16 [T, F] for the trainer's live-shaped windows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
@@ -51,6 +56,7 @@ class Clip:
     phoneme_dur: np.ndarray  # [P] s
     viseme: np.ndarray  # [P] str
     audio: np.ndarray | None = None  # 16 kHz, kept only when asked (evaluation)
+    feats_live: np.ndarray | None = None  # [T, F] float16, a live preset's own schedule (build_live_cache)
 
 
 def read_manifest(corpus: Path) -> dict:
@@ -96,6 +102,45 @@ def _compute_features(job: tuple[str, str, str, str]) -> str:
     return out_path
 
 
+def live_key(cfg: ModelConfig, live: FrontEndConfig, group_frames: int) -> str:
+    """The cache folder of a live schedule's features: the model's front-end, the schedule's settings, its groups."""
+    spec = json.dumps({"front_end": dataclasses.asdict(live), "group_frames": group_frames}, sort_keys=True)
+    return f"{front_end_key(cfg)}-live-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
+
+
+def _compute_live_features(job: tuple[str, str, str, int]) -> str:
+    """Worker: one clip's features by a live schedule into its cache file (skipped if present)."""
+    clip_path, out_path, front_end_json, group_frames = job
+    out = Path(out_path)
+    if not out.is_file():
+        audio = np.load(clip_path)["audio"].astype(np.float32)
+        live = _front_end(front_end_json).grouped(audio, group_frames).astype(np.float16)
+        tmp = out.with_name(out.stem + ".tmp.npz")
+        np.savez(tmp, live=live)
+        tmp.replace(out)
+    return out_path
+
+
+def build_live_cache(corpus: Path, cache: Path, cfg: ModelConfig, live: FrontEndConfig, group_frames: int,
+                     split: str = "train", workers: int = 2) -> Path:
+    """Features by a live schedule (a preset's ``front_end_config`` and ``feature_block_frames``) for the
+    split's clips, computed where missing; returns the cache folder."""
+    manifest = read_manifest(corpus)
+    folder = Path(cache) / live_key(cfg, live, group_frames)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"front_end": dataclasses.asdict(live), "group_frames": group_frames}
+    (folder / "schedule.json").write_text(json.dumps(spec, indent=2))
+    live_json = json.dumps(dataclasses.asdict(live))
+    jobs = [(str(Path(corpus) / c["file"]), str(folder / f"{c['id']}.npz"), live_json, group_frames)
+            for c in manifest["clips"] if c["split"] == split and not (folder / f"{c['id']}.npz").is_file()]
+    if jobs:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for _ in tqdm(pool.imap_unordered(_compute_live_features, jobs, chunksize=4), total=len(jobs),
+                          desc=f"live features (groups of {group_frames})", unit="clip"):
+                pass
+    return folder
+
+
 def build_feature_cache(corpus: Path, cache: Path, cfg: ModelConfig, workers: int = 2) -> Path:
     """Compute missing features for every clip of the corpus; returns the cache folder."""
     manifest = read_manifest(corpus)
@@ -121,9 +166,11 @@ def build_feature_cache(corpus: Path, cache: Path, cfg: ModelConfig, workers: in
 
 
 def load_clips(
-    corpus: Path, cache: Path, cfg: ModelConfig, split: str, keep_audio: bool = False, limit: int = 0
+    corpus: Path, cache: Path, cfg: ModelConfig, split: str, keep_audio: bool = False, limit: int = 0,
+    live_cache: Path | None = None,
 ) -> list[Clip]:
-    """The split's clips in manifest order (the first ``limit`` of them when limit > 0)."""
+    """The split's clips in manifest order (the first ``limit`` of them when limit > 0); with ``live_cache``
+    (``build_live_cache``'s folder) each with its live schedule's features."""
     manifest = read_manifest(corpus)
     folder = Path(cache) / front_end_key(cfg)
     personas: dict[str, int] = {}
@@ -159,9 +206,17 @@ def load_clips(
                 phoneme_dur=data["phoneme_dur"],
                 viseme=data["viseme"],
                 audio=data["audio"] if keep_audio else None,
+                feats_live=None if live_cache is None else _live_feats(live_cache, c["id"], T),
             )
         )
     return clips
+
+
+def _live_feats(folder: Path, clip_id: str, frames: int) -> np.ndarray:
+    feats = np.load(Path(folder) / f"{clip_id}.npz")["live"]
+    if len(feats) != frames:
+        raise ValueError(f"clip {clip_id}: {len(feats)} live feature frames but {frames} motion frames")
+    return feats
 
 
 class WindowSampler:
@@ -186,9 +241,10 @@ class WindowSampler:
         return take_frames(clip.expr, start, L), take_frames(clip.pose, start, L)
 
     def batch(self, size: int, live: bool = False, lead: int = 0) -> dict[str, np.ndarray]:
-        """``size`` windows. ``live``: windows to cut with ``live_windows``: with the live block schedule's
-        features (``feats``), starting ``lead`` frames before a hop frame that may be any frame of a clip from
-        the ``lead``-th on (its last too)."""
+        """``size`` windows. ``live``: windows to cut with ``live_windows``: with the live preset's own
+        features where the clips have them (``feats_live``), else the block schedule's (``feats``), starting
+        ``lead`` frames before a hop frame that may be any frame of a clip from the ``lead``-th on (its last
+        too)."""
         cfg = self.cfg
         C, N, E, L = (
             cfg.motion_context_frames,
@@ -219,7 +275,8 @@ class WindowSampler:
             T = len(clip.expr)
             # windows start anywhere, including the clip start (no previous frames known)
             if live:
-                w0, feats = int(self.rng.integers(0, max(1, T - lead))), clip.feats
+                w0 = int(self.rng.integers(0, max(1, T - lead)))
+                feats = clip.feats if clip.feats_live is None else clip.feats_live
             else:
                 w0 = int(self.rng.integers(0, max(1, T - N + 1)))
                 feats = clip.feats_offline if self.rng.random() < self.p_offline else clip.feats

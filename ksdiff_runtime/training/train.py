@@ -34,7 +34,14 @@ from ksdiff_runtime.model.checkpoint import load_model, save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import HEAD_MODULES, KSDiff, count_parameters
 
-from .dataset import WindowSampler, build_feature_cache, check_live_shape, live_windows, load_clips
+from .dataset import (
+    WindowSampler,
+    build_feature_cache,
+    build_live_cache,
+    check_live_shape,
+    live_windows,
+    load_clips,
+)
 from .mood_styles import add_mood_styles
 
 log = logging.getLogger(__name__)
@@ -85,6 +92,10 @@ class TrainConfig:
     # score the head on live windows too (False: the face only; a live stream's head is livened after the
     # model, which the rollout does not do)
     live_head: bool = True
+    # the features of live windows: "block", the front-end's block schedule (block_ms, lookahead_ms), the
+    # cache's ``stream``; "preset", the live preset's own (its feature lookahead, recogniser context and
+    # groups), what a stream of that preset computes (dataset.build_live_cache)
+    live_features: str = "block"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.live_windows <= 1.0:
@@ -94,6 +105,8 @@ class TrainConfig:
         if self.train_only and not self.init_from:
             raise ValueError("train_only fine-tunes part of a trained model: give init_from too")
         preset = get_preset(self.live_preset)  # a clear error naming the known presets
+        if self.live_features not in ("block", "preset"):
+            raise ValueError(f"live_features must be 'block' or 'preset', not {self.live_features!r}")
         if self.live_context not in ("self", "teacher"):
             raise ValueError(f"live_context must be 'self' or 'teacher', not {self.live_context!r}")
         if self.live_windows > 0 and self.live_context == "self" and preset.steps != 1:
@@ -169,7 +182,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     params = trainable(model, cfg.train_only)  # a bad module name is refused before the long cache build
     log.info("device %s; building the feature cache", device)
     build_feature_cache(Path(cfg.corpus), Path(cfg.cache), model_cfg, workers=cfg.workers)
-    clips = load_clips(Path(cfg.corpus), Path(cfg.cache), model_cfg, "train")
+    live_cache = None
+    if cfg.live_windows > 0 and cfg.live_features == "preset":
+        live = get_preset(cfg.live_preset)
+        live_cache = build_live_cache(Path(cfg.corpus), Path(cfg.cache), model_cfg,
+                                      live.front_end_config(model_cfg.front_end), live.feature_block_frames,
+                                      workers=cfg.workers)
+    clips = load_clips(Path(cfg.corpus), Path(cfg.cache), model_cfg, "train", live_cache=live_cache)
     if not clips:
         raise RuntimeError(f"corpus {cfg.corpus} has no training clips")
     sampler = WindowSampler(clips, model_cfg, seed=cfg.seed)
