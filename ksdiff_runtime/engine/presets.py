@@ -119,7 +119,8 @@ PRESETS: dict[str, Preset] = {
     # what keeps bilabial closures, and at short hops 1 step beat 2-4 on every mouth metric.
     # 150 ms of recogniser context (not 250) scored the same and costs a third less per hop.
     # A frame is read 13 ms before its period is all heard (20 ms after its instant): 13 ms less
-    # wait for +1.7 % mouth error (docs/ENGINE.md, "Reading a frame early").
+    # wait for +1.7 % mouth error, +3.4 % with the model shipped since 3 December 2026 (docs/ENGINE.md,
+    # "Reading a frame early").
     "low-latency": Preset("low-latency", hop_frames=1, window_frames=8, model_lookahead_frames=2, steps=1,
                           crossfade_frames=0, feature_block_frames=1, feature_lookahead_ms=-13,
                           feature_left_context_ms=150, head_smoothing_ms=100.0),
