@@ -102,9 +102,14 @@ def _compute_features(job: tuple[str, str, str, str]) -> str:
     return out_path
 
 
+def _live_schedule(live: FrontEndConfig, group_frames: int) -> dict:
+    """What a live schedule is: its front-end settings and its groups (the cache key's input, its schedule.json)."""
+    return {"front_end": dataclasses.asdict(live), "group_frames": group_frames}
+
+
 def live_key(cfg: ModelConfig, live: FrontEndConfig, group_frames: int) -> str:
     """The cache folder of a live schedule's features: the model's front-end, the schedule's settings, its groups."""
-    spec = json.dumps({"front_end": dataclasses.asdict(live), "group_frames": group_frames}, sort_keys=True)
+    spec = json.dumps(_live_schedule(live, group_frames), sort_keys=True)
     return f"{front_end_key(cfg)}-live-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
 
 
@@ -128,8 +133,7 @@ def build_live_cache(corpus: Path, cache: Path, cfg: ModelConfig, live: FrontEnd
     manifest = read_manifest(corpus)
     folder = Path(cache) / live_key(cfg, live, group_frames)
     folder.mkdir(parents=True, exist_ok=True)
-    spec = {"front_end": dataclasses.asdict(live), "group_frames": group_frames}
-    (folder / "schedule.json").write_text(json.dumps(spec, indent=2))
+    (folder / "schedule.json").write_text(json.dumps(_live_schedule(live, group_frames), indent=2))
     live_json = json.dumps(dataclasses.asdict(live))
     jobs = [(str(Path(corpus) / c["file"]), str(folder / f"{c['id']}.npz"), live_json, group_frames)
             for c in manifest["clips"] if c["split"] == split and not (folder / f"{c['id']}.npz").is_file()]
