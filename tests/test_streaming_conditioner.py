@@ -87,15 +87,20 @@ def test_the_export_runs_the_stream_conditioner_as_torch_does(model):
 @pytest.mark.parametrize("guidance", [None, Guidance(audio=2.0)])
 def test_streamed_hops_give_the_frames_windowed_hops_give_up_to_a_longer_memory(model, speech_16k, guidance):
     """The same stream conditioned hop by hop from the cached state and window by window: the first hop's
-    window sees the same features; later ones remember further back, which moves the frames a little
-    (measured on the bundled speech: max 0.006)."""
+    window sees the same features; later ones remember further back. The face's paths pool a few frames and
+    do not move; the head's pools 48, so the head moves a little, more under audio guidance, which doubles
+    the difference (the bundled speech looped 3 times, the model shipped since 4 December 2026: face within
+    1e-4 at both guidances; head up to 0.002 rad at guidance 1 and 0.038 rad, 2.2 degrees of roll, at 2; the
+    model before it 0.002 and 0.030)."""
     backend = TorchBackend(model)
     audio = np.tile(speech_16k, 3)
     streamed = frames_of(StreamingEngine(backend, "low-latency", guidance=guidance, front_end_threads=1), audio)
     windowed = frames_of(StreamingEngine(backend, "low-latency", guidance=guidance, front_end_threads=1,
                                          stream_conditioner=False), audio)
     assert streamed.shape == windowed.shape
-    assert np.abs(streamed - windowed).max() < 0.03
+    face = motion.NUM_BLENDSHAPES
+    assert np.abs(streamed[:, :face] - windowed[:, :face]).max() < 0.01
+    assert np.abs(streamed[:, face:] - windowed[:, face:]).max() < 0.06  # radians (3.4 degrees)
     jaw = motion.index("jawOpen")
     assert np.corrcoef(streamed[:, jaw], windowed[:, jaw])[0, 1] > 0.995
 
