@@ -48,6 +48,8 @@ from ksdiff_runtime.model.io import (
     DENOISER_OUTPUTS,
     STREAM_CONDITIONER_INPUTS,
     STREAM_CONDITIONER_OUTPUTS,
+    STYLE_ENCODER_INPUTS,
+    STYLE_ENCODER_OUTPUTS,
 )
 from ksdiff_runtime.model.ksdiff import KSDiff
 
@@ -121,12 +123,15 @@ def test_manifest_describes_the_export(shipped_export: Path):
     assert manifest["graphs"]["stream_conditioner"]["outputs"] == list(STREAM_CONDITIONER_OUTPUTS)
     state_shapes = {k: list(v) for k, v in cfg.stream_state_shapes().items()}
     assert manifest["graphs"]["stream_conditioner"]["state"] == state_shapes
+    assert manifest["graphs"]["style_encoder"]["inputs"] == list(STYLE_ENCODER_INPUTS)
+    assert manifest["graphs"]["style_encoder"]["outputs"] == list(STYLE_ENCODER_OUTPUTS)
+    assert manifest["graphs"]["style_encoder"]["window_frames"] == cfg.style_clip_frames
     assert manifest["checkpoint"]["sha256"] == hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()
-    files = ("conditioner.onnx", "denoiser.onnx", "conditioner_stream.onnx")
+    files = ("conditioner.onnx", "denoiser.onnx", "conditioner_stream.onnx", "style_encoder.onnx")
     graphs = b"".join((shipped_export / f).read_bytes() for f in files)
     assert manifest["model_hash"] == hashlib.sha256(graphs).hexdigest()
     assert manifest["versions"]["torch"] == torch.__version__ and manifest["versions"]["onnx"]
-    for graph in ("conditioner", "denoiser", "stream_conditioner"):
+    for graph in ("conditioner", "denoiser", "stream_conditioner", "style_encoder"):
         assert manifest["verify"]["max_abs_error"][graph] < GRAPH_TOL
     # constants round-trip (float32 from the float16 checkpoint)
     ref = TorchBackend(model).constants

@@ -6,6 +6,7 @@ An export is a directory:
     denoiser.onnx      WindowDenoiser (KSDiff.denoise)
     conditioner_stream.onnx  StreamingConditioner (model/streaming.py: a live stream's hop, encoder state
                        as inputs and outputs)
+    style_encoder.onnx TakeStyleEncoder (KSDiff.style_of: windows of a reference take -> style vectors)
     constants.npz      ModelConstants (motion normalisation, null style, noise schedule, the moods' styles)
     manifest.json      format, model config, graph input/output names and dynamic axes, opset,
                        checkpoint sha256, model_hash (sha256 over the ONNX files), versions,
@@ -36,17 +37,20 @@ from ksdiff_runtime.model.io import (
     STREAM_CONDITIONER_OUTPUTS,
     STREAM_STATE,
     STREAM_STATE_OUT,
+    STYLE_ENCODER_INPUTS,
+    STYLE_ENCODER_OUTPUTS,
 )
 
 from .base import BackendError, ModelConstants
 
 EXPORT_FORMAT = "ksdiff-onnx-export"
-EXPORT_VERSION = 2  # 2: the stream conditioner
+EXPORT_VERSION = 3  # 2: the stream conditioner; 3: the style encoder
 OPSET = 17
 CONDITIONER_FILE = "conditioner.onnx"
 DENOISER_FILE = "denoiser.onnx"
 STREAM_CONDITIONER_FILE = "conditioner_stream.onnx"
-GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE)
+STYLE_ENCODER_FILE = "style_encoder.onnx"
+GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE)
 CONSTANTS_FILE = "constants.npz"
 MANIFEST_FILE = "manifest.json"
 SHIPPED_EXPORT = assets.ASSETS / "export"  # the bundled checkpoint's export (`ksdiff-runtime export --ship`)
@@ -65,6 +69,8 @@ STREAM_CONDITIONER_AXES: dict[str, dict[int, str]] = (
                                                          "n_commit": {0: "K"}}
     | {n: {0: "B"} for n in STREAM_STATE + STREAM_STATE_OUT}
 )
+# W windows of a take (the style clip's length, fixed by the model config)
+STYLE_ENCODER_AXES: dict[str, dict[int, str]] = {"take": {0: "W"}, "style": {0: "W"}}
 DENOISER_AXES: dict[str, dict[int, str]] = (
     {n: {0: "B", 1: "T"} for n in DENOISER_INPUTS[:9]} | {"t": {0: "B"}, "style": {0: "B"}}
     | {n: {0: "B", 1: "T"} for n in DENOISER_OUTPUTS}
@@ -127,7 +133,8 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
         raise ExportError(f"export {export_dir} is incomplete: missing {', '.join(missing)}")
     expected = {"conditioner": (CONDITIONER_INPUTS, CONDITIONER_OUTPUTS),
                 "denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS),
-                "stream_conditioner": (STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS)}
+                "stream_conditioner": (STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS),
+                "style_encoder": (STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS)}
     for graph, (inputs, outputs) in expected.items():
         entry = manifest.get("graphs", {}).get(graph, {})
         if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:

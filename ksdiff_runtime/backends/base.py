@@ -88,6 +88,25 @@ class Backend(Protocol):
         """DENOISER_INPUTS -> DENOISER_OUTPUTS (``t`` is int64 [B])."""
         ...
 
+    def encode_style(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """STYLE_ENCODER_INPUTS -> STYLE_ENCODER_OUTPUTS: windows of a reference take -> style vectors (once per
+        take, not per hop: ``take_style``)."""
+        ...
+
     # Optional: ``condition_stream(feeds)``, STREAM_CONDITIONER_INPUTS -> STREAM_CONDITIONER_OUTPUTS (a live
     # stream's hop with its cached encoder state, model/streaming.py). The engine conditions a backend's live
     # streams window by window with ``condition`` when it has none (all three backends here have it).
+
+
+def take_style(backend: Backend, blendshapes: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """The network's style vector [style_dim] of a whole reference take (blendshapes [T, 52], head [T, 3] in
+    radians, 30 fps): the mean of its half-overlapping windows' vectors, normalised as each window's is
+    (KSDiff.style_of_take, the same in torch). A take shorter than one window holds its last frame to fill it."""
+    L = backend.constants.cfg.style_clip_frames
+    take = np.concatenate([np.asarray(blendshapes, np.float32), np.asarray(head, np.float32)], axis=1)
+    if not len(take):
+        raise ValueError("a take with no frames has no style")
+    take = np.pad(take, ((0, max(0, L - len(take))), (0, 0)), mode="edge")
+    windows = np.stack([take[s : s + L] for s in range(0, len(take) - L + 1, L // 2)])
+    v = backend.encode_style({"take": windows})["style"].astype(np.float64).mean(axis=0)
+    return (v / np.linalg.norm(v)).astype(np.float32)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.model.config import CheckpointError, ModelConfig
-from ksdiff_runtime.model.graphs import WindowConditioner, WindowDenoiser
+from ksdiff_runtime.model.graphs import TakeStyleEncoder, WindowConditioner, WindowDenoiser
 from ksdiff_runtime.model.io import (
     CONDITIONER_INPUTS,
     CONDITIONER_OUTPUTS,
@@ -39,6 +39,8 @@ from ksdiff_runtime.model.io import (
     STREAM_CONDITIONER_INPUTS,
     STREAM_CONDITIONER_OUTPUTS,
     STREAM_STATE,
+    STYLE_ENCODER_INPUTS,
+    STYLE_ENCODER_OUTPUTS,
 )
 from ksdiff_runtime.model.streaming import StreamingConditioner
 
@@ -55,6 +57,8 @@ from .artifact import (
     OPSET,
     STREAM_CONDITIONER_AXES,
     STREAM_CONDITIONER_FILE,
+    STYLE_ENCODER_AXES,
+    STYLE_ENCODER_FILE,
     ExportError,
     export_of,
     load_export,
@@ -120,6 +124,14 @@ def denoiser_inputs(cfg: ModelConfig, B: int, N: int, seed: int = 0) -> dict[str
     }
 
 
+def style_encoder_inputs(cfg: ModelConfig, W: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """W windows of a take in natural units: blendshape weights in 0..1, head angles of a few degrees."""
+    rng = np.random.default_rng(seed)
+    expr = rng.random((W, cfg.style_clip_frames, cfg.expr_dim), np.float32)
+    pose = 0.1 * rng.standard_normal((W, cfg.style_clip_frames, cfg.pose_dim), np.float32)
+    return {"take": np.concatenate([expr, pose], axis=-1)}
+
+
 # --- export -------------------------------------------------------------------------------------
 @dataclass
 class ExportResult:
@@ -157,11 +169,14 @@ def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
          DENOISER_OUTPUTS),
         ("stream_conditioner", StreamingConditioner(model), STREAM_CONDITIONER_FILE,
          stream_conditioner_inputs(cfg, B, N, 3, P, seed=7), STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS),
+        ("style_encoder", TakeStyleEncoder(model), STYLE_ENCODER_FILE, style_encoder_inputs(cfg, B, seed=7),
+         STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS),
     ):
         sess = ort.InferenceSession(str(Path(export_dir) / file), opts, providers=["CPUExecutionProvider"])
         got = sess.run(list(outputs), inputs)
         with torch.no_grad():
             ref = module(*(torch.from_numpy(inputs[n]) for n in input_names))
+        ref = (ref,) if isinstance(ref, torch.Tensor) else ref
         err = 0.0
         for name, r, o in zip(outputs, ref, got, strict=True):
             if tuple(r.shape) != o.shape:
@@ -174,7 +189,7 @@ def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
 def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, float]:
     """All files of an export into ``out`` (an empty directory); returns the verification errors."""
     stages = ["load checkpoint", "export conditioner", "export denoiser", "export stream conditioner",
-              "verify with ONNX Runtime", "manifest"]
+              "export style encoder", "verify with ONNX Runtime", "manifest"]
     bar = tqdm(stages, desc="export", unit="stage", disable=not progress, leave=False)
     bar.set_postfix_str(stages[0])
     # the shipped checkpoint stores float16 weights; export float32 graphs (fp16 is a
@@ -197,18 +212,23 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
     _export_graph(StreamingConditioner(model).eval(), stream_conditioner_inputs(cfg, 2, 8, 1, 8),
                   out / STREAM_CONDITIONER_FILE, STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS,
                   STREAM_CONDITIONER_AXES)
+    bar.update()
+    bar.set_postfix_str(stages[4])
+    # traced with 2 windows, verified with 3
+    _export_graph(TakeStyleEncoder(model).eval(), style_encoder_inputs(cfg, 2), out / STYLE_ENCODER_FILE,
+                  STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS, STYLE_ENCODER_AXES)
     for file in GRAPH_FILES:
         compact_weights(out / file)
         onnx.checker.check_model(str(out / file))
     bar.update()
-    bar.set_postfix_str(stages[4])
+    bar.set_postfix_str(stages[5])
     errors = verify_export(model, out)
     for graph, err in errors.items():
         if not err < VERIFY_TOLERANCE:  # also catches NaN
             raise ExportError(f"export of {checkpoint}: ONNX Runtime differs from torch on the {graph} by {err:.3g} "
                               f"(max abs; a correct export is below {VERIFY_TOLERANCE:g})")
     bar.update()
-    bar.set_postfix_str(stages[5])
+    bar.set_postfix_str(stages[6])
     ModelConstants.from_model(model).save(out / CONSTANTS_FILE)
     manifest = {
         "format": EXPORT_FORMAT,
@@ -225,6 +245,9 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
                                    "outputs": list(STREAM_CONDITIONER_OUTPUTS),
                                    "dynamic_axes": STREAM_CONDITIONER_AXES,
                                    "state": {n: list(cfg.stream_state_shapes()[n]) for n in STREAM_STATE}},
+            "style_encoder": {"file": STYLE_ENCODER_FILE, "inputs": list(STYLE_ENCODER_INPUTS),
+                              "outputs": list(STYLE_ENCODER_OUTPUTS), "dynamic_axes": STYLE_ENCODER_AXES,
+                              "window_frames": cfg.style_clip_frames},
         },
         "int64_inputs": sorted(INT64_INPUTS),
         "checkpoint": {"name": checkpoint.name, "sha256": sha256_file(checkpoint)},

@@ -15,9 +15,11 @@ from ksdiff_runtime.model.io import (
     INT64_INPUTS,
     STREAM_CONDITIONER_INPUTS,
     STREAM_CONDITIONER_OUTPUTS,
+    STYLE_ENCODER_INPUTS,
+    STYLE_ENCODER_OUTPUTS,
 )
 
-from .artifact import CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, load_export
+from .artifact import CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE, load_export
 from .base import BackendError
 
 
@@ -67,6 +69,7 @@ class OnnxRuntimeBackend:
         self._denoiser = self._session(ort, DENOISER_FILE, opts, providers, DENOISER_INPUTS)
         self._stream_conditioner = self._session(ort, STREAM_CONDITIONER_FILE, opts, providers,
                                                  STREAM_CONDITIONER_INPUTS)
+        self._style_encoder = self._session(ort, STYLE_ENCODER_FILE, opts, providers, STYLE_ENCODER_INPUTS)
 
     def _session(self, ort, file: str, opts, providers: list, inputs: tuple[str, ...]):
         path = self.export_dir / file
@@ -97,3 +100,8 @@ class OnnxRuntimeBackend:
         out = self._stream_conditioner.run(list(STREAM_CONDITIONER_OUTPUTS),
                                            as_feeds(feeds, STREAM_CONDITIONER_INPUTS))
         return dict(zip(STREAM_CONDITIONER_OUTPUTS, out, strict=True))
+
+    def encode_style(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """STYLE_ENCODER_INPUTS -> STYLE_ENCODER_OUTPUTS: windows of a reference take -> style vectors."""
+        out = self._style_encoder.run(list(STYLE_ENCODER_OUTPUTS), as_feeds(feeds, STYLE_ENCODER_INPUTS))
+        return dict(zip(STYLE_ENCODER_OUTPUTS, out, strict=True))

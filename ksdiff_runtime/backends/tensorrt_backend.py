@@ -32,12 +32,19 @@ from typing import Any
 import numpy as np
 
 from ksdiff_runtime.model.config import ModelConfig
-from ksdiff_runtime.model.io import CONDITIONER_OUTPUTS, DENOISER_OUTPUTS, STREAM_CONDITIONER_OUTPUTS
+from ksdiff_runtime.model.io import (
+    CONDITIONER_OUTPUTS,
+    DENOISER_OUTPUTS,
+    STREAM_CONDITIONER_OUTPUTS,
+    STYLE_ENCODER_INPUTS,
+    STYLE_ENCODER_OUTPUTS,
+)
 
 from .artifact import (
     CONDITIONER_FILE,
     DENOISER_FILE,
     STREAM_CONDITIONER_FILE,
+    STYLE_ENCODER_FILE,
     default_cache_dir,
     load_export,
     sha256_file,
@@ -324,7 +331,8 @@ class _Engine:
 
 
 class TensorRTBackend:
-    """TensorRT engines for an export's three graphs, built once per GPU / TensorRT version / model / settings."""
+    """TensorRT engines for an export's three per-hop graphs, built once per GPU / TensorRT version / model /
+    settings (the style encoder, once per reference take, runs in ONNX Runtime)."""
 
     name = "tensorrt"
 
@@ -344,6 +352,7 @@ class TensorRTBackend:
         self.device_index = device_index
         self._engines: dict[str, _Engine] = {}
         self._stream = None
+        self._style_encoder = None  # made on first use (encode_style)
 
         count = self.cuda.call("cudaGetDeviceCount", cudart.cudaGetDeviceCount())
         if not 0 <= device_index < count:
@@ -435,6 +444,17 @@ class TensorRTBackend:
     def condition_stream(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.cuda.call("cudaSetDevice", self.cuda.rt.cudaSetDevice(self.device_index))
         return self._engines["stream_conditioner"].run(feeds, self._stream)
+
+    def encode_style(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The style encoder runs once per reference take, not per hop: ONNX Runtime on the CPU, no engine."""
+        if self._style_encoder is None:
+            import onnxruntime as ort
+
+            from .onnxruntime_backend import as_feeds
+
+            sess = ort.InferenceSession(str(self.export_dir / STYLE_ENCODER_FILE), providers=["CPUExecutionProvider"])
+            self._style_encoder = lambda f: sess.run(list(STYLE_ENCODER_OUTPUTS), as_feeds(f, STYLE_ENCODER_INPUTS))
+        return dict(zip(STYLE_ENCODER_OUTPUTS, self._style_encoder(feeds), strict=True))
 
     def close(self) -> None:
         for engine in self._engines.values():

@@ -89,6 +89,12 @@ class TorchBackend:
         return {n: o.float().cpu().numpy() for n, o in zip(STREAM_CONDITIONER_OUTPUTS, out, strict=True)}
 
     @torch.no_grad()
+    def encode_style(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        take = self._tensor(np.asarray(feeds["take"], np.float32))
+        e = self.model.cfg.expr_dim
+        return {"style": self.model.style_of(take[..., :e], take[..., e:]).float().cpu().numpy()}
+
+    @torch.no_grad()
     def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [self._tensor(feeds[n]) for n in DENOISER_INPUTS]
         graph = self._graph_for(args) if self.cuda_graphs else None

@@ -21,6 +21,7 @@ from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, closure_for
 from ksdiff_runtime.engine.controls import Controls, ControlsError, ControlStage
 from ksdiff_runtime.engine.gate import gate_if_available
 from ksdiff_runtime.engine.liveliness import LivelinessConfig
+from ksdiff_runtime.engine.network_style import NetworkStyles
 from ksdiff_runtime.engine.offline import bake_animations, clip_inputs
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
@@ -59,6 +60,9 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default=motion.DEFAULT_STYLE, metavar="STYLE|TAKE",
                    help=f"{', '.join(motion.STYLES)}, or a reference take of a face (a Live Link Face .csv, or a "
                    "bake .json): the head, brows and mouth move as much as in it (default none; docs/STYLE.md)")
+    p.add_argument("--network-style", action="store_true",
+                   help="the style take also reaches the network's own style input (its style vector), not only "
+                   "the output's gains, as serve --network-style (docs/STYLE.md)")
     p.add_argument("--no-liveliness", dest="liveliness", action="store_false",
                    help="the model's eyes and head alone: no added blinks, gaze micro-saccades, head centring or "
                    "sway (as in serve)")
@@ -96,8 +100,11 @@ def run_bake(args: argparse.Namespace) -> int:
     backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=1)
     started = time.perf_counter()
     inputs = clip_inputs(backend, audio, text, fps=args.fps, streaming_recogniser=args.streaming_recogniser)
-    # the network's style: the mood's, as a stream in this mood gets it (engine/sampling.py)
-    style, missing = mood_style(backend.constants, None, controls.mood, controls.mood_intensity, args.mood_guidance)
+    if args.network_style:
+        controls = NetworkStyles(backend).controls(controls)
+    # the network's style: the take's with --network-style, moved by the mood's, as a stream's (engine/sampling.py)
+    base = None if controls.style is None or controls.style.network is None else controls.style.network.vector
+    style, missing = mood_style(backend.constants, base, controls.mood, controls.mood_intensity, args.mood_guidance)
     if missing:
         log.warning(NO_MOOD_STYLES)
     anim = bake_animations(

@@ -79,6 +79,10 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    help="how strongly the network speaks in a stream's mood: 0 not at all (the mood is only its held "
                    "expression), 1 conditioned on it, above 1 more so, at one more denoiser row per stream "
                    f"(default {DEFAULT_MOOD_GUIDANCE:g}; docs/ENGINE.md)")
+    p.add_argument("--network-style", dest="network_style", action="store_const", const=True,
+                   help="a stream's style take also reaches the network's own style input (its style vector), not "
+                   "only the output's gains: the network then moves like the take by itself (default off; "
+                   "docs/STYLE.md)")
     p.add_argument("--style", metavar="STYLE|TAKE",
                    help=f"every stream's style, unless a client sets its own: {', '.join(STYLES)}, or a reference take "
                    "of a face (a Live Link Face .csv, or a bake .json) whose head, brow and mouth motion the face "
@@ -212,7 +216,8 @@ def serve(config: ServeConfig) -> int:
     engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
                           config.idle_timeout_s, threads=config.threads, controls=config.artist_controls(),
                           voice_gate=config.voice_gate, closure=config.closure, liveliness=config.liveliness,
-                          streaming_recogniser=config.streaming_recogniser, mood_guidance=config.mood_guidance)
+                          streaming_recogniser=config.streaming_recogniser, mood_guidance=config.mood_guidance,
+                          network_style=config.network_style)
     last_line = [0.0]
 
     def on_stats(stats: dict[str, Any]) -> None:

@@ -56,6 +56,7 @@ from .closure import ClosureConfig, closure_for
 from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
 from .liveliness import Liveliness, LivelinessConfig
+from .network_style import NetworkStyles
 from .presets import LINE_EXPRESSION_STEPS, LINE_STEPS, Preset, get_preset
 from .sampling import (
     DEFAULT_MOOD_GUIDANCE,
@@ -70,6 +71,7 @@ from .sampling import (
     with_mood_guidance,
 )
 from .stream import Emitted, Hop, HopWindow, StreamState, frame_sample, prosody_rows
+from .style import STYLES, style_for
 
 log = logging.getLogger("ksdiff_runtime.engine")
 
@@ -122,6 +124,7 @@ class StreamingEngine:
         streaming_recogniser: bool = True,
         round_clock: Callable[[], int] = time.perf_counter_ns,
         mood_guidance: float = DEFAULT_MOOD_GUIDANCE,
+        network_style: bool = False,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
@@ -141,7 +144,11 @@ class StreamingEngine:
         guidance = self.guidance = with_mood_guidance(guidance, mood_guidance)
         self._mood_warned = False
         self.capacity = capacity or Capacity()
-        self.controls = controls or Controls()  # for streams opened without their own
+        # A stream's style take on the network's style input as well as on the output (engine/network_style.py;
+        # None: on the output only). The takes are made ready on the callers' threads (``with_network_style``),
+        # the built-in ones in ``warm_up``: never on the engine's.
+        self.network_styles = NetworkStyles(backend) if network_style else None
+        self.controls = self.with_network_style(controls or Controls())  # for streams opened without their own
         # The voice gate (engine/gate.py; None: off), as this preset's streams read it. Its VAD model loads
         # now: a missing one is an error before serving, not a failed first stream.
         self.voice_gate = None
@@ -214,13 +221,20 @@ class StreamingEngine:
             if style.size != self.cfg.style_dim or not np.isfinite(style).all():
                 raise ValueError(f"style must be {self.cfg.style_dim} finite numbers")
         stream_id = stream_id or uuid.uuid4().hex[:12]
+        if controls is not None:
+            controls = self.with_network_style(controls)
         session = self.sessions.open(stream_id, "sdk", AudioFormat(), seed=seed, text=text, style=style,
                                      admit=False, mode=mode, controls=controls)
         return session.id
 
     def set_controls(self, stream_id: str, controls: Controls) -> None:
         """Change a stream's controls from its next hop on (any thread: the stream's controls are replaced whole)."""
-        self._session(stream_id).controls = controls
+        self._session(stream_id).controls = self.with_network_style(controls)
+
+    def with_network_style(self, controls: Controls) -> Controls:
+        """``controls`` as streams use them: with the network style on, its style take made ready for the network
+        (its vector and response, engine/network_style.py; ~0.3 s the first time a take is seen, on this thread)."""
+        return controls if self.network_styles is None else self.network_styles.controls(controls)
 
     def push(self, stream_id: str, audio: np.ndarray, at_sample: int | None = None,
              captured_ns: int | None = None) -> None:
@@ -504,7 +518,10 @@ class StreamingEngine:
         rows = []
         for session, st in streams:
             c = session.controls or self.controls
-            style, missing = mood_style(k, st.style, c.mood, c.mood_intensity, self.mood_guidance)
+            # the stream's own vector (the Python API's), else its style take's with the network style on
+            base = st.style if st.style is not None or c.style is None or c.style.network is None \
+                else c.style.network.vector
+            style, missing = mood_style(k, base, c.mood, c.mood_intensity, self.mood_guidance)
             if missing and not self._mood_warned:
                 self._mood_warned = True
                 log.warning(NO_MOOD_STYLES)
@@ -598,6 +615,9 @@ class StreamingEngine:
         if probe_repeats < 1:
             raise ValueError(f"probe_repeats must be >= 1, not {probe_repeats}")
         t0 = time.perf_counter()
+        if self.network_styles is not None:  # the built-in takes, ready for the network before a stream names one
+            for name in STYLES:
+                self.network_styles.attach(style_for(name))
         self._warm_pool()
         if audio is None:
             audio, _ = load_audio(SAMPLE_SPEECH)

@@ -21,8 +21,13 @@ expression -> the brows, above their floor (a held tilt or raise stays as it is)
 jaw and mouth together, about the rest pose, the lips' shapes kept as the model has them where it
 closes the lips (``keep_closed``: a style never opens them, as a mood's expression never does). Gains are
 bounded (``GAIN_BOUNDS``): a frozen take does not freeze the face, and a take with the jaw opened wide does
-not make the mouth shout. A style does not reach the network's own style input (a mood does:
-engine/sampling.py; docs/STYLE.md says what that input does).
+not make the mouth shout.
+
+With the network style on (``serve --network-style``, ``bake --network-style``: engine/network_style.py) a take
+also reaches the network's own style input, as a mood does (engine/sampling.py; docs/STYLE.md says what that
+input does): its style vector from the model's style encoder. The network then moves toward the take by itself,
+and the gains are measured against the model's profile with that vector (``NetworkStyle.response``), so the
+output still lands on the take's profile.
 
 No style means no change, and a style never moves the rest pose. The controls (engine/controls.py) hold
 a stream's style and apply the gains first, before a mood; over the protocol a stream names a built-in
@@ -36,7 +41,7 @@ import csv
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -133,14 +138,33 @@ MODEL_PROFILES: dict[str, StyleProfile] = {
 
 
 @dataclass(frozen=True)
+class NetworkStyle:
+    """A take's style as the network's style input gets it: the take's style vector, and what it does to the
+    model's motion, the model's profile with the vector over its profile with the null style on the same speech
+    (engine/network_style.py measures both)."""
+
+    vector: np.ndarray = field(repr=False)  # [style_dim], unit norm
+    response: StyleProfile  # ratios: head, expression, articulation
+
+
+@dataclass(frozen=True)
 class Style:
-    """A stream's style: where it came from (a built-in name or a file) and its reference's profile."""
+    """A stream's style: where it came from (a built-in name or a file), its reference's profile, the take's
+    frames (blendshapes [T, 52], head [T, 3]; what the network's style vector is made from), and that vector
+    once the network style is on (``network``; None: the style is on the output only)."""
 
     name: str
     profile: StyleProfile
+    take: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    network: NetworkStyle | None = field(default=None, compare=False, repr=False)
 
     def gains(self, model: StyleProfile) -> dict[str, float]:
-        """Region -> multiplier on its motion (regions of engine/controls.py)."""
+        """Region -> multiplier on its motion (regions of engine/controls.py). ``model``: the model's own profile
+        with no style; with the network style on, the network's response to the take scales it first."""
+        if self.network is not None:
+            r = self.network.response
+            model = StyleProfile(model.head * r.head, model.expression * r.expression,
+                                 model.articulation * r.articulation)
 
         def ratio(ref: float, own: float, bounds: tuple[float, float]) -> float:
             return float(np.clip(ref / own if own > 0 else 1.0, *bounds))
@@ -173,14 +197,16 @@ def style_for(spec: str, allow_files: bool = False) -> Style | None:
     if spec in STYLES:
         return _built_in(spec)
     if allow_files and Path(spec).suffix.lower() in (".csv", ".json"):
-        return Style(spec, StyleProfile.of(*read_reference(Path(spec))))
+        take = read_reference(Path(spec))
+        return Style(spec, StyleProfile.of(*take), take)
     files = ", or a reference take (.csv as Live Link Face records it, or a bake .json)" if allow_files else ""
     raise StyleError(f"unknown style {spec!r}; built-in styles: {', '.join((NO_STYLE, *STYLES))}{files}")
 
 
 @functools.cache
 def _built_in(name: str) -> Style:
-    return Style(name, StyleProfile.of(*read_reference(STYLE_DIR / f"{name}.csv")))
+    take = read_reference(STYLE_DIR / f"{name}.csv")
+    return Style(name, StyleProfile.of(*take), take)
 
 
 def read_reference(path: Path) -> tuple[np.ndarray, np.ndarray]:

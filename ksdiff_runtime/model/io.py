@@ -1,4 +1,4 @@
-"""The two graphs' inputs and outputs by name: the contract the model's graphs (graphs.py, torch) meet and
+"""The graphs' inputs and outputs by name: the contract the model's graphs (graphs.py, torch) meet and
 every backend (ONNX Runtime, TensorRT, torch) calls. No torch here: a runtime without torch reads it."""
 
 CONDITIONER_INPUTS = ("feats", "prosody", "text", "audio_keep", "text_keep", "prev_expr", "prev_pose", "known", "n_new")
@@ -14,3 +14,9 @@ STREAM_STATE = ("s_msdc", "s_pros", "s_pmid", "s_h", "s_m", "s_fe", "s_fh")
 STREAM_STATE_OUT = tuple(f"{name}_out" for name in STREAM_STATE)
 STREAM_CONDITIONER_INPUTS = (*CONDITIONER_INPUTS, "n_commit", *STREAM_STATE)
 STREAM_CONDITIONER_OUTPUTS = CONDITIONER_OUTPUTS + STREAM_STATE_OUT
+
+# The style encoder (KSDiff.style_of): reference takes cut in windows of the style clip's length, in natural
+# units (52 blendshape weights then pitch, yaw, roll in radians) -> one unit-norm style vector per window. It
+# runs once per reference take (engine/network_style.py), not per hop.
+STYLE_ENCODER_INPUTS = ("take",)
+STYLE_ENCODER_OUTPUTS = ("style",)

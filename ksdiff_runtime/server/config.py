@@ -43,6 +43,8 @@ class ServeConfig:
     # how strongly the network speaks in a stream's mood (0: the mood is the expression layer alone; 1: the network
     # conditioned on it, no extra cost; above 1: guided, one more denoiser row per stream; engine/sampling.py)
     mood_guidance: float = DEFAULT_MOOD_GUIDANCE
+    # a stream's style take reaches the network's own style input too, not only the output (engine/network_style.py)
+    network_style: bool = False
     streaming_recogniser: bool = True  # live streams keep a streaming recogniser (features/streaming_frontend.py)
     # serving beyond this machine (server/security.py): CurveZMQ keys, or plain text on purpose
     curve_secret_key: str = ""  # the server's .key_secret file (`ksdiff-runtime keys server`)

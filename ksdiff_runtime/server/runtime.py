@@ -79,6 +79,7 @@ def build_engine(
     liveliness: bool = True,
     streaming_recogniser: bool = True,
     mood_guidance: float = DEFAULT_MOOD_GUIDANCE,
+    network_style: bool = False,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
     ``voice_gate``: rest the mouth where no voice is heard (engine/gate.py; off with a warning when
@@ -87,7 +88,8 @@ def build_engine(
     gaze micro-saccades and a centred head on top of the model (engine/liveliness.py).
     ``streaming_recogniser``: live streams keep a streaming recogniser (features/streaming_frontend.py);
     False: each hop re-recognises its window of audio. ``mood_guidance``: how strongly the network speaks in
-    a stream's mood (engine/sampling.py).
+    a stream's mood (engine/sampling.py). ``network_style``: a stream's style take reaches the network's style
+    input too (engine/network_style.py).
 
     ``threads``: ONNX Runtime's intra-op threads on the CPU. One by default: a hop's batch is
     small, and a second spinning worker fights the front-end and io threads for the cores
@@ -100,7 +102,8 @@ def build_engine(
     engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s, controls=controls,
                              voice_gate=gate_if_available(voice_gate), closure=DEFAULT_CLOSURE if closure else None,
                              liveliness=LivelinessConfig() if liveliness else None,
-                             streaming_recogniser=streaming_recogniser, mood_guidance=mood_guidance)
+                             streaming_recogniser=streaming_recogniser, mood_guidance=mood_guidance,
+                             network_style=network_style)
     loaded_s = time.perf_counter() - t0
     warm_s = engine.warm_up()
     r = engine.capacity.reading()
@@ -603,10 +606,11 @@ class Runtime:
         log.info("stream %s: controls set: %s", session.id, msg["controls"])
 
     def _controls(self, base: Controls, changes: dict, stream: str | None) -> Controls:
-        """``base`` with a client's changes: built-in styles only, or the server's configured one by its name."""
+        """``base`` with a client's changes: built-in styles only, or the server's configured one by its name (with
+        the network style on, each ready for the network since the engine warmed up: no work on this thread)."""
         configured = () if self.engine.controls.style is None else (self.engine.controls.style,)
         try:
-            return base.merged(changes, known=configured)
+            return self.engine.with_network_style(base.merged(changes, known=configured))
         except ControlsError as e:
             raise RefusedError("bad_controls", str(e), stream) from None
 
