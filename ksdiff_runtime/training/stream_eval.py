@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ksdiff_runtime.backends import load_backend
 from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE
+from ksdiff_runtime.engine.controls import Controls
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.offline import Animation
 from ksdiff_runtime.engine.presets import LINE_EXPRESSION_STEPS, PRESETS, Preset
@@ -42,13 +43,14 @@ TOLERANCE = 0.05  # the issue's bar: within 5 % of whole-clip evaluation
 
 def stream_animations(
     engine: StreamingEngine, clips: list[Clip], styles: np.ndarray | None, rng: np.random.Generator,
-    max_chunk: int = 16000, mode: str = "live",
+    max_chunk: int = 16000, mode: str = "live", controls: list[Controls] | None = None,
 ) -> list[Animation]:
     """Animate clips as concurrent engine streams fed in random-sized chunks (mode "live"), or as lines
     pushed whole and ended at once (mode "line", as the SDK's ``animate`` sends a clip); ``styles``: each
-    stream's style vector for the network (None: the null style, as `serve` gives a neutral stream)."""
-    ids = [engine.open_stream(f"clip{i}", seed=0, style=None if styles is None else styles[i], mode=mode)
-           for i in range(len(clips))]
+    stream's style vector for the network (None: the null style, as `serve` gives a neutral stream);
+    ``controls``: each stream's (None: the engine's)."""
+    ids = [engine.open_stream(f"clip{i}", seed=0, style=None if styles is None else styles[i], mode=mode,
+                              controls=None if controls is None else controls[i]) for i in range(len(clips))]
     if mode == "line":
         max_chunk = max(c.audio.size for c in clips)
     pos = [0] * len(clips)
