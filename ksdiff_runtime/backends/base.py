@@ -109,4 +109,7 @@ def take_style(backend: Backend, blendshapes: np.ndarray, head: np.ndarray) -> n
     take = np.pad(take, ((0, max(0, L - len(take))), (0, 0)), mode="edge")
     windows = np.stack([take[s : s + L] for s in range(0, len(take) - L + 1, L // 2)])
     v = backend.encode_style({"take": windows})["style"].astype(np.float64).mean(axis=0)
-    return (v / np.linalg.norm(v)).astype(np.float32)
+    norm = np.linalg.norm(v)
+    if not (np.isfinite(norm) and norm > 1e-6):
+        raise ValueError(f"the take's windows' style vectors cancel out (norm of their mean {norm:.3g}): no style")
+    return (v / norm).astype(np.float32)

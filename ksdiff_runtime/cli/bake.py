@@ -98,10 +98,10 @@ def run_bake(args: argparse.Namespace) -> int:
     # one intra-op thread on the CPU, as `serve` runs it: a clip's windows go one after another (each continues
     # the last), and at batch 1 a second thread slowed these graphs (the 6.8 s sample's model 75 -> 92-99 ms)
     backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=1)
+    if args.network_style:  # the take's vector and the network's response to it (engine/network_style.py)
+        controls = NetworkStyles(backend).controls(controls)
     started = time.perf_counter()
     inputs = clip_inputs(backend, audio, text, fps=args.fps, streaming_recogniser=args.streaming_recogniser)
-    if args.network_style:
-        controls = NetworkStyles(backend).controls(controls)
     # the network's style: the take's with --network-style, moved by the mood's, as a stream's (engine/sampling.py)
     base = None if controls.style is None or controls.style.network is None else controls.style.network.vector
     style, missing = mood_style(backend.constants, base, controls.mood, controls.mood_intensity, args.mood_guidance)

@@ -10,11 +10,13 @@ take's (docs/STYLE.md, "The network's own style"). With the network style on, a 
 - its response: the profile of the model's motion with that vector over its profile with the null style, both
   baked (4 steps, seed 0) from the bundled sample line. The output's gains are then measured against the
   model's profile scaled by it (``Style.gains``), so a take that already makes the network move its brows
-  1.5 times as much gets a brow gain 1.5 times smaller, and the output still lands on the take's profile.
+  1.5 times as much gets a brow gain 1.5 times smaller, and the output aims at the take's profile still. One
+  baked line predicts a live stream's response roughly: benchmarks/network_takes.json, docs/STYLE.md.
 
-A take costs two bakes of the 6.8 s sample line and a style encoder call, about 0.3 s on a 2-core CPU: the
-runtime does it before a stream uses the take (for the built-in takes and the configured one when the engine
-warms up; for a file given through the Python API on the caller's thread), never on the engine's thread.
+A take costs a style encoder call and a bake of the 6.8 s sample line, 0.08 s on a 2-core CPU (the first 0.9 s:
+the line's features and its bake with the null style): the runtime does it before a stream uses the take (the
+configured one when the engine is made, the built-in ones as it warms up, a file given through the Python API on
+the caller's thread), never on the engine's thread.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ With the network style on (``serve --network-style``, ``bake --network-style``: 
 also reaches the network's own style input, as a mood does (engine/sampling.py; docs/STYLE.md says what that
 input does): its style vector from the model's style encoder. The network then moves toward the take by itself,
 and the gains are measured against the model's profile with that vector (``NetworkStyle.response``), so the
-output still lands on the take's profile.
+output still aims at the take's profile (less exactly: docs/STYLE.md).
 
 No style means no change, and a style never moves the rest pose. The controls (engine/controls.py) hold
 a stream's style and apply the gains first, before a mood; over the protocol a stream names a built-in
