@@ -15,7 +15,8 @@ Two questions, both streamed live (`low-latency`, ONNX Runtime):
    the network style and, from the same unstyled stream, with the style on the output alone; the rank
    correlation over each set.
 
-Writes benchmarks/network_takes.json; nothing is asserted, every figure is printed.
+Writes benchmarks/network_takes.json and docs/network_takes.png (``--replot``: the plot again from the JSON);
+nothing is asserted, every figure is printed.
 """
 
 from __future__ import annotations
@@ -131,6 +132,41 @@ def profiles(corpus: Path, n_clips: int, seed: int) -> dict[str, Any]:
     return out
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    from ksdiff_runtime.cli.plots import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
+    rows = result["own_face"]["rows"]
+    names = ["none", "output", "network +\noutput", "network\nalone"]
+    ax = axes[0]
+    ax.bar(names, [r["mouth_mae"] for r in rows.values()], color=["0.6", "C0", "C1", "C2"])
+    for i, r in enumerate(rows.values()):
+        ax.text(i, r["mouth_mae"], f"{r['mouth_mae']:.4f}\nsmile r {r['smile_level_r']:.2f}", ha="center",
+                va="bottom", fontsize=8)
+    ax.set_ylabel("mouth MAE against the speaker's own motion")
+    ax.set_title(f"a take of the speaker's own face ({result['own_face']['clips']} clips, live)", fontsize=9)
+    ax.set_ylim(0, max(r["mouth_mae"] for r in rows.values()) * 1.3)
+    units = {"head": "head motion RMS (deg)", "expression": "brow-raise motion RMS", "articulation": "jawOpen p95"}
+    pr = result["profiles"]
+    for ax, q in zip(axes[1:], QUANTITIES, strict=True):
+        scale = np.rad2deg(1.0) if q == "head" else 1.0
+        for key, color in (("output", "C0"), ("network", "C1")):
+            for label, marker in (("built_in", "o"), ("personas", "s")):
+                x = [r["reference_profile"][q] * scale for r in pr[label][key]]
+                y = [r["output_profile"][q] * scale for r in pr[label][key]]
+                ax.plot(x, y, marker, color=color, ls="", label=f"{label.replace('_', '-')}, on the {key}")
+        lo, hi = min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])
+        ax.plot([lo, hi], [lo, hi], color="0.8", lw=1, label="output = take")
+        ax.set_xlabel(f"take: {units[q]}")
+        ax.set_ylabel(f"output: {units[q]}")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("A style take on the output's gains alone, or on the network's style input too (--network-style)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.network_takes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-clips", type=int, default=40, help="clips of the long stream the profiles are read on")
     p.add_argument("--seed", type=int, default=0, help="the long stream's seed")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "network_takes.json", help="the figures (JSON)")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "network_takes.png", help="the plot (PNG)")
+    p.add_argument("--replot", action="store_true", help="only draw the plot again from --out")
     args = p.parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.plot)
+        print(f"wrote {args.plot}")
+        return 0
     model = load_model(DEFAULT_CHECKPOINT).float().eval()
     backend = load_backend("onnxruntime-cpu", DEFAULT_CHECKPOINT)
     result: dict[str, Any] = {"machine": machine(), "own_face": own_face(backend, model, args.corpus, args.cache,
@@ -164,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:>9} {key}: rank r {pr[label][f'{key}_rank_corr']}, mean |log(out/ref)| "
                   f"{ {q: round(v, 3) for q, v in pr[label][f'{key}_log_error'].items()} }")
     args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    print(f"wrote {args.out}")
+    plot(result, args.plot)
+    print(f"wrote {args.out} and {args.plot}")
     return 0
 
 
