@@ -22,6 +22,7 @@ the caller's thread), never on the engine's thread.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 
 import numpy as np
@@ -33,6 +34,8 @@ from ksdiff_runtime.inputs.guards import load_audio
 from .controls import Controls
 from .offline import animate, clip_inputs
 from .style import NetworkStyle, Style, StyleProfile
+
+log = logging.getLogger("ksdiff_runtime.engine")
 
 STEPS = 4  # DDIM steps of the bakes that measure a take's response
 RESPONSE_BOUNDS = (0.25, 4.0)  # a response outside these is a measurement gone wrong, not a style: bounded
@@ -79,6 +82,9 @@ class NetworkStyles:
 
         response = StyleProfile(ratio(styled.head, null.head), ratio(styled.expression, null.expression),
                                 ratio(styled.articulation, null.articulation))
+        log.info("style %s on the network: it moves the head %.2fx, the brows %.2fx and the jaw %.2fx by itself; the "
+                 "output's gains make up the rest", style.name, response.head, response.expression,
+                 response.articulation)
         return NetworkStyle(vector, response)
 
     def _profile(self, vector: np.ndarray | None) -> StyleProfile:
