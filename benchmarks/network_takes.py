@@ -69,6 +69,8 @@ def own_face(backend, model, corpus: Path, cache: Path, max_clips: int) -> dict[
         engine = StreamingEngine(backend, "low-latency", sessions=all_at_once(held.clips), closure=closure,
                                  network_style=network_style)
         try:
+            if network_style and controls is not None:  # every take measured at once (as a server's warm-up does)
+                controls = [Controls(style=s) for s in engine.network_styles.attach_all([c.style for c in controls])]
             anims = stream_animations(engine, held.clips, vectors, np.random.default_rng(1), controls=controls)
         finally:
             engine.close()
@@ -114,7 +116,8 @@ def profiles(corpus: Path, n_clips: int, seed: int) -> dict[str, Any]:
                     else:  # the output's gains on the unstyled stream, as the engine applies them
                         made = style_bench.styled([plain], st)[0]
                     rows.append({"reference": Path(st.name).stem, "reference_profile": st.profile.to_dict(),
-                                 "response": None if st.network is None else st.network.response.to_dict(),
+                                 "response": None if st.network is None else st.network.live.to_dict(),
+                                 "response_baked": None if st.network is None else st.network.baked.to_dict(),
                                  "gains": {k: round(v, 3) for k, v in st.gains(S.MODEL_PROFILES["live"]).items()},
                                  "output_profile": style_bench.profile([style_bench.steady(made)])})
         finally:

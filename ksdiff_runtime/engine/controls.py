@@ -231,6 +231,7 @@ class ControlStage:
         which decides the model's own profile a style is measured against (style.MODEL_PROFILES)."""
         self.controls = controls
         self.fps = fps
+        self.made = made
         self.model_profile = MODEL_PROFILES[made]
         self._head_level, self._brow_floor = Level(fps), Level(fps, floor=True)  # what a style scales motion about
         self._alpha: np.ndarray | None = None  # per-column smoothing coefficient (None: no smoothing)
@@ -257,7 +258,7 @@ class ControlStage:
     def _compile(self) -> None:
         c = self.controls
         self._scale = np.array([c.strength.get(r, 1.0) for r in _COLUMN_REGION], np.float32)
-        style = {} if c.style is None else c.style.gains(self.model_profile)
+        style = {} if c.style is None else c.style.gains(self.model_profile, self.made)
         self._style = np.array([style.get(r, 1.0) for r in _COLUMN_REGION], np.float32)
         self._style_opens = style.get("mouth", 1.0) > 1.0
         D = motion.NUM_BLENDSHAPES

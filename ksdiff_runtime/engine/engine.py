@@ -71,7 +71,7 @@ from .sampling import (
     with_mood_guidance,
 )
 from .stream import Emitted, Hop, HopWindow, StreamState, frame_sample, prosody_rows
-from .style import STYLES, style_for
+from .style import STYLES, StyleProfile, style_for
 
 log = logging.getLogger("ksdiff_runtime.engine")
 
@@ -145,10 +145,10 @@ class StreamingEngine:
         self._mood_warned = False
         self.capacity = capacity or Capacity()
         # A stream's style take on the network's style input as well as on the output (engine/network_style.py;
-        # None: on the output only). The takes are made ready on the callers' threads (``with_network_style``),
-        # the built-in ones in ``warm_up``: never on the engine's.
-        self.network_styles = NetworkStyles(backend) if network_style else None
-        self.controls = self.with_network_style(controls or Controls())  # for streams opened without their own
+        # None: on the output only), its response measured live as this engine streams. The takes are made ready
+        # on the callers' threads (``with_network_style``), the built-in ones in ``warm_up``: never on the engine's.
+        self.network_styles = NetworkStyles(backend, live=self.live_profiles) if network_style else None
+        self.controls = controls or Controls()  # for streams opened without their own (its take: below)
         # The voice gate (engine/gate.py; None: off), as this preset's streams read it. Its VAD model loads
         # now: a missing one is an error before serving, not a failed first stream.
         self.voice_gate = None
@@ -207,6 +207,7 @@ class StreamingEngine:
         # A runtime keeps a finished session in the registry until it has published its end (then removes
         # it); on its own the engine forgets it as soon as it reports it.
         self.keep_ended = False
+        self.controls = self.with_network_style(self.controls)  # measured live as configured above
 
     # --- the small API over the engine's registry (embedding, tests, benchmarks) ----------------
     def open_stream(self, stream_id: str | None = None, seed: int | None = 0, style: np.ndarray | None = None,
@@ -616,8 +617,7 @@ class StreamingEngine:
             raise ValueError(f"probe_repeats must be >= 1, not {probe_repeats}")
         t0 = time.perf_counter()
         if self.network_styles is not None:  # the built-in takes, ready for the network before a stream names one
-            for name in STYLES:
-                self.network_styles.attach(style_for(name))
+            self.network_styles.attach_all([style_for(name) for name in STYLES])
         self._warm_pool()
         if audio is None:
             audio, _ = load_audio(SAMPLE_SPEECH)
@@ -659,6 +659,32 @@ class StreamingEngine:
         for session in sessions:
             self.sessions.remove(session)
         return 1000.0 * float(np.median(rounds)) if rounds else 0.0
+
+    def live_profiles(self, audio: np.ndarray, styles: list[np.ndarray | None]) -> list[StyleProfile]:
+        """The profiles (engine/style.py) of live streams of 16 kHz ``audio``, one per network style vector (None:
+        the null style), as this engine's streams would be made (its preset, closure and liveliness; seed 0; the
+        mouth's rest in silence aside: no voice gate), streamed side by side by a twin engine of its own."""
+        twin = StreamingEngine(self.backend, self.preset, sessions=Sessions(max_streams=len(styles), admission=None),
+                               closure=self.closure, liveliness=self.liveliness, front_end_threads=1,
+                               guidance=self.guidance, mood_guidance=0.0)
+        try:
+            ids = [twin.open_stream(f"style-{i}", seed=0, style=v) for i, v in enumerate(styles)]
+            frames: dict[str, list[Frame]] = {sid: [] for sid in ids}
+            for i in range(0, audio.size, 533):
+                for sid in ids:
+                    twin.push(sid, audio[i : i + 533])
+                while twin.has_work():
+                    for f in twin.step().frames:
+                        frames[f.stream].append(f)
+            for sid in ids:
+                twin.end_stream(sid)
+            while twin.has_work():
+                for f in twin.step().frames:
+                    frames[f.stream].append(f)
+        finally:
+            twin.close()
+        return [StyleProfile.of(np.stack([f.blendshapes for f in fs]), np.stack([f.head for f in fs]))
+                for fs in frames.values()]
 
     def _warm_pool(self) -> None:
         """Give every front-end thread its front-end now (made on first use; the recogniser they share

@@ -141,10 +141,15 @@ MODEL_PROFILES: dict[str, StyleProfile] = {
 class NetworkStyle:
     """A take's style as the network's style input gets it: the take's style vector, and what it does to the
     model's motion, the model's profile with the vector over its profile with the null style on the same speech
-    (engine/network_style.py measures both)."""
+    (ratios: head, expression, articulation), baked and streamed live (engine/network_style.py measures them)."""
 
     vector: np.ndarray = field(repr=False)  # [style_dim], unit norm
-    response: StyleProfile  # ratios: head, expression, articulation
+    baked: StyleProfile  # the response of whole windows: lines and bakes
+    live: StyleProfile  # the response of a live stream (the bake's where it was not measured live)
+
+    def response(self, made: str) -> StyleProfile:
+        """The response for motion made "live", as a "line" or a "bake" (``MODEL_PROFILES``' keys)."""
+        return self.live if made == "live" else self.baked
 
 
 @dataclass(frozen=True)
@@ -158,11 +163,12 @@ class Style:
     take: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
     network: NetworkStyle | None = field(default=None, compare=False, repr=False)
 
-    def gains(self, model: StyleProfile) -> dict[str, float]:
+    def gains(self, model: StyleProfile, made: str = "live") -> dict[str, float]:
         """Region -> multiplier on its motion (regions of engine/controls.py). ``model``: the model's own profile
-        with no style; with the network style on, the network's response to the take scales it first."""
+        with no style, for motion ``made`` as ``MODEL_PROFILES`` says; with the network style on, the network's
+        response to the take for that motion scales it first."""
         if self.network is not None:
-            r = self.network.response
+            r = self.network.response(made)
             model = StyleProfile(model.head * r.head, model.expression * r.expression,
                                  model.articulation * r.articulation)
 
