@@ -81,12 +81,15 @@ class NetworkStyles:
     def attach_all(self, styles: list[Style | None]) -> list[Style | None]:
         """``attach`` for each, the ones not made yet measured together."""
         todo = [s for s in styles if s is not None and s.network is None and s.take is not None]
-        with self._lock:
-            new = list({_key(s): s for s in todo if _key(s) not in self._made}.values())
-            if new:
-                for s, made in zip(new, self._make(new), strict=True):
-                    self._made[_key(s)] = made
-            return [s if s not in todo else dataclasses.replace(s, network=self._made[_key(s)]) for s in styles]
+        if any(_key(s) not in self._made for s in todo):
+            # measuring takes seconds: only a caller with a new take waits on the lock, so a server thread looking
+            # up a take made at warm-up never waits behind another caller's measurement
+            with self._lock:
+                new = list({_key(s): s for s in todo if _key(s) not in self._made}.values())
+                if new:
+                    for s, made in zip(new, self._make(new), strict=True):
+                        self._made[_key(s)] = made
+        return [s if s not in todo else dataclasses.replace(s, network=self._made[_key(s)]) for s in styles]
 
     def _make(self, styles: list[Style]) -> list[NetworkStyle]:
         vectors = [take_style(self.backend, *s.take) for s in styles]
