@@ -1,6 +1,6 @@
 """Eyes and head in a long live stream, with and without the liveliness stage (engine/liveliness.py).
 
-    python -m benchmarks.liveliness [--minutes 8] [--checkpoint K]
+    python -m benchmarks.liveliness [--minutes 8] [--checkpoint K] [--audio-guidance 1]
 
 The bundled speech, looped for ``--minutes``, is streamed through the engine (ONNX Runtime,
 low-latency preset, the live schedule; as fast as it computes) once as the model alone and once with
@@ -8,6 +8,8 @@ the stage, same seed. Reported per run: blinks per minute (eyeBlinkLeft rising t
 whole stream and in each minute, how much likelier a blink is in the first second of a pause than
 elsewhere, gaze movement, the head's standard deviation and its mean pitch, yaw and roll (degrees) in
 each minute, and head motion beats per second (metrics.motion_beats; the teacher makes 2.5).
+``--audio-guidance``: both runs with that classifier-free guidance over the audio (the Python API's
+``Guidance(audio=...)``; `serve` runs 1).
 
 Writes benchmarks/liveliness.json and docs/liveliness.png; nothing is asserted, every figure is printed.
 """
@@ -26,6 +28,7 @@ from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends.select import DEFAULT_CHECKPOINT, load_backend
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.liveliness import BLINKS, JAW, PAUSE_FRAMES, REST_JAW, LivelinessConfig
+from ksdiff_runtime.engine.sampling import Guidance
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.training.metrics import motion_beats
 
@@ -59,7 +62,7 @@ def figures(values: np.ndarray) -> dict[str, Any]:
     rate_in = in_pause.sum() / max(1, early_pause.sum())
     rate_out = (~in_pause).sum() / max(1, (~early_pause).sum())
     gaze = np.rad2deg(motion.gaze_from_blendshapes(values[:, :D]))
-    head = np.rad2deg(values[:, D:])
+    head = np.rad2deg(values[:, D:].astype(np.float64))  # float64, so the rounded figures print as rounded
     head_minutes = [np.round(head[m * 60 * FPS : (m + 1) * 60 * FPS].mean(axis=0), 2).tolist() for m in range(minutes)]
     return {
         "frames": len(values), "blinks": int(starts.size),
@@ -82,16 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "liveliness.png", help="plot (PNG)")
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help="model checkpoint (default: the bundled one)")
+    p.add_argument("--audio-guidance", type=float, default=1.0,
+                   help="classifier-free guidance over the audio, as Guidance(audio=...) (default 1: none, as serve)")
     args = p.parse_args(argv)
     speech, _ = load_audio(SAMPLE_SPEECH)
     audio = np.resize(speech.astype(np.float32), int(args.minutes * 60 * motion.SAMPLE_RATE))
     backend = load_backend("onnxruntime", args.checkpoint, threads=1)
     runs = {}
     for label, config in (("model alone", None), ("with liveliness", LivelinessConfig())):
-        engine = StreamingEngine(backend, "low-latency", front_end_threads=1, liveliness=config)
+        engine = StreamingEngine(backend, "low-latency", front_end_threads=1, liveliness=config,
+                                 guidance=Guidance(audio=args.audio_guidance))
         runs[label] = stream(engine, audio, label)
         engine.close()
     result = {"machine": machine(), "minutes": args.minutes, "preset": "low-latency",
+              "audio_guidance": args.audio_guidance,
               "config": LivelinessConfig().__dict__, **{k: figures(v) for k, v in runs.items()}}
     for label in runs:
         r = result[label]

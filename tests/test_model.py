@@ -344,12 +344,14 @@ def test_sampling_is_deterministic_for_a_seed_and_in_range():
     b = window_batch(cfg, B=1, N=6)
     backend = TorchBackend(model)
 
-    def run(seed: int, guidance: Guidance | None = None):
+    def window_of(seed: int) -> WindowBatch:
         noise = np.random.default_rng(seed).standard_normal((1, 6, 55)).astype(np.float32)
-        batch = WindowBatch(b["feats"].numpy(), b["prosody"].numpy(), b["prev_expr"].sigmoid().numpy(),
-                            np.zeros((1, cfg.motion_context_frames, 3), np.float32), b["known"].numpy(), noise,
-                            text=b["text"].numpy(), text_keep=b["text_keep"].numpy())
-        return sample_windows(backend, batch, 4, guidance)
+        return WindowBatch(b["feats"].numpy(), b["prosody"].numpy(), b["prev_expr"].sigmoid().numpy(),
+                           np.zeros((1, cfg.motion_context_frames, 3), np.float32), b["known"].numpy(), noise,
+                           text=b["text"].numpy(), text_keep=b["text_keep"].numpy())
+
+    def run(seed: int, guidance: Guidance | None = None):
+        return sample_windows(backend, window_of(seed), 4, guidance)
 
     a, a2, c = run(0), run(0), run(1)
     assert np.array_equal(a.expr, a2.expr)
@@ -357,6 +359,15 @@ def test_sampling_is_deterministic_for_a_seed_and_in_range():
     assert a.expr.min() >= 0 and a.expr.max() <= 1
     guided = run(0, Guidance(audio=2.0, style=1.5, text=1.2))
     assert guided.expr.shape == (1, 6, 52) and np.isfinite(guided.pose).all()
+    # audio guidance moves the face and leaves the head the conditional one (it settled a live head off centre)
+    audio = run(0, Guidance(audio=2.0))
+    assert np.abs(audio.expr - a.expr).max() > 1e-3
+    np.testing.assert_allclose(audio.pose, a.pose, atol=1e-5)
+    # style guidance still reaches the head
+    style = np.random.default_rng(2).standard_normal((1, cfg.style_dim)).astype(np.float32)
+    styled = dataclasses.replace(window_of(0), style=style)
+    plain, guided_style = sample_windows(backend, styled, 4), sample_windows(backend, styled, 4, Guidance(style=2.0))
+    assert np.abs(guided_style.pose - plain.pose).max() > 1e-4
 
 
 def test_the_face_may_stop_after_one_step_while_the_head_takes_all():

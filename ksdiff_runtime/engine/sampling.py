@@ -27,7 +27,12 @@ from .scheduler import DDIMScheduler
 
 @dataclass(frozen=True)
 class Guidance:
-    """Classifier-free guidance scales; 1.0 means 'conditional only' and costs no extra pass."""
+    """Classifier-free guidance scales; 1.0 means 'conditional only' and costs no extra pass.
+
+    ``audio`` guides the face only: the head stays the network's conditional one. Guided away from its
+    audio-free prediction, a live head settled off centre (audio guidance 2, the looped sample: yaw +5.0 deg,
+    roll +2.8 deg after 20 s, against 0.2 and 0.5 unguided; docs/ENGINE.md, "Guidance"), the window's previous
+    frames carrying each hop's push into the next. ``style`` and ``text`` guide both."""
 
     audio: float = 1.0
     style: float = 1.0
@@ -160,14 +165,15 @@ def sample_windows(
     text_keep = np.zeros(B, f32) if batch.text_keep is None else batch.text_keep.astype(f32)
     ones, zeros = np.ones(B, f32), np.zeros(B, f32)
     null_style = np.broadcast_to(k.style_null, (B, cfg.style_dim))
-    # classifier-free guidance variants, batched: (audio_keep, text_keep, style, scale)
-    variants = [(ones, text_keep, style, 1.0)]
+    # classifier-free guidance variants, batched: (audio_keep, text_keep, style, scale, the channels it guides)
+    face, both = slice(0, D), slice(None)
+    variants = [(ones, text_keep, style, 1.0, both)]
     if g.audio != 1.0:
-        variants.append((zeros, text_keep, style, g.audio))
+        variants.append((zeros, text_keep, style, g.audio, face))
     if g.style != 1.0:
-        variants.append((ones, text_keep, null_style, g.style))
+        variants.append((ones, text_keep, null_style, g.style, both))
     if g.text != 1.0:
-        variants.append((ones, zeros, style, g.text))
+        variants.append((ones, zeros, style, g.text, both))
     V = len(variants)
 
     def rep(x: np.ndarray) -> np.ndarray:
@@ -214,9 +220,9 @@ def sample_windows(
             "t": np.full(B * V, t, np.int64),
         })
         x0 = np.concatenate([out["x0_expr"], out["x0_pose"]], axis=-1)[:, C:].reshape(V, B, N, -1)
-        guided = x0[0]
-        for i, variant in enumerate(variants[1:], start=1):
-            guided = guided + (variant[3] - 1.0) * (x0[0] - x0[i])
+        guided = x0[0].copy()
+        for i, (*_, scale, part) in enumerate(variants[1:], start=1):
+            guided[..., part] += (scale - 1.0) * (x0[0][..., part] - x0[i][..., part])
         return guided
 
     scheduler = DDIMScheduler(k.alpha_bar, steps)
