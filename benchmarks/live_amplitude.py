@@ -12,7 +12,8 @@ teacher's median in silence):
 - amplitude: each live shape scaled so its spread matches the whole clips' (what a damped stream needs);
 - best fit: each shape's gain (0.7-1.6) that minimises its own error, for the live streams and for the whole
   clips alike (a gain under 1 pulls a shape the model gets wrong towards rest, which lowers the error of any
-  output by flattening it, so the fair comparison gives both the same chance).
+  output by flattening it, so the fair comparison gives both the same chance), then its gains under 1 alone
+  and over 1 alone.
 
 And the jaw's lag against the teacher (the cross-correlation's peak within +-4 frames) for both.
 Writes benchmarks/live_amplitude.json; nothing is asserted, every figure is printed.
@@ -110,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     fit_live, fit_whole = best_fit_gains(L, T, rest), best_fit_gains(W, T, rest)
     rows = {"as streamed": (mae(whole), mae(live)),
             "live scaled to the whole clips' spread": (mae(whole), mae(live, amp)),
-            "each given its best-fit gains": (mae(whole, fit_whole), mae(live, fit_live))}
+            "each given its best-fit gains": (mae(whole, fit_whole), mae(live, fit_live)),
+            # which of the live stream's fitted gains lower its error: those pulling shapes towards rest, or not
+            "best-fit gains under 1 only": (mae(whole, np.minimum(fit_whole, 1.0)),
+                                            mae(live, np.minimum(fit_live, 1.0))),
+            "best-fit gains over 1 only": (mae(whole, np.maximum(fit_whole, 1.0)),
+                                           mae(live, np.maximum(fit_live, 1.0)))}
     jaw = motion.index("jawOpen")
     lags = {name: np.bincount([best_lag(xs[i][:, jaw], teacher[i][:, jaw]) + MAX_LAG for i in score],
                               minlength=2 * MAX_LAG + 1).tolist() for name, xs in (("whole", whole), ("live", live))}

@@ -40,7 +40,8 @@ def test_a_late_copy_is_not_fixed_by_any_gain_and_its_lag_is_found() -> None:
     gains = A.amplitude_gains(late, teacher, teacher)
     assert np.allclose(gains, 1.0, atol=0.02)
     rest = np.full(len(M.MOUTH), 0.3)
-    assert M.mouth_mae(A.scale_about(late, gains, rest), teacher) > 0.9 * M.mouth_mae(late, teacher)
+    best = A.best_fit_gains(late, teacher, rest)  # the gains that lower its error most
+    assert M.mouth_mae(A.scale_about(late, best, rest), teacher) > 0.9 * M.mouth_mae(late, teacher)
 
 
 def test_shapes_the_teacher_leaves_still_keep_gain_one() -> None:

@@ -88,10 +88,10 @@ def test_the_export_runs_the_stream_conditioner_as_torch_does(model):
 def test_streamed_hops_give_the_frames_windowed_hops_give_up_to_a_longer_memory(model, speech_16k, guidance):
     """The same stream conditioned hop by hop from the cached state and window by window: the first hop's
     window sees the same features; later ones remember further back. The face's paths pool a few frames and
-    do not move; the head's pools 48, so the head moves a little, more under audio guidance, which doubles
-    the difference (the bundled speech looped 3 times, the model shipped since 4 December 2026: face within
-    1e-4 at both guidances; head up to 0.002 rad at guidance 1 and 0.038 rad, 2.2 degrees of roll, at 2; the
-    model before it 0.002 and 0.030)."""
+    do not move; the head's pools 48, so the head moves a little (the bundled speech looped 3 times, the model
+    shipped since 4 December 2026: face within 1e-4 at both guidances; head up to 0.0022 rad at both). Audio
+    guidance guides the face only; when it guided the head too, the head moved 0.038 rad (2.2 degrees of
+    roll) at guidance 2: each hop's push carried into the next, as a live head settling off centre."""
     backend = TorchBackend(model)
     audio = np.tile(speech_16k, 3)
     streamed = frames_of(StreamingEngine(backend, "low-latency", guidance=guidance, front_end_threads=1), audio)
@@ -100,7 +100,7 @@ def test_streamed_hops_give_the_frames_windowed_hops_give_up_to_a_longer_memory(
     assert streamed.shape == windowed.shape
     face = motion.NUM_BLENDSHAPES
     assert np.abs(streamed[:, :face] - windowed[:, :face]).max() < 0.01
-    assert np.abs(streamed[:, face:] - windowed[:, face:]).max() < 0.06  # radians (3.4 degrees)
+    assert np.abs(streamed[:, face:] - windowed[:, face:]).max() < 0.01  # radians (0.6 degrees)
     jaw = motion.index("jawOpen")
     assert np.corrcoef(streamed[:, jaw], windowed[:, jaw])[0, 1] > 0.995
 

@@ -30,9 +30,10 @@ class Guidance:
     """Classifier-free guidance scales; 1.0 means 'conditional only' and costs no extra pass.
 
     ``audio`` guides the face only: the head stays the network's conditional one. Guided away from its
-    audio-free prediction, a live head settled off centre (audio guidance 2, the looped sample: yaw +5.0 deg,
-    roll +2.8 deg after 20 s, against 0.2 and 0.5 unguided; docs/ENGINE.md, "Guidance"), the window's previous
-    frames carrying each hop's push into the next. ``style`` and ``text`` guide both."""
+    audio-free prediction, a live head settled off centre (audio guidance 2, the looped sample, the model alone:
+    yaw +5.2 and roll +2.6 degrees over the second minute, against +0.3 and +0.4 unguided; docs/ENGINE.md,
+    "Guidance"), the window's previous frames carrying each hop's push into the next. ``style`` and ``text``
+    guide both."""
 
     audio: float = 1.0
     style: float = 1.0
