@@ -1,6 +1,6 @@
 """Eyes and head in a long live stream, with and without the liveliness stage (engine/liveliness.py).
 
-    python -m benchmarks.liveliness [--minutes 8] [--checkpoint K] [--audio-guidance 1]
+    python -m benchmarks.liveliness [--minutes 8] [--checkpoint K] [--audio-guidance 1] [--mood neutral]
 
 The bundled speech, looped for ``--minutes``, is streamed through the engine (ONNX Runtime,
 low-latency preset, the live schedule; as fast as it computes) once as the model alone and once with
@@ -9,7 +9,8 @@ whole stream and in each minute, how much likelier a blink is in the first secon
 elsewhere, gaze movement, the head's standard deviation and its mean pitch, yaw and roll (degrees) in
 each minute, and head motion beats per second (metrics.motion_beats; the teacher makes 2.5).
 ``--audio-guidance``: both runs with that classifier-free guidance over the audio (the Python API's
-``Guidance(audio=...)``; `serve` runs 1).
+``Guidance(audio=...)``; `serve` runs 1). ``--mood``: both runs in that mood (the controls' expression and
+the network's mood style, at the default mood guidance).
 
 Writes benchmarks/liveliness.json and docs/liveliness.png; nothing is asserted, every figure is printed.
 """
@@ -26,6 +27,7 @@ import numpy as np
 from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.backends.select import DEFAULT_CHECKPOINT, load_backend
+from ksdiff_runtime.engine.controls import Controls
 from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.liveliness import BLINKS, JAW, PAUSE_FRAMES, REST_JAW, LivelinessConfig
 from ksdiff_runtime.engine.sampling import Guidance
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="model checkpoint (default: the bundled one)")
     p.add_argument("--audio-guidance", type=float, default=1.0,
                    help="classifier-free guidance over the audio, as Guidance(audio=...) (default 1: none, as serve)")
+    p.add_argument("--mood", choices=motion.MOODS, default=motion.DEFAULT_MOOD,
+                   help=f"the streams' mood (default {motion.DEFAULT_MOOD})")
     args = p.parse_args(argv)
     speech, _ = load_audio(SAMPLE_SPEECH)
     audio = np.resize(speech.astype(np.float32), int(args.minutes * 60 * motion.SAMPLE_RATE))
@@ -94,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for label, config in (("model alone", None), ("with liveliness", LivelinessConfig())):
         engine = StreamingEngine(backend, "low-latency", front_end_threads=1, liveliness=config,
-                                 guidance=Guidance(audio=args.audio_guidance))
+                                 guidance=Guidance(audio=args.audio_guidance), controls=Controls(mood=args.mood))
         runs[label] = stream(engine, audio, label)
         engine.close()
     result = {"machine": machine(), "minutes": args.minutes, "preset": "low-latency",
-              "audio_guidance": args.audio_guidance,
+              "audio_guidance": args.audio_guidance, "mood": args.mood,
               "config": LivelinessConfig().__dict__, **{k: figures(v) for k, v in runs.items()}}
     for label in runs:
         r = result[label]
