@@ -12,8 +12,13 @@ small batch would pay twice for nothing.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 # rows a part must have at least: a batch of fewer than 2 x this rows is one call
 MIN_PART_ROWS = 2
@@ -26,3 +31,27 @@ def row_parts(rows: int, threads: int, min_rows: int = MIN_PART_ROWS) -> list[tu
     k = max(1, min(threads, rows // max(1, min_rows)))
     bounds = np.linspace(0, rows, k + 1).astype(int)
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a] if rows else []
+
+
+def single_thread_cpu(backend) -> bool:
+    """Whether a backend's calls may be cut into parts run at once: a CPU backend whose calls use one
+    intra-op thread each (as `serve` and `bake` load ONNX Runtime). A GPU runs one call at a time anyway
+    (and the TensorRT backend's buffers are not for concurrent calls); a CPU backend with more threads
+    per call would oversubscribe the cores."""
+    return backend.name.endswith("-cpu") and getattr(backend, "intra_op_threads", None) == 1
+
+
+def run_parts(fn: Callable[[int, int], T], parts: Sequence[tuple[int, int]]) -> list[T]:
+    """``fn(a, b)`` for every part, the first on the calling thread and the others at once on threads of
+    their own; results in the parts' order. Returns only once every part is done (or raises the first
+    part's error, in order)."""
+    if len(parts) < 2:
+        return [fn(a, b) for a, b in parts]
+    with ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="ksdiff-part") as pool:
+        later = [pool.submit(fn, a, b) for a, b in parts[1:]]
+        try:
+            first = fn(*parts[0])
+        finally:
+            wait(later)
+        return [first] + [f.result() for f in later]
+

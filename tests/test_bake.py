@@ -468,3 +468,36 @@ def test_a_70_s_clip_bakes_every_frame_with_the_mouth_on_the_speech(tmp_path: Pa
     lags = range(-10, 11)
     corr = [np.corrcoef(np.roll(seg, lag)[15:-15], alone[15:-15])[0, 1] for lag in lags]
     assert abs(list(lags)[int(np.argmax(corr))]) <= 1 and max(corr) > 0.8, corr
+
+
+def test_a_batch_of_clips_bakes_in_parts_on_the_cores_each_clip_as_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundled model on ONNX Runtime with one thread a call, as `bake` loads it: several clips are cut into
+    one part per core run at once, and each clip's frames are the ones it bakes alone."""
+    from ksdiff_runtime import parallel
+    from ksdiff_runtime.assets import SAMPLE_SPEECH
+    from ksdiff_runtime.backends import load_backend
+    from ksdiff_runtime.engine import offline
+    from ksdiff_runtime.inputs.guards import load_audio
+
+    backend = load_backend("onnxruntime-cpu", fallback=True, threads=1)
+    assert parallel.single_thread_cpu(backend)
+    audio, _ = load_audio(SAMPLE_SPEECH)
+    sr = motion.SAMPLE_RATE
+    clips = [offline.clip_inputs(backend, audio[round(a * sr) : round(b * sr)]) for a, b in ((0.0, 2.2), (1.0, 3.0),
+                                                                                              (2.5, 3.3))]
+    monkeypatch.setattr(offline.os, "cpu_count", lambda: 2)
+    calls = []
+
+    def spy(fn, parts):
+        calls.append(list(parts))
+        return parallel.run_parts(fn, parts)
+
+    monkeypatch.setattr(offline, "run_parts", spy)
+    seeds = [5, 6, 7]
+    together = offline.animate(backend, clips, steps=2, seeds=seeds)
+    assert calls == [[(0, 1), (1, 3)]]
+    for clip, seed, anim in zip(clips, seeds, together, strict=True):
+        alone = offline.animate(backend, [clip], steps=2, seeds=[seed])[0]
+        assert anim.blendshapes.shape == alone.blendshapes.shape == (len(clip.feats), motion.NUM_BLENDSHAPES)
+        np.testing.assert_allclose(anim.blendshapes, alone.blendshapes, atol=1e-5)
+        np.testing.assert_allclose(anim.head, alone.head, atol=1e-5)

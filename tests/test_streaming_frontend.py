@@ -276,3 +276,12 @@ def test_a_whole_clip_by_a_presets_schedule_is_what_its_engine_streams_read(ship
     # the live preset's own features are not its block schedule's (what live windows trained on before)
     trained = StreamingPosteriorgramFrontEnd(shipped_backend.constants.cfg.front_end)(audio)
     assert trained.shape == whole.shape and (preset == "quality" or np.abs(trained - whole).max() > 0.1)
+
+
+def test_a_bake_recognises_on_every_core_with_the_same_features(speech):
+    """A bake's whole-clip recogniser call runs one ONNX Runtime thread per core (engine/offline.py): the
+    features are the one-thread call's."""
+    one = StreamingPosteriorgramFrontEnd(CONFIG).offline(speech)
+    two = StreamingPosteriorgramFrontEnd(CONFIG, recogniser_threads=2).offline(speech)
+    assert one.shape == two.shape and np.isfinite(one).all()
+    np.testing.assert_allclose(two, one, atol=1e-6)

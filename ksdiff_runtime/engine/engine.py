@@ -47,7 +47,7 @@ from ksdiff_runtime.features.transcript import phoneme_tokens_later
 from ksdiff_runtime.features.vad import advance_many
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.inputs.stream import AudioFormat
-from ksdiff_runtime.parallel import MIN_PART_ROWS, row_parts
+from ksdiff_runtime.parallel import MIN_PART_ROWS, row_parts, single_thread_cpu
 from ksdiff_runtime.sessions import Session, Sessions
 from ksdiff_sdk import Frame
 
@@ -193,7 +193,7 @@ class StreamingEngine:
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
         self._cpu_parts = backend.name.endswith("-cpu")
-        self._live_parts = self._cpu_parts and getattr(backend, "intra_op_threads", None) == 1
+        self._live_parts = single_thread_cpu(backend)
         self._vad_failed = False  # the batched VAD failed once (said once; each stream's own runs meanwhile)
         self._local = threading.local()
         # Rounds are timed on this clock (ns): how long they take decides which frames are already stale. A

@@ -9,6 +9,7 @@ backend (a torch model through ``TorchBackend``), through the engine's one sampl
 from __future__ import annotations
 
 import dataclasses
+import os
 import zlib
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from ksdiff_runtime.features.streaming_frontend import StreamingPosteriorgramFro
 from ksdiff_runtime.features.transcript import phoneme_tokens
 from ksdiff_runtime.inputs.guards import sanitize
 from ksdiff_runtime.motion import take_frames
+from ksdiff_runtime.parallel import row_parts, run_parts, single_thread_cpu
 
 from .closure import ClosureConfig
 from .gate import GateConfig, gate_clip
@@ -77,7 +79,9 @@ def clip_inputs(
     streaming = streaming_recogniser and cfg.front_end.name == "ppg"
     key = repr(cfg.front_end) + (" streaming" if streaming else "")
     if key not in _FRONT_ENDS:
-        _FRONT_ENDS[key] = (StreamingPosteriorgramFrontEnd(cfg.front_end) if streaming
+        # the whole clip's recogniser call on every core (the model's calls stay on one thread each: `animate`)
+        _FRONT_ENDS[key] = (StreamingPosteriorgramFrontEnd(cfg.front_end, recogniser_threads=os.cpu_count() or 1)
+                            if streaming
                             else make_front_end(dataclasses.replace(cfg.front_end, recogniser="full-context")))
     front_end = _FRONT_ENDS[key]
     feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
@@ -155,10 +159,30 @@ def animate(
     use_kel: bool = True,
     window: int | None = None,
 ) -> list[Animation]:
-    """Animate clips in one batch; each clip's noise comes from its own seed (default 0)."""
+    """Animate clips in one batch; each clip's noise comes from its own seed (default 0).
+
+    On a CPU backend whose calls use one thread (as `bake` loads ONNX Runtime: ``parallel.single_thread_cpu``)
+    the clips are cut into one part per core, each part's windows run at once on its own thread: a clip's
+    frames do not depend on the clips beside it, so they are the same either way."""
+    seeds = seeds or [0] * len(clips)
+    parts = row_parts(len(clips), os.cpu_count() or 1, min_rows=1) if single_thread_cpu(backend) else []
+    if len(parts) < 2:
+        return _animate_batch(backend, clips, steps, seeds, style, guidance, use_kel, window)
+
+    def part(a: int, b: int) -> list[Animation]:
+        rows = None if style is None else style[a:b]
+        return _animate_batch(backend, clips[a:b], steps, seeds[a:b], rows, guidance, use_kel, window)
+
+    return [anim for anims in run_parts(part, parts) for anim in anims]
+
+
+def _animate_batch(
+    backend: Backend, clips: list[ClipInputs], steps: int, seeds: list[int], style: np.ndarray | None,
+    guidance: Guidance | None, use_kel: bool, window: int | None,
+) -> list[Animation]:
+    """``animate`` of clips in one batch on the calling thread."""
     cfg = backend.constants.cfg
     B = len(clips)
-    seeds = seeds or [0] * B
     N = window or cfg.train_window_frames
     C, E, L = cfg.motion_context_frames, cfg.encoder_context_frames, cfg.lookahead_frames
     lengths = [len(c.feats) for c in clips]
