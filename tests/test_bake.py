@@ -501,3 +501,71 @@ def test_a_batch_of_clips_bakes_in_parts_on_the_cores_each_clip_as_alone(monkeyp
         assert anim.blendshapes.shape == alone.blendshapes.shape == (len(clip.feats), motion.NUM_BLENDSHAPES)
         np.testing.assert_allclose(anim.blendshapes, alone.blendshapes, atol=1e-5)
         np.testing.assert_allclose(anim.head, alone.head, atol=1e-5)
+
+
+# --- many lines in one process ---------------------------------------------------------------------
+def bake_many(inputs: list[Path], out: Path, checkpoint: Path, *extra: str) -> int:
+    return main(["bake", *map(str, inputs), "-o", str(out), "--checkpoint", str(checkpoint), *extra])
+
+
+def json_values(path: Path) -> np.ndarray:
+    frames = json.loads(path.read_text())["frames"]
+    return np.array([f["blendshapes"] + f["head"] + f["gaze"] for f in frames])
+
+
+def test_many_lines_bake_to_a_folder_each_as_it_bakes_alone(tmp_path: Path, speech_16k: np.ndarray,
+                                                             tiny_checkpoint: Path) -> None:
+    """A game's lines in one process (batched, on every core): a file per line in the folder, each the frames
+    the line bakes to alone, and a line's transcript read from the .txt beside it."""
+    sr = motion.SAMPLE_RATE
+    folder = tmp_path / "lines"
+    folder.mkdir()
+    lines = []
+    for name, (a, b) in {"hello": (0.0, 1.5), "bye": (0.3, 1.1), "what": (0.6, 1.4)}.items():
+        lines.append(folder / f"{name}.wav")
+        sf.write(str(lines[-1]), speech_16k[round(a * sr) : round(b * sr)], sr, subtype="PCM_16")
+    (folder / "what.txt").write_text("What a day!\n")
+    out = tmp_path / "baked"
+    assert bake_many(lines, out, tiny_checkpoint, "--format", "json") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bye.json", "hello.json", "what.json"]
+    for line in lines:
+        alone = tmp_path / f"{line.stem}-alone.json"
+        text = ("--text", "What a day!") if line.stem == "what" else ()
+        assert bake(line, alone, tiny_checkpoint, *text) == 0
+        np.testing.assert_allclose(json_values(out / f"{line.stem}.json"), json_values(alone), atol=2e-5)
+    # the transcript mattered: without it the line bakes otherwise
+    (folder / "what.txt").unlink()
+    assert bake(lines[2], tmp_path / "no-text.json", tiny_checkpoint) == 0
+    assert np.abs(json_values(tmp_path / "no-text.json") - json_values(out / "what.json")).max() > 1e-3
+
+
+def test_a_bad_line_is_reported_and_the_others_are_baked(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "gone.wav"
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    out = tmp_path / "baked"
+    assert bake_many([missing, speech_wav, corrupt], out, tiny_checkpoint) == 1
+    captured = capsys.readouterr()
+    assert str(missing) in captured.err and "not found" in captured.err
+    assert str(corrupt) in captured.err and "cannot read" in captured.err and "Traceback" not in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["speech.csv"]
+    assert "baked 1 of 3 lines" in captured.out
+
+
+@pytest.mark.parametrize(("output", "extra", "message"), [
+    ("baked", (), "would both be baked to"),
+    ("baked.csv", (), "need a folder to write to"),
+    ("baked", ("--text", "hi"), "--text is one line's transcript"),
+    ("baked", ("--plot", "p.png"), "--plot draws one line"),
+])
+def test_many_lines_are_checked_before_any_is_baked(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
+                                                    output: str, extra: tuple[str, ...], message: str) -> None:
+    other = tmp_path / ("again" if message.startswith("would") else "other") / "speech.wav"
+    other.parent.mkdir()
+    other.write_bytes(speech_wav.read_bytes())
+    if not message.startswith("would"):
+        other = other.rename(other.with_name("other.wav"))
+    with pytest.raises(SystemExit, match=message):
+        bake_many([speech_wav, other], tmp_path / output, tiny_checkpoint, *extra)
+    assert not (tmp_path / output).exists()

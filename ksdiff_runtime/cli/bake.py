@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +27,25 @@ from ksdiff_runtime.engine.network_style import NetworkStyles
 from ksdiff_runtime.engine.offline import bake_animations, clip_inputs
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
-from ksdiff_runtime.inputs.guards import load_audio
+from ksdiff_runtime.inputs.guards import AudioInputError, load_audio
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 from ksdiff_runtime.outputs import files
 
 log = logging.getLogger(__name__)
 
 def configure_bake(p: argparse.ArgumentParser) -> None:
-    p.description = ("Bake a speech file to facial animation: 52 ARKit blendshapes, head rotation and gaze "
-        "per frame, timed on the audio clock. The output format follows the extension (.csv or .json).")
-    p.add_argument("input", type=Path, nargs="?", default=SAMPLE_SPEECH,
-                   help="speech file (wav/flac/ogg; any rate, any channels); default: the bundled sample")
-    p.add_argument("-o", "--output", type=Path, required=True, help="out.csv or out.json")
-    p.add_argument("--text", help="transcript of the line (optional; improves articulation when known)")
+    p.description = ("Bake speech files to facial animation: 52 ARKit blendshapes, head rotation and gaze "
+        "per frame, timed on the audio clock. One file: the output's extension (.csv or .json) sets the format. "
+        "Many files (a game's lines): the output is a folder with a file per line, baked in batches on every "
+        "core in one process.")
+    p.add_argument("input", type=Path, nargs="*",
+                   help="speech files (wav/flac/ogg; any rate, any channels); default: the bundled sample")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="out.csv or out.json for one file; a folder for many (OUTPUT/<name>.csv, see --format)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv",
+                   help="the files' format when the output is a folder (default csv)")
+    p.add_argument("--text", help="transcript of the line (one file only; optional, improves articulation). "
+                   "Without it a line's transcript is read from a .txt of the same name beside it, if there is one")
     p.add_argument("--plot", type=Path, help="also write a PNG plot of the main curves")
     p.add_argument("--fps", type=int, default=motion.FPS, help=f"output frame rate (default {motion.FPS})")
     p.add_argument("--steps", type=int, default=4, help="DDIM denoising steps (default 4)")
@@ -76,10 +84,50 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_bake)
 
 
+# lines baked in one batch (sorted by length, so a batch's windows end together); the batch runs in one part
+# per core (engine/offline.py)
+BATCH_LINES = 16
+
+
+@dataclass
+class Line:
+    source: Path
+    output: Path
+    text: str | None
+    audio: np.ndarray | None = None  # 16 kHz mono, once read
+
+
+def lines_to_bake(args: argparse.Namespace) -> list[Line]:
+    """Each input and the file its animation goes to, checked before anything is baked."""
+    inputs = args.input or [SAMPLE_SPEECH]
+    one_file = args.output.suffix.lower() in (".csv", ".json")
+    if one_file and len(inputs) > 1:
+        raise SystemExit(f"error: {len(inputs)} inputs need a folder to write to, not the file {args.output}")
+    if not one_file and args.output.suffix:
+        raise SystemExit(f"error: output {args.output} must end in .csv or .json (or be a folder, for many inputs)")
+    if args.text is not None and len(inputs) > 1:
+        raise SystemExit("error: --text is one line's transcript; for many, put each line's in a .txt beside it")
+    if args.plot and len(inputs) > 1:
+        raise SystemExit("error: --plot draws one line; bake that one on its own to plot it")
+    outputs = [args.output] if one_file else [args.output / f"{i.stem}.{args.format}" for i in inputs]
+    seen: dict[Path, Path] = {}
+    for inp, out in zip(inputs, outputs, strict=True):
+        if out in seen:
+            raise SystemExit(f"error: {seen[out]} and {inp} would both be baked to {out}")
+        seen[out] = inp
+    return [Line(inp, out, args.text if args.text is not None else transcript_beside(inp))
+            for inp, out in zip(inputs, outputs, strict=True)]
+
+
+def transcript_beside(path: Path) -> str | None:
+    """The transcript in ``<name>.txt`` beside an audio file (as the bundled sample has), or None."""
+    txt = path.with_suffix(".txt")
+    text = txt.read_text(encoding="utf-8").strip() if txt.is_file() else ""
+    return text or None
+
+
 def run_bake(args: argparse.Namespace) -> int:
-    suffix = args.output.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise SystemExit(f"error: output {args.output} must end in .csv or .json")
+    lines = lines_to_bake(args)
     if args.fps <= 0:
         raise SystemExit("error: --fps must be positive")
     try:
@@ -88,51 +136,80 @@ def run_bake(args: argparse.Namespace) -> int:
         guidance = with_mood_guidance(None, args.mood_guidance)
     except (ControlsError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    audio, report = load_audio(args.input)
-    if report.n_nonfinite or report.n_clipped:
-        log.warning("%s: %d non-finite and %d clipped samples were sanitised", args.input, report.n_nonfinite,
-                    report.n_clipped)
-    text = args.text
-    if text is None and args.input == SAMPLE_SPEECH:
-        text = SAMPLE_SPEECH.with_suffix(".txt").read_text().strip()
+    failed = 0
+    for line in lines:
+        try:
+            line.audio, report = load_audio(line.source)
+        except AudioInputError as exc:
+            if len(lines) == 1:
+                raise
+            print(f"error: {exc}", file=sys.stderr)  # the other lines are still baked
+            failed += 1
+            continue
+        if report.n_nonfinite or report.n_clipped:
+            log.warning("%s: %d non-finite and %d clipped samples were sanitised", line.source, report.n_nonfinite,
+                        report.n_clipped)
+    readable = sorted((line for line in lines if line.audio is not None), key=lambda line: line.audio.size)
+    if not readable:
+        return 1
     # one intra-op thread on the CPU, as `serve` runs it: a clip's windows go one after another (each continues
-    # the last), and at batch 1 a second thread slowed these graphs (the 6.8 s sample's model 75 -> 92-99 ms)
+    # the last), and at batch 1 a second thread slowed these graphs (the 6.8 s sample's model 75 -> 92-99 ms);
+    # a batch of lines runs in one part per core at once instead
     backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=1)
     if args.network_style:  # the take's vector and the network's response to it (engine/network_style.py)
         controls = NetworkStyles(backend).controls(controls)
-    started = time.perf_counter()
-    inputs = clip_inputs(backend, audio, text, fps=args.fps, streaming_recogniser=args.streaming_recogniser)
     # the network's style: the take's with --network-style, moved by the mood's, as a stream's (engine/sampling.py)
     base = None if controls.style is None or controls.style.network is None else controls.style.network.vector
     style, missing = mood_style(backend.constants, base, controls.mood, controls.mood_intensity, args.mood_guidance)
     if missing:
         log.warning(NO_MOOD_STYLES)
-    anim = bake_animations(
-        backend, [inputs], steps=args.steps, seeds=None if args.seed is None else [args.seed],
-        style=None if style is None else style[None],
-        guidance=None if style is None else guidance,
-        closure=closure_for(backend.constants.cfg.front_end.name, DEFAULT_CLOSURE if args.closure else None),
-        gate=gate_if_available(args.voice_gate), liveliness=LivelinessConfig() if args.liveliness else None)[0]
-    elapsed = time.perf_counter() - started
-    n_out = output_frames(audio.size, args.fps)  # one frame per started frame period, as a stream yields
+    closure = closure_for(backend.constants.cfg.front_end.name, DEFAULT_CLOSURE if args.closure else None)
+    gate = gate_if_available(args.voice_gate)
+    started = time.perf_counter()
+    for k in range(0, len(readable), BATCH_LINES):
+        batch = readable[k : k + BATCH_LINES]
+        t0 = time.perf_counter()
+        inputs = [clip_inputs(backend, line.audio, line.text, fps=args.fps,
+                              streaming_recogniser=args.streaming_recogniser) for line in batch]
+        anims = bake_animations(
+            backend, inputs, steps=args.steps, seeds=None if args.seed is None else [args.seed] * len(batch),
+            style=None if style is None else np.repeat(style[None], len(batch), axis=0),
+            guidance=None if style is None else guidance, closure=closure, gate=gate,
+            liveliness=LivelinessConfig() if args.liveliness else None)
+        elapsed = time.perf_counter() - t0
+        for line, anim in zip(batch, anims, strict=True):
+            write_line(args, line, anim, controls, elapsed if len(lines) == 1 else None)
+    if len(lines) > 1:
+        seconds = sum(line.audio.size for line in readable) / motion.SAMPLE_RATE
+        elapsed = time.perf_counter() - started
+        print(f"baked {len(readable)} of {len(lines)} lines ({seconds:.1f} s of audio) -> {args.output} in "
+              f"{elapsed:.2f} s ({seconds / max(elapsed, 1e-9):.1f}x real time)")
+    return 1 if failed else 0
+
+
+def write_line(args: argparse.Namespace, line: Line, anim, controls: Controls, elapsed: float | None) -> None:
+    """A baked line's frames at the output rate, with the controls a stream applies, to its file (and plot)."""
+    assert line.audio is not None
+    n_out = output_frames(line.audio.size, args.fps)  # one frame per started frame period, as a stream yields
     blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps, n_out).clip(0.0, 1.0)
     head = files.resample_frames(anim.head, motion.FPS, args.fps, n_out)
     if controls.changes_values:  # the mood and style, as a stream's controls apply them
         shaped = ControlStage(controls, args.fps, made="bake").shape(np.concatenate([blendshapes, head], axis=1))
         blendshapes, head = shaped[:, : motion.NUM_BLENDSHAPES], shaped[:, motion.NUM_BLENDSHAPES :]
     gaze = motion.gaze_from_blendshapes(blendshapes)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".csv":
-        files.write_csv(args.output, blendshapes, head, gaze, args.fps)
+    line.output.parent.mkdir(parents=True, exist_ok=True)
+    if line.output.suffix.lower() == ".csv":
+        files.write_csv(line.output, blendshapes, head, gaze, args.fps)
     else:
-        files.write_json(args.output, blendshapes, head, gaze, args.fps, str(args.input))
-    duration = len(audio) / motion.SAMPLE_RATE
-    print(f"baked {args.input} ({duration:.2f} s) -> {args.output}: {len(blendshapes)} frames at {args.fps} fps "
-          f"in {elapsed:.2f} s ({duration / max(elapsed, 1e-9):.1f}x real time)")
+        files.write_json(line.output, blendshapes, head, gaze, args.fps, str(line.source))
+    duration = len(line.audio) / motion.SAMPLE_RATE
+    timing = "" if elapsed is None else f" in {elapsed:.2f} s ({duration / max(elapsed, 1e-9):.1f}x real time)"
+    print(f"baked {line.source} ({duration:.2f} s) -> {line.output}: {len(blendshapes)} frames at {args.fps} "
+          f"fps{timing}")
     if args.plot:
-        plot_curves(args.plot, audio, blendshapes, head, args.fps, f"{args.input.name} ({args.steps} DDIM steps)")
+        plot_curves(args.plot, line.audio, blendshapes, head, args.fps,
+                    f"{line.source.name} ({args.steps} DDIM steps)")
         print(f"plot -> {args.plot}")
-    return 0
 
 
 def plot_curves(path: Path, audio: np.ndarray, blendshapes: np.ndarray, head: np.ndarray, fps: int,
