@@ -569,3 +569,11 @@ def test_many_lines_are_checked_before_any_is_baked(tmp_path: Path, speech_wav: 
     with pytest.raises(SystemExit, match=message):
         bake_many([speech_wav, other], tmp_path / output, tiny_checkpoint, *extra)
     assert not (tmp_path / output).exists()
+
+
+def test_a_transcript_that_is_not_text_is_a_clear_error(tmp_path: Path, speech_wav: Path,
+                                                        tiny_checkpoint: Path) -> None:
+    speech_wav.with_suffix(".txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(SystemExit, match=r"cannot read the transcript .*speech\.txt"):
+        bake(speech_wav, tmp_path / "out.csv", tiny_checkpoint)
+    assert not (tmp_path / "out.csv").exists()

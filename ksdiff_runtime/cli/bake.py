@@ -122,7 +122,10 @@ def lines_to_bake(args: argparse.Namespace) -> list[Line]:
 def transcript_beside(path: Path) -> str | None:
     """The transcript in ``<name>.txt`` beside an audio file (as the bundled sample has), or None."""
     txt = path.with_suffix(".txt")
-    text = txt.read_text(encoding="utf-8").strip() if txt.is_file() else ""
+    try:
+        text = txt.read_text(encoding="utf-8").strip() if txt.is_file() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"error: cannot read the transcript {txt} (UTF-8 text expected): {exc}") from None
     return text or None
 
 
@@ -136,22 +139,8 @@ def run_bake(args: argparse.Namespace) -> int:
         guidance = with_mood_guidance(None, args.mood_guidance)
     except (ControlsError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    failed = 0
-    for line in lines:
-        try:
-            line.audio, report = load_audio(line.source)
-        except AudioInputError as exc:
-            if len(lines) == 1:
-                raise
-            print(f"error: {exc}", file=sys.stderr)  # the other lines are still baked
-            failed += 1
-            continue
-        if report.n_nonfinite or report.n_clipped:
-            log.warning("%s: %d non-finite and %d clipped samples were sanitised", line.source, report.n_nonfinite,
-                        report.n_clipped)
-    readable = sorted((line for line in lines if line.audio is not None), key=lambda line: line.audio.size)
-    if not readable:
-        return 1
+    if len(lines) == 1:
+        read_line(lines[0], alone=True)  # a file that cannot be read is said before the model loads
     # one intra-op thread on the CPU, as `serve` runs it: a clip's windows go one after another (each continues
     # the last), and at batch 1 a second thread slowed these graphs (the 6.8 s sample's model 75 -> 92-99 ms);
     # a batch of lines runs in one part per core at once instead
@@ -166,9 +155,15 @@ def run_bake(args: argparse.Namespace) -> int:
     closure = closure_for(backend.constants.cfg.front_end.name, DEFAULT_CLOSURE if args.closure else None)
     gate = gate_if_available(args.voice_gate)
     started = time.perf_counter()
-    for k in range(0, len(readable), BATCH_LINES):
-        batch = readable[k : k + BATCH_LINES]
+    baked, seconds = 0, 0.0
+    # shortest first, so a batch's lines end together; a batch's audio is read when it is baked and dropped after
+    ordered = sorted(lines, key=lambda line: stored_seconds(line.source))
+    for k in range(0, len(ordered), BATCH_LINES):
         t0 = time.perf_counter()
+        batch = [line for line in ordered[k : k + BATCH_LINES]
+                 if line.audio is not None or read_line(line, alone=len(lines) == 1)]
+        if not batch:
+            continue
         inputs = [clip_inputs(backend, line.audio, line.text, fps=args.fps,
                               streaming_recogniser=args.streaming_recogniser) for line in batch]
         anims = bake_animations(
@@ -179,12 +174,39 @@ def run_bake(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - t0
         for line, anim in zip(batch, anims, strict=True):
             write_line(args, line, anim, controls, elapsed if len(lines) == 1 else None)
+            baked, seconds = baked + 1, seconds + line.audio.size / motion.SAMPLE_RATE
+            line.audio = None
     if len(lines) > 1:
-        seconds = sum(line.audio.size for line in readable) / motion.SAMPLE_RATE
         elapsed = time.perf_counter() - started
-        print(f"baked {len(readable)} of {len(lines)} lines ({seconds:.1f} s of audio) -> {args.output} in "
+        print(f"baked {baked} of {len(lines)} lines ({seconds:.1f} s of audio) -> {args.output} in "
               f"{elapsed:.2f} s ({seconds / max(elapsed, 1e-9):.1f}x real time)")
-    return 1 if failed else 0
+    return 0 if baked == len(lines) else 1
+
+
+def stored_seconds(path: Path) -> float:
+    """An audio file's duration from its header (0 for a file that cannot be read: reading it says why)."""
+    import soundfile as sf
+
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception:
+        return 0.0
+
+
+def read_line(line: Line, alone: bool) -> bool:
+    """Read a line's audio (16 kHz mono, repaired). A file that cannot be read stops a bake of one line
+    (``AudioInputError``); among many it is named on stderr and the others are baked."""
+    try:
+        line.audio, report = load_audio(line.source)
+    except AudioInputError as exc:
+        if alone:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    if report.n_nonfinite or report.n_clipped:
+        log.warning("%s: %d non-finite and %d clipped samples were sanitised", line.source, report.n_nonfinite,
+                    report.n_clipped)
+    return True
 
 
 def write_line(args: argparse.Namespace, line: Line, anim, controls: Controls, elapsed: float | None) -> None:
