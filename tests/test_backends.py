@@ -46,6 +46,7 @@ from ksdiff_runtime.model.io import (
     CONDITIONER_OUTPUTS,
     DENOISER_INPUTS,
     DENOISER_OUTPUTS,
+    DENOISER_PATHS,
     STREAM_CONDITIONER_INPUTS,
     STREAM_CONDITIONER_OUTPUTS,
     STYLE_ENCODER_INPUTS,
@@ -127,11 +128,15 @@ def test_manifest_describes_the_export(shipped_export: Path):
     assert manifest["graphs"]["style_encoder"]["outputs"] == list(STYLE_ENCODER_OUTPUTS)
     assert manifest["graphs"]["style_encoder"]["window_frames"] == cfg.style_clip_frames
     assert manifest["checkpoint"]["sha256"] == hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest()
-    files = ("conditioner.onnx", "denoiser.onnx", "conditioner_stream.onnx", "style_encoder.onnx")
+    for output, inputs in DENOISER_PATHS.items():  # each denoiser path cut from the denoiser, with its inputs
+        entry = manifest["graphs"][f"denoiser_{output[3:]}"]
+        assert entry["inputs"] == list(inputs) and entry["outputs"] == [output] and entry["cut_from"] == "denoiser.onnx"
+    files = ("conditioner.onnx", "denoiser.onnx", "conditioner_stream.onnx", "style_encoder.onnx",
+             "denoiser_expr.onnx", "denoiser_pose.onnx")
     graphs = b"".join((shipped_export / f).read_bytes() for f in files)
     assert manifest["model_hash"] == hashlib.sha256(graphs).hexdigest()
     assert manifest["versions"]["torch"] == torch.__version__ and manifest["versions"]["onnx"]
-    for graph in ("conditioner", "denoiser", "stream_conditioner", "style_encoder"):
+    for graph in ("conditioner", "denoiser", "stream_conditioner", "style_encoder", "denoiser_expr", "denoiser_pose"):
         assert manifest["verify"]["max_abs_error"][graph] < GRAPH_TOL
     # constants round-trip (float32 from the float16 checkpoint)
     ref = TorchBackend(model).constants
@@ -529,3 +534,28 @@ def test_tensorrt_matches_torch_and_caches_its_engines(shipped_export, shipped_t
         engine.write_bytes(b"garbage")
     again = TensorRTBackend(shipped_export, cache_dir=tmp_path / "trt")
     assert again.denoise(export_mod.denoiser_inputs(backend.cfg, 2, 8))["x0_expr"].shape == (2, 16, 52)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_denoisers_paths_at_once_give_the_whole_graphs_numbers(shipped_export: Path, rows: int,
+                                                                   monkeypatch: pytest.MonkeyPatch):
+    """On a CPU of several cores with one thread a call, a call of one row runs the expression and pose paths'
+    graphs at once (each cut from the denoiser's); the numbers are the whole graph's, which runs larger calls."""
+    from ksdiff_runtime.backends import onnxruntime_backend as orb
+
+    monkeypatch.setattr(orb.os, "cpu_count", lambda: 2)
+    backend = OnnxRuntimeBackend(shipped_export, threads=1)
+    whole = ort.InferenceSession(str(shipped_export / "denoiser.onnx"), providers=["CPUExecutionProvider"])
+    ran: list[str] = []
+    for session in backend._paths.values():
+        def spy(names, feeds, run=session.run):
+            ran.extend(names)
+            return run(names, feeds)
+
+        monkeypatch.setattr(session, "run", spy)
+    feeds = denoiser_inputs(backend.constants.cfg, rows, 9, seed=3)
+    got = backend.denoise(feeds)
+    assert sorted(ran) == (["x0_expr", "x0_pose"] if rows <= orb.PATHS_AT_ONCE_MAX_ROWS else [])
+    for name, ref in zip(DENOISER_OUTPUTS, whole.run(list(DENOISER_OUTPUTS), feeds), strict=True):
+        assert got[name].shape == ref.shape
+        np.testing.assert_allclose(got[name], ref, atol=1e-5)

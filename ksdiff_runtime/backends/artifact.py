@@ -4,6 +4,9 @@ An export is a directory:
 
     conditioner.onnx   WindowConditioner (KSDiff.condition)
     denoiser.onnx      WindowDenoiser (KSDiff.denoise)
+    denoiser_expr.onnx, denoiser_pose.onnx
+                       its two paths, each cut from denoiser.onnx with the inputs it reads (model/io.py
+                       DENOISER_PATHS): the same nodes and weights, run at once on two cores by ONNX Runtime
     conditioner_stream.onnx  StreamingConditioner (model/streaming.py: a live stream's hop, encoder state
                        as inputs and outputs)
     style_encoder.onnx TakeStyleEncoder (KSDiff.style_of: windows of a reference take -> style vectors)
@@ -33,6 +36,7 @@ from ksdiff_runtime.model.io import (
     CONDITIONER_OUTPUTS,
     DENOISER_INPUTS,
     DENOISER_OUTPUTS,
+    DENOISER_PATHS,
     STREAM_CONDITIONER_INPUTS,
     STREAM_CONDITIONER_OUTPUTS,
     STREAM_STATE,
@@ -44,13 +48,16 @@ from ksdiff_runtime.model.io import (
 from .base import BackendError, ModelConstants
 
 EXPORT_FORMAT = "ksdiff-onnx-export"
-EXPORT_VERSION = 3  # 2: the stream conditioner; 3: the style encoder
+EXPORT_VERSION = 4  # 2: the stream conditioner; 3: the style encoder; 4: the denoiser's paths apart
 OPSET = 17
 CONDITIONER_FILE = "conditioner.onnx"
 DENOISER_FILE = "denoiser.onnx"
 STREAM_CONDITIONER_FILE = "conditioner_stream.onnx"
 STYLE_ENCODER_FILE = "style_encoder.onnx"
-GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE)
+# each denoiser output's own graph (DENOISER_PATHS)
+DENOISER_PATH_FILES = {"x0_expr": "denoiser_expr.onnx", "x0_pose": "denoiser_pose.onnx"}
+GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE,
+               *DENOISER_PATH_FILES.values())
 CONSTANTS_FILE = "constants.npz"
 MANIFEST_FILE = "manifest.json"
 SHIPPED_EXPORT = assets.ASSETS / "export"  # the bundled checkpoint's export (`ksdiff-runtime export --ship`)
@@ -135,6 +142,7 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
                 "denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS),
                 "stream_conditioner": (STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS),
                 "style_encoder": (STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS)}
+    expected |= {f"denoiser_{output[3:]}": (inputs, (output,)) for output, inputs in DENOISER_PATHS.items()}
     for graph, (inputs, outputs) in expected.items():
         entry = manifest.get("graphs", {}).get(graph, {})
         if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:

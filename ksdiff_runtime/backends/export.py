@@ -25,6 +25,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from onnx.utils import extract_model
 from tqdm import tqdm
 
 from ksdiff_runtime.model.checkpoint import load_model
@@ -35,6 +36,7 @@ from ksdiff_runtime.model.io import (
     CONDITIONER_OUTPUTS,
     DENOISER_INPUTS,
     DENOISER_OUTPUTS,
+    DENOISER_PATHS,
     INT64_INPUTS,
     STREAM_CONDITIONER_INPUTS,
     STREAM_CONDITIONER_OUTPUTS,
@@ -50,6 +52,7 @@ from .artifact import (
     CONSTANTS_FILE,
     DENOISER_AXES,
     DENOISER_FILE,
+    DENOISER_PATH_FILES,
     EXPORT_FORMAT,
     EXPORT_VERSION,
     GRAPH_FILES,
@@ -171,12 +174,17 @@ def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
          stream_conditioner_inputs(cfg, B, N, 3, P, seed=7), STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS),
         ("style_encoder", TakeStyleEncoder(model), STYLE_ENCODER_FILE, style_encoder_inputs(cfg, B, seed=7),
          STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS),
+        *((f"denoiser_{output[3:]}", WindowDenoiser(model), DENOISER_PATH_FILES[output],
+           denoiser_inputs(cfg, B, N, seed=7), DENOISER_INPUTS, (output,)) for output in DENOISER_PATHS),
     ):
         sess = ort.InferenceSession(str(Path(export_dir) / file), opts, providers=["CPUExecutionProvider"])
-        got = sess.run(list(outputs), inputs)
+        fed = {i.name for i in sess.get_inputs()}
+        got = sess.run(list(outputs), {n: v for n, v in inputs.items() if n in fed})
         with torch.no_grad():
             ref = module(*(torch.from_numpy(inputs[n]) for n in input_names))
         ref = (ref,) if isinstance(ref, torch.Tensor) else ref
+        if len(outputs) == 1 and len(ref) > 1:  # a denoiser path: its output of the whole denoiser's
+            ref = (ref[DENOISER_OUTPUTS.index(outputs[0])],)
         err = 0.0
         for name, r, o in zip(outputs, ref, got, strict=True):
             if tuple(r.shape) != o.shape:
@@ -217,8 +225,10 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
     # traced with 2 windows, verified with 3
     _export_graph(TakeStyleEncoder(model).eval(), style_encoder_inputs(cfg, 2), out / STYLE_ENCODER_FILE,
                   STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS, STYLE_ENCODER_AXES)
-    for file in GRAPH_FILES:
+    for file in (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE):
         compact_weights(out / file)
+    write_denoiser_paths(out)
+    for file in GRAPH_FILES:
         onnx.checker.check_model(str(out / file))
     bar.update()
     bar.set_postfix_str(stages[5])
@@ -248,6 +258,7 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
             "style_encoder": {"file": STYLE_ENCODER_FILE, "inputs": list(STYLE_ENCODER_INPUTS),
                               "outputs": list(STYLE_ENCODER_OUTPUTS), "dynamic_axes": STYLE_ENCODER_AXES,
                               "window_frames": cfg.style_clip_frames},
+            **denoiser_path_entries(),
         },
         "int64_inputs": sorted(INT64_INPUTS),
         "checkpoint": {"name": checkpoint.name, "sha256": sha256_file(checkpoint)},
@@ -260,6 +271,22 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
     bar.update()
     bar.close()
     return errors
+
+
+def write_denoiser_paths(export_dir: Path) -> None:
+    """Cut each denoiser path's graph (model/io.py DENOISER_PATHS) from the export's denoiser.onnx: the nodes its
+    output needs, with the very weights (float16 and their casts as compact_weights stored them)."""
+    for output, inputs in DENOISER_PATHS.items():
+        extract_model(str(export_dir / DENOISER_FILE), str(export_dir / DENOISER_PATH_FILES[output]), list(inputs),
+                      [output], check_model=False)
+
+
+def denoiser_path_entries() -> dict[str, dict[str, Any]]:
+    """The manifest's entries for the denoiser's path graphs."""
+    return {f"denoiser_{output[3:]}": {
+        "file": DENOISER_PATH_FILES[output], "inputs": list(inputs), "outputs": [output], "cut_from": DENOISER_FILE,
+        "dynamic_axes": {n: a for n, a in DENOISER_AXES.items() if n in (*inputs, output)},
+    } for output, inputs in DENOISER_PATHS.items()}
 
 
 def _swap_into_place(tmp: Path, out_dir: Path, old: Path) -> None:
