@@ -40,3 +40,18 @@ def test_a_failing_part_raises_once_the_others_are_done():
     with pytest.raises(ValueError, match="part 0 failed"):
         run_parts(part, [(0, 1), (1, 2)])
     assert done == [1]  # the other part finished before the error reached the caller
+
+
+def test_numpys_blas_runs_on_one_thread_inside_and_as_before_after():
+    from threadpoolctl import threadpool_info
+
+    from ksdiff_runtime.parallel import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert before  # numpy's BLAS is loaded
+    with one_blas_thread():
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before

@@ -23,7 +23,7 @@ from ksdiff_runtime.features.streaming_frontend import StreamingPosteriorgramFro
 from ksdiff_runtime.features.transcript import phoneme_tokens
 from ksdiff_runtime.inputs.guards import sanitize
 from ksdiff_runtime.motion import take_frames
-from ksdiff_runtime.parallel import row_parts, run_parts, single_thread_cpu
+from ksdiff_runtime.parallel import one_blas_thread, row_parts, run_parts, single_thread_cpu
 
 from .closure import ClosureConfig
 from .gate import GateConfig, gate_clip
@@ -84,8 +84,9 @@ def clip_inputs(
                             if streaming
                             else make_front_end(dataclasses.replace(cfg.front_end, recogniser="full-context")))
     front_end = _FRONT_ENDS[key]
-    feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
-    pros = normalized_prosody(prosody(audio))
+    with one_blas_thread():
+        feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
+        pros = normalized_prosody(prosody(audio))
     tokens = phoneme_tokens(text, cfg.max_text_tokens) if text else np.zeros(0, dtype=np.int64)
     return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens, audio, seed)
 
