@@ -47,7 +47,7 @@ from ksdiff_runtime.features.transcript import phoneme_tokens_later
 from ksdiff_runtime.features.vad import advance_many
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.inputs.stream import AudioFormat
-from ksdiff_runtime.parallel import MIN_PART_ROWS, row_parts, single_thread_cpu
+from ksdiff_runtime.parallel import MIN_PART_ROWS, one_blas_thread, row_parts, single_thread_cpu
 from ksdiff_runtime.sessions import Session, Sessions
 from ksdiff_sdk import Frame
 
@@ -314,7 +314,8 @@ class StreamingEngine:
         self._listen([st for _, st in states])
         planned = self._plan(states, now, result)
         if planned:
-            self._features(planned, result)
+            with one_blas_thread():  # the front-end's numpy products: OpenBLAS's spinning threads would take a core
+                self._features(planned, result)
             ready = [(s, st, h) for s, st, h in planned if not s.finished and st.hop_ready(h)]
             emitted: list[tuple[StreamState, Emitted]] = []
             starting = [st for _, st, _ in ready if st.line and st.emitted == 0 and st.anchor_ns is not None]
