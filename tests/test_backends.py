@@ -536,11 +536,12 @@ def test_tensorrt_matches_torch_and_caches_its_engines(shipped_export, shipped_t
     assert again.denoise(export_mod.denoiser_inputs(backend.cfg, 2, 8))["x0_expr"].shape == (2, 16, 52)
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-def test_the_denoisers_paths_at_once_give_the_whole_graphs_numbers(shipped_export: Path, rows: int,
+@pytest.mark.parametrize(("rows", "new_frames"), [(1, 32), (3, 32), (1, 8)])
+def test_the_denoisers_paths_at_once_give_the_whole_graphs_numbers(shipped_export: Path, rows: int, new_frames: int,
                                                                    monkeypatch: pytest.MonkeyPatch):
-    """On a CPU of several cores with one thread a call, a call of one row runs the expression and pose paths'
-    graphs at once (each cut from the denoiser's); the numbers are the whole graph's, which runs larger calls."""
+    """On a CPU of several cores with one thread a call, a call of one row over a bake's window runs the expression
+    and pose paths' graphs at once (each cut from the denoiser's); the numbers are the whole graph's, which runs
+    larger batches and a low-latency hop's short window."""
     from ksdiff_runtime.backends import onnxruntime_backend as orb
 
     monkeypatch.setattr(orb.os, "cpu_count", lambda: 2)
@@ -553,9 +554,11 @@ def test_the_denoisers_paths_at_once_give_the_whole_graphs_numbers(shipped_expor
             return run(names, feeds)
 
         monkeypatch.setattr(session, "run", spy)
-    feeds = denoiser_inputs(backend.constants.cfg, rows, 9, seed=3)
+    feeds = denoiser_inputs(backend.constants.cfg, rows, new_frames, seed=3)
     got = backend.denoise(feeds)
-    assert sorted(ran) == (["x0_expr", "x0_pose"] if rows <= orb.PATHS_AT_ONCE_MAX_ROWS else [])
+    at_once = rows <= orb.PATHS_AT_ONCE_MAX_ROWS and feeds["x_expr"].shape[1] >= orb.PATHS_AT_ONCE_MIN_FRAMES
+    assert at_once == (new_frames == 32 and rows == 1)
+    assert sorted(ran) == (["x0_expr", "x0_pose"] if at_once else [])
     for name, ref in zip(DENOISER_OUTPUTS, whole.run(list(DENOISER_OUTPUTS), feeds), strict=True):
         assert got[name].shape == ref.shape
         np.testing.assert_allclose(got[name], ref, atol=1e-5)

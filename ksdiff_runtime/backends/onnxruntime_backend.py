@@ -31,11 +31,15 @@ from .artifact import (
 )
 from .base import BackendError
 
-# A denoiser call of at most this many rows (one clip's bake, one live stream) runs its two paths at once on two
-# cores (a CPU backend on one thread a call; model/io.py DENOISER_PATHS): the sample's bake 88-94 -> 62-65 ms of
-# model on a 2-core AMD EPYC, the same numbers to 2.4e-7. A larger batch keeps the cores busy already (the
-# engine and `animate` cut it into parts, which a second thread each would oversubscribe).
+# A denoiser call of at most this many rows and at least this many frames (one clip's bake window or a line's,
+# 40 frames; a `quality` stream's, 27) runs its two paths at once on two cores (a CPU backend on one thread a
+# call; model/io.py DENOISER_PATHS): a call of 40 frames 1.87 -> 1.07 ms, the sample's bake 88-94 -> 62-65 ms of
+# model on a 2-core AMD EPYC, the same numbers to 2.4e-7. A `low-latency` hop's 16 frames gain 0.3 ms a call,
+# less than waking the other core after the hop's idle costs: one stream's round paced as in `serve` took
+# 0.4-0.7 ms longer (p50) with it. A larger batch keeps the cores busy already (the engine and `animate` cut it
+# into parts, which a second thread each would oversubscribe).
 PATHS_AT_ONCE_MAX_ROWS = 1
+PATHS_AT_ONCE_MIN_FRAMES = 24
 
 
 def as_feeds(feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -114,7 +118,8 @@ class OnnxRuntimeBackend:
 
     def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = as_feeds(feeds, DENOISER_INPUTS)
-        if self._paths_pool is None or feeds["t"].shape[0] > PATHS_AT_ONCE_MAX_ROWS:
+        rows, frames = feeds["x_expr"].shape[:2]
+        if self._paths_pool is None or rows > PATHS_AT_ONCE_MAX_ROWS or frames < PATHS_AT_ONCE_MIN_FRAMES:
             return dict(zip(DENOISER_OUTPUTS, self._denoiser.run(list(DENOISER_OUTPUTS), feeds), strict=True))
 
         def path(output: str) -> np.ndarray:
