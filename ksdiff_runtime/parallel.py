@@ -5,13 +5,14 @@ ONNX Runtime on the CPU runs a live round's small graphs fastest on one intra-op
 12.7 ms of CPU instead of 8.3), because each of the graph's hundreds of small operators is split and
 joined again. Cutting the batch's rows into one part per core and running the parts' calls at once
 (sessions take concurrent calls; a call releases the GIL) uses the second core without that cost.
-A part must have a few rows: each call has a fixed cost (about 0.3-0.7 ms per graph), which a
-small batch would pay twice for nothing.
+A live round's part must have a few rows: each call has a fixed cost (about 0.3-0.7 ms per graph), which a
+small batch would pay twice for nothing (a bake's clips, each many windows long, are cut one a part).
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
@@ -19,7 +20,8 @@ from typing import TypeVar
 import numpy as np
 
 T = TypeVar("T")
-_BLAS = None  # threadpoolctl's controller of the BLAS libraries loaded (made on first use)
+_BLAS_LOCK = threading.Lock()
+_BLAS_SET = False  # one_blas_thread has run
 
 # rows a part must have at least: a batch of fewer than 2 x this rows is one call
 MIN_PART_ROWS = 2
@@ -58,15 +60,19 @@ def run_parts(fn: Callable[[int, int], T], parts: Sequence[tuple[int, int]]) -> 
 
 
 
-def one_blas_thread():
-    """A context in which numpy's BLAS runs on the calling thread only. The runtime runs its work in parts on
-    the cores itself, and OpenBLAS's worker threads spin for a while after a call they shared, taking a core
-    from the parts that run next: after a whole clip's log-mel (a 342 x 201 x 80 product, which OpenBLAS
-    cuts across the cores) a bake's model took 93 ms instead of 62 with its denoiser's paths at once (2-core
-    AMD EPYC); the product itself is as fast on one thread (0.85 ms against 0.78)."""
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
+def one_blas_thread() -> None:
+    """Keep numpy's BLAS on one thread, for the whole process, from now on (the first call sets it; later ones
+    do nothing). The runtime runs its work in parts on the cores itself, and OpenBLAS's worker threads spin for
+    a while after a call they shared, taking a core from the parts that run next: after a whole clip's log-mel
+    (a 342 x 201 x 80 product, which OpenBLAS cuts across the cores) a bake's model took 93 ms instead of 62
+    with its denoiser's paths at once (2-core AMD EPYC); the product itself is as fast on one thread (0.85 ms
+    against 0.78). OpenBLAS has one thread count for the process, which threadpoolctl lets one thread set, so
+    this is a setting and not a context. An embedding program that wants BLAS's threads back for its own work
+    can set them with threadpoolctl after creating its engines and bakes."""
+    global _BLAS_SET
+    with _BLAS_LOCK:
+        if not _BLAS_SET:
+            from threadpoolctl import threadpool_limits
 
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
+            threadpool_limits(limits=1, user_api="blas")
+            _BLAS_SET = True

@@ -562,3 +562,17 @@ def test_the_denoisers_paths_at_once_give_the_whole_graphs_numbers(shipped_expor
     for name, ref in zip(DENOISER_OUTPUTS, whole.run(list(DENOISER_OUTPUTS), feeds), strict=True):
         assert got[name].shape == ref.shape
         np.testing.assert_allclose(got[name], ref, atol=1e-5)
+
+
+def test_the_shipped_exports_denoiser_paths_give_its_denoisers_numbers(monkeypatch: pytest.MonkeyPatch):
+    """The committed export's path graphs (cut from its denoiser as shipped) against its whole denoiser."""
+    from ksdiff_runtime.backends import onnxruntime_backend as orb
+    from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT
+
+    monkeypatch.setattr(orb.os, "cpu_count", lambda: 2)
+    backend = OnnxRuntimeBackend(SHIPPED_EXPORT, threads=1)
+    feeds = denoiser_inputs(backend.constants.cfg, 1, 32, seed=5)
+    whole = backend._denoiser.run(list(DENOISER_OUTPUTS), feeds)
+    for output, session in backend._paths.items():
+        got = session.run([output], {n: feeds[n] for n in DENOISER_PATHS[output]})[0]
+        np.testing.assert_allclose(got, whole[DENOISER_OUTPUTS.index(output)], atol=1e-5)

@@ -514,7 +514,8 @@ def json_values(path: Path) -> np.ndarray:
 
 
 def test_many_lines_bake_to_a_folder_each_as_it_bakes_alone(tmp_path: Path, speech_16k: np.ndarray,
-                                                             tiny_checkpoint: Path) -> None:
+                                                             tiny_checkpoint: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """A game's lines in one process (batched, on every core): a file per line in the folder, each the frames
     the line bakes to alone, and a line's transcript read from the .txt beside it."""
     sr = motion.SAMPLE_RATE
@@ -528,6 +529,8 @@ def test_many_lines_bake_to_a_folder_each_as_it_bakes_alone(tmp_path: Path, spee
     out = tmp_path / "baked"
     assert bake_many(lines, out, tiny_checkpoint, "--format", "json") == 0
     assert sorted(p.name for p in out.iterdir()) == ["bye.json", "hello.json", "what.json"]
+    said = [line for line in capsys.readouterr().out.splitlines() if "with the transcript in" in line]
+    assert len(said) == 1 and str(folder / "what.txt") in said[0]
     for line in lines:
         alone = tmp_path / f"{line.stem}-alone.json"
         text = ("--text", "What a day!") if line.stem == "what" else ()
@@ -544,13 +547,17 @@ def test_a_bad_line_is_reported_and_the_others_are_baked(tmp_path: Path, speech_
     missing = tmp_path / "gone.wav"
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    garbled = tmp_path / "garbled.wav"  # good audio, a transcript that is not text
+    garbled.write_bytes(speech_wav.read_bytes())
+    garbled.with_suffix(".txt").write_bytes(b"\xff\xfe\x00bad")
     out = tmp_path / "baked"
-    assert bake_many([missing, speech_wav, corrupt], out, tiny_checkpoint) == 1
+    assert bake_many([missing, speech_wav, corrupt, garbled], out, tiny_checkpoint) == 1
     captured = capsys.readouterr()
     assert str(missing) in captured.err and "not found" in captured.err
     assert str(corrupt) in captured.err and "cannot read" in captured.err and "Traceback" not in captured.err
+    assert str(garbled.with_suffix(".txt")) in captured.err
     assert sorted(p.name for p in out.iterdir()) == ["speech.csv"]
-    assert "baked 1 of 3 lines" in captured.out
+    assert "baked 1 of 4 lines" in captured.out
 
 
 @pytest.mark.parametrize(("output", "extra", "message"), [
@@ -571,9 +578,20 @@ def test_many_lines_are_checked_before_any_is_baked(tmp_path: Path, speech_wav: 
     assert not (tmp_path / output).exists()
 
 
-def test_a_transcript_that_is_not_text_is_a_clear_error(tmp_path: Path, speech_wav: Path,
-                                                        tiny_checkpoint: Path) -> None:
+def test_a_transcript_that_is_not_text_is_a_clear_error(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     speech_wav.with_suffix(".txt").write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(SystemExit, match=r"cannot read the transcript .*speech\.txt"):
-        bake(speech_wav, tmp_path / "out.csv", tiny_checkpoint)
+    assert bake(speech_wav, tmp_path / "out.csv", tiny_checkpoint) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read the transcript") and str(speech_wav.with_suffix(".txt")) in err
     assert not (tmp_path / "out.csv").exists()
+    assert bake(speech_wav, tmp_path / "out.csv", tiny_checkpoint, "--text", "") == 0  # baked without it
+
+
+def test_format_is_for_a_folder(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path) -> None:
+    with pytest.raises(SystemExit, match="--format is for a folder of lines"):
+        bake(speech_wav, tmp_path / "out.csv", tiny_checkpoint, "--format", "json")
+    folder = tmp_path / "bakes.v2"  # an existing folder, whatever its name
+    folder.mkdir()
+    assert bake(speech_wav, folder, tiny_checkpoint) == 0
+    assert [p.name for p in folder.iterdir()] == ["speech.csv"]

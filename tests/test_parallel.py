@@ -42,16 +42,23 @@ def test_a_failing_part_raises_once_the_others_are_done():
     assert done == [1]  # the other part finished before the error reached the caller
 
 
-def test_numpys_blas_runs_on_one_thread_inside_and_as_before_after():
-    from threadpoolctl import threadpool_info
+def test_numpys_blas_is_kept_on_one_thread_once_the_runtime_runs(monkeypatch: pytest.MonkeyPatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
 
-    from ksdiff_runtime.parallel import one_blas_thread
+    from ksdiff_runtime import parallel
 
     def blas_threads() -> list[int]:
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
-    before = blas_threads()
-    assert before  # numpy's BLAS is loaded
-    with one_blas_thread():
-        assert blas_threads() == [1] * len(before)
-    assert blas_threads() == before
+    assert blas_threads()  # numpy's BLAS is loaded
+    monkeypatch.setattr(parallel, "_BLAS_SET", False)  # as in a process where the runtime has not run yet
+    try:
+        with threadpool_limits(limits=2, user_api="blas"):
+            if blas_threads() != [2] * len(blas_threads()):
+                pytest.skip("BLAS runs one thread here whatever it is asked")
+            parallel.one_blas_thread()
+            assert blas_threads() == [1] * len(blas_threads())
+            parallel.one_blas_thread()  # once set, later calls leave it
+            assert blas_threads() == [1] * len(blas_threads())
+    finally:
+        threadpool_limits(limits=1, user_api="blas")  # the rest of this process as the runtime keeps it

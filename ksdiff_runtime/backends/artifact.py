@@ -127,7 +127,9 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
         raise ExportError(f"export {export_dir}: {MANIFEST_FILE} has format {found!r}, not {EXPORT_FORMAT!r}")
     if manifest.get("version") != EXPORT_VERSION:
         raise ExportError(f"export {export_dir} has {EXPORT_FORMAT} version {manifest.get('version')!r}; this code "
-                          f"reads version {EXPORT_VERSION} (re-export it)")
+                          f"reads version {EXPORT_VERSION} (re-export it: `ksdiff-runtime export --checkpoint CKPT -o "
+                          f"{export_dir}`; a backend's cached export is made again on first use where torch is "
+                          f"installed)")
     return manifest
 
 

@@ -41,11 +41,13 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, nargs="*",
                    help="speech files (wav/flac/ogg; any rate, any channels); default: the bundled sample")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="out.csv or out.json for one file; a folder for many (OUTPUT/<name>.csv, see --format)")
-    p.add_argument("--format", choices=("csv", "json"), default="csv",
+                   help="out.csv or out.json for one file; a folder for many (an existing one, or a new path without "
+                   "an extension; OUTPUT/<name>.csv, see --format)")
+    p.add_argument("--format", choices=("csv", "json"), default=None,
                    help="the files' format when the output is a folder (default csv)")
     p.add_argument("--text", help="transcript of the line (one file only; optional, improves articulation). "
-                   "Without it a line's transcript is read from a .txt of the same name beside it, if there is one")
+                   "Without it a line's transcript is read from a .txt of the same name beside it, if there is one "
+                   "(said in the output; --text '' bakes without it)")
     p.add_argument("--plot", type=Path, help="also write a PNG plot of the main curves")
     p.add_argument("--fps", type=int, default=motion.FPS, help=f"output frame rate (default {motion.FPS})")
     p.add_argument("--steps", type=int, default=4, help="DDIM denoising steps (default 4)")
@@ -93,40 +95,35 @@ BATCH_LINES = 16
 class Line:
     source: Path
     output: Path
-    text: str | None
+    text: str | None  # --text, or the transcript beside the audio once read
+    transcript: Path | None = None  # the .txt beside the audio, when --text is not given and there is one
     audio: np.ndarray | None = None  # 16 kHz mono, once read
 
 
 def lines_to_bake(args: argparse.Namespace) -> list[Line]:
     """Each input and the file its animation goes to, checked before anything is baked."""
     inputs = args.input or [SAMPLE_SPEECH]
-    one_file = args.output.suffix.lower() in (".csv", ".json")
+    folder = args.output.is_dir()  # or a new path without an extension (below)
+    one_file = not folder and args.output.suffix.lower() in (".csv", ".json")
     if one_file and len(inputs) > 1:
         raise SystemExit(f"error: {len(inputs)} inputs need a folder to write to, not the file {args.output}")
-    if not one_file and args.output.suffix:
-        raise SystemExit(f"error: output {args.output} must end in .csv or .json (or be a folder, for many inputs)")
+    if not one_file and not folder and args.output.suffix:
+        raise SystemExit(f"error: output {args.output} must end in .csv or .json (or be a folder, for many inputs: "
+                         "an existing one, or a new path without an extension)")
+    if one_file and args.format is not None:
+        raise SystemExit(f"error: --format is for a folder of lines; {args.output}'s extension sets its format")
     if args.text is not None and len(inputs) > 1:
         raise SystemExit("error: --text is one line's transcript; for many, put each line's in a .txt beside it")
     if args.plot and len(inputs) > 1:
         raise SystemExit("error: --plot draws one line; bake that one on its own to plot it")
-    outputs = [args.output] if one_file else [args.output / f"{i.stem}.{args.format}" for i in inputs]
+    outputs = [args.output] if one_file else [args.output / f"{i.stem}.{args.format or 'csv'}" for i in inputs]
     seen: dict[Path, Path] = {}
     for inp, out in zip(inputs, outputs, strict=True):
         if out in seen:
             raise SystemExit(f"error: {seen[out]} and {inp} would both be baked to {out}")
         seen[out] = inp
-    return [Line(inp, out, args.text if args.text is not None else transcript_beside(inp))
-            for inp, out in zip(inputs, outputs, strict=True)]
-
-
-def transcript_beside(path: Path) -> str | None:
-    """The transcript in ``<name>.txt`` beside an audio file (as the bundled sample has), or None."""
-    txt = path.with_suffix(".txt")
-    try:
-        text = txt.read_text(encoding="utf-8").strip() if txt.is_file() else ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SystemExit(f"error: cannot read the transcript {txt} (UTF-8 text expected): {exc}") from None
-    return text or None
+    return [Line(inp, out, args.text, None if args.text is not None or not inp.with_suffix(".txt").is_file()
+                 else inp.with_suffix(".txt")) for inp, out in zip(inputs, outputs, strict=True)]
 
 
 def run_bake(args: argparse.Namespace) -> int:
@@ -198,7 +195,10 @@ def read_line(line: Line, alone: bool) -> bool:
     (``AudioInputError``); among many it is named on stderr and the others are baked."""
     try:
         line.audio, report = load_audio(line.source)
+        if line.transcript is not None:
+            line.text = read_transcript(line.transcript)
     except AudioInputError as exc:
+        line.audio = None
         if alone:
             raise
         print(f"error: {exc}", file=sys.stderr)
@@ -207,6 +207,14 @@ def read_line(line: Line, alone: bool) -> bool:
         log.warning("%s: %d non-finite and %d clipped samples were sanitised", line.source, report.n_nonfinite,
                     report.n_clipped)
     return True
+
+
+def read_transcript(path: Path) -> str | None:
+    """A line's transcript from the .txt beside its audio (None when it is empty)."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AudioInputError(f"cannot read the transcript {path} (UTF-8 text expected): {exc}") from None
 
 
 def write_line(args: argparse.Namespace, line: Line, anim, controls: Controls, elapsed: float | None) -> None:
@@ -226,7 +234,8 @@ def write_line(args: argparse.Namespace, line: Line, anim, controls: Controls, e
         files.write_json(line.output, blendshapes, head, gaze, args.fps, str(line.source))
     duration = len(line.audio) / motion.SAMPLE_RATE
     timing = "" if elapsed is None else f" in {elapsed:.2f} s ({duration / max(elapsed, 1e-9):.1f}x real time)"
-    print(f"baked {line.source} ({duration:.2f} s) -> {line.output}: {len(blendshapes)} frames at {args.fps} "
+    said = "" if line.transcript is None or line.text is None else f", with the transcript in {line.transcript}"
+    print(f"baked {line.source} ({duration:.2f} s{said}) -> {line.output}: {len(blendshapes)} frames at {args.fps} "
           f"fps{timing}")
     if args.plot:
         plot_curves(args.plot, line.audio, blendshapes, head, args.fps,

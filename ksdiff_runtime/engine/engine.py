@@ -192,6 +192,7 @@ class StreamingEngine:
         self._own_front_end = not given  # closed with the engine
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ksdiff-front-end") if threads > 1 else None
+        one_blas_thread()  # the front-end's numpy products: OpenBLAS's spinning threads would take a core
         self._cpu_parts = backend.name.endswith("-cpu")
         self._live_parts = single_thread_cpu(backend)
         self._vad_failed = False  # the batched VAD failed once (said once; each stream's own runs meanwhile)
@@ -314,8 +315,7 @@ class StreamingEngine:
         self._listen([st for _, st in states])
         planned = self._plan(states, now, result)
         if planned:
-            with one_blas_thread():  # the front-end's numpy products: OpenBLAS's spinning threads would take a core
-                self._features(planned, result)
+            self._features(planned, result)
             ready = [(s, st, h) for s, st, h in planned if not s.finished and st.hop_ready(h)]
             emitted: list[tuple[StreamState, Emitted]] = []
             starting = [st for _, st, _ in ready if st.line and st.emitted == 0 and st.anchor_ns is not None]

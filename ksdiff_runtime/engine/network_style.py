@@ -118,8 +118,9 @@ class NetworkStyles:
         if not vectors:
             return []
         null = self.backend.constants.style_null
+        # on the calling thread: a take set live is measured beside the live streams' rounds
         anims = animate(self.backend, [self._inputs] * len(vectors), steps=STEPS, seeds=[0] * len(vectors),
-                        style=np.stack([null if v is None else v for v in vectors]))
+                        style=np.stack([null if v is None else v for v in vectors]), parts=False)
         return [StyleProfile.of(a.blendshapes, a.head) for a in anims]
 
 

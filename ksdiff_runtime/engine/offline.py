@@ -84,9 +84,9 @@ def clip_inputs(
                             if streaming
                             else make_front_end(dataclasses.replace(cfg.front_end, recogniser="full-context")))
     front_end = _FRONT_ENDS[key]
-    with one_blas_thread():
-        feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
-        pros = normalized_prosody(prosody(audio))
+    one_blas_thread()  # the log-mel's product: OpenBLAS's spinning threads would take a core from `animate`
+    feats = front_end.offline(audio) if schedule == "offline" else front_end(audio)
+    pros = normalized_prosody(prosody(audio))
     tokens = phoneme_tokens(text, cfg.max_text_tokens) if text else np.zeros(0, dtype=np.int64)
     return ClipInputs(feats.astype(np.float32), pros.astype(np.float32), tokens, audio, seed)
 
@@ -159,22 +159,28 @@ def animate(
     guidance: Guidance | None = None,
     use_kel: bool = True,
     window: int | None = None,
+    parts: bool = True,
 ) -> list[Animation]:
     """Animate clips in one batch; each clip's noise comes from its own seed (default 0).
 
-    On a CPU backend whose calls use one thread (as `bake` loads ONNX Runtime: ``parallel.single_thread_cpu``)
-    the clips are cut into one part per core, each part's windows run at once on its own thread: a clip's
-    frames do not depend on the clips beside it, so they are the same either way."""
+    With ``parts``, on a CPU backend whose calls use one thread (as `bake` loads ONNX Runtime:
+    ``parallel.single_thread_cpu``), the clips are cut into one part per core, each part's windows run at once
+    on its own thread: a clip's frames do not depend on the clips beside it, so they are the same either way.
+    Without (a measurement beside live streams, which need the cores), the batch runs on the calling thread."""
     seeds = seeds or [0] * len(clips)
-    parts = row_parts(len(clips), os.cpu_count() or 1, min_rows=1) if single_thread_cpu(backend) else []
-    if len(parts) < 2:
+    if len(seeds) != len(clips) or (style is not None and len(style) != len(clips)):
+        raise ValueError(f"{len(clips)} clips need as many seeds and style rows, got {len(seeds)} seeds and "
+                         f"{'no style' if style is None else f'{len(style)} style rows'}")
+    cut = parts and single_thread_cpu(backend)
+    pieces = row_parts(len(clips), os.cpu_count() or 1, min_rows=1) if cut else []
+    if len(pieces) < 2:
         return _animate_batch(backend, clips, steps, seeds, style, guidance, use_kel, window)
 
     def part(a: int, b: int) -> list[Animation]:
         rows = None if style is None else style[a:b]
         return _animate_batch(backend, clips[a:b], steps, seeds[a:b], rows, guidance, use_kel, window)
 
-    return [anim for anims in run_parts(part, parts) for anim in anims]
+    return [anim for anims in run_parts(part, pieces) for anim in anims]
 
 
 def _animate_batch(
