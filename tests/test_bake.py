@@ -595,3 +595,24 @@ def test_format_is_for_a_folder(tmp_path: Path, speech_wav: Path, tiny_checkpoin
     folder.mkdir()
     assert bake(speech_wav, folder, tiny_checkpoint) == 0
     assert [p.name for p in folder.iterdir()] == ["speech.csv"]
+
+
+def test_lines_of_every_length_and_layout_bake_together(tmp_path: Path, speech_16k: np.ndarray,
+                                                        tiny_checkpoint: Path) -> None:
+    """A batch holding an empty file, one sample, a stereo 44.1 kHz line and a plain one: each gets the frames of
+    its own duration (an empty line none), as when baked alone."""
+    folder = tmp_path / "lines"
+    folder.mkdir()
+    sf.write(str(folder / "empty.wav"), np.zeros(0, np.float32), motion.SAMPLE_RATE)
+    sf.write(str(folder / "one.wav"), np.zeros(1, np.float32), motion.SAMPLE_RATE)
+    stereo = resample_poly(speech_16k, 441, 160).astype(np.float32)
+    sf.write(str(folder / "stereo.wav"), np.stack([stereo, 0.5 * stereo], axis=1), 44100)
+    sf.write(str(folder / "plain.wav"), speech_16k[:8000], motion.SAMPLE_RATE)
+    out = tmp_path / "baked"
+    assert bake_many(sorted(folder.iterdir()), out, tiny_checkpoint) == 0
+    rows = {p.stem: read_csv(p)[1].shape[0] for p in out.iterdir()}
+    assert rows == {"empty": 0, "one": 1, "stereo": round(len(speech_16k) / motion.SAMPLE_RATE * motion.FPS),
+                    "plain": round(8000 / motion.SAMPLE_RATE * motion.FPS)}
+    for name in ("one", "plain"):
+        assert bake(folder / f"{name}.wav", tmp_path / f"{name}.csv", tiny_checkpoint) == 0
+        assert np.allclose(read_csv(tmp_path / f"{name}.csv")[1], read_csv(out / f"{name}.csv")[1], atol=2e-5)

@@ -171,6 +171,15 @@ def animate(
     if len(seeds) != len(clips) or (style is not None and len(style) != len(clips)):
         raise ValueError(f"{len(clips)} clips need as many seeds and style rows, got {len(seeds)} seeds and "
                          f"{'no style' if style is None else f'{len(style)} style rows'}")
+    empty = [i for i, c in enumerate(clips) if len(c.feats) == 0]
+    if empty and len(empty) < len(clips):  # no frames to make (audio shorter than a sample): the others alone
+        keep = [i for i, c in enumerate(clips) if len(c.feats)]
+        made = iter(animate(backend, [clips[i] for i in keep], steps, [seeds[i] for i in keep],
+                            None if style is None else style[keep], guidance, use_kel, window, parts))
+        cfg = backend.constants.cfg
+        none = Animation(np.zeros((0, cfg.expr_dim), np.float32), np.zeros((0, cfg.pose_dim), np.float32),
+                         np.zeros(0, np.float32), np.zeros(0, np.float32))
+        return [none if i in empty else next(made) for i in range(len(clips))]
     cut = parts and single_thread_cpu(backend)
     pieces = row_parts(len(clips), os.cpu_count() or 1, min_rows=1) if cut else []
     if len(pieces) < 2:
