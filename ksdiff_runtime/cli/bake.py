@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=4, help="DDIM denoising steps (default 4)")
     p.add_argument("--seed", type=int, default=None,
                    help="noise seed: the same seed, the same animation (default: one from the audio, so the same "
-                   "file bakes the same and different lines do not sway and blink alike)")
+                   "file bakes the same and different lines do not sway and blink alike; with many files, each "
+                   "line's seed is made from this one and its audio, for the same reason)")
     p.add_argument("--no-voice-gate", dest="voice_gate", action="store_false",
                    help="let the mouth follow every sound, not only voices (by default it rests where Silero VAD "
                    "hears no voice, as in serve)")
@@ -164,7 +166,7 @@ def run_bake(args: argparse.Namespace) -> int:
         inputs = [clip_inputs(backend, line.audio, line.text, fps=args.fps,
                               streaming_recogniser=args.streaming_recogniser) for line in batch]
         anims = bake_animations(
-            backend, inputs, steps=args.steps, seeds=None if args.seed is None else [args.seed] * len(batch),
+            backend, inputs, steps=args.steps, seeds=line_seeds(args.seed, inputs, alone=len(lines) == 1),
             style=None if style is None else np.repeat(style[None], len(batch), axis=0),
             guidance=None if style is None else guidance, closure=closure, gate=gate,
             liveliness=LivelinessConfig() if args.liveliness else None)
@@ -178,6 +180,16 @@ def run_bake(args: argparse.Namespace) -> int:
         print(f"baked {baked} of {len(lines)} lines ({seconds:.1f} s of audio) -> {args.output} in "
               f"{elapsed:.2f} s ({seconds / max(elapsed, 1e-9):.1f}x real time)")
     return 0 if baked == len(lines) else 1
+
+
+def line_seeds(seed: int | None, inputs: list, alone: bool) -> list[int] | None:
+    """The lines' seeds: None (each its audio's, ClipInputs.seed) without --seed; --seed itself for one line;
+    for many, one made from --seed and each line's audio, so they do not all sway and blink alike."""
+    if seed is None:
+        return None
+    if alone:
+        return [seed]
+    return [zlib.crc32(f"{seed}:{clip.seed}".encode()) for clip in inputs]
 
 
 def stored_seconds(path: Path) -> float:
