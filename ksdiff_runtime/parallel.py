@@ -59,7 +59,6 @@ def run_parts(fn: Callable[[int, int], T], parts: Sequence[tuple[int, int]]) -> 
         return [first] + [f.result() for f in later]
 
 
-
 def one_blas_thread() -> None:
     """Keep numpy's BLAS on one thread, for the whole process, from now on (the first call sets it; later ones
     do nothing). The runtime runs its work in parts on the cores itself, and OpenBLAS's worker threads spin for

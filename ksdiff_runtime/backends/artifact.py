@@ -54,10 +54,12 @@ CONDITIONER_FILE = "conditioner.onnx"
 DENOISER_FILE = "denoiser.onnx"
 STREAM_CONDITIONER_FILE = "conditioner_stream.onnx"
 STYLE_ENCODER_FILE = "style_encoder.onnx"
-# each denoiser output's own graph (DENOISER_PATHS)
-DENOISER_PATH_FILES = {"x0_expr": "denoiser_expr.onnx", "x0_pose": "denoiser_pose.onnx"}
-GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE,
-               *DENOISER_PATH_FILES.values())
+# the graphs exported from torch, and each denoiser output's own graph cut from the denoiser's (DENOISER_PATHS),
+# by its name in the manifest
+TRACED_GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE)
+DENOISER_PATH_GRAPHS = {"x0_expr": "denoiser_expr", "x0_pose": "denoiser_pose"}
+DENOISER_PATH_FILES = {output: f"{graph}.onnx" for output, graph in DENOISER_PATH_GRAPHS.items()}
+GRAPH_FILES = (*TRACED_GRAPH_FILES, *DENOISER_PATH_FILES.values())
 CONSTANTS_FILE = "constants.npz"
 MANIFEST_FILE = "manifest.json"
 SHIPPED_EXPORT = assets.ASSETS / "export"  # the bundled checkpoint's export (`ksdiff-runtime export --ship`)
@@ -144,7 +146,7 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
                 "denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS),
                 "stream_conditioner": (STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS),
                 "style_encoder": (STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS)}
-    expected |= {f"denoiser_{output[3:]}": (inputs, (output,)) for output, inputs in DENOISER_PATHS.items()}
+    expected |= {DENOISER_PATH_GRAPHS[output]: (inputs, (output,)) for output, inputs in DENOISER_PATHS.items()}
     for graph, (inputs, outputs) in expected.items():
         entry = manifest.get("graphs", {}).get(graph, {})
         if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:

@@ -53,6 +53,7 @@ from .artifact import (
     DENOISER_AXES,
     DENOISER_FILE,
     DENOISER_PATH_FILES,
+    DENOISER_PATH_GRAPHS,
     EXPORT_FORMAT,
     EXPORT_VERSION,
     GRAPH_FILES,
@@ -62,6 +63,7 @@ from .artifact import (
     STREAM_CONDITIONER_FILE,
     STYLE_ENCODER_AXES,
     STYLE_ENCODER_FILE,
+    TRACED_GRAPH_FILES,
     ExportError,
     export_of,
     load_export,
@@ -156,6 +158,11 @@ def _export_graph(module, inputs: dict[str, np.ndarray], path: Path, input_names
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
 
 
+def _one_output(module, index: int):
+    """A graph's torch reference that returns only its output ``index`` (a denoiser path's)."""
+    return lambda *args: module(*args)[index]
+
+
 def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
                   threads: int | None = None) -> dict[str, float]:
     """Max abs error, ONNX Runtime vs torch, per graph, on random inputs of a batch size and window
@@ -174,8 +181,9 @@ def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
          stream_conditioner_inputs(cfg, B, N, 3, P, seed=7), STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS),
         ("style_encoder", TakeStyleEncoder(model), STYLE_ENCODER_FILE, style_encoder_inputs(cfg, B, seed=7),
          STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS),
-        *((f"denoiser_{output[3:]}", WindowDenoiser(model), DENOISER_PATH_FILES[output],
-           denoiser_inputs(cfg, B, N, seed=7), DENOISER_INPUTS, (output,)) for output in DENOISER_PATHS),
+        *((DENOISER_PATH_GRAPHS[output], _one_output(WindowDenoiser(model), DENOISER_OUTPUTS.index(output)),
+           DENOISER_PATH_FILES[output], denoiser_inputs(cfg, B, N, seed=7), DENOISER_INPUTS, (output,))
+          for output in DENOISER_PATHS),
     ):
         sess = ort.InferenceSession(str(Path(export_dir) / file), opts, providers=["CPUExecutionProvider"])
         fed = {i.name for i in sess.get_inputs()}
@@ -183,8 +191,6 @@ def verify_export(model, export_dir: Path, B: int = 3, N: int = 11, P: int = 5,
         with torch.no_grad():
             ref = module(*(torch.from_numpy(inputs[n]) for n in input_names))
         ref = (ref,) if isinstance(ref, torch.Tensor) else ref
-        if len(outputs) == 1 and len(ref) > 1:  # a denoiser path: its output of the whole denoiser's
-            ref = (ref[DENOISER_OUTPUTS.index(outputs[0])],)
         err = 0.0
         for name, r, o in zip(outputs, ref, got, strict=True):
             if tuple(r.shape) != o.shape:
@@ -225,7 +231,7 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
     # traced with 2 windows, verified with 3
     _export_graph(TakeStyleEncoder(model).eval(), style_encoder_inputs(cfg, 2), out / STYLE_ENCODER_FILE,
                   STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS, STYLE_ENCODER_AXES)
-    for file in (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE):
+    for file in TRACED_GRAPH_FILES:
         compact_weights(out / file)
     write_denoiser_paths(out)
     for file in GRAPH_FILES:
@@ -283,7 +289,7 @@ def write_denoiser_paths(export_dir: Path) -> None:
 
 def denoiser_path_entries() -> dict[str, dict[str, Any]]:
     """The manifest's entries for the denoiser's path graphs."""
-    return {f"denoiser_{output[3:]}": {
+    return {DENOISER_PATH_GRAPHS[output]: {
         "file": DENOISER_PATH_FILES[output], "inputs": list(inputs), "outputs": [output], "cut_from": DENOISER_FILE,
         "dynamic_axes": {n: a for n, a in DENOISER_AXES.items() if n in (*inputs, output)},
     } for output, inputs in DENOISER_PATHS.items()}
