@@ -22,6 +22,7 @@ import numpy as np
 T = TypeVar("T")
 _BLAS_LOCK = threading.Lock()
 _BLAS_SET = False  # one_blas_thread has run
+_PART = threading.local()  # .on: this thread runs one of several parts at once
 
 # rows a part must have at least: a batch of fewer than 2 x this rows is one call
 MIN_PART_ROWS = 2
@@ -51,12 +52,31 @@ def run_parts(fn: Callable[[int, int], T], parts: Sequence[tuple[int, int]]) -> 
     if len(parts) < 2:
         return [fn(a, b) for a, b in parts]
     with ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="ksdiff-part") as pool:
-        later = [pool.submit(fn, a, b) for a, b in parts[1:]]
+        later = [pool.submit(as_part(fn), a, b) for a, b in parts[1:]]
         try:
-            first = fn(*parts[0])
+            first = as_part(fn)(*parts[0])
         finally:
             wait(later)
         return [first] + [f.result() for f in later]
+
+
+def as_part(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` marked, while it runs, as one of several parts run at once on the cores (``in_part``)."""
+    def run(*args):
+        before = getattr(_PART, "on", False)
+        _PART.on = True
+        try:
+            return fn(*args)
+        finally:
+            _PART.on = before
+    return run
+
+
+def in_part() -> bool:
+    """Whether this thread runs one of several parts at once: the cores are taken, so a call made here should not
+    split itself further (the ONNX Runtime backend's denoiser paths). Decided by the work's shape, never by
+    timing, so the same work gives the same numbers."""
+    return getattr(_PART, "on", False)
 
 
 def one_blas_thread() -> None:

@@ -576,3 +576,27 @@ def test_the_shipped_exports_denoiser_paths_give_its_denoisers_numbers(monkeypat
     for output, session in backend._paths.items():
         got = session.run([output], {n: feeds[n] for n in DENOISER_PATHS[output]})[0]
         np.testing.assert_allclose(got, whole[DENOISER_OUTPUTS.index(output)], atol=1e-5)
+
+
+def test_a_denoiser_call_inside_a_part_runs_whole(shipped_export: Path, monkeypatch: pytest.MonkeyPatch):
+    """A part of a batch run at once on the cores does not split its calls further: the choice follows the work's
+    shape, never timing, so the same bake gives the same bytes."""
+    from ksdiff_runtime.backends import onnxruntime_backend as orb
+    from ksdiff_runtime.parallel import as_part
+
+    monkeypatch.setattr(orb.os, "cpu_count", lambda: 2)
+    backend = OnnxRuntimeBackend(shipped_export, threads=1)
+    ran: list[str] = []
+    for session in backend._paths.values():
+        def spy(names, feeds, run=session.run):
+            ran.extend(names)
+            return run(names, feeds)
+
+        monkeypatch.setattr(session, "run", spy)
+    feeds = denoiser_inputs(backend.constants.cfg, 1, 32, seed=3)
+    inside = as_part(backend.denoise)(feeds)
+    assert ran == []
+    outside = backend.denoise(feeds)
+    assert sorted(ran) == ["x0_expr", "x0_pose"]
+    for name in DENOISER_OUTPUTS:
+        np.testing.assert_allclose(inside[name], outside[name], atol=1e-5)

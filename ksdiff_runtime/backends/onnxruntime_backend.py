@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from ksdiff_runtime.model.io import (
     STYLE_ENCODER_INPUTS,
     STYLE_ENCODER_OUTPUTS,
 )
+from ksdiff_runtime.parallel import in_part
 
 from .artifact import (
     CONDITIONER_FILE,
@@ -93,7 +93,6 @@ class OnnxRuntimeBackend:
             self._paths = {output: self._session(ort, DENOISER_PATH_FILES[output], opts, providers, inputs)
                            for output, inputs in DENOISER_PATHS.items()}
             self._paths_pool = ThreadPoolExecutor(1, thread_name_prefix="ksdiff-denoiser-path")
-            self._paths_free = threading.Lock()
         self._stream_conditioner = self._session(ort, STREAM_CONDITIONER_FILE, opts, providers,
                                                  STREAM_CONDITIONER_INPUTS)
         self._style_encoder = self._session(ort, STYLE_ENCODER_FILE, opts, providers, STYLE_ENCODER_INPUTS)
@@ -121,25 +120,23 @@ class OnnxRuntimeBackend:
     def denoise(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = as_feeds(feeds, DENOISER_INPUTS)
         rows, frames = feeds["x_expr"].shape[:2]
-        # one call's paths at a time: calls made at once (parts of a batch, on every core already) run whole
+        # a part of a batch run at once on the cores (the engine's, `animate`'s) runs whole: the cores are taken.
+        # Decided by the call's shape and place only, never by timing: the same work gives the same numbers.
         if (self._paths_pool is None or rows > PATHS_AT_ONCE_MAX_ROWS or frames < PATHS_AT_ONCE_MIN_FRAMES
-                or not self._paths_free.acquire(blocking=False)):
+                or in_part()):
             return dict(zip(DENOISER_OUTPUTS, self._denoiser.run(list(DENOISER_OUTPUTS), feeds), strict=True))
 
         def path(output: str) -> np.ndarray:
             return self._paths[output].run([output], {n: feeds[n] for n in DENOISER_PATHS[output]})[0]
 
+        first, *others = DENOISER_OUTPUTS
+        later = [self._paths_pool.submit(path, output) for output in others]
         try:
-            first, *others = DENOISER_OUTPUTS
-            later = [self._paths_pool.submit(path, output) for output in others]
-            try:
-                out = {first: path(first)}
-            finally:
-                wait(later)
-            out.update((output, f.result()) for output, f in zip(others, later, strict=True))
-            return out
+            out = {first: path(first)}
         finally:
-            self._paths_free.release()
+            wait(later)
+        out.update((output, f.result()) for output, f in zip(others, later, strict=True))
+        return out
 
     def condition_stream(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """STREAM_CONDITIONER_INPUTS -> STREAM_CONDITIONER_OUTPUTS: a live stream's hop with its encoder state."""

@@ -47,7 +47,7 @@ from ksdiff_runtime.features.transcript import phoneme_tokens_later
 from ksdiff_runtime.features.vad import advance_many
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.inputs.stream import AudioFormat
-from ksdiff_runtime.parallel import MIN_PART_ROWS, one_blas_thread, row_parts, single_thread_cpu
+from ksdiff_runtime.parallel import MIN_PART_ROWS, as_part, one_blas_thread, row_parts, single_thread_cpu
 from ksdiff_runtime.sessions import Session, Sessions
 from ksdiff_sdk import Frame
 
@@ -569,7 +569,7 @@ class StreamingEngine:
 
         if len(parts) < 2:
             return sample(batch)
-        outs = list(self._pool.map(sample, [batch.rows(a, b) for a, b in parts]))
+        outs = list(self._pool.map(as_part(sample), [batch.rows(a, b) for a, b in parts]))
         return WindowResult.concat(outs)
 
     def _frames(self, emitted: list[tuple[StreamState, Emitted]], compute_ms: float) -> list[Frame]:
