@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -60,6 +61,8 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 # a stated bound, float32 both sides: measured ~1e-6 on the shipped checkpoint after 4 DDIM steps
 PARITY_TOL = 1e-3
 GRAPH_TOL = 1e-4
+# int8 weights vs float32, one denoising step of a window: measured 0.0xx on the shipped checkpoint (random inputs)
+INT8_MOTION_TOL = 0.25
 
 
 @pytest.fixture(autouse=True)
@@ -131,8 +134,12 @@ def test_manifest_describes_the_export(shipped_export: Path):
     for output, inputs in DENOISER_PATHS.items():  # each denoiser path cut from the denoiser, with its inputs
         entry = manifest["graphs"][f"denoiser_{output[3:]}"]
         assert entry["inputs"] == list(inputs) and entry["outputs"] == [output] and entry["cut_from"] == "denoiser.onnx"
+    entry = manifest["graphs"]["denoiser_int8"]  # the denoiser quantised, with the denoiser's inputs and outputs
+    assert entry["quantised_from"] == "denoiser.onnx"
+    assert (entry["inputs"], entry["outputs"]) == (list(DENOISER_INPUTS), list(DENOISER_OUTPUTS))
+    assert 0 < manifest["verify"]["int8_max_abs_error_vs_float"]["denoiser_int8"] < export_mod.INT8_VERIFY_TOLERANCE
     files = ("conditioner.onnx", "denoiser.onnx", "conditioner_stream.onnx", "style_encoder.onnx",
-             "denoiser_expr.onnx", "denoiser_pose.onnx")
+             "denoiser_expr.onnx", "denoiser_pose.onnx", "denoiser_int8.onnx")
     graphs = b"".join((shipped_export / f).read_bytes() for f in files)
     assert manifest["model_hash"] == hashlib.sha256(graphs).hexdigest()
     assert manifest["versions"]["torch"] == torch.__version__ and manifest["versions"]["onnx"]
@@ -283,6 +290,68 @@ def test_onnxruntime_cpu_threads_do_not_spin_between_calls(shipped_export):
     backend = OnnxRuntimeBackend(shipped_export)
     for session in (backend._conditioner, backend._denoiser, backend._stream_conditioner):
         assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+# --- int8 -------------------------------------------------------------------------------------------
+def weighted_matmuls(path: Path) -> tuple[int, int, int]:
+    """(MatMuls whose weight is a float initializer or a cast of one, MatMulIntegers, int8 weight matrices) of a
+    graph."""
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    casts = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in inits}
+    weighted = sum(1 for n in model.graph.node if n.op_type == "MatMul"
+                   and (n.input[1] in inits or n.input[1] in casts))
+    integer = sum(1 for n in model.graph.node if n.op_type == "MatMulInteger")
+    matrices = sum(1 for t in inits.values() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2)
+    return weighted, integer, matrices
+
+
+def test_the_int8_denoiser_quantises_every_weighted_matmul_of_the_denoiser(shipped_export: Path):
+    float_matmuls, _, _ = weighted_matmuls(shipped_export / "denoiser.onnx")
+    left, integer, matrices = weighted_matmuls(shipped_export / "denoiser_int8.onnx")
+    # none left float; each an integer product of an int8 matrix (more than the float graph's MatMuls: ONNX
+    # Runtime's quantiser takes its Gemm layers too, the style-and-step projections)
+    assert left == 0 and integer == matrices >= float_matmuls > 10, (float_matmuls, left, integer, matrices)
+    # the weights left float stay float16 + Cast, as in the float graph: the file is smaller, not larger
+    assert (shipped_export / "denoiser_int8.onnx").stat().st_size < (shipped_export / "denoiser.onnx").stat().st_size
+
+
+def test_the_shipped_int8_graphs_are_quantised_from_its_float_graphs():
+    from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT
+
+    cfg, _, _ = load_export(SHIPPED_EXPORT)
+    errors = export_mod.verify_int8(SHIPPED_EXPORT, cfg)
+    assert set(errors) == {"denoiser_int8"}
+    assert all(0 < e < export_mod.INT8_VERIFY_TOLERANCE for e in errors.values()), errors
+
+
+def test_int8_backend_runs_the_int8_graphs_close_to_float(shipped_export: Path):
+    float_backend = OnnxRuntimeBackend(shipped_export, threads=1)
+    int8_backend = OnnxRuntimeBackend(shipped_export, threads=1, int8=True)
+    assert (float_backend.precision, int8_backend.precision) == ("float32", "int8")
+    assert Path(int8_backend._denoiser._model_path).name == "denoiser_int8.onnx"
+    assert Path(int8_backend._stream_conditioner._model_path).name == "conditioner_stream.onnx"  # float: not faster
+    assert int8_backend._paths_pool is None  # the paths are float graphs: int8 runs its denoiser whole
+    cfg = float_backend.constants.cfg
+    batch = window_batch(cfg, 4, 16, seed=11, with_style=True)
+    ref = sample_windows(float_backend, batch, steps=1)
+    got = sample_windows(int8_backend, batch, steps=1)
+    again = sample_windows(int8_backend, batch, steps=1)
+    for name in ("expr", "pose"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(again, name))  # deterministic
+        err = max_err(getattr(ref, name), getattr(got, name))
+        # int8 weights move the motion by hundredths; the held-out figures do not move (docs/BACKENDS.md "int8")
+        print(f"int8 vs float32, {name}: max abs {err:.4f}")
+        assert 1e-6 < err < INT8_MOTION_TOL, (name, err)
+
+
+def test_int8_is_for_onnxruntime_on_the_cpu(shipped_export: Path, tiny_checkpoint: Path, tmp_path: Path):
+    with pytest.raises(BackendError, match="int8 denoiser is for ONNX Runtime on the CPU"):
+        OnnxRuntimeBackend(shipped_export, device="cuda", int8=True)
+    assert load_backend("onnxruntime-cpu", int8=True).precision == "int8"
+    assert load_backend("onnxruntime-cpu").precision == "float32"
+    # a backend without int8 graphs runs float when asked for int8 (serve asks on every backend)
+    assert load_backend("torch-cpu", tiny_checkpoint, int8=True).name == "torch-cpu"
 
 
 # --- load_backend ----------------------------------------------------------------------------------

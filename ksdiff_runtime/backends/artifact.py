@@ -10,6 +10,9 @@ An export is a directory:
     conditioner_stream.onnx  StreamingConditioner (model/streaming.py: a live stream's hop, encoder state
                        as inputs and outputs)
     style_encoder.onnx TakeStyleEncoder (KSDiff.style_of: windows of a reference take -> style vectors)
+    denoiser_int8.onnx the denoiser with its MatMul weights quantised to int8 (per output channel, 7 bits,
+                       activations quantised as they come): what ONNX Runtime on the CPU runs for live streams
+                       by default (docs/BACKENDS.md "int8 on the CPU")
     constants.npz      ModelConstants (motion normalisation, null style, noise schedule, the moods' styles)
     manifest.json      format, model config, graph input/output names and dynamic axes, opset,
                        checkpoint sha256, model_hash (sha256 over the ONNX files), versions,
@@ -48,7 +51,7 @@ from ksdiff_runtime.model.io import (
 from .base import BackendError, ModelConstants
 
 EXPORT_FORMAT = "ksdiff-onnx-export"
-EXPORT_VERSION = 4  # 2: the stream conditioner; 3: the style encoder; 4: the denoiser's paths apart
+EXPORT_VERSION = 5  # 2: the stream conditioner; 3: the style encoder; 4: the denoiser's paths apart; 5: int8
 OPSET = 17
 CONDITIONER_FILE = "conditioner.onnx"
 DENOISER_FILE = "denoiser.onnx"
@@ -59,7 +62,10 @@ STYLE_ENCODER_FILE = "style_encoder.onnx"
 TRACED_GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE)
 DENOISER_PATH_GRAPHS = {"x0_expr": "denoiser_expr", "x0_pose": "denoiser_pose"}
 DENOISER_PATH_FILES = {output: f"{graph}.onnx" for output, graph in DENOISER_PATH_GRAPHS.items()}
-GRAPH_FILES = (*TRACED_GRAPH_FILES, *DENOISER_PATH_FILES.values())
+# the int8 graphs by manifest name: (the float graph it is quantised from, by manifest name, its file, the int8 file)
+INT8_GRAPHS = {"denoiser_int8": ("denoiser", DENOISER_FILE, "denoiser_int8.onnx")}
+INT8_FILES = {source: file for _, source, file in INT8_GRAPHS.values()}  # a float graph's file -> its int8 graph's
+GRAPH_FILES = (*TRACED_GRAPH_FILES, *DENOISER_PATH_FILES.values(), *INT8_FILES.values())
 CONSTANTS_FILE = "constants.npz"
 MANIFEST_FILE = "manifest.json"
 SHIPPED_EXPORT = assets.ASSETS / "export"  # the bundled checkpoint's export (`ksdiff-runtime export --ship`)
@@ -147,6 +153,7 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
                 "stream_conditioner": (STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS),
                 "style_encoder": (STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS)}
     expected |= {DENOISER_PATH_GRAPHS[output]: (inputs, (output,)) for output, inputs in DENOISER_PATHS.items()}
+    expected |= {name: expected[graph] for name, (graph, _, _) in INT8_GRAPHS.items()}
     for graph, (inputs, outputs) in expected.items():
         entry = manifest.get("graphs", {}).get(graph, {})
         if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:

@@ -78,6 +78,8 @@ class Backend(Protocol):
     # Optional: the CPU threads one call uses (0 on a GPU). The engine runs a live round's calls in parts at
     # once only on a backend whose calls use one thread (more would oversubscribe the cores).
     # intra_op_threads: int
+    # Optional: "int8" where the backend runs int8 weights (onnxruntime-cpu's int8 denoiser), else float
+    # precision: str
     constants: ModelConstants
 
     def condition(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

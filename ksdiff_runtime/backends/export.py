@@ -57,6 +57,7 @@ from .artifact import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     GRAPH_FILES,
+    INT8_GRAPHS,
     MANIFEST_FILE,
     OPSET,
     STREAM_CONDITIONER_AXES,
@@ -78,6 +79,9 @@ DEFAULT_EXPORT_DIR = Path("exports/ksdiff")
 # ONNX Runtime vs torch on random inputs, float32: a correct export lands around 1e-6..1e-5;
 # anything above this is a broken graph, not rounding.
 VERIFY_TOLERANCE = 1e-3
+# an int8 graph vs its float graph in ONNX Runtime on the same random inputs: int8 weights move the outputs by
+# hundredths (0.06 on the bundled model's denoiser); a wrong scale or a saturated product moves them by units
+INT8_VERIFY_TOLERANCE = 0.5
 
 # --- random graph inputs (export tracing and verification) --------------------------------------
 def conditioner_inputs(cfg: ModelConfig, B: int, N: int, P: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -234,6 +238,7 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
     for file in TRACED_GRAPH_FILES:
         compact_weights(out / file)
     write_denoiser_paths(out)
+    write_int8_graphs(out)
     for file in GRAPH_FILES:
         onnx.checker.check_model(str(out / file))
     bar.update()
@@ -243,6 +248,11 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
         if not err < VERIFY_TOLERANCE:  # also catches NaN
             raise ExportError(f"export of {checkpoint}: ONNX Runtime differs from torch on the {graph} by {err:.3g} "
                               f"(max abs; a correct export is below {VERIFY_TOLERANCE:g})")
+    int8_errors = verify_int8(out, cfg)
+    for graph, err in int8_errors.items():
+        if not err < INT8_VERIFY_TOLERANCE:
+            raise ExportError(f"export of {checkpoint}: the {graph} graph differs from its float graph by {err:.3g} "
+                              f"(max abs; int8 weights move it by hundredths, at most {INT8_VERIFY_TOLERANCE:g})")
     bar.update()
     bar.set_postfix_str(stages[6])
     ModelConstants.from_model(model).save(out / CONSTANTS_FILE)
@@ -265,13 +275,15 @@ def _write_export(checkpoint: Path, out: Path, progress: bool) -> dict[str, floa
                               "outputs": list(STYLE_ENCODER_OUTPUTS), "dynamic_axes": STYLE_ENCODER_AXES,
                               "window_frames": cfg.style_clip_frames},
             **denoiser_path_entries(),
+            **int8_entries(),
         },
         "int64_inputs": sorted(INT64_INPUTS),
         "checkpoint": {"name": checkpoint.name, "sha256": sha256_file(checkpoint)},
         "model_hash": model_hash(out),
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
         "verify": {"batch": 3, "new_frames": 11, "text_tokens": 5,
-                   "max_abs_error": {g: float(e) for g, e in errors.items()}},
+                   "max_abs_error": {g: float(e) for g, e in errors.items()},
+                   "int8_max_abs_error_vs_float": int8_errors},
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     bar.update()
@@ -285,6 +297,77 @@ def write_denoiser_paths(export_dir: Path) -> None:
     for output, inputs in DENOISER_PATHS.items():
         extract_model(str(export_dir / DENOISER_FILE), str(export_dir / DENOISER_PATH_FILES[output]), list(inputs),
                       [output], check_model=False)
+
+
+def write_int8_graphs(export_dir: Path) -> None:
+    """Quantise the denoiser (INT8_GRAPHS) to int8 with ONNX Runtime's dynamic quantisation.
+
+    Every MatMul with a weight (the attention and feed-forward projections, the path heads) gets int8 weights, one
+    scale per output channel, 7 bits (``reduce_range``: on x86 CPUs without VNNI, ONNX Runtime multiplies uint8
+    activations by int8 weights in pairs summed into int16, which 8-bit weights can overflow); activations are
+    quantised per call as they come. Convolutions, norms and the rest stay float. The stream conditioner is left
+    float: quantised, its calls in a live round took as long or longer (docs/BACKENDS.md "int8 on the CPU")."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for _, source, file in INT8_GRAPHS.values():
+        model = onnx.load(str(export_dir / source))
+        _float32_weights(model)  # quantize_dynamic quantises initializers, not casts of them
+        tmp = export_dir / f".{file}.float32"
+        onnx.save(model, str(tmp))
+        try:
+            quantize_dynamic(str(tmp), str(export_dir / file), weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=True, op_types_to_quantize=["MatMul"])
+        finally:
+            tmp.unlink(missing_ok=True)
+        compact_weights(export_dir / file)  # the weights left float go back to float16 + Cast
+
+
+def _float32_weights(model: onnx.ModelProto) -> None:
+    """Fold every Cast of a float16 initializer to float32 (compact_weights' casts) into a float32 initializer."""
+    graph = model.graph
+    halves = {t.name: t for t in graph.initializer if t.data_type == TensorProto.FLOAT16}
+    nodes, added = [], []
+    for node in graph.node:
+        if node.op_type == "Cast" and node.input[0] in halves:
+            added.append(numpy_helper.from_array(numpy_helper.to_array(halves[node.input[0]]).astype(np.float32),
+                                                 node.output[0]))
+        else:
+            nodes.append(node)
+    used = {name for node in nodes for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used] + added
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+# a quantised graph's inputs, outputs and axes (its float graph's)
+_INT8_SOURCES = {"denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS, DENOISER_AXES)}
+
+
+def int8_entries() -> dict[str, dict[str, Any]]:
+    """The manifest's entries for the int8 graphs."""
+    entries = {}
+    for name, (graph, source, file) in INT8_GRAPHS.items():
+        inputs, outputs, axes = _INT8_SOURCES[graph]
+        entries[name] = {"file": file, "inputs": list(inputs), "outputs": list(outputs), "dynamic_axes": axes,
+                         "quantised_from": source, "quantisation": "dynamic: MatMul weights int8 per output channel, "
+                                                                   "7 bits; activations uint8 per call"}
+    return entries
+
+
+def verify_int8(export_dir: Path, cfg: ModelConfig, B: int = 3, N: int = 11) -> dict[str, float]:
+    """Max abs difference, int8 graph vs its float graph in ONNX Runtime, per int8 graph, on random inputs."""
+    feeds = {"denoiser": denoiser_inputs(cfg, B, N, seed=7)}
+    errors = {}
+    for name, (graph, source, file) in INT8_GRAPHS.items():
+        outs = []
+        for path in (export_dir / source, export_dir / file):
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            fed = {i.name for i in sess.get_inputs()}
+            outs.append(sess.run(None, {n: v for n, v in feeds[graph].items() if n in fed}))
+        errors[name] = max(float(np.abs(a - b).max()) for a, b in zip(*outs, strict=True))
+    return errors
 
 
 def denoiser_path_entries() -> dict[str, dict[str, Any]]:

@@ -26,6 +26,7 @@ from .artifact import (
     CONDITIONER_FILE,
     DENOISER_FILE,
     DENOISER_PATH_FILES,
+    INT8_FILES,
     STREAM_CONDITIONER_FILE,
     STYLE_ENCODER_FILE,
     load_export,
@@ -54,10 +55,15 @@ def as_feeds(feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, 
 
 class OnnxRuntimeBackend:
     def __init__(self, export_dir: str | Path, device: str = "cpu", threads: int | None = None,
-                 device_index: int = 0) -> None:
+                 device_index: int = 0, int8: bool = False) -> None:
+        """``int8``: the denoiser runs from the export's int8 graph (the CPU only; artifact.INT8_GRAPHS,
+        docs/BACKENDS.md "int8 on the CPU")."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
         self.name = f"onnxruntime-{device}"
+        if int8 and device != "cpu":
+            raise BackendError(f"{self.name}: the int8 denoiser is for ONNX Runtime on the CPU; a GPU runs float")
+        self.precision = "int8" if int8 else "float32"
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -86,10 +92,11 @@ class OnnxRuntimeBackend:
         # the CPU threads a call uses (ONNX Runtime's default: one per core); none on the GPU
         self.intra_op_threads = 0 if device == "cuda" else (threads or os.cpu_count() or 1)
         self._conditioner = self._session(ort, CONDITIONER_FILE, opts, providers, CONDITIONER_INPUTS)
-        self._denoiser = self._session(ort, DENOISER_FILE, opts, providers, DENOISER_INPUTS)
-        # the paths at once: on a CPU of several cores, with one thread a call
+        self._denoiser = self._session(ort, INT8_FILES[DENOISER_FILE] if int8 else DENOISER_FILE, opts, providers,
+                                       DENOISER_INPUTS)
+        # the paths at once: on a CPU of several cores, with one thread a call (float graphs: int8 runs whole)
         self._paths_pool = None
-        if device == "cpu" and self.intra_op_threads == 1 and (os.cpu_count() or 1) > 1:
+        if device == "cpu" and self.intra_op_threads == 1 and (os.cpu_count() or 1) > 1 and not int8:
             self._paths = {output: self._session(ort, DENOISER_PATH_FILES[output], opts, providers, inputs)
                            for output, inputs in DENOISER_PATHS.items()}
             self._paths_pool = ThreadPoolExecutor(1, thread_name_prefix="ksdiff-denoiser-path")

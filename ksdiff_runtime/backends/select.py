@@ -82,7 +82,7 @@ def resolve(name: str) -> str:
 
 
 def _load(name: str, checkpoint: Path, export_dir: Path | None, device_index: int, threads: int | None,
-          cuda_graphs: bool, engine_cache: Path | None) -> Backend:
+          cuda_graphs: bool, engine_cache: Path | None, int8: bool) -> Backend:
     reason = unavailable_reason(name)
     if reason is not None:
         raise BackendUnavailableError(f"{name}: {reason}")
@@ -97,7 +97,8 @@ def _load(name: str, checkpoint: Path, export_dir: Path | None, device_index: in
     if name in ("onnxruntime-cpu", "onnxruntime-cuda"):
         from .onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(export_dir, device=name.split("-")[1], threads=threads, device_index=device_index)
+        return OnnxRuntimeBackend(export_dir, device=name.split("-")[1], threads=threads, device_index=device_index,
+                                  int8=int8 and name == "onnxruntime-cpu")
     from .tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(export_dir, device_index=device_index, cache_dir=engine_cache)
@@ -131,13 +132,15 @@ def load_backend(
     threads: int | None = None,
     cuda_graphs: bool = False,
     engine_cache: str | Path | None = None,
+    int8: bool = False,
 ) -> Backend:
     """The named backend (see BACKEND_NAMES), loaded with ``checkpoint``.
 
     export_dir: where the ONNX export lives or is made (default: a per-checkpoint cache directory).
     device_index: the CUDA device for GPU backends. threads: ONNX Runtime intra-op threads.
     cuda_graphs: torch-cuda replays the denoiser from CUDA graphs. engine_cache: TensorRT engine
-    directory (default ~/.cache/ksdiff-runtime/tensorrt).
+    directory (default ~/.cache/ksdiff-runtime/tensorrt). int8: onnxruntime-cpu runs the export's int8 denoiser (what
+    `serve` runs on a CPU; docs/BACKENDS.md "int8 on the CPU"); the other backends have none and run float.
     A named backend that cannot load raises BackendError; with fallback=True it logs a warning and
     tries the faster-to-slower auto order after it instead. A bad checkpoint raises CheckpointError
     whatever the backend (every backend would fail on it).
@@ -148,7 +151,7 @@ def load_backend(
         raise CheckpointError(f"checkpoint {checkpoint} does not exist")
     options = dict(checkpoint=checkpoint, export_dir=Path(export_dir) if export_dir else None,
                    device_index=device_index, threads=threads, cuda_graphs=cuda_graphs,
-                   engine_cache=Path(engine_cache) if engine_cache else None)
+                   engine_cache=Path(engine_cache) if engine_cache else None, int8=int8)
     if concrete == "auto":
         candidates = list(AUTO_ORDER)
     elif fallback:
