@@ -43,8 +43,9 @@ from ksdiff_runtime.assets import SAMPLE_SPEECH
 log = logging.getLogger(__name__)
 
 SECTIONS = ("compute", "latency", "bake", "memory")
-CPU_BACKENDS = ("torch-cpu", "onnxruntime-cpu")
-# "torch-cuda+graphs" is torch-cuda loaded with cuda_graphs=True (the denoiser replayed from CUDA graphs)
+CPU_BACKENDS = ("torch-cpu", "onnxruntime-cpu", "onnxruntime-cpu+int8")
+# "torch-cuda+graphs" is torch-cuda loaded with cuda_graphs=True (the denoiser replayed from CUDA graphs);
+# "onnxruntime-cpu+int8" runs the export's int8 denoiser, as `serve` does
 GPU_BACKENDS = ("torch-cuda", "torch-cuda+graphs", "onnxruntime-cuda", "tensorrt")
 CPU_BATCHES = (1, 2, 4, 8, 16, 32)
 GPU_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -231,11 +232,12 @@ def window_batch(constants, preset, speech: Speech, batch: int, rng: np.random.G
 
 
 def load_variant(label: str, checkpoint: Path):
-    """A backend by its bench label (torch-cuda+graphs = torch-cuda with CUDA graphs)."""
+    """A backend by its bench label (torch-cuda+graphs = torch-cuda with CUDA graphs; onnxruntime-cpu+int8 = its
+    int8 denoiser)."""
     from ksdiff_runtime.backends import load_backend
 
-    name, graphs = (label.removesuffix("+graphs"), True) if label.endswith("+graphs") else (label, False)
-    return load_backend(name, checkpoint, cuda_graphs=graphs)
+    name, _, variant = label.partition("+")
+    return load_backend(name, checkpoint, cuda_graphs=variant == "graphs", int8=variant == "int8")
 
 
 def preset_hop_ms(preset) -> float:

@@ -30,7 +30,8 @@ def test_bench_quick_compute_and_bake(tiny_checkpoint: Path, tmp_path: Path, mon
     assert doc["device"]["cpu_cores"] >= 1
 
     compute = doc["compute"]
-    assert set(compute["backends"]) | set(compute["skipped"]) == {"torch-cpu", "onnxruntime-cpu"}
+    labels = {"torch-cpu", "onnxruntime-cpu", "onnxruntime-cpu+int8"}
+    assert set(compute["backends"]) | set(compute["skipped"]) == labels
     assert "torch-cpu" in compute["backends"]  # torch always loads on the CPU
     for entry in compute["backends"].values():
         assert set(entry["presets"]) == {"low-latency", "quality"}

@@ -145,6 +145,9 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
                    "closure and the gate as serve and bake run by default (training/real_eval.py)")
     p.add_argument("--backend", default="onnxruntime", choices=BACKEND_NAMES,
                    help="with --real: the backend that runs the checkpoint")
+    p.add_argument("--int8", action="store_true",
+                   help="with --real: ONNX Runtime on the CPU runs the int8 denoiser, as `serve` does "
+                   "(docs/BACKENDS.md)")
     p.add_argument("--quick", action="store_true",
                    help="instead: only the 4-step rows (offline and streaming features) of --checkpoint and every "
                    "--ablation, side by side on the same clips (minutes, not the full table's many)")
@@ -160,7 +163,7 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     if args.real:
-        backend = load_backend(args.backend, args.checkpoint)
+        backend = load_backend(args.backend, args.checkpoint, int8=args.int8)
         result = real_eval.evaluate_real(backend, args.out or Path("runs/eval-real"), args.max_clips,
                                          tuple(args.mode) or real_eval.MODES)
         print(real_eval.format_report(result))
@@ -189,6 +192,9 @@ def configure_eval_stream(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-clips", type=int, default=80, help="evaluate on at most this many clips (0 = all)")
     p.add_argument("--out", type=Path, default=Path("runs/eval-stream"), help="where stream_quality.json/.md go")
     p.add_argument("--backend", default="torch-cpu", choices=BACKEND_NAMES, help="backend the streams run on")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX Runtime on the CPU runs the streams' denoiser in int8, as `serve` does "
+                   "(docs/BACKENDS.md; the whole-clip reference stays float)")
     p.add_argument("--variant", action="append", default=[], metavar="PRESET:FIELD=VALUE,...",
                    help="score a preset with fields changed instead of the two presets (repeatable), e.g. "
                    "'low-latency:hop_frames=2,feature_block_frames=2' (how the sweeps in docs/ENGINE.md were run)")
@@ -240,7 +246,7 @@ def run_eval_stream(args: argparse.Namespace) -> int:
                             variants, args.lines, args.windowed, args.windowed_recogniser,
                             args.recogniser_weights, args.recogniser_lookahead, args.line_face_steps or None,
                             parse_variant(args.line_preset) if args.line_preset else None, args.null_style,
-                            args.closure)
+                            args.closure, int8=args.int8)
     return 0
 
 

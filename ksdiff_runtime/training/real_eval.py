@@ -405,6 +405,7 @@ def evaluate_real(backend: Backend, out: Path, max_prompts: int = 0, modes: tupl
         noises = {"recorded music": music, **noises}
     noisy = prompts[:noisy_prompts] if noisy_prompts else prompts
     result: dict[str, Any] = {
+        "backend": backend.name, "precision": getattr(backend, "precision", "float32"),
         "prompts": len(prompts), "voice_seconds": round(sum(p.voice.stop - p.voice.start for p in prompts) / SR, 1),
         "skipped": skipped, "pad_s": PAD_S, "room_dbfs": ROOM_DBFS, "bake_steps": BAKE_STEPS,
         "live_preset": LIVE_PRESET, "open_threshold": OPEN, "snr_db": SNR_DB, "noisy_prompts": len(noisy),

@@ -93,7 +93,7 @@ def stream_eval(
     variants: list[Preset] | None = None, line_steps: list[int] | None = None, windowed: bool = False,
     windowed_recogniser: bool = False, recogniser_weights: Path | None = None, recogniser_lookahead: int | None = None,
     line_face_steps: int | None = LINE_EXPRESSION_STEPS, line_base: Preset | None = None, null_style: bool = False,
-    closure: bool = False,
+    closure: bool = False, int8: bool = False,
 ) -> dict:
     """Both presets (or, given ``variants``, those presets instead) against whole-clip animation; with
     ``line_steps``, also every clip as a line (mode "line") at each of those step counts; ``windowed``:
@@ -106,7 +106,7 @@ def stream_eval(
     ``null_style``: every row with the network's null style, as `serve` runs a neutral stream (engine/style.py),
     not each clip's reference style (another clip of its persona, as the SDK can give a stream);
     ``closure``: also each preset's live streams with the bilabial closure (engine/closure.py), as `serve` runs
-    them."""
+    them; ``int8``: ONNX Runtime on the CPU runs the streams' denoiser in int8, as `serve` does."""
     model = load_model(checkpoint)
     held = held_out(model, corpus, cache, max_clips)
     clips, beats_audio = held.clips, held.beats_audio
@@ -114,7 +114,7 @@ def stream_eval(
     styles = None if style is None else style.numpy()
     rows = {"whole clip (offline features, 4 steps)": score(
         clips, animate_model(model, model_inputs(clips), steps=4, style=style), beats_audio, (0.5, 0.5))}
-    backend = load_backend(backend_name, checkpoint)
+    backend = load_backend(backend_name, checkpoint, int8=int8)
     presets: dict[str, Preset] = {}
     for preset in variants or list(PRESETS.values()):
         # (stream conditioner, streaming recogniser, bilabial closure): as the engine runs, then those asked for
@@ -158,7 +158,8 @@ def stream_eval(
                 continue
             rel = (b - a) / abs(a) if a else None
             deltas[label][key] = rel
-    result = {"checkpoint": str(checkpoint), "backend": backend.name, "clips": len(clips),
+    result = {"checkpoint": str(checkpoint), "backend": backend.name,
+              "precision": getattr(backend, "precision", "float32"), "clips": len(clips),
               "style": "null" if null_style else "reference", "rows": rows,
               "relative_to_whole_clip": deltas,
               "presets": {label: vars(p) for label, p in presets.items()}, "tolerance": TOLERANCE}
