@@ -739,3 +739,20 @@ def test_a_configured_take_is_shown_by_name_and_a_client_may_return_to_it(runtim
         runtime.engine.controls = before
         peer.close()
 
+
+
+def test_serve_runs_int8_by_default_and_float32_on_request(tmp_path):
+    """The int8 graphs are serve's default on a CPU (docs/BACKENDS.md "int8"); --float32 or `int8 = false` in the
+    config file turns them off."""
+    import argparse
+
+    from ksdiff_runtime.cli.serve import configure_serve
+    from ksdiff_runtime.server.config import load_config
+
+    p = argparse.ArgumentParser()
+    configure_serve(p)
+    assert load_config(None, vars(p.parse_args([]))).int8 is True
+    assert load_config(None, vars(p.parse_args(["--float32"]))).int8 is False
+    config = tmp_path / "serve.toml"
+    config.write_text("int8 = false\n")
+    assert load_config(config, vars(p.parse_args([]))).int8 is False

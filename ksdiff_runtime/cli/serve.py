@@ -102,6 +102,9 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    help=f"end a stream after this long without audio (default {defaults.idle_timeout_s})")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads on the CPU (default 1: a second thread's "
                    "spinning slows the front-end; see docs/SERVE.md)")
+    p.add_argument("--float32", dest="int8", action="store_const", const=False,
+                   help="ONNX Runtime on the CPU runs every graph in float32 (default: the denoiser with int8 weights, "
+                   "about twice as fast at the same held-out quality; docs/BACKENDS.md)")
     p.add_argument("--mic", action="store_const", const=True, help="animate the microphone as stream 'mic'")
     p.add_argument("--device", help="input device: index or part of its name (see `ksdiff-runtime devices`)")
     p.add_argument("--mic-rate", type=int, help="capture rate in Hz (default: 16000 if the device takes it, "
@@ -217,7 +220,7 @@ def serve(config: ServeConfig) -> int:
                           config.idle_timeout_s, threads=config.threads, controls=config.artist_controls(),
                           voice_gate=config.voice_gate, closure=config.closure, liveliness=config.liveliness,
                           streaming_recogniser=config.streaming_recogniser, mood_guidance=config.mood_guidance,
-                          network_style=config.network_style)
+                          network_style=config.network_style, int8=config.int8)
     last_line = [0.0]
 
     def on_stats(stats: dict[str, Any]) -> None:

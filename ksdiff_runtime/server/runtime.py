@@ -80,6 +80,7 @@ def build_engine(
     streaming_recogniser: bool = True,
     mood_guidance: float = DEFAULT_MOOD_GUIDANCE,
     network_style: bool = False,
+    int8: bool = True,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
     ``voice_gate``: rest the mouth where no voice is heard (engine/gate.py; off with a warning when
@@ -89,7 +90,8 @@ def build_engine(
     ``streaming_recogniser``: live streams keep a streaming recogniser (features/streaming_frontend.py);
     False: each hop re-recognises its window of audio. ``mood_guidance``: how strongly the network speaks in
     a stream's mood (engine/sampling.py). ``network_style``: a stream's style take reaches the network's style
-    input too (engine/network_style.py).
+    input too (engine/network_style.py). ``int8``: ONNX Runtime on the CPU runs the int8 denoiser
+    (backends/select.py load_backend; other backends run float).
 
     ``threads``: ONNX Runtime's intra-op threads on the CPU. One by default: a hop's batch is
     small, and a second spinning worker fights the front-end and io threads for the cores
@@ -98,7 +100,7 @@ def build_engine(
     from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
     t0 = time.perf_counter()
-    loaded = load_backend(backend, checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=threads)
+    loaded = load_backend(backend, checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=threads, int8=int8)
     engine = StreamingEngine(loaded, preset, fps=fps, idle_timeout_s=idle_timeout_s, controls=controls,
                              voice_gate=gate_if_available(voice_gate), closure=DEFAULT_CLOSURE if closure else None,
                              liveliness=LivelinessConfig() if liveliness else None,
@@ -108,8 +110,9 @@ def build_engine(
     warm_s = engine.warm_up()
     r = engine.capacity.reading()
     rounds = f"; its round ~{r.rounds.per_stream_ms:.1f} ms a stream + {r.rounds.fixed_ms:.1f}" if r.rounds else ""
+    on = loaded.name + (" (int8)" if getattr(loaded, "precision", "") == "int8" else "")
     log.info("model on %s in %.1f s, warmed up in %.1f s; a %s stream costs %.2f of a core here (and the rounds "
-             "%.2f)%s (room for %d)", loaded.name, loaded_s, warm_s, engine.preset.name, r.stream_cores, r.fixed_cores,
+             "%.2f)%s (room for %d)", on, loaded_s, warm_s, engine.preset.name, r.stream_cores, r.fixed_cores,
              rounds, r.streams_that_fit())
     return engine
 
