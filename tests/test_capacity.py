@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ksdiff_runtime.engine.capacity import ROUND_PROBE, ROUND_TARGET, Capacity, Reading, RoundCost
@@ -110,9 +111,10 @@ def test_the_warm_up_keeps_the_median_of_its_probes(tiny_backend, monkeypatch):
     # the round times of (1 stream, ROUND_PROBE streams) x 3 probes: the second probe met a hiccup
     measured = iter([10.0, 20.0, 400.0, 900.0, 12.0, 21.0])
 
-    def probe(n, stereo_48k, mode, text=None):
+    def probe(n, stereo_48k, mode, text=None, paced=False):
         if text is not None:  # the passes before the probe, which warm a first stream's paths
             return real(n, stereo_48k, mode, text)
+        assert paced  # the probe's rounds are paced at the hop, as serve's are
         return next(measured)
 
     monkeypatch.setattr(engine, "_warm_streams", probe)
@@ -136,3 +138,31 @@ def test_a_round_that_shed_frames_refuses_new_live_streams_for_a_while(monkeypat
     later = module.time.monotonic_ns() + int((module.SHED_MEMORY_S + 0.1) * 1e9)
     monkeypatch.setattr(module.time, "monotonic_ns", lambda: later)
     assert not capacity.shed_recently() and capacity.admit(1) is None
+
+
+def test_the_probe_paces_its_rounds_at_the_hop_as_serve_does(tiny_backend, monkeypatch):
+    """A round after the cores idled costs more than one right after another (docs/ENGINE.md "What a round
+    costs"): the warm-up's probe starts a round every hop, as audio arriving in real time starts serve's."""
+    import time
+
+    from ksdiff_runtime.assets import SAMPLE_SPEECH
+    from ksdiff_runtime.inputs.guards import load_audio
+
+    engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1)
+    starts: list[float] = []
+    step = engine.step
+
+    def timed_step(*args, **kwargs):
+        starts.append(time.perf_counter())
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "step", timed_step)
+    audio, _ = load_audio(SAMPLE_SPEECH)
+    stereo_48k = np.repeat(np.repeat(audio[:4000], 3)[:, None], 2, axis=1)  # 0.25 s
+    assert engine._warm_streams(2, stereo_48k, "live", paced=True) > 0
+    gaps = np.diff(starts)
+    assert len(gaps) >= 6 and gaps.min() >= HOP_MS / 1000 - 1e-3, gaps
+    starts.clear()
+    engine._warm_streams(2, stereo_48k, "live")  # back to back: no waiting between rounds
+    assert len(starts) >= 7
+    engine.close()

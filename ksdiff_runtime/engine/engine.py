@@ -78,6 +78,8 @@ log = logging.getLogger("ksdiff_runtime.engine")
 DEFAULT_IDLE_TIMEOUT_S = 10.0
 WARM_UP_S = 1.0  # seconds of the bundled speech per warm-up pass
 PROBE_REPEATS = 3  # the warm-up's cost probe (1 and ROUND_PROBE streams) runs this many times; medians are kept
+# seconds of speech per probe pass: its rounds are paced at the hop as `serve`'s are, so a pass takes this long
+PROBE_S = 0.6
 
 
 @dataclass
@@ -628,24 +630,30 @@ class StreamingEngine:
         for mode in ("live", "line"):  # a first stream's paths, a transcript's too
             self._warm_streams(1, stereo_48k, mode, text="hello there")
         # what live streams cost: the CPU and the engine thread's round with 1 and with ROUND_PROBE streams, each
-        # the median of probe_repeats passes (one pass is a second of audio: a hiccup of a busy machine moves it)
+        # the median of probe_repeats passes (a hiccup of a busy machine moves one pass). The rounds are paced at
+        # the hop, as audio arriving in real time paces `serve`'s: a round after the cores idled takes longer
+        # than one right after another (the graphs' weights have left the caches; docs/ENGINE.md "What a round
+        # costs"); measured back to back, admission took streams whose latency then broke its promise (docs/SERVE.md)
+        probe = stereo_48k[: int(PROBE_S * 48_000)]
         one_cpu, probe_cpu, one_ms, probe_ms = [], [], [], []
         for _ in range(probe_repeats):
             cpu0 = time.process_time()
-            one_ms.append(self._warm_streams(1, stereo_48k, "live"))
+            one_ms.append(self._warm_streams(1, probe, "live", paced=True))
             cpu1 = time.process_time()
-            probe_ms.append(self._warm_streams(ROUND_PROBE, stereo_48k, "live"))
+            probe_ms.append(self._warm_streams(ROUND_PROBE, probe, "live", paced=True))
             one_cpu.append(cpu1 - cpu0)
             probe_cpu.append(time.process_time() - cpu1)
         median = statistics.median
-        self.capacity.calibrate(median(one_cpu) / WARM_UP_S, median(probe_cpu) / (WARM_UP_S * ROUND_PROBE))
+        self.capacity.calibrate(median(one_cpu) / PROBE_S, median(probe_cpu) / (PROBE_S * ROUND_PROBE))
         hop_ms = 1000.0 * self.preset.hop_frames / motion.FPS
         self.capacity.calibrate_rounds(RoundCost.fit(median(one_ms), median(probe_ms), ROUND_PROBE, hop_ms))
         return time.perf_counter() - t0
 
-    def _warm_streams(self, n: int, stereo_48k: np.ndarray, mode: str, text: str | None = None) -> float:
-        """``n`` warm-up streams of the audio, pushed whole and stepped to their end; returns the median time
-        (ms) of the rounds that hopped all of them."""
+    def _warm_streams(self, n: int, stereo_48k: np.ndarray, mode: str, text: str | None = None,
+                      paced: bool = False) -> float:
+        """``n`` warm-up streams of the audio, pushed whole and stepped to their end (``paced``: a round every
+        hop, as the audio would come, not back to back); returns the median time (ms) of the rounds that hopped
+        all of them."""
         sessions = [self.sessions.open(f"warm-up-{uuid.uuid4().hex[:8]}", "sdk", AudioFormat(48_000, 2), text=text,
                                        admit=False, mode=mode) for _ in range(n)]
         for session in sessions:
@@ -653,8 +661,13 @@ class StreamingEngine:
                 self.sessions.feed(session, stereo_48k[i : i + 480])
             self.sessions.end(session)
         rounds = []
+        hop_s = self.preset.hop_frames / motion.FPS
+        next_round = time.perf_counter()
         while not all(session.finished for session in sessions):
+            if paced:  # a hop after the last round started, or at once after one that overran (no catching up)
+                time.sleep(max(0.0, next_round - time.perf_counter()))
             t = time.perf_counter()
+            next_round = t + hop_s
             hops = self.step().hops
             if hops == n:
                 rounds.append(time.perf_counter() - t)
