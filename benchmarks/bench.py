@@ -237,6 +237,8 @@ def load_variant(label: str, checkpoint: Path):
     from ksdiff_runtime.backends import load_backend
 
     name, _, variant = label.partition("+")
+    if variant and (name, variant) not in (("torch-cuda", "graphs"), ("onnxruntime-cpu", "int8")):
+        raise ValueError(f"unknown backend label {label!r}: +graphs goes with torch-cuda, +int8 with onnxruntime-cpu")
     return load_backend(name, checkpoint, cuda_graphs=variant == "graphs", int8=variant == "int8")
 
 
@@ -909,8 +911,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="backend of the latency, bake and memory sections (default: onnxruntime-cpu, "
                                      "or auto on a CUDA machine)")
     p.add_argument("--backends", help="comma-separated backends for the compute section (default: torch-cpu, "
-                                      "onnxruntime-cpu, and on a CUDA machine torch-cuda, torch-cuda+graphs, "
-                                      "onnxruntime-cuda, tensorrt)")
+                                      "onnxruntime-cpu, onnxruntime-cpu+int8, and on a CUDA machine torch-cuda, "
+                                      "torch-cuda+graphs, onnxruntime-cuda, tensorrt)")
     p.add_argument("--batches", help="comma-separated batch sizes for the compute section (default: 1..32 on CPU, "
                                      "1..256 on GPU, powers of two)")
     p.add_argument("--presets", help="comma-separated presets (default: all)")

@@ -740,10 +740,9 @@ def test_a_configured_take_is_shown_by_name_and_a_client_may_return_to_it(runtim
         peer.close()
 
 
-
-def test_serve_runs_int8_by_default_and_float32_on_request(tmp_path):
-    """The int8 graphs are serve's default on a CPU (docs/BACKENDS.md "int8"); --float32 or `int8 = false` in the
-    config file turns them off."""
+def test_serve_runs_int8_by_default_and_float32_on_request(tmp_path, serve_engine):
+    """The int8 denoiser is serve's default on a CPU (docs/BACKENDS.md "int8 on the CPU"); --float32 or
+    `int8 = false` in the config file turns it off."""
     import argparse
 
     from ksdiff_runtime.cli.serve import configure_serve
@@ -756,3 +755,9 @@ def test_serve_runs_int8_by_default_and_float32_on_request(tmp_path):
     config = tmp_path / "serve.toml"
     config.write_text("int8 = false\n")
     assert load_config(config, vars(p.parse_args([]))).int8 is False
+    assert serve_engine.backend.precision == "int8"  # build_engine's default, as serve builds it
+    engine = build_engine("onnxruntime", "low-latency", int8=False)
+    try:
+        assert engine.backend.precision == "float32"
+    finally:
+        engine.close()

@@ -644,7 +644,8 @@ class StreamingEngine:
             one_cpu.append(cpu1 - cpu0)
             probe_cpu.append(time.process_time() - cpu1)
         median = statistics.median
-        self.capacity.calibrate(median(one_cpu) / PROBE_S, median(probe_cpu) / (PROBE_S * ROUND_PROBE))
+        probe_s = len(probe) / 48_000
+        self.capacity.calibrate(median(one_cpu) / probe_s, median(probe_cpu) / (probe_s * ROUND_PROBE))
         hop_ms = 1000.0 * self.preset.hop_frames / motion.FPS
         self.capacity.calibrate_rounds(RoundCost.fit(median(one_ms), median(probe_ms), ROUND_PROBE, hop_ms))
         return time.perf_counter() - t0
