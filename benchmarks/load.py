@@ -98,12 +98,12 @@ def live_run(files: list[Path], seconds: float, work: Path, label: str, extra: t
     }
 
 
-def overload(minutes: float, streams: int, work: Path) -> dict[str, Any]:
+def overload(minutes: float, streams: int, work: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     files = stream_files(streams, work / "voices")
     print(f"reference: 1 stream for {min(minutes, 2.0):g} min ...", flush=True)
-    reference = live_run(files[:1], 60 * min(minutes, 2.0), work, "reference")
+    reference = live_run(files[:1], 60 * min(minutes, 2.0), work, "reference", extra)
     print(f"overload: {streams} streams asked for {minutes:g} min ...", flush=True)
-    loaded = live_run(files, 60 * minutes, work, "overload")
+    loaded = live_run(files, 60 * minutes, work, "overload", extra)
     ref_p95 = reference["p95_ms_worst"]
     worst = loaded["p95_ms_worst"]
     windows = [w["p95"] for s in loaded["per_stream"].values() for w in s["latency_by_window"][1:]]
@@ -121,12 +121,12 @@ def overload(minutes: float, streams: int, work: Path) -> dict[str, Any]:
     }
 
 
-def busy_cores(minutes: float, work: Path) -> dict[str, Any]:
+def busy_cores(minutes: float, work: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     files = stream_files(1, work / "voices")
     runs = {}
     for cores in (0, 1, 2):
         print(f"one stream, {cores} core(s) kept busy, {minutes:g} min ...", flush=True)
-        runs[str(cores)] = live_run(files, 60 * minutes, work, f"busy{cores}", burn_cores=cores)
+        runs[str(cores)] = live_run(files, 60 * minutes, work, f"busy{cores}", extra, burn_cores=cores)
     p95 = {c: r["p95_ms_worst"] for c, r in runs.items()}
     return {"runs": runs, "targets": {
         "one_core_busy_p95_le_160ms": {"p95_ms": p95["1"], "met": bool(p95["1"] and p95["1"] <= 160)},
@@ -192,13 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=8, help="streams asked for in the overload run (default 8)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "load.json", help="results (and a .png beside)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "load", help="scratch: audio files, serve logs")
+    p.add_argument("--serve-args", default="", metavar="FLAGS",
+                   help="more flags for every serve of the overload and busy-cores runs, e.g. '--float32'")
     args = p.parse_args(argv)
+    extra = tuple(args.serve_args.split())
     doc: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     doc["machine"] = machine()
     if "overload" in args.which:
-        doc["overload"] = overload(args.minutes, args.streams, args.work)
+        doc["overload"] = overload(args.minutes, args.streams, args.work, extra)
     if "busy-cores" in args.which:
-        doc["busy_cores"] = busy_cores(max(1.0, args.minutes / 5), args.work)
+        doc["busy_cores"] = busy_cores(max(1.0, args.minutes / 5), args.work, extra)
     if "soak" in args.which:
         doc["soak"] = soak(args.minutes, args.streams, args.work)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")

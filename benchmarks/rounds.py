@@ -7,13 +7,14 @@ must stay under the 33 ms hop for the streams to be held in real time on the eng
 process's CPU time per stream-hop (by CPU alone, cores x 0.7 / (CPU per stream-hop x 30 hops/s) streams fit;
 admission in `serve` counts the rounds' fixed part once, engine/capacity.py). No ZeroMQ: benchmarks/load.py
 measures the real `serve`.
-Each count runs five ways: with the stream conditioner and the streaming recogniser (as the engine
+Each count runs seven ways: with the stream conditioner and the streaming recogniser (as the engine
 runs: a round of a few streams per core cut into parts run at once, ksdiff_runtime.parallel), rounds
 back to back; the same paced, a round starting every 33 ms as the audio would come (the cores idle
-between rounds, as in `serve`, and the next round starts with colder caches); on one thread (as before
-the parts); with the windowed recogniser (every hop re-recognising 150 ms of context, as before the
-streaming recogniser); and window by window as well (every hop re-encoding its context too, as before
-the stream conditioner).
+between rounds, as in `serve`, and the next round starts with colder caches); both again with every graph
+in float32 (as before the int8 denoiser, `serve --float32`; the other ways run the int8 denoiser, as
+`serve` does on a CPU); on one thread (as before the parts); with the windowed recogniser (every hop
+re-recognising 150 ms of context, as before the streaming recogniser); and window by window as well
+(every hop re-encoding its context too, as before the stream conditioner).
 A count is held when the round's median is within the admission's share of the hop (ROUND_TARGET) and
 its CPU within the cores' (TARGET). Writes benchmarks/rounds.json.
 """
@@ -25,6 +26,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -43,16 +45,20 @@ from ksdiff_runtime.inputs.guards import load_audio
 HOP_SAMPLES = motion.SAMPLE_RATE // motion.FPS + 1  # 533: a frame of audio per round (a little over)
 
 
-# (stream conditioner, streaming recogniser, threads: None = the engine's default, one per core, paced) of each way
-WAYS = {"stream": (True, True, None, False), "stream, paced": (True, True, None, True),
-        "stream, one thread": (True, True, 1, False), "windowed recogniser": (True, False, None, False),
-        "window": (False, False, None, False)}
+# (stream conditioner, streaming recogniser, threads: None = the engine's default, one per core, paced, int8) of each
+# way; int8: the export's int8 denoiser, as `serve` runs ONNX Runtime on a CPU
+WAYS = {"stream": (True, True, None, False, True), "stream, paced": (True, True, None, True, True),
+        "stream, float32": (True, True, None, False, False), "stream, paced, float32": (True, True, None, True, False),
+        "stream, one thread": (True, True, 1, False, True), "windowed recogniser": (True, False, None, False, True),
+        "window": (False, False, None, False, True)}
 
 
-def measure(backend, streams: int, rounds: int, warm: int, way: str) -> dict:
+def measure(backends: dict[bool, Any], streams: int, rounds: int, warm: int, way: str) -> dict:
+    """``backends``: the backend by int8 (True: with its int8 denoiser)."""
     audio, _ = load_audio(SAMPLE_SPEECH)
     audio = np.tile(audio, -(-(rounds + warm) * HOP_SAMPLES // audio.size) + 2)
-    stream_conditioner, streaming_recogniser, threads, paced = WAYS[way]
+    stream_conditioner, streaming_recogniser, threads, paced, int8 = WAYS[way]
+    backend = backends[int8]
     engine = StreamingEngine(backend, "low-latency", voice_gate=GateConfig(), liveliness=LivelinessConfig(),
                              closure=DEFAULT_CLOSURE, stream_conditioner=stream_conditioner,
                              streaming_recogniser=streaming_recogniser, front_end_threads=threads)
@@ -98,11 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="onnxruntime-cpu", help="backend (default onnxruntime-cpu)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "rounds.json", help="results file")
     args = p.parse_args(argv)
-    backend = load_backend(args.backend, threads=1)  # one intra-op thread, as `serve` runs it
+    # one intra-op thread, as `serve` runs it; the int8 denoiser where the backend has it, as `serve` runs it
+    backends = {int8: load_backend(args.backend, threads=1, int8=int8) for int8 in (True, False)}
     counts = [int(x) for x in args.streams.split(",") if x.strip()]
     rows: dict[str, list] = {way: [] for way in WAYS}
     for n, way in tqdm([(n, w) for n in counts for w in rows], desc="rounds", unit="run"):
-        r = measure(backend, n, args.rounds, 40, way)
+        r = measure(backends, n, args.rounds, 40, way)
         rows[way].append(r)
         wall = r["round_wall_ms"]
         fits = "fits" if r["round_p95_fits_hop"] else "over"
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     for way, results in rows.items():
         held = [r["streams"] for r in results if r["held"]]
         print(f"{way}: most streams held {max(held) if held else 0} (of {', '.join(map(str, counts))})")
-    doc = {"backend": backend.name, "machine": machine(), "preset": "low-latency",
+    doc = {"backend": backends[True].name, "int8": getattr(backends[True], "precision", "") == "int8",
+           "machine": machine(), "preset": "low-latency",
            "rounds": args.rounds, "round_target": ROUND_TARGET, "cpu_target": TARGET,
            "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "rows": rows}
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
