@@ -611,6 +611,18 @@ def test_tensorrt_matches_torch_and_caches_its_engines(shipped_export, shipped_t
     assert again.denoise(export_mod.denoiser_inputs(backend.cfg, 2, 8))["x0_expr"].shape == (2, 16, 52)
 
 
+def spy_on_paths(backend: OnnxRuntimeBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The outputs the backend's denoiser path graphs are run for, as they run."""
+    ran: list[str] = []
+    for session in backend._paths.values():
+        def spy(names, feeds, run=session.run):
+            ran.extend(names)
+            return run(names, feeds)
+
+        monkeypatch.setattr(session, "run", spy)
+    return ran
+
+
 @pytest.mark.parametrize(("rows", "new_frames"), [(1, 32), (3, 32), (1, 8)])
 def test_the_denoisers_paths_at_once_give_the_whole_graphs_numbers(shipped_export: Path, rows: int, new_frames: int,
                                                                    monkeypatch: pytest.MonkeyPatch):
@@ -622,13 +634,7 @@ def test_the_denoisers_paths_at_once_give_the_whole_graphs_numbers(shipped_expor
     monkeypatch.setattr(orb.os, "cpu_count", lambda: 2)
     backend = OnnxRuntimeBackend(shipped_export, threads=1)
     whole = ort.InferenceSession(str(shipped_export / "denoiser.onnx"), providers=["CPUExecutionProvider"])
-    ran: list[str] = []
-    for session in backend._paths.values():
-        def spy(names, feeds, run=session.run):
-            ran.extend(names)
-            return run(names, feeds)
-
-        monkeypatch.setattr(session, "run", spy)
+    ran = spy_on_paths(backend, monkeypatch)
     feeds = denoiser_inputs(backend.constants.cfg, rows, new_frames, seed=3)
     got = backend.denoise(feeds)
     at_once = rows <= orb.PATHS_AT_ONCE_MAX_ROWS and feeds["x_expr"].shape[1] >= orb.PATHS_AT_ONCE_MIN_FRAMES
@@ -661,13 +667,7 @@ def test_a_denoiser_call_inside_a_part_runs_whole(shipped_export: Path, monkeypa
 
     monkeypatch.setattr(orb.os, "cpu_count", lambda: 2)
     backend = OnnxRuntimeBackend(shipped_export, threads=1)
-    ran: list[str] = []
-    for session in backend._paths.values():
-        def spy(names, feeds, run=session.run):
-            ran.extend(names)
-            return run(names, feeds)
-
-        monkeypatch.setattr(session, "run", spy)
+    ran = spy_on_paths(backend, monkeypatch)
     feeds = denoiser_inputs(backend.constants.cfg, 1, 32, seed=3)
     inside = as_part(backend.denoise)(feeds)
     assert ran == []
