@@ -62,10 +62,10 @@ STYLE_ENCODER_FILE = "style_encoder.onnx"
 TRACED_GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE)
 DENOISER_PATH_GRAPHS = {"x0_expr": "denoiser_expr", "x0_pose": "denoiser_pose"}
 DENOISER_PATH_FILES = {output: f"{graph}.onnx" for output, graph in DENOISER_PATH_GRAPHS.items()}
-# the int8 graphs by manifest name: (the float graph it is quantised from, by manifest name, its file, the int8 file)
-INT8_GRAPHS = {"denoiser_int8": ("denoiser", DENOISER_FILE, "denoiser_int8.onnx")}
-INT8_FILES = {source: file for _, source, file in INT8_GRAPHS.values()}  # a float graph's file -> its int8 graph's
-GRAPH_FILES = (*TRACED_GRAPH_FILES, *DENOISER_PATH_FILES.values(), *INT8_FILES.values())
+# the denoiser quantised to int8 (ONNX Runtime on the CPU), by its manifest name and file
+DENOISER_INT8_GRAPH = "denoiser_int8"
+DENOISER_INT8_FILE = "denoiser_int8.onnx"
+GRAPH_FILES = (*TRACED_GRAPH_FILES, *DENOISER_PATH_FILES.values(), DENOISER_INT8_FILE)
 CONSTANTS_FILE = "constants.npz"
 MANIFEST_FILE = "manifest.json"
 SHIPPED_EXPORT = assets.ASSETS / "export"  # the bundled checkpoint's export (`ksdiff-runtime export --ship`)
@@ -153,7 +153,7 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
                 "stream_conditioner": (STREAM_CONDITIONER_INPUTS, STREAM_CONDITIONER_OUTPUTS),
                 "style_encoder": (STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS)}
     expected |= {DENOISER_PATH_GRAPHS[output]: (inputs, (output,)) for output, inputs in DENOISER_PATHS.items()}
-    expected |= {name: expected[graph] for name, (graph, _, _) in INT8_GRAPHS.items()}
+    expected[DENOISER_INT8_GRAPH] = expected["denoiser"]
     for graph, (inputs, outputs) in expected.items():
         entry = manifest.get("graphs", {}).get(graph, {})
         if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:

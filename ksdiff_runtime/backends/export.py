@@ -52,12 +52,13 @@ from .artifact import (
     CONSTANTS_FILE,
     DENOISER_AXES,
     DENOISER_FILE,
+    DENOISER_INT8_FILE,
+    DENOISER_INT8_GRAPH,
     DENOISER_PATH_FILES,
     DENOISER_PATH_GRAPHS,
     EXPORT_FORMAT,
     EXPORT_VERSION,
     GRAPH_FILES,
-    INT8_GRAPHS,
     MANIFEST_FILE,
     OPSET,
     STREAM_CONDITIONER_AXES,
@@ -300,7 +301,7 @@ def write_denoiser_paths(export_dir: Path) -> None:
 
 
 def write_int8_graphs(export_dir: Path) -> None:
-    """Quantise the denoiser (INT8_GRAPHS) to int8 with ONNX Runtime's dynamic quantisation.
+    """Quantise the denoiser to int8 (DENOISER_INT8_FILE) with ONNX Runtime's dynamic quantisation.
 
     Every MatMul and Gemm with a weight (the attention and feed-forward projections, the path heads, the
     style-and-step projections) gets int8 weights, one
@@ -310,17 +311,16 @@ def write_int8_graphs(export_dir: Path) -> None:
     float: quantised, its calls in a live round took as long or longer (docs/BACKENDS.md "int8 on the CPU")."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for _, source, file in INT8_GRAPHS.values():
-        model = onnx.load(str(export_dir / source))
-        _float32_weights(model)  # quantize_dynamic quantises initializers, not casts of them
-        tmp = export_dir / f".{file}.float32"
-        onnx.save(model, str(tmp))
-        try:
-            quantize_dynamic(str(tmp), str(export_dir / file), weight_type=QuantType.QInt8, per_channel=True,
-                             reduce_range=True, op_types_to_quantize=["MatMul"])
-        finally:
-            tmp.unlink(missing_ok=True)
-        compact_weights(export_dir / file)  # the weights left float go back to float16 + Cast
+    model = onnx.load(str(export_dir / DENOISER_FILE))
+    _float32_weights(model)  # quantize_dynamic quantises initializers, not casts of them
+    tmp = export_dir / f".{DENOISER_INT8_FILE}.float32"
+    onnx.save(model, str(tmp))
+    try:
+        quantize_dynamic(str(tmp), str(export_dir / DENOISER_INT8_FILE), weight_type=QuantType.QInt8,
+                         per_channel=True, reduce_range=True, op_types_to_quantize=["MatMul"])
+    finally:
+        tmp.unlink(missing_ok=True)
+    compact_weights(export_dir / DENOISER_INT8_FILE)  # the weights left float go back to float16 + Cast
 
 
 def _float32_weights(model: onnx.ModelProto) -> None:
@@ -343,33 +343,21 @@ def _float32_weights(model: onnx.ModelProto) -> None:
     graph.initializer.extend(kept)
 
 
-# a quantised graph's inputs, outputs and axes (its float graph's)
-_INT8_SOURCES = {"denoiser": (DENOISER_INPUTS, DENOISER_OUTPUTS, DENOISER_AXES)}
-
-
 def int8_entries() -> dict[str, dict[str, Any]]:
-    """The manifest's entries for the int8 graphs."""
-    entries = {}
-    for name, (graph, source, file) in INT8_GRAPHS.items():
-        inputs, outputs, axes = _INT8_SOURCES[graph]
-        entries[name] = {"file": file, "inputs": list(inputs), "outputs": list(outputs), "dynamic_axes": axes,
-                         "quantised_from": source, "quantisation": "dynamic: MatMul weights int8 per output channel, "
-                                                                   "7 bits; activations uint8 per call"}
-    return entries
+    """The manifest's entry for the int8 denoiser (the denoiser's inputs, outputs and axes)."""
+    return {DENOISER_INT8_GRAPH: {
+        "file": DENOISER_INT8_FILE, "inputs": list(DENOISER_INPUTS), "outputs": list(DENOISER_OUTPUTS),
+        "dynamic_axes": DENOISER_AXES, "quantised_from": DENOISER_FILE,
+        "quantisation": "dynamic: MatMul weights int8 per output channel, 7 bits; activations uint8 per call",
+    }}
 
 
 def verify_int8(export_dir: Path, cfg: ModelConfig, B: int = 3, N: int = 11) -> dict[str, float]:
-    """Max abs difference, int8 graph vs its float graph in ONNX Runtime, per int8 graph, on random inputs."""
-    feeds = {"denoiser": denoiser_inputs(cfg, B, N, seed=7)}
-    errors = {}
-    for name, (graph, source, file) in INT8_GRAPHS.items():
-        outs = []
-        for path in (export_dir / source, export_dir / file):
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            fed = {i.name for i in sess.get_inputs()}
-            outs.append(sess.run(None, {n: v for n, v in feeds[graph].items() if n in fed}))
-        errors[name] = max(float(np.abs(a - b).max()) for a, b in zip(*outs, strict=True))
-    return errors
+    """Max abs difference, int8 denoiser vs the denoiser in ONNX Runtime, on random inputs, by manifest name."""
+    feeds = denoiser_inputs(cfg, B, N, seed=7)
+    outs = [ort.InferenceSession(str(export_dir / f), providers=["CPUExecutionProvider"]).run(None, feeds)
+            for f in (DENOISER_FILE, DENOISER_INT8_FILE)]
+    return {DENOISER_INT8_GRAPH: max(float(np.abs(a - b).max()) for a, b in zip(*outs, strict=True))}
 
 
 def denoiser_path_entries() -> dict[str, dict[str, Any]]:

@@ -25,8 +25,8 @@ from ksdiff_runtime.parallel import in_part
 from .artifact import (
     CONDITIONER_FILE,
     DENOISER_FILE,
+    DENOISER_INT8_FILE,
     DENOISER_PATH_FILES,
-    INT8_FILES,
     STREAM_CONDITIONER_FILE,
     STYLE_ENCODER_FILE,
     load_export,
@@ -56,7 +56,7 @@ def as_feeds(feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, 
 class OnnxRuntimeBackend:
     def __init__(self, export_dir: str | Path, device: str = "cpu", threads: int | None = None,
                  device_index: int = 0, int8: bool = False) -> None:
-        """``int8``: the denoiser runs from the export's int8 graph (the CPU only; artifact.INT8_GRAPHS,
+        """``int8``: the denoiser runs from the export's int8 graph (the CPU only; artifact.DENOISER_INT8_FILE,
         docs/BACKENDS.md "int8 on the CPU")."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
@@ -92,7 +92,7 @@ class OnnxRuntimeBackend:
         # the CPU threads a call uses (ONNX Runtime's default: one per core); none on the GPU
         self.intra_op_threads = 0 if device == "cuda" else (threads or os.cpu_count() or 1)
         self._conditioner = self._session(ort, CONDITIONER_FILE, opts, providers, CONDITIONER_INPUTS)
-        self._denoiser = self._session(ort, INT8_FILES[DENOISER_FILE] if int8 else DENOISER_FILE, opts, providers,
+        self._denoiser = self._session(ort, DENOISER_INT8_FILE if int8 else DENOISER_FILE, opts, providers,
                                        DENOISER_INPUTS)
         # the paths at once: on a CPU of several cores, with one thread a call (float graphs: int8 runs whole)
         self._paths_pool = None
