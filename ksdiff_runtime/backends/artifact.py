@@ -10,9 +10,9 @@ An export is a directory:
     conditioner_stream.onnx  StreamingConditioner (model/streaming.py: a live stream's hop, encoder state
                        as inputs and outputs)
     style_encoder.onnx TakeStyleEncoder (KSDiff.style_of: windows of a reference take -> style vectors)
-    denoiser_int8.onnx the denoiser with its MatMul weights quantised to int8 (per output channel, 7 bits,
-                       activations quantised as they come): what ONNX Runtime on the CPU runs for live streams
-                       by default (docs/BACKENDS.md "int8 on the CPU")
+    denoiser_int8.onnx the denoiser with its face path's MatMul weights quantised to int8 (per output channel,
+                       7 bits, activations quantised as they come; the head's path float): what ONNX Runtime
+                       on the CPU runs for `serve`'s streams by default (docs/BACKENDS.md "int8 on the CPU")
     constants.npz      ModelConstants (motion normalisation, null style, noise schedule, the moods' styles)
     manifest.json      format, model config, graph input/output names and dynamic axes, opset,
                        checkpoint sha256, model_hash (sha256 over the ONNX files), versions,
@@ -51,7 +51,8 @@ from ksdiff_runtime.model.io import (
 from .base import BackendError, ModelConstants
 
 EXPORT_FORMAT = "ksdiff-onnx-export"
-EXPORT_VERSION = 5  # 2: the stream conditioner; 3: the style encoder; 4: the denoiser's paths apart; 5: int8
+EXPORT_VERSION = 6  # 2: the stream conditioner; 3: the style encoder; 4: the denoiser's paths apart; 5: int8;
+# 6: int8 for the face's path only
 OPSET = 17
 CONDITIONER_FILE = "conditioner.onnx"
 DENOISER_FILE = "denoiser.onnx"
