@@ -139,8 +139,8 @@ def test_manifest_describes_the_export(shipped_export: Path):
     assert entry["quantised_from"] == "denoiser.onnx"
     assert (entry["inputs"], entry["outputs"]) == (list(DENOISER_INPUTS), list(DENOISER_OUTPUTS))
     int8_errors = manifest["verify"]["int8_max_abs_error_vs_float"]  # the face quantised, the head float
-    assert 0 < int8_errors["x0_expr"] < export_mod.INT8_VERIFY_TOLERANCE
-    assert int8_errors["x0_pose"] < export_mod.VERIFY_TOLERANCE
+    assert set(int8_errors) == set(DENOISER_OUTPUTS)
+    assert 0 < int8_errors["x0_expr"] < export_mod.INT8_VERIFY_TOLERANCE and int8_errors["x0_pose"] < GRAPH_TOL
     files = ("conditioner.onnx", "denoiser.onnx", "conditioner_stream.onnx", "style_encoder.onnx",
              "denoiser_expr.onnx", "denoiser_pose.onnx", "denoiser_int8.onnx")
     graphs = b"".join((shipped_export / f).read_bytes() for f in files)
@@ -333,9 +333,11 @@ def test_the_shipped_int8_denoiser_is_quantised_from_its_denoiser(tmp_path: Path
     export_mod.write_int8_graphs(tmp_path)
     assert (tmp_path / "denoiser_int8.onnx").read_bytes() == (SHIPPED_EXPORT / "denoiser_int8.onnx").read_bytes()
     cfg, _, manifest = load_export(SHIPPED_EXPORT)
-    errors = export_mod.verify_int8(SHIPPED_EXPORT, cfg)
-    assert errors == pytest.approx(manifest["verify"]["int8_max_abs_error_vs_float"], rel=1e-3)
-    assert 0 < errors["x0_expr"] < export_mod.INT8_VERIFY_TOLERANCE and errors["x0_pose"] < export_mod.VERIFY_TOLERANCE
+    errors, shipped = export_mod.verify_int8(SHIPPED_EXPORT, cfg), manifest["verify"]["int8_max_abs_error_vs_float"]
+    assert set(errors) == set(shipped) == set(DENOISER_OUTPUTS)
+    # the face's error is the int8 weights' (any CPU); the head's only rounding, which differs between CPUs' kernels
+    assert errors["x0_expr"] == pytest.approx(shipped["x0_expr"], rel=1e-3)
+    assert 0 < errors["x0_expr"] < export_mod.INT8_VERIFY_TOLERANCE and errors["x0_pose"] < GRAPH_TOL
 
 
 def test_int8_backend_runs_the_int8_graphs_close_to_float(shipped_export: Path):

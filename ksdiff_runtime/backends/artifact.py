@@ -10,7 +10,7 @@ An export is a directory:
     conditioner_stream.onnx  StreamingConditioner (model/streaming.py: a live stream's hop, encoder state
                        as inputs and outputs)
     style_encoder.onnx TakeStyleEncoder (KSDiff.style_of: windows of a reference take -> style vectors)
-    denoiser_int8.onnx the denoiser with its face path's MatMul weights quantised to int8 (per output channel,
+    denoiser_int8.onnx the denoiser with its face path's MatMul and Gemm weights quantised to int8 (per output channel,
                        7 bits, activations quantised as they come; the head's path float): what ONNX Runtime
                        on the CPU runs for `serve`'s streams by default (docs/BACKENDS.md "int8 on the CPU")
     constants.npz      ModelConstants (motion normalisation, null style, noise schedule, the moods' styles)

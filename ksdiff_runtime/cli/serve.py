@@ -103,8 +103,8 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime threads on the CPU (default 1: a second thread's "
                    "spinning slows the front-end; see docs/SERVE.md)")
     p.add_argument("--float32", dest="int8", action="store_const", const=False,
-                   help="ONNX Runtime on the CPU runs every graph in float32 (default: the denoiser with int8 weights, "
-                   "about twice as fast at the same held-out quality; docs/BACKENDS.md)")
+                   help="ONNX Runtime on the CPU runs every graph in float32 (default: the denoiser with int8 weights "
+                   "in the face's path, about a tenth less model work at the same held-out quality; docs/BACKENDS.md)")
     p.add_argument("--mic", action="store_const", const=True, help="animate the microphone as stream 'mic'")
     p.add_argument("--device", help="input device: index or part of its name (see `ksdiff-runtime devices`)")
     p.add_argument("--mic-rate", type=int, help="capture rate in Hz (default: 16000 if the device takes it, "

@@ -51,8 +51,8 @@ class ServeConfig:
     curve_clients: str = ""  # folder of the authorised clients' public .key files
     insecure_lan: bool = False  # allow a bind beyond loopback without keys (logs a warning)
     threads: int = 1  # ONNX Runtime intra-op threads on the CPU (more spin against the front-end and io)
-    # ONNX Runtime on the CPU runs the denoiser with int8 weights (docs/BACKENDS.md "int8 on the CPU": the
-    # denoiser twice as fast, the same held-out quality); false: float32 throughout
+    # ONNX Runtime on the CPU runs the denoiser with int8 weights in the face's path (docs/BACKENDS.md "int8 on the
+    # CPU": about a tenth off the model's work, the same held-out quality); false: float32 throughout
     int8: bool = True
     mic: bool = False  # capture the default (or --device) microphone as stream "mic"
     device: str = ""  # input device: index or part of its name (`ksdiff-runtime devices`)
