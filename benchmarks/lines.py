@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lines", type=int, default=8, help="lines animated at once")
     p.add_argument("--seconds", type=float, default=3.0, help="length of each line")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "lines.json", help="results (JSON)")
+    p.add_argument("--serve-args", default="", metavar="FLAGS",
+                   help="more flags for `serve`, e.g. --serve-args=--float32")
     args = p.parse_args(argv)
     audio = line_audio(args.seconds)
-    serve = ServeProcess(["--backend", "onnxruntime", "--preset", "low-latency"],
-                         ROOT / "out" / "bench_lines" / "serve.log").start()
-    result: dict[str, Any] = {"machine": machine(), "line_s": args.seconds}
+    serve_args = ["--backend", "onnxruntime", "--preset", "low-latency", *args.serve_args.split()]
+    serve = ServeProcess(serve_args, ROOT / "out" / "bench_lines" / "serve.log").start()
+    result: dict[str, Any] = {"machine": machine(), "line_s": args.seconds, "serve_args": serve_args[4:]}
     try:
         with Client(serve.pub, serve.router, timeout=TIMEOUT_S) as client:
             client.wait_for_runtime(TIMEOUT_S)

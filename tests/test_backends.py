@@ -138,11 +138,14 @@ def test_manifest_describes_the_export(shipped_export: Path):
     entry = manifest["graphs"]["denoiser_int8"]  # the denoiser quantised, with the denoiser's inputs and outputs
     assert entry["quantised_from"] == "denoiser.onnx"
     assert (entry["inputs"], entry["outputs"]) == (list(DENOISER_INPUTS), list(DENOISER_OUTPUTS))
+    entry = manifest["graphs"]["denoiser_expr_int8"]  # its face's path, cut from it
+    assert (entry["inputs"], entry["outputs"]) == (list(DENOISER_PATHS["x0_expr"]), ["x0_expr"])
+    assert entry["cut_from"] == "denoiser_int8.onnx"
     int8_errors = manifest["verify"]["int8_max_abs_error_vs_float"]  # the face quantised, the head float
     assert set(int8_errors) == set(DENOISER_OUTPUTS)
     assert 0 < int8_errors["x0_expr"] < export_mod.INT8_VERIFY_TOLERANCE and int8_errors["x0_pose"] < GRAPH_TOL
     files = ("conditioner.onnx", "denoiser.onnx", "conditioner_stream.onnx", "style_encoder.onnx",
-             "denoiser_expr.onnx", "denoiser_pose.onnx", "denoiser_int8.onnx")
+             "denoiser_expr.onnx", "denoiser_pose.onnx", "denoiser_int8.onnx", "denoiser_expr_int8.onnx")
     graphs = b"".join((shipped_export / f).read_bytes() for f in files)
     assert manifest["model_hash"] == hashlib.sha256(graphs).hexdigest()
     assert manifest["versions"]["torch"] == torch.__version__ and manifest["versions"]["onnx"]
@@ -331,7 +334,8 @@ def test_the_shipped_int8_denoiser_is_quantised_from_its_denoiser(tmp_path: Path
 
     shutil.copy(SHIPPED_EXPORT / "denoiser.onnx", tmp_path / "denoiser.onnx")
     export_mod.write_int8_graphs(tmp_path)
-    assert (tmp_path / "denoiser_int8.onnx").read_bytes() == (SHIPPED_EXPORT / "denoiser_int8.onnx").read_bytes()
+    for file in ("denoiser_int8.onnx", "denoiser_expr_int8.onnx"):
+        assert (tmp_path / file).read_bytes() == (SHIPPED_EXPORT / file).read_bytes(), file
     cfg, _, manifest = load_export(SHIPPED_EXPORT)
     errors, shipped = export_mod.verify_int8(SHIPPED_EXPORT, cfg), manifest["verify"]["int8_max_abs_error_vs_float"]
     assert set(errors) == set(shipped) == set(DENOISER_OUTPUTS)
@@ -340,13 +344,18 @@ def test_the_shipped_int8_denoiser_is_quantised_from_its_denoiser(tmp_path: Path
     assert 0 < errors["x0_expr"] < export_mod.INT8_VERIFY_TOLERANCE and errors["x0_pose"] < GRAPH_TOL
 
 
-def test_int8_backend_runs_the_int8_graphs_close_to_float(shipped_export: Path):
+def test_int8_backend_runs_the_int8_graphs_close_to_float(shipped_export: Path, monkeypatch: pytest.MonkeyPatch):
+    from ksdiff_runtime.backends import onnxruntime_backend as orb
+
+    monkeypatch.setattr(orb.os, "cpu_count", lambda: 2)  # a CPU that runs a line's paths at once
     float_backend = OnnxRuntimeBackend(shipped_export, threads=1)
     int8_backend = OnnxRuntimeBackend(shipped_export, threads=1, int8=True)
     assert (float_backend.precision, int8_backend.precision) == ("float32", "int8")
     assert Path(int8_backend._denoiser._model_path).name == "denoiser_int8.onnx"
     assert Path(int8_backend._stream_conditioner._model_path).name == "conditioner_stream.onnx"  # float: not faster
-    assert int8_backend._paths_pool is None  # the paths are float graphs: int8 runs its denoiser whole
+    # its paths, run at once for a line's window: the int8 face's, cut from the int8 graph, and the float head's
+    paths = {output: Path(session._model_path).name for output, session in int8_backend._paths.items()}
+    assert paths == {"x0_expr": "denoiser_expr_int8.onnx", "x0_pose": "denoiser_pose.onnx"}
     cfg = float_backend.constants.cfg
     batch = window_batch(cfg, 4, 16, seed=11, with_style=True)
     ref = sample_windows(float_backend, batch, steps=1)
@@ -637,17 +646,19 @@ def spy_on_paths(backend: OnnxRuntimeBackend, monkeypatch: pytest.MonkeyPatch) -
     return ran
 
 
+@pytest.mark.parametrize("int8", [False, True])
 @pytest.mark.parametrize(("rows", "new_frames"), [(1, 32), (3, 32), (1, 8)])
 def test_the_denoisers_paths_at_once_give_the_whole_graphs_numbers(shipped_export: Path, rows: int, new_frames: int,
-                                                                   monkeypatch: pytest.MonkeyPatch):
+                                                                   int8: bool, monkeypatch: pytest.MonkeyPatch):
     """On a CPU of several cores with one thread a call, a call of one row over a bake's window runs the expression
-    and pose paths' graphs at once (each cut from the denoiser's); the numbers are the whole graph's, which runs
-    larger batches and a low-latency hop's short window."""
+    and pose paths' graphs at once (each cut from the denoiser's; int8: the face's from the int8 denoiser, the head's
+    float); the numbers are the whole graph's, which runs larger batches and a low-latency hop's short window."""
     from ksdiff_runtime.backends import onnxruntime_backend as orb
 
     monkeypatch.setattr(orb.os, "cpu_count", lambda: 2)
-    backend = OnnxRuntimeBackend(shipped_export, threads=1)
-    whole = ort.InferenceSession(str(shipped_export / "denoiser.onnx"), providers=["CPUExecutionProvider"])
+    backend = OnnxRuntimeBackend(shipped_export, threads=1, int8=int8)
+    whole = ort.InferenceSession(str(shipped_export / ("denoiser_int8.onnx" if int8 else "denoiser.onnx")),
+                                 providers=["CPUExecutionProvider"])
     ran = spy_on_paths(backend, monkeypatch)
     feeds = denoiser_inputs(backend.constants.cfg, rows, new_frames, seed=3)
     got = backend.denoise(feeds)

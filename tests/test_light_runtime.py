@@ -57,7 +57,7 @@ def test_the_shipped_export_is_the_bundled_checkpoints():
     _, _, manifest = load_export(SHIPPED_EXPORT)
     size = sum(f.stat().st_size for f in SHIPPED_EXPORT.iterdir())
     # float16 weights: the checkpoint's own size, plus the encoder's and KEL's again in the stream conditioner, the
-    # denoiser's again in its two paths' graphs, and the int8 denoiser and stream conditioner (4 MB)
+    # denoiser's again in its two paths' graphs, and the int8 denoiser and its face's path (4 MB)
     assert size < 18_000_000
     for graph in ("conditioner", "denoiser", "stream_conditioner", "denoiser_expr", "denoiser_pose"):
         assert manifest["verify"]["max_abs_error"][graph] < 1e-4

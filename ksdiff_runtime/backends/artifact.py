@@ -13,6 +13,9 @@ An export is a directory:
     denoiser_int8.onnx the denoiser with its face path's MatMul and Gemm weights quantised to int8 (per output channel,
                        7 bits, activations quantised as they come; the head's path float): what ONNX Runtime
                        on the CPU runs for `serve`'s streams by default (docs/BACKENDS.md "int8 on the CPU")
+    denoiser_expr_int8.onnx
+                       its face path, cut from denoiser_int8.onnx: run at once with denoiser_pose.onnx where
+                       the float paths are
     constants.npz      ModelConstants (motion normalisation, null style, noise schedule, the moods' styles)
     manifest.json      format, model config, graph input/output names and dynamic axes, opset,
                        checkpoint sha256, model_hash (sha256 over the ONNX files), versions,
@@ -63,10 +66,15 @@ STYLE_ENCODER_FILE = "style_encoder.onnx"
 TRACED_GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE)
 DENOISER_PATH_GRAPHS = {"x0_expr": "denoiser_expr", "x0_pose": "denoiser_pose"}
 DENOISER_PATH_FILES = {output: f"{graph}.onnx" for output, graph in DENOISER_PATH_GRAPHS.items()}
-# the denoiser quantised to int8 (ONNX Runtime on the CPU), by its manifest name and file
+# the denoiser with its face's path quantised to int8 (ONNX Runtime on the CPU), and that path cut from it (run at
+# once with the float head's path, as the float paths are), by their manifest names and files
 DENOISER_INT8_GRAPH = "denoiser_int8"
 DENOISER_INT8_FILE = "denoiser_int8.onnx"
-GRAPH_FILES = (*TRACED_GRAPH_FILES, *DENOISER_PATH_FILES.values(), DENOISER_INT8_FILE)
+DENOISER_INT8_FACE_GRAPH = "denoiser_expr_int8"
+DENOISER_INT8_FACE_FILE = "denoiser_expr_int8.onnx"
+# the paths an int8 backend runs at once: the face's int8, the head's float
+DENOISER_INT8_PATH_FILES = DENOISER_PATH_FILES | {"x0_expr": DENOISER_INT8_FACE_FILE}
+GRAPH_FILES = (*TRACED_GRAPH_FILES, *DENOISER_PATH_FILES.values(), DENOISER_INT8_FILE, DENOISER_INT8_FACE_FILE)
 CONSTANTS_FILE = "constants.npz"
 MANIFEST_FILE = "manifest.json"
 SHIPPED_EXPORT = assets.ASSETS / "export"  # the bundled checkpoint's export (`ksdiff-runtime export --ship`)
@@ -155,6 +163,7 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
                 "style_encoder": (STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS)}
     expected |= {DENOISER_PATH_GRAPHS[output]: (inputs, (output,)) for output, inputs in DENOISER_PATHS.items()}
     expected[DENOISER_INT8_GRAPH] = expected["denoiser"]
+    expected[DENOISER_INT8_FACE_GRAPH] = expected[DENOISER_PATH_GRAPHS["x0_expr"]]
     for graph, (inputs, outputs) in expected.items():
         entry = manifest.get("graphs", {}).get(graph, {})
         if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:

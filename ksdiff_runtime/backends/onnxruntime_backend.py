@@ -26,6 +26,7 @@ from .artifact import (
     CONDITIONER_FILE,
     DENOISER_FILE,
     DENOISER_INT8_FILE,
+    DENOISER_INT8_PATH_FILES,
     DENOISER_PATH_FILES,
     STREAM_CONDITIONER_FILE,
     STYLE_ENCODER_FILE,
@@ -94,10 +95,11 @@ class OnnxRuntimeBackend:
         self._conditioner = self._session(ort, CONDITIONER_FILE, opts, providers, CONDITIONER_INPUTS)
         self._denoiser = self._session(ort, DENOISER_INT8_FILE if int8 else DENOISER_FILE, opts, providers,
                                        DENOISER_INPUTS)
-        # the paths at once: on a CPU of several cores, with one thread a call (float graphs: int8 runs whole)
+        # the paths at once: on a CPU of several cores, with one thread a call (int8: its face's path, the float head's)
         self._paths_pool = None
-        if device == "cpu" and self.intra_op_threads == 1 and (os.cpu_count() or 1) > 1 and not int8:
-            self._paths = {output: self._session(ort, DENOISER_PATH_FILES[output], opts, providers, inputs)
+        if device == "cpu" and self.intra_op_threads == 1 and (os.cpu_count() or 1) > 1:
+            files = DENOISER_INT8_PATH_FILES if int8 else DENOISER_PATH_FILES
+            self._paths = {output: self._session(ort, files[output], opts, providers, inputs)
                            for output, inputs in DENOISER_PATHS.items()}
             self._paths_pool = ThreadPoolExecutor(1, thread_name_prefix="ksdiff-denoiser-path")
         self._stream_conditioner = self._session(ort, STREAM_CONDITIONER_FILE, opts, providers,
