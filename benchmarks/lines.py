@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="more flags for `serve`, e.g. --serve-args=--float32")
     args = p.parse_args(argv)
     audio = line_audio(args.seconds)
-    serve_args = ["--backend", "onnxruntime", "--preset", "low-latency", *args.serve_args.split()]
-    serve = ServeProcess(serve_args, ROOT / "out" / "bench_lines" / "serve.log").start()
-    result: dict[str, Any] = {"machine": machine(), "line_s": args.seconds, "serve_args": serve_args[4:]}
+    extra = args.serve_args.split()
+    serve = ServeProcess(["--backend", "onnxruntime", "--preset", "low-latency", *extra],
+                         ROOT / "out" / "bench_lines" / "serve.log").start()
+    result: dict[str, Any] = {"machine": machine(), "line_s": args.seconds, "serve_args": extra}
     try:
         with Client(serve.pub, serve.router, timeout=TIMEOUT_S) as client:
             client.wait_for_runtime(TIMEOUT_S)

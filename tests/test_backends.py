@@ -142,8 +142,9 @@ def test_manifest_describes_the_export(shipped_export: Path):
     assert (entry["inputs"], entry["outputs"]) == (list(DENOISER_PATHS["x0_expr"]), ["x0_expr"])
     assert entry["cut_from"] == "denoiser_int8.onnx"
     int8_errors = manifest["verify"]["int8_max_abs_error_vs_float"]  # the face quantised, the head float
-    assert set(int8_errors) == set(DENOISER_OUTPUTS)
+    assert set(int8_errors) == set(export_mod.INT8_BOUNDS)  # each output, and the face's cut path
     assert 0 < int8_errors["x0_expr"] < export_mod.INT8_VERIFY_TOLERANCE and int8_errors["x0_pose"] < GRAPH_TOL
+    assert int8_errors[export_mod.INT8_CUT] < GRAPH_TOL
     files = ("conditioner.onnx", "denoiser.onnx", "conditioner_stream.onnx", "style_encoder.onnx",
              "denoiser_expr.onnx", "denoiser_pose.onnx", "denoiser_int8.onnx", "denoiser_expr_int8.onnx")
     graphs = b"".join((shipped_export / f).read_bytes() for f in files)
@@ -338,10 +339,11 @@ def test_the_shipped_int8_denoiser_is_quantised_from_its_denoiser(tmp_path: Path
         assert (tmp_path / file).read_bytes() == (SHIPPED_EXPORT / file).read_bytes(), file
     cfg, _, manifest = load_export(SHIPPED_EXPORT)
     errors, shipped = export_mod.verify_int8(SHIPPED_EXPORT, cfg), manifest["verify"]["int8_max_abs_error_vs_float"]
-    assert set(errors) == set(shipped) == set(DENOISER_OUTPUTS)
+    assert set(errors) == set(shipped) == set(export_mod.INT8_BOUNDS)
     # the face's error is the int8 weights' (any CPU); the head's only rounding, which differs between CPUs' kernels
     assert errors["x0_expr"] == pytest.approx(shipped["x0_expr"], rel=1e-3)
     assert 0 < errors["x0_expr"] < export_mod.INT8_VERIFY_TOLERANCE and errors["x0_pose"] < GRAPH_TOL
+    assert errors[export_mod.INT8_CUT] < GRAPH_TOL  # the face's path cut from the int8 graph gives its numbers
 
 
 def test_int8_backend_runs_the_int8_graphs_close_to_float(shipped_export: Path, monkeypatch: pytest.MonkeyPatch):

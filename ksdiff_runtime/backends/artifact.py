@@ -43,6 +43,8 @@ from ksdiff_runtime.model.io import (
     DENOISER_INPUTS,
     DENOISER_OUTPUTS,
     DENOISER_PATHS,
+    FACE_OUTPUT,
+    HEAD_OUTPUT,
     STREAM_CONDITIONER_INPUTS,
     STREAM_CONDITIONER_OUTPUTS,
     STREAM_STATE,
@@ -54,8 +56,8 @@ from ksdiff_runtime.model.io import (
 from .base import BackendError, ModelConstants
 
 EXPORT_FORMAT = "ksdiff-onnx-export"
-EXPORT_VERSION = 6  # 2: the stream conditioner; 3: the style encoder; 4: the denoiser's paths apart; 5: int8;
-# 6: int8 for the face's path only
+EXPORT_VERSION = 7  # 2: the stream conditioner; 3: the style encoder; 4: the denoiser's paths apart; 5: int8;
+# 6: int8 for the face's path only; 7: the int8 face's path cut from it
 OPSET = 17
 CONDITIONER_FILE = "conditioner.onnx"
 DENOISER_FILE = "denoiser.onnx"
@@ -64,7 +66,7 @@ STYLE_ENCODER_FILE = "style_encoder.onnx"
 # the graphs exported from torch, and each denoiser output's own graph cut from the denoiser's (DENOISER_PATHS),
 # by its name in the manifest
 TRACED_GRAPH_FILES = (CONDITIONER_FILE, DENOISER_FILE, STREAM_CONDITIONER_FILE, STYLE_ENCODER_FILE)
-DENOISER_PATH_GRAPHS = {"x0_expr": "denoiser_expr", "x0_pose": "denoiser_pose"}
+DENOISER_PATH_GRAPHS = {FACE_OUTPUT: "denoiser_expr", HEAD_OUTPUT: "denoiser_pose"}
 DENOISER_PATH_FILES = {output: f"{graph}.onnx" for output, graph in DENOISER_PATH_GRAPHS.items()}
 # the denoiser with its face's path quantised to int8 (ONNX Runtime on the CPU), and that path cut from it (run at
 # once with the float head's path, as the float paths are), by their manifest names and files
@@ -73,7 +75,7 @@ DENOISER_INT8_FILE = "denoiser_int8.onnx"
 DENOISER_INT8_FACE_GRAPH = "denoiser_expr_int8"
 DENOISER_INT8_FACE_FILE = "denoiser_expr_int8.onnx"
 # the paths an int8 backend runs at once: the face's int8, the head's float
-DENOISER_INT8_PATH_FILES = DENOISER_PATH_FILES | {"x0_expr": DENOISER_INT8_FACE_FILE}
+DENOISER_INT8_PATH_FILES = DENOISER_PATH_FILES | {FACE_OUTPUT: DENOISER_INT8_FACE_FILE}
 GRAPH_FILES = (*TRACED_GRAPH_FILES, *DENOISER_PATH_FILES.values(), DENOISER_INT8_FILE, DENOISER_INT8_FACE_FILE)
 CONSTANTS_FILE = "constants.npz"
 MANIFEST_FILE = "manifest.json"
@@ -163,7 +165,7 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
                 "style_encoder": (STYLE_ENCODER_INPUTS, STYLE_ENCODER_OUTPUTS)}
     expected |= {DENOISER_PATH_GRAPHS[output]: (inputs, (output,)) for output, inputs in DENOISER_PATHS.items()}
     expected[DENOISER_INT8_GRAPH] = expected["denoiser"]
-    expected[DENOISER_INT8_FACE_GRAPH] = expected[DENOISER_PATH_GRAPHS["x0_expr"]]
+    expected[DENOISER_INT8_FACE_GRAPH] = expected[DENOISER_PATH_GRAPHS[FACE_OUTPUT]]
     for graph, (inputs, outputs) in expected.items():
         entry = manifest.get("graphs", {}).get(graph, {})
         if tuple(entry.get("inputs", ())) != inputs or tuple(entry.get("outputs", ())) != outputs:

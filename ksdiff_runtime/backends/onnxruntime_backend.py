@@ -57,8 +57,9 @@ def as_feeds(feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, 
 class OnnxRuntimeBackend:
     def __init__(self, export_dir: str | Path, device: str = "cpu", threads: int | None = None,
                  device_index: int = 0, int8: bool = False) -> None:
-        """``int8``: the denoiser runs from the export's int8 graph (the CPU only; artifact.DENOISER_INT8_FILE,
-        docs/BACKENDS.md "int8 on the CPU")."""
+        """``int8``: the denoiser runs from the export's int8 graph, its face's path int8 and its head's float (the CPU
+        only; artifact.DENOISER_INT8_FILE, and its paths DENOISER_INT8_PATH_FILES; docs/BACKENDS.md "int8 on the
+        CPU")."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}")
         self.name = f"onnxruntime-{device}"

@@ -5,12 +5,13 @@ CONDITIONER_INPUTS = ("feats", "prosody", "text", "audio_keep", "text_keep", "pr
 CONDITIONER_OUTPUTS = ("f_e", "f_h", "key_prob_e", "key_value_e", "key_prob_p", "key_value_p")
 DENOISER_INPUTS = ("x_expr", "x_pose", "known", "key_prob_e", "key_value_e", "key_prob_p", "key_value_p",
                    "f_e", "f_h", "t", "style")
-DENOISER_OUTPUTS = ("x0_expr", "x0_pose")
+FACE_OUTPUT, HEAD_OUTPUT = "x0_expr", "x0_pose"  # the expression denoiser's and the pose (head) denoiser's
+DENOISER_OUTPUTS = (FACE_OUTPUT, HEAD_OUTPUT)
 # The denoiser's two paths share no weights and no computation: each is also a graph of its own (cut from the
 # denoiser's at export), its output and the inputs it reads, which a CPU backend runs at once on two cores for
 # a small batch (backends/onnxruntime_backend.py).
-DENOISER_PATHS = {"x0_expr": ("x_expr", "known", "key_prob_e", "key_value_e", "f_e", "t", "style"),
-                  "x0_pose": ("x_pose", "known", "key_prob_p", "key_value_p", "f_h", "t", "style")}
+DENOISER_PATHS = {FACE_OUTPUT: ("x_expr", "known", "key_prob_e", "key_value_e", "f_e", "t", "style"),
+                  HEAD_OUTPUT: ("x_pose", "known", "key_prob_p", "key_value_p", "f_h", "t", "style")}
 INT64_INPUTS = frozenset({"text", "t"})  # token ids and diffusion steps; everything else is float32
 
 # The stream conditioner (model/streaming.py): the conditioner's inputs, the committed-frame count, and the
