@@ -15,9 +15,10 @@ from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 
 
 def configure_export(p: argparse.ArgumentParser) -> None:
-    p.description = ("Export a checkpoint's graphs (conditioner, denoiser, stream conditioner) to float32 ONNX "
-                     "with dynamic batch and time axes, plus constants.npz and manifest.json, then check ONNX Runtime "
-                     "against torch.")
+    p.description = ("Export a checkpoint's graphs (conditioner, denoiser and its two paths, stream conditioner, style "
+                     "encoder) to float32 ONNX with dynamic batch and time axes, and the denoiser with its face's path "
+                     "in int8 for ONNX Runtime on the CPU, plus constants.npz and manifest.json, then check ONNX "
+                     "Runtime against torch and the int8 graph against the float one.")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_EXPORT_DIR,
                    help=f"export directory, replaced atomically if it exists (default {DEFAULT_EXPORT_DIR})")
