@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -44,7 +45,7 @@ from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.features.prosody import prosody_many
 from ksdiff_runtime.features.streaming_frontend import StreamingPosteriorgramFrontEnd
 from ksdiff_runtime.features.transcript import phoneme_tokens_later
-from ksdiff_runtime.features.vad import advance_many
+from ksdiff_runtime.features.vad import advance_many_later
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.inputs.stream import AudioFormat
 from ksdiff_runtime.parallel import MIN_PART_ROWS, as_part, one_blas_thread, row_parts, single_thread_cpu
@@ -314,10 +315,14 @@ class StreamingEngine:
                 self.sessions.end(session, "timeout", flush=False)
                 continue  # its end is taken next round
             states.append((session, state))
-        self._listen([st for _, st in states])
-        planned = self._plan(states, now, result)
+        heard = self._listen([st for _, st in states])
+        try:
+            planned = self._plan(states, now, result)
+            if planned:
+                self._features(planned, result)
+        finally:
+            heard()  # before any hop reads the gate
         if planned:
-            self._features(planned, result)
             ready = [(s, st, h) for s, st, h in planned if not s.finished and st.hop_ready(h)]
             emitted: list[tuple[StreamState, Emitted]] = []
             starting = [st for _, st, _ in ready if st.line and st.emitted == 0 and st.anchor_ns is not None]
@@ -380,19 +385,32 @@ class StreamingEngine:
                            seed, session.style, tokens, self.fps, line=line, gate=gate, liveliness=alive,
                            stream_variants=self.stream_variants, closure=self.closure)
 
-    def _listen(self, states: list[StreamState]) -> None:
-        """The voice gate's VAD over every stream's new audio, batched (``vad.advance_many``: one call for
-        the round's streams). If it fails, each stream's own VAD runs it when the stream needs it (and a
-        failure there is that stream's)."""
+    def _listen(self, states: list[StreamState]) -> Callable[[], None]:
+        """The voice gate's VAD over every stream's new audio, batched (``vad.advance_many_later``: one call for
+        the round's streams), started on a pool thread, where it runs beside the round's front-end work on the
+        main thread; returns the function that waits for it (call it before a hop reads the gate). If it fails,
+        each stream's own VAD runs it when the stream needs it (and a failure there is that stream's)."""
         gated = [st for st in states if st.gate is not None]
         if not gated:
-            return
+            return lambda: None
         try:
-            advance_many([st.gate.track for st in gated], [st.listen_args() for st in gated])
+            finish = advance_many_later([st.gate.track for st in gated], [st.listen_args() for st in gated],
+                                        self._pool)
         except Exception as exc:
-            if not self._vad_failed:
-                log.warning("the batched VAD failed (%s); each stream runs its own", exc)
-            self._vad_failed = True
+            return partial(self._vad_failure, exc)
+
+        def heard() -> None:
+            try:
+                finish()
+            except Exception as exc:
+                self._vad_failure(exc)
+
+        return heard
+
+    def _vad_failure(self, exc: Exception) -> None:
+        if not self._vad_failed:
+            log.warning("the batched VAD failed (%s); each stream runs its own", exc)
+        self._vad_failed = True
 
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:
