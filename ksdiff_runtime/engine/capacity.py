@@ -42,9 +42,11 @@ SHED_MEMORY_S = 5.0  # after frames were shed, refuse new streams this long
 # a live round may take at most this share of the hop on the engine's thread: at 6 streams (rounds of
 # ~29 ms in a 33 ms hop) the admitted streams' p95 was 1.47x a single stream's (benchmarks/load.py)
 ROUND_TARGET = 0.85
-# streams in the warm-up's second round measurement: near the counts admission decides (the paced round grows
-# more slowly per stream with more streams, so a line through 1 and 4 overestimated 12 streams' round by two thirds)
-ROUND_PROBE = 8
+# streams in the warm-up's second round measurement: near the counts admission decides. The paced round grows
+# more slowly per stream with more streams, so a line through 1 and a smaller count overestimates the rounds past
+# it (through 1 and 4, 12 streams' round by two thirds; through 1 and 8, 13 streams' 30 ms where 12 took 27-28)
+# and underestimates those between: both by little near the second count (docs/SERVE.md)
+ROUND_PROBE = 12
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ WARM_UP_S = 1.0  # seconds of the bundled speech per warm-up pass
 PROBE_REPEATS = 3  # the warm-up's cost probe (1 and ROUND_PROBE streams) runs this many times; medians are kept
 # seconds of speech per probe pass: its rounds are paced at the hop as `serve`'s are, so a pass takes this long
 PROBE_S = 0.6
+PROBE_STAGGER_S = 0.01  # each paced probe stream's audio is this far ahead of the one before
 
 
 @dataclass
@@ -648,10 +649,11 @@ class StreamingEngine:
         for mode in ("live", "line"):  # a first stream's paths, a transcript's too
             self._warm_streams(1, stereo_48k, mode, text="hello there")
         # what live streams cost: the CPU and the engine thread's round with 1 and with ROUND_PROBE streams, each
-        # the median of probe_repeats passes (a hiccup of a busy machine moves one pass). The rounds are paced at
-        # the hop, as audio arriving in real time paces `serve`'s: a round after the cores idled takes longer
-        # than one right after another (the graphs' weights have left the caches; docs/ENGINE.md "What a round
-        # costs"); measured back to back, admission took streams whose latency then broke its promise (docs/SERVE.md)
+        # the median of probe_repeats passes (a hiccup of a busy machine moves one pass). The streams run as
+        # `serve`'s live streams do: their audio comes a hop a round and a round starts every hop. A round after the
+        # cores idled takes longer than one right after another (docs/ENGINE.md "What a round costs"): measured back
+        # to back, admission took streams whose latency then broke its promise. Pushed whole, a probe's audio was
+        # recognised in its first round, and the rounds measured had no recogniser work (docs/SERVE.md)
         probe = stereo_48k[: int(PROBE_S * 48_000)]
         one_cpu, probe_cpu, one_ms, probe_ms = [], [], [], []
         for _ in range(probe_repeats):
@@ -670,19 +672,29 @@ class StreamingEngine:
 
     def _warm_streams(self, n: int, stereo_48k: np.ndarray, mode: str, text: str | None = None,
                       paced: bool = False) -> float:
-        """``n`` warm-up streams of the audio, pushed whole and stepped to their end (``paced``: a round every
-        hop, as the audio would come, not back to back); returns the median time (ms) of the rounds that hopped
-        all of them."""
+        """``n`` warm-up streams of the audio (48 kHz stereo), stepped to their end. Unpaced: the audio pushed
+        whole, rounds back to back. ``paced``: as `serve` runs live streams: a hop of audio comes to each stream
+        a round, and a round starts every hop; each stream is PROBE_STAGGER_S ahead of the one before, so their
+        recogniser and VAD chunks fall in different rounds, as streams opened at different times do. Returns
+        the median time (ms) of the rounds that hopped all of them."""
         sessions = [self.sessions.open(f"warm-up-{uuid.uuid4().hex[:8]}", "sdk", AudioFormat(48_000, 2), text=text,
                                        admit=False, mode=mode) for _ in range(n)]
-        for session in sessions:
-            for i in range(0, len(stereo_48k), 480):
-                self.sessions.feed(session, stereo_48k[i : i + 480])
-            self.sessions.end(session)
-        rounds = []
         hop_s = self.preset.hop_frames / motion.FPS
+        block = round(hop_s * 48_000) if paced else len(stereo_48k)
+        lead = [round(i * PROBE_STAGGER_S * 48_000) if paced else 0 for i in range(n)]
+        fed = [0] * n
+        rounds = []
         next_round = time.perf_counter()
         while not all(session.finished for session in sessions):
+            for i, session in enumerate(sessions):
+                if session.ending:
+                    continue
+                upto = min(len(stereo_48k), (fed[i] or lead[i]) + block)  # the first round: its lead too
+                for k in range(fed[i], upto, 480):  # 10 ms blocks, as a source's
+                    self.sessions.feed(session, stereo_48k[k : min(k + 480, upto)])
+                fed[i] = upto
+                if upto == len(stereo_48k):
+                    self.sessions.end(session)
             if paced:  # a hop after the last round started, or at once after one that overran (no catching up)
                 time.sleep(max(0.0, next_round - time.perf_counter()))
             t = time.perf_counter()
