@@ -129,10 +129,12 @@ def test_the_warm_up_keeps_the_median_of_its_probes(tiny_backend, monkeypatch):
 def test_the_paced_probe_feeds_its_streams_a_hop_of_audio_a_round_staggered(tiny_backend, monkeypatch):
     """The probe's streams run as `serve`'s live streams do: a hop of audio to each stream a round (so each
     round has its recogniser and VAD work, not one round all of it), each stream PROBE_STAGGER_S ahead of the one
-    before (their chunks in different rounds, as streams opened at different times)."""
+    before (their chunks in different rounds, as streams opened at different times), all hopping from the first
+    round (which brings the audio a first hop waits for)."""
     engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1)
     fed: dict[str, int] = {}
     seen: list[dict[str, int]] = []
+    hops: list[int] = []
     feed, step = engine.sessions.feed, engine.step
 
     def counting_feed(session, pcm, *args, **kwargs):
@@ -141,16 +143,19 @@ def test_the_paced_probe_feeds_its_streams_a_hop_of_audio_a_round_staggered(tiny
 
     def recording_step(*args, **kwargs):
         seen.append(dict(fed))
-        return step(*args, **kwargs)
+        result = step(*args, **kwargs)
+        hops.append(result.hops)
+        return result
 
     monkeypatch.setattr(engine.sessions, "feed", counting_feed)
     monkeypatch.setattr(engine, "step", recording_step)
     audio = np.zeros((int(0.25 * 48_000), 2), np.float32)
     assert engine._warm_streams(3, audio, "live", paced=True) > 0
     block = round(48_000 / motion.FPS)
-    lead = [round(i * PROBE_STAGGER_S * 48_000) for i in range(3)]
+    lead = [round((engine.preset.latency_budget_ms() / 1000 + i * PROBE_STAGGER_S) * 48_000) for i in range(3)]
     ids = list(seen[0])
     assert [seen[0][i] for i in ids] == [lead[k] + block for k in range(3)]
+    assert hops[0] == 3
     for r in range(1, 4):  # then a hop a round each
         assert [seen[r][i] for i in ids] == [lead[k] + (r + 1) * block for k in range(3)]
     assert all(fed[i] == len(audio) for i in ids) and not engine.stream_ids

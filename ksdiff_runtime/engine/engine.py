@@ -674,14 +674,17 @@ class StreamingEngine:
                       paced: bool = False) -> float:
         """``n`` warm-up streams of the audio (48 kHz stereo), stepped to their end. Unpaced: the audio pushed
         whole, rounds back to back. ``paced``: as `serve` runs live streams: a hop of audio comes to each stream
-        a round, and a round starts every hop; each stream is PROBE_STAGGER_S ahead of the one before, so their
-        recogniser and VAD chunks fall in different rounds, as streams opened at different times do. Returns
+        a round, and a round starts every hop, each hopping from the first round (which brings it the audio its
+        first hop waits for); each stream is PROBE_STAGGER_S ahead of the one before, so their recogniser and VAD
+        chunks fall in different rounds, as streams opened at different times do. Returns
         the median time (ms) of the rounds that hopped all of them."""
         sessions = [self.sessions.open(f"warm-up-{uuid.uuid4().hex[:8]}", "sdk", AudioFormat(48_000, 2), text=text,
                                        admit=False, mode=mode) for _ in range(n)]
         hop_s = self.preset.hop_frames / motion.FPS
         block = round(hop_s * 48_000) if paced else len(stereo_48k)
-        lead = [round(i * PROBE_STAGGER_S * 48_000) if paced else 0 for i in range(n)]
+        # the first round brings each stream the audio its first hop waits for (the preset's wait), and its stagger
+        first = self.preset.latency_budget_ms() / 1000
+        lead = [round((first + i * PROBE_STAGGER_S) * 48_000) if paced else 0 for i in range(n)]
         fed = [0] * n
         rounds = []
         next_round = time.perf_counter()
