@@ -8,6 +8,7 @@ import pytest
 from ksdiff_runtime import motion
 from ksdiff_runtime.engine.capacity import ROUND_PROBE, ROUND_TARGET, Capacity, Reading, RoundCost
 from ksdiff_runtime.engine.engine import PROBE_STAGGER_S, StreamingEngine
+from ksdiff_runtime.sessions import Sessions
 
 HOP_MS = 1000 / 30
 
@@ -152,13 +153,26 @@ def test_the_paced_probe_feeds_its_streams_a_hop_of_audio_a_round_staggered(tiny
     audio = np.zeros((int(0.25 * 48_000), 2), np.float32)
     assert engine._warm_streams(3, audio, "live", paced=True) > 0
     block = round(48_000 / motion.FPS)
-    lead = [round((engine.preset.latency_budget_ms() / 1000 + i * PROBE_STAGGER_S) * 48_000) for i in range(3)]
+    wait = engine.preset.latency_budget_ms() / 1000 + 1 / motion.FPS  # the first hop's wait and a hop
+    lead = [round((wait + i * PROBE_STAGGER_S) * 48_000) for i in range(3)]
     ids = list(seen[0])
-    assert [seen[0][i] for i in ids] == [lead[k] + block for k in range(3)]
-    assert hops[0] == 3
+    assert [seen[0][i] for i in ids] == lead
+    assert hops[0] == 3  # every stream hops from the first round
     for r in range(1, 4):  # then a hop a round each
-        assert [seen[r][i] for i in ids] == [lead[k] + (r + 1) * block for k in range(3)]
+        assert [seen[r][i] for i in ids] == [lead[k] + r * block for k in range(3)]
     assert all(fed[i] == len(audio) for i in ids) and not engine.stream_ids
+
+
+def test_the_warm_up_probes_no_more_streams_than_its_registry_holds(tiny_backend, monkeypatch):
+    engine = StreamingEngine(tiny_backend, "low-latency", sessions=Sessions(max_streams=5), front_end_threads=1)
+    counts: list[int] = []
+    real = engine._warm_streams
+    monkeypatch.setattr(engine, "_warm_streams", lambda n, *args, **kw: counts.append(n) or real(n, *args, **kw))
+    engine.warm_up(probe_repeats=1)
+    assert max(counts) == 5 and engine.capacity.reading().rounds is not None
+    alone = StreamingEngine(tiny_backend, "low-latency", sessions=Sessions(max_streams=1), front_end_threads=1)
+    alone.warm_up()  # one stream at most: nothing for admission to decide, and no probe of two
+    assert alone.capacity.reading().rounds is None
 
 
 def test_a_round_that_shed_frames_refuses_new_live_streams_for_a_while(monkeypatch: pytest.MonkeyPatch):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -121,55 +119,6 @@ def test_many_tracks_advanced_at_once_are_each_track_alone(speech) -> None:
         assert track.chunks == alone.chunks
         np.testing.assert_allclose(track.probs(0, track.chunks), alone.probs(0, alone.chunks), atol=1e-6)
     assert np.all(tracks[3].probs(0, 41) == 0.0) and tracks[3].probs(41, tracks[3].chunks).max() > 0.5
-
-
-def test_a_batched_call_on_a_thread_holds_its_tracks_until_it_is_taken(speech, monkeypatch) -> None:
-    """The engine starts a round's VAD on a pool thread and goes on with the round (``advance_many_later``): a
-    track whose chunks are in flight computes nothing on its own meanwhile (a stream trims its audio and listens
-    then), taking the call brings every track up to date, exactly as alone; a call that fails leaves the tracks
-    free to run their own."""
-    model = vad.shared_vad()
-    clips = [speech, 0.3 * speech[::-1].copy()]
-    tracks = [vad.VadTrack(model) for _ in clips]
-    release = threading.Event()
-    many = model.many
-
-    def held(*args):
-        assert release.wait(timeout=30)
-        return many(*args)
-
-    monkeypatch.setattr(model, "many", held)
-    fed = [vad.CHUNK * 12 + 100, vad.CHUNK * 3]  # the first track's first chunks, then one chunk a round
-    for c, n, t in zip(clips, fed, tracks, strict=True):
-        t.advance(c, 0, n)
-    fed = [fed[0] + vad.CHUNK, fed[1] + 5 * vad.CHUNK]  # one new chunk (batched), five (its own call)
-    with ThreadPoolExecutor(1) as pool:
-        finish = vad.advance_many_later(tracks, [(c, 0, n, False) for c, n in zip(clips, fed, strict=True)], pool)
-        before = [t.chunks for t in tracks]
-        for c, n, t in zip(clips, fed, tracks, strict=True):
-            t.advance(c, 0, n)  # in flight: nothing
-        assert [t.chunks for t in tracks] == before and all(t.pending for t in tracks)
-        release.set()
-        finish()
-    assert not any(t.pending for t in tracks)
-    for c, n, t in zip(clips, fed, tracks, strict=True):
-        alone = vad.VadTrack(vad.shared_vad())
-        alone.advance(c, 0, n)
-        assert t.chunks == alone.chunks == n // vad.CHUNK
-        np.testing.assert_allclose(t.probs(0, t.chunks), alone.probs(0, alone.chunks), atol=1e-6)
-
-    def broken(*args):
-        raise RuntimeError("the batched graph failed")
-
-    monkeypatch.setattr(model, "many", broken)
-    fed = [n + vad.CHUNK for n in fed]
-    with ThreadPoolExecutor(1) as pool:
-        finish = vad.advance_many_later(tracks, [(c, 0, n, False) for c, n in zip(clips, fed, strict=True)], pool)
-        with pytest.raises(RuntimeError, match="batched graph failed"):
-            finish()
-    assert not any(t.pending for t in tracks)
-    tracks[0].advance(clips[0], 0, fed[0])  # its own call, as a stream's next listen runs it
-    assert tracks[0].chunks == fed[0] // vad.CHUNK
 
 
 def test_missing_silero_vad_is_a_clear_message(monkeypatch, caplog) -> None:

@@ -33,7 +33,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 
@@ -45,7 +44,7 @@ from ksdiff_runtime.features.frontend import BlockwiseFrontEnd, make_front_end
 from ksdiff_runtime.features.prosody import prosody_many
 from ksdiff_runtime.features.streaming_frontend import StreamingPosteriorgramFrontEnd
 from ksdiff_runtime.features.transcript import phoneme_tokens_later
-from ksdiff_runtime.features.vad import advance_many_later
+from ksdiff_runtime.features.vad import advance_many
 from ksdiff_runtime.inputs.guards import load_audio
 from ksdiff_runtime.inputs.stream import AudioFormat
 from ksdiff_runtime.parallel import MIN_PART_ROWS, as_part, one_blas_thread, row_parts, single_thread_cpu
@@ -316,14 +315,10 @@ class StreamingEngine:
                 self.sessions.end(session, "timeout", flush=False)
                 continue  # its end is taken next round
             states.append((session, state))
-        heard = self._listen([st for _, st in states])
-        try:
-            planned = self._plan(states, now, result)
-            if planned:
-                self._features(planned, result)
-        finally:
-            heard()  # before any hop reads the gate
+        self._listen([st for _, st in states])
+        planned = self._plan(states, now, result)
         if planned:
+            self._features(planned, result)
             ready = [(s, st, h) for s, st, h in planned if not s.finished and st.hop_ready(h)]
             emitted: list[tuple[StreamState, Emitted]] = []
             starting = [st for _, st, _ in ready if st.line and st.emitted == 0 and st.anchor_ns is not None]
@@ -386,32 +381,19 @@ class StreamingEngine:
                            seed, session.style, tokens, self.fps, line=line, gate=gate, liveliness=alive,
                            stream_variants=self.stream_variants, closure=self.closure)
 
-    def _listen(self, states: list[StreamState]) -> Callable[[], None]:
-        """The voice gate's VAD over every stream's new audio, batched (``vad.advance_many_later``: one call for
-        the round's streams), started on a pool thread, where it runs beside the round's front-end work on the
-        main thread; returns the function that waits for it (call it before a hop reads the gate). If it fails,
-        each stream's own VAD runs it when the stream needs it (and a failure there is that stream's)."""
+    def _listen(self, states: list[StreamState]) -> None:
+        """The voice gate's VAD over every stream's new audio, batched (``vad.advance_many``: one call for
+        the round's streams). If it fails, each stream's own VAD runs it when the stream needs it (and a
+        failure there is that stream's)."""
         gated = [st for st in states if st.gate is not None]
         if not gated:
-            return lambda: None
+            return
         try:
-            finish = advance_many_later([st.gate.track for st in gated], [st.listen_args() for st in gated],
-                                        self._pool)
+            advance_many([st.gate.track for st in gated], [st.listen_args() for st in gated])
         except Exception as exc:
-            return partial(self._vad_failure, exc)
-
-        def heard() -> None:
-            try:
-                finish()
-            except Exception as exc:
-                self._vad_failure(exc)
-
-        return heard
-
-    def _vad_failure(self, exc: Exception) -> None:
-        if not self._vad_failed:
-            log.warning("the batched VAD failed (%s); each stream runs its own", exc)
-        self._vad_failed = True
+            if not self._vad_failed:
+                log.warning("the batched VAD failed (%s); each stream runs its own", exc)
+            self._vad_failed = True
 
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:
@@ -648,65 +630,74 @@ class StreamingEngine:
         stereo_48k = np.repeat(np.repeat(clip, 3)[:, None], 2, axis=1)  # a 48 kHz stereo device, crudely
         for mode in ("live", "line"):  # a first stream's paths, a transcript's too
             self._warm_streams(1, stereo_48k, mode, text="hello there")
-        # what live streams cost: the CPU and the engine thread's round with 1 and with ROUND_PROBE streams, each
-        # the median of probe_repeats passes (a hiccup of a busy machine moves one pass). The streams run as
-        # `serve`'s live streams do: their audio comes a hop a round and a round starts every hop. A round after the
-        # cores idled takes longer than one right after another (docs/ENGINE.md "What a round costs"): measured back
-        # to back, admission took streams whose latency then broke its promise. Pushed whole, a probe's audio was
-        # recognised in its first round, and the rounds measured had no recogniser work (docs/SERVE.md)
+        # what live streams cost: the CPU and the engine thread's round with 1 and with ROUND_PROBE streams (at most
+        # the registry's), each the median of probe_repeats passes (a hiccup of a busy machine moves one pass). The
+        # streams run as `serve`'s live streams do: their audio comes a hop a round and a round starts every hop.
+        # A round after the cores idled takes longer than one right after another (docs/ENGINE.md "What a round
+        # costs"): measured back to back, admission took streams whose latency then broke its promise. With their
+        # audio pushed whole, the VAD ran a probe's audio in its first round and the streams' recogniser chunks
+        # fell in the same rounds, and the median round had the work of neither (docs/SERVE.md)
+        streams = min(ROUND_PROBE, self.sessions.max_streams)
+        if streams < 2:  # a registry of one stream: admission has nothing to decide
+            return time.perf_counter() - t0
         probe = stereo_48k[: int(PROBE_S * 48_000)]
         one_cpu, probe_cpu, one_ms, probe_ms = [], [], [], []
         for _ in range(probe_repeats):
             cpu0 = time.process_time()
             one_ms.append(self._warm_streams(1, probe, "live", paced=True))
             cpu1 = time.process_time()
-            probe_ms.append(self._warm_streams(ROUND_PROBE, probe, "live", paced=True))
+            probe_ms.append(self._warm_streams(streams, probe, "live", paced=True))
             one_cpu.append(cpu1 - cpu0)
             probe_cpu.append(time.process_time() - cpu1)
         median = statistics.median
         probe_s = len(probe) / 48_000
-        self.capacity.calibrate(median(one_cpu) / probe_s, median(probe_cpu) / (probe_s * ROUND_PROBE))
+        self.capacity.calibrate(median(one_cpu) / probe_s, median(probe_cpu) / (probe_s * streams), streams)
         hop_ms = 1000.0 * self.preset.hop_frames / motion.FPS
-        self.capacity.calibrate_rounds(RoundCost.fit(median(one_ms), median(probe_ms), ROUND_PROBE, hop_ms))
+        self.capacity.calibrate_rounds(RoundCost.fit(median(one_ms), median(probe_ms), streams, hop_ms))
         return time.perf_counter() - t0
 
     def _warm_streams(self, n: int, stereo_48k: np.ndarray, mode: str, text: str | None = None,
                       paced: bool = False) -> float:
         """``n`` warm-up streams of the audio (48 kHz stereo), stepped to their end. Unpaced: the audio pushed
-        whole, rounds back to back. ``paced``: as `serve` runs live streams: a hop of audio comes to each stream
-        a round, and a round starts every hop, each hopping from the first round (which brings it the audio its
-        first hop waits for); each stream is PROBE_STAGGER_S ahead of the one before, so their recogniser and VAD
-        chunks fall in different rounds, as streams opened at different times do. Returns
-        the median time (ms) of the rounds that hopped all of them."""
+        whole, rounds back to back. ``paced``: as `serve` runs live streams: a round starts every hop and brings
+        each stream a hop of audio (the first, the audio its first hop waits for: every stream hops from the
+        first round); each stream is PROBE_STAGGER_S ahead of the one before, so their recogniser and VAD chunks
+        fall in different rounds, as streams opened at different times do (a preset whose wait is longer than
+        the audio, `quality`, gets it all in the first round). Returns the median time (ms) of the rounds that
+        brought every stream audio and hopped all of them."""
         sessions = [self.sessions.open(f"warm-up-{uuid.uuid4().hex[:8]}", "sdk", AudioFormat(48_000, 2), text=text,
                                        admit=False, mode=mode) for _ in range(n)]
         hop_s = self.preset.hop_frames / motion.FPS
         block = round(hop_s * 48_000) if paced else len(stereo_48k)
-        # the first round brings each stream the audio its first hop waits for (the preset's wait), and its stagger
-        first = self.preset.latency_budget_ms() / 1000
-        lead = [round((first + i * PROBE_STAGGER_S) * 48_000) if paced else 0 for i in range(n)]
+        # the first round: the preset's wait and a hop (the resampler holds a few samples back), and the stagger
+        first = self.preset.latency_budget_ms() / 1000 + hop_s
+        lead = [round((first + i * PROBE_STAGGER_S) * 48_000) if paced else len(stereo_48k) for i in range(n)]
         fed = [0] * n
         rounds = []
         next_round = time.perf_counter()
-        while not all(session.finished for session in sessions):
-            for i, session in enumerate(sessions):
-                if session.ending:
-                    continue
-                upto = min(len(stereo_48k), (fed[i] or lead[i]) + block)  # the first round: its lead too
-                for k in range(fed[i], upto, 480):  # 10 ms blocks, as a source's
-                    self.sessions.feed(session, stereo_48k[k : min(k + 480, upto)])
-                fed[i] = upto
-                if upto == len(stereo_48k):
-                    self.sessions.end(session)
-            if paced:  # a hop after the last round started, or at once after one that overran (no catching up)
-                time.sleep(max(0.0, next_round - time.perf_counter()))
-            t = time.perf_counter()
-            next_round = t + hop_s
-            hops = self.step().hops
-            if hops == n:
-                rounds.append(time.perf_counter() - t)
-        for session in sessions:
-            self.sessions.remove(session)
+        try:
+            while not all(session.finished for session in sessions):
+                steady = True  # every stream gets audio this round
+                for i, session in enumerate(sessions):
+                    if session.ending or session.finished:  # all fed, or failed
+                        steady = False
+                        continue
+                    upto = min(len(stereo_48k), fed[i] + block if fed[i] else lead[i])
+                    for k in range(fed[i], upto, 480):  # 10 ms blocks, as a source's
+                        self.sessions.feed(session, stereo_48k[k : min(k + 480, upto)])
+                    fed[i] = upto
+                    if upto == len(stereo_48k):
+                        self.sessions.end(session)
+                if paced:  # a hop after the last round started, or at once after one that overran (no catching up)
+                    time.sleep(max(0.0, next_round - time.perf_counter()))
+                t = time.perf_counter()
+                next_round = t + hop_s
+                hops = self.step().hops
+                if hops == n and steady:
+                    rounds.append(time.perf_counter() - t)
+        finally:
+            for session in sessions:
+                self.sessions.remove(session)
         return 1000.0 * float(np.median(rounds)) if rounds else 0.0
 
     def live_profiles(self, audio: np.ndarray, styles: list[np.ndarray | None]) -> list[StyleProfile]:

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import threading
-from collections.abc import Callable
-from concurrent.futures import Executor
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -131,15 +128,11 @@ class VadTrack:
         self._h = np.zeros(STATE_SHAPE, np.float32)
         self._c = np.zeros(STATE_SHAPE, np.float32)
         self._context = np.zeros(CONTEXT, np.float32)
-        self.pending = False  # a batched call (``advance_many_later``) has this track's chunks in flight
 
     def advance(self, audio: np.ndarray, offset: int, samples: int, ended: bool = False) -> None:
         """Compute every whole chunk in audio samples [.., samples), in one call; ``audio`` holds the stream
         from absolute sample ``offset`` on. ``ended``: the last partial chunk too, padded with silence.
-        Chunks whose audio is no longer held (a stream that shed frames) count as silence. Nothing while a
-        batched call has the track's chunks in flight (that call brings it up to date)."""
-        if self.pending:
-            return
+        Chunks whose audio is no longer held (a stream that shed frames) count as silence."""
         rows = self.new_rows(audio, offset, samples, ended)
         if len(rows):
             self.compute(rows)
@@ -204,42 +197,18 @@ def advance_many(tracks: list[VadTrack], audio: list[tuple[np.ndarray, int, int,
     """``track.advance(*args)`` for each track and its audio args (the tracks share one model): the tracks
     with one new chunk (a round of live streams) in one batched call, the others (a stream catching up, a
     line) each in its own call, as ``advance`` computes them."""
-    advance_many_later(tracks, audio)()
-
-
-def advance_many_later(tracks: list[VadTrack], audio: list[tuple[np.ndarray, int, int, bool]],
-                       executor: Executor | None = None) -> Callable[[], None]:
-    """``advance_many`` in two halves: the tracks' rows now, the batched call started on ``executor`` (None: run
-    by the returned function), and the returned function, which waits for it and hands every track its
-    probabilities (and runs the tracks of several chunks). Until it returns the tracks must not be touched;
-    it raises the batched call's error, and then the tracks of one chunk have computed nothing (each may
-    ``advance`` on its own)."""
     rows = [(track, track.new_rows(*args)) for track, args in zip(tracks, audio, strict=True)]
-    rows = [(track, r) for track, r in rows if len(r)]
     single = [(track, r) for track, r in rows if len(r) == 1]
-    result = None  # the batched call's (probabilities, states)
     if single:
         model = single[0][0].model
-        args = (np.concatenate([r for _, r in single]), np.concatenate([track.state for track, _ in single], axis=1))
-        result = executor.submit(model.many, *args).result if executor is not None else partial(model.many, *args)
-    for track, _ in rows:
-        track.pending = True
-
-    def finish() -> None:
-        try:
-            if result is not None:
-                probs, state = result()
-                for i, (track, r) in enumerate(single):
-                    track.state = state[:, i : i + 1]
-                    track.take(probs[i : i + 1].astype(np.float32), r)
-        finally:
-            for track, _ in rows:
-                track.pending = False
-        for track, r in rows:
-            if len(r) > 1:
-                track.compute(r)
-
-    return finish
+        probs, state = model.many(np.concatenate([r for _, r in single]),
+                                  np.concatenate([track.state for track, _ in single], axis=1))
+        for i, (track, r) in enumerate(single):
+            track.state = state[:, i : i + 1]
+            track.take(probs[i : i + 1].astype(np.float32), r)
+    for track, r in rows:
+        if len(r) > 1:
+            track.compute(r)
 
 
 def speech_probabilities(audio: np.ndarray, model: SileroVad | None = None) -> np.ndarray:
