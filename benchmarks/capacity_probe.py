@@ -3,8 +3,9 @@
     python -m benchmarks.capacity_probe [--warm-ups 8] [--repeats 1 3]
 
 `serve` builds its engine (engine/engine.py ``warm_up``) and measures, on 0.6 s of the bundled speech (``PROBE_S``)
-with its rounds paced at the hop as `serve`'s are, what one live stream and ``ROUND_PROBE`` at once cost: the CPU a
-stream adds, the rounds' fixed part, and the engine thread's round. Admission starts from those figures
+run as `serve` runs live streams (a hop of audio a round, a round every hop, the streams staggered), what one live
+stream and ``ROUND_PROBE`` at once cost: the CPU a stream adds, the rounds' fixed part, and the engine thread's
+round. Admission starts from those figures
 (engine/capacity.py) until the streams served refresh them. One probe reads little audio, so a hiccup of the
 machine moves it; the warm-up keeps the median of
 ``PROBE_REPEATS`` probes. This builds one engine as `serve` does (ONNX Runtime on the CPU, `low-latency`,
