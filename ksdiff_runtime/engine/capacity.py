@@ -44,7 +44,7 @@ SHED_MEMORY_S = 5.0  # after frames were shed, refuse new streams this long
 ROUND_TARGET = 0.85
 # streams in the warm-up's second round measurement: near the counts admission decides. The paced round grows
 # more slowly per stream with more streams, so a line through 1 and a smaller count overestimates the rounds past
-# it (through 1 and 4, 12 streams' round by two thirds; through 1 and 8, 13 streams' 30 ms where 12 took 27-28)
+# it (through 1 and 4, 12 streams' round by two thirds; through 1 and 8, 12 streams' 29-30 ms where they took 27-28)
 # and underestimates those between: both by little near the second count (docs/SERVE.md)
 ROUND_PROBE = 12
 
