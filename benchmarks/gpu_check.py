@@ -134,7 +134,7 @@ def sweep_stream_recogniser(audio: np.ndarray, batches: list[int], device: str, 
                                              for s0 in starts])).to(device) for i in range(2)]
         masks = torch.ones(b, 2 * K + 1, device=device), torch.ones(b, K, device=device), torch.tensor(K, device=device)
         keys = torch.randn(b, n_blocks, HEADS, W, WIDTH // HEADS, device=device)
-        conv = torch.randn(b, n_blocks, WIDTH, CONV_LEFT, device=device)
+        conv = torch.randn(b, n_blocks, CONV_LEFT, WIDTH, device=device)
         valid = torch.ones(b, W, device=device)
 
         @torch.inference_mode()

@@ -93,6 +93,18 @@ def test_a_batch_of_streams_gives_each_its_own_frames(recognisers, speech):
         assert np.abs(got - alone).max() < 1e-4
 
 
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_a_streams_frames_are_exactly_its_own_whatever_streams_share_its_calls(recognisers, speech, lookahead):
+    """Fed the same pieces alone or beside other streams, a stream gets the same bits: with chunks of one frame a
+    stream alone is a call of one row, which some kernels sum in another order than many rows (ONNX Runtime's
+    ReduceSum did, by 2e-5; StreamStep's depthwise convolution sums by a matrix product instead)."""
+    rec = _onnx(recognisers, lookahead)
+    clips = [speech[: 2 * SAMPLE_RATE], 0.3 * np.ascontiguousarray(speech[::-1][: 2 * SAMPLE_RATE])]
+    together = _feed(rec, clips, 533)
+    for clip, got in zip(clips, together, strict=True):
+        assert np.array_equal(got, _feed(rec, [clip], 533)[0])
+
+
 def test_an_ended_streams_state_never_reaches_the_next_stream_in_its_row(recognisers, speech):
     rec = _onnx(recognisers, 1)
     a, b = rec.new_stream(), rec.new_stream()

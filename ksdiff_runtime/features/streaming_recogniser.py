@@ -62,6 +62,7 @@ from ksdiff_runtime.features.recogniser import (
 MAX_LOOKAHEAD = 3  # output frames (20 ms each)
 DEFAULT_LEFT_FRAMES = 100  # attention left context: 2 s
 CONV_LEFT = CONV_KERNEL // 2  # 15: depthwise taps before the frame (and after it in the full model)
+DEPTHWISE_TAPS = CONV_LEFT + 1 + MAX_LOOKAHEAD  # 19: the taps a chunked frame can read (-15 .. +3)
 PAD = N_FFT // 2  # the STFT's reflect padding at each end of a clip (200 samples)
 
 
@@ -346,7 +347,7 @@ class StreamStep(torch.nn.Module):
       before the start or past the end (the input convolution's zero padding);
     - ``frame_mask`` [B, K]: 1 for the output frames that exist (all but past a finished stream's end);
     - ``chunk`` []: int64, frames per chunk (lookahead + 1);
-    - ``keys``, ``values`` [B, blocks, heads, left_frames, 36], ``conv`` [B, blocks, 144, 15],
+    - ``keys``, ``values`` [B, blocks, heads, left_frames, 36], ``conv`` [B, blocks, 15, 144],
       ``cache_valid`` [B, left_frames]: the state after the previous frames (zeros for a new stream).
 
     Outputs: ``log_probs`` [B, K, 191] and the state after these frames (``*_out``).
@@ -362,25 +363,44 @@ class StreamStep(torch.nn.Module):
                 keys: torch.Tensor, values: torch.Tensor, conv: torch.Tensor,
                 cache_valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.model
-        real = F.conv1d(audio[:, None, :], m.stft_real, stride=STFT_HOP)
-        imag = F.conv1d(audio[:, None, :], m.stft_imag, stride=STFT_HOP)
-        mel = torch.einsum("bft,fm->bmt", real * real + imag * imag, m.mel_fb)
-        mel = torch.log(mel.clamp_min(MEL_FLOOR)).half().float() * mel_mask[:, None, :]
-        x = F.gelu(F.conv1d(mel, m.input_conv.weight, m.input_conv.bias, stride=2)).transpose(1, 2)  # [B, K, 144]
-        B, K, C = x.shape
-        d = C // HEADS
+        B, K = frame_mask.shape
+        C, d = WIDTH, WIDTH // HEADS
+        dev = audio.device  # index tensors on the inputs' device (a CUDA run of the module)
+        # Frames in rows ([B, frames, channels]) throughout: the STFT, the input convolution and the 1x1
+        # convolutions are matrix products over all rows at once, and the depthwise convolution gathers each
+        # frame's taps, weighs them and sums them by a product with ones. ONNX Runtime's Conv runs a grouped or
+        # batched 1-D convolution a channel and a row at a time, so the call took 1.7x as long (docs/
+        # STREAMING_RECOGNISER.md); and its ReduceSum adds in another order when the rows are one frame of one
+        # stream, so a stream's frames would depend on the streams beside it.
+        stft = torch.arange(2 * K + 1, device=dev)[:, None] * STFT_HOP + torch.arange(N_FFT, device=dev)[None, :]
+        frames = audio[:, stft]  # [B, 2 K + 1, 400]
+        real = torch.matmul(frames, m.stft_real[:, 0, :].t())
+        imag = torch.matmul(frames, m.stft_imag[:, 0, :].t())
+        mel = torch.matmul(real * real + imag * imag, m.mel_fb)  # [B, 2 K + 1, 80]
+        mel = torch.log(mel.clamp_min(MEL_FLOOR)).half().float() * mel_mask[:, :, None]
+        # input convolution (kernel 3, stride 2): output frame j reads STFT frames 2 j .. 2 j + 2 of the call
+        rows_in = torch.arange(K, device=dev)[:, None] * 2 + torch.arange(3, device=dev)[None, :]  # [K, 3]
+        taps_in = mel[:, rows_in].reshape(B, K, 3 * N_MELS)
+        w_in = m.input_conv.weight.permute(0, 2, 1).reshape(C, 3 * N_MELS)
+        x = F.gelu(F.linear(taps_in, w_in, m.input_conv.bias))  # [B, K, 144]
         W = cache_valid.shape[1]
         valid = frame_mask > 0.5
         # frame i (of this call) is in chunk [start_i, start_i + chunk); the cached frames sit at -W .. -1
-        i = torch.arange(K)
+        i = torch.arange(K, device=dev)
         start = torch.div(i, chunk, rounding_mode="floor") * chunk
-        pos = torch.arange(W + K) - W
+        pos = torch.arange(W + K, device=dev) - W
         sees = (pos[None, :] >= start[:, None] - W) & (pos[None, :] < start[:, None] + chunk)  # [K, W + K]
         key_valid = torch.cat([cache_valid > 0.5, valid], dim=1)  # [B, W + K]
         itself = pos[None, :] == i[:, None]  # a frame that does not exist still sees itself (no empty row)
         mask = ((sees[None] & key_valid[:, None, :]) | itself[None])[:, None]  # [B, 1, K, W + K]
-        ahead = i[:, None] + torch.arange(1, MAX_LOOKAHEAD + 1)[None, :] < start[:, None] + chunk  # [K, 3]
-        ahead = ahead & (i[:, None] + torch.arange(1, MAX_LOOKAHEAD + 1)[None, :] < K)  # tap +t inside its chunk
+        # depthwise taps -15 .. +3 of frame i: rows i .. i + 18 of g (the 15 cached frames, then the K new ones);
+        # a tap after the frame is on only inside the frame's chunk and the call, and one that is off reads the
+        # row of zeros after them
+        offset = torch.arange(DEPTHWISE_TAPS, device=dev) - CONV_LEFT
+        tap_on = (offset[None, :] <= 0) | ((i[:, None] + offset[None, :] < start[:, None] + chunk)
+                                          & (i[:, None] + offset[None, :] < K))  # [K, 19]
+        tap_rows = torch.where(tap_on, i[:, None] + CONV_LEFT + offset[None, :], CONV_LEFT + K)  # [K, 19]
+        ones = torch.ones(1, DEPTHWISE_TAPS, device=dev)
         keys_out, values_out, conv_out = [], [], []
         for b, block in enumerate(m.blocks):
             x = x + 0.5 * block.ffn1(x)
@@ -390,21 +410,18 @@ class StreamStep(torch.nn.Module):
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
             x = x + block.attn.out_proj(y.transpose(1, 2).reshape(B, K, C))
             cm = block.conv
-            g = F.glu(cm.pointwise1(cm.norm(x).transpose(1, 2)), dim=1) * valid[:, None, :].to(x.dtype)
-            g = torch.cat([conv[:, b], g], dim=2)  # [B, 144, 15 + K]
-            w = cm.depthwise.weight
-            h = F.conv1d(g, w[:, :, : CONV_LEFT + 1], cm.depthwise.bias, groups=C)  # taps -15 .. 0
-            g_ahead = F.pad(g[:, :, CONV_LEFT + 1 :], (0, MAX_LOOKAHEAD))  # frames 1 .. K - 1, then zeros
-            for t in range(1, MAX_LOOKAHEAD + 1):
-                tap = g_ahead[:, :, t - 1 : t - 1 + K] * w[None, :, 0, CONV_LEFT + t, None]
-                h = h + tap * ahead[:, t - 1].to(x.dtype)[None, None, :]
-            x = x + cm.pointwise2(F.silu(h)).transpose(1, 2)
+            g = F.glu(F.linear(cm.norm(x), cm.pointwise1.weight[:, :, 0], cm.pointwise1.bias), dim=-1)
+            g = torch.cat([conv[:, b], g * valid[:, :, None].to(x.dtype), torch.zeros_like(g[:, :1])], dim=1)
+            # g: [B, 15 + K + 1, 144]
+            taps = g[:, tap_rows] * cm.depthwise.weight[:, 0, :DEPTHWISE_TAPS].t()  # [B, K, 19, 144]
+            h = torch.matmul(ones, taps)[:, :, 0] + cm.depthwise.bias  # [B, K, 144]
+            x = x + F.linear(F.silu(h), cm.pointwise2.weight[:, :, 0], cm.pointwise2.bias)
             x = x + 0.5 * block.ffn2(x)
             x = block.norm(x)
             keys_out.append(k_all[:, :, K:])
             values_out.append(v_all[:, :, K:])
-            conv_out.append(g[:, :, K:])
-        log_probs = F.log_softmax(m.proj(x.transpose(1, 2)).transpose(1, 2), dim=-1)
+            conv_out.append(g[:, K:-1])
+        log_probs = F.log_softmax(F.linear(x, m.proj.weight[:, :, 0], m.proj.bias), dim=-1)
         return (log_probs * frame_mask[:, :, None], torch.stack(keys_out, 1), torch.stack(values_out, 1),
                 torch.stack(conv_out, 1), torch.cat([cache_valid, frame_mask], dim=1)[:, K:])
 
@@ -419,7 +436,7 @@ def export_stream_step(path: Path, left_frames: int = DEFAULT_LEFT_FRAMES) -> No
     state = torch.zeros(B, n_blocks, HEADS, left_frames, d)
     args = (torch.zeros(B, step_audio_samples(K)), torch.ones(B, 2 * K + 1), torch.ones(B, K),
             torch.tensor(K, dtype=torch.long), state, state.clone(),
-            torch.zeros(B, n_blocks, WIDTH, CONV_LEFT), torch.zeros(B, left_frames))
+            torch.zeros(B, n_blocks, CONV_LEFT, WIDTH), torch.zeros(B, left_frames))
     axes = {name: {0: "batch"} for name in STEP_INPUTS + STEP_OUTPUTS if name != "chunk"}
     axes["audio"][1] = "samples"
     axes["mel_mask"][1] = "mel_frames"

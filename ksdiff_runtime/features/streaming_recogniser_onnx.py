@@ -48,7 +48,7 @@ class RecogniserStream:
     chunk: int
     keys: np.ndarray  # [blocks, heads, left_frames, 36]
     values: np.ndarray
-    conv: np.ndarray  # [blocks, 144, 15]
+    conv: np.ndarray  # [blocks, 15, 144]
     cache_valid: np.ndarray  # [left_frames]
     audio: np.ndarray  # samples [audio_start, samples)
     audio_start: int = 0
