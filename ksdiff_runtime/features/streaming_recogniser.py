@@ -369,7 +369,7 @@ class StreamStep(torch.nn.Module):
         # Frames in rows ([B, frames, channels]) throughout: the STFT, the input convolution and the 1x1
         # convolutions are matrix products over all rows at once, and the depthwise convolution gathers each
         # frame's taps, weighs them and sums them by a product with ones. ONNX Runtime's Conv runs a grouped or
-        # batched 1-D convolution a channel and a row at a time, so the call took 1.7x as long (docs/
+        # batched 1-D convolution a channel and a row at a time, so a live call took 1.4-1.8x as long (docs/
         # STREAMING_RECOGNISER.md); and its ReduceSum adds in another order when the rows are one frame of one
         # stream, so a stream's frames would depend on the streams beside it.
         stft = torch.arange(2 * K + 1, device=dev)[:, None] * STFT_HOP + torch.arange(N_FFT, device=dev)[None, :]
