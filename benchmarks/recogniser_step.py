@@ -18,6 +18,7 @@ Writes benchmarks/recogniser_step.json; nothing is asserted, every figure is pri
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "other" in graphs:
             a, b = (recs[g, la].session.run(OUTPUTS[:1], feeds[g])[0] for g in ("shipped", "other"))
             differ[name] = float(np.abs(a - b).max())
-    result: dict[str, Any] = {"graphs": {g: str(p) for g, p in graphs.items()}, "rounds": args.rounds,
+    result: dict[str, Any] = {"graphs": {g: {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                                         for g, p in graphs.items()}, "rounds": args.rounds,
                               "median_ms_by_round": ms, "log_probs_max_abs_diff": differ}
     for name in ms:
         line = "; ".join(f"{g} {' / '.join(f'{v:.2f}' for v in ms[name][g])} ms" for g in graphs)

@@ -164,3 +164,36 @@ def test_held_out_data_is_never_trained_on() -> None:
     # the same clip again (espeak-ng's output varies by a few samples between calls), and train differs
     a, b, c = sd.synthetic_clip("test", 3), sd.synthetic_clip("test", 3), sd.synthetic_clip("train", 3)
     assert abs(a.size - b.size) < 0.01 * a.size and abs(a.size - c.size) > 0.01 * a.size
+
+
+@pytest.mark.parametrize("lookahead", [0, 2, 3])
+@pytest.mark.parametrize("whole_clip", [False, True])
+def test_the_step_module_is_the_chunked_recogniser(model, speech, lookahead, whole_clip) -> None:
+    """StreamStep (the module exported as the ONNX step) in torch, a chunk a call or the whole clip in one, its state
+    carried by the host as the runtime carries it: its gathered depthwise taps (cut at each chunk's end) and its STFT
+    and convolutions as matrix products give the chunked recogniser's frames. Its log-mel is float32 where the
+    reference's is float64, both rounded to float16: measured 1.1e-3 at most."""
+    from ksdiff_runtime.features.streaming_recogniser import CONV_LEFT, StreamStep
+    from ksdiff_runtime.features.streaming_recogniser_onnx import RecogniserStream
+
+    step = StreamStep(model).eval()
+    blocks, W = len(model.blocks), model.left_frames
+    cache = np.zeros((blocks, rec.HEADS, W, rec.WIDTH // rec.HEADS), np.float32)
+    s = RecogniserStream(lookahead + 1, cache, cache.copy(), np.zeros((blocks, CONV_LEFT, rec.WIDTH), np.float32),
+                         np.zeros(W, np.float32), np.zeros(0, np.float32))
+    s.push(speech)
+    s.end()
+    frames = s.ready_chunks() * s.chunk if whole_clip else None
+    out = []
+    with torch.no_grad():
+        while s.ready_chunks():
+            window = s.window(frames)
+            state = (s.keys, s.values, s.conv, s.cache_valid)
+            lp, *after = step(*(torch.from_numpy(a[None]) for a in window), torch.tensor(s.chunk),
+                              *(torch.from_numpy(a[None]) for a in state))
+            out.append(lp[0, : int(window[2].sum())].numpy())
+            s.advance(*(a[0].numpy() for a in after), frames)
+    got, whole = np.concatenate(out), _whole(model, speech, lookahead)
+    assert got.shape == whole.shape
+    assert np.abs(got - whole).max() < 5e-3
+    assert (got.argmax(1) == whole.argmax(1)).all()
