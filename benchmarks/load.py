@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOOP_SILENCE_S = 0.5  # between loops of the sample, so the streams also see pauses
 WARM_S = 5.0  # the first seconds after a stream starts are not counted
 RSS_EVERY_S = 10.0
+ROOM_LINE = r"room (\d+) \(cores (\d+)(?:, round (\d+) at ([\d.]+)x the warm-up's)?"
 
 
 def stream_files(n: int, folder: Path) -> list[Path]:
@@ -62,7 +63,7 @@ def stream_files(n: int, folder: Path) -> list[Path]:
 def live_run(files: list[Path], seconds: float, work: Path, label: str, extra: tuple[str, ...] = (),
              burn_cores: int = 0, preset: str = "low-latency", window_s: float = 60.0) -> dict[str, Any]:
     """serve playing ``files`` in real time (looped) for ``seconds``; figures per admitted stream."""
-    args = ["--backend", "onnxruntime", "--preset", preset, "--loop", *extra,
+    args = ["--backend", "onnxruntime", "--preset", preset, "--loop", "--stats", "1", *extra,
             *(a for f in files for a in ("--file", str(f)))]
     sub = Subscriber()
     serve = ServeProcess(args, work / f"serve-{label}.log")
@@ -83,6 +84,10 @@ def live_run(files: list[Path], seconds: float, work: Path, label: str, extra: t
     streams = {sid: stream_figures(r, start, t1, window_s) for sid, r in sorted(sub.streams.items())}
     shed = {sid: s["seq_gaps"] for sid, s in streams.items()}
     steady = [v for t, v in rss if t >= WARM_S]
+    # the room the runtime says it has each second (its stats line) and what bounds it: the cores, and the engine
+    # thread's round, which the rounds served rescale (engine/capacity.py)
+    room = [(int(n), int(cores), int(rnd) if rnd else None, float(scale) if scale else None)
+            for n, cores, rnd, scale in re.findall(ROOM_LINE, log)]
     return {
         "label": label, "preset": preset, "args": extra, "seconds": seconds, "streams_asked": len(files),
         "streams_admitted": len(streams),
@@ -95,6 +100,11 @@ def live_run(files: list[Path], seconds: float, work: Path, label: str, extra: t
         "rss_mib": {"first": round(steady[0], 1), "last": round(steady[-1], 1), "max": round(max(steady), 1),
                     "growth_pct": round(100 * (steady[-1] - steady[0]) / steady[0], 2)} if steady else None,
         "rss_series": [(round(t, 1), round(v, 1)) for t, v in rss],
+        "room": {"first": room[0][0], "last": room[-1][0], "min": min(r[0] for r in room),
+                 "max": max(r[0] for r in room),
+                 "round_scale_last": room[-1][3]} if room else None,
+        "room_series": {"room": [r[0] for r in room], "by_cores": [r[1] for r in room],
+                        "by_round": [r[2] for r in room], "round_scale": [r[3] for r in room]},
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -215,3 +217,140 @@ def test_the_probe_paces_its_rounds_at_the_hop_as_serve_does(tiny_backend, monke
         assert len(gaps) >= 6 and gaps.min() >= HOP_MS / 1000 - 1e-3, gaps
     finally:
         engine.close()
+
+
+class _Clock:
+    """capacity's clock, set by the test: the window's end and the CPU are the test's, not the machine's."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+        self.cpu = 0
+
+    def monotonic_ns(self) -> int:
+        return self.ns
+
+    def process_time_ns(self) -> int:
+        return self.cpu
+
+
+def _served(capacity: Capacity, clock: _Clock, rounds: int, round_ms: float, live_hops: int) -> None:
+    """``rounds`` rounds a hop apart, each ``round_ms`` long and hopping ``live_hops`` live streams."""
+    for _ in range(rounds):
+        clock.ns += int(HOP_MS * 1e6)
+        capacity.observe(int(round_ms * 1e6), live_hops / 30, False, 1 / 30, live_hops)
+
+
+def test_the_live_rounds_served_rescale_the_warm_ups_round(monkeypatch):
+    """The start-up probe hears 0.6 s of audio once; the rounds served say how long rounds take now. Their time
+    against the probe's line for the same rounds rescales the line (blended a window at a time, as the CPU's
+    figure), so admission tightens when the machine got slower than at start-up, and widens when faster."""
+    from ksdiff_runtime.engine import capacity as module
+
+    clock = _Clock()
+    monkeypatch.setattr(module, "time", clock)
+    monkeypatch.setattr(module, "_machine_busy_jiffies", lambda: None)
+    capacity = Capacity(cores=64, window_s=2.0)
+    capacity.calibrate(0.01)
+    line = RoundCost(fixed_ms=5.0, per_stream_ms=2.0, hop_ms=HOP_MS)  # 11 streams fit: 5 + 2 x 11 = 27 <= 28.3
+    capacity.calibrate_rounds(line)
+    assert capacity.reading().streams_that_fit() == line.streams_that_fit() == 11
+    # 8 streams a round, each round 1.2x what the line says (5 + 16 = 21 ms -> 25.2): one window
+    _served(capacity, clock, 61, 1.2 * line.round_ms(8), 8)
+    r = capacity.reading()
+    assert r.round_scale == pytest.approx(1.1)  # half the window's 1.2, half the probe's 1
+    assert r.rounds == line.scaled(r.round_scale) and r.rounds.round_ms(8) == pytest.approx(1.1 * 21)
+    assert r.streams_that_fit() == 10  # 1.1 x (5 + 2 x 10) = 27.5 <= 28.3 < 1.1 x 27
+    refused = capacity.admit(10)
+    assert refused and "a round of 11 streams would take ~30 ms" in refused
+    assert "the rounds served took 1.10x what the warm-up measured" in refused
+    _served(capacity, clock, 61, 1.2 * line.round_ms(8), 8)
+    assert capacity.reading().round_scale == pytest.approx(1.15)
+    # faster than at start-up: the line shrinks again, and more streams fit
+    for _ in range(6):
+        _served(capacity, clock, 61, 0.8 * line.round_ms(8), 8)
+    assert capacity.reading().round_scale == pytest.approx(0.8, abs=0.01)
+    assert capacity.reading().streams_that_fit() == 15  # 0.8 x (5 + 2 x 15) = 28 <= 28.3
+
+
+def test_only_rounds_of_enough_live_streams_alone_rescale_the_round(monkeypatch):
+    from ksdiff_runtime.engine import capacity as module
+
+    clock = _Clock()
+    monkeypatch.setattr(module, "time", clock)
+    monkeypatch.setattr(module, "_machine_busy_jiffies", lambda: None)
+    capacity = Capacity(cores=64, window_s=2.0)
+    capacity.calibrate(0.01)
+    line = RoundCost(fixed_ms=5.0, per_stream_ms=2.0, hop_ms=HOP_MS)
+    capacity.calibrate_rounds(line)
+    # rounds with a line's hop in them (the engine passes no live hops): a line's window is not a live stream's
+    _served(capacity, clock, 61, 30.0, 0)
+    assert capacity.reading().round_scale == 1.0
+    # a window with a live stream in a fifth of it (12 hops of 61, under half a stream's): too little to say
+    _served(capacity, clock, 12, 3 * line.round_ms(1), 1)
+    _served(capacity, clock, 49, 0.0, 0)
+    assert capacity.reading().round_scale == 1.0
+    # a stalled window (a round of 10 s) moves the line at most by the limit
+    _served(capacity, clock, 61, 1000.0, 1)
+    assert capacity.reading().round_scale == pytest.approx(0.5 + 0.5 * module.ROUND_SCALE_LIMITS[1])
+    # a new warm-up's line starts afresh; the rounds served before it (the warm-up's own) do not count
+    _served(capacity, clock, 30, 1000.0, 1)
+    capacity.calibrate_rounds(line)
+    assert capacity.reading().round_scale == 1.0 and capacity.reading().rounds == line
+    _served(capacity, clock, 31, line.round_ms(1), 1)
+    assert capacity.reading().round_scale == pytest.approx(1.0)
+
+
+def test_the_engine_counts_its_live_rounds_for_admission_and_not_a_lines(tiny_backend):
+    """Real rounds of a real engine: its live rounds reach admission's round line as they took (here a line
+    that says rounds are nearly free, so the scale goes to its limit); rounds with a line's hop do not."""
+    from ksdiff_runtime.assets import SAMPLE_SPEECH
+    from ksdiff_runtime.engine import capacity as module
+    from ksdiff_runtime.inputs.guards import load_audio
+
+    audio, _ = load_audio(SAMPLE_SPEECH)
+    speech = np.tile(audio, 6)  # 40 s: more than the windows below take to close
+    nearly_free = RoundCost(fixed_ms=1e-4, per_stream_ms=1e-4, hop_ms=HOP_MS)
+    for mode in ("live", "line"):
+        capacity = Capacity(cores=64, window_s=0.2)
+        engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1, capacity=capacity)
+        try:
+            capacity.calibrate(0.01)
+            capacity.calibrate_rounds(nearly_free)
+            sid = engine.open_stream(mode=mode)
+            if mode == "line":
+                engine.push(sid, speech)
+                engine.end_stream(sid)
+            hopped, windows = 0, 0
+            busy = capacity.reading().engine_busy
+            deadline = time.monotonic() + 60.0  # a bound, not a wait: the loop ends once two windows closed
+            for i in range(0, speech.size, 533):
+                if mode == "live":
+                    engine.push(sid, speech[i : i + 533])
+                while engine.has_work() and windows < 2:
+                    hopped += engine.step().hops > 0
+                    if capacity.reading().engine_busy != busy:  # a window closed
+                        busy, windows = capacity.reading().engine_busy, windows + 1
+                if windows >= 2 or time.monotonic() > deadline:
+                    break
+            assert windows == 2 and hopped > 0
+            scale = capacity.reading().round_scale
+            if mode == "live":
+                assert 1.5 < scale <= module.ROUND_SCALE_LIMITS[1]
+            else:
+                assert scale == 1.0
+        finally:
+            engine.close()
+
+
+def test_the_stats_line_says_what_bounds_the_room():
+    from ksdiff_runtime.cli.serve import format_stats
+
+    rounds = RoundCost(fixed_ms=5.0, per_stream_ms=4.0, hop_ms=HOP_MS)
+    reading = Reading(cores=16, stream_cores=0.25, other_cores=1.5, engine_busy=0.0, rounds=rounds.scaled(1.2),
+                      round_scale=1.2)
+    assert reading.bounds() == (38, 4)  # (16 x 0.7 - 1.5) / 0.25; 1.2 x (5 + 4 x 4) = 25.2 <= 28.3 < 30
+    assert reading.describe() == "room 4 (cores 38, round 4 at 1.20x the warm-up's; 1.5 cores busy elsewhere)"
+    assert Reading(cores=2, stream_cores=0.5, other_cores=0.0, engine_busy=0.0).describe() == (
+        "room 2 (cores 2; 0.0 cores busy elsewhere)")
+    line = format_stats({"uptime_s": 3.0, "drops": 0, "streams": {}, "room": reading.describe()})
+    assert line == "stats 3s drops=0 | room 4 (cores 38, round 4 at 1.20x the warm-up's; 1.5 cores busy elsewhere)"

@@ -163,6 +163,8 @@ def format_stats(stats: dict[str, Any]) -> str:
                      f"(shed {s['shed']}), sanitized {s['sanitized']}")
     if stats.get("refused"):
         parts.append("refused " + ", ".join(f"{code} {n}" for code, n in sorted(stats["refused"].items())))
+    if stats.get("room"):
+        parts.append(stats["room"])
     return " | ".join(parts)
 
 

@@ -16,7 +16,10 @@ Two measurements, refreshed every ``window_s``:
 - the engine thread's round: one thread runs every live stream's round (its batched model and
   recogniser calls, and each stream's own numpy work), so the round's time grows with the streams and
   must stay within the hop, whatever the cores. The warm-up measures it with 1 and ROUND_PROBE streams
-  (``calibrate_rounds``: a fixed part and a part per stream; benchmarks/rounds.json has the curve).
+  (``calibrate_rounds``: a fixed part and a part per stream; benchmarks/rounds.json has the curve); then
+  the live rounds served rescale it: the time they took against what the warm-up's line says rounds of
+  their streams take (``round_scale``). The probe hears 0.6 s of audio once, at start-up; the rounds
+  served hear the machine as it is now (a neighbour busy on a shared host, a slower clock).
 
 ``admit(n)`` says whether one more stream fits beside ``n``: the streams' cost must fit in the
 cores left (times ``target``, headroom for bursts), their round in ROUND_TARGET of the hop, and no
@@ -47,6 +50,10 @@ ROUND_TARGET = 0.85
 # it (through 1 and 4, 12 streams' round by two thirds; through 1 and 8, 12 streams' 29-30 ms where they took 27-28)
 # and underestimates those between: both by little near the second count (docs/SERVE.md)
 ROUND_PROBE = 12
+# the live rounds of a window rescale the warm-up's round line once they hopped at least this many streams on
+# average (half a stream's hops: fewer say little), and never beyond these factors (a stalled window, a clock jump)
+ROUND_SCALE_MIN_STREAMS = 0.5
+ROUND_SCALE_LIMITS = (0.5, 3.0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,10 @@ class RoundCost:
     def round_ms(self, streams: int) -> float:
         return self.fixed_ms + self.per_stream_ms * streams
 
+    def scaled(self, factor: float) -> RoundCost:
+        """The same line with every round ``factor`` times as long."""
+        return RoundCost(self.fixed_ms * factor, self.per_stream_ms * factor, self.hop_ms)
+
     def streams_that_fit(self, target: float = ROUND_TARGET) -> int:
         return max(1, math.floor((target * self.hop_ms - self.fixed_ms) / self.per_stream_ms))
 
@@ -76,14 +87,28 @@ class Reading:
     stream_cores: float  # CPU one more live stream costs, in cores (1.0 = one core busy)
     other_cores: float  # cores busy with other programs
     engine_busy: float  # share of the time the engine thread computes (for the record)
-    rounds: RoundCost | None = None  # the engine thread's round time (None: not measured)
+    rounds: RoundCost | None = None  # the engine thread's round time (None: not measured), as now rescaled
     fixed_cores: float = 0.0  # CPU the rounds cost whatever their streams, in cores, while any stream is live
+    round_scale: float = 1.0  # the live rounds served against the warm-up's line (1: none measured yet)
 
     def streams_that_fit(self, target: float = TARGET) -> int:
         """Live streams the machine has room for now (at least 1): the cores' and the engine thread's bound."""
+        by_cores, by_round = self.bounds(target)
+        return by_cores if by_round is None else min(by_cores, by_round)
+
+    def bounds(self, target: float = TARGET) -> tuple[int, int | None]:
+        """The live streams the cores have room for, and the engine thread's round (None: not measured)."""
         room = self.cores * target - self.other_cores - self.fixed_cores
         by_cores = max(1, math.floor(room / max(self.stream_cores, 1e-3)))
-        return by_cores if self.rounds is None else min(by_cores, self.rounds.streams_that_fit())
+        return by_cores, None if self.rounds is None else self.rounds.streams_that_fit()
+
+    def describe(self) -> str:
+        """The room and what bounds it, for a log line."""
+        by_cores, by_round = self.bounds()
+        text = f"room {self.streams_that_fit()} (cores {by_cores}"
+        if by_round is not None:
+            text += f", round {by_round} at {self.round_scale:.2f}x the warm-up's"
+        return text + f"; {self.other_cores:.1f} cores busy elsewhere)"
 
 
 def _cpu_count() -> int:
@@ -113,6 +138,7 @@ class Capacity:
         self._stream_cores: float | None = None
         self._fixed_cores = 0.0
         self._rounds: RoundCost | None = None
+        self._round_scale = 1.0
         self._other = 0.0
         self._busy = 0.0
         self._last_shed_ns = -1 << 62
@@ -125,6 +151,9 @@ class Capacity:
         self._round_ns = 0
         self._audio_s = 0.0
         self._live_s = 0.0
+        self._live_rounds = 0  # rounds that hopped live streams only, their stream-hops and time
+        self._live_hops = 0
+        self._live_round_ns = 0
 
     def calibrate(self, cpu_s_per_audio_s: float, probe_cpu_s_per_audio_s: float | None = None,
                   probe: int = ROUND_PROBE) -> None:
@@ -142,19 +171,27 @@ class Capacity:
             self._fixed_cores = one - per_stream
 
     def calibrate_rounds(self, rounds: RoundCost) -> None:
-        """The engine thread's round time per live stream, measured at warm-up."""
+        """The engine thread's round time per live stream, measured at warm-up. Rounds served before this
+        (the warm-up's own) do not rescale it."""
         with self._lock:
             self._rounds = rounds
+            self._round_scale = 1.0
+            self._live_rounds = self._live_hops = self._live_round_ns = 0
 
-    def observe(self, round_ns: int, audio_s: float, shed: bool, live_s: float = 0.0) -> None:
-        """Called by the engine thread after each round: its wall time, the seconds of audio it animated, and
-        the time its hops stand for (the live preset's hop when it hopped; the rounds' fixed part is paid
-        once for that)."""
+    def observe(self, round_ns: int, audio_s: float, shed: bool, live_s: float = 0.0, live_hops: int = 0) -> None:
+        """Called by the engine thread after each round: its wall time, the seconds of audio it animated, the
+        time its hops stand for (the live preset's hop when it hopped; the rounds' fixed part is paid
+        once for that), and how many live streams it hopped when it hopped nothing else (0 when a line's
+        hop was in it: a line's window is not a live stream's, so the round says nothing of the live line)."""
         now = time.monotonic_ns()
         with self._lock:
             self._round_ns += round_ns
             self._audio_s += audio_s
             self._live_s += live_s
+            if live_hops > 0:
+                self._live_rounds += 1
+                self._live_hops += live_hops
+                self._live_round_ns += round_ns
             if shed:
                 self._last_shed_ns = now
             elapsed = now - self._t0
@@ -171,6 +208,7 @@ class Capacity:
                 # blend, so one noisy window does not swing admission
                 old = self._stream_cores
                 self._stream_cores = measured if old is None else 0.5 * old + 0.5 * measured
+            self._rescale_rounds(elapsed)
             machine = _machine_busy_jiffies()
             if machine is not None and self._machine0 is not None:
                 busy, total = machine[0] - self._machine0[0], machine[1] - self._machine0[1]
@@ -178,10 +216,25 @@ class Capacity:
                     self._other = max(0.0, busy / total * _cpu_count_all() - ours)
             self._start()
 
+    def _rescale_rounds(self, elapsed_ns: int) -> None:
+        """At a window's end (the lock held): the live rounds it served against what the warm-up's line says
+        rounds of their streams take (its fixed part once a round, its part per stream once a stream-hop), if
+        they hopped enough streams to say. A stream late by several frames takes them in one hop, which the line
+        does not know: such rounds raise the scale, as they should while the machine is short."""
+        if self._rounds is None or self._live_hops == 0:
+            return
+        if self._live_hops < ROUND_SCALE_MIN_STREAMS * elapsed_ns / 1e6 / self._rounds.hop_ms:
+            return
+        line_ms = self._rounds.fixed_ms * self._live_rounds + self._rounds.per_stream_ms * self._live_hops
+        low, high = ROUND_SCALE_LIMITS
+        measured = min(max(self._live_round_ns / 1e6 / max(line_ms, 1e-9), low), high)
+        self._round_scale = 0.5 * self._round_scale + 0.5 * measured  # blended, as the CPU's figure
+
     def reading(self) -> Reading:
         with self._lock:
+            rounds = None if self._rounds is None else self._rounds.scaled(self._round_scale)
             return Reading(self.cores, self._stream_cores if self._stream_cores is not None else 0.5,
-                           self._other, self._busy, self._rounds, self._fixed_cores)
+                           self._other, self._busy, rounds, self._fixed_cores, self._round_scale)
 
     def shed_recently(self) -> bool:
         """Whether a round shed frames in the last SHED_MEMORY_S (then a live stream beside others is refused)."""
@@ -203,6 +256,8 @@ class Capacity:
             if r.rounds is not None and r.rounds.streams_that_fit() < open_streams + 1:
                 why += (f"; a round of {open_streams + 1} streams would take ~{r.rounds.round_ms(open_streams + 1):.0f}"
                         f" ms of the {r.rounds.hop_ms:.0f} ms hop on the engine's thread")
+                if r.round_scale != 1.0:
+                    why += f" (the rounds served took {r.round_scale:.2f}x what the warm-up measured)"
             return why
         return None
 

@@ -317,9 +317,12 @@ class StreamingEngine:
             states.append((session, state))
         self._listen([st for _, st in states])
         planned = self._plan(states, now, result)
+        live_hops = 0  # live streams hopped in a round that hopped nothing else (admission rescales its rounds by them)
         if planned:
             self._features(planned, result)
             ready = [(s, st, h) for s, st, h in planned if not s.finished and st.hop_ready(h)]
+            if all(st.preset is self.preset for _, st, _ in planned):
+                live_hops = len(ready)
             emitted: list[tuple[StreamState, Emitted]] = []
             starting = [st for _, st, _ in ready if st.line and st.emitted == 0 and st.anchor_ns is not None]
             # one batch per window shape: live streams' windows, lines' windows
@@ -350,7 +353,7 @@ class StreamingEngine:
                 self._line_round_ns = _ema(self._line_round_ns, elapsed, 0.2)
         audio_s = len(result.frames) / self.fps
         live_s = self.preset.hop_frames / motion.FPS if planned else 0.0
-        self.capacity.observe(elapsed if planned else 0, audio_s, bool(result.shed), live_s)
+        self.capacity.observe(elapsed if planned else 0, audio_s, bool(result.shed), live_s, live_hops)
         return result
 
     def latency_ms(self, mode: str = "live") -> float:

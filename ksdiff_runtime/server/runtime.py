@@ -508,11 +508,12 @@ class Runtime:
                 "source": s.source, "sanitized": s.input.sanitized, "shed": s.shed,
             }
         uptime = (now - self._started_ns) / 1e9
-        capacity = self.engine.capacity.reading().streams_that_fit()
+        reading = self.engine.capacity.reading()
+        capacity = reading.streams_that_fit()
         refused = dict(self.refusals.counts)
         self._emit(Stats(uptime, streams, self.drops, refused, capacity))
         self._last_stats = {"uptime_s": uptime, "drops": self.drops, "streams": streams, "refused": refused,
-                            "capacity": capacity}
+                            "capacity": capacity, "room": reading.describe()}
         if self.on_stats is not None:
             try:
                 self.on_stats(self._last_stats)
