@@ -310,7 +310,8 @@ class Runtime:
             return self._idle.wait_for(lambda: len(self.sessions) == 0, timeout)
 
     def stats(self) -> dict[str, Any]:
-        """The figures of the last ``stats`` message (uptime_s, drops, streams, refused, capacity)."""
+        """The figures of the last ``stats`` message (uptime_s, drops, streams, refused, capacity) and ``room``: what
+        bounds the capacity, in words (``Reading.describe``)."""
         return self._last_stats
 
     # --- the engine thread -------------------------------------------------------------------
