@@ -12,6 +12,7 @@ from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.features.streaming_recogniser import StreamingRecogniser, export_stream_step
 from ksdiff_runtime.features.streaming_recogniser_onnx import (
     MAX_CHUNKS,
+    MIN_PART_STREAMS,
     STEP_GRAPH,
     OnnxStreamingRecogniser,
     RecogniserStream,
@@ -142,11 +143,14 @@ def _feed_ragged(rec: OnnxStreamingRecogniser, clips: list[np.ndarray], pieces: 
 def test_a_round_makes_one_call_per_count_of_ready_chunks_and_parts_change_nothing(recognisers, speech):
     """Streams with different numbers of new frames in a round (1-frame chunks) make one call per count, a
     stream far behind (more than MAX_CHUNKS chunks ready) catches up over several calls, and each stream gets
-    the frames it gets alone; cut into parts run at once (``parallel``), the same frames again."""
+    the frames it gets alone; cut into parts run at once (``parallel``: the calls of MIN_PART_STREAMS x 2 streams
+    and more), the same frames again."""
     serial = _onnx(recognisers, 0)
     parallel = OnnxStreamingRecogniser(lookahead=0, parallel=2)
-    clips = [speech[3000 * i : 3000 * i + 2 * SAMPLE_RATE] for i in range(6)]
     pieces = [533, 533, 700, 320, 1777, 12000]  # the last is 37 chunks a round: over MAX_CHUNKS
+    pieces += [700, 700, 700]  # four streams a call: one part (two with parts of 2 streams)
+    pieces += [533] * (2 * MIN_PART_STREAMS - 2)  # a call of 2 x MIN_PART_STREAMS streams and more: two parts
+    clips = [speech[1500 * i : 1500 * i + 2 * SAMPLE_RATE] for i in range(len(pieces))]
     outs, calls = [], []
     for rec in (serial, parallel):
         run, made = rec.session.run, []
@@ -161,7 +165,12 @@ def test_a_round_makes_one_call_per_count_of_ready_chunks_and_parts_change_nothi
     assert {1, 2, 5, MAX_CHUNKS} <= frames_per_call and max(frames_per_call) == MAX_CHUNKS
     rounds = len(outs[0]) and -(-2 * SAMPLE_RATE // min(pieces))
     assert len(calls[0]) < 3 * rounds  # a call per count a round, not per stream
-    assert max(rows for rows, _ in calls[1]) < max(rows for rows, _ in calls[0])  # parts of the same calls
+    # the same calls, those of 2 x MIN_PART_STREAMS streams or more in two halves, the smaller ones whole
+    assert max(rows for rows, _ in calls[0]) >= 2 * MIN_PART_STREAMS
+    assert any(4 <= rows < 2 * MIN_PART_STREAMS for rows, _ in calls[0])
+    assert sorted(calls[1]) == sorted(part for rows, k in calls[0]
+                                      for part in ([(rows // 2, k), (rows - rows // 2, k)]
+                                                   if rows >= 2 * MIN_PART_STREAMS else [(rows, k)]))
     for clip, piece, got_serial, got_parallel in zip(clips, pieces, *outs, strict=True):
         alone = _feed(serial, [clip], piece)[0]
         assert got_serial.shape == alone.shape == (clip.size // 320 + 1, 191)

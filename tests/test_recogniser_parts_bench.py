@@ -1,0 +1,21 @@
+"""`python -m benchmarks.recogniser_parts` end to end: paced live rounds, the recogniser's call whole and in parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import recogniser_parts
+from ksdiff_runtime.features import streaming_recogniser_onnx
+
+
+def test_the_parts_benchmark_times_rounds_both_ways_and_leaves_the_rule_as_it_was(tmp_path: Path) -> None:
+    out = tmp_path / "parts.json"
+    rule = streaming_recogniser_onnx.MIN_PART_STREAMS
+    result = recogniser_parts.main(["--streams", "2", "--block", "14", "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert streaming_recogniser_onnx.MIN_PART_STREAMS == rule == result["min_part_streams"]
+    (row,) = result["rows"]
+    assert row["streams"] == 2 and row["shipped_rule"] == "whole"
+    for way in ("whole", "parts"):
+        assert row[way]["round_p50_ms"] > 0 and 0 < row[way]["recogniser_ms"] < row[way]["round_mean_ms"]
