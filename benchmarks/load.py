@@ -36,6 +36,7 @@ import soundfile as sf
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
+from ksdiff_runtime.engine.capacity import ROOM_PATTERN
 from ksdiff_runtime.inputs.guards import load_audio
 
 from .live import CpuBurner, ServeProcess, Subscriber, machine, rss_mib, stream_figures
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOOP_SILENCE_S = 0.5  # between loops of the sample, so the streams also see pauses
 WARM_S = 5.0  # the first seconds after a stream starts are not counted
 RSS_EVERY_S = 10.0
-ROOM_LINE = r"room (\d+) \(cores (\d+)(?:, round (\d+) at ([\d.]+)x the warm-up's)?"
+STATS_ROOM = r"stats (\d+)s .*?" + ROOM_PATTERN  # serve's stats line: its uptime, and the room (capacity.py)
 
 
 def stream_files(n: int, folder: Path) -> list[Path]:
@@ -86,8 +87,8 @@ def live_run(files: list[Path], seconds: float, work: Path, label: str, extra: t
     steady = [v for t, v in rss if t >= WARM_S]
     # the room the runtime says it has each second (its stats line) and what bounds it: the cores, and the engine
     # thread's round, which the rounds served rescale (engine/capacity.py)
-    room = [(int(n), int(cores), int(rnd) if rnd else None, float(scale) if scale else None)
-            for n, cores, rnd, scale in re.findall(ROOM_LINE, log)]
+    room = [(int(t), int(n), int(cores), int(rnd) if rnd else None, float(scale) if scale else None)
+            for t, n, cores, rnd, scale in re.findall(STATS_ROOM, log)]
     return {
         "label": label, "preset": preset, "args": extra, "seconds": seconds, "streams_asked": len(files),
         "streams_admitted": len(streams),
@@ -100,11 +101,11 @@ def live_run(files: list[Path], seconds: float, work: Path, label: str, extra: t
         "rss_mib": {"first": round(steady[0], 1), "last": round(steady[-1], 1), "max": round(max(steady), 1),
                     "growth_pct": round(100 * (steady[-1] - steady[0]) / steady[0], 2)} if steady else None,
         "rss_series": [(round(t, 1), round(v, 1)) for t, v in rss],
-        "room": {"first": room[0][0], "last": room[-1][0], "min": min(r[0] for r in room),
-                 "max": max(r[0] for r in room),
-                 "round_scale_last": room[-1][3]} if room else None,
-        "room_series": {"room": [r[0] for r in room], "by_cores": [r[1] for r in room],
-                        "by_round": [r[2] for r in room], "round_scale": [r[3] for r in room]},
+        "room": {"first": room[0][1], "last": room[-1][1], "min": min(r[1] for r in room),
+                 "max": max(r[1] for r in room), "round_scale_last": room[-1][4]} if room else None,
+        "room_series": {"uptime_s": [r[0] for r in room], "room": [r[1] for r in room],
+                        "by_cores": [r[2] for r in room], "by_round": [r[3] for r in room],
+                        "round_scale": [r[4] for r in room]} if room else None,
     }
 
 

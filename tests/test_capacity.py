@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -258,7 +259,7 @@ def test_the_live_rounds_served_rescale_the_warm_ups_round(monkeypatch):
     _served(capacity, clock, 61, 1.2 * line.round_ms(8), 8)
     r = capacity.reading()
     assert r.round_scale == pytest.approx(1.1)  # half the window's 1.2, half the probe's 1
-    assert r.rounds == line.scaled(r.round_scale) and r.rounds.round_ms(8) == pytest.approx(1.1 * 21)
+    assert r.rounds is not None and r.rounds.round_ms(8) == pytest.approx(1.1 * 21)
     assert r.streams_that_fit() == 10  # 1.1 x (5 + 2 x 10) = 27.5 <= 28.3 < 1.1 x 27
     refused = capacity.admit(10)
     assert refused and "a round of 11 streams would take ~30 ms" in refused
@@ -289,15 +290,23 @@ def test_only_rounds_of_enough_live_streams_alone_rescale_the_round(monkeypatch)
     _served(capacity, clock, 12, 3 * line.round_ms(1), 1)
     _served(capacity, clock, 49, 0.0, 0)
     assert capacity.reading().round_scale == 1.0
-    # a stalled window (a round of 10 s) moves the line at most by the limit
+    # one stalled round among a window's (a pause of the whole process) moves nothing: the median, as the probe's
+    _served(capacity, clock, 1, 1000.0, 4)
+    _served(capacity, clock, 60, line.round_ms(4), 4)
+    assert capacity.reading().round_scale == pytest.approx(1.0)
+    # a stalled machine (every round 1 s) moves the line at most by the limit
     _served(capacity, clock, 61, 1000.0, 1)
     assert capacity.reading().round_scale == pytest.approx(0.5 + 0.5 * module.ROUND_SCALE_LIMITS[1])
-    # a new warm-up's line starts afresh; the rounds served before it (the warm-up's own) do not count
+    # rounds a frozen clock timed at 0 say nothing
+    _served(capacity, clock, 61, 0.0, 4)
+    assert capacity.reading().round_scale == pytest.approx(0.5 + 0.5 * module.ROUND_SCALE_LIMITS[1])
+    # a new warm-up's line starts afresh, and its window too: the rounds served before it (the warm-up's own) do
+    # not count
     _served(capacity, clock, 30, 1000.0, 1)
     capacity.calibrate_rounds(line)
     assert capacity.reading().round_scale == 1.0 and capacity.reading().rounds == line
-    _served(capacity, clock, 31, line.round_ms(1), 1)
-    assert capacity.reading().round_scale == pytest.approx(1.0)
+    _served(capacity, clock, 61, 1.2 * line.round_ms(1), 1)
+    assert capacity.reading().round_scale == pytest.approx(1.1)
 
 
 def test_the_engine_counts_its_live_rounds_for_admission_and_not_a_lines(tiny_backend):
@@ -343,14 +352,20 @@ def test_the_engine_counts_its_live_rounds_for_admission_and_not_a_lines(tiny_ba
 
 
 def test_the_stats_line_says_what_bounds_the_room():
+    from benchmarks.load import STATS_ROOM
     from ksdiff_runtime.cli.serve import format_stats
 
     rounds = RoundCost(fixed_ms=5.0, per_stream_ms=4.0, hop_ms=HOP_MS)
     reading = Reading(cores=16, stream_cores=0.25, other_cores=1.5, engine_busy=0.0, rounds=rounds.scaled(1.2),
                       round_scale=1.2)
     assert reading.bounds() == (38, 4)  # (16 x 0.7 - 1.5) / 0.25; 1.2 x (5 + 4 x 4) = 25.2 <= 28.3 < 30
-    assert reading.describe() == "room 4 (cores 38, round 4 at 1.20x the warm-up's; 1.5 cores busy elsewhere)"
-    assert Reading(cores=2, stream_cores=0.5, other_cores=0.0, engine_busy=0.0).describe() == (
-        "room 2 (cores 2; 0.0 cores busy elsewhere)")
+    room = "room 4 (cores 38, round 4, its time 1.20x the warm-up's; 1.5 cores busy elsewhere)"
+    assert reading.describe() == room
+    assert reading.describe(target=0.5) == room.replace("room 4 (cores 38", "room 4 (cores 26")
+    alone = Reading(cores=2, stream_cores=0.5, other_cores=0.0, engine_busy=0.0)
+    assert alone.describe() == "room 2 (cores 2; 0.0 cores busy elsewhere)"
     line = format_stats({"uptime_s": 3.0, "drops": 0, "streams": {}, "room": reading.describe()})
-    assert line == "stats 3s drops=0 | room 4 (cores 38, round 4 at 1.20x the warm-up's; 1.5 cores busy elsewhere)"
+    assert line == f"stats 3s drops=0 | {room}"
+    # what benchmarks/load.py reads back from serve's log
+    assert re.findall(STATS_ROOM, f"x INFO {line}\ny INFO stats 4s drops=0 | {alone.describe()}") == [
+        ("3", "4", "38", "4", "1.20"), ("4", "2", "2", "", "")]

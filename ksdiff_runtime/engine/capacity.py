@@ -17,9 +17,10 @@ Two measurements, refreshed every ``window_s``:
   recogniser calls, and each stream's own numpy work), so the round's time grows with the streams and
   must stay within the hop, whatever the cores. The warm-up measures it with 1 and ROUND_PROBE streams
   (``calibrate_rounds``: a fixed part and a part per stream; benchmarks/rounds.json has the curve); then
-  the live rounds served rescale it: the time they took against what the warm-up's line says rounds of
-  their streams take (``round_scale``). The probe hears 0.6 s of audio once, at start-up; the rounds
-  served hear the machine as it is now (a neighbour busy on a shared host, a slower clock).
+  the live rounds served rescale it: the median over a window of each round's time against what the
+  warm-up's line says a round of its streams takes (``round_scale``; the probe keeps the median round too).
+  The probe hears 0.6 s of audio once, at start-up; the rounds served hear the machine as it is now (a
+  neighbour busy on a shared host, a slower clock).
 
 ``admit(n)`` says whether one more stream fits beside ``n``: the streams' cost must fit in the
 cores left (times ``target``, headroom for bursts), their round in ROUND_TARGET of the hop, and no
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -50,9 +52,9 @@ ROUND_TARGET = 0.85
 # it (through 1 and 4, 12 streams' round by two thirds; through 1 and 8, 12 streams' 29-30 ms where they took 27-28)
 # and underestimates those between: both by little near the second count (docs/SERVE.md)
 ROUND_PROBE = 12
-# the live rounds of a window rescale the warm-up's round line once they hopped at least this many streams on
-# average (half a stream's hops: fewer say little), and never beyond these factors (a stalled window, a clock jump)
-ROUND_SCALE_MIN_STREAMS = 0.5
+# the live rounds of a window rescale the warm-up's round line once they hopped at least this many streams a hop
+# on average (half a stream's hops: fewer say little), and never beyond these factors (a stalled machine)
+ROUND_SCALE_MIN_MEAN_STREAMS = 0.5
 ROUND_SCALE_LIMITS = (0.5, 3.0)
 
 
@@ -102,13 +104,17 @@ class Reading:
         by_cores = max(1, math.floor(room / max(self.stream_cores, 1e-3)))
         return by_cores, None if self.rounds is None else self.rounds.streams_that_fit()
 
-    def describe(self) -> str:
-        """The room and what bounds it, for a log line."""
-        by_cores, by_round = self.bounds()
-        text = f"room {self.streams_that_fit()} (cores {by_cores}"
+    def describe(self, target: float = TARGET) -> str:
+        """The room and what bounds it, for a log line (ROOM_PATTERN reads it back)."""
+        by_cores, by_round = self.bounds(target)
+        text = f"room {self.streams_that_fit(target)} (cores {by_cores}"
         if by_round is not None:
-            text += f", round {by_round} at {self.round_scale:.2f}x the warm-up's"
+            text += f", round {by_round}, its time {self.round_scale:.2f}x the warm-up's"
         return text + f"; {self.other_cores:.1f} cores busy elsewhere)"
+
+
+# ``Reading.describe`` read back (benchmarks/load.py): the room, the cores' bound, the round's and its scale
+ROOM_PATTERN = r"room (\d+) \(cores (\d+)(?:, round (\d+), its time ([\d.]+)x the warm-up's)?"
 
 
 def _cpu_count() -> int:
@@ -151,9 +157,8 @@ class Capacity:
         self._round_ns = 0
         self._audio_s = 0.0
         self._live_s = 0.0
-        self._live_rounds = 0  # rounds that hopped live streams only, their stream-hops and time
-        self._live_hops = 0
-        self._live_round_ns = 0
+        self._live_ratios: list[float] = []  # each live round's time against the warm-up's line for it
+        self._live_hops = 0  # the stream-hops of those rounds
 
     def calibrate(self, cpu_s_per_audio_s: float, probe_cpu_s_per_audio_s: float | None = None,
                   probe: int = ROUND_PROBE) -> None:
@@ -171,27 +176,27 @@ class Capacity:
             self._fixed_cores = one - per_stream
 
     def calibrate_rounds(self, rounds: RoundCost) -> None:
-        """The engine thread's round time per live stream, measured at warm-up. Rounds served before this
-        (the warm-up's own) do not rescale it."""
+        """The engine thread's round time per live stream, measured at warm-up. A window starts afresh: rounds
+        served before this (the warm-up's own) do not rescale it, nor count in the streams' CPU."""
         with self._lock:
             self._rounds = rounds
             self._round_scale = 1.0
-            self._live_rounds = self._live_hops = self._live_round_ns = 0
+            self._start()
 
     def observe(self, round_ns: int, audio_s: float, shed: bool, live_s: float = 0.0, live_hops: int = 0) -> None:
         """Called by the engine thread after each round: its wall time, the seconds of audio it animated, the
         time its hops stand for (the live preset's hop when it hopped; the rounds' fixed part is paid
-        once for that), and how many live streams it hopped when it hopped nothing else (0 when a line's
-        hop was in it: a line's window is not a live stream's, so the round says nothing of the live line)."""
+        once for that), and how many live streams it hopped when that was all it did (0 when a line's hop
+        was in it, or a stream's features that did not make a hop: the warm-up's line is of rounds of live
+        hops alone)."""
         now = time.monotonic_ns()
         with self._lock:
             self._round_ns += round_ns
             self._audio_s += audio_s
             self._live_s += live_s
-            if live_hops > 0:
-                self._live_rounds += 1
+            if live_hops > 0 and round_ns > 0 and self._rounds is not None:
+                self._live_ratios.append(round_ns / 1e6 / max(self._rounds.round_ms(live_hops), 1e-6))
                 self._live_hops += live_hops
-                self._live_round_ns += round_ns
             if shed:
                 self._last_shed_ns = now
             elapsed = now - self._t0
@@ -217,17 +222,16 @@ class Capacity:
             self._start()
 
     def _rescale_rounds(self, elapsed_ns: int) -> None:
-        """At a window's end (the lock held): the live rounds it served against what the warm-up's line says
-        rounds of their streams take (its fixed part once a round, its part per stream once a stream-hop), if
-        they hopped enough streams to say. A stream late by several frames takes them in one hop, which the line
-        does not know: such rounds raise the scale, as they should while the machine is short."""
-        if self._rounds is None or self._live_hops == 0:
+        """At a window's end (the lock held): the median of its live rounds' times against what the warm-up's
+        line says a round of their streams takes, if they hopped enough streams to say (the median, as the
+        probe's: one stalled round moves neither). The scale stays as last measured through windows that say
+        nothing (no live stream, or too few hops): the latest figure of this machine."""
+        if self._rounds is None or not self._live_ratios:
             return
-        if self._live_hops < ROUND_SCALE_MIN_STREAMS * elapsed_ns / 1e6 / self._rounds.hop_ms:
+        if self._live_hops < ROUND_SCALE_MIN_MEAN_STREAMS * elapsed_ns / 1e6 / self._rounds.hop_ms:
             return
-        line_ms = self._rounds.fixed_ms * self._live_rounds + self._rounds.per_stream_ms * self._live_hops
         low, high = ROUND_SCALE_LIMITS
-        measured = min(max(self._live_round_ns / 1e6 / max(line_ms, 1e-9), low), high)
+        measured = min(max(statistics.median(self._live_ratios), low), high)
         self._round_scale = 0.5 * self._round_scale + 0.5 * measured  # blended, as the CPU's figure
 
     def reading(self) -> Reading:
@@ -256,7 +260,7 @@ class Capacity:
             if r.rounds is not None and r.rounds.streams_that_fit() < open_streams + 1:
                 why += (f"; a round of {open_streams + 1} streams would take ~{r.rounds.round_ms(open_streams + 1):.0f}"
                         f" ms of the {r.rounds.hop_ms:.0f} ms hop on the engine's thread")
-                if r.round_scale != 1.0:
+                if abs(r.round_scale - 1.0) >= 0.005:
                     why += f" (the rounds served took {r.round_scale:.2f}x what the warm-up measured)"
             return why
         return None

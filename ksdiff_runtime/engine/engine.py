@@ -317,11 +317,11 @@ class StreamingEngine:
             states.append((session, state))
         self._listen([st for _, st in states])
         planned = self._plan(states, now, result)
-        live_hops = 0  # live streams hopped in a round that hopped nothing else (admission rescales its rounds by them)
+        live_hops = 0  # live streams hopped, in a round that did nothing else (admission rescales its rounds by them)
         if planned:
             self._features(planned, result)
             ready = [(s, st, h) for s, st, h in planned if not s.finished and st.hop_ready(h)]
-            if all(st.preset is self.preset for _, st, _ in planned):
+            if len(ready) == len(planned) and not any(st.line for _, st, _ in planned):
                 live_hops = len(ready)
             emitted: list[tuple[StreamState, Emitted]] = []
             starting = [st for _, st, _ in ready if st.line and st.emitted == 0 and st.anchor_ns is not None]

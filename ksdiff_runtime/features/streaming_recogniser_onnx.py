@@ -40,9 +40,10 @@ MIN_SAMPLES = 201  # the STFT's reflect padding needs more than n_fft / 2 sample
 STEP_BATCH = 64  # streams in one call at most
 MAX_CHUNKS = 25  # chunks of one stream in one call at most (a stream catching up takes several calls)
 # streams a part of a ``parallel`` call has at least: a call of fewer than twice this many runs whole. Since the
-# graph computes frames in rows, a second part costs more than it saves below a dozen streams: in paced live
-# rounds on the 2-core EPYC (benchmarks/recogniser_parts.py) the call whole against two parts took 4 streams
-# 2.26 / 2.75 ms, 8: 3.53 / 3.89, 10: 4.29 / 4.84, 12: 4.88 / 5.02, 16: 6.23 / 5.77 (docs/STREAMING_RECOGNISER.md)
+# graph computes frames in rows, a second part costs more than it saves below a dozen streams, about what it saves
+# at 12, and less from 16: in paced live rounds on the 2-core EPYC (benchmarks/recogniser_parts.py) the call whole
+# against two parts took 4 streams 2.26 / 2.75 ms, 8: 3.53 / 3.89, 10: 4.29 / 4.84, 12: 4.88 / 5.02 (their blocks'
+# ranges overlapping), 16: 6.23 / 5.77 (docs/STREAMING_RECOGNISER.md)
 MIN_PART_STREAMS = 6
 
 
@@ -167,6 +168,7 @@ class OnnxStreamingRecogniser:
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         self.parallel = parallel
+        self.min_part_streams = MIN_PART_STREAMS
         self._pool = ThreadPoolExecutor(parallel - 1, thread_name_prefix="ksdiff-recogniser") if parallel > 1 else None
 
     def new_stream(self) -> RecogniserStream:
@@ -212,7 +214,7 @@ class OnnxStreamingRecogniser:
         """``frames`` (whole chunks) of each stream in one call (or in parts run at once, ``parallel``); each
         stream's state and new log-probabilities are taken only once every part is done."""
         windows = [s.window(frames) for s in streams]
-        parts = row_parts(len(streams), self.parallel, MIN_PART_STREAMS)
+        parts = row_parts(len(streams), self.parallel, self.min_part_streams)
         calls = [self._feeds(streams[a:b], windows[a:b]) for a, b in parts]
         names = ["log_probs", "keys_out", "values_out", "conv_out", "cache_valid_out"]
         later = [self._pool.submit(self.session.run, names, feeds) for feeds in calls[1:]] if self._pool else []

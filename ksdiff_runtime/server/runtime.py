@@ -510,11 +510,11 @@ class Runtime:
             }
         uptime = (now - self._started_ns) / 1e9
         reading = self.engine.capacity.reading()
-        capacity = reading.streams_that_fit()
+        capacity = reading.streams_that_fit(self.engine.capacity.target)
         refused = dict(self.refusals.counts)
         self._emit(Stats(uptime, streams, self.drops, refused, capacity))
         self._last_stats = {"uptime_s": uptime, "drops": self.drops, "streams": streams, "refused": refused,
-                            "capacity": capacity, "room": reading.describe()}
+                            "capacity": capacity, "room": reading.describe(self.engine.capacity.target)}
         if self.on_stats is not None:
             try:
                 self.on_stats(self._last_stats)
