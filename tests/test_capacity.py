@@ -369,3 +369,31 @@ def test_the_stats_line_says_what_bounds_the_room():
     # what benchmarks/load.py reads back from serve's log
     assert re.findall(STATS_ROOM, f"x INFO {line}\ny INFO stats 4s drops=0 | {alone.describe()}") == [
         ("3", "4", "38", "4", "1.20"), ("4", "2", "2", "", "")]
+
+
+def test_streams_held_beyond_the_room_are_said_once_each_way_when_it_has_lasted():
+    """Streams admitted are never dropped when the room shrinks after them (the rounds served slower than the
+    warm-up, a game taking the cores): the log says so once it has lasted, once, and again once they fit."""
+    import logging
+
+    from ksdiff_runtime.engine.capacity import OverRoom
+
+    def reading(room: int) -> Reading:  # a cores' bound of `room` streams: (2 x 0.7) / (1.4 / room)
+        return Reading(cores=2, stream_cores=1.4 / room - 1e-6, other_cores=0.0, engine_busy=0.0)
+
+    assert reading(4).streams_that_fit() == 4
+    watch = OverRoom(settle_s=10.0)
+    said = [watch.update(6, reading(4), 0.7, t) for t in (0.0, 5.0, 9.9)]
+    assert said == [None, None, None] and not watch.over
+    level, line = watch.update(6, reading(4), 0.7, 10.0)
+    assert level == logging.WARNING and watch.over
+    assert line.startswith("6 streams have been held for 10 s where this machine now has room for 4 (room 4 (cores 4")
+    assert "streams already served are not dropped" in line
+    # said once: not again while it lasts, nor when the room wavers back for less than the settling time
+    assert [watch.update(6, reading(r), 0.7, t) for r, t in ((4, 11.0), (3, 30.0), (8, 31.0), (4, 35.0))] == [None] * 4
+    assert [watch.update(6, reading(8), 0.7, t) for t in (40.0, 49.0)] == [None, None]
+    level, line = watch.update(5, reading(8), 0.7, 50.0)
+    assert level == logging.INFO and not watch.over
+    assert line == "the 5 stream(s) held fit the room again: room 8 (cores 8; 0.0 cores busy elsewhere)"
+    # one stream always fits (a runtime serves its only stream), so a lone VTuber never hears of it
+    assert all(watch.update(1, reading(1), 0.7, t) is None for t in (60.0, 100.0))

@@ -216,6 +216,49 @@ def test_streams_beyond_the_measured_capacity_are_refused_with_the_reason(serve_
             peer.close()
 
 
+def test_streams_held_beyond_the_room_are_logged_and_then_their_fitting_again(serve_engine, caplog):
+    """More streams held than the measured room (here: admission off, as `serve --no-admission` takes them;
+    in serve, a room that shrank after they were admitted) is said in the log once, and so is their fitting
+    again once they have ended: the operator hears why frames run late. Settling time 0 for the test."""
+    from ksdiff_runtime.engine.capacity import OverRoom
+
+    stats = threading.Condition()
+    seen: list[int] = []
+
+    def on_stats(s: dict) -> None:
+        with stats:
+            seen.append(len(s["streams"]))
+            stats.notify_all()
+
+    def wait_stats(held: int) -> None:  # a stats round that counted ``held`` streams (the log line comes first)
+        with stats:
+            seen.clear()
+            assert stats.wait_for(lambda: held in seen, TIMEOUT_S), seen
+
+    room = serve_engine.capacity.reading().streams_that_fit(serve_engine.capacity.target)
+    held = min(room + 3, 60)  # beyond the room, with a margin for the reading moving meanwhile
+    caplog.set_level("INFO", logger="ksdiff_runtime.server")
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", admission=False,
+                 stats_period_s=0.02, on_stats=on_stats) as rt:
+        rt.over_room = OverRoom(settle_s=0.0)
+        peer = Peer(rt)
+        try:
+            ids = [peer.request("open_stream", sample_rate=16000, channels=1, format="f32le")["stream"]
+                   for _ in range(held)]
+            wait_stats(held)
+            over = [r for r in caplog.records if "streams have been held for" in r.getMessage()]
+            assert len(over) == 1 and over[0].levelname == "WARNING", [r.getMessage() for r in caplog.records]
+            assert over[0].getMessage().startswith(f"{held} streams have been held for 0 s where this machine now "
+                                                   "has room for ")
+            for sid in ids:
+                peer.request("end_stream", stream=sid)
+            wait_stats(0)
+            back = [r for r in caplog.records if "fit the room again" in r.getMessage()]
+            assert len(back) == 1 and back[0].levelname == "INFO"
+        finally:
+            peer.close()
+
+
 def test_port_in_use_is_a_clear_error(serve_engine, runtime):
     with pytest.raises(RuntimeStartError, match=r"already in use.*--pub"):
         Runtime(serve_engine, pub=runtime.pub_endpoint, router="tcp://127.0.0.1:0").start()

@@ -31,6 +31,7 @@ it current.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import statistics
@@ -56,6 +57,8 @@ ROUND_PROBE = 12
 # on average (half a stream's hops: fewer say little), and never beyond these factors (a stalled machine)
 ROUND_SCALE_MIN_MEAN_STREAMS = 0.5
 ROUND_SCALE_LIMITS = (0.5, 3.0)
+# more streams held than the room measured (or fewer again) this long: the log says so (OverRoom)
+OVER_ROOM_WARN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,38 @@ class Capacity:
                     why += f" (the rounds served took {r.round_scale:.2f}x what the warm-up measured)"
             return why
         return None
+
+
+class OverRoom:
+    """Says when more streams are held than the machine has room for now, and when that is over.
+
+    Admission decides when a stream opens; the room can shrink afterwards (the rounds served run slower than
+    the warm-up measured, other programs take the cores), and streams already served are never dropped for
+    it: their frames run late, or are shed. The operator hears of it once either way, when it has lasted
+    ``settle_s`` (a room that wavers around the streams held is not news every second). Owned by the io
+    thread."""
+
+    def __init__(self, settle_s: float = OVER_ROOM_WARN_S) -> None:
+        self.settle_s = settle_s
+        self.over = False  # what was last said: more streams held than the room
+        self._seen = False  # what the readings say now
+        self._since = 0.0  # since when they say it
+
+    def update(self, held: int, reading: Reading, target: float, now_s: float) -> tuple[int, str] | None:
+        """The streams held now (as admission counts them) and the capacity's reading; returns (a logging level,
+        a line) to log, or None."""
+        room = reading.streams_that_fit(target)
+        seen = held > room
+        if seen != self._seen:
+            self._seen, self._since = seen, now_s
+        if seen == self.over or now_s - self._since < self.settle_s:
+            return None
+        self.over = seen
+        if not seen:
+            return logging.INFO, f"the {held} stream(s) held fit the room again: {reading.describe(target)}"
+        return (logging.WARNING, f"{held} streams have been held for {now_s - self._since:.0f} s where this "
+                f"machine now has room for {room} ({reading.describe(target)}): their frames run late or are "
+                "shed. Serve fewer streams or free the CPU (streams already served are not dropped)")
 
 
 def _cpu_count_all() -> int:

@@ -34,6 +34,7 @@ import numpy as np
 import zmq
 
 from ksdiff_runtime import __version__, motion
+from ksdiff_runtime.engine.capacity import OverRoom
 from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE
 from ksdiff_runtime.engine.controls import Controls, ControlsError
 from ksdiff_runtime.engine.engine import DEFAULT_IDLE_TIMEOUT_S, Ended, StepResult, StreamingEngine
@@ -174,6 +175,7 @@ class Runtime:
         self.floods = FloodGuard()
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
         self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
+        self.over_room = OverRoom()  # more streams held than the machine has room for now: say so in the log
         self._outbox: collections.deque[Outbox] = collections.deque()
         self._outbox_frames = 0
         self._outbox_lock = threading.Lock()
@@ -511,6 +513,10 @@ class Runtime:
         uptime = (now - self._started_ns) / 1e9
         reading = self.engine.capacity.reading()
         capacity = reading.streams_that_fit(self.engine.capacity.target)
+        held = sum(1 for s in self.sessions if not s.finished)  # as admission counts them (a line's too)
+        said = self.over_room.update(held, reading, self.engine.capacity.target, now / 1e9)
+        if said is not None:
+            log.log(*said)
         refused = dict(self.refusals.counts)
         self._emit(Stats(uptime, streams, self.drops, refused, capacity))
         self._last_stats = {"uptime_s": uptime, "drops": self.drops, "streams": streams, "refused": refused,
