@@ -387,13 +387,14 @@ def test_streams_held_beyond_the_room_are_said_once_each_way_when_it_has_lasted(
     assert said == [None, None, None] and not watch.over
     level, line = watch.update(6, reading(4), 0.7, 10.0)
     assert level == logging.WARNING and watch.over
-    assert line.startswith("6 streams have been held for 10 s where this machine now has room for 4 (room 4 (cores 4")
+    assert line.startswith("6 live streams have been held for 10 s where this machine now has room for 4 "
+                           "(room 4 (cores 4")
     assert "streams already served are not dropped" in line
     # said once: not again while it lasts, nor when the room wavers back for less than the settling time
     assert [watch.update(6, reading(r), 0.7, t) for r, t in ((4, 11.0), (3, 30.0), (8, 31.0), (4, 35.0))] == [None] * 4
     assert [watch.update(6, reading(8), 0.7, t) for t in (40.0, 49.0)] == [None, None]
     level, line = watch.update(5, reading(8), 0.7, 50.0)
     assert level == logging.INFO and not watch.over
-    assert line == "the 5 stream(s) held fit the room again: room 8 (cores 8; 0.0 cores busy elsewhere)"
+    assert line == "the 5 live stream(s) held fit the room again: room 8 (cores 8; 0.0 cores busy elsewhere)"
     # one stream always fits (a runtime serves its only stream), so a lone VTuber never hears of it
     assert all(watch.update(1, reading(1), 0.7, t) is None for t in (60.0, 100.0))

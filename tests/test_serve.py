@@ -246,9 +246,9 @@ def test_streams_held_beyond_the_room_are_logged_and_then_their_fitting_again(se
             ids = [peer.request("open_stream", sample_rate=16000, channels=1, format="f32le")["stream"]
                    for _ in range(held)]
             wait_stats(held)
-            over = [r for r in caplog.records if "streams have been held for" in r.getMessage()]
+            over = [r for r in caplog.records if "live streams have been held for" in r.getMessage()]
             assert len(over) == 1 and over[0].levelname == "WARNING", [r.getMessage() for r in caplog.records]
-            assert over[0].getMessage().startswith(f"{held} streams have been held for 0 s where this machine now "
+            assert over[0].getMessage().startswith(f"{held} live streams have been held for 0 s where this machine now "
                                                    "has room for ")
             for sid in ids:
                 peer.request("end_stream", stream=sid)

@@ -57,7 +57,7 @@ ROUND_PROBE = 12
 # on average (half a stream's hops: fewer say little), and never beyond these factors (a stalled machine)
 ROUND_SCALE_MIN_MEAN_STREAMS = 0.5
 ROUND_SCALE_LIMITS = (0.5, 3.0)
-# more streams held than the room measured (or fewer again) this long: the log says so (OverRoom)
+# more live streams held than the room measured (or fewer again) this long: the log says so (OverRoom)
 OVER_ROOM_WARN_S = 10.0
 
 
@@ -270,7 +270,7 @@ class Capacity:
 
 
 class OverRoom:
-    """Says when more streams are held than the machine has room for now, and when that is over.
+    """Says when more live streams are held than the machine has room for now, and when that is over.
 
     Admission decides when a stream opens; the room can shrink afterwards (the rounds served run slower than
     the warm-up measured, other programs take the cores), and streams already served are never dropped for
@@ -280,13 +280,13 @@ class OverRoom:
 
     def __init__(self, settle_s: float = OVER_ROOM_WARN_S) -> None:
         self.settle_s = settle_s
-        self.over = False  # what was last said: more streams held than the room
+        self.over = False  # what was last said: more live streams held than the room
         self._seen = False  # what the readings say now
         self._since = 0.0  # since when they say it
 
     def update(self, held: int, reading: Reading, target: float, now_s: float) -> tuple[int, str] | None:
-        """The streams held now (as admission counts them) and the capacity's reading; returns (a logging level,
-        a line) to log, or None."""
+        """The live streams held now and the capacity's reading; returns (a logging level, a line) to log, or
+        None."""
         room = reading.streams_that_fit(target)
         seen = held > room
         if seen != self._seen:
@@ -295,8 +295,8 @@ class OverRoom:
             return None
         self.over = seen
         if not seen:
-            return logging.INFO, f"the {held} stream(s) held fit the room again: {reading.describe(target)}"
-        return (logging.WARNING, f"{held} streams have been held for {now_s - self._since:.0f} s where this "
+            return logging.INFO, f"the {held} live stream(s) held fit the room again: {reading.describe(target)}"
+        return (logging.WARNING, f"{held} live streams have been held for {now_s - self._since:.0f} s where this "
                 f"machine now has room for {room} ({reading.describe(target)}): their frames run late or are "
                 "shed. Serve fewer streams or free the CPU (streams already served are not dropped)")
 

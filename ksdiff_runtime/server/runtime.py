@@ -175,7 +175,7 @@ class Runtime:
         self.floods = FloodGuard()
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
         self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
-        self.over_room = OverRoom()  # more streams held than the machine has room for now: say so in the log
+        self.over_room = OverRoom()  # more live streams held than the machine has room for now: the log says so
         self._outbox: collections.deque[Outbox] = collections.deque()
         self._outbox_frames = 0
         self._outbox_lock = threading.Lock()
@@ -513,7 +513,8 @@ class Runtime:
         uptime = (now - self._started_ns) / 1e9
         reading = self.engine.capacity.reading()
         capacity = reading.streams_that_fit(self.engine.capacity.target)
-        held = sum(1 for s in self.sessions if not s.finished)  # as admission counts them (a line's too)
+        # live streams: what the room is of (a line runs at speed in the rounds to spare, its frames never late)
+        held = sum(1 for s in self.sessions if s.mode == "live" and not s.finished)
         said = self.over_room.update(held, reading, self.engine.capacity.target, now / 1e9)
         if said is not None:
             log.log(*said)
