@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.engine.capacity import ROUND_PROBE, ROUND_TARGET, Capacity, Reading, RoundCost
+from ksdiff_runtime.engine.capacity import ROUND_PROBE, ROUND_TARGET, Capacity, OverRoom, Reading, RoundCost
 from ksdiff_runtime.engine.engine import PROBE_STAGGER_S, StreamingEngine
 from ksdiff_runtime.sessions import Sessions
 
@@ -371,30 +372,48 @@ def test_the_stats_line_says_what_bounds_the_room():
         ("3", "4", "38", "4", "1.20"), ("4", "2", "2", "", "")]
 
 
-def test_streams_held_beyond_the_room_are_said_once_each_way_when_it_has_lasted():
+def _room(room: int, other_cores: float = 0.0) -> Reading:
+    """A reading of 2 cores whose cores' bound is ``room`` streams: (2 x 0.7 - other) / (1.4 / room)."""
+    return Reading(cores=2, stream_cores=1.4 / room - 1e-6, other_cores=other_cores, engine_busy=0.0)
+
+
+def _said(watch: OverRoom, held: int, room: int, start: int, end: int) -> list[tuple[int, int, str]]:
+    """A reading a second from ``start`` to ``end`` (excluded), as serve's stats give them: what was said, when."""
+    out = []
+    for t in range(start, end):
+        said = watch.update(held, _room(room), 0.7, float(t))
+        if said is not None:
+            out.append((t, *said))
+    return out
+
+
+def test_live_streams_held_beyond_the_room_are_said_once_each_way_when_it_has_lasted():
     """Streams admitted are never dropped when the room shrinks after them (the rounds served slower than the
     warm-up, a game taking the cores): the log says so once it has lasted, once, and again once they fit."""
-    import logging
-
-    from ksdiff_runtime.engine.capacity import OverRoom
-
-    def reading(room: int) -> Reading:  # a cores' bound of `room` streams: (2 x 0.7) / (1.4 / room)
-        return Reading(cores=2, stream_cores=1.4 / room - 1e-6, other_cores=0.0, engine_busy=0.0)
-
-    assert reading(4).streams_that_fit() == 4
+    assert [_room(r).streams_that_fit() for r in (1, 3, 4, 8)] == [1, 3, 4, 8]
     watch = OverRoom(settle_s=10.0)
-    said = [watch.update(6, reading(4), 0.7, t) for t in (0.0, 5.0, 9.9)]
-    assert said == [None, None, None] and not watch.over
-    level, line = watch.update(6, reading(4), 0.7, 10.0)
-    assert level == logging.WARNING and watch.over
-    assert line.startswith("6 live streams have been held for 10 s where this machine now has room for 4 "
-                           "(room 4 (cores 4")
+    # a spell beyond the room that ends before the settling time, then a while within it: nothing said
+    assert _said(watch, 6, 4, 0, 6) == [] and _said(watch, 3, 4, 6, 20) == [] and not watch.over
+    # one that lasts: said once, with the streams and the room
+    (t, level, line), = _said(watch, 6, 4, 20, 40)
+    assert t == 30 and level == logging.WARNING and watch.over
+    assert line.startswith("more live streams have been held than this machine has room for over the last 10 s "
+                           "(now 6, room for 4: room 4 (cores 4")
     assert "streams already served are not dropped" in line
-    # said once: not again while it lasts, nor when the room wavers back for less than the settling time
-    assert [watch.update(6, reading(r), 0.7, t) for r, t in ((4, 11.0), (3, 30.0), (8, 31.0), (4, 35.0))] == [None] * 4
-    assert [watch.update(6, reading(8), 0.7, t) for t in (40.0, 49.0)] == [None, None]
-    level, line = watch.update(5, reading(8), 0.7, 50.0)
-    assert level == logging.INFO and not watch.over
-    assert line == "the 5 live stream(s) held fit the room again: room 8 (cores 8; 0.0 cores busy elsewhere)"
-    # one stream always fits (a runtime serves its only stream), so a lone VTuber never hears of it
-    assert all(watch.update(1, reading(1), 0.7, t) is None for t in (60.0, 100.0))
+    # not again while it lasts, nor for a room that wavers back for less than the settling time
+    assert _said(watch, 6, 8, 40, 45) == [] and _said(watch, 6, 3, 45, 60) == [] and watch.over
+    (t, level, line), = _said(watch, 0, 8, 60, 80)
+    assert t == 70 and level == logging.INFO and not watch.over
+    assert line == "the live streams held (0) fit the room again: room 8 (cores 8; 0.0 cores busy elsewhere)"
+
+
+def test_a_room_that_keeps_dipping_below_the_streams_held_is_said_all_the_same():
+    """Beyond the room 8 s, within it 2, again and again: frames late most of the time. A reading the other way
+    clears the spell only once it too has lasted the settling time, so the log says it after 10 s of the spell."""
+    watch = OverRoom(settle_s=10.0)
+    said = [watch.update(5, _room(4 if t % 10 < 8 else 5), 0.7, float(t)) for t in range(0, 12)]
+    assert said[:10] == [None] * 10 and said[10] is not None and said[10][0] == logging.WARNING
+    # a VTuber alone is never told: one stream always fits, however busy the cores (room at least 1)
+    alone = OverRoom(settle_s=0.0)
+    assert _room(1, other_cores=1.9).streams_that_fit() == 1
+    assert all(alone.update(1, _room(1, other_cores=1.9), 0.7, t) is None for t in (0.0, 100.0))

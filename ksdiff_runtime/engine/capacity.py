@@ -274,31 +274,36 @@ class OverRoom:
 
     Admission decides when a stream opens; the room can shrink afterwards (the rounds served run slower than
     the warm-up measured, other programs take the cores), and streams already served are never dropped for
-    it: their frames run late, or are shed. The operator hears of it once either way, when it has lasted
-    ``settle_s`` (a room that wavers around the streams held is not news every second). Owned by the io
+    it: their frames run late, or are shed. The operator hears of it once either way, once the readings have
+    said so for ``settle_s``: a reading the other way clears that only when it too has lasted ``settle_s``, so
+    a room that wavers around the streams held is news once, not every second, and not never. Owned by the io
     thread."""
 
     def __init__(self, settle_s: float = OVER_ROOM_WARN_S) -> None:
         self.settle_s = settle_s
         self.over = False  # what was last said: more live streams held than the room
-        self._seen = False  # what the readings say now
-        self._since = 0.0  # since when they say it
+        self._since: float | None = None  # since when the readings have said otherwise
+        self._agreed: float | None = None  # since when they have agreed again with what was said
 
     def update(self, held: int, reading: Reading, target: float, now_s: float) -> tuple[int, str] | None:
         """The live streams held now and the capacity's reading; returns (a logging level, a line) to log, or
         None."""
         room = reading.streams_that_fit(target)
-        seen = held > room
-        if seen != self._seen:
-            self._seen, self._since = seen, now_s
-        if seen == self.over or now_s - self._since < self.settle_s:
+        if (held > room) == self.over:
+            self._agreed = now_s if self._agreed is None else self._agreed
+            if self._since is not None and now_s - self._agreed >= self.settle_s:
+                self._since = None
             return None
-        self.over = seen
-        if not seen:
-            return logging.INFO, f"the {held} live stream(s) held fit the room again: {reading.describe(target)}"
-        return (logging.WARNING, f"{held} live streams have been held for {now_s - self._since:.0f} s where this "
-                f"machine now has room for {room} ({reading.describe(target)}): their frames run late or are "
-                "shed. Serve fewer streams or free the CPU (streams already served are not dropped)")
+        self._agreed = None
+        self._since = now_s if self._since is None else self._since
+        if now_s - self._since < self.settle_s:
+            return None
+        lasted, self._since, self.over = now_s - self._since, None, not self.over
+        if not self.over:
+            return logging.INFO, f"the live streams held ({held}) fit the room again: {reading.describe(target)}"
+        return (logging.WARNING, f"more live streams have been held than this machine has room for over the last "
+                f"{lasted:.0f} s (now {held}, room for {room}: {reading.describe(target)}): their frames run late "
+                "or are shed. Serve fewer streams or free the CPU (streams already served are not dropped)")
 
 
 def _cpu_count_all() -> int:

@@ -34,7 +34,7 @@ import numpy as np
 import zmq
 
 from ksdiff_runtime import __version__, motion
-from ksdiff_runtime.engine.capacity import OverRoom
+from ksdiff_runtime.engine.capacity import OVER_ROOM_WARN_S, OverRoom
 from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE
 from ksdiff_runtime.engine.controls import Controls, ControlsError
 from ksdiff_runtime.engine.engine import DEFAULT_IDLE_TIMEOUT_S, Ended, StepResult, StreamingEngine
@@ -147,6 +147,7 @@ class Runtime:
         publish_queue: int = PUBLISH_QUEUE_FRAMES,
         stats_period_s: float = protocol.STATS_PERIOD_S,
         hello_period_s: float = protocol.HELLO_PERIOD_S,
+        over_room_settle_s: float = OVER_ROOM_WARN_S,
         on_stats: Callable[[dict[str, Any]], None] | None = None,
         outputs: Sequence[FrameOutput] = (),
         curve: CurveKeys | None = None,
@@ -175,7 +176,8 @@ class Runtime:
         self.floods = FloodGuard()
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
         self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
-        self.over_room = OverRoom()  # more live streams held than the machine has room for now: the log says so
+        # more live streams held than the machine has room for now: the log says so
+        self.over_room = OverRoom(over_room_settle_s)
         self._outbox: collections.deque[Outbox] = collections.deque()
         self._outbox_frames = 0
         self._outbox_lock = threading.Lock()
@@ -497,7 +499,10 @@ class Runtime:
     def _publish_stats(self) -> None:
         now = time.monotonic_ns()
         streams: dict[str, dict[str, Any]] = {}
+        held = 0  # live streams: what the room is of (a line runs at speed in the rounds to spare, never late)
         for s in self.sessions:
+            if s.mode == "live" and not s.finished:
+                held += 1
             while s.publish_times and now - s.publish_times[0] > 1e9:
                 s.publish_times.popleft()
             while s.latencies and now - s.latencies[0][0] > LATENCY_WINDOW_S * 1e9:
@@ -513,8 +518,6 @@ class Runtime:
         uptime = (now - self._started_ns) / 1e9
         reading = self.engine.capacity.reading()
         capacity = reading.streams_that_fit(self.engine.capacity.target)
-        # live streams: what the room is of (a line runs at speed in the rounds to spare, its frames never late)
-        held = sum(1 for s in self.sessions if s.mode == "live" and not s.finished)
         said = self.over_room.update(held, reading, self.engine.capacity.target, now / 1e9)
         if said is not None:
             log.log(*said)
