@@ -197,7 +197,6 @@ def test_a_round_that_shed_frames_refuses_new_live_streams_for_a_while(monkeypat
 def test_the_probe_paces_its_rounds_at_the_hop_as_serve_does(tiny_backend, monkeypatch):
     """A round after the cores idled costs more than one right after another (docs/ENGINE.md "What a round
     costs"): the warm-up's probe starts a round every hop, as audio arriving in real time starts serve's."""
-    import time
 
     from ksdiff_runtime.assets import SAMPLE_SPEECH
     from ksdiff_runtime.inputs.guards import load_audio
@@ -310,18 +309,23 @@ def test_only_rounds_of_enough_live_streams_alone_rescale_the_round(monkeypatch)
     assert capacity.reading().round_scale == pytest.approx(1.1)
 
 
-def test_the_engine_counts_its_live_rounds_for_admission_and_not_a_lines(tiny_backend):
+def test_the_engine_counts_its_live_rounds_for_admission_and_not_a_lines(tiny_backend, monkeypatch):
     """Real rounds of a real engine: its live rounds reach admission's round line as they took (here a line
-    that says rounds are nearly free, so the scale goes to its limit); rounds with a line's hop do not."""
+    that says rounds are nearly free, so the scale goes to its limit); rounds with a line's hop do not. The
+    capacity's windows run on a clock that moves a hop a round, so a busy machine that deschedules this test
+    does not leave its windows with too few hops to count (the rounds themselves are timed for real)."""
     from ksdiff_runtime.assets import SAMPLE_SPEECH
     from ksdiff_runtime.engine import capacity as module
     from ksdiff_runtime.inputs.guards import load_audio
 
+    clock = _Clock()
+    monkeypatch.setattr(module, "time", clock)
+    monkeypatch.setattr(module, "_machine_busy_jiffies", lambda: None)
     audio, _ = load_audio(SAMPLE_SPEECH)
-    speech = np.tile(audio, 6)  # 40 s: more than the windows below take to close
+    speech = np.tile(audio, 2)  # 14 s: more live hops than the windows below need
     nearly_free = RoundCost(fixed_ms=1e-4, per_stream_ms=1e-4, hop_ms=HOP_MS)
     for mode in ("live", "line"):
-        capacity = Capacity(cores=64, window_s=0.2)
+        capacity = Capacity(cores=64, window_s=0.2)  # 6 hops a window
         engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1, capacity=capacity)
         try:
             capacity.calibrate(0.01)
@@ -330,19 +334,17 @@ def test_the_engine_counts_its_live_rounds_for_admission_and_not_a_lines(tiny_ba
             if mode == "line":
                 engine.push(sid, speech)
                 engine.end_stream(sid)
-            hopped, windows = 0, 0
-            busy = capacity.reading().engine_busy
-            deadline = time.monotonic() + 60.0  # a bound, not a wait: the loop ends once two windows closed
+            hopped = 0
             for i in range(0, speech.size, 533):
                 if mode == "live":
                     engine.push(sid, speech[i : i + 533])
-                while engine.has_work() and windows < 2:
+                while engine.has_work() and hopped < 30:
+                    clock.ns += int(HOP_MS * 1e6)
                     hopped += engine.step().hops > 0
-                    if capacity.reading().engine_busy != busy:  # a window closed
-                        busy, windows = capacity.reading().engine_busy, windows + 1
-                if windows >= 2 or time.monotonic() > deadline:
+                if hopped >= 30:  # five windows of hops: enough for live rounds to rescale
                     break
-            assert windows == 2 and hopped > 0
+            # every hop of the line's audio (its hops are longer): two windows of them, which live hops rescale
+            assert hopped == 30 if mode == "live" else hopped >= 12
             scale = capacity.reading().round_scale
             if mode == "live":
                 assert 1.5 < scale <= module.ROUND_SCALE_LIMITS[1]
