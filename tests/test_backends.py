@@ -480,6 +480,34 @@ def test_default_export_dir_is_per_checkpoint(tmp_path, monkeypatch):
     assert len(list((tmp_path / "c" / "exports").iterdir())) == 2
 
 
+def test_a_damaged_shipped_export_is_said_and_the_one_in_the_cache_runs(tmp_path, monkeypatch, caplog):
+    """The bundled checkpoint whose shipped export fails its checks (a damaged install, an edited file) runs
+    from the cache's export, with a warning naming the problem; an intact one runs without a word."""
+    from ksdiff_runtime.backends import select
+    from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT
+    from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
+
+    monkeypatch.setenv("KSDIFF_RUNTIME_CACHE", str(tmp_path / "cache"))
+    cached = select.default_export_dir(DEFAULT_CHECKPOINT)
+    shutil.copytree(SHIPPED_EXPORT, cached)  # a valid export of the bundled checkpoint, as an earlier fallback made
+    shipped = tmp_path / "shipped"
+    shutil.copytree(SHIPPED_EXPORT, shipped)
+    monkeypatch.setattr(select, "SHIPPED_EXPORT", shipped)
+    with caplog.at_level(logging.WARNING, "ksdiff_runtime.backends"):
+        assert load_backend("onnxruntime-cpu", DEFAULT_CHECKPOINT, threads=1).export_dir == shipped
+    assert "shipped export" not in caplog.text
+
+    graph = shipped / "denoiser.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 1  # one bit of the graph's last weight
+    graph.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, "ksdiff_runtime.backends"):
+        backend = load_backend("onnxruntime-cpu", DEFAULT_CHECKPOINT, threads=1)
+    assert backend.export_dir == cached
+    warned = [r.getMessage() for r in caplog.records if "shipped export cannot be used" in r.getMessage()]
+    assert len(warned) == 1 and "model_hash" in warned[0] and str(shipped) in warned[0] and str(cached) in warned[0]
+
+
 # --- TensorRT: the plain-Python parts ---------------------------------------------------------------
 GPU = GpuInfo("NVIDIA H100 80GB HBM3", "9.0")
 

@@ -190,8 +190,15 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
 
 def export_of(checkpoint: Path, export_dir: Path) -> bool:
     """Whether ``export_dir`` holds a valid export made from ``checkpoint`` (same sha256)."""
+    return export_problem(checkpoint, export_dir) is None
+
+
+def export_problem(checkpoint: Path, export_dir: Path) -> str | None:
+    """Why ``export_dir`` is not a valid export made from ``checkpoint`` (None: it is one)."""
     try:
         _, _, manifest = load_export(export_dir)
-    except ExportError:
-        return False
-    return manifest["checkpoint"]["sha256"] == sha256_file(checkpoint)
+    except ExportError as exc:
+        return str(exc)
+    if manifest["checkpoint"]["sha256"] != sha256_file(checkpoint):
+        return f"export {export_dir} was made from another checkpoint than {checkpoint} (its sha256 differs)"
+    return None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT, CheckpointError
 
-from .artifact import SHIPPED_EXPORT, default_cache_dir, export_of, sha256_file
+from .artifact import SHIPPED_EXPORT, default_cache_dir, export_of, export_problem, sha256_file
 from .base import Backend, BackendError
 
 log = logging.getLogger("ksdiff_runtime.backends")
@@ -107,9 +107,15 @@ def _load(name: str, checkpoint: Path, export_dir: Path | None, device_index: in
 def _export(checkpoint: Path, export_dir: Path | None) -> Path:
     """The export to run ``checkpoint`` from: the shipped one for the bundled checkpoint, else one in
     ``export_dir`` (default: the cache), made now if it is not there (which needs torch)."""
-    if export_dir is None and export_of(checkpoint, SHIPPED_EXPORT):
+    problem = export_problem(checkpoint, SHIPPED_EXPORT) if export_dir is None else None
+    if export_dir is None and problem is None:
         return SHIPPED_EXPORT
     target = export_dir or default_export_dir(checkpoint)
+    if problem is not None and checkpoint.resolve() == DEFAULT_CHECKPOINT.resolve():
+        # the bundled checkpoint without its shipped export: an install damaged (or someone edited) the
+        # package's files; say so, as the export used instead is made here (with torch) or an older one
+        log.warning("the bundled checkpoint's shipped export cannot be used: %s; running from the export in %s "
+                    "instead (reinstall ksdiff-runtime to restore the shipped one)", problem, target)
     if export_of(checkpoint, target):
         return target
     try:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ksdiff_runtime.engine.presets import PRESETS
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE
 from ksdiff_runtime.motion import MOODS, SAMPLE_RATE, STYLES
 from ksdiff_runtime.outputs import livelink, preview, vmc, vts
@@ -43,6 +44,14 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def preset_help() -> str:
+    """The presets and the audio each waits for before its worst frame can be made (compute and transport
+    come on top: about 10 ms for one stream on a 2-core CPU, docs/ENGINE.md "Speed")."""
+    use = {"low-latency": "default; a VTuber's mic", "quality": "NPC lines"}
+    return "; ".join(f"{name} ({use[name] + ', ' if name in use else ''}waits {p.latency_budget_ms():.0f} ms for audio)"
+                     for name, p in PRESETS.items())
+
+
 def configure_serve(p: argparse.ArgumentParser) -> None:
     defaults = ServeConfig()
     p.description = ("Animate live speech and publish ARKit blendshape and head-pose frames over ZeroMQ "
@@ -55,7 +64,7 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", help=f"ROUTER endpoint for requests and pushed audio (default {defaults.router})")
     p.add_argument("--backend", help="auto (default), torch, torch-cpu, torch-cuda, onnxruntime, "
                    "onnxruntime-cpu, onnxruntime-cuda, tensorrt")
-    p.add_argument("--preset", help="low-latency (default; ~125 ms) or quality (~0.5 s, NPC lines)")
+    p.add_argument("--preset", help=preset_help())
     p.add_argument("--checkpoint", help="model checkpoint (default: the bundled one)")
     p.add_argument("--fps", type=int, help=f"output frame rate (default {defaults.fps})")
     p.add_argument("--max-streams", type=int, help=f"a ceiling on streams served at once (default "
