@@ -470,6 +470,42 @@ def test_serve_port_in_use_exits_with_a_clear_message(runtime):
     assert f"cannot listen on {runtime.pub_endpoint}" in taken.stderr and "--pub" in taken.stderr
 
 
+@pytest.mark.timeout(120)
+def test_files_beyond_the_room_wait_for_it_and_every_one_plays(tmp_path, speech_16k, monkeypatch, caplog):
+    """`serve --file a.wav --file b.wav --exit-when-done` on a machine with room for one live stream (pinned; what
+    this machine measures moves with its load): b waits for room, said once, starts once a has ended, and serve
+    stops when both have played. Before, b was refused at start-up and never played."""
+    import soundfile as sf
+
+    from ksdiff_runtime.cli import main as serve_main
+    from ksdiff_runtime.cli import serve as serve_cli
+    from ksdiff_runtime.engine.capacity import Capacity
+
+    room = Reading(cores=1, stream_cores=0.7, other_cores=0.0, engine_busy=0.0)
+    assert room.streams_that_fit(0.7) == 1
+    monkeypatch.setattr(Capacity, "reading", lambda self: room)
+    monkeypatch.setattr(serve_cli, "WAIT_RETRY_S", 0.1)
+    files = []
+    for name in ("a", "b"):
+        files += ["--file", str(tmp_path / f"{name}.wav")]
+        sf.write(files[-1], speech_16k[:16_000], 16_000, subtype="PCM_16")
+    caplog.set_level("INFO", logger="ksdiff_runtime.server")
+    assert serve_main(["serve", "--pub", "tcp://127.0.0.1:0", "--router", "tcp://127.0.0.1:0", "--backend",
+                       "onnxruntime", *files, "--exit-when-done"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    waits = [m for m in said if "waits for room" in m]
+    assert len(waits) == 1 and waits[0].startswith("file b waits for room") and "capacity is 1 live" in waits[0], said
+
+    def when(start: str) -> float:
+        return next(r.created for r in caplog.records if r.getMessage().startswith(start))
+
+    # a plays its 1 s in real time: b can start only once a's audio has all come (its end is logged a little later)
+    assert when("stream b opened") - when("stream a opened") >= 1.0, said
+    for sid in ("a", "b"):
+        assert any(m.startswith(f"stream {sid} ended (ended): 34 frames, 0 dropped") for m in said), said
+    assert said[-2:] == ["every file has played; stopping", "stopped"], said[-3:]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_serve_stops_within_2_s_while_busy(speech_wav, signum):
     """The real command, busy: a file played as fast as possible (looped) and a client's stream. A

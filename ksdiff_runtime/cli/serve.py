@@ -30,6 +30,8 @@ from ksdiff_runtime.sources import FileSource, MicSource, SourceError
 
 log = logging.getLogger("ksdiff_runtime.server")
 
+WAIT_RETRY_S = 1.0  # how often a source the machine had no room for is tried again
+
 
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per line: for log collectors (``--log-format json``)."""
@@ -252,17 +254,18 @@ def serve(config: ServeConfig) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for src in sources:
-            try:
-                runtime.add_source(src)
-            except SourceError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 1
-            except RefusedError as e:  # the machine has no room for it: serve the others
-                log.error("%s %s not served: %s", src.kind, src.stream_id, e.message)
+        try:
+            waiting = start_sources(runtime, sources, first=True)
+        except SourceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         log.info("ready in %.1f s", time.perf_counter() - started)
+        next_try = time.monotonic() + WAIT_RETRY_S
         while not stop.wait(0.1):
-            if config.exit_when_done and config.files and runtime.wait_until_idle(timeout=0):
+            if waiting and time.monotonic() >= next_try:
+                waiting = start_sources(runtime, waiting, first=False)
+                next_try = time.monotonic() + WAIT_RETRY_S
+            if config.exit_when_done and config.files and not waiting and runtime.wait_until_idle(timeout=0):
                 log.info("every file has played; stopping")
                 break
     finally:
@@ -271,6 +274,27 @@ def serve(config: ServeConfig) -> int:
         runtime.stop()
         engine.close()
     return 0
+
+
+def start_sources(runtime: Runtime, sources: list[Any], first: bool) -> list[Any]:
+    """Start each source's stream; returns those the machine has no room for yet (admission refused them),
+    to be tried again every WAIT_RETRY_S: they start when a stream ends or the measured room grows, so every
+    file given plays. ``first``: the start-up's attempt, where a source that fails to start raises SourceError
+    (later, it is logged and given up)."""
+    waiting = []
+    for src in sources:
+        try:
+            runtime.add_source(src)
+        except RefusedError as e:
+            waiting.append(src)
+            if first:
+                log.warning("%s %s waits for room: %s; it starts when a stream ends or the machine has more room",
+                            src.kind, src.stream_id, e.message.removesuffix("; retry later"))
+        except SourceError as e:
+            if first:
+                raise
+            log.error("%s %s not served: %s", src.kind, src.stream_id, e)
+    return waiting
 
 
 def build_outputs(config: ServeConfig) -> list[Any]:
