@@ -14,7 +14,7 @@ other bound. Reported: the mouth's mean absolute error against the teacher and t
 every hop with the window's reference style (another clip of its persona, as eval-stream gives streams),
 over the same windows and noise for every checkpoint, all on one recogniser's features (``--recogniser``,
 default the runtime's streaming one). The features are the model's live block schedule as cached for
-training (100 ms blocks), not a `low-latency` stream's 1-frame blocks read 13 ms early.
+training (100 ms blocks), not a `low-latency` stream's 1-frame blocks read early.
 
 The gap between "teacher" and "self" is what a model gains by leaning on a context a stream does not have
 (train --live-context, docs/STREAMING_RECOGNISER.md "Live windows"). Writes benchmarks/live_windows.json;

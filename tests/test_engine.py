@@ -470,8 +470,12 @@ def test_a_stream_behind_real_time_sheds_stale_frames_and_catches_up(tiny_backen
     assert result.shed[sid] > 3 * motion.FPS - deadline_frames - 10
     emitted = [f.index for f in result.frames]
     assert emitted and 1 < len(emitted) <= preset.window_frames  # one catch-up hop of what is still current
-    for f in result.frames:  # nothing published past its deadline
-        assert now - f.captured_ns <= preset.deadline_ms() * MS
+    # nothing published past its deadline, counted from when its audio was due: when it arrived, and not before
+    # its instant on the stream's clock, whose sample 0 is due at the first arrival (StreamState.due_ns)
+    anchor = t0 + 10 * MS
+    for f in result.frames:
+        due = max(f.captured_ns, anchor + round(f.t_audio * 1e9))
+        assert now - due <= preset.deadline_ms() * MS
     # caught up: live again, one hop per round, as the audio keeps coming in real time
     frames = []
     for k in range(30):
@@ -489,10 +493,10 @@ def test_a_stream_behind_real_time_sheds_stale_frames_and_catches_up(tiny_backen
 
 def test_rounds_too_slow_for_the_deadline_shed_frames_instead_of_publishing_them_late(tiny_backend, speech_16k):
     """A round's time counts against the deadline: with rounds that take no time every frame of a real-time
-    stream comes; with rounds of 136 ms (the round clock advancing 68 ms a reading; a computing round reads it
-    three times) some frames planned would be published past the preset's 220 ms deadline, so the engine
-    sheds those and keeps publishing the others, in order, to the stream's last frame. (136 ms is near the
-    edge for the low-latency preset: 132 ms sheds nothing, 144 ms sheds most.)"""
+    stream comes; with rounds of 140 ms (the round clock advancing 70 ms a reading; a computing round reads it
+    three times) some frames planned would be published past the preset's 223 ms deadline, so the engine
+    sheds those and keeps publishing the others, in order, to the stream's last frame. (140 ms is near the
+    edge for the low-latency preset: 136 ms sheds nothing, 148 ms sheds most.)"""
     audio = np.tile(speech_16k, 2)[: 2 * SAMPLE_RATE]
     deadline_ns = PRESETS["low-latency"].deadline_ms() * MS
 
@@ -511,7 +515,7 @@ def test_rounds_too_slow_for_the_deadline_shed_frames_instead_of_publishing_them
 
     shed, indices = stream(lambda: 0)
     assert shed == 0 and indices == list(range(len(indices))) and len(indices) > 50
-    ticks = itertools.count(0, 68 * MS)
+    ticks = itertools.count(0, 70 * MS)
     slow_shed, slow = stream(lambda: next(ticks))
     assert slow_shed > 0 and slow == sorted(set(slow)) and slow != list(range(len(slow)))
     assert len(slow) + slow_shed == len(indices) and slow[-1] == indices[-1]
@@ -609,6 +613,23 @@ def test_a_hop_runs_as_soon_as_the_audio_it_waits_for_is_there(tiny_backend, spe
         waited_ms = 1000 * (need - k * SAMPLE_RATE / motion.FPS) / SAMPLE_RATE  # after frame k's instant
         assert waited_ms == pytest.approx(preset.latency_budget_ms(), abs=0.07)
         assert frames[0].lookahead_ms == pytest.approx(waited_ms, abs=0.07)  # what the frame says it heard
+
+
+def test_in_10_ms_blocks_a_frame_read_10_ms_early_comes_with_the_same_block_as_13_ms_early(tiny_backend, speech_16k):
+    """A sound card (`serve --mic`) and `serve --file` deliver 10 ms blocks from a stream's first sample. Every
+    frame read 10 ms before its period ends waits for the very block it waited for read 13 ms early (the audio
+    either needs ends in that block), so the model hears up to 3 ms more audio at no latency."""
+    block = SAMPLE_RATE // 100
+    made: dict[int, list[tuple[int, int]]] = {}
+    for early in (-13, -10):
+        engine = StreamingEngine(tiny_backend, dataclasses.replace(PRESETS["low-latency"], feature_lookahead_ms=early))
+        sid = engine.open_stream()
+        made[early] = []
+        for b in range(speech_16k.size // block):
+            engine.push(sid, speech_16k[b * block : (b + 1) * block])
+            while engine.has_work():
+                made[early] += [(f.index, b) for f in engine.step().frames]  # (frame, the block it came with)
+    assert made[-10] == made[-13] and len(made[-10]) >= 30
 
 
 def test_eval_stream_variants_name_preset_fields():

@@ -265,7 +265,7 @@ def test_gate_is_the_same_whatever_the_chunking_and_for_lines_and_bakes(engines,
     closed = lambda v: np.all(v[:, GATED_COLUMNS] == 0, axis=1)  # noqa: E731
     np.testing.assert_array_equal(closed(a), closed(line))
     # a bake gated as the engine gates its streams (the engine's preset reads frames early: its gate too)
-    assert on.voice_gate == GateConfig().for_preset(on.preset) and on.voice_gate.early_ms == 13.0
+    assert on.voice_gate == GateConfig().for_preset(on.preset) and on.voice_gate.early_ms == 10.0
     baked = gate_clip(np.ones((len(a), motion.NUM_BLENDSHAPES + motion.NUM_HEAD), np.float32),
                       np.pad(audio, (0, len(a) * SR // motion.FPS + SR)), on.voice_gate, vad.shared_vad())
     np.testing.assert_array_equal(closed(a), baked[:, JAW] == 0)

@@ -14,7 +14,7 @@ gate adds no latency and opens before the first syllable's frame, and the hangov
 free through the short pauses inside speech. On a voiced frame the gain is 1; after the last one it
 falls to 0 linearly over ``release_ms`` (a closing mouth, not a snap). Frames are gated from the audio
 alone, so a stream and a bake gated with the same config (``GateConfig.for_preset``) agree; a bake's
-own (``GateConfig()``) reads the whole period, 13 ms more than a ``low-latency`` stream, and may open
+own (``GateConfig()``) reads the whole period, 10 ms more than a ``low-latency`` stream, and may open
 a frame sooner at the start of speech.
 """
 

@@ -104,7 +104,7 @@ def gate_animation(anim: Animation, audio16k: np.ndarray, config: GateConfig) ->
 
 def close_animation(anim: Animation, inputs: ClipInputs, config: ClosureConfig) -> Animation:
     """The animation with the lips sealed where the recogniser hears /p b m/ in its features (engine/closure.py),
-    before the voice gate, as a stream's; a ``low-latency`` stream reads its features 13 ms before each frame's
+    before the voice gate, as a stream's; a ``low-latency`` stream reads its features 10 ms before each frame's
     period ends, so its recogniser may hear a bilabial a frame later than a bake's."""
     blendshapes = config.apply(anim.blendshapes, inputs.feats, 0)
     return Animation(blendshapes, anim.head, anim.key_expr, anim.key_pose, anim.fps)

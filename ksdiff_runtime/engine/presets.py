@@ -113,16 +113,18 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # A VTuber's mic: a hop per frame, so every frame waits the same 87 ms for audio. The
+    # A VTuber's mic: a hop per frame, so every frame waits the same 90 ms for audio. The
     # model's full 2-frame lookahead is kept and the recogniser's dropped, and one DDIM step
     # (x0 straight from noise) is used: on held-out clips (docs/ENGINE.md) the model lookahead is
     # what keeps bilabial closures, and at short hops 1 step beat 2-4 on every mouth metric.
     # 150 ms of recogniser context (not 250) scored the same and costs a third less per hop.
-    # A frame is read 13 ms before its period is all heard (20 ms after its instant): 13 ms less
-    # wait for +1.7 % mouth error, +3.4 % with the model shipped since 3 December 2026 (docs/ENGINE.md,
-    # "Reading a frame early").
+    # A frame is read 10 ms before its period is all heard (23.3 ms after its instant). Audio comes in
+    # 10 ms blocks (a sound card's, `serve --file`'s), so a frame waits for the block that holds its last
+    # sample: read 13 ms early instead, 7 frames in 10 wait for the same block and 3 for the one before,
+    # at 1.5-1.8 points more mouth error (one more 10 ms log-mel frame heard; docs/ENGINE.md, "Reading a
+    # frame early"): the same p50 and p95 latency either way.
     "low-latency": Preset("low-latency", hop_frames=1, window_frames=8, model_lookahead_frames=2, steps=1,
-                          crossfade_frames=0, feature_block_frames=1, feature_lookahead_ms=-13,
+                          crossfade_frames=0, feature_block_frames=1, feature_lookahead_ms=-10,
                           feature_left_context_ms=150, head_smoothing_ms=100.0),
     # NPC dialogue and anything that can wait half a second: the model's full lookahead and the
     # front-end schedule it was trained on.
