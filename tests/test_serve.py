@@ -258,6 +258,51 @@ def test_live_streams_held_beyond_the_room_are_logged_and_then_their_fitting_aga
             peer.close()
 
 
+def test_a_failed_engine_thread_stops_the_runtime_and_ends_its_streams_with_the_error(serve_engine, caplog,
+                                                                                     monkeypatch):
+    """A failure outside what the engine thread guards itself (a round's failure is one stream's, or logged and
+    served on) must not leave a runtime that looks alive and serves nothing: it is logged, every open stream ends
+    with reason error and its client hears the error, ``failure`` says why (`serve` exits 1 on it), and the
+    runtime stops."""
+    caplog.set_level("INFO", logger="ksdiff_runtime.server")
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
+        peer = Peer(rt)
+        try:
+            sid = peer.request("open_stream", sample_rate=16000, channels=1, format="f32le")["stream"]
+
+            def broken(timeout: float) -> None:
+                raise RuntimeError("the engine's wait broke")
+
+            monkeypatch.setattr(rt.sessions, "wait_for_work", broken)  # the engine waits for work (no audio yet)
+            end = peer.wait_pub(is_end(sid))[-1]
+            assert end["reason"] == "error"
+            error = peer.reply()
+            assert error["type"] == "error" and error["code"] == "internal"
+            assert "the engine's wait broke" in error["message"]
+            assert rt.failure == "the engine thread failed: RuntimeError: the engine's wait broke"
+            said = [r for r in caplog.records if r.levelname == "CRITICAL"]
+            assert len(said) == 1 and said[0].getMessage() == f"{rt.failure}; the runtime stops" and said[0].exc_info
+        finally:
+            peer.close()
+    assert rt.failure is not None and len(serve_engine.sessions) == 0
+
+
+@pytest.mark.timeout(120)
+def test_serve_exits_1_when_its_runtime_fails(monkeypatch, capsys):
+    """`serve` (no sources, as a server for SDK clients) whose engine thread fails says so and exits 1, where it
+    would otherwise run on serving nothing until someone noticed."""
+    from ksdiff_runtime.cli import main as serve_main
+    from ksdiff_runtime.sessions import Sessions
+
+    def broken(self: Sessions, timeout: float) -> None:
+        raise RuntimeError("the engine's wait broke")
+
+    monkeypatch.setattr(Sessions, "wait_for_work", broken)
+    assert serve_main(["serve", "--pub", "tcp://127.0.0.1:0", "--router", "tcp://127.0.0.1:0", "--backend",
+                       "onnxruntime"]) == 1
+    assert "error: the engine thread failed: RuntimeError: the engine's wait broke" in capsys.readouterr().err
+
+
 def test_port_in_use_is_a_clear_error(serve_engine, runtime):
     with pytest.raises(RuntimeStartError, match=r"already in use.*--pub"):
         Runtime(serve_engine, pub=runtime.pub_endpoint, router="tcp://127.0.0.1:0").start()

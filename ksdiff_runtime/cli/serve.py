@@ -262,6 +262,9 @@ def serve(config: ServeConfig) -> int:
         log.info("ready in %.1f s", time.perf_counter() - started)
         next_try = time.monotonic() + WAIT_RETRY_S
         while not stop.wait(0.1):
+            if runtime.failure is not None:
+                print(f"error: {runtime.failure} (the log has its traceback)", file=sys.stderr)
+                return 1
             if waiting and time.monotonic() >= next_try:
                 waiting = start_sources(runtime, waiting, first=False)
                 next_try = time.monotonic() + WAIT_RETRY_S

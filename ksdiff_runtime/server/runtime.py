@@ -183,6 +183,8 @@ class Runtime:
         self._outbox_lock = threading.Lock()
         self._idle = threading.Condition()  # notified when a stream's end has been published
         self._stopping = threading.Event()
+        # why the runtime stopped on its own: a thread of it failed outside what it guards (None: it did not)
+        self.failure: str | None = None
         self._io: threading.Thread | None = None
         self._engine_thread: threading.Thread | None = None
         self._ctx: zmq.Context | None = None
@@ -197,6 +199,7 @@ class Runtime:
         except SecurityError as e:
             raise RuntimeStartError(str(e)) from None
         self._stopping.clear()  # a stopped Runtime can start again
+        self.failure = None
         self.sessions.max_streams = self.max_streams
         self.sessions.admission = self.engine.capacity.admit if self.admission else None
         self.engine.keep_ended = True  # a session leaves the registry once its end is published (_end)
@@ -230,8 +233,9 @@ class Runtime:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._started_ns = time.monotonic_ns()
-        self._engine_thread = threading.Thread(target=self._engine_loop, name="ksdiff-engine", daemon=True)
-        self._io = threading.Thread(target=self._io_loop, name="ksdiff-io", daemon=True)
+        self._engine_thread = threading.Thread(target=self._guarded, args=("engine", self._engine_loop),
+                                               name="ksdiff-engine", daemon=True)
+        self._io = threading.Thread(target=self._guarded, args=("io", self._io_loop), name="ksdiff-io", daemon=True)
         self._engine_thread.start()
         self._io.start()
         log.info("serving: frames on %s, requests on %s%s (instance %s)", self.pub_endpoint, self.router_endpoint,
@@ -317,6 +321,19 @@ class Runtime:
         """The figures of the last ``stats`` message (uptime_s, drops, streams, refused, capacity) and ``room``: what
         bounds the capacity, in words (``Reading.describe``)."""
         return self._last_stats
+
+    def _guarded(self, name: str, loop: Callable[[], None]) -> None:
+        """Run a thread's loop; if it fails outside what it guards itself, the runtime stops (the other thread
+        ends the streams) and says why, in the log and in ``failure``: a runtime whose engine or io thread is
+        gone would otherwise look alive and serve nothing."""
+        try:
+            loop()
+        except BaseException as exc:
+            self.failure = f"the {name} thread failed: {type(exc).__name__}: {exc}"
+            log.critical("%s; the runtime stops", self.failure, exc_info=exc)
+            self._stopping.set()
+            self.sessions.notify()
+            self._wake()
 
     # --- the engine thread -------------------------------------------------------------------
     def _engine_loop(self) -> None:
@@ -494,7 +511,10 @@ class Runtime:
             self.sessions.finish(session)
             # the engine's state is the engine thread's: touch it only once that thread has stopped
             final = self.engine.closing_frames(session) if engine_stopped else []
-            self._end(Ended(session, "shutdown", None, final), reason="shutdown")
+            if self.failure is None:
+                self._end(Ended(session, "shutdown", None, final), reason="shutdown")
+            else:  # the runtime failed: each stream ends with the error (its client hears what happened)
+                self._end(Ended(session, "error", self.failure, final))
 
     def _publish_stats(self) -> None:
         now = time.monotonic_ns()
