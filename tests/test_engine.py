@@ -620,16 +620,30 @@ def test_in_10_ms_blocks_a_frame_read_10_ms_early_comes_with_the_same_block_as_1
     frame read 10 ms before its period ends waits for the very block it waited for read 13 ms early (the audio
     either needs ends in that block), so the model hears up to 3 ms more audio at no latency."""
     block = SAMPLE_RATE // 100
-    made: dict[int, list[tuple[int, int]]] = {}
-    for early in (-13, -10):
+
+    def made(early: int, phase: int) -> dict[int, int]:
+        """frame -> the block it came with, the blocks ``phase`` samples off the stream's first sample"""
         engine = StreamingEngine(tiny_backend, dataclasses.replace(PRESETS["low-latency"], feature_lookahead_ms=early))
         sid = engine.open_stream()
-        made[early] = []
-        for b in range(speech_16k.size // block):
-            engine.push(sid, speech_16k[b * block : (b + 1) * block])
+        ends = [phase, *range(phase + block, speech_16k.size, block)] if phase else range(block, speech_16k.size, block)
+        out, start = {}, 0
+        for b, end in enumerate(ends):
+            engine.push(sid, speech_16k[start:end])
+            start = end
             while engine.has_work():
-                made[early] += [(f.index, b) for f in engine.step().frames]  # (frame, the block it came with)
-    assert made[-10] == made[-13] and len(made[-10]) >= 30
+                out |= {f.index: b for f in engine.step().frames}
+        return out
+
+    assert made(-10, 0) == made(-13, 0) and len(made(-10, 0)) >= 30
+    # blocks at another phase: a frame read 13 ms early comes a block sooner when its 87th ms after the instant
+    # falls in a block's last 3 ms: one of the frames' three phases on the 10 ms grid, a third of the frames
+    # (at 9 block phases in 10); never later, never more than a block sooner
+    for phase in (37, 91, 133):
+        late, early = made(-10, phase), made(-13, phase)
+        assert late.keys() == early.keys()
+        sooner = [k for k in late if late[k] != early[k]]
+        assert all(late[k] == early[k] + 1 for k in sooner), (phase, sooner)
+        assert len({k % 3 for k in sooner}) == 1 and 0.25 < len(sooner) / len(late) < 0.4, (phase, sooner)
 
 
 def test_eval_stream_variants_name_preset_fields():

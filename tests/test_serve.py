@@ -287,6 +287,30 @@ def test_a_failed_engine_thread_stops_the_runtime_and_ends_its_streams_with_the_
     assert rt.failure is not None and len(serve_engine.sessions) == 0
 
 
+def test_a_failed_io_thread_stops_the_runtime_and_its_sources_and_drops_its_streams(serve_engine, speech_wav,
+                                                                                   monkeypatch):
+    """The io thread failing (its publishing raising here) leaves no stream held and no source running: the
+    streams cannot be published any more, so they are dropped, the sources stop, and ``failure`` says why."""
+    from ksdiff_runtime.sources import FileSource
+
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0") as rt:
+        source = FileSource(speech_wav, loop=True, stream_id="looped")
+        rt.add_source(source)
+
+        def broken() -> None:
+            raise RuntimeError("the publisher broke")
+
+        monkeypatch.setattr(rt, "_publish_outbox", broken)
+        rt._wake()
+        io = rt._io
+        assert io is not None
+        io.join(TIMEOUT_S)
+        assert not io.is_alive()
+        assert rt.failure == "the io thread failed: RuntimeError: the publisher broke"
+        assert len(rt.sessions) == 0 and rt.wait_until_idle(timeout=0)
+        assert source._thread is not None and not source._thread.is_alive()
+
+
 @pytest.mark.timeout(120)
 def test_serve_exits_1_when_its_runtime_fails(monkeypatch, capsys):
     """`serve` (no sources, as a server for SDK clients) whose engine thread fails says so and exits 1, where it

@@ -114,8 +114,9 @@ def _export(checkpoint: Path, export_dir: Path | None) -> Path:
     if problem is not None and checkpoint.resolve() == DEFAULT_CHECKPOINT.resolve():
         # the bundled checkpoint without its shipped export: an install damaged (or someone edited) the
         # package's files; say so, as the export used instead is made here (with torch) or an older one
-        log.warning("the bundled checkpoint's shipped export cannot be used: %s; running from the export in %s "
-                    "instead (reinstall ksdiff-runtime to restore the shipped one)", problem, target)
+        log.warning("the bundled checkpoint's shipped export cannot be used: %s. Reinstall ksdiff-runtime to restore "
+                    "it; meanwhile the export in %s is used (made there now if missing, which needs torch)",
+                    problem, target)
     if export_of(checkpoint, target):
         return target
     try:

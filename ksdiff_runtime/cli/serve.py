@@ -26,7 +26,7 @@ from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, build_engine
 from ksdiff_runtime.server.security import CurveKeys, SecurityError
 from ksdiff_runtime.sessions import RefusedError
-from ksdiff_runtime.sources import FileSource, MicSource, SourceError
+from ksdiff_runtime.sources import FileSource, MicSource, Source, SourceError
 
 log = logging.getLogger("ksdiff_runtime.server")
 
@@ -207,7 +207,7 @@ def serve(config: ServeConfig) -> int:
     except OutputConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sources = []
+    sources: list[Source] = []
     try:
         # Open every source before loading the model, so a bad file or device fails fast.
         taken: set[str] = set()
@@ -261,10 +261,7 @@ def serve(config: ServeConfig) -> int:
             return 1
         log.info("ready in %.1f s", time.perf_counter() - started)
         next_try = time.monotonic() + WAIT_RETRY_S
-        while not stop.wait(0.1):
-            if runtime.failure is not None:
-                print(f"error: {runtime.failure} (the log has its traceback)", file=sys.stderr)
-                return 1
+        while not stop.wait(0.1) and runtime.failure is None:
             if waiting and time.monotonic() >= next_try:
                 waiting = start_sources(runtime, waiting, first=False)
                 next_try = time.monotonic() + WAIT_RETRY_S
@@ -276,19 +273,25 @@ def serve(config: ServeConfig) -> int:
             signal.signal(sig, handler)
         runtime.stop()
         engine.close()
+    if runtime.failure is not None:
+        print(f"error: {runtime.failure} (the log has its traceback)", file=sys.stderr)
+        return 1
     return 0
 
 
-def start_sources(runtime: Runtime, sources: list[Any], first: bool) -> list[Any]:
-    """Start each source's stream; returns those the machine has no room for yet (admission refused them),
-    to be tried again every WAIT_RETRY_S: they start when a stream ends or the measured room grows, so every
-    file given plays. ``first``: the start-up's attempt, where a source that fails to start raises SourceError
-    (later, it is logged and given up)."""
+def start_sources(runtime: Runtime, sources: list[Source], first: bool) -> list[Source]:
+    """Start each source's stream; returns those refused busy (the machine has no room for them yet, or their
+    stream id is taken), to be tried again every WAIT_RETRY_S: they start when a stream ends or the measured
+    room grows, so every file given plays. ``first``: the start-up's attempt, where a source that fails to
+    start raises SourceError (later, it is logged and given up)."""
     waiting = []
     for src in sources:
         try:
             runtime.add_source(src)
         except RefusedError as e:
+            if e.code != "busy":
+                log.error("%s %s not served: %s", src.kind, src.stream_id, e.message)
+                continue
             waiting.append(src)
             if first:
                 log.warning("%s %s waits for room: %s; it starts when a stream ends or the machine has more room",

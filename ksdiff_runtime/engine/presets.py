@@ -118,11 +118,11 @@ PRESETS: dict[str, Preset] = {
     # (x0 straight from noise) is used: on held-out clips (docs/ENGINE.md) the model lookahead is
     # what keeps bilabial closures, and at short hops 1 step beat 2-4 on every mouth metric.
     # 150 ms of recogniser context (not 250) scored the same and costs a third less per hop.
-    # A frame is read 10 ms before its period is all heard (23.3 ms after its instant). Audio comes in
-    # 10 ms blocks (a sound card's, `serve --file`'s), so a frame waits for the block that holds its last
-    # sample: read 13 ms early instead, 7 frames in 10 wait for the same block and 3 for the one before,
-    # at 1.5-1.8 points more mouth error (one more 10 ms log-mel frame heard; docs/ENGINE.md, "Reading a
-    # frame early"): the same p50 and p95 latency either way.
+    # A frame is read 10 ms before its period is all heard (23.3 ms after its instant), which hears one
+    # more 10 ms log-mel frame than reading it 13 ms early and makes 1.5-1.8 points less mouth error. Audio
+    # comes in 10 ms blocks (a sound card's, `serve --file`'s) and a frame waits for the block that holds
+    # its last sample: read 13 ms early, 7 frames in 10 would wait for the same block and 3 for the one
+    # before, so p50 and p95 latency are the same either way (docs/ENGINE.md, "10 ms early, as the audio comes").
     "low-latency": Preset("low-latency", hop_frames=1, window_frames=8, model_lookahead_frames=2, steps=1,
                           crossfade_frames=0, feature_block_frames=1, feature_lookahead_ms=-10,
                           feature_left_context_ms=150, head_smoothing_ms=100.0),

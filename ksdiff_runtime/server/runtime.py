@@ -323,17 +323,31 @@ class Runtime:
         return self._last_stats
 
     def _guarded(self, name: str, loop: Callable[[], None]) -> None:
-        """Run a thread's loop; if it fails outside what it guards itself, the runtime stops (the other thread
-        ends the streams) and says why, in the log and in ``failure``: a runtime whose engine or io thread is
-        gone would otherwise look alive and serve nothing."""
+        """Run a thread's loop; if it fails outside what it guards itself, the runtime stops and says why, in the
+        log and in ``failure`` (the first failure's): a runtime whose engine or io thread is gone would otherwise
+        look alive and serve nothing. The sources stop; the io thread ends the streams (reason error, its
+        client told), or, when it is the one that failed, they are dropped unpublished (its socket is gone)."""
         try:
             loop()
         except BaseException as exc:
-            self.failure = f"the {name} thread failed: {type(exc).__name__}: {exc}"
-            log.critical("%s; the runtime stops", self.failure, exc_info=exc)
+            if self.failure is None:
+                self.failure = f"the {name} thread failed: {type(exc).__name__}: {exc}"
+            log.critical("the %s thread failed: %s: %s; the runtime stops", name, type(exc).__name__, exc,
+                         exc_info=exc)
             self._stopping.set()
             self.sessions.notify()
             self._wake()
+            for session in list(self.sessions):
+                if session.source_obj is not None:
+                    session.source_obj.stop()
+            if name == "io":
+                assert self._engine_thread is not None
+                self._engine_thread.join(timeout=STOP_ENGINE_WAIT_S)
+                for session in list(self.sessions):
+                    self.sessions.finish(session)
+                    self.sessions.remove(session)
+                with self._idle:
+                    self._idle.notify_all()
 
     # --- the engine thread -------------------------------------------------------------------
     def _engine_loop(self) -> None:
@@ -510,7 +524,11 @@ class Runtime:
         for session in list(self.sessions):
             self.sessions.finish(session)
             # the engine's state is the engine thread's: touch it only once that thread has stopped
-            final = self.engine.closing_frames(session) if engine_stopped else []
+            try:
+                final = self.engine.closing_frames(session) if engine_stopped else []
+            except Exception:  # an engine that failed may fail here too: the stream still ends
+                log.exception("stream %s: no closing frames", session.id)
+                final = []
             if self.failure is None:
                 self._end(Ended(session, "shutdown", None, final), reason="shutdown")
             else:  # the runtime failed: each stream ends with the error (its client hears what happened)
