@@ -49,9 +49,10 @@ class JsonLogFormatter(logging.Formatter):
 def preset_help() -> str:
     """The presets and the audio each waits for before its worst frame can be made (compute and transport
     come on top: about 10 ms for one stream on a 2-core CPU, docs/ENGINE.md "Speed")."""
-    use = {"low-latency": "default; a VTuber's mic", "quality": "NPC lines"}
-    return "; ".join(f"{name} ({use[name] + ', ' if name in use else ''}waits {p.latency_budget_ms():.0f} ms for audio)"
-                     for name, p in PRESETS.items())
+    use = {"low-latency": "a VTuber's mic", "quality": "NPC lines"}
+    default = ServeConfig().preset
+    return "; ".join(f"{name} ({'default; ' if name == default else ''}{use[name] + ', ' if name in use else ''}"
+                     f"waits {p.latency_budget_ms():.0f} ms for audio)" for name, p in PRESETS.items())
 
 
 def configure_serve(p: argparse.ArgumentParser) -> None:
