@@ -42,28 +42,48 @@ from .layers import NEG_INF
 
 def _msdc_step(block: MSDC, hist: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """MSDC on new frames x [B, T, d] given its last R inputs hist [B, R, d]: each branch's causal conv
-    reads its own reach of the history instead of zero padding."""
-    c = torch.cat([hist, x], dim=1).transpose(1, 2)
+    reads its own reach of the history instead of zero padding.
+
+    Frames stay in rows and every convolution is a product over them, with the whole-sequence MSDC's
+    weights (its Conv1d layers run channels first, and ONNX Runtime runs a grouped 1-D Conv a channel and a
+    batch row at a time). A depthwise branch's 2d outputs are held as [2, d], output 2c + j at [j, c], so
+    input channel c meets its two kernels without copying it; the group norm, the GLU and the pointwise
+    weights are read in that order."""
     outs = []
     for branch in block.branches:
-        conv = branch.depthwise
-        window = c[:, :, c.shape[2] - x.shape[1] - conv.pad :]
-        y = branch.norm(conv.conv(window))
-        outs.append(branch.pointwise(F.glu(y, dim=1)))
-    y = block.project(torch.cat(outs, dim=1)).transpose(1, 2)
+        conv, norm = branch.depthwise.conv, branch.norm
+        d, (k,), (dil,) = conv.in_channels, conv.kernel_size, conv.dilation
+        pad = (k - 1) * dil  # <= R; constant slices, so an exported graph computes no shapes for them
+        z = torch.cat([hist[:, -pad:] if pad else hist[:, :0], x], dim=1).unsqueeze(2)  # [B, pad + T, 1, d]
+        w = conv.weight[:, 0].reshape(d, 2, k).permute(2, 1, 0)  # [k, 2, d]
+        y = conv.bias.reshape(d, 2).t()
+        for j in range(k):  # output t, tap j: input t - pad + j * dil, row t + j * dil of z
+            y = y + z[:, j * dil : (j * dil - pad) or None] * w[j]  # [B, T, 2, d]
+        g = y.unflatten(-1, (norm.groups, d // norm.groups))  # a group: channels c of one block of d / groups, both j
+        g = (g - g.mean((2, 4), keepdim=True)) / torch.sqrt(g.var((2, 4), keepdim=True, unbiased=False) + 1e-5)
+        y = g.flatten(-2) * norm.weight.reshape(d, 2).t() + norm.bias.reshape(d, 2).t()
+        h = d // 2  # GLU: outputs 2c + j < d (c < d / 2) gated by output 2c + j + d
+        glu = (y[..., :h] * torch.sigmoid(y[..., h:])).flatten(-2)  # [B, T, d]: output 2c + j at j * d / 2 + c
+        pointwise = branch.pointwise.weight[:, :, 0].reshape(-1, h, 2).transpose(1, 2).reshape(-1, d)
+        outs.append(F.linear(glu, pointwise, branch.pointwise.bias))
+    y = F.linear(torch.cat(outs, dim=-1), block.project.weight[:, :, 0], block.project.bias)
     return block.norm(x + y)
 
 
 def _causal_conv_step(conv: nn.Conv1d, hist: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A kernel-k causal conv on new frames x [B, T, c] with its last k-1 inputs hist [B, k-1, c]."""
-    return conv(torch.cat([hist, x], dim=1).transpose(1, 2)).transpose(1, 2)
+    """A kernel-k causal conv on new frames x [B, T, c] with its last k-1 inputs hist [B, k-1, c]: the k taps
+    side by side in a row, times the kernel as one matrix."""
+    (k,) = conv.kernel_size
+    z = torch.cat([hist, x], dim=1)
+    taps = torch.cat([z[:, j : (j - k + 1) or None] for j in range(k)], dim=-1)  # [B, T, k c], tap-major
+    return F.linear(taps, conv.weight.permute(0, 2, 1).reshape(conv.out_channels, -1), conv.bias)
 
 
 def _pooling_step(module: PoolingCrossAttention, hist: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """PoolingCrossAttention for new frames x [B, T, d] given the previous window-1 frames hist: the
     query is the mean of each frame's last ``window`` frames, attending over exactly those frames."""
     W = module.window
-    keys = torch.cat([hist[:, hist.shape[1] - (W - 1) :], x], dim=1)  # [B, W-1+T, d]
+    keys = torch.cat([_last(hist, W - 1), x], dim=1)  # [B, W-1+T, d]
     mean = F.avg_pool1d(keys.transpose(1, 2), kernel_size=W, stride=1).transpose(1, 2)  # [B, T, d]
     q = module.query(mean)
     T = x.shape[1]
@@ -75,10 +95,15 @@ def _pooling_step(module: PoolingCrossAttention, hist: torch.Tensor, x: torch.Te
     return y + module.ff(y)
 
 
+def _last(t: torch.Tensor, n: int) -> torch.Tensor:
+    """The last ``n`` frames of t [B, T, ...]: a constant slice (``n`` a Python int), so an exported graph
+    computes no shape for it."""
+    return t[:, -n:] if n else t[:, :0]
+
+
 def _tail(hist: torch.Tensor, new: torch.Tensor, keep: int) -> torch.Tensor:
     """The last ``keep`` frames of hist followed by new (the state after committing new)."""
-    both = torch.cat([hist, new], dim=1)
-    return both[:, both.shape[1] - keep :]
+    return _last(torch.cat([hist, new], dim=1), keep)
 
 
 class StreamingConditioner(nn.Module):
@@ -93,14 +118,15 @@ class StreamingConditioner(nn.Module):
     def forward(self, feats, prosody, text, audio_keep, text_keep, prev_expr, prev_pose, known, n_new, n_commit,
                 s_msdc, s_pros, s_pmid, s_h, s_m, s_fe, s_fh):
         enc = self.m.encoder
-        K, N, C = n_commit.shape[0], n_new.shape[0], prev_expr.shape[1]
+        K, N, C = n_commit.shape[0], n_new.shape[0], self.cfg.motion_context_frames
+        sizes = self.cfg.stream_state_shapes()  # each state's frames (the sizes of the state inputs)
         keep = audio_keep[:, None, None]
         x = keep * enc.adapter(feats) + (1 - keep) * enc.audio_null
         x = enc.text(x, text, text_keep)
         msdc_state = []
         for i, block in enumerate(enc.msdc):
             hist = s_msdc[:, i]
-            msdc_state.append(_tail(hist, x[:, :K], hist.shape[1]))
+            msdc_state.append(_tail(hist, x[:, :K], sizes["s_msdc"][1]))
             x = _msdc_step(block, hist, x)
         h = x  # [B, T, d]: the encoder output at the new positions
         conv1, conv2 = enc.prosody[0], enc.prosody[2]
@@ -126,10 +152,10 @@ class StreamingConditioner(nn.Module):
             prob_e, prob_p = torch.zeros_like(prob_e), torch.zeros_like(prob_p)
         state = (
             torch.stack(msdc_state, dim=1),
-            _tail(s_pros, pros_in[:, :K], s_pros.shape[1]),
-            _tail(s_pmid, p1[:, :K], s_pmid.shape[1]),
-            _tail(s_h, h[:, :K], s_h.shape[1]),
-            _tail(s_m, m[:, :K], s_m.shape[1]),
+            _tail(s_pros, pros_in[:, :K], sizes["s_pros"][0]),
+            _tail(s_pmid, p1[:, :K], sizes["s_pmid"][0]),
+            _tail(s_h, h[:, :K], sizes["s_h"][0]),
+            _tail(s_m, m[:, :K], sizes["s_m"][0]),
             _tail(s_fe, f_e[:, :K], C),
             _tail(s_fh, f_h[:, :K], C),
         )
