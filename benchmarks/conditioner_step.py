@@ -18,9 +18,7 @@ Writes benchmarks/conditioner_step.json; nothing is asserted, every figure is pr
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from benchmarks.graph_calls import report, time_calls
 from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT, load_export
 from ksdiff_runtime.backends.export import stream_conditioner_inputs
 from ksdiff_runtime.engine.presets import get_preset
@@ -44,17 +43,6 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def time_calls(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], calls: int) -> list[float]:
-    outputs = [o.name for o in sess.get_outputs()]
-    sess.run(outputs, feeds)
-    ms = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        sess.run(outputs, feeds)
-        ms.append(1e3 * (time.perf_counter() - t0))
-    return ms
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--graph", type=Path, help="another export of the stream conditioner, timed beside the shipped one")
@@ -68,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     graphs = {"shipped": shipped} | ({"other": args.graph} if args.graph else {})
     sessions = {g: session(path) for g, path in graphs.items()}
     fed = {i.name for i in sessions["shipped"].get_inputs()}
+    outputs = [o.name for o in sessions["shipped"].get_outputs()]
     cases = []
     for name in PRESETS:
         p = get_preset(name)
@@ -82,24 +71,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for _ in range(args.rounds):
             for name, feeds in cases:
                 for g in graphs:
-                    ms[name][g].append(float(np.median(time_calls(sessions[g], feeds, args.calls))))
+                    run = partial(sessions[g].run, outputs, feeds)
+                    ms[name][g].append(float(np.median(time_calls(run, args.calls))))
                     bar.update()
     differ: dict[str, float] = {}
     if "other" in graphs:
-        outputs = [o.name for o in sessions["shipped"].get_outputs()]
         for name, feeds in cases:
             a, b = (sessions[g].run(outputs, feeds) for g in ("shipped", "other"))
             differ[name] = max(float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True))
-    result: dict[str, Any] = {"graphs": {g: {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                                         for g, p in graphs.items()}, "rounds": args.rounds,
-                              "median_ms_by_round": ms, "outputs_max_abs_diff": differ}
-    for name in ms:
-        line = "; ".join(f"{g} {' / '.join(f'{v:.2f}' for v in ms[name][g])} ms" for g in graphs)
-        extra = f" (outputs differ by {differ[name]:.1e} at most)" if name in differ else ""
-        print(f"{name}: {line}{extra}")
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"-> {args.out}")
-    return result
+    return report(graphs, args.rounds, ms, differ, "outputs_max_abs_diff", "outputs", args.out)
 
 
 if __name__ == "__main__":

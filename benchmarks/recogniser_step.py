@@ -18,15 +18,14 @@ Writes benchmarks/recogniser_step.json; nothing is asserted, every figure is pri
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.graph_calls import report, time_calls
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.features.streaming_frontend import WEIGHTS
 from ksdiff_runtime.features.streaming_recogniser_onnx import STEP_GRAPH, OnnxStreamingRecogniser
@@ -60,16 +59,6 @@ def whole_feeds(rec: OnnxStreamingRecogniser, clip: np.ndarray) -> dict[str, np.
     return rec._feeds([s], [s.window(frames)])
 
 
-def time_calls(rec: OnnxStreamingRecogniser, feeds: dict[str, np.ndarray], calls: int) -> list[float]:
-    rec.session.run(OUTPUTS, feeds)
-    ms = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        rec.session.run(OUTPUTS, feeds)
-        ms.append(1e3 * (time.perf_counter() - t0))
-    return ms
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--graph", type=Path, help="another export of StreamStep to time beside the shipped one")
@@ -96,22 +85,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for _ in range(args.rounds):
             for name, la, feeds, calls in cases:
                 for g in graphs:
-                    ms[name][g].append(float(np.median(time_calls(recs[g, la], feeds[g], calls))))
+                    run = partial(recs[g, la].session.run, OUTPUTS, feeds[g])
+                    ms[name][g].append(float(np.median(time_calls(run, calls))))
                     bar.update()
     for name, la, feeds, _ in cases:
         if "other" in graphs:
             a, b = (recs[g, la].session.run(OUTPUTS[:1], feeds[g])[0] for g in ("shipped", "other"))
             differ[name] = float(np.abs(a - b).max())
-    result: dict[str, Any] = {"graphs": {g: {"path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                                         for g, p in graphs.items()}, "rounds": args.rounds,
-                              "median_ms_by_round": ms, "log_probs_max_abs_diff": differ}
-    for name in ms:
-        line = "; ".join(f"{g} {' / '.join(f'{v:.2f}' for v in ms[name][g])} ms" for g in graphs)
-        extra = f" (log-probabilities differ by {differ[name]:.1e} at most)" if name in differ else ""
-        print(f"{name}: {line}{extra}")
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"-> {args.out}")
-    return result
+    return report(graphs, args.rounds, ms, differ, "log_probs_max_abs_diff", "log-probabilities", args.out)
 
 
 if __name__ == "__main__":
