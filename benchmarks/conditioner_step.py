@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             feeds = stream_conditioner_inputs(cfg, b, p.window_frames, p.hop_frames, 1, seed=b)
             # a stream keeping up: its hop's N new frames, the first H of them committed (stream.hop_window)
             for name_in in ("feats", "prosody"):
-                feeds[name_in] = feeds[name_in][:, : p.window_frames]
+                feeds[name_in] = np.ascontiguousarray(feeds[name_in][:, : p.window_frames])
             cases.append((f"{name}, B={b}", {k: v for k, v in feeds.items() if k in fed}))
     ms: dict[str, dict[str, list[float]]] = {name: {g: [] for g in graphs} for name, _ in cases}
     with tqdm(total=args.rounds * len(graphs) * len(cases), unit="case", desc="stream conditioner calls") as bar:

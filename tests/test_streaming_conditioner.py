@@ -7,6 +7,7 @@ state never reaching another stream (a batch slot freed and taken mid-stream), a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -22,6 +23,7 @@ from ksdiff_runtime.engine.engine import StreamingEngine
 from ksdiff_runtime.engine.sampling import Guidance
 from ksdiff_runtime.model.checkpoint import DEFAULT_CHECKPOINT, load_model
 from ksdiff_runtime.model.io import STREAM_CONDITIONER_OUTPUTS
+from ksdiff_runtime.model.ksdiff import KSDiff
 from ksdiff_runtime.model.streaming import StreamingConditioner
 from ksdiff_runtime.motion import SAMPLE_RATE
 
@@ -173,3 +175,12 @@ def test_a_stream_that_shed_more_than_the_encoder_context_starts_its_state_again
         engine.step(now_ns=at)
         assert state.enc_pos == state.emitted + L
     assert all(np.isfinite(v).all() for v in state.enc_state.values())
+
+
+def test_a_model_whose_layers_the_steps_do_not_read_is_refused_naming_them(model):
+    """The MSDC step reads a branch's 2 outputs per channel in the group norm's groups of whole channels: a
+    width whose channels the 8 groups cut (12: groups of 1.5 channels) gets an error, not wrong numbers."""
+    odd = KSDiff(dataclasses.replace(model.cfg, d_model=12))
+    with pytest.raises(ValueError, match="8 groups of whole channels; got kernel 3, dilation 1, 12 -> 24"):
+        StreamingConditioner(odd)
+    StreamingConditioner(KSDiff(dataclasses.replace(model.cfg, d_model=16)))  # 8 groups of 2 channels: fine

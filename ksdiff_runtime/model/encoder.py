@@ -20,6 +20,8 @@ from torch import nn
 from .config import ModelConfig
 from .layers import Attention, FeedForward, band_mask, position_embedding, windowed_mean
 
+GROUP_NORM_EPS = 1e-5  # FrameGroupNorm's, here and in the stream conditioner's MSDC step (model/streaming.py)
+
 
 class FrameGroupNorm(nn.Module):
     """GroupNorm computed per frame (over each group's channels only), so no statistic spans time."""
@@ -33,7 +35,7 @@ class FrameGroupNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, C, T]
         B, C, T = x.shape
         g = x.view(B, self.groups, C // self.groups, T)
-        g = (g - g.mean(dim=2, keepdim=True)) / torch.sqrt(g.var(dim=2, keepdim=True, unbiased=False) + 1e-5)
+        g = (g - g.mean(dim=2, keepdim=True)) / torch.sqrt(g.var(dim=2, keepdim=True, unbiased=False) + GROUP_NORM_EPS)
         return g.view(B, C, T) * self.weight[None, :, None] + self.bias[None, :, None]
 
 

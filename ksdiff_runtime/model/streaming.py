@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import MSDC, PoolingCrossAttention
+from .encoder import GROUP_NORM_EPS, MSDC, PoolingCrossAttention
 from .ksdiff import KSDiff
 from .layers import NEG_INF
 
@@ -60,7 +60,8 @@ def _msdc_step(block: MSDC, hist: torch.Tensor, x: torch.Tensor) -> torch.Tensor
         for j in range(k):  # output t, tap j: input t - pad + j * dil, row t + j * dil of z
             y = y + z[:, j * dil : (j * dil - pad) or None] * w[j]  # [B, T, 2, d]
         g = y.unflatten(-1, (norm.groups, d // norm.groups))  # a group: channels c of one block of d / groups, both j
-        g = (g - g.mean((2, 4), keepdim=True)) / torch.sqrt(g.var((2, 4), keepdim=True, unbiased=False) + 1e-5)
+        centred = g - g.mean((2, 4), keepdim=True)
+        g = centred / torch.sqrt(g.var((2, 4), keepdim=True, unbiased=False) + GROUP_NORM_EPS)
         y = g.flatten(-2) * norm.weight.reshape(d, 2).t() + norm.bias.reshape(d, 2).t()
         h = d // 2  # GLU: outputs 2c + j < d (c < d / 2) gated by output 2c + j + d
         glu = (y[..., :h] * torch.sigmoid(y[..., h:])).flatten(-2)  # [B, T, d]: output 2c + j at j * d / 2 + c
@@ -106,6 +107,26 @@ def _tail(hist: torch.Tensor, new: torch.Tensor, keep: int) -> torch.Tensor:
     return _last(torch.cat([hist, new], dim=1), keep)
 
 
+def _check_steps(model: KSDiff) -> None:
+    """What the step functions assume of the encoder's layers, checked once (a model built otherwise would
+    get wrong numbers of the right shape, not an error): each MSDC branch reaches back no further than the
+    state's R frames and has two outputs per channel in groups of whole channels; the prosody convolutions
+    are plain (undilated, ungrouped)."""
+    enc, R = model.encoder, model.cfg.stream_state_shapes()["s_msdc"][1]
+    for block in enc.msdc:
+        for branch in block.branches:
+            conv, groups = branch.depthwise.conv, branch.norm.groups
+            d = conv.in_channels
+            if (conv.kernel_size[0] - 1) * conv.dilation[0] > R or conv.out_channels != 2 * d or d % groups:
+                raise ValueError(f"the stream conditioner's MSDC step needs a branch reaching back <= {R} frames "
+                                 f"with 2 outputs per channel and {groups} groups of whole channels; got kernel "
+                                 f"{conv.kernel_size[0]}, dilation {conv.dilation[0]}, {d} -> {conv.out_channels}")
+    for conv in (enc.prosody[0].conv, enc.prosody[2].conv):
+        if conv.dilation != (1,) or conv.groups != 1:
+            raise ValueError(f"the stream conditioner's prosody step needs plain convolutions; got dilation "
+                             f"{conv.dilation[0]}, {conv.groups} groups")
+
+
 class StreamingConditioner(nn.Module):
     """KSDiff.condition for one hop of a stream with cached encoder state (exportable: plain ops, symbolic
     batch, frame and commit counts). Shares the model's weights; adds none."""
@@ -114,6 +135,7 @@ class StreamingConditioner(nn.Module):
         super().__init__()
         self.m = model
         self.cfg = model.cfg
+        _check_steps(model)
 
     def forward(self, feats, prosody, text, audio_keep, text_keep, prev_expr, prev_pose, known, n_new, n_commit,
                 s_msdc, s_pros, s_pmid, s_h, s_m, s_fe, s_fh):
