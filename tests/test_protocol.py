@@ -156,6 +156,11 @@ def test_requests_round_trip_and_validate():
     assert e.value.code == "malformed" and e.value.message_type == "end_stream"
     err = P.decode(P.encode_error("busy", "too many streams", "open_stream", req=4))
     assert (err["code"], err["request_type"], err["req"]) == ("busy", "open_stream", 4)
+    # an error stays small whatever the request held: a type no request has is echoed up to 64 characters
+    junk = "A" * 1_048_000
+    err = P.decode(P.encode_error("unknown_type", junk, junk))
+    assert err["request_type"] is None and len(err["message"]) == P.MAX_ERROR_MESSAGE_CHARS
+    assert P.decode(P.encode_error("unknown_type", "x", "A" * 64))["request_type"] == "A" * 64
     with pytest.raises(ValueError):
         P.ProtocolError("nope", "not a code")
 

@@ -25,6 +25,7 @@ from ksdiff_runtime.engine.capacity import SHED_MEMORY_S, Reading
 from ksdiff_runtime.engine.controls import stream_frames
 from ksdiff_runtime.engine.engine import StepResult
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, _Round, build_engine
+from ksdiff_runtime.sessions import stream_seed
 from ksdiff_runtime.sources import SourceError
 from ksdiff_sdk import Frame, schema
 from ksdiff_sdk import protocol as P
@@ -107,6 +108,8 @@ BAD_REQUESTS: list[tuple[str, bytes | list[bytes], str]] = [
     ("no version", msgpack.packb({"type": "hello"}), "malformed"),
     ("unknown major", msgpack.packb({"v": [2, 0], "type": "hello", "req": 3}), "unsupported_version"),
     ("unknown type", msgpack.packb({"v": [1, 0], "type": "dance", "req": 4}), "unknown_type"),
+    # a type of nearly a megabyte: its error must not echo it (a reply over 1 MiB once stopped the runtime)
+    ("a megabyte's type", msgpack.packb({"v": [1, 4], "type": "A" * 1_048_000}), "unknown_type"),
     ("published type", P.encode_stream_start("x", "sdk", 1)[1], "unknown_type"),
     ("oversized", msgpack.packb({"v": [1, 0], "type": "audio", "stream": "a", "seq": 0,
                                  "pcm": b"\0" * (P.MAX_MESSAGE_BYTES + 8)}), "too_large"),
@@ -146,6 +149,7 @@ def test_bad_requests_get_errors_and_another_stream_keeps_its_frames(runtime, sp
             reply = bad.reply()
             assert reply["type"] == "error" and reply["code"] == code, (name, reply)
             assert reply["message"], name
+            assert len(reply.get("request_type") or "") <= P.MAX_ECHOED_TYPE_CHARS, name
         # request ids are echoed where the request could be read
         bad.send(msgpack.packb({"v": [2, 0], "type": "hello", "req": 3}))
         assert bad.reply()["req"] == 3
@@ -438,6 +442,25 @@ def test_audio_far_ahead_of_real_time_is_refused_busy_and_taken_when_time_has_ca
             assert len(index) >= n - 4 and set(range(n)) - set(index) <= set(range(20, 26))
         finally:
             peer.close()
+
+
+def test_a_request_that_raises_costs_that_request_and_logs_its_traceback_once(runtime, caplog, monkeypatch):
+    """A bug a request reaches answers it ``internal`` and the runtime serves on; a client repeating the request
+    gets the traceback logged once, not once a request."""
+    def broken(identity: bytes, msg: dict) -> None:
+        raise TypeError("'<' not supported between instances of 'bytes' and 'str'")
+
+    monkeypatch.setattr(runtime, "_on_set_controls", broken)
+    peer = Peer(runtime)
+    try:
+        with caplog.at_level("WARNING", logger="ksdiff_runtime.server"):
+            for _ in range(50):
+                reply = peer.request("set_controls", stream="x", controls={})
+                assert reply["code"] == "internal" and "TypeError" in reply["message"]
+        assert sum(1 for r in caplog.records if r.exc_info) == 1
+        assert peer.request("hello")["type"] == "hello"
+    finally:
+        peer.close()
 
 
 def test_refusals_are_counted_in_stats_and_logged_without_flooding(runtime, caplog):
@@ -790,6 +813,8 @@ def test_any_client_tunes_the_runtimes_own_stream(runtime, speech_wav):
     peer = Peer(runtime, P.frame_topic("desk"))
     try:
         runtime.add_source(FileSource(speech_wav, stream_id="desk", loop=True))
+        # its motion's noise is its own (files played at once must not nod together), as a client's stream's
+        assert runtime.sessions.get("desk").seed == stream_seed("desk") != 0
         peer.wait_pub(lambda m: m["type"] == "frame" and m["stream"] == "desk")
         reply = peer.request("set_controls", stream="desk", controls={"strength": {"jaw": 0}})
         assert reply["type"] == "controls_set" and reply["controls"]["strength"]["jaw"] == 0.0

@@ -78,7 +78,7 @@ class ShapeControl:
     def from_dict(cls, name: str, d: Any) -> ShapeControl:
         if not isinstance(d, dict):
             raise ControlsError(f"shapes.{name} must be a table of gain, offset, min, max; got {d!r}")
-        unknown = sorted(set(d) - {"gain", "offset", "min", "max"})
+        unknown = sorted(set(d) - {"gain", "offset", "min", "max"}, key=str)
         if unknown:
             raise ControlsError(f"shapes.{name}: unknown setting(s) {', '.join(map(str, unknown))}; known: gain, "
                                 "offset, min, max")

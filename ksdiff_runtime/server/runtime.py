@@ -175,6 +175,7 @@ class Runtime:
         self.output_errors: dict[str, int] = {}
         self.floods = FloodGuard()
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
+        self._tracebacks_logged: set[type] = set()  # exceptions a request raised, each kind's traceback logged once
         self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
         # more live streams held than the machine has room for now: the log says so
         self.over_room = OverRoom(over_room_settle_s)
@@ -281,9 +282,11 @@ class Runtime:
         self.stop()
 
     # --- sources (mic, file) ---------------------------------------------------------------------
-    def add_source(self, source: Source, seed: int = 0) -> str:
-        """Open a stream fed by ``source`` and start it; returns the stream id. Raises RefusedError (busy: the
-        machine has no room for it) or SourceError (it failed to start; its stream ends with reason error)."""
+    def add_source(self, source: Source, seed: int | None = None) -> str:
+        """Open a stream fed by ``source`` and start it; returns the stream id. ``seed``: its motion's noise (None:
+        a hash of its id, as for a client's stream, so files played at once do not nod together). Raises
+        RefusedError (busy: the machine has no room for it) or SourceError (it failed to start; its stream ends
+        with reason error)."""
         session = self.sessions.open(source.stream_id, source.kind, AudioFormat(source.sample_rate, source.channels),
                                      seed=seed, mode=source.mode)
         session.source_obj = source
@@ -608,14 +611,21 @@ class Runtime:
             mtype, _, req = _echo_fields(payload)
             self._refuse(identity, e.code, e.message, mtype, e.stream, req)
         except Exception as e:  # a bug must cost one request, not the runtime
-            log.exception("request failed")
+            if type(e) not in self._tracebacks_logged:  # one traceback a kind: a client could repeat the request
+                self._tracebacks_logged.add(type(e))
+                log.exception("request failed")
             mtype, _, req = _echo_fields(payload)
             self._refuse(identity, "internal", f"{type(e).__name__}: {e}", mtype, None, req)
 
     def _refuse(self, identity: bytes, code: str, message: str, request_type: str | None, stream: str | None,
                 req: int | None) -> None:
         self.refusals(code, message)
-        self._reply(identity, protocol.encode_error(code, message, request_type, stream=stream, req=req))
+        try:
+            payload = protocol.encode_error(code, message, request_type, stream=stream, req=req)
+        except Exception:  # whatever a client sent, refusing it must not stop the io thread (and the runtime)
+            log.exception("could not encode the error reply to a refused request")
+            payload = protocol.encode_error(code, "the error could not be encoded (see the runtime's log)", None)
+        self._reply(identity, payload)
 
     def _on_hello(self, identity: bytes, msg: dict) -> None:
         _, payload = protocol.encode_hello(__version__, self.fps, req=msg.get("req"), instance=self.instance)

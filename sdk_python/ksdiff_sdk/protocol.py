@@ -84,6 +84,7 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
 MAX_CHANNELS = 8
 MAX_TRANSCRIPT_CHARS = 2000
 MAX_ERROR_MESSAGE_CHARS = 1000
+MAX_ECHOED_TYPE_CHARS = 64  # an error echoes a request's type up to this long; a longer one is nil (unreadable)
 BLENDSHAPE_BYTES = 4 * schema.NUM_BLENDSHAPES  # 208
 
 REQUEST_TYPES = ("hello", "open_stream", "audio", "end_stream", "set_controls")
@@ -497,7 +498,9 @@ def encode_reply(mtype: str, **fields: Any) -> bytes:
 def encode_error(
     code: str, message: str, request_type: str | None, *, stream: str | None = None, req: int | None = None
 ) -> bytes:
-    """An ``error`` reply; ``message`` is cut to MAX_ERROR_MESSAGE_CHARS."""
+    """An ``error`` reply; ``message`` is cut to MAX_ERROR_MESSAGE_CHARS, and a ``request_type`` longer than
+    MAX_ECHOED_TYPE_CHARS (no request's type: a client's junk) is sent as nil, so the reply stays small whatever
+    the request held."""
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}; known: {', '.join(ERROR_CODES)}")
     extra: dict[str, Any] = {}
@@ -505,6 +508,8 @@ def encode_error(
         extra["stream"] = stream
     if req is not None:
         extra["req"] = req
+    if request_type is not None and len(request_type) > MAX_ECHOED_TYPE_CHARS:
+        request_type = None
     return encode_message("error", code=code, message=message[:MAX_ERROR_MESSAGE_CHARS],
                           request_type=request_type, **extra)
 
