@@ -272,6 +272,21 @@ def test_animate_runs_a_whole_clip_as_a_line(runtime):
     print(f"\nanimate of a 3 s line: {took:.2f} s ({3.0 / took:.1f}x real time)")
 
 
+def test_animate_of_a_line_longer_than_the_runtime_lets_a_stream_run_ahead(serve_engine, monkeypatch):
+    """A line longer than ``max_ahead_s`` (a long NPC speech against the default 20 s): what fits goes at once,
+    the rest as real time makes room for it, in messages short enough that the runtime neither refuses one as
+    too far ahead nor ends the stream for its silence between them (here 1.5 s ahead at most and a 1 s idle
+    timeout, so a 4 s line takes ~3 s; once its first message alone was over the lead: busy)."""
+    monkeypatch.setattr(serve_engine, "idle_timeout_ns", 1_000_000_000)
+    x = speech(4.0)
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_ahead_s=1.5,
+                 admission=False) as rt, \
+            Client(rt.pub_endpoint, rt.router_endpoint, timeout=TIMEOUT_S) as client:
+        anim = client.animate(x, seed=4)
+        assert rt.refusals.counts == {}
+    check_complete(anim, stream_frames(64_000, 30))
+
+
 # --- artists' controls ------------------------------------------------------------------------------
 def test_controls_through_the_sdk(runtime):
     x = speech(1.0)

@@ -14,6 +14,10 @@ MAX_CHUNK_MS = 100  # SPEC 4.6: 10-100 ms per audio message keeps a live stream'
 # this long (under max_message_bytes), so the runtime takes a whole line at once instead of 30
 # messages for 3 s, and animates it from one pass over all of it (SPEC 4.6)
 LINE_CHUNK_MS = 10_000
+# Audio that has to wait for real time (a line longer than the runtime lets a stream run ahead) goes as it
+# becomes due, in messages of at most this long: the runtime then hears from the stream several times a
+# second (it ends a stream that sends nothing for its idle timeout), and no message alone is over its lead
+PACED_CHUNK_MS = 250
 # room for the message's other fields (v, type, stream id, seq, at_sample): well under 200 bytes
 _HEADER_ROOM = 1024
 

@@ -33,7 +33,15 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ksdiff_sdk import protocol, schema
 from ksdiff_sdk.animation import Animation
-from ksdiff_sdk.audio import LINE_CHUNK_MS, MAX_CHUNK_MS, audio_messages, chunk_frames, frame_bytes, to_pcm
+from ksdiff_sdk.audio import (
+    LINE_CHUNK_MS,
+    MAX_CHUNK_MS,
+    PACED_CHUNK_MS,
+    audio_messages,
+    chunk_frames,
+    frame_bytes,
+    to_pcm,
+)
 from ksdiff_sdk.errors import ClientClosedError, KsdiffError, StreamLost, UnknownStreamError
 from ksdiff_sdk.frame import Frame
 from ksdiff_sdk.protocol import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT, ProtocolError
@@ -220,7 +228,7 @@ class StreamHandle:
     def push(self, pcm: np.ndarray | bytes | bytearray | memoryview, at_sample: int | None = None) -> None:
         """Send audio: numpy float (-1..1) or int16 shaped [n] or [n, channels], or bytes already in
         the stream's format. Converted to the stream's format and sent in <= 100 ms messages (a line's:
-        up to 10 s, under the message size limit).
+        up to 10 s, under the message size limit; what has to wait for real time, 250 ms ones).
 
         ``at_sample``: where the first sample frame goes on the stream's clock (default: right after
         the previous push); a gap is filled with silence by the runtime. Never blocks on the runtime,
@@ -237,20 +245,20 @@ class StreamHandle:
         start = self._next_sample if at_sample is None else int(at_sample)
         if self._t0 is None:
             self._t0 = time.monotonic()
-        max_ms = LINE_CHUNK_MS if self.mode == "line" else MAX_CHUNK_MS
-        messages = audio_messages(self.stream, data, self.sample_rate, self.channels, self.format, self._seq, start,
-                                  max_ms)
-        self._seq += len(messages)
         self._next_sample = max(self._next_sample, start + n)
+        max_ms = LINE_CHUNK_MS if self.mode == "line" else MAX_CHUNK_MS
         if self.max_ahead_s is None:
-            self._client._send(messages)
+            self._client._send(self._messages(data, start, max_ms)[0])
             return
-        step = chunk_frames(self.sample_rate, self.channels, self.format, max_ms)
         room = max(0.1, self.max_ahead_s - AHEAD_MARGIN_S)
+        # what may go now goes at once; the rest, as real time makes room for it, in short messages
+        now_n = min(n, max(0, int((room + time.monotonic() - self._t0) * self.sample_rate) - start))
+        fb = frame_bytes(self.channels, self.format)
+        messages, ends = self._messages(data[: now_n * fb], start, max_ms)
+        later, later_ends = self._messages(data[now_n * fb :], start + now_n, min(max_ms, PACED_CHUNK_MS))
         batch: list[bytes] = []
-        for k, message in enumerate(messages):
-            end_s = min(start + (k + 1) * step, start + n) / self.sample_rate
-            wait = end_s - room - (time.monotonic() - self._t0)
+        for message, end in zip(messages + later, ends + later_ends, strict=True):
+            wait = end / self.sample_rate - room - (time.monotonic() - self._t0)
             if wait > 0:  # this chunk would be too far ahead: send what is allowed, let real time pass
                 if batch:
                     self._client._send(batch)
@@ -259,6 +267,16 @@ class StreamHandle:
                 self._check()
             batch.append(message)
         self._client._send(batch)
+
+    def _messages(self, data: bytes, start: int, max_ms: int) -> tuple[list[bytes], list[int]]:
+        """``audio`` messages of ``data`` from sample ``start`` on (numbered on from the last sent), and where
+        each one's audio ends on the stream's clock."""
+        messages = audio_messages(self.stream, data, self.sample_rate, self.channels, self.format, self._seq, start,
+                                  max_ms)
+        self._seq += len(messages)
+        step = chunk_frames(self.sample_rate, self.channels, self.format, max_ms)
+        n = len(data) // frame_bytes(self.channels, self.format)
+        return messages, [start + min((k + 1) * step, n) for k in range(len(messages))]
 
     def end(self, timeout: float | None = None, *, wait: bool = True) -> int | None:
         """Send end_stream and wait for ``stream_ended``; returns the stream's total frames.
