@@ -332,6 +332,22 @@ def test_a_stream_that_stops_without_ending_times_out_and_ends_with_its_frames(t
     assert "no audio for" in caplog.text
 
 
+def test_the_idle_timeout_counts_from_when_the_audio_sent_ahead_runs_out(tiny_backend):
+    """A client that sent a line 3 s ahead of real time owes no audio for those 3 s (an SDK pacing a long line
+    sends the rest only as real time makes room): 4 s without a message do not end it, 5 s past its audio's end
+    (idle timeout 2 s) do."""
+    engine = StreamingEngine(tiny_backend, "low-latency", idle_timeout_s=2.0)
+    engine.open_stream("npc", mode="line")
+    t0 = time.monotonic_ns()
+    engine.push("npc", np.zeros(3 * 16000, np.float32), captured_ns=t0)
+    session, frames = engine.sessions.get("npc"), []
+    for seconds in (0, 4):
+        frames += engine.step(t0 + seconds * 1_000_000_000).frames
+        assert not session.ending and session.quiet_ns(t0 + 4_000_000_000) < 1_100_000_000
+    rest, ended = finish(engine, "npc", now_ns=t0 + 5_000_000_000 + 100_000_000)
+    assert ended["npc"].reason == "timeout" and len(frames + rest) == stream_frames(3 * 16000, motion.FPS)
+
+
 def test_nan_and_inf_become_silence_and_the_stream_goes_on(tiny_backend, speech_16k):
     engine = StreamingEngine(tiny_backend, "low-latency")
     bad = speech_16k.copy()

@@ -104,6 +104,13 @@ class Session:
             return 0.0
         return self.input.received / self.format.sample_rate - (now_ns - self.anchor_ns) / 1e9
 
+    def quiet_ns(self, now_ns: int) -> int:
+        """How long the stream has owed audio and sent none (what the idle timeout counts): since its last
+        ``audio`` message, or since real time caught up with the audio it sent ahead, whichever is later. A client
+        that sent a line 20 s ahead of real time owes nothing for those 20 s."""
+        quiet = now_ns - self.last_audio_ns
+        return min(quiet, max(0, -round(self.ahead_s(now_ns) * 1e9))) if self.anchor_ns is not None else quiet
+
 
 # admission: (sessions open now) -> None to admit, or the reason to refuse
 Admission = Callable[[int], str | None]
