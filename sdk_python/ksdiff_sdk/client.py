@@ -297,7 +297,7 @@ class StreamHandle:
         if not wait:
             return None
         timeout = self._client.timeout if timeout is None else timeout
-        reply = self._client._await(request, timeout, "end_stream", stop=lambda: self._lost is not None)
+        reply = self._client._await(request, timeout, "end_stream", stop=lambda: self._lost is not None, keep=True)
         with self._client._cv:
             if reply is None:  # lost while waiting
                 assert self._lost is not None
@@ -599,9 +599,13 @@ class Client:
             self._pending.pop(r.req, None)
 
     def _await(
-        self, r: _Request, timeout: float | None, what: str, stop: Callable[[], bool] | None = None
+        self, r: _Request, timeout: float | None, what: str, stop: Callable[[], bool] | None = None,
+        keep: bool = False,
     ) -> dict | None:
-        """The reply to ``r`` (an ``error`` reply raised as KsdiffError); None if ``stop()`` became true."""
+        """The reply to ``r`` (an ``error`` reply raised as KsdiffError); None if ``stop()`` became true.
+        ``keep``: a request that times out stays registered, so its reply, when it comes, waits for the next
+        ``_await`` of it (``end_stream``'s: a later ``end()`` takes it)."""
+        timed_out = False
         try:
             with self._cv:
                 self._cv.wait_for(
@@ -614,11 +618,13 @@ class Client:
                         return None
                     if self._closed or self._closing:
                         raise ClientClosedError("the client was closed")
+                    timed_out = True
                     raise TimeoutError(
                         f"{what}: no reply from the runtime at {self.router_endpoint} within {timeout} s"
                     )
         finally:
-            self._forget(r)
+            if not (keep and timed_out):
+                self._forget(r)
         if reply["type"] == "error":
             raise KsdiffError.from_reply(reply)
         return reply

@@ -325,6 +325,29 @@ def test_timeouts(fake, make_client):
         nothing.open_stream("npc1", timeout=0.2)
 
 
+def test_an_end_that_timed_out_takes_its_late_reply_on_the_next_end(fake, make_client):
+    """end() timing out (a runtime slow to finish the stream) keeps the request: the reply that comes later is
+    what the next end() returns (it once waited for a reply already dropped, and close() timed out too)."""
+    client = ready(make_client, fake)
+    held: list[dict] = []
+
+    def script(m: dict) -> list[bytes] | None:
+        if m["type"] == "end_stream" and not held:
+            held.append(m)
+            return []  # answered late: with the next open_stream's reply
+        if m["type"] == "open_stream" and m.get("stream") == "other":
+            return [protocol.encode_reply("stream_ended", stream="npc1", frames=0, req=held[0]["req"]),
+                    protocol.encode_reply("stream_opened", stream="other", fps=30, req=m["req"])]
+        return None
+
+    fake.on_request = script
+    handle = client.open_stream("npc1")
+    with pytest.raises(TimeoutError, match="end_stream"):
+        handle.end(timeout=0.2)
+    client.open_stream("other")
+    assert handle.end(timeout=2) == 0 and handle.ended
+
+
 def test_close_never_hangs_and_wakes_waiters():
     client = Client(NO_RUNTIME, NO_RUNTIME)
     for _ in range(50):  # requests queued on a DEALER that never connects
