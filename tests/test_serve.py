@@ -463,6 +463,27 @@ def test_a_request_that_raises_costs_that_request_and_logs_its_traceback_once(ru
         peer.close()
 
 
+def test_an_error_reply_that_cannot_be_encoded_falls_back_to_a_plain_one(runtime, monkeypatch):
+    """Refusing a request must never stop the io thread: should its error fail to encode, a plain one goes."""
+    encode = P.encode_error
+
+    def fails_with_the_type(code: str, message: str, request_type: str | None, **kw) -> bytes:
+        if request_type is not None:
+            raise P.ProtocolError("too_large", "an error of 2 MiB")
+        return encode(code, message, request_type, **kw)
+
+    monkeypatch.setattr(P, "encode_error", fails_with_the_type)
+    peer = Peer(runtime)
+    try:
+        peer.send(msgpack.packb({"v": [1, 0], "type": "dance"}))
+        reply = peer.reply()
+        assert (reply["code"], reply["request_type"]) == ("unknown_type", None)
+        assert "could not be encoded" in reply["message"]
+        assert peer.request("hello")["type"] == "hello" and runtime.failure is None
+    finally:
+        peer.close()
+
+
 def test_refusals_are_counted_in_stats_and_logged_without_flooding(runtime, caplog):
     peer = Peer(runtime)
     try:
