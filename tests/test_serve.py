@@ -159,6 +159,8 @@ def test_bad_requests_get_errors_and_another_stream_keeps_its_frames(runtime, sp
                            format="f32le")["code"] == "busy"
         assert bad.request("audio", stream="other", seq=0, pcm=b"\0\0\0")["code"] == "bad_audio"
         assert bad.request("audio", stream="other", seq=1, at_sample=16000 * 11, pcm=b"")["code"] == "bad_audio"
+        # a gap that also runs past max_ahead_s: bad audio (resending later would not help), not busy
+        assert bad.request("audio", stream="other", seq=2, at_sample=16000 * 30, pcm=b"")["code"] == "bad_audio"
         assert bad.request("end_stream", stream="other")["type"] == "stream_ended"
         # the good stream got every frame, in order, despite all of this
         push_clip(good, "good", x[half:], 4, 320, seq)

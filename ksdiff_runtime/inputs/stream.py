@@ -110,6 +110,13 @@ class InputStream:
         end = max(self.received, start + pcm_bytes // self.format.frame_bytes)
         return end / self.format.sample_rate
 
+    def check_gap(self, at_sample: int | None) -> None:
+        """Raise BadAudioError for a chunk placed more than MAX_GAP_S after the audio received (nothing taken)."""
+        gap = 0 if at_sample is None else at_sample - self.received
+        if gap > MAX_GAP_S * self.format.sample_rate:
+            raise BadAudioError(f"{gap / self.format.sample_rate:.1f} s of audio missing before sample "
+                                f"{at_sample} (at most {MAX_GAP_S} s is filled with silence); chunk dropped")
+
     def feed(self, pcm: bytes | np.ndarray, at_sample: int | None = None) -> InputChunk:
         """Place a chunk on the stream's clock and convert it.
 
@@ -122,11 +129,9 @@ class InputStream:
         if x.ndim != 2 or x.shape[1] != self.format.channels:
             raise BadAudioError(f"audio of shape {x.shape} does not have {self.format.channels} channel(s)")
         silence = np.zeros(0, np.float32)
+        self.check_gap(at_sample)
         if at_sample is not None:
             gap = at_sample - self.received
-            if gap > MAX_GAP_S * self.format.sample_rate:
-                raise BadAudioError(f"{gap / self.format.sample_rate:.1f} s of audio missing before sample "
-                                    f"{at_sample} (at most {MAX_GAP_S} s is filled with silence); chunk dropped")
             if gap > 0:
                 silence = self._gap(gap)
             elif gap < 0:

@@ -207,6 +207,7 @@ class Sessions:
         RefusedError(busy) when the chunk would put the stream more than ``max_ahead_s`` ahead of real
         time (nothing is taken: resend it later)."""
         now = time.monotonic_ns()
+        session.input.check_gap(at_sample)  # a gap no resend fills is bad audio, never "busy, resend it later"
         if arrival_ns is not None:
             nbytes = len(pcm) if isinstance(pcm, bytes | bytearray | memoryview) else \
                 len(pcm) * session.format.frame_bytes
