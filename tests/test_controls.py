@@ -170,7 +170,6 @@ def test_a_stream_cut_short_eases_from_its_last_frame(engine, speech_16k):
     {"shapes": {"jawOpen": {"gian": 2}}},
     {"shapes": {"jawOpen": 2}},
     {"shapes": {"jawOpen": {"gain": 1.0, b"x": 1, "y": 2}}},  # msgpack keys of both kinds (once a TypeError)
-    {"speed": 2, b"pace": 1},
     {"smoothing_ms": {"head": 5000}},
     {"timing_offset_ms": 900},
     {"timing_offset_ms": "soon"},

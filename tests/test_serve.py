@@ -477,9 +477,9 @@ def test_an_error_reply_that_cannot_be_encoded_falls_back_to_a_plain_one(runtime
     monkeypatch.setattr(P, "encode_error", fails_with_the_type)
     peer = Peer(runtime)
     try:
-        peer.send(msgpack.packb({"v": [1, 0], "type": "dance"}))
+        peer.send(msgpack.packb({"v": [1, 0], "type": "dance", "req": 7}))
         reply = peer.reply()
-        assert (reply["code"], reply["request_type"]) == ("unknown_type", None)
+        assert (reply["code"], reply["request_type"], reply["req"]) == ("unknown_type", None, 7)
         assert "could not be encoded" in reply["message"]
         assert peer.request("hello")["type"] == "hello" and runtime.failure is None
     finally:

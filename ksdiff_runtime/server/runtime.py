@@ -23,6 +23,7 @@ import logging
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ class Runtime:
         self.output_errors: dict[str, int] = {}
         self.floods = FloodGuard()
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
-        self._tracebacks_logged: set[type] = set()  # exceptions a request raised, each kind's traceback logged once
+        self._tracebacks_logged: set[tuple] = set()  # (type, file, line) of exceptions whose traceback was logged
         self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
         # more live streams held than the machine has room for now: the log says so
         self.over_room = OverRoom(over_room_settle_s)
@@ -611,21 +612,30 @@ class Runtime:
             mtype, _, req = _echo_fields(payload)
             self._refuse(identity, e.code, e.message, mtype, e.stream, req)
         except Exception as e:  # a bug must cost one request, not the runtime
-            if type(e) not in self._tracebacks_logged:  # one traceback a kind: a client could repeat the request
-                self._tracebacks_logged.add(type(e))
-                log.exception("request failed")
+            self._log_once(e, "request failed")
             mtype, _, req = _echo_fields(payload)
             self._refuse(identity, "internal", f"{type(e).__name__}: {e}", mtype, None, req)
 
     def _refuse(self, identity: bytes, code: str, message: str, request_type: str | None, stream: str | None,
                 req: int | None) -> None:
+        message = message[: protocol.MAX_ERROR_MESSAGE_CHARS]  # what the reply carries, and the log
         self.refusals(code, message)
         try:
             payload = protocol.encode_error(code, message, request_type, stream=stream, req=req)
-        except Exception:  # whatever a client sent, refusing it must not stop the io thread (and the runtime)
-            log.exception("could not encode the error reply to a refused request")
-            payload = protocol.encode_error(code, "the error could not be encoded (see the runtime's log)", None)
+        except Exception as e:  # whatever a client sent, refusing it must not stop the io thread (and the runtime)
+            self._log_once(e, "could not encode the error reply to a refused request")
+            payload = protocol.encode_error(code, "the error could not be encoded (see the runtime's log)", None,
+                                            req=req)
         self._reply(identity, payload)
+
+    def _log_once(self, e: Exception, what: str) -> None:
+        """Log an exception's traceback the first time one of its kind is raised where it was (a client can
+        repeat the request that raised it; ``refusals`` counts and summarises every one)."""
+        where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+        key = (type(e), where.filename if where else "", where.lineno if where else 0)
+        if key not in self._tracebacks_logged:
+            self._tracebacks_logged.add(key)
+            log.error(what, exc_info=e)
 
     def _on_hello(self, identity: bytes, msg: dict) -> None:
         _, payload = protocol.encode_hello(__version__, self.fps, req=msg.get("req"), instance=self.instance)

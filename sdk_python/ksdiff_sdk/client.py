@@ -245,10 +245,11 @@ class StreamHandle:
         start = self._next_sample if at_sample is None else int(at_sample)
         if self._t0 is None:
             self._t0 = time.monotonic()
-        self._next_sample = max(self._next_sample, start + n)
         max_ms = LINE_CHUNK_MS if self.mode == "line" else MAX_CHUNK_MS
         if self.max_ahead_s is None:
-            self._client._send(self._messages(data, start, max_ms)[0])
+            messages = self._messages(data, start, max_ms)[0]
+            self._next_sample = max(self._next_sample, start + n)
+            self._client._send(messages)
             return
         room = max(0.1, self.max_ahead_s - AHEAD_MARGIN_S)
         # what may go now goes at once; the rest, as real time makes room for it, in short messages
@@ -256,6 +257,7 @@ class StreamHandle:
         fb = frame_bytes(self.channels, self.format)
         messages, ends = self._messages(data[: now_n * fb], start, max_ms)
         later, later_ends = self._messages(data[now_n * fb :], start + now_n, min(max_ms, PACED_CHUNK_MS))
+        self._next_sample = max(self._next_sample, start + n)
         batch: list[bytes] = []
         for message, end in zip(messages + later, ends + later_ends, strict=True):
             wait = end / self.sample_rate - room - (time.monotonic() - self._t0)
@@ -770,6 +772,8 @@ class Client:
             handle._released = True
             if self._handles.get(handle.stream) is handle:
                 del self._handles[handle.stream]
+            if handle._end_request is not None:  # an end that timed out and was never taken again
+                self._pending.pop(handle._end_request.req, None)
             self._cv.notify_all()
         with contextlib.suppress(ClientClosedError):  # closed: the sockets are gone with their subscriptions
             self._command(("unsub", handle._topic))

@@ -348,6 +348,27 @@ def test_an_end_that_timed_out_takes_its_late_reply_on_the_next_end(fake, make_c
     assert handle.end(timeout=2) == 0 and handle.ended
 
 
+def test_an_end_never_answered_is_forgotten_when_its_stream_is_released(fake, make_client):
+    client = ready(make_client, fake, timeout=0.3)
+    fake.on_request = lambda m: [] if m["type"] == "end_stream" else None  # never answers an end
+    handle = client.open_stream("npc1")
+    with pytest.raises(TimeoutError, match="end_stream"):
+        handle.end()
+    with pytest.raises(TimeoutError, match="end_stream"):
+        handle.close()
+    assert client._pending == {}  # nothing kept waiting for a reply that no call will take
+
+
+def test_a_push_refused_before_sending_leaves_the_streams_clock_as_it_was(fake, make_client):
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+    with pytest.raises(protocol.ProtocolError):
+        handle.push(np.zeros(1600, np.float32), at_sample=-1)
+    handle.push(np.zeros(1600, np.float32))
+    wait_until(lambda: fake.audio.get("npc1"), what="the audio")
+    assert [m["at_sample"] for m in fake.audio["npc1"]] == [0]
+
+
 def test_close_never_hangs_and_wakes_waiters():
     client = Client(NO_RUNTIME, NO_RUNTIME)
     for _ in range(50):  # requests queued on a DEALER that never connects
