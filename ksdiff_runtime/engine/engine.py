@@ -309,8 +309,8 @@ class StreamingEngine:
             except Exception as exc:  # one bad stream must not stop the others
                 self._fail(session, exc, result)
                 continue
-            if not session.ending and session.quiet_ns(now) > self.idle_timeout_ns:
-                log.warning("stream %s: no audio for %.1f s; ending it", session.id, session.quiet_ns(now) / 1e9)
+            if not session.ending and (quiet := session.quiet_ns(now)) > self.idle_timeout_ns:
+                log.warning("stream %s: no audio for %.1f s; ending it", session.id, quiet / 1e9)
                 self.sessions.end(session, "timeout", flush=False)
                 continue  # its end is taken next round
             states.append((session, state))

@@ -108,8 +108,10 @@ class Session:
         """How long the stream has owed audio and sent none (what the idle timeout counts): since its last
         ``audio`` message, or since real time caught up with the audio it sent ahead, whichever is later. A client
         that sent a line 20 s ahead of real time owes nothing for those 20 s."""
-        quiet = now_ns - self.last_audio_ns
-        return min(quiet, max(0, -round(self.ahead_s(now_ns) * 1e9))) if self.anchor_ns is not None else quiet
+        owed_from = self.last_audio_ns
+        if self.anchor_ns is not None:  # real time: the audio sent covers until its end
+            owed_from = max(owed_from, self.anchor_ns + round(self.input.received / self.format.sample_rate * 1e9))
+        return max(0, now_ns - owed_from)
 
 
 # admission: (sessions open now) -> None to admit, or the reason to refuse
