@@ -287,6 +287,25 @@ def test_animate_of_a_line_longer_than_the_runtime_lets_a_stream_run_ahead(serve
     check_complete(anim, stream_frames(64_000, 30))
 
 
+def test_a_first_push_placed_beyond_the_lead_is_taken(serve_engine):
+    """A stream's first audio placed later than ``max_ahead_s`` on its clock (a line that starts with a pause):
+    the runtime's clock starts with the stream's first message, so the SDK starts it when the push is made, not
+    when the audio goes (it used to wait, send it, and be refused busy again and again)."""
+    x = speech(1.0)
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_ahead_s=1.5,
+                 admission=False) as rt, \
+            Client(rt.pub_endpoint, rt.router_endpoint, timeout=TIMEOUT_S) as client:
+        stream = client.open_stream("late-start")
+        stream.push(x, at_sample=48_000)  # 3 s in: waits ~2 s for real time to make room
+        assert stream.end() == stream_frames(64_000, 30)
+        frames = list(stream.frames())
+        stream.close()
+        assert rt.refusals.counts == {}
+    assert [f.index for f in frames] == list(range(stream_frames(64_000, 30)))
+    jaw = np.array([f.blendshapes[JAW] for f in frames])
+    assert jaw[:75].max() < 0.1 < jaw[95:].max()  # at rest in the silence, then speaking
+
+
 # --- artists' controls ------------------------------------------------------------------------------
 def test_controls_through_the_sdk(runtime):
     x = speech(1.0)

@@ -234,7 +234,8 @@ class StreamHandle:
         the previous push); a gap is filled with silence by the runtime. Never blocks on the runtime,
         but keeps within ``max_ahead_s`` of real time (the runtime refuses audio further ahead): a
         long clip pushed at once is sent as fast as that allows, so this call returns once the clip's
-        end is at most ``max_ahead_s`` ahead of when its first audio was sent."""
+        end is at most ``max_ahead_s`` ahead of the stream's first push (its clock's start: a first push placed later
+        than sample 0 sends an empty message at sample 0 first, which starts the runtime's clock with ours)."""
         self._check()
         if self.ended:
             raise UnknownStreamError("unknown_stream", "the stream was ended; open a new one", stream=self.stream)
@@ -245,6 +246,10 @@ class StreamHandle:
         start = self._next_sample if at_sample is None else int(at_sample)
         if self._t0 is None:
             self._t0 = time.monotonic()
+            if start > 0:  # the runtime's clock starts with the stream's first message: start it now, as ours
+                self._client._send([protocol.encode_request("audio", stream=self.stream, seq=self._seq, at_sample=0,
+                                                            pcm=b"")])
+                self._seq += 1
         max_ms = LINE_CHUNK_MS if self.mode == "line" else MAX_CHUNK_MS
         if self.max_ahead_s is None:
             messages = self._messages(data, start, max_ms)[0]
