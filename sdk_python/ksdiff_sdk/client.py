@@ -59,6 +59,10 @@ JOIN_TIMEOUT_S = 2.0  # close() never waits longer than this for the I/O thread
 AHEAD_MARGIN_S = 0.5  # push() stays this far inside the runtime's max_ahead_s (its clock starts a little later)
 _POLL_MS = 1000  # the I/O thread is woken explicitly; this only bounds a lost wakeup
 _MAX_BATCH = 1000  # messages read from one socket per pass, so a busy SUB cannot starve the DEALER
+# Messages wait in the I/O thread's outbox while the runtime cannot take them (it is away: the DEALER queues only
+# on a connection that is up, ZMQ_IMMEDIATE, so none are buffered unseen in ZeroMQ). Past this, the oldest audio
+# is dropped (counted in Client.unsent): ~4 min of a 16 kHz float32 mic, replayed stale if it were kept.
+OUTBOX_MAX_BYTES = 16 << 20
 
 StreamFilter = str | Iterable[str] | None
 
@@ -248,13 +252,13 @@ class StreamHandle:
             self._t0 = time.monotonic()
             if start > 0:  # the runtime's clock starts with the stream's first message: start it now, as ours
                 self._client._send([protocol.encode_request("audio", stream=self.stream, seq=self._seq, at_sample=0,
-                                                            pcm=b"")])
+                                                            pcm=b"")], audio=True)
                 self._seq += 1
         max_ms = LINE_CHUNK_MS if self.mode == "line" else MAX_CHUNK_MS
         if self.max_ahead_s is None:
             messages = self._messages(data, start, max_ms)[0]
             self._next_sample = max(self._next_sample, start + n)
-            self._client._send(messages)
+            self._client._send(messages, audio=True)
             return
         room = max(0.1, self.max_ahead_s - AHEAD_MARGIN_S)
         # what may go now goes at once; the rest, as real time makes room for it, in short messages
@@ -268,12 +272,12 @@ class StreamHandle:
             wait = end / self.sample_rate - room - (time.monotonic() - self._t0)
             if wait > 0:  # this chunk would be too far ahead: send what is allowed, let real time pass
                 if batch:
-                    self._client._send(batch)
+                    self._client._send(batch, audio=True)
                     batch = []
                 time.sleep(wait)  # pacing audio to real time, as a live source would
                 self._check()
             batch.append(message)
-        self._client._send(batch)
+        self._client._send(batch, audio=True)
 
     def _messages(self, data: bytes, start: int, max_ms: int) -> tuple[list[bytes], list[int]]:
         """``audio`` messages of ``data`` from sample ``start`` on (numbered on from the last sent), and where
@@ -474,6 +478,7 @@ class Client:
         self.invalid = 0
         self.ignored = 0
         self.restarts = 0
+        self.unsent = 0  # audio messages dropped unsent: the runtime took none for that long (OUTBOX_MAX_BYTES)
         self.errors: deque[KsdiffError] = deque(maxlen=100)
         self._warned: set[str] = set()
         self._req_ids = itertools.count(1)
@@ -570,8 +575,9 @@ class Client:
             return self._latest.get(stream)
 
     # --- requests -----------------------------------------------------------------------------
-    def _send(self, payloads: list[bytes]) -> None:
-        self._command(*(("send", p) for p in payloads))
+    def _send(self, payloads: list[bytes], audio: bool = False) -> None:
+        """Queue DEALER messages; ``audio``: the oldest of these are dropped while the runtime cannot take them."""
+        self._command(*(("audio" if audio else "send", p) for p in payloads))
 
     def _command(self, *commands: tuple[str, bytes]) -> None:
         with self._cv:
@@ -902,6 +908,7 @@ class Client:
                 s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
                 s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
             sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)  # queue on a live connection only; the rest waits in the outbox
             for topic in self._initial_topics():  # SPEC 1: subscribe before connecting
                 sub.setsockopt(zmq.SUBSCRIBE, topic)
             # A disconnect means the subscription must be proven live again (slow joiner).
@@ -939,7 +946,8 @@ class Client:
         poller.register(sub, zmq.POLLIN)
         poller.register(dealer, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
-        outbox: deque[bytes] = deque()  # DEALER messages waiting for room in its send queue
+        outbox: deque[tuple[bool, bytes]] = deque()  # (audio?, message) waiting for the runtime to take them
+        outbox_bytes = 0
         while True:
             poller.modify(dealer, zmq.POLLIN | (zmq.POLLOUT if outbox else 0))
             events = dict(poller.poll(_POLL_MS))
@@ -956,18 +964,21 @@ class Client:
                     break
                 if cmd == "stop":
                     return
-                if cmd == "send":
-                    outbox.append(arg)
+                if cmd in ("send", "audio"):
+                    outbox.append((cmd == "audio", arg))
+                    outbox_bytes += len(arg)
                 elif cmd == "sub":
                     sub.setsockopt(zmq.SUBSCRIBE, arg)
                 elif cmd == "unsub":
                     sub.setsockopt(zmq.UNSUBSCRIBE, arg)
             while outbox:
                 try:
-                    dealer.send(outbox[0], zmq.NOBLOCK)
+                    dealer.send(outbox[0][1], zmq.NOBLOCK)
                 except zmq.Again:
-                    break  # the send queue is full (runtime away or slow): retried on POLLOUT
-                outbox.popleft()
+                    break  # the runtime is away or slow: retried on POLLOUT
+                outbox_bytes -= len(outbox.popleft()[1])
+            if outbox_bytes > OUTBOX_MAX_BYTES:
+                outbox, outbox_bytes = self._shed_audio(outbox, outbox_bytes)
             if sub in events:
                 for _ in range(_MAX_BATCH):
                     try:
@@ -991,6 +1002,24 @@ class Client:
                     if event["event"] == zmq.EVENT_DISCONNECTED:
                         with self._cv:
                             self._sub_live = False
+
+    def _shed_audio(self, outbox: deque[tuple[bool, bytes]], size: int) -> tuple[deque[tuple[bool, bytes]], int]:
+        """The outbox less its oldest audio messages, down to OUTBOX_MAX_BYTES (requests are kept: they are small
+        and their callers time out on their own)."""
+        kept: deque[tuple[bool, bytes]] = deque()
+        dropped = 0
+        for audio, message in outbox:
+            if audio and size > OUTBOX_MAX_BYTES:
+                size -= len(message)
+                dropped += 1
+            else:
+                kept.append((audio, message))
+        if dropped:
+            with self._cv:
+                self.unsent += dropped
+            self._warn_once("unsent", "ksdiff-sdk: the runtime at %s has taken no message for a while: the oldest "
+                            "unsent audio is being dropped (client.unsent counts it)", self.router_endpoint)
+        return kept, size
 
     def _guarded(self, handler: Callable[[list[bytes]], None], parts: list[bytes]) -> None:
         """Run a message handler; a message that breaks it is counted and dropped, never fatal."""

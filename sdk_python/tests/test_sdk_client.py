@@ -17,6 +17,7 @@ import pytest
 import zmq
 from fake_runtime import FakeRuntime, frame_message, wait_until
 
+import ksdiff_sdk.client as client_module
 from ksdiff_sdk import (
     BadAudioError,
     BusyError,
@@ -367,6 +368,27 @@ def test_a_push_refused_before_sending_leaves_the_streams_clock_as_it_was(fake, 
     handle.push(np.zeros(1600, np.float32))
     wait_until(lambda: fake.audio.get("npc1"), what="the audio")
     assert [m["at_sample"] for m in fake.audio["npc1"]] == [0]
+
+
+def test_audio_pushed_while_the_runtime_is_away_is_bounded_and_the_newest_goes_when_it_is_back(make_client,
+                                                                                              monkeypatch):
+    """A mic keeps pushing while the runtime is unreachable (its host's network dropped): the client keeps at most
+    OUTBOX_MAX_BYTES of it, the newest, and counts the rest in ``unsent``; requests are never dropped."""
+    monkeypatch.setattr(client_module, "OUTBOX_MAX_BYTES", 66_000)  # 10 messages of 100 ms at 16 kHz float32
+    first = FakeRuntime(instance="A").start()
+    client = ready(make_client, first)
+    handle = client.open_stream("mic")
+    pub, router = first.pub_endpoint, first.router_endpoint
+    first.stop()
+    for k in range(100):  # 10 s in 100 ms pushes, 6.4 kB each
+        handle.push(np.full(1600, k / 1000, np.float32))
+    wait_until(lambda: client.unsent >= 90, what="the oldest audio dropped")
+    handle.end(wait=False)  # a request queued behind the audio
+    with FakeRuntime(pub=pub, router=router, instance="A") as back:  # the same runtime, reachable again
+        wait_until(lambda: back.requests_of("end_stream"), what="the end_stream")
+        seqs = [m["seq"] for m in back.requests_of("audio")]
+    assert client.unsent == 90 and seqs == list(range(90, 100))  # the newest 10, in order, nothing else
+    assert client.restarts == 0
 
 
 def test_close_never_hangs_and_wakes_waiters():
