@@ -6,7 +6,9 @@ client waits once for the runtime's published hello (SDK: slow joiner), up to ~1
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 import threading
 import time
 from pathlib import Path
@@ -304,6 +306,84 @@ def test_a_first_push_placed_beyond_the_lead_is_taken(serve_engine):
     assert [f.index for f in frames] == list(range(stream_frames(64_000, 30)))
     jaw = np.array([f.blendshapes[JAW] for f in frames])
     assert jaw[:75].max() < 0.1 < jaw[95:].max()  # at rest in the silence, then speaking
+
+
+class TcpRelay:
+    """A TCP relay on loopback in front of an endpoint, whose ``cut()`` drops every connection through it, as a
+    network that fails for a moment: ZeroMQ then reconnects through it, a new connection for the runtime."""
+
+    def __init__(self, endpoint: str) -> None:
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"tcp://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self.connections = 0
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> TcpRelay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+        self.cut()
+        self._thread.join(5)
+
+    def cut(self) -> None:
+        with self._lock:
+            for s in self._open:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            self._open.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            up = socket.create_connection(self._upstream)
+            with self._lock:
+                self._open += [down, up]
+                self.connections += 1
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_stream_whose_connection_was_remade_is_lost_and_a_new_one_opens(runtime):
+    """The network drops the client's connection for a moment: ZeroMQ reconnects, and the runtime, which keeps a
+    stream for the connection that opened it, refuses the stream's audio as another client's. The handle says the
+    stream is lost (reason "reconnect"), as for a restart, and a new stream opens on the new connection."""
+    chunk = speech(0.1)
+    with TcpRelay(runtime.router_endpoint) as relay, \
+            Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
+        stream = client.open_stream("blip")
+        stream.push(chunk)
+        relay.cut()
+        deadline = time.monotonic() + 10
+        with pytest.raises(StreamLost) as lost:
+            while time.monotonic() < deadline:  # audio sent before ZeroMQ saw the cut is lost with the connection
+                stream.push(chunk)
+                time.sleep(0.02)  # a mic's pace, until the refusal of the stream's audio comes back
+        assert lost.value.reason == "reconnect" and relay.connections == 2
+        with pytest.raises(StreamLost):
+            stream.end()
+        again = client.open_stream("blip-again")
+        again.push(speech(1.0))
+        assert again.end() == stream_frames(16_000, 30)
+        again.close()
+        stream.close()  # a lost handle closes quietly
 
 
 # --- artists' controls ------------------------------------------------------------------------------

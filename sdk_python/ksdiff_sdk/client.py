@@ -42,7 +42,7 @@ from ksdiff_sdk.audio import (
     frame_bytes,
     to_pcm,
 )
-from ksdiff_sdk.errors import ClientClosedError, KsdiffError, StreamLost, UnknownStreamError
+from ksdiff_sdk.errors import ClientClosedError, ForbiddenError, KsdiffError, StreamLost, UnknownStreamError
 from ksdiff_sdk.frame import Frame
 from ksdiff_sdk.protocol import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT, ProtocolError
 
@@ -206,6 +206,16 @@ class StreamHandle:
 
     def _on_error(self, err: KsdiffError) -> None:
         self.errors.append(err)
+        if err.code == "forbidden":
+            self._reconnected()
+
+    def _reconnected(self) -> None:
+        """The runtime refused this handle's own stream as another client's: this client's connection was remade
+        (ZeroMQ reconnected after the network dropped it), and the runtime keeps the stream for the old one."""
+        if self._lost is None and not self._ended:
+            self._lost = StreamLost(self.stream, "reconnect", f"the connection to the runtime was remade, and the "
+                                    f"runtime keeps stream {self.stream!r} for the old one (it times out there); "
+                                    "open a new stream to go on")
 
     # --- user API ---
     @property
@@ -308,7 +318,13 @@ class StreamHandle:
         if not wait:
             return None
         timeout = self._client.timeout if timeout is None else timeout
-        reply = self._client._await(request, timeout, "end_stream", stop=lambda: self._lost is not None, keep=True)
+        try:
+            reply = self._client._await(request, timeout, "end_stream", stop=lambda: self._lost is not None,
+                                        keep=True)
+        except ForbiddenError:
+            with self._client._cv:
+                self._reconnected()
+                raise self._lost from None
         with self._client._cv:
             if reply is None:  # lost while waiting
                 assert self._lost is not None

@@ -105,8 +105,9 @@ ERROR_CLASSES: dict[str, type[KsdiffError]] = {
 
 class StreamLost(UnknownStreamError):  # noqa: N818 (the name users catch; "Error" would add nothing)
     """The runtime no longer has this stream: it restarted (new ``instance`` in its hello), shut down,
-    or ended the stream itself. ``reason``: ``"restart"``, or the ``stream_end`` reason
-    (``"shutdown"``, ``"timeout"``, ``"error"``, ``"ended"``). Open a new stream to go on."""
+    or ended the stream itself, or this client's connection was remade (the network dropped it: the runtime keeps
+    a stream for the connection that opened it, SPEC 1). ``reason``: ``"restart"``, ``"reconnect"``, or the
+    ``stream_end`` reason (``"shutdown"``, ``"timeout"``, ``"error"``, ``"ended"``). Open a new stream to go on."""
 
     def __init__(self, stream: str, reason: str, message: str) -> None:
         super().__init__("unknown_stream", message, stream=stream)

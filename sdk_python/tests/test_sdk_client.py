@@ -391,6 +391,19 @@ def test_audio_pushed_while_the_runtime_is_away_is_bounded_and_the_newest_goes_w
     assert client.restarts == 0
 
 
+def test_an_end_refused_as_another_clients_stream_loses_the_stream(fake, make_client):
+    """forbidden for a handle's own stream: its connection was remade (the runtime keeps the stream for the old)."""
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+    fake.on_request = lambda m: [protocol.encode_error("forbidden", "stream 'npc1' belongs to the client that "
+                                                       "opened it", m["type"], stream="npc1", req=m.get("req"))]
+    with pytest.raises(StreamLost) as e:
+        handle.end()
+    assert e.value.reason == "reconnect" and handle.lost is e.value
+    with pytest.raises(StreamLost):
+        handle.push(np.zeros(1600, np.float32))
+
+
 def test_close_never_hangs_and_wakes_waiters():
     client = Client(NO_RUNTIME, NO_RUNTIME)
     for _ in range(50):  # requests queued on a DEALER that never connects
