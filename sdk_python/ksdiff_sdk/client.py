@@ -1,7 +1,7 @@
 """The client: receive frames from the runtime's PUB, open streams and push audio over its ROUTER.
 
 Threading: ZeroMQ sockets are not thread-safe, so one background I/O thread owns the SUB and
-DEALER sockets (and the SUB's monitor). User threads never touch them: they put commands on a
+DEALER sockets (and their monitors). User threads never touch them: they put commands on a
 thread-safe queue and wake the I/O thread through an inproc PAIR socket (guarded by a lock);
 the I/O thread hands results back through state guarded by one condition variable, which every
 waiting call waits on with a timeout.
@@ -60,11 +60,26 @@ AHEAD_MARGIN_S = 0.5  # push() stays this far inside the runtime's max_ahead_s (
 _POLL_MS = 1000  # the I/O thread is woken explicitly; this only bounds a lost wakeup
 _MAX_BATCH = 1000  # messages read from one socket per pass, so a busy SUB cannot starve the DEALER
 # Messages wait in the I/O thread's outbox while the runtime cannot take them (it is away: the DEALER queues only
-# on a connection that is up, ZMQ_IMMEDIATE, so none are buffered unseen in ZeroMQ). Past this, the oldest audio
-# is dropped (counted in Client.unsent): ~4 min of a 16 kHz float32 mic, replayed stale if it were kept.
+# on a connection that is up, ZMQ_IMMEDIATE; or it stalls, its queues full). Past this, the oldest audio is dropped
+# (counted in Client.unsent): ~4 min of a 16 kHz float32 mic.
 OUTBOX_MAX_BYTES = 16 << 20
 
 StreamFilter = str | Iterable[str] | None
+Outbox = deque[tuple[bool, bytes]]  # (audio?, message) waiting for the DEALER to take them
+
+
+def _drop_audio(outbox: Outbox, size: int, limit: int) -> tuple[Outbox, int, int]:
+    """The outbox of (audio?, message) less its oldest audio messages, down to ``limit`` bytes (requests are kept:
+    they are small and their callers time out on their own); its size then, and how many were dropped."""
+    kept: Outbox = deque()
+    dropped = 0
+    for audio, message in outbox:
+        if audio and size > limit:
+            size -= len(message)
+            dropped += 1
+        else:
+            kept.append((audio, message))
+    return kept, size, dropped
 
 
 class _Request:
@@ -210,12 +225,13 @@ class StreamHandle:
             self._reconnected()
 
     def _reconnected(self) -> None:
-        """The runtime refused this handle's own stream as another client's: this client's connection was remade
-        (ZeroMQ reconnected after the network dropped it), and the runtime keeps the stream for the old one."""
-        if self._lost is None and not self._ended:
-            self._lost = StreamLost(self.stream, "reconnect", f"the connection to the runtime was remade, and the "
-                                    f"runtime keeps stream {self.stream!r} for the old one (it times out there); "
-                                    "open a new stream to go on")
+        """This client's connection to the runtime dropped (ZeroMQ makes a new one, with another routing id), and
+        the runtime keeps the stream for the old one: seen on the DEALER's monitor, or as a ``forbidden`` refusal
+        of the stream's own audio or requests."""
+        if self._lost is None and not (self._ended or self._finished):
+            self._lost = StreamLost(self.stream, "reconnect", f"the connection to the runtime dropped, and the "
+                                    f"runtime keeps stream {self.stream!r} for that connection (it ends it after its "
+                                    "idle timeout); open a new stream, with another id, to go on")
 
     # --- user API ---
     @property
@@ -319,20 +335,21 @@ class StreamHandle:
             return None
         timeout = self._client.timeout if timeout is None else timeout
         try:
-            reply = self._client._await(request, timeout, "end_stream", stop=lambda: self._lost is not None,
-                                        keep=True)
+            # the stream_end published before the reply ends the wait too: the reply can be lost with a connection
+            reply = self._client._await(request, timeout, "end_stream",
+                                        stop=lambda: self._lost is not None or self._finished, keep=True)
         except ForbiddenError:
             with self._client._cv:
                 self._reconnected()
                 raise self._lost from None
         with self._client._cv:
-            if reply is None:  # lost while waiting
-                assert self._lost is not None
+            if reply is None and self._lost is not None:
                 raise self._lost
             self._ended = True
-            self.total_frames = int(reply["frames"])
+            if reply is not None:
+                self.total_frames = int(reply["frames"])
         self._check()
-        return self.total_frames
+        return int(self.total_frames or 0)
 
     @property
     def started_at(self) -> float | None:
@@ -352,7 +369,12 @@ class StreamHandle:
         the settings given replace those, the rest stay. Returns the stream's controls now, in full.
         Raises BadControlsError (the message names the bad setting), TimeoutError."""
         self._check()
-        return self._client.set_controls(self.stream, controls, timeout)
+        try:
+            return self._client.set_controls(self.stream, controls, timeout)
+        except ForbiddenError:
+            with self._client._cv:
+                self._reconnected()
+                raise self._lost from None
 
     def set_mood(self, mood: str, intensity: float | None = None, timeout: float | None = None) -> dict[str, Any]:
         """Change this stream's mood (protocol 1.3): one of ``schema.MOODS`` (neutral, happy, sad, angry,
@@ -442,7 +464,9 @@ class Client:
     Counters: ``received`` (frames), ``dropped`` (queue overflow), ``invalid`` (messages that
     broke the protocol, dropped), ``ignored`` (unknown message types of a newer runtime),
     ``missed`` (frames lost on the way, from ``seq`` gaps; ``missed_per_stream``), ``restarts``
-    (runtime instance changes seen). ``errors``: runtime errors no call was waiting for.
+    (runtime instance changes seen), ``unsent`` (audio messages dropped before they were sent: of streams whose
+    connection dropped, or beyond OUTBOX_MAX_BYTES for a runtime that takes none). ``errors``: runtime errors no
+    call was waiting for.
     """
 
     def __init__(
@@ -909,7 +933,7 @@ class Client:
 
     def _run(self) -> None:
         sockets: list[zmq.Socket] = [self._wake_rx]
-        sub = dealer = monitor = None
+        sub = dealer = monitor = dealer_monitor = None
         try:
             sub = self._ctx.socket(zmq.SUB)
             sockets.append(sub)
@@ -930,6 +954,9 @@ class Client:
             # A disconnect means the subscription must be proven live again (slow joiner).
             monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             sockets.append(monitor)
+            # A dropped DEALER connection loses this client's streams: the next one has a new routing id (SPEC 1).
+            dealer_monitor = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            sockets.append(dealer_monitor)
             sub.connect(self.pub_endpoint)
             dealer.connect(self.router_endpoint)
         except BaseException as e:
@@ -942,27 +969,29 @@ class Client:
             return
         self._started.set()
         try:
-            self._loop(sub, dealer, monitor)
+            self._loop(sub, dealer, monitor, dealer_monitor)
         except zmq.ContextTerminated:
             pass
         except Exception:
             log.exception("ksdiff-sdk I/O thread failed")
         finally:
-            with contextlib.suppress(zmq.ZMQError):
-                sub.disable_monitor()
+            for s in (sub, dealer):
+                with contextlib.suppress(zmq.ZMQError):
+                    s.disable_monitor()
             for s in reversed(sockets):
                 s.close(linger=0)
             with self._cv:
                 self._closed = True
                 self._cv.notify_all()
 
-    def _loop(self, sub: zmq.Socket, dealer: zmq.Socket, monitor: zmq.Socket) -> None:
+    def _loop(self, sub: zmq.Socket, dealer: zmq.Socket, monitor: zmq.Socket, dealer_monitor: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(self._wake_rx, zmq.POLLIN)
         poller.register(sub, zmq.POLLIN)
         poller.register(dealer, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
-        outbox: deque[tuple[bool, bytes]] = deque()  # (audio?, message) waiting for the runtime to take them
+        poller.register(dealer_monitor, zmq.POLLIN)
+        outbox: Outbox = deque()
         outbox_bytes = 0
         while True:
             poller.modify(dealer, zmq.POLLIN | (zmq.POLLOUT if outbox else 0))
@@ -994,7 +1023,11 @@ class Client:
                     break  # the runtime is away or slow: retried on POLLOUT
                 outbox_bytes -= len(outbox.popleft()[1])
             if outbox_bytes > OUTBOX_MAX_BYTES:
-                outbox, outbox_bytes = self._shed_audio(outbox, outbox_bytes)
+                outbox, outbox_bytes, dropped = _drop_audio(outbox, outbox_bytes, OUTBOX_MAX_BYTES)
+                with self._cv:
+                    self.unsent += dropped
+                self._warn_once("unsent", "ksdiff-sdk: the runtime at %s has taken no message for a while: the oldest "
+                                "unsent audio is being dropped (client.unsent counts it)", self.router_endpoint)
             if sub in events:
                 for _ in range(_MAX_BATCH):
                     try:
@@ -1018,23 +1051,27 @@ class Client:
                     if event["event"] == zmq.EVENT_DISCONNECTED:
                         with self._cv:
                             self._sub_live = False
+            if dealer_monitor in events:
+                dropped = False
+                while True:
+                    try:
+                        dropped |= recv_monitor_message(dealer_monitor, zmq.NOBLOCK)["event"] == zmq.EVENT_DISCONNECTED
+                    except zmq.Again:
+                        break
+                if dropped:
+                    outbox, outbox_bytes = self._connection_dropped(outbox, outbox_bytes)
 
-    def _shed_audio(self, outbox: deque[tuple[bool, bytes]], size: int) -> tuple[deque[tuple[bool, bytes]], int]:
-        """The outbox less its oldest audio messages, down to OUTBOX_MAX_BYTES (requests are kept: they are small
-        and their callers time out on their own)."""
-        kept: deque[tuple[bool, bytes]] = deque()
-        dropped = 0
-        for audio, message in outbox:
-            if audio and size > OUTBOX_MAX_BYTES:
-                size -= len(message)
-                dropped += 1
-            else:
-                kept.append((audio, message))
+    def _connection_dropped(self, outbox: Outbox, size: int) -> tuple[Outbox, int]:
+        """The DEALER's connection dropped: every open stream of this client is lost (the next connection has another
+        routing id, and the runtime keeps a stream for the one that opened it), and so is the audio waiting for them."""
+        with self._cv:
+            for handle in self._handles.values():
+                handle._reconnected()
+            self._cv.notify_all()
+        kept, size, dropped = _drop_audio(outbox, size, 0)
         if dropped:
             with self._cv:
                 self.unsent += dropped
-            self._warn_once("unsent", "ksdiff-sdk: the runtime at %s has taken no message for a while: the oldest "
-                            "unsent audio is being dropped (client.unsent counts it)", self.router_endpoint)
         return kept, size
 
     def _guarded(self, handler: Callable[[list[bytes]], None], parts: list[bytes]) -> None:

@@ -58,6 +58,7 @@ class FakeRuntime:
         self.audio: dict[str, list[dict[str, Any]]] = {}  # stream -> its audio messages (kept after the end)
         self._out: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self.paused = threading.Event()  # set: the ROUTER is not read (a runtime that stalls); clear it to go on
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="fake-runtime", daemon=True)
@@ -150,7 +151,9 @@ class FakeRuntime:
                         pub.send_multipart(self._out.get_nowait())
                     except queue.Empty:
                         break
-                if router.poll(5):
+                if self.paused.is_set():
+                    self._stop.wait(0.005)  # not reading, as a stalled runtime would not
+                elif router.poll(5):
                     ident, *frames = router.recv_multipart()
                     for reply in self._handle(frames[-1] if frames else b"", pub):
                         router.send_multipart([ident, reply])

@@ -370,38 +370,84 @@ def test_a_push_refused_before_sending_leaves_the_streams_clock_as_it_was(fake, 
     assert [m["at_sample"] for m in fake.audio["npc1"]] == [0]
 
 
-def test_audio_pushed_while_the_runtime_is_away_is_bounded_and_the_newest_goes_when_it_is_back(make_client,
-                                                                                              monkeypatch):
-    """A mic keeps pushing while the runtime is unreachable (its host's network dropped): the client keeps at most
-    OUTBOX_MAX_BYTES of it, the newest, and counts the rest in ``unsent``; requests are never dropped."""
-    monkeypatch.setattr(client_module, "OUTBOX_MAX_BYTES", 66_000)  # 10 messages of 100 ms at 16 kHz float32
+def test_audio_a_stalled_runtime_does_not_take_is_bounded_and_the_newest_goes_when_it_reads_again(
+        fake, make_client, monkeypatch):
+    """A runtime that stops reading (stalled, its connection up): ZeroMQ's queues fill, then the client keeps at most
+    OUTBOX_MAX_BYTES of audio, the newest, and counts what it dropped in ``unsent``; requests are never dropped."""
+    monkeypatch.setattr(client_module, "OUTBOX_MAX_BYTES", 20_000)
+    client = ready(make_client, fake)
+    handle = client.open_stream("mic")
+    fake.paused.set()
+    n = 6000  # 100 ms messages (6.4 kB): more than ZeroMQ's queues (1000 messages each way) and the socket buffers hold
+    for k in range(n):
+        handle.push(np.full(1600, k / n, np.float32))
+    wait_until(lambda: client.unsent > 0, what="the oldest audio dropped")
+    handle.end(wait=False)  # a request queued behind the audio
+    fake.paused.clear()
+    wait_until(lambda: fake.requests_of("end_stream"), timeout=20, what="the end_stream")
+    seqs = [m["seq"] for m in fake.requests_of("audio")]
+    assert len(set(seqs)) == len(seqs) and seqs == sorted(seqs)  # in order, none twice
+    assert len(seqs) + client.unsent == n  # none lost uncounted
+    assert seqs[-3:] == [n - 3, n - 2, n - 1]  # the newest went
+
+
+def test_a_stream_is_lost_when_its_connection_drops_and_a_new_one_opens(make_client):
+    """The runtime keeps a stream for the connection that opened it; a dropped connection is remade with another
+    routing id, so the client's streams are lost at once (reason "reconnect"), and nothing queued for them is sent."""
     first = FakeRuntime(instance="A").start()
     client = ready(make_client, first)
     handle = client.open_stream("mic")
+    handle.push(np.zeros(1600, np.float32))
+    wait_until(lambda: first.audio.get("mic"), what="the audio")
     pub, router = first.pub_endpoint, first.router_endpoint
     first.stop()
-    for k in range(100):  # 10 s in 100 ms pushes, 6.4 kB each
-        handle.push(np.full(1600, k / 1000, np.float32))
-    wait_until(lambda: client.unsent >= 90, what="the oldest audio dropped")
-    handle.end(wait=False)  # a request queued behind the audio
+    wait_until(lambda: handle.lost is not None, what="the stream lost with its connection")
+    assert handle.lost.reason == "reconnect" and "another id" in str(handle.lost)
+    with pytest.raises(StreamLost):
+        handle.push(np.zeros(1600, np.float32))
     with FakeRuntime(pub=pub, router=router, instance="A") as back:  # the same runtime, reachable again
-        wait_until(lambda: back.requests_of("end_stream"), what="the end_stream")
-        seqs = [m["seq"] for m in back.requests_of("audio")]
-    assert client.unsent == 90 and seqs == list(range(90, 100))  # the newest 10, in order, nothing else
+        again = client.open_stream("mic-2")
+        again.push(np.zeros(16000, np.float32))
+        assert again.end() == 30
+        assert {m["stream"] for m in back.requests_of("audio")} == {"mic-2"}
     assert client.restarts == 0
 
 
-def test_an_end_refused_as_another_clients_stream_loses_the_stream(fake, make_client):
+def test_a_request_refused_as_another_clients_stream_loses_the_stream(fake, make_client):
     """forbidden for a handle's own stream: its connection was remade (the runtime keeps the stream for the old)."""
     client = ready(make_client, fake)
-    handle = client.open_stream("npc1")
-    fake.on_request = lambda m: [protocol.encode_error("forbidden", "stream 'npc1' belongs to the client that "
-                                                       "opened it", m["type"], stream="npc1", req=m.get("req"))]
+    handle, other = client.open_stream("npc1"), client.open_stream("npc2")
+
+    def refuse(m: dict) -> list[bytes]:
+        return [protocol.encode_error("forbidden", f"stream {m['stream']!r} belongs to the client that opened it",
+                                      m["type"], stream=m["stream"], req=m.get("req"))]
+
+    fake.on_request = refuse
     with pytest.raises(StreamLost) as e:
-        handle.end()
+        handle.set_controls({"timing_offset_ms": -30})
     assert e.value.reason == "reconnect" and handle.lost is e.value
     with pytest.raises(StreamLost):
         handle.push(np.zeros(1600, np.float32))
+    with pytest.raises(StreamLost) as e:
+        other.end()
+    assert e.value.reason == "reconnect" and other.lost is e.value
+
+
+def test_an_end_whose_reply_is_lost_ends_on_the_published_stream_end(fake, make_client):
+    """The runtime publishes a stream's stream_end before it replies to end_stream: a reply lost on the way (its
+    connection dropped) does not leave end() timing out."""
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+    handle.push(np.zeros(16000, np.float32))
+
+    def publish_only(m: dict) -> list[bytes] | None:
+        if m["type"] != "end_stream":
+            return None
+        fake.publish(*protocol.encode_stream_end("npc1", "sdk", "ended", 30, time.monotonic_ns()))
+        return []  # no reply
+
+    fake.on_request = publish_only
+    assert handle.end(timeout=5) == 30 and handle.ended and handle.lost is None
 
 
 def test_close_never_hangs_and_wakes_waiters():
