@@ -18,6 +18,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
+import soundfile as sf
 from peers import TIMEOUT_S, Peer, cli, frames_of, is_end, push_clip, speech
 from scipy.signal import resample_poly
 
@@ -577,6 +578,17 @@ def test_serve_refuses_bad_files_and_configs_before_loading_the_model(tmp_path):
     config.write_text("fps = 'fast'\n")
     typed = cli("serve", "--config", str(config))
     assert typed.returncode == 2 and "fps must be of type int" in typed.stderr
+    # audio a stream cannot take: refused before the model loads, naming the file (it was a traceback after it)
+    low = tmp_path / "6k.wav"
+    sf.write(str(low), np.zeros(6000, np.float32), 6000)
+    wide = tmp_path / "10ch.wav"
+    sf.write(str(wide), np.zeros((1600, 10), np.float32), 16000)
+    for path, why in ((low, "sample rate 6000 Hz out of range"), (wide, "10 channels out of range")):
+        refused = cli("serve", "--file", str(path))
+        assert refused.returncode == 1 and why in refused.stderr and path.name in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr and "model on" not in refused.stderr
+    channels = cli("serve", "--mic", "--mic-channels", "12")
+    assert channels.returncode == 2 and "mic_channels must be in 1..8" in channels.stderr, channels.stderr
 
 
 def test_serve_port_in_use_exits_with_a_clear_message(runtime):

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,11 +253,15 @@ def serve(config: ServeConfig) -> int:
         engine.close()
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+    def reopen_mic() -> Source:
+        return _open_mic(config)
+
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
-            waiting = start_sources(runtime, sources, first=True)
+            waiting = start_sources(runtime, sources, first=True, reopen_mic=reopen_mic)
         except SourceError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -264,7 +269,7 @@ def serve(config: ServeConfig) -> int:
         next_try = time.monotonic() + WAIT_RETRY_S
         while not stop.wait(0.1) and runtime.failure is None:
             if waiting and time.monotonic() >= next_try:
-                waiting = start_sources(runtime, waiting, first=False)
+                waiting = start_sources(runtime, waiting, first=False, reopen_mic=reopen_mic)
                 next_try = time.monotonic() + WAIT_RETRY_S
             if config.exit_when_done and config.files and not waiting and runtime.wait_until_idle(timeout=0):
                 log.info("every file has played; stopping")
@@ -280,15 +285,17 @@ def serve(config: ServeConfig) -> int:
     return 0
 
 
-def start_sources(runtime: Runtime, sources: list[Source], first: bool) -> list[Source]:
+def start_sources(runtime: Runtime, sources: list[Source], first: bool,
+                  reopen_mic: Callable[[], Source] | None = None) -> list[Source]:
     """Start each source's stream; returns those refused busy (the machine has no room for them yet, or their
     stream id is taken), to be tried again every WAIT_RETRY_S: they start when a stream ends or the measured
     room grows, so every file given plays. ``first``: the start-up's attempt, where a source that fails to
-    start raises SourceError (later, it is logged and given up)."""
+    start raises SourceError (later, it is logged and given up). ``reopen_mic``: opens the microphone again, for
+    the runtime to reopen it when it is lost (unplugged, its sound server restarted, the machine slept)."""
     waiting = []
     for src in sources:
         try:
-            runtime.add_source(src)
+            runtime.add_source(src, reopen=reopen_mic if src.kind == "mic" else None)
         except RefusedError as e:
             if e.code != "busy":
                 log.error("%s %s not served: %s", src.kind, src.stream_id, e.message)

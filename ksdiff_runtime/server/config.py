@@ -99,6 +99,8 @@ class ServeConfig:
             raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
         if self.mic_rate and not protocol.MIN_SAMPLE_RATE <= self.mic_rate <= protocol.MAX_SAMPLE_RATE:
             raise ConfigError(f"mic_rate must be 0 or in {protocol.MIN_SAMPLE_RATE}..{protocol.MAX_SAMPLE_RATE}")
+        if not 1 <= self.mic_channels <= protocol.MAX_CHANNELS:
+            raise ConfigError(f"mic_channels must be in 1..{protocol.MAX_CHANNELS}, got {self.mic_channels}")
         for endpoint in (self.pub, self.router):
             if "://" not in endpoint:
                 raise ConfigError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:5555")

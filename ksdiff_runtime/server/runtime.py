@@ -62,6 +62,8 @@ LATENCY_WINDOW_S = 5.0  # stats latency percentiles over this much recent publis
 MAX_REQUESTS_PER_WAKE = 256  # then publish what is ready before reading more requests
 STOP_ENGINE_WAIT_S = 1.0  # stop(): how long the engine thread may take to finish its round
 SHUTDOWN_LINGER_MS = 300  # how long closing the PUB may take to deliver the last messages
+SOURCE_REOPEN_S = 2.0  # a lost source that can be reopened (a mic unplugged, its sound server gone) is tried this often
+SOURCE_STOP_WAIT_S = 5.0  # stop(): how long the sources of streams that ended earlier may take to close
 
 
 class RuntimeStartError(RuntimeError):
@@ -176,6 +178,7 @@ class Runtime:
         self.output_errors: dict[str, int] = {}
         self.floods = FloodGuard()
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
+        self._source_threads: list[threading.Thread] = []  # stopping (and reopening) ended streams' sources
         self._tracebacks_logged: set[tuple] = set()  # (type, file, line) of exceptions whose traceback was logged
         self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
         # more live streams held than the machine has room for now: the log says so
@@ -255,6 +258,9 @@ class Runtime:
         for session in list(self.sessions):
             if session.source_obj is not None:
                 session.source_obj.stop()
+        deadline = time.monotonic() + SOURCE_STOP_WAIT_S
+        for thread in self._source_threads:  # sources of streams that ended earlier, still closing or reopening
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         assert self._engine_thread is not None
         self._engine_thread.join(timeout=STOP_ENGINE_WAIT_S + 1)
         self._io.join(timeout=STOP_ENGINE_WAIT_S + 2)
@@ -283,14 +289,18 @@ class Runtime:
         self.stop()
 
     # --- sources (mic, file) ---------------------------------------------------------------------
-    def add_source(self, source: Source, seed: int | None = None) -> str:
+    def add_source(self, source: Source, seed: int | None = None,
+                   reopen: Callable[[], Source] | None = None) -> str:
         """Open a stream fed by ``source`` and start it; returns the stream id. ``seed``: its motion's noise (None:
-        a hash of its id, as for a client's stream, so files played at once do not nod together). Raises
-        RefusedError (busy: the machine has no room for it) or SourceError (it failed to start; its stream ends
-        with reason error)."""
+        a hash of its id, as for a client's stream, so files played at once do not nod together). ``reopen``: makes
+        a source like it: when the stream ends with an error (the device was unplugged, the sound server went away)
+        or times out (no audio came: the machine slept, the device stalled), a new one from it is started every
+        SOURCE_REOPEN_S until one starts. Raises RefusedError (busy: the machine has no room for it) or SourceError
+        (it failed to start; its stream ends with reason error). Whatever ends a stream stops its source."""
         session = self.sessions.open(source.stream_id, source.kind, AudioFormat(source.sample_rate, source.channels),
                                      seed=seed, mode=source.mode)
         session.source_obj = source
+        session.source_reopen = reopen
         self._post(_Started(session))
 
         def on_audio(pcm: np.ndarray, captured_ns: int | None) -> None:
@@ -517,10 +527,50 @@ class Runtime:
             self._reply(session.owner, protocol.encode_error("internal", f"stream {session.id} failed: {ended.error}",
                                                              None, stream=session.id))
         self.sessions.remove(session)
+        self._release_source(session, reason)
         with self._idle:
             self._idle.notify_all()
         log.info("stream %s ended (%s): %d frames, %d dropped (%d shed)", session.id, reason, session.frames,
                  session.drops, session.shed)
+
+    # --- a stream's own source, once the stream ended ------------------------------------------------
+    def _release_source(self, session: Session, reason: str) -> None:
+        """Stop the source of a stream that ended (by its own end, a timeout or an error), off the io thread (a
+        device can take a second to close), and reopen it if it was lost and can be. stop() stops the sources of
+        the streams open then itself."""
+        source, reopen = session.source_obj, session.source_reopen
+        if source is None or self._stopping.is_set():
+            return
+        session.source_obj = None
+        again = reopen if reason in ("error", "timeout") else None
+        thread = threading.Thread(target=self._after_source, args=(source, reason, again),
+                                  name=f"ksdiff-source-{session.id}", daemon=True)
+        self._source_threads = [t for t in self._source_threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _after_source(self, source: Source, reason: str, reopen: Callable[[], Source] | None) -> None:
+        try:
+            source.stop()
+        except Exception:
+            log.exception("%s %s: stopping it failed", source.kind, source.stream_id)
+        if reopen is None:
+            return
+        log.warning("%s %s: its stream ended (%s); opening it again every %g s", source.kind, source.stream_id,
+                    reason, SOURCE_REOPEN_S)
+        failures = 0
+        while not self._stopping.wait(SOURCE_REOPEN_S):
+            try:
+                new = reopen()
+                self.add_source(new, reopen=reopen)
+            except (SourceError, RefusedError) as exc:
+                failures += 1
+                (log.warning if failures == 1 else log.debug)("%s %s: not open again yet: %s", source.kind,
+                                                               source.stream_id, exc)
+                continue
+            if self._stopping.is_set():  # stop() may have passed its sources already
+                new.stop()
+            log.info("%s %s: open again (after %d failed tries)", source.kind, source.stream_id, failures)
+            return
 
     def _shutdown_streams(self) -> None:
         self._publish_outbox()

@@ -93,6 +93,7 @@ class Session:
     latencies: collections.deque[tuple[int, float]] = field(default_factory=collections.deque)
     publish_times: collections.deque[int] = field(default_factory=collections.deque)
     source_obj: Any = None  # the runtime's own source (mic, file) feeding it
+    source_reopen: Any = None  # () -> a new source like it, for when it is lost (a mic unplugged); None: never
 
     @property
     def format(self) -> AudioFormat:

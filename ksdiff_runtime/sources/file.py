@@ -7,7 +7,10 @@ import threading
 import time
 from pathlib import Path
 
-from ksdiff_runtime.inputs.guards import read_audio_file
+import numpy as np
+
+from ksdiff_runtime.inputs.guards import AudioInputError, read_audio_file
+from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
 
 from .base import OnAudio, OnEnd
 
@@ -34,12 +37,19 @@ class FileSource:
         self.path = Path(path)
         self._data, self.sample_rate = read_audio_file(self.path)
         self.channels = int(self._data.shape[1])
+        try:  # what a stream takes: refused here, before anything starts (the model loads after the sources)
+            AudioFormat(self.sample_rate, self.channels)
+        except BadAudioError as exc:
+            raise AudioInputError(f"{self.path}: {exc}; convert it (e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.wav)") \
+                from None
         self.realtime = realtime
         self.mode = "live" if realtime else "line"
         self.block_ms = float(block_ms)
         self.stream_id = stream_id
         self.loop = loop
         self.blocksize = max(1, round(self.sample_rate * self.block_ms / 1000))
+        if loop and 0 < len(self._data) < self.blocksize:  # a second of it a pass, not a block per sample or two
+            self._data = np.tile(self._data, (-(-self.sample_rate // len(self._data)), 1))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
+
 from .base import OnAudio, OnEnd, SourceError
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,10 @@ class MicSource:
         self.block_ms = float(block_ms)
         self.stream_id = stream_id
         self.blocksize = max(1, round(self.sample_rate * self.block_ms / 1000))
+        try:  # what a stream takes (the device's own rate may be outside it)
+            AudioFormat(self.sample_rate, self.channels)
+        except BadAudioError as exc:
+            raise SourceError(f"input device [{self.device_index}] {self.device_name}: {exc}") from None
         if self.channels > info["max_input_channels"]:
             raise SourceError(f"input device [{self.device_index}] {self.device_name} has "
                               f"{info['max_input_channels']} input channels; {self.channels} asked for")
