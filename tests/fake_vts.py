@@ -103,6 +103,7 @@ class FakeVTubeStudio:
         self.approve = approve
         self.api_active = api_active
         self.mute_injections = False
+        self.refuse_injections = False  # answer every parameter injection with an error (the session ends there)
         self.tokens: dict[str, tuple[str, str]] = {}  # token -> (plugin, developer), kept across restarts
         self.custom: dict[str, tuple[str, str]] = {}  # custom parameter -> the plugin that made it
         self.state = _State()
@@ -319,6 +320,8 @@ class FakeVTubeStudio:
         return {"parameterName": name}
 
     def _on_InjectParameterDataRequest(self, session: _Session, data: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        if self.refuse_injections:
+            raise _Error(8, "request requires authentication")
         mode = data.get("mode") or "set"
         if mode not in ("set", "add"):
             raise _Error(455, f"mode {mode!r} unknown")

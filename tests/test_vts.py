@@ -496,6 +496,29 @@ def test_cut_connections_and_a_restart_are_recovered_within_2_s(vts, token_path,
         assert mine and (len(mine) == 1 or max(gaps(mine)) < 1.0)
 
 
+def test_sessions_that_end_as_soon_as_they_start_are_retried_ever_less_often(vts, token_path, outputs):
+    """A VTube Studio that authenticates the plugin and then refuses every injection: each session ends at its first
+    injection. The output backs off (0.5 s doubling to 10 s) instead of reconnecting at once in a loop that took a
+    core (1300 connections in 3 s)."""
+    vts.refuse_injections = True
+    out = VtsOutput(vts.url, token_path=token_path)
+    outputs.append(out)
+    stop = threading.Event()
+    feeder = threading.Thread(target=play, args=(out, speech_frames(30 * 60)), kwargs={"stop": stop}, daemon=True)
+    feeder.start()
+    try:
+        assert vts.wait_for(lambda s: s.connections >= 3, TIMEOUT_S)
+        first = vts.state.connections
+        t0 = time.monotonic()
+        # the next connection: the delays double, so it comes 4 s after the third
+        assert vts.wait_for(lambda s: s.connections > first, TIMEOUT_S)
+        waited = time.monotonic() - t0
+    finally:
+        stop.set()
+        feeder.join(timeout=5)
+    assert out.sessions >= 3 and waited > 2.0, (out.sessions, waited)
+
+
 # --- configuration --------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,message", [
     ("127.0.0.1:8001", "expected a WebSocket URL"),

@@ -52,6 +52,8 @@ TOKEN_FILE = "vtube_studio_token"
 
 KEEPALIVE_S = 0.5  # re-send the last values this often without frames (VTube Studio forgets them after 1 s)
 RETRY_S = 0.5  # reconnect this often while VTube Studio is away
+STABLE_SESSION_S = 5.0  # a session that ran this long and ended is reconnected at once (VTube Studio restarting)
+MAX_RETRY_S = 10.0  # sessions that end as soon as they started (an error each time) are retried ever less often
 BUSY_POPUP_RETRY_S = 3.0  # a token popup is already open in VTube Studio: ask again this much later
 OPEN_TIMEOUT_S = 3.0  # TCP + WebSocket handshake
 REPLY_TIMEOUT_S = 5.0  # a request unanswered this long: the connection is dead, reconnect
@@ -300,10 +302,12 @@ class VtsOutput:
             return
         self._main_task = asyncio.current_task()
         self._wake = asyncio.Event()
+        short_sessions = 0  # sessions in a row that ended within STABLE_SESSION_S
         while not self._stopping:
             sessions = self.sessions
             delay = RETRY_S
             self.attempts += 1
+            started = time.monotonic()
             try:
                 async with connect(self.url, open_timeout=OPEN_TIMEOUT_S, close_timeout=CLOSE_WAIT_S,
                                    ping_interval=None, compression=None, proxy=None) as ws:
@@ -332,7 +336,11 @@ class VtsOutput:
                 self._report("protocol", f"unexpected answer from VTube Studio ({type(e).__name__}: {e}); "
                              "reconnecting")
             if self.sessions > sessions and delay == RETRY_S:
-                delay = 0.0  # a session that ran has ended (VTube Studio restarting?): try again at once
+                if time.monotonic() - started >= STABLE_SESSION_S:
+                    short_sessions, delay = 0, 0.0  # a session that ran has ended (VTube Studio restarting?): again
+                else:  # ended as soon as it started, as it will again: not in a loop that takes a core
+                    short_sessions += 1
+                    delay = min(MAX_RETRY_S, RETRY_S * 2 ** short_sessions)
             await asyncio.sleep(delay)
 
     def _report(self, kind: str, message: str, level: int = logging.WARNING) -> None:
