@@ -215,6 +215,30 @@ def test_file_source_loop_of_a_file_shorter_than_a_block(tmp_path: Path) -> None
     np.testing.assert_array_equal(got, np.tile(audio, (got.shape[0] // 3 + 1, 1))[: got.shape[0]])
 
 
+def test_file_source_reads_a_long_file_a_block_at_a_time(tmp_path: Path) -> None:
+    """A minute of 48 kHz stereo (23 MB decoded): opening and playing it holds a block or so, not the whole file
+    (it was decoded whole at start: two hours of it would have been 2.7 GB)."""
+    import tracemalloc
+
+    rate, seconds = 48_000, 60
+    t = np.arange(rate * seconds) / rate
+    audio = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)], axis=1)
+    path = _write_wav(tmp_path / "long.wav", audio.astype(np.float32), rate)
+    del t, audio
+    tracemalloc.start()
+    try:
+        src = FileSource(path, realtime=False)
+        rec = Recorder(want_samples=rate // 2)
+        rec.after_block = lambda n: rec.blocks.clear() if n > 3 else None  # a consumer that keeps nothing
+        src.start(rec.on_audio, rec.on_end)
+        assert rec.ended.wait(WAIT_S)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rec.ends == [None] and rec.count == rate * seconds and (src.sample_rate, src.channels) == (rate, 2)
+    assert peak < 4_000_000, f"{peak / 1e6:.1f} MB held while playing a 23 MB file"
+
+
 def test_file_source_consumer_error_ends_the_stream(tmp_path: Path) -> None:
     src = FileSource(_write_wav(tmp_path / "err.wav", _tone(0.2, 16_000), 16_000), realtime=False)
     rec = Recorder()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -132,10 +133,17 @@ def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
     """Read an audio file as it is stored -> (float32 [samples, channels], sample rate).
 
     No repair, downmix or resampling: ``load_audio`` (whole clips for the model) and the
-    runtime's file source (blocks at the file's own rate) both start here, so they accept and
+    runtime's file source (``open_audio_file``, blocks at the file's own rate) both start here, so they accept and
     refuse the same files with the same messages. Raises ``AudioInputError`` naming the file when
     it is missing, not a file, in a format libsndfile does not read, or corrupt.
     """
+    with open_audio_file(path) as f:
+        return read_blocks(f, path), int(f.samplerate)
+
+
+def open_audio_file(path: str | Path) -> Any:
+    """The file opened for reading (a ``soundfile.SoundFile``: rate, channels, frames, blocks), nothing decoded
+    yet; ``AudioInputError`` as ``read_audio_file``."""
     import soundfile as sf  # local: the engine and SDK import guards without needing libsndfile
 
     p = Path(path)
@@ -144,16 +152,30 @@ def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
     if not p.is_file():
         raise AudioInputError(f"audio path is not a file: {p}")
     try:
-        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+        return sf.SoundFile(str(p))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        known = {ext.lower() for ext in sf.available_formats()}
-        ext = p.suffix.lstrip(".").lower()
-        if ext and ext not in known and ext not in ("oga", "opus"):
-            raise AudioInputError(
-                f"unsupported audio format {p.suffix!r} for {p} (readable: {', '.join(sorted(known))})"
-            ) from exc
-        raise AudioInputError(f"cannot read audio file {p} (corrupt or unsupported content): {exc}") from exc
-    return data, int(rate)
+        raise _unreadable(p, exc) from exc
+
+
+def read_blocks(f: Any, path: str | Path, frames: int = -1) -> np.ndarray:
+    """float32 [n, channels] of up to ``frames`` more of an open file (-1: the rest); ``AudioInputError`` naming
+    the file when its content cannot be decoded."""
+    import soundfile as sf
+
+    try:
+        return f.read(frames, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _unreadable(Path(path), exc) from exc
+
+
+def _unreadable(p: Path, exc: Exception) -> AudioInputError:
+    import soundfile as sf
+
+    known = {ext.lower() for ext in sf.available_formats()}
+    ext = p.suffix.lstrip(".").lower()
+    if ext and ext not in known and ext not in ("oga", "opus"):
+        return AudioInputError(f"unsupported audio format {p.suffix!r} for {p} (readable: {', '.join(sorted(known))})")
+    return AudioInputError(f"cannot read audio file {p} (corrupt or unsupported content): {exc}")
 
 
 def load_audio(path: str | Path) -> tuple[np.ndarray, AudioReport]:

@@ -156,13 +156,13 @@ class MicSource:
         self.block_ms = float(block_ms)
         self.stream_id = stream_id
         self.blocksize = max(1, round(self.sample_rate * self.block_ms / 1000))
+        if self.channels > info["max_input_channels"]:
+            raise SourceError(f"input device [{self.device_index}] {self.device_name} has "
+                              f"{info['max_input_channels']} input channels; {self.channels} asked for")
         try:  # what a stream takes (the device's own rate may be outside it)
             AudioFormat(self.sample_rate, self.channels)
         except BadAudioError as exc:
             raise SourceError(f"input device [{self.device_index}] {self.device_name}: {exc}") from None
-        if self.channels > info["max_input_channels"]:
-            raise SourceError(f"input device [{self.device_index}] {self.device_name} has "
-                              f"{info['max_input_channels']} input channels; {self.channels} asked for")
         try:
             sd.check_input_settings(device=self.device_index, channels=self.channels, dtype="float32",
                                     samplerate=self.sample_rate)
