@@ -9,6 +9,7 @@ HOST:PORT strings on the command line.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import socket
 import struct
@@ -375,6 +376,32 @@ def test_closed_and_unroutable_destinations_never_stall_or_raise():
     sender = UdpSender(closed, "--livelink", "livelink")
     sender.close()
     assert sender.send(b"after close") is False  # a frame published during shutdown: dropped, no error
+
+
+def test_each_outage_of_a_udp_receiver_is_logged_when_it_starts_and_ends(caplog):
+    """VSeeFace closed, started, closed again: the start of each outage is logged, and its end once datagrams go
+    out again (it was logged once per process: a later outage went unsaid)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sender = UdpSender(f"127.0.0.1:{port}", "--vmc", "vmc")
+    caplog.set_level(logging.INFO, logger="ksdiff_runtime.outputs")
+
+    def send(n: int) -> None:
+        for _ in range(n):
+            sender.send(b"frame")
+
+    try:
+        send(10)  # nobody listens: ECONNREFUSED on every other send
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+            receiver.bind(("127.0.0.1", port))
+            send(40)  # the receiver is up: every datagram goes out
+        send(10)  # down again
+    finally:
+        sender.close()
+    lines = [r.getMessage() for r in caplog.records if "127.0.0.1" in r.getMessage()]
+    said = ["failed" if "failed" in line else "again" if "works again" in line else "" for line in lines]
+    assert [w for w in said if w] == ["failed", "again", "failed"], lines
 
 
 # --- HOST:PORT ---------------------------------------------------------------------------------

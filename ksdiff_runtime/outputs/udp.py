@@ -23,6 +23,7 @@ _HOST_PORT_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<por
 # when the followed stream has sent nothing this long, the next stream to publish takes over
 # (a stream that timed out or failed sends no `last` frame)
 SILENT_STREAM_S = 1.0
+RECOVERED_AFTER = 30  # datagrams sent in a row (a second of frames) that end an outage, for the log
 
 
 class OutputConfigError(ValueError):
@@ -71,6 +72,8 @@ class UdpSender:
         self.family, self.address = resolve(self.host, self.port, flag)
         self.sent = 0  # datagrams handed to the kernel
         self.errors = 0  # datagrams lost to an error (refused, unreachable, buffer full)
+        self._failing = False  # an outage was logged and has not been seen to end
+        self._sent_in_a_row = 0  # datagrams taken since the last error
         try:
             self._sock = socket.socket(self.family, socket.SOCK_DGRAM)
         except OSError as e:  # e.g. an IPv6 destination on a host without IPv6
@@ -96,14 +99,24 @@ class UdpSender:
             self._count_error(e)
             return False
         self.sent += 1
+        self._sent_in_a_row += 1
+        if self._failing and self._sent_in_a_row == RECOVERED_AFTER:
+            self._failing = False
+            log.info("%s: sending to %s works again (%d datagrams lost so far)", self.name, self.destination,
+                     self.errors)
         return True
 
     def _count_error(self, e: OSError) -> None:
+        """Count it; log the start of each outage (not each error: at 30-60 frames a second that would flood the
+        log). With nothing listening, every other send fails (the kernel reports the previous datagram's ICMP
+        "port unreachable"), so an outage ends only after RECOVERED_AFTER datagrams in a row went out."""
         self.errors += 1
-        if self.errors == 1:  # once: at 30-60 frames a second a log line per error would flood the log
+        self._sent_in_a_row = 0
+        if not self._failing:
+            self._failing = True
             hint = " (is the receiver running and listening on that port?)" if e.errno == errno.ECONNREFUSED else ""
             log.warning("%s: sending to %s failed: %s%s; frames are dropped while this lasts (errors counted, "
-                        "logged once)", self.name, self.destination, e.strerror or e, hint)
+                        "logged when it starts and ends)", self.name, self.destination, e.strerror or e, hint)
 
     def close(self) -> None:
         if self._closed:
