@@ -39,6 +39,7 @@ namespace Ksdiff.Editor
             EditorGUILayout.LabelField("Seq gaps (frames lost)", s.Dropped.ToString());
             EditorGUILayout.LabelField("Refused / ignored messages", s.BadMessages + " / " + s.Ignored);
             EditorGUILayout.LabelField("Runtime restarts seen", s.Restarts.ToString());
+            EditorGUILayout.LabelField("Audio dropped unsent", s.Unsent.ToString());
             if (!string.IsNullOrEmpty(s.LastError)) EditorGUILayout.LabelField("Last problem", s.LastError, EditorStyles.wordWrappedMiniLabel);
 
             EditorGUILayout.Space();

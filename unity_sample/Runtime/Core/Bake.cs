@@ -137,17 +137,31 @@ namespace Ksdiff
             }
             if (State == OfflineLineState.Collecting)
             {
+                // Before the snapshot: once end_stream's reply is in, the snapshot holds the loss the
+                // client marks for a refusal (NpcLine.Streaming).
+                bool endDone = _end != null && _end.IsDone;
                 StreamStatus s = _client.Stream(_o.Stream);
-                if (s != null && s.Errors.Count > 0) { Fail("the runtime refused the line's audio: " + s.Errors[0]); return State; }
-                if (s != null && s.EndReason != null && s.EndReason != "ended") { Fail("the line was lost (" + s.EndReason + ")"); return State; }
-                PushDue(now);
-                if (_end != null && _end.IsDone)
+                if (s != null && s.EndReason != null && s.EndReason != "ended")
                 {
-                    if (_end.Failure != null) { Fail(_end.Failure); return State; }
-                    if (_end.Reply is ErrorReply) { Fail("end_stream refused: " + _end.Reply); return State; }
-                    Total = ((StreamEnded)_end.Reply).Frames;
-                    if (_recorder.SawLast && _recorder.Missing(Total.Value).Count == 0) Done();
-                    else if (s != null && s.Ended && now - _end.SentS > 2.0) Done(); // what came is all that will come
+                    Fail(s.EndReason == "reconnect" ? "the connection to the runtime dropped; the line was lost"
+                                                    : "the line was lost (" + s.EndReason + ")");
+                    return State;
+                }
+                if (s != null && s.Errors.Count > 0) { Fail("the runtime refused the line's audio: " + s.Errors[0]); return State; }
+                PushDue(now);
+                if (_end != null)
+                {
+                    // The end: end_stream's reply, or the stream_end (reason "ended") published just
+                    // before it, should the reply be lost with a dropped connection (as NpcLine).
+                    if (!Total.HasValue && endDone)
+                    {
+                        if (_end.Failure != null) { Fail(_end.Failure); return State; }
+                        if (_end.Reply is ErrorReply) { Fail("end_stream refused: " + _end.Reply); return State; }
+                        Total = ((StreamEnded)_end.Reply).Frames;
+                    }
+                    if (!Total.HasValue && s != null && s.EndReason == "ended" && s.EndFrames.HasValue) Total = s.EndFrames;
+                    if (Total.HasValue && _recorder.SawLast && _recorder.Missing(Total.Value).Count == 0) Done();
+                    else if (Total.HasValue && s != null && s.Ended && now - _end.SentS > 2.0) Done(); // what came is all that will come
                 }
                 if (State == OfflineLineState.Collecting && now - _startS > TimeoutS + (double)_samples.Length / _channels / _rate)
                     Fail("the frames did not all come within " + TimeoutS + " s");
@@ -171,7 +185,8 @@ namespace Ksdiff
                 _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
                 _pushedFrames += n;
             }
-            if (_pushedFrames == total && _end == null) _end = _client.EndStream(_o.Stream);
+            // Answered once the whole line is animated: given the line's own time limit.
+            if (_pushedFrames == total && _end == null) _end = _client.EndStream(_o.Stream, TimeoutS + (double)total / _rate);
         }
 
         void Done()

@@ -8,8 +8,18 @@
 //   * A restart is recognised by a never-seen hello `instance`: the old process's streams are
 //     gone, so pending requests fail, streams this client opened are marked lost, seq tracking
 //     and the jitter buffer start afresh.
+//   * A reconnect loses the streams this client opened too: the runtime keeps each stream for the
+//     connection that opened it, and ZeroMQ's new connection has another routing id (SPEC 1,
+//     Ownership). Seen as the DEALER's dropped connection (the transport's socket monitor), or
+//     as a `forbidden` / `unknown_stream` refusal of such a stream's messages: the stream is
+//     marked lost (EndReason "reconnect", a StreamLost event) and its queued audio dropped.
 //   * Replies are matched by `req`, not by order (protocol 1.1 answers end_stream only once the
-//     stream has finished, after later requests' replies).
+//     stream has finished, after later requests' replies). A request whose reply does not come
+//     in time (RequestTimeoutS; end_stream is given its own) fails: a reply lost with a dropped
+//     connection never leaves its caller waiting.
+//   * The DEALER queues only on a live connection (ZMQ_IMMEDIATE); the rest waits in the
+//     client's outbox, at most OutboxMaxBytes: beyond that the oldest audio is dropped (never a
+//     request), counted in ClientStatus.Unsent.
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
 //   * A stream's events reach the game in the order the runtime published them: a frame is in the
@@ -33,6 +43,11 @@ namespace Ksdiff
         public Func<ITransport> Transport;   // e.g. () => new LibZmqTransport(); called on the worker
         public int PollIntervalMs = 5;       // the longest a queued send or a stop waits
         public double HelloTimeoutS = 2.5;   // hello comes every second: without one this long, Stale
+        public double RequestTimeoutS = 10;  // a request without its reply this long fails (EndStream takes its own)
+        // Messages wait in the client's outbox while the runtime takes none (it is away: the
+        // DEALER queues only on a live connection; or it stalls). Beyond this many bytes the
+        // oldest audio is dropped (ClientStatus.Unsent): about 4 min of a 16 kHz float32 mic.
+        public long OutboxMaxBytes = 16 << 20;
         public int ReceiveHighWatermark = 10000;
         public int MaxEvents = 1000;         // events kept for DrainEvents (the oldest are dropped)
         public double JitterMarginS = 0.05;  // the jitter buffer's margin for live streams
@@ -55,7 +70,8 @@ namespace Ksdiff
         public string Source;           // from stream_start or stats; null when unknown
         public bool OpenedHere;         // this client opened it
         public bool Ended;              // its last frame or stream_end came
-        public string EndReason;        // stream_end's reason, "restart" when the runtime lost it
+        public string EndReason;        // stream_end's reason; lost: "restart" (the runtime restarted), "reconnect" (the connection that opened it dropped)
+        public ulong? EndFrames;        // stream_end's frame count; null until it came
         public ulong Frames;            // frames received
         public ulong Dropped;           // seq gaps: frames lost on the way (HWM, runtime overload)
         public ulong LastIndex;
@@ -79,6 +95,7 @@ namespace Ksdiff
         public string RuntimeVersion;
         public string[] Blendshapes;    // the runtime hello's names, in wire order
         public ulong Messages, Frames, Dropped, BadMessages, Ignored, Restarts, EventsDropped;
+        public ulong Unsent;            // audio messages dropped before they were sent (OutboxMaxBytes, or their stream was lost with the connection)
         public double LastHelloS = -1;
         public string LastError;
         public Stats LastStats;
@@ -111,21 +128,25 @@ namespace Ksdiff
         readonly object _lock = new object();
         public readonly ulong Req;
         public readonly string Type;
-        public readonly double SentS;
+        public readonly string Stream;   // the stream it is about; null for hello
+        public readonly double SentS;    // when it was queued (client clock)
+        public readonly double TimeoutS; // no reply by SentS + TimeoutS: it fails
         Message _reply;
         string _failure;
 
-        internal PendingRequest(ulong req, string type, double sentS)
+        internal PendingRequest(ulong req, string type, string stream, double sentS, double timeoutS)
         {
             Req = req;
             Type = type;
+            Stream = stream;
             SentS = sentS;
+            TimeoutS = timeoutS;
         }
 
         public bool IsDone { get { lock (_lock) return _reply != null || _failure != null; } }
         // The reply (an ErrorReply when the runtime refused), or null while waiting.
         public Message Reply { get { lock (_lock) return _reply; } }
-        // Why no reply will come (the runtime restarted, the client stopped), or null.
+        // Why no reply will come (none in time, the runtime restarted, the client stopped), or null.
         public string Failure { get { lock (_lock) return _failure; } }
 
         // Blocks up to `timeout` (not on Unity's main thread: poll IsDone there).
@@ -173,7 +194,8 @@ namespace Ksdiff
         readonly ClientStatus _status = new ClientStatus();           // (L), minus Streams
         readonly Dictionary<string, Tracker> _streams = new Dictionary<string, Tracker>(); // (L)
         readonly Queue<ClientEvent> _events = new Queue<ClientEvent>();                     // (L)
-        readonly Queue<byte[]> _outbox = new Queue<byte[]>();                              // (L)
+        readonly Queue<Outgoing> _outbox = new Queue<Outgoing>();                          // (L)
+        long _outboxBytes;                                                                 // (L)
         readonly Queue<KeyValuePair<bool, string>> _subscriptions = new Queue<KeyValuePair<bool, string>>(); // (L)
         readonly Dictionary<ulong, PendingRequest> _pending = new Dictionary<ulong, PendingRequest>();     // (L)
         readonly HashSet<string> _seenInstances = new HashSet<string>();                   // (L)
@@ -185,9 +207,19 @@ namespace Ksdiff
         readonly Decoder _decoder = new Decoder();
         readonly MessageBuffer _topic = new MessageBuffer(), _payload = new MessageBuffer();
 
+        // A message for the DEALER, waiting in the outbox.
+        struct Outgoing
+        {
+            public byte[] Payload;
+            public bool Audio; // audio may be dropped when the outbox is full; requests never are
+        }
+
         sealed class Tracker
         {
             public readonly StreamStatus Status = new StreamStatus();
+            // Its stream_opened came: the runtime holds it for this connection. A dropped
+            // connection loses only such streams (an open_stream still queued goes out on the next).
+            public bool OpenConfirmed;
             public ulong? NextSeq;
             public readonly double[] Latencies = new double[LatencyWindow];
             public int LatencyCount, LatencyNext;
@@ -275,7 +307,7 @@ namespace Ksdiff
                     Instance = _status.Instance, RuntimeVersion = _status.RuntimeVersion, Blendshapes = _status.Blendshapes,
                     Messages = _status.Messages, Frames = _status.Frames, Dropped = _status.Dropped,
                     BadMessages = _status.BadMessages, Ignored = _status.Ignored, Restarts = _status.Restarts,
-                    EventsDropped = _status.EventsDropped, LastHelloS = _status.LastHelloS, LastError = _status.LastError,
+                    EventsDropped = _status.EventsDropped, Unsent = _status.Unsent, LastHelloS = _status.LastHelloS, LastError = _status.LastError,
                     LastStats = _status.LastStats, LastStatsS = _status.LastStatsS,
                 };
                 s.State = StateAt(now);
@@ -328,7 +360,7 @@ namespace Ksdiff
         public PendingRequest RequestHello()
         {
             ulong req = NextReq();
-            return Queue(req, "hello", Requests.Hello(req));
+            return Queue(req, "hello", null, Requests.Hello(req), _o.RequestTimeoutS);
         }
 
         // Opens a stream fed by this client's audio. With an explicit id (recommended) its frames
@@ -348,17 +380,22 @@ namespace Ksdiff
                     Tracker t = TrackerFor(request.Stream);
                     ResetTracker(t);
                     t.Status.OpenedHere = true;
+                    t.OpenConfirmed = false;
                     if (_o.Streams != null) _subscriptions.Enqueue(new KeyValuePair<bool, string>(true, Protocol.FrameTopic(request.Stream)));
                 }
             }
-            return Queue(req, "open_stream", payload);
+            return Queue(req, "open_stream", request.Stream, payload, _o.RequestTimeoutS);
         }
 
         // Audio gets no reply unless it fails: errors arrive as events and in StreamStatus.Errors.
         public void SendAudio(string stream, ulong seq, ulong? atSample, byte[] pcm, int offset, int count)
         {
             byte[] payload = Requests.Audio(stream, seq, atSample, pcm, offset, count);
-            lock (_lock) _outbox.Enqueue(payload);
+            lock (_lock)
+            {
+                _outbox.Enqueue(new Outgoing { Payload = payload, Audio = true });
+                _outboxBytes += payload.Length;
+            }
         }
 
         // Protocol 1.2 (the mood 1.3, the style 1.4): changes a stream's artists' controls (one
@@ -368,27 +405,34 @@ namespace Ksdiff
         public PendingRequest SetControls(string stream, Controls controls)
         {
             ulong req = NextReq();
-            return Queue(req, "set_controls", Requests.SetControls(stream, controls, req));
+            return Queue(req, "set_controls", stream, Requests.SetControls(stream, controls, req), _o.RequestTimeoutS);
         }
 
-        public PendingRequest EndStream(string stream)
+        public PendingRequest EndStream(string stream) { return EndStream(stream, _o.RequestTimeoutS); }
+
+        // The reply comes once the stream has finished (protocol 1.1): a line whose audio went
+        // whole is answered once all of it is animated, so give it time for that (NpcLine gives
+        // the clip's duration and more). The stream_end the runtime publishes just before the
+        // reply (Stream(id).EndReason "ended", EndFrames) tells the same, should the reply be lost.
+        public PendingRequest EndStream(string stream, double timeoutS)
         {
             ulong req = NextReq();
-            return Queue(req, "end_stream", Requests.EndStream(stream, req));
+            return Queue(req, "end_stream", stream, Requests.EndStream(stream, req), timeoutS);
         }
 
         ulong NextReq() { return (ulong)Interlocked.Increment(ref _nextReq); }
 
-        PendingRequest Queue(ulong req, string type, byte[] payload)
+        PendingRequest Queue(ulong req, string type, string stream, byte[] payload, double timeoutS)
         {
-            var p = new PendingRequest(req, type, _clock());
+            var p = new PendingRequest(req, type, stream, _clock(), timeoutS);
             lock (_lock)
             {
                 if (!_running) p.Complete(null, "the client is not running");
                 else
                 {
                     _pending[req] = p;
-                    _outbox.Enqueue(payload);
+                    _outbox.Enqueue(new Outgoing { Payload = payload, Audio = false });
+                    _outboxBytes += payload.Length;
                 }
             }
             return p;
@@ -452,6 +496,9 @@ namespace Ksdiff
                     if (!transport.TryReceiveReply(_payload, out parts)) break;
                     OnReply(parts);
                 }
+                // After the replies: those that came before the connection dropped still count.
+                if (transport.TakeDisconnects() > 0) ConnectionDropped();
+                ExpirePending(_clock());
             }
         }
 
@@ -471,15 +518,86 @@ namespace Ksdiff
             }
             while (true)
             {
-                byte[] next;
+                Outgoing next;
                 lock (_lock)
                 {
-                    if (_outbox.Count == 0) return;
+                    if (_outbox.Count == 0) break;
                     next = _outbox.Peek();
                 }
-                if (!transport.TrySend(next)) return; // ZeroMQ's queue is full: the runtime is away or slow
-                lock (_lock) _outbox.Dequeue();
+                if (!transport.TrySend(next.Payload)) break; // no connection, or ZeroMQ's queue is full: the runtime is away or slow
+                lock (_lock)
+                {
+                    _outbox.Dequeue();
+                    _outboxBytes -= next.Payload.Length;
+                }
             }
+            lock (_lock)
+            {
+                if (_outboxBytes <= _o.OutboxMaxBytes) return;
+                int dropped = DropAudio(_o.OutboxMaxBytes);
+                if (dropped == 0) return; // requests alone: they stay
+                _status.Unsent += (ulong)dropped;
+                _status.LastError = "the runtime at " + _o.RouterEndpoint + " has taken no message for a while: the oldest " +
+                                    "unsent audio was dropped (ClientStatus.Unsent counts it)";
+            }
+        }
+
+        // The outbox less its oldest audio messages, down to `limit` bytes (requests stay: they are
+        // small, and they fail on their own when no reply comes); returns how many were dropped.
+        // Under _lock, on the worker (the only thread that takes from the outbox).
+        int DropAudio(long limit)
+        {
+            int dropped = 0;
+            for (int n = _outbox.Count; n > 0; n--) // once round the queue, keeping the order
+            {
+                Outgoing m = _outbox.Dequeue();
+                if (m.Audio && _outboxBytes > limit)
+                {
+                    _outboxBytes -= m.Payload.Length;
+                    dropped++;
+                }
+                else _outbox.Enqueue(m);
+            }
+            return dropped;
+        }
+
+        // The DEALER's connection dropped. ZeroMQ reconnects by itself, but the new connection has
+        // another routing id, and the runtime keeps each stream for the connection that opened it
+        // (SPEC 1, Ownership): every stream this client opened is lost (the runtime ends it after
+        // its idle timeout), and so is the audio still waiting to go to them.
+        void ConnectionDropped()
+        {
+            double now = _clock();
+            lock (_lock)
+            {
+                foreach (Tracker t in _streams.Values)
+                {
+                    if (t.Status.OpenedHere && t.OpenConfirmed && !t.Status.Ended)
+                        Lose(t, "reconnect", "the connection to the runtime dropped, and the stream with it", now);
+                }
+                _status.Unsent += (ulong)DropAudio(0);
+            }
+        }
+
+        // Fails the requests whose reply is overdue: it was lost with a dropped connection, or the
+        // runtime is away (the request still waits in the outbox) or stuck. Whoever waits on one
+        // learns it, instead of waiting forever.
+        void ExpirePending(double now)
+        {
+            List<PendingRequest> expired = null;
+            lock (_lock)
+            {
+                foreach (KeyValuePair<ulong, PendingRequest> kv in _pending)
+                {
+                    if (now - kv.Value.SentS < kv.Value.TimeoutS) continue;
+                    if (expired == null) expired = new List<PendingRequest>();
+                    expired.Add(kv.Value);
+                }
+                if (expired == null) return;
+                foreach (PendingRequest p in expired) _pending.Remove(p.Req);
+            }
+            foreach (PendingRequest p in expired)
+                p.Complete(null, p.Type + ": no reply from the runtime at " + _o.RouterEndpoint + " within " + p.TimeoutS + " s");
         }
 
         void OnPublished(int parts)
@@ -610,6 +728,7 @@ namespace Ksdiff
                     bool opened = t.Status.OpenedHere && !t.Status.Ended;
                     ResetTracker(t); // a fresh stream: its frames start at seq 0
                     t.Status.OpenedHere = opened;
+                    t.OpenConfirmed = opened && t.OpenConfirmed;
                     t.Status.Source = start.Source;
                     t.Status.Mode = start.Mode;
                     t.Status.LatencyMs = start.LatencyMs;
@@ -621,6 +740,7 @@ namespace Ksdiff
                     Tracker t = TrackerFor(end.Stream);
                     t.Status.Ended = true;
                     t.Status.EndReason = end.Reason;
+                    t.Status.EndFrames = end.Frames;
                     t.Status.Source = end.Source;
                     t.NextSeq = null;
                     Emit(ClientEventKind.StreamEnd, msg, end.Stream, end.Reason, arrival);
@@ -674,12 +794,7 @@ namespace Ksdiff
                     foreach (Tracker t in _streams.Values)
                     {
                         t.NextSeq = null;
-                        if (t.Status.OpenedHere && !t.Status.Ended)
-                        {
-                            t.Status.Ended = true;
-                            t.Status.EndReason = "restart";
-                            Emit(ClientEventKind.StreamLost, null, t.Status.Stream, "the runtime restarted and lost the stream", arrival);
-                        }
+                        if (t.Status.OpenedHere && !t.Status.Ended) Lose(t, "restart", "the runtime restarted and lost the stream", arrival);
                     }
                 }
             }
@@ -726,6 +841,7 @@ namespace Ksdiff
                     {
                         Tracker t = TrackerFor(opened.Stream);
                         t.Status.OpenedHere = true;
+                        t.OpenConfirmed = true;
                         if (opened.Mode != null) t.Status.Mode = opened.Mode;                 // 1.2
                         if (opened.LatencyMs.HasValue) t.Status.LatencyMs = opened.LatencyMs; // 1.2
                         // An id the runtime picked: subscribe its frames now (when filtering).
@@ -743,11 +859,30 @@ namespace Ksdiff
                     req = error.Req;
                     lock (_lock)
                     {
-                        // An error no request waits for (audio has no req) belongs to its stream.
+                        PendingRequest awaiting;
+                        if (!req.HasValue || !_pending.TryGetValue(req.Value, out awaiting)) awaiting = null;
+                        string stream = error.Stream ?? (awaiting != null ? awaiting.Stream : null);
                         Tracker t;
-                        bool awaited = req.HasValue && _pending.ContainsKey(req.Value);
-                        if (!awaited && error.Stream != null && _streams.TryGetValue(error.Stream, out t)) t.Status.Errors.Add(error);
-                        Emit(ClientEventKind.Error, error, error.Stream, error.ToString(), arrival);
+                        if (stream == null || !_streams.TryGetValue(stream, out t)) t = null;
+                        // An error no request waits for (audio has no req) belongs to its stream.
+                        if (awaiting == null && error.Stream != null && t != null) t.Status.Errors.Add(error);
+                        Emit(ClientEventKind.Error, error, stream, error.ToString(), arrival);
+                        if (t == null) break;
+                        if (awaiting != null && awaiting.Type == "open_stream")
+                        {
+                            // Refused (busy: the id is taken, maybe by another client): never this client's.
+                            t.Status.OpenedHere = false;
+                            t.OpenConfirmed = false;
+                        }
+                        else if ((error.ErrorCode == ErrorCode.Forbidden || error.ErrorCode == ErrorCode.UnknownStream) &&
+                                 t.Status.OpenedHere && !t.Status.Ended)
+                        {
+                            // The runtime no longer takes this stream from this client: the connection
+                            // that opened it dropped and ZeroMQ's new one has another routing id (SPEC
+                            // 1, Ownership), and maybe its idle timeout has ended it since.
+                            Lose(t, "reconnect", "the runtime refused the stream's " + (error.RequestType ?? "message") + " (" + error.Code +
+                                                 "): the connection that opened it dropped", arrival);
+                        }
                     }
                     break;
                 default:
@@ -784,6 +919,16 @@ namespace Ksdiff
         }
 
         // --- helpers (under _lock) --------------------------------------------------------------
+
+        // A stream this client opened is gone without its stream_end (the runtime restarted, or the
+        // connection that opened it dropped): ended, with the reason, and a StreamLost event.
+        void Lose(Tracker t, string reason, string text, double time)
+        {
+            t.Status.Ended = true;
+            t.Status.EndReason = reason;
+            t.NextSeq = null;
+            Emit(ClientEventKind.StreamLost, null, t.Status.Stream, text, time);
+        }
 
         void Emit(ClientEventKind kind, Message msg, string stream, string text, double time)
         {
@@ -830,6 +975,7 @@ namespace Ksdiff
             StreamStatus s = t.Status;
             s.Ended = false;
             s.EndReason = null;
+            s.EndFrames = null;
             s.Frames = 0;
             s.Dropped = 0;
             s.Errors.Clear();
@@ -845,7 +991,7 @@ namespace Ksdiff
             StreamStatus s = t.Status;
             var copy = new StreamStatus
             {
-                Stream = s.Stream, Source = s.Source, OpenedHere = s.OpenedHere, Ended = s.Ended, EndReason = s.EndReason,
+                Stream = s.Stream, Source = s.Source, OpenedHere = s.OpenedHere, Ended = s.Ended, EndReason = s.EndReason, EndFrames = s.EndFrames,
                 Frames = s.Frames, Dropped = s.Dropped, LastIndex = s.LastIndex, LastFrameS = s.LastFrameS,
                 StatsLatencyP95Ms = s.StatsLatencyP95Ms, Mode = s.Mode, LatencyMs = s.LatencyMs,
             };

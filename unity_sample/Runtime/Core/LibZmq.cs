@@ -14,6 +14,7 @@
 using System;
 using System.Runtime.InteropServices;
 using System.Text;
+using System.Threading;
 
 namespace Ksdiff
 {
@@ -21,11 +22,12 @@ namespace Ksdiff
     {
         const string Lib = "libzmq";
 
-        public const int PUB = 1, SUB = 2, DEALER = 5, ROUTER = 6, XPUB = 9;
+        public const int PAIR = 0, PUB = 1, SUB = 2, DEALER = 5, ROUTER = 6, XPUB = 9;
         public const int SUBSCRIBE = 6, UNSUBSCRIBE = 7, LINGER = 17, RECONNECT_IVL = 18,
             RECONNECT_IVL_MAX = 21, MAXMSGSIZE = 22, SNDHWM = 23, RCVHWM = 24, LAST_ENDPOINT = 32,
-            XPUB_VERBOSE = 40, CURVE_SERVER = 47, CURVE_PUBLICKEY = 48, CURVE_SECRETKEY = 49,
+            IMMEDIATE = 39, XPUB_VERBOSE = 40, CURVE_SERVER = 47, CURVE_PUBLICKEY = 48, CURVE_SECRETKEY = 49,
             CURVE_SERVERKEY = 50, HEARTBEAT_IVL = 75, HEARTBEAT_TIMEOUT = 77;
+        public const int EVENT_DISCONNECTED = 0x0200; // zmq_socket_monitor's event: a connection dropped
         public const int DONTWAIT = 1, SNDMORE = 2;
         public const short POLLIN = 1;
         public const int EINTR = 4;
@@ -41,6 +43,7 @@ namespace Ksdiff
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern int zmq_getsockopt(IntPtr socket, int option, byte[] value, ref UIntPtr length);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern int zmq_bind(IntPtr socket, [MarshalAs(UnmanagedType.LPStr)] string endpoint);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern int zmq_connect(IntPtr socket, [MarshalAs(UnmanagedType.LPStr)] string endpoint);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern int zmq_socket_monitor(IntPtr socket, [MarshalAs(UnmanagedType.LPStr)] string endpoint, int events);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern int zmq_send(IntPtr socket, byte[] buffer, UIntPtr length, int flags);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern int zmq_msg_init(IntPtr msg);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)] public static extern int zmq_msg_recv(IntPtr msg, IntPtr socket, int flags);
@@ -211,6 +214,13 @@ namespace Ksdiff
             if (LibZmq.zmq_connect(Handle, endpoint) != 0) throw new TransportException("connect " + endpoint + ": " + LibZmq.LastError());
         }
 
+        // libzmq reports the socket's `events` (LibZmq.EVENT_*) as messages on a PAIR socket it
+        // binds at `endpoint` (inproc://): connect a PAIR there to read them.
+        public void Monitor(string endpoint, int events)
+        {
+            if (LibZmq.zmq_socket_monitor(Handle, endpoint, events) != 0) throw new TransportException("zmq_socket_monitor: " + LibZmq.LastError());
+        }
+
         // The endpoint the socket is bound to (tcp://127.0.0.1:PORT after binding port 0 / '*').
         public string LastEndpoint()
         {
@@ -298,12 +308,15 @@ namespace Ksdiff
 
     public sealed class LibZmqTransport : ITransport
     {
+        static int s_monitors; // each monitor binds its own inproc endpoint
+
         ZmqContext _context;
-        ZmqSocket _sub, _dealer;
+        ZmqSocket _sub, _dealer, _monitor;
         LibZmq.Poller _poller;
         readonly bool[] _ready = new bool[2];
         readonly MessageBuffer[] _pubParts = new MessageBuffer[2];
         readonly MessageBuffer[] _replyParts = new MessageBuffer[1];
+        readonly MessageBuffer[] _noParts = new MessageBuffer[0];
         readonly MessageBuffer _overflow = new MessageBuffer();
 
         public void Open(TransportOptions o)
@@ -329,6 +342,13 @@ namespace Ksdiff
                     }
                 }
                 _sub.Set(LibZmq.RCVHWM, o.ReceiveHighWatermark);
+                // Queue only on a live connection: nothing stale is replayed to a new one (ITransport.TrySend).
+                _dealer.Set(LibZmq.IMMEDIATE, 1);
+                // The DEALER's dropped connections (ITransport.TakeDisconnects), watched before it connects.
+                string monitor = "inproc://ksdiff-dealer-monitor-" + Interlocked.Increment(ref s_monitors);
+                _dealer.Monitor(monitor, LibZmq.EVENT_DISCONNECTED);
+                _monitor = new ZmqSocket(_context, LibZmq.PAIR);
+                _monitor.Connect(monitor);
                 foreach (string topic in o.Topics) Subscribe(topic);
                 _sub.Connect(o.PubEndpoint);
                 _dealer.Connect(o.RouterEndpoint);
@@ -367,8 +387,17 @@ namespace Ksdiff
 
         public bool TrySend(byte[] payload) { return _dealer.Send(payload); }
 
+        public int TakeDisconnects()
+        {
+            // One message per event (its id and value, then the endpoint); only disconnects are asked for.
+            int n = 0;
+            while (_monitor.ReceiveMultipart(_noParts, _overflow) > 0) n++;
+            return n;
+        }
+
         public void Dispose()
         {
+            if (_monitor != null) { _monitor.Dispose(); _monitor = null; }
             if (_sub != null) { _sub.Dispose(); _sub = null; }
             if (_dealer != null) { _dealer.Dispose(); _dealer = null; }
             if (_context != null) { _context.Dispose(); _context = null; }

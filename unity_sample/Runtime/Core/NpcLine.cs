@@ -24,6 +24,13 @@
 // line keeps time with the client's clock, the one its requests and frames are stamped with),
 // starts the audio when ShouldStartPlayback turns true, and reports when it did with
 // PlaybackStarted(T0).
+//
+// A line never waits forever: its end is end_stream's reply or the stream_end (reason "ended")
+// the runtime publishes just before it, whichever comes (the reply can be lost with a dropped
+// connection), and without either, or without its last frames, it fails DurationS +
+// PlaybackDelayS + FrameTimeoutS after end_stream. A line whose connection dropped (the client
+// marks its stream lost, reason "reconnect") fails at once: the runtime keeps the stream for the
+// connection that opened it (SPEC 1, Ownership).
 using System;
 using System.Collections.Generic;
 
@@ -40,7 +47,7 @@ namespace Ksdiff
         public double DefaultLatencyS = 0.3; // a 1.1 runtime, until its latency is known (stats / frames)
         public double MarginS = 0.06;        // on top of the stated or estimated latency
         public double OpenTimeoutS = 5.0;    // no stream_opened by then: the runtime is absent
-        public double FrameTimeoutS = 5.0;   // no frame this long after it was due: give up
+        public double FrameTimeoutS = 5.0;   // no frame this long after it was due (or, after end_stream, after the line's end): give up
     }
 
     public enum NpcLineState
@@ -49,7 +56,7 @@ namespace Ksdiff
         Opening,   // open_stream sent, waiting for stream_opened
         Buffering, // audio pushed (or being pushed), waiting for the latency to pass and the first frame
         Playing,   // the owner plays the audio; frames show on the audio clock
-        Finishing, // every sample pushed, end_stream sent: waiting for stream_ended and the last frame
+        Finishing, // every sample pushed, end_stream sent: waiting for its end (stream_ended or stream_end) and the last frame
         Done,      // every frame arrived (Total is the runtime's count)
         Failed,    // see Failure
     }
@@ -78,7 +85,7 @@ namespace Ksdiff
         public string Failure { get; private set; }
         public string Stream { get { return _o.Stream; } }
         public uint Fps { get; private set; }
-        public ulong? Total { get; private set; }           // frames, from stream_ended
+        public ulong? Total { get; private set; }           // frames, from stream_ended (or stream_end when the reply was lost)
         public double PlaybackDelayS { get; private set; }  // chosen: latency (stated or estimated) + margin
         public bool LatencyWasKnown { get; private set; }   // false: DefaultLatencyS was used
         public bool LatencyWasStated { get; private set; }  // the runtime stated it (protocol 1.2)
@@ -86,6 +93,9 @@ namespace Ksdiff
         public double FirstPushS { get { return _firstPushS; } } // client clock; playback is due PlaybackDelayS later
         public int BusyRefusals { get; private set; }       // audio refused as too far ahead of real time, and sent again
         public double DurationS { get { return (double)_samples.Length / _channels / _rate; } }
+        // After end_stream, the longest the line waits for its end and last frames: the clip plays
+        // out after the latency, and FrameTimeoutS more.
+        public double FinishTimeoutS { get { return DurationS + PlaybackDelayS + _o.FrameTimeoutS; } }
         // True from the moment the audio should start until PlaybackStarted is called.
         public bool ShouldStartPlayback { get; private set; }
 
@@ -197,13 +207,14 @@ namespace Ksdiff
         void Streaming(double now)
         {
             // Before the snapshot: once the barrier's reply is in, the snapshot holds every error
-            // for the audio sent before it (replies come in order, and the client records them so).
+            // for the audio sent before it (replies come in order, and the client records them so);
+            // once end_stream's reply is in, it holds the loss the client marks for a refusal.
             bool barrierDone = _barrier != null && _barrier.IsDone;
+            bool endDone = _end != null && _end.IsDone;
             StreamStatus s = _client.Stream(_o.Stream);
             if (s != null && s.EndReason != null && s.EndReason != "ended")
             {
-                Fail(s.EndReason == "restart" ? "the runtime restarted and lost the line"
-                                              : "the runtime ended the line (reason " + s.EndReason + ")");
+                Fail(LostBecause(s.EndReason));
                 return;
             }
             for (; s != null && _errorsSeen < s.Errors.Count; _errorsSeen++)
@@ -223,18 +234,44 @@ namespace Ksdiff
                 else if (now >= _dueS + _o.FrameTimeoutS) { Fail("no frame within " + _o.FrameTimeoutS + " s of its time"); return; }
             }
 
-            if (!_whole && _pushedFrames * _channels == _samples.Length && _end == null) _end = _client.EndStream(_o.Stream);
+            if (!_whole && _pushedFrames * _channels == _samples.Length && _end == null) EndLine();
             if (_end != null && State == NpcLineState.Playing) State = NpcLineState.Finishing;
-            if (_end != null && _end.IsDone)
+            if (_end != null) Finish(now, s, endDone);
+        }
+
+        // After end_stream: the line's end is its reply, or the stream_end (reason "ended") the
+        // runtime publishes just before the reply, since the reply can be lost with a dropped
+        // connection; either gives the frame count. Then Done once every frame is in (the last
+        // one carries `last`, then stream_end). Without them within FinishTimeoutS: Failed.
+        void Finish(double now, StreamStatus s, bool endDone)
+        {
+            if (!Total.HasValue && endDone && _end.Failure == null)
             {
-                if (_end.Failure != null) { Fail(_end.Failure); return; }
                 var error = _end.Reply as ErrorReply;
                 if (error != null) { Fail("end_stream refused: " + error); return; }
                 Total = ((StreamEnded)_end.Reply).Frames;
-                // Done when every frame is in (the last one carries `last`, then stream_end).
-                if (_playbackStarted && s != null && s.Ended) State = NpcLineState.Done;
-                else if (now - _end.SentS > DurationS + PlaybackDelayS + _o.FrameTimeoutS) Fail("the last frames did not come");
             }
+            if (!Total.HasValue && s != null && s.EndReason == "ended" && s.EndFrames.HasValue) Total = s.EndFrames;
+            if (Total.HasValue && _playbackStarted && s != null && s.Ended) { State = NpcLineState.Done; return; }
+            // Checked before the request's failure: end_stream's own timeout is the same, so its
+            // expiry reads as this, the line's reason.
+            if (now - _end.SentS >= FinishTimeoutS)
+            {
+                Fail(Total.HasValue ? "the last frames did not come"
+                                    : "no reply to end_stream and no stream_end within " + FinishTimeoutS.ToString("F1") +
+                                      " s: the connection to the runtime may have dropped");
+                return;
+            }
+            if (!Total.HasValue && endDone && _end.Failure != null) Fail(_end.Failure); // e.g. the client stopped
+        }
+
+        void EndLine() { _end = _client.EndStream(_o.Stream, FinishTimeoutS); }
+
+        static string LostBecause(string reason)
+        {
+            if (reason == "restart") return "the runtime restarted and lost the line";
+            if (reason == "reconnect") return "the connection to the runtime dropped; the line was lost";
+            return "the runtime ended the line (reason " + reason + ")";
         }
 
         // A 1.1 runtime: sends the audio that is due at the clip's own pace, one chunk ahead, in
@@ -268,12 +305,12 @@ namespace Ksdiff
                 Send(n);
             }
             if (_pushedFrames < total || _end != null) return;
-            if (!_maxAheadS.HasValue || DurationS <= _maxAheadS.Value) _end = _client.EndStream(_o.Stream);
+            if (!_maxAheadS.HasValue || DurationS <= _maxAheadS.Value) EndLine();
             else if (_barrier == null) _barrier = _client.RequestHello();
             else if (barrierDone)
             {
                 if (_barrier.Failure != null) { Fail(_barrier.Failure); return; }
-                _end = _client.EndStream(_o.Stream); // no busy before the barrier's reply (a busy rewinds and drops it)
+                EndLine(); // no busy before the barrier's reply (a busy rewinds and drops it)
             }
         }
 

@@ -58,8 +58,17 @@ namespace Ksdiff
         // One whole reply on the DEALER, if one is waiting (1 frame for a valid one).
         bool TryReceiveReply(MessageBuffer payload, out int parts);
         // Queues one single-frame message on the DEALER without blocking; false when ZeroMQ's
-        // send queue is full (retry later).
+        // send queue is full or there is no connection (retry later). The DEALER queues only on a
+        // connection that is up (ZMQ_IMMEDIATE): ZeroMQ would otherwise keep up to its high
+        // watermark of messages for an absent runtime and replay them, stale, on the next
+        // connection, where the runtime refuses them (SPEC 1, Ownership). What the DEALER does
+        // not take waits in the client's outbox, which is bounded.
         bool TrySend(byte[] payload);
+        // How many times the DEALER's connection to the runtime dropped since the last call
+        // (ZeroMQ's socket monitor; 0 almost always). ZeroMQ reconnects by itself, but the new
+        // connection has another routing id and the runtime keeps each stream for the connection
+        // that opened it (SPEC 1, Ownership): the client counts every stream it opened as lost.
+        int TakeDisconnects();
     }
 
     public sealed class TransportException : Exception

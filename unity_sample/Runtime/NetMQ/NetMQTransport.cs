@@ -12,7 +12,10 @@
 //     clients are stopped (KsdiffTransports.ShutdownAll), or the editor hangs.
 //   * Never a blocking receive on the main thread: the client's worker thread receives with
 //     TryReceive and a zero timeout after a bounded Select.
+//   * The DEALER queues only on a live connection (DelayAttachOnConnect, ZMQ_IMMEDIATE) and its
+//     dropped connections are read from NetMQ's socket monitor (ITransport.TakeDisconnects).
 using System;
+using System.Threading;
 using NetMQ;
 using NetMQ.Sockets;
 using UnityEngine;
@@ -21,8 +24,11 @@ namespace Ksdiff.Unity
 {
     public sealed class NetMQTransport : ITransport
     {
+        static int s_monitors; // each monitor binds its own inproc endpoint
+
         SubscriberSocket _sub;
         DealerSocket _dealer;
+        PairSocket _monitor;
         NetMQSelector _selector;
         NetMQSelector.Item[] _items;
         Msg _msg;
@@ -49,6 +55,15 @@ namespace Ksdiff.Unity
                     }
                 }
                 _sub.Options.ReceiveHighWatermark = o.ReceiveHighWatermark;
+                // Queue only on a live connection: nothing stale is replayed to a new one (ITransport.TrySend).
+                _dealer.Options.DelayAttachOnConnect = true;
+                // The DEALER's dropped connections (ITransport.TakeDisconnects), watched before it
+                // connects: NetMQ sends one message per event to a PAIR it binds at this endpoint.
+                string monitor = "inproc://ksdiff-dealer-monitor-" + Interlocked.Increment(ref s_monitors);
+                _dealer.Monitor(monitor, SocketEvents.Disconnected);
+                _monitor = new PairSocket();
+                _monitor.Options.Linger = TimeSpan.Zero;
+                _monitor.Connect(monitor);
                 foreach (string topic in o.Topics) _sub.Subscribe(topic);
                 _sub.Connect(o.PubEndpoint);
                 _dealer.Connect(o.RouterEndpoint);
@@ -93,6 +108,16 @@ namespace Ksdiff.Unity
             return _dealer.TrySendFrame(TimeSpan.Zero, payload, payload.Length, false);
         }
 
+        public int TakeDisconnects()
+        {
+            // Only disconnects are asked for: each message is one (its content is not needed; NetMQ
+            // frees the weak GCHandle an event carries only when its own monitor class reads it, so
+            // each dropped connection leaves one behind: a few bytes, once per reconnect).
+            int n = 0;
+            while (ReceiveMultipart(_monitor, null, null) > 0) n++;
+            return n;
+        }
+
         // The first frames into `first` and `second` (the rest read and dropped); 0 when none waits.
         int ReceiveMultipart(NetMQSocket socket, MessageBuffer first, MessageBuffer second)
         {
@@ -125,6 +150,7 @@ namespace Ksdiff.Unity
 
         public void Dispose()
         {
+            if (_monitor != null) { _monitor.Dispose(); _monitor = null; }
             if (_sub != null) { _sub.Dispose(); _sub = null; }
             if (_dealer != null) { _dealer.Dispose(); _dealer = null; }
             if (_msg.IsInitialised) _msg.Close();

@@ -148,6 +148,8 @@ namespace Ksdiff.Tests
             return true;
         }
 
+        public int TakeDisconnects() { return 0; }
+
         public void Dispose() { }
     }
 }

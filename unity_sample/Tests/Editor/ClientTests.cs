@@ -1,6 +1,7 @@
 // The client over the libzmq transport against a stand-in runtime on loopback: subscriptions,
-// decoding, drops, bad input, replies matched by req, restart detection, reconnection, an absent
-// runtime, a bad endpoint, CURVE. The same client logic runs over NetMQ in Unity.
+// decoding, drops, bad input, replies matched by req, restart detection, reconnection, streams
+// lost with a dropped connection, requests that time out, the outbox's bound, an absent runtime,
+// a bad endpoint, CURVE. The same client logic runs over NetMQ in Unity.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -32,15 +33,38 @@ namespace Ksdiff.Tests
             return d;
         }
 
-        KsdiffClient Client(FakeRuntime rt, string[] streams = null, CurveKeys curve = null, string pub = null, string router = null)
+        KsdiffClient Client(FakeRuntime rt, string[] streams = null, CurveKeys curve = null, string pub = null, string router = null,
+                            Action<ClientOptions> configure = null)
         {
-            var c = Keep(new KsdiffClient(new ClientOptions
+            var options = new ClientOptions
             {
                 PubEndpoint = pub ?? rt.PubEndpoint, RouterEndpoint = router ?? rt.RouterEndpoint, Streams = streams,
                 Curve = curve, Transport = () => new LibZmqTransport(), HelloTimeoutS = 2.5,
-            }));
+            };
+            if (configure != null) configure(options);
+            var c = Keep(new KsdiffClient(options));
             c.Start();
             return c;
+        }
+
+        // Opens `stream` and answers it with stream_opened.
+        static void Open(FakeRuntime rt, KsdiffClient c, string stream)
+        {
+            PendingRequest open = c.OpenStream(new OpenStream { Stream = stream });
+            var r = rt.Receive();
+            rt.Reply(r.Key, FakeRuntime.StreamOpened(stream, ((OpenStream)new Decoder().Decode(r.Value)).Req.Value));
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsTrue(open.Reply is StreamOpened, "" + open.Reply);
+        }
+
+        // Free ports, nothing bound to them.
+        static void FreeEndpoints(out string pub, out string router)
+        {
+            using (var probe = new FakeRuntime())
+            {
+                pub = probe.PubEndpoint;
+                router = probe.RouterEndpoint;
+            }
         }
 
         static List<ClientEvent> Events(KsdiffClient c)
@@ -219,6 +243,135 @@ namespace Ksdiff.Tests
             List<ErrorReply> errors = c.Stream("busy1").Errors;
             Assert.AreEqual(ErrorCode.Forbidden, errors[0].ErrorCode);
             Assert.AreEqual(ErrorCode.Internal, errors[1].ErrorCode);
+            // busy1's open_stream was refused: it never was this client's, so its forbidden audio
+            // is not a stream lost with a reconnect.
+            Assert.IsFalse(c.Stream("busy1").OpenedHere);
+            Assert.IsNull(c.Stream("busy1").EndReason);
+        }
+
+        [Test]
+        public void AStreamThisClientOpenedIsLostWhenTheRuntimeRefusesItAsForbiddenOrUnknown()
+        {
+            // After a reconnect the runtime keeps the stream for the old connection (SPEC 1,
+            // Ownership): its audio and end_stream are refused with forbidden, or unknown_stream
+            // once its idle timeout ended it. Such a stream is lost, as with a restart.
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            Open(rt, c, "mine");
+            Open(rt, c, "mine2");
+            Events(c);
+            c.SendAudio("mine", 0, 0, new byte[8], 0, 8);
+            var a = rt.Receive();
+            rt.Reply(a.Key, FakeRuntime.Error("forbidden", "audio", "mine", null));
+            Assert.IsTrue(Wait.Until(() => c.Stream("mine").Ended, 10), "a forbidden stream of ours is not marked lost");
+            Assert.AreEqual("reconnect", c.Stream("mine").EndReason);
+            Assert.AreEqual(1, c.Stream("mine").Errors.Count, "the error is kept too");
+            List<ClientEvent> events = Events(c);
+            Assert.IsTrue(events.Any(e => e.Kind == ClientEventKind.StreamLost && e.Stream == "mine"), string.Join("\n", events));
+            // end_stream refused with unknown_stream (a req, and no stream in the error): its request's stream.
+            PendingRequest end = c.EndStream("mine2");
+            var r = rt.Receive();
+            rt.Reply(r.Key, FakeRuntime.Error("unknown_stream", "end_stream", null, ((EndStream)new Decoder().Decode(r.Value)).Req));
+            Assert.IsTrue(end.Wait(TimeSpan.FromSeconds(10)));
+            Assert.AreEqual(ErrorCode.UnknownStream, ((ErrorReply)end.Reply).ErrorCode);
+            Assert.AreEqual("reconnect", c.Stream("mine2").EndReason);
+            Assert.IsTrue(Events(c).Any(e => e.Kind == ClientEventKind.StreamLost && e.Stream == "mine2"));
+            // Another client's stream, refused as forbidden, is not ours to lose.
+            rt.WaitSubscribed(Protocol.StreamTopicPrefix);
+            rt.Publish(Protocol.StreamTopic("theirs"), FakeRuntime.StreamStart("theirs"));
+            Assert.IsTrue(Wait.Until(() => c.Stream("theirs") != null, 10));
+            PendingRequest set = c.SetControls("theirs", new Controls().SetMood(Protocol.MoodHappy));
+            var sr = rt.Receive();
+            rt.Reply(sr.Key, FakeRuntime.Error("forbidden", "set_controls", "theirs", ((SetControls)new Decoder().Decode(sr.Value)).Req));
+            Assert.IsTrue(set.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsFalse(c.Stream("theirs").Ended);
+            Assert.IsNull(c.Stream("theirs").EndReason);
+        }
+
+        [Test]
+        public void ADroppedConnectionLosesTheStreamsThisClientOpened()
+        {
+            // The DEALER's monitor reports the drop: every stream this client opened is lost at
+            // once (the next connection has another routing id), before any refusal could say so.
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            Open(rt, c, "mine");
+            c.OpenStream(new OpenStream { Stream = "unanswered" }); // goes out, never answered
+            rt.Receive();
+            Events(c);
+            rt.Dispose(); // the connection drops
+            Assert.IsTrue(Wait.Until(() => c.Stream("mine").Ended, 10), "the dropped connection did not lose the stream");
+            Assert.AreEqual("reconnect", c.Stream("mine").EndReason);
+            ClientEvent lost = Events(c).FirstOrDefault(e => e.Kind == ClientEventKind.StreamLost);
+            Assert.IsNotNull(lost);
+            Assert.AreEqual("mine", lost.Stream);
+            Assert.IsTrue(lost.Text.Contains("connection"), lost.Text);
+            // An open_stream without its reply is not known to be held (if it was, its request times out).
+            Assert.IsFalse(c.Stream("unanswered").Ended);
+        }
+
+        [Test]
+        public void ARequestWithoutAReplyFailsAfterItsTimeout()
+        {
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt, configure: o => o.RequestTimeoutS = 0.3);
+            Handshake(rt, c, "A");
+            var watch = Stopwatch.StartNew();
+            PendingRequest hello = c.RequestHello();
+            PendingRequest end = c.EndStream("line1", 1.0); // end_stream: its own timeout
+            var h = rt.Receive();
+            rt.Receive(); // received, never answered (as when the connection drops with the reply)
+            Assert.IsTrue(hello.Wait(TimeSpan.FromSeconds(5)), "a request without a reply waits forever");
+            Assert.GreaterOrEqual(watch.Elapsed.TotalSeconds, 0.3);
+            Assert.IsNull(hello.Reply);
+            Assert.IsTrue(hello.Failure.Contains("hello: no reply from the runtime at " + rt.RouterEndpoint), hello.Failure);
+            Assert.IsFalse(end.IsDone, "end_stream has its own timeout");
+            Assert.IsTrue(end.Wait(TimeSpan.FromSeconds(5)));
+            Assert.GreaterOrEqual(watch.Elapsed.TotalSeconds, 1.0);
+            Assert.IsTrue(end.Failure.Contains("end_stream: no reply"), end.Failure);
+            // A reply after the deadline changes nothing: no request waits for it any more.
+            Events(c);
+            rt.Reply(h.Key, FakeRuntime.Hello("A", ((Hello)new Decoder().Decode(h.Value)).Req));
+            Assert.IsTrue(Wait.Until(() => Events(c).Any(e => e.Kind == ClientEventKind.Hello), 10));
+            Assert.AreEqual(0UL, c.Status().BadMessages);
+            Assert.IsTrue(hello.Failure.Contains("no reply"));
+        }
+
+        [Test]
+        public void TheOutboxKeepsRequestsAndDropsTheOldestAudioBeyondItsBound()
+        {
+            // No runtime: the DEALER queues only on a live connection (ZMQ_IMMEDIATE), so ZeroMQ
+            // takes nothing and every message waits in the client's outbox, whose bound drops the
+            // oldest audio, never a request. When the runtime comes, it gets the requests and
+            // the newest audio, in order: nothing stale from ZeroMQ's own queue.
+            string pub, router;
+            FreeEndpoints(out pub, out router);
+            const long bound = 20000;
+            KsdiffClient c = Client(null, null, null, pub, router, o => o.OutboxMaxBytes = bound);
+            PendingRequest first = c.RequestHello();
+            const int sent = 50;
+            var pcm = new byte[1000];
+            for (ulong seq = 0; seq < sent; seq++) c.SendAudio("mic1", seq, null, pcm, 0, pcm.Length);
+            PendingRequest last = c.RequestHello();
+            // Every audio message has the same size (seq < 128), so do the hellos (req < 128).
+            long audioBytes = Requests.Audio("mic1", 0, null, pcm, 0, pcm.Length).Length;
+            long helloBytes = Requests.Hello(first.Req).Length;
+            int kept = (int)((bound - 2 * helloBytes) / audioBytes);
+            Assert.IsTrue(Wait.Until(() => c.Status().Unsent == (ulong)(sent - kept), 10),
+                          "unsent " + c.Status().Unsent + ", expected " + (sent - kept));
+            Assert.IsTrue(c.Status().LastError.Contains("unsent audio was dropped"), c.Status().LastError);
+
+            var rt = Keep(new FakeRuntime(pub, router));
+            var got = new List<Message>();
+            while (got.Count == 0 || !(got[got.Count - 1] is Hello && ((Hello)got[got.Count - 1]).Req == last.Req))
+                got.Add(new Decoder().Decode(rt.Receive().Value));
+            Assert.AreEqual(kept + 2, got.Count);
+            Assert.AreEqual(first.Req, ((Hello)got[0]).Req.Value);
+            for (int i = 0; i < kept; i++) Assert.AreEqual((ulong)(sent - kept + i), ((Audio)got[1 + i]).Seq, "the newest audio, in order");
+            Assert.IsNull(rt.TryReceive(0.2), "nothing more");
+            Assert.AreEqual((ulong)(sent - kept), c.Status().Unsent);
         }
 
         [Test]

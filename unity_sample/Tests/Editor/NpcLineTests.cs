@@ -3,7 +3,8 @@
 // sent again later, end_stream at once; for a 1.1 runtime f32le audio at the clip's pace with
 // at_sample, then end_stream), when playback starts (the stated latency, or one from stats or
 // frames, plus the margin, and never before the first frame), and the failures: an absent
-// runtime, a refusal, a restart mid-line.
+// runtime, a refusal, a restart mid-line, a dropped connection; and a line whose end_stream reply
+// is lost ends with its stream_end, or fails in bounded time, never hangs.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -375,6 +376,79 @@ namespace Ksdiff.Tests
 
             Assert.Throws<ArgumentException>(() => new NpcLine(_client, new float[0], 16000, 1, new NpcLineOptions { Stream = "x" }));
             Assert.Throws<ProtocolException>(() => new NpcLine(_client, new float[1], 16000, 1, new NpcLineOptions { Stream = ".." }));
+        }
+
+        [Test]
+        public void ALineWhoseEndStreamReplyIsLostEndsWithItsStreamEnd()
+        {
+            // The runtime publishes the last frame and stream_end (reason ended), then replies to
+            // end_stream; the reply is lost (a dropped connection): stream_end ends the line.
+            var line = new NpcLine(_client, Tone(0.5, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-noreply", MarginS = 0.02, FrameTimeoutS = 1 });
+            line.Start();
+            Drive(line, () => line.State == NpcLineState.Done || line.State == NpcLineState.Failed, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-noreply", ((OpenStream)m).Req.Value, 20.0, 100.0, Protocol.ModeLine));
+                if (m is EndStream)
+                {
+                    for (ulong i = 0; i < 16; i++) _rt.Publish(Protocol.FrameTopic("npc-noreply"), FakeRuntime.Frame("npc-noreply", i, 0.1f, i == 15));
+                    _rt.Publish(Protocol.StreamTopic("npc-noreply"), FakeRuntime.StreamEnd("npc-noreply", "ended", 16));
+                }
+            }, 5);
+            Assert.AreEqual(NpcLineState.Done, line.State, line.Failure);
+            Assert.AreEqual(16UL, line.Total.Value, "the frame count from stream_end");
+        }
+
+        [Test]
+        public void ALineWhoseEndNeverComesFailsInsteadOfHanging()
+        {
+            // Frames came, then neither end_stream's reply nor stream_end (the connection dropped
+            // with them): the line fails once the clip, its latency and FrameTimeoutS have passed.
+            var line = new NpcLine(_client, Tone(0.3, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-silent", MarginS = 0.02, FrameTimeoutS = 0.5 });
+            line.Start();
+            double endAt = -1;
+            Drive(line, () => line.State == NpcLineState.Failed || line.State == NpcLineState.Done, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-silent", ((OpenStream)m).Req.Value, 20.0, 100.0, Protocol.ModeLine));
+                if (m is Audio) for (ulong i = 0; i < 3; i++) _rt.Publish(Protocol.FrameTopic("npc-silent"), FakeRuntime.Frame("npc-silent", i));
+                if (m is EndStream) endAt = _client.Now();
+            }, 5);
+            Assert.AreEqual(NpcLineState.Failed, line.State);
+            Assert.IsTrue(line.Failure.Contains("no reply to end_stream and no stream_end"), line.Failure);
+            Assert.AreEqual(0.3 + 0.12 + 0.5, line.FinishTimeoutS, 1e-9);
+            Assert.Greater(endAt, 0);
+            Assert.GreaterOrEqual(_client.Now() - endAt, line.FinishTimeoutS - 0.05);
+        }
+
+        [Test]
+        public void ALineRefusedAsForbiddenAfterAReconnectFailsAsLost()
+        {
+            // A reconnect: the runtime keeps the stream for the old connection and refuses the
+            // line's audio from the new one with forbidden.
+            var line = new NpcLine(_client, Tone(0.5, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-moved" });
+            line.Start();
+            Drive(line, () => line.State == NpcLineState.Failed || line.State == NpcLineState.Done, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-moved", ((OpenStream)m).Req.Value));
+                if (m is Audio) _rt.Reply(r.Key, FakeRuntime.Error("forbidden", "audio", "npc-moved", null));
+            });
+            Assert.AreEqual("the connection to the runtime dropped; the line was lost", line.Failure);
+        }
+
+        [Test]
+        public void ALineWhoseConnectionDropsFailsAsLost()
+        {
+            var line = new NpcLine(_client, Tone(2.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-dropped" });
+            line.Start();
+            Drive(line, () => line.State == NpcLineState.Failed || line.State == NpcLineState.Done, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-dropped", ((OpenStream)m).Req.Value));
+                if (m is Audio && _rt != null)
+                {
+                    _rt.Dispose(); // the connection drops mid-line
+                    _rt = null;
+                }
+            });
+            Assert.AreEqual("the connection to the runtime dropped; the line was lost", line.Failure);
         }
 
         [Test]
