@@ -706,3 +706,68 @@ def test_a_lost_mic_is_closed_and_opened_again(tmp_path_factory: pytest.TempPath
     finally:
         sub.close()
         daemon.kill(signal.SIGKILL)
+
+
+def test_a_source_that_cannot_be_opened_again_yet_is_retried_by_one_loop_ever_less_often(
+        tmp_path: Path, speech_16k: np.ndarray, serve_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source that ends with its own error and cannot be opened again for a while (here a file source: a FLAC cut
+    short, then gone, then back) is retried by one loop at a time, each wait twice the last, and its stream comes
+    back. The file opened is read as it plays, so removing it does not stop the stream already playing it."""
+    import zmq
+
+    from ksdiff_runtime.server import runtime as runtime_module
+    from ksdiff_runtime.server.runtime import Runtime
+    from ksdiff_sdk import protocol as P
+
+    monkeypatch.setattr(runtime_module, "SOURCE_REOPEN_S", 0.05)
+    monkeypatch.setattr(runtime_module, "SOURCE_REOPEN_MAX_S", 0.4)
+    path = tmp_path / "voice.flac"
+    sf.write(str(path), np.resize(speech_16k, 32_000), 16_000)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 6 // 10])  # cut short: decoding stops with an error part way
+    opened: list[float] = []
+
+    def reopen() -> FileSource:
+        opened.append(time.monotonic())
+        return FileSource(path, realtime=False, stream_id="voice")
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_ROOT)
+    sub.setsockopt(zmq.LINGER, 0)
+
+    def until(done, what: str) -> list[dict]:
+        got: list[dict] = []
+        deadline = time.monotonic() + 3 * WAIT_S
+        while not done(got):
+            assert time.monotonic() < deadline, f"{what}: {[(m['type'], m.get('reason')) for m in got][-5:]}"
+            if sub.poll(100):
+                msg = P.decode(sub.recv_multipart()[1])
+                if msg.get("stream") == "voice":
+                    got.append(msg)
+        return got
+
+    def loops() -> int:
+        return sum(t.name == "ksdiff-source-voice" and t.is_alive() for t in threading.enumerate())
+
+    try:
+        with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", admission=False) as rt:
+            sub.connect(rt.pub_endpoint)
+            assert sub.poll(int(WAIT_S * 1000)), "no hello"
+            rt.add_source(FileSource(path, realtime=False, stream_id="voice"), reopen=reopen)
+            path.unlink()  # gone: the stream plays on from the file it opened
+            first = until(lambda got: any(m["type"] == "stream_end" for m in got), "the cut file's stream_end")
+            assert [m["reason"] for m in first if m["type"] == "stream_end"] == ["error"]
+            assert sum(m["type"] == "frame" for m in first) > 10
+            most = 0
+            while len(opened) < 5:  # the file is missing: each try fails
+                most = max(most, loops())
+                assert sub.poll(10) is not None
+            sf.write(str(path), np.resize(speech_16k, 16_000), 16_000)  # back, whole
+            again = until(lambda got: any(m["type"] == "stream_end" for m in got), "the stream back")
+    finally:
+        sub.close()
+    assert most == 1, f"{most} reopen loops at once"
+    waits = np.diff(opened[:5])  # each at least twice the one before, up to the cap (a wait never ends early)
+    assert all(w >= 0.95 * min(0.4, 0.05 * 2 ** (i + 1)) for i, w in enumerate(waits)), waits
+    assert [m["reason"] for m in again if m["type"] == "stream_end"] == ["ended"]
+    assert sum(m["type"] == "frame" for m in again) >= 30

@@ -291,7 +291,8 @@ def start_sources(runtime: Runtime, sources: list[Source], first: bool,
     stream id is taken), to be tried again every WAIT_RETRY_S: they start when a stream ends or the measured
     room grows, so every file given plays. ``first``: the start-up's attempt, where a source that fails to
     start raises SourceError (later, it is logged and given up). ``reopen_mic``: opens the microphone again, for
-    the runtime to reopen it when it is lost (unplugged, its sound server restarted, the machine slept)."""
+    the runtime to reopen it, ever less often until it can, whenever its stream ends with the mic's own error
+    (unplugged, its sound server restarted) or by the idle timeout (the machine slept)."""
     waiting = []
     for src in sources:
         try:

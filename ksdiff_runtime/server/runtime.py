@@ -12,7 +12,8 @@ Sources (a microphone, files) feed their sessions from their own threads. The on
 streams is the engine's ``Sessions``. Every request is answered or refused with an ``error`` reply
 to the client that sent it; a bad request never affects another client or stream
 (protocol/SPEC.md section 4). ``stop()`` ends every stream (a closing frame with ``last``, then
-``stream_end`` reason ``shutdown``) and returns within about a second from any state.
+``stream_end`` reason ``shutdown``) and returns within about a second from any state (a device that has stopped
+delivering takes up to SOURCE_STOP_WAIT_S to close).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ LATENCY_WINDOW_S = 5.0  # stats latency percentiles over this much recent publis
 MAX_REQUESTS_PER_WAKE = 256  # then publish what is ready before reading more requests
 STOP_ENGINE_WAIT_S = 1.0  # stop(): how long the engine thread may take to finish its round
 SHUTDOWN_LINGER_MS = 300  # how long closing the PUB may take to deliver the last messages
-SOURCE_REOPEN_S = 2.0  # a lost source that can be reopened (a mic unplugged, its sound server gone) is tried this often
+SOURCE_REOPEN_S = 2.0  # a lost source that can be reopened (a mic unplugged, its sound server gone): tried after this
+SOURCE_REOPEN_MAX_S = 60.0  # ... then ever less often, up to this (a mic that cannot be opened, or delivers nothing)
 SOURCE_STOP_WAIT_S = 5.0  # stop(): how long the sources of streams that ended earlier may take to close
 
 
@@ -179,6 +181,7 @@ class Runtime:
         self.floods = FloodGuard()
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
         self._source_threads: list[threading.Thread] = []  # stopping (and reopening) ended streams' sources
+        self._source_lock = threading.Lock()  # _source_threads, and stop() against a reopen
         self._tracebacks_logged: set[tuple] = set()  # (type, file, line) of exceptions whose traceback was logged
         self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
         # more live streams held than the machine has room for now: the log says so
@@ -249,23 +252,25 @@ class Runtime:
 
     def stop(self) -> None:
         """Stop sources, end every open stream (a closing frame with ``last``, ``stream_end`` reason
-        ``shutdown``), close the sockets. Safe from any state; takes about a second at most."""
+        ``shutdown``), close the sockets. Safe from any state; takes about a second (up to SOURCE_STOP_WAIT_S
+        more while a device that stopped delivering closes)."""
         if self._io is None:
             return
-        self._stopping.set()  # first: a source waiting for the engine to take its audio gives up at once
+        with self._source_lock:  # from here no source is reopened (_after_source checks it under the lock)
+            self._stopping.set()  # first: a source waiting for the engine to take its audio gives up at once
         self.sessions.notify()
         self._wake()
         for session in list(self.sessions):
             if session.source_obj is not None:
                 session.source_obj.stop()
         deadline = time.monotonic() + SOURCE_STOP_WAIT_S
-        for thread in self._source_threads:  # sources of streams that ended earlier, still closing or reopening
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._join_source_threads(deadline)  # sources of streams that ended earlier, still closing or reopening
         assert self._engine_thread is not None
         self._engine_thread.join(timeout=STOP_ENGINE_WAIT_S + 1)
         self._io.join(timeout=STOP_ENGINE_WAIT_S + 2)
         if self._io.is_alive():
             log.error("the io thread did not stop in time")
+        self._join_source_threads(deadline)  # any the io thread started while it ended the streams
         self._io = self._engine_thread = None
         self._wake_r.close()
         self._wake_w.close()
@@ -312,12 +317,14 @@ class Runtime:
         def on_end(error: str | None) -> None:
             if error:
                 log.error("stream %s: source failed: %s", session.id, error)
+                session.source_failed = True  # the source's own error (reopened), not the engine's (not)
             self.sessions.end(session, "error" if error else "ended")
 
         log.info("stream %s opened (%s, %d Hz, %d ch)", session.id, source.kind, source.sample_rate, source.channels)
         try:
             source.start(on_audio, on_end)
         except Exception as exc:  # e.g. the device refused to open: end the stream (reason error), say so
+            session.source_obj = session.source_reopen = None  # the caller retries (a reopen loop) or gives up
             self.sessions.end(session, "error")
             raise SourceError(f"{source.kind} {source.stream_id}: {exc}") from exc
         return session.id
@@ -536,41 +543,59 @@ class Runtime:
     # --- a stream's own source, once the stream ended ------------------------------------------------
     def _release_source(self, session: Session, reason: str) -> None:
         """Stop the source of a stream that ended (by its own end, a timeout or an error), off the io thread (a
-        device can take a second to close), and reopen it if it was lost and can be. stop() stops the sources of
-        the streams open then itself."""
+        device can take a second to close), and reopen it if it was lost and can be: its own error (unplugged, the
+        sound server gone) or the idle timeout (the machine slept, the device stalled), not the engine's error."""
         source, reopen = session.source_obj, session.source_reopen
-        if source is None or self._stopping.is_set():
+        if source is None:
             return
         session.source_obj = None
-        again = reopen if reason in ("error", "timeout") else None
-        thread = threading.Thread(target=self._after_source, args=(source, reason, again),
-                                  name=f"ksdiff-source-{session.id}", daemon=True)
-        self._source_threads = [t for t in self._source_threads if t.is_alive()] + [thread]
-        thread.start()
+        again = reopen if reason == "timeout" or (reason == "error" and session.source_failed) else None
+        # reopened rounds in a row that delivered nothing: the next one waits longer
+        rounds = session.source_rounds + 1 if session.frames == 0 else 0
+        with self._source_lock:
+            stopping = self._stopping.is_set()  # stop() is under way, past the sessions it stops itself
+            if not stopping:
+                thread = threading.Thread(target=self._after_source, args=(source, reason, again, rounds),
+                                          name=f"ksdiff-source-{session.id}", daemon=True)
+                thread.start()
+                self._source_threads = [t for t in self._source_threads if t.is_alive()] + [thread]
+        if stopping:
+            source.stop()
 
-    def _after_source(self, source: Source, reason: str, reopen: Callable[[], Source] | None) -> None:
+    def _after_source(self, source: Source, reason: str, reopen: Callable[[], Source] | None, rounds: int) -> None:
         try:
             source.stop()
         except Exception:
             log.exception("%s %s: stopping it failed", source.kind, source.stream_id)
         if reopen is None:
             return
-        log.warning("%s %s: its stream ended (%s); opening it again every %g s", source.kind, source.stream_id,
-                    reason, SOURCE_REOPEN_S)
-        failures = 0
-        while not self._stopping.wait(SOURCE_REOPEN_S):
+        tries = rounds  # each failed try, and each reopened stream that delivered nothing, doubles the wait
+        (log.warning if rounds == 0 else log.info)(
+            "%s %s: its stream ended (%s); opening it again (after %g s, then ever less often up to %g s)",
+            source.kind, source.stream_id, reason, SOURCE_REOPEN_S, SOURCE_REOPEN_MAX_S)
+        while not self._stopping.wait(min(SOURCE_REOPEN_MAX_S, SOURCE_REOPEN_S * 2 ** tries)):
             try:
                 new = reopen()
-                self.add_source(new, reopen=reopen)
-            except (SourceError, RefusedError) as exc:
-                failures += 1
-                (log.warning if failures == 1 else log.debug)("%s %s: not open again yet: %s", source.kind,
-                                                               source.stream_id, exc)
+                with self._source_lock:  # not once stop() began: it would miss this stream
+                    if self._stopping.is_set():
+                        new.stop()
+                        return
+                    sid = self.add_source(new, reopen=reopen)
+                    if (session := self.sessions.get(sid)) is not None:
+                        session.source_rounds = rounds
+            except Exception as exc:  # the device is not back (SourceError), no room yet (busy), ...
+                tries += 1
+                (log.warning if tries == rounds + 1 else log.debug)("%s %s: not open again yet: %s", source.kind,
+                                                                     source.stream_id, exc)
                 continue
-            if self._stopping.is_set():  # stop() may have passed its sources already
-                new.stop()
-            log.info("%s %s: open again (after %d failed tries)", source.kind, source.stream_id, failures)
+            log.info("%s %s: open again", source.kind, source.stream_id)
             return
+
+    def _join_source_threads(self, deadline: float) -> None:
+        with self._source_lock:
+            threads = list(self._source_threads)
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _shutdown_streams(self) -> None:
         self._publish_outbox()

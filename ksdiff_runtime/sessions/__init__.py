@@ -94,6 +94,8 @@ class Session:
     publish_times: collections.deque[int] = field(default_factory=collections.deque)
     source_obj: Any = None  # the runtime's own source (mic, file) feeding it
     source_reopen: Any = None  # () -> a new source like it, for when it is lost (a mic unplugged); None: never
+    source_failed: bool = False  # its source ended it with an error (not the engine)
+    source_rounds: int = 0  # reopened streams in a row before it that delivered nothing
 
     @property
     def format(self) -> AudioFormat:

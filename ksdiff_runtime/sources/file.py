@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,14 +39,21 @@ class FileSource:
         if not block_ms > 0:
             raise ValueError(f"block_ms must be positive, got {block_ms}")
         self.path = Path(path)
-        with open_audio_file(self.path) as f:
-            self.sample_rate, self.channels, self.num_samples = int(f.samplerate), int(f.channels), int(f.frames)
+        # open from here on, read as it plays: the file that was there, even if it is moved or replaced meanwhile
+        self._file: Any = open_audio_file(self.path)
+        f = self._file
+        self.sample_rate, self.channels, self.num_samples = int(f.samplerate), int(f.channels), int(f.frames)
+        try:
             read_blocks(f, self.path, 1)  # content that cannot be decoded at all is refused here
-        try:  # what a stream takes: refused here, before anything starts (the model loads after the sources)
-            AudioFormat(self.sample_rate, self.channels)
+            f.seek(0)
+            AudioFormat(self.sample_rate, self.channels)  # what a stream takes: refused before the model loads
         except BadAudioError as exc:
+            f.close()
             raise AudioInputError(f"{self.path}: {exc}; convert it (e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.wav)") \
                 from None
+        except BaseException:
+            f.close()
+            raise
         self.realtime = realtime
         self.mode = "live" if realtime else "line"
         self.block_ms = float(block_ms)
@@ -54,9 +62,9 @@ class FileSource:
         self.blocksize = max(1, round(self.sample_rate * self.block_ms / 1000))
         self._short: np.ndarray | None = None  # a looped file shorter than a block: a second of it a pass, in memory
         if loop and 0 < self.num_samples < self.blocksize:  # (not a block of a sample or two a pass: a core's work)
-            with open_audio_file(self.path) as f:
-                data = read_blocks(f, self.path)
+            data = read_blocks(f, self.path)
             self._short = np.tile(data, (-(-self.sample_rate // max(1, len(data))), 1))
+            f.close()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -74,23 +82,35 @@ class FileSource:
         if thread is not None and thread is not threading.current_thread():
             thread.join()  # a callback in flight finishes before stop() returns
 
-    def _blocks(self) -> Iterator[np.ndarray]:
-        """One pass over the file, a block at a time."""
-        if self._short is not None:
+    def _blocks(self, f: Any) -> Iterator[np.ndarray]:
+        """One pass over the file (``f``: it open, at its start; None: the short file in memory), a block at a
+        time; ``AudioInputError`` when it cannot be decoded further in."""
+        if f is None:
+            assert self._short is not None
             for begin in range(0, len(self._short), self.blocksize):
                 yield self._short[begin : begin + self.blocksize].copy()  # the consumer may keep it
             return
-        with open_audio_file(self.path) as f:
-            while len(block := read_blocks(f, self.path, self.blocksize)):
-                yield block
+        while len(block := read_blocks(f, self.path, self.blocksize)):
+            yield block
 
     def _run(self, on_audio: OnAudio, on_end: OnEnd, t0: int) -> None:
         rate = self.sample_rate
         clock = 0  # samples delivered since start, across loops: the schedule's position
+        f = None if self._short is not None else self._file
         try:
             while True:
                 start = clock
-                for block in self._blocks():
+                blocks = self._blocks(f)
+                while True:
+                    try:
+                        block = next(blocks)
+                    except StopIteration:
+                        break
+                    except AudioInputError as exc:  # the file could not be read further in: end, and say why
+                        log.error("file source: %s", exc)
+                        if not self._stop.is_set():
+                            on_end(str(exc))
+                        return
                     due_ns = t0 + (clock + len(block)) * 1_000_000_000 // rate
                     if self.realtime:
                         wait_s = (due_ns - time.monotonic_ns()) / 1e9
@@ -102,15 +122,15 @@ class FileSource:
                     clock += len(block)
                 if not self.loop or clock == start:
                     break
-        except AudioInputError as exc:  # the file could not be read further in: end the stream and say why
-            log.error("file source: %s", exc)
-            if not self._stop.is_set():
-                on_end(str(exc))
-            return
+                if f is not None:
+                    f.seek(0)
         except Exception as exc:  # the consumer failed: end the stream and say why
             log.exception("file source %s: on_audio failed", self.path)
             if not self._stop.is_set():
                 on_end(f"processing audio from {self.path} failed: {exc!r}")
             return
+        finally:
+            if f is not None:
+                f.close()
         if not self._stop.is_set():
             on_end(None)
