@@ -28,7 +28,7 @@ from pythonosc.osc_server import BlockingOSCUDPServer
 
 from ksdiff_runtime.cli.serve import build_outputs
 from ksdiff_runtime.engine.controls import stream_frames
-from ksdiff_runtime.outputs import files
+from ksdiff_runtime.outputs import files, udp
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput, frame_time
 from ksdiff_runtime.outputs.udp import OutputConfigError, UdpSender, parse_host_port
 from ksdiff_runtime.outputs.vmc import VmcOutput, unity_rotation, vrm_presets
@@ -378,24 +378,28 @@ def test_closed_and_unroutable_destinations_never_stall_or_raise():
     assert sender.send(b"after close") is False  # a frame published during shutdown: dropped, no error
 
 
-def test_each_outage_of_a_udp_receiver_is_logged_when_it_starts_and_ends(caplog):
+def test_each_outage_of_a_udp_receiver_is_logged_when_it_starts_and_ends(caplog, monkeypatch):
     """VSeeFace closed, started, closed again: the start of each outage is logged, and its end once datagrams go
     out again (it was logged once per process: a later outage went unsaid)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    monkeypatch.setattr(udp, "RECOVERED_AFTER_S", 0.2)
     sender = UdpSender(f"127.0.0.1:{port}", "--vmc", "vmc")
     caplog.set_level(logging.INFO, logger="ksdiff_runtime.outputs")
 
-    def send(n: int) -> None:
-        for _ in range(n):
+    def send(n: int, seconds: float = 0.0) -> None:  # n datagrams, then more until `seconds` have passed
+        end = time.monotonic() + seconds
+        while n > 0 or time.monotonic() < end:
             sender.send(b"frame")
+            n -= 1
+            time.sleep(0.01)  # a frame rate, not a synchronisation
 
     try:
         send(10)  # nobody listens: ECONNREFUSED on every other send
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
             receiver.bind(("127.0.0.1", port))
-            send(40)  # the receiver is up: every datagram goes out
+            send(10, seconds=0.4)  # the receiver is up: every datagram goes out, for longer than RECOVERED_AFTER_S
         send(10)  # down again
     finally:
         sender.close()

@@ -23,7 +23,7 @@ _HOST_PORT_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<por
 # when the followed stream has sent nothing this long, the next stream to publish takes over
 # (a stream that timed out or failed sends no `last` frame)
 SILENT_STREAM_S = 1.0
-RECOVERED_AFTER = 30  # datagrams sent in a row (a second of frames) that end an outage, for the log
+RECOVERED_AFTER_S = 5.0  # an outage ends, for the log, once datagrams went out this long without an error
 
 
 class OutputConfigError(ValueError):
@@ -73,7 +73,7 @@ class UdpSender:
         self.sent = 0  # datagrams handed to the kernel
         self.errors = 0  # datagrams lost to an error (refused, unreachable, buffer full)
         self._failing = False  # an outage was logged and has not been seen to end
-        self._sent_in_a_row = 0  # datagrams taken since the last error
+        self._last_error = 0.0  # time.monotonic() of the last error
         try:
             self._sock = socket.socket(self.family, socket.SOCK_DGRAM)
         except OSError as e:  # e.g. an IPv6 destination on a host without IPv6
@@ -99,8 +99,7 @@ class UdpSender:
             self._count_error(e)
             return False
         self.sent += 1
-        self._sent_in_a_row += 1
-        if self._failing and self._sent_in_a_row == RECOVERED_AFTER:
+        if self._failing and time.monotonic() - self._last_error >= RECOVERED_AFTER_S:
             self._failing = False
             log.info("%s: sending to %s works again (%d datagrams lost so far)", self.name, self.destination,
                      self.errors)
@@ -108,10 +107,11 @@ class UdpSender:
 
     def _count_error(self, e: OSError) -> None:
         """Count it; log the start of each outage (not each error: at 30-60 frames a second that would flood the
-        log). With nothing listening, every other send fails (the kernel reports the previous datagram's ICMP
-        "port unreachable"), so an outage ends only after RECOVERED_AFTER datagrams in a row went out."""
+        log). With nothing listening every other send fails on loopback (the kernel reports the previous datagram's
+        ICMP "port unreachable"), and about one a second from a remote host (ICMP is rate-limited there), so an
+        outage ends only once datagrams went out for RECOVERED_AFTER_S without one."""
         self.errors += 1
-        self._sent_in_a_row = 0
+        self._last_error = time.monotonic()
         if not self._failing:
             self._failing = True
             hint = " (is the receiver running and listening on that port?)" if e.errno == errno.ECONNREFUSED else ""

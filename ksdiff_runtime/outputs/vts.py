@@ -228,6 +228,7 @@ class VtsOutput:
         self.errors = 0  # API errors VTube Studio answered them with
         self.attempts = 0  # connections tried so far
         self.sessions = 0  # authenticated connections so far
+        self._session_began = 0.0  # time.monotonic() when the last session was authenticated
         self._choice = StreamChoice(self.stream)
         self._lock = threading.Lock()
         self._pending: Frame | None = None  # the newest accepted frame, not yet taken by the thread
@@ -307,7 +308,6 @@ class VtsOutput:
             sessions = self.sessions
             delay = RETRY_S
             self.attempts += 1
-            started = time.monotonic()
             try:
                 async with connect(self.url, open_timeout=OPEN_TIMEOUT_S, close_timeout=CLOSE_WAIT_S,
                                    ping_interval=None, compression=None, proxy=None) as ws:
@@ -336,11 +336,11 @@ class VtsOutput:
                 self._report("protocol", f"unexpected answer from VTube Studio ({type(e).__name__}: {e}); "
                              "reconnecting")
             if self.sessions > sessions and delay == RETRY_S:
-                if time.monotonic() - started >= STABLE_SESSION_S:
+                if time.monotonic() - self._session_began >= STABLE_SESSION_S:
                     short_sessions, delay = 0, 0.0  # a session that ran has ended (VTube Studio restarting?): again
                 else:  # ended as soon as it started, as it will again: not in a loop that takes a core
                     short_sessions += 1
-                    delay = min(MAX_RETRY_S, RETRY_S * 2 ** short_sessions)
+                    delay = min(MAX_RETRY_S, RETRY_S * 2 ** (short_sessions - 1))
             await asyncio.sleep(delay)
 
     def _report(self, kind: str, message: str, level: int = logging.WARNING) -> None:
@@ -392,6 +392,7 @@ class VtsOutput:
             raise _RetryError(f"api_error_{e.error_id}", f"VTube Studio refused a request ({e}); "
                               "reconnecting") from None
         self.sessions += 1
+        self._session_began = time.monotonic()  # authenticated (the popup answered): the session runs from here
         if self._problem is not None:
             log.info("vts: connected to VTube Studio %s at %s again", state.get("vTubeStudioVersion", "?"), self.url)
         else:
