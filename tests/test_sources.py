@@ -435,6 +435,21 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseDaemon]:
     _reload_portaudio()
 
 
+def _messages_until(sub: object, stream: str, done: object, what: str) -> list[dict]:
+    """A runtime's published messages of ``stream`` from a SUB socket, until ``done(messages)`` (at most 3 WAIT_S)."""
+    from ksdiff_sdk import protocol as P
+
+    got: list[dict] = []
+    deadline = time.monotonic() + 3 * WAIT_S
+    while not done(got):
+        assert time.monotonic() < deadline, f"{what}: {[(m['type'], m.get('reason')) for m in got][-5:]}"
+        if sub.poll(100):
+            msg = P.decode(sub.recv_multipart()[1])
+            if msg.get("stream") == stream:
+                got.append(msg)
+    return got
+
+
 def _feed_mic(daemon: PulseDaemon, audio: np.ndarray) -> threading.Thread:
     """Write float32 mono into the virtual mic's FIFO from a thread (open blocks until the daemon reads)."""
 
@@ -670,15 +685,7 @@ def test_a_lost_mic_is_closed_and_opened_again(tmp_path_factory: pytest.TempPath
     sub.setsockopt(zmq.LINGER, 0)
 
     def until(done, what: str) -> list[dict]:  # the mic's messages until done(messages)
-        got: list[dict] = []
-        deadline = time.monotonic() + 3 * WAIT_S
-        while not done(got):
-            assert time.monotonic() < deadline, f"{what}: {[(m['type'], m.get('reason')) for m in got][-5:]}"
-            if sub.poll(100):
-                msg = P.decode(sub.recv_multipart()[1])
-                if msg.get("stream") == "mic":
-                    got.append(msg)
-        return got
+        return _messages_until(sub, "mic", done, what)
 
     def frames(got: list[dict]) -> list[dict]:
         return [m for m in got if m["type"] == "frame"]
@@ -736,15 +743,7 @@ def test_a_source_that_cannot_be_opened_again_yet_is_retried_by_one_loop_ever_le
     sub.setsockopt(zmq.LINGER, 0)
 
     def until(done, what: str) -> list[dict]:
-        got: list[dict] = []
-        deadline = time.monotonic() + 3 * WAIT_S
-        while not done(got):
-            assert time.monotonic() < deadline, f"{what}: {[(m['type'], m.get('reason')) for m in got][-5:]}"
-            if sub.poll(100):
-                msg = P.decode(sub.recv_multipart()[1])
-                if msg.get("stream") == "voice":
-                    got.append(msg)
-        return got
+        return _messages_until(sub, "voice", done, what)
 
     def loops() -> int:
         return sum(t.name == "ksdiff-source-voice" and t.is_alive() for t in threading.enumerate())
