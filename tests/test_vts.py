@@ -618,7 +618,8 @@ def test_the_runtime_feeds_vts_from_a_file(serve_engine, speech_1s_wav, vts, tok
     print(f"vts: {len(frames)} frames from the runtime, {len(injections)} injections, MouthOpen up to "
           f"{max(mouth):.2f}, max gap {max(gaps(injections)):.3f} s")
     assert errors == {"zmq": 0, "vts": 0, "recorder": 0}
-    assert len(frames) == stream_frames(16_000, 30) and frames[-1].last  # 1 s, then the ease to rest
+    # 1 s, then the ease to rest (the indices in the message: a gap is frames shed on a machine too busy)
+    assert len(frames) == stream_frames(16_000, 30) and frames[-1].last, [f.index for f in frames]
     assert len(injections) >= 0.7 * len(frames) and max(mouth) > 0.05 and max(gaps(injections)) <= 1.0
     assert injections[-1].values == pytest.approx(vts_parameters(frames[-1]), abs=1e-5)
     assert vts.state.errors == [] and vts.state.violations == []
