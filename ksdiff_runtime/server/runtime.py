@@ -573,7 +573,7 @@ class Runtime:
         (log.warning if rounds == 0 else log.info)(
             "%s %s: its stream ended (%s); opening it again (after %g s, then ever less often up to %g s)",
             source.kind, source.stream_id, reason, SOURCE_REOPEN_S, SOURCE_REOPEN_MAX_S)
-        while not self._stopping.wait(min(SOURCE_REOPEN_MAX_S, SOURCE_REOPEN_S * 2 ** tries)):
+        while not self._stopping.wait(min(SOURCE_REOPEN_MAX_S, SOURCE_REOPEN_S * 2 ** min(tries, 16))):
             try:
                 new = reopen()
                 with self._source_lock:  # not once stop() began: it would miss this stream

@@ -518,7 +518,7 @@ class Client:
         self.invalid = 0
         self.ignored = 0
         self.restarts = 0
-        self.unsent = 0  # audio messages dropped unsent: the runtime took none for that long (OUTBOX_MAX_BYTES)
+        self.unsent = 0  # audio messages dropped unsent: their connection dropped, or OUTBOX_MAX_BYTES waited
         self.errors: deque[KsdiffError] = deque(maxlen=100)
         self._warned: set[str] = set()
         self._req_ids = itertools.count(1)
