@@ -28,7 +28,14 @@ import pytest
 import soundfile as sf
 
 from ksdiff_runtime.inputs.guards import AudioInputError, load_audio, to_model_rate
-from ksdiff_runtime.sources import FileSource, MicSource, SourceError, format_devices, list_input_devices
+from ksdiff_runtime.sources import (
+    FileSource,
+    MicSource,
+    SourceError,
+    format_devices,
+    list_input_devices,
+    rescan_devices,
+)
 from ksdiff_runtime.sources.mic import STOP_WAIT_S
 
 REPO = Path(__file__).resolve().parent.parent
@@ -490,9 +497,11 @@ def test_mic_records_the_virtual_mic(pulse: PulseDaemon) -> None:
     try:
         # trailing silence pushes the tone's last block through (PulseAudio hands on whole fragments)
         writer = _feed_mic(pulse, np.concatenate([tone, np.zeros(MIC_RATE // 5, np.float32)]))
+        assert not rescan_devices()  # re-initialising PortAudio now would close the mic's stream: not done
         assert rec.enough.wait(WAIT_S), f"recorded {rec.count} of {tone.size} samples"
     finally:
         mic.stop()
+    assert rescan_devices()  # once it is closed, the devices can be listed again
     t_stop = time.monotonic_ns()
     writer.join(WAIT_S)
     n = len(rec.blocks)
@@ -714,6 +723,68 @@ def test_a_lost_mic_is_closed_and_opened_again(tmp_path_factory: pytest.TempPath
     finally:
         sub.close()
         daemon.kill(signal.SIGKILL)
+
+
+def test_a_mic_plugged_back_in_under_another_name_is_found(tmp_path: Path, pulse: PulseDaemon, serve_engine,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VTuber's USB mic is unplugged and plugged back in, and comes back as another card (its ALSA name changes;
+    Windows' device list changes the same way). `serve --device ksdiff_usb` must find it again: PortAudio lists
+    devices only when initialised, so its stale entry cannot be opened and, before, the mic was retried every minute
+    and never found until `serve` was restarted. Emulated with ALSA devices defined in ~/.asoundrc (PortAudio lists
+    them) over PulseAudio sources loaded and unloaded by pactl: a source unloaded stalls the stream (the idle
+    timeout ends it), as an unplugged device does."""
+    import zmq
+
+    from ksdiff_runtime.cli.serve import reopen_mic_source
+    from ksdiff_runtime.server import runtime as runtime_module
+    from ksdiff_runtime.server.config import ServeConfig
+    from ksdiff_runtime.server.runtime import Runtime
+    from ksdiff_sdk import protocol as P
+
+    if shutil.which("pactl") is None:
+        pytest.skip("pactl is not installed (apt-get install pulseaudio-utils)")
+
+    def pactl(*args: str) -> str:
+        done = subprocess.run(["pactl", *args], capture_output=True, text=True, timeout=WAIT_S,
+                              env={**os.environ, "PULSE_SERVER": pulse.server})
+        assert done.returncode == 0, f"pactl {args}: {done.stderr}"
+        return done.stdout.strip()
+
+    def plug(card: str) -> str:  # a device appears: a PulseAudio source, and ALSA's name for it
+        module = pactl("load-module", "module-sine-source", f"source_name=ksdiff_src_{card}", "rate=48000")
+        (tmp_path / ".asoundrc").write_text(f"pcm.ksdiff_usb_{card} {{\n  type pulse\n  device ksdiff_src_{card}\n}}\n")
+        return module
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # ALSA reads ~/.asoundrc
+    monkeypatch.setattr(runtime_module, "SOURCE_REOPEN_S", 0.5)
+    monkeypatch.setattr(serve_engine, "idle_timeout_ns", int(1.5e9))
+    card_a = plug("a")
+    assert rescan_devices()
+    config = ServeConfig(mic=True, device="ksdiff_usb")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, P.TOPIC_ROOT)
+    sub.setsockopt(zmq.LINGER, 0)
+    try:
+        with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", admission=False) as rt:
+            sub.connect(rt.pub_endpoint)
+            assert sub.poll(int(WAIT_S * 1000)), "no hello"
+            first = reopen_mic_source(config)
+            assert first.device_name.startswith("ksdiff_usb_a")
+            rt.add_source(first, reopen=lambda: reopen_mic_source(config))
+            _messages_until(sub, "mic", lambda got: sum(m["type"] == "frame" for m in got) >= 20, "frames of card a")
+            pactl("unload-module", card_a)  # unplugged
+            plug("b")  # plugged back in, as another card
+            got = _messages_until(sub, "mic", lambda got: any(m["type"] == "stream_start" for m in got),
+                                  "stream mic starting again")
+            assert [m["reason"] for m in got if m["type"] == "stream_end"] == ["timeout"]
+            again = _messages_until(sub, "mic", lambda got: sum(m["type"] == "frame" for m in got) >= 20,
+                                    "frames of card b")
+            assert [f["index"] for f in again if f["type"] == "frame"][:3] == [0, 1, 2]
+            assert first._closed.is_set()
+    finally:
+        sub.close()
+    monkeypatch.undo()
+    rescan_devices()  # the other tests' device list, without this test's cards
 
 
 def test_a_source_that_cannot_be_opened_again_yet_is_retried_by_one_loop_ever_less_often(

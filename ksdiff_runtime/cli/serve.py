@@ -27,7 +27,7 @@ from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, build_engine
 from ksdiff_runtime.server.security import CurveKeys, SecurityError
 from ksdiff_runtime.sessions import RefusedError
-from ksdiff_runtime.sources import FileSource, MicSource, Source, SourceError
+from ksdiff_runtime.sources import FileSource, MicSource, Source, SourceError, rescan_devices
 
 log = logging.getLogger("ksdiff_runtime.server")
 
@@ -255,7 +255,7 @@ def serve(config: ServeConfig) -> int:
         return 1
 
     def reopen_mic() -> Source:
-        return _open_mic(config)
+        return reopen_mic_source(config)
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -339,6 +339,13 @@ def build_outputs(config: ServeConfig) -> list[Any]:
 def _close_outputs(outputs: list[Any]) -> None:
     for out in outputs:
         out.close()
+
+
+def reopen_mic_source(config: ServeConfig) -> Any:
+    """The microphone opened again (its stream was lost): from PortAudio's devices listed again, since one unplugged
+    comes back under another index or name (a USB device's card number, Windows' device list)."""
+    rescan_devices()
+    return _open_mic(config)
 
 
 def _open_mic(config: ServeConfig) -> Any:

@@ -31,6 +31,11 @@ PORTAUDIO_HINT = (
     "install it: apt-get install libportaudio2 (Debian/Ubuntu), dnf install portaudio (Fedora), "
     "pacman -S portaudio (Arch); the sounddevice wheels for Windows and macOS include it"
 )
+# PortAudio lists the devices once, when it is initialised, and re-initialising it closes every stream it has open.
+# This lock guards that list (the lookups of a MicSource being made and a rescan) and the count of the PortAudio
+# streams MicSources hold open: a rescan happens only while that count is 0.
+_portaudio = threading.RLock()
+_open_streams = 0
 
 
 # --- devices ---------------------------------------------------------------------------------------
@@ -63,11 +68,28 @@ def _all_devices(sd: Any) -> list[dict[str, Any]]:
     return devices
 
 
+def rescan_devices() -> bool:
+    """Have PortAudio list the audio devices again: a microphone plugged in since it last looked, or plugged back in
+    under another index or name (a USB device's card number changes). PortAudio lists them only when it is
+    initialised (when sounddevice is imported), so this re-initialises it, which closes every stream it has open:
+    it does so only while no MicSource holds a stream, and returns whether it did. A program that keeps PortAudio
+    streams of its own open must not call it, and a MicSource made before it is made again (it holds its device's
+    index in the old list)."""
+    sd = _sounddevice()
+    with _portaudio:
+        if _open_streams:
+            log.debug("PortAudio devices not listed again: %d microphone stream(s) open", _open_streams)
+            return False
+        sd._terminate()
+        sd._initialize()
+    return True
+
+
 def list_input_devices() -> list[dict[str, Any]]:
     """The devices a microphone can be opened on: index, name, hostapi, max_input_channels,
     default_samplerate, is_default (PortAudio's default input). Raises ``SourceError`` without
     PortAudio or without any input device (the message says what PortAudio found). PortAudio scans
-    once, when sounddevice is first imported: a device plugged in later shows up after a restart."""
+    once, when sounddevice is first imported, and again on ``rescan_devices``."""
     sd = _sounddevice()
     devices = [d for d in _all_devices(sd) if d["max_input_channels"] > 0]
     if not devices:
@@ -130,6 +152,12 @@ def _resolve_input_device(sd: Any, device: int | str | None) -> dict[str, Any]:
 
 
 # --- microphone ------------------------------------------------------------------------------------
+def _count_stream(change: int) -> None:
+    global _open_streams
+    with _portaudio:
+        _open_streams += change
+
+
 class MicSource:
     """A microphone (or any PortAudio input device), float32, delivered from PortAudio's callback.
 
@@ -148,7 +176,8 @@ class MicSource:
         if not block_ms > 0:
             raise SourceError(f"block_ms must be positive, got {block_ms}")
         sd = _sounddevice()
-        info = _resolve_input_device(sd, device)
+        with _portaudio:
+            info = _resolve_input_device(sd, device)
         self.device_index: int = info["index"]
         self.device_name: str = f"{info['name']} ({info['hostapi']})"
         self.sample_rate: int = int(sample_rate) if sample_rate else info["default_samplerate"]
@@ -164,8 +193,9 @@ class MicSource:
         except BadAudioError as exc:
             raise SourceError(f"input device [{self.device_index}] {self.device_name}: {exc}") from None
         try:
-            sd.check_input_settings(device=self.device_index, channels=self.channels, dtype="float32",
-                                    samplerate=self.sample_rate)
+            with _portaudio:
+                sd.check_input_settings(device=self.device_index, channels=self.channels, dtype="float32",
+                                        samplerate=self.sample_rate)
         except sd.PortAudioError as exc:
             raise SourceError(f"input device [{self.device_index}] {self.device_name} cannot record "
                               f"{self.channels} channel(s) at {self.sample_rate} Hz: {exc}") from exc
@@ -196,15 +226,20 @@ class MicSource:
             # Not under self._lock: PortAudio may call _finished (which takes it) while starting.
             stream = None
             try:
-                stream = sd.InputStream(device=self.device_index, samplerate=self.sample_rate,
-                                        channels=self.channels, dtype="float32", blocksize=self.blocksize,
-                                        latency=MIC_LATENCY, callback=self._callback,
-                                        finished_callback=self._finished)
+                with _portaudio:
+                    stream = sd.InputStream(device=self.device_index, samplerate=self.sample_rate,
+                                            channels=self.channels, dtype="float32", blocksize=self.blocksize,
+                                            latency=MIC_LATENCY, callback=self._callback,
+                                            finished_callback=self._finished)
+                    _count_stream(+1)
                 stream.start()
             except sd.PortAudioError as exc:
                 self._stopping.set()
                 if stream is not None:
-                    stream.close()
+                    try:
+                        stream.close()
+                    finally:
+                        _count_stream(-1)
                 self._closed.set()
                 raise SourceError(f"cannot open input device [{self.device_index}] {self.device_name} at "
                                   f"{self.sample_rate} Hz, {self.channels} channel(s): {exc}") from exc
@@ -243,6 +278,7 @@ class MicSource:
         except self._sd.PortAudioError as exc:
             log.debug("microphone %s: closing: %s", self.device_name, exc)
         finally:
+            _count_stream(-1)
             self._closed.set()
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
