@@ -130,6 +130,30 @@ def test_file_source_realtime_pacing(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rec.audio(), audio)
 
 
+def test_file_source_after_a_stall_plays_on_from_where_it_was(tmp_path: Path) -> None:
+    """The process stopped for a while (the consumer stalls here, in block 5's callback, 3.5x RESUME_AFTER_S): the
+    file plays on paced from where it was, every sample once, instead of delivering the time it missed at once
+    (before: the 170 blocks behind arrived within a few ms, their captured_ns in the past)."""
+    from ksdiff_runtime.sources.file import RESUME_AFTER_S
+
+    audio = _tone(2.5, 16_000)
+    src = FileSource(_write_wav(tmp_path / "voice.wav", audio, 16_000), realtime=True, block_ms=10)
+    stall = threading.Event()
+    rec = Recorder(after_block=lambda n: n == 5 and stall.wait(3.5 * RESUME_AFTER_S))
+    src.start(rec.on_audio, rec.on_end)
+    assert rec.ended.wait(WAIT_S)
+    src.stop()
+    assert rec.ends == [None]
+    np.testing.assert_array_equal(rec.audio(), audio)
+    captured, arrived = np.array(rec.captured, np.int64), np.array(rec.arrived, np.int64)
+    gaps = np.diff(captured)
+    assert gaps[4] > 2.5 * RESUME_AFTER_S * 1e9  # the schedule moved on once, over the stall
+    np.testing.assert_allclose(np.delete(gaps, 4), 10_000_000, atol=1)  # otherwise paced as ever
+    # after the stall, blocks arrive on their time again, not in a burst
+    assert np.count_nonzero(arrived[5:] < arrived[5] + 100_000_000) <= 15
+    assert np.median(arrived[5:] - captured[5:]) < 50_000_000
+
+
 def test_file_source_fast_mode_delivers_the_file_exactly(tmp_path: Path) -> None:
     audio = _tone(5.0, 16_000) + np.linspace(-0.1, 0.1, 80_000, dtype=np.float32)[:, None]
     path = _write_wav(tmp_path / "long.wav", audio, 16_000)

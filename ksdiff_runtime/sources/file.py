@@ -18,6 +18,10 @@ from .base import OnAudio, OnEnd
 
 log = logging.getLogger(__name__)
 
+# A real-time file this far behind its schedule (the process was stopped, the machine slept, the consumer stalled)
+# plays on from where it was, as a player resumes, instead of delivering the time it missed at once.
+RESUME_AFTER_S = 0.5
+
 
 class FileSource:
     """An audio file delivered in blocks at its own rate and channels, paced like a microphone or
@@ -26,8 +30,9 @@ class FileSource:
     Real time: block k (samples [k*B, end_k)) is delivered at ``t0 + end_k / rate`` on the
     monotonic clock, t0 being ``start()``: the instant a microphone would have captured its last
     sample, which is also its ``captured_ns``. The schedule is computed from sample counts, never
-    from the previous wake-up, so it does not drift. Fast mode: no waiting, ``captured_ns`` None.
-    Unreadable files raise ``AudioInputError`` here, with ``load_audio``'s messages. The file is read a block at a
+    from the previous wake-up, so it does not drift; only when it falls more than ``RESUME_AFTER_S`` behind (the
+    process was stopped, the machine slept) does the schedule move on to now. Fast mode: no waiting, ``captured_ns``
+    None. Unreadable files raise ``AudioInputError`` here, with ``load_audio``'s messages. The file is read a block at a
     time as it plays (an hour of 48 kHz stereo is 1.4 GB decoded); content that cannot be decoded further in ends
     the stream with an error naming the file.
     """
@@ -113,8 +118,12 @@ class FileSource:
                         return
                     due_ns = t0 + (clock + len(block)) * 1_000_000_000 // rate
                     if self.realtime:
-                        wait_s = (due_ns - time.monotonic_ns()) / 1e9
-                        if wait_s > 0 and self._stop.wait(wait_s):
+                        behind_ns = time.monotonic_ns() - due_ns
+                        if behind_ns > RESUME_AFTER_S * 1e9:
+                            log.warning("file source %s: %.1f s behind its schedule (the process was stopped or "
+                                        "the machine slept); playing on from here", self.path, behind_ns / 1e9)
+                            t0, due_ns = t0 + behind_ns, due_ns + behind_ns
+                        elif behind_ns < 0 and self._stop.wait(-behind_ns / 1e9):
                             return
                     if self._stop.is_set():
                         return
