@@ -104,6 +104,7 @@ class FakeVTubeStudio:
         self.api_active = api_active
         self.mute_injections = False
         self.refuse_injections = False  # answer every parameter injection with an error (the session ends there)
+        self.error_id: Any = None  # when set, every APIError carries this errorID (a broken VTube Studio)
         self.tokens: dict[str, tuple[str, str]] = {}  # token -> (plugin, developer), kept across restarts
         self.custom: dict[str, tuple[str, str]] = {}  # custom parameter -> the plugin that made it
         self.state = _State()
@@ -248,7 +249,8 @@ class FakeVTubeStudio:
             with self._changed:
                 self.state.errors.append((kind, e.error_id))
                 self._changed.notify_all()
-            return self._response(request_id, "APIError", {"errorID": e.error_id, "message": e.message})
+            error_id = e.error_id if self.error_id is None else self.error_id
+            return self._response(request_id, "APIError", {"errorID": error_id, "message": e.message})
 
     @staticmethod
     def _response(request_id: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:

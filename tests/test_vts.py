@@ -519,6 +519,27 @@ def test_sessions_that_end_as_soon_as_they_start_are_retried_ever_less_often(vts
     assert out.sessions >= 4 and waited > 2.0, (out.sessions, waited)
 
 
+@pytest.mark.parametrize("error_id", [float("inf"), "8", 8.5, [8]])
+def test_an_error_id_that_is_not_a_whole_number_is_an_unknown_error(vts, token_path, outputs, logs, error_id):
+    """A broken VTube Studio (or something else on its port) answers with an errorID that is no integer: the output
+    reads it as an unknown error (said once) and goes on sending. Before, 1e400 (Infinity) raised OverflowError and
+    stopped the output for good."""
+    vts.refuse_injections = True
+    vts.error_id = error_id
+    out = VtsOutput(vts.url, token_path=token_path)
+    outputs.append(out)
+    stop = threading.Event()
+    feeder = threading.Thread(target=play, args=(out, speech_frames(30 * 60)), kwargs={"stop": stop}, daemon=True)
+    feeder.start()
+    try:
+        assert vts.wait_for(lambda s: len(s.errors) >= 20, TIMEOUT_S)  # refused, and sent again and again
+    finally:
+        stop.set()
+        feeder.join(timeout=5)
+    assert logs.wait("VTube Studio refused parameter values: error -1")
+    assert logs.count("error -1") == 1 and logs.count("the output stopped") == 0
+
+
 # --- configuration --------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,message", [
     ("127.0.0.1:8001", "expected a WebSocket URL"),

@@ -162,6 +162,15 @@ def custom_parameters(frame: Frame) -> dict[str, float]:
             for name, v in zip(CUSTOM_PARAMETERS, frame.blendshapes, strict=True)}
 
 
+def _error_id(body: dict[str, Any]) -> int:
+    """An APIError's errorID, -1 where it is not a whole number (an answer we cannot read is no known error; before,
+    an errorID of 1e400 stopped the output for good)."""
+    value = body.get("errorID")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value != int(value):
+        return -1
+    return int(value)
+
+
 def parse_url(text: str, flag: str) -> tuple[str, str, int]:
     """``ws://HOST:PORT`` -> (url, host, port). Syntax only: no name lookup."""
     hint = f"expected a WebSocket URL like {DEFAULT_URL} (VTube Studio's API)"
@@ -372,7 +381,7 @@ class VtsOutput:
                         continue
                     body = reply.get("data") or {}
                     if reply.get("messageType") == "APIError":
-                        raise _ApiError(int(body.get("errorID", -1)), str(body.get("message", "")))
+                        raise _ApiError(_error_id(body), str(body.get("message", "")))
                     return body
         except TimeoutError:
             raise _RetryError("no_reply", f"VTube Studio did not answer {message_type} within {timeout:g} s; "
@@ -588,7 +597,7 @@ class VtsOutput:
 
     def _on_inject_error(self, body: dict[str, Any]) -> None:
         self.errors += 1
-        error_id, message = int(body.get("errorID", -1)), str(body.get("message", ""))
+        error_id, message = _error_id(body), str(body.get("message", ""))
         if error_id in (ERR_REQUIRES_AUTHENTICATION, ERR_TOKEN_REQUEST_DENIED):
             self._fail(_RetryError("revoked", f"VTube Studio no longer accepts this plugin ({message}); "
                                    "authenticating again"))
