@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from peers import Peer, is_end
 from scipy.signal import resample_poly
 
 from ksdiff_runtime.engine.controls import ease_frames, stream_frames
@@ -29,6 +30,7 @@ from ksdiff_sdk import (
     LineSync,
     StreamLost,
     UnknownStreamError,
+    protocol,
     schema,
 )
 
@@ -310,7 +312,9 @@ def test_a_first_push_placed_beyond_the_lead_is_taken(serve_engine):
 
 class TcpRelay:
     """A TCP relay on loopback in front of an endpoint, whose ``cut()`` drops every connection through it, as a
-    network that fails for a moment: ZeroMQ then reconnects through it, a new connection for the runtime."""
+    network that fails for a moment: ZeroMQ then reconnects through it, a new connection for the runtime. Until it
+    is entered it accepts nothing (the endpoint is out of reach: ZeroMQ's handshake waits); ``hold()`` keeps what
+    the client sends from the runtime, connection up (a runtime that stalls), until ``release()``."""
 
     def __init__(self, endpoint: str) -> None:
         host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
@@ -320,6 +324,8 @@ class TcpRelay:
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self.connections = 0
+        self._flowing = threading.Event()  # cleared: what the client sends is held
+        self._flowing.set()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     def __enter__(self) -> TcpRelay:
@@ -328,8 +334,15 @@ class TcpRelay:
 
     def __exit__(self, *exc: object) -> None:
         self._listener.close()
+        self.release()
         self.cut()
         self._thread.join(5)
+
+    def hold(self) -> None:
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> None:
         with self._lock:
@@ -349,13 +362,15 @@ class TcpRelay:
             with self._lock:
                 self._open += [down, up]
                 self.connections += 1
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, gate in ((down, up, self._flowing), (up, down, None)):
+                threading.Thread(target=self._pump, args=(a, b, gate), daemon=True).start()
 
     @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(src: socket.socket, dst: socket.socket, gate: threading.Event | None) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if gate is not None:
+                    gate.wait()
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_RDWR)
@@ -385,6 +400,47 @@ def test_a_stream_whose_connection_was_remade_is_lost_and_a_new_one_opens(runtim
         assert relay.connections == 2  # the new stream went over the connection ZeroMQ made again
         again.close()
         stream.close()  # a lost handle closes quietly
+
+
+def test_requests_that_timed_out_before_they_reached_the_runtime_are_never_sent(runtime):
+    """The runtime's ROUTER out of reach (its PUB in reach): an open_stream and a set_controls whose calls time out in
+    the client's outbox are withdrawn, not sent once the ROUTER is reachable (the open_stream used to open a stream
+    nobody used, held until the runtime's idle timeout)."""
+    relay = TcpRelay(runtime.router_endpoint)  # not entered: it accepts nothing yet
+    with Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
+        client.wait_for_runtime()  # from the published hello; its own hello request waits in the outbox
+        with pytest.raises(TimeoutError, match="open_stream"):
+            client.open_stream("never", timeout=0.5)
+        with pytest.raises(TimeoutError, match="set_controls"):
+            client.set_controls("never", {"timing_offset_ms": -30}, timeout=0.1)
+        with relay:
+            marker = client.open_stream("marker")  # requests are taken in order: anything sent before went first
+            assert runtime.stream_ids == ["marker"]
+            marker.close()
+        assert client.withdrawn == 4  # the open_stream and the hello sent before it, the set_controls, the hello
+        assert list(client.errors) == []
+
+
+def test_a_stream_opened_after_its_call_timed_out_is_ended_at_once(runtime):
+    """A runtime that stalls (here the relay holds what the client sends, the connection up) answers an open_stream
+    after its call timed out: the client ends the stream it opened ("ended" at once, not "timeout" after the
+    runtime's 10 s idle timeout)."""
+    watcher = Peer(runtime, protocol.STREAM_TOPIC_PREFIX)
+    try:
+        with TcpRelay(runtime.router_endpoint) as relay, \
+                Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
+            first = client.open_stream("first")  # the connection through the relay is up
+            relay.hold()
+            with pytest.raises(TimeoutError, match="open_stream"):
+                client.open_stream("orphan", timeout=0.5)  # it left the client: ZeroMQ took it
+            relay.release()
+            end = watcher.wait_pub(is_end("orphan"))[-1]
+            assert end["reason"] == "ended"
+            assert runtime.stream_ids == ["first"] and first.lost is None
+            first.close()
+            assert client.withdrawn == 0 and list(client.errors) == []
+    finally:
+        watcher.close()
 
 
 # --- artists' controls ------------------------------------------------------------------------------

@@ -61,35 +61,43 @@ _POLL_MS = 1000  # the I/O thread is woken explicitly; this only bounds a lost w
 _MAX_BATCH = 1000  # messages read from one socket per pass, so a busy SUB cannot starve the DEALER
 # Messages wait in the I/O thread's outbox while the runtime cannot take them (it is away: the DEALER queues only
 # on a connection that is up, ZMQ_IMMEDIATE; or it stalls, its queues full). Past this, the oldest audio is dropped
-# (counted in Client.unsent): ~4 min of a 16 kHz float32 mic.
+# (counted in Client.unsent): ~4 min of a 16 kHz float32 mic. A request whose call stopped waiting for its reply
+# before it left is taken out unsent (Client.withdrawn).
 OUTBOX_MAX_BYTES = 16 << 20
 
 StreamFilter = str | Iterable[str] | None
-Outbox = deque[tuple[bool, bytes]]  # (audio?, message) waiting for the DEALER to take them
-
-
-def _drop_audio(outbox: Outbox, size: int, limit: int) -> tuple[Outbox, int, int]:
-    """The outbox of (audio?, message) less its oldest audio messages, down to ``limit`` bytes (requests are kept:
-    they are small and their callers time out on their own); its size then, and how many were dropped."""
-    kept: Outbox = deque()
-    dropped = 0
-    for audio, message in outbox:
-        if audio and size > limit:
-            size -= len(message)
-            dropped += 1
-        else:
-            kept.append((audio, message))
-    return kept, size, dropped
 
 
 class _Request:
-    """A request waiting for its reply (matched by ``req``); ``reply`` is set by the I/O thread."""
+    """A request waiting for its reply (matched by ``req``); ``reply`` is set by the I/O thread. ``abandoned``: its
+    call stopped waiting without the reply (it timed out), so it is not sent if it is still in the outbox."""
 
-    __slots__ = ("reply", "req")
+    __slots__ = ("abandoned", "payload", "reply", "req")
 
-    def __init__(self, req: int) -> None:
+    def __init__(self, req: int, payload: bytes) -> None:
         self.req = req
+        self.payload = payload
         self.reply: dict[str, Any] | None = None
+        self.abandoned = False
+
+
+# Waiting for the DEALER to take them: (audio?, message, the request it is: None for audio and fire-and-forget ones)
+Outbox = deque[tuple[bool, bytes, _Request | None]]
+Command = tuple[str, bytes | _Request]  # for the I/O thread: ("send" | "audio" | "sub" | "unsub" | ..., argument)
+
+
+def _drop_audio(outbox: Outbox, size: int, limit: int) -> tuple[Outbox, int, int]:
+    """The outbox less its oldest audio messages, down to ``limit`` bytes (requests are kept: they are small, and a
+    request whose call times out is withdrawn on its own); its size then, and how many were dropped."""
+    kept: Outbox = deque()
+    dropped = 0
+    for entry in outbox:
+        if entry[0] and size > limit:
+            size -= len(entry[1])
+            dropped += 1
+        else:
+            kept.append(entry)
+    return kept, size, dropped
 
 
 def curve_keys(server_key: str | bytes | os.PathLike | None,
@@ -465,8 +473,13 @@ class Client:
     broke the protocol, dropped), ``ignored`` (unknown message types of a newer runtime),
     ``missed`` (frames lost on the way, from ``seq`` gaps; ``missed_per_stream``), ``restarts``
     (runtime instance changes seen), ``unsent`` (audio messages dropped before they were sent: of streams whose
-    connection dropped, or beyond OUTBOX_MAX_BYTES for a runtime that takes none). ``errors``: runtime errors no
-    call was waiting for.
+    connection dropped, or beyond OUTBOX_MAX_BYTES for a runtime that takes none), ``withdrawn`` (requests never
+    sent because their call stopped waiting for the reply, e.g. timed out, before they left this client).
+    ``errors``: runtime errors no call was waiting for.
+
+    A request that did leave and is answered after its call gave up changes nothing, but for ``stream_opened``:
+    nobody holds that stream, so the client ends it (``end_stream``) instead of leaving it to the runtime's idle
+    timeout.
     """
 
     def __init__(
@@ -519,12 +532,14 @@ class Client:
         self.ignored = 0
         self.restarts = 0
         self.unsent = 0  # audio messages dropped unsent: their connection dropped, or OUTBOX_MAX_BYTES waited
+        self.withdrawn = 0  # requests taken out of the outbox unsent: their call had stopped waiting for the reply
+        self._orphan_ends: set[int] = set()  # req of each end_stream this client sent for a stream opened too late
         self.errors: deque[KsdiffError] = deque(maxlen=100)
         self._warned: set[str] = set()
         self._req_ids = itertools.count(1)
 
         # --- I/O thread plumbing ---
-        self._commands: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._ctx = zmq.Context()
         self._wake_rx = self._ctx.socket(zmq.PAIR)  # the I/O thread's end
         self._wake_rx.bind("inproc://ksdiff-sdk-wake")  # the context is this client's own
@@ -619,7 +634,7 @@ class Client:
         """Queue DEALER messages; ``audio``: the oldest of these are dropped while the runtime cannot take them."""
         self._command(*(("audio" if audio else "send", p) for p in payloads))
 
-    def _command(self, *commands: tuple[str, bytes]) -> None:
+    def _command(self, *commands: Command) -> None:
         with self._cv:
             if self._closing or self._closed:
                 raise ClientClosedError("the client is closed")
@@ -636,20 +651,27 @@ class Client:
                 self._wake_tx.send(b"", zmq.NOBLOCK)
 
     def _start_request(self, mtype: str, fields: dict[str, Any]) -> _Request:
-        r = _Request(next(self._req_ids))
-        payload = protocol.encode_request(mtype, req=r.req, **fields)
+        req = next(self._req_ids)
+        r = _Request(req, protocol.encode_request(mtype, req=req, **fields))
         with self._cv:
             self._pending[r.req] = r
         try:
-            self._send([payload])
+            self._command(("request", r))
         except ClientClosedError:
             self._forget(r)
             raise
         return r
 
     def _forget(self, r: _Request) -> None:
+        """No call waits for ``r``'s reply any more. Without the reply (its call timed out, or stopped waiting), the
+        request is abandoned: if it is still in the outbox it is withdrawn, never sent. May be called holding _cv."""
         with self._cv:
             self._pending.pop(r.req, None)
+            if r.reply is not None or r.abandoned:
+                return
+            r.abandoned = True
+        with contextlib.suppress(ClientClosedError):  # closed: nothing will be sent anyway
+            self._command(("withdraw", b""))
 
     def _await(
         self, r: _Request, timeout: float | None, what: str, stop: Callable[[], bool] | None = None,
@@ -659,8 +681,8 @@ class Client:
         ``keep``: a request that times out stays registered, so its reply, when it comes, waits for the next
         ``_await`` of it (``end_stream``'s: a later ``end()`` takes it)."""
         timed_out = False
-        try:
-            with self._cv:
+        with self._cv:
+            try:
                 self._cv.wait_for(
                     lambda: r.reply is not None or self._closed or self._closing or (stop is not None and stop()),
                     timeout,
@@ -675,9 +697,11 @@ class Client:
                     raise TimeoutError(
                         f"{what}: no reply from the runtime at {self.router_endpoint} within {timeout} s"
                     )
-        finally:
-            if not (keep and timed_out):
-                self._forget(r)
+            finally:
+                # under the same hold of the lock as the decision: a reply that comes once the call gave up finds
+                # the request gone, a late reply (a stream_opened's stream is then ended), never one taken by nobody
+                if not (keep and timed_out):
+                    self._forget(r)
         if reply["type"] == "error":
             raise KsdiffError.from_reply(reply)
         return reply
@@ -1002,6 +1026,7 @@ class Client:
                         self._wake_rx.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
+            withdraw = False
             while True:
                 try:
                     cmd, arg = self._commands.get_nowait()
@@ -1009,13 +1034,20 @@ class Client:
                     break
                 if cmd == "stop":
                     return
-                if cmd in ("send", "audio"):
-                    outbox.append((cmd == "audio", arg))
+                if isinstance(arg, _Request):  # "request": one a call waits for
+                    outbox.append((False, arg.payload, arg))
+                    outbox_bytes += len(arg.payload)
+                elif cmd in ("send", "audio"):
+                    outbox.append((cmd == "audio", arg, None))
                     outbox_bytes += len(arg)
+                elif cmd == "withdraw":
+                    withdraw = True
                 elif cmd == "sub":
                     sub.setsockopt(zmq.SUBSCRIBE, arg)
                 elif cmd == "unsub":
                     sub.setsockopt(zmq.UNSUBSCRIBE, arg)
+            if withdraw:
+                outbox, outbox_bytes = self._withdraw(outbox, outbox_bytes)
             while outbox:
                 try:
                     dealer.send(outbox[0][1], zmq.NOBLOCK)
@@ -1060,6 +1092,24 @@ class Client:
                         break
                 if dropped:
                     outbox, outbox_bytes = self._connection_dropped(outbox, outbox_bytes)
+
+    def _withdraw(self, outbox: Outbox, size: int) -> tuple[Outbox, int]:
+        """The outbox less the requests abandoned by their calls (timed out): they are never sent, counted in
+        ``withdrawn`` (a late open_stream would open a stream nobody uses, a late set_controls change what its
+        caller was told failed)."""
+        kept: Outbox = deque()
+        withdrawn = 0
+        with self._cv:
+            for entry in outbox:
+                if entry[2] is not None and entry[2].abandoned:
+                    size -= len(entry[1])
+                    withdrawn += 1
+                else:
+                    kept.append(entry)
+            self.withdrawn += withdrawn
+        if withdrawn:
+            log.debug("ksdiff-sdk: %d request(s) whose call stopped waiting were withdrawn unsent", withdrawn)
+        return kept, size
 
     def _connection_dropped(self, outbox: Outbox, size: int) -> tuple[Outbox, int]:
         """The DEALER's connection dropped: every open stream of this client is lost (the next connection has another
@@ -1194,10 +1244,17 @@ class Client:
             raise ProtocolError("malformed", f"{mtype} is not a reply")
         if mtype == "hello":
             self._on_hello(msg)
+        orphan: str | None = None
         with self._cv:
-            r = self._pending.get(msg.get("req", -1))
+            req = msg.get("req", -1)
+            if req in self._orphan_ends:  # the answer to an end_stream of a stream opened too late: nothing to do
+                self._orphan_ends.discard(req)
+                return
+            r = self._pending.get(req)
             if r is not None:
                 r.reply = msg
+            elif mtype == "stream_opened":
+                orphan = msg["stream"]  # its open_stream's call gave up: nobody will use the stream
             elif mtype == "error":
                 err = KsdiffError.from_reply(msg)
                 handle = self._handles.get(msg.get("stream", ""))
@@ -1207,3 +1264,15 @@ class Client:
                     self.errors.append(err)
                     log.warning("ksdiff-sdk: runtime error: %s", err)
             self._cv.notify_all()
+        if orphan is not None:
+            self._end_orphan(orphan)
+
+    def _end_orphan(self, stream: str) -> None:
+        """The runtime opened ``stream`` for an open_stream whose call had given up (it timed out, the request having
+        left already): end it, so the runtime frees it now rather than after its idle timeout. The reply is dropped."""
+        req = next(self._req_ids)
+        with self._cv:
+            self._orphan_ends.add(req)
+        log.info("ksdiff-sdk: stream %r was opened after its open_stream call had timed out: ending it", stream)
+        self._commands.put(("send", protocol.encode_request("end_stream", stream=stream, req=req)))
+        self._wake()  # this (I/O) thread takes it on its next pass

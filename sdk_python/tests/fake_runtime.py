@@ -3,7 +3,8 @@
 It speaks the wire protocol through ``ksdiff_sdk.protocol`` (the reference codec): answers hello,
 open_stream, audio and end_stream like the runtime (frames are published on end_stream, as many
 as the pushed audio covers), publishes hello every ``hello_period`` seconds, and lets a test
-publish anything (valid or not) and override replies. One thread owns both sockets.
+publish anything (valid or not) and override replies (``on_request``; ``answer`` gives a request its
+default replies, e.g. late, with another's). One thread owns both sockets.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class FakeRuntime:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="fake-runtime", daemon=True)
         self._n_auto = 0
+        self._pub: zmq.Socket | None = None  # the fake's thread's PUB, for answer()
 
     # --- test API ---
     def start(self) -> FakeRuntime:
@@ -89,6 +91,12 @@ class FakeRuntime:
     def publish(self, *parts: bytes) -> None:
         """Send one PUB message (any frames, valid or not), from the fake's own thread."""
         self._out.put(list(parts))
+
+    def answer(self, msg: dict[str, Any]) -> Replies:
+        """The default replies to a request (opening, ending its stream as ``_handle`` does); for an ``on_request``
+        script (the fake's thread) that answers a request it held back late."""
+        assert self._pub is not None and threading.current_thread() is self._thread, "call it from on_request"
+        return self._default(msg, self._pub)
 
     def requests_of(self, mtype: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -138,6 +146,7 @@ class FakeRuntime:
             ctx.term()
             self._ready.set()
             return
+        self._pub = pub
         self._ready.set()
         next_hello = 0.0
         try:
@@ -178,6 +187,9 @@ class FakeRuntime:
             scripted = self.on_request(msg)
             if scripted is not None:
                 return scripted
+        return self._default(msg, pub)
+
+    def _default(self, msg: dict[str, Any], pub: zmq.Socket) -> Replies:
         mtype, req = msg["type"], msg.get("req")
         if mtype == "hello":
             return [self._hello(req)]
@@ -204,6 +216,9 @@ class FakeRuntime:
             with self.lock:
                 self.audio[sid].append(msg)
             return []
+        extra = {} if req is None else {"req": req}
+        if mtype == "set_controls":  # taken as they are (the runtime checks them and answers the controls in force)
+            return [protocol.encode_reply("controls_set", stream=sid, controls=msg["controls"], **extra)]
         # end_stream: the remaining frames, the final one last, then stream_end, then the reply
         n = state["samples"] * self.fps // state["open"]["sample_rate"]
         for i in range(n):
@@ -211,7 +226,6 @@ class FakeRuntime:
         pub.send_multipart(list(protocol.encode_stream_end(sid, "sdk", "ended", n, time.monotonic_ns())))
         with self.lock:
             del self.open_streams[sid]
-        extra = {} if req is None else {"req": req}
         return [protocol.encode_reply("stream_ended", stream=sid, frames=n, **extra)]
 
 

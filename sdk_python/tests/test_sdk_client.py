@@ -360,6 +360,62 @@ def test_an_end_never_answered_is_forgotten_when_its_stream_is_released(fake, ma
     assert client._pending == {}  # nothing kept waiting for a reply that no call will take
 
 
+def test_requests_whose_call_timed_out_before_they_left_are_never_sent(fake, make_client):
+    """The runtime's ROUTER is away while its PUB reaches the client: requests wait in the client's outbox, and those
+    whose call gave up there are withdrawn, not sent when the runtime is back (an open_stream sent then opened a
+    stream nobody used, which the runtime held until its idle timeout; a set_controls changed what its caller was
+    told had failed)."""
+    away = FakeRuntime().start()
+    router = away.router_endpoint
+    away.stop()  # nothing listens on that port now: ZeroMQ keeps trying, the DEALER queues nothing (ZMQ_IMMEDIATE)
+    client = make_client(pub=fake.pub_endpoint, router=router)
+    client.wait_for_runtime(5)  # from the published hello; its hello request is left in the outbox
+    with pytest.raises(TimeoutError, match="open_stream"):
+        client.open_stream("npc1", timeout=0.2)
+    with pytest.raises(TimeoutError, match="set_controls"):
+        client.set_controls("mic", {"timing_offset_ms": -30}, timeout=0.05)
+    # the two hellos (wait_for_runtime's, open_stream's), the open_stream, the set_controls
+    wait_until(lambda: client.withdrawn == 4, what="the abandoned requests withdrawn")
+    with FakeRuntime(router=router) as back:  # the runtime's ROUTER is back on its port
+        handle = client.open_stream("npc2", timeout=10)
+        assert handle.stream == "npc2"
+        assert [m.get("stream") for m in back.requests_of("open_stream")] == ["npc2"]
+        assert back.requests_of("set_controls") == [] and len(back.requests_of("hello")) == 1  # npc2's own
+    assert client.withdrawn == 4 and client.unsent == 0 and list(client.errors) == []
+
+
+def test_a_stream_opened_after_its_call_timed_out_is_ended(fake, make_client):
+    """An open_stream that left the client and is answered after its call timed out: the stream is nobody's, so the
+    client ends it at once instead of leaving it to the runtime's idle timeout. Other late replies (controls_set,
+    and the reply to that end_stream) change nothing and are not errors."""
+    client = ready(make_client, fake)
+    other = client.open_stream("other")
+    withdrawn = client.withdrawn  # 1 when wait_for_runtime returned on a published hello before its own went out
+    held: list[dict] = []
+
+    def script(m: dict) -> list[bytes] | None:
+        if (m["type"], m.get("stream")) in (("open_stream", "npc1"), ("set_controls", "other")):
+            held.append(m)
+            return []  # answered late: with the next open_stream's reply
+        if m["type"] == "open_stream" and m.get("stream") == "marker":
+            return [reply for late in held for reply in fake.answer(late)] + fake.answer(m)
+        return None
+
+    fake.on_request = script
+    with pytest.raises(TimeoutError, match="open_stream"):
+        client.open_stream("npc1", timeout=0.2)
+    with pytest.raises(TimeoutError, match="set_controls"):
+        other.set_controls({"timing_offset_ms": -30}, timeout=0.2)
+    assert client.withdrawn == withdrawn  # both had left the client
+    marker = client.open_stream("marker")  # the late replies come first
+    wait_until(lambda: fake.requests_of("end_stream"), what="the late stream ended")
+    assert [m["stream"] for m in fake.requests_of("end_stream")] == ["npc1"]
+    wait_until(lambda: not client._orphan_ends, what="the end_stream's reply")  # dropped quietly
+    assert "npc1" not in fake.open_streams and list(client.errors) == [] and client.invalid == 0
+    assert other.errors == [] and other.lost is None and marker.lost is None
+    assert other.end() == 0 and marker.end() == 0
+
+
 def test_a_push_refused_before_sending_leaves_the_streams_clock_as_it_was(fake, make_client):
     client = ready(make_client, fake)
     handle = client.open_stream("npc1")

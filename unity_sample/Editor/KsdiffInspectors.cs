@@ -40,6 +40,7 @@ namespace Ksdiff.Editor
             EditorGUILayout.LabelField("Refused / ignored messages", s.BadMessages + " / " + s.Ignored);
             EditorGUILayout.LabelField("Runtime restarts seen", s.Restarts.ToString());
             EditorGUILayout.LabelField("Audio dropped unsent", s.Unsent.ToString());
+            EditorGUILayout.LabelField("Requests withdrawn unsent", s.Withdrawn.ToString());
             if (!string.IsNullOrEmpty(s.LastError)) EditorGUILayout.LabelField("Last problem", s.LastError, EditorStyles.wordWrappedMiniLabel);
 
             EditorGUILayout.Space();

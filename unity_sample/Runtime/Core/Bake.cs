@@ -126,7 +126,12 @@ namespace Ksdiff
             {
                 if (!_open.IsDone)
                 {
-                    if (now - _startS > _o.OpenTimeoutS) Fail("no reply to open_stream within " + _o.OpenTimeoutS + " s: is the runtime running?");
+                    if (now - _startS > _o.OpenTimeoutS)
+                    {
+                        string why = "no reply to open_stream within " + _o.OpenTimeoutS + " s: is the runtime running?";
+                        _client.Abandon(_open, why); // never sent, or its stream ended if the runtime opens it anyway
+                        Fail(why);
+                    }
                     return State;
                 }
                 if (_open.Failure != null) { Fail(_open.Failure); return State; }

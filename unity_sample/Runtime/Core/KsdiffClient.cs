@@ -16,10 +16,15 @@
 //   * Replies are matched by `req`, not by order (protocol 1.1 answers end_stream only once the
 //     stream has finished, after later requests' replies). A request whose reply does not come
 //     in time (RequestTimeoutS; end_stream is given its own) fails: a reply lost with a dropped
-//     connection never leaves its caller waiting.
+//     connection never leaves its caller waiting. So does one its caller gives up on (Abandon).
 //   * The DEALER queues only on a live connection (ZMQ_IMMEDIATE); the rest waits in the
 //     client's outbox, at most OutboxMaxBytes: beyond that the oldest audio is dropped (never a
 //     request), counted in ClientStatus.Unsent.
+//   * A request that failed (timed out, abandoned, the runtime restarted) while still in the
+//     outbox is withdrawn, never sent (ClientStatus.Withdrawn): sent later, an open_stream would
+//     open a stream nobody uses, held until the runtime's idle timeout. end_stream is the
+//     exception: ending its stream late still frees it. A stream_opened that comes for an
+//     open_stream that failed after it left is answered with end_stream for that stream.
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
 //   * A stream's events reach the game in the order the runtime published them: a frame is in the
@@ -43,7 +48,7 @@ namespace Ksdiff
         public Func<ITransport> Transport;   // e.g. () => new LibZmqTransport(); called on the worker
         public int PollIntervalMs = 5;       // the longest a queued send or a stop waits
         public double HelloTimeoutS = 2.5;   // hello comes every second: without one this long, Stale
-        public double RequestTimeoutS = 10;  // a request without its reply this long fails (EndStream takes its own)
+        public double RequestTimeoutS = 10;  // a request without its reply this long fails (EndStream takes its own); if it never left, it is never sent
         // Messages wait in the client's outbox while the runtime takes none (it is away: the
         // DEALER queues only on a live connection; or it stalls). Beyond this many bytes the
         // oldest audio is dropped (ClientStatus.Unsent): about 4 min of a 16 kHz float32 mic.
@@ -96,6 +101,7 @@ namespace Ksdiff
         public string[] Blendshapes;    // the runtime hello's names, in wire order
         public ulong Messages, Frames, Dropped, BadMessages, Ignored, Restarts, EventsDropped;
         public ulong Unsent;            // audio messages dropped before they were sent (OutboxMaxBytes, or their stream was lost with the connection)
+        public ulong Withdrawn;         // requests never sent: they failed (timed out, abandoned) while still in the outbox
         public double LastHelloS = -1;
         public string LastError;
         public Stats LastStats;
@@ -198,6 +204,8 @@ namespace Ksdiff
         long _outboxBytes;                                                                 // (L)
         readonly Queue<KeyValuePair<bool, string>> _subscriptions = new Queue<KeyValuePair<bool, string>>(); // (L)
         readonly Dictionary<ulong, PendingRequest> _pending = new Dictionary<ulong, PendingRequest>();     // (L)
+        bool _withdraw;                                 // (L) a request failed: take the outbox's failed requests out
+        readonly HashSet<ulong> _orphanEnds = new HashSet<ulong>(); // (L) req of the end_stream of each stream opened too late
         readonly HashSet<string> _seenInstances = new HashSet<string>();                   // (L)
         readonly List<IFrameSink> _sinks = new List<IFrameSink>();                         // (L)
         IFrameSink[] _sinkSnapshot = new IFrameSink[0];                                    // (L)
@@ -212,6 +220,7 @@ namespace Ksdiff
         {
             public byte[] Payload;
             public bool Audio; // audio may be dropped when the outbox is full; requests never are
+            public ulong Req;  // a request withdrawn if it fails before it is sent; 0: none (audio, end_stream)
         }
 
         sealed class Tracker
@@ -307,7 +316,8 @@ namespace Ksdiff
                     Instance = _status.Instance, RuntimeVersion = _status.RuntimeVersion, Blendshapes = _status.Blendshapes,
                     Messages = _status.Messages, Frames = _status.Frames, Dropped = _status.Dropped,
                     BadMessages = _status.BadMessages, Ignored = _status.Ignored, Restarts = _status.Restarts,
-                    EventsDropped = _status.EventsDropped, Unsent = _status.Unsent, LastHelloS = _status.LastHelloS, LastError = _status.LastError,
+                    EventsDropped = _status.EventsDropped, Unsent = _status.Unsent, Withdrawn = _status.Withdrawn,
+                    LastHelloS = _status.LastHelloS, LastError = _status.LastError,
                     LastStats = _status.LastStats, LastStatsS = _status.LastStatsS,
                 };
                 s.State = StateAt(now);
@@ -431,11 +441,29 @@ namespace Ksdiff
                 else
                 {
                     _pending[req] = p;
-                    _outbox.Enqueue(new Outgoing { Payload = payload, Audio = false });
+                    // end_stream is never withdrawn: sent late, it still frees its stream in the runtime.
+                    _outbox.Enqueue(new Outgoing { Payload = payload, Audio = false, Req = type == "end_stream" ? 0 : req });
                     _outboxBytes += payload.Length;
                 }
             }
             return p;
+        }
+
+        // Gives up on a request before its own timeout (a line that stopped waiting for its
+        // stream_opened): it fails with `why` at once. Still in the outbox, it is never sent (but an
+        // end_stream); answered anyway, its reply changes nothing, and a stream it opened is ended.
+        // False when it had its outcome already (its reply may be on the way to IsDone).
+        public bool Abandon(PendingRequest request, string why)
+        {
+            lock (_lock)
+            {
+                PendingRequest p;
+                if (!_pending.TryGetValue(request.Req, out p) || p != request) return false;
+                _pending.Remove(request.Req);
+                GaveUp(request);
+            }
+            request.Complete(null, why);
+            return true;
         }
 
         // --- the worker ---------------------------------------------------------------------------
@@ -516,6 +544,10 @@ namespace Ksdiff
                 if (sub.Key) transport.Subscribe(sub.Value);
                 else transport.Unsubscribe(sub.Value);
             }
+            lock (_lock)
+            {
+                if (_withdraw) Withdraw();
+            }
             while (true)
             {
                 Outgoing next;
@@ -561,6 +593,33 @@ namespace Ksdiff
             return dropped;
         }
 
+        // The outbox less the requests that failed before they were sent (no reply awaited any more):
+        // counted in Withdrawn. Under _lock, on the worker (the only thread that takes from the outbox).
+        void Withdraw()
+        {
+            _withdraw = false;
+            for (int n = _outbox.Count; n > 0; n--) // once round the queue, keeping the order
+            {
+                Outgoing m = _outbox.Dequeue();
+                if (m.Req != 0 && !_pending.ContainsKey(m.Req))
+                {
+                    _outboxBytes -= m.Payload.Length;
+                    _status.Withdrawn++;
+                }
+                else _outbox.Enqueue(m);
+            }
+        }
+
+        // A request failed without its reply (under _lock): out of the outbox if it is still there,
+        // and an open_stream's stream is not this client's (as when it is refused).
+        void GaveUp(PendingRequest p)
+        {
+            _withdraw = true;
+            Tracker t;
+            if (p.Type == "open_stream" && p.Stream != null && _streams.TryGetValue(p.Stream, out t) && !t.OpenConfirmed && !t.Status.Ended)
+                t.Status.OpenedHere = false;
+        }
+
         // The DEALER's connection dropped. ZeroMQ reconnects by itself, but the new connection has
         // another routing id, and the runtime keeps each stream for the connection that opened it
         // (SPEC 1, Ownership): every stream this client opened is lost (the runtime ends it after
@@ -594,7 +653,11 @@ namespace Ksdiff
                     expired.Add(kv.Value);
                 }
                 if (expired == null) return;
-                foreach (PendingRequest p in expired) _pending.Remove(p.Req);
+                foreach (PendingRequest p in expired)
+                {
+                    _pending.Remove(p.Req);
+                    GaveUp(p);
+                }
             }
             foreach (PendingRequest p in expired)
                 p.Complete(null, p.Type + ": no reply from the runtime at " + _o.RouterEndpoint + " within " + p.TimeoutS + " s");
@@ -826,6 +889,7 @@ namespace Ksdiff
                 return;
             }
             ulong? req = null;
+            PendingRequest p = null; // the request this replies to, taken from _pending
             switch (msg.Type)
             {
                 case MessageType.Hello:
@@ -839,6 +903,19 @@ namespace Ksdiff
                     req = opened.Req;
                     lock (_lock)
                     {
+                        // Taken at once, so that it cannot fail (Abandon) between this and its completion.
+                        if (req.HasValue && _pending.TryGetValue(req.Value, out p)) _pending.Remove(req.Value);
+                        if (p == null)
+                        {
+                            // Its open_stream failed (timed out, abandoned) after it left: nobody will
+                            // use the stream, so it is ended now rather than by the runtime's idle timeout.
+                            ulong endReq = NextReq();
+                            _orphanEnds.Add(endReq);
+                            byte[] end = Requests.EndStream(opened.Stream, endReq);
+                            _outbox.Enqueue(new Outgoing { Payload = end, Audio = false });
+                            _outboxBytes += end.Length;
+                            return;
+                        }
                         Tracker t = TrackerFor(opened.Stream);
                         t.Status.OpenedHere = true;
                         t.OpenConfirmed = true;
@@ -850,6 +927,7 @@ namespace Ksdiff
                     break;
                 case MessageType.StreamEnded:
                     req = ((StreamEnded)msg).Req;
+                    if (req.HasValue) lock (_lock) _orphanEnds.Remove(req.Value); // a late stream's end: nothing more
                     break;
                 case MessageType.ControlsSet:
                     req = ((ControlsSet)msg).Req;
@@ -859,6 +937,7 @@ namespace Ksdiff
                     req = error.Req;
                     lock (_lock)
                     {
+                        if (req.HasValue && _orphanEnds.Remove(req.Value)) break; // a late stream's end refused: it is gone anyway
                         PendingRequest awaiting;
                         if (!req.HasValue || !_pending.TryGetValue(req.Value, out awaiting)) awaiting = null;
                         string stream = error.Stream ?? (awaiting != null ? awaiting.Stream : null);
@@ -889,10 +968,12 @@ namespace Ksdiff
                     Bad("a '" + msg.Type + "' message is not a reply");
                     return;
             }
-            PendingRequest p = null;
-            lock (_lock)
+            if (p == null)
             {
-                if (req.HasValue && _pending.TryGetValue(req.Value, out p)) _pending.Remove(req.Value);
+                lock (_lock)
+                {
+                    if (req.HasValue && _pending.TryGetValue(req.Value, out p)) _pending.Remove(req.Value);
+                }
             }
             if (p != null) p.Complete(msg, null);
         }
@@ -914,6 +995,7 @@ namespace Ksdiff
             {
                 failed = new List<PendingRequest>(_pending.Values);
                 _pending.Clear();
+                _withdraw = true; // a stopped client started again, a new runtime: none of them goes out
             }
             foreach (PendingRequest p in failed) p.Complete(null, why);
         }

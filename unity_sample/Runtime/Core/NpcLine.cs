@@ -164,11 +164,14 @@ namespace Ksdiff
             if (State == NpcLineState.Buffering) State = NpcLineState.Playing;
         }
 
-        // Ends the stream early (the NPC was interrupted); frames already sent still come.
+        // Ends the stream early (the NPC was interrupted); frames already sent still come. While
+        // opening, the open_stream is given up (KsdiffClient.Abandon): never sent if it has not left,
+        // and its stream ended by the client if the runtime opens it anyway.
         public void Cancel()
         {
             if (State == NpcLineState.Done || State == NpcLineState.Failed || State == NpcLineState.Idle) return;
-            if (_end == null && State != NpcLineState.Opening) _end = _client.EndStream(_o.Stream);
+            bool givenUp = State == NpcLineState.Opening && _client.Abandon(_open, "cancelled");
+            if (!givenUp && _end == null) _end = _client.EndStream(_o.Stream); // opened (or its stream_opened is on the way)
             Fail("cancelled");
         }
 
@@ -177,8 +180,12 @@ namespace Ksdiff
             if (!_open.IsDone)
             {
                 if (now - _startS > _o.OpenTimeoutS)
-                    Fail("no reply to open_stream within " + _o.OpenTimeoutS + " s: is the runtime running at " +
-                         _client.Status().RouterEndpoint + "?");
+                {
+                    string why = "no reply to open_stream within " + _o.OpenTimeoutS + " s: is the runtime running at " +
+                                 _client.Status().RouterEndpoint + "?";
+                    _client.Abandon(_open, why); // a late stream_opened would otherwise leave the stream open
+                    Fail(why);
+                }
                 return;
             }
             if (_open.Failure != null) { Fail(_open.Failure); return; }

@@ -1,7 +1,7 @@
 // The client over the libzmq transport against a stand-in runtime on loopback: subscriptions,
 // decoding, drops, bad input, replies matched by req, restart detection, reconnection, streams
-// lost with a dropped connection, requests that time out, the outbox's bound, an absent runtime,
-// a bad endpoint, CURVE. The same client logic runs over NetMQ in Unity.
+// lost with a dropped connection, requests that time out (withdrawn from the outbox unsent, a
+// stream opened too late ended), the outbox's bound, an absent runtime, a bad endpoint, CURVE. The same client logic runs over NetMQ in Unity.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -349,7 +349,8 @@ namespace Ksdiff.Tests
             string pub, router;
             FreeEndpoints(out pub, out router);
             const long bound = 20000;
-            KsdiffClient c = Client(null, null, null, pub, router, o => o.OutboxMaxBytes = bound);
+            // (the hellos wait for their reply all along: one that fails in the outbox is withdrawn)
+            KsdiffClient c = Client(null, null, null, pub, router, o => { o.OutboxMaxBytes = bound; o.RequestTimeoutS = 60; });
             PendingRequest first = c.RequestHello();
             const int sent = 50;
             var pcm = new byte[1000];
@@ -372,6 +373,87 @@ namespace Ksdiff.Tests
             for (int i = 0; i < kept; i++) Assert.AreEqual((ulong)(sent - kept + i), ((Audio)got[1 + i]).Seq, "the newest audio, in order");
             Assert.IsNull(rt.TryReceive(0.2), "nothing more");
             Assert.AreEqual((ulong)(sent - kept), c.Status().Unsent);
+        }
+
+        [Test]
+        public void RequestsThatFailInTheOutboxAreNeverSentButEndStream()
+        {
+            // No runtime: every request waits in the outbox. Those that fail there (timed out, or
+            // abandoned by their caller) are withdrawn: sent when the runtime comes, an open_stream
+            // opened a stream nobody used (held until the runtime's idle timeout), a set_controls
+            // changed what its caller was told had failed. end_stream still goes: it frees its stream.
+            string pub, router;
+            FreeEndpoints(out pub, out router);
+            KsdiffClient c = Client(null, null, null, pub, router, o => o.RequestTimeoutS = 0.3);
+            PendingRequest open = c.OpenStream(new OpenStream { Stream = "never" });
+            PendingRequest set = c.SetControls("mic", new Controls().SetMood(Protocol.MoodHappy));
+            PendingRequest hello = c.RequestHello();
+            PendingRequest end = c.EndStream("gone", 0.3);
+            PendingRequest given = c.OpenStream(new OpenStream { Stream = "given-up" });
+            Assert.IsTrue(c.Abandon(given, "the line gave up"));
+            Assert.IsFalse(c.Abandon(given, "again"), "abandoned once");
+            Assert.AreEqual("the line gave up", given.Failure);
+            foreach (PendingRequest p in new[] { open, set, hello, end })
+            {
+                Assert.IsTrue(p.Wait(TimeSpan.FromSeconds(5)), p.Type + " never failed");
+                Assert.IsTrue(p.Failure.Contains("no reply"), p.Failure);
+            }
+            Assert.IsTrue(Wait.Until(() => c.Status().Withdrawn == 4, 10), "withdrawn " + c.Status().Withdrawn);
+            Assert.IsFalse(c.Stream("never").OpenedHere, "an open_stream that failed opened nothing here");
+            Assert.IsFalse(c.Stream("given-up").OpenedHere);
+
+            var rt = Keep(new FakeRuntime(pub, router)); // the runtime comes
+            PendingRequest marker = c.RequestHello();
+            var got = new List<Message>();
+            while (got.Count == 0 || !(got[got.Count - 1] is Hello && ((Hello)got[got.Count - 1]).Req == marker.Req))
+                got.Add(new Decoder().Decode(rt.Receive().Value));
+            Assert.AreEqual(2, got.Count, string.Join(", ", got.Select(m => m.Type)));
+            Assert.AreEqual("gone", ((EndStream)got[0]).Stream);
+            Assert.AreEqual(4UL, c.Status().Withdrawn);
+            Assert.AreEqual(0UL, c.Status().Unsent);
+        }
+
+        [Test]
+        public void AStreamOpenedAfterItsRequestFailedIsEndedQuietly()
+        {
+            // The open_stream left, and its stream_opened came after the request had failed (timed
+            // out, or abandoned by its caller): nobody will use the stream, so the client ends it at
+            // once; the replies to those end_streams change nothing.
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt, configure: o => o.RequestTimeoutS = 0.3);
+            Handshake(rt, c, "A");
+            PendingRequest late = c.OpenStream(new OpenStream { Stream = "late" });
+            var r1 = rt.Receive();
+            Assert.IsTrue(late.Wait(TimeSpan.FromSeconds(5)));
+            Assert.IsTrue(late.Failure.Contains("no reply"), late.Failure);
+            PendingRequest given = c.OpenStream(new OpenStream { Stream = "given-up" });
+            var r2 = rt.Receive();
+            Assert.IsTrue(c.Abandon(given, "the line gave up"));
+            Events(c);
+            rt.Reply(r1.Key, FakeRuntime.StreamOpened("late", ((OpenStream)new Decoder().Decode(r1.Value)).Req.Value));
+            rt.Reply(r2.Key, FakeRuntime.StreamOpened("given-up", ((OpenStream)new Decoder().Decode(r2.Value)).Req.Value));
+            var e1 = rt.Receive();
+            var e2 = rt.Receive();
+            var end1 = (EndStream)new Decoder().Decode(e1.Value);
+            var end2 = (EndStream)new Decoder().Decode(e2.Value);
+            Assert.AreEqual("late", end1.Stream);
+            Assert.AreEqual("given-up", end2.Stream);
+            rt.Reply(e1.Key, FakeRuntime.StreamEnded("late", 0, end1.Req.Value));
+            rt.Reply(e2.Key, FakeRuntime.Error("unknown_stream", "end_stream", "given-up", end2.Req)); // gone already
+            PendingRequest marker = c.RequestHello(); // after those replies: they were handled when it is answered
+            var m = rt.Receive();
+            rt.Reply(m.Key, FakeRuntime.Hello("A", ((Hello)new Decoder().Decode(m.Value)).Req));
+            Assert.IsTrue(marker.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsNull(rt.TryReceive(0.2), "nothing more");
+            List<ClientEvent> events = Events(c);
+            Assert.IsFalse(events.Any(e => e.Kind == ClientEventKind.Error || e.Kind == ClientEventKind.BadMessage), string.Join("\n", events));
+            Assert.AreEqual(0UL, c.Status().BadMessages);
+            foreach (string s in new[] { "late", "given-up" })
+            {
+                Assert.IsFalse(c.Stream(s).OpenedHere, s + " is not this client's");
+                Assert.AreEqual(0, c.Stream(s).Errors.Count, s);
+            }
+            Assert.AreEqual(0UL, c.Status().Withdrawn, "both had left");
         }
 
         [Test]

@@ -3,7 +3,7 @@
 // sent again later, end_stream at once; for a 1.1 runtime f32le audio at the clip's pace with
 // at_sample, then end_stream), when playback starts (the stated latency, or one from stats or
 // frames, plus the margin, and never before the first frame), and the failures: an absent
-// runtime, a refusal, a restart mid-line, a dropped connection; and a line whose end_stream reply
+// runtime (a line that gave its open up never opens a stream later), a refusal, a restart mid-line, a dropped connection; and a line whose end_stream reply
 // is lost ends with its stream_end, or fails in bounded time, never hangs.
 using System;
 using System.Collections.Generic;
@@ -347,6 +347,41 @@ namespace Ksdiff.Tests
             Assert.IsTrue(Wait.Until(() => line.Update() == NpcLineState.Failed, 5));
             Assert.IsTrue(line.Failure.Contains("no reply to open_stream"), line.Failure);
             Assert.IsFalse(line.ShouldStartPlayback);
+        }
+
+        [Test]
+        public void ALineThatGaveUpOnItsOpenNeverOpensAStreamLater()
+        {
+            // The line's open timeout (0.3 s) is shorter than the client's request timeout (10 s): the
+            // line gives its open_stream up, so a runtime that comes later never gets it.
+            string pub, router;
+            using (var probe = new FakeRuntime())
+            {
+                pub = probe.PubEndpoint;
+                router = probe.RouterEndpoint;
+            }
+            using (var client = new KsdiffClient(new ClientOptions { PubEndpoint = pub, RouterEndpoint = router, Transport = () => new LibZmqTransport() }))
+            {
+                client.Start();
+                var line = new NpcLine(client, Tone(0.2, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-5", OpenTimeoutS = 0.3 });
+                line.Start();
+                Assert.IsTrue(Wait.Until(() => line.Update() == NpcLineState.Failed, 5));
+                Assert.IsTrue(line.Failure.Contains("no reply to open_stream"), line.Failure);
+                Assert.IsTrue(Wait.Until(() => client.Status().Withdrawn == 1, 5), "the open_stream was not withdrawn");
+                var cancelled = new NpcLine(client, Tone(0.2, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-6" });
+                cancelled.Start();
+                cancelled.Cancel();
+                Assert.AreEqual("cancelled", cancelled.Failure);
+                Assert.IsTrue(Wait.Until(() => client.Status().Withdrawn == 2, 5), "the cancelled line's open_stream was not withdrawn");
+                using (var rt = new FakeRuntime(pub, router))
+                {
+                    PendingRequest marker = client.RequestHello();
+                    var r = rt.Receive();
+                    Message first = new Decoder().Decode(r.Value);
+                    Assert.AreEqual(MessageType.Hello, first.Type, "a line's open_stream went out after the line gave it up");
+                    Assert.AreEqual(marker.Req, ((Hello)first).Req.Value);
+                }
+            }
         }
 
         [Test]
