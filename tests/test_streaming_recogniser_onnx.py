@@ -287,3 +287,29 @@ def test_a_whole_clip_in_one_call_is_the_stream(torch_model, recognisers, speech
     assert got.shape == (clip.size // 320 + 1, 191)
     assert np.abs(got - _feed(rec, [clip], 533)[0]).max() < 0.01  # float32 sums over other shapes: measured 0.0014
     assert np.abs(got - _whole(torch_model, clip, lookahead)).max() < TOLERANCE
+
+
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_a_long_clip_is_computed_in_pieces_of_bounded_size(recognisers, speech, lookahead, monkeypatch):
+    """A clip longer than WHOLE_FRAMES frames goes through the graph in pieces of at most that many (a call's
+    attention is frames x (left + frames): in one call, 120 s took 3.1 GB and 20 minutes did not fit in 24 GB), with
+    the frames of the clip in one call."""
+    from ksdiff_runtime.features import streaming_recogniser_onnx as module
+
+    rec = _onnx(recognisers, lookahead)
+    clip = speech[: int(4.3 * SAMPLE_RATE) + 99]
+    one_call = rec.whole(clip)  # 216 frames: one piece
+    calls: list[int] = []
+    run = rec.session.run
+
+    def counted(names, feeds):
+        calls.append(feeds["frame_mask"].shape[1])
+        return run(names, feeds)
+
+    monkeypatch.setattr(module, "WHOLE_FRAMES", 40)
+    monkeypatch.setattr(rec.session, "run", counted)
+    pieces = rec.whole(clip)
+    assert max(calls) <= 40 and sum(calls) >= one_call.shape[0] and len(calls) == -(-sum(calls) // max(calls))
+    assert pieces.shape == one_call.shape
+    assert np.abs(pieces - one_call).max() < 1e-3
+    assert (pieces.argmax(1) == one_call.argmax(1)).all()

@@ -39,6 +39,10 @@ MAX_LOOKAHEAD = 3
 MIN_SAMPLES = 201  # the STFT's reflect padding needs more than n_fft / 2 samples
 STEP_BATCH = 64  # streams in one call at most
 MAX_CHUNKS = 25  # chunks of one stream in one call at most (a stream catching up takes several calls)
+# frames of a whole clip in one call at most (``whole``): a call's attention scores are frames x (left context +
+# frames), so a clip in one call took memory with the square of its length (120 s: 3.1 GB, 20 min did not fit in
+# 24 GB); in pieces of this many it grows with the length, and a piece is long enough to keep the calls few
+WHOLE_FRAMES = 1500
 # streams a part of a ``parallel`` call has at least: a call of fewer than twice this many runs whole. Since the
 # graph computes frames in rows, a second part costs more than it saves below a dozen streams, about what it saves
 # at 12, and less from 16: in paced live rounds on the 2-core EPYC (benchmarks/recogniser_parts.py) the call whole
@@ -201,14 +205,17 @@ class OnnxStreamingRecogniser:
         return out
 
     def whole(self, audio: np.ndarray) -> np.ndarray:
-        """A whole clip's log-probabilities [n // 320 + 1, 191] in one call (all its chunks at once): what a
-        stream fed the clip gives, for a bake or a line. Needs at least 201 samples."""
+        """A whole clip's log-probabilities [n // 320 + 1, 191], in calls of up to WHOLE_FRAMES frames (a short
+        clip in one): what a stream fed the clip gives, for a bake or a line. Needs at least 201 samples."""
         stream = self.new_stream()
         stream.push(audio)
         stream.end()
         total = stream.samples // HOP + 1
-        frames = -(-total // self.chunk) * self.chunk  # whole chunks; those past the end are masked
-        return self.session.run(["log_probs"], self._feeds([stream], [stream.window(frames)]))[0][0, :total]
+        piece = max(1, WHOLE_FRAMES // self.chunk) * self.chunk
+        while stream.frames_out < total:
+            left = -(-(total - stream.frames_out) // self.chunk) * self.chunk  # whole chunks; past the end masked
+            self._run([stream], min(piece, left))
+        return np.concatenate(stream.computed)[:total]
 
     def _run(self, streams: list[RecogniserStream], frames: int) -> None:
         """``frames`` (whole chunks) of each stream in one call (or in parts run at once, ``parallel``); each
