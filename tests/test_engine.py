@@ -537,6 +537,62 @@ def test_rounds_too_slow_for_the_deadline_shed_frames_instead_of_publishing_them
     assert len(slow) + slow_shed == len(indices) and slow[-1] == indices[-1]
 
 
+def test_a_round_estimate_past_the_deadline_still_lets_live_frames_through(tiny_backend, speech_16k):
+    """After rounds far slower than the deadline (the estimate at 400 ms), a real-time stream gets its frames again
+    within a few rounds once its rounds are fast. Before, every frame was judged stale against the
+    estimate, no hop ran to measure a round by, and the stream got no frame again (tested through a runtime: 16
+    NPC lines left a live stream at 0 fps for good, new ones refused as shedding)."""
+    engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1, round_clock=lambda: 0)
+    sid = engine.open_stream()
+    engine._round_ns = 400 * MS
+    audio, t0, shed, indices = np.resize(speech_16k, 2 * SAMPLE_RATE), time.monotonic_ns(), 0, []
+    for start in range(0, audio.size, 160):
+        at = t0 + round((start + 160) * 1e9 / SAMPLE_RATE)
+        engine.push(sid, audio[start : start + 160], captured_ns=at)
+        result = engine.step(now_ns=at)
+        shed += sum(result.shed.values())
+        indices += [f.index for f in result.frames]
+    assert len(indices) > 45 and shed <= 10, (len(indices), shed)  # a few frames while the estimate comes down
+    assert indices[-40:] == list(range(indices[-40], indices[-1] + 1))  # then every one
+    assert engine._round_ns < 10 * MS
+
+
+def test_lines_and_live_hops_take_rounds_of_their_own(tiny_backend, speech_16k):
+    """NPC lines pushed whole while a live stream runs: no round holds both (a line's round, its first features
+    over all of its audio and whole windows, can take far longer than a live hop's), the live stream sheds no
+    frame, and the lines are not starved by live hops ready in every round: they get a round once they have
+    waited LINE_WAIT_MS, and every frame of theirs comes."""
+    from ksdiff_runtime.engine.engine import LINE_WAIT_MS
+
+    engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1, round_clock=lambda: 0)
+    live = engine.open_stream()
+    audio = np.resize(speech_16k, 4 * SAMPLE_RATE)
+    hop = frame_sample(1)
+    t0, mixed, live_frames, line_rounds, lines = time.monotonic_ns(), 0, [], [], []
+    for k, start in enumerate(range(0, audio.size - hop, hop)):  # a live hop's audio before every round
+        at = t0 + round((start + hop) * 1e9 / SAMPLE_RATE)
+        engine.push(live, audio[start : start + hop], captured_ns=at)
+        if k == 10:
+            for n in range(3):
+                lines.append(engine.open_stream(mode="line", seed=n))
+                engine.push(lines[-1], speech_16k[: (2 + n) * SAMPLE_RATE], captured_ns=at)
+                engine.end_stream(lines[-1])
+        while engine.has_work():
+            result = engine.step(now_ns=at)
+            kinds = {f.stream == live for f in result.frames}
+            mixed += len(kinds) == 2
+            live_frames += [f.index for f in result.frames if f.stream == live]
+            if kinds == {False}:
+                line_rounds.append(at)
+            assert not result.shed
+            if result.frames and kinds == {True}:
+                break  # the live stream's hop is done: its next audio comes with the next round
+    assert mixed == 0
+    assert live_frames == list(range(len(live_frames))) and len(live_frames) > 100
+    assert set(lines).isdisjoint(engine.stream_ids)  # every line ended, with all of its frames
+    assert all(b - a >= LINE_WAIT_MS * MS for a, b in itertools.pairwise(line_rounds))
+
+
 def test_audio_pushed_ahead_of_real_time_is_not_shed(tiny_backend, speech_16k):
     """An NPC line pushed whole (ahead of real time) is due at its own instants: every frame comes, none
     is shed, even when the engine is slow to get to it. (The round clock is frozen: a round slower than the

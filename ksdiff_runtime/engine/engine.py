@@ -76,6 +76,7 @@ from .style import STYLES, StyleProfile, style_for
 log = logging.getLogger("ksdiff_runtime.engine")
 
 DEFAULT_IDLE_TIMEOUT_S = 10.0
+LINE_WAIT_MS = 100  # lines whose ready windows were put off this long for live hops get a round of their own
 WARM_UP_S = 1.0  # seconds of the bundled speech per warm-up pass
 PROBE_REPEATS = 3  # the warm-up's cost probe (1 and ROUND_PROBE streams) runs this many times; medians are kept
 # seconds of speech per probe pass: its rounds are paced at the hop as `serve`'s are, so a pass takes this long
@@ -205,8 +206,9 @@ class StreamingEngine:
         # take no time, and how busy the machine is sheds no frame. Only rounds' durations come from it: a
         # line's first-frame delay (stated latency) is measured on time.monotonic_ns, as frames' arrivals are.
         self._round_clock = round_clock
-        self._round_ns = 0.0  # how long a round takes (EMA): a frame due sooner than that is stale
-        self._line_round_ns = 0.0  # how long a round with a line's window takes (EMA)
+        self._round_ns = 0.0  # how long a live round takes (EMA): a frame due sooner than that is stale
+        self._line_round_ns = 0.0  # how long a round of lines' windows takes (EMA)
+        self._lines_waiting_since: int | None = None  # when lines' ready hops were first put off for live ones
         self._line_first_ns = 0.0  # from a line's first audio reaching the runtime to its first frames (EMA)
         # A runtime keeps a finished session in the registry until it has published its end (then removes
         # it); on its own the engine forgets it as soon as it reports it.
@@ -315,7 +317,7 @@ class StreamingEngine:
                 continue  # its end is taken next round
             states.append((session, state))
         self._listen([st for _, st in states])
-        planned = self._plan(states, now, result)
+        planned = self._rounds_kind(self._plan(states, now, result), now)
         live_hops = 0  # live streams hopped, in a round that did nothing else (admission rescales its rounds by them)
         if planned:
             self._features(planned, result)
@@ -346,10 +348,12 @@ class StreamingEngine:
             for ended in result.ended:
                 self.sessions.remove(ended.session)
         elapsed = self._round_clock() - started
-        if planned:
+        if planned and planned[0][1].line:
+            self._line_round_ns = _ema(self._line_round_ns, elapsed, 0.2)
+        elif planned or result.shed:
+            # A round that shed frames and ran no hop counts too: with an estimate past the deadline every frame is
+            # stale, no hop runs to measure a round by, and the estimate would stay there for good.
             self._round_ns = 0.8 * self._round_ns + 0.2 * elapsed
-            if any(st.line for _, st, _ in planned):
-                self._line_round_ns = _ema(self._line_round_ns, elapsed, 0.2)
         audio_s = len(result.frames) / self.fps
         live_s = self.preset.hop_frames / motion.FPS if planned else 0.0
         self.capacity.observe(elapsed if planned else 0, audio_s, bool(result.shed), live_s, live_hops)
@@ -397,12 +401,33 @@ class StreamingEngine:
                 log.warning("the batched VAD failed (%s); each stream runs its own", exc)
             self._vad_failed = True
 
+    def _rounds_kind(self, planned: list[tuple[Session, StreamState, Hop]], now: int
+                     ) -> list[tuple[Session, StreamState, Hop]]:
+        """A round runs live streams' hops or lines' windows, not both: a line's round (its first features over all
+        of its audio, whole windows of many lines) may take far longer than a live hop's. Live hops go first; lines
+        take the rounds with none, and a round of their own once they have waited LINE_WAIT_MS for one. Before,
+        their work was in the live hops' rounds, and the live rounds' estimate, grown past the deadline, marked
+        every live frame stale from then on: a burst of 16 lines left a live stream without frames for good."""
+        live = [p for p in planned if not p[1].line]
+        lines = [p for p in planned if p[1].line]
+        if not lines:
+            self._lines_waiting_since = None
+            return live
+        if not live or (self._lines_waiting_since is not None
+                        and now - self._lines_waiting_since >= LINE_WAIT_MS * 1_000_000):
+            self._lines_waiting_since = None
+            return lines
+        if self._lines_waiting_since is None:
+            self._lines_waiting_since = now
+        return live
+
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:
         planned = []
+        lead = round(self._round_ns)  # a frame due before this round would end is stale
         for session, state in states:
             try:
-                hop = state.plan(now, round(self._round_ns))
+                hop = state.plan(now, lead)
                 if hop is None:
                     continue
                 if hop.skip:
