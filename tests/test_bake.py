@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from scipy.signal import resample_poly
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.cli import main
+from ksdiff_runtime.outputs import files
 
 LIVE_LINK_TAIL = [
     "HeadYaw", "HeadPitch", "HeadRoll",
@@ -632,3 +634,164 @@ def test_a_seed_for_many_lines_gives_each_its_own(tmp_path: Path, speech_16k: np
     assert all((first / n).read_bytes() == (second / n).read_bytes() for n in ("a.csv", "b.csv"))
     assert bake(lines[0], tmp_path / "alone.csv", tiny_checkpoint, "--seed", "3") == 0
     assert (tmp_path / "alone.csv").read_bytes() != (first / "a.csv").read_bytes()
+
+
+# --- outputs that cannot be written, flags that cannot be used: said, no traceback -------------------------
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the bake gets as far as loading the model."""
+    from ksdiff_runtime.cli import bake as bake_cli
+
+    def load_backend(*args, **kwargs):
+        raise AssertionError("the model was loaded before the error was said")
+
+    monkeypatch.setattr(bake_cli, "load_backend", load_backend)
+
+
+def test_an_output_that_cannot_be_written_is_named_and_the_other_lines_are_baked(
+        tmp_path: Path, speech_16k: np.ndarray, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder in the way of one line's file (or no permission, a full disk): that line is named on stderr, the
+    others are written, the summary says so and the exit status is 1, as for a line that cannot be read."""
+    sr = motion.SAMPLE_RATE
+    lines = []
+    for name, (a, b) in {"a": (0.0, 0.5), "b": (0.2, 0.8), "c": (0.4, 1.0)}.items():
+        lines.append(tmp_path / f"{name}.wav")
+        sf.write(str(lines[-1]), speech_16k[round(a * sr) : round(b * sr)], sr, subtype="PCM_16")
+    out = tmp_path / "baked"
+    (out / "b.csv").mkdir(parents=True)
+    assert bake_many(lines, out, tiny_checkpoint) == 1
+    captured = capsys.readouterr()
+    assert f"error: cannot write the animation of {lines[1]} to {out / 'b.csv'}: Is a directory" in captured.err
+    assert "Traceback" not in captured.err and "baked 2 of 3 lines" in captured.out
+    assert (out / "b.csv").is_dir() and (out / "a.csv").is_file() and (out / "c.csv").is_file()
+
+
+def test_a_line_whose_file_fails_mid_write_is_said(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    def full(path: Path, *args) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(files, "write_json", full)
+    out = tmp_path / "out.json"
+    assert bake(speech_wav, out, tiny_checkpoint) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot write the animation of {speech_wav} to {out}: No space left on device" in err
+
+
+@pytest.mark.parametrize("case", ["file for many", "file on the way", "plot: file on the way", "proc"])
+def test_an_output_that_cannot_be_made_is_said_before_the_model_loads(tmp_path: Path, speech_wav: Path,
+                                                                      tiny_checkpoint: Path, case: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("in the way\n")
+    inputs, out, extra = [speech_wav], tmp_path / "out.csv", ()
+    if case == "file for many":  # an existing file without an extension: taken as a folder, and not one
+        other = tmp_path / "other.wav"
+        other.write_bytes(speech_wav.read_bytes())
+        inputs, out, message = [speech_wav, other], afile, f"cannot write the output {afile}: {afile} is a file"
+    elif case == "file on the way":
+        out, message = afile / "sub" / "out.csv", f"{afile} is a file, not a folder"
+    elif case == "plot: file on the way":
+        pytest.importorskip("matplotlib")
+        extra, message = ("--plot", str(afile / "p.png")), f"cannot write the plot {afile / 'p.png'}"
+    else:
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc here")
+        out, message = Path("/proc/ksdiff-bake-test.csv"), "cannot make files in /proc"
+    no_model(monkeypatch)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        bake_many(inputs, out, tiny_checkpoint, *extra)
+    assert afile.read_text() == "in the way\n" and not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--steps", "0"), r"--steps must be at least 1, got 0"),
+    (("--steps", "1001"), r"--steps must be in 1\.\.1000 \(the model's diffusion steps\), got 1001"),
+    (("--plot", "p.xyz"), r"--plot p\.xyz: its extension sets the plot's format; matplotlib writes .*\.png"),
+], ids=["steps 0", "steps 1001", "plot .xyz"])
+def test_a_flag_value_that_cannot_be_used_is_a_clear_error_before_baking(tmp_path: Path, speech_wav: Path,
+                                                                          tiny_checkpoint: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          extra: tuple[str, ...],
+                                                                          message: str) -> None:
+    if extra[0] == "--plot":
+        pytest.importorskip("matplotlib")
+        no_model(monkeypatch)
+    if extra == ("--steps", "0"):
+        no_model(monkeypatch)
+    out = tmp_path / "out.csv"
+    with pytest.raises(SystemExit, match=message):
+        bake(speech_wav, out, tiny_checkpoint, *extra)
+    assert not out.exists()
+
+
+def test_an_unknown_backend_is_refused_by_name(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    no_model(monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        bake(speech_wav, tmp_path / "out.csv", tiny_checkpoint, "--backend", "foo")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --backend: invalid choice: 'foo'" in err and "'onnxruntime-cpu'" in err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_plot_goes_into_a_new_folder(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path) -> None:
+    """As the animation's own file: the folders on the way to --plot are made."""
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "plots" / "new" / "line.png"
+    assert bake(speech_wav, tmp_path / "out.csv", tiny_checkpoint, "--plot", str(plot)) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_negative_seed_is_taken_as_a_stream_takes_it(tmp_path: Path, speech_wav: Path,
+                                                       tiny_checkpoint: Path) -> None:
+    """Any integer: taken modulo 2^64, as the engine takes a stream's int64 seed (-1 is 2^64 - 1)."""
+    neg, big = tmp_path / "neg.csv", tmp_path / "big.csv"
+    assert bake(speech_wav, neg, tiny_checkpoint, "--seed", "-1") == 0
+    assert bake(speech_wav, big, tiny_checkpoint, "--seed", str(2**64 - 1)) == 0
+    assert neg.read_bytes() == big.read_bytes()
+
+
+# --- file names that are not UTF-8 ---------------------------------------------------------------
+def latin1_name(folder: Path, name: bytes) -> Path:
+    """A path in ``folder`` whose name is these bytes (not UTF-8), or skip where the file system refuses it."""
+    import os
+    import sys
+
+    if sys.platform == "win32":
+        pytest.skip("file names are UTF-16 on Windows")
+    path = folder / os.fsdecode(name)
+    try:
+        path.write_bytes(b"")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    path.unlink()
+    return path
+
+
+def test_a_wav_whose_name_is_not_utf8_bakes(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A Latin-1 'café.wav' (b'caf\\xe9.wav', from a Windows zip) is a good file: it bakes, to a file of the same
+    name bytes, as alone and among many, and is printed with its byte escaped (stdout is strict in a UTF-8 locale)."""
+    import os
+
+    from ksdiff_runtime.cli.bake import stored_seconds
+
+    cafe = latin1_name(tmp_path, b"caf\xe9.wav")
+    cafe.write_bytes(speech_wav.read_bytes())
+    plain = tmp_path / "plain.csv"
+    assert bake(speech_wav, plain, tiny_checkpoint, "--seed", "3") == 0
+    assert bake(cafe, tmp_path / "cafe.csv", tiny_checkpoint, "--seed", "3") == 0
+    assert stored_seconds(cafe) == pytest.approx(sf.info(str(speech_wav)).duration)  # the order lines bake in
+    assert (tmp_path / "cafe.csv").read_bytes() == plain.read_bytes()
+    assert "baked " + str(tmp_path / "caf\\xe9.wav") in capsys.readouterr().out
+    out = tmp_path / "baked"
+    assert bake_many([cafe, speech_wav], out, tiny_checkpoint, "--format", "json") == 0
+    assert sorted(os.listdir(os.fsencode(out))) == [b"caf\xe9.json", b"speech.json"]
+    doc = json.loads((out / os.fsdecode(b"caf\xe9.json")).read_bytes())
+    assert doc["source"] == str(tmp_path / "caf\\xe9.wav")
+    assert len(doc["frames"]) == motion.num_frames(sf.info(str(speech_wav)).frames)

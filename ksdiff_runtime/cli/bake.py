@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import numpy as np
 
 from ksdiff_runtime import motion
 from ksdiff_runtime.assets import SAMPLE_SPEECH
-from ksdiff_runtime.backends import load_backend
+from ksdiff_runtime.backends import BACKEND_NAMES, load_backend
 from ksdiff_runtime.cli.plots import pyplot
 from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE, closure_for
 from ksdiff_runtime.engine.controls import Controls, ControlsError, ControlStage
@@ -28,7 +30,7 @@ from ksdiff_runtime.engine.network_style import NetworkStyles
 from ksdiff_runtime.engine.offline import bake_animations, clip_inputs
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
-from ksdiff_runtime.inputs.guards import AudioInputError, load_audio
+from ksdiff_runtime.inputs.guards import AudioInputError, load_audio, open_audio_file
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 from ksdiff_runtime.outputs import files
 
@@ -49,11 +51,15 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", help="transcript of the line (one file only; optional, improves articulation). "
                    "Without it a line's transcript is read from a .txt of the same name beside it, if there is one "
                    "(said in the output; --text '' bakes without it)")
-    p.add_argument("--plot", type=Path, help="also write a PNG plot of the main curves")
+    p.add_argument("--plot", type=Path, help="also write a plot of the main curves (PNG; its extension may name "
+                   "another format matplotlib writes: .pdf, .svg, ...)")
     p.add_argument("--fps", type=int, default=motion.FPS, help=f"output frame rate (default {motion.FPS})")
-    p.add_argument("--steps", type=int, default=4, help="DDIM denoising steps (default 4)")
+    p.add_argument("--steps", type=int, default=4,
+                   help="DDIM denoising steps, from 1 to the model's diffusion steps (the bundled model's: 1000) "
+                   "(default 4)")
     p.add_argument("--seed", type=int, default=None,
-                   help="noise seed: the same seed, the same animation (default: one from the audio, so the same "
+                   help="noise seed, any integer (taken modulo 2^64, as serve takes a stream's int64 seed): the same "
+                   "seed, the same animation (default: one from the audio, so the same "
                    "file bakes the same and different lines do not sway and blink alike; with many files, each "
                    "line's seed is made from this one and its audio, for the same reason)")
     p.add_argument("--no-voice-gate", dest="voice_gate", action="store_false",
@@ -82,9 +88,9 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
                    help="read the posteriorgram from hama's full-context recogniser instead of the streaming "
                    "recogniser live streams run (docs/STREAMING_RECOGNISER.md)")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
-    p.add_argument("--backend", default="auto", help="inference backend: auto (tensorrt > torch-cuda > "
-                   "onnxruntime-cpu), torch, torch-cpu, torch-cuda, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, "
-                   "tensorrt")
+    p.add_argument("--backend", default="auto", choices=BACKEND_NAMES, metavar="BACKEND",
+                   help="inference backend: auto (tensorrt > torch-cuda > onnxruntime-cpu), torch, torch-cpu, "
+                   "torch-cuda, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, tensorrt")
     p.set_defaults(func=run_bake)
 
 
@@ -128,10 +134,64 @@ def lines_to_bake(args: argparse.Namespace) -> list[Line]:
                  else inp.with_suffix(".txt")) for inp, out in zip(inputs, outputs, strict=True)]
 
 
+def check_destinations(args: argparse.Namespace) -> None:
+    """Where the animation (and the plot) will be written can be written: said before the model loads. The
+    folders on the way are made when the first file is written; the nearest that exists must be a folder this
+    process can make files in. (A line's own file can still fail then, e.g. a folder in its place: that line is
+    named on stderr and the others are baked.)"""
+    one_file = args.output.suffix.lower() in (".csv", ".json") and not args.output.is_dir()
+    places = [("output", args.output, args.output.parent if one_file else args.output)]
+    if args.plot:
+        places.append(("plot", args.plot, args.plot.parent))
+    for what, path, folder in places:
+        existing = folder
+        try:
+            while not existing.exists() and existing.parent != existing:
+                existing = existing.parent
+            if not existing.is_dir():
+                raise SystemExit(f"error: cannot write the {what} {shown(path)}: {shown(existing)} is a file, not a "
+                                 "folder")
+            # a file made and dropped there: no permission, a read-only disk or /proc fail as the real write would
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as exc:
+            raise SystemExit(f"error: cannot write the {what} {shown(path)}: cannot make files in {shown(existing)} "
+                             f"({exc.strerror or exc})") from None
+        if path is not folder and path.is_file() and not os.access(path, os.W_OK):
+            raise SystemExit(f"error: cannot write the {what} {shown(path)}: permission denied")
+
+
+def plot_path(path: Path) -> Path:
+    """The file --plot writes: its extension names a format matplotlib writes (without one, matplotlib adds
+    .png); checked before anything is baked, as matplotlib itself (``pyplot``'s clear error without it)."""
+    pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if path.is_dir():
+        raise SystemExit(f"error: --plot {shown(path)} is a folder; name the plot's file (e.g. line.png)")
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise SystemExit(f"error: --plot {shown(path)}: its extension sets the plot's format; matplotlib writes "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    return path
+
+
+def shown(path: Path) -> str:
+    """A path as printed: a file name that is not UTF-8 (held as surrogate escapes) shows its bytes as \\xNN
+    instead of failing to print (stdout is strict in a UTF-8 locale)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace") if sys.platform != "win32" else str(path)
+
+
 def run_bake(args: argparse.Namespace) -> int:
     lines = lines_to_bake(args)
     if args.fps <= 0:
         raise SystemExit("error: --fps must be positive")
+    if args.steps < 1:
+        raise SystemExit(f"error: --steps must be at least 1, got {args.steps}")
+    if args.plot:
+        args.plot = plot_path(args.plot)
+    check_destinations(args)
     try:
         controls = Controls.from_dict({"mood": args.mood, "mood_intensity": args.mood_intensity, "style": args.style},
                                       allow_files=True)
@@ -144,6 +204,9 @@ def run_bake(args: argparse.Namespace) -> int:
     # the last), and at batch 1 a second thread slowed these graphs (the 6.8 s sample's model 75 -> 92-99 ms);
     # a batch of lines runs in one part per core at once instead
     backend = load_backend(args.backend, args.checkpoint or DEFAULT_CHECKPOINT, fallback=True, threads=1)
+    if args.steps > len(backend.constants.alpha_bar):  # the checkpoint's own number: known once it is loaded
+        raise SystemExit(f"error: --steps must be in 1..{len(backend.constants.alpha_bar)} (the model's diffusion "
+                         f"steps), got {args.steps}")
     if args.network_style:  # the take's vector and the network's response to it (engine/network_style.py)
         controls = NetworkStyles(backend).controls(controls)
     # the network's style: the take's with --network-style, moved by the mood's, as a stream's (engine/sampling.py)
@@ -172,12 +235,14 @@ def run_bake(args: argparse.Namespace) -> int:
             liveliness=LivelinessConfig() if args.liveliness else None)
         elapsed = time.perf_counter() - t0
         for line, anim in zip(batch, anims, strict=True):
-            write_line(args, line, anim, controls, elapsed if len(lines) == 1 else None)
-            baked, seconds = baked + 1, seconds + line.audio.size / motion.SAMPLE_RATE
+            # a file that cannot be written (a folder in its place, no permission, a full disk) is named on
+            # stderr, as one that cannot be read, and the other lines are still written
+            if write_line(args, line, anim, controls, elapsed if len(lines) == 1 else None):
+                baked, seconds = baked + 1, seconds + line.audio.size / motion.SAMPLE_RATE
             line.audio = None
     if len(lines) > 1:
         elapsed = time.perf_counter() - started
-        print(f"baked {baked} of {len(lines)} lines ({seconds:.1f} s of audio) -> {args.output} in "
+        print(f"baked {baked} of {len(lines)} lines ({seconds:.1f} s of audio) -> {shown(args.output)} in "
               f"{elapsed:.2f} s ({seconds / max(elapsed, 1e-9):.1f}x real time)")
     return 0 if baked == len(lines) else 1
 
@@ -193,12 +258,13 @@ def line_seeds(seed: int | None, inputs: list, alone: bool) -> list[int] | None:
 
 
 def stored_seconds(path: Path) -> float:
-    """An audio file's duration from its header (0 for a file that cannot be read: reading it says why)."""
-    import soundfile as sf
-
+    """An audio file's duration from its header, for the order lines are baked in: opened as reading it opens it
+    (``open_audio_file``). A file that cannot be opened sorts first as 0 s: reading it, in its batch, names it
+    and says why."""
     try:
-        return float(sf.info(str(path)).duration)
-    except Exception:
+        with open_audio_file(path) as f:
+            return f.frames / f.samplerate
+    except (AudioInputError, OSError):
         return 0.0
 
 
@@ -229,8 +295,9 @@ def read_transcript(path: Path) -> str | None:
         raise AudioInputError(f"cannot read the transcript {path} (UTF-8 text expected): {exc}") from None
 
 
-def write_line(args: argparse.Namespace, line: Line, anim, controls: Controls, elapsed: float | None) -> None:
-    """A baked line's frames at the output rate, with the controls a stream applies, to its file (and plot)."""
+def write_line(args: argparse.Namespace, line: Line, anim, controls: Controls, elapsed: float | None) -> bool:
+    """A baked line's frames at the output rate, with the controls a stream applies, to its file (and plot).
+    False, with the file and the reason on stderr, when it cannot be written."""
     assert line.audio is not None
     n_out = output_frames(line.audio.size, args.fps)  # one frame per started frame period, as a stream yields
     blendshapes = files.resample_frames(anim.blendshapes, motion.FPS, args.fps, n_out).clip(0.0, 1.0)
@@ -239,20 +306,38 @@ def write_line(args: argparse.Namespace, line: Line, anim, controls: Controls, e
         shaped = ControlStage(controls, args.fps, made="bake").shape(np.concatenate([blendshapes, head], axis=1))
         blendshapes, head = shaped[:, : motion.NUM_BLENDSHAPES], shaped[:, motion.NUM_BLENDSHAPES :]
     gaze = motion.gaze_from_blendshapes(blendshapes)
-    line.output.parent.mkdir(parents=True, exist_ok=True)
-    if line.output.suffix.lower() == ".csv":
-        files.write_csv(line.output, blendshapes, head, gaze, args.fps)
-    else:
-        files.write_json(line.output, blendshapes, head, gaze, args.fps, str(line.source))
+    try:
+        line.output.parent.mkdir(parents=True, exist_ok=True)
+        if line.output.suffix.lower() == ".csv":
+            files.write_csv(line.output, blendshapes, head, gaze, args.fps)
+        else:
+            files.write_json(line.output, blendshapes, head, gaze, args.fps, shown(line.source))
+    except OSError as exc:
+        return cannot_write("the animation of", line.source, line.output, exc)
     duration = len(line.audio) / motion.SAMPLE_RATE
     timing = "" if elapsed is None else f" in {elapsed:.2f} s ({duration / max(elapsed, 1e-9):.1f}x real time)"
-    said = "" if line.transcript is None or line.text is None else f", with the transcript in {line.transcript}"
-    print(f"baked {line.source} ({duration:.2f} s{said}) -> {line.output}: {len(blendshapes)} frames at {args.fps} "
-          f"fps{timing}")
+    said = "" if line.transcript is None or line.text is None else \
+        f", with the transcript in {shown(line.transcript)}"
+    print(f"baked {shown(line.source)} ({duration:.2f} s{said}) -> {shown(line.output)}: {len(blendshapes)} frames "
+          f"at {args.fps} fps{timing}")
     if args.plot:
-        plot_curves(args.plot, line.audio, blendshapes, head, args.fps,
-                    f"{line.source.name} ({args.steps} DDIM steps)")
-        print(f"plot -> {args.plot}")
+        try:
+            args.plot.parent.mkdir(parents=True, exist_ok=True)
+            plot_curves(args.plot, line.audio, blendshapes, head, args.fps,
+                        f"{shown(Path(line.source.name))} ({args.steps} DDIM steps)")
+        except OSError as exc:
+            return cannot_write("the plot of", line.source, args.plot, exc)
+        print(f"plot -> {shown(args.plot)}")
+    return True
+
+
+def cannot_write(what: str, source: Path, path: Path, exc: OSError) -> bool:
+    """Say on stderr that a line's file could not be written, and why (no traceback); False."""
+    where = shown(Path(exc.filename)) if isinstance(exc.filename, str) and Path(exc.filename) != path else None
+    reason = exc.strerror or str(exc)
+    print(f"error: cannot write {what} {shown(source)} to {shown(path)}: {reason}"
+          f"{'' if where is None else f' ({where})'}", file=sys.stderr)
+    return False
 
 
 def plot_curves(path: Path, audio: np.ndarray, blendshapes: np.ndarray, head: np.ndarray, fps: int,

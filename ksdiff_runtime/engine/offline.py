@@ -208,7 +208,8 @@ def _animate_batch(
     keys = np.zeros((B, T, 2), dtype=np.float32)
     if T == 0:
         return [Animation(expr[i, :0], pose[i, :0], keys[i, :0, 0], keys[i, :0, 1]) for i in range(B)]
-    rngs = [np.random.default_rng(int(s)) for s in seeds]
+    # any integer seed, taken as a uint64 as a stream takes the protocol's int64 (engine.py, liveliness.py)
+    rngs = [np.random.default_rng(int(s) & 0xFFFF_FFFF_FFFF_FFFF) for s in seeds]
     P = max(1, max(len(c.tokens) for c in clips))
     text = np.zeros((B, P), dtype=np.int64)
     for i, c in enumerate(clips):

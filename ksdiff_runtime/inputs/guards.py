@@ -9,6 +9,8 @@ file, a non-numeric array), with a message naming the file or the problem.
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,9 +154,23 @@ def open_audio_file(path: str | Path) -> Any:
     if not p.is_file():
         raise AudioInputError(f"audio path is not a file: {p}")
     try:
-        return sf.SoundFile(str(p))
+        return sf.SoundFile(libsndfile_name(p))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise _unreadable(p, exc) from exc
+
+
+def libsndfile_name(p: Path) -> str | bytes:
+    """The name soundfile opens ``p`` by. A POSIX file name is bytes, not always UTF-8 (a Latin-1 ``café.wav``
+    from a Windows zip is ``b'caf\\xe9.wav'``): Python holds the bytes it cannot decode as surrogate escapes, which
+    soundfile cannot encode back (it would report a good file as unreadable), so such a name goes as its bytes."""
+    name = str(p)
+    if sys.platform == "win32":  # names are UTF-16 there; soundfile opens them as str
+        return name
+    try:
+        name.encode(sys.getfilesystemencoding())
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+    return name
 
 
 def read_blocks(f: Any, path: str | Path, frames: int = -1) -> np.ndarray:
