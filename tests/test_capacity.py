@@ -12,6 +12,7 @@ import pytest
 from ksdiff_runtime import motion
 from ksdiff_runtime.engine.capacity import ROUND_PROBE, ROUND_TARGET, Capacity, OverRoom, Reading, RoundCost
 from ksdiff_runtime.engine.engine import PROBE_STAGGER_S, StreamingEngine
+from ksdiff_runtime.inputs.stream import AudioFormat
 from ksdiff_runtime.sessions import Sessions
 
 HOP_MS = 1000 / 30
@@ -419,3 +420,19 @@ def test_a_room_that_keeps_dipping_below_the_streams_held_is_said_all_the_same()
     alone = OverRoom(settle_s=0.0)
     assert _room(1, other_cores=1.9).streams_that_fit() == 1
     assert all(alone.update(1, _room(1, other_cores=1.9), 0.7, t) is None for t in (0.0, 100.0))
+
+
+def test_lines_waiting_for_their_audio_do_not_count_against_live_streams_admitted():
+    """Admission is told how many streams take the machine's rounds: every live stream, and a line once its audio
+    came. A game that opens its NPCs' lines ahead of their audio refused a VTuber's mic when as many lines as the
+    machine's measured capacity waited, idle."""
+    told: list[int] = []
+    sessions = Sessions(admission=lambda n: told.append(n) or None)
+    fmt = AudioFormat(16_000, 1)
+    for k in range(3):
+        sessions.open(f"npc{k}", "sdk", fmt, owner=b"game", mode="line")
+    sessions.open("mic", "mic", fmt)
+    assert told == [0]  # lines are never refused for capacity, so only the mic asked
+    sessions.feed(sessions.get("npc0"), np.zeros(1600, np.float32).tobytes())
+    sessions.open("voice", "sdk", fmt, owner=b"other")
+    assert told == [0, 2]  # the mic and the line that has its audio

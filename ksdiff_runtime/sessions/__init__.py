@@ -163,9 +163,11 @@ class Sessions:
                 raise RefusedError("busy", f"the runtime serves at most {self.max_streams} streams (max_streams); "
                               "retry later", stream_id)
             # a line is not real time: it runs in the machine's spare rounds for the short time its animation
-            # takes, so measured capacity does not refuse it; while it runs it counts against live streams
+            # takes, so measured capacity does not refuse it; while it runs it counts against live streams (a line
+            # opened ahead of its audio does not: it costs nothing yet, and NPCs' lines opened early refused a mic)
             if admit and self.admission is not None and mode == "live":
-                reason = self.admission(sum(not s.finished for s in self._by_id.values()))
+                reason = self.admission(sum(not s.finished and (s.mode == "live" or s.input.received > 0)
+                                            for s in self._by_id.values()))
                 if reason is not None:
                     raise RefusedError("busy", f"stream {stream_id!r} refused: {reason}; retry later", stream_id)
             seed = stream_seed(stream_id) if seed is None else seed
