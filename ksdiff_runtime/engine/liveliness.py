@@ -41,6 +41,7 @@ frames, and so its pauses, differ a little from a live stream's).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,23 +144,17 @@ class Liveliness:
         self._head_a = float(1.0 - np.exp(-1.0 / (fps * config.head_centring_s))) if config.head_centring_s else 0.0
         self._head_mean = [0.0] * motion.NUM_HEAD  # the one-pole average from rest of each axis
         self._head_weight = 0.0  # the weight that average has gathered: 1 - (1 - a)^frames
-        self._head_sos: list[list[float]] = []  # the low-pass's second-order sections, and their state, from rest
-        if config.head_smoothing_hz:
-            self._head_sos = scipy.signal.butter(config.head_smoothing_order, config.head_smoothing_hz, fs=fps,
-                                                 output="sos").tolist()
+        head_sos, sway_sos, self._sway_unit = _filters(config)
+        self._head_sos: list[list[float]] = head_sos.tolist()  # the low-pass's sections, and their state, from rest
         self._head_zi = [[[0.0, 0.0] for _ in range(motion.NUM_HEAD)] for _ in self._head_sos]
         # the sway: white noise (its own generator: the blinks and gaze stay as they were) through a band-pass,
         # scaled to unit variance and started in its steady state (run over a minute of noise first)
         self._sway_rng = np.random.default_rng([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, 0x5A])
         self._sway_sos: list[list[float]] = []
         if config.head_sway:
-            sos = scipy.signal.butter(SWAY_ORDER, SWAY_BAND_HZ, btype="bandpass", fs=fps, output="sos")
-            impulse = np.zeros(120 * fps)
-            impulse[0] = 1.0
-            self._sway_unit = float(1.0 / np.sqrt(np.sum(scipy.signal.sosfilt(sos, impulse) ** 2)))
             warm = self._sway_rng.standard_normal((60 * fps, motion.NUM_HEAD))
-            _, zi = scipy.signal.sosfilt(sos, warm, axis=0, zi=np.zeros((len(sos), 2, motion.NUM_HEAD)))
-            self._sway_sos = sos.tolist()
+            _, zi = scipy.signal.sosfilt(sway_sos, warm, axis=0, zi=np.zeros((len(sway_sos), 2, motion.NUM_HEAD)))
+            self._sway_sos = sway_sos.tolist()
             self._sway_zi = [[[float(z[0, k]), float(z[1, k])] for k in range(motion.NUM_HEAD)] for z in zi]
         self._sway_rad = [np.deg2rad(d) * config.head_sway for d in SWAY_DEG]
         self._activity = [0.0, 0.0]  # the mouth moving, smoothed twice (0 at rest .. 1)
@@ -249,6 +244,24 @@ class Liveliness:
         self._next_saccade -= 1
         self._gaze = [g + (t - g) / SACCADE_FRAMES for g, t in zip(self._gaze, self._target, strict=True)]
         return self._gaze[0], self._gaze[1]
+
+
+@functools.lru_cache(maxsize=8)
+def _filters(config: LivelinessConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """The head's low-pass and the sway's band-pass (second-order sections; none where off), and the scale that
+    gives the sway unit variance: the same for every stream of a config, made once (a stream's start took 1.9 ms
+    of the engine's thread with them; a client opening and ending streams in a loop kept it busy)."""
+    fps = motion.FPS
+    head = np.zeros((0, 6))
+    if config.head_smoothing_hz:
+        head = scipy.signal.butter(config.head_smoothing_order, config.head_smoothing_hz, fs=fps, output="sos")
+    sway, unit = np.zeros((0, 6)), 1.0
+    if config.head_sway:
+        sway = scipy.signal.butter(SWAY_ORDER, SWAY_BAND_HZ, btype="bandpass", fs=fps, output="sos")
+        impulse = np.zeros(120 * fps)
+        impulse[0] = 1.0
+        unit = float(1.0 / np.sqrt(np.sum(scipy.signal.sosfilt(sway, impulse) ** 2)))
+    return head, sway, unit
 
 
 def _sosfilt_step(sections: list[list[float]], state: list[list[list[float]]], k: int, x: float) -> float:
