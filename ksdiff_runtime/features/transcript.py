@@ -22,6 +22,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 96  # must match ModelConfig.max_text_tokens
+# What one transcript may cost the G2P thread. hama's G2P takes ~10 ms a word plus ~3-5 ms a letter (2 busy cores),
+# and gives at most 31 phonemes a word however long it is: a 2000-letter "word" took 7-10 s and gave no more.
+MAX_WORD_CHARS = 32  # a longer word (no English one is; a run of digits may be) is cut to this many characters
+# letters fed to G2P for one transcript, at most: English runs about one token (phoneme or word boundary) a
+# letter, so the model's MAX_TOKENS are reached well within this; a transcript then costs at most ~1 s there
+LETTERS_PER_TOKEN = 2
 
 
 @lru_cache(maxsize=1)
@@ -48,24 +54,31 @@ def _word_tokens(word: str) -> tuple[int, ...]:
     return tuple(vocab.get(a.phoneme, unk) for a in result.alignments)
 
 
-def phoneme_tokens(text: str, max_tokens: int = MAX_TOKENS) -> np.ndarray:
+def phoneme_tokens(text: str, max_tokens: int = MAX_TOKENS, max_letters: int | None = None) -> np.ndarray:
     """int64 [P <= max_tokens] phoneme ids for ``text``; words separated by the word-boundary token.
     Empty where hama's G2P cannot load (warned once).
 
     G2P runs word by word: on whole sentences it sometimes appends stray symbols after
-    punctuation, and single words are cached across lines.
+    punctuation, and single words are cached across lines. It stops once ``max_tokens`` are reached, or
+    before a word would take the letters fed to it past ``max_letters`` (default LETTERS_PER_TOKEN a token);
+    a word is cut to MAX_WORD_CHARS. So whatever a client sends, one transcript costs a bounded time.
     """
     models = _models()
     if models is None:
         return np.zeros(0, dtype=np.int64)
     _, vocab = models
+    letters_left = LETTERS_PER_TOKEN * max_tokens if max_letters is None else max_letters
     out: list[int] = []
     for match in re.finditer(r"[A-Za-z']+|\d+", text):
         if len(out) >= max_tokens:  # the model reads no more: G2P stops (a long transcript costs no more)
             break
+        word = match.group()[:MAX_WORD_CHARS].lower()
+        letters_left -= len(word)
+        if letters_left < 0:
+            break
         if out:
             out.append(vocab["<wb>"])
-        out.extend(_word_tokens(match.group().lower()))
+        out.extend(_word_tokens(word))
     return np.asarray(out[:max_tokens], dtype=np.int64)
 
 
