@@ -5,7 +5,11 @@ requests are charged the time they took on the wall clock, waits for the GIL inc
 thread's time no other client gets (charged its CPU time alone, one client sending 779,400 malformed
 requests in 30 s never reached its share). Over a second that starts with the client's first request
 (and again with its first request after that second), a client past ``CLIENT_SHARE`` of it has its
-further requests dropped unread until the second ends (one ``busy`` reply tells it why).
+further requests dropped unread until the second ends (one ``busy`` reply tells it why). A request is
+charged once it has run, so a client overruns its share by at most one request's cost, and that is bounded:
+reading a request keeps within the structure limits of protocol/SPEC.md 3.5 (a payload of a million empty
+arrays took ~0.5 s to decode and echo, twice a client's share, before they were checked; now well under a
+millisecond), and the costliest request, 1 MiB of audio to resample, takes ~3-10 ms.
 
 The io thread as a whole spends at most ``IO_SHARE`` of its time on requests:
 past that it stops reading requests for a moment and publishes frames, so ZeroMQ's queues push back

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import zmq
 
@@ -52,7 +51,7 @@ from ksdiff_runtime.sources import Source, SourceError
 from ksdiff_sdk import protocol
 
 from .floods import CLIENT_SHARE, IO_SHARE, SLICE_S, FloodGuard
-from .ratelimit import RateLimitedLog
+from .ratelimit import SUMMARY_PERIOD_S, RateLimitedLog
 from .security import Authenticator, CurveKeys, SecurityError, check_endpoints
 
 log = logging.getLogger("ksdiff_runtime.server")
@@ -66,6 +65,16 @@ SHUTDOWN_LINGER_MS = 300  # how long closing the PUB may take to deliver the las
 SOURCE_REOPEN_S = 2.0  # a lost source that can be reopened (a mic unplugged, its sound server gone): tried after this
 SOURCE_REOPEN_MAX_S = 60.0  # ... then ever less often, up to this (a mic that cannot be opened, or delivers nothing)
 SOURCE_STOP_WAIT_S = 5.0  # stop(): how long the sources of streams that ended earlier may take to close
+# INFO lines of one kind that clients' ordinary requests cause (their streams opened and ended, controls set): logged
+# one by one up to this many in each SUMMARY_PERIOD_S, the rest at DEBUG and summed up in one INFO line (_QuotaLog)
+CLIENT_LOG_QUOTA = 20
+LOGGED_CONTROLS_CHARS = 200  # a controls-set line shows the client's changes cut to this (the full map: ~6 KB)
+# requests ZeroMQ queues for the io thread per client connection (ZMQ_RCVHWM; its default, 1000, let 4 connections
+# pushing 1 MiB messages queue ~1 GB): past it ZeroMQ stops reading that connection, nothing is lost (the kernel's
+# socket buffers, then the client's own queue, hold the rest), and what one client has queued here is at most this
+# many messages of up to MAX_MESSAGE_BYTES. A line's audio comes in a few large messages; a live stream's 10-100 ms
+# chunks are small enough for the socket buffers to hold hundreds while the io thread is busy.
+ROUTER_RCVHWM = 16
 
 
 class RuntimeStartError(RuntimeError):
@@ -184,6 +193,7 @@ class Runtime:
         self._source_lock = threading.Lock()  # _source_threads, and stop() against a reopen
         self._tracebacks_logged: set[tuple] = set()  # (type, file, line) of exceptions whose traceback was logged
         self.warnings = RateLimitedLog(log, "client warning")  # what clients do that is not refused
+        self.client_lines = _QuotaLog(log)  # what clients do that is neither (streams opened and ended, controls)
         # more live streams held than the machine has room for now: the log says so
         self.over_room = OverRoom(over_room_settle_s)
         self._outbox: collections.deque[Outbox] = collections.deque()
@@ -219,6 +229,7 @@ class Runtime:
         pub.setsockopt(zmq.LINGER, SHUTDOWN_LINGER_MS)
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.MAXMSGSIZE, protocol.ZMQ_MAXMSGSIZE)
+        router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
         router.setsockopt(zmq.LINGER, 0)
         for sock in (pub, router):
             if self.curve is not None:
@@ -450,11 +461,13 @@ class Runtime:
                     self._publish_stats()
                     self.refusals.flush()
                     self.warnings.flush()
+                    self.client_lines.flush()
                     next_stats = now + self.stats_period_s
                 if self._stopping.is_set():
                     assert self._engine_thread is not None
                     self._engine_thread.join(timeout=STOP_ENGINE_WAIT_S)
                     self._shutdown_streams()
+                    self.client_lines.flush(final=True)
                     return
         finally:
             self._router.close(linger=0)
@@ -537,8 +550,9 @@ class Runtime:
         self._release_source(session, reason)
         with self._idle:
             self._idle.notify_all()
-        log.info("stream %s ended (%s): %d frames, %d dropped (%d shed)", session.id, reason, session.frames,
-                 session.drops, session.shed)
+        (self.client_lines if session.source == "sdk" else _log_info)(
+            "streams ended", "stream %s ended (%s): %d frames, %d dropped (%d shed)", session.id, reason,
+            session.frames, session.drops, session.shed)
 
     # --- a stream's own source, once the stream ended ------------------------------------------------
     def _release_source(self, session: Session, reason: str) -> None:
@@ -672,23 +686,25 @@ class Runtime:
             self._refuse(identity, "malformed", f"a request is exactly one ZeroMQ frame, got {len(frames)}{hint}",
                          None, None, None)
             return
-        payload = frames[0]
+        raw: dict | None = None  # the request's map, once read: what an error echoes (it is read once)
         try:
-            msg = protocol.decode(payload)
+            # within the request limits (SPEC 3.5): whatever a client sends, reading it costs well under a ms
+            raw = protocol.unpack(frames[0], protocol.REQUEST_LIMITS)
+            msg = protocol.validate(raw)
             mtype = msg["type"]
             if mtype not in protocol.REQUEST_TYPES:
                 raise protocol.ProtocolError("unknown_type", f"{mtype!r} is not a request; requests: "
                                              f"{', '.join(protocol.REQUEST_TYPES)}", mtype)
             getattr(self, f"_on_{mtype}")(identity, msg)
         except protocol.ProtocolError as e:
-            _, stream, req = _echo_fields(payload)
+            _, stream, req = _echo_fields(raw)
             self._refuse(identity, e.code, e.message, e.message_type, stream, req)
         except RefusedError as e:
-            mtype, _, req = _echo_fields(payload)
+            mtype, _, req = _echo_fields(raw)
             self._refuse(identity, e.code, e.message, mtype, e.stream, req)
         except Exception as e:  # a bug must cost one request, not the runtime
             self._log_once(e, "request failed")
-            mtype, _, req = _echo_fields(payload)
+            mtype, _, req = _echo_fields(raw)
             self._refuse(identity, "internal", f"{type(e).__name__}: {e}", mtype, None, req)
 
     def _refuse(self, identity: bytes, code: str, message: str, request_type: str | None, stream: str | None,
@@ -736,8 +752,8 @@ class Runtime:
                                                     max_ahead_s=float(self.max_ahead_s), mode=mode,
                                                     latency_ms=started.latency_ms, **_req(msg.get("req"))))
         self._emit(started)
-        log.info("stream %s opened (sdk, %s, %d Hz, %d ch, %s)", session.id, mode, fmt.sample_rate, fmt.channels,
-                 fmt.encoding)
+        self.client_lines("streams opened", "stream %s opened (sdk, %s, %d Hz, %d ch, %s)", session.id, mode,
+                          fmt.sample_rate, fmt.channels, fmt.encoding)
 
     def _on_set_controls(self, identity: bytes, msg: dict) -> None:
         """Change a stream's controls live: its owner may, and anyone may for the runtime's own streams (the mic
@@ -751,7 +767,10 @@ class Runtime:
         session.controls = controls  # replaced whole: the engine takes it from the stream's next hop
         self._reply(identity, protocol.encode_reply("controls_set", stream=session.id, controls=controls.to_dict(),
                                                     **_req(msg.get("req"))))
-        log.info("stream %s: controls set: %s", session.id, msg["controls"])
+        changes = repr(msg["controls"])
+        if len(changes) > LOGGED_CONTROLS_CHARS:
+            changes = f"{changes[:LOGGED_CONTROLS_CHARS]}... ({len(changes)} chars)"
+        self.client_lines("controls set", "stream %s: controls set: %s", session.id, changes)
 
     def _controls(self, base: Controls, changes: dict, stream: str | None) -> Controls:
         """``base`` with a client's changes: built-in styles only, or the server's configured one by its name (with
@@ -779,18 +798,55 @@ class Runtime:
         self.sessions.end(session)
 
 
+class _QuotaLog:
+    """INFO lines that clients' ordinary requests cause (not refusals: those are ``RateLimitedLog``'s). A client may
+    open and end streams, or set controls, hundreds of times a second within its share of the io thread: each kind
+    is logged one by one up to ``quota`` times a period, the rest at DEBUG, and counted; when the period has passed,
+    one INFO line says how many were not logged. So a person reading the log sees streams come and go as usual,
+    and a client churning them cannot fill the disk."""
+
+    def __init__(self, log: logging.Logger, quota: int = CLIENT_LOG_QUOTA, period_s: float = SUMMARY_PERIOD_S) -> None:
+        self.log = log
+        self.quota = quota
+        self.period_s = period_s
+        self._logged: dict[str, int] = {}  # kind -> lines logged at INFO in this period
+        self._over: dict[str, int] = {}  # kind -> lines past the quota in this period (at DEBUG)
+        self._period_end = 0.0
+
+    def __call__(self, kind: str, fmt: str, *args: object) -> None:
+        self.flush()
+        n = self._logged.get(kind, 0)
+        if n < self.quota:
+            self._logged[kind] = n + 1
+            self.log.info(fmt, *args)
+        else:
+            self._over[kind] = self._over.get(kind, 0) + 1
+            self.log.debug(fmt, *args)
+
+    def flush(self, final: bool = False) -> None:
+        """Once the period has passed (or ``final``): the summary of each kind past its quota; a new period."""
+        now = time.monotonic()
+        if now < self._period_end and not final:
+            return
+        for kind, n in self._over.items():
+            self.log.info("%s: %d more in the last %.0f s, not logged one by one (--verbose logs each)", kind, n,
+                          self.period_s)
+        self._logged.clear()
+        self._over.clear()
+        self._period_end = now + self.period_s
+
+
+def _log_info(kind: str, fmt: str, *args: object) -> None:  # a line no client causes: always logged
+    log.info(fmt, *args)
+
+
 def _req(req: int | None) -> dict[str, int]:
     return {} if req is None else {"req": req}
 
 
-def _echo_fields(payload: bytes) -> tuple[str | None, str | None, int | None]:
-    """(type, stream, req) of a refused request, where they can be read, to echo in the error."""
-    if len(payload) > protocol.MAX_MESSAGE_BYTES:
-        return None, None, None  # not worth unpacking
-    try:
-        msg = msgpack.unpackb(payload, raw=False)
-    except Exception:
-        return None, None, None
+def _echo_fields(msg: dict | None) -> tuple[str | None, str | None, int | None]:
+    """(type, stream, req) of a refused request's map (None: it could not be read), where they can be read, to echo
+    in the error."""
     if not isinstance(msg, dict):
         return None, None, None
     mtype, stream, req = msg.get("type"), msg.get("stream"), msg.get("req")

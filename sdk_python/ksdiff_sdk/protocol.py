@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -86,6 +87,37 @@ MAX_TRANSCRIPT_CHARS = 2000
 MAX_ERROR_MESSAGE_CHARS = 1000
 MAX_ECHOED_TYPE_CHARS = 64  # an error echoes a request's type up to this long; a longer one is nil (unreadable)
 BLENDSHAPE_BYTES = 4 * schema.NUM_BLENDSHAPES  # 208
+
+# --- structure limits (SPEC 3.5) ---------------------------------------------------------------
+# Decoding builds one Python object per msgpack value: a payload under MAX_MESSAGE_BYTES made of a million empty
+# arrays took ~0.25 s to decode (the io thread's, with the GIL held). A message may hold only what the largest
+# legal one needs; beyond these limits it is refused as ``malformed`` while it is being decoded (msgpack refuses an
+# over-long array, map, str or bin at its header, before building it), so decoding one costs well under a
+# millisecond whatever it holds.
+MAX_STR_BYTES = 4 * MAX_TRANSCRIPT_CHARS  # one str in UTF-8: a transcript of 2000 characters of up to 4 bytes each
+MAX_BIN_BYTES = MAX_MESSAGE_BYTES  # one bin: a line's audio fills a message (3.4)
+# A request (client -> runtime): the largest, open_stream or set_controls with every control given, has a map of
+# the 52 blendshapes and 58 arrays and maps in all.
+MAX_REQUEST_ENTRIES = 64  # of one array or map (keys of a map)
+MAX_REQUEST_CONTAINERS = 128  # arrays and maps in one request, nested ones included
+# Anything the runtime sends: its largest, stats, lists every stream (one map each); a stats message of 1 MiB
+# lists fewer than 10,000 streams.
+MAX_ENTRIES = 1 << 14
+MAX_CONTAINERS = 1 << 14
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one decoded message may hold (SPEC 3.5); beyond it ``decode`` raises ProtocolError(malformed)."""
+
+    entries: int  # of one array or map
+    containers: int  # arrays and maps in the whole message, nested ones included
+    str_bytes: int = MAX_STR_BYTES
+    bin_bytes: int = MAX_BIN_BYTES
+
+
+REQUEST_LIMITS = Limits(MAX_REQUEST_ENTRIES, MAX_REQUEST_CONTAINERS)  # what the runtime reads
+MESSAGE_LIMITS = Limits(MAX_ENTRIES, MAX_CONTAINERS)  # any message: what a client reads from its runtime
 
 REQUEST_TYPES = ("hello", "open_stream", "audio", "end_stream", "set_controls")
 REPLY_TYPES = ("hello", "stream_opened", "stream_ended", "controls_set", "error")
@@ -424,21 +456,56 @@ def validate(msg: dict) -> dict:
 _HELLO_RUNTIME_FIELDS = tuple(k for k in SCHEMA["hello"] if k not in ("req", "instance"))
 
 
-def decode(payload: bytes) -> dict:
-    """One payload -> its message (a dict with str keys; bin fields as bytes), validated.
+# the first byte of a msgpack map: fixmap, map 16, map 32
+_MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 
-    Raises ProtocolError with the code the runtime would reply: ``too_large`` (over
-    MAX_MESSAGE_BYTES), ``malformed`` (not msgpack, not a map, bad fields), and those of
-    ``validate``. A client should ignore ``unknown_type`` (a newer runtime's message)."""
+
+class _TooManyContainersError(Exception):
+    pass
+
+
+def unpack(payload: bytes, limits: Limits = MESSAGE_LIMITS) -> dict:
+    """One payload -> its msgpack map (str keys; bin as bytes), within ``limits``, not validated (``decode``
+    validates). Raises ProtocolError: ``too_large`` (over MAX_MESSAGE_BYTES), ``malformed`` (not one msgpack map,
+    or beyond ``limits``: refused while it is read, before it is built in full)."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise ProtocolError("malformed", f"payload must be bytes, got {type(payload).__name__}")
     if len(payload) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"message of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(payload) and payload[0] not in _MAP_HEADERS:  # known from its first byte: nothing is built
+        raise ProtocolError("malformed", f"a message must be a msgpack map, got one starting with byte "
+                            f"0x{payload[0]:02x}")
+    containers = 0
+
+    def counted(x: Any) -> Any:  # called for every array and map once it is built
+        nonlocal containers
+        containers += 1
+        if containers > limits.containers:
+            raise _TooManyContainersError
+        return x
+
     try:
-        msg = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        msg = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True,
+                              max_array_len=limits.entries, max_map_len=limits.entries, max_str_len=limits.str_bytes,
+                              max_bin_len=limits.bin_bytes, max_ext_len=0, object_hook=counted, list_hook=counted)
+    except _TooManyContainersError:
+        raise ProtocolError("malformed", f"more than {limits.containers} arrays and maps in one message") from None
     except Exception as e:  # msgpack raises several types (ExtraData, ValueError, UnicodeDecodeError...)
-        raise ProtocolError("malformed", f"not one valid msgpack value: {type(e).__name__}: {e}"[:300]) from None
-    return validate(msg)
+        raise ProtocolError("malformed", f"not one valid msgpack value (within the limits of SPEC 3.5): "
+                            f"{type(e).__name__}: {e}"[:300]) from None
+    if not isinstance(msg, dict):  # an empty payload raised above; a map header gives a map
+        raise ProtocolError("malformed", f"a message must be a msgpack map, got {type(msg).__name__}")
+    return msg
+
+
+def decode(payload: bytes, limits: Limits = MESSAGE_LIMITS) -> dict:
+    """One payload -> its message (a dict with str keys; bin fields as bytes), validated.
+
+    Raises ProtocolError with the code the runtime would reply: ``too_large`` (over
+    MAX_MESSAGE_BYTES), ``malformed`` (not msgpack, not a map, beyond ``limits``, bad fields), and those of
+    ``validate``. A client should ignore ``unknown_type`` (a newer runtime's message). The runtime reads
+    requests with REQUEST_LIMITS."""
+    return validate(unpack(payload, limits))
 
 
 # --- encoding --------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ class FakeRuntime:
 
     def _handle(self, payload: bytes, pub: zmq.Socket) -> Replies:
         try:
-            msg = protocol.decode(payload)
+            msg = protocol.decode(payload, protocol.REQUEST_LIMITS)  # as the runtime reads them
         except protocol.ProtocolError as e:
             return [protocol.encode_error(e.code, e.message, e.message_type)]
         with self.lock:
