@@ -46,7 +46,8 @@ gpu-check:
 
 GPU_PY ?= 3.12
 GPU_WHEELS := pyzmq==27.3.0 soxr==1.1.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 librosa==0.11.0 \
-	audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 hama==1.7.0 python-osc==1.10.2 \
+	audioread==3.1.0 pooch==1.9.0 decorator==5.3.1 platformdirs==4.14.8 hama==1.7.0 num2words==0.5.14 \
+	python-osc==1.10.2 \
 	websockets==17.4 sounddevice==0.5.6 silero-vad==6.2.3
 gpu-wheels:
 	rm -rf .whl && mkdir -p .whl

@@ -6,18 +6,21 @@ uses). Token 0 is padding; symbols outside the inventory become <unk>.
 
 hama's G2P runs on its native library (libhama), which has no Windows build. Where hama cannot
 load, transcripts are ignored: one warning says why, and lines animate from audio alone (the
-model is trained with and without transcripts).
+model is trained with and without transcripts). Numbers are spelled out in English first (num2words).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from num2words import num2words
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +72,10 @@ def phoneme_tokens(text: str, max_tokens: int = MAX_TOKENS, max_letters: int | N
     _, vocab = models
     letters_left = LETTERS_PER_TOKEN * max_tokens if max_letters is None else max_letters
     out: list[int] = []
-    for match in re.finditer(r"[A-Za-z']+|\d+", text):
+    for word in words(text):
         if len(out) >= max_tokens:  # the model reads no more: G2P stops (a long transcript costs no more)
             break
-        word = match.group()[:MAX_WORD_CHARS].lower()
+        word = word[:MAX_WORD_CHARS]
         letters_left -= len(word)
         if letters_left < 0:
             break
@@ -80,6 +83,44 @@ def phoneme_tokens(text: str, max_tokens: int = MAX_TOKENS, max_letters: int | N
             out.append(vocab["<wb>"])
         out.extend(_word_tokens(word))
     return np.asarray(out[:max_tokens], dtype=np.int64)
+
+
+_WORD = re.compile(r"[A-Za-z']+")
+# a number as a line's text writes it: 42, 1,000, 3.5, 2nd, 50%
+_NUMBER = re.compile(r"(\d+(?:,\d{3})+(?!\d)|\d+)(\.\d+)?(?:(st|nd|rd|th)\b|(%))?", re.IGNORECASE)
+_TOKEN = re.compile(f"{_WORD.pattern}|{_NUMBER.pattern}", re.IGNORECASE)
+MAX_NUMBER_DIGITS = 12  # a longer run of digits (a phone number, a serial) is read digit by digit
+
+
+def words(text: str) -> Iterator[str]:
+    """The lower-case English words of ``text``, for G2P, one at a time (the caller stops when it has enough): numbers
+    spelled out as they are read aloud. hama's G2P reads digits as Mandarin ("42" gave tone marks), so a line
+    with a number moved the mouth to phonemes no English speaker says."""
+    for match in _TOKEN.finditer(text):
+        if match.group()[0].isdigit():
+            yield from _WORD.findall(spell_number(match.group()))
+        else:
+            yield match.group().lower()
+
+
+def spell_number(written: str) -> str:
+    """One number as ``_NUMBER`` matches it, in words: 1999 -> nineteen ninety-nine (a year), 2nd -> second,
+    3.5 -> three point five, 50% -> fifty percent, 007 -> zero zero seven."""
+    m = _NUMBER.fullmatch(written)
+    if m is None:
+        raise ValueError(f"not a number: {written!r}")
+    whole, fraction, ordinal, percent = m.group(1).replace(",", ""), m.group(2), m.group(3), m.group(4)
+    if len(whole) > MAX_NUMBER_DIGITS or (len(whole) > 1 and whole[0] == "0"):
+        spoken = " ".join(num2words(int(d)) for d in whole[:MAX_WORD_CHARS])
+    elif fraction:
+        spoken = num2words(Decimal(whole + fraction[:MAX_NUMBER_DIGITS + 1]))
+    elif ordinal:
+        spoken = num2words(int(whole), to="ordinal")
+    elif len(whole) == 4 and 1100 <= int(whole) <= 2099 and not percent:  # most four-digit numbers in speech are years
+        spoken = num2words(int(whole), to="year")
+    else:
+        spoken = num2words(int(whole))
+    return f"{spoken} percent" if percent else spoken
 
 
 # G2P costs ~25 ms per new word: it runs here, on one thread of its own, never on the engine's.
