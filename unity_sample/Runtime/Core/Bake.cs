@@ -200,8 +200,13 @@ namespace Ksdiff
             _client.RemoveFrameSink(_recorder);
         }
 
+        // As NpcLine.Fail: a line that fails once its stream is open ends that stream, unless the
+        // runtime already did or end_stream was sent.
         void Fail(string why)
         {
+            bool opened = _open != null && _open.IsDone && _open.Reply is StreamOpened;
+            StreamStatus s = _client.Stream(_o.Stream);
+            if (opened && _end == null && (s == null || s.EndReason == null)) _end = _client.EndStream(_o.Stream);
             State = OfflineLineState.Failed;
             Failure = why;
             _client.RemoveFrameSink(_recorder);

@@ -378,8 +378,15 @@ namespace Ksdiff
             return sb.ToString();
         }
 
+        // A line that fails once its stream is open (its audio refused, no frame in time, a barrier
+        // lost) ends that stream, unless the runtime already did (restart, reconnect) or end_stream
+        // was sent: the runtime would otherwise go on animating it, holding one of its streams,
+        // until the audio ran out and the idle timeout passed.
         void Fail(string why)
         {
+            bool opened = _open != null && _open.IsDone && _open.Reply is StreamOpened;
+            StreamStatus s = _client.Stream(_o.Stream);
+            if (opened && _end == null && (s == null || s.EndReason == null)) _end = _client.EndStream(_o.Stream);
             State = NpcLineState.Failed;
             Failure = why;
             ShouldStartPlayback = false;

@@ -486,6 +486,71 @@ namespace Ksdiff.Tests
             Assert.AreEqual("the connection to the runtime dropped; the line was lost", line.Failure);
         }
 
+        // Reads the client's requests until an end_stream for `stream` comes (true) or `timeoutS` passes.
+        bool EndStreamComes(string stream, double timeoutS)
+        {
+            var watch = Stopwatch.StartNew();
+            while (watch.Elapsed.TotalSeconds < timeoutS)
+            {
+                KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.05);
+                if (!r.HasValue) continue;
+                var end = new Decoder().Decode(r.Value.Value) as EndStream;
+                if (end != null && end.Stream == stream) return true;
+            }
+            return false;
+        }
+
+        [Test]
+        public void ALineThatFailsOnceItsStreamIsOpenEndsThatStream()
+        {
+            // Its audio refused (bad_audio): the runtime would otherwise go on animating the
+            // stream, holding one of its streams, until the audio ran out and its idle timeout passed.
+            var bad = new NpcLine(_client, Tone(0.5, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-bad" });
+            bad.Start();
+            bool endedBeforeFailing = false;
+            Drive(bad, () => bad.State == NpcLineState.Failed, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-bad", ((OpenStream)m).Req.Value, 20.0, 100.0, Protocol.ModeLine));
+                if (m is Audio) _rt.Reply(r.Key, FakeRuntime.Error("bad_audio", "audio", "npc-bad", null));
+                if (m is EndStream) endedBeforeFailing = true; // the whole line is within max_ahead_s: ended at once
+            });
+            Assert.IsTrue(bad.Failure.Contains("bad_audio"), bad.Failure);
+            Assert.IsTrue(endedBeforeFailing || EndStreamComes("npc-bad", 2), "the failed line's stream was ended");
+
+            // Opened by a 1.1 runtime (pushed at the clip's pace, not yet ended), then no frame came.
+            var mute = new NpcLine(_client, Tone(3.0, 16000, 1), 16000, 1,
+                                   new NpcLineOptions { Stream = "npc-mute", MarginS = 0.02, FrameTimeoutS = 0.3 });
+            mute.Start();
+            bool ended = false;
+            Drive(mute, () => mute.State == NpcLineState.Failed, (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-mute", ((OpenStream)m).Req.Value));
+                if (m is EndStream) ended = true;
+            });
+            Assert.IsTrue(mute.Failure.Contains("no frame"), mute.Failure);
+            Assert.IsFalse(ended, "failed before the clip was all pushed");
+            Assert.IsTrue(EndStreamComes("npc-mute", 2), "the failed line's stream was ended");
+
+            // An offline line whose audio is refused ends its stream too.
+            var offline = new OfflineLine(_client, Tone(3.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "bake-bad" });
+            offline.Start();
+            var watch = Stopwatch.StartNew();
+            bool offlineEnded = false;
+            while (offline.Update() != OfflineLineState.Failed)
+            {
+                Assert.Less(watch.Elapsed.TotalSeconds, 10, "stuck in " + offline.State);
+                KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
+                if (!r.HasValue) continue;
+                Message m = new Decoder().Decode(r.Value.Value);
+                if (m is OpenStream) _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("bake-bad", ((OpenStream)m).Req.Value, 1.0));
+                if (m is Audio) _rt.Reply(r.Value.Key, FakeRuntime.Error("bad_audio", "audio", "bake-bad", null));
+                if (m is EndStream) offlineEnded = true;
+            }
+            Assert.IsTrue(offline.Failure.Contains("bad_audio"), offline.Failure);
+            Assert.IsFalse(offlineEnded, "3 s within 1 s of max_ahead_s: not all pushed before the refusal");
+            Assert.IsTrue(EndStreamComes("bake-bad", 2), "the failed offline line's stream was ended");
+        }
+
         [Test]
         public void AnOfflineLineForA10RuntimePushesEverythingAtOnceAndCollectsEveryFrame()
         {
