@@ -232,6 +232,29 @@ def test_offline_recognition_in_pieces_matches_one_pass(ppg: PosteriorgramFrontE
     assert np.abs(pieces - one).mean() < 0.03
 
 
+def test_offline_recognition_of_a_long_clip_takes_pieces_of_bounded_length(ppg: PosteriorgramFrontEnd,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole-utterance attention takes memory with the square of its input: a long bake (--full-context-recogniser)
+    goes in pieces of at most OFFLINE_MAX_PIECE_S (and its context), even on one core (a 240 s bake in 2 pieces
+    peaked at 5.4 GB, in 8 at 1.2 GB)."""
+    from ksdiff_runtime.features import frontend
+
+    monkeypatch.setattr(frontend, "OFFLINE_MAX_PIECE_S", 2)
+    audio = _speechlike(7.0, seed=12)
+    sizes: list[int] = []
+    real = ppg.log_probs
+    monkeypatch.setattr(ppg, "log_probs", lambda segment: sizes.append(segment.size) or real(segment))
+    monkeypatch.setattr(ppg, "offline_workers", 1)
+    pieces = ppg.offline(audio)
+    assert len(sizes) == 4 and max(sizes) <= 2 * 16_000 + 2 * frontend.OFFLINE_PIECE_CONTEXT_MS * 16, sizes
+    monkeypatch.setattr(frontend, "OFFLINE_MAX_PIECE_S", 60)
+    one = ppg.offline(audio)
+    assert len(sizes) == 5 and sizes[-1] == audio.size
+    assert pieces.shape == one.shape
+    assert (pieces[:, :191].argmax(1) == one[:, :191].argmax(1)).mean() > 0.85
+    assert np.abs(pieces - one).mean() < 0.03
+
+
 def test_blockwise_context_matters(ppg: PosteriorgramFrontEnd) -> None:
     """The schedule is real: a different left context gives different PPG values mid-clip."""
     audio = _speechlike(2.0)

@@ -43,6 +43,9 @@ HAMA_BILABIALS = {"p": 35, "b": 10, "m": 31}
 # on all cores, each with this much audio context on both sides.
 OFFLINE_MIN_PIECE_S = 1
 OFFLINE_PIECE_CONTEXT_MS = 500
+# ... and in pieces of at most this long, however few cores: whole-utterance attention takes memory with the square
+# of a piece's length (a 240 s bake in 2 pieces peaked at 5.7 GB). libhama itself read at most 30 s at once.
+OFFLINE_MAX_PIECE_S = 30
 # Streams' segments recognised in one call (an engine round): at most this many at once
 RECOGNISER_BATCH = 32
 
@@ -395,9 +398,10 @@ class PosteriorgramFrontEnd(BlockwiseFrontEnd):
         """The recogniser over a long clip in pieces on every core (one intra-op thread per call):
         each piece is recognised with OFFLINE_PIECE_CONTEXT_MS of audio on both sides and keeps
         only its own frames, so a bake runs ~cores times faster at the cost of context beyond 1 s.
-        Pieces have no length cap (libhama read at most 30 s of a piece)."""
+        A piece is at most OFFLINE_MAX_PIECE_S long (its memory grows with the square of its length)."""
         n_native = audio.size // HAMA_HOP + 1
-        pieces = min(self.offline_workers, audio.size // (OFFLINE_MIN_PIECE_S * SAMPLE_RATE))
+        pieces = max(min(self.offline_workers, audio.size // (OFFLINE_MIN_PIECE_S * SAMPLE_RATE)),
+                     -(-audio.size // (OFFLINE_MAX_PIECE_S * SAMPLE_RATE)))
         if pieces <= 1:
             return self._native(audio)
         bounds = np.linspace(0, n_native, pieces + 1).round().astype(int)
@@ -411,7 +415,7 @@ class PosteriorgramFrontEnd(BlockwiseFrontEnd):
             lp = self.log_probs(audio[c0 * HAMA_HOP : c1 * HAMA_HOP])
             return lp[q0 - c0 : q1 - c0]
 
-        with ThreadPoolExecutor(pieces) as pool:
+        with ThreadPoolExecutor(min(pieces, self.offline_workers)) as pool:
             log_probs = np.concatenate(list(pool.map(piece, range(pieces))))
         return self._with_mel(audio, log_probs)
 
