@@ -358,12 +358,12 @@ def test_silence_bakes(tmp_path: Path, tiny_checkpoint: Path) -> None:
     assert_valid_csv(out, motion.FPS)
 
 
-@pytest.mark.parametrize(("n_samples", "rows"), [(0, 0), (100, 1), (motion.SAMPLE_RATE // motion.FPS - 1, 1)])
+@pytest.mark.parametrize(("n_samples", "rows"), [(1, 1), (100, 1), (motion.SAMPLE_RATE // motion.FPS - 1, 1)])
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
 def test_audio_shorter_than_a_frame_gives_the_frame_of_its_partial_period(tmp_path: Path, tiny_checkpoint: Path,
                                                                           n_samples: int, rows: int,
                                                                           suffix: str) -> None:
-    """One frame per started frame period (as a stream yields, protocol/SPEC.md 4.2); no audio, no frame."""
+    """One frame per started frame period (as a stream yields, protocol/SPEC.md 4.2)."""
     wav = tmp_path / "short.wav"
     sf.write(str(wav), np.full(n_samples, 1000, dtype=np.int16), motion.SAMPLE_RATE, subtype="PCM_16")
     out = tmp_path / f"out{suffix}"
@@ -580,6 +580,28 @@ def test_many_lines_are_checked_before_any_is_baked(tmp_path: Path, speech_wav: 
     assert not (tmp_path / output).exists()
 
 
+def test_a_file_without_audio_is_named_and_the_other_lines_are_baked(tmp_path: Path, speech_wav: Path,
+                                                                    tiny_checkpoint: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A WAV with a header and no samples exited 0 with a CSV of no rows; it is said as a file that cannot be
+    read: alone, before the model loads, nothing written, exit status 1; among many, named and the others baked."""
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros(0, np.int16), motion.SAMPLE_RATE, subtype="PCM_16")
+    assert sf.info(str(empty)).frames == 0 and empty.stat().st_size == 44  # the header alone
+    out = tmp_path / "baked"
+    assert bake_many([empty, speech_wav], out, tiny_checkpoint) == 1
+    captured = capsys.readouterr()
+    assert f"error: no audio in {empty}: the file holds 0 samples" in captured.err
+    assert "Traceback" not in captured.err and "baked 1 of 2 lines" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["speech.csv"]
+    no_model(monkeypatch)
+    for suffix in (".csv", ".json"):
+        assert bake(empty, tmp_path / f"alone{suffix}", tiny_checkpoint) == 1
+        assert capsys.readouterr().err == f"error: no audio in {empty}: the file holds 0 samples\n"
+        assert not (tmp_path / f"alone{suffix}").exists()
+
+
 def test_a_transcript_that_is_not_text_is_a_clear_error(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     speech_wav.with_suffix(".txt").write_bytes(b"\xff\xfe\x00bad")
@@ -601,11 +623,10 @@ def test_format_is_for_a_folder(tmp_path: Path, speech_wav: Path, tiny_checkpoin
 
 def test_lines_of_every_length_and_layout_bake_together(tmp_path: Path, speech_16k: np.ndarray,
                                                         tiny_checkpoint: Path) -> None:
-    """A batch holding an empty file, one sample, a stereo 44.1 kHz line and a plain one: each gets the frames of
-    its own duration (an empty line none), as when baked alone."""
+    """A batch holding one sample, a stereo 44.1 kHz line and a plain one: each gets the frames of its own
+    duration, as when baked alone."""
     folder = tmp_path / "lines"
     folder.mkdir()
-    sf.write(str(folder / "empty.wav"), np.zeros(0, np.float32), motion.SAMPLE_RATE)
     sf.write(str(folder / "one.wav"), np.zeros(1, np.float32), motion.SAMPLE_RATE)
     stereo = resample_poly(speech_16k, 441, 160).astype(np.float32)
     sf.write(str(folder / "stereo.wav"), np.stack([stereo, 0.5 * stereo], axis=1), 44100)
@@ -613,7 +634,7 @@ def test_lines_of_every_length_and_layout_bake_together(tmp_path: Path, speech_1
     out = tmp_path / "baked"
     assert bake_many(sorted(folder.iterdir()), out, tiny_checkpoint) == 0
     rows = {p.stem: read_csv(p)[1].shape[0] for p in out.iterdir()}
-    assert rows == {"empty": 0, "one": 1, "stereo": round(len(speech_16k) / motion.SAMPLE_RATE * motion.FPS),
+    assert rows == {"one": 1, "stereo": round(len(speech_16k) / motion.SAMPLE_RATE * motion.FPS),
                     "plain": round(8000 / motion.SAMPLE_RATE * motion.FPS)}
     for name in ("one", "plain"):
         assert bake(folder / f"{name}.wav", tmp_path / f"{name}.csv", tiny_checkpoint) == 0

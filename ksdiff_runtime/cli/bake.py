@@ -269,10 +269,12 @@ def stored_seconds(path: Path) -> float:
 
 
 def read_line(line: Line, alone: bool) -> bool:
-    """Read a line's audio (16 kHz mono, repaired). A file that cannot be read stops a bake of one line
-    (``AudioInputError``); among many it is named on stderr and the others are baked."""
+    """Read a line's audio (16 kHz mono, repaired). A file that cannot be read, or holds no audio, stops a bake of
+    one line (``AudioInputError``); among many it is named on stderr and the others are baked."""
     try:
         line.audio, report = load_audio(line.source)
+        if line.audio.size == 0:  # a header and no samples: nothing to animate, and no file is written for it
+            raise AudioInputError(f"no audio in {shown(line.source)}: the file holds 0 samples")
         if line.transcript is not None:
             line.text = read_transcript(line.transcript)
     except AudioInputError as exc:
