@@ -748,6 +748,36 @@ def test_a_flag_value_that_cannot_be_used_is_a_clear_error_before_baking(tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.parametrize("fps", ["0", "-3", "101", "240", "x"])
+def test_an_fps_the_csv_cannot_hold_is_refused_by_argparse(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str], fps: str) -> None:
+    """A Live Link Face timecode numbers a second's frames in two digits: at 240 fps the CSV had frames
+    00:00:00:238.000. --fps is 1..MAX_FPS, refused as argparse refuses a bad value, before the model loads."""
+    from ksdiff_runtime.cli.bake import MAX_FPS
+
+    no_model(monkeypatch)
+    out = tmp_path / "out.csv"
+    with pytest.raises(SystemExit) as exc:
+        bake(speech_wav, out, tiny_checkpoint, f"--fps={fps}")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    expected = f"must be from 1 to {MAX_FPS}, got {fps}" if fps != "x" else "must be a whole number of frames a second"
+    assert f"ksdiff-runtime bake: error: argument --fps: {expected}" in err
+    assert not out.exists()
+
+
+def test_the_highest_fps_keeps_the_timecode_frame_in_two_digits(tmp_path: Path, speech_wav: Path,
+                                                                tiny_checkpoint: Path) -> None:
+    from ksdiff_runtime.cli.bake import MAX_FPS
+
+    out = tmp_path / "out.csv"
+    assert bake(speech_wav, out, tiny_checkpoint, "--fps", str(MAX_FPS)) == 0
+    _, _, timecodes = read_csv(out)
+    assert timecodes[MAX_FPS - 1] == "00:00:00:99.000" and timecodes[MAX_FPS] == "00:00:01:00.000"
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d:\d\d\.000", t) for t in timecodes)
+
+
 def test_an_unknown_backend_is_refused_by_name(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:

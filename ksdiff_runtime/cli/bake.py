@@ -36,6 +36,27 @@ from ksdiff_runtime.outputs import files
 
 log = logging.getLogger(__name__)
 
+# The highest --fps: the CSV's timecode (files.timecode, HH:MM:SS:FF.mmm as Live Link Face records it) numbers a
+# second's frames in two digits, 00..99. The model animates at motion.FPS; frames above it are interpolated
+# between the model's, in the CSV and the JSON alike.
+MAX_FPS = 100
+
+
+def fps_value(text: str) -> int:
+    """--fps: a whole number of frames a second from 1 to MAX_FPS; argparse's error otherwise."""
+    try:
+        fps = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of frames a second, got {text!r}") from None
+    if fps < 1:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_FPS}, got {fps}")
+    if fps > MAX_FPS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_FPS}, got {fps}: a Live Link Face CSV's timecode "
+                                         f"numbers a second's frames in two digits (the model animates at {motion.FPS} "
+                                         "fps; more frames are only interpolated)")
+    return fps
+
+
 def configure_bake(p: argparse.ArgumentParser) -> None:
     p.description = ("Bake speech files to facial animation: 52 ARKit blendshapes, head rotation and gaze "
         "per frame, timed on the audio clock. One file: the output's extension (.csv or .json) sets the format. "
@@ -53,7 +74,8 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
                    "(said in the output; --text '' bakes without it)")
     p.add_argument("--plot", type=Path, help="also write a plot of the main curves (PNG; its extension may name "
                    "another format matplotlib writes: .pdf, .svg, ...)")
-    p.add_argument("--fps", type=int, default=motion.FPS, help=f"output frame rate (default {motion.FPS})")
+    p.add_argument("--fps", type=fps_value, default=motion.FPS,
+                   help=f"output frame rate, 1 to {MAX_FPS} (default {motion.FPS}, the model's own)")
     p.add_argument("--steps", type=int, default=4,
                    help="DDIM denoising steps, from 1 to the model's diffusion steps (the bundled model's: 1000) "
                    "(default 4)")
@@ -185,8 +207,6 @@ def shown(path: Path) -> str:
 
 def run_bake(args: argparse.Namespace) -> int:
     lines = lines_to_bake(args)
-    if args.fps <= 0:
-        raise SystemExit("error: --fps must be positive")
     if args.steps < 1:
         raise SystemExit(f"error: --steps must be at least 1, got {args.steps}")
     if args.plot:
