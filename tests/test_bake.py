@@ -778,6 +778,24 @@ def test_the_highest_fps_keeps_the_timecode_frame_in_two_digits(tmp_path: Path, 
     assert all(re.fullmatch(r"\d\d:\d\d:\d\d:\d\d\.000", t) for t in timecodes)
 
 
+@pytest.mark.parametrize("style", [(), ("--style", "none")], ids=["no --style", "--style none"])
+def test_network_style_without_a_style_is_refused_by_argparse(tmp_path: Path, speech_wav: Path,
+                                                              tiny_checkpoint: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              style: tuple[str, ...]) -> None:
+    """--network-style puts the style take on the network's style input; without a take it baked the same bytes as
+    without the flag, silently. Now it is argparse's error, before the model loads."""
+    no_model(monkeypatch)
+    out = tmp_path / "out.csv"
+    with pytest.raises(SystemExit) as exc:
+        bake(speech_wav, out, tiny_checkpoint, "--network-style", *style)
+    assert exc.value.code == 2
+    assert "ksdiff-runtime bake: error: --network-style puts the --style take on the network's style input: it " \
+        "needs --style" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_an_unknown_backend_is_refused_by_name(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:

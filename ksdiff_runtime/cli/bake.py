@@ -7,6 +7,7 @@ their audio time and canonical names (``ksdiff_runtime.outputs.files``).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -30,6 +31,7 @@ from ksdiff_runtime.engine.network_style import NetworkStyles
 from ksdiff_runtime.engine.offline import bake_animations, clip_inputs
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
+from ksdiff_runtime.engine.style import NO_STYLE
 from ksdiff_runtime.inputs.guards import AudioInputError, load_audio, open_audio_file
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 from ksdiff_runtime.outputs import files
@@ -101,8 +103,8 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
                    help=f"{', '.join(motion.STYLES)}, or a reference take of a face (a Live Link Face .csv, or a "
                    "bake .json): the head, brows and mouth move as much as in it (default none; docs/STYLE.md)")
     p.add_argument("--network-style", action="store_true",
-                   help="the style take also reaches the network's own style input (its style vector), not only "
-                   "the output's gains, as serve --network-style (docs/STYLE.md)")
+                   help="the --style take (which it needs) also reaches the network's own style input (its style "
+                   "vector), not only the output's gains, as serve --network-style (docs/STYLE.md)")
     p.add_argument("--no-liveliness", dest="liveliness", action="store_false",
                    help="the model's eyes and head alone: no added blinks, gaze micro-saccades, head centring or "
                    "sway (as in serve)")
@@ -113,7 +115,8 @@ def configure_bake(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=BACKEND_NAMES, metavar="BACKEND",
                    help="inference backend: auto (tensorrt > torch-cuda > onnxruntime-cpu), torch, torch-cpu, "
                    "torch-cuda, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, tensorrt")
-    p.set_defaults(func=run_bake)
+    # the parser goes along, so flags that cannot go together are refused as argparse refuses a bad value
+    p.set_defaults(func=functools.partial(run_bake, parser=p))
 
 
 # lines baked in one batch (sorted by length, so a batch's windows end together); the batch runs in one part
@@ -205,7 +208,12 @@ def shown(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace") if sys.platform != "win32" else str(path)
 
 
-def run_bake(args: argparse.Namespace) -> int:
+def run_bake(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.network_style and args.style == NO_STYLE:
+        # the network style is the style take's vector (engine/network_style.py): without a take the bake would be
+        # the same as without the flag
+        parser.error("--network-style puts the --style take on the network's style input: it needs --style (a "
+                     "built-in style or a take's file)")
     lines = lines_to_bake(args)
     if args.steps < 1:
         raise SystemExit(f"error: --steps must be at least 1, got {args.steps}")
