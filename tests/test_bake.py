@@ -602,6 +602,51 @@ def test_a_file_without_audio_is_named_and_the_other_lines_are_baked(tmp_path: P
         assert not (tmp_path / f"alone{suffix}").exists()
 
 
+def test_a_transcript_longer_than_the_model_reads_is_said_once_per_line(tmp_path: Path, speech_16k: np.ndarray,
+                                                                       tiny_checkpoint: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The model reads a transcript's first MAX_TOKENS (96) phoneme tokens; the rest was dropped without a word.
+    Now each such line gets one warning: how many of its words are read. G2P still runs once a word."""
+    import collections
+
+    from ksdiff_runtime.features import transcript
+
+    models = transcript._models()
+    assert models is not None, "hama's G2P is needed here"
+    g2p, vocab = models
+    # phonemes a word: what 4, a 1, day 2, well 3; a word boundary token between words. "What a day!" 20 times (60
+    # words): 29 words are 9 * (4 + 1 + 2) + 4 + 1 = 68 phonemes and 28 boundaries, 96 tokens exactly. With "Well,"
+    # first, 28 words take 3 + 9 * 7 = 66 + 27 = 93 tokens and the 29th, "what" (4 + 1), is read in part.
+    assert [transcript.phoneme_tokens(w).size for w in ("what", "a", "day", "well")] == [4, 1, 2, 3]
+    long_text = "What a day! " * 20
+    calls: collections.Counter[str] = collections.Counter()
+
+    def counted(word: str):
+        calls[word] += 1
+        return g2p(word)
+
+    transcript._word_tokens.cache_clear()  # G2P counted from nothing
+    monkeypatch.setattr(transcript, "_models", lambda: (counted, vocab))
+    folder = tmp_path / "lines"
+    folder.mkdir()
+    texts = {"long": long_text, "fits": " ".join(long_text.split()[:29]), "well": "Well, " + long_text,
+             "short": "What a day!", "none": None}
+    for name, text in texts.items():
+        sf.write(str(folder / f"{name}.wav"), speech_16k, motion.SAMPLE_RATE, subtype="PCM_16")
+        if text is not None:
+            (folder / f"{name}.txt").write_text(text)
+    with caplog.at_level(logging.WARNING):
+        assert bake_many(sorted(folder.glob("*.wav")), tmp_path / "baked", tiny_checkpoint) == 0
+        assert bake(folder / "none.wav", tmp_path / "alone.csv", tiny_checkpoint, "--text", long_text) == 0
+    said = sorted(r.getMessage() for r in caplog.records if "transcript" in r.getMessage())
+    used, reads = "only the start of the transcript is used: its first", "(the model reads at most 96 phoneme tokens)"
+    assert said == [f"{folder / 'long.wav'}: {used} 29 of 60 words {reads}",
+                    f"{folder / 'none.wav'}: {used} 29 of 60 words {reads}",
+                    f"{folder / 'well.wav'}: {used} 29 of 61 words, the last in part {reads}"]
+    assert set(calls) == {"what", "a", "day", "well"} and max(calls.values()) == 1
+
+
 def test_a_transcript_that_is_not_text_is_a_clear_error(tmp_path: Path, speech_wav: Path, tiny_checkpoint: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     speech_wav.with_suffix(".txt").write_bytes(b"\xff\xfe\x00bad")
