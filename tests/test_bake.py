@@ -602,6 +602,24 @@ def test_a_file_without_audio_is_named_and_the_other_lines_are_baked(tmp_path: P
         assert not (tmp_path / f"alone{suffix}").exists()
 
 
+def test_outputs_differing_only_in_letter_case_are_refused_before_any_is_baked(tmp_path: Path, speech_wav: Path,
+                                                                              tiny_checkpoint: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """a.wav and A.wav baked to a.csv and A.csv: one file on Windows and macOS disks, where the second overwrote the
+    first. Refused before the model loads, naming both."""
+    first, second = tmp_path / "one" / "a.wav", tmp_path / "two" / "A.WAV"  # two folders: any disk holds both
+    for path in (first, second):
+        path.parent.mkdir()
+        path.write_bytes(speech_wav.read_bytes())
+    no_model(monkeypatch)
+    out = tmp_path / "baked"
+    message = (f"error: {first} and {second} would be baked to {out / 'a.json'} and {out / 'A.json'}, one file on a "
+               "disk that ignores letter case (Windows, macOS): rename one of them")
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        bake_many([first, second], out, tiny_checkpoint, "--format", "json")
+    assert not out.exists()
+
+
 def test_a_transcript_longer_than_the_model_reads_is_said_once_per_line(tmp_path: Path, speech_16k: np.ndarray,
                                                                        tiny_checkpoint: Path,
                                                                        monkeypatch: pytest.MonkeyPatch,

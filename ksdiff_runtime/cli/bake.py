@@ -151,13 +151,24 @@ def lines_to_bake(args: argparse.Namespace) -> list[Line]:
     if args.plot and len(inputs) > 1:
         raise SystemExit("error: --plot draws one line; bake that one on its own to plot it")
     outputs = [args.output] if one_file else [args.output / f"{i.stem}.{args.format or 'csv'}" for i in inputs]
-    seen: dict[Path, Path] = {}
+    seen: dict[str, tuple[Path, Path]] = {}  # an output's name as a disk that ignores case sees it -> (input, output)
     for inp, out in zip(inputs, outputs, strict=True):
-        if out in seen:
-            raise SystemExit(f"error: {seen[out]} and {inp} would both be baked to {out}")
-        seen[out] = inp
+        key = same_file_key(out)
+        if key in seen:
+            first, first_out = seen[key]
+            if first_out == out:
+                raise SystemExit(f"error: {first} and {inp} would both be baked to {out}")
+            raise SystemExit(f"error: {first} and {inp} would be baked to {first_out} and {out}, one file on a disk "
+                             "that ignores letter case (Windows, macOS): rename one of them")
+        seen[key] = (inp, out)
     return [Line(inp, out, args.text, None if args.text is not None or not inp.with_suffix(".txt").is_file()
                  else inp.with_suffix(".txt")) for inp, out in zip(inputs, outputs, strict=True)]
+
+
+def same_file_key(path: Path) -> str:
+    """``path`` as Windows and macOS disks compare names by default: letter case ignored (a.csv and A.csv are one
+    file there)."""
+    return str(path).lower()
 
 
 def check_destinations(args: argparse.Namespace) -> None:
