@@ -421,8 +421,11 @@ def test_long_clip_features_stay_aligned_in_pieces(monkeypatch: pytest.MonkeyPat
     """A bake recognises a clip in pieces; libhama cut each piece at 30 s (1500 frames), so a 70 s
     clip on 2 workers lost the end of its second piece (its frames edge-held). Now every piece is
     read whole: the line at 63 s gets the features a one-pass recognition of its region gives."""
+    from ksdiff_runtime.features import frontend
     from ksdiff_runtime.features.frontend import HAMA_BLANK, HAMA_CLASSES, PosteriorgramFrontEnd
 
+    # pieces over 30 s, as 2 workers made of 70 s before pieces were capped at OFFLINE_MAX_PIECE_S
+    monkeypatch.setattr(frontend, "OFFLINE_MAX_PIECE_S", 60)
     clip, line = _long_clip()
     fe = PosteriorgramFrontEnd()
     f0, n = SPEECH_AT_S * motion.FPS, motion.num_frames(line.size)
