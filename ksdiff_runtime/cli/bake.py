@@ -39,10 +39,9 @@ from ksdiff_runtime.outputs import files
 
 log = logging.getLogger(__name__)
 
-# The highest --fps: the CSV's timecode (files.timecode, HH:MM:SS:FF.mmm as Live Link Face records it) numbers a
-# second's frames in two digits, 00..99. The model animates at motion.FPS; frames above it are interpolated
-# between the model's, in the CSV and the JSON alike.
-MAX_FPS = 100
+# The highest --fps: what the CSV's timecode can number. The model animates at motion.FPS; frames above it are
+# interpolated between the model's, in the CSV and the JSON alike.
+MAX_FPS = files.MAX_TIMECODE_FPS
 
 
 def fps_value(text: str) -> int:

@@ -28,7 +28,14 @@ def resample_frames(x: np.ndarray, fps_in: int, fps_out: int, n_out: int) -> np.
     return np.stack([np.interp(t_out, t_in, x[:, d]) for d in range(x.shape[1])], axis=1).astype(np.float32)
 
 
+# a Live Link Face timecode numbers a second's frames in two digits (00..99): the most frames a second it can write
+MAX_TIMECODE_FPS = 100
+
+
 def timecode(frame: int, fps: int) -> str:
+    """HH:MM:SS:FF.mmm of ``frame`` at ``fps`` (at most MAX_TIMECODE_FPS), as Live Link Face records it."""
+    if not 1 <= fps <= MAX_TIMECODE_FPS:
+        raise ValueError(f"a timecode is written at 1 to {MAX_TIMECODE_FPS} frames a second, not {fps}")
     seconds, ff = divmod(frame, fps)
     minutes, ss = divmod(seconds, 60)
     hh, mm = divmod(minutes, 60)
