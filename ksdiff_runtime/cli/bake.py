@@ -32,7 +32,7 @@ from ksdiff_runtime.engine.offline import bake_animations, clip_inputs
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, NO_MOOD_STYLES, mood_style, with_mood_guidance
 from ksdiff_runtime.engine.stream import output_frames
 from ksdiff_runtime.engine.style import NO_STYLE
-from ksdiff_runtime.features.transcript import LETTERS_PER_TOKEN, phoneme_tokens, words
+from ksdiff_runtime.features import transcript
 from ksdiff_runtime.inputs.guards import AudioInputError, load_audio, open_audio_file
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT
 from ksdiff_runtime.outputs import files
@@ -333,29 +333,14 @@ def read_line(line: Line, alone: bool) -> bool:
 
 def warn_if_cut(line: Line, max_tokens: int) -> None:
     """One warning when the model reads only the start of a line's transcript (its first ``max_tokens`` phoneme
-    tokens, ``phoneme_tokens``): how many of its words it reads."""
+    tokens, ``transcript.read_transcript``): how many of its words it reads."""
     assert line.text is not None
-    read, total, last_in_part = words_read(line.text, max_tokens)
-    if read < total or last_in_part:
+    reading = transcript.read_transcript(line.text, max_tokens)  # G2P's words are cached: the line's reuses them
+    if reading.left_out:
+        total = sum(1 for _ in transcript.words(line.text))
         log.warning("%s: only the start of the transcript is used: its first %d of %d words%s (the model reads at "
-                    "most %d phoneme tokens)", shown(line.source), read, total,
-                    ", the last in part" if last_in_part else "", max_tokens)
-
-
-def words_read(text: str, max_tokens: int) -> tuple[int, int, bool]:
-    """(how many of ``text``'s words the model reads, how many it has, whether the last read is cut short), its
-    numbers counted in the words they are said in. The words read are the fewest first words that give the tokens
-    the whole transcript gives. G2P runs once a word read: ``phoneme_tokens`` keeps each word's phonemes, so the
-    calls here and the line's own (``clip_inputs``) after the first reuse them."""
-    every = list(words(text))
-    tokens = phoneme_tokens(text, max_tokens)
-    if tokens.size == 0:  # no words, or hama's G2P cannot load here (transcripts are ignored; warned once)
-        return len(every), len(every), False
-    read = next(k for k in range(1, len(every) + 1)
-                if np.array_equal(phoneme_tokens(" ".join(every[:k]), max_tokens), tokens))
-    # the words read with room for all their tokens (and the letters the whole transcript was given)
-    whole = phoneme_tokens(" ".join(every[:read]), sys.maxsize, max_letters=LETTERS_PER_TOKEN * max_tokens)
-    return read, len(every), whole.size > tokens.size
+                    "most %d phoneme tokens)", shown(line.source), reading.words, total,
+                    ", the last in part" if reading.last_in_part else "", max_tokens)
 
 
 def read_transcript(path: Path) -> str | None:

@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -59,7 +60,22 @@ def _word_tokens(word: str) -> tuple[int, ...]:
 
 def phoneme_tokens(text: str, max_tokens: int = MAX_TOKENS, max_letters: int | None = None) -> np.ndarray:
     """int64 [P <= max_tokens] phoneme ids for ``text``; words separated by the word-boundary token.
-    Empty where hama's G2P cannot load (warned once).
+    Empty where hama's G2P cannot load (warned once). ``read_transcript``'s tokens."""
+    return read_transcript(text, max_tokens, max_letters).tokens
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the model reads of a transcript."""
+
+    tokens: np.ndarray  # int64 [P <= max_tokens]
+    words: int  # of ``words(text)``, the first this many are in ``tokens`` (the last maybe in part)
+    last_in_part: bool  # the last of them is cut short (at max_tokens, or at MAX_WORD_CHARS)
+    left_out: bool  # some of the text is not in ``tokens``: words after them, or the last in part
+
+
+def read_transcript(text: str, max_tokens: int = MAX_TOKENS, max_letters: int | None = None) -> Reading:
+    """``text``'s phoneme tokens, as many as the model reads, and how much of it they hold.
 
     G2P runs word by word: on whole sentences it sometimes appends stray symbols after
     punctuation, and single words are cached across lines. It stops once ``max_tokens`` are reached, or
@@ -68,21 +84,23 @@ def phoneme_tokens(text: str, max_tokens: int = MAX_TOKENS, max_letters: int | N
     """
     models = _models()
     if models is None:
-        return np.zeros(0, dtype=np.int64)
+        return Reading(np.zeros(0, dtype=np.int64), 0, False, False)
     _, vocab = models
     letters_left = LETTERS_PER_TOKEN * max_tokens if max_letters is None else max_letters
     out: list[int] = []
+    read, cut_word, rest = 0, False, False
     for word in words(text):
-        if len(out) >= max_tokens:  # the model reads no more: G2P stops (a long transcript costs no more)
+        fed = word[:MAX_WORD_CHARS]
+        if len(out) >= max_tokens or len(fed) > letters_left:  # G2P stops: a long transcript costs no more
+            rest = True
             break
-        word = word[:MAX_WORD_CHARS]
-        letters_left -= len(word)
-        if letters_left < 0:
-            break
+        letters_left -= len(fed)
         if out:
             out.append(vocab["<wb>"])
-        out.extend(_word_tokens(word))
-    return np.asarray(out[:max_tokens], dtype=np.int64)
+        out.extend(_word_tokens(fed))
+        read, cut_word = read + 1, len(fed) < len(word)
+    last_in_part = cut_word or len(out) > max_tokens
+    return Reading(np.asarray(out[:max_tokens], dtype=np.int64), read, last_in_part, rest or last_in_part)
 
 
 _WORD = re.compile(r"[A-Za-z']+")
