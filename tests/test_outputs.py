@@ -415,6 +415,9 @@ def test_each_outage_of_a_udp_receiver_is_logged_when_it_starts_and_ends(caplog,
     ("localhost:http", "port must be a number from 1 to 65535"),
     ("localhost", "expected HOST:PORT"),
     ("localhost:", "port must be a number"),
+    ("127.0.0.1:\u00b2", "port must be a number from 1 to 65535"),  # "²": str.isdigit() is true, int() raises
+    ("127.0.0.1:\u0661\u0662\u0663\u0664", "port must be a number"),  # Arabic-Indic 1234: int() reads 1234
+    ("127.0.0.1:\uff11\uff11\uff11\uff11\uff11", "port must be a number"),  # full-width 11111
     (":11111", "expected HOST:PORT"),
     ("::1:11111", "expected HOST:PORT"),
     ("", "expected HOST:PORT"),

@@ -40,7 +40,8 @@ def parse_host_port(text: str, flag: str) -> tuple[str, int]:
                                 "(an IPv6 address in brackets: [::1]:11111)")
     host = match["v6"] or match["host"]
     port_text = match["port"]
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    # ASCII digits only: str.isdigit() is also true of "²" (int() then raises) and of "١٢٣٤" (int() reads 1234)
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
         raise OutputConfigError(f"{flag} {text!r}: the port must be a number from 1 to 65535, got {port_text!r}")
     return host, int(port_text)
 
