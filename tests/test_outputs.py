@@ -408,6 +408,30 @@ def test_each_outage_of_a_udp_receiver_is_logged_when_it_starts_and_ends(caplog,
     assert [w for w in said if w] == ["failed", "again", "failed"], lines
 
 
+def test_vmc_to_a_broadcast_address_reaches_a_receiver_on_this_machine():
+    """VMC senders broadcast on a LAN (255.255.255.255:39539): every datagram failed 'Permission denied' (no
+    SO_BROADCAST). A receiver bound to all addresses, as VSeeFace's is, gets the broadcast on this machine too."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("0.0.0.0", 0))
+        receiver.settimeout(TIMEOUT_S)
+        port = receiver.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            try:
+                probe.sendto(b"probe", ("255.255.255.255", port))
+            except OSError as e:  # e.g. ENETUNREACH in a container with loopback only
+                pytest.skip(f"this machine cannot broadcast: {e}")
+        assert receiver.recv(64) == b"probe"
+        out = VmcOutput(f"255.255.255.255:{port}")
+        try:
+            out.send(make_frame("mic", 0, weights={"jawOpen": 0.5}))
+            assert (out.sent, out.errors) == (1, 0)
+            data = receiver.recv(65536)
+        finally:
+            out.close()
+    assert data.startswith(b"#bundle\0")
+
+
 # --- HOST:PORT ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,message", [
     ("nohost:99999", "port must be a number from 1 to 65535"),

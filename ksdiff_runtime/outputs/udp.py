@@ -79,6 +79,10 @@ class UdpSender:
             self._sock = socket.socket(self.family, socket.SOCK_DGRAM)
         except OSError as e:  # e.g. an IPv6 destination on a host without IPv6
             raise OutputConfigError(f"{flag} {destination}: cannot open a UDP socket: {e}") from None
+        if self.family == socket.AF_INET:
+            # a broadcast destination (255.255.255.255, or a LAN's own such as 192.168.1.255: VMC senders reach
+            # every PC of a LAN so) is refused with EACCES without it; it changes nothing for other destinations
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         self._sock.setblocking(False)
         self._connected = False
         self._closed = False
