@@ -14,8 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -23,7 +26,44 @@ from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.cli.plots import pyplot
 from ksdiff_runtime.outputs.preview import DEFAULT_PORT as PREVIEW_PORT
 
+if TYPE_CHECKING:
+    from ksdiff_sdk import Client
+
 STREAM = "sample_speech"  # serve names a file's stream after the file
+READY_TIMEOUT_S = 120.0  # how long demo waits for serve's first hello (serve loads the model first)
+READY_SLICE_S = 0.5  # the wait for that hello checks this often whether serve is still running
+STOP_TIMEOUT_S = 30.0  # how long serve has to exit after SIGINT before demo kills it
+STDERR_LINES = 20  # how many of serve's last stderr lines demo keeps for its error message
+
+
+class DemoError(Exception):
+    """A reason the demo could not run to the end, printed as one `error: ...` line."""
+
+
+class ServeOutput:
+    """serve's stderr: each line is passed on to demo's stderr as it comes, and the last lines are kept.
+
+    A thread reads the pipe to its end, so serve never blocks on a full pipe."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: deque[str] = deque(maxlen=STDERR_LINES)
+        self._thread = threading.Thread(target=self._pump, args=(stream,), name="serve-stderr", daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        with stream:
+            for line in stream:
+                self.lines.append(line.rstrip("\n"))
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    def last_line(self, timeout: float = 2.0) -> str:
+        """serve's last non-blank stderr line; waits up to <timeout> s for the pipe's end (serve has exited)."""
+        self._thread.join(timeout)
+        for line in reversed(list(self.lines)):
+            if line.strip():
+                return line.strip().removeprefix("error: ")  # demo's own line starts with "error: " already
+        return "it wrote nothing to stderr"
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:
@@ -55,7 +95,45 @@ def free_endpoint(preferred: int) -> str:
     return f"tcp://127.0.0.1:{free_port(preferred)}"
 
 
+def ended(code: int) -> str:
+    """How a child process ended, from its return code (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def wait_for_serve(client: Client, server: subprocess.Popen, output: ServeOutput, timeout: float) -> dict:
+    """serve's hello, waited for in slices of READY_SLICE_S s; DemoError when serve exits first or
+    <timeout> s pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = server.poll()
+        if code is not None:
+            raise DemoError(f"serve {ended(code)} before the runtime was ready; its last stderr line: "
+                            f"{output.last_line()}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            got = (f"its ROUTER answered but nothing arrived on its PUB {client.pub_endpoint}" if client.hello
+                   else f"no hello on {client.router_endpoint}")
+            raise DemoError(f"serve was running but not ready within {timeout:g} s ({got}); stopped it")
+        try:
+            return client.wait_for_runtime(timeout=min(READY_SLICE_S, left))
+        except TimeoutError:
+            continue
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    try:
+        return demo(args)
+    except DemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def demo(args: argparse.Namespace) -> int:
     from ksdiff_sdk import Client
 
     pub, router = free_endpoint(5555), free_endpoint(5556)
@@ -66,17 +144,23 @@ def run_demo(args: argparse.Namespace) -> int:
     print("$", " ".join(cmd[2:]), flush=True)
     print(f"live preview: http://127.0.0.1:{preview_port}/ (open it in a browser while the demo runs; "
           "--seconds N runs longer)", flush=True)
-    server = subprocess.Popen(cmd)
+    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace")
+    assert server.stderr is not None
+    output = ServeOutput(server.stderr)
     frames = []
     try:
         with Client(pub, router, streams=STREAM) as client:
-            hello = client.wait_for_runtime(timeout=120)  # the server loads the model first
+            hello = wait_for_serve(client, server, output, READY_TIMEOUT_S)
             print(f"connected: runtime {hello['runtime']}, {len(hello['blendshapes'])} blendshapes at "
                   f"{hello['fps']} fps; receiving stream {STREAM!r} for {args.seconds:.0f} s")
             start = time.monotonic()
             window: list = []
             next_line = start + 1.0
             while time.monotonic() - start < args.seconds:
+                code = server.poll()
+                if code is not None:
+                    raise DemoError(f"serve {ended(code)} {time.monotonic() - start:.1f} s into the demo; "
+                                    f"its last stderr line: {output.last_line()}")
                 try:
                     frame = client.recv(timeout=max(0.01, next_line - time.monotonic()))
                     frames.append(frame)
@@ -93,11 +177,15 @@ def run_demo(args: argparse.Namespace) -> int:
                     next_line += 1.0
             server.send_signal(signal.SIGINT)
             # the runtime ends its streams with reason "shutdown" before it exits
-            code = server.wait(timeout=30)
+            try:
+                code = server.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise DemoError(f"serve did not exit within {STOP_TIMEOUT_S:g} s of SIGINT; killed it") from None
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+        output.last_line()  # the rest of serve's stderr is passed on before demo prints anything more
     if not frames:
         print("error: no frames received", file=sys.stderr)
         return 1
