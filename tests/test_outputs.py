@@ -32,6 +32,7 @@ from ksdiff_runtime.outputs import files, udp
 from ksdiff_runtime.outputs.livelink import LiveLinkOutput, frame_time
 from ksdiff_runtime.outputs.udp import OutputConfigError, UdpSender, parse_host_port
 from ksdiff_runtime.outputs.vmc import VmcOutput, unity_rotation, vrm_presets
+from ksdiff_runtime.outputs.vts import VtsOutput
 from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
 from ksdiff_sdk import Frame, schema
 from ksdiff_sdk import protocol as P
@@ -353,6 +354,37 @@ def test_vmc_sends_one_stream(vmc_receiver):
         assert dict(vmc_receiver.bundles(5)[-1])["/VMC/Ext/T"][0] == pytest.approx(9 / 30)
     finally:
         fixed.close()
+
+
+def test_a_named_stream_that_never_publishes_is_warned_about_once(vmc_receiver, caplog, monkeypatch, tmp_path):
+    """--vmc-stream Sample_speech (the stream is sample_speech): nothing was sent and nothing said. Now, once other
+    streams have published for NO_SUCH_STREAM_S, one warning names them; when the stream appears, that is said."""
+    caplog.set_level(logging.INFO, logger="ksdiff_runtime.outputs")
+    out = VmcOutput(vmc_receiver.address, stream="Sample_speech")
+    try:
+        for i in range(10):  # well within NO_SUCH_STREAM_S (2 s): no warning yet
+            out.send(make_frame("sample_speech", i))
+        assert not [r for r in caplog.records if "Sample_speech" in r.getMessage()]
+        monkeypatch.setattr(udp, "NO_SUCH_STREAM_S", 0.0)  # the next frame of another stream is past it
+        for i in range(10, 100):
+            out.send(make_frame("mic", i))
+            out.send(make_frame("sample_speech", i))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith("--vmc-stream 'Sample_speech': no stream of that id has published")
+        assert "(sample_speech, mic)" in warnings[0] and "case-sensitive; did you mean 'sample_speech'?" in warnings[0]
+        assert out.sent == 0
+        out.send(make_frame("Sample_speech", 0))
+        out.send(make_frame("mic", 100))
+        assert out.sent == 1
+    finally:
+        out.close()
+    said = [r.getMessage() for r in caplog.records if "Sample_speech" in r.getMessage()]
+    assert said[1:] == ["--vmc-stream 'Sample_speech': the stream publishes now; its frames are sent"]
+    for flag, output in (("--livelink-stream", LiveLinkOutput(vmc_receiver.address, stream="x")),
+                         ("--vts-stream", VtsOutput("ws://127.0.0.1:1", stream="x", token_path=tmp_path / "token"))):
+        output.close()
+        assert output._choice.flag == flag  # the same StreamChoice, named by its own flag
 
 
 # --- nothing listening, no route: never a stall, never an exception --------------------------------

@@ -106,7 +106,8 @@ class LiveLinkOutput(UdpOutput):
             subject = None
         self.subject = subject
         self.stream = stream or None
-        super().__init__(destination, StreamChoice(self.stream) if (self.stream or self.subject) else None)
+        choice = StreamChoice(self.stream, "--livelink-stream") if (self.stream or self.subject) else None
+        super().__init__(destination, choice)
 
     def encode(self, frame: Frame) -> bytes:
         number, subframe = frame_time(frame.t_audio, frame.fps)

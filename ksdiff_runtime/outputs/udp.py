@@ -23,6 +23,9 @@ _HOST_PORT_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<por
 # when the followed stream has sent nothing this long, the next stream to publish takes over
 # (a stream that timed out or failed sends no `last` frame)
 SILENT_STREAM_S = 1.0
+# a named stream (--vmc-stream) that has not published while other streams did for this long is warned about, once
+NO_SUCH_STREAM_S = 2.0
+NAMED_STREAMS_MAX = 10  # streams named in that warning, at most
 RECOVERED_AFTER_S = 5.0  # an outage ends, for the log, once datagrams went out this long without an error
 
 
@@ -140,16 +143,33 @@ class StreamChoice:
     """The one stream an output follows when it can show only one face (VMC, a fixed Live Link subject).
 
     A named stream: only that one. No name: the first stream that publishes, until it sends its
-    last frame or stays silent for SILENT_STREAM_S; then the next stream to publish takes over."""
+    last frame or stays silent for SILENT_STREAM_S; then the next stream to publish takes over.
 
-    def __init__(self, stream: str | None = None) -> None:
+    A named stream that has never published while others have for NO_SUCH_STREAM_S is warned
+    about once (a typo or a wrong letter case sends nothing), naming the streams that do publish;
+    when it then publishes, that is logged too. ``flag`` names the setting in those messages."""
+
+    def __init__(self, stream: str | None = None, flag: str = "stream") -> None:
         self.fixed = stream or None
         self.current: str | None = self.fixed
+        self.flag = flag
         self._last_seen = 0.0
+        self._matched = False  # the named stream has published
+        self._others: dict[str, None] = {}  # streams that published before it, in order (NAMED_STREAMS_MAX)
+        self._others_since: float | None = None  # time.monotonic() of the first of their frames
+        self._warned = False
 
     def accepts(self, frame: Frame) -> bool:
         if self.fixed is not None:
-            return frame.stream == self.fixed
+            if frame.stream == self.fixed:
+                if not self._matched:
+                    self._matched = True
+                    if self._warned:
+                        log.info("%s %r: the stream publishes now; its frames are sent", self.flag, self.fixed)
+                return True
+            if not self._matched and not self._warned:
+                self._unmatched(frame.stream)
+            return False
         now = time.monotonic()
         if self.current is None or (frame.stream != self.current and now - self._last_seen > SILENT_STREAM_S):
             self.current = frame.stream
@@ -159,6 +179,24 @@ class StreamChoice:
         if frame.last:
             self.current = None  # its stream ends: the next stream to publish is followed
         return True
+
+    def _unmatched(self, stream: str) -> None:
+        """A frame of another stream while the named one has never published: warn once it has lasted."""
+        now = time.monotonic()
+        if self._others_since is None:
+            self._others_since = now
+        if len(self._others) < NAMED_STREAMS_MAX:
+            self._others[stream] = None
+        if now - self._others_since < NO_SUCH_STREAM_S:
+            return
+        self._warned = True
+        assert self.fixed is not None
+        others = ", ".join(self._others)
+        near = [s for s in self._others if s.casefold() == self.fixed.casefold()]
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        log.warning("%s %r: no stream of that id has published in %.0f s while others did (%s); nothing is sent "
+                    "until it publishes (stream ids are case-sensitive%s)", self.flag, self.fixed,
+                    now - self._others_since, others, hint)
 
 
 class UdpOutput:

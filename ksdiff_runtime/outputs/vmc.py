@@ -142,7 +142,7 @@ class VmcOutput(UdpOutput):
     def __init__(self, destination: str = DEFAULT_DESTINATION, stream: str | None = None) -> None:
         check_stream_id(stream, "--vmc-stream")
         self.stream = stream or None
-        super().__init__(destination, StreamChoice(self.stream))
+        super().__init__(destination, StreamChoice(self.stream, "--vmc-stream"))
 
     def encode(self, frame: Frame) -> bytes:
         return encode_bundle(frame)

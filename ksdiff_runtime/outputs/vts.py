@@ -238,7 +238,7 @@ class VtsOutput:
         self.attempts = 0  # connections tried so far
         self.sessions = 0  # authenticated connections so far
         self._session_began = 0.0  # time.monotonic() when the last session was authenticated
-        self._choice = StreamChoice(self.stream)
+        self._choice = StreamChoice(self.stream, "--vts-stream")
         self._lock = threading.Lock()
         self._pending: Frame | None = None  # the newest accepted frame, not yet taken by the thread
         self._values: dict[str, float] | None = None  # the last values sent (re-sent as keep-alive)
