@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ksdiff_runtime import motion
+from ksdiff_runtime.backends.select import BACKEND_NAMES
 from ksdiff_runtime.engine.controls import Controls, ControlsError
+from ksdiff_runtime.engine.presets import PRESETS
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE, check_mood_guidance
 from ksdiff_runtime.sessions import DEFAULT_MAX_STREAMS
 from ksdiff_sdk import protocol
@@ -80,6 +82,10 @@ class ServeConfig:
     controls: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
+        if self.backend not in BACKEND_NAMES:
+            raise ConfigError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {self.backend!r}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
         if self.fps <= 0:
             raise ConfigError(f"fps must be positive, got {self.fps}")
         if self.max_streams < 1:

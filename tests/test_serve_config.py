@@ -1,0 +1,69 @@
+"""`serve`'s settings refused before anything loads: names the code does not know, floats that are not finite or out of
+range, config files that cannot be read, one address bound twice, settings for an output or source that is off.
+
+Each check runs `check()`/`load_config` directly or the CLI's main with the model's loading replaced by a failure, so
+no test loads a model and a regression fails at once instead of after a warm-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ksdiff_runtime.backends.select import BACKEND_NAMES
+from ksdiff_runtime.cli import main
+from ksdiff_runtime.cli import serve as serve_cli
+from ksdiff_runtime.engine.presets import PRESETS
+from ksdiff_runtime.server.config import (
+    ConfigError,
+    load_config,
+)
+
+LOOPBACK_EPHEMERAL = ["--pub", "tcp://127.0.0.1:0", "--router", "tcp://127.0.0.1:0"]
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve fails the test if it gets as far as loading the model (every refusal here comes before it)."""
+
+    def build_engine(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("serve loaded the model")
+
+    monkeypatch.setattr(serve_cli, "build_engine", build_engine)
+
+
+def serve(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """`ksdiff-runtime serve ARGV` in this process: (exit code, stderr)."""
+    code = main(["serve", *argv])
+    return code, capsys.readouterr().err
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "serve.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- backend and preset names ---------------------------------------------------------------------
+@pytest.mark.parametrize("argv, said", [
+    (["--backend", "nope"], "backend must be one of auto, torch, torch-cpu"),
+    (["--backend="], "backend must be one of auto,"),
+    (["--preset", "nope"], "preset must be one of low-latency, quality; got 'nope'"),
+    (["--preset="], "preset must be one of low-latency, quality; got ''"),
+])
+def test_an_unknown_backend_or_preset_is_one_error_line_before_the_model_loads(capsys, no_model, argv, said):
+    """Before: a ValueError traceback, the preset's only after the backend had loaded."""
+    code, err = serve(capsys, *LOOPBACK_EPHEMERAL, *argv)
+    assert code == 2 and said in err and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_backend_and_preset_names_come_from_the_code_that_loads_them(tmp_path):
+    for name in BACKEND_NAMES:
+        assert load_config(None, {"backend": name}).backend == name
+    for name in PRESETS:
+        assert load_config(None, {"preset": name}).preset == name
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        load_config(write(tmp_path, 'backend = "cuda"\n'), {})
+
