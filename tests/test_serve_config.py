@@ -17,6 +17,9 @@ from ksdiff_runtime.cli import main
 from ksdiff_runtime.cli import serve as serve_cli
 from ksdiff_runtime.engine.presets import PRESETS
 from ksdiff_runtime.server.config import (
+    MAX_AHEAD_S,
+    MAX_FPS,
+    MAX_IDLE_TIMEOUT_S,
     ConfigError,
     load_config,
 )
@@ -66,4 +69,39 @@ def test_backend_and_preset_names_come_from_the_code_that_loads_them(tmp_path):
         assert load_config(None, {"preset": name}).preset == name
     with pytest.raises(ConfigError, match="backend must be one of"):
         load_config(write(tmp_path, 'backend = "cuda"\n'), {})
+
+
+# --- floats: finite and in range ------------------------------------------------------------------
+@pytest.mark.parametrize("setting", ["idle_timeout_s", "max_ahead_s", "stats", "mic_block_ms"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 1e300, -1.0])
+def test_every_float_setting_is_finite_and_in_range(setting, value):
+    """Before: NaN passed `<= 0` (idle timeout NaN crashed the engine after the model loaded, max_ahead_s NaN took
+    away the limit on audio pushed ahead, stats NaN never printed a line), and inf or 1e300 passed too."""
+    with pytest.raises(ConfigError, match=setting):
+        load_config(None, {setting: value, "mic": True})
+
+
+def test_float_settings_up_to_their_bounds_are_taken(tmp_path):
+    config = load_config(None, {"idle_timeout_s": MAX_IDLE_TIMEOUT_S, "max_ahead_s": MAX_AHEAD_S, "stats": 0.0})
+    assert (config.idle_timeout_s, config.max_ahead_s, config.stats) == (MAX_IDLE_TIMEOUT_S, MAX_AHEAD_S, 0.0)
+    assert load_config(None, {"stats": 0.5}).stats == 0.5
+    # TOML spells NaN and infinity too
+    for text in ("idle_timeout_s = nan\n", "max_ahead_s = inf\n", "stats = nan\n", "idle_timeout_s = 1e300\n"):
+        with pytest.raises(ConfigError, match="more than 0 and at most"):
+            load_config(write(tmp_path, text), {})
+
+
+def test_nan_idle_timeout_on_the_command_line_is_refused_before_the_model_loads(capsys, no_model):
+    code, err = serve(capsys, *LOOPBACK_EPHEMERAL, "--idle-timeout-s", "nan")
+    assert code == 2 and "idle_timeout_s must be more than 0 and at most 86400 seconds, got nan" in err, err
+
+
+def test_fps_is_bounded(capsys, no_model):
+    """Before: --fps 100000 was taken (serve spent 19.8 s starting up)."""
+    assert load_config(None, {"fps": MAX_FPS}).fps == MAX_FPS
+    for fps in (0, -30, MAX_FPS + 1):
+        with pytest.raises(ConfigError, match=f"fps must be from 1 to {MAX_FPS}"):
+            load_config(None, {"fps": fps})
+    code, err = serve(capsys, *LOOPBACK_EPHEMERAL, "--fps", "100000")
+    assert code == 2 and "fps must be from 1 to 240" in err, err
 

@@ -7,6 +7,7 @@ Every key of the TOML file is the long flag's name with underscores (``--idle-ti
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,20 @@ class ConfigError(ValueError):
     """A config file or flag value the runtime cannot use; the message names it."""
 
 
+# The model animates at motion.FPS (30); serve's frames above it are interpolated between the model's, with no motion
+# of their own, and each one is made, published and sent to every output for every stream. 240 is the fastest common
+# display refresh; --fps 100000 made serve spend 19.8 s starting up before this bound.
+MAX_FPS = 240
+# The engine keeps the idle timeout in integer nanoseconds (engine.py); a day is far beyond any pause in speech and
+# far inside what a float holds exactly in ns (1e300 overflowed to inf there, after the model had loaded).
+MAX_IDLE_TIMEOUT_S = 86_400.0
+# A stream holds in memory the audio a client pushes ahead of real time; an hour bounds that buffer (an NPC line is
+# seconds long) and stays far above the default of 20 s.
+MAX_AHEAD_S = 3_600.0
+# A stats line at most once a day: any finite period works; a bound keeps a typo like 1e300 from reading as "on".
+MAX_STATS_S = 86_400.0
+# A capture block is audio the face waits for before any of it is animated: beyond a second a live face lags visibly.
+MAX_MIC_BLOCK_MS = 1_000.0
 @dataclass
 class ServeConfig:
     pub: str = protocol.DEFAULT_PUB_ENDPOINT  # frames, stream events, stats, hello (PUB)
@@ -86,21 +101,23 @@ class ServeConfig:
             raise ConfigError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {self.backend!r}")
         if self.preset not in PRESETS:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}; got {self.preset!r}")
-        if self.fps <= 0:
-            raise ConfigError(f"fps must be positive, got {self.fps}")
+        if not 1 <= self.fps <= MAX_FPS:
+            raise ConfigError(f"fps must be from 1 to {MAX_FPS} (the model animates at {motion.FPS}; faster frames "
+                              f"are interpolated), got {self.fps}")
         if self.max_streams < 1:
             raise ConfigError(f"max_streams must be at least 1, got {self.max_streams}")
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
-        if self.idle_timeout_s <= 0:
-            raise ConfigError(f"idle_timeout_s must be positive, got {self.idle_timeout_s}")
-        if self.max_ahead_s <= 0:
-            raise ConfigError(f"max_ahead_s must be positive, got {self.max_ahead_s}")
+        # NaN fails every comparison: each float is checked as "within the range", never as "not outside it"
+        _check_range("idle_timeout_s", self.idle_timeout_s, 0.0, MAX_IDLE_TIMEOUT_S, "seconds")
+        _check_range("max_ahead_s", self.max_ahead_s, 0.0, MAX_AHEAD_S, "seconds")
+        _check_range("mic_block_ms", self.mic_block_ms, 0.0, MAX_MIC_BLOCK_MS, "ms")
         if bool(self.curve_secret_key) != bool(self.curve_clients):
             raise ConfigError("curve_secret_key and curve_clients go together: the server's key pair and the "
                               "folder of authorised client keys")
-        if self.stats < 0:
-            raise ConfigError(f"stats must be >= 0 seconds, got {self.stats}")
+        if not (self.stats == 0 or 0 < self.stats <= MAX_STATS_S):
+            raise ConfigError(f"stats must be 0 (off) or more than 0 and at most {MAX_STATS_S:g} seconds, "
+                              f"got {self.stats}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
         if self.mic_rate and not protocol.MIN_SAMPLE_RATE <= self.mic_rate <= protocol.MAX_SAMPLE_RATE:
@@ -179,3 +196,9 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ServeConfig:
     config = ServeConfig(**values)
     config.check()
     return config
+
+
+def _check_range(name: str, value: float, above: float, at_most: float, unit: str) -> None:
+    """ConfigError unless ``above < value <= at_most`` (NaN and infinities are outside)."""
+    if not (math.isfinite(value) and above < value <= at_most):
+        raise ConfigError(f"{name} must be more than {above:g} and at most {at_most:g} {unit}, got {value}")
