@@ -7,6 +7,9 @@ no test loads a model and a regression fails at once instead of after a warm-up.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,4 +107,45 @@ def test_fps_is_bounded(capsys, no_model):
             load_config(None, {"fps": fps})
     code, err = serve(capsys, *LOOPBACK_EPHEMERAL, "--fps", "100000")
     assert code == 2 and "fps must be from 1 to 240" in err, err
+
+
+# --- reading the config file ----------------------------------------------------------------------
+def test_a_folder_or_an_unreadable_config_file_is_one_error_line(tmp_path, capsys, no_model, monkeypatch):
+    """Before: an IsADirectoryError (or PermissionError) traceback."""
+    code, err = serve(capsys, "--config", str(tmp_path))
+    assert code == 2 and err.startswith(f"error: cannot read config file {tmp_path}: ") and "Traceback" not in err, err
+    config = write(tmp_path, "fps = 30\n")
+
+    def unreadable(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)  # tests run as root here, where chmod 000 still reads
+    with pytest.raises(ConfigError, match=f"cannot read config file {config}: Permission denied"):
+        load_config(config, {})
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path):
+    """Before: "not valid TOML: Invalid statement (at line 1, column 1)"."""
+    config = tmp_path / "bom.toml"
+    config.write_bytes(b"\xef\xbb\xbffps = 60\n")
+    assert load_config(config, {}).fps == 60
+
+
+def test_a_config_file_is_read_as_utf8_whatever_the_locale(tmp_path):
+    """Before: read in the locale's encoding (cp1252 on Windows; ASCII in a C locale, as here), so "Micrófono" was
+    mangled or the file refused as not valid TOML."""
+    config = tmp_path / "utf8.toml"
+    config.write_bytes('device = "Micrófono"\n'.encode())
+    code = ("from ksdiff_runtime.server.config import load_config; "
+            f"print(ascii(load_config({str(config)!r}, {{}}).device))")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == ascii("Micrófono"), run.stderr[-2000:]
+
+
+def test_a_config_file_not_in_utf8_says_so(tmp_path):
+    config = tmp_path / "latin1.toml"
+    config.write_bytes('device = "Micrófono"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text .*save it as UTF-8"):
+        load_config(config, {})
 

@@ -173,10 +173,20 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ServeConfig:
     known = {f.name: f for f in dataclasses.fields(ServeConfig)}
     if path is not None:
         try:
-            values = tomllib.loads(Path(path).read_text())
+            data = Path(path).read_bytes()
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        except OSError as e:  # a folder, no permission to read it, a disk error
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        try:
+            # TOML is UTF-8 on every system (not the locale's code page); utf-8-sig also takes the byte-order mark
+            # that some Windows editors write first
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         unknown = sorted(set(values) - set(known))
         if unknown:
