@@ -149,3 +149,41 @@ def test_a_config_file_not_in_utf8_says_so(tmp_path):
     with pytest.raises(ConfigError, match=r"is not UTF-8 text .*save it as UTF-8"):
         load_config(config, {})
 
+
+# --- one address bound twice ----------------------------------------------------------------------
+@pytest.mark.parametrize("settings, flags", [
+    ({"pub": "tcp://127.0.0.1:5600", "router": "tcp://127.0.0.1:5600"}, "--pub and --router"),
+    ({"pub": "tcp://localhost:5600", "router": "tcp://127.0.0.1:5600"}, "--pub and --router"),
+    ({"pub": "tcp://[::1]:5600", "router": "tcp://[0:0::1]:5600"}, "--pub and --router"),
+    ({"pub": "tcp://*:5600", "router": "tcp://127.0.0.1:5600", "insecure_lan": True}, "--pub and --router"),
+    ({"pub": "tcp://127.0.0.1:5601", "preview": 5601}, "--pub and --preview"),
+    ({"router": "tcp://0.0.0.0:5601", "preview": 5601, "insecure_lan": True}, "--router and --preview"),
+    ({"pub": "ipc:///tmp/ksdiff", "router": "ipc:///tmp/ksdiff"}, "--pub and --router"),
+])
+def test_one_address_bound_twice_is_refused_naming_both_flags(settings, flags):
+    """Before: the second bind failed once the model had loaded (~5 s), blaming --pub even where --preview had
+    taken the port."""
+    with pytest.raises(ConfigError, match=flags):
+        load_config(None, settings)
+
+
+@pytest.mark.parametrize("settings", [
+    {"pub": "tcp://127.0.0.1:0", "router": "tcp://127.0.0.1:0", "preview": 0},  # any free port, each its own
+    {"pub": "tcp://127.0.0.1:*", "router": "tcp://127.0.0.1:*"},
+    {"pub": "tcp://127.0.0.1:5600", "router": "tcp://127.0.0.2:5600"},  # two loopback addresses
+    {"pub": "tcp://[::1]:5601", "preview": 5601},  # the preview binds 127.0.0.1 only
+    {"pub": "ipc:///tmp/ksdiff-pub", "router": "ipc:///tmp/ksdiff-router"},
+])
+def test_addresses_that_do_not_clash_are_taken(settings):
+    load_config(None, settings)
+
+
+def test_a_tcp_port_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match="must end in a port from 0 to 65535"):
+        load_config(None, {"pub": "tcp://127.0.0.1:99999"})
+
+
+def test_preview_on_the_pub_port_is_refused_on_the_command_line(capsys, no_model):
+    code, err = serve(capsys, "--preview", "5601", "--pub", "tcp://127.0.0.1:5601", "--router", "tcp://127.0.0.1:0")
+    assert code == 2 and "--pub and --preview both listen on port 5601" in err, err
+

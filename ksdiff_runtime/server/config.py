@@ -6,7 +6,9 @@ Every key of the TOML file is the long flag's name with underscores (``--idle-ti
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -42,6 +44,25 @@ MAX_AHEAD_S = 3_600.0
 MAX_STATS_S = 86_400.0
 # A capture block is audio the face waits for before any of it is animated: beyond a second a live face lags visibly.
 MAX_MIC_BLOCK_MS = 1_000.0
+# hosts that bind every interface: a port bound on one of them clashes with the same port on any host
+WILDCARD_HOSTS = ("*", "0.0.0.0", "::", "")
+def bound_endpoint(endpoint: str) -> tuple[str, str] | None:
+    """(host, port) a tcp endpoint binds, the host normalised so that one address has one spelling; None for ipc and
+    inproc (their whole endpoint is the address). ConfigError for a port that is not 0..65535 or ``*``."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme != "tcp":
+        return None
+    host, sep, port = rest.rpartition(":")
+    if not sep or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
+        raise ConfigError(f"endpoint {endpoint!r} must end in a port from 0 to 65535 (or * for any free port)")
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        host = "127.0.0.1"
+    with contextlib.suppress(ValueError):  # "*", an interface or host name: compared as written
+        host = str(ipaddress.ip_address(host))  # "::0001" and "::1" are one address
+    return host, "0" if port == "*" else str(int(port))
+
+
 @dataclass
 class ServeConfig:
     pub: str = protocol.DEFAULT_PUB_ENDPOINT  # frames, stream events, stats, hello (PUB)
@@ -127,6 +148,7 @@ class ServeConfig:
         for endpoint in (self.pub, self.router):
             if "://" not in endpoint:
                 raise ConfigError(f"endpoint {endpoint!r} must look like tcp://127.0.0.1:5555")
+        self._check_ports()
         if not self.curve_secret_key:
             try:
                 check_endpoints([self.pub, self.router], None, self.insecure_lan)
@@ -138,6 +160,23 @@ class ServeConfig:
             raise ConfigError(str(e)) from None
         self._check_outputs()
         self.artist_controls()
+
+    def _check_ports(self) -> None:
+        """Refuse one address bound twice among --pub, --router and --preview (the second bind failed only once the
+        model had loaded, blaming the flag bound last). Port 0 (any free port) never clashes."""
+        binds: list[tuple[str, str, str]] = []  # (flag, host or whole endpoint, port)
+        for flag, endpoint in (("--pub", self.pub), ("--router", self.router)):
+            address = bound_endpoint(endpoint)
+            binds.append((flag, endpoint, "") if address is None else (flag, *address))
+        if self.preview > 0:
+            binds.append(("--preview", "127.0.0.1", str(self.preview)))  # outputs/preview.py binds loopback only
+        for i, (flag_a, host_a, port_a) in enumerate(binds):
+            for flag_b, host_b, port_b in binds[i + 1:]:
+                if port_a != port_b or port_a == "0":
+                    continue
+                if host_a == host_b or (port_a and (host_a in WILDCARD_HOSTS or host_b in WILDCARD_HOSTS)):
+                    where = f"port {port_a}" if port_a else host_a
+                    raise ConfigError(f"{flag_a} and {flag_b} both listen on {where}: give each its own port")
 
     def artist_controls(self) -> Controls:
         """The ``[controls]`` table, checked (ConfigError naming the bad setting)."""
