@@ -7,6 +7,7 @@ no test loads a model and a regression fails at once instead of after a warm-up.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from ksdiff_runtime.server.config import (
     MAX_FPS,
     MAX_IDLE_TIMEOUT_S,
     ConfigError,
+    ServeConfig,
     load_config,
 )
 
@@ -187,3 +189,46 @@ def test_preview_on_the_pub_port_is_refused_on_the_command_line(capsys, no_model
     code, err = serve(capsys, "--preview", "5601", "--pub", "tcp://127.0.0.1:5601", "--router", "tcp://127.0.0.1:0")
     assert code == 2 and "--pub and --preview both listen on port 5601" in err, err
 
+
+# --- settings for an output or source that is off -------------------------------------------------
+@pytest.mark.parametrize("argv, said", [
+    (["--livelink-subject", "Face"], "--livelink-subject applies only with --livelink"),
+    (["--livelink-stream", "mic"], "--livelink-stream applies only with --livelink"),
+    (["--vmc-stream", "mic"], "--vmc-stream applies only with --vmc"),
+    (["--vts-stream", "mic"], "--vts-stream applies only with --vts"),
+    (["--vts-custom"], "--vts-custom applies only with --vts"),
+    (["--fast"], "--fast applies only with --file"),
+    (["--loop"], "--loop applies only with --file"),
+    (["--exit-when-done"], "--exit-when-done applies only with --file"),
+    (["--mic-rate", "48000"], "--mic-rate applies only with --mic"),
+    (["--device", "USB"], "--device applies only with --mic"),
+])
+def test_a_flag_for_an_output_or_source_that_is_off_is_refused(capsys, no_model, argv, said):
+    """Before: ignored without a word (--exit-when-done with no file ran forever)."""
+    code, err = serve(capsys, *LOOPBACK_EPHEMERAL, *argv)
+    assert code == 2 and said in err, err
+
+
+def test_such_flags_with_their_output_or_source_are_taken(tmp_path):
+    load_config(None, {"livelink": "127.0.0.1:11111", "livelink_subject": "Face", "vmc": "127.0.0.1:39539",
+                       "vmc_stream": "mic", "vts": "ws://127.0.0.1:8001", "vts_custom": True, "mic": True,
+                       "mic_rate": 48000, "device": "USB", "files": ["a.wav"], "fast": True, "exit_when_done": True})
+    # the output on in the config file, its setting a flag
+    assert load_config(write(tmp_path, 'livelink = "127.0.0.1:11111"\n'), {"livelink_subject": "Face"}).livelink
+
+
+def test_the_config_files_settings_for_an_output_that_is_off_are_a_warning(tmp_path, capsys, caplog, monkeypatch):
+    """A config file may keep an output's settings for the days a flag turns it on: serve says they are ignored
+    and runs."""
+    config = write(tmp_path, 'livelink_subject = "Face"\nexit_when_done = true\n')
+    assert ServeConfig(livelink_subject="Face", exit_when_done=True).unused_settings().keys() == {
+        "livelink_subject", "exit_when_done"}
+    served: list[ServeConfig] = []
+    monkeypatch.setattr(serve_cli, "serve", lambda c: served.append(c) or 0)
+    caplog.set_level(logging.WARNING, logger="ksdiff_runtime.server")
+    code, err = serve(capsys, *LOOPBACK_EPHEMERAL, "--config", str(config))
+    assert code == 0 and len(served) == 1, err
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"config file {config}: livelink_subject applies only with --livelink, which is not given; it is " \
+           "ignored" in warned, warned
+    assert any(m.startswith(f"config file {config}: exit_when_done applies only with --file") for m in warned), warned

@@ -198,6 +198,9 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     _configure_logging(config.log_format)
+    # the config file's settings for an output or source that is off (a flag's were refused by load_config)
+    for setting, why in config.unused_settings().items():
+        log.warning("config file %s: %s %s; it is ignored", args.config, setting, why)
     return serve(config)
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import math
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,28 @@ MAX_STATS_S = 86_400.0
 MAX_MIC_BLOCK_MS = 1_000.0
 # hosts that bind every interface: a port bound on one of them clashes with the same port on any host
 WILDCARD_HOSTS = ("*", "0.0.0.0", "::", "")
+# settings that apply only when another is on: (setting, the setting it needs, the flag that turns that one on)
+NEEDS: tuple[tuple[str, str, str], ...] = (
+    ("livelink_subject", "livelink", "--livelink"),
+    ("livelink_stream", "livelink", "--livelink"),
+    ("vmc_stream", "vmc", "--vmc"),
+    ("vts_stream", "vts", "--vts"),
+    ("vts_custom", "vts", "--vts"),
+    ("device", "mic", "--mic"),
+    ("mic_rate", "mic", "--mic"),
+    ("mic_channels", "mic", "--mic"),
+    ("mic_block_ms", "mic", "--mic"),
+    ("fast", "files", "--file"),
+    ("loop", "files", "--file"),
+    ("exit_when_done", "files", "--file"),
+)
+
+
+def flag_name(setting: str) -> str:
+    """The command-line flag of a setting (``idle_timeout_s`` -> ``--idle-timeout-s``)."""
+    return "--" + setting.replace("_", "-")
+
+
 def bound_endpoint(endpoint: str) -> tuple[str, str] | None:
     """(host, port) a tcp endpoint binds, the host normalised so that one address has one spelling; None for ipc and
     inproc (their whole endpoint is the address). ConfigError for a port that is not 0..65535 or ``*``."""
@@ -117,7 +140,10 @@ class ServeConfig:
     # gain/offset/clamp, smoothing, timing offset, mood, style. Empty: change nothing. Per stream: set_controls
     controls: dict[str, Any] = field(default_factory=dict)
 
-    def check(self) -> None:
+    def check(self, flags: Collection[str] = ()) -> None:
+        """Raise ConfigError for a setting the runtime cannot use. ``flags``: the settings given on the command line;
+        one of them that has no effect (see unused_settings) is refused too, while one from the config file is only
+        warned of by serve (a file may keep settings for an output or source a flag turns on another time)."""
         if self.backend not in BACKEND_NAMES:
             raise ConfigError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {self.backend!r}")
         if self.preset not in PRESETS:
@@ -160,6 +186,19 @@ class ServeConfig:
             raise ConfigError(str(e)) from None
         self._check_outputs()
         self.artist_controls()
+        for setting, why in self.unused_settings().items():
+            if setting in flags:
+                raise ConfigError(f"{flag_name(setting)} {why}")
+
+    def unused_settings(self) -> dict[str, str]:
+        """Settings changed from their default that have no effect, because the output or source they apply to is
+        off: {setting: why}."""
+        defaults = ServeConfig()
+        unused = {}
+        for setting, needs, flag in NEEDS:
+            if getattr(self, setting) != getattr(defaults, setting) and not getattr(self, needs):
+                unused[setting] = f"applies only with {flag}, which is not given"
+        return unused
 
     def _check_ports(self) -> None:
         """Refuse one address bound twice among --pub, --router and --preview (the second bind failed only once the
@@ -243,7 +282,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ServeConfig:
         if not ok or (want is int and isinstance(value, bool)):
             raise ConfigError(f"{name} must be of type {want.__name__}, got {value!r}")
     config = ServeConfig(**values)
-    config.check()
+    config.check(flags)
     return config
 
 
