@@ -65,6 +65,51 @@ def test_keys_command_writes_certificates_and_never_overwrites(keys, tmp_path):
     assert main(["keys", "../evil", "-o", str(tmp_path)]) == 2
 
 
+@pytest.mark.parametrize(("case", "code", "says"), [
+    ("-o is a file", 1, "exists and is not a folder"),
+    ("-o under a file", 1, "as the keys' folder: Not a directory"),
+    ("name of 300 characters", 2, "is too long: its .key_secret file name would be 311 bytes"),
+    ("a name twice", 2, "'alice' is given twice"),
+])
+def test_keys_command_refuses_with_one_error_line_and_writes_nothing(tmp_path, capsys, case, code, says):
+    """Each was a traceback before (FileExistsError, NotADirectoryError, OSError: File name too long);
+    now one `error:` line naming the path or name, and no folder or key file is left behind."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    out = {"-o is a file": a_file, "-o under a file": a_file / "keys"}.get(case, tmp_path / "keys")
+    names = {"name of 300 characters": ["alice", "a" * 300], "a name twice": ["alice", "bob", "alice"]}.get(
+        case, ["alice"])
+    assert main(["keys", *names, "-o", str(out)]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
+    if case.startswith("-o"):
+        assert str(out) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no keys folder, no key file
+    assert a_file.read_text() == "not a folder"
+
+
+def test_keys_command_that_fails_halfway_removes_what_it_wrote(tmp_path, capsys, monkeypatch):
+    """The disk fills up while the second pair is written (its public file is there, its secret is not):
+    the first pair, the half pair and the folder the command made are removed; one `error:` line."""
+    real = zmq.auth.create_certificates
+
+    def fills_up(key_dir: str, name: str) -> tuple[str, str]:
+        if name == "alice":
+            return real(key_dir, name)
+        public = Path(key_dir) / f"{name}.key"
+        public.write_text("half")
+        raise OSError(28, "No space left on device", str(Path(key_dir) / f"{name}.key_secret"))
+
+    monkeypatch.setattr(zmq.auth, "create_certificates", fills_up)
+    out = tmp_path / "keys"
+    assert main(["keys", "alice", "bob", "-o", str(out)]) == 1
+    captured = capsys.readouterr()
+    secret = out / "bob.key_secret"
+    assert captured.err == f"error: cannot write {secret}: No space left on device; no key was written\n"
+    assert "alice" not in captured.out  # no pair is announced before all are written
+    assert not out.exists()
+
+
 def test_an_authorised_client_is_served_with_curve(secured, keys, speech_16k):
     with Client(secured.pub_endpoint, secured.router_endpoint, timeout=30, server_key=keys / "server.key",
                 client_key=keys / "alice.key_secret") as client:

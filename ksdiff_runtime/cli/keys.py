@@ -25,22 +25,65 @@ def configure_keys(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_keys)
 
 
+NAME_MAX = 255  # the longest file name, in bytes, that Linux and macOS file systems take (ext4, APFS, tmpfs)
+SECRET_SUFFIX = ".key_secret"  # the longer of a pair's two file names ends with this
+
+
+def name_problem(name: str) -> str | None:
+    """Why <name> cannot name a key pair, or None when it can."""
+    if not name or "/" in name or "\\" in name or "\0" in name or name.startswith("."):
+        return "is not a plain file name"
+    length = len(os.fsencode(name + SECRET_SUFFIX))
+    if length > NAME_MAX:
+        return f"is too long: its {SECRET_SUFFIX} file name would be {length} bytes, file names take at most {NAME_MAX}"
+    return None
+
+
 def run_keys(args: argparse.Namespace) -> int:
     if not zmq.has("curve"):
         print("error: this libzmq was built without CURVE support", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.names:
-        if not name or "/" in name or name.startswith("."):
-            print(f"error: {name!r} is not a plain file name", file=sys.stderr)
+    # everything is checked before anything is written: a failed run leaves no folder or file behind
+    for i, name in enumerate(args.names):
+        problem = name_problem(name)
+        if problem is None and name in args.names[:i]:
+            problem = "is given twice"
+        if problem is not None:
+            shown = name if len(name) <= 40 else f"{name[:40]}... ({len(name)} characters)"
+            print(f"error: key name {shown!r} {problem}", file=sys.stderr)
             return 2
-        public, secret = args.out / f"{name}.key", args.out / f"{name}.key_secret"
-        if public.exists() or secret.exists():
-            print(f"error: {public} or {secret} exists already; remove it first (keys are never overwritten)",
+    out: Path = args.out
+    pairs = [(name, out / f"{name}.key", out / f"{name}{SECRET_SUFFIX}") for name in args.names]
+    try:
+        if out.exists() and not out.is_dir():
+            print(f"error: {out} exists and is not a folder; -o takes the folder to write the keys to",
                   file=sys.stderr)
             return 1
-        zmq.auth.create_certificates(str(args.out), name)
-        os.chmod(secret, 0o600)  # the secret key is for its owner only
+        made_folder = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        for _, public, secret in pairs:
+            if public.exists() or secret.exists():
+                print(f"error: {public} or {secret} exists already; remove it first (keys are never overwritten)",
+                      file=sys.stderr)
+                return 1
+    except OSError as exc:
+        print(f"error: cannot use {out} as the keys' folder: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    written: list[Path] = []
+    try:
+        for name, public, secret in pairs:
+            written += [public, secret]  # before the write: a pair half written is removed too
+            zmq.auth.create_certificates(str(out), name)
+            os.chmod(secret, 0o600)  # the secret key is for its owner only
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if made_folder:
+            out.rmdir()
+        where = exc.filename if exc.filename is not None else out
+        print(f"error: cannot write {where}: {exc.strerror or exc}; no key was written", file=sys.stderr)
+        return 1
+    for name, public, secret in pairs:
         print(f"{name}: public {public}, secret {secret}")
     print("serve: --curve-secret-key <server>.key_secret --curve-clients <folder of the clients' .key files>; "
           "each client: the server's .key and its own .key_secret (see docs/SERVE.md, 'Serving beyond this machine')")
