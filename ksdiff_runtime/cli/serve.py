@@ -23,7 +23,7 @@ from ksdiff_runtime.outputs.preview import PreviewOutput
 from ksdiff_runtime.outputs.udp import OutputConfigError
 from ksdiff_runtime.outputs.vmc import VmcOutput
 from ksdiff_runtime.outputs.vts import VtsOutput
-from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
+from ksdiff_runtime.server.config import MAX_FPS, ConfigError, ServeConfig, load_config
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, build_engine
 from ksdiff_runtime.server.security import CurveKeys, SecurityError
 from ksdiff_runtime.sessions import RefusedError
@@ -70,7 +70,7 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
                    "onnxruntime-cpu, onnxruntime-cuda, tensorrt")
     p.add_argument("--preset", help=preset_help())
     p.add_argument("--checkpoint", help="model checkpoint (default: the bundled one)")
-    p.add_argument("--fps", type=int, help=f"output frame rate (default {defaults.fps})")
+    p.add_argument("--fps", type=int, help=f"output frame rate, 1 to {MAX_FPS} (default {defaults.fps})")
     p.add_argument("--max-streams", type=int, help=f"a ceiling on streams served at once (default "
                    f"{defaults.max_streams}); below it the measured capacity decides")
     p.add_argument("--no-admission", dest="admission", action="store_const", const=False,
