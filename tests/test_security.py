@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import stat
 import subprocess
 import sys
@@ -63,6 +64,28 @@ def test_keys_command_writes_certificates_and_never_overwrites(keys, tmp_path):
     assert stat.S_IMODE((keys / "alice.key_secret").stat().st_mode) == 0o600
     assert main(["keys", "server", "-o", str(keys)]) == 1  # exists already
     assert main(["keys", "../evil", "-o", str(tmp_path)]) == 2
+
+
+def test_a_secret_key_is_never_readable_by_others(tmp_path, monkeypatch):
+    """pyzmq creates the files with the process's umask (0644 with 022): the secret key was readable by others
+    until keys chmod-ed it. Seen the moment pyzmq has written it, it is the owner's alone."""
+    modes = {}
+    create = zmq.auth.create_certificates
+
+    def seen(folder: str, name: str):
+        made = create(folder, name)
+        modes.update({Path(p).name: stat.S_IMODE(Path(p).stat().st_mode) for p in made})
+        return made
+
+    monkeypatch.setattr(zmq.auth, "create_certificates", seen)
+    old = os.umask(0o022)
+    try:
+        assert main(["keys", "bob", "-o", str(tmp_path / "k")]) == 0
+        assert os.umask(0o022) == 0o022  # the process's umask is given back
+    finally:
+        os.umask(old)
+    assert modes["bob.key_secret"] == 0o600
+    assert stat.S_IMODE((tmp_path / "k" / "bob.key").stat().st_mode) == 0o644
 
 
 @pytest.mark.parametrize(("case", "code", "says"), [

@@ -70,11 +70,15 @@ def run_keys(args: argparse.Namespace) -> int:
         print(f"error: cannot use {out} as the keys' folder: {exc.strerror or exc}", file=sys.stderr)
         return 1
     written: list[Path] = []
+    # pyzmq creates the files with the process's umask (0644 with the usual 022), so the secret key was readable by
+    # others from its creation until the chmod below; under this umask it is the owner's alone from the start
+    umask = os.umask(0o077)
     try:
         for name, public, secret in pairs:
             written += [public, secret]  # before the write: a pair half written is removed too
             zmq.auth.create_certificates(str(out), name)
-            os.chmod(secret, 0o600)  # the secret key is for its owner only
+            os.chmod(secret, 0o600)  # the secret key is for its owner only (on Windows, where umask does little)
+            os.chmod(public, 0o644)  # the public one is for anyone to read
     except OSError as exc:
         for path in written:
             path.unlink(missing_ok=True)
@@ -83,6 +87,8 @@ def run_keys(args: argparse.Namespace) -> int:
         where = exc.filename if exc.filename is not None else out
         print(f"error: cannot write {where}: {exc.strerror or exc}; no key was written", file=sys.stderr)
         return 1
+    finally:
+        os.umask(umask)
     for name, public, secret in pairs:
         print(f"{name}: public {public}, secret {secret}")
     print("serve: --curve-secret-key <server>.key_secret --curve-clients <folder of the clients' .key files>; "
