@@ -43,7 +43,7 @@ from websockets.sync.client import connect
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.cli.serve import build_outputs
 from ksdiff_runtime.events import AudioLevel, Hello, Stats, StreamEnded, StreamStarted
-from ksdiff_runtime.outputs.preview import DEFAULT_PORT, PreviewOutput
+from ksdiff_runtime.outputs.preview import DEFAULT_PORT, MAX_INCOMING_BYTES, PreviewOutput
 from ksdiff_runtime.outputs.udp import OutputConfigError
 from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
 from ksdiff_sdk import Frame, schema
@@ -230,6 +230,27 @@ def test_closing_with_pages_open_is_quick_and_they_are_told(preview):
     assert took < 2.0
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001  # going away: the page reconnects
     preview.send(make_frame())  # after close: ignored, no error
+
+
+def test_a_viewer_that_sends_messages_keeps_its_feed(preview):
+    """A viewer of one's own that sends (an ack, a choice) was cut off 40 s later: its messages went unread, so
+    websockets stopped reading after 16 of them and never saw the keep-alive pongs (1011). They are read and
+    dropped now: a ping sent after 40 of them is answered, and frames keep coming. One over MAX_INCOMING_BYTES
+    still closes the connection."""
+    with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:
+        items_until(ws, lambda item: item["type"] == "streams")
+        for _ in range(40):
+            ws.send(json.dumps({"select": "mic"}))
+        assert ws.ping().wait(TIMEOUT_S), "the server never read the ping behind the viewer's messages"
+        preview.send(make_frame("mic", 3))
+        items_until(ws, is_frame("mic", 3))
+    with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:
+        items_until(ws, lambda item: item["type"] == "streams")
+        ws.send("x" * (MAX_INCOMING_BYTES + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=TIMEOUT_S)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
 
 
 def test_port_in_use_and_non_loopback_hosts_are_clear_errors(preview):

@@ -314,7 +314,13 @@ class PreviewOutput:
 
     @staticmethod
     async def _watch_close(page: _Page) -> None:
-        await page.ws.wait_closed()
+        """Read until the connection closes: the page sends nothing, but a viewer of one's own may (an ack, a
+        choice). Unread, websockets stops reading after ``max_queue`` (16) messages, its keep-alive pongs go
+        unseen with them and it closes the connection (1011) 40 s later. Messages are dropped unread; one over
+        MAX_INCOMING_BYTES closes the connection (1009)."""
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in page.ws:
+                pass
         page.closed = True
         page.mail.set()
 
