@@ -117,6 +117,38 @@ def test_the_page_and_its_script_over_http(preview):
     assert e.value.code == 404
 
 
+def test_head_is_answered_like_get_and_other_methods_405(preview):
+    """HEAD got the page's body after its headers; POST with a body got no reply at all (curl: "Empty reply from
+    server": websockets refuses a request body); PUT and DELETE got the page. Over a raw socket, read to the end."""
+    def request(method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        with socket.create_connection(("127.0.0.1", preview.port), timeout=TIMEOUT_S) as conn:
+            length = f"Content-Length: {len(body)}\r\n" if body else ""
+            conn.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{length}\r\n".encode() + body)
+            reply = b""
+            while chunk := conn.recv(65536):  # the server closes the connection after its answer
+                reply += chunk
+        head, _, rest = reply.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode().split("\r\n")
+        assert status_line.startswith("HTTP/1.1 "), reply[:200]
+        return int(status_line.split()[1]), dict(line.split(": ", 1) for line in lines), rest
+
+    status, get_headers, page = request("GET", "/")
+    assert status == 200 and len(page) == int(get_headers["Content-Length"]) > 0
+    status, headers, body = request("HEAD", "/")
+    assert (status, body) == (200, b"")  # the headers of GET, without the body
+    assert headers["Content-Length"] == str(len(page)) and headers["Content-Type"] == get_headers["Content-Type"]
+    assert request("HEAD", "/nope")[::2] == (404, b"")
+    for method, path, body, allowed in (("POST", "/", b"x=1", "GET, HEAD"), ("PUT", "/preview.js", b"", "GET, HEAD"),
+                                        ("DELETE", "/", b"", "GET, HEAD"), ("POST", "/ws", b"{}", "GET"),
+                                        ("HEAD", "/ws", b"", "GET")):
+        status, headers, text = request(method, path, body)
+        assert (status, headers["Allow"]) == (405, allowed), (method, path)
+        message = f"method {method} not allowed: the preview answers {allowed} only\n".encode()
+        assert text == (b"" if method == "HEAD" else message), (method, path)
+    with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:  # the feed still opens
+        items_until(ws, lambda item: item["type"] == "streams")
+
+
 def test_frames_arrive_as_json_with_names_levels_and_latency(preview):
     with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:
         first = items_until(ws, lambda item: item["type"] == "streams")

@@ -7,6 +7,7 @@ of its own (an asyncio loop):
     GET /preview.js   its script: draws the chosen stream's latest frame on a canvas with
                       requestAnimationFrame, with the audio level and the latency
     /ws               the WebSocket feed: JSON text messages, one batch per message
+    HEAD gets the headers GET would; any other method 405 (``_PreviewConnection``)
 
 A batch is ``{"sent": <the server's time.time() when it sent the batch>, "items": [...]}``, the
 items being the latest state of each thing, never a backlog:
@@ -36,6 +37,7 @@ import http
 import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -64,6 +66,7 @@ FEED_PATH = "/ws"
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
          "/preview.js": ("preview.js", "text/javascript; charset=utf-8")}
 WRITE_LIMIT = 64 * 1024  # bytes a page connection may have waiting in its write buffer before sends wait
+MAX_REQUEST_LINE = 8192  # bytes read for a request's first line (websockets itself allows 8192 a line)
 MAX_INCOMING_BYTES = 4096  # the page sends nothing; a client that does is cut off beyond this
 START_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 0.5  # per connection at shutdown: serve stops within 2 s whatever a page does
@@ -107,6 +110,46 @@ HELLO_ITEM = {"type": "hello", "blendshapes": list(schema.BLENDSHAPES), "head": 
               "gaze": list(schema.GAZE)}
 
 Key = tuple[str, str]  # ("frame" | "level", stream) or ("hello" | "streams", "")
+
+
+def _response(status: http.HTTPStatus, body: str | bytes, kind: str = "text/plain; charset=utf-8") -> Response:
+    """An HTTP response that closes its connection (the page's files, errors)."""
+    data = body.encode() if isinstance(body, str) else body
+    headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
+                       ("Content-Length", str(len(data))), ("Content-Type", kind),
+                       ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")])
+    return Response(status.value, status.phrase, headers, data)
+
+
+class _PreviewConnection(ServerConnection):
+    """websockets' connection, with methods other than GET answered here. websockets (17) hands any method
+    to ``process_request`` and writes the whole response, so HEAD got a body, and it closes a request that
+    has a body with no reply at all (curl -X POST -d: "Empty reply from server"). Here a request's first
+    line is read first: a GET goes on to websockets; any other method is answered by
+    ``PreviewOutput._other_method`` and the connection closed."""
+
+    def __init__(self, output: PreviewOutput, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._output = output
+        self._first_bytes: bytes | None = b""  # what came before the request line's end; None once it is known
+
+    def data_received(self, data: bytes) -> None:
+        if self._first_bytes is None:
+            super().data_received(data)
+            return
+        head = self._first_bytes + data
+        line, newline, _ = head.partition(b"\n")
+        if not newline and len(head) < MAX_REQUEST_LINE:
+            self._first_bytes = head  # the request line goes on in the next segment
+            return
+        self._first_bytes = None
+        match = re.fullmatch(rb"([A-Z]+) (\S+) HTTP/1\.[01]\r?", line)
+        if match is None or match[1] == b"GET":
+            super().data_received(head)  # websockets answers it, or refuses what is not HTTP
+            return
+        assert isinstance(self.transport, asyncio.Transport)
+        self.transport.write(self._output._other_method(match[1].decode(), match[2].decode("latin-1")))
+        self.transport.close()  # after the answer is written
 
 
 @dataclass(eq=False)  # hashed by identity: pages live in a set
@@ -223,7 +266,7 @@ class PreviewOutput:
         self._stop = asyncio.Event()
         async with serve(self._serve_page, sock=self._sock, process_request=self._http, origins=self._origins,
                          max_size=MAX_INCOMING_BYTES, write_limit=WRITE_LIMIT, close_timeout=CLOSE_TIMEOUT_S,
-                         logger=_ws_log, compression=None):
+                         logger=_ws_log, compression=None, create_connection=self._connection):
             self._ready.set()
             await self._stop.wait()
 
@@ -232,13 +275,33 @@ class PreviewOutput:
         path = request.path.split("?", 1)[0]
         if path == FEED_PATH:
             return None
+        return self._page_response(path)
+
+    def _page_response(self, path: str) -> Response:
+        """The answer to a GET of ``path`` (not the feed): the page, its script, or 404."""
         if path not in self._files:
-            return connection.respond(http.HTTPStatus.NOT_FOUND, "not found: the preview is at /\n")
+            return _response(http.HTTPStatus.NOT_FOUND, "not found: the preview is at /\n")
         body, kind = self._files[path]
-        headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
-                           ("Content-Length", str(len(body))), ("Content-Type", kind),
-                           ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")])
-        return Response(200, "OK", headers, body)
+        return _response(http.HTTPStatus.OK, body, kind)
+
+    def _other_method(self, method: str, target: str) -> bytes:
+        """The answer to a request that is not a GET (websockets' parser takes only GET), serialized: HEAD
+        gets what GET would without its body; any other method 405, with the methods allowed."""
+        path = target.split("?", 1)[0]
+        if method == "HEAD" and path != FEED_PATH:
+            response = self._page_response(path)
+        else:
+            allowed = "GET" if path == FEED_PATH else "GET, HEAD"
+            response = _response(http.HTTPStatus.METHOD_NOT_ALLOWED,
+                                 f"method {method} not allowed: the preview answers {allowed} only\n")
+            response.headers["Allow"] = allowed
+        if method == "HEAD":  # the headers only (Content-Length still that of the body)
+            response = Response(response.status_code, response.reason_phrase, response.headers, b"")
+        return response.serialize()
+
+    def _connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
+        """websockets' factory for each accepted connection."""
+        return _PreviewConnection(self, *args, **kwargs)
 
     def _take(self) -> None:
         """What send() handed over, into the latest state and every page's mailbox (one encoding per item)."""
