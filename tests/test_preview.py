@@ -16,7 +16,9 @@ stream chooser follows streams as they come and go; the page reconnects when ser
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
 import queue
 import re
@@ -43,6 +45,7 @@ from websockets.sync.client import connect
 from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.cli.serve import build_outputs
 from ksdiff_runtime.events import AudioLevel, Hello, Stats, StreamEnded, StreamStarted
+from ksdiff_runtime.outputs import preview as preview_module
 from ksdiff_runtime.outputs.preview import DEFAULT_PORT, MAX_INCOMING_BYTES, PreviewOutput
 from ksdiff_runtime.outputs.udp import OutputConfigError
 from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
@@ -283,6 +286,115 @@ def test_a_viewer_that_sends_messages_keeps_its_feed(preview):
             while True:
                 ws.recv(timeout=TIMEOUT_S)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+
+
+def open_pages_until(preview: PreviewOutput, count: Callable[[int], bool]) -> None:
+    """Wait until the number of open pages satisfies ``count`` (the server notices a closed page soon after)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not count(len(preview.page_stats())):
+        assert time.monotonic() < deadline, f"{len(preview.page_stats())} pages open"
+        time.sleep(0.01)
+
+
+def test_pages_beyond_max_pages_get_503_and_connections_beyond_max_connections_are_closed(preview, monkeypatch,
+                                                                                          caplog):
+    """A local program opening /ws connections without end took all of serve's file descriptors (ZeroMQ's too).
+    Now pages beyond MAX_PAGES are answered 503 and TCP connections beyond MAX_CONNECTIONS closed on accept."""
+    monkeypatch.setattr(preview_module, "MAX_PAGES", 3)
+    monkeypatch.setattr(preview_module, "MAX_CONNECTIONS", 8)
+    caplog.set_level(logging.WARNING, logger="ksdiff_runtime.outputs")
+    with contextlib.ExitStack() as stack:
+        pages = [stack.enter_context(connect(feed_url(preview), open_timeout=TIMEOUT_S)) for _ in range(3)]
+        for ws in pages:
+            items_until(ws, lambda item: item["type"] == "streams")
+        for _ in range(2):
+            with pytest.raises(InvalidStatus) as refused:
+                connect(feed_url(preview), open_timeout=TIMEOUT_S)
+            assert refused.value.response.status_code == 503
+            assert refused.value.response.body == (b"the preview serves at most 3 pages at once and 3 are open: "
+                                                   b"close one (each browser tab or viewer on /ws is one)\n")
+        with urllib.request.urlopen(preview.url, timeout=TIMEOUT_S) as r:  # the page itself is still served
+            assert r.status == 200
+        pages[0].close()
+        open_pages_until(preview, lambda n: n < 3)
+        with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:  # a page closed: a new one opens
+            items_until(ws, lambda item: item["type"] == "streams")
+    open_pages_until(preview, lambda n: n == 0)
+
+    fds = len(os.listdir("/proc/self/fd"))
+    clients = [socket.create_connection(("127.0.0.1", preview.port), timeout=TIMEOUT_S) for _ in range(100)]
+    try:
+        for client in clients[8:]:  # accepted in order: the 9th on is closed at once, its request unread
+            with contextlib.suppress(ConnectionResetError):
+                assert client.recv(1) == b""
+        # the 8 first are held open (until websockets' open_timeout, 10 s, if they send nothing)
+        server_fds = len(os.listdir("/proc/self/fd")) - fds - len(clients)
+        assert server_fds <= 8, f"the preview holds {server_fds} file descriptors"
+        clients[0].sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert clients[0].recv(12) == b"HTTP/1.1 200"
+    finally:
+        for client in clients:
+            client.close()
+    assert preview.refused == 2 + 92
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["preview: a page was refused (503): 3 pages are open already (1 refused so far; said at "
+                        "most every 10 s)"], warnings  # the 93 other refusals within 10 s: counted, not logged
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:  # the held connections end once the server sees them closed; then pages open again
+        try:
+            with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:
+                items_until(ws, lambda item: item["type"] == "streams")
+            break
+        except (OSError, InvalidStatus, ConnectionClosed):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+
+def test_failed_accepts_are_logged_at_most_every_10_s_without_tracebacks():
+    """Out of file descriptors, asyncio logged 'socket.accept() out of system resource' with a traceback for
+    every failed accept (22,487 in 30 s). A serve-like process with its soft RLIMIT_NOFILE just above what it
+    has open: connections beyond it fail to be accepted, once a second, and one warning says so."""
+    script = """if True:
+        import logging, os, resource, sys, time
+        from ksdiff_runtime.outputs.preview import PreviewOutput
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        out = PreviewOutput(0)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 3, hard))
+        print(out.port, flush=True)
+        sys.stdin.readline()  # the test has connected
+        deadline = time.monotonic() + 20
+        while out.accept_failures < 3 and time.monotonic() < deadline:  # asyncio tries again every second
+            time.sleep(0.05)
+        print("failures", out.accept_failures, flush=True)
+        sys.stdin.readline()  # the test has closed its connections
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        out.close()
+    """
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    clients: list[socket.socket] = []
+    try:
+        port = int(proc.stdout.readline())
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) for _ in range(10)]
+        proc.stdin.write("connected\n")
+        proc.stdin.flush()
+        failures = proc.stdout.readline()
+        for client in clients:
+            client.close()
+        out, err = proc.communicate("closed\n", timeout=60)
+    finally:
+        for client in clients:
+            client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert int(failures.split()[1]) >= 3 and out == "", err[-3000:]
+    assert "Traceback" not in err and "out of system resource" not in err, err[-3000:]
+    warnings = [line for line in err.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "preview: cannot accept a page connection: [Errno 24] Too many open files" \
+        in warnings[0], err[-3000:]
 
 
 def test_port_in_use_and_non_loopback_hosts_are_clear_errors(preview):

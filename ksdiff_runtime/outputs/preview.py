@@ -66,6 +66,15 @@ FEED_PATH = "/ws"
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
          "/preview.js": ("preview.js", "text/javascript; charset=utf-8")}
 WRITE_LIMIT = 64 * 1024  # bytes a page connection may have waiting in its write buffer before sends wait
+# Pages (feeds on /ws) open at once; one more gets 503. A page is a browser tab or an OBS browser source of the
+# one person running serve: a few are open, 32 is plenty. 300 were measured fine; the cap is there because a
+# local program opening connections without end took all of serve's 1024 file descriptors (the soft limit
+# most systems give), and with them ZeroMQ's: new subscribers got nothing, SDK clients timed out.
+MAX_PAGES = 32
+# TCP connections at once, of any kind (pages, fetches of the page and script, handshakes under way); one more
+# is closed as soon as it is accepted, before its request is read. Bounds the preview's file descriptors.
+MAX_CONNECTIONS = 2 * MAX_PAGES
+REFUSED_LOG_S = 10.0  # refused connections and failed accepts are logged at most this often
 MAX_REQUEST_LINE = 8192  # bytes read for a request's first line (websockets itself allows 8192 a line)
 MAX_INCOMING_BYTES = 4096  # the page sends nothing; a client that does is cut off beyond this
 START_TIMEOUT_S = 10.0
@@ -132,6 +141,12 @@ class _PreviewConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         self._output = output
         self._first_bytes: bytes | None = b""  # what came before the request line's end; None once it is known
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # registers the connection's handler task in server.handler_tasks
+        if len(self.server.handler_tasks) > MAX_CONNECTIONS:  # one task per open connection, this one's included
+            transport.abort()  # its handler task sees the connection lost and ends
+            self._output._refused(f"a connection was closed as it was accepted: {MAX_CONNECTIONS} are open already")
 
     def data_received(self, data: bytes) -> None:
         if self._first_bytes is None:
@@ -207,6 +222,10 @@ class PreviewOutput:
         self._latest: dict[Key, Any] = {("hello", ""): HELLO_ITEM, ("streams", ""): []}  # what a new page gets
         self._pages: set[_Page] = set()
         self.pages_served = 0
+        self.refused = 0  # connections closed on accept and pages answered 503
+        self._refused_logged = -REFUSED_LOG_S
+        self.accept_failures = 0  # accepts that failed (no file descriptor, no memory)
+        self._accept_failure_logged = -REFUSED_LOG_S
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -252,6 +271,7 @@ class PreviewOutput:
     # --- the preview thread ----------------------------------------------------------------------
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._loop.set_exception_handler(self._loop_error)
         try:
             self._loop.run_until_complete(self._main())
         except BaseException as e:  # reported to the starting thread, or logged
@@ -273,9 +293,15 @@ class PreviewOutput:
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         """The page and its script over plain HTTP GET; ``/ws`` goes on to the WebSocket handshake."""
         path = request.path.split("?", 1)[0]
-        if path == FEED_PATH:
-            return None
-        return self._page_response(path)
+        if path != FEED_PATH:
+            return self._page_response(path)
+        # pages whose handshake is under way are not counted yet: MAX_CONNECTIONS bounds those
+        if len(self._pages) >= MAX_PAGES:
+            self._refused(f"a page was refused (503): {MAX_PAGES} pages are open already")
+            return _response(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                             f"the preview serves at most {MAX_PAGES} pages at once and {MAX_PAGES} are open: "
+                             "close one (each browser tab or viewer on /ws is one)\n")
+        return None
 
     def _page_response(self, path: str) -> Response:
         """The answer to a GET of ``path`` (not the feed): the page, its script, or 404."""
@@ -298,6 +324,33 @@ class PreviewOutput:
         if method == "HEAD":  # the headers only (Content-Length still that of the body)
             response = Response(response.status_code, response.reason_phrase, response.headers, b"")
         return response.serialize()
+
+    def _refused(self, what: str) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= REFUSED_LOG_S:
+            self._refused_logged = now
+            log.warning("preview: %s (%d refused so far; said at most every %.0f s)", what, self.refused,
+                        REFUSED_LOG_S)
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler: a failed accept is counted and logged at most every REFUSED_LOG_S; anything
+        else goes to asyncio's own handler. asyncio (3.11) logs each failed accept with a traceback, up to 100 a
+        wakeup, and schedules a retry 1 s later for each: 100,299 tracebacks (44 MB) in 30 s were measured with
+        serve out of file descriptors. Retries that fire after the server closed its socket fail with
+        "Invalid file descriptor" and are dropped."""
+        exc = context.get("exception")
+        if self._closed and isinstance(exc, ValueError) and "Invalid file descriptor" in str(exc):
+            return
+        if context.get("message") != "socket.accept() out of system resource":
+            loop.default_exception_handler(context)
+            return
+        self.accept_failures += 1
+        now = time.monotonic()
+        if now - self._accept_failure_logged >= REFUSED_LOG_S:
+            self._accept_failure_logged = now
+            log.warning("preview: cannot accept a page connection: %s; tried again every second (%d failed so "
+                        "far; said at most every %.0f s)", exc, self.accept_failures, REFUSED_LOG_S)
 
     def _connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
         """websockets' factory for each accepted connection."""
@@ -408,4 +461,4 @@ class PreviewOutput:
             if self._thread.is_alive():
                 log.warning("preview: the page server did not stop within %.0f s", STOP_TIMEOUT_S)
         self._sock.close()  # the server closed it already, unless it never started
-        log.info("preview: stopped (%d page connection(s) served)", self.pages_served)
+        log.info("preview: stopped (%d page connection(s) served, %d refused)", self.pages_served, self.refused)
