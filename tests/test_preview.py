@@ -397,6 +397,30 @@ def test_failed_accepts_are_logged_at_most_every_10_s_without_tracebacks():
         in warnings[0], err[-3000:]
 
 
+def test_closing_with_connections_that_never_sent_a_request_is_quick():
+    """A connection that never sends its request (a browser's unused preconnection) held close() for its whole
+    3 s (websockets waits for handshakes up to 10 s) and a warning; it is closed at once now."""
+    out = PreviewOutput(0)
+    idle = [socket.create_connection(("127.0.0.1", out.port), timeout=TIMEOUT_S) for _ in range(3)]
+    try:
+        with connect(feed_url(out), open_timeout=TIMEOUT_S) as ws:  # accepted after the idle ones
+            items_until(ws, lambda item: item["type"] == "streams")
+            started = time.monotonic()
+            out.close()
+            took = time.monotonic() - started
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+        assert took < 2.0, f"close took {took:.2f} s"
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001  # the page: going away, as before
+        for conn in idle:
+            with contextlib.suppress(ConnectionResetError):
+                assert conn.recv(1) == b""
+    finally:
+        for conn in idle:
+            conn.close()
+        out.close()
+
+
 def test_port_in_use_and_non_loopback_hosts_are_clear_errors(preview):
     with pytest.raises(OutputConfigError, match=rf"--preview {preview.port}: cannot listen on 127\.0\.0\.1:"
                                                 rf"{preview.port}: .*in use.*another serve with --preview"):

@@ -48,6 +48,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from ksdiff_runtime.assets import ASSETS
 from ksdiff_runtime.events import AudioLevel, Event, Frame, StreamEnded, StreamStarted
@@ -147,6 +148,12 @@ class _PreviewConnection(ServerConnection):
         if len(self.server.handler_tasks) > MAX_CONNECTIONS:  # one task per open connection, this one's included
             transport.abort()  # its handler task sees the connection lost and ends
             self._output._refused(f"a connection was closed as it was accepted: {MAX_CONNECTIONS} are open already")
+            return
+        self._output._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._output._connections.discard(self)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._first_bytes is None:
@@ -221,6 +228,7 @@ class PreviewOutput:
         # the loop's own state
         self._latest: dict[Key, Any] = {("hello", ""): HELLO_ITEM, ("streams", ""): []}  # what a new page gets
         self._pages: set[_Page] = set()
+        self._connections: set[_PreviewConnection] = set()  # every TCP connection open (not those refused)
         self.pages_served = 0
         self.refused = 0  # connections closed on accept and pages answered 503
         self._refused_logged = -REFUSED_LOG_S
@@ -289,6 +297,12 @@ class PreviewOutput:
                          logger=_ws_log, compression=None, create_connection=self._connection):
             self._ready.set()
             await self._stop.wait()
+            # websockets' close waits for every handshake under way, each up to its open_timeout (10 s): a
+            # connection that never sent its request (a browser's unused preconnection) held the stop 3 s and
+            # more. They are closed now; open pages are told the server is going away, as before.
+            for connection in list(self._connections):
+                if connection.protocol.state is State.CONNECTING:
+                    connection.transport.abort()
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
         """The page and its script over plain HTTP GET; ``/ws`` goes on to the WebSocket handshake."""
