@@ -325,8 +325,8 @@ class PreviewOutput:
         return _response(http.HTTPStatus.OK, body, kind)
 
     def _other_method(self, method: str, target: str) -> bytes:
-        """The answer to a request that is not a GET (websockets' parser takes only GET), serialized: HEAD
-        gets what GET would without its body; any other method 405, with the methods allowed."""
+        """The answer to a request that is not a GET (``_PreviewConnection`` keeps it from websockets), serialized:
+        HEAD gets what GET would without its body; any other method 405, with the methods allowed."""
         path = target.split("?", 1)[0]
         if method == "HEAD" and path != FEED_PATH:
             response = self._page_response(path)
@@ -446,8 +446,8 @@ class PreviewOutput:
     async def _watch_close(page: _Page) -> None:
         """Read until the connection closes: the page sends nothing, but a viewer of one's own may (an ack, a
         choice). Unread, websockets stops reading after ``max_queue`` (16) messages, its keep-alive pongs go
-        unseen with them and it closes the connection (1011) 40 s later. Messages are dropped unread; one over
-        MAX_INCOMING_BYTES closes the connection (1009)."""
+        unseen with them and it closes the connection (1011) 40 s later. Messages are read and dropped; one
+        over MAX_INCOMING_BYTES closes the connection (1009)."""
         with contextlib.suppress(ConnectionClosed):
             async for _ in page.ws:
                 pass
