@@ -86,6 +86,40 @@ def test_a_line_pushed_in_messages_of_1_mib_at_once_gets_every_frame(runtime):
         peer.close()
 
 
+def test_one_client_holds_at_most_max_streams_per_client_and_another_still_opens(serve_engine):
+    """By default one connection may hold every stream (a game's NPC lines); with max_streams_per_client a client
+    past it is refused busy, saying why, while another client opens its own; a stream ended frees its place."""
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", admission=False,
+                 max_streams_per_client=2) as rt:
+        greedy, other = Peer(rt), Peer(rt)
+        try:
+            def open_line(peer: Peer, stream: str) -> dict:
+                return peer.request("open_stream", stream=stream, sample_rate=16000, channels=1, format="f32le",
+                                    mode="line")
+
+            assert [open_line(greedy, f"g{i}")["type"] for i in range(2)] == ["stream_opened"] * 2
+            refused = open_line(greedy, "g2")
+            assert refused["type"] == "error" and refused["code"] == "busy", refused
+            assert "max_streams_per_client" in refused["message"] and refused["stream"] == "g2"
+            assert open_line(other, "o0")["type"] == "stream_opened"
+            assert greedy.request("end_stream", stream="g0")["type"] == "stream_ended"
+            assert open_line(greedy, "g2")["type"] == "stream_opened"
+            for peer, streams in ((greedy, ("g1", "g2")), (other, ("o0",))):
+                for stream in streams:
+                    assert peer.request("end_stream", stream=stream)["type"] == "stream_ended"
+        finally:
+            greedy.close()
+            other.close()
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", admission=False) as rt:
+        peer = Peer(rt)  # no ceiling of its own: the next runtime on the same engine takes 3 from one client
+        try:
+            for i in range(3):
+                assert peer.request("open_stream", stream=f"n{i}", sample_rate=16000, channels=1, format="f32le",
+                                    mode="line")["type"] == "stream_opened"
+        finally:
+            peer.close()
+
+
 # --- transcripts --------------------------------------------------------------------------------------
 def _g2p_available() -> bool:
     from ksdiff_runtime.features import transcript

@@ -73,6 +73,9 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=int, help=f"output frame rate, 1 to {MAX_FPS} (default {defaults.fps})")
     p.add_argument("--max-streams", type=int, help=f"a ceiling on streams served at once (default "
                    f"{defaults.max_streams}); below it the measured capacity decides")
+    p.add_argument("--max-streams-per-client", type=int,
+                   help="streams one client connection may hold at once, where several clients share the runtime "
+                   "(default 0: no ceiling of its own, a game may open all its NPCs' lines on one connection)")
     p.add_argument("--no-admission", dest="admission", action="store_const", const=False,
                    help="take every stream up to --max-streams instead of refusing those beyond the measured "
                    "capacity (under load the engine then sheds frames of every stream)")
@@ -247,6 +250,7 @@ def serve(config: ServeConfig) -> int:
             log.info("%s", format_stats(stats))
 
     runtime = Runtime(engine, pub=config.pub, router=config.router, max_streams=config.max_streams,
+                      max_streams_per_client=config.max_streams_per_client or None,
                       max_ahead_s=config.max_ahead_s, on_stats=on_stats, outputs=outputs, curve=curve,
                       insecure_lan=config.insecure_lan, admission=config.admission)
     try:

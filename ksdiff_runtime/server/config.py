@@ -95,6 +95,9 @@ class ServeConfig:
     checkpoint: str = ""  # empty: the bundled checkpoint
     fps: int = motion.FPS
     max_streams: int = DEFAULT_MAX_STREAMS  # a ceiling; below it the measured capacity decides (engine/capacity.py)
+    # streams one client connection may hold at once; 0: no ceiling of its own (a game may open all of its NPCs'
+    # lines on one connection). Where several clients share a runtime, this keeps one from holding every stream.
+    max_streams_per_client: int = 0
     idle_timeout_s: float = 10.0  # a stream that gets no audio this long is ended (reason timeout)
     max_ahead_s: float = 20.0  # a client may push this much audio beyond real time (more: busy)
     admission: bool = True  # refuse streams beyond the measured capacity (false: take every stream, shed under load)
@@ -153,6 +156,9 @@ class ServeConfig:
                               f"are interpolated), got {self.fps}")
         if self.max_streams < 1:
             raise ConfigError(f"max_streams must be at least 1, got {self.max_streams}")
+        if self.max_streams_per_client < 0:
+            raise ConfigError(f"max_streams_per_client must be 0 (no ceiling of its own) or more, got "
+                              f"{self.max_streams_per_client}")
         if self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
         # NaN fails every comparison: each float is checked as "within the range", never as "not outside it"

@@ -157,6 +157,7 @@ class Runtime:
         pub: str = protocol.DEFAULT_PUB_ENDPOINT,
         router: str = protocol.DEFAULT_ROUTER_ENDPOINT,
         max_streams: int = 64,
+        max_streams_per_client: int | None = None,
         max_ahead_s: float = DEFAULT_MAX_AHEAD_S,
         publish_queue: int = PUBLISH_QUEUE_FRAMES,
         stats_period_s: float = protocol.STATS_PERIOD_S,
@@ -174,6 +175,7 @@ class Runtime:
         self.fps = engine.fps
         self.pub_requested, self.router_requested = _tcp_port_zero_to_star(pub), _tcp_port_zero_to_star(router)
         self.max_streams = max_streams
+        self.max_streams_per_client = max_streams_per_client  # None: one client may hold all of max_streams
         self.max_ahead_s = max_ahead_s
         self.publish_queue = publish_queue
         self.stats_period_s = stats_period_s
@@ -219,6 +221,7 @@ class Runtime:
         self._stopping.clear()  # a stopped Runtime can start again
         self.failure = None
         self.sessions.max_streams = self.max_streams
+        self.sessions.max_streams_per_client = self.max_streams_per_client
         self.sessions.admission = self.engine.capacity.admit if self.admission else None
         self.engine.keep_ended = True  # a session leaves the registry once its end is published (_end)
         self._ctx = zmq.Context()

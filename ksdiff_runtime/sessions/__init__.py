@@ -136,6 +136,7 @@ class Sessions:
 
     def __init__(self, max_streams: int = DEFAULT_MAX_STREAMS, admission: Admission | None = None) -> None:
         self.max_streams = max_streams
+        self.max_streams_per_client: int | None = None  # streams one client connection may hold (None: max_streams)
         self.admission = admission
         self.lock = threading.Lock()
         self._work = threading.Condition(self.lock)  # the engine waits on it for audio or ends
@@ -162,6 +163,11 @@ class Sessions:
             if len(self._by_id) >= self.max_streams:
                 raise RefusedError("busy", f"the runtime serves at most {self.max_streams} streams (max_streams); "
                               "retry later", stream_id)
+            per_client = self.max_streams_per_client
+            if owner is not None and per_client is not None and \
+                    sum(s.owner == owner for s in self._by_id.values()) >= per_client:
+                raise RefusedError("busy", f"this connection holds {per_client} streams already, as many as one client "
+                                   "may (max_streams_per_client); end one first", stream_id)
             # a line is not real time: it runs in the machine's spare rounds for the short time its animation
             # takes, so measured capacity does not refuse it; while it runs it counts against live streams (a line
             # opened ahead of its audio does not: it costs nothing yet, and NPCs' lines opened early refused a mic)
