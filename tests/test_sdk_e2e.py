@@ -24,8 +24,10 @@ from ksdiff_runtime.motion import MOOD_EXPRESSIONS
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
 from ksdiff_sdk import (
     Animation,
+    BadAudioError,
     BadControlsError,
     Client,
+    ClientClosedError,
     ForbiddenError,
     LineSync,
     StreamLost,
@@ -122,6 +124,46 @@ def test_transcript_and_seed_reach_the_model(runtime):
     np.testing.assert_array_equal(plain.blendshapes, again.blendshapes)
     assert np.abs(spoken.blendshapes - plain.blendshapes).max() > 1e-3
     assert np.abs(other_seed.head - plain.head).max() > 1e-4
+
+
+def test_a_push_placed_past_the_gap_limit_fails_at_once_and_a_paced_push_ends_with_its_client(runtime):
+    """at_sample more than MAX_GAP_S past the audio before it is refused by the runtime: push paced itself to real
+    time first (62,480 s for at_sample 1e9, in one sleep that Client.close() did not end) and then sent it; now
+    BadAudioError at once, nothing sent. So a push waits for real time one short chunk at a time only (a clip longer
+    than max_ahead_s), and ends soon after its client is closed."""
+    client = Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S)
+    try:
+        handle = client.open_stream(sample_rate=16_000)
+        for at in (16_000 * (protocol.MAX_GAP_S + 1), 10**9):
+            t0 = time.monotonic()
+            with pytest.raises(BadAudioError, match="is filled with silence"):
+                handle.push(np.zeros(1600, np.float32), at_sample=at)
+            assert time.monotonic() - t0 < 1.0
+        handle.push(np.zeros(1600, np.float32), at_sample=16_000 * (protocol.MAX_GAP_S - 1))  # within: taken
+        assert handle.max_ahead_s is not None
+        clip = np.zeros(int(16_000 * (handle.max_ahead_s + 30)), np.float32)  # 30 s more than may go at once
+        outcome: list[BaseException | None] = []
+
+        def push() -> None:
+            try:
+                handle.push(clip)
+                outcome.append(None)
+            except BaseException as e:  # what push raised is the test's result
+                outcome.append(e)
+
+        pusher = threading.Thread(target=push, daemon=True)
+        pusher.start()
+        deadline = time.monotonic() + TIMEOUT_S
+        while handle._next_sample < 16_000 * (protocol.MAX_GAP_S - 1) + clip.size:  # the clip is being paced
+            assert time.monotonic() < deadline and pusher.is_alive(), outcome
+            pusher.join(0.01)
+        t0 = time.monotonic()
+        client.close()
+        pusher.join(5.0)
+        assert not pusher.is_alive(), "push still waiting for real time after its client was closed"
+        assert time.monotonic() - t0 < 2.0 and isinstance(outcome[0], ClientClosedError), outcome
+    finally:
+        client.close()
 
 
 def test_two_concurrent_streams_get_only_their_frames(runtime):

@@ -35,7 +35,7 @@ from ksdiff_sdk import protocol
 # still covers speech up to 7 kHz, all a 16 kHz model hears. Latency matters more here.
 RESAMPLER_QUALITY = "LQ"
 # Longest gap on a stream's clock that is filled with silence; a longer one is refused.
-MAX_GAP_S = 10
+MAX_GAP_S = protocol.MAX_GAP_S
 
 
 class BadAudioError(ValueError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import queue
 import secrets
@@ -42,7 +43,14 @@ from ksdiff_sdk.audio import (
     frame_bytes,
     to_pcm,
 )
-from ksdiff_sdk.errors import ClientClosedError, ForbiddenError, KsdiffError, StreamLost, UnknownStreamError
+from ksdiff_sdk.errors import (
+    BadAudioError,
+    ClientClosedError,
+    ForbiddenError,
+    KsdiffError,
+    StreamLost,
+    UnknownStreamError,
+)
 from ksdiff_sdk.frame import Frame
 from ksdiff_sdk.protocol import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT, ProtocolError
 
@@ -282,6 +290,12 @@ class StreamHandle:
         if n == 0:
             return
         start = self._next_sample if at_sample is None else int(at_sample)
+        if start - self._next_sample > protocol.MAX_GAP_S * self.sample_rate:
+            # the runtime refuses it (bad_audio); paced to real time, it waited that long first (hours for a far one)
+            gap_s = (start - self._next_sample) / self.sample_rate
+            raise BadAudioError("bad_audio", f"at_sample {start} is {gap_s:.1f} s past the audio pushed so far (at "
+                                f"most {protocol.MAX_GAP_S} s is filled with silence); nothing was sent",
+                                stream=self.stream)
         if self._t0 is None:
             self._t0 = time.monotonic()
             if start > 0:  # the runtime's clock starts with the stream's first message: start it now, as ours
@@ -504,6 +518,9 @@ class Client:
             raise ValueError(e.message) from None
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            # None or NaN failed later, inside open_stream (TypeError) or as "nothing arrived within 0.0 s"
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         self.pub_endpoint = pub
         self.router_endpoint = router
         self.latest_only = latest_only

@@ -84,6 +84,9 @@ ERROR_CODES = (
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8_000, 192_000
 MAX_CHANNELS = 8
 MAX_TRANSCRIPT_CHARS = 2000
+# The longest gap on a stream's clock (``at_sample`` past the audio before it) the runtime fills with silence; audio
+# placed further is refused bad_audio (SPEC 4.6 "audio")
+MAX_GAP_S = 10
 MAX_ERROR_MESSAGE_CHARS = 1000
 MAX_ECHOED_TYPE_CHARS = 64  # an error echoes a request's type up to this long; a longer one is nil (unreadable)
 BLENDSHAPE_BYTES = 4 * schema.NUM_BLENDSHAPES  # 208

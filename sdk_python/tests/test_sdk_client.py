@@ -539,6 +539,9 @@ def test_a_bad_endpoint_fails_in_the_constructor():
         Client("not-an-endpoint", NO_RUNTIME)
     with pytest.raises(ValueError, match="max_queue"):
         Client(NO_RUNTIME, NO_RUNTIME, max_queue=0)
+    for timeout in (None, float("nan"), float("inf"), -1, 0, "5"):  # None failed later, in open_stream (TypeError)
+        with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+            Client(NO_RUNTIME, NO_RUNTIME, timeout=timeout)
 
 
 def test_context_manager_closes(fake):
