@@ -245,9 +245,10 @@ class StreamHandle:
         the runtime keeps the stream for the old one: seen on the DEALER's monitor, or as a ``forbidden`` refusal
         of the stream's own audio or requests."""
         if self._lost is None and not (self._ended or self._finished):
-            self._lost = StreamLost(self.stream, "reconnect", f"the connection to the runtime dropped, and the "
-                                    f"runtime keeps stream {self.stream!r} for that connection (it ends it after its "
-                                    "idle timeout); open a new stream, with another id, to go on")
+            self._lost = StreamLost(self.stream, "reconnect", f"the connection to the runtime dropped; a runtime "
+                                    f"still running keeps stream {self.stream!r} for that connection (it ends it after "
+                                    "its idle timeout), one that restarted has lost it; open a new stream, with "
+                                    "another id, to go on")
 
     # --- user API ---
     @property
