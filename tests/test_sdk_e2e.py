@@ -133,7 +133,7 @@ def test_a_push_placed_past_the_gap_limit_fails_at_once_and_a_paced_push_ends_wi
     than max_ahead_s), and ends soon after its client is closed."""
     client = Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S)
     try:
-        handle = client.open_stream(sample_rate=16_000)
+        handle = client.open_stream("gap", sample_rate=16_000)  # named: auto ids (sdk-N) are tested in test_serve.py
         for at in (16_000 * (protocol.MAX_GAP_S + 1), 10**9):
             t0 = time.monotonic()
             with pytest.raises(BadAudioError, match="is filled with silence"):
