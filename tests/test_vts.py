@@ -11,6 +11,7 @@ a live source.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -84,6 +85,20 @@ def play(out: VtsOutput, frames: list[Frame], fps: int = FPS, stop: threading.Ev
         out.send(frame)
         longest = max(longest, time.perf_counter() - t)
     return longest
+
+
+@contextlib.contextmanager
+def playing(out: VtsOutput, seconds: int = 60) -> Iterator[None]:
+    """``play`` of ``seconds`` of speech frames on a thread of its own while the block runs; stopped after it."""
+    stop = threading.Event()
+    feeder = threading.Thread(target=play, args=(out, speech_frames(seconds * FPS)), kwargs={"stop": stop},
+                              daemon=True)
+    feeder.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        feeder.join(timeout=5)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> bool:
@@ -365,17 +380,11 @@ def test_access_revoked_mid_stream_asks_for_a_new_token_once(vts, token_path, ou
     outputs.append(out)
     assert vts.wait_for(authenticated(), TIMEOUT_S)
     first = token_path.read_text().strip()
-    stop = threading.Event()
-    feeder = threading.Thread(target=play, args=(out, speech_frames(30 * 60)), kwargs={"stop": stop}, daemon=True)
-    feeder.start()
-    try:
+    with playing(out):
         assert vts.wait_for(lambda s: len(s.injections) >= 5, TIMEOUT_S)
         vts.revoke((PLUGIN_NAME, PLUGIN_DEVELOPER))
         # error 50 -> reconnect -> the stored token is refused -> one new popup, allowed -> values again
         assert vts.wait_for(lambda s: s.injections[-1].connection == 2, TIMEOUT_S)
-    finally:
-        stop.set()
-        feeder.join(timeout=5)
     assert ("InjectParameterDataRequest", 50) in vts.state.errors
     assert vts.count("AuthenticationTokenRequest") == 2
     assert vts.state.authentications == [(1, True), (2, False), (2, True)]
@@ -465,10 +474,7 @@ def test_cut_connections_and_a_restart_are_recovered_within_2_s(vts, token_path,
     out = VtsOutput(vts.url, token_path=token_path)
     outputs.append(out)
     assert vts.wait_for(authenticated(), TIMEOUT_S)
-    stop = threading.Event()
-    feeder = threading.Thread(target=play, args=(out, speech_frames(30 * 60)), kwargs={"stop": stop}, daemon=True)
-    feeder.start()
-    try:
+    with playing(out):
         assert vts.wait_for(lambda s: len(s.injections) >= 10, TIMEOUT_S)
         # 1. VTube Studio cuts the connection mid-stream (no closing handshake)
         cut = vts.drop_connections()
@@ -482,9 +488,6 @@ def test_cut_connections_and_a_restart_are_recovered_within_2_s(vts, token_path,
         assert vts.wait_for(lambda s: s.injections[-1].connection == 3, TIMEOUT_S)
         after_restart = next(i for i in vts.injections() if i.connection == 3).t - restarted
         assert vts.wait_for(lambda s: len([i for i in s.injections if i.connection == 3]) >= 10, TIMEOUT_S)
-    finally:
-        stop.set()
-        feeder.join(timeout=5)
     print(f"vts: connection cut -> parameters again after {after_cut:.3f} s; VTube Studio down "
           f"{restarted - quit_at:.2f} s, restarted -> parameters again after {after_restart:.3f} s")
     assert after_cut < 2.0 and after_restart < 2.0
@@ -503,19 +506,13 @@ def test_sessions_that_end_as_soon_as_they_start_are_retried_ever_less_often(vts
     vts.refuse_injections = True
     out = VtsOutput(vts.url, token_path=token_path)
     outputs.append(out)
-    stop = threading.Event()
-    feeder = threading.Thread(target=play, args=(out, speech_frames(30 * 60)), kwargs={"stop": stop}, daemon=True)
-    feeder.start()
-    try:
+    with playing(out):
         assert vts.wait_for(lambda s: s.connections >= 4, TIMEOUT_S)
         first = vts.state.connections
         t0 = time.monotonic()
         # the next connection: the delays double (0.5, 1, 2, 4 s), so it comes 4 s after the fourth
         assert vts.wait_for(lambda s: s.connections > first, TIMEOUT_S)
         waited = time.monotonic() - t0
-    finally:
-        stop.set()
-        feeder.join(timeout=5)
     assert out.sessions >= 4 and waited > 2.0, (out.sessions, waited)
 
 
@@ -528,14 +525,8 @@ def test_an_error_id_that_is_not_a_whole_number_is_an_unknown_error(vts, token_p
     vts.error_id = error_id
     out = VtsOutput(vts.url, token_path=token_path)
     outputs.append(out)
-    stop = threading.Event()
-    feeder = threading.Thread(target=play, args=(out, speech_frames(30 * 60)), kwargs={"stop": stop}, daemon=True)
-    feeder.start()
-    try:
+    with playing(out):
         assert vts.wait_for(lambda s: len(s.errors) >= 20, TIMEOUT_S)  # refused, and sent again and again
-    finally:
-        stop.set()
-        feeder.join(timeout=5)
     assert logs.wait("VTube Studio refused parameter values: error -1")
     assert logs.count("error -1") == 1 and logs.count("the output stopped") == 0
 
