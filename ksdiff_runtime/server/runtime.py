@@ -345,7 +345,9 @@ class Runtime:
 
     @property
     def stream_ids(self) -> list[str]:
-        return [s.id for s in self.sessions]
+        """The open streams: not those the engine has finished (their end is published before they leave the
+        registry, so a client that saw the end must not find them here)."""
+        return [s.id for s in self.sessions if not s.finished]
 
     def wait_until_idle(self, timeout: float | None = None) -> bool:
         """Block until no stream is open (True) or the timeout passes (False)."""
