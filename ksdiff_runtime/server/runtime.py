@@ -551,13 +551,14 @@ class Runtime:
         if ended.error and session.owner is not None:
             self._reply(session.owner, protocol.encode_error("internal", f"stream {session.id} failed: {ended.error}",
                                                              None, stream=session.id))
+        # logged before it leaves the registry: whoever waits for the runtime to be idle reads it first
+        (self.client_lines if session.source == "sdk" else _log_info)(
+            "streams ended", "stream %s ended (%s): %d frames, %d dropped (%d shed)", session.id, reason,
+            session.frames, session.drops, session.shed)
         self.sessions.remove(session)
         self._release_source(session, reason)
         with self._idle:
             self._idle.notify_all()
-        (self.client_lines if session.source == "sdk" else _log_info)(
-            "streams ended", "stream %s ended (%s): %d frames, %d dropped (%d shed)", session.id, reason,
-            session.frames, session.drops, session.shed)
 
     # --- a stream's own source, once the stream ended ------------------------------------------------
     def _release_source(self, session: Session, reason: str) -> None:
