@@ -158,7 +158,7 @@ def test_a_client_without_an_authorised_key_gets_nothing_at_all(secured, keys, s
             # without a completed handshake there is no connection to queue on: the send may not even go
             with contextlib.suppress(zmq.Again):
                 outsider.dealer.send(request, zmq.NOBLOCK)
-        insider.request("open_stream", stream="bob", sample_rate=16000, channels=1, format="f32le")
+        insider.request("open_stream", stream="bob", sample_rate=16000, channels=1, format="f32le", mode="line")
         insider.send(P.encode_request("audio", stream="bob", seq=0, pcm=speech_16k[:8000].astype("<f4").tobytes()))
         insider.send(P.encode_request("end_stream", stream="bob"))
         msgs = insider.wait_pub(is_end("bob"))

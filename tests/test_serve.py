@@ -38,17 +38,18 @@ HALF_SECOND = stream_frames(8_000, 30)
 # --- streams ------------------------------------------------------------------------------------
 def test_sdk_stream_in_another_rate_and_channel_count(runtime, speech_16k):
     """48 kHz stereo int16 pushed in 20 ms chunks: every frame of the clip comes back, in order,
-    the last one flagged, then stream_end; end_stream is answered with the frame count."""
+    the last one flagged, then stream_end; end_stream is answered with the frame count. (A line: a live stream's
+    frames past their deadline are shed, which an engine held up for a quarter of a second on a busy machine does;
+    a live stream's reply: test_a_live_stream_is_opened_with_its_deadline.)"""
     peer = Peer(runtime)
     try:
         mono = speech(1.0, speech_16k)
         x = resample_poly(mono, 3, 1)
         pcm = (np.stack([x, x], axis=1).clip(-1, 1) * 32767).astype("<i2").tobytes()
         opened = peer.request("open_stream", stream="npc1", sample_rate=48000, channels=2, format="s16le",
-                              seed=-5, req=7)
+                              seed=-5, mode="line", req=7)
         assert opened == {"v": list(P.VERSION), "type": "stream_opened", "stream": "npc1", "fps": 30,
-                          "max_ahead_s": 20.0, "mode": "live", "latency_ms": runtime.engine.preset.deadline_ms(),
-                          "req": 7}
+                          "max_ahead_s": 20.0, "mode": "line", "latency_ms": opened["latency_ms"], "req": 7}
         push_clip(peer, "npc1", pcm, 4, 960)
         peer.send(P.encode_request("end_stream", stream="npc1", req=8))
         msgs = peer.wait_pub(is_end("npc1"))
@@ -86,10 +87,22 @@ def test_empty_stream_and_transcript(runtime):
         peer.close()
 
 
+def test_a_live_stream_is_opened_with_its_deadline(runtime):
+    peer = Peer(runtime)
+    try:
+        opened = peer.request("open_stream", stream="live1", sample_rate=48000, channels=2, format="s16le", req=3)
+        assert opened == {"v": list(P.VERSION), "type": "stream_opened", "stream": "live1", "fps": 30,
+                          "max_ahead_s": 20.0, "mode": "live", "latency_ms": runtime.engine.preset.deadline_ms(),
+                          "req": 3}
+        assert peer.request("end_stream", stream="live1")["frames"] == 0
+    finally:
+        peer.close()
+
+
 def test_nan_and_clipped_samples_are_sanitised_and_counted(runtime, speech_16k):
     peer = Peer(runtime)
     try:
-        peer.request("open_stream", stream="noisy", sample_rate=16000, channels=1, format="f32le")
+        peer.request("open_stream", stream="noisy", sample_rate=16000, channels=1, format="f32le", mode="line")
         x = speech(0.5, speech_16k) * 3.0  # clipped
         x[100:200] = np.nan
         x[300] = np.inf
@@ -400,7 +413,7 @@ def test_a_stream_belongs_to_the_client_that_opened_it(runtime, speech_16k):
     stream goes on untouched."""
     owner, intruder = Peer(runtime, P.frame_topic("mine"), P.stream_topic("mine")), Peer(runtime)
     try:
-        owner.request("open_stream", stream="mine", sample_rate=16000, channels=1, format="f32le")
+        owner.request("open_stream", stream="mine", sample_rate=16000, channels=1, format="f32le", mode="line")
         x = speech(1.0, speech_16k).astype("<f4").tobytes()
         seq = push_clip(owner, "mine", x[: len(x) // 2], 4, 1600)
         for mtype, fields in (("audio", dict(seq=0, pcm=b"\0" * 4000)), ("end_stream", {})):
@@ -684,7 +697,7 @@ def test_a_frame_that_cannot_be_encoded_is_dropped_and_the_runtime_goes_on(runti
     """A non-finite head angle (a broken model) must cost that frame, not the io thread."""
     peer = Peer(runtime)
     try:
-        peer.request("open_stream", stream="odd", sample_rate=16000, channels=1, format="f32le")
+        peer.request("open_stream", stream="odd", sample_rate=16000, channels=1, format="f32le", mode="line")
         bad = Frame("odd", 999, 999, 30, 33.3, np.zeros(52, np.float32), np.array([np.nan, 0, 0], np.float32),
                     np.zeros(4, np.float32), None, 0, 0.0, 1.0, False)
         runtime._post(_Round(StepResult(frames=[bad])))
@@ -773,7 +786,7 @@ JAW = schema.BLENDSHAPE_INDEX["jawOpen"]
 def test_set_controls_changes_a_stream_and_replies_with_the_controls_in_force(runtime, speech_16k):
     peer = Peer(runtime, P.frame_topic("tuned"), P.stream_topic("tuned"))
     try:
-        peer.request("open_stream", stream="tuned", sample_rate=16000, channels=1, format="f32le",
+        peer.request("open_stream", stream="tuned", sample_rate=16000, channels=1, format="f32le", mode="line",
                      controls={"strength": {"brows": 0.5}})
         reply = peer.request("set_controls", stream="tuned", controls={"shapes": {"jawOpen": {"gain": 0}}}, req=3)
         assert reply["type"] == "controls_set" and reply["stream"] == "tuned" and reply["req"] == 3
