@@ -24,7 +24,7 @@ class Peer:
     client public key, client secret key) for a runtime that requires CurveZMQ."""
 
     def __init__(self, rt: Any, *subscribe: bytes, curve: tuple[bytes, bytes, bytes] | None = None,
-                 wait_hello: bool = True) -> None:
+                 wait_hello: bool = True, routing_id: bytes | None = None) -> None:
         self.ctx = zmq.Context.instance()
         self.sub = self.ctx.socket(zmq.SUB)
         self.dealer = self.ctx.socket(zmq.DEALER)
@@ -36,6 +36,8 @@ class Peer:
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         self.sub.setsockopt(zmq.SUBSCRIBE, P.HELLO_TOPIC)
         self.sub.connect(rt.pub_endpoint)
+        if routing_id is not None:  # what the runtime's ROUTER knows this client by (ZeroMQ makes one up otherwise)
+            self.dealer.setsockopt(zmq.ROUTING_ID, routing_id)
         self.dealer.connect(rt.router_endpoint)
         self.seen: list[dict] = []
         if wait_hello:  # the runtime publishes hello every second: the first one proves the subscription

@@ -50,7 +50,7 @@ from ksdiff_runtime.sessions import DEFAULT_MAX_AHEAD_S, RefusedError, Session
 from ksdiff_runtime.sources import Source, SourceError
 from ksdiff_sdk import protocol
 
-from .floods import CLIENT_SHARE, IO_SHARE, SLICE_S, FloodGuard
+from .floods import IO_SHARE, SLICE_S, FloodGuard
 from .ratelimit import SUMMARY_PERIOD_S, RateLimitedLog
 from .security import Authenticator, CurveKeys, SecurityError, check_endpoints
 
@@ -189,7 +189,7 @@ class Runtime:
         self.router_endpoint = ""
         self.drops = 0
         self.output_errors: dict[str, int] = {}
-        self.floods = FloodGuard()
+        self.floods = FloodGuard(streams_of=self.sessions.held_by)
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
         self._source_threads: list[threading.Thread] = []  # stopping (and reopening) ended streams' sources
         self._source_lock = threading.Lock()  # _source_threads, and stop() against a reopen
@@ -678,9 +678,9 @@ class Runtime:
             self.refusals.count("busy")  # dropped unread: this client was told once this second
             return
         if verdict is False:
-            self._refuse(identity, "busy", f"this client sent more requests than the runtime handles for one client "
-                         f"({100 * CLIENT_SHARE:.0f} % of its time); the excess is dropped unread, slow down", None,
-                         None, None)
+            self._refuse(identity, "busy", f"this client sent more requests than the runtime handles for it "
+                         f"({100 * self.floods.share(identity):.0f} % of its time, for the streams it holds); the "
+                         "excess is dropped unread, slow down", None, None, None)
             return
         self._handle(parts)
         self.floods.charge(identity, time.monotonic() - now)

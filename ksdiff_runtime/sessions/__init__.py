@@ -164,8 +164,7 @@ class Sessions:
                 raise RefusedError("busy", f"the runtime serves at most {self.max_streams} streams (max_streams); "
                               "retry later", stream_id)
             per_client = self.max_streams_per_client
-            if owner is not None and per_client is not None and \
-                    sum(s.owner == owner for s in self._by_id.values()) >= per_client:
+            if owner is not None and per_client is not None and self._held_by(owner) >= per_client:
                 raise RefusedError("busy", f"this connection holds {per_client} streams already, as many as one client "
                                    "may (max_streams_per_client); end one first", stream_id)
             # a line is not real time: it runs in the machine's spare rounds for the short time its animation
@@ -181,6 +180,14 @@ class Sessions:
                               max_ahead_s=max_ahead_s, mode=mode, controls=controls)
             self._by_id[stream_id] = session
         return session
+
+    def held_by(self, owner: bytes) -> int:
+        """How many streams the client ``owner`` holds (ending ones included: their requests are still its)."""
+        with self.lock:
+            return self._held_by(owner)
+
+    def _held_by(self, owner: bytes) -> int:
+        return sum(s.owner == owner for s in self._by_id.values())
 
     def get(self, stream_id: str) -> Session | None:
         with self.lock:

@@ -87,6 +87,10 @@ MAX_TRANSCRIPT_CHARS = 2000
 # The longest gap on a stream's clock (``at_sample`` past the audio before it) the runtime fills with silence; audio
 # placed further is refused bad_audio (SPEC 4.6 "audio")
 MAX_GAP_S = 10
+# A client past its share of the runtime's request reading has its requests dropped unread, and is told so by one
+# ``busy`` error without ``req`` or ``stream``, until the window it was counted in ends: at most this long after that
+# reply (SPEC 4.6 "A client past its share")
+BUSY_WINDOW_S = 1.0
 MAX_ERROR_MESSAGE_CHARS = 1000
 MAX_ECHOED_TYPE_CHARS = 64  # an error echoes a request's type up to this long; a longer one is nil (unreadable)
 BLENDSHAPE_BYTES = 4 * schema.NUM_BLENDSHAPES  # 208
