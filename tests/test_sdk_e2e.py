@@ -486,6 +486,29 @@ def test_a_stream_opened_after_its_call_timed_out_is_ended_at_once(runtime):
         watcher.close()
 
 
+def test_an_end_stream_the_runtime_dropped_unread_is_sent_again_once_the_drops_are_over(runtime):
+    """A client past its share of the runtime's io thread (floods.py) has its requests dropped unread, told by one
+    `busy` with no req; an end_stream among them used to leave its stream to the runtime's 10 s idle timeout, and
+    `end()` raised StreamLost. The client sends it again once the window of those drops has passed (SPEC 4.6)."""
+    watcher = Peer(runtime, protocol.STREAM_TOPIC_PREFIX)
+    try:
+        with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+            stream = client.open_stream("dropped", mode="line")  # every frame, however late its end (not shed)
+            stream.push(speech(0.5))
+            stream.set_controls({})  # requests are handled in order: once this one is answered, the pushes were
+            owner = runtime.sessions.get("dropped").owner
+            # as if this client had just spent its whole share (the io thread reads none of its requests meanwhile)
+            assert runtime.floods.admit(owner, time.monotonic()) is True
+            runtime.floods.charge(owner, 10.0)
+            assert stream.end() == stream_frames(8_000, 30)
+            busy = [e for e in client.errors if e.code == "busy"]
+            assert len(busy) == 1 and "dropped unread" in str(busy[0]) and client.resent == 1
+            end = watcher.wait_pub(is_end("dropped"))[-1]
+            assert end["reason"] == "ended" and stream.errors == []
+    finally:
+        watcher.close()
+
+
 # --- artists' controls ------------------------------------------------------------------------------
 def test_controls_through_the_sdk(runtime):
     x = speech(1.0)

@@ -67,6 +67,8 @@ JOIN_TIMEOUT_S = 2.0  # close() never waits longer than this for the I/O thread
 AHEAD_MARGIN_S = 0.5  # push() stays this far inside the runtime's max_ahead_s (its clock starts a little later)
 _POLL_MS = 1000  # the I/O thread is woken explicitly; this only bounds a lost wakeup
 _MAX_BATCH = 1000  # messages read from one socket per pass, so a busy SUB cannot starve the DEALER
+RESEND_CHECK_S = 0.25  # end() checks this often whether its end_stream should be sent again (Client._resend)
+RESENT_KEPT = 1000  # resent requests remembered, so the answer to a second copy changes nothing
 # Messages wait in the I/O thread's outbox while the runtime cannot take them (it is away: the DEALER queues only
 # on a connection that is up, ZMQ_IMMEDIATE; or it stalls, its queues full). Past this, the oldest audio is dropped
 # (counted in Client.unsent): ~4 min of a 16 kHz float32 mic. A request whose call stopped waiting for its reply
@@ -80,13 +82,14 @@ class _Request:
     """A request waiting for its reply (matched by ``req``); ``reply`` is set by the I/O thread. ``abandoned``: its
     call stopped waiting without the reply (it timed out), so it is not sent if it is still in the outbox."""
 
-    __slots__ = ("abandoned", "payload", "reply", "req")
+    __slots__ = ("abandoned", "payload", "reply", "req", "sent_at")
 
     def __init__(self, req: int, payload: bytes) -> None:
         self.req = req
         self.payload = payload
         self.reply: dict[str, Any] | None = None
         self.abandoned = False
+        self.sent_at = time.monotonic()  # when its call sent it, or Client._resend last sent it again
 
 
 # Waiting for the DEALER to take them: (audio?, message, the request it is: None for audio and fire-and-forget ones)
@@ -357,10 +360,20 @@ class StreamHandle:
         if not wait:
             return None
         timeout = self._client.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         try:
-            # the stream_end published before the reply ends the wait too: the reply can be lost with a connection
-            reply = self._client._await(request, timeout, "end_stream",
-                                        stop=lambda: self._lost is not None or self._finished, keep=True)
+            while True:
+                # the stream_end published before the reply ends the wait too: the reply can be lost with a connection
+                try:
+                    reply = self._client._await(request, min(RESEND_CHECK_S, max(0.0, deadline - time.monotonic())),
+                                                "end_stream", stop=lambda: self._lost is not None or self._finished,
+                                                keep=True)
+                    break
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"end_stream: no reply from the runtime at {self._client.router_endpoint} "
+                                           f"within {timeout} s") from None
+                    self._client._resend(request)  # if the runtime dropped it unread (busy), once that has passed
         except ForbiddenError:
             with self._client._cv:
                 self._reconnected()
@@ -489,7 +502,9 @@ class Client:
     ``missed`` (frames lost on the way, from ``seq`` gaps; ``missed_per_stream``), ``restarts``
     (runtime instance changes seen), ``unsent`` (audio messages dropped before they were sent: of streams whose
     connection dropped, or beyond OUTBOX_MAX_BYTES for a runtime that takes none), ``withdrawn`` (requests never
-    sent because their call stopped waiting for the reply, e.g. timed out, before they left this client).
+    sent because their call stopped waiting for the reply, e.g. timed out, before they left this client), ``resent``
+    (``end_stream`` requests sent again: the runtime said it dropped this client's requests unread, ``busy`` in
+    ``errors``, and the window of those drops passed without their answer; SPEC 4.6 "A client past its share").
     ``errors``: runtime errors no call was waiting for.
 
     A request that did leave and is answered after its call gave up changes nothing, but for ``stream_opened``:
@@ -552,6 +567,9 @@ class Client:
         self.unsent = 0  # audio messages dropped unsent: their connection dropped, or OUTBOX_MAX_BYTES waited
         self.withdrawn = 0  # requests taken out of the outbox unsent: their call had stopped waiting for the reply
         self._orphan_ends: set[int] = set()  # req of each end_stream this client sent for a stream opened too late
+        self._resent: OrderedDict[int, None] = OrderedDict()  # req of the requests resent, the latest RESENT_KEPT
+        self._busy_at: float | None = None  # when the runtime last said it dropped this client's requests unread
+        self.resent = 0  # requests sent again after the runtime said it dropped some unread (SPEC 4.6)
         self.errors: deque[KsdiffError] = deque(maxlen=100)
         self._warned: set[str] = set()
         self._req_ids = itertools.count(1)
@@ -1269,7 +1287,12 @@ class Client:
                 self._orphan_ends.discard(req)
                 return
             r = self._pending.get(req)
-            if r is not None:
+            if mtype == "error" and msg["code"] == "busy" and "req" not in msg and "stream" not in msg:
+                self._busy_at = time.monotonic()  # past its share: requests dropped unread for up to BUSY_WINDOW_S
+            if req in self._resent and (r is None or (mtype == "error" and msg["code"] == "unknown_stream")):
+                # a copy's answer: the request was answered already, or its other copy is ending the stream
+                log.debug("ksdiff-sdk: the answer to a resent request's other copy: %s", mtype)
+            elif r is not None:
                 r.reply = msg
             elif mtype == "stream_opened":
                 orphan = msg["stream"]  # its open_stream's call gave up: nobody will use the stream
@@ -1284,6 +1307,26 @@ class Client:
             self._cv.notify_all()
         if orphan is not None:
             self._end_orphan(orphan)
+
+    def _resend(self, r: _Request) -> None:
+        """Send ``r`` again if the runtime may have dropped it unread: it said this client was past its share (a
+        ``busy`` with no ``req``) after ``r`` was sent, and the window of those drops has passed. Only for requests
+        that carrying out twice does no harm (``end_stream``: SPEC 4.6 "A client past its share")."""
+        now = time.monotonic()
+        with self._cv:
+            busy_at = self._busy_at
+            if r.reply is not None or busy_at is None or busy_at + protocol.BUSY_WINDOW_S <= r.sent_at or \
+                    now < busy_at + protocol.BUSY_WINDOW_S:
+                return
+            r.sent_at = now
+            self._resent[r.req] = None
+            while len(self._resent) > RESENT_KEPT:
+                self._resent.popitem(last=False)
+            self.resent += 1
+        log.info("ksdiff-sdk: the runtime dropped requests of this client unread (busy): sending %s again",
+                 protocol.decode(r.payload)["type"])
+        with contextlib.suppress(ClientClosedError):  # closed: the call waiting for it ends anyway
+            self._command(("send", r.payload))
 
     def _end_orphan(self, stream: str) -> None:
         """The runtime opened ``stream`` for an open_stream whose call had given up (it timed out, the request having

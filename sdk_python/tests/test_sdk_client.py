@@ -618,3 +618,49 @@ def test_runtime_without_instance_keeps_streams(make_client):
         assert handle.instance is None
         handle.push(np.zeros(16000, np.float32))
         assert handle.end() == 30
+
+
+def test_an_end_stream_sent_again_after_busy_takes_the_first_ones_answer_and_drops_its_copys(fake, make_client):
+    """SPEC 4.6 "A client past its share": the runtime says (busy, no req) that it dropped this client's requests
+    unread after end_stream was sent, so once BUSY_WINDOW_S has passed without an answer the client sends it again.
+    Here the first one was read after all: the copy is answered unknown_stream at once (the stream is ending), and
+    the first one's stream_ended comes later. end() returns the frames; the copy's answer is no error of the
+    stream's."""
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+    handle.push(np.zeros(16_000, np.float32))
+    held: list[dict[str, Any]] = []
+
+    def script(m: dict[str, Any]) -> list[bytes] | None:
+        if m["type"] == "end_stream" and not held:  # read, but ending takes a while; later requests dropped: busy
+            held.append(m)
+            return [protocol.encode_error("busy", "this client sent more requests than the runtime handles for it; "
+                                          "the excess is dropped unread, slow down", None)]
+        if m["type"] == "end_stream":  # the copy
+            return [protocol.encode_error("unknown_stream", "no open stream 'npc1'", "end_stream", stream="npc1",
+                                          req=m["req"])]
+        if m["type"] == "set_controls" and held:  # the stream has ended meanwhile: the first end_stream's answer
+            return [*fake.answer(m), *fake.answer(held[0])]
+        return None
+
+    fake.on_request = script
+    got: list[Any] = []
+    t0 = time.monotonic()
+    ending = threading.Thread(target=lambda: got.append(catch(handle.end)))
+    ending.start()
+    wait_until(lambda: len(fake.requests_of("end_stream")) == 2)  # the copy, answered unknown_stream
+    assert time.monotonic() - t0 >= protocol.BUSY_WINDOW_S  # sent again only once the drops were over
+    client.set_controls("npc1", {})  # a request after the copy's answer: the fake answers the first one
+    ending.join(10)
+    assert got == [30]
+    assert client.resent == 1 and handle.errors == [] and [e.code for e in client.errors] == ["busy"]
+    ends = fake.requests_of("end_stream")
+    assert ends[0]["req"] == ends[1]["req"]
+
+
+def catch(call: Callable[[], Any]) -> Any:
+    """What ``call`` returns, or the exception it raised."""
+    try:
+        return call()
+    except Exception as e:
+        return e
