@@ -67,7 +67,6 @@ JOIN_TIMEOUT_S = 2.0  # close() never waits longer than this for the I/O thread
 AHEAD_MARGIN_S = 0.5  # push() stays this far inside the runtime's max_ahead_s (its clock starts a little later)
 _POLL_MS = 1000  # the I/O thread is woken explicitly; this only bounds a lost wakeup
 _MAX_BATCH = 1000  # messages read from one socket per pass, so a busy SUB cannot starve the DEALER
-RESEND_CHECK_S = 0.25  # end() checks this often whether its end_stream should be sent again (Client._resend)
 RESENT_KEPT = 1000  # resent requests remembered, so the answer to a second copy changes nothing
 # Messages wait in the I/O thread's outbox while the runtime cannot take them (it is away: the DEALER queues only
 # on a connection that is up, ZMQ_IMMEDIATE; or it stalls, its queues full). Past this, the oldest audio is dropped
@@ -82,14 +81,15 @@ class _Request:
     """A request waiting for its reply (matched by ``req``); ``reply`` is set by the I/O thread. ``abandoned``: its
     call stopped waiting without the reply (it timed out), so it is not sent if it is still in the outbox."""
 
-    __slots__ = ("abandoned", "payload", "reply", "req", "sent_at")
+    __slots__ = ("abandoned", "mtype", "payload", "reply", "req", "sent_at")
 
-    def __init__(self, req: int, payload: bytes) -> None:
+    def __init__(self, req: int, mtype: str, payload: bytes) -> None:
         self.req = req
+        self.mtype = mtype
         self.payload = payload
         self.reply: dict[str, Any] | None = None
         self.abandoned = False
-        self.sent_at = time.monotonic()  # when its call sent it, or Client._resend last sent it again
+        self.sent_at = time.monotonic()  # when its call sent it, or the I/O thread last sent it again
 
 
 # Waiting for the DEALER to take them: (audio?, message, the request it is: None for audio and fire-and-forget ones)
@@ -360,20 +360,10 @@ class StreamHandle:
         if not wait:
             return None
         timeout = self._client.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                # the stream_end published before the reply ends the wait too: the reply can be lost with a connection
-                try:
-                    reply = self._client._await(request, min(RESEND_CHECK_S, max(0.0, deadline - time.monotonic())),
-                                                "end_stream", stop=lambda: self._lost is not None or self._finished,
-                                                keep=True)
-                    break
-                except TimeoutError:
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError(f"end_stream: no reply from the runtime at {self._client.router_endpoint} "
-                                           f"within {timeout} s") from None
-                    self._client._resend(request)  # if the runtime dropped it unread (busy), once that has passed
+            # the stream_end published before the reply ends the wait too: the reply can be lost with a connection
+            reply = self._client._await(request, timeout, "end_stream",
+                                        stop=lambda: self._lost is not None or self._finished, keep=True)
         except ForbiddenError:
             with self._client._cv:
                 self._reconnected()
@@ -688,7 +678,7 @@ class Client:
 
     def _start_request(self, mtype: str, fields: dict[str, Any]) -> _Request:
         req = next(self._req_ids)
-        r = _Request(req, protocol.encode_request(mtype, req=req, **fields))
+        r = _Request(req, mtype, protocol.encode_request(mtype, req=req, **fields))
         with self._cv:
             self._pending[r.req] = r
         try:
@@ -1055,7 +1045,7 @@ class Client:
         outbox_bytes = 0
         while True:
             poller.modify(dealer, zmq.POLLIN | (zmq.POLLOUT if outbox else 0))
-            events = dict(poller.poll(_POLL_MS))
+            events = dict(poller.poll(self._poll_ms()))
             if self._wake_rx in events:
                 while True:
                     try:
@@ -1084,6 +1074,9 @@ class Client:
                     sub.setsockopt(zmq.UNSUBSCRIBE, arg)
             if withdraw:
                 outbox, outbox_bytes = self._withdraw(outbox, outbox_bytes)
+            for payload in self._dropped_ends():
+                outbox.append((False, payload, None))
+                outbox_bytes += len(payload)
             while outbox:
                 try:
                     dealer.send(outbox[0][1], zmq.NOBLOCK)
@@ -1308,25 +1301,36 @@ class Client:
         if orphan is not None:
             self._end_orphan(orphan)
 
-    def _resend(self, r: _Request) -> None:
-        """Send ``r`` again if the runtime may have dropped it unread: it said this client was past its share (a
-        ``busy`` with no ``req``) after ``r`` was sent, and the window of those drops has passed. Only for requests
-        that carrying out twice does no harm (``end_stream``: SPEC 4.6 "A client past its share")."""
+    def _poll_ms(self) -> int:
+        """How long the I/O thread may wait for its sockets: until the runtime's drops end, if it said it dropped
+        this client's requests (``_dropped_ends``), else ``_POLL_MS``."""
+        with self._cv:
+            if self._busy_at is None:
+                return _POLL_MS
+            return max(0, min(_POLL_MS, math.ceil(1000 * (self._busy_at + protocol.BUSY_WINDOW_S - time.monotonic()))))
+
+    def _dropped_ends(self) -> list[bytes]:
+        """The ``end_stream`` requests to send again (the I/O thread's): the runtime said (``busy`` with neither
+        ``req`` nor ``stream``) that it dropped this client's requests unread, for at most BUSY_WINDOW_S from then,
+        and those sent before that ended are still unanswered. Carried out twice, an end_stream does no harm (SPEC 4.6
+        "A client past its share"); other requests are left to time out. The answer to the other copy is dropped."""
         now = time.monotonic()
         with self._cv:
-            busy_at = self._busy_at
-            if r.reply is not None or busy_at is None or busy_at + protocol.BUSY_WINDOW_S <= r.sent_at or \
-                    now < busy_at + protocol.BUSY_WINDOW_S:
-                return
-            r.sent_at = now
-            self._resent[r.req] = None
-            while len(self._resent) > RESENT_KEPT:
-                self._resent.popitem(last=False)
-            self.resent += 1
-        log.info("ksdiff-sdk: the runtime dropped requests of this client unread (busy): sending %s again",
-                 protocol.decode(r.payload)["type"])
-        with contextlib.suppress(ClientClosedError):  # closed: the call waiting for it ends anyway
-            self._command(("send", r.payload))
+            if self._busy_at is None or now < self._busy_at + protocol.BUSY_WINDOW_S:
+                return []
+            drops_end, self._busy_at = self._busy_at + protocol.BUSY_WINDOW_S, None
+            again = [r for r in self._pending.values()
+                     if r.mtype == "end_stream" and r.reply is None and not r.abandoned and r.sent_at < drops_end]
+            for r in again:
+                r.sent_at = now
+                self._resent[r.req] = None
+                while len(self._resent) > RESENT_KEPT:
+                    self._resent.popitem(last=False)
+            self.resent += len(again)
+        if again:
+            log.info("ksdiff-sdk: the runtime dropped requests of this client unread (busy): sending %d end_stream(s) "
+                     "again", len(again))
+        return [r.payload for r in again]
 
     def _end_orphan(self, stream: str) -> None:
         """The runtime opened ``stream`` for an open_stream whose call had given up (it timed out, the request having
