@@ -25,6 +25,10 @@
 //     open a stream nobody uses, held until the runtime's idle timeout. end_stream is the
 //     exception: ending its stream late still frees it. A stream_opened that comes for an
 //     open_stream that failed after it left is answered with end_stream for that stream.
+//   * A `busy` with neither req nor stream says the runtime dropped this client's requests unread
+//     (too many for the streams it holds): an end_stream still unanswered once those drops are
+//     over (Protocol.BusyWindowS) is sent again, and the answer to its other copy changes nothing
+//     (ClientStatus.Resent; SPEC 4.6, "A client past its share").
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
 //   * A stream's events reach the game in the order the runtime published them: a frame is in the
@@ -102,6 +106,7 @@ namespace Ksdiff
         public ulong Messages, Frames, Dropped, BadMessages, Ignored, Restarts, EventsDropped;
         public ulong Unsent;            // audio messages dropped before they were sent (OutboxMaxBytes, or their stream was lost with the connection)
         public ulong Withdrawn;         // requests never sent: they failed (timed out, abandoned) while still in the outbox
+        public ulong Resent;            // end_streams sent again: the runtime said it dropped this client's requests unread (busy)
         public double LastHelloS = -1;
         public string LastError;
         public Stats LastStats;
@@ -137,6 +142,8 @@ namespace Ksdiff
         public readonly string Stream;   // the stream it is about; null for hello
         public readonly double SentS;    // when it was queued (client clock)
         public readonly double TimeoutS; // no reply by SentS + TimeoutS: it fails
+        internal byte[] Payload;         // what was sent, to send again (an end_stream the runtime dropped unread)
+        internal double LastSentS;       // when it was queued, or last queued again (client clock)
         Message _reply;
         string _failure;
 
@@ -145,7 +152,7 @@ namespace Ksdiff
             Req = req;
             Type = type;
             Stream = stream;
-            SentS = sentS;
+            SentS = LastSentS = sentS;
             TimeoutS = timeoutS;
         }
 
@@ -188,6 +195,7 @@ namespace Ksdiff
         const int LatencyWindow = 150;   // frames: 5 s at 30 fps
         const int ArrivalWindow = 256;   // arrival times kept for the receive rate
         const int MaxStreamsKept = 256;  // per-stream records (oldest ended ones go first)
+        const int ResentKept = 1000;     // resent requests remembered, so the answer to a second copy changes nothing
 
         readonly ClientOptions _o;
         readonly Func<double> _clock;
@@ -206,6 +214,9 @@ namespace Ksdiff
         readonly Dictionary<ulong, PendingRequest> _pending = new Dictionary<ulong, PendingRequest>();     // (L)
         bool _withdraw;                                 // (L) a request failed: take the outbox's failed requests out
         readonly HashSet<ulong> _orphanEnds = new HashSet<ulong>(); // (L) req of the end_stream of each stream opened too late
+        readonly HashSet<ulong> _resent = new HashSet<ulong>();     // (L) req of the requests sent again, the latest ResentKept
+        readonly Queue<ulong> _resentOrder = new Queue<ulong>();    // (L) the same, oldest first
+        double? _busyAtS;                                           // (L) when the runtime last said it dropped requests unread
         readonly HashSet<string> _seenInstances = new HashSet<string>();                   // (L)
         readonly List<IFrameSink> _sinks = new List<IFrameSink>();                         // (L)
         IFrameSink[] _sinkSnapshot = new IFrameSink[0];                                    // (L)
@@ -317,6 +328,7 @@ namespace Ksdiff
                     Messages = _status.Messages, Frames = _status.Frames, Dropped = _status.Dropped,
                     BadMessages = _status.BadMessages, Ignored = _status.Ignored, Restarts = _status.Restarts,
                     EventsDropped = _status.EventsDropped, Unsent = _status.Unsent, Withdrawn = _status.Withdrawn,
+                    Resent = _status.Resent,
                     LastHelloS = _status.LastHelloS, LastError = _status.LastError,
                     LastStats = _status.LastStats, LastStatsS = _status.LastStatsS,
                 };
@@ -434,7 +446,7 @@ namespace Ksdiff
 
         PendingRequest Queue(ulong req, string type, string stream, byte[] payload, double timeoutS)
         {
-            var p = new PendingRequest(req, type, stream, _clock(), timeoutS);
+            var p = new PendingRequest(req, type, stream, _clock(), timeoutS) { Payload = payload };
             lock (_lock)
             {
                 if (!_running) p.Complete(null, "the client is not running");
@@ -527,6 +539,7 @@ namespace Ksdiff
                 // After the replies: those that came before the connection dropped still count.
                 if (transport.TakeDisconnects() > 0) ConnectionDropped();
                 ExpirePending(_clock());
+                ResendDroppedEnds(_clock());
             }
         }
 
@@ -661,6 +674,34 @@ namespace Ksdiff
             }
             foreach (PendingRequest p in expired)
                 p.Complete(null, p.Type + ": no reply from the runtime at " + _o.RouterEndpoint + " within " + p.TimeoutS + " s");
+        }
+
+        // The runtime said (busy, neither req nor stream) that it dropped this client's requests unread,
+        // until a window of at most Protocol.BusyWindowS ended: an end_stream queued before that end
+        // and still unanswered after it may have been dropped, so it goes again. A second end_stream
+        // is harmless (SPEC 4.6, "A client past its share"); other requests are left to time out.
+        void ResendDroppedEnds(double now)
+        {
+            lock (_lock)
+            {
+                if (!_busyAtS.HasValue) return;
+                double dropsEnd = _busyAtS.Value + Protocol.BusyWindowS;
+                if (now < dropsEnd) return;
+                foreach (PendingRequest p in _pending.Values)
+                {
+                    if (p.Type != "end_stream" || p.LastSentS >= dropsEnd) continue;
+                    p.LastSentS = now;
+                    _outbox.Enqueue(new Outgoing { Payload = p.Payload, Audio = false });
+                    _outboxBytes += p.Payload.Length;
+                    _status.Resent++;
+                    if (_resent.Add(p.Req))
+                    {
+                        _resentOrder.Enqueue(p.Req);
+                        if (_resentOrder.Count > ResentKept) _resent.Remove(_resentOrder.Dequeue());
+                    }
+                }
+                _busyAtS = null;
+            }
         }
 
         void OnPublished(int parts)
@@ -938,6 +979,14 @@ namespace Ksdiff
                     lock (_lock)
                     {
                         if (req.HasValue && _orphanEnds.Remove(req.Value)) break; // a late stream's end refused: it is gone anyway
+                        if (!req.HasValue && error.Stream == null && error.ErrorCode == ErrorCode.Busy)
+                            _busyAtS = arrival; // past its share: this client's requests are dropped unread for a while
+                        if (req.HasValue && _resent.Contains(req.Value) &&
+                            (!_pending.ContainsKey(req.Value) || error.ErrorCode == ErrorCode.UnknownStream))
+                        {
+                            req = null; // a copy's answer: the request was answered already, or its other copy is ending the stream
+                            break;
+                        }
                         PendingRequest awaiting;
                         if (!req.HasValue || !_pending.TryGetValue(req.Value, out awaiting)) awaiting = null;
                         string stream = error.Stream ?? (awaiting != null ? awaiting.Stream : null);

@@ -53,6 +53,10 @@ namespace Ksdiff
         public const int MinSampleRate = 8000, MaxSampleRate = 192000;
         public const int MaxChannels = 8;
         public const int MaxTranscriptChars = 2000;
+        // A client past its share of the runtime has its requests dropped unread, told by one `busy`
+        // error with neither req nor stream; the drops end at most this long after it (SPEC 4.6,
+        // "A client past its share"; protocol.BUSY_WINDOW_S).
+        public const double BusyWindowS = 1.0;
 
         public const string DefaultPubEndpoint = "tcp://127.0.0.1:5555";
         public const string DefaultRouterEndpoint = "tcp://127.0.0.1:5556";

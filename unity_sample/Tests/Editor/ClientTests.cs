@@ -457,6 +457,39 @@ namespace Ksdiff.Tests
         }
 
         [Test]
+        public void AnEndStreamSentAgainAfterBusyTakesTheFirstOnesAnswerAndDropsItsCopys()
+        {
+            // SPEC 4.6 "A client past its share": a busy with neither req nor stream, after the
+            // end_stream left, says it may have been dropped unread; once Protocol.BusyWindowS has
+            // passed without its answer, the client sends it again. Here the first one was read after
+            // all: the copy is answered unknown_stream (the stream is ending), then the first one's
+            // stream_ended comes. The request gets that; the stream is not lost, and has no error.
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            Open(rt, c, "npc1");
+            var watch = Stopwatch.StartNew();
+            PendingRequest end = c.EndStream("npc1");
+            var first = rt.Receive();
+            ulong req = ((EndStream)new Decoder().Decode(first.Value)).Req.Value;
+            rt.Reply(first.Key, FakeRuntime.Error("busy", null, null, null));
+            var copy = rt.Receive();
+            Assert.GreaterOrEqual(watch.Elapsed.TotalSeconds, Protocol.BusyWindowS, "sent again only once the drops were over");
+            Assert.AreEqual(req, ((EndStream)new Decoder().Decode(copy.Value)).Req.Value);
+            Assert.IsFalse(end.IsDone);
+            rt.Reply(copy.Key, FakeRuntime.Error("unknown_stream", "end_stream", "npc1", req));
+            rt.Reply(first.Key, FakeRuntime.StreamEnded("npc1", 30, req));
+            Assert.IsTrue(end.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsTrue(end.Reply is StreamEnded, "" + end.Reply);
+            Assert.IsNull(rt.TryReceive(0.3), "sent twice, not more");
+            Assert.AreEqual(1UL, c.Status().Resent);
+            Assert.AreEqual(0, c.Stream("npc1").Errors.Count);
+            Assert.AreNotEqual("reconnect", c.Stream("npc1").EndReason, "not lost");
+            List<ClientEvent> errors = Events(c).Where(e => e.Kind == ClientEventKind.Error).ToList();
+            Assert.AreEqual(1, errors.Count, string.Join("\n", errors)); // the busy
+        }
+
+        [Test]
         public void ARestartIsSeenByItsInstanceAndFailsWhatTheOldRuntimeHeld()
         {
             var rt = Keep(new FakeRuntime());
