@@ -230,9 +230,10 @@ def test_streams_beyond_the_measured_capacity_are_refused_with_the_reason(serve_
             opened, reply = open_live_until_refused(peer)
             assert reply["code"] == "busy" and "measured capacity" in reply["message"]
             # the figure the refusal was decided on (the machine's other load is read again as streams
-            # open, so it may differ a little from the reading above): exactly that many were admitted
+            # open, so it may differ a little from the reading above): that many were admitted, or more if the
+            # room shrank while they opened (another program's load came up)
             stated = int(re.search(r"the measured capacity is (\d+) live stream", reply["message"])[1])
-            assert opened == stated and 1 <= opened < 64, (opened, stated, fits)
+            assert 1 <= stated <= opened < 64, (opened, stated, fits)
             assert "of a core" in reply["message"]
         finally:
             peer.close()

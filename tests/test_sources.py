@@ -857,7 +857,9 @@ def test_a_source_that_cannot_be_opened_again_yet_is_retried_by_one_loop_ever_le
             while len(opened) < 5:  # the file is missing: each try fails
                 most = max(most, loops())
                 assert sub.poll(10) is not None
-            sf.write(str(path), np.resize(speech_16k, 16_000), 16_000)  # back, whole
+            # back, whole: written beside it and renamed in one step, or a retry could open it half written
+            sf.write(str(tmp_path / "whole.flac"), np.resize(speech_16k, 16_000), 16_000)
+            os.replace(tmp_path / "whole.flac", path)
             again = until(lambda got: any(m["type"] == "stream_end" for m in got), "the stream back")
     finally:
         sub.close()
