@@ -4,7 +4,8 @@ Threading: ZeroMQ sockets are not thread-safe, so one background I/O thread owns
 DEALER sockets (and their monitors). User threads never touch them: they put commands on a
 thread-safe queue and wake the I/O thread through an inproc PAIR socket (guarded by a lock);
 the I/O thread hands results back through state guarded by one condition variable, which every
-waiting call waits on with a timeout.
+waiting call waits on with a timeout. The thread holds the client only during each pass, so a client
+dropped without ``close()`` is collected, and its thread then closes the sockets and stops.
 
 Slow joiner: a SUB that connected a moment ago misses what is published before its subscription
 reaches the PUB. The runtime publishes ``hello`` and ``stats`` every second, so the first message
@@ -23,6 +24,7 @@ import queue
 import secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -472,6 +474,59 @@ class StreamHandle:
         return f"StreamHandle(stream={self.stream!r}, fps={self.fps}, {audio})"
 
 
+class _Io:
+    """What the I/O thread owns: its sockets, their poller, and the outbox (what waits for the DEALER). Nothing here
+    holds the Client, so a Client dropped without ``close()`` is collected, and its thread then closes these."""
+
+    def __init__(self, wake_rx: zmq.Socket, sub: zmq.Socket, dealer: zmq.Socket, monitor: zmq.Socket,
+                 dealer_monitor: zmq.Socket) -> None:
+        self.wake_rx, self.sub, self.dealer, self.monitor, self.dealer_monitor = \
+            wake_rx, sub, dealer, monitor, dealer_monitor
+        self.poller = zmq.Poller()
+        for s in (wake_rx, sub, dealer, monitor, dealer_monitor):
+            self.poller.register(s, zmq.POLLIN)
+        self.outbox: Outbox = deque()
+        self.outbox_bytes = 0
+
+    def close(self) -> None:
+        for s in (self.sub, self.dealer):
+            with contextlib.suppress(zmq.ZMQError):
+                s.disable_monitor()
+        for s in (self.dealer_monitor, self.monitor, self.dealer, self.sub, self.wake_rx):
+            s.close(linger=0)
+
+
+def _io_thread(ref: weakref.ReferenceType[Client], ctx: zmq.Context) -> None:
+    """The I/O thread: passes of ``Client._io_pass`` until ``close()`` stops it. It holds the client only during a
+    pass, so a client nobody holds any more (dropped without ``close()``) is collected: its finalizer closes the
+    wake socket, and this thread closes its own sockets and the client's context, instead of polling for good."""
+    client = ref()
+    io = client._open_io() if client is not None else None
+    if io is None:
+        return
+    try:
+        while client is not None and client._io_pass(io):
+            client = None  # let go between passes (rebinding alone would hold it throughout): the user may drop it
+            client = ref()
+    except zmq.ContextTerminated:
+        pass
+    except Exception:
+        log.exception("ksdiff-sdk I/O thread failed")
+    finally:
+        io.close()
+        if client is not None:
+            client._io_stopped()  # close() joins this thread, then closes the context
+        else:
+            ctx.term()  # the client was collected (its wake socket closed): nothing else uses the context
+
+
+def _close_wake(wake_tx: zmq.Socket, lock: threading.Lock) -> None:
+    """The user threads' end of the wakeup pair: closed by ``close()``, or once a client dropped unclosed is
+    collected (then the I/O thread sees the client gone on its next pass)."""
+    with lock:
+        wake_tx.close(linger=0)
+
+
 class Client:
     """Connects to a ksdiff-runtime: frames from its PUB, requests and audio to its ROUTER.
 
@@ -573,9 +628,11 @@ class Client:
         self._wake_tx.setsockopt(zmq.LINGER, 0)
         self._wake_tx.connect("inproc://ksdiff-sdk-wake")
         self._wake_lock = threading.Lock()  # user threads share _wake_tx
+        self._wake_closer = weakref.finalize(self, _close_wake, self._wake_tx, self._wake_lock)
         self._started = threading.Event()
         self._start_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ksdiff-sdk-io", daemon=True)
+        self._thread = threading.Thread(target=_io_thread, args=(weakref.ref(self), self._ctx), name="ksdiff-sdk-io",
+                                        daemon=True)
         self._thread.start()
         # Socket setup only, no network wait (connect() is asynchronous); bounded all the same.
         if not self._started.wait(JOIN_TIMEOUT_S * 5):
@@ -952,8 +1009,7 @@ class Client:
         self._commands.put(("stop", b""))
         self._wake()
         self._thread.join(JOIN_TIMEOUT_S)
-        with self._wake_lock:
-            self._wake_tx.close(linger=0)
+        self._wake_closer()
         if self._thread.is_alive():
             # term() would block on the I/O thread's sockets; leave the context to the process exit
             log.warning("ksdiff-sdk I/O thread did not stop within %.1f s", JOIN_TIMEOUT_S)
@@ -981,9 +1037,9 @@ class Client:
             topics += [protocol.frame_topic(s) for s in sorted(self.streams)]
         return topics
 
-    def _run(self) -> None:
+    def _open_io(self) -> _Io | None:
+        """The I/O thread's sockets, set up and connected (on that thread); None if that failed (``_start_error``)."""
         sockets: list[zmq.Socket] = [self._wake_rx]
-        sub = dealer = monitor = dealer_monitor = None
         try:
             sub = self._ctx.socket(zmq.SUB)
             sockets.append(sub)
@@ -1016,40 +1072,27 @@ class Client:
             with self._cv:
                 self._closed = True
             self._started.set()
-            return
+            return None
         self._started.set()
-        try:
-            self._loop(sub, dealer, monitor, dealer_monitor)
-        except zmq.ContextTerminated:
-            pass
-        except Exception:
-            log.exception("ksdiff-sdk I/O thread failed")
-        finally:
-            for s in (sub, dealer):
-                with contextlib.suppress(zmq.ZMQError):
-                    s.disable_monitor()
-            for s in reversed(sockets):
-                s.close(linger=0)
-            with self._cv:
-                self._closed = True
-                self._cv.notify_all()
+        return _Io(self._wake_rx, sub, dealer, monitor, dealer_monitor)
 
-    def _loop(self, sub: zmq.Socket, dealer: zmq.Socket, monitor: zmq.Socket, dealer_monitor: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(self._wake_rx, zmq.POLLIN)
-        poller.register(sub, zmq.POLLIN)
-        poller.register(dealer, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        poller.register(dealer_monitor, zmq.POLLIN)
-        outbox: Outbox = deque()
-        outbox_bytes = 0
-        while True:
+    def _io_stopped(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def _io_pass(self, io: _Io) -> bool:
+        """One pass of the I/O thread: wait for its sockets (or a wakeup), take the commands, send what the DEALER
+        takes, read what came. False once ``close()`` asked it to stop."""
+        sub, dealer, monitor, dealer_monitor, poller = io.sub, io.dealer, io.monitor, io.dealer_monitor, io.poller
+        outbox, outbox_bytes = io.outbox, io.outbox_bytes
+        try:
             poller.modify(dealer, zmq.POLLIN | (zmq.POLLOUT if outbox else 0))
             events = dict(poller.poll(self._poll_ms()))
-            if self._wake_rx in events:
+            if io.wake_rx in events:
                 while True:
                     try:
-                        self._wake_rx.recv(zmq.NOBLOCK)
+                        io.wake_rx.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
             withdraw = False
@@ -1059,7 +1102,7 @@ class Client:
                 except queue.Empty:
                     break
                 if cmd == "stop":
-                    return
+                    return False
                 if isinstance(arg, _Request):  # "request": one a call waits for
                     outbox.append((False, arg.payload, arg))
                     outbox_bytes += len(arg.payload)
@@ -1121,6 +1164,9 @@ class Client:
                         break
                 if dropped:
                     outbox, outbox_bytes = self._connection_dropped(outbox, outbox_bytes)
+        finally:
+            io.outbox, io.outbox_bytes = outbox, outbox_bytes
+        return True
 
     def _withdraw(self, outbox: Outbox, size: int) -> tuple[Outbox, int]:
         """The outbox less the requests abandoned by their calls (timed out): they are never sent, counted in
