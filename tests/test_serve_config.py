@@ -24,6 +24,7 @@ from ksdiff_runtime.server.config import (
     MAX_AHEAD_S,
     MAX_FPS,
     MAX_IDLE_TIMEOUT_S,
+    MAX_THREADS,
     ConfigError,
     ServeConfig,
     load_config,
@@ -109,6 +110,16 @@ def test_fps_is_bounded(capsys, no_model):
             load_config(None, {"fps": fps})
     code, err = serve(capsys, *LOOPBACK_EPHEMERAL, "--fps", "100000")
     assert code == 2 and "fps must be from 1 to 240" in err, err
+
+
+def test_threads_are_bounded(capsys, no_model):
+    """Before: --threads 100000 was taken, and ONNX Runtime tried to start that many threads."""
+    assert load_config(None, {"threads": MAX_THREADS}).threads == MAX_THREADS
+    for threads in (0, -1, MAX_THREADS + 1):
+        with pytest.raises(ConfigError, match=f"threads must be at least 1 and at most {MAX_THREADS}"):
+            load_config(None, {"threads": threads})
+    code, err = serve(capsys, *LOOPBACK_EPHEMERAL, "--threads", "100000")
+    assert code == 2 and "threads must be at least 1 and at most 256, got 100000" in err, err
 
 
 # --- reading the config file ----------------------------------------------------------------------

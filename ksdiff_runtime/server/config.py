@@ -41,6 +41,9 @@ MAX_IDLE_TIMEOUT_S = 86_400.0
 # A stream holds in memory the audio a client pushes ahead of real time; an hour bounds that buffer (an NPC line is
 # seconds long) and stays far above the default of 20 s.
 MAX_AHEAD_S = 3_600.0
+# ONNX Runtime starts every intra-op thread when the model loads: more than any machine has cores only spins, and a
+# typo like 100000 tried to start that many threads.
+MAX_THREADS = 256
 # A stats line at most once a day: any finite period works; a bound keeps a typo like 1e300 from reading as "on".
 MAX_STATS_S = 86_400.0
 # A capture block is audio the face waits for before any of it is animated: beyond a second a live face lags visibly.
@@ -159,8 +162,8 @@ class ServeConfig:
         if self.max_streams_per_client < 0:
             raise ConfigError(f"max_streams_per_client must be 0 (no ceiling of its own) or more, got "
                               f"{self.max_streams_per_client}")
-        if self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be at least 1 and at most {MAX_THREADS}, got {self.threads}")
         # NaN fails every comparison: each float is checked as "within the range", never as "not outside it"
         _check_range("idle_timeout_s", self.idle_timeout_s, 0.0, MAX_IDLE_TIMEOUT_S, "seconds")
         _check_range("max_ahead_s", self.max_ahead_s, 0.0, MAX_AHEAD_S, "seconds")
