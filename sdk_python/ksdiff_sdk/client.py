@@ -4,8 +4,9 @@ Threading: ZeroMQ sockets are not thread-safe, so one background I/O thread owns
 DEALER sockets (and their monitors). User threads never touch them: they put commands on a
 thread-safe queue and wake the I/O thread through an inproc PAIR socket (guarded by a lock);
 the I/O thread hands results back through state guarded by one condition variable, which every
-waiting call waits on with a timeout. The thread holds the client only during each pass, so a client
-dropped without ``close()`` is collected, and its thread then closes the sockets and stops.
+waiting call waits on with a timeout. The thread holds the client only while a pass runs (not while it
+polls), so a client dropped without ``close()`` is collected (by the garbage collector if it opened
+streams: they and the client hold each other), and its thread then closes the sockets and stops.
 
 Slow joiner: a SUB that connected a moment ago misses what is published before its subscription
 reaches the PUB. The runtime publishes ``hello`` and ``stats`` every second, so the first message
@@ -497,17 +498,24 @@ class _Io:
 
 
 def _io_thread(ref: weakref.ReferenceType[Client], ctx: zmq.Context) -> None:
-    """The I/O thread: passes of ``Client._io_pass`` until ``close()`` stops it. It holds the client only during a
-    pass, so a client nobody holds any more (dropped without ``close()``) is collected: its finalizer closes the
-    wake socket, and this thread closes its own sockets and the client's context, instead of polling for good."""
+    """The I/O thread: polls and passes of ``Client._io_pass`` until ``close()`` stops it. It holds the client only
+    while a pass runs, so a client nobody holds any more (dropped without ``close()``) is collected: its finalizer
+    closes the wake socket, and this thread closes its own sockets and the client's context instead of polling for
+    good."""
     client = ref()
     io = client._open_io() if client is not None else None
     if io is None:
         return
     try:
-        while client is not None and client._io_pass(io):
-            client = None  # let go between passes (rebinding alone would hold it throughout): the user may drop it
+        while client is not None:
+            timeout_ms = client._io_poll_ms(io)
+            # not held while waiting (nor between passes): a client the user dropped, reference cycles and all, is
+            # collected meanwhile (rebinding alone would hold it throughout)
+            client = None
+            events = dict(io.poller.poll(timeout_ms))
             client = ref()
+            if client is None or not client._io_pass(io, events):
+                break
     except zmq.ContextTerminated:
         pass
     except Exception:
@@ -1081,14 +1089,21 @@ class Client:
             self._closed = True
             self._cv.notify_all()
 
-    def _io_pass(self, io: _Io) -> bool:
-        """One pass of the I/O thread: wait for its sockets (or a wakeup), take the commands, send what the DEALER
-        takes, read what came. False once ``close()`` asked it to stop."""
-        sub, dealer, monitor, dealer_monitor, poller = io.sub, io.dealer, io.monitor, io.dealer_monitor, io.poller
+    def _io_poll_ms(self, io: _Io) -> int:
+        """Before the I/O thread's poll: what it waits for (the DEALER's room too while the outbox holds messages) and
+        how long: until the runtime's drops end, if it said it dropped this client's requests, else ``_POLL_MS``."""
+        io.poller.modify(io.dealer, zmq.POLLIN | (zmq.POLLOUT if io.outbox else 0))
+        with self._cv:
+            if self._busy_at is None:
+                return _POLL_MS
+            return max(0, min(_POLL_MS, math.ceil(1000 * (self._busy_at + protocol.BUSY_WINDOW_S - time.monotonic()))))
+
+    def _io_pass(self, io: _Io, events: dict[zmq.Socket, int]) -> bool:
+        """One pass of the I/O thread, after its poll: take the commands, send what the DEALER takes, read what came,
+        queue the end_streams to send again. False once ``close()`` asked it to stop."""
+        sub, dealer, monitor, dealer_monitor = io.sub, io.dealer, io.monitor, io.dealer_monitor
         outbox, outbox_bytes = io.outbox, io.outbox_bytes
         try:
-            poller.modify(dealer, zmq.POLLIN | (zmq.POLLOUT if outbox else 0))
-            events = dict(poller.poll(self._poll_ms()))
             if io.wake_rx in events:
                 while True:
                     try:
@@ -1117,9 +1132,6 @@ class Client:
                     sub.setsockopt(zmq.UNSUBSCRIBE, arg)
             if withdraw:
                 outbox, outbox_bytes = self._withdraw(outbox, outbox_bytes)
-            for payload in self._dropped_ends():
-                outbox.append((False, payload, None))
-                outbox_bytes += len(payload)
             while outbox:
                 try:
                     dealer.send(outbox[0][1], zmq.NOBLOCK)
@@ -1164,6 +1176,10 @@ class Client:
                         break
                 if dropped:
                     outbox, outbox_bytes = self._connection_dropped(outbox, outbox_bytes)
+            # after the replies were read (an answer that came is no reason to send it again); sent on the next pass
+            for payload in self._dropped_ends(outbox):
+                outbox.append((False, payload, None))
+                outbox_bytes += len(payload)
         finally:
             io.outbox, io.outbox_bytes = outbox, outbox_bytes
         return True
@@ -1347,26 +1363,21 @@ class Client:
         if orphan is not None:
             self._end_orphan(orphan)
 
-    def _poll_ms(self) -> int:
-        """How long the I/O thread may wait for its sockets: until the runtime's drops end, if it said it dropped
-        this client's requests (``_dropped_ends``), else ``_POLL_MS``."""
-        with self._cv:
-            if self._busy_at is None:
-                return _POLL_MS
-            return max(0, min(_POLL_MS, math.ceil(1000 * (self._busy_at + protocol.BUSY_WINDOW_S - time.monotonic()))))
-
-    def _dropped_ends(self) -> list[bytes]:
+    def _dropped_ends(self, outbox: Outbox) -> list[bytes]:
         """The ``end_stream`` requests to send again (the I/O thread's): the runtime said (``busy`` with neither
         ``req`` nor ``stream``) that it dropped this client's requests unread, for at most BUSY_WINDOW_S from then,
-        and those sent before that ended are still unanswered. Carried out twice, an end_stream does no harm (SPEC 4.6
-        "A client past its share"); other requests are left to time out. The answer to the other copy is dropped."""
+        and those sent before that ended are still unanswered (and not still waiting in the ``outbox``). Carried out
+        twice, an end_stream does no harm (SPEC 4.6 "A client past its share"); other requests are left to time out.
+        The answer to the other copy is dropped (one limit: if the stream is gone and its stream_end was missed, the
+        first copy's unknown_stream is dropped too, and end() times out)."""
         now = time.monotonic()
         with self._cv:
             if self._busy_at is None or now < self._busy_at + protocol.BUSY_WINDOW_S:
                 return []
             drops_end, self._busy_at = self._busy_at + protocol.BUSY_WINDOW_S, None
-            again = [r for r in self._pending.values()
-                     if r.mtype == "end_stream" and r.reply is None and not r.abandoned and r.sent_at < drops_end]
+            waiting = {id(entry[2]) for entry in outbox if entry[2] is not None}
+            again = [r for r in self._pending.values() if r.mtype == "end_stream" and r.reply is None and
+                     not r.abandoned and r.sent_at < drops_end and id(r) not in waiting]
             for r in again:
                 r.sent_at = now
                 self._resent[r.req] = None

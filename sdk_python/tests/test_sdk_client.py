@@ -663,9 +663,10 @@ def test_an_end_stream_sent_again_after_busy_takes_the_first_ones_answer_and_dro
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts file descriptors in /proc")
 def test_a_client_dropped_without_close_stops_its_thread_and_closes_its_sockets():
-    """A Client nobody holds any more (a script that forgot close(), a notebook cell run again) is collected: its
-    I/O thread stops, its sockets and context close. Each one used to keep its thread polling and 13 file
-    descriptors open for good (the thread held the client, so nothing ever collected it)."""
+    """A Client nobody holds any more (a script that forgot close(), a notebook cell run again, a game that ended its
+    line without waiting) is collected: its I/O thread stops, its sockets and context close. Each one used to keep
+    its thread polling and 13 file descriptors open for good (the thread held the client, so nothing ever collected
+    it)."""
 
     def fds() -> int:
         return len(list(Path("/proc/self/fd").iterdir()))
@@ -677,8 +678,16 @@ def test_a_client_dropped_without_close_stops_its_thread_and_closes_its_sockets(
         threads.append(client._thread)
         refs.append(weakref.ref(client))
         del client
-    gc.collect()  # not needed without reference cycles; harmless
-    # the I/O thread holds its client during a pass (a poll of up to a second), then lets go
-    wait_until(lambda: all(r() is None for r in refs), what="the clients collected")
+    with FakeRuntime() as fake:  # a game's pattern: a line pushed and ended without waiting, nothing closed
+        client = ready(lambda rt: Client(rt.pub_endpoint, rt.router_endpoint, timeout=5), fake)
+        handle = client.open_stream("npc1")  # the client and its handle hold each other: only gc frees them
+        handle.push(np.zeros(1600, np.float32))
+        handle.end(wait=False)
+        threads.append(client._thread)
+        refs.append(weakref.ref(client))
+        del client, handle
+        # the I/O thread holds its client only while a pass runs (not while it polls), so the collector finds the
+        # cycle unreachable
+        wait_until(lambda: gc.collect() >= 0 and all(r() is None for r in refs), what="the clients collected")
     wait_until(lambda: not any(t.is_alive() for t in threads), what="the I/O threads stopped")
     wait_until(lambda: fds() <= before, what=f"file descriptors back to {before}")
