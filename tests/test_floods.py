@@ -3,7 +3,14 @@ test drives; over real ZeroMQ, the runtime's io thread: tests/test_serve.py."""
 
 from __future__ import annotations
 
-from ksdiff_runtime.server.floods import CLIENT_SHARE, IO_SHARE, MAX_CLIENTS, STREAM_SHARE, WINDOW_S, FloodGuard
+from ksdiff_runtime.server.floods import (
+    CLIENT_SHARE,
+    MAX_CLIENT_SHARE,
+    MAX_CLIENTS,
+    STREAM_SHARE,
+    WINDOW_S,
+    FloodGuard,
+)
 
 
 def spend_the_share(guard: FloodGuard, client: bytes, t: float, spent: float = 0.0) -> float:
@@ -57,14 +64,14 @@ def test_memory_is_bounded_and_a_flood_of_new_identities_does_not_free_a_flooder
 
 def test_a_client_holding_many_streams_gets_a_share_for_each_up_to_the_io_threads() -> None:
     """A game server feeding 16 NPCs through one connection needs more of the io thread than one client's share:
-    its budget is STREAM_SHARE for each stream it holds, at least CLIENT_SHARE, at most IO_SHARE."""
-    held = {b"game": 16, b"few": 2, b"crowd": 1000}
+    its budget is STREAM_SHARE for each stream it holds, at least CLIENT_SHARE, at most MAX_CLIENT_SHARE."""
+    held = {b"game": 12, b"few": 2, b"crowd": 1000}
     guard = FloodGuard(streams_of=lambda identity: held.get(identity, 0))
     assert guard.budget_s(b"few") == guard.client_budget_s == CLIENT_SHARE * WINDOW_S
-    assert guard.budget_s(b"game") == 16 * STREAM_SHARE * WINDOW_S > guard.client_budget_s
-    assert guard.budget_s(b"crowd") == IO_SHARE * WINDOW_S
+    assert guard.budget_s(b"game") == 12 * STREAM_SHARE * WINDOW_S > guard.client_budget_s
+    assert guard.budget_s(b"crowd") == MAX_CLIENT_SHARE * WINDOW_S
     t = spend_the_share(guard, b"game", 100.0)
-    assert guard.admit(b"game", t) is False and guard.share(b"game") == 16 * STREAM_SHARE
+    assert guard.admit(b"game", t) is False and guard.share(b"game") == 12 * STREAM_SHARE
 
 
 def test_streams_opened_during_the_window_raise_the_budget_before_the_client_is_told_busy() -> None:

@@ -11,11 +11,12 @@ reading a request keeps within the structure limits of protocol/SPEC.md 3.5 (a p
 arrays took ~0.5 s to decode and echo, twice a client's share, before they were checked; now well under a
 millisecond), and the costliest request, 1 MiB of audio to resample, takes ~3-10 ms.
 
-A client's share grows with the streams it holds (``STREAM_SHARE`` each, up to ``IO_SHARE``): it is the streams
-that are fair to serve alike, not the connections. A game server feeding 16 NPCs' live streams through one
+A client's share grows with the streams it holds (``STREAM_SHARE`` each, up to ``MAX_CLIENT_SHARE``): it is the
+streams that are fair to serve alike, not the connections. A game server feeding 16 NPCs' live streams through one
 connection, in 10 ms chunks of 48 kHz stereo, spent 27 % of the io thread on a 2-core machine: with one share per
 client, its audio and its end_streams were dropped (``python -m benchmarks.many_streams``). A flooder gets no more
-than its streams earn, and streams are bounded (max_streams, max_streams_per_client, admission).
+than its streams earn, streams are bounded (max_streams, max_streams_per_client, admission), and however many it
+holds, the other clients' requests keep a fifth of the io thread's time for requests.
 
 The io thread as a whole spends at most ``IO_SHARE`` of its time on requests:
 past that it stops reading requests for a moment and publishes frames, so ZeroMQ's queues push back
@@ -32,6 +33,7 @@ from ksdiff_sdk import protocol
 
 CLIENT_SHARE = 0.25  # of each second of the io thread, for one client's requests
 STREAM_SHARE = 0.03  # of each second, for each stream the client holds (when that comes to more than CLIENT_SHARE)
+MAX_CLIENT_SHARE = 0.4  # of each second at most, whatever the client holds (IO_SHARE less a fifth of it for others)
 IO_SHARE = 0.5  # of each slice of the io thread, for requests (the rest: publishing)
 SLICE_S = 0.010  # the io thread reads requests for at most IO_SHARE of this, then publishes
 WINDOW_S = protocol.BUSY_WINDOW_S  # what clients are told: a busy reply's drops end within this
@@ -58,9 +60,9 @@ class FloodGuard:
         self._clients: dict[bytes, _Client] = {}
 
     def budget_s(self, identity: bytes) -> float:
-        """The io time the client may spend per window: its share, or its streams', at most the io thread's."""
+        """The io time the client may spend per window: its share, or its streams' up to MAX_CLIENT_SHARE."""
         streams = self.streams_of(identity)
-        return max(self.client_budget_s, min(IO_SHARE, STREAM_SHARE * streams) * WINDOW_S)
+        return max(self.client_budget_s, min(MAX_CLIENT_SHARE, STREAM_SHARE * streams) * WINDOW_S)
 
     def admit(self, identity: bytes, now: float) -> bool | None:
         """True: handle the request. None: drop it unread. False: drop it, but tell the client (busy)."""
