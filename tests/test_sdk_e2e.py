@@ -21,6 +21,7 @@ from scipy.signal import resample_poly
 
 from ksdiff_runtime.engine.controls import ease_frames, stream_frames
 from ksdiff_runtime.motion import MOOD_EXPRESSIONS
+from ksdiff_runtime.server.floods import CLIENT_SHARE, _Client
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
 from ksdiff_sdk import (
     Animation,
@@ -497,9 +498,9 @@ def test_an_end_stream_the_runtime_dropped_unread_is_sent_again_once_the_drops_a
             stream.push(speech(0.5))
             stream.set_controls({})  # requests are handled in order: once this one is answered, the pushes were
             owner = runtime.sessions.get("dropped").owner
-            # as if this client had just spent its whole share (the io thread reads none of its requests meanwhile)
-            assert runtime.floods.admit(owner, time.monotonic()) is True
-            runtime.floods.charge(owner, 10.0)
+            # as if this client had spent its whole share in a window that starts now (one assignment: the io
+            # thread's own charges, and a window older than a second, could otherwise undo it)
+            runtime.floods._clients[owner] = _Client(window_start=time.monotonic(), budget=CLIENT_SHARE, spent=10.0)
             assert stream.end() == stream_frames(8_000, 30)
             busy = [e for e in client.errors if e.code == "busy"]
             assert len(busy) == 1 and "dropped unread" in str(busy[0]) and client.resent == 1
