@@ -522,6 +522,8 @@ def _io_thread(ref: weakref.ReferenceType[Client], ctx: zmq.Context) -> None:
         log.exception("ksdiff-sdk I/O thread failed")
     finally:
         io.close()
+        if client is None:
+            client = ref()  # a poll that failed leaves a client that may still be there
         if client is not None:
             client._io_stopped()  # close() joins this thread, then closes the context
         else:
