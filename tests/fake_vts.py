@@ -88,6 +88,7 @@ class _State:
     errors: list[tuple[str, int]] = field(default_factory=list)  # (request type, errorID) answered
     violations: list[tuple[str, float]] = field(default_factory=list)
     authentications: list[tuple[int, bool]] = field(default_factory=list)  # (connection, authenticated)
+    close_codes: list[int | None] = field(default_factory=list)  # each ended connection's close code (None: none)
     connections: int = 0
 
 
@@ -203,6 +204,9 @@ class FakeVTubeStudio:
             pass
         finally:
             self._connections.discard(ws)
+            with self._changed:
+                self.state.close_codes.append(ws.close_code)
+                self._changed.notify_all()
 
     def _reply(self, session: _Session, raw: str | bytes) -> dict[str, Any] | None:
         request_id = str(uuid.uuid4())

@@ -303,6 +303,32 @@ def test_one_stream_goes_out(vts, token_path, outputs):
     assert vts.injections()[0].values["MouthOpen"] == pytest.approx(0.3)
 
 
+def test_close_right_after_a_frame_stops_the_output_and_closes_the_connection_normally(vts, token_path):
+    """serve's stop() hands the output a stream's last frame and closes it at once. The cancel that stopped the
+    output's thread could be lost then (Python 3.11's asyncio.wait_for swallows a cancel that comes as the event it
+    waits for is set): the thread outlived close() by 2 s with a warning, or for good in a process that goes on,
+    injecting into VTube Studio every 0.5 s. Now the thread stops within close() and VTube Studio sees a normal
+    close (1000) after the last frame's values (the face at rest), every time."""
+    trials = 10
+    for trial in range(trials):
+        out = VtsOutput(vts.url, token_path=token_path)
+        try:
+            assert vts.wait_for(authenticated(trial + 1), TIMEOUT_S)
+            *frames, last = speech_frames(6)
+            for frame in frames:
+                out.send(frame)
+                time.sleep(1 / FPS)  # paced as the runtime hands them over
+            out.send(last)
+            out.close()  # at once, as serve's stop() does
+            assert not out._thread.is_alive(), f"trial {trial}: the thread outlived close()"
+        finally:
+            out.close()
+    assert vts.wait_for(lambda s: len(s.close_codes) == trials, TIMEOUT_S)
+    assert vts.state.close_codes == [1000] * trials
+    for connection in range(1, trials + 1):  # each one's last values: the last frame's, the face at rest
+        assert [i.values for i in vts.injections() if i.connection == connection][-1] == REST_VALUES
+
+
 # --- authentication ----------------------------------------------------------------------------
 def test_the_token_is_asked_once_stored_0600_and_reused(vts, token_path, outputs, logs):
     first = VtsOutput(vts.url, token_path=token_path)

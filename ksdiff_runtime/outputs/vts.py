@@ -59,6 +59,7 @@ OPEN_TIMEOUT_S = 3.0  # TCP + WebSocket handshake
 REPLY_TIMEOUT_S = 5.0  # a request unanswered this long: the connection is dead, reconnect
 CLOSE_WAIT_S = 0.5  # the WebSocket closing handshake at shutdown
 CLOSE_TIMEOUT_S = 2.0  # close() waits this long for the thread
+STOP_GRACE_S = 0.5  # beyond the closing handshake, what stopping a session that injects may take before it is cancelled
 MAX_IN_FLIGHT = 8  # injections sent without a reply yet; beyond, newer values wait (a stuck server)
 REMIND_S = 60.0  # a problem that lasts is logged again this often
 
@@ -245,6 +246,7 @@ class VtsOutput:
         self._token: str | None = None
         self._closed = False
         self._stopping = False
+        self._injecting = False  # the inject loop runs (on the output's thread): stopping ends it, not a cancel
         self._problem: str | None = None  # the kind of trouble logged last (logged again on change)
         self._problem_logged = 0.0
         self._logged_errors: set[int] = set()
@@ -304,7 +306,14 @@ class VtsOutput:
 
     def _stop(self) -> None:
         self._stopping = True
-        if self._main_task is not None:
+        if self._main_task is None:
+            return
+        if self._injecting:
+            # the inject loop sees _stopping and returns: the session ends with a normal close (1000), which
+            # cancelling it would make an abnormal one; cancelled all the same should that take too long
+            self._notify()
+            self._loop.call_later(CLOSE_WAIT_S + STOP_GRACE_S, self._main_task.cancel)
+        else:  # connecting, authenticating, waiting to retry: nothing to close cleanly
             self._main_task.cancel()
 
     async def _main(self) -> None:
@@ -350,6 +359,8 @@ class VtsOutput:
                 else:  # ended as soon as it started, as it will again: not in a loop that takes a core
                     short_sessions += 1
                     delay = min(MAX_RETRY_S, RETRY_S * 2 ** (short_sessions - 1))
+            if self._stopping:
+                return
             await asyncio.sleep(delay)
 
     def _report(self, kind: str, message: str, level: int = logging.WARNING) -> None:
@@ -523,6 +534,7 @@ class VtsOutput:
             self._values = {k: v for k, v in self._values.items() if k in DEFAULT_PARAMETERS or k in custom}
         dirty = self._values is not None
         last_sent = -math.inf
+        self._injecting = True
         try:
             while True:
                 self._wake.clear()
@@ -540,6 +552,8 @@ class VtsOutput:
                 if due and not capped:
                     await self._send_values(ws)
                     last_sent, dirty = now, False
+                if self._stopping:  # what was handed over before close() went out (a stream's last, neutral frame)
+                    return
                 if self._waiting_since is not None and now - self._waiting_since > REPLY_TIMEOUT_S:
                     raise _RetryError("no_reply", f"VTube Studio has not answered for {REPLY_TIMEOUT_S:g} s; "
                                       "reconnecting")
@@ -549,9 +563,13 @@ class VtsOutput:
                     timeout = KEEPALIVE_S
                 else:
                     timeout = max(0.0, last_sent + KEEPALIVE_S - time.monotonic())
+                # not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as the event is set (close()
+                # right after a frame), and the closed output went on injecting
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
         finally:
+            self._injecting = False
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
