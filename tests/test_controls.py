@@ -120,6 +120,23 @@ def test_anticipation_holds_frames_back_by_the_offset():
     assert out.last == [False] * (len(out.index) - 1) + [True]
 
 
+@pytest.mark.parametrize("offset_ms", [200.0, -200.0, 30.0])
+def test_timing_offset_shifts_a_line_hop_of_hundreds_of_frames(offset_ms):
+    """A line's hop hands over all of its frames at once (hundreds), more than the few rows of history the timing
+    keeps between hops: every frame is still sampled from the motion ``offset_ms`` earlier. It used to interpolate
+    on the hop's last 17 rows alone, so the frames before them were clamped to one value: a line's mouth stood
+    still in plateaus, shifted the wrong way."""
+    fps, n = 30, 300
+    shift = offset_ms * fps / 1000
+    t = np.arange(n, dtype=np.float64)
+    values = (0.5 + 0.4 * np.sin(t / 7))[:, None] * np.ones((1, 55))
+    stage = ControlStage(Controls.from_dict({"timing_offset_ms": offset_ms}), fps)
+    out = stage.apply(Emitted(list(range(n)), values.astype(np.float32), [0] * n, [False] * (n - 1) + [True]))
+    assert out.index[:n] == list(range(n))
+    want = np.interp(t - shift, t, values[:, 0])  # clamped to the first and last frame of the stream
+    np.testing.assert_allclose(out.values[:n, 0], want, atol=1e-5)
+
+
 def test_controls_changed_mid_stream_apply_from_the_next_hop(engine, speech_16k):
     frames = run(engine, speech_16k, change=(5, Controls.from_dict({"strength": {"jaw": 0.0}})))
     jaw = arrays(frames)[0][:, JAW]

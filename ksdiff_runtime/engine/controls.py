@@ -308,17 +308,20 @@ class ControlStage:
 
     def _retimed(self, em: Emitted, final: bool) -> tuple[list[int], list[int | None], np.ndarray]:
         """The waiting frames whose motion exists, each sampled ``timing_offset_ms`` earlier on the motion
-        (linear between neighbouring frames; clamped to the first and last frame of the stream)."""
+        (linear between neighbouring frames; clamped to the first and last frame of the stream). Sampled on the
+        history and the whole hop: a line's hop holds hundreds of frames, far more than the history kept."""
+        motion_index = np.concatenate([self._hist_index, np.asarray(em.index, np.int64)])
+        motion_rows = np.concatenate([self._hist, em.values.astype(np.float32)])
         self._remember(em.index, em.values)
         self._waiting += list(zip(em.index, em.captured_ns, strict=True))
         shift = self.controls.timing_offset_ms * self.fps / 1000.0
-        newest = int(self._hist_index[-1]) if self._hist_index.size else -1
+        newest = int(motion_index[-1]) if motion_index.size else -1
         ready = self._waiting if final else [w for w in self._waiting if w[0] - shift <= newest + 1e-9]
         self._waiting = self._waiting[len(ready):]
         if not ready:
             return [], [], np.zeros((0, _VALUES), np.float32)
         pos = np.array([i for i, _ in ready], np.float64) - shift
-        values = np.stack([np.interp(pos, self._hist_index, self._hist[:, k]) for k in range(_VALUES)], axis=1)
+        values = np.stack([np.interp(pos, motion_index, motion_rows[:, k]) for k in range(_VALUES)], axis=1)
         return [i for i, _ in ready], [c for _, c in ready], values.astype(np.float32)
 
     def shape(self, values: np.ndarray) -> np.ndarray:
