@@ -16,7 +16,9 @@ instant reached it. So if the audio's sample 0 comes out of the speaker that lon
 every frame is there before its instant. ``LineSync`` keeps that time (``play_at``), starts your
 playback then (early by your device's output latency), and gives the pose for any moment by
 interpolating between the two frames around it. A frame that still arrives late is shown as soon as it
-comes (the audio never waits), and ``late`` counts them.
+comes (the audio never waits), and ``late`` counts them. Playback started later than ``play_at`` (a line
+longer than the stream's ``max_ahead_s`` makes ``push`` wait for real time before it returns) moves the
+line's clock with it: the frames follow the audio as it actually plays.
 """
 
 from __future__ import annotations
@@ -65,18 +67,22 @@ class LineSync:
         self._frames: dict[int, Frame] = {}
         self._arrived: dict[int, float] = {}
         self._last_index: int | None = None
-        self.late = 0  # frames that arrived after their instant had played
+        self._started: float | None = None  # when sample 0 came out of the speaker, once start_playback played it
 
     @property
     def play_at(self) -> float | None:
-        """When sample 0 must come out of the speaker (this clock), once the first audio was pushed."""
+        """When sample 0 comes out of the speaker (this clock): due ``delay_s`` after the first push, or, once
+        ``start_playback`` played it, when it did (later than due if the game was late)."""
+        return self._started if self._started is not None else self._due_at()
+
+    def _due_at(self) -> float | None:
         t0 = self.handle.started_at
         return None if t0 is None else t0 + self.delay_s
 
     def start_playback(self, play: Callable[[], object], timeout: float | None = None) -> float:
         """Wait until ``play_at`` minus the output latency, then call ``play()`` (which starts your audio);
         returns the time it was called. Push the first audio before (the clock starts with it)."""
-        at = self.play_at
+        at = self._due_at()
         if at is None:
             raise RuntimeError("push the line's first audio before starting playback: the clock starts with it")
         wait = at - self.output_latency_s - self._clock()
@@ -84,33 +90,39 @@ class LineSync:
             raise TimeoutError(f"playback is due in {wait:.2f} s, beyond the timeout")
         if wait > 0:
             time.sleep(wait)  # waiting for a moment on the clock, not for another thread
+        called = self._clock()
         play()
-        return self._clock()
+        self._started = max(at, called + self.output_latency_s)  # the line's clock from now on: the audio's
+        return called
 
     def _take(self) -> None:
         now = self._clock()
-        at = self.play_at
         for frame in self.handle.take_frames():
             if frame.index in self._frames:
                 continue
             bisect.insort(self._indices, frame.index)
             self._frames[frame.index] = frame
             self._arrived[frame.index] = now
-            if at is not None and now > at + frame.t_audio:
-                self.late += 1
             if frame.last:
                 self._last_index = frame.index
 
     def pose(self, now: float | None = None) -> Pose | None:
         """The pose for what the speaker plays at ``now`` (default: this instant): linear between the two
-        received frames around it, the nearest one at the edges; None before any frame came."""
+        received frames around it, the nearest one at the edges; None before any frame came. Raises the
+        stream's ``StreamLost`` once it was lost (the runtime restarted, the connection dropped) and the frames
+        that did arrive are played: its last frame will not come."""
         self._take()
         at = self.play_at
+        lost = self.handle.lost
         if not self._indices or at is None:
+            if lost is not None:
+                raise lost
             return None
         t = (self._clock() if now is None else now) - at
         fps = self._frames[self._indices[0]].fps
         pos = t * fps
+        if lost is not None and self._last_index is None and pos >= self._indices[-1]:
+            raise lost
         k = bisect.bisect_right(self._indices, pos)
         if k == 0:
             f = self._frames[self._indices[0]]
@@ -127,6 +139,11 @@ class LineSync:
     def frames(self) -> list[Frame]:
         """The frames received so far, by index."""
         return [self._frames[i] for i in self._indices]
+
+    @property
+    def late(self) -> int:
+        """Frames that arrived (were taken by ``pose``) after their instant had played."""
+        return sum(slack < 0 for slack in self.arrival_slack_s())
 
     def arrival_slack_s(self) -> list[float]:
         """For each frame received, by index: how long before its instant played it arrived (negative: late)."""
