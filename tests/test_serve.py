@@ -88,6 +88,22 @@ def test_empty_stream_and_transcript(runtime):
         peer.close()
 
 
+@pytest.mark.parametrize(("samples", "rate"), [(44_101, 44_100), (6_401, 192_000), (16_001, 16_000)])
+def test_a_streams_frame_count_is_the_specs_on_its_16k_clock(runtime, samples, rate):
+    """SPEC 4.2 "How many frames": S16 = floor(S * 16000 / R) samples on the 16 kHz clock, then
+    ceil(S16 * fps / 16000) frames for the audio and the ease's E. (44,101 samples at 44.1 kHz: 30 + 4.)"""
+    peer = Peer(runtime)
+    try:
+        stream = f"count{rate}"
+        peer.request("open_stream", stream=stream, sample_rate=rate, channels=1, format="f32le", mode="line")
+        x = (0.1 * np.sin(np.arange(samples) / 20)).astype("<f4").tobytes()
+        push_clip(peer, stream, x, 4, 4096)
+        s16 = samples * 16_000 // rate
+        assert peer.request("end_stream", stream=stream)["frames"] == stream_frames(s16, 30)
+    finally:
+        peer.close()
+
+
 def test_a_live_stream_is_opened_with_its_deadline(runtime):
     peer = Peer(runtime)
     try:
