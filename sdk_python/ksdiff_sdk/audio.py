@@ -56,7 +56,7 @@ def to_pcm(audio: np.ndarray | bytes | bytearray | memoryview, channels: int, fm
             return a.astype("<f4").tobytes()  # row-major [n, channels] is already interleaved
         a = np.where(np.isfinite(a), a, 0.0)
         return np.round(np.clip(a, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-    if a.dtype == np.int16:
+    if a.dtype.kind == "i" and a.dtype.itemsize == 2:  # int16 in either byte order ('>i2' from a big-endian file)
         if fmt == "s16le":
             return a.astype("<i2").tobytes()
         return (a.astype(np.float32) / 32768.0).astype("<f4").tobytes()

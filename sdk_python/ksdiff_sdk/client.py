@@ -290,8 +290,11 @@ class StreamHandle:
         end is at most ``max_ahead_s`` ahead of the stream's first push (its clock's start: a first push placed later
         than sample 0 sends an empty message at sample 0 first, which starts the runtime's clock with ours)."""
         self._check()
-        if self.ended:
-            raise UnknownStreamError("unknown_stream", "the stream was ended; open a new one", stream=self.stream)
+        with self._client._cv:
+            ending = self._ended or self._ending
+        if ending:  # the runtime takes no audio after end_stream: refused here, not dropped there unseen
+            raise UnknownStreamError("unknown_stream", "the stream was ended (end() was called); open a new one",
+                                     stream=self.stream)
         data = to_pcm(pcm, self.channels, self.format)
         n = len(data) // frame_bytes(self.channels, self.format)
         if n == 0:

@@ -69,3 +69,10 @@ def test_chunks_stay_under_100_ms_and_the_size_limit(rate, channels, fmt):
     assert starts[0] == 1000 and all(s + n == t for s, n, t in zip(starts, sizes, starts[1:], strict=False))
     assert b"".join(d["pcm"] for d in decoded) == pcm
     assert chunk_frames(rate, channels, fmt) * fb < protocol.MAX_MESSAGE_BYTES
+
+
+def test_int16_in_either_byte_order_is_taken():
+    """int16 read from a big-endian file ('>i2') is int16 too: it was refused with a TypeError."""
+    x = np.array([0, 1, -2, 32767, -32768], np.int16)
+    for fmt in ("s16le", "f32le"):
+        assert to_pcm(x.astype(">i2"), 1, fmt) == to_pcm(x, 1, fmt)

@@ -29,6 +29,7 @@ from ksdiff_sdk import (
     InternalError,
     KsdiffError,
     StreamLost,
+    UnknownStreamError,
     protocol,
 )
 
@@ -691,3 +692,16 @@ def test_a_client_dropped_without_close_stops_its_thread_and_closes_its_sockets(
         wait_until(lambda: gc.collect() >= 0 and all(r() is None for r in refs), what="the clients collected")
     wait_until(lambda: not any(t.is_alive() for t in threads), what="the I/O threads stopped")
     wait_until(lambda: fds() <= before, what=f"file descriptors back to {before}")
+
+
+def test_a_push_after_end_is_refused_at_once_and_sends_nothing(fake, make_client):
+    """After end(wait=False) the runtime takes no more audio for the stream: push() used to send it anyway (the
+    runtime dropped it, the error surfacing on some later call); now it raises UnknownStreamError at once."""
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+    handle.push(np.zeros(1600, np.float32))
+    handle.end(wait=False)
+    with pytest.raises(UnknownStreamError, match="end\\(\\) was called"):
+        handle.push(np.zeros(1600, np.float32))
+    assert handle.end() == 3
+    assert sum(len(m["pcm"]) for m in fake.audio["npc1"]) == 1600 * 4  # only the first push's
