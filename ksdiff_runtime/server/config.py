@@ -199,6 +199,16 @@ class ServeConfig:
             if setting in flags:
                 raise ConfigError(f"{flag_name(setting)} {why}")
 
+    def avatar_outputs_in_bursts(self) -> str | None:
+        """What to say when the quality preset drives an avatar app: it publishes a hop's 15 frames at once, twice
+        a second, and VMC, Live Link and VTube Studio show them as they come (the face moves at 2 Hz)."""
+        outputs = [flag_name(name) for name in ("vmc", "livelink", "vts") if getattr(self, name)]
+        if self.preset != "quality" or not outputs:
+            return None
+        return (f"{' and '.join(outputs)} with the quality preset: it publishes each hop's frames at once, about "
+                "twice a second, and an avatar app shows them as they arrive (its face moves in jumps); use the "
+                "low-latency preset for a live avatar")
+
     def unused_settings(self) -> dict[str, str]:
         """Settings changed from their default that have no effect, because the output or source they apply to is
         off: {setting: why}."""
