@@ -121,6 +121,13 @@ def test_an_avatar_app_driven_by_the_quality_preset_is_warned_about():
     assert ServeConfig(preset="quality").avatar_outputs_in_bursts() is None  # ZeroMQ clients buffer by t_audio
 
 
+def test_livelink_and_vmc_sent_to_one_port_are_refused(capsys, no_model):
+    """A VMC app got Live Link packets among its OSC bundles (python-osc: "Could not identify content type")."""
+    code, err = serve(capsys, *LOOPBACK_EPHEMERAL, "--vmc", "127.0.0.1:39539", "--livelink", "127.0.0.1:39539")
+    assert code == 2 and "--livelink and --vmc both send to 127.0.0.1:39539" in err, err
+    assert load_config(None, {"vmc": "127.0.0.1:39539", "livelink": "127.0.0.1:11111"}).vmc == "127.0.0.1:39539"
+
+
 def test_threads_are_bounded(capsys, no_model):
     """Before: --threads 100000 was taken, and ONNX Runtime tried to start that many threads."""
     assert load_config(None, {"threads": MAX_THREADS}).threads == MAX_THREADS

@@ -249,9 +249,12 @@ class ServeConfig:
         from ksdiff_runtime.outputs.vts import parse_url
 
         try:
-            for flag, destination in (("--livelink", self.livelink), ("--vmc", self.vmc)):
-                if destination:
-                    parse_host_port(destination, flag)
+            sent_to = {flag: parse_host_port(destination, flag)
+                       for flag, destination in (("--livelink", self.livelink), ("--vmc", self.vmc)) if destination}
+            if len(sent_to) == 2 and sent_to["--livelink"] == sent_to["--vmc"]:  # same name and port; no lookup here
+                host, port = sent_to["--vmc"]
+                raise OutputConfigError(f"--livelink and --vmc both send to {host}:{port}: the app reading one would "
+                                        "get the other's packets too; give each its own port")
             check_stream_id(self.livelink_stream, "--livelink-stream")
             check_stream_id(self.vmc_stream, "--vmc-stream")
             if self.vts:
