@@ -432,6 +432,8 @@ def test_checkpoint_roundtrip_and_clear_errors(tmp_path):
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_model(tmp_path)  # it said "does not exist"
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match=r"corrupt\.pt.*corrupt"):

@@ -29,7 +29,7 @@ from onnx.utils import extract_model
 from tqdm import tqdm
 
 from ksdiff_runtime.model.checkpoint import load_model
-from ksdiff_runtime.model.config import CheckpointError, ModelConfig
+from ksdiff_runtime.model.config import ModelConfig, checkpoint_file
 from ksdiff_runtime.model.graphs import TakeStyleEncoder, WindowConditioner, WindowDenoiser
 from ksdiff_runtime.model.io import (
     CONDITIONER_INPUTS,
@@ -437,9 +437,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path = DEFAULT_EXPORT_DI
     Idempotent: the same checkpoint and versions give the same files. Atomic: everything is written
     and checked in a temporary sibling directory first; only a complete export is renamed into place.
     """
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if not checkpoint.is_file():
-        raise CheckpointError(f"checkpoint {checkpoint} does not exist")
+    checkpoint, out_dir = checkpoint_file(checkpoint), Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT, CheckpointError
+from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT, checkpoint_file
 
 from .artifact import SHIPPED_EXPORT, default_cache_dir, export_of, export_problem, sha256_file
 from .base import Backend, BackendError
@@ -153,9 +153,7 @@ def load_backend(
     whatever the backend (every backend would fail on it).
     """
     concrete = resolve(name)
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():  # before any backend tries (and fails less clearly) to hash or export it
-        raise CheckpointError(f"checkpoint {checkpoint} does not exist")
+    checkpoint = checkpoint_file(checkpoint)
     options = dict(checkpoint=checkpoint, export_dir=Path(export_dir) if export_dir else None,
                    device_index=device_index, threads=threads, cuda_graphs=cuda_graphs,
                    engine_cache=Path(engine_cache) if engine_cache else None, int8=int8)

@@ -21,7 +21,7 @@ import torch
 
 from ksdiff_runtime import motion
 
-from .config import DEFAULT_CHECKPOINT, CheckpointError, ModelConfig
+from .config import DEFAULT_CHECKPOINT, CheckpointError, ModelConfig, checkpoint_file
 from .ksdiff import KSDiff
 
 FORMAT = 1
@@ -76,9 +76,7 @@ def _mood_styles(path: Path, payload: dict[str, Any], style_dim: int) -> torch.T
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    path = checkpoint_file(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ksdiff_runtime import assets, motion
@@ -18,6 +19,17 @@ DEFAULT_CHECKPOINT = assets.CHECKPOINT
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` as a Path if it is a file; CheckpointError saying what it is otherwise (before anything tries, and
+    fails less clearly, to hash, export or load it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
 
 
 @dataclass
