@@ -568,7 +568,7 @@ class Subscriber:
 
 
 @pytest.mark.timeout(180)
-def test_serve_sends_every_frame_to_live_link_and_vmc_at_once(serve_engine, speech_1s_wav, receiver, vmc_receiver):
+def test_serve_sends_every_frame_to_live_link_and_vmc(serve_engine, speech_1s_wav, receiver, vmc_receiver):
     from ksdiff_runtime.server.runtime import Runtime
     from ksdiff_runtime.sources import FileSource
 
@@ -578,6 +578,7 @@ def test_serve_sends_every_frame_to_live_link_and_vmc_at_once(serve_engine, spee
         try:
             sid = rt.add_source(FileSource(speech_1s_wav, realtime=False, stream_id="line"))
             frames = sub.frames_until_end(sid)
+            assert rt.wait_until_idle(timeout=TIMEOUT_S)  # the paced outputs have sent the line's frames
         finally:
             sub.close()
         assert rt.output_errors == {"zmq": 0, "livelink": 0, "vmc": 0}
@@ -701,6 +702,7 @@ def test_a_failing_output_costs_neither_subscribers_nor_the_other_output(serve_e
         try:
             sid = rt.add_source(FileSource(speech_1s_wav, realtime=False, stream_id="line"))
             frames = sub.frames_until_end(sid)
+            assert rt.wait_until_idle(timeout=TIMEOUT_S)  # Live Link is paced: the line's frames have been sent
         finally:
             sub.close()
         errors = dict(rt.output_errors)

@@ -204,8 +204,8 @@ def run_serve(args: argparse.Namespace) -> int:
     # the config file's settings for an output or source that is off (a flag's were refused by load_config)
     for setting, why in config.unused_settings().items():
         log.warning("config file %s: %s %s; it is ignored", args.config, setting, why)
-    if (bursts := config.avatar_outputs_in_bursts()) is not None:
-        log.warning("%s", bursts)
+    if (late := config.avatar_outputs_late()) is not None:
+        log.warning("%s", late)
     return serve(config)
 
 

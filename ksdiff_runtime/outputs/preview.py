@@ -190,6 +190,7 @@ class PreviewOutput:
     """The preview page's server: ``send`` hands events over; a thread of its own serves the page."""
 
     name = "preview"
+    paced = True  # shows frames as they arrive (outputs/pacing.py)
     flag = "--preview"
 
     def __init__(self, port: int = DEFAULT_PORT, host: str = "127.0.0.1") -> None:

@@ -206,6 +206,7 @@ class UdpOutput:
 
     name = "udp"
     flag = "--udp"
+    paced = True  # shows frames as they arrive (outputs/pacing.py)
 
     def __init__(self, destination: str, choice: StreamChoice | None) -> None:
         self._choice = choice

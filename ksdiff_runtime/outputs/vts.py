@@ -220,6 +220,7 @@ class VtsOutput:
     """One stream's frames as VTube Studio parameters, injected over its WebSocket API at ``url``."""
 
     name = "vts"
+    paced = True  # shows frames as they arrive (outputs/pacing.py)
     flag = "--vts"
 
     def __init__(self, url: str = DEFAULT_URL, stream: str | None = None, custom: bool = False,

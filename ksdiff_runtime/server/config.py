@@ -199,14 +199,15 @@ class ServeConfig:
             if setting in flags:
                 raise ConfigError(f"{flag_name(setting)} {why}")
 
-    def avatar_outputs_in_bursts(self) -> str | None:
-        """What to say when the quality preset drives an avatar app: it publishes a hop's 15 frames at once, twice
-        a second, and VMC, Live Link and VTube Studio show them as they come (the face moves at 2 Hz)."""
+    def avatar_outputs_late(self) -> str | None:
+        """What to say when the quality preset drives an avatar app: its frames are shown at their time
+        (outputs/pacing.py), so the face follows the voice a hop's wait for audio, and more, behind."""
         outputs = [flag_name(name) for name in ("vmc", "livelink", "vts") if getattr(self, name)]
         if self.preset != "quality" or not outputs:
             return None
-        return (f"{' and '.join(outputs)} with the quality preset: it publishes each hop's frames at once, about "
-                "twice a second, and an avatar app shows them as they arrive (its face moves in jumps); use the "
+        wait_s = PRESETS[self.preset].latency_budget_ms() / 1000.0
+        return (f"{' and '.join(outputs)} with the quality preset: the avatar's face follows the voice over "
+                f"{wait_s:.2f} s late (each hop waits for that much audio, then its compute); use the "
                 "low-latency preset for a live avatar")
 
     def unused_settings(self) -> dict[str, str]:

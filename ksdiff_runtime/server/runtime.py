@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import socket
 import threading
 import time
@@ -45,6 +46,7 @@ from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE
 from ksdiff_runtime.events import Event, Frame, Hello, Stats, StreamEnded, StreamStarted
 from ksdiff_runtime.inputs.stream import AudioFormat, BadAudioError
 from ksdiff_runtime.outputs.base import FrameOutput
+from ksdiff_runtime.outputs.pacing import Pacer
 from ksdiff_runtime.outputs.zmq import PUB_SNDHWM, ZmqPublisher
 from ksdiff_runtime.sessions import DEFAULT_MAX_AHEAD_S, RefusedError, Session
 from ksdiff_runtime.sources import Source, SourceError
@@ -189,6 +191,8 @@ class Runtime:
         self.router_endpoint = ""
         self.drops = 0
         self.output_errors: dict[str, int] = {}
+        self._paced: list[FrameOutput] = []
+        self._pacer = Pacer()
         self.floods = FloodGuard(streams_of=self.sessions.held_by)
         self.refusals = RateLimitedLog(log, "request refused")  # by error code, counted in stats
         self._source_threads: list[threading.Thread] = []  # stopping (and reopening) ended streams' sources
@@ -201,7 +205,7 @@ class Runtime:
         self._outbox: collections.deque[Outbox] = collections.deque()
         self._outbox_frames = 0
         self._outbox_lock = threading.Lock()
-        self._idle = threading.Condition()  # notified when a stream's end has been published
+        self._idle = threading.Condition()  # notified when a stream's end has been published, and sent when paced
         self._stopping = threading.Event()
         # why the runtime stopped on its own: a thread of it failed outside what it guards (None: it did not)
         self.failure: str | None = None
@@ -249,6 +253,9 @@ class Runtime:
         self._router = router
         self._outputs: list[FrameOutput] = [ZmqPublisher(pub, self.fps), *self.extra_outputs]
         self.output_errors = {out.name: 0 for out in self._outputs}
+        # outputs that show a frame when it arrives get each frame at its time on its stream's clock (pacing.py)
+        self._paced = [out for out in self._outputs if getattr(out, "paced", False)]
+        self._pacer = Pacer()
         # Other threads wake the io thread through a local socket pair: ZeroMQ's poller watches
         # it next to the ROUTER, and writing to it is safe from any thread.
         self._wake_r, self._wake_w = socket.socketpair()
@@ -350,9 +357,10 @@ class Runtime:
         return [s.id for s in self.sessions if not s.finished]
 
     def wait_until_idle(self, timeout: float | None = None) -> bool:
-        """Block until no stream is open (True) or the timeout passes (False)."""
+        """Block until no stream is open and the paced outputs have sent every frame (True), or the timeout passes
+        (False)."""
         with self._idle:
-            return self._idle.wait_for(lambda: len(self.sessions) == 0, timeout)
+            return self._idle.wait_for(lambda: len(self.sessions) == 0 and self._pacer.held == 0, timeout)
 
     def stats(self) -> dict[str, Any]:
         """The figures of the last ``stats`` message (uptime_s, drops, streams, refused, capacity) and ``room``: what
@@ -434,7 +442,9 @@ class Runtime:
         try:
             while True:
                 now = time.monotonic()
-                timeout_ms = max(0.0, 1000.0 * (min(next_hello, next_stats) - now))
+                paced_due = self._pacer.next_due()
+                timeout_ms = max(0.0, 1000.0 * (min(next_hello, next_stats,
+                                                    math.inf if paced_due is None else paced_due) - now))
                 if self._stopping.is_set():
                     timeout_ms = min(timeout_ms, 20.0)  # check soon whether the engine thread has stopped
                 resting = now < rest_until
@@ -459,6 +469,7 @@ class Runtime:
                             break
                 self._publish_outbox()
                 now = time.monotonic()
+                self._send_paced(self._pacer.due(now))
                 if now >= next_hello:
                     self._emit(Hello(self.instance))
                     next_hello = now + self.hello_period_s
@@ -472,6 +483,7 @@ class Runtime:
                     assert self._engine_thread is not None
                     self._engine_thread.join(timeout=STOP_ENGINE_WAIT_S)
                     self._shutdown_streams()
+                    self._send_paced(self._pacer.drain())
                     self.client_lines.flush(final=True)
                     return
         finally:
@@ -480,16 +492,37 @@ class Runtime:
                 out.close()
 
     def _emit(self, event: Event) -> None:
-        """Hand an event to every output; one that fails is counted and logged once, never fatal."""
+        """Hand an event to every output (to the paced ones when its time comes); one that fails is counted and
+        logged once, never fatal."""
         for out in self._outputs:
+            if out in self._paced:
+                continue
             try:
                 out.send(event)
             except Exception as e:
                 if isinstance(event, Frame) and out is self._outputs[0]:
                     raise  # the frame cannot be encoded: the caller drops and counts it
-                self.output_errors[out.name] += 1
-                if self.output_errors[out.name] == 1:
-                    log.error("output %s failed (counted; logged once): %s", out.name, e)
+                self._output_failed(out, e)
+        if self._paced:
+            now = time.monotonic()
+            self._pacer.put(event, now)
+            self._send_paced(self._pacer.due(now))
+
+    def _send_paced(self, events: list[Event]) -> None:
+        for event in events:
+            for out in self._paced:
+                try:
+                    out.send(event)
+                except Exception as e:
+                    self._output_failed(out, e)
+        if events and self._pacer.held == 0:
+            with self._idle:
+                self._idle.notify_all()
+
+    def _output_failed(self, out: FrameOutput, e: Exception) -> None:
+        self.output_errors[out.name] += 1
+        if self.output_errors[out.name] == 1:
+            log.error("output %s failed (counted; logged once): %s", out.name, e)
 
     def _reply(self, identity: bytes, payload: bytes) -> None:
         try:
@@ -502,6 +535,7 @@ class Runtime:
             items = list(self._outbox)
             self._outbox.clear()
             self._outbox_frames = 0
+        self._pacer.next_batch()  # what the engine computed since the last pass came together
         for item in items:
             if isinstance(item, _Started):
                 self._emit(self._started(item.session))
