@@ -9,6 +9,9 @@ import json
 import logging
 import math
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -398,6 +401,62 @@ def test_stereo_44k1_gives_the_frame_count_of_its_duration(tmp_path: Path, speec
     expected = math.ceil(len(mono) * motion.FPS / 44_100)
     assert expected == 45
     assert_valid_csv(out, expected)
+
+
+@pytest.mark.parametrize(("samples", "rate", "frames"),
+                         [(44_101, 44_100, 30), (6_401, 192_000, 1), (16_001, 16_000, 31)])
+def test_a_bake_has_the_frame_count_of_a_stream_on_its_16k_clock(tmp_path: Path, tiny_checkpoint: Path, samples: int,
+                                                                 rate: int, frames: int) -> None:
+    """SPEC 4.2: S16 = floor(S * 16000 / R) samples, then a frame per started frame period, as a line stream of the
+    same audio gives (tests/test_serve.py, less its ease to rest). 44,101 samples at 44.1 kHz gave 31 frames."""
+    wav = tmp_path / "odd.wav"
+    sf.write(str(wav), (0.1 * np.sin(np.arange(samples) / 20)).astype(np.float32), rate, subtype="FLOAT")
+    out = tmp_path / "out.csv"
+    assert bake(wav, out, tiny_checkpoint) == 0
+    assert frames == math.ceil((samples * motion.SAMPLE_RATE // rate) * motion.FPS / motion.SAMPLE_RATE)
+    assert_valid_csv(out, frames)
+
+
+def test_audio_shorter_than_a_16k_sample_is_no_audio(tmp_path: Path, tiny_checkpoint: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    wav = tmp_path / "one.wav"
+    sf.write(str(wav), np.full(1, 0.5, np.float32), 44_100, subtype="FLOAT")
+    out = tmp_path / "out.csv"
+    assert bake(wav, out, tiny_checkpoint) == 1
+    assert f"error: no audio in {wav}: the file holds 1 samples at 44100 Hz, under one at 16 kHz" in \
+        capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_file_of_40_channels_is_downmixed_and_baked(tmp_path: Path, speech_16k: np.ndarray,
+                                                      tiny_checkpoint: Path) -> None:
+    """A file says how its samples are laid out: any count of channels is mixed down (an array from a caller with
+    over 32 columns is refused as channels-first; that check was applied to files too)."""
+    wav = tmp_path / "ch40.wav"
+    sf.write(str(wav), np.repeat(speech_16k[:, None], 40, axis=1) * 0.5, motion.SAMPLE_RATE, subtype="PCM_16")
+    assert sf.info(str(wav)).channels == 40
+    out = tmp_path / "out.csv"
+    assert bake(wav, out, tiny_checkpoint) == 0
+    assert_valid_csv(out, math.ceil(len(speech_16k) * motion.FPS / motion.SAMPLE_RATE))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_a_file_that_cannot_be_written_whole_leaves_the_one_there(tmp_path: Path, speech_wav: Path,
+                                                                 tiny_checkpoint: Path, suffix: str) -> None:
+    """A full disk mid-write (here the process's file size limit, RLIMIT_FSIZE, which fails a write as a full disk
+    does): the bake says so, and the good file baked before is still there whole; no partial file is left."""
+    (tmp_path / "baked").mkdir()
+    out = tmp_path / "baked" / f"line{suffix}"
+    out.write_text("the good bake of before\n")
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); from ksdiff_runtime.cli import main; "
+              f"sys.exit(main(['bake', {str(speech_wav)!r}, '-o', {str(out)!r}, '--checkpoint', "
+              f"{str(tiny_checkpoint)!r}]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot write the animation of {speech_wav} to {out}: File too large" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert out.read_text() == "the good bake of before\n" and list(out.parent.iterdir()) == [out]
 
 
 # --- clips over 30 s ------------------------------------------------------------------------
@@ -797,14 +856,17 @@ def test_an_output_that_cannot_be_made_is_said_before_the_model_loads(tmp_path: 
     (("--steps", "0"), r"--steps must be at least 1, got 0"),
     (("--steps", "1001"), r"--steps must be in 1\.\.1000 \(the model's diffusion steps\), got 1001"),
     (("--plot", "p.xyz"), r"--plot p\.xyz: its extension sets the plot's format; matplotlib writes .*\.png"),
-], ids=["steps 0", "steps 1001", "plot .xyz"])
+    (("--plot", "p.pgf"), r"--plot p\.pgf: a \.pgf plot needs \S+ \(TeX\), which is not installed"),
+], ids=["steps 0", "steps 1001", "plot .xyz", "plot .pgf without TeX"])
 def test_a_flag_value_that_cannot_be_used_is_a_clear_error_before_baking(tmp_path: Path, speech_wav: Path,
                                                                           tiny_checkpoint: Path,
                                                                           monkeypatch: pytest.MonkeyPatch,
                                                                           extra: tuple[str, ...],
                                                                           message: str) -> None:
     if extra[0] == "--plot":
-        pytest.importorskip("matplotlib")
+        matplotlib = pytest.importorskip("matplotlib")
+        if extra[1].endswith(".pgf") and shutil.which(matplotlib.rcParams["pgf.texsystem"]):
+            pytest.skip("TeX is installed here: matplotlib writes .pgf")
         no_model(monkeypatch)
     if extra == ("--steps", "0"):
         no_model(monkeypatch)

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         # user errors (a bad input file, checkpoint or hama install): the message names the file; no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C (serve handles it itself, and stops cleanly); files are written whole or not
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

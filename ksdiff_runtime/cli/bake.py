@@ -10,6 +10,7 @@ import argparse
 import functools
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -210,6 +211,13 @@ def plot_path(path: Path) -> Path:
     if path.suffix[1:].lower() not in formats:
         raise SystemExit(f"error: --plot {shown(path)}: its extension sets the plot's format; matplotlib writes "
                          f"{', '.join('.' + f for f in sorted(formats))}")
+    if path.suffix.lower() == ".pgf":  # matplotlib's PGF writer runs a TeX program
+        import matplotlib
+
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        if shutil.which(tex) is None:
+            raise SystemExit(f"error: --plot {shown(path)}: a .pgf plot needs {tex} (TeX), which is not installed; "
+                             "use .pdf, .svg or .png")
     return path
 
 
@@ -315,8 +323,10 @@ def read_line(line: Line, alone: bool) -> bool:
     one line (``AudioInputError``); among many it is named on stderr and the others are baked."""
     try:
         line.audio, report = load_audio(line.source)
-        if line.audio.size == 0:  # a header and no samples: nothing to animate, and no file is written for it
-            raise AudioInputError(f"no audio in {shown(line.source)}: the file holds 0 samples")
+        if line.audio.size == 0:  # no 16 kHz sample: nothing to animate, and no file is written for it
+            held = f"{report.n_samples} samples at {report.sample_rate} Hz, under one at 16 kHz" if report.n_samples \
+                else "0 samples"
+            raise AudioInputError(f"no audio in {shown(line.source)}: the file holds {held}")
         if line.transcript is not None:
             line.text = read_transcript(line.transcript)
     except AudioInputError as exc:
@@ -381,16 +391,17 @@ def write_line(args: argparse.Namespace, line: Line, anim, controls: Controls, e
             args.plot.parent.mkdir(parents=True, exist_ok=True)
             plot_curves(args.plot, line.audio, blendshapes, head, args.fps,
                         f"{shown(Path(line.source.name))} ({args.steps} DDIM steps)")
-        except OSError as exc:
+        except (OSError, RuntimeError, ValueError) as exc:  # a full disk; a format's writer that fails (matplotlib)
             return cannot_write("the plot of", line.source, args.plot, exc)
         print(f"plot -> {shown(args.plot)}")
     return True
 
 
-def cannot_write(what: str, source: Path, path: Path, exc: OSError) -> bool:
+def cannot_write(what: str, source: Path, path: Path, exc: Exception) -> bool:
     """Say on stderr that a line's file could not be written, and why (no traceback); False."""
-    where = shown(Path(exc.filename)) if isinstance(exc.filename, str) and Path(exc.filename) != path else None
-    reason = exc.strerror or str(exc)
+    filename = getattr(exc, "filename", None)
+    where = shown(Path(filename)) if isinstance(filename, str) and Path(filename) != path else None
+    reason = getattr(exc, "strerror", None) or str(exc)
     print(f"error: cannot write {what} {shown(source)} to {shown(path)}: {reason}"
           f"{'' if where is None else f' ({where})'}", file=sys.stderr)
     return False
@@ -421,5 +432,6 @@ def plot_curves(path: Path, audio: np.ndarray, blendshapes: np.ndarray, head: np
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with files.written_whole(path) as part:
+        fig.savefig(part, dpi=110, format=path.suffix[1:].lower())
     plt.close(fig)

@@ -65,18 +65,21 @@ def _to_float(audio: np.ndarray) -> np.ndarray:
     return audio.astype(np.float64)
 
 
-def sanitize(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, AudioReport]:
+def sanitize(audio: np.ndarray, sample_rate: int = SAMPLE_RATE,
+             channels_known: bool = False) -> tuple[np.ndarray, AudioReport]:
     """Finite float32 mono in [-1, 1] from int16/int32/float audio shaped [S] or [S, C].
 
     ``sample_rate`` is not used for the samples; it is recorded in the report so the counts
     can be read against the right clock. Empty audio gives an empty array and a silent report.
+    An array from a caller with more than MAX_CHANNELS columns is taken to be channels-first and
+    refused; ``channels_known`` (a file's samples, [S, C] as the file says) takes any count.
     """
     arr = np.asarray(audio)
     if arr.ndim == 0:
         raise AudioInputError("audio must be an array of samples, got a scalar")
     if arr.ndim > 2:
         raise AudioInputError(f"audio must be [samples] or [samples, channels], got shape {arr.shape}")
-    if arr.ndim == 2 and arr.shape[1] > MAX_CHANNELS:
+    if arr.ndim == 2 and arr.shape[1] > MAX_CHANNELS and not channels_known:
         raise AudioInputError(
             f"audio of shape {arr.shape} has {arr.shape[1]} channels; expected [samples, channels] "
             "(is it channels-first? transpose it)"
@@ -115,8 +118,9 @@ def sanitize(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndar
 def to_model_rate(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mono audio at ``sample_rate`` -> float32 at ``motion.SAMPLE_RATE`` (polyphase resampling).
 
-    The output has ceil(len * SAMPLE_RATE / sample_rate) samples. The anti-aliasing filter can
-    overshoot slightly, so the result is clipped back to [-1, 1].
+    The output has floor(len * SAMPLE_RATE / sample_rate) samples, the count of the stream's 16 kHz clock
+    (protocol/SPEC.md 4.2), so a bake and a stream of the same audio have as many frames. The
+    anti-aliasing filter can overshoot slightly, so the result is clipped back to [-1, 1].
     """
     rate = int(sample_rate)
     if rate <= 0 or rate != sample_rate:
@@ -127,7 +131,7 @@ def to_model_rate(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     if rate == SAMPLE_RATE or x.size == 0:
         return x.copy()
     g = math.gcd(SAMPLE_RATE, rate)
-    y = resample_poly(x, SAMPLE_RATE // g, rate // g)
+    y = resample_poly(x, SAMPLE_RATE // g, rate // g)[: x.size * SAMPLE_RATE // rate]  # it gives the ceil
     return np.clip(y, -1.0, 1.0).astype(np.float32)
 
 
@@ -201,5 +205,5 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, AudioReport]:
     libsndfile does not read, or corrupt (see ``read_audio_file``).
     """
     data, rate = read_audio_file(path)
-    mono, report = sanitize(data, sample_rate=rate)
+    mono, report = sanitize(data, sample_rate=rate, channels_known=True)
     return to_model_rate(mono, rate), report

@@ -8,8 +8,11 @@ by position. The JSON carries the same frames with their audio time and the cano
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +45,39 @@ def timecode(frame: int, fps: int) -> str:
     return f"{hh:02d}:{mm:02d}:{ss:02d}:{ff:02d}.000"
 
 
+@contextlib.contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A file beside ``path`` to write, moved onto ``path`` once the block ends: a full disk, an error or Ctrl-C
+    leaves the file that was there (or none), never part of one."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        yield part
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, write) -> None:
+    """``write(f)`` into a text file that appears at ``path`` whole, on disk (``written_whole``)."""
+    with written_whole(path) as part, part.open("w", newline="", encoding="utf-8") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_csv(path: Path, blendshapes: np.ndarray, head: np.ndarray, gaze: np.ndarray, fps: int) -> None:
     """Frames [T, 52], [T, 3], [T, 4] as a Live Link Face CSV (the values ``livelink.values`` gives)."""
     header = ["Timecode", "BlendShapeCount", *livelink.VALUE_NAMES]
     rows = livelink.values(blendshapes, head, gaze)
-    with path.open("w", newline="") as f:
+
+    def write(f) -> None:
         w = csv.writer(f)
         w.writerow(header)
         for i, row in enumerate(rows):
             w.writerow([timecode(i, fps), len(header) - 2, *(f"{v:.5f}" for v in row)])
+
+    _write_text(path, write)
 
 
 def write_json(path: Path, blendshapes: np.ndarray, head: np.ndarray, gaze: np.ndarray, fps: int,
@@ -73,4 +100,4 @@ def write_json(path: Path, blendshapes: np.ndarray, head: np.ndarray, gaze: np.n
             for i in range(len(blendshapes))
         ],
     }
-    path.write_text(json.dumps(doc))
+    _write_text(path, lambda f: json.dump(doc, f))
