@@ -12,7 +12,12 @@
 //     connection that opened it, and ZeroMQ's new connection has another routing id (SPEC 1,
 //     Ownership). Seen as the DEALER's dropped connection (the transport's socket monitor), or
 //     as a `forbidden` / `unknown_stream` refusal of such a stream's messages: the stream is
-//     marked lost (EndReason "reconnect", a StreamLost event) and its queued audio dropped.
+//     marked lost (EndReason "reconnect", a StreamLost event) and its queued audio dropped. A loss
+//     stays while frames still come (the runtime animates the audio it has), until the id is
+//     opened or started again. An `unknown_stream` for a stream this client is ending (its
+//     end_stream sent) is the runtime ending it, not a loss, unless it answers that end_stream.
+//   * After EndStream, SendAudio for that stream throws (unknown_stream) and sends nothing, until
+//     the stream is opened again: the runtime takes no audio for a stream that is ending.
 //   * Replies are matched by `req`, not by order (protocol 1.1 answers end_stream only once the
 //     stream has finished, after later requests' replies). A request whose reply does not come
 //     in time (RequestTimeoutS; end_stream is given its own) fails: a reply lost with a dropped
@@ -26,9 +31,10 @@
 //     exception: ending its stream late still frees it. A stream_opened that comes for an
 //     open_stream that failed after it left is answered with end_stream for that stream.
 //   * A `busy` with neither req nor stream says the runtime dropped this client's requests unread
-//     (too many for the streams it holds): an end_stream still unanswered once those drops are
-//     over (Protocol.BusyWindowS) is sent again, and the answer to its other copy changes nothing
-//     (ClientStatus.Resent; SPEC 4.6, "A client past its share").
+//     (too many for the streams it holds): an end_stream that left before those drops were over
+//     (Protocol.BusyWindowS) and is still unanswered then is sent again, and the answer to its
+//     other copy changes nothing (ClientStatus.Resent; SPEC 4.6, "A client past its share"). One
+//     still in the outbox was not dropped: it is not copied.
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
 //   * A stream's events reach the game in the order the runtime published them: a frame is in the
@@ -143,7 +149,9 @@ namespace Ksdiff
         public readonly double SentS;    // when it was queued (client clock)
         public readonly double TimeoutS; // no reply by SentS + TimeoutS: it fails
         internal byte[] Payload;         // what was sent, to send again (an end_stream the runtime dropped unread)
-        internal double LastSentS;       // when it was queued, or last queued again (client clock)
+        internal bool Queued;            // (L) a copy of it waits in the outbox: it has not left since it was last queued
+        internal bool Left;              // (L) it left for the runtime, once at least
+        internal double LastSentS;       // (L) when it last left for the runtime (client clock)
         Message _reply;
         string _failure;
 
@@ -152,7 +160,7 @@ namespace Ksdiff
             Req = req;
             Type = type;
             Stream = stream;
-            SentS = LastSentS = sentS;
+            SentS = sentS;
             TimeoutS = timeoutS;
         }
 
@@ -232,6 +240,7 @@ namespace Ksdiff
             public byte[] Payload;
             public bool Audio; // audio may be dropped when the outbox is full; requests never are
             public ulong Req;  // a request withdrawn if it fails before it is sent; 0: none (audio, end_stream)
+            public PendingRequest Request; // the request it is (a copy of); null: audio, or an end_stream nobody waits for
         }
 
         sealed class Tracker
@@ -240,6 +249,13 @@ namespace Ksdiff
             // Its stream_opened came: the runtime holds it for this connection. A dropped
             // connection loses only such streams (an open_stream still queued goes out on the next).
             public bool OpenConfirmed;
+            // The end_stream this client queued for it (null: none since it opened it): no more audio
+            // for it is sent; once that left, an unknown_stream (but its own answer) is the runtime
+            // ending the stream, not a loss.
+            public PendingRequest End;
+            // Lost client-side (Lose: "restart", "reconnect"): the loss stays, whatever frames still
+            // come, until the id starts afresh (OpenStream, stream_start) or the stream really ends.
+            public bool Lost;
             public ulong? NextSeq;
             public readonly double[] Latencies = new double[LatencyWindow];
             public int LatencyCount, LatencyNext;
@@ -403,6 +419,7 @@ namespace Ksdiff
                     ResetTracker(t);
                     t.Status.OpenedHere = true;
                     t.OpenConfirmed = false;
+                    t.End = null;
                     if (_o.Streams != null) _subscriptions.Enqueue(new KeyValuePair<bool, string>(true, Protocol.FrameTopic(request.Stream)));
                 }
             }
@@ -410,11 +427,18 @@ namespace Ksdiff
         }
 
         // Audio gets no reply unless it fails: errors arrive as events and in StreamStatus.Errors.
+        // After EndStream for the stream (until it is opened again) it throws ProtocolException
+        // (ErrorCode.UnknownStream) and sends nothing: the runtime takes no audio for a stream
+        // that is ending, and would answer it with unknown_stream.
         public void SendAudio(string stream, ulong seq, ulong? atSample, byte[] pcm, int offset, int count)
         {
             byte[] payload = Requests.Audio(stream, seq, atSample, pcm, offset, count);
             lock (_lock)
             {
+                Tracker t;
+                if (_streams.TryGetValue(stream, out t) && t.End != null)
+                    throw new ProtocolException(ErrorCode.UnknownStream, "stream '" + stream + "' was ended (EndStream was called): " +
+                                                                         "no audio was sent; open a new stream");
                 _outbox.Enqueue(new Outgoing { Payload = payload, Audio = true });
                 _outboxBytes += payload.Length;
             }
@@ -454,8 +478,11 @@ namespace Ksdiff
                 {
                     _pending[req] = p;
                     // end_stream is never withdrawn: sent late, it still frees its stream in the runtime.
-                    _outbox.Enqueue(new Outgoing { Payload = payload, Audio = false, Req = type == "end_stream" ? 0 : req });
+                    p.Queued = true;
+                    _outbox.Enqueue(new Outgoing { Payload = payload, Audio = false, Req = type == "end_stream" ? 0 : req, Request = p });
                     _outboxBytes += payload.Length;
+                    // Under the lock that queues it: no audio for the stream is queued behind it (SendAudio).
+                    if (type == "end_stream") TrackerFor(stream).End = p;
                 }
             }
             return p;
@@ -574,6 +601,12 @@ namespace Ksdiff
                 {
                     _outbox.Dequeue();
                     _outboxBytes -= next.Payload.Length;
+                    if (next.Request != null)
+                    {
+                        next.Request.Queued = false;
+                        next.Request.Left = true;
+                        next.Request.LastSentS = _clock(); // it left now, not when it was queued (ResendDroppedEnds)
+                    }
                 }
             }
             lock (_lock)
@@ -677,9 +710,11 @@ namespace Ksdiff
         }
 
         // The runtime said (busy, neither req nor stream) that it dropped this client's requests unread,
-        // until a window of at most Protocol.BusyWindowS ended: an end_stream queued before that end
-        // and still unanswered after it may have been dropped, so it goes again. A second end_stream
-        // is harmless (SPEC 4.6, "A client past its share"); other requests are left to time out.
+        // until a window of at most Protocol.BusyWindowS ended: an end_stream that left before that end
+        // and is still unanswered after it may have been dropped, so it goes again. One still in the
+        // outbox (it never left, or its copy has not) was not dropped: no copy is queued behind it. A
+        // second end_stream is harmless (SPEC 4.6, "A client past its share"); other requests are
+        // left to time out.
         void ResendDroppedEnds(double now)
         {
             lock (_lock)
@@ -689,9 +724,9 @@ namespace Ksdiff
                 if (now < dropsEnd) return;
                 foreach (PendingRequest p in _pending.Values)
                 {
-                    if (p.Type != "end_stream" || p.LastSentS >= dropsEnd) continue;
-                    p.LastSentS = now;
-                    _outbox.Enqueue(new Outgoing { Payload = p.Payload, Audio = false });
+                    if (p.Type != "end_stream" || p.Queued || p.LastSentS >= dropsEnd) continue;
+                    p.Queued = true;
+                    _outbox.Enqueue(new Outgoing { Payload = p.Payload, Audio = false, Request = p });
                     _outboxBytes += p.Payload.Length;
                     _status.Resent++;
                     if (_resent.Add(p.Req))
@@ -785,9 +820,11 @@ namespace Ksdiff
             {
                 Tracker t = TrackerFor(f.Stream);
                 StreamStatus s = t.Status;
-                if (s.Ended)
+                if (s.Ended && !t.Lost)
                 {
                     // A frame after the stream's end: a new stream reusing the id (its start missed).
+                    // Not after a loss seen here (restart, reconnect): the runtime may still animate
+                    // the audio it has, and the loss stays until the id is opened or started again.
                     ResetTracker(t);
                 }
                 ulong gap = t.NextSeq.HasValue && f.Seq > t.NextSeq.Value ? f.Seq - t.NextSeq.Value : 0;
@@ -812,6 +849,7 @@ namespace Ksdiff
                 if (f.Last)
                 {
                     s.Ended = true; // protocol 1.1: every stream's final frame carries last
+                    t.Lost = false; // really over: a later frame is a new stream reusing the id
                     t.NextSeq = null;
                 }
             }
@@ -844,6 +882,7 @@ namespace Ksdiff
                     Tracker t = TrackerFor(end.Stream);
                     t.Status.Ended = true;
                     t.Status.EndReason = end.Reason;
+                    t.Lost = false; // really over: a later frame is a new stream reusing the id
                     t.Status.EndFrames = end.Frames;
                     t.Status.Source = end.Source;
                     t.NextSeq = null;
@@ -960,6 +999,7 @@ namespace Ksdiff
                         Tracker t = TrackerFor(opened.Stream);
                         t.Status.OpenedHere = true;
                         t.OpenConfirmed = true;
+                        if (p.Stream == null) t.End = null; // an id the runtime picked: maybe one it gave before a restart
                         if (opened.Mode != null) t.Status.Mode = opened.Mode;                 // 1.2
                         if (opened.LatencyMs.HasValue) t.Status.LatencyMs = opened.LatencyMs; // 1.2
                         // An id the runtime picked: subscribe its frames now (when filtering).
@@ -1003,7 +1043,7 @@ namespace Ksdiff
                             t.OpenConfirmed = false;
                         }
                         else if ((error.ErrorCode == ErrorCode.Forbidden || error.ErrorCode == ErrorCode.UnknownStream) &&
-                                 t.Status.OpenedHere && !t.Status.Ended)
+                                 t.Status.OpenedHere && !t.Status.Ended && !EndingAnswer(t, error, awaiting))
                         {
                             // The runtime no longer takes this stream from this client: the connection
                             // that opened it dropped and ZeroMQ's new one has another routing id (SPEC
@@ -1057,8 +1097,19 @@ namespace Ksdiff
         {
             t.Status.Ended = true;
             t.Status.EndReason = reason;
+            t.Lost = true;
             t.NextSeq = null;
             Emit(ClientEventKind.StreamLost, null, t.Status.Stream, text, time);
+        }
+
+        // unknown_stream for a stream whose end_stream this client sent, answering something else than
+        // that end_stream (e.g. a set_controls after it): the runtime is ending the stream, or has
+        // ended it (its stream_end tells how). Not a loss: the end_stream's own answer says if it was
+        // gone already.
+        static bool EndingAnswer(Tracker t, ErrorReply error, PendingRequest awaiting)
+        {
+            return error.ErrorCode == ErrorCode.UnknownStream && t.End != null && t.End.Left &&
+                   (awaiting == null || awaiting.Type != "end_stream");
         }
 
         void Emit(ClientEventKind kind, Message msg, string stream, string text, double time)
@@ -1107,6 +1158,7 @@ namespace Ksdiff
             s.Ended = false;
             s.EndReason = null;
             s.EndFrames = null;
+            t.Lost = false;
             s.Frames = 0;
             s.Dropped = 0;
             s.Errors.Clear();

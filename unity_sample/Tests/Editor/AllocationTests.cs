@@ -77,12 +77,15 @@ namespace Ksdiff.Tests
         }
     }
 
-    // An in-memory transport: serves queued PUB messages, records what is sent. It also reads the
+    // An in-memory transport: serves queued PUB messages and replies, records what is sent, or
+    // takes nothing while Full (ZeroMQ's send queue full, or no connection). It also reads the
     // worker thread's allocation counter when it serves message `from` and message `to`.
     public sealed class ScriptedTransport : ITransport
     {
         public readonly Queue<KeyValuePair<string, byte[]>> Published = new Queue<KeyValuePair<string, byte[]>>();
+        public readonly Queue<byte[]> Replies = new Queue<byte[]>();
         public readonly List<byte[]> Sent = new List<byte[]>();
+        public volatile bool Full;
         public readonly ManualResetEvent Measured = new ManualResetEvent(false);
         public long AllocatedBytes = -1;
         int _served, _from = -1, _to = -1;
@@ -104,6 +107,7 @@ namespace Ksdiff.Tests
             lock (_lock)
             {
                 if (Published.Count > 0) return Readiness.Published;
+                if (Replies.Count > 0) return Readiness.Reply;
             }
             Thread.Sleep(Math.Min(timeoutMs, 1));
             return Readiness.None;
@@ -139,13 +143,35 @@ namespace Ksdiff.Tests
         public bool TryReceiveReply(MessageBuffer payload, out int parts)
         {
             parts = 0;
-            return false;
+            byte[] next;
+            lock (_lock)
+            {
+                if (Replies.Count == 0) return false;
+                next = Replies.Dequeue();
+            }
+            payload.Ensure(next.Length);
+            Buffer.BlockCopy(next, 0, payload.Data, 0, next.Length);
+            payload.Length = next.Length;
+            parts = 1;
+            return true;
         }
 
         public bool TrySend(byte[] payload)
         {
+            if (Full) return false;
             lock (_lock) Sent.Add(payload);
             return true;
+        }
+
+        public void Reply(byte[] payload)
+        {
+            lock (_lock) Replies.Enqueue(payload);
+        }
+
+        // The messages sent so far, decoded.
+        public List<Message> SentMessages()
+        {
+            lock (_lock) return Sent.ConvertAll(b => new Decoder().Decode(b));
         }
 
         public int TakeDisconnects() { return 0; }

@@ -1,7 +1,9 @@
 // The client over the libzmq transport against a stand-in runtime on loopback: subscriptions,
 // decoding, drops, bad input, replies matched by req, restart detection, reconnection, streams
-// lost with a dropped connection, requests that time out (withdrawn from the outbox unsent, a
-// stream opened too late ended), the outbox's bound, an absent runtime, a bad endpoint, CURVE. The same client logic runs over NetMQ in Unity.
+// lost with a dropped connection (and staying lost while frames still come), requests that time out
+// (withdrawn from the outbox unsent, a stream opened too late ended), end_streams sent again after a
+// busy (an in-memory transport holds sends back), audio after end_stream refused, the outbox's
+// bound, an absent runtime, a bad endpoint, CURVE. The same client logic runs over NetMQ in Unity.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -487,6 +489,133 @@ namespace Ksdiff.Tests
             Assert.AreNotEqual("reconnect", c.Stream("npc1").EndReason, "not lost");
             List<ClientEvent> errors = Events(c).Where(e => e.Kind == ClientEventKind.Error).ToList();
             Assert.AreEqual(1, errors.Count, string.Join("\n", errors)); // the busy
+        }
+
+        [Test]
+        public void AfterBusyAnEndStreamStillInTheOutboxIsNotSentAgainOnlyOneThatHadLeft()
+        {
+            // SPEC 4.6 "A client past its share": a busy with neither req nor stream says the runtime
+            // dropped this client's requests unread for up to Protocol.BusyWindowS. An end_stream that
+            // had not left by the end of that window was not among them: it goes once, with no copy
+            // queued behind it (as the Python SDK). One that had left, still unanswered, goes again.
+            // An in-memory transport holds the sends back (ZeroMQ's queue full, or no connection).
+            var transport = new ScriptedTransport { Full = true };
+            KsdiffClient c = Keep(new KsdiffClient(new ClientOptions { Transport = () => transport }));
+            c.Start();
+            PendingRequest end = c.EndStream("npc1");
+            transport.Reply(FakeRuntime.Error("busy", null, null, null));
+            Assert.IsTrue(Wait.Until(() => Events(c).Any(e => e.Kind == ClientEventKind.Error), 10), "the busy was not read");
+            System.Threading.Thread.Sleep((int)(1000 * (Protocol.BusyWindowS + 0.3))); // the drops are over; the end_stream is still held back
+            transport.Full = false;
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count > 0, 10), "the end_stream never left");
+            System.Threading.Thread.Sleep(200);
+            Assert.AreEqual(1, transport.SentMessages().Count(m => m is EndStream), "nothing of it was dropped: one is enough");
+            Assert.AreEqual(0UL, c.Status().Resent);
+            // It left: a busy now may have dropped it, so once these drops are over it goes again.
+            transport.Reply(FakeRuntime.Error("busy", null, null, null));
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count(m => m is EndStream) == 2, 10), "not sent again");
+            Assert.AreEqual(1UL, c.Status().Resent);
+            Assert.AreEqual(end.Req, ((EndStream)transport.SentMessages().Last()).Req.Value);
+            Assert.IsFalse(end.IsDone);
+        }
+
+        [Test]
+        public void AudioAfterEndStreamIsRefusedHereAndNotSentUntilTheStreamIsOpenedAgain()
+        {
+            // The runtime takes no audio for a stream that is ending (SPEC 4.6 audio: unknown_stream):
+            // SendAudio after EndStream throws as that, and sends nothing (as the Python SDK's push()
+            // after end()). A stream opened again under the id takes audio again.
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            Open(rt, c, "mic1");
+            PendingRequest end = c.EndStream("mic1");
+            var e = rt.Receive();
+            var refused = Assert.Throws<ProtocolException>(() => c.SendAudio("mic1", 7, null, new byte[640], 0, 640));
+            Assert.AreEqual(ErrorCode.UnknownStream, refused.Code);
+            Assert.IsNull(rt.TryReceive(0.3), "audio after end_stream was sent");
+            rt.Reply(e.Key, FakeRuntime.StreamEnded("mic1", 0, ((EndStream)new Decoder().Decode(e.Value)).Req.Value));
+            Assert.IsTrue(end.Wait(TimeSpan.FromSeconds(10)));
+            Open(rt, c, "mic1");
+            c.SendAudio("mic1", 0, null, new byte[640], 0, 640);
+            Assert.AreEqual(MessageType.Audio, new Decoder().Decode(rt.Receive().Value).Type);
+            Assert.IsFalse(Events(c).Any(ev => ev.Kind == ClientEventKind.StreamLost));
+        }
+
+        [Test]
+        public void AnUnknownStreamAnswerAfterItsEndStreamLeftDoesNotLoseTheEndingStream()
+        {
+            // Once its end_stream left, the runtime answers what else comes for the stream with
+            // unknown_stream (it is ending it): not a loss. The stream ends normally with its
+            // stream_end and stream_ended, and no StreamLost. (The end_stream's own unknown_stream
+            // is a loss: AStreamThisClientOpenedIsLostWhenTheRuntimeRefusesItAsForbiddenOrUnknown.)
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            rt.WaitSubscribed(Protocol.StreamTopicPrefix);
+            Open(rt, c, "npc1");
+            Events(c);
+            PendingRequest end = c.EndStream("npc1");
+            var e = rt.Receive();
+            ulong req = ((EndStream)new Decoder().Decode(e.Value)).Req.Value;
+            PendingRequest set = c.SetControls("npc1", new Controls().SetMood(Protocol.MoodHappy));
+            var sr = rt.Receive();
+            rt.Reply(sr.Key, FakeRuntime.Error("unknown_stream", "set_controls", "npc1", ((SetControls)new Decoder().Decode(sr.Value)).Req));
+            Assert.IsTrue(set.Wait(TimeSpan.FromSeconds(10)));
+            Assert.AreEqual(ErrorCode.UnknownStream, ((ErrorReply)set.Reply).ErrorCode);
+            Assert.IsFalse(c.Stream("npc1").Ended, "lost while it was ending");
+            Assert.IsNull(c.Stream("npc1").EndReason);
+            rt.Publish(Protocol.StreamTopic("npc1"), FakeRuntime.StreamEnd("npc1", "ended", 3));
+            rt.Reply(e.Key, FakeRuntime.StreamEnded("npc1", 3, req));
+            Assert.IsTrue(end.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsTrue(end.Reply is StreamEnded, "" + end.Reply);
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc1").EndReason == "ended", 10));
+            List<ClientEvent> events = Events(c);
+            Assert.IsFalse(events.Any(ev => ev.Kind == ClientEventKind.StreamLost), string.Join("\n", events));
+        }
+
+        [Test]
+        public void AStreamLostHereStaysLostThoughFramesStillComeUntilItStartsAgain()
+        {
+            // Lost client-side (reconnect, restart), a stream may still have frames on the way (the
+            // runtime animates the audio it has for the old connection): they count, but do not erase
+            // the loss, as a frame after a real end (a new stream reusing the id) resets the record.
+            // A new stream_start for the id does; so does OpenStream.
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            rt.WaitSubscribed(Protocol.FrameTopicPrefix);
+            rt.WaitSubscribed(Protocol.StreamTopicPrefix);
+            Open(rt, c, "npc1");
+            rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", 0));
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc1").Frames == 1, 10));
+            c.SendAudio("npc1", 0, null, new byte[640], 0, 640);
+            var a = rt.Receive();
+            rt.Reply(a.Key, FakeRuntime.Error("forbidden", "audio", "npc1", null)); // the connection that opened it dropped
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc1").EndReason == "reconnect", 10), "not lost");
+            rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", 1));
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc1").Frames != 1 || c.Stream("npc1").EndReason != "reconnect", 10), "the frame never came");
+            StreamStatus s = c.Stream("npc1");
+            Assert.AreEqual("reconnect", s.EndReason, "a frame erased the loss");
+            Assert.IsTrue(s.Ended);
+            Assert.AreEqual(2UL, s.Frames);
+            // The same after a restart.
+            Open(rt, c, "npc2");
+            rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("B"));
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc2").EndReason == "restart", 10), "not lost");
+            rt.Publish(Protocol.FrameTopic("npc2"), FakeRuntime.Frame("npc2", 5));
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc2").Frames == 1, 10), "the frame never came");
+            Assert.AreEqual("restart", c.Stream("npc2").EndReason, "a frame erased the loss");
+            // A new stream under the id: its stream_start resets the record.
+            rt.Publish(Protocol.StreamTopic("npc1"), FakeRuntime.StreamStart("npc1"));
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc1").EndReason == null, 10), "a new stream_start kept the loss");
+            Assert.IsFalse(c.Stream("npc1").Ended);
+            Assert.AreEqual(0UL, c.Stream("npc1").Frames);
+            // A real end, then a frame (a new stream reusing the id, its start missed): reset as ever.
+            rt.Publish(Protocol.StreamTopic("npc1"), FakeRuntime.StreamEnd("npc1", "ended", 0));
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc1").EndReason == "ended", 10));
+            rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", 0));
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc1").EndReason == null && c.Stream("npc1").Frames == 1, 10), "not reset");
         }
 
         [Test]
