@@ -1,16 +1,19 @@
 """The live preview (`serve --preview`): its server over real sockets on 127.0.0.1, its page in headless Chromium.
 
 Without a browser: the page and its script over HTTP, frames as JSON to a WebSocket client, the
-latest frame winning, a stalled page that never holds up ``send``, ended streams forgotten, a
-port in use (exit 2 before the model loads), a non-loopback host and a foreign page refused, the
-config key and flag, and the output in a light install (no torch).
+latest frame winning, a stalled page that never holds up ``send``, ended streams forgotten (their
+last frame still sent), a page that reads nothing (its pings unanswered, closed once its write
+buffer stays full, not holding up the stop), a port in use (exit 2 before the model loads), a
+non-loopback host and a foreign page refused, the config key and flag, and the output in a light
+install (no torch).
 
 In headless Chromium (Debian's ``chromium``, driven by Playwright; .ci/run installs both, and
 these tests skip saying which is missing): the page on a real ``serve`` playing speech shows
 motion soon after opening (the 2 s target: benchmarks.preview); on the real Runtime playing speech
 and silence, screenshots of the canvas show the mouth open on speech and closed in silence (dark
 pixels inside the mouth, measured) and the page-to-frame latency is measured in the browser; the
-stream chooser follows streams as they come and go; the page reconnects when serve restarts.
+stream chooser follows streams as they come and go; the page reconnects when serve restarts; an
+ended stream's last frame is drawn, then the neutral face.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from ksdiff_runtime.assets import SAMPLE_SPEECH
 from ksdiff_runtime.cli.serve import build_outputs
 from ksdiff_runtime.events import AudioLevel, Hello, Stats, StreamEnded, StreamStarted
 from ksdiff_runtime.outputs import preview as preview_module
-from ksdiff_runtime.outputs.preview import DEFAULT_PORT, MAX_INCOMING_BYTES, PreviewOutput
+from ksdiff_runtime.outputs.preview import DEFAULT_PORT, MAX_INCOMING_BYTES, MAX_WRITE_BUFFER, PreviewOutput
 from ksdiff_runtime.outputs.udp import OutputConfigError
 from ksdiff_runtime.server.config import ConfigError, ServeConfig, load_config
 from ksdiff_sdk import Frame, schema
@@ -100,6 +103,72 @@ def items_until(ws: Any, done: Callable[[dict], bool], timeout: float = TIMEOUT_
 
 def is_frame(stream: str, index: int) -> Callable[[dict], bool]:
     return lambda item: item["type"] == "frame" and item["stream"] == stream and item["index"] == index
+
+
+def raw_page(out: PreviewOutput) -> socket.socket:
+    """A /ws connection over a raw socket with a small receive buffer: after the handshake's reply it reads
+    nothing more (a frozen tab, a dead peer whose kernel still acknowledges, a program that only sends). Give
+    the server's socket a small SO_SNDBUF first (accepted sockets inherit it) and its stall reaches the server in
+    kilobytes, not megabytes."""
+    conn = socket.create_connection(("127.0.0.1", out.port), timeout=TIMEOUT_S)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    conn.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{out.port}\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += conn.recv(1)
+    assert response.startswith(b"HTTP/1.1 101")
+    return conn
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked WebSocket frame from a client (payload under 126 bytes)."""
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+PING = client_frame(0x9, b"x" * 125)
+
+
+def flood(conn: socket.socket, chunk: bytes, limit: int = 64 << 20) -> str:
+    """Send ``chunk`` until the server stops reading ("blocked": a send waits 1 s), closes the connection
+    ("closed") or has read ``limit`` bytes ("read all")."""
+    conn.settimeout(1.0)
+    sent = 0
+    while sent < limit:
+        try:
+            conn.sendall(chunk)
+        except TimeoutError:
+            return "blocked"
+        except OSError:
+            return "closed"
+        sent += len(chunk)
+    return "read all"
+
+
+def connection_of(out: PreviewOutput, conn: socket.socket) -> Any:
+    """The server's side of the client socket ``conn``."""
+    port = conn.getsockname()[1]
+    return next(c for c in list(out._connections) if c.remote_address[1] == port)
+
+
+@contextlib.contextmanager
+def loop_held(out: PreviewOutput) -> Iterator[None]:
+    """The preview's loop kept busy: what send() hands over meanwhile is taken at once, as one change."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(TIMEOUT_S)
+
+    out._loop.call_soon_threadsafe(hold)
+    assert held.wait(TIMEOUT_S)
+    try:
+        yield
+    finally:
+        release.set()
 
 
 # --- the server, without a browser ------------------------------------------------------------------
@@ -199,21 +268,12 @@ def test_the_latest_frame_wins_and_ended_streams_are_forgotten(preview):
     assert not any(i["type"] == "frame" and i["stream"] == "b" for i in items + later)
 
 
-def test_a_stalled_page_never_holds_up_send_nor_another_page(preview):
+def test_a_stalled_page_never_holds_up_send_nor_another_page(preview, monkeypatch):
     """A page that stops reading (a frozen tab): send() keeps returning at once, the stalled page's
     mailbox holds one item per stream and kind (no queue), and another page still gets the latest frame."""
-    # a small kernel send buffer for the pages' sockets (accepted sockets inherit it), so the stall
-    # reaches the server in a few hundred frames instead of megabytes
-    preview._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    stalled = socket.create_connection(("127.0.0.1", preview.port), timeout=TIMEOUT_S)
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    key = base64.b64encode(os.urandom(16)).decode()
-    stalled.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{preview.port}\r\nUpgrade: websocket\r\n"
-                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += stalled.recv(1)  # the handshake's reply, then this page reads nothing more
-    assert response.startswith(b"HTTP/1.1 101")
+    monkeypatch.setattr(preview_module, "WRITE_STALL_TIMEOUT_S", 120.0)  # the stalled page is not closed meanwhile
+    preview._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the stall in a few hundred frames
+    stalled = raw_page(preview)
     stalled_port = stalled.getsockname()[1]
     try:
         with connect(feed_url(preview), open_timeout=TIMEOUT_S) as healthy:
@@ -286,6 +346,103 @@ def test_a_viewer_that_sends_messages_keeps_its_feed(preview):
             while True:
                 ws.recv(timeout=TIMEOUT_S)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+
+
+@pytest.mark.timeout(60)
+def test_pings_from_a_page_that_never_reads_do_not_grow_the_servers_memory(preview):
+    """websockets answers each ping with a pong written without flow control, and the feed reads everything: a
+    client that sent pings and never read grew serve by 577 MiB in 20 s (its write buffer held every pong). Now a
+    connection whose writes are paused is not read either, so the pings wait in the kernel; and a connection with
+    more than MAX_WRITE_BUFFER waiting anyway (websockets resumes reading after a burst of messages) is aborted."""
+    preview._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pinger = raw_page(preview)
+    try:
+        assert flood(pinger, PING * 512) == "blocked"  # the server stopped reading
+        connection = connection_of(preview, pinger)
+        assert connection.transport.get_write_buffer_size() <= MAX_WRITE_BUFFER
+        assert not connection.transport.is_reading()
+    finally:
+        pinger.close()
+    # messages between the pings: websockets' own reader pauses after 16 of them and resumes once they are read
+    chatty = raw_page(preview)
+    try:
+        result = flood(chatty, (client_frame(0x1, b"{}") + PING) * 512)
+        if result == "blocked":
+            connection = connection_of(preview, chatty)
+            assert connection.transport.get_write_buffer_size() <= MAX_WRITE_BUFFER
+        else:
+            assert result == "closed"
+    finally:
+        chatty.close()
+
+
+@pytest.mark.timeout(60)
+def test_pages_that_read_nothing_are_closed_and_free_their_slots(preview, monkeypatch):
+    """A page whose writes stayed paused was never closed (websockets' keep-alive ping waits for the buffer to
+    drain): 32 of them locked every new page out with 503. Now a connection whose writes stay paused
+    WRITE_STALL_TIMEOUT_S is aborted: here a page that reads nothing while frames flow, and one that only sends
+    pings (no stream at all)."""
+    monkeypatch.setattr(preview_module, "MAX_PAGES", 2)
+    monkeypatch.setattr(preview_module, "WRITE_STALL_TIMEOUT_S", 0.5)
+    preview._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pinger, stalled = raw_page(preview), raw_page(preview)
+    try:
+        assert flood(pinger, PING * 512) in ("blocked", "closed")  # closed: its half second passed already
+        preview.send(StreamStarted("mic", "mic"))
+        deadline = time.monotonic() + TIMEOUT_S
+        n = 0
+        while preview.page_stats():  # frames flow until both pages are closed
+            assert time.monotonic() < deadline, f"pages still open: {preview.page_stats()}"
+            preview.send(make_frame("mic", n, {"jawOpen": (n % 10) / 10}))
+            n += 1
+        with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:  # their slots are free
+            items_until(ws, is_frame("mic", n - 1))
+    finally:
+        pinger.close()
+        stalled.close()
+
+
+@pytest.mark.timeout(60)
+def test_closing_with_a_page_that_reads_nothing_is_quick(preview, caplog):
+    """A page whose writes were paused held close() 3 s ("the page server did not stop within 3 s"): websockets'
+    close waited for room in its write buffer for the close frame. Connections with data waiting are aborted now."""
+    caplog.set_level(logging.WARNING, logger="ksdiff_runtime.outputs")
+    preview._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pinger = raw_page(preview)
+    try:
+        with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:
+            items_until(ws, lambda item: item["type"] == "streams")
+            assert flood(pinger, PING * 512) == "blocked"
+            assert connection_of(preview, pinger).transport.get_write_buffer_size() > 0
+            started = time.monotonic()
+            preview.close()
+            took = time.monotonic() - started
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=5)
+        assert took < 2.0 and not preview._thread.is_alive(), f"close took {took:.2f} s"
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001  # a page that reads: told, as before
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    finally:
+        pinger.close()
+
+
+def test_an_ended_streams_last_frame_reaches_the_page(preview):
+    """On a stream's end the frame not yet taken was dropped: a stream's last frame (``last``), handed over just
+    before its end, never reached a page. It comes with the stream list that ends it now, and a new page is not
+    given it."""
+    with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:
+        preview.send(StreamStarted("line", "sdk"))
+        preview.send(make_frame("line", 0, {"jawOpen": 0.8}))
+        items_until(ws, is_frame("line", 0))
+        with loop_held(preview):  # the last frame and the end, taken together (the io thread hands them back to back)
+            preview.send(make_frame("line", 1, last=True))
+            preview.send(StreamEnded("line", "sdk", "ended", 2))
+        items = items_until(ws, is_frame("line", 1))
+        assert items[-1]["last"] and [i["streams"] for i in items if i["type"] == "streams"] == [[]]
+        assert items[-1]["sent"] == items[0]["sent"]  # in the batch that ends the stream
+    with connect(feed_url(preview), open_timeout=TIMEOUT_S) as ws:
+        items = items_until(ws, lambda item: item["type"] == "streams")
+        assert [i["type"] for i in items] == ["hello", "streams"] and items[1]["streams"] == []
 
 
 def open_pages_until(preview: PreviewOutput, count: Callable[[int], bool]) -> None:
@@ -669,6 +826,52 @@ def test_the_stream_chooser_follows_streams_and_the_page_reconnects_when_serve_r
         wait_for(page, "p.connected && p.lastDrawn.stream === 'after'", timeout=10)
         assert page.evaluate("window.ksdiffPreview.connections") == 2
         assert page.text_content("#status") == "live"
+    finally:
+        out.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_page_draws_an_ended_streams_last_frame_then_the_neutral_face(page, tmp_path):
+    """The page kept showing an ended stream's last frame drawn (the mouth open), never its final frame, and kept
+    it when a new serve said hello with no stream. Now it draws the final frame, then, with no stream chosen,
+    the neutral face (the canvas as the page first drew it) and "–"."""
+    from PIL import Image
+
+    def canvas(name: str) -> np.ndarray:
+        path = tmp_path / f"{name}.png"
+        page.locator("#face").screenshot(path=str(path))
+        return np.asarray(Image.open(path).convert("RGB"))
+
+    def shows_neutral() -> None:
+        wait_for(page, "p.showing === null && document.getElementById('frame').textContent === '–'")
+        assert np.array_equal(canvas("now"), neutral)
+
+    out = PreviewOutput(0)
+    port = out.port
+    try:
+        page.goto(out.url)
+        wait_for(page, "p.connected && p.batches > 0")
+        neutral = canvas("neutral")
+        geometry = page.evaluate("window.ksdiffPreview.geometry")
+        out.send(StreamStarted("line", "sdk"))
+        out.send(make_frame("line", 1, {"jawOpen": 0.8}))
+        wait_for(page, "p.lastDrawn && p.lastDrawn.index === 1")
+        assert mouth_dark_px(tmp_path / "neutral.png", geometry) <= MOUTH_CLOSED_PX
+        canvas("speaking")
+        assert mouth_dark_px(tmp_path / "speaking.png", geometry) >= MOUTH_OPEN_PX
+        with loop_held(out):  # the final frame and the end, in one batch
+            out.send(make_frame("line", 2, {"jawOpen": 0.1}, last=True))
+            out.send(StreamEnded("line", "sdk", "ended", 3))
+        wait_for(page, "p.lastDrawn.index === 2")
+        shows_neutral()
+        out.send(StreamStarted("again", "sdk"))
+        out.send(make_frame("again", 1, {"jawOpen": 0.8}))
+        wait_for(page, "p.lastDrawn.stream === 'again'")
+        out.close()  # serve stops with a stream open ...
+        wait_for(page, "!p.connected")
+        out = PreviewOutput(port)  # ... and starts again with none: its hello and empty list clear the face
+        wait_for(page, "p.connected && p.connections === 2")
+        shows_neutral()
     finally:
         out.close()
 

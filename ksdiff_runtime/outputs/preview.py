@@ -22,9 +22,11 @@ items being the latest state of each thing, never a backlog:
 keeps the latest frame and level per stream and the set of open streams, and wakes the loop at
 most once until the loop has taken them. The loop encodes each item once and merges it into
 each page connection's mailbox (one entry per stream and kind, so at most a few per open
-stream); each connection sends its mailbox as one batch when its previous send has gone. A slow
+stream; an ended stream's frame stays until it is sent: a stream's last frame comes with its end);
+each connection sends its mailbox as one batch when its previous send has gone. A slow
 or stalled page therefore gets fewer, newer frames, never a queue: the io thread never waits on
-it and memory does not grow (websockets' write buffer holds at most ``WRITE_LIMIT`` bytes).
+it and memory does not grow (websockets' write buffer holds at most ``WRITE_LIMIT`` bytes; while
+it is full the connection is not read, and one full for ``WRITE_STALL_TIMEOUT_S`` is closed).
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ FEED_PATH = "/ws"
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
          "/preview.js": ("preview.js", "text/javascript; charset=utf-8")}
 WRITE_LIMIT = 64 * 1024  # bytes a page connection may have waiting in its write buffer before sends wait
+# Beyond WRITE_LIMIT a connection's writes are paused, and so is its reading (the page never needs to send): what it
+# sends then, pings included, waits in the kernel, unanswered. websockets answers each ping with a pong written without
+# flow control, so a client that sent pings and never read made serve's memory grow without end (577 MiB in 20 s).
+# A connection with more than this waiting anyway (websockets may resume reading on its own) is aborted.
+MAX_WRITE_BUFFER = 16 * WRITE_LIMIT
+# A connection whose writes stay paused this long is aborted: its peer reads nothing (a dead or frozen page, a program
+# that only sends). websockets' keep-alive cannot close it (its ping waits for the write buffer to drain), so 32 of
+# them held every page slot for good. A page that was merely frozen reconnects when it wakes.
+WRITE_STALL_TIMEOUT_S = 10.0
 # Pages (feeds on /ws) open at once; one more gets 503. A page is a browser tab or an OBS browser source of the
 # one person running serve: a few are open, 32 is plenty. 300 were measured fine; the cap is there because a
 # local program opening connections without end took all of serve's 1024 file descriptors (the soft limit
@@ -136,12 +147,16 @@ class _PreviewConnection(ServerConnection):
     to ``process_request`` and writes the whole response, so HEAD got a body, and it closes a request that
     has a body with no reply at all (curl -X POST -d: "Empty reply from server"). Here a request's first
     line is read first: a GET goes on to websockets; any other method is answered by
-    ``PreviewOutput._other_method`` and the connection closed."""
+    ``PreviewOutput._other_method`` and the connection closed.
+
+    Flow control: while the write buffer is over WRITE_LIMIT (websockets' writes paused), the connection is not read
+    either, and it is aborted if that lasts WRITE_STALL_TIMEOUT_S or if over MAX_WRITE_BUFFER is waiting."""
 
     def __init__(self, output: PreviewOutput, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._output = output
         self._first_bytes: bytes | None = b""  # what came before the request line's end; None once it is known
+        self._stall: asyncio.TimerHandle | None = None  # aborts the connection if its writes stay paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # registers the connection's handler task in server.handler_tasks
@@ -153,11 +168,29 @@ class _PreviewConnection(ServerConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._output._connections.discard(self)
+        if self._stall is not None:
+            self._stall.cancel()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The write buffer went over WRITE_LIMIT: stop reading too, and abort the connection if it stays so for
+        WRITE_STALL_TIMEOUT_S."""
+        super().pause_writing()
+        self.transport.pause_reading()
+        self._stall = self.loop.call_later(WRITE_STALL_TIMEOUT_S, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._first_bytes is None:
-            super().data_received(data)
+            super().data_received(data)  # may write (a pong for each ping)
+            if self.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                self.transport.abort()
             return
         head = self._first_bytes + data
         line, newline, _ = head.partition(b"\n")
@@ -228,6 +261,7 @@ class PreviewOutput:
         self._closed = False
         # the loop's own state
         self._latest: dict[Key, Any] = {("hello", ""): HELLO_ITEM, ("streams", ""): []}  # what a new page gets
+        self._open: set[str] = set()  # the open streams, as the loop last took them
         self._pages: set[_Page] = set()
         self._connections: set[_PreviewConnection] = set()  # every TCP connection open (not those refused)
         self.pages_served = 0
@@ -266,8 +300,7 @@ class PreviewOutput:
                 self._streams_changed = True
             elif isinstance(event, StreamEnded):
                 self._streams.pop(event.stream, None)
-                self._new_frames.pop(event.stream, None)
-                self._new_levels.pop(event.stream, None)
+                self._new_levels.pop(event.stream, None)  # its frame not yet taken still goes: often its last
                 self._streams_changed = True
             else:
                 return  # stats and hello are for the ZeroMQ clients
@@ -300,9 +333,11 @@ class PreviewOutput:
             await self._stop.wait()
             # websockets' close waits for every handshake under way, each up to its open_timeout (10 s): a
             # connection that never sent its request (a browser's unused preconnection) held the stop 3 s and
-            # more. They are closed now; open pages are told the server is going away, as before.
+            # more. Its close of an open page waits for the close frame to be written, for as long as the page's
+            # writes are paused: a page that reads nothing held the stop 3 s. Both are closed now; open pages that
+            # read what they are sent (nothing waits in their write buffer) are told the server is going away.
             for connection in list(self._connections):
-                if connection.protocol.state is State.CONNECTING:
+                if connection.protocol.state is State.CONNECTING or connection.transport.get_write_buffer_size():
                     connection.transport.abort()
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -382,16 +417,17 @@ class PreviewOutput:
         changed: dict[Key, Any] = {}
         if streams is not None:
             changed[("streams", "")] = [{"stream": sid, "source": source} for sid, source in streams]
-            open_ids = {sid for sid, _ in streams}
-            gone = [key for key in self._latest if key[1] and key[1] not in open_ids]
-            for key in gone:  # an ended stream's frame and level: no page needs them any more
+            self._open = {sid for sid, _ in streams}
+            gone = [key for key in self._latest if key[1] and key[1] not in self._open]
+            for key in gone:  # an ended stream's frame and level: a new page needs them no more
                 del self._latest[key]
-            for page in self._pages:
-                for key in gone:
-                    page.mailbox.pop(key, None)
+            for page in self._pages:  # an ended stream's level waiting for a page is dropped; its frame still goes
+                for key in gone:      # (often its last: it comes with the stream's end or before)
+                    if key[0] == "level":
+                        page.mailbox.pop(key, None)
         changed.update({("level", sid): level for sid, level in levels.items()})
         changed.update({("frame", sid): frame for sid, frame in frames.items()})
-        self._latest.update(changed)
+        self._latest.update((key, value) for key, value in changed.items() if not key[1] or key[1] in self._open)
         if not self._pages:
             return  # encoded only when a page is open
         encoded = {key: text for key, value in changed.items() if (text := self._encode(key, value)) is not None}

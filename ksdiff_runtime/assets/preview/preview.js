@@ -3,7 +3,8 @@
 // The feed (ws://<this host>/ws, ksdiff_runtime/outputs/preview.py) sends batches
 // {"sent": <server time.time()>, "items": [...]} holding the latest frame and audio level of each
 // open stream and the list of open streams. Frames are kept per stream (latest wins) and drawn by
-// requestAnimationFrame; a frame is drawn once, when it is new.
+// requestAnimationFrame; a frame is drawn once, when it is new. A stream's last frame comes with the
+// list that ends it, or before: it is drawn, then, with no stream chosen, the neutral face.
 //
 // Conventions (protocol/SPEC.md 5.2, 5.3): head [pitch, yaw, roll] in radians, pitch + = chin
 // down, yaw + = the face turns toward its own left (the viewer's right), roll + = tilt toward its
@@ -32,7 +33,8 @@ const state = {
   userChose: false,     // the user picked it (else the first open stream is followed)
   frames: new Map(),    // stream -> its latest frame (with .sent, the batch's send time)
   levels: new Map(),    // stream -> its latest audio level
-  drawn: null,          // the frame drawn last
+  drawn: null,          // the frame shown (null: the neutral face)
+  final: null,          // the chosen stream ended: its frame not yet drawn, drawn by the next tick
   firstDrawn: null,
 };
 
@@ -40,7 +42,8 @@ const hooks = window.ksdiffPreview = {
   connected: false, connections: 0, batches: 0, framesReceived: 0, framesDrawn: 0,
   firstFrameMs: null,   // performance.now() when the first frame was drawn (0 = navigation start)
   firstMotionMs: null,  // ... when a drawn frame first differed from the first one drawn
-  lastDrawn: null,      // {stream, index, t_audio, jawOpen, runtimeMs, pageMs}
+  lastDrawn: null,      // {stream, index, t_audio, last, jawOpen, runtimeMs, pageMs}
+  showing: null,        // {stream, index} of the frame shown; null: the neutral face
   pageLatencyMs: [],    // per drawn frame: drawn (this clock) - sent (the server's clock), ms
   runtimeLatencyMs: [], // per drawn frame: published_ns - captured_ns, ms (null: unknown)
   chosen: null, streams: [],
@@ -79,13 +82,20 @@ function connect() {
 function receive(batch) {
   hooks.batches += 1;
   const items = batch.items;
-  // the hello and the stream list first: a frame is kept only for a stream the page knows
   for (const item of items) {
     if (item.type === "hello") {
       state.index = Object.fromEntries(item.blendshapes.map((name, i) => [name, i]));
       state.frames.clear();  // a new connection (perhaps a new serve): its state replaces ours
       state.levels.clear();
+      state.streams = [];
+      state.final = null;
     }
+  }
+  // A frame is kept only for a stream the page knows: those it knew, before the stream list (which may
+  // end them: a stream's last frame comes with its end), then those the list opens.
+  const known = new Set(state.streams.map((s) => s.stream));
+  for (const item of items) {
+    if (item.type === "frame" && known.has(item.stream)) keepFrame(item, batch.sent);
   }
   for (const item of items) {
     if (item.type === "streams") setStreams(item.streams);
@@ -93,19 +103,25 @@ function receive(batch) {
   const open = new Set(state.streams.map((s) => s.stream));
   for (const item of items) {
     if (!open.has(item.stream)) continue;
-    if (item.type === "frame") {
-      item.sent = batch.sent;
-      state.frames.set(item.stream, item);
-      hooks.framesReceived += 1;
+    if (item.type === "frame" && !known.has(item.stream)) {
+      keepFrame(item, batch.sent);
     } else if (item.type === "level") {
       state.levels.set(item.stream, item);
     }
   }
 }
 
+function keepFrame(item, sent) {
+  item.sent = sent;
+  state.frames.set(item.stream, item);
+  hooks.framesReceived += 1;
+}
+
 function setStreams(streams) {
   state.streams = streams;
   const ids = streams.map((s) => s.stream);
+  const ended = ids.includes(state.chosen) ? undefined : state.frames.get(state.chosen);
+  if (ended && ended !== state.drawn) state.final = ended;   // the chosen stream's last frame: drawn all the same
   for (const sid of [...state.frames.keys()]) if (!ids.includes(sid)) state.frames.delete(sid);
   for (const sid of [...state.levels.keys()]) if (!ids.includes(sid)) state.levels.delete(sid);
   if (!ids.includes(state.chosen) || !state.userChose) {
@@ -377,8 +393,8 @@ function moved(a, b) {
 
 let readoutAt = 0;
 
-function readout(now) {
-  if (now - readoutAt < 250) return;   // text four times a second is plenty to read
+function readout(now, force = false) {
+  if (now - readoutAt < 250 && !force) return;   // text four times a second is plenty to read
   readoutAt = now;
   const level = state.chosen === null ? undefined : state.levels.get(state.chosen);
   if (level) {
@@ -400,12 +416,20 @@ function readout(now) {
     ui.pageMs.textContent = `${p[p.length - 1].toFixed(1)} ms (p50 ${percentile(p, 0.5).toFixed(1)}, ` +
                             `p95 ${percentile(p, 0.95).toFixed(1)})`;
   }
-  if (f) ui.frame.textContent = `${f.stream} #${f.index}, t ${f.t_audio.toFixed(2)} s${f.last ? " (last)" : ""}`;
+  if (f) {
+    ui.frame.textContent = `${f.stream} #${f.index}, t ${f.t_audio.toFixed(2)} s${f.last ? " (last)" : ""}`;
+  } else {
+    ui.frame.textContent = "–";
+    ui.runtimeMs.textContent = "–";
+  }
 }
 
 // --- the loop: draw the chosen stream's latest frame, once, when it is new ----------------------
+// (an ended stream's last frame first); with no frame to show, the neutral face
 function tick(now) {
-  const frame = state.chosen === null ? undefined : state.frames.get(state.chosen);
+  const frame = state.final ?? (state.chosen === null ? undefined : state.frames.get(state.chosen));
+  state.final = null;
+  let cleared = false;
   if (frame && frame !== state.drawn) {
     drawFace(frame);
     const drawnAt = performance.timeOrigin + performance.now();
@@ -420,10 +444,16 @@ function tick(now) {
       hooks.firstMotionMs = performance.now();
     }
     state.drawn = frame;
-    hooks.lastDrawn = {stream: frame.stream, index: frame.index, t_audio: frame.t_audio,
+    hooks.lastDrawn = {stream: frame.stream, index: frame.index, t_audio: frame.t_audio, last: frame.last,
                        jawOpen: frame.bs[state.index.jawOpen], runtimeMs: frame.runtime_ms, pageMs};
+    hooks.showing = {stream: frame.stream, index: frame.index};
+  } else if (!frame && state.drawn !== null) {   // the stream ended, or a new serve has none: nothing to show
+    drawFace(NEUTRAL);
+    state.drawn = null;
+    hooks.showing = null;
+    cleared = true;
   }
-  readout(now);
+  readout(now, cleared);
   requestAnimationFrame(tick);
 }
 
