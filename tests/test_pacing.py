@@ -17,8 +17,9 @@ from ksdiff_runtime.outputs.pacing import Pacer
 FPS = 30
 
 
-def frame(stream: str, index: int, last: bool = False, captured_s: float | None = None) -> Frame:
-    return Frame(stream=stream, seq=index, index=index, fps=FPS, t_audio=index / FPS,
+def frame(stream: str, index: int, last: bool = False, captured_s: float | None = 0.0, fps: int = FPS) -> Frame:
+    """A frame of a real-time stream (its audio captured at ``captured_s``; None: on no real-time clock)."""
+    return Frame(stream=stream, seq=index, index=index, fps=fps, t_audio=index / fps,
                  blendshapes=np.zeros(52, np.float32), head=np.zeros(3, np.float32), gaze=np.zeros(4, np.float32),
                  captured_ns=None if captured_s is None else round(captured_s * 1e9), published_ns=0,
                  lookahead_ms=0.0, compute_ms=0.0, last=last)
@@ -65,6 +66,33 @@ def test_a_lines_frames_go_at_its_first_audios_arrival_plus_its_stated_latency()
         late.put(frame("npc", i, captured_s=10.0), 10.1)
     times = {e.index: t for t, e in released(late, 10.1, 11.5) if isinstance(e, Frame)}
     assert times[0] == times[1] == 10.1 and times[2] == pytest.approx(10.05 + 2 / FPS, abs=0.0011)
+
+
+def test_frames_on_no_real_time_clock_go_at_once():
+    """serve --file --fast: the frames carry no captured_ns; holding them to real time would hold the whole file (a
+    looped one for good), 430 frames a second more than went out."""
+    pacer = Pacer()
+    pacer.put(StreamStarted("fast", "file", mode="line", latency_ms=200.0), 0.0)
+    for i in range(300):
+        pacer.put(frame("fast", i, captured_s=None), 0.01)
+    assert len([e for e in pacer.due(0.01) if isinstance(e, Frame)]) == 300 and pacer.held == 0
+
+
+def test_a_rounds_audio_level_does_not_hold_back_the_next_rounds_frames():
+    """At 60 fps a round's level (its t_audio the end of the round's native frames) came later on the clock than the
+    next round's first frame, which waited behind it: the first frame of every round was held ~16 ms."""
+    pacer = Pacer()
+    pacer.put(StreamStarted("mic", "mic", mode="live"), 0.0)
+    held = []
+    for k in range(60):
+        pacer.next_batch()
+        now = 0.1 + k / 30
+        for i in (2 * k, 2 * k + 1):
+            pacer.put(frame("mic", i, fps=60), now)
+        pacer.put(AudioLevel("mic", (k + 1) / 30 + 1 / 120, -30.0), now)
+        got = released(pacer, now, now + 1 / 30 - 0.001)
+        held.append(next(t for t, e in got if isinstance(e, Frame) and e.index == 2 * k) - now)
+    assert max(held) == 0.0
 
 
 def test_a_late_frame_goes_at_once_and_the_next_ones_keep_their_time():
@@ -222,3 +250,41 @@ def test_a_line_pushed_whole_reaches_vmc_at_its_own_pace(serve_engine, speech_16
     assert arrived[0] >= pushed + handle.latency_ms / 1000.0
     # a bundle can only be late, never early: the spread is at least the line's frames' time
     assert arrived[-1] - arrived[0] >= (frames - 1) / FPS - 0.05 > 0.8 * duration
+
+
+class HeldOutput:
+    """A paced output that takes everything (what it got is not the point here)."""
+
+    name = "held"
+    paced = True
+
+    def send(self, event: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_after_the_io_thread_failed_the_runtime_is_idle_though_frames_were_held(serve_engine, speech_16k, monkeypatch):
+    """The io thread sends what the pacer holds; once it is gone nothing will, and wait_until_idle must not wait for it
+    (it waited for good)."""
+    import ksdiff_sdk
+    from ksdiff_runtime.server.runtime import Runtime
+
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", outputs=[HeldOutput()],
+                 admission=False) as rt, ksdiff_sdk.Client(rt.pub_endpoint, rt.router_endpoint) as client:
+        handle = client.open_stream(mode="line", sample_rate=16000)
+        handle.push(np.tile(speech_16k, 4))
+        handle.end(timeout=60.0)  # every frame made: the line's last seconds are still held for their time
+        assert rt._pacer.held > 0
+
+        def broken() -> None:
+            raise RuntimeError("the publisher broke")
+
+        monkeypatch.setattr(rt, "_publish_outbox", broken)
+        rt._wake()
+        assert rt._io is not None
+        rt._io.join(30.0)
+        assert rt.failure == "the io thread failed: RuntimeError: the publisher broke"
+        assert rt.wait_until_idle(timeout=0)

@@ -10,12 +10,15 @@ The pacer holds each frame until its time on its stream's clock, ``anchor + t_au
   thread hands over, ``next_batch``), and the first of a stream's frames in a batch came when it was computed,
   the others with it. So the first frame of each batch goes at once, and the rest of a burst (a `quality` hop)
   at their times; a late batch moves nothing (the anchor only moves earlier), and a stream whose first frames
-  came late (a stall at its start) or whose audio clock runs fast is not held back;
+  came late (a stall at its start) or whose audio clock runs fast is not held back. (Audio pushed ahead of real
+  time in live mode is made as it comes, and goes so: a line is what holds frames for their time);
 - a line's anchor is the contract a game keeps with its own audio (SPEC 4.6, ``latency_ms``): its first audio's
   arrival plus the latency stated for it, so an app shows the line in sync with audio the game starts playing
-  that long after its first push (without those, its first frame's arrival). Its frames come early by design;
+  that long after its first push. Its frames come early by design;
 - a frame that is due, or late, goes at once: lateness never holds back the frames after it;
-- a stream's other events (its audio level, its end) wait behind its frames; an event of no stream goes at once;
+- frames on no real-time clock (no ``captured_ns``: ``serve --file --fast``) go at once, as they are made;
+- a stream's other events (its audio level, its end) go once the frames before them went; an event of no stream
+  goes at once;
 - a stream id opened again while the last stream of that id still has frames held: those are cut to the last one.
 
 It runs on the runtime's io thread, as the outputs do: ``put`` an event, ``due`` the events whose time has come,
@@ -28,7 +31,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from ksdiff_runtime.events import AudioLevel, Event, Frame, StreamEnded, StreamStarted
+from ksdiff_runtime.events import Event, Frame, StreamEnded, StreamStarted
 
 
 @dataclass
@@ -36,6 +39,7 @@ class _Stream:
     line: bool
     latency_s: float | None = None  # the latency stated for the stream (StreamStarted.latency_ms)
     anchor: float | None = None  # frames are due at anchor + t_audio (time.monotonic() seconds)
+    paced: bool = True  # False: its frames are on no real-time clock, and go at once
     held: deque[Event] = field(default_factory=deque)
     batch: int = -1  # the batch of its last frame
 
@@ -75,6 +79,7 @@ class Pacer:
         if isinstance(event, Frame):
             if s.anchor is None:
                 s.anchor = now - event.t_audio
+                s.paced = event.captured_ns is not None
                 if s.line and s.latency_s is not None and event.captured_ns is not None:
                     s.anchor = event.captured_ns / 1e9 + s.latency_s - event.t_audio
             elif not s.line and s.batch != self._batch:
@@ -87,12 +92,13 @@ class Pacer:
         """What is put from now on was handed over together, after what was put before."""
         self._batch += 1
 
-    def due(self, now: float) -> list[Event]:
-        """The events whose time has come, in order (each stream's in its own order)."""
+    def due(self, now: float, stream: str | None = None) -> list[Event]:
+        """The events whose time has come, in order (each stream's in its own order); ``stream``: look at that
+        stream's only (what was just put: the others' times have not changed)."""
         out, self._ready = self._ready, []
-        for stream_id in list(self._streams):
-            s = self._streams[stream_id]
-            while s.held and self._time_of(s, s.held[0]) <= now:
+        for stream_id in list(self._streams) if stream is None else [stream]:
+            s = self._streams.get(stream_id)
+            while s is not None and s.held and self._time_of(s, s.held[0]) <= now:
                 event = s.held.popleft()
                 self.held -= 1
                 out.append(event)
@@ -120,6 +126,6 @@ class Pacer:
 
     @staticmethod
     def _time_of(s: _Stream, event: Event) -> float:
-        if isinstance(event, Frame | AudioLevel) and s.anchor is not None:
+        if isinstance(event, Frame) and s.anchor is not None and s.paced:
             return s.anchor + event.t_audio
-        return -math.inf  # its start, its end, a level before its first frame: as soon as it is at the front
+        return -math.inf  # its start, level and end: as soon as it is at the front

@@ -391,6 +391,7 @@ class Runtime:
                 for session in list(self.sessions):
                     self.sessions.finish(session)
                     self.sessions.remove(session)
+                self._pacer.drain()  # nothing of it goes out now (this thread is the one that sent it)
                 with self._idle:
                     self._idle.notify_all()
 
@@ -442,9 +443,11 @@ class Runtime:
         try:
             while True:
                 now = time.monotonic()
-                paced_due = self._pacer.next_due()
-                timeout_ms = max(0.0, 1000.0 * (min(next_hello, next_stats,
-                                                    math.inf if paced_due is None else paced_due) - now))
+                wake_at = min(next_hello, next_stats)
+                if (paced_due := self._pacer.next_due()) is not None:
+                    wake_at = min(wake_at, max(paced_due, now))
+                # whole ms, rounded up (the poller truncates): woken early, the loop would spin until a frame is due
+                timeout_ms = max(0.0, math.ceil(1000.0 * (wake_at - now)))
                 if self._stopping.is_set():
                     timeout_ms = min(timeout_ms, 20.0)  # check soon whether the engine thread has stopped
                 resting = now < rest_until
@@ -506,7 +509,7 @@ class Runtime:
         if self._paced:
             now = time.monotonic()
             self._pacer.put(event, now)
-            self._send_paced(self._pacer.due(now))
+            self._send_paced(self._pacer.due(now, getattr(event, "stream", None)))
 
     def _send_paced(self, events: list[Event]) -> None:
         for event in events:
