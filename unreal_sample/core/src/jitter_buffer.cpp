@@ -35,27 +35,62 @@ JitterBuffer::JitterBuffer(double margin_s, std::size_t max_frames_per_stream)
 
 double JitterBuffer::push(const Frame& frame, double arrival_s) {
   std::lock_guard<std::mutex> lock(mutex_);
+  forget_unanchored(arrival_s);
   auto it = streams_.find(frame.stream);
-  if (it != streams_.end() && it->second.ended && !it->second.await_anchor) {
-    // Frames after the end belong to a new stream that reused the id (its stream_start was
-    // missed): start it afresh rather than appending to the old timeline.
-    streams_.erase(it);
-    it = streams_.end();
+  if (it != streams_.end()) {
+    const StreamState& old = it->second;
+    // Frames after the end with a seq at or below the stream's first belong to a new stream that
+    // reused the id (its stream_start was missed): start it afresh rather than appending to the
+    // old timeline. A later seq is a late or repeated frame of the ended stream: it joins it.
+    const bool new_stream = old.ended && frame.seq <= old.first_seq;
+    // An anchor() given before any frame, that this first frame comes far too late for, was late
+    // for a line already played out: it must not hold the next stream with that id.
+    const bool stale_anchor =
+        old.pending_anchor && arrival_s > old.timeline.offset() + frame.t_audio + kStaleAnchorS;
+    if (new_stream || stale_anchor) {
+      streams_.erase(it);
+      it = streams_.end();
+    }
   }
   if (it == streams_.end()) it = streams_.emplace(frame.stream, StreamState(margin_s_)).first;
   StreamState& s = it->second;
+  s.pending_anchor = false;
+  if (frame.seq < s.first_seq) s.first_seq = frame.seq;
+  s.last_arrival_s = arrival_s;
 
   double show_s = std::numeric_limits<double>::quiet_NaN();
-  if (!s.await_anchor || s.timeline.on_audio_clock()) show_s = s.timeline.schedule(frame.t_audio, arrival_s);
+  const bool scheduled = !s.await_anchor || s.timeline.on_audio_clock();
+  if (scheduled) show_s = s.timeline.schedule(frame.t_audio, arrival_s);
   s.frames[frame.t_audio] = Pose{frame.blendshapes, frame.head, frame.gaze};
-  while (s.frames.size() > max_frames_) s.frames.erase(s.frames.begin());
+  if (s.frames.size() > max_frames_) {
+    // Over the bound: drop the oldest frame if it is past (the next one's show time has come),
+    // else the newest. Frames still to be shown (a whole line waiting for its audio) are never
+    // dropped for later ones: a line too long for the bound loses its end, not its start.
+    const double next_show_s = s.timeline.offset() + std::next(s.frames.begin())->first;
+    if (scheduled && next_show_s <= arrival_s) {
+      s.frames.erase(s.frames.begin());
+    } else {
+      s.frames.erase(std::prev(s.frames.end()));
+    }
+  }
   if (frame.last) s.ended = true;
   return show_s;
 }
 
+void JitterBuffer::forget_unanchored(double now_s) {
+  for (auto it = streams_.begin(); it != streams_.end();) {
+    const StreamState& s = it->second;
+    const bool in_vain = s.ended && s.await_anchor && !s.timeline.on_audio_clock() &&
+                         now_s > s.last_arrival_s + kUnanchoredLineTimeoutS;
+    it = in_vain ? streams_.erase(it) : std::next(it);
+  }
+}
+
 void JitterBuffer::anchor(const std::string& stream, double audio_start_s) {
   std::lock_guard<std::mutex> lock(mutex_);
-  StreamState& s = streams_.try_emplace(stream, margin_s_).first->second;
+  auto [it, created] = streams_.try_emplace(stream, margin_s_);
+  StreamState& s = it->second;
+  if (created) s.pending_anchor = true;  // for the next frames of this id (see push)
   s.await_anchor = true;
   s.timeline.fix(audio_start_s);
 }
@@ -70,11 +105,11 @@ void JitterBuffer::end_stream(const std::string& stream) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = streams_.find(stream);
   if (it == streams_.end()) return;
-  if (it->second.frames.empty() && !it->second.await_anchor) {
-    streams_.erase(it);  // nothing left to play
-  } else {
+  if (!it->second.frames.empty()) {
     it->second.ended = true;
-  }
+  } else if (!it->second.await_anchor) {
+    streams_.erase(it);  // nothing left to play
+  }  // else a line awaiting its anchor, no frame yet: the end is an older stream's
 }
 
 void JitterBuffer::reset_stream(const std::string& stream) {
@@ -89,6 +124,7 @@ void JitterBuffer::clear() {
 
 Sample JitterBuffer::sample(const std::string& stream, double local_s) {
   std::lock_guard<std::mutex> lock(mutex_);
+  forget_unanchored(local_s);
   Sample out;
   auto it = streams_.find(stream);
   if (it == streams_.end() || it->second.frames.empty()) return out;  // unknown

@@ -2,12 +2,14 @@
 
 #include <zmq.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <map>
 #include <thread>
 #include <utility>
+#include <vector>
 
 namespace ksdiff {
 
@@ -79,6 +81,9 @@ struct Subscriber::Impl {
 
   // Worker-thread only: the next seq expected per stream, for gap counting.
   std::map<std::string, std::uint64_t> next_seq;
+  // Worker-thread only: the runtime instances seen, oldest first, at most kSeenInstances.
+  static constexpr std::size_t kSeenInstances = 16;
+  std::vector<std::string> seen_instances;
 
   std::vector<std::string> topics() const {
     std::vector<std::string> out{std::string(kHelloTopic)};
@@ -288,11 +293,21 @@ struct Subscriber::Impl {
   }
 
   void on_hello(const Hello& hello, double arrival) {
+    const std::string instance = hello.instance.value_or("");
     std::string old_instance;
     bool restarted = false;
     {
       std::lock_guard<std::mutex> lock(status_mutex);
-      const std::string instance = hello.instance.value_or("");
+      if (!instance.empty()) {
+        const bool seen = std::find(seen_instances.begin(), seen_instances.end(), instance) != seen_instances.end();
+        // A hello of an instance seen before, not the current one, is a late message of an
+        // older process (still queued when the new one's came): it changes nothing.
+        if (seen && instance != status.instance) return;
+        if (!seen) {
+          seen_instances.push_back(instance);
+          if (seen_instances.size() > kSeenInstances) seen_instances.erase(seen_instances.begin());
+        }
+      }
       restarted = !status.instance.empty() && !instance.empty() && instance != status.instance;
       old_instance = status.instance;
       if (!instance.empty()) status.instance = instance;
@@ -302,7 +317,7 @@ struct Subscriber::Impl {
     }
     if (restarted) {
       next_seq.clear();  // the old process's streams are gone
-      call([&] { handler.on_runtime_restart(old_instance, *hello.instance); });
+      call([&] { handler.on_runtime_restart(old_instance, instance); });
     }
     call([&] { handler.on_hello(hello); });
   }

@@ -157,8 +157,17 @@ TEST_CASE("buffer: an end without frames, resets, repeated times and the size bo
   (void)jb.push(make_frame("e", 0, 0.7f), 0.0);  // same t_audio: replaces
   EXPECT_EQ(jb.buffered("e"), 1u);
   EXPECT_NEAR(jb.sample("e", 0.0).pose.blendshapes[kJawOpen], 0.7, 1e-6);
-  for (std::uint64_t i = 1; i < 10; ++i) (void)jb.push(make_frame("e", i, 0.0f), 0.0);
-  EXPECT_EQ(jb.buffered("e"), 4u);  // the oldest went
+  for (std::uint64_t i = 1; i < 10; ++i) (void)jb.push(make_frame("e", i, 0.1f * i), 0.0);
+  EXPECT_EQ(jb.buffered("e"), 4u);  // none shown yet: the newest went, frames 0..3 stay
+  EXPECT(jb.sample("e", 0.05).state == PlayState::playing);
+  EXPECT_NEAR(jb.sample("e", 0.05 + 2.0 / 30.0).pose.blendshapes[kJawOpen], 0.2, 1e-6);
+  EXPECT_EQ(jb.buffered("e"), 2u);  // sampling dropped frames 0 and 1
+  // A live stream's past frames go first: frames 10..14 come at 0.3, when frames 2 and 3 are
+  // past; 2 goes (3 is still needed before 10), then the newest.
+  for (std::uint64_t i = 10; i < 15; ++i) (void)jb.push(make_frame("e", i, 0.1f * i), 0.3);
+  EXPECT_EQ(jb.buffered("e"), 4u);
+  EXPECT_NEAR(jb.sample("e", 0.05 + 3.0 / 30.0).pose.blendshapes[kJawOpen], 0.3, 1e-6);
+  EXPECT_NEAR(jb.sample("e", 0.05 + 11.5 / 30.0).pose.blendshapes[kJawOpen], 1.15, 1e-6);
   jb.reset_stream("e");
   EXPECT(jb.sample("e", 0.0).state == PlayState::unknown);
   (void)jb.push(make_frame("f", 0, 0.0f), 0.0);
@@ -241,6 +250,102 @@ TEST_CASE("buffer: a line that ends before its audio starts waits for its anchor
   EXPECT(jb.sample("npc", 3.0).state == PlayState::playing);
   EXPECT(jb.sample("npc", 3.5).state == PlayState::ended);
   EXPECT(jb.sample("npc", 3.6).state == PlayState::unknown);
+}
+
+// --- bounds and late messages -------------------------------------------------------------------
+
+TEST_CASE("buffer: a 20 s line pushed whole and awaiting its anchor keeps its start") {
+  JitterBuffer jb(kMargin);  // the default bound
+  jb.await_anchor("npc");
+  // max_ahead_s (20 s) of audio at 30 fps plus the 4 ease frames, all before the audio plays.
+  const std::uint64_t n = 604;
+  for (std::uint64_t i = 0; i < n; ++i) (void)jb.push(make_frame("npc", i, 0.001f * i, 0.0f, i + 1 == n), 1.0);
+  EXPECT_EQ(jb.buffered("npc"), n);
+  jb.anchor("npc", 10.0);
+  const Sample first = jb.sample("npc", 10.0);
+  EXPECT(first.state == PlayState::playing);
+  EXPECT_NEAR(first.t_audio, 0.0, 1e-9);
+  const Sample one = jb.sample("npc", 11.0);
+  EXPECT(one.state == PlayState::playing);
+  EXPECT_NEAR(one.t_audio, 1.0, 1e-9);
+  EXPECT_NEAR(one.pose.blendshapes[kJawOpen], 0.030, 1e-6);
+  EXPECT(jb.sample("npc", 10.0 + 603.0 / 30.0).state == PlayState::ended);
+
+  // Over the bound, a waiting line loses its end, never its start.
+  JitterBuffer small(kMargin, 4);
+  small.await_anchor("npc");
+  for (std::uint64_t i = 0; i < 10; ++i) (void)small.push(make_frame("npc", i, 0.1f * i), 1.0);
+  EXPECT_EQ(small.buffered("npc"), 4u);
+  small.anchor("npc", 2.0);
+  EXPECT_NEAR(small.sample("npc", 2.0 + 1.5 / 30.0).pose.blendshapes[kJawOpen], 0.15, 1e-6);
+  EXPECT(small.sample("npc", 2.0 + 3.0 / 30.0).state == PlayState::holding);
+}
+
+TEST_CASE("buffer: a repeated or reordered frame after the last one joins its stream") {
+  JitterBuffer jb(kMargin);
+  for (std::uint64_t i = 0; i < 10; ++i) (void)jb.push(make_frame("a", i, 0.1f * i, 0.0f, i == 9), 100.0 + i / 30.0);
+  const double offset = *jb.offset("a");
+  EXPECT_NEAR(jb.push(make_frame("a", 8, 0.8f), 100.0 + 10.0 / 30.0), offset + 8.0 / 30.0, 1e-12);
+  EXPECT_EQ(jb.buffered("a"), 10u);
+  EXPECT(jb.offset("a") == std::optional<double>(offset));
+  const Sample s = jb.sample("a", offset + 2.0 / 30.0);
+  EXPECT(s.state == PlayState::playing);
+  EXPECT_NEAR(s.t_audio, 2.0 / 30.0, 1e-9);
+  // Frame 9 (last) before frame 8: 8 still belongs to the stream, which then ends after 9.
+  JitterBuffer jb2(kMargin);
+  for (std::uint64_t i : {0, 1, 3, 2}) (void)jb2.push(make_frame("b", i, 0.1f * i, 0.0f, i == 3), 5.0);
+  EXPECT_EQ(jb2.buffered("b"), 4u);
+  EXPECT_NEAR(jb2.sample("b", 5.05 + 2.5 / 30.0).pose.blendshapes[kJawOpen], 0.25, 1e-6);
+  EXPECT(jb2.sample("b", 5.05 + 3.5 / 30.0).state == PlayState::ended);
+  // A seq at or below the ended stream's first is a new stream (its stream_start was missed).
+  (void)jb.push(make_frame("a", 0, 0.5f), 200.0);
+  EXPECT_NEAR(*jb.offset("a"), 200.05, 1e-12);
+  EXPECT_EQ(jb.buffered("a"), 1u);
+}
+
+TEST_CASE("buffer: an anchor given after its line played out does not capture the next stream") {
+  JitterBuffer jb(kMargin);
+  for (std::uint64_t i = 0; i < 3; ++i) (void)jb.push(make_frame("npc", i, 0.0f, 0.0f, i == 2), 1.0 + i / 30.0);
+  EXPECT(jb.sample("npc", 5.0).state == PlayState::ended);  // played out and forgotten
+  EXPECT(jb.streams().empty());
+  jb.anchor("npc", 5.0);  // a late (or second) "line playback started"
+  // The next stream with the id, a live one, a minute later: it anchors on its own arrival.
+  EXPECT_NEAR(jb.push(make_frame("npc", 0, 0.0f), 65.0), 65.0 + kMargin, 1e-12);
+  EXPECT_NEAR(jb.push(make_frame("npc", 1, 0.0f), 65.01), 65.0 + kMargin + 1.0 / 30.0, 1e-12);
+  EXPECT_EQ(jb.reanchors("npc"), 0u);
+  // An anchor given before its line's frames, that come a little late for it, still holds.
+  jb.anchor("line", 70.0);
+  EXPECT_NEAR(jb.push(make_frame("line", 0, 0.0f), 70.0 + kStaleAnchorS - 0.5), 70.0, 1e-12);
+}
+
+TEST_CASE("buffer: a line awaiting its anchor in vain is forgotten") {
+  JitterBuffer jb(kMargin);
+  for (int k = 0; k < 3; ++k) {
+    const std::string id = "line" + std::to_string(k);
+    jb.await_anchor(id);
+    for (std::uint64_t i = 0; i < 100; ++i) (void)jb.push(make_frame(id, i, 0.0f, 0.0f, i == 99), 1.0 + k);
+    jb.end_stream(id);
+  }
+  EXPECT_EQ(jb.streams().size(), 3u);
+  EXPECT(jb.sample("line0", 1.0 + kUnanchoredLineTimeoutS).state == PlayState::waiting);  // not yet
+  // A minute after their last frames, never anchored: forgotten (a sample or a push says when).
+  EXPECT(jb.sample("line0", 2.5 + kUnanchoredLineTimeoutS).state == PlayState::unknown);
+  EXPECT_EQ(jb.streams().size(), 1u);
+  (void)jb.push(make_frame("other", 0, 0.0f), 100.0);
+  EXPECT(jb.streams() == std::vector<std::string>{"other"});
+
+  // A new stream with the id of an ended line that was never anchored is a new, live stream.
+  jb.await_anchor("npc");
+  for (std::uint64_t i = 0; i < 3; ++i) (void)jb.push(make_frame("npc", i, 0.0f, 0.0f, i == 2), 200.0);
+  jb.end_stream("npc");
+  EXPECT_NEAR(jb.push(make_frame("npc", 0, 0.7f), 210.0), 210.0 + kMargin, 1e-12);
+  EXPECT_EQ(jb.buffered("npc"), 1u);
+  // A stream_end before any frame of an awaited line is an older stream's: the line still waits.
+  jb.await_anchor("npc");
+  jb.end_stream("npc");
+  EXPECT(std::isnan(jb.push(make_frame("npc", 0, 0.1f), 220.0)));
+  jb.anchor("npc", 221.0);
+  EXPECT(jb.sample("npc", 221.0).state == PlayState::holding);
 }
 
 HARNESS_MAIN()

@@ -3,6 +3,12 @@
 
 #include "ksdiff/live_link_feed.hpp"
 
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+
 using namespace ksdiff;
 
 namespace {
@@ -204,6 +210,142 @@ TEST_CASE("an anchor given before the stream_start survives it") {
   feed.on_stream_start(start);
   feed.on_frame(make_frame("npc", 0), 20.0);
   EXPECT_NEAR(sink.frames.back().world_time_s, 20.0 + FeedConfig{}.margin_s, 1e-12);
+}
+
+// --- bounds and races of held lines ---------------------------------------------------------------
+
+namespace {
+
+Frame last_frame(const std::string& stream, std::uint64_t index) {
+  Frame f = make_frame(stream, index);
+  f.last = true;
+  return f;
+}
+
+StreamStart stream_start(const std::string& stream) {
+  StreamStart start;
+  start.stream = stream;
+  return start;
+}
+
+StreamEnd stream_end(const std::string& stream) {
+  StreamEnd end;
+  end.stream = stream;
+  return end;
+}
+
+}  // namespace
+
+TEST_CASE("a held line is bounded, dropped by a new stream of its id or after a while") {
+  RecordingSink sink;
+  LiveLinkFeed feed(sink);
+  // A line longer than the bound: it keeps its start.
+  feed.await_anchor("long");
+  const std::uint64_t n = kMaxLineFrames + 100;
+  for (std::uint64_t i = 0; i < n; ++i) feed.on_frame(i + 1 == n ? last_frame("long", i) : make_frame("long", i), 1.0);
+  feed.anchor("long", 2.0);
+  REQUIRE(sink.frames.size() == kMaxLineFrames);
+  EXPECT_EQ(sink.frames.front().frame_index, 0u);
+  EXPECT_EQ(sink.frames.back().frame_index, kMaxLineFrames - 1);
+  sink.frames.clear();
+
+  // An awaited line ends, never anchored; the next stream with its id is not awaited: it is
+  // pushed as it comes, and a late anchor does not dump the old line's frames.
+  feed.await_anchor("npc");
+  feed.on_stream_start(stream_start("npc"));
+  for (std::uint64_t i = 0; i < 10; ++i) feed.on_frame(i == 9 ? last_frame("npc", i) : make_frame("npc", i), 3.0);
+  feed.on_stream_end(stream_end("npc"));
+  EXPECT(sink.frames.empty());
+  feed.on_stream_start(stream_start("npc"));
+  for (std::uint64_t i = 0; i < 5; ++i) feed.on_frame(make_frame("npc", i), 4.0 + i / 30.0);
+  REQUIRE(sink.frames.size() == 5u);
+  EXPECT_NEAR(sink.frames[0].world_time_s, 4.05, 1e-9);
+  feed.anchor("npc", 5.0);
+  EXPECT_EQ(sink.frames.size(), 5u);
+
+  // An ended line never anchored is forgotten kUnanchoredLineTimeoutS after its last frame.
+  feed.await_anchor("gone");
+  feed.on_frame(last_frame("gone", 0), 600.0);
+  feed.on_frame(make_frame("other", 0), 600.0 + kUnanchoredLineTimeoutS + 1.0);
+  sink.frames.clear();
+  feed.anchor("gone", 700.0);
+  EXPECT(sink.frames.empty());
+}
+
+TEST_CASE("frames arriving while anchor() pushes the held ones queue behind, on the same clock") {
+  // The sink blocks on the first held frame until the worker has delivered the line's last
+  // frame and its stream_end: the interleaving the worker thread can produce, forced.
+  struct BlockingSink final : LiveLinkSink {
+    void declare_subject(const std::string&, const std::vector<std::string>&) override {}
+    void push_frame(const SubjectFrame& frame) override {
+      if (hook) hook(frame);
+      std::lock_guard<std::mutex> lock(mutex);
+      frames.push_back(frame);
+    }
+    std::function<void(const SubjectFrame&)> hook;
+    std::mutex mutex;
+    std::vector<SubjectFrame> frames;
+  } sink;
+  LiveLinkFeed feed(sink);
+  feed.await_anchor("npc");
+  for (std::uint64_t i = 0; i < 5; ++i) feed.on_frame(make_frame("npc", i), 1.0 + i * 0.001);
+
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool in_replay = false;
+  bool worker_done = false;
+  sink.hook = [&](const SubjectFrame& frame) {
+    if (frame.frame_index != 0) return;
+    std::unique_lock<std::mutex> lock(mutex);
+    in_replay = true;
+    cv.notify_all();
+    EXPECT(cv.wait_for(lock, std::chrono::seconds(10), [&] { return worker_done; }));
+  };
+  std::thread worker([&] {
+    {
+      std::unique_lock<std::mutex> lock(mutex);
+      if (!cv.wait_for(lock, std::chrono::seconds(10), [&] { return in_replay; })) return;
+    }
+    feed.on_frame(last_frame("npc", 5), 1.01);
+    feed.on_stream_end(stream_end("npc"));
+    std::lock_guard<std::mutex> lock(mutex);
+    worker_done = true;
+    cv.notify_all();
+  });
+  feed.anchor("npc", 50.0);  // the line's audio starts at 50
+  worker.join();
+
+  REQUIRE(sink.frames.size() == 6u);
+  for (std::uint64_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(sink.frames[i].frame_index, i);
+    EXPECT_NEAR(sink.frames[i].world_time_s, 50.0 + i / 30.0, 1e-9);
+  }
+  EXPECT(sink.frames.back().last);
+  EXPECT_EQ(feed.status().reanchors, 0u);
+  // The line ended: its clock went with it, the next stream with the id is live.
+  sink.hook = nullptr;
+  feed.on_stream_start(stream_start("npc"));
+  feed.on_frame(make_frame("npc", 0), 100.0);
+  EXPECT_NEAR(sink.frames.back().world_time_s, 100.0 + FeedConfig{}.margin_s, 1e-9);
+}
+
+TEST_CASE("an anchor given after its line ended does not capture the next stream") {
+  RecordingSink sink;
+  LiveLinkFeed feed(sink);
+  feed.on_stream_start(stream_start("npc"));
+  for (std::uint64_t i = 0; i < 3; ++i) feed.on_frame(i == 2 ? last_frame("npc", i) : make_frame("npc", i), 1.0);
+  feed.on_stream_end(stream_end("npc"));
+  feed.anchor("npc", 2.0);  // a late "line playback started"
+  feed.on_stream_start(stream_start("npc"));  // a live stream with the id, 100 s later
+  feed.on_frame(make_frame("npc", 0), 102.0);
+  feed.on_frame(make_frame("npc", 1), 102.01);
+  EXPECT_NEAR(sink.frames[3].world_time_s, 102.0 + FeedConfig{}.margin_s, 1e-9);
+  EXPECT_NEAR(sink.frames[4].world_time_s, 102.0 + FeedConfig{}.margin_s + 1.0 / 30.0, 1e-9);
+  // An anchor given before its line's frames, that come a little late for it, still holds.
+  feed.anchor("line", 200.0);
+  feed.on_stream_start(stream_start("line"));
+  feed.on_frame(make_frame("line", 0), 200.0 + kStaleAnchorS - 0.5);
+  EXPECT_NEAR(sink.frames.back().world_time_s, 200.0, 1e-12);
 }
 
 HARNESS_MAIN()

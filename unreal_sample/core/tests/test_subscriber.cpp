@@ -141,6 +141,42 @@ TEST_CASE("subscribes, decodes, counts gaps, refuses bad messages, sees restarts
   EXPECT_EQ(st.messages, 14u);
 }
 
+TEST_CASE("a late hello of an older runtime instance is not another restart") {
+  Publisher pub;
+  EventQueue queue;
+  SubscriberConfig config;
+  config.endpoint = pub.endpoint();
+  Subscriber sub(config, queue);
+  sub.start();
+  pub.wait_subscriptions(4);
+
+  pub.send("ksd1/hello/", wire::hello(std::string("instance-A")));
+  pub.send("ksd1/hello/", wire::hello(std::string("instance-B")));  // the runtime restarted
+  pub.send("ksd1/frame/npc1/", wire::frame("npc1", 0));
+  pub.send("ksd1/hello/", wire::hello(std::string("instance-A")));  // still queued from A: stale
+  pub.send("ksd1/frame/npc1/", wire::frame("npc1", 1));
+  pub.send("ksd1/hello/", wire::hello(std::string("instance-B")));
+  pub.send("ksd1/hello/", wire::hello(std::string("instance-C")));  // a new one: a restart
+  pub.send("ksd1/frame/npc1/", wire::frame("npc1", 9));
+
+  const auto events = collect(queue, [](const Event& e) { return is_frame(e, "npc1", 9); });
+  std::vector<std::pair<std::string, std::string>> restarts;
+  std::size_t hellos = 0;
+  for (const Event& e : events) {
+    if (const auto* r = std::get_if<RestartEvent>(&e)) restarts.emplace_back(r->old_instance, r->new_instance);
+    hellos += std::holds_alternative<Hello>(e) ? 1 : 0;
+  }
+  REQUIRE(restarts.size() == 2u);
+  EXPECT(restarts[0] == std::make_pair(std::string("instance-A"), std::string("instance-B")));
+  EXPECT(restarts[1] == std::make_pair(std::string("instance-B"), std::string("instance-C")));
+  EXPECT_EQ(hellos, 4u);  // the stale one is not passed on
+  EXPECT(is_frame(events.back(), "npc1", 9));
+  const SubscriberStatus st = sub.status();
+  EXPECT_EQ(st.restarts, 2u);
+  EXPECT_EQ(st.instance, std::string("instance-C"));
+  EXPECT_EQ(st.dropped_frames, 0u);  // frame 9 follows a restart: not a gap
+}
+
 TEST_CASE("a 3-part message and an unknown topic are refused") {
   Publisher pub;
   EventQueue queue;

@@ -26,6 +26,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -33,6 +34,21 @@
 #include <vector>
 
 namespace ksdiff {
+
+// Bounds on what waits for the game's audio (SPEC 6.1), shared by JitterBuffer and LiveLinkFeed.
+//
+// A line is pushed whole, up to stream_opened.max_ahead_s (20 s by default) ahead of its audio,
+// so all of its frames can be buffered before the first is shown: 20 s is 600 frames at 30 fps
+// (1200 at 60) plus the ease to rest. A stream keeps at most kMaxLineFrames of them; over that,
+// the newest go, never frames still to be shown before them (the start of the line).
+inline constexpr std::size_t kMaxLineFrames = 2048;
+// A line that awaits anchor() and has ended is forgotten this long after its last frame came if
+// the game never anchors it (its audio never played).
+inline constexpr double kUnanchoredLineTimeoutS = 60.0;
+// anchor() on a stream of which nothing is known yet waits for that stream's frames; if the first
+// one then comes more than this after its show time on that anchor, the anchor was a late one (for
+// a line already played out and forgotten) and it lapses: the new stream anchors by itself.
+inline constexpr double kStaleAnchorS = 5.0;
 
 class StreamClock {
  public:
@@ -50,6 +66,7 @@ class StreamClock {
   // A new margin applies from the next anchoring (a jump now would be visible).
   void set_margin(double margin_s) noexcept { margin_s_ = margin_s; }
   std::uint64_t reanchors() const noexcept { return reanchors_; }
+  bool scheduled_any() const noexcept { return newest_t_audio_.has_value(); }  // since the last reset()
   // Audio time 0 plays at local time `offset`, for good: schedule() never re-anchors after this.
   void fix(double offset) noexcept {
     offset_ = offset;
@@ -93,25 +110,34 @@ struct Sample {
 
 class JitterBuffer {
  public:
-  explicit JitterBuffer(double margin_s = 0.05, std::size_t max_frames_per_stream = 512);
+  // Over max_frames_per_stream buffered frames, a stream drops the oldest if it is past (the next
+  // frame's show time has come), otherwise its newest: frames still to be shown are never dropped
+  // for later ones. The default holds a whole line (see kMaxLineFrames).
+  explicit JitterBuffer(double margin_s = 0.05, std::size_t max_frames_per_stream = kMaxLineFrames);
 
   // Adds a frame that arrived at local time `arrival_s`; returns its show time (NaN while the
   // stream awaits anchor()). Frames may come in any order (they are kept sorted by t_audio); a
-  // repeated t_audio replaces the frame. A frame with `last` ends its stream. Thread-safe (push
-  // from a network thread, sample from a render thread).
+  // repeated t_audio replaces the frame. A frame with `last` ends its stream. A frame after the
+  // end whose seq is at or below the stream's first starts a new stream with that id (its
+  // stream_start was missed); a later one is a late or repeated frame of the ended stream.
+  // Thread-safe (push from a network thread, sample from a render thread).
   double push(const Frame& frame, double arrival_s);
 
   // The stream's audio starts playing at local time `audio_start_s` on the clock sample() is
   // given (SPEC 6.1): its frames are shown at audio_start_s + t_audio, and its timeline never
-  // moves again. Call it before or after the stream's frames arrive.
+  // moves again. Call it before or after the stream's frames arrive. On a stream with no frame
+  // (nor await_anchor) yet, it is for the next frames of that id unless they come far too late
+  // for it (kStaleAnchorS): an anchor given after its line played out then lapses.
   void anchor(const std::string& stream, double audio_start_s);
   // The stream's frames wait for anchor() (sample() says `waiting`) instead of anchoring on
   // their arrival: call it before they come (when opening the line whose audio you will play).
-  // Forgets an older stream of that id.
+  // Forgets an older stream of that id. A line that ends and is not anchored within
+  // kUnanchoredLineTimeoutS of its last frame is forgotten.
   void await_anchor(const std::string& stream);
 
   // No more frames for `stream` (its stream_end): what is buffered still plays, then the
   // stream reports `ended` and is forgotten, so a new stream with that id anchors afresh.
+  // Ignored for a stream awaiting anchor() that has no frame yet (the end of an older stream).
   void end_stream(const std::string& stream);
   // Forgets a stream at once (a new stream_start for its id, a runtime restart).
   void reset_stream(const std::string& stream);
@@ -133,7 +159,13 @@ class JitterBuffer {
     std::map<double, Pose> frames;  // by t_audio
     bool ended = false;
     bool await_anchor = false;  // frames wait for anchor() instead of anchoring themselves
+    bool pending_anchor = false;  // anchor() came before any frame or await_anchor()
+    std::uint64_t first_seq = std::numeric_limits<std::uint64_t>::max();  // the lowest seq pushed
+    double last_arrival_s = 0.0;
   };
+
+  // Forgets the ended lines that awaited anchor() in vain (kUnanchoredLineTimeoutS before `now_s`).
+  void forget_unanchored(double now_s);
 
   mutable std::mutex mutex_;
   double margin_s_;

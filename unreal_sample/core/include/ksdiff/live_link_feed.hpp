@@ -77,9 +77,14 @@ class LiveLinkFeed final : public SubscriberHandler {
   // Lines in sync (SPEC 6.1): the game plays a line's audio itself and says when it starts.
   // anchor(): the stream's audio starts playing at `audio_start_s` on the subscriber's clock;
   // its frames are stamped audio_start_s + t_audio from now on (never re-anchored), and the
-  // frames held for it (await_anchor) are pushed at once. await_anchor(): hold this stream's
-  // frames until anchor() instead of stamping them on arrival -- call it before opening the
-  // line, since a line's frames can come before its audio plays. Both thread-safe.
+  // frames held for it (await_anchor) are pushed at once, in order, before any that come
+  // meanwhile. await_anchor(): hold this stream's frames until anchor() instead of stamping
+  // them on arrival -- call it before opening the line, since a line's frames can come before
+  // its audio plays. Both thread-safe.
+  // Bounds (jitter_buffer.hpp): a held line keeps its first kMaxLineFrames frames; once ended,
+  // it is dropped when a new stream with its id starts or kUnanchoredLineTimeoutS after its last
+  // frame. An anchor() for a stream of which nothing is known lapses if that id's next frame
+  // comes more than kStaleAnchorS after its show time on it (the anchor came after its line).
   void anchor(const std::string& stream, double audio_start_s);
   void await_anchor(const std::string& stream);
 
@@ -98,9 +103,22 @@ class LiveLinkFeed final : public SubscriberHandler {
   std::array<std::size_t, kNumBlendshapes> source_index_{};
   std::set<std::string> declared_;              // subjects whose curve names were pushed
   std::map<std::string, StreamClock> clocks_;   // by stream id: each stream has its audio clock
-  // Streams awaiting anchor(), with the frames (and arrival times) held for them, oldest first.
-  std::map<std::string, std::vector<std::pair<Frame, double>>> held_;
+  // Anchors given before any frame or await_anchor() of their stream (see kStaleAnchorS).
+  std::set<std::string> pending_anchors_;
+  // A stream awaiting anchor(), with the frames (and arrival times) held for it, oldest first.
+  struct Held {
+    std::vector<std::pair<Frame, double>> frames;
+    bool ended = false;      // its `last` frame or its stream_end came
+    bool replaying = false;  // anchor() is pushing the frames: new ones queue behind them
+    double last_arrival_s = 0.0;
+  };
+  std::map<std::string, Held> held_;
   FeedStatus status_;
+
+  // What the sink gets for `frame`, stamped on its stream's clock. Needs mutex_ held. `declare`:
+  // the frame's subject is new. The clock of a stream is forgotten on `last` if `end_clock`.
+  SubjectFrame stamp(const Frame& frame, double arrival_s, bool end_clock, bool& declare);
+  void deliver(const SubjectFrame& frame, bool declare);  // to the sink, without mutex_
 };
 
 }  // namespace ksdiff

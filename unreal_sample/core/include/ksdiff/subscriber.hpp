@@ -43,7 +43,9 @@ class SubscriberHandler {
   virtual void on_stream_end(const StreamEnd& end) { (void)end; }
   virtual void on_stats(const Stats& stats) { (void)stats; }
   // The runtime restarted (its hello's `instance` changed): the streams of the old process
-  // are gone; new ones will start from seq 0 and t_audio 0.
+  // are gone; new ones will start from seq 0 and t_audio 0. A hello of an instance seen before
+  // (not the current one) is a late message of an older process: it changes nothing (no
+  // restart, no on_hello).
   virtual void on_runtime_restart(const std::string& old_instance, const std::string& new_instance) {
     (void)old_instance, (void)new_instance;
   }
