@@ -217,12 +217,15 @@ class StreamingEngine:
 
     # --- the small API over the engine's registry (embedding, tests, benchmarks) ----------------
     def open_stream(self, stream_id: str | None = None, seed: int | None = 0, style: np.ndarray | None = None,
-                    text: str | None = None, controls: Controls | None = None, mode: str = "live") -> str:
+                    text: str | None = None, controls: Controls | None = None, mode: str = "live",
+                    source: str = "sdk") -> str:
         """Start a stream of 16 kHz audio (one voice). ``seed``: its motion's noise (streams with one seed share
         it: give NPCs speaking at once their own, or None for a hash of the id, as the protocol's streams without
         one get); ``style``: a style vector from the model's style
         encoder; ``text``: the transcript of what it will say, when known (conditions every hop);
-        ``controls``: its artists' controls (default: the engine's); ``mode``: live or line."""
+        ``controls``: its artists' controls (default: the engine's); ``mode``: live or line; ``source``: what feeds
+        it, "sdk" (audio pushed, maybe ahead of real time) or a device, "mic" or "file" (audio as it is captured, on
+        the device's clock: ``Session.device_clock``)."""
         if style is not None:
             style = np.asarray(style, np.float32).reshape(-1)
             if style.size != self.cfg.style_dim or not np.isfinite(style).all():
@@ -230,7 +233,7 @@ class StreamingEngine:
         stream_id = stream_id or uuid.uuid4().hex[:12]
         if controls is not None:
             controls = self.with_network_style(controls)
-        session = self.sessions.open(stream_id, "sdk", AudioFormat(), seed=seed, text=text, style=style,
+        session = self.sessions.open(stream_id, source, AudioFormat(), seed=seed, text=text, style=style,
                                      admit=False, mode=mode, controls=controls)
         return session.id
 
@@ -385,7 +388,8 @@ class StreamingEngine:
         alive = None if self.liveliness is None else Liveliness(self.liveliness, seed)
         return StreamState(session.id, self.cfg, self.line_preset if line else self.preset, self.front_end,
                            seed, session.style, tokens, self.fps, line=line, gate=gate, liveliness=alive,
-                           stream_variants=self.stream_variants, closure=self.closure)
+                           stream_variants=self.stream_variants, closure=self.closure,
+                           device_clock=session.device_clock)
 
     def _listen(self, states: list[StreamState]) -> None:
         """The voice gate's VAD over every stream's new audio, batched (``vad.advance_many``: one call for

@@ -127,7 +127,7 @@ class StreamState:
                  seed: int = 0, style: np.ndarray | None = None, tokens: np.ndarray | Future | None = None,
                  out_fps: int = FPS, line: bool = False, gate: VoiceGate | None = None,
                  liveliness: Liveliness | None = None, stream_variants: int = 0,
-                 closure: ClosureConfig | None = None) -> None:
+                 closure: ClosureConfig | None = None, device_clock: bool = False) -> None:
         self.id = stream_id
         self.cfg = cfg
         self.preset = preset  # for a line, the engine's preset as lines use it (Preset.for_lines)
@@ -161,6 +161,9 @@ class StreamState:
         # when audio arrived: (end of a chunk's input on the 16 kHz clock, arrival ns), oldest first
         self._arrivals: collections.deque[tuple[int, int]] = collections.deque()
         self.anchor_ns: int | None = None  # real time of sample 0 (the first arrival)
+        # a device's audio (sessions.Session.device_clock): sample 0 is due at the earliest its arrivals imply, so a
+        # device clock running fast never makes its frames look pushed ahead (never shed)
+        self.device_clock = device_clock
         # features: frames [feat_offset, feat_offset + len(feats)) are kept; n_feats computed so far
         self.n_feats = 0
         self.feat_offset = 0
@@ -193,6 +196,8 @@ class StreamState:
         if arrival_ns is not None:
             if self.anchor_ns is None:
                 self.anchor_ns = arrival_ns
+            if self.device_clock:
+                self.anchor_ns = min(self.anchor_ns, arrival_ns - clock_end * 1_000_000_000 // SAMPLE_RATE)
             self._arrivals.append((clock_end, arrival_ns))
         if audio.size:
             self._audio = np.concatenate([self._audio, audio])

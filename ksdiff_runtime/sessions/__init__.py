@@ -74,7 +74,9 @@ class Session:
     # --- guarded by Sessions.lock -------------------------------------------------------------
     pending: list[PendingAudio] = field(default_factory=list)
     pending_samples: int = 0
-    anchor_ns: int | None = None  # real time of the stream's sample 0: its first audio's arrival
+    # real time of the stream's sample 0: its first audio's arrival (for a device's stream, the earliest any of its
+    # audio implies: ``device_clock``)
+    anchor_ns: int | None = None
     last_audio_ns: int = field(default_factory=time.monotonic_ns)  # for the idle timeout
     ending: bool = False  # no more audio will come (end_stream, end of file, timeout)
     end_taken: bool = False  # the engine has seen the end
@@ -100,6 +102,15 @@ class Session:
     @property
     def format(self) -> AudioFormat:
         return self.input.format
+
+    @property
+    def device_clock(self) -> bool:
+        """Its audio comes from a device (a microphone, a file played in real time) as it is captured: it is never
+        ahead of real time, but the device's clock runs a little fast or slow (a cheap USB microphone's by up to
+        0.1 %: 3.6 s an hour). Its sample 0 is then due at the earliest instant its audio implies, so that the drift
+        never counts as audio sent ahead (which is not shed and is not refused until ``max_ahead_s``). An SDK
+        stream's audio may be pushed ahead of real time: its sample 0 is due when its first audio came."""
+        return self.source != "sdk"
 
     def ahead_s(self, now_ns: int) -> float:
         """How far the audio received runs ahead of real time (0 before any audio)."""
@@ -259,6 +270,9 @@ class Sessions:
                 raise RefusedError("unknown_stream", f"stream {session.id!r} has ended", session.id)
             if session.anchor_ns is None and arrival_ns is not None:
                 session.anchor_ns = arrival_ns
+            if session.device_clock and arrival_ns is not None:  # its audio so far ended at its arrival
+                ended_ns = arrival_ns - round(session.input.received / session.format.sample_rate * 1e9)
+                session.anchor_ns = min(session.anchor_ns, ended_ns)
             session.last_audio_ns = now  # even empty audio: the client is there (the idle timeout restarts)
             if chunk.audio.size:
                 session.pending.append(PendingAudio(chunk.audio, chunk.clock_end, arrival_ns))
