@@ -288,3 +288,48 @@ def test_after_the_io_thread_failed_the_runtime_is_idle_though_frames_were_held(
         rt._io.join(30.0)
         assert rt.failure == "the io thread failed: RuntimeError: the publisher broke"
         assert rt.wait_until_idle(timeout=0)
+
+
+class RecordingOutput:
+    """A paced output that records each frame it is sent, and when."""
+
+    name = "recording"
+    paced = True
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, Frame]] = []
+        self.changed = threading.Condition()
+
+    def send(self, event: object) -> None:
+        if isinstance(event, Frame):
+            with self.changed:
+                self.frames.append((time.monotonic(), event))
+                self.changed.notify_all()
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_a_stream_cut_by_the_runtimes_stop_eases_to_rest_in_the_paced_outputs(serve_engine, speech_wav):
+    """Stopping mid-speech makes each stream's ease to rest (its last 150 ms) at once; the pacer held those frames for
+    their times and the stop dropped all but the last: a VMC avatar snapped from an open mouth to neutral."""
+    from ksdiff_runtime.engine.controls import ease_frames
+    from ksdiff_runtime.server.runtime import Runtime
+    from ksdiff_runtime.sources import FileSource
+
+    out = RecordingOutput()
+    rt = Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", outputs=[out], admission=False)
+    rt.start()
+    try:
+        rt.add_source(FileSource(speech_wav, loop=True, stream_id="voice"))
+        with out.changed:
+            assert out.changed.wait_for(lambda: len(out.frames) >= 20, timeout=60.0)
+    finally:
+        stopping = time.monotonic()
+        rt.stop()
+    after = [f for t, f in out.frames if t >= stopping]
+    assert after and after[-1].last
+    assert len(after) >= ease_frames(FPS)
+    indexes = [f.index for f in after]
+    assert indexes == list(range(indexes[0], indexes[0] + len(indexes)))  # no frame of the ease left out

@@ -64,6 +64,7 @@ LATENCY_WINDOW_S = 5.0  # stats latency percentiles over this much recent publis
 MAX_REQUESTS_PER_WAKE = 256  # then publish what is ready before reading more requests
 STOP_ENGINE_WAIT_S = 1.0  # stop(): how long the engine thread may take to finish its round
 SHUTDOWN_LINGER_MS = 300  # how long closing the PUB may take to deliver the last messages
+STOP_PACED_S = 0.25  # stop(): how long the paced outputs (outputs/pacing.py) may take to send the streams' ease to rest
 SOURCE_REOPEN_S = 2.0  # a lost source that can be reopened (a mic unplugged, its sound server gone): tried after this
 SOURCE_REOPEN_MAX_S = 60.0  # ... then ever less often, up to this (a mic that cannot be opened, or delivers nothing)
 SOURCE_STOP_WAIT_S = 5.0  # stop(): how long the sources of streams that ended earlier may take to close
@@ -486,7 +487,7 @@ class Runtime:
                     assert self._engine_thread is not None
                     self._engine_thread.join(timeout=STOP_ENGINE_WAIT_S)
                     self._shutdown_streams()
-                    self._send_paced(self._pacer.drain())
+                    self._finish_paced()
                     self.client_lines.flush(final=True)
                     return
         finally:
@@ -510,6 +511,16 @@ class Runtime:
             now = time.monotonic()
             self._pacer.put(event, now)
             self._send_paced(self._pacer.due(now, getattr(event, "stream", None)))
+
+    def _finish_paced(self) -> None:
+        """At stop: what the paced outputs are due within STOP_PACED_S (each stream's ease to rest, 150 ms, which
+        the shutdown just made) goes at its time; of the rest (a line's later frames) each stream's last frame
+        and end go now."""
+        until = time.monotonic() + STOP_PACED_S
+        while (due := self._pacer.next_due()) is not None and due <= until:
+            time.sleep(max(0.0, due - time.monotonic()))
+            self._send_paced(self._pacer.due(time.monotonic()))
+        self._send_paced(self._pacer.drain())
 
     def _send_paced(self, events: list[Event]) -> None:
         for event in events:
