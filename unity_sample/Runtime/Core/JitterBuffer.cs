@@ -17,6 +17,11 @@
 // Sample(stream, now) interpolates linearly between the two frames around `now`. The buffer is
 // thread-safe (frames pushed from the network thread, sampled on the main thread) and allocates
 // nothing per frame once a stream has started: poses are pooled.
+//
+// Push's arrival times and Sample's times are on different clocks for a line (arrivals on the
+// client's clock, a line sampled on the audio clock): the bounds on what waits for an anchor
+// (MaxLineFrames, UnanchoredLineTimeoutS, StaleAnchorS) are measured on the buffer's own clock
+// (the client's) or on the stream's audio time, never by comparing those two.
 using System;
 using System.Collections.Generic;
 
@@ -131,6 +136,10 @@ namespace Ksdiff
             public readonly List<Slot> Frames; // sorted by T
             public bool Ended;
             public bool AwaitAnchor;      // frames wait for Anchor() instead of anchoring themselves
+            public bool PendingAnchor;    // Anchor() came before any frame or AwaitAnchor()
+            public double AnchorCalledS;  // when (the buffer's clock), while PendingAnchor
+            public ulong FirstSeq = ulong.MaxValue; // the lowest seq pushed
+            public double LastFrameS;     // when the last frame came (the buffer's clock)
             public double LastSampledT = double.NegativeInfinity;
             public ulong Late;            // frames that came after their instant was shown
 
@@ -141,41 +150,84 @@ namespace Ksdiff
             }
         }
 
+        // A line is pushed whole, up to stream_opened.max_ahead_s (20 s by default) ahead of its
+        // audio, so all of its frames can be buffered before the first is shown: 20 s is 600
+        // frames at 30 fps (1200 at 60) plus the ease to rest. A stream keeps at most this many;
+        // over that, the newest go, never frames still to be shown before them (the line's start).
+        public const int MaxLineFrames = 2048;
+        // A line that awaits Anchor() and has ended is forgotten this long after its last frame
+        // came (on the buffer's clock) if the game never anchors it (its audio never played).
+        public const double UnanchoredLineTimeoutS = 60.0;
+        // Anchor() on a stream of which nothing is known yet waits for that stream's frames; if
+        // the first one then comes more than this (plus its t_audio) after the Anchor() call, on
+        // the buffer's clock, the anchor was a late one (for a line already played out and
+        // forgotten) and it lapses: the new stream anchors by itself.
+        public const double StaleAnchorS = 5.0;
+
         readonly object _lock = new object();
         readonly double _margin;
         readonly int _maxFrames;
+        readonly Func<double> _clock;
         readonly Dictionary<string, StreamState> _streams = new Dictionary<string, StreamState>();
         readonly Stack<Slot> _pool = new Stack<Slot>();
+        readonly List<string> _expired = new List<string>(); // ForgetUnanchored's scratch
 
-        public JitterBuffer(double marginS = 0.05, int maxFramesPerStream = 512)
+        // Over maxFramesPerStream buffered frames, a stream drops its oldest frame if it is past,
+        // otherwise its newest: frames still to be shown are never dropped for later ones. The
+        // default holds a whole line (MaxLineFrames). `clock`: local seconds (KsdiffClient gives
+        // its own), which times the bounds on lines awaiting an anchor; default a Stopwatch.
+        public JitterBuffer(double marginS = 0.05, int maxFramesPerStream = MaxLineFrames, Func<double> clock = null)
         {
             _margin = marginS;
             _maxFrames = Math.Max(2, maxFramesPerStream);
+            if (clock != null) _clock = clock;
+            else
+            {
+                System.Diagnostics.Stopwatch watch = System.Diagnostics.Stopwatch.StartNew();
+                _clock = () => watch.Elapsed.TotalSeconds;
+            }
         }
 
         public double Margin { get { return _margin; } }
 
         // Adds a frame that arrived at local time `arrivalS`; returns its show time (NaN while the
         // stream waits for Anchor). Frames may come in any order; a repeated t_audio replaces the
-        // frame. A frame with `last` ends its stream.
+        // frame. A frame with `last` ends its stream. A frame after the end whose seq is at or
+        // below the stream's first starts a new stream with that id (its stream_start was
+        // missed); a later one is a late or repeated frame of the ended stream.
         public double Push(Frame frame, double arrivalS)
         {
             lock (_lock)
             {
+                double now = _clock();
+                ForgetUnanchored(now);
                 StreamState s;
-                if (_streams.TryGetValue(frame.Stream, out s) && s.Ended && !s.AwaitAnchor)
+                if (_streams.TryGetValue(frame.Stream, out s))
                 {
-                    // Frames after the end belong to a new stream that reused the id (its
-                    // stream_start was missed): a new timeline, not more of the old one.
-                    Forget(frame.Stream, s);
-                    s = null;
+                    // Frames after the end with a seq at or below the stream's first belong to a
+                    // new stream that reused the id: a new timeline, not more of the old one. A
+                    // later seq is a late or repeated frame of the ended stream: it joins it.
+                    bool newStream = s.Ended && frame.Seq <= s.FirstSeq;
+                    // An Anchor() given before any frame, that this first frame comes far too late
+                    // for, was late for a line already played out: it must not hold the next
+                    // stream with that id.
+                    bool staleAnchor = s.PendingAnchor && now > s.AnchorCalledS + Math.Max(0.0, frame.TAudio) + StaleAnchorS;
+                    if (newStream || staleAnchor)
+                    {
+                        Forget(frame.Stream, s);
+                        s = null;
+                    }
                 }
                 if (s == null) s = Add(frame.Stream);
+                s.PendingAnchor = false;
+                if (frame.Seq < s.FirstSeq) s.FirstSeq = frame.Seq;
+                s.LastFrameS = now;
 
                 double show = double.NaN;
-                if (!s.AwaitAnchor || s.Clock.OnAudioClock) show = s.Clock.Schedule(frame.TAudio, arrivalS);
+                bool scheduled = !s.AwaitAnchor || s.Clock.OnAudioClock;
+                if (scheduled) show = s.Clock.Schedule(frame.TAudio, arrivalS);
                 if (frame.TAudio < s.LastSampledT) s.Late++;
-                Insert(s, frame);
+                Insert(s, frame, scheduled, arrivalS);
                 if (frame.Last) s.Ended = true;
                 return show;
             }
@@ -183,19 +235,29 @@ namespace Ksdiff
 
         // The stream's audio starts playing at local time `offset` on the clock Sample() is
         // given (SPEC 6.1). Its timeline is then fixed; call before or after its frames arrive.
+        // On a stream with no frame (nor AwaitAnchor) yet, it is for the next frames of that id
+        // unless they come far too late for it (StaleAnchorS): an anchor given after its line
+        // played out then lapses.
         public void Anchor(string stream, double offset)
         {
             lock (_lock)
             {
                 StreamState s;
-                if (!_streams.TryGetValue(stream, out s)) s = Add(stream);
+                if (!_streams.TryGetValue(stream, out s))
+                {
+                    s = Add(stream);
+                    s.PendingAnchor = true; // for the next frames of this id (see Push)
+                }
+                if (s.PendingAnchor) s.AnchorCalledS = _clock();
                 s.AwaitAnchor = true;
                 s.Clock.Fix(offset);
             }
         }
 
         // The stream's frames will wait for Anchor() rather than anchor on their arrival: call it
-        // before they come (when opening the stream whose audio you will play).
+        // before they come (when opening the stream whose audio you will play). Forgets an older
+        // stream of that id. A line that ends and is not anchored within UnanchoredLineTimeoutS
+        // of its last frame is forgotten.
         public void AwaitAnchor(string stream)
         {
             lock (_lock)
@@ -220,14 +282,16 @@ namespace Ksdiff
 
         // No more frames for `stream` (its stream_end): what is buffered still plays, then the
         // stream reports Ended once and is forgotten, so a new stream with that id starts afresh.
+        // Ignored for a stream awaiting Anchor() that has no frame yet (an older stream's end).
         public void EndStream(string stream)
         {
             lock (_lock)
             {
                 StreamState s;
                 if (!_streams.TryGetValue(stream, out s)) return;
-                if (s.Frames.Count == 0 && !s.AwaitAnchor) Forget(stream, s);
-                else s.Ended = true;
+                if (s.Frames.Count > 0) s.Ended = true;
+                else if (!s.AwaitAnchor) Forget(stream, s); // nothing left to play
+                // else a line awaiting its anchor, no frame yet: the end is an older stream's
             }
         }
 
@@ -257,6 +321,7 @@ namespace Ksdiff
             tAudio = 0;
             lock (_lock)
             {
+                ForgetUnanchored(_clock());
                 StreamState s;
                 if (stream == null || !_streams.TryGetValue(stream, out s) || s.Frames.Count == 0) return PlayState.Unknown;
                 List<Slot> frames = s.Frames;
@@ -364,7 +429,23 @@ namespace Ksdiff
             _streams.Remove(stream);
         }
 
-        void Insert(StreamState s, Frame frame)
+        // Forgets the ended lines that awaited Anchor() in vain (UnanchoredLineTimeoutS before
+        // `now`, the buffer's clock). Allocates nothing (a scratch list).
+        void ForgetUnanchored(double now)
+        {
+            foreach (KeyValuePair<string, StreamState> kv in _streams)
+            {
+                StreamState s = kv.Value;
+                if (s.Ended && s.AwaitAnchor && !s.Clock.OnAudioClock && now > s.LastFrameS + UnanchoredLineTimeoutS) _expired.Add(kv.Key);
+            }
+            if (_expired.Count == 0) return;
+            for (int i = 0; i < _expired.Count; i++) Forget(_expired[i], _streams[_expired[i]]);
+            _expired.Clear();
+        }
+
+        // `scheduled`: the frame has a show time (the stream is not waiting for Anchor);
+        // `arrivalS`: when it came, on the clock of a live stream's timeline.
+        void Insert(StreamState s, Frame frame, bool scheduled, double arrivalS)
         {
             List<Slot> frames = s.Frames;
             // Frames mostly come in order: search from the end.
@@ -379,7 +460,25 @@ namespace Ksdiff
             slot.T = frame.TAudio;
             slot.Pose.CopyFrom(frame);
             frames.Insert(i, slot);
-            if (frames.Count > _maxFrames) Release(frames, frames.Count - _maxFrames); // the oldest go
+            if (frames.Count <= _maxFrames) return;
+            // Over the bound: drop the oldest frame if it is past (the next one's instant has
+            // come), else the newest. Frames still to be shown (a whole line waiting for its
+            // audio) are never dropped for later ones: a line too long for the bound loses its
+            // end, not its start. Past: on the audio clock, what the face has passed (Sample's
+            // clock is not the arrivals'); live, the next frame's show time at this arrival.
+            double nextT = frames[1].T;
+            bool past = s.Clock.OnAudioClock ? nextT <= s.LastSampledT
+                                             : scheduled && s.Clock.Offset + nextT <= arrivalS;
+            if (past)
+            {
+                Release(frames, 1);
+            }
+            else
+            {
+                int newest = frames.Count - 1;
+                _pool.Push(frames[newest]);
+                frames.RemoveAt(newest);
+            }
         }
 
         // Returns the first `count` frames to the pool.

@@ -274,7 +274,7 @@ namespace Ksdiff
                 Stopwatch watch = Stopwatch.StartNew();
                 _clock = () => watch.Elapsed.TotalSeconds;
             }
-            Buffer = new JitterBuffer(options.JitterMarginS);
+            Buffer = new JitterBuffer(options.JitterMarginS, JitterBuffer.MaxLineFrames, _clock);
             _status.PubEndpoint = options.PubEndpoint;
             _status.RouterEndpoint = options.RouterEndpoint;
         }

@@ -199,8 +199,20 @@ namespace Ksdiff.Tests
             Pose p;
             Sample(jb, "e", 0.0, out p);
             Assert.AreEqual(0.7f, p.Blendshapes[JawOpen], 1e-6);
-            for (ulong i = 1; i < 10; i++) jb.Push(MakeFrame("e", i, 0.0f), 0.0);
-            Assert.AreEqual(4, jb.Buffered("e")); // the oldest went
+            for (ulong i = 1; i < 10; i++) jb.Push(MakeFrame("e", i, 0.1f * i), 0.0);
+            Assert.AreEqual(4, jb.Buffered("e")); // none shown yet: the newest went, frames 0..3 stay
+            Assert.AreEqual(PlayState.Playing, Sample(jb, "e", 0.05, out p));
+            Sample(jb, "e", 0.05 + 2.0 / 30.0, out p);
+            Assert.AreEqual(0.2f, p.Blendshapes[JawOpen], 1e-6);
+            Assert.AreEqual(2, jb.Buffered("e")); // sampling dropped frames 0 and 1
+            // A live stream's past frames go first: frames 10..14 come at 0.3, when frames 2 and 3
+            // are past; 2 goes (3 is still needed before 10), then the newest.
+            for (ulong i = 10; i < 15; i++) jb.Push(MakeFrame("e", i, 0.1f * i), 0.3);
+            Assert.AreEqual(4, jb.Buffered("e"));
+            Sample(jb, "e", 0.05 + 3.0 / 30.0, out p);
+            Assert.AreEqual(0.3f, p.Blendshapes[JawOpen], 1e-6);
+            Sample(jb, "e", 0.05 + 11.5 / 30.0, out p);
+            Assert.AreEqual(1.15f, p.Blendshapes[JawOpen], 1e-6);
             jb.ResetStream("e");
             Assert.AreEqual(PlayState.Unknown, Sample(jb, "e", 0.0, out p));
             jb.Push(MakeFrame("f", 0, 0.0f), 0.0);
@@ -208,6 +220,148 @@ namespace Ksdiff.Tests
             Assert.AreEqual(2, jb.Streams().Length);
             jb.Clear();
             Assert.AreEqual(0, jb.Streams().Length);
+        }
+
+        // --- bounds and late messages ---------------------------------------------------------
+
+        [Test]
+        public void ALineOf20SecondsPushedWholeAndAwaitingItsAnchorKeepsItsStart()
+        {
+            var jb = new JitterBuffer(Margin); // the default bound
+            jb.AwaitAnchor("npc");
+            // max_ahead_s (20 s) of audio at 30 fps plus the 4 ease frames, all before the audio plays.
+            const ulong n = 604;
+            for (ulong i = 0; i < n; i++) jb.Push(MakeFrame("npc", i, 0.001f * i, 0f, i + 1 == n), 1.0);
+            Assert.AreEqual((int)n, jb.Buffered("npc"));
+            jb.Anchor("npc", 10.0);
+            var pose = new Pose();
+            double t;
+            Assert.AreEqual(PlayState.Playing, jb.Sample("npc", 10.0, pose, out t));
+            Assert.AreEqual(0.0, t, 1e-9);
+            Assert.AreEqual(PlayState.Playing, jb.Sample("npc", 11.0, pose, out t));
+            Assert.AreEqual(1.0, t, 1e-9);
+            Assert.AreEqual(0.030f, pose.Blendshapes[JawOpen], 1e-6);
+            Assert.AreEqual(PlayState.Ended, jb.Sample("npc", 10.0 + 603.0 / 30.0, pose, out t));
+
+            // Over the bound, a waiting line loses its end, never its start.
+            var small = new JitterBuffer(Margin, 4);
+            small.AwaitAnchor("npc");
+            for (ulong i = 0; i < 10; i++) small.Push(MakeFrame("npc", i, 0.1f * i), 1.0);
+            Assert.AreEqual(4, small.Buffered("npc"));
+            small.Anchor("npc", 2.0);
+            Pose p;
+            Sample(small, "npc", 2.0 + 1.5 / 30.0, out p);
+            Assert.AreEqual(0.15f, p.Blendshapes[JawOpen], 1e-6);
+            Assert.AreEqual(PlayState.Holding, Sample(small, "npc", 2.0 + 3.0 / 30.0, out p));
+            // On the audio clock, what is past is what the face has passed (Sample's clock, not the
+            // arrivals', which is another one: here far behind it): frames 4 and 5 come after the
+            // face held frame 3 past their instants, so over the bound they go before 7 and 8.
+            Assert.AreEqual(PlayState.Holding, Sample(small, "npc", 2.0 + 5.5 / 30.0, out p));
+            for (ulong i = 4; i < 9; i++) small.Push(MakeFrame("npc", i, 0.1f * i), 0.5);
+            Assert.AreEqual(4, small.Buffered("npc"));
+            Assert.AreEqual(PlayState.Playing, Sample(small, "npc", 2.0 + 7.5 / 30.0, out p));
+            Assert.AreEqual(0.75f, p.Blendshapes[JawOpen], 1e-6);
+        }
+
+        [Test]
+        public void ARepeatedOrReorderedFrameAfterTheLastOneJoinsItsStream()
+        {
+            var jb = new JitterBuffer(Margin);
+            for (ulong i = 0; i < 10; i++) jb.Push(MakeFrame("a", i, 0.1f * i, 0f, i == 9), 100.0 + i / 30.0);
+            double offset = jb.Offset("a").Value;
+            Assert.AreEqual(offset + 8.0 / 30.0, jb.Push(MakeFrame("a", 8, 0.8f), 100.0 + 10.0 / 30.0), 1e-12);
+            Assert.AreEqual(10, jb.Buffered("a"));
+            Assert.AreEqual(offset, jb.Offset("a").Value, 0.0);
+            var pose = new Pose();
+            double t;
+            Assert.AreEqual(PlayState.Playing, jb.Sample("a", offset + 2.0 / 30.0, pose, out t));
+            Assert.AreEqual(2.0 / 30.0, t, 1e-9);
+            // Frame 3 (last) before frame 2: 2 still belongs to the stream, which then ends after 3.
+            var jb2 = new JitterBuffer(Margin);
+            foreach (ulong i in new ulong[] { 0, 1, 3, 2 }) jb2.Push(MakeFrame("b", i, 0.1f * i, 0f, i == 3), 5.0);
+            Assert.AreEqual(4, jb2.Buffered("b"));
+            Pose p;
+            Sample(jb2, "b", 5.05 + 2.5 / 30.0, out p);
+            Assert.AreEqual(0.25f, p.Blendshapes[JawOpen], 1e-6);
+            Assert.AreEqual(PlayState.Ended, Sample(jb2, "b", 5.05 + 3.5 / 30.0, out p));
+            // A seq at or below the ended stream's first is a new stream (its stream_start was missed).
+            jb.Push(MakeFrame("a", 0, 0.5f), 200.0);
+            Assert.AreEqual(200.05, jb.Offset("a").Value, 1e-12);
+            Assert.AreEqual(1, jb.Buffered("a"));
+        }
+
+        [Test]
+        public void AnAnchorGivenAfterItsLinePlayedOutDoesNotCaptureTheNextStream()
+        {
+            double now = 1.0; // the buffer's own clock (the client's): arrivals here are on it too
+            var jb = new JitterBuffer(Margin, JitterBuffer.MaxLineFrames, () => now);
+            for (ulong i = 0; i < 3; i++) jb.Push(MakeFrame("npc", i, 0f, 0f, i == 2), 1.0 + i / 30.0);
+            Pose p;
+            Assert.AreEqual(PlayState.Ended, Sample(jb, "npc", 5.0, out p)); // played out and forgotten
+            Assert.AreEqual(0, jb.Streams().Length);
+            now = 5.0;
+            jb.Anchor("npc", 5.0); // a late (or second) "line playback started"
+            // The next stream with the id, a live one, a minute later (its stream_start first): it
+            // anchors on its own arrival.
+            now = 65.0;
+            jb.BeginStream("npc");
+            Assert.AreEqual(65.0 + Margin, jb.Push(MakeFrame("npc", 0, 0f), 65.0), 1e-12);
+            now = 65.01;
+            Assert.AreEqual(65.0 + Margin + 1.0 / 30.0, jb.Push(MakeFrame("npc", 1, 0f), 65.01), 1e-12);
+            Assert.AreEqual(0UL, jb.Reanchors("npc"));
+            // An anchor given before its line's frames, that come a little late for it, still holds,
+            // whatever clock it is on (here an audio clock far from the arrivals').
+            now = 70.0;
+            jb.Anchor("line", 9000.0);
+            now = 70.0 + JitterBuffer.StaleAnchorS - 0.5;
+            Assert.AreEqual(9000.0, jb.Push(MakeFrame("line", 0, 0f), now), 1e-12);
+            Assert.AreEqual(9000.0, jb.Offset("line").Value, 0.0);
+        }
+
+        [Test]
+        public void ALineAwaitingItsAnchorInVainIsForgotten()
+        {
+            double now = 0.0;
+            var jb = new JitterBuffer(Margin, JitterBuffer.MaxLineFrames, () => now);
+            for (int k = 0; k < 3; k++)
+            {
+                string id = "line" + k;
+                jb.AwaitAnchor(id);
+                now = 1.0 + k;
+                for (ulong i = 0; i < 100; i++) jb.Push(MakeFrame(id, i, 0f, 0f, i == 99), now);
+                jb.EndStream(id);
+            }
+            Assert.AreEqual(3, jb.Streams().Length);
+            Pose p;
+            now = 1.0 + JitterBuffer.UnanchoredLineTimeoutS;
+            Assert.AreEqual(PlayState.Waiting, Sample(jb, "line0", now, out p)); // not yet
+            // A minute after their last frames, never anchored: forgotten (a sample or a push says
+            // when, on the buffer's clock: a line is sampled on the audio clock).
+            now = 2.5 + JitterBuffer.UnanchoredLineTimeoutS;
+            Assert.AreEqual(PlayState.Unknown, Sample(jb, "line0", 0.0, out p));
+            Assert.AreEqual(1, jb.Streams().Length);
+            now = 100.0;
+            jb.Push(MakeFrame("other", 0, 0f), now);
+            Assert.AreEqual(1, jb.Streams().Length);
+            Assert.AreEqual("other", jb.Streams()[0]);
+
+            // A new stream with the id of an ended line that was never anchored is a new, live stream.
+            jb.AwaitAnchor("npc");
+            now = 200.0;
+            for (ulong i = 0; i < 3; i++) jb.Push(MakeFrame("npc", i, 0f, 0f, i == 2), now);
+            jb.EndStream("npc");
+            now = 210.0;
+            Assert.AreEqual(210.0 + Margin, jb.Push(MakeFrame("npc", 0, 0.7f), now), 1e-12);
+            Assert.AreEqual(1, jb.Buffered("npc"));
+            // A stream_end before any frame of an awaited line is an older stream's: the line
+            // still waits (and its own stream_start keeps it).
+            jb.AwaitAnchor("npc");
+            jb.EndStream("npc");
+            jb.BeginStream("npc");
+            now = 220.0;
+            Assert.IsTrue(double.IsNaN(jb.Push(MakeFrame("npc", 0, 0.1f), now)));
+            jb.Anchor("npc", 221.0);
+            Assert.AreEqual(PlayState.Holding, Sample(jb, "npc", 221.0, out p));
         }
 
         [Test]
