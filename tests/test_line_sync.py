@@ -62,6 +62,11 @@ def frame(index: int, jaw: float, last: bool = False) -> Frame:
 
 
 class Handle(SimpleNamespace):
+    """A StreamHandle's side LineSync reads, with its frames given; not ended unless a test says so."""
+
+    end_reason: str | None = None
+    ended: bool = False
+
     def take_frames(self) -> list[Frame]:
         frames, self.frames = self.frames, []
         return frames

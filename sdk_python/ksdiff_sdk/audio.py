@@ -54,7 +54,8 @@ def to_pcm(audio: np.ndarray | bytes | bytearray | memoryview, channels: int, fm
         # (stats `sanitized`). int16 cannot hold them, so they become silence here.
         if fmt == "f32le":
             return a.astype("<f4").tobytes()  # row-major [n, channels] is already interleaved
-        a = np.where(np.isfinite(a), a, 0.0)
+        # scaled in float64: in float16, 1.0 * 32767 rounds to 32768, which wrapped to -32768
+        a = np.where(np.isfinite(a), a, 0.0).astype(np.float64)
         return np.round(np.clip(a, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
     if a.dtype.kind == "i" and a.dtype.itemsize == 2:  # int16 in either byte order ('>i2' from a big-endian file)
         if fmt == "s16le":

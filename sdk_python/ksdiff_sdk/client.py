@@ -53,6 +53,7 @@ from ksdiff_sdk.errors import (
     KsdiffError,
     StreamLost,
     UnknownStreamError,
+    UnsupportedVersionError,
 )
 from ksdiff_sdk.frame import Frame
 from ksdiff_sdk.protocol import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT, ProtocolError
@@ -71,6 +72,10 @@ AHEAD_MARGIN_S = 0.5  # push() stays this far inside the runtime's max_ahead_s (
 _POLL_MS = 1000  # the I/O thread is woken explicitly; this only bounds a lost wakeup
 _MAX_BATCH = 1000  # messages read from one socket per pass, so a busy SUB cannot starve the DEALER
 RESENT_KEPT = 1000  # resent requests remembered, so the answer to a second copy changes nothing
+GAVE_UP_OPENS_KEPT = 1000  # open_streams whose call gave up, remembered so a late stream_opened's stream is ended
+# The reply that answers each request (or an ``error``); another type is a broken reply: MalformedError
+REPLY_TO = {"hello": "hello", "open_stream": "stream_opened", "end_stream": "stream_ended",
+            "set_controls": "controls_set"}
 # Messages wait in the I/O thread's outbox while the runtime cannot take them (it is away: the DEALER queues only
 # on a connection that is up, ZMQ_IMMEDIATE; or it stalls, its queues full). Past this, the oldest audio is dropped
 # (counted in Client.unsent): ~4 min of a 16 kHz float32 mic. A request whose call stopped waiting for its reply
@@ -165,7 +170,33 @@ def face_controls(controls: dict[str, Any] | None, mood: str | None = None, inte
 
 
 def _remaining(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
+    return max(deadline - time.monotonic(), 0.0)  # NaN stays NaN: _wait_for refuses it
+
+
+def _wait_for(cv: threading.Condition, predicate: Callable[[], object], timeout: float | None) -> bool:
+    """``cv.wait_for`` for a call's ``timeout``: None, ``math.inf`` or one longer than the platform can wait
+    (``threading.TIMEOUT_MAX``, ~292 years: Condition.wait_for raised OverflowError) wait without limit; NaN is a
+    ValueError. Every wait of a call goes through here."""
+    if timeout is not None and math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds (or None), got nan")
+    if timeout is not None and timeout >= threading.TIMEOUT_MAX:
+        timeout = None
+    return cv.wait_for(predicate, timeout)
+
+
+def _open_fields(stream: str | None, sample_rate: int, channels: int, format: str, transcript: str | None,
+                 seed: int | None, mode: str | None, controls: dict[str, Any] | None) -> dict[str, Any]:
+    """An ``open_stream`` request's fields; ValueError for arguments the protocol refuses (here, not as a reply)."""
+    fields: dict[str, Any] = {"sample_rate": int(sample_rate), "channels": int(channels), "format": format}
+    for key, value in (("stream", stream), ("transcript", transcript), ("seed", seed), ("mode", mode),
+                       ("controls", controls)):
+        if value is not None:
+            fields[key] = value
+    try:
+        protocol.encode_request("open_stream", **fields)
+    except ProtocolError as e:
+        raise ValueError(e.message) from None
+    return fields
 
 
 class StreamHandle:
@@ -306,26 +337,29 @@ class StreamHandle:
             raise BadAudioError("bad_audio", f"at_sample {start} is {gap_s:.1f} s past the audio pushed so far (at "
                                 f"most {protocol.MAX_GAP_S} s is filled with silence); nothing was sent",
                                 stream=self.stream)
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-            if start > 0:  # the runtime's clock starts with the stream's first message: start it now, as ours
-                self._client._send([protocol.encode_request("audio", stream=self.stream, seq=self._seq, at_sample=0,
-                                                            pcm=b"")], audio=True)
-                self._seq += 1
         max_ms = LINE_CHUNK_MS if self.mode == "line" else MAX_CHUNK_MS
-        if self.max_ahead_s is None:
-            messages = self._messages(data, start, max_ms)[0]
-            self._next_sample = max(self._next_sample, start + n)
-            self._client._send(messages, audio=True)
-            return
-        room = max(0.1, self.max_ahead_s - AHEAD_MARGIN_S)
-        # what may go now goes at once; the rest, as real time makes room for it, in short messages
-        now_n = min(n, max(0, int((room + time.monotonic() - self._t0) * self.sample_rate) - start))
         fb = frame_bytes(self.channels, self.format)
-        messages, ends = self._messages(data[: now_n * fb], start, max_ms)
-        later, later_ends = self._messages(data[now_n * fb :], start + now_n, min(max_ms, PACED_CHUNK_MS))
-        self._next_sample = max(self._next_sample, start + n)
+        # how far ahead of real time the audio may go (max_ahead_s None: a 1.0 runtime, no limit)
+        room = math.inf if self.max_ahead_s is None else max(0.1, self.max_ahead_s - AHEAD_MARGIN_S)
+        t0 = time.monotonic() if self._t0 is None else self._t0
+        seq = self._seq
         batch: list[bytes] = []
+        try:  # every message is encoded before one is sent or the clock starts: a push refused here changes nothing
+            if self._t0 is None and start > 0:
+                # the runtime's clock starts with the stream's first message: start it now, as ours
+                batch.append(protocol.encode_request("audio", stream=self.stream, seq=self._seq, at_sample=0, pcm=b""))
+                self._seq += 1
+            # what may go now goes at once; the rest, as real time makes room for it, in short messages
+            now_n = n
+            if self.max_ahead_s is not None:
+                now_n = min(n, max(0, int((room + time.monotonic() - t0) * self.sample_rate) - start))
+            messages, ends = self._messages(data[: now_n * fb], start, max_ms)
+            later, later_ends = self._messages(data[now_n * fb :], start + now_n, min(max_ms, PACED_CHUNK_MS))
+        except ProtocolError:
+            self._seq = seq
+            raise
+        self._t0 = t0
+        self._next_sample = max(self._next_sample, start + n)
         for message, end in zip(messages + later, ends + later_ends, strict=True):
             wait = end / self.sample_rate - room - (time.monotonic() - self._t0)
             if wait > 0:  # this chunk would be too far ahead: send what is allowed, let real time pass
@@ -428,7 +462,8 @@ class StreamHandle:
         cv = self._client._cv
         while True:
             with cv:
-                cv.wait_for(
+                _wait_for(
+                    cv,
                     lambda: self._frames or self._finished or self._lost or self._released or self._client._closed,
                     timeout,
                 )
@@ -457,9 +492,8 @@ class StreamHandle:
             if not self.ended and self.lost is None:
                 self.end()
             with self._client._cv:
-                self._client._cv.wait_for(
-                    lambda: self._finished or self._lost is not None or self._client._closed, self._client.timeout
-                )
+                _wait_for(self._client._cv, lambda: self._finished or self._lost is not None or self._client._closed,
+                          self._client.timeout)
         finally:
             self._client._release(self)
 
@@ -498,6 +532,15 @@ class _Io:
                 s.disable_monitor()
         for s in (self.dealer_monitor, self.monitor, self.dealer, self.sub, self.wake_rx):
             s.close(linger=0)
+
+
+def _connect_again(sock: zmq.Socket, endpoint: str) -> None:
+    """Make a dropped connection again here (ZeroMQ then retries it every RECONNECT_IVL while the runtime is away):
+    ZeroMQ remakes one that failed, but not one it dropped for a protocol error, such as a message over
+    ZMQ_MAXMSGSIZE, which left the socket deaf for good."""
+    with contextlib.suppress(zmq.ZMQError):  # ENOENT: ZeroMQ forgot the endpoint with the connection
+        sock.disconnect(endpoint)
+    sock.connect(endpoint)
 
 
 def _io_thread(ref: weakref.ReferenceType[Client], ctx: zmq.Context) -> None:
@@ -556,7 +599,8 @@ class Client:
     nothing at all: ``wait_for_runtime`` then times out.
 
     Counters: ``received`` (frames), ``dropped`` (queue overflow), ``invalid`` (messages that
-    broke the protocol, dropped), ``ignored`` (unknown message types of a newer runtime),
+    broke the protocol, dropped; a reply of the wrong type for its request too, which its call raises as
+    MalformedError), ``ignored`` (unknown message types of a newer runtime),
     ``missed`` (frames lost on the way, from ``seq`` gaps; ``missed_per_stream``), ``restarts``
     (runtime instance changes seen), ``unsent`` (audio messages dropped before they were sent: of streams whose
     connection dropped, or beyond OUTBOX_MAX_BYTES for a runtime that takes none), ``withdrawn`` (requests never
@@ -567,7 +611,8 @@ class Client:
 
     A request that did leave and is answered after its call gave up changes nothing, but for ``stream_opened``:
     nobody holds that stream, so the client ends it (``end_stream``) instead of leaving it to the runtime's idle
-    timeout.
+    timeout. A ``stream_opened`` that answers no open_stream whose call gave up (a duplicate, one with no ``req``) is
+    dropped (``invalid``): the stream may be one a handle holds.
     """
 
     def __init__(
@@ -625,6 +670,8 @@ class Client:
         self.unsent = 0  # audio messages dropped unsent: their connection dropped, or OUTBOX_MAX_BYTES waited
         self.withdrawn = 0  # requests taken out of the outbox unsent: their call had stopped waiting for the reply
         self._orphan_ends: set[int] = set()  # req of each end_stream this client sent for a stream opened too late
+        self._gave_up_opens: OrderedDict[int, None] = OrderedDict()  # req of open_streams whose call gave up
+        self._version_error: ProtocolError | None = None  # the last message of another protocol major version
         self._resent: OrderedDict[int, None] = OrderedDict()  # req of the requests resent, the latest RESENT_KEPT
         self._busy_at: float | None = None  # when the runtime last said it dropped this client's requests unread
         self.resent = 0  # requests sent again after the runtime said it dropped some unread (SPEC 4.6)
@@ -699,7 +746,7 @@ class Client:
         ``timeout``: seconds to wait (None: until a frame comes or the client closes); then
         TimeoutError. Raises ClientClosedError once the client is closed."""
         with self._cv:
-            self._cv.wait_for(lambda: self._has_frame() or self._closed or self._closing, timeout)
+            _wait_for(self._cv, lambda: self._has_frame() or self._closed or self._closing, timeout)
             if self._has_frame():
                 if self.latest_only:
                     stream, _ = self._fresh.popitem(last=False)
@@ -766,6 +813,10 @@ class Client:
             if r.reply is not None or r.abandoned:
                 return
             r.abandoned = True
+            if r.mtype == "open_stream":  # the runtime may open it all the same: that stream is then ended
+                self._gave_up_opens[r.req] = None
+                while len(self._gave_up_opens) > GAVE_UP_OPENS_KEPT:
+                    self._gave_up_opens.popitem(last=False)
         with contextlib.suppress(ClientClosedError):  # closed: nothing will be sent anyway
             self._command(("withdraw", b""))
 
@@ -774,29 +825,33 @@ class Client:
         keep: bool = False,
     ) -> dict | None:
         """The reply to ``r`` (an ``error`` reply raised as KsdiffError); None if ``stop()`` became true.
-        ``keep``: a request that times out stays registered, so its reply, when it comes, waits for the next
+        ``keep``: a request whose wait ends without its reply (it timed out, or was interrupted: KeyboardInterrupt)
+        stays registered, and is still sent if it had not left, so its reply, when it comes, waits for the next
         ``_await`` of it (``end_stream``'s: a later ``end()`` takes it)."""
-        timed_out = False
+        forget = not keep  # keep: forgotten only once the reply came, or never will (stopped, closed)
         with self._cv:
             try:
-                self._cv.wait_for(
+                _wait_for(
+                    self._cv,
                     lambda: r.reply is not None or self._closed or self._closing or (stop is not None and stop()),
                     timeout,
                 )
                 reply = r.reply
                 if reply is None:
                     if stop is not None and stop():
+                        forget = True
                         return None
                     if self._closed or self._closing:
+                        forget = True
                         raise ClientClosedError("the client was closed")
-                    timed_out = True
                     raise TimeoutError(
                         f"{what}: no reply from the runtime at {self.router_endpoint} within {timeout} s"
                     )
+                forget = True
             finally:
                 # under the same hold of the lock as the decision: a reply that comes once the call gave up finds
                 # the request gone, a late reply (a stream_opened's stream is then ended), never one taken by nobody
-                if not (keep and timed_out):
+                if forget:
                     self._forget(r)
         if reply["type"] == "error":
             raise KsdiffError.from_reply(reply)
@@ -809,7 +864,7 @@ class Client:
 
     def _wait_sub_live(self, timeout: float) -> None:
         with self._cv:
-            ok = self._cv.wait_for(lambda: self._sub_live or self._closed or self._closing, timeout)
+            ok = _wait_for(self._cv, lambda: self._sub_live or self._closed or self._closing, timeout)
             if self._closed or self._closing:
                 raise ClientClosedError("the client was closed")
             if not ok:
@@ -823,16 +878,24 @@ class Client:
 
         Sends a ``hello`` request on the ROUTER, then waits for a hello (replied or published) and
         for the first published message (hello/stats, every second) so no frame is missed after
-        this returns. TimeoutError if the runtime is not there."""
+        this returns. TimeoutError if the runtime is not there; UnsupportedVersionError if what came
+        is of another protocol major version (and no hello this client reads)."""
         timeout = self.timeout if timeout is None else timeout
         r = self._start_request("hello", {})
         try:
             with self._cv:
-                ok = self._cv.wait_for(
-                    lambda: (self._hello is not None and self._sub_live) or self._closed or self._closing, timeout
+                ok = _wait_for(
+                    self._cv,
+                    lambda: (self._hello is not None and self._sub_live) or self._closed or self._closing
+                    or (self._hello is None and self._version_error is not None),
+                    timeout,
                 )
                 if self._closed or self._closing:
                     raise ClientClosedError("the client was closed")
+                if self._hello is None and self._version_error is not None:
+                    raise UnsupportedVersionError(
+                        "unsupported_version", f"the runtime (PUB {self.pub_endpoint}, ROUTER {self.router_endpoint}) "
+                        f"speaks another protocol: {self._version_error.message}; use a ksdiff-sdk that speaks it")
                 if not ok:
                     got = "the ROUTER answered but nothing arrived on the PUB" if self._hello else "no hello"
                     raise TimeoutError(
@@ -877,15 +940,7 @@ class Client:
         timeout = self.timeout if timeout is None else timeout
         controls = face_controls(controls, mood, mood_intensity, style)
         deadline = time.monotonic() + timeout
-        fields: dict[str, Any] = {"sample_rate": int(sample_rate), "channels": int(channels), "format": format}
-        for key, value in (("stream", stream), ("transcript", transcript), ("seed", seed), ("mode", mode),
-                           ("controls", controls)):
-            if value is not None:
-                fields[key] = value
-        try:
-            protocol.encode_request("open_stream", **fields)  # refuse bad arguments here, not as a reply
-        except ProtocolError as e:
-            raise ValueError(e.message) from None
+        fields = _open_fields(stream, sample_rate, channels, format, transcript, seed, mode, controls)
         # The handle's frames must not fall into the slow-joiner gap (see the module docstring).
         self._wait_sub_live(_remaining(deadline))
         if stream is not None:
@@ -911,7 +966,8 @@ class Client:
             if stream is not None:
                 self._command(("unsub", protocol.frame_topic(stream)))
         with self._cv:
-            instance = hello.reply.get("instance") if hello.reply is not None else self._instance
+            answered = hello.reply is not None and hello.reply["type"] == "hello"
+            instance = hello.reply.get("instance") if answered else self._instance
         max_ahead, latency = reply.get("max_ahead_s"), reply.get("latency_ms")
         handle = StreamHandle(
             self, sid, int(reply["fps"]), int(sample_rate), int(channels), format,
@@ -982,15 +1038,17 @@ class Client:
         else:
             raise TypeError(f"audio dtype {a.dtype} not supported: pass float32/float64 (-1..1) or int16")
         channels = 1 if a.ndim == 1 else int(a.shape[1])
+        mode = "live" if realtime else "line"
+        controls = face_controls(controls, mood, mood_intensity, style)
+        # Our own unique id: the frames' topic is subscribed before the stream exists.
+        stream = f"anim-{secrets.token_hex(6)}"
+        _open_fields(stream, sample_rate, channels, fmt, transcript, seed, mode, controls)  # refused before dividing
         duration = a.shape[0] / sample_rate
         if timeout is None:
             timeout = self.timeout + 2 * duration + (duration if realtime else 0.0)
         deadline = time.monotonic() + timeout
-        # Our own unique id: the frames' topic is subscribed before the stream exists.
-        stream = f"anim-{secrets.token_hex(6)}"
         handle = self.open_stream(stream, sample_rate, channels, fmt, transcript, seed, _remaining(deadline),
-                                  max_frames=None, mode="live" if realtime else "line", controls=controls,
-                                  mood=mood, mood_intensity=mood_intensity, style=style)
+                                  max_frames=None, mode=mode, controls=controls)
         with handle:
             if realtime:
                 step = chunk_frames(sample_rate, channels, fmt)
@@ -1066,6 +1124,9 @@ class Client:
                 s.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
                 s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
                 s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+                # as the runtime's ROUTER: ZeroMQ drops a larger message (and its connection) before it is buffered
+                # whole; the runtime's are at most max_message_bytes (SPEC 3.4)
+                s.setsockopt(zmq.MAXMSGSIZE, protocol.ZMQ_MAXMSGSIZE)
             sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
             dealer.setsockopt(zmq.IMMEDIATE, 1)  # queue on a live connection only; the rest waits in the outbox
             for topic in self._initial_topics():  # SPEC 1: subscribe before connecting
@@ -1164,14 +1225,16 @@ class Client:
                         break
                     self._guarded(self._on_reply, parts)
             if monitor in events:
+                dropped = False
                 while True:
                     try:
-                        event = recv_monitor_message(monitor, zmq.NOBLOCK)
+                        dropped |= recv_monitor_message(monitor, zmq.NOBLOCK)["event"] == zmq.EVENT_DISCONNECTED
                     except zmq.Again:
                         break
-                    if event["event"] == zmq.EVENT_DISCONNECTED:
-                        with self._cv:
-                            self._sub_live = False
+                if dropped:
+                    with self._cv:
+                        self._sub_live = False
+                    _connect_again(sub, self.pub_endpoint)
             if dealer_monitor in events:
                 dropped = False
                 while True:
@@ -1181,6 +1244,7 @@ class Client:
                         break
                 if dropped:
                     outbox, outbox_bytes = self._connection_dropped(outbox, outbox_bytes)
+                    _connect_again(dealer, self.router_endpoint)
             # after the replies were read (an answer that came is no reason to send it again); sent on the next pass
             for payload in self._dropped_ends(outbox):
                 outbox.append((False, payload, None))
@@ -1237,6 +1301,9 @@ class Client:
                 self.ignored += 1  # a newer runtime's message type: ignored by design (SPEC 3.2)
                 return
             self.invalid += 1
+            if e.code == "unsupported_version":
+                self._version_error = e  # wait_for_runtime says so rather than waiting for a hello it can read
+                self._cv.notify_all()
         if e.code == "unsupported_version":
             self._warn_once("version", "the runtime speaks another protocol major version: upgrade ksdiff-sdk (%s)", e)
         else:
@@ -1318,6 +1385,7 @@ class Client:
         instance = msg.get("instance")
         with self._cv:
             self._hello = {k: v for k, v in msg.items() if k != "req"}
+            self._version_error = None
             # A never-seen instance id means a new runtime process: its streams are not ours. An
             # id seen before is a late message of an older one and changes nothing.
             if isinstance(instance, str) and instance not in self._seen_instances:
@@ -1353,9 +1421,19 @@ class Client:
                 # a copy's answer: the request was answered already, or its other copy is ending the stream
                 log.debug("ksdiff-sdk: the answer to a resent request's other copy: %s", mtype)
             elif r is not None:
+                if mtype not in ("error", REPLY_TO[r.mtype]):  # the call raises MalformedError, not a KeyError
+                    self.invalid += 1
+                    log.debug("ksdiff-sdk: %s answered with %s", r.mtype, mtype)
+                    msg = {"type": "error", "code": "malformed", "request_type": r.mtype, "req": req,
+                           "message": f"the runtime answered {r.mtype} with {mtype}, not {REPLY_TO[r.mtype]}"}
                 r.reply = msg
             elif mtype == "stream_opened":
-                orphan = msg["stream"]  # its open_stream's call gave up: nobody will use the stream
+                if req in self._gave_up_opens and msg["stream"] not in self._handles:
+                    del self._gave_up_opens[req]
+                    orphan = msg["stream"]  # its open_stream's call gave up: nobody will use the stream
+                else:  # a duplicate, or no open_stream's: the stream (maybe one a handle holds) is left alone
+                    self.invalid += 1
+                    log.debug("ksdiff-sdk: dropped a stream_opened no open_stream waits for: %r", msg["stream"])
             elif mtype == "error":
                 err = KsdiffError.from_reply(msg)
                 handle = self._handles.get(msg.get("stream", ""))

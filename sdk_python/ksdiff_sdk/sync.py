@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ksdiff_sdk import schema
 from ksdiff_sdk.client import StreamHandle
 from ksdiff_sdk.frame import Frame
 
@@ -40,7 +41,9 @@ FALLBACK_LATENCY_MS = 250.0  # a runtime that states none (protocol < 1.2)
 @dataclass(frozen=True)
 class Pose:
     """The face at one instant of the line: weights [52], head [3], gaze [4] (as ``Frame``), its time on the
-    audio clock, and whether the line is over (the rest pose after its ``last`` frame)."""
+    audio clock, and whether the line is over: its final frame has played (the ``last`` one; or, when that never
+    arrived, dropped on the way, the latest that did once the stream ended), held from then on. A line that ended
+    without any frame gives the rest pose (zeros), ended."""
 
     t_audio: float
     blendshapes: np.ndarray
@@ -67,6 +70,7 @@ class LineSync:
         self._frames: dict[int, Frame] = {}
         self._arrived: dict[int, float] = {}
         self._last_index: int | None = None
+        self._over = False  # the stream ended (its stream_end came, or end()'s reply): no more frames will come
         self._started: float | None = None  # when sample 0 came out of the speaker, once start_playback played it
 
     @property
@@ -97,7 +101,9 @@ class LineSync:
 
     def _take(self) -> None:
         now = self._clock()
-        for frame in self.handle.take_frames():
+        h = self.handle
+        over = h.end_reason is not None or h.ended  # read before the frames: they reach the handle before its end
+        for frame in h.take_frames():
             if frame.index in self._frames:
                 continue
             bisect.insort(self._indices, frame.index)
@@ -105,10 +111,13 @@ class LineSync:
             self._arrived[frame.index] = now
             if frame.last:
                 self._last_index = frame.index
+        self._over = self._over or (over and h.lost is None)
 
     def pose(self, now: float | None = None) -> Pose | None:
         """The pose for what the speaker plays at ``now`` (default: this instant): linear between the two
-        received frames around it, the nearest one at the edges; None before any frame came. Raises the
+        received frames around it, the nearest one at the edges; None before any frame came (the rest pose,
+        ended, for a stream that ended without one). ``ended`` once the final frame played: the ``last`` one, or,
+        once the stream ended without it reaching this client, the latest that did. Raises the
         stream's ``StreamLost`` once it was lost (the runtime restarted, the connection dropped) and the frames
         that did arrive are played: its last frame will not come."""
         self._take()
@@ -117,6 +126,10 @@ class LineSync:
         if not self._indices or at is None:
             if lost is not None:
                 raise lost
+            if self._over:  # the line ended without a frame: nothing to wait for
+                t = 0.0 if at is None else (self._clock() if now is None else now) - at
+                return Pose(t, np.zeros(schema.NUM_BLENDSHAPES, np.float32), np.zeros(3, np.float32),
+                            np.zeros(4, np.float32), True)
             return None
         t = (self._clock() if now is None else now) - at
         fps = self._frames[self._indices[0]].fps
@@ -128,8 +141,9 @@ class LineSync:
             f = self._frames[self._indices[0]]
             return Pose(t, f.blendshapes, f.head, f.gaze, False)
         a = self._frames[self._indices[k - 1]]
-        if k == len(self._indices):
-            return Pose(t, a.blendshapes, a.head, a.gaze, self._last_index is not None and a.index == self._last_index)
+        if k == len(self._indices):  # past the latest frame received: the final one once the stream ended
+            ended = self._over or (self._last_index is not None and a.index == self._last_index)
+            return Pose(t, a.blendshapes, a.head, a.gaze, ended)
         b = self._frames[self._indices[k]]
         w = np.float32((pos - a.index) / (b.index - a.index))
         return Pose(t, a.blendshapes + w * (b.blendshapes - a.blendshapes), a.head + w * (b.head - a.head),

@@ -35,6 +35,14 @@ def test_channels_are_interleaved():
         to_pcm(np.zeros(5, np.int16), 2, "s16le")
 
 
+def test_float16_full_scale_stays_full_scale_as_int16():
+    """Scaled in float16, 1.0 * 32767 rounded to 32768, which wrapped to -32768: full scale became its opposite."""
+    x = np.array([1.0, -1.0, 2.0, 0.3], np.float16)
+    pcm = to_pcm(x, 1, "s16le")
+    assert np.frombuffer(pcm, "<i2").tolist()[:3] == [32767, -32767, 32767]
+    assert pcm == to_pcm(x.astype(np.float32), 1, "s16le")
+
+
 def test_nan_goes_to_the_runtime_as_float_and_becomes_silence_as_int16():
     x = np.array([0.5, np.nan, np.inf], np.float32)
     assert np.array_equal(np.frombuffer(to_pcm(x, 1, "f32le"), "<f4"), x, equal_nan=True)

@@ -6,6 +6,7 @@ No test sleeps to synchronise: each waits on a condition (client counters, repli
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import time
 import weakref
@@ -28,9 +29,13 @@ from ksdiff_sdk import (
     Frame,
     InternalError,
     KsdiffError,
+    LineSync,
+    MalformedError,
     StreamLost,
     UnknownStreamError,
+    UnsupportedVersionError,
     protocol,
+    schema,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -265,6 +270,32 @@ def test_error_reply_raises_a_typed_error(fake, make_client):
     assert isinstance(e.value, KsdiffError) and e.value.code == "busy" and "capacity" in e.value.message
 
 
+def test_a_reply_of_the_wrong_type_raises_malformed_error(fake, make_client):
+    """A reply whose req is a pending request's but whose type answers another request: MalformedError, counted in
+    invalid (it was stored as the reply, then read as one: a bare KeyError, open_stream's after it had subscribed
+    the stream's topic)."""
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+
+    def wrong(m: dict) -> list[bytes] | None:
+        if m["type"] == "set_controls":
+            return [protocol.encode_reply("stream_ended", stream="npc1", frames=0, req=m["req"])]
+        if m["type"] in ("open_stream", "end_stream"):
+            return [protocol.encode_reply("controls_set", stream="npc1", controls={}, req=m["req"])]
+        return None
+
+    fake.on_request = wrong
+    with pytest.raises(MalformedError, match="answered set_controls with stream_ended"):
+        handle.set_controls({"timing_offset_ms": -30})
+    with pytest.raises(MalformedError, match="answered open_stream with controls_set"):
+        client.open_stream("npc2")
+    with pytest.raises(MalformedError, match="answered end_stream with controls_set"):
+        handle.end()
+    assert client.invalid == 3
+    fake.on_request = None
+    assert client.open_stream("npc2").stream == "npc2"
+
+
 def test_unknown_error_code_counts_as_internal(fake, make_client):
     client = ready(make_client, fake)
 
@@ -285,6 +316,8 @@ def test_bad_open_arguments_are_refused_locally(make_client):
         client.open_stream(sample_rate=4000)
     with pytest.raises(ValueError, match="format"):
         client.open_stream(format="u8")
+    with pytest.raises(ValueError, match="sample_rate"):  # was a ZeroDivisionError, before open_stream checked it
+        client.animate(np.zeros(1600, np.float32), sample_rate=0)
 
 
 def test_audio_errors_surface_on_the_next_push_and_end(fake, make_client):
@@ -363,6 +396,50 @@ def test_an_end_never_answered_is_forgotten_when_its_stream_is_released(fake, ma
     assert client._pending == {}  # nothing kept waiting for a reply that no call will take
 
 
+def test_an_infinite_timeout_waits_without_limit(fake, make_client):
+    """timeout=math.inf (or one past threading.TIMEOUT_MAX) is no limit, as None is for recv: every wait raised
+    OverflowError from Condition.wait_for. Each call below waits for a reply or frames a round trip away."""
+    client = ready(make_client, fake)
+    assert client.wait_for_runtime(math.inf)["fps"] == 30
+    handle = client.open_stream("npc1", timeout=math.inf)
+    assert handle.set_controls({"timing_offset_ms": -30}, timeout=1e10) == {"timing_offset_ms": -30}
+    handle.push(np.zeros(16000, np.float32))
+    handle.end(wait=False)  # its frames are published when the fake reads the end_stream
+    assert client.recv(timeout=math.inf).stream == "npc1"
+    assert handle.end(timeout=math.inf) == 30
+    line = client.open_stream("npc2")
+    line.push(np.zeros(16000, np.float32))
+    line.end(wait=False)
+    assert next(line.frames(timeout=math.inf)).index == 0
+    assert len(client.animate(np.zeros(16000, np.float32), timeout=math.inf)) == 30
+    with pytest.raises(ValueError, match="nan"):
+        client.recv(timeout=float("nan"))
+
+
+def test_an_end_interrupted_is_still_sent_and_a_later_end_takes_its_reply(fake, make_client, monkeypatch):
+    """end() stopped by anything but a timeout (KeyboardInterrupt while it waits) used to forget its end_stream
+    (withdrawn unsent, or its reply dropped) but keep it as the handle's: every later end() and close() waited for
+    a reply that could not come, and the runtime held the stream until its idle timeout."""
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+    handle.push(np.zeros(1600, np.float32))
+    withdrawn = client.withdrawn
+    # answered without the stream_end (lost on the PUB): only the reply ends the next end()'s wait
+    fake.on_request = lambda m: ([protocol.encode_reply("stream_ended", stream="npc1", frames=3, req=m["req"])]
+                                 if m["type"] == "end_stream" else None)
+
+    def interrupted(cv: threading.Condition, predicate: Callable[[], object], timeout: float | None) -> bool:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(client_module, "_wait_for", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            handle.end()
+    assert handle.end(timeout=5) == 3 and handle.ended
+    assert len(fake.requests_of("end_stream")) == 1 and client.withdrawn == withdrawn
+    assert client._pending == {}  # taken by the second end()
+
+
 def test_requests_whose_call_timed_out_before_they_left_are_never_sent(fake, make_client):
     """The runtime's ROUTER is away while its PUB reaches the client: requests wait in the client's outbox, and those
     whose call gave up there are withdrawn, not sent when the runtime is back (an open_stream sent then opened a
@@ -419,11 +496,33 @@ def test_a_stream_opened_after_its_call_timed_out_is_ended(fake, make_client):
     assert other.end() == 0 and marker.end() == 0
 
 
+def test_a_duplicate_or_unsolicited_stream_opened_leaves_a_held_stream_alone(fake, make_client):
+    """A stream_opened with no req, or one no open_stream of this client sent, is no late answer to a call that gave
+    up: the client sent end_stream for it, ending a stream the user's handle held."""
+    client = ready(make_client, fake)
+    handle = client.open_stream("npc1")
+    handle.push(np.zeros(16000, np.float32))
+
+    def duplicates(m: dict) -> list[bytes] | None:
+        if m["type"] != "set_controls":
+            return None
+        return [protocol.encode_reply("stream_opened", stream="npc1", fps=30),
+                protocol.encode_reply("stream_opened", stream="npc1", fps=30, req=999_999), *fake.answer(m)]
+
+    fake.on_request = duplicates
+    handle.set_controls({"timing_offset_ms": -30})  # its reply comes after the two stream_opened
+    fake.on_request = None
+    assert handle.end() == 30 and handle.lost is None
+    assert [m["stream"] for m in fake.requests_of("end_stream")] == ["npc1"]  # the handle's own, nothing before
+    assert client.invalid == 2 and client._orphan_ends == set()
+
+
 def test_a_push_refused_before_sending_leaves_the_streams_clock_as_it_was(fake, make_client):
     client = ready(make_client, fake)
     handle = client.open_stream("npc1")
     with pytest.raises(protocol.ProtocolError):
         handle.push(np.zeros(1600, np.float32), at_sample=-1)
+    assert handle.started_at is None and LineSync(handle).play_at is None  # the clock starts with audio that goes
     handle.push(np.zeros(1600, np.float32))
     wait_until(lambda: fake.audio.get("npc1"), what="the audio")
     assert [m["at_sample"] for m in fake.audio["npc1"]] == [0]
@@ -507,6 +606,44 @@ def test_an_end_whose_reply_is_lost_ends_on_the_published_stream_end(fake, make_
 
     fake.on_request = publish_only
     assert handle.end(timeout=5) == 30 and handle.ended and handle.lost is None
+
+
+def test_a_message_over_zmq_maxmsgsize_is_dropped_by_zeromq_on_the_sub_and_the_dealer(fake, make_client):
+    """As on the runtime's ROUTER, ZeroMQ drops a message over ZMQ_MAXMSGSIZE (and its connection, made again) before
+    it is buffered whole: four 256 MiB ones from a hostile peer took a client to 1 GB. The runtime's own are at most
+    max_message_bytes (SPEC 3.4). Without the limit each reached the decoder (counted invalid)."""
+    client = ready(make_client, fake)
+    huge = b"\x00" * (protocol.ZMQ_MAXMSGSIZE + 1)
+    fake.publish(protocol.HELLO_TOPIC, huge)
+    seq = 0
+    deadline = time.monotonic() + 10
+    while True:  # frames published after the SUB connected again reach it
+        fake.publish(*frame_message("x", seq))
+        seq += 1
+        try:
+            client.recv(timeout=0.05)
+            break
+        except TimeoutError:
+            assert time.monotonic() < deadline, "no frame after the huge message"
+    fake.on_request = lambda m: [huge] if m["type"] == "set_controls" else None
+    with pytest.raises(TimeoutError):
+        client.set_controls("mic", {}, timeout=0.3)
+    fake.on_request = None
+    assert client.open_stream("npc1", timeout=10).stream == "npc1"  # on the DEALER's new connection
+    assert client.invalid == 0
+
+
+def test_a_runtime_of_another_major_version_is_named_not_waited_for(make_client):
+    """wait_for_runtime against a protocol-2 runtime waited its whole timeout for a hello it could read, then said
+    "no hello" (the version-2 ones counted invalid): it raises UnsupportedVersionError naming the version."""
+    with FakeRuntime(hello_period=0) as rt:
+        v2 = msgpack.packb({"v": [2, 0], "type": "hello", "version": "future"})
+        rt.on_request = lambda m: [v2]
+        client = make_client(rt)
+        t0 = time.monotonic()
+        with pytest.raises(UnsupportedVersionError, match="protocol major 2"):
+            client.wait_for_runtime(5)
+        assert time.monotonic() - t0 < 4 and client.invalid >= 1
 
 
 def test_close_never_hangs_and_wakes_waiters():
@@ -705,3 +842,38 @@ def test_a_push_after_end_is_refused_at_once_and_sends_nothing(fake, make_client
         handle.push(np.zeros(1600, np.float32))
     assert handle.end() == 3
     assert sum(len(m["pcm"]) for m in fake.audio["npc1"]) == 1600 * 4  # only the first push's
+
+
+# --- LineSync -----------------------------------------------------------------------------------
+def test_line_sync_ends_a_line_whose_last_frame_or_every_frame_never_came(fake, make_client):
+    """The README's render loop (`while (pose := sync.pose()) is None or not pose.ended`) ran for good when the
+    stream ended without its last=True frame reaching the client (the PUB dropped it) or with no frame at all: once
+    the stream's end is known, the latest frame received is the final one, and no frame is the rest pose, ended."""
+    client = ready(make_client, fake)
+
+    def last_frame_lost(m: dict) -> list[bytes] | None:
+        if m["type"] != "end_stream":
+            return None
+        n = {"line1": 6, "line2": 0}[m["stream"]]
+        for i in range(n - 1):  # frame n - 1, the last one, lost on the way
+            fake.publish(*frame_message(m["stream"], i))
+        fake.publish(*protocol.encode_stream_end(m["stream"], "sdk", "ended", n, time.monotonic_ns()))
+        return [protocol.encode_reply("stream_ended", stream=m["stream"], frames=n, req=m["req"])]
+
+    fake.on_request = last_frame_lost
+    line = client.open_stream("line1", mode="line")
+    sync = LineSync(line)
+    line.push(np.zeros(3200, np.float32))
+    assert line.end() == 6
+    wait_until(lambda: line.end_reason == "ended", what="the stream_end")
+    at = sync.play_at
+    assert not sync.pose(now=at + 3.5 / 30).ended
+    pose = sync.pose(now=at + 4.5 / 30)  # past frame 4, the latest that came
+    assert pose.ended and pose.blendshapes[schema.BLENDSHAPE_INDEX["jawOpen"]] == pytest.approx(0.4)
+    empty = client.open_stream("line2", mode="line")
+    sync = LineSync(empty)
+    empty.push(np.zeros(160, np.float32))
+    assert empty.end() == 0
+    wait_until(lambda: empty.end_reason == "ended", what="the stream_end")
+    pose = sync.pose()
+    assert pose is not None and pose.ended and not pose.blendshapes.any()
