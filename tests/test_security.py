@@ -20,11 +20,19 @@ import zmq
 import zmq.auth
 from peers import Peer, is_end
 
+from ksdiff_runtime.cli import keys as keys_cli
 from ksdiff_runtime.cli import main
 from ksdiff_runtime.engine.controls import stream_frames
 from ksdiff_runtime.server.config import ConfigError, load_config
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
-from ksdiff_runtime.server.security import CurveKeys, SecurityError, check_endpoints, is_local
+from ksdiff_runtime.server.security import (
+    AuthorisedKeys,
+    CurveKeys,
+    SecurityError,
+    check_endpoints,
+    is_ipv6,
+    is_local,
+)
 from ksdiff_sdk import Client
 from ksdiff_sdk import protocol as P
 
@@ -67,24 +75,25 @@ def test_keys_command_writes_certificates_and_never_overwrites(keys, tmp_path):
 
 
 def test_a_secret_key_is_never_readable_by_others(tmp_path, monkeypatch):
-    """pyzmq creates the files with the process's umask (0644 with 022): the secret key was readable by others
-    until keys chmod-ed it. Seen the moment pyzmq has written it, it is the owner's alone."""
+    """pyzmq created the files with the process's umask (0644 with 022): the secret key was readable by others
+    until keys chmod-ed it. Seen the moment the file is made, before a byte is in it, it is the owner's alone."""
     modes = {}
-    create = zmq.auth.create_certificates
+    real_open = os.open
 
-    def seen(folder: str, name: str):
-        made = create(folder, name)
-        modes.update({Path(p).name: stat.S_IMODE(Path(p).stat().st_mode) for p in made})
-        return made
+    def seen(path, flags, mode=0o777, *args, **kwargs):
+        fd = real_open(path, flags, mode, *args, **kwargs)
+        modes[Path(path).name] = stat.S_IMODE(os.fstat(fd).st_mode)
+        return fd
 
-    monkeypatch.setattr(zmq.auth, "create_certificates", seen)
+    monkeypatch.setattr(os, "open", seen)
     old = os.umask(0o022)
     try:
         assert main(["keys", "bob", "-o", str(tmp_path / "k")]) == 0
-        assert os.umask(0o022) == 0o022  # the process's umask is given back
+        assert os.umask(0o022) == 0o022  # the process's umask is left as it was
     finally:
         os.umask(old)
     assert modes["bob.key_secret"] == 0o600
+    assert stat.S_IMODE((tmp_path / "k" / "bob.key_secret").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "k" / "bob.key").stat().st_mode) == 0o644
 
 
@@ -112,18 +121,17 @@ def test_keys_command_refuses_with_one_error_line_and_writes_nothing(tmp_path, c
 
 
 def test_keys_command_that_fails_halfway_removes_what_it_wrote(tmp_path, capsys, monkeypatch):
-    """The disk fills up while the second pair is written (its public file is there, its secret is not):
+    """The disk fills up while the second pair's secret is written (its public file is there, its secret half):
     the first pair, the half pair and the folder the command made are removed; one `error:` line."""
-    real = zmq.auth.create_certificates
+    real = keys_cli.create_new
 
-    def fills_up(key_dir: str, name: str) -> tuple[str, str]:
-        if name == "alice":
-            return real(key_dir, name)
-        public = Path(key_dir) / f"{name}.key"
-        public.write_text("half")
-        raise OSError(28, "No space left on device", str(Path(key_dir) / f"{name}.key_secret"))
+    def fills_up(path: Path, text: str, mode: int, created: list[Path]) -> None:
+        if path.name != "bob.key_secret":
+            return real(path, text, mode, created)
+        real(path, text[:20], mode, created)
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(zmq.auth, "create_certificates", fills_up)
+    monkeypatch.setattr(keys_cli, "create_new", fills_up)
     out = tmp_path / "keys"
     assert main(["keys", "alice", "bob", "-o", str(out)]) == 1
     captured = capsys.readouterr()
@@ -131,6 +139,57 @@ def test_keys_command_that_fails_halfway_removes_what_it_wrote(tmp_path, capsys,
     assert captured.err == f"error: cannot write {secret}: No space left on device; no key was written\n"
     assert "alice" not in captured.out  # no pair is announced before all are written
     assert not out.exists()
+
+
+def test_keys_never_writes_over_a_file_made_after_its_check(tmp_path, monkeypatch, capsys):
+    """Two `keys` runs at once, both finding no file and then both writing: one run's server.key ended beside
+    the other's server.key_secret, a mismatched pair, and both said they had succeeded. Here the second run does
+    all its work between the first one's check and its writing. A file is now only made where none is (O_EXCL):
+    the first run fails and leaves the second one's pair as it was."""
+    out = tmp_path / "k"
+    real = zmq.curve_keypair
+    other: list[int] = []
+
+    def meanwhile() -> tuple[bytes, bytes]:
+        if not other:  # once: the run beside this one, from start to end, after this one's check
+            other.append(-1)
+            other[0] = main(["keys", "server", "-o", str(out)])
+        return real()
+
+    monkeypatch.setattr(zmq, "curve_keypair", meanwhile)
+    assert main(["keys", "server", "-o", str(out)]) == 1
+    assert other == [0]
+    assert "exists already; remove it first (keys are never overwritten)" in capsys.readouterr().err
+    public, _ = zmq.auth.load_certificate(str(out / "server.key"))
+    assert zmq.auth.load_certificate(str(out / "server.key_secret"))[0] == public
+    assert sorted(p.name for p in out.iterdir()) == ["server.key", "server.key_secret"]
+
+
+def test_keys_never_writes_through_a_symbolic_link(tmp_path, capsys):
+    """A link to nothing where server.key_secret goes: exists() followed it and said no, and the secret key was
+    written wherever the link pointed. Now the link counts as a file that is there."""
+    out, elsewhere = tmp_path / "keys", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "server.key_secret").symlink_to(elsewhere / "stolen")
+    assert main(["keys", "server", "-o", str(out)]) == 1
+    assert "exists already" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in out.iterdir()) == ["server.key_secret"]
+    with pytest.raises(FileExistsError):  # also when the link appears after the check
+        keys_cli.create_new(out / "server.key_secret", "secret", 0o600, [])
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_key_files_are_read_by_pyzmq_and_the_client_cores(keys):
+    """What `keys` writes is a ZeroMQ certificate as pyzmq writes it: the C# and C++ cores read a `curve`
+    section whose keys are indented under it, each 40 characters of Z85."""
+    for name in ("alice.key", "alice.key_secret"):
+        lines = (keys / name).read_text().splitlines()
+        body = [line for line in lines if line and not line.startswith("#")]
+        public = zmq.auth.load_certificate(str(keys / name))[0].decode()
+        assert body[:3] == ["metadata", "curve", f'    public-key = "{public}"']
+    public, secret = zmq.auth.load_certificate(str(keys / "alice.key_secret"))
+    assert zmq.curve_public(secret) == public and zmq.auth.load_certificate(str(keys / "alice.key"))[0] == public
 
 
 def test_an_authorised_client_is_served_with_curve(secured, keys, speech_16k):
@@ -234,3 +293,188 @@ def test_frames_are_encrypted_on_the_wire(secured, keys, speech_16k):
         assert not eavesdropper.poll(0)
     finally:
         eavesdropper.close()
+
+
+def _clients_folder(keys: Path, folder: Path, *names: str) -> Path:
+    folder.mkdir()
+    for name in names:
+        (folder / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
+    return folder
+
+
+def _refused(peer: Peer) -> bool:
+    """Nothing at all comes to ``peer``: no hello on its SUB, no reply to a hello request."""
+    with contextlib.suppress(zmq.Again):  # without a completed handshake the send may not even go
+        peer.dealer.send(P.encode_request("hello", req=1), zmq.NOBLOCK)
+    return not peer.dealer.poll(int(NO_ANSWER_S * 1000)) and not peer.sub.poll(0)
+
+
+def test_the_authorised_folder_counts_at_each_handshake(serve_engine, keys, tmp_path):
+    """The folder was read once at start (pyzmq's configure_curve(location=...)): a key removed from it was
+    admitted, and one added refused, until serve restarted. Now a removed key refuses the client's next
+    connection and an added one admits it at once; a connection admitted before stays (ZeroMQ authenticates a
+    connection at its handshake only) until it closes."""
+    clients = _clients_folder(keys, tmp_path / "clients", "alice", "bob")
+    loaded = CurveKeys.load(keys / "server.key_secret", clients)
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", curve=loaded,
+                 admission=False) as rt:
+        connected_bob = Peer(rt, curve=curve(keys, "bob"))
+        try:
+            (clients / "bob.key").unlink()
+            (clients / "stranger.key").write_bytes((keys / "stranger.key").read_bytes())
+            new_bob = Peer(rt, curve=curve(keys, "bob"), wait_hello=False)
+            try:
+                stranger = Peer(rt, curve=curve(keys, "stranger"))  # added: admitted, its hello comes
+                assert stranger.request("hello", req=2)["type"] == "hello"
+                stranger.close()
+                assert _refused(new_bob)  # removed: its new connection gets nothing
+            finally:
+                new_bob.close()
+            # the connection bob had before its key was removed is still served, on both sockets
+            assert connected_bob.request("hello", req=3)["type"] == "hello"
+            connected_bob.wait_pub(lambda m: m["type"] == "hello")
+        finally:
+            connected_bob.close()
+
+
+def test_the_folder_is_read_again_only_when_its_files_change(keys, tmp_path, monkeypatch):
+    """A flood of handshakes costs a listing of the folder each, not a read of every key file."""
+    clients = _clients_folder(keys, tmp_path / "clients", "alice")
+    reads = []
+    real = zmq.auth.load_certificate
+    monkeypatch.setattr(zmq.auth, "load_certificate", lambda f: reads.append(Path(f).name) or real(f))
+    authorised = AuthorisedKeys(clients)
+    alice, bob = (zmq.auth.load_certificate(str(keys / f"{n}.key"))[0] for n in ("alice", "bob"))
+    reads.clear()
+    assert [authorised.callback("ksdiff", k) for k in (alice, bob) * 50] == [True, False] * 50
+    assert reads == ["alice.key"]
+    (clients / "bob.key").write_bytes((keys / "bob.key").read_bytes())
+    assert authorised.callback("ksdiff", bob) and authorised.callback("ksdiff", alice)
+    (clients / "alice.key").unlink()
+    assert not authorised.callback("ksdiff", alice)
+    assert authorised.callback("ksdiff", bob)
+    (clients / "bob.key").write_text('curve\n    public-key = "abc"\n')  # made unreadable in place
+    assert not authorised.callback("ksdiff", bob)
+    for gone in clients.iterdir():
+        gone.unlink()
+    clients.rmdir()
+    assert not authorised.callback("ksdiff", bob)  # a folder gone admits nobody, and the ZAP thread goes on
+
+
+def test_a_clients_folder_named_star_admits_only_its_keys(serve_engine, keys, tmp_path, monkeypatch):
+    """`--curve-clients '*'`: pyzmq took the location "*" as "admit any client", so a stranger was served."""
+    monkeypatch.chdir(tmp_path)
+    _clients_folder(keys, Path("*"), "alice")
+    loaded = CurveKeys.load(keys / "server.key_secret", "*")
+    with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", curve=loaded,
+                 admission=False) as rt:
+        stranger = Peer(rt, curve=curve(keys, "stranger"), wait_hello=False)
+        alice = Peer(rt, curve=curve(keys, "alice"))
+        try:
+            assert alice.request("hello", req=1)["type"] == "hello"
+            assert _refused(stranger)
+        finally:
+            stranger.close()
+            alice.close()
+
+
+def _edited(keys: Path, name: str, tmp_path: Path, field: str, value: str) -> Path:
+    lines = [f'    {field} = "{value}"' if line.strip().startswith(field) else line
+             for line in (keys / name).read_text().splitlines()]
+    edited = tmp_path / name
+    edited.write_text("\n".join(lines) + "\n")
+    return edited
+
+
+@pytest.mark.parametrize(("case", "says"), [
+    ("server secret of 30 characters", "its secret-key is not a CURVE key (40 characters of Z85), got 30 characters"),
+    ("server secret not Z85", "its secret-key is not a CURVE key"),
+    ("server public of another pair", "its public-key is not the one of its secret-key"),
+    ("client key abc", "holds no CURVE public key: need 40 characters of Z85, got 3 characters"),
+    ("client key empty", "holds no CURVE public key: need 40 characters of Z85, got empty"),
+])
+def test_malformed_keys_are_refused_at_start(keys, tmp_path, case, says):
+    """A truncated server secret passed the check and crashed serve with a traceback once the model had loaded;
+    a client key "abc" or "" was taken, and with "" serve started with no authorised key at all."""
+    secret, clients = keys / "server.key_secret", keys / "clients"
+    secret_key = zmq.auth.load_certificate(str(secret))[1].decode()
+    if case.startswith("server secret"):
+        value = secret_key[10:] if "30" in case else "~" + secret_key[1:]
+        secret = _edited(keys, "server.key_secret", tmp_path, "secret-key", value)
+    elif case.startswith("server public"):
+        secret = _edited(keys, "server.key_secret", tmp_path, "public-key",
+                         zmq.auth.load_certificate(str(keys / "bob.key"))[0].decode())
+    else:
+        clients = tmp_path / "clients"
+        clients.mkdir()
+        (clients / "client.key").write_text(f'curve\n    public-key = "{"abc" if "abc" in case else ""}"\n')
+    with pytest.raises(SecurityError) as refused:
+        CurveKeys.load(secret, clients)
+    named = secret if case.startswith("server") else clients / "client.key"
+    assert str(refused.value).startswith(str(named)) and says in str(refused.value)
+
+
+def test_serve_with_a_truncated_secret_exits_before_loading_the_model(keys, tmp_path):
+    secret_key = zmq.auth.load_certificate(str(keys / "server.key_secret"))[1].decode()
+    secret = _edited(keys, "server.key_secret", tmp_path, "secret-key", secret_key[10:])
+    run = subprocess.run([sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--pub", "tcp://0.0.0.0:0",
+                          "--router", "tcp://0.0.0.0:0", "--curve-secret-key", str(secret),
+                          "--curve-clients", str(keys / "clients")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert f"error: {secret}: its secret-key is not a CURVE key" in run.stderr
+    assert "Traceback" not in run.stderr and "model on" not in run.stderr
+
+
+def test_keys_the_runtime_cannot_use_are_a_start_error(serve_engine, keys):
+    """Keys that did not come through CurveKeys.load: a RuntimeStartError, not a traceback from the socket."""
+    loaded = CurveKeys.load(keys / "server.key_secret", keys / "clients")
+    bad = CurveKeys(loaded.public, loaded.secret[:30], loaded.clients)
+    with pytest.raises(RuntimeStartError, match="cannot serve with these CurveZMQ keys"):
+        Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", curve=bad).start()
+
+
+def test_endpoints_that_only_look_local_are_not():
+    """`tcp://[::1%1]:0;0.0.0.0:5597` counted as loopback (Python reads what follows % as a scope id) and ZeroMQ
+    binds it to every interface (the part after ; is the address, before it the source)."""
+    for endpoint in ("tcp://[::1%1]:0;0.0.0.0:5597", "tcp://::1%lo;0.0.0.0:5598", "tcp://[::1%lo]:0;0.0.0.0:5599",
+                     "tcp://::1%1:0;0.0.0.0:5600", "tcp://127.0.0.1:1;0.0.0.0:5555", "tcp://[::1%lo]:5555",
+                     "tcp://[127.0.0.1:5555", "tcp://127.0.0.1]:5555", "tcp://127.0.0.1"):
+        assert not is_local(endpoint), endpoint
+    assert is_ipv6("tcp://[::1]:5555") and is_ipv6("tcp://::1:5555") and is_ipv6("tcp://[::]:0")
+    assert not any(is_ipv6(e) for e in ("tcp://127.0.0.1:5555", "tcp://*:5555", "tcp://localhost:0", "ipc:///x"))
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_the_runtime_serves_on_ipv6_loopback(serve_engine):
+    """`serve --pub tcp://[::1]:0` failed after the model had loaded with "No such device": ZMQ_IPV6 was off."""
+    with Runtime(serve_engine, pub="tcp://[::1]:0", router="tcp://[::1]:0", admission=False) as rt:
+        assert rt.pub_endpoint.startswith("tcp://[::1]:") and rt.router_endpoint.startswith("tcp://[::1]:")
+        ctx = zmq.Context.instance()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.ipv6 = True
+        dealer.linger = 0
+        try:
+            dealer.connect(rt.router_endpoint)
+            dealer.send(P.encode_request("hello", req=1))
+            assert dealer.poll(30_000), "no reply on ::1"
+            assert P.decode(dealer.recv())["type"] == "hello"
+        finally:
+            dealer.close()
+        # the Python SDK too (its sockets had no ZMQ_IPV6: it never connected, with no error)
+        from ksdiff_sdk import Client
+
+        with Client(rt.pub_endpoint, rt.router_endpoint) as client:
+            client.wait_for_runtime(timeout=30.0)

@@ -9,11 +9,14 @@ secret), as pyzmq's ``zmq.auth`` and czmq write and read them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import errno
 import os
 import sys
 from pathlib import Path
 
-import zmq.auth
+import zmq
 
 
 def configure_keys(p: argparse.ArgumentParser) -> None:
@@ -39,6 +42,41 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+# the text pyzmq's zmq.auth.create_certificates writes (zmq.auth.load_certificate, czmq and the C# and C++ cores
+# read it): written here so that a file is created only where none is, never through a symbolic link
+_BANNER = """#   ****  Generated on {now} by ksdiff-runtime keys (pyzmq's format)  ****
+#   ZeroMQ CURVE {what} Certificate
+{advice}
+"""
+_PUBLIC_ADVICE = """#   Exchange securely, or use a secure mechanism to verify the contents
+#   of this file after exchange.
+"""
+_SECRET_ADVICE = """#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.
+"""
+
+
+def certificate(public: bytes, secret: bytes | None = None) -> str:
+    """A ZeroMQ certificate: the public key, and the secret one in a .key_secret file."""
+    what, advice = ("**Secret**", _SECRET_ADVICE) if secret else ("Public", _PUBLIC_ADVICE)
+    text = _BANNER.format(now=datetime.datetime.now(), what=what, advice=advice)
+    text += f'metadata\ncurve\n    public-key = "{public.decode()}"\n'
+    if secret:
+        text += f'    secret-key = "{secret.decode()}"\n'
+    return text
+
+
+def create_new(path: Path, text: str, mode: int, created: list[Path]) -> None:
+    """Write ``text`` to a file made now with ``mode`` (then added to ``created``): FileExistsError when anything,
+    a symbolic link too, is there already."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, mode)  # the mode, less the umask, from the start: a secret is never readable by others
+    created.append(path)
+    with open(fd, "w", encoding="utf-8", newline="\n") as f:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)  # the mode whatever the umask (a public key readable by anyone)
+        f.write(text)
+
+
 def run_keys(args: argparse.Namespace) -> int:
     if not zmq.has("curve"):
         print("error: this libzmq was built without CURVE support", file=sys.stderr)
@@ -54,43 +92,57 @@ def run_keys(args: argparse.Namespace) -> int:
             return 2
     out: Path = args.out
     pairs = [(name, out / f"{name}.key", out / f"{name}{SECRET_SUFFIX}") for name in args.names]
+    exists = "error: {} or {} exists already; remove it first (keys are never overwritten)"
+    made_folder = False
     try:
         if out.exists() and not out.is_dir():
             print(f"error: {out} exists and is not a folder; -o takes the folder to write the keys to",
                   file=sys.stderr)
             return 1
-        made_folder = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True)
+            made_folder = True
+        except FileExistsError:
+            if not out.is_dir():
+                raise
         for _, public, secret in pairs:
-            if public.exists() or secret.exists():
-                print(f"error: {public} or {secret} exists already; remove it first (keys are never overwritten)",
-                      file=sys.stderr)
+            if os.path.lexists(public) or os.path.lexists(secret):  # a link counts, even one to nothing
+                print(exists.format(public, secret), file=sys.stderr)
+                _remove_folder(out, made_folder)
                 return 1
     except OSError as exc:
+        _remove_folder(out, made_folder)
         print(f"error: cannot use {out} as the keys' folder: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    # Each file is created here or not at all (O_EXCL): another run writing the same names at the same moment
+    # makes this one fail, never overwrites a file of its or leaves a pair of two different runs' halves.
     written: list[Path] = []
-    # pyzmq creates the files with the process's umask (0644 with the usual 022), so the secret key was readable by
-    # others from its creation until the chmod below; under this umask it is the owner's alone from the start
-    umask = os.umask(0o077)
+    path = out
     try:
-        for name, public, secret in pairs:
-            written += [public, secret]  # before the write: a pair half written is removed too
-            zmq.auth.create_certificates(str(out), name)
-            os.chmod(secret, 0o600)  # the secret key is for its owner only (on Windows, where umask does little)
-            os.chmod(public, 0o644)  # the public one is for anyone to read
+        for _, public, secret in pairs:
+            public_key, secret_key = zmq.curve_keypair()
+            for path, text, mode in ((public, certificate(public_key), 0o644),
+                                     (secret, certificate(public_key, secret_key), 0o600)):
+                create_new(path, text, mode, written)  # a file made by this run, removed if a later one fails
     except OSError as exc:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if made_folder:
-            out.rmdir()
-        where = exc.filename if exc.filename is not None else out
-        print(f"error: cannot write {where}: {exc.strerror or exc}; no key was written", file=sys.stderr)
+        for done in written:  # only what this run made, a file half written included
+            with contextlib.suppress(OSError):
+                done.unlink()
+        if exc.errno == errno.EEXIST and path not in written:  # a run beside this one made it since the check above
+            print(exists.format(*next((p, s) for _, p, s in pairs if path in (p, s))), file=sys.stderr)
+        else:
+            print(f"error: cannot write {path}: {exc.strerror or exc}; no key was written", file=sys.stderr)
+        _remove_folder(out, made_folder)
         return 1
-    finally:
-        os.umask(umask)
     for name, public, secret in pairs:
         print(f"{name}: public {public}, secret {secret}")
     print("serve: --curve-secret-key <server>.key_secret --curve-clients <folder of the clients' .key files>; "
           "each client: the server's .key and its own .key_secret (see docs/SERVE.md, 'Serving beyond this machine')")
     return 0
+
+
+def _remove_folder(out: Path, made: bool) -> None:
+    """Remove the keys' folder if this run made it and it is empty (another run may have written to it)."""
+    if made:
+        with contextlib.suppress(OSError):
+            out.rmdir()

@@ -54,7 +54,7 @@ from ksdiff_sdk import protocol
 
 from .floods import IO_SHARE, SLICE_S, FloodGuard
 from .ratelimit import SUMMARY_PERIOD_S, RateLimitedLog
-from .security import Authenticator, CurveKeys, SecurityError, check_endpoints
+from .security import Authenticator, CurveKeys, SecurityError, check_endpoints, is_ipv6
 
 log = logging.getLogger("ksdiff_runtime.server")
 
@@ -239,9 +239,16 @@ class Runtime:
         router.setsockopt(zmq.MAXMSGSIZE, protocol.ZMQ_MAXMSGSIZE)
         router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
         router.setsockopt(zmq.LINGER, 0)
-        for sock in (pub, router):
-            if self.curve is not None:
-                self.curve.serve_on(sock)
+        try:
+            for sock, endpoint in ((pub, self.pub_requested), (router, self.router_requested)):
+                sock.ipv6 = is_ipv6(endpoint)  # ZeroMQ binds no IPv6 address (tcp://[::1]:5555) without it
+                if self.curve is not None:
+                    self.curve.serve_on(sock)
+        except (zmq.ZMQError, ValueError, TypeError) as e:
+            pub.close(linger=0)
+            router.close(linger=0)
+            self._close_context()
+            raise RuntimeStartError(f"cannot serve with these CurveZMQ keys: {e}") from None
         try:
             self.pub_endpoint = _bind(pub, self.pub_requested, "--pub")
             self.router_endpoint = _bind(router, self.router_requested, "--router")

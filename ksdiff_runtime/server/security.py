@@ -8,6 +8,11 @@ keys are in the authorised folder. A client with another key, or that expects an
 fails the handshake and never gets a message, so nothing leaks. ``--insecure-lan`` allows a
 plain-text bind beyond loopback on purpose, with a warning.
 
+The folder is looked at on every handshake (``AuthorisedKeys``): a key file removed refuses that
+client's next connection, one added admits it, without a restart. ZeroMQ authenticates a connection
+once, at its handshake, so a client connected when its key is removed stays connected until that
+connection closes (its next one is refused); restart ``serve`` to cut it off at once.
+
 Keys are ZeroMQ certificate files (``ksdiff-runtime keys``): ``NAME.key`` (public) and
 ``NAME.key_secret`` (both keys).
 """
@@ -16,11 +21,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import stat
+import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
+import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger("ksdiff_runtime.server")
@@ -32,6 +42,18 @@ class SecurityError(ValueError):
     """Keys or endpoints the runtime cannot serve safely with; the message says what to do."""
 
 
+def _tcp_host(rest: str) -> str | None:
+    """The host of a tcp endpoint's ``HOST:PORT`` (an IPv6 address without its brackets), None when malformed."""
+    host, sep, _ = rest.rpartition(":")
+    if not sep:
+        return None
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
+            return None
+        host = host[1:-1]
+    return host
+
+
 def is_local(endpoint: str) -> bool:
     """True for endpoints only this machine can reach: tcp on a loopback address, ipc, inproc."""
     scheme, _, rest = endpoint.partition("://")
@@ -39,13 +61,121 @@ def is_local(endpoint: str) -> bool:
         return True
     if scheme != "tcp":
         return False
-    host = rest.rsplit(":", 1)[0].strip("[]")
+    # ZeroMQ reads "SOURCE;ADDRESS" (tcp://[::1%1]:0;0.0.0.0:5555 binds every interface) and "%" starts a scope
+    # id that Python's ipaddress takes whatever follows it: neither is a plain loopback address
+    if ";" in rest or "%" in rest:
+        return False
+    host = _tcp_host(rest)
+    if host is None:
+        return False
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # "*", an interface name, a host name: reachable from elsewhere
         return False
+
+
+def is_ipv6(endpoint: str) -> bool:
+    """True for a tcp endpoint on an IPv6 address (``tcp://[::1]:5555``): its socket needs ``ZMQ_IPV6``."""
+    scheme, _, rest = endpoint.partition("://")
+    host = _tcp_host(rest) if scheme == "tcp" else None
+    return host is not None and ":" in host
+
+
+Z85_ALPHABET = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
+
+def curve_key(text: bytes | str | None) -> bytes | None:
+    """The 32 bytes a CURVE key's Z85 text (40 characters) stands for; None when it is not one."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "replace")
+    if text is None or len(text) != 40 or not Z85_ALPHABET.issuperset(text):
+        return None
+    try:
+        raw = zmq.utils.z85.decode(text)
+    except (ValueError, KeyError, struct.error):  # a group of 5 characters worth more than 2**32
+        return None
+    return raw if len(raw) == 32 and zmq.utils.z85.encode(raw) == text else None
+
+
+def _shown(key: bytes | None) -> str:
+    if key is None:
+        return "none"
+    text = key.decode("utf-8", "replace")
+    return f"{len(text)} characters" if text else "empty"
+
+
+class AuthorisedKeys:
+    """The client public keys in a folder of ``*.key`` certificates, as the folder is now.
+
+    ``current()`` lists the folder's ``*.key`` files (name, inode, size, modification time) on every
+    call and reads them again only when that listing changed, so a flood of handshakes costs one
+    directory listing each, and a file removed, added or replaced counts from the next handshake."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self._listing: tuple | None = None
+        self._keys: frozenset[bytes] = frozenset()
+
+    def _list(self) -> tuple:
+        entries = []
+        with os.scandir(self.folder) as it:
+            for entry in it:
+                if not entry.name.endswith(".key") or entry.name.startswith("."):
+                    continue  # like the shell's and pyzmq's *.key: hidden files (an editor's backup) are not keys
+                try:
+                    st = entry.stat()  # through a symbolic link: the file it names
+                except OSError:  # gone since the listing, or a link to nothing: no key
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    entries.append((entry.name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(sorted(entries))
+
+    def read(self) -> tuple[dict[Path, bytes], dict[Path, str]]:
+        """Every ``*.key`` file's key, and what is wrong with each file that holds none."""
+        keys: dict[Path, bytes] = {}
+        problems: dict[Path, str] = {}
+        for name, *_ in self._list():
+            path = self.folder / name
+            try:
+                public, _ = zmq.auth.load_certificate(str(path))
+            except (ValueError, OSError) as e:
+                problems[path] = f"is not a ZeroMQ certificate: {e}"
+                continue
+            raw = curve_key(public)
+            if raw is None:
+                problems[path] = f"holds no CURVE public key: need 40 characters of Z85, got {_shown(public)}"
+            else:
+                keys[path] = raw
+        return keys, problems
+
+    def current(self) -> frozenset[bytes]:
+        """The authorised keys now (raw 32 bytes); raises OSError when the folder cannot be read."""
+        with self._lock:
+            listing = self._list()
+            if listing != self._listing:
+                keys, problems = self.read()
+                for path, problem in problems.items():
+                    log.warning("authorised client keys: %s %s; it admits nobody", path, problem)
+                self._listing, self._keys = listing, frozenset(keys.values())
+                log.info("authorised client keys: %d in %s", len(self._keys), self.folder)
+            return self._keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's CURVE credentials callback: is the client's key (Z85) in the folder now?"""
+        try:
+            raw = curve_key(key)
+            return raw is not None and raw in self.current()
+        except Exception as e:  # the ZAP thread must go on (it would refuse everyone once dead): refuse this one
+            with self._lock:
+                failed = self._listing != ("failed",)
+                self._listing, self._keys = ("failed",), frozenset()  # said once, until the folder reads again
+            if failed:
+                log.warning("authorised client keys: cannot read %s (%s); refusing every client until it can be read",
+                            self.folder, e)
+            return False
 
 
 @dataclass(frozen=True)
@@ -69,16 +199,22 @@ class CurveKeys:
             raise SecurityError(f"{path} is not a ZeroMQ certificate: {e}") from None
         if secret is None:
             raise SecurityError(f"{path} holds no secret key: give the server's .key_secret file, not its .key")
+        if curve_key(secret) is None:
+            raise SecurityError(f"{path}: its secret-key is not a CURVE key (40 characters of Z85), got "
+                                f"{_shown(secret)}; make a new pair with `ksdiff-runtime keys`")
+        if curve_key(public) is None or zmq.curve_public(secret) != public:
+            raise SecurityError(f"{path}: its public-key is not the one of its secret-key; make a new pair with "
+                                "`ksdiff-runtime keys`")
         if not clients.is_dir():
             raise SecurityError(f"authorised client keys folder not found: {clients}")
-        keys = sorted(clients.glob("*.key"))
+        try:
+            keys, problems = AuthorisedKeys(clients).read()
+        except OSError as e:
+            raise SecurityError(f"cannot read the authorised client keys folder {clients}: {e.strerror or e}") from None
+        for key, problem in problems.items():
+            raise SecurityError(f"{key} {problem}")
         if not keys:
             raise SecurityError(f"{clients} holds no client public keys (*.key): no client could connect")
-        for key in keys:
-            try:
-                zmq.auth.load_certificate(str(key))
-            except (ValueError, OSError) as e:
-                raise SecurityError(f"{key} is not a ZeroMQ certificate: {e}") from None
         return cls(public, secret, clients)
 
     def serve_on(self, socket: zmq.Socket) -> None:
@@ -110,7 +246,9 @@ class Authenticator:
     def __init__(self, ctx: zmq.Context, keys: CurveKeys) -> None:
         self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("ksdiff_runtime.server.zap"))
         self._auth.start()
-        self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(keys.clients))
+        # a callback that looks at the folder on each handshake, not configure_curve(location=...): that reads the
+        # folder once (a removed key would be admitted until a restart) and takes the location "*" as "admit anyone"
+        self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=AuthorisedKeys(keys.clients))
 
     def stop(self) -> None:
         self._auth.stop()

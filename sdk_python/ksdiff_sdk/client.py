@@ -1127,6 +1127,10 @@ class Client:
                 # as the runtime's ROUTER: ZeroMQ drops a larger message (and its connection) before it is buffered
                 # whole; the runtime's are at most max_message_bytes (SPEC 3.4)
                 s.setsockopt(zmq.MAXMSGSIZE, protocol.ZMQ_MAXMSGSIZE)
+            for s, endpoint in ((sub, self.pub_endpoint), (dealer, self.router_endpoint)):
+                # an IPv6 address (tcp://[::1]:5555) is reached only with ZMQ_IPV6; not set for others, as a name
+                # such as localhost could then resolve to ::1 while the runtime listens on 127.0.0.1
+                s.setsockopt(zmq.IPV6, int(endpoint.startswith("tcp://[")))
             sub.setsockopt(zmq.RCVHWM, SUB_RCVHWM)
             dealer.setsockopt(zmq.IMMEDIATE, 1)  # queue on a live connection only; the rest waits in the outbox
             for topic in self._initial_topics():  # SPEC 1: subscribe before connecting
