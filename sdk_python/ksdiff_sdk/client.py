@@ -534,15 +534,6 @@ class _Io:
             s.close(linger=0)
 
 
-def _connect_again(sock: zmq.Socket, endpoint: str) -> None:
-    """Make a dropped connection again here (ZeroMQ then retries it every RECONNECT_IVL while the runtime is away):
-    ZeroMQ remakes one that failed, but not one it dropped for a protocol error, such as a message over
-    ZMQ_MAXMSGSIZE, which left the socket deaf for good."""
-    with contextlib.suppress(zmq.ZMQError):  # ENOENT: ZeroMQ forgot the endpoint with the connection
-        sock.disconnect(endpoint)
-    sock.connect(endpoint)
-
-
 def _io_thread(ref: weakref.ReferenceType[Client], ctx: zmq.Context) -> None:
     """The I/O thread: polls and passes of ``Client._io_pass`` until ``close()`` stops it. It holds the client only
     while a pass runs, so a client nobody holds any more (dropped without ``close()``) is collected: its finalizer
@@ -1124,9 +1115,6 @@ class Client:
                 s.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
                 s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
                 s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-                # as the runtime's ROUTER: ZeroMQ drops a larger message (and its connection) before it is buffered
-                # whole; the runtime's are at most max_message_bytes (SPEC 3.4)
-                s.setsockopt(zmq.MAXMSGSIZE, protocol.ZMQ_MAXMSGSIZE)
             for s, endpoint in ((sub, self.pub_endpoint), (dealer, self.router_endpoint)):
                 # an IPv6 address (tcp://[::1]:5555) is reached only with ZMQ_IPV6; not set for others, as a name
                 # such as localhost could then resolve to ::1 while the runtime listens on 127.0.0.1
@@ -1229,16 +1217,14 @@ class Client:
                         break
                     self._guarded(self._on_reply, parts)
             if monitor in events:
-                dropped = False
                 while True:
                     try:
-                        dropped |= recv_monitor_message(monitor, zmq.NOBLOCK)["event"] == zmq.EVENT_DISCONNECTED
+                        event = recv_monitor_message(monitor, zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                if dropped:
-                    with self._cv:
-                        self._sub_live = False
-                    _connect_again(sub, self.pub_endpoint)
+                    if event["event"] == zmq.EVENT_DISCONNECTED:
+                        with self._cv:
+                            self._sub_live = False
             if dealer_monitor in events:
                 dropped = False
                 while True:
@@ -1248,7 +1234,6 @@ class Client:
                         break
                 if dropped:
                     outbox, outbox_bytes = self._connection_dropped(outbox, outbox_bytes)
-                    _connect_again(dealer, self.router_endpoint)
             # after the replies were read (an answer that came is no reason to send it again); sent on the next pass
             for payload in self._dropped_ends(outbox):
                 outbox.append((False, payload, None))
