@@ -992,3 +992,20 @@ def test_a_wav_whose_name_is_not_utf8_bakes(tmp_path: Path, speech_wav: Path, ti
     doc = json.loads((out / os.fsdecode(b"caf\xe9.json")).read_bytes())
     assert doc["source"] == str(tmp_path / "caf\\xe9.wav")
     assert len(doc["frames"]) == motion.num_frames(sf.info(str(speech_wav)).frames)
+
+
+def test_a_bake_onto_a_symbolic_link_writes_its_target_and_keeps_the_link_and_mode(tmp_path: Path, speech_wav: Path,
+                                                                                  tiny_checkpoint: Path) -> None:
+    """A file written beside its name and moved onto it (a full disk leaves the old one whole) replaced a symbolic
+    link with a file of its own, and the link's target (a project's tracked file) kept the old animation."""
+    project = tmp_path / "project"
+    project.mkdir()
+    target = project / "line.csv"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link = tmp_path / "line.csv"
+    link.symlink_to(target)
+    assert bake(speech_wav, link, tiny_checkpoint) == 0
+    assert link.is_symlink() and link.resolve() == target
+    assert target.read_text().startswith("Timecode,") and (target.stat().st_mode & 0o777) == 0o640
+    assert sorted(p.name for p in project.iterdir()) == ["line.csv"]

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,11 +49,23 @@ def timecode(frame: int, fps: int) -> str:
 @contextlib.contextmanager
 def written_whole(path: Path) -> Iterator[Path]:
     """A file beside ``path`` to write, moved onto ``path`` once the block ends: a full disk, an error or Ctrl-C
-    leaves the file that was there (or none), never part of one."""
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    leaves the file that was there (or none), never part of one. A symbolic link's target is what is replaced (the
+    link stays), with the permissions the file had; a path that is not a regular file (a device, a pipe) is written
+    in place."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        yield target
+        return
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
         yield part
-        os.replace(part, path)
+        if mode is not None:
+            os.chmod(part, stat.S_IMODE(mode))
+        os.replace(part, target)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
