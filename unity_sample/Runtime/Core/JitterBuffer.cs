@@ -48,6 +48,21 @@ namespace Ksdiff
             Array.Copy(p.Gaze, Gaze, Gaze.Length);
         }
 
+        // Whether this pose is exactly the frame's (every weight and angle).
+        internal bool Matches(Frame f)
+        {
+            return Same(Blendshapes, f.Blendshapes) && Same(Head, f.Head) && Same(Gaze, f.Gaze);
+        }
+
+        static bool Same(float[] a, float[] b)
+        {
+            for (int i = 0; i < a.Length; i++)
+            {
+                if (a[i] != b[i]) return false;
+            }
+            return true;
+        }
+
         public void Clear()
         {
             Array.Clear(Blendshapes, 0, Blendshapes.Length);
@@ -127,6 +142,7 @@ namespace Ksdiff
         sealed class Slot
         {
             public double T;
+            public ulong Seq;
             public readonly Pose Pose = new Pose();
         }
 
@@ -138,7 +154,6 @@ namespace Ksdiff
             public bool AwaitAnchor;      // frames wait for Anchor() instead of anchoring themselves
             public bool PendingAnchor;    // Anchor() came before any frame or AwaitAnchor()
             public double AnchorCalledS;  // when (the buffer's clock), while PendingAnchor
-            public ulong FirstSeq = ulong.MaxValue; // the lowest seq pushed
             public double LastFrameS;     // when the last frame came (the buffer's clock)
             public double LastSampledT = double.NegativeInfinity;
             public ulong Late;            // frames that came after their instant was shown
@@ -192,9 +207,10 @@ namespace Ksdiff
 
         // Adds a frame that arrived at local time `arrivalS`; returns its show time (NaN while the
         // stream waits for Anchor). Frames may come in any order; a repeated t_audio replaces the
-        // frame. A frame with `last` ends its stream. A frame after the end whose seq is at or
-        // below the stream's first starts a new stream with that id (its stream_start was
-        // missed); a later one is a late or repeated frame of the ended stream.
+        // frame. A frame with `last` ends its stream. A frame after the end starts a new stream
+        // with that id (its stream_start was missed, and maybe its first frames: it can start at
+        // any seq), except an exact repeat (same seq, t_audio and pose) of a frame the ended
+        // stream still holds, which is ignored (it returns that frame's show time).
         public double Push(Frame frame, double arrivalS)
         {
             lock (_lock)
@@ -204,10 +220,19 @@ namespace Ksdiff
                 StreamState s;
                 if (_streams.TryGetValue(frame.Stream, out s))
                 {
-                    // Frames after the end with a seq at or below the stream's first belong to a
-                    // new stream that reused the id: a new timeline, not more of the old one. A
-                    // later seq is a late or repeated frame of the ended stream: it joins it.
-                    bool newStream = s.Ended && frame.Seq <= s.FirstSeq;
+                    if (s.Ended && IsHeldRepeat(s, frame))
+                    {
+                        // An exact repeat of a frame the ended stream still holds: nothing new (it
+                        // neither wipes the line nor starts a stream, nor moves the timeline).
+                        // Its show time, as it was.
+                        return !s.AwaitAnchor || s.Clock.OnAudioClock ? s.Clock.Offset + frame.TAudio : double.NaN;
+                    }
+                    // Any other frame after the end belongs to a new stream that reused the id,
+                    // its stream_start missed (and maybe its first frames: drops come in runs, so
+                    // it may start at any seq): a new timeline, not more of the old one. One
+                    // PUB/SUB connection delivers in order, so a frame of the ended stream itself
+                    // does not come after its `last`.
+                    bool newStream = s.Ended;
                     // An Anchor() given before any frame, that this first frame comes far too late
                     // for, was late for a line already played out: it must not hold the next
                     // stream with that id.
@@ -220,7 +245,6 @@ namespace Ksdiff
                 }
                 if (s == null) s = Add(frame.Stream);
                 s.PendingAnchor = false;
-                if (frame.Seq < s.FirstSeq) s.FirstSeq = frame.Seq;
                 s.LastFrameS = now;
 
                 double show = double.NaN;
@@ -453,11 +477,13 @@ namespace Ksdiff
             while (i > 0 && frames[i - 1].T > frame.TAudio) i--;
             if (i > 0 && frames[i - 1].T == frame.TAudio)
             {
+                frames[i - 1].Seq = frame.Seq;
                 frames[i - 1].Pose.CopyFrom(frame); // a repeated t_audio replaces the frame
                 return;
             }
             Slot slot = _pool.Count > 0 ? _pool.Pop() : new Slot();
             slot.T = frame.TAudio;
+            slot.Seq = frame.Seq;
             slot.Pose.CopyFrom(frame);
             frames.Insert(i, slot);
             if (frames.Count <= _maxFrames) return;
@@ -479,6 +505,15 @@ namespace Ksdiff
                 _pool.Push(frames[newest]);
                 frames.RemoveAt(newest);
             }
+        }
+
+        // Whether `frame` is an exact repeat (seq, t_audio, pose) of a frame `s` holds.
+        static bool IsHeldRepeat(StreamState s, Frame frame)
+        {
+            int i = UpperBound(s.Frames, frame.TAudio) - 1;
+            if (i < 0) return false;
+            Slot held = s.Frames[i];
+            return held.T == frame.TAudio && held.Seq == frame.Seq && held.Pose.Matches(frame);
         }
 
         // Returns the first `count` frames to the pool.

@@ -264,30 +264,75 @@ namespace Ksdiff.Tests
         }
 
         [Test]
-        public void ARepeatedOrReorderedFrameAfterTheLastOneJoinsItsStream()
+        public void AnExactRepeatOfAHeldFrameAfterTheLastOneChangesNothing()
         {
             var jb = new JitterBuffer(Margin);
             for (ulong i = 0; i < 10; i++) jb.Push(MakeFrame("a", i, 0.1f * i, 0f, i == 9), 100.0 + i / 30.0);
             double offset = jb.Offset("a").Value;
-            Assert.AreEqual(offset + 8.0 / 30.0, jb.Push(MakeFrame("a", 8, 0.8f), 100.0 + 10.0 / 30.0), 1e-12);
+            // Frame 8 again (same seq, t_audio and pose): ignored, it keeps its show time.
+            Assert.AreEqual(offset + 8.0 / 30.0, jb.Push(MakeFrame("a", 8, 0.1f * 8), 100.0 + 10.0 / 30.0), 1e-12);
+            // The last frame again, long after its show time: no re-anchoring, no new stream.
+            Assert.AreEqual(offset + 9.0 / 30.0, jb.Push(MakeFrame("a", 9, 0.1f * 9, 0f, true), 102.0), 1e-12);
             Assert.AreEqual(10, jb.Buffered("a"));
             Assert.AreEqual(offset, jb.Offset("a").Value, 0.0);
+            Assert.AreEqual(0UL, jb.Reanchors("a"));
+            Assert.AreEqual(0UL, jb.LateFrames("a"));
             var pose = new Pose();
             double t;
-            Assert.AreEqual(PlayState.Playing, jb.Sample("a", offset + 2.0 / 30.0, pose, out t));
-            Assert.AreEqual(2.0 / 30.0, t, 1e-9);
-            // Frame 3 (last) before frame 2: 2 still belongs to the stream, which then ends after 3.
-            var jb2 = new JitterBuffer(Margin);
-            foreach (ulong i in new ulong[] { 0, 1, 3, 2 }) jb2.Push(MakeFrame("b", i, 0.1f * i, 0f, i == 3), 5.0);
-            Assert.AreEqual(4, jb2.Buffered("b"));
+            Assert.AreEqual(PlayState.Playing, jb.Sample("a", offset + 2.5 / 30.0, pose, out t));
+            Assert.AreEqual(2.5 / 30.0, t, 1e-9);
+            Assert.AreEqual(0.25f, pose.Blendshapes[JawOpen], 1e-6);
             Pose p;
-            Sample(jb2, "b", 5.05 + 2.5 / 30.0, out p);
-            Assert.AreEqual(0.25f, p.Blendshapes[JawOpen], 1e-6);
-            Assert.AreEqual(PlayState.Ended, Sample(jb2, "b", 5.05 + 3.5 / 30.0, out p));
-            // A seq at or below the ended stream's first is a new stream (its stream_start was missed).
-            jb.Push(MakeFrame("a", 0, 0.5f), 200.0);
-            Assert.AreEqual(200.05, jb.Offset("a").Value, 1e-12);
-            Assert.AreEqual(1, jb.Buffered("a"));
+            Assert.AreEqual(PlayState.Ended, Sample(jb, "a", offset + 9.5 / 30.0, out p)); // still ended after 9
+            Assert.AreEqual(0, jb.Streams().Length);
+
+            // Same seq and t_audio but another pose: not a repeat, a new stream of the id.
+            var jb2 = new JitterBuffer(Margin);
+            for (ulong i = 0; i < 4; i++) jb2.Push(MakeFrame("b", i, 0.1f * i, 0f, i == 3), 5.0);
+            Assert.AreEqual(6.0 + Margin, jb2.Push(MakeFrame("b", 2, 0.9f), 6.0), 1e-12);
+            Assert.AreEqual(1, jb2.Buffered("b"));
+            Sample(jb2, "b", 6.1, out p);
+            Assert.AreEqual(0.9f, p.Blendshapes[JawOpen], 1e-6);
+            // A frame of the ended stream the buffer no longer holds (sampled past): a new stream too.
+            var jb3 = new JitterBuffer(Margin);
+            for (ulong i = 0; i < 4; i++) jb3.Push(MakeFrame("c", i, 0.1f * i, 0f, i == 3), 5.0);
+            Assert.AreEqual(PlayState.Playing, Sample(jb3, "c", 5.05 + 2.5 / 30.0, out p)); // frames 0 and 1 dropped
+            Assert.AreEqual(5.2 + Margin, jb3.Push(MakeFrame("c", 0, 0f), 5.2), 1e-12);
+            Assert.AreEqual(1, jb3.Buffered("c"));
+        }
+
+        [Test]
+        public void AReusedIdsNewStreamWhoseFirstFramesWereLostIsANewStream()
+        {
+            // The old stream's 10 frames come at once (a quality hop), `last` on the 10th; the next
+            // stream of the id starts before they played out, its stream_start and frame 0 lost (a
+            // run of PUB drops): seq 1..5 come first. They are a new timeline with their own poses,
+            // not late frames of the old stream (which would show the old poses and end with it).
+            var jb = new JitterBuffer(Margin);
+            for (ulong i = 0; i < 10; i++) jb.Push(MakeFrame("npc", i, 0.1f, 0f, i == 9), 100.0);
+            Assert.AreEqual(100.05 + Margin, jb.Push(MakeFrame("npc", 1, 0.9f), 100.05), 1e-12);
+            for (ulong i = 2; i < 6; i++) jb.Push(MakeFrame("npc", i, 0.9f), 100.05);
+            Assert.AreEqual(5, jb.Buffered("npc"));
+            double offset = 100.05 - 1.0 / 30.0 + Margin;
+            Assert.AreEqual(offset, jb.Offset("npc").Value, 1e-12);
+            Pose p;
+            Assert.AreEqual(PlayState.Waiting, Sample(jb, "npc", 100.06, out p));
+            var pose = new Pose();
+            double t;
+            Assert.AreEqual(PlayState.Playing, jb.Sample("npc", offset + 2.5 / 30.0, pose, out t));
+            Assert.AreEqual(2.5 / 30.0, t, 1e-9);
+            Assert.AreEqual(0.9f, pose.Blendshapes[JawOpen], 1e-6);
+            // It goes on (it has not ended with the old stream): starved, its newest pose held.
+            Assert.AreEqual(PlayState.Holding, jb.Sample("npc", offset + 0.4, pose, out t));
+            Assert.AreEqual(0.9f, pose.Blendshapes[JawOpen], 1e-6);
+            Assert.AreEqual(5.0 / 30.0, t, 1e-9);
+
+            // The same after an ended line that awaited its anchor in vain: the new stream replaces it.
+            jb.AwaitAnchor("line");
+            for (ulong i = 0; i < 10; i++) jb.Push(MakeFrame("line", i, 0.1f, 0f, i == 9), 200.0);
+            Assert.AreEqual(201.0 + Margin, jb.Push(MakeFrame("line", 3, 0.9f), 201.0), 1e-12);
+            Assert.AreEqual(1, jb.Buffered("line"));
+            Assert.AreEqual(PlayState.Holding, Sample(jb, "line", 201.1, out p));
         }
 
         [Test]

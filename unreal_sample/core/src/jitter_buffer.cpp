@@ -39,10 +39,17 @@ double JitterBuffer::push(const Frame& frame, double arrival_s) {
   auto it = streams_.find(frame.stream);
   if (it != streams_.end()) {
     const StreamState& old = it->second;
-    // Frames after the end with a seq at or below the stream's first belong to a new stream that
-    // reused the id (its stream_start was missed): start it afresh rather than appending to the
-    // old timeline. A later seq is a late or repeated frame of the ended stream: it joins it.
-    const bool new_stream = old.ended && frame.seq <= old.first_seq;
+    if (old.ended && is_held_repeat(old, frame)) {
+      // An exact repeat of a frame the ended stream still holds: nothing new (it neither wipes
+      // the line nor starts a stream, nor moves the timeline). Its show time, as it was.
+      const bool scheduled = !old.await_anchor || old.timeline.on_audio_clock();
+      return scheduled ? old.timeline.offset() + frame.t_audio : std::numeric_limits<double>::quiet_NaN();
+    }
+    // Any other frame after the end belongs to a new stream that reused the id, its stream_start
+    // missed (and maybe its first frames: drops come in runs, so it may start at any seq): start
+    // it afresh rather than appending to the old timeline. One PUB/SUB connection delivers in
+    // order, so a frame of the ended stream itself does not come after its `last`.
+    const bool new_stream = old.ended;
     // An anchor() given before any frame, that this first frame comes far too late for, was late
     // for a line already played out: it must not hold the next stream with that id.
     const bool stale_anchor =
@@ -55,13 +62,12 @@ double JitterBuffer::push(const Frame& frame, double arrival_s) {
   if (it == streams_.end()) it = streams_.emplace(frame.stream, StreamState(margin_s_)).first;
   StreamState& s = it->second;
   s.pending_anchor = false;
-  if (frame.seq < s.first_seq) s.first_seq = frame.seq;
   s.last_arrival_s = arrival_s;
 
   double show_s = std::numeric_limits<double>::quiet_NaN();
   const bool scheduled = !s.await_anchor || s.timeline.on_audio_clock();
   if (scheduled) show_s = s.timeline.schedule(frame.t_audio, arrival_s);
-  s.frames[frame.t_audio] = Pose{frame.blendshapes, frame.head, frame.gaze};
+  s.frames[frame.t_audio] = HeldFrame{frame.seq, Pose{frame.blendshapes, frame.head, frame.gaze}};
   if (s.frames.size() > max_frames_) {
     // Over the bound: drop the oldest frame if it is past (the next one's show time has come),
     // else the newest. Frames still to be shown (a whole line waiting for its audio) are never
@@ -75,6 +81,13 @@ double JitterBuffer::push(const Frame& frame, double arrival_s) {
   }
   if (frame.last) s.ended = true;
   return show_s;
+}
+
+bool JitterBuffer::is_held_repeat(const StreamState& s, const Frame& frame) {
+  const auto held = s.frames.find(frame.t_audio);
+  if (held == s.frames.end() || held->second.seq != frame.seq) return false;
+  const Pose& pose = held->second.pose;
+  return pose.blendshapes == frame.blendshapes && pose.head == frame.head && pose.gaze == frame.gaze;
 }
 
 void JitterBuffer::forget_unanchored(double now_s) {
@@ -136,14 +149,14 @@ Sample JitterBuffer::sample(const std::string& stream, double local_s) {
   if (unanchored || t < frames.begin()->first) {
     out.state = PlayState::waiting;
     out.t_audio = frames.begin()->first;
-    out.pose = frames.begin()->second;
+    out.pose = frames.begin()->second.pose;
     return out;
   }
   auto after = frames.upper_bound(t);  // first frame strictly after t
   if (after == frames.end()) {
     const auto newest = std::prev(frames.end());
     out.t_audio = newest->first;
-    out.pose = newest->second;
+    out.pose = newest->second.pose;
     if (s.ended) {
       out.state = PlayState::ended;
       streams_.erase(it);  // played out: a later stream with this id anchors afresh
@@ -157,7 +170,7 @@ Sample JitterBuffer::sample(const std::string& stream, double local_s) {
   const double w = (t - before->first) / (after->first - before->first);
   out.state = PlayState::playing;
   out.t_audio = t;
-  out.pose = lerp(before->second, after->second, w);
+  out.pose = lerp(before->second.pose, after->second.pose, w);
   frames.erase(frames.begin(), before);  // `before` is still needed by the next sample
   return out;
 }

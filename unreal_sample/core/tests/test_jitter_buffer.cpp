@@ -281,26 +281,67 @@ TEST_CASE("buffer: a 20 s line pushed whole and awaiting its anchor keeps its st
   EXPECT(small.sample("npc", 2.0 + 3.0 / 30.0).state == PlayState::holding);
 }
 
-TEST_CASE("buffer: a repeated or reordered frame after the last one joins its stream") {
+TEST_CASE("buffer: an exact repeat of a held frame after the last one changes nothing") {
   JitterBuffer jb(kMargin);
   for (std::uint64_t i = 0; i < 10; ++i) (void)jb.push(make_frame("a", i, 0.1f * i, 0.0f, i == 9), 100.0 + i / 30.0);
   const double offset = *jb.offset("a");
-  EXPECT_NEAR(jb.push(make_frame("a", 8, 0.8f), 100.0 + 10.0 / 30.0), offset + 8.0 / 30.0, 1e-12);
+  // Frame 8 again (same seq, t_audio and pose): ignored, it keeps its show time.
+  EXPECT_NEAR(jb.push(make_frame("a", 8, 0.1f * 8), 100.0 + 10.0 / 30.0), offset + 8.0 / 30.0, 1e-12);
+  // The last frame again, long after its show time: no re-anchoring, no new stream.
+  EXPECT_NEAR(jb.push(make_frame("a", 9, 0.1f * 9, 0.0f, true), 102.0), offset + 9.0 / 30.0, 1e-12);
   EXPECT_EQ(jb.buffered("a"), 10u);
   EXPECT(jb.offset("a") == std::optional<double>(offset));
-  const Sample s = jb.sample("a", offset + 2.0 / 30.0);
+  EXPECT_EQ(jb.reanchors("a"), 0u);
+  const Sample s = jb.sample("a", offset + 2.5 / 30.0);
   EXPECT(s.state == PlayState::playing);
-  EXPECT_NEAR(s.t_audio, 2.0 / 30.0, 1e-9);
-  // Frame 9 (last) before frame 8: 8 still belongs to the stream, which then ends after 9.
+  EXPECT_NEAR(s.t_audio, 2.5 / 30.0, 1e-9);
+  EXPECT_NEAR(s.pose.blendshapes[kJawOpen], 0.25, 1e-6);
+  EXPECT(jb.sample("a", offset + 9.5 / 30.0).state == PlayState::ended);  // still ended after 9
+  EXPECT(jb.streams().empty());
+
+  // Same seq and t_audio but another pose: not a repeat, a new stream of the id.
   JitterBuffer jb2(kMargin);
-  for (std::uint64_t i : {0, 1, 3, 2}) (void)jb2.push(make_frame("b", i, 0.1f * i, 0.0f, i == 3), 5.0);
-  EXPECT_EQ(jb2.buffered("b"), 4u);
-  EXPECT_NEAR(jb2.sample("b", 5.05 + 2.5 / 30.0).pose.blendshapes[kJawOpen], 0.25, 1e-6);
-  EXPECT(jb2.sample("b", 5.05 + 3.5 / 30.0).state == PlayState::ended);
-  // A seq at or below the ended stream's first is a new stream (its stream_start was missed).
-  (void)jb.push(make_frame("a", 0, 0.5f), 200.0);
-  EXPECT_NEAR(*jb.offset("a"), 200.05, 1e-12);
-  EXPECT_EQ(jb.buffered("a"), 1u);
+  for (std::uint64_t i = 0; i < 4; ++i) (void)jb2.push(make_frame("b", i, 0.1f * i, 0.0f, i == 3), 5.0);
+  EXPECT_NEAR(jb2.push(make_frame("b", 2, 0.9f), 6.0), 6.0 + kMargin, 1e-12);
+  EXPECT_EQ(jb2.buffered("b"), 1u);
+  EXPECT_NEAR(jb2.sample("b", 6.1).pose.blendshapes[kJawOpen], 0.9, 1e-6);
+  // A frame of the ended stream the buffer no longer holds (sampled past): a new stream too.
+  JitterBuffer jb3(kMargin);
+  for (std::uint64_t i = 0; i < 4; ++i) (void)jb3.push(make_frame("c", i, 0.1f * i, 0.0f, i == 3), 5.0);
+  EXPECT(jb3.sample("c", 5.05 + 2.5 / 30.0).state == PlayState::playing);  // frames 0 and 1 dropped
+  EXPECT_NEAR(jb3.push(make_frame("c", 0, 0.0f), 5.2), 5.2 + kMargin, 1e-12);
+  EXPECT_EQ(jb3.buffered("c"), 1u);
+}
+
+TEST_CASE("buffer: a reused id's new stream whose first frames were lost is a new stream") {
+  // The old stream's 10 frames come at once (a quality hop), `last` on the 10th; the next stream
+  // of the id starts before they played out, its stream_start and frame 0 lost (a run of PUB
+  // drops): seq 1..5 come first. They are a new timeline with their own poses, not late frames
+  // of the old stream (which would show the old poses and end with it).
+  JitterBuffer jb(kMargin);
+  for (std::uint64_t i = 0; i < 10; ++i) (void)jb.push(make_frame("npc", i, 0.1f, 0.0f, i == 9), 100.0);
+  EXPECT_NEAR(jb.push(make_frame("npc", 1, 0.9f), 100.05), 100.05 + kMargin, 1e-12);
+  for (std::uint64_t i = 2; i < 6; ++i) (void)jb.push(make_frame("npc", i, 0.9f), 100.05);
+  EXPECT_EQ(jb.buffered("npc"), 5u);
+  const double offset = 100.05 - 1.0 / 30.0 + kMargin;
+  EXPECT_NEAR(*jb.offset("npc"), offset, 1e-12);
+  EXPECT(jb.sample("npc", 100.06).state == PlayState::waiting);
+  const Sample s = jb.sample("npc", offset + 2.5 / 30.0);
+  EXPECT(s.state == PlayState::playing);
+  EXPECT_NEAR(s.t_audio, 2.5 / 30.0, 1e-9);
+  EXPECT_NEAR(s.pose.blendshapes[kJawOpen], 0.9, 1e-6);
+  // It goes on (it has not ended with the old stream): starved, its newest pose held.
+  const Sample held = jb.sample("npc", offset + 0.4);
+  EXPECT(held.state == PlayState::holding);
+  EXPECT_NEAR(held.pose.blendshapes[kJawOpen], 0.9, 1e-6);
+  EXPECT_NEAR(held.t_audio, 5.0 / 30.0, 1e-9);
+
+  // The same after an ended line that awaited its anchor in vain: the new stream replaces it.
+  jb.await_anchor("line");
+  for (std::uint64_t i = 0; i < 10; ++i) (void)jb.push(make_frame("line", i, 0.1f, 0.0f, i == 9), 200.0);
+  EXPECT_NEAR(jb.push(make_frame("line", 3, 0.9f), 201.0), 201.0 + kMargin, 1e-12);
+  EXPECT_EQ(jb.buffered("line"), 1u);
+  EXPECT(jb.sample("line", 201.1).state == PlayState::holding);
 }
 
 TEST_CASE("buffer: an anchor given after its line played out does not capture the next stream") {

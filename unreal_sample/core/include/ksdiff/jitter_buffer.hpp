@@ -26,7 +26,6 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -118,8 +117,9 @@ class JitterBuffer {
   // Adds a frame that arrived at local time `arrival_s`; returns its show time (NaN while the
   // stream awaits anchor()). Frames may come in any order (they are kept sorted by t_audio); a
   // repeated t_audio replaces the frame. A frame with `last` ends its stream. A frame after the
-  // end whose seq is at or below the stream's first starts a new stream with that id (its
-  // stream_start was missed); a later one is a late or repeated frame of the ended stream.
+  // end starts a new stream with that id (its stream_start was missed, and maybe its first
+  // frames: it can start at any seq), except an exact repeat (same seq, t_audio and pose) of a
+  // frame the ended stream still holds, which is ignored (it returns that frame's show time).
   // Thread-safe (push from a network thread, sample from a render thread).
   double push(const Frame& frame, double arrival_s);
 
@@ -153,17 +153,22 @@ class JitterBuffer {
   std::vector<std::string> streams() const;
 
  private:
+  struct HeldFrame {
+    std::uint64_t seq = 0;
+    Pose pose;
+  };
   struct StreamState {
     explicit StreamState(double margin_s) : timeline(margin_s) {}
     StreamClock timeline;
-    std::map<double, Pose> frames;  // by t_audio
+    std::map<double, HeldFrame> frames;  // by t_audio
     bool ended = false;
     bool await_anchor = false;  // frames wait for anchor() instead of anchoring themselves
     bool pending_anchor = false;  // anchor() came before any frame or await_anchor()
-    std::uint64_t first_seq = std::numeric_limits<std::uint64_t>::max();  // the lowest seq pushed
     double last_arrival_s = 0.0;
   };
 
+  // Whether `frame` is an exact repeat (seq, t_audio, pose) of a frame `s` holds.
+  static bool is_held_repeat(const StreamState& s, const Frame& frame);
   // Forgets the ended lines that awaited anchor() in vain (kUnanchoredLineTimeoutS before `now_s`).
   void forget_unanchored(double now_s);
 
