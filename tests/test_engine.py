@@ -624,6 +624,58 @@ def test_lines_and_live_hops_take_rounds_of_their_own(tiny_backend, speech_16k):
     assert all(b - a >= LINE_WAIT_MS * MS for a, b in itertools.pairwise(line_rounds))
 
 
+def test_beside_a_live_stream_a_round_of_lines_takes_the_oldest_lines_that_fit(tiny_backend, speech_16k):
+    """A round of 32 lines' first windows took over a second, and a live stream beside them published frames 264 ms
+    after their audio, past its 223 ms deadline. While live streams run, a round of lines takes only the lines that fit
+    LINE_ROUND_MS by their measured cost, the oldest first. Rounds here take 40 ms on the engine's clock (a tick of
+    20 ms per reading), so one line fits a round: every round of lines animates one line, in the order they opened."""
+    from ksdiff_runtime.engine.engine import LINE_ROUND_MS
+
+    ticks = itertools.count(0, 20 * MS)
+    engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1, round_clock=lambda: next(ticks))
+    live = engine.open_stream()
+    audio = np.resize(speech_16k, 6 * SAMPLE_RATE)
+    hop = frame_sample(1)
+    t0, lines, first_round, rounds = time.monotonic_ns(), [], {}, 0
+    for k, start in enumerate(range(0, audio.size - hop, hop)):  # a live hop's audio before every round
+        at = t0 + round((start + hop) * 1e9 / SAMPLE_RATE)
+        engine.push(live, audio[start : start + hop], captured_ns=at)
+        if k == 10:
+            for n in range(4):
+                lines.append(engine.open_stream(mode="line", seed=n))
+                engine.push(lines[-1], speech_16k[: SAMPLE_RATE], captured_ns=at)
+                engine.end_stream(lines[-1])
+        while engine.has_work():
+            result = engine.step(now_ns=at)
+            rounds += 1
+            line_streams = {f.stream for f in result.frames if f.stream != live}
+            assert len(line_streams) <= 1  # 40 ms a line: one fits LINE_ROUND_MS
+            for sid in line_streams:
+                first_round.setdefault(sid, rounds)
+            if result.frames and all(f.stream == live for f in result.frames):
+                break
+    assert engine._lines_per_round() == LINE_ROUND_MS // 40 == 1
+    assert set(lines).isdisjoint(engine.stream_ids)  # every line ended, with all of its frames
+    assert [first_round[sid] for sid in lines] == sorted(first_round[sid] for sid in lines)  # the oldest first
+
+
+def test_a_lines_stated_latency_counts_the_lines_before_it(tiny_backend):
+    """32 lines opened at once beside a live stream were each told 223 ms and got their first frames after 0.9-1.6 s:
+    the lip-sync of every line was late for its first second. A line's stated latency counts the lines not started
+    yet, by their measured cost, and the live hops their rounds wait behind."""
+    from ksdiff_runtime.engine.engine import LINE_WAIT_MS
+
+    engine = StreamingEngine(tiny_backend, "low-latency", round_clock=lambda: 0)
+    engine.open_stream()  # live
+    engine._line_cost_ns = 40 * MS  # as measured: a line's window adds 40 ms to a round of lines (one fits)
+    stated = []
+    for n in range(4):
+        engine.open_stream(mode="line", seed=n)
+        stated.append(engine.latency_ms("line"))
+    assert stated == sorted(stated) and stated[0] < stated[-1]
+    assert stated[-1] == pytest.approx(1.25 * 4 * (40 + LINE_WAIT_MS))
+
+
 def test_audio_pushed_ahead_of_real_time_is_not_shed(tiny_backend, speech_16k):
     """An NPC line pushed whole (ahead of real time) is due at its own instants: every frame comes, none
     is shed, even when the engine is slow to get to it. (The round clock is frozen: a round slower than the

@@ -77,6 +77,10 @@ log = logging.getLogger("ksdiff_runtime.engine")
 
 DEFAULT_IDLE_TIMEOUT_S = 10.0
 LINE_WAIT_MS = 100  # lines whose ready windows were put off this long for live hops get a round of their own
+# While live streams run, a round of lines takes as many lines (the oldest first) as fit in this by their measured
+# cost, one before any is measured: a live frame has max_lag_ms (100 ms) of slack, and a round of 32 lines' first
+# windows took over a second, past every live frame's deadline (frames published 264 ms after their audio).
+LINE_ROUND_MS = 50
 WARM_UP_S = 1.0  # seconds of the bundled speech per warm-up pass
 PROBE_REPEATS = 3  # the warm-up's cost probe (1 and ROUND_PROBE streams) runs this many times; medians are kept
 # seconds of speech per probe pass: its rounds are paced at the hop as `serve`'s are, so a pass takes this long
@@ -210,6 +214,7 @@ class StreamingEngine:
         self._line_round_ns = 0.0  # how long a round of lines' windows takes (EMA)
         self._lines_waiting_since: int | None = None  # when lines' ready hops were first put off for live ones
         self._line_first_ns = 0.0  # from a line's first audio reaching the runtime to its first frames (EMA)
+        self._line_cost_ns = 0.0  # what one line's window adds to a round of lines (EMA)
         # A runtime keeps a finished session in the registry until it has published its end (then removes
         # it); on its own the engine forgets it as soon as it reports it.
         self.keep_ended = False
@@ -320,7 +325,8 @@ class StreamingEngine:
                 continue  # its end is taken next round
             states.append((session, state))
         self._listen([st for _, st in states])
-        planned = self._rounds_kind(self._plan(states, now, result), now)
+        live_open = any(not st.line for _, st in states)
+        planned = self._rounds_kind(self._plan(states, now, result), now, live_open)
         live_hops = 0  # live streams hopped, in a round that did nothing else (admission rescales its rounds by them)
         if planned:
             self._features(planned, result)
@@ -353,6 +359,7 @@ class StreamingEngine:
         elapsed = self._round_clock() - started
         if planned and planned[0][1].line:
             self._line_round_ns = _ema(self._line_round_ns, elapsed, 0.2)
+            self._line_cost_ns = _ema(self._line_cost_ns, elapsed / len(planned), 0.3)
         elif planned or result.shed:
             # A round that shed frames and ran no hop counts too: with an estimate past the deadline every frame is
             # stale, no hop runs to measure a round by, and the estimate would stay there for good.
@@ -367,11 +374,33 @@ class StreamingEngine:
         published at most this long after its audio was due. Live: the preset's deadline, a bound (a frame
         that would be later is shed). A line is never shed and, once started, runs ahead of real time: what
         matters is how long its first frames take, so it states 1.25 times the recent lines' first-frame
-        delay (or line round, before any line was measured), and at least the live deadline (an estimate)."""
+        delay (or line round, before any line was measured), or what the lines not started yet need before it
+        (``_line_queue_ns``), whichever is longer, and at least the live deadline (an estimate)."""
         deadline = self.preset.deadline_ms()
         if mode == "live":
             return deadline
-        return max(deadline, 1.25 * max(self._line_first_ns, self._line_round_ns) / 1e6)
+        return max(deadline, 1.25 * max(self._line_first_ns, self._line_round_ns, self._line_queue_ns()) / 1e6)
+
+    def _line_queue_ns(self) -> float:
+        """How long the lines that have not started yet (the one being opened among them) take to get their first
+        windows, by the lines' measured cost: one round for them all, or, while live streams run, rounds of
+        ``_lines_per_round`` each behind LINE_WAIT_MS of live hops. Lines opened together share those rounds: a burst
+        of 32 was told 223 ms each and got its first frames after 0.9-1.6 s."""
+        sessions = list(self.sessions)
+        waiting = sum(1 for s in sessions if s.mode == "line" and not s.finished
+                      and (s.state is None or s.state.emitted == 0))
+        if not waiting:
+            return 0.0
+        queue = waiting * self._line_cost_ns
+        if any(s.mode == "live" and not s.finished for s in sessions):
+            queue += -(-waiting // self._lines_per_round()) * LINE_WAIT_MS * 1e6
+        return queue
+
+    def _lines_per_round(self) -> int:
+        """While live streams run: lines whose windows fit a round of LINE_ROUND_MS (one until their cost is known)."""
+        if self._line_cost_ns <= 0:
+            return 1
+        return max(1, int(LINE_ROUND_MS * 1e6 // self._line_cost_ns))
 
     def _new_state(self, session: Session) -> StreamState:
         if session.controls is None:
@@ -405,25 +434,31 @@ class StreamingEngine:
                 log.warning("the batched VAD failed (%s); each stream runs its own", exc)
             self._vad_failed = True
 
-    def _rounds_kind(self, planned: list[tuple[Session, StreamState, Hop]], now: int
+    def _rounds_kind(self, planned: list[tuple[Session, StreamState, Hop]], now: int, live_open: bool = False
                      ) -> list[tuple[Session, StreamState, Hop]]:
         """A round runs live streams' hops or lines' windows, not both: a line's round (its first features over all
         of its audio, whole windows of many lines) may take far longer than a live hop's. Live hops go first; lines
         take the rounds with none, and a round of their own once they have waited LINE_WAIT_MS for one. Before,
         their work was in the live hops' rounds, and the live rounds' estimate, grown past the deadline, marked
-        every live frame stale from then on: a burst of 16 lines left a live stream without frames for good."""
+        every live frame stale from then on: a burst of 16 lines left a live stream without frames for good. While
+        live streams run, a round of lines takes as many lines as fit LINE_ROUND_MS by their cost, the oldest first."""
         live = [p for p in planned if not p[1].line]
         lines = [p for p in planned if p[1].line]
         if not lines:
             self._lines_waiting_since = None
             return live
-        if not live or (self._lines_waiting_since is not None
-                        and now - self._lines_waiting_since >= LINE_WAIT_MS * 1_000_000):
+        if live and (self._lines_waiting_since is None
+                     or now - self._lines_waiting_since < LINE_WAIT_MS * 1_000_000):
+            if self._lines_waiting_since is None:
+                self._lines_waiting_since = now
+            return live
+        if not live_open:
             self._lines_waiting_since = None
             return lines
-        if self._lines_waiting_since is None:
-            self._lines_waiting_since = now
-        return live
+        # beside live streams: as many as fit a round of LINE_ROUND_MS, the oldest first; the others wait
+        taken = sorted(lines, key=lambda p: p[0].opened_ns)[: self._lines_per_round()]
+        self._lines_waiting_since = now if live and len(taken) < len(lines) else None
+        return taken
 
     def _plan(self, states: list[tuple[Session, StreamState]], now: int,
               result: StepResult) -> list[tuple[Session, StreamState, Hop]]:
