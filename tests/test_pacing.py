@@ -185,13 +185,19 @@ def test_streams_are_paced_apart_and_events_of_no_stream_go_at_once():
     assert [type(e).__name__ for e in pacer.due(1.0)] == ["Frame", "AudioLevel"]
 
 
-def test_a_stream_opened_again_under_its_id_cuts_the_old_ones_held_frames_to_its_last():
+def held_line(reason: str) -> Pacer:
+    """A pacer holding a 3 s line that came whole at 0 and ended (``reason``); its start and first frame went."""
     pacer = Pacer()
     pacer.put(StreamStarted("npc", "sdk", mode="line"), 0.0)
     for i in range(90):
         pacer.put(frame("npc", i, last=i == 89), 0.0)
-    pacer.put(StreamEnded("npc", "sdk", "ended", 90), 0.0)
-    assert len(pacer.due(0.0)) == 2  # its start and first frame
+    pacer.put(StreamEnded("npc", "sdk", reason, 90), 0.0)
+    assert len(pacer.due(0.0)) == 2
+    return pacer
+
+
+def test_a_stream_opened_again_under_its_id_cuts_the_old_ones_held_frames_to_its_last():
+    pacer = held_line("ended")
     pacer.put(StreamStarted("npc", "sdk", mode="line"), 0.5)
     pacer.put(frame("npc", 0), 0.5)
     got = pacer.due(0.5)
@@ -200,12 +206,7 @@ def test_a_stream_opened_again_under_its_id_cuts_the_old_ones_held_frames_to_its
 
 
 def test_a_stopping_runtime_drains_each_stream_to_its_last_frame_and_its_end():
-    pacer = Pacer()
-    pacer.put(StreamStarted("npc", "sdk", mode="line"), 0.0)
-    for i in range(90):
-        pacer.put(frame("npc", i, last=i == 89), 0.0)
-    pacer.put(StreamEnded("npc", "sdk", "shutdown", 90), 0.0)
-    pacer.due(0.0)
+    pacer = held_line("shutdown")
     got = pacer.drain()
     assert [(type(e).__name__, getattr(e, "index", None)) for e in got] == [("Frame", 89), ("StreamEnded", None)]
     assert pacer.held == 0 and pacer.next_due() is None
