@@ -659,6 +659,39 @@ def test_beside_a_live_stream_a_round_of_lines_takes_the_oldest_lines_that_fit(t
     assert [first_round[sid] for sid in lines] == sorted(first_round[sid] for sid in lines)  # the oldest first
 
 
+def test_a_line_under_way_is_not_held_up_by_one_opened_before_its_audio_came(tiny_backend, speech_16k):
+    """Lines opened ahead of their audio are a supported pattern. With rounds of one line (40 ms each on the engine's
+    clock) and lines ordered by opening, a line opened early whose audio came late took every round of lines until it
+    was done, while a line already playing stalled mid-line, its frames late for its stated latency."""
+    ticks = itertools.count(0, 20 * MS)
+    engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1, round_clock=lambda: next(ticks))
+    live = engine.open_stream()
+    early = engine.open_stream(mode="line", seed=1)  # its audio comes later
+    audio = np.resize(speech_16k, 8 * SAMPLE_RATE)
+    hop = frame_sample(1)
+    t0, playing, rounds = time.monotonic_ns(), None, 0
+    frames_at: dict[str, list[int]] = {}
+    for k, start in enumerate(range(0, audio.size - hop, hop)):
+        at = t0 + round((start + hop) * 1e9 / SAMPLE_RATE)
+        engine.push(live, audio[start : start + hop], captured_ns=at)
+        if k == 5:
+            playing = engine.open_stream(mode="line", seed=2)
+            engine.push(playing, np.resize(speech_16k, 8 * SAMPLE_RATE), captured_ns=at)
+            engine.end_stream(playing)
+        if k == 12:  # the playing line is under way
+            engine.push(early, np.resize(speech_16k, 4 * SAMPLE_RATE), captured_ns=at)
+            engine.end_stream(early)
+        while engine.has_work():
+            result = engine.step(now_ns=at)
+            rounds += 1
+            for f in result.frames:
+                frames_at.setdefault(f.stream, []).append(rounds)
+            if result.frames and all(f.stream == live for f in result.frames):
+                break
+    assert early in frames_at and playing in frames_at
+    assert max(frames_at[playing]) < min(frames_at[early])  # the line under way finished first
+
+
 def test_a_lines_stated_latency_counts_the_lines_before_it(tiny_backend):
     """32 lines opened at once beside a live stream were each told 223 ms and got their first frames after 0.9-1.6 s:
     the lip-sync of every line was late for its first second. A line's stated latency counts the lines not started
@@ -666,13 +699,16 @@ def test_a_lines_stated_latency_counts_the_lines_before_it(tiny_backend):
     from ksdiff_runtime.engine.engine import LINE_WAIT_MS
 
     engine = StreamingEngine(tiny_backend, "low-latency", round_clock=lambda: 0)
-    engine.open_stream()  # live
+    t0 = time.monotonic_ns()
+    engine.push(engine.open_stream(), np.zeros(1600, np.float32), captured_ns=t0)  # a live stream, its audio coming
     engine._line_cost_ns = 40 * MS  # as measured: a line's window adds 40 ms to a round of lines (one fits)
+    for n in range(3):  # lines opened ahead of their audio wait for it, not in the queue
+        engine.open_stream(mode="line", seed=100 + n)
     stated = []
     for n in range(4):
-        engine.open_stream(mode="line", seed=n)
-        stated.append(engine.latency_ms("line"))
-    assert stated == sorted(stated) and stated[0] < stated[-1]
+        stated.append(engine.latency_ms("line"))  # what the next line is told
+        engine.push(engine.open_stream(mode="line", seed=n), np.zeros(16000, np.float32), captured_ns=t0)
+    assert stated == sorted(stated) and stated[0] == engine.preset.deadline_ms() < stated[-1]
     assert stated[-1] == pytest.approx(1.25 * 4 * (40 + LINE_WAIT_MS))
 
 

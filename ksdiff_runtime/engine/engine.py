@@ -387,12 +387,12 @@ class StreamingEngine:
         ``_lines_per_round`` each behind LINE_WAIT_MS of live hops. Lines opened together share those rounds: a burst
         of 32 was told 223 ms each and got its first frames after 0.9-1.6 s."""
         sessions = list(self.sessions)
-        waiting = sum(1 for s in sessions if s.mode == "line" and not s.finished
-                      and (s.state is None or s.state.emitted == 0))
-        if not waiting:
-            return 0.0
+        # lines whose audio came and whose first frames did not yet (lines opened ahead of their audio wait for it,
+        # not in this queue), and the one being opened
+        waiting = 1 + sum(1 for s in sessions if s.mode == "line" and not s.finished and s.anchor_ns is not None
+                          and (s.state is None or s.state.emitted == 0))
         queue = waiting * self._line_cost_ns
-        if any(s.mode == "live" and not s.finished for s in sessions):
+        if any(s.mode == "live" and not s.finished and s.anchor_ns is not None for s in sessions):  # live hops run
             queue += -(-waiting // self._lines_per_round()) * LINE_WAIT_MS * 1e6
         return queue
 
@@ -455,8 +455,9 @@ class StreamingEngine:
         if not live_open:
             self._lines_waiting_since = None
             return lines
-        # beside live streams: as many as fit a round of LINE_ROUND_MS, the oldest first; the others wait
-        taken = sorted(lines, key=lambda p: p[0].opened_ns)[: self._lines_per_round()]
+        # beside live streams: as many as fit a round of LINE_ROUND_MS, the oldest first (lines under way before new
+        # ones, then by when their audio came: a line opened long before its audio must not hold up one playing)
+        taken = sorted(lines, key=_line_order)[: self._lines_per_round()]
         self._lines_waiting_since = now if live and len(taken) < len(lines) else None
         return taken
 
@@ -823,6 +824,12 @@ class StreamingEngine:
             self._pool = None
         if self._own_front_end and hasattr(self.front_end, "close"):
             self.front_end.close()
+
+
+def _line_order(planned: tuple[Session, StreamState, Hop]) -> tuple[bool, int]:
+    """Lines under way first, then by when their audio came (their opening, for one with none yet)."""
+    session, state, _ = planned
+    return state.emitted == 0, state.anchor_ns if state.anchor_ns is not None else session.opened_ns
 
 
 def _ema(average: float, value: float, weight: float) -> float:
