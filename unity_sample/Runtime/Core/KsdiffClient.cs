@@ -14,8 +14,9 @@
 //     as a `forbidden` / `unknown_stream` refusal of such a stream's messages: the stream is
 //     marked lost (EndReason "reconnect", a StreamLost event) and its queued audio dropped. A loss
 //     stays while frames still come (the runtime animates the audio it has), until the id is
-//     opened or started again. An `unknown_stream` for a stream this client is ending (its
-//     end_stream sent) is the runtime ending it, not a loss, unless it answers that end_stream.
+//     opened or started again (a stream_opened giving an id the runtime picked opens it again).
+//     An `unknown_stream` for a stream this client is ending (its end_stream sent) is the runtime
+//     ending it, not a loss, unless it answers that end_stream.
 //   * After EndStream, SendAudio for that stream throws (unknown_stream) and sends nothing, until
 //     the stream is opened again: the runtime takes no audio for a stream that is ending.
 //   * Replies are matched by `req`, not by order (protocol 1.1 answers end_stream only once the
@@ -997,6 +998,12 @@ namespace Ksdiff
                             return;
                         }
                         Tracker t = TrackerFor(opened.Stream);
+                        // An id the runtime picked may be one it gave before a restart (its ids start
+                        // again at sdk-1): a stream lost or ended under it is over, and this one is
+                        // opened again, as OpenStream with the id does; else a loss would hold the new
+                        // stream's frames back and its start would not count it opened here. Only
+                        // then: the frames of a stream_start that came first are this stream's.
+                        if (p.Stream == null && (t.Status.Ended || t.Lost)) ResetTracker(t);
                         t.Status.OpenedHere = true;
                         t.OpenConfirmed = true;
                         if (p.Stream == null) t.End = null; // an id the runtime picked: maybe one it gave before a restart

@@ -59,6 +59,16 @@ namespace Ksdiff.Tests
             Assert.IsTrue(open.Reply is StreamOpened, "" + open.Reply);
         }
 
+        // Opens a stream with no id (the runtime picks one) and answers it with stream_opened for `picked`.
+        static void OpenPicked(FakeRuntime rt, KsdiffClient c, string picked)
+        {
+            PendingRequest open = c.OpenStream(new OpenStream());
+            var r = rt.Receive();
+            rt.Reply(r.Key, FakeRuntime.StreamOpened(picked, ((OpenStream)new Decoder().Decode(r.Value)).Req.Value));
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsTrue(open.Reply is StreamOpened, "" + open.Reply);
+        }
+
         // Free ports, nothing bound to them.
         static void FreeEndpoints(out string pub, out string router)
         {
@@ -616,6 +626,56 @@ namespace Ksdiff.Tests
             Assert.IsTrue(Wait.Until(() => c.Stream("npc1").EndReason == "ended", 10));
             rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", 0));
             Assert.IsTrue(Wait.Until(() => c.Stream("npc1").EndReason == null && c.Stream("npc1").Frames == 1, 10), "not reset");
+        }
+
+        [Test]
+        public void ARuntimePickedIdGivenAgainAfterARestartIsANewStreamThoughItsStartIsMissed()
+        {
+            // The runtime picks ids sdk-1, sdk-2, ... afresh after a restart: the id of a stream lost
+            // with the old process comes back in stream_opened for a new open_stream. That opens it
+            // again, as OpenStream with the id does: its frames count for a live stream even when its
+            // stream_start is missed (the loss no longer holds them back).
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            rt.WaitSubscribed(Protocol.FrameTopicPrefix);
+            OpenPicked(rt, c, "sdk-1");
+            rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("B")); // a restart: sdk-1 lost
+            Assert.IsTrue(Wait.Until(() => c.Stream("sdk-1").EndReason == "restart", 10), "not lost");
+            OpenPicked(rt, c, "sdk-1"); // the new process gives sdk-1 again; its stream_start is missed
+            StreamStatus s = c.Stream("sdk-1");
+            Assert.IsFalse(s.Ended, "a runtime-picked id opened again still reads as lost: " + s.EndReason);
+            Assert.IsNull(s.EndReason);
+            Assert.IsTrue(s.OpenedHere);
+            c.SendAudio("sdk-1", 0, null, new byte[640], 0, 640);
+            rt.Receive();
+            for (ulong i = 0; i < 3; i++) rt.Publish(Protocol.FrameTopic("sdk-1"), FakeRuntime.Frame("sdk-1", i));
+            Assert.IsTrue(Wait.Until(() => c.Stream("sdk-1").Frames >= 3, 10), "the frames never came: " + c.Stream("sdk-1").Frames);
+            s = c.Stream("sdk-1");
+            Assert.IsFalse(s.Ended, "the new stream reads as ended while its frames flow: " + s.EndReason);
+            Assert.IsNull(s.EndReason);
+            Assert.AreEqual(3UL, s.Frames);
+            // A later loss of the new stream is seen.
+            rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("C"));
+            Assert.IsTrue(Wait.Until(() => c.Stream("sdk-1").EndReason == "restart", 10), "the new stream's loss went unseen");
+        }
+
+        [Test]
+        public void ARuntimePickedIdGivenAgainAfterARestartStaysOpenedHereWhenItsStartComesAfterStreamOpened()
+        {
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            rt.WaitSubscribed(Protocol.StreamTopicPrefix);
+            OpenPicked(rt, c, "sdk-1");
+            rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("B")); // a restart: sdk-1 lost
+            Assert.IsTrue(Wait.Until(() => c.Stream("sdk-1").EndReason == "restart", 10), "not lost");
+            OpenPicked(rt, c, "sdk-1");
+            rt.Publish(Protocol.StreamTopic("sdk-1"), FakeRuntime.StreamStart("sdk-1"));
+            Assert.IsTrue(Wait.Until(() => Events(c).Any(e => e.Kind == ClientEventKind.StreamStart && e.Stream == "sdk-1"), 10), "no stream_start");
+            StreamStatus s = c.Stream("sdk-1");
+            Assert.IsFalse(s.Ended);
+            Assert.IsTrue(s.OpenedHere, "a stream_start after stream_opened dropped OpenedHere");
         }
 
         [Test]
