@@ -478,3 +478,31 @@ def test_the_runtime_serves_on_ipv6_loopback(serve_engine):
 
         with Client(rt.pub_endpoint, rt.router_endpoint) as client:
             client.wait_for_runtime(timeout=30.0)
+
+
+def test_a_client_secret_copied_in_as_its_key_is_refused(keys, tmp_path):
+    """A client's .key_secret copied into the folder under a .key name was admitted (its public key is valid):
+    the client's secret then sat on the server for anyone reading that folder."""
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    (clients / "alice.key").write_bytes((keys / "alice.key_secret").read_bytes())
+    with pytest.raises(SecurityError) as refused:
+        CurveKeys.load(keys / "server.key_secret", clients)
+    assert str(refused.value).startswith(f"{clients / 'alice.key'} holds a secret key")
+    (clients / "bob.key").write_bytes((keys / "bob.key").read_bytes())
+    admitted, problems = AuthorisedKeys(clients).read()  # as the folder is read at each handshake while serving
+    assert list(admitted) == [clients / "bob.key"] and list(problems) == [clients / "alice.key"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_server_secret_others_can_read_is_served_with_a_warning(keys, tmp_path, caplog):
+    secret = tmp_path / "server.key_secret"
+    secret.write_bytes((keys / "server.key_secret").read_bytes())
+    secret.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="ksdiff_runtime.server"):
+        CurveKeys.load(secret, keys / "clients")
+    assert "chmod 600" not in caplog.text
+    secret.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="ksdiff_runtime.server"):
+        CurveKeys.load(secret, keys / "clients")
+    assert f"{secret} can be read or written by other users (mode 0644)" in caplog.text and "chmod 600" in caplog.text

@@ -140,13 +140,17 @@ class AuthorisedKeys:
         for name, *_ in self._list():
             path = self.folder / name
             try:
-                public, _ = zmq.auth.load_certificate(str(path))
+                public, secret = zmq.auth.load_certificate(str(path))
             except (ValueError, OSError) as e:
                 problems[path] = f"is not a ZeroMQ certificate: {e}"
                 continue
             raw = curve_key(public)
             if raw is None:
                 problems[path] = f"holds no CURVE public key: need 40 characters of Z85, got {_shown(public)}"
+            elif secret is not None:
+                # a client's .key_secret copied in under a .key name: whoever reads this folder can be that client
+                problems[path] = ("holds a secret key: copy only the client's NAME.key here, and make that client a "
+                                  "new pair (`ksdiff-runtime keys`), as its secret has left it")
             else:
                 keys[path] = raw
         return keys, problems
@@ -205,6 +209,10 @@ class CurveKeys:
         if curve_key(public) is None or zmq.curve_public(secret) != public:
             raise SecurityError(f"{path}: its public-key is not the one of its secret-key; make a new pair with "
                                 "`ksdiff-runtime keys`")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if os.name == "posix" and mode & 0o077:
+            log.warning("%s can be read or written by other users (mode %04o): whoever reads it can pose as this "
+                        "server; `chmod 600` it", path, mode)
         if not clients.is_dir():
             raise SecurityError(f"authorised client keys folder not found: {clients}")
         try:
