@@ -26,7 +26,8 @@ The test controls: ``approve`` (True: allow; False: deny; None: the popup stays 
 ``start``/``stop`` (VTube Studio started and quit: tokens and custom parameters survive, as in its
 config), ``drop_connections`` (sockets cut without a closing handshake), ``revoke`` (the user revokes
 a plugin's access: its tokens and custom parameters go, and its sessions' requests get error 50),
-``mute_injections`` (a VTube Studio that stops answering), and ``wait_for``.
+``mute_injections`` (a VTube Studio that stops answering), ``replace_once`` (the next request of a type is
+answered with this text instead: a broken VTube Studio, or another program on its port), and ``wait_for``.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class FakeVTubeStudio:
         self.mute_injections = False
         self.refuse_injections = False  # answer every parameter injection with an error (the session ends there)
         self.error_id: Any = None  # when set, every APIError carries this errorID (a broken VTube Studio)
+        self.replace_once: dict[str, str] = {}  # request type -> the text sent instead of its next answer
         self.tokens: dict[str, tuple[str, str]] = {}  # token -> (plugin, developer), kept across restarts
         self.custom: dict[str, tuple[str, str]] = {}  # custom parameter -> the plugin that made it
         self.state = _State()
@@ -199,7 +201,7 @@ class FakeVTubeStudio:
             async for raw in ws:
                 reply = self._reply(session, raw)
                 if reply is not None:
-                    await ws.send(json.dumps(reply))
+                    await ws.send(reply if isinstance(reply, str) else json.dumps(reply))
         except ConnectionClosed:
             pass
         finally:
@@ -208,7 +210,7 @@ class FakeVTubeStudio:
                 self.state.close_codes.append(ws.close_code)
                 self._changed.notify_all()
 
-    def _reply(self, session: _Session, raw: str | bytes) -> dict[str, Any] | None:
+    def _reply(self, session: _Session, raw: str | bytes) -> dict[str, Any] | str | None:
         request_id = str(uuid.uuid4())
         kind = "?"
         try:
@@ -233,6 +235,9 @@ class FakeVTubeStudio:
             with self._changed:
                 self.state.requests.append((time.monotonic(), session.connection, kind, data))
                 self._changed.notify_all()
+            replaced = self.replace_once.pop(kind, None)
+            if replaced is not None:
+                return replaced
             handler = getattr(self, f"_on_{kind}", None)
             if handler is None:
                 raise _Error(7, f"unknown request type {kind}")

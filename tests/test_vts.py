@@ -557,6 +557,21 @@ def test_an_error_id_that_is_not_a_whole_number_is_an_unknown_error(vts, token_p
     assert logs.count("error -1") == 1 and logs.count("the output stopped") == 0
 
 
+@pytest.mark.parametrize("answered", ["APIStateRequest", "InjectParameterDataRequest"])
+def test_a_message_nested_too_deeply_is_an_unreadable_answer(vts, token_path, outputs, logs, answered):
+    """Something on VTube Studio's port answers with JSON nested deeper than Python's recursion limit (10 kB of
+    brackets): the output says it cannot read the answer and reconnects. Before, json.loads raised RecursionError:
+    as an answer to the handshake it stopped the output for good ("the output stopped"); mid-session it killed the
+    replies' reader silently and the values stalled until the 5 s no-answer timeout."""
+    vts.replace_once[answered] = "[" * 5000 + "]" * 5000
+    out = VtsOutput(vts.url, token_path=token_path)
+    outputs.append(out)
+    with playing(out):
+        assert logs.wait("unexpected answer from VTube Studio (ValueError: JSON nested too deeply)")
+        assert vts.wait_for(lambda s: s.injections and s.injections[-1].connection == 2, TIMEOUT_S)
+    assert logs.count("the output stopped") == 0 and logs.count("has not answered") == 0
+
+
 # --- configuration --------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,message", [
     ("127.0.0.1:8001", "expected a WebSocket URL"),

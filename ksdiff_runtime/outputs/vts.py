@@ -172,6 +172,19 @@ def _error_id(body: dict[str, Any]) -> int:
     return int(value)
 
 
+def _decode(raw: str | bytes) -> dict[str, Any]:
+    """A message from VTube Studio: a JSON object, else ValueError (an answer we cannot read; the session is
+    reconnected). JSON nested deeper than Python's recursion limit (a few kilobytes of ``[``) is such an answer too,
+    not a RecursionError that no handler here expects."""
+    try:
+        message = json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if not isinstance(message, dict):
+        raise ValueError(f"a JSON {type(message).__name__}, not an object")
+    return message
+
+
 def parse_url(text: str, flag: str) -> tuple[str, str, int]:
     """``ws://HOST:PORT`` -> (url, host, port). Syntax only: no name lookup."""
     hint = f"expected a WebSocket URL like {DEFAULT_URL} (VTube Studio's API)"
@@ -388,7 +401,7 @@ class VtsOutput:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    reply = json.loads(await ws.recv())
+                    reply = _decode(await ws.recv())
                     if reply.get("requestID") != request_id:
                         continue
                     body = reply.get("data") or {}
@@ -591,7 +604,7 @@ class VtsOutput:
         assert self._wake is not None
         try:
             async for raw in ws:
-                reply = json.loads(raw)
+                reply = _decode(raw)
                 kind = reply.get("messageType")
                 if kind not in ("InjectParameterDataResponse", "APIError"):
                     continue  # an event or something newer than this output
