@@ -86,8 +86,7 @@ namespace Ksdiff
 
         public OfflineLine(KsdiffClient client, float[] interleaved, int sampleRate, int channels, NpcLineOptions options)
         {
-            Protocol.RequireStreamId(options.Stream);
-            if (interleaved.Length == 0 || interleaved.Length % channels != 0) throw new ArgumentException("samples must be one or more whole sample frames");
+            NpcLine.RequireLine(client, interleaved, sampleRate, channels, options);
             _client = client;
             _samples = interleaved;
             _rate = sampleRate;
@@ -101,6 +100,7 @@ namespace Ksdiff
         {
             double now = _client.Now();
             if (State != OfflineLineState.Idle) return;
+            NpcLine.RequireIdFree(_client, _o.Stream);
             _startS = now;
             _client.AddFrameSink(_recorder);
             try
@@ -122,6 +122,11 @@ namespace Ksdiff
         public OfflineLineState Update()
         {
             double now = _client.Now();
+            if (State == OfflineLineState.Opening || State == OfflineLineState.Collecting)
+            {
+                string gone = NpcLine.ClientGone(_client);
+                if (gone != null) { Fail(gone); return State; }
+            }
             if (State == OfflineLineState.Opening)
             {
                 if (!_open.IsDone)
@@ -194,10 +199,13 @@ namespace Ksdiff
             if (_pushedFrames == total && _end == null) _end = _client.EndStream(_o.Stream, TimeoutS + (double)total / _rate);
         }
 
+        // The frames are the recorder's: the jitter buffer, which got them too (a live stream no
+        // face shows), lets go of its copy.
         void Done()
         {
             State = OfflineLineState.Done;
             _client.RemoveFrameSink(_recorder);
+            _client.Buffer.ResetStream(_o.Stream);
         }
 
         // As NpcLine.Fail: a line that fails once its stream is open ends that stream, unless the
@@ -210,6 +218,7 @@ namespace Ksdiff
             State = OfflineLineState.Failed;
             Failure = why;
             _client.RemoveFrameSink(_recorder);
+            _client.Buffer.ResetStream(_o.Stream);
         }
     }
 

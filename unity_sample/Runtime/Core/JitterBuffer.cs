@@ -155,6 +155,7 @@ namespace Ksdiff
             public bool PendingAnchor;    // Anchor() came before any frame or AwaitAnchor()
             public double AnchorCalledS;  // when (the buffer's clock), while PendingAnchor
             public double LastFrameS;     // when the last frame came (the buffer's clock)
+            public double LastSampleS = double.NegativeInfinity; // when Sample() last read it (the buffer's clock)
             public double LastSampledT = double.NegativeInfinity;
             public ulong Late;            // frames that came after their instant was shown
 
@@ -170,7 +171,9 @@ namespace Ksdiff
         // frames at 30 fps (1200 at 60) plus the ease to rest. A stream keeps at most this many;
         // over that, the newest go, never frames still to be shown before them (the line's start).
         public const int MaxLineFrames = 2048;
-        // A line that awaits Anchor() and has ended is forgotten this long after its last frame
+        // A line that awaits Anchor() and has ended is forgotten this long after its last frame;
+        // any other ended stream once it was neither fed nor sampled for this long (nobody plays
+        // it: a line cancelled or failed mid-way, a bake's frames, a stream nobody shows)
         // came (on the buffer's clock) if the game never anchors it (its audio never played).
         public const double UnanchoredLineTimeoutS = 60.0;
         // Anchor() on a stream of which nothing is known yet waits for that stream's frames; if
@@ -185,7 +188,7 @@ namespace Ksdiff
         readonly Func<double> _clock;
         readonly Dictionary<string, StreamState> _streams = new Dictionary<string, StreamState>();
         readonly Stack<Slot> _pool = new Stack<Slot>();
-        readonly List<string> _expired = new List<string>(); // ForgetUnanchored's scratch
+        readonly List<string> _expired = new List<string>(); // ForgetUnplayed's scratch
 
         // Over maxFramesPerStream buffered frames, a stream drops its oldest frame if it is past,
         // otherwise its newest: frames still to be shown are never dropped for later ones. The
@@ -216,7 +219,7 @@ namespace Ksdiff
             lock (_lock)
             {
                 double now = _clock();
-                ForgetUnanchored(now);
+                ForgetUnplayed(now);
                 StreamState s;
                 if (_streams.TryGetValue(frame.Stream, out s))
                 {
@@ -337,6 +340,21 @@ namespace Ksdiff
             }
         }
 
+        // A runtime restart: forgets every stream still going (nothing more of it will come, and
+        // the new runtime may reuse its id), but not those whose end is in (their last frame, or
+        // stream_end): an NPC line received whole plays out with its audio. A frame of a new stream
+        // with such an id starts afresh (Push), as does its stream_start (BeginStream).
+        public void ForgetUnfinished()
+        {
+            lock (_lock)
+            {
+                foreach (var kv in new List<KeyValuePair<string, StreamState>>(_streams))
+                {
+                    if (!kv.Value.Ended) Forget(kv.Key, kv.Value);
+                }
+            }
+        }
+
         // The pose of `stream` at local time `nowS`, written into `into` (untouched when
         // Unknown). `tAudio`: the audio instant shown. Frames before the one preceding `nowS`
         // are dropped, so sample with a non-decreasing clock.
@@ -345,9 +363,12 @@ namespace Ksdiff
             tAudio = 0;
             lock (_lock)
             {
-                ForgetUnanchored(_clock());
+                double clockNow = _clock();
+                ForgetUnplayed(clockNow);
                 StreamState s;
-                if (stream == null || !_streams.TryGetValue(stream, out s) || s.Frames.Count == 0) return PlayState.Unknown;
+                if (stream == null || !_streams.TryGetValue(stream, out s)) return PlayState.Unknown;
+                s.LastSampleS = clockNow;
+                if (s.Frames.Count == 0) return PlayState.Unknown;
                 List<Slot> frames = s.Frames;
                 if (!s.Clock.Anchored || (s.AwaitAnchor && !s.Clock.OnAudioClock))
                 {
@@ -453,14 +474,21 @@ namespace Ksdiff
             _streams.Remove(stream);
         }
 
-        // Forgets the ended lines that awaited Anchor() in vain (UnanchoredLineTimeoutS before
-        // `now`, the buffer's clock). Allocates nothing (a scratch list).
-        void ForgetUnanchored(double now)
+        // Forgets the ended lines that awaited Anchor() in vain (their last frame
+        // UnanchoredLineTimeoutS before `now`, the buffer's clock), and every other ended stream
+        // neither fed nor sampled that long: nobody plays it any more (a line cancelled or failed
+        // after its anchor, whose face stopped sampling it before its end; a bake's frames; a stream
+        // no face shows), and it would otherwise hold its frames for good. Allocates nothing (a
+        // scratch list).
+        void ForgetUnplayed(double now)
         {
             foreach (KeyValuePair<string, StreamState> kv in _streams)
             {
                 StreamState s = kv.Value;
-                if (s.Ended && s.AwaitAnchor && !s.Clock.OnAudioClock && now > s.LastFrameS + UnanchoredLineTimeoutS) _expired.Add(kv.Key);
+                if (!s.Ended) continue;
+                bool unanchored = s.AwaitAnchor && !s.Clock.OnAudioClock && now > s.LastFrameS + UnanchoredLineTimeoutS;
+                bool unplayed = now > Math.Max(s.LastFrameS, s.LastSampleS) + UnanchoredLineTimeoutS;
+                if (unanchored || unplayed) _expired.Add(kv.Key);
             }
             if (_expired.Count == 0) return;
             for (int i = 0; i < _expired.Count; i++) Forget(_expired[i], _streams[_expired[i]]);

@@ -7,7 +7,8 @@
 //     restarts; the state says whether hellos arrive (Connecting / Live / Stale).
 //   * A restart is recognised by a never-seen hello `instance`: the old process's streams are
 //     gone, so pending requests fail, streams this client opened are marked lost, seq tracking
-//     and the jitter buffer start afresh.
+//     and the jitter buffer start afresh (a stream whose end came, e.g. an NPC line received
+//     whole, still plays out).
 //   * A reconnect loses the streams this client opened too: the runtime keeps each stream for the
 //     connection that opened it, and ZeroMQ's new connection has another routing id (SPEC 1,
 //     Ownership). Seen as the DEALER's dropped connection (the transport's socket monitor), or
@@ -944,9 +945,10 @@ namespace Ksdiff
             }
             if (restarted)
             {
-                // The buffer is cleared before the pending requests fail, so whoever a failed
-                // request wakes already sees the old runtime's frames gone.
-                Buffer.Clear();
+                // The buffer lets go of the old runtime's unfinished streams before the pending
+                // requests fail, so whoever a failed request wakes already sees their frames gone.
+                // Streams whose end came stay: a line received whole still plays with its audio.
+                Buffer.ForgetUnfinished();
                 FailPending("the runtime restarted (instance " + old + " -> " + hello.Instance + ")");
             }
         }

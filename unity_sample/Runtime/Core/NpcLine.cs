@@ -38,7 +38,7 @@ namespace Ksdiff
 {
     public sealed class NpcLineOptions
     {
-        public string Stream;                // the stream id: unique per line (frames are subscribed by it)
+        public string Stream;                // the stream id: unique per line (frames are subscribed by it); Start() throws for the id of a line still going
         public string Transcript;            // what is said, if known (helps articulation)
         public long? Seed;                   // same audio + seed -> same motion
         public double ChunkS = 0.02;         // audio per message at the clip's pace (a 1.1 runtime; SPEC: 10-100 ms)
@@ -101,11 +101,7 @@ namespace Ksdiff
 
         public NpcLine(KsdiffClient client, float[] interleaved, int sampleRate, int channels, NpcLineOptions options)
         {
-            if (client == null || interleaved == null || options == null) throw new ArgumentNullException();
-            Protocol.RequireStreamId(options.Stream);
-            if (channels < 1 || channels > Protocol.MaxChannels) throw new ArgumentException("channels must be 1..8");
-            if (sampleRate < Protocol.MinSampleRate || sampleRate > Protocol.MaxSampleRate) throw new ArgumentException("sample rate must be 8000..192000 Hz");
-            if (interleaved.Length == 0 || interleaved.Length % channels != 0) throw new ArgumentException("samples must be one or more whole sample frames");
+            RequireLine(client, interleaved, sampleRate, channels, options);
             _client = client;
             _o = options;
             _samples = interleaved;
@@ -116,11 +112,16 @@ namespace Ksdiff
             State = NpcLineState.Idle;
         }
 
-        // Opens the stream. The jitter buffer holds its frames until PlaybackStarted.
+        // Opens the stream. The jitter buffer holds its frames until PlaybackStarted. A line plays
+        // once: Start() again throws InvalidOperationException (another utterance, or the same one
+        // again, is a new NpcLine with a new stream id).
         public void Start()
         {
             double now = _client.Now();
-            if (State != NpcLineState.Idle) return;
+            if (State != NpcLineState.Idle)
+                throw new InvalidOperationException("the line '" + _o.Stream + "' was started already (it is " + State +
+                                                    "): a line plays once; make a new NpcLine, with a new stream id, to speak again");
+            RequireIdFree(_client, _o.Stream);
             _startS = now;
             _client.Buffer.AwaitAnchor(_o.Stream);
             var request = new OpenStream
@@ -144,6 +145,11 @@ namespace Ksdiff
         public NpcLineState Update()
         {
             double now = _client.Now();
+            if (State != NpcLineState.Idle && State != NpcLineState.Done && State != NpcLineState.Failed)
+            {
+                string gone = ClientGone(_client);
+                if (gone != null) { Fail(gone); return State; }
+            }
             switch (State)
             {
                 case NpcLineState.Opening: Opening(now); break;
@@ -155,9 +161,14 @@ namespace Ksdiff
         }
 
         // The audio started at `audioClockT0` (on the clock the face samples the buffer with,
-        // e.g. AudioSettings.dspTime): frame i is shown at audioClockT0 + t_audio(i).
+        // e.g. AudioSettings.dspTime): frame i is shown at audioClockT0 + t_audio(i). Usually when
+        // ShouldStartPlayback asked; a game that starts the audio itself (a cutscene's timing) may
+        // call it earlier: the line then never asks for playback (frames that come after their
+        // instant are skipped).
         public void PlaybackStarted(double audioClockT0)
         {
+            if (State == NpcLineState.Idle) throw new InvalidOperationException("PlaybackStarted before Start(): start the line '" + _o.Stream + "' first");
+            if (State == NpcLineState.Failed) return; // not shown (Failure says why): nothing to anchor
             _client.Buffer.Anchor(_o.Stream, audioClockT0);
             _playbackStarted = true;
             ShouldStartPlayback = false;
@@ -234,6 +245,7 @@ namespace Ksdiff
             if (_whole) PushWhole(now, barrierDone);
             else PushDue(now);
 
+            if (State == NpcLineState.Buffering && _playbackStarted) State = NpcLineState.Playing; // the owner started it before asked
             if (State == NpcLineState.Buffering && !ShouldStartPlayback)
             {
                 bool firstFrame = s != null && s.Frames > 0;
@@ -273,6 +285,37 @@ namespace Ksdiff
         }
 
         void EndLine() { _end = _client.EndStream(_o.Stream, FinishTimeoutS); }
+
+        // What the protocol takes for a line (NpcLine, OfflineLine): ArgumentException otherwise.
+        internal static void RequireLine(KsdiffClient client, float[] interleaved, int sampleRate, int channels, NpcLineOptions options)
+        {
+            if (client == null || interleaved == null || options == null) throw new ArgumentNullException();
+            Protocol.RequireStreamId(options.Stream);
+            if (channels < 1 || channels > Protocol.MaxChannels) throw new ArgumentException("channels must be 1..8");
+            if (sampleRate < Protocol.MinSampleRate || sampleRate > Protocol.MaxSampleRate) throw new ArgumentException("sample rate must be 8000..192000 Hz");
+            if (interleaved.Length == 0 || interleaved.Length % channels != 0) throw new ArgumentException("samples must be one or more whole sample frames");
+        }
+
+        // A line's id must not be that of a stream this client opened and has not seen end (a line
+        // still playing, or cancelled and still being ended): the runtime would refuse it (busy),
+        // and opening it here would already have wiped that line's frames and status.
+        internal static void RequireIdFree(KsdiffClient client, string stream)
+        {
+            StreamStatus held = client.Stream(stream);
+            if (held != null && held.OpenedHere && !held.Ended)
+                throw new InvalidOperationException("the stream id '" + stream + "' is taken by a line of this client that has not ended: " +
+                                                    "give each line its own id (NpcLine.StreamIdFor)");
+        }
+
+        // Why a line on this client cannot go on (it was stopped or disposed, or its transport
+        // failed), or null: the line fails at once rather than waiting out its timeouts.
+        internal static string ClientGone(KsdiffClient client)
+        {
+            ClientState state = client.State;
+            if (state == ClientState.Stopped) return "the client stopped (Stop or Dispose)";
+            if (state == ClientState.Failed) return "the client failed: " + client.Status().LastError;
+            return null;
+        }
 
         static string LostBecause(string reason)
         {
@@ -381,12 +424,15 @@ namespace Ksdiff
         // A line that fails once its stream is open (its audio refused, no frame in time, a barrier
         // lost) ends that stream, unless the runtime already did (restart, reconnect) or end_stream
         // was sent: the runtime would otherwise go on animating it, holding one of its streams,
-        // until the audio ran out and the idle timeout passed.
+        // until the audio ran out and the idle timeout passed. A failed (or cancelled) line is not
+        // shown: the jitter buffer lets go of what it holds of it (frames that still come are
+        // forgotten once they end, JitterBuffer.UnanchoredLineTimeoutS).
         void Fail(string why)
         {
             bool opened = _open != null && _open.IsDone && _open.Reply is StreamOpened;
             StreamStatus s = _client.Stream(_o.Stream);
             if (opened && _end == null && (s == null || s.EndReason == null)) _end = _client.EndStream(_o.Stream);
+            _client.Buffer.ResetStream(_o.Stream);
             State = NpcLineState.Failed;
             Failure = why;
             ShouldStartPlayback = false;

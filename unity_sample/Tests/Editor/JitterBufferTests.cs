@@ -410,6 +410,54 @@ namespace Ksdiff.Tests
         }
 
         [Test]
+        public void AnEndedStreamNobodyPlaysIsForgotten()
+        {
+            double now = 0.0;
+            var jb = new JitterBuffer(Margin, JitterBuffer.MaxLineFrames, () => now);
+            Pose p;
+            // A 60 s line, all of its frames in within 10 s, played on the audio clock from 12 s on:
+            // sampled as it plays, it is kept to its end, long after its last frame came.
+            jb.AwaitAnchor("long");
+            for (ulong i = 0; i < 1800; i++)
+            {
+                now = i / 180.0;
+                jb.Push(MakeFrame("long", i, 0f, 0f, i == 1799), now);
+            }
+            jb.Anchor("long", 12.0);
+            // An anchored line whose face stopped sampling it (the NPC was interrupted), and a
+            // stream no face shows (a bake's frames): ended, nobody will play them.
+            jb.AwaitAnchor("hushed");
+            for (ulong i = 0; i < 30; i++) jb.Push(MakeFrame("hushed", i, 0f, 0f, i == 29), now);
+            jb.Anchor("hushed", 10.0);
+            Assert.AreEqual(PlayState.Playing, Sample(jb, "hushed", 10.2, out p));
+            for (ulong i = 0; i < 30; i++) jb.Push(MakeFrame("unseen", i, 0f, 0f, i == 29), now);
+            jb.Push(MakeFrame("live", 0, 0f), now); // not ended: kept
+            for (now = 12.0; now < 69.0; now += 0.5) Assert.AreEqual(PlayState.Playing, Sample(jb, "long", now, out p));
+            Assert.AreEqual(new[] { "hushed", "live", "long", "unseen" }, Sorted(jb.Streams()), "a minute has not passed");
+            now = 10.0 + JitterBuffer.UnanchoredLineTimeoutS + 0.5;
+            Assert.AreEqual(PlayState.Playing, Sample(jb, "long", now, out p));
+            Assert.AreEqual(new[] { "live", "long" }, Sorted(jb.Streams()));
+            Assert.AreEqual(PlayState.Ended, Sample(jb, "long", 72.5, out p));
+            // A stream is kept while it is sampled, and forgotten a minute after the last time.
+            for (ulong i = 0; i < 3; i++) jb.Push(MakeFrame("idle", i, 0f, 0f, i == 2), now);
+            double fed = now;
+            now = fed + 30;
+            Assert.AreEqual(PlayState.Waiting, Sample(jb, "idle", 0.0, out p));
+            now = fed + JitterBuffer.UnanchoredLineTimeoutS + 1;
+            jb.Push(MakeFrame("live", 1, 0f), now);
+            Assert.IsTrue(jb.Contains("idle"), "sampled 31 s ago");
+            now = fed + 30 + JitterBuffer.UnanchoredLineTimeoutS + 1;
+            jb.Push(MakeFrame("live", 2, 0f), now);
+            Assert.AreEqual(new[] { "live" }, jb.Streams());
+        }
+
+        static string[] Sorted(string[] ids)
+        {
+            System.Array.Sort(ids, System.StringComparer.Ordinal);
+            return ids;
+        }
+
+        [Test]
         public void LerpEndpointsAreExact()
         {
             Pose a = new Pose(), b = new Pose(), c = new Pose();

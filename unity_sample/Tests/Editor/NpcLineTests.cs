@@ -411,6 +411,11 @@ namespace Ksdiff.Tests
 
             Assert.Throws<ArgumentException>(() => new NpcLine(_client, new float[0], 16000, 1, new NpcLineOptions { Stream = "x" }));
             Assert.Throws<ProtocolException>(() => new NpcLine(_client, new float[1], 16000, 1, new NpcLineOptions { Stream = ".." }));
+            // A bake's line checks what it is given as a line does.
+            Assert.Throws<ArgumentException>(() => new OfflineLine(_client, new float[4], 16000, 0, new NpcLineOptions { Stream = "x" }));
+            Assert.Throws<ArgumentException>(() => new OfflineLine(_client, new float[4], 4000, 1, new NpcLineOptions { Stream = "x" }));
+            Assert.Throws<ArgumentNullException>(() => new OfflineLine(_client, null, 16000, 1, new NpcLineOptions { Stream = "x" }));
+            Assert.Throws<ArgumentException>(() => new OfflineLine(_client, new float[3], 16000, 2, new NpcLineOptions { Stream = "x" }));
         }
 
         [Test]
@@ -625,6 +630,244 @@ namespace Ksdiff.Tests
             Assert.GreaterOrEqual(aheadS[0], room - 0.1, "the first 0.5 s went at once");
             Assert.GreaterOrEqual(watch.Elapsed.TotalSeconds, 1.6 - room - 0.1, "paced: the clip's end waited for real time");
             Assert.AreEqual(48, line.Recorder.Count);
+        }
+
+        [Test]
+        public void AGameThatStartsTheAudioItselfIsNotAskedToStartItAgain()
+        {
+            // A cutscene plays the line's audio when it chooses and says so at once; the runtime is
+            // slower than the latency it stated (the frames come after playback was due).
+            var line = new NpcLine(_client, Tone(1.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-cutscene", MarginS = 0.02 });
+            Assert.Throws<InvalidOperationException>(() => line.PlaybackStarted(0.0), "before Start()");
+            line.Start();
+            double t0 = _client.Now();
+            line.PlaybackStarted(t0);
+            bool published = false, ended = false, asked = false;
+            var watch = Stopwatch.StartNew();
+            while (line.Update() != NpcLineState.Done)
+            {
+                Assert.Less(watch.Elapsed.TotalSeconds, 10, "line stuck in " + line.State + " " + line.Failure);
+                Assert.AreNotEqual(NpcLineState.Failed, line.State, line.Failure);
+                asked |= line.ShouldStartPlayback;
+                if (!published && line.FirstPushS >= 0 && _client.Now() > line.FirstPushS + line.PlaybackDelayS + 0.05)
+                {
+                    published = true;
+                    for (ulong i = 0; i < 34; i++) _rt.Publish(Protocol.FrameTopic("npc-cutscene"), FakeRuntime.Frame("npc-cutscene", i, 0.5f, i == 33));
+                }
+                if (published && !ended && _client.Stream("npc-cutscene").Frames == 34)
+                {
+                    ended = true; // once the line has seen its frames
+                    _rt.Publish(Protocol.StreamTopic("npc-cutscene"), FakeRuntime.StreamEnd("npc-cutscene", "ended", 34));
+                }
+                KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
+                if (!r.HasValue) continue;
+                var open = new Decoder().Decode(r.Value.Value) as OpenStream;
+                if (open != null) _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("npc-cutscene", open.Req.Value, 20.0, 50.0, Protocol.ModeLine));
+            }
+            asked |= line.ShouldStartPlayback;
+            Assert.IsFalse(asked, "asked to start the audio it had started");
+            Assert.AreEqual(t0, _client.Buffer.Offset("npc-cutscene").Value, 0.0, "the timeline is the game's");
+            Assert.AreEqual(34UL, line.Total.Value);
+            // A line plays once: starting it again (another utterance) is an error, not a silent no-op.
+            Assert.Throws<InvalidOperationException>(() => line.Start());
+        }
+
+        [Test]
+        public void ALineWhoseClientIsDisposedFailsAtOnce()
+        {
+            // A long line (60 s: the rest goes as real time passes) playing when the game disposes
+            // the client (a scene unloads): the line fails at once instead of playing on, mute,
+            // while its audio piles up in the stopped client.
+            // The same for a bake going at real time (a 1.1 runtime's max_ahead_s of 1 s).
+            var line = new NpcLine(_client, Tone(60.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-long" });
+            var bake = new OfflineLine(_client, Tone(5.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "bake-long" });
+            line.Start();
+            bake.Start();
+            Drive(line, () => line.State == NpcLineState.Playing && bake.Update() == OfflineLineState.Collecting, (r, m) =>
+            {
+                var open = m as OpenStream;
+                if (open != null) _rt.Reply(r.Key, open.Stream == "npc-long"
+                    ? FakeRuntime.StreamOpened("npc-long", open.Req.Value, 20.0, 100.0, Protocol.ModeLine)
+                    : FakeRuntime.StreamOpened("bake-long", open.Req.Value, 1.0));
+                var audio = m as Audio;
+                if (audio != null && audio.Stream == "npc-long" && audio.AtSample.Value == 0)
+                    _rt.Publish(Protocol.FrameTopic("npc-long"), FakeRuntime.Frame("npc-long", 0));
+            });
+            _client.Dispose();
+            Assert.AreEqual(NpcLineState.Failed, line.Update());
+            Assert.IsTrue(line.Failure.Contains("stopped"), line.Failure);
+            Assert.AreEqual(OfflineLineState.Failed, bake.Update());
+            Assert.IsTrue(bake.Failure.Contains("stopped"), bake.Failure);
+        }
+
+        [Test]
+        public void AnIdTakenByALineStillGoingIsRefusedWithoutHarmingThatLine()
+        {
+            // The game gives every line of its guard the id "guard" and speaks again while the
+            // first line plays: the runtime would refuse the id (busy), and opening it here would
+            // wipe the first line's frames from its face. Start() says so instead.
+            _rt.WaitSubscribed(Protocol.FrameTopicPrefix);
+            var first = new NpcLine(_client, Tone(3.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "guard" });
+            first.Start();
+            Action<KeyValuePair<byte[], byte[]>, Message> runtime = (r, m) =>
+            {
+                if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("guard", ((OpenStream)m).Req.Value, 20.0, 100.0, Protocol.ModeLine));
+                if (m is EndStream) for (ulong i = 0; i < 60; i++) _rt.Publish(Protocol.FrameTopic("guard"), FakeRuntime.Frame("guard", i, 0.5f)); // more to come
+            };
+            Drive(first, () => first.State == NpcLineState.Finishing && _client.Stream("guard").Frames == 60, runtime);
+            var again = new NpcLine(_client, Tone(1.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "guard" });
+            Assert.Throws<InvalidOperationException>(() => again.Start());
+            var bake = new OfflineLine(_client, Tone(1.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "guard" });
+            Assert.Throws<InvalidOperationException>(() => bake.Start());
+            Assert.AreEqual(NpcLineState.Idle, again.State);
+            Assert.AreEqual(60, _client.Buffer.Buffered("guard"), "the first line's frames are still there");
+            Assert.AreEqual(60UL, _client.Stream("guard").Frames);
+            Assert.IsNull(_rt.TryReceive(0.1), "nothing was sent for the refused lines");
+            // Once the first line has ended, its id may be used again.
+            for (ulong i = 60; i < 94; i++) _rt.Publish(Protocol.FrameTopic("guard"), FakeRuntime.Frame("guard", i, 0.5f, i == 93));
+            _rt.Publish(Protocol.StreamTopic("guard"), FakeRuntime.StreamEnd("guard", "ended", 94));
+            Drive(first, () => first.State == NpcLineState.Done, runtime);
+            var later = new NpcLine(_client, Tone(1.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "guard" });
+            later.Start();
+            Assert.AreEqual(NpcLineState.Opening, later.State);
+        }
+
+        [Test]
+        public void ALineReceivedWholePlaysOutThroughARuntimeRestart()
+        {
+            // A line in mode line arrives whole long before it has played; the runtime then
+            // restarts (a supervisor brings it back). The frames are in hand: the lips go on with
+            // the audio. A line still coming is lost with the old runtime.
+            _rt.WaitSubscribed(Protocol.FrameTopicPrefix);
+            var whole = new NpcLine(_client, Tone(3.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-whole" });
+            var partial = new NpcLine(_client, Tone(3.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-partial" });
+            whole.Start();
+            partial.Start();
+            Action<KeyValuePair<byte[], byte[]>, Message> runtime = (r, m) =>
+            {
+                if (m is OpenStream)
+                {
+                    var open = (OpenStream)m;
+                    _rt.Reply(r.Key, FakeRuntime.StreamOpened(open.Stream, open.Req.Value, 20.0, 100.0, Protocol.ModeLine));
+                }
+                var end = m as EndStream;
+                if (end != null && end.Stream == "npc-whole")
+                {
+                    for (ulong i = 0; i < 94; i++) _rt.Publish(Protocol.FrameTopic("npc-whole"), FakeRuntime.Frame("npc-whole", i, 0.5f, i == 93));
+                    _rt.Publish(Protocol.StreamTopic("npc-whole"), FakeRuntime.StreamEnd("npc-whole", "ended", 94));
+                    _rt.Reply(r.Key, FakeRuntime.StreamEnded("npc-whole", 94, end.Req.Value));
+                }
+                if (end != null && end.Stream == "npc-partial") // the first frames only, so far
+                    for (ulong i = 0; i < 10; i++) _rt.Publish(Protocol.FrameTopic("npc-partial"), FakeRuntime.Frame("npc-partial", i, 0.5f));
+            };
+            Drive(whole, () => whole.State == NpcLineState.Done, runtime);
+            Drive(partial, () => partial.State == NpcLineState.Finishing, runtime);
+            double t0 = _client.Buffer.Offset("npc-whole").Value;
+            _rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("B")); // a new runtime process
+            Assert.IsTrue(Wait.Until(() => _client.Status().Restarts == 1, 10));
+            Assert.AreEqual(NpcLineState.Failed, partial.Update());
+            Assert.IsTrue(partial.Failure.Contains("restarted"), partial.Failure);
+            Assert.IsFalse(_client.Buffer.Contains("npc-partial"), "the unfinished line is forgotten");
+            var pose = new Pose();
+            double shown;
+            Assert.AreEqual(PlayState.Playing, _client.Buffer.Sample("npc-whole", t0 + 1.5, pose, out shown), "the whole line plays on");
+            Assert.AreEqual(1.5, shown, 1e-9);
+            Assert.AreEqual(0.5f, pose.Blendshapes[17]);
+            Assert.AreEqual(PlayState.Ended, _client.Buffer.Sample("npc-whole", t0 + 3.2, pose, out shown));
+            Assert.AreEqual(NpcLineState.Done, whole.Update());
+        }
+
+        [Test]
+        public void ACancelledFailedOrBakedLineLeavesNothingInTheJitterBuffer()
+        {
+            // A client whose clock the test moves on: the buffer's bounds are on the client's clock.
+            _client.Dispose();
+            _client = null;
+            _rt.Dispose();
+            _rt = new FakeRuntime();
+            double skewS = 0;
+            var watch = Stopwatch.StartNew();
+            using (var client = new KsdiffClient(new ClientOptions
+            {
+                PubEndpoint = _rt.PubEndpoint, RouterEndpoint = _rt.RouterEndpoint, Transport = () => new LibZmqTransport(),
+                Clock = () => watch.Elapsed.TotalSeconds + skewS,
+            }))
+            {
+                client.Start();
+                _rt.WaitSubscribed(Protocol.FrameTopicPrefix);
+                _rt.WaitSubscribed(Protocol.HelloTopic);
+                _rt.Publish(Protocol.HelloTopic, FakeRuntime.Hello("A"));
+                Assert.IsTrue(Wait.Until(() => client.State == ClientState.Live, 10));
+                Func<NpcLine, Func<bool>, Action<KeyValuePair<byte[], byte[]>, Message>, bool> drive = (line, until, serve) =>
+                {
+                    var w = Stopwatch.StartNew();
+                    while (!until())
+                    {
+                        if (w.Elapsed.TotalSeconds > 10) return false;
+                        line.Update();
+                        if (line.ShouldStartPlayback) line.PlaybackStarted(client.Now());
+                        KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
+                        if (r.HasValue) serve(r.Value, new Decoder().Decode(r.Value.Value));
+                    }
+                    return true;
+                };
+
+                // The NPC is interrupted while it speaks: its face stops showing the line, whose
+                // frames the runtime goes on sending (a line in mode line was pushed whole).
+                var cancelled = new NpcLine(client, Tone(1.0, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-hush" });
+                cancelled.Start();
+                Assert.IsTrue(drive(cancelled, () => cancelled.State == NpcLineState.Finishing, (r, m) =>
+                {
+                    if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.StreamOpened("npc-hush", ((OpenStream)m).Req.Value, 20.0, 100.0, Protocol.ModeLine));
+                    if (m is EndStream) for (ulong i = 0; i < 5; i++) _rt.Publish(Protocol.FrameTopic("npc-hush"), FakeRuntime.Frame("npc-hush", i));
+                }), "the line did not start playing: " + cancelled.State + " " + cancelled.Failure);
+                Assert.IsNotNull(client.Buffer.Offset("npc-hush"), "anchored");
+                var sampled = new Pose();
+                double shown;
+                client.Buffer.Sample("npc-hush", client.Now(), sampled, out shown); // the face shows it a moment
+                cancelled.Cancel();
+                Assert.IsFalse(client.Buffer.Contains("npc-hush"), "the cancelled line's frames are let go at once");
+                for (ulong i = 5; i < 34; i++) _rt.Publish(Protocol.FrameTopic("npc-hush"), FakeRuntime.Frame("npc-hush", i, 0.1f, i == 33));
+                _rt.Publish(Protocol.StreamTopic("npc-hush"), FakeRuntime.StreamEnd("npc-hush", "ended", 34));
+                Assert.IsTrue(Wait.Until(() => client.Stream("npc-hush").EndFrames.HasValue, 10));
+
+                // A line refused before any frame came (the runtime is at capacity).
+                var refused = new NpcLine(client, Tone(0.2, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-refused" });
+                refused.Start();
+                Assert.IsTrue(drive(refused, () => refused.State == NpcLineState.Failed, (r, m) =>
+                {
+                    if (m is OpenStream) _rt.Reply(r.Key, FakeRuntime.Error("busy", "open_stream", "npc-refused", ((OpenStream)m).Req));
+                }));
+                Assert.IsFalse(client.Buffer.Contains("npc-refused"), "a refused line leaves no stream awaiting its anchor");
+
+                // A bake: its frames are the recorder's.
+                var bake = new OfflineLine(client, Tone(0.4, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "bake-kept" });
+                bake.Start();
+                var bakeWatch = Stopwatch.StartNew();
+                while (bake.Update() != OfflineLineState.Done)
+                {
+                    Assert.AreNotEqual(OfflineLineState.Failed, bake.State, bake.Failure);
+                    Assert.Less(bakeWatch.Elapsed.TotalSeconds, 10, "stuck in " + bake.State);
+                    KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
+                    if (!r.HasValue) continue;
+                    Message m = new Decoder().Decode(r.Value.Value);
+                    if (m is OpenStream) _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("bake-kept", ((OpenStream)m).Req.Value));
+                    if (m is EndStream)
+                    {
+                        for (ulong i = 0; i < 12; i++) _rt.Publish(Protocol.FrameTopic("bake-kept"), FakeRuntime.Frame("bake-kept", i, 0.1f, i == 11));
+                        _rt.Reply(r.Value.Key, FakeRuntime.StreamEnded("bake-kept", 12, ((EndStream)m).Req.Value));
+                    }
+                }
+                Assert.AreEqual(12, bake.Recorder.Count);
+                Assert.IsFalse(client.Buffer.Contains("bake-kept"), "a bake's frames are not kept twice");
+
+                // A minute on, nothing of them is left: the cancelled line's late frames (a stream
+                // nobody samples) are forgotten with the rest (any push or sample says when).
+                skewS += JitterBuffer.UnanchoredLineTimeoutS + 1;
+                _rt.Publish(Protocol.FrameTopic("other"), FakeRuntime.Frame("other", 0));
+                Assert.IsTrue(Wait.Until(() => client.Stream("other") != null, 10));
+                Assert.AreEqual(new[] { "other" }, client.Buffer.Streams());
+            }
         }
 
         [Test]
