@@ -1,7 +1,5 @@
 """`python -m ksdiff_runtime.cli`: the same as the `ksdiff-runtime` command."""
 
-import sys
+from ksdiff_runtime.cli import run
 
-from ksdiff_runtime.cli import main
-
-sys.exit(main())
+run()
