@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,14 @@ def default_cache_dir() -> Path:
     if os.environ.get("KSDIFF_RUNTIME_CACHE"):
         return Path(os.environ["KSDIFF_RUNTIME_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ksdiff-runtime"
+    if xdg:
+        return Path(xdg).expanduser() / "ksdiff-runtime"
+    try:
+        home = Path.home()
+    except RuntimeError:  # no $HOME and no home in the user database (a container run as an arbitrary uid)
+        raise ExportError("no folder for ksdiff-runtime's cache: $HOME is not set and this user has no home "
+                          "directory; set KSDIFF_RUNTIME_CACHE (or XDG_CACHE_HOME) to a writable folder") from None
+    return home / ".cache" / "ksdiff-runtime"
 
 
 def sha256_file(*paths: Path) -> str:
@@ -183,7 +191,8 @@ def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, di
         raise ExportError(f"export {export_dir}: its model config does not match this code: {exc}") from exc
     try:
         constants = ModelConstants.load(export_dir / CONSTANTS_FILE, cfg)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    # a truncated or emptied npz (not in model_hash) raises BadZipFile or EOFError; bad moods a BackendError
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile, BackendError) as exc:
         raise ExportError(f"export {export_dir}: {CONSTANTS_FILE} is corrupt: {exc}") from exc
     return cfg, constants, manifest
 

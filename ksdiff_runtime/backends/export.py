@@ -430,6 +430,26 @@ def _swap_into_place(tmp: Path, out_dir: Path, old: Path) -> None:
     raise ExportError(f"cannot move the new export into {out_dir}: another process keeps replacing it")
 
 
+def replace_problem(out_dir: Path) -> str | None:
+    """Why an export must not replace what is at ``out_dir`` (None: nothing is there, an empty folder or an export,
+    whole or broken): replacing it moves it aside and deletes it, which must never take a user's own files."""
+    if not os.path.lexists(out_dir):
+        return None
+    if out_dir.is_symlink():
+        return "it is a symbolic link"
+    if not out_dir.is_dir():
+        return "it exists and is not a folder"
+    try:
+        names = {p.name for p in out_dir.iterdir()}
+    except OSError as exc:
+        return f"its contents cannot be listed ({exc.strerror or exc})"
+    if MANIFEST_FILE in names or names <= {*GRAPH_FILES, CONSTANTS_FILE}:
+        return None
+    others = sorted(names - {*GRAPH_FILES, CONSTANTS_FILE})
+    return (f"it is not an export: it holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, which "
+            "replacing it would delete")
+
+
 def export_model(checkpoint: str | Path, out_dir: str | Path = DEFAULT_EXPORT_DIR,
                  progress: bool = True) -> ExportResult:
     """Export ``checkpoint`` to ``out_dir`` (replacing any export there), verified against torch.
@@ -438,14 +458,20 @@ def export_model(checkpoint: str | Path, out_dir: str | Path = DEFAULT_EXPORT_DI
     and checked in a temporary sibling directory first; only a complete export is renamed into place.
     """
     checkpoint, out_dir = checkpoint_file(checkpoint), Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    problem = replace_problem(out_dir)
+    if problem is not None:
+        raise ExportError(f"will not export to {out_dir}: {problem}; choose another folder (-o) or remove it first")
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
     old = out_dir.parent / f".{out_dir.name}.old-{tag}"
-    tmp.mkdir()
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         errors = _write_export(checkpoint, tmp, progress)
         _swap_into_place(tmp, out_dir, old)
+    except OSError as exc:  # a read-only or full disk, a file where a folder goes: what was there is kept
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ExportError(f"cannot write the export to {out_dir}: {exc.strerror or exc}{where}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

@@ -388,8 +388,12 @@ class TensorRTBackend:
             log.info("tensorrt: building the %s engine (%s); this takes a while once, then it is cached in %s",
                      graph, plan.reason, self.cache_dir)
         serialized = self._build(graph)
-        _atomic_write(plan.engine, memoryview(serialized))
-        write_sidecar(plan)
+        try:
+            _atomic_write(plan.engine, memoryview(serialized))
+            write_sidecar(plan)
+        except OSError as exc:  # a read-only or full cache: this run goes on with the engine it built
+            log.warning("tensorrt: cannot cache the %s engine in %s (%s); it is built again on the next start",
+                        graph, self.cache_dir, exc.strerror or exc)
         engine = self.runtime.deserialize_cuda_engine(bytes(memoryview(serialized)))
         if engine is None:
             raise BackendError(f"tensorrt: the freshly built {graph} engine does not deserialize")
@@ -429,7 +433,10 @@ class TensorRTBackend:
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise BackendError(f"tensorrt: building the {graph} engine from {onnx_path} failed (see TensorRT's log)")
-        _atomic_write(timing_path, memoryview(config.get_timing_cache().serialize()))
+        try:
+            _atomic_write(timing_path, memoryview(config.get_timing_cache().serialize()))
+        except OSError as exc:  # only later builds are slower without it
+            log.warning("tensorrt: cannot save the timing cache %s (%s)", timing_path, exc.strerror or exc)
         return serialized
 
     # --- Backend ---

@@ -75,7 +75,11 @@ def _configure(p: argparse.ArgumentParser, command: str, module_name: str) -> No
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(argv)
+    try:
+        parser = build_parser(argv)  # imports the command's module: torch's import alone takes seconds
+    except KeyboardInterrupt:  # Ctrl-C while it does: nothing has run yet
+        print("interrupted", file=sys.stderr)
+        return 130
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "unavailable", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")

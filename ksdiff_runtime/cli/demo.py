@@ -10,6 +10,8 @@ page is on: its URL is printed first, to watch the face in a browser.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import signal
 import socket
 import subprocess
@@ -70,12 +72,47 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     p.description = ("Start `ksdiff-runtime serve` on the bundled sample speech (played in real time, looped), "
         "receive its frames with the Python SDK, print frames/s and latency every second, write a plot, "
         "then stop the server cleanly. The live preview page is on meanwhile: its URL is printed first.")
-    p.add_argument("--seconds", type=float, default=8.0, help="how long to receive frames (default 8)")
+    p.add_argument("--seconds", type=seconds, default=8.0, help="how long to receive frames (default 8)")
     p.add_argument("--out", type=Path, default=Path("out/demo.png"), help="plot to write (default out/demo.png)")
     p.add_argument("--backend", default="auto", help="inference backend for serve (default auto)")
     p.add_argument("--preset", default="low-latency", help="serve preset (default low-latency)")
     p.add_argument("--threads", type=int, default=1, help="serve's ONNX Runtime threads on the CPU (default 1)")
     p.set_defaults(func=run_demo)
+
+
+def seconds(text: str) -> float:
+    """--seconds: a number above 0 (0, a negative number or nan received nothing and said "no frames")."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:  # nan too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def plot_folder(out: Path) -> None:
+    """Make the plot's folder, or DemoError saying why the plot cannot be written there: checked before serve
+    starts, not found after the whole run."""
+    if out.is_dir():
+        raise DemoError(f"--out {out} is a folder; give the plot's file name, e.g. {out / 'demo.png'}")
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:  # a light install: no plot, said after the run
+        pass
+    else:
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if out.suffix and out.suffix[1:].lower() not in kinds:
+            raise DemoError(f"--out {out}: matplotlib cannot write {out.suffix} files; use one of "
+                            f"{', '.join('.' + k for k in sorted(kinds))}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file where a folder goes
+        raise DemoError(f"cannot write the plot {out}: {exc.filename} is not a folder") from exc
+    except OSError as exc:
+        raise DemoError(f"cannot write the plot {out}: {exc.strerror or exc} ({exc.filename or out.parent})") from exc
+    if not os.access(out.parent, os.W_OK):
+        raise DemoError(f"cannot write the plot {out}: its folder {out.parent} is not writable")
 
 
 def free_port(preferred: int) -> int:
@@ -136,6 +173,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from ksdiff_sdk import Client
 
+    plot_folder(args.out)
     pub, router = free_endpoint(5555), free_endpoint(5556)
     preview_port = free_port(PREVIEW_PORT)
     cmd = [sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--file", str(SAMPLE_SPEECH), "--loop",
@@ -195,11 +233,13 @@ def demo(args: argparse.Namespace) -> int:
           f"latency p50 {np.percentile(lat, 50):.1f} / p95 {np.percentile(lat, 95):.1f} / "
           f"max {lat.max():.1f} ms (capture to publish); server exited with {code}")
     try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         plot(args.out, frames)
         print(f"plot -> {args.out}")
     except SystemExit as e:  # a light install has no matplotlib: the run itself was fine
         print(f"no plot: {e}")
+    except OSError as exc:  # the disk filled up, or the folder went, during the run
+        print(f"error: cannot write the plot {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0 if code == 0 else 1
 
 
@@ -222,5 +262,11 @@ def plot(path: Path, frames: list) -> None:
     axes[2].set_ylabel("latency (ms)\ncapture to publish")
     axes[2].set_xlabel("audio time of the frame (s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    # written beside it, then renamed: a failed write never leaves a broken plot over the last one
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=110, format=path.suffix[1:].lower() or plt.rcParams["savefig.format"])
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)

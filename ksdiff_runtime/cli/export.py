@@ -21,7 +21,8 @@ def configure_export(p: argparse.ArgumentParser) -> None:
                      "Runtime against torch and the int8 graph against the float one.")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (default: the bundled one)")
     p.add_argument("-o", "--output", type=Path, default=DEFAULT_EXPORT_DIR,
-                   help=f"export directory, replaced atomically if it exists (default {DEFAULT_EXPORT_DIR})")
+                   help=f"export directory, replaced atomically if it holds an export; a folder holding anything "
+                   f"else is refused, never deleted (default {DEFAULT_EXPORT_DIR})")
     p.add_argument("--ship", action="store_true", help=f"export the bundled checkpoint to {SHIPPED_EXPORT}, the export "
                    "a runtime without torch uses (after retraining and shipping a new checkpoint)")
     p.add_argument("--recogniser", action="store_true", help="instead, write the phoneme recogniser's parameter-free "
