@@ -25,6 +25,8 @@ SILENCE_RMS = 1e-3
 SILENCE_PEAK = 3e-3
 # More channels than this in a [S, C] array almost certainly means a channels-first [C, S] array.
 MAX_CHANNELS = 32
+# Frames read at a time from a file in a format libsndfile cannot seek in (it cannot read "the rest" at once).
+UNSEEKABLE_READ_FRAMES = 1 << 16
 
 
 class AudioInputError(ValueError):
@@ -160,6 +162,11 @@ def open_audio_file(path: str | Path) -> Any:
     try:
         return sf.SoundFile(libsndfile_name(p))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        try:  # libsndfile says only "System error" when the system refused it (no permission to read it, ...)
+            with open(p, "rb"):
+                pass
+        except OSError as os_exc:
+            raise AudioInputError(f"cannot open audio file {p}: {os_exc.strerror or os_exc}") from None
         raise _unreadable(p, exc) from exc
 
 
@@ -183,6 +190,12 @@ def read_blocks(f: Any, path: str | Path, frames: int = -1) -> np.ndarray:
     import soundfile as sf
 
     try:
+        if frames < 0 and not f.seekable():
+            # a format libsndfile cannot seek in (GSM 6.10, G.72x ADPCM in WAV) reads only a given count at a time
+            parts = []
+            while len(part := f.read(UNSEEKABLE_READ_FRAMES, dtype="float32", always_2d=True)):
+                parts.append(part)
+            return np.concatenate(parts) if parts else np.zeros((0, f.channels), np.float32)
         return f.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise _unreadable(Path(path), exc) from exc

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -48,9 +48,11 @@ class FileSource:
         self._file: Any = open_audio_file(self.path)
         f = self._file
         self.sample_rate, self.channels, self.num_samples = int(f.samplerate), int(f.channels), int(f.frames)
+        self.blocksize = max(1, round(self.sample_rate * float(block_ms) / 1000))
         try:
-            read_blocks(f, self.path, 1)  # content that cannot be decoded at all is refused here
-            f.seek(0)
+            # content that cannot be decoded at all is refused here; the block read is the first one delivered (not
+            # read again: libsndfile cannot seek in some formats, GSM 6.10 and G.72x ADPCM in WAV)
+            self._head: np.ndarray | None = read_blocks(f, self.path, self.blocksize)
             AudioFormat(self.sample_rate, self.channels)  # what a stream takes: refused before the model loads
         except BadAudioError as exc:
             f.close()
@@ -64,12 +66,19 @@ class FileSource:
         self.block_ms = float(block_ms)
         self.stream_id = stream_id
         self.loop = loop
-        self.blocksize = max(1, round(self.sample_rate * self.block_ms / 1000))
         self._short: np.ndarray | None = None  # a looped file shorter than a block: a second of it a pass, in memory
         if loop and 0 < self.num_samples < self.blocksize:  # (not a block of a sample or two a pass: a core's work)
-            data = read_blocks(f, self.path)
+            data = np.concatenate([self._head, read_blocks(f, self.path)])
             self._short = np.tile(data, (-(-self.sample_rate // max(1, len(data))), 1))
             f.close()
+        # a looped file in a format libsndfile cannot seek in: the file as opened, decoded anew from its start each pass
+        self._raw: BinaryIO | None = None
+        if loop and self._short is None and not f.seekable():
+            try:
+                self._raw = open(self.path, "rb")  # noqa: SIM115 (open as long as the source plays; closed by _run)
+            except OSError as exc:
+                f.close()
+                raise AudioInputError(f"cannot open audio file {self.path}: {exc.strerror or exc}") from None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,15 +97,34 @@ class FileSource:
             thread.join()  # a callback in flight finishes before stop() returns
 
     def _blocks(self, f: Any) -> Iterator[np.ndarray]:
-        """One pass over the file (``f``: it open, at its start; None: the short file in memory), a block at a
-        time; ``AudioInputError`` when it cannot be decoded further in."""
+        """One pass over the file (``f``: it open, at its start or past the block read when it was opened; None: the
+        short file in memory), a block at a time; ``AudioInputError`` when it cannot be decoded further in."""
         if f is None:
             assert self._short is not None
             for begin in range(0, len(self._short), self.blocksize):
                 yield self._short[begin : begin + self.blocksize].copy()  # the consumer may keep it
             return
+        if self._head is not None:
+            head, self._head = self._head, None
+            if not len(head):
+                return
+            yield head
         while len(block := read_blocks(f, self.path, self.blocksize)):
             yield block
+
+    def _rewind(self, f: Any) -> Any:
+        """The file open at its start again, for the next pass; ``AudioInputError`` when it cannot be."""
+        import soundfile as sf
+
+        try:
+            if self._raw is None:
+                f.seek(0)
+                return f
+            f.close()
+            self._raw.seek(0)
+            return sf.SoundFile(self._raw)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+            raise AudioInputError(f"cannot read audio file {self.path} again from its start: {exc}") from None
 
     def _run(self, on_audio: OnAudio, on_end: OnEnd, t0: int) -> None:
         rate = self.sample_rate
@@ -132,7 +160,13 @@ class FileSource:
                 if not self.loop or clock == start:
                     break
                 if f is not None:
-                    f.seek(0)
+                    try:
+                        f = self._rewind(f)
+                    except AudioInputError as exc:
+                        log.error("file source: %s", exc)
+                        if not self._stop.is_set():
+                            on_end(str(exc))
+                        return
         except Exception as exc:  # the consumer failed: end the stream and say why
             log.exception("file source %s: on_audio failed", self.path)
             if not self._stop.is_set():
@@ -141,5 +175,7 @@ class FileSource:
         finally:
             if f is not None:
                 f.close()
+            if self._raw is not None:
+                self._raw.close()
         if not self._stop.is_set():
             on_end(None)

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 MIC_LATENCY = "low"
 STATUS_LOG_INTERVAL_S = 5.0  # at most one warning this often about overflows (they come in bursts)
 STOP_WAIT_S = 1.0  # how long stop() waits for the callback thread to end by itself (see _close)
+# how long stop() then waits for PortAudio to close the stream: a sound server that does not answer (hung, stopped)
+# keeps the close waiting in ALSA's pulse plugin for as long as it does not answer
+CLOSE_WAIT_S = 1.0
 PORTAUDIO_HINT = (
     "install it: apt-get install libportaudio2 (Debian/Ubuntu), dnf install portaudio (Fedora), "
     "pacman -S portaudio (Arch); the sounddevice wheels for Windows and macOS include it"
@@ -210,7 +213,7 @@ class MicSource:
         self._control = threading.Lock()  # serialises start() and stop()
         self._lock = threading.Lock()  # stop() and _finished(): exactly one of them ends the stream
         self._stopping = threading.Event()  # stop() was called: deliver nothing more
-        self._closed = threading.Event()  # the PortAudio stream is closed (or was never opened)
+        self._closed = threading.Event()  # the stream is closed (or never opened, or left to close: _close)
         self._thread_done = threading.Event()  # PortAudio's callback thread has ended
         self._pa_thread: int | None = None  # PortAudio's callback thread (stop() must not join itself)
         self._last_status_log = 0.0
@@ -270,16 +273,27 @@ class MicSource:
         # Python (cancelled waiting for the GIL, it would leave the GIL's mutex locked). So the
         # thread is first left to end by itself: the next callback sees the stop flag and returns
         # abort, within a block period on a live device. Only a device delivering nothing keeps
-        # it waiting (in poll), and only then is it cancelled.
-        try:
-            if not self._thread_done.wait(STOP_WAIT_S):
-                log.warning("microphone %s: no audio for %.1f s; closing it anyway", self.device_name, STOP_WAIT_S)
-            stream.close()
-        except self._sd.PortAudioError as exc:
-            log.debug("microphone %s: closing: %s", self.device_name, exc)
-        finally:
-            _count_stream(-1)
-            self._closed.set()
+        # it waiting (in poll), and only then is it cancelled. The close itself runs on a thread of its own, waited
+        # for CLOSE_WAIT_S: a sound server that has stopped answering (hung, stopped) keeps it waiting for as long
+        # as it does not answer, and stop() must still return; the stream stays counted open until it is closed.
+        if not self._thread_done.wait(STOP_WAIT_S):
+            log.warning("microphone %s: no audio for %.1f s; closing it anyway", self.device_name, STOP_WAIT_S)
+        closed = threading.Event()
+
+        def close() -> None:
+            try:
+                stream.close()
+            except self._sd.PortAudioError as exc:
+                log.debug("microphone %s: closing: %s", self.device_name, exc)
+            finally:
+                _count_stream(-1)
+                closed.set()
+
+        threading.Thread(target=close, name="mic-close-stream", daemon=True).start()
+        if not closed.wait(CLOSE_WAIT_S):
+            log.warning("microphone %s: not closed after %.1f s (the sound server does not answer); left to close "
+                        "when it does", self.device_name, CLOSE_WAIT_S)
+        self._closed.set()
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         captured_ns = time.monotonic_ns()  # first: the block's last sample has just arrived
