@@ -384,6 +384,25 @@ def test_serve_keeps_what_it_started_with_out_of_the_collector_while_it_serves(s
 
 
 @pytest.mark.timeout(120)
+def test_serve_exit_when_done_fails_when_a_file_failed_part_way(tmp_path, speech_16k, capsys):
+    """A batch job (`--file a --file b --exit-when-done`) whose file could not be decoded to its end said "every file
+    has played" and exited 0: the frames of the rest of that file were silently missing."""
+    from ksdiff_runtime.cli import main as serve_main
+
+    whole, cut = tmp_path / "whole.wav", tmp_path / "cut.flac"
+    sf.write(whole, speech_16k[:16_000], 16_000, subtype="PCM_16")
+    sf.write(cut, np.tile(speech_16k, 4), 16_000, format="FLAC")
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # a download cut short
+    argv = ["serve", "--pub", "tcp://127.0.0.1:0", "--router", "tcp://127.0.0.1:0", "--backend", "onnxruntime",
+            "--fast", "--exit-when-done"]
+    assert serve_main([*argv, "--file", str(whole)]) == 0
+    assert serve_main([*argv, "--file", str(whole), "--file", str(cut)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error: stream ") == 1 and "error: stream cut: " in err and str(cut) in err, err
+
+
+@pytest.mark.timeout(120)
 def test_serve_exits_1_when_its_runtime_fails(monkeypatch, capsys):
     """`serve` (no sources, as a server for SDK clients) whose engine thread fails says so and exits 1, where it
     would otherwise run on serving nothing until someone noticed."""

@@ -588,6 +588,35 @@ def test_mic_unknown_device_lists_devices(pulse: PulseDaemon) -> None:
         MicSource(device="pulse", channels=1000)
 
 
+def test_serve_says_an_unknown_microphone_once(pulse: PulseDaemon, caplog: pytest.LogCaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --mic --device NAME` with no such device tried it again at the device's own rate, as if 16 kHz had been
+    refused, and printed the list of devices twice; a rate the device refuses is still tried at its own."""
+    from ksdiff_runtime.cli import serve as serve_cli
+    from ksdiff_runtime.server.config import ServeConfig
+
+    caplog.set_level("INFO", logger="ksdiff_runtime")
+    with pytest.raises(SourceError) as err:
+        serve_cli._open_mic(ServeConfig(mic=True, device="no-such-microphone"))
+    assert str(err.value).count("input devices:") == 1 and "refused" not in caplog.text
+    with pytest.raises(SourceError, match="input channels"):  # found, but not with these settings at any rate
+        serve_cli._open_mic(ServeConfig(mic=True, device="pulse", mic_channels=1000))
+    assert "refused" not in caplog.text
+
+    import sounddevice as sd
+
+    check = sd.check_input_settings
+
+    def no_16k(**settings: object) -> None:  # a device whose driver takes only its own rate (this one takes any)
+        if settings.get("samplerate") == 16_000:
+            raise sd.PortAudioError("Invalid sample rate")
+        check(**settings)
+
+    monkeypatch.setattr(sd, "check_input_settings", no_16k)
+    mic = serve_cli._open_mic(ServeConfig(mic=True, device="pulse"))
+    assert mic.sample_rate != 16_000 and "microphone at 16000 Hz refused" in caplog.text
+
+
 def test_mic_device_lost_ends_the_stream(tmp_path_factory: pytest.TempPathFactory, pulse: PulseDaemon,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The sound server dies mid-stream: on_end gets an error message, and stop() still works."""

@@ -28,7 +28,7 @@ from ksdiff_runtime.server.config import MAX_FPS, ConfigError, ServeConfig, load
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError, build_engine
 from ksdiff_runtime.server.security import CurveKeys, SecurityError
 from ksdiff_runtime.sessions import RefusedError
-from ksdiff_runtime.sources import FileSource, MicSource, Source, SourceError, rescan_devices
+from ksdiff_runtime.sources import FileSource, MicSource, SettingsRefusedError, Source, SourceError, rescan_devices
 
 log = logging.getLogger("ksdiff_runtime.server")
 
@@ -133,7 +133,7 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_const", const=True, help="play files as fast as possible")
     p.add_argument("--loop", action="store_const", const=True, help="repeat files forever")
     p.add_argument("--exit-when-done", action="store_const", const=True,
-                   help="stop once every file has played and no stream is open")
+                   help="stop once every file has played and no stream is open (exit 1 if a file failed part-way)")
     p.add_argument("--stats", type=float, metavar="SECONDS",
                    help="print a stats line (fps, latency, drops per stream) every SECONDS")
     p.add_argument("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
@@ -298,6 +298,10 @@ def serve(config: ServeConfig) -> int:
     if runtime.failure is not None:
         print(f"error: {runtime.failure} (the log has its traceback)", file=sys.stderr)
         return 1
+    if config.exit_when_done and runtime.source_errors:  # a batch job whose file failed part-way has failed
+        for sid, error in runtime.source_errors.items():
+            print(f"error: stream {sid}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -374,6 +378,6 @@ def _open_mic(config: ServeConfig) -> Any:
     # 16 kHz from the device (PortAudio or the sound server resamples) saves our resampler's delay
     try:
         return MicSource(sample_rate=SAMPLE_RATE, **kwargs)
-    except SourceError as e:
+    except SettingsRefusedError as e:  # not a device that is not there: that is said once, with the list of devices
         log.info("microphone at %d Hz refused (%s); using the device's own rate", SAMPLE_RATE, e)
         return MicSource(sample_rate=None, **kwargs)

@@ -210,6 +210,9 @@ class Runtime:
         self._stopping = threading.Event()
         # why the runtime stopped on its own: a thread of it failed outside what it guards (None: it did not)
         self.failure: str | None = None
+        # the streams whose source (mic, file) ended them with an error, each with its last error: a file that cannot
+        # be decoded further in, a device unplugged (a mic's stream is reopened, and its error stays here)
+        self.source_errors: dict[str, str] = {}
         self._io: threading.Thread | None = None
         self._engine_thread: threading.Thread | None = None
         self._ctx: zmq.Context | None = None
@@ -347,6 +350,7 @@ class Runtime:
             if error:
                 log.error("stream %s: source failed: %s", session.id, error)
                 session.source_failed = True  # the source's own error (reopened), not the engine's (not)
+                self.source_errors[session.id] = error
             self.sessions.end(session, "error" if error else "ended")
 
         log.info("stream %s opened (%s, %d Hz, %d ch)", session.id, source.kind, source.sample_rate, source.channels)

@@ -2,7 +2,7 @@
 
 from .base import OnAudio, OnEnd, Source, SourceError
 from .file import FileSource
-from .mic import MicSource, format_devices, list_input_devices, rescan_devices
+from .mic import MicSource, SettingsRefusedError, format_devices, list_input_devices, rescan_devices
 
-__all__ = ["FileSource", "MicSource", "OnAudio", "OnEnd", "Source", "SourceError", "format_devices",
-           "list_input_devices", "rescan_devices"]
+__all__ = ["FileSource", "MicSource", "OnAudio", "OnEnd", "SettingsRefusedError", "Source", "SourceError",
+           "format_devices", "list_input_devices", "rescan_devices"]

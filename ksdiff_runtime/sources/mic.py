@@ -155,6 +155,10 @@ def _resolve_input_device(sd: Any, device: int | str | None) -> dict[str, Any]:
 
 
 # --- microphone ------------------------------------------------------------------------------------
+class SettingsRefusedError(SourceError):
+    """The device was found but cannot record at the rate and channels asked for (another rate may do)."""
+
+
 def _count_stream(change: int) -> None:
     global _open_streams
     with _portaudio:
@@ -200,7 +204,7 @@ class MicSource:
                 sd.check_input_settings(device=self.device_index, channels=self.channels, dtype="float32",
                                         samplerate=self.sample_rate)
         except sd.PortAudioError as exc:
-            raise SourceError(f"input device [{self.device_index}] {self.device_name} cannot record "
+            raise SettingsRefusedError(f"input device [{self.device_index}] {self.device_name} cannot record "
                               f"{self.channels} channel(s) at {self.sample_rate} Hz: {exc}") from exc
         self.overflows = 0
         self.statuses = 0  # callbacks with any status flag (overflows included)
