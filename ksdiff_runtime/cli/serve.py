@@ -269,12 +269,16 @@ def serve(config: ServeConfig) -> int:
 
     # What exists now (the model, the runtime, ~220k objects) lives until the stop: a full collection walks it all,
     # 275 ms with the GIL held, a stall of every stream. Frozen, the collector walks only what serving makes; the
-    # start-up's garbage is collected first, so none of it is kept.
-    gc.collect()
-    gc.freeze()
+    # start-up's garbage is collected first, so none of it is kept. A process that froze objects of its own (an
+    # embedding) decides for itself: its freeze is neither added to nor undone.
+    freezes = gc.get_freeze_count() == 0
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     try:
+        if freezes:
+            gc.collect()
+            gc.freeze()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             waiting = start_sources(runtime, sources, first=True, reopen_mic=reopen_mic)
         except SourceError as e:
@@ -290,11 +294,12 @@ def serve(config: ServeConfig) -> int:
                 log.info("every file has played; stopping")
                 break
     finally:
+        if freezes:
+            gc.unfreeze()  # collectable again: serve may be called by a process that goes on (a test, an embedding)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         runtime.stop()
         engine.close()
-        gc.unfreeze()  # collectable again: serve may be called by a process that goes on (a test, an embedding)
     if runtime.failure is not None:
         print(f"error: {runtime.failure} (the log has its traceback)", file=sys.stderr)
         return 1
