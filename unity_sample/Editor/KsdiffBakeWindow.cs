@@ -68,14 +68,26 @@ namespace Ksdiff.Editor
                 Show(problem, HelpType.Error);
                 return;
             }
-            _client = new KsdiffClient(new ClientOptions { PubEndpoint = _pub, RouterEndpoint = _router, Transport = factory });
-            KsdiffTransports.Track(_client); // stopped before a domain reload like every client
-            _client.Start();
-            _connectStart = _client.Now();
+            var client = new KsdiffClient(new ClientOptions { PubEndpoint = _pub, RouterEndpoint = _router, Transport = factory });
             string stream = NpcLine.StreamIdFor("bake-" + _clip.name, 1, new System.Random());
             var options = new NpcLineOptions { Stream = stream, Transcript = string.IsNullOrEmpty(_transcript) ? null : _transcript };
             if (_useSeed) options.Seed = _seed;
-            _line = new OfflineLine(_client, samples, _clip.frequency, _clip.channels, options);
+            OfflineLine line;
+            try
+            {
+                // Before the client starts: a clip the protocol refuses leaves nothing running.
+                line = new OfflineLine(client, samples, _clip.frequency, _clip.channels, options);
+            }
+            catch (System.ArgumentException e) // a sample rate or channel count the protocol refuses
+            {
+                Show(e.Message, HelpType.Error);
+                return;
+            }
+            _client = client;
+            _line = line;
+            KsdiffTransports.Track(_client); // stopped before a domain reload like every client
+            _client.Start();
+            _connectStart = _client.Now();
             Show("connecting to " + _pub + " ...", HelpType.Info);
             EditorApplication.update += Tick;
         }

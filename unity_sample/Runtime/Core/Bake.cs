@@ -200,16 +200,16 @@ namespace Ksdiff
         }
 
         // The frames are the recorder's: the jitter buffer, which got them too (a live stream no
-        // face shows), lets go of its copy.
+        // face shows), lets go of its copy, and drops any that still come (JitterBuffer.Discard).
         void Done()
         {
             State = OfflineLineState.Done;
             _client.RemoveFrameSink(_recorder);
-            _client.Buffer.ResetStream(_o.Stream);
+            _client.Buffer.Discard(_o.Stream);
         }
 
         // As NpcLine.Fail: a line that fails once its stream is open ends that stream, unless the
-        // runtime already did or end_stream was sent.
+        // runtime already did or end_stream was sent. Its frames that still come are dropped.
         void Fail(string why)
         {
             bool opened = _open != null && _open.IsDone && _open.Reply is StreamOpened;
@@ -218,7 +218,7 @@ namespace Ksdiff
             State = OfflineLineState.Failed;
             Failure = why;
             _client.RemoveFrameSink(_recorder);
-            _client.Buffer.ResetStream(_o.Stream);
+            _client.Buffer.Discard(_o.Stream);
         }
     }
 

@@ -137,6 +137,29 @@ namespace Ksdiff
         }
     }
 
+    // The NPC line a face shows on the audio clock (KsdiffFaceDriver.ShowLine), from the moment
+    // its line starts, before any frame of it came (Sample says Unknown then), until it has played
+    // out (Ended) or the buffer no longer knows it (forgotten, failed, cancelled: Contains).
+    public sealed class ShownLine
+    {
+        public string Stream { get; private set; } // null: no line; the face shows its live stream
+
+        public void Show(string stream) { Stream = stream; }
+
+        public void Stop(string stream)
+        {
+            if (Stream == stream) Stream = null;
+        }
+
+        // After the face sampled the line (`state`, from buffer.Sample): whether it still shows it.
+        public bool Sampled(JitterBuffer buffer, PlayState state)
+        {
+            if (Stream == null) return false;
+            if (state == PlayState.Ended || (state == PlayState.Unknown && !buffer.Contains(Stream))) Stream = null;
+            return Stream != null;
+        }
+    }
+
     public sealed class JitterBuffer
     {
         sealed class Slot
@@ -152,6 +175,7 @@ namespace Ksdiff
             public readonly List<Slot> Frames; // sorted by T
             public bool Ended;
             public bool AwaitAnchor;      // frames wait for Anchor() instead of anchoring themselves
+            public bool Discarded;        // Discard(): its frames are dropped until its end; never shown
             public bool PendingAnchor;    // Anchor() came before any frame or AwaitAnchor()
             public double AnchorCalledS;  // when (the buffer's clock), while PendingAnchor
             public double LastFrameS;     // when the last frame came (the buffer's clock)
@@ -171,10 +195,14 @@ namespace Ksdiff
         // frames at 30 fps (1200 at 60) plus the ease to rest. A stream keeps at most this many;
         // over that, the newest go, never frames still to be shown before them (the line's start).
         public const int MaxLineFrames = 2048;
-        // A line that awaits Anchor() and has ended is forgotten this long after its last frame;
-        // any other ended stream once it was neither fed nor sampled for this long (nobody plays
-        // it: a line cancelled or failed mid-way, a bake's frames, a stream nobody shows)
-        // came (on the buffer's clock) if the game never anchors it (its audio never played).
+        // A line that awaits Anchor() and has ended is forgotten this long after its last frame
+        // came (on the buffer's clock) if the game never anchors it (its audio never played); any
+        // other ended stream not on the audio clock once it was neither fed nor sampled for this
+        // long (nobody plays it: a stream no face shows); a discarded stream (Discard) this long
+        // after the last sign of it. A line on the audio clock (anchored by the game) is never
+        // forgotten by time: a paused game samples nothing while the buffer's clock runs on, and a
+        // cutscene may anchor a line long before its audio starts. It goes once played out, or
+        // when its owner lets go of it (NpcLine's Fail and Cancel, OfflineLine's Done and Fail).
         public const double UnanchoredLineTimeoutS = 60.0;
         // Anchor() on a stream of which nothing is known yet waits for that stream's frames; if
         // the first one then comes more than this (plus its t_audio) after the Anchor() call, on
@@ -221,7 +249,15 @@ namespace Ksdiff
                 double now = _clock();
                 ForgetUnplayed(now);
                 StreamState s;
-                if (_streams.TryGetValue(frame.Stream, out s))
+                if (_streams.TryGetValue(frame.Stream, out s) && s.Discarded)
+                {
+                    // A frame of a stream let go of (Discard): dropped, never shown; its last frame
+                    // ends the discard (a later frame of the id is a new stream's).
+                    if (frame.Last) Forget(frame.Stream, s);
+                    else s.LastFrameS = now;
+                    return double.NaN;
+                }
+                if (s != null)
                 {
                     if (s.Ended && IsHeldRepeat(s, frame))
                     {
@@ -275,6 +311,10 @@ namespace Ksdiff
                     s = Add(stream);
                     s.PendingAnchor = true; // for the next frames of this id (see Push)
                 }
+                else if (s.Discarded)
+                {
+                    return; // let go of (Discard): not shown
+                }
                 if (s.PendingAnchor) s.AnchorCalledS = _clock();
                 s.AwaitAnchor = true;
                 s.Clock.Fix(offset);
@@ -303,7 +343,7 @@ namespace Ksdiff
             lock (_lock)
             {
                 StreamState s;
-                if (_streams.TryGetValue(stream, out s) && !(s.AwaitAnchor && !s.Ended)) Forget(stream, s);
+                if (_streams.TryGetValue(stream, out s) && (s.Discarded || !(s.AwaitAnchor && !s.Ended))) Forget(stream, s);
             }
         }
 
@@ -316,7 +356,8 @@ namespace Ksdiff
             {
                 StreamState s;
                 if (!_streams.TryGetValue(stream, out s)) return;
-                if (s.Frames.Count > 0) s.Ended = true;
+                if (s.Discarded) Forget(stream, s); // its end: nothing more of it comes
+                else if (s.Frames.Count > 0) s.Ended = true;
                 else if (!s.AwaitAnchor) Forget(stream, s); // nothing left to play
                 // else a line awaiting its anchor, no frame yet: the end is an older stream's
             }
@@ -329,6 +370,43 @@ namespace Ksdiff
             {
                 StreamState s;
                 if (_streams.TryGetValue(stream, out s)) Forget(stream, s);
+            }
+        }
+
+        // Lets go of a stream that must not be shown although its frames may still come (a line
+        // cancelled or failed mid-way: the runtime goes on sending what it has animated): forgets
+        // what it holds, and drops the stream's frames that still come, until its end (its last
+        // frame or stream_end), a new stream of the id (BeginStream, AwaitAnchor) or
+        // UnanchoredLineTimeoutS without any of its frames. Without it, those frames would start a
+        // new stream of the id that plays on the client's clock: lips moving with no audio. A
+        // discarded stream is Unknown to Sample, not in Contains or Streams (Discarding says).
+        // A stream whose end the buffer has is just forgotten: nothing more of it comes.
+        public void Discard(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                bool ended = false;
+                if (_streams.TryGetValue(stream, out s))
+                {
+                    ended = s.Ended;
+                    Forget(stream, s);
+                }
+                if (ended) return;
+                s = new StreamState(_margin, 0); // holds no frame
+                s.Discarded = true;
+                s.LastFrameS = _clock();
+                _streams[stream] = s;
+            }
+        }
+
+        // Whether the frames of `stream` are being dropped (Discard).
+        public bool Discarding(string stream)
+        {
+            lock (_lock)
+            {
+                StreamState s;
+                return _streams.TryGetValue(stream, out s) && s.Discarded;
             }
         }
 
@@ -444,18 +522,28 @@ namespace Ksdiff
             }
         }
 
+        // Whether the buffer holds the stream, or awaits its frames (AwaitAnchor, Anchor); false
+        // once it was played out, forgotten or discarded.
         public bool Contains(string stream)
         {
-            lock (_lock) return _streams.ContainsKey(stream);
+            lock (_lock)
+            {
+                StreamState s;
+                return stream != null && _streams.TryGetValue(stream, out s) && !s.Discarded;
+            }
         }
 
+        // The streams it holds or awaits (not the discarded ones).
         public string[] Streams()
         {
             lock (_lock)
             {
-                var ids = new string[_streams.Count];
-                _streams.Keys.CopyTo(ids, 0);
-                return ids;
+                var ids = new List<string>(_streams.Count);
+                foreach (KeyValuePair<string, StreamState> kv in _streams)
+                {
+                    if (!kv.Value.Discarded) ids.Add(kv.Key);
+                }
+                return ids.ToArray();
             }
         }
 
@@ -475,18 +563,25 @@ namespace Ksdiff
         }
 
         // Forgets the ended lines that awaited Anchor() in vain (their last frame
-        // UnanchoredLineTimeoutS before `now`, the buffer's clock), and every other ended stream
-        // neither fed nor sampled that long: nobody plays it any more (a line cancelled or failed
-        // after its anchor, whose face stopped sampling it before its end; a bake's frames; a stream
-        // no face shows), and it would otherwise hold its frames for good. Allocates nothing (a
-        // scratch list).
+        // UnanchoredLineTimeoutS before `now`, the buffer's clock), every other ended stream not
+        // on the audio clock neither fed nor sampled that long: nobody plays it any more (a stream
+        // no face shows), and it would otherwise hold its frames for good; and the discarded
+        // streams of which nothing came that long. Not a line on the audio clock: the game anchored
+        // it, and may sample nothing for longer (paused) or anchor it long before its audio (a
+        // cutscene); its owner lets go of it (ResetStream, Discard). Allocates nothing (a scratch
+        // list).
         void ForgetUnplayed(double now)
         {
             foreach (KeyValuePair<string, StreamState> kv in _streams)
             {
                 StreamState s = kv.Value;
-                if (!s.Ended) continue;
-                bool unanchored = s.AwaitAnchor && !s.Clock.OnAudioClock && now > s.LastFrameS + UnanchoredLineTimeoutS;
+                if (s.Discarded)
+                {
+                    if (now > s.LastFrameS + UnanchoredLineTimeoutS) _expired.Add(kv.Key);
+                    continue;
+                }
+                if (!s.Ended || s.Clock.OnAudioClock) continue;
+                bool unanchored = s.AwaitAnchor && now > s.LastFrameS + UnanchoredLineTimeoutS;
                 bool unplayed = now > Math.Max(s.LastFrameS, s.LastSampleS) + UnanchoredLineTimeoutS;
                 if (unanchored || unplayed) _expired.Add(kv.Key);
             }

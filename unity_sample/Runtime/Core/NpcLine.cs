@@ -425,14 +425,14 @@ namespace Ksdiff
         // lost) ends that stream, unless the runtime already did (restart, reconnect) or end_stream
         // was sent: the runtime would otherwise go on animating it, holding one of its streams,
         // until the audio ran out and the idle timeout passed. A failed (or cancelled) line is not
-        // shown: the jitter buffer lets go of what it holds of it (frames that still come are
-        // forgotten once they end, JitterBuffer.UnanchoredLineTimeoutS).
+        // shown: the jitter buffer lets go of what it holds of it, and drops its frames that still
+        // come (JitterBuffer.Discard), which would otherwise play on the client's clock, with no audio.
         void Fail(string why)
         {
             bool opened = _open != null && _open.IsDone && _open.Reply is StreamOpened;
             StreamStatus s = _client.Stream(_o.Stream);
             if (opened && _end == null && (s == null || s.EndReason == null)) _end = _client.EndStream(_o.Stream);
-            _client.Buffer.ResetStream(_o.Stream);
+            _client.Buffer.Discard(_o.Stream);
             State = NpcLineState.Failed;
             Failure = why;
             ShouldStartPlayback = false;

@@ -50,7 +50,7 @@ namespace Ksdiff.Unity
         readonly AudioClock _audioClock = new AudioClock();
         BoneBinding _head, _neck, _leftEye, _rightEye;
         string[] _wireNames;
-        string _line; // an NPC line shown on the audio clock (KsdiffNpcVoice), or null
+        readonly ShownLine _line = new ShownLine(); // an NPC line shown on the audio clock (KsdiffNpcVoice)
         bool _posed;
 
         void OnEnable()
@@ -92,16 +92,17 @@ namespace Ksdiff.Unity
             if (report != null) Debug.LogWarning("ksdiff: " + name + ": " + report, this);
         }
 
-        // Shows an NPC line's stream on the audio clock (AudioSettings.dspTime) until it has
-        // played out; KsdiffNpcVoice anchors the line where its sample 0 is heard.
+        // Shows an NPC line's stream on the audio clock (AudioSettings.dspTime), from before its
+        // first frame until it has played out or the buffer lets go of it (ShownLine);
+        // KsdiffNpcVoice anchors the line where its sample 0 is heard.
         public void ShowLine(string lineStream)
         {
-            _line = lineStream;
+            _line.Show(lineStream);
         }
 
         public void StopLine(string lineStream)
         {
-            if (_line == lineStream) _line = null;
+            _line.Stop(lineStream);
         }
 
         void LateUpdate()
@@ -113,9 +114,9 @@ namespace Ksdiff.Unity
 
             string id;
             double now;
-            if (_line != null)
+            if (_line.Stream != null)
             {
-                id = _line;
+                id = _line.Stream;
                 // On the dsp clock, interpolated between its buffer-sized steps.
                 int bufferLength, buffers;
                 AudioSettings.GetDSPBufferSize(out bufferLength, out buffers);
@@ -131,14 +132,15 @@ namespace Ksdiff.Unity
             State = client.Buffer.Sample(id, now, _pose, out shown);
             ShownAudioTime = shown;
             ShownStream = id;
+            // Played out (Ended) or let go of: back to the live stream; a line with no frame yet
+            // (Unknown, still in the buffer) stays.
+            if (_line.Stream != null && _line.Stream == id) _line.Sampled(client.Buffer, State);
             if (State == PlayState.Unknown)
             {
-                if (_line != null && id == _line) _line = null; // played out: back to the live stream
                 if (neutralWhenIdle && _posed) Neutral();
                 return;
             }
             Apply(_pose);
-            if (State == PlayState.Ended && _line == id) _line = null;
         }
 
         void Apply(Pose pose)

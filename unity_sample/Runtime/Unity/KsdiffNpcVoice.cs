@@ -154,6 +154,9 @@ namespace Ksdiff.Unity
             }
             else if (state == NpcLineState.Done && _audioStarted && !_source.isPlaying)
             {
+                // A line on the audio clock goes once a face has played it out; with no face to
+                // do so, its frames are let go of here (the buffer keeps such a line otherwise).
+                if (face == null) connection.Client.Buffer.ResetStream(Line.Stream);
                 Line = null;
                 lineFinished.Invoke();
             }

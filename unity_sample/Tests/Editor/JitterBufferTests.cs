@@ -1,4 +1,5 @@
 // StreamClock and JitterBuffer: frames shown on their audio clock (SPEC 6), not on arrival.
+using System;
 using NUnit.Framework;
 
 namespace Ksdiff.Tests
@@ -424,8 +425,8 @@ namespace Ksdiff.Tests
                 jb.Push(MakeFrame("long", i, 0f, 0f, i == 1799), now);
             }
             jb.Anchor("long", 12.0);
-            // An anchored line whose face stopped sampling it (the NPC was interrupted), and a
-            // stream no face shows (a bake's frames): ended, nobody will play them.
+            // An anchored line whose face stopped sampling it (the NPC was interrupted: its line lets
+            // go of it, below), and a stream no face shows: ended, nobody will play them.
             jb.AwaitAnchor("hushed");
             for (ulong i = 0; i < 30; i++) jb.Push(MakeFrame("hushed", i, 0f, 0f, i == 29), now);
             jb.Anchor("hushed", 10.0);
@@ -436,6 +437,11 @@ namespace Ksdiff.Tests
             Assert.AreEqual(new[] { "hushed", "live", "long", "unseen" }, Sorted(jb.Streams()), "a minute has not passed");
             now = 10.0 + JitterBuffer.UnanchoredLineTimeoutS + 0.5;
             Assert.AreEqual(PlayState.Playing, Sample(jb, "long", now, out p));
+            // The stream no face shows is forgotten; not the line on the audio clock: the game
+            // anchored it (and may be paused, ALineOnTheAudioClockOutlivesAPauseAndAnEarlyAnchor).
+            // Its owner lets go of it (NpcLine.Cancel).
+            Assert.AreEqual(new[] { "hushed", "live", "long" }, Sorted(jb.Streams()));
+            jb.ResetStream("hushed");
             Assert.AreEqual(new[] { "live", "long" }, Sorted(jb.Streams()));
             Assert.AreEqual(PlayState.Ended, Sample(jb, "long", 72.5, out p));
             // A stream is kept while it is sampled, and forgotten a minute after the last time.
@@ -449,6 +455,163 @@ namespace Ksdiff.Tests
             now = fed + 30 + JitterBuffer.UnanchoredLineTimeoutS + 1;
             jb.Push(MakeFrame("live", 2, 0f), now);
             Assert.AreEqual(new[] { "live" }, jb.Streams());
+        }
+
+        [Test]
+        public void ALineOnTheAudioClockOutlivesAPauseAndAnEarlyAnchor()
+        {
+            // The buffer's clock is the client's (a Stopwatch): it runs on while the game is paused,
+            // when Unity runs no LateUpdate and the audio clock stops.
+            double now = 0.0;
+            var jb = new JitterBuffer(Margin, JitterBuffer.MaxLineFrames, () => now);
+            Pose p;
+            // A 10 s line received whole within 1 s, its audio started at 2.0 (the audio clock and
+            // the client's agree here), played 3 s, then the game is paused for 61 s.
+            jb.AwaitAnchor("guard");
+            for (ulong i = 0; i < 300; i++)
+            {
+                now = i / 300.0;
+                jb.Push(MakeFrame("guard", i, 0.5f, 0f, i == 299), now);
+            }
+            jb.Anchor("guard", 2.0);
+            double audio = 2.0;
+            for (; audio < 5.0; audio += 1 / 60.0)
+            {
+                now = audio;
+                Assert.AreEqual(PlayState.Playing, Sample(jb, "guard", audio, out p));
+            }
+            now += JitterBuffer.UnanchoredLineTimeoutS + 1;
+            jb.Push(MakeFrame("other", 0, 0f, 0f, true), now); // any push or sample forgets what expired
+            // Resumed: the audio goes on, and so does the face.
+            var pose = new Pose();
+            double shown;
+            Assert.AreEqual(PlayState.Playing, jb.Sample("guard", audio, pose, out shown), "the paused line was forgotten");
+            Assert.AreEqual(audio - 2.0, shown, 1e-9);
+            Assert.AreEqual(0.5f, pose.Blendshapes[JawOpen]);
+            Assert.AreEqual(PlayState.Ended, Sample(jb, "guard", 12.1, out p));
+            Assert.IsFalse(jb.Contains("guard"), "played out");
+
+            // A cutscene line whose audio the game schedules 90 s ahead (PlaybackStarted early):
+            // nothing samples it until then.
+            now = 1000.0;
+            jb.AwaitAnchor("cut");
+            for (ulong i = 0; i < 90; i++) jb.Push(MakeFrame("cut", i, 0.5f, 0f, i == 89), now);
+            jb.Anchor("cut", now + 90.0);
+            now += 90.0;
+            Assert.AreEqual(PlayState.Playing, Sample(jb, "cut", now + 0.5, out p), "the early-anchored line was forgotten");
+            Assert.AreEqual(0.5f, p.Blendshapes[JawOpen]);
+            Assert.AreEqual(PlayState.Ended, Sample(jb, "cut", now + 3.5, out p));
+            // (A line awaiting its anchor in vain is still forgotten: ALineAwaitingItsAnchorInVainIsForgotten.)
+        }
+
+        [Test]
+        public void ADiscardedStreamDropsTheFramesThatStillCome()
+        {
+            double now = 0.0;
+            var jb = new JitterBuffer(Margin, JitterBuffer.MaxLineFrames, () => now);
+            Pose p;
+            // A line cancelled after its first frames (NpcLine.Cancel): the runtime still sends the
+            // rest. They never show: not on the audio clock, nor on the client's.
+            jb.AwaitAnchor("npc");
+            for (ulong i = 0; i < 5; i++) jb.Push(MakeFrame("npc", i, 0.8f), now);
+            jb.Anchor("npc", 0.0);
+            jb.Discard("npc");
+            Assert.IsFalse(jb.Contains("npc"));
+            Assert.IsTrue(jb.Discarding("npc"));
+            for (ulong i = 5; i < 89; i++)
+            {
+                now = i / 300.0;
+                Assert.IsTrue(double.IsNaN(jb.Push(MakeFrame("npc", i, (i % 2) * 0.8f), now)));
+            }
+            Assert.AreEqual(0, jb.Buffered("npc"));
+            Assert.IsNull(jb.Offset("npc"));
+            for (now = 0.4; now < 3.5; now += 1 / 60.0) Assert.AreEqual(PlayState.Unknown, Sample(jb, "npc", now, out p));
+            Assert.AreEqual(new string[0], jb.Streams());
+            jb.Anchor("npc", now); // late (the game's PlaybackStarted): ignored
+            Assert.IsTrue(jb.Discarding("npc"));
+            Assert.AreEqual(PlayState.Unknown, Sample(jb, "npc", now, out p));
+            // Its last frame ends the discard: a later frame of the id is a new stream's.
+            jb.Push(MakeFrame("npc", 89, 0f, 0f, true), now);
+            Assert.IsFalse(jb.Discarding("npc"));
+            Assert.IsFalse(jb.Contains("npc"));
+            Assert.AreEqual(now + Margin, jb.Push(MakeFrame("npc", 0, 0.3f), now), 1e-12);
+            // So do its stream_end, a new stream of the id (stream_start) and a new line with it.
+            jb.Discard("a");
+            jb.EndStream("a");
+            Assert.IsFalse(jb.Discarding("a"));
+            jb.Discard("b");
+            jb.BeginStream("b");
+            Assert.IsFalse(jb.Discarding("b"));
+            jb.Discard("c");
+            jb.AwaitAnchor("c");
+            Assert.IsFalse(jb.Discarding("c"));
+            Assert.IsTrue(jb.Contains("c"));
+            jb.ResetStream("c");
+            // A stream whose end the buffer has is just forgotten: nothing more of it comes.
+            jb.Push(MakeFrame("e", 0, 0f, 0f, true), now);
+            jb.Discard("e");
+            Assert.IsFalse(jb.Discarding("e"));
+            // A discard of which nothing comes lapses UnanchoredLineTimeoutS after the last sign of it.
+            jb.Discard("d");
+            double discarded = now;
+            now = discarded + 30;
+            jb.Push(MakeFrame("d", 7, 0.1f), now);
+            now = discarded + JitterBuffer.UnanchoredLineTimeoutS + 1;
+            Assert.AreEqual(PlayState.Unknown, Sample(jb, "x", now, out p));
+            Assert.IsTrue(jb.Discarding("d"), "a frame of it came 31 s ago");
+            now = discarded + 30 + JitterBuffer.UnanchoredLineTimeoutS + 1;
+            Assert.AreEqual(PlayState.Unknown, Sample(jb, "x", now, out p));
+            Assert.IsFalse(jb.Discarding("d"));
+            // A runtime restart forgets it as any unfinished stream.
+            jb.Discard("f");
+            jb.ForgetUnfinished();
+            Assert.IsFalse(jb.Discarding("f"));
+        }
+
+        [Test]
+        public void AFaceShowsALineFromBeforeItsFirstFrameUntilItPlaysOut()
+        {
+            // KsdiffFaceDriver: KsdiffNpcVoice calls ShowLine right after the line's Start(), before
+            // any frame of it came; the face samples it every LateUpdate.
+            double now = 0.0;
+            var jb = new JitterBuffer(Margin, JitterBuffer.MaxLineFrames, () => now);
+            var line = new ShownLine();
+            var pose = new Pose();
+            double shown;
+            Func<double, PlayState, bool> face = (audioNow, expected) =>
+            {
+                PlayState state = jb.Sample(line.Stream, audioNow, pose, out shown);
+                Assert.AreEqual(expected, state);
+                return line.Sampled(jb, state);
+            };
+            jb.AwaitAnchor("npc");
+            line.Show("npc");
+            Assert.IsTrue(face(0.0, PlayState.Unknown), "a line with no frame yet was dropped");
+            Assert.IsTrue(face(0.1, PlayState.Unknown));
+            for (ulong i = 0; i < 10; i++) jb.Push(MakeFrame("npc", i, 0.5f, 0f, i == 9), now);
+            Assert.IsTrue(face(0.2, PlayState.Waiting));
+            jb.Anchor("npc", 1.0);
+            Assert.IsTrue(face(1.1, PlayState.Playing));
+            Assert.AreEqual("npc", line.Stream);
+            Assert.IsFalse(face(1.5, PlayState.Ended), "played out");
+            Assert.IsNull(line.Stream);
+            // A line let go of (cancelled, failed: Discard; forgotten) is dropped at its next sample.
+            jb.AwaitAnchor("npc2");
+            line.Show("npc2");
+            Assert.IsTrue(face(2.0, PlayState.Unknown));
+            jb.Discard("npc2");
+            Assert.IsFalse(face(2.1, PlayState.Unknown));
+            jb.AwaitAnchor("npc3");
+            line.Show("npc3");
+            jb.ResetStream("npc3");
+            Assert.IsFalse(face(2.2, PlayState.Unknown));
+            // StopLine stops only its own line.
+            line.Show("npc4");
+            line.Stop("npc3");
+            Assert.AreEqual("npc4", line.Stream);
+            line.Stop("npc4");
+            Assert.IsNull(line.Stream);
+            Assert.IsFalse(line.Sampled(jb, PlayState.Unknown));
         }
 
         static string[] Sorted(string[] ids)

@@ -827,9 +827,25 @@ namespace Ksdiff.Tests
                 client.Buffer.Sample("npc-hush", client.Now(), sampled, out shown); // the face shows it a moment
                 cancelled.Cancel();
                 Assert.IsFalse(client.Buffer.Contains("npc-hush"), "the cancelled line's frames are let go at once");
-                for (ulong i = 5; i < 34; i++) _rt.Publish(Protocol.FrameTopic("npc-hush"), FakeRuntime.Frame("npc-hush", i, 0.1f, i == 33));
+                // The rest of its frames still come: they never show, on any clock (a face showing
+                // the line's id, or the newest stream, on the client's clock, would move its lips
+                // with no audio).
+                for (ulong i = 5; i < 33; i++) _rt.Publish(Protocol.FrameTopic("npc-hush"), FakeRuntime.Frame("npc-hush", i, (i % 2) * 0.8f));
+                Assert.IsTrue(Wait.Until(() => client.Stream("npc-hush").Frames == 33, 10));
+                for (int k = 0; k < 30; k++)
+                {
+                    Assert.AreEqual(PlayState.Unknown, client.Buffer.Sample("npc-hush", client.Now(), sampled, out shown), "a late frame of the cancelled line shows");
+                    System.Threading.Thread.Sleep(10);
+                }
+                Assert.IsFalse(client.Buffer.Contains("npc-hush"));
+                Assert.AreEqual(0, client.Buffer.Buffered("npc-hush"), "its late frames are dropped");
+                Assert.IsTrue(client.Buffer.Discarding("npc-hush"));
+                _rt.Publish(Protocol.FrameTopic("npc-hush"), FakeRuntime.Frame("npc-hush", 33, 0.1f, true));
                 _rt.Publish(Protocol.StreamTopic("npc-hush"), FakeRuntime.StreamEnd("npc-hush", "ended", 34));
                 Assert.IsTrue(Wait.Until(() => client.Stream("npc-hush").EndFrames.HasValue, 10));
+                Assert.AreEqual(PlayState.Unknown, client.Buffer.Sample("npc-hush", client.Now(), sampled, out shown));
+                Assert.IsFalse(client.Buffer.Contains("npc-hush"));
+                Assert.IsFalse(client.Buffer.Discarding("npc-hush"), "its end came: nothing of it is left");
 
                 // A line refused before any frame came (the runtime is at capacity).
                 var refused = new NpcLine(client, Tone(0.2, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "npc-refused" });
@@ -861,8 +877,28 @@ namespace Ksdiff.Tests
                 Assert.AreEqual(12, bake.Recorder.Count);
                 Assert.IsFalse(client.Buffer.Contains("bake-kept"), "a bake's frames are not kept twice");
 
-                // A minute on, nothing of them is left: the cancelled line's late frames (a stream
-                // nobody samples) are forgotten with the rest (any push or sample says when).
+                // A bake that fails mid-way (its frames too slow for its TimeoutS), whose frames
+                // still come: they are not kept either, nor shown as a new stream.
+                var failed = new OfflineLine(client, Tone(0.4, 16000, 1), 16000, 1, new NpcLineOptions { Stream = "bake-failed" }) { TimeoutS = 0.0 };
+                failed.Start();
+                bakeWatch = Stopwatch.StartNew();
+                while (failed.Update() != OfflineLineState.Failed)
+                {
+                    Assert.Less(bakeWatch.Elapsed.TotalSeconds, 10, "stuck in " + failed.State);
+                    KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
+                    if (!r.HasValue) continue;
+                    Message m = new Decoder().Decode(r.Value.Value);
+                    if (m is OpenStream) _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("bake-failed", ((OpenStream)m).Req.Value));
+                    if (m is EndStream) for (ulong i = 0; i < 5; i++) _rt.Publish(Protocol.FrameTopic("bake-failed"), FakeRuntime.Frame("bake-failed", i, 0.1f));
+                }
+                Assert.IsTrue(failed.Failure.Contains("did not all come"), failed.Failure);
+                for (ulong i = 5; i < 12; i++) _rt.Publish(Protocol.FrameTopic("bake-failed"), FakeRuntime.Frame("bake-failed", i, 0.1f, i == 11));
+                Assert.IsTrue(Wait.Until(() => client.Stream("bake-failed").Frames == 12, 10));
+                Assert.IsFalse(client.Buffer.Contains("bake-failed"), "a failed bake's late frames are kept");
+                Assert.AreEqual(PlayState.Unknown, client.Buffer.Sample("bake-failed", client.Now(), sampled, out shown));
+
+                // A minute on, nothing of them is left: the refused line's discard lapses with the
+                // rest (any push or sample says when).
                 skewS += JitterBuffer.UnanchoredLineTimeoutS + 1;
                 _rt.Publish(Protocol.FrameTopic("other"), FakeRuntime.Frame("other", 0));
                 Assert.IsTrue(Wait.Until(() => client.Stream("other") != null, 10));
