@@ -503,11 +503,38 @@ def test_an_end_stream_the_runtime_dropped_unread_is_sent_again_once_the_drops_a
             runtime.floods._clients[owner] = _Client(window_start=time.monotonic(), budget=CLIENT_SHARE, spent=10.0)
             assert stream.end() == stream_frames(8_000, 30)
             busy = [e for e in client.errors if e.code == "busy"]
-            assert len(busy) == 1 and "dropped unread" in str(busy[0]) and client.resent == 1
+            # sent again: the end_stream, and the push sent within a window before the busy (its copy changes nothing)
+            assert len(busy) == 1 and "dropped unread" in str(busy[0]) and client.resent == 2
             end = watcher.wait_pub(is_end("dropped"))[-1]
             assert end["reason"] == "ended" and stream.errors == []
     finally:
         watcher.close()
+
+
+def test_audio_the_runtime_dropped_unread_is_sent_again_once_the_drops_are_over(runtime):
+    """24 NPC lines of 10 s at 48 kHz stereo pushed at once through one client went past its share of the runtime's
+    io thread: the audio of 8 was dropped unread, and those lines ended with no frame ("busy" with no req, SPEC 4.6).
+    Every audio message carries its at_sample, so the client sends what left in the window of the drops again once it
+    has passed (the runtime drops what it already has of a copy), ahead of audio pushed after it and before the
+    end_stream sent again: every line gets all of its frames."""
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        first = client.open_stream("before", mode="line")
+        first.push(speech(0.5))  # taken before the drops: its copy changes nothing
+        first.set_controls({})  # requests are handled in order: once this one is answered, the push was taken
+        dropped = client.open_stream("dropped", mode="line", sample_rate=48_000, channels=2)
+        dropped.set_controls({})
+        owner = runtime.sessions.get("dropped").owner
+        # as if this client had spent its whole share in a window that starts now (see the end_stream test above)
+        runtime.floods._clients[owner] = _Client(window_start=time.monotonic(), budget=CLIENT_SHARE, spent=10.0)
+        x = resample_poly(speech(2.0), 3, 1).astype(np.float32)
+        dropped.push(np.stack([x, x], axis=1))
+        first.push(speech(0.5), at_sample=8_000)
+        assert dropped.end() == stream_frames(32_000, 30)  # all of it, not the silence a lost message leaves
+        assert first.end() == stream_frames(16_000, 30)
+        busy = [e for e in client.errors if e.code == "busy"]
+        assert len(busy) == 1 and client.resent >= 3  # the two lines' audio in the window and an end_stream
+        assert dropped.errors == [] and first.errors == []
+        assert dropped.started_at is not None and len(dropped.take_frames()) == stream_frames(32_000, 30)
 
 
 # --- artists' controls ------------------------------------------------------------------------------

@@ -81,6 +81,11 @@ REPLY_TO = {"hello": "hello", "open_stream": "stream_opened", "end_stream": "str
 # (counted in Client.unsent): ~4 min of a 16 kHz float32 mic. A request whose call stopped waiting for its reply
 # before it left is taken out unsent (Client.withdrawn).
 OUTBOX_MAX_BYTES = 16 << 20
+# Audio sent is kept this long (and up to this many bytes, the oldest forgotten beyond) to be sent again if the runtime
+# says it dropped this client's requests unread (SPEC 4.6): every audio message carries its at_sample, so a copy of
+# audio the runtime has is dropped there, and one it dropped fills its place.
+SENT_AUDIO_KEPT_S = 3 * protocol.BUSY_WINDOW_S
+SENT_AUDIO_MAX_BYTES = 256 << 20
 
 StreamFilter = str | Iterable[str] | None
 
@@ -103,6 +108,17 @@ class _Request:
 # Waiting for the DEALER to take them: (audio?, message, the request it is: None for audio and fire-and-forget ones)
 Outbox = deque[tuple[bool, bytes, _Request | None]]
 Command = tuple[str, bytes | _Request]  # for the I/O thread: ("send" | "audio" | "sub" | "unsub" | ..., argument)
+
+
+def _keep_sent(io: _Io, payload: bytes) -> None:
+    """Remember an audio message that left, for SENT_AUDIO_KEPT_S (within SENT_AUDIO_MAX_BYTES): the runtime may yet
+    say it dropped it unread (``Client._dropped_audio``)."""
+    now = time.monotonic()
+    io.sent_audio.append((now, payload))
+    io.sent_audio_bytes += len(payload)
+    while io.sent_audio and (io.sent_audio[0][0] < now - SENT_AUDIO_KEPT_S
+                             or io.sent_audio_bytes > SENT_AUDIO_MAX_BYTES):
+        io.sent_audio_bytes -= len(io.sent_audio.popleft()[1])
 
 
 def _drop_audio(outbox: Outbox, size: int, limit: int) -> tuple[Outbox, int, int]:
@@ -525,6 +541,8 @@ class _Io:
             self.poller.register(s, zmq.POLLIN)
         self.outbox: Outbox = deque()
         self.outbox_bytes = 0
+        self.sent_audio: deque[tuple[float, bytes]] = deque()  # (when it left, the message): SENT_AUDIO_KEPT_S of it
+        self.sent_audio_bytes = 0
 
     def close(self) -> None:
         for s in (self.sub, self.dealer):
@@ -596,8 +614,10 @@ class Client:
     (runtime instance changes seen), ``unsent`` (audio messages dropped before they were sent: of streams whose
     connection dropped, or beyond OUTBOX_MAX_BYTES for a runtime that takes none), ``withdrawn`` (requests never
     sent because their call stopped waiting for the reply, e.g. timed out, before they left this client), ``resent``
-    (``end_stream`` requests sent again: the runtime said it dropped this client's requests unread, ``busy`` in
-    ``errors``, and the window of those drops passed without their answer; SPEC 4.6 "A client past its share").
+    (messages sent again once the runtime said it dropped this client's requests unread, ``busy`` in ``errors``, and
+    the window of those drops passed: the audio of lines (``mode="line"``) sent in that window, each message placed
+    by its at_sample so the runtime takes only what it lacks, then the ``end_stream`` requests left without an
+    answer; SPEC 4.6 "A client past its share").
     ``errors``: runtime errors no call was waiting for.
 
     A request that did leave and is answered after its call gave up changes nothing, but for ``stream_opened``:
@@ -665,6 +685,7 @@ class Client:
         self._version_error: ProtocolError | None = None  # the last message of another protocol major version
         self._resent: OrderedDict[int, None] = OrderedDict()  # req of the requests resent, the latest RESENT_KEPT
         self._busy_at: float | None = None  # when the runtime last said it dropped this client's requests unread
+        self._audio_resent_for: float | None = None  # the _busy_at whose dropped audio was sent again
         self.resent = 0  # requests sent again after the runtime said it dropped some unread (SPEC 4.6)
         self.errors: deque[KsdiffError] = deque(maxlen=100)
         self._warned: set[str] = set()
@@ -1190,12 +1211,20 @@ class Client:
                     sub.setsockopt(zmq.UNSUBSCRIBE, arg)
             if withdraw:
                 outbox, outbox_bytes = self._withdraw(outbox, outbox_bytes)
+            # before anything queued since: audio the runtime dropped unread goes again, in its order, ahead of audio
+            # pushed after it (which would otherwise reach the runtime first, its gap then filled with silence)
+            for payload in reversed(self._dropped_audio(io)):
+                outbox.appendleft((True, payload, None))
+                outbox_bytes += len(payload)
             while outbox:
                 try:
                     dealer.send(outbox[0][1], zmq.NOBLOCK)
                 except zmq.Again:
                     break  # the runtime is away or slow: retried on POLLOUT
-                outbox_bytes -= len(outbox.popleft()[1])
+                is_audio, payload, _ = outbox.popleft()
+                outbox_bytes -= len(payload)
+                if is_audio:
+                    _keep_sent(io, payload)
             if outbox_bytes > OUTBOX_MAX_BYTES:
                 outbox, outbox_bytes, dropped = _drop_audio(outbox, outbox_bytes, OUTBOX_MAX_BYTES)
                 with self._cv:
@@ -1434,6 +1463,39 @@ class Client:
             self._cv.notify_all()
         if orphan is not None:
             self._end_orphan(orphan)
+
+    def _dropped_audio(self, io: _Io) -> list[bytes]:
+        """The audio messages to send again (the I/O thread's), once the window of drops the runtime told of (``busy``
+        with neither ``req`` nor ``stream``) has passed: those sent from BUSY_WINDOW_S before that reply until the
+        drops ended, of lines still open here. Each carries its at_sample: the runtime drops what it has of a copy
+        (SPEC 4.6 ``audio``), so only what it dropped is taken. Their end_streams, if dropped too, follow
+        (``_dropped_ends``)."""
+        now = time.monotonic()
+        with self._cv:
+            busy_at = self._busy_at
+            if busy_at is None or now < busy_at + protocol.BUSY_WINDOW_S or self._audio_resent_for == busy_at:
+                return []
+            self._audio_resent_for = busy_at
+            # lines only: every frame of a line is wanted, however late; a live stream wants the present, and the gap
+            # of the drops is silence to it (the runtime fills it when the next audio comes)
+            open_streams = {sid for sid, h in self._handles.items()
+                            if h.mode == "line" and h._lost is None and not h._finished}
+        first, last = busy_at - protocol.BUSY_WINDOW_S, busy_at + protocol.BUSY_WINDOW_S
+        again: list[bytes] = []
+        kept: deque[tuple[float, bytes]] = deque()
+        for sent_at, payload in io.sent_audio:
+            if first <= sent_at <= last and protocol.unpack(payload, protocol.REQUEST_LIMITS)["stream"] in open_streams:
+                again.append(payload)
+                io.sent_audio_bytes -= len(payload)  # kept again once sent again
+            else:
+                kept.append((sent_at, payload))
+        io.sent_audio = kept
+        if again:
+            with self._cv:
+                self.resent += len(again)
+            log.info("ksdiff-sdk: the runtime dropped requests of this client unread (busy): sending %d audio "
+                     "message(s) again", len(again))
+        return again
 
     def _dropped_ends(self, outbox: Outbox) -> list[bytes]:
         """The ``end_stream`` requests to send again (the I/O thread's): the runtime said (``busy`` with neither
