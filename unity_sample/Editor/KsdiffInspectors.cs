@@ -41,7 +41,7 @@ namespace Ksdiff.Editor
             EditorGUILayout.LabelField("Runtime restarts seen", s.Restarts.ToString());
             EditorGUILayout.LabelField("Audio dropped unsent", s.Unsent.ToString());
             EditorGUILayout.LabelField("Requests withdrawn unsent", s.Withdrawn.ToString());
-            EditorGUILayout.LabelField("End streams sent again (busy)", s.Resent.ToString());
+            EditorGUILayout.LabelField("Messages sent again (busy)", s.Resent.ToString());
             if (!string.IsNullOrEmpty(s.LastError)) EditorGUILayout.LabelField("Last problem", s.LastError, EditorStyles.wordWrappedMiniLabel);
 
             EditorGUILayout.Space();

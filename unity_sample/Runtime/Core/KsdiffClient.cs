@@ -36,7 +36,12 @@
 //     (too many for the streams it holds): an end_stream that left before those drops were over
 //     (Protocol.BusyWindowS) and is still unanswered then is sent again, and the answer to its
 //     other copy changes nothing (ClientStatus.Resent; SPEC 4.6, "A client past its share"). One
-//     still in the outbox was not dropped: it is not copied.
+//     still in the outbox was not dropped: it is not copied. Before those: the audio of lines
+//     (streams opened in mode "line", still open here) that left from BusyWindowS before the busy
+//     until the drops were over goes again, in its order, ahead of anything queued since (audio
+//     sent with its at_sample, as NpcLine and OfflineLine send it: the runtime takes only what it
+//     lacks of a copy). Audio that left is kept SentAudioKeptS for that (within
+//     ClientOptions.ResendAudioMaxBytes). A live stream's is not: it wants the present, not the past.
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
 //   * A stream's events reach the game in the order the runtime published them: a frame is in the
@@ -65,6 +70,10 @@ namespace Ksdiff
         // DEALER queues only on a live connection; or it stalls). Beyond this many bytes the
         // oldest audio is dropped (ClientStatus.Unsent): about 4 min of a 16 kHz float32 mic.
         public long OutboxMaxBytes = 16 << 20;
+        // Audio that left is kept 3 * Protocol.BusyWindowS, up to this many bytes (the oldest
+        // forgotten beyond), to send a line's audio again should the runtime say it dropped this
+        // client's requests unread (busy; SPEC 4.6, "A client past its share").
+        public long ResendAudioMaxBytes = 256L << 20;
         public int ReceiveHighWatermark = 10000;
         public int MaxEvents = 1000;         // events kept for DrainEvents (the oldest are dropped)
         public double JitterMarginS = 0.05;  // the jitter buffer's margin for live streams
@@ -114,7 +123,10 @@ namespace Ksdiff
         public ulong Messages, Frames, Dropped, BadMessages, Ignored, Restarts, EventsDropped;
         public ulong Unsent;            // audio messages dropped before they were sent (OutboxMaxBytes, or their stream was lost with the connection)
         public ulong Withdrawn;         // requests never sent: they failed (timed out, abandoned) while still in the outbox
-        public ulong Resent;            // end_streams sent again: the runtime said it dropped this client's requests unread (busy)
+        // Messages sent again once the runtime said it dropped this client's requests unread (busy)
+        // and those drops were over: the audio of lines that left in that window, then the
+        // end_streams left unanswered.
+        public ulong Resent;
         public double LastHelloS = -1;
         public string LastError;
         public Stats LastStats;
@@ -154,6 +166,7 @@ namespace Ksdiff
         internal bool Queued;            // (L) a copy of it waits in the outbox: it has not left since it was last queued
         internal bool Left;              // (L) it left for the runtime, once at least
         internal double LastSentS;       // (L) when it last left for the runtime (client clock)
+        internal bool Line;              // an open_stream in mode line (its stream's audio is sent again after a busy)
         Message _reply;
         string _failure;
 
@@ -206,6 +219,7 @@ namespace Ksdiff
         const int ArrivalWindow = 256;   // arrival times kept for the receive rate
         const int MaxStreamsKept = 256;  // per-stream records (oldest ended ones go first)
         const int ResentKept = 1000;     // resent requests remembered, so the answer to a second copy changes nothing
+        const double SentAudioKeptS = 3 * Protocol.BusyWindowS; // audio that left is kept this long, to be sent again after a busy
 
         readonly ClientOptions _o;
         readonly Func<double> _clock;
@@ -227,6 +241,8 @@ namespace Ksdiff
         readonly HashSet<ulong> _resent = new HashSet<ulong>();     // (L) req of the requests sent again, the latest ResentKept
         readonly Queue<ulong> _resentOrder = new Queue<ulong>();    // (L) the same, oldest first
         double? _busyAtS;                                           // (L) when the runtime last said it dropped requests unread
+        readonly Queue<Outgoing> _sentAudio = new Queue<Outgoing>(); // (L) audio that left, the latest SentAudioKeptS (Outgoing.SentS), oldest first
+        long _sentAudioBytes;                                       // (L)
         readonly HashSet<string> _seenInstances = new HashSet<string>();                   // (L)
         readonly List<IFrameSink> _sinks = new List<IFrameSink>();                         // (L)
         IFrameSink[] _sinkSnapshot = new IFrameSink[0];                                    // (L)
@@ -243,6 +259,9 @@ namespace Ksdiff
             public bool Audio; // audio may be dropped when the outbox is full; requests never are
             public ulong Req;  // a request withdrawn if it fails before it is sent; 0: none (audio, end_stream)
             public PendingRequest Request; // the request it is (a copy of); null: audio, or an end_stream nobody waits for
+            public string Stream; // audio: its stream
+            public bool Placed;   // audio with its at_sample: a copy takes its own place (sent again after a busy)
+            public double SentS;  // audio kept in _sentAudio: when it left (client clock)
         }
 
         sealed class Tracker
@@ -258,6 +277,8 @@ namespace Ksdiff
             // Lost client-side (Lose: "restart", "reconnect"): the loss stays, whatever frames still
             // come, until the id starts afresh (OpenStream, stream_start) or the stream really ends.
             public bool Lost;
+            // This client opened it in mode line: its audio dropped unread after a busy goes again.
+            public bool Line;
             public ulong? NextSeq;
             public readonly double[] Latencies = new double[LatencyWindow];
             public int LatencyCount, LatencyNext;
@@ -422,10 +443,11 @@ namespace Ksdiff
                     t.Status.OpenedHere = true;
                     t.OpenConfirmed = false;
                     t.End = null;
+                    t.Line = request.Mode == Protocol.ModeLine;
                     if (_o.Streams != null) _subscriptions.Enqueue(new KeyValuePair<bool, string>(true, Protocol.FrameTopic(request.Stream)));
                 }
             }
-            return Queue(req, "open_stream", request.Stream, payload, _o.RequestTimeoutS);
+            return Queue(req, "open_stream", request.Stream, payload, _o.RequestTimeoutS, request.Mode == Protocol.ModeLine);
         }
 
         // Audio gets no reply unless it fails: errors arrive as events and in StreamStatus.Errors.
@@ -441,7 +463,7 @@ namespace Ksdiff
                 if (_streams.TryGetValue(stream, out t) && t.End != null)
                     throw new ProtocolException(ErrorCode.UnknownStream, "stream '" + stream + "' was ended (EndStream was called): " +
                                                                          "no audio was sent; open a new stream");
-                _outbox.Enqueue(new Outgoing { Payload = payload, Audio = true });
+                _outbox.Enqueue(new Outgoing { Payload = payload, Audio = true, Stream = stream, Placed = atSample.HasValue });
                 _outboxBytes += payload.Length;
             }
         }
@@ -470,9 +492,9 @@ namespace Ksdiff
 
         ulong NextReq() { return (ulong)Interlocked.Increment(ref _nextReq); }
 
-        PendingRequest Queue(ulong req, string type, string stream, byte[] payload, double timeoutS)
+        PendingRequest Queue(ulong req, string type, string stream, byte[] payload, double timeoutS, bool line = false)
         {
-            var p = new PendingRequest(req, type, stream, _clock(), timeoutS) { Payload = payload };
+            var p = new PendingRequest(req, type, stream, _clock(), timeoutS) { Payload = payload, Line = line };
             lock (_lock)
             {
                 if (!_running) p.Complete(null, "the client is not running");
@@ -609,10 +631,22 @@ namespace Ksdiff
                         next.Request.Left = true;
                         next.Request.LastSentS = _clock(); // it left now, not when it was queued (ResendDroppedEnds)
                     }
+                    if (next.Audio && next.Placed)
+                    {
+                        // Kept a while: the runtime may yet say it dropped it unread (ResendDroppedAudio).
+                        next.SentS = _clock();
+                        _sentAudio.Enqueue(next);
+                        _sentAudioBytes += next.Payload.Length;
+                    }
                 }
             }
             lock (_lock)
             {
+                // Forgets the audio kept longer than SentAudioKeptS, or beyond ResendAudioMaxBytes
+                // (nothing allocated: this runs on every turn of the worker's loop).
+                double forget = _clock() - SentAudioKeptS;
+                while (_sentAudio.Count > 0 && (_sentAudio.Peek().SentS < forget || _sentAudioBytes > _o.ResendAudioMaxBytes))
+                    _sentAudioBytes -= _sentAudio.Dequeue().Payload.Length;
                 if (_outboxBytes <= _o.OutboxMaxBytes) return;
                 int dropped = DropAudio(_o.OutboxMaxBytes);
                 if (dropped == 0) return; // requests alone: they stay
@@ -724,6 +758,7 @@ namespace Ksdiff
                 if (!_busyAtS.HasValue) return;
                 double dropsEnd = _busyAtS.Value + Protocol.BusyWindowS;
                 if (now < dropsEnd) return;
+                ResendDroppedAudio(_busyAtS.Value);
                 foreach (PendingRequest p in _pending.Values)
                 {
                     if (p.Type != "end_stream" || p.Queued || p.LastSentS >= dropsEnd) continue;
@@ -739,6 +774,39 @@ namespace Ksdiff
                 }
                 _busyAtS = null;
             }
+        }
+
+        // Under _lock, on the worker, once the drops the runtime told of at `busyAtS` are over: the
+        // audio of lines that left from Protocol.BusyWindowS before that busy until the drops ended
+        // goes again, in its order, at the head of the outbox (ahead of audio queued since, which
+        // would otherwise reach the runtime first and have the gap before it filled with silence),
+        // so before the end_streams sent again. Lines only, still open here (not ended, not lost,
+        // their end_stream not answered): every frame of a line is wanted, however late; a live
+        // stream wants the present, and the gap of the drops is silence to it. Only audio sent with
+        // its at_sample is kept for this (NpcLine and OfflineLine place all theirs): the runtime
+        // drops what it has of a copy (SPEC 4.6 audio), so it takes only what it lacks; a copy
+        // without one would be appended to the line. Counted in Resent.
+        void ResendDroppedAudio(double busyAtS)
+        {
+            double first = busyAtS - Protocol.BusyWindowS, last = busyAtS + Protocol.BusyWindowS;
+            int queued = _outbox.Count, again = 0;
+            for (int n = _sentAudio.Count; n > 0; n--) // once round the kept audio, keeping the order
+            {
+                Outgoing m = _sentAudio.Dequeue();
+                Tracker t;
+                if (m.SentS >= first && m.SentS <= last && _streams.TryGetValue(m.Stream, out t) &&
+                    t.Line && t.Status.OpenedHere && !t.Status.Ended && (t.End == null || !t.End.IsDone))
+                {
+                    _sentAudioBytes -= m.Payload.Length; // kept again once it leaves again
+                    _outbox.Enqueue(m);
+                    _outboxBytes += m.Payload.Length;
+                    again++;
+                }
+                else _sentAudio.Enqueue(m);
+            }
+            if (again == 0) return;
+            for (int n = queued; n > 0; n--) _outbox.Enqueue(_outbox.Dequeue()); // what was queued before goes after them
+            _status.Resent += (ulong)again;
         }
 
         void OnPublished(int parts)
@@ -1008,6 +1076,7 @@ namespace Ksdiff
                         if (p.Stream == null && (t.Status.Ended || t.Lost)) ResetTracker(t);
                         t.Status.OpenedHere = true;
                         t.OpenConfirmed = true;
+                        t.Line = p.Line;
                         if (p.Stream == null) t.End = null; // an id the runtime picked: maybe one it gave before a restart
                         if (opened.Mode != null) t.Status.Mode = opened.Mode;                 // 1.2
                         if (opened.LatencyMs.HasValue) t.Status.LatencyMs = opened.LatencyMs; // 1.2

@@ -1,9 +1,10 @@
 // The client over the libzmq transport against a stand-in runtime on loopback: subscriptions,
 // decoding, drops, bad input, replies matched by req, restart detection, reconnection, streams
 // lost with a dropped connection (and staying lost while frames still come), requests that time out
-// (withdrawn from the outbox unsent, a stream opened too late ended), end_streams sent again after a
-// busy (an in-memory transport holds sends back), audio after end_stream refused, the outbox's
-// bound, an absent runtime, a bad endpoint, CURVE. The same client logic runs over NetMQ in Unity.
+// (withdrawn from the outbox unsent, a stream opened too late ended), end_streams and the audio of
+// lines sent again after a busy (an in-memory transport holds sends back), audio after end_stream
+// refused, the outbox's bound, an absent runtime, a bad endpoint, CURVE. The same client logic
+// runs over NetMQ in Unity.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -527,6 +528,71 @@ namespace Ksdiff.Tests
             Assert.AreEqual(1UL, c.Status().Resent);
             Assert.AreEqual(end.Req, ((EndStream)transport.SentMessages().Last()).Req.Value);
             Assert.IsFalse(end.IsDone);
+        }
+
+        [Test]
+        public void AfterBusyTheAudioOfLinesGoesAgainInOrderAheadOfNewerAudioAndBeforeTheEndStreamsCopy()
+        {
+            // SPEC 4.6 "A client past its share": a busy with neither req nor stream says the runtime
+            // dropped this client's requests unread, audio included, for up to Protocol.BusyWindowS.
+            // NPC lines pushed whole at once lose their audio so. Once the drops are over, the audio
+            // of lines (mode line) that left from BusyWindowS before the busy goes again, in its
+            // order (each message keeps its at_sample: the runtime takes only what it lacks), ahead
+            // of audio queued since, and before the copy of their end_stream; a live stream's is not
+            // sent again. An in-memory transport holds the newer audio back (ZeroMQ's queue full).
+            var transport = new ScriptedTransport();
+            KsdiffClient c = Keep(new KsdiffClient(new ClientOptions { Transport = () => transport }));
+            c.Start();
+            var opens = new[]
+            {
+                c.OpenStream(new OpenStream { Stream = "line1", Mode = Protocol.ModeLine }),
+                c.OpenStream(new OpenStream { Stream = "line2", Mode = Protocol.ModeLine }),
+                c.OpenStream(new OpenStream { Stream = "live1", Mode = Protocol.ModeLive }),
+            };
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 3, 10), "the open_streams never left");
+            foreach (OpenStream o in transport.SentMessages().Cast<OpenStream>())
+                transport.Reply(FakeRuntime.StreamOpened(o.Stream, o.Req.Value, 20, 300, o.Mode));
+            foreach (PendingRequest open in opens)
+            {
+                Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)));
+                Assert.IsTrue(open.Reply is StreamOpened, "" + open.Reply);
+            }
+            var pcm = new byte[4000]; // 1000 float32 samples, mono
+            c.SendAudio("line1", 0, 0, pcm, 0, pcm.Length);
+            c.SendAudio("live1", 0, 0, pcm, 0, pcm.Length);
+            c.SendAudio("line1", 1, 1000, pcm, 0, pcm.Length);
+            c.SendAudio("line2", 0, 0, pcm, 0, pcm.Length);
+            PendingRequest end = c.EndStream("line1");
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 8, 10), "the audio and the end_stream never left");
+            transport.Reply(FakeRuntime.Error("busy", null, null, null)); // all of them dropped unread
+            Assert.IsTrue(Wait.Until(() => Events(c).Any(e => e.Kind == ClientEventKind.Error), 10), "the busy was not read");
+            var watch = Stopwatch.StartNew();
+            transport.Full = true;
+            c.SendAudio("line2", 1, 1000, pcm, 0, pcm.Length); // newer audio: queued after the busy, held back
+            c.SendAudio("live1", 1, 1000, pcm, 0, pcm.Length);
+            System.Threading.Thread.Sleep((int)(1000 * (Protocol.BusyWindowS + 0.3))); // the drops are over
+            transport.Full = false;
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count >= 8 + 3, 10), "nothing left after the drops");
+            System.Threading.Thread.Sleep(200);
+            List<string> after = transport.SentMessages().Skip(8).Select(Describe).ToList();
+            Assert.GreaterOrEqual(watch.Elapsed.TotalSeconds, Protocol.BusyWindowS);
+            Assert.AreEqual(string.Join(", ", new[]
+            {
+                "audio line1 0 @0", "audio line1 1 @1000", "audio line2 0 @0", // sent again, in their order
+                "audio line2 1 @1000", "audio live1 1 @1000",                   // then the newer audio
+                "end_stream line1 " + end.Req,                                  // then the end_stream's copy
+            }), string.Join(", ", after));
+            Assert.AreEqual(4UL, c.Status().Resent, "3 audio messages and 1 end_stream");
+            Assert.IsFalse(end.IsDone);
+        }
+
+        static string Describe(Message m)
+        {
+            var a = m as Audio;
+            if (a != null) return "audio " + a.Stream + " " + a.Seq + " @" + a.AtSample;
+            var e = m as EndStream;
+            if (e != null) return "end_stream " + e.Stream + " " + e.Req;
+            return m.Type.ToString();
         }
 
         [Test]
