@@ -21,7 +21,7 @@ from scipy.signal import resample_poly
 
 from ksdiff_runtime.engine.controls import ease_frames, stream_frames
 from ksdiff_runtime.motion import MOOD_EXPRESSIONS
-from ksdiff_runtime.server.floods import CLIENT_SHARE, _Client
+from ksdiff_runtime.server.floods import CLIENT_SHARE, WINDOW_S, _Client
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
 from ksdiff_sdk import (
     Animation,
@@ -535,6 +535,62 @@ def test_audio_the_runtime_dropped_unread_is_sent_again_once_the_drops_are_over(
         assert len(busy) == 1 and client.resent >= 3  # the two lines' audio in the window and an end_stream
         assert dropped.errors == [] and first.errors == []
         assert dropped.started_at is not None and len(dropped.take_frames()) == stream_frames(32_000, 30)
+
+
+def _spend_share(runtime: Runtime, stream: str, ends_in: float = 1.0) -> float:
+    """As if the owner of ``stream`` had spent its share of the io thread in a window that ends in ``ends_in`` s;
+    returns when (time.monotonic()) the runtime's drops end."""
+    owner = runtime.sessions.get(stream).owner
+    start = time.monotonic() - (WINDOW_S - ends_in)
+    runtime.floods._clients[owner] = _Client(window_start=start, budget=CLIENT_SHARE, spent=10.0)
+    return start + WINDOW_S
+
+
+def _wait_busy(client: Client) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not any(e.code == "busy" for e in client.errors) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_copy_of_audio_an_ending_line_has_changes_nothing(runtime):
+    """Lines pushed whole and ended (the NPC pattern, `end(wait=False)`), then a busy: their audio goes again while
+    the runtime still animates them. It refused each copy (unknown_stream, no open stream) and `end()` raised it; a
+    copy of audio a stream already has is now nothing to the runtime, ending or not."""
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        lines = [client.open_stream(f"ending{i}", mode="line") for i in range(6)]
+        other = client.open_stream("other", mode="line")
+        for line in lines:
+            line.push(np.resize(speech(6.0), 19 * 16_000))  # 6 lines of 19 s: still animated when it goes again
+            line.end(wait=False)
+        other.set_controls({})  # answered: the lines' audio and end_streams were taken
+        _spend_share(runtime, "other")
+        other.push(speech(0.1))  # dropped unread: busy
+        _wait_busy(client)
+        for line in lines:
+            assert line.end() == stream_frames(19 * 16_000, 30) and line.errors == []
+        assert client.resent >= 6  # their audio went again
+
+
+def test_audio_sent_again_goes_to_the_line_that_sent_it_not_one_opened_again_with_its_id(runtime):
+    """A line ended, a busy came, and the id was opened again for a new line before the audio went again: the old
+    line's audio was sent again to the new one (matched by id), which got 19 frames for its 0.1 s."""
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        other = client.open_stream("other2", mode="line")
+        old = client.open_stream("npc", mode="line")
+        old.push(speech(0.5))
+        assert old.end() == stream_frames(8_000, 30)
+        drops_end = _spend_share(runtime, "other2", ends_in=0.3)
+        other.push(speech(0.1))  # dropped unread: busy
+        _wait_busy(client)
+        while time.monotonic() < drops_end:  # the runtime's drops are over; the client's resend (busy + 1 s) to come
+            time.sleep(0.01)
+        assert client.resent == 0
+        new = client.open_stream("npc", mode="line")
+        new.push(speech(0.1))
+        deadline = time.monotonic() + TIMEOUT_S
+        while client.resent == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert new.end() == stream_frames(1_600, 30)
 
 
 # --- artists' controls ------------------------------------------------------------------------------

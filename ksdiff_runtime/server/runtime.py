@@ -847,6 +847,11 @@ class Runtime:
             raise RefusedError("bad_controls", str(e), stream) from None
 
     def _on_audio(self, identity: bytes, msg: dict) -> None:
+        session = self.sessions.get(msg["stream"])
+        if session is not None and session.owner == identity and _is_copy(session, msg):
+            # audio the stream has whole: a client sending again what may have been dropped unread (SPEC 4.6, "A client
+            # past its share"), also after its end_stream was taken; nothing to do, nothing to say
+            return
         session = self.sessions.owned(msg["stream"], identity)
         if msg["seq"] != session.audio_seq + 1:
             self.warnings("audio_seq", f"stream {session.id}: audio seq {msg['seq']} after {session.audio_seq} "
@@ -861,6 +866,13 @@ class Runtime:
         session = self.sessions.owned(msg["stream"], identity)
         session.end_waiters.append((identity, msg.get("req")))
         self.sessions.end(session)
+
+
+def _is_copy(session: Session, msg: dict) -> bool:
+    """Whether an audio message's samples are all ones the stream already has (placed by ``at_sample``)."""
+    at = msg.get("at_sample")
+    frames = len(msg["pcm"]) // session.format.frame_bytes
+    return at is not None and frames > 0 and at + frames <= session.input.received
 
 
 class _QuotaLog:

@@ -105,17 +105,15 @@ class _Request:
         self.sent_at = time.monotonic()  # when its call sent it, or the I/O thread last sent it again
 
 
-# Waiting for the DEALER to take them: (audio?, message, the request it is: None for audio and fire-and-forget ones)
-Outbox = deque[tuple[bool, bytes, _Request | None]]
-Command = tuple[str, bytes | _Request]  # for the I/O thread: ("send" | "audio" | "sub" | "unsub" | ..., argument)
+# Waiting for the DEALER to take them: (audio?, message, the request it is: None for audio and fire-and-forget ones,
+# the line whose audio it is: kept once sent, to go again after a busy; None for anything else)
+Outbox = deque[tuple[bool, bytes, "_Request | None", "StreamHandle | None"]]
+# for the I/O thread: ("send" | "audio" | "sub" | "unsub" | ..., argument); a line's audio: ("audio", (message, line))
+Command = tuple[str, "bytes | _Request | tuple[bytes, StreamHandle]"]
 
 
-def _keep_sent(io: _Io, payload: bytes) -> None:
-    """Remember an audio message that left, for SENT_AUDIO_KEPT_S (within SENT_AUDIO_MAX_BYTES): the runtime may yet
-    say it dropped it unread (``Client._dropped_audio``)."""
-    now = time.monotonic()
-    io.sent_audio.append((now, payload))
-    io.sent_audio_bytes += len(payload)
+def _forget_sent(io: _Io, now: float) -> None:
+    """The lines' audio kept beyond SENT_AUDIO_KEPT_S or SENT_AUDIO_MAX_BYTES, forgotten (on every pass)."""
     while io.sent_audio and (io.sent_audio[0][0] < now - SENT_AUDIO_KEPT_S
                              or io.sent_audio_bytes > SENT_AUDIO_MAX_BYTES):
         io.sent_audio_bytes -= len(io.sent_audio.popleft()[1])
@@ -380,12 +378,12 @@ class StreamHandle:
             wait = end / self.sample_rate - room - (time.monotonic() - self._t0)
             if wait > 0:  # this chunk would be too far ahead: send what is allowed, let real time pass
                 if batch:
-                    self._client._send(batch, audio=True)
+                    self._client._send(batch, audio=True, line=self if self.mode == "line" else None)
                     batch = []
                 time.sleep(wait)  # pacing audio to real time, as a live source would
                 self._check()
             batch.append(message)
-        self._client._send(batch, audio=True)
+        self._client._send(batch, audio=True, line=self if self.mode == "line" else None)
 
     def _messages(self, data: bytes, start: int, max_ms: int) -> tuple[list[bytes], list[int]]:
         """``audio`` messages of ``data`` from sample ``start`` on (numbered on from the last sent), and where
@@ -541,7 +539,8 @@ class _Io:
             self.poller.register(s, zmq.POLLIN)
         self.outbox: Outbox = deque()
         self.outbox_bytes = 0
-        self.sent_audio: deque[tuple[float, bytes]] = deque()  # (when it left, the message): SENT_AUDIO_KEPT_S of it
+        # the lines' audio that left: (when, the message, its line), the latest SENT_AUDIO_KEPT_S of it
+        self.sent_audio: deque[tuple[float, bytes, StreamHandle]] = deque()
         self.sent_audio_bytes = 0
 
     def close(self) -> None:
@@ -785,9 +784,13 @@ class Client:
             return self._latest.get(stream)
 
     # --- requests -----------------------------------------------------------------------------
-    def _send(self, payloads: list[bytes], audio: bool = False) -> None:
-        """Queue DEALER messages; ``audio``: the oldest of these are dropped while the runtime cannot take them."""
-        self._command(*(("audio" if audio else "send", p) for p in payloads))
+    def _send(self, payloads: list[bytes], audio: bool = False, line: StreamHandle | None = None) -> None:
+        """Queue DEALER messages; ``audio``: the oldest of these are dropped while the runtime cannot take them;
+        ``line``: the line whose audio they are (sent again if the runtime says it dropped them unread)."""
+        if line is not None:
+            self._command(*(("audio", (p, line)) for p in payloads))
+        else:
+            self._command(*(("audio" if audio else "send", p) for p in payloads))
 
     def _command(self, *commands: Command) -> None:
         with self._cv:
@@ -1198,10 +1201,13 @@ class Client:
                 if cmd == "stop":
                     return False
                 if isinstance(arg, _Request):  # "request": one a call waits for
-                    outbox.append((False, arg.payload, arg))
+                    outbox.append((False, arg.payload, arg, None))
                     outbox_bytes += len(arg.payload)
+                elif isinstance(arg, tuple):  # a line's audio
+                    outbox.append((True, arg[0], None, arg[1]))
+                    outbox_bytes += len(arg[0])
                 elif cmd in ("send", "audio"):
-                    outbox.append((cmd == "audio", arg, None))
+                    outbox.append((cmd == "audio", arg, None, None))
                     outbox_bytes += len(arg)
                 elif cmd == "withdraw":
                     withdraw = True
@@ -1213,18 +1219,19 @@ class Client:
                 outbox, outbox_bytes = self._withdraw(outbox, outbox_bytes)
             # before anything queued since: audio the runtime dropped unread goes again, in its order, ahead of audio
             # pushed after it (which would otherwise reach the runtime first, its gap then filled with silence)
-            for payload in reversed(self._dropped_audio(io)):
-                outbox.appendleft((True, payload, None))
+            for payload, line in reversed(self._dropped_audio(io)):
+                outbox.appendleft((True, payload, None, line))
                 outbox_bytes += len(payload)
             while outbox:
                 try:
                     dealer.send(outbox[0][1], zmq.NOBLOCK)
                 except zmq.Again:
                     break  # the runtime is away or slow: retried on POLLOUT
-                is_audio, payload, _ = outbox.popleft()
+                _, payload, _, line = outbox.popleft()
                 outbox_bytes -= len(payload)
-                if is_audio:
-                    _keep_sent(io, payload)
+                if line is not None:  # kept a while: the runtime may yet say it dropped it unread (_dropped_audio)
+                    io.sent_audio.append((time.monotonic(), payload, line))
+                    io.sent_audio_bytes += len(payload)
             if outbox_bytes > OUTBOX_MAX_BYTES:
                 outbox, outbox_bytes, dropped = _drop_audio(outbox, outbox_bytes, OUTBOX_MAX_BYTES)
                 with self._cv:
@@ -1265,7 +1272,7 @@ class Client:
                     outbox, outbox_bytes = self._connection_dropped(outbox, outbox_bytes)
             # after the replies were read (an answer that came is no reason to send it again); sent on the next pass
             for payload in self._dropped_ends(outbox):
-                outbox.append((False, payload, None))
+                outbox.append((False, payload, None, None))
                 outbox_bytes += len(payload)
         finally:
             io.outbox, io.outbox_bytes = outbox, outbox_bytes
@@ -1464,37 +1471,36 @@ class Client:
         if orphan is not None:
             self._end_orphan(orphan)
 
-    def _dropped_audio(self, io: _Io) -> list[bytes]:
-        """The audio messages to send again (the I/O thread's), once the window of drops the runtime told of (``busy``
-        with neither ``req`` nor ``stream``) has passed: those sent from BUSY_WINDOW_S before that reply until the
-        drops ended, of lines still open here. Each carries its at_sample: the runtime drops what it has of a copy
-        (SPEC 4.6 ``audio``), so only what it dropped is taken. Their end_streams, if dropped too, follow
-        (``_dropped_ends``)."""
+    def _dropped_audio(self, io: _Io) -> list[tuple[bytes, StreamHandle]]:
+        """The lines' audio messages to send again (the I/O thread's), once the window of drops the runtime told of
+        (``busy`` with neither ``req`` nor ``stream``) has passed: those sent from BUSY_WINDOW_S before that reply
+        until the drops ended, of lines still open here (the same handle: not an id opened again since). Each carries
+        its at_sample: the runtime takes only what it lacks of a copy (SPEC 4.6 ``audio``). Their end_streams, if
+        dropped too, follow (``_dropped_ends``). Lines only: every frame of a line is wanted, however late; a live
+        stream wants the present, and the gap of the drops is silence to it (the runtime fills it when the next audio
+        comes)."""
         now = time.monotonic()
+        _forget_sent(io, now)
         with self._cv:
             busy_at = self._busy_at
             if busy_at is None or now < busy_at + protocol.BUSY_WINDOW_S or self._audio_resent_for == busy_at:
                 return []
             self._audio_resent_for = busy_at
-            # lines only: every frame of a line is wanted, however late; a live stream wants the present, and the gap
-            # of the drops is silence to it (the runtime fills it when the next audio comes)
-            open_streams = {sid for sid, h in self._handles.items()
-                            if h.mode == "line" and h._lost is None and not h._finished}
-        first, last = busy_at - protocol.BUSY_WINDOW_S, busy_at + protocol.BUSY_WINDOW_S
-        again: list[bytes] = []
-        kept: deque[tuple[float, bytes]] = deque()
-        for sent_at, payload in io.sent_audio:
-            if first <= sent_at <= last and protocol.unpack(payload, protocol.REQUEST_LIMITS)["stream"] in open_streams:
-                again.append(payload)
-                io.sent_audio_bytes -= len(payload)  # kept again once sent again
-            else:
-                kept.append((sent_at, payload))
-        io.sent_audio = kept
+            first, last = busy_at - protocol.BUSY_WINDOW_S, busy_at + protocol.BUSY_WINDOW_S
+            again: list[tuple[bytes, StreamHandle]] = []
+            kept: deque[tuple[float, bytes, StreamHandle]] = deque()
+            for sent_at, payload, line in io.sent_audio:
+                if (first <= sent_at <= last and self._handles.get(line.stream) is line and line._lost is None
+                        and not line._finished):
+                    again.append((payload, line))
+                    io.sent_audio_bytes -= len(payload)  # kept again once sent again
+                else:
+                    kept.append((sent_at, payload, line))
+            io.sent_audio = kept
+            self.resent += len(again)
         if again:
-            with self._cv:
-                self.resent += len(again)
             log.info("ksdiff-sdk: the runtime dropped requests of this client unread (busy): sending %d audio "
-                     "message(s) again", len(again))
+                     "message(s) of lines again", len(again))
         return again
 
     def _dropped_ends(self, outbox: Outbox) -> list[bytes]:

@@ -243,6 +243,7 @@ namespace Ksdiff
         double? _busyAtS;                                           // (L) when the runtime last said it dropped requests unread
         readonly Queue<Outgoing> _sentAudio = new Queue<Outgoing>(); // (L) audio that left, the latest SentAudioKeptS (Outgoing.SentS), oldest first
         long _sentAudioBytes;                                       // (L)
+        ulong _openings;                                            // (L) streams opened by this client so far (Tracker.Opening)
         readonly HashSet<string> _seenInstances = new HashSet<string>();                   // (L)
         readonly List<IFrameSink> _sinks = new List<IFrameSink>();                         // (L)
         IFrameSink[] _sinkSnapshot = new IFrameSink[0];                                    // (L)
@@ -262,6 +263,7 @@ namespace Ksdiff
             public string Stream; // audio: its stream
             public bool Placed;   // audio with its at_sample: a copy takes its own place (sent again after a busy)
             public double SentS;  // audio kept in _sentAudio: when it left (client clock)
+            public ulong Opening; // audio: the opening of its stream it was sent for (Tracker.Opening; 0: none)
         }
 
         sealed class Tracker
@@ -279,6 +281,9 @@ namespace Ksdiff
             public bool Lost;
             // This client opened it in mode line: its audio dropped unread after a busy goes again.
             public bool Line;
+            // Which opening of the id by this client it is (the client's count of openings): audio of an
+            // earlier stream of the id is never sent again to a later one.
+            public ulong Opening;
             public ulong? NextSeq;
             public readonly double[] Latencies = new double[LatencyWindow];
             public int LatencyCount, LatencyNext;
@@ -444,6 +449,7 @@ namespace Ksdiff
                     t.OpenConfirmed = false;
                     t.End = null;
                     t.Line = request.Mode == Protocol.ModeLine;
+                    t.Opening = ++_openings;
                     if (_o.Streams != null) _subscriptions.Enqueue(new KeyValuePair<bool, string>(true, Protocol.FrameTopic(request.Stream)));
                 }
             }
@@ -463,7 +469,8 @@ namespace Ksdiff
                 if (_streams.TryGetValue(stream, out t) && t.End != null)
                     throw new ProtocolException(ErrorCode.UnknownStream, "stream '" + stream + "' was ended (EndStream was called): " +
                                                                          "no audio was sent; open a new stream");
-                _outbox.Enqueue(new Outgoing { Payload = payload, Audio = true, Stream = stream, Placed = atSample.HasValue });
+                _outbox.Enqueue(new Outgoing { Payload = payload, Audio = true, Stream = stream, Placed = atSample.HasValue,
+                                               Opening = t != null ? t.Opening : 0 });
                 _outboxBytes += payload.Length;
             }
         }
@@ -780,7 +787,8 @@ namespace Ksdiff
         // audio of lines that left from Protocol.BusyWindowS before that busy until the drops ended
         // goes again, in its order, at the head of the outbox (ahead of audio queued since, which
         // would otherwise reach the runtime first and have the gap before it filled with silence),
-        // so before the end_streams sent again. Lines only, still open here (not ended, not lost,
+        // so before the end_streams sent again. Lines only, still open here (the same opening of the
+        // id: never to a stream opened again with it since; not ended, not lost,
         // their end_stream not answered): every frame of a line is wanted, however late; a live
         // stream wants the present, and the gap of the drops is silence to it. Only audio sent with
         // its at_sample is kept for this (NpcLine and OfflineLine place all theirs): the runtime
@@ -794,7 +802,7 @@ namespace Ksdiff
             {
                 Outgoing m = _sentAudio.Dequeue();
                 Tracker t;
-                if (m.SentS >= first && m.SentS <= last && _streams.TryGetValue(m.Stream, out t) &&
+                if (m.SentS >= first && m.SentS <= last && _streams.TryGetValue(m.Stream, out t) && t.Opening == m.Opening &&
                     t.Line && t.Status.OpenedHere && !t.Status.Ended && (t.End == null || !t.End.IsDone))
                 {
                     _sentAudioBytes -= m.Payload.Length; // kept again once it leaves again
@@ -1077,7 +1085,11 @@ namespace Ksdiff
                         t.Status.OpenedHere = true;
                         t.OpenConfirmed = true;
                         t.Line = p.Line;
-                        if (p.Stream == null) t.End = null; // an id the runtime picked: maybe one it gave before a restart
+                        if (p.Stream == null)
+                        {
+                            t.End = null; // an id the runtime picked: maybe one it gave before a restart
+                            t.Opening = ++_openings;
+                        }
                         if (opened.Mode != null) t.Status.Mode = opened.Mode;                 // 1.2
                         if (opened.LatencyMs.HasValue) t.Status.LatencyMs = opened.LatencyMs; // 1.2
                         // An id the runtime picked: subscribe its frames now (when filtering).

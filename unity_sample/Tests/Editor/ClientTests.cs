@@ -586,6 +586,40 @@ namespace Ksdiff.Tests
             Assert.IsFalse(end.IsDone);
         }
 
+        [Test]
+        public void AfterBusyALinesAudioNeverGoesToAStreamOpenedAgainWithItsId()
+        {
+            // A line ended (its end_stream answered), and its id was opened again for a new line
+            // before the drops of a busy were over: the old line's audio, matched by id, went again
+            // to the new one (frames of the old line's tail in the new line). Only the new one's goes.
+            var transport = new ScriptedTransport();
+            KsdiffClient c = Keep(new KsdiffClient(new ClientOptions { Transport = () => transport }));
+            c.Start();
+            PendingRequest open = c.OpenStream(new OpenStream { Stream = "npc", Mode = Protocol.ModeLine });
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 1, 10), "the open_stream never left");
+            transport.Reply(FakeRuntime.StreamOpened("npc", open.Req, 20, 300, Protocol.ModeLine));
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)) && open.Reply is StreamOpened, "" + open.Reply);
+            var pcm = new byte[4000];
+            c.SendAudio("npc", 0, 0, pcm, 0, pcm.Length);
+            PendingRequest end = c.EndStream("npc");
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 3, 10), "the audio and end_stream never left");
+            transport.Reply(FakeRuntime.StreamEnded("npc", 2, end.Req));
+            Assert.IsTrue(end.Wait(TimeSpan.FromSeconds(10)), "the end_stream was not answered");
+            PendingRequest again = c.OpenStream(new OpenStream { Stream = "npc", Mode = Protocol.ModeLine });
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 4, 10), "the second open_stream never left");
+            transport.Reply(FakeRuntime.StreamOpened("npc", again.Req, 20, 300, Protocol.ModeLine));
+            Assert.IsTrue(again.Wait(TimeSpan.FromSeconds(10)) && again.Reply is StreamOpened, "" + again.Reply);
+            c.SendAudio("npc", 0, 0, pcm, 0, 400); // the new line's own audio
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 5, 10), "the new audio never left");
+            transport.Reply(FakeRuntime.Error("busy", null, null, null));
+            Assert.IsTrue(Wait.Until(() => c.Status().Resent > 0, 10), "nothing went again after the drops");
+            System.Threading.Thread.Sleep(200); // anything else that would go again has gone by now
+            List<string> after = transport.SentMessages().Skip(5).Select(Describe).ToList();
+            Assert.AreEqual("audio npc 0 @0", string.Join(", ", after));
+            Assert.AreEqual(100, ((Audio)transport.SentMessages()[5]).Pcm.Length / 4, "the new line's 100 samples, not the old 1000");
+            Assert.AreEqual(1UL, c.Status().Resent);
+        }
+
         static string Describe(Message m)
         {
             var a = m as Audio;
