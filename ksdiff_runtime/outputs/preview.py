@@ -159,8 +159,10 @@ class _PreviewConnection(ServerConnection):
         self._stall: asyncio.TimerHandle | None = None  # aborts the connection if its writes stay paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # registers the connection's handler task in server.handler_tasks
-        if len(self.server.handler_tasks) > MAX_CONNECTIONS:  # one task per open connection, this one's included
+        super().connection_made(transport)  # websockets starts the connection's handler task
+        # counted here, not in the server's record of handlers, whose name and shape change between websockets
+        # versions (a set `handler_tasks` in 17, a dict `handlers` in 15 and 16)
+        if len(self._output._connections) >= MAX_CONNECTIONS:
             transport.abort()  # its handler task sees the connection lost and ends
             self._output._refused(f"a connection was closed as it was accepted: {MAX_CONNECTIONS} are open already")
             return
