@@ -28,11 +28,18 @@ config), ``drop_connections`` (sockets cut without a closing handshake), ``revok
 a plugin's access: its tokens and custom parameters go, and its sessions' requests get error 50),
 ``mute_injections`` (a VTube Studio that stops answering), ``replace_once`` (the next request of a type is
 answered with this text instead: a broken VTube Studio, or another program on its port), and ``wait_for``.
+Added for tests/test_vts_leftovers.py: ``busy_s`` (a slow VTube Studio: each request of a type holds the
+connection this long before it is handled, one at a time), ``latency_s`` (a far VTube Studio: each answer of a
+type comes this long after its request, requests overlapping), ``refuse_ids`` (injections that carry one of these
+ids are answered with that errorID), ``next_token`` (the tokens' text), ``answer_popup`` (the user clicks in
+an open popup, however late) and ``vanish`` (the peer goes silent without closing: reads nothing, answers
+nothing, not even pings).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import threading
@@ -108,11 +115,20 @@ class FakeVTubeStudio:
         self.refuse_injections = False  # answer every parameter injection with an error (the session ends there)
         self.error_id: Any = None  # when set, every APIError carries this errorID (a broken VTube Studio)
         self.replace_once: dict[str, str] = {}  # request type -> the text sent instead of its next answer
+        self.busy_s: dict[str, float] = {}  # request type -> how long handling one takes (serially, per connection)
+        self.latency_s: dict[str, float] = {}  # request type -> how long after the request its answer goes out
+        self.refuse_ids: dict[str, int] = {}  # parameter id -> the errorID an injection carrying it gets
+        self.popup_requests = 0  # AuthenticationTokenRequests that opened a popup
+        self.next_token: str | None = None  # the text of the tokens issued (else a new hex UUID each)
         self.tokens: dict[str, tuple[str, str]] = {}  # token -> (plugin, developer), kept across restarts
         self.custom: dict[str, tuple[str, str]] = {}  # custom parameter -> the plugin that made it
         self.state = _State()
         self._changed = threading.Condition()
         self._popup_open = False
+        self._popup: tuple[ServerConnection, str, tuple[str, str]] | None = None  # (connection, requestID, plugin)
+        self._later: set[asyncio.Future[None]] = set()  # answers on their way (latency_s)
+        self._current: ServerConnection | None = None  # the connection whose request is being handled
+        self._request_id = ""  # that request's requestID
         self._server: Server | None = None
         self._connections: set[ServerConnection] = set()
         self._sessions: list[_Session] = []
@@ -139,6 +155,35 @@ class FakeVTubeStudio:
     def drop_connections(self) -> float:
         """Cut every connection without a closing handshake (the server keeps listening)."""
         asyncio.run_coroutine_threadsafe(self._drop(), self._loop).result(10)
+        return time.monotonic()
+
+    def answer_popup(self, allow: bool) -> None:
+        """The user clicks 'Allow' (or 'Deny') in the open popup; the answer goes to the connection that asked."""
+
+        async def answer() -> None:
+            popup, self._popup, self._popup_open = self._popup, None, False
+            assert popup is not None, "no popup is open"
+            ws, request_id, plugin = popup
+            if allow:
+                token = self.next_token or uuid.uuid4().hex
+                self.tokens[token] = plugin
+                reply = self._response(request_id, "AuthenticationTokenResponse", {"authenticationToken": token})
+            else:
+                reply = self._response(request_id, "APIError", {"errorID": 50, "message": "User has denied API access"})
+            await ws.send(json.dumps(reply))
+
+        asyncio.run_coroutine_threadsafe(answer(), self._loop).result(10)
+
+    def vanish(self) -> float:
+        """Every connection goes silent without closing (VTube Studio's PC sleeps, a network cable is pulled): nothing
+        is read or answered any more, pings included. The popup goes with it; the server keeps listening."""
+
+        def vanish() -> None:
+            for ws in self._connections:
+                ws.transport.pause_reading()
+            self._popup, self._popup_open = None, False
+
+        self._loop.call_soon_threadsafe(vanish)
         return time.monotonic()
 
     def revoke(self, plugin: tuple[str, str]) -> None:
@@ -199,9 +244,20 @@ class FakeVTubeStudio:
         self._connections.add(ws)
         try:
             async for raw in ws:
+                kind = self._peek_type(raw)
+                busy = self.busy_s.get(kind, 0.0)
+                if busy > 0:  # a slow VTube Studio: this request holds up the ones behind it
+                    await asyncio.sleep(busy)
+                self._current = ws
                 reply = self._reply(session, raw)
-                if reply is not None:
-                    await ws.send(reply if isinstance(reply, str) else json.dumps(reply))
+                if reply is None:
+                    continue
+                text = reply if isinstance(reply, str) else json.dumps(reply)
+                latency = self.latency_s.get(kind, 0.0)
+                if latency > 0:  # a far VTube Studio: the answer is on its way while the next request is handled
+                    asyncio.get_running_loop().call_later(latency, self._send_later, ws, text)
+                else:
+                    await ws.send(text)
         except ConnectionClosed:
             pass
         finally:
@@ -209,6 +265,23 @@ class FakeVTubeStudio:
             with self._changed:
                 self.state.close_codes.append(ws.close_code)
                 self._changed.notify_all()
+
+    @staticmethod
+    def _peek_type(raw: str | bytes) -> str:
+        try:
+            request = json.loads(raw)
+        except (ValueError, RecursionError):
+            return "?"
+        return str(request.get("messageType")) if isinstance(request, dict) else "?"
+
+    def _send_later(self, ws: ServerConnection, text: str) -> None:
+        async def send() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(text)
+
+        task = asyncio.ensure_future(send())
+        self._later.add(task)  # kept until done: the loop holds only a weak reference
+        task.add_done_callback(self._later.discard)
 
     def _reply(self, session: _Session, raw: str | bytes) -> dict[str, Any] | str | None:
         request_id = str(uuid.uuid4())
@@ -224,6 +297,7 @@ class FakeVTubeStudio:
                 if not (isinstance(rid, str) and 1 <= len(rid) <= 64 and rid.isascii()):
                     raise _Error(5, "requestID invalid")
                 request_id = rid
+            self._request_id = request_id
             if request.get("apiName") != API_NAME:
                 raise _Error(3, "apiName invalid")
             if request.get("apiVersion") != "1.0":
@@ -280,10 +354,13 @@ class FakeVTubeStudio:
             raise _Error(51, "a token request is currently ongoing")
         if self.approve is None:
             self._popup_open = True
+            assert self._current is not None
+            self._popup = (self._current, self._request_id, (name, developer))
+            self.popup_requests += 1
             return None
         if not self.approve:
             raise _Error(50, "User has denied API access for your plugin.")
-        token = uuid.uuid4().hex
+        token = self.next_token or uuid.uuid4().hex
         self.tokens[token] = (name, developer)
         return {"authenticationToken": token}
 
@@ -339,6 +416,12 @@ class FakeVTubeStudio:
         items = data.get("parameterValues")
         if not items:
             raise _Error(450, "no data provided")
+        for item in items:  # a parameter VTube Studio refuses refuses the whole request (its README)
+            if isinstance(item, dict) and item.get("id") in self.refuse_ids:
+                error_id, pid = self.refuse_ids[item["id"]], item["id"]
+                raise _Error(error_id, f"Parameter {pid} is currently controlled by another plugin." if error_id == 454
+                             else f"Parameter {pid} not found. Did you create it yet?" if error_id == 453
+                             else f"parameter {pid} refused (the test's refuse_ids)")
         values: dict[str, float] = {}
         for item in items:
             pid, value = item.get("id"), item.get("value")

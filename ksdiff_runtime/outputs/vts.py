@@ -5,9 +5,10 @@ by default; DenchiSoft/VTubeStudio's README documents every request). This outpu
 
     connect -> APIStateRequest -> AuthenticationTokenRequest (once ever: the user clicks "Allow" in
     VTube Studio; the token is kept in the user's config directory) -> AuthenticationRequest (every
-    session) -> ParameterCreationRequest x 52 (only with ``custom``) -> InjectParameterDataRequest
-    (mode "set", faceFound true) for every frame, and the last values again at least every
-    KEEPALIVE_S when no frame comes (VTube Studio drops a value it has not had for a second).
+    session) -> ParameterCreationRequest x 52 (all at once, only with ``custom``) ->
+    InjectParameterDataRequest (mode "set", faceFound true) for every frame, one awaiting its answer at a
+    time, and the last values again at least every KEEPALIVE_S when no frame comes (VTube Studio drops
+    a value it has not had for a second).
 
 VTube Studio shows one model, so one stream goes out: ``stream`` if given, else the first stream
 that publishes (``StreamChoice``, as VMC). ``send`` runs on the runtime's io thread: it only hands
@@ -24,7 +25,9 @@ import json
 import logging
 import math
 import os
+import re
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,11 +60,21 @@ MAX_RETRY_S = 10.0  # sessions that end as soon as they started (an error each t
 BUSY_POPUP_RETRY_S = 3.0  # a token popup is already open in VTube Studio: ask again this much later
 OPEN_TIMEOUT_S = 3.0  # TCP + WebSocket handshake
 REPLY_TIMEOUT_S = 5.0  # a request unanswered this long: the connection is dead, reconnect
+# While the token popup waits for the user (no time limit: they may be away from VTube Studio's PC for minutes), an
+# APIStateRequest goes out this often: VTube Studio answers requests while its popup is open (a second token request
+# gets error 51), so one unanswered for REPLY_TIMEOUT_S is a dead connection (VTube Studio's PC asleep, a cable
+# pulled), reconnected instead of waiting for ever; and the traffic keeps a NAT or firewall from dropping it as idle.
+POPUP_PROBE_S = 10.0
 CLOSE_WAIT_S = 0.5  # the WebSocket closing handshake at shutdown
 CLOSE_TIMEOUT_S = 2.0  # close() waits this long for the thread
 STOP_GRACE_S = 0.5  # beyond the closing handshake, what stopping a session that injects may take before it is cancelled
-MAX_IN_FLIGHT = 8  # injections sent without a reply yet; beyond, newer values wait (a stuck server)
+# Injections sent without an answer yet. One: the next values go out when VTube Studio has answered, and they are
+# the newest then (older ones waiting are replaced), so a frame is shown about one answer's time after it came. A
+# VTube Studio that takes 100 ms per injection showed frames 824 ms late with 8 (it queued 8), 220 ms with 2, 114 ms
+# with 1 (p50, 30 fps); one that answers at once still gets every frame at 60 fps (tests/test_vts_leftovers.py).
+MAX_IN_FLIGHT = 1
 REMIND_S = 60.0  # a problem that lasts is logged again this often
+LEFT_OUT_S = 30.0  # a parameter VTube Studio refuses by name is left out of the injections this long, then tried again
 
 # The default VTube Studio input parameters this output drives: name -> (lowest, highest, rest value).
 # The ranges are those of VTube Studio's own tracking inputs as its default model setup maps them to
@@ -203,11 +216,17 @@ def parse_url(text: str, flag: str) -> tuple[str, str, int]:
     return f"ws://{netloc}", host, port
 
 
-def default_token_path() -> Path:
-    """Where the token is kept: $XDG_CONFIG_HOME/ksdiff-runtime/ (else ~/.config/ksdiff-runtime/)."""
+def default_token_path() -> Path | None:
+    """Where the token is kept: $XDG_CONFIG_HOME/ksdiff-runtime/ (else ~/.config/ksdiff-runtime/); None without a
+    home directory (HOME unset and no passwd entry, as in some containers and services), where Path.home() raises."""
     base = os.environ.get("XDG_CONFIG_HOME", "")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".config"
-    return root / "ksdiff-runtime" / TOKEN_FILE
+    if base and os.path.isabs(base):
+        return Path(base) / "ksdiff-runtime" / TOKEN_FILE
+    try:
+        home = Path.home()
+    except RuntimeError:
+        return None
+    return home / ".config" / "ksdiff-runtime" / TOKEN_FILE
 
 
 class _ApiError(Exception):
@@ -248,6 +267,12 @@ class VtsOutput:
         self.stream = stream or None
         self.custom = custom
         self.token_path = Path(token_path) if token_path is not None else default_token_path()
+        if self.token_path is None:
+            # not a traceback that stops serve: the output works, the user is asked to allow it at every start
+            log.warning("vts: no home directory to keep VTube Studio's token in (HOME is not set and this user has "
+                        "no passwd entry): VTube Studio will ask to allow the plugin at every start. Set "
+                        "XDG_CONFIG_HOME or HOME to a folder of this user's to keep it")
+        self._private_folder = token_path is None  # the token's folder is ours (the user's config directory's)
         self.sent = 0  # InjectParameterDataRequests sent
         self.errors = 0  # API errors VTube Studio answered them with
         self.attempts = 0  # connections tried so far
@@ -263,7 +288,9 @@ class VtsOutput:
         self._injecting = False  # the inject loop runs (on the output's thread): stopping ends it, not a cancel
         self._problem: str | None = None  # the kind of trouble logged last (logged again on change)
         self._problem_logged = 0.0
-        self._logged_errors: set[int] = set()
+        self._logged_errors: set[int | tuple[int, str]] = set()
+        self._left_out: dict[str, float] = {}  # parameter -> time.monotonic() until which it is not sent (refused)
+        self._resend = False  # send the values at once (a parameter was left out of a refused injection)
         self._session_error: _RetryError | None = None
         self._custom: tuple[str, ...] = ()  # the custom parameters created in this session
         self._in_flight = 0
@@ -412,6 +439,66 @@ class VtsOutput:
             raise _RetryError("no_reply", f"VTube Studio did not answer {message_type} within {timeout:g} s; "
                               "reconnecting") from None
 
+    async def _call_awaiting_user(self, ws: ClientConnection, message_type: str,
+                                  data: dict[str, Any]) -> dict[str, Any]:
+        """``_call`` for a request the user answers (the token popup): no time limit, but the connection is checked
+        every POPUP_PROBE_S with an APIStateRequest, which must be answered within REPLY_TIMEOUT_S."""
+        request_id, text = self._envelope(message_type, data)
+        await ws.send(text)
+        loop = asyncio.get_running_loop()
+        probe_id: str | None = None  # the APIStateRequest awaiting its answer
+        deadline = loop.time() + POPUP_PROBE_S  # the next probe, or the probe's answer at the latest
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    reply = _decode(await ws.recv())
+            except TimeoutError:
+                if probe_id is not None:
+                    raise _RetryError("no_reply", f"VTube Studio stopped answering while its access popup was open "
+                                      f"(nothing for {REPLY_TIMEOUT_S:g} s); reconnecting") from None
+                probe_id, probe = self._envelope("APIStateRequest")
+                await ws.send(probe)
+                deadline = loop.time() + REPLY_TIMEOUT_S
+                continue
+            if probe_id is not None and reply.get("requestID") == probe_id:
+                probe_id, deadline = None, loop.time() + POPUP_PROBE_S  # alive: the popup waits on
+                continue
+            if reply.get("requestID") != request_id:
+                continue
+            body = reply.get("data") or {}
+            if reply.get("messageType") == "APIError":
+                raise _ApiError(_error_id(body), str(body.get("message", "")))
+            return body
+
+    async def _call_all(self, ws: ClientConnection, message_type: str,
+                        items: list[dict[str, Any]]) -> list[dict[str, Any] | _ApiError]:
+        """Send one request per item at once and wait for all the answers, matched by requestID (the API lets requests
+        overlap: each answer carries its request's ID). Each item's answer, or the error it got, in the items' order.
+        Unanswered for REPLY_TIMEOUT_S since the last answer: the connection is dead."""
+        waiting: dict[str, int] = {}
+        for index, data in enumerate(items):
+            request_id, text = self._envelope(message_type, data)
+            waiting[request_id] = index
+            await ws.send(text)
+        answers: list[dict[str, Any] | _ApiError] = [{} for _ in items]
+        try:
+            async with asyncio.timeout(REPLY_TIMEOUT_S) as deadline:
+                while waiting:
+                    reply = _decode(await ws.recv())
+                    index = waiting.pop(str(reply.get("requestID")), -1)
+                    if index < 0:
+                        continue  # an event, or an answer to nothing we wait for
+                    deadline.reschedule(asyncio.get_running_loop().time() + REPLY_TIMEOUT_S)
+                    body = reply.get("data") or {}
+                    if reply.get("messageType") == "APIError":
+                        answers[index] = _ApiError(_error_id(body), str(body.get("message", "")))
+                    else:
+                        answers[index] = body
+        except TimeoutError:
+            raise _RetryError("no_reply", f"VTube Studio did not answer {len(waiting)} of {len(items)} "
+                              f"{message_type}s within {REPLY_TIMEOUT_S:g} s; reconnecting") from None
+        return answers
+
     async def _session(self, ws: ClientConnection) -> None:
         try:
             state = await self._call(ws, "APIStateRequest")
@@ -465,12 +552,13 @@ class VtsOutput:
         return bool(reply.get("authenticated"))
 
     async def _request_token(self, ws: ClientConnection) -> str:
+        kept = (f"asked once; the token is then kept in {self.token_path}" if self.token_path is not None
+                else "no home directory: the token is kept until serve stops")
         log.warning("vts: asking VTube Studio for access: click 'Allow' in the popup VTube Studio shows for the "
-                    "plugin '%s' (asked once; the token is then kept in %s)", PLUGIN_NAME, self.token_path)
+                    "plugin '%s' (%s)", PLUGIN_NAME, kept)
         try:
-            # no timeout: the popup waits for the user
-            reply = await self._call(ws, "AuthenticationTokenRequest",
-                                     {"pluginName": PLUGIN_NAME, "pluginDeveloper": PLUGIN_DEVELOPER}, timeout=None)
+            reply = await self._call_awaiting_user(ws, "AuthenticationTokenRequest",
+                                                   {"pluginName": PLUGIN_NAME, "pluginDeveloper": PLUGIN_DEVELOPER})
         except _ApiError as e:
             if e.error_id == ERR_TOKEN_REQUEST_DENIED:
                 raise _GiveUpError(f"access denied in VTube Studio ({e.message}); not asking again, so no more "
@@ -486,6 +574,8 @@ class VtsOutput:
         return token
 
     def _load_token(self) -> str | None:
+        if self.token_path is None:
+            return None
         try:
             token = self.token_path.read_text(encoding="ascii").strip()
         except FileNotFoundError:
@@ -497,41 +587,60 @@ class VtsOutput:
         return token or None
 
     def _save_token(self, token: str) -> None:
-        """Written atomically, readable by the user only (0600) in a 0700 folder."""
+        """Written atomically (a new file in the same folder, flushed to disk, renamed over the old one: a crash leaves
+        the old token or the new one, never half of one), readable by the user only (0600 from its creation) in a 0700
+        folder. The temporary file gets a new name with O_EXCL (mkstemp): a stale one, or a link planted in a folder
+        that others could write to, is never written through."""
         path = self.token_path
-        tmp = path.with_name(path.name + ".tmp")
+        if path is None:
+            return
+        tmp: str | None = None
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            if self._private_folder:
+                # our own folder made by an older version (or by hand) with the umask's 0755: private too. Only that
+                # one: a token path given to the output may live in any folder, which is not ours to change.
+                with contextlib.suppress(OSError):
+                    os.chmod(path.parent, 0o700)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
             with os.fdopen(fd, "w", encoding="ascii") as f:
                 f.write(token + "\n")
-            os.chmod(tmp, 0o600)  # whatever the umask
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename: not an empty file after a power cut
             os.replace(tmp, path)
-        except OSError as e:
+            tmp = None
+        except (OSError, UnicodeError) as e:
             log.warning("vts: cannot store the token in %s (%s): VTube Studio will ask again next time", path, e)
+        finally:
+            if tmp is not None:  # the write failed: no litter beside the token
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def _forget_token(self) -> None:
-        with contextlib.suppress(OSError):
-            self.token_path.unlink()
+        if self.token_path is not None:
+            with contextlib.suppress(OSError):
+                self.token_path.unlink()
 
     # --- parameters ---------------------------------------------------------------------------------
     async def _create_custom_parameters(self, ws: ClientConnection) -> tuple[str, ...]:
-        """One custom parameter per ARKit weight (creating one that this plugin made before succeeds)."""
-        created: list[str] = []
-        for name, arkit in zip(CUSTOM_PARAMETERS, schema.BLENDSHAPES, strict=True):
-            try:
-                await self._call(ws, "ParameterCreationRequest", {
-                    "parameterName": name, "explanation": f"ARKit {arkit} weight from ksdiff-runtime (0..1)",
-                    "min": 0, "max": 1, "defaultValue": 0})
-            except _ApiError as e:
-                if e.error_id in ERR_CUSTOM_PARAM_LIMIT:
-                    self._log_error_once(e.error_id, f"VTube Studio's custom parameter limit is reached ({e.message}); "
-                                         f"{len(created)} of {len(CUSTOM_PARAMETERS)} created, only those are sent")
-                    break
-                self._log_error_once(e.error_id, f"custom parameter {name} not created ({e}); it is not sent")
+        """One custom parameter per ARKit weight (creating one that this plugin made before succeeds). All 52 requests
+        go at once: one after the other, startup took 52 answers' time (5.2 s from a VTube Studio 100 ms away)."""
+        answers = await self._call_all(ws, "ParameterCreationRequest", [
+            {"parameterName": name, "explanation": f"ARKit {arkit} weight from ksdiff-runtime (0..1)",
+             "min": 0, "max": 1, "defaultValue": 0}
+            for name, arkit in zip(CUSTOM_PARAMETERS, schema.BLENDSHAPES, strict=True)])
+        created = tuple(name for name, answer in zip(CUSTOM_PARAMETERS, answers, strict=True)
+                        if not isinstance(answer, _ApiError))
+        for name, answer in zip(CUSTOM_PARAMETERS, answers, strict=True):
+            if not isinstance(answer, _ApiError):
                 continue
-            created.append(name)
-        return tuple(created)
+            if answer.error_id in ERR_CUSTOM_PARAM_LIMIT:
+                self._log_error_once(answer.error_id, f"VTube Studio's custom parameter limit is reached "
+                                     f"({answer.message}); {len(created)} of {len(CUSTOM_PARAMETERS)} created, only "
+                                     "those are sent")
+            else:
+                self._log_error_once(answer.error_id, f"custom parameter {name} not created ({answer}); it is not sent")
+        return created
 
     def _take_frame(self) -> Frame | None:
         with self._lock:
@@ -543,6 +652,7 @@ class VtsOutput:
         assert self._wake is not None
         self._in_flight, self._waiting_since, self._session_error = 0, None, None
         self._custom = custom
+        self._left_out = {}  # a new session: custom parameters re-created, another plugin perhaps gone
         reader = asyncio.create_task(self._read_replies(ws))
         if self._values is not None:  # back after a reconnect: the last pose at once (what this session knows)
             self._values = {k: v for k, v in self._values.items() if k in DEFAULT_PARAMETERS or k in custom}
@@ -554,13 +664,18 @@ class VtsOutput:
                 self._wake.clear()
                 if self._session_error is not None:
                     raise self._session_error
+                now = time.monotonic()
                 frame = self._take_frame()
                 if frame is not None:
                     values = vts_parameters(frame)
                     if self._custom:
                         values.update((k, v) for k, v in custom_parameters(frame).items() if k in self._custom)
+                    if self._left_out:
+                        self._left_out = {k: t for k, t in self._left_out.items() if t > now}  # expired: try again
+                        values = {k: v for k, v in values.items() if k not in self._left_out}
                     self._values, dirty = values, True
-                now = time.monotonic()
+                if self._resend:
+                    self._resend, dirty = False, True
                 due = self._values is not None and (dirty or now - last_sent >= KEEPALIVE_S)
                 capped = self._in_flight >= MAX_IN_FLIGHT
                 if due and not capped:
@@ -590,6 +705,8 @@ class VtsOutput:
 
     async def _send_values(self, ws: ClientConnection) -> None:
         assert self._values is not None
+        if not self._values:  # every parameter refused (VTube Studio answers an empty list with error 450)
+            return
         _, text = self._envelope("InjectParameterDataRequest", {
             "faceFound": True, "mode": "set",
             "parameterValues": [{"id": name, "value": round(value, 6)} for name, value in self._values.items()]})
@@ -636,6 +753,21 @@ class VtsOutput:
         elif error_id == ERR_API_ACCESS_DEACTIVATED:
             self._fail(_RetryError("api_off", "VTube Studio's plugin API was turned off: turn on 'Start API "
                                    f"(allow plugins)' in its Settings (port {self.port}); waiting for it"))
+        elif error_id in (ERR_INJECT_PARAM_NOT_FOUND, ERR_INJECT_CONTROLLED_BY_OTHER_PLUGIN) \
+                and (named := self._named_parameters(message)):
+            # VTube Studio refuses the whole injection for one parameter in it, and its message names that one
+            # ("Parameter ParamX not found. ..."): sent again, it freezes the whole face; left out, the rest moves
+            until = time.monotonic() + LEFT_OUT_S
+            self._left_out.update((name, until) for name in named)
+            if self._values is not None:
+                self._values = {k: v for k, v in self._values.items() if k not in named}
+            self._resend = True
+            why = "another plugin controls it" if error_id == ERR_INJECT_CONTROLLED_BY_OTHER_PLUGIN else \
+                "it does not know it (deleted in VTube Studio?)"
+            for name in named:
+                self._log_error_once((error_id, name), f"VTube Studio refuses {name}: {why} (error {error_id}: "
+                                     f"{message}); the other parameters are sent, {name} is tried again every "
+                                     f"{LEFT_OUT_S:g} s")
         elif error_id == ERR_INJECT_PARAM_NOT_FOUND and self._custom:
             # a custom parameter was deleted in VTube Studio: send the defaults; the next session re-creates them
             self._custom = ()
@@ -649,7 +781,12 @@ class VtsOutput:
         else:
             self._log_error_once(error_id, f"VTube Studio refused parameter values: error {error_id}: {message}")
 
-    def _log_error_once(self, error_id: int, message: str) -> None:
+    def _named_parameters(self, message: str) -> list[str]:
+        """The parameters this output sends that an error message names as words."""
+        sent = [*DEFAULT_PARAMETERS, *self._custom]
+        return [name for name in sent if re.search(rf"\b{re.escape(name)}\b", message)]
+
+    def _log_error_once(self, error_id: int | tuple[int, str], message: str) -> None:
         if error_id not in self._logged_errors:
             self._logged_errors.add(error_id)
             log.warning("vts: %s (logged once)", message)
