@@ -157,7 +157,62 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
                           f"reads version {EXPORT_VERSION} (re-export it: `ksdiff-runtime export --checkpoint CKPT -o "
                           f"{export_dir}`; a backend's cached export is made again on first use where torch is "
                           f"installed)")
+    problem = manifest_shape_problem(manifest)
+    if problem is not None:  # a hand edit or another tool's file: what the backends read must be there, typed
+        raise ExportError(f"export {export_dir}: {MANIFEST_FILE} is malformed: {problem} (re-export it)")
     return manifest
+
+
+def manifest_shape_problem(manifest: dict[str, Any]) -> str | None:
+    """What in a manifest of the right format and version is not the shape the runtime reads (None: nothing):
+    ``graphs`` (each entry's ``inputs`` and ``outputs`` lists of names), ``model_hash``, ``checkpoint.sha256``
+    and ``config`` (every field of ModelConfig with a value of its type)."""
+    graphs = manifest.get("graphs")
+    if not isinstance(graphs, dict):
+        return f"graphs is {type(graphs).__name__}, not an object"
+    for name, entry in graphs.items():
+        if not isinstance(entry, dict):
+            return f"graphs.{name} is {type(entry).__name__}, not an object"
+        for key in ("inputs", "outputs"):
+            names = entry.get(key)
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                return f"graphs.{name}.{key} is not a list of names"
+    if not isinstance(manifest.get("model_hash"), str):
+        return "model_hash is not a string"
+    checkpoint = manifest.get("checkpoint")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("sha256"), str):
+        return "checkpoint.sha256 is not a string"
+    return _value_problem("config", manifest.get("config"), ModelConfig().to_dict())
+
+
+def _value_problem(where: str, value: Any, like: Any) -> str | None:
+    """Why ``value`` (read from JSON) is not of the shape of ``like`` (a config's ``to_dict`` value), or None. None
+    in ``like`` (an optional path) takes a string too; a float takes an integer (JSON writes 1.0 as 1 elsewhere)."""
+    if isinstance(like, dict):
+        if not isinstance(value, dict):
+            return f"{where} is {type(value).__name__}, not an object"
+        missing = sorted(set(like) - set(value))
+        if missing:
+            return f"{where} lacks {', '.join(missing)}"
+        for key, sub in like.items():
+            problem = _value_problem(f"{where}.{key}", value[key], sub)
+            if problem is not None:
+                return problem
+        return None  # a field this code does not know is ModelConfig.from_dict's to refuse, by name
+    if like is None:
+        ok = value is None or isinstance(value, str)
+    elif isinstance(like, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(like, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(like, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(like, (list, tuple)):
+        ok = isinstance(value, list) and all(_value_problem(where, v, like[0]) is None for v in value) \
+            if like else isinstance(value, list)
+    else:
+        ok = isinstance(value, type(like))
+    return None if ok else f"{where} is {json.dumps(value)[:40]} ({type(value).__name__}), not {type(like).__name__}"
 
 
 def load_export(export_dir: str | Path) -> tuple[ModelConfig, ModelConstants, dict[str, Any]]:

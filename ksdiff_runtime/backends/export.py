@@ -331,16 +331,40 @@ def write_int8_graphs(export_dir: Path) -> None:
     face = path_nodes(model, FACE_OUTPUT) - path_nodes(model, HEAD_OUTPUT)
     tmp = export_dir / f".{DENOISER_INT8_FILE}.float32"
     onnx.save(model, str(tmp))
+    quiet = QuietQuantiser()
+    logging.getLogger().addFilter(quiet)
     try:
         quantize_dynamic(str(tmp), str(export_dir / DENOISER_INT8_FILE), weight_type=QuantType.QInt8,
                          per_channel=True, reduce_range=True, op_types_to_quantize=["MatMul"],
                          nodes_to_quantize=sorted(face))
     finally:
+        logging.getLogger().removeFilter(quiet)
         tmp.unlink(missing_ok=True)
     compact_weights(export_dir / DENOISER_INT8_FILE)  # the weights left float go back to float16 + Cast
     # its face's path alone, to run at once with the float head's path (a line's or a quality stream's window)
     extract_model(str(export_dir / DENOISER_INT8_FILE), str(export_dir / DENOISER_INT8_FACE_FILE),
                   list(DENOISER_PATHS[FACE_OUTPUT]), [FACE_OUTPUT], check_model=False)
+
+
+class QuietQuantiser(logging.Filter):
+    """Drops ONNX Runtime's quantiser's chatter, on the root logger (which it logs to, with ``logging.info``): its
+    INFO lines (a dozen "Quantization parameters for tensor ... not specified" and "Ignore MatMul due to non
+    constant B" per export, on the console of every first `serve` of a checkpoint of one's own) and its advice to
+    pre-process the model first, which a user cannot act on (the int8 graph is checked against the float one
+    instead: verify_int8). Its other warnings and errors still reach the user, and every other logger's lines."""
+
+    NOISE = ("Please consider to run pre-processing before quantization",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        import onnxruntime.quantization
+
+        self.package = os.path.dirname(onnxruntime.quantization.__file__) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.pathname.startswith(self.package):
+            return True
+        return record.levelno >= logging.WARNING and not str(record.msg).startswith(self.NOISE)
 
 
 def path_nodes(model: onnx.ModelProto, output: str) -> set[str]:
@@ -435,6 +459,13 @@ def replace_problem(out_dir: Path) -> str | None:
     whole or broken): replacing it moves it aside and deletes it, which must never take a user's own files."""
     if not os.path.lexists(out_dir):
         return None
+    # `-o .`, `-o ..`, `-o /`, `-o ~` from inside it: the export would take the folder the user is working in (and
+    # every folder above it) away from under them, export or not, and the temporary sibling of `.` or `/` has no name
+    where, cwd = Path(os.path.abspath(out_dir)), Path.cwd()
+    if where == cwd:
+        return "it is the current folder"
+    if where in cwd.parents:
+        return "it holds the current folder"
     if out_dir.is_symlink():
         return "it is a symbolic link"
     if not out_dir.is_dir():
@@ -446,8 +477,24 @@ def replace_problem(out_dir: Path) -> str | None:
     if MANIFEST_FILE in names or names <= {*GRAPH_FILES, CONSTANTS_FILE}:
         return None
     others = sorted(names - {*GRAPH_FILES, CONSTANTS_FILE})
-    return (f"it is not an export: it holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, which "
-            "replacing it would delete")
+    return f"it is not an export: it holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}"
+
+
+def _new_folder_near(out_dir: Path) -> Path:
+    """A folder name to suggest instead of ``out_dir``: a new one inside it when it is a folder (the user meant to put
+    the export there), else beside it."""
+    where = Path(os.path.abspath(out_dir))
+    if where == Path.cwd() or where in Path.cwd().parents:
+        base = Path(".")  # `-o .` or `-o /`: a new folder here, not beside the root or the folder above
+    elif out_dir.is_dir() and not out_dir.is_symlink():
+        base = out_dir
+    else:
+        base = out_dir.parent
+    suggestion = base / "ksdiff-export"
+    n = 2
+    while os.path.lexists(suggestion):
+        suggestion, n = base / f"ksdiff-export-{n}", n + 1
+    return suggestion
 
 
 def export_model(checkpoint: str | Path, out_dir: str | Path = DEFAULT_EXPORT_DIR,
@@ -457,10 +504,13 @@ def export_model(checkpoint: str | Path, out_dir: str | Path = DEFAULT_EXPORT_DI
     Idempotent: the same checkpoint and versions give the same files. Atomic: everything is written
     and checked in a temporary sibling directory first; only a complete export is renamed into place.
     """
-    checkpoint, out_dir = checkpoint_file(checkpoint), Path(out_dir)
+    # normalised: the temporary and old siblings are named after the folder's own name (`a/b/..` has none)
+    checkpoint, out_dir = checkpoint_file(checkpoint), Path(os.path.normpath(out_dir))
     problem = replace_problem(out_dir)
     if problem is not None:
-        raise ExportError(f"will not export to {out_dir}: {problem}; choose another folder (-o) or remove it first")
+        # never "remove it first": that is bad advice for `.`, a home folder or a folder of the user's own files
+        raise ExportError(f"will not export to {out_dir}: {problem}; an export replaces its whole folder, so give a "
+                          f"new folder (or an earlier export) instead, e.g. -o {_new_folder_near(out_dir)}")
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
     old = out_dir.parent / f".{out_dir.name}.old-{tag}"

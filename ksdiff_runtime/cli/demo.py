@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -113,6 +114,13 @@ def plot_folder(out: Path) -> None:
         raise DemoError(f"cannot write the plot {out}: {exc.strerror or exc} ({exc.filename or out.parent})") from exc
     if not os.access(out.parent, os.W_OK):
         raise DemoError(f"cannot write the plot {out}: its folder {out.parent} is not writable")
+    try:
+        # a file made there and dropped, as the plot will be: os.access passes for root, and a folder of /proc or
+        # a full disk refuses files to anyone, which was found only after the whole run
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as exc:
+        raise DemoError(f"cannot write the plot {out}: cannot make files in {out.parent} "
+                        f"({exc.strerror or exc})") from exc
 
 
 def free_port(preferred: int) -> int:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT
+from ksdiff_runtime.backends.artifact import SHIPPED_EXPORT, ExportError
 from ksdiff_runtime.backends.export import DEFAULT_EXPORT_DIR, export_model
 from ksdiff_runtime.features.recogniser import export_onnx
 from ksdiff_runtime.features.recogniser_onnx import GRAPH
@@ -32,16 +36,45 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_export)
 
 
+# the recogniser's graphs `export --recogniser` writes, each with the function that writes it to a path
+RECOGNISER_GRAPHS: tuple[tuple[Path, Callable[[Path], None]], ...] = (
+    (GRAPH, export_onnx), (STEP_GRAPH, export_stream_step))
+
+
+def write_graphs(graphs: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
+    """Write each graph to a temporary file beside its path, and only once all are written rename each into place
+    (os.replace: atomic). The writers write their file in steps (torch's export, then the weights taken out), so
+    a failure or Ctrl-C part-way through left a truncated or weight-laden graph where the runtime loads it; now
+    the graphs there stay as they were, both of them, and the temporary files are removed."""
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, write in graphs:
+            tmp = path.with_name(f".{path.name}.tmp-{tag}")
+            written.append((tmp, path))
+            write(tmp)
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except OSError as exc:  # a read-only package folder, a full disk
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ExportError(f"cannot write the recogniser's graphs to {graphs[0][0].parent}: {exc.strerror or exc}"
+                          f"{where}; the graphs there are unchanged") from exc
+    finally:
+        for tmp, _ in written:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
 def run_export(args: argparse.Namespace) -> int:
     if args.recogniser:
-        export_onnx(GRAPH)
-        export_stream_step(STEP_GRAPH)
-        for graph in (GRAPH, STEP_GRAPH):
+        write_graphs(RECOGNISER_GRAPHS)
+        for graph, _ in RECOGNISER_GRAPHS:
             print(f"exported a recogniser graph (no weights) -> {graph} ({graph.stat().st_size} bytes)")
         return 0
     if args.ship and args.checkpoint not in (None, DEFAULT_CHECKPOINT):
         raise SystemExit("error: --ship exports the bundled checkpoint; leave --checkpoint out")
-    out = SHIPPED_EXPORT if args.ship else args.output
+    # `-o ~/exports` quoted, or `--output=~/exports` (which the shell leaves as it is): the home folder, not a "~"
+    out = SHIPPED_EXPORT if args.ship else args.output.expanduser()
     result = export_model(args.checkpoint or DEFAULT_CHECKPOINT, out, progress=not args.no_progress)
     m = result.manifest
     print(f"exported {m['checkpoint']['name']} -> {result.path} (opset {m['opset']}, model_hash "

@@ -201,6 +201,14 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if config.loop and config.exit_when_done and config.files:
+        # looped files never finish playing, so --exit-when-done would wait forever without a word: refused, as
+        # load_config refuses the flags that cannot go together, whether a flag or the config file set either
+        where = f" (set by the flags or the config file {args.config})" if args.config else ""
+        print(f"error: --loop and --exit-when-done contradict each other{where}: looped files never finish "
+              "playing, so serve would never exit; drop --loop to play each file once, or --exit-when-done to "
+              "loop until Ctrl-C", file=sys.stderr)
+        return 2
     _configure_logging(config.log_format)
     # the config file's settings for an output or source that is off (a flag's were refused by load_config)
     for setting, why in config.unused_settings().items():
