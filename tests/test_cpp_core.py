@@ -2,8 +2,9 @@
 
 One pytest test per ctest test: the one-unit (Unreal-style) build check, the golden vectors, the
 jitter buffer, the SUB client against a local publisher, CurveZMQ keys against a local CURVE
-publisher, the Live Link feed, and the live test against a real `ksdiff-runtime serve` (this venv's,
-passed as KSDIFF_RUNTIME), with and without keys. The build goes to
+publisher, the Live Link feed, the DEALER client for NPC lines (LineClient) against a local ROUTER,
+and the live test against a real `ksdiff-runtime serve` (this venv's, passed as KSDIFF_RUNTIME),
+with and without keys. The build goes to
 build/ksdiff_core (ignored by git) so reruns are incremental. Skipped, with the reason, on a
 machine without cmake, a C++ compiler or the libraries (Debian: cmake g++ pkg-config libzmq3-dev
 cppzmq-dev libmsgpack-cxx-dev nlohmann-json3-dev, which CI installs).
@@ -100,7 +101,7 @@ def _ctest(build: Path, name: str, timeout: float) -> None:
 
 
 @pytest.mark.parametrize("name", ["unity_build", "golden_vectors", "jitter_buffer", "subscriber", "curve",
-                                  "live_link_feed"])
+                                  "live_link_feed", "line_client"])
 def test_cpp_core_unit(built_core: Path, name: str):
     _ctest(built_core, name, timeout=120)
 

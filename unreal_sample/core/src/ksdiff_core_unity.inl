@@ -27,6 +27,7 @@
 #include "jitter_buffer.cpp"
 #include "subscriber.cpp"
 #include "live_link_feed.cpp"
+#include "line_client.cpp"
 
 #pragma pop_macro("max")
 #pragma pop_macro("min")

@@ -10,6 +10,8 @@
 //    mode "line" is told its mode and latency (stream_opened and stream_start, latency_ms > 0);
 //    set_controls with jawOpen's gain at 0 is answered by controls_set, and the line's frames,
 //    pushed whole with end_stream at once, then all have jawOpen 0 and come faster than real time.
+//    Then LineClient: four NPC lines opened, pushed whole and ended at once through one client all
+//    end with stream_ended, and the subscriber has every frame of each.
 // 2. File stream with --loop, and a runtime restart: the subscriber sees the hello with the 52
 //    names and 30 consecutive frames; the runtime is stopped with SIGINT and started again on
 //    the same ports; the same subscriber reconnects by itself, reports the restart (a new
@@ -24,6 +26,7 @@
 
 #include "ksdiff/curve.hpp"
 #include "ksdiff/jitter_buffer.hpp"
+#include "ksdiff/line_client.hpp"
 #include "ksdiff/live_link_feed.hpp"
 #include "ksdiff/subscriber.hpp"
 
@@ -47,6 +50,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <thread>
 
 extern char** environ;
@@ -357,6 +361,75 @@ void check_line_mode_and_controls(Runtime& runtime, zmq::socket_t& dealer, const
                  " s after the first push");
 }
 
+// LineClient against the runtime: a few NPC lines of different lengths opened at once, each pushed
+// whole and ended at once through one client, as a game does; every line ends (stream_ended) and
+// the subscriber has each one's frames 0..N-1, N being the runtime's count, the last one `last`.
+void check_line_client(Runtime& runtime, const std::string& router, const std::string& pub) {
+  EventQueue queue;
+  SubscriberConfig sub_config;
+  sub_config.endpoint = pub;  // every stream: the lines' frames and stream events
+  Subscriber sub(sub_config, queue);
+  sub.start();
+  const bool got_hello =
+      wait_events(queue, runtime, kTimeout, [](const Event& e) { return std::holds_alternative<Hello>(e); });
+  REQUIRE_MSG(got_hello, "no hello for the lines' subscriber; runtime log:\n" + runtime.log());
+
+  LineClientConfig config;
+  config.endpoint = router;
+  LineClient client(config);
+  client.start();
+  const std::vector<double> seconds = {0.6, 0.8, 1.0, 1.2};
+  std::vector<LineId> ids;
+  for (std::size_t k = 0; k < seconds.size(); ++k) {
+    LineOptions options;
+    options.stream = "cpp_npc" + std::to_string(k);
+    options.sample_rate = 16000;
+    options.mode = std::string(kModeLine);
+    ids.push_back(client.open(options));
+    // The speech as float32 (-1..1), the format LineClient sends.
+    const std::string s16 = synthetic_speech_s16le(seconds[k], 16000);
+    std::vector<float> pcm(s16.size() / 2);
+    for (std::size_t i = 0; i < pcm.size(); ++i) {
+      const auto lo = static_cast<unsigned char>(s16[2 * i]);
+      const auto hi = static_cast<unsigned char>(s16[2 * i + 1]);
+      pcm[i] = static_cast<float>(static_cast<std::int16_t>(static_cast<std::uint16_t>(lo | (hi << 8)))) / 32768.0f;
+    }
+    REQUIRE(client.push(ids.back(), pcm) == PushResult::accepted);
+    REQUIRE(client.end(ids.back()));
+  }
+  std::map<std::string, std::uint64_t> expected;  // stream -> stream_ended's frames
+  for (LineId id : ids) {
+    const std::optional<LineStatus> st = client.wait_finished(id, std::chrono::milliseconds(kTimeout));
+    REQUIRE_MSG(st.has_value(), "a line did not finish; runtime log:\n" + runtime.log());
+    EXPECT_MSG(st->state == LineState::ended, st->stream + ": " + std::string(to_string(st->state)) + " " +
+                                                  st->error_message);
+    EXPECT(st->frames > 0u);
+    EXPECT_EQ(st->samples_sent, st->samples_pushed);
+    expected[st->stream] = st->frames;
+  }
+  std::map<std::string, std::vector<Frame>> frames;
+  std::size_t ended = 0;
+  const bool got_all = wait_events(queue, runtime, kTimeout, [&](const Event& e) {
+    if (const auto* f = std::get_if<FrameEvent>(&e)) frames[f->frame.stream].push_back(f->frame);
+    if (const auto* s = std::get_if<StreamEnd>(&e)) ended += expected.count(s->stream);
+    return ended == expected.size();
+  });
+  REQUIRE_MSG(got_all, "not every line's stream_end came; runtime log:\n" + runtime.log());
+  for (const auto& [stream, count] : expected) {
+    const std::vector<Frame>& got = frames[stream];
+    EXPECT_EQ(got.size(), count);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].index, i);
+      EXPECT_EQ(got[i].last, i + 1 == got.size());
+    }
+    std::fprintf(stderr, "  LineClient line %s: %zu frames of %llu\n", stream.c_str(), got.size(),
+                 static_cast<unsigned long long>(count));
+  }
+  const LineClientStatus cs = client.status();
+  EXPECT_EQ(cs.errors, 0u);
+  EXPECT(cs.running);
+}
+
 class RecordingSink final : public LiveLinkSink {
  public:
   void declare_subject(const std::string& subject, const std::vector<std::string>&) override {
@@ -504,6 +577,7 @@ TEST_CASE("a stream driven through the DEALER arrives whole: start, frames 0..N-
     EXPECT(buffer.sample(stream, show[n - 1] + 1.0).state == PlayState::ended);
   }
   check_line_mode_and_controls(runtime, dealer, pub);
+  check_line_client(runtime, router, pub);
   EXPECT_MSG(runtime.stop(30s), "serve did not stop cleanly; its log:\n" + runtime.log());
 }
 

@@ -7,6 +7,7 @@
 #define ensure(expr) (!!(expr))
 
 // The public headers, as the plugin's own files include them: with the engine's macros active.
+#include "ksdiff/line_client.hpp"
 #include "ksdiff/live_link_feed.hpp"
 #include "ksdiff/subscriber.hpp"
 

@@ -1,0 +1,178 @@
+// A DEALER client of the runtime's ROUTER for game NPC lines (and live voices), on its own I/O
+// thread: open a stream, push its audio, end it, and poll each line's status from the game thread.
+//
+// It does for C++ what the Python SDK's Client / StreamHandle and the Unity client do for a line
+// (protocol/SPEC.md 4.6):
+// - replies are matched by `req`; each line gets its stream_opened (fps, max_ahead_s, latency_ms)
+//   or its error (code + message), then its stream_ended (frames) or its error;
+// - audio is sent as real time allows: at most max_ahead_s (less a margin) ahead of the line's first
+//   audio, a line's in large messages (up to 10 s, under the 1 MiB message limit), what has to wait
+//   in 250 ms ones (a live stream's in 100 ms ones), every message with its at_sample;
+// - audio refused with a per-stream `busy` (too far ahead: nothing of it was taken) goes again later,
+//   from the oldest audio still kept, with the stream's clock taken as starting later;
+// - after a client-level `busy` (neither req nor stream: the runtime dropped this connection's
+//   requests unread for up to BUSY_WINDOW_S), once the window has passed, the audio of open lines
+//   sent from BUSY_WINDOW_S before that reply until the drops ended goes again, in its order, ahead
+//   of anything else, and then the end_streams still unanswered; a copy's answer changes nothing.
+//   A live stream's audio is not sent again (it wants the present; the runtime fills the gap);
+// - memory is bounded: audio waiting to be sent (LineClientConfig::max_waiting_bytes; a push past it
+//   is refused, nothing taken) and audio kept to be sent again (sent_audio_kept_s and
+//   sent_audio_max_bytes, the oldest forgotten first), as the SDK bounds them.
+//
+// Threads: every call is thread-safe and never blocks on the network; only the I/O thread touches
+// the socket. ZeroMQ and msgpack stay out of this header (pimpl), as in subscriber.hpp.
+#pragma once
+
+#include "ksdiff/curve.hpp"
+#include "ksdiff/protocol.hpp"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ksdiff {
+
+// SPEC 4.6 "A client past its share": the runtime's drops end at most this long after its busy.
+inline constexpr double kBusyWindowS = 1.0;
+
+struct LineClientConfig {
+  std::string endpoint = "tcp://127.0.0.1:5556";  // the runtime's ROUTER
+  // As SubscriberConfig::curve: for a runtime that requires CURVE (SPEC 1.1). Empty: plain TCP.
+  std::optional<CurveKeys> curve;
+  int reconnect_interval_ms = 100;
+  int reconnect_interval_max_ms = 1000;
+  // How often the I/O thread looks at new calls, its stop flag and the pacing of audio.
+  std::chrono::milliseconds poll_interval{5};
+  // Seconds without stream_opened (from its open_stream leaving) before a line fails; a
+  // stream_opened that comes later is answered with an end_stream, so the runtime frees it.
+  double open_timeout_s = 10.0;
+  // Seconds without stream_ended (from its end_stream leaving) before a line fails.
+  double end_timeout_s = 60.0;
+  // Audio stays this far inside max_ahead_s (the runtime's clock starts when its first audio
+  // arrives, a little after ours), as the SDK's AHEAD_MARGIN_S.
+  double ahead_margin_s = 0.5;
+  // Audio pushed and not sent yet, all lines together: a push past it is refused (PushResult::full).
+  std::size_t max_waiting_bytes = std::size_t{64} << 20;
+  // Audio sent is kept this long, and up to this many bytes (the oldest forgotten beyond), to go
+  // again after a busy (the SDK's SENT_AUDIO_KEPT_S and SENT_AUDIO_MAX_BYTES).
+  double sent_audio_kept_s = 3.0 * kBusyWindowS;
+  std::size_t sent_audio_max_bytes = std::size_t{256} << 20;
+  // Lines ended or failed whose status is kept for polling (the oldest forgotten beyond).
+  std::size_t finished_lines_kept = 4096;
+  // Local monotonic clock in seconds. Default: std::chrono::steady_clock.
+  std::function<double()> clock;
+};
+
+// One line (or live stream) to open: what open_stream carries. The audio is float32 mono.
+struct LineOptions {
+  std::string stream;  // the id wanted (1..64 of [A-Za-z0-9_.-]); empty: the runtime picks one
+  std::uint32_t sample_rate = 16000;  // 8000..192000 Hz, of the audio pushed
+  std::string mode = std::string(kModeLine);  // kModeLine or kModeLive
+  std::optional<std::string> transcript;
+  std::optional<std::int64_t> seed;
+  std::optional<Controls> controls;
+};
+
+using LineId = std::uint64_t;
+
+enum class LineState {
+  opening,  // open_stream queued or sent, no answer yet
+  open,     // stream_opened came: audio goes
+  ending,   // end() was called: the end_stream goes once every sample pushed has gone
+  ended,    // stream_ended came (LineStatus::frames)
+  failed,   // refused or lost: LineStatus::error_code / error_message
+};
+std::string_view to_string(LineState state) noexcept;
+
+struct LineStatus {
+  LineId id = 0;
+  LineState state = LineState::opening;
+  std::string stream;  // the id asked for, then the runtime's (stream_opened)
+  std::string mode;
+  std::uint32_t fps = 0;
+  std::optional<double> max_ahead_s;  // from stream_opened (absent: a 1.0 runtime, no limit)
+  std::optional<double> latency_ms;   // from stream_opened (1.2)
+  std::uint64_t frames = 0;           // stream_ended's total, once ended
+  std::uint64_t samples_pushed = 0;   // the end of the audio pushed, on the stream's clock
+  std::uint64_t samples_sent = 0;     // how much of it has gone to the runtime
+  std::uint64_t messages_sent = 0;    // audio messages, copies included
+  std::uint64_t messages_resent = 0;  // of them, copies sent again after a busy
+  // Why it failed; for a line that goes on, the last error the runtime reported for its audio.
+  std::optional<ErrorCode> error_code;
+  std::string error_message;
+  std::uint64_t audio_errors = 0;  // errors the runtime answered this line's audio with (busy included)
+};
+
+struct LineClientStatus {
+  bool running = false;
+  std::string endpoint;
+  std::uint64_t sent = 0;       // messages the DEALER took, copies included
+  std::uint64_t resent = 0;     // copies sent again after a busy: audio, and end_streams (SPEC 4.6)
+  std::uint64_t busy = 0;       // client-level busy replies: this client's requests dropped unread
+  std::uint64_t errors = 0;     // error replies of any kind
+  std::uint64_t ignored = 0;    // replies that matched nothing (a copy's answer, a late one)
+  std::size_t waiting_bytes = 0;  // audio pushed and not sent yet
+  std::size_t kept_bytes = 0;     // audio sent and kept to go again after a busy
+  std::string last_error;         // the socket's or the last unmatched error's
+};
+
+enum class PushResult {
+  accepted,
+  full,         // more than max_waiting_bytes would wait: nothing taken, push it again later
+  not_open,     // the line is ending, ended, failed or unknown: nothing taken
+  bad_audio,    // at_sample more than 10 s past the audio pushed so far (the runtime refuses it)
+};
+std::string_view to_string(PushResult result) noexcept;
+
+class LineClient {
+ public:
+  explicit LineClient(LineClientConfig config);
+  ~LineClient();  // stops: lines not ended are left to the runtime's idle timeout
+  LineClient(const LineClient&) = delete;
+  LineClient& operator=(const LineClient&) = delete;
+
+  // Starts the I/O thread; returns at once (ZeroMQ connects in the background). Idempotent.
+  // Throws CurveError for bad keys.
+  void start();
+  // Stops and joins the I/O thread (within ~poll_interval). Idempotent.
+  void stop();
+  bool running() const noexcept;
+
+  // Queues an open_stream; the line's status says when it is open. Throws ProtocolError for what the
+  // runtime would refuse as malformed (a bad stream id or mode, controls that cannot be encoded).
+  LineId open(const LineOptions& options);
+  // Queues float32 mono samples (-1..1) at the line's sample rate, right after the previous ones or
+  // at `at_sample` on the stream's clock (a gap is silence; what the runtime has already is dropped
+  // there). Allowed from open() on, before stream_opened comes.
+  PushResult push(LineId line, const float* samples, std::size_t count,
+                  std::optional<std::uint64_t> at_sample = std::nullopt);
+  PushResult push(LineId line, const std::vector<float>& samples,
+                  std::optional<std::uint64_t> at_sample = std::nullopt) {
+    return push(line, samples.data(), samples.size(), at_sample);
+  }
+  // No more audio: the end_stream goes once all of it has. False for an unknown or failed line.
+  bool end(LineId line);
+
+  std::optional<LineStatus> status(LineId line) const;
+  std::vector<LineStatus> lines() const;
+  LineClientStatus status() const;
+  // Waits (bounded) until the line is ended or failed; its status then, or nullopt (unknown line,
+  // or the timeout passed).
+  std::optional<LineStatus> wait_finished(LineId line, std::chrono::milliseconds timeout) const;
+  // Forgets an ended or failed line's status. False for a line still running.
+  bool forget(LineId line);
+
+  double now() const;  // the client's clock
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ksdiff
