@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -182,13 +183,13 @@ if __name__ == "__main__":  # the delay table: python tests/test_vts_leftovers.p
 
 # --- 2. errors answered to parameter values -----------------------------------------------------------
 @pytest.mark.parametrize(("refused", "error_id", "custom"), [("MouthSmile", 454, False),
-                                                              ("KSDiffJawOpen", 453, True)])
+                                                              ("MouthSmile", 454, True)])
 def test_a_parameter_vtube_studio_refuses_leaves_the_face_moving(vts, token_path, outputs, logs, refused, error_id,
                                                                   custom):
-    """VTube Studio refuses a whole injection for one parameter in it: another plugin controls MouthSmile (454), or
-    the user deleted the custom KSDiffJawOpen (453); its message names the parameter. The output leaves that one out
-    and sends the others, so the face goes on moving; said once, not per frame. Before, every injection carried it
-    and was refused: the face froze for good (454), or all 52 custom parameters stopped (453)."""
+    """VTube Studio refuses a whole injection for one parameter in it: another plugin controls MouthSmile (454); its
+    message names the parameter. The output leaves that one out and sends the others (the custom ones too), so the
+    face goes on moving; said once, not per frame. Before, every injection carried it and was refused: the face
+    froze for good."""
     vts.refuse_ids[refused] = error_id
     out = VtsOutput(vts.url, token_path=token_path, custom=custom)
     outputs.append(out)
@@ -205,6 +206,47 @@ def test_a_parameter_vtube_studio_refuses_leaves_the_face_moving(vts, token_path
         assert set(CUSTOM_PARAMETERS) - {refused} <= set(shown[-1].values)
     assert vts.state.errors == [(INJECT, error_id)]  # refused once, then left out
     assert logs.count(refused) == 1
+
+
+def test_custom_parameters_deleted_in_vtube_studio_are_made_again_at_once(vts, token_path, outputs):
+    """The user deletes our custom parameters in VTube Studio: it refuses every injection that carries one (453,
+    naming it). The output connects again, which re-creates all 52 in one round trip, and the face goes on with
+    them. Left out one refused injection at a time instead (as fd322f8 did), 52 deleted parameters froze the face
+    for 52 answers, and again each time they were tried."""
+    out = VtsOutput(vts.url, token_path=token_path, custom=True)
+    outputs.append(out)
+    out.send(jaw_frame(0, 30, 0.1))
+    assert vts.wait_for(lambda s: len(s.injections) >= 1, TIMEOUT_S)
+    vts.custom.clear()  # deleted in VTube Studio
+
+    def moving_with_custom(s: Any) -> bool:
+        return any(abs(j.values["MouthOpen"] - 0.2) < 1e-6 and set(CUSTOM_PARAMETERS) <= set(j.values)
+                   for j in s.injections)
+
+    deadline, index = time.monotonic() + TIMEOUT_S, 1
+    while not moving_with_custom(vts.state) and time.monotonic() < deadline:
+        out.send(jaw_frame(index, 30, 0.2))
+        time.sleep(1 / 30)  # paced like a live source (30 fps), not a synchronisation
+        index += 1
+    assert vts.wait_for(moving_with_custom, TIMEOUT_S)
+    assert vts.state.connections == 2  # one reconnection re-created them
+    assert vts.state.errors.count((INJECT, 453)) <= 2  # not one per parameter
+
+
+def test_the_last_frame_handed_over_before_close_goes_out_while_an_injection_awaits_its_answer(vts, token_path,
+                                                                                                outputs):
+    """A stream's last, neutral frame handed over just before close(), while the previous injection still awaits
+    VTube Studio's answer (50 ms): it goes out once that answer comes, within the close's grace. With one injection
+    in flight at a time it was dropped, and the model kept its last open mouth."""
+    vts.busy_s[INJECT] = 0.05
+    out = VtsOutput(vts.url, token_path=token_path)
+    outputs.append(out)
+    assert vts.wait_for(authenticated(), TIMEOUT_S)
+    out.send(jaw_frame(0, 30, 0.5))
+    assert vts.wait_for(lambda s: any(t == INJECT for _, _, t, _ in s.requests), TIMEOUT_S)  # in flight
+    out.send(jaw_frame(1, 30, 0.0))
+    out.close()
+    assert vts.wait_for(lambda s: any(abs(j.values["MouthOpen"]) < 1e-9 for j in s.injections), TIMEOUT_S)
 
 
 def test_a_refused_parameter_is_tried_again_later_and_sent_once_accepted(vts, token_path, outputs, monkeypatch):

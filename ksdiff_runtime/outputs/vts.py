@@ -681,8 +681,8 @@ class VtsOutput:
                 if due and not capped:
                     await self._send_values(ws)
                     last_sent, dirty = now, False
-                if self._stopping:  # what was handed over before close() went out (a stream's last, neutral frame)
-                    return
+                if self._stopping and not (due and capped):
+                    return  # what was handed over before close() went out (a stream's last, neutral frame)
                 if self._waiting_since is not None and now - self._waiting_since > REPLY_TIMEOUT_S:
                     raise _RetryError("no_reply", f"VTube Studio has not answered for {REPLY_TIMEOUT_S:g} s; "
                                       "reconnecting")
@@ -753,15 +753,21 @@ class VtsOutput:
         elif error_id == ERR_API_ACCESS_DEACTIVATED:
             self._fail(_RetryError("api_off", "VTube Studio's plugin API was turned off: turn on 'Start API "
                                    f"(allow plugins)' in its Settings (port {self.port}); waiting for it"))
+        elif error_id == ERR_INJECT_PARAM_NOT_FOUND and any(n in self._custom for n in self._named_parameters(message)):
+            # the user deleted a custom parameter of ours, likely all of them (VTube Studio deletes them together when
+            # the plugin's access is revoked): left out one refused injection at a time, they froze the face for as
+            # many answers, and again as they came back; a new connection re-creates them all in one round trip
+            self._fail(_RetryError("custom_deleted", f"VTube Studio no longer knows our custom parameters ({message}: "
+                                   "deleted in VTube Studio?); connecting again to re-create them"))
         elif error_id in (ERR_INJECT_PARAM_NOT_FOUND, ERR_INJECT_CONTROLLED_BY_OTHER_PLUGIN) \
                 and (named := self._named_parameters(message)):
             # VTube Studio refuses the whole injection for one parameter in it, and its message names that one
             # ("Parameter ParamX not found. ..."): sent again, it freezes the whole face; left out, the rest moves
             until = time.monotonic() + LEFT_OUT_S
             self._left_out.update((name, until) for name in named)
-            if self._values is not None:
+            if self._values is not None and any(k in self._values for k in named):
                 self._values = {k: v for k, v in self._values.items() if k not in named}
-            self._resend = True
+                self._resend = True  # without the refused one, at once (not when a parameter no longer sent is named)
             why = "another plugin controls it" if error_id == ERR_INJECT_CONTROLLED_BY_OTHER_PLUGIN else \
                 "it does not know it (deleted in VTube Studio?)"
             for name in named:
