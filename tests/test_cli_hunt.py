@@ -93,6 +93,24 @@ def test_export_to_the_current_folder_or_one_above_it_is_refused_with_a_folder_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]  # nothing moved aside or left behind
 
 
+def test_export_to_the_current_folder_through_a_link_is_refused(
+        tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The current folder named through a link to a folder above it (`/tmp/link/work` where `link` -> `real`): the
+    same folder, refused. Compared without resolving links, it passed, and an empty current folder was exported into
+    (moved aside and deleted)."""
+    work = tmp_path / "real" / "work"
+    work.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(work)
+    target = tmp_path / "link" / "work"
+    assert cli.main(["export", "--checkpoint", str(tiny_checkpoint), "-o", str(target), "--no-progress"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert f"will not export to {target}: it is the current folder" in line, line
+    assert work.is_dir() and list(work.iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["work"]  # nothing moved aside or left behind
+
+
 def test_export_to_a_folder_of_the_users_files_suggests_a_new_folder_inside_it(
         tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     mine = tmp_path / "project"

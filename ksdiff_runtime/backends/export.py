@@ -461,7 +461,8 @@ def replace_problem(out_dir: Path) -> str | None:
         return None
     # `-o .`, `-o ..`, `-o /`, `-o ~` from inside it: the export would take the folder the user is working in (and
     # every folder above it) away from under them, export or not, and the temporary sibling of `.` or `/` has no name
-    where, cwd = Path(os.path.abspath(out_dir)), Path.cwd()
+    # compared with every link resolved: a link to the current folder (or to one of its parents) is the same folder
+    where, cwd = Path(os.path.realpath(out_dir)), Path(os.path.realpath(os.getcwd()))
     if where == cwd:
         return "it is the current folder"
     if where in cwd.parents:
@@ -483,8 +484,8 @@ def replace_problem(out_dir: Path) -> str | None:
 def _new_folder_near(out_dir: Path) -> Path:
     """A folder name to suggest instead of ``out_dir``: a new one inside it when it is a folder (the user meant to put
     the export there), else beside it."""
-    where = Path(os.path.abspath(out_dir))
-    if where == Path.cwd() or where in Path.cwd().parents:
+    where, cwd = Path(os.path.realpath(out_dir)), Path(os.path.realpath(os.getcwd()))
+    if where == cwd or where in cwd.parents:
         base = Path(".")  # `-o .` or `-o /`: a new folder here, not beside the root or the folder above
     elif out_dir.is_dir() and not out_dir.is_symlink():
         base = out_dir
@@ -504,13 +505,16 @@ def export_model(checkpoint: str | Path, out_dir: str | Path = DEFAULT_EXPORT_DI
     Idempotent: the same checkpoint and versions give the same files. Atomic: everything is written
     and checked in a temporary sibling directory first; only a complete export is renamed into place.
     """
-    # normalised: the temporary and old siblings are named after the folder's own name (`a/b/..` has none)
-    checkpoint, out_dir = checkpoint_file(checkpoint), Path(os.path.normpath(out_dir))
+    checkpoint, out_dir = checkpoint_file(checkpoint), Path(out_dir)
     problem = replace_problem(out_dir)
     if problem is not None:
         # never "remove it first": that is bad advice for `.`, a home folder or a folder of the user's own files
         raise ExportError(f"will not export to {out_dir}: {problem}; an export replaces its whole folder, so give a "
                           f"new folder (or an earlier export) instead, e.g. -o {_new_folder_near(out_dir)}")
+    if out_dir.name in ("", ".", ".."):
+        # `a/b/..`: the folder it is, as the system resolves it (through links), so that the temporary and old
+        # siblings are named after a name of its own (normpath would make `link/..` the current folder instead)
+        out_dir = Path(os.path.realpath(out_dir))
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{tag}"
     old = out_dir.parent / f".{out_dir.name}.old-{tag}"

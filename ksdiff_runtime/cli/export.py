@@ -48,6 +48,7 @@ def write_graphs(graphs: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
     the graphs there stay as they were, both of them, and the temporary files are removed."""
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     written: list[tuple[Path, Path]] = []
+    replaced: list[Path] = []
     try:
         for path, write in graphs:
             tmp = path.with_name(f".{path.name}.tmp-{tag}")
@@ -55,10 +56,13 @@ def write_graphs(graphs: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
             write(tmp)
         for tmp, path in written:
             os.replace(tmp, path)
+            replaced.append(path)
     except OSError as exc:  # a read-only package folder, a full disk
         where = f" ({exc.filename})" if exc.filename else ""
+        left = ("the graphs there are unchanged" if not replaced else
+                f"only {', '.join(p.name for p in replaced)} was replaced: run it again")
         raise ExportError(f"cannot write the recogniser's graphs to {graphs[0][0].parent}: {exc.strerror or exc}"
-                          f"{where}; the graphs there are unchanged") from exc
+                          f"{where}; {left}") from exc
     finally:
         for tmp, _ in written:
             with contextlib.suppress(OSError):
