@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ksdiff_runtime.backends.select import BACKEND_NAMES, load_backend
@@ -26,9 +28,26 @@ from ksdiff_runtime.training import (
     teacher,
     train,
 )
-from ksdiff_runtime.training.dataset import read_manifest
+from ksdiff_runtime.training.dataset import CorpusError, read_manifest
+from ksdiff_runtime.training.real_eval import RealEvalError
 
 log = logging.getLogger(__name__)
+
+# a user's mistake (a corpus that is not there or cut short, a missing optional package, a setting a run cannot
+# use): the message names what to fix, so it is printed as `error: ...` (exit 1), not under a traceback.
+# (Checkpoint errors are the CLI's own, cli/__init__.py.)
+USER_ERRORS = (CorpusError, RealEvalError, train.TrainConfigError)
+
+
+def user_errors(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except USER_ERRORS as exc:
+            raise SystemExit(f"error: {exc}") from exc
+
+    return wrapped
 
 
 def configure_corpus(p: argparse.ArgumentParser) -> None:
@@ -51,6 +70,7 @@ def configure_corpus(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_corpus)
 
 
+@user_errors
 def run_corpus(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     if args.sample_out:
@@ -71,12 +91,13 @@ def run_corpus(args: argparse.Namespace) -> int:
 
 def configure_train(p: argparse.ArgumentParser) -> None:
     p.description = ("Train KSDiff on the corpus made by `ksdiff-runtime corpus`. Run again to resume from "
-                     "<out>/last.pt. Uses CUDA when present, the CPU otherwise.")
+                     "<out>/last.pt. Ctrl-C (or SIGTERM) stops it after the step under way, checkpointed; twice, at "
+                     "once (last.pt as of its last checkpoint). Uses CUDA when present, the CPU otherwise.")
     p.add_argument("--config", type=Path, default=None, help="TOML file with [model] and [train] tables")
     p.add_argument("--corpus", help="corpus folder (overrides the config)")
     p.add_argument("--out", help="run folder (overrides the config)")
     p.add_argument("--max-steps", type=int, help="total optimisation steps (overrides the config)")
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes, checkpointed")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes, checkpointed (0: no limit)")
     p.add_argument("--lr", type=float, help="peak learning rate (overrides the config)")
     p.add_argument("--warmup-steps", type=int, help="steps of linear learning-rate warm-up (overrides the config)")
     p.add_argument("--batch-size", type=int, help="windows per step (overrides the config)")
@@ -115,6 +136,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_train)
 
 
+@user_errors
 def run_train(args: argparse.Namespace) -> int:
     model_cfg, cfg = train.load_config(args.config)
     overrides: dict[str, object] = {}
@@ -161,8 +183,10 @@ def configure_eval(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_eval)
 
 
+@user_errors
 def run_eval(args: argparse.Namespace) -> int:
     if args.real:
+        real_eval.check_installed()  # before the backend: its export can take minutes
         backend = load_backend(args.backend, args.checkpoint, int8=args.int8)
         result = real_eval.evaluate_real(backend, args.out or Path("runs/eval-real"), args.max_clips,
                                          tuple(args.mode) or real_eval.MODES)
@@ -240,6 +264,7 @@ def parse_variant(text: str) -> Preset:
     return dataclasses.replace(preset, name=f"{name}[{changes}]" if changes else name, **fields)
 
 
+@user_errors
 def run_eval_stream(args: argparse.Namespace) -> int:
     variants = [parse_variant(v) for v in args.variant] or None
     stream_eval.stream_eval(args.checkpoint, args.corpus, args.cache, args.max_clips, args.out, args.backend,

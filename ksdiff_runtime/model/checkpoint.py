@@ -47,8 +47,18 @@ def _write(path: str | Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            # on the disk before the rename: after a power cut the rename may land, and the data not yet
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # a full disk or Ctrl-C mid-write: the previous checkpoint stays, and the partial copy does not keep the
+        # space the next write needs
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_mood_styles(path: str | Path, vectors: dict[str, np.ndarray]) -> None:

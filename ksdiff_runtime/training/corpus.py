@@ -15,6 +15,7 @@ Layout (read by training and evaluation):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -219,7 +220,21 @@ def generate(
     """Write the corpus to out_dir and return its manifest."""
     from tqdm import tqdm
 
+    # refused before anything is written (and before an older corpus's manifest goes): a corpus without training
+    # clips is one `train` cannot use
+    for name, value, least in (("train personas", n_train, 1), ("test personas", n_test, 0),
+                               ("clips per persona", clips_train, 1), ("test clips per persona", clips_test, 1),
+                               ("workers", workers, 1)):
+        if value < least:
+            from .dataset import CorpusError  # (not at the top: the corpus's spawned workers skip the front-end)
+
+            raise CorpusError(f"corpus: {name} must be at least {least}, not {value}")
+
     os.makedirs(os.path.join(out_dir, "clips"), exist_ok=True)
+    # a run over an older corpus rewrites its clips: the old manifest goes first, so a run stopped halfway leaves
+    # no manifest (a clear error in `train`), not one describing clips that are now partly another corpus's
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(out_dir, "manifest.json"))
     tasks = plan(seed, n_train, n_test, clips_train, clips_test, out_dir)
     if workers <= 1:
         entries = [make_clip(t) for t in tqdm(tasks, disable=not progress, desc="corpus")]
@@ -238,8 +253,12 @@ def generate(
         "style_names": list(STYLE_NAMES),
         "clips": entries,
     }
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+    # written whole or not at all (and last): a run stopped before the end leaves no manifest, which `train` names,
+    # never a cut-short one (a JSON error), nor the previous corpus's manifest over this run's clips
+    path = os.path.join(out_dir, "manifest.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(manifest, f, indent=1)
+    os.replace(path + ".tmp", path)
     return manifest
 
 

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing as mp
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -59,11 +60,33 @@ class Clip:
     feats_live: np.ndarray | None = None  # [T, F] float16, a live preset's own schedule (build_live_cache)
 
 
+class CorpusError(ValueError):
+    """A corpus folder that cannot be used (missing, cut short, not a corpus); the message names the file."""
+
+
 def read_manifest(corpus: Path) -> dict:
     path = Path(corpus) / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no corpus at {corpus} (missing {path}); run `ksdiff-runtime corpus` first")
-    return json.loads(path.read_text())
+        # (`corpus` writes the manifest last: a folder of clips without it is a generation that was stopped)
+        raise CorpusError(f"no corpus at {corpus} (missing {path}; a `corpus` run stopped before the end leaves "
+                          "none); run `ksdiff-runtime corpus` first, or again")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"corpus manifest {path} is corrupt ({exc}); run `ksdiff-runtime corpus` again") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("clips"), list):
+        raise CorpusError(f"{path} is not a corpus manifest (no 'clips' list)")
+    return manifest
+
+
+def check_clip_files(corpus: Path, manifest: dict) -> None:
+    """CorpusError naming the clips the manifest lists but the folder lacks (a copy cut short, clips deleted),
+    before a worker pool fails on the first of them."""
+    missing = [c["file"] for c in manifest["clips"] if not (Path(corpus) / c["file"]).is_file()]
+    if missing:
+        raise CorpusError(f"corpus {corpus}: {len(missing)} of its {len(manifest['clips'])} clips are missing "
+                          f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); copy them over or run "
+                          "`ksdiff-runtime corpus` again")
 
 
 # Front-end settings added after caches were built, left out of the key at these values: those caches stay valid
@@ -134,6 +157,7 @@ def build_live_cache(corpus: Path, cache: Path, cfg: ModelConfig, live: FrontEnd
     folder = Path(cache) / live_key(cfg, live, group_frames)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "schedule.json").write_text(json.dumps(_live_schedule(live, group_frames), indent=2))
+    drop_stale(folder, [c for c in manifest["clips"] if c["split"] == split])
     live_json = json.dumps(dataclasses.asdict(live))
     jobs = [(str(Path(corpus) / c["file"]), str(folder / f"{c['id']}.npz"), live_json, group_frames)
             for c in manifest["clips"] if c["split"] == split and not (folder / f"{c['id']}.npz").is_file()]
@@ -145,12 +169,43 @@ def build_live_cache(corpus: Path, cache: Path, cfg: ModelConfig, live: FrontEnd
     return folder
 
 
+SOURCES = "sources.json"  # a cache folder's record of what each clip's features were computed from
+
+
+def _source(entry: dict) -> str:
+    """What a clip's cached features were computed from: its manifest entry (voice, text, duration, ...), which a
+    corpus made again in the same folder (another seed, more personas, --real-world again) changes."""
+    return hashlib.sha1(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def drop_stale(folder: Path, entries: list[dict]) -> None:
+    """Delete the cached features in ``folder`` of clips whose manifest entry changed since they were computed,
+    and record the entries' sources. Clip ids repeat from corpus to corpus (c00000, ...): without this, a corpus
+    made again in the same folder would be trained on the old clips' features (or fail on their lengths). A cache
+    from before the record is trusted as it is (recomputing it would cost hours)."""
+    path = Path(folder) / SOURCES
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        known = {}
+    sources = {c["id"]: _source(c) for c in entries}
+    for clip_id, source in sources.items():
+        if known.get(clip_id, source) != source:
+            (Path(folder) / f"{clip_id}.npz").unlink(missing_ok=True)
+    # recorded before the features are computed: a file present is then always one of the recorded source's
+    tmp = path.with_name(f"{SOURCES}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**known, **sources}, indent=0, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def build_feature_cache(corpus: Path, cache: Path, cfg: ModelConfig, workers: int = 2) -> Path:
-    """Compute missing features for every clip of the corpus; returns the cache folder."""
+    """Compute missing (or stale: drop_stale) features for every clip of the corpus; returns the cache folder."""
     manifest = read_manifest(corpus)
+    check_clip_files(corpus, manifest)
     folder = Path(cache) / front_end_key(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "front_end.json").write_text(json.dumps(cfg.front_end_dict(), indent=2))
+    drop_stale(folder, manifest["clips"])
     jobs = []
     for c in manifest["clips"]:
         out = folder / f"{c['id']}.npz"

@@ -27,7 +27,7 @@ from ksdiff_runtime.model.checkpoint import load_model
 from ksdiff_runtime.model.ksdiff import KSDiff
 
 from . import metrics as M
-from .dataset import Clip, build_feature_cache, load_clips
+from .dataset import Clip, CorpusError, build_feature_cache, load_clips
 from .teacher import STYLE_NAMES
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def held_out(model: KSDiff, corpus: Path, cache: Path, max_clips: int) -> HeldOu
     build_feature_cache(corpus, cache, model.cfg)
     all_test = load_clips(corpus, cache, model.cfg, "test", keep_audio=True)
     if not all_test:
-        raise RuntimeError(f"corpus {corpus} has no held-out (test) clips")
+        raise CorpusError(f"corpus {corpus} has no held-out (test) clips")
     order = np.random.default_rng(0).permutation(len(all_test))[: max_clips or len(all_test)]
     clips = [all_test[i] for i in sorted(order)]
     return HeldOut(clips, all_test, [M.audio_beats(c.audio) for c in clips], reference_styles(model, clips, all_test))

@@ -109,8 +109,9 @@ class Prompt:
 # ---------------------------------------------------------------- prompts and their alignment
 
 
-def transcripts(path: Path = TRANSCRIPTS) -> dict[str, str]:
-    """Prompt name (path under the language folder, no extension) -> transcript."""
+def transcripts(path: Path | None = None) -> dict[str, str]:
+    """Prompt name (path under the language folder, no extension) -> transcript (default: TRANSCRIPTS)."""
+    path = TRANSCRIPTS if path is None else path
     if not path.is_file():
         raise RealEvalError(f"{path} not found: the prompts' transcripts ship in Debian's asterisk-core-sounds-en "
                             "(apt-get install asterisk-core-sounds-en asterisk-core-sounds-en-wav)")
@@ -120,6 +121,19 @@ def transcripts(path: Path = TRANSCRIPTS) -> dict[str, str]:
         if sep and not line.startswith(";") and text.strip():
             out[name.strip()] = text.strip()
     return out
+
+
+def check_installed() -> None:
+    """RealEvalError naming what the real-voice evaluation needs and this machine lacks (the recorded prompts,
+    their transcripts, PocketSphinx): asked before a backend is loaded (an export can take minutes), not after."""
+    transcripts()  # (its error names the package)
+    if not any(prompt_language(p) == "en" for p in real_prompts("test")):
+        raise RealEvalError("no recorded English prompts: apt-get install asterisk-core-sounds-en-wav")
+    try:
+        import pocketsphinx  # noqa: F401
+    except ImportError as e:
+        raise RealEvalError("the real-voice evaluation aligns with PocketSphinx: pip install pocketsphinx "
+                            "(in the train extra)") from e
 
 
 def prompt_name(path: Path) -> str:

@@ -2,7 +2,9 @@
 
 A run lives in one folder: ``config.toml`` (what was asked), ``last.pt`` (model, EMA,
 optimiser, step and sampler state; rewritten atomically every ``checkpoint_every`` steps),
-``losses.jsonl`` and ``losses.png``. Run the same command again and it resumes. The weights
+``losses.jsonl`` and ``losses.png``. Run the same command again and it resumes (the log's rows after
+the checkpoint, from a run killed before its next one, are dropped). Ctrl-C or SIGTERM ends the step
+under way, checkpoints it and stops (the command then exits as interrupted, 130). The weights
 that ship are the EMA weights in float16 (``--ship PATH``).
 """
 
@@ -14,8 +16,12 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +36,12 @@ from ksdiff_runtime.engine.sampling import WindowBatch, sample_windows
 from ksdiff_runtime.engine.scheduler import DDIMScheduler
 from ksdiff_runtime.engine.stream import low_pass
 from ksdiff_runtime.features.frontend import FrontEndConfig
-from ksdiff_runtime.model.checkpoint import load_model, save_checkpoint
-from ksdiff_runtime.model.config import ModelConfig
+from ksdiff_runtime.model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from ksdiff_runtime.model.config import CheckpointError, ModelConfig
 from ksdiff_runtime.model.ksdiff import HEAD_MODULES, KSDiff, count_parameters
 
 from .dataset import (
+    CorpusError,
     WindowSampler,
     build_feature_cache,
     build_live_cache,
@@ -45,6 +52,10 @@ from .dataset import (
 from .mood_styles import add_mood_styles
 
 log = logging.getLogger(__name__)
+
+
+class TrainConfigError(ValueError):
+    """Training settings a run cannot use; the message names the setting (or the file)."""
 
 
 @dataclass
@@ -98,19 +109,35 @@ class TrainConfig:
     live_features: str = "block"
 
     def __post_init__(self) -> None:
+        # numbers a run cannot use are refused here, by name, before the long feature-cache build (not as an
+        # error deep in torch or numpy, or a run that silently never stops)
+        for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "workers"):
+            if getattr(self, name) < 1:
+                raise TrainConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("warmup_steps", "stop_after", "keep_every", "threads"):
+            if getattr(self, name) < 0:
+                raise TrainConfigError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise TrainConfigError(f"lr must be a positive number, not {self.lr}")
+        if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
+            raise TrainConfigError(f"max_minutes must be 0 (no limit) or more, not {self.max_minutes}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise TrainConfigError(f"ema_decay must be in 0..1 (1 excluded), not {self.ema_decay}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise TrainConfigError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if not 0.0 <= self.live_windows <= 1.0:
-            raise ValueError(f"live_windows is a share of steps in 0..1, not {self.live_windows}")
+            raise TrainConfigError(f"live_windows is a share of steps in 0..1, not {self.live_windows}")
         if not 0.0 <= self.context_drop <= 1.0:
-            raise ValueError(f"context_drop is a share of windows in 0..1, not {self.context_drop}")
+            raise TrainConfigError(f"context_drop is a share of windows in 0..1, not {self.context_drop}")
         if self.train_only and not self.init_from:
-            raise ValueError("train_only fine-tunes part of a trained model: give init_from too")
+            raise TrainConfigError("train_only fine-tunes part of a trained model: give init_from too")
         preset = get_preset(self.live_preset)  # a clear error naming the known presets
         if self.live_features not in ("block", "preset"):
-            raise ValueError(f"live_features must be 'block' or 'preset', not {self.live_features!r}")
+            raise TrainConfigError(f"live_features must be 'block' or 'preset', not {self.live_features!r}")
         if self.live_context not in ("self", "teacher"):
-            raise ValueError(f"live_context must be 'self' or 'teacher', not {self.live_context!r}")
+            raise TrainConfigError(f"live_context must be 'self' or 'teacher', not {self.live_context!r}")
         if self.live_windows > 0 and self.live_context == "self" and preset.steps != 1:
-            raise ValueError(f"live_context 'self' makes context with the 1-step sampler; preset {preset.name} "
+            raise TrainConfigError(f"live_context 'self' makes context with the 1-step sampler; preset {preset.name} "
                              f"takes {preset.steps} steps")
 
 
@@ -120,13 +147,16 @@ def load_config(path: str | Path | None) -> tuple[ModelConfig, TrainConfig]:
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
+            raise TrainConfigError(f"training config {path} does not exist")
         data = tomllib.loads(path.read_text())
     model_data = dict(data.get("model", {}))
-    if "front_end" in model_data:
-        model_data["front_end"] = FrontEndConfig(**model_data["front_end"])
-    model_cfg = ModelConfig(**model_data)
-    train_cfg = TrainConfig(**data.get("train", {}))
+    try:
+        if "front_end" in model_data:
+            model_data["front_end"] = FrontEndConfig(**model_data["front_end"])
+        model_cfg = ModelConfig(**model_data)
+        train_cfg = TrainConfig(**data.get("train", {}))
+    except TypeError as exc:  # a misspelt key: name it and the file, not a dataclass traceback
+        raise TrainConfigError(f"training config {path}: {exc}") from exc
     return model_cfg, train_cfg
 
 
@@ -134,7 +164,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        raise TrainConfigError("--device cuda asked for, but torch sees no CUDA device")
     return torch.device(name)
 
 
@@ -180,6 +210,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     model = KSDiff(model_cfg)
     params = trainable(model, cfg.train_only)  # a bad module name is refused before the long cache build
+    last = out / "last.pt"
+    # the checkpoints are read (and refused, by name) before the long cache build too
+    state = resume_state(last, model_cfg, cfg.train_only) if last.is_file() else None
+    start = init_state(Path(cfg.init_from), model_cfg) if cfg.init_from and state is None else None
     log.info("device %s; building the feature cache", device)
     build_feature_cache(Path(cfg.corpus), Path(cfg.cache), model_cfg, workers=cfg.workers)
     live_cache = None
@@ -190,18 +224,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
                                       workers=cfg.workers)
     clips = load_clips(Path(cfg.corpus), Path(cfg.cache), model_cfg, "train", live_cache=live_cache)
     if not clips:
-        raise RuntimeError(f"corpus {cfg.corpus} has no training clips")
+        raise CorpusError(f"corpus {cfg.corpus} has no training clips (none in its manifest's train split)")
     sampler = WindowSampler(clips, model_cfg, seed=cfg.seed)
 
-    last = out / "last.pt"
-    if cfg.init_from and not last.is_file():
+    if start is not None:
         # a fine-tune keeps the checkpoint's motion statistics: the exported graphs and every consumer of the
         # model's normalised space stay as they were
-        start = load_model(cfg.init_from)
-        # it may move the model to the other recogniser's features (the same classes; issue 14 item 5)
-        recogniser = dataclasses.replace(start.cfg.front_end, recogniser=model_cfg.front_end.recogniser)
-        if dataclasses.replace(start.cfg, front_end=recogniser) != model_cfg:
-            raise RuntimeError(f"{cfg.init_from} has another model config than this run's; fine-tune with its own")
         model.load_state_dict(start.float().state_dict())
         log.info("fine-tuning from %s", cfg.init_from)
     else:
@@ -215,13 +243,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         p.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
-    if last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
-        if ModelConfig.from_dict(state["config"]) != model_cfg:
-            raise RuntimeError(f"{last} was trained with a different model config; use another --out")
-        if state.get("train_only", "") != cfg.train_only:  # the optimiser's state is that of those weights
-            raise RuntimeError(f"{last} trained {state.get('train_only') or 'every weight'}, this run "
-                               f"{cfg.train_only or 'every weight'}; resume with the same --train-only")
+    if state is not None:
+        # (read onto the CPU: load_state_dict moves weights and optimiser state to the device, and torch's RNG
+        # state must stay a CPU tensor whatever the device)
         model.load_state_dict(state["train_model"])
         ema.load_state_dict(state["model"])  # the checkpoint's main weights are the EMA ones
         opt.load_state_dict(state["optimizer"])
@@ -229,6 +253,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
         sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed %s at step %d", last, step)
+        state = None  # (its tensors are copied: let them go)
+    # a run stopped between checkpoints logged steps it now trains again: drop their rows, or the log (and its
+    # plot) would hold those steps twice
+    trim_losses(out / "losses.jsonl", step)
     (out / "config.toml").write_text(_to_toml(model_cfg, cfg))
     log.info("model: %.2fM parameters (%.2fM trained); %d training clips", count_parameters(model) / 1e6,
              sum(p.numel() for p in params) / 1e6, len(clips))
@@ -269,58 +297,175 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
     running: dict[str, float] = {}
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     model.train()
-    while step < cfg.max_steps:
-        arrays, is_live = next_batch()
-        batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        losses = model.training_loss(batch, closure_weight=cfg.closure_weight, opening_weight=cfg.opening_weight,
-                                     context_drop=cfg.context_drop if cfg.context_drop_live or not is_live else 0.0)
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # a short EMA early on
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-            for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
-                be.copy_(bm)
-        step += 1
-        for k, v in losses.items():
-            running[k] = running.get(k, 0.0) + float(v.detach())
-        if cfg.live_windows > 0:
-            running["live"] = running.get("live", 0.0) + is_live  # the share of live-shaped steps, logged
-        bar.update(1)
-        if step % cfg.log_every == 0:
-            row = {k: v / cfg.log_every for k, v in running.items()}
-            running = {}
-            bar.set_postfix(
-                total=f"{row['total']:.3f}", x0e=f"{row['x0_expr']:.3f}", x0p=f"{row['x0_pose']:.3f}"
-            )
-            row.update(step=step, lr=lr_at(step, cfg), elapsed_s=round(time.monotonic() - started, 1))
-            log_file.write(json.dumps(row) + "\n")
-            log_file.flush()
-        out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > cfg.max_minutes * 60
-        out_of_time = out_of_time or (cfg.stop_after > 0 and step >= cfg.stop_after)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
-            checkpoint()
-            plot_losses(out / "losses.jsonl", out / "losses.png")
-        if cfg.keep_every and step % cfg.keep_every == 0:
-            save_checkpoint(out / f"step_{step:06d}.pt", ema, half=True, step=step)
-        if out_of_time:
-            log.info(
-                "stopping after %.1f minutes at step %d (resume by running again)", cfg.max_minutes, step
-            )
-            break
+    # Ctrl-C or a SIGTERM (a scheduler's, a shutdown's) ends the step under way, checkpoints it and stops: the
+    # work since the last checkpoint is kept (up to checkpoint_every steps, hours on a CPU)
+    with stop_requests() as stop:
+        while step < cfg.max_steps:
+            arrays, is_live = next_batch()
+            batch = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            losses = model.training_loss(batch, closure_weight=cfg.closure_weight, opening_weight=cfg.opening_weight,
+                                         context_drop=cfg.context_drop if cfg.context_drop_live or not is_live else 0.0)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # a short EMA early on
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                    pe.lerp_(pm, 1 - decay)
+                for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
+                    be.copy_(bm)
+            step += 1
+            for k, v in losses.items():
+                running[k] = running.get(k, 0.0) + float(v.detach())
+            if cfg.live_windows > 0:
+                running["live"] = running.get("live", 0.0) + is_live  # the share of live-shaped steps, logged
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                row = {k: v / cfg.log_every for k, v in running.items()}
+                running = {}
+                bar.set_postfix(
+                    total=f"{row['total']:.3f}", x0e=f"{row['x0_expr']:.3f}", x0p=f"{row['x0_pose']:.3f}"
+                )
+                row.update(step=step, lr=lr_at(step, cfg), elapsed_s=round(time.monotonic() - started, 1))
+                log_file.write(json.dumps(row) + "\n")
+                log_file.flush()
+            out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > cfg.max_minutes * 60
+            out_of_time = out_of_time or (cfg.stop_after > 0 and step >= cfg.stop_after)
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time or stop.signal:
+                checkpoint()
+                plot_losses(out / "losses.jsonl", out / "losses.png")
+            if cfg.keep_every and step % cfg.keep_every == 0:
+                save_checkpoint(out / f"step_{step:06d}.pt", ema, half=True, step=step)
+            if out_of_time:
+                log.info(
+                    "stopping after %.1f minutes at step %d (resume by running again)", cfg.max_minutes, step
+                )
+                break
+            if stop.signal:
+                break
     bar.close()
     log_file.close()
+    if stop.signal and step < cfg.max_steps:
+        log.info("%s: stopped at step %d, checkpointed in %s (resume by running again)",
+                 signal.Signals(stop.signal).name, step, last)
+        raise KeyboardInterrupt  # the command ends as interrupted (not shipping a half-trained model)
     if ship is not None:
         save_checkpoint(ship, ema, half=True, step=step)
         add_mood_styles(ship)  # the moods' styles belong to these weights (training/mood_styles.py)
         log.info("shipped EMA weights (float16) and their moods' styles to %s (%.1f MB)", ship,
                  ship.stat().st_size / 1e6)
     return last
+
+
+@dataclass
+class StopRequest:
+    """The stop signal received while training (None: none yet)."""
+
+    signal: int | None = None
+
+
+@contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """While inside: SIGINT and SIGTERM are noted in the StopRequest (the trainer stops after its step, checkpointed)
+    instead of ending the process mid-step; a second one acts as it would have outside (Ctrl-C twice aborts at
+    once: last.pt is written whole or not at all). Outside the main thread (no signals there) nothing changes."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def note(signum: int, _frame: object) -> None:
+        request.signal = signum
+        restore()
+
+    for sig in previous:
+        signal.signal(sig, note)
+    try:
+        yield request
+    finally:
+        restore()
+
+
+def resume_state(last: Path, model_cfg: ModelConfig, train_only: str) -> dict[str, Any]:
+    """The training state in ``last`` (read onto the CPU), or CheckpointError naming the file and what is wrong:
+    unreadable (a copy cut short, a full disk), not a run's checkpoint, or another model or fine-tune's."""
+    try:
+        state = read_checkpoint(last)  # corrupt or not a checkpoint: named, with the reason
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume: {exc}. Move it aside to start the run over (or put back a copy "
+                              "of it: a step_N.pt holds the EMA weights only)") from exc
+    missing = [k for k in ("train_model", "optimizer", "step", "sampler_rng", "torch_rng") if k not in state]
+    if missing:
+        raise CheckpointError(f"{last} is not a training run's checkpoint (no {', '.join(missing)}; a shipped or "
+                              "step_N.pt file holds the weights only): to fine-tune from it, move it out of the "
+                              "run folder and pass it as --init-from")
+    differs = config_differences(state["config"], model_cfg)
+    if differs:
+        raise CheckpointError(f"{last} was trained with another model config ({differs}); use another --out, "
+                              "or this run's config")
+    if state.get("train_only", "") != train_only:  # the optimiser's state is that of those weights
+        raise TrainConfigError(f"{last} trained {state.get('train_only') or 'every weight'}, this run "
+                               f"{train_only or 'every weight'}; resume with the same --train-only")
+    return state
+
+
+def init_state(path: Path, model_cfg: ModelConfig) -> KSDiff:
+    """The model to fine-tune from ``path``; CheckpointError naming the file and the config fields that differ."""
+    start = load_model(path)  # missing, corrupt, not a checkpoint or not this code's: named
+    # it may move the model to the other recogniser's features (the same classes; issue 14 item 5)
+    recogniser = dataclasses.replace(start.cfg.front_end, recogniser=model_cfg.front_end.recogniser)
+    differs = config_differences(dataclasses.replace(start.cfg, front_end=recogniser).to_dict(), model_cfg)
+    if differs:
+        raise CheckpointError(f"{path} has another model config than this run's ({differs}); fine-tune with its "
+                              "own [model] table")
+    return start
+
+
+def config_differences(saved: dict[str, Any], model_cfg: ModelConfig) -> str:
+    """The model config fields where ``saved`` (a checkpoint's config dict) and ``model_cfg`` differ, as
+    'name: checkpoint X, this run Y; ...' (empty when they agree)."""
+    try:
+        theirs = ModelConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError) as exc:
+        return f"its config does not load: {exc}"
+    ours = model_cfg.to_dict()
+    flat_theirs = {**{k: v for k, v in theirs.items() if k != "front_end"},
+                   **{f"front_end.{k}": v for k, v in theirs["front_end"].items()}}
+    flat_ours = {**{k: v for k, v in ours.items() if k != "front_end"},
+                 **{f"front_end.{k}": v for k, v in ours["front_end"].items()}}
+    return "; ".join(f"{k}: checkpoint {flat_theirs[k]!r}, this run {flat_ours[k]!r}"
+                     for k in flat_ours if flat_theirs.get(k) != flat_ours[k])
+
+
+def trim_losses(path: Path, step: int) -> None:
+    """Keep the rows of the loss log up to ``step`` (the step a run resumes at): the ones after were logged by a
+    run that stopped before checkpointing them. Rewritten atomically; a torn last line (a kill mid-write) goes."""
+    if not path.is_file():
+        return
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+            keep.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in keep))
+        os.replace(tmp, path)
+        log.info("dropped %d rows of %s logged after step %d (not checkpointed)", dropped, path, step)
 
 
 def trainable(model: KSDiff, only: str) -> list[torch.nn.Parameter]:
@@ -335,7 +480,7 @@ def trainable(model: KSDiff, only: str) -> list[torch.nn.Parameter]:
     unknown = [n for n in names if n not in modules]
     if unknown:
         children = ", ".join(n for n, _ in model.named_children())
-        raise ValueError(f"train_only: no module {', '.join(unknown)} in the model; it has head, {children} "
+        raise TrainConfigError(f"train_only: no module {', '.join(unknown)} in the model; it has head, {children} "
                          "(or a submodule's dotted path)")
     keep = {id(p) for n in names for p in modules[n].parameters()}
     for p in model.parameters():
