@@ -30,6 +30,7 @@ from ksdiff_runtime.training import real_eval, streaming_distil
 from ksdiff_runtime.training import train as train_module
 from ksdiff_runtime.training.corpus import generate
 from ksdiff_runtime.training.dataset import build_feature_cache, front_end_key, load_clips
+from ksdiff_runtime.training.train import stop_requests
 
 pytestmark = pytest.mark.slow  # the corpus, its feature cache and a few training steps
 
@@ -377,6 +378,43 @@ def test_features_cached_for_an_older_corpus_in_the_same_folder_are_recomputed(d
     before = {f.name: f.stat().st_mtime_ns for f in folder.glob("*.npz")}
     build_feature_cache(corpus, cache, data.cfg, workers=1)
     assert {f.name: f.stat().st_mtime_ns for f in folder.glob("*.npz")} == before
+
+
+def test_a_corpus_made_from_another_shares_its_cached_features(data: Data, tmp_path: Path) -> None:
+    # self_targets and stop_timing make corpora whose entries point at another corpus's clip files (their targets
+    # changed, not their audio or text) and share its cache (config's cache = "cache/features"): switching between
+    # them and the corpus they came from must not recompute hours of features, each way
+    cache = tmp_path / "cache"
+    shutil.copytree(data.cache, cache)
+    derived = tmp_path / "derived"
+    (derived / "clips").mkdir(parents=True)
+    manifest = json.loads((data.corpus / "manifest.json").read_text())
+    for c in manifest["clips"]:
+        c["file"] = os.path.relpath(data.corpus / c["file"], derived)  # ../data/corpus/clips/c00000.npz
+        c["targets"] = "self-taught"  # what such a corpus changes
+    (derived / "manifest.json").write_text(json.dumps(manifest))
+    folder = cache / front_end_key(data.cfg)
+    before = {f.name: f.stat().st_mtime_ns for f in folder.glob("*.npz")}
+    build_feature_cache(derived, cache, data.cfg, workers=1)
+    build_feature_cache(data.corpus, cache, data.cfg, workers=1)
+    assert {f.name: f.stat().st_mtime_ns for f in folder.glob("*.npz")} == before
+
+
+def test_a_signal_ignored_by_whoever_started_training_stays_ignored() -> None:
+    # a job a script puts in the background ignores SIGINT: Ctrl-C in that terminal is not meant for it, and
+    # training must not take it as a request to stop
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_requests() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 0.5  # a handler would have run by now (at the next bytecodes)
+            while stop.signal is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stop.signal is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --- eval --real ----------------------------------------------------------------------------------

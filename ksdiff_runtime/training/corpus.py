@@ -231,11 +231,12 @@ def generate(
             raise CorpusError(f"corpus: {name} must be at least {least}, not {value}")
 
     os.makedirs(os.path.join(out_dir, "clips"), exist_ok=True)
-    # a run over an older corpus rewrites its clips: the old manifest goes first, so a run stopped halfway leaves
-    # no manifest (a clear error in `train`), not one describing clips that are now partly another corpus's
+    tasks = plan(seed, n_train, n_test, clips_train, clips_test, out_dir)
+    # a run over an older corpus rewrites its clips: the old manifest goes before the first of them (not before
+    # the plan, which may still fail), so a run stopped halfway leaves no manifest (a clear error in `train`), not
+    # one describing clips that are now partly another corpus's
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(out_dir, "manifest.json"))
-    tasks = plan(seed, n_train, n_test, clips_train, clips_test, out_dir)
     if workers <= 1:
         entries = [make_clip(t) for t in tqdm(tasks, disable=not progress, desc="corpus")]
     else:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -157,7 +158,7 @@ def build_live_cache(corpus: Path, cache: Path, cfg: ModelConfig, live: FrontEnd
     folder = Path(cache) / live_key(cfg, live, group_frames)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "schedule.json").write_text(json.dumps(_live_schedule(live, group_frames), indent=2))
-    drop_stale(folder, [c for c in manifest["clips"] if c["split"] == split])
+    drop_stale(corpus, folder, [c for c in manifest["clips"] if c["split"] == split])
     live_json = json.dumps(dataclasses.asdict(live))
     jobs = [(str(Path(corpus) / c["file"]), str(folder / f"{c['id']}.npz"), live_json, group_frames)
             for c in manifest["clips"] if c["split"] == split and not (folder / f"{c['id']}.npz").is_file()]
@@ -172,23 +173,33 @@ def build_live_cache(corpus: Path, cache: Path, cfg: ModelConfig, live: FrontEnd
 SOURCES = "sources.json"  # a cache folder's record of what each clip's features were computed from
 
 
-def _source(entry: dict) -> str:
-    """What a clip's cached features were computed from: its manifest entry (voice, text, duration, ...), which a
-    corpus made again in the same folder (another seed, more personas, --real-world again) changes."""
-    return hashlib.sha1(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
+def _source(corpus: Path, entry: dict) -> str:
+    """What a clip's cached features were computed from, and only that: its audio (the CRC and size of the clip
+    file's audio array, from the zip's directory: nothing decoded) and its text. Not the rest of its manifest entry:
+    corpora made from another (self_targets, stop_timing) point at that corpus's clip files, with the same features,
+    and share its cache; a corpus made again in the same folder (another seed, more personas) changes the audio."""
+    clip = Path(corpus) / entry["file"]
+    try:
+        with zipfile.ZipFile(clip) as zf:
+            info = zf.getinfo("audio.npy")
+        audio = f"{info.CRC:08x}-{info.file_size}"
+    except (OSError, KeyError, zipfile.BadZipFile):  # not a zip of arrays: the file as it is on the disk
+        stat = clip.stat()
+        audio = f"{stat.st_size}-{stat.st_mtime_ns}"
+    return hashlib.sha1(f"{audio}\n{entry.get('text', '')}".encode()).hexdigest()[:16]
 
 
-def drop_stale(folder: Path, entries: list[dict]) -> None:
-    """Delete the cached features in ``folder`` of clips whose manifest entry changed since they were computed,
-    and record the entries' sources. Clip ids repeat from corpus to corpus (c00000, ...): without this, a corpus
-    made again in the same folder would be trained on the old clips' features (or fail on their lengths). A cache
-    from before the record is trusted as it is (recomputing it would cost hours)."""
+def drop_stale(corpus: Path, folder: Path, entries: list[dict]) -> None:
+    """Delete the cached features in ``folder`` of clips whose audio or text changed since they were computed
+    (``_source``), and record the entries' sources. Clip ids repeat from corpus to corpus (c00000, ...): without
+    this, a corpus made again in the same folder would be trained on the old clips' features (or fail on their
+    lengths). A cache from before the record is trusted as it is (recomputing it would cost hours)."""
     path = Path(folder) / SOURCES
     try:
         known = json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError:
         known = {}
-    sources = {c["id"]: _source(c) for c in entries}
+    sources = {c["id"]: _source(corpus, c) for c in entries}
     for clip_id, source in sources.items():
         if known.get(clip_id, source) != source:
             (Path(folder) / f"{clip_id}.npz").unlink(missing_ok=True)
@@ -205,7 +216,7 @@ def build_feature_cache(corpus: Path, cache: Path, cfg: ModelConfig, workers: in
     folder = Path(cache) / front_end_key(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "front_end.json").write_text(json.dumps(cfg.front_end_dict(), indent=2))
-    drop_stale(folder, manifest["clips"])
+    drop_stale(corpus, folder, manifest["clips"])
     jobs = []
     for c in manifest["clips"]:
         out = folder / f"{c['id']}.npz"

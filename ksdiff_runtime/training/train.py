@@ -3,8 +3,9 @@
 A run lives in one folder: ``config.toml`` (what was asked), ``last.pt`` (model, EMA,
 optimiser, step and sampler state; rewritten atomically every ``checkpoint_every`` steps),
 ``losses.jsonl`` and ``losses.png``. Run the same command again and it resumes (the log's rows after
-the checkpoint, from a run killed before its next one, are dropped). Ctrl-C or SIGTERM ends the step
-under way, checkpoints it and stops (the command then exits as interrupted, 130). The weights
+the checkpoint, from a run killed before its next one, are dropped). Once steps are under way, Ctrl-C or
+SIGTERM ends the step, checkpoints it and stops (the command then exits as interrupted, 130); before, while
+the feature cache is built, they stop it at once (its files are written whole or not at all). The weights
 that ship are the EMA weights in float16 (``--ship PATH``).
 """
 
@@ -334,7 +335,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
                 log_file.flush()
             out_of_time = cfg.max_minutes > 0 and time.monotonic() - started > cfg.max_minutes * 60
             out_of_time = out_of_time or (cfg.stop_after > 0 and step >= cfg.stop_after)
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time or stop.signal:
+            stopping = stop.signal is not None  # read once: a signal after this line is taken at the next step
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time or stopping:
                 checkpoint()
                 plot_losses(out / "losses.jsonl", out / "losses.png")
             if cfg.keep_every and step % cfg.keep_every == 0:
@@ -344,11 +346,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, ship: Path | None = None) ->
                     "stopping after %.1f minutes at step %d (resume by running again)", cfg.max_minutes, step
                 )
                 break
-            if stop.signal:
+            if stopping:
                 break
     bar.close()
     log_file.close()
-    if stop.signal and step < cfg.max_steps:
+    if stop.signal is not None and step < cfg.max_steps:
         log.info("%s: stopped at step %d, checkpointed in %s (resume by running again)",
                  signal.Signals(stop.signal).name, step, last)
         raise KeyboardInterrupt  # the command ends as interrupted (not shipping a half-trained model)
@@ -376,7 +378,9 @@ def stop_requests() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # a signal ignored by whoever started us (a job put in the background by a script ignores SIGINT) stays ignored
+    previous = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
+                if (handler := signal.getsignal(sig)) is not signal.SIG_IGN}
 
     def restore() -> None:
         for sig, handler in previous.items():
