@@ -889,7 +889,13 @@ namespace Ksdiff.Tests
                     if (!r.HasValue) continue;
                     Message m = new Decoder().Decode(r.Value.Value);
                     if (m is OpenStream) _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("bake-failed", ((OpenStream)m).Req.Value));
-                    if (m is EndStream) for (ulong i = 0; i < 5; i++) _rt.Publish(Protocol.FrameTopic("bake-failed"), FakeRuntime.Frame("bake-failed", i, 0.1f));
+                    if (m is EndStream)
+                    {
+                        for (ulong i = 0; i < 5; i++) _rt.Publish(Protocol.FrameTopic("bake-failed"), FakeRuntime.Frame("bake-failed", i, 0.1f));
+                        // answered: the bake fails for its frames alone (unanswered, the end_stream's own timeout,
+                        // as long, failed it first now and then, with another reason)
+                        _rt.Reply(r.Value.Key, FakeRuntime.StreamEnded("bake-failed", 12, ((EndStream)m).Req.Value));
+                    }
                 }
                 Assert.IsTrue(failed.Failure.Contains("did not all come"), failed.Failure);
                 for (ulong i = 5; i < 12; i++) _rt.Publish(Protocol.FrameTopic("bake-failed"), FakeRuntime.Frame("bake-failed", i, 0.1f, i == 11));
