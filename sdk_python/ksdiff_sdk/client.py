@@ -77,15 +77,23 @@ GAVE_UP_OPENS_KEPT = 1000  # open_streams whose call gave up, remembered so a la
 REPLY_TO = {"hello": "hello", "open_stream": "stream_opened", "end_stream": "stream_ended",
             "set_controls": "controls_set"}
 # Messages wait in the I/O thread's outbox while the runtime cannot take them (it is away: the DEALER queues only
-# on a connection that is up, ZMQ_IMMEDIATE; or it stalls, its queues full). Past this, the oldest audio is dropped
-# (counted in Client.unsent): ~4 min of a 16 kHz float32 mic. A request whose call stopped waiting for its reply
-# before it left is taken out unsent (Client.withdrawn).
+# on a connection that is up, ZMQ_IMMEDIATE; or it stalls, its queues full). Past this, while the DEALER takes none,
+# the oldest audio is dropped (counted in Client.unsent): ~4 min of a 16 kHz float32 mic. A request whose call stopped
+# waiting for its reply before it left is taken out unsent (Client.withdrawn).
 OUTBOX_MAX_BYTES = 16 << 20
-# Audio sent is kept this long (and up to this many bytes, the oldest forgotten beyond) to be sent again if the runtime
-# says it dropped this client's requests unread (SPEC 4.6): every audio message carries its at_sample, so a copy of
-# audio the runtime has is dropped there, and one it dropped fills its place.
-SENT_AUDIO_KEPT_S = 3 * protocol.BUSY_WINDOW_S
+# The lines' audio sent is kept until the runtime is known to have read it (it answered a request sent after it), up to
+# this many bytes (the oldest forgotten beyond), to be sent again if the runtime says it dropped this client's requests
+# unread (SPEC 4.6): every audio message carries its at_sample, so a copy of audio the runtime has is dropped there,
+# and one it dropped fills its place (if no later audio of the line came first: a line has one message at a time in
+# flight, below).
 SENT_AUDIO_MAX_BYTES = 256 << 20
+# A line's next message (audio, end_stream) leaves only once the runtime has read the one before (it answered a request
+# sent after it): otherwise one dropped unread could be overtaken by the next, read once the drops ended, which the
+# runtime places past the gap (filled with silence; the copy then fills nothing), or which ends the stream first. A
+# ``hello`` request follows a line's message to learn that (its answer, the runtime's hello, changes nothing else);
+# one not answered within this time is taken as lost (dropped unread, its answer lost with a connection): another goes.
+PROBE_AGAIN_S = 1.0
+PROBES_KEPT = 64  # hello probes awaiting their answer, remembered (the oldest forgotten beyond: lost ones)
 
 StreamFilter = str | Iterable[str] | None
 
@@ -94,29 +102,34 @@ class _Request:
     """A request waiting for its reply (matched by ``req``); ``reply`` is set by the I/O thread. ``abandoned``: its
     call stopped waiting without the reply (it timed out), so it is not sent if it is still in the outbox."""
 
-    __slots__ = ("abandoned", "mtype", "payload", "reply", "req", "sent_at")
+    __slots__ = ("abandoned", "line", "mtype", "payload", "reply", "req", "sent_at", "sent_no")
 
-    def __init__(self, req: int, mtype: str, payload: bytes) -> None:
+    def __init__(self, req: int, mtype: str, payload: bytes, line: StreamHandle | None = None) -> None:
         self.req = req
         self.mtype = mtype
         self.payload = payload
+        self.line = line  # the line it is of (end_stream, set_controls): it leaves after the line's audio is read
         self.reply: dict[str, Any] | None = None
         self.abandoned = False
-        self.sent_at = time.monotonic()  # when its call sent it, or the I/O thread last sent it again
+        self.sent_at = time.monotonic()  # when its call queued it, the I/O thread sent it, or last sent it again
+        # the number of the DEALER message it first left as (the I/O thread's count): its answer proves the runtime
+        # read every message up to that one (a connection's messages are read in order)
+        self.sent_no: int | None = None
 
 
 # Waiting for the DEALER to take them: (audio?, message, the request it is: None for audio and fire-and-forget ones,
-# the line whose audio it is: kept once sent, to go again after a busy; None for anything else)
+# the line whose audio or end_stream it is: one at a time in flight; a line's audio is kept once sent, to go again after
+# a busy; None for anything else)
 Outbox = deque[tuple[bool, bytes, "_Request | None", "StreamHandle | None"]]
 # for the I/O thread: ("send" | "audio" | "sub" | "unsub" | ..., argument); a line's audio: ("audio", (message, line))
 Command = tuple[str, "bytes | _Request | tuple[bytes, StreamHandle]"]
 
 
-def _forget_sent(io: _Io, now: float) -> None:
-    """The lines' audio kept beyond SENT_AUDIO_KEPT_S or SENT_AUDIO_MAX_BYTES, forgotten (on every pass)."""
-    while io.sent_audio and (io.sent_audio[0][0] < now - SENT_AUDIO_KEPT_S
-                             or io.sent_audio_bytes > SENT_AUDIO_MAX_BYTES):
-        io.sent_audio_bytes -= len(io.sent_audio.popleft()[1])
+def _forget_sent(io: _Io, read: int) -> None:
+    """The lines' audio the runtime is known to have read (message numbers up to ``read``), and the oldest beyond
+    SENT_AUDIO_MAX_BYTES, forgotten (on every pass)."""
+    while io.sent_audio and (io.sent_audio[0][0] <= read or io.sent_audio_bytes > SENT_AUDIO_MAX_BYTES):
+        io.sent_audio_bytes -= len(io.sent_audio.popleft()[2])
 
 
 def _drop_audio(outbox: Outbox, size: int, limit: int) -> tuple[Outbox, int, int]:
@@ -265,6 +278,8 @@ class StreamHandle:
         self._seq = 0
         self._next_sample = 0
         self._t0: float | None = None  # when the first audio was sent: the stream's real-time clock
+        # only the I/O thread touches this: the number of this line's last message that left (0: none yet)
+        self._sent_no = 0
 
     # --- called by the I/O thread, under client._cv ---
     def _on_frame(self, frame: Frame) -> None:
@@ -410,7 +425,8 @@ class StreamHandle:
             self._ending = True
             request = self._end_request
         if request is None:
-            request = self._end_request = self._client._start_request("end_stream", {"stream": self.stream})
+            request = self._end_request = self._client._start_request(
+                "end_stream", {"stream": self.stream}, line=self if self.mode == "line" else None)
         if not wait:
             return None
         timeout = self._client.timeout if timeout is None else timeout
@@ -539,9 +555,17 @@ class _Io:
             self.poller.register(s, zmq.POLLIN)
         self.outbox: Outbox = deque()
         self.outbox_bytes = 0
-        # the lines' audio that left: (when, the message, its line), the latest SENT_AUDIO_KEPT_S of it
-        self.sent_audio: deque[tuple[float, bytes, StreamHandle]] = deque()
+        # the lines' audio that left and the runtime may not have read yet: (its message number, when, the message,
+        # its line), in the order sent
+        self.sent_audio: deque[tuple[int, float, bytes, StreamHandle]] = deque()
         self.sent_audio_bytes = 0
+        self.sent_no = 0  # the number of the last message the DEALER took (1, 2, ...)
+        self.line_sent_no = 0  # the number of the last line's message that left
+        self.probe_no = 0  # the number of the last hello probe that left (0: none since the last busy)
+        self.probe_at = 0.0  # when it left
+        # the outbox holds messages that may leave now (the DEALER took no more, or what waited may go): the next poll
+        # wakes when the DEALER has room (POLLOUT); not while each one waits (for the drops' end, for a line's answer)
+        self.sendable = False
 
     def close(self) -> None:
         for s in (self.sub, self.dealer):
@@ -614,9 +638,12 @@ class Client:
     connection dropped, or beyond OUTBOX_MAX_BYTES for a runtime that takes none), ``withdrawn`` (requests never
     sent because their call stopped waiting for the reply, e.g. timed out, before they left this client), ``resent``
     (messages sent again once the runtime said it dropped this client's requests unread, ``busy`` in ``errors``, and
-    the window of those drops passed: the audio of lines (``mode="line"``) sent in that window, each message placed
-    by its at_sample so the runtime takes only what it lacks, then the ``end_stream`` requests left without an
-    answer; SPEC 4.6 "A client past its share").
+    the window of those drops passed: the audio of lines (``mode="line"``) sent after the last request the runtime
+    had answered, each message placed by its at_sample so the runtime takes only what it lacks, then the
+    ``end_stream`` requests left without an answer; SPEC 4.6 "A client past its share"). While those drops last, the
+    client holds what it would send (but live streams' audio), and a line's next message (audio, end_stream) leaves
+    only once the runtime has read the one before (a ``hello`` request follows the lines' messages to learn it), so
+    no copy comes after later audio of its line.
     ``errors``: runtime errors no call was waiting for.
 
     A request that did leave and is answered after its call gave up changes nothing, but for ``stream_opened``:
@@ -685,6 +712,13 @@ class Client:
         self._resent: OrderedDict[int, None] = OrderedDict()  # req of the requests resent, the latest RESENT_KEPT
         self._busy_at: float | None = None  # when the runtime last said it dropped this client's requests unread
         self._audio_resent_for: float | None = None  # the _busy_at whose dropped audio was sent again
+        # the number of the latest DEALER message the runtime is known to have read: it answered a request that left as
+        # that message or after it (a connection's messages are read in order; the answer comes after the reading)
+        self._read_no = 0
+        # _read_no when that busy came: the runtime may have dropped every message after it (the busy was sent as the
+        # first one was dropped; everything read before that was answered before it), until the drops ended
+        self._busy_read_no: int | None = None
+        self._probes: OrderedDict[int, int] = OrderedDict()  # req of each hello probe awaiting its answer -> its number
         self.resent = 0  # requests sent again after the runtime said it dropped some unread (SPEC 4.6)
         self.errors: deque[KsdiffError] = deque(maxlen=100)
         self._warned: set[str] = set()
@@ -808,9 +842,11 @@ class Client:
             with contextlib.suppress(zmq.Again):
                 self._wake_tx.send(b"", zmq.NOBLOCK)
 
-    def _start_request(self, mtype: str, fields: dict[str, Any]) -> _Request:
+    def _start_request(self, mtype: str, fields: dict[str, Any], line: StreamHandle | None = None) -> _Request:
+        """A request queued for the I/O thread, registered for its reply; ``line``: the line it is of (it keeps the
+        line's order: end_stream, set_controls)."""
         req = next(self._req_ids)
-        r = _Request(req, mtype, protocol.encode_request(mtype, req=req, **fields))
+        r = _Request(req, mtype, protocol.encode_request(mtype, req=req, **fields), line)
         with self._cv:
             self._pending[r.req] = r
         try:
@@ -1003,7 +1039,12 @@ class Client:
             protocol.encode_request("set_controls", stream=stream, controls=controls)
         except ProtocolError as e:
             raise ValueError(e.message) from None
-        reply = self._call("set_controls", timeout, {"stream": stream, "controls": controls})
+        with self._cv:
+            handle = self._handles.get(stream)
+        # a line's: after the audio pushed before it, which may wait in the client (_send_outbox)
+        line = handle if handle is not None and handle.mode == "line" else None
+        reply = self._await(self._start_request("set_controls", {"stream": stream, "controls": controls}, line),
+                            timeout, "set_controls")
         assert reply is not None
         return dict(reply["controls"])
 
@@ -1172,13 +1213,21 @@ class Client:
             self._cv.notify_all()
 
     def _io_poll_ms(self, io: _Io) -> int:
-        """Before the I/O thread's poll: what it waits for (the DEALER's room too while the outbox holds messages) and
-        how long: until the runtime's drops end, if it said it dropped this client's requests, else ``_POLL_MS``."""
-        io.poller.modify(io.dealer, zmq.POLLIN | (zmq.POLLOUT if io.outbox else 0))
+        """Before the I/O thread's poll: what it waits for (the DEALER's room too while the outbox holds messages that
+        may leave now) and how long: until the runtime's drops end, if it said it dropped this client's requests; until
+        another hello probe is due while a line's message waits to be known read; else ``_POLL_MS``."""
+        io.poller.modify(io.dealer, zmq.POLLIN | (zmq.POLLOUT if io.outbox and io.sendable else 0))
+        now = time.monotonic()
         with self._cv:
-            if self._busy_at is None:
+            if self._busy_at is not None and now < self._busy_at + protocol.BUSY_WINDOW_S:
+                due = self._busy_at + protocol.BUSY_WINDOW_S  # nothing but live audio leaves until then
+            elif self._busy_at is not None:
+                due = now  # the drops are over: what waited goes now
+            elif io.line_sent_no > self._read_no and not io.sendable:  # (sendable: a probe waits for POLLOUT)
+                due = io.probe_at + PROBE_AGAIN_S
+            else:
                 return _POLL_MS
-            return max(0, min(_POLL_MS, math.ceil(1000 * (self._busy_at + protocol.BUSY_WINDOW_S - time.monotonic()))))
+        return max(0, min(_POLL_MS, math.ceil(1000 * (due - now))))
 
     def _io_pass(self, io: _Io, events: dict[zmq.Socket, int]) -> bool:
         """One pass of the I/O thread, after its poll: take the commands, send what the DEALER takes, read what came,
@@ -1200,8 +1249,8 @@ class Client:
                     break
                 if cmd == "stop":
                     return False
-                if isinstance(arg, _Request):  # "request": one a call waits for
-                    outbox.append((False, arg.payload, arg, None))
+                if isinstance(arg, _Request):  # "request": one a call waits for (a line's: in that line's order)
+                    outbox.append((False, arg.payload, arg, arg.line))
                     outbox_bytes += len(arg.payload)
                 elif isinstance(arg, tuple):  # a line's audio
                     outbox.append((True, arg[0], None, arg[1]))
@@ -1222,17 +1271,10 @@ class Client:
             for payload, line in reversed(self._dropped_audio(io)):
                 outbox.appendleft((True, payload, None, line))
                 outbox_bytes += len(payload)
-            while outbox:
-                try:
-                    dealer.send(outbox[0][1], zmq.NOBLOCK)
-                except zmq.Again:
-                    break  # the runtime is away or slow: retried on POLLOUT
-                _, payload, _, line = outbox.popleft()
-                outbox_bytes -= len(payload)
-                if line is not None:  # kept a while: the runtime may yet say it dropped it unread (_dropped_audio)
-                    io.sent_audio.append((time.monotonic(), payload, line))
-                    io.sent_audio_bytes += len(payload)
-            if outbox_bytes > OUTBOX_MAX_BYTES:
+            outbox_bytes = self._send_outbox(io, outbox, outbox_bytes)
+            # only while the DEALER takes nothing: lines' audio waiting for the runtime to read what went before (or
+            # for the drops' end) is no sign of a runtime that is away (NPC lines pushed whole at once lost it)
+            if outbox_bytes > OUTBOX_MAX_BYTES and io.sendable:
                 outbox, outbox_bytes, dropped = _drop_audio(outbox, outbox_bytes, OUTBOX_MAX_BYTES)
                 with self._cv:
                     self.unsent += dropped
@@ -1246,12 +1288,17 @@ class Client:
                         break
                     self._guarded(self._on_published, parts)
             if dealer in events:
+                with self._cv:
+                    read_before = self._read_no
                 for _ in range(_MAX_BATCH):
                     try:
                         parts = dealer.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     self._guarded(self._on_reply, parts)
+                with self._cv:
+                    if self._read_no > read_before:  # a line's next message may leave now: on the next pass
+                        io.sendable = True
             if monitor in events:
                 while True:
                     try:
@@ -1270,13 +1317,81 @@ class Client:
                         break
                 if dropped:
                     outbox, outbox_bytes = self._connection_dropped(outbox, outbox_bytes)
-            # after the replies were read (an answer that came is no reason to send it again); sent on the next pass
-            for payload in self._dropped_ends(outbox):
-                outbox.append((False, payload, None, None))
+            # after the replies were read (an answer that came is no reason to send it again); sent on the next pass,
+            # each after the audio its line sends again (the line's messages leave one at a time, in order)
+            for payload, line in self._dropped_ends(outbox):
+                outbox.append((False, payload, None, line))
                 outbox_bytes += len(payload)
+                io.sendable = True
         finally:
             io.outbox, io.outbox_bytes = outbox, outbox_bytes
         return True
+
+    def _send_outbox(self, io: _Io, outbox: Outbox, size: int) -> int:
+        """Hand the DEALER what may leave of the outbox, in its order, until it takes no more (changed in place);
+        returns the outbox's size then. While the runtime drops this client's requests (a ``busy`` came less than
+        BUSY_WINDOW_S ago) only live streams' audio leaves: the rest would be dropped too, and a line's audio must
+        not reach the runtime before the copies of what it dropped (``_dropped_audio``). A line's message waits while
+        the line's previous one is not known to be read (``_read_no``), the line's later ones behind it (other
+        streams' messages go on: each line's first message leaves at once): a hello probe then follows the lines'
+        messages that left, its answer telling the runtime read them, within a round trip."""
+        now = time.monotonic()
+        with self._cv:
+            # until the copies are queued (_dropped_audio, at the start of the pass after the window: one that ends
+            # during this pass must not let a line's later audio go first)
+            holding = self._busy_at is not None and (now < self._busy_at + protocol.BUSY_WINDOW_S
+                                                     or self._audio_resent_for != self._busy_at)
+            read_no = self._read_no
+        held: Outbox = deque()
+        waiting: set[int] = set()  # id() of the lines with a message held on this pass: their later ones stay behind
+        io.sendable = False
+        while outbox:
+            audio, payload, request, line = outbox[0]
+            # read without the lock: a line's _lost and _finished are only ever set; a line that is gone waits for none
+            if (holding and not (audio and line is None)) or (line is not None and (
+                    id(line) in waiting or (line._sent_no > read_no and line._lost is None and not line._finished))):
+                held.append(outbox.popleft())
+                if line is not None:
+                    waiting.add(id(line))
+                continue
+            try:
+                io.dealer.send(payload, zmq.NOBLOCK)
+            except zmq.Again:
+                io.sendable = True  # the runtime is away or slow: retried on POLLOUT
+                break
+            outbox.popleft()
+            size -= len(payload)
+            io.sent_no += 1
+            now = time.monotonic()
+            if request is not None:
+                request.sent_at = now
+                if request.sent_no is None:
+                    request.sent_no = io.sent_no
+            if line is not None:
+                line._sent_no = io.line_sent_no = io.sent_no
+                if audio:  # kept until known read: the runtime may yet say it dropped it unread (_dropped_audio)
+                    io.sent_audio.append((io.sent_no, now, payload, line))
+                    io.sent_audio_bytes += len(payload)
+        outbox.extendleft(reversed(held))
+        if (not holding and not io.sendable and io.line_sent_no > read_no
+                and (io.probe_no < io.line_sent_no or now - io.probe_at >= PROBE_AGAIN_S)):
+            self._send_probe(io, now)
+        return size
+
+    def _send_probe(self, io: _Io, now: float) -> None:
+        """A ``hello`` request after the lines' messages that left: its answer says the runtime read them."""
+        req = next(self._req_ids)
+        try:
+            io.dealer.send(protocol.encode_request("hello", req=req), zmq.NOBLOCK)
+        except zmq.Again:
+            io.sendable = True
+            return
+        io.sent_no += 1
+        io.probe_no, io.probe_at = io.sent_no, now
+        with self._cv:
+            self._probes[req] = io.sent_no
+            while len(self._probes) > PROBES_KEPT:
+                self._probes.popitem(last=False)
 
     def _withdraw(self, outbox: Outbox, size: int) -> tuple[Outbox, int]:
         """The outbox less the requests abandoned by their calls (timed out): they are never sent, counted in
@@ -1436,12 +1551,23 @@ class Client:
         orphan: str | None = None
         with self._cv:
             req = msg.get("req", -1)
+            probe = self._probes.pop(req, None)
+            if probe is not None:  # a hello probe's answer: the runtime read every message up to the probe
+                self._read_no = max(self._read_no, probe)
+                for older in [k for k, n in self._probes.items() if n < probe]:
+                    del self._probes[older]  # hellos are answered as read, in order: those were dropped unread
+                return
             if req in self._orphan_ends:  # the answer to an end_stream of a stream opened too late: nothing to do
                 self._orphan_ends.discard(req)
                 return
             r = self._pending.get(req)
+            if r is not None and r.sent_no is not None:  # answered: the runtime read everything up to it
+                self._read_no = max(self._read_no, r.sent_no)
             if mtype == "error" and msg["code"] == "busy" and "req" not in msg and "stream" not in msg:
                 self._busy_at = time.monotonic()  # past its share: requests dropped unread for up to BUSY_WINDOW_S
+                if self._busy_read_no is None:  # (a busy whose drops are not over yet keeps its own, lower)
+                    # what it read before was answered before this reply: all sent after may have been dropped
+                    self._busy_read_no = self._read_no
             if req in self._resent and (r is None or (mtype == "error" and msg["code"] == "unknown_stream")):
                 # a copy's answer: the request was answered already, or its other copy is ending the stream
                 log.debug("ksdiff-sdk: the answer to a resent request's other copy: %s", mtype)
@@ -1473,29 +1599,36 @@ class Client:
 
     def _dropped_audio(self, io: _Io) -> list[tuple[bytes, StreamHandle]]:
         """The lines' audio messages to send again (the I/O thread's), once the window of drops the runtime told of
-        (``busy`` with neither ``req`` nor ``stream``) has passed: those sent from BUSY_WINDOW_S before that reply
-        until the drops ended, of lines still open here (the same handle: not an id opened again since). Each carries
-        its at_sample: the runtime takes only what it lacks of a copy (SPEC 4.6 ``audio``). Their end_streams, if
-        dropped too, follow (``_dropped_ends``). Lines only: every frame of a line is wanted, however late; a live
-        stream wants the present, and the gap of the drops is silence to it (the runtime fills it when the next audio
-        comes)."""
+        (``busy`` with neither ``req`` nor ``stream``) has passed: every one sent after the last message the runtime
+        was known to have read when that busy came (it answered a request sent as or after it: a connection's
+        messages are read in order, and what was read before the first one dropped was answered before the busy; a
+        message sent long before can have waited in ZeroMQ's and TCP's queues and been read in the window) and before
+        the drops ended, of lines still open here (the same handle: not an id opened again since). Nothing of lines
+        left while the drops lasted (``_send_outbox``), and a line's next message leaves only once its previous one is
+        known read, so no later audio of a line reached the runtime before these copies. Each carries its at_sample:
+        the runtime takes only what it lacks of a copy (SPEC 4.6 ``audio``). Their end_streams, if dropped too, follow
+        (``_dropped_ends``). Lines only: every frame of a line is wanted, however late; a live stream wants the
+        present, and the gap of the drops is silence to it (the runtime fills it when the next audio comes)."""
         now = time.monotonic()
-        _forget_sent(io, now)
         with self._cv:
             busy_at = self._busy_at
+            read_no = self._read_no if self._busy_read_no is None else self._busy_read_no
+            _forget_sent(io, read_no)
             if busy_at is None or now < busy_at + protocol.BUSY_WINDOW_S or self._audio_resent_for == busy_at:
                 return []
             self._audio_resent_for = busy_at
-            first, last = busy_at - protocol.BUSY_WINDOW_S, busy_at + protocol.BUSY_WINDOW_S
+            self._busy_read_no = None
+            io.probe_no = 0  # a probe sent before may have been dropped unread: one follows the copies
+            drops_end = busy_at + protocol.BUSY_WINDOW_S
             again: list[tuple[bytes, StreamHandle]] = []
-            kept: deque[tuple[float, bytes, StreamHandle]] = deque()
-            for sent_at, payload, line in io.sent_audio:
-                if (first <= sent_at <= last and self._handles.get(line.stream) is line and line._lost is None
+            kept: deque[tuple[int, float, bytes, StreamHandle]] = deque()
+            for sent_no, sent_at, payload, line in io.sent_audio:  # each one sent after read_no (_forget_sent)
+                if (sent_at <= drops_end and self._handles.get(line.stream) is line and line._lost is None
                         and not line._finished):
                     again.append((payload, line))
                     io.sent_audio_bytes -= len(payload)  # kept again once sent again
                 else:
-                    kept.append((sent_at, payload, line))
+                    kept.append((sent_no, sent_at, payload, line))
             io.sent_audio = kept
             self.resent += len(again)
         if again:
@@ -1503,7 +1636,7 @@ class Client:
                      "message(s) of lines again", len(again))
         return again
 
-    def _dropped_ends(self, outbox: Outbox) -> list[bytes]:
+    def _dropped_ends(self, outbox: Outbox) -> list[tuple[bytes, StreamHandle | None]]:
         """The ``end_stream`` requests to send again (the I/O thread's): the runtime said (``busy`` with neither
         ``req`` nor ``stream``) that it dropped this client's requests unread, for at most BUSY_WINDOW_S from then,
         and those sent before that ended are still unanswered (and not still waiting in the ``outbox``). Carried out
@@ -1512,12 +1645,16 @@ class Client:
         first copy's unknown_stream is dropped too, and end() times out)."""
         now = time.monotonic()
         with self._cv:
-            if self._busy_at is None or now < self._busy_at + protocol.BUSY_WINDOW_S:
+            # ... and only once the lines' audio went again (_dropped_audio, at the start of a pass): a window that
+            # ended during this pass, between the two, left that audio unsent for good (the lines ended without it)
+            if (self._busy_at is None or now < self._busy_at + protocol.BUSY_WINDOW_S
+                    or self._audio_resent_for != self._busy_at):
                 return []
             drops_end, self._busy_at = self._busy_at + protocol.BUSY_WINDOW_S, None
             waiting = {id(entry[2]) for entry in outbox if entry[2] is not None}
+            # sent_no: it left (one still among the commands, not yet in the outbox, did not)
             again = [r for r in self._pending.values() if r.mtype == "end_stream" and r.reply is None and
-                     not r.abandoned and r.sent_at < drops_end and id(r) not in waiting]
+                     not r.abandoned and r.sent_no is not None and r.sent_at < drops_end and id(r) not in waiting]
             for r in again:
                 r.sent_at = now
                 self._resent[r.req] = None
@@ -1527,7 +1664,7 @@ class Client:
         if again:
             log.info("ksdiff-sdk: the runtime dropped requests of this client unread (busy): sending %d end_stream(s) "
                      "again", len(again))
-        return [r.payload for r in again]
+        return [(r.payload, r.line) for r in again]
 
     def _end_orphan(self, stream: str) -> None:
         """The runtime opened ``stream`` for an open_stream whose call had given up (it timed out, the request having
