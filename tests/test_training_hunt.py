@@ -30,7 +30,6 @@ from ksdiff_runtime.training import real_eval, streaming_distil
 from ksdiff_runtime.training import train as train_module
 from ksdiff_runtime.training.corpus import generate
 from ksdiff_runtime.training.dataset import build_feature_cache, front_end_key, load_clips
-from ksdiff_runtime.training.train import stop_requests
 
 pytestmark = pytest.mark.slow  # the corpus, its feature cache and a few training steps
 
@@ -398,23 +397,6 @@ def test_a_corpus_made_from_another_shares_its_cached_features(data: Data, tmp_p
     build_feature_cache(derived, cache, data.cfg, workers=1)
     build_feature_cache(data.corpus, cache, data.cfg, workers=1)
     assert {f.name: f.stat().st_mtime_ns for f in folder.glob("*.npz")} == before
-
-
-def test_a_signal_ignored_by_whoever_started_training_stays_ignored() -> None:
-    # a job a script puts in the background ignores SIGINT: Ctrl-C in that terminal is not meant for it, and
-    # training must not take it as a request to stop
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with stop_requests() as stop:
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            os.kill(os.getpid(), signal.SIGINT)
-            deadline = time.monotonic() + 0.5  # a handler would have run by now (at the next bytecodes)
-            while stop.signal is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert stop.signal is None
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # --- eval --real ----------------------------------------------------------------------------------

@@ -378,9 +378,9 @@ def stop_requests() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    # a signal ignored by whoever started us (a job put in the background by a script ignores SIGINT) stays ignored
-    previous = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
-                if (handler := signal.getsignal(sig)) is not signal.SIG_IGN}
+    # taken even where whoever started us ignored it (a script's background job ignores SIGINT): `kill -INT` then
+    # stops the run checkpointed, as it stops `serve`, and as the tests and CI, run in the background, send it
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def restore() -> None:
         for sig, handler in previous.items():
