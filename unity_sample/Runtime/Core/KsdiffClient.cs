@@ -37,11 +37,18 @@
 //     (Protocol.BusyWindowS) and is still unanswered then is sent again, and the answer to its
 //     other copy changes nothing (ClientStatus.Resent; SPEC 4.6, "A client past its share"). One
 //     still in the outbox was not dropped: it is not copied. Before those: the audio of lines
-//     (streams opened in mode "line", still open here) that left from BusyWindowS before the busy
-//     until the drops were over goes again, in its order, ahead of anything queued since (audio
-//     sent with its at_sample, as NpcLine and OfflineLine send it: the runtime takes only what it
-//     lacks of a copy). Audio that left is kept SentAudioKeptS for that (within
+//     (streams opened in mode "line", still open here) sent after the last request the runtime had
+//     answered before the busy (it reads a connection's messages in order, however long they
+//     waited on the way) goes again, in its order, ahead of anything queued since (audio sent with
+//     its at_sample, as NpcLine and OfflineLine send it: the runtime takes only what it lacks of a
+//     copy). Audio of lines is kept for that until the runtime is known to have read it (within
 //     ClientOptions.ResendAudioMaxBytes). A live stream's is not: it wants the present, not the past.
+//     While the drops last, nothing leaves but live streams' audio; and a line's next message
+//     (audio, set_controls, end_stream) leaves only once the runtime has answered a request sent
+//     after the line's previous one (a `hello` request follows the lines' messages for that), so
+//     no copy comes after later audio, or the end_stream, of its line. A hello request
+//     (RequestHello) still leaves only after everything queued before it: its reply says the
+//     runtime read all that.
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
 //   * A stream's events reach the game in the order the runtime published them: a frame is in the
@@ -70,9 +77,10 @@ namespace Ksdiff
         // DEALER queues only on a live connection; or it stalls). Beyond this many bytes the
         // oldest audio is dropped (ClientStatus.Unsent): about 4 min of a 16 kHz float32 mic.
         public long OutboxMaxBytes = 16 << 20;
-        // Audio that left is kept 3 * Protocol.BusyWindowS, up to this many bytes (the oldest
-        // forgotten beyond), to send a line's audio again should the runtime say it dropped this
-        // client's requests unread (busy; SPEC 4.6, "A client past its share").
+        // The lines' audio that left is kept until the runtime is known to have read it (it answered
+        // a request sent after it), up to this many bytes (the oldest forgotten beyond), to send it
+        // again should the runtime say it dropped this client's requests unread (busy; SPEC 4.6,
+        // "A client past its share").
         public long ResendAudioMaxBytes = 256L << 20;
         public int ReceiveHighWatermark = 10000;
         public int MaxEvents = 1000;         // events kept for DrainEvents (the oldest are dropped)
@@ -124,8 +132,8 @@ namespace Ksdiff
         public ulong Unsent;            // audio messages dropped before they were sent (OutboxMaxBytes, or their stream was lost with the connection)
         public ulong Withdrawn;         // requests never sent: they failed (timed out, abandoned) while still in the outbox
         // Messages sent again once the runtime said it dropped this client's requests unread (busy)
-        // and those drops were over: the audio of lines that left in that window, then the
-        // end_streams left unanswered.
+        // and those drops were over: the audio of lines it may have dropped, then the end_streams
+        // left unanswered.
         public ulong Resent;
         public double LastHelloS = -1;
         public string LastError;
@@ -166,6 +174,9 @@ namespace Ksdiff
         internal bool Queued;            // (L) a copy of it waits in the outbox: it has not left since it was last queued
         internal bool Left;              // (L) it left for the runtime, once at least
         internal double LastSentS;       // (L) when it last left for the runtime (client clock)
+        // (L) the number of the DEALER message it first left as (0: not yet): its answer proves the
+        // runtime read every message up to that one (a connection's messages are read in order)
+        internal ulong SentNo;
         internal bool Line;              // an open_stream in mode line (its stream's audio is sent again after a busy)
         Message _reply;
         string _failure;
@@ -219,7 +230,10 @@ namespace Ksdiff
         const int ArrivalWindow = 256;   // arrival times kept for the receive rate
         const int MaxStreamsKept = 256;  // per-stream records (oldest ended ones go first)
         const int ResentKept = 1000;     // resent requests remembered, so the answer to a second copy changes nothing
-        const double SentAudioKeptS = 3 * Protocol.BusyWindowS; // audio that left is kept this long, to be sent again after a busy
+        // A hello probe not answered within this time is taken as lost (dropped unread, or its answer
+        // lost with a connection): another goes.
+        const double ProbeAgainS = 1.0;
+        const int ProbesKept = 64;       // hello probes awaiting their answer, remembered (the oldest forgotten beyond: lost ones)
 
         readonly ClientOptions _o;
         readonly Func<double> _clock;
@@ -241,8 +255,19 @@ namespace Ksdiff
         readonly HashSet<ulong> _resent = new HashSet<ulong>();     // (L) req of the requests sent again, the latest ResentKept
         readonly Queue<ulong> _resentOrder = new Queue<ulong>();    // (L) the same, oldest first
         double? _busyAtS;                                           // (L) when the runtime last said it dropped requests unread
-        readonly Queue<Outgoing> _sentAudio = new Queue<Outgoing>(); // (L) audio that left, the latest SentAudioKeptS (Outgoing.SentS), oldest first
+        // (L) the lines' audio that left and the runtime may not have read yet, in the order sent
+        // (Outgoing.SentNo), within ResendAudioMaxBytes
+        readonly Queue<Outgoing> _sentAudio = new Queue<Outgoing>();
         long _sentAudioBytes;                                       // (L)
+        ulong _sentNo;                                              // (L) the number of the last message the DEALER took (1, 2, ...)
+        // (L) the number of the latest message the runtime is known to have read: it answered a
+        // request that left as that message or after it (it reads a connection's messages in order)
+        ulong _readNo;
+        // (L) _readNo when the busy came: the runtime may have dropped every message after it (it
+        // answered what it read before the first one it dropped before the busy), until the drops ended
+        ulong? _busyReadNo;
+        readonly Dictionary<ulong, ulong> _probes = new Dictionary<ulong, ulong>(); // (L) req of each hello probe awaiting its answer -> its number
+        readonly Queue<ulong> _probeOrder = new Queue<ulong>();                  // (L) the same reqs, oldest first
         ulong _openings;                                            // (L) streams opened by this client so far (Tracker.Opening)
         readonly HashSet<string> _seenInstances = new HashSet<string>();                   // (L)
         readonly List<IFrameSink> _sinks = new List<IFrameSink>();                         // (L)
@@ -250,6 +275,11 @@ namespace Ksdiff
         long _nextReq;
 
         // Worker-thread only.
+        ulong _lineSentNo;   // the number of the last line's message that left
+        ulong _probeNo;      // the number of the last hello probe that left (0: none since the last busy's drops ended)
+        double _probeAtS;    // when it left
+        ulong _pass;         // Flush's passes (Tracker.HeldPass)
+        readonly Queue<Outgoing> _held = new Queue<Outgoing>(); // what Flush holds back on this pass, in order
         readonly Decoder _decoder = new Decoder();
         readonly MessageBuffer _topic = new MessageBuffer(), _payload = new MessageBuffer();
 
@@ -263,7 +293,11 @@ namespace Ksdiff
             public string Stream; // audio: its stream
             public bool Placed;   // audio with its at_sample: a copy takes its own place (sent again after a busy)
             public double SentS;  // audio kept in _sentAudio: when it left (client clock)
-            public ulong Opening; // audio: the opening of its stream it was sent for (Tracker.Opening; 0: none)
+            public ulong SentNo;  // audio kept in _sentAudio: the number of the message it left as
+            public ulong Opening; // audio, or a line's request: the opening of its stream it was sent for (Tracker.Opening; 0: none)
+            // The line it is of (its audio, set_controls, end_stream; null for anything else): a line's
+            // messages leave one at a time, each once the runtime has read the one before.
+            public Tracker Line;
         }
 
         sealed class Tracker
@@ -284,6 +318,10 @@ namespace Ksdiff
             // Which opening of the id by this client it is (the client's count of openings): audio of an
             // earlier stream of the id is never sent again to a later one.
             public ulong Opening;
+            // The number of the last message of this opening of the line that left (0: none yet): its
+            // next one waits until the runtime is known to have read it.
+            public ulong SentNo;
+            public ulong HeldPass; // the Flush pass that held one of its messages back: its later ones stay behind it
             public ulong? NextSeq;
             public readonly double[] Latencies = new double[LatencyWindow];
             public int LatencyCount, LatencyNext;
@@ -450,6 +488,7 @@ namespace Ksdiff
                     t.End = null;
                     t.Line = request.Mode == Protocol.ModeLine;
                     t.Opening = ++_openings;
+                    t.SentNo = 0; // a new line: its first message goes at once
                     if (_o.Streams != null) _subscriptions.Enqueue(new KeyValuePair<bool, string>(true, Protocol.FrameTopic(request.Stream)));
                 }
             }
@@ -470,7 +509,7 @@ namespace Ksdiff
                     throw new ProtocolException(ErrorCode.UnknownStream, "stream '" + stream + "' was ended (EndStream was called): " +
                                                                          "no audio was sent; open a new stream");
                 _outbox.Enqueue(new Outgoing { Payload = payload, Audio = true, Stream = stream, Placed = atSample.HasValue,
-                                               Opening = t != null ? t.Opening : 0 });
+                                               Opening = t != null ? t.Opening : 0, Line = t != null && t.Line ? t : null });
                 _outboxBytes += payload.Length;
             }
         }
@@ -510,13 +549,25 @@ namespace Ksdiff
                     _pending[req] = p;
                     // end_stream is never withdrawn: sent late, it still frees its stream in the runtime.
                     p.Queued = true;
-                    _outbox.Enqueue(new Outgoing { Payload = payload, Audio = false, Req = type == "end_stream" ? 0 : req, Request = p });
-                    _outboxBytes += payload.Length;
                     // Under the lock that queues it: no audio for the stream is queued behind it (SendAudio).
                     if (type == "end_stream") TrackerFor(stream).End = p;
+                    // A line's set_controls and end_stream keep the line's order (after its audio).
+                    Tracker of = LineOf(p);
+                    _outbox.Enqueue(new Outgoing { Payload = payload, Audio = false, Req = type == "end_stream" ? 0 : req, Request = p,
+                                                   Line = of, Opening = of != null ? of.Opening : 0 });
+                    _outboxBytes += payload.Length;
                 }
             }
             return p;
+        }
+
+        // The line a request is of (set_controls, end_stream of a stream this client opened in mode
+        // line), or null. Under _lock.
+        Tracker LineOf(PendingRequest p)
+        {
+            Tracker t;
+            if ((p.Type != "set_controls" && p.Type != "end_stream") || p.Stream == null || !_streams.TryGetValue(p.Stream, out t)) return null;
+            return t.Line && t.Status.OpenedHere ? t : null;
         }
 
         // Gives up on a request before its own timeout (a line that stopped waiting for its
@@ -602,6 +653,12 @@ namespace Ksdiff
         }
 
         // Subscriptions and queued sends, in order; a full send queue keeps the rest for later.
+        // While the runtime drops this client's requests (a busy whose drops are not over: _busyAtS)
+        // only live streams' audio leaves: the rest would be dropped too, and a line's audio must not
+        // reach the runtime before the copies of what it dropped (ResendDroppedAudio). A line's
+        // message waits while the line's previous one is not known to be read (_readNo), the line's
+        // later ones behind it (other streams' messages go on): a hello probe then follows the lines'
+        // messages that left, its answer telling the runtime read them, within a round trip.
         void Flush(ITransport transport)
         {
             while (true)
@@ -615,10 +672,16 @@ namespace Ksdiff
                 if (sub.Key) transport.Subscribe(sub.Value);
                 else transport.Unsubscribe(sub.Value);
             }
+            bool holding;
+            ulong readNo;
             lock (_lock)
             {
                 if (_withdraw) Withdraw();
+                holding = _busyAtS.HasValue;
+                readNo = _readNo;
+                _pass++;
             }
+            bool refused = false; // the transport took no more: no connection, or ZeroMQ's queue is full
             while (true)
             {
                 Outgoing next;
@@ -626,41 +689,111 @@ namespace Ksdiff
                 {
                     if (_outbox.Count == 0) break;
                     next = _outbox.Peek();
+                    if (MustWait(next, holding, readNo))
+                    {
+                        // Out of the outbox for this pass (its bytes still counted), put back in its place below.
+                        _held.Enqueue(_outbox.Dequeue());
+                        if (next.Line != null) next.Line.HeldPass = _pass;
+                        continue;
+                    }
                 }
-                if (!transport.TrySend(next.Payload)) break; // no connection, or ZeroMQ's queue is full: the runtime is away or slow
+                if (!transport.TrySend(next.Payload)) // the runtime is away or slow
+                {
+                    refused = true;
+                    break;
+                }
                 lock (_lock)
                 {
                     _outbox.Dequeue();
                     _outboxBytes -= next.Payload.Length;
+                    ulong no = ++_sentNo;
+                    double now = _clock();
                     if (next.Request != null)
                     {
                         next.Request.Queued = false;
                         next.Request.Left = true;
-                        next.Request.LastSentS = _clock(); // it left now, not when it was queued (ResendDroppedEnds)
+                        next.Request.LastSentS = now; // it left now, not when it was queued (ResendDroppedEnds)
+                        if (next.Request.SentNo == 0) next.Request.SentNo = no;
                     }
-                    if (next.Audio && next.Placed)
+                    if (next.Line != null && next.Line.Opening == next.Opening)
                     {
-                        // Kept a while: the runtime may yet say it dropped it unread (ResendDroppedAudio).
-                        next.SentS = _clock();
-                        _sentAudio.Enqueue(next);
-                        _sentAudioBytes += next.Payload.Length;
+                        next.Line.SentNo = no;
+                        _lineSentNo = no;
+                        if (next.Audio && next.Placed)
+                        {
+                            // Kept until known read: the runtime may yet say it dropped it unread (ResendDroppedAudio).
+                            next.SentS = now;
+                            next.SentNo = no;
+                            _sentAudio.Enqueue(next);
+                            _sentAudioBytes += next.Payload.Length;
+                        }
                     }
                 }
             }
             lock (_lock)
             {
-                // Forgets the audio kept longer than SentAudioKeptS, or beyond ResendAudioMaxBytes
-                // (nothing allocated: this runs on every turn of the worker's loop).
-                double forget = _clock() - SentAudioKeptS;
-                while (_sentAudio.Count > 0 && (_sentAudio.Peek().SentS < forget || _sentAudioBytes > _o.ResendAudioMaxBytes))
+                if (_held.Count > 0)
+                {
+                    // What was held goes back ahead of the rest, in its order (nothing allocated).
+                    int rest = _outbox.Count;
+                    while (_held.Count > 0) _outbox.Enqueue(_held.Dequeue());
+                    for (; rest > 0; rest--) _outbox.Enqueue(_outbox.Dequeue());
+                }
+                // Forgets the audio the runtime is known to have read (before the busy, while its drops
+                // last), and the oldest beyond ResendAudioMaxBytes (nothing allocated: this runs on every
+                // turn of the worker's loop).
+                ulong read = _busyReadNo ?? _readNo;
+                while (_sentAudio.Count > 0 && (_sentAudio.Peek().SentNo <= read || _sentAudioBytes > _o.ResendAudioMaxBytes))
                     _sentAudioBytes -= _sentAudio.Dequeue().Payload.Length;
-                if (_outboxBytes <= _o.OutboxMaxBytes) return;
+                readNo = _readNo;
+            }
+            double at = _clock();
+            if (!holding && !refused && _lineSentNo > readNo && (_probeNo < _lineSentNo || at - _probeAtS >= ProbeAgainS))
+                refused = !SendProbe(transport, at);
+            lock (_lock)
+            {
+                // Only while the transport takes nothing: the lines' messages waiting for the runtime to
+                // read what went before (or for the drops' end) are no sign of a runtime that is away
+                // (NPC lines pushed whole at once would lose their audio).
+                if (_outboxBytes <= _o.OutboxMaxBytes || !refused) return;
                 int dropped = DropAudio(_o.OutboxMaxBytes);
                 if (dropped == 0) return; // requests alone: they stay
                 _status.Unsent += (ulong)dropped;
                 _status.LastError = "the runtime at " + _o.RouterEndpoint + " has taken no message for a while: the oldest " +
                                     "unsent audio was dropped (ClientStatus.Unsent counts it)";
             }
+        }
+
+        // Whether a message at the head of the outbox stays there on this pass (under _lock): while
+        // the drops last, all but live streams' audio; a line's message while the line's previous one
+        // is not known read, or one of the line's earlier ones was held on this pass; a hello request
+        // while anything queued before it is held (its reply says the runtime read all that: NpcLine
+        // ends a line after such a barrier). A line lost or ended waits for nothing (the runtime takes
+        // nothing more of it anyway).
+        bool MustWait(Outgoing m, bool holding, ulong readNo)
+        {
+            if (holding && !(m.Audio && m.Line == null)) return true;
+            if (m.Request != null && m.Request.Type == "hello" && _held.Count > 0) return true;
+            Tracker t = m.Line;
+            if (t == null || t.Opening != m.Opening || !t.Line || t.Lost || t.Status.Ended) return false;
+            return t.HeldPass == _pass || t.SentNo > readNo;
+        }
+
+        // A hello request after the lines' messages that left: its answer says the runtime read them
+        // (OnReply). False when the transport did not take it.
+        bool SendProbe(ITransport transport, double now)
+        {
+            ulong req = NextReq();
+            if (!transport.TrySend(Requests.Hello(req))) return false;
+            lock (_lock)
+            {
+                _probeNo = ++_sentNo;
+                _probeAtS = now;
+                _probes[req] = _probeNo;
+                _probeOrder.Enqueue(req);
+                while (_probeOrder.Count > ProbesKept) _probes.Remove(_probeOrder.Dequeue());
+            }
+            return true;
         }
 
         // The outbox less its oldest audio messages, down to `limit` bytes (requests stay: they are
@@ -770,7 +903,9 @@ namespace Ksdiff
                 {
                     if (p.Type != "end_stream" || p.Queued || p.LastSentS >= dropsEnd) continue;
                     p.Queued = true;
-                    _outbox.Enqueue(new Outgoing { Payload = p.Payload, Audio = false, Request = p });
+                    Tracker line = LineOf(p); // after the copies of its line's audio, one at a time
+                    _outbox.Enqueue(new Outgoing { Payload = p.Payload, Audio = false, Request = p, Line = line,
+                                                   Opening = line != null ? line.Opening : 0 });
                     _outboxBytes += p.Payload.Length;
                     _status.Resent++;
                     if (_resent.Add(p.Req))
@@ -784,25 +919,33 @@ namespace Ksdiff
         }
 
         // Under _lock, on the worker, once the drops the runtime told of at `busyAtS` are over: the
-        // audio of lines that left from Protocol.BusyWindowS before that busy until the drops ended
-        // goes again, in its order, at the head of the outbox (ahead of audio queued since, which
-        // would otherwise reach the runtime first and have the gap before it filled with silence),
-        // so before the end_streams sent again. Lines only, still open here (the same opening of the
-        // id: never to a stream opened again with it since; not ended, not lost,
-        // their end_stream not answered): every frame of a line is wanted, however late; a live
-        // stream wants the present, and the gap of the drops is silence to it. Only audio sent with
-        // its at_sample is kept for this (NpcLine and OfflineLine place all theirs): the runtime
-        // drops what it has of a copy (SPEC 4.6 audio), so it takes only what it lacks; a copy
-        // without one would be appended to the line. Counted in Resent.
+        // audio of lines that left after the last message the runtime was known to have read when the
+        // busy came (it answered a request sent as or after it: a connection's messages are read in
+        // order, and what was read before the first one dropped was answered before the busy; a
+        // message sent long before can have waited in ZeroMQ's and TCP's queues and been read in the
+        // window) and before the drops ended goes again, in its order, at the head of the outbox
+        // (ahead of audio queued since), so before the end_streams sent again. Nothing of lines left
+        // while the drops lasted (Flush), and a line's next message leaves only once its previous one
+        // is known read, so no later audio of a line reached the runtime before these copies. Lines
+        // only, still open here (the same opening of the id: never to a stream opened again with it
+        // since; not ended, not lost, their end_stream not answered): every frame of a line is
+        // wanted, however late; a live stream wants the present, and the gap of the drops is silence
+        // to it. Only audio sent with its at_sample is kept for this (NpcLine and OfflineLine place
+        // all theirs): the runtime drops what it has of a copy (SPEC 4.6 audio), so it takes only
+        // what it lacks; a copy without one would be appended to the line. Counted in Resent.
         void ResendDroppedAudio(double busyAtS)
         {
-            double first = busyAtS - Protocol.BusyWindowS, last = busyAtS + Protocol.BusyWindowS;
+            ulong read = _busyReadNo ?? _readNo;
+            _busyReadNo = null;
+            _probeNo = 0; // a probe sent before may have been dropped unread: one follows the copies
+            while (_sentAudio.Count > 0 && _sentAudio.Peek().SentNo <= read) _sentAudioBytes -= _sentAudio.Dequeue().Payload.Length;
+            double last = busyAtS + Protocol.BusyWindowS;
             int queued = _outbox.Count, again = 0;
             for (int n = _sentAudio.Count; n > 0; n--) // once round the kept audio, keeping the order
             {
                 Outgoing m = _sentAudio.Dequeue();
                 Tracker t;
-                if (m.SentS >= first && m.SentS <= last && _streams.TryGetValue(m.Stream, out t) && t.Opening == m.Opening &&
+                if (m.SentS <= last && _streams.TryGetValue(m.Stream, out t) && t == m.Line && t.Opening == m.Opening &&
                     t.Line && t.Status.OpenedHere && !t.Status.Ended && (t.End == null || !t.End.IsDone))
                 {
                     _sentAudioBytes -= m.Payload.Length; // kept again once it leaves again
@@ -1054,6 +1197,7 @@ namespace Ksdiff
                 case MessageType.Hello:
                     var hello = (Hello)msg;
                     if (!hello.FromRuntime) { Bad("a hello reply without the runtime's fields"); return; }
+                    if (hello.Req.HasValue && TakeProbe(hello.Req.Value)) return; // it says what was read, nothing else
                     OnHello(hello, arrival);
                     req = hello.Req;
                     break;
@@ -1064,6 +1208,7 @@ namespace Ksdiff
                     {
                         // Taken at once, so that it cannot fail (Abandon) between this and its completion.
                         if (req.HasValue && _pending.TryGetValue(req.Value, out p)) _pending.Remove(req.Value);
+                        if (p != null) Answered(p);
                         if (p == null)
                         {
                             // Its open_stream failed (timed out, abandoned) after it left: nobody will
@@ -1089,6 +1234,7 @@ namespace Ksdiff
                         {
                             t.End = null; // an id the runtime picked: maybe one it gave before a restart
                             t.Opening = ++_openings;
+                            t.SentNo = 0;
                         }
                         if (opened.Mode != null) t.Status.Mode = opened.Mode;                 // 1.2
                         if (opened.LatencyMs.HasValue) t.Status.LatencyMs = opened.LatencyMs; // 1.2
@@ -1109,8 +1255,15 @@ namespace Ksdiff
                     lock (_lock)
                     {
                         if (req.HasValue && _orphanEnds.Remove(req.Value)) break; // a late stream's end refused: it is gone anyway
+                        PendingRequest answered;
+                        if (req.HasValue && _pending.TryGetValue(req.Value, out answered)) Answered(answered);
                         if (!req.HasValue && error.Stream == null && error.ErrorCode == ErrorCode.Busy)
+                        {
                             _busyAtS = arrival; // past its share: this client's requests are dropped unread for a while
+                            // What it read before was answered before this reply: all sent after may have
+                            // been dropped. A busy whose drops are not over yet keeps its own, lower.
+                            if (!_busyReadNo.HasValue) _busyReadNo = _readNo;
+                        }
                         if (req.HasValue && _resent.Contains(req.Value) &&
                             (!_pending.ContainsKey(req.Value) || error.ErrorCode == ErrorCode.UnknownStream))
                         {
@@ -1151,10 +1304,35 @@ namespace Ksdiff
             {
                 lock (_lock)
                 {
-                    if (req.HasValue && _pending.TryGetValue(req.Value, out p)) _pending.Remove(req.Value);
+                    if (req.HasValue && _pending.TryGetValue(req.Value, out p))
+                    {
+                        _pending.Remove(req.Value);
+                        Answered(p);
+                    }
                 }
             }
             if (p != null) p.Complete(msg, null);
+        }
+
+        // A request was answered (under _lock): the runtime read every message up to the one it left
+        // as (it reads a connection's messages in order, and answers after reading).
+        void Answered(PendingRequest p)
+        {
+            if (p.SentNo > _readNo) _readNo = p.SentNo;
+        }
+
+        // The answer to a hello probe (SendProbe): the runtime read every message up to it. False for
+        // any other hello reply.
+        bool TakeProbe(ulong req)
+        {
+            lock (_lock)
+            {
+                ulong no;
+                if (!_probes.TryGetValue(req, out no)) return false;
+                _probes.Remove(req);
+                if (no > _readNo) _readNo = no;
+                return true;
+            }
         }
 
         void Bad(string message)

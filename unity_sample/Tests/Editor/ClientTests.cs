@@ -329,6 +329,7 @@ namespace Ksdiff.Tests
         public void ARequestWithoutAReplyFailsAfterItsTimeout()
         {
             var rt = Keep(new FakeRuntime());
+            rt.AnswerHellos = false; // the hello's reply is the one lost
             KsdiffClient c = Client(rt, configure: o => o.RequestTimeoutS = 0.3);
             Handshake(rt, c, "A");
             var watch = Stopwatch.StartNew();
@@ -531,15 +532,17 @@ namespace Ksdiff.Tests
         }
 
         [Test]
-        public void AfterBusyTheAudioOfLinesGoesAgainInOrderAheadOfNewerAudioAndBeforeTheEndStreamsCopy()
+        public void AfterBusyTheAudioOfLinesGoesAgainInOrderAheadOfTheirNewerAudioAndEndStream()
         {
             // SPEC 4.6 "A client past its share": a busy with neither req nor stream says the runtime
-            // dropped this client's requests unread, audio included, for up to Protocol.BusyWindowS.
-            // NPC lines pushed whole at once lose their audio so. Once the drops are over, the audio
-            // of lines (mode line) that left from BusyWindowS before the busy goes again, in its
-            // order (each message keeps its at_sample: the runtime takes only what it lacks), ahead
-            // of audio queued since, and before the copy of their end_stream; a live stream's is not
-            // sent again. An in-memory transport holds the newer audio back (ZeroMQ's queue full).
+            // dropped this client's requests unread, audio included, from the first one after the
+            // last request it answered, until the drops are over (at most Protocol.BusyWindowS). NPC
+            // lines pushed whole at once lose their audio so. Meanwhile the client holds what it
+            // would send (but a live stream's audio: it wants the present); once they are over, the
+            // audio of lines (mode line) it may have dropped goes again, in its order (each message
+            // keeps its at_sample: the runtime takes only what it lacks), then each line's newer
+            // messages, one at a time: a line's next message leaves once the runtime has answered a
+            // request (a hello probe) sent after the one before. A live stream's is not sent again.
             var transport = new ScriptedTransport();
             KsdiffClient c = Keep(new KsdiffClient(new ClientOptions { Transport = () => transport }));
             c.Start();
@@ -560,29 +563,30 @@ namespace Ksdiff.Tests
             var pcm = new byte[4000]; // 1000 float32 samples, mono
             c.SendAudio("line1", 0, 0, pcm, 0, pcm.Length);
             c.SendAudio("live1", 0, 0, pcm, 0, pcm.Length);
-            c.SendAudio("line1", 1, 1000, pcm, 0, pcm.Length);
+            c.SendAudio("line1", 1, 1000, pcm, 0, pcm.Length); // waits: line1's audio before it is not known read
             c.SendAudio("line2", 0, 0, pcm, 0, pcm.Length);
-            PendingRequest end = c.EndStream("line1");
-            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 8, 10), "the audio and the end_stream never left");
-            transport.Reply(FakeRuntime.Error("busy", null, null, null)); // all of them dropped unread
+            // Each line's first message, the live audio, and the hello probe after them.
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 7, 10), "the audio and the probe never left");
+            Assert.AreEqual("audio line1 0 @0, audio live1 0 @0, audio line2 0 @0, Hello",
+                            string.Join(", ", transport.SentMessages().Skip(3).Select(Describe)));
+            var watch = Stopwatch.StartNew(); // the drops end Protocol.BusyWindowS after the busy is read, later than this
+            transport.Reply(FakeRuntime.Error("busy", null, null, null)); // all of them (the probe too) dropped unread
             Assert.IsTrue(Wait.Until(() => Events(c).Any(e => e.Kind == ClientEventKind.Error), 10), "the busy was not read");
-            var watch = Stopwatch.StartNew();
-            transport.Full = true;
-            c.SendAudio("line2", 1, 1000, pcm, 0, pcm.Length); // newer audio: queued after the busy, held back
-            c.SendAudio("live1", 1, 1000, pcm, 0, pcm.Length);
-            System.Threading.Thread.Sleep((int)(1000 * (Protocol.BusyWindowS + 0.3))); // the drops are over
-            transport.Full = false;
-            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count >= 8 + 3, 10), "nothing left after the drops");
-            System.Threading.Thread.Sleep(200);
-            List<string> after = transport.SentMessages().Skip(8).Select(Describe).ToList();
-            Assert.GreaterOrEqual(watch.Elapsed.TotalSeconds, Protocol.BusyWindowS);
+            c.SendAudio("line2", 1, 1000, pcm, 0, pcm.Length); // newer audio: held until the drops are over
+            c.SendAudio("live1", 1, 1000, pcm, 0, pcm.Length); // a live stream's: it goes
+            PendingRequest end = c.EndStream("line1");
+            var answered = new HashSet<ulong>();
+            Assert.IsTrue(Wait.Until(() => AnswerHellos(transport, answered, 7) && NotHellos(transport, 7).Count == 6, 10),
+                          "not all left after the drops: " + string.Join(", ", NotHellos(transport, 7).Select(Describe)));
+            Assert.GreaterOrEqual(watch.Elapsed.TotalSeconds, Protocol.BusyWindowS, "a line's message left while the drops lasted");
             Assert.AreEqual(string.Join(", ", new[]
             {
-                "audio line1 0 @0", "audio line1 1 @1000", "audio line2 0 @0", // sent again, in their order
-                "audio line2 1 @1000", "audio live1 1 @1000",                   // then the newer audio
-                "end_stream line1 " + end.Req,                                  // then the end_stream's copy
-            }), string.Join(", ", after));
-            Assert.AreEqual(4UL, c.Status().Resent, "3 audio messages and 1 end_stream");
+                "audio live1 1 @1000",                      // a live stream's audio goes while the drops last
+                "audio line1 0 @0", "audio line2 0 @0",     // sent again once they are over, in their order
+                "audio line1 1 @1000", "audio line2 1 @1000", // then the lines' newer audio
+                "end_stream line1 " + end.Req,              // and line1's end after all its audio
+            }), string.Join(", ", NotHellos(transport, 7).Select(Describe)));
+            Assert.AreEqual(2UL, c.Status().Resent, "2 audio messages");
             Assert.IsFalse(end.IsDone);
         }
 
@@ -595,6 +599,7 @@ namespace Ksdiff.Tests
             var transport = new ScriptedTransport();
             KsdiffClient c = Keep(new KsdiffClient(new ClientOptions { Transport = () => transport }));
             c.Start();
+            var answered = new HashSet<ulong>();
             PendingRequest open = c.OpenStream(new OpenStream { Stream = "npc", Mode = Protocol.ModeLine });
             Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 1, 10), "the open_stream never left");
             transport.Reply(FakeRuntime.StreamOpened("npc", open.Req, 20, 300, Protocol.ModeLine));
@@ -602,22 +607,192 @@ namespace Ksdiff.Tests
             var pcm = new byte[4000];
             c.SendAudio("npc", 0, 0, pcm, 0, pcm.Length);
             PendingRequest end = c.EndStream("npc");
-            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 3, 10), "the audio and end_stream never left");
+            Assert.IsTrue(Wait.Until(() => AnswerHellos(transport, answered, 0) && NotHellos(transport, 0).Count == 3, 10),
+                          "the audio and end_stream never left");
             transport.Reply(FakeRuntime.StreamEnded("npc", 2, end.Req));
             Assert.IsTrue(end.Wait(TimeSpan.FromSeconds(10)), "the end_stream was not answered");
             PendingRequest again = c.OpenStream(new OpenStream { Stream = "npc", Mode = Protocol.ModeLine });
-            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 4, 10), "the second open_stream never left");
+            Assert.IsTrue(Wait.Until(() => AnswerHellos(transport, answered, 0) && NotHellos(transport, 0).Count == 4, 10),
+                          "the second open_stream never left");
             transport.Reply(FakeRuntime.StreamOpened("npc", again.Req, 20, 300, Protocol.ModeLine));
             Assert.IsTrue(again.Wait(TimeSpan.FromSeconds(10)) && again.Reply is StreamOpened, "" + again.Reply);
             c.SendAudio("npc", 0, 0, pcm, 0, 400); // the new line's own audio
-            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count == 5, 10), "the new audio never left");
+            // It left, and the probe after it: both dropped unread.
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Count > 0 && transport.SentMessages().Last() is Hello &&
+                                           NotHellos(transport, 0).Count == 5, 10), "the new audio never left");
+            int before = transport.SentMessages().Count;
             transport.Reply(FakeRuntime.Error("busy", null, null, null));
-            Assert.IsTrue(Wait.Until(() => c.Status().Resent > 0, 10), "nothing went again after the drops");
-            System.Threading.Thread.Sleep(200); // anything else that would go again has gone by now
-            List<string> after = transport.SentMessages().Skip(5).Select(Describe).ToList();
-            Assert.AreEqual("audio npc 0 @0", string.Join(", ", after));
-            Assert.AreEqual(100, ((Audio)transport.SentMessages()[5]).Pcm.Length / 4, "the new line's 100 samples, not the old 1000");
+            Assert.IsTrue(Wait.Until(() => AnswerHellos(transport, answered, before) && c.Status().Resent > 0 &&
+                                           NotHellos(transport, 0).Count == 6, 10), "nothing went again after the drops");
+            // Anything else that would go again goes in the same pass of the client's loop, which ends
+            // with the probe after the copy.
+            Assert.IsTrue(Wait.Until(() => transport.SentMessages().Skip(before).SkipWhile(m => !(m is Audio)).Any(m => m is Hello), 10),
+                          "no probe after the copy");
+            List<Message> after = NotHellos(transport, 0).Skip(5).ToList();
+            Assert.AreEqual("audio npc 0 @0", string.Join(", ", after.Select(Describe)));
+            Assert.AreEqual(100, ((Audio)after[0]).Pcm.Length / 4, "the new line's 100 samples, not the old 1000");
             Assert.AreEqual(1UL, c.Status().Resent);
+        }
+
+        [Test]
+        public void AudioOfALineSentLongBeforeABusyAndDroppedInItsWindowIsSentAgain()
+        {
+            // The runtime read nothing of this client for longer than a busy window (the audio waited
+            // in ZeroMQ's and TCP's queues), then read the line's audio, past its share, and dropped
+            // it. The client sent again only what had left less than Protocol.BusyWindowS before the
+            // busy: this was lost, and the line ended on nothing. What may have been dropped is
+            // everything sent after the last request the runtime answered (it reads a connection's
+            // messages in order), however long ago (SPEC 4.6, "A client past its share").
+            var rt = Keep(new FakeRuntime());
+            rt.AnswerHellos = false; // the test answers them, or drops them unread
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            OpenLine(rt, c, "late");
+            var pcm = new byte[4000];
+            var watch = Stopwatch.StartNew();
+            c.SendAudio("late", 0, 0, pcm, 0, pcm.Length);
+            // The runtime reads nothing for longer than a window (the time passing is what is tested).
+            Assert.IsTrue(Wait.Until(() => watch.Elapsed.TotalSeconds > 1.5 * Protocol.BusyWindowS, 10));
+            var audio = rt.Receive();
+            Assert.AreEqual("audio late 0 @0", Describe(new Decoder().Decode(audio.Value)));
+            DropWhatCame(rt); // the hello probes after it: dropped unread too
+            rt.Reply(audio.Key, FakeRuntime.Error("busy", null, null, null));
+            Assert.AreEqual("audio late 0 @0", Describe(NextAnsweringHellos(rt)), "the dropped audio was not sent again");
+            Assert.AreEqual(1UL, c.Status().Resent);
+        }
+
+        [Test]
+        public void ALinesAudioSentWhileTheDropsLastGoesAfterTheCopiesOfWhatWasDropped()
+        {
+            // A line pushed more audio, and ended, while the drops a busy told of lasted: that went
+            // at once, reached the runtime before the copy of the audio it had dropped, and the
+            // runtime filled the gap with silence (the copy then filled nothing) or ended the stream
+            // first. The client now holds a line's messages until the drops are over, and the copies
+            // go first.
+            var rt = Keep(new FakeRuntime());
+            rt.AnswerHellos = false; // the test answers them, or drops them unread
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            OpenLine(rt, c, "queued");
+            var pcm = new byte[4000];
+            c.SendAudio("queued", 0, 0, pcm, 0, pcm.Length);
+            var audio = rt.Receive(); // dropped unread
+            Assert.AreEqual("audio queued 0 @0", Describe(new Decoder().Decode(audio.Value)));
+            DropWhatCame(rt);
+            rt.Reply(audio.Key, FakeRuntime.Error("busy", null, null, null));
+            Assert.IsTrue(Wait.Until(() => Events(c).Any(e => e.Kind == ClientEventKind.Error), 10), "the busy was not read");
+            c.SendAudio("queued", 1, 1000, pcm, 0, pcm.Length); // while the drops last
+            PendingRequest end = c.EndStream("queued");
+            var after = new List<string>();
+            for (int i = 0; i < 3; i++) after.Add(Describe(NextAnsweringHellos(rt)));
+            Assert.AreEqual("audio queued 0 @0, audio queued 1 @1000, end_stream queued " + end.Req, string.Join(", ", after));
+            Assert.AreEqual(1UL, c.Status().Resent);
+        }
+
+        [Test]
+        public void ALinesNextMessageWaitsUntilTheRuntimeHasReadTheOneBefore()
+        {
+            // A line's audio was dropped unread, and the busy saying so was still on its way when the
+            // line pushed more and ended: both left at once, were read once the drops had ended, and
+            // the stream ended on a gap of silence before the copy came. A line's next message now
+            // leaves only once the runtime has answered a request sent after the one before (a hello
+            // probe follows a line's messages for that), so the copy goes first.
+            var rt = Keep(new FakeRuntime());
+            rt.AnswerHellos = false; // the test answers them, or drops them unread
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            OpenLine(rt, c, "inflight");
+            var pcm = new byte[4000];
+            c.SendAudio("inflight", 0, 0, pcm, 0, pcm.Length);
+            var audio = rt.Receive(); // dropped unread; the busy is not sent yet
+            Assert.AreEqual("audio inflight 0 @0", Describe(new Decoder().Decode(audio.Value)));
+            c.SendAudio("inflight", 1, 1000, pcm, 0, pcm.Length);
+            PendingRequest end = c.EndStream("inflight");
+            for (KeyValuePair<byte[], byte[]>? m = rt.TryReceive(0.3); m.HasValue; m = rt.TryReceive(0.3))
+            {
+                // The hello probes after the audio, dropped unread too; nothing of the line.
+                Assert.AreEqual("Hello", Describe(new Decoder().Decode(m.Value.Value)), "a line's message left before the one before was read");
+            }
+            rt.Reply(audio.Key, FakeRuntime.Error("busy", null, null, null));
+            var after = new List<string>();
+            for (int i = 0; i < 3; i++) after.Add(Describe(NextAnsweringHellos(rt)));
+            Assert.AreEqual("audio inflight 0 @0, audio inflight 1 @1000, end_stream inflight " + end.Req, string.Join(", ", after));
+            Assert.AreEqual(1UL, c.Status().Resent);
+        }
+
+        [Test]
+        public void AHelloRequestLeavesOnlyAfterTheLinesMessagesQueuedBeforeIt()
+        {
+            // A hello's reply says the runtime read everything queued before it: NpcLine sends one
+            // after a line's audio and ends the line once it is answered with no busy for that audio.
+            // A line's messages now wait their turn (each once the one before is known read): the
+            // hello went ahead of them, and the line ended before its audio was refused.
+            var rt = Keep(new FakeRuntime()); // answers every hello, the client's probes too
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            OpenLine(rt, c, "barrier");
+            var pcm = new byte[4000];
+            c.SendAudio("barrier", 0, 0, pcm, 0, pcm.Length);
+            c.SendAudio("barrier", 1, 1000, pcm, 0, pcm.Length);
+            PendingRequest marker = c.RequestHello();
+            var seen = new List<string>();
+            while (true)
+            {
+                Message m = new Decoder().Decode(rt.Receive().Value);
+                var hello = m as Hello;
+                if (hello != null && hello.Req == marker.Req) break;
+                if (hello == null) seen.Add(Describe(m));
+            }
+            Assert.AreEqual("audio barrier 0 @0, audio barrier 1 @1000", string.Join(", ", seen), "the hello overtook the line's audio");
+            Assert.IsTrue(marker.Wait(TimeSpan.FromSeconds(10)) && marker.Reply is Hello, "" + marker.Reply);
+        }
+
+        // Opens `stream` in mode line and answers it with stream_opened.
+        static void OpenLine(FakeRuntime rt, KsdiffClient c, string stream)
+        {
+            PendingRequest open = c.OpenStream(new OpenStream { Stream = stream, Mode = Protocol.ModeLine });
+            var r = rt.Receive();
+            rt.Reply(r.Key, FakeRuntime.StreamOpened(stream, ((OpenStream)new Decoder().Decode(r.Value)).Req.Value, 20, 300, Protocol.ModeLine));
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)));
+            Assert.IsTrue(open.Reply is StreamOpened, "" + open.Reply);
+        }
+
+        // Reads, and drops unread as a runtime past its share does, the requests that came already.
+        static void DropWhatCame(FakeRuntime rt)
+        {
+            while (rt.TryReceive(0.05).HasValue) { }
+        }
+
+        // The next request that is not a hello, answering each hello (the client's probes: a line's
+        // next message leaves once a request sent after its previous one is answered) as a runtime does.
+        static Message NextAnsweringHellos(FakeRuntime rt)
+        {
+            while (true)
+            {
+                var r = rt.Receive();
+                Message m = new Decoder().Decode(r.Value);
+                var hello = m as Hello;
+                if (hello == null) return m;
+                rt.Reply(r.Key, FakeRuntime.Hello("A", hello.Req));
+            }
+        }
+
+        // Answers each hello request sent from the `from`th message on, once, as a runtime does (the
+        // client's probes); true, to be used inside a Wait.Until condition.
+        static bool AnswerHellos(ScriptedTransport transport, HashSet<ulong> answered, int from)
+        {
+            foreach (Message m in transport.SentMessages().Skip(from))
+            {
+                var hello = m as Hello;
+                if (hello != null && hello.Req.HasValue && answered.Add(hello.Req.Value)) transport.Reply(FakeRuntime.Hello("A", hello.Req));
+            }
+            return true;
+        }
+
+        // The messages sent from the `from`th on, less the hellos (the client's probes).
+        static List<Message> NotHellos(ScriptedTransport transport, int from)
+        {
+            return transport.SentMessages().Skip(from).Where(m => !(m is Hello)).ToList();
         }
 
         static string Describe(Message m)
