@@ -689,7 +689,10 @@ class Client:
         self._latest: OrderedDict[str, Frame] = OrderedDict()  # stream -> newest frame, least recent first
         self._fresh: OrderedDict[str, None] = OrderedDict()  # latest-only: streams with an unread frame
         self._last_seq: dict[str, int] = {}
-        self._missed: dict[str, int] = {}
+        # frames lost per stream, the LATEST_STREAMS_KEPT streams that lost some last (a runtime serving NPC lines for
+        # hours opens a stream per line); the total stays exact
+        self._missed: OrderedDict[str, int] = OrderedDict()
+        self._missed_total = 0
         self._handles: dict[str, StreamHandle] = {}
         self._pending: dict[int, _Request] = {}
         self._hello: dict[str, Any] | None = None
@@ -769,10 +772,11 @@ class Client:
     def missed(self) -> int:
         """Frames lost between the runtime and this client, from ``seq`` gaps, all streams."""
         with self._cv:
-            return sum(self._missed.values())
+            return self._missed_total
 
     @property
     def missed_per_stream(self) -> dict[str, int]:
+        """Frames lost per stream, for the LATEST_STREAMS_KEPT streams that lost frames most recently."""
         with self._cv:
             return dict(self._missed)
 
@@ -1489,6 +1493,10 @@ class Client:
             last = self._last_seq.get(s)
             if last is not None and frame.seq > last + 1:
                 self._missed[s] = self._missed.get(s, 0) + frame.seq - last - 1
+                self._missed.move_to_end(s)
+                self._missed_total += frame.seq - last - 1
+                while len(self._missed) > LATEST_STREAMS_KEPT:
+                    self._missed.popitem(last=False)
             # seq <= last: a new stream that reuses the id (or a new runtime); counting restarts
             self._last_seq[s] = frame.seq
             self._latest[s] = frame

@@ -156,6 +156,19 @@ def test_seq_gaps_are_counted_per_stream(fake, make_client):
     assert client.missed == 4
 
 
+def test_seq_gaps_are_remembered_for_a_bounded_number_of_streams_and_counted_exactly(fake, make_client, monkeypatch):
+    """A game opens a stream per NPC line for hours: the per-stream record of lost frames keeps the streams that lost
+    some last (LATEST_STREAMS_KEPT; 3 here), and ``missed`` still counts every one (it grew by a key per stream)."""
+    monkeypatch.setattr(client_module, "LATEST_STREAMS_KEPT", 3)
+    client = ready(make_client, fake)
+    for n in range(6):
+        fake.publish(*frame_message(f"line{n}", 0))
+        fake.publish(*frame_message(f"line{n}", 2 + n))  # 1 + n frames lost
+    wait_until(lambda: client.received == 12)
+    assert client.missed == sum(1 + n for n in range(6))
+    assert client.missed_per_stream == {"line3": 4, "line4": 5, "line5": 6}
+
+
 def test_invalid_messages_are_counted_and_dropped(fake, make_client):
     client = ready(make_client, fake)
     topic, good = frame_message("a", 0)
