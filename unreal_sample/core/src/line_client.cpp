@@ -9,10 +9,12 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
 #include <set>
+#include <stdexcept>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -53,12 +55,21 @@ constexpr double kMaxGapS = 10.0;        // SPEC 4.6 `audio`: a longer gap is ba
 constexpr double kLineChunkS = 10.0;     // a line's audio in messages of up to this (as the SDK's LINE_CHUNK_MS)
 constexpr double kPacedChunkS = 0.25;    // what waits for real time: this long each (PACED_CHUNK_MS)
 constexpr double kLiveChunkS = 0.1;      // a live stream's: 10-100 ms (MAX_CHUNK_MS)
+constexpr double kLiveKeptS = 1.0;       // a live stream's audio sent, kept to go again after a per-stream busy
 constexpr double kBusyShiftS = 0.25;     // a per-stream busy: the runtime's clock of the stream started this much later
 constexpr std::size_t kHeaderRoom = 1024;  // an audio message's other fields (stream id, seq, at_sample)
 constexpr std::size_t kSampleBytes = 4;    // float32 mono
 constexpr std::size_t kMaxChunkSamples = (kMaxMessageBytes - kHeaderRoom) / kSampleBytes;
-constexpr std::size_t kOutboxAudio = 4;    // audio messages encoded ahead of the DEALER taking them
+constexpr std::size_t kOutboxAudio = 4;    // a live stream's audio messages encoded ahead of the DEALER taking them
 constexpr std::size_t kResentKept = 1000;  // reqs of end_streams sent twice: the other copy's answer is dropped
+// open_streams whose line gave up waiting (timed out) after they left, remembered (their req only) so
+// a late stream_opened is ended at once; end_streams of such streams awaiting their answer (the SDK's
+// GAVE_UP_OPENS_KEPT). The oldest forgotten beyond.
+constexpr std::size_t kGaveUpOpensKept = 1000;
+// A hello probe follows the lines' messages to learn that the runtime read them; one unanswered this
+// long is taken as lost (dropped unread) and another goes (the SDK's PROBE_AGAIN_S, PROBES_KEPT).
+constexpr double kProbeAgainS = 1.0;
+constexpr std::size_t kProbesKept = 64;
 constexpr int kSendHwm = 100;              // ZMQ_SNDHWM: bounds what ZeroMQ itself queues (up to 1 MiB each)
 
 // float32 little-endian on any host byte order.
@@ -77,12 +88,16 @@ struct Line {
   LineOptions options;
   LineStatus st;
   std::uint64_t open_req = 0;
+  std::uint64_t open_no = 0;   // the number of the DEALER message its open_stream left as (0: not yet)
   double opened_call_s = 0.0;  // when open() was called: the open timeout counts from here
   bool end_requested = false;
   bool end_queued = false;
   bool end_sent = false;
   std::uint64_t end_req = 0;
-  double end_sent_s = 0.0;
+  std::uint64_t end_no = 0;  // the number of the message its end_stream first left as
+  double end_sent_s = 0.0;   // when it first left: the end timeout counts from here, copies or not
+  std::uint64_t end_last_no = 0;  // the number of its last copy that left
+  double end_last_s = 0.0;        // when that copy left
   std::string end_payload;
   // Audio: samples[0] is sample `base` of the stream's clock; they run to st.samples_pushed.
   // [base, sent_upto) went already and is kept for a busy; [sent_upto, pushed) waits.
@@ -91,14 +106,24 @@ struct Line {
   std::uint64_t sent_upto = 0;
   std::uint64_t seq = 0;
   std::optional<double> t0;  // the client clock's time of the stream's first audio (+ busy shifts)
+  std::uint64_t last_no = 0;    // the number of the line's last message that left (0: none yet)
+  std::size_t in_outbox = 0;    // its messages waiting in the outbox
+  bool audio_refused_after_end = false;  // a per-stream busy refused its audio once its end_stream had left
+  // Audio the runtime may have dropped could not go again (no longer kept): stream_ended fails the line.
+  bool audio_lost = false;
+  // The latest of its audio messages forgotten by the sent_audio_max_bytes limit before it was known
+  // read (0: none): a busy that may have dropped it leaves the line without that audio.
+  std::uint64_t unkept_no = 0;
 
   bool is_line() const { return options.mode == kModeLine; }
   bool finished() const { return st.state == LineState::ended || st.state == LineState::failed; }
   bool running_on_runtime() const { return st.state == LineState::open || st.state == LineState::ending; }
 };
 
-// An audio message that went: kept a while, to go again after a client-level busy.
+// A line's audio message that went: kept until the runtime is known to have read it (bounded by
+// bytes), to go again after a client-level busy.
 struct Record {
+  std::uint64_t no = 0;  // the DEALER message it left as
   double sent_s = 0.0;
   std::shared_ptr<Line> line;
   std::uint64_t start = 0;
@@ -108,7 +133,7 @@ struct Record {
 // A message waiting for the DEALER to take it.
 struct Out {
   std::string payload;
-  std::shared_ptr<Line> line;  // the line it is of (null: an orphan's end_stream)
+  std::shared_ptr<Line> line;  // the line it is of (null: an orphan's end_stream, a probe)
   enum class Kind { open, audio, end, other } kind = Kind::other;
   std::uint64_t start = 0;  // audio: its samples
   std::uint64_t end = 0;
@@ -124,10 +149,20 @@ struct LineClient::Impl {
 
   explicit Impl(LineClientConfig c) : config(std::move(c)) {
     if (!config.clock) config.clock = line_detail::steady_clock_seconds;
+    if (config.poll_interval.count() <= 0) {
+      // A poll of 0 ms (or less) would spin a core: refused rather than quietly changed.
+      throw std::invalid_argument("LineClientConfig::poll_interval must be > 0 ms, got " +
+                                  std::to_string(config.poll_interval.count()));
+    }
   }
 
   LineClientConfig config;
+  // start() and stop() (from any threads) under `lifecycle`: the worker, the context and the wake
+  // sockets are made and unmade there only.
+  std::mutex lifecycle;
   std::thread worker;
+  std::unique_ptr<zmq::context_t> context;
+  std::unique_ptr<zmq::socket_t> wake_rx;  // the I/O thread's end of an inproc PAIR
   std::atomic<bool> stop_requested{false};
   std::atomic<bool> is_running{false};
 
@@ -135,40 +170,80 @@ struct LineClient::Impl {
   // polls), the game thread for each call.
   mutable std::mutex mutex;
   mutable std::condition_variable changed;  // a line finished
+  std::unique_ptr<zmq::socket_t> wake_tx;   // the calls' end of the PAIR: one byte wakes the I/O thread
   std::map<LineId, std::shared_ptr<Line>> lines;
+  std::map<LineId, std::shared_ptr<Line>> active;  // lines neither ended nor failed: all a pass looks at
   std::deque<LineId> finished_order;  // lines ended or failed, oldest first (bounded status memory)
   LineId next_id = 1;
   std::uint64_t next_req = 1;
-  std::map<std::uint64_t, std::shared_ptr<Line>> opens;  // req -> the line its open_stream is for
-  std::map<std::uint64_t, std::shared_ptr<Line>> ends;   // req -> the line its end_stream is for
-  std::set<std::uint64_t> orphan_ends;                   // end_streams of streams opened too late
-  std::deque<std::uint64_t> resent_reqs;                 // end_streams sent twice (the latest kResentKept)
+  std::map<std::uint64_t, std::shared_ptr<Line>> opens;  // req -> the line its open_stream is for (opening)
+  std::map<std::uint64_t, std::shared_ptr<Line>> ends;   // req -> the line its end_stream is for (ending)
+  std::set<std::uint64_t> gave_up_opens;  // reqs of open_streams sent whose line timed out (the latest kept)
+  std::set<std::uint64_t> orphan_ends;    // end_streams of streams opened too late (the latest kept)
+  std::deque<std::uint64_t> resent_reqs;  // end_streams sent twice (the latest kResentKept)
   std::deque<Out> outbox;
   std::deque<Record> records;
   std::size_t kept_bytes = 0;
   std::size_t waiting_bytes = 0;
-  // A client-level busy: when the last came, and where the window of drops of the first one not
-  // yet answered began (a second busy before the first window passed widens it).
+  // Messages by number: the DEALER's count of messages taken, and the latest known read by the
+  // runtime (it answered a request that left as that message or after it: a connection's messages
+  // are read in order, SPEC 4.6).
+  std::uint64_t sent_no = 0;
+  std::uint64_t read_no = 0;
+  std::uint64_t line_sent_no = 0;  // the number of the last line's message that left
+  std::map<std::uint64_t, std::uint64_t> probes;  // req of each hello probe unanswered -> its number
+  std::uint64_t probe_no = 0;  // the last probe's number (0: none since the copies after a busy)
+  double probe_at = 0.0;
+  // A client-level busy: when the last came, and read_no then (everything sent after it may have
+  // been dropped, however long ago it left) while its drops are not over and handled.
   std::optional<double> busy_at;
-  double busy_first = 0.0;
+  std::uint64_t busy_read_no = 0;
   LineClientStatus counters;
+  // Why the I/O thread stopped on an error (until the next start()): a line opened meanwhile fails at once.
+  std::optional<std::string> dead_reason;
 
   std::shared_ptr<Line> find(LineId id) const {
     auto it = lines.find(id);
     return it == lines.end() ? nullptr : it->second;
   }
 
+  // Wakes the I/O thread (a call queued something): one byte on the PAIR, never blocking (a byte
+  // already waiting wakes it as well). Under `mutex`.
+  void wake() {
+    if (!wake_tx) return;
+    try {
+      (void)wake_tx->send(zmq::const_buffer("", 0), zmq::send_flags::dontwait);
+    } catch (const zmq::error_t&) {
+      // The PAIR is closing (stop): nothing left to wake.
+    }
+  }
+
   // The line the runtime knows as `stream` now (the latest opened with that id, still running).
   std::shared_ptr<Line> by_stream(const std::string& stream) const {
     std::shared_ptr<Line> found;
-    for (const auto& [id, line] : lines) {
+    for (const auto& [id, line] : active) {
       if (line->st.stream == stream && line->running_on_runtime()) found = line;
     }
     return found;
   }
 
+  static void remember(std::set<std::uint64_t>& reqs, std::uint64_t req) {
+    reqs.insert(req);
+    // reqs grow with time: the smallest is the oldest
+    while (reqs.size() > line_detail::kGaveUpOpensKept) reqs.erase(reqs.begin());
+  }
+
   void finish(const std::shared_ptr<Line>& line, LineState state) {
     if (line->finished()) return;
+    if (auto it = opens.find(line->open_req); it != opens.end()) {
+      opens.erase(it);
+      // Its open_stream left unanswered: a stream_opened may yet come, to be ended at once. Only its
+      // req is kept (not the line, its transcript and audio), and only the latest ones.
+      if (line->open_no != 0) remember(gave_up_opens, line->open_req);
+    }
+    if (line->end_queued) ends.erase(line->end_req);  // a late stream_ended of a failed line is ignored
+    // Its messages still queued go nowhere: the runtime has ended the stream, or the line gave up on it.
+    remove_from_outbox([&](const Out& o) { return o.line == line; });
     line->st.state = state;
     waiting_bytes -= static_cast<std::size_t>(line->st.samples_pushed - line->sent_upto) * line_detail::kSampleBytes;
     line->sent_upto = line->st.samples_pushed;
@@ -176,6 +251,7 @@ struct LineClient::Impl {
     line->samples.clear();
     line->samples.shrink_to_fit();
     line->base = line->st.samples_pushed;
+    active.erase(line->st.id);
     finished_order.push_back(line->st.id);
     while (finished_order.size() > config.finished_lines_kept) {
       lines.erase(finished_order.front());
@@ -195,8 +271,7 @@ struct LineClient::Impl {
 
   void run() {
     try {
-      zmq::context_t context(1);
-      zmq::socket_t dealer(context, zmq::socket_type::dealer);
+      zmq::socket_t dealer(*context, zmq::socket_type::dealer);
       dealer.set(zmq::sockopt::linger, 0);  // closing never waits
       // Queue only on a connection that is up: while the runtime is away, requests wait in the
       // outbox, where a timed-out open_stream can still be withdrawn (SPEC 4.6).
@@ -209,93 +284,237 @@ struct LineClient::Impl {
       dealer.connect(config.endpoint);
 
       bool want_out = false;
+      long wait_ms = 0;
       while (!stop_requested.load()) {
-        zmq_pollitem_t item{dealer.handle(), 0, static_cast<short>(ZMQ_POLLIN | (want_out ? ZMQ_POLLOUT : 0)), 0};
-        const int ready = zmq_poll(&item, 1, static_cast<long>(config.poll_interval.count()));
+        zmq_pollitem_t items[2] = {
+            {dealer.handle(), 0, static_cast<short>(ZMQ_POLLIN | (want_out ? ZMQ_POLLOUT : 0)), 0},
+            {wake_rx->handle(), 0, ZMQ_POLLIN, 0}};
+        const int ready = zmq_poll(items, 2, wait_ms);
         if (ready < 0) {
           if (zmq_errno() == EINTR) continue;
           throw zmq::error_t();
         }
+        if ((items[1].revents & ZMQ_POLLIN) != 0) {
+          zmq::message_t byte;
+          while (wake_rx->recv(byte, zmq::recv_flags::dontwait)) {
+          }
+        }
         std::lock_guard<std::mutex> lock(mutex);
-        if ((item.revents & ZMQ_POLLIN) != 0) receive(dealer);
+        ++counters.wakeups;
+        if ((items[0].revents & ZMQ_POLLIN) != 0) receive(dealer);
         want_out = pass(dealer);
+        wait_ms = wait_for();
       }
     } catch (const zmq::error_t& e) {
-      std::lock_guard<std::mutex> lock(mutex);
-      counters.last_error = std::string("ZeroMQ: ") + e.what() + " (endpoint " + config.endpoint + ")";
+      died(std::string("ZeroMQ: ") + e.what() + " (endpoint " + config.endpoint + ")");
     } catch (const std::exception& e) {
-      std::lock_guard<std::mutex> lock(mutex);
-      counters.last_error = e.what();
+      died(e.what());
     }
     is_running.store(false);
     changed.notify_all();
   }
 
+  // The wake sockets, then their context (it waits for its sockets to close), once the I/O thread
+  // is joined. Under `lifecycle`.
+  void release() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      wake_tx.reset();
+    }
+    wake_rx.reset();
+    context.reset();
+  }
+
+  // The I/O thread stops on an error: no line it ran will get an answer, so each fails with the
+  // reason rather than staying opening or open for ever.
+  void died(const std::string& reason) {
+    std::lock_guard<std::mutex> lock(mutex);
+    is_running.store(false);  // before the lines fail: whoever sees one failed sees the client stopped
+    counters.last_error = reason;
+    dead_reason = reason;
+    std::vector<std::shared_ptr<Line>> running;
+    for (const auto& [id, line] : active) running.push_back(line);
+    for (const std::shared_ptr<Line>& line : running) {
+      fail(line, ErrorCode::internal, "the client's I/O thread stopped: " + reason);
+    }
+  }
+
+  // How long the next poll may wait (ms): until something falls due (the drops' end, a probe to send
+  // again, audio paced to real time, a timeout), at most poll_interval. Calls and replies wake it.
+  // With messages the DEALER refused, its room (POLLOUT) wakes it too.
+  long wait_for() const {
+    const double now = config.clock();
+    double due = now + static_cast<double>(config.poll_interval.count()) / 1000.0;
+    if (busy_at) due = std::min(due, *busy_at + kBusyWindowS);
+    // A probe in flight unanswered goes again in time (one not sent yet waits for the drops' end, or
+    // for the DEALER's room: each wakes the thread).
+    if (!busy_at && line_sent_no > read_no && probe_no >= line_sent_no) {
+      due = std::min(due, probe_at + line_detail::kProbeAgainS);
+    }
+    for (const auto& [id, line] : active) {
+      if (line->st.state == LineState::opening) due = std::min(due, line->opened_call_s + config.open_timeout_s);
+      if (line->st.state == LineState::ending && line->end_sent) {
+        due = std::min(due, line->end_sent_s + config.end_timeout_s);
+      }
+      // (a line waiting for the runtime to read its previous message is woken by the answer)
+      const bool awaits_read = line->is_line() && line->last_no > read_no;
+      if (line->running_on_runtime() && line->sent_upto < line->st.samples_pushed && line->in_outbox == 0 &&
+          !awaits_read) {
+        due = std::min(due, pace_due(*line, now));
+      }
+    }
+    // at least 1 ms: something due now that a pass could not do must not spin the thread
+    return std::max(1L, static_cast<long>(std::ceil((due - now) * 1000.0)));
+  }
+
   // One pass: timeouts, audio to send again after a busy, new audio and end_streams, then what
-  // the DEALER takes. True while messages wait for it (poll for POLLOUT).
+  // may leave now. True while the DEALER refuses messages that may leave (poll for POLLOUT).
   bool pass(zmq::socket_t& dealer) {
     const double now = config.clock();
-    forget_sent(now);
+    forget_read();
     check_timeouts(now);
     resend_after_busy(now);
-    for (auto& [id, line] : lines) queue_audio_and_end(line, now);
+    for (auto& [id, line] : active) queue_audio_and_end(line, now);
+    return send_outbox(dealer);
+  }
+
+  // Hands the DEALER what may leave of the outbox, in its order (SPEC 4.6 "A client past its
+  // share"): while the runtime drops this client's requests, only live streams' audio (the rest
+  // would be dropped too, and a line's audio must not reach the runtime before the copies of what it
+  // dropped); a line's message only once the runtime has read the line's previous one, its later ones
+  // behind it (so no copy comes after later audio, or the end_stream, of its line). Then a hello
+  // probe, whose answer says the runtime read the lines' messages. True: the DEALER took no more.
+  bool send_outbox(zmq::socket_t& dealer) {
+    const double now = config.clock();
+    const bool holding = busy_at && now < *busy_at + kBusyWindowS;
+    std::deque<Out> held;
+    std::set<const Line*> waiting;  // lines with a message held: their later ones stay behind it
+    bool blocked = false;
     while (!outbox.empty()) {
       Out& out = outbox.front();
-      zmq::send_result_t sent;
-      try {
-        sent = dealer.send(zmq::buffer(out.payload), zmq::send_flags::dontwait);
-      } catch (const zmq::error_t& e) {
-        if (e.num() == EINTR) break;
-        throw;
+      const Line* line = out.line.get();
+      const bool live_audio = out.kind == Out::Kind::audio && line != nullptr && !line->is_line();
+      const bool ordered = line != nullptr && line->is_line() &&
+                           (out.kind == Out::Kind::audio || out.kind == Out::Kind::end);
+      if ((holding && !live_audio) ||
+          (ordered && (waiting.count(line) > 0 || line->last_no > read_no))) {
+        if (line != nullptr) waiting.insert(line);
+        held.push_back(std::move(out));
+        outbox.pop_front();
+        continue;
       }
-      if (!sent) break;  // the runtime is away or slow (EAGAIN): retried on POLLOUT
+      if (!send_one(dealer, out.payload)) {
+        blocked = true;  // the runtime is away or slow (EAGAIN): retried on POLLOUT
+        break;
+      }
       on_sent(out, config.clock());
+      if (out.line) --out.line->in_outbox;
       outbox.pop_front();
     }
-    return !outbox.empty();
+    outbox.insert(outbox.begin(), std::make_move_iterator(held.begin()), std::make_move_iterator(held.end()));
+    if (!holding && !blocked && line_sent_no > read_no &&
+        (probe_no < line_sent_no || now - probe_at >= line_detail::kProbeAgainS)) {
+      blocked = !send_probe(dealer, now);
+    }
+    return blocked;
+  }
+
+  bool send_one(zmq::socket_t& dealer, const std::string& payload) {
+    zmq::send_result_t sent;
+    try {
+      sent = dealer.send(zmq::buffer(payload), zmq::send_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) return false;
+      throw;
+    }
+    if (!sent) return false;
+    ++sent_no;
+    ++counters.sent;
+    return true;
+  }
+
+  // A hello request after the lines' messages that left: its answer says the runtime read them.
+  bool send_probe(zmq::socket_t& dealer, double now) {
+    const std::uint64_t req = next_req++;
+    if (!send_one(dealer, encode_hello_request(req))) return false;
+    ++counters.probes;
+    probe_no = sent_no;
+    probe_at = now;
+    probes[req] = sent_no;
+    while (probes.size() > line_detail::kProbesKept) probes.erase(probes.begin());
+    return true;
   }
 
   void on_sent(Out& out, double now) {
-    ++counters.sent;
     if (out.copy) ++counters.resent;
     const std::shared_ptr<Line>& line = out.line;
     if (!line) return;
+    line->last_no = sent_no;
+    if (line->is_line() && out.kind != Out::Kind::open) line_sent_no = sent_no;
     switch (out.kind) {
       case Out::Kind::audio:
         ++line->st.messages_sent;
         if (out.copy) ++line->st.messages_resent;
         if (!line->t0) line->t0 = now;  // the stream's clock starts with its first audio (SPEC 4.6)
-        records.push_back(Record{now, line, out.start, out.end});
-        kept_bytes += static_cast<std::size_t>(out.end - out.start) * line_detail::kSampleBytes;
+        if (line->is_line()) {  // kept until known read: the runtime may yet say it dropped it unread
+          records.push_back(Record{sent_no, now, line, out.start, out.end});
+          kept_bytes += static_cast<std::size_t>(out.end - out.start) * line_detail::kSampleBytes;
+        }
         break;
       case Out::Kind::end:
-        if (!line->end_sent || out.copy) line->end_sent_s = now;
+        // The end timeout counts from the first copy: copies sent after busies must not push it back.
+        if (!line->end_sent) {
+          line->end_sent_s = now;
+          line->end_no = sent_no;
+        }
+        line->end_last_no = sent_no;
+        line->end_last_s = now;
         line->end_sent = true;
         break;
       case Out::Kind::open:
+        if (line->open_no == 0) line->open_no = sent_no;
+        break;
       case Out::Kind::other:
         break;
     }
   }
 
-  // Audio sent beyond sent_audio_kept_s or sent_audio_max_bytes is forgotten, and the lines'
-  // samples before their oldest kept (and not waiting) audio freed.
-  void forget_sent(double now) {
-    bool forgot = false;
-    while (!records.empty() && (records.front().sent_s < now - config.sent_audio_kept_s ||
-                                kept_bytes > config.sent_audio_max_bytes)) {
+  // The runtime read every message up to `no` (it answered a request that left as it).
+  void read_up_to(std::uint64_t no) { read_no = std::max(read_no, no); }
+
+  // Audio the runtime is known to have read (up to read_no; while a busy's drops are not handled,
+  // up to what it had read when the busy came) is forgotten, and the oldest beyond
+  // sent_audio_max_bytes; then the lines' samples before their oldest kept (and not waiting) audio
+  // are freed. A live stream's audio is not sent again after a busy: only its last kLiveKeptS are
+  // kept, for a per-stream busy.
+  void forget_read() {
+    const std::uint64_t read = busy_at ? busy_read_no : read_no;
+    while (!records.empty() && (records.front().no <= read || kept_bytes > config.sent_audio_max_bytes)) {
+      Record& r = records.front();
+      // Forgotten by the limit before it was known read: a busy may yet say it was dropped.
+      if (r.no > read_no) r.line->unkept_no = std::max(r.line->unkept_no, r.no);
       kept_bytes -= static_cast<std::size_t>(records.front().end - records.front().start) * line_detail::kSampleBytes;
       records.pop_front();
-      forgot = true;
     }
-    if (!forgot) return;
     std::map<const Line*, std::uint64_t> oldest;
     for (const Record& r : records) {
       auto [it, fresh] = oldest.emplace(r.line.get(), r.start);
       if (!fresh) it->second = std::min(it->second, r.start);
     }
-    for (auto& [id, line] : lines) {
+    // Audio encoded and not sent yet (a line's next message waits in the outbox for its previous one
+    // to be known read; a copy waits there after a busy) keeps its samples too: it may yet be dropped
+    // or refused once sent, and must be able to go again.
+    for (const Out& o : outbox) {
+      if (o.kind != Out::Kind::audio || !o.line) continue;
+      auto [it, fresh] = oldest.emplace(o.line.get(), o.start);
+      if (!fresh) it->second = std::min(it->second, o.start);
+    }
+    for (auto& [id, line] : active) {
       std::uint64_t keep_from = line->sent_upto;
+      if (!line->is_line()) {
+        const auto live_kept = static_cast<std::uint64_t>(line_detail::kLiveKeptS * line->options.sample_rate);
+        keep_from -= std::min(keep_from, live_kept);
+      }
       if (auto it = oldest.find(line.get()); it != oldest.end()) keep_from = std::min(keep_from, it->second);
       if (keep_from > line->base) {
         const auto drop =
@@ -306,11 +525,23 @@ struct LineClient::Impl {
     }
   }
 
+  void remove_from_outbox(const std::function<bool(const Out&)>& which) {
+    std::deque<Out> kept;
+    for (Out& o : outbox) {
+      if (which(o)) {
+        if (o.line) --o.line->in_outbox;
+      } else {
+        kept.push_back(std::move(o));
+      }
+    }
+    outbox = std::move(kept);
+  }
+
   void check_timeouts(double now) {
-    // Collected first: failing a line may forget the oldest finished ones (erasing from `lines`).
+    // Collected first: failing a line changes `active`.
     std::vector<std::shared_ptr<Line>> unopened;
     std::vector<std::shared_ptr<Line>> unended;
-    for (const auto& [id, line] : lines) {
+    for (const auto& [id, line] : active) {
       if (line->st.state == LineState::opening && now - line->opened_call_s > config.open_timeout_s) {
         unopened.push_back(line);
       } else if (line->st.state == LineState::ending && line->end_sent &&
@@ -320,9 +551,7 @@ struct LineClient::Impl {
     }
     for (const std::shared_ptr<Line>& line : unopened) {
       // Not sent yet: withdrawn, so a runtime that comes back does not open a stream nobody feeds.
-      outbox.erase(std::remove_if(outbox.begin(), outbox.end(),
-                                  [&](const Out& o) { return o.line == line && o.kind == Out::Kind::open; }),
-                   outbox.end());
+      remove_from_outbox([&](const Out& o) { return o.line == line; });
       fail(line, ErrorCode::internal,
            "no reply to open_stream within " + std::to_string(config.open_timeout_s) +
                " s: is the runtime running at " + config.endpoint + "?");
@@ -333,32 +562,40 @@ struct LineClient::Impl {
     }
   }
 
-  // SPEC 4.6 "A client past its share": once the drops are over, the audio of open lines sent from
-  // BUSY_WINDOW_S before the busy until the drops ended goes again, in its order, ahead of
-  // anything queued, then the end_streams left unanswered that went before the drops ended.
+  // SPEC 4.6 "A client past its share": once the drops are over, the audio of open lines sent after
+  // the last message the runtime was known to have read when the busy came (however long before)
+  // goes again, in its order, ahead of anything queued, then the end_streams left unanswered. Nothing
+  // of lines left while the drops lasted, and a line's next message leaves only once its previous one
+  // is known read, so no later audio of a line reached the runtime before these copies.
   void resend_after_busy(double now) {
     if (!busy_at || now < *busy_at + kBusyWindowS) return;
-    const double first = busy_first - kBusyWindowS;
     const double drops_end = *busy_at + kBusyWindowS;
     busy_at.reset();
+    probe_no = 0;  // a probe sent before may have been dropped unread: one follows the copies
     std::deque<Out> again;
     std::deque<Record> kept;
-    for (Record& r : records) {
+    for (Record& r : records) {  // each one sent after busy_read_no (forget_read)
       const Line& line = *r.line;
-      // Lines only (a live stream wants the present), still running, and their samples still here.
-      if (r.sent_s >= first && r.sent_s <= drops_end && line.is_line() && line.running_on_runtime() &&
-          r.start >= line.base && r.end <= line.base + line.samples.size()) {
+      // Lines still running, and their samples still here.
+      if (r.sent_s <= drops_end && line.running_on_runtime() && r.start >= line.base &&
+          r.end <= line.base + line.samples.size()) {
         again.push_back(audio_out(r.line, r.start, r.end, /*copy=*/true));
         kept_bytes -= static_cast<std::size_t>(r.end - r.start) * line_detail::kSampleBytes;  // kept again once sent
       } else {
+        // Dropped, and its samples are gone: the line must not report a clean end without them.
+        if (r.sent_s <= drops_end && line.running_on_runtime()) r.line->audio_lost = true;
         kept.push_back(std::move(r));
       }
     }
     records = std::move(kept);
-    for (auto& [id, line] : lines) {
-      if (line->st.state == LineState::ending && line->end_sent && line->end_sent_s <= drops_end) {
-        Out end{line->end_payload, line, Out::Kind::end, 0, 0, true};
-        again.push_back(std::move(end));
+    for (auto& [id, line] : active) {
+      // Audio forgotten by the sent_audio_max_bytes limit, not known read before the busy: maybe dropped.
+      if (line->is_line() && line->running_on_runtime() && line->unkept_no > busy_read_no) line->audio_lost = true;
+      // Only an end_stream whose last copy may have been dropped (not known read when the busy came).
+      if (line->st.state == LineState::ending && line->end_sent && line->end_last_no > busy_read_no &&
+          line->end_last_s <= drops_end) {
+        again.push_back(Out{line->end_payload, line, Out::Kind::end, 0, 0, true});
+        ++line->in_outbox;
         resent_reqs.push_back(line->end_req);
         while (resent_reqs.size() > line_detail::kResentKept) resent_reqs.pop_front();
       }
@@ -373,30 +610,57 @@ struct LineClient::Impl {
     audio.at_sample = start;  // always: a copy of what the runtime has is nothing to it (SPEC 4.6)
     audio.pcm = line_detail::f32le(line->samples, static_cast<std::size_t>(start - line->base),
                                    static_cast<std::size_t>(end - start));
+    ++line->in_outbox;
     return Out{encode_audio(audio), line, Out::Kind::audio, start, end, copy};
   }
 
-  // The samples the runtime takes now: at most max_ahead_s (less the margin) ahead of the
-  // stream's first audio. No limit from a 1.0 runtime (no max_ahead_s).
+  // How far ahead of the stream's first audio the runtime takes audio (max_ahead_s less the margin).
+  double room_s(const Line& line) const { return std::max(0.1, *line.st.max_ahead_s - config.ahead_margin_s); }
+
+  // The samples the runtime takes now: at most room_s ahead of the stream's first audio. No limit
+  // from a 1.0 runtime (no max_ahead_s).
   std::uint64_t allowed_end(const Line& line, double now) const {
     if (!line.st.max_ahead_s) return std::numeric_limits<std::uint64_t>::max();
-    const double room = std::max(0.1, *line.st.max_ahead_s - config.ahead_margin_s);
-    const double t0 = line.t0 ? *line.t0 : now;
-    const double end = std::floor((room + now - t0) * line.options.sample_rate);
+    const double elapsed = line.t0 ? now - *line.t0 : 0.0;  // (not room + now - now: rounding took a sample)
+    const double end = std::floor((room_s(line) + elapsed) * line.options.sample_rate + 1e-6);
     return end <= 0.0 ? 0 : static_cast<std::uint64_t>(end);
+  }
+
+  // What waits for real time goes in messages of this many samples: 250 ms, but never more than
+  // the room (a max_ahead_s under 0.75 s leaves less than 250 ms of it: the line would never go).
+  std::uint64_t paced_samples(const Line& line, std::uint64_t limit) const {
+    const double rate = line.options.sample_rate;
+    auto paced = std::min<std::uint64_t>(limit, static_cast<std::uint64_t>(line_detail::kPacedChunkS * rate));
+    if (line.st.max_ahead_s) {
+      paced = std::min<std::uint64_t>(paced, static_cast<std::uint64_t>(std::floor(room_s(line) * rate + 1e-6)));
+    }
+    return std::max<std::uint64_t>(paced, 1);
+  }
+
+  std::uint64_t chunk_limit(const Line& line) const {
+    return std::min<std::uint64_t>(
+        line_detail::kMaxChunkSamples,
+        static_cast<std::uint64_t>((line.is_line() ? line_detail::kLineChunkS : line_detail::kLiveChunkS) *
+                                   line.options.sample_rate));
+  }
+
+  // When the line's next paced message falls due (client clock).
+  double pace_due(const Line& line, double now) const {
+    if (!line.st.max_ahead_s || !line.t0) return now;
+    const std::uint64_t want =
+        std::min(line.st.samples_pushed, line.sent_upto + paced_samples(line, chunk_limit(line)));
+    return *line.t0 + static_cast<double>(want) / line.options.sample_rate - room_s(line);
   }
 
   void queue_audio_and_end(const std::shared_ptr<Line>& line, double now) {
     if (!line->running_on_runtime()) return;
-    const double rate = line->options.sample_rate;
-    const std::uint64_t limit = std::min<std::uint64_t>(
-        line_detail::kMaxChunkSamples,
-        static_cast<std::uint64_t>((line->is_line() ? line_detail::kLineChunkS : line_detail::kLiveChunkS) * rate));
-    const auto paced = std::min<std::uint64_t>(limit, static_cast<std::uint64_t>(line_detail::kPacedChunkS * rate));
-    std::size_t queued = 0;
-    for (const Out& o : outbox) queued += o.kind == Out::Kind::audio ? 1 : 0;
+    const std::uint64_t limit = chunk_limit(*line);
+    const std::uint64_t paced = paced_samples(*line, limit);
+    // A line's messages leave one at a time (each once the one before is known read): one is
+    // encoded when it may go, so it is paced to the time it leaves. A live stream's go on.
+    const std::size_t ahead = line->is_line() ? 1 : line_detail::kOutboxAudio;
     const std::uint64_t pushed = line->st.samples_pushed;
-    while (line->sent_upto < pushed && queued < line_detail::kOutboxAudio) {
+    while (line->sent_upto < pushed && line->in_outbox < ahead) {
       const std::uint64_t allowed = allowed_end(*line, now);
       std::uint64_t n = std::min(limit, pushed - line->sent_upto);
       if (allowed < pushed) {
@@ -412,13 +676,13 @@ struct LineClient::Impl {
       line->sent_upto += n;
       line->st.samples_sent = std::max(line->st.samples_sent, line->sent_upto);
       waiting_bytes -= static_cast<std::size_t>(n) * line_detail::kSampleBytes;
-      ++queued;
     }
     if (line->st.state == LineState::ending && !line->end_queued && line->sent_upto == pushed) {
       line->end_req = next_req++;
       line->end_payload = encode_end_stream(EndStream{line->st.stream, line->end_req});
       ends[line->end_req] = line;
       line->end_queued = true;
+      ++line->in_outbox;
       outbox.push_back(Out{line->end_payload, line, Out::Kind::end, 0, 0, false});
     }
   }
@@ -460,7 +724,16 @@ struct LineClient::Impl {
 
   void on_reply(const Message& m) {
     const double now = config.clock();
-    if (const auto* opened = std::get_if<StreamOpened>(&m.body)) {
+    if (const auto* hello = std::get_if<Hello>(&m.body)) {
+      auto it = hello->req ? probes.find(*hello->req) : probes.end();
+      if (it == probes.end()) {
+        ++counters.ignored;
+        return;
+      }
+      // The runtime read every message up to the probe; older probes unanswered were dropped unread.
+      read_up_to(it->second);
+      probes.erase(probes.begin(), std::next(it));
+    } else if (const auto* opened = std::get_if<StreamOpened>(&m.body)) {
       on_opened(*opened);
     } else if (const auto* ended = std::get_if<StreamEnded>(&m.body)) {
       auto it = ended->req ? ends.find(*ended->req) : ends.end();
@@ -471,30 +744,48 @@ struct LineClient::Impl {
       }
       std::shared_ptr<Line> line = it->second;
       ends.erase(it);
+      read_up_to(line->end_no);
       line->st.frames = ended->frames;
+      if (line->audio_refused_after_end) {
+        // The runtime ended the stream without audio it refused: its frames lack that part.
+        fail(line, ErrorCode::busy,
+             "the runtime refused audio of the line (busy) after its end_stream: its " +
+                 std::to_string(ended->frames) + " frames lack that audio");
+        return;
+      }
+      if (line->audio_lost) {
+        // Audio a busy dropped could not go again (no longer kept): the frames lack that part.
+        fail(line, ErrorCode::busy,
+             "the runtime dropped or refused audio of the line (busy) that could not go again (no longer "
+                 "kept): its " +
+                 std::to_string(ended->frames) + " frames lack that audio");
+        return;
+      }
       finish(line, LineState::ended);
     } else if (const auto* error = std::get_if<Error>(&m.body)) {
       on_error(*error, now);
     } else {
-      ++counters.ignored;  // hello, controls_set: not this client's
+      ++counters.ignored;  // controls_set: not this client's
     }
   }
 
   void on_opened(const StreamOpened& opened) {
     auto it = opened.req ? opens.find(*opened.req) : opens.end();
     if (it == opens.end()) {
+      if (opened.req && gave_up_opens.erase(*opened.req) > 0) {
+        // Its open timed out after the request left: nobody feeds the stream, so free it now (SPEC 4.6).
+        const std::uint64_t req = next_req++;
+        remember(orphan_ends, req);
+        outbox.push_back(
+            Out{encode_end_stream(EndStream{opened.stream, req}), nullptr, Out::Kind::other, 0, 0, false});
+        return;
+      }
       ++counters.ignored;
       return;
     }
     std::shared_ptr<Line> line = it->second;
     opens.erase(it);
-    if (line->st.state != LineState::opening) {
-      // Its open timed out after the request left: nobody feeds the stream, so free it now (SPEC 4.6).
-      const std::uint64_t req = next_req++;
-      orphan_ends.insert(req);
-      outbox.push_back(Out{encode_end_stream(EndStream{opened.stream, req}), nullptr, Out::Kind::other, 0, 0, false});
-      return;
-    }
+    read_up_to(line->open_no);
     line->st.stream = opened.stream;
     line->st.fps = opened.fps;
     line->st.max_ahead_s = opened.max_ahead_s;
@@ -508,9 +799,11 @@ struct LineClient::Impl {
     const ErrorCode code = error.error_code();
     if (!error.req && !error.stream) {
       if (code == ErrorCode::busy) {
-        // This connection's requests are dropped unread until at most BUSY_WINDOW_S from now.
+        // This connection's requests are dropped unread until at most BUSY_WINDOW_S from now: all
+        // it sent after the last message known read may be (what the runtime read before the first
+        // one dropped was answered before this reply). A busy whose drops are not over keeps its own.
         ++counters.busy;
-        if (!busy_at) busy_first = now;
+        if (!busy_at) busy_read_no = read_no;
         busy_at = now;
       } else {
         counters.last_error = error.code + ": " + error.message;
@@ -519,10 +812,19 @@ struct LineClient::Impl {
     }
     if (error.req) {
       const std::uint64_t req = *error.req;
+      if (auto it = probes.find(req); it != probes.end()) {
+        // A hello the runtime refused: it read it all the same (a dropped one gets no answer), so it
+        // read every message up to it, as its answer would say.
+        read_up_to(it->second);
+        probes.erase(probes.begin(), std::next(it));
+        return;
+      }
       if (orphan_ends.erase(req) > 0) return;
+      if (gave_up_opens.erase(req) > 0) return;  // a timed-out open refused after all: nothing to free
       if (auto it = opens.find(req); it != opens.end()) {
         std::shared_ptr<Line> line = it->second;
         opens.erase(it);
+        read_up_to(line->open_no);
         fail(line, code, error.message);
         return;
       }
@@ -534,6 +836,7 @@ struct LineClient::Impl {
         }
         std::shared_ptr<Line> line = it->second;
         ends.erase(it);
+        read_up_to(line->end_no);
         fail(line, code, error.message);
         return;
       }
@@ -550,20 +853,24 @@ struct LineClient::Impl {
     ++line->st.audio_errors;
     line->st.error_code = code;
     line->st.error_message = error.message;
-    if (code == ErrorCode::busy && !line->end_sent) {
+    if (code == ErrorCode::busy && line->end_sent) {
+      // Too late to send it again (the end_stream went first, possible only for a live stream or a
+      // copy): the line must not report a clean end (stream_ended fails it).
+      line->audio_refused_after_end = true;
+    } else if (code == ErrorCode::busy) {
       // Too far ahead: nothing of that message was taken. The runtime's clock of the stream runs
       // behind ours (its first audio reached it later): take it as later, and send again from the
       // oldest audio kept (which copies the runtime has are nothing to it).
       if (line->t0) *line->t0 += line_detail::kBusyShiftS;
+      // A line's refused message is its last one sent: if the limit forgot it, it cannot go again.
+      if (line->is_line() && line->unkept_no != 0 && line->unkept_no >= line->last_no) line->audio_lost = true;
       const std::uint64_t back = std::min(line->base, line->sent_upto);
       waiting_bytes += static_cast<std::size_t>(line->sent_upto - back) * line_detail::kSampleBytes;
       // Audio of this line still in the outbox goes again from `back` too, and an end_stream
       // queued behind it waits for that audio (it is queued again once all of it has gone).
-      outbox.erase(std::remove_if(outbox.begin(), outbox.end(),
-                                  [&](const Out& o) {
-                                    return o.line == line && (o.kind == Out::Kind::audio || o.kind == Out::Kind::end);
-                                  }),
-                   outbox.end());
+      remove_from_outbox([&](const Out& o) {
+        return o.line == line && (o.kind == Out::Kind::audio || o.kind == Out::Kind::end);
+      });
       if (line->end_queued) {
         ends.erase(line->end_req);
         line->end_queued = false;
@@ -583,17 +890,45 @@ LineClient::LineClient(LineClientConfig config) : impl_(std::make_unique<Impl>(s
 LineClient::~LineClient() { stop(); }
 
 void LineClient::start() {
-  if (impl_->worker.joinable()) return;
+  std::lock_guard<std::mutex> life(impl_->lifecycle);
+  if (impl_->worker.joinable()) {
+    if (impl_->is_running.load()) return;
+    impl_->worker.join();  // it stopped on an error: start again
+    impl_->release();
+  }
   if (impl_->config.curve) validate(*impl_->config.curve);
+  // The wake PAIR: the calls' end sends a byte, the I/O thread polls the other with the DEALER.
+  auto context = std::make_unique<zmq::context_t>(1);
+  auto rx = std::make_unique<zmq::socket_t>(*context, zmq::socket_type::pair);
+  auto tx = std::make_unique<zmq::socket_t>(*context, zmq::socket_type::pair);
+  rx->set(zmq::sockopt::linger, 0);
+  tx->set(zmq::sockopt::linger, 0);
+  tx->set(zmq::sockopt::sndhwm, 1);  // one byte waiting wakes it: more are dropped (EAGAIN)
+  const std::string address = "inproc://ksdiff-line-client-wake";  // its own context: no other binds it
+  rx->bind(address);
+  tx->connect(address);
+  impl_->context = std::move(context);
+  impl_->wake_rx = std::move(rx);
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->wake_tx = std::move(tx);
+    impl_->dead_reason.reset();
+  }
   impl_->stop_requested.store(false);
   impl_->is_running.store(true);
   impl_->worker = std::thread([this] { impl_->run(); });
 }
 
 void LineClient::stop() {
+  std::lock_guard<std::mutex> life(impl_->lifecycle);
   impl_->stop_requested.store(true);
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->wake();
+  }
   if (impl_->worker.joinable()) impl_->worker.join();
   impl_->is_running.store(false);
+  impl_->release();
 }
 
 bool LineClient::running() const noexcept { return impl_->is_running.load(); }
@@ -624,8 +959,15 @@ LineId LineClient::open(const LineOptions& options) {
   line->st.stream = options.stream;
   line->st.mode = options.mode;
   impl_->lines[line->st.id] = line;
+  impl_->active[line->st.id] = line;
   impl_->opens[line->open_req] = line;
+  if (impl_->dead_reason) {  // nothing would ever send it
+    impl_->fail(line, ErrorCode::internal, "the client's I/O thread stopped: " + *impl_->dead_reason);
+    return line->st.id;
+  }
+  ++line->in_outbox;
   impl_->outbox.push_back(line_detail::Out{std::move(payload), line, line_detail::Out::Kind::open, 0, 0, false});
+  impl_->wake();
   return line->st.id;
 }
 
@@ -652,6 +994,7 @@ PushResult LineClient::push(LineId id, const float* samples, std::size_t count,
   line->samples.insert(line->samples.end(), samples + skip, samples + count);
   line->st.samples_pushed = end + added;
   impl_->waiting_bytes += added * line_detail::kSampleBytes;
+  impl_->wake();
   return PushResult::accepted;
 }
 
@@ -662,6 +1005,7 @@ bool LineClient::end(LineId id) {
   if (line->end_requested || line->finished()) return true;
   line->end_requested = true;
   if (line->st.state == LineState::open) line->st.state = LineState::ending;
+  impl_->wake();
   return true;
 }
 
@@ -685,6 +1029,8 @@ LineClientStatus LineClient::status() const {
   out.running = impl_->is_running.load();
   out.waiting_bytes = impl_->waiting_bytes;
   out.kept_bytes = impl_->kept_bytes;
+  out.remembered_reqs = impl_->opens.size() + impl_->ends.size() + impl_->gave_up_opens.size() +
+                        impl_->orphan_ends.size() + impl_->resent_reqs.size();
   return out;
 }
 

@@ -397,15 +397,26 @@ void check_line_client(Runtime& runtime, const std::string& router, const std::s
     REQUIRE(client.push(ids.back(), pcm) == PushResult::accepted);
     REQUIRE(client.end(ids.back()));
   }
-  std::map<std::string, std::uint64_t> expected;  // stream -> stream_ended's frames
+  // SPEC 4.2: a stream of `samples` (16 kHz) that ends with its audio yields one frame per started
+  // frame period, ceil(samples * fps / 16000), then its ease to rest, max(1, floor(0.15 * fps))
+  // frames (the runtime's stream_frames): the count the audio pushed calls for, not only the one
+  // stream_ended states (audio lost on the way would lower both alike).
+  const auto frames_for = [](std::uint64_t samples, std::uint64_t fps) -> std::uint64_t {
+    const std::uint64_t audio_frames = (samples * fps + 15999) / 16000;
+    const std::uint64_t ease = fps * 15 / 100 > 0 ? fps * 15 / 100 : 1;  // floor(0.15 fps), exact in integers
+    return audio_frames == 0 ? 0 : audio_frames + ease;
+  };
+  std::map<std::string, std::uint64_t> expected;  // stream -> the frames its pushed audio calls for
   for (LineId id : ids) {
     const std::optional<LineStatus> st = client.wait_finished(id, std::chrono::milliseconds(kTimeout));
     REQUIRE_MSG(st.has_value(), "a line did not finish; runtime log:\n" + runtime.log());
     EXPECT_MSG(st->state == LineState::ended, st->stream + ": " + std::string(to_string(st->state)) + " " +
                                                   st->error_message);
-    EXPECT(st->frames > 0u);
     EXPECT_EQ(st->samples_sent, st->samples_pushed);
-    expected[st->stream] = st->frames;
+    expected[st->stream] = frames_for(st->samples_pushed, st->fps);
+    EXPECT_MSG(st->frames == expected[st->stream], st->stream + ": stream_ended says " + std::to_string(st->frames) +
+                                                       " frames, its " + std::to_string(st->samples_pushed) +
+                                                       " samples call for " + std::to_string(expected[st->stream]));
   }
   std::map<std::string, std::vector<Frame>> frames;
   std::size_t ended = 0;
@@ -422,8 +433,8 @@ void check_line_client(Runtime& runtime, const std::string& router, const std::s
       EXPECT_EQ(got[i].index, i);
       EXPECT_EQ(got[i].last, i + 1 == got.size());
     }
-    std::fprintf(stderr, "  LineClient line %s: %zu frames of %llu\n", stream.c_str(), got.size(),
-                 static_cast<unsigned long long>(count));
+    std::fprintf(stderr, "  LineClient line %s: %zu frames of %llu expected from its samples\n", stream.c_str(),
+                 got.size(), static_cast<unsigned long long>(count));
   }
   const LineClientStatus cs = client.status();
   EXPECT_EQ(cs.errors, 0u);

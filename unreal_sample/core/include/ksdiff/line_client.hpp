@@ -1,26 +1,43 @@
 // A DEALER client of the runtime's ROUTER for game NPC lines (and live voices), on its own I/O
 // thread: open a stream, push its audio, end it, and poll each line's status from the game thread.
 //
-// It does for C++ what the Python SDK's Client / StreamHandle and the Unity client do for a line
-// (protocol/SPEC.md 4.6):
+// It does for C++ what the Python SDK's Client / StreamHandle does for a line (protocol/SPEC.md 4.6,
+// its rules for a client past its share included):
 // - replies are matched by `req`; each line gets its stream_opened (fps, max_ahead_s, latency_ms)
 //   or its error (code + message), then its stream_ended (frames) or its error;
 // - audio is sent as real time allows: at most max_ahead_s (less a margin) ahead of the line's first
 //   audio, a line's in large messages (up to 10 s, under the 1 MiB message limit), what has to wait
-//   in 250 ms ones (a live stream's in 100 ms ones), every message with its at_sample;
+//   in 250 ms ones (less when max_ahead_s leaves less room; a live stream's in 100 ms ones), every
+//   message with its at_sample;
 // - audio refused with a per-stream `busy` (too far ahead: nothing of it was taken) goes again later,
-//   from the oldest audio still kept, with the stream's clock taken as starting later;
-// - after a client-level `busy` (neither req nor stream: the runtime dropped this connection's
-//   requests unread for up to BUSY_WINDOW_S), once the window has passed, the audio of open lines
-//   sent from BUSY_WINDOW_S before that reply until the drops ended goes again, in its order, ahead
-//   of anything else, and then the end_streams still unanswered; a copy's answer changes nothing.
-//   A live stream's audio is not sent again (it wants the present; the runtime fills the gap);
+//   from the oldest audio still kept, with the stream's clock taken as starting later; one refused
+//   after the line's end_stream left (it cannot go again) fails the line when stream_ended comes, so
+//   a line never reports `ended` without audio the runtime refused;
+// - a client-level `busy` (neither req nor stream: the runtime drops this connection's requests
+//   unread for up to BUSY_WINDOW_S) may have dropped everything sent after the last request the
+//   runtime answered before it, however long ago it left (messages are counted as they leave, and
+//   an answer proves the runtime read every message up to its request: it reads a connection's
+//   messages in order). While the drops last nothing leaves but live streams' audio; then the lines'
+//   audio sent since that last answered request goes again, in its order, ahead of anything else,
+//   then the end_streams not known read when the busy came (the end timeout still counts from an
+//   end_stream's first send); a copy's answer changes nothing. A live stream's audio is not sent
+//   again (it wants the present; the runtime fills the gap). A line whose dropped or refused audio
+//   cannot go again (forgotten past sent_audio_max_bytes) fails when stream_ended comes, as above;
+// - a line's next message (audio, end_stream) leaves only once the runtime has read its previous one
+//   (a `hello` request follows the lines' messages; its answer, or an error answering it, says so),
+//   so a copy never comes after later audio, or the end_stream, of its line (the runtime would fill
+//   its place with silence); audio encoded and waiting to leave keeps its samples until known read,
+//   and a line that ends or fails drops its messages still waiting;
 // - memory is bounded: audio waiting to be sent (LineClientConfig::max_waiting_bytes; a push past it
-//   is refused, nothing taken) and audio kept to be sent again (sent_audio_kept_s and
-//   sent_audio_max_bytes, the oldest forgotten first), as the SDK bounds them.
+//   is refused, nothing taken), lines' audio sent and kept until the runtime is known to have read it
+//   (sent_audio_max_bytes, the oldest forgotten first), and the reqs remembered for late answers
+//   (1000 timed-out opens, 1000 orphan end_streams, 1000 resent end_streams), as the SDK bounds them.
 //
 // Threads: every call is thread-safe and never blocks on the network; only the I/O thread touches
-// the socket. ZeroMQ and msgpack stay out of this header (pimpl), as in subscriber.hpp.
+// the socket, and it sleeps until a call, a reply or something due (paced audio, a timeout) wakes
+// it. start() and stop() may be called from any threads. If the I/O thread stops on an error, every
+// line not finished fails with the reason (LineClientStatus::last_error has it too).
+// ZeroMQ and msgpack stay out of this header (pimpl), as in subscriber.hpp.
 #pragma once
 
 #include "ksdiff/curve.hpp"
@@ -47,8 +64,9 @@ struct LineClientConfig {
   std::optional<CurveKeys> curve;
   int reconnect_interval_ms = 100;
   int reconnect_interval_max_ms = 1000;
-  // How often the I/O thread looks at new calls, its stop flag and the pacing of audio.
-  std::chrono::milliseconds poll_interval{5};
+  // The longest the I/O thread sleeps (calls, replies, paced audio and timeouts wake it when due):
+  // a safeguard, not a pace. Must be > 0 (the constructor throws std::invalid_argument).
+  std::chrono::milliseconds poll_interval{500};
   // Seconds without stream_opened (from its open_stream leaving) before a line fails; a
   // stream_opened that comes later is answered with an end_stream, so the runtime frees it.
   double open_timeout_s = 10.0;
@@ -59,9 +77,8 @@ struct LineClientConfig {
   double ahead_margin_s = 0.5;
   // Audio pushed and not sent yet, all lines together: a push past it is refused (PushResult::full).
   std::size_t max_waiting_bytes = std::size_t{64} << 20;
-  // Audio sent is kept this long, and up to this many bytes (the oldest forgotten beyond), to go
-  // again after a busy (the SDK's SENT_AUDIO_KEPT_S and SENT_AUDIO_MAX_BYTES).
-  double sent_audio_kept_s = 3.0 * kBusyWindowS;
+  // Lines' audio sent is kept until the runtime is known to have read it, up to this many bytes (the
+  // oldest forgotten beyond), to go again after a busy (the SDK's SENT_AUDIO_MAX_BYTES).
   std::size_t sent_audio_max_bytes = std::size_t{256} << 20;
   // Lines ended or failed whose status is kept for polling (the oldest forgotten beyond).
   std::size_t finished_lines_kept = 4096;
@@ -112,11 +129,16 @@ struct LineStatus {
 struct LineClientStatus {
   bool running = false;
   std::string endpoint;
-  std::uint64_t sent = 0;       // messages the DEALER took, copies included
+  std::uint64_t sent = 0;       // messages the DEALER took, copies and hello probes included
   std::uint64_t resent = 0;     // copies sent again after a busy: audio, and end_streams (SPEC 4.6)
   std::uint64_t busy = 0;       // client-level busy replies: this client's requests dropped unread
   std::uint64_t errors = 0;     // error replies of any kind
   std::uint64_t ignored = 0;    // replies that matched nothing (a copy's answer, a late one)
+  std::uint64_t probes = 0;     // hello requests sent to learn that the runtime read the lines' messages
+  std::uint64_t wakeups = 0;    // passes of the I/O thread (an idle client makes few)
+  // reqs kept for answers to come: opens and end_streams awaiting one, timed-out opens, orphans'
+  // and resent end_streams (each bounded: see the top of this file; not the hello probes, 64 at most)
+  std::size_t remembered_reqs = 0;
   std::size_t waiting_bytes = 0;  // audio pushed and not sent yet
   std::size_t kept_bytes = 0;     // audio sent and kept to go again after a busy
   std::string last_error;         // the socket's or the last unmatched error's
@@ -132,6 +154,7 @@ std::string_view to_string(PushResult result) noexcept;
 
 class LineClient {
  public:
+  // Throws std::invalid_argument for a poll_interval <= 0.
   explicit LineClient(LineClientConfig config);
   ~LineClient();  // stops: lines not ended are left to the runtime's idle timeout
   LineClient(const LineClient&) = delete;
@@ -140,7 +163,7 @@ class LineClient {
   // Starts the I/O thread; returns at once (ZeroMQ connects in the background). Idempotent.
   // Throws CurveError for bad keys.
   void start();
-  // Stops and joins the I/O thread (within ~poll_interval). Idempotent.
+  // Stops and joins the I/O thread (woken at once). Idempotent.
   void stop();
   bool running() const noexcept;
 
