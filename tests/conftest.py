@@ -1,18 +1,23 @@
-"""Shared fixtures: a tiny random KSDiff checkpoint and a short speech wav."""
+"""Shared fixtures: a tiny random KSDiff checkpoint, a short speech wav, and the VTube Studio output tests' own."""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from fake_vts import WAIT_S, FakeVTubeStudio
 
 from ksdiff_runtime.model.checkpoint import save_checkpoint
 from ksdiff_runtime.model.config import ModelConfig
 from ksdiff_runtime.model.ksdiff import KSDiff
 from ksdiff_runtime.motion import SAMPLE_RATE
+from ksdiff_runtime.outputs.vts import VtsOutput
 
 SAMPLE_SPEECH = Path(__file__).resolve().parent.parent / "ksdiff_runtime" / "assets" / "sample_speech.wav"
 TINY_MODEL = dict(d_model=32, n_heads=2, denoiser_layers=1, kel_hidden=16, style_dim=8, n_msdc_blocks=1)
@@ -103,3 +108,58 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- the VTube Studio output's tests (tests/test_vts.py, tests/test_vts_leftovers.py) -----------------------
+class LogWatcher(logging.Handler):
+    """The outputs' log lines, with a wait for one that contains a text."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.lines.append(record.getMessage())
+            self._changed.notify_all()
+
+    def count(self, text: str) -> int:
+        with self._changed:
+            return sum(text in line for line in self.lines)
+
+    def wait(self, text: str, n: int = 1, timeout: float = WAIT_S) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: sum(text in line for line in self.lines) >= n, timeout)
+
+
+@pytest.fixture
+def logs() -> Iterator[LogWatcher]:
+    logger = logging.getLogger("ksdiff_runtime.outputs")
+    watcher, level = LogWatcher(), logger.level
+    logger.addHandler(watcher)
+    logger.setLevel(logging.DEBUG)
+    yield watcher
+    logger.removeHandler(watcher)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def vts() -> Iterator[FakeVTubeStudio]:
+    fake = FakeVTubeStudio()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def token_path(tmp_path: Path) -> Path:
+    return tmp_path / "config" / "ksdiff-runtime" / "vtube_studio_token"
+
+
+@pytest.fixture
+def outputs() -> Iterator[list[VtsOutput]]:
+    """Outputs made by a test, closed at its end whatever happens."""
+    made: list[VtsOutput] = []
+    yield made
+    for out in made:
+        out.close()

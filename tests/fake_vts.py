@@ -444,3 +444,22 @@ class FakeVTubeStudio:
                                                    data.get("faceFound") is True, mode))
             self._changed.notify_all()
         return {}
+
+
+# --- what the tests of the VTube Studio output share (tests/test_vts.py, tests/test_vts_leftovers.py) ----------
+WAIT_S = 10.0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
+    """For state the tests cannot be notified of (an output's counters, a file): checked every 10 ms."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def authenticated(n: int = 1) -> Callable[[_State], bool]:
+    """For ``FakeVTubeStudio.wait_for``: ``n`` sessions authenticated."""
+    return lambda s: sum(ok for _, ok in s.authentications) >= n

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import math
 import os
 import socket
@@ -23,14 +22,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from fake_vts import DEFAULT_PARAMETERS as VTS_DEFAULTS
-from fake_vts import FakeVTubeStudio, Injection
+from fake_vts import FakeVTubeStudio, Injection, authenticated, wait_until
 from peers import cli
 
 from ksdiff_runtime import motion
@@ -101,76 +100,8 @@ def playing(out: VtsOutput, seconds: int = 60) -> Iterator[None]:
         feeder.join(timeout=5)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> bool:
-    """For state the tests cannot be notified of (an output's counters): checked every 10 ms."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def authenticated(n: int = 1) -> Callable:
-    return lambda s: sum(ok for _, ok in s.authentications) >= n
-
-
 def gaps(injections: list[Injection]) -> list[float]:
     return [b.t - a.t for a, b in itertools.pairwise(injections)]
-
-
-class LogWatcher(logging.Handler):
-    """The outputs' log lines, with a wait for one that contains a text."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._changed:
-            self.lines.append(record.getMessage())
-            self._changed.notify_all()
-
-    def count(self, text: str) -> int:
-        with self._changed:
-            return sum(text in line for line in self.lines)
-
-    def wait(self, text: str, n: int = 1, timeout: float = TIMEOUT_S) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: sum(text in line for line in self.lines) >= n, timeout)
-
-
-@pytest.fixture
-def logs() -> Iterator[LogWatcher]:
-    logger = logging.getLogger("ksdiff_runtime.outputs")
-    watcher, level = LogWatcher(), logger.level
-    logger.addHandler(watcher)
-    logger.setLevel(logging.DEBUG)
-    yield watcher
-    logger.removeHandler(watcher)
-    logger.setLevel(level)
-
-
-@pytest.fixture
-def vts() -> Iterator[FakeVTubeStudio]:
-    fake = FakeVTubeStudio()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def token_path(tmp_path: Path) -> Path:
-    return tmp_path / "config" / "ksdiff-runtime" / "vtube_studio_token"
-
-
-@pytest.fixture
-def outputs() -> Iterator[list[VtsOutput]]:
-    """Outputs made by a test, closed at its end whatever happens."""
-    made: list[VtsOutput] = []
-    yield made
-    for out in made:
-        out.close()
 
 
 def free_port() -> int:

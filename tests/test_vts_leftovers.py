@@ -8,18 +8,15 @@ Every wait is on a condition with a timeout; frames are paced like a live source
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from fake_vts import FakeVTubeStudio
+from fake_vts import FakeVTubeStudio, authenticated
 
 from ksdiff_runtime.outputs import vts as vts_module
 from ksdiff_runtime.outputs.vts import CUSTOM_PARAMETERS, VtsOutput, default_token_path
@@ -36,74 +33,6 @@ def jaw_frame(index: int, fps: int, jaw: float, stream: str = "mic") -> Frame:
     bs[schema.BLENDSHAPE_INDEX["jawOpen"]] = jaw
     return Frame(stream, index, index, fps, index / fps, bs, np.zeros(3, np.float32), np.zeros(4, np.float32), None,
                  0, 100.0, 1.0, False)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT_S) -> bool:
-    """For state the tests cannot be notified of (an output's counters, a file): checked every 10 ms."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def authenticated(n: int = 1) -> Callable:
-    return lambda s: sum(ok for _, ok in s.authentications) >= n
-
-
-class LogWatcher(logging.Handler):
-    """The outputs' log lines, with a wait for one that contains a text."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._changed:
-            self.lines.append(record.getMessage())
-            self._changed.notify_all()
-
-    def count(self, text: str) -> int:
-        with self._changed:
-            return sum(text in line for line in self.lines)
-
-    def wait(self, text: str, n: int = 1, timeout: float = TIMEOUT_S) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: sum(text in line for line in self.lines) >= n, timeout)
-
-
-@pytest.fixture
-def logs() -> Iterator[LogWatcher]:
-    logger = logging.getLogger("ksdiff_runtime.outputs")
-    watcher, level = LogWatcher(), logger.level
-    logger.addHandler(watcher)
-    logger.setLevel(logging.DEBUG)
-    yield watcher
-    logger.removeHandler(watcher)
-    logger.setLevel(level)
-
-
-@pytest.fixture
-def vts() -> Iterator[FakeVTubeStudio]:
-    fake = FakeVTubeStudio()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def token_path(tmp_path: Path) -> Path:
-    return tmp_path / "config" / "ksdiff-runtime" / "vtube_studio_token"
-
-
-@pytest.fixture
-def outputs() -> Iterator[list[VtsOutput]]:
-    """Outputs made by a test, closed at its end whatever happens."""
-    made: list[VtsOutput] = []
-    yield made
-    for out in made:
-        out.close()
 
 
 # --- 1. the delay a slow VTube Studio adds ------------------------------------------------------------

@@ -176,6 +176,14 @@ def custom_parameters(frame: Frame) -> dict[str, float]:
             for name, v in zip(CUSTOM_PARAMETERS, frame.blendshapes, strict=True)}
 
 
+def _answer(reply: dict[str, Any]) -> dict[str, Any]:
+    """An answer's data, or the _ApiError it is."""
+    body = reply.get("data") or {}
+    if reply.get("messageType") == "APIError":
+        raise _ApiError(_error_id(body), str(body.get("message", "")))
+    return body
+
+
 def _error_id(body: dict[str, Any]) -> int:
     """An APIError's errorID, -1 where it is not a whole number (an answer we cannot read is no known error; before,
     an errorID of 1e400 stopped the output for good)."""
@@ -431,10 +439,7 @@ class VtsOutput:
                     reply = _decode(await ws.recv())
                     if reply.get("requestID") != request_id:
                         continue
-                    body = reply.get("data") or {}
-                    if reply.get("messageType") == "APIError":
-                        raise _ApiError(_error_id(body), str(body.get("message", "")))
-                    return body
+                    return _answer(reply)
         except TimeoutError:
             raise _RetryError("no_reply", f"VTube Studio did not answer {message_type} within {timeout:g} s; "
                               "reconnecting") from None
@@ -465,10 +470,7 @@ class VtsOutput:
                 continue
             if reply.get("requestID") != request_id:
                 continue
-            body = reply.get("data") or {}
-            if reply.get("messageType") == "APIError":
-                raise _ApiError(_error_id(body), str(body.get("message", "")))
-            return body
+            return _answer(reply)
 
     async def _call_all(self, ws: ClientConnection, message_type: str,
                         items: list[dict[str, Any]]) -> list[dict[str, Any] | _ApiError]:
@@ -489,11 +491,10 @@ class VtsOutput:
                     if index < 0:
                         continue  # an event, or an answer to nothing we wait for
                     deadline.reschedule(asyncio.get_running_loop().time() + REPLY_TIMEOUT_S)
-                    body = reply.get("data") or {}
-                    if reply.get("messageType") == "APIError":
-                        answers[index] = _ApiError(_error_id(body), str(body.get("message", "")))
-                    else:
-                        answers[index] = body
+                    try:
+                        answers[index] = _answer(reply)
+                    except _ApiError as e:
+                        answers[index] = e
         except TimeoutError:
             raise _RetryError("no_reply", f"VTube Studio did not answer {len(waiting)} of {len(items)} "
                               f"{message_type}s within {REPLY_TIMEOUT_S:g} s; reconnecting") from None
