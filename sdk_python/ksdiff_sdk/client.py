@@ -133,17 +133,22 @@ def _forget_sent(io: _Io, read: int) -> None:
 
 
 def _drop_audio(outbox: Outbox, size: int, limit: int) -> tuple[Outbox, int, int]:
-    """The outbox less its oldest audio messages, down to ``limit`` bytes (requests are kept: they are small, and a
-    request whose call times out is withdrawn on its own); its size then, and how many were dropped."""
-    kept: Outbox = deque()
+    """The outbox less its oldest audio messages, down to ``limit`` bytes: live streams' first (a live stream wants the
+    present; a mic pushing faster than the runtime takes it filled the outbox and took the lines' audio with it), the
+    lines' only if that is not enough (every frame of a line is wanted, however late). Requests are kept: they are
+    small, and a request whose call times out is withdrawn on its own. Its size then, and how many were dropped."""
     dropped = 0
-    for entry in outbox:
-        if entry[0] and size > limit:
-            size -= len(entry[1])
-            dropped += 1
-        else:
-            kept.append(entry)
-    return kept, size, dropped
+    for lines_too in (False, True):
+        kept: Outbox = deque()
+        for entry in outbox:
+            audio, payload, _, line = entry
+            if audio and size > limit and (lines_too or line is None):
+                size -= len(payload)
+                dropped += 1
+            else:
+                kept.append(entry)
+        outbox = kept
+    return outbox, size, dropped
 
 
 def curve_keys(server_key: str | bytes | os.PathLike | None,

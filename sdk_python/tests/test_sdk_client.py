@@ -562,6 +562,25 @@ def test_audio_a_stalled_runtime_does_not_take_is_bounded_and_the_newest_goes_wh
     assert seqs[-3:] == [n - 3, n - 2, n - 1]  # the newest went
 
 
+def test_a_stalled_runtime_costs_a_flooding_mic_its_oldest_audio_not_a_lines(fake, make_client, monkeypatch):
+    """A line's audio waits in the client (its second message until the runtime has read the first) while a live mic
+    pushes faster than a stalled runtime takes: past OUTBOX_MAX_BYTES the mic's oldest audio goes, never the line's
+    (every frame of a line is wanted, however late). The oldest audio went whoever's it was, and the line lost 2 s."""
+    monkeypatch.setattr(client_module, "OUTBOX_MAX_BYTES", 200_000)  # the line's waiting 2 s (128 kB) fit
+    client = ready(make_client, fake)
+    line = client.open_stream("npc", mode="line")
+    mic = client.open_stream("mic")
+    fake.paused.set()
+    line.push(np.full(12 * 16_000, 0.25, np.float32))  # 10 s go at once, 2 s wait for them to be known read
+    for k in range(6000):  # 100 ms messages (6.4 kB): more than ZeroMQ's queues and the socket buffers hold
+        mic.push(np.full(1600, k / 6000, np.float32))
+    wait_until(lambda: client.unsent > 0, what="the oldest audio dropped")
+    fake.paused.clear()
+    wait_until(lambda: sum(len(m["pcm"]) for m in fake.audio.get("npc", [])) >= 12 * 16_000 * 4, timeout=20,
+               what="all of the line's audio")
+    assert client.unsent <= 6000 - len(fake.audio["mic"])  # what was dropped was the mic's
+
+
 def test_a_stream_is_lost_when_its_connection_drops_and_a_new_one_opens(make_client):
     """The runtime keeps a stream for the connection that opened it; a dropped connection is remade with another
     routing id, so the client's streams are lost at once (reason "reconnect"), and nothing queued for them is sent."""
