@@ -25,8 +25,8 @@
 //     in time (RequestTimeoutS; end_stream is given its own) fails: a reply lost with a dropped
 //     connection never leaves its caller waiting. So does one its caller gives up on (Abandon).
 //   * The DEALER queues only on a live connection (ZMQ_IMMEDIATE); the rest waits in the
-//     client's outbox, at most OutboxMaxBytes: beyond that the oldest audio is dropped (never a
-//     request), counted in ClientStatus.Unsent.
+//     client's outbox, at most OutboxMaxBytes: beyond that the oldest audio is dropped, live
+//     streams' before lines' (never a request), counted in ClientStatus.Unsent.
 //   * A request that failed (timed out, abandoned, the runtime restarted) while still in the
 //     outbox is withdrawn, never sent (ClientStatus.Withdrawn): sent later, an open_stream would
 //     open a stream nobody uses, held until the runtime's idle timeout. end_stream is the
@@ -796,21 +796,27 @@ namespace Ksdiff
             return true;
         }
 
-        // The outbox less its oldest audio messages, down to `limit` bytes (requests stay: they are
-        // small, and they fail on their own when no reply comes); returns how many were dropped.
-        // Under _lock, on the worker (the only thread that takes from the outbox).
+        // The outbox less its oldest audio messages, down to `limit` bytes: live streams' first (a
+        // live stream wants the present; a mic pushing faster than the runtime takes filled the
+        // outbox and took the lines' audio with it), the lines' only if that is not enough (every
+        // frame of a line is wanted, however late). Requests stay: they are small, and they fail on
+        // their own when no reply comes. Returns how many were dropped. Under _lock, on the worker
+        // (the only thread that takes from the outbox).
         int DropAudio(long limit)
         {
             int dropped = 0;
-            for (int n = _outbox.Count; n > 0; n--) // once round the queue, keeping the order
+            foreach (bool linesToo in new[] { false, true })
             {
-                Outgoing m = _outbox.Dequeue();
-                if (m.Audio && _outboxBytes > limit)
+                for (int n = _outbox.Count; n > 0; n--) // once round the queue, keeping the order
                 {
-                    _outboxBytes -= m.Payload.Length;
-                    dropped++;
+                    Outgoing m = _outbox.Dequeue();
+                    if (m.Audio && _outboxBytes > limit && (linesToo || m.Line == null))
+                    {
+                        _outboxBytes -= m.Payload.Length;
+                        dropped++;
+                    }
+                    else _outbox.Enqueue(m);
                 }
-                else _outbox.Enqueue(m);
             }
             return dropped;
         }

@@ -390,6 +390,38 @@ namespace Ksdiff.Tests
         }
 
         [Test]
+        public void BeyondItsBoundTheOutboxDropsALiveStreamsAudioBeforeALines()
+        {
+            // No runtime yet: a line's audio waits in the outbox with a mic's that keeps coming.
+            // Past the bound the mic's oldest audio goes, not the line's (every frame of a line is
+            // wanted, however late); the oldest audio went whoever's it was, the line's first.
+            string pub, router;
+            FreeEndpoints(out pub, out router);
+            var pcm = new byte[1000];
+            long lineBytes = Requests.Audio("npc", 0, 0, pcm, 0, pcm.Length).Length;
+            long bound = 3 * lineBytes + 5000;
+            KsdiffClient c = Client(null, null, null, pub, router, o => { o.OutboxMaxBytes = bound; o.RequestTimeoutS = 60; });
+            PendingRequest open = c.OpenStream(new OpenStream { Stream = "npc", Mode = Protocol.ModeLine, SampleRate = 16000, Channels = 1, Format = "f32le" });
+            for (ulong seq = 0; seq < 3; seq++) c.SendAudio("npc", seq, seq * 250, pcm, 0, pcm.Length);
+            for (ulong seq = 0; seq < 50; seq++) c.SendAudio("mic1", seq, null, pcm, 0, pcm.Length);
+            Assert.IsTrue(Wait.Until(() => c.Status().Unsent > 0, 10), "the bound dropped nothing");
+
+            var rt = Keep(new FakeRuntime(pub, router));
+            var lineAudio = new List<ulong>();
+            var w = Stopwatch.StartNew();
+            while (lineAudio.Count < 3 && w.Elapsed.TotalSeconds < 10)
+            {
+                KeyValuePair<byte[], byte[]>? r = rt.TryReceive(0.05);
+                if (!r.HasValue) continue;
+                Message m = new Decoder().Decode(r.Value.Value);
+                if (m is OpenStream) rt.Reply(r.Value.Key, FakeRuntime.StreamOpened("npc", ((OpenStream)m).Req.Value, null, null, Protocol.ModeLine));
+                if (m is Audio && ((Audio)m).Stream == "npc") lineAudio.Add(((Audio)m).Seq);
+            }
+            Assert.AreEqual("0 1 2", string.Join(" ", lineAudio), "the line's audio, all of it, in order");
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)));
+        }
+
+        [Test]
         public void RequestsThatFailInTheOutboxAreNeverSentButEndStream()
         {
             // No runtime: every request waits in the outbox. Those that fail there (timed out, or
