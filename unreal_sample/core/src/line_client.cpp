@@ -70,6 +70,7 @@ constexpr std::size_t kGaveUpOpensKept = 1000;
 // long is taken as lost (dropped unread) and another goes (the SDK's PROBE_AGAIN_S, PROBES_KEPT).
 constexpr double kProbeAgainS = 1.0;
 constexpr std::size_t kProbesKept = 64;
+constexpr std::size_t kInstancesKept = 64;  // runtime instances seen (a late answer of an older one is no restart)
 constexpr int kSendHwm = 100;              // ZMQ_SNDHWM: bounds what ZeroMQ itself queues (up to 1 MiB each)
 
 // float32 little-endian on any host byte order.
@@ -98,6 +99,9 @@ struct Line {
   double end_sent_s = 0.0;   // when it first left: the end timeout counts from here, copies or not
   std::uint64_t end_last_no = 0;  // the number of its last copy that left
   double end_last_s = 0.0;        // when that copy left
+  // When end() was called, then when the line's last message left: an ending line none of whose
+  // messages leaves for end_timeout_s (the runtime cannot be reached, or never reads them) fails.
+  double progress_s = 0.0;
   std::string end_payload;
   // Audio: samples[0] is sample `base` of the stream's clock; they run to st.samples_pushed.
   // [base, sent_upto) went already and is kept for a busy; [sent_upto, pushed) waits.
@@ -201,6 +205,12 @@ struct LineClient::Impl {
   LineClientStatus counters;
   // Why the I/O thread stopped on an error (until the next start()): a line opened meanwhile fails at once.
   std::optional<std::string> dead_reason;
+  // The runtime instance of the last hello answered, and the instances seen (the latest kInstancesKept).
+  std::optional<std::string> instance;
+  std::deque<std::string> seen_instances;
+  // A hello goes first on each connection (from start, and after the connection dropped): its answer
+  // names the runtime instance before any stream is opened on that connection.
+  bool want_hello = true;
 
   std::shared_ptr<Line> find(LineId id) const {
     auto it = lines.find(id);
@@ -281,15 +291,30 @@ struct LineClient::Impl {
       dealer.set(zmq::sockopt::reconnect_ivl_max, config.reconnect_interval_max_ms);
       dealer.set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(4 * kMaxMessageBytes));
       if (config.curve) apply_curve_client(dealer.handle(), *config.curve);  // before connecting
+      // The DEALER's dropped connections, from its socket monitor (an inproc PAIR of this client's own
+      // context): the runtime keeps a stream for the connection that opened it, so they lose the lines.
+      const std::string monitor_address = "inproc://ksdiff-line-client-monitor";
+      if (zmq_socket_monitor(dealer.handle(), monitor_address.c_str(), ZMQ_EVENT_DISCONNECTED) != 0) {
+        throw zmq::error_t();
+      }
+      // Declared after the DEALER, so closed before it; the DEALER closes the monitor's other end.
+      zmq::socket_t monitor(*context, zmq::socket_type::pair);
+      monitor.set(zmq::sockopt::linger, 0);
+      monitor.connect(monitor_address);
       dealer.connect(config.endpoint);
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        want_hello = true;
+      }
 
       bool want_out = false;
       long wait_ms = 0;
       while (!stop_requested.load()) {
-        zmq_pollitem_t items[2] = {
+        zmq_pollitem_t items[3] = {
             {dealer.handle(), 0, static_cast<short>(ZMQ_POLLIN | (want_out ? ZMQ_POLLOUT : 0)), 0},
-            {wake_rx->handle(), 0, ZMQ_POLLIN, 0}};
-        const int ready = zmq_poll(items, 2, wait_ms);
+            {wake_rx->handle(), 0, ZMQ_POLLIN, 0},
+            {monitor.handle(), 0, ZMQ_POLLIN, 0}};
+        const int ready = zmq_poll(items, 3, wait_ms);
         if (ready < 0) {
           if (zmq_errno() == EINTR) continue;
           throw zmq::error_t();
@@ -299,9 +324,12 @@ struct LineClient::Impl {
           while (wake_rx->recv(byte, zmq::recv_flags::dontwait)) {
           }
         }
+        const bool dropped = (items[2].revents & ZMQ_POLLIN) != 0 && connection_dropped_events(monitor);
         std::lock_guard<std::mutex> lock(mutex);
         ++counters.wakeups;
+        // Replies that came before the drop are read first: an answer that came is not lost.
         if ((items[0].revents & ZMQ_POLLIN) != 0) receive(dealer);
+        if (dropped) connection_dropped();
         want_out = pass(dealer);
         wait_ms = wait_for();
       }
@@ -312,6 +340,73 @@ struct LineClient::Impl {
     }
     is_running.store(false);
     changed.notify_all();
+  }
+
+  // Reads every monitor event waiting; true if one says the DEALER's connection dropped.
+  static bool connection_dropped_events(zmq::socket_t& monitor) {
+    bool dropped = false;
+    for (;;) {
+      zmq::message_t event;
+      if (!monitor.recv(event, zmq::recv_flags::dontwait)) return dropped;
+      // Two frames: the event (uint16 id, uint32 value, host byte order), then the endpoint.
+      if (event.size() >= sizeof(std::uint16_t)) {
+        std::uint16_t id = 0;
+        std::memcpy(&id, event.data(), sizeof(id));
+        dropped = dropped || id == ZMQ_EVENT_DISCONNECTED;
+      }
+      while (event.more()) {
+        zmq::message_t rest;
+        (void)monitor.recv(rest, zmq::recv_flags::none);
+        if (!rest.more()) break;
+      }
+    }
+  }
+
+  // The DEALER's connection to the runtime dropped: ZeroMQ's next connection has another routing id,
+  // and the runtime keeps a stream for the connection that opened it (a restarted runtime has none),
+  // so every line whose open_stream left has lost its stream: it fails now rather than at its
+  // timeouts. Lines not sent yet go on the next connection; what was sent on this one is moot (its
+  // lines failed), and a busy was this connection's.
+  void connection_dropped() {
+    ++counters.disconnects;
+    lose_lines(sent_no + 1, "reconnect",
+               "the connection to the runtime at " + config.endpoint +
+                   " dropped (the runtime stopped or restarted, or the network failed): the runtime keeps a "
+                   "stream for the connection that opened it, so this line's stream is lost; open the line again");
+    read_no = sent_no;
+    probes.clear();
+    probe_no = 0;
+    busy_at.reset();
+    want_hello = true;
+  }
+
+  // Fails the lines whose open_stream left as a message before `before`: the runtime lost their streams.
+  void lose_lines(std::uint64_t before, const std::string& reason, const std::string& message) {
+    std::vector<std::shared_ptr<Line>> lost;  // collected first: failing a line changes `active`
+    for (const auto& [id, line] : active) {
+      if (line->open_no != 0 && line->open_no < before) lost.push_back(line);
+    }
+    for (const std::shared_ptr<Line>& line : lost) {
+      line->st.lost = reason;
+      fail(line, ErrorCode::unknown_stream, message);
+    }
+  }
+
+  // A hello answering the probe that left as message `no` names the runtime's instance: one never seen
+  // is a new runtime process (a restart), which has none of the streams opened before that probe.
+  // One seen before (a late answer of an older process) changes nothing.
+  void on_instance(const std::string& seen, std::uint64_t no) {
+    if (std::find(seen_instances.begin(), seen_instances.end(), seen) != seen_instances.end()) return;
+    seen_instances.push_back(seen);
+    while (seen_instances.size() > line_detail::kInstancesKept) seen_instances.pop_front();
+    if (instance) {
+      ++counters.restarts;
+      lose_lines(no, "restart",
+                 "the runtime restarted (instance " + *instance + " -> " + seen +
+                     ") and lost this line's stream; open the line again");
+    }
+    instance = seen;
+    counters.instance = seen;
   }
 
   // The wake sockets, then their context (it waits for its sockets to close), once the I/O thread
@@ -353,8 +448,8 @@ struct LineClient::Impl {
     }
     for (const auto& [id, line] : active) {
       if (line->st.state == LineState::opening) due = std::min(due, line->opened_call_s + config.open_timeout_s);
-      if (line->st.state == LineState::ending && line->end_sent) {
-        due = std::min(due, line->end_sent_s + config.end_timeout_s);
+      if (line->st.state == LineState::ending) {
+        due = std::min(due, (line->end_sent ? line->end_sent_s : line->progress_s) + config.end_timeout_s);
       }
       // (a line waiting for the runtime to read its previous message is woken by the answer)
       const bool awaits_read = line->is_line() && line->last_no > read_no;
@@ -390,6 +485,11 @@ struct LineClient::Impl {
     std::deque<Out> held;
     std::set<const Line*> waiting;  // lines with a message held: their later ones stay behind it
     bool blocked = false;
+    if (want_hello && !holding) {
+      // First on a new connection: its answer names the runtime instance the opens behind it reach.
+      if (!send_probe(dealer, now)) return true;
+      want_hello = false;
+    }
     while (!outbox.empty()) {
       Out& out = outbox.front();
       const Line* line = out.line.get();
@@ -450,6 +550,7 @@ struct LineClient::Impl {
     const std::shared_ptr<Line>& line = out.line;
     if (!line) return;
     line->last_no = sent_no;
+    line->progress_s = now;
     if (line->is_line() && out.kind != Out::Kind::open) line_sent_no = sent_no;
     switch (out.kind) {
       case Out::Kind::audio:
@@ -541,12 +642,16 @@ struct LineClient::Impl {
     // Collected first: failing a line changes `active`.
     std::vector<std::shared_ptr<Line>> unopened;
     std::vector<std::shared_ptr<Line>> unended;
+    std::vector<std::shared_ptr<Line>> stuck;
     for (const auto& [id, line] : active) {
       if (line->st.state == LineState::opening && now - line->opened_call_s > config.open_timeout_s) {
         unopened.push_back(line);
       } else if (line->st.state == LineState::ending && line->end_sent &&
                  now - line->end_sent_s > config.end_timeout_s) {
         unended.push_back(line);
+      } else if (line->st.state == LineState::ending && !line->end_sent &&
+                 now - line->progress_s > config.end_timeout_s) {
+        stuck.push_back(line);
       }
     }
     for (const std::shared_ptr<Line>& line : unopened) {
@@ -559,6 +664,14 @@ struct LineClient::Impl {
     for (const std::shared_ptr<Line>& line : unended) {
       fail(line, ErrorCode::internal, "no stream_ended within " + std::to_string(config.end_timeout_s) +
                                           " s of end_stream");
+    }
+    for (const std::shared_ptr<Line>& line : stuck) {
+      // Its end_stream (and audio before it) could not leave: withdrawn with the line (finish), so a
+      // runtime that reads them later does not get half a line.
+      fail(line, ErrorCode::internal,
+           "the end_stream could not leave: nothing of the line left for " + std::to_string(config.end_timeout_s) +
+               " s (the runtime at " + config.endpoint + " does not read this client's messages, or cannot be "
+               "reached)");
     }
   }
 
@@ -730,6 +843,7 @@ struct LineClient::Impl {
         ++counters.ignored;
         return;
       }
+      if (hello->instance) on_instance(*hello->instance, it->second);
       // The runtime read every message up to the probe; older probes unanswered were dropped unread.
       read_up_to(it->second);
       probes.erase(probes.begin(), std::next(it));
@@ -792,6 +906,7 @@ struct LineClient::Impl {
     line->st.latency_ms = opened.latency_ms;
     if (opened.mode) line->st.mode = *opened.mode;
     line->st.state = line->end_requested ? LineState::ending : LineState::open;
+    line->progress_s = config.clock();  // an ending line's messages may leave from now on
   }
 
   void on_error(const Error& error, double now) {
@@ -1004,6 +1119,7 @@ bool LineClient::end(LineId id) {
   if (!line || line->st.state == LineState::failed) return false;
   if (line->end_requested || line->finished()) return true;
   line->end_requested = true;
+  line->progress_s = impl_->config.clock();  // an ending line's messages that cannot leave fail it in time
   if (line->st.state == LineState::open) line->st.state = LineState::ending;
   impl_->wake();
   return true;

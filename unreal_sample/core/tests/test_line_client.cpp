@@ -45,12 +45,16 @@ double seconds_now() { return std::chrono::duration<double>(Clock::now().time_si
 // The runtime's ROUTER, played by the test.
 class FakeRuntime {
  public:
-  FakeRuntime() : socket_(context_, zmq::socket_type::router) {
+  // An ephemeral port by default; a runtime "restarted" binds the endpoint the last one had.
+  explicit FakeRuntime(const std::string& endpoint = "tcp://127.0.0.1:*")
+      : socket_(context_, zmq::socket_type::router) {
     socket_.set(zmq::sockopt::linger, 0);
-    socket_.bind("tcp://127.0.0.1:*");
+    socket_.bind(endpoint);
     endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
   }
   const std::string& endpoint() const { return endpoint_; }
+  // The runtime process's id its hello answers carry (SPEC: random per start); none when empty.
+  std::string instance;
 
   // The next request, within `timeout`.
   std::optional<Request> next(std::chrono::milliseconds timeout = kTimeout) {
@@ -96,8 +100,9 @@ class FakeRuntime {
   // The answer to a hello request: only its req matters to the client (it proves the runtime read
   // every message up to it).
   void hello(const Request& r) {
-    wire::Map m("hello", 1);
+    wire::Map m("hello", instance.empty() ? 1 : 2);
     m.key("req").u(std::get<Hello>(r.message.body).req.value_or(0));
+    if (!instance.empty()) m.key("instance").str(instance);
     send(r.identity, m.bytes());
   }
 
@@ -1136,6 +1141,161 @@ TEST_CASE("a line that fails while its next message waits in the queue sends not
     marker = r->message.type == "open_stream" && std::get<OpenStream>(r->message.body).stream == std::string("marker");
   }
   EXPECT_EQ(later_audio, 0u);
+}
+
+// --- a runtime restart, a dropped connection, and an ending line whose messages cannot leave ----
+
+TEST_CASE("a hello answer naming a new runtime instance fails the lines the old one held, saying the runtime restarted; new lines go on") {
+  FakeRuntime runtime;
+  runtime.instance = "first";
+  LineClientConfig config = config_for(runtime);
+  config.open_timeout_s = 60.0;  // so only the restart can end the line within the test's bounds
+  LineClient client(config);
+  client.start();
+  const LineId old_line = client.open(line_options("npc_old"));
+  std::optional<Request> open = runtime.next_of("open_stream");  // the client's first hello answered on the way
+  REQUIRE(open.has_value());
+  runtime.opened(*open);
+  REQUIRE(poll_until(client, old_line, [](const LineStatus& s) { return s.state != LineState::opening; })->state ==
+          LineState::open);
+  EXPECT_EQ(client.status().instance, std::string("first"));
+
+  // The probe after the line's audio is answered by another runtime process: the stream is gone.
+  REQUIRE(client.push(old_line, ramp(1600)) == PushResult::accepted);
+  REQUIRE(runtime.next_of("audio").has_value());
+  std::optional<Request> probe = runtime.next_of("hello");
+  REQUIRE(probe.has_value());
+  runtime.instance = "second";
+  runtime.hello(*probe);
+  const std::optional<LineStatus> lost = client.wait_finished(old_line, kTimeout);
+  REQUIRE_MSG(lost.has_value(), "the line stayed " + std::string(to_string(client.status(old_line)->state)));
+  EXPECT(lost->state == LineState::failed);
+  EXPECT(lost->error_code == ErrorCode::unknown_stream);
+  EXPECT_EQ(lost->lost, std::string("restart"));
+  EXPECT_MSG(lost->error_message.find("restarted (instance first -> second)") != std::string::npos,
+             lost->error_message);
+
+  // A line opened now goes to the new runtime and ends there; an answer naming the old instance
+  // again (a late one) is no second restart.
+  const LineId new_line = client.open(line_options("npc_new"));
+  std::optional<Request> reopen = runtime.next_of("open_stream");
+  REQUIRE(reopen.has_value());
+  runtime.opened(*reopen);
+  runtime.instance = "first";
+  REQUIRE(client.push(new_line, ramp(1600)) == PushResult::accepted);
+  REQUIRE(client.end(new_line));
+  std::optional<Request> end = runtime.next_of("end_stream");
+  REQUIRE(end.has_value());
+  runtime.ended(*end, 7);
+  const std::optional<LineStatus> done = client.wait_finished(new_line, kTimeout);
+  REQUIRE(done.has_value());
+  EXPECT(done->state == LineState::ended);
+  EXPECT(done->lost.empty());
+  const LineClientStatus cs = client.status();
+  EXPECT_EQ(cs.restarts, 1u);
+  EXPECT_EQ(cs.instance, std::string("second"));
+  EXPECT_EQ(cs.disconnects, 0u);
+}
+
+TEST_CASE("when the runtime restarts on the same endpoint, lines open, ending or awaiting stream_opened fail at once as lost, and a new line ends on the new runtime") {
+  auto runtime = std::make_unique<FakeRuntime>();
+  runtime->instance = "first";
+  const std::string endpoint = runtime->endpoint();
+  LineClientConfig config = config_for(*runtime);
+  config.open_timeout_s = 60.0;  // so only the restart can end the lines within the test's bounds
+  config.end_timeout_s = 60.0;
+  LineClient client(config);
+  client.start();
+  const LineId open_line = client.open(line_options("npc_open"));
+  const LineId ending_line = client.open(line_options("npc_ending"));
+  const LineId opening_line = client.open(line_options("npc_opening"));
+  for (int i = 0; i < 3; ++i) {
+    std::optional<Request> open = runtime->next_of("open_stream");
+    REQUIRE(open.has_value());
+    // The third open_stream reaches the runtime and is never answered.
+    if (std::get<OpenStream>(open->message.body).stream != std::string("npc_opening")) runtime->opened(*open);
+  }
+  REQUIRE(poll_until(client, open_line, [](const LineStatus& s) { return s.state == LineState::open; })->state ==
+          LineState::open);
+  REQUIRE(client.push(ending_line, ramp(1600)) == PushResult::accepted);
+  REQUIRE(client.end(ending_line));
+  REQUIRE(runtime->next_of("end_stream").has_value());  // never answered: the runtime goes away
+  REQUIRE(client.status(ending_line)->state == LineState::ending);
+  REQUIRE(client.status(opening_line)->state == LineState::opening);
+
+  // The process stops (its socket closes with it) and another starts on the same endpoint.
+  runtime.reset();
+  const auto restarted_at = Clock::now();
+  runtime = std::make_unique<FakeRuntime>(endpoint);
+  runtime->instance = "second";
+  for (LineId id : {open_line, ending_line, opening_line}) {
+    const std::optional<LineStatus> st = client.wait_finished(id, kTimeout);
+    REQUIRE_MSG(st.has_value(), "line " + std::to_string(id) + " stayed " +
+                                    std::string(to_string(client.status(id)->state)));
+    EXPECT(st->state == LineState::failed);
+    EXPECT(st->error_code == ErrorCode::unknown_stream);
+    EXPECT_EQ(st->lost, std::string("reconnect"));
+    EXPECT_MSG(st->error_message.find("dropped") != std::string::npos, st->error_message);
+  }
+  // Promptly: well inside the 60 s timeouts (5 s of slack for a loaded machine).
+  EXPECT(Clock::now() - restarted_at < 5s);
+
+  // The client goes on with the new runtime, and its first hello there tells it the runtime restarted.
+  const LineId next_line = client.open(line_options("npc_next"));
+  std::optional<Request> open = runtime->next_of("open_stream");
+  REQUIRE_MSG(open.has_value(), "no open_stream reached the restarted runtime");
+  runtime->opened(*open);
+  REQUIRE(client.push(next_line, ramp(1600)) == PushResult::accepted);
+  REQUIRE(client.end(next_line));
+  std::optional<Request> end = runtime->next_of("end_stream");
+  REQUIRE(end.has_value());
+  runtime->ended(*end, 7);
+  const std::optional<LineStatus> done = client.wait_finished(next_line, kTimeout);
+  REQUIRE(done.has_value());
+  EXPECT(done->state == LineState::ended);
+  const LineClientStatus cs = client.status();
+  EXPECT(cs.disconnects >= 1u);
+  EXPECT_EQ(cs.restarts, 1u);
+  EXPECT_EQ(cs.instance, std::string("second"));
+}
+
+TEST_CASE("an ending line whose end_stream cannot leave (the runtime never reads its messages) fails after end_timeout_s, saying so, and its end_stream never goes") {
+  FakeRuntime runtime;
+  LineClientConfig config = config_for(runtime);
+  config.end_timeout_s = 0.5;
+  LineClient client(config);
+  client.start();
+  const LineId id = client.open(line_options("npc1"));
+  std::optional<Request> open = runtime.next_of("open_stream");
+  REQUIRE(open.has_value());
+  runtime.opened(*open);
+  REQUIRE(poll_until(client, id, [](const LineStatus& s) { return s.state == LineState::open; })->state ==
+          LineState::open);
+  REQUIRE(client.push(id, ramp(1600)) == PushResult::accepted);
+  const double ended_at = client.now();
+  REQUIRE(client.end(id));
+  // From here the runtime reads nothing more it answers: the hello probe after the audio never gets
+  // its answer, so the end_stream, which waits for it, cannot leave.
+  std::size_t end_streams = 0;
+  const auto deadline = Clock::now() + kTimeout;
+  while (Clock::now() < deadline && client.status(id)->state == LineState::ending) {
+    std::optional<Request> r = runtime.next(20ms);
+    if (r && r->message.type == "end_stream") ++end_streams;
+  }
+  const std::optional<LineStatus> st = client.status(id);
+  REQUIRE(st.has_value());
+  REQUIRE_MSG(st->state == LineState::failed, "the line stayed " + std::string(to_string(st->state)));
+  EXPECT_MSG(st->error_message.find("end_stream could not leave") != std::string::npos, st->error_message);
+  EXPECT(client.now() - ended_at >= 0.5);
+  // Withdrawn with the line: it does not go later either, once the probes are answered (one goes
+  // again each second: this window sees at least one).
+  const auto window_end = Clock::now() + 1500ms;
+  while (Clock::now() < window_end) {
+    std::optional<Request> r = runtime.next(100ms);
+    if (r && r->message.type == "hello") runtime.hello(*r);
+    if (r && r->message.type == "end_stream") ++end_streams;
+  }
+  EXPECT_EQ(end_streams, 0u);
 }
 
 HARNESS_MAIN()

@@ -28,6 +28,13 @@
 //   so a copy never comes after later audio, or the end_stream, of its line (the runtime would fill
 //   its place with silence); audio encoded and waiting to leave keeps its samples until known read,
 //   and a line that ends or fails drops its messages still waiting;
+// - a line's stream lives on the runtime process and the connection that opened it (SPEC 1,
+//   Ownership): when the DEALER's connection drops (seen on its socket monitor: ZeroMQ's next
+//   connection has another routing id, and a restarted runtime has no streams at all) or a hello
+//   answer names a runtime instance never seen before (a restart), every line whose open_stream left
+//   before fails at once (LineStatus::lost says which), instead of waiting for its timeouts or an
+//   unknown_stream; lines opened afterwards go to the runtime there is now. The first message on
+//   each connection is a hello, so its answer names the instance before any stream is opened;
 // - memory is bounded: audio waiting to be sent (LineClientConfig::max_waiting_bytes; a push past it
 //   is refused, nothing taken), lines' audio sent and kept until the runtime is known to have read it
 //   (sent_audio_max_bytes, the oldest forgotten first), and the reqs remembered for late answers
@@ -70,7 +77,10 @@ struct LineClientConfig {
   // Seconds without stream_opened (from its open_stream leaving) before a line fails; a
   // stream_opened that comes later is answered with an end_stream, so the runtime frees it.
   double open_timeout_s = 10.0;
-  // Seconds without stream_ended (from its end_stream leaving) before a line fails.
+  // Seconds without stream_ended (from its end_stream leaving) before a line fails. A line ending
+  // whose messages cannot leave (the runtime never reads them, or cannot be reached) fails too once
+  // none of them has left for this long since end() (its queued messages are withdrawn), as an open
+  // fails open_timeout_s after open() whether or not its open_stream could leave.
   double end_timeout_s = 60.0;
   // Audio stays this far inside max_ahead_s (the runtime's clock starts when its first audio
   // arrives, a little after ours), as the SDK's AHEAD_MARGIN_S.
@@ -82,7 +92,9 @@ struct LineClientConfig {
   std::size_t sent_audio_max_bytes = std::size_t{256} << 20;
   // Lines ended or failed whose status is kept for polling (the oldest forgotten beyond).
   std::size_t finished_lines_kept = 4096;
-  // Local monotonic clock in seconds. Default: std::chrono::steady_clock.
+  // Local monotonic clock in seconds. Default: std::chrono::steady_clock. It is called from the I/O
+  // thread and from the calls, mostly while the client's mutex is held: it must be thread-safe and
+  // quick, and must not call back into this client (any call would deadlock on that mutex).
   std::function<double()> clock;
 };
 
@@ -124,6 +136,10 @@ struct LineStatus {
   std::optional<ErrorCode> error_code;
   std::string error_message;
   std::uint64_t audio_errors = 0;  // errors the runtime answered this line's audio with (busy included)
+  // Set when the line failed because the runtime lost its stream (error_code unknown_stream):
+  // "restart" (a hello named a new runtime instance) or "reconnect" (the DEALER's connection dropped:
+  // the runtime stopped or restarted, or the network failed). Open the line again to go on.
+  std::string lost;
 };
 
 struct LineClientStatus {
@@ -136,6 +152,9 @@ struct LineClientStatus {
   std::uint64_t ignored = 0;    // replies that matched nothing (a copy's answer, a late one)
   std::uint64_t probes = 0;     // hello requests sent to learn that the runtime read the lines' messages
   std::uint64_t wakeups = 0;    // passes of the I/O thread (an idle client makes few)
+  std::uint64_t restarts = 0;   // runtime instance changes seen (a hello naming a never-seen instance)
+  std::uint64_t disconnects = 0;  // the DEALER's connection to the runtime dropped (socket monitor)
+  std::string instance;         // the runtime instance of the last hello answered (empty: none yet)
   // reqs kept for answers to come: opens and end_streams awaiting one, timed-out opens, orphans'
   // and resent end_streams (each bounded: see the top of this file; not the hello probes, 64 at most)
   std::size_t remembered_reqs = 0;
