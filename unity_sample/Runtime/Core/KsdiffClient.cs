@@ -240,9 +240,12 @@ namespace Ksdiff
         readonly object _lock = new object(); // guards everything below marked (L)
         public readonly JitterBuffer Buffer;
 
-        Thread _worker;
-        volatile bool _stop;
-        bool _running, _failed;                                       // (L)
+        // Start and Stop take turns under _lock; each Start makes a WorkerRun of its own, so a
+        // worker only ever sees its own stop flag (a Start after a Stop never revives the old one).
+        WorkerRun _current;  // (L) the running worker; null when stopped
+        WorkerRun _last;     // (L) the latest worker started, stopped or not: Stop waits for it to end
+        [ThreadStatic] static KsdiffClient t_workerOf; // on a worker thread: its client
+        bool _failed;                                                 // (L)
         readonly ClientStatus _status = new ClientStatus();           // (L), minus Streams
         readonly Dictionary<string, Tracker> _streams = new Dictionary<string, Tracker>(); // (L)
         readonly Queue<ClientEvent> _events = new Queue<ClientEvent>();                     // (L)
@@ -300,6 +303,16 @@ namespace Ksdiff
             public Tracker Line;
         }
 
+        // One run of the worker thread, from a Start to its Stop.
+        sealed class WorkerRun
+        {
+            public Thread Thread;
+            // The run before it: joined before this one touches the transport or the worker-only
+            // state (it may still be ending: stopped from its own thread, it could not be joined).
+            public Thread Previous;
+            public volatile bool Stop; // set once, under _lock, by the Stop that ends this run
+        }
+
         sealed class Tracker
         {
             public readonly StreamStatus Status = new StreamStatus();
@@ -349,31 +362,46 @@ namespace Ksdiff
 
         // --- lifecycle ------------------------------------------------------------------------
 
-        // Starts the worker; returns at once (connecting is asynchronous).
+        // Starts the worker; returns at once (connecting is asynchronous). Any thread, the worker's
+        // own included (from a frame sink): a worker still ending after a Stop is waited for by the
+        // new one, on its own thread, never by Start.
         public void Start()
         {
             lock (_lock)
             {
-                if (_running) return;
-                _running = true;
+                if (_current != null) return;
                 _failed = false;
                 _status.LastError = null;
+                var run = new WorkerRun { Previous = _last != null ? _last.Thread : null };
+                run.Thread = new Thread(() => Run(run)) { IsBackground = true, Name = "ksdiff-client" };
+                _current = _last = run;
+                run.Thread.Start(); // under the lock: a Stop never sees a run whose thread is not started
             }
-            _stop = false;
-            _worker = new Thread(Run) { IsBackground = true, Name = "ksdiff-client" };
-            _worker.Start();
         }
 
-        // Stops and joins the worker (within about one poll interval); idempotent. Pending
-        // requests fail. Call it before NetMQConfig.Cleanup() / domain reload.
+        // Stops the worker and waits for it to end (within about one poll interval); idempotent, any
+        // thread. Pending requests fail. Call it before NetMQConfig.Cleanup() / domain reload. On a
+        // worker thread (a frame sink) it cannot wait for itself: the worker ends once the call
+        // that made it stop returns.
         public void Stop()
         {
-            _stop = true;
-            Thread worker = _worker;
-            if (worker != null && worker != Thread.CurrentThread) worker.Join();
-            _worker = null;
-            FailPending("the client stopped");
-            lock (_lock) _running = false;
+            Thread last;
+            List<PendingRequest> failed;
+            lock (_lock)
+            {
+                if (_current != null)
+                {
+                    _current.Stop = true;
+                    _current = null;
+                }
+                last = _last != null ? _last.Thread : null;
+                // With the stop itself: a Start right after it on another thread keeps its requests.
+                failed = TakePending();
+            }
+            foreach (PendingRequest p in failed) p.Complete(null, "the client stopped");
+            // The latest worker joins the one before it first, so once it ended every one has. A
+            // worker thread (an older one still ending included: the latest waits for it) waits for none.
+            if (last != null && t_workerOf != this) last.Join();
         }
 
         public void Dispose() { Stop(); }
@@ -393,7 +421,7 @@ namespace Ksdiff
         ClientState StateAt(double now)
         {
             if (_failed) return ClientState.Failed;
-            if (!_running) return ClientState.Stopped;
+            if (_current == null) return ClientState.Stopped;
             if (_status.LastHelloS < 0) return ClientState.Connecting;
             return now - _status.LastHelloS <= _o.HelloTimeoutS ? ClientState.Live : ClientState.Stale;
         }
@@ -543,7 +571,7 @@ namespace Ksdiff
             var p = new PendingRequest(req, type, stream, _clock(), timeoutS) { Payload = payload, Line = line };
             lock (_lock)
             {
-                if (!_running) p.Complete(null, "the client is not running");
+                if (_current == null) p.Complete(null, "the client is not running");
                 else
                 {
                     _pending[req] = p;
@@ -589,8 +617,14 @@ namespace Ksdiff
 
         // --- the worker ---------------------------------------------------------------------------
 
-        void Run()
+        void Run(WorkerRun run)
         {
+            t_workerOf = this;
+            if (run.Previous != null)
+            {
+                run.Previous.Join(); // one worker at a time: they share the worker-only state
+                run.Previous = null; // not a chain of every run
+            }
             ITransport transport = null;
             try
             {
@@ -606,14 +640,18 @@ namespace Ksdiff
                 else foreach (string s in _o.Streams) topts.Topics.Add(Protocol.FrameTopic(s));
                 transport = _o.Transport();
                 transport.Open(topts);
-                Loop(transport);
+                Loop(transport, run);
             }
             catch (Exception e)
             {
                 lock (_lock)
                 {
-                    _failed = true;
-                    _status.LastError = e.GetType().Name + ": " + e.Message;
+                    // A stopped run's failure is not the client's (stopped, or started again since).
+                    if (_current == run)
+                    {
+                        _failed = true;
+                        _status.LastError = e.GetType().Name + ": " + e.Message;
+                    }
                 }
             }
             finally
@@ -621,25 +659,31 @@ namespace Ksdiff
                 if (transport != null)
                 {
                     try { transport.Dispose(); }
-                    catch (Exception e) { lock (_lock) _status.LastError = "closing the transport: " + e.Message; }
+                    catch (Exception e)
+                    {
+                        lock (_lock)
+                        {
+                            if (_last == run) _status.LastError = "closing the transport: " + e.Message; // none started since
+                        }
+                    }
                 }
             }
         }
 
-        void Loop(ITransport transport)
+        void Loop(ITransport transport, WorkerRun run)
         {
-            while (!_stop)
+            while (!run.Stop)
             {
-                Flush(transport);
+                Flush(transport, run);
                 Readiness ready = transport.Wait(_o.PollIntervalMs);
                 // Drain what is queued, a bounded batch per socket so neither starves the other.
-                for (int i = 0; i < 1000 && !_stop && (ready & Readiness.Published) != 0; i++)
+                for (int i = 0; i < 1000 && !run.Stop && (ready & Readiness.Published) != 0; i++)
                 {
                     int parts;
                     if (!transport.TryReceivePublished(_topic, _payload, out parts)) break;
                     OnPublished(parts);
                 }
-                for (int i = 0; i < 1000 && !_stop && (ready & Readiness.Reply) != 0; i++)
+                for (int i = 0; i < 1000 && !run.Stop && (ready & Readiness.Reply) != 0; i++)
                 {
                     int parts;
                     if (!transport.TryReceiveReply(_payload, out parts)) break;
@@ -659,14 +703,15 @@ namespace Ksdiff
         // message waits while the line's previous one is not known to be read (_readNo), the line's
         // later ones behind it (other streams' messages go on): a hello probe then follows the lines'
         // messages that left, its answer telling the runtime read them, within a round trip.
-        void Flush(ITransport transport)
+        void Flush(ITransport transport, WorkerRun run)
         {
             while (true)
             {
                 KeyValuePair<bool, string> sub;
                 lock (_lock)
                 {
-                    if (_subscriptions.Count == 0) break;
+                    // A stopped run takes nothing more from the queues: a Start since may own it.
+                    if (_subscriptions.Count == 0 || run.Stop) break;
                     sub = _subscriptions.Dequeue();
                 }
                 if (sub.Key) transport.Subscribe(sub.Value);
@@ -687,7 +732,7 @@ namespace Ksdiff
                 Outgoing next;
                 lock (_lock)
                 {
-                    if (_outbox.Count == 0) break;
+                    if (_outbox.Count == 0 || run.Stop) break;
                     next = _outbox.Peek();
                     if (MustWait(next, holding, readNo))
                     {
@@ -1354,13 +1399,17 @@ namespace Ksdiff
         void FailPending(string why)
         {
             List<PendingRequest> failed;
-            lock (_lock)
-            {
-                failed = new List<PendingRequest>(_pending.Values);
-                _pending.Clear();
-                _withdraw = true; // a stopped client started again, a new runtime: none of them goes out
-            }
+            lock (_lock) failed = TakePending();
             foreach (PendingRequest p in failed) p.Complete(null, why);
+        }
+
+        // Every pending request, taken out to fail (under _lock; completed outside it).
+        List<PendingRequest> TakePending()
+        {
+            var failed = new List<PendingRequest>(_pending.Values);
+            _pending.Clear();
+            _withdraw = true; // a stopped client started again, a new runtime: none of them goes out
+            return failed;
         }
 
         // --- helpers (under _lock) --------------------------------------------------------------

@@ -3,13 +3,14 @@
 // lost with a dropped connection (and staying lost while frames still come), requests that time out
 // (withdrawn from the outbox unsent, a stream opened too late ended), end_streams and the audio of
 // lines sent again after a busy (an in-memory transport holds sends back), audio after end_stream
-// refused, the outbox's bound, an absent runtime, a bad endpoint, CURVE. The same client logic
-// runs over NetMQ in Unity.
+// refused, the outbox's bound, an absent runtime, a bad endpoint, CURVE, Start and Stop racing on
+// several threads (the worker's own included). The same client logic runs over NetMQ in Unity.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
 using System.IO;
 using System.Linq;
+using System.Threading;
 using NUnit.Framework;
 
 namespace Ksdiff.Tests
@@ -1130,6 +1131,345 @@ namespace Ksdiff.Tests
             };
             if (secretKey != null) lines.Add("    secret-key = \"" + secretKey + "\"");
             File.WriteAllLines(path, lines.ToArray());
+        }
+
+        // --- Start and Stop from several threads -----------------------------------------------
+        // A MonoBehaviour starts the client in OnEnable and stops it in OnDisable or a domain reload,
+        // a game may do either from a loading thread, a frame sink on the worker thread itself: a
+        // client runs one worker at most (workers share the client's worker-only state), and Stop
+        // returns once the worker it stopped is gone (its sockets closed before NetMQ's cleanup).
+
+        // Counts real libzmq transports from their making to the end of their Dispose: two open at
+        // once means two workers ran together; one open when Stop returned means Stop did not wait
+        // for its worker. Counts too what each took from its worker (subscriptions and messages),
+        // and can hold the worker inside the first of those, in the middle of its Flush.
+        sealed class TransportCount
+        {
+            readonly object _lock = new object();
+            readonly List<int> _taken = new List<int>(); // per transport, in the order made
+            int _open, _maxOpen, _made, _takenAll;
+
+            // When not null: the first subscription or message taken (by any transport) waits in
+            // the transport until it is set; FirstHeld tells the test it waits.
+            public ManualResetEventSlim HoldFirst;
+            public readonly ManualResetEventSlim FirstHeld = new ManualResetEventSlim();
+
+            public int Open { get { lock (_lock) return _open; } }
+            public int MaxOpen { get { lock (_lock) return _maxOpen; } }
+            public int Made { get { lock (_lock) return _made; } }
+            public int Taken(int transport) { lock (_lock) return transport < _taken.Count ? _taken[transport] : 0; }
+
+            public ITransport Make()
+            {
+                int index;
+                lock (_lock)
+                {
+                    index = _made++;
+                    _taken.Add(0);
+                    _open++;
+                    _maxOpen = Math.Max(_maxOpen, _open);
+                }
+                return new CountedTransport(this, index, new LibZmqTransport());
+            }
+
+            public void Closed() { lock (_lock) _open--; }
+
+            public void Took(int transport)
+            {
+                bool first;
+                lock (_lock)
+                {
+                    _taken[transport]++;
+                    first = ++_takenAll == 1;
+                }
+                if (first && HoldFirst != null)
+                {
+                    FirstHeld.Set();
+                    HoldFirst.Wait(TimeSpan.FromSeconds(10)); // bounded: a test that never lets go fails on its own
+                }
+            }
+        }
+
+        sealed class CountedTransport : ITransport
+        {
+            readonly TransportCount _count;
+            readonly int _index;
+            readonly ITransport _inner;
+            bool _disposed;
+
+            public CountedTransport(TransportCount count, int index, ITransport inner)
+            {
+                _count = count;
+                _index = index;
+                _inner = inner;
+            }
+
+            public void Open(TransportOptions options) { _inner.Open(options); }
+
+            public void Subscribe(string topic)
+            {
+                _inner.Subscribe(topic);
+                _count.Took(_index);
+            }
+
+            public void Unsubscribe(string topic) { _inner.Unsubscribe(topic); }
+            public Readiness Wait(int timeoutMs) { return _inner.Wait(timeoutMs); }
+            public bool TryReceivePublished(MessageBuffer topic, MessageBuffer payload, out int parts) { return _inner.TryReceivePublished(topic, payload, out parts); }
+            public bool TryReceiveReply(MessageBuffer payload, out int parts) { return _inner.TryReceiveReply(payload, out parts); }
+
+            public bool TrySend(byte[] payload)
+            {
+                bool sent = _inner.TrySend(payload);
+                if (sent) _count.Took(_index);
+                return sent;
+            }
+
+            public int TakeDisconnects() { return _inner.TakeDisconnects(); }
+
+            public void Dispose()
+            {
+                if (_disposed) return;
+                _disposed = true;
+                try { _inner.Dispose(); }
+                finally { _count.Closed(); } // counted closed only once its sockets are
+            }
+        }
+
+        // Runs `action` on the worker thread, inside the sink call of the first frame only.
+        sealed class FirstFrameSink : IFrameSink
+        {
+            readonly Action _action;
+            int _calls;
+
+            public FirstFrameSink(Action action) { _action = action; }
+
+            public void OnFrame(Frame frame, double arrivalS)
+            {
+                if (Interlocked.Increment(ref _calls) == 1) _action();
+            }
+        }
+
+        // A client over counted transports, with `onFirstFrame` run by its worker on the first frame
+        // it gets (published once the client subscribed).
+        KsdiffClient CountedClient(FakeRuntime rt, TransportCount transports, Action<KsdiffClient> onFirstFrame)
+        {
+            KsdiffClient c = Client(rt, configure: o => o.Transport = transports.Make);
+            c.AddFrameSink(new FirstFrameSink(() => onFirstFrame(c)));
+            rt.WaitSubscribed(Protocol.FrameTopic("npc1"));
+            rt.Publish(Protocol.FrameTopic("npc1"), FakeRuntime.Frame("npc1", 0));
+            return c;
+        }
+
+        // The client's (one) worker works: a hello request goes out and its answer comes back.
+        static void AssertAnswersHello(FakeRuntime rt, KsdiffClient c)
+        {
+            AssertAnswered(rt, c.RequestHello());
+        }
+
+        // Receives the requests that come (the stand-in answers hellos) until `hello` has its outcome.
+        static void AssertAnswered(FakeRuntime rt, PendingRequest hello)
+        {
+            var watch = Stopwatch.StartNew();
+            while (!hello.IsDone && watch.Elapsed.TotalSeconds < 10) rt.TryReceive(0.05);
+            Assert.IsTrue(hello.IsDone, "no answer to a hello request");
+            Assert.IsTrue(hello.Reply is Hello, "" + hello.Reply + " " + hello.Failure);
+        }
+
+        // Holds the worker inside its transport (its first subscription or message, which `queueFirst`
+        // queues), stops the client on another thread (that Stop waits for the worker), starts it
+        // again and has `queueAfter` queue more while the stopped worker is still in its Flush, then
+        // lets it go. Returns once the Stop returned.
+        static void StopAndStartWhileTheWorkerIsInItsFlush(KsdiffClient c, TransportCount transports, Action queueFirst, Action queueAfter)
+        {
+            queueFirst();
+            Assert.IsTrue(transports.FirstHeld.Wait(TimeSpan.FromSeconds(10)), "the worker took nothing");
+            var stopper = new Thread(c.Stop) { IsBackground = true, Name = "stopper" };
+            stopper.Start();
+            Assert.IsTrue(Wait.Until(() => c.State == ClientState.Stopped, 10), "Stop never took effect");
+            c.Start(); // the new worker waits for the old one to end
+            queueAfter();
+            transports.HoldFirst.Set();
+            Assert.IsTrue(stopper.Join(TimeSpan.FromSeconds(10)), "Stop never returned");
+        }
+
+        [Test]
+        public void StopThenStartFromAFrameSinkOnTheWorkerLeavesExactlyOneWorkerRunning()
+        {
+            var rt = Keep(new FakeRuntime());
+            var transports = new TransportCount();
+            var restarted = new ManualResetEventSlim();
+            KsdiffClient c = CountedClient(rt, transports, client =>
+            {
+                client.Stop();  // cannot wait for its own thread: the worker ends once this call returns
+                client.Start(); // a new worker, which must not run beside the one ending
+                restarted.Set();
+            });
+            Assert.IsTrue(restarted.Wait(TimeSpan.FromSeconds(10)), "the sink got no frame");
+            Assert.IsTrue(Wait.Until(() => transports.Made == 2 && transports.Open == 1, 5),
+                          "made " + transports.Made + " transports, " + transports.Open + " open: the worker that stopped itself still runs");
+            AssertAnswersHello(rt, c);
+            c.Stop();
+            Assert.AreEqual(0, transports.Open, "a worker still ran after Stop returned");
+            Assert.AreEqual(1, transports.MaxOpen, "two workers ran at once");
+        }
+
+        [Test]
+        public void AStartWhileTheWorkerThatStoppedItselfIsStillInItsCallbackRunsOneWorkerOnly()
+        {
+            var rt = Keep(new FakeRuntime());
+            var transports = new TransportCount();
+            var stopped = new ManualResetEventSlim();
+            var started = new ManualResetEventSlim();
+            KsdiffClient c = CountedClient(rt, transports, client =>
+            {
+                client.Stop();
+                stopped.Set();
+                // Still in its callback (the old worker draining) while another thread starts the
+                // client again.
+                Assert.IsTrue(started.Wait(TimeSpan.FromSeconds(10)), "the test thread never started the client");
+            });
+            Assert.IsTrue(stopped.Wait(TimeSpan.FromSeconds(10)), "the sink got no frame");
+            Assert.AreEqual(ClientState.Stopped, c.State);
+            c.Start(); // returns at once: the new worker waits for the old one to end
+            started.Set();
+            Assert.IsTrue(Wait.Until(() => transports.Made == 2 && transports.Open == 1, 5),
+                          "made " + transports.Made + " transports, " + transports.Open + " open: the stopped worker still runs");
+            AssertAnswersHello(rt, c);
+            c.Stop();
+            Assert.AreEqual(0, transports.Open, "a worker still ran after Stop returned");
+            Assert.AreEqual(1, transports.MaxOpen, "two workers ran at once");
+        }
+
+        [Test]
+        public void AStopOnAWorkerThatIsStillEndingStopsTheNewWorkerWithoutWaitingForIt()
+        {
+            var rt = Keep(new FakeRuntime());
+            var transports = new TransportCount();
+            var stopped = new ManualResetEventSlim();
+            var started = new ManualResetEventSlim();
+            var stoppedAgain = new ManualResetEventSlim();
+            KsdiffClient c = CountedClient(rt, transports, client =>
+            {
+                client.Stop();
+                stopped.Set();
+                Assert.IsTrue(started.Wait(TimeSpan.FromSeconds(10)), "the test thread never started the client");
+                // The new worker waits for this one to end: waiting for it here would never end.
+                client.Stop();
+                stoppedAgain.Set();
+            });
+            Assert.IsTrue(stopped.Wait(TimeSpan.FromSeconds(10)), "the sink got no frame");
+            c.Start();
+            started.Set();
+            Assert.IsTrue(stoppedAgain.Wait(TimeSpan.FromSeconds(10)), "Stop on the old worker hung");
+            Assert.AreEqual(ClientState.Stopped, c.State);
+            c.Stop();
+            Assert.AreEqual(0, transports.Open, "a worker still ran after Stop returned");
+            Assert.AreEqual(1, transports.MaxOpen, "two workers ran at once");
+        }
+
+        [Test]
+        public void StopOnAnotherThreadReturnsOnlyOnceAWorkerThatStoppedItselfHasEnded()
+        {
+            var rt = Keep(new FakeRuntime());
+            var transports = new TransportCount();
+            var stopped = new ManualResetEventSlim();
+            var release = new ManualResetEventSlim();
+            KsdiffClient c = CountedClient(rt, transports, client =>
+            {
+                client.Stop();
+                stopped.Set();
+                Assert.IsTrue(release.Wait(TimeSpan.FromSeconds(10)), "the test thread never released the sink");
+            });
+            Assert.IsTrue(stopped.Wait(TimeSpan.FromSeconds(10)), "the sink got no frame");
+            // The worker is stopped but not gone: a domain reload's Stop must wait for it, its
+            // sockets closed before NetMQ's cleanup.
+            release.Set();
+            c.Stop();
+            Assert.AreEqual(0, transports.Open, "Stop returned while the worker still ran");
+            Assert.AreEqual(1, transports.Made);
+        }
+
+        [Test]
+        public void AWorkerStoppedInTheMiddleOfSendingLeavesWhatWasQueuedAfterItsStopToTheNextWorker()
+        {
+            var rt = Keep(new FakeRuntime());
+            var transports = new TransportCount { HoldFirst = new ManualResetEventSlim() };
+            KsdiffClient c = Client(rt, configure: o => o.Transport = transports.Make);
+            PendingRequest first = null, second = null;
+            StopAndStartWhileTheWorkerIsInItsFlush(c, transports, () => first = c.RequestHello(), () => second = c.RequestHello());
+            // Sent on the stopped worker's connection, closing, the second hello's answer would be lost.
+            Assert.AreEqual(1, transports.Taken(0), "the stopped worker sent a request queued after its stop");
+            Assert.IsNotNull(first.Failure, "the request pending at the stop failed");
+            AssertAnswered(rt, second);
+            c.Stop();
+            Assert.AreEqual(0, transports.Open);
+            Assert.AreEqual(1, transports.MaxOpen, "two workers ran at once");
+        }
+
+        [Test]
+        public void AWorkerStoppedInTheMiddleOfSubscribingLeavesTheSubscriptionsQueuedAfterItsStopToTheNextWorker()
+        {
+            var rt = Keep(new FakeRuntime());
+            var transports = new TransportCount { HoldFirst = new ManualResetEventSlim() };
+            // A stream filter: a stream opened here is subscribed by the worker (its first Flush).
+            KsdiffClient c = Client(rt, new[] { "npc1" }, configure: o => o.Transport = transports.Make);
+            StopAndStartWhileTheWorkerIsInItsFlush(c, transports, () => c.OpenStream(new OpenStream { Stream = "npc2" }),
+                                                   () => c.OpenStream(new OpenStream { Stream = "npc3" }));
+            // Subscribed on the stopped worker's socket, closing, npc3's frames would never come.
+            Assert.AreEqual(1, transports.Taken(0), "the stopped worker took a subscription queued after its stop");
+            rt.WaitSubscribed(Protocol.FrameTopic("npc3"));
+            rt.Publish(Protocol.FrameTopic("npc3"), FakeRuntime.Frame("npc3", 0));
+            Assert.IsTrue(Wait.Until(() => c.Stream("npc3") != null && c.Stream("npc3").Frames == 1, 10), "npc3's frame never came");
+            c.Stop();
+            Assert.AreEqual(0, transports.Open);
+            Assert.AreEqual(1, transports.MaxOpen, "two workers ran at once");
+        }
+
+        [Test]
+        public void StartAndStopRacingOnManyThreadsNeverRunTwoWorkersAndStopAlwaysWaitsForItsWorker()
+        {
+            var rt = Keep(new FakeRuntime());
+            var transports = new TransportCount();
+            KsdiffClient c = Client(rt, configure: o => o.Transport = transports.Make);
+            const int threadCount = 4;
+            const int calls = 250; // per thread: under a second here, a worker made for about one call in four
+            var go = new Barrier(threadCount);
+            var errors = new List<Exception>();
+            var threads = new List<Thread>();
+            for (int t = 0; t < threadCount; t++)
+            {
+                var random = new Random(t); // seeded: the same calls each run, the interleavings vary
+                var thread = new Thread(() =>
+                {
+                    try
+                    {
+                        go.SignalAndWait(TimeSpan.FromSeconds(10));
+                        for (int i = 0; i < calls; i++)
+                        {
+                            if (random.Next(2) == 0) c.Start();
+                            else c.Stop();
+                        }
+                    }
+                    catch (Exception e)
+                    {
+                        lock (errors) errors.Add(e);
+                    }
+                }) { IsBackground = true, Name = "start-stop " + t };
+                threads.Add(thread);
+                thread.Start();
+            }
+            foreach (Thread thread in threads) Assert.IsTrue(thread.Join(TimeSpan.FromSeconds(60)), "Start/Stop hung (a deadlock?)");
+            Assert.AreEqual(0, errors.Count, string.Join("\n", errors));
+            Assert.AreEqual(1, transports.MaxOpen, "two workers ran at once");
+            c.Stop();
+            Assert.AreEqual(0, transports.Open, "a worker still ran after Stop returned (" + transports.Made + " made)");
+            // Started again, the client has its one worker, which works.
+            c.Start();
+            Assert.AreNotEqual(ClientState.Stopped, c.State);
+            AssertAnswersHello(rt, c);
+            c.Stop();
+            Assert.AreEqual(0, transports.Open, "a worker still ran after Stop returned");
+            Assert.AreEqual(1, transports.MaxOpen, "two workers ran at once");
         }
     }
 
