@@ -6,22 +6,17 @@ client waits once for the runtime's published hello (SDK: slow joiner), up to ~1
 
 from __future__ import annotations
 
-import contextlib
 import math
-import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-from peers import Peer, is_end
+from peers import SAMPLE_SPEECH, Peer, TcpRelay, is_end, sample_speech, spend_share
 from scipy.signal import resample_poly
 
 from ksdiff_runtime.engine.controls import ease_frames, stream_frames
 from ksdiff_runtime.motion import MOOD_EXPRESSIONS
-from ksdiff_runtime.server.floods import CLIENT_SHARE, WINDOW_S, _Client
 from ksdiff_runtime.server.runtime import Runtime, RuntimeStartError
 from ksdiff_sdk import (
     Animation,
@@ -39,24 +34,8 @@ from ksdiff_sdk import (
 
 pytestmark = pytest.mark.timeout(180)
 
-SAMPLE_SPEECH = Path(__file__).resolve().parent.parent / "ksdiff_runtime" / "assets" / "sample_speech.wav"
 TIMEOUT_S = 30.0
 JAW = schema.BLENDSHAPE_INDEX["jawOpen"]
-
-
-def speech(seconds: float, rate: int = 16_000) -> np.ndarray:
-    """``seconds`` of the bundled sample speech from its first voiced sample, float32 mono at ``rate``."""
-    audio, sr = sf.read(str(SAMPLE_SPEECH), dtype="float32", always_2d=True)
-    x = audio[:, 0]
-    voiced = np.flatnonzero(np.abs(x) > 0.05)
-    start = max(0, int(voiced[0]) - sr // 20)
-    n = round(seconds * sr)
-    x = x[start : start + n]
-    assert len(x) == n, "the sample speech is too short"
-    if rate != sr:
-        g = math.gcd(rate, sr)
-        x = resample_poly(x, rate // g, sr // g).astype(np.float32)
-    return x
 
 
 def s16_stereo(x: np.ndarray) -> np.ndarray:
@@ -76,7 +55,7 @@ def check_complete(anim: Animation, expected: int) -> None:
 
 
 def test_animate_48k_stereo_s16(runtime):
-    audio = s16_stereo(speech(2.05, 48_000))
+    audio = s16_stereo(sample_speech(2.05, 48_000))
     duration = audio.shape[0] / 48_000
     with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
         anim = client.animate(audio, sample_rate=48_000, transcript=None, seed=1)
@@ -98,7 +77,7 @@ def test_lines_without_a_seed_take_their_ids_and_never_move_in_lockstep(runtime)
     """1.4: a stream opened without a seed takes a hash of its id. Two NPCs speaking the same line at once get
     different head motion (with one seed for all they nodded together); the same id and audio again repeat its
     frames exactly."""
-    x = speech(1.5)
+    x = sample_speech(1.5)
 
     def line(stream: str) -> np.ndarray:
         handle = client.open_stream(stream, 16_000, mode="line", max_frames=None)
@@ -115,7 +94,7 @@ def test_lines_without_a_seed_take_their_ids_and_never_move_in_lockstep(runtime)
 
 def test_transcript_and_seed_reach_the_model(runtime):
     """Same audio and seed -> the same frames; a transcript or another seed -> other frames."""
-    x = speech(1.0)
+    x = sample_speech(1.0)
     text = SAMPLE_SPEECH.with_suffix(".txt").read_text().strip()
     with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
         plain = client.animate(x, seed=3)
@@ -168,7 +147,7 @@ def test_a_push_placed_past_the_gap_limit_fails_at_once_and_a_paced_push_ends_wi
 
 
 def test_two_concurrent_streams_get_only_their_frames(runtime):
-    x = speech(1.5)
+    x = sample_speech(1.5)
     with (
         Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client,
         Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S, streams="npc-b") as only_b,
@@ -199,7 +178,7 @@ def test_two_concurrent_streams_get_only_their_frames(runtime):
 
 
 def test_concurrent_animate_from_two_clients(runtime):
-    x = speech(1.0)
+    x = sample_speech(1.0)
     results: dict[str, Animation] = {}
     errors: list[BaseException] = []
 
@@ -242,7 +221,7 @@ def test_runtime_restart_under_a_connected_client(serve_engine):
             client.wait_for_runtime()
             assert client.instance == first.instance
             old = client.open_stream("npc1")
-            old.push(speech(0.5))
+            old.push(sample_speech(0.5))
             first.stop()
             second = _start_on(serve_engine, pub, router)
             deadline = time.monotonic() + TIMEOUT_S
@@ -250,12 +229,12 @@ def test_runtime_restart_under_a_connected_client(serve_engine):
                 assert time.monotonic() < deadline, "the client never saw the new runtime"
                 time.sleep(0.01)  # polling a condition with a deadline
             with pytest.raises(StreamLost):
-                old.push(speech(0.1))
+                old.push(sample_speech(0.1))
             with pytest.raises(StreamLost):
                 old.end()
             old.close()
             # the same client animates a new stream on the new runtime, nothing recreated
-            anim = client.animate(speech(1.0))
+            anim = client.animate(sample_speech(1.0))
             check_complete(anim, stream_frames(16_000, 30))
             assert client.latest(anim.stream) is not None  # and its frames reached recv() too
             assert client.restarts == 1
@@ -271,7 +250,7 @@ def test_a_line_played_locally_gets_its_frames_in_time(runtime):
     LineSync, and sample a pose per render tick: the frames are there before their instant (unless the
     runtime itself ran later than it stated, which an overloaded machine can make it do), and the pose at
     each frame's instant is that frame."""
-    x = speech(3.0)
+    x = sample_speech(3.0)
     with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
         handle = client.open_stream("npc-line", 16_000, mode="line", max_frames=None)
         with handle:
@@ -310,7 +289,7 @@ def test_a_line_played_locally_gets_its_frames_in_time(runtime):
 
 def test_animate_runs_a_whole_clip_as_a_line(runtime):
     """animate pushes the clip at once in line mode: every frame, faster than real time (printed)."""
-    x = speech(3.0)
+    x = sample_speech(3.0)
     with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
         client.animate(x[:8000])  # the first line of a session also pays for its threads' start
         t0 = time.monotonic()
@@ -326,7 +305,7 @@ def test_animate_of_a_line_longer_than_the_runtime_lets_a_stream_run_ahead(serve
     too far ahead nor ends the stream for its silence between them (here 1.5 s ahead at most and a 1 s idle
     timeout, so a 4 s line takes ~3 s; once its first message alone was over the lead: busy)."""
     monkeypatch.setattr(serve_engine, "idle_timeout_ns", 1_000_000_000)
-    x = speech(4.0)
+    x = sample_speech(4.0)
     with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_ahead_s=1.5,
                  admission=False) as rt, \
             Client(rt.pub_endpoint, rt.router_endpoint, timeout=TIMEOUT_S) as client:
@@ -339,7 +318,7 @@ def test_a_first_push_placed_beyond_the_lead_is_taken(serve_engine):
     """A stream's first audio placed later than ``max_ahead_s`` on its clock (a line that starts with a pause):
     the runtime's clock starts with the stream's first message, so the SDK starts it when the push is made, not
     when the audio goes (it used to wait, send it, and be refused busy again and again)."""
-    x = speech(1.0)
+    x = sample_speech(1.0)
     with Runtime(serve_engine, pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", max_ahead_s=1.5,
                  admission=False) as rt, \
             Client(rt.pub_endpoint, rt.router_endpoint, timeout=TIMEOUT_S) as client:
@@ -354,77 +333,11 @@ def test_a_first_push_placed_beyond_the_lead_is_taken(serve_engine):
     assert jaw[:75].max() < 0.1 < jaw[95:].max()  # at rest in the silence, then speaking
 
 
-class TcpRelay:
-    """A TCP relay on loopback in front of an endpoint, whose ``cut()`` drops every connection through it, as a
-    network that fails for a moment: ZeroMQ then reconnects through it, a new connection for the runtime. Until it
-    is entered it accepts nothing (the endpoint is out of reach: ZeroMQ's handshake waits); ``hold()`` keeps what
-    the client sends from the runtime, connection up (a runtime that stalls), until ``release()``."""
-
-    def __init__(self, endpoint: str) -> None:
-        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-        self._upstream = (host, int(port))
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"tcp://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
-        self.connections = 0
-        self._flowing = threading.Event()  # cleared: what the client sends is held
-        self._flowing.set()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> TcpRelay:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._listener.close()
-        self.release()
-        self.cut()
-        self._thread.join(5)
-
-    def hold(self) -> None:
-        self._flowing.clear()
-
-    def release(self) -> None:
-        self._flowing.set()
-
-    def cut(self) -> None:
-        with self._lock:
-            for s in self._open:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            self._open.clear()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            up = socket.create_connection(self._upstream)
-            with self._lock:
-                self._open += [down, up]
-                self.connections += 1
-            for a, b, gate in ((down, up, self._flowing), (up, down, None)):
-                threading.Thread(target=self._pump, args=(a, b, gate), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, gate: threading.Event | None) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                if gate is not None:
-                    gate.wait()
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_RDWR)
-
-
 def test_a_stream_whose_connection_was_remade_is_lost_and_a_new_one_opens(runtime):
     """The network drops the client's connection for a moment: ZeroMQ reconnects, with another routing id, and the
     runtime keeps a stream for the connection that opened it. The handle says the stream is lost (reason
     "reconnect"), as for a restart, and a new stream opens on the new connection."""
-    chunk = speech(0.1)
+    chunk = sample_speech(0.1)
     with TcpRelay(runtime.router_endpoint) as relay, \
             Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
         stream = client.open_stream("blip")
@@ -439,7 +352,7 @@ def test_a_stream_whose_connection_was_remade_is_lost_and_a_new_one_opens(runtim
         with pytest.raises(StreamLost):
             stream.end()
         again = client.open_stream("blip-again")
-        again.push(speech(1.0))
+        again.push(sample_speech(1.0))
         assert again.end() == stream_frames(16_000, 30)
         assert relay.connections == 2  # the new stream went over the connection ZeroMQ made again
         again.close()
@@ -474,10 +387,10 @@ def test_a_stream_opened_after_its_call_timed_out_is_ended_at_once(runtime):
         with TcpRelay(runtime.router_endpoint) as relay, \
                 Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
             first = client.open_stream("first")  # the connection through the relay is up
-            relay.hold()
+            relay.hold_requests()
             with pytest.raises(TimeoutError, match="open_stream"):
                 client.open_stream("orphan", timeout=0.5)  # it left the client: ZeroMQ took it
-            relay.release()
+            relay.release_requests()
             end = watcher.wait_pub(is_end("orphan"))[-1]
             assert end["reason"] == "ended"
             assert runtime.stream_ids == ["first"] and first.lost is None
@@ -495,12 +408,9 @@ def test_an_end_stream_the_runtime_dropped_unread_is_sent_again_once_the_drops_a
     try:
         with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
             stream = client.open_stream("dropped", mode="line")  # every frame, however late its end (not shed)
-            stream.push(speech(0.5))
+            stream.push(sample_speech(0.5))
             stream.set_controls({})  # requests are handled in order: once this one is answered, the pushes were
-            owner = runtime.sessions.get("dropped").owner
-            # as if this client had spent its whole share in a window that starts now (one assignment: the io
-            # thread's own charges, and a window older than a second, could otherwise undo it)
-            runtime.floods._clients[owner] = _Client(window_start=time.monotonic(), budget=CLIENT_SHARE, spent=10.0)
+            spend_share(runtime, "dropped")  # in a window that starts now
             assert stream.end() == stream_frames(8_000, 30)
             busy = [e for e in client.errors if e.code == "busy"]
             # sent again: the end_stream alone (the push was read before the set_controls was answered: no copy)
@@ -519,16 +429,14 @@ def test_audio_the_runtime_dropped_unread_is_sent_again_once_the_drops_are_over(
     end_stream sent again: every line gets all of its frames."""
     with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
         first = client.open_stream("before", mode="line")
-        first.push(speech(0.5))  # taken before the drops: its copy changes nothing
+        first.push(sample_speech(0.5))  # taken before the drops: its copy changes nothing
         first.set_controls({})  # requests are handled in order: once this one is answered, the push was taken
         dropped = client.open_stream("dropped", mode="line", sample_rate=48_000, channels=2)
         dropped.set_controls({})
-        owner = runtime.sessions.get("dropped").owner
-        # as if this client had spent its whole share in a window that starts now (see the end_stream test above)
-        runtime.floods._clients[owner] = _Client(window_start=time.monotonic(), budget=CLIENT_SHARE, spent=10.0)
-        x = resample_poly(speech(2.0), 3, 1).astype(np.float32)
+        spend_share(runtime, "dropped")  # in a window that starts now
+        x = resample_poly(sample_speech(2.0), 3, 1).astype(np.float32)
         dropped.push(np.stack([x, x], axis=1))
-        first.push(speech(0.5), at_sample=8_000)
+        first.push(sample_speech(0.5), at_sample=8_000)
         assert dropped.end() == stream_frames(32_000, 30)  # all of it, not the silence a lost message leaves
         assert first.end() == stream_frames(16_000, 30)
         busy = [e for e in client.errors if e.code == "busy"]
@@ -537,15 +445,6 @@ def test_audio_the_runtime_dropped_unread_is_sent_again_once_the_drops_are_over(
         assert len(busy) == 1 and client.resent in (1, 2)
         assert dropped.errors == [] and first.errors == []
         assert dropped.started_at is not None and len(dropped.take_frames()) == stream_frames(32_000, 30)
-
-
-def _spend_share(runtime: Runtime, stream: str, ends_in: float = 1.0) -> float:
-    """As if the owner of ``stream`` had spent its share of the io thread in a window that ends in ``ends_in`` s;
-    returns when (time.monotonic()) the runtime's drops end."""
-    owner = runtime.sessions.get(stream).owner
-    start = time.monotonic() - (WINDOW_S - ends_in)
-    runtime.floods._clients[owner] = _Client(window_start=start, budget=CLIENT_SHARE, spent=10.0)
-    return start + WINDOW_S
 
 
 def _wait_busy(client: Client) -> None:
@@ -562,11 +461,11 @@ def test_a_copy_of_audio_an_ending_line_has_changes_nothing(runtime):
         lines = [client.open_stream(f"ending{i}", mode="line") for i in range(6)]
         other = client.open_stream("other", mode="line")
         for line in lines:
-            line.push(np.resize(speech(6.0), 19 * 16_000))  # 6 lines of 19 s: still animated when it goes again
+            line.push(np.resize(sample_speech(6.0), 19 * 16_000))  # 6 lines of 19 s: still animated when it goes again
             line.end(wait=False)
         other.set_controls({})  # answered: the lines' audio was read (their end_streams follow once that is known)
-        _spend_share(runtime, "other")
-        other.push(speech(0.1))  # dropped unread: busy
+        spend_share(runtime, "other")
+        other.push(sample_speech(0.1))  # dropped unread: busy
         _wait_busy(client)
         for line in lines:
             assert line.end() == stream_frames(19 * 16_000, 30) and line.errors == []
@@ -579,16 +478,16 @@ def test_audio_sent_again_goes_to_the_line_that_sent_it_not_one_opened_again_wit
     with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
         other = client.open_stream("other2", mode="line")
         old = client.open_stream("npc", mode="line")
-        old.push(speech(0.5))
+        old.push(sample_speech(0.5))
         assert old.end() == stream_frames(8_000, 30)
-        drops_end = _spend_share(runtime, "other2", ends_in=0.3)
-        other.push(speech(0.1))  # dropped unread: busy
+        drops_end = spend_share(runtime, "other2", ends_in=0.3)
+        other.push(sample_speech(0.1))  # dropped unread: busy
         _wait_busy(client)
         while time.monotonic() < drops_end:  # the runtime's drops are over; the client's resend (busy + 1 s) to come
             time.sleep(0.01)
         assert client.resent == 0
         new = client.open_stream("npc", mode="line")
-        new.push(speech(0.1))
+        new.push(sample_speech(0.1))
         deadline = time.monotonic() + TIMEOUT_S
         while client.resent == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -597,7 +496,7 @@ def test_audio_sent_again_goes_to_the_line_that_sent_it_not_one_opened_again_wit
 
 # --- artists' controls ------------------------------------------------------------------------------
 def test_controls_through_the_sdk(runtime):
-    x = speech(1.0)
+    x = sample_speech(1.0)
     with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client, \
             Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as other:
         with pytest.raises(BadControlsError, match="unknown blendshape 'jaw'"):
@@ -632,18 +531,18 @@ def test_a_mood_through_the_sdk(runtime):
             client.open_stream("moody", 16_000, mood="happy", mood_intensity=3)
         handle = client.open_stream("moody", 16_000, mood="happy", mood_intensity=0.5, max_frames=None)
         with handle:
-            handle.push(speech(0.5))
+            handle.push(sample_speech(0.5))
             frames = [next(handle.frames(TIMEOUT_S))]  # a first frame, happy, before the mood changes
             now = handle.set_mood("sad")
             assert (now["mood"], now["mood_intensity"]) == ("sad", 0.5)  # the intensity kept
-            handle.push(speech(0.5))
+            handle.push(sample_speech(0.5))
             handle.end()
             frames += list(handle.frames(TIMEOUT_S))
         happy, sad, angry = (MOOD_EXPRESSIONS[m].pose for m in ("happy", "sad", "angry"))
         assert frames[0].blendshapes[smile] >= 0.5 * happy["mouthSmileLeft"] - 1e-6  # happy from the first frame
         assert frames[-1].blendshapes[frown] == pytest.approx(0.5 * sad["mouthFrownLeft"])
         assert frames[-1].blendshapes[smile] == 0
-        anim = client.animate(speech(0.5), mood="angry")
+        anim = client.animate(sample_speech(0.5), mood="angry")
         assert anim.blendshapes[:, schema.BLENDSHAPE_INDEX["browDownLeft"]].min() >= angry["browDownLeft"] - 1e-6
 
 
@@ -663,7 +562,7 @@ def test_a_style_through_the_sdk(runtime):
             now = handle.set_style("lively")
             assert now["style"] == "lively" and now["mood"] == "neutral"
             handle.end()
-        audio = speech(1.0)
+        audio = sample_speech(1.0)
         still = client.animate(audio, seed=4, style="still")
         animated = client.animate(audio, seed=4, style="animated")
         plain = client.animate(audio, seed=4)

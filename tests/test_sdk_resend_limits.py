@@ -9,117 +9,21 @@ in front of the runtime's ROUTER makes messages wait on the way, as ZeroMQ's and
 
 from __future__ import annotations
 
-import contextlib
-import math
-import socket
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-from scipy.signal import resample_poly
+from peers import TcpRelay, sample_speech, spend_share
 
 from ksdiff_runtime.engine.controls import stream_frames
-from ksdiff_runtime.server.floods import CLIENT_SHARE, WINDOW_S, _Client
+from ksdiff_runtime.server.floods import WINDOW_S
 from ksdiff_runtime.server.runtime import Runtime
 from ksdiff_sdk import Client
 
 pytestmark = pytest.mark.timeout(120)
 
-SAMPLE_SPEECH = Path(__file__).resolve().parent.parent / "ksdiff_runtime" / "assets" / "sample_speech.wav"
 TIMEOUT_S = 30.0
-
-
-def speech(seconds: float, rate: int = 16_000) -> np.ndarray:
-    """``seconds`` of the bundled sample speech from its first voiced sample, float32 mono at ``rate``."""
-    audio, sr = sf.read(str(SAMPLE_SPEECH), dtype="float32", always_2d=True)
-    x = audio[:, 0]
-    start = max(0, int(np.flatnonzero(np.abs(x) > 0.05)[0]) - sr // 20)
-    x = x[start : start + round(seconds * sr)]
-    if rate != sr:
-        g = math.gcd(rate, sr)
-        x = resample_poly(x, rate // g, sr // g).astype(np.float32)
-    return x
-
-
-class Relay:
-    """A TCP relay on loopback in front of the runtime's ROUTER. ``hold_requests()`` keeps what the client sends
-    from the runtime (a runtime that reads nothing for a while, or a deep queue), ``hold_replies()`` keeps what the
-    runtime answers from the client (a reply still on its way); the connection stays up either way."""
-
-    def __init__(self, endpoint: str) -> None:
-        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-        self._upstream = (host, int(port))
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"tcp://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._lock = threading.Lock()  # _open: the accepting thread adds, __exit__ closes
-        self._open: list[socket.socket] = []
-        self._requests = threading.Event()  # cleared: what the client sends is held
-        self._replies = threading.Event()  # cleared: what the runtime sends is held
-        self._requests.set()
-        self._replies.set()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> Relay:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._listener.close()
-        self._requests.set()
-        self._replies.set()
-        with self._lock:
-            for s in self._open:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-        self._thread.join(5)
-
-    def hold_requests(self) -> None:
-        self._requests.clear()
-
-    def release_requests(self) -> None:
-        self._requests.set()
-
-    def hold_replies(self) -> None:
-        self._replies.clear()
-
-    def release_replies(self) -> None:
-        self._replies.set()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            up = socket.create_connection(self._upstream)
-            with self._lock:
-                self._open += [down, up]
-            for src, dst, gate in ((down, up, self._requests), (up, down, self._replies)):
-                threading.Thread(target=self._pump, args=(src, dst, gate), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, gate: threading.Event) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                gate.wait()
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_RDWR)
-
-
-def spend_share(runtime: Runtime, stream: str, ends_in: float = WINDOW_S) -> float:
-    """As if the owner of ``stream`` had spent its share of the io thread in a window that ends in ``ends_in`` s
-    (one assignment: the io thread's own charges could otherwise undo it); returns when (time.monotonic()) the
-    runtime's drops end. The next request it reads is dropped, with a busy."""
-    owner = runtime.sessions.get(stream).owner
-    start = time.monotonic() - (WINDOW_S - ends_in)
-    runtime.floods._clients[owner] = _Client(window_start=start, budget=CLIENT_SHARE, spent=10.0)
-    return start + WINDOW_S
 
 
 def wait_for(condition: Callable[[], object], what: str) -> None:
@@ -144,13 +48,13 @@ def test_audio_sent_long_before_a_busy_and_read_in_its_window_is_sent_again(runt
     was read, and dropped, in one: it went again only if it had left the client less than BUSY_WINDOW_S before the
     busy, so it was lost, and the line ended on nothing. What may have been dropped is everything sent after the last
     request the runtime answered before the busy (it reads a connection's messages in order)."""
-    with Relay(runtime.router_endpoint) as relay, \
+    with TcpRelay(runtime.router_endpoint) as relay, \
             Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
         line = client.open_stream("late", mode="line")
         line.set_controls({})  # answered: the connection through the relay is up, and everything before was read
         session = runtime.sessions.get("late")
         relay.hold_requests()
-        line.push(speech(0.5))
+        line.push(sample_speech(0.5))
         wait_past(time.monotonic() + 1.5 * WINDOW_S)  # on its way for longer than a window
         spend_share(runtime, "late")
         relay.release_requests()  # read now: dropped unread, busy
@@ -170,10 +74,10 @@ def test_a_lines_audio_pushed_while_the_drops_last_goes_after_the_copies_of_what
         line.set_controls({})
         session = runtime.sessions.get("queued")
         drops_end = spend_share(runtime, "queued", ends_in=0.5)
-        line.push(speech(0.5))  # dropped unread: busy
+        line.push(sample_speech(0.5))  # dropped unread: busy
         wait_for(lambda: busy(client) == 1, "busy")
         wait_past(drops_end)  # the runtime reads this client's requests again; the client's resend is still to come
-        line.push(speech(0.5), at_sample=8_000)
+        line.push(sample_speech(0.5), at_sample=8_000)
         assert line.end() == stream_frames(16_000, 30)
         assert session.input.gap_samples == 0  # the first half is the speech sent again, not silence
         assert line.errors == []
@@ -184,17 +88,17 @@ def test_a_lines_audio_and_end_stream_wait_until_the_runtime_has_read_its_audio_
     ended: both left at once, were read once the drops had ended, and the stream ended on a gap of silence before
     the copy came. A line's next message now leaves only once the runtime has answered a request sent after the one
     before (a hello follows a line's messages for that), so the copy goes first."""
-    with Relay(runtime.router_endpoint) as relay, \
+    with TcpRelay(runtime.router_endpoint) as relay, \
             Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
         line = client.open_stream("inflight", mode="line")
         line.set_controls({})
         session = runtime.sessions.get("inflight")
         drops_end = spend_share(runtime, "inflight", ends_in=0.5)
         relay.hold_replies()  # the client does not know of the drops yet
-        line.push(speech(0.5))  # dropped unread
+        line.push(sample_speech(0.5))  # dropped unread
         wait_for(lambda: runtime.floods._clients[session.owner].dropped >= 1, "drop")
         wait_past(drops_end)
-        line.push(speech(0.5), at_sample=8_000)
+        line.push(sample_speech(0.5), at_sample=8_000)
         assert line.end(wait=False) is None
         relay.release_replies()
         assert line.end() == stream_frames(16_000, 30)
@@ -209,10 +113,10 @@ def test_a_request_made_while_the_drops_last_waits_for_their_end_instead_of_bein
         line = client.open_stream("first", mode="line")
         line.set_controls({})
         spend_share(runtime, "first")
-        line.push(speech(0.1))  # dropped unread: busy
+        line.push(sample_speech(0.1))  # dropped unread: busy
         wait_for(lambda: busy(client) == 1, "busy")
         second = client.open_stream("second", mode="line", timeout=4 * WINDOW_S)
-        second.push(speech(0.2))
+        second.push(sample_speech(0.2))
         assert second.end() == stream_frames(3_200, 30)
         assert line.end() == stream_frames(1_600, 30)
         assert client.withdrawn == 0 and busy(client) == 1
@@ -223,11 +127,11 @@ def test_lines_pushed_whole_at_once_keep_all_their_audio_while_it_waits_its_turn
     line's first waiting in the client until the runtime has answered a request sent after the one before (here the
     answers are held on the way: 21 MiB wait). The client took that wait for a runtime that takes nothing and
     dropped the oldest audio past 16 MiB (client.unsent); only a DEALER that takes nothing counts as that."""
-    with Relay(runtime.router_endpoint) as relay, \
+    with TcpRelay(runtime.router_endpoint) as relay, \
             Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
         lines = [client.open_stream(f"npc{i}", sample_rate=48_000, channels=2, mode="line") for i in range(8)]
         sessions = [runtime.sessions.get(line.stream) for line in lines]
-        x = np.resize(speech(1.0, 48_000), 480_000)
+        x = np.resize(sample_speech(1.0, 48_000), 480_000)
         relay.hold_replies()
         for line in lines:
             line.push(np.stack([x, x], axis=1))
@@ -252,10 +156,11 @@ def test_a_lines_dropped_audio_goes_again_when_the_window_ends_during_a_pass_of_
             line.set_controls({})
             session = runtime.sessions.get(line.stream)
             spend_share(runtime, line.stream)
-            line.push(speech(0.5))  # dropped unread: busy
+            line.push(sample_speech(0.5))  # dropped unread: busy
             wait_for(lambda n=n: busy(client) == n, "busy")
             until = time.monotonic() + 1.5 * WINDOW_S
             while time.monotonic() < until:  # the same 10 ms again and again: a pass of the I/O thread each
                 mic.push(silence, at_sample=0)
             assert line.end() == stream_frames(8_000, 30), f"round {n}"
             assert session.input.received == 8_000 and line.errors == []
+
