@@ -244,3 +244,17 @@ def test_demo_says_a_plot_folder_that_takes_no_files_before_it_runs(monkeypatch:
     assert cli.main(["demo", "--seconds", "1", "--out", "/proc/demo.png"]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "cannot write the plot /proc/demo.png: cannot make files in /proc" in line, line
+
+
+def test_serve_called_from_python_checks_its_config_as_the_command_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """``serve(config)`` with a ServeConfig made in Python (not through load_config) was not checked: looped files
+    with exit_when_done served forever, and any other setting load_config refuses went through too."""
+    from ksdiff_runtime.cli.serve import serve
+    from ksdiff_runtime.server.config import ServeConfig
+
+    looped = ServeConfig(pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", files=[str(SAMPLE_SPEECH)], loop=True,
+                         exit_when_done=True)
+    assert serve(looped) == 2
+    assert "--loop and --exit-when-done contradict each other" in one_error_line(capsys.readouterr().err)
+    assert serve(ServeConfig(pub="tcp://127.0.0.1:0", router="tcp://127.0.0.1:0", fps=0)) == 2
+    assert "fps must be from 1" in one_error_line(capsys.readouterr().err)

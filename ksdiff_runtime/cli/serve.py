@@ -201,14 +201,6 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if config.loop and config.exit_when_done and config.files:
-        # looped files never finish playing, so --exit-when-done would wait forever without a word: refused, as
-        # load_config refuses the flags that cannot go together, whether a flag or the config file set either
-        where = f" (set by the flags or the config file {args.config})" if args.config else ""
-        print(f"error: --loop and --exit-when-done contradict each other{where}: looped files never finish "
-              "playing, so serve would never exit; drop --loop to play each file once, or --exit-when-done to "
-              "loop until Ctrl-C", file=sys.stderr)
-        return 2
     _configure_logging(config.log_format)
     # the config file's settings for an output or source that is off (a flag's were refused by load_config)
     for setting, why in config.unused_settings().items():
@@ -219,7 +211,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def serve(config: ServeConfig) -> int:
-    """Run until SIGINT/SIGTERM (or, with exit_when_done, until the files have played)."""
+    """Run until SIGINT/SIGTERM (or, with exit_when_done, until the files have played). ``config`` made in Python is
+    checked as load_config checks it (a ConfigError is an error line and 2)."""
+    try:
+        config.check()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         # Before the model loads, so that a bad destination fails fast (an unknown host included).
         outputs = build_outputs(config)

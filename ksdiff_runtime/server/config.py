@@ -195,6 +195,10 @@ class ServeConfig:
             raise ConfigError(str(e)) from None
         self._check_outputs()
         self.artist_controls()
+        if self.loop and self.exit_when_done and self.files:
+            raise ConfigError("--loop and --exit-when-done contradict each other: looped files never finish playing, "
+                              "so serve would never exit; drop --loop to play each file once, or --exit-when-done "
+                              "to loop until Ctrl-C")
         for setting, why in self.unused_settings().items():
             if setting in flags:
                 raise ConfigError(f"{flag_name(setting)} {why}")
@@ -305,7 +309,12 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> ServeConfig:
         if not ok or (want is int and isinstance(value, bool)):
             raise ConfigError(f"{name} must be of type {want.__name__}, got {value!r}")
     config = ServeConfig(**values)
-    config.check(flags)
+    try:
+        config.check(flags)
+    except ConfigError as e:
+        if path is None:
+            raise
+        raise ConfigError(f"{e} (with the config file {path})") from None
     return config
 
 
