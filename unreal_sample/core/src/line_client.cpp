@@ -68,6 +68,8 @@ constexpr std::size_t kResentKept = 1000;  // reqs of end_streams sent twice: th
 constexpr std::size_t kGaveUpOpensKept = 1000;
 // A hello probe follows the lines' messages to learn that the runtime read them; one unanswered this
 // long is taken as lost (dropped unread) and another goes (the SDK's PROBE_AGAIN_S, PROBES_KEPT).
+// One follows an open_stream left unanswered this long too: a busy's window, which ends
+// kBusyWindowS after the busy came (so after the open_stream left), is over by then.
 constexpr double kProbeAgainS = 1.0;
 constexpr std::size_t kProbesKept = 64;
 constexpr std::size_t kInstancesKept = 64;  // runtime instances seen (a late answer of an older one is no restart)
@@ -89,7 +91,10 @@ struct Line {
   LineOptions options;
   LineStatus st;
   std::uint64_t open_req = 0;
-  std::uint64_t open_no = 0;   // the number of the DEALER message its open_stream left as (0: not yet)
+  // The number of the DEALER message its open_stream last left as (0: not yet, or it waits to go
+  // again: the runtime dropped it unread).
+  std::uint64_t open_no = 0;
+  std::string open_payload;    // its open_stream, kept while unanswered: it may have to go again
   double opened_call_s = 0.0;  // when open() was called: the open timeout counts from here
   bool end_requested = false;
   bool end_queued = false;
@@ -195,6 +200,10 @@ struct LineClient::Impl {
   std::uint64_t sent_no = 0;
   std::uint64_t read_no = 0;
   std::uint64_t line_sent_no = 0;  // the number of the last line's message that left
+  // The number of the last request the runtime answers as it reads it (open_stream) that left, and
+  // when: one still unanswered once a later message is known read was dropped unread (SPEC 4.6).
+  std::uint64_t request_sent_no = 0;
+  double request_sent_s = 0.0;
   std::map<std::uint64_t, std::uint64_t> probes;  // req of each hello probe unanswered -> its number
   std::uint64_t probe_no = 0;  // the last probe's number (0: none since the copies after a busy)
   double probe_at = 0.0;
@@ -251,6 +260,7 @@ struct LineClient::Impl {
       // req is kept (not the line, its transcript and audio), and only the latest ones.
       if (line->open_no != 0) remember(gave_up_opens, line->open_req);
     }
+    line->open_payload.clear();
     if (line->end_queued) ends.erase(line->end_req);  // a late stream_ended of a failed line is ignored
     // Its messages still queued go nowhere: the runtime has ended the stream, or the line gave up on it.
     remove_from_outbox([&](const Out& o) { return o.line == line; });
@@ -331,7 +341,7 @@ struct LineClient::Impl {
         if ((items[0].revents & ZMQ_POLLIN) != 0) receive(dealer);
         if (dropped) connection_dropped();
         want_out = pass(dealer);
-        wait_ms = wait_for();
+        wait_ms = wait_for(want_out);
       }
     } catch (const zmq::error_t& e) {
       died(std::string("ZeroMQ: ") + e.what() + " (endpoint " + config.endpoint + ")");
@@ -434,18 +444,16 @@ struct LineClient::Impl {
     }
   }
 
-  // How long the next poll may wait (ms): until something falls due (the drops' end, a probe to send
-  // again, audio paced to real time, a timeout), at most poll_interval. Calls and replies wake it.
-  // With messages the DEALER refused, its room (POLLOUT) wakes it too.
-  long wait_for() const {
+  // How long the next poll may wait (ms): until something falls due (the drops' end, a probe to send,
+  // audio paced to real time, a timeout), at most poll_interval. Calls and replies wake it.
+  // With messages the DEALER refused (`blocked`), its room (POLLOUT) wakes it too.
+  long wait_for(bool blocked) const {
     const double now = config.clock();
     double due = now + static_cast<double>(config.poll_interval.count()) / 1000.0;
     if (busy_at) due = std::min(due, *busy_at + kBusyWindowS);
-    // A probe in flight unanswered goes again in time (one not sent yet waits for the drops' end, or
-    // for the DEALER's room: each wakes the thread).
-    if (!busy_at && line_sent_no > read_no && probe_no >= line_sent_no) {
-      due = std::min(due, probe_at + line_detail::kProbeAgainS);
-    }
+    // A probe goes in time (while the drops last it waits for their end, and while the DEALER refuses
+    // messages for its room: each wakes the thread).
+    if (const std::optional<double> probe = probe_due(); probe && !busy_at && !blocked) due = std::min(due, *probe);
     for (const auto& [id, line] : active) {
       if (line->st.state == LineState::opening) due = std::min(due, line->opened_call_s + config.open_timeout_s);
       if (line->st.state == LineState::ending) {
@@ -462,13 +470,32 @@ struct LineClient::Impl {
     return std::max(1L, static_cast<long>(std::ceil((due - now) * 1000.0)));
   }
 
-  // One pass: timeouts, audio to send again after a busy, new audio and end_streams, then what
-  // may leave now. True while the DEALER refuses messages that may leave (poll for POLLOUT).
+  // When (client clock) the next hello probe is due, whose answer says the runtime read every message
+  // before it; nullopt while none is wanted. One follows the lines' messages at once (a line's next one
+  // waits for it), and an open_stream unanswered for kProbeAgainS: dropped unread in a busy's window
+  // (which ends kBusyWindowS after the busy came, so after the open_stream left; no probe leaves
+  // before). A probe unanswered for kProbeAgainS is taken as lost too, and another follows (the SDK's
+  // _probe_due).
+  std::optional<double> probe_due() const {
+    std::optional<double> due;
+    const auto consider = [&](std::uint64_t no, double first) {
+      if (no <= read_no) return;
+      const double at = probe_no >= no ? probe_at + line_detail::kProbeAgainS : first;
+      due = due ? std::min(*due, at) : at;
+    };
+    consider(line_sent_no, 0.0);
+    consider(request_sent_no, request_sent_s + line_detail::kProbeAgainS);
+    return due;
+  }
+
+  // One pass: timeouts, audio and open_streams to send again after a busy, new audio and end_streams,
+  // then what may leave now. True while the DEALER refuses messages that may leave (poll for POLLOUT).
   bool pass(zmq::socket_t& dealer) {
     const double now = config.clock();
     forget_read();
     check_timeouts(now);
     resend_after_busy(now);
+    resend_unread_opens();
     for (auto& [id, line] : active) queue_audio_and_end(line, now);
     return send_outbox(dealer);
   }
@@ -512,8 +539,7 @@ struct LineClient::Impl {
       outbox.pop_front();
     }
     outbox.insert(outbox.begin(), std::make_move_iterator(held.begin()), std::make_move_iterator(held.end()));
-    if (!holding && !blocked && line_sent_no > read_no &&
-        (probe_no < line_sent_no || now - probe_at >= line_detail::kProbeAgainS)) {
+    if (const std::optional<double> due = probe_due(); !holding && !blocked && due && now >= *due) {
       blocked = !send_probe(dealer, now);
     }
     return blocked;
@@ -573,7 +599,9 @@ struct LineClient::Impl {
         line->end_sent = true;
         break;
       case Out::Kind::open:
-        if (line->open_no == 0) line->open_no = sent_no;
+        line->open_no = sent_no;  // a copy is numbered anew: its answer proves it read
+        request_sent_no = sent_no;
+        request_sent_s = now;
         break;
       case Out::Kind::other:
         break;
@@ -712,6 +740,25 @@ struct LineClient::Impl {
         resent_reqs.push_back(line->end_req);
         while (resent_reqs.size() > line_detail::kResentKept) resent_reqs.pop_front();
       }
+    }
+    outbox.insert(outbox.begin(), std::make_move_iterator(again.begin()), std::make_move_iterator(again.end()));
+  }
+
+  // SPEC 4.6 "A client past its share": the runtime answers open_stream as it reads it, and reads a
+  // connection's messages in order, so an open_stream still unanswered once a message sent after it
+  // is known read (read_no: an answer to a later request, a hello probe's) was never read: dropped
+  // unread after a busy. It goes again (same req), numbered anew when it leaves, ahead of what waits,
+  // in the order the lines were opened. Never merely because a busy's window ended with it
+  // unanswered: it may still be on its way, and a second copy read would open a second stream (or be
+  // refused "already open"). Its open timeout still counts from open(). A connection that dropped fails the lines
+  // whose open_stream left on it instead (connection_dropped): nothing goes again across connections.
+  void resend_unread_opens() {
+    std::deque<Out> again;
+    for (const auto& [req, line] : opens) {  // by req: in the order open() was called
+      if (line->open_no == 0 || line->open_no >= read_no || line->open_payload.empty()) continue;
+      line->open_no = 0;  // not sent (until the copy leaves): a connection drop meanwhile does not lose it
+      ++line->in_outbox;
+      again.push_back(Out{line->open_payload, line, Out::Kind::open, 0, 0, /*copy=*/true});
     }
     outbox.insert(outbox.begin(), std::make_move_iterator(again.begin()), std::make_move_iterator(again.end()));
   }
@@ -900,6 +947,10 @@ struct LineClient::Impl {
     std::shared_ptr<Line> line = it->second;
     opens.erase(it);
     read_up_to(line->open_no);
+    // Answered: it needs no copy (one queued is withdrawn; none is, while the runtime answers in order).
+    remove_from_outbox([&](const Out& o) { return o.line == line && o.kind == Out::Kind::open; });
+    line->open_payload.clear();
+    line->open_payload.shrink_to_fit();
     line->st.stream = opened.stream;
     line->st.fps = opened.fps;
     line->st.max_ahead_s = opened.max_ahead_s;
@@ -1068,6 +1119,7 @@ LineId LineClient::open(const LineOptions& options) {
   std::string payload = encode_open_stream(request);  // throws before anything changes
   auto line = std::make_shared<line_detail::Line>();
   line->options = options;
+  line->open_payload = payload;
   line->open_req = impl_->next_req++;
   line->opened_call_s = impl_->config.clock();
   line->st.id = impl_->next_id++;

@@ -1298,4 +1298,112 @@ TEST_CASE("an ending line whose end_stream cannot leave (the runtime never reads
   EXPECT_EQ(end_streams, 0u);
 }
 
+// --- SPEC 4.6: an open_stream dropped unread after a client-level busy goes again once an answer
+// proves it unread (the runtime answers open_stream as it reads it, in order), never merely because
+// the busy's window ended with it unanswered ----------------------------------------------------
+
+namespace {
+
+// open_streams among `requests`.
+std::size_t open_streams_in(const std::vector<Request>& requests) {
+  std::size_t n = 0;
+  for (const Request& r : requests) n += r.message.type == "open_stream" ? 1 : 0;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("an open_stream dropped unread after a client-level busy goes again once a later probe is answered, and the line then ends whole") {
+  FakeRuntime runtime;
+  LineClientConfig config = config_for(runtime);
+  // Far longer than the test waits (kTimeout): the line has to open because its open_stream went
+  // again, not fail at its open timeout (which used to be its only way out).
+  config.open_timeout_s = 30.0;
+  LineClient client(config);
+  client.start();
+  const LineId id = client.open(line_options("npc1"));
+  const std::vector<float> pcm = ramp(16000);
+  REQUIRE(client.push(id, pcm) == PushResult::accepted);
+  REQUIRE(client.end(id));
+  Sim sim(runtime);
+  std::size_t opens_seen = 0;  // open_streams the runtime read outside the drops
+  sim.hook = [&](const Request& r) {
+    if (r.message.type != "open_stream" || ++opens_seen != 1) return false;
+    // The open_stream takes the client past its share: it, and all the runtime reads in the next
+    // second (the hello probes too), are dropped unread.
+    sim.busy(r, kBusyWindowS);
+    return true;
+  };
+  REQUIRE_MSG(sim.serve_until(1), "the line did not end: its open_stream dropped unread did not go again");
+  // Once: dropped, then once more after a probe's answer proved it unread (none within the drops).
+  EXPECT_EQ(opens_seen + open_streams_in(sim.dropped_requests), 2u);
+  EXPECT_EQ(open_streams_in(sim.taken), 1u);
+  EXPECT_MSG(sim.heard_at_end["npc1"] == pcm, "the runtime has " + std::to_string(sim.heard_at_end["npc1"].size()) +
+                                                  " of the 16000 samples at end_stream");
+  const std::optional<LineStatus> st = client.wait_finished(id, kTimeout);
+  REQUIRE(st.has_value());
+  EXPECT_MSG(st->state == LineState::ended, "state " + std::string(to_string(st->state)) + ": " + st->error_message);
+  EXPECT_EQ(st->stream, std::string("npc1"));  // it got opened (stream_opened named it)
+  const LineClientStatus cs = client.status();
+  EXPECT_EQ(cs.busy, 1u);
+  EXPECT_EQ(cs.resent, 1u);  // the open_stream
+}
+
+TEST_CASE("an open_stream whose answer is merely slow (held past the busy window, nothing answered after it first) is sent exactly once") {
+  FakeRuntime runtime;
+  LineClientConfig config = config_for(runtime);
+  config.open_timeout_s = 30.0;
+  LineClient client(config);
+  client.start();
+  const LineId id = client.open(line_options("npc1"));
+  const std::vector<float> pcm = ramp(16000);
+  REQUIRE(client.push(id, pcm) == PushResult::accepted);
+  REQUIRE(client.end(id));
+  std::optional<Request> open = runtime.next_of("open_stream");
+  REQUIRE(open.has_value());
+  // A client-level busy comes while the open_stream is still on its way (it waits in the queues):
+  // the runtime reads it, and answers it, only 2 s later, past the busy's window. It reads the
+  // client's messages in order, so whatever came after the open_stream meanwhile (hello probes) is
+  // answered after it.
+  const double busy_s = seconds_now();
+  runtime.error(open->identity, "busy", "this client sent more requests than the runtime handles for it",
+                std::nullopt, std::nullopt, "audio");
+  std::vector<Request> held;
+  const auto answer_at = Clock::now() + std::chrono::milliseconds(static_cast<int>(2000 * kBusyWindowS));
+  while (Clock::now() < answer_at) {
+    std::optional<Request> r =
+        runtime.next(std::chrono::duration_cast<std::chrono::milliseconds>(answer_at - Clock::now()));
+    if (r) held.push_back(std::move(*r));
+  }
+  // The client probed once the window was over (the probe whose answer could prove the open_stream
+  // unread, were it answered first): without it this case would prove nothing.
+  bool probed_after_window = false;
+  for (const Request& r : held) probed_after_window |= r.message.type == "hello" && r.at_s - busy_s >= kBusyWindowS;
+  EXPECT_MSG(probed_after_window, "no hello probe followed the unanswered open_stream once the busy's window ended");
+  runtime.opened(*open);
+  Sim sim(runtime);
+  std::size_t copies = 0;  // open_streams after the first, held ones included (the hook counts them)
+  // A copy would reach a runtime that has the stream open already: refused (SPEC: "already open").
+  sim.hook = [&](const Request& r) {
+    if (r.message.type != "open_stream") return false;
+    ++copies;
+    runtime.error(r.identity, "busy", "an open stream already has the id 'npc1'",
+                  std::get<OpenStream>(r.message.body).req, std::string("npc1"), "open_stream");
+    return true;
+  };
+  for (const Request& r : held) {
+    if (r.message.type == "hello") runtime.hello(r);
+    if (r.message.type == "open_stream") (void)sim.hook(r);
+  }
+  REQUIRE_MSG(sim.serve_until(1), "the line did not end");
+  EXPECT_MSG(copies == 0u, "the open_stream was sent " + std::to_string(1 + copies) + " times");
+  EXPECT(sim.heard_at_end["npc1"] == pcm);
+  const std::optional<LineStatus> st = client.wait_finished(id, kTimeout);
+  REQUIRE(st.has_value());
+  EXPECT_MSG(st->state == LineState::ended, "state " + std::string(to_string(st->state)) + ": " + st->error_message);
+  const LineClientStatus cs = client.status();
+  EXPECT_EQ(cs.busy, 1u);
+  EXPECT_EQ(cs.resent, 0u);
+}
+
 HARNESS_MAIN()

@@ -23,6 +23,13 @@
 //   end_stream's first send); a copy's answer changes nothing. A live stream's audio is not sent
 //   again (it wants the present; the runtime fills the gap). A line whose dropped or refused audio
 //   cannot go again (forgotten past sent_audio_max_bytes) fails when stream_ended comes, as above;
+// - the runtime answers open_stream as it reads it, in order: one still unanswered once a message
+//   sent after it is known read (an answer to a later request) was dropped unread, and goes again
+//   (same req, numbered anew, ahead of what waits; LineClientStatus::resent counts it). A hello probe
+//   follows an open_stream left unanswered for 1 s (a busy's window is over by then), and again each
+//   second while it is. It never goes again merely because a busy's window ended with it unanswered:
+//   it may still be on its way (a second copy would open a second stream, or be refused "already
+//   open"). Its open timeout still counts from open();
 // - a line's next message (audio, end_stream) leaves only once the runtime has read its previous one
 //   (a `hello` request follows the lines' messages; its answer, or an error answering it, says so),
 //   so a copy never comes after later audio, or the end_stream, of its line (the runtime would fill
@@ -74,8 +81,9 @@ struct LineClientConfig {
   // The longest the I/O thread sleeps (calls, replies, paced audio and timeouts wake it when due):
   // a safeguard, not a pace. Must be > 0 (the constructor throws std::invalid_argument).
   std::chrono::milliseconds poll_interval{500};
-  // Seconds without stream_opened (from its open_stream leaving) before a line fails; a
-  // stream_opened that comes later is answered with an end_stream, so the runtime frees it.
+  // Seconds without stream_opened (from open(), an open_stream sent again after a busy included)
+  // before a line fails; a stream_opened that comes later is answered with an end_stream, so the
+  // runtime frees it.
   double open_timeout_s = 10.0;
   // Seconds without stream_ended (from its end_stream leaving) before a line fails. A line ending
   // whose messages cannot leave (the runtime never reads them, or cannot be reached) fails too once
@@ -146,7 +154,8 @@ struct LineClientStatus {
   bool running = false;
   std::string endpoint;
   std::uint64_t sent = 0;       // messages the DEALER took, copies and hello probes included
-  std::uint64_t resent = 0;     // copies sent again after a busy: audio, and end_streams (SPEC 4.6)
+  // copies sent again after a busy (SPEC 4.6): audio, end_streams, and open_streams dropped unread
+  std::uint64_t resent = 0;
   std::uint64_t busy = 0;       // client-level busy replies: this client's requests dropped unread
   std::uint64_t errors = 0;     // error replies of any kind
   std::uint64_t ignored = 0;    // replies that matched nothing (a copy's answer, a late one)
