@@ -9,6 +9,7 @@ in front of the runtime's ROUTER makes messages wait on the way, as ZeroMQ's and
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ from peers import TcpRelay, sample_speech, spend_share
 from ksdiff_runtime.engine.controls import stream_frames
 from ksdiff_runtime.server.floods import WINDOW_S
 from ksdiff_runtime.server.runtime import Runtime
-from ksdiff_sdk import Client
+from ksdiff_sdk import Client, StreamLost
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -164,3 +165,125 @@ def test_a_lines_dropped_audio_goes_again_when_the_window_ends_during_a_pass_of_
             assert line.end() == stream_frames(8_000, 30), f"round {n}"
             assert session.input.received == 8_000 and line.errors == []
 
+
+def test_an_open_stream_dropped_unread_goes_again_once_a_later_request_is_answered(runtime: Runtime) -> None:
+    """An open_stream that left before the client was told of the drops, and was dropped unread, waited for its
+    timeout (60 s by default: an NPC's line that never starts). Once the drops are over a hello follows; its answer
+    says the runtime read (here: dropped) every message before it, so an open_stream still unanswered goes again."""
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        line = client.open_stream("first", mode="line")
+        line.set_controls({})
+        spend_share(runtime, "first")
+        second = client.open_stream("second", mode="line", timeout=4 * WINDOW_S)  # dropped unread: busy
+        assert busy(client) == 1 and client.withdrawn == 0
+        assert client.resent == 2  # the open_stream and the hello before it (its answer names the runtime's instance)
+        second.push(sample_speech(0.2))
+        assert second.end() == stream_frames(3_200, 30)
+
+
+def test_a_set_controls_dropped_unread_goes_again_once_a_later_request_is_answered(runtime: Runtime) -> None:
+    """The same for a live stream's set_controls (a mood change a game asked for must not be lost, nor its call stall
+    for 60 s)."""
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        mic = client.open_stream("mic")
+        spend_share(runtime, "mic")
+        done = mic.set_controls({"mood": "happy"}, timeout=4 * WINDOW_S)  # dropped unread: busy
+        assert done["mood"] == "happy"
+        assert runtime.sessions.get("mic").controls.mood == "happy"
+        assert busy(client) == 1 and client.resent == 1
+
+
+def test_an_open_stream_still_on_its_way_when_the_drops_end_is_not_sent_twice(runtime: Runtime) -> None:
+    """An open_stream that left before the busy came, and that the runtime reads only after its drops ended (it
+    waited in the queues on the way), is carried out once: unanswered when the window ends is no proof that it was
+    dropped (a second copy would open a second stream). Only the answer to a request sent after it is."""
+    with TcpRelay(runtime.router_endpoint) as relay, \
+            Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
+        mic = client.open_stream("mic")
+        mic.set_controls({})
+        drops_end = spend_share(runtime, "mic", ends_in=0.5)
+        relay.hold_replies()
+        mic.push(np.zeros(1_600, np.float32))  # dropped unread; its busy held on the way
+        wait_for(lambda: runtime.floods._clients[runtime.sessions.get("mic").owner].dropped >= 1, "drop")
+        relay.hold_requests()
+        opened: list[object] = []
+        opener = threading.Thread(target=lambda: opened.append(client.open_stream(mode="line")))
+        opener.start()  # an id of the runtime's choice: a second copy would open a second stream
+        relay.release_replies()
+        wait_for(lambda: busy(client) == 1, "busy")
+        wait_past(max(drops_end, time.monotonic() + 1.5 * WINDOW_S))  # the client's window is over
+        relay.release_requests()
+        opener.join(TIMEOUT_S)
+        assert len(opened) == 1
+        mic.set_controls({})  # answered: everything sent before it was read
+        assert sorted(s.id for s in runtime.sessions) == sorted(["mic", opened[0].stream])
+        assert client.resent == 0
+
+
+@pytest.mark.parametrize("read", [False, True], ids=["lost-on-the-way", "read-answer-lost"])
+@pytest.mark.parametrize("stream", ["npc", None], ids=["own-id", "runtime-id"])
+def test_an_open_stream_on_a_connection_that_dropped_fails_at_once_and_is_never_sent_twice(
+        runtime: Runtime, read: bool, stream: str | None) -> None:
+    """The network dropped the connection while an open_stream was on its way: lost before the runtime read it, or
+    read (the stream opened, for the old connection) with its answer lost. The client cannot tell which: sent again on
+    the new connection it opened a second stream, or was refused "already open" for an open that had worked; left
+    alone it waited for its timeout. It fails at once, as the streams of that connection do (StreamLost "reconnect")."""
+    with TcpRelay(runtime.router_endpoint) as relay, \
+            Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
+        client.open_stream("mic").set_controls({})
+        if read:
+            relay.hold_replies()
+        else:
+            relay.hold_requests()
+        failed: list[BaseException] = []
+
+        def opener() -> None:
+            try:
+                client.open_stream(stream, mode="line")
+            except BaseException as e:
+                failed.append(e)
+
+        thread = threading.Thread(target=opener)
+        thread.start()
+        if read:  # the runtime opened it
+            wait_for(lambda: len(runtime.stream_ids) == 2, "the stream opened")
+        else:
+            def left() -> bool:
+                with client._cv:
+                    return any(r.mtype == "open_stream" and r.sent_no is not None for r in client._pending.values())
+            wait_for(left, "open_stream sent")
+        relay.cut()
+        relay.release_requests()
+        relay.release_replies()
+        thread.join(TIMEOUT_S)
+        assert not thread.is_alive() and len(failed) == 1, failed
+        assert isinstance(failed[0], StreamLost) and failed[0].reason == "reconnect", failed[0]
+        client.open_stream("after").set_controls({})  # the new connection serves: and nothing else was sent
+        assert len(runtime.stream_ids) == (3 if read else 2), runtime.stream_ids  # mic (lost), [the open], after
+        assert client.resent <= 1  # the hello before the open_stream, at most (it goes again safely)
+
+
+def test_a_set_controls_on_a_connection_that_dropped_fails_at_once(runtime: Runtime) -> None:
+    """The same for a set_controls whose answer was lost with the connection (the runtime had set it)."""
+    with TcpRelay(runtime.router_endpoint) as relay, \
+            Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
+        mic = client.open_stream("mic")
+        mic.set_controls({})
+        relay.hold_replies()
+        failed: list[BaseException] = []
+
+        def setter() -> None:
+            try:
+                client.set_controls("mic", {"mood": "happy"})
+            except BaseException as e:
+                failed.append(e)
+
+        thread = threading.Thread(target=setter)
+        thread.start()
+        wait_for(lambda: runtime.sessions.get("mic").controls.mood == "happy", "the controls set")
+        relay.cut()
+        relay.release_replies()
+        thread.join(TIMEOUT_S)
+        assert not thread.is_alive() and len(failed) == 1, failed
+        assert isinstance(failed[0], StreamLost) and failed[0].reason == "reconnect", failed[0]
+        assert client.resent == 0

@@ -76,6 +76,10 @@ GAVE_UP_OPENS_KEPT = 1000  # open_streams whose call gave up, remembered so a la
 # The reply that answers each request (or an ``error``); another type is a broken reply: MalformedError
 REPLY_TO = {"hello": "hello", "open_stream": "stream_opened", "end_stream": "stream_ended",
             "set_controls": "controls_set"}
+# Requests the runtime answers as it reads them (end_stream is answered once its stream has ended): one still
+# unanswered when a request sent after it was answered never reached the runtime or was dropped unread (a connection's
+# messages are read, and answered, in order), so it goes again (SPEC 4.6, "A client past its share")
+ANSWERED_AS_READ = ("hello", "open_stream", "set_controls")
 # Messages wait in the I/O thread's outbox while the runtime cannot take them (it is away: the DEALER queues only
 # on a connection that is up, ZMQ_IMMEDIATE; or it stalls, its queues full). Past this, while the DEALER takes none,
 # the oldest audio is dropped (counted in Client.unsent): ~4 min of a 16 kHz float32 mic. A request whose call stopped
@@ -90,8 +94,9 @@ SENT_AUDIO_MAX_BYTES = 256 << 20
 # A line's next message (audio, end_stream) leaves only once the runtime has read the one before (it answered a request
 # sent after it): otherwise one dropped unread could be overtaken by the next, read once the drops ended, which the
 # runtime places past the gap (filled with silence; the copy then fills nothing), or which ends the stream first. A
-# ``hello`` request follows a line's message to learn that (its answer, the runtime's hello, changes nothing else);
-# one not answered within this time is taken as lost (dropped unread, its answer lost with a connection): another goes.
+# ``hello`` request follows a line's message to learn that (its answer, the runtime's hello, changes nothing else),
+# and a request answered as read left unanswered this long (_probe_due); one not answered within this time is taken
+# as lost (dropped unread, its answer lost with a connection): another goes.
 PROBE_AGAIN_S = 1.0
 PROBES_KEPT = 64  # hello probes awaiting their answer, remembered (the oldest forgotten beyond: lost ones)
 
@@ -102,14 +107,17 @@ class _Request:
     """A request waiting for its reply (matched by ``req``); ``reply`` is set by the I/O thread. ``abandoned``: its
     call stopped waiting without the reply (it timed out), so it is not sent if it is still in the outbox."""
 
-    __slots__ = ("abandoned", "line", "mtype", "payload", "reply", "req", "sent_at", "sent_no")
+    __slots__ = ("abandoned", "failed", "line", "mtype", "payload", "reply", "req", "sent_at", "sent_no", "stream")
 
-    def __init__(self, req: int, mtype: str, payload: bytes, line: StreamHandle | None = None) -> None:
+    def __init__(self, req: int, mtype: str, payload: bytes, line: StreamHandle | None = None,
+                 stream: str | None = None) -> None:
         self.req = req
         self.mtype = mtype
         self.payload = payload
         self.line = line  # the line it is of (end_stream, set_controls): it leaves after the line's audio is read
+        self.stream = stream  # the stream it names, if any
         self.reply: dict[str, Any] | None = None
+        self.failed: KsdiffError | None = None  # what its call raises, decided here (not answered by the runtime)
         self.abandoned = False
         self.sent_at = time.monotonic()  # when its call queued it, the I/O thread sent it, or last sent it again
         # the number of the DEALER message it first left as (the I/O thread's count): its answer proves the runtime
@@ -130,6 +138,20 @@ def _forget_sent(io: _Io, read: int) -> None:
     SENT_AUDIO_MAX_BYTES, forgotten (on every pass)."""
     while io.sent_audio and (io.sent_audio[0][0] <= read or io.sent_audio_bytes > SENT_AUDIO_MAX_BYTES):
         io.sent_audio_bytes -= len(io.sent_audio.popleft()[2])
+
+
+def _probe_due(io: _Io, read_no: int) -> float | None:
+    """When (time.monotonic()) the next hello probe is due, whose answer says the runtime read every message before
+    it (``read_no``: the last known read); None while none is wanted. One follows the lines' messages at once (a
+    line's next one waits for it), and a request answered as read (ANSWERED_AS_READ) unanswered for PROBE_AGAIN_S:
+    dropped unread in a busy's window (which ends BUSY_WINDOW_S after the busy came, so after the request left; no
+    probe leaves before), or lost with a connection that dropped. A probe unanswered for PROBE_AGAIN_S is taken as
+    lost too, and another follows."""
+    due = math.inf
+    for no, first in ((io.line_sent_no, 0.0), (io.request_sent_no, io.request_sent_at + PROBE_AGAIN_S)):
+        if no > read_no:
+            due = min(due, io.probe_at + PROBE_AGAIN_S if io.probe_no >= no else first)
+    return None if due == math.inf else due
 
 
 def _drop_audio(outbox: Outbox, size: int, limit: int) -> tuple[Outbox, int, int]:
@@ -566,6 +588,9 @@ class _Io:
         self.sent_audio_bytes = 0
         self.sent_no = 0  # the number of the last message the DEALER took (1, 2, ...)
         self.line_sent_no = 0  # the number of the last line's message that left
+        # the number of the last request answered as the runtime reads it (ANSWERED_AS_READ) that left, and when
+        self.request_sent_no = 0
+        self.request_sent_at = 0.0
         self.probe_no = 0  # the number of the last hello probe that left (0: none since the last busy)
         self.probe_at = 0.0  # when it left
         # the outbox holds messages that may leave now (the DEALER took no more, or what waited may go): the next poll
@@ -645,7 +670,8 @@ class Client:
     (messages sent again once the runtime said it dropped this client's requests unread, ``busy`` in ``errors``, and
     the window of those drops passed: the audio of lines (``mode="line"``) sent after the last request the runtime
     had answered, each message placed by its at_sample so the runtime takes only what it lacks, then the
-    ``end_stream`` requests left without an answer; SPEC 4.6 "A client past its share"). While those drops last, the
+    ``end_stream`` requests left without an answer; and the ``open_stream``, ``set_controls`` and ``hello`` requests
+    the answer to a later request shows it never read; SPEC 4.6 "A client past its share"). While those drops last, the
     client holds what it would send (but live streams' audio), and a line's next message (audio, end_stream) leaves
     only once the runtime has read the one before (a ``hello`` request follows the lines' messages to learn it), so
     no copy comes after later audio of its line.
@@ -855,7 +881,7 @@ class Client:
         """A request queued for the I/O thread, registered for its reply; ``line``: the line it is of (it keeps the
         line's order: end_stream, set_controls)."""
         req = next(self._req_ids)
-        r = _Request(req, mtype, protocol.encode_request(mtype, req=req, **fields), line)
+        r = _Request(req, mtype, protocol.encode_request(mtype, req=req, **fields), line, fields.get("stream"))
         with self._cv:
             self._pending[r.req] = r
         try:
@@ -893,10 +919,14 @@ class Client:
             try:
                 _wait_for(
                     self._cv,
-                    lambda: r.reply is not None or self._closed or self._closing or (stop is not None and stop()),
+                    lambda: (r.reply is not None or r.failed is not None or self._closed or self._closing
+                             or (stop is not None and stop())),
                     timeout,
                 )
                 reply = r.reply
+                if reply is None and r.failed is not None:
+                    forget = True
+                    raise r.failed
                 if reply is None:
                     if stop is not None and stop():
                         forget = True
@@ -1224,7 +1254,7 @@ class Client:
     def _io_poll_ms(self, io: _Io) -> int:
         """Before the I/O thread's poll: what it waits for (the DEALER's room too while the outbox holds messages that
         may leave now) and how long: until the runtime's drops end, if it said it dropped this client's requests; until
-        another hello probe is due while a line's message waits to be known read; else ``_POLL_MS``."""
+        a hello probe is due (``_probe_due``); else ``_POLL_MS``."""
         io.poller.modify(io.dealer, zmq.POLLIN | (zmq.POLLOUT if io.outbox and io.sendable else 0))
         now = time.monotonic()
         with self._cv:
@@ -1232,8 +1262,8 @@ class Client:
                 due = self._busy_at + protocol.BUSY_WINDOW_S  # nothing but live audio leaves until then
             elif self._busy_at is not None:
                 due = now  # the drops are over: what waited goes now
-            elif io.line_sent_no > self._read_no and not io.sendable:  # (sendable: a probe waits for POLLOUT)
-                due = io.probe_at + PROBE_AGAIN_S
+            elif (probe := _probe_due(io, self._read_no)) is not None and not io.sendable:  # (sendable: POLLOUT)
+                due = probe
             else:
                 return _POLL_MS
         return max(0, min(_POLL_MS, math.ceil(1000 * (due - now))))
@@ -1326,6 +1356,11 @@ class Client:
                         break
                 if dropped:
                     outbox, outbox_bytes = self._connection_dropped(outbox, outbox_bytes)
+            # ahead of what waits, in their order (a line's: after the audio its line sent before them)
+            for r in reversed(self._dropped_requests()):
+                outbox.appendleft((False, r.payload, r, r.line))
+                outbox_bytes += len(r.payload)
+                io.sendable = True
             # after the replies were read (an answer that came is no reason to send it again); sent on the next pass,
             # each after the audio its line sends again (the line's messages leave one at a time, in order)
             for payload, line in self._dropped_ends(outbox):
@@ -1376,19 +1411,21 @@ class Client:
                 request.sent_at = now
                 if request.sent_no is None:
                     request.sent_no = io.sent_no
+                if request.mtype in ANSWERED_AS_READ:
+                    io.request_sent_no, io.request_sent_at = io.sent_no, now
             if line is not None:
                 line._sent_no = io.line_sent_no = io.sent_no
                 if audio:  # kept until known read: the runtime may yet say it dropped it unread (_dropped_audio)
                     io.sent_audio.append((io.sent_no, now, payload, line))
                     io.sent_audio_bytes += len(payload)
         outbox.extendleft(reversed(held))
-        if (not holding and not io.sendable and io.line_sent_no > read_no
-                and (io.probe_no < io.line_sent_no or now - io.probe_at >= PROBE_AGAIN_S)):
+        due = _probe_due(io, read_no)
+        if not holding and not io.sendable and due is not None and now >= due:
             self._send_probe(io, now)
         return size
 
     def _send_probe(self, io: _Io, now: float) -> None:
-        """A ``hello`` request after the lines' messages that left: its answer says the runtime read them."""
+        """A ``hello`` request after the messages that left: its answer says the runtime read (or dropped) them."""
         req = next(self._req_ids)
         try:
             io.dealer.send(protocol.encode_request("hello", req=req), zmq.NOBLOCK)
@@ -1422,10 +1459,22 @@ class Client:
 
     def _connection_dropped(self, outbox: Outbox, size: int) -> tuple[Outbox, int]:
         """The DEALER's connection dropped: every open stream of this client is lost (the next connection has another
-        routing id, and the runtime keeps a stream for the one that opened it), and so is the audio waiting for them."""
+        routing id, and the runtime keeps a stream for the one that opened it), and so is the audio waiting for them.
+        An open_stream or set_controls unanswered that left fails too: the runtime may have carried it out for the old
+        connection, so it is not sent again (a second stream opened, or "already open" for an open that worked); a
+        hello goes again (``_dropped_requests``). (One that left on the new connection, which ZeroMQ makes
+        RECONNECT_IVL_MS later, before this thread saw the drop, fails with them: this thread held up that long.)"""
         with self._cv:
             for handle in self._handles.values():
                 handle._reconnected()
+            for r in self._pending.values():
+                if (r.mtype in ("open_stream", "set_controls") and r.reply is None and r.failed is None
+                        and r.sent_no is not None):
+                    what = f"stream {r.stream!r}" if r.stream is not None else "the stream"
+                    r.failed = StreamLost(r.stream or "", "reconnect", f"the connection to the runtime dropped while "
+                                          f"{r.mtype} was on its way: a runtime still running may have carried it "
+                                          f"out for that connection (it ends {what} after its idle timeout), one that "
+                                          "restarted has not; open a new stream, with another id, to go on")
             self._cv.notify_all()
         kept, size, dropped = _drop_audio(outbox, size, 0)
         if dropped:
@@ -1649,11 +1698,30 @@ class Client:
                      "message(s) of lines again", len(again))
         return again
 
+    def _dropped_requests(self) -> list[_Request]:
+        """The requests to send again (the I/O thread's, after reading the replies): those the runtime answers as it
+        reads them (ANSWERED_AS_READ) left unanswered behind one it answered since (``_read_no``): they were dropped
+        unread (a ``busy``), or a hello lost with a connection that dropped (an open_stream or set_controls that left
+        on it fails instead: ``_connection_dropped``). Each is numbered again when it leaves. One limit: an answer
+        the runtime could not deliver (the client read nothing for long) is taken for a drop too."""
+        with self._cv:
+            again = [r for r in self._pending.values() if r.mtype in ANSWERED_AS_READ and r.reply is None
+                     and r.failed is None and not r.abandoned and r.sent_no is not None and r.sent_no < self._read_no]
+            for r in again:
+                r.sent_no = None
+            again.sort(key=lambda r: r.req)
+            self.resent += len(again)
+        if again:
+            log.info("ksdiff-sdk: the runtime did not read %d request(s) of this client (%s): sending them again",
+                     len(again), ", ".join(r.mtype for r in again))
+        return again
+
     def _dropped_ends(self, outbox: Outbox) -> list[tuple[bytes, StreamHandle | None]]:
         """The ``end_stream`` requests to send again (the I/O thread's): the runtime said (``busy`` with neither
         ``req`` nor ``stream``) that it dropped this client's requests unread, for at most BUSY_WINDOW_S from then,
         and those sent before that ended are still unanswered (and not still waiting in the ``outbox``). Carried out
-        twice, an end_stream does no harm (SPEC 4.6 "A client past its share"); other requests are left to time out.
+        twice, an end_stream does no harm (SPEC 4.6 "A client past its share"); the others go again only once known
+        unread (``_dropped_requests``).
         The answer to the other copy is dropped (one limit: if the stream is gone and its stream_end was missed, the
         first copy's unknown_stream is dropped too, and end() times out)."""
         now = time.monotonic()
