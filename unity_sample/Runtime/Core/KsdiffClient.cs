@@ -49,6 +49,23 @@
 //     no copy comes after later audio, or the end_stream, of its line. A hello request
 //     (RequestHello) still leaves only after everything queued before it: its reply says the
 //     runtime read all that.
+//   * hello, open_stream and set_controls are answered as the runtime reads them (end_stream once
+//     its stream has ended), and a connection's messages are read in order: one still unanswered
+//     once the runtime answered a request sent after it on the same connection was never read
+//     (dropped unread after a busy), and it goes again (ClientStatus.Resent), numbered anew when
+//     it leaves; an open_stream or set_controls ahead of what waits in the outbox, a hello behind
+//     it (its reply says the runtime read all that). A hello probe follows such a request left
+//     unanswered for ProbeAgainS (a busy's window ends Protocol.BusyWindowS after the busy came,
+//     so after the request left, and no probe leaves before), again every ProbeAgainS. Merely
+//     unanswered when a busy's window ends is no reason: still on its way, it is carried out when
+//     read (a second open_stream would open a second stream). A request whose caller gave up
+//     (timed out, abandoned) is not sent again.
+//   * An open_stream or set_controls that left on a connection that then dropped fails at once and
+//     is never sent again (SPEC 4.6): the runtime may have read it and carried it out for that
+//     connection, its answer lost with it (a copy would open a second stream, or be refused busy
+//     "already open" for an open that worked). Its failure says so: open a new stream, with another
+//     id. A hello lost that way goes again (harmless twice); requests still in the outbox go on
+//     the next connection.
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
 //   * A stream's events reach the game in the order the runtime published them: a frame is in the
@@ -133,7 +150,9 @@ namespace Ksdiff
         public ulong Withdrawn;         // requests never sent: they failed (timed out, abandoned) while still in the outbox
         // Messages sent again once the runtime said it dropped this client's requests unread (busy)
         // and those drops were over: the audio of lines it may have dropped, then the end_streams
-        // left unanswered.
+        // left unanswered; and the hello, open_stream and set_controls requests the runtime never
+        // read (dropped unread), which the answer to a request sent after them shows, and the hellos
+        // lost with a connection that dropped (an open_stream or set_controls lost so fails instead).
         public ulong Resent;
         public double LastHelloS = -1;
         public string LastError;
@@ -170,7 +189,7 @@ namespace Ksdiff
         public readonly string Stream;   // the stream it is about; null for hello
         public readonly double SentS;    // when it was queued (client clock)
         public readonly double TimeoutS; // no reply by SentS + TimeoutS: it fails
-        internal byte[] Payload;         // what was sent, to send again (an end_stream the runtime dropped unread)
+        internal byte[] Payload;         // what was sent, to send again (the runtime dropped it unread)
         internal bool Queued;            // (L) a copy of it waits in the outbox: it has not left since it was last queued
         internal bool Left;              // (L) it left for the runtime, once at least
         internal double LastSentS;       // (L) when it last left for the runtime (client clock)
@@ -193,7 +212,8 @@ namespace Ksdiff
         public bool IsDone { get { lock (_lock) return _reply != null || _failure != null; } }
         // The reply (an ErrorReply when the runtime refused), or null while waiting.
         public Message Reply { get { lock (_lock) return _reply; } }
-        // Why no reply will come (none in time, the runtime restarted, the client stopped), or null.
+        // Why no reply will come (none in time, the runtime restarted, the client stopped, an
+        // open_stream or set_controls on its way when the connection dropped), or null.
         public string Failure { get { lock (_lock) return _failure; } }
 
         // Blocks up to `timeout` (not on Unity's main thread: poll IsDone there).
@@ -281,6 +301,9 @@ namespace Ksdiff
         ulong _lineSentNo;   // the number of the last line's message that left
         ulong _probeNo;      // the number of the last hello probe that left (0: none since the last busy's drops ended)
         double _probeAtS;    // when it left
+        // The number of the last request answered as the runtime reads it (AnsweredAsRead) that left, and when.
+        ulong _requestSentNo;
+        double _requestSentAtS;
         ulong _pass;         // Flush's passes (Tracker.HeldPass)
         readonly Queue<Outgoing> _held = new Queue<Outgoing>(); // what Flush holds back on this pass, in order
         readonly Decoder _decoder = new Decoder();
@@ -692,6 +715,7 @@ namespace Ksdiff
                 // After the replies: those that came before the connection dropped still count.
                 if (transport.TakeDisconnects() > 0) ConnectionDropped();
                 ExpirePending(_clock());
+                ResendDroppedRequests(); // after the replies were read, and with those whose caller gave up gone
                 ResendDroppedEnds(_clock());
             }
         }
@@ -759,6 +783,11 @@ namespace Ksdiff
                         next.Request.Left = true;
                         next.Request.LastSentS = now; // it left now, not when it was queued (ResendDroppedEnds)
                         if (next.Request.SentNo == 0) next.Request.SentNo = no;
+                        if (AnsweredAsRead(next.Request.Type))
+                        {
+                            _requestSentNo = no;
+                            _requestSentAtS = now;
+                        }
                     }
                     if (next.Line != null && next.Line.Opening == next.Opening)
                     {
@@ -793,8 +822,7 @@ namespace Ksdiff
                 readNo = _readNo;
             }
             double at = _clock();
-            if (!holding && !refused && _lineSentNo > readNo && (_probeNo < _lineSentNo || at - _probeAtS >= ProbeAgainS))
-                refused = !SendProbe(transport, at);
+            if (!holding && !refused && ProbeDue(readNo, at)) refused = !SendProbe(transport, at);
             lock (_lock)
             {
                 // Only while the transport takes nothing: the lines' messages waiting for the runtime to
@@ -822,6 +850,27 @@ namespace Ksdiff
             Tracker t = m.Line;
             if (t == null || t.Opening != m.Opening || !t.Line || t.Lost || t.Status.Ended) return false;
             return t.HeldPass == _pass || t.SentNo > readNo;
+        }
+
+        // Whether a hello probe is due at `now`: its answer says the runtime read every message before
+        // it (readNo: the last one known read). One follows the lines' messages at once (a line's next
+        // one waits for it), and a request answered as read (AnsweredAsRead) left unanswered for
+        // ProbeAgainS: dropped unread in a busy's window (which ends Protocol.BusyWindowS after the
+        // busy came, so after the request left; nothing but live audio leaves before), or a hello
+        // lost with a connection that dropped (ResendDroppedRequests). A probe unanswered for
+        // ProbeAgainS is taken as lost too, and another follows. Worker only.
+        bool ProbeDue(ulong readNo, double now)
+        {
+            if (_lineSentNo > readNo && (_probeNo < _lineSentNo || now - _probeAtS >= ProbeAgainS)) return true;
+            if (_requestSentNo <= readNo) return false;
+            return _probeNo < _requestSentNo ? now - _requestSentAtS >= ProbeAgainS : now - _probeAtS >= ProbeAgainS;
+        }
+
+        // The requests the runtime answers as it reads them (end_stream only once its stream has ended):
+        // one still unanswered once a request sent after it was answered was never read.
+        static bool AnsweredAsRead(string type)
+        {
+            return type == "hello" || type == "open_stream" || type == "set_controls";
         }
 
         // A hello request after the lines' messages that left: its answer says the runtime read them
@@ -896,10 +945,20 @@ namespace Ksdiff
         // The DEALER's connection dropped. ZeroMQ reconnects by itself, but the new connection has
         // another routing id, and the runtime keeps each stream for the connection that opened it
         // (SPEC 1, Ownership): every stream this client opened is lost (the runtime ends it after
-        // its idle timeout), and so is the audio still waiting to go to them.
+        // its idle timeout), and so is the audio still waiting to go to them. An open_stream or
+        // set_controls that left and is still unanswered fails at once, and is never sent again
+        // (SPEC 4.6): the runtime may have read it and carried it out for that connection, its
+        // answer lost with it, so a copy on the next connection would open a second stream (no
+        // id), be refused busy "already open" for an open that worked, or be refused as a stream
+        // the new connection does not own. A hello that left goes again (ResendDroppedRequests):
+        // a second one is harmless. Requests still in the outbox (never left, or a copy queued
+        // again) go on the next connection. (One that left on the new connection, which ZeroMQ
+        // makes 100 ms later, before the worker saw the drop, fails with them: the worker was held
+        // up that long.) Completed outside the lock, as FailPending does.
         void ConnectionDropped()
         {
             double now = _clock();
+            List<KeyValuePair<PendingRequest, string>> failed = null; // nothing allocated unless one fails
             lock (_lock)
             {
                 foreach (Tracker t in _streams.Values)
@@ -908,7 +967,35 @@ namespace Ksdiff
                         Lose(t, "reconnect", "the connection to the runtime dropped, and the stream with it", now);
                 }
                 _status.Unsent += (ulong)DropAudio(0);
+                foreach (PendingRequest p in _pending.Values)
+                {
+                    if ((p.Type != "open_stream" && p.Type != "set_controls") || p.Queued || p.SentNo == 0) continue;
+                    if (failed == null) failed = new List<KeyValuePair<PendingRequest, string>>();
+                    failed.Add(new KeyValuePair<PendingRequest, string>(p, LostOnTheWay(p)));
+                }
+                if (failed == null) return;
+                foreach (KeyValuePair<PendingRequest, string> f in failed)
+                {
+                    _pending.Remove(f.Key.Req);
+                    GaveUp(f.Key); // an open_stream's stream is not known to be this client's
+                }
             }
+            foreach (KeyValuePair<PendingRequest, string> f in failed) f.Key.Complete(null, f.Value);
+        }
+
+        // Why a request that left on a connection that dropped fails (ConnectionDropped; under _lock,
+        // the streams already lost). A set_controls for a stream this client did not open (one the
+        // runtime plays itself) lost nothing with the connection: calling it again is the way on.
+        string LostOnTheWay(PendingRequest p)
+        {
+            string why = p.Type + ": the connection to the runtime at " + _o.RouterEndpoint + " dropped while it was on its way; " +
+                         "the runtime may have carried it out for that connection, so it is not sent again: ";
+            Tracker t;
+            bool ours = p.Stream != null && _streams.TryGetValue(p.Stream, out t) && t.Status.OpenedHere;
+            if (p.Type == "set_controls" && !ours) return why + "call SetControls again to be sure it holds";
+            string stream = p.Stream != null ? "stream '" + p.Stream + "'" : "the stream";
+            return why + "a runtime still running ends " + stream + " after its idle timeout (one that restarted never had it); " +
+                   "open a new stream, with another id";
         }
 
         // Fails the requests whose reply is overdue: it was lost with a dropped connection, or the
@@ -940,8 +1027,9 @@ namespace Ksdiff
         // until a window of at most Protocol.BusyWindowS ended: an end_stream that left before that end
         // and is still unanswered after it may have been dropped, so it goes again. One still in the
         // outbox (it never left, or its copy has not) was not dropped: no copy is queued behind it. A
-        // second end_stream is harmless (SPEC 4.6, "A client past its share"); other requests are
-        // left to time out.
+        // second end_stream is harmless (SPEC 4.6, "A client past its share"); other requests go again
+        // only once the answer to a request sent after them shows they were not read
+        // (ResendDroppedRequests): merely unanswered, one may still be on its way.
         void ResendDroppedEnds(double now)
         {
             lock (_lock)
@@ -959,13 +1047,75 @@ namespace Ksdiff
                                                    Opening = line != null ? line.Opening : 0 });
                     _outboxBytes += p.Payload.Length;
                     _status.Resent++;
-                    if (_resent.Add(p.Req))
-                    {
-                        _resentOrder.Enqueue(p.Req);
-                        if (_resentOrder.Count > ResentKept) _resent.Remove(_resentOrder.Dequeue());
-                    }
+                    RememberResent(p.Req);
                 }
                 _busyAtS = null;
+            }
+        }
+
+        // The requests the runtime answers as it reads them (AnsweredAsRead) still unanswered behind
+        // one it answered since (_readNo: it reads a connection's messages in order) were never read:
+        // dropped unread after a busy, or a hello lost with a connection that dropped. (An open_stream
+        // or set_controls that left on a connection that dropped is not among them: it failed then,
+        // since the runtime may have carried it out for that connection, its answer lost with it:
+        // ConnectionDropped.) Each goes again, counted in Resent, numbered anew when it leaves. An
+        // open_stream or set_controls goes ahead of what waits in the outbox, in their order (a
+        // line's set_controls left only once the line's message before it was known read, so none
+        // of the line's earlier messages waits to go again); a hello behind it: its answer tells the
+        // runtime read all that was queued before it (NpcLine's barrier), so it overtakes nothing.
+        // One whose caller gave up (timed out, abandoned) is no longer pending: it is not sent again.
+        // A limit, as in the SDK: an answer the runtime could not deliver (the client read nothing
+        // for long) is taken for a drop.
+        // On the worker, after the replies were read (an answer that came is no reason to send it again).
+        void ResendDroppedRequests()
+        {
+            lock (_lock)
+            {
+                List<PendingRequest> again = null; // nothing allocated unless something goes again
+                foreach (PendingRequest p in _pending.Values)
+                {
+                    if (!AnsweredAsRead(p.Type) || p.Queued || p.SentNo == 0 || p.SentNo >= _readNo) continue;
+                    if (again == null) again = new List<PendingRequest>();
+                    again.Add(p);
+                }
+                if (again == null) return;
+                again.Sort((a, b) => a.Req.CompareTo(b.Req));
+                int queued = _outbox.Count, ahead = 0;
+                foreach (PendingRequest p in again)
+                {
+                    if (p.Type == "hello") continue;
+                    QueueAgain(p);
+                    ahead++;
+                }
+                if (ahead > 0) for (int n = queued; n > 0; n--) _outbox.Enqueue(_outbox.Dequeue()); // what waited goes after them
+                foreach (PendingRequest p in again)
+                {
+                    if (p.Type == "hello") QueueAgain(p);
+                }
+            }
+        }
+
+        // A copy of a request the runtime dropped unread, at the tail of the outbox (under _lock): it is
+        // numbered anew when it leaves (its answer then says the runtime read everything up to the copy).
+        void QueueAgain(PendingRequest p)
+        {
+            p.SentNo = 0;
+            p.Queued = true;
+            Tracker line = LineOf(p); // a line's set_controls keeps its place in the line's order
+            _outbox.Enqueue(new Outgoing { Payload = p.Payload, Audio = false, Req = p.Req, Request = p, Line = line,
+                                           Opening = line != null ? line.Opening : 0 });
+            _outboxBytes += p.Payload.Length;
+            _status.Resent++;
+            RememberResent(p.Req);
+        }
+
+        // A request sent again (under _lock): the answer to its other copy changes nothing (OnReply).
+        void RememberResent(ulong req)
+        {
+            if (_resent.Add(req))
+            {
+                _resentOrder.Enqueue(req);
+                if (_resentOrder.Count > ResentKept) _resent.Remove(_resentOrder.Dequeue());
             }
         }
 
@@ -1315,8 +1465,13 @@ namespace Ksdiff
                             // been dropped. A busy whose drops are not over yet keeps its own, lower.
                             if (!_busyReadNo.HasValue) _busyReadNo = _readNo;
                         }
+                        // A request sent again that is still pending: an end_stream's copy refused
+                        // unknown_stream is its other copy ending the stream; any other request went
+                        // again only once known unread, so its copy's refusal is its answer.
+                        PendingRequest copyOf;
                         if (req.HasValue && _resent.Contains(req.Value) &&
-                            (!_pending.ContainsKey(req.Value) || error.ErrorCode == ErrorCode.UnknownStream))
+                            (!_pending.TryGetValue(req.Value, out copyOf) ||
+                             (copyOf.Type == "end_stream" && error.ErrorCode == ErrorCode.UnknownStream)))
                         {
                             req = null; // a copy's answer: the request was answered already, or its other copy is ending the stream
                             break;

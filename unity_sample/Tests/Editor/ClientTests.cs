@@ -2,9 +2,12 @@
 // decoding, drops, bad input, replies matched by req, restart detection, reconnection, streams
 // lost with a dropped connection (and staying lost while frames still come), requests that time out
 // (withdrawn from the outbox unsent, a stream opened too late ended), end_streams and the audio of
-// lines sent again after a busy (an in-memory transport holds sends back), audio after end_stream
-// refused, the outbox's bound, an absent runtime, a bad endpoint, CURVE, Start and Stop racing on
-// several threads (the worker's own included). The same client logic runs over NetMQ in Unity.
+// lines sent again after a busy (an in-memory transport holds sends back), open_stream and
+// set_controls sent again once a later request's answer shows them unread (not merely slow ones),
+// and failed at once, never sent again, when they left on a connection that dropped (a hello goes
+// again), audio after end_stream refused, the outbox's bound, an absent runtime, a bad endpoint,
+// CURVE, Start and Stop racing on several threads (the worker's own included). The same client
+// logic runs over NetMQ in Unity.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -322,7 +325,8 @@ namespace Ksdiff.Tests
             Assert.IsNotNull(lost);
             Assert.AreEqual("mine", lost.Stream);
             Assert.IsTrue(lost.Text.Contains("connection"), lost.Text);
-            // An open_stream without its reply is not known to be held (if it was, its request times out).
+            // An open_stream without its reply is not known to be held: not lost (its request fails,
+            // never sent again: the runtime may have carried it out for the connection that dropped).
             Assert.IsFalse(c.Stream("unanswered").Ended);
         }
 
@@ -778,6 +782,362 @@ namespace Ksdiff.Tests
             }
             Assert.AreEqual("audio barrier 0 @0, audio barrier 1 @1000", string.Join(", ", seen), "the hello overtook the line's audio");
             Assert.IsTrue(marker.Wait(TimeSpan.FromSeconds(10)) && marker.Reply is Hello, "" + marker.Reply);
+        }
+
+        [Test]
+        public void AnOpenStreamDroppedUnreadAfterABusyGoesAgainOnceALaterRequestIsAnsweredAndTheStreamOpens()
+        {
+            // SPEC 4.6 "A client past its share": the runtime read this open_stream past the client's
+            // share and dropped it unread, with a busy; it then waited for its request timeout (an NPC's
+            // line that never started). The runtime answers open_stream as it reads it, and reads a
+            // connection's messages in order: once the drops are over a hello probe follows, and its
+            // answer shows the open_stream was never read, so it goes again.
+            var rt = Keep(new FakeRuntime());
+            rt.AnswerHellos = false; // the test answers them, or drops them unread
+            KsdiffClient c = Client(rt, configure: o => o.RequestTimeoutS = 30); // no timeout ends the wait here
+            Handshake(rt, c, "A");
+            PendingRequest open = c.OpenStream(new OpenStream { Stream = "npc", Mode = Protocol.ModeLine });
+            var first = rt.Receive();
+            Assert.AreEqual(open.Req, ((OpenStream)new Decoder().Decode(first.Value)).Req);
+            rt.Reply(first.Key, FakeRuntime.Error("busy", null, null, null)); // it was dropped unread
+            var again = NextAnsweringHellos(rt) as OpenStream; // the probes after it are read, and answered
+            Assert.IsNotNull(again, "the open_stream was not sent again");
+            Assert.AreEqual(open.Req, again.Req);
+            Assert.AreEqual("npc", again.Stream);
+            rt.Reply(first.Key, FakeRuntime.StreamOpened("npc", open.Req, 20, 300, Protocol.ModeLine));
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)), "the open_stream was not answered");
+            Assert.IsTrue(open.Reply is StreamOpened, "" + open.Reply);
+            Assert.IsTrue(c.Stream("npc").OpenedHere);
+            Assert.AreEqual(1UL, c.Status().Resent);
+            Assert.AreEqual(0UL, c.Status().Withdrawn);
+        }
+
+        [Test]
+        public void ASetControlsDroppedUnreadAfterABusyGoesAgainOnceALaterRequestIsAnswered()
+        {
+            // The same for a live stream's set_controls: a mood change the game asked for is not lost,
+            // nor does its call wait for its request timeout.
+            var rt = Keep(new FakeRuntime());
+            rt.AnswerHellos = false; // the test answers them, or drops them unread
+            KsdiffClient c = Client(rt, configure: o => o.RequestTimeoutS = 30);
+            Handshake(rt, c, "A");
+            Open(rt, c, "mic");
+            PendingRequest set = c.SetControls("mic", new Controls().SetMood(Protocol.MoodHappy));
+            var first = rt.Receive();
+            Assert.AreEqual(set.Req, ((SetControls)new Decoder().Decode(first.Value)).Req);
+            rt.Reply(first.Key, FakeRuntime.Error("busy", null, null, null)); // it was dropped unread
+            var again = NextAnsweringHellos(rt) as SetControls;
+            Assert.IsNotNull(again, "the set_controls was not sent again");
+            Assert.AreEqual(set.Req, again.Req);
+            Assert.AreEqual(Protocol.MoodHappy, again.Controls.Mood);
+            rt.Reply(first.Key, ControlsSet("mic", Protocol.MoodHappy, set.Req));
+            Assert.IsTrue(set.Wait(TimeSpan.FromSeconds(10)), "the set_controls was not answered");
+            var done = set.Reply as ControlsSet;
+            Assert.IsNotNull(done, "" + set.Reply);
+            Assert.AreEqual(Protocol.MoodHappy, done.Controls.Mood);
+            Assert.AreEqual(1UL, c.Status().Resent);
+        }
+
+        [Test]
+        public void ASetControlsSentAgainTakesTheRefusalOfItsCopyAsItsAnswer()
+        {
+            // Sent again because the runtime never read it, a request has no other copy on its way:
+            // the copy's refusal is its answer. (An end_stream's copy refused unknown_stream is not:
+            // its first copy, read after all, is ending the stream.) The refusal was dropped as a
+            // copy's, and the call waited for its request timeout.
+            var rt = Keep(new FakeRuntime());
+            rt.AnswerHellos = false; // the test answers them, or drops them unread
+            KsdiffClient c = Client(rt, configure: o => o.RequestTimeoutS = 30);
+            Handshake(rt, c, "A");
+            Open(rt, c, "npc1");
+            PendingRequest set = c.SetControls("npc1", new Controls().SetMood(Protocol.MoodHappy));
+            var first = rt.Receive();
+            rt.Reply(first.Key, FakeRuntime.Error("busy", null, null, null)); // it was dropped unread
+            Assert.IsTrue(NextAnsweringHellos(rt) is SetControls, "the set_controls was not sent again");
+            // The runtime ended the stream meanwhile (its idle timeout): the copy is refused.
+            rt.Reply(first.Key, FakeRuntime.Error("unknown_stream", "set_controls", "npc1", set.Req));
+            Assert.IsTrue(set.Wait(TimeSpan.FromSeconds(10)), "the refusal of the copy did not reach the call");
+            var refused = set.Reply as ErrorReply;
+            Assert.IsNotNull(refused, "" + set.Reply);
+            Assert.AreEqual(ErrorCode.UnknownStream, refused.ErrorCode);
+            Assert.AreEqual(1UL, c.Status().Resent);
+        }
+
+        [Test]
+        public void AnOpenStreamWhoseAnswerIsMerelySlowPastABusysWindowIsSentOnlyOnce()
+        {
+            // The open_stream left before the busy came, and the runtime read it only once its drops
+            // were over (it waited in the queues on the way), and carried it out. Unanswered when the
+            // window ended is no proof that it was dropped: a copy would open a second stream (no id:
+            // the runtime picks one). Only the answer to a request sent after it is, and the runtime
+            // answers in order, the open_stream first.
+            var rt = Keep(new FakeRuntime());
+            rt.AnswerHellos = false; // the test answers them, in the runtime's order
+            KsdiffClient c = Client(rt, configure: o => o.RequestTimeoutS = 30);
+            Handshake(rt, c, "A");
+            Open(rt, c, "mic");
+            var pcm = new byte[4000];
+            c.SendAudio("mic", 0, 0, pcm, 0, pcm.Length);
+            var audio = rt.Receive(); // read past the client's share: dropped unread, its busy not sent yet
+            PendingRequest open = c.OpenStream(new OpenStream()); // an id of the runtime's choice
+            var slow = rt.Receive(); // on its way: the runtime reads it once the drops are over
+            Assert.AreEqual(open.Req, ((OpenStream)new Decoder().Decode(slow.Value)).Req);
+            rt.Reply(audio.Key, FakeRuntime.Error("busy", null, null, null));
+            Assert.IsTrue(Wait.Until(() => Events(c).Any(e => e.Kind == ClientEventKind.Error), 10), "the busy was not read");
+            // The client's window ends Protocol.BusyWindowS after it read the busy: the time passing,
+            // with the open_stream unanswered, is what is tested.
+            var watch = Stopwatch.StartNew();
+            Assert.IsTrue(Wait.Until(() => watch.Elapsed.TotalSeconds > 1.5 * Protocol.BusyWindowS, 10));
+            rt.Reply(slow.Key, FakeRuntime.StreamOpened("sdk-1", open.Req));
+            Assert.IsTrue(open.Wait(TimeSpan.FromSeconds(10)), "the open_stream was not answered");
+            Assert.IsTrue(open.Reply is StreamOpened, "" + open.Reply);
+            // Everything the client sent until a hello after it was answered: its probes, answered
+            // now (after the open_stream, as the runtime reads them), and no copy.
+            PendingRequest marker = c.RequestHello();
+            int copies = 0;
+            while (true)
+            {
+                var r = rt.Receive();
+                Message m = new Decoder().Decode(r.Value);
+                if (m is OpenStream) copies++;
+                var hello = m as Hello;
+                if (hello == null) continue;
+                rt.Reply(r.Key, FakeRuntime.Hello("A", hello.Req));
+                if (hello.Req == marker.Req) break;
+            }
+            Assert.IsTrue(marker.Wait(TimeSpan.FromSeconds(10)) && marker.Reply is Hello, "" + marker.Reply);
+            Assert.AreEqual(0, copies, "the open_stream was sent twice: the runtime would open a second stream");
+            Assert.AreEqual(0UL, c.Status().Resent);
+            Assert.IsTrue(c.Stream("sdk-1").OpenedHere);
+        }
+
+        [Test]
+        public void AnOpenStreamTheRuntimeReadOnAConnectionThatThenDroppedFailsAtOnceAndIsNeverSentAgain()
+        {
+            // SPEC 4.6: the runtime read the open_stream and opened "npc" for this connection, and the
+            // connection dropped with its answer. Sent again on the next connection, it would be
+            // refused busy "already open" (the id is held for the old connection until the runtime's
+            // idle timeout ends it) for an open that had worked; without an id it would open a second
+            // stream. So it fails at once, saying why, and a stream opened with another id works.
+            DroppedWithARequestOnItsWay drop = DropTheConnectionWithARequestOnItsWay(
+                c => c.OpenStream(new OpenStream { Stream = "npc", Mode = Protocol.ModeLine }), theRuntimeReadIt: true);
+            AssertFailedAsLostOnTheWay(drop.Request);
+            Assert.IsTrue(drop.Request.Failure.Contains("a runtime still running ends stream 'npc' after its idle timeout"), drop.Request.Failure);
+            Assert.IsFalse(drop.Client.Stream("npc").OpenedHere, "opened here, though no stream_opened came");
+            AssertAnotherStreamOpensAndTheRequestIsNeverSentAgain(drop);
+        }
+
+        [Test]
+        public void AnOpenStreamTheRuntimeNeverReadBeforeItsConnectionDroppedFailsAtOnceAndIsNeverSentAgain()
+        {
+            // The runtime dropped the open_stream unread (past its share), and then the connection
+            // dropped. The client cannot tell this from an open_stream read whose answer was lost
+            // with the connection: both end unanswered when the connection drops, so it fails the
+            // same way rather than risk a second stream.
+            DroppedWithARequestOnItsWay drop = DropTheConnectionWithARequestOnItsWay(
+                c => c.OpenStream(new OpenStream()), theRuntimeReadIt: false); // an id of the runtime's choice
+            AssertFailedAsLostOnTheWay(drop.Request);
+            Assert.IsTrue(drop.Request.Failure.Contains("a runtime still running ends the stream after its idle timeout"), drop.Request.Failure);
+            AssertAnotherStreamOpensAndTheRequestIsNeverSentAgain(drop);
+        }
+
+        [Test]
+        public void ASetControlsTheRuntimeReadOnAConnectionThatThenDroppedFailsAtOnceAndIsNeverSentAgain()
+        {
+            // The runtime carried the set_controls out for the connection that opened "mic", and the
+            // connection dropped with its answer (and with the stream: the next connection has
+            // another routing id). A copy on the next connection would be refused: the call learns
+            // now why it failed, not a refusal of a copy, nor a timeout.
+            DroppedWithARequestOnItsWay drop = DropTheConnectionWithARequestOnItsWay(
+                c => c.SetControls("mic", new Controls().SetMood(Protocol.MoodHappy)), theRuntimeReadIt: true);
+            AssertFailedAsLostOnTheWay(drop.Request);
+            Assert.AreEqual("reconnect", drop.Client.Stream("mic").EndReason, "the stream was not lost with the connection");
+            AssertNeverSentAgain(drop);
+        }
+
+        [Test]
+        public void ASetControlsTheRuntimeNeverReadBeforeItsConnectionDroppedFailsAtOnceAndIsNeverSentAgain()
+        {
+            DroppedWithARequestOnItsWay drop = DropTheConnectionWithARequestOnItsWay(
+                c => c.SetControls("mic", new Controls().SetMood(Protocol.MoodHappy)), theRuntimeReadIt: false);
+            AssertFailedAsLostOnTheWay(drop.Request);
+            AssertNeverSentAgain(drop);
+        }
+
+        [Test]
+        public void AHelloRequestThatLeftOnAConnectionThatDroppedGoesAgainOnTheNextOne()
+        {
+            // A hello carried out twice does no harm: lost with the connection, it goes again once a
+            // probe's answer on the next connection shows it was not answered there, and its call
+            // gets the runtime's hello rather than a timeout.
+            var first = new FakeRuntime();
+            first.AnswerHellos = false; // it dies with the connection, unanswered
+            string pub = first.PubEndpoint, router = first.RouterEndpoint;
+            KsdiffClient c = Client(first, configure: o => o.RequestTimeoutS = 30); // no timeout ends the wait here
+            Handshake(first, c, "A");
+            PendingRequest hello = c.RequestHello();
+            Assert.AreEqual(hello.Req, ((Hello)new Decoder().Decode(first.Receive().Value)).Req);
+            first.Dispose(); // the connection drops
+            var second = Keep(new FakeRuntime(pub, router)); // the network is back: it answers every hello it reads
+            var received = new List<ulong?>(); // the reqs of what it reads
+            Assert.IsTrue(Wait.Until(() =>
+            {
+                KeyValuePair<byte[], byte[]>? r = second.TryReceive(0.05);
+                if (r.HasValue) received.Add(ReqOf(new Decoder().Decode(r.Value.Value)));
+                return hello.IsDone;
+            }, 10), "the hello was not sent again");
+            Assert.IsTrue(received.Contains(hello.Req), "answered without a copy of it");
+            Assert.IsTrue(hello.Reply is Hello, "" + hello.Reply + " " + hello.Failure);
+            Assert.AreEqual(1UL, c.Status().Resent);
+        }
+
+        // A request that left on a connection that then dropped, the client, and the runtime that
+        // answers on the next connection.
+        sealed class DroppedWithARequestOnItsWay
+        {
+            public KsdiffClient Client;
+            public PendingRequest Request;
+            public FakeRuntime Next;
+        }
+
+        // `send` queues a request (on "mic", opened first, when it is a set_controls); the runtime
+        // takes it off its socket and the connection drops, the runtime still running (it goes and
+        // comes back on the same ports as the same instance, as when the network drops). When
+        // `theRuntimeReadIt`, it had read it and carried it out, and its answer goes to the routing
+        // id of the connection that dropped: the ROUTER drops it, as the runtime's does. Otherwise it
+        // dropped the request unread. The request's outcome is waited for before the next runtime is
+        // there: a failure then came without any reply.
+        DroppedWithARequestOnItsWay DropTheConnectionWithARequestOnItsWay(Func<KsdiffClient, PendingRequest> send, bool theRuntimeReadIt)
+        {
+            var first = new FakeRuntime();
+            string pub = first.PubEndpoint, router = first.RouterEndpoint;
+            KsdiffClient c = Client(first, configure: o => o.RequestTimeoutS = 30); // a failure within seconds is no timeout
+            Handshake(first, c, "A");
+            Open(first, c, "mic");
+            PendingRequest request = send(c);
+            var received = first.Receive();
+            Assert.AreEqual(request.Req, ReqOf(new Decoder().Decode(received.Value)), "not the request");
+            first.Dispose(); // the connection drops
+            Assert.IsTrue(request.Wait(TimeSpan.FromSeconds(5)), request.Type + " did not fail when its connection dropped");
+            var next = Keep(new FakeRuntime(pub, router)); // it answers every hello, the client's probes too
+            if (theRuntimeReadIt)
+            {
+                byte[] answer = request.Type == "open_stream"
+                    ? FakeRuntime.StreamOpened(request.Stream ?? "sdk-1", request.Req)
+                    : ControlsSet("mic", Protocol.MoodHappy, request.Req);
+                next.Reply(received.Key, answer); // to the connection that dropped: lost
+            }
+            return new DroppedWithARequestOnItsWay { Client = c, Request = request, Next = next };
+        }
+
+        static void AssertFailedAsLostOnTheWay(PendingRequest request)
+        {
+            Assert.IsNull(request.Reply, "" + request.Reply);
+            string why = request.Failure;
+            Assert.IsTrue(why.StartsWith(request.Type + ": the connection to the runtime at ", StringComparison.Ordinal), why);
+            Assert.IsTrue(why.Contains("dropped while it was on its way; the runtime may have carried it out for that connection, " +
+                                       "so it is not sent again"), why);
+            Assert.IsTrue(why.Contains("open a new stream, with another id"), why);
+        }
+
+        // A stream opened with another id once the connection dropped (waiting in the outbox until the
+        // next connection is there) opens on the next connection, and the failed open_stream is never
+        // sent again.
+        void AssertAnotherStreamOpensAndTheRequestIsNeverSentAgain(DroppedWithARequestOnItsWay drop)
+        {
+            PendingRequest again = drop.Client.OpenStream(new OpenStream { Stream = "npc-2" });
+            KeyValuePair<byte[], byte[]> r;
+            Message m;
+            do
+            {
+                r = drop.Next.Receive();
+                m = new Decoder().Decode(r.Value);
+            } while (m is Hello); // the client's probes, answered
+            Assert.AreEqual(again.Req, ReqOf(m), "not the new open_stream: " + Describe(m) + " " + ReqOf(m));
+            drop.Next.Reply(r.Key, FakeRuntime.StreamOpened("npc-2", again.Req));
+            Assert.IsTrue(again.Wait(TimeSpan.FromSeconds(10)) && again.Reply is StreamOpened, "" + again.Reply + " " + again.Failure);
+            AssertNeverSentAgain(drop);
+        }
+
+        // What the next runtime receives, until the answers to two hello requests came (a request the
+        // client took for unread would go again after the first answer, ahead of the second hello),
+        // holds no copy of the request.
+        void AssertNeverSentAgain(DroppedWithARequestOnItsWay drop)
+        {
+            var received = new List<string>();
+            int copies = 0;
+            for (int n = 0; n < 2; n++)
+            {
+                PendingRequest marker = drop.Client.RequestHello();
+                while (true)
+                {
+                    Message m = new Decoder().Decode(drop.Next.Receive().Value);
+                    if (m is Hello && ((Hello)m).Req == marker.Req) break;
+                    if (m is Hello) continue; // the client's probes, answered
+                    received.Add(Describe(m) + " " + ReqOf(m));
+                    if (ReqOf(m) == drop.Request.Req) copies++;
+                }
+                Assert.IsTrue(marker.Wait(TimeSpan.FromSeconds(10)) && marker.Reply is Hello, "" + marker.Reply);
+            }
+            Assert.AreEqual(0, copies, drop.Request.Type + " was sent again on the next connection: " + string.Join(", ", received));
+            Assert.AreEqual(0UL, drop.Client.Status().Resent);
+        }
+
+        static ulong? ReqOf(Message m)
+        {
+            if (m is OpenStream) return ((OpenStream)m).Req;
+            if (m is SetControls) return ((SetControls)m).Req;
+            if (m is Hello) return ((Hello)m).Req;
+            return null;
+        }
+
+        [Test]
+        public void AHelloRequestDroppedUnreadAfterABusyGoesAgainBehindTheCopyOfTheLinesAudioBeforeIt()
+        {
+            // A hello's reply says the runtime read everything queued before it (NpcLine ends a line
+            // after such a barrier). Dropped unread with the line's audio that left just before it,
+            // it goes again once a probe's answer shows it unread, but behind the copy of that audio:
+            // ahead of it, its answer would say the runtime read audio it had not.
+            var rt = Keep(new FakeRuntime());
+            rt.AnswerHellos = false; // the test answers them, or drops them unread
+            KsdiffClient c = Client(rt, configure: o => o.RequestTimeoutS = 30);
+            Handshake(rt, c, "A");
+            OpenLine(rt, c, "npc");
+            var pcm = new byte[4000];
+            c.SendAudio("npc", 0, 0, pcm, 0, pcm.Length);
+            c.SendAudio("npc", 1, 1000, pcm, 0, pcm.Length); // leaves once the one before is known read
+            PendingRequest marker = c.RequestHello();        // leaves after both
+            Assert.AreEqual("audio npc 0 @0", Describe(new Decoder().Decode(rt.Receive().Value)));
+            var probe = rt.Receive();
+            var probeHello = new Decoder().Decode(probe.Value) as Hello;
+            Assert.IsTrue(probeHello != null && probeHello.Req != marker.Req, "no probe after the line's audio");
+            rt.Reply(probe.Key, FakeRuntime.Hello("A", probeHello.Req)); // the first audio was read
+            var audio = rt.Receive();
+            Assert.AreEqual("audio npc 1 @1000", Describe(new Decoder().Decode(audio.Value)));
+            var sent = new Decoder().Decode(rt.Receive().Value) as Hello;
+            Assert.IsTrue(sent != null && sent.Req == marker.Req, "the hello request did not follow the line's audio");
+            DropWhatCame(rt); // the probe after them: dropped unread too
+            rt.Reply(audio.Key, FakeRuntime.Error("busy", null, null, null)); // the audio and the hello were dropped unread
+            var after = new List<string>();
+            while (after.Count < 2)
+            {
+                var r = rt.Receive();
+                Message m = new Decoder().Decode(r.Value);
+                var hello = m as Hello;
+                if (hello != null) rt.Reply(r.Key, FakeRuntime.Hello("A", hello.Req)); // read, in order
+                if (hello == null) after.Add(Describe(m));
+                else if (hello.Req == marker.Req) after.Add("hello " + hello.Req);
+            }
+            Assert.AreEqual("audio npc 1 @1000, hello " + marker.Req, string.Join(", ", after));
+            Assert.IsTrue(marker.Wait(TimeSpan.FromSeconds(10)) && marker.Reply is Hello, "" + marker.Reply);
+            Assert.AreEqual(2UL, c.Status().Resent, "the audio and the hello");
+        }
+
+        // A controls_set reply that says `mood` is in force.
+        static byte[] ControlsSet(string stream, string mood, ulong req)
+        {
+            return Payload.Of("controls_set").Set("stream", Payload.Str(stream))
+                .Set("controls", w => { w.MapHeader(1); w.Str("mood"); w.Str(mood); }).Set("req", Payload.UInt(req)).Build();
         }
 
         // Opens `stream` in mode line and answers it with stream_opened.
