@@ -242,6 +242,9 @@ class Runtime:
         router.setsockopt(zmq.MAXMSGSIZE, protocol.ZMQ_MAXMSGSIZE)
         router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
         router.setsockopt(zmq.LINGER, 0)
+        # an answer it cannot queue (a client that reads nothing) or route (a client that has gone) is refused, not
+        # dropped without a word: _reply says which
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         try:
             for sock, endpoint in ((pub, self.pub_requested), (router, self.router_requested)):
                 sock.ipv6 = is_ipv6(endpoint)  # ZeroMQ binds no IPv6 address (tcp://[::1]:5555) without it
@@ -554,6 +557,10 @@ class Runtime:
             self._router.send_multipart([identity, payload], flags=zmq.NOBLOCK)
         except zmq.Again:  # that client stopped reading; it must not hold up the others
             self.warnings("unread_reply", "a reply to a client that does not read was dropped")
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            log.debug("a reply to a client that has gone was dropped")  # it closed before its answer: no fault
 
     def _publish_outbox(self) -> None:
         with self._outbox_lock:
