@@ -42,6 +42,7 @@ UNIT_FIXTURES = [
     "FaceRigTests",
     "GoldenVectorTests",
     "JitterBufferTests",
+    "LifecycleTests",
     "MappingTests",
     "NpcLineTests",
 ]

@@ -305,6 +305,8 @@ namespace Ksdiff
         ulong _requestSentNo;
         double _requestSentAtS;
         ulong _pass;         // Flush's passes (Tracker.HeldPass)
+        byte[] _unsentProbe; // a probe the transport refused, tried again as it is
+        ulong _unsentProbeReq;
         readonly Queue<Outgoing> _held = new Queue<Outgoing>(); // what Flush holds back on this pass, in order
         readonly Decoder _decoder = new Decoder();
         readonly MessageBuffer _topic = new MessageBuffer(), _payload = new MessageBuffer();
@@ -397,8 +399,10 @@ namespace Ksdiff
                 _status.LastError = null;
                 var run = new WorkerRun { Previous = _last != null ? _last.Thread : null };
                 run.Thread = new Thread(() => Run(run)) { IsBackground = true, Name = "ksdiff-client" };
+                // Started before it is published, under the lock: a Stop never sees a run whose thread is
+                // not started (Mono crashed joining one), not even after a Start that threw
+                run.Thread.Start();
                 _current = _last = run;
-                run.Thread.Start(); // under the lock: a Stop never sees a run whose thread is not started
             }
         }
 
@@ -416,6 +420,17 @@ namespace Ksdiff
                 {
                     _current.Stop = true;
                     _current = null;
+                    // The connection goes with the worker: what belonged to it is over (as when it drops).
+                    double now = _clock();
+                    foreach (Tracker t in _streams.Values)
+                    {
+                        if (t.Status.OpenedHere && t.OpenConfirmed && !t.Status.Ended)
+                            Lose(t, "reconnect", "the client stopped, and the stream's connection with it", now);
+                    }
+                    _busyAtS = null;
+                    _busyReadNo = null;
+                    _sentAudio.Clear();
+                    _sentAudioBytes = 0;
                 }
                 last = _last != null ? _last.Thread : null;
                 // With the stop itself: a Start right after it on another thread keeps its requests.
@@ -712,6 +727,8 @@ namespace Ksdiff
                     if (!transport.TryReceiveReply(_payload, out parts)) break;
                     OnReply(parts);
                 }
+                // A stopped run touches nothing more: a Start since (from a frame sink) may own the state.
+                if (run.Stop) break;
                 // After the replies: those that came before the connection dropped still count.
                 if (transport.TakeDisconnects() > 0) ConnectionDropped();
                 ExpirePending(_clock());
@@ -877,8 +894,16 @@ namespace Ksdiff
         // (OnReply). False when the transport did not take it.
         bool SendProbe(ITransport transport, double now)
         {
-            ulong req = NextReq();
-            if (!transport.TrySend(Requests.Hello(req))) return false;
+            // One probe, built once: the transport refusing it (no connection) is retried on every
+            // turn, with the same bytes (no allocation, no req taken per turn).
+            if (_unsentProbe == null)
+            {
+                _unsentProbeReq = NextReq();
+                _unsentProbe = Requests.Hello(_unsentProbeReq);
+            }
+            ulong req = _unsentProbeReq;
+            if (!transport.TrySend(_unsentProbe)) return false;
+            _unsentProbe = null;
             lock (_lock)
             {
                 _probeNo = ++_sentNo;
