@@ -220,6 +220,11 @@ struct LineClient::Impl {
   // A hello goes first on each connection (from start, and after the connection dropped): its answer
   // names the runtime instance before any stream is opened on that connection.
   bool want_hello = true;
+  // The DEALER has a connection whose handshake succeeded and that has not dropped since (its monitor):
+  // nothing leaves otherwise. libzmq reports a drop before it closes the pipe, so a message sent in
+  // between (the next connection's first hello) went into the dying pipe and was lost, and an
+  // open_stream then went first on the new connection, ahead of the hello naming its instance.
+  bool link_up = false;
 
   std::shared_ptr<Line> find(LineId id) const {
     auto it = lines.find(id);
@@ -304,7 +309,8 @@ struct LineClient::Impl {
       // The DEALER's dropped connections, from its socket monitor (an inproc PAIR of this client's own
       // context): the runtime keeps a stream for the connection that opened it, so they lose the lines.
       const std::string monitor_address = "inproc://ksdiff-line-client-monitor";
-      if (zmq_socket_monitor(dealer.handle(), monitor_address.c_str(), ZMQ_EVENT_DISCONNECTED) != 0) {
+      if (zmq_socket_monitor(dealer.handle(), monitor_address.c_str(),
+                             ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0) {
         throw zmq::error_t();
       }
       // Declared after the DEALER, so closed before it; the DEALER closes the monitor's other end.
@@ -315,6 +321,7 @@ struct LineClient::Impl {
       {
         std::lock_guard<std::mutex> lock(mutex);
         want_hello = true;
+        link_up = false;
       }
 
       bool want_out = false;
@@ -334,8 +341,10 @@ struct LineClient::Impl {
           while (wake_rx->recv(byte, zmq::recv_flags::dontwait)) {
           }
         }
-        const bool dropped = (items[2].revents & ZMQ_POLLIN) != 0 && connection_dropped_events(monitor);
+        bool up = link_up;  // (read and written by this thread alone)
+        const bool dropped = (items[2].revents & ZMQ_POLLIN) != 0 && connection_events(monitor, up);
         std::lock_guard<std::mutex> lock(mutex);
+        link_up = up;
         ++counters.wakeups;
         // Replies that came before the drop are read first: an answer that came is not lost.
         if ((items[0].revents & ZMQ_POLLIN) != 0) receive(dealer);
@@ -343,6 +352,10 @@ struct LineClient::Impl {
         want_out = pass(dealer);
         wait_ms = wait_for(want_out);
       }
+      // stop(): the DEALER closes, and with it its connection and every stream it opened (SPEC 1,
+      // Ownership), as when it drops: a start() after this one begins afresh.
+      std::lock_guard<std::mutex> lock(mutex);
+      connection_gone("the client stopped, closing its connection to the runtime at " + config.endpoint);
     } catch (const zmq::error_t& e) {
       died(std::string("ZeroMQ: ") + e.what() + " (endpoint " + config.endpoint + ")");
     } catch (const std::exception& e) {
@@ -352,8 +365,9 @@ struct LineClient::Impl {
     changed.notify_all();
   }
 
-  // Reads every monitor event waiting; true if one says the DEALER's connection dropped.
-  static bool connection_dropped_events(zmq::socket_t& monitor) {
+  // Reads every monitor event waiting; true if one says the DEALER's connection dropped. `up`: whether
+  // a connection is up after them (the last of a drop and a handshake that succeeded).
+  static bool connection_events(zmq::socket_t& monitor, bool& up) {
     bool dropped = false;
     for (;;) {
       zmq::message_t event;
@@ -363,6 +377,7 @@ struct LineClient::Impl {
         std::uint16_t id = 0;
         std::memcpy(&id, event.data(), sizeof(id));
         dropped = dropped || id == ZMQ_EVENT_DISCONNECTED;
+        if (id == ZMQ_EVENT_DISCONNECTED || id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) up = id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
       }
       while (event.more()) {
         zmq::message_t rest;
@@ -379,10 +394,15 @@ struct LineClient::Impl {
   // lines failed), and a busy was this connection's.
   void connection_dropped() {
     ++counters.disconnects;
+    connection_gone("the connection to the runtime at " + config.endpoint +
+                    " dropped (the runtime stopped or restarted, or the network failed)");
+  }
+
+  // The DEALER's connection is gone (dropped, or closed by stop()): `why`, for the lines it loses.
+  void connection_gone(const std::string& why) {
     lose_lines(sent_no + 1, "reconnect",
-               "the connection to the runtime at " + config.endpoint +
-                   " dropped (the runtime stopped or restarted, or the network failed): the runtime keeps a "
-                   "stream for the connection that opened it, so this line's stream is lost; open the line again");
+               why + ": the runtime keeps a stream for the connection that opened it, so this line's stream is "
+                     "lost; open the line again");
     read_no = sent_no;
     probes.clear();
     probe_no = 0;
@@ -512,6 +532,9 @@ struct LineClient::Impl {
     std::deque<Out> held;
     std::set<const Line*> waiting;  // lines with a message held: their later ones stay behind it
     bool blocked = false;
+    // No connection (none yet, or one dropped and the next not up): nothing may leave. Blocked: the
+    // poll waits for the monitor's next event, not for probes falling due.
+    if (!link_up) return true;
     if (want_hello && !holding) {
       // First on a new connection: its answer names the runtime instance the opens behind it reach.
       if (!send_probe(dealer, now)) return true;

@@ -1407,3 +1407,54 @@ TEST_CASE("an open_stream whose answer is merely slow (held past the busy window
 }
 
 HARNESS_MAIN()
+
+// --- stop() then start(): the DEALER closed, and with it its connection and every stream it opened
+// (SPEC 1, Ownership); the next start() begins afresh ----------------------------------------------
+
+TEST_CASE("after stop() and start() an open_stream that left on the old connection fails and is not sent again on the new one") {
+  FakeRuntime runtime;
+  LineClientConfig config = config_for(runtime);
+  config.open_timeout_s = 30.0;
+  LineClient client(config);
+  client.start();
+  const LineId opening = client.open(line_options("npc_opening"));
+  std::optional<Request> open = runtime.next_of("open_stream");  // the first hello answered on the way
+  REQUIRE(open.has_value());
+  client.stop();
+  std::optional<LineStatus> st = client.status(opening);
+  REQUIRE(st.has_value());
+  EXPECT_MSG(st->state == LineState::failed, "line state " + std::string(to_string(st->state)) + " after stop()");
+  EXPECT_EQ(st->lost, std::string("reconnect"));
+  client.start();
+  // The new connection: its hellos answered (which once made the old open_stream look unread there),
+  // for longer than a probe's interval; no open_stream may come.
+  std::size_t copies = 0;
+  const auto window_end = Clock::now() + 1500ms;
+  while (Clock::now() < window_end) {
+    std::optional<Request> r = runtime.next(100ms);
+    if (!r) continue;
+    if (r->message.type == "hello") runtime.hello(*r);
+    if (r->message.type == "open_stream") ++copies;
+  }
+  EXPECT_MSG(copies == 0u, "the open_stream that left on the old connection went again " + std::to_string(copies) +
+                               " time(s)");
+}
+
+TEST_CASE("after stop() a line open on the closed connection is failed as lost, not left open") {
+  FakeRuntime runtime;
+  LineClientConfig config = config_for(runtime);
+  LineClient client(config);
+  client.start();
+  const LineId id = client.open(line_options("npc_open"));
+  std::optional<Request> open = runtime.next_of("open_stream");
+  REQUIRE(open.has_value());
+  runtime.opened(*open);
+  REQUIRE(poll_until(client, id, [](const LineStatus& s) { return s.state == LineState::open; })->state ==
+          LineState::open);
+  client.stop();
+  const std::optional<LineStatus> st = client.status(id);
+  REQUIRE(st.has_value());
+  EXPECT_MSG(st->state == LineState::failed, "line state " + std::string(to_string(st->state)) +
+                                                 " although its stream belonged to the closed connection");
+  EXPECT_EQ(st->lost, std::string("reconnect"));
+}
