@@ -58,14 +58,16 @@ BOMBS = {
 }
 
 
-def _cpu_ms(payload: bytes, limits: P.Limits) -> float:
-    """CPU time of decoding ``payload`` (best of 3: ignores a stray GC or page fault), which must fail malformed."""
+def _cpu_ms(payload: bytes, limits: P.Limits | None = None) -> float:
+    """CPU time of decoding ``payload`` (``limits`` None: decode's default), which must fail malformed: this thread's
+    alone (the process's counted other threads' work: 377 ms once in CI, beside a runtime's), best of 3 (ignores a
+    stray GC or page fault)."""
     best = float("inf")
     for _ in range(3):
-        t0 = time.process_time()
+        t0 = time.thread_time()
         with pytest.raises(P.ProtocolError) as e:
-            P.decode(payload, limits)
-        best = min(best, time.process_time() - t0)
+            P.decode(payload) if limits is None else P.decode(payload, limits)
+        best = min(best, time.thread_time() - t0)
         assert e.value.code == "malformed", e.value
     return best * 1000
 
@@ -82,11 +84,7 @@ def test_a_decode_bomb_is_refused_malformed_within_a_few_ms(name):
 def test_decode_by_default_refuses_a_million_empty_arrays_fast():
     """What a client reads (``decode``'s default limits) is no slower to refuse: checked before anything is built."""
     for name in ("a million empty arrays", "a million empty arrays in a map", "a tree of arrays of 8"):
-        t0 = time.process_time()
-        with pytest.raises(P.ProtocolError) as e:
-            P.decode(BOMBS[name])
-        assert e.value.code == "malformed"
-        assert time.process_time() - t0 < 0.02, name
+        assert _cpu_ms(BOMBS[name]) < 20.0, name
 
 
 def _every_control() -> dict:
