@@ -407,9 +407,10 @@ namespace Ksdiff
         }
 
         // Stops the worker and waits for it to end (within about one poll interval); idempotent, any
-        // thread. Pending requests fail. Call it before NetMQConfig.Cleanup() / domain reload. On a
-        // worker thread (a frame sink) it cannot wait for itself: the worker ends once the call
-        // that made it stop returns.
+        // thread. Pending requests fail, and the streams this client opened are lost ("reconnect"):
+        // the runtime keeps each for the connection that opened it, which closes here. Call it before
+        // NetMQConfig.Cleanup() / domain reload. On a worker thread (a frame sink) it cannot wait for
+        // itself: the worker ends once the call that made it stop returns.
         public void Stop()
         {
             Thread last;
