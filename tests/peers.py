@@ -141,6 +141,8 @@ class TcpRelay:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close() alone does not)
         self._listener.close()
         self.release_requests()
         self.release_replies()

@@ -287,3 +287,60 @@ def test_a_set_controls_on_a_connection_that_dropped_fails_at_once(runtime: Runt
         assert not thread.is_alive() and len(failed) == 1, failed
         assert isinstance(failed[0], StreamLost) and failed[0].reason == "reconnect", failed[0]
         assert client.resent == 0
+
+
+class QuietMic:
+    """A source the runtime plays itself (its ``mic``), which sends nothing: a stream no client owns."""
+
+    kind, mode, stream_id, sample_rate, channels = "mic", "live", "mic", 48000, 1
+
+    def start(self, on_audio: object, on_end: object) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_set_controls_of_the_runtimes_own_stream_on_a_connection_that_dropped_goes_again(runtime: Runtime) -> None:
+    """A control panel's set_controls of the runtime's mic, on its way when the connection dropped, raised StreamLost
+    ("open a new stream") with the first version of the rule: the mic lost nothing with the connection, and a
+    second copy sets the same controls. It goes again on the next connection."""
+    runtime.add_source(QuietMic())
+    with TcpRelay(runtime.router_endpoint) as relay, \
+            Client(runtime.pub_endpoint, relay.endpoint, timeout=TIMEOUT_S) as client:
+        client.set_controls("mic", {"timing_offset_ms": 0})  # the connection through the relay is up
+        relay.hold_requests()
+        got: list[object] = []
+
+        def setter() -> None:
+            try:
+                got.append(client.set_controls("mic", {"timing_offset_ms": 10}))
+            except BaseException as e:
+                got.append(e)
+
+        thread = threading.Thread(target=setter)
+        thread.start()
+
+        def left() -> bool:
+            with client._cv:
+                return any(r.mtype == "set_controls" and r.sent_no is not None for r in client._pending.values())
+
+        wait_for(left, "set_controls sent")
+        relay.cut()
+        relay.release_requests()
+        thread.join(TIMEOUT_S)
+        assert len(got) == 1 and isinstance(got[0], dict), got
+        assert got[0]["timing_offset_ms"] == 10 and runtime.sessions.get("mic").controls.timing_offset_ms == 10
+
+
+def test_a_request_the_runtime_could_not_read_is_refused_before_it_is_sent(runtime: Runtime) -> None:
+    """A set_controls past the runtime's request limits (more than 64 entries in a map) is refused by the runtime
+    without its req: the call waited for its timeout, and the request, unanswered behind an answered hello, went
+    again every second. It is a ValueError now, before anything is sent."""
+    with Client(runtime.pub_endpoint, runtime.router_endpoint, timeout=TIMEOUT_S) as client:
+        mic = client.open_stream("mic")
+        with pytest.raises(ValueError, match="would refuse this set_controls"):
+            mic.set_controls({"shapes": {f"jaw{i}": {"gain": 1.0} for i in range(70)}})
+        mic.set_controls({})  # answered: the runtime read all that was sent
+        assert client.resent == 0 and list(client.errors) == []
+        assert runtime.refusals.counts.get("malformed", 0) == 0

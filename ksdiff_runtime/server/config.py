@@ -186,7 +186,7 @@ class ServeConfig:
         self._check_ports()
         if not self.curve_secret_key:
             try:
-                check_endpoints([self.pub, self.router], None, self.insecure_lan)
+                check_endpoints([self.pub, self.router], None, self.insecure_lan, warn=False)
             except SecurityError as e:
                 raise ConfigError(str(e)) from None
         try:

@@ -233,8 +233,9 @@ class CurveKeys:
         socket.curve_server = True
 
 
-def check_endpoints(endpoints: list[str], keys: CurveKeys | None, insecure_lan: bool) -> None:
-    """Refuse a bind beyond this machine without keys, unless ``insecure_lan`` says it is meant."""
+def check_endpoints(endpoints: list[str], keys: CurveKeys | None, insecure_lan: bool, warn: bool = True) -> None:
+    """Refuse a bind beyond this machine without keys, unless ``insecure_lan`` says it is meant (then ``warn``: log
+    that it serves in plain text; a config's check leaves that to the runtime that binds)."""
     exposed = [e for e in endpoints if not is_local(e)]
     if not exposed or keys is not None:
         return
@@ -244,8 +245,9 @@ def check_endpoints(endpoints: list[str], keys: CurveKeys | None, insecure_lan: 
             "there: anyone could read the frames and push audio. Give keys (--curve-secret-key and --curve-clients; "
             "make them with `ksdiff-runtime keys server CLIENT`), listen on 127.0.0.1, or pass --insecure-lan if this "
             "network is yours alone.")
-    log.warning("serving WITHOUT authentication or encryption on %s (--insecure-lan): anyone on the network can "
-                "read the frames and push audio", ", ".join(exposed))
+    if warn:
+        log.warning("serving WITHOUT authentication or encryption on %s (--insecure-lan): anyone on the network can "
+                    "read the frames and push audio", ", ".join(exposed))
 
 
 class Authenticator:

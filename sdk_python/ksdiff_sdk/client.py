@@ -881,7 +881,12 @@ class Client:
         """A request queued for the I/O thread, registered for its reply; ``line``: the line it is of (it keeps the
         line's order: end_stream, set_controls)."""
         req = next(self._req_ids)
-        r = _Request(req, mtype, protocol.encode_request(mtype, req=req, **fields), line, fields.get("stream"))
+        payload = protocol.encode_request(mtype, req=req, **fields)
+        try:  # what the runtime cannot read it answers without req: the call would wait, the request go again
+            protocol.unpack(payload, protocol.REQUEST_LIMITS)
+        except ProtocolError as e:
+            raise ValueError(f"the runtime would refuse this {mtype}: {e.message}") from None
+        r = _Request(req, mtype, payload, line, fields.get("stream"))
         with self._cv:
             self._pending[r.req] = r
         try:
@@ -1460,16 +1465,19 @@ class Client:
     def _connection_dropped(self, outbox: Outbox, size: int) -> tuple[Outbox, int]:
         """The DEALER's connection dropped: every open stream of this client is lost (the next connection has another
         routing id, and the runtime keeps a stream for the one that opened it), and so is the audio waiting for them.
-        An open_stream or set_controls unanswered that left fails too: the runtime may have carried it out for the old
-        connection, so it is not sent again (a second stream opened, or "already open" for an open that worked); a
-        hello goes again (``_dropped_requests``). (One that left on the new connection, which ZeroMQ makes
+        An open_stream, or a set_controls of a stream this client holds, unanswered that left fails too: the runtime
+        may have carried it out for the old connection, so it is not sent again (a second stream opened, or "already
+        open" for an open that worked); a hello goes again (``_dropped_requests``), and a set_controls of another
+        stream. (One that left on the new connection, which ZeroMQ makes
         RECONNECT_IVL_MS later, before this thread saw the drop, fails with them: this thread held up that long.)"""
         with self._cv:
             for handle in self._handles.values():
                 handle._reconnected()
             for r in self._pending.values():
-                if (r.mtype in ("open_stream", "set_controls") and r.reply is None and r.failed is None
-                        and r.sent_no is not None):
+                # (a set_controls of a stream this client does not hold, the runtime's mic, goes again: it lost
+                # nothing with the connection, and a second copy sets the same controls)
+                if ((r.mtype == "open_stream" or (r.mtype == "set_controls" and r.stream in self._handles))
+                        and r.reply is None and r.failed is None and r.sent_no is not None):
                     what = f"stream {r.stream!r}" if r.stream is not None else "the stream"
                     r.failed = StreamLost(r.stream or "", "reconnect", f"the connection to the runtime dropped while "
                                           f"{r.mtype} was on its way: a runtime still running may have carried it "
