@@ -13,26 +13,8 @@ namespace Ksdiff.Tests
 {
     [TestFixture]
     [Category("LibZmq")]
-    public class LifecycleTests
+    public class LifecycleTests : LibZmqFixture
     {
-        readonly List<IDisposable> _cleanup = new List<IDisposable>();
-
-        [SetUp]
-        public void SetUp() { FakeRuntime.RequireLibZmq(); }
-
-        [TearDown]
-        public void TearDown()
-        {
-            for (int i = _cleanup.Count - 1; i >= 0; i--) _cleanup[i].Dispose();
-            _cleanup.Clear();
-        }
-
-        T Keep<T>(T d) where T : IDisposable
-        {
-            _cleanup.Add(d);
-            return d;
-        }
-
         KsdiffClient Client(FakeRuntime rt, Action<ClientOptions> configure = null)
         {
             var options = new ClientOptions

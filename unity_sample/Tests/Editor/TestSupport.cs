@@ -1,5 +1,5 @@
 // Helpers shared by the tests: where the golden vectors are, a small JSON reader for their .json
-// files, and a builder of hand-made payloads.
+// files, a builder of hand-made payloads, and the set-up of the fixtures that run the client on libzmq.
 using System;
 using System.Collections.Generic;
 using System.Globalization;
@@ -10,6 +10,29 @@ using NUnit.Framework;
 
 namespace Ksdiff.Tests
 {
+    // The set-up of the fixtures that run KsdiffClient against a FakeRuntime over libzmq: skipped
+    // without libzmq; what a test keeps is disposed after it, newest first.
+    public abstract class LibZmqFixture
+    {
+        readonly List<IDisposable> _cleanup = new List<IDisposable>();
+
+        [SetUp]
+        public void SetUp() { FakeRuntime.RequireLibZmq(); }
+
+        [TearDown]
+        public void TearDown()
+        {
+            for (int i = _cleanup.Count - 1; i >= 0; i--) _cleanup[i].Dispose();
+            _cleanup.Clear();
+        }
+
+        protected T Keep<T>(T d) where T : IDisposable
+        {
+            _cleanup.Add(d);
+            return d;
+        }
+    }
+
     public static class Golden
     {
         // protocol/golden of this repository: KSDIFF_GOLDEN_DIR, else found from this source
