@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.argv = argv  # the command line, for a command that runs itself again (serve --restart)
     try:
         return int(args.func(args) or 0)
     except (AudioInputError, BackendError, CheckpointError, HamaFormatError) as exc:

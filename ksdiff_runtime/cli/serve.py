@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ksdiff_runtime.cli.supervise import supervise, write_ready
 from ksdiff_runtime.engine.presets import PRESETS
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE
 from ksdiff_runtime.motion import MOODS, SAMPLE_RATE, STYLES
@@ -160,6 +161,10 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preview", nargs="?", type=int, const=preview.DEFAULT_PORT, metavar="PORT",
                    help="also serve a live preview page (a face drawn from the frames) on http://127.0.0.1:PORT/ "
                    f"(without a value: {preview.DEFAULT_PORT}; 0: any free port; the URL is logged)")
+    p.add_argument("--restart", action="store_true",
+                   help="run serve in a child process and start it again whenever it dies after it was ready (a "
+                   "crash, libzmq's abort of docs/SERVE.md, the OOM killer), on the same endpoints; clients connect "
+                   "again by themselves. Ctrl-C / SIGTERM stop it (a flag, not a config file setting)")
     p.set_defaults(func=run_serve)
 
 
@@ -192,7 +197,8 @@ def _configure_logging(fmt: str) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "func", "command", "verbose")}
+    not_settings = ("config", "func", "command", "verbose", "argv", "restart")
+    overrides = {k: v for k, v in vars(args).items() if k not in not_settings}
     # the control flags change those settings of the [controls] table and keep its others
     controls = {k: overrides.pop(k) for k in ("mood", "mood_intensity", "style") if overrides.get(k) is not None}
     overrides["controls"] = controls or None
@@ -207,6 +213,8 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("config file %s: %s %s; it is ignored", args.config, setting, why)
     if (late := config.avatar_outputs_late()) is not None:
         log.warning("%s", late)
+    if args.restart:  # the config is good: the child reads it again, and serves
+        return supervise(args.argv)
     return serve(config)
 
 
@@ -291,6 +299,7 @@ def serve(config: ServeConfig) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         log.info("ready in %.1f s", time.perf_counter() - started)
+        write_ready(runtime.instance, runtime.pub_endpoint, runtime.router_endpoint)
         next_try = time.monotonic() + WAIT_RETRY_S
         while not stop.wait(0.1) and runtime.failure is None:
             if waiting and time.monotonic() >= next_try:
