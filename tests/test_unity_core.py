@@ -138,6 +138,25 @@ def test_package_assets_have_meta_files():
     assert len(guids) == len(set(guids)), "duplicate GUIDs"
 
 
+UNITY_API_SCRIPT = PACKAGE / "Tests~" / "ci" / "check_unity_api.sh"
+UNITY_API_BUILD = ROOT / "build" / "unity_api"
+
+
+def test_the_unity_components_compile_against_the_unity_and_netmq_api():
+    """Runtime/Unity, Runtime/NetMQ, Editor and the samples compile, split as their asmdefs split them, against a
+    stand-in of the Unity and NetMQ API written from their documentation and source (Tests~/ci/standin)
+    and against the core: a Unity user who meets one compile error gets nothing of the package.
+    It is not Unity's compiler and nothing runs; it catches wrong names, types, signatures and
+    missing asmdef references, in the editor, desktop-player and mobile-player configurations."""
+    missing = [tool for tool in ("mcs", "bash") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (Debian: mono-mcs)")
+    with _build_lock():  # build/ is shared with the core's build; one compiler at a time on it
+        r = _run(["bash", str(UNITY_API_SCRIPT), str(UNITY_API_BUILD)], BUILD_TIMEOUT_S,
+                 env=dict(os.environ, PYTHON=sys.executable))
+    assert r.returncode == 0, f"the Unity-facing code does not compile:\n{(r.stdout + r.stderr)[-6000:]}"
+
+
 def test_fixture_list(built_core: Path):
     r = _run(["mono", str(built_core / "KsdiffTests.exe"), "--list"], 60)
     assert r.returncode == 0, r.stdout + r.stderr
