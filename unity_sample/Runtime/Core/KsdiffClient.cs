@@ -60,12 +60,20 @@
 //     unanswered when a busy's window ends is no reason: still on its way, it is carried out when
 //     read (a second open_stream would open a second stream). A request whose caller gave up
 //     (timed out, abandoned) is not sent again.
-//   * An open_stream or set_controls that left on a connection that then dropped fails at once and
-//     is never sent again (SPEC 4.6): the runtime may have read it and carried it out for that
-//     connection, its answer lost with it (a copy would open a second stream, or be refused busy
-//     "already open" for an open that worked). Its failure says so: open a new stream, with another
-//     id. A hello lost that way goes again (harmless twice); requests still in the outbox go on
-//     the next connection.
+//   * An open_stream, or a set_controls of a stream this client opened, that left on a connection
+//     that then dropped fails at once and is never sent again (SPEC 4.6): the runtime may have read
+//     it and carried it out for that connection, its answer lost with it (a copy would open a second
+//     stream, or be refused busy "already open" for an open that worked). Its failure says so: open
+//     a new stream, with another id. A hello lost that way goes again (harmless twice), and so does
+//     a set_controls of a stream this client did not open (the runtime's own "mic", tuned from a
+//     control panel: it lost nothing with the connection, and a second copy sets the same
+//     controls), as in the Python SDK: once a probe's answer on the next connection shows it was
+//     not answered there, its caller getting the copy's answer (a refusal too). Requests still in
+//     the outbox go on the next connection.
+//   * Stop closes the connection: the streams this client opened are lost with it (one still being
+//     opened: its open_stream fails), and the audio still waiting for them in the outbox is dropped
+//     (ClientStatus.Unsent). After a Start, SendAudio for such a stream throws (unknown_stream) and
+//     its SetControls and EndStream fail at once, nothing sent, until the id is opened again.
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
 //   * A stream's events reach the game in the order the runtime published them: a frame is in the
@@ -152,7 +160,8 @@ namespace Ksdiff
         // and those drops were over: the audio of lines it may have dropped, then the end_streams
         // left unanswered; and the hello, open_stream and set_controls requests the runtime never
         // read (dropped unread), which the answer to a request sent after them shows, and the hellos
-        // lost with a connection that dropped (an open_stream or set_controls lost so fails instead).
+        // lost with a connection that dropped, and the set_controls of streams this client did not
+        // open lost so (an open_stream, or a set_controls of a stream it opened, lost so fails instead).
         public ulong Resent;
         public double LastHelloS = -1;
         public string LastError;
@@ -213,7 +222,8 @@ namespace Ksdiff
         // The reply (an ErrorReply when the runtime refused), or null while waiting.
         public Message Reply { get { lock (_lock) return _reply; } }
         // Why no reply will come (none in time, the runtime restarted, the client stopped, an
-        // open_stream or set_controls on its way when the connection dropped), or null.
+        // open_stream or a set_controls of a stream this client opened on its way when the connection
+        // dropped, a stream lost when the client stopped), or null.
         public string Failure { get { lock (_lock) return _failure; } }
 
         // Blocks up to `timeout` (not on Unity's main thread: poll IsDone there).
@@ -292,6 +302,7 @@ namespace Ksdiff
         readonly Dictionary<ulong, ulong> _probes = new Dictionary<ulong, ulong>(); // (L) req of each hello probe awaiting its answer -> its number
         readonly Queue<ulong> _probeOrder = new Queue<ulong>();                  // (L) the same reqs, oldest first
         ulong _openings;                                            // (L) streams opened by this client so far (Tracker.Opening)
+        ulong _stops;                                               // (L) Stops so far (Outgoing.Stops)
         readonly HashSet<string> _seenInstances = new HashSet<string>();                   // (L)
         readonly List<IFrameSink> _sinks = new List<IFrameSink>();                         // (L)
         IFrameSink[] _sinkSnapshot = new IFrameSink[0];                                    // (L)
@@ -323,6 +334,7 @@ namespace Ksdiff
             public double SentS;  // audio kept in _sentAudio: when it left (client clock)
             public ulong SentNo;  // audio kept in _sentAudio: the number of the message it left as
             public ulong Opening; // audio, or a line's request: the opening of its stream it was sent for (Tracker.Opening; 0: none)
+            public ulong Stops;   // audio: the client's Stops when it was queued (one queued before the latest Stop is dropped)
             // The line it is of (its audio, set_controls, end_stream; null for anything else): a line's
             // messages leave one at a time, each once the runtime has read the one before.
             public Tracker Line;
@@ -351,6 +363,10 @@ namespace Ksdiff
             // Lost client-side (Lose: "restart", "reconnect"): the loss stays, whatever frames still
             // come, until the id starts afresh (OpenStream, stream_start) or the stream really ends.
             public bool Lost;
+            // Opened (or being opened) by this client when it stopped: its connection closed with
+            // Stop. Audio, set_controls and end_stream for it fail here, nothing sent, until the id
+            // starts afresh (ResetTracker: OpenStream, stream_start).
+            public bool Stopped;
             // This client opened it in mode line: its audio dropped unread after a busy goes again.
             public bool Line;
             // Which opening of the id by this client it is (the client's count of openings): audio of an
@@ -408,7 +424,10 @@ namespace Ksdiff
 
         // Stops the worker and waits for it to end (within about one poll interval); idempotent, any
         // thread. Pending requests fail, and the streams this client opened are lost ("reconnect"):
-        // the runtime keeps each for the connection that opened it, which closes here. Call it before
+        // the runtime keeps each for the connection that opened it, which closes here. Their audio
+        // still in the outbox is never sent (ClientStatus.Unsent), and after a Start SendAudio for
+        // them throws and their SetControls and EndStream fail at once, until the id is opened
+        // again (the runtime would refuse them: the new connection owns none of them). Call it before
         // NetMQConfig.Cleanup() / domain reload. On a worker thread (a frame sink) it cannot wait for
         // itself: the worker ends once the call that made it stop returns.
         public void Stop()
@@ -425,9 +444,14 @@ namespace Ksdiff
                     double now = _clock();
                     foreach (Tracker t in _streams.Values)
                     {
-                        if (t.Status.OpenedHere && t.OpenConfirmed && !t.Status.Ended)
-                            Lose(t, "reconnect", "the client stopped, and the stream's connection with it", now);
+                        if (!t.Status.OpenedHere || t.Status.Ended) continue;
+                        if (t.OpenConfirmed) Lose(t, "reconnect", "the client stopped, and the stream's connection with it", now);
+                        else t.Status.OpenedHere = false; // its open_stream fails below: not known to be this client's (GaveUp)
+                        t.Stopped = true; // calls for it fail here from now on, nothing sent (SendAudio, Queue)
                     }
+                    // The audio queued for those streams is dropped by the worker (Withdraw), the only
+                    // thread that takes from the outbox: the stopped one may still be sending its head.
+                    _stops++;
                     _busyAtS = null;
                     _busyReadNo = null;
                     _sentAudio.Clear();
@@ -565,7 +589,8 @@ namespace Ksdiff
         // Audio gets no reply unless it fails: errors arrive as events and in StreamStatus.Errors.
         // After EndStream for the stream (until it is opened again) it throws ProtocolException
         // (ErrorCode.UnknownStream) and sends nothing: the runtime takes no audio for a stream
-        // that is ending, and would answer it with unknown_stream.
+        // that is ending, and would answer it with unknown_stream. The same for a stream that was
+        // lost when the client stopped (Stop closed the connection that owned it).
         public void SendAudio(string stream, ulong seq, ulong? atSample, byte[] pcm, int offset, int count)
         {
             byte[] payload = Requests.Audio(stream, seq, atSample, pcm, offset, count);
@@ -575,8 +600,10 @@ namespace Ksdiff
                 if (_streams.TryGetValue(stream, out t) && t.End != null)
                     throw new ProtocolException(ErrorCode.UnknownStream, "stream '" + stream + "' was ended (EndStream was called): " +
                                                                          "no audio was sent; open a new stream");
+                if (t != null && t.Stopped)
+                    throw new ProtocolException(ErrorCode.UnknownStream, LostByStop(stream) + ": no audio was sent; open a new stream");
                 _outbox.Enqueue(new Outgoing { Payload = payload, Audio = true, Stream = stream, Placed = atSample.HasValue,
-                                               Opening = t != null ? t.Opening : 0, Line = t != null && t.Line ? t : null });
+                                               Opening = t != null ? t.Opening : 0, Line = t != null && t.Line ? t : null, Stops = _stops });
                 _outboxBytes += payload.Length;
             }
         }
@@ -610,7 +637,10 @@ namespace Ksdiff
             var p = new PendingRequest(req, type, stream, _clock(), timeoutS) { Payload = payload, Line = line };
             lock (_lock)
             {
+                Tracker of;
                 if (_current == null) p.Complete(null, "the client is not running");
+                else if (stream != null && type != "open_stream" && _streams.TryGetValue(stream, out of) && of.Stopped)
+                    p.Complete(null, type + ": " + LostByStop(stream) + ": nothing was sent; open a new stream"); // the runtime would refuse it
                 else
                 {
                     _pending[req] = p;
@@ -619,13 +649,18 @@ namespace Ksdiff
                     // Under the lock that queues it: no audio for the stream is queued behind it (SendAudio).
                     if (type == "end_stream") TrackerFor(stream).End = p;
                     // A line's set_controls and end_stream keep the line's order (after its audio).
-                    Tracker of = LineOf(p);
+                    of = LineOf(p);
                     _outbox.Enqueue(new Outgoing { Payload = payload, Audio = false, Req = type == "end_stream" ? 0 : req, Request = p,
                                                    Line = of, Opening = of != null ? of.Opening : 0 });
                     _outboxBytes += payload.Length;
                 }
             }
             return p;
+        }
+
+        static string LostByStop(string stream)
+        {
+            return "stream '" + stream + "' was lost when the client stopped (Stop closed the connection that opened it)";
         }
 
         // The line a request is of (set_controls, end_stream of a stream this client opened in mode
@@ -942,7 +977,9 @@ namespace Ksdiff
         }
 
         // The outbox less the requests that failed before they were sent (no reply awaited any more):
-        // counted in Withdrawn. Under _lock, on the worker (the only thread that takes from the outbox).
+        // counted in Withdrawn; and less the audio queued before the latest Stop (its streams went
+        // with that connection, Stop sets _withdraw): counted in Unsent, as on a dropped connection.
+        // Under _lock, on the worker (the only thread that takes from the outbox).
         void Withdraw()
         {
             _withdraw = false;
@@ -953,6 +990,11 @@ namespace Ksdiff
                 {
                     _outboxBytes -= m.Payload.Length;
                     _status.Withdrawn++;
+                }
+                else if (m.Audio && m.Stops != _stops)
+                {
+                    _outboxBytes -= m.Payload.Length;
+                    _status.Unsent++;
                 }
                 else _outbox.Enqueue(m);
             }
@@ -971,13 +1013,16 @@ namespace Ksdiff
         // The DEALER's connection dropped. ZeroMQ reconnects by itself, but the new connection has
         // another routing id, and the runtime keeps each stream for the connection that opened it
         // (SPEC 1, Ownership): every stream this client opened is lost (the runtime ends it after
-        // its idle timeout), and so is the audio still waiting to go to them. An open_stream or
-        // set_controls that left and is still unanswered fails at once, and is never sent again
-        // (SPEC 4.6): the runtime may have read it and carried it out for that connection, its
-        // answer lost with it, so a copy on the next connection would open a second stream (no
-        // id), be refused busy "already open" for an open that worked, or be refused as a stream
-        // the new connection does not own. A hello that left goes again (ResendDroppedRequests):
-        // a second one is harmless. Requests still in the outbox (never left, or a copy queued
+        // its idle timeout), and so is the audio still waiting to go to them. An open_stream, or a
+        // set_controls of a stream this client opened, that left and is still unanswered fails at
+        // once, and is never sent again (SPEC 4.6): the runtime may have read it and carried it out
+        // for that connection, its answer lost with it, so a copy on the next connection would open
+        // a second stream (no id), be refused busy "already open" for an open that worked, or be
+        // refused as a stream the new connection does not own. A hello that left goes again
+        // (ResendDroppedRequests): a second one is harmless; and so does a set_controls of a stream
+        // this client did not open (the runtime's own mic): that stream lost nothing with the
+        // connection, and a second copy sets the same controls (as the Python SDK does). Its caller
+        // gets the copy's answer. Requests still in the outbox (never left, or a copy queued
         // again) go on the next connection. (One that left on the new connection, which ZeroMQ
         // makes 100 ms later, before the worker saw the drop, fails with them: the worker was held
         // up that long.) Completed outside the lock, as FailPending does.
@@ -996,6 +1041,7 @@ namespace Ksdiff
                 foreach (PendingRequest p in _pending.Values)
                 {
                     if ((p.Type != "open_stream" && p.Type != "set_controls") || p.Queued || p.SentNo == 0) continue;
+                    if (p.Type == "set_controls" && !OpenedHere(p.Stream)) continue; // it goes again: ResendDroppedRequests
                     if (failed == null) failed = new List<KeyValuePair<PendingRequest, string>>();
                     failed.Add(new KeyValuePair<PendingRequest, string>(p, LostOnTheWay(p)));
                 }
@@ -1009,16 +1055,19 @@ namespace Ksdiff
             foreach (KeyValuePair<PendingRequest, string> f in failed) f.Key.Complete(null, f.Value);
         }
 
+        // Whether this client opened `stream` (or is opening it). Under _lock.
+        bool OpenedHere(string stream)
+        {
+            Tracker t;
+            return stream != null && _streams.TryGetValue(stream, out t) && t.Status.OpenedHere;
+        }
+
         // Why a request that left on a connection that dropped fails (ConnectionDropped; under _lock,
-        // the streams already lost). A set_controls for a stream this client did not open (one the
-        // runtime plays itself) lost nothing with the connection: calling it again is the way on.
+        // the streams already lost): an open_stream, or a set_controls of a stream this client opened.
         string LostOnTheWay(PendingRequest p)
         {
             string why = p.Type + ": the connection to the runtime at " + _o.RouterEndpoint + " dropped while it was on its way; " +
                          "the runtime may have carried it out for that connection, so it is not sent again: ";
-            Tracker t;
-            bool ours = p.Stream != null && _streams.TryGetValue(p.Stream, out t) && t.Status.OpenedHere;
-            if (p.Type == "set_controls" && !ours) return why + "call SetControls again to be sure it holds";
             string stream = p.Stream != null ? "stream '" + p.Stream + "'" : "the stream";
             return why + "a runtime still running ends " + stream + " after its idle timeout (one that restarted never had it); " +
                    "open a new stream, with another id";
@@ -1081,10 +1130,11 @@ namespace Ksdiff
 
         // The requests the runtime answers as it reads them (AnsweredAsRead) still unanswered behind
         // one it answered since (_readNo: it reads a connection's messages in order) were never read:
-        // dropped unread after a busy, or a hello lost with a connection that dropped. (An open_stream
-        // or set_controls that left on a connection that dropped is not among them: it failed then,
-        // since the runtime may have carried it out for that connection, its answer lost with it:
-        // ConnectionDropped.) Each goes again, counted in Resent, numbered anew when it leaves. An
+        // dropped unread after a busy, or a hello, or a set_controls of a stream this client did not
+        // open, lost with a connection that dropped. (An open_stream, or a set_controls of a stream
+        // this client opened, that left on a connection that dropped is not among them: it failed
+        // then, since the runtime may have carried it out for that connection, its answer lost with
+        // it: ConnectionDropped.) Each goes again, counted in Resent, numbered anew when it leaves. An
         // open_stream or set_controls goes ahead of what waits in the outbox, in their order (a
         // line's set_controls left only once the line's message before it was known read, so none
         // of the line's earlier messages waits to go again); a hello behind it: its answer tells the
@@ -1663,6 +1713,7 @@ namespace Ksdiff
             s.EndReason = null;
             s.EndFrames = null;
             t.Lost = false;
+            t.Stopped = false;
             s.Frames = 0;
             s.Dropped = 0;
             s.Errors.Clear();

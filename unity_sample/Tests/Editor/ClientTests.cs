@@ -4,10 +4,11 @@
 // (withdrawn from the outbox unsent, a stream opened too late ended), end_streams and the audio of
 // lines sent again after a busy (an in-memory transport holds sends back), open_stream and
 // set_controls sent again once a later request's answer shows them unread (not merely slow ones),
-// and failed at once, never sent again, when they left on a connection that dropped (a hello goes
-// again), audio after end_stream refused, the outbox's bound, an absent runtime, a bad endpoint,
-// CURVE, Start and Stop racing on several threads (the worker's own included). The same client
-// logic runs over NetMQ in Unity.
+// and failed at once, never sent again, when they left on a connection that dropped (a hello, and a
+// set_controls of the runtime's own mic, go again), audio after end_stream refused, a stream lost by
+// Stop failing here after Start (its audio still queued dropped), the outbox's bound, an absent
+// runtime, a bad endpoint, CURVE, Start and Stop racing on several threads (the worker's own
+// included). The same client logic runs over NetMQ in Unity.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -973,6 +974,84 @@ namespace Ksdiff.Tests
             Assert.AreEqual(1UL, c.Status().Resent);
         }
 
+        [Test]
+        public void ASetControlsOfTheRuntimesOwnMicThatLeftOnAConnectionThatDroppedGoesAgainOnTheNextAndItsCallerGetsTheCopysAnswer()
+        {
+            // A VTuber's control panel sets the mood of the runtime's own "mic" stream (not opened by
+            // this client). The runtime carried it out, and the connection dropped with its answer.
+            // The mic lost nothing with the connection and a second copy sets the same controls, so,
+            // as in the Python SDK, it goes again on the next connection (SPEC 4.6) and the call gets
+            // the copy's answer instead of a failure for nothing.
+            DroppedWithTheMicsSetControlsOnItsWay drop = DropTheConnectionWithTheMicsSetControlsOnItsWay();
+            drop.Next.Reply(drop.Copy.Key, ControlsSet("mic", Protocol.MoodHappy, drop.Request.Req));
+            Assert.IsTrue(drop.Request.Wait(TimeSpan.FromSeconds(10)), "the copy's answer did not reach the call");
+            var done = drop.Request.Reply as ControlsSet;
+            Assert.IsNotNull(done, "" + drop.Request.Reply + " " + drop.Request.Failure);
+            Assert.AreEqual(Protocol.MoodHappy, done.Controls.Mood);
+            Assert.AreEqual(1UL, drop.Client.Status().Resent);
+            Assert.IsFalse(drop.Client.Stream("mic").Ended, "the runtime's mic is not this client's to lose");
+        }
+
+        [Test]
+        public void ASetControlsOfTheRuntimesOwnMicSentAgainAfterADropTakesTheRefusalOfItsCopyAsItsAnswer()
+        {
+            // The runtime came back without its mic (it restarted with no microphone; its first hello
+            // is not read yet): the copy is refused unknown_stream. That refusal is the call's answer:
+            // it is not taken for the answer to an "other copy" and dropped (the call would then
+            // wait for its request timeout), nor does it make the runtime's mic a stream this client lost.
+            DroppedWithTheMicsSetControlsOnItsWay drop = DropTheConnectionWithTheMicsSetControlsOnItsWay();
+            drop.Next.Reply(drop.Copy.Key, FakeRuntime.Error("unknown_stream", "set_controls", "mic", drop.Request.Req));
+            Assert.IsTrue(drop.Request.Wait(TimeSpan.FromSeconds(10)), "the refusal of the copy did not reach the call");
+            var refused = drop.Request.Reply as ErrorReply;
+            Assert.IsNotNull(refused, "" + drop.Request.Reply + " " + drop.Request.Failure);
+            Assert.AreEqual(ErrorCode.UnknownStream, refused.ErrorCode);
+            Assert.IsNull(drop.Client.Stream("mic").EndReason, "the runtime's mic was marked lost here");
+        }
+
+        // The runtime's own mic's set_controls that left on a connection that dropped, the client,
+        // the runtime that answers on the next connection, and the copy it received there.
+        sealed class DroppedWithTheMicsSetControlsOnItsWay
+        {
+            public KsdiffClient Client;
+            public PendingRequest Request;
+            public FakeRuntime Next;
+            public KeyValuePair<byte[], byte[]> Copy;
+        }
+
+        // A client that knows the runtime's "mic" (its stream_start: source "mic", not opened here)
+        // sets its mood; the runtime takes the request off its socket and the connection drops, the
+        // runtime still running (it goes and comes back on the same ports). Returns once the copy of
+        // the set_controls has reached the next runtime (which answers the client's probes), before
+        // it is answered; fails at once if the call failed instead.
+        DroppedWithTheMicsSetControlsOnItsWay DropTheConnectionWithTheMicsSetControlsOnItsWay()
+        {
+            var first = new FakeRuntime();
+            string pub = first.PubEndpoint, router = first.RouterEndpoint;
+            KsdiffClient c = Client(first, configure: o => o.RequestTimeoutS = 30); // an outcome within seconds is no timeout
+            Handshake(first, c, "A");
+            first.WaitSubscribed(Protocol.StreamTopicPrefix);
+            first.Publish(Protocol.StreamTopic("mic"), FakeRuntime.StreamStart("mic", "mic"));
+            Assert.IsTrue(Wait.Until(() => c.Stream("mic") != null, 10), "the mic's stream_start did not come");
+            Assert.IsFalse(c.Stream("mic").OpenedHere);
+            PendingRequest set = c.SetControls("mic", new Controls().SetMood(Protocol.MoodHappy));
+            Assert.AreEqual(set.Req, ReqOf(new Decoder().Decode(first.Receive().Value)), "not the set_controls");
+            first.Dispose(); // the connection drops, the set_controls' answer with it
+            var next = Keep(new FakeRuntime(pub, router)); // it answers every hello, the client's probes too
+            KeyValuePair<byte[], byte[]>? copy = null;
+            Assert.IsTrue(Wait.Until(() =>
+            {
+                KeyValuePair<byte[], byte[]>? r = next.TryReceive(0.05);
+                if (r.HasValue && new Decoder().Decode(r.Value.Value) is SetControls) copy = r;
+                return copy.HasValue || set.IsDone;
+            }, 10), "the set_controls was neither sent again nor failed");
+            Assert.IsTrue(copy.HasValue, "not sent again: " + set.Failure + " " + set.Reply);
+            var sent = (SetControls)new Decoder().Decode(copy.Value.Value);
+            Assert.AreEqual(set.Req, sent.Req);
+            Assert.AreEqual(Protocol.MoodHappy, sent.Controls.Mood);
+            Assert.IsFalse(set.IsDone, "the call had its outcome before its copy was answered: " + set.Failure + " " + set.Reply);
+            return new DroppedWithTheMicsSetControlsOnItsWay { Client = c, Request = set, Next = next, Copy = copy.Value };
+        }
+
         // A request that left on a connection that then dropped, the client, and the runtime that
         // answers on the next connection.
         sealed class DroppedWithARequestOnItsWay
@@ -1765,6 +1844,105 @@ namespace Ksdiff.Tests
             c.Stop();
             Assert.AreEqual(0, transports.Open);
             Assert.AreEqual(1, transports.MaxOpen, "two workers ran at once");
+        }
+
+        [Test]
+        public void AfterStopAndStartTheStreamsOpenedBeforeTheStopFailAtOnceOnTheCallersSideAndNothingIsSent()
+        {
+            // Stop closed the connection that owned "mine" (SPEC 1, Ownership): the stream is lost.
+            // A game that goes on feeding it after Start gets what EndStream gives (SendAudio throws
+            // unknown_stream, nothing sent), not audio sent for the runtime to refuse later, which the
+            // game would only see as an error event. Its set_controls and end_stream fail at once too.
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            Open(rt, c, "mine");
+            PendingRequest opening = c.OpenStream(new OpenStream { Stream = "opening" });
+            rt.Receive(); // read, not answered yet when the client stops: it fails with the stop
+            c.Stop();
+            c.Start();
+            Assert.AreEqual("the client stopped", opening.Failure);
+            foreach (string stream in new[] { "mine", "opening" })
+            {
+                var refused = Assert.Throws<ProtocolException>(() => c.SendAudio(stream, 1, null, new byte[640], 0, 640));
+                Assert.AreEqual(ErrorCode.UnknownStream, refused.Code);
+                Assert.IsTrue(refused.Message.Contains("was lost when the client stopped"), refused.Message);
+            }
+            Assert.IsFalse(c.Stream("opening").OpenedHere, "its open_stream failed: not known to be this client's");
+            PendingRequest set = c.SetControls("mine", new Controls().SetMood(Protocol.MoodHappy));
+            PendingRequest end = c.EndStream("mine");
+            foreach (PendingRequest p in new[] { set, end })
+            {
+                Assert.IsTrue(p.IsDone, p.Type + " waits for an answer that cannot come");
+                Assert.IsNull(p.Reply, "" + p.Reply);
+                Assert.IsTrue(p.Failure.Contains("was lost when the client stopped"), p.Failure);
+            }
+            AssertTheNextConnectionSendsNothingBeforeAHello(rt, c);
+            // A stream opened again under the id, on the new connection, takes audio again.
+            Open(rt, c, "mine");
+            c.SendAudio("mine", 0, null, new byte[640], 0, 640);
+            Assert.AreEqual(MessageType.Audio, new Decoder().Decode(rt.Receive().Value).Type);
+        }
+
+        [Test]
+        public void AudioStillInTheOutboxWhenTheClientStopsIsNeverSentOnTheNextConnection()
+        {
+            // The runtime took nothing for a while (ZeroMQ's queue full) and the audio waited in the
+            // outbox when the game stopped the client: its stream went with the connection, so the
+            // audio is dropped (counted Unsent, as on a dropped connection), not sent after Start.
+            var rt = Keep(new FakeRuntime());
+            var refusing = new RefusingTransport();
+            int made = 0;
+            KsdiffClient c = Client(rt, configure: o => o.Transport = () => Interlocked.Increment(ref made) == 1 ? (ITransport)refusing : new LibZmqTransport());
+            Handshake(rt, c, "A");
+            Open(rt, c, "mine");
+            refusing.Refuse = true;
+            c.SendAudio("mine", 0, 0, new byte[640], 0, 640);
+            Assert.IsTrue(Wait.Until(() => refusing.Refused > 0, 10), "the worker never tried to send the audio");
+            c.Stop();
+            c.Start();
+            AssertTheNextConnectionSendsNothingBeforeAHello(rt, c);
+            Assert.AreEqual(1UL, c.Status().Unsent);
+        }
+
+        // A hello request, queued now, is the first message the runtime reads that is not a hello
+        // (the outbox keeps its order: whatever was queued before it would have come first).
+        static void AssertTheNextConnectionSendsNothingBeforeAHello(FakeRuntime rt, KsdiffClient c)
+        {
+            PendingRequest marker = c.RequestHello();
+            var received = new List<string>();
+            while (true)
+            {
+                Message m = new Decoder().Decode(rt.Receive().Value);
+                if (m is Hello && ((Hello)m).Req == marker.Req) break;
+                if (!(m is Hello)) received.Add(Describe(m)); // (other hellos: the client's probes)
+            }
+            Assert.AreEqual(0, received.Count, "sent for the stopped connection's stream: " + string.Join(", ", received));
+            Assert.IsTrue(marker.Wait(TimeSpan.FromSeconds(10)) && marker.Reply is Hello, "" + marker.Reply + " " + marker.Failure);
+        }
+
+        // libzmq, but while Refuse is set every send is refused, as when the runtime takes nothing
+        // (ZeroMQ's queue is full): what the client sends waits in its outbox.
+        sealed class RefusingTransport : ITransport
+        {
+            readonly ITransport _inner = new LibZmqTransport();
+            int _refused;
+            public volatile bool Refuse;
+            public int Refused { get { return Volatile.Read(ref _refused); } }
+            public void Open(TransportOptions options) { _inner.Open(options); }
+            public void Subscribe(string topic) { _inner.Subscribe(topic); }
+            public void Unsubscribe(string topic) { _inner.Unsubscribe(topic); }
+            public Readiness Wait(int timeoutMs) { return _inner.Wait(timeoutMs); }
+            public bool TryReceivePublished(MessageBuffer topic, MessageBuffer payload, out int parts) { return _inner.TryReceivePublished(topic, payload, out parts); }
+            public bool TryReceiveReply(MessageBuffer payload, out int parts) { return _inner.TryReceiveReply(payload, out parts); }
+            public bool TrySend(byte[] payload)
+            {
+                if (!Refuse) return _inner.TrySend(payload);
+                Interlocked.Increment(ref _refused);
+                return false;
+            }
+            public int TakeDisconnects() { return _inner.TakeDisconnects(); }
+            public void Dispose() { _inner.Dispose(); }
         }
 
         [Test]
