@@ -256,7 +256,15 @@ namespace UnityEngine
         Failed = 3,
     }
 
-    // AudioClip.html: sealed class AudioClip : Object; samples, channels, frequency (int); loadState;
+    // AudioClipLoadType.html: enum DecompressOnLoad, CompressedInMemory, Streaming.
+    public enum AudioClipLoadType
+    {
+        DecompressOnLoad = 0,
+        CompressedInMemory = 1,
+        Streaming = 2,
+    }
+
+    // AudioClip.html: sealed class AudioClip : Object; samples, channels, frequency (int); loadState; loadType;
     // bool LoadAudioData(); bool GetData(float[] data, int offsetSamples).
     public sealed class AudioClip : Object
     {
@@ -264,6 +272,7 @@ namespace UnityEngine
         public int channels => throw null;
         public int frequency => throw null;
         public AudioDataLoadState loadState => throw null;
+        public AudioClipLoadType loadType => throw null;
         public bool LoadAudioData() => throw null;
         public bool GetData(float[] data, int offsetSamples) => throw null;
     }
