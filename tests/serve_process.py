@@ -67,12 +67,14 @@ def flood_and_reset(host: str, port: int) -> None:
 
 class Serve:
     """``ksdiff-runtime serve`` in its own process on ephemeral loopback ports (``args``: more flags); its log is read
-    on a thread, and waited on line by line."""
+    on a thread, and waited on line by line. The process leads a process group of its own, as a shell's job: a test
+    can send it a terminal's Ctrl-C (a SIGINT to the whole group) without reaching pytest."""
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ksdiff_runtime.cli", "serve", *SERVE_ARGS, *args],
-            stderr=subprocess.STDOUT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+            stderr=subprocess.STDOUT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            start_new_session=True)
         self.log: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -8,13 +8,16 @@ aborted by a hostile client."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -23,22 +26,26 @@ from peers import sample_speech
 from serve_process import Serve, flood_and_reset
 
 from ksdiff_runtime.cli import supervise
-from ksdiff_runtime.cli.supervise import READY_FILE_ENV, Supervisor
+from ksdiff_runtime.cli.supervise import READY_FILE_ENV, Supervisor, endpoint_to_reuse
 from ksdiff_sdk import Client, StreamLost
 
 pytestmark = pytest.mark.timeout(240)
 
 ANSWER_TIMEOUT_S = 10.0
 
-# The stand-in child: appends its command line to a log, says it is ready as serve does (endpoints from its flags,
-# "0" ports made concrete), then does what its run's entry in the plan says: "abort" (SIGABRT), "exit1", "exit0",
-# "wait" (until SIGTERM/SIGINT, then exit 0), or "abort-before-ready" / "exit1-before-ready".
+# The stand-in child: appends its pid and command line to a log, says it is ready as serve does (endpoints from its
+# flags, "0" ports made concrete), then does what its run's entry in the plan says: "abort" (SIGABRT), "exit1",
+# "exit0", "wait" (until SIGTERM/SIGINT, then exit 0, the signal and its sender written to LOG.stopped),
+# "abort-on-stop" (the same, then SIGABRT: a crash as it stops), "ignore" (never stops: only SIGKILL ends it), or
+# "abort-before-ready" / "exit1-before-ready". SIGINT and SIGTERM are held from its first line, before its run is
+# logged (a test that saw the run logged may signal at once), and taken with sigwaitinfo, which says who sent them.
 CHILD = textwrap.dedent('''
-    import json, os, signal, sys, time
+    import json, os, signal, sys, threading
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     log, plan = sys.argv[1], json.loads(sys.argv[2])
     args = sys.argv[3:]
     with open(log, "a") as f:
-        f.write(json.dumps(args) + "\\n")
+        f.write(json.dumps({"pid": os.getpid(), "args": args}) + "\\n")
     with open(log) as f:
         run = len(f.read().splitlines()) - 1
     what = plan[min(run, len(plan) - 1)]
@@ -48,12 +55,10 @@ CHILD = textwrap.dedent('''
         sys.exit(1)
     flag = lambda name: args[len(args) - 1 - args[::-1].index(name) + 1]  # the last one wins, as in argparse
     pub, router = flag("--pub").replace(":0", ":5001"), flag("--router").replace(":0", ":5002")
-    stopped = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.append(1))
+    preview = (5003 if flag("--preview") == "0" else int(flag("--preview"))) if "--preview" in args else None
     path = os.environ[READY_FILE_ENV]
     with open(path + ".tmp", "w") as f:
-        json.dump({"instance": f"run{run}", "pub": pub, "router": router}, f)
+        json.dump({"instance": f"run{run}", "pub": pub, "router": router, "preview": preview}, f)
     os.replace(path + ".tmp", path)
     if what == "abort":
         os.abort()
@@ -61,10 +66,13 @@ CHILD = textwrap.dedent('''
         sys.exit(1)
     if what == "exit0":
         sys.exit(0)
-    while not stopped:
-        time.sleep(0.02)
+    if what == "ignore":
+        threading.Event().wait()
+    info = signal.sigwaitinfo({signal.SIGINT, signal.SIGTERM})
     with open(log + ".stopped", "w") as f:
-        f.write("stopped")
+        json.dump({"signal": info.si_signo, "from": info.si_pid}, f)
+    if what == "abort-on-stop":
+        os.abort()
 ''').replace("READY_FILE_ENV", repr(READY_FILE_ENV))
 
 
@@ -76,7 +84,34 @@ def stand_in(tmp_path: Path, plan: list[str]) -> tuple[list[str], Path]:
 
 
 def runs(log: Path) -> list[list[str]]:
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    """Each run's command line."""
+    return [json.loads(line)["args"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def wait_for_runs(log: Path, count: int, proc: subprocess.Popen[str]) -> None:
+    """Until the stand-in has started ``count`` times (polling a condition with a deadline)."""
+    deadline = time.monotonic() + 60
+    while len(runs(log)) < count:
+        assert proc.poll() is None, f"the supervisor ended (exit {proc.returncode}) before run {count}"
+        assert time.monotonic() < deadline, f"run {count} never started"
+        time.sleep(0.02)
+
+
+def supervisor_process(program: list[str], settings: str = "") -> subprocess.Popen[str]:
+    """The supervisor in a process of its own, leading a process group as a shell's job does (a terminal's signals
+    go to the whole group); ``settings``: Python run first (a module constant changed)."""
+    code = (f"import sys\nfrom ksdiff_runtime.cli import supervise\n{settings}\n"
+            f"sys.exit(supervise.Supervisor({CHILD_ARGV!r}, program={program!r}).run())")
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def end_all(proc: subprocess.Popen[str], log: Path) -> None:
+    """Whatever a failed test left running: the supervisor and every stand-in it started (in groups of their own)."""
+    proc.kill()
+    proc.wait()
+    for line in log.read_text().splitlines() if log.exists() else []:
+        with contextlib.suppress(ProcessLookupError):  # ended already
+            os.kill(json.loads(line)["pid"], signal.SIGKILL)
 
 
 CHILD_ARGV = ["serve", "--pub", "tcp://127.0.0.1:0", "--router", "tcp://127.0.0.1:0"]
@@ -134,23 +169,147 @@ def test_a_later_child_that_fails_before_it_is_ready_is_tried_again(
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_the_child_and_the_supervisor_without_a_restart(tmp_path: Path, sig: signal.Signals) -> None:
     program, log = stand_in(tmp_path, ["wait"])
-    code = (f"import sys; from ksdiff_runtime.cli.supervise import Supervisor; "
-            f"sys.exit(Supervisor({CHILD_ARGV!r}, program={program!r}).run())")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    proc = supervisor_process(program)
     try:
-        deadline = time.monotonic() + 60
-        while not runs(log):  # the child has started (polling a condition with a deadline)
-            assert time.monotonic() < deadline, "the child never started"
-            time.sleep(0.02)
+        wait_for_runs(log, 1, proc)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
-        proc.kill()
-        proc.wait()
+        end_all(proc, log)
     assert proc.returncode == 0, err
-    assert Path(str(log) + ".stopped").exists(), "the child was not told to stop"
+    assert Path(f"{log}.stopped").exists(), "the child was not told to stop"
     assert len(runs(log)) == 1
     assert "died" not in err
+
+
+def test_a_signal_during_the_wait_before_a_restart_stops_the_supervisor_at_once_with_no_new_child(
+        tmp_path: Path) -> None:
+    program, log = stand_in(tmp_path, ["abort", "wait"])
+    proc = supervisor_process(program, settings="supervise.FIRST_DELAY_S = 60.0")
+    try:
+        wait_for_runs(log, 1, proc)
+        first = json.loads(log.read_text().splitlines()[0])["pid"]
+        deadline = time.monotonic() + 60
+        while True:  # until the supervisor has reaped the aborted child: it is then in its 60 s wait
+            try:
+                os.kill(first, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "the first child never ended"
+            time.sleep(0.02)  # polling a condition with a deadline
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)  # well within the 60 s wait
+    finally:
+        end_all(proc, log)
+    assert proc.returncode == 0, err
+    assert len(runs(log)) == 1
+
+
+@pytest.mark.parametrize(("sig", "told"), [(signal.SIGINT, signal.SIGINT), (signal.SIGHUP, signal.SIGTERM)])
+def test_a_terminals_signal_reaches_the_child_once_from_the_supervisor_as_one_serve_handles(
+        tmp_path: Path, sig: signal.Signals, told: signal.Signals) -> None:
+    """A terminal sends Ctrl-C's SIGINT, and SIGHUP when it closes, to its whole foreground process group. A child in
+    that group got Ctrl-C twice, the terminal's and the supervisor's: the second, after serve had begun to stop and
+    put Python's handler back, raised KeyboardInterrupt in its shutdown (its streams' closing frames not sent; 1 in
+    3 Ctrl-Cs on the real serve). SIGHUP killed both, serve with no closing frames."""
+    program, log = stand_in(tmp_path, ["wait"])
+    proc = supervisor_process(program)
+    try:
+        wait_for_runs(log, 1, proc)
+        os.killpg(proc.pid, sig)  # as the terminal does: the supervisor leads its group, as a shell's job
+        _, err = proc.communicate(timeout=30)
+    finally:
+        end_all(proc, log)
+    assert proc.returncode == 0, err
+    # the first stop signal the child saw (a second of the same kind, still pending, merges into it)
+    assert json.loads(Path(f"{log}.stopped").read_text()) == {"signal": told, "from": proc.pid}
+
+
+@pytest.mark.parametrize(("plan", "status"),
+                         [("ignore", 128 + signal.SIGKILL), ("abort-on-stop", 128 + signal.SIGABRT)])
+def test_a_child_that_dies_by_a_signal_as_it_stops_gives_the_command_the_shells_status_for_it(
+        tmp_path: Path, plan: str, status: int) -> None:
+    """A child that does not stop is killed after STOP_WAIT_S; one that crashes as it stops dies by its signal: the
+    command says so as a shell would (128 + N), not ``sys.exit(-N)``'s 256 - N (247 for SIGKILL)."""
+    program, log = stand_in(tmp_path, [plan])
+    proc = supervisor_process(program, settings="supervise.STOP_WAIT_S = 0.5")
+    try:
+        wait_for_runs(log, 1, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        end_all(proc, log)
+    assert proc.returncode == status, err
+    assert len(runs(log)) == 1
+
+
+def test_with_exit_when_done_the_childs_own_exit_status_ends_the_command_and_only_a_crash_is_started_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--exit-when-done`` exits 1 when a file failed part-way: a batch's result, which starting it again (every
+    file played again) would repeat for ever, 30 s apart."""
+    monkeypatch.setattr(supervise, "FIRST_DELAY_S", 0.1)
+    program, log = stand_in(tmp_path, ["abort", "exit1", "exit0"])
+    assert Supervisor(CHILD_ARGV, program=program, exits_are_final=True).run() == 1
+    assert len(runs(log)) == 2  # the crash was started again; the exit status was final
+
+
+def test_a_restarted_child_gets_the_preview_port_that_preview_0_gave_the_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--preview 0`` (any free port): the page open in a browser must find the restarted runtime where it was."""
+    monkeypatch.setattr(supervise, "FIRST_DELAY_S", 0.1)
+    program, log = stand_in(tmp_path, ["abort", "exit0"])
+    assert Supervisor([*CHILD_ARGV, "--preview", "0"], program=program).run() == 0
+    assert runs(log)[1][-2:] == ["--preview", "5003"]
+
+
+@pytest.mark.parametrize(("requested", "bound", "reused"), [
+    ("tcp://127.0.0.1:*", "tcp://127.0.0.1:40001", "tcp://127.0.0.1:40001"),  # serve's :0 as the runtime spells it
+    ("tcp://[::1]:0", "tcp://[::1]:40001", "tcp://[::1]:40001"),
+    ("ipc://*", "ipc:///tmp/tmpab12cd/0", "ipc:///tmp/tmpab12cd/0"),
+    ("tcp://*:5555", "tcp://0.0.0.0:5555", "tcp://*:5555"),
+    ("tcp://eth0:5555", "tcp://192.168.1.5:5555", "tcp://eth0:5555"),  # the interface's address may change
+    ("tcp://localhost:5555", "tcp://127.0.0.1:5555", "tcp://localhost:5555"),
+    ("ipc:///run/ksdiff.sock", "ipc:///run/ksdiff.sock", "ipc:///run/ksdiff.sock"),
+])
+def test_a_restarted_child_binds_the_port_an_ephemeral_one_got_and_otherwise_what_was_asked(
+        requested: str, bound: str, reused: str) -> None:
+    assert endpoint_to_reuse(requested, bound) == reused
+
+
+def test_an_abbreviated_restart_flag_makes_one_supervisor_not_a_chain_of_them(tmp_path: Path) -> None:
+    """argparse takes ``--resta`` for ``--restart``, and it stays in the child's command line: the child must serve,
+    not supervise a child of its own (which would do the same, without end). Here serve fails at once (a file that
+    is not there): a start-up error, the command's."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--resta", "--pub", "tcp://127.0.0.1:0", "--router",
+         "tcp://127.0.0.1:0", "--file", str(tmp_path / "missing.wav")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    log: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        # until the command ends, or a second supervisor says it started a child
+        while sum("serve started in process" in line for line in log) < 2:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            if line is None:
+                break
+            log.append(line)
+    finally:
+        # SIGTERM, not SIGKILL: each supervisor passes it on to its child, so a chain ends whole
+        proc.terminate()
+        proc.wait(timeout=60)
+    output = "".join(log)
+    assert output.count("serve started in process") == 1, output
+    assert "serve ended before it was ready (exit status 1)" in output, output
+    assert proc.returncode == 1, output
 
 
 def test_the_restart_flag_never_reaches_the_child() -> None:
@@ -162,7 +321,9 @@ def test_serve_restart_brings_back_a_runtime_a_client_aborted_and_its_clients_go
     """The real thing: a hostile client aborts the runtime (libzmq 4.3.5); the supervisor starts it again on the same
     endpoints; an SDK client sees the restart (its stream lost, reason 'restart') and opens a new stream there. If
     the abort does not happen (a fixed libzmq), the child is killed with SIGABRT, as the abort would."""
-    serve = Serve("--restart")
+    # the old stream must not end by itself (the default idle timeout, 10 s) while the abort is awaited: it would be
+    # lost with reason 'timeout', not 'restart'
+    serve = Serve("--restart", "--idle-timeout-s", "300")
     try:
         started = re.search(r"serve started in process (\d+)", "".join(serve.log))
         assert started, "".join(serve.log)
@@ -176,7 +337,8 @@ def test_serve_restart_brings_back_a_runtime_a_client_aborted_and_its_clients_go
             try:
                 died = serve.wait_for(r"died: (.*), after", timeout=ANSWER_TIMEOUT_S)
             except AssertionError:  # it survived the client: kill it as the abort would
-                os.kill(first_pid, signal.SIGABRT)
+                with contextlib.suppress(ProcessLookupError):  # unless it died just now
+                    os.kill(first_pid, signal.SIGABRT)
                 died = serve.wait_for(r"died: (.*), after", timeout=ANSWER_TIMEOUT_S)
             assert "SIGABRT" in died[1]
             assert serve.wait_for_serving() == (serve.pub, serve.router)
@@ -190,9 +352,12 @@ def test_serve_restart_brings_back_a_runtime_a_client_aborted_and_its_clients_go
             new = client.open_stream("npc2")  # the same client goes on, nothing recreated
             new.push(sample_speech(0.3))
             assert new.end(timeout=30) is not None
-        serve.proc.send_signal(signal.SIGINT)
+        os.killpg(serve.proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: a SIGINT to the whole foreground group
         assert serve.proc.wait(timeout=60) == 0
         serve.read_to_end()
-        assert "".join(serve.log).count("starting it again") == 1, serve.output()  # the abort's restart alone
+        output = "".join(serve.log)
+        assert output.count("starting it again") == 1, serve.output()  # the abort's restart alone
+        # the child's shutdown ran to its end: a second SIGINT in it would have raised KeyboardInterrupt ("interrupted")
+        assert "ksdiff_runtime.server: stopped" in output and "interrupted" not in output, serve.output()
     finally:
         serve.stop()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ksdiff_runtime.cli.supervise import supervise, write_ready
+from ksdiff_runtime.cli.supervise import endpoint_to_reuse, supervise, under_supervisor, write_ready
 from ksdiff_runtime.engine.presets import PRESETS
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE
 from ksdiff_runtime.motion import MOODS, SAMPLE_RATE, STYLES
@@ -164,7 +164,8 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true",
                    help="run serve in a child process and start it again whenever it dies after it was ready (a "
                    "crash, libzmq's abort of docs/SERVE.md, the OOM killer), on the same endpoints; clients connect "
-                   "again by themselves. Ctrl-C / SIGTERM stop it (a flag, not a config file setting)")
+                   "again by themselves. With --exit-when-done only a death by a signal is started again (its exit "
+                   "status is the command's). Ctrl-C / SIGTERM stop it (a flag, not a config file setting)")
     p.set_defaults(func=run_serve)
 
 
@@ -213,8 +214,9 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("config file %s: %s %s; it is ignored", args.config, setting, why)
     if (late := config.avatar_outputs_late()) is not None:
         log.warning("%s", late)
-    if args.restart:  # the config is good: the child reads it again, and serves
-        return supervise(args.argv)
+    if args.restart and not under_supervisor():  # the config is good: the child reads it again, and serves
+        # with --exit-when-done the child's exit status is the batch's result, not a death to start again
+        return supervise(args.argv, exits_are_final=bool(config.exit_when_done and config.files))
     return serve(config)
 
 
@@ -299,7 +301,9 @@ def serve(config: ServeConfig) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         log.info("ready in %.1f s", time.perf_counter() - started)
-        write_ready(runtime.instance, runtime.pub_endpoint, runtime.router_endpoint)
+        write_ready(runtime.instance, endpoint_to_reuse(runtime.pub_requested, runtime.pub_endpoint),
+                    endpoint_to_reuse(runtime.router_requested, runtime.router_endpoint),
+                    preview=next((out.port for out in outputs if isinstance(out, PreviewOutput)), None))
         next_try = time.monotonic() + WAIT_RETRY_S
         while not stop.wait(0.1) and runtime.failure is None:
             if waiting and time.monotonic() >= next_try:

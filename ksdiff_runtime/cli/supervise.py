@@ -5,19 +5,29 @@ its connection in a certain state (docs/SERVE.md, "A client can abort the runtim
 library's crash. A VTuber's avatar then freezes until someone notices and starts ``serve`` again. With ``--restart``
 the command stays as a small supervisor (no model, no sockets) and runs ``serve`` itself in a child process:
 
-- the child is started again when it dies after it was ready (a signal, or an exit other than 0), at once for the
-  first death and, if it keeps dying within ``STEADY_S`` of being ready, after a delay that doubles up to
-  ``MAX_DELAY_S``; it binds the endpoints the first child bound (``tcp://...:0`` included), so clients connect again
-  by themselves and are told their streams were lost (the SDK's ``StreamLost``, reason ``restart``), and ``--mic`` and
-  ``--file`` streams start again;
+- the child is started again when it dies after it was ready (a signal, or an exit other than 0), after
+  ``FIRST_DELAY_S`` for the first death and, if it keeps dying within ``STEADY_S`` of being ready, after a delay that
+  doubles up to ``MAX_DELAY_S``; it binds the endpoints the first child bound where any port would do
+  (``tcp://...:0``, ``ipc://*``, ``--preview 0``; ``endpoint_to_reuse``), so clients connect again by themselves and
+  are told their streams were lost (the SDK's ``StreamLost``, reason ``restart``), and ``--mic`` and ``--file``
+  streams start again;
 - a child that dies before it was ready the first time is a start-up error (a port in use, a device missing): its
   exit status is the command's, with no restart;
-- SIGINT and SIGTERM stop the child (it ends its streams as ``serve`` does) and the command, with no restart; exit 0
-  when it stopped cleanly.
+- with ``--exit-when-done`` (``exits_are_final``) a child's own exit status is the batch's result and the command's
+  (a file that failed part-way would fail again); only a death by a signal is started again;
+- SIGINT, SIGTERM and SIGHUP (the terminal closed) stop the child (it ends its streams as ``serve`` does) and the
+  command, with no restart; exit 0 when it stopped cleanly, 128 + N when it died by signal N (killed after
+  ``STOP_WAIT_S``, or a crash as it stopped).
 
-The child tells the supervisor it is ready, and which endpoints it bound, through a small JSON file named by
-``READY_FILE_ENV`` (written by ``serve`` once its sources have started). Tested on Linux; on Windows the console's
-Ctrl-C reaches the child itself, and SIGTERM is TerminateProcess there (no closing frames).
+On POSIX the child runs in a process group of its own, so that a terminal's Ctrl-C (sent to the whole foreground
+group) reaches it once, from the supervisor: a second SIGINT from the supervisor, arriving after serve had begun to
+stop and put Python's handler back, interrupted its shutdown (its streams' closing frames not sent).
+
+The child tells the supervisor it is ready, and which endpoints a restarted child must bind, through a small JSON
+file named by ``READY_FILE_ENV`` (written by ``serve`` once its sources have started); a process started with it set
+is a supervisor's child and never supervises itself. Tested on Linux. On Windows (read, not run) the console's Ctrl-C
+reaches the child itself, and is not passed on; ``os.kill(pid, SIGTERM)`` is TerminateProcess of the supervisor alone
+(no handler runs), which leaves its child serving.
 """
 
 from __future__ import annotations
@@ -37,12 +47,17 @@ from types import FrameType
 
 log = logging.getLogger("ksdiff_runtime.supervisor")
 
-READY_FILE_ENV = "KSDIFF_SERVE_READY_FILE"  # the child writes {"instance", "pub", "router"} here once ready
+READY_FILE_ENV = "KSDIFF_SERVE_READY_FILE"  # the child writes {"instance", "pub", "router", "preview"} here once ready
 FIRST_DELAY_S = 0.5  # before starting again a child that died
 MAX_DELAY_S = 30.0  # the delay doubles for a child that keeps dying, up to this
 STEADY_S = 60.0  # a child that served this long before dying is started again after FIRST_DELAY_S
 STOP_WAIT_S = 30.0  # a child asked to stop is killed after this (serve stops within 2 s)
 WATCH_S = 0.5  # how often the supervisor looks for the ready file and at a stop's time
+# the signals that stop the supervisor and its child (SIGHUP: the terminal closed; POSIX only)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+# a stopped child's exit statuses that are a clean stop: serve's 0, Ctrl-C during its start-up (KeyboardInterrupt: 130
+# from the command, or Windows' STATUS_CONTROL_C_EXIT), a SIGINT or SIGTERM before serve handled them
+CLEAN_STOPS = (0, 130, 0xC000013A, -signal.SIGINT, -signal.SIGTERM)
 
 
 @dataclass(frozen=True)
@@ -50,25 +65,43 @@ class Ready:
     """What a child said once it was ready."""
 
     instance: str
-    pub: str
+    pub: str  # the endpoints a restarted child binds (endpoint_to_reuse)
     router: str
+    preview: int | None = None  # the preview page's port (None: no preview)
 
 
-def write_ready(instance: str, pub: str, router: str) -> None:
-    """Called by ``serve`` once it is ready: tells a supervisor, if it runs under one, what it bound."""
+def under_supervisor() -> bool:
+    """True in a supervisor's child: it serves, whatever its flags say (``--restart`` abbreviated, ``--resta``, is
+    not taken out of its command line, and would start a chain of supervisors)."""
+    return bool(os.environ.get(READY_FILE_ENV))
+
+
+def endpoint_to_reuse(requested: str, bound: str) -> str:
+    """The endpoint a restarted child binds: the one bound where any port or path would do (``tcp://...:0``,
+    ``ipc://*``), so clients find it where it was; else the one asked for, resolved again (``tcp://eth0:5555``,
+    ``tcp://myhost:5555``: the interface's address may have changed since)."""
+    ephemeral = requested.endswith((":0", ":*")) if requested.startswith("tcp://") else requested == "ipc://*"
+    return bound if ephemeral else requested
+
+
+def write_ready(instance: str, pub: str, router: str, preview: int | None = None) -> None:
+    """Called by ``serve`` once it is ready: tells a supervisor, if it runs under one, what a restarted child binds
+    (``preview``: the preview page's port, None without one)."""
     path = os.environ.get(READY_FILE_ENV)
     if not path:
         return
     tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps({"instance": instance, "pub": pub, "router": router}))
+    tmp.write_text(json.dumps({"instance": instance, "pub": pub, "router": router, "preview": preview}))
     tmp.replace(path)  # whole or not at all: the supervisor may read it at any moment
 
 
 def _read_ready(path: Path) -> Ready | None:
     try:
         data = json.loads(path.read_text())
-        return Ready(str(data["instance"]), str(data["pub"]), str(data["router"]))
-    except (OSError, ValueError, KeyError, TypeError):  # not there yet (it is written whole, never in part)
+        preview = data.get("preview")
+        return Ready(str(data["instance"]), str(data["pub"]), str(data["router"]),
+                     int(preview) if preview is not None else None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not there yet (written whole, never in part)
         return None
 
 
@@ -83,14 +116,22 @@ def describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
+def command_status(code: int) -> int:
+    """A child's exit status as the command's: a death by signal N is 128 + N, as a shell says it (``sys.exit`` of a
+    negative number would be 256 - N)."""
+    return 128 - code if code < 0 else code
+
+
 class Supervisor:
     """Runs ``serve`` (``child_argv``: the command line after the program, ``--restart`` left out) until asked to
     stop, starting it again when it dies."""
 
-    def __init__(self, child_argv: list[str], program: list[str] | None = None) -> None:
-        """``program``: what runs ``child_argv`` (default: this Python's ``-m ksdiff_runtime.cli``)."""
+    def __init__(self, child_argv: list[str], program: list[str] | None = None, exits_are_final: bool = False) -> None:
+        """``program``: what runs ``child_argv`` (default: this Python's ``-m ksdiff_runtime.cli``);
+        ``exits_are_final``: a child's own exit status ends the command (``--exit-when-done``: a batch's result)."""
         self.child_argv = child_argv
         self.program = program or [sys.executable, "-m", "ksdiff_runtime.cli"]
+        self.exits_are_final = exits_are_final
         self.stop = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
         self.restarts = 0
@@ -104,10 +145,11 @@ class Supervisor:
             if signum != signal.SIGINT:
                 child.terminate()
             return
-        child.send_signal(signum)
+        # in a process group of its own, the child hears of a stop from here alone; serve handles SIGINT and SIGTERM
+        child.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             with tempfile.TemporaryDirectory(prefix="ksdiff-serve-") as tmp:
                 return self._loop(Path(tmp) / "ready.json")
@@ -122,29 +164,45 @@ class Supervisor:
             argv = list(self.child_argv)
             if bound is not None:
                 argv += ["--pub", bound.pub, "--router", bound.router]  # the last flag wins
+                if bound.preview is not None:
+                    argv += ["--preview", str(bound.preview)]  # --preview 0's port: the page open in a browser
             ready_file.unlink(missing_ok=True)
             env = dict(os.environ, **{READY_FILE_ENV: str(ready_file)})
-            self.child = subprocess.Popen([*self.program, *argv], env=env)
+            # POSIX: a process group of its own, out of reach of the terminal's Ctrl-C (see the module's docstring)
+            self.child = subprocess.Popen([*self.program, *argv], env=env,
+                                          process_group=0 if os.name != "nt" else None)
             log.info("serve started in process %d (--restart: started again if it dies)", self.child.pid)
             if self.stop.is_set():  # a signal came as it started, before there was a child to tell
                 self._on_signal(signal.SIGTERM, None)
             code, ready, served_s = self._wait_child(ready_file)
             if self.stop.is_set():
-                return 0 if code in (0, 130, -signal.SIGINT, -signal.SIGTERM) else code
+                return 0 if code in CLEAN_STOPS else command_status(code)
             if code == 0:  # it stopped by itself (its files have played, or someone stopped it directly)
                 return 0
             if bound is None and ready is None:  # never served: a start-up error, which a restart would repeat
                 log.error("serve ended before it was ready (%s); not started again", describe_exit(code))
-                return code if code > 0 else 128 - code
+                return command_status(code)
+            if self.exits_are_final and code > 0:  # a batch's result (a file failed part-way): it would fail again
+                log.error("serve ended (%s); not started again (--exit-when-done)", describe_exit(code))
+                return code
             bound = bound or ready
             if served_s >= STEADY_S:
                 delay = FIRST_DELAY_S
             self.restarts += 1
             log.error("serve (process %d) died: %s, after %.0f s serving; starting it again in %.1f s (restart %d)",
                       self.child.pid, describe_exit(code), served_s, delay, self.restarts)
-            if self.stop.wait(delay):
+            if self._asked_to_stop_within(delay):
                 return 0
             delay = min(MAX_DELAY_S, 2 * delay)
+
+    def _asked_to_stop_within(self, delay: float) -> bool:
+        """Waits up to ``delay`` seconds for a stop, in WATCH_S steps: on Windows a lock's wait is not interrupted by
+        Ctrl-C, whose handler runs only once the wait is over (a 30 s backoff, then a child started for nothing)."""
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if self.stop.wait(min(WATCH_S, left)):
+                return True
+        return self.stop.is_set()
 
     def _wait_child(self, ready_file: Path) -> tuple[int, Ready | None, float]:
         """Waits for the child to end (killed if it does not stop within STOP_WAIT_S of being asked to); returns its
@@ -180,5 +238,5 @@ def child_argv(argv: list[str]) -> list[str]:
     return [a for a in argv if a != "--restart"]
 
 
-def supervise(argv: list[str]) -> int:
-    return Supervisor(child_argv(argv)).run()
+def supervise(argv: list[str], exits_are_final: bool = False) -> int:
+    return Supervisor(child_argv(argv), exits_are_final=exits_are_final).run()
