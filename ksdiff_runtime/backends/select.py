@@ -13,7 +13,10 @@ or a broken one).
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import logging
+import sys
 from pathlib import Path
 
 from ksdiff_runtime.model.config import DEFAULT_CHECKPOINT, checkpoint_file
@@ -40,13 +43,36 @@ def default_export_dir(checkpoint: str | Path) -> Path:
     return default_cache_dir() / "exports" / sha256_file(Path(checkpoint))[:16]
 
 
+# The CUDA driver's library, which CUDA's runtime (torch's, TensorRT's) loads by these names: a machine without it
+# has no GPU any of them can use.
+CUDA_DRIVER_LIBRARIES = {"win32": ("nvcuda.dll",), "darwin": ()}.get(sys.platform, ("libcuda.so.1", "libcuda.so"))
+
+
+def cuda_driver_present() -> bool:
+    """Whether this machine has an NVIDIA CUDA driver to load (milliseconds). Without one, `auto` skips torch-cuda and
+    TensorRT without importing torch or tensorrt only to hear they see no GPU: importing torch took 1.1 s of `serve`'s
+    start-up on an idle 2-core CPU, 2-5 s with both cores busy (docs/SERVE.md "Start-up time")."""
+    for name in CUDA_DRIVER_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
 def unavailable_reason(name: str) -> str | None:
     """Why ``name`` cannot run here, found cheaply (no export, no engine build); None: worth trying."""
     if name in ("torch-cpu", "torch-cuda"):
+        no_torch = "torch is not installed (a light install: pip install 'ksdiff-runtime[train]' for it)"
+        if importlib.util.find_spec("torch") is None:
+            return no_torch
+        if name == "torch-cuda" and not cuda_driver_present():  # torch is not imported for it (seconds)
+            return "torch sees no CUDA GPU (this machine has no CUDA driver)"
         try:
             import torch
         except ImportError:
-            return "torch is not installed (a light install: pip install 'ksdiff-runtime[train]' for it)"
+            return no_torch
         if name == "torch-cuda" and not torch.cuda.is_available():
             return "torch sees no CUDA GPU"
         return None
@@ -56,6 +82,10 @@ def unavailable_reason(name: str) -> str | None:
         ok = "CUDAExecutionProvider" in ort.get_available_providers()
         return None if ok else "this onnxruntime build has no CUDAExecutionProvider"
     if name == "tensorrt":
+        if importlib.util.find_spec("tensorrt") is None:
+            return "the tensorrt Python package is not installed"
+        if not cuda_driver_present():
+            return "this machine has no CUDA driver"
         try:
             import tensorrt  # noqa: F401
         except ImportError:

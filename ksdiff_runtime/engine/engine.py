@@ -86,6 +86,7 @@ PROBE_REPEATS = 3  # the warm-up's cost probe (1 and ROUND_PROBE streams) runs t
 # seconds of speech per probe pass: its rounds are paced at the hop as `serve`'s are, so a pass takes this long
 PROBE_S = 0.6
 PROBE_STAGGER_S = 0.01  # each paced probe stream's audio is this far ahead of the one before
+WARM_WAIT_S = 0.005  # an unpaced warm-up pass with nothing to do waits this long at most before its next round
 
 
 @dataclass
@@ -757,6 +758,9 @@ class StreamingEngine:
                         self.sessions.end(session)
                 if paced:  # a hop after the last round started, or at once after one that overran (no catching up)
                     time.sleep(max(0.0, next_round - time.perf_counter()))
+                elif not self.has_work():  # a transcript's G2P still running (its first loads libhama): wait, as
+                    # `serve`'s engine thread does; rounds of nothing back to back took the GIL and a core from it
+                    self.sessions.wait_for_work(WARM_WAIT_S)
                 t = time.perf_counter()
                 next_round = t + hop_s
                 hops = self.step().hops
