@@ -71,9 +71,12 @@
 //     not answered there, its caller getting the copy's answer (a refusal too). Requests still in
 //     the outbox go on the next connection.
 //   * Stop closes the connection: the streams this client opened are lost with it (one still being
-//     opened: its open_stream fails), and the audio still waiting for them in the outbox is dropped
-//     (ClientStatus.Unsent). After a Start, SendAudio for such a stream throws (unknown_stream) and
-//     its SetControls and EndStream fail at once, nothing sent, until the id is opened again.
+//     opened: its open_stream fails), and nothing still waiting in the outbox goes on the next
+//     connection: audio dropped (ClientStatus.Unsent), requests withdrawn (ClientStatus.Withdrawn),
+//     an end_stream too (the new connection owns none of those streams: its refusal, naming the id,
+//     would mark lost a stream opened again with it). After a Start, SendAudio for such a stream
+//     throws (unknown_stream) and its SetControls and EndStream fail at once, nothing sent, until
+//     the id is opened again (an OpenStream while stopped fails at once and opens nothing).
 //   * Frames: decoded into one reused Frame, checked against their topic, seq gaps counted as
 //     drops, pushed into the jitter buffer and the frame sinks. No allocation per frame.
 //   * A stream's events reach the game in the order the runtime published them: a frame is in the
@@ -155,7 +158,7 @@ namespace Ksdiff
         public string[] Blendshapes;    // the runtime hello's names, in wire order
         public ulong Messages, Frames, Dropped, BadMessages, Ignored, Restarts, EventsDropped;
         public ulong Unsent;            // audio messages dropped before they were sent (OutboxMaxBytes, or their stream was lost with the connection)
-        public ulong Withdrawn;         // requests never sent: they failed (timed out, abandoned) while still in the outbox
+        public ulong Withdrawn;         // requests never sent: they failed (timed out, abandoned, the client stopped) while still in the outbox
         // Messages sent again once the runtime said it dropped this client's requests unread (busy)
         // and those drops were over: the audio of lines it may have dropped, then the end_streams
         // left unanswered; and the hello, open_stream and set_controls requests the runtime never
@@ -334,7 +337,7 @@ namespace Ksdiff
             public double SentS;  // audio kept in _sentAudio: when it left (client clock)
             public ulong SentNo;  // audio kept in _sentAudio: the number of the message it left as
             public ulong Opening; // audio, or a line's request: the opening of its stream it was sent for (Tracker.Opening; 0: none)
-            public ulong Stops;   // audio: the client's Stops when it was queued (one queued before the latest Stop is dropped)
+            public ulong Stops;   // the client's Stops when it was queued: one queued before the latest Stop is dropped unsent (Withdraw)
             // The line it is of (its audio, set_controls, end_stream; null for anything else): a line's
             // messages leave one at a time, each once the runtime has read the one before.
             public Tracker Line;
@@ -424,8 +427,9 @@ namespace Ksdiff
 
         // Stops the worker and waits for it to end (within about one poll interval); idempotent, any
         // thread. Pending requests fail, and the streams this client opened are lost ("reconnect"):
-        // the runtime keeps each for the connection that opened it, which closes here. Their audio
-        // still in the outbox is never sent (ClientStatus.Unsent), and after a Start SendAudio for
+        // the runtime keeps each for the connection that opened it, which closes here. Nothing still
+        // in the outbox is sent on the next connection (audio: ClientStatus.Unsent; requests, an
+        // end_stream too: ClientStatus.Withdrawn), and after a Start SendAudio for
         // them throws and their SetControls and EndStream fail at once, until the id is opened
         // again (the runtime would refuse them: the new connection owns none of them). Call it before
         // NetMQConfig.Cleanup() / domain reload. On a worker thread (a frame sink) it cannot wait for
@@ -570,7 +574,10 @@ namespace Ksdiff
             byte[] payload = Requests.OpenStream(request); // throws for what the runtime would refuse
             lock (_lock)
             {
-                if (request.Stream != null)
+                // Not while stopped: the request fails at once, never sent (Queue), and opens nothing,
+                // so the id keeps what it was (a stream lost by the Stop stays lost: Stopped). Under
+                // the lock that queues it: a Start in between would queue it with the id untouched.
+                if (request.Stream != null && _current != null)
                 {
                     Tracker t = TrackerFor(request.Stream);
                     ResetTracker(t);
@@ -582,8 +589,8 @@ namespace Ksdiff
                     t.SentNo = 0; // a new line: its first message goes at once
                     if (_o.Streams != null) _subscriptions.Enqueue(new KeyValuePair<bool, string>(true, Protocol.FrameTopic(request.Stream)));
                 }
+                return Queue(req, "open_stream", request.Stream, payload, _o.RequestTimeoutS, request.Mode == Protocol.ModeLine);
             }
-            return Queue(req, "open_stream", request.Stream, payload, _o.RequestTimeoutS, request.Mode == Protocol.ModeLine);
         }
 
         // Audio gets no reply unless it fails: errors arrive as events and in StreamStatus.Errors.
@@ -651,7 +658,7 @@ namespace Ksdiff
                     // A line's set_controls and end_stream keep the line's order (after its audio).
                     of = LineOf(p);
                     _outbox.Enqueue(new Outgoing { Payload = payload, Audio = false, Req = type == "end_stream" ? 0 : req, Request = p,
-                                                   Line = of, Opening = of != null ? of.Opening : 0 });
+                                                   Line = of, Opening = of != null ? of.Opening : 0, Stops = _stops });
                     _outboxBytes += payload.Length;
                 }
             }
@@ -977,8 +984,12 @@ namespace Ksdiff
         }
 
         // The outbox less the requests that failed before they were sent (no reply awaited any more):
-        // counted in Withdrawn; and less the audio queued before the latest Stop (its streams went
-        // with that connection, Stop sets _withdraw): counted in Unsent, as on a dropped connection.
+        // counted in Withdrawn; and less everything queued before the latest Stop (Stop sets _withdraw):
+        // the streams it was for went with that connection, and the runtime would refuse it on the
+        // next (forbidden, unknown_stream). Its audio counts in Unsent, as on a dropped connection; its
+        // requests in Withdrawn: every one of them failed with the stop, and an end_stream (never
+        // withdrawn otherwise: late, it still frees its stream) can no longer free it, while its
+        // refusal, naming the id, would mark lost a stream opened again with that id since.
         // Under _lock, on the worker (the only thread that takes from the outbox).
         void Withdraw()
         {
@@ -986,15 +997,15 @@ namespace Ksdiff
             for (int n = _outbox.Count; n > 0; n--) // once round the queue, keeping the order
             {
                 Outgoing m = _outbox.Dequeue();
-                if (m.Req != 0 && !_pending.ContainsKey(m.Req))
-                {
-                    _outboxBytes -= m.Payload.Length;
-                    _status.Withdrawn++;
-                }
-                else if (m.Audio && m.Stops != _stops)
+                if (m.Audio && m.Stops != _stops)
                 {
                     _outboxBytes -= m.Payload.Length;
                     _status.Unsent++;
+                }
+                else if ((m.Req != 0 && !_pending.ContainsKey(m.Req)) || m.Stops != _stops)
+                {
+                    _outboxBytes -= m.Payload.Length;
+                    _status.Withdrawn++;
                 }
                 else _outbox.Enqueue(m);
             }
@@ -1119,7 +1130,7 @@ namespace Ksdiff
                     p.Queued = true;
                     Tracker line = LineOf(p); // after the copies of its line's audio, one at a time
                     _outbox.Enqueue(new Outgoing { Payload = p.Payload, Audio = false, Request = p, Line = line,
-                                                   Opening = line != null ? line.Opening : 0 });
+                                                   Opening = line != null ? line.Opening : 0, Stops = _stops });
                     _outboxBytes += p.Payload.Length;
                     _status.Resent++;
                     RememberResent(p.Req);
@@ -1179,7 +1190,7 @@ namespace Ksdiff
             p.Queued = true;
             Tracker line = LineOf(p); // a line's set_controls keeps its place in the line's order
             _outbox.Enqueue(new Outgoing { Payload = p.Payload, Audio = false, Req = p.Req, Request = p, Line = line,
-                                           Opening = line != null ? line.Opening : 0 });
+                                           Opening = line != null ? line.Opening : 0, Stops = _stops });
             _outboxBytes += p.Payload.Length;
             _status.Resent++;
             RememberResent(p.Req);
@@ -1493,7 +1504,7 @@ namespace Ksdiff
                             ulong endReq = NextReq();
                             _orphanEnds.Add(endReq);
                             byte[] end = Requests.EndStream(opened.Stream, endReq);
-                            _outbox.Enqueue(new Outgoing { Payload = end, Audio = false });
+                            _outbox.Enqueue(new Outgoing { Payload = end, Audio = false, Stops = _stops });
                             _outboxBytes += end.Length;
                             return;
                         }

@@ -244,6 +244,7 @@ namespace Ksdiff
 
             if (_whole) PushWhole(now, barrierDone);
             else PushDue(now);
+            if (State == NpcLineState.Failed) return; // its audio could not be sent (Send)
 
             if (State == NpcLineState.Buffering && _playbackStarted) State = NpcLineState.Playing; // the owner started it before asked
             if (State == NpcLineState.Buffering && !ShouldStartPlayback)
@@ -332,7 +333,9 @@ namespace Ksdiff
             int framesPerChunk = ChunkFrames(_o.ChunkS);
             long due = Math.Min(total, (long)Math.Ceiling((now - _firstPushS) * _rate) + framesPerChunk);
             while (_pushedFrames + framesPerChunk <= due || (due == total && _pushedFrames < total))
-                Send((int)Math.Min(framesPerChunk, total - _pushedFrames));
+            {
+                if (!Send((int)Math.Min(framesPerChunk, total - _pushedFrames))) return;
+            }
         }
 
         // Mode "line": sends every chunk whose end lies within max_ahead_s (less the margin and any
@@ -352,7 +355,7 @@ namespace Ksdiff
             {
                 int n = (int)Math.Min(framesPerChunk, total - _pushedFrames);
                 if ((double)(_pushedFrames + n) / _rate > allowedEndS) break;
-                Send(n);
+                if (!Send(n)) return;
             }
             if (_pushedFrames < total || _end != null) return;
             if (!_maxAheadS.HasValue || DurationS <= _maxAheadS.Value) EndLine();
@@ -381,12 +384,24 @@ namespace Ksdiff
             _barrier = null; // a new barrier once the rest is sent again
         }
 
-        // Sends the next `n` sample frames as one f32le message placed with at_sample.
-        void Send(int n)
+        // Sends the next `n` sample frames as one f32le message placed with at_sample. False, the line
+        // failed, when the client refused it: the stream was lost when the client stopped, from
+        // another thread (a frame sink) after this Update read the stream's status. Update never
+        // throws that into the game's frame.
+        bool Send(int n)
         {
             FloatBits.PutLittleEndian(_samples, (int)(_pushedFrames * _channels), n * _channels, _chunk);
-            _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
+            try
+            {
+                _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
+            }
+            catch (ProtocolException e)
+            {
+                Fail("the line's audio could not be sent: " + e.Message);
+                return false;
+            }
             _pushedFrames += n;
+            return true;
         }
 
         int ChunkFrames(double seconds) { return Math.Max(1, (int)Math.Round(seconds * _rate)); }

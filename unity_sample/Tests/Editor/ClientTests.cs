@@ -6,7 +6,8 @@
 // set_controls sent again once a later request's answer shows them unread (not merely slow ones),
 // and failed at once, never sent again, when they left on a connection that dropped (a hello, and a
 // set_controls of the runtime's own mic, go again), audio after end_stream refused, a stream lost by
-// Stop failing here after Start (its audio still queued dropped), the outbox's bound, an absent
+// Stop failing here after Start (its audio and end_stream still queued dropped, an open of its id
+// while stopped opening nothing; the runtime's mic still tuned), the outbox's bound, an absent
 // runtime, a bad endpoint, CURVE, Start and Stop racing on several threads (the worker's own
 // included). The same client logic runs over NetMQ in Unity.
 using System;
@@ -1903,6 +1904,102 @@ namespace Ksdiff.Tests
             c.Start();
             AssertTheNextConnectionSendsNothingBeforeAHello(rt, c);
             Assert.AreEqual(1UL, c.Status().Unsent);
+        }
+
+        [Test]
+        public void AfterStopAndStartASetControlsOfTheRuntimesOwnMicStillGoesAndGetsItsAnswer()
+        {
+            // Stop loses only the streams this client opened (their connection closed). The runtime's
+            // own mic, tuned from a VTuber's control panel, belongs to no connection: after Start its
+            // set_controls goes to the runtime as before, not refused here as "lost when the client stopped".
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            rt.WaitSubscribed(Protocol.StreamTopicPrefix);
+            rt.Publish(Protocol.StreamTopic("mic"), FakeRuntime.StreamStart("mic", "mic"));
+            Assert.IsTrue(Wait.Until(() => c.Stream("mic") != null, 10), "the mic's stream_start did not come");
+            c.Stop();
+            c.Start();
+            PendingRequest set = c.SetControls("mic", new Controls().SetMood(Protocol.MoodHappy));
+            Assert.IsNull(set.Failure, "refused here");
+            KeyValuePair<byte[], byte[]> r;
+            Message m;
+            do
+            {
+                r = rt.Receive();
+                m = new Decoder().Decode(r.Value);
+            } while (m is Hello); // the client's probes
+            Assert.IsTrue(m is SetControls, Describe(m));
+            rt.Reply(r.Key, ControlsSet("mic", Protocol.MoodHappy, set.Req));
+            Assert.IsTrue(set.Wait(TimeSpan.FromSeconds(10)) && set.Reply is ControlsSet, "" + set.Reply + " " + set.Failure);
+            Assert.IsNull(c.Stream("mic").EndReason, "the runtime's mic was marked lost here");
+        }
+
+        [Test]
+        public void AnOpenStreamThatFailsAtOnceWhileTheClientIsStoppedDoesNotReopenTheIdLostByTheStop()
+        {
+            // Unity enables components in no set order: a game's mic component opens "mine" again
+            // before the client's component has started the client. That open_stream fails at once,
+            // never sent ("the client is not running"): it opened nothing, so after Start "mine" is
+            // still the stream the stop lost (SendAudio throws, nothing sent), not a stream this
+            // client opened and waits on, whose audio goes out for the runtime to refuse.
+            var rt = Keep(new FakeRuntime());
+            KsdiffClient c = Client(rt);
+            Handshake(rt, c, "A");
+            Open(rt, c, "mine");
+            c.Stop();
+            PendingRequest reopen = c.OpenStream(new OpenStream { Stream = "mine" });
+            Assert.AreEqual("the client is not running", reopen.Failure);
+            c.Start();
+            StreamStatus mine = c.Stream("mine");
+            Assert.IsFalse(mine.OpenedHere && !mine.Ended, "an open_stream never sent made 'mine' a stream this client holds");
+            Assert.AreEqual("reconnect", mine.EndReason, "the stop's loss was wiped");
+            var refused = Assert.Throws<ProtocolException>(() => c.SendAudio("mine", 1, null, new byte[640], 0, 640));
+            Assert.AreEqual(ErrorCode.UnknownStream, refused.Code);
+            AssertTheNextConnectionSendsNothingBeforeAHello(rt, c);
+        }
+
+        [Test]
+        public void AnEndStreamStillInTheOutboxWhenTheClientStopsIsNeverSentAndCannotMakeTheIdOpenedAgainLost()
+        {
+            // A game ends its own "mine" stream while the runtime takes nothing (ZeroMQ's queue full),
+            // stops the client (a scene change), starts it and opens "mine" again. The end_stream
+            // failed with the stop; sent on the next connection it could only be refused (the new
+            // connection owns nothing of the old one's: forbidden, or unknown_stream once the
+            // runtime's idle timeout ended the old stream), and that refusal, naming "mine", would
+            // mark the stream opened since lost ("reconnect") while the runtime feeds it.
+            var rt = Keep(new FakeRuntime());
+            var refusing = new RefusingTransport();
+            int made = 0;
+            KsdiffClient c = Client(rt, configure: o => o.Transport = () => Interlocked.Increment(ref made) == 1 ? (ITransport)refusing : new LibZmqTransport());
+            Handshake(rt, c, "A");
+            Open(rt, c, "mine");
+            refusing.Refuse = true;
+            PendingRequest end = c.EndStream("mine");
+            Assert.IsTrue(Wait.Until(() => refusing.Refused > 0, 10), "the worker never tried to send the end_stream");
+            c.Stop();
+            c.Start();
+            Assert.AreEqual("the client stopped", end.Failure);
+            PendingRequest reopen = c.OpenStream(new OpenStream { Stream = "mine" });
+            // The runtime answers as the real one does once its idle timeout ended the old stream.
+            var received = new List<string>();
+            while (true)
+            {
+                KeyValuePair<byte[], byte[]> r = rt.Receive();
+                Message m = new Decoder().Decode(r.Value);
+                if (m is Hello) continue; // the client's probes
+                received.Add(Describe(m));
+                if (m is EndStream) rt.Reply(r.Key, FakeRuntime.Error("unknown_stream", "end_stream", "mine", ((EndStream)m).Req));
+                if (!(m is OpenStream)) continue;
+                rt.Reply(r.Key, FakeRuntime.StreamOpened("mine", ((OpenStream)m).Req.Value));
+                break;
+            }
+            Assert.IsTrue(reopen.Wait(TimeSpan.FromSeconds(10)) && reopen.Reply is StreamOpened, "" + reopen.Reply + " " + reopen.Failure);
+            StreamStatus mine = c.Stream("mine");
+            Assert.IsNull(mine.EndReason, "the stream opened again was marked lost by the old end_stream's refusal");
+            Assert.IsTrue(mine.OpenedHere && !mine.Ended);
+            Assert.AreEqual("OpenStream", string.Join(", ", received), "sent for the stopped connection's stream");
+            Assert.AreEqual(1UL, c.Status().Withdrawn, "the end_stream is a request withdrawn unsent");
         }
 
         // A hello request, queued now, is the first message the runtime reads that is not a hello

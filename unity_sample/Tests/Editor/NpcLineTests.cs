@@ -3,11 +3,14 @@
 // sent again later, end_stream at once; for a 1.1 runtime f32le audio at the clip's pace with
 // at_sample, then end_stream), when playback starts (the stated latency, or one from stats or
 // frames, plus the margin, and never before the first frame), and the failures: an absent
-// runtime (a line that gave its open up never opens a stream later), a refusal, a restart mid-line, a dropped connection; and a line whose end_stream reply
+// runtime (a line that gave its open up never opens a stream later), a refusal, a restart mid-line, a dropped connection,
+// a client stopped by another thread while the line pushes (it fails, Update does not throw); and a line whose end_stream reply
 // is lost ends with its stream_end, or fails in bounded time, never hangs.
 using System;
 using System.Collections.Generic;
 using System.Diagnostics;
+using System.Linq;
+using System.Threading;
 using NUnit.Framework;
 
 namespace Ksdiff.Tests
@@ -489,6 +492,89 @@ namespace Ksdiff.Tests
                 }
             });
             Assert.AreEqual("the connection to the runtime dropped; the line was lost", line.Failure);
+        }
+
+        [Test]
+        public void ALineWhoseClientAnotherThreadStopsAndStartsWhileItPushesFailsInsteadOfThrowingFromUpdate()
+        {
+            // Stop and Start may come from any thread (a frame sink, a tool's thread) while the game's
+            // thread runs Update. Between the line's read of its stream's status (not lost yet) and
+            // its pushes, the stop loses the stream and SendAudio throws for it (unknown_stream):
+            // Update must turn that into the line's failure, not throw it into the game's frame.
+            // The stop is kicked off on the first clock reading of the Update that gets the line's
+            // stream_opened, so it lands in or around the pushes (20 s of audio: four 1 MiB messages).
+            int gameThread = Thread.CurrentThread.ManagedThreadId;
+            var clock = Stopwatch.StartNew();
+            var kick = new AutoResetEvent(false);
+            int armed = 0;
+            var client = new KsdiffClient(new ClientOptions
+            {
+                PubEndpoint = _rt.PubEndpoint, RouterEndpoint = _rt.RouterEndpoint, Transport = () => new LibZmqTransport(),
+                Clock = () =>
+                {
+                    if (Thread.CurrentThread.ManagedThreadId == gameThread && Interlocked.Exchange(ref armed, 0) == 1) kick.Set();
+                    return clock.Elapsed.TotalSeconds;
+                },
+            });
+            var thrown = new List<string>();
+            var failures = new List<string>();
+            bool done = false;
+            var stopper = new Thread(() =>
+            {
+                while (!Volatile.Read(ref done))
+                {
+                    if (!kick.WaitOne(50)) continue;
+                    client.Stop();
+                    client.Start();
+                }
+            }) { IsBackground = true };
+            try
+            {
+                client.Start();
+                stopper.Start();
+                float[] clip = Tone(20.0, 48000, 1);
+                // The stop mostly lands before the pushes (the line then fails as stopped, or lost),
+                // in them about once in seven lines: sixty make missing them all unlikely.
+                for (int i = 0; i < 60; i++)
+                {
+                    string id = "npc-race-" + i;
+                    var line = new NpcLine(client, clip, 48000, 1, new NpcLineOptions { Stream = id });
+                    line.Start();
+                    var watch = Stopwatch.StartNew();
+                    while (line.State != NpcLineState.Failed && line.State != NpcLineState.Done)
+                    {
+                        Assert.Less(watch.Elapsed.TotalSeconds, 10, "line stuck in " + line.State);
+                        try
+                        {
+                            line.Update();
+                        }
+                        catch (Exception e)
+                        {
+                            thrown.Add(e.GetType().Name + ": " + e.Message);
+                            line.Cancel(); // the next line
+                            break;
+                        }
+                        KeyValuePair<byte[], byte[]>? r = _rt.TryReceive(0.005);
+                        if (!r.HasValue) continue;
+                        var open = new Decoder().Decode(r.Value.Value) as OpenStream;
+                        if (open == null) continue; // audio, end_stream: this runtime answers nothing else
+                        _rt.Reply(r.Value.Key, FakeRuntime.StreamOpened(id, open.Req.Value, null, 100, Protocol.ModeLine));
+                        // The stop starts with the Update that sees the reply.
+                        Assert.IsTrue(Wait.Until(() => client.Stream(id).Mode == Protocol.ModeLine, 10), "no stream_opened reached the client");
+                        Volatile.Write(ref armed, 1);
+                    }
+                    if (line.Failure != null) failures.Add(line.Failure);
+                }
+            }
+            finally
+            {
+                Volatile.Write(ref done, true);
+                stopper.Join();
+                client.Dispose();
+            }
+            Assert.AreEqual(0, thrown.Count, "Update threw: " + string.Join(" | ", thrown));
+            Console.WriteLine("  lines failed by SendAudio's refusal: " + failures.Count(f => f.Contains("was lost when the client stopped")) +
+                              " of " + failures.Count);
         }
 
         // Reads the client's requests until an end_stream for `stream` comes (true) or `timeoutS` passes.
