@@ -158,7 +158,7 @@ namespace Ksdiff
                     return State;
                 }
                 if (s != null && s.Errors.Count > 0) { Fail("the runtime refused the line's audio: " + s.Errors[0]); return State; }
-                PushDue(now);
+                if (!PushDue(now)) return State;
                 if (_end != null)
                 {
                     // The end: end_stream's reply, or the stream_end (reason "ended") published just
@@ -181,7 +181,9 @@ namespace Ksdiff
 
         // Sends every message (up to LineChunkS, NpcLine.LineChunkFrames) whose end lies within
         // max_ahead_s (less the margin) of the time since the first push; end_stream once all is sent.
-        void PushDue(double now)
+        // False, the line failed, when the client refused its audio: the stream was lost when the
+        // client stopped, on another thread after this Update read its status (as NpcLine.Send).
+        bool PushDue(double now)
         {
             long total = _samples.Length / _channels;
             int framesPerChunk = NpcLine.LineChunkFrames(_o.LineChunkS, _rate, _channels, _maxAheadS);
@@ -192,11 +194,20 @@ namespace Ksdiff
                 int n = (int)Math.Min(framesPerChunk, total - _pushedFrames);
                 if ((double)(_pushedFrames + n) / _rate > allowedEndS) break;
                 FloatBits.PutLittleEndian(_samples, (int)(_pushedFrames * _channels), n * _channels, _chunk);
-                _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
+                try
+                {
+                    _client.SendAudio(_o.Stream, _seq++, (ulong)_pushedFrames, _chunk, 0, n * _channels * 4);
+                }
+                catch (ProtocolException e)
+                {
+                    Fail("the line's audio could not be sent: " + e.Message);
+                    return false;
+                }
                 _pushedFrames += n;
             }
             // Answered once the whole line is animated: given the line's own time limit.
             if (_pushedFrames == total && _end == null) _end = _client.EndStream(_o.Stream, TimeoutS + (double)total / _rate);
+            return true;
         }
 
         // The frames are the recorder's: the jitter buffer, which got them too (a live stream no
