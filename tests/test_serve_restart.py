@@ -38,7 +38,8 @@ ANSWER_TIMEOUT_S = 10.0
 # "exit0", "wait" (until SIGTERM/SIGINT, then exit 0, the signal and its sender written to LOG.stopped),
 # "abort-on-stop" (the same, then SIGABRT: a crash as it stops), "ignore" (never stops: only SIGKILL ends it), or
 # "abort-before-ready" / "exit1-before-ready". SIGINT and SIGTERM are held from its first line, before its run is
-# logged (a test that saw the run logged may signal at once), and taken with sigwaitinfo, which says who sent them.
+# logged (a test that saw the run logged may signal at once), and taken with sigwaitinfo, which says who sent them;
+# the stop signals still pending once it took the first are written too (a second stop sent to it).
 CHILD = textwrap.dedent('''
     import json, os, signal, sys, threading
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -69,8 +70,10 @@ CHILD = textwrap.dedent('''
     if what == "ignore":
         threading.Event().wait()
     info = signal.sigwaitinfo({signal.SIGINT, signal.SIGTERM})
-    with open(log + ".stopped", "w") as f:
-        json.dump({"signal": info.si_signo, "from": info.si_pid}, f)
+    pending = sorted(int(s) for s in signal.sigpending())  # a stop signal sent to it as well, not yet taken
+    with open(log + ".stopped.tmp", "w") as f:  # whole or not at all: a test may be waiting for it
+        json.dump({"signal": info.si_signo, "from": info.si_pid, "pending": pending}, f)
+    os.replace(log + ".stopped.tmp", log + ".stopped")
     if what == "abort-on-stop":
         os.abort()
 ''').replace("READY_FILE_ENV", repr(READY_FILE_ENV))
@@ -222,7 +225,7 @@ def test_a_terminals_signal_reaches_the_child_once_from_the_supervisor_as_one_se
         end_all(proc, log)
     assert proc.returncode == 0, err
     # the first stop signal the child saw (a second of the same kind, still pending, merges into it)
-    assert json.loads(Path(f"{log}.stopped").read_text()) == {"signal": told, "from": proc.pid}
+    assert json.loads(Path(f"{log}.stopped").read_text()) == {"signal": told, "from": proc.pid, "pending": []}
 
 
 @pytest.mark.parametrize(("plan", "status"),
@@ -310,6 +313,121 @@ def test_an_abbreviated_restart_flag_makes_one_supervisor_not_a_chain_of_them(tm
     assert output.count("serve started in process") == 1, output
     assert "serve ended before it was ready (exit status 1)" in output, output
     assert proc.returncode == 1, output
+
+
+def stopped_file(log: Path) -> dict[str, object]:
+    """What the stand-in wrote once told to stop, waited for (polling a condition with a deadline)."""
+    stopped = Path(f"{log}.stopped")
+    deadline = time.monotonic() + 30
+    while not stopped.exists():
+        assert time.monotonic() < deadline, "the child was never told to stop"
+        time.sleep(0.02)
+    return json.loads(stopped.read_text())
+
+
+def test_a_supervisor_killed_outright_takes_its_child_with_it(tmp_path: Path) -> None:
+    """The child runs in a process group of its own: a SIGKILL of the command (``timeout -s KILL``, ``kill -9`` of
+    its group by a script or a test runner, the OOM killer choosing the supervisor) no longer reaches it, and it
+    served on, unsupervised, holding the ports a new ``serve`` needs. It is told to stop (SIGTERM) instead."""
+    program, log = stand_in(tmp_path, ["wait"])
+    proc = supervisor_process(program)
+    try:
+        wait_for_runs(log, 1, proc)
+        os.killpg(proc.pid, signal.SIGKILL)  # the supervisor's group, as `timeout -s KILL` and `kill -9 -PGID` do
+        proc.wait(timeout=30)
+        assert stopped_file(log)["signal"] == signal.SIGTERM
+    finally:
+        end_all(proc, log)
+
+
+def test_a_hangup_the_command_was_started_to_ignore_is_left_ignored(tmp_path: Path) -> None:
+    """``nohup ksdiff-runtime serve --restart &`` over SSH: the hangup at logout is ignored by the supervisor as it
+    was asked, not turned into a stop of serve. Then a Ctrl-C stops it: the first and only stop the child hears."""
+    program, log = stand_in(tmp_path, ["wait"])
+    proc = supervisor_process(program, settings="import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)")
+    try:
+        wait_for_runs(log, 1, proc)
+        os.killpg(proc.pid, signal.SIGHUP)
+        # a SIGHUP passed on would reach the child as SIGTERM before this SIGINT does (Python runs its handlers in
+        # signal order, SIGHUP first): the child would take it first, or find it pending after the SIGINT
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        end_all(proc, log)
+    assert proc.returncode == 0, err
+    assert stopped_file(log) == {"signal": signal.SIGINT, "from": proc.pid, "pending": []}
+
+
+def test_an_error_in_the_supervisor_stops_the_child_it_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever ends the supervisor, a child in a group of its own must not serve on without it (a terminal's
+    Ctrl-C would no longer reach it). The error is injected where the supervisor reads the child's ready file."""
+    program, _ = stand_in(tmp_path, ["wait"])
+
+    def broken(_path: Path) -> None:
+        raise RuntimeError("a bug in the supervisor")
+
+    monkeypatch.setattr(supervise, "_read_ready", broken)
+    supervisor = Supervisor(CHILD_ARGV, program=program)
+    try:
+        with pytest.raises(RuntimeError, match="a bug in the supervisor"):
+            supervisor.run()
+        assert supervisor.child is not None
+        assert supervisor.child.poll() is not None, "the child serves on after its supervisor failed"
+    finally:
+        if supervisor.child is not None:
+            supervisor.child.kill()
+            supervisor.child.wait()
+
+
+def test_a_serve_that_cannot_be_started_at_all_fails_the_command_with_the_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The interpreter gone (a virtual environment removed), no file descriptor or memory left: one error line and
+    exit 1, not a traceback."""
+    caplog.set_level("INFO", logger="ksdiff_runtime.supervisor")
+    assert Supervisor(CHILD_ARGV, program=[str(tmp_path / "no-python")]).run() == 1
+    assert any("could not start serve" in r.getMessage() and "no-python" in r.getMessage() for r in caplog.records)
+
+
+def test_a_restart_that_cannot_start_a_process_is_tried_again_later(tmp_path: Path) -> None:
+    """Right after the OOM killer took serve, fork may fail for want of memory; an interpreter being reinstalled is
+    briefly missing: the supervisor is there to bring serve back, so it tries again, later each time, instead of
+    ending with a traceback and no runtime. Here the interpreter the supervisor runs is a link the test removes."""
+    python = tmp_path / "python"
+    python.symlink_to(sys.executable)
+    program, log = stand_in(tmp_path, ["wait"])
+    program[0] = str(python)
+    proc = supervisor_process(program, settings="supervise.FIRST_DELAY_S = 0.1")
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    try:
+        wait_for_runs(log, 1, proc)
+        python.unlink()
+        os.kill(runs_pids(log)[0], signal.SIGKILL)  # the first child dies; its restart finds no interpreter
+        deadline = time.monotonic() + 60
+        while not any("could not start serve" in line for line in seen):
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert line is not None, "".join(seen)  # the supervisor ended
+            seen.append(line)
+        python.symlink_to(sys.executable)
+        wait_for_runs(log, 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, "".join(seen)
+    finally:
+        end_all(proc, log)
+
+
+def runs_pids(log: Path) -> list[int]:
+    """Each run's process id."""
+    return [json.loads(line)["pid"] for line in log.read_text().splitlines()]
 
 
 def test_the_restart_flag_never_reaches_the_child() -> None:

@@ -6,9 +6,12 @@ imported it yet (this test process has torch loaded by other tests' fixtures).
 
 from __future__ import annotations
 
+import _ctypes
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +57,19 @@ def test_torch_is_still_asked_about_the_gpu_where_a_cuda_driver_loads(monkeypatc
     monkeypatch.setattr(select, "CUDA_DRIVER_LIBRARIES", ("libc.so.6",))
     assert cuda_driver_present()
     assert unavailable_reason("torch-cuda") == "torch sees no CUDA GPU"  # torch.cuda.is_available() said so
+
+
+@pytest.mark.skipif(cuda_driver_present() or sys.platform != "linux" or not getattr(_ctypes, "__file__", None),
+                    reason="checks a Linux machine without a CUDA driver (with a loadable library to stand in)")
+def test_the_cuda_toolkits_unversioned_stub_library_is_not_taken_for_a_driver(tmp_path: Path) -> None:
+    # The toolkit's stubs/libcuda.so (for linking; its every call answers CUDA_ERROR_STUB_LIBRARY) is found by that
+    # name where its directory is on LD_LIBRARY_PATH, as in CUDA build images and CI; CUDA's runtime (torch's,
+    # TensorRT's) loads the driver as libcuda.so.1 alone, so it is no driver, and torch would be imported for
+    # nothing. A library that loads (ctypes' own) stands in for the stub, in a fresh process that reads the path.
+    (tmp_path / "libcuda.so").symlink_to(_ctypes.__file__)
+    script = ("import ctypes\nfrom ksdiff_runtime.backends.select import cuda_driver_present\n"
+              "ctypes.CDLL('libcuda.so')  # the stand-in loads by that name\nprint(cuda_driver_present())")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT_S,
+                         env=dict(os.environ, LD_LIBRARY_PATH=str(tmp_path)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "False"

@@ -43,15 +43,20 @@ def default_export_dir(checkpoint: str | Path) -> Path:
     return default_cache_dir() / "exports" / sha256_file(Path(checkpoint))[:16]
 
 
-# The CUDA driver's library, which CUDA's runtime (torch's, TensorRT's) loads by these names: a machine without it
-# has no GPU any of them can use.
-CUDA_DRIVER_LIBRARIES = {"win32": ("nvcuda.dll",), "darwin": ()}.get(sys.platform, ("libcuda.so.1", "libcuda.so"))
+# The CUDA driver's library, by the name CUDA's runtime (torch's, TensorRT's, ONNX Runtime's CUDA provider) loads it:
+# a machine without it has no GPU any of them can use. Not the unversioned libcuda.so: CUDA's runtime never loads it by
+# that name, and where it is found it is mostly the CUDA toolkit's link-time stub (stubs/libcuda.so, on
+# LD_LIBRARY_PATH in CUDA build images), no driver. On WSL2 the driver's libcuda.so.1 is in /usr/lib/wsl/lib, which
+# WSL puts in the loader's path, as CUDA's runtime relies on.
+CUDA_DRIVER_LIBRARIES = {"win32": ("nvcuda.dll",), "darwin": ()}.get(sys.platform, ("libcuda.so.1",))
 
 
 def cuda_driver_present() -> bool:
     """Whether this machine has an NVIDIA CUDA driver to load (milliseconds). Without one, `auto` skips torch-cuda and
     TensorRT without importing torch or tensorrt only to hear they see no GPU: importing torch took 1.1 s of `serve`'s
-    start-up on an idle 2-core CPU, 2-5 s with both cores busy (docs/SERVE.md "Start-up time")."""
+    start-up on an idle 2-core CPU, 2-5 s with both cores busy (docs/SERVE.md "Start-up time"). Where it loads, it
+    stays loaded (as it would once torch asked CUDA's runtime): loading runs no CUDA call, cuInit included, so a
+    driver whose kernel module does not match still loads, and torch then says whether it sees a GPU."""
     for name in CUDA_DRIVER_LIBRARIES:
         try:
             ctypes.CDLL(name)

@@ -17,11 +17,15 @@ the command stays as a small supervisor (no model, no sockets) and runs ``serve`
   (a file that failed part-way would fail again); only a death by a signal is started again;
 - SIGINT, SIGTERM and SIGHUP (the terminal closed) stop the child (it ends its streams as ``serve`` does) and the
   command, with no restart; exit 0 when it stopped cleanly, 128 + N when it died by signal N (killed after
-  ``STOP_WAIT_S``, or a crash as it stopped).
+  ``STOP_WAIT_S``, or a crash as it stopped), its own exit status when it failed as it stopped.
 
 On POSIX the child runs in a process group of its own, so that a terminal's Ctrl-C (sent to the whole foreground
 group) reaches it once, from the supervisor: a second SIGINT from the supervisor, arriving after serve had begun to
-stop and put Python's handler back, interrupted its shutdown (its streams' closing frames not sent).
+stop and put Python's handler back, interrupted its shutdown (its streams' closing frames not sent). Out of that
+group, nothing sent to the command's group reaches the child, so the supervisor never leaves it behind: on Linux the
+child is sent SIGTERM when the supervisor dies, however it dies (``PR_SET_PDEATHSIG``: ``kill -9`` of the group,
+``timeout -s KILL``, the OOM killer), and an error in the supervisor stops it before the error goes on. A stop signal
+the command was started to ignore (``nohup``'s SIGHUP, SIGINT of a script's ``command &``) stays ignored.
 
 The child tells the supervisor it is ready, and which endpoints a restarted child must bind, through a small JSON
 file named by ``READY_FILE_ENV`` (written by ``serve`` once its sources have started); a process started with it set
@@ -32,6 +36,7 @@ reaches the child itself, and is not passed on; ``os.kill(pid, SIGTERM)`` is Ter
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -41,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -58,6 +64,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(sign
 # a stopped child's exit statuses that are a clean stop: serve's 0, Ctrl-C during its start-up (KeyboardInterrupt: 130
 # from the command, or Windows' STATUS_CONTROL_C_EXIT), a SIGINT or SIGTERM before serve handled them
 CLEAN_STOPS = (0, 130, 0xC000013A, -signal.SIGINT, -signal.SIGTERM)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,23 @@ def describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
+def stop_with_supervisor() -> Callable[[], None] | None:
+    """Linux: what the child runs between fork and exec so that the kernel sends it SIGTERM when the supervisor dies,
+    however it dies (serve then stops as on Ctrl-C); None elsewhere. The signal follows the thread that started the
+    child: the command's main thread, which lives as long as the supervisor."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    supervisor = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != supervisor:  # it died before prctl: no signal will come, and nothing is served yet
+            os._exit(128 + signal.SIGTERM)
+
+    return preexec
+
+
 def command_status(code: int) -> int:
     """A child's exit status as the command's: a death by signal N is 128 + N, as a shell says it (``sys.exit`` of a
     negative number would be 256 - N)."""
@@ -149,13 +173,33 @@ class Supervisor:
         child.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        # a stop signal ignored when the command started stays ignored: nohup's SIGHUP (a logout must not stop it),
+        # a non-interactive shell's SIGINT for `command &`; Python itself leaves an ignored SIGINT so
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
         try:
             with tempfile.TemporaryDirectory(prefix="ksdiff-serve-") as tmp:
-                return self._loop(Path(tmp) / "ready.json")
+                try:
+                    return self._loop(Path(tmp) / "ready.json")
+                finally:
+                    self._stop_child()  # an error in the loop: the child, in a group of its own, must not serve on
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _stop_child(self) -> None:
+        """Stops a child still running (only an error in the loop leaves one): SIGTERM, then SIGKILL after
+        STOP_WAIT_S; reaped either way."""
+        child = self.child
+        if child is None or child.poll() is not None:
+            return
+        log.error("the supervisor is ending on an error: stopping serve (process %d)", child.pid)
+        child.terminate()
+        try:
+            child.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
     def _loop(self, ready_file: Path) -> int:
         bound: Ready | None = None  # what the first ready child bound: every later one binds the same
@@ -168,9 +212,22 @@ class Supervisor:
                     argv += ["--preview", str(bound.preview)]  # --preview 0's port: the page open in a browser
             ready_file.unlink(missing_ok=True)
             env = dict(os.environ, **{READY_FILE_ENV: str(ready_file)})
-            # POSIX: a process group of its own, out of reach of the terminal's Ctrl-C (see the module's docstring)
-            self.child = subprocess.Popen([*self.program, *argv], env=env,
-                                          process_group=0 if os.name != "nt" else None)
+            self.child = None
+            try:
+                # POSIX: a process group of its own, out of reach of the terminal's Ctrl-C (the module's docstring)
+                self.child = subprocess.Popen([*self.program, *argv], env=env, preexec_fn=stop_with_supervisor(),
+                                              process_group=0 if os.name != "nt" else None)
+            except OSError as exc:  # no process: EMFILE, fork's ENOMEM or EAGAIN (memory short after an OOM kill),
+                # the interpreter gone (a virtual environment being reinstalled)
+                if bound is None:  # at the start: the command fails, as on any start-up error
+                    log.error("could not start serve (%s): %s", " ".join(self.program), exc)
+                    return 1
+                log.error("could not start serve again (%s): %s; trying again in %.1f s", " ".join(self.program),
+                          exc, delay)
+                if self._asked_to_stop_within(delay):
+                    return 0
+                delay = min(MAX_DELAY_S, 2 * delay)
+                continue
             log.info("serve started in process %d (--restart: started again if it dies)", self.child.pid)
             if self.stop.is_set():  # a signal came as it started, before there was a child to tell
                 self._on_signal(signal.SIGTERM, None)
