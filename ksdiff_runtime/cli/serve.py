@@ -315,10 +315,12 @@ def serve(config: ServeConfig) -> int:
     finally:
         if freezes:
             gc.unfreeze()  # collectable again: serve may be called by a process that goes on (a test, an embedding)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        runtime.stop()
-        engine.close()
+        try:  # a second Ctrl-C or SIGTERM (systemd's beside a supervisor's) must not cut the streams' ends short
+            runtime.stop()
+            engine.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if runtime.failure is not None:
         print(f"error: {runtime.failure} (the log has its traceback)", file=sys.stderr)
         return 1
