@@ -66,11 +66,20 @@ def cuda_driver_present() -> bool:
     return False
 
 
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported, without importing it. A finder that refuses it (an import hook that keeps
+    it out, as tests/test_light_runtime.py does to play a light install) counts as not installed."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def unavailable_reason(name: str) -> str | None:
     """Why ``name`` cannot run here, found cheaply (no export, no engine build); None: worth trying."""
     if name in ("torch-cpu", "torch-cuda"):
         no_torch = "torch is not installed (a light install: pip install 'ksdiff-runtime[train]' for it)"
-        if importlib.util.find_spec("torch") is None:
+        if not installed("torch"):
             return no_torch
         if name == "torch-cuda" and not cuda_driver_present():  # torch is not imported for it (seconds)
             return "torch sees no CUDA GPU (this machine has no CUDA driver)"
@@ -87,7 +96,7 @@ def unavailable_reason(name: str) -> str | None:
         ok = "CUDAExecutionProvider" in ort.get_available_providers()
         return None if ok else "this onnxruntime build has no CUDAExecutionProvider"
     if name == "tensorrt":
-        if importlib.util.find_spec("tensorrt") is None:
+        if not installed("tensorrt"):
             return "the tensorrt Python package is not installed"
         if not cuda_driver_present():
             return "this machine has no CUDA driver"
