@@ -35,20 +35,34 @@ class Supervised:
             [sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--restart", "--pub", "tcp://127.0.0.1:0",
              "--router", "tcp://127.0.0.1:0", "--file", SAMPLE, "--loop", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.log: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.put(line)
+        self.lines.put(None)  # the command ended (a start-up error, a crash of the supervisor)
 
     def wait_for(self, pattern: str) -> re.Match[str]:
+        """The next log line that matches ``pattern``; a RuntimeError with the log if the command ends first or the
+        line does not come within START_TIMEOUT_S."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
-            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError(f"no log line {pattern!r} within {START_TIMEOUT_S} s:\n{self.tail()}") from None
+            if line is None:
+                raise RuntimeError(f"serve --restart ended (exit {self.proc.wait()}) before {pattern!r}:\n"
+                                   f"{self.tail()}")
+            self.log.append(line)
             if m := re.search(pattern, line):
                 return m
+
+    def tail(self) -> str:
+        return "".join(self.log[-30:])
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)

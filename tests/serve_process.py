@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import queue
 import re
+import resource
 import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
+from ksdiff_runtime.cli.supervise import STOP_WAIT_S, stop_with_supervisor
 from ksdiff_sdk import Client
 from ksdiff_sdk import protocol as P
 
@@ -65,6 +68,19 @@ def flood_and_reset(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
+def ended_with_the_test() -> Callable[[], None]:
+    """What a test's ``serve`` runs before it starts: no core file when it aborts (the test's doing), and, on Linux,
+    SIGTERM when pytest dies (in a session of its own, nothing sent to pytest's group reaches it)."""
+    tie = stop_with_supervisor()
+
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if tie is not None:
+            tie()
+
+    return preexec
+
+
 class Serve:
     """``ksdiff-runtime serve`` in its own process on ephemeral loopback ports (``args``: more flags); its log is read
     on a thread, and waited on line by line. The process leads a process group of its own, as a shell's job: a test
@@ -74,11 +90,15 @@ class Serve:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ksdiff_runtime.cli", "serve", *SERVE_ARGS, *args],
             stderr=subprocess.STDOUT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=ended_with_the_test())
         self.log: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.pub, self.router = self.wait_for_serving()
+        try:
+            self.pub, self.router = self.wait_for_serving()
+        except BaseException:  # the caller gets no object to stop: what was started must not outlive the test
+            self.stop()
+            raise
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -143,10 +163,12 @@ class Serve:
             self.log.append(line)
 
     def stop(self) -> None:
+        """SIGTERM, and SIGKILL if it has not ended in time: longer than a supervisor (``--restart``) gives its child
+        to stop before it kills it, so that a child that hangs is killed by its supervisor, not left behind by it."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=STOP_WAIT_S + 30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -16,3 +16,11 @@ def test_the_restart_gap_benchmark_times_a_killed_runtime_serving_again() -> Non
     assert len(result["serving_s"]) == len(result["first_frame_s"]) == 1
     # frames of the new runtime come after it serves again (the new child's start-up, seconds)
     assert 0.0 < result["serving_s"][0] <= result["first_frame_s"][0] < restart_gap.START_TIMEOUT_S
+
+
+@pytest.mark.timeout(90)
+def test_a_serve_that_cannot_start_fails_the_benchmark_at_once_with_its_log() -> None:
+    """A start-up error (here a backend that does not exist) ends `serve --restart` at once: the benchmark must say
+    so with serve's own words, not wait out its START_TIMEOUT_S (minutes) and then raise a bare queue.Empty."""
+    with pytest.raises(RuntimeError, match="no-such-backend"):
+        restart_gap.main(["--rounds", "1", "--backend", "no-such-backend"])

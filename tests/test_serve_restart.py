@@ -41,7 +41,8 @@ ANSWER_TIMEOUT_S = 10.0
 # logged (a test that saw the run logged may signal at once), and taken with sigwaitinfo, which says who sent them;
 # the stop signals still pending once it took the first are written too (a second stop sent to it).
 CHILD = textwrap.dedent('''
-    import json, os, signal, sys, threading
+    import json, os, resource, signal, sys, threading
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # its aborts are the test's: no core files
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     log, plan = sys.argv[1], json.loads(sys.argv[2])
     args = sys.argv[3:]
@@ -105,19 +106,55 @@ def supervisor_process(program: list[str], settings: str = "") -> subprocess.Pop
     go to the whole group); ``settings``: Python run first (a module constant changed)."""
     code = (f"import sys\nfrom ksdiff_runtime.cli import supervise\n{settings}\n"
             f"sys.exit(supervise.Supervisor({CHILD_ARGV!r}, program={program!r}).run())")
-    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # its temporary directory (the ready file) in the test's, beside the stand-in: one killed outright cannot remove
+    # it, and it would be left in /tmp by every run
+    tmp = Path(program[1]).parent
+    return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, TMPDIR=str(tmp)))
 
 
 def end_all(proc: subprocess.Popen[str], log: Path) -> None:
     """Whatever a failed test left running: the supervisor and every stand-in it started (in groups of their own)."""
     proc.kill()
     proc.wait()
-    for line in log.read_text().splitlines() if log.exists() else []:
-        with contextlib.suppress(ProcessLookupError):  # ended already
-            os.kill(json.loads(line)["pid"], signal.SIGKILL)
+    for pid in runs_pids(log) if log.exists() else []:
+        # one that ended may have left its id to another process: only a process running this test's stand-in (its
+        # log on its command line) is killed
+        with contextlib.suppress(OSError):  # ended already: no /proc entry, or gone before the kill
+            if str(log).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                os.kill(pid, signal.SIGKILL)
 
 
 CHILD_ARGV = ["serve", "--pub", "tcp://127.0.0.1:0", "--router", "tcp://127.0.0.1:0"]
+
+
+def test_ending_a_tests_processes_kills_its_stand_ins_and_spares_a_process_that_took_a_dead_ones_id(
+        tmp_path: Path) -> None:
+    """``end_all`` kills by the ids the stand-ins logged, after every test, when most of them ended long before: a CI
+    machine that starts thousands of processes gives such an id to another process, which must not be killed (a
+    test elsewhere failing for no reason). A live bystander is given a stand-in's id in the log, beside a stand-in
+    that never stops."""
+    program, log = stand_in(tmp_path, ["ignore"])
+    ready = tmp_path / "ready.json"
+    stand_in_proc = subprocess.Popen([*program, *CHILD_ARGV], env=dict(os.environ, **{READY_FILE_ENV: str(ready)}))
+    bystander = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    supervisor = subprocess.Popen([sys.executable, "-c", "pass"], text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not runs(log):  # the stand-in has logged its id (polling a condition with a deadline)
+            assert time.monotonic() < deadline, "the stand-in never started"
+            time.sleep(0.02)
+        with log.open("a") as f:
+            f.write(json.dumps({"pid": bystander.pid, "args": CHILD_ARGV}) + "\n")
+        end_all(supervisor, log)
+        assert stand_in_proc.wait(timeout=30) == -signal.SIGKILL
+        assert bystander.stdin is not None
+        bystander.stdin.close()  # a bystander left alive reads its end and exits 0; a killed one says -9
+        assert bystander.wait(timeout=30) == 0, "end_all killed a process that was not one of its stand-ins"
+    finally:
+        for proc in (stand_in_proc, bystander):
+            proc.kill()
+            proc.wait()
 
 
 def test_a_child_that_dies_after_it_was_ready_is_started_again_on_the_endpoints_it_bound(
@@ -185,26 +222,62 @@ def test_a_signal_stops_the_child_and_the_supervisor_without_a_restart(tmp_path:
     assert "died" not in err
 
 
+def stderr_lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """The process's stderr line by line, read on a thread (None once it ends)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def wait_for_line(lines: queue.Queue[str | None], text: str, seen: list[str]) -> None:
+    """Until a line with ``text`` comes (each line read is kept in ``seen``); fails if the process ends first."""
+    deadline = time.monotonic() + 60
+    while not any(text in line for line in seen):
+        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        assert line is not None, "".join(seen)  # the process ended
+        seen.append(line)
+
+
 def test_a_signal_during_the_wait_before_a_restart_stops_the_supervisor_at_once_with_no_new_child(
         tmp_path: Path) -> None:
     program, log = stand_in(tmp_path, ["abort", "wait"])
     proc = supervisor_process(program, settings="supervise.FIRST_DELAY_S = 60.0")
+    lines = stderr_lines(proc)
+    seen: list[str] = []
     try:
-        wait_for_runs(log, 1, proc)
-        first = json.loads(log.read_text().splitlines()[0])["pid"]
-        deadline = time.monotonic() + 60
-        while True:  # until the supervisor has reaped the aborted child: it is then in its 60 s wait
-            try:
-                os.kill(first, 0)
-            except ProcessLookupError:
-                break
-            assert time.monotonic() < deadline, "the first child never ended"
-            time.sleep(0.02)  # polling a condition with a deadline
+        # The supervisor says it will start the child again once it has seen it die and found no stop asked: it is
+        # then in its 60 s wait. (The child's end alone is too early: a stop that comes between the child's end and
+        # the supervisor's look at its stop flag is taken as one the child died of, exit 128 + SIGABRT.)
+        wait_for_line(lines, "starting it again in 60.0 s", seen)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)  # well within the 60 s wait
+        assert proc.wait(timeout=30) == 0, "".join(seen)  # well within the 60 s wait
     finally:
         end_all(proc, log)
-    assert proc.returncode == 0, err
+    assert len(runs(log)) == 1
+
+
+def test_a_stop_that_comes_just_after_the_child_crashed_by_itself_exits_0_without_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C that lands between a child's crash and the supervisor's look at its stop flag: the child was never
+    told to stop, so its crash is not the stop's result (it exited 128 + SIGABRT, as if the stop had failed)."""
+    program, log = stand_in(tmp_path, ["abort", "wait"])
+    supervisor = Supervisor(CHILD_ARGV, program=program)
+    wait_child = Supervisor._wait_child
+
+    def crashed_then_signalled(self: Supervisor, ready_file: Path) -> tuple[int, object, float]:
+        result = wait_child(self, ready_file)  # the child has died and been reaped
+        self._on_signal(signal.SIGTERM, None)  # the signal's handler runs right then
+        return result
+
+    monkeypatch.setattr(Supervisor, "_wait_child", crashed_then_signalled)
+    assert supervisor.run() == 0
     assert len(runs(log)) == 1
 
 
@@ -398,25 +471,13 @@ def test_a_restart_that_cannot_start_a_process_is_tried_again_later(tmp_path: Pa
     program, log = stand_in(tmp_path, ["wait"])
     program[0] = str(python)
     proc = supervisor_process(program, settings="supervise.FIRST_DELAY_S = 0.1")
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
+    lines = stderr_lines(proc)
     seen: list[str] = []
     try:
         wait_for_runs(log, 1, proc)
         python.unlink()
         os.kill(runs_pids(log)[0], signal.SIGKILL)  # the first child dies; its restart finds no interpreter
-        deadline = time.monotonic() + 60
-        while not any("could not start serve" in line for line in seen):
-            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            assert line is not None, "".join(seen)  # the supervisor ended
-            seen.append(line)
+        wait_for_line(lines, "could not start serve", seen)
         python.symlink_to(sys.executable)
         wait_for_runs(log, 2, proc)
         proc.send_signal(signal.SIGTERM)
@@ -432,6 +493,35 @@ def runs_pids(log: Path) -> list[int]:
 
 def test_the_restart_flag_never_reaches_the_child() -> None:
     assert supervise.child_argv(["-v", "serve", "--restart", "--mic"]) == ["-v", "serve", "--mic"]
+
+
+def test_a_serve_whose_start_up_a_test_gives_up_on_is_stopped_with_the_child_its_supervisor_started(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Serve`` waits up to minutes for a start-up (a loaded CI machine); a test that gives up on it (the wait timed
+    out, or failed) never gets the object to stop in its ``finally``: the helper must stop what it started itself,
+    or a supervisor and its child, in sessions and groups of their own, outlive the test run. The give-up is made to
+    come once the supervisor has started its child, so that both are there to leave behind."""
+    started: list[Serve] = []
+
+    def give_up(self: Serve) -> tuple[str, str]:
+        started.append(self)
+        self.wait_for(r"serve started in process \d+")
+        raise AssertionError("the test gave up on the start-up")
+
+    monkeypatch.setattr(Serve, "wait_for_serving", give_up)
+    with pytest.raises(AssertionError, match="gave up"):
+        Serve("--restart")
+    serve = started[0]
+    child = int(re.findall(r"serve started in process (\d+)", "".join(serve.log))[0])
+    try:
+        assert serve.proc.poll() is not None, "the supervisor outlived the test that gave up on it"
+        with pytest.raises(ProcessLookupError):  # reaped by the supervisor, which stopped it first
+            os.kill(child, 0)
+    finally:
+        serve.proc.kill()
+        serve.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
 
 
 @pytest.mark.slow

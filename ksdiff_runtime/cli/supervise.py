@@ -158,6 +158,7 @@ class Supervisor:
         self.exits_are_final = exits_are_final
         self.stop = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
+        self.told: subprocess.Popen[bytes] | None = None  # the child a stop was passed on to
         self.restarts = 0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -165,6 +166,7 @@ class Supervisor:
         child = self.child
         if child is None or child.poll() is not None:
             return
+        self.told = child  # its exit status is its stop's (a child that died before it was told died by itself)
         if os.name == "nt":  # the console's Ctrl-C reaches the child itself; there is no SIGTERM to forward
             if signum != signal.SIGINT:
                 child.terminate()
@@ -232,8 +234,8 @@ class Supervisor:
             if self.stop.is_set():  # a signal came as it started, before there was a child to tell
                 self._on_signal(signal.SIGTERM, None)
             code, ready, served_s = self._wait_child(ready_file)
-            if self.stop.is_set():
-                return 0 if code in CLEAN_STOPS else command_status(code)
+            if self.stop.is_set():  # asked to stop: no restart; a child that crashed before it was told is no error
+                return 0 if code in CLEAN_STOPS or self.told is not self.child else command_status(code)
             if code == 0:  # it stopped by itself (its files have played, or someone stopped it directly)
                 return 0
             if bound is None and ready is None:  # never served: a start-up error, which a restart would repeat
