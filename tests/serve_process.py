@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import re
 import resource
+import signal
 import socket
 import struct
 import subprocess
@@ -68,13 +69,24 @@ def flood_and_reset(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
+def stop_signals_heard() -> None:
+    """Run in a test's child before it starts: SIGINT and SIGHUP as a terminal's job has them. pytest may run with
+    them ignored (under nohup, or a script's ``command &``: CI may), an ignored signal stays ignored in the children,
+    and a supervisor keeps it so (supervise.py: ``nohup serve --restart &`` must survive a logout): the tests' Ctrl-C
+    and hang-up would reach nothing."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def ended_with_the_test() -> Callable[[], None]:
-    """What a test's ``serve`` runs before it starts: no core file when it aborts (the test's doing), and, on Linux,
-    SIGTERM when pytest dies (in a session of its own, nothing sent to pytest's group reaches it)."""
+    """What a test's ``serve`` runs before it starts: no core file when it aborts (the test's doing), stop signals as
+    from a terminal, and, on Linux, SIGTERM when pytest dies (in a session of its own, nothing sent to pytest's group
+    reaches it)."""
     tie = stop_with_supervisor()
 
     def preexec() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        stop_signals_heard()
         if tie is not None:
             tie()
 

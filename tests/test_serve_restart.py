@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from peers import sample_speech
-from serve_process import Serve, flood_and_reset
+from serve_process import Serve, flood_and_reset, stop_signals_heard
 
 from ksdiff_runtime.cli import supervise
 from ksdiff_runtime.cli.supervise import READY_FILE_ENV, Supervisor, endpoint_to_reuse
@@ -110,7 +110,7 @@ def supervisor_process(program: list[str], settings: str = "") -> subprocess.Pop
     # it, and it would be left in /tmp by every run
     tmp = Path(program[1]).parent
     return subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=dict(os.environ, TMPDIR=str(tmp)))
+                            env=dict(os.environ, TMPDIR=str(tmp)), preexec_fn=stop_signals_heard)
 
 
 def end_all(proc: subprocess.Popen[str], log: Path) -> None:
