@@ -360,15 +360,7 @@ def test_an_abbreviated_restart_flag_makes_one_supervisor_not_a_chain_of_them(tm
         [sys.executable, "-m", "ksdiff_runtime.cli", "serve", "--resta", "--pub", "tcp://127.0.0.1:0", "--router",
          "tcp://127.0.0.1:0", "--file", str(tmp_path / "missing.wav")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
+    lines = stderr_lines(proc)
     log: list[str] = []
     try:
         deadline = time.monotonic() + 120

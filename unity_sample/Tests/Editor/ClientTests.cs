@@ -1885,6 +1885,14 @@ namespace Ksdiff.Tests
             Assert.AreEqual(MessageType.Audio, new Decoder().Decode(rt.Receive().Value).Type);
         }
 
+        // A client whose first connection is `refusing` (a test holds what it sends there); the next
+        // connections, after a Stop and Start, are plain libzmq.
+        KsdiffClient ClientRefusingOnItsFirstConnection(FakeRuntime rt, RefusingTransport refusing)
+        {
+            int made = 0;
+            return Client(rt, configure: o => o.Transport = () => Interlocked.Increment(ref made) == 1 ? (ITransport)refusing : new LibZmqTransport());
+        }
+
         [Test]
         public void AudioStillInTheOutboxWhenTheClientStopsIsNeverSentOnTheNextConnection()
         {
@@ -1893,8 +1901,7 @@ namespace Ksdiff.Tests
             // audio is dropped (counted Unsent, as on a dropped connection), not sent after Start.
             var rt = Keep(new FakeRuntime());
             var refusing = new RefusingTransport();
-            int made = 0;
-            KsdiffClient c = Client(rt, configure: o => o.Transport = () => Interlocked.Increment(ref made) == 1 ? (ITransport)refusing : new LibZmqTransport());
+            KsdiffClient c = ClientRefusingOnItsFirstConnection(rt, refusing);
             Handshake(rt, c, "A");
             Open(rt, c, "mine");
             refusing.Refuse = true;
@@ -1970,8 +1977,7 @@ namespace Ksdiff.Tests
             // mark the stream opened since lost ("reconnect") while the runtime feeds it.
             var rt = Keep(new FakeRuntime());
             var refusing = new RefusingTransport();
-            int made = 0;
-            KsdiffClient c = Client(rt, configure: o => o.Transport = () => Interlocked.Increment(ref made) == 1 ? (ITransport)refusing : new LibZmqTransport());
+            KsdiffClient c = ClientRefusingOnItsFirstConnection(rt, refusing);
             Handshake(rt, c, "A");
             Open(rt, c, "mine");
             refusing.Refuse = true;
