@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from ksdiff_runtime import motion
-from ksdiff_runtime.engine.capacity import ROUND_PROBE, ROUND_TARGET, Capacity, OverRoom, Reading, RoundCost
+from ksdiff_runtime.engine.capacity import ROUND_PROBE, ROUND_TARGET, Capacity, OverRoom, Probe, Reading, RoundCost
 from ksdiff_runtime.engine.engine import PROBE_STAGGER_S, StreamingEngine
 from ksdiff_runtime.inputs.stream import AudioFormat
 from ksdiff_runtime.sessions import Sessions
@@ -130,6 +131,46 @@ def test_the_warm_up_keeps_the_median_of_its_probes(tiny_backend, monkeypatch):
     assert next(measured, None) is None  # three probes, no more
     with pytest.raises(ValueError, match="probe_repeats"):
         engine.warm_up(probe_repeats=0)
+
+
+def test_a_probe_measured_before_is_calibrated_from_instead_of_probing_again(tiny_backend, monkeypatch):
+    """`serve --restart`: a restarted runtime takes the probe of the one before (same settings, this machine) and is
+    ready seconds sooner; the rest of the warm-up, which a first stream would otherwise wait on, still runs. A probe
+    of another number of streams or another hop is measured again."""
+    first = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1)
+    first.warm_up(probe_repeats=1)
+    measured = first.probe
+    assert measured is not None and measured.streams == ROUND_PROBE and time.time() - measured.measured_at < 60
+    assert Probe.from_json(json.loads(json.dumps(measured.to_json()))) == measured  # through the ready file
+
+    def engine_counting_passes(preset="low-latency", **kwargs):
+        engine = StreamingEngine(tiny_backend, preset, front_end_threads=1, **kwargs)
+        real, passes = engine._warm_streams, []
+        monkeypatch.setattr(engine, "_warm_streams",
+                            lambda n, *args, **kw: passes.append((n, kw.get("paced", False))) or real(n, *args, **kw))
+        return engine, passes
+
+    again, passes = engine_counting_passes()
+    again.warm_up(probe=measured)
+    assert passes == [(1, False), (1, False)]  # a first live stream's paths and a line's: no probe
+    assert again.probe is measured and again.capacity.reading() == first.capacity.reading()
+    for kwargs in ({"sessions": Sessions(max_streams=5)}, {"preset": "quality"}):
+        other, passes = engine_counting_passes(**kwargs)
+        other.warm_up(probe=measured, probe_repeats=1)
+        assert any(paced for _, paced in passes) and other.probe is not measured
+
+
+GOOD_PROBE = Probe(0.4, 0.15, 12, RoundCost(8.0, 1.5, HOP_MS), 1.7e9).to_json()
+
+
+@pytest.mark.parametrize("data", [[], "probe", {"streams": 12}, {**GOOD_PROBE, "streams": True},
+                                  {**GOOD_PROBE, "streams": 1}, {**GOOD_PROBE, "hop_ms": 0.0},
+                                  {**GOOD_PROBE, "fixed_ms": float("nan")}, {**GOOD_PROBE, "per_stream_ms": -1.0},
+                                  {**GOOD_PROBE, "cpu_s_per_audio_s": "fast"}])
+def test_a_probe_that_is_not_one_is_refused(data):
+    assert Probe.from_json(dict(GOOD_PROBE)).streams == 12
+    with pytest.raises(ValueError, match="probe"):
+        Probe.from_json(data)
 
 
 def test_the_paced_probe_feeds_its_streams_a_hop_of_audio_a_round_staggered(tiny_backend, monkeypatch):

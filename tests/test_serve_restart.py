@@ -26,7 +26,8 @@ from peers import sample_speech
 from serve_process import Serve, flood_and_reset, stop_signals_heard
 
 from ksdiff_runtime.cli import supervise
-from ksdiff_runtime.cli.supervise import READY_FILE_ENV, Supervisor, endpoint_to_reuse
+from ksdiff_runtime.cli.supervise import PROBE_ENV, READY_FILE_ENV, Supervisor, endpoint_to_reuse, reusable_probe
+from ksdiff_runtime.engine.capacity import Probe, RoundCost
 from ksdiff_sdk import Client, StreamLost
 
 pytestmark = pytest.mark.timeout(240)
@@ -37,9 +38,11 @@ ANSWER_TIMEOUT_S = 10.0
 # flags, "0" ports made concrete), then does what its run's entry in the plan says: "abort" (SIGABRT), "exit1",
 # "exit0", "wait" (until SIGTERM/SIGINT, then exit 0, the signal and its sender written to LOG.stopped),
 # "abort-on-stop" (the same, then SIGABRT: a crash as it stops), "ignore" (never stops: only SIGKILL ends it), or
-# "abort-before-ready" / "exit1-before-ready". SIGINT and SIGTERM are held from its first line, before its run is
-# logged (a test that saw the run logged may signal at once), and taken with sigwaitinfo, which says who sent them;
-# the stop signals still pending once it took the first are written too (a second stop sent to it).
+# "abort-before-ready" / "exit1-before-ready". Its ready file names its run as the capacity probe it used (but for
+# "abort-no-probe", whose says it used none), and its log line the probe it was handed. SIGINT and SIGTERM are held
+# from its first line, before its run is logged (a test that saw the run logged may signal at once), and taken with
+# sigwaitinfo, which says who sent them; the stop signals still pending once it took the first are written too (a
+# second stop sent to it).
 CHILD = textwrap.dedent('''
     import json, os, resource, signal, sys, threading
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # its aborts are the test's: no core files
@@ -47,7 +50,7 @@ CHILD = textwrap.dedent('''
     log, plan = sys.argv[1], json.loads(sys.argv[2])
     args = sys.argv[3:]
     with open(log, "a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "args": args}) + "\\n")
+        f.write(json.dumps({"pid": os.getpid(), "args": args, "probe": os.environ.get(PROBE_ENV)}) + "\\n")
     with open(log) as f:
         run = len(f.read().splitlines()) - 1
     what = plan[min(run, len(plan) - 1)]
@@ -60,9 +63,10 @@ CHILD = textwrap.dedent('''
     preview = (5003 if flag("--preview") == "0" else int(flag("--preview"))) if "--preview" in args else None
     path = os.environ[READY_FILE_ENV]
     with open(path + ".tmp", "w") as f:
-        json.dump({"instance": f"run{run}", "pub": pub, "router": router, "preview": preview}, f)
+        json.dump({"instance": f"run{run}", "pub": pub, "router": router, "preview": preview,
+                   "probe": {"settings": "s", "probe": {"run": run}} if what != "abort-no-probe" else None}, f)
     os.replace(path + ".tmp", path)
-    if what == "abort":
+    if what in ("abort", "abort-no-probe"):
         os.abort()
     if what == "exit1":
         sys.exit(1)
@@ -77,7 +81,7 @@ CHILD = textwrap.dedent('''
     os.replace(log + ".stopped.tmp", log + ".stopped")
     if what == "abort-on-stop":
         os.abort()
-''').replace("READY_FILE_ENV", repr(READY_FILE_ENV))
+''').replace("READY_FILE_ENV", repr(READY_FILE_ENV)).replace("PROBE_ENV", repr(PROBE_ENV))
 
 
 def stand_in(tmp_path: Path, plan: list[str]) -> tuple[list[str], Path]:
@@ -338,6 +342,47 @@ def test_a_restarted_child_gets_the_preview_port_that_preview_0_gave_the_first(
     assert runs(log)[1][-2:] == ["--preview", "5003"]
 
 
+def test_a_restarted_child_is_handed_the_capacity_probe_the_last_ready_child_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe is most of a start-up: a restarted child may take the one the child before used (its own measurement,
+    or one it was handed); a child that used none leaves the one before; the first child is handed none, even by a
+    supervisor whose own environment names one."""
+    monkeypatch.setattr(supervise, "FIRST_DELAY_S", 0.1)
+    monkeypatch.setenv(PROBE_ENV, json.dumps({"settings": "s", "probe": {"run": "from outside"}}))
+    program, log = stand_in(tmp_path, ["abort", "abort-no-probe", "abort", "exit0"])
+    assert Supervisor(CHILD_ARGV, program=program).run() == 0
+    handed = [json.loads(line)["probe"] for line in log.read_text().splitlines()]
+    assert [None if p is None else json.loads(p)["probe"]["run"] for p in handed] == [None, 0, 0, 2]
+
+
+def reusable(monkeypatch: pytest.MonkeyPatch, handed: object, settings: str = "the same") -> object:
+    if handed is None:
+        monkeypatch.delenv(PROBE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(PROBE_ENV, handed if isinstance(handed, str) else json.dumps(handed))
+    return reusable_probe(settings)
+
+
+def test_a_restarted_child_reuses_a_probe_only_of_the_same_settings_and_recent(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    probe = Probe(0.4, 0.15, 12, RoundCost(8.0, 1.5, 1000 / 30), time.time() - 5)
+    entry = {"settings": "the same", "probe": probe.to_json()}
+    assert reusable(monkeypatch, entry) == probe
+    assert reusable(monkeypatch, None) is None  # a first child, or one of a plain serve
+    caplog.set_level("INFO", logger="ksdiff_runtime.supervisor")
+    assert reusable(monkeypatch, entry, settings="another preset") is None  # the config file edited in between
+    assert "settings changed" in caplog.text
+    for measured_at in (time.time() - supervise.PROBE_REUSE_S - 5, time.time() + 60):  # old, or a clock set back
+        caplog.clear()
+        assert reusable(monkeypatch, {**entry, "probe": {**probe.to_json(), "measured_at": measured_at}}) is None
+        assert "measuring again" in caplog.text
+    for garbage in ("{not json", json.dumps([1]), json.dumps({"settings": "the same"}),
+                    json.dumps({"settings": "the same", "probe": {**probe.to_json(), "streams": 1}})):
+        caplog.clear()
+        assert reusable(monkeypatch, garbage) is None
+        assert "cannot be read" in caplog.text
+
+
 @pytest.mark.parametrize(("requested", "bound", "reused"), [
     ("tcp://127.0.0.1:*", "tcp://127.0.0.1:40001", "tcp://127.0.0.1:40001"),  # serve's :0 as the runtime spells it
     ("tcp://[::1]:0", "tcp://[::1]:40001", "tcp://[::1]:40001"),
@@ -557,6 +602,11 @@ def test_serve_restart_brings_back_a_runtime_a_client_aborted_and_its_clients_go
         serve.read_to_end()
         output = "".join(serve.log)
         assert output.count("starting it again") == 1, serve.output()  # the abort's restart alone
+        # the restarted child took the first one's capacity probe, figures unchanged, and did not probe again
+        costs = re.findall(r"costs (.*?)(, as the process before measured \d+ s ago)? \(room for (\d+)\)", output)
+        assert len(costs) == 2, serve.output()
+        (figures, reused, room), (figures_again, reused_again, room_again) = costs
+        assert (figures_again, room_again) == (figures, room) and not reused and reused_again, serve.output()
         # the child's shutdown ran to its end: a second SIGINT in it would have raised KeyboardInterrupt ("interrupted")
         assert "ksdiff_runtime.server: stopped" in output and "interrupted" not in output, serve.output()
     finally:

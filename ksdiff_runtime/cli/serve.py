@@ -15,7 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ksdiff_runtime.cli.supervise import endpoint_to_reuse, supervise, under_supervisor, write_ready
+from ksdiff_runtime.cli.supervise import (
+    endpoint_to_reuse,
+    reusable_probe,
+    supervise,
+    under_supervisor,
+    write_ready,
+)
 from ksdiff_runtime.engine.presets import PRESETS
 from ksdiff_runtime.engine.sampling import DEFAULT_MOOD_GUIDANCE
 from ksdiff_runtime.motion import MOODS, SAMPLE_RATE, STYLES
@@ -256,11 +262,16 @@ def serve(config: ServeConfig) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    engine = build_engine(config.backend, config.preset, config.checkpoint or None, config.fps,
-                          config.idle_timeout_s, threads=config.threads, controls=config.artist_controls(),
-                          voice_gate=config.voice_gate, closure=config.closure, liveliness=config.liveliness,
-                          streaming_recogniser=config.streaming_recogniser, mood_guidance=config.mood_guidance,
-                          network_style=config.network_style, int8=config.int8)
+    # what a stream's cost depends on: a restarted child reuses the capacity probe of the one before only if these
+    # are the same (the config file may have been edited in between)
+    settings = {"backend": config.backend, "preset": config.preset, "checkpoint": config.checkpoint or None,
+                "fps": config.fps, "threads": config.threads, "voice_gate": config.voice_gate,
+                "closure": config.closure, "liveliness": config.liveliness,
+                "streaming_recogniser": config.streaming_recogniser, "mood_guidance": config.mood_guidance,
+                "network_style": config.network_style, "int8": config.int8}
+    settings_key = json.dumps(settings, sort_keys=True, default=str)
+    engine = build_engine(**settings, idle_timeout_s=config.idle_timeout_s, controls=config.artist_controls(),
+                          probe=reusable_probe(settings_key))
     last_line = [0.0]
 
     def on_stats(stats: dict[str, Any]) -> None:
@@ -303,7 +314,8 @@ def serve(config: ServeConfig) -> int:
         log.info("ready in %.1f s", time.perf_counter() - started)
         write_ready(runtime.instance, endpoint_to_reuse(runtime.pub_requested, runtime.pub_endpoint),
                     endpoint_to_reuse(runtime.router_requested, runtime.router_endpoint),
-                    preview=next((out.port for out in outputs if isinstance(out, PreviewOutput)), None))
+                    preview=next((out.port for out in outputs if isinstance(out, PreviewOutput)), None),
+                    probe=engine.probe, settings=settings_key)
         next_try = time.monotonic() + WAIT_RETRY_S
         while not stop.wait(0.1) and runtime.failure is None:
             if waiting and time.monotonic() >= next_try:

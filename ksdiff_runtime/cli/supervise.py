@@ -29,9 +29,14 @@ the command was started to ignore (``nohup``'s SIGHUP, SIGINT of a script's ``co
 
 The child tells the supervisor it is ready, and which endpoints a restarted child must bind, through a small JSON
 file named by ``READY_FILE_ENV`` (written by ``serve`` once its sources have started); a process started with it set
-is a supervisor's child and never supervises itself. Tested on Linux. On Windows (read, not run) the console's Ctrl-C
-reaches the child itself, and is not passed on; ``os.kill(pid, SIGTERM)`` is TerminateProcess of the supervisor alone
-(no handler runs), which leaves its child serving.
+is a supervisor's child and never supervises itself. The file also holds the capacity probe the child measured (what
+admission starts from, engine/capacity.py), which the supervisor hands a restarted child in ``PROBE_ENV``: a child
+started again within ``PROBE_REUSE_S`` of that measurement, with the same engine settings, takes it instead of
+probing again (``reusable_probe``), and is ready in about half the time.
+
+Tested on Linux. On Windows (read, not run) the console's Ctrl-C reaches the child itself, and is not passed on;
+``os.kill(pid, SIGTERM)`` is TerminateProcess of the supervisor alone (no handler runs), which leaves its child
+serving.
 """
 
 from __future__ import annotations
@@ -51,9 +56,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from ksdiff_runtime.engine.capacity import Probe
+
 log = logging.getLogger("ksdiff_runtime.supervisor")
 
-READY_FILE_ENV = "KSDIFF_SERVE_READY_FILE"  # the child writes {"instance", "pub", "router", "preview"} here once ready
+# the child writes {"instance", "pub", "router", "preview", "probe"} here once ready
+READY_FILE_ENV = "KSDIFF_SERVE_READY_FILE"
+PROBE_ENV = "KSDIFF_SERVE_PROBE"  # a restarted child: the "probe" of the child before it ({"settings", "probe"})
+# a restarted child reuses the capacity probe the child before it used if it was measured this recently: the live
+# rounds served refresh its figures within seconds, but a probe from hours before may be of another machine's load
+PROBE_REUSE_S = 600.0
 FIRST_DELAY_S = 0.5  # before starting again a child that died
 MAX_DELAY_S = 30.0  # the delay doubles for a child that keeps dying, up to this
 STEADY_S = 60.0  # a child that served this long before dying is started again after FIRST_DELAY_S
@@ -75,6 +87,7 @@ class Ready:
     pub: str  # the endpoints a restarted child binds (endpoint_to_reuse)
     router: str
     preview: int | None = None  # the preview page's port (None: no preview)
+    probe: str | None = None  # the capacity probe it used and its engine settings, as JSON (None: no probe)
 
 
 def under_supervisor() -> bool:
@@ -91,25 +104,52 @@ def endpoint_to_reuse(requested: str, bound: str) -> str:
     return bound if ephemeral else requested
 
 
-def write_ready(instance: str, pub: str, router: str, preview: int | None = None) -> None:
+def write_ready(instance: str, pub: str, router: str, preview: int | None = None, probe: Probe | None = None,
+                settings: str = "") -> None:
     """Called by ``serve`` once it is ready: tells a supervisor, if it runs under one, what a restarted child binds
-    (``preview``: the preview page's port, None without one)."""
+    (``preview``: the preview page's port, None without one) and the capacity ``probe`` its engine used, built with
+    ``settings`` (``reusable_probe``'s)."""
     path = os.environ.get(READY_FILE_ENV)
     if not path:
         return
+    used = None if probe is None else {"settings": settings, "probe": probe.to_json()}
     tmp = Path(path + ".tmp")
-    tmp.write_text(json.dumps({"instance": instance, "pub": pub, "router": router, "preview": preview}))
+    tmp.write_text(json.dumps({"instance": instance, "pub": pub, "router": router, "preview": preview,
+                               "probe": used}))
     tmp.replace(path)  # whole or not at all: the supervisor may read it at any moment
 
 
 def _read_ready(path: Path) -> Ready | None:
     try:
         data = json.loads(path.read_text())
-        preview = data.get("preview")
+        preview, probe = data.get("preview"), data.get("probe")
         return Ready(str(data["instance"]), str(data["pub"]), str(data["router"]),
-                     int(preview) if preview is not None else None)
+                     int(preview) if preview is not None else None, json.dumps(probe) if probe else None)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not there yet (written whole, never in part)
         return None
+
+
+def reusable_probe(settings: str) -> Probe | None:
+    """In a child started again: the capacity probe the child before it used, when its engine was built with the same
+    ``settings`` (build_engine's arguments, as serve writes them) and it was measured within PROBE_REUSE_S; None
+    otherwise (the engine probes, and the log says why)."""
+    given = os.environ.get(PROBE_ENV)
+    if not given:
+        return None
+    try:
+        data = json.loads(given)
+        probe, same = Probe.from_json(data["probe"]), data["settings"] == settings
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("the capacity probe of the process before cannot be read (%s); measuring again", exc)
+        return None
+    age = time.time() - probe.measured_at
+    if not same:
+        log.info("the engine's settings changed since the process before measured its capacity; measuring again")
+    elif not 0 <= age <= PROBE_REUSE_S:
+        log.info("the capacity probe of the process before is %.0f s old; measuring again", age)
+    else:
+        return probe
+    return None
 
 
 def describe_exit(code: int) -> str:
@@ -205,6 +245,7 @@ class Supervisor:
 
     def _loop(self, ready_file: Path) -> int:
         bound: Ready | None = None  # what the first ready child bound: every later one binds the same
+        probe: str | None = None  # the capacity probe the last ready child used: the next one may reuse it
         delay = FIRST_DELAY_S
         while True:
             argv = list(self.child_argv)
@@ -214,6 +255,9 @@ class Supervisor:
                     argv += ["--preview", str(bound.preview)]  # --preview 0's port: the page open in a browser
             ready_file.unlink(missing_ok=True)
             env = dict(os.environ, **{READY_FILE_ENV: str(ready_file)})
+            env.pop(PROBE_ENV, None)  # only ever the supervisor's own child's
+            if probe is not None:
+                env[PROBE_ENV] = probe
             self.child = None
             try:
                 # POSIX: a process group of its own, out of reach of the terminal's Ctrl-C (the module's docstring)
@@ -245,6 +289,8 @@ class Supervisor:
                 log.error("serve ended (%s); not started again (--exit-when-done)", describe_exit(code))
                 return code
             bound = bound or ready
+            if ready is not None and ready.probe is not None:
+                probe = ready.probe
             if served_s >= STEADY_S:
                 delay = FIRST_DELAY_S
             self.restarts += 1

@@ -87,6 +87,46 @@ class RoundCost:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """What the warm-up's capacity probe measured (``Capacity.calibrate``'s and ``calibrate_rounds``' figures), kept
+    so that a process started again on the same machine with the same settings (``serve --restart`` after a crash)
+    calibrates from it instead of probing again: the probe is two thirds of a start-up, seconds of a still avatar.
+    The live rounds served then refresh both figures as they do after a probe."""
+
+    cpu_s_per_audio_s: float  # CPU seconds per second of audio with one live stream
+    probe_cpu_s_per_audio_s: float  # the same per second of each stream's audio with ``streams`` at once
+    streams: int  # the streams probed at once
+    rounds: RoundCost  # the engine thread's round, fitted through 1 and ``streams``
+    measured_at: float  # when (time.time(): a restarted process compares it with its own clock)
+
+    def calibrate(self, capacity: Capacity) -> None:
+        capacity.calibrate(self.cpu_s_per_audio_s, self.probe_cpu_s_per_audio_s, self.streams)
+        capacity.calibrate_rounds(self.rounds)
+
+    def to_json(self) -> dict[str, float]:
+        return {"cpu_s_per_audio_s": self.cpu_s_per_audio_s, "probe_cpu_s_per_audio_s": self.probe_cpu_s_per_audio_s,
+                "streams": self.streams, "fixed_ms": self.rounds.fixed_ms, "per_stream_ms": self.rounds.per_stream_ms,
+                "hop_ms": self.rounds.hop_ms, "measured_at": self.measured_at}
+
+    @classmethod
+    def from_json(cls, data: object) -> Probe:
+        """Raises ValueError on anything but what ``to_json`` wrote (a finite, positive figure where one must be)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a probe is a JSON object, not {type(data).__name__}")
+        try:
+            values = {key: float(data[key]) for key in ("cpu_s_per_audio_s", "probe_cpu_s_per_audio_s", "fixed_ms",
+                                                       "per_stream_ms", "hop_ms", "measured_at")}
+            streams = data["streams"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a capacity probe: {exc!r}") from None
+        if not all(math.isfinite(v) for v in values.values()) or min(values.values()) < 0 or \
+                values["hop_ms"] <= 0 or not isinstance(streams, int) or streams < 2:
+            raise ValueError(f"not a capacity probe: {data}")
+        return cls(values["cpu_s_per_audio_s"], values["probe_cpu_s_per_audio_s"], streams,
+                   RoundCost(values["fixed_ms"], values["per_stream_ms"], values["hop_ms"]), values["measured_at"])
+
+
+@dataclass(frozen=True)
 class Reading:
     cores: int  # cores this process may run on
     stream_cores: float  # CPU one more live stream costs, in cores (1.0 = one core busy)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import statistics
 import threading
@@ -51,7 +52,7 @@ from ksdiff_runtime.parallel import MIN_PART_ROWS, as_part, one_blas_thread, row
 from ksdiff_runtime.sessions import Session, Sessions
 from ksdiff_sdk import Frame
 
-from .capacity import ROUND_PROBE, Capacity, RoundCost
+from .capacity import ROUND_PROBE, Capacity, Probe, RoundCost
 from .closure import ClosureConfig, closure_for
 from .controls import Controls, ControlStage
 from .gate import GateConfig, VoiceGate
@@ -153,6 +154,7 @@ class StreamingEngine:
         guidance = self.guidance = with_mood_guidance(guidance, mood_guidance)
         self._mood_warned = False
         self.capacity = capacity or Capacity()
+        self.probe: Probe | None = None  # the capacity probe ``warm_up`` measured or was given (None: none yet)
         # A stream's style take on the network's style input as well as on the output (engine/network_style.py;
         # None: on the output only), its response measured live as this engine streams. The takes are made ready
         # on the callers' threads (``with_network_style``), the built-in ones in ``warm_up``: never on the engine's.
@@ -680,12 +682,15 @@ class StreamingEngine:
         result.ended.append(Ended(session, "error", f"{type(exc).__name__}: {exc}", self.closing_frames(session)))
 
     # --- before serving ------------------------------------------------------------------------
-    def warm_up(self, audio: np.ndarray | None = None, probe_repeats: int = PROBE_REPEATS) -> float:
+    def warm_up(self, audio: np.ndarray | None = None, probe_repeats: int = PROBE_REPEATS,
+                probe: Probe | None = None) -> float:
         """Run everything a first stream touches before a real one waits on it (session set-up and memory
         planning in the backend, the recogniser, the prosody path's lazy import and compile on voiced
         audio, the transcript's G2P, a resampler), then measure what a stream costs (``capacity``), the
-        median of ``probe_repeats`` probes. ``audio``: 16 kHz speech (default: the bundled sample). Returns the
-        seconds it took."""
+        median of ``probe_repeats`` probes, kept in ``self.probe``. ``probe``: one measured before by an engine of
+        the same settings on this machine (a restarted serve's), calibrated from instead of probing when it
+        probed as many streams with the same hop. ``audio``: 16 kHz speech (default: the bundled sample). Returns
+        the seconds it took."""
         if probe_repeats < 1:
             raise ValueError(f"probe_repeats must be >= 1, not {probe_repeats}")
         t0 = time.perf_counter()
@@ -708,20 +713,25 @@ class StreamingEngine:
         streams = min(ROUND_PROBE, self.sessions.max_streams)
         if streams < 2:  # a registry of one stream: admission has nothing to decide
             return time.perf_counter() - t0
-        probe = stereo_48k[: int(PROBE_S * 48_000)]
+        hop_ms = 1000.0 * self.preset.hop_frames / motion.FPS
+        if probe is not None and probe.streams == streams and math.isclose(probe.rounds.hop_ms, hop_ms):  # not again
+            probe.calibrate(self.capacity)
+            self.probe = probe
+            return time.perf_counter() - t0
+        probe_audio = stereo_48k[: int(PROBE_S * 48_000)]
         one_cpu, probe_cpu, one_ms, probe_ms = [], [], [], []
         for _ in range(probe_repeats):
             cpu0 = time.process_time()
-            one_ms.append(self._warm_streams(1, probe, "live", paced=True))
+            one_ms.append(self._warm_streams(1, probe_audio, "live", paced=True))
             cpu1 = time.process_time()
-            probe_ms.append(self._warm_streams(streams, probe, "live", paced=True))
+            probe_ms.append(self._warm_streams(streams, probe_audio, "live", paced=True))
             one_cpu.append(cpu1 - cpu0)
             probe_cpu.append(time.process_time() - cpu1)
         median = statistics.median
-        probe_s = len(probe) / 48_000
-        self.capacity.calibrate(median(one_cpu) / probe_s, median(probe_cpu) / (probe_s * streams), streams)
-        hop_ms = 1000.0 * self.preset.hop_frames / motion.FPS
-        self.capacity.calibrate_rounds(RoundCost.fit(median(one_ms), median(probe_ms), streams, hop_ms))
+        probe_s = len(probe_audio) / 48_000
+        self.probe = Probe(median(one_cpu) / probe_s, median(probe_cpu) / (probe_s * streams), streams,
+                           RoundCost.fit(median(one_ms), median(probe_ms), streams, hop_ms), time.time())
+        self.probe.calibrate(self.capacity)
         return time.perf_counter() - t0
 
     def _warm_streams(self, n: int, stereo_48k: np.ndarray, mode: str, text: str | None = None,

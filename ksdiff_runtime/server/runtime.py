@@ -36,7 +36,7 @@ import numpy as np
 import zmq
 
 from ksdiff_runtime import __version__, motion
-from ksdiff_runtime.engine.capacity import OVER_ROOM_WARN_S, OverRoom
+from ksdiff_runtime.engine.capacity import OVER_ROOM_WARN_S, OverRoom, Probe
 from ksdiff_runtime.engine.closure import DEFAULT_CLOSURE
 from ksdiff_runtime.engine.controls import Controls, ControlsError
 from ksdiff_runtime.engine.engine import DEFAULT_IDLE_TIMEOUT_S, Ended, StepResult, StreamingEngine
@@ -99,6 +99,7 @@ def build_engine(
     mood_guidance: float = DEFAULT_MOOD_GUIDANCE,
     network_style: bool = False,
     int8: bool = True,
+    probe: Probe | None = None,
 ) -> StreamingEngine:
     """A StreamingEngine on the named backend (auto: the fastest available, with fallback), warmed up.
     ``voice_gate``: rest the mouth where no voice is heard (engine/gate.py; off with a warning when
@@ -109,7 +110,8 @@ def build_engine(
     False: each hop re-recognises its window of audio. ``mood_guidance``: how strongly the network speaks in
     a stream's mood (engine/sampling.py). ``network_style``: a stream's style take reaches the network's style
     input too (engine/network_style.py). ``int8``: ONNX Runtime on the CPU runs the int8 denoiser
-    (backends/select.py load_backend; other backends run float).
+    (backends/select.py load_backend; other backends run float). ``probe``: the capacity probe of an engine built
+    before with the same arguments on this machine (a restarted serve's), used instead of probing again.
 
     ``threads``: ONNX Runtime's intra-op threads on the CPU. One by default: a hop's batch is
     small, and a second spinning worker fights the front-end and io threads for the cores
@@ -125,9 +127,11 @@ def build_engine(
                              streaming_recogniser=streaming_recogniser, mood_guidance=mood_guidance,
                              network_style=network_style)
     loaded_s = time.perf_counter() - t0
-    warm_s = engine.warm_up()
+    warm_s = engine.warm_up(probe=probe)
     r = engine.capacity.reading()
     rounds = f"; its round ~{r.rounds.per_stream_ms:.1f} ms a stream + {r.rounds.fixed_ms:.1f}" if r.rounds else ""
+    if probe is not None and engine.probe is probe:
+        rounds += f", as the process before measured {time.time() - probe.measured_at:.0f} s ago"
     on = loaded.name + (" (int8)" if getattr(loaded, "precision", "") == "int8" else "")
     log.info("model on %s in %.1f s, warmed up in %.1f s; a %s stream costs %.2f of a core here (and the rounds "
              "%.2f)%s (room for %d)", on, loaded_s, warm_s, engine.preset.name, r.stream_cores, r.fixed_cores,
