@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -153,18 +154,42 @@ def test_a_probe_measured_before_is_calibrated_from_instead_of_probing_again(tin
     again, passes = engine_counting_passes()
     again.warm_up(probe=measured)
     assert passes == [(1, False), (1, False)]  # a first live stream's paths and a line's: no probe
-    assert again.probe is measured and again.capacity.reading() == first.capacity.reading()
+    # the probe's figures (other programs' load is of each engine's own time: see the next test)
+    probed, reused = first.capacity.reading(), again.capacity.reading()
+    assert again.probe is measured and (reused.stream_cores, reused.fixed_cores, reused.rounds) == \
+        (probed.stream_cores, probed.fixed_cores, probed.rounds)
     for kwargs in ({"sessions": Sessions(max_streams=5)}, {"preset": "quality"}):
         other, passes = engine_counting_passes(**kwargs)
         other.warm_up(probe=measured, probe_repeats=1)
         assert any(paced for _, paced in passes) and other.probe is not measured
+    # a probe of another backend (a GPU's, before its runtime crashed and the next one fell back to the CPU)
+    gpu, passes = engine_counting_passes()
+    gpu.warm_up(probe=dataclasses.replace(measured, backend="tensorrt (float)"), probe_repeats=1)
+    assert any(paced for _, paced in passes) and gpu.probe.backend == measured.backend
 
 
-GOOD_PROBE = Probe(0.4, 0.15, 12, RoundCost(8.0, 1.5, HOP_MS), 1.7e9).to_json()
+def test_an_engine_that_takes_a_probe_still_measures_what_other_programs_keep_busy(tiny_backend, monkeypatch):
+    """After a crash every client opens its streams again at once: admission must count a VTuber's OBS and game
+    (here the kernel's counters say every core is busy, this process's share included) as the probe would have,
+    not take the machine for idle until its first window ends."""
+    from ksdiff_runtime.engine import capacity as module
+
+    start = time.monotonic()
+    monkeypatch.setattr(module, "_machine_busy_jiffies", lambda: (int((time.monotonic() - start) * 100 * 64),) * 2)
+    monkeypatch.setattr(module, "_cpu_count_all", lambda: 64)
+    probe = Probe(0.1, 0.05, ROUND_PROBE, RoundCost(5.0, 1.0, HOP_MS), time.time(), "tiny")
+    engine = StreamingEngine(tiny_backend, "low-latency", front_end_threads=1)
+    engine.warm_up(probe=dataclasses.replace(probe, backend=f"{tiny_backend.name} (float)"))
+    assert engine.probe is not None and engine.probe.measured_at == probe.measured_at  # taken, not measured
+    assert engine.capacity.reading().other_cores > 60  # 64 cores busy, at most 2 of them this process'
+
+
+GOOD_PROBE = Probe(0.4, 0.15, 12, RoundCost(8.0, 1.5, HOP_MS), 1.7e9, "onnxruntime-cpu (int8)").to_json()
 
 
 @pytest.mark.parametrize("data", [[], "probe", {"streams": 12}, {**GOOD_PROBE, "streams": True},
                                   {**GOOD_PROBE, "streams": 1}, {**GOOD_PROBE, "hop_ms": 0.0},
+                                  {**GOOD_PROBE, "per_stream_ms": 0.0}, {**GOOD_PROBE, "backend": None},
                                   {**GOOD_PROBE, "fixed_ms": float("nan")}, {**GOOD_PROBE, "per_stream_ms": -1.0},
                                   {**GOOD_PROBE, "cpu_s_per_audio_s": "fast"}])
 def test_a_probe_that_is_not_one_is_refused(data):

@@ -16,6 +16,8 @@ def test_the_restart_gap_benchmark_times_a_killed_runtime_serving_again() -> Non
     assert len(result["serving_s"]) == len(result["first_frame_s"]) == 1
     # frames of the new runtime come after it serves again (the new child's start-up, seconds)
     assert 0.0 < result["serving_s"][0] <= result["first_frame_s"][0] < restart_gap.START_TIMEOUT_S
+    assert result["wait_s"] == [0.5]  # the supervisor's first wait (supervise.FIRST_DELAY_S), part of the gap
+    assert 1.0 < result["supervisor_rss_mb"] < 60.0  # the supervisor, exec'd light: tens of MB, not serve's hundreds
 
 
 @pytest.mark.timeout(90)

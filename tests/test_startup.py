@@ -21,9 +21,11 @@ from ksdiff_runtime.backends.select import cuda_driver_present, unavailable_reas
 TIMEOUT_S = 300  # a fresh interpreter loading the model and warming it up, on 2 busy cores
 
 
-def modules_after(code: str) -> dict[str, bool]:
-    """Runs ``code`` in a fresh interpreter; which of the heavy modules were imported by then."""
-    heavy = ("torch", "matplotlib", "librosa", "numba", "pandas", "sklearn", "tensorrt")
+HEAVY = ("torch", "matplotlib", "librosa", "numba", "pandas", "sklearn", "tensorrt")
+
+
+def modules_after(code: str, heavy: tuple[str, ...] = HEAVY) -> dict[str, bool]:
+    """Runs ``code`` in a fresh interpreter; which of the ``heavy`` modules were imported by then."""
     script = f"{code}\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {heavy!r}}}))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT_S)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -32,6 +34,17 @@ def modules_after(code: str) -> dict[str, bool]:
 
 def test_importing_the_serve_command_imports_no_heavy_module() -> None:
     imported = modules_after("import ksdiff_runtime.cli.serve")
+    assert not any(imported.values()), imported
+
+
+@pytest.mark.parametrize("code", ["from ksdiff_runtime.cli import build_parser; build_parser([])",
+                                  "from ksdiff_runtime.cli import build_parser; build_parser(['keys'])",
+                                  "from ksdiff_runtime.cli import build_parser; build_parser(['devices'])",
+                                  "import ksdiff_runtime.cli.supervise"])
+def test_commands_that_serve_nothing_import_none_of_the_runtimes_libraries(code: str) -> None:
+    # `--help`, `keys` and `devices` answer at once (scipy.signal alone was 1.1 s of each, and 100 MB), and
+    # `serve --restart`'s supervisor, which stays beside serve for hours, holds none of them
+    imported = modules_after(code, (*HEAVY, "scipy", "onnxruntime"))
     assert not any(imported.values()), imported
 
 

@@ -12,13 +12,9 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import logging
 import sys
 
-from ksdiff_runtime.backends.base import BackendError
-from ksdiff_runtime.features.hama_weights import HamaFormatError
-from ksdiff_runtime.inputs.guards import AudioInputError
-from ksdiff_runtime.model.config import CheckpointError
+from ksdiff_runtime.cli import logs
 
 # (command, module under ksdiff_runtime.cli, one-line help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -83,23 +79,34 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "unavailable", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     args.argv = argv  # the command line, for a command that runs itself again (serve --restart)
     try:
         return int(args.func(args) or 0)
-    except (AudioInputError, BackendError, CheckpointError, HamaFormatError) as exc:
-        # user errors (a bad input file, checkpoint or hama install): the message names the file; no traceback
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
+        # a bad input file, checkpoint or hama install: the message names the file; no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C (serve handles it itself, and stops cleanly); files are written whole or not
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports in a line, without a traceback. Imported only when one is raised: their modules
+    import the model's and the front-end's (scipy's 1.1 s among them), which ``--help``, ``devices``, ``keys`` and
+    ``serve --restart``'s supervisor do not need."""
+    from ksdiff_runtime.backends.base import BackendError
+    from ksdiff_runtime.features.hama_weights import HamaFormatError
+    from ksdiff_runtime.inputs.guards import AudioInputError
+    from ksdiff_runtime.model.config import CheckpointError
+
+    return AudioInputError, BackendError, CheckpointError, HamaFormatError
 
 
 def run() -> None:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ksdiff_runtime import __version__
+from ksdiff_runtime.cli import logs
 from ksdiff_runtime.cli.supervise import (
     endpoint_to_reuse,
     reusable_probe,
@@ -40,19 +42,6 @@ from ksdiff_runtime.sources import FileSource, MicSource, SettingsRefusedError, 
 log = logging.getLogger("ksdiff_runtime.server")
 
 WAIT_RETRY_S = 1.0  # how often a source the machine had no room for is tried again
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: for log collectors (``--log-format json``)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 def preset_help() -> str:
@@ -197,12 +186,6 @@ def format_stats(stats: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _configure_logging(fmt: str) -> None:
-    if fmt == "json":
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonLogFormatter())
-
-
 def run_serve(args: argparse.Namespace) -> int:
     not_settings = ("config", "func", "command", "verbose", "argv", "restart")
     overrides = {k: v for k, v in vars(args).items() if k not in not_settings}
@@ -214,7 +197,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _configure_logging(config.log_format)
+    logs.use_format(config.log_format)
     # the config file's settings for an output or source that is off (a flag's were refused by load_config)
     for setting, why in config.unused_settings().items():
         log.warning("config file %s: %s %s; it is ignored", args.config, setting, why)
@@ -222,7 +205,8 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("%s", late)
     if args.restart and not under_supervisor():  # the config is good: the child reads it again, and serves
         # with --exit-when-done the child's exit status is the batch's result, not a death to start again
-        return supervise(args.argv, exits_are_final=bool(config.exit_when_done and config.files))
+        return supervise(args.argv, exits_are_final=bool(config.exit_when_done and config.files),
+                         verbose=args.verbose, log_format=config.log_format)
     return serve(config)
 
 
@@ -263,13 +247,14 @@ def serve(config: ServeConfig) -> int:
         return 2
     started = time.perf_counter()
     # what a stream's cost depends on: a restarted child reuses the capacity probe of the one before only if these
-    # are the same (the config file may have been edited in between)
+    # are the same (the config file may have been edited in between, the package reinstalled; the backend that
+    # loaded is the probe's own to check)
     settings = {"backend": config.backend, "preset": config.preset, "checkpoint": config.checkpoint or None,
                 "fps": config.fps, "threads": config.threads, "voice_gate": config.voice_gate,
                 "closure": config.closure, "liveliness": config.liveliness,
                 "streaming_recogniser": config.streaming_recogniser, "mood_guidance": config.mood_guidance,
                 "network_style": config.network_style, "int8": config.int8}
-    settings_key = json.dumps(settings, sort_keys=True, default=str)
+    settings_key = json.dumps({**settings, "version": __version__}, sort_keys=True, default=str)
     engine = build_engine(**settings, idle_timeout_s=config.idle_timeout_s, controls=config.artist_controls(),
                           probe=reusable_probe(settings_key))
     last_line = [0.0]

@@ -41,6 +41,7 @@ serving.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import logging
@@ -56,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from ksdiff_runtime.cli import logs
 from ksdiff_runtime.engine.capacity import Probe
 
 log = logging.getLogger("ksdiff_runtime.supervisor")
@@ -134,7 +136,7 @@ def reusable_probe(settings: str) -> Probe | None:
     ``settings`` (build_engine's arguments, as serve writes them) and it was measured within PROBE_REUSE_S; None
     otherwise (the engine probes, and the log says why)."""
     given = os.environ.get(PROBE_ENV)
-    if not given:
+    if not given or not under_supervisor():  # a plain serve measures its own
         return None
     try:
         data = json.loads(given)
@@ -219,6 +221,8 @@ class Supervisor:
         # a non-interactive shell's SIGINT for `command &`; Python itself leaves an ignored SIGINT so
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS
                     if signal.getsignal(sig) is not signal.SIG_IGN}
+        if hasattr(signal, "pthread_sigmask"):  # held since the exec (``supervise``): one that came is handled now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         try:
             with tempfile.TemporaryDirectory(prefix="ksdiff-serve-") as tmp:
                 try:
@@ -248,6 +252,8 @@ class Supervisor:
         probe: str | None = None  # the capacity probe the last ready child used: the next one may reuse it
         delay = FIRST_DELAY_S
         while True:
+            if self.stop.is_set():  # asked before the first child: none is started
+                return 0
             argv = list(self.child_argv)
             if bound is not None:
                 argv += ["--pub", bound.pub, "--router", bound.router]  # the last flag wins
@@ -343,5 +349,50 @@ def child_argv(argv: list[str]) -> list[str]:
     return [a for a in argv if a != "--restart"]
 
 
-def supervise(argv: list[str], exits_are_final: bool = False) -> int:
-    return Supervisor(child_argv(argv), exits_are_final=exits_are_final).run()
+def supervise(argv: list[str], exits_are_final: bool = False, verbose: bool = False, log_format: str = "text") -> int:
+    """Runs ``argv`` (the command line, ``--restart`` in it) under a supervisor. On POSIX this process becomes the
+    supervisor by ``exec`` of this module (``main``): the same process id, for a service manager or a shell's ``$!``,
+    and none of serve's imports (numpy, scipy, ONNX Runtime and their threads: 117 MB resident, against 17 MB); so
+    ``cli.main(["serve", "--restart", ...])`` called from Python replaces the calling process. On Windows, where
+    ``exec`` starts another process and ends this one, it supervises here. Returns only if it cannot exec (1)."""
+    if os.name == "nt":
+        return Supervisor(child_argv(argv), exits_are_final=exits_are_final).run()
+    flags = [*(["--exits-are-final"] if exits_are_final else []), *(["--verbose"] if verbose else []),
+             "--log-format", log_format]
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: started with it closed
+            stream.flush()
+    # A stop signal in the new interpreter's start-up, before the supervisor's handlers are set, would end it with a
+    # traceback (or "Fatal Python error"): held pending across the exec (the mask is kept; ignored ones stay ignored)
+    # until ``Supervisor.run`` has its handlers
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        os.execv(sys.executable, [sys.executable, "-m", __name__, *flags, "--", *child_argv(argv)])
+    except (OSError, ValueError) as exc:  # the interpreter gone (a virtual environment being reinstalled), or unknown
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        log.error("could not start the supervisor (%r): %s", sys.executable, exc)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ksdiff_runtime.cli.supervise [flags] -- ARGV``: what ``supervise`` runs on POSIX. Not a command:
+    ``serve --restart`` checked its settings before it came here."""
+    parser = argparse.ArgumentParser(prog="ksdiff-runtime serve --restart", description=main.__doc__)
+    parser.add_argument("--exits-are-final", action="store_true", help="a child's own exit status ends the command")
+    parser.add_argument("--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="as serve's")
+    parser.add_argument("child", nargs=argparse.REMAINDER, help="-- then the child's command line")
+    args = parser.parse_args(argv)
+    child = args.child[1:] if args.child[:1] == ["--"] else args.child
+    if not child:
+        parser.error("no command line for the child after --")
+    logs.configure(args.verbose)
+    logs.use_format(args.log_format)
+    try:
+        return Supervisor(child, exits_are_final=args.exits_are_final).run()
+    except KeyboardInterrupt:  # Ctrl-C before its handlers were set: no child yet
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,6 +59,8 @@ ROUND_SCALE_MIN_MEAN_STREAMS = 0.5
 ROUND_SCALE_LIMITS = (0.5, 3.0)
 # more live streams held than the room measured (or fewer again) this long: the log says so (OverRoom)
 OVER_ROOM_WARN_S = 10.0
+# other programs' load is measured over at least this long (the kernel counts CPU time in 10 ms ticks)
+OTHER_MIN_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -98,15 +100,16 @@ class Probe:
     streams: int  # the streams probed at once
     rounds: RoundCost  # the engine thread's round, fitted through 1 and ``streams``
     measured_at: float  # when (time.time(): a restarted process compares it with its own clock)
+    backend: str  # the backend that ran it, and its precision (a GPU's figures are no CPU's: Backend.label)
 
     def calibrate(self, capacity: Capacity) -> None:
         capacity.calibrate(self.cpu_s_per_audio_s, self.probe_cpu_s_per_audio_s, self.streams)
         capacity.calibrate_rounds(self.rounds)
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> dict[str, float | str]:
         return {"cpu_s_per_audio_s": self.cpu_s_per_audio_s, "probe_cpu_s_per_audio_s": self.probe_cpu_s_per_audio_s,
                 "streams": self.streams, "fixed_ms": self.rounds.fixed_ms, "per_stream_ms": self.rounds.per_stream_ms,
-                "hop_ms": self.rounds.hop_ms, "measured_at": self.measured_at}
+                "hop_ms": self.rounds.hop_ms, "measured_at": self.measured_at, "backend": self.backend}
 
     @classmethod
     def from_json(cls, data: object) -> Probe:
@@ -116,14 +119,16 @@ class Probe:
         try:
             values = {key: float(data[key]) for key in ("cpu_s_per_audio_s", "probe_cpu_s_per_audio_s", "fixed_ms",
                                                        "per_stream_ms", "hop_ms", "measured_at")}
-            streams = data["streams"]
+            streams, backend = data["streams"], data["backend"]
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a capacity probe: {exc!r}") from None
         if not all(math.isfinite(v) for v in values.values()) or min(values.values()) < 0 or \
-                values["hop_ms"] <= 0 or not isinstance(streams, int) or streams < 2:
+                values["hop_ms"] <= 0 or values["per_stream_ms"] <= 0 or not isinstance(streams, int) or \
+                streams < 2 or not isinstance(backend, str):
             raise ValueError(f"not a capacity probe: {data}")
         return cls(values["cpu_s_per_audio_s"], values["probe_cpu_s_per_audio_s"], streams,
-                   RoundCost(values["fixed_ms"], values["per_stream_ms"], values["hop_ms"]), values["measured_at"])
+                   RoundCost(values["fixed_ms"], values["per_stream_ms"], values["hop_ms"]), values["measured_at"],
+                   backend)
 
 
 @dataclass(frozen=True)
@@ -257,12 +262,26 @@ class Capacity:
                 old = self._stream_cores
                 self._stream_cores = measured if old is None else 0.5 * old + 0.5 * measured
             self._rescale_rounds(elapsed)
-            machine = _machine_busy_jiffies()
-            if machine is not None and self._machine0 is not None:
-                busy, total = machine[0] - self._machine0[0], machine[1] - self._machine0[1]
-                if total > 0:
-                    self._other = max(0.0, busy / total * _cpu_count_all() - ours)
+            self._measure_other(ours)
             self._start()
+
+    def measure_other_cores(self) -> None:
+        """The cores other programs keep busy, measured now over the window so far, as a window's end measures
+        them: a warm-up that took a ``Probe`` instead of probing ends before its first window, and admission must not
+        take the machine for idle (a VTuber's OBS and game) while every client opens its streams again."""
+        with self._lock:
+            elapsed = time.monotonic_ns() - self._t0
+            if elapsed >= OTHER_MIN_S * 1e9:  # else the window that just ended said it, over longer
+                self._measure_other((time.process_time_ns() - self._cpu0) / elapsed)
+
+    def _measure_other(self, ours: float) -> None:
+        """(The lock held) other programs' cores since the window began, from the kernel's counters less ``ours``
+        (the cores this process used); unchanged where the counters cannot be read or have not moved."""
+        machine = _machine_busy_jiffies()
+        if machine is not None and self._machine0 is not None:
+            busy, total = machine[0] - self._machine0[0], machine[1] - self._machine0[1]
+            if total > 0:
+                self._other = max(0.0, busy / total * _cpu_count_all() - ours)
 
     def _rescale_rounds(self, elapsed_ns: int) -> None:
         """At a window's end (the lock held): the median of its live rounds' times against what the warm-up's

@@ -714,7 +714,10 @@ class StreamingEngine:
         if streams < 2:  # a registry of one stream: admission has nothing to decide
             return time.perf_counter() - t0
         hop_ms = 1000.0 * self.preset.hop_frames / motion.FPS
-        if probe is not None and probe.streams == streams and math.isclose(probe.rounds.hop_ms, hop_ms):  # not again
+        backend = f"{self.backend.name} ({getattr(self.backend, 'precision', 'float')})"
+        if probe is not None and (probe.streams, probe.backend) == (streams, backend) and \
+                math.isclose(probe.rounds.hop_ms, hop_ms):  # not again; other programs' load is of now, though
+            self.capacity.measure_other_cores()
             probe.calibrate(self.capacity)
             self.probe = probe
             return time.perf_counter() - t0
@@ -730,7 +733,7 @@ class StreamingEngine:
         median = statistics.median
         probe_s = len(probe_audio) / 48_000
         self.probe = Probe(median(one_cpu) / probe_s, median(probe_cpu) / (probe_s * streams), streams,
-                           RoundCost.fit(median(one_ms), median(probe_ms), streams, hop_ms), time.time())
+                           RoundCost.fit(median(one_ms), median(probe_ms), streams, hop_ms), time.time(), backend)
         self.probe.calibrate(self.capacity)
         return time.perf_counter() - t0
 

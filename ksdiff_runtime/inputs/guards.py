@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from ksdiff_runtime.motion import SAMPLE_RATE
 
@@ -146,6 +145,8 @@ def to_model_rate(audio: np.ndarray, sample_rate: int) -> np.ndarray:
         raise AudioInputError(f"to_model_rate expects mono [samples] audio, got shape {x.shape}")
     if rate == SAMPLE_RATE or x.size == 0:
         return x.copy()
+    from scipy.signal import resample_poly  # here: scipy.signal is 1.1 s of import `ksdiff-runtime devices` needs not
+
     g = math.gcd(SAMPLE_RATE, rate)
     y = resample_poly(x, SAMPLE_RATE // g, rate // g)[: x.size * SAMPLE_RATE // rate]  # it gives the ceil
     return np.clip(y, -1.0, 1.0).astype(np.float32)
