@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +258,14 @@ def test_an_error_code_from_a_newer_runtime_still_decodes():
     assert P.decode(payload)["code"] == "overheated"
     with pytest.raises(ValueError, match="unknown error code"):
         P.encode_error("overheated", "x", None)
+
+
+def test_the_documents_name_the_protocol_version_the_code_speaks():
+    """The version lives in ksdiff_sdk.protocol; a README that names another sends a client's author to the wrong
+    spec (README.md and docs/SERVE.md said v1.3 while the code spoke 1.4)."""
+    said = {}
+    for doc in ["README.md", "docs/SERVE.md", "sdk_python/README.md", "unity_sample/README.md",
+                "unreal_sample/README.md"]:
+        for version in re.findall(r"wire protocol v(\d+\.\d+)", (ROOT / doc).read_text()):
+            said.setdefault(version, []).append(doc)
+    assert said and set(said) == {".".join(map(str, P.VERSION))}, said

@@ -4,6 +4,10 @@
     python npc_line.py line.wav --stream guard --transcript "Halt! Who goes there?" --out guard.csv
     python npc_line.py line.wav --realtime      # push at the pace of playback, like a live TTS
 
+The line is opened with ``mode="line"``: its audio is all there, so the runtime animates it as fast as it can and
+never refuses it for capacity or sheds its frames. With ``--realtime`` it is a live stream, as a TTS speaking as it
+goes would be: paced, and refused (``BusyError``) when the runtime has no room for another live stream.
+
 The wav must be 16-bit PCM (any rate 8-192 kHz, 1-8 channels); it is read with the standard
 library's ``wave`` module, so the SDK needs nothing beyond pyzmq, msgpack and numpy.
 """
@@ -12,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 import time
 import wave
 from pathlib import Path
 
 import numpy as np
 
-from ksdiff_sdk import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT, Client, Frame, schema
+from ksdiff_sdk import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT, BusyError, Client, Frame, schema
 
 
 def read_wav_s16(path: Path) -> tuple[np.ndarray, int]:
@@ -61,8 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     seconds = audio.shape[0] / rate
     with Client(args.pub, args.router, timeout=args.timeout) as client:
         client.wait_for_runtime()
-        with client.open_stream(args.stream, sample_rate=rate, channels=audio.shape[1], format="s16le",
-                                transcript=args.transcript, seed=args.seed) as line:
+        try:
+            line = client.open_stream(args.stream, sample_rate=rate, channels=audio.shape[1], format="s16le",
+                                      transcript=args.transcript, seed=args.seed,
+                                      mode="live" if args.realtime else "line")
+        except BusyError as e:  # a live stream the runtime has no room for, or a stream id already open
+            print(f"error: the runtime refused the stream: {e}", file=sys.stderr)
+            return 1
+        with line:
             print(f"stream {line.stream}: {seconds:.2f} s of {rate} Hz x{audio.shape[1]} audio, {line.fps} fps")
             step = rate // 10  # 100 ms per push
             t0 = time.monotonic()

@@ -5,7 +5,8 @@
     python print_frames.py --pub tcp://192.168.1.20:5555
 
 Latency is the runtime's own (published - captured, SPEC section 6); "-" for streams whose
-capture time is unknown (files). "missed" counts frames lost on the way (seq gaps).
+capture time is unknown (files played with --fast, lines pushed faster than real time). "missed" counts
+frames lost on the way (seq gaps).
 """
 
 from __future__ import annotations

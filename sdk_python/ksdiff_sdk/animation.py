@@ -55,7 +55,10 @@ class Animation:
         return max(0, self.expected_frames - len(self.frames))
 
     def __getitem__(self, name: str) -> np.ndarray:
-        """One blendshape's curve over time, float32 [T] (``anim["jawOpen"]``)."""
-        if name not in schema.BLENDSHAPE_INDEX:
-            raise _unknown_name(name)
-        return self.blendshapes[:, schema.BLENDSHAPE_INDEX[name]]
+        """One blendshape's curve over time, float32 [T] (``anim["jawOpen"]``); head and gaze angles (radians) by
+        their names too, as a frame's (``anim["headYaw"]``)."""
+        for names, values in ((schema.BLENDSHAPES, self.blendshapes), (schema.HEAD_ROTATION, self.head),
+                              (schema.GAZE, self.gaze)):
+            if name in names:
+                return values[:, names.index(name)]
+        raise _unknown_name(name)

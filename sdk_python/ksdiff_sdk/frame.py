@@ -19,11 +19,14 @@ _HEAD_INDEX = {name: i for i, name in enumerate(schema.HEAD_ROTATION)}
 _GAZE_INDEX = {name: i for i, name in enumerate(schema.GAZE)}
 
 
-def _unknown_name(name: object) -> KeyError:
-    return KeyError(
-        f"unknown blendshape {name!r}; known names (ARKit, canonical order): {', '.join(schema.BLENDSHAPES)}; "
-        f"head: {', '.join(schema.HEAD_ROTATION)}; gaze: {', '.join(schema.GAZE)}"
-    )
+def _unknown_name(name: object, angles: bool = True) -> KeyError:
+    """The KeyError for a name that is not one: it lists the names the caller takes (``angles``: head and gaze too)."""
+    known = f"unknown blendshape {name!r}; known names (ARKit, canonical order): {', '.join(schema.BLENDSHAPES)}"
+    if angles:
+        known += f"; head: {', '.join(schema.HEAD_ROTATION)}; gaze: {', '.join(schema.GAZE)}"
+    elif name in _HEAD_INDEX or name in _GAZE_INDEX:
+        known = f"{name!r} is an angle in radians, not a blendshape weight (frame[{name!r}] reads it); {known}"
+    return KeyError(known)
 
 
 # eq=False: numpy arrays make the generated __eq__ ambiguous; frames compare by identity.
@@ -110,7 +113,7 @@ def remap(frame: Frame, mapping: Mapping[str, str], scale: float = 1.0) -> dict[
     out: dict[str, float] = {}
     for arkit_name, target in mapping.items():
         if arkit_name not in schema.BLENDSHAPE_INDEX:
-            raise _unknown_name(arkit_name)
+            raise _unknown_name(arkit_name, angles=False)
         if target in out:
             raise ValueError(f"two ARKit blendshapes map to {target!r}; map each target name once")
         out[target] = float(frame.blendshapes[schema.BLENDSHAPE_INDEX[arkit_name]]) * scale

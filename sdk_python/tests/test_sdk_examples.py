@@ -44,10 +44,28 @@ def test_npc_line_pushes_a_wav_and_saves_its_frames(tmp_path, capsys):
     assert code == 0
     assert sent == pcm.tobytes()
     assert (opened["sample_rate"], opened["channels"], opened["format"]) == (22050, 2, "s16le")
+    assert opened["mode"] == "line"  # a line already whole: never refused for capacity, nor shed
     rows = list(csv.reader(out.open()))
     assert rows[0][:3] == ["index", "t_audio", "eyeBlinkLeft"] and len(rows[0]) == 2 + 52 + 3 + 4
     assert [int(r[0]) for r in rows[1:]] == list(range(30))
     assert "30 of 30 frames received" in capsys.readouterr().out
+
+
+def test_npc_line_pushed_at_playback_pace_is_a_live_stream_and_a_refusal_is_one_line(tmp_path, capsys):
+    path = tmp_path / "line.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * 1600)
+    with FakeRuntime() as rt:
+        endpoints = ["--pub", rt.pub_endpoint, "--router", rt.router_endpoint, "--timeout", "5", "--quiet"]
+        assert load("npc_line").main([str(path), "--stream", "tts", "--realtime", *endpoints]) == 0
+        assert rt.requests_of("open_stream")[0]["mode"] == "live"
+        # the runtime answers busy (here: the id is open), as it does for a live stream it has no room for
+        rt.open_streams["guard"] = {"open": {}, "samples": 0}
+        assert load("npc_line").main([str(path), "--stream", "guard", *endpoints]) == 1
+    assert "error: the runtime refused the stream: " in capsys.readouterr().err
 
 
 def test_npc_line_refuses_a_non_16_bit_wav(tmp_path):

@@ -96,6 +96,10 @@ def test_remap_scale_and_duplicate_target():
     assert remap(f, {"jawOpen": "jaw"}, scale=2.0) == {"jaw": 1.0}
     with pytest.raises(ValueError, match="blink"):
         remap(f, {"eyeBlinkLeft": "blink", "eyeBlinkRight": "blink"})
+    # an angle is no weight to scale onto a morph target: refused, saying what it is (the message listed it as known)
+    with pytest.raises(KeyError, match="'headYaw' is an angle in radians, not a blendshape weight") as e:
+        remap(f, {"headYaw": "yaw"})
+    assert "gaze:" not in str(e.value)
 
 
 def test_animation_orders_by_index_and_stacks():
@@ -106,6 +110,12 @@ def test_animation_orders_by_index_and_stacks():
     assert anim.gaze.shape == (len(anim), 4) and anim.t_audio.dtype == np.float64
     assert anim.missing == 3 - len(anim)
     np.testing.assert_array_equal(anim["jawOpen"], anim.blendshapes[:, 17])
+    # head and gaze curves by name, as a frame's values (the error message listed them as known names)
+    np.testing.assert_array_equal(anim["headYaw"], anim.head[:, 1])
+    np.testing.assert_array_equal(anim["rightEyePitch"], anim.gaze[:, 3])
+    assert anim["headYaw"][0] == anim.frames[0]["headYaw"]
+    with pytest.raises(KeyError, match="jawopen"):
+        anim["jawopen"]
     empty = Animation.from_frames("x", 30, [])
     assert empty.blendshapes.shape == (0, 52) and len(empty) == 0 and empty.missing == 0
 
