@@ -33,6 +33,21 @@ def test_input_stream_resamples_chunks_seamlessly_and_keeps_its_clock():
     assert np.corrcoef(a[200:-200], ref[200 : len(a) - 200])[0, 1] > 0.95
 
 
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000, 96000])
+def test_a_stream_ends_with_as_many_16_khz_samples_as_its_clock_says(rate: int):
+    """floor(n x 16000 / rate) samples, SPEC 4.2's count and a bake's: soxr's last call rounds its output's length,
+    and serve gave a stream of 49,601 samples at 48 kHz 32 frames where its bake has 31. Also across a gap."""
+    rng = np.random.default_rng(rate)
+    for n in [*rng.integers(1, 60_000, 40), 49_601, 1_601, 2]:
+        s = InputStream(AudioFormat(rate, 1))
+        x = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        total = sum(c.audio.size for c in [*(s.feed(x[i : i + 997]) for i in range(0, n, 997)), s.flush()])
+        assert total == n * 16000 // rate, n
+    g = InputStream(AudioFormat(rate, 1))  # a gap flushes the resampler too: the same count across it
+    chunks = [g.feed(np.ones(1_601, np.float32)), g.feed(np.ones(1_601, np.float32), at_sample=5_000), g.flush()]
+    assert sum(c.audio.size for c in chunks) == 6_601 * 16000 // rate
+
+
 def test_at_sample_gaps_become_silence_and_repeats_are_dropped():
     s = InputStream(AudioFormat(16000, 1))
     assert len(s.feed(np.ones(100, np.float32)).audio) == 100

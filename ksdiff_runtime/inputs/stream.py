@@ -148,12 +148,25 @@ class InputStream:
 
     def flush(self) -> InputChunk:
         """The resampler's held-back tail, at the end of the stream."""
-        return InputChunk(self._resample(np.zeros(0, np.float32), last=True), self.clock_16k(self.received))
+        end = self.clock_16k(self.received)
+        return InputChunk(self._tail(end), end)
+
+    def _tail(self, end: int) -> np.ndarray:
+        """The resampler's held-back samples, cut or padded with silence so that the output ends at ``end`` on the
+        16 kHz clock: soxr's last call rounds the output's length, and for a third of the lengths at 44.1 or 48 kHz
+        gave one sample past floor(received x 16000 / rate), the stream's count (SPEC 4.2, a bake's): a stream of
+        49,601 samples at 48 kHz got 32 frames where its bake has 31."""
+        before = self.out_samples
+        tail = self._resample(np.zeros(0, np.float32), last=True)
+        keep = min(tail.size, max(0, end - before))
+        pad = max(0, end - before - keep)
+        self.out_samples = before + keep + pad
+        return np.concatenate([tail[:keep], np.zeros(pad, np.float32)])
 
     def _gap(self, gap: int) -> np.ndarray:
         """``gap`` input samples of silence, as 16 kHz samples: the resampler's tail, then zeros up to
         where the gap ends on the 16 kHz clock; a fresh resampler continues after it."""
-        tail = self._resample(np.zeros(0, np.float32), last=True)
+        tail = self._tail(self.clock_16k(self.received))
         self.gap_samples += gap
         self.received += gap
         zeros = max(0, self.clock_16k(self.received) - self.out_samples)
