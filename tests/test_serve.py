@@ -258,6 +258,33 @@ def test_streams_beyond_the_measured_capacity_are_refused_with_the_reason(serve_
             peer.close()
 
 
+def test_audio_sent_again_takes_its_place_in_the_clients_sequence(runtime, caplog):
+    """A game resending a chunk (``at_sample`` inside audio the stream has whole, as after a hiccup) with the next
+    sequence number: the runtime dropped the copy and kept the sequence before it, and warned "audio seq 2 after 0
+    (lost or reordered messages)" of the next chunk, which was neither."""
+    peer = Peer(runtime)
+    caplog.set_level("INFO", logger="ksdiff_runtime.server")
+    try:
+        peer.request("open_stream", stream="resent", sample_rate=16000, channels=1, format="f32le", mode="line")
+        chunk = np.zeros(1600, "<f4").tobytes()
+        for seq, at in [(0, 0), (1, 0), (2, 1600)]:  # the second is the first again
+            peer.send(P.encode_request("audio", stream="resent", seq=seq, at_sample=at, pcm=chunk))
+        assert peer.request("end_stream", stream="resent")["type"] == "stream_ended"  # after the audio, in order
+    finally:
+        peer.close()
+    assert not [r for r in caplog.records if "audio seq" in r.getMessage()], [r.getMessage() for r in caplog.records]
+    # a message that is lost is still said: the sequence the runtime keeps is its own
+    peer = Peer(runtime)
+    try:
+        peer.request("open_stream", stream="gap", sample_rate=16000, channels=1, format="f32le", mode="line")
+        for seq in (0, 2):
+            peer.send(P.encode_request("audio", stream="gap", seq=seq, pcm=chunk))
+        assert peer.request("end_stream", stream="gap")["type"] == "stream_ended"
+    finally:
+        peer.close()
+    assert [r for r in caplog.records if "audio seq 2 after 0" in r.getMessage()]
+
+
 def test_live_streams_held_beyond_the_room_are_logged_and_then_their_fitting_again(serve_engine, caplog, monkeypatch):
     """More live streams held than the measured room (here: admission off, as `serve --no-admission` takes them;
     in serve, a room that shrank after they were admitted) is said in the log once, and so is their fitting

@@ -861,7 +861,9 @@ class Runtime:
         session = self.sessions.get(msg["stream"])
         if session is not None and session.owner == identity and _is_copy(session, msg):
             # audio the stream has whole: a client sending again what may have been dropped unread (SPEC 4.6, "A client
-            # past its share"), also after its end_stream was taken; nothing to do, nothing to say
+            # past its share"), also after its end_stream was taken; nothing to do, nothing to say, but its place in
+            # the client's sequence is taken: the message after it follows it
+            session.audio_seq = max(session.audio_seq, msg["seq"])
             return
         session = self.sessions.owned(msg["stream"], identity)
         if msg["seq"] != session.audio_seq + 1:
