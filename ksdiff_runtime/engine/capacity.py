@@ -100,7 +100,7 @@ class Probe:
     streams: int  # the streams probed at once
     rounds: RoundCost  # the engine thread's round, fitted through 1 and ``streams``
     measured_at: float  # when (time.time(): a restarted process compares it with its own clock)
-    backend: str  # the backend that ran it, and its precision (a GPU's figures are no CPU's: Backend.label)
+    backend: str  # the backend that ran it and its precision, "onnxruntime-cpu (int8)": a GPU's figures are no CPU's
 
     def calibrate(self, capacity: Capacity) -> None:
         capacity.calibrate(self.cpu_s_per_audio_s, self.probe_cpu_s_per_audio_s, self.streams)
