@@ -28,11 +28,14 @@ from ksdiff_sdk import DEFAULT_PUB_ENDPOINT, DEFAULT_ROUTER_ENDPOINT, BusyError,
 
 def read_wav_s16(path: Path) -> tuple[np.ndarray, int]:
     """([n, channels] int16, sample rate) of a 16-bit PCM wav."""
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2 or w.getcomptype() != "NONE":
-            raise SystemExit(f"{path}: need 16-bit PCM, got {8 * w.getsampwidth()}-bit {w.getcomptype()}")
-        channels, rate = w.getnchannels(), w.getframerate()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    try:
+        with wave.open(str(path), "rb") as w:
+            if w.getsampwidth() != 2 or w.getcomptype() != "NONE":
+                raise SystemExit(f"{path}: need 16-bit PCM, got {8 * w.getsampwidth()}-bit {w.getcomptype()}")
+            channels, rate = w.getnchannels(), w.getframerate()
+            data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    except (wave.Error, EOFError) as e:  # a float or compressed wav, which the wave module does not read at all
+        raise SystemExit(f"{path}: need 16-bit PCM ({e})") from None
     return data.reshape(-1, channels), rate
 
 

@@ -105,9 +105,11 @@ StreamFilter = str | Iterable[str] | None
 
 class _Request:
     """A request waiting for its reply (matched by ``req``); ``reply`` is set by the I/O thread. ``abandoned``: its
-    call stopped waiting without the reply (it timed out), so it is not sent if it is still in the outbox."""
+    call stopped waiting without the reply, so it is not sent if it is still in the outbox; ``timed_out``: because
+    the call timed out (counted in ``Client.withdrawn`` then), not because it needed the reply no more."""
 
-    __slots__ = ("abandoned", "failed", "line", "mtype", "payload", "reply", "req", "sent_at", "sent_no", "stream")
+    __slots__ = ("abandoned", "failed", "line", "mtype", "payload", "reply", "req", "sent_at", "sent_no", "stream",
+                 "timed_out")
 
     def __init__(self, req: int, mtype: str, payload: bytes, line: StreamHandle | None = None,
                  stream: str | None = None) -> None:
@@ -119,6 +121,7 @@ class _Request:
         self.reply: dict[str, Any] | None = None
         self.failed: KsdiffError | None = None  # what its call raises, decided here (not answered by the runtime)
         self.abandoned = False
+        self.timed_out = False
         self.sent_at = time.monotonic()  # when its call queued it, the I/O thread sent it, or last sent it again
         # the number of the DEALER message it first left as (the I/O thread's count): its answer proves the runtime
         # read every message up to that one (a connection's messages are read in order)
@@ -533,7 +536,7 @@ class StreamHandle:
                 elif self._client._closed:
                     raise ClientClosedError("the client was closed")
                 else:
-                    raise TimeoutError(f"no frame of stream {self.stream!r} within {timeout} s")
+                    raise TimeoutError(f"no frame of stream {self.stream!r} within {timeout:g} s")
             yield frame
             if frame.last:
                 return
@@ -739,7 +742,7 @@ class Client:
         self.ignored = 0
         self.restarts = 0
         self.unsent = 0  # audio messages dropped unsent: their connection dropped, or OUTBOX_MAX_BYTES waited
-        self.withdrawn = 0  # requests taken out of the outbox unsent: their call had stopped waiting for the reply
+        self.withdrawn = 0  # requests taken out of the outbox unsent: their call had timed out waiting for the reply
         self._orphan_ends: set[int] = set()  # req of each end_stream this client sent for a stream opened too late
         self._gave_up_opens: OrderedDict[int, None] = OrderedDict()  # req of open_streams whose call gave up
         self._version_error: ProtocolError | None = None  # the last message of another protocol major version
@@ -834,7 +837,7 @@ class Client:
                 return self._queue.popleft()
             if self._closed or self._closing:
                 raise ClientClosedError("the client was closed")
-            raise TimeoutError(f"no frame within {timeout} s")
+            raise TimeoutError(f"no frame within {timeout:g} s")
 
     def frames(self, timeout: float | None = None) -> Iterator[Frame]:
         """Frames as they come. Ends when none came for ``timeout`` seconds (None: never) or the
@@ -896,14 +899,16 @@ class Client:
             raise
         return r
 
-    def _forget(self, r: _Request) -> None:
+    def _forget(self, r: _Request, timed_out: bool = True) -> None:
         """No call waits for ``r``'s reply any more. Without the reply (its call timed out, or stopped waiting), the
-        request is abandoned: if it is still in the outbox it is withdrawn, never sent. May be called holding _cv."""
+        request is abandoned: if it is still in the outbox it is withdrawn, never sent. ``timed_out``: False for a
+        call that got what it wanted elsewhere (``wait_for_runtime`` on a published hello). May be called holding
+        _cv."""
         with self._cv:
             self._pending.pop(r.req, None)
             if r.reply is not None or r.abandoned:
                 return
-            r.abandoned = True
+            r.abandoned, r.timed_out = True, timed_out
             if r.mtype == "open_stream":  # the runtime may open it all the same: that stream is then ended
                 self._gave_up_opens[r.req] = None
                 while len(self._gave_up_opens) > GAVE_UP_OPENS_KEPT:
@@ -940,7 +945,7 @@ class Client:
                         forget = True
                         raise ClientClosedError("the client was closed")
                     raise TimeoutError(
-                        f"{what}: no reply from the runtime at {self.router_endpoint} within {timeout} s"
+                        f"{what}: no reply from the runtime at {self.router_endpoint} within {timeout:g} s"
                     )
                 forget = True
             finally:
@@ -964,7 +969,7 @@ class Client:
                 raise ClientClosedError("the client was closed")
             if not ok:
                 raise TimeoutError(
-                    f"nothing arrived from the runtime's PUB at {self.pub_endpoint} within {timeout} s "
+                    f"nothing arrived from the runtime's PUB at {self.pub_endpoint} within {timeout:g} s "
                     f"(is the runtime running? it publishes hello every {protocol.HELLO_PERIOD_S:g} s)"
                 )
 
@@ -977,6 +982,7 @@ class Client:
         is of another protocol major version (and no hello this client reads)."""
         timeout = self.timeout if timeout is None else timeout
         r = self._start_request("hello", {})
+        ready = False
         try:
             with self._cv:
                 ok = _wait_for(
@@ -994,13 +1000,14 @@ class Client:
                 if not ok:
                     got = "the ROUTER answered but nothing arrived on the PUB" if self._hello else "no hello"
                     raise TimeoutError(
-                        f"runtime not ready within {timeout} s ({got}; PUB {self.pub_endpoint}, "
+                        f"runtime not ready within {timeout:g} s ({got}; PUB {self.pub_endpoint}, "
                         f"ROUTER {self.router_endpoint})"
                     )
                 assert self._hello is not None
+                ready = True
                 return self._hello
         finally:
-            self._forget(r)
+            self._forget(r, timed_out=not ready)  # ready: a published hello said it; its own is not needed
 
     def open_stream(
         self,
@@ -1445,16 +1452,16 @@ class Client:
                 self._probes.popitem(last=False)
 
     def _withdraw(self, outbox: Outbox, size: int) -> tuple[Outbox, int]:
-        """The outbox less the requests abandoned by their calls (timed out): they are never sent, counted in
-        ``withdrawn`` (a late open_stream would open a stream nobody uses, a late set_controls change what its
-        caller was told failed)."""
+        """The outbox less the requests abandoned by their calls: they are never sent, and those whose calls timed out
+        are counted in ``withdrawn`` (a late open_stream would open a stream nobody uses, a late set_controls change
+        what its caller was told failed)."""
         kept: Outbox = deque()
         withdrawn = 0
         with self._cv:
             for entry in outbox:
                 if entry[2] is not None and entry[2].abandoned:
                     size -= len(entry[1])
-                    withdrawn += 1
+                    withdrawn += int(entry[2].timed_out)
                 else:
                     kept.append(entry)
             self.withdrawn += withdrawn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import struct
 import sys
 import threading
 import wave
@@ -77,6 +78,14 @@ def test_npc_line_refuses_a_non_16_bit_wav(tmp_path):
         w.writeframes(b"\x80" * 800)
     with pytest.raises(SystemExit, match="16-bit"):
         load("npc_line").read_wav_s16(path)
+    # a 32-bit float wav (format 3), which the wave module refuses before the script could look at it
+    data = np.zeros(800, "<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 16000 * 4, 4, 32)
+    (tmp_path / "float.wav").write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
+                                         + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+                                         + b"data" + struct.pack("<I", len(data)) + data)
+    with pytest.raises(SystemExit, match="need 16-bit PCM"):
+        load("npc_line").read_wav_s16(tmp_path / "float.wav")
 
 
 def test_print_frames_reports_rate_and_latency(capsys):
