@@ -28,14 +28,18 @@ def load(name: str) -> ModuleType:
     return module
 
 
-def test_npc_line_pushes_a_wav_and_saves_its_frames(tmp_path, capsys):
-    path = tmp_path / "line.wav"
-    pcm = (np.random.default_rng(0).uniform(-0.3, 0.3, (22050, 2)) * 32767).astype("<i2")
+def write_wav(path: Path, rate: int, channels: int, width: int, data: bytes) -> Path:
     with wave.open(str(path), "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(22050)
-        w.writeframes(pcm.tobytes())
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(data)
+    return path
+
+
+def test_npc_line_pushes_a_wav_and_saves_its_frames(tmp_path, capsys):
+    pcm = (np.random.default_rng(0).uniform(-0.3, 0.3, (22050, 2)) * 32767).astype("<i2")
+    path = write_wav(tmp_path / "line.wav", 22050, 2, 2, pcm.tobytes())
     out = tmp_path / "frames.csv"
     with FakeRuntime() as rt:
         code = load("npc_line").main([str(path), "--stream", "guard", "--transcript", "Halt!", "--out", str(out),
@@ -53,12 +57,7 @@ def test_npc_line_pushes_a_wav_and_saves_its_frames(tmp_path, capsys):
 
 
 def test_npc_line_pushed_at_playback_pace_is_a_live_stream_and_a_refusal_is_one_line(tmp_path, capsys):
-    path = tmp_path / "line.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(b"\0\0" * 1600)
+    path = write_wav(tmp_path / "line.wav", 16000, 1, 2, b"\0\0" * 1600)
     with FakeRuntime() as rt:
         endpoints = ["--pub", rt.pub_endpoint, "--router", rt.router_endpoint, "--timeout", "5", "--quiet"]
         assert load("npc_line").main([str(path), "--stream", "tts", "--realtime", *endpoints]) == 0
@@ -70,12 +69,7 @@ def test_npc_line_pushed_at_playback_pace_is_a_live_stream_and_a_refusal_is_one_
 
 
 def test_npc_line_refuses_a_non_16_bit_wav(tmp_path):
-    path = tmp_path / "line8.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(1)
-        w.setframerate(8000)
-        w.writeframes(b"\x80" * 800)
+    path = write_wav(tmp_path / "line8.wav", 8000, 1, 1, b"\x80" * 800)
     with pytest.raises(SystemExit, match="16-bit"):
         load("npc_line").read_wav_s16(path)
     # a 32-bit float wav (format 3), which the wave module refuses before the script could look at it
