@@ -153,9 +153,9 @@ class InputStream:
 
     def _tail(self, end: int) -> np.ndarray:
         """The resampler's held-back samples, cut or padded with silence so that the output ends at ``end`` on the
-        16 kHz clock: soxr's last call rounds the output's length, and for a third of the lengths at 44.1 or 48 kHz
-        gave one sample past floor(received x 16000 / rate), the stream's count (SPEC 4.2, a bake's): a stream of
-        49,601 samples at 48 kHz got 32 frames where its bake has 31."""
+        16 kHz clock: soxr's last call rounds the output's length, and for a third of the lengths at 48 kHz (half
+        at 44.1 kHz) gave one sample past floor(received x 16000 / rate), the stream's count (SPEC 4.2, a bake's): a
+        stream of 49,601 samples at 48 kHz got 32 frames where its bake has 31."""
         before = self.out_samples
         tail = self._resample(np.zeros(0, np.float32), last=True)
         keep = min(tail.size, max(0, end - before))

@@ -861,19 +861,24 @@ class Runtime:
         session = self.sessions.get(msg["stream"])
         if session is not None and session.owner == identity and _is_copy(session, msg):
             # audio the stream has whole: a client sending again what may have been dropped unread (SPEC 4.6, "A client
-            # past its share"), also after its end_stream was taken; nothing to do, nothing to say, but its place in
-            # the client's sequence is taken: the message after it follows it
+            # past its share"), also after its end_stream was taken; nothing to do, but its place in the client's
+            # sequence is taken (the message after it follows it), and a message it skipped was lost all the same
+            if msg["seq"] > session.audio_seq + 1:
+                self._warn_audio_seq(session, msg["seq"])
             session.audio_seq = max(session.audio_seq, msg["seq"])
             return
         session = self.sessions.owned(msg["stream"], identity)
         if msg["seq"] != session.audio_seq + 1:
-            self.warnings("audio_seq", f"stream {session.id}: audio seq {msg['seq']} after {session.audio_seq} "
-                          "(lost or reordered messages)")
+            self._warn_audio_seq(session, msg["seq"])
         session.audio_seq = msg["seq"]
         try:
             self.sessions.feed(session, msg["pcm"], msg.get("at_sample"), arrival_ns=time.monotonic_ns())
         except BadAudioError as e:
             raise RefusedError("bad_audio", str(e), session.id) from None
+
+    def _warn_audio_seq(self, session: Session, seq: int) -> None:
+        self.warnings("audio_seq", f"stream {session.id}: audio seq {seq} after {session.audio_seq} "
+                      "(lost or reordered messages)")
 
     def _on_end_stream(self, identity: bytes, msg: dict) -> None:
         session = self.sessions.owned(msg["stream"], identity)

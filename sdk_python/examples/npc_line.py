@@ -34,8 +34,8 @@ def read_wav_s16(path: Path) -> tuple[np.ndarray, int]:
                 raise SystemExit(f"{path}: need 16-bit PCM, got {8 * w.getsampwidth()}-bit {w.getcomptype()}")
             channels, rate = w.getnchannels(), w.getframerate()
             data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    except (wave.Error, EOFError) as e:  # a float or compressed wav, which the wave module does not read at all
-        raise SystemExit(f"{path}: need 16-bit PCM ({e})") from None
+    except (wave.Error, EOFError) as e:  # a float, compressed or WAVE_FORMAT_EXTENSIBLE wav: not read at all
+        raise SystemExit(f"{path}: the wave module cannot read this wav ({e}); save it as plain 16-bit PCM") from None
     return data.reshape(-1, channels), rate
 
 

@@ -998,7 +998,9 @@ class Client:
                         "unsupported_version", f"the runtime (PUB {self.pub_endpoint}, ROUTER {self.router_endpoint}) "
                         f"speaks another protocol: {self._version_error.message}; use a ksdiff-sdk that speaks it")
                 if not ok:
-                    got = "the ROUTER answered but nothing arrived on the PUB" if self._hello else "no hello"
+                    # a hello known (answered, or published before: a runtime that has since died) but the SUB
+                    # has heard nothing since it last connected
+                    got = "a hello came before, but nothing has arrived on the PUB since" if self._hello else "no hello"
                     raise TimeoutError(
                         f"runtime not ready within {timeout:g} s ({got}; PUB {self.pub_endpoint}, "
                         f"ROUTER {self.router_endpoint})"

@@ -78,7 +78,7 @@ def test_npc_line_refuses_a_non_16_bit_wav(tmp_path):
     (tmp_path / "float.wav").write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
                                          + b"fmt " + struct.pack("<I", len(fmt)) + fmt
                                          + b"data" + struct.pack("<I", len(data)) + data)
-    with pytest.raises(SystemExit, match="need 16-bit PCM"):
+    with pytest.raises(SystemExit, match="save it as plain 16-bit PCM"):
         load("npc_line").read_wav_s16(tmp_path / "float.wav")
 
 
